@@ -1,0 +1,366 @@
+"""Load, validate, generate and split customer data.
+
+Validation collects every problem before failing, so one run tells a user all that is
+wrong with a file: the column, the problem and a few offending rows (1-based data rows,
+not counting the header).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+
+from churn_platform.errors import (
+    DataSourceError,
+    DataValidationError,
+    StorageUnreachable,
+)
+from churn_platform.schema import (
+    FEATURE_NAMES,
+    FEATURES,
+    ID_COLUMN,
+    LABEL_COLUMN,
+    LABEL_VALUES,
+    Feature,
+    normalise_columns,
+)
+
+_EXAMPLES = 3
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFrame:
+    """Read a CSV or Parquet file from a local path or ``s3://bucket/key`` as raw strings.
+
+    Columns are normalised to the schema's snake_case names; values are not yet checked.
+    """
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        payload = _read_s3(uri, s3_endpoint_url)
+    else:
+        path = Path(uri)
+        if not path.exists():
+            raise DataSourceError(f"data file not found: {uri}")
+        if path.is_dir():
+            raise DataSourceError(f"data path is a directory, not a file: {uri}")
+        payload = path.read_bytes()
+    if not payload.strip():
+        raise DataSourceError(f"data file is empty: {uri}")
+    frame = _parse(payload, uri)
+    frame.columns = normalise_columns([str(c) for c in frame.columns])
+    if frame.empty:
+        raise DataValidationError(f"data file has a header but no rows: {uri}")
+    return frame
+
+
+def _parse(payload: bytes, uri: str) -> pd.DataFrame:
+    is_parquet = payload[:4] == b"PAR1" or uri.lower().endswith((".parquet", ".pq"))
+    try:
+        if is_parquet:
+            return pd.read_parquet(io.BytesIO(payload))
+        # Everything as text first: validation, not the parser, decides what a bad value is.
+        return pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as exc:
+        raise DataSourceError(f"data file is empty: {uri}") from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file for the user
+        kind = "Parquet" if is_parquet else "CSV"
+        raise DataSourceError(f"cannot parse {uri} as {kind}: {exc}") from exc
+
+
+def _read_s3(uri: str, endpoint_url: str | None) -> bytes:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket or not key:
+        raise DataSourceError(f"not a valid s3 URI (want s3://bucket/key): {uri}")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
+    )
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except EndpointConnectionError as exc:
+        raise StorageUnreachable(
+            f"object store unreachable at {endpoint_url or 'AWS default endpoint'}: {exc}"
+        ) from exc
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise DataSourceError(f"bucket {bucket!r} does not exist ({uri})") from exc
+        if code in ("NoSuchKey", "404"):
+            raise DataSourceError(f"object not found: {uri}") from exc
+        raise DataSourceError(f"cannot read {uri}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageUnreachable(f"cannot read {uri}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _rows(mask: pd.Series, values: pd.Series) -> str:
+    bad = values[mask]
+    shown = ", ".join(f"row {i + 1}: {v!r}" for i, v in list(bad.items())[:_EXAMPLES])
+    more = f" (and {len(bad) - _EXAMPLES} more)" if len(bad) > _EXAMPLES else ""
+    return f"{shown}{more}"
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    return values.isna() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
+
+
+def _check_feature(
+    feature: Feature, raw: pd.Series, tenure: pd.Series | None, problems: list[str]
+) -> pd.Series:
+    name = feature.name
+    blank = _blank(raw)
+    if feature.kind == "category":
+        values = raw.astype(str).str.strip()
+        if blank.any():
+            problems.append(f"column {name!r}: {int(blank.sum())} missing values, {_rows(blank, raw)}")
+        unknown = ~blank & ~values.isin(feature.allowed)
+        if unknown.any():
+            seen = sorted(values[unknown].unique())[:5]
+            problems.append(
+                f"column {name!r}: unknown categories {seen} in {int(unknown.sum())} rows "
+                f"({_rows(unknown, raw)}); allowed values: {list(feature.allowed)}"
+            )
+        return values
+    if name == "total_charges" and tenure is not None:
+        # The IBM file leaves TotalCharges blank for customers in their first month
+        # (tenure 0): they have not been billed yet, so 0.0 is the true value.
+        new_customer_blank = blank & (tenure == 0)
+        raw = raw.mask(new_customer_blank, "0")
+        blank = blank & ~new_customer_blank
+    numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
+    if blank.any():
+        problems.append(f"column {name!r}: {int(blank.sum())} missing values, {_rows(blank, raw)}")
+    non_numeric = ~blank & numbers.isna()
+    if non_numeric.any():
+        problems.append(
+            f"column {name!r}: {int(non_numeric.sum())} non-numeric values, {_rows(non_numeric, raw)}"
+        )
+    infinite = np.isinf(numbers.fillna(0))
+    if infinite.any():
+        problems.append(f"column {name!r}: infinite values, {_rows(infinite, raw)}")
+    if feature.minimum is not None:
+        low = numbers < feature.minimum
+        if low.any():
+            problems.append(
+                f"column {name!r}: {int(low.sum())} values below {feature.minimum:g}, {_rows(low, raw)}"
+            )
+    if feature.kind == "integer":
+        fractional = numbers.notna() & ~infinite & (numbers != numbers.round())
+        if fractional.any():
+            problems.append(f"column {name!r}: values are not whole numbers, {_rows(fractional, raw)}")
+        if feature.allowed is not None:
+            outside = numbers.notna() & ~numbers.isin(feature.allowed)
+            if outside.any():
+                problems.append(
+                    f"column {name!r}: values outside {list(feature.allowed)}, {_rows(outside, raw)}"
+                )
+    return numbers
+
+
+def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
+    """Return a clean, typed copy with the schema's columns in order, or raise with every problem.
+
+    Extra columns are dropped; ``customer_id`` is kept when present.
+    """
+    frame = frame.copy()
+    frame.columns = normalise_columns([str(c) for c in frame.columns])
+    frame = frame.reset_index(drop=True)
+    missing = [c for c in FEATURE_NAMES if c not in frame.columns]
+    if require_label and LABEL_COLUMN not in frame.columns:
+        missing.append(LABEL_COLUMN)
+    if missing:
+        raise DataValidationError(f"missing required columns: {missing} (found: {list(frame.columns)})")
+    if frame.empty:
+        raise DataValidationError("data has no rows")
+
+    problems: list[str] = []
+    out = pd.DataFrame(index=frame.index)
+    if ID_COLUMN in frame.columns:
+        out[ID_COLUMN] = frame[ID_COLUMN].astype(str).str.strip()
+    tenure = pd.to_numeric(frame["tenure"], errors="coerce")
+    for feature in FEATURES:
+        out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems)
+    if LABEL_COLUMN in frame.columns:
+        raw = frame[LABEL_COLUMN]
+        label = raw.astype(str).str.strip().str.lower().map(LABEL_VALUES)
+        bad = label.isna()
+        if bad.any():
+            problems.append(
+                f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No, {_rows(bad, raw)}"
+            )
+        out[LABEL_COLUMN] = label
+    if problems:
+        raise DataValidationError("data does not match the customer schema:\n  - " + "\n  - ".join(problems))
+    for feature in FEATURES:
+        if feature.kind == "integer":
+            out[feature.name] = out[feature.name].astype("int64")
+        elif feature.kind == "float":
+            out[feature.name] = out[feature.name].astype("float64")
+    if LABEL_COLUMN in out.columns:
+        out[LABEL_COLUMN] = out[LABEL_COLUMN].astype("int64")
+    return out
+
+
+def load(uri: str | Path, s3_endpoint_url: str | None = None, require_label: bool = True) -> pd.DataFrame:
+    """Read and validate a customer file."""
+    return validate(read_table(uri, s3_endpoint_url), require_label=require_label)
+
+
+def digest(frame: pd.DataFrame) -> str:
+    """A short content hash of a frame, recorded on model versions to trace their data."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.DataFrame:
+    """Realistic synthetic customers with a churn signal like the Telco data's.
+
+    Contract, tenure, charges, internet service and payment method drive churn. With
+    ``drift=True`` the customer base shifts the way a promotion campaign would shift it:
+    many new customers (low tenure), a price rise (higher monthly and so total charges)
+    and more month-to-month contracts; the other features keep their distribution.
+    """
+    if n_rows < 1:
+        raise ValueError("n_rows must be at least 1")
+    rng = np.random.default_rng(seed)
+    n = n_rows
+    pick = lambda values, p: rng.choice(np.array(values, dtype=object), size=n, p=p)  # noqa: E731
+
+    tenure = np.round(72 * rng.beta(0.55, 0.6, size=n)).astype(int)
+    if drift:
+        tenure = np.round(tenure * rng.uniform(0.3, 0.7, size=n)).astype(int)
+    m2m_p = 1 / (1 + np.exp(-(2.3 - tenure / 13)))
+    if drift:
+        m2m_p = np.clip(m2m_p + 0.2, 0, 0.97)
+    u = rng.random(n)
+    two_year_share = np.clip(tenure / 110, 0.05, 0.7)
+    contract = np.where(
+        u < m2m_p,
+        "Month-to-month",
+        np.where(rng.random(n) < two_year_share / (two_year_share + 0.35), "Two year", "One year"),
+    ).astype(object)
+
+    internet = pick(["DSL", "Fiber optic", "No"], [0.34, 0.44, 0.22])
+    phone = pick(["Yes", "No"], [0.9, 0.1])
+    multiple = np.where(phone == "No", "No phone service", pick(["Yes", "No"], [0.47, 0.53])).astype(object)
+
+    def addon(p_yes: float) -> np.ndarray:
+        return np.where(
+            internet == "No", "No internet service", np.where(rng.random(n) < p_yes, "Yes", "No")
+        ).astype(object)
+
+    security, backup, protection = addon(0.37), addon(0.44), addon(0.44)
+    support, tv, movies = addon(0.37), addon(0.49), addon(0.5)
+    n_addons = sum((a == "Yes").astype(int) for a in (security, backup, protection, support, tv, movies))
+    monthly = (
+        np.where(phone == "Yes", 20.0, 0.0)
+        + np.where(multiple == "Yes", 5.0, 0.0)
+        + np.select([internet == "DSL", internet == "Fiber optic"], [25.0, 50.0], 0.0)
+        + 5.5 * n_addons
+        + rng.normal(0, 2.5, size=n)
+    )
+    monthly = np.clip(monthly, 18.25, 118.75)
+    if drift:
+        monthly = monthly * 1.12 + 4
+    monthly = np.round(monthly, 2)
+    total = np.round(monthly * tenure * rng.uniform(0.93, 1.05, size=n), 2)
+    total = np.where(tenure == 0, 0.0, np.maximum(total, monthly))
+
+    payment = pick(
+        ["Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)"],
+        [0.34, 0.23, 0.22, 0.21],
+    )
+    paperless = pick(["Yes", "No"], [0.59, 0.41])
+    senior = (rng.random(n) < 0.16).astype(int)
+    partner = pick(["Yes", "No"], [0.48, 0.52])
+    dependents = np.where(
+        (partner == "Yes") & (rng.random(n) < 0.55) | (rng.random(n) < 0.08), "Yes", "No"
+    ).astype(object)
+
+    logit = (
+        -1.3
+        + 1.15 * (contract == "Month-to-month")
+        - 1.1 * (contract == "Two year")
+        - 0.032 * tenure
+        + 0.85 * (internet == "Fiber optic")
+        - 0.6 * (internet == "No")
+        + 0.55 * (payment == "Electronic check")
+        + 0.012 * (monthly - 65)
+        + 0.3 * senior
+        + 0.3 * (paperless == "Yes")
+        - 0.35 * (security == "Yes")
+        - 0.35 * (support == "Yes")
+    )
+    churn = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+
+    ids = [
+        f"{rng.integers(1000, 9999)}-{''.join(rng.choice(list('ABCDEFGHIJKLMNOPQRSTUVWXYZ'), 5))}"
+        for _ in range(n)
+    ]
+    frame = pd.DataFrame(
+        {
+            ID_COLUMN: ids,
+            "gender": pick(["Female", "Male"], [0.5, 0.5]),
+            "senior_citizen": senior,
+            "partner": partner,
+            "dependents": dependents,
+            "tenure": tenure,
+            "phone_service": phone,
+            "multiple_lines": multiple,
+            "internet_service": internet,
+            "online_security": security,
+            "online_backup": backup,
+            "device_protection": protection,
+            "tech_support": support,
+            "streaming_tv": tv,
+            "streaming_movies": movies,
+            "contract": contract,
+            "paperless_billing": paperless,
+            "payment_method": payment,
+            "monthly_charges": monthly,
+            "total_charges": total,
+            LABEL_COLUMN: churn,
+        }
+    )
+    return validate(frame)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split(
+    frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified, seeded train/validation split on the churn label."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < validation_size < 1:
+        raise DataValidationError(f"validation_size must be between 0 and 1, got {validation_size}")
+    counts = frame[LABEL_COLUMN].value_counts()
+    if len(counts) < 2 or counts.min() < 2:
+        raise DataValidationError(
+            f"column {LABEL_COLUMN!r} needs at least two customers of each class to train "
+            f"and validate, found {counts.to_dict()}"
+        )
+    train, valid = train_test_split(
+        frame, test_size=validation_size, random_state=seed, stratify=frame[LABEL_COLUMN]
+    )
+    return train.reset_index(drop=True), valid.reset_index(drop=True)

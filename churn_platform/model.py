@@ -1,0 +1,107 @@
+"""The churn model: an sklearn pipeline built from the schema, and its evaluation."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, PowerTransformer
+
+from churn_platform.errors import DataValidationError
+from churn_platform.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
+
+ModelType = Literal["logistic", "hist_gradient_boosting"]
+MODEL_TYPES: tuple[str, ...] = ("logistic", "hist_gradient_boosting")
+
+
+def build_pipeline(
+    model_type: str = "logistic",
+    *,
+    c: float = 1.0,
+    learning_rate: float = 0.05,
+    max_iter: int = 300,
+    max_depth: int | None = 4,
+    seed: int = 42,
+) -> Pipeline:
+    """Scaling for numbers, one-hot for categories (unknown ones ignored), then a classifier.
+
+    Numbers go through a Yeo-Johnson power transform (which also standardises): tenure and
+    charges are skewed, and unskewing them lifts a linear model's validation ROC AUC on the
+    Telco data by about half a point across splits.
+    """
+    preprocess = ColumnTransformer(
+        [
+            ("numeric", PowerTransformer(), list(NUMERIC_FEATURES)),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                list(CATEGORICAL_FEATURES),
+            ),
+        ],
+        verbose_feature_names_out=False,
+    )
+    if model_type == "logistic":
+        classifier: Any = LogisticRegression(C=c, max_iter=max(max_iter, 1000), random_state=seed)
+    elif model_type == "hist_gradient_boosting":
+        classifier = HistGradientBoostingClassifier(
+            learning_rate=learning_rate,
+            max_iter=max_iter,
+            max_depth=max_depth,
+            early_stopping=False,
+            random_state=seed,
+        )
+    else:
+        raise DataValidationError(
+            f"model_type {model_type!r} is not supported; choose one of {list(MODEL_TYPES)}"
+        )
+    return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
+
+def features(frame: pd.DataFrame) -> pd.DataFrame:
+    """The model's input columns, in schema order (the id and label are not features)."""
+    return frame.loc[:, list(FEATURE_NAMES)]
+
+
+def evaluate(y_true: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """Validation metrics: ranking, calibration, and the decision at ``threshold``."""
+    predicted = (proba >= threshold).astype(int)
+    return {
+        "roc_auc": float(roc_auc_score(y_true, proba)),
+        "pr_auc": float(average_precision_score(y_true, proba)),
+        "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
+        "brier": float(brier_score_loss(y_true, proba)),
+        "accuracy": float(accuracy_score(y_true, predicted)),
+        "precision": float(precision_score(y_true, predicted, zero_division=0)),
+        "recall": float(recall_score(y_true, predicted, zero_division=0)),
+        "f1": float(f1_score(y_true, predicted, zero_division=0)),
+    }
+
+
+def skops_trusted_types(model: Pipeline) -> list[str]:
+    """Types skops must be told to trust to load this pipeline.
+
+    skops refuses anything outside its default allow-list (tree predictors, loss objects).
+    We trust only sklearn and numpy types found in the model we just built ourselves.
+    """
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    foreign = [t for t in untrusted if not t.startswith(("sklearn.", "numpy.", "builtins."))]
+    if foreign:
+        raise TypeError(f"refusing to trust non-sklearn types in the model: {foreign}")
+    return list(untrusted)

@@ -1,0 +1,118 @@
+"""Access to the MLflow Model Registry that fails fast and speaks plainly.
+
+The registry's ``Production`` alias is the only truth about what is in production.
+Alias names are case-sensitive in MLflow: it is exactly ``Production``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from churn_platform.errors import NotFoundError, RegistryUnreachable
+from churn_platform.settings import Settings
+
+PRODUCTION_ALIAS = "Production"
+CHALLENGER_ALIAS = "Challenger"
+
+_CONNECTION_HINTS = (
+    "max retries exceeded",
+    "connection refused",
+    "failed to establish",
+    "timed out",
+    "read timeout",
+    "name or service not known",
+    "connectionerror",
+    "api request to endpoint",
+)
+
+
+def configure(settings: Settings) -> None:
+    """Point MLflow at the registry and make an unreachable server fail in seconds.
+
+    MLflow's client retries a dead server for minutes by default. Values the user set in
+    the environment win over ours.
+    """
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.registry_timeout_s)))
+    if settings.s3_endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def check_reachable(settings: Settings) -> None:
+    """Raise ``RegistryUnreachable`` unless an HTTP tracking server answers its health check."""
+    uri = settings.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return  # an embedded store (SQLite, file, database URI) is opened on first use
+    try:
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s)
+    except httpx.HTTPError as exc:
+        raise RegistryUnreachable(
+            f"MLflow tracking server at {uri} is unreachable ({type(exc).__name__}: {exc}); "
+            "check MLFLOW_TRACKING_URI and that the server is running"
+        ) from exc
+    if response.status_code >= 500:
+        raise RegistryUnreachable(
+            f"MLflow tracking server at {uri} is unhealthy (HTTP {response.status_code})"
+        )
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """A registry client, after making sure the registry answers."""
+    configure(settings)
+    check_reachable(settings)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(hint in text for hint in _CONNECTION_HINTS)
+
+
+@contextmanager
+def translate_errors(settings: Settings) -> Iterator[None]:
+    """Turn MLflow's connection failures into ``RegistryUnreachable`` with the URI named."""
+    try:
+        yield
+    except MlflowException as exc:
+        if is_connection_error(exc):
+            raise RegistryUnreachable(
+                f"MLflow registry at {settings.tracking_uri} is unreachable: {exc.message[:300]}"
+            ) from exc
+        raise
+
+
+def _is_missing(exc: MlflowException) -> bool:
+    return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version holding ``alias``, or None when the model or the alias does not exist."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _is_missing(exc):
+            return None
+        raise
+
+
+def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVersion:
+    """A model version, or ``NotFoundError`` naming what does not exist."""
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _is_missing(exc):
+            raise NotFoundError(f"model {name!r} has no version {version}") from exc
+        raise

@@ -1,0 +1,117 @@
+"""The customer schema: the single source of truth for columns, types and categories.
+
+Everything else derives from ``FEATURES``: the pandas dtypes used when loading, the
+model's preprocessing, the MLflow signature, the API request model, the Evidently data
+definition and the synthetic generator. Adding a column is a change to this file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from churn_platform.errors import DataValidationError
+
+Kind = Literal["category", "integer", "float"]
+
+ID_COLUMN = "customer_id"
+LABEL_COLUMN = "churn"
+#: Positive / negative label spellings accepted in files (the data set writes Yes/No).
+LABEL_VALUES = {"yes": 1, "no": 0, "1": 1, "0": 0, "true": 1, "false": 0}
+
+_YES_NO = ("Yes", "No")
+_INTERNET_ADDON = ("Yes", "No", "No internet service")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One model input column."""
+
+    name: str
+    kind: Kind
+    description: str
+    allowed: tuple[str, ...] | tuple[int, ...] | None = None
+    minimum: float | None = None
+
+    @property
+    def is_numeric(self) -> bool:
+        # senior_citizen is an integer flag: the model sees it as a number, not a category.
+        return self.kind != "category"
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("gender", "category", "Customer gender.", ("Female", "Male")),
+    Feature("senior_citizen", "integer", "1 if the customer is 65 or older.", (0, 1)),
+    Feature("partner", "category", "Has a partner.", _YES_NO),
+    Feature("dependents", "category", "Has dependents.", _YES_NO),
+    Feature("tenure", "integer", "Months as a customer (0 for new customers).", minimum=0),
+    Feature("phone_service", "category", "Has phone service.", _YES_NO),
+    Feature("multiple_lines", "category", "Has several phone lines.", ("Yes", "No", "No phone service")),
+    Feature("internet_service", "category", "Internet service type.", ("DSL", "Fiber optic", "No")),
+    Feature("online_security", "category", "Online security add-on.", _INTERNET_ADDON),
+    Feature("online_backup", "category", "Online backup add-on.", _INTERNET_ADDON),
+    Feature("device_protection", "category", "Device protection add-on.", _INTERNET_ADDON),
+    Feature("tech_support", "category", "Tech support add-on.", _INTERNET_ADDON),
+    Feature("streaming_tv", "category", "Streaming TV add-on.", _INTERNET_ADDON),
+    Feature("streaming_movies", "category", "Streaming movies add-on.", _INTERNET_ADDON),
+    Feature("contract", "category", "Contract term.", ("Month-to-month", "One year", "Two year")),
+    Feature("paperless_billing", "category", "Uses paperless billing.", _YES_NO),
+    Feature(
+        "payment_method",
+        "category",
+        "How the customer pays.",
+        (
+            "Electronic check",
+            "Mailed check",
+            "Bank transfer (automatic)",
+            "Credit card (automatic)",
+        ),
+    ),
+    Feature("monthly_charges", "float", "Current monthly charge.", minimum=0),
+    Feature(
+        "total_charges",
+        "float",
+        "Charges to date. Blank in the IBM file for tenure-0 customers: loaded as 0.0.",
+        minimum=0,
+    ),
+)
+
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+NUMERIC_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.is_numeric)
+CATEGORICAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if not f.is_numeric)
+FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+ALL_COLUMNS: tuple[str, ...] = (ID_COLUMN, *FEATURE_NAMES, LABEL_COLUMN)
+
+#: pandas dtypes of validated frames.
+PANDAS_DTYPES: dict[str, str] = {
+    f.name: {"category": "object", "integer": "int64", "float": "float64"}[f.kind] for f in FEATURES
+}
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+_CANONICAL_BY_KEY: dict[str, str] = {_key(c): c for c in ALL_COLUMNS}
+
+
+def canonical_column(name: str) -> str:
+    """Map any spelling of a known column to its snake_case name; unknown names pass through.
+
+    ``customerID``, ``customerid`` and ``customer_id`` all become ``customer_id``.
+    """
+    return _CANONICAL_BY_KEY.get(_key(name), str(name).strip())
+
+
+def normalise_columns(columns: list[str]) -> list[str]:
+    """Canonical names for a header, refusing headers where two columns collide."""
+    out = [canonical_column(c) for c in columns]
+    seen: dict[str, str] = {}
+    for original, new in zip(columns, out, strict=True):
+        if new in seen:
+            raise DataValidationError(
+                f"columns {seen[new]!r} and {original!r} both mean {new!r}; keep only one"
+            )
+        seen[new] = original
+    return out

@@ -1,0 +1,254 @@
+"""A training run: load and validate data, fit, evaluate, log, register, gate.
+
+Everything that can fail on the user's input (data, parameters, the registry being
+reachable) is checked before the run logs anything, and the new version is registered
+only after every artifact is stored, so a failed run never leaves a registered version
+that points at missing files.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version as dist_version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from churn_platform import data as data_mod
+from churn_platform import model as model_mod
+from churn_platform import registry
+from churn_platform.errors import DataValidationError
+from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN
+from churn_platform.settings import Settings
+from churn_platform.training_config import SYNTHETIC, TrainConfig
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+VALIDATION_ARTIFACT = "validation/validation.parquet"
+PROBABILITY_COLUMN = "churn_probability"
+MODEL_ARTIFACT = "model"
+#: Tags written on every registered version (read by the CLI, serving and monitoring).
+TAG_DATA_DIGEST = "data_digest"
+TAG_ROWS = "training_rows"
+TAG_GIT_COMMIT = "git_commit"
+TAG_ROC_AUC = "roc_auc"
+TAG_THRESHOLD = "decision_threshold"
+TAG_MODEL_TYPE = "model_type"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_name: str
+    version: int
+    metrics: dict[str, float]
+    gate: dict[str, Any] = field(default_factory=dict)
+
+
+def signature() -> ModelSignature:
+    """The model's MLflow signature, derived from the customer schema."""
+    mlflow_type = {"category": "string", "integer": "long", "float": "double"}
+    inputs = Schema([ColSpec(mlflow_type[f.kind], f.name) for f in FEATURES])
+    outputs = Schema([TensorSpec(np.dtype("float64"), (-1, 2))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def load_training_data(config: TrainConfig, settings: Settings) -> pd.DataFrame:
+    if config.data in ("", SYNTHETIC):
+        return data_mod.generate(config.n_rows, seed=config.seed, drift=config.drift)
+    return data_mod.load(config.data, settings.s3_endpoint_url)
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.model_type not in model_mod.MODEL_TYPES:
+        raise DataValidationError(
+            f"model_type {config.model_type!r} is not supported; choose one of {list(model_mod.MODEL_TYPES)}"
+        )
+    if config.n_rows < 50:
+        raise DataValidationError(f"n_rows must be at least 50, got {config.n_rows}")
+    if config.decision_threshold is not None and not 0 < config.decision_threshold < 1:
+        raise DataValidationError(
+            f"decision_threshold must be between 0 and 1, got {config.decision_threshold}"
+        )
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _pip_requirements() -> list[str]:
+    """What the model needs to load, pinned to what trained it.
+
+    Stated rather than inferred: MLflow's inference reloads the model in a subprocess and
+    costs several seconds per run.
+    """
+    names = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+    return [f"{name}=={dist_version(name)}" for name in names]
+
+
+def _plot(y_true: np.ndarray, proba: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y_true, proba)
+    frac_pos, mean_pred = calibration_curve(y_true, proba, n_bins=10, strategy="quantile")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.5))
+    ax1.plot(fpr, tpr, label="model")
+    ax1.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    ax1.set(title="ROC (validation)", xlabel="false positive rate", ylabel="true positive rate")
+    ax1.legend()
+    ax2.plot(mean_pred, frac_pos, "o-", label="model")
+    ax2.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    ax2.set(title="Calibration (validation)", xlabel="predicted", ylabel="observed churn rate")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def gate(
+    client: mlflow.MlflowClient,
+    model_name: str,
+    valid: pd.DataFrame,
+    candidate_auc: float,
+    tolerance: float,
+) -> dict[str, Any]:
+    """Compare the candidate with the current Production version on the same held-out rows."""
+    production = registry.version_by_alias(client, model_name, registry.PRODUCTION_ALIAS)
+    if production is None:
+        return {"passed": True, "reason": "no Production version yet", "production_version": None}
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
+        champion_proba = np.asarray(champion.predict(model_mod.features(valid)))[:, 1]
+        champion_auc = float(
+            model_mod.evaluate(valid[LABEL_COLUMN].to_numpy(), champion_proba, 0.5)["roc_auc"]
+        )
+    except Exception as exc:  # noqa: BLE001 - a champion we cannot score is a failed gate, not a crash
+        return {
+            "passed": False,
+            "reason": f"could not score Production v{production.version}: {exc}"[:300],
+            "production_version": int(production.version),
+        }
+    passed = candidate_auc >= champion_auc - tolerance
+    return {
+        "passed": passed,
+        "reason": (
+            f"roc_auc {candidate_auc:.4f} vs Production v{production.version} "
+            f"{champion_auc:.4f} on this run's validation rows (tolerance {tolerance})"
+        ),
+        "production_version": int(production.version),
+        "production_roc_auc": champion_auc,
+    }
+
+
+def train(config: TrainConfig, settings: Settings) -> TrainResult:
+    """Run one training: the run becomes a new registered version of ``config.model_name``."""
+    _check_config(config)
+    frame = load_training_data(config, settings)
+    train_df, valid_df = data_mod.split(frame, config.validation_size, config.seed)
+    client = registry.connect(settings)
+    threshold = config.decision_threshold or settings.decision_threshold
+
+    pipeline = model_mod.build_pipeline(
+        config.model_type,
+        c=config.c,
+        learning_rate=config.learning_rate,
+        max_iter=config.max_iter,
+        max_depth=config.max_depth,
+        seed=config.seed,
+    )
+    pipeline.fit(model_mod.features(train_df), train_df[LABEL_COLUMN])
+    valid_proba = pipeline.predict_proba(model_mod.features(valid_df))[:, 1]
+    train_proba = pipeline.predict_proba(model_mod.features(train_df))[:, 1]
+    metrics = model_mod.evaluate(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, threshold)
+    digest = data_mod.digest(frame)
+
+    with registry.translate_errors(settings), mlflow.start_run() as run:
+        run_id = run.info.run_id
+        params = {k: v for k, v in asdict(config).items() if k != "decision_threshold"}
+        params["decision_threshold"] = threshold
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({"training_rows": len(train_df), "validation_rows": len(valid_df)})
+        mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name})
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = Path(tmp)
+            reference = model_mod.features(train_df).assign(
+                **{LABEL_COLUMN: train_df[LABEL_COLUMN].to_numpy(), PROBABILITY_COLUMN: train_proba}
+            )
+            reference.to_parquet(tmp_path / "reference.parquet", index=False)
+            mlflow.log_artifact(str(tmp_path / "reference.parquet"), "reference")
+            validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(
+                **{PROBABILITY_COLUMN: valid_proba}
+            )
+            validation.to_parquet(tmp_path / "validation.parquet", index=False)
+            mlflow.log_artifact(str(tmp_path / "validation.parquet"), "validation")
+            _plot(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, tmp_path / "roc_calibration.png")
+            mlflow.log_artifact(str(tmp_path / "roc_calibration.png"), "plots")
+
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+        source = config.data if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
+        mlflow.log_input(
+            mlflow.data.from_pandas(train_df, source=source, name="train", targets=LABEL_COLUMN),
+            context="training",
+        )
+        mlflow.log_input(
+            mlflow.data.from_pandas(valid_df, source=source, name="validation", targets=LABEL_COLUMN),
+            context="validation",
+        )
+        input_example = model_mod.features(valid_df).head(5)
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name=MODEL_ARTIFACT,
+            signature=signature(),
+            input_example=input_example,
+            pyfunc_predict_fn="predict_proba",
+            serialization_format="skops",
+            skops_trusted_types=model_mod.skops_trusted_types(pipeline),
+            pip_requirements=_pip_requirements(),
+        )
+        # Register last: only a run whose artifacts are all stored gets a version.
+        registered = mlflow.register_model(info.model_uri, config.model_name)
+        version = int(registered.version)
+        run_tags = client.get_run(run_id).data.tags
+        commit = run_tags.get("mlflow.source.git.commit") or _git_commit()
+        version_tags = {
+            TAG_DATA_DIGEST: digest,
+            TAG_ROWS: str(len(frame)),
+            TAG_ROC_AUC: f"{metrics['roc_auc']:.6f}",
+            TAG_THRESHOLD: str(threshold),
+            TAG_MODEL_TYPE: config.model_type,
+        }
+        if commit:
+            version_tags[TAG_GIT_COMMIT] = commit
+        for key, value in version_tags.items():
+            client.set_model_version_tag(config.model_name, str(version), key, value)
+
+        verdict = gate(client, config.model_name, valid_df, metrics["roc_auc"], settings.promotion_tolerance)
+        mlflow.set_tags({"gate.passed": str(verdict["passed"]), "gate.reason": verdict["reason"]})
+        client.set_model_version_tag(config.model_name, str(version), "gate", verdict["reason"][:250])
+        if verdict["passed"]:
+            client.set_registered_model_alias(config.model_name, registry.CHALLENGER_ALIAS, str(version))
+    log.info("registered %s v%s (roc_auc %.4f)", config.model_name, version, metrics["roc_auc"])
+    return TrainResult(run_id, config.model_name, version, metrics, verdict)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from churn_platform.settings import get_settings
+from tests.services import REPO, ServiceError, Stack, full_stack
+
+SHARED_CSV = REPO.parent / "shared" / "data" / "telco_churn.csv"
+
+
+@pytest.fixture(scope="session")
+def telco_csv() -> Path:
+    if not SHARED_CSV.exists():
+        pytest.fail(f"the shared Telco data is missing: {SHARED_CSV} (../shared beside the repo)")
+    return SHARED_CSV
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The real full stack, once per test session. Fails (never skips) when it cannot start."""
+    try:
+        with full_stack(tmp_path_factory.mktemp("services")) as running:
+            yield running
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def stack_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Point this process's settings and MLflow client at the full stack."""
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield stack
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The embedded default in a temporary folder: SQLite registry, local artifacts."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for key in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(key, raising=False)
+    get_settings.cache_clear()
+    yield uri
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered-model name no other test uses."""
+    return f"churn-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,208 @@
+"""Real services for the integration tests: a fresh PostgreSQL database, moto_server as the
+S3-compatible store and an ``mlflow server`` process, each on a free loopback port.
+
+Only processes started here are stopped here; the machine's PostgreSQL server is used, not
+managed. A service that cannot be had fails the test run: it is never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PG_HOST = os.environ.get("CHURN_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("CHURN_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("CHURN_TEST_PG_USER", "postgres")
+S3_KEYS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+@dataclass
+class Process:
+    """A child process in its own session, with its output in a log file."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+def start_process(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    log_path = log_dir / f"{name}.log"
+    handle = open(log_path, "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+    )
+    return Process(name, proc, log_path)
+
+
+def wait_http(process: Process, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise ServiceError(f"{process.name} exited early:\n{process.log_tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.stop()
+    raise ServiceError(f"{process.name} did not answer {url} in {timeout}s:\n{process.log_tail()}")
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
+    import psycopg2
+
+    name = f"churn_test_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        raise ServiceError(
+            f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}. "
+            "Start it (scripts/ensure-postgres.sh) - integration tests are never skipped."
+        ) from exc
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@dataclass
+class Stack:
+    """The full stack of the integration tests and the environment a client needs for it."""
+
+    tracking_uri: str
+    s3_endpoint: str
+    bucket: str
+    backend_uri: str
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(S3_KEYS)
+        env.update(
+            {
+                "MLFLOW_TRACKING_URI": self.tracking_uri,
+                "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            }
+        )
+        return env
+
+    def s3(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_keys())
+
+
+def _boto_keys() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_KEYS["AWS_DEFAULT_REGION"],
+    }
+
+
+def start_moto(log_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    proc = start_process("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(proc, url, timeout=60)
+    return proc, url
+
+
+def start_mlflow(log_dir: Path, backend_uri: str, artifacts: str, s3_endpoint: str) -> tuple[Process, str]:
+    port = free_port()
+    env = dict(os.environ)
+    env.update(S3_KEYS)
+    env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint
+    cmd = [
+        str(BIN / "mlflow"), "server",
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", artifacts,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    proc = start_process(f"mlflow_server_{port}", cmd, log_dir, env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(proc, f"{url}/health", timeout=180)
+    return proc, url
+
+
+@contextmanager
+def full_stack(log_dir: Path) -> Iterator[Stack]:
+    """PostgreSQL database + moto_server bucket + mlflow server, torn down in reverse."""
+    processes: list[Process] = []
+    with postgres_database() as backend_uri:
+        try:
+            moto, s3_endpoint = start_moto(log_dir)
+            processes.append(moto)
+            bucket = f"mlflow-{secrets.token_hex(4)}"
+            import boto3
+
+            boto3.client("s3", endpoint_url=s3_endpoint, **_boto_keys()).create_bucket(Bucket=bucket)
+            server, tracking_uri = start_mlflow(log_dir, backend_uri, f"s3://{bucket}/artifacts", s3_endpoint)
+            processes.append(server)
+            yield Stack(
+                tracking_uri, s3_endpoint, bucket, backend_uri, {"moto": moto, "mlflow": server}
+            )
+        finally:
+            for proc in reversed(processes):
+                proc.stop()

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from churn_platform import data
+from churn_platform.errors import DataSourceError, DataValidationError
+from churn_platform.schema import (
+    ALL_COLUMNS,
+    FEATURE_NAMES,
+    FEATURES_BY_NAME,
+    canonical_column,
+    normalise_columns,
+)
+
+IBM_HEADER = [
+    "customerID", "gender", "SeniorCitizen", "Partner", "Dependents", "tenure", "PhoneService",
+    "MultipleLines", "InternetService", "OnlineSecurity", "OnlineBackup", "DeviceProtection",
+    "TechSupport", "StreamingTV", "StreamingMovies", "Contract", "PaperlessBilling",
+    "PaymentMethod", "MonthlyCharges", "TotalCharges", "Churn",
+]  # fmt: skip
+
+
+def test_every_header_style_maps_to_snake_case():
+    lower = [c.lower() for c in IBM_HEADER]
+    assert normalise_columns(IBM_HEADER) == list(ALL_COLUMNS)
+    assert normalise_columns(lower) == list(ALL_COLUMNS)
+    assert normalise_columns(list(ALL_COLUMNS)) == list(ALL_COLUMNS)
+    assert canonical_column("  Total Charges ") == "total_charges"
+    assert canonical_column("something_else") == "something_else"
+
+
+def test_two_spellings_of_one_column_are_refused():
+    with pytest.raises(DataValidationError, match="both mean 'tenure'"):
+        normalise_columns(["tenure", "Tenure"])
+
+
+def test_shared_file_loads_with_blank_total_charges_as_zero(telco_csv):
+    frame = data.load(telco_csv)
+    assert len(frame) == 3930
+    assert list(frame.columns) == list(ALL_COLUMNS)
+    new = frame[frame.tenure == 0]
+    assert len(new) == 7 and (new.total_charges == 0.0).all()
+    assert frame.churn.isin([0, 1]).all() and 0.25 < frame.churn.mean() < 0.29
+    for name in FEATURE_NAMES:  # the schema's categories are exactly the data's
+        allowed = FEATURES_BY_NAME[name].allowed
+        if FEATURES_BY_NAME[name].kind == "category":
+            assert set(frame[name]) == set(allowed), name
+
+
+def test_ibm_mixed_case_header_and_parquet_load_the_same(telco_csv, tmp_path):
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(200)
+    raw.columns = IBM_HEADER
+    raw.to_csv(tmp_path / "ibm.csv", index=False)
+    raw.to_parquet(tmp_path / "ibm.parquet", index=False)
+    from_csv = data.load(tmp_path / "ibm.csv")
+    pd.testing.assert_frame_equal(from_csv, data.load(tmp_path / "ibm.parquet"))
+    pd.testing.assert_frame_equal(from_csv, data.load(telco_csv).head(200))
+
+
+def _sample(telco_csv, n=50) -> pd.DataFrame:
+    return pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(n)
+
+
+def test_errors_name_column_problem_and_rows(telco_csv):
+    frame = _sample(telco_csv)
+    frame.loc[[3, 7], "tenure"] = ["abc", "twelve"]
+    frame.loc[5, "contract"] = "Three year"
+    frame.loc[9, "monthlycharges"] = "-5"
+    with pytest.raises(DataValidationError) as info:
+        data.validate(frame)
+    message = str(info.value)
+    assert "column 'tenure': 2 non-numeric values, row 4: 'abc', row 8: 'twelve'" in message
+    assert "column 'contract': unknown categories ['Three year']" in message
+    assert "allowed values: ['Month-to-month', 'One year', 'Two year']" in message
+    assert "column 'monthly_charges': 1 values below 0, row 10: '-5'" in message
+
+
+def test_missing_columns_are_listed(telco_csv):
+    frame = _sample(telco_csv).drop(columns=["contract", "churn"])
+    with pytest.raises(DataValidationError, match=r"missing required columns: \['contract', 'churn'\]"):
+        data.validate(frame)
+    assert "churn" not in data.validate(_sample(telco_csv).drop(columns=["churn"]), require_label=False)
+
+
+def test_blank_total_charges_of_an_old_customer_is_an_error(telco_csv):
+    frame = _sample(telco_csv)
+    frame.loc[2, "totalcharges"] = " "
+    with pytest.raises(DataValidationError, match=r"column 'total_charges': 1 missing values, row 3"):
+        data.validate(frame)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b"", "data file is empty"), (b"   \n", "data file is empty"), (b"customerid,tenure\n", "no rows")],
+)
+def test_empty_files_fail_clearly(tmp_path, content, problem):
+    path = tmp_path / "customers.csv"
+    path.write_bytes(content)
+    with pytest.raises((DataSourceError, DataValidationError), match=problem):
+        data.load(path)
+
+
+def test_missing_file_fails_clearly(tmp_path):
+    with pytest.raises(DataSourceError, match="data file not found: .*nope.csv"):
+        data.load(tmp_path / "nope.csv")
+
+
+def test_generator_is_seeded_and_has_a_real_churn_signal():
+    first, again, other = data.generate(3000, seed=7), data.generate(3000, seed=7), data.generate(3000, seed=8)
+    pd.testing.assert_frame_equal(first, again)
+    assert not first.equals(other)
+    assert 0.18 < first.churn.mean() < 0.35
+    # The drivers the real data has: month-to-month, short tenure, fibre, electronic check.
+    rate = first.groupby("contract").churn.mean()
+    assert rate["Month-to-month"] > 2 * rate["Two year"]
+    assert first[first.tenure < 12].churn.mean() > first[first.tenure > 48].churn.mean() + 0.15
+    assert first[first.internet_service == "Fiber optic"].churn.mean() > first[first.internet_service == "DSL"].churn.mean()
+    x = pd.get_dummies(first[list(FEATURE_NAMES)], dtype=float)
+    model = LogisticRegression(max_iter=2000).fit(x, first.churn)
+    assert roc_auc_score(first.churn, model.predict_proba(x)[:, 1]) > 0.75
+
+
+def test_drift_moves_tenure_charges_and_contract_only():
+    base, drifted = data.generate(4000, seed=3), data.generate(4000, seed=3, drift=True)
+    assert drifted.tenure.mean() < 0.7 * base.tenure.mean()
+    assert drifted.monthly_charges.mean() > base.monthly_charges.mean() + 8
+    assert (drifted.contract == "Month-to-month").mean() > (base.contract == "Month-to-month").mean() + 0.15
+    for steady in ("gender", "partner", "internet_service", "payment_method"):
+        share = base[steady].value_counts(normalize=True)
+        moved = drifted[steady].value_counts(normalize=True)
+        assert np.allclose(share.sort_index(), moved.sort_index(), atol=0.03), steady
+
+
+def test_split_is_stratified_and_seeded():
+    frame = data.generate(2000, seed=1)
+    train, valid = data.split(frame, 0.25, seed=5)
+    assert len(valid) == 500 and len(train) == 1500
+    assert abs(train.churn.mean() - valid.churn.mean()) < 0.01
+    pd.testing.assert_frame_equal(valid, data.split(frame, 0.25, seed=5)[1])
+    with pytest.raises(DataValidationError, match="two customers of each class"):
+        data.split(frame.assign(churn=0), 0.25, seed=5)

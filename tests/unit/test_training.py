@@ -1,0 +1,110 @@
+"""Training on the embedded default (SQLite registry, local artifacts)."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from churn_platform import data, registry
+from churn_platform.cli import main
+from churn_platform.schema import FEATURE_NAMES
+from churn_platform.settings import get_settings
+from churn_platform.training import REFERENCE_ARTIFACT, TrainConfig, train
+from tests.services import free_port
+
+
+def _registered_versions(uri: str, name: str) -> list:
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return client.search_model_versions(f"name='{name}'")
+
+
+@pytest.mark.parametrize("model_type", ["logistic", "hist_gradient_boosting"])
+def test_training_registers_a_loadable_version(embedded, model_name, model_type):
+    result = train(TrainConfig(n_rows=1500, model_type=model_type, model_name=model_name), get_settings())
+    client = MlflowClient()
+    version = client.get_model_version(model_name, str(result.version))
+    assert version.status == "READY"
+    assert {"data_digest", "training_rows", "roc_auc", "decision_threshold", "model_type"} <= set(version.tags)
+    assert version.tags["model_type"] == model_type
+    run = client.get_run(result.run_id)
+    for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1"):
+        assert metric in run.data.metrics
+    assert run.data.metrics["roc_auc"] > 0.7
+    # First version: no champion, so the gate passes and the version becomes Challenger.
+    assert client.get_model_version_by_alias(model_name, registry.CHALLENGER_ALIAS).version == version.version
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "reference")}
+    assert REFERENCE_ARTIFACT in artifacts
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{result.version}")
+    frame = data.generate(20, seed=99)
+    proba = np.asarray(model.predict(frame[list(FEATURE_NAMES)]))
+    assert proba.shape == (20, 2) and ((proba >= 0) & (proba <= 1)).all()
+
+
+def test_reference_artifact_holds_the_training_rows(embedded, model_name):
+    result = train(TrainConfig(n_rows=600, model_name=model_name), get_settings())
+    path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=REFERENCE_ARTIFACT)
+    reference = pd.read_parquet(path)
+    frame = data.generate(600, seed=42)
+    train_rows, _ = data.split(frame, 0.25, 42)
+    pd.testing.assert_frame_equal(reference[list(FEATURE_NAMES)], train_rows[list(FEATURE_NAMES)])
+    assert reference["churn_probability"].between(0, 1).all()
+
+
+def test_real_data_reaches_the_target_auc(embedded, model_name, telco_csv):
+    started = time.perf_counter()
+    result = train(TrainConfig(data=str(telco_csv), model_name=model_name), get_settings())
+    elapsed = time.perf_counter() - started
+    print(f"telco default training: roc_auc={result.metrics['roc_auc']:.4f} in {elapsed:.1f}s")
+    assert result.metrics["roc_auc"] >= 0.84
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda f: f.drop(columns=["contract"]), "missing required columns: ['contract']"),
+        (lambda f: f.assign(tenure=["x"] + list(f.tenure[1:])), "column 'tenure': 1 non-numeric values, row 1: 'x'"),
+        (
+            lambda f: f.assign(internetservice=["Satellite"] + list(f.internetservice[1:])),
+            "allowed values: ['DSL', 'Fiber optic', 'No']",
+        ),
+    ],
+)
+def test_bad_data_fails_with_one_message_and_registers_nothing(
+    embedded, model_name, telco_csv, tmp_path, mutate, expected
+):
+    frame = mutate(pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(300))
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    result = _cli("train", "--data", str(path), "--model-name", model_name)
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert _registered_versions(embedded, model_name) == []
+
+
+def test_missing_file_and_empty_file(embedded, model_name, tmp_path):
+    result = _cli("train", "--data", str(tmp_path / "absent.csv"), "--model-name", model_name)
+    assert result.exit_code == 2 and "data file not found" in result.output
+    (tmp_path / "empty.csv").write_text("")
+    result = _cli("train", "--data", str(tmp_path / "empty.csv"), "--model-name", model_name)
+    assert result.exit_code == 2 and "data file is empty" in result.output
+    assert _registered_versions(embedded, model_name) == []
+
+
+def test_unreachable_tracking_server_fails_fast(embedded, model_name):
+    dead = f"http://127.0.0.1:{free_port()}"
+    started = time.perf_counter()
+    result = _cli("train", "--n-rows", "200", "--tracking-uri", dead, "--model-name", model_name)
+    assert result.exit_code == 3
+    assert f"MLflow tracking server at {dead} is unreachable" in result.output
+    assert time.perf_counter() - started < 30
