@@ -148,5 +148,134 @@ def train(tracking_uri: str | None, model_name: str | None, as_json: bool, **par
     click.echo(f"  gate: {verdict}: {result.gate.get('reason')}")
 
 
+# --------------------------------------------------------------------------- registry commands
+
+
+def registry_command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Shared options of the registry commands; the wrapped function gets a connected client."""
+
+    @tracking_option
+    @click.option("--model-name", default=None, help="Registered model name (default: churn).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+    @wraps(func)
+    def wrapper(tracking_uri: str | None, model_name: str | None, as_json: bool, **kwargs: Any) -> Any:
+        from churn_platform import registry
+
+        settings = _settings(tracking_uri, model_name)
+        client = registry.connect(settings)
+        with registry.translate_errors(settings):
+            return func(client=client, settings=settings, as_json=as_json, **kwargs)
+
+    return handles_errors(wrapper)
+
+
+def _echo_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items()) or "-"
+
+
+def _fmt_version(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return "none"
+    line = f"v{info['version']}  run {info['run_id']}  {_fmt_metrics(info['metrics'])}"
+    line += f"  data {info['data_digest']}"
+    if info.get("promoted_at"):
+        line += f"\n    promoted {info['promoted_at']} by {info['promoted_by']} via {info['promoted_via']}"
+    return line
+
+
+@main.command()
+@registry_command
+def status(client: Any, settings: Settings, as_json: bool) -> None:
+    """What is in Production and Challenger, with metrics and who promoted it."""
+    from churn_platform import promotion
+
+    info = promotion.status(client, settings.model_name)
+    if as_json:
+        return _echo_json(info)
+    click.echo(f"model {info['model']}")
+    click.echo(f"  Production: {_fmt_version(info['production'])}")
+    click.echo(f"  Challenger: {_fmt_version(info['challenger'])}")
+
+
+@main.command()
+@registry_command
+def versions(client: Any, settings: Settings, as_json: bool) -> None:
+    """Every version, newest first."""
+    from churn_platform import promotion
+
+    rows = promotion.versions(client, settings.model_name)
+    if as_json:
+        return _echo_json({"model": settings.model_name, "versions": rows})
+    click.echo(f"{'version':>7}  {'status':<8} {'aliases':<22} {'created':<25} {'data':<16}  metrics")
+    for row in rows:
+        click.echo(
+            f"{row['version']:>7}  {row['status']:<8} {','.join(row['aliases']) or '-':<22} "
+            f"{row['created_at']:<25} {row['data_digest'] or '-':<16}  {_fmt_metrics(row['metrics'])}"
+        )
+
+
+@main.command()
+@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to promote.")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@click.option("--force", is_flag=True, help="Promote even if the roc_auc gate refuses.")
+@registry_command
+def promote(
+    client: Any, settings: Settings, as_json: bool, version: int, reason: str, actor: str | None, force: bool
+) -> None:
+    """Move Production to a version, if its validation roc_auc passes the gate."""
+    from churn_platform import promotion
+
+    result = promotion.promote(
+        client, settings.model_name, version, reason=reason, actor=actor, force=force,
+        tolerance=settings.promotion_tolerance,
+    )  # fmt: skip
+    if as_json:
+        return _echo_json(result)
+    if not result["changed"]:
+        click.echo(result["message"])
+        return
+    click.echo(f"Production: v{result['from'] or '-'} -> v{result['to']} ({settings.model_name})")
+
+
+@main.command()
+@click.option("--to", "to", type=click.IntRange(min=1), default=None, help="An earlier Production version.")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@registry_command
+def rollback(
+    client: Any, settings: Settings, as_json: bool, to: int | None, reason: str, actor: str | None
+) -> None:
+    """Move Production back to the version that held it before the current one."""
+    from churn_platform import promotion
+
+    result = promotion.rollback(client, settings.model_name, to=to, reason=reason, actor=actor)
+    if as_json:
+        return _echo_json(result)
+    click.echo(f"Production rolled back: v{result['from']} -> v{result['to']} ({settings.model_name})")
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the K newest events.")
+@registry_command
+def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -> None:
+    """Promotion and rollback events, newest first."""
+    from churn_platform import promotion
+
+    events = promotion.history(client, settings.model_name, limit)
+    if as_json:
+        return _echo_json({"model": settings.model_name, "events": events})
+    if not events:
+        click.echo(f"no promotions of {settings.model_name} recorded")
+    for e in events:
+        moved = f"v{e['from'] or '-'} -> v{e['to'] or '-'}"
+        why = f"  {e['reason']}" if e["reason"] else ""
+        click.echo(f"{e['at']}  {e['action']:<8} {moved:<12} by {e['actor']} via {e['via']}{why}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,337 @@
+"""Promote, roll back and inspect the ``Production`` alias, with an audit trail in the registry.
+
+Every change of ``Production`` made through these functions is recorded as an event in a
+tag of its own on the registered model (``churn_platform.audit.<ns>-<random>``). Unique
+keys mean racing writers never overwrite each other's records, and any machine that can
+read the registry sees the same history; nothing is kept on the client.
+
+A change made elsewhere (the MLflow UI, the REST API) leaves no event. It is detected
+when the alias no longer matches the latest recorded event, and recorded as an
+``external`` event with a key derived from that latest event, so that detecting it twice
+writes the same tag instead of a second record.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from churn_platform import registry
+from churn_platform.errors import GateRefused, NotFoundError
+from churn_platform.training import TAG_DATA_DIGEST, TAG_ROC_AUC
+
+AUDIT_PREFIX = "churn_platform.audit."
+#: Events this close to the latest one count as one race, not an outside change.
+RACE_WINDOW_NS = 10 * 1_000_000_000
+HEADLINE_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1")
+
+
+@dataclass
+class Event:
+    """One move of the ``Production`` alias."""
+
+    key: str
+    at: str
+    action: str  # promote | rollback | external
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    via: str  # cli | external
+
+    @property
+    def ns(self) -> int:
+        return int(self.key[len(AUDIT_PREFIX) :].split("-", 1)[0])
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("key")
+        out["from"] = out.pop("from_version")
+        out["to"] = out.pop("to_version")
+        return out
+
+
+def _now_key() -> tuple[str, str]:
+    ns = time.time_ns()
+    at = datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+    return f"{AUDIT_PREFIX}{ns:020d}-{secrets.token_hex(4)}", at
+
+
+def default_actor() -> str:
+    user = os.environ.get("CHURN_ACTOR") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def _parse(key: str, value: str) -> Event | None:
+    try:
+        raw = json.loads(value)
+        return Event(
+            key=key,
+            at=str(raw["at"]),
+            action=str(raw["action"]),
+            from_version=raw.get("from"),
+            to_version=raw.get("to"),
+            actor=str(raw.get("actor", "unknown")),
+            reason=str(raw.get("reason", "")),
+            via=str(raw.get("via", "unknown")),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # a foreign or damaged tag is not an event; it is never rewritten
+
+
+def _model_or_fail(client: MlflowClient, name: str):
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise NotFoundError(f"registered model {name!r} does not exist") from exc
+        raise
+
+
+def recorded_events(client: MlflowClient, name: str) -> list[Event]:
+    """Recorded events, oldest first."""
+    tags = _model_or_fail(client, name).tags
+    events = [_parse(k, v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
+    return sorted((e for e in events if e is not None), key=lambda e: e.key)
+
+
+def _current(client: MlflowClient, name: str) -> int | None:
+    version = registry.version_by_alias(client, name, registry.PRODUCTION_ALIAS)
+    return int(version.version) if version else None
+
+
+def _write(client: MlflowClient, name: str, event: Event) -> None:
+    client.set_registered_model_tag(name, event.key, json.dumps(event.to_json(), sort_keys=True))
+
+
+def reconcile(client: MlflowClient, name: str) -> list[Event]:
+    """Events, with an ``external`` one recorded if the alias moved outside our commands."""
+    events = recorded_events(client, name)
+    current = _current(client, name)
+    if not events:
+        if current is None:
+            return events
+        last_ns, base = 0, "initial"
+    else:
+        last = events[-1]
+        if current == last.to_version:
+            return events
+        recent = {e.to_version for e in events if e.ns >= last.ns - RACE_WINDOW_NS}
+        if current is not None and current in recent:
+            return events  # two of our own promotions raced; both are recorded
+        last_ns, base = last.ns, last.key.rsplit("-", 1)[-1]
+    # Deterministic key: just after the last recorded event, named after it and the alias.
+    key = f"{AUDIT_PREFIX}{last_ns + 1:020d}-ext{base}{current or 0}"
+    event = Event(
+        key=key,
+        at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        action="external",
+        from_version=events[-1].to_version if events else None,
+        to_version=current,
+        actor="unknown (outside churn-platform)",
+        reason=(
+            "Production alias changed outside churn-platform (MLflow UI or API); "
+            "the time is when it was noticed"
+        ),
+        via="external",
+    )
+    _write(client, name, event)
+    return [*events, event]
+
+
+def production_stack(events: list[Event], current: int | None) -> list[int]:
+    """Versions that held Production, oldest first, ending with ``current``.
+
+    This is the path rollbacks walk back along: a rollback pops back to its target.
+    """
+    stack: list[int] = []
+    for event in events:
+        if event.action == "rollback":
+            while stack and stack[-1] != event.to_version:
+                stack.pop()
+            if not stack and event.to_version is not None:
+                stack.append(event.to_version)
+        elif event.to_version is None:
+            stack.clear()
+        elif not stack or stack[-1] != event.to_version:
+            stack.append(event.to_version)
+    if current in stack:  # after a race the alias may rest on an earlier event's version
+        stack = stack[: len(stack) - stack[::-1].index(current)]
+    return stack
+
+
+def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
+    try:
+        run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    except MlflowException:
+        run_metrics = {}
+    metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
+    if "roc_auc" not in metrics and TAG_ROC_AUC in version.tags:
+        metrics["roc_auc"] = float(version.tags[TAG_ROC_AUC])
+    return metrics
+
+
+def describe(client: MlflowClient, version: ModelVersion, aliases: list[str]) -> dict[str, Any]:
+    return {
+        "version": int(version.version),
+        "run_id": version.run_id,
+        "status": version.status,
+        "aliases": aliases,
+        "metrics": _metrics(client, version),
+        "data_digest": version.tags.get(TAG_DATA_DIGEST),
+        "created_at": datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC).isoformat(
+            timespec="seconds"
+        ),
+    }
+
+
+def _aliases_by_version(client: MlflowClient, name: str) -> dict[int, list[str]]:
+    # search_model_versions returns empty aliases on SQL backends: read them from the model.
+    out: dict[int, list[str]] = {}
+    for alias, version in _model_or_fail(client, name).aliases.items():
+        out.setdefault(int(version), []).append(alias)
+    return out
+
+
+def status(client: MlflowClient, name: str) -> dict[str, Any]:
+    events = reconcile(client, name)
+    aliases = _aliases_by_version(client, name)
+    out: dict[str, Any] = {"model": name}
+    for alias in (registry.PRODUCTION_ALIAS, registry.CHALLENGER_ALIAS):
+        version = registry.version_by_alias(client, name, alias)
+        if version is None:
+            out[alias.lower()] = None
+            continue
+        info = describe(client, version, aliases.get(int(version.version), []))
+        if alias == registry.PRODUCTION_ALIAS:
+            promoted = next((e for e in reversed(events) if e.to_version == int(version.version)), None)
+            info["promoted_at"] = promoted.at if promoted else None
+            info["promoted_by"] = promoted.actor if promoted else None
+            info["promoted_via"] = promoted.via if promoted else None
+        out[alias.lower()] = info
+    return out
+
+
+def versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    _model_or_fail(client, name)
+    aliases = _aliases_by_version(client, name)
+    found = client.search_model_versions(f"name='{name}'")
+    ordered = sorted(found, key=lambda v: int(v.version), reverse=True)
+    return [describe(client, v, aliases.get(int(v.version), [])) for v in ordered]
+
+
+def history(client: MlflowClient, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    events = list(reversed(reconcile(client, name)))
+    return [e.to_json() for e in (events[:limit] if limit else events)]
+
+
+def _ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
+    _model_or_fail(client, name)
+    found = registry.get_version(client, name, version)
+    if found.status != "READY":
+        raise NotFoundError(f"{name} version {version} is {found.status}, not READY; it cannot serve")
+    return found
+
+
+def _move(client: MlflowClient, name: str, version: int) -> None:
+    for attempt in range(3):  # a first alias insert can race another writer's; then it is an update
+        try:
+            client.set_registered_model_alias(name, registry.PRODUCTION_ALIAS, str(version))
+            return
+        except MlflowException:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: int,
+    *,
+    reason: str = "",
+    actor: str | None = None,
+    force: bool = False,
+    tolerance: float = 0.005,
+) -> dict[str, Any]:
+    """Move Production to ``version`` unless its validation roc_auc is worse than the gate allows."""
+    candidate = _ready_version(client, name, version)
+    reconcile(client, name)
+    current = _current(client, name)
+    if current == version:
+        return {
+            "changed": False,
+            "from": current,
+            "to": version,
+            "message": f"v{version} is already in Production",
+        }
+    gate: dict[str, Any] = {"checked": False}
+    if current is not None:
+        champion = registry.get_version(client, name, current)
+        new_auc = _metrics(client, candidate).get("roc_auc")
+        old_auc = _metrics(client, champion).get("roc_auc")
+        if new_auc is not None and old_auc is not None:
+            passed = new_auc >= old_auc - tolerance
+            gate = {"checked": True, "passed": passed, "candidate_roc_auc": new_auc,
+                    "production_roc_auc": old_auc, "tolerance": tolerance}  # fmt: skip
+            if not passed and not force:
+                raise GateRefused(
+                    f"refused: v{version} roc_auc {new_auc:.4f} is worse than Production v{current} "
+                    f"{old_auc:.4f} by more than {tolerance}; use --force to promote anyway"
+                )
+    _move(client, name, version)
+    key, at = _now_key()
+    event = Event(key, at, "promote", current, version, actor or default_actor(),
+                  (reason + (" [forced past gate]" if force and gate.get("passed") is False else "")).strip(),
+                  "cli")  # fmt: skip
+    _write(client, name, event)
+    return {"changed": True, "from": current, "to": version, "gate": gate, "event": event.to_json()}
+
+
+def rollback(
+    client: MlflowClient,
+    name: str,
+    *,
+    to: int | None = None,
+    reason: str = "",
+    actor: str | None = None,
+) -> dict[str, Any]:
+    """Move Production back to the version that held it before the current one."""
+    _model_or_fail(client, name)
+    events = reconcile(client, name)
+    current = _current(client, name)
+    if current is None:
+        raise NotFoundError(f"no version of {name!r} holds {registry.PRODUCTION_ALIAS}; nothing to roll back")
+    stack = production_stack(events, current)
+    earlier = stack[:-1] if stack and stack[-1] == current else stack
+    if to is None:
+        if not earlier:
+            raise NotFoundError(
+                f"no earlier Production version of {name!r} to roll back to (v{current} is the first "
+                "in the audit trail); nothing changed"
+            )
+        target = earlier[-1]
+    else:
+        if to not in earlier:
+            raise NotFoundError(
+                f"v{to} did not hold Production before v{current} (earlier: {earlier or 'none'}); "
+                "use promote to move Production to a version that never held it"
+            )
+        target = to
+    _ready_version(client, name, target)
+    _move(client, name, target)
+    key, at = _now_key()
+    event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
+    _write(client, name, event)
+    return {"changed": True, "from": current, "to": target, "event": event.to_json()}

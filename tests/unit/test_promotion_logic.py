@@ -1,0 +1,35 @@
+"""The rollback path derived from audit events (pure logic)."""
+
+from __future__ import annotations
+
+from churn_platform.promotion import AUDIT_PREFIX, Event, production_stack
+
+
+def _events(*moves: tuple[str, int | None, int | None]) -> list[Event]:
+    return [
+        Event(f"{AUDIT_PREFIX}{i:020d}-x", "t", action, frm, to, "me", "", "cli")
+        for i, (action, frm, to) in enumerate(moves, start=1)
+    ]
+
+
+def test_promotions_stack_and_rollbacks_pop():
+    events = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3))
+    assert production_stack(events, 3) == [1, 2, 3]
+    events += _events(("rollback", 3, 2))
+    events[-1].key = f"{AUDIT_PREFIX}{99:020d}-y"
+    assert production_stack(events, 2) == [1, 2]
+
+
+def test_an_outside_change_is_a_step_rollback_can_undo():
+    events = _events(("promote", None, 1), ("external", 1, 4))
+    assert production_stack(events, 4) == [1, 4]
+
+
+def test_removal_of_the_alias_clears_the_path():
+    events = _events(("promote", None, 1), ("promote", 1, 2), ("external", 2, None))
+    assert production_stack(events, None) == []
+
+
+def test_after_a_race_the_path_ends_at_the_alias():
+    events = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 1, 3))
+    assert production_stack(events, 2) == [1, 2]
