@@ -277,5 +277,30 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
         click.echo(f"{e['at']}  {e['action']:<8} {moved:<12} by {e['actor']} via {e['via']}{why}")
 
 
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: CHURN_API_HOST or 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000)."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes."
+)
+@handles_errors
+def serve(host: str | None, port: int | None, workers: int) -> None:
+    """Run the prediction API with uvicorn (model from MLFLOW_TRACKING_URI's Production alias)."""
+    import uvicorn
+
+    settings = get_settings()
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        timeout_graceful_shutdown=20,
+        log_level="info",
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

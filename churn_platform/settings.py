@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The embedded default: a SQLite registry in the working directory, no services needed.
@@ -42,6 +42,42 @@ class Settings(BaseSettings):
         ge=0,
         description="How much lower a candidate's validation roc_auc may be than Production's.",
     )
+
+    # ---- serving
+    api_host: str = Field("127.0.0.1", description="Address the API binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    admin_api_key: SecretStr | None = Field(
+        None, description="Key for POST /admin/reload (header X-API-Key); unset disables admin routes."
+    )
+    max_batch_size: int = Field(1000, ge=1, description="Most customers in one POST /predict.")
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body accepted.")
+    risk_medium_from: float = Field(0.3, gt=0, lt=1, description="Probability where 'medium' risk starts.")
+    risk_high_from: float = Field(0.6, gt=0, lt=1, description="Probability where 'high' risk starts.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS ('*' for any).")
+    reload_poll_s: float = Field(
+        0, ge=0, description="Check the Production alias every N seconds and reload (0: never)."
+    )
+    startup_backoff_max_s: float = Field(
+        5, gt=0, description="Longest wait between attempts to load the model at startup."
+    )
+    verify_sample_rows: int = Field(
+        500, ge=0, description="Reference rows the fast scorer is checked on before serving."
+    )
+    inference_log_url: str = Field(
+        "sqlite:///inference_log.db",
+        description="SQLAlchemy URL of the inference log (postgresql+psycopg2://... in production).",
+    )
+    inference_log_batch_rows: int = Field(500, ge=1, description="Rows per inference-log insert.")
+    inference_log_flush_s: float = Field(1.0, gt=0, description="Longest wait before an insert.")
+    inference_log_queue_rows: int = Field(
+        100_000, ge=1, description="Rows buffered while the log database is slow; beyond, rows are dropped."
+    )
+
+    @model_validator(mode="after")
+    def _bands_in_order(self) -> Settings:
+        if self.risk_medium_from >= self.risk_high_from:
+            raise ValueError("CHURN_RISK_MEDIUM_FROM must be below CHURN_RISK_HIGH_FROM")
+        return self
 
 
 @lru_cache

@@ -1,0 +1,118 @@
+"""Load a registered version for serving: the sklearn pipeline, its fast scorer, and proof
+that the two agree before anyone is served by it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.models import Model
+from sklearn.pipeline import Pipeline
+
+from churn_platform import registry
+from churn_platform.errors import ChurnPlatformError, NotFoundError
+from churn_platform.promotion import HEADLINE_METRICS
+from churn_platform.schema import FEATURE_NAMES
+from churn_platform.scorer import FastScorer, SklearnScorer, UnsupportedPipeline, max_difference
+from churn_platform.training import REFERENCE_ARTIFACT, TAG_THRESHOLD
+
+log = logging.getLogger(__name__)
+
+#: Largest difference from sklearn's predict_proba a scorer may show and still serve.
+PARITY_TOLERANCE = 1e-6
+
+
+class VerificationFailed(ChurnPlatformError):
+    """The scorer disagrees with the registered sklearn model; the version must not serve."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered version, ready to score. Immutable: a reload builds a new one."""
+
+    name: str
+    version: int
+    run_id: str | None
+    pipeline: Pipeline
+    scorer: FastScorer | SklearnScorer
+    scorer_kind: str
+    decision_threshold: float
+    input_schema: list[dict[str, Any]]
+    metrics: dict[str, float]
+    max_abs_difference: float
+    verified_rows: int
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+def resolve(client: MlflowClient, name: str, alias: str = registry.PRODUCTION_ALIAS) -> int:
+    """The version number ``alias`` points at, or ``NotFoundError``."""
+    version = registry.version_by_alias(client, name, alias)
+    if version is None:
+        raise NotFoundError(f"no version of model {name!r} holds the alias {alias!r}")
+    return int(version.version)
+
+
+def _verification_rows(client: MlflowClient, run_id: str | None, example: Any, sample: int) -> pd.DataFrame:
+    frames = []
+    if isinstance(example, pd.DataFrame):
+        frames.append(example)
+    if run_id and sample:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
+            )
+            reference = pd.read_parquet(path)
+        frames.append(reference.sample(min(sample, len(reference)), random_state=0))
+    if not frames:
+        raise VerificationFailed("no input example and no reference rows to verify the scorer on")
+    return pd.concat([f.loc[:, list(FEATURE_NAMES)] for f in frames], ignore_index=True)
+
+
+def load(
+    client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int
+) -> LoadedModel:
+    """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
+    found = registry.get_version(client, name, version)
+    uri = f"models:/{name}/{version}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        pipeline = mlflow.sklearn.load_model(local)
+        meta = Model.load(local)
+        example = meta.load_input_example(local)
+    rows = _verification_rows(client, found.run_id, example, sample)
+    try:
+        scorer: FastScorer | SklearnScorer = FastScorer(pipeline)
+        kind = "fast"
+    except UnsupportedPipeline as exc:
+        log.warning("v%s: fast scorer unavailable (%s); serving with sklearn", version, exc)
+        scorer, kind = SklearnScorer(pipeline), "sklearn"
+    difference = max_difference(pipeline, scorer, rows)
+    if not difference <= PARITY_TOLERANCE:
+        raise VerificationFailed(
+            f"{name} v{version}: {kind} scorer differs from sklearn by {difference:.3g} "
+            f"(> {PARITY_TOLERANCE}) on {len(rows)} rows; not serving it"
+        )
+    metrics = {}
+    if found.run_id:
+        run_metrics = client.get_run(found.run_id).data.metrics
+        metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
+    schema = meta.signature.inputs.to_dict() if meta.signature else []
+    return LoadedModel(
+        name=name,
+        version=int(version),
+        run_id=found.run_id,
+        pipeline=pipeline,
+        scorer=scorer,
+        scorer_kind=kind,
+        decision_threshold=float(found.tags.get(TAG_THRESHOLD, default_threshold)),
+        input_schema=schema,
+        metrics=metrics,
+        max_abs_difference=difference,
+        verified_rows=len(rows),
+    )

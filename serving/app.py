@@ -1,0 +1,299 @@
+"""The prediction API: a thin FastAPI layer over the model holder and the inference log.
+
+No `from __future__ import annotations` here: FastAPI must see the dependency aliases
+defined inside `create_app` as real objects, not strings.
+"""
+
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from churn_platform import registry
+from churn_platform.loading import LoadedModel
+from churn_platform.schema import FEATURE_NAMES, ID_COLUMN
+from churn_platform.settings import Settings, get_settings
+from serving.holder import ModelHolder
+from serving.inference_log import InferenceLog
+from serving.metrics import Metrics
+from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, Problem
+
+log = logging.getLogger(__name__)
+
+
+def _problem(status: int, message: str, detail: Any = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, content={"message": message, "detail": detail if detail is not None else message}
+    )
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = _problem(413, f"request body is larger than {self.max_bytes} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        seen, exceeded = 0, False
+
+        async def limited() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # hand the app an empty end of body and answer 413 ourselves
+                exceeded = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not exceeded:
+                await send(message)
+
+        await self.app(scope, limited, guarded)
+        if exceeded:
+            await too_big(scope, receive, send)
+
+
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; nothing connects until it starts (lifespan)."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+    holder = ModelHolder(
+        settings,
+        on_loaded=lambda m: (
+            metrics.set_model(m.name, m.version, m.scorer_kind),
+            metrics.reloads.labels("loaded").inc(),
+        ),
+        on_failed=lambda a: metrics.reloads.labels(a.state).inc(),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        inference_log = InferenceLog(
+            settings.inference_log_url,
+            batch_rows=settings.inference_log_batch_rows,
+            flush_s=settings.inference_log_flush_s,
+            queue_rows=settings.inference_log_queue_rows,
+            on_written=metrics.log_written.inc,
+            on_dropped=metrics.log_dropped.inc,
+        )
+        inference_log.start()
+        app.state.inference_log = inference_log
+        holder.start()
+        yield
+        holder.stop()
+        inference_log.close()
+        log.info(
+            "inference log flushed: %d rows written, %d dropped", inference_log.written, inference_log.dropped
+        )
+
+    app = FastAPI(
+        title="churn-platform prediction API",
+        version="1",
+        description="Churn probabilities from the registry's `Production` model version.",
+        lifespan=lifespan,
+        responses={413: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem}},
+    )
+    app.state.settings, app.state.holder, app.state.metrics = settings, holder, metrics
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            metrics.requests.labels(endpoint, request.method, str(status)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return _problem(422, _validation_message(errors), errors)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return _problem(500, "internal error; see the server log")
+
+    def serving_model() -> LoadedModel:
+        model = holder.current
+        if model is None:
+            raise HTTPException(503, f"no model is being served yet: {holder.last.reason}")
+        return model
+
+    ServingModel = Annotated[LoadedModel, Depends(serving_model)]
+
+    def require_admin(
+        x_api_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
+        expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+        if not expected:
+            raise HTTPException(403, "admin endpoints are disabled: set CHURN_ADMIN_API_KEY")
+        given = x_api_key or (
+            authorization[7:] if authorization and authorization.startswith("Bearer ") else None
+        )
+        if not given:
+            raise HTTPException(401, "missing API key: send it in the X-API-Key header")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(403, "wrong API key")
+
+    def risk(probability: float) -> str:
+        if probability >= settings.risk_high_from:
+            return "high"
+        return "medium" if probability >= settings.risk_medium_from else "low"
+
+    def score(model: LoadedModel, customers: list[Any], request: Request) -> list[Prediction]:
+        records = [c.model_dump() for c in customers]
+        probabilities = model.scorer.score(records)
+        predictions = []
+        for record, p in zip(records, probabilities, strict=True):
+            p = min(max(float(p), 0.0), 1.0)
+            band = risk(p)
+            metrics.predictions.labels(band).inc()
+            predictions.append(
+                Prediction(
+                    customer_id=record.get(ID_COLUMN),
+                    churn_probability=p,
+                    will_churn=p >= model.decision_threshold,
+                    risk=band,
+                    model_version=model.version,
+                )
+            )
+        metrics.rows_scored.inc(len(records))
+        request.app.state.inference_log.append(
+            uuid.uuid4().hex, model.name, model.version, records, probabilities
+        )
+        return predictions
+
+    @app.get("/", tags=["service"])
+    def root() -> dict[str, Any]:
+        model = holder.current
+        return {
+            "service": "churn-platform prediction API",
+            "model": settings.model_name,
+            "model_version": model.version if model else None,
+            "links": {k: f"/{k}" for k in ("health", "ready", "model", "metrics", "docs", "predict")},
+        }
+
+    @app.get("/health", tags=["service"])
+    def health() -> dict[str, str]:
+        """Liveness: the process is up."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], responses={503: {"model": Problem}})
+    def ready() -> Any:
+        """Readiness: 200 only when a verified model serves."""
+        model = holder.current
+        if model is None:
+            return JSONResponse(
+                status_code=503,
+                content={
+                    "status": holder.last.state,
+                    "message": holder.last.reason,
+                    "detail": holder.last.reason,
+                },
+            )
+        return {"status": "ready", "model": model.name, "version": model.version}
+
+    @app.post("/predict", response_model=BatchResponse, tags=["predictions"])
+    def predict(body: BatchRequest, request: Request, model: ServingModel) -> BatchResponse:
+        """Score 1 to CHURN_MAX_BATCH_SIZE customers."""
+        if len(body.customers) > settings.max_batch_size:
+            raise HTTPException(
+                413, f"{len(body.customers)} customers in one request; the limit is {settings.max_batch_size}"
+            )
+        return BatchResponse(
+            predictions=score(model, body.customers, request),
+            model_version=model.version,
+            model_name=model.name,
+        )
+
+    @app.post("/predict/single", response_model=Prediction, tags=["predictions"])
+    def predict_single(customer: Customer, request: Request, model: ServingModel) -> Prediction:  # type: ignore[valid-type]
+        """Score one customer."""
+        return score(model, [customer], request)[0]
+
+    @app.get("/model", tags=["service"])
+    def model_info() -> dict[str, Any]:
+        """What is served, where it came from, and how the latest (re)load went."""
+        model = holder.current
+        last = {"state": holder.last.state, "reason": holder.last.reason, "at": holder.last.at}
+        if model is None:
+            return {"model": settings.model_name, "version": None, "last_load": last}
+        return {
+            "model": model.name,
+            "version": model.version,
+            "alias": registry.PRODUCTION_ALIAS,
+            "run_id": model.run_id,
+            "loaded_at": model.loaded_at,
+            "scorer": model.scorer_kind,
+            "verified": {"rows": model.verified_rows, "max_abs_difference": model.max_abs_difference},
+            "decision_threshold": model.decision_threshold,
+            "risk_bands": {"medium_from": settings.risk_medium_from, "high_from": settings.risk_high_from},
+            "input_schema": model.input_schema or [{"name": n} for n in FEATURE_NAMES],
+            "metrics": model.metrics,
+            "last_load": last,
+        }
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)], status_code=202)
+    def reload(wait: Annotated[bool, Query(description="Wait for the outcome.")] = False) -> JSONResponse:
+        """Load the version Production points at now, verify it, then swap it in."""
+        before = holder.current.version if holder.current else None
+        if wait:
+            attempt = holder.load_production()
+            status = 200 if attempt.state == "ready" else 409
+            return JSONResponse(
+                status_code=status,
+                content={"previous_version": before, "state": attempt.state, "message": attempt.reason,
+                         "version": holder.current.version if holder.current else None},
+            )  # fmt: skip
+        holder.reload_in_background()
+        return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
+
+    return app

@@ -1,0 +1,128 @@
+"""Holds the model being served and replaces it safely.
+
+Loading happens in a background thread; the new model is verified before a single
+attribute assignment swaps it in. A request takes one reference to the current model and
+uses it to the end, so in-flight requests finish on the old model and none fails during
+a swap. A version that fails to load or verify is never swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from churn_platform import loading, registry
+from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryUnreachable
+from churn_platform.loading import LoadedModel
+from churn_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Attempt:
+    """The outcome of the latest load attempt, for /ready and /model."""
+
+    #: starting, loading, ready, registry_unreachable, alias_missing, verification_failed, load_failed
+    state: str
+    reason: str
+    version: int | None = None
+    at: str = ""
+
+
+class ModelHolder:
+    def __init__(self, settings: Settings, on_loaded=None, on_failed=None) -> None:
+        self.settings = settings
+        self.current: LoadedModel | None = None
+        self.last = Attempt("starting", "the service is starting")
+        self._lock = threading.Lock()  # one load at a time
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._on_loaded = on_loaded or (lambda model: None)
+        self._on_failed = on_failed or (lambda attempt: None)
+
+    # ---------------------------------------------------------------- loading
+
+    def _record(self, state: str, reason: str, version: int | None = None) -> Attempt:
+        self.last = Attempt(state, reason, version, datetime.now(UTC).isoformat(timespec="seconds"))
+        return self.last
+
+    def load_production(self) -> Attempt:
+        """Resolve Production and, if it is not what we serve, load, verify and swap it in."""
+        with self._lock:
+            name = self.settings.model_name
+            try:
+                client = registry.connect(self.settings)
+                with registry.translate_errors(self.settings):
+                    version = loading.resolve(client, name)
+                    if self.current is not None and self.current.version == version:
+                        return self._record("ready", f"serving {name} v{version}", version)
+                    self._record("loading", f"loading {name} v{version}", version)
+                    model = loading.load(
+                        client, name, version,
+                        default_threshold=self.settings.decision_threshold,
+                        sample=self.settings.verify_sample_rows,
+                    )  # fmt: skip
+            except RegistryUnreachable as exc:
+                return self._fail("registry_unreachable", str(exc))
+            except NotFoundError as exc:
+                return self._fail("alias_missing", str(exc))
+            except loading.VerificationFailed as exc:
+                return self._fail("verification_failed", str(exc))
+            except ChurnPlatformError as exc:
+                return self._fail("load_failed", str(exc))
+            except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model serving
+                if registry.is_connection_error(exc):
+                    return self._fail(
+                        "registry_unreachable", f"registry or artifact store unreachable: {exc}"[:500]
+                    )
+                return self._fail("load_failed", f"{type(exc).__name__}: {exc}"[:500])
+            self.current = model  # the atomic swap
+            self._on_loaded(model)
+            log.info("serving %s v%s (%s scorer, max |diff| %.2g on %d rows)", name, model.version,
+                     model.scorer_kind, model.max_abs_difference, model.verified_rows)  # fmt: skip
+            return self._record("ready", f"serving {name} v{model.version}", model.version)
+
+    def _fail(self, state: str, reason: str) -> Attempt:
+        attempt = self._record(state, reason)
+        log.warning("model not (re)loaded: %s: %s", state, reason)
+        self._on_failed(attempt)
+        return attempt
+
+    # ---------------------------------------------------------------- background work
+
+    def _spawn(self, target, name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def start(self) -> None:
+        """Keep trying to load Production with backoff until it serves; then poll if configured."""
+
+        def run() -> None:
+            delay = 0.5
+            while not self._stop.is_set() and self.current is None:
+                attempt = self.load_production()
+                if self.current is not None:
+                    break
+                log.info("not ready (%s); retrying in %.1fs", attempt.state, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.settings.startup_backoff_max_s)
+            interval = self.settings.reload_poll_s
+            while interval and not self._stop.wait(interval):
+                self.load_production()
+
+        self._spawn(run, "model-loader")
+
+    def reload_in_background(self) -> threading.Thread:
+        return self._spawn(self.load_production, "model-reload")
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,149 @@
+"""The inference log: every scored row, written in batches by a background thread.
+
+The request path only appends to a bounded queue and never waits for the database. When
+the database is down, the batch being written is dropped and counted (never retried, so
+no row is written twice); writing resumes with the next batch once the database answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from churn_platform.schema import FEATURES, ID_COLUMN
+
+log = logging.getLogger(__name__)
+
+_SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Float()}
+
+
+def table(metadata: sa.MetaData) -> sa.Table:
+    """The ``inference_log`` table: one column per schema feature, so monitoring can read it back."""
+    return sa.Table(
+        "inference_log",
+        metadata,
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("row_index", sa.Integer(), nullable=False),
+        sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("model_name", sa.String(256), nullable=False),
+        sa.Column("model_version", sa.Integer(), nullable=False, index=True),
+        sa.Column(ID_COLUMN, sa.String(128)),
+        *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
+        sa.Column("churn_probability", sa.Float(), nullable=False),
+        sa.UniqueConstraint("request_id", "row_index", name="uq_inference_log_request_row"),
+    )
+
+
+def make_engine(url: str) -> sa.Engine:
+    args: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        args["connect_args"] = {"connect_timeout": 3}
+    return sa.create_engine(url, **args)
+
+
+class InferenceLog:
+    """Bounded queue + writer thread. ``on_written``/``on_dropped`` receive row counts."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_rows: int = 500,
+        flush_s: float = 1.0,
+        queue_rows: int = 100_000,
+        on_written: Callable[[int], None] = lambda n: None,
+        on_dropped: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.url = url
+        self._engine = make_engine(url)
+        self._table = table(sa.MetaData())
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_rows)
+        self._batch_rows = batch_rows
+        self._flush_s = flush_s
+        self._on_written, self._on_dropped = on_written, on_dropped
+        self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
+        self._table_ready = False
+        self.written = 0
+        self.dropped = 0
+
+    def start(self) -> None:
+        try:  # create the table early when the database is up; the writer retries otherwise
+            self._table.metadata.create_all(self._engine)
+            self._table_ready = True
+        except Exception as exc:  # noqa: BLE001
+            log.warning("inference log database not ready yet (%s); will retry", type(exc).__name__)
+        self._thread.start()
+
+    def append(
+        self,
+        request_id: str,
+        model_name: str,
+        version: int,
+        records: Sequence[dict[str, Any]],
+        scores: Sequence[float],
+    ) -> None:
+        """Queue rows for writing; never blocks. A full queue drops (and counts) the rows."""
+        now = datetime.now(UTC)
+        for index, (record, score) in enumerate(zip(records, scores, strict=True)):
+            row = {
+                "request_id": request_id, "row_index": index, "scored_at": now,
+                "model_name": model_name, "model_version": version,
+                ID_COLUMN: record.get(ID_COLUMN), "churn_probability": float(score),
+                **{f.name: record[f.name] for f in FEATURES},
+            }  # fmt: skip
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                self._drop(1)
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        self._on_dropped(n)
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            if not self._table_ready:
+                self._table.metadata.create_all(self._engine)
+                self._table_ready = True
+            with self._engine.begin() as conn:  # one transaction: all rows or none
+                conn.execute(self._table.insert(), rows)
+        except Exception as exc:  # noqa: BLE001 - the log must never take the API down
+            log.warning("inference log: dropped %d rows (%s)", len(rows), type(exc).__name__)
+            self._drop(len(rows))
+            return
+        self.written += len(rows)
+        self._on_written(len(rows))
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            rows: list[dict[str, Any]] = []
+            deadline = time.monotonic() + self._flush_s
+            while len(rows) < self._batch_rows:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                rows.append(item)
+            if rows:
+                self._write(rows)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is queued and stop the writer (graceful shutdown)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._engine.dispose()

@@ -1,0 +1,240 @@
+"""Routes of the prediction API, with FastAPI's TestClient on the embedded registry."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from churn_platform import data, loading, registry
+from churn_platform.schema import FEATURE_NAMES
+from churn_platform.settings import Settings
+from churn_platform.training import TrainConfig, train
+from serving.app import create_app
+
+KEY = "test-admin-key-5b1f"
+
+
+@pytest.fixture(scope="module")
+def registry_uri(tmp_path_factory, telco_csv):
+    """One embedded registry for the module: telco v1 in Production, synthetic v2 not."""
+    folder = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        settings = Settings(tracking_uri=uri)
+        registry.configure(settings)
+        train(TrainConfig(data=str(telco_csv), model_name="churn"), settings)
+        train(TrainConfig(n_rows=800, model_name="churn", seed=3), settings)
+        MlflowClient(uri).set_registered_model_alias("churn", "Production", "1")
+    return uri
+
+
+def make_settings(registry_uri, tmp_path, **overrides) -> Settings:
+    values = dict(
+        tracking_uri=registry_uri, admin_api_key=KEY, inference_log_url=f"sqlite:///{tmp_path}/log.db",
+        inference_log_flush_s=0.1, verify_sample_rows=200,
+    )  # fmt: skip
+    values.update(overrides)
+    return Settings(**values)
+
+
+def wait_ready(client: TestClient, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/ready")
+        if response.status_code == 200:
+            return response.json()
+        time.sleep(0.2)
+    raise AssertionError(f"not ready: {client.get('/ready').json()}")
+
+
+@pytest.fixture
+def api(registry_uri, tmp_path):
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
+        wait_ready(client)
+        yield client
+
+
+def customers(telco_csv, n: int) -> list[dict]:
+    frame = data.load(telco_csv).head(n)
+    rows = frame.drop(columns=["churn"]).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+
+
+def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, model_name="nobody"))) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        time.sleep(1.5)
+        response = client.get("/ready")
+        assert response.status_code == 503
+        assert response.json()["status"] == "alias_missing"
+        assert "holds the alias 'Production'" in response.json()["message"]
+        one = customers_stub()
+        assert client.post("/predict/single", json=one).status_code == 503
+
+
+def customers_stub() -> dict:
+    return data.generate(1, seed=1).drop(columns=["churn"]).iloc[0].to_dict() | {"senior_citizen": 0, "tenure": 5}
+
+
+def test_batch_predictions_equal_the_registered_model(api, telco_csv):
+    rows = customers(telco_csv, 300)
+    response = api.post("/predict", json={"customers": rows})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == 1 and body["model_name"] == "churn"
+    got = np.array([p["churn_probability"] for p in body["predictions"]])
+    model = mlflow.pyfunc.load_model("models:/churn/1")
+    expected = np.asarray(model.predict(pd.DataFrame(rows)[list(FEATURE_NAMES)]))[:, 1]
+    assert np.max(np.abs(got - expected)) <= 1e-6
+    first = body["predictions"][0]
+    assert first["customer_id"] == rows[0]["customer_id"]
+    assert first["will_churn"] == (first["churn_probability"] >= 0.5)
+    assert {p["risk"] for p in body["predictions"]} == {"low", "medium", "high"}
+    for p in body["predictions"]:
+        band = "high" if p["churn_probability"] >= 0.6 else "medium" if p["churn_probability"] >= 0.3 else "low"
+        assert p["risk"] == band
+
+
+def test_single_prediction(api, telco_csv):
+    row = customers(telco_csv, 1)[0]
+    row.pop("customer_id")
+    response = api.post("/predict/single", json=row)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["customer_id"] is None and 0 <= body["churn_probability"] <= 1 and body["model_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"contract": "Three year"}, "contract", "'Month-to-month', 'One year' or 'Two year'"),
+        ({"tenure": "abc"}, "tenure", "valid integer"),
+        ({"tenure": -1}, "tenure", "greater than or equal to 0"),
+        ({"monthly_charges": -3.5}, "monthly_charges", "greater than or equal to 0"),
+        ({"senior_citizen": 2}, "senior_citizen", "0 or 1"),
+        ({"contrat": "One year"}, "contrat", "Extra inputs are not permitted"),
+        ({"payment_method": None}, "payment_method", "Input should be"),
+    ],
+)
+def test_bad_customers_get_422_naming_the_field(api, telco_csv, change, field, words):
+    row = customers(telco_csv, 1)[0] | change
+    response = api.post("/predict/single", json=row)
+    assert response.status_code == 422
+    assert f"{field}:" in response.json()["message"] and words in response.json()["message"]
+
+
+def test_missing_field_nan_and_malformed_json(api, telco_csv):
+    row = customers(telco_csv, 1)[0]
+    del row["tenure"]
+    response = api.post("/predict", json={"customers": [row]})
+    assert response.status_code == 422 and "customers.0.tenure: Field required" in response.json()["message"]
+    text = re.sub(r'"total_charges": [0-9.]+', '"total_charges": NaN', json.dumps({"customers": customers(telco_csv, 1)}))
+    assert "NaN" in text
+    response = api.post("/predict", content=text, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "total_charges" in response.json()["message"]
+    response = api.post("/predict", content=b'{"customers": [', headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "JSON" in response.json()["message"]
+    assert api.post("/predict", json={"customers": []}).status_code == 422
+
+
+def test_size_limits_give_413(registry_uri, tmp_path, telco_csv):
+    settings = make_settings(registry_uri, tmp_path, max_batch_size=5, max_body_bytes=20_000)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        response = client.post("/predict", json={"customers": customers(telco_csv, 6)})
+        assert response.status_code == 413 and "the limit is 5" in response.json()["message"]
+        response = client.post("/predict", json={"customers": customers(telco_csv, 60)})
+        assert response.status_code == 413 and "larger than 20000 bytes" in response.json()["message"]
+
+        def chunks():
+            yield b'{"customers": ['
+            for _ in range(100):
+                yield b" " * 1000
+
+        response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+        assert response.status_code == 413
+
+
+def test_model_info_and_metrics(api, telco_csv):
+    info = api.get("/model").json()
+    assert info["version"] == 1 and info["alias"] == "Production" and info["scorer"] == "fast"
+    assert info["verified"]["max_abs_difference"] <= 1e-6 and info["verified"]["rows"] > 100
+    assert [c["name"] for c in info["input_schema"]] == list(FEATURE_NAMES)
+    assert info["metrics"]["roc_auc"] >= 0.84
+    api.post("/predict", json={"customers": customers(telco_csv, 10)})
+    text = api.get("/metrics").text
+    assert 'churn_api_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
+    assert "churn_rows_scored_total 10.0" in text
+    assert 'churn_model_info{model_name="churn",scorer="fast",version="1"} 1.0' in text
+    assert "churn_api_request_seconds_bucket" in text and "churn_predictions_total" in text
+    assert "churn_inference_log_rows_dropped_total" in text
+    assert api.get("/docs").status_code == 200
+    schema = api.get("/openapi.json").json()
+    assert schema["components"]["schemas"]["Customer"]["examples"]
+
+
+def test_admin_reload_needs_the_key_and_swaps_versions(api):
+    assert api.post("/admin/reload").status_code == 401
+    assert api.post("/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
+    client = MlflowClient()
+    client.set_registered_model_alias("churn", "Production", "2")
+    try:
+        response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
+        assert response.status_code == 200 and response.json()["version"] == 2
+        assert response.json()["previous_version"] == 1
+        assert api.post("/predict/single", json=customers_stub()).json()["model_version"] == 2
+    finally:
+        client.set_registered_model_alias("churn", "Production", "1")
+    response = api.post("/admin/reload?wait=true", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.json()["version"] == 1
+
+
+def test_admin_is_disabled_without_a_key(registry_uri, tmp_path):
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, admin_api_key=None))) as client:
+        response = client.post("/admin/reload", headers={"X-API-Key": "anything"})
+        assert response.status_code == 403 and "CHURN_ADMIN_API_KEY" in response.json()["message"]
+
+
+def test_a_version_failing_verification_is_not_swapped_in(api, monkeypatch):
+    client = MlflowClient()
+    monkeypatch.setattr(loading, "PARITY_TOLERANCE", -1.0)  # nothing can pass
+    client.set_registered_model_alias("churn", "Production", "2")
+    try:
+        response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
+        assert response.status_code == 409 and response.json()["state"] == "verification_failed"
+        assert api.get("/ready").status_code == 200
+        info = api.get("/model").json()
+        assert info["version"] == 1
+        assert info["last_load"]["state"] == "verification_failed"
+        assert "not serving it" in info["last_load"]["reason"]
+    finally:
+        client.set_registered_model_alias("churn", "Production", "1")
+
+
+def test_scored_rows_reach_the_inference_log(registry_uri, tmp_path, telco_csv):
+    settings = make_settings(registry_uri, tmp_path)
+    rows = customers(telco_csv, 25)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        probabilities = [p["churn_probability"] for p in client.post("/predict", json={"customers": rows}).json()["predictions"]]
+    # Leaving the client ran the shutdown, which flushes the log.
+    engine = sa.create_engine(settings.inference_log_url)
+    with engine.connect() as conn:
+        logged = pd.read_sql("SELECT * FROM inference_log ORDER BY row_index", conn)
+    assert len(logged) == 25 and logged.request_id.nunique() == 1
+    assert list(logged.customer_id) == [r["customer_id"] for r in rows]
+    assert np.allclose(logged.churn_probability, probabilities)
+    assert (logged.model_version == 1).all() and list(logged.tenure) == [r["tenure"] for r in rows]
+    assert not math.isnan(logged.total_charges.sum())

@@ -1,0 +1,40 @@
+"""The fast scorer equals sklearn's predict_proba on real data, for every model type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import Pipeline
+
+from churn_platform import data, model
+from churn_platform.scorer import FastScorer, SklearnScorer, UnsupportedPipeline, max_difference
+
+
+@pytest.fixture(scope="module")
+def telco(telco_csv):
+    return data.split(data.load(telco_csv), 0.25, 42)
+
+
+@pytest.mark.parametrize("model_type", model.MODEL_TYPES)
+def test_fast_scorer_matches_sklearn_on_real_and_drifted_rows(telco, model_type):
+    train, valid = telco
+    pipeline = model.build_pipeline(model_type).fit(model.features(train), train.churn)
+    scorer = FastScorer(pipeline)
+    assert max_difference(pipeline, scorer, valid) <= 1e-9
+    assert max_difference(pipeline, scorer, data.generate(3000, seed=1, drift=True)) <= 1e-9
+    one = model.features(valid).head(1).to_dict(orient="records")
+    expected = pipeline.predict_proba(model.features(valid).head(1))[:, 1]
+    np.testing.assert_allclose(scorer.score(one), expected, atol=1e-12)
+
+
+def test_unknown_pipelines_are_refused_and_sklearn_is_the_fallback(telco):
+    train, valid = telco
+    base = model.build_pipeline("logistic")
+    pipeline = Pipeline([base.steps[0], ("classifier", RandomForestClassifier(n_estimators=5, random_state=0))])
+    pipeline.fit(model.features(train), train.churn)
+    scorer = FastScorer(pipeline)  # any classifier with predict_proba works behind our preprocessing
+    assert max_difference(pipeline, scorer, valid) == 0
+    with pytest.raises(UnsupportedPipeline):
+        FastScorer(Pipeline([("classifier", pipeline.steps[-1][1])]))
+    assert max_difference(pipeline, SklearnScorer(pipeline), valid) == 0
