@@ -285,12 +285,19 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes."
 )
+@click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
 @handles_errors
-def serve(host: str | None, port: int | None, workers: int) -> None:
+def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
     """Run the prediction API with uvicorn (model from MLFLOW_TRACKING_URI's Production alias)."""
+    import signal
+
     import uvicorn
 
     settings = get_settings()
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
+    # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -298,6 +305,7 @@ def serve(host: str | None, port: int | None, workers: int) -> None:
         port=port or settings.api_port,
         workers=workers,
         timeout_graceful_shutdown=20,
+        access_log=access_log,
         log_level="info",
     )
 

@@ -101,7 +101,9 @@ def postgres_database() -> Iterator[str]:
 
     name = f"churn_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
-        admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
+        admin = psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5
+        )
     except psycopg2.OperationalError as exc:
         raise ServiceError(
             f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}. "
@@ -114,9 +116,7 @@ def postgres_database() -> Iterator[str]:
         yield f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
         with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
 
@@ -162,7 +162,9 @@ def _boto_keys() -> dict[str, str]:
 
 def start_moto(log_dir: Path) -> tuple[Process, str]:
     port = free_port()
-    proc = start_process("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir)
+    proc = start_process(
+        "moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, url, timeout=60)
     return proc, url
@@ -200,9 +202,7 @@ def full_stack(log_dir: Path) -> Iterator[Stack]:
             boto3.client("s3", endpoint_url=s3_endpoint, **_boto_keys()).create_bucket(Bucket=bucket)
             server, tracking_uri = start_mlflow(log_dir, backend_uri, f"s3://{bucket}/artifacts", s3_endpoint)
             processes.append(server)
-            yield Stack(
-                tracking_uri, s3_endpoint, bucket, backend_uri, {"moto": moto, "mlflow": server}
-            )
+            yield Stack(tracking_uri, s3_endpoint, bucket, backend_uri, {"moto": moto, "mlflow": server})
         finally:
             for proc in reversed(processes):
                 proc.stop()

@@ -54,7 +54,12 @@ def history_json(name: str) -> list[dict]:
 def test_promote_rollback_and_history(three_versions):
     name = three_versions
     assert status_json(name)["production"] is None
-    assert cli("promote", "--model-name", name, "--version", "1", "--actor", "alice", "--reason", "first").exit_code == 0
+    assert (
+        cli(
+            "promote", "--model-name", name, "--version", "1", "--actor", "alice", "--reason", "first"
+        ).exit_code
+        == 0
+    )
     assert cli("promote", "--model-name", name, "--version", "2", "--actor", "bob").exit_code == 0
     status = status_json(name)
     assert status["model"] == name
@@ -121,7 +126,12 @@ def test_alias_set_through_the_rest_api_is_honoured(three_versions, stack_env):
     assert response.status_code == 200, response.text
     assert status_json(name)["production"]["version"] == 2
     events = history_json(name)
-    assert (events[0]["action"], events[0]["from"], events[0]["to"], events[0]["via"]) == ("external", 1, 2, "external")
+    assert (events[0]["action"], events[0]["from"], events[0]["to"], events[0]["via"]) == (
+        "external",
+        1,
+        2,
+        "external",
+    )
     assert len(history_json(name)) == 2  # noticing it again records nothing new
     result = cli("rollback", "--model-name", name)
     assert result.exit_code == 0 and "v2 -> v1" in result.output

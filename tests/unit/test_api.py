@@ -85,7 +85,10 @@ def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):
 
 
 def customers_stub() -> dict:
-    return data.generate(1, seed=1).drop(columns=["churn"]).iloc[0].to_dict() | {"senior_citizen": 0, "tenure": 5}
+    return data.generate(1, seed=1).drop(columns=["churn"]).iloc[0].to_dict() | {
+        "senior_citizen": 0,
+        "tenure": 5,
+    }
 
 
 def test_batch_predictions_equal_the_registered_model(api, telco_csv):
@@ -103,7 +106,9 @@ def test_batch_predictions_equal_the_registered_model(api, telco_csv):
     assert first["will_churn"] == (first["churn_probability"] >= 0.5)
     assert {p["risk"] for p in body["predictions"]} == {"low", "medium", "high"}
     for p in body["predictions"]:
-        band = "high" if p["churn_probability"] >= 0.6 else "medium" if p["churn_probability"] >= 0.3 else "low"
+        band = (
+            "high" if p["churn_probability"] >= 0.6 else "medium" if p["churn_probability"] >= 0.3 else "low"
+        )
         assert p["risk"] == band
 
 
@@ -140,7 +145,11 @@ def test_missing_field_nan_and_malformed_json(api, telco_csv):
     del row["tenure"]
     response = api.post("/predict", json={"customers": [row]})
     assert response.status_code == 422 and "customers.0.tenure: Field required" in response.json()["message"]
-    text = re.sub(r'"total_charges": [0-9.]+', '"total_charges": NaN', json.dumps({"customers": customers(telco_csv, 1)}))
+    text = re.sub(
+        r'"total_charges": [0-9.]+',
+        '"total_charges": NaN',
+        json.dumps({"customers": customers(telco_csv, 1)}),
+    )
     assert "NaN" in text
     response = api.post("/predict", content=text, headers={"content-type": "application/json"})
     assert response.status_code == 422 and "total_charges" in response.json()["message"]
@@ -228,7 +237,10 @@ def test_scored_rows_reach_the_inference_log(registry_uri, tmp_path, telco_csv):
     rows = customers(telco_csv, 25)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
-        probabilities = [p["churn_probability"] for p in client.post("/predict", json={"customers": rows}).json()["predictions"]]
+        probabilities = [
+            p["churn_probability"]
+            for p in client.post("/predict", json={"customers": rows}).json()["predictions"]
+        ]
     # Leaving the client ran the shutdown, which flushes the log.
     engine = sa.create_engine(settings.inference_log_url)
     with engine.connect() as conn:

@@ -110,7 +110,11 @@ def test_missing_file_fails_clearly(tmp_path):
 
 
 def test_generator_is_seeded_and_has_a_real_churn_signal():
-    first, again, other = data.generate(3000, seed=7), data.generate(3000, seed=7), data.generate(3000, seed=8)
+    first, again, other = (
+        data.generate(3000, seed=7),
+        data.generate(3000, seed=7),
+        data.generate(3000, seed=8),
+    )
     pd.testing.assert_frame_equal(first, again)
     assert not first.equals(other)
     assert 0.18 < first.churn.mean() < 0.35
@@ -118,7 +122,10 @@ def test_generator_is_seeded_and_has_a_real_churn_signal():
     rate = first.groupby("contract").churn.mean()
     assert rate["Month-to-month"] > 2 * rate["Two year"]
     assert first[first.tenure < 12].churn.mean() > first[first.tenure > 48].churn.mean() + 0.15
-    assert first[first.internet_service == "Fiber optic"].churn.mean() > first[first.internet_service == "DSL"].churn.mean()
+    assert (
+        first[first.internet_service == "Fiber optic"].churn.mean()
+        > first[first.internet_service == "DSL"].churn.mean()
+    )
     x = pd.get_dummies(first[list(FEATURE_NAMES)], dtype=float)
     model = LogisticRegression(max_iter=2000).fit(x, first.churn)
     assert roc_auc_score(first.churn, model.predict_proba(x)[:, 1]) > 0.75

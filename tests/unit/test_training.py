@@ -30,7 +30,9 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     client = MlflowClient()
     version = client.get_model_version(model_name, str(result.version))
     assert version.status == "READY"
-    assert {"data_digest", "training_rows", "roc_auc", "decision_threshold", "model_type"} <= set(version.tags)
+    assert {"data_digest", "training_rows", "roc_auc", "decision_threshold", "model_type"} <= set(
+        version.tags
+    )
     assert version.tags["model_type"] == model_type
     run = client.get_run(result.run_id)
     for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1"):
@@ -72,7 +74,10 @@ def _cli(*args: str):
     ("mutate", "expected"),
     [
         (lambda f: f.drop(columns=["contract"]), "missing required columns: ['contract']"),
-        (lambda f: f.assign(tenure=["x"] + list(f.tenure[1:])), "column 'tenure': 1 non-numeric values, row 1: 'x'"),
+        (
+            lambda f: f.assign(tenure=["x"] + list(f.tenure[1:])),
+            "column 'tenure': 1 non-numeric values, row 1: 'x'",
+        ),
         (
             lambda f: f.assign(internetservice=["Satellite"] + list(f.internetservice[1:])),
             "allowed values: ['DSL', 'Fiber optic', 'No']",
