@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install test lint train help
+.PHONY: install test lint train api bench-serving help
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,3 +38,10 @@ test: install ## the whole test suite (starts the services it needs)
 
 train: install ## train on DATA (default: synthetic) against MLFLOW_TRACKING_URI (default: ./mlflow.db)
 	$(BIN)/mlflow run . -e train --env-manager local $(if $(DATA),-P data=$(DATA))
+
+api: install ## serve the Production model on http://127.0.0.1:8000 (docs at /docs)
+	$(BIN)/churn-platform serve
+
+bench-serving: install ## our API vs `mlflow models serve`, side by side (needs wrk: installs it with apt when root)
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
+	$(BIN)/python benchmarks/serving.py

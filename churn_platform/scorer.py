@@ -116,11 +116,18 @@ class FastScorer:
         numbers /= self._scale
         x = np.zeros((n, self._width))
         x[:, : len(self._numeric)] = numbers
+        if n < 32:  # per-record lookups are cheapest for the single-customer path
+            for column, lookup, offset in zip(self._categorical, self._lookup, self._offsets, strict=True):
+                for i, record in enumerate(records):
+                    index = lookup.get(record[column])
+                    if index is not None:  # unknown categories are ignored, as the encoder does
+                        x[i, offset + index] = 1.0
+            return x
+        rows = np.arange(n)
         for column, lookup, offset in zip(self._categorical, self._lookup, self._offsets, strict=True):
-            for i, record in enumerate(records):
-                index = lookup.get(record[column])
-                if index is not None:  # unknown categories are ignored, as the encoder does
-                    x[i, offset + index] = 1.0
+            index = np.fromiter((lookup.get(r[column], -1) for r in records), dtype=np.intp, count=n)
+            known = index >= 0
+            x[rows[known], offset + index[known]] = 1.0
         return x
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:

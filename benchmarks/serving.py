@@ -1,0 +1,173 @@
+"""Serving speed, side by side: our API vs `mlflow models serve`, same model, same load generator.
+
+    make bench-serving            # or: .venv/bin/python benchmarks/serving.py --seconds 15
+
+Trains one model on the Telco data (or synthetic data) into a throwaway embedded registry,
+promotes it, starts both servers on loopback and drives each with wrk (Debian package
+`wrk`; `make bench-serving` installs it when missing): single customers at 8 connections,
+then 1000-customer batches. Prints requests/s, p50/p99 latency and rows/s, with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.services import free_port, start_process, wait_http  # noqa: E402
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("{body}", "r")
+wrk.body = f:read("*a")
+f:close()
+"""
+
+
+def wrk(url: str, body: Path, connections: int, seconds: int, folder: Path) -> dict[str, float]:
+    script = folder / f"{body.stem}.lua"
+    script.write_text(LUA.replace("{body}", str(body)))
+    out = subprocess.run(
+        ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    def ms(label: str) -> float:
+        m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "telco_churn.csv"))
+    parser.add_argument("--model-type", default="logistic")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
+
+    from churn_platform import data
+    from churn_platform.scorer import FastScorer
+    from churn_platform.settings import Settings
+    from churn_platform.training import TrainConfig, train
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    uri = f"sqlite:///{folder}/mlflow.db"
+    os.chdir(folder)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    source = args.data if Path(args.data).exists() else "synthetic"
+    settings = Settings(tracking_uri=uri)
+    result = train(TrainConfig(data=source, model_type=args.model_type), settings)
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
+    frame = data.load(source) if source != "synthetic" else data.generate(5000)
+    rows = frame.drop(columns=["churn"]).head(1000)
+    records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    features = [{k: v for k, v in r.items() if k != "customer_id"} for r in records]
+
+    # In-process scoring of one customer with the fast scorer.
+    import mlflow
+
+    pipeline = mlflow.sklearn.load_model(f"models:/churn/{result.version}")
+    scorer = FastScorer(pipeline)
+    one = features[:1]
+    for _ in range(200):
+        scorer.score(one)
+    n = 5000
+    started = time.perf_counter()
+    for _ in range(n):
+        scorer.score(one)
+    fast_us = (time.perf_counter() - started) / n * 1e6
+    import pandas as pd
+
+    frame_one = pd.DataFrame(one)
+    started = time.perf_counter()
+    for _ in range(300):
+        pipeline.predict_proba(frame_one)
+    sklearn_us = (time.perf_counter() - started) / 300 * 1e6
+
+    bodies = {
+        "ours_single": features[0],
+        "ours_batch": {"customers": features},
+        "peer_single": {"dataframe_records": features[:1]},
+        "peer_batch": {"dataframe_records": features},
+    }
+    for name, body in bodies.items():
+        (folder / f"{name}.json").write_text(json.dumps(body))
+
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db")
+    ours_port, peer_port = free_port(), free_port()
+    ours = start_process("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env)
+    peer = start_process(
+        "peer",
+        [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production", "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(peer_port)],
+        folder, env,
+    )  # fmt: skip
+    try:
+        wait_http(ours, f"http://127.0.0.1:{ours_port}/health", 120)
+        deadline = time.time() + 120
+        while httpx.get(f"http://127.0.0.1:{ours_port}/ready").status_code != 200:
+            if time.time() > deadline:
+                sys.exit("our API did not become ready")
+            time.sleep(0.5)
+        wait_http(peer, f"http://127.0.0.1:{peer_port}/ping", 120)
+        ours_url = f"http://127.0.0.1:{ours_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}/invocations"
+        # Same answers before measuring anything.
+        a = httpx.post(f"{ours_url}/predict", json=bodies["ours_batch"], timeout=60).json()["predictions"]
+        b = httpx.post(peer_url, json=bodies["peer_batch"], timeout=60).json()["predictions"]
+        diff = max(abs(p["churn_probability"] - q[1]) for p, q in zip(a, b, strict=True))
+        results = {}
+        for label, url, body, conns in (
+            ("single", f"{ours_url}/predict/single", "ours_single", 8),
+            ("batch", f"{ours_url}/predict", "ours_batch", 2),
+        ):
+            results[("ours", label)] = wrk(url, folder / f"{body}.json", conns, args.seconds, folder)
+        for label, body, conns in (("single", "peer_single", 8), ("batch", "peer_batch", 2)):
+            results[("peer", label)] = wrk(peer_url, folder / f"{body}.json", conns, args.seconds, folder)
+    finally:
+        ours.stop()
+        peer.stop()
+
+    print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
+    print(f"{'':34}{'ours':>12}{'mlflow serve':>14}{'ratio':>9}")
+    s_o, s_p = results[("ours", "single")], results[("peer", "single")]
+    b_o, b_p = results[("ours", "batch")], results[("peer", "batch")]
+    print(f"{'single, 8 conns: requests/s':34}{s_o['rps']:>12.0f}{s_p['rps']:>14.0f}{s_o['rps'] / s_p['rps']:>8.1f}x")
+    print(f"{'single, 8 conns: p50 latency ms':34}{s_o['p50_ms']:>12.2f}{s_p['p50_ms']:>14.2f}")
+    print(f"{'single, 8 conns: p99 latency ms':34}{s_o['p99_ms']:>12.2f}{s_p['p99_ms']:>14.2f}")
+    print(f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{b_o['rps'] / b_p['rps']:>8.1f}x")
+    print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
+    print(f"{'non-2xx responses':34}{s_o['errors'] + b_o['errors']:>12}{s_p['errors'] + b_p['errors']:>14}")
+    print(f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
