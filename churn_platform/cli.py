@@ -310,5 +310,87 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     )
 
 
+@main.command()
+@click.option("--alias", default="Production", show_default=True, help="Alias whose version is monitored.")
+@click.option(
+    "--version", "version", type=click.IntRange(min=1), default=None, help="Monitor this version instead."
+)
+@click.option(
+    "--current",
+    default=None,
+    help="Current data (CSV/Parquet path or s3:// URI) instead of the inference log.",
+)
+@click.option("--since", type=click.DateTime(), default=None, help="Inference-log window start (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Inference-log window end (UTC).")
+@click.option("--rows", type=click.IntRange(min=1), default=None, help="The last N inference-log rows.")
+@click.option(
+    "--all-versions", is_flag=True, help="Use rows scored by any version, not only the monitored one."
+)
+@click.option(
+    "--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL)."
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where report.html and summary.json go (default: reports/drift/<UTC time>/).",
+)
+@click.option(
+    "--drift-share",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Share of drifted columns that means drift (default: CHURN_MONITOR_DRIFT_SHARE).",
+)
+@click.option(
+    "--column-threshold", "column_thresholds", multiple=True, help="Per-column override, e.g. tenure=0.05."
+)
+@click.option("--critical", default=None, help="Comma-separated columns whose drift alone means drift.")
+@click.option("--alert-webhook", default=None, help="POST the summary here on drift or data-quality failure.")
+@tracking_option
+@click.option("--model-name", default=None, help="Registered model name (default: churn).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
+@handles_errors
+def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
+    """Compare current data with the model's training data; exit 0 no drift, 1 drift,
+    2 data-quality failure, 3 setup problem."""
+    from datetime import UTC
+    from pathlib import Path
+
+    from monitoring.job import MonitorOptions, parse_columns, parse_thresholds, run
+
+    settings = _settings(tracking_uri, model_name)
+    thresholds: dict[str, float] = {}
+    for item in params.pop("column_thresholds"):
+        thresholds |= parse_thresholds(item)
+    critical = params.pop("critical")
+    for key in ("since", "until"):
+        if params[key] is not None and params[key].tzinfo is None:
+            params[key] = params[key].replace(tzinfo=UTC)
+    if params["output_dir"]:
+        params["output_dir"] = Path(params["output_dir"])
+    options = MonitorOptions(
+        thresholds=thresholds, critical=parse_columns(critical) if critical is not None else None, **params
+    )
+    summary, code = run(options, settings)
+    if as_json:
+        _echo_json(summary)
+    else:
+        verdict = summary["verdict"].replace("_", " ")
+        rows = f"reference {summary['reference_rows']} rows, current {summary['current_rows']} rows"
+        click.echo(f"{settings.model_name} v{summary['model_version']}: {verdict}  ({rows})")
+        if summary.get("drift_share") is not None:
+            limit = summary["thresholds"]["drift_share"]
+            drifted = summary["drifted_columns"] or "none"
+            click.echo(f"  drifted columns: {drifted} (share {summary['drift_share']:.2f}, limit {limit})")
+            if summary.get("prediction_drift"):
+                p = summary["prediction_drift"]
+                click.echo(f"  prediction drift: score {p['score']:.3f} (threshold {p['threshold']})"
+                           f"{' DRIFTED' if p['drifted'] else ''}")  # fmt: skip
+        for finding in summary["data_quality"]["findings"]:
+            click.echo(f"  {'FAIL' if finding['failure'] else 'note'}: {finding['detail']}")
+        click.echo(f"  report: {summary['report_html'] or '-'}  (summary.json in {summary['output_dir']})")
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -73,6 +73,30 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Rows buffered while the log database is slow; beyond, rows are dropped."
     )
 
+    # ---- monitoring
+    monitor_experiment: str = Field("churn-monitoring", description="MLflow experiment of monitoring runs.")
+    monitor_drift_share: float = Field(
+        0.15, gt=0, le=1, description="Share of drifted feature columns that means dataset drift."
+    )
+    monitor_column_threshold: float = Field(
+        0.1, gt=0, description="Drift distance (Wasserstein / Jensen-Shannon) from which a column drifted."
+    )
+    monitor_column_thresholds: str = Field(
+        "", description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08'."
+    )
+    monitor_critical_columns: str = Field(
+        "contract,tenure", description="Columns whose drift alone means drift (comma-separated)."
+    )
+    monitor_max_missing_share: float = Field(
+        0.05, ge=0, le=1, description="Largest share of missing values a current column may have."
+    )
+    monitor_max_rows: int = Field(
+        100_000, ge=100, description="Current rows above this are sampled (seeded) before drift checks."
+    )
+    monitor_alert_webhook: str | None = Field(
+        None, description="URL that receives the summary JSON (POST) on drift or data-quality failure."
+    )
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> Settings:
         if self.risk_medium_from >= self.risk_high_from:

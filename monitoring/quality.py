@@ -1,0 +1,95 @@
+"""Data-quality checks on the current window, run before Evidently (which crashes on
+missing columns, type changes and empty columns, or silently compares nonsense)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN, normalise_columns
+
+#: Columns the inference log or a file may carry beside the features without comment.
+KNOWN_EXTRA = {ID_COLUMN, LABEL_COLUMN, "churn_probability", "id", "request_id", "row_index",
+               "scored_at", "model_name", "model_version"}  # fmt: skip
+
+
+@dataclass
+class Finding:
+    check: str
+    column: str | None
+    detail: str
+    failure: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, list[Finding]]:
+    """Typed feature frame (rows with missing values dropped) and the findings.
+
+    Any finding with ``failure=True`` means the window must not be compared.
+    """
+    frame = frame.copy()
+    frame.columns = normalise_columns([str(c) for c in frame.columns])
+    findings: list[Finding] = []
+    missing = [f.name for f in FEATURES if f.name not in frame.columns]
+    if missing:
+        findings.append(Finding("missing_columns", None, f"missing feature columns: {missing}", True))
+    extra = sorted(set(frame.columns) - {f.name for f in FEATURES} - KNOWN_EXTRA)
+    if extra:
+        findings.append(Finding("extra_columns", None, f"columns not in the schema, ignored: {extra}", False))
+    if frame.empty:
+        findings.append(Finding("empty", None, "the current window has no rows", True))
+    out = pd.DataFrame(index=frame.index)
+    for feature in FEATURES:
+        if feature.name not in frame.columns or frame.empty:
+            continue
+        raw = frame[feature.name]
+        blank = raw.isna() | raw.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
+        if blank.all():
+            findings.append(
+                Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True)
+            )
+            continue
+        share = float(blank.mean())
+        if share > max_missing_share:
+            findings.append(Finding(
+                "missing_values", feature.name,
+                f"column {feature.name!r}: {share:.1%} missing values (limit {max_missing_share:.1%})", True,
+            ))  # fmt: skip
+        elif share:
+            findings.append(Finding(
+                "missing_values", feature.name,
+                f"column {feature.name!r}: {share:.1%} missing values, rows dropped", False,
+            ))  # fmt: skip
+        if feature.kind == "category":
+            values = raw.astype(str).str.strip()
+            unknown = ~blank & ~values.isin([str(a) for a in feature.allowed])
+            if unknown.any():
+                seen = sorted(values[unknown].unique())[:5]
+                findings.append(Finding(
+                    "unknown_categories", feature.name,
+                    f"column {feature.name!r}: unknown categories {seen} in {int(unknown.sum())} rows; "
+                    f"allowed: {list(feature.allowed)}", True,
+                ))  # fmt: skip
+            out[feature.name] = values.where(~blank)
+        else:
+            numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
+            bad = ~blank & numbers.isna()
+            if bad.any():
+                examples = list(raw[bad].astype(str).unique()[:3])
+                findings.append(Finding(
+                    "type_change", feature.name,
+                    f"column {feature.name!r} should be numeric; {int(bad.sum())} values are not, "
+                    f"e.g. {examples}", True,
+                ))  # fmt: skip
+            out[feature.name] = numbers
+            if feature.allowed is not None:  # an integer flag: compared as a category
+                out[feature.name] = numbers.map(lambda v: None if pd.isna(v) else str(int(v)))
+    if "churn_probability" in frame.columns:
+        out["churn_probability"] = pd.to_numeric(frame["churn_probability"], errors="coerce")
+    if any(f.failure for f in findings):
+        return out, findings
+    return out.dropna(subset=[f.name for f in FEATURES]), findings
