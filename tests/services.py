@@ -206,3 +206,25 @@ def full_stack(log_dir: Path) -> Iterator[Stack]:
         finally:
             for proc in reversed(processes):
                 proc.stop()
+
+
+def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
+    """A real `churn-platform serve` (uvicorn) process on a free port, answering /health."""
+    port = free_port()
+    proc = start_process(
+        f"api_{port}",
+        [str(BIN / "churn-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        log_dir,
+        env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(proc, f"{url}/health", timeout=60)
+    return proc, url
+
+
+def wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/ready").status_code != 200:
+        if time.monotonic() > deadline:
+            raise ServiceError(f"API not ready: {httpx.get(f'{url}/ready').json()}")
+        time.sleep(0.3)

@@ -18,7 +18,7 @@ from churn_platform.cli import main
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
-from tests.services import BIN, free_port, postgres_database, start_process, wait_http
+from tests.services import postgres_database, start_api, wait_ready
 
 pytestmark = pytest.mark.integration
 KEY = "e2e-admin-key-93c"
@@ -33,20 +33,12 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
     settings = get_settings()
     train(TrainConfig(data=str(telco_csv), model_name=model_name), settings)
     with postgres_database() as log_url:
-        port = free_port()
         env = stack_env.env | {
             "CHURN_MODEL_NAME": model_name, "CHURN_ADMIN_API_KEY": KEY, "CHURN_INFERENCE_LOG_URL": log_url,
             "CHURN_INFERENCE_LOG_FLUSH_S": "0.2", "CHURN_STARTUP_BACKOFF_MAX_S": "1",
         }  # fmt: skip
-        api = start_process(
-            "api",
-            [str(BIN / "churn-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            tmp_path,
-            env,
-        )
-        base = f"http://127.0.0.1:{port}"
+        api, base = start_api(env, tmp_path)
         try:
-            wait_http(api, f"{base}/health", timeout=60)
             time.sleep(2)
             response = httpx.get(f"{base}/ready")
             assert response.status_code == 503 and response.json()["status"] == "alias_missing"
@@ -55,10 +47,7 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
                 CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code
                 == 0
             )
-            deadline = time.monotonic() + 60
-            while httpx.get(f"{base}/ready").status_code != 200:
-                assert time.monotonic() < deadline, httpx.get(f"{base}/ready").json()
-                time.sleep(0.5)
+            wait_ready(base)
 
             real = data.load(telco_csv).sample(500, random_state=1)
             rows = rows_of(real)
@@ -121,7 +110,8 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
             )
             duplicates = conn.execute(
                 sa.text(
-                    "SELECT count(*) FROM (SELECT request_id, row_index FROM inference_log GROUP BY 1, 2 HAVING count(*) > 1) d"
+                    "SELECT count(*) FROM (SELECT request_id, row_index FROM inference_log"
+                    " GROUP BY 1, 2 HAVING count(*) > 1) d"
                 )
             ).scalar()
         engine.dispose()

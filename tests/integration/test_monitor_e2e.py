@@ -1,0 +1,109 @@
+"""Train, promote, serve real traffic, then monitor it: on the real stack, from the inference log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from churn_platform import data
+from churn_platform.cli import main
+from churn_platform.settings import get_settings
+from churn_platform.training import TrainConfig, train
+from tests.services import free_port, postgres_database, start_api, wait_ready
+
+pytestmark = pytest.mark.integration
+
+
+def rows_of(frame: pd.DataFrame) -> list[dict]:
+    rows = frame.drop(columns=["churn"], errors="ignore").to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+
+
+def monitor(env: dict, *args: str) -> tuple[int, dict, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "churn_platform.cli", "monitor", "--json", *args],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    # MLflow may print a run link on stdout too: the JSON is the block that starts a line with "{".
+    start = done.stdout.find("\n{") + 1 if not done.stdout.startswith("{") else 0
+    summary = json.loads(done.stdout[start : done.stdout.rfind("}") + 1]) if "{" in done.stdout else {}
+    return done.returncode, summary, done.stderr + done.stdout[:start]
+
+
+def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_path):
+    settings = get_settings()
+    train(TrainConfig(data=str(telco_csv), model_name=model_name), settings)
+    assert CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code == 0
+    _, unseen = data.split(data.load(telco_csv), 0.25, 42)  # the validation rows: never trained on
+    drifted = data.generate(1500, seed=5, drift=True)
+    with postgres_database() as log_url:
+        env = stack_env.env | {"CHURN_MODEL_NAME": model_name, "CHURN_INFERENCE_LOG_URL": log_url,
+                               "CHURN_INFERENCE_LOG_FLUSH_S": "0.2"}  # fmt: skip
+        api, base = start_api(env, tmp_path)
+        try:
+            wait_ready(base)
+            for chunk in range(0, len(unseen), 500):
+                r = httpx.post(
+                    f"{base}/predict", json={"customers": rows_of(unseen.iloc[chunk : chunk + 500])}
+                )
+                assert r.status_code == 200
+        finally:
+            api.stop()  # flushes the log
+        code, summary, err = monitor(env, "--output-dir", str(tmp_path / "normal"))
+        assert code == 0, (err[-2000:], summary.get("drifted_columns"))
+        assert summary["current_rows"] == len(unseen) and summary["model_version"] == 1
+        assert summary["dataset_drift"] is False and summary["drifted_columns"] == []
+        assert summary["prediction_drift"]["drifted"] is False
+        assert (tmp_path / "normal" / "report.html").stat().st_size > 10_000
+
+        api, base = start_api(env, tmp_path)
+        try:
+            wait_ready(base)
+            r = httpx.post(f"{base}/predict", json={"customers": rows_of(drifted.head(1000))})
+            assert r.status_code == 200
+        finally:
+            api.stop()
+        code, summary, err = monitor(env, "--rows", "1000", "--output-dir", str(tmp_path / "drifted"))
+        assert code == 1, err[-2000:]
+        assert {"tenure", "contract", "monthly_charges", "total_charges"} <= set(summary["drifted_columns"])
+        assert summary["dataset_drift"] is True and summary["current_rows"] == 1000
+        saved = json.loads((tmp_path / "drifted" / "summary.json").read_text())
+        for key in ("model_name", "model_version", "reference_rows", "current_rows", "drift_share",
+                    "dataset_drift", "drifted_columns", "columns", "data_quality", "window"):  # fmt: skip
+            assert key in saved
+        assert saved["columns"]["tenure"]["method"] and saved["columns"]["tenure"]["threshold"] == 0.1
+
+    corrupt = data.generate(300, seed=8).drop(columns=["contract"]).astype({"tenure": object})
+    corrupt.loc[:4, "tenure"] = "twelve"
+    corrupt.to_csv(tmp_path / "corrupt.csv", index=False)
+    code, summary, err = monitor(
+        env, "--current", str(tmp_path / "corrupt.csv"), "--output-dir", str(tmp_path / "bad")
+    )
+    assert code == 2 and "Traceback" not in err
+    details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
+    assert "missing feature columns: ['contract']" in details and "'tenure' should be numeric" in details
+
+    client = MlflowClient(stack_env.tracking_uri)
+    experiment = client.get_experiment_by_name("churn-monitoring")
+    runs = client.search_runs([experiment.experiment_id], f"tags.model_name = '{model_name}'")
+    assert sorted(r.data.tags["verdict"] for r in runs) == ["data_quality_failure", "drift", "no_drift"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    drift_run = next(r for r in runs if r.data.tags["verdict"] == "drift")
+    assert drift_run.data.metrics["n_drifted_columns"] >= 4 and "drift_score.tenure" in drift_run.data.metrics
+    assert {a.path for a in client.list_artifacts(drift_run.info.run_id)} == {"report.html", "summary.json"}
+
+
+def test_monitor_setup_problems_exit_3(stack_env, model_name, tmp_path):
+    env = stack_env.env | {"CHURN_MODEL_NAME": model_name}
+    code, _, err = monitor(env, "--current", "missing.csv")
+    assert code == 3 and f"no version of model '{model_name}'" in err
+    dead = f"http://127.0.0.1:{free_port()}"
+    code, _, err = monitor(env | {"MLFLOW_TRACKING_URI": dead}, "--current", "x.csv")
+    assert code == 3 and "unreachable" in err and "Traceback" not in err

@@ -1,0 +1,79 @@
+"""Quality checks and drift verdict logic on real and generated data (no registry)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from churn_platform import data
+from churn_platform.errors import DataError
+from churn_platform.settings import Settings
+from monitoring import drift, quality
+from monitoring.job import parse_columns, parse_thresholds
+
+
+def failures(findings) -> dict[str, str]:
+    return {f.check: f.detail for f in findings if f.failure}
+
+
+def test_clean_current_data_passes_and_ids_are_not_features(telco_csv):
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(100)
+    frame, findings = quality.check(raw, 0.05)
+    assert failures(findings) == {}
+    assert "customer_id" not in frame.columns and len(frame) == 100
+
+
+def test_quality_failures_name_the_column_and_problem(telco_csv):
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(100)
+    broken = raw.drop(columns=["contract"]).assign(
+        tenure=["abc"] * 3 + list(raw.tenure[3:]), paymentmethod=["Bitcoin"] + list(raw.paymentmethod[1:]),
+        streamingtv="", surprise="x",
+    )  # fmt: skip
+    _, findings = quality.check(broken, 0.05)
+    found = failures(findings)
+    assert "['contract']" in found["missing_columns"]
+    assert "'tenure' should be numeric; 3 values are not, e.g. ['abc']" in found["type_change"]
+    assert "unknown categories ['Bitcoin']" in found["unknown_categories"]
+    assert "'streaming_tv' has no values" in found["empty_column"]
+    notes = {f.check: f.detail for f in findings if not f.failure}
+    assert "['surprise']" in notes["extra_columns"]
+
+
+def test_missing_share_above_the_limit_fails_below_it_drops_rows(telco_csv):
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(100)
+    some = raw.assign(gender=[""] * 3 + list(raw.gender[3:]))
+    frame, findings = quality.check(some, 0.05)
+    assert failures(findings) == {} and len(frame) == 97
+    _, findings = quality.check(some, 0.02)
+    assert "3.0% missing values (limit 2.0%)" in failures(findings)["missing_values"]
+
+
+def test_threshold_and_column_options_are_checked():
+    assert parse_thresholds("tenure=0.05, contract=0.2") == {"tenure": 0.05, "contract": 0.2}
+    with pytest.raises(DataError, match="want feature=number"):
+        parse_thresholds("tenur=0.05")
+    with pytest.raises(DataError, match="is not a number"):
+        parse_thresholds("tenure=high")
+    with pytest.raises(DataError, match="unknown critical columns"):
+        parse_columns("tenure,planet")
+
+
+def _verdict(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], float]:
+    settings = Settings()
+    ref, _ = quality.check(reference, 1)
+    cur, _ = quality.check(current, 1)
+    columns, _ = drift.compute(ref, cur, {}, settings.monitor_column_threshold, set())
+    drifted = [c.column for c in columns if c.drifted]
+    return drifted, len(drifted) / len(columns)
+
+
+def test_a_fresh_sample_of_the_same_real_customers_is_quiet(telco_csv):
+    train, valid = data.split(data.load(telco_csv), 0.25, seed=7)
+    drifted, share = _verdict(train, valid)
+    assert drifted == [] and share < Settings().monitor_drift_share
+
+
+def test_the_default_share_catches_a_shift_of_four_features():
+    drifted, share = _verdict(data.generate(5000, seed=1), data.generate(5000, seed=2, drift=True))
+    assert set(drifted) == {"tenure", "contract", "monthly_charges", "total_charges"}
+    assert share >= Settings().monitor_drift_share > 3 / 19 - 0.01
