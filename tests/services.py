@@ -175,6 +175,7 @@ def start_mlflow(log_dir: Path, backend_uri: str, artifacts: str, s3_endpoint: s
     env = dict(os.environ)
     env.update(S3_KEYS)
     env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # GenAI job workers: five idle processes we never use
     cmd = [
         str(BIN / "mlflow"), "server",
         "--backend-store-uri", backend_uri,

@@ -1,0 +1,93 @@
+"""Drift-check speed and memory: our monitor's path vs Evidently's DataDriftPreset (the peer).
+
+    .venv/bin/python benchmarks/monitoring.py [--sizes 5000 50000 500000]
+
+Reference: 5,000 generated customers; current: N drifted ones. Each measurement runs in a
+fresh process so peak RSS belongs to that run alone. "ours" is what `churn-platform
+monitor` does with the data: quality checks, seeded sampling past CHURN_MONITOR_MAX_ROWS,
+one ValueDrift per feature plus the prediction column, and the HTML report. The peer is
+Evidently's DataDriftPreset on the same feature columns, with its HTML report.
+Target: 50,000 current rows in <= 10 s and <= 1 GiB peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, tempfile, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+from churn_platform import data
+from churn_platform.schema import FEATURE_NAMES
+from churn_platform.settings import Settings
+which, n = sys.argv[1], int(sys.argv[2])
+reference = data.generate(5000, seed=1)
+current = data.generate(n, seed=2, drift=True)
+rng = np.random.default_rng(0)
+reference["churn_probability"] = rng.random(len(reference))
+current["churn_probability"] = rng.random(len(current))
+out = tempfile.mkdtemp()
+started = time.perf_counter()
+if which == "ours":
+    from monitoring import drift, quality
+    settings = Settings()
+    if len(current) > settings.monitor_max_rows:
+        current = current.sample(settings.monitor_max_rows, random_state=0)
+    cur, findings = quality.check(current, settings.monitor_max_missing_share)
+    ref, _ = quality.check(reference, 1.0)
+    from pathlib import Path
+    columns, _ = drift.compute(ref, cur, {{}}, settings.monitor_column_threshold, set(), Path(out) / "r.html")
+    drifted = sum(c.drifted for c in columns)
+else:
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+    from monitoring.drift import CATEGORICAL, NUMERIC
+    cols = list(FEATURE_NAMES)
+    definition = DataDefinition(numerical_columns=NUMERIC, categorical_columns=CATEGORICAL)
+    def ds(frame):
+        frame = frame[cols].copy()
+        for c in CATEGORICAL:
+            frame[c] = frame[c].astype(str)
+        return Dataset.from_pandas(frame, data_definition=definition)
+    snapshot = Report([DataDriftPreset()]).run(current_data=ds(current), reference_data=ds(reference))
+    snapshot.save_html(out + "/r.html")
+    drifted = -1
+elapsed = time.perf_counter() - started
+print(json.dumps({{"seconds": elapsed, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "drifted": int(drifted)}}))
+"""
+
+
+def measure(which: str, n: int) -> dict:
+    code = CHILD.format(repo=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code, which, str(n)], capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        return {"seconds": float("nan"), "peak_rss_mib": float("nan"), "error": done.stderr[-300:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000, 500000])
+    args = parser.parse_args()
+    print(f"{'current rows':>12} | {'ours s':>8} {'ours RSS MiB':>13} | {'preset s':>9} {'preset RSS MiB':>15} | {'time ratio':>10}")
+    for n in args.sizes:
+        ours, peer = measure("ours", n), measure("peer", n)
+        ratio = peer["seconds"] / ours["seconds"] if ours["seconds"] else float("nan")
+        print(f"{n:>12} | {ours['seconds']:>8.2f} {ours['peak_rss_mib']:>13.0f} | "
+              f"{peer['seconds']:>9.2f} {peer['peak_rss_mib']:>15.0f} | {ratio:>9.1f}x")  # fmt: skip
+        for side, result in (("ours", ours), ("preset", peer)):
+            if "error" in result:
+                print(f"  {side} failed: {result['error']}")
+    print("(time excludes interpreter start and imports; both include writing the HTML report)")
+
+
+if __name__ == "__main__":
+    main()
