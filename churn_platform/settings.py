@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the API binds to.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     admin_api_key: SecretStr | None = Field(
-        None, description="Key for POST /admin/reload (header X-API-Key); unset disables admin routes."
+        None,
+        description="Key for POST /admin/reload (header X-API-Key); unset disables admin routes.",
+        json_schema_extra={"secret": True},
     )
     max_batch_size: int = Field(1000, ge=1, description="Most customers in one POST /predict.")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body accepted.")
@@ -66,6 +68,7 @@ class Settings(BaseSettings):
     inference_log_url: str = Field(
         "sqlite:///inference_log.db",
         description="SQLAlchemy URL of the inference log (postgresql+psycopg2://... in production).",
+        json_schema_extra={"secret": True},  # carries the database password
     )
     inference_log_batch_rows: int = Field(500, ge=1, description="Rows per inference-log insert.")
     inference_log_flush_s: float = Field(1.0, gt=0, description="Longest wait before an insert.")
@@ -102,6 +105,20 @@ class Settings(BaseSettings):
         if self.risk_medium_from >= self.risk_high_from:
             raise ValueError("CHURN_RISK_MEDIUM_FROM must be below CHURN_RISK_HIGH_FROM")
         return self
+
+
+def environment_variables() -> dict[str, tuple[object, str, bool]]:
+    """Every variable the settings read: name -> (default, description, is secret).
+
+    The README's configuration table and the deployment checks are derived from this.
+    """
+    out: dict[str, tuple[object, str, bool]] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"CHURN_{name.upper()}"
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        out[str(env)] = (field.default, field.description or "", bool(extra.get("secret")))
+    return out
 
 
 @lru_cache
