@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install test lint train api bench-serving help
+.PHONY: install test lint train api bench-serving bench-monitoring mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -45,3 +45,50 @@ api: install ## serve the Production model on http://127.0.0.1:8000 (docs at /do
 bench-serving: install ## our API vs `mlflow models serve`, side by side (needs wrk: installs it with apt when root)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
 	$(BIN)/python benchmarks/serving.py
+
+bench-monitoring: install ## drift-check seconds and peak RSS, ours vs DataDriftPreset
+	$(BIN)/python benchmarks/monitoring.py
+
+mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over MLFLOW_TRACKING_URI's store
+	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+drift-monitor: install ## drift check of Production (CURRENT=file, else the inference log)
+	$(BIN)/churn-platform monitor $(if $(CURRENT),--current $(CURRENT))
+
+promote: install ## promote VERSION=N to Production
+	@test -n "$(VERSION)" || { echo "usage: make promote VERSION=N [REASON=...]"; exit 2; }
+	$(BIN)/churn-platform promote --version $(VERSION) $(if $(REASON),--reason "$(REASON)")
+
+rollback: install ## move Production back one step
+	$(BIN)/churn-platform rollback $(if $(REASON),--reason "$(REASON)")
+
+IMAGE ?= churn-platform:0.1.0
+ENV ?= dev
+need = @command -v $(1) >/dev/null || { echo "$(1) is not installed: $(2)"; exit 127; }
+
+docker-build: ## build the image (needs Docker)
+	$(call need,docker,see https://docs.docker.com/engine/install/)
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
+
+docker-run: ## run the API container on :8000 against MLFLOW_TRACKING_URI (needs Docker)
+	$(call need,docker,see https://docs.docker.com/engine/install/)
+	docker run -d --name churn-api --network host -e MLFLOW_TRACKING_URI -e CHURN_ADMIN_API_KEY $(IMAGE) api
+
+docker-stop: ## stop and remove the API container
+	$(call need,docker,see https://docs.docker.com/engine/install/)
+	-docker rm -f churn-api
+
+compose-up: ## the full stack with docker compose (needs Docker and a .env, see .env.example)
+	$(call need,docker,see https://docs.docker.com/engine/install/)
+	@test -f .env || { echo "copy .env.example to .env and set its values first"; exit 2; }
+	docker compose up -d --build
+
+compose-down: ## stop the compose stack (volumes are kept)
+	$(call need,docker,see https://docs.docker.com/engine/install/)
+	docker compose down
+
+k8s-deploy: install ## kubectl apply -k deploy/overlays/$(ENV) (needs a cluster)
+	$(BIN)/kubectl apply -k deploy/overlays/$(ENV)
+
+k8s-delete: install ## kubectl delete -k deploy/overlays/$(ENV)
+	$(BIN)/kubectl delete -k deploy/overlays/$(ENV)
