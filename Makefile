@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install test lint train api bench-serving bench-monitoring mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
+.PHONY: install test demo lint train api bench-serving bench-monitoring mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 	@touch $@
 
 install: $(VENV)/.installed ## create ./.venv with the project and its dev tools (idempotent)
+
+demo: install ## the whole platform end to end on the embedded default (DATA=path for real data)
+	$(BIN)/churn-platform demo $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
 lint: install ## ruff
 	$(BIN)/ruff check churn_platform pipelines serving monitoring tests

@@ -56,7 +56,7 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("botocore", "urllib3", "alembic"):
+    for noisy in ("botocore", "urllib3", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -247,9 +247,7 @@ def promote(
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
 @click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
 @registry_command
-def rollback(
-    client: Any, settings: Settings, as_json: bool, to: int | None, reason: str, actor: str | None
-) -> None:
+def rollback(client: Any, settings: Settings, as_json: bool, to: int | None, reason: str, actor: str | None) -> None:
     """Move Production back to the version that held it before the current one."""
     from churn_platform import promotion
 
@@ -279,12 +277,8 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
 
 @main.command()
 @click.option("--host", default=None, help="Bind address (default: CHURN_API_HOST or 127.0.0.1).")
-@click.option(
-    "--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000)."
-)
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes."
-)
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes.")
 @click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
 @handles_errors
 def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
@@ -312,9 +306,7 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
 
 @main.command()
 @click.option("--alias", default="Production", show_default=True, help="Alias whose version is monitored.")
-@click.option(
-    "--version", "version", type=click.IntRange(min=1), default=None, help="Monitor this version instead."
-)
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Monitor this version instead.")
 @click.option(
     "--current",
     default=None,
@@ -323,12 +315,8 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
 @click.option("--since", type=click.DateTime(), default=None, help="Inference-log window start (UTC).")
 @click.option("--until", type=click.DateTime(), default=None, help="Inference-log window end (UTC).")
 @click.option("--rows", type=click.IntRange(min=1), default=None, help="The last N inference-log rows.")
-@click.option(
-    "--all-versions", is_flag=True, help="Use rows scored by any version, not only the monitored one."
-)
-@click.option(
-    "--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL)."
-)
+@click.option("--all-versions", is_flag=True, help="Use rows scored by any version, not only the monitored one.")
+@click.option("--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL).")
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False),
@@ -341,9 +329,7 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     default=None,
     help="Share of drifted columns that means drift (default: CHURN_MONITOR_DRIFT_SHARE).",
 )
-@click.option(
-    "--column-threshold", "column_thresholds", multiple=True, help="Per-column override, e.g. tenure=0.05."
-)
+@click.option("--column-threshold", "column_thresholds", multiple=True, help="Per-column override, e.g. tenure=0.05.")
 @click.option("--critical", default=None, help="Comma-separated columns whose drift alone means drift.")
 @click.option("--alert-webhook", default=None, help="POST the summary here on drift or data-quality failure.")
 @tracking_option
@@ -390,6 +376,23 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
             click.echo(f"  {'FAIL' if finding['failure'] else 'note'}: {finding['detail']}")
         click.echo(f"  report: {summary['report_html'] or '-'}  (summary.json in {summary['output_dir']})")
     sys.exit(code)
+
+
+@main.command()
+@click.option("--data", default="synthetic", show_default=True, help="Training data ('synthetic' or a CSV/Parquet).")
+@click.option("--n-rows", type=click.IntRange(min=200), default=5000, show_default=True, help="Synthetic customers.")
+@click.option("--traffic", type=click.IntRange(min=100), default=1000, show_default=True, help="Customers per window.")
+@click.option("--folder", type=click.Path(file_okay=False), default="demo", show_default=True,
+              help="Working folder (wiped first; git-ignored).")  # fmt: skip
+@click.option("--keep-running", is_flag=True, help="Leave the MLflow UI and the API up afterwards.")
+@handles_errors
+def demo(data: str, n_rows: int, traffic: int, folder: str, keep_running: bool) -> None:
+    """Run the whole platform end to end on the embedded default (no services needed)."""
+    from pathlib import Path
+
+    from churn_platform.demo import run_demo
+
+    run_demo(Path(folder), data, n_rows, traffic, keep_running)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -119,9 +119,7 @@ def _blank(values: pd.Series) -> pd.Series:
     return values.isna() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
 
 
-def _check_feature(
-    feature: Feature, raw: pd.Series, tenure: pd.Series | None, problems: list[str]
-) -> pd.Series:
+def _check_feature(feature: Feature, raw: pd.Series, tenure: pd.Series | None, problems: list[str]) -> pd.Series:
     name = feature.name
     blank = _blank(raw)
     if feature.kind == "category":
@@ -147,18 +145,14 @@ def _check_feature(
         problems.append(f"column {name!r}: {int(blank.sum())} missing values, {_rows(blank, raw)}")
     non_numeric = ~blank & numbers.isna()
     if non_numeric.any():
-        problems.append(
-            f"column {name!r}: {int(non_numeric.sum())} non-numeric values, {_rows(non_numeric, raw)}"
-        )
+        problems.append(f"column {name!r}: {int(non_numeric.sum())} non-numeric values, {_rows(non_numeric, raw)}")
     infinite = np.isinf(numbers.fillna(0))
     if infinite.any():
         problems.append(f"column {name!r}: infinite values, {_rows(infinite, raw)}")
     if feature.minimum is not None:
         low = numbers < feature.minimum
         if low.any():
-            problems.append(
-                f"column {name!r}: {int(low.sum())} values below {feature.minimum:g}, {_rows(low, raw)}"
-            )
+            problems.append(f"column {name!r}: {int(low.sum())} values below {feature.minimum:g}, {_rows(low, raw)}")
     if feature.kind == "integer":
         fractional = numbers.notna() & ~infinite & (numbers != numbers.round())
         if fractional.any():
@@ -166,9 +160,7 @@ def _check_feature(
         if feature.allowed is not None:
             outside = numbers.notna() & ~numbers.isin(feature.allowed)
             if outside.any():
-                problems.append(
-                    f"column {name!r}: values outside {list(feature.allowed)}, {_rows(outside, raw)}"
-                )
+                problems.append(f"column {name!r}: values outside {list(feature.allowed)}, {_rows(outside, raw)}")
     return numbers
 
 
@@ -200,9 +192,7 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
         label = raw.astype(str).str.strip().str.lower().map(LABEL_VALUES)
         bad = label.isna()
         if bad.any():
-            problems.append(
-                f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No, {_rows(bad, raw)}"
-            )
+            problems.append(f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No, {_rows(bad, raw)}")
         out[LABEL_COLUMN] = label
     if problems:
         raise DataValidationError("data does not match the customer schema:\n  - " + "\n  - ".join(problems))
@@ -263,9 +253,9 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
     multiple = np.where(phone == "No", "No phone service", pick(["Yes", "No"], [0.47, 0.53])).astype(object)
 
     def addon(p_yes: float) -> np.ndarray:
-        return np.where(
-            internet == "No", "No internet service", np.where(rng.random(n) < p_yes, "Yes", "No")
-        ).astype(object)
+        return np.where(internet == "No", "No internet service", np.where(rng.random(n) < p_yes, "Yes", "No")).astype(
+            object
+        )
 
     security, backup, protection = addon(0.37), addon(0.44), addon(0.44)
     support, tv, movies = addon(0.37), addon(0.49), addon(0.5)
@@ -291,9 +281,9 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
     paperless = pick(["Yes", "No"], [0.59, 0.41])
     senior = (rng.random(n) < 0.16).astype(int)
     partner = pick(["Yes", "No"], [0.48, 0.52])
-    dependents = np.where(
-        (partner == "Yes") & (rng.random(n) < 0.55) | (rng.random(n) < 0.08), "Yes", "No"
-    ).astype(object)
+    dependents = np.where((partner == "Yes") & (rng.random(n) < 0.55) | (rng.random(n) < 0.08), "Yes", "No").astype(
+        object
+    )
 
     logit = (
         -1.3
@@ -311,10 +301,7 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
     )
     churn = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
 
-    ids = [
-        f"{rng.integers(1000, 9999)}-{''.join(rng.choice(list('ABCDEFGHIJKLMNOPQRSTUVWXYZ'), 5))}"
-        for _ in range(n)
-    ]
+    ids = [f"{rng.integers(1000, 9999)}-{''.join(rng.choice(list('ABCDEFGHIJKLMNOPQRSTUVWXYZ'), 5))}" for _ in range(n)]
     frame = pd.DataFrame(
         {
             ID_COLUMN: ids,
@@ -346,9 +333,7 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
 # --------------------------------------------------------------------------- splitting
 
 
-def split(
-    frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified, seeded train/validation split on the churn label."""
     from sklearn.model_selection import train_test_split
 
@@ -360,7 +345,5 @@ def split(
             f"column {LABEL_COLUMN!r} needs at least two customers of each class to train "
             f"and validate, found {counts.to_dict()}"
         )
-    train, valid = train_test_split(
-        frame, test_size=validation_size, random_state=seed, stratify=frame[LABEL_COLUMN]
-    )
+    train, valid = train_test_split(frame, test_size=validation_size, random_state=seed, stratify=frame[LABEL_COLUMN])
     return train.reset_index(drop=True), valid.reset_index(drop=True)

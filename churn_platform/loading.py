@@ -64,9 +64,7 @@ def _verification_rows(client: MlflowClient, run_id: str | None, example: Any, s
         frames.append(example)
     if run_id and sample:
         with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
-            )
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
             reference = pd.read_parquet(path)
         frames.append(reference.sample(min(sample, len(reference)), random_state=0))
     if not frames:
@@ -74,9 +72,7 @@ def _verification_rows(client: MlflowClient, run_id: str | None, example: Any, s
     return pd.concat([f.loc[:, list(FEATURE_NAMES)] for f in frames], ignore_index=True)
 
 
-def load(
-    client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int
-) -> LoadedModel:
+def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:
     """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
     found = registry.get_version(client, name, version)
     uri = f"models:/{name}/{version}"

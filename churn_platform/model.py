@@ -66,9 +66,7 @@ def build_pipeline(
             random_state=seed,
         )
     else:
-        raise DataValidationError(
-            f"model_type {model_type!r} is not supported; choose one of {list(MODEL_TYPES)}"
-        )
+        raise DataValidationError(f"model_type {model_type!r} is not supported; choose one of {list(MODEL_TYPES)}")
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
 
 

@@ -140,10 +140,7 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         from_version=events[-1].to_version if events else None,
         to_version=current,
         actor="unknown (outside churn-platform)",
-        reason=(
-            "Production alias changed outside churn-platform (MLflow UI or API); "
-            "the time is when it was noticed"
-        ),
+        reason=("Production alias changed outside churn-platform (MLflow UI or API); the time is when it was noticed"),
         via="external",
     )
     _write(client, name, event)
@@ -190,9 +187,7 @@ def describe(client: MlflowClient, version: ModelVersion, aliases: list[str]) ->
         "aliases": aliases,
         "metrics": _metrics(client, version),
         "data_digest": version.tags.get(TAG_DATA_DIGEST),
-        "created_at": datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC).isoformat(
-            timespec="seconds"
-        ),
+        "created_at": datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC).isoformat(timespec="seconds"),
     }
 
 

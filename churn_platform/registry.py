@@ -65,9 +65,7 @@ def check_reachable(settings: Settings) -> None:
             "check MLFLOW_TRACKING_URI and that the server is running"
         ) from exc
     if response.status_code >= 500:
-        raise RegistryUnreachable(
-            f"MLflow tracking server at {uri} is unhealthy (HTTP {response.status_code})"
-        )
+        raise RegistryUnreachable(f"MLflow tracking server at {uri} is unhealthy (HTTP {response.status_code})")
 
 
 def connect(settings: Settings) -> MlflowClient:

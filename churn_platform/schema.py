@@ -110,8 +110,6 @@ def normalise_columns(columns: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for original, new in zip(columns, out, strict=True):
         if new in seen:
-            raise DataValidationError(
-                f"columns {seen[new]!r} and {original!r} both mean {new!r}; keep only one"
-            )
+            raise DataValidationError(f"columns {seen[new]!r} and {original!r} both mean {new!r}; keep only one")
         seen[new] = original
     return out

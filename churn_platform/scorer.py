@@ -105,9 +105,7 @@ class FastScorer:
     def matrix(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The classifier's input matrix for ``records``."""
         n = len(records)
-        numbers = np.array([[r[c] for c in self._numeric] for r in records], dtype=float).reshape(
-            n, len(self._numeric)
-        )
+        numbers = np.array([[r[c] for c in self._numeric] for r in records], dtype=float).reshape(n, len(self._numeric))
         # The same operations in the same order as sklearn's transform, so the result is
         # bit-identical: for trees a last-bit difference can cross a split threshold.
         if self._lambdas is not None:
@@ -135,9 +133,7 @@ class FastScorer:
         x = self.matrix(records)
         if hasattr(self, "_coef"):
             return expit(x @ self._coef + self._intercept)
-        if hasattr(
-            self._classifier, "_raw_predict"
-        ):  # gradient boosting: skip its thread pool for small inputs
+        if hasattr(self._classifier, "_raw_predict"):  # gradient boosting: skip its thread pool for small inputs
             raw = self._classifier._raw_predict(x, n_threads=1 if len(x) < 64 else None)
             return self._classifier._loss.predict_proba(raw)[:, 1]
         return self._classifier.predict_proba(x)[:, 1]

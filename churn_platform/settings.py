@@ -84,9 +84,7 @@ class Settings(BaseSettings):
     monitor_column_threshold: float = Field(
         0.1, gt=0, description="Drift distance (Wasserstein / Jensen-Shannon) from which a column drifted."
     )
-    monitor_column_thresholds: str = Field(
-        "", description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08'."
-    )
+    monitor_column_thresholds: str = Field("", description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08'.")
     monitor_critical_columns: str = Field(
         "contract,tenure", description="Columns whose drift alone means drift (comma-separated)."
     )

@@ -77,16 +77,12 @@ def _check_config(config: TrainConfig) -> None:
     if config.n_rows < 50:
         raise DataValidationError(f"n_rows must be at least 50, got {config.n_rows}")
     if config.decision_threshold is not None and not 0 < config.decision_threshold < 1:
-        raise DataValidationError(
-            f"decision_threshold must be between 0 and 1, got {config.decision_threshold}"
-        )
+        raise DataValidationError(f"decision_threshold must be between 0 and 1, got {config.decision_threshold}")
 
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -140,9 +136,7 @@ def gate(
     try:
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
         champion_proba = np.asarray(champion.predict(model_mod.features(valid)))[:, 1]
-        champion_auc = float(
-            model_mod.evaluate(valid[LABEL_COLUMN].to_numpy(), champion_proba, 0.5)["roc_auc"]
-        )
+        champion_auc = float(model_mod.evaluate(valid[LABEL_COLUMN].to_numpy(), champion_proba, 0.5)["roc_auc"])
     except Exception as exc:  # noqa: BLE001 - a champion we cannot score is a failed gate, not a crash
         return {
             "passed": False,
@@ -199,9 +193,7 @@ def train(config: TrainConfig, settings: Settings) -> TrainResult:
             )
             reference.to_parquet(tmp_path / "reference.parquet", index=False)
             mlflow.log_artifact(str(tmp_path / "reference.parquet"), "reference")
-            validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(
-                **{PROBABILITY_COLUMN: valid_proba}
-            )
+            validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(**{PROBABILITY_COLUMN: valid_proba})
             validation.to_parquet(tmp_path / "validation.parquet", index=False)
             mlflow.log_artifact(str(tmp_path / "validation.parquet"), "validation")
             _plot(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, tmp_path / "roc_calibration.png")

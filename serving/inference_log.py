@@ -18,39 +18,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from churn_platform.inference_log import make_engine, sqlite_time, table
 from churn_platform.schema import FEATURES, ID_COLUMN
 
 log = logging.getLogger(__name__)
-
-_SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Float()}
-
-
-def table(metadata: sa.MetaData) -> sa.Table:
-    """The ``inference_log`` table: one column per schema feature, so monitoring can read it back."""
-    return sa.Table(
-        "inference_log",
-        metadata,
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
-        ),
-        sa.Column("request_id", sa.String(64), nullable=False),
-        sa.Column("row_index", sa.Integer(), nullable=False),
-        sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("model_name", sa.String(256), nullable=False),
-        sa.Column("model_version", sa.Integer(), nullable=False, index=True),
-        sa.Column(ID_COLUMN, sa.String(128)),
-        *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
-        sa.Column("churn_probability", sa.Float(), nullable=False),
-        sa.UniqueConstraint("request_id", "row_index", name="uq_inference_log_request_row"),
-    )
-
-
-def make_engine(url: str) -> sa.Engine:
-    args: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        args["connect_args"] = {"connect_timeout": 3}
-    return sa.create_engine(url, **args)
-
 
 _COLUMNS = (
     "request_id", "row_index", "scored_at", "model_name", "model_version", ID_COLUMN,
@@ -131,7 +102,7 @@ class InferenceLog:
     @staticmethod
     def _rows(item: tuple, text_time: bool) -> list[tuple]:
         request_id, at, model_name, version, records, scores = item
-        at = at.isoformat(sep=" ") if text_time else at  # sqlite3 stores datetimes as text anyway
+        at = sqlite_time(at) if text_time else at
         values = operator.itemgetter(*(f.name for f in FEATURES))
         return [
             (request_id, i, at, model_name, version, r.get(ID_COLUMN), *values(r), float(p))

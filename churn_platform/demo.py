@@ -1,0 +1,308 @@
+"""`churn-platform demo`: the whole platform on the embedded default, in about two minutes.
+
+Everything runs as the real thing would: an `mlflow server` on SQLite and a local
+artifact folder, `mlflow run . -e train`, the API under uvicorn, the monitor as its own
+command. Processes started here are stopped on exit and on Ctrl-C, unless
+``--keep-running``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from churn_platform.errors import ChurnPlatformError
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ADMIN_KEY = "demo-admin-key"
+
+
+class DemoFailed(ChurnPlatformError):
+    exit_code = 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Demo:
+    folder: Path
+    data: str
+    n_rows: int
+    traffic: int
+    keep_running: bool
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    step_no: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    summary: dict[str, Any] = field(default_factory=dict)
+    total_steps: int = 7
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.step_no += 1
+        click.secho(f"\n[{self.step_no}/{self.total_steps}] {title}", bold=True)
+        t0 = time.perf_counter()
+        try:
+            yield
+        except DemoFailed:
+            raise
+        except ChurnPlatformError as exc:
+            raise DemoFailed(f"step {self.step_no} ({title}) failed: {exc}") from exc
+        click.secho(f"      done in {time.perf_counter() - t0:.1f}s", fg="green")
+
+    def run(self, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run(cmd, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        if done.returncode not in (0, 1):  # monitor: 1 means drift, a verdict
+            tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
+            raise DemoFailed(f"`{' '.join(cmd[:4])} ...` exited {done.returncode}:\n      " + "\n      ".join(tail))
+        return done
+
+    def background(self, name: str, *cmd: str) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+        self.processes.append(proc)
+        return proc
+
+    def wait_http(self, proc: subprocess.Popen, url: str, name: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DemoFailed(f"{name} exited; see {self.folder / (name + '.log')}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise DemoFailed(f"{name} did not answer {url} within {timeout:.0f}s; see {self.folder / (name + '.log')}")
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(15)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+    # ------------------------------------------------------------------ the story
+
+    def start_mlflow(self) -> str:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = self.background(
+            "mlflow", str(BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{self.folder}/mlflow.db",
+            "--artifacts-destination", str(self.folder / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        )  # fmt: skip
+        self.wait_http(proc, f"{url}/health", "mlflow")
+        self.env["MLFLOW_TRACKING_URI"] = url
+        click.echo(f"      MLflow UI: {url}  (SQLite + {self.folder / 'artifacts'})")
+        return url
+
+    def train(self, *params: str) -> int:
+        cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
+               "-P", f"data={self.data}", "-P", f"n_rows={self.n_rows}"]  # fmt: skip
+        for p in params:
+            cmd += ["-P", p]
+        done = self.run(*cmd)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("registered ")), "")
+        for ln in done.stdout.splitlines():
+            if ln.startswith(("registered ", "  roc_auc", "  gate:")):
+                click.echo(f"      {ln.strip()}")
+        try:
+            return int(line.split(" version ")[1].split()[0])
+        except (IndexError, ValueError) as exc:
+            raise DemoFailed(f"training printed no version:\n{done.stdout[-800:]}") from exc
+
+    def registry(self):
+        from churn_platform import promotion, registry
+        from churn_platform.settings import Settings
+
+        settings = Settings(tracking_uri=self.env["MLFLOW_TRACKING_URI"])
+        return promotion, registry.connect(settings), settings
+
+    def promote(self, version: int, reason: str) -> None:
+        from churn_platform.errors import GateRefused
+
+        promotion, client, settings = self.registry()
+        try:
+            result = promotion.promote(client, "churn", version, reason=reason, actor="demo",
+                                       tolerance=settings.promotion_tolerance)  # fmt: skip
+            gate = result.get("gate", {})
+            verdict = (
+                "no Production yet, nothing to compare"
+                if not gate.get("checked")
+                else (f"passed: roc_auc {gate['candidate_roc_auc']:.4f} vs {gate['production_roc_auc']:.4f}")
+            )
+        except GateRefused as exc:
+            click.secho(f"      gate: {exc}", fg="yellow")
+            result = promotion.promote(client, "churn", version, reason=reason + " (forced by the demo)",
+                                       actor="demo", force=True, tolerance=settings.promotion_tolerance)  # fmt: skip
+            verdict = "refused, promoted with --force to show the rest of the story"
+        click.echo(f"      promotion gate: {verdict}")
+        click.echo(f"      Production: v{result['from'] or '-'} -> v{result['to']}")
+
+    def customers(self, drift: bool, seed: int) -> list[dict[str, Any]]:
+        from churn_platform import data
+
+        if not drift and self.data != "synthetic":
+            frame = data.load(self.data).sample(self.traffic, replace=True, random_state=seed)
+        else:
+            frame = data.generate(self.traffic, seed=seed, drift=drift)
+        rows = frame.drop(columns=["churn"]).to_dict(orient="records")
+        return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+
+    def send(self, api: str, rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        batch = 100
+        with httpx.Client(base_url=api, timeout=30) as client:
+            for i in range(0, len(rows), batch):
+                r = client.post("/predict", json={"customers": rows[i : i + batch]})
+                if r.status_code != 200:
+                    raise DemoFailed(f"/predict answered {r.status_code}: {r.text[:300]}")
+                out += r.json()["predictions"]
+                done = min(i + batch, len(rows))
+                bar = "#" * int(30 * done / len(rows))
+                click.echo(f"\r      {label:<8} [{bar:<30}] {done}/{len(rows)} customers", nl=False)
+        click.echo()
+        return out
+
+    def monitor(self, since: datetime, until: datetime, name: str) -> dict[str, Any]:
+        out = self.folder / "reports" / name
+        done = self.run(
+            str(BIN / "churn-platform"), "monitor", "--since", since.strftime("%Y-%m-%dT%H:%M:%S"),
+            "--until", until.strftime("%Y-%m-%dT%H:%M:%S"), "--output-dir", str(out),
+        )  # fmt: skip
+        summary = json.loads((out / "summary.json").read_text())
+        verdict = summary["verdict"].replace("_", " ").upper()
+        color = "red" if summary["verdict"] != "no_drift" else "green"
+        click.secho(f"      {name} traffic: {verdict} (exit {done.returncode}), {summary['current_rows']} rows, "
+                    f"drifted columns: {summary['drifted_columns'] or 'none'}", fg=color)  # fmt: skip
+        click.echo(f"      report: {out / 'report.html'}")
+        return summary
+
+    def play(self) -> dict[str, Any]:
+        with self.step("Start MLflow on the embedded default (SQLite + local artifacts)"):
+            ui = self.start_mlflow()
+        with self.step(f"Train version 1 (logistic regression, data: {self.data}) and promote it"):
+            v1 = self.train("model_type=logistic")
+            self.promote(v1, "first model")
+        with self.step("Train version 2 (gradient boosting) and show the promotion gate"):
+            v2 = self.train("model_type=hist_gradient_boosting", "learning_rate=0.05", "max_iter=150")
+            self.promote(v2, "boosted trees")
+        with self.step("Start the API and send normal, then drifted traffic"):
+            port = _free_port()
+            api = f"http://127.0.0.1:{port}"
+            self.env.update(CHURN_ADMIN_API_KEY=ADMIN_KEY, CHURN_INFERENCE_LOG_URL=f"sqlite:///{self.folder}/inference_log.db",
+                            CHURN_INFERENCE_LOG_FLUSH_S="0.2")  # fmt: skip
+            proc = self.background("api", str(BIN / "churn-platform"), "serve", "--port", str(port))
+            self.wait_http(proc, f"{api}/ready", "api")
+            t0 = datetime.now(UTC)
+            normal = self.send(api, self.customers(drift=False, seed=1), "normal")
+            time.sleep(1.2)
+            t1 = datetime.now(UTC)
+            self.send(api, self.customers(drift=True, seed=2), "drifted")
+            time.sleep(1.2)
+            t2 = datetime.now(UTC)
+            for p in normal[:4]:
+                who = p["customer_id"] or "-"
+                score = p["churn_probability"]
+                click.echo(f"      {who:<12} churn {score:.2f}  risk {p['risk']:<6} model v{p['model_version']}")
+        with self.step("Monitor each window for drift (Evidently)"):
+            quiet = self.monitor(t0, t1, "normal")
+            loud = self.monitor(t1, t2, "drifted")
+        with self.step("Roll back and reload the API"):
+            promotion, client, _ = self.registry()
+            result = promotion.rollback(client, "churn", reason="demo: drift alarm", actor="demo")
+            click.echo(f"      Production: v{result['from']} -> v{result['to']}")
+            r = httpx.post(f"{api}/admin/reload?wait=true", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
+            serving = httpx.get(f"{api}/model").json()["version"]
+            click.echo(f"      reload: {r.json()['message']}; the API now serves v{serving}")
+            if serving != result["to"]:
+                raise DemoFailed(f"the API serves v{serving}, expected v{result['to']}")
+        with self.step("Summary"):
+            versions = promotion.versions(client, "churn")
+            for v in versions:
+                metrics = " ".join(f"{k}={x:.3f}" for k, x in v["metrics"].items())
+                click.echo(f"      v{v['version']}  {','.join(v['aliases']) or '-':<22} {metrics}")
+            self.summary = {
+                "versions": versions,
+                "production": serving,
+                "mlflow_ui": ui,
+                "api_docs": f"{api}/docs",
+                "monitor": {
+                    "normal": quiet["verdict"],
+                    "drifted": loud["verdict"],
+                    "drifted_columns": loud["drifted_columns"],
+                },  # fmt: skip
+                "report": str(self.folder / "reports" / "drifted" / "report.html"),
+                "seconds": round(time.perf_counter() - self.started, 1),
+            }
+            (self.folder / "summary.json").write_text(json.dumps(self.summary, indent=2, default=str))
+            click.echo(f"      in Production: v{serving}")
+            click.echo(f"      MLflow UI:     {ui}   (models, runs, the churn-monitoring experiment)")
+            click.echo(f"      API docs:      {api}/docs")
+            click.echo(f"      drift report:  {self.summary['report']}")
+        click.secho(f"\nDemo finished in {self.summary['seconds']:.0f}s.", bold=True)
+        return self.summary
+
+
+def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: bool,
+             echo: Callable[[str], None] = click.echo) -> dict[str, Any]:  # fmt: skip
+    """Play the demo in ``folder`` (wiped first); return its summary."""
+    if data != "synthetic" and not Path(data).exists():
+        raise DemoFailed(f"--data {data}: file not found")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", CHURN_MODEL_NAME="churn")  # fmt: skip
+    for key in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    demo = Demo(folder=folder.resolve(), data=data, n_rows=n_rows, traffic=traffic, keep_running=keep_running, env=env)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        summary = demo.play()
+    except KeyboardInterrupt:
+        demo.keep_running = False
+        raise DemoFailed("interrupted; stopped every process the demo started") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if demo.keep_running and demo.summary:
+            pids = " ".join(str(p.pid) for p in demo.processes)
+            echo(f"\n--keep-running: MLflow and the API stay up (stop them with: kill {pids})")
+        else:
+            demo.stop_all()
+    return summary

@@ -1,0 +1,43 @@
+"""The demo end to end with short settings, as a new user would run it (real processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.services import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    folder = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "churn_platform.cli", "demo", "--n-rows", "1500", "--traffic", "600",
+         "--folder", str(folder)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for step in range(1, 8):
+        assert f"[{step}/7]" in done.stdout
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [v["version"] for v in summary["versions"]] == [2, 1]
+    assert summary["production"] == 1  # rolled back after the drift alarm
+    assert summary["monitor"]["normal"] == "no_drift" and summary["monitor"]["drifted"] == "drift"
+    assert {"tenure", "contract"} <= set(summary["monitor"]["drifted_columns"])
+    assert (folder / "reports" / "drifted" / "report.html").exists()
+    assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
+    # Every process the demo started is gone.
+    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
+    assert leftovers == ""
+
+
+def test_demo_fails_clearly_on_a_missing_data_file(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "churn_platform.cli", "demo", "--data", "nope.csv", "--folder", str(tmp_path / "d")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "--data nope.csv: file not found" in done.stderr
