@@ -77,7 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000, 500000])
     args = parser.parse_args()
-    print(f"{'current rows':>12} | {'ours s':>8} {'ours RSS MiB':>13} | {'preset s':>9} {'preset RSS MiB':>15} | {'time ratio':>10}")
+    print(
+        f"{'current rows':>12} | {'ours s':>8} {'ours RSS MiB':>13} | {'preset s':>9} {'preset RSS MiB':>15} | {'time ratio':>10}"
+    )
     for n in args.sizes:
         ours, peer = measure("ours", n), measure("peer", n)
         ratio = peer["seconds"] / ours["seconds"] if ours["seconds"] else float("nan")

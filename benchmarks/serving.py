@@ -44,6 +44,7 @@ def wrk(url: str, body: Path, connections: int, seconds: int, folder: Path) -> d
         ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+
     def ms(label: str) -> float:
         m = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
         value, unit = float(m.group(1)), m.group(2)
@@ -120,7 +121,11 @@ def main() -> None:
         (folder / f"{name}.json").write_text(json.dumps(body))
 
     bin_dir = Path(sys.executable).parent
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db")
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
+    )
     ours_port, peer_port = free_port(), free_port()
     ours = start_process("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env)
     peer = start_process(
@@ -162,10 +167,14 @@ def main() -> None:
     print(f"{'single, 8 conns: requests/s':34}{s_o['rps']:>12.0f}{s_p['rps']:>14.0f}{s_o['rps'] / s_p['rps']:>8.1f}x")
     print(f"{'single, 8 conns: p50 latency ms':34}{s_o['p50_ms']:>12.2f}{s_p['p50_ms']:>14.2f}")
     print(f"{'single, 8 conns: p99 latency ms':34}{s_o['p99_ms']:>12.2f}{s_p['p99_ms']:>14.2f}")
-    print(f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{b_o['rps'] / b_p['rps']:>8.1f}x")
+    print(
+        f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{b_o['rps'] / b_p['rps']:>8.1f}x"
+    )
     print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
     print(f"{'non-2xx responses':34}{s_o['errors'] + b_o['errors']:>12}{s_p['errors'] + b_p['errors']:>14}")
-    print(f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)")
+    print(
+        f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)"
+    )
     shutil.rmtree(folder, ignore_errors=True)
 
 

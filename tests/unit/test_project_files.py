@@ -27,3 +27,20 @@ def test_mlproject_defaults_match_the_training_defaults():
         expected = defaults[name]
         assert type(expected)(param["default"]) == expected, name
         assert f"{{{name}}}" in spec["entry_points"]["train"]["command"]
+
+
+def test_readme_configuration_table_matches_the_settings():
+    from churn_platform.settings import environment_variables
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {}
+    for row in rows:
+        name, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        documented[name.strip("`")] = default
+    expected = {
+        name: ("unset" if default in (None, "") else f"`{default}`")
+        for name, (default, _, _) in environment_variables().items()
+    }
+    assert documented == expected
