@@ -37,6 +37,7 @@ lint: install ## ruff
 
 test: install ## the whole test suite (starts the services it needs)
 	@scripts/ensure-postgres.sh
+	@scripts/ensure-browser.sh
 	$(BIN)/python -m pytest
 
 train: install ## train on DATA (default: synthetic) against MLFLOW_TRACKING_URI (default: ./mlflow.db)

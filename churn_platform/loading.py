@@ -52,7 +52,10 @@ class LoadedModel:
 
 def resolve(client: MlflowClient, name: str, alias: str = registry.PRODUCTION_ALIAS) -> int:
     """The version number ``alias`` points at, or ``NotFoundError``."""
-    version = registry.version_by_alias(client, name, alias)
+    if alias == registry.PRODUCTION_ALIAS:
+        version = registry.production_version(client, name)
+    else:
+        version = registry.version_by_alias(client, name, alias)
     if version is None:
         raise NotFoundError(f"no version of model {name!r} holds the alias {alias!r}")
     return int(version.version)

@@ -118,6 +118,7 @@ def _write(client: MlflowClient, name: str, event: Event) -> None:
 def reconcile(client: MlflowClient, name: str) -> list[Event]:
     """Events, with an ``external`` one recorded if the alias moved outside our commands."""
     events = recorded_events(client, name)
+    registry.adopt_ui_aliases(client, name)
     current = _current(client, name)
     if not events:
         if current is None:

@@ -20,6 +20,10 @@ from churn_platform.settings import Settings
 
 PRODUCTION_ALIAS = "Production"
 CHALLENGER_ALIAS = "Challenger"
+#: MLflow 3's UI alias editor lowercases every alias it saves: adding `Production` there
+#: creates `production` (and rewrites `Challenger` as `challenger`). A lowercase alias is
+#: therefore a change made in the UI, newer than anything our commands set.
+UI_SPELLINGS = {PRODUCTION_ALIAS.lower(): PRODUCTION_ALIAS, CHALLENGER_ALIAS.lower(): CHALLENGER_ALIAS}
 
 _CONNECTION_HINTS = (
     "max retries exceeded",
@@ -115,3 +119,21 @@ def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVer
         if _is_missing(exc):
             raise NotFoundError(f"model {name!r} has no version {version}") from exc
         raise
+
+
+def production_version(client: MlflowClient, name: str) -> ModelVersion | None:
+    """The version in production: a pending UI promotion (`production`) wins over `Production`."""
+    return version_by_alias(client, name, PRODUCTION_ALIAS.lower()) or version_by_alias(client, name, PRODUCTION_ALIAS)
+
+
+def adopt_ui_aliases(client: MlflowClient, name: str) -> list[tuple[str, int]]:
+    """Give aliases saved by the UI their canonical spelling; return what moved."""
+    moved = []
+    for spelled, canonical in UI_SPELLINGS.items():
+        version = version_by_alias(client, name, spelled)
+        if version is None:
+            continue
+        client.set_registered_model_alias(name, canonical, version.version)
+        client.delete_registered_model_alias(name, spelled)
+        moved.append((canonical, int(version.version)))
+    return moved

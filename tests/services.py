@@ -73,9 +73,7 @@ class Process:
 def start_process(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
     log_path = log_dir / f"{name}.log"
     handle = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     return Process(name, proc, log_path)
 
 
@@ -101,9 +99,7 @@ def postgres_database() -> Iterator[str]:
 
     name = f"churn_test_{os.getpid()}_{secrets.token_hex(3)}"
     try:
-        admin = psycopg2.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5
-        )
+        admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5)
     except psycopg2.OperationalError as exc:
         raise ServiceError(
             f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}. "
@@ -162,9 +158,7 @@ def _boto_keys() -> dict[str, str]:
 
 def start_moto(log_dir: Path) -> tuple[Process, str]:
     port = free_port()
-    proc = start_process(
-        "moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir
-    )
+    proc = start_process("moto_server", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir)
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, url, timeout=60)
     return proc, url

@@ -60,10 +60,7 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
             if not res.get("requests") or not res.get("limits"):
                 problems.append(f"{cw}: needs resource requests and limits")
             sc = c.get("securityContext", {})
-            if (
-                sc.get("readOnlyRootFilesystem") is not True
-                or sc.get("allowPrivilegeEscalation") is not False
-            ):
+            if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False:
                 problems.append(f"{cw}: needs readOnlyRootFilesystem and no privilege escalation")
             if "ALL" not in sc.get("capabilities", {}).get("drop", []):
                 problems.append(f"{cw}: must drop all capabilities")
@@ -76,13 +73,9 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
     api = find(objs, "Deployment", "churn-api")
     hpa = find(objs, "HorizontalPodAutoscaler", "churn-api")
     container = api["spec"]["template"]["spec"]["containers"][0]
-    probes = {
-        k: container.get(k, {}).get("httpGet", {}).get("path") for k in ("livenessProbe", "readinessProbe")
-    }
+    probes = {k: container.get(k, {}).get("httpGet", {}).get("path") for k in ("livenessProbe", "readinessProbe")}
     if probes != {"livenessProbe": "/health", "readinessProbe": "/ready"} or "startupProbe" not in container:
-        problems.append(
-            f"churn-api: probes must be liveness /health, readiness /ready, plus a startupProbe: {probes}"
-        )
+        problems.append(f"churn-api: probes must be liveness /health, readiness /ready, plus a startupProbe: {probes}")
     if api["spec"]["strategy"].get("rollingUpdate", {}).get("maxUnavailable") != 0:
         problems.append("churn-api: RollingUpdate must have maxUnavailable 0")
     if "podAntiAffinity" not in api["spec"]["template"]["spec"].get("affinity", {}):
@@ -105,9 +98,7 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
     if overlay == "dev" and api["spec"]["replicas"] != 1:
         problems.append("dev: one API replica")
     # Every variable the settings read is set, by the ConfigMap or a Secret reference.
-    data = config_maps[next(r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r)][
-        "data"
-    ]
+    data = config_maps[next(r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r)]["data"]
     provided = set(data) | {e["name"] for e in container.get("env", [])}
     missing = sorted(set(environment_variables()) - provided)
     if missing:

@@ -41,9 +41,7 @@ def test_breaking_a_rule_is_caught(tmp_path):
     prod = copy / "overlays" / "prod" / "kustomization.yaml"
     prod.write_text(
         prod.read_text()
-        .replace(
-            "{op: replace, path: /spec/replicas, value: 3}", "{op: replace, path: /spec/replicas, value: 1}"
-        )
+        .replace("{op: replace, path: /spec/replicas, value: 3}", "{op: replace, path: /spec/replicas, value: 1}")
         .replace('newTag: "0.1.0"', "newTag: latest")
     )
     objs, _ = render(copy / "overlays" / "prod")
@@ -53,9 +51,7 @@ def test_breaking_a_rule_is_caught(tmp_path):
 
 
 def test_dockerfile_passes_hadolint_and_keeps_the_final_stage_lean():
-    done = subprocess.run(
-        [str(BIN / "hadolint"), str(REPO / "deploy" / "Dockerfile")], capture_output=True, text=True
-    )
+    done = subprocess.run([str(BIN / "hadolint"), str(REPO / "deploy" / "Dockerfile")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
     text = (REPO / "deploy" / "Dockerfile").read_text()
     final = text[text.rindex("FROM ") :]
@@ -82,9 +78,9 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     }
     missing = set(environment_variables()) - env_file - set(api["environment"])
     assert missing == set()
-    assert compose["services"]["train"]["profiles"] == ["jobs"] and compose["services"]["monitor"][
-        "profiles"
-    ] == ["jobs"]
+    assert compose["services"]["train"]["profiles"] == ["jobs"] and compose["services"]["monitor"]["profiles"] == [
+        "jobs"
+    ]
     assert compose["services"]["api"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     # Credentials come from .env, never from the file itself.
     text = (REPO / "docker-compose.yml").read_text()

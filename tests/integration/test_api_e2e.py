@@ -43,10 +43,7 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
             response = httpx.get(f"{base}/ready")
             assert response.status_code == 503 and response.json()["status"] == "alias_missing"
 
-            assert (
-                CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code
-                == 0
-            )
+            assert CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code == 0
             wait_ready(base)
 
             real = data.load(telco_csv).sample(500, random_state=1)
@@ -61,9 +58,7 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
 
             train(TrainConfig(n_rows=3000, model_name=model_name, seed=9), settings)
             assert (
-                CliRunner()
-                .invoke(main, ["promote", "--model-name", model_name, "--version", "2", "--force"])
-                .exit_code
+                CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "2", "--force"]).exit_code
                 == 0
             )
 
@@ -104,9 +99,7 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
         engine = sa.create_engine(log_url)
         with engine.connect() as conn:
             counts = dict(
-                conn.execute(
-                    sa.text("SELECT model_version, count(*) FROM inference_log GROUP BY 1")
-                ).fetchall()
+                conn.execute(sa.text("SELECT model_version, count(*) FROM inference_log GROUP BY 1")).fetchall()
             )
             duplicates = conn.execute(
                 sa.text(

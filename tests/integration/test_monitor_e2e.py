@@ -50,9 +50,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
         try:
             wait_ready(base)
             for chunk in range(0, len(unseen), 500):
-                r = httpx.post(
-                    f"{base}/predict", json={"customers": rows_of(unseen.iloc[chunk : chunk + 500])}
-                )
+                r = httpx.post(f"{base}/predict", json={"customers": rows_of(unseen.iloc[chunk : chunk + 500])})
                 assert r.status_code == 200
         finally:
             api.stop()  # flushes the log
@@ -83,9 +81,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     corrupt = data.generate(300, seed=8).drop(columns=["contract"]).astype({"tenure": object})
     corrupt.loc[:4, "tenure"] = "twelve"
     corrupt.to_csv(tmp_path / "corrupt.csv", index=False)
-    code, summary, err = monitor(
-        env, "--current", str(tmp_path / "corrupt.csv"), "--output-dir", str(tmp_path / "bad")
-    )
+    code, summary, err = monitor(env, "--current", str(tmp_path / "corrupt.csv"), "--output-dir", str(tmp_path / "bad"))
     assert code == 2 and "Traceback" not in err
     details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
     assert "missing feature columns: ['contract']" in details and "'tenure' should be numeric" in details

@@ -55,10 +55,7 @@ def test_promote_rollback_and_history(three_versions):
     name = three_versions
     assert status_json(name)["production"] is None
     assert (
-        cli(
-            "promote", "--model-name", name, "--version", "1", "--actor", "alice", "--reason", "first"
-        ).exit_code
-        == 0
+        cli("promote", "--model-name", name, "--version", "1", "--actor", "alice", "--reason", "first").exit_code == 0
     )
     assert cli("promote", "--model-name", name, "--version", "2", "--actor", "bob").exit_code == 0
     status = status_json(name)

@@ -106,9 +106,7 @@ def test_batch_predictions_equal_the_registered_model(api, telco_csv):
     assert first["will_churn"] == (first["churn_probability"] >= 0.5)
     assert {p["risk"] for p in body["predictions"]} == {"low", "medium", "high"}
     for p in body["predictions"]:
-        band = (
-            "high" if p["churn_probability"] >= 0.6 else "medium" if p["churn_probability"] >= 0.3 else "low"
-        )
+        band = "high" if p["churn_probability"] >= 0.6 else "medium" if p["churn_probability"] >= 0.3 else "low"
         assert p["risk"] == band
 
 
@@ -238,8 +236,7 @@ def test_scored_rows_reach_the_inference_log(registry_uri, tmp_path, telco_csv):
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         probabilities = [
-            p["churn_probability"]
-            for p in client.post("/predict", json={"customers": rows}).json()["predictions"]
+            p["churn_probability"] for p in client.post("/predict", json={"customers": rows}).json()["predictions"]
         ]
     # Leaving the client ran the shutdown, which flushes the log.
     engine = sa.create_engine(settings.inference_log_url)

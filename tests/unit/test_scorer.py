@@ -31,9 +31,7 @@ def test_fast_scorer_matches_sklearn_on_real_and_drifted_rows(telco, model_type)
 def test_unknown_pipelines_are_refused_and_sklearn_is_the_fallback(telco):
     train, valid = telco
     base = model.build_pipeline("logistic")
-    pipeline = Pipeline(
-        [base.steps[0], ("classifier", RandomForestClassifier(n_estimators=5, random_state=0))]
-    )
+    pipeline = Pipeline([base.steps[0], ("classifier", RandomForestClassifier(n_estimators=5, random_state=0))])
     pipeline.fit(model.features(train), train.churn)
     scorer = FastScorer(pipeline)  # any classifier with predict_proba works behind our preprocessing
     assert max_difference(pipeline, scorer, valid) == 0

@@ -30,9 +30,7 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     client = MlflowClient()
     version = client.get_model_version(model_name, str(result.version))
     assert version.status == "READY"
-    assert {"data_digest", "training_rows", "roc_auc", "decision_threshold", "model_type"} <= set(
-        version.tags
-    )
+    assert {"data_digest", "training_rows", "roc_auc", "decision_threshold", "model_type"} <= set(version.tags)
     assert version.tags["model_type"] == model_type
     run = client.get_run(result.run_id)
     for metric in ("roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1"):
