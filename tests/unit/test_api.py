@@ -15,29 +15,12 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from churn_platform import data, loading, registry
+from churn_platform import data, loading
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
-from churn_platform.training import TrainConfig, train
 from serving.app import create_app
 
 KEY = "test-admin-key-5b1f"
-
-
-@pytest.fixture(scope="module")
-def registry_uri(tmp_path_factory, telco_csv):
-    """One embedded registry for the module: telco v1 in Production, synthetic v2 not."""
-    folder = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        settings = Settings(tracking_uri=uri)
-        registry.configure(settings)
-        train(TrainConfig(data=str(telco_csv), model_name="churn"), settings)
-        train(TrainConfig(n_rows=800, model_name="churn", seed=3), settings)
-        MlflowClient(uri).set_registered_model_alias("churn", "Production", "1")
-    return uri
 
 
 def make_settings(registry_uri, tmp_path, **overrides) -> Settings:
