@@ -163,7 +163,7 @@ class InferenceLog:
             if items:
                 self._write(items)
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 25.0) -> None:
         """Flush what is queued and stop the writer (graceful shutdown)."""
         if self._thread.is_alive():
             self._queue.put(None)

@@ -164,8 +164,10 @@ def start_moto(log_dir: Path) -> tuple[Process, str]:
     return proc, url
 
 
-def start_mlflow(log_dir: Path, backend_uri: str, artifacts: str, s3_endpoint: str) -> tuple[Process, str]:
-    port = free_port()
+def start_mlflow(
+    log_dir: Path, backend_uri: str, artifacts: str, s3_endpoint: str, port: int | None = None
+) -> tuple[Process, str]:
+    port = port or free_port()
     env = dict(os.environ)
     env.update(S3_KEYS)
     env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint

@@ -22,5 +22,3 @@ def registry_uri(tmp_path_factory, telco_csv):
         train(TrainConfig(n_rows=800, model_name="churn", seed=3), settings)
         MlflowClient(uri).set_registered_model_alias("churn", "Production", "1")
     return uri
-
-

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import schemathesis
-from schemathesis.generation import GenerationMode
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+from schemathesis.generation import GenerationMode
 
 from serving.app import create_app
 from tests.unit.test_api import KEY, make_settings, wait_ready

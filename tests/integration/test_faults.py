@@ -1,0 +1,153 @@
+"""Faults injected into real processes: the platform keeps answering and loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from churn_platform import data
+from churn_platform.cli import main
+from churn_platform.settings import get_settings
+from churn_platform.training import TrainConfig, train
+from tests.services import (
+    S3_KEYS,
+    free_port,
+    postgres_database,
+    start_api,
+    start_mlflow,
+    start_moto,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def customers(n: int, seed: int = 0) -> list[dict]:
+    rows = data.generate(n, seed=seed).drop(columns=["churn"]).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+
+
+@pytest.fixture
+def promoted(stack_env, model_name):
+    train(TrainConfig(n_rows=800, model_name=model_name), get_settings())
+    assert CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code == 0
+    return model_name
+
+
+def test_api_waits_for_a_registry_that_is_down_and_gets_ready_when_it_returns(stack_env, promoted, tmp_path):
+    port = free_port()
+    env = stack_env.env | {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}", "CHURN_MODEL_NAME": promoted,
+        "CHURN_STARTUP_BACKOFF_MAX_S": "2", "CHURN_INFERENCE_LOG_URL": f"sqlite:///{tmp_path}/l.db",
+    }  # fmt: skip
+    api, base = start_api(env, tmp_path)
+    server = None
+    try:
+        time.sleep(3)
+        response = httpx.get(f"{base}/ready")
+        assert response.status_code == 503 and response.json()["status"] == "registry_unreachable"
+        assert f"127.0.0.1:{port}" in response.json()["message"]
+        # The same registry comes back on that address.
+        server, _ = start_mlflow(tmp_path, stack_env.backend_uri, f"s3://{stack_env.bucket}/artifacts",
+                                 stack_env.s3_endpoint, port=port)  # fmt: skip
+        back = time.monotonic()
+        wait_ready(base, timeout=60)
+        assert time.monotonic() - back < 20
+        assert httpx.post(f"{base}/predict/single", json=customers(1)[0]).json()["model_version"] == 1
+    finally:
+        api.stop()
+        if server:
+            server.stop()
+
+
+def test_sigkill_during_a_reload_then_restart_serves_production(stack_env, promoted, tmp_path):
+    env = stack_env.env | {"CHURN_MODEL_NAME": promoted, "CHURN_ADMIN_API_KEY": "k",
+                           "CHURN_INFERENCE_LOG_URL": f"sqlite:///{tmp_path}/l.db"}  # fmt: skip
+    api, base = start_api(env, tmp_path)
+    wait_ready(base)
+    train(TrainConfig(n_rows=800, seed=4, model_name=promoted), get_settings())
+    assert CliRunner().invoke(main, ["promote", "--model-name", promoted, "--version", "2", "--force"]).exit_code == 0
+    assert httpx.post(f"{base}/admin/reload", headers={"X-API-Key": "k"}).status_code == 202
+    os.killpg(api.proc.pid, signal.SIGKILL)  # in the middle of loading v2
+    api.proc.wait(10)
+    api, base = start_api(env, tmp_path)
+    try:
+        wait_ready(base)
+        assert httpx.get(f"{base}/model").json()["version"] == 2
+    finally:
+        api.stop()
+
+
+def test_sigterm_under_load_finishes_requests_flushes_the_log_and_exits_0(stack_env, promoted, tmp_path):
+    with postgres_database() as log_url:
+        env = stack_env.env | {
+            "CHURN_MODEL_NAME": promoted, "CHURN_INFERENCE_LOG_URL": log_url, "CHURN_INFERENCE_LOG_FLUSH_S": "5",
+            "CHURN_INFERENCE_LOG_QUEUE_ROWS": "5000000",
+        }  # fmt: skip
+        api, base = start_api(env, tmp_path)
+        wait_ready(base)
+        batch = customers(200)
+        answered, errors = [], []
+        stop = threading.Event()
+
+        def load() -> None:
+            with httpx.Client(base_url=base, timeout=10) as client:
+                while not stop.is_set():
+                    try:
+                        r = client.post("/predict", json={"customers": batch})
+                        (answered if r.status_code == 200 else errors).append(r.status_code)
+                    except httpx.HTTPError:
+                        return  # the server stopped accepting: expected after SIGTERM
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        time.sleep(2)
+        started = time.monotonic()
+        api.proc.send_signal(signal.SIGTERM)
+        api.proc.wait(30)
+        stop.set()
+        for w in workers:
+            w.join()
+        assert api.proc.returncode == 0, api.log_tail()
+        assert time.monotonic() - started < 30
+        assert errors == [] and answered
+        engine = sa.create_engine(log_url)
+        with engine.connect() as conn:
+            logged = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+        engine.dispose()
+        # Shutdown wrote every answered row still queued, each once.
+        assert logged == len(answered) * len(batch)
+
+
+def test_object_store_down_during_training_fails_clearly_and_registers_nothing(tmp_path, model_name):
+    with postgres_database() as backend:
+        moto, s3 = start_moto(tmp_path)
+        import boto3
+
+        boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket="faults")  # fmt: skip
+        server, uri = start_mlflow(tmp_path, backend, "s3://faults/artifacts", s3)
+        try:
+            moto.stop()  # the object store goes away
+            env = dict(os.environ) | S3_KEYS | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+            done = subprocess.run(
+                [sys.executable, "-m", "churn_platform.cli", "train", "--n-rows", "300", "--model-name", model_name],
+                env=env, capture_output=True, text=True, timeout=240,
+            )  # fmt: skip
+            assert done.returncode != 0
+            assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-1500:]
+            assert "Traceback" not in done.stderr
+            assert MlflowClient(uri).search_model_versions(f"name='{model_name}'") == []
+        finally:
+            server.stop()
