@@ -90,6 +90,11 @@ def translate_errors(settings: Settings) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
+        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "authenticate" in str(exc):
+            raise RegistryUnreachable(
+                f"MLflow registry at {settings.tracking_uri} refused the request ({exc.error_code}): "
+                "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a server in basic-auth mode"
+            ) from exc
         if is_connection_error(exc):
             raise RegistryUnreachable(
                 f"MLflow registry at {settings.tracking_uri} is unreachable: {exc.message[:300]}"

@@ -165,11 +165,18 @@ def start_moto(log_dir: Path) -> tuple[Process, str]:
 
 
 def start_mlflow(
-    log_dir: Path, backend_uri: str, artifacts: str, s3_endpoint: str, port: int | None = None
+    log_dir: Path,
+    backend_uri: str,
+    artifacts: str,
+    s3_endpoint: str,
+    port: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[Process, str]:
     port = port or free_port()
     env = dict(os.environ)
     env.update(S3_KEYS)
+    env.update(extra_env or {})
     env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # GenAI job workers: five idle processes we never use
     cmd = [
@@ -177,7 +184,7 @@ def start_mlflow(
         "--backend-store-uri", backend_uri,
         "--artifacts-destination", artifacts,
         "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1",
+        "--workers", "1", *extra_args,
     ]  # fmt: skip
     proc = start_process(f"mlflow_server_{port}", cmd, log_dir, env=env)
     url = f"http://127.0.0.1:{port}"

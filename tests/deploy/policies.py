@@ -95,6 +95,12 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
             problems.append(f"prod: churn-api has {api['spec']['replicas']} replicas, needs at least 3")
         if (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) != (3, 10):
             problems.append("prod: HPA must scale 3-10")
+    if overlay == "prod":
+        mlflow = find(objs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+        if "basic-auth" not in mlflow["args"]:
+            problems.append("prod: the MLflow server must run in basic-auth mode")
+        if "MLFLOW_TRACKING_PASSWORD" not in {e["name"] for e in container.get("env", [])}:
+            problems.append("prod: the API needs tracking credentials for the basic-auth registry")
     if overlay == "dev" and api["spec"]["replicas"] != 1:
         problems.append("dev: one API replica")
     # Every variable the settings read is set, by the ConfigMap or a Secret reference.

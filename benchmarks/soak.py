@@ -1,0 +1,109 @@
+"""Soak: N minutes of mixed single/batch load at a fixed rate on loopback (not a test).
+
+    .venv/bin/python benchmarks/soak.py --minutes 5 --rate 200
+
+Trains a model into a throwaway embedded registry, starts the API (uvicorn), then sends
+`--rate` requests per second (90 % single customers, 10 % batches of 100) from a thread
+pool, bounded in count and time. Prints throughput, p50/p99 latency, errors and the API's
+RSS at start and end. Target: RSS growth under 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.services import start_api, wait_ready  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5)
+    parser.add_argument("--rate", type=int, default=200, help="requests per second")
+    args = parser.parse_args()
+
+    from mlflow import MlflowClient
+
+    from churn_platform import data
+    from churn_platform.settings import Settings
+    from churn_platform.training import TrainConfig, train
+
+    folder = Path(tempfile.mkdtemp(prefix="soak-"))
+    os.chdir(folder)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    result = train(TrainConfig(n_rows=3000), Settings(tracking_uri=uri))
+    MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
+    rows = data.generate(2000, seed=9).drop(columns=["churn"]).to_dict(orient="records")
+    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+
+    env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db")
+    api, base = start_api(env, folder)
+    wait_ready(base)
+    pid = api.proc.pid
+    client = httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=32))
+    for _ in range(200):  # warm up before the first RSS reading
+        client.post("/predict/single", json=random.choice(rows))
+    rss_start = rss_mib(pid)
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            if i % 10 == 0:
+                r = client.post("/predict", json={"customers": random.sample(rows, 100)})
+            else:
+                r = client.post("/predict/single", json=rows[i % len(rows)])
+            ok = r.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        with lock:
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
+
+    total = int(args.minutes * 60 * args.rate)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for i in range(total):
+            target = t0 + i / args.rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, i)
+    elapsed = time.perf_counter() - t0
+    rss_end = rss_mib(pid)
+    api.stop()
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    print(f"soak: {args.minutes:g} min at {args.rate} req/s (90% single, 10% batch of 100)")
+    print(f"  requests {len(latencies)}  throughput {len(latencies) / elapsed:.0f} req/s  errors {errors}")
+    print(f"  latency p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+    print(f"  API RSS start {rss_start:.0f} MiB  end {rss_end:.0f} MiB  growth {100 * (rss_end / rss_start - 1):+.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The MLflow server in basic-auth mode (as in the prod overlay): our clients use env credentials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.services import postgres_database, start_mlflow
+
+pytestmark = pytest.mark.integration
+PASSWORD = "auth-test-Pw-7731"
+
+
+def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "churn_platform.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+
+
+def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model_name):
+    ini = tmp_path / "auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path}/auth.db\nadmin_username = admin\nadmin_password = {PASSWORD}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    with postgres_database() as backend:
+        server, uri = start_mlflow(tmp_path, backend, str(tmp_path / "artifacts"), "http://unused",
+                                   extra_args=("--app-name", "basic-auth"),
+                                   extra_env={"MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                                              "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-test-key"})  # fmt: skip
+        try:
+            base = dict(os.environ) | {"MLFLOW_TRACKING_URI": uri}
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL"):
+                base.pop(key, None)
+            anonymous = cli(base, "train", "--n-rows", "300", "--model-name", model_name)
+            assert anonymous.returncode == 3, anonymous.stderr[-1500:]
+            assert "MLFLOW_TRACKING_USERNAME" in anonymous.stderr and "Traceback" not in anonymous.stderr
+            assert PASSWORD not in anonymous.stderr
+
+            authed = base | {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
+            trained = cli(authed, "train", "--n-rows", "300", "--model-name", model_name)
+            assert trained.returncode == 0, trained.stderr[-1500:]
+            assert cli(authed, "promote", "--version", "1", "--model-name", model_name).returncode == 0
+            status = cli(authed, "status", "--model-name", model_name, "--json")
+            assert status.returncode == 0 and '"version": 1' in status.stdout
+            assert PASSWORD not in trained.stderr + trained.stdout + status.stdout
+        finally:
+            server.stop()
