@@ -232,3 +232,56 @@ def wait_ready(url: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise ServiceError(f"API not ready: {httpx.get(f'{url}/ready').json()}")
         time.sleep(0.3)
+
+
+@dataclass
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster of our own, so a test may stop and restart it.
+
+    The machine's server is shared by the whole run; this one belongs to one test.
+    """
+
+    folder: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, *args: str) -> None:
+        cmd = [str(PG_BIN / args[0]), *args[1:]]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "pg.log"), "-w",
+                 "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
+
+    def stop(self) -> None:
+        self._pg("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+
+PG_BIN = Path(os.environ.get("CHURN_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+@contextmanager
+def private_postgres(folder: Path) -> Iterator[PrivatePostgres]:
+    if not (PG_BIN / "initdb").exists():
+        raise ServiceError(f"PostgreSQL server binaries not found in {PG_BIN} (set CHURN_TEST_PG_BIN)")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o777)
+    for parent in folder.parents:  # the postgres user must be able to reach the folder
+        if str(parent) in ("/", "/tmp"):
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o005)
+    pg = PrivatePostgres(folder, free_port())
+    pg._pg("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        try:
+            pg.stop()
+        except subprocess.SubprocessError:
+            pass

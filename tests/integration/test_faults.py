@@ -151,3 +151,51 @@ def test_object_store_down_during_training_fails_clearly_and_registers_nothing(t
             assert MlflowClient(uri).search_model_versions(f"name='{model_name}'") == []
         finally:
             server.stop()
+
+
+def test_postgres_restart_while_serving_loses_no_prediction_and_writes_nothing_twice(stack_env, promoted, tmp_path):
+    from tests.services import private_postgres
+
+    with private_postgres(tmp_path / "pg") as pg:
+        env = stack_env.env | {"CHURN_MODEL_NAME": promoted, "CHURN_INFERENCE_LOG_URL": pg.url,
+                               "CHURN_INFERENCE_LOG_FLUSH_S": "0.2"}  # fmt: skip
+        api, base = start_api(env, tmp_path)
+        try:
+            wait_ready(base)
+            rows = customers(50)
+            with httpx.Client(base_url=base, timeout=10) as client:
+
+                def send(n: int) -> None:
+                    for _ in range(n):
+                        assert client.post("/predict", json={"customers": rows}).status_code == 200
+
+                send(10)
+                time.sleep(1)
+                pg.stop()
+                send(10)  # predictions keep succeeding while the log database is down
+                time.sleep(1.5)
+                pg.start()
+                time.sleep(2)  # pool_pre_ping reconnects on the next batch
+                send(10)
+                time.sleep(1.5)
+                metrics = client.get("/metrics").text
+        finally:
+            api.stop()
+        import re
+
+        def counter(name: str) -> float:
+            return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE).group(1))
+
+        written = counter("churn_inference_log_rows_written_total")
+        dropped = counter("churn_inference_log_rows_dropped_total")
+        assert dropped > 0 and written + dropped == 30 * 50
+        engine = sa.create_engine(pg.url)
+        with engine.connect() as conn:
+            logged = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+            twice = conn.execute(sa.text(
+                "SELECT count(*) FROM (SELECT 1 FROM inference_log"
+                " GROUP BY request_id, row_index HAVING count(*) > 1) d"
+            )).scalar()  # fmt: skip
+        engine.dispose()
+        assert logged >= 20 * 50 and twice == 0
+        assert logged + dropped == 30 * 50  # the shutdown flush wrote whatever was still queued
