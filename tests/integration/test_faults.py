@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,8 +182,6 @@ def test_postgres_restart_while_serving_loses_no_prediction_and_writes_nothing_t
                 metrics = client.get("/metrics").text
         finally:
             api.stop()
-        import re
-
         def counter(name: str) -> float:
             return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE).group(1))
 
