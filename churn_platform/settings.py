@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     monitor_max_missing_share: float = Field(
         0.05, ge=0, le=1, description="Largest share of missing values a current column may have."
     )
+    monitor_min_rows: int = Field(
+        100, ge=1, description="Fewest current rows worth comparing; fewer is a setup problem (exit 3)."
+    )
     monitor_max_rows: int = Field(
         100_000, ge=100, description="Current rows above this are sampled (seeded) before drift checks."
     )

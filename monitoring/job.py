@@ -197,6 +197,12 @@ def run(options: MonitorOptions, settings: Settings) -> tuple[dict[str, Any], in
             window["sampled"] = {"rows": len(raw), "seed": options.seed, "limit": settings.monitor_max_rows}
 
         current, findings = quality.check(raw, settings.monitor_max_missing_share)
+        if not any(f.failure for f in findings) and len(current) < settings.monitor_min_rows:
+            # A handful of rows "drifts" on every column by chance: refuse to give a verdict.
+            raise SetupProblem(
+                f"only {len(current)} usable current rows; at least {settings.monitor_min_rows} are needed "
+                "for a meaningful comparison (CHURN_MONITOR_MIN_ROWS)"
+            )
         if not any(f.failure for f in findings) and "churn_probability" not in current.columns:
             # A file carries no scores: score it with the same version for prediction drift.
             model = mlflow.sklearn.load_model(f"models:/{name}/{version}")

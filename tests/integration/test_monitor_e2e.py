@@ -98,6 +98,11 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
 
 def test_monitor_setup_problems_exit_3(stack_env, model_name, tmp_path):
     env = stack_env.env | {"CHURN_MODEL_NAME": model_name}
+    train(TrainConfig(n_rows=600, model_name=f"{model_name}-few"), get_settings())
+    assert CliRunner().invoke(main, ["promote", "--model-name", f"{model_name}-few", "--version", "1"]).exit_code == 0
+    data.generate(20, seed=3).to_csv(tmp_path / "few.csv", index=False)
+    code, _, err = monitor(env | {"CHURN_MODEL_NAME": f"{model_name}-few"}, "--current", str(tmp_path / "few.csv"))
+    assert code == 3 and "only 20 usable current rows; at least 100" in err
     code, _, err = monitor(env, "--current", "missing.csv")
     assert code == 3 and f"no version of model '{model_name}'" in err
     dead = f"http://127.0.0.1:{free_port()}"
