@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -263,8 +264,12 @@ def run(options: MonitorOptions, settings: Settings) -> tuple[dict[str, Any], in
         summary["output_dir"] = str(out_dir)
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
 
-        mlflow.set_experiment(settings.monitor_experiment)
-        with mlflow.start_run(run_name=f"{name}-v{version}-{stamp}") as active:
+        # Under `mlflow run -e monitor` the launcher already made the run (MLFLOW_RUN_ID), in the
+        # experiment given by --experiment-name: log into it rather than start a second one.
+        launched = os.environ.get("MLFLOW_RUN_ID")
+        if not launched:
+            mlflow.set_experiment(settings.monitor_experiment)
+        with mlflow.start_run(run_name=None if launched else f"{name}-v{version}-{stamp}") as active:
             mlflow.set_tags({"model_name": name, "model_version": str(version), "verdict": summary["verdict"],
                              "model_run_id": run_id or ""})  # fmt: skip
             mlflow.log_metrics({"current_rows": len(current), "reference_rows": len(reference)})

@@ -182,6 +182,7 @@ def test_postgres_restart_while_serving_loses_no_prediction_and_writes_nothing_t
                 metrics = client.get("/metrics").text
         finally:
             api.stop()
+
         def counter(name: str) -> float:
             return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE).group(1))
 
