@@ -251,6 +251,21 @@ def _move(client: MlflowClient, name: str, version: int) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
+def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
+    """Write the event first, then move the alias.
+
+    In this order a racing command can never see the alias on a version that no event
+    names, which it would otherwise take for a change made outside churn-platform. If the
+    move fails, the event is withdrawn.
+    """
+    _write(client, name, event)
+    try:
+        _move(client, name, event.to_version)
+    except Exception:
+        client.delete_registered_model_tag(name, event.key)
+        raise
+
+
 def promote(
     client: MlflowClient,
     name: str,
@@ -286,12 +301,11 @@ def promote(
                     f"refused: v{version} roc_auc {new_auc:.4f} is worse than Production v{current} "
                     f"{old_auc:.4f} by more than {tolerance}; use --force to promote anyway"
                 )
-    _move(client, name, version)
     key, at = _now_key()
     event = Event(key, at, "promote", current, version, actor or default_actor(),
                   (reason + (" [forced past gate]" if force and gate.get("passed") is False else "")).strip(),
                   "cli")  # fmt: skip
-    _write(client, name, event)
+    _record_then_move(client, name, event)
     return {"changed": True, "from": current, "to": version, "gate": gate, "event": event.to_json()}
 
 
@@ -326,8 +340,7 @@ def rollback(
             )
         target = to
     _ready_version(client, name, target)
-    _move(client, name, target)
     key, at = _now_key()
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
-    _write(client, name, event)
+    _record_then_move(client, name, event)
     return {"changed": True, "from": current, "to": target, "event": event.to_json()}
