@@ -33,7 +33,7 @@ _CONNECTION_HINTS = (
     "read timeout",
     "name or service not known",
     "connectionerror",
-    "api request to endpoint",
+    "failed with error code 5",  # the server answered 5xx: its store or artifact backend is down
 )
 
 
