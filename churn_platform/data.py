@@ -115,13 +115,14 @@ def _rows(mask: pd.Series, values: pd.Series) -> str:
     return f"{shown}{more}"
 
 
-def _blank(values: pd.Series) -> pd.Series:
+def is_blank(values: pd.Series) -> pd.Series:
+    """Missing in any spelling files use: NaN, empty or whitespace, or the text nan/None."""
     return values.isna() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
 
 
 def _check_feature(feature: Feature, raw: pd.Series, tenure: pd.Series | None, problems: list[str]) -> pd.Series:
     name = feature.name
-    blank = _blank(raw)
+    blank = is_blank(raw)
     if feature.kind == "category":
         values = raw.astype(str).str.strip()
         if blank.any():

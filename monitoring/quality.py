@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from churn_platform.data import is_blank
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN, normalise_columns
 
 #: Columns the inference log or a file may carry beside the features without comment.
@@ -47,7 +48,7 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
         if feature.name not in frame.columns or frame.empty:
             continue
         raw = frame[feature.name]
-        blank = raw.isna() | raw.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
+        blank = is_blank(raw)
         if blank.all():
             findings.append(
                 Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True)
