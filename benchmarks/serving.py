@@ -61,6 +61,17 @@ def wrk(url: str, body: Path, connections: int, seconds: int, folder: Path) -> d
     }
 
 
+def inference_log_rows(url: str) -> dict[str, float]:
+    """Rows scored, written to and dropped from our inference log, from /metrics: a log that
+    fell behind and dropped rows would flatter the throughput."""
+    text = httpx.get(f"{url}/metrics").text
+    counters = {}
+    for name in ("churn_rows_scored_total", "churn_inference_log_rows_written_total",
+                 "churn_inference_log_rows_dropped_total"):  # fmt: skip
+        counters[name] = float(re.search(rf"^{name} ([\d.e+]+)$", text, re.M).group(1))
+    return counters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
@@ -156,6 +167,7 @@ def main() -> None:
             results[("ours", label)] = wrk(url, folder / f"{body}.json", conns, args.seconds, folder)
         for label, body, conns in (("single", "peer_single", 8), ("batch", "peer_batch", 2)):
             results[("peer", label)] = wrk(peer_url, folder / f"{body}.json", conns, args.seconds, folder)
+        log_rows = inference_log_rows(ours_url)
     finally:
         ours.stop()
         peer.stop()
@@ -172,6 +184,11 @@ def main() -> None:
     )
     print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
     print(f"{'non-2xx responses':34}{s_o['errors'] + b_o['errors']:>12}{s_p['errors'] + b_p['errors']:>14}")
+    print(
+        f"{'inference log rows written':34}{log_rows['churn_inference_log_rows_written_total']:>12.0f}"
+        f"  of {log_rows['churn_rows_scored_total']:.0f} scored, "
+        f"{log_rows['churn_inference_log_rows_dropped_total']:.0f} dropped"
+    )
     print(
         f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)"
     )

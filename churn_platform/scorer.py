@@ -50,9 +50,13 @@ def _numeric_transform(step: Any) -> tuple[np.ndarray | None, np.ndarray, np.nda
 def _yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
     """``scipy.stats.yeojohnson`` for all columns at once, with SciPy's formulas and order.
 
-    Bit-identical results matter for trees: a last-bit difference can cross a split.
+    Bit-identical results matter for trees: a last-bit difference can cross a split. The
+    common case (no negative value, no zero lambda) takes four ufunc calls; the general
+    one computes both branches and picks per element.
     """
     eps = np.finfo(float).eps
+    if not (np.abs(lambdas) < eps).any() and x.min(initial=0.0) >= 0:
+        return np.expm1(lambdas * np.log1p(x)) / lambdas
     lmbda = np.broadcast_to(lambdas, x.shape)
     with np.errstate(all="ignore"):  # both branches are computed; each is used where valid
         positive = np.where(np.abs(lmbda) < eps, np.log1p(x), np.expm1(lmbda * np.log1p(x)) / lmbda)
@@ -93,6 +97,7 @@ class FastScorer:
             raise UnsupportedPipeline("pipeline columns differ from the schema's features")
         self._offsets = np.cumsum([offset_after_numeric] + [len(m) for m in self._lookup])[:-1]
         self._width = offset_after_numeric + sum(len(m) for m in self._lookup)
+        self._encoders = list(zip(self._categorical, self._lookup, self._offsets.tolist(), strict=True))
         self._classifier = classifier
         if isinstance(classifier, LogisticRegression):
             if classifier.coef_.shape[0] != 1:
@@ -114,12 +119,15 @@ class FastScorer:
         numbers /= self._scale
         x = np.zeros((n, self._width))
         x[:, : len(self._numeric)] = numbers
-        if n < 32:  # per-record lookups are cheapest for the single-customer path
-            for column, lookup, offset in zip(self._categorical, self._lookup, self._offsets, strict=True):
-                for i, record in enumerate(records):
+        if n < 32:  # per-record lookups and one assignment are cheapest for the single-customer path
+            rows, columns = [], []
+            for i, record in enumerate(records):
+                for column, lookup, offset in self._encoders:
                     index = lookup.get(record[column])
                     if index is not None:  # unknown categories are ignored, as the encoder does
-                        x[i, offset + index] = 1.0
+                        rows.append(i)
+                        columns.append(offset + index)
+            x[rows, columns] = 1.0
             return x
         rows = np.arange(n)
         for column, lookup, offset in zip(self._categorical, self._lookup, self._offsets, strict=True):

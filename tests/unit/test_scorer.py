@@ -38,3 +38,21 @@ def test_unknown_pipelines_are_refused_and_sklearn_is_the_fallback(telco):
     with pytest.raises(UnsupportedPipeline):
         FastScorer(Pipeline([("classifier", pipeline.steps[-1][1])]))
     assert max_difference(pipeline, SklearnScorer(pipeline), valid) == 0
+
+
+@pytest.mark.parametrize("signs", ["non-negative", "mixed"])
+def test_yeo_johnson_is_scipys_bit_for_bit(signs):
+    """Both code paths (the fast non-negative one and the general one), including the
+    special lambdas 0 and 2, must give SciPy's exact bits: a last-bit difference can cross a
+    tree split."""
+    from scipy import stats
+
+    from churn_platform.scorer import _yeo_johnson
+
+    rng = np.random.default_rng(3)
+    x = rng.gamma(2.0, 40.0, size=(500, 4))
+    if signs == "mixed":
+        x -= 60.0
+    for lambdas in (np.array([0.7, -0.3, 1.4, 2.6]), np.array([0.0, 2.0, 0.5, -1.2])):
+        expected = np.column_stack([stats.yeojohnson(x[:, j], lmbda=lam) for j, lam in enumerate(lambdas)])
+        assert np.array_equal(_yeo_johnson(x, lambdas), expected)
