@@ -5,7 +5,6 @@ defined inside `create_app` as real objects, not strings.
 """
 
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -13,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +30,7 @@ from churn_platform.settings import Settings, get_settings
 from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
-from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, Problem
+from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, Problem, customers_from_json
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     medium_from, high_from = settings.risk_medium_from, settings.risk_high_from
     bands = ("low", "medium", "high")
 
-    def score(model: LoadedModel, customers: list[Any], request: Request) -> list[dict[str, Any]]:
-        # A validated pydantic model keeps its fields in __dict__: no copy needed.
-        records = [c.__dict__ for c in customers]
+    def score(model: LoadedModel, records: list[dict[str, Any]], request: Request) -> list[dict[str, Any]]:
         probabilities = np.clip(model.scorer.score(records), 0.0, 1.0)
         band_index = np.searchsorted([medium_from, high_from], probabilities, side="right")
         for index, count in zip(*np.unique(band_index, return_counts=True), strict=True):
@@ -217,11 +215,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for r, p, b in zip(records, probabilities.tolist(), band_index.tolist(), strict=True)
         ]  # fmt: skip
 
-    async def parse(request: Request, model: type[BaseModel]) -> Any:
-        """Validate the raw body in pydantic's JSON mode (several times faster than FastAPI's
-        dict path for large batches); errors go to the same 422 handler."""
+    async def parse(request: Request, model: type[BaseModel]) -> list[dict[str, Any]]:
+        """The customers in the raw body, validated without FastAPI's dict round trip (several
+        times faster for large batches); errors go to the same 422 handler."""
         try:
-            return model.model_validate_json(await request.body())
+            return customers_from_json(await request.body(), model)
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -275,14 +273,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def predict(request: Request, model: ServingModel) -> Response:
         """Score 1 to CHURN_MAX_BATCH_SIZE customers."""
-        body = await parse(request, BatchRequest)
-        if len(body.customers) > settings.max_batch_size:
+        customers = await parse(request, BatchRequest)
+        if len(customers) > settings.max_batch_size:
             raise HTTPException(
-                413, f"{len(body.customers)} customers in one request; the limit is {settings.max_batch_size}"
+                413, f"{len(customers)} customers in one request; the limit is {settings.max_batch_size}"
             )
-        predictions = score(model, body.customers, request)
+        predictions = score(model, customers, request)
         content = {"predictions": predictions, "model_version": model.version, "model_name": model.name}
-        return Response(json.dumps(content), media_type="application/json")
+        return Response(msgspec.json.encode(content), media_type="application/json")
 
     @app.post(
         "/predict/single",
@@ -292,8 +290,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def predict_single(request: Request, model: ServingModel) -> Response:
         """Score one customer."""
-        customer = await parse(request, Customer)
-        return Response(json.dumps(score(model, [customer], request)[0]), media_type="application/json")
+        customers = await parse(request, Customer)
+        return Response(msgspec.json.encode(score(model, customers, request)[0]), media_type="application/json")
 
     @app.get("/model", tags=["service"])
     def model_info() -> dict[str, Any]:

@@ -1,9 +1,17 @@
-"""Request and response bodies, generated from the customer schema (one source of truth)."""
+"""Request and response bodies, generated from the customer schema (one source of truth).
+
+Two validators are generated from the schema: pydantic's models are the contract (the
+OpenAPI document, every 422's wording), and msgspec structs decode well-formed bodies
+about six times faster. ``customers_from_json`` tries msgspec first and lets pydantic
+decide anything msgspec refuses; msgspec's constraints are never looser than
+pydantic's (tests/unit/test_schemas.py holds them to that with generated bodies).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from churn_platform.data import generate
@@ -62,3 +70,40 @@ class Problem(BaseModel):
 
     detail: str | list[dict[str, Any]]
     message: str
+
+
+def _fast_field(feature: Feature) -> tuple[str, Any]:
+    if feature.allowed is not None:
+        return feature.name, Literal[feature.allowed]  # type: ignore[valid-type]
+    kind = int if feature.kind == "integer" else float  # msgspec refuses NaN, Infinity and 1e999 itself
+    if feature.minimum is None:
+        return feature.name, kind
+    return feature.name, Annotated[kind, msgspec.Meta(ge=feature.minimum)]
+
+
+_FastCustomer = msgspec.defstruct(
+    "FastCustomer",
+    [*(_fast_field(f) for f in FEATURES), (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=128)] | None, None)],
+    forbid_unknown_fields=True,
+)
+_FastBatch = msgspec.defstruct(
+    "FastBatch",
+    [("customers", Annotated[list[_FastCustomer], msgspec.Meta(min_length=1)])],  # type: ignore[valid-type]
+    forbid_unknown_fields=True,
+)
+_FAST_DECODERS = {Customer: msgspec.json.Decoder(_FastCustomer), BatchRequest: msgspec.json.Decoder(_FastBatch)}
+
+
+def customers_from_json(body: bytes, model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The customers in a request body (``Customer`` or ``BatchRequest``) as validated dicts.
+
+    Raises pydantic's ``ValidationError`` naming every problem. A body only pydantic's lax
+    mode accepts (a number sent as a string, say) is accepted, through pydantic.
+    """
+    try:
+        decoded = _FAST_DECODERS[model].decode(body)
+    except msgspec.MsgspecError:
+        parsed = model.model_validate_json(body)
+        customers = parsed.customers if isinstance(parsed, BatchRequest) else [parsed]
+        return [dict(c.__dict__) for c in customers]
+    return msgspec.to_builtins(decoded.customers if model is BatchRequest else [decoded])

@@ -1,0 +1,128 @@
+"""The fast request decoder (msgspec) and the contract (pydantic) agree on every body.
+
+For any body, ``customers_from_json`` must accept exactly what the pydantic models accept
+and return exactly their values (same types, same float bits); otherwise the fast path
+could let in a customer the API's documented schema refuses, or score a different number.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from churn_platform.data import generate
+from churn_platform.schema import FEATURES, ID_COLUMN
+from serving.schemas import BatchRequest, Customer, customers_from_json
+
+VALID = [
+    {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k != "churn"}
+    for row in generate(50, seed=11).to_dict("records")
+]
+NAMES = [f.name for f in FEATURES] + [ID_COLUMN]
+CATEGORIES = sorted({str(v) for f in FEATURES if f.allowed for v in f.allowed})
+
+odd_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, 1.7976931348623157e308, -0.0, 0.0, 5e-324, 1.0, 0.5]),
+    st.sampled_from(CATEGORIES + ["", "yes", "70.5", " 5", "1e3", "NaN", "inf", "0", "1"]),
+    st.text(max_size=140),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
+)
+
+
+@st.composite
+def customers(draw: st.DrawFn) -> dict:
+    customer = dict(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(0, 3))):
+        action = draw(st.sampled_from(["set", "set", "delete", "extra"]))
+        name = draw(st.sampled_from(NAMES))
+        if action == "set":
+            customer[name] = draw(odd_values)
+        elif action == "delete":
+            customer.pop(name, None)
+        else:
+            customer[draw(st.text(min_size=1, max_size=8))] = draw(odd_values)
+    return customer
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> tuple[type, bytes]:
+    if draw(st.booleans()):
+        return Customer, json.dumps(draw(customers())).encode()
+    body: dict = {"customers": draw(st.lists(customers(), min_size=0, max_size=3))}
+    if draw(st.integers(0, 9)) == 0:
+        body["extra"] = 1
+    return BatchRequest, json.dumps(body).encode()  # NaN and Infinity become JSON5-style tokens
+
+
+def typed(records: list[dict]) -> list[list[tuple[str, str]]]:
+    """Values with their types and exact float bits (repr), so 70 != 70.0."""
+    return [sorted((k, repr(v)) for k, v in r.items()) for r in records]
+
+
+def pydantic_records(model: type, body: bytes) -> list[dict]:
+    parsed = model.model_validate_json(body)
+    customers_ = parsed.customers if model is BatchRequest else [parsed]
+    return [dict(c.__dict__) for c in customers_]
+
+
+@settings(max_examples=600, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bodies())
+def test_fast_decoder_accepts_exactly_what_the_contract_accepts(case):
+    model, body = case
+    try:
+        expected = pydantic_records(model, body)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            customers_from_json(body, model)
+        return
+    assert typed(customers_from_json(body, model)) == typed(expected)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"monthly_charges": 70},  # an integer where a float is expected
+        {"total_charges": 0},
+        {"customer_id": None},
+        {"customer_id": "x" * 128},
+        {"tenure": 0},
+    ],
+)
+def test_well_formed_edge_values_take_the_same_values(change):
+    body = json.dumps({"customers": [{**VALID[0], **change}]}).encode()
+    assert typed(customers_from_json(body, BatchRequest)) == typed(pydantic_records(BatchRequest, body))
+
+
+@pytest.mark.parametrize(
+    "field, raw",
+    [
+        ("monthly_charges", "1e999"),  # parses to inf
+        ("monthly_charges", "-1e999"),
+        ("total_charges", "NaN"),
+        ("total_charges", "Infinity"),
+        ("tenure", "-1"),
+        ("tenure", "1.5"),
+        ("tenure", "true"),
+        ("contract", '"Weekly"'),
+        ("customer_id", json.dumps("x" * 129)),
+    ],
+)
+def test_refusals_name_the_field(field, raw):
+    body = json.dumps({**VALID[0], field: "PLACEHOLDER"}).replace('"PLACEHOLDER"', raw).encode()
+    with pytest.raises(ValidationError) as refused:
+        customers_from_json(body, Customer)
+    assert field in str(refused.value)
+
+
+def test_unknown_fields_are_refused_by_name():
+    with pytest.raises(ValidationError, match="surprise"):
+        customers_from_json(json.dumps({**VALID[0], "surprise": 1}).encode(), Customer)
