@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import logging
 import operator
-import queue
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -50,7 +49,7 @@ Item = tuple[str, datetime, str, int, Sequence[dict[str, Any]], Sequence[float]]
 
 
 class InferenceLog:
-    """Bounded queue of scored requests + sender thread + writer process.
+    """Bounded list of scored requests + sender thread + writer process.
 
     ``written`` and ``dropped`` count rows; ``on_written``/``on_dropped`` get each increment.
     """
@@ -66,9 +65,11 @@ class InferenceLog:
         on_dropped: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.url = url
-        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
-        self._queued_rows = 0
-        self._count_lock = threading.Lock()
+        self._pending: list[Item] = []
+        self._pending_rows = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Event()  # set when a batch is due, or to stop
+        self._stopping = False
         self._max_rows, self._batch_rows, self._flush_s = queue_rows, batch_rows, flush_s
         self._on_written, self._on_dropped = on_written, on_dropped
         self._encoder = msgspec.msgpack.Encoder()
@@ -90,22 +91,28 @@ class InferenceLog:
         records: Sequence[dict[str, Any]],
         scores: Sequence[float],
     ) -> None:
-        """Queue one request's rows; never blocks. Past the row limit the rows are dropped and counted."""
+        """Queue one request's rows; never blocks. Past the row limit the rows are dropped and counted.
+
+        Only a full batch wakes the sender, so a single-customer request costs a lock and
+        an append, not a thread switch.
+        """
         n = len(records)
-        with self._count_lock:
-            full = self._queued_rows + n > self._max_rows
+        with self._lock:
+            full = self._pending_rows + n > self._max_rows
             if not full:
-                self._queued_rows += n
+                self._pending.append((request_id, datetime.now(UTC), model_name, version, records, scores))
+                self._pending_rows += n
+                if self._pending_rows >= self._batch_rows:
+                    self._ready.set()
         if full:
             self._count(dropped=n)
-            return
-        self._queue.put((request_id, datetime.now(UTC), model_name, version, records, scores))
 
     def close(self, timeout: float = 25.0) -> None:
         """Flush what is queued, let the writer finish, and stop (graceful shutdown)."""
         deadline = time.monotonic() + timeout
         if self._sender.is_alive():
-            self._queue.put(None)
+            self._stopping = True
+            self._ready.set()
             self._sender.join(timeout)
         writer = self._writer
         if writer is not None:
@@ -152,31 +159,21 @@ class InferenceLog:
                 self._count(dropped=int(count))
 
     def _send_loop(self) -> None:
-        stop = False
-        while not stop:
-            items: list[Item] = []
-            rows = 0
-            first = self._queue.get()
-            deadline = time.monotonic() + self._flush_s
-            item: Item | None = first
-            while item is not None:
-                items.append(item)
-                rows += len(item[4])
-                if rows >= self._batch_rows:
-                    break
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-            stop = item is None
-            if items:
-                self._send(items, rows)
+        while True:
+            self._ready.wait(self._flush_s)
+            with self._lock:
+                items = self._pending
+                self._pending, self._pending_rows = [], 0
+                self._ready.clear()
+                stopping = self._stopping
+            for chunk, chunk_rows in _chunks(items, self._batch_rows):
+                self._send(chunk, chunk_rows)
+            if stopping:
+                break
         if self._writer is not None and self._writer.stdin is not None:
             self._writer.stdin.close()  # the writer flushes and exits
 
     def _send(self, items: list[Item], rows: int) -> None:
-        with self._count_lock:
-            self._queued_rows -= rows
         frame = self._encoder.encode(
             [(rid, at, name, version, records, _floats(scores)) for rid, at, name, version, records, scores in items]
         )
@@ -190,6 +187,20 @@ class InferenceLog:
             self._count(dropped=rows)
             time.sleep(_RESTART_PAUSE_S)
             self._spawn_writer()
+
+
+def _chunks(items: list[Item], batch_rows: int) -> Iterator[tuple[list[Item], int]]:
+    """Consecutive groups of whole requests, each closed once it holds ``batch_rows`` rows."""
+    chunk: list[Item] = []
+    rows = 0
+    for item in items:
+        chunk.append(item)
+        rows += len(item[4])
+        if rows >= batch_rows:
+            yield chunk, rows
+            chunk, rows = [], 0
+    if chunk:
+        yield chunk, rows
 
 
 def _floats(scores: Sequence[float]) -> list[float]:
