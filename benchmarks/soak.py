@@ -5,7 +5,8 @@
 Trains a model into a throwaway embedded registry, starts the API (uvicorn), then sends
 `--rate` requests per second (90 % single customers, 10 % batches of 100) from a thread
 pool, bounded in count and time. Prints throughput, p50/p99 latency, errors and the API's
-RSS at start and end. Target: RSS growth under 10 %.
+RSS at start and end (and its inference-log writer's), and the log's rows written and
+dropped. Target: RSS growth under 10 %.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def writer_pid(api_pid: int) -> int:
+    """The inference-log writer: the API's child process."""
+    children = Path(f"/proc/{api_pid}/task/{api_pid}/children").read_text().split()
+    return int(children[0])
+
+
+def log_counters(client: httpx.Client) -> tuple[float, float]:
+    text = client.get("/metrics").text
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("churn_inference_log_rows_written_total", "churn_inference_log_rows_dropped_total"):
+            values[name] = float(value)
+    return values["churn_inference_log_rows_written_total"], values["churn_inference_log_rows_dropped_total"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=5)
@@ -64,7 +81,8 @@ def main() -> None:
     client = httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=32))
     for _ in range(200):  # warm up before the first RSS reading
         client.post("/predict/single", json=random.choice(rows))
-    rss_start = rss_mib(pid)
+    rss_start, writer = rss_mib(pid), writer_pid(pid)
+    writer_start = rss_mib(writer)
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -94,7 +112,9 @@ def main() -> None:
                 time.sleep(delay)
             pool.submit(one, i)
     elapsed = time.perf_counter() - t0
-    rss_end = rss_mib(pid)
+    rss_end, writer_end = rss_mib(pid), rss_mib(writer)
+    time.sleep(2)  # the last batch reaches the log
+    written, dropped = log_counters(client)
     api.stop()
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
@@ -103,6 +123,9 @@ def main() -> None:
     print(f"  requests {len(latencies)}  throughput {len(latencies) / elapsed:.0f} req/s  errors {errors}")
     print(f"  latency p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     print(f"  API RSS start {rss_start:.0f} MiB  end {rss_end:.0f} MiB  growth {100 * (rss_end / rss_start - 1):+.1f}%")
+    print(f"  log writer RSS start {writer_start:.0f} MiB  end {writer_end:.0f} MiB  "
+          f"growth {100 * (writer_end / writer_start - 1):+.1f}%")
+    print(f"  inference log rows written {written:.0f}  dropped {dropped:.0f}")
 
 
 if __name__ == "__main__":
