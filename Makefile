@@ -14,7 +14,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install test demo lint train api bench-serving bench-monitoring mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
+.PHONY: install test demo lint audit train api bench-serving bench-monitoring mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ demo: install ## the whole platform end to end on the embedded default (DATA=pat
 
 lint: install ## ruff
 	$(BIN)/ruff check churn_platform pipelines serving monitoring tests
+
+audit: $(UV) ## known vulnerabilities in the locked dependencies (pip-audit; needs PyPI's advisory data online)
+	$(UV) export --quiet --frozen --no-hashes --no-emit-project --extra dev -o $(TOOLS)/requirements-audit.txt
+	$(TOOLS)/bin/uvx pip-audit==2.10.1 -r $(TOOLS)/requirements-audit.txt --no-deps --disable-pip --strict --progress-spinner off
 
 test: install ## the whole test suite (starts the services it needs)
 	@scripts/ensure-postgres.sh
