@@ -74,13 +74,13 @@ class InferenceLog:
         self._on_written, self._on_dropped = on_written, on_dropped
         self._encoder = msgspec.msgpack.Encoder()
         self._sender = threading.Thread(target=self._send_loop, name="inference-log-sender", daemon=True)
-        self._writer: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
+        self._writer: _WriterProcess | None = None
+        self._counts = threading.Lock()  # written, dropped and each writer's unreported rows
         self.written = 0
         self.dropped = 0
 
     def start(self) -> None:
-        self._spawn_writer()
+        self._writer = self._spawn_writer()
         self._sender.start()
 
     def append(
@@ -116,47 +116,46 @@ class InferenceLog:
             self._sender.join(timeout)
         writer = self._writer
         if writer is not None:
-            if writer.stdin and not writer.stdin.closed:
-                writer.stdin.close()
-            try:
-                writer.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("inference log writer did not finish in time; stopping it")
-                writer.kill()
-                writer.wait()
-        if self._reader is not None:
-            self._reader.join(max(0.1, deadline - time.monotonic()))
+            writer.finish(max(0.1, deadline - time.monotonic()))
 
     # -- API side internals ------------------------------------------------------------
 
     def _count(self, *, written: int = 0, dropped: int = 0) -> None:
-        if written:
+        with self._counts:
             self.written += written
+            self.dropped += dropped
+        if written:
             self._on_written(written)
         if dropped:
-            self.dropped += dropped
             self._on_dropped(dropped)
 
-    def _spawn_writer(self) -> None:
-        self._writer = subprocess.Popen(
-            [sys.executable, "-m", "serving.inference_log"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    def _spawn_writer(self) -> _WriterProcess:
+        writer = _WriterProcess(self.url)
+        writer.reader = threading.Thread(
+            target=self._read_reports, args=(writer,), name="inference-log-reports", daemon=True
         )
-        # The URL may hold a password: it goes through the pipe, never the command line.
-        _write_frame(self._writer.stdin, msgspec.msgpack.encode({"url": self.url}))
-        self._reader = threading.Thread(
-            target=self._read_reports, args=(self._writer,), name="inference-log-reports", daemon=True
-        )
-        self._reader.start()
+        writer.reader.start()
+        return writer
 
-    def _read_reports(self, writer: subprocess.Popen[bytes]) -> None:
-        """The writer reports each batch's outcome as a line: ``written N`` or ``dropped N``."""
-        assert writer.stdout is not None
-        for line in writer.stdout:
+    def _read_reports(self, writer: _WriterProcess) -> None:
+        """Count each batch's outcome as the writer reports it (``written N`` / ``dropped N``);
+        when it is gone, whatever it was sent and never reported is lost: count that too."""
+        assert writer.process.stdout is not None
+        for line in writer.process.stdout:
             outcome, _, count = line.decode().partition(" ")
+            rows = int(count)
+            with self._counts:
+                writer.unreported -= rows
             if outcome == "written":
-                self._count(written=int(count))
-            elif outcome == "dropped":
-                self._count(dropped=int(count))
+                self._count(written=rows)
+            else:
+                self._count(dropped=rows)
+        with self._counts:
+            writer.gone = True
+            lost, writer.unreported = writer.unreported, 0
+        if lost:
+            log.warning("inference log writer exited with %d rows unwritten", lost)
+            self._count(dropped=lost)
 
     def _send_loop(self) -> None:
         while True:
@@ -170,23 +169,77 @@ class InferenceLog:
                 self._send(chunk, chunk_rows)
             if stopping:
                 break
-        if self._writer is not None and self._writer.stdin is not None:
-            self._writer.stdin.close()  # the writer flushes and exits
+        if self._writer is not None:
+            self._writer.close_input()  # the writer flushes and exits
 
     def _send(self, items: list[Item], rows: int) -> None:
         frame = self._encoder.encode(
             [(rid, at, name, version, records, _floats(scores)) for rid, at, name, version, records, scores in items]
         )
         writer = self._writer
+        alive = False
+        if writer is not None:
+            with self._counts:
+                alive = not writer.gone
+                if alive:  # from here on, the report reader counts these rows as lost if the writer exits
+                    writer.unreported += rows
+        lost = rows
+        if alive:
+            try:
+                writer.send(frame)
+                return
+            except (OSError, ValueError):
+                with self._counts:
+                    if writer.gone:  # the reader has counted them already
+                        lost = 0
+                    else:
+                        writer.unreported -= rows
+        self._count(dropped=lost)
+        code = writer.process.poll() if writer is not None else None
+        log.warning("inference log writer is gone (exit code %s); restarting it", code)
+        time.sleep(_RESTART_PAUSE_S)
         try:
-            assert writer is not None and writer.stdin is not None
-            _write_frame(writer.stdin, frame)
-        except (OSError, ValueError, AssertionError):
-            code = writer.poll() if writer is not None else None
-            log.warning("inference log writer is gone (exit code %s): dropped %d rows; restarting it", code, rows)
-            self._count(dropped=rows)
-            time.sleep(_RESTART_PAUSE_S)
-            self._spawn_writer()
+            self._writer = self._spawn_writer()
+        except OSError as exc:
+            log.warning("inference log writer could not start (%s); rows are dropped until it does", exc)
+
+
+class _WriterProcess:
+    """One writer process, and the rows piped to it that it has not reported yet."""
+
+    def __init__(self, url: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving.inference_log"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.unreported = 0
+        self.gone = False
+        self.reader: threading.Thread | None = None  # counts its reports
+        # The URL may hold a password: it goes through the pipe, never the command line.
+        self.send(msgspec.msgpack.encode({"url": url}))
+
+    def send(self, payload: bytes) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(_LENGTH.pack(len(payload)) + payload)
+        stdin.flush()
+
+    def close_input(self) -> None:
+        if self.process.stdin and not self.process.stdin.closed:
+            self.process.stdin.close()
+
+    def finish(self, timeout: float) -> None:
+        """Let the writer write what it was sent and exit (stopped if it takes longer than
+        ``timeout``), and count its last reports."""
+        deadline = time.monotonic() + timeout
+        self.close_input()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("inference log writer did not finish in time; stopping it")
+            self.process.kill()
+            self.process.wait()
+        if self.reader is not None:
+            self.reader.join(max(1.0, deadline - time.monotonic()))
 
 
 def _chunks(items: list[Item], batch_rows: int) -> Iterator[tuple[list[Item], int]]:
@@ -205,12 +258,6 @@ def _chunks(items: list[Item], batch_rows: int) -> Iterator[tuple[list[Item], in
 
 def _floats(scores: Sequence[float]) -> list[float]:
     return scores.tolist() if hasattr(scores, "tolist") else [float(s) for s in scores]
-
-
-def _write_frame(stream: IO[bytes] | None, payload: bytes) -> None:
-    assert stream is not None
-    stream.write(_LENGTH.pack(len(payload)) + payload)
-    stream.flush()
 
 
 def _read_frame(stream: IO[bytes]) -> bytes | None:

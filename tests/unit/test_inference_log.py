@@ -50,17 +50,24 @@ def test_rows_survive_a_writer_crash_counted_and_never_twice(tmp_path):
         for i in range(5):
             log.append(f"before-{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
         wait_for(lambda: log.written == 100)
+        lock = sqlite3.connect(f"{tmp_path}/log.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # the writer takes the next frame and waits on the lock
+        log.append("held", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        time.sleep(1.0)
         first = log._writer
-        first.kill()
-        first.wait()
+        first.process.kill()  # dies holding 20 rows it never reported
+        first.process.wait()
+        lock.execute("COMMIT")
+        lock.close()
+        wait_for(lambda: log.dropped == 20)
         for i in range(20):  # the first sends after the crash fail (counted), then a new writer takes over
             log.append(f"after-{i}", "churn", 1, RECORDS[:5], [0.25] * 5)
             time.sleep(0.1)
-        wait_for(lambda: log.written + log.dropped == 200)
-        assert log.dropped > 0 and log._writer is not first
+        wait_for(lambda: log.written + log.dropped == 220)
+        assert log.dropped > 20 and log._writer is not first
     finally:
         log.close()
-    assert log.written + log.dropped == 200 and log.written > 100
+    assert log.written + log.dropped == 220 and log.written > 100
     assert logged(url) == (log.written, log.written)
 
 
@@ -73,7 +80,7 @@ def test_close_flushes_everything_queued(tmp_path):
     log.close()
     assert (log.written, log.dropped) == (1000, 0)
     assert logged(url) == (1000, 1000)
-    assert log._writer.returncode == 0
+    assert log._writer.process.returncode == 0
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
@@ -92,7 +99,7 @@ def test_database_url_never_reaches_the_command_line(tmp_path):
     log = InferenceLog(secret_url)
     log.start()
     try:
-        cmdline = Path(f"/proc/{log._writer.pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{log._writer.process.pid}/cmdline").read_bytes()
         assert b"s3cr3t" not in cmdline and b"serving.inference_log" in cmdline
     finally:
         log.close()
@@ -112,7 +119,7 @@ def test_writer_finishes_piped_frames_and_exits_when_the_api_is_killed(tmp_path)
             log.append(f"first{{i}}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
         while log.written < 100:
             time.sleep(0.05)
-        print(log._writer.pid, flush=True)
+        print(log._writer.process.pid, flush=True)
         sys.stdin.readline()
         for i in range(5):
             log.append(f"second{{i}}", "churn", 1, RECORDS[:5], [0.5] * 5)
