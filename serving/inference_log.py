@@ -1,6 +1,6 @@
 """The inference log: every scored row, written to its database by a separate process.
 
-The API process only appends each request to a bounded queue; a sender thread gathers
+The API process only appends each request to a bounded list; a sender thread gathers
 what is queued into one frame (every ``flush_s`` or ``batch_rows`` rows) and pipes it,
 encoded as MessagePack, to a writer process (``python -m serving.inference_log``) that
 turns frames into rows and inserts them. Database drivers hold Python's GIL while they
@@ -10,8 +10,9 @@ work runs on another core and never delays a request.
 
 Loss is counted, never hidden, and no row is written twice: past ``queue_rows`` waiting
 rows a request's rows are dropped; a batch the database refuses is dropped (not retried)
-and writing resumes with the next batch; a writer process that dies is replaced. The
-writer exits when its input closes, which is also what happens if the API is killed, so
+and writing resumes with the next batch; a writer process that dies is replaced, and the
+rows it had been sent but never reported are counted as dropped. The writer exits when
+its input closes, which is also what happens if the API is killed, so
 it flushes what it has and never outlives the API.
 """
 
@@ -44,7 +45,8 @@ _COLUMNS = (
 _LENGTH = struct.Struct(">I")  # frame header: payload length in bytes
 _RESTART_PAUSE_S = 1.0
 
-# A frame: [config] first, then lists of [request_id, scored_at, model_name, version, records, probabilities].
+# Frames on the writer's stdin: first {"url": ...}, then lists of items:
+# [request_id, scored_at, model_name, version, records, probabilities].
 Item = tuple[str, datetime, str, int, Sequence[dict[str, Any]], Sequence[float]]
 
 
