@@ -128,9 +128,11 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         last = events[-1]
         if current == last.to_version:
             return events
-        recent = {e.to_version for e in events if e.ns >= last.ns - RACE_WINDOW_NS}
-        if current is not None and current in recent:
+        recent = [e for e in events if e.ns >= last.ns - RACE_WINDOW_NS]
+        if current is not None and current in {e.to_version for e in recent}:
             return events  # two of our own promotions raced; both are recorded
+        if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
+            return events  # a command has just recorded its event and is about to move the alias
         last_ns, base = last.ns, last.key.rsplit("-", 1)[-1]
     # Deterministic key: just after the last recorded event, named after it and the alias.
     key = f"{AUDIT_PREFIX}{last_ns + 1:020d}-ext{base}{current or 0}"

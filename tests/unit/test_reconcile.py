@@ -1,0 +1,46 @@
+"""When is a Production alias that differs from the last recorded event an outside change?"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from churn_platform import promotion, registry
+from churn_platform.promotion import AUDIT_PREFIX, RACE_WINDOW_NS, Event
+
+
+@pytest.fixture()
+def client(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=str(tmp_path))
+    return client
+
+
+def record(client: MlflowClient, ns: int, from_version: int | None, to_version: int) -> None:
+    event = Event(f"{AUDIT_PREFIX}{ns:020d}-abcd", "2026-01-01T00:00:00.000+00:00", "promote",
+                  from_version, to_version, "tester", "", "cli")  # fmt: skip
+    promotion._write(client, "m", event)
+
+
+def externals(events: list[Event]) -> list[Event]:
+    return [e for e in events if e.action == "external"]
+
+
+def test_a_promotion_between_its_record_and_its_move_is_not_an_outside_change(client):
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns(), 1, 2)  # recorded just now; the alias has not moved yet
+    assert externals(promotion.reconcile(client, "m")) == []
+
+
+def test_a_revert_to_the_previous_version_outside_our_commands_is_recorded(client):
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    record(client, time.time_ns() - RACE_WINDOW_NS - 1, 1, 2)
+    # v2 was promoted by us long enough ago; Production on v1 now is someone's rollback in the UI
+    found = externals(promotion.reconcile(client, "m"))
+    assert [(e.from_version, e.to_version) for e in found] == [(2, 1)]
