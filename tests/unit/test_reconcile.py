@@ -14,7 +14,8 @@ from churn_platform.promotion import AUDIT_PREFIX, RACE_WINDOW_NS, Event
 @pytest.fixture()
 def client(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not a registry another test configured
     client.create_registered_model("m")
     for _ in range(2):
         client.create_model_version("m", source=str(tmp_path))
