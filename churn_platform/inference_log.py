@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from churn_platform.schema import FEATURES, ID_COLUMN
+from churn_platform.schema import FEATURES, ID_COLUMN, ID_MAX_LENGTH
 
 _SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Float()}
 
@@ -26,7 +26,7 @@ def table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column("model_name", sa.String(256), nullable=False),
         sa.Column("model_version", sa.Integer(), nullable=False, index=True),
-        sa.Column(ID_COLUMN, sa.String(128)),
+        sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH)),
         *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
         sa.Column("churn_probability", sa.Float(), nullable=False),
         sa.UniqueConstraint("request_id", "row_index", name="uq_inference_log_request_row"),

@@ -16,6 +16,8 @@ from churn_platform.errors import DataValidationError
 Kind = Literal["category", "integer", "float"]
 
 ID_COLUMN = "customer_id"
+#: Longest customer id the API accepts and the inference log stores.
+ID_MAX_LENGTH = 128
 LABEL_COLUMN = "churn"
 #: Positive / negative label spellings accepted in files (the data set writes Yes/No).
 LABEL_VALUES = {"yes": 1, "no": 0, "1": 1, "0": 0, "true": 1, "false": 0}

@@ -15,7 +15,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from churn_platform.data import generate
-from churn_platform.schema import FEATURES, ID_COLUMN, Feature
+from churn_platform.schema import FEATURES, ID_COLUMN, ID_MAX_LENGTH, Feature
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
@@ -38,7 +38,7 @@ EXAMPLE_CUSTOMER = _example()
 Customer = create_model(
     "Customer",
     __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CUSTOMER]}),
-    **{ID_COLUMN: (str | None, Field(None, max_length=128, description="Your id; echoed back."))},
+    **{ID_COLUMN: (str | None, Field(None, max_length=ID_MAX_LENGTH, description="Your id; echoed back."))},
     **{f.name: _field(f) for f in FEATURES},
 )
 
@@ -83,7 +83,10 @@ def _fast_field(feature: Feature) -> tuple[str, Any]:
 
 _FastCustomer = msgspec.defstruct(
     "FastCustomer",
-    [*(_fast_field(f) for f in FEATURES), (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=128)] | None, None)],
+    [
+        *(_fast_field(f) for f in FEATURES),
+        (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH)] | None, None),
+    ],
     forbid_unknown_fields=True,
 )
 _FastBatch = msgspec.defstruct(
