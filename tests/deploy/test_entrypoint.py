@@ -1,0 +1,244 @@
+"""What the image's entrypoint execs for every way the project starts it, checked offline.
+
+The container's argv and environment are built from the files the way the runtime builds them:
+the image ENTRYPOINT, then the compose service's `command` (which `docker compose run SERVICE
+ARGS` replaces with ARGS) or the Kubernetes container's `args`; the image ENV, then the
+env_file / ConfigMap, then the service's own environment. The real entrypoint script then runs
+under /bin/sh with fake `churn-platform` and `mlflow` first on PATH, which print their argv.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.policies import find, pod_spec, render
+from tests.services import REPO
+
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+COMPOSE = REPO / "docker-compose.yml"
+# What compose interpolates from .env (see .env.example); values are placeholders.
+DOTENV = {
+    "POSTGRES_USER": "pg",
+    "POSTGRES_PASSWORD": "pg-pass",
+    "MINIO_ROOT_USER": "minio",
+    "MINIO_ROOT_PASSWORD": "minio-pass",
+    "CHURN_ADMIN_API_KEY": "admin-key",
+}
+FAKE = '#!/bin/sh\nprintf \'%s\\n\' "${0##*/}" "$@"\n'
+API = ["churn-platform", "serve", "--host", "0.0.0.0", "--port", "8000"]
+
+
+def _final_stage() -> list[str]:
+    text = DOCKERFILE.read_text()
+    text = re.sub(r"\\\n\s*", " ", text[text.rindex("\nFROM ") :])  # join continuation lines
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _instruction(name: str) -> list[str]:
+    line = [line for line in _final_stage() if line.startswith(f"{name} ")][-1]
+    return json.loads(line[len(name) :])
+
+
+IMAGE_ENTRYPOINT = _instruction("ENTRYPOINT")
+IMAGE_CMD = _instruction("CMD")
+
+
+def _script() -> Path:
+    """The repository file the Dockerfile copies to the ENTRYPOINT path."""
+    for line in _final_stage():
+        words = line.split()
+        if words[0] == "COPY" and words[-1] == IMAGE_ENTRYPOINT[0]:
+            return REPO / words[-2]
+    raise AssertionError(f"no COPY to {IMAGE_ENTRYPOINT[0]} in {DOCKERFILE}")
+
+
+SCRIPT = _script()
+
+
+def _image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in _final_stage():
+        if line.startswith("ENV "):
+            env.update(word.split("=", 1) for word in shlex.split(line[4:]))
+    env.pop("PATH")  # the test's own PATH puts the fakes first
+    return env
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def _interpolate(value: Any) -> str:
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m.groups()
+        if DOTENV.get(name):
+            return DOTENV[name]
+        assert not (op or "").endswith("?"), f"compose would refuse: {arg}"
+        return arg or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}", one, str(value)).replace("$$", "$")
+
+
+def _run(argv: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the image's argv, with the real entrypoint under /bin/sh as in python:3.11-slim."""
+    assert argv[: len(IMAGE_ENTRYPOINT)] == IMAGE_ENTRYPOINT, "the entrypoint was overridden"
+    fakes = tmp_path / "bin"
+    fakes.mkdir(exist_ok=True)
+    for name in ("churn-platform", "mlflow"):
+        (fakes / name).write_text(FAKE)
+        (fakes / name).chmod(0o755)
+    env = {**env, "PATH": f"{fakes}:/usr/bin:/bin"}
+    return subprocess.run(
+        ["/bin/sh", str(SCRIPT), *argv[len(IMAGE_ENTRYPOINT) :]], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def _execs(argv: list[str], env: dict[str, str], tmp_path: Path) -> list[str]:
+    done = _run(argv, env, tmp_path)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"
+    return done.stdout.splitlines()
+
+
+# docker compose -------------------------------------------------------------------------------
+
+
+def _service(name: str) -> dict[str, Any]:
+    service = yaml.safe_load(COMPOSE.read_text())["services"][name]  # safe_load resolves the x-app anchors
+    assert "entrypoint" not in service, "the tests assume the image ENTRYPOINT"
+    return service
+
+
+def _compose_env(name: str) -> dict[str, str]:
+    service = _service(name)
+    env = _image_env()
+    for path in service.get("env_file", []):
+        env.update(_env_file(REPO / path))
+    environment = service.get("environment", {})
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env.update({key: _interpolate(value) for key, value in environment.items()})
+    return env
+
+
+def _compose_argv(name: str, run_args: list[str] | None = None) -> list[str]:
+    """`docker compose up` (run_args None) or `docker compose run --rm NAME *run_args`."""
+    command = _service(name).get("command", IMAGE_CMD)
+    if isinstance(command, str):
+        command = shlex.split(command)
+    if run_args:  # compose run replaces the command, never the entrypoint
+        command = run_args
+    return [*IMAGE_ENTRYPOINT, *command]
+
+
+def compose(name: str, tmp_path: Path, run_args: list[str] | None = None) -> list[str]:
+    return _execs(_compose_argv(name, run_args), _compose_env(name), tmp_path)
+
+
+TRAIN = ["churn-platform", "train", "--data", "/data/telco_churn.csv"]
+MLFLOW = [
+    "mlflow", "server",
+    "--backend-store-uri", "postgresql+psycopg2://pg:pg-pass@postgres:5432/mlflow",
+    "--artifacts-destination", "s3://mlflow/artifacts",
+    "--host", "0.0.0.0", "--port", "5000",
+    "--allowed-hosts", "mlflow:*,localhost:*,127.0.0.1:*",
+]  # fmt: skip
+
+
+RUNS = [
+    ("train", ["--data", "/data/telco_churn.csv"], TRAIN),
+    ("train", ["--", "--data", "/data/telco_churn.csv"], TRAIN),
+    ("train", ["train", "--data", "/data/telco_churn.csv"], TRAIN),
+    ("train", ["train", "--", "--data", "/data/telco_churn.csv"], TRAIN),
+    ("monitor", ["--rows", "5000"], ["churn-platform", "monitor", "--rows", "5000"]),
+    ("monitor", ["--", "--rows", "5000"], ["churn-platform", "monitor", "--rows", "5000"]),
+    ("api", ["--workers", "2"], [*API, "--workers", "2"]),
+    ("mlflow", ["--workers", "2"], [*MLFLOW, "--workers", "2"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("service", "run_args", "expected"), RUNS, ids=[f"run {svc} {' '.join(args)}" for svc, args, _ in RUNS]
+)
+def test_compose_run_passes_the_args_to_the_service_role(service, run_args, expected, tmp_path):
+    assert compose(service, tmp_path, run_args) == expected
+
+
+def test_compose_up_starts_each_service_in_its_role(tmp_path):
+    assert compose("api", tmp_path) == API
+    assert compose("train", tmp_path) == ["churn-platform", "train"]
+    assert compose("monitor", tmp_path) == ["churn-platform", "monitor"]
+    assert compose("mlflow", tmp_path) == MLFLOW
+
+
+def test_compose_run_can_still_run_any_command(tmp_path):
+    # The escape hatch for debugging: a first word that is neither a role nor a flag is a command.
+    assert compose("train", tmp_path, ["mlflow", "--version"]) == ["mlflow", "--version"]
+    # docs/operations.md: docker compose run --rm mlflow mlflow db upgrade ...
+    assert compose("mlflow", tmp_path, ["mlflow", "db", "upgrade", "x"]) == ["mlflow", "db", "upgrade", "x"]
+
+
+def test_a_word_that_is_neither_a_role_nor_a_command_is_refused(tmp_path):
+    done = _run(_compose_argv("train", ["trian", "--data", "x.csv"]), _compose_env("train"), tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "trian" in done.stderr and "api | monitor | train | mlflow-server" in done.stderr
+
+
+def test_an_unknown_role_in_the_environment_is_refused(tmp_path):
+    done = _run([*IMAGE_ENTRYPOINT, "--rows", "5"], {**_image_env(), "CHURN_ROLE": "monitr"}, tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "monitr" in done.stderr
+
+
+# plain docker run, without compose ----------------------------------------------------------
+
+
+def test_docker_run_picks_the_role_from_the_first_argument_else_serves(tmp_path):
+    env = _image_env()
+    assert _execs([*IMAGE_ENTRYPOINT, *IMAGE_CMD], env, tmp_path) == API
+    assert _execs([*IMAGE_ENTRYPOINT, "train", "--data", "d.csv"], env, tmp_path) == [
+        "churn-platform", "train", "--data", "d.csv",
+    ]  # fmt: skip
+    assert _execs([*IMAGE_ENTRYPOINT, "--port", "9000"], env, tmp_path) == [*API, "--port", "9000"]
+
+
+# Kubernetes ---------------------------------------------------------------------------------
+
+
+def _k8s(objs: list[dict[str, Any]], kind: str, name: str, tmp_path: Path) -> list[str]:
+    (container,) = pod_spec(find(objs, kind, name))["containers"]
+    # `command` would replace the image ENTRYPOINT and `args` its CMD.
+    assert "command" not in container
+    argv = [*IMAGE_ENTRYPOINT, *container.get("args", IMAGE_CMD)]
+    env = _image_env()
+    for source in container.get("envFrom", []):
+        env.update(find(objs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("secretKeyRef")
+        env[var["name"]] = f"secret:{ref['key']}" if ref else var["value"]
+    return _execs(argv, env, tmp_path)
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/dev", "overlays/staging", "overlays/prod"])
+def test_kubernetes_workloads_start_in_their_roles(kustomization, tmp_path):
+    objs, _ = render(REPO / "deploy" / kustomization)
+    assert _k8s(objs, "Deployment", "churn-api", tmp_path) == API
+    assert _k8s(objs, "Job", "churn-train", tmp_path) == [
+        "churn-platform", "train", "--data", "s3://mlflow/data/customers.parquet",
+    ]  # fmt: skip
+    assert _k8s(objs, "CronJob", "churn-monitor", tmp_path) == [
+        "churn-platform", "monitor", "--output-dir", "/tmp/report",
+    ]  # fmt: skip
+    mlflow = _k8s(objs, "Deployment", "mlflow", tmp_path)
+    assert mlflow[:4] == ["mlflow", "server", "--backend-store-uri", "secret:MLFLOW_BACKEND_STORE_URI"]
+    allowed = _env_file(REPO / "deploy" / "base" / "config.env")["MLFLOW_ALLOWED_HOSTS"]
+    extra = ["--app-name", "basic-auth"] if kustomization.endswith("prod") else []  # the prod patch appends them
+    assert mlflow[-2 - len(extra) :] == ["--allowed-hosts", allowed, *extra]
