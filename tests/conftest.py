@@ -9,13 +9,15 @@ import pytest
 from churn_platform.settings import get_settings
 from tests.services import REPO, ServiceError, Stack, full_stack
 
-SHARED_CSV = REPO.parent / "shared" / "data" / "telco_churn.csv"
+# The real Telco customers, committed with the project (source and licence: data/README.md).
+SHARED_CSV = REPO / "data" / "telco_churn.csv"
 
 
 @pytest.fixture(scope="session")
 def telco_csv() -> Path:
-    if not SHARED_CSV.exists():
-        pytest.fail(f"the shared Telco data is missing: {SHARED_CSV} (../shared beside the repo)")
+    """The real Telco data. A missing file fails the test (never skips): it is part of the repo."""
+    if not SHARED_CSV.is_file():
+        pytest.fail(f"the Telco data is missing: {SHARED_CSV} (committed as data/telco_churn.csv)", pytrace=False)
     return SHARED_CSV
 
 
