@@ -9,23 +9,23 @@ categories and flags. A column drifted when its distance is at or above its thre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
+from evidently import DataDefinition, Dataset, Report, Run
 from evidently.metrics import ValueDrift
 
+from churn_platform.contract import PROBABILITY
 from churn_platform.schema import FEATURES
 
-PREDICTION = "churn_probability"
+PREDICTION = PROBABILITY
 NUMERIC_METHOD, CATEGORY_METHOD = "wasserstein", "jensenshannon"
 #: Numeric features compared as numbers; integer flags with allowed values compare as categories.
 NUMERIC = [f.name for f in FEATURES if f.allowed is None]
 CATEGORICAL = [f.name for f in FEATURES if f.allowed is not None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ColumnDrift:
     column: str
     method: str
@@ -33,6 +33,15 @@ class ColumnDrift:
     threshold: float
     drifted: bool
     critical: bool = False
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """The numbers for the verdict, plus Evidently's run so the report can reuse its widgets."""
+
+    columns: tuple[ColumnDrift, ...]
+    prediction: ColumnDrift | None
+    snapshot: Run
 
 
 def _as_compared(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -49,9 +58,11 @@ def compute(
     thresholds: dict[str, float],
     default_threshold: float,
     critical: set[str],
-    html_path: Path | None = None,
-) -> tuple[list[ColumnDrift], ColumnDrift | None]:
-    """Feature drift per column, and prediction drift when both sides have scores."""
+) -> DriftResult:
+    """Feature drift per column, and prediction drift when both sides have scores.
+
+    No HTML here: the report needs the verdict, which the caller decides (see ``monitoring.report``).
+    """
     columns = [f.name for f in FEATURES]
     with_prediction = PREDICTION in reference.columns and PREDICTION in current.columns
     compared = columns + ([PREDICTION] if with_prediction else [])
@@ -67,8 +78,6 @@ def compute(
         current_data=Dataset.from_pandas(_as_compared(current, compared), data_definition=definition),
         reference_data=Dataset.from_pandas(_as_compared(reference, compared), data_definition=definition),
     )
-    if html_path is not None:
-        snapshot.save_html(str(html_path))  # a Path silently writes nothing in Evidently 0.7
     results: list[ColumnDrift] = []
     for metric in snapshot.dict()["metrics"]:
         config: dict[str, Any] = metric["config"]
@@ -78,4 +87,4 @@ def compute(
             ColumnDrift(column, config["method"], score, threshold, score >= threshold, column in critical)
         )
     prediction = next((r for r in results if r.column == PREDICTION), None)
-    return [r for r in results if r.column != PREDICTION], prediction
+    return DriftResult(tuple(r for r in results if r.column != PREDICTION), prediction, snapshot)
