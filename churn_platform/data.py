@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -212,6 +213,12 @@ def load(uri: str | Path, s3_endpoint_url: str | None = None, require_label: boo
     return validate(read_table(uri, s3_endpoint_url), require_label=require_label)
 
 
+def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts of plain Python values (JSON- and msgspec-ready, no NumPy scalars)."""
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]  # fmt: skip
+
+
 def digest(frame: pd.DataFrame) -> str:
     """A short content hash of a frame, recorded on model versions to trace their data."""
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
@@ -228,6 +235,10 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
     ``drift=True`` the customer base shifts the way a promotion campaign would shift it:
     many new customers (low tenure), a price rise (higher monthly and so total charges)
     and more month-to-month contracts; the other features keep their distribution.
+
+    Columns come out in the schema's order. A category (or flag) the schema gains is drawn
+    uniformly from its allowed values; a new free numeric column has no sensible default
+    distribution, so it fails here, by name, until one is written below.
     """
     if n_rows < 1:
         raise ValueError("n_rows must be at least 1")
@@ -303,32 +314,43 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
     churn = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
 
     ids = [f"{rng.integers(1000, 9999)}-{''.join(rng.choice(list('ABCDEFGHIJKLMNOPQRSTUVWXYZ'), 5))}" for _ in range(n)]
-    frame = pd.DataFrame(
-        {
-            ID_COLUMN: ids,
-            "gender": pick(["Female", "Male"], [0.5, 0.5]),
-            "senior_citizen": senior,
-            "partner": partner,
-            "dependents": dependents,
-            "tenure": tenure,
-            "phone_service": phone,
-            "multiple_lines": multiple,
-            "internet_service": internet,
-            "online_security": security,
-            "online_backup": backup,
-            "device_protection": protection,
-            "tech_support": support,
-            "streaming_tv": tv,
-            "streaming_movies": movies,
-            "contract": contract,
-            "paperless_billing": paperless,
-            "payment_method": payment,
-            "monthly_charges": monthly,
-            "total_charges": total,
-            LABEL_COLUMN: churn,
-        }
-    )
-    return validate(frame)
+    modelled: dict[str, Any] = {
+        "gender": pick(["Female", "Male"], [0.5, 0.5]),
+        "senior_citizen": senior,
+        "partner": partner,
+        "dependents": dependents,
+        "tenure": tenure,
+        "phone_service": phone,
+        "multiple_lines": multiple,
+        "internet_service": internet,
+        "online_security": security,
+        "online_backup": backup,
+        "device_protection": protection,
+        "tech_support": support,
+        "streaming_tv": tv,
+        "streaming_movies": movies,
+        "contract": contract,
+        "paperless_billing": paperless,
+        "payment_method": payment,
+        "monthly_charges": monthly,
+        "total_charges": total,
+    }
+    stale = sorted(set(modelled) - set(FEATURE_NAMES))
+    if stale:
+        raise ValueError(f"the generator makes columns the schema does not have: {stale}")
+    columns: dict[str, Any] = {ID_COLUMN: ids}
+    for feature in FEATURES:
+        if feature.name in modelled:
+            columns[feature.name] = modelled[feature.name]
+        elif feature.allowed is not None:
+            columns[feature.name] = rng.choice(np.array(feature.allowed, dtype=object), size=n)
+        else:
+            raise ValueError(
+                f"the generator has no distribution for the numeric column {feature.name!r}: "
+                "add one in churn_platform/data.py::generate"
+            )
+    columns[LABEL_COLUMN] = churn
+    return validate(pd.DataFrame(columns))
 
 
 # --------------------------------------------------------------------------- splitting

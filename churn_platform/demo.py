@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,10 @@ from typing import Any
 import click
 import httpx
 
+from churn_platform import processes
+from churn_platform.contract import PROBABILITY, ExitCode
 from churn_platform.errors import ChurnPlatformError
+from churn_platform.processes import Process, ProcessFailed, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -34,13 +36,7 @@ ADMIN_KEY = "demo-admin-key"
 
 
 class DemoFailed(ChurnPlatformError):
-    exit_code = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    exit_code = ExitCode.REFUSED
 
 
 @dataclass
@@ -51,7 +47,7 @@ class Demo:
     traffic: int
     keep_running: bool
     env: dict[str, str] = field(default_factory=dict)
-    processes: list[subprocess.Popen] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
     step_no: int = 0
     started: float = field(default_factory=time.perf_counter)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -72,49 +68,34 @@ class Demo:
             raise DemoFailed(f"step {self.step_no} ({title}) failed: {exc}") from exc
         click.secho(f"      done in {time.perf_counter() - t0:.1f}s", fg="green")
 
-    def run(self, *cmd: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(
+        self, *cmd: str, timeout: float = 300, verdicts: tuple[int, ...] = (ExitCode.OK,)
+    ) -> subprocess.CompletedProcess:
         done = subprocess.run(cmd, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        if done.returncode not in (0, 1):  # monitor: 1 means drift, a verdict
+        if done.returncode not in verdicts:
             tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
             raise DemoFailed(f"`{' '.join(cmd[:4])} ...` exited {done.returncode}:\n      " + "\n      ".join(tail))
         return done
 
-    def background(self, name: str, *cmd: str) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+    def background(self, name: str, *cmd: str) -> Process:
+        proc = processes.start(name, list(cmd), self.folder, env=self.env, cwd=REPO)
         self.processes.append(proc)
         return proc
 
-    def wait_http(self, proc: subprocess.Popen, url: str, name: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise DemoFailed(f"{name} exited; see {self.folder / (name + '.log')}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise DemoFailed(f"{name} did not answer {url} within {timeout:.0f}s; see {self.folder / (name + '.log')}")
+    def wait_http(self, proc: Process, url: str, timeout: float = 120) -> None:
+        try:
+            processes.wait_http(proc, url, timeout, ok=lambda status: status == 200)
+        except ProcessFailed as exc:
+            raise DemoFailed(f"{exc}\n(log: {proc.log_path})") from exc
 
     def stop_all(self) -> None:
         for proc in reversed(self.processes):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(15)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            proc.stop()
 
     # ------------------------------------------------------------------ the story
 
     def start_mlflow(self) -> str:
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = self.background(
             "mlflow", str(BIN / "mlflow"), "server",
@@ -122,7 +103,7 @@ class Demo:
             "--artifacts-destination", str(self.folder / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         )  # fmt: skip
-        self.wait_http(proc, f"{url}/health", "mlflow")
+        self.wait_http(proc, f"{url}/health")
         self.env["MLFLOW_TRACKING_URI"] = url
         click.echo(f"      MLflow UI: {url}  (SQLite + {self.folder / 'artifacts'})")
         return url
@@ -156,19 +137,14 @@ class Demo:
         try:
             result = promotion.promote(client, "churn", version, reason=reason, actor="demo",
                                        tolerance=settings.promotion_tolerance)  # fmt: skip
-            gate = result.get("gate", {})
-            verdict = (
-                "no Production yet, nothing to compare"
-                if not gate.get("checked")
-                else (f"passed: roc_auc {gate['candidate_roc_auc']:.4f} vs {gate['production_roc_auc']:.4f}")
-            )
+            verdict = f"passed: {result.gate.reason}" if result.gate else "nothing to compare"
         except GateRefused as exc:
             click.secho(f"      gate: {exc}", fg="yellow")
             result = promotion.promote(client, "churn", version, reason=reason + " (forced by the demo)",
                                        actor="demo", force=True, tolerance=settings.promotion_tolerance)  # fmt: skip
             verdict = "refused, promoted with --force to show the rest of the story"
         click.echo(f"      promotion gate: {verdict}")
-        click.echo(f"      Production: v{result['from'] or '-'} -> v{result['to']}")
+        click.echo(f"      {result.message}")
 
     def customers(self, drift: bool, seed: int) -> list[dict[str, Any]]:
         from churn_platform import data
@@ -177,8 +153,7 @@ class Demo:
             frame = data.load(self.data).sample(self.traffic, replace=True, random_state=seed)
         else:
             frame = data.generate(self.traffic, seed=seed, drift=drift)
-        rows = frame.drop(columns=["churn"]).to_dict(orient="records")
-        return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+        return data.to_records(frame.drop(columns=["churn"]))
 
     def send(self, api: str, rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -200,6 +175,7 @@ class Demo:
         done = self.run(
             str(BIN / "churn-platform"), "monitor", "--since", since.strftime("%Y-%m-%dT%H:%M:%S"),
             "--until", until.strftime("%Y-%m-%dT%H:%M:%S"), "--output-dir", str(out),
+            verdicts=(ExitCode.OK, ExitCode.REFUSED),  # 1: drift, a verdict
         )  # fmt: skip
         summary = json.loads((out / "summary.json").read_text())
         verdict = summary["verdict"].replace("_", " ").upper()
@@ -219,12 +195,12 @@ class Demo:
             v2 = self.train("model_type=hist_gradient_boosting", "learning_rate=0.05", "max_iter=150")
             self.promote(v2, "boosted trees")
         with self.step("Start the API and send normal, then drifted traffic"):
-            port = _free_port()
+            port = free_port()
             api = f"http://127.0.0.1:{port}"
             self.env.update(CHURN_ADMIN_API_KEY=ADMIN_KEY, CHURN_INFERENCE_LOG_URL=f"sqlite:///{self.folder}/inference_log.db",
                             CHURN_INFERENCE_LOG_FLUSH_S="0.2")  # fmt: skip
             proc = self.background("api", str(BIN / "churn-platform"), "serve", "--port", str(port))
-            self.wait_http(proc, f"{api}/ready", "api")
+            self.wait_http(proc, f"{api}/ready")
             t0 = datetime.now(UTC)
             normal = self.send(api, self.customers(drift=False, seed=1), "normal")
             time.sleep(1.2)
@@ -234,7 +210,7 @@ class Demo:
             t2 = datetime.now(UTC)
             for p in normal[:4]:
                 who = p["customer_id"] or "-"
-                score = p["churn_probability"]
+                score = p[PROBABILITY]
                 click.echo(f"      {who:<12} churn {score:.2f}  risk {p['risk']:<6} model v{p['model_version']}")
         with self.step("Monitor each window for drift (Evidently)"):
             quiet = self.monitor(t0, t1, "normal")
@@ -242,19 +218,19 @@ class Demo:
         with self.step("Roll back and reload the API"):
             promotion, client, _ = self.registry()
             result = promotion.rollback(client, "churn", reason="demo: drift alarm", actor="demo")
-            click.echo(f"      Production: v{result['from']} -> v{result['to']}")
+            click.echo(f"      {result.message}")
             r = httpx.post(f"{api}/admin/reload?wait=true", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
             serving = httpx.get(f"{api}/model").json()["version"]
             click.echo(f"      reload: {r.json()['message']}; the API now serves v{serving}")
-            if serving != result["to"]:
-                raise DemoFailed(f"the API serves v{serving}, expected v{result['to']}")
+            if serving != result.to_version:
+                raise DemoFailed(f"the API serves v{serving}, expected v{result.to_version}")
         with self.step("Summary"):
             versions = promotion.versions(client, "churn")
             for v in versions:
-                metrics = " ".join(f"{k}={x:.3f}" for k, x in v["metrics"].items())
-                click.echo(f"      v{v['version']}  {','.join(v['aliases']) or '-':<22} {metrics}")
+                metrics = " ".join(f"{k}={x:.3f}" for k, x in v.metrics.items())
+                click.echo(f"      v{v.version}  {','.join(v.aliases) or '-':<22} {metrics}")
             self.summary = {
-                "versions": versions,
+                "versions": [v.model_dump(mode="json") for v in versions],
                 "production": serving,
                 "mlflow_ui": ui,
                 "api_docs": f"{api}/docs",
@@ -278,12 +254,15 @@ class Demo:
 def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: bool,
              echo: Callable[[str], None] = click.echo) -> dict[str, Any]:  # fmt: skip
     """Play the demo in ``folder`` (wiped first); return its summary."""
-    if data != "synthetic" and not Path(data).exists():
-        raise DemoFailed(f"--data {data}: file not found")
+    if data != "synthetic":
+        if not Path(data).exists():
+            raise DemoFailed(f"--data {data}: file not found")
+        data = str(Path(data).resolve())  # `mlflow run` runs in the repository, not here
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     env = dict(os.environ)
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", CHURN_REGISTRY_MAX_RETRIES="1",
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", CHURN_MODEL_NAME="churn")  # fmt: skip
     for key in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)

@@ -1,16 +1,14 @@
-"""Errors users are meant to read, each with the CLI exit code it maps to.
-
-Exit codes are the same for every command: 0 done, 1 refused by a gate,
-2 bad usage / bad input / not found, 3 registry or storage unreachable.
-"""
+"""Errors users are meant to read, each with the CLI exit code it maps to (``ExitCode``)."""
 
 from __future__ import annotations
+
+from churn_platform.contract import ExitCode
 
 
 class ChurnPlatformError(Exception):
     """Base class: a message for a person, no traceback needed."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.USAGE
 
 
 class DataError(ChurnPlatformError):
@@ -25,23 +23,27 @@ class DataValidationError(DataError):
     """The data was read but breaks the schema; the message names columns and rows."""
 
 
+class SettingsError(ChurnPlatformError):
+    """An environment variable has a value the platform cannot use; the message names it."""
+
+
 class NotFoundError(ChurnPlatformError):
-    """A registered model, version or alias does not exist."""
+    """A registered model, version, alias, artifact or data window does not exist."""
 
 
 class GateRefused(ChurnPlatformError):
     """A promotion gate refused the change (nothing was changed)."""
 
-    exit_code = 1
+    exit_code = ExitCode.REFUSED
 
 
 class RegistryUnreachable(ChurnPlatformError):
     """The MLflow tracking server / registry (or its artifact store) cannot be reached."""
 
-    exit_code = 3
+    exit_code = ExitCode.UNREACHABLE
 
 
 class StorageUnreachable(ChurnPlatformError):
-    """The S3-compatible object store cannot be reached."""
+    """The S3-compatible object store or a database cannot be reached."""
 
-    exit_code = 3
+    exit_code = ExitCode.UNREACHABLE

@@ -5,12 +5,25 @@ Declared once here: the API writes it, the monitor reads it.
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from churn_platform.schema import FEATURES, ID_COLUMN, ID_MAX_LENGTH
+from churn_platform.contract import (
+    INFERENCE_LOG_META,
+    INFERENCE_LOG_TABLE,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PROBABILITY,
+    REQUEST_ID,
+    ROW_INDEX,
+    SCORED_AT,
+)
+from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH
+
+#: Every column the writer inserts, in order.
+COLUMNS: tuple[str, ...] = (*INFERENCE_LOG_META, ID_COLUMN, *FEATURE_NAMES, PROBABILITY)
 
 _SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Float()}
 
@@ -18,18 +31,18 @@ _SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Flo
 def table(metadata: sa.MetaData) -> sa.Table:
     """The ``inference_log`` table: one column per schema feature, so monitoring can read it back."""
     return sa.Table(
-        "inference_log",
+        INFERENCE_LOG_TABLE,
         metadata,
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
-        sa.Column("request_id", sa.String(64), nullable=False),
-        sa.Column("row_index", sa.Integer(), nullable=False),
-        sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("model_name", sa.String(256), nullable=False),
-        sa.Column("model_version", sa.Integer(), nullable=False, index=True),
+        sa.Column(REQUEST_ID, sa.String(64), nullable=False),
+        sa.Column(ROW_INDEX, sa.Integer(), nullable=False),
+        sa.Column(SCORED_AT, sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column(MODEL_NAME, sa.String(256), nullable=False),
+        sa.Column(MODEL_VERSION, sa.Integer(), nullable=False, index=True),
         sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH)),
         *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
-        sa.Column("churn_probability", sa.Float(), nullable=False),
-        sa.UniqueConstraint("request_id", "row_index", name="uq_inference_log_request_row"),
+        sa.Column(PROBABILITY, sa.Float(), nullable=False),
+        sa.UniqueConstraint(REQUEST_ID, ROW_INDEX, name="uq_inference_log_request_row"),
     )
 
 
@@ -40,6 +53,6 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, **args)
 
 
-def sqlite_time(at: Any) -> str:
+def sqlite_time(at: datetime) -> str:
     """A UTC time as SQLAlchemy stores DateTime in SQLite, so typed queries compare correctly."""
     return at.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")

@@ -16,11 +16,10 @@ from mlflow.models import Model
 from sklearn.pipeline import Pipeline
 
 from churn_platform import registry
+from churn_platform.contract import HEADLINE_METRICS, PRODUCTION_ALIAS, REFERENCE_ARTIFACT, TAG_THRESHOLD
 from churn_platform.errors import ChurnPlatformError, NotFoundError
-from churn_platform.promotion import HEADLINE_METRICS
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.scorer import FastScorer, SklearnScorer, UnsupportedPipeline, max_difference
-from churn_platform.training import REFERENCE_ARTIFACT, TAG_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,9 @@ class LoadedModel:
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
-def resolve(client: MlflowClient, name: str, alias: str = registry.PRODUCTION_ALIAS) -> int:
+def resolve(client: MlflowClient, name: str, alias: str = PRODUCTION_ALIAS) -> int:
     """The version number ``alias`` points at, or ``NotFoundError``."""
-    if alias == registry.PRODUCTION_ALIAS:
+    if alias == PRODUCTION_ALIAS:
         version = registry.production_version(client, name)
     else:
         version = registry.version_by_alias(client, name, alias)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,9 @@ from sklearn.metrics import (
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, PowerTransformer
 
+from churn_platform.contract import MODEL_TYPES
 from churn_platform.errors import DataValidationError
 from churn_platform.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
-
-ModelType = Literal["logistic", "hist_gradient_boosting"]
-MODEL_TYPES: tuple[str, ...] = ("logistic", "hist_gradient_boosting")
 
 
 def build_pipeline(

@@ -26,18 +26,27 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict
 
-from churn_platform import registry
+from churn_platform import gate, registry
+from churn_platform.contract import (
+    AUDIT_TAG_PREFIX,
+    CHALLENGER_ALIAS,
+    GATE_METRIC,
+    HEADLINE_METRICS,
+    PRODUCTION_ALIAS,
+    TAG_DATA_DIGEST,
+    TAG_ROC_AUC,
+)
 from churn_platform.errors import GateRefused, NotFoundError
-from churn_platform.training import TAG_DATA_DIGEST, TAG_ROC_AUC
+from churn_platform.gate import GateVerdict
 
-AUDIT_PREFIX = "churn_platform.audit."
+AUDIT_PREFIX = AUDIT_TAG_PREFIX
 #: Events this close to the latest one count as one race, not an outside change.
 RACE_WINDOW_NS = 10 * 1_000_000_000
-HEADLINE_METRICS = ("roc_auc", "pr_auc", "log_loss", "f1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Event:
     """One move of the ``Production`` alias."""
 
@@ -107,7 +116,7 @@ def recorded_events(client: MlflowClient, name: str) -> list[Event]:
 
 
 def _current(client: MlflowClient, name: str) -> int | None:
-    version = registry.version_by_alias(client, name, registry.PRODUCTION_ALIAS)
+    version = registry.version_by_alias(client, name, PRODUCTION_ALIAS)
     return int(version.version) if version else None
 
 
@@ -177,21 +186,68 @@ def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     except MlflowException:
         run_metrics = {}
     metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
-    if "roc_auc" not in metrics and TAG_ROC_AUC in version.tags:
-        metrics["roc_auc"] = float(version.tags[TAG_ROC_AUC])
+    if GATE_METRIC not in metrics and TAG_ROC_AUC in version.tags:
+        metrics[GATE_METRIC] = float(version.tags[TAG_ROC_AUC])
     return metrics
 
 
-def describe(client: MlflowClient, version: ModelVersion, aliases: list[str]) -> dict[str, Any]:
-    return {
-        "version": int(version.version),
-        "run_id": version.run_id,
-        "status": version.status,
-        "aliases": aliases,
-        "metrics": _metrics(client, version),
-        "data_digest": version.tags.get(TAG_DATA_DIGEST),
-        "created_at": datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC).isoformat(timespec="seconds"),
-    }
+class VersionInfo(BaseModel):
+    """One registered version as the CLI shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    run_id: str | None
+    status: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    data_digest: str | None
+    created_at: str
+    #: Set for the Production version: the audit event that put it there.
+    promoted_at: str | None = None
+    promoted_by: str | None = None
+    promoted_via: str | None = None
+
+
+class Status(BaseModel):
+    """What holds Production and Challenger."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    production: VersionInfo | None
+    challenger: VersionInfo | None
+
+
+class PromotionResult(BaseModel):
+    """What a promote or rollback did. ``from``/``to`` are the JSON names of the versions."""
+
+    model_config = ConfigDict(frozen=True)
+
+    changed: bool
+    from_version: int | None
+    to_version: int
+    message: str
+    gate: GateVerdict | None = None
+    event: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json", exclude_none=True)
+        out["from"] = out.pop("from_version", None)
+        out["to"] = out.pop("to_version")
+        return out
+
+
+def describe(client: MlflowClient, version: ModelVersion, aliases: list[str]) -> VersionInfo:
+    return VersionInfo(
+        version=int(version.version),
+        run_id=version.run_id,
+        status=version.status,
+        aliases=aliases,
+        metrics=_metrics(client, version),
+        data_digest=version.tags.get(TAG_DATA_DIGEST),
+        created_at=datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC).isoformat(timespec="seconds"),
+    )
 
 
 def _aliases_by_version(client: MlflowClient, name: str) -> dict[int, list[str]]:
@@ -202,26 +258,27 @@ def _aliases_by_version(client: MlflowClient, name: str) -> dict[int, list[str]]
     return out
 
 
-def status(client: MlflowClient, name: str) -> dict[str, Any]:
+def status(client: MlflowClient, name: str) -> Status:
     events = reconcile(client, name)
     aliases = _aliases_by_version(client, name)
-    out: dict[str, Any] = {"model": name}
-    for alias in (registry.PRODUCTION_ALIAS, registry.CHALLENGER_ALIAS):
+    found: dict[str, VersionInfo | None] = {}
+    for alias in (PRODUCTION_ALIAS, CHALLENGER_ALIAS):
         version = registry.version_by_alias(client, name, alias)
         if version is None:
-            out[alias.lower()] = None
+            found[alias] = None
             continue
         info = describe(client, version, aliases.get(int(version.version), []))
-        if alias == registry.PRODUCTION_ALIAS:
+        if alias == PRODUCTION_ALIAS:
             promoted = next((e for e in reversed(events) if e.to_version == int(version.version)), None)
-            info["promoted_at"] = promoted.at if promoted else None
-            info["promoted_by"] = promoted.actor if promoted else None
-            info["promoted_via"] = promoted.via if promoted else None
-        out[alias.lower()] = info
-    return out
+            if promoted:
+                info = info.model_copy(
+                    update={"promoted_at": promoted.at, "promoted_by": promoted.actor, "promoted_via": promoted.via}
+                )
+        found[alias] = info
+    return Status(model=name, production=found[PRODUCTION_ALIAS], challenger=found[CHALLENGER_ALIAS])
 
 
-def versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+def versions(client: MlflowClient, name: str) -> list[VersionInfo]:
     _model_or_fail(client, name)
     aliases = _aliases_by_version(client, name)
     found = client.search_model_versions(f"name='{name}'")
@@ -229,9 +286,10 @@ def versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     return [describe(client, v, aliases.get(int(v.version), [])) for v in ordered]
 
 
-def history(client: MlflowClient, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+def history(client: MlflowClient, name: str, limit: int | None = None) -> list[Event]:
+    """Events, newest first."""
     events = list(reversed(reconcile(client, name)))
-    return [e.to_json() for e in (events[:limit] if limit else events)]
+    return events[:limit] if limit else events
 
 
 def _ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
@@ -245,7 +303,7 @@ def _ready_version(client: MlflowClient, name: str, version: int) -> ModelVersio
 def _move(client: MlflowClient, name: str, version: int) -> None:
     for attempt in range(3):  # a first alias insert can race another writer's; then it is an update
         try:
-            client.set_registered_model_alias(name, registry.PRODUCTION_ALIAS, str(version))
+            client.set_registered_model_alias(name, PRODUCTION_ALIAS, str(version))
             return
         except MlflowException:
             if attempt == 2:
@@ -277,38 +335,34 @@ def promote(
     actor: str | None = None,
     force: bool = False,
     tolerance: float = 0.005,
-) -> dict[str, Any]:
-    """Move Production to ``version`` unless its validation roc_auc is worse than the gate allows."""
+) -> PromotionResult:
+    """Move Production to ``version`` unless the gate refuses.
+
+    The gate compares each version's own recorded validation metric (from its training
+    run): the two were measured on different held-out rows, unlike the training-time gate.
+    """
     candidate = _ready_version(client, name, version)
     reconcile(client, name)
     current = _current(client, name)
     if current == version:
-        return {
-            "changed": False,
-            "from": current,
-            "to": version,
-            "message": f"v{version} is already in Production",
-        }
-    gate: dict[str, Any] = {"checked": False}
-    if current is not None:
-        champion = registry.get_version(client, name, current)
-        new_auc = _metrics(client, candidate).get("roc_auc")
-        old_auc = _metrics(client, champion).get("roc_auc")
-        if new_auc is not None and old_auc is not None:
-            passed = new_auc >= old_auc - tolerance
-            gate = {"checked": True, "passed": passed, "candidate_roc_auc": new_auc,
-                    "production_roc_auc": old_auc, "tolerance": tolerance}  # fmt: skip
-            if not passed and not force:
-                raise GateRefused(
-                    f"refused: v{version} roc_auc {new_auc:.4f} is worse than Production v{current} "
-                    f"{old_auc:.4f} by more than {tolerance}; use --force to promote anyway"
-                )
+        return PromotionResult(changed=False, from_version=current, to_version=version,
+                               message=f"v{version} is already in Production")  # fmt: skip
+    production = registry.get_version(client, name, current) if current is not None else None
+    verdict = gate.compare(
+        _metrics(client, candidate).get(GATE_METRIC),
+        _metrics(client, production).get(GATE_METRIC) if production else None,
+        production_version=current,
+        tolerance=tolerance,
+        compared_on="each version's own validation rows (recorded at training)",
+    )
+    if not verdict.passed and not force:
+        raise GateRefused(f"refused: v{version} {verdict.reason}; use --force to promote anyway")
     key, at = _now_key()
-    event = Event(key, at, "promote", current, version, actor or default_actor(),
-                  (reason + (" [forced past gate]" if force and gate.get("passed") is False else "")).strip(),
-                  "cli")  # fmt: skip
+    forced = " [forced past gate]" if not verdict.passed else ""
+    event = Event(key, at, "promote", current, version, actor or default_actor(), (reason + forced).strip(), "cli")
     _record_then_move(client, name, event)
-    return {"changed": True, "from": current, "to": version, "gate": gate, "event": event.to_json()}
+    return PromotionResult(changed=True, from_version=current, to_version=version, gate=verdict,
+                           event=event.to_json(), message=f"Production: v{current or '-'} -> v{version}")  # fmt: skip
 
 
 def rollback(
@@ -318,13 +372,13 @@ def rollback(
     to: int | None = None,
     reason: str = "",
     actor: str | None = None,
-) -> dict[str, Any]:
+) -> PromotionResult:
     """Move Production back to the version that held it before the current one."""
     _model_or_fail(client, name)
     events = reconcile(client, name)
     current = _current(client, name)
     if current is None:
-        raise NotFoundError(f"no version of {name!r} holds {registry.PRODUCTION_ALIAS}; nothing to roll back")
+        raise NotFoundError(f"no version of {name!r} holds {PRODUCTION_ALIAS}; nothing to roll back")
     stack = production_stack(events, current)
     earlier = stack[:-1] if stack and stack[-1] == current else stack
     if to is None:
@@ -345,4 +399,5 @@ def rollback(
     key, at = _now_key()
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)
-    return {"changed": True, "from": current, "to": target, "event": event.to_json()}
+    return PromotionResult(changed=True, from_version=current, to_version=target, event=event.to_json(),
+                           message=f"Production rolled back: v{current} -> v{target}")  # fmt: skip

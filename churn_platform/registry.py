@@ -1,11 +1,13 @@
 """Access to the MLflow Model Registry that fails fast and speaks plainly.
 
 The registry's ``Production`` alias is the only truth about what is in production.
-Alias names are case-sensitive in MLflow: it is exactly ``Production``.
+Alias names are case-sensitive in MLflow, but its UI lowercases what it saves: both
+spellings are read (``production_version``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,11 +17,11 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from churn_platform.errors import NotFoundError, RegistryUnreachable
 from churn_platform.settings import Settings
 
-PRODUCTION_ALIAS = "Production"
-CHALLENGER_ALIAS = "Challenger"
+log = logging.getLogger(__name__)
 #: MLflow 3's UI alias editor lowercases every alias it saves: adding `Production` there
 #: creates `production` (and rewrites `Challenger` as `challenger`). A lowercase alias is
 #: therefore a change made in the UI, newer than anything our commands set.
@@ -40,15 +42,23 @@ _CONNECTION_HINTS = (
 def configure(settings: Settings) -> None:
     """Point MLflow at the registry and make an unreachable server fail in seconds.
 
-    MLflow's client retries a dead server for minutes by default. Values the user set in
-    the environment win over ours.
+    MLflow's client retries a dead server for minutes by default. CHURN_REGISTRY_MAX_RETRIES
+    and CHURN_REGISTRY_TIMEOUT_S are the one knob for that: they overwrite MLflow's own
+    variables (with a warning when those were set to something else), so no forgotten
+    ``MLFLOW_HTTP_REQUEST_*`` in a manifest silently decides.
     """
     import mlflow
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_max_retries))
+    ours = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.registry_max_retries),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(settings.registry_timeout_s))),
+    }
+    for name, value in ours.items():
+        if os.environ.get(name, value) != value:
+            log.warning("%s=%s is replaced by %s (from CHURN_REGISTRY_*)", name, os.environ[name], value)
+        os.environ[name] = value
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(settings.registry_timeout_s)))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if settings.s3_endpoint_url:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)

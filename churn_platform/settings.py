@@ -8,9 +8,13 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from churn_platform.errors import SettingsError
+from churn_platform.schema import FEATURE_NAMES
 
 #: The embedded default: a SQLite registry in the working directory, no services needed.
 EMBEDDED_TRACKING_URI = "sqlite:///mlflow.db"
@@ -55,7 +59,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body accepted.")
     risk_medium_from: float = Field(0.3, gt=0, lt=1, description="Probability where 'medium' risk starts.")
     risk_high_from: float = Field(0.6, gt=0, lt=1, description="Probability where 'high' risk starts.")
-    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS ('*' for any).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any)."
+    )
     reload_poll_s: float = Field(
         0, ge=0, description="Check the Production alias every N seconds and reload (0: never)."
     )
@@ -84,9 +90,11 @@ class Settings(BaseSettings):
     monitor_column_threshold: float = Field(
         0.1, gt=0, description="Drift distance (Wasserstein / Jensen-Shannon) from which a column drifted."
     )
-    monitor_column_thresholds: str = Field("", description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08'.")
-    monitor_critical_columns: str = Field(
-        "contract,tenure", description="Columns whose drift alone means drift (comma-separated)."
+    monitor_column_thresholds: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict, description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08'."
+    )
+    monitor_critical_columns: Annotated[list[str], NoDecode] = Field(
+        ["contract", "tenure"], description="Columns whose drift alone means drift (comma-separated)."
     )
     monitor_max_missing_share: float = Field(
         0.05, ge=0, le=1, description="Largest share of missing values a current column may have."
@@ -100,6 +108,40 @@ class Settings(BaseSettings):
     monitor_alert_webhook: str | None = Field(
         None, description="URL that receives the summary JSON (POST) on drift or data-quality failure."
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        return split_list(value) if isinstance(value, str) else value
+
+    @field_validator("monitor_critical_columns", mode="before")
+    @classmethod
+    def _critical(cls, value: Any) -> Any:
+        return feature_list(value) if isinstance(value, str) else value
+
+    @field_validator("monitor_column_thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: Any) -> Any:
+        return column_thresholds(value) if isinstance(value, str) else value
+
+    @field_validator("monitor_critical_columns", mode="after")
+    @classmethod
+    def _critical_known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
+        return value
+
+    @field_validator("monitor_column_thresholds", mode="after")
+    @classmethod
+    def _thresholds_known(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
+        bad = {k: v for k, v in value.items() if not v > 0}
+        if bad:
+            raise ValueError(f"thresholds must be above 0, got {bad}")
+        return value
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> Settings:
@@ -115,14 +157,61 @@ def environment_variables() -> dict[str, tuple[object, str, bool]]:
     """
     out: dict[str, tuple[object, str, bool]] = {}
     for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = alias.choices[0] if isinstance(alias, AliasChoices) else f"CHURN_{name.upper()}"
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        out[str(env)] = (field.default, field.description or "", bool(extra.get("secret")))
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default)
+        elif isinstance(default, dict):
+            default = ",".join(f"{k}={v}" for k, v in default.items())
+        out[env_name(name)] = (default, field.description or "", bool(extra.get("secret")))
     return out
+
+
+def split_list(text: str) -> list[str]:
+    """``'a, b,,c'`` -> ``['a', 'b', 'c']``."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def feature_list(text: str) -> list[str]:
+    """Comma-separated feature names (checked against the schema by the field's validator)."""
+    return split_list(text)
+
+
+def column_thresholds(text: str) -> dict[str, float]:
+    """``'tenure=0.05,contract=0.08'`` -> ``{'tenure': 0.05, 'contract': 0.08}``."""
+    out: dict[str, float] = {}
+    for part in split_list(text):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"{part!r} is not column=number")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: {value.strip()!r} is not a number") from None
+    return out
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    alias = Settings.model_fields[field].validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CHURN_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (plus ``overrides``), or ``SettingsError`` naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            where = str(error["loc"][0]) if error["loc"] else ""
+            name = env_name(where) if where in Settings.model_fields else (where or "settings")
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}")
+        raise SettingsError("bad configuration: " + "; ".join(problems)) from None
 
 
 @lru_cache
 def get_settings() -> Settings:
     """Settings from the environment, read once per process."""
-    return Settings()
+    return load_settings()

@@ -12,7 +12,7 @@ import logging
 import subprocess
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
@@ -24,35 +24,46 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from churn_platform import data as data_mod
+from churn_platform import gate as gate_mod
 from churn_platform import model as model_mod
 from churn_platform import registry
+from churn_platform.contract import (
+    CHALLENGER_ALIAS,
+    GATE_METRIC,
+    MODEL_ARTIFACT,
+    MODEL_TYPES,
+    PROBABILITY,
+    REFERENCE_ARTIFACT,
+    TAG_DATA_DIGEST,
+    TAG_GATE,
+    TAG_GIT_COMMIT,
+    TAG_MODEL_TYPE,
+    TAG_ROC_AUC,
+    TAG_ROWS,
+    TAG_THRESHOLD,
+    VALIDATION_ARTIFACT,
+)
 from churn_platform.errors import DataValidationError
+from churn_platform.gate import GateVerdict
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings
 from churn_platform.training_config import SYNTHETIC, TrainConfig
 
+__all__ = ["TrainConfig", "TrainResult", "train"]
+
 log = logging.getLogger(__name__)
 
-REFERENCE_ARTIFACT = "reference/reference.parquet"
-VALIDATION_ARTIFACT = "validation/validation.parquet"
-PROBABILITY_COLUMN = "churn_probability"
-MODEL_ARTIFACT = "model"
-#: Tags written on every registered version (read by the CLI, serving and monitoring).
-TAG_DATA_DIGEST = "data_digest"
-TAG_ROWS = "training_rows"
-TAG_GIT_COMMIT = "git_commit"
-TAG_ROC_AUC = "roc_auc"
-TAG_THRESHOLD = "decision_threshold"
-TAG_MODEL_TYPE = "model_type"
 
-
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
     run_id: str
     model_name: str
     version: int
     metrics: dict[str, float]
-    gate: dict[str, Any] = field(default_factory=dict)
+    gate: GateVerdict
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "gate": self.gate.model_dump(mode="json")}
 
 
 def signature() -> ModelSignature:
@@ -70,9 +81,9 @@ def load_training_data(config: TrainConfig, settings: Settings) -> pd.DataFrame:
 
 
 def _check_config(config: TrainConfig) -> None:
-    if config.model_type not in model_mod.MODEL_TYPES:
+    if config.model_type not in MODEL_TYPES:
         raise DataValidationError(
-            f"model_type {config.model_type!r} is not supported; choose one of {list(model_mod.MODEL_TYPES)}"
+            f"model_type {config.model_type!r} is not supported; choose one of {list(MODEL_TYPES)}"
         )
     if config.n_rows < 50:
         raise DataValidationError(f"n_rows must be at least 50, got {config.n_rows}")
@@ -128,31 +139,22 @@ def gate(
     valid: pd.DataFrame,
     candidate_auc: float,
     tolerance: float,
-) -> dict[str, Any]:
-    """Compare the candidate with the current Production version on the same held-out rows."""
-    production = registry.version_by_alias(client, model_name, registry.PRODUCTION_ALIAS)
+) -> GateVerdict:
+    """The gate on this run's validation rows: Production is scored on the very rows the
+    candidate was validated on, so the two figures are directly comparable."""
+    on = "this run's validation rows"
+    production = registry.production_version(client, model_name)
     if production is None:
-        return {"passed": True, "reason": "no Production version yet", "production_version": None}
+        return gate_mod.compare(candidate_auc, None, production_version=None, tolerance=tolerance, compared_on=on)
     try:
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
         champion_proba = np.asarray(champion.predict(model_mod.features(valid)))[:, 1]
-        champion_auc = float(model_mod.evaluate(valid[LABEL_COLUMN].to_numpy(), champion_proba, 0.5)["roc_auc"])
+        champion_auc = model_mod.evaluate(valid[LABEL_COLUMN].to_numpy(), champion_proba, 0.5)[GATE_METRIC]
     except Exception as exc:  # noqa: BLE001 - a champion we cannot score is a failed gate, not a crash
-        return {
-            "passed": False,
-            "reason": f"could not score Production v{production.version}: {exc}"[:300],
-            "production_version": int(production.version),
-        }
-    passed = candidate_auc >= champion_auc - tolerance
-    return {
-        "passed": passed,
-        "reason": (
-            f"roc_auc {candidate_auc:.4f} vs Production v{production.version} "
-            f"{champion_auc:.4f} on this run's validation rows (tolerance {tolerance})"
-        ),
-        "production_version": int(production.version),
-        "production_roc_auc": champion_auc,
-    }
+        return gate_mod.unscorable(int(production.version), exc, tolerance=tolerance, compared_on=on)
+    return gate_mod.compare(
+        candidate_auc, champion_auc, production_version=int(production.version), tolerance=tolerance, compared_on=on
+    )
 
 
 def train(config: TrainConfig, settings: Settings) -> TrainResult:
@@ -189,13 +191,13 @@ def train(config: TrainConfig, settings: Settings) -> TrainResult:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
             reference = model_mod.features(train_df).assign(
-                **{LABEL_COLUMN: train_df[LABEL_COLUMN].to_numpy(), PROBABILITY_COLUMN: train_proba}
+                **{LABEL_COLUMN: train_df[LABEL_COLUMN].to_numpy(), PROBABILITY: train_proba}
             )
-            reference.to_parquet(tmp_path / "reference.parquet", index=False)
-            mlflow.log_artifact(str(tmp_path / "reference.parquet"), "reference")
-            validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(**{PROBABILITY_COLUMN: valid_proba})
-            validation.to_parquet(tmp_path / "validation.parquet", index=False)
-            mlflow.log_artifact(str(tmp_path / "validation.parquet"), "validation")
+            validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(**{PROBABILITY: valid_proba})
+            for frame_out, artifact in ((reference, REFERENCE_ARTIFACT), (validation, VALIDATION_ARTIFACT)):
+                folder, file_name = artifact.rsplit("/", 1)
+                frame_out.to_parquet(tmp_path / file_name, index=False)
+                mlflow.log_artifact(str(tmp_path / file_name), folder)
             _plot(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, tmp_path / "roc_calibration.png")
             mlflow.log_artifact(str(tmp_path / "roc_calibration.png"), "plots")
 
@@ -228,7 +230,7 @@ def train(config: TrainConfig, settings: Settings) -> TrainResult:
         version_tags = {
             TAG_DATA_DIGEST: digest,
             TAG_ROWS: str(len(frame)),
-            TAG_ROC_AUC: f"{metrics['roc_auc']:.6f}",
+            TAG_ROC_AUC: f"{metrics[GATE_METRIC]:.6f}",
             TAG_THRESHOLD: str(threshold),
             TAG_MODEL_TYPE: config.model_type,
         }
@@ -237,10 +239,10 @@ def train(config: TrainConfig, settings: Settings) -> TrainResult:
         for key, value in version_tags.items():
             client.set_model_version_tag(config.model_name, str(version), key, value)
 
-        verdict = gate(client, config.model_name, valid_df, metrics["roc_auc"], settings.promotion_tolerance)
-        mlflow.set_tags({"gate.passed": str(verdict["passed"]), "gate.reason": verdict["reason"]})
-        client.set_model_version_tag(config.model_name, str(version), "gate", verdict["reason"][:250])
-        if verdict["passed"]:
-            client.set_registered_model_alias(config.model_name, registry.CHALLENGER_ALIAS, str(version))
-    log.info("registered %s v%s (roc_auc %.4f)", config.model_name, version, metrics["roc_auc"])
+        verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance)
+        mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
+        client.set_model_version_tag(config.model_name, str(version), TAG_GATE, verdict.reason[:250])
+        if verdict.passed:
+            client.set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, str(version))
+    log.info("registered %s v%s (%s %.4f)", config.model_name, version, GATE_METRIC, metrics[GATE_METRIC])
     return TrainResult(run_id, config.model_name, version, metrics, verdict)

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from churn_platform import processes
+from churn_platform.processes import Process, ProcessFailed, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,63 +31,19 @@ S3_KEYS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ServiceError(RuntimeError):
     pass
 
 
-@dataclass
-class Process:
-    """A child process in its own session, with its output in a log file."""
-
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        except ProcessLookupError:
-            pass
-
-
 def start_process(name: str, cmd: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
-    log_path = log_dir / f"{name}.log"
-    handle = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
-    return Process(name, proc, log_path)
+    return processes.start(name, cmd, log_dir, env=env, cwd=REPO)
 
 
 def wait_http(process: Process, url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.proc.poll() is not None:
-            raise ServiceError(f"{process.name} exited early:\n{process.log_tail()}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.stop()
-    raise ServiceError(f"{process.name} did not answer {url} in {timeout}s:\n{process.log_tail()}")
+    try:
+        processes.wait_http(process, url, timeout)
+    except ProcessFailed as exc:
+        raise ServiceError(str(exc)) from exc
 
 
 @contextmanager
@@ -135,6 +89,9 @@ class Stack:
             {
                 "MLFLOW_TRACKING_URI": self.tracking_uri,
                 "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+                "CHURN_REGISTRY_MAX_RETRIES": "1",
+                "CHURN_REGISTRY_TIMEOUT_S": "20",
+                # the same for raw `mlflow` commands (the `mlflow run` launcher)
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                 "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -195,43 +152,36 @@ def start_mlflow(
 @contextmanager
 def full_stack(log_dir: Path) -> Iterator[Stack]:
     """PostgreSQL database + moto_server bucket + mlflow server, torn down in reverse."""
-    processes: list[Process] = []
+    started: list[Process] = []
     with postgres_database() as backend_uri:
         try:
             moto, s3_endpoint = start_moto(log_dir)
-            processes.append(moto)
+            started.append(moto)
             bucket = f"mlflow-{secrets.token_hex(4)}"
             import boto3
 
             boto3.client("s3", endpoint_url=s3_endpoint, **_boto_keys()).create_bucket(Bucket=bucket)
             server, tracking_uri = start_mlflow(log_dir, backend_uri, f"s3://{bucket}/artifacts", s3_endpoint)
-            processes.append(server)
+            started.append(server)
             yield Stack(tracking_uri, s3_endpoint, bucket, backend_uri, {"moto": moto, "mlflow": server})
         finally:
-            for proc in reversed(processes):
+            for proc in reversed(started):
                 proc.stop()
 
 
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
     """A real `churn-platform serve` (uvicorn) process on a free port, answering /health."""
-    port = free_port()
-    proc = start_process(
-        f"api_{port}",
-        [str(BIN / "churn-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        log_dir,
-        env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(proc, f"{url}/health", timeout=60)
-    return proc, url
+    try:
+        return processes.start_api(env, log_dir, BIN)
+    except ProcessFailed as exc:
+        raise ServiceError(str(exc)) from exc
 
 
 def wait_ready(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/ready").status_code != 200:
-        if time.monotonic() > deadline:
-            raise ServiceError(f"API not ready: {httpx.get(f'{url}/ready').json()}")
-        time.sleep(0.3)
+    try:
+        processes.wait_ready(url, timeout)
+    except ProcessFailed as exc:
+        raise ServiceError(str(exc)) from exc
 
 
 @dataclass

@@ -141,7 +141,7 @@ def test_object_store_down_during_training_fails_clearly_and_registers_nothing(t
         server, uri = start_mlflow(tmp_path, backend, "s3://faults/artifacts", s3)
         try:
             moto.stop()  # the object store goes away
-            env = dict(os.environ) | S3_KEYS | {"MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+            env = dict(os.environ) | S3_KEYS | {"MLFLOW_TRACKING_URI": uri, "CHURN_REGISTRY_MAX_RETRIES": "0"}
             done = subprocess.run(
                 [sys.executable, "-m", "churn_platform.cli", "train", "--n-rows", "300", "--model-name", model_name],
                 env=env, capture_output=True, text=True, timeout=240,

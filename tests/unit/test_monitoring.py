@@ -6,10 +6,9 @@ import pandas as pd
 import pytest
 
 from churn_platform import data
-from churn_platform.errors import DataError
-from churn_platform.settings import Settings
+from churn_platform.errors import SettingsError
+from churn_platform.settings import Settings, load_settings
 from monitoring import drift, quality
-from monitoring.job import parse_columns, parse_thresholds
 
 
 def failures(findings) -> dict[str, str]:
@@ -48,21 +47,32 @@ def test_missing_share_above_the_limit_fails_below_it_drops_rows(telco_csv):
     assert "3.0% missing values (limit 2.0%)" in failures(findings)["missing_values"]
 
 
-def test_threshold_and_column_options_are_checked():
-    assert parse_thresholds("tenure=0.05, contract=0.2") == {"tenure": 0.05, "contract": 0.2}
-    with pytest.raises(DataError, match="want feature=number"):
-        parse_thresholds("tenur=0.05")
-    with pytest.raises(DataError, match="is not a number"):
-        parse_thresholds("tenure=high")
-    with pytest.raises(DataError, match="unknown critical columns"):
-        parse_columns("tenure,planet")
+def test_threshold_and_column_settings_are_parsed_once_and_checked(monkeypatch):
+    monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0.05, contract=0.2")
+    monkeypatch.setenv("CHURN_MONITOR_CRITICAL_COLUMNS", " tenure ,contract,")
+    monkeypatch.setenv("CHURN_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = load_settings()
+    assert settings.monitor_column_thresholds == {"tenure": 0.05, "contract": 0.2}
+    assert settings.monitor_critical_columns == ["tenure", "contract"]
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    for variable, value, problem in [
+        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenur=0.05", "unknown columns ['tenur']"),
+        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=high", "'tenure=high': 'high' is not a number"),
+        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure", "'tenure' is not column=number"),
+        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0", "thresholds must be above 0"),
+        ("CHURN_MONITOR_CRITICAL_COLUMNS", "tenure,planet", "unknown columns ['planet']"),
+    ]:
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, value)
+            with pytest.raises(SettingsError, match=f"{variable}: .*{problem}".replace("[", r"\[").replace("(", r"\(")):
+                load_settings()
 
 
 def _verdict(reference: pd.DataFrame, current: pd.DataFrame) -> tuple[list[str], float]:
     settings = Settings()
     ref, _ = quality.check(reference, 1)
     cur, _ = quality.check(current, 1)
-    columns, _ = drift.compute(ref, cur, {}, settings.monitor_column_threshold, set())
+    columns = drift.compute(ref, cur, {}, settings.monitor_column_threshold, set()).columns
     drifted = [c.column for c in columns if c.drifted]
     return drifted, len(drifted) / len(columns)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from churn_platform.promotion import AUDIT_PREFIX, Event, production_stack
 
 
@@ -16,7 +18,7 @@ def test_promotions_stack_and_rollbacks_pop():
     events = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3))
     assert production_stack(events, 3) == [1, 2, 3]
     events += _events(("rollback", 3, 2))
-    events[-1].key = f"{AUDIT_PREFIX}{99:020d}-y"
+    events[-1] = replace(events[-1], key=f"{AUDIT_PREFIX}{99:020d}-y")
     assert production_stack(events, 2) == [1, 2]
 
 

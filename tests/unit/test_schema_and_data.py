@@ -150,3 +150,25 @@ def test_split_is_stratified_and_seeded():
     pd.testing.assert_frame_equal(valid, data.split(frame, 0.25, seed=5)[1])
     with pytest.raises(DataValidationError, match="two customers of each class"):
         data.split(frame.assign(churn=0), 0.25, seed=5)
+
+
+def test_the_generator_follows_the_schema(monkeypatch):
+    """A category added to the schema is generated; a free numeric column without a
+    distribution fails by name instead of being silently left out."""
+    from churn_platform import schema
+
+    before = data.generate(300, seed=1)
+    tier = schema.Feature("loyalty_tier", "category", "Loyalty programme tier.", ("Gold", "Silver", "Bronze"))
+    extended = (*schema.FEATURES, tier)
+    monkeypatch.setattr(data, "FEATURES", extended)
+    monkeypatch.setattr(data, "FEATURE_NAMES", tuple(f.name for f in extended))
+    frame = data.generate(300, seed=1)
+    assert list(frame.columns) == ["customer_id", *(f.name for f in extended), "churn"]
+    assert set(frame["loyalty_tier"]) == {"Gold", "Silver", "Bronze"}
+    assert frame.drop(columns="loyalty_tier").equals(before)  # the modelled columns are drawn as before
+
+    score = schema.Feature("credit_score", "float", "Credit score.", minimum=0)
+    monkeypatch.setattr(data, "FEATURES", (*schema.FEATURES, score))
+    monkeypatch.setattr(data, "FEATURE_NAMES", (*schema.FEATURE_NAMES, "credit_score"))
+    with pytest.raises(ValueError, match="no distribution for the numeric column 'credit_score'"):
+        data.generate(10)

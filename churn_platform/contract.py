@@ -1,0 +1,90 @@
+"""Names that several parts of the platform must spell the same way.
+
+Training writes these artifacts, tags and metrics; serving, monitoring and the CLI read
+them back; the inference log and batch outputs carry these columns; every command exits
+with these codes. One module, so a rename is one edit and nobody imports ``training``
+just for a constant.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+# ---------------------------------------------------------------- registry aliases
+
+#: The version that serves. MLflow 3.17's UI alias editor lowercases what it saves, so
+#: ``production`` (and ``challenger``) are read as pending UI promotions.
+PRODUCTION_ALIAS = "Production"
+#: The version that passed the gate against Production and may replace it.
+CHALLENGER_ALIAS = "Challenger"
+
+# ---------------------------------------------------------------- run artifacts
+
+MODEL_ARTIFACT = "model"
+#: Training features, label and scores: what the drift monitor compares production with.
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+VALIDATION_ARTIFACT = "validation/validation.parquet"
+
+# ---------------------------------------------------------------- model version tags
+
+TAG_DATA_DIGEST = "data_digest"
+TAG_ROWS = "training_rows"
+TAG_GIT_COMMIT = "git_commit"
+TAG_ROC_AUC = "roc_auc"
+TAG_THRESHOLD = "decision_threshold"
+TAG_MODEL_TYPE = "model_type"
+TAG_GATE = "gate"
+#: Registered-model tags of the audit trail: ``<prefix><ns>-<random>``.
+AUDIT_TAG_PREFIX = "churn_platform.audit."
+
+# ---------------------------------------------------------------- metrics and models
+
+#: The validation metric the promotion gate compares.
+GATE_METRIC = "roc_auc"
+#: Validation metrics shown beside a version (status, /model).
+HEADLINE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "f1")
+#: Model types training can build (``model.build_pipeline``).
+MODEL_TYPES: tuple[str, ...] = ("logistic", "hist_gradient_boosting")
+
+# ---------------------------------------------------------------- prediction columns
+
+PROBABILITY = "churn_probability"
+WILL_CHURN = "will_churn"
+RISK = "risk"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+SCORED_AT = "scored_at"
+#: Risk bands, lowest first; CHURN_RISK_MEDIUM_FROM and CHURN_RISK_HIGH_FROM separate them.
+RISK_BANDS: tuple[str, ...] = ("low", "medium", "high")
+
+# ---------------------------------------------------------------- the inference log
+
+INFERENCE_LOG_TABLE = "inference_log"
+REQUEST_ID = "request_id"
+ROW_INDEX = "row_index"
+#: What each logged row carries besides the customer's id, features and score
+#: (``inference_log.COLUMNS`` lists them all; this module imports nothing of ours).
+INFERENCE_LOG_META: tuple[str, ...] = (REQUEST_ID, ROW_INDEX, SCORED_AT, MODEL_NAME, MODEL_VERSION)
+
+
+# ---------------------------------------------------------------- exit codes
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every ``churn-platform`` command (and the jobs in the image)."""
+
+    OK = 0
+    #: A gate refused the change, or the monitor found drift or degradation.
+    REFUSED = 1
+    #: Bad usage or input, or a model, version, alias, file or window that does not exist.
+    USAGE = 2
+    #: The registry, the object store or the inference-log database cannot be reached.
+    UNREACHABLE = 3
+    #: The current data failed the monitor's quality checks: no verdict on it.
+    DATA_QUALITY = 4
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 refused by a gate, drift or degradation; 2 bad usage, bad input or not found; "
+    "3 registry, storage or database unreachable; 4 data-quality failure."
+)

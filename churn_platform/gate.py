@@ -1,0 +1,65 @@
+"""The promotion gate: one comparison, used by training (to set ``Challenger``) and by
+``promote`` (to move ``Production``). The callers differ only in the figures they pass."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from churn_platform.contract import GATE_METRIC
+
+
+class GateVerdict(BaseModel):
+    """Whether a candidate may replace Production, and on what evidence."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: False when there was nothing to compare with (no Production, or a figure missing).
+    checked: bool
+    passed: bool
+    metric: str = GATE_METRIC
+    candidate: float | None = None
+    production: float | None = None
+    production_version: int | None = None
+    tolerance: float
+    #: Which data the two figures come from, in words.
+    compared_on: str
+    reason: str
+
+
+def compare(
+    candidate: float | None,
+    production: float | None,
+    *,
+    production_version: int | None,
+    tolerance: float,
+    compared_on: str,
+) -> GateVerdict:
+    """Pass when the candidate's metric is at most ``tolerance`` below Production's.
+
+    No Production, or a figure that is missing, passes unchecked: a first model must be
+    promotable, and a version registered outside training may lack the metric.
+    """
+    if production_version is None:
+        return GateVerdict(checked=False, passed=True, candidate=candidate, tolerance=tolerance,
+                           compared_on=compared_on, reason="no Production version yet")  # fmt: skip
+    if candidate is None or production is None:
+        return GateVerdict(
+            checked=False, passed=True, candidate=candidate, production=production,
+            production_version=production_version, tolerance=tolerance, compared_on=compared_on,
+            reason=f"no {GATE_METRIC} to compare with Production v{production_version}; not checked",
+        )  # fmt: skip
+    passed = candidate >= production - tolerance
+    relation = "at least as good as" if passed else "worse than"
+    return GateVerdict(
+        checked=True, passed=passed, candidate=candidate, production=production,
+        production_version=production_version, tolerance=tolerance, compared_on=compared_on,
+        reason=(f"{GATE_METRIC} {candidate:.4f} is {relation} Production v{production_version} {production:.4f} "
+                f"(tolerance {tolerance}) on {compared_on}"),
+    )  # fmt: skip
+
+
+def unscorable(production_version: int, error: BaseException, *, tolerance: float, compared_on: str) -> GateVerdict:
+    """A Production version that cannot be scored fails the gate: never promote blind."""
+    return GateVerdict(checked=False, passed=False, production_version=production_version, tolerance=tolerance,
+                       compared_on=compared_on,
+                       reason=f"could not score Production v{production_version}: {error}"[:300])  # fmt: skip
