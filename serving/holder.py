@@ -12,8 +12,10 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal, Protocol
 
 from churn_platform import loading, registry
 from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryUnreachable
@@ -23,31 +25,42 @@ from churn_platform.settings import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass
+State = Literal[
+    "starting", "loading", "ready", "registry_unreachable", "alias_missing", "verification_failed", "load_failed"
+]
+
+
+@dataclass(frozen=True)
 class Attempt:
     """The outcome of the latest load attempt, for /ready and /model."""
 
-    #: starting, loading, ready, registry_unreachable, alias_missing, verification_failed, load_failed
-    state: str
+    state: State
     reason: str
     version: int | None = None
     at: str = ""
 
 
+class LoadListener(Protocol):
+    """Told about each load's outcome (the metrics implement it)."""
+
+    def model_loaded(self, model: LoadedModel) -> None: ...
+
+    def load_failed(self, attempt: Attempt) -> None: ...
+
+
 class ModelHolder:
-    def __init__(self, settings: Settings, on_loaded=None, on_failed=None) -> None:
+    def __init__(self, settings: Settings, listener: LoadListener | None = None) -> None:
         self.settings = settings
         self.current: LoadedModel | None = None
         self.last = Attempt("starting", "the service is starting")
         self._lock = threading.Lock()  # one load at a time
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._on_loaded = on_loaded or (lambda model: None)
-        self._on_failed = on_failed or (lambda attempt: None)
+        self._listener = listener
 
     # ---------------------------------------------------------------- loading
 
-    def _record(self, state: str, reason: str, version: int | None = None) -> Attempt:
+    def _record(self, state: State, reason: str, version: int | None = None) -> Attempt:
         self.last = Attempt(state, reason, version, datetime.now(UTC).isoformat(timespec="seconds"))
         return self.last
 
@@ -77,29 +90,29 @@ class ModelHolder:
                 return self._fail("load_failed", str(exc))
             except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model serving
                 if registry.is_connection_error(exc):
-                    return self._fail(
-                        "registry_unreachable", f"registry or artifact store unreachable: {exc}"[:500]
-                    )
+                    return self._fail("registry_unreachable", f"registry or artifact store unreachable: {exc}"[:500])
                 return self._fail("load_failed", f"{type(exc).__name__}: {exc}"[:500])
             self.current = model  # the atomic swap
             # MLflow, sklearn and the model leave a large, long-lived heap; a full collection
             # over it stalls requests for 100+ ms. Park it outside the collector's reach.
             gc.collect()
             gc.freeze()
-            self._on_loaded(model)
+            if self._listener:
+                self._listener.model_loaded(model)
             log.info("serving %s v%s (%s scorer, max |diff| %.2g on %d rows)", name, model.version,
                      model.scorer_kind, model.max_abs_difference, model.verified_rows)  # fmt: skip
             return self._record("ready", f"serving {name} v{model.version}", model.version)
 
-    def _fail(self, state: str, reason: str) -> Attempt:
+    def _fail(self, state: State, reason: str) -> Attempt:
         attempt = self._record(state, reason)
         log.warning("model not (re)loaded: %s: %s", state, reason)
-        self._on_failed(attempt)
+        if self._listener:
+            self._listener.load_failed(attempt)
         return attempt
 
     # ---------------------------------------------------------------- background work
 
-    def _spawn(self, target, name: str) -> threading.Thread:
+    def _spawn(self, target: Callable[[], object], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(thread)
         thread.start()

@@ -33,15 +33,12 @@ from typing import IO, Any
 import msgspec
 import sqlalchemy as sa
 
+from churn_platform.inference_log import COLUMNS as _COLUMNS
 from churn_platform.inference_log import make_engine, sqlite_time, table
 from churn_platform.schema import FEATURES, ID_COLUMN
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (
-    "request_id", "row_index", "scored_at", "model_name", "model_version", ID_COLUMN,
-    *(f.name for f in FEATURES), "churn_probability",
-)  # fmt: skip
 _LENGTH = struct.Struct(">I")  # frame header: payload length in bytes
 _RESTART_PAUSE_S = 1.0
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from churn_platform.loading import LoadedModel
+    from serving.holder import Attempt
 
 
 class Metrics:
+    """The API's metrics; also the model holder's ``LoadListener``."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -26,9 +34,7 @@ class Metrics:
             ["model_name", "version", "scorer"],
             registry=self.registry,
         )  # fmt: skip
-        self.model_ready = Gauge(
-            "churn_model_ready", "1 when a verified model serves.", registry=self.registry
-        )
+        self.model_ready = Gauge("churn_model_ready", "1 when a verified model serves.", registry=self.registry)
         self.log_written = Counter(
             "churn_inference_log_rows_written", "Rows written to the inference log.", registry=self.registry
         )
@@ -37,14 +43,16 @@ class Metrics:
             "Rows not written to the inference log (database down or queue full).",
             registry=self.registry,
         )
-        self.reloads = Counter(
-            "churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry
-        )
+        self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
 
-    def set_model(self, name: str, version: int, scorer: str) -> None:
+    def model_loaded(self, model: LoadedModel) -> None:
         self.model_info.clear()
-        self.model_info.labels(model_name=name, version=str(version), scorer=scorer).set(1)
+        self.model_info.labels(model_name=model.name, version=str(model.version), scorer=model.scorer_kind).set(1)
         self.model_ready.set(1)
+        self.reloads.labels("loaded").inc()
+
+    def load_failed(self, attempt: Attempt) -> None:
+        self.reloads.labels(attempt.state).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

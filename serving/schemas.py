@@ -14,23 +14,20 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from churn_platform.data import generate
-from churn_platform.schema import FEATURES, ID_COLUMN, ID_MAX_LENGTH, Feature
+from churn_platform.contract import MODEL_NAME, MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
+from churn_platform.data import generate, to_records
+from churn_platform.schema import FEATURES, ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN, Feature
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.allowed is not None:
         return Literal[feature.allowed], Field(description=feature.description)  # type: ignore[valid-type]
     kind = int if feature.kind == "integer" else float
-    return kind, Field(
-        description=feature.description, ge=feature.minimum, allow_inf_nan=False, strict=kind is int
-    )
+    return kind, Field(description=feature.description, ge=feature.minimum, allow_inf_nan=False, strict=kind is int)
 
 
 def _example() -> dict[str, Any]:
-    row = generate(1, seed=7).iloc[0].to_dict()
-    row.pop("churn")
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    return to_records(generate(1, seed=7).drop(columns=[LABEL_COLUMN]))[0]
 
 
 EXAMPLE_CUSTOMER = _example()
@@ -44,25 +41,27 @@ Customer = create_model(
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"customers": [EXAMPLE_CUSTOMER]}]}
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"customers": [EXAMPLE_CUSTOMER]}]})
 
     customers: list[Customer] = Field(min_length=1, description="1 to CHURN_MAX_BATCH_SIZE customers.")  # type: ignore[valid-type]
 
 
-class Prediction(BaseModel):
-    customer_id: str | None = None
-    churn_probability: float = Field(ge=0, le=1)
-    will_churn: bool
-    risk: Literal["low", "medium", "high"]
-    model_version: int
+Prediction = create_model(
+    "Prediction",
+    **{
+        ID_COLUMN: (str | None, None),
+        PROBABILITY: (float, Field(ge=0, le=1)),
+        WILL_CHURN: (bool, ...),
+        RISK: (Literal[RISK_BANDS], ...),  # type: ignore[valid-type]
+        MODEL_VERSION: (int, ...),
+    },
+)
 
-
-class BatchResponse(BaseModel):
-    predictions: list[Prediction]
-    model_version: int
-    model_name: str
+BatchResponse = create_model(
+    "BatchResponse",
+    predictions=(list[Prediction], ...),  # type: ignore[valid-type]
+    **{MODEL_VERSION: (int, ...), MODEL_NAME: (str, ...)},
+)
 
 
 class Problem(BaseModel):

@@ -230,3 +230,29 @@ def test_scored_rows_reach_the_inference_log(registry_uri, tmp_path, telco_csv):
     assert np.allclose(logged.churn_probability, probabilities)
     assert (logged.model_version == 1).all() and list(logged.tenure) == [r["tenure"] for r in rows]
     assert not math.isnan(logged.total_charges.sum())
+
+
+@pytest.mark.parametrize("path", ["/predict", "/predict/single"])
+@pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])  # fmt: skip
+def test_a_body_not_declared_json_is_refused_with_415(registry_uri, tmp_path, telco_csv, path, content_type):
+    """A browser posts text/plain cross-site without a CORS preflight: it must not be scored or logged."""
+    settings = make_settings(registry_uri, tmp_path)
+    one = customers(telco_csv, 1)[0]
+    body = json.dumps({"customers": [one]} if path == "/predict" else one).encode()
+    headers = {"content-type": content_type} if content_type else {}
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        refused = client.post(path, content=body, headers=headers)
+        assert refused.status_code == 415, refused.text
+        assert "application/json" in refused.json()["message"]
+        for accepted in ("application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8"):
+            assert client.post(path, content=body, headers={"content-type": accepted}).status_code == 200
+        assert client.post("/admin/reload", content=b"x", headers={"content-type": "text/plain",
+                                                                   "X-API-Key": KEY}).status_code == 415  # fmt: skip
+        assert client.post("/admin/reload", headers={"X-API-Key": KEY}).status_code == 202  # no body, no type: fine
+        text = client.get("/metrics").text
+        assert 'churn_api_requests_total{endpoint="unmatched",method="POST",status="415"} 2.0' in text
+    with sa.create_engine(settings.inference_log_url).connect() as conn:
+        logged = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+    assert logged == 3  # only the three accepted posts were scored

@@ -1,0 +1,37 @@
+"""``churn-platform serve``: registered by this package (entry point ``churn_platform.commands``)."""
+
+from __future__ import annotations
+
+import signal
+
+import click
+
+from churn_platform.cli import handles_errors
+from churn_platform.settings import get_settings
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default: CHURN_API_HOST or 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes.")
+@click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
+@handles_errors
+def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
+    """Run the prediction API with uvicorn (model from MLFLOW_TRACKING_URI's Production alias)."""
+    import uvicorn
+
+    settings = get_settings()  # a bad variable fails here, before uvicorn starts workers
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
+    # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.run(
+        "serving.app:create_app",  # an import string: uvicorn's worker processes build their own app
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers,
+        timeout_graceful_shutdown=20,
+        access_log=access_log,
+        log_level="info",
+    )

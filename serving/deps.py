@@ -1,0 +1,55 @@
+"""Dependencies of the routes, read from ``request.app.state`` (set once by ``create_app``)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from churn_platform.settings import Settings
+from serving.errors import AdminDisabled, MissingApiKey, WrongApiKey
+from serving.holder import ModelHolder
+from serving.metrics import Metrics
+from serving.predictor import Predictor
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
+def _holder(request: Request) -> ModelHolder:
+    return request.app.state.holder
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+PredictorDep = Annotated[Predictor, Depends(_predictor)]
+HolderDep = Annotated[ModelHolder, Depends(_holder)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+
+
+def require_admin(
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> None:
+    """The admin key, from ``X-API-Key`` or ``Authorization: Bearer``, compared in constant time."""
+    expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+    if not expected:
+        raise AdminDisabled("admin endpoints are disabled: set CHURN_ADMIN_API_KEY")
+    given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
+    if not given:
+        raise MissingApiKey("missing API key: send it in the X-API-Key header")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise WrongApiKey("wrong API key")
+
+
+AdminKey = Depends(require_admin)

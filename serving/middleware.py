@@ -1,0 +1,100 @@
+"""Pure ASGI middleware (no per-request task): body limit, JSON-only POSTs, request metrics."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import BodyTooLarge, UnsupportedMediaType, problem_for
+from serving.metrics import Metrics
+
+JSON = "application/json"
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = problem_for(BodyTooLarge(f"request body is larger than {self.max_bytes} bytes"))
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await too_big(scope, receive, send)
+        seen, exceeded = 0, False
+
+        async def limited() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # hand the app an empty end of body and answer 413 ourselves
+                exceeded = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not exceeded:
+                await send(message)
+
+        await self.app(scope, limited, guarded)
+        if exceeded:
+            await too_big(scope, receive, send)
+
+
+class JsonOnly:
+    """Answer 415 to a POST whose body is not declared ``application/json``.
+
+    A browser sends a cross-site POST with ``text/plain`` (a "simple" request) without a
+    CORS preflight; were it scored, any web page a user visits could write rows into the
+    inference log that monitoring reads. A charset parameter is fine; a POST with neither
+    body nor content type (``/admin/reload``) passes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-type")
+        if declared is None:
+            has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+            if not has_body:
+                return await self.app(scope, receive, send)
+        media_type = (declared or b"").split(b";", 1)[0].strip().lower().decode("latin-1")
+        if media_type == JSON:
+            return await self.app(scope, receive, send)
+        shown = repr(media_type) if media_type else "none"
+        error = UnsupportedMediaType(f"unsupported content type {shown}: send the body as {JSON}")
+        await problem_for(error)(scope, receive, send)
+
+
+class RequestMetrics:
+    """Count requests and time them per route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,29 @@
+"""``POST /admin/reload``: swap in the version Production points at now (admin key)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from serving.deps import AdminKey, HolderDep
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
+
+
+@router.post("/reload", status_code=202)
+def reload(
+    holder: HolderDep, wait: Annotated[bool, Query(description="Wait for the outcome.")] = False
+) -> JSONResponse:
+    """Load the version Production points at now, verify it, then swap it in."""
+    before = holder.current.version if holder.current else None
+    if not wait:
+        holder.reload_in_background()
+        return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
+    attempt = holder.load_production()
+    return JSONResponse(
+        status_code=200 if attempt.state == "ready" else 409,
+        content={"previous_version": before, "state": attempt.state, "message": attempt.reason,
+                 "version": holder.current.version if holder.current else None},
+    )  # fmt: skip

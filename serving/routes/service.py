@@ -1,0 +1,72 @@
+"""What a person or an orchestrator asks the service: ``/``, ``/health``, ``/ready``, ``/model``, ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from churn_platform.contract import PRODUCTION_ALIAS
+from churn_platform.schema import FEATURE_NAMES
+from serving.deps import HolderDep, MetricsDep, SettingsDep
+from serving.schemas import Problem
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/")
+def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
+    model = holder.current
+    return {
+        "service": "churn-platform prediction API",
+        "model": settings.model_name,
+        "model_version": model.version if model else None,
+        "links": {k: f"/{k}" for k in ("health", "ready", "model", "metrics", "docs", "predict")},
+    }
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Liveness: the process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"model": Problem}})
+def ready(holder: HolderDep) -> Any:
+    """Readiness: 200 only when a verified model serves."""
+    model = holder.current
+    if model is None:
+        last = holder.last
+        return JSONResponse(
+            status_code=503, content={"status": last.state, "message": last.reason, "detail": last.reason}
+        )
+    return {"status": "ready", "model": model.name, "version": model.version}
+
+
+@router.get("/model")
+def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
+    """What is served, where it came from, and how the latest (re)load went."""
+    model = holder.current
+    last = {"state": holder.last.state, "reason": holder.last.reason, "at": holder.last.at}
+    if model is None:
+        return {"model": settings.model_name, "version": None, "last_load": last}
+    return {
+        "model": model.name,
+        "version": model.version,
+        "alias": PRODUCTION_ALIAS,
+        "run_id": model.run_id,
+        "loaded_at": model.loaded_at,
+        "scorer": model.scorer_kind,
+        "verified": {"rows": model.verified_rows, "max_abs_difference": model.max_abs_difference},
+        "decision_threshold": model.decision_threshold,
+        "risk_bands": {"medium_from": settings.risk_medium_from, "high_from": settings.risk_high_from},
+        "input_schema": model.input_schema or [{"name": n} for n in FEATURE_NAMES],
+        "metrics": model.metrics,
+        "last_load": last,
+    }
+
+
+@router.get("/metrics", response_class=Response)
+def prometheus(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
