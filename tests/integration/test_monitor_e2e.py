@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from churn_platform import data
 from churn_platform.cli import main
+from churn_platform.contract import ExitCode
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
 from tests.services import free_port, postgres_database, start_api, wait_ready
@@ -22,8 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def rows_of(frame: pd.DataFrame) -> list[dict]:
-    rows = frame.drop(columns=["churn"], errors="ignore").to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    return data.to_records(frame.drop(columns=["churn"], errors="ignore"))
 
 
 def monitor(env: dict, *args: str) -> tuple[int, dict, str]:
@@ -82,7 +82,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     corrupt.loc[:4, "tenure"] = "twelve"
     corrupt.to_csv(tmp_path / "corrupt.csv", index=False)
     code, summary, err = monitor(env, "--current", str(tmp_path / "corrupt.csv"), "--output-dir", str(tmp_path / "bad"))
-    assert code == 2 and "Traceback" not in err
+    assert code == ExitCode.DATA_QUALITY == 4 and "Traceback" not in err
     details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
     assert "missing feature columns: ['contract']" in details and "'tenure' should be numeric" in details
 
@@ -96,15 +96,22 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     assert {a.path for a in client.list_artifacts(drift_run.info.run_id)} == {"report.html", "summary.json"}
 
 
-def test_monitor_setup_problems_exit_3(stack_env, model_name, tmp_path):
+def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path):
+    """Nothing to compare is 2 (as a missing model is in every command), unreachable is 3,
+    bad usage is 2 and never the data-quality code."""
     env = stack_env.env | {"CHURN_MODEL_NAME": model_name}
     train(TrainConfig(n_rows=600, model_name=f"{model_name}-few"), get_settings())
     assert CliRunner().invoke(main, ["promote", "--model-name", f"{model_name}-few", "--version", "1"]).exit_code == 0
     data.generate(20, seed=3).to_csv(tmp_path / "few.csv", index=False)
     code, _, err = monitor(env | {"CHURN_MODEL_NAME": f"{model_name}-few"}, "--current", str(tmp_path / "few.csv"))
-    assert code == 3 and "only 20 usable current rows; at least 100" in err
+    assert code == ExitCode.USAGE and "only 20 usable current rows; at least 100" in err
     code, _, err = monitor(env, "--current", "missing.csv")
-    assert code == 3 and f"no version of model '{model_name}'" in err
+    assert code == ExitCode.USAGE and f"no version of model '{model_name}'" in err
+    code, _, err = monitor(env, "--column-threshold", "tenur=0.05")
+    assert code == ExitCode.USAGE and "unknown columns ['tenur']" in err and "--column-threshold" in err
+    code, _, err = monitor(env | {"CHURN_MONITOR_CRITICAL_COLUMNS": "contract,planet"}, "--current", "x.csv")
+    assert code == ExitCode.USAGE and "CHURN_MONITOR_CRITICAL_COLUMNS: unknown columns ['planet']" in err
+    assert "Traceback" not in err
     dead = f"http://127.0.0.1:{free_port()}"
     code, _, err = monitor(env | {"MLFLOW_TRACKING_URI": dead}, "--current", "x.csv")
-    assert code == 3 and "unreachable" in err and "Traceback" not in err
+    assert code == ExitCode.UNREACHABLE and "unreachable" in err and "Traceback" not in err

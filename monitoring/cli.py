@@ -1,0 +1,103 @@
+"""``churn-platform monitor``: registered by this package (entry point ``churn_platform.commands``)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from churn_platform.cli import echo_json, handles_errors, model_name_option, settings_for, tracking_option
+from churn_platform.contract import EXIT_CODES_HELP, PRODUCTION_ALIAS
+from churn_platform.schema import FEATURE_NAMES
+from churn_platform.settings import column_thresholds, feature_list
+
+
+def _thresholds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for value in values:
+        try:
+            parsed = column_thresholds(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}; want feature=number, e.g. tenure=0.05") from None
+        unknown = sorted(set(parsed) - set(FEATURE_NAMES))
+        if unknown:
+            raise click.BadParameter(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
+        out |= parsed
+    return out
+
+
+def _critical(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = feature_list(value)
+    unknown = sorted(set(names) - set(FEATURE_NAMES))
+    if unknown:
+        raise click.BadParameter(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
+    return names
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is monitored.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Monitor this version instead.")
+@click.option(
+    "--current", default=None, help="Current data (CSV/Parquet path or s3:// URI) instead of the inference log."
+)
+@click.option("--since", type=click.DateTime(), default=None, help="Inference-log window start (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Inference-log window end (UTC).")
+@click.option("--rows", type=click.IntRange(min=1), default=None, help="The last N inference-log rows.")
+@click.option("--all-versions", is_flag=True, help="Use rows scored by any version, not only the monitored one.")
+@click.option("--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL).")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where report.html and summary.json go (default: reports/drift/<UTC time>/).",
+)
+@click.option(
+    "--drift-share",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Share of drifted columns that means drift (default: CHURN_MONITOR_DRIFT_SHARE).",
+)
+@click.option("--column-threshold", "thresholds", multiple=True, callback=_thresholds,
+              help="Per-column override, e.g. tenure=0.05 (repeatable).")  # fmt: skip
+@click.option(
+    "--critical", default=None, callback=_critical, help="Comma-separated columns whose drift alone means drift."
+)
+@click.option("--alert-webhook", default=None, help="POST the summary here on drift or data-quality failure.")
+@tracking_option
+@model_name_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
+@handles_errors
+def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
+    """Compare current data with the model's training data; exit 0 no drift, 1 drift."""
+    from monitoring.job import MonitorOptions, run
+
+    settings = settings_for(tracking_uri, model_name)
+    params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
+    summary = run(MonitorOptions(**params), settings)
+    if as_json:
+        echo_json(summary.to_json())
+    else:
+        verdict = summary.verdict.replace("_", " ")
+        rows = f"reference {summary.reference_rows} rows, current {summary.current_rows} rows"
+        click.echo(f"{settings.model_name} v{summary.model_version}: {verdict}  ({rows})")
+        if summary.drift_share is not None:
+            drifted = summary.drifted_columns or "none"
+            click.echo(f"  drifted columns: {drifted} (share {summary.drift_share:.2f}, "
+                       f"limit {summary.thresholds.drift_share})")  # fmt: skip
+            if summary.prediction_drift:
+                p = summary.prediction_drift
+                click.echo(f"  prediction drift: score {p.score:.3f} (threshold {p.threshold})"
+                           f"{' DRIFTED' if p.drifted else ''}")  # fmt: skip
+        for finding in summary.data_quality.findings:
+            click.echo(f"  {'FAIL' if finding.failure else 'note'}: {finding.detail}")
+        click.echo(f"  report: {summary.report_html or '-'}  (summary.json in {summary.output_dir})")
+    sys.exit(summary.exit_code)
