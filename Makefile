@@ -9,8 +9,11 @@ UV := $(TOOLS)/bin/uv
 # A dead registry fails in seconds, not minutes (see docs/troubleshooting in README).
 # The embedded default registry (settings.EMBEDDED_TRACKING_URI) unless the user points elsewhere.
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
-export MLFLOW_HTTP_REQUEST_MAX_RETRIES ?= 1
-export MLFLOW_HTTP_REQUEST_TIMEOUT ?= 10
+export CHURN_REGISTRY_MAX_RETRIES ?= 1
+export CHURN_REGISTRY_TIMEOUT_S ?= 10
+# One knob: raw `mlflow` commands (the `mlflow run` launcher) follow CHURN_REGISTRY_* too.
+export MLFLOW_HTTP_REQUEST_MAX_RETRIES = $(CHURN_REGISTRY_MAX_RETRIES)
+export MLFLOW_HTTP_REQUEST_TIMEOUT = $(CHURN_REGISTRY_TIMEOUT_S)
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
@@ -29,22 +32,23 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.installed ## create ./.venv with the project and its dev tools (idempotent)
 
-demo: install ## the whole platform end to end on the embedded default (DATA=path for real data)
+demo: install ## the whole platform end to end on the embedded default (DATA=data/telco_churn.csv for real data)
 	$(BIN)/churn-platform demo $(if $(DATA),--data $(DATA)) $(DEMO_ARGS)
 
-lint: install ## ruff
-	$(BIN)/ruff check churn_platform pipelines serving monitoring tests
+lint: install ## ruff, and the layering rules as import-linter contracts (pyproject.toml)
+	$(BIN)/ruff check churn_platform pipelines serving monitoring benchmarks tests
+	$(BIN)/lint-imports --no-cache
 
 audit: $(UV) ## known vulnerabilities in the locked dependencies (pip-audit; needs PyPI's advisory data online)
 	$(UV) export --quiet --frozen --no-hashes --no-emit-project --extra dev -o $(TOOLS)/requirements-audit.txt
 	$(TOOLS)/bin/uvx pip-audit==2.10.1 -r $(TOOLS)/requirements-audit.txt --no-deps --disable-pip --strict --progress-spinner off
 
-test: install ## the whole test suite (starts the services it needs)
+test: lint ## lint, then the whole test suite (starts the services it needs)
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-browser.sh
 	$(BIN)/python -m pytest
 
-train: install ## train on DATA (default: synthetic) against MLFLOW_TRACKING_URI (default: ./mlflow.db)
+train: install ## train on DATA (default: synthetic; real: data/telco_churn.csv) against MLFLOW_TRACKING_URI (default: ./mlflow.db)
 	$(BIN)/mlflow run . -e train --env-manager local $(if $(DATA),-P data=$(DATA))
 
 api: install ## serve the Production model on http://127.0.0.1:8000 (docs at /docs)
@@ -78,7 +82,14 @@ docker-build: ## build the image (needs Docker)
 	$(call need,docker,see https://docs.docker.com/engine/install/)
 	docker build -f deploy/Dockerfile -t $(IMAGE) .
 
-docker-run: ## run the API container on :8000 against MLFLOW_TRACKING_URI (needs Docker)
+docker-run: ## run the API container on :8000 against MLFLOW_TRACKING_URI, an http(s):// server (needs Docker)
+# Inside the container the sqlite:///mlflow.db default names an empty file: the API would never be ready.
+	@case "$$MLFLOW_TRACKING_URI" in http://* | https://*) ;; *) \
+	  echo "docker-run: MLFLOW_TRACKING_URI=$$MLFLOW_TRACKING_URI is not an http(s):// tracking server;" \
+	    "the container cannot see your local files (SQLite registry, ./mlruns artifacts)." >&2; \
+	  echo "  Serve them: make mlflow-ui, train through it (MLFLOW_TRACKING_URI=http://127.0.0.1:5000 make train)," \
+	    "then make docker-run MLFLOW_TRACKING_URI=http://127.0.0.1:5000; or the full stack: make compose-up." >&2; \
+	  exit 2 ;; esac
 	$(call need,docker,see https://docs.docker.com/engine/install/)
 	docker run -d --name churn-api --network host -e MLFLOW_TRACKING_URI -e CHURN_ADMIN_API_KEY $(IMAGE) api
 

@@ -26,7 +26,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.services import free_port, start_process, wait_http  # noqa: E402
+from churn_platform.processes import free_port, start, wait_http  # noqa: E402
 
 LUA = """
 wrk.method = "POST"
@@ -75,7 +75,7 @@ def inference_log_rows(url: str) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "telco_churn.csv"))
+    parser.add_argument("--data", default=str(REPO / "data" / "telco_churn.csv"))
     parser.add_argument("--model-type", default="logistic")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -88,9 +88,10 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     uri = f"sqlite:///{folder}/mlflow.db"
+    data_path = Path(args.data).resolve()  # before chdir: a relative --data is relative to where we started
     os.chdir(folder)
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    source = args.data if Path(args.data).exists() else "synthetic"
+    source = str(data_path) if data_path.exists() else "synthetic"
     settings = Settings(tracking_uri=uri)
     result = train(TrainConfig(data=source, model_type=args.model_type), settings)
     from mlflow import MlflowClient
@@ -98,7 +99,7 @@ def main() -> None:
     MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
     frame = data.load(source) if source != "synthetic" else data.generate(5000)
     rows = frame.drop(columns=["churn"]).head(1000)
-    records = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows.to_dict("records")]
+    records = data.to_records(rows)
     features = [{k: v for k, v in r.items() if k != "customer_id"} for r in records]
 
     # In-process scoring of one customer with the fast scorer.
@@ -138,12 +139,12 @@ def main() -> None:
         CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
     )
     ours_port, peer_port = free_port(), free_port()
-    ours = start_process("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env)
-    peer = start_process(
+    ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
+    peer = start(
         "peer",
         [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production", "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(peer_port)],
-        folder, env,
+        folder, env=env,
     )  # fmt: skip
     try:
         wait_http(ours, f"http://127.0.0.1:{ours_port}/health", 120)

@@ -27,7 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.services import start_api, wait_ready  # noqa: E402
+from churn_platform.processes import start_api, wait_ready  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -71,11 +71,10 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     result = train(TrainConfig(n_rows=3000), Settings(tracking_uri=uri))
     MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
-    rows = data.generate(2000, seed=9).drop(columns=["churn"]).to_dict(orient="records")
-    rows = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    rows = data.to_records(data.generate(2000, seed=9).drop(columns=["churn"]))
 
     env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db")
-    api, base = start_api(env, folder)
+    api, base = start_api(env, folder, Path(sys.executable).parent)
     wait_ready(base)
     pid = api.proc.pid
     client = httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=32))

@@ -8,12 +8,13 @@ from typing import Any
 
 import pandas as pd
 
+from churn_platform import inference_log
+from churn_platform.contract import PROBABILITY
 from churn_platform.data import is_blank
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN, normalise_columns
 
 #: Columns the inference log or a file may carry beside the features without comment.
-KNOWN_EXTRA = {ID_COLUMN, LABEL_COLUMN, "churn_probability", "id", "request_id", "row_index",
-               "scored_at", "model_name", "model_version"}  # fmt: skip
+KNOWN_EXTRA = {ID_COLUMN, LABEL_COLUMN, "id", *inference_log.COLUMNS}
 
 
 @dataclass
@@ -89,8 +90,8 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
             out[feature.name] = numbers
             if feature.allowed is not None:  # an integer flag: compared as a category
                 out[feature.name] = numbers.map(lambda v: None if pd.isna(v) else str(int(v)))
-    if "churn_probability" in frame.columns:
-        out["churn_probability"] = pd.to_numeric(frame["churn_probability"], errors="coerce")
+    if PROBABILITY in frame.columns:
+        out[PROBABILITY] = pd.to_numeric(frame[PROBABILITY], errors="coerce")
     if any(f.failure for f in findings):
         return out, findings
     return out.dropna(subset=[f.name for f in FEATURES]), findings
