@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import subprocess
 import tomllib
 
 import yaml
@@ -44,3 +46,66 @@ def test_readme_configuration_table_matches_the_settings():
         for name, (default, _, _) in environment_variables().items()
     }
     assert documented == expected
+
+
+# The "shared" folder beside the checkout that once held the Telco data, however a file
+# spells it: dot-dot-slash shared, shared-slash-data (either slash), or a path join of the
+# strings "shared" and "data". Written with character classes so this file does not match itself.
+SHARED_FOLDER = re.compile(r"\.\.[/\\]shared\b|\bshared[/\\]data\b|[\"']shared[\"']\s*[/,]\s*[\"']data[\"']")
+
+
+def test_nothing_needs_shared_folder():
+    """The repository is self-contained: no tracked file points at the shared folder beside the
+    checkout (the real Telco data is data/telco_churn.csv; only data/README.md may say where the
+    reference copy lives)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+    tracked = [name for name in listed.stdout.decode().split("\0") if name]
+    assert tracked, "git ls-files listed nothing"
+    hits = []
+    for name in tracked:
+        path = REPO / name
+        if name == "data/README.md" or not path.is_file():
+            continue
+        raw = path.read_bytes()
+        if b"\0" in raw:
+            continue  # binary
+        for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+            if SHARED_FOLDER.search(line):
+                hits.append(f"{name}:{number}: {line.strip()}")
+    assert not hits, "files that still need the shared folder beside the repository:\n" + "\n".join(hits)
+
+
+def test_one_knob_for_registry_retries(monkeypatch, caplog):
+    """CHURN_REGISTRY_MAX_RETRIES decides, even where MLflow's own variable was left set."""
+    import os
+
+    from churn_platform import registry
+    from churn_platform.settings import Settings
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    registry.configure(Settings(tracking_uri="sqlite:///unused.db", registry_max_retries=0, registry_timeout_s=4))
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "4"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 is replaced by 0" in caplog.text
+    shipped = "\n".join(
+        (REPO / name).read_text() for name in ("deploy/Dockerfile", "deploy/base/config.env", "docker-compose.yml")
+    )
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in shipped  # no second knob in what we ship
+
+
+def test_every_command_lists_the_same_exit_codes():
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+    from churn_platform.contract import EXIT_CODES_HELP, ExitCode
+
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4]
+    top = CliRunner().invoke(main, ["--help"])
+    assert "".join(EXIT_CODES_HELP.split()) in "".join(top.output.split())  # click rewraps the text
+    assert {"serve", "monitor", "demo", "train", "promote"} <= set(top.output.split())  # plugins listed too
+    monitor = CliRunner().invoke(main, ["monitor", "--help"])
+    assert "4data-qualityfailure" in "".join(monitor.output.split())
+    readme = (REPO / "README.md").read_text()
+    for code in ExitCode:
+        assert f"| {int(code)} |" in readme, f"README's exit-code table lacks {code.name}"
