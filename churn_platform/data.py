@@ -151,6 +151,10 @@ def _check_feature(feature: Feature, raw: pd.Series, tenure: pd.Series | None, p
     infinite = np.isinf(numbers.fillna(0))
     if infinite.any():
         problems.append(f"column {name!r}: infinite values, {_rows(infinite, raw)}")
+    if feature.maximum is not None:
+        high = numbers > feature.maximum
+        if high.any():
+            problems.append(f"column {name!r}: {int(high.sum())} values above {feature.maximum}, {_rows(high, raw)}")
     if feature.minimum is not None:
         low = numbers < feature.minimum
         if low.any():

@@ -15,6 +15,10 @@ from churn_platform.errors import DataValidationError
 
 Kind = Literal["category", "integer", "float"]
 
+#: Largest whole number a feature may hold: the inference log stores integer features in
+#: 32-bit columns, so a larger value would be refused there after it was already scored.
+INTEGER_MAX = 2**31 - 1
+
 ID_COLUMN = "customer_id"
 #: Longest customer id the API accepts and the inference log stores.
 ID_MAX_LENGTH = 128
@@ -35,6 +39,10 @@ class Feature:
     description: str
     allowed: tuple[str, ...] | tuple[int, ...] | None = None
     minimum: float | None = None
+
+    @property
+    def maximum(self) -> int | None:
+        return INTEGER_MAX if self.kind == "integer" else None
 
     @property
     def is_numeric(self) -> bool:

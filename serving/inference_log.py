@@ -171,10 +171,33 @@ class InferenceLog:
         if self._writer is not None:
             self._writer.close_input()  # the writer flushes and exits
 
+    def _encode(self, items: list[Item]) -> tuple[bytes | None, int]:
+        """The frame for ``items``, and how many rows could not be encoded (and are dropped).
+
+        Validation upstream should make every row encodable; should one slip through (an
+        integer beyond 64 bits, say), only its request is lost, never the sender thread.
+        """
+        rows = [(rid, at, name, version, records, _floats(scores)) for rid, at, name, version, records, scores in items]
+        try:
+            return self._encoder.encode(rows), 0
+        except (OverflowError, TypeError, ValueError):
+            good, bad = [], 0
+            for row in rows:
+                try:
+                    self._encoder.encode([row])
+                    good.append(row)
+                except (OverflowError, TypeError, ValueError) as exc:
+                    bad += len(row[4])
+                    log.error("inference log: request %s cannot be encoded (%s); its rows are dropped", row[0], exc)
+            return (self._encoder.encode(good) if good else None), bad
+
     def _send(self, items: list[Item], rows: int) -> None:
-        frame = self._encoder.encode(
-            [(rid, at, name, version, records, _floats(scores)) for rid, at, name, version, records, scores in items]
-        )
+        frame, unencodable = self._encode(items)
+        if unencodable:
+            self._count(dropped=unencodable)
+            rows -= unencodable
+        if frame is None:
+            return
         writer = self._writer
         alive = False
         if writer is not None:

@@ -23,7 +23,13 @@ def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.allowed is not None:
         return Literal[feature.allowed], Field(description=feature.description)  # type: ignore[valid-type]
     kind = int if feature.kind == "integer" else float
-    return kind, Field(description=feature.description, ge=feature.minimum, allow_inf_nan=False, strict=kind is int)
+    return kind, Field(
+        description=feature.description,
+        ge=feature.minimum,
+        le=feature.maximum,
+        allow_inf_nan=False,
+        strict=kind is int,
+    )
 
 
 def _example() -> dict[str, Any]:
@@ -75,9 +81,9 @@ def _fast_field(feature: Feature) -> tuple[str, Any]:
     if feature.allowed is not None:
         return feature.name, Literal[feature.allowed]  # type: ignore[valid-type]
     kind = int if feature.kind == "integer" else float  # msgspec refuses NaN, Infinity and 1e999 itself
-    if feature.minimum is None:
+    if feature.minimum is None and feature.maximum is None:
         return feature.name, kind
-    return feature.name, Annotated[kind, msgspec.Meta(ge=feature.minimum)]
+    return feature.name, Annotated[kind, msgspec.Meta(ge=feature.minimum, le=feature.maximum)]
 
 
 _FastCustomer = msgspec.defstruct(

@@ -108,6 +108,8 @@ def test_single_prediction(api, telco_csv):
         ({"contract": "Three year"}, "contract", "'Month-to-month', 'One year' or 'Two year'"),
         ({"tenure": "abc"}, "tenure", "valid integer"),
         ({"tenure": -1}, "tenure", "greater than or equal to 0"),
+        ({"tenure": 2**31}, "tenure", "less than or equal to 2147483647"),
+        ({"tenure": 2**70}, "tenure", "less than or equal to 2147483647"),
         ({"monthly_charges": -3.5}, "monthly_charges", "greater than or equal to 0"),
         ({"senior_citizen": 2}, "senior_citizen", "0 or 1"),
         ({"contrat": "One year"}, "contrat", "Extra inputs are not permitted"),

@@ -151,3 +151,20 @@ def test_writer_finishes_piped_frames_and_exits_when_the_api_is_killed(tmp_path)
 
     wait_for(gone, timeout=30)
     assert logged(url) == (125, 125)
+
+
+def test_a_row_that_cannot_be_encoded_costs_its_request_not_the_sender(tmp_path):
+    """Found by the API fuzzer: a 2**70 tenure killed the sender thread, so nothing after it was logged."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = InferenceLog(url, batch_rows=1000, flush_s=0.05)
+    log.start()
+    try:
+        log.append("good-1", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        log.append("huge", "churn", 1, [RECORDS[0] | {"tenure": 2**70}], [0.5])
+        log.append("good-2", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.written == 40 and log.dropped == 1)
+        log.append("after", "churn", 1, RECORDS, [0.5] * len(RECORDS))  # the sender still runs
+        wait_for(lambda: log.written == 60)
+    finally:
+        log.close()
+    assert logged(url) == (60, 60)
