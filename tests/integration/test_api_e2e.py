@@ -25,8 +25,7 @@ KEY = "e2e-admin-key-93c"
 
 
 def rows_of(frame: pd.DataFrame) -> list[dict]:
-    rows = frame.drop(columns=["churn"]).to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    return data.to_records(frame.drop(columns=["churn"]))
 
 
 def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path):

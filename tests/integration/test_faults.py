@@ -34,8 +34,7 @@ pytestmark = pytest.mark.integration
 
 
 def customers(n: int, seed: int = 0) -> list[dict]:
-    rows = data.generate(n, seed=seed).drop(columns=["churn"]).to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    return data.to_records(data.generate(n, seed=seed).drop(columns=["churn"]))
 
 
 @pytest.fixture

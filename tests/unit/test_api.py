@@ -51,8 +51,7 @@ def api(registry_uri, tmp_path):
 
 def customers(telco_csv, n: int) -> list[dict]:
     frame = data.load(telco_csv).head(n)
-    rows = frame.drop(columns=["churn"]).to_dict(orient="records")
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    return data.to_records(frame.drop(columns=["churn"]))
 
 
 def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from churn_platform.data import generate
+from churn_platform.data import generate, to_records
 from serving.inference_log import InferenceLog
 
-RECORDS = [
-    {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k != "churn"}
-    for row in generate(20, seed=5).to_dict("records")
-]
+RECORDS = to_records(generate(20, seed=5).drop(columns=["churn"]))
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:

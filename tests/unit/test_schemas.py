@@ -14,14 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from churn_platform.data import generate
+from churn_platform.data import generate, to_records
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.schemas import BatchRequest, Customer, customers_from_json
 
-VALID = [
-    {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if k != "churn"}
-    for row in generate(50, seed=11).to_dict("records")
-]
+VALID = to_records(generate(50, seed=11).drop(columns=["churn"]))
 NAMES = [f.name for f in FEATURES] + [ID_COLUMN]
 CATEGORIES = sorted({str(v) for f in FEATURES if f.allowed for v in f.allowed})
 

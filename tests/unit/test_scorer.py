@@ -8,6 +8,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 from churn_platform import data, model
+from churn_platform.contract import MODEL_TYPES
 from churn_platform.scorer import FastScorer, SklearnScorer, UnsupportedPipeline, max_difference
 
 
@@ -16,7 +17,7 @@ def telco(telco_csv):
     return data.split(data.load(telco_csv), 0.25, 42)
 
 
-@pytest.mark.parametrize("model_type", model.MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_fast_scorer_matches_sklearn_on_real_and_drifted_rows(telco, model_type):
     train, valid = telco
     pipeline = model.build_pipeline(model_type).fit(model.features(train), train.churn)
