@@ -49,12 +49,17 @@ def compare(
             reason=f"no {GATE_METRIC} to compare with Production v{production_version}; not checked",
         )  # fmt: skip
     passed = candidate >= production - tolerance
-    relation = "at least as good as" if passed else "worse than"
+    if candidate >= production:
+        relation = "at least as good as"
+    elif passed:
+        relation = f"within the tolerance ({tolerance}) of"
+    else:
+        relation = f"worse by more than the tolerance ({tolerance}) than"
     return GateVerdict(
         checked=True, passed=passed, candidate=candidate, production=production,
         production_version=production_version, tolerance=tolerance, compared_on=compared_on,
-        reason=(f"{GATE_METRIC} {candidate:.4f} is {relation} Production v{production_version} {production:.4f} "
-                f"(tolerance {tolerance}) on {compared_on}"),
+        reason=f"{GATE_METRIC} {candidate:.4f} is {relation} Production v{production_version} {production:.4f} "
+               f"on {compared_on}",
     )  # fmt: skip
 
 

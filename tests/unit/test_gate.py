@@ -1,0 +1,29 @@
+"""The one promotion gate (pure logic): training and promote both decide through it."""
+
+from __future__ import annotations
+
+from churn_platform import gate
+
+
+def verdict(candidate, production, version=3):
+    return gate.compare(candidate, production, production_version=version, tolerance=0.005, compared_on="rows X")
+
+
+def test_the_gate_passes_within_the_tolerance_and_says_so():
+    assert (
+        verdict(0.84, 0.83).passed
+        and "at least as good as Production v3 0.8300 on rows X" in verdict(0.84, 0.83).reason
+    )
+    close = verdict(0.836, 0.840)
+    assert close.passed and close.checked and "within the tolerance (0.005)" in close.reason
+    worse = verdict(0.83, 0.84)
+    assert not worse.passed and "worse by more than the tolerance" in worse.reason
+
+
+def test_nothing_to_compare_passes_unchecked_and_an_unscorable_production_fails():
+    first = gate.compare(0.8, None, production_version=None, tolerance=0.005, compared_on="rows X")
+    assert first.passed and not first.checked and first.reason == "no Production version yet"
+    missing = verdict(None, 0.84)
+    assert missing.passed and not missing.checked and "not checked" in missing.reason
+    broken = gate.unscorable(3, RuntimeError("no artifact"), tolerance=0.005, compared_on="rows X")
+    assert not broken.passed and "could not score Production v3: no artifact" in broken.reason
