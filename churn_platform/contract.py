@@ -74,7 +74,7 @@ class ExitCode(IntEnum):
     """Exit codes of every ``churn-platform`` command (and the jobs in the image)."""
 
     OK = 0
-    #: A gate refused the change, or the monitor found drift or degradation.
+    #: A gate refused the change, or the monitor found drift.
     REFUSED = 1
     #: Bad usage or input, or a model, version, alias, file or window that does not exist.
     USAGE = 2
@@ -85,6 +85,6 @@ class ExitCode(IntEnum):
 
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 refused by a gate, drift or degradation; 2 bad usage, bad input or not found; "
+    "Exit codes: 0 ok; 1 refused by a gate or drift detected; 2 bad usage, bad input or not found; "
     "3 registry, storage or database unreachable; 4 data-quality failure."
 )

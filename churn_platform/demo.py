@@ -137,7 +137,7 @@ class Demo:
         try:
             result = promotion.promote(client, "churn", version, reason=reason, actor="demo",
                                        tolerance=settings.promotion_tolerance)  # fmt: skip
-            verdict = f"passed: {result.gate.reason}" if result.gate else "nothing to compare"
+            verdict = f"passed: {result.gate.reason}" if result.gate and result.gate.checked else "nothing to compare"
         except GateRefused as exc:
             click.secho(f"      gate: {exc}", fg="yellow")
             result = promotion.promote(client, "churn", version, reason=reason + " (forced by the demo)",

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from churn_platform.contract import GATE_METRIC
 
@@ -17,8 +19,8 @@ class GateVerdict(BaseModel):
     checked: bool
     passed: bool
     metric: str = GATE_METRIC
-    candidate: float | None = None
-    production: float | None = None
+    candidate: float | None = Field(None, serialization_alias=f"candidate_{GATE_METRIC}")
+    production: float | None = Field(None, serialization_alias=f"production_{GATE_METRIC}")
     production_version: int | None = None
     tolerance: float
     #: Which data the two figures come from, in words.
@@ -47,6 +49,13 @@ def compare(
             checked=False, passed=True, candidate=candidate, production=production,
             production_version=production_version, tolerance=tolerance, compared_on=compared_on,
             reason=f"no {GATE_METRIC} to compare with Production v{production_version}; not checked",
+        )  # fmt: skip
+    if math.isnan(candidate) or math.isnan(production):
+        return GateVerdict(
+            checked=False, passed=False, candidate=candidate, production=production,
+            production_version=production_version, tolerance=tolerance, compared_on=compared_on,
+            reason=f"{GATE_METRIC} is not a number (candidate {candidate}, Production v{production_version} "
+                   f"{production}): nothing to compare on",
         )  # fmt: skip
     passed = candidate >= production - tolerance
     if candidate >= production:

@@ -58,9 +58,9 @@ class Process:
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
+                self.proc.wait(5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass  # stuck in the kernel: nothing more a signal can do
         except ProcessLookupError:
             pass
 
@@ -93,11 +93,11 @@ def wait_http(
     raise ProcessFailed(f"{process.name} did not answer {url} in {timeout:.0f}s:\n{process.log_tail()}")
 
 
-def start_api(env: dict[str, str], log_dir: Path, bin_dir: Path) -> tuple[Process, str]:
+def start_api(env: dict[str, str], log_dir: Path, bin_dir: Path, cwd: Path | None = None) -> tuple[Process, str]:
     """A real ``churn-platform serve`` (uvicorn) on a free loopback port, answering /health."""
     port = free_port()
     cmd = [str(bin_dir / "churn-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = start(f"api_{port}", cmd, log_dir, env=env)
+    proc = start(f"api_{port}", cmd, log_dir, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, f"{url}/health", timeout=60)
     return proc, url
@@ -106,7 +106,15 @@ def start_api(env: dict[str, str], log_dir: Path, bin_dir: Path) -> tuple[Proces
 def wait_ready(url: str, timeout: float = 60) -> None:
     """Wait until the API at ``url`` serves a model (``/ready`` answers 200)."""
     deadline = time.monotonic() + timeout
-    while httpx.get(f"{url}/ready").status_code != 200:
-        if time.monotonic() > deadline:
-            raise ProcessFailed(f"API not ready: {httpx.get(f'{url}/ready').json()}")
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/ready", timeout=5)
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code == 200:
+                return
+            last = response.text[:500]
         time.sleep(0.3)
+    raise ProcessFailed(f"API at {url} not ready after {timeout:.0f}s: {last}")

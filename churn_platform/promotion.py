@@ -232,8 +232,8 @@ class PromotionResult(BaseModel):
     event: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out = self.model_dump(mode="json", exclude_none=True)
-        out["from"] = out.pop("from_version", None)
+        out = self.model_dump(mode="json", by_alias=True)
+        out["from"] = out.pop("from_version")
         out["to"] = out.pop("to_version")
         return out
 

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         0.05, ge=0, le=1, description="Largest share of missing values a current column may have."
     )
     monitor_min_rows: int = Field(
-        100, ge=1, description="Fewest current rows worth comparing; fewer is a setup problem (exit 3)."
+        100, ge=1, description="Fewest current rows worth comparing; fewer is nothing to compare (exit 2)."
     )
     monitor_max_rows: int = Field(
         100_000, ge=100, description="Current rows above this are sampled (seeded) before drift checks."
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     @field_validator("monitor_critical_columns", mode="before")
     @classmethod
     def _critical(cls, value: Any) -> Any:
-        return feature_list(value) if isinstance(value, str) else value
+        return split_list(value) if isinstance(value, str) else value
 
     @field_validator("monitor_column_thresholds", mode="before")
     @classmethod
@@ -127,21 +127,12 @@ class Settings(BaseSettings):
     @field_validator("monitor_critical_columns", mode="after")
     @classmethod
     def _critical_known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(FEATURE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
-        return value
+        return checked_features(value)
 
     @field_validator("monitor_column_thresholds", mode="after")
     @classmethod
     def _thresholds_known(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - set(FEATURE_NAMES))
-        if unknown:
-            raise ValueError(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
-        bad = {k: v for k, v in value.items() if not v > 0}
-        if bad:
-            raise ValueError(f"thresholds must be above 0, got {bad}")
-        return value
+        return checked_thresholds(value)
 
     @model_validator(mode="after")
     def _bands_in_order(self) -> Settings:
@@ -172,9 +163,22 @@ def split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def feature_list(text: str) -> list[str]:
-    """Comma-separated feature names (checked against the schema by the field's validator)."""
-    return split_list(text)
+def checked_features(names: list[str]) -> list[str]:
+    """``names`` if each is a feature column (the settings and the monitor's options share this rule)."""
+    unknown = sorted(set(names) - set(FEATURE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
+    return names
+
+
+def checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
+    """Per-column drift thresholds: known columns, finite and above 0 (0 would make a column
+    always drift, NaN never)."""
+    checked_features(list(thresholds))
+    bad = {k: v for k, v in thresholds.items() if not 0 < v < float("inf")}
+    if bad:
+        raise ValueError(f"thresholds must be numbers above 0, got {bad}")
+    return thresholds
 
 
 def column_thresholds(text: str) -> dict[str, float]:

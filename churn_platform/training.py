@@ -63,7 +63,7 @@ class TrainResult:
     gate: GateVerdict
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "gate": self.gate.model_dump(mode="json")}
+        return {**asdict(self), "gate": self.gate.model_dump(mode="json", by_alias=True)}
 
 
 def signature() -> ModelSignature:

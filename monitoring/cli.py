@@ -11,32 +11,26 @@ import click
 
 from churn_platform.cli import echo_json, handles_errors, model_name_option, settings_for, tracking_option
 from churn_platform.contract import EXIT_CODES_HELP, PRODUCTION_ALIAS
-from churn_platform.schema import FEATURE_NAMES
-from churn_platform.settings import column_thresholds, feature_list
+from churn_platform.settings import checked_features, checked_thresholds, column_thresholds, split_list
 
 
 def _thresholds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
     out: dict[str, float] = {}
     for value in values:
         try:
-            parsed = column_thresholds(value)
+            out |= checked_thresholds(column_thresholds(value))
         except ValueError as exc:
             raise click.BadParameter(f"{exc}; want feature=number, e.g. tenure=0.05") from None
-        unknown = sorted(set(parsed) - set(FEATURE_NAMES))
-        if unknown:
-            raise click.BadParameter(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
-        out |= parsed
     return out
 
 
 def _critical(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     if value is None:
         return None
-    names = feature_list(value)
-    unknown = sorted(set(names) - set(FEATURE_NAMES))
-    if unknown:
-        raise click.BadParameter(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}")
-    return names
+    try:
+        return checked_features(split_list(value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -71,9 +71,7 @@ def compute(
     metrics = []
     for column in compared:
         method = NUMERIC_METHOD if column in numeric else CATEGORY_METHOD
-        metrics.append(
-            ValueDrift(column=column, method=method, threshold=thresholds.get(column, default_threshold))
-        )
+        metrics.append(ValueDrift(column=column, method=method, threshold=thresholds.get(column, default_threshold)))
     snapshot = Report(metrics).run(
         current_data=Dataset.from_pandas(_as_compared(current, compared), data_definition=definition),
         reference_data=Dataset.from_pandas(_as_compared(reference, compared), data_definition=definition),
@@ -83,8 +81,6 @@ def compute(
         config: dict[str, Any] = metric["config"]
         column, threshold = config["column"], float(config["threshold"])
         score = float(metric["value"])
-        results.append(
-            ColumnDrift(column, config["method"], score, threshold, score >= threshold, column in critical)
-        )
+        results.append(ColumnDrift(column, config["method"], score, threshold, score >= threshold, column in critical))
     prediction = next((r for r in results if r.column == PREDICTION), None)
     return DriftResult(tuple(r for r in results if r.column != PREDICTION), prediction, snapshot)

@@ -80,8 +80,8 @@ class Window(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     source: str
-    since: datetime | None = None
-    until: datetime | None = None
+    since: str | None = None
+    until: str | None = None
     rows: int | None = None
     versions: Literal["all"] | list[int] | None = None
     rows_read: int
@@ -200,8 +200,8 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
         raise NothingToCompare(f"no rows in the inference log for {name} v{version} in this window")
     return raw, {
         "source": "inference_log",
-        "since": options.since,
-        "until": options.until,
+        "since": options.since.isoformat() if options.since else None,
+        "until": options.until.isoformat() if options.until else None,
         "rows": options.rows,
         "versions": "all" if options.all_versions else [version],
     }

@@ -51,9 +51,7 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
         raw = frame[feature.name]
         blank = is_blank(raw)
         if blank.all():
-            findings.append(
-                Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True)
-            )
+            findings.append(Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True))
             continue
         share = float(blank.mean())
         if share > max_missing_share:

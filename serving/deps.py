@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
-from serving.errors import AdminDisabled, MissingApiKey, WrongApiKey
+from serving.errors import AdminDisabled, MissingApiKey, NoModelServed, WrongApiKey
 from serving.holder import ModelHolder
 from serving.metrics import Metrics
 from serving.predictor import Predictor
@@ -19,7 +20,16 @@ def _settings(request: Request) -> Settings:
 
 
 def _predictor(request: Request) -> Predictor:
-    return request.app.state.predictor
+    predictor = getattr(request.app.state, "predictor", None)
+    if predictor is None:  # the lifespan has not run (yet): nothing can be served
+        raise NoModelServed("the service is starting")
+    return predictor
+
+
+def _served(predictor: Annotated[Predictor, Depends(_predictor)]) -> LoadedModel:
+    """The model that will answer, taken once per request (so a reload cannot split a request);
+    resolved before the body is read, so a service without a model answers 503 at once."""
+    return predictor.model
 
 
 def _holder(request: Request) -> ModelHolder:
@@ -32,6 +42,7 @@ def _metrics(request: Request) -> Metrics:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PredictorDep = Annotated[Predictor, Depends(_predictor)]
+ServedModel = Annotated[LoadedModel, Depends(_served)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 

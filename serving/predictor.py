@@ -45,13 +45,10 @@ class Predictor:
             raise NoModelServed(f"no model is being served yet: {self.holder.last.reason}")
         return model
 
-    def predict(self, customers: list[dict[str, Any]]) -> Scored:
-        """Score customers (dicts validated against the schema) and log every row.
-
-        One reference to the model is taken up front, so a reload mid-request cannot mix
-        two versions in one answer.
-        """
-        model = self.model
+    def predict(self, customers: list[dict[str, Any]], model: LoadedModel | None = None) -> Scored:
+        """Score customers (dicts validated against the schema) with ``model`` (default: the
+        one serving now) and log every row."""
+        model = model or self.model
         if len(customers) > self.max_batch_size:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
         probabilities = np.clip(model.scorer.score(customers), 0.0, 1.0)

@@ -172,7 +172,7 @@ def full_stack(log_dir: Path) -> Iterator[Stack]:
 def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
     """A real `churn-platform serve` (uvicorn) process on a free port, answering /health."""
     try:
-        return processes.start_api(env, log_dir, BIN)
+        return processes.start_api(env, log_dir, BIN, cwd=REPO)
     except ProcessFailed as exc:
         raise ServiceError(str(exc)) from exc
 

@@ -10,8 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from churn_platform.contract import MODEL_NAME, MODEL_VERSION
 from serving import openapi
-from serving.deps import PredictorDep
+from serving.deps import PredictorDep, ServedModel
 from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, customers_from_json
 
 router = APIRouter(tags=["predictions"])
@@ -33,14 +34,13 @@ def _json(content: Any) -> Response:
 
 
 @router.post("/predict", response_model=BatchResponse, openapi_extra=openapi.body(BatchRequest))
-async def predict(request: Request, predictor: PredictorDep) -> Response:
+async def predict(request: Request, predictor: PredictorDep, model: ServedModel) -> Response:
     """Score 1 to CHURN_MAX_BATCH_SIZE customers."""
-    scored = predictor.predict(await _customers(request, BatchRequest))
-    model = scored.model
-    return _json({"predictions": scored.predictions, "model_version": model.version, "model_name": model.name})
+    scored = predictor.predict(await _customers(request, BatchRequest), model)
+    return _json({"predictions": scored.predictions, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 
 @router.post("/predict/single", response_model=Prediction, openapi_extra=openapi.body(Customer))
-async def predict_single(request: Request, predictor: PredictorDep) -> Response:
+async def predict_single(request: Request, predictor: PredictorDep, model: ServedModel) -> Response:
     """Score one customer."""
-    return _json(predictor.predict(await _customers(request, Customer)).predictions[0])
+    return _json(predictor.predict(await _customers(request, Customer), model).predictions[0])

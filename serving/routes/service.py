@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from churn_platform.contract import PRODUCTION_ALIAS
+from churn_platform.contract import MODEL_VERSION, PRODUCTION_ALIAS
 from churn_platform.schema import FEATURE_NAMES
 from serving.deps import HolderDep, MetricsDep, SettingsDep
 from serving.schemas import Problem
@@ -21,7 +21,7 @@ def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     return {
         "service": "churn-platform prediction API",
         "model": settings.model_name,
-        "model_version": model.version if model else None,
+        MODEL_VERSION: model.version if model else None,
         "links": {k: f"/{k}" for k in ("health", "ready", "model", "metrics", "docs", "predict")},
     }
 

@@ -59,7 +59,7 @@ def test_threshold_and_column_settings_are_parsed_once_and_checked(monkeypatch):
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenur=0.05", "unknown columns ['tenur']"),
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=high", "'tenure=high': 'high' is not a number"),
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure", "'tenure' is not column=number"),
-        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0", "thresholds must be above 0"),
+        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0", "thresholds must be numbers above 0"),
         ("CHURN_MONITOR_CRITICAL_COLUMNS", "tenure,planet", "unknown columns ['planet']"),
     ]:
         with monkeypatch.context() as patch:

@@ -27,3 +27,35 @@ def test_rollback_to_an_earlier_production_version(embedded, model_name):
     status = json.loads(cli("status", "--model-name", model_name, "--json").output)
     assert status["production"]["version"] == 1
     assert cli("rollback", "--model-name", model_name).exit_code == 2  # nothing before v1 any more
+
+
+def as_json(result) -> dict:
+    """The JSON block of a command's stdout (MLflow may print a run link around it)."""
+    out = result.stdout
+    start = 0 if out.startswith("{") else out.index("\n{") + 1
+    return json.loads(out[start : out.rindex("}") + 1])
+
+
+def test_json_results_keep_their_shape(embedded, model_name):
+    """Scripts read these keys: the typed results must serialise to the same JSON as before."""
+    for seed in (1, 2):
+        trained = as_json(cli("train", "--n-rows", "300", "--seed", str(seed), "--model-name", model_name, "--json"))
+    assert set(trained) == {"run_id", "model_name", "version", "metrics", "gate"}
+    assert {"passed", "reason", "production_version", "production_roc_auc", "candidate_roc_auc"} <= set(trained["gate"])
+    first = json.loads(cli("promote", "--model-name", model_name, "--version", "1", "--json").output)
+    assert (first["changed"], first["from"], first["to"]) == (True, None, 1)
+    assert first["gate"]["checked"] is False and first["event"]["action"] == "promote"
+    second = json.loads(cli("promote", "--model-name", model_name, "--version", "2", "--force", "--json").output)
+    gate = second["gate"]
+    assert gate["checked"] is True and gate["production_version"] == 1
+    assert {"candidate_roc_auc", "production_roc_auc", "tolerance", "passed"} <= set(gate)
+    back = json.loads(cli("rollback", "--model-name", model_name, "--json").output)
+    assert (back["from"], back["to"], back["event"]["action"]) == (2, 1, "rollback")
+    events = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert [(e["action"], e["from"], e["to"]) for e in events] == [
+        ("rollback", 2, 1),
+        ("promote", 1, 2),
+        ("promote", None, 1),
+    ]
+    versions = json.loads(cli("versions", "--model-name", model_name, "--json").output)["versions"]
+    assert [v["version"] for v in versions] == [2, 1] and versions[1]["aliases"] == ["Production"]
