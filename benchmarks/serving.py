@@ -137,6 +137,7 @@ def main() -> None:
         os.environ,
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
+        CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"),
     )
     ours_port, peer_port = free_port(), free_port()
     ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)

@@ -73,7 +73,8 @@ def main() -> None:
     MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
     rows = data.to_records(data.generate(2000, seed=9).drop(columns=["churn"]))
 
-    env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db")
+    env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
+               CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"))  # fmt: skip
     api, base = start_api(env, folder, Path(sys.executable).parent)
     wait_ready(base)
     pid = api.proc.pid

@@ -198,6 +198,7 @@ class Demo:
             port = free_port()
             api = f"http://127.0.0.1:{port}"
             self.env.update(CHURN_ADMIN_API_KEY=ADMIN_KEY, CHURN_INFERENCE_LOG_URL=f"sqlite:///{self.folder}/inference_log.db",
+                            CHURN_INFERENCE_LOG_SPOOL_DIR=str(self.folder / "spool"),
                             CHURN_INFERENCE_LOG_FLUSH_S="0.2")  # fmt: skip
             proc = self.background("api", str(BIN / "churn-platform"), "serve", "--port", str(port))
             self.wait_http(proc, f"{api}/ready")

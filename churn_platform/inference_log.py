@@ -39,7 +39,7 @@ def table(metadata: sa.MetaData) -> sa.Table:
         sa.Column(SCORED_AT, sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column(MODEL_NAME, sa.String(256), nullable=False),
         sa.Column(MODEL_VERSION, sa.Integer(), nullable=False, index=True),
-        sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH)),
+        sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH), index=True),  # the outcomes join
         *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
         sa.Column(PROBABILITY, sa.Float(), nullable=False),
         sa.UniqueConstraint(REQUEST_ID, ROW_INDEX, name="uq_inference_log_request_row"),

@@ -79,7 +79,14 @@ class Settings(BaseSettings):
     inference_log_batch_rows: int = Field(500, ge=1, description="Rows per inference-log insert.")
     inference_log_flush_s: float = Field(1.0, gt=0, description="Longest wait before an insert.")
     inference_log_queue_rows: int = Field(
-        100_000, ge=1, description="Rows buffered while the log database is slow; beyond, rows are dropped."
+        100_000, ge=1, description="Rows an API worker holds in memory for its log writer; beyond, rows are dropped."
+    )
+    inference_log_spool_dir: str = Field(
+        "inference_log_spool",
+        description="Folder where the log writer spools rows until the database has them (an emptyDir or PVC).",
+    )
+    inference_log_spool_max_bytes: int = Field(
+        1 << 30, ge=1 << 20, description="Most bytes the spool may hold; past it, rows are dropped (and counted)."
     )
 
     # ---- monitoring

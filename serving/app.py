@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -34,11 +35,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics: Metrics = app.state.metrics
     inference_log = InferenceLog(
         settings.inference_log_url,
+        spool_dir=Path(settings.inference_log_spool_dir),
+        spool_max_bytes=settings.inference_log_spool_max_bytes,
         batch_rows=settings.inference_log_batch_rows,
         flush_s=settings.inference_log_flush_s,
         queue_rows=settings.inference_log_queue_rows,
-        on_written=metrics.log_written.inc,
-        on_dropped=metrics.log_dropped.inc,
+        listener=metrics,
     )
     inference_log.start()
     app.state.inference_log = inference_log
@@ -47,7 +49,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     app.state.holder.stop()
     inference_log.close()
-    log.info("inference log flushed: %d rows written, %d dropped", inference_log.written, inference_log.dropped)
+    log.info("inference log closed: %s", inference_log.state())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,86 +1,119 @@
-"""The inference log: every scored row, written to its database by a separate process.
+"""The inference log, API side: every scored row leaves the request path at once.
 
-The API process only appends each request to a bounded list; a sender thread gathers
-what is queued into one frame (every ``flush_s`` or ``batch_rows`` rows) and pipes it,
-encoded as MessagePack, to a writer process (``python -m serving.inference_log``) that
-turns frames into rows and inserts them. Database drivers hold Python's GIL while they
-bind parameters (psycopg2's ``mogrify``, sqlite3 per row), which cost the API tens of
-milliseconds per thousand rows when the writer was a thread; in its own process that
-work runs on another core and never delays a request.
+A request only appends its rows to a bounded list; a sender thread gathers them into frames
+(every ``flush_s`` or ``batch_rows`` rows) and pipes them, as MessagePack, to this worker's
+writer process (``serving/log_writer.py``), which spools each frame to disk before it
+loads the database. Database drivers hold Python's GIL while they bind parameters; in
+their own process that work runs on another core and never delays a request.
 
-Loss is counted, never hidden, and no row is written twice: past ``queue_rows`` waiting
-rows a request's rows are dropped; a batch the database refuses is dropped (not retried)
-and writing resumes with the next batch; a writer process that dies is replaced, and the
-rows it had been sent but never reported are counted as dropped. The writer exits when
-its input closes, which is also what happens if the API is killed, so
-it flushes what it has and never outlives the API.
+What can still be lost is counted, never hidden: past ``queue_rows`` waiting rows in the
+API (a writer that cannot keep up even with its disk), rows the writer had been piped but
+not yet spooled when it died, rows past the spool's byte cap, and batches the database
+refuses for good (bad data). A writer that dies is replaced, and the new one replays what
+the old one spooled; one that starts after an API crash replays that API's spool.
 """
 
 from __future__ import annotations
 
 import logging
-import operator
-import signal
-import struct
+import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import IO, Any
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import msgspec
-import sqlalchemy as sa
 
-from churn_platform.inference_log import COLUMNS as _COLUMNS
-from churn_platform.inference_log import make_engine, sqlite_time, table
-from churn_platform.schema import FEATURES, ID_COLUMN
+from churn_platform.errors import SettingsError
+from serving.log_writer import pipe_frame
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct(">I")  # frame header: payload length in bytes
 _RESTART_PAUSE_S = 1.0
 
-# Frames on the writer's stdin: first {"url": ...}, then lists of items:
+# Frames on the writer's stdin: first the configuration, then lists of items:
 # [request_id, scored_at, model_name, version, records, probabilities].
 Item = tuple[str, datetime, str, int, Sequence[dict[str, Any]], Sequence[float]]
+#: What happened to rows, as the writer reports it (and the metrics count it).
+Outcome = Literal["written", "dropped", "spooled", "replayed"]
+
+
+class LogListener(Protocol):
+    """Told what the log does with rows (the API's metrics implement it)."""
+
+    def log_rows_counted(self, outcome: Outcome, rows: int) -> None: ...
+
+    def log_spool(self, spool_bytes: int, live: bool, torn_frames: int) -> None: ...
 
 
 class InferenceLog:
-    """Bounded list of scored requests + sender thread + writer process.
+    """Bounded list of scored requests + sender thread + writer process (+ its disk spool).
 
-    ``written`` and ``dropped`` count rows; ``on_written``/``on_dropped`` get each increment.
+    ``written``, ``dropped``, ``spooled`` and ``replayed`` count rows; ``spool_bytes``,
+    ``live`` and ``torn_frames`` describe the spool as last reported.
     """
 
     def __init__(
         self,
         url: str,
         *,
+        spool_dir: Path,
+        spool_max_bytes: int = 1 << 30,
         batch_rows: int = 500,
         flush_s: float = 1.0,
         queue_rows: int = 100_000,
-        on_written: Callable[[int], None] = lambda n: None,
-        on_dropped: Callable[[int], None] = lambda n: None,
+        listener: LogListener | None = None,
     ) -> None:
         self.url = url
+        self.spool_dir, self.spool_max_bytes = Path(spool_dir), spool_max_bytes
         self._pending: list[Item] = []
         self._pending_rows = 0
         self._lock = threading.Lock()
         self._ready = threading.Event()  # set when a batch is due, or to stop
         self._stopping = False
         self._max_rows, self._batch_rows, self._flush_s = queue_rows, batch_rows, flush_s
-        self._on_written, self._on_dropped = on_written, on_dropped
+        self._listener = listener
         self._encoder = msgspec.msgpack.Encoder()
         self._sender = threading.Thread(target=self._send_loop, name="inference-log-sender", daemon=True)
         self._writer: _WriterProcess | None = None
         self._counts = threading.Lock()  # written, dropped and each writer's unreported rows
-        self.written = 0
-        self.dropped = 0
+        self.written = self.dropped = self.spooled = self.replayed = 0
+        self.spool_bytes, self.live, self.torn_frames = 0, True, 0
 
     def start(self) -> None:
+        """Start the writer (it first replays any spool an earlier process left) and the sender.
+
+        A spool folder that cannot be written is a deployment error: it stops the start,
+        naming the variable, instead of losing rows later.
+        """
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.spool_dir / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise SettingsError(
+                f"CHURN_INFERENCE_LOG_SPOOL_DIR={self.spool_dir}: cannot write there ({exc.strerror}); "
+                "mount a writable volume (an emptyDir or PVC in Kubernetes)"
+            ) from exc
         self._writer = self._spawn_writer()
         self._sender.start()
+
+    def state(self) -> dict[str, Any]:
+        """For /model: is the log live or spooling, and what it has done so far."""
+        with self._counts:
+            return {
+                "state": "live" if self.live else "spooling",
+                "spool_dir": str(self.spool_dir),
+                "spool_bytes": self.spool_bytes,
+                "rows": {"written": self.written, "spooled": self.spooled, "replayed": self.replayed,
+                         "dropped": self.dropped},
+                "torn_frames": self.torn_frames,
+            }  # fmt: skip
 
     def append(
         self,
@@ -104,7 +137,7 @@ class InferenceLog:
                 if self._pending_rows >= self._batch_rows:
                     self._ready.set()
         if full:
-            self._count(dropped=n)
+            self._count("dropped", n)
 
     def close(self, timeout: float = 25.0) -> None:
         """Flush what is queued, let the writer finish, and stop (graceful shutdown)."""
@@ -119,17 +152,16 @@ class InferenceLog:
 
     # -- API side internals ------------------------------------------------------------
 
-    def _count(self, *, written: int = 0, dropped: int = 0) -> None:
+    def _count(self, outcome: Outcome, rows: int) -> None:
         with self._counts:
-            self.written += written
-            self.dropped += dropped
-        if written:
-            self._on_written(written)
-        if dropped:
-            self._on_dropped(dropped)
+            setattr(self, outcome, getattr(self, outcome) + rows)
+        if self._listener is not None:
+            self._listener.log_rows_counted(outcome, rows)
 
     def _spawn_writer(self) -> _WriterProcess:
-        writer = _WriterProcess(self.url)
+        config = {"url": self.url, "spool_dir": str(self.spool_dir), "spool_max_bytes": self.spool_max_bytes,
+                  "flush_s": self._flush_s}  # fmt: skip
+        writer = _WriterProcess(config)
         writer.reader = threading.Thread(
             target=self._read_reports, args=(writer,), name="inference-log-reports", daemon=True
         )
@@ -137,24 +169,36 @@ class InferenceLog:
         return writer
 
     def _read_reports(self, writer: _WriterProcess) -> None:
-        """Count each batch's outcome as the writer reports it (``written N`` / ``dropped N``);
-        when it is gone, whatever it was sent and never reported is lost: count that too."""
+        """Count what the writer reports (see ``serving/log_writer.py``); when it is gone,
+        rows it was piped and never reported as spooled are lost: count those too."""
         assert writer.process.stdout is not None
         for line in writer.process.stdout:
-            outcome, _, count = line.decode().partition(" ")
-            rows = int(count)
-            with self._counts:
-                writer.unreported -= rows
-            if outcome == "written":
-                self._count(written=rows)
-            else:
-                self._count(dropped=rows)
+            outcome, *values = line.decode().split()
+            if outcome == "status":
+                with self._counts:
+                    self.spool_bytes, self.live = int(values[0]), values[1] == "live"
+                self._spool_changed()
+                continue
+            rows = int(values[0])
+            if outcome == "torn":
+                with self._counts:
+                    self.torn_frames += rows
+                self._spool_changed()
+                continue
+            if outcome in ("spooled", "full"):
+                with self._counts:
+                    writer.unreported -= rows
+            self._count("dropped" if outcome == "full" else outcome, rows)  # type: ignore[arg-type]
         with self._counts:
             writer.gone = True
             lost, writer.unreported = writer.unreported, 0
         if lost:
-            log.warning("inference log writer exited with %d rows unwritten", lost)
-            self._count(dropped=lost)
+            log.warning("inference log writer exited with %d rows not spooled", lost)
+            self._count("dropped", lost)
+
+    def _spool_changed(self) -> None:
+        if self._listener is not None:
+            self._listener.log_spool(self.spool_bytes, self.live, self.torn_frames)
 
     def _send_loop(self) -> None:
         while True:
@@ -194,7 +238,7 @@ class InferenceLog:
     def _send(self, items: list[Item], rows: int) -> None:
         frame, unencodable = self._encode(items)
         if unencodable:
-            self._count(dropped=unencodable)
+            self._count("dropped", unencodable)
             rows -= unencodable
         if frame is None:
             return
@@ -208,7 +252,7 @@ class InferenceLog:
         lost = rows
         if alive:
             try:
-                writer.send(frame)
+                writer.send(frame, rows)
                 return
             except (OSError, ValueError):
                 with self._counts:
@@ -216,7 +260,7 @@ class InferenceLog:
                         lost = 0
                     else:
                         writer.unreported -= rows
-        self._count(dropped=lost)
+        self._count("dropped", lost)
         code = writer.process.poll() if writer is not None else None
         log.warning("inference log writer is gone (exit code %s); restarting it", code)
         time.sleep(_RESTART_PAUSE_S)
@@ -227,22 +271,22 @@ class InferenceLog:
 
 
 class _WriterProcess:
-    """One writer process, and the rows piped to it that it has not reported yet."""
+    """One writer process, and the rows piped to it that it has not reported as spooled yet."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.inference_log"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-m", "serving.log_writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.unreported = 0
         self.gone = False
         self.reader: threading.Thread | None = None  # counts its reports
         # The URL may hold a password: it goes through the pipe, never the command line.
-        self.send(msgspec.msgpack.encode({"url": url}))
+        self.send(msgspec.msgpack.encode(config), 0)
 
-    def send(self, payload: bytes) -> None:
+    def send(self, payload: bytes, rows: int) -> None:
         stdin = self.process.stdin
         assert stdin is not None
-        stdin.write(_LENGTH.pack(len(payload)) + payload)
+        stdin.write(pipe_frame(payload, rows))
         stdin.flush()
 
     def close_input(self) -> None:
@@ -250,14 +294,14 @@ class _WriterProcess:
             self.process.stdin.close()
 
     def finish(self, timeout: float) -> None:
-        """Let the writer write what it was sent and exit (stopped if it takes longer than
-        ``timeout``), and count its last reports."""
+        """Let the writer spool what it was sent, load what it can, and exit (stopped if it
+        takes longer than ``timeout``: the spool keeps the rest); count its last reports."""
         deadline = time.monotonic() + timeout
         self.close_input()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("inference log writer did not finish in time; stopping it")
+            log.warning("inference log writer did not finish in time; stopping it (its spool is kept)")
             self.process.kill()
             self.process.wait()
         if self.reader is not None:
@@ -280,121 +324,3 @@ def _chunks(items: list[Item], batch_rows: int) -> Iterator[tuple[list[Item], in
 
 def _floats(scores: Sequence[float]) -> list[float]:
     return scores.tolist() if hasattr(scores, "tolist") else [float(s) for s in scores]
-
-
-def _read_frame(stream: IO[bytes]) -> bytes | None:
-    header = stream.read(_LENGTH.size)
-    if len(header) < _LENGTH.size:
-        return None
-    (length,) = _LENGTH.unpack(header)
-    payload = stream.read(length)
-    return payload if len(payload) == length else None
-
-
-# -- the writer process --------------------------------------------------------------
-
-
-class _Database:
-    """Inserts frames of scored requests, one transaction per frame: all its rows or none."""
-
-    def __init__(self, url: str) -> None:
-        self._engine = make_engine(url)
-        if self._engine.dialect.name == "sqlite":
-            sa.event.listen(self._engine, "connect", _sqlite_wal)
-        self._table = table(sa.MetaData())
-        self._table_ready = False
-        self._values = operator.itemgetter(*(f.name for f in FEATURES))
-
-    def ensure_table(self) -> None:
-        if not self._table_ready:
-            self._table.metadata.create_all(self._engine)
-            self._table_ready = True
-
-    def rows(self, items: list[list[Any]]) -> list[tuple]:
-        text_time = self._engine.dialect.name == "sqlite"
-        values = self._values
-        rows = []
-        for request_id, at, model_name, version, records, scores in items:
-            at = sqlite_time(at) if text_time else at
-            rows.extend(
-                (request_id, i, at, model_name, version, r.get(ID_COLUMN), *values(r), p)
-                for i, (r, p) in enumerate(zip(records, scores, strict=True))
-            )
-        return rows
-
-    def insert(self, items: list[list[Any]]) -> int:
-        self.ensure_table()
-        rows = self.rows(items)
-        names = ", ".join(_COLUMNS)
-        with self._engine.begin() as conn:
-            dialect, raw = conn.dialect.name, conn.connection.dbapi_connection
-            if dialect == "postgresql" and conn.dialect.driver == "psycopg2":
-                # The server expands one JSON document into typed rows: several times faster
-                # than sending a thousand VALUES tuples.
-                document = msgspec.json.encode([dict(zip(_COLUMNS, r, strict=True)) for r in rows]).decode()
-                with raw.cursor() as cur:
-                    cur.execute(
-                        f"INSERT INTO inference_log ({names}) SELECT {names} "
-                        "FROM json_populate_recordset(NULL::inference_log, %s)",
-                        (document,),
-                    )
-            elif dialect == "sqlite":
-                cur = raw.cursor()
-                marks = ", ".join("?" * len(_COLUMNS))
-                cur.executemany(f"INSERT INTO inference_log ({names}) VALUES ({marks})", rows)
-                cur.close()
-            else:
-                conn.execute(self._table.insert(), [dict(zip(_COLUMNS, r, strict=True)) for r in rows])
-        return len(rows)
-
-    def dispose(self) -> None:
-        self._engine.dispose()
-
-
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    """Write-ahead logging: the monitor can read while we write, and a commit costs no fsync
-    (a power cut may lose the last batches, never corrupt the file)."""
-    dbapi_connection.execute("PRAGMA journal_mode=WAL")
-    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-
-def _report(outcome: str, rows: int) -> None:
-    try:
-        sys.stdout.write(f"{outcome} {rows}\n")
-        sys.stdout.flush()
-    except (BrokenPipeError, ValueError):  # the API is gone; its last frames are still worth writing
-        pass
-
-
-def writer_main() -> None:
-    """Read frames from stdin until it closes; insert each; report outcomes on stdout."""
-    # The API decides when the writer stops (by closing its input); a Ctrl-C or SIGTERM to
-    # the process group must not cut the final flush short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stdin = sys.stdin.buffer
-    config = _read_frame(stdin)
-    if config is None:
-        return
-    database = _Database(msgspec.msgpack.decode(config)["url"])
-    decoder = msgspec.msgpack.Decoder()
-    try:
-        try:  # create the table early when the database is up; each batch retries otherwise
-            database.ensure_table()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("inference log database not ready yet (%s); will retry", type(exc).__name__)
-        while (frame := _read_frame(stdin)) is not None:
-            items = decoder.decode(frame)
-            rows = sum(len(item[4]) for item in items)
-            try:
-                _report("written", database.insert(items))
-            except Exception as exc:  # noqa: BLE001 - a lost batch is counted, never fatal
-                log.warning("inference log: dropped %d rows (%s)", rows, type(exc).__name__)
-                _report("dropped", rows)
-    finally:
-        database.dispose()
-
-
-if __name__ == "__main__":
-    writer_main()

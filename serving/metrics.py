@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class Metrics:
-    """The API's metrics; also the model holder's ``LoadListener``."""
+    """The API's metrics; also the model holder's ``LoadListener`` and the log's ``LogListener``."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -35,14 +35,28 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.model_ready = Gauge("churn_model_ready", "1 when a verified model serves.", registry=self.registry)
-        self.log_written = Counter(
-            "churn_inference_log_rows_written", "Rows written to the inference log.", registry=self.registry
+        self.log_rows = {
+            "written": Counter("churn_inference_log_rows_written", "Rows committed to the inference log.",
+                               registry=self.registry),
+            "dropped": Counter("churn_inference_log_rows_dropped",
+                               "Rows lost to the inference log (memory queue or spool full, refused by the database).",
+                               registry=self.registry),
+            "spooled": Counter("churn_inference_log_rows_spooled", "Rows safe in the writer's disk spool.",
+                               registry=self.registry),
+            "replayed": Counter("churn_inference_log_rows_replayed",
+                                "Rows committed from a spool an earlier process left.", registry=self.registry),
+        }  # fmt: skip
+        self.spool_bytes = Gauge(
+            "churn_inference_log_spool_bytes", "Bytes in the inference log's disk spool.", registry=self.registry
         )
-        self.log_dropped = Counter(
-            "churn_inference_log_rows_dropped",
-            "Rows not written to the inference log (database down or queue full).",
+        self.log_live = Gauge(
+            "churn_inference_log_live", "1 while the log database takes rows, 0 while they only spool.",
             registry=self.registry,
-        )
+        )  # fmt: skip
+        self.torn_frames = Gauge(
+            "churn_inference_log_torn_frames", "Torn spool frames skipped (power loss, SIGKILL mid-write).",
+            registry=self.registry,
+        )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
 
     def model_loaded(self, model: LoadedModel) -> None:
@@ -53,6 +67,14 @@ class Metrics:
 
     def load_failed(self, attempt: Attempt) -> None:
         self.reloads.labels(attempt.state).inc()
+
+    def log_rows_counted(self, outcome: str, rows: int) -> None:
+        self.log_rows[outcome].inc(rows)
+
+    def log_spool(self, spool_bytes: int, live: bool, torn_frames: int) -> None:
+        self.spool_bytes.set(spool_bytes)
+        self.log_live.set(1 if live else 0)
+        self.torn_frames.set(torn_frames)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,6 +21,15 @@ def telco_csv() -> Path:
     return SHARED_CSV
 
 
+@pytest.fixture(scope="session", autouse=True)
+def spool_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every API the tests start (in process or as a child) spools its inference log here,
+    not into ./inference_log_spool of the checkout; each database gets its own subfolder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The real full stack, once per test session. Fails (never skips) when it cannot start."""

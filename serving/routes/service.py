@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from churn_platform.contract import MODEL_VERSION, PRODUCTION_ALIAS
@@ -45,12 +45,15 @@ def ready(holder: HolderDep) -> Any:
 
 
 @router.get("/model")
-def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
-    """What is served, where it came from, and how the latest (re)load went."""
+def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+    """What is served, where it came from, how the latest (re)load went, and whether the
+    inference log is live or spooling to disk."""
     model = holder.current
     last = {"state": holder.last.state, "reason": holder.last.reason, "at": holder.last.at}
+    inference_log = getattr(request.app.state, "inference_log", None)
+    log_state = inference_log.state() if inference_log is not None else None
     if model is None:
-        return {"model": settings.model_name, "version": None, "last_load": last}
+        return {"model": settings.model_name, "version": None, "last_load": last, "inference_log": log_state}
     return {
         "model": model.name,
         "version": model.version,
@@ -64,6 +67,7 @@ def model_info(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
         "input_schema": model.input_schema or [{"name": n} for n in FEATURE_NAMES],
         "metrics": model.metrics,
         "last_load": last,
+        "inference_log": log_state,
     }
 
 

@@ -11,9 +11,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from churn_platform.data import generate, to_records
+from churn_platform.errors import SettingsError
 from serving.inference_log import InferenceLog
 
 RECORDS = to_records(generate(20, seed=5).drop(columns=["churn"]))
@@ -39,38 +41,37 @@ def logged(url: str) -> tuple[int, int]:
         engine.dispose()
 
 
-def test_rows_survive_a_writer_crash_counted_and_never_twice(tmp_path):
+def test_rows_spooled_by_a_writer_that_crashes_are_replayed_by_the_next(tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
-    log = InferenceLog(url, batch_rows=1, flush_s=0.05)
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=1, flush_s=0.05)
     log.start()
     try:
         for i in range(5):
             log.append(f"before-{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
         wait_for(lambda: log.written == 100)
         lock = sqlite3.connect(f"{tmp_path}/log.db", isolation_level=None)
-        lock.execute("BEGIN EXCLUSIVE")  # the writer takes the next frame and waits on the lock
+        lock.execute("BEGIN EXCLUSIVE")  # the database is away: the writer can only spool
         log.append("held", "churn", 1, RECORDS, [0.5] * len(RECORDS))
-        time.sleep(1.0)
+        wait_for(lambda: log.spooled == 120)
         first = log._writer
-        first.process.kill()  # dies holding 20 rows it never reported
+        first.process.kill()  # dies with 20 rows on disk that no database has
         first.process.wait()
         lock.execute("COMMIT")
         lock.close()
-        wait_for(lambda: log.dropped == 20)
-        for i in range(20):  # the first sends after the crash fail (counted), then a new writer takes over
+        for i in range(20):  # the first send after the crash fails (counted), then a new writer takes over
             log.append(f"after-{i}", "churn", 1, RECORDS[:5], [0.25] * 5)
             time.sleep(0.1)
         wait_for(lambda: log.written + log.dropped == 220)
-        assert log.dropped > 20 and log._writer is not first
+        assert log._writer is not first and log.replayed == 20 and log.dropped <= 5
     finally:
         log.close()
-    assert log.written + log.dropped == 220 and log.written > 100
     assert logged(url) == (log.written, log.written)
+    assert not list((tmp_path / "spool").rglob("*.seg"))  # everything committed, nothing left behind
 
 
 def test_close_flushes_everything_queued(tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
-    log = InferenceLog(url, batch_rows=10_000, flush_s=30)  # nothing would be sent before close
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=10_000, flush_s=30)  # sent only at close
     log.start()
     for i in range(50):
         log.append(f"r{i}", "churn", 3, RECORDS, [0.1] * len(RECORDS))
@@ -81,7 +82,9 @@ def test_close_flushes_everything_queued(tmp_path):
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
-    log = InferenceLog(f"sqlite:///{tmp_path}/log.db", batch_rows=10_000, flush_s=30, queue_rows=50)
+    log = InferenceLog(
+        f"sqlite:///{tmp_path}/log.db", spool_dir=tmp_path / "spool", batch_rows=10_000, flush_s=30, queue_rows=50
+    )
     log.start()
     started = time.perf_counter()
     for i in range(10):
@@ -93,11 +96,11 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
 
 def test_database_url_never_reaches_the_command_line(tmp_path):
     secret_url = f"sqlite:///{tmp_path}/log.db?password=s3cr3t-value"
-    log = InferenceLog(secret_url)
+    log = InferenceLog(secret_url, spool_dir=tmp_path / "spool")
     log.start()
     try:
         cmdline = Path(f"/proc/{log._writer.process.pid}/cmdline").read_bytes()
-        assert b"s3cr3t" not in cmdline and b"serving.inference_log" in cmdline
+        assert b"s3cr3t" not in cmdline and b"serving.log_writer" in cmdline
     finally:
         log.close()
 
@@ -110,7 +113,7 @@ def test_writer_finishes_piped_frames_and_exits_when_the_api_is_killed(tmp_path)
         import sys, time
         from serving.inference_log import InferenceLog
         from tests.unit.test_inference_log import RECORDS
-        log = InferenceLog({url!r}, batch_rows=1, flush_s=0.01)
+        log = InferenceLog({url!r}, spool_dir={str(tmp_path / "spool")!r}, batch_rows=1, flush_s=0.01)
         log.start()
         for i in range(5):
             log.append(f"first{{i}}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
@@ -153,7 +156,7 @@ def test_writer_finishes_piped_frames_and_exits_when_the_api_is_killed(tmp_path)
 def test_a_row_that_cannot_be_encoded_costs_its_request_not_the_sender(tmp_path):
     """Found by the API fuzzer: a 2**70 tenure killed the sender thread, so nothing after it was logged."""
     url = f"sqlite:///{tmp_path}/log.db"
-    log = InferenceLog(url, batch_rows=1000, flush_s=0.05)
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=1000, flush_s=0.05)
     log.start()
     try:
         log.append("good-1", "churn", 1, RECORDS, [0.5] * len(RECORDS))
@@ -165,3 +168,121 @@ def test_a_row_that_cannot_be_encoded_costs_its_request_not_the_sender(tmp_path)
     finally:
         log.close()
     assert logged(url) == (60, 60)
+
+
+def locked(path: Path) -> sqlite3.Connection:
+    """Hold SQLite's exclusive lock: to the writer, the database is down."""
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    return lock
+
+
+def test_a_database_outage_costs_no_row_and_writes_none_twice(tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=20, flush_s=0.05)
+    log.start()
+    try:
+        log.append("warm-up", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.written == 20)
+        lock = locked(tmp_path / "log.db")
+        for i in range(30):
+            log.append(f"outage-{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.spooled == 620 and not log.live and log.spool_bytes > 0)
+        assert log.state()["state"] == "spooling" and log.written == 20
+        lock.execute("COMMIT")
+        lock.close()
+        wait_for(lambda: log.written == 620 and log.live)
+    finally:
+        log.close()
+    assert log.dropped == 0 and logged(url) == (620, 620)
+
+
+def test_an_api_killed_with_a_full_spool_replays_it_at_the_next_start(tmp_path):
+    """Both processes SIGKILLed (a container killed) while the database was away: the next
+    start finds the spool, replays it, and writes each row once."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    spool = tmp_path / "spool"
+    script = textwrap.dedent(f"""
+        import time
+        from serving.inference_log import InferenceLog
+        from tests.unit.test_inference_log import RECORDS
+        log = InferenceLog({url!r}, spool_dir={str(spool)!r}, batch_rows=20, flush_s=0.05)
+        log.start()
+        for i in range(10):
+            log.append(f"r{{i}}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        while log.spooled < 200:
+            time.sleep(0.05)
+        print(log._writer.process.pid, flush=True)
+        time.sleep(600)
+    """)
+    sqlite3.connect(tmp_path / "log.db").close()
+    lock = locked(tmp_path / "log.db")
+    api = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                           cwd=Path(__file__).parents[2])  # fmt: skip
+    writer_pid = int(api.stdout.readline())
+    os.kill(writer_pid, signal.SIGKILL)
+    api.kill()
+    api.wait()
+    lock.execute("COMMIT")
+    lock.close()
+    assert list(spool.rglob("*.seg"))
+    log = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    log.start()
+    try:
+        wait_for(lambda: log.replayed == 200)
+    finally:
+        log.close()
+    assert logged(url) == (200, 200) and log.dropped == 0
+
+
+def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    spool = tmp_path / "spool"
+    sqlite3.connect(tmp_path / "log.db").close()
+    lock = locked(tmp_path / "log.db")
+    first = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    first.start()
+    for i in range(5):
+        first.append(f"r{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+    wait_for(lambda: first.spooled == 100)
+    first._writer.process.kill()  # a crash ...
+    first._writer.process.wait()
+    (segment,) = spool.rglob("*.seg")
+    with open(segment, "r+b") as handle:  # ... in the middle of writing the last frame
+        handle.truncate(segment.stat().st_size - 10)
+    lock.execute("COMMIT")
+    lock.close()
+    second = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    second.start()
+    try:
+        wait_for(lambda: second.replayed == 80 and second.torn_frames == 1)
+    finally:
+        second.close()
+    assert logged(url) == (80, 80)
+
+
+def test_past_the_spool_cap_rows_are_dropped_and_counted_nothing_else_lost(tmp_path):
+    url = f"sqlite:///{tmp_path}/log.db"
+    sqlite3.connect(tmp_path / "log.db").close()
+    lock = locked(tmp_path / "log.db")
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", spool_max_bytes=40_000, batch_rows=20, flush_s=0.05)
+    log.start()
+    try:
+        for i in range(40):
+            log.append(f"r{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.spooled + log.dropped == 800)
+        assert 0 < log.dropped < 800 and log.spool_bytes <= 40_000
+        lock.execute("COMMIT")
+        lock.close()
+        wait_for(lambda: log.written == log.spooled)
+    finally:
+        log.close()
+    assert log.written + log.dropped == 800 and logged(url) == (log.written, log.written)
+
+
+def test_a_spool_folder_that_cannot_be_written_stops_the_start_naming_the_variable(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the spool folder should be")
+    log = InferenceLog(f"sqlite:///{tmp_path}/log.db", spool_dir=blocker / "spool")
+    with pytest.raises(SettingsError, match="CHURN_INFERENCE_LOG_SPOOL_DIR=.*cannot write there"):
+        log.start()

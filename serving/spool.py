@@ -1,0 +1,294 @@
+"""The inference log's disk spool: scored rows wait here, in order, until the database has them.
+
+Like the disk buffers of Fluent Bit or Vector: the writer process appends every frame it
+receives to a segment file before it tries the database, so an outage, a slow database or
+a crash of the API costs no row. A frame is ``length, crc32, rows`` then its MessagePack
+payload; segments roll over at ``segment_bytes`` and a segment is deleted once every frame
+in it is committed. A torn last frame (power loss, SIGKILL mid-write) fails its length or
+checksum check: it is skipped and counted, never a crash.
+
+Each writer owns one directory under the spool root, held by an ``flock``; a writer that
+starts finds directories no live process holds (left by a killed API) and adopts them, so
+their rows are replayed first. Only past ``max_bytes`` on disk are rows refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">III")  # payload length, crc32 of the payload, rows in the frame
+_LOCK = "owner.lock"
+_SUFFIX = ".seg"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One spooled frame: where it ends, so its segment can go once it is committed."""
+
+    directory: Path
+    segment: int
+    end: int
+    rows: int
+    payload: bytes
+
+
+class _Directory:
+    """A spool directory this process holds the lock of."""
+
+    def __init__(self, path: Path, lock_fd: int, adopted: bool) -> None:
+        self.path, self.lock_fd, self.adopted = path, lock_fd, adopted
+
+    def segments(self) -> list[int]:
+        return sorted(int(p.stem) for p in self.path.glob(f"*{_SUFFIX}") if p.stem.isdigit())
+
+    def segment_path(self, number: int) -> Path:
+        return self.path / f"{number:012d}{_SUFFIX}"
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+class Spool:
+    """Append frames at the tail, read them from the head, delete what is committed.
+
+    One thread appends (the writer's receiver), one reads and acknowledges (its loader).
+    """
+
+    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20) -> None:
+        self.root, self.max_bytes, self.segment_bytes = root, max_bytes, segment_bytes
+        root.mkdir(parents=True, exist_ok=True)
+        self._dirs: list[_Directory] = []
+        for candidate in sorted(p for p in root.iterdir() if p.is_dir()):
+            fd = _try_lock(candidate)
+            if fd is not None:  # no live writer holds it: a previous process's rows
+                self._dirs.append(_Directory(candidate, fd, adopted=True))
+        own = root / uuid.uuid4().hex
+        own.mkdir()
+        fd = _try_lock(own)
+        assert fd is not None
+        self._own = _Directory(own, fd, adopted=False)
+        self._dirs.append(self._own)
+        self.adopted_bytes = sum(self._dir_bytes(d) for d in self._dirs[:-1])
+        self.bytes = self.adopted_bytes
+        self.torn_frames = 0
+        self._cond = threading.Condition()
+        self._tail_segment = 0
+        self._tail: int | None = None  # fd of the segment being appended to
+        self._tail_size = 0
+        self._published = (0, 0)  # (segment, end offset) the reader may read up to in our own dir
+        self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
+        self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
+        self._closed = False
+
+    @staticmethod
+    def _dir_bytes(directory: _Directory) -> int:
+        return sum(directory.segment_path(n).stat().st_size for n in directory.segments())
+
+    # ---------------------------------------------------------------- appending
+
+    def append(self, payload: bytes, rows: int) -> bool:
+        """Write one frame at the tail; False (nothing written) when the spool is full."""
+        frame = _HEADER.pack(len(payload), zlib.crc32(payload), rows) + payload
+        with self._cond:
+            if self.bytes + len(frame) > self.max_bytes:
+                return False
+            if self._tail is None or self._tail_size + len(frame) > self.segment_bytes and self._tail_size:
+                self._roll()
+            assert self._tail is not None
+            os.write(self._tail, frame)  # one write per frame: a crash tears at most the last one
+            self._tail_size += len(frame)
+            self.bytes += len(frame)
+            self._published = (self._tail_segment, self._tail_size)
+            self._cond.notify_all()
+        return True
+
+    def _roll(self) -> None:
+        if self._tail is not None:
+            os.fsync(self._tail)
+            os.close(self._tail)
+        self._tail_segment += 1
+        path = self._own.segment_path(self._tail_segment)
+        self._tail = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._tail_size = 0
+
+    def sync(self) -> None:
+        """Make what was appended survive a power cut (the writer calls this every flush interval)."""
+        with self._cond:
+            if self._tail is not None:
+                os.fsync(self._tail)
+
+    # ---------------------------------------------------------------- reading
+
+    def read(self, max_rows: int, timeout: float) -> list[Frame]:
+        """The next frames in order, up to ``max_rows`` rows (at least one frame if any);
+        waits up to ``timeout`` for one. Adopted directories come first."""
+        frames: list[Frame] = []
+        rows = 0
+        for frame in self._frames(timeout):
+            frames.append(frame)
+            rows += frame.rows
+            if rows >= max_rows:
+                break
+        return frames
+
+    def _frames(self, timeout: float) -> Iterator[Frame]:
+        if self._reader is None:
+            self._reader = (self._dirs[0], *(self._first_segment(self._dirs[0]), 0))
+        waited = False
+        while True:
+            directory, segment, offset = self._reader
+            own = directory is self._own
+            if own:
+                with self._cond:
+                    if (segment, offset) >= self._published:
+                        if waited or self._closed:
+                            return
+                        self._cond.wait(timeout)
+                        waited = True
+                        continue
+                    limit = self._tail_size if segment == self._published[0] else None
+            else:
+                limit = None
+            frame = self._read_one(directory, segment, offset, limit)
+            if frame is None:  # end of this segment (or a torn tail): move on
+                nxt = self._next_position(directory, segment)
+                if nxt is None:
+                    return
+                self._reader = nxt
+                if nxt[0] is not directory and waited:
+                    return  # one read never mixes frames of two directories
+                continue
+            self._reader = (directory, segment, frame.end)
+            yield frame
+            waited = True  # after one frame, take only what is already there
+            if self._reader[0] is not directory:
+                return
+
+    def _first_segment(self, directory: _Directory) -> int:
+        segments = directory.segments()
+        return segments[0] if segments else 1
+
+    def _next_position(self, directory: _Directory, segment: int) -> tuple[_Directory, int, int] | None:
+        later = [n for n in directory.segments() if n > segment]
+        if later:
+            return directory, later[0], 0
+        if directory is self._own:
+            return None  # the tail segment: wait for more
+        index = self._dirs.index(directory)
+        following = self._dirs[index + 1]
+        return following, self._first_segment(following), 0
+
+    def _read_one(self, directory: _Directory, segment: int, offset: int, limit: int | None) -> Frame | None:
+        path = directory.segment_path(segment)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                header = handle.read(_HEADER.size)
+                if not header:
+                    return None
+                torn = len(header) < _HEADER.size
+                if not torn:
+                    length, crc, rows = _HEADER.unpack(header)
+                    payload = handle.read(length)
+                    end = offset + _HEADER.size + length
+                    torn = len(payload) < length or zlib.crc32(payload) != crc or (limit is not None and end > limit)
+        except FileNotFoundError:
+            return None
+        if torn:
+            self.torn_frames += 1
+            log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
+            size = path.stat().st_size
+            self._reader = (directory, segment, size)
+            return None
+        return Frame(directory.path, segment, end, rows, payload)
+
+    # ---------------------------------------------------------------- acknowledging
+
+    def ack(self, frames: list[Frame]) -> None:
+        """The frames are committed: delete every segment read to its end before the last of them."""
+        if not frames:
+            return
+        last = frames[-1]
+        if last.directory == self._own.path:
+            self._acked = (last.segment, last.end)
+        for directory in list(self._dirs):
+            for number in directory.segments():
+                path = directory.segment_path(number)
+                if directory.path == last.directory and number >= last.segment:
+                    is_tail = directory is self._own and number == self._tail_segment
+                    if number == last.segment and not is_tail and last.end >= path.stat().st_size:
+                        self._delete(path)
+                    return
+                self._delete(path)
+            if directory.adopted:  # read to its end before the last committed frame
+                self._release(directory)
+
+    def _delete(self, path: Path) -> None:
+        size = path.stat().st_size
+        path.unlink()
+        with self._cond:
+            self.bytes -= size
+
+    def _release(self, directory: _Directory) -> None:
+        """Remove a directory whose frames are all committed."""
+        self._dirs.remove(directory)
+        (directory.path / _LOCK).unlink(missing_ok=True)
+        os.close(directory.lock_fd)
+        try:
+            directory.path.rmdir()
+        except OSError:
+            pass
+
+    @property
+    def own(self) -> Path:
+        """This writer's directory (frames from any other were spooled by an earlier process)."""
+        return self._own.path
+
+    @property
+    def adopted(self) -> int:
+        """Spool directories left by earlier processes that are still being replayed."""
+        return sum(1 for d in self._dirs if d.adopted)
+
+    def close(self) -> None:
+        """Stop waiting readers and let go of the directories. Uncommitted frames stay on disk
+        for the next writer to replay; a spool with nothing left is removed."""
+        with self._cond:
+            self._closed = True
+            if self._tail is not None:
+                os.fsync(self._tail)
+                os.close(self._tail)
+                self._tail = None
+            self._cond.notify_all()
+            everything_committed = len(self._dirs) == 1 and self._acked >= self._published
+        if everything_committed:
+            for number in self._own.segments():
+                self._own.segment_path(number).unlink()
+            self._release(self._own)
+        self.release()
+
+    def release(self) -> None:
+        """Drop the locks (as a process's death would); the files stay."""
+        for directory in self._dirs:
+            try:
+                os.close(directory.lock_fd)
+            except OSError:
+                pass
+        self._dirs = []

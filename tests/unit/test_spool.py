@@ -1,0 +1,97 @@
+"""The inference log's disk spool on its own: order, acknowledgement, torn frames, the cap,
+and adoption of a spool an earlier process left (real files, no database)."""
+
+from __future__ import annotations
+
+import os
+
+from serving.spool import Spool
+
+
+def payloads(spool: Spool, timeout: float = 0.05) -> list[bytes]:
+    out = []
+    while frames := spool.read(10_000, timeout):
+        out += [f.payload for f in frames]
+        spool.ack(frames)
+    return out
+
+
+def segment_files(root) -> list:
+    return sorted(root.rglob("*.seg"))
+
+
+def test_frames_come_back_in_order_and_committed_segments_are_deleted(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=100)
+    sent = [f"frame-{i}".encode() * 5 for i in range(30)]
+    for payload in sent:
+        assert spool.append(payload, rows=2)
+    assert len(segment_files(tmp_path)) > 5  # rolled over at 100 bytes
+    frames = spool.read(10, timeout=0.1)
+    assert [f.payload for f in frames] == sent[:5] and sum(f.rows for f in frames) == 10
+    spool.ack(frames)
+    assert payloads(spool) == sent[5:]
+    assert len(segment_files(tmp_path)) == 1  # only the open tail segment stays
+    spool.close()
+    assert segment_files(tmp_path) == []  # an empty spool leaves nothing behind
+
+
+def test_a_spool_left_by_a_dead_process_is_adopted_and_replayed_first(tmp_path):
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(3):
+        dead.append(f"old-{i}".encode(), rows=1)
+    dead.sync()
+    dead.release()  # what the kernel does when the process dies: the lock goes, the files stay
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.adopted == 1 and spool.adopted_bytes > 0
+    spool.append(b"new", rows=1)
+    frames = spool.read(100, timeout=0.1)
+    assert [f.payload for f in frames][:3] == [b"old-0", b"old-1", b"old-2"]
+    assert all(f.directory != spool.own for f in frames[:3])
+    spool.ack(frames)
+    assert payloads(spool) == ([] if len(frames) == 4 else [b"new"])
+    assert spool.adopted == 0 and [p for p in tmp_path.iterdir() if p.is_dir()] == [spool.own]
+
+
+def test_a_live_spool_is_never_adopted(tmp_path):
+    first = Spool(tmp_path, max_bytes=1 << 20)
+    first.append(b"mine", rows=1)
+    second = Spool(tmp_path, max_bytes=1 << 20)
+    assert second.adopted == 0 and payloads(second) == []
+    assert payloads(first) == [b"mine"]
+
+
+def test_a_torn_last_frame_is_skipped_and_counted(tmp_path):
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(4):
+        dead.append(f"good-{i}".encode() * 10, rows=1)
+    dead.sync()
+    dead.release()
+    (segment,) = segment_files(tmp_path)
+    with open(segment, "r+b") as handle:  # power cut in the middle of the last write
+        handle.truncate(os.path.getsize(segment) - 7)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [f"good-{i}".encode() * 10 for i in range(3)]
+    assert spool.torn_frames == 1
+
+
+def test_a_corrupted_frame_fails_its_checksum(tmp_path):
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    dead.append(b"a" * 50, rows=1)
+    dead.append(b"b" * 50, rows=1)
+    dead.sync()
+    dead.release()
+    (segment,) = segment_files(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit in the last payload
+    segment.write_bytes(bytes(data))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [b"a" * 50] and spool.torn_frames == 1
+
+
+def test_past_the_cap_appends_are_refused_and_room_comes_back_after_commit(tmp_path):
+    spool = Spool(tmp_path, max_bytes=600, segment_bytes=200)
+    accepted = [spool.append(b"x" * 90, rows=1) for _ in range(10)]
+    assert accepted.count(True) == 5 and accepted[5:] == [False] * 5
+    assert spool.bytes <= 600
+    payloads(spool)
+    assert spool.append(b"y" * 90, rows=1)  # committed segments were deleted: room again
