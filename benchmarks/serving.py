@@ -5,7 +5,11 @@
 Trains one model on the Telco data (or synthetic data) into a throwaway embedded registry,
 promotes it, starts both servers on loopback and drives each with wrk (Debian package
 `wrk`; `make bench-serving` installs it when missing): single customers at 8 connections,
-then 1000-customer batches. Prints requests/s, p50/p99 latency and rows/s, with the ratio.
+then 1000-customer batches. Prints requests/s, p50/p99 latency and rows/s, with the ratio,
+and checks the inference log kept up: after the runs it waits for the log to drain and
+counts the rows in the log database against the rows scored. The log goes to a throwaway
+database on the local PostgreSQL (127.0.0.1:5432, user postgres) when one answers, else to
+SQLite; `--log-url` picks another.
 """
 
 from __future__ import annotations
@@ -62,14 +66,61 @@ def wrk(url: str, body: Path, connections: int, seconds: int, folder: Path) -> d
 
 
 def inference_log_rows(url: str) -> dict[str, float]:
-    """Rows scored, written to and dropped from our inference log, from /metrics: a log that
-    fell behind and dropped rows would flatter the throughput."""
+    """Rows scored, spooled, written and dropped by our inference log, from /metrics: a log
+    that fell behind and dropped rows would flatter the throughput."""
     text = httpx.get(f"{url}/metrics").text
     counters = {}
-    for name in ("churn_rows_scored_total", "churn_inference_log_rows_written_total",
-                 "churn_inference_log_rows_dropped_total"):  # fmt: skip
-        counters[name] = float(re.search(rf"^{name} ([\d.e+]+)$", text, re.M).group(1))
+    for name in ("rows_scored_total", "inference_log_rows_written_total", "inference_log_rows_spooled_total",
+                 "inference_log_rows_dropped_total", "inference_log_spool_bytes"):  # fmt: skip
+        counters[name] = float(re.search(rf"^churn_{name} ([\d.e+]+)$", text, re.M).group(1))
     return counters
+
+
+def drained(url: str, timeout: float = 300) -> tuple[dict[str, float], float]:
+    """Wait until every scored row is written or counted as dropped; return the counters and
+    how long the log took to catch up after the load stopped."""
+    started = time.perf_counter()
+    while True:
+        rows = inference_log_rows(url)
+        done = rows["inference_log_rows_written_total"] + rows["inference_log_rows_dropped_total"]
+        if done >= rows["rows_scored_total"] or time.perf_counter() - started > timeout:
+            return rows, time.perf_counter() - started
+        time.sleep(0.5)
+
+
+def log_database(folder: Path, given: str | None) -> tuple[str, str, object]:
+    """(URL, what it is, cleanup) of the inference-log database for this run."""
+    if given:
+        return given, given.split(":", 1)[0], lambda: None
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3)
+    except Exception:  # noqa: BLE001 - no local PostgreSQL: SQLite
+        return f"sqlite:///{folder}/log.db", "SQLite", lambda: None
+    admin.autocommit = True
+    name = f"bench_log_{os.getpid()}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}", "PostgreSQL", drop
+
+
+def logged_rows(url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar())
+    finally:
+        engine.dispose()
 
 
 def main() -> None:
@@ -77,6 +128,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
     parser.add_argument("--data", default=str(REPO / "data" / "telco_churn.csv"))
     parser.add_argument("--model-type", default="logistic")
+    parser.add_argument("--log-url", default=None, help="Inference-log database (default: local PostgreSQL).")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
@@ -133,10 +185,11 @@ def main() -> None:
         (folder / f"{name}.json").write_text(json.dumps(body))
 
     bin_dir = Path(sys.executable).parent
+    log_url, log_kind, drop_log = log_database(folder, args.log_url)
     env = dict(
         os.environ,
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
+        CHURN_INFERENCE_LOG_URL=log_url,
         CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"),
     )
     ours_port, peer_port = free_port(), free_port()
@@ -169,10 +222,12 @@ def main() -> None:
             results[("ours", label)] = wrk(url, folder / f"{body}.json", conns, args.seconds, folder)
         for label, body, conns in (("single", "peer_single", 8), ("batch", "peer_batch", 2)):
             results[("peer", label)] = wrk(peer_url, folder / f"{body}.json", conns, args.seconds, folder)
-        log_rows = inference_log_rows(ours_url)
+        log_rows, catch_up_s = drained(ours_url)
+        in_database = logged_rows(log_url)
     finally:
         ours.stop()
         peer.stop()
+        drop_log()
 
     print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
     print(f"{'':34}{'ours':>12}{'mlflow serve':>14}{'ratio':>9}")
@@ -186,10 +241,11 @@ def main() -> None:
     )
     print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
     print(f"{'non-2xx responses':34}{s_o['errors'] + b_o['errors']:>12}{s_p['errors'] + b_p['errors']:>14}")
+    scored = log_rows["rows_scored_total"]
     print(
-        f"{'inference log rows written':34}{log_rows['churn_inference_log_rows_written_total']:>12.0f}"
-        f"  of {log_rows['churn_rows_scored_total']:.0f} scored, "
-        f"{log_rows['churn_inference_log_rows_dropped_total']:.0f} dropped"
+        f"{'inference log (' + log_kind + ')':34}{in_database:>12.0f}  rows in the table of {scored:.0f} scored "
+        f"({log_rows['inference_log_rows_spooled_total']:.0f} spooled, "
+        f"{log_rows['inference_log_rows_dropped_total']:.0f} dropped; drained {catch_up_s:.1f}s after the load)"
     )
     print(
         f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)"

@@ -105,15 +105,27 @@ class Spool:
     # ---------------------------------------------------------------- appending
 
     def append(self, payload: bytes, rows: int) -> bool:
-        """Write one frame at the tail; False (nothing written) when the spool is full."""
+        """Write one frame at the tail; False (nothing written) when the spool is at its cap
+        or the disk refuses (full, read-only): the writer counts those rows as dropped."""
         frame = _HEADER.pack(len(payload), zlib.crc32(payload), rows) + payload
         with self._cond:
             if self.bytes + len(frame) > self.max_bytes:
                 return False
-            if self._tail is None or self._tail_size + len(frame) > self.segment_bytes and self._tail_size:
-                self._roll()
-            assert self._tail is not None
-            os.write(self._tail, frame)  # one write per frame: a crash tears at most the last one
+            try:
+                if self._tail is None or self._tail_size + len(frame) > self.segment_bytes and self._tail_size:
+                    self._roll()
+                assert self._tail is not None
+                written = os.write(self._tail, frame)  # one write per frame: a crash tears at most the last one
+            except OSError as exc:
+                log.error("inference log spool: cannot write to %s (%s)", self._own.path, exc.strerror)
+                written = -1
+            if written != len(frame):  # a short or failed write: cut it off, so later frames stay readable
+                if self._tail is not None and written:
+                    try:
+                        os.ftruncate(self._tail, self._tail_size)
+                    except OSError:
+                        pass
+                return False
             self._tail_size += len(frame)
             self.bytes += len(frame)
             self._published = (self._tail_segment, self._tail_size)

@@ -95,3 +95,24 @@ def test_past_the_cap_appends_are_refused_and_room_comes_back_after_commit(tmp_p
     assert spool.bytes <= 600
     payloads(spool)
     assert spool.append(b"y" * 90, rows=1)  # committed segments were deleted: room again
+
+
+def test_a_disk_that_refuses_a_write_loses_that_frame_only(tmp_path, monkeypatch):
+    """A full disk (ENOSPC) mid-frame: the frame is refused and cut off, later frames still read."""
+    import errno
+
+    import serving.spool as spool_module
+
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"before", rows=1)
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, data[:5])  # the disk took a few bytes, then was full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "write", full_disk)
+    assert not spool.append(b"lost-to-a-full-disk", rows=1)
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    assert spool.append(b"after", rows=1)
+    assert payloads(spool) == [b"before", b"after"] and spool.torn_frames == 0
