@@ -13,7 +13,9 @@ layer trusts it, and sklearn remains the fallback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -98,6 +100,8 @@ class FastScorer:
         self._offsets = np.cumsum([offset_after_numeric] + [len(m) for m in self._lookup])[:-1]
         self._width = offset_after_numeric + sum(len(m) for m in self._lookup)
         self._encoders = list(zip(self._categorical, self._lookup, self._offsets.tolist(), strict=True))
+        self._numeric_values = _getter(self._numeric)
+        self._categorical_values = _getter(self._categorical)
         self._classifier = classifier
         if isinstance(classifier, LogisticRegression):
             if classifier.coef_.shape[0] != 1:
@@ -110,7 +114,8 @@ class FastScorer:
     def matrix(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """The classifier's input matrix for ``records``."""
         n = len(records)
-        numbers = np.array([[r[c] for c in self._numeric] for r in records], dtype=float).reshape(n, len(self._numeric))
+        # itemgetter and map run the per-record loops in C: no Python frame per value.
+        numbers = np.array(list(map(self._numeric_values, records)), dtype=float).reshape(n, len(self._numeric))
         # The same operations in the same order as sklearn's transform, so the result is
         # bit-identical: for trees a last-bit difference can cross a split threshold.
         if self._lambdas is not None:
@@ -130,8 +135,9 @@ class FastScorer:
             x[rows, columns] = 1.0
             return x
         rows = np.arange(n)
-        for column, lookup, offset in zip(self._categorical, self._lookup, self._offsets, strict=True):
-            index = np.fromiter((lookup.get(r[column], -1) for r in records), dtype=np.intp, count=n)
+        by_column = zip(*map(self._categorical_values, records), strict=True)
+        for values, lookup, offset in zip(by_column, self._lookup, self._offsets, strict=True):
+            index = np.fromiter(map(lookup.get, values, repeat(-1, n)), dtype=np.intp, count=n)
             known = index >= 0
             x[rows[known], offset + index[known]] = 1.0
         return x
@@ -145,6 +151,14 @@ class FastScorer:
             raw = self._classifier._raw_predict(x, n_threads=1 if len(x) < 64 else None)
             return self._classifier._loss.predict_proba(raw)[:, 1]
         return self._classifier.predict_proba(x)[:, 1]
+
+
+def _getter(columns: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A record's values for ``columns``, always as a tuple (itemgetter of one name returns a scalar)."""
+    if len(columns) == 1:
+        (name,) = columns
+        return lambda record: (record[name],)
+    return operator.itemgetter(*columns)
 
 
 class SklearnScorer:
