@@ -25,6 +25,7 @@ from churn_platform.training_config import TrainConfig
 
 if TYPE_CHECKING:
     from churn_platform.promotion import VersionInfo
+    from churn_platform.rollout import RolloutState
 
 #: Entry-point group through which the apps add their commands.
 COMMANDS_GROUP = "churn_platform.commands"
@@ -285,6 +286,76 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
         moved = f"v{e.from_version or '-'} -> v{e.to_version or '-'}"
         why = f"  {e.reason}" if e.reason else ""
         click.echo(f"{e.at}  {e.action:<8} {moved:<12} by {e.actor} via {e.via}{why}")
+
+
+@main.group()
+def rollout() -> None:
+    """Serve the Challenger beside Production (shadow or canary), then promote or stop."""
+
+
+def _fmt_rollout(state: RolloutState) -> str:
+    if state.mode == "off":
+        return "rollout: off (Production serves every customer)"
+    share = f" {state.percent}% of customers" if state.mode == "canary" else " (scored for every customer, logged only)"
+    line = f"rollout: {state.mode}: Challenger v{state.challenger_version}{share}"
+    line += f" beside Production v{state.production_version}\n  started {state.started_at} by {state.started_by}"
+    return line + (f": {state.reason}" if state.reason else "")
+
+
+@rollout.command("start")
+@click.option("--mode", type=click.Choice(["shadow", "canary"]), required=True, help="How the Challenger serves.")
+@click.option("--percent", type=int, default=None, help="Canary: share of customers (1-99) the Challenger answers.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Default: the Challenger alias.")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@registry_command
+def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, percent: int | None,
+                  version: int | None, reason: str, actor: str | None) -> None:  # fmt: skip
+    """Start (or change) a rollout; API replicas follow within CHURN_RELOAD_POLL_S or on /admin/reload."""
+    from churn_platform import rollout as rollout_mod
+
+    state = rollout_mod.start(client, settings.model_name, mode=mode, percent=percent, version=version,  # type: ignore[arg-type]
+                              reason=reason, actor=actor)  # fmt: skip
+    echo_json(state.model_dump(mode="json")) if as_json else click.echo(_fmt_rollout(state))
+
+
+@rollout.command("status")
+@registry_command
+def rollout_status(client: Any, settings: Settings, as_json: bool) -> None:
+    """The rollout state in the registry."""
+    from churn_platform import rollout as rollout_mod
+
+    state = rollout_mod.current(client, settings.model_name)
+    echo_json(state.model_dump(mode="json")) if as_json else click.echo(_fmt_rollout(state))
+
+
+@rollout.command("stop")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@registry_command
+def rollout_stop(client: Any, settings: Settings, as_json: bool, reason: str, actor: str | None) -> None:
+    """End the rollout: Production serves every customer again."""
+    from churn_platform import rollout as rollout_mod
+
+    state = rollout_mod.stop(client, settings.model_name, reason=reason, actor=actor)
+    echo_json(state.model_dump(mode="json")) if as_json else click.echo(_fmt_rollout(state))
+
+
+@rollout.command("promote")
+@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@click.option("--force", is_flag=True, help="Promote even if the roc_auc gate refuses.")
+@registry_command
+def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str, actor: str | None,
+                    force: bool) -> None:  # fmt: skip
+    """Move Production to the rollout's Challenger (same gate as promote), then end the rollout."""
+    from churn_platform import rollout as rollout_mod
+
+    result = rollout_mod.promote(client, settings.model_name, reason=reason, actor=actor, force=force,
+                                 tolerance=settings.promotion_tolerance)  # fmt: skip
+    if as_json:
+        return echo_json(result.to_json())
+    click.echo(f"{result.message} ({settings.model_name}); rollout ended")
 
 
 @main.command()

@@ -88,3 +88,10 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 refused by a gate or drift detected; 2 bad usage, bad input or not found; "
     "3 registry, storage or database unreachable; 4 data-quality failure."
 )
+
+# ---------------------------------------------------------------- rollout
+
+#: Registered-model tag holding the rollout state (JSON): every replica reads it.
+ROLLOUT_TAG = "churn_platform.rollout"
+#: Audit-event actions of rollout changes (they never move Production themselves).
+ROLLOUT_ACTIONS: tuple[str, ...] = ("rollout-start", "rollout-stop")

@@ -42,6 +42,9 @@ from churn_platform.errors import GateRefused, NotFoundError
 from churn_platform.gate import GateVerdict
 
 AUDIT_PREFIX = AUDIT_TAG_PREFIX
+#: Events that move the Production alias; the audit trail also holds rollout events, which
+#: ``history`` shows but the alias bookkeeping (reconcile, rollback path) must ignore.
+MOVES = frozenset({"promote", "rollback", "external"})
 #: Events this close to the latest one count as one race, not an outside change.
 RACE_WINDOW_NS = 10 * 1_000_000_000
 
@@ -120,28 +123,59 @@ def _current(client: MlflowClient, name: str) -> int | None:
     return int(version.version) if version else None
 
 
+def record(
+    client: MlflowClient,
+    name: str,
+    action: str,
+    from_version: int | None,
+    to_version: int | None,
+    *,
+    actor: str | None,
+    reason: str,
+) -> Event:
+    """Write an audit event that does not move Production (a rollout change): ``history`` shows it."""
+    if action in MOVES:
+        raise ValueError(f"{action!r} moves Production: use promote or rollback")
+    key, at = _now_key()
+    event = Event(key, at, action, from_version, to_version, actor or default_actor(), reason, "cli")
+    _write(client, name, event)
+    return event
+
+
+def current_production(client: MlflowClient, name: str) -> int | None:
+    """The version holding Production (after adopting a UI promotion)."""
+    reconcile(client, name)
+    return _current(client, name)
+
+
+def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
+    """``version`` of ``name`` if it exists and is READY, else ``NotFoundError``."""
+    return _ready_version(client, name, version)
+
+
 def _write(client: MlflowClient, name: str, event: Event) -> None:
     client.set_registered_model_tag(name, event.key, json.dumps(event.to_json(), sort_keys=True))
 
 
 def reconcile(client: MlflowClient, name: str) -> list[Event]:
     """Events, with an ``external`` one recorded if the alias moved outside our commands."""
-    events = recorded_events(client, name)
+    recorded = recorded_events(client, name)
+    events = [e for e in recorded if e.action in MOVES]
     registry.adopt_ui_aliases(client, name)
     current = _current(client, name)
     if not events:
         if current is None:
-            return events
+            return recorded
         last_ns, base = 0, "initial"
     else:
         last = events[-1]
         if current == last.to_version:
-            return events
+            return recorded
         recent = [e for e in events if e.ns >= last.ns - RACE_WINDOW_NS]
         if current is not None and current in {e.to_version for e in recent}:
-            return events  # two of our own promotions raced; both are recorded
+            return recorded  # two of our own promotions raced; both are recorded
         if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
-            return events  # a command has just recorded its event and is about to move the alias
+            return recorded  # a command has just recorded its event and is about to move the alias
         last_ns, base = last.ns, last.key.rsplit("-", 1)[-1]
     # Deterministic key: just after the last recorded event, named after it and the alias.
     key = f"{AUDIT_PREFIX}{last_ns + 1:020d}-ext{base}{current or 0}"
@@ -156,7 +190,7 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         via="external",
     )
     _write(client, name, event)
-    return [*events, event]
+    return sorted([*recorded, event], key=lambda e: e.key)
 
 
 def production_stack(events: list[Event], current: int | None) -> list[int]:
@@ -165,7 +199,7 @@ def production_stack(events: list[Event], current: int | None) -> list[int]:
     This is the path rollbacks walk back along: a rollback pops back to its target.
     """
     stack: list[int] = []
-    for event in events:
+    for event in (e for e in events if e.action in MOVES):
         if event.action == "rollback":
             while stack and stack[-1] != event.to_version:
                 stack.pop()
@@ -269,7 +303,8 @@ def status(client: MlflowClient, name: str) -> Status:
             continue
         info = describe(client, version, aliases.get(int(version.version), []))
         if alias == PRODUCTION_ALIAS:
-            promoted = next((e for e in reversed(events) if e.to_version == int(version.version)), None)
+            moves = (e for e in reversed(events) if e.action in MOVES)
+            promoted = next((e for e in moves if e.to_version == int(version.version)), None)
             if promoted:
                 info = info.model_copy(
                     update={"promoted_at": promoted.at, "promoted_by": promoted.actor, "promoted_via": promoted.via}

@@ -1,0 +1,103 @@
+"""Rollout state in the registry (embedded registry, real MLflow): start, status, stop, promote,
+bad input refused with the registry unchanged, and the audit trail around Production intact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from churn_platform.cli import main
+from churn_platform.contract import ROLLOUT_TAG
+from churn_platform.settings import get_settings
+from churn_platform.training import TrainConfig, train
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def out(result) -> dict:
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def three_versions(embedded, model_name):
+    """v1 in Production, v2 and v3 registered; v3 holds Challenger."""
+    for seed in (1, 2, 3):
+        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    assert cli("promote", "--model-name", model_name, "--version", "1").exit_code == 0
+    MlflowClient().set_registered_model_alias(model_name, "Challenger", "3")
+    return model_name
+
+
+def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions):
+    name = three_versions
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
+    started = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "20",
+                  "--reason", "try v3", "--actor", "ana", "--json")  # fmt: skip
+    assert started.exit_code == 0, started.output
+    state = out(cli("rollout", "status", "--model-name", name, "--json"))
+    assert (state["mode"], state["percent"], state["challenger_version"], state["production_version"]) == (
+        "canary", 20, 3, 1)  # fmt: skip
+    assert state["started_by"] == "ana" and state["reason"] == "try v3"
+    assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "canary"
+    text = cli("rollout", "status", "--model-name", name).output
+    assert "canary: Challenger v3 20% of customers beside Production v1" in text
+    events = out(cli("history", "--model-name", name, "--json"))["events"]
+    assert (events[0]["action"], events[0]["from"], events[0]["to"]) == ("rollout-start", 1, 3)
+    assert "canary 20%: try v3" in events[0]["reason"]
+    assert cli("rollout", "stop", "--model-name", name).exit_code == 0
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
+    assert out(cli("history", "--model-name", name, "--json"))["events"][0]["action"] == "rollout-stop"
+    # Rollout events never look like moves of Production: status and rollback still see v1 alone.
+    status = out(cli("status", "--model-name", name, "--json"))
+    assert status["production"]["version"] == 1 and status["production"]["promoted_via"] == "cli"
+    assert cli("rollback", "--model-name", name).exit_code == 2  # nothing before v1
+
+
+def test_rollout_promote_moves_production_through_the_gate_then_ends_the_rollout(three_versions):
+    name = three_versions
+    assert cli("rollout", "start", "--model-name", name, "--mode", "shadow", "--version", "2").exit_code == 0
+    promoted = cli("rollout", "promote", "--model-name", name, "--force", "--json")
+    assert promoted.exit_code == 0, promoted.output
+    result = out(promoted)
+    assert (result["from"], result["to"]) == (1, 2) and "gate" in result
+    assert out(cli("status", "--model-name", name, "--json"))["production"]["version"] == 2
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
+    actions = [e["action"] for e in out(cli("history", "--model-name", name, "--json"))["events"]]
+    assert actions[:3] == ["rollout-stop", "promote", "rollout-start"]
+    assert cli("rollback", "--model-name", name).exit_code == 0  # back to v1 along the trail
+    assert out(cli("status", "--model-name", name, "--json"))["production"]["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "canary", "--percent", "0"], "between 1 and 99"),
+        (["--mode", "canary", "--percent", "100"], "between 1 and 99"),
+        (["--mode", "canary"], "between 1 and 99"),
+        (["--mode", "shadow", "--percent", "10"], "canary only"),
+        (["--mode", "shadow", "--version", "1"], "v1 already holds Production"),
+        (["--mode", "shadow", "--version", "9"], "has no version 9"),
+        (["--mode", "blue-green"], "Invalid value for '--mode'"),
+    ],
+)
+def test_bad_input_is_exit_2_and_changes_nothing(three_versions, args, message):
+    name = three_versions
+    before = MlflowClient().get_registered_model(name).tags
+    result = cli("rollout", "start", "--model-name", name, *args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert MlflowClient().get_registered_model(name).tags == before
+
+
+def test_without_a_challenger_or_a_rollout_the_commands_say_what_is_missing(three_versions):
+    name = three_versions
+    MlflowClient().delete_registered_model_alias(name, "Challenger")
+    result = cli("rollout", "start", "--model-name", name, "--mode", "shadow")
+    assert result.exit_code == 2 and "no version of" in result.output and "Challenger" in result.output
+    for command in ("stop", "promote"):
+        result = cli("rollout", command, "--model-name", name)
+        assert result.exit_code == 2 and "no rollout" in result.output
