@@ -62,9 +62,15 @@ RISK_BANDS: tuple[str, ...] = ("low", "medium", "high")
 INFERENCE_LOG_TABLE = "inference_log"
 REQUEST_ID = "request_id"
 ROW_INDEX = "row_index"
+#: Which arm of a rollout scored the row: ``production``, ``canary`` or ``shadow``.
+ARM = "arm"
+ARMS: tuple[str, ...] = ("production", "canary", "shadow")
+#: A shadow or canary row's request id is the request's id plus this and its arm, so the two
+#: scores of one customer pair up by (request id before the separator, row index).
+ARM_SEPARATOR = "~"
 #: What each logged row carries besides the customer's id, features and score
 #: (``inference_log.COLUMNS`` lists them all; this module imports nothing of ours).
-INFERENCE_LOG_META: tuple[str, ...] = (REQUEST_ID, ROW_INDEX, SCORED_AT, MODEL_NAME, MODEL_VERSION)
+INFERENCE_LOG_META: tuple[str, ...] = (REQUEST_ID, ROW_INDEX, SCORED_AT, MODEL_NAME, MODEL_VERSION, ARM)
 
 
 # ---------------------------------------------------------------- exit codes

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from churn_platform.contract import (
+    ARM,
     INFERENCE_LOG_META,
     INFERENCE_LOG_TABLE,
     MODEL_NAME,
@@ -39,11 +40,23 @@ def table(metadata: sa.MetaData) -> sa.Table:
         sa.Column(SCORED_AT, sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column(MODEL_NAME, sa.String(256), nullable=False),
         sa.Column(MODEL_VERSION, sa.Integer(), nullable=False, index=True),
+        sa.Column(ARM, sa.String(16), nullable=False, server_default="production"),
         sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH), index=True),  # the outcomes join
         *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
         sa.Column(PROBABILITY, sa.Float(), nullable=False),
         sa.UniqueConstraint(REQUEST_ID, ROW_INDEX, name="uq_inference_log_request_row"),
     )
+
+
+def upgrade(engine: sa.Engine) -> None:
+    """Create the table, or add what a table from an earlier release lacks (the ``arm`` column)."""
+    table(sa.MetaData()).metadata.create_all(engine)
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(INFERENCE_LOG_TABLE)}
+    if ARM not in columns:
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN {ARM} VARCHAR(16) NOT NULL DEFAULT 'production'"
+            ))  # fmt: skip
 
 
 def make_engine(url: str) -> sa.Engine:

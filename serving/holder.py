@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from churn_platform import loading, registry
+from churn_platform import loading, registry, rollout
 from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryUnreachable
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 State = Literal[
-    "starting", "loading", "ready", "registry_unreachable", "alias_missing", "verification_failed", "load_failed"
-]
+    "starting", "loading", "ready", "registry_unreachable", "alias_missing", "verification_failed", "load_failed",
+    "challenger_failed",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,14 @@ class Attempt:
     reason: str
     version: int | None = None
     at: str = ""
+
+
+@dataclass(frozen=True)
+class ActiveRollout:
+    """The registry's rollout state and the verified Challenger that serves it; swapped as one."""
+
+    state: rollout.RolloutState
+    model: LoadedModel
 
 
 class LoadListener(Protocol):
@@ -53,6 +62,10 @@ class ModelHolder:
         self.settings = settings
         self.current: LoadedModel | None = None
         self.last = Attempt("starting", "the service is starting")
+        #: The Challenger beside Production while a rollout runs (None: Production alone).
+        self.rollout: ActiveRollout | None = None
+        #: How following the rollout state went last: "off", "serving vN", or why not.
+        self.rollout_status = "off"
         self._lock = threading.Lock()  # one load at a time
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -73,6 +86,7 @@ class ModelHolder:
                 with registry.translate_errors(self.settings):
                     version = loading.resolve(client, name)
                     if self.current is not None and self.current.version == version:
+                        self._follow_rollout(client)
                         return self._record("ready", f"serving {name} v{version}", version)
                     self._record("loading", f"loading {name} v{version}", version)
                     model = loading.load(
@@ -101,7 +115,34 @@ class ModelHolder:
                 self._listener.model_loaded(model)
             log.info("serving %s v%s (%s scorer, max |diff| %.2g on %d rows)", name, model.version,
                      model.scorer_kind, model.max_abs_difference, model.verified_rows)  # fmt: skip
+            self._follow_rollout(client)
             return self._record("ready", f"serving {name} v{model.version}", model.version)
+
+    def _follow_rollout(self, client: object) -> None:
+        """Load and verify the rollout's Challenger exactly as Production; whatever fails here
+        leaves Production serving alone and is only reported (``/model``, metrics)."""
+        name = self.settings.model_name
+        try:
+            with registry.translate_errors(self.settings):
+                state = rollout.current(client, name)  # type: ignore[arg-type]
+                version = state.challenger_version
+                if state.mode == "off" or version is None or (self.current and self.current.version == version):
+                    self.rollout, self.rollout_status = None, "off"
+                    return
+                if self.rollout is not None and self.rollout.model.version == version:
+                    self.rollout = ActiveRollout(state, self.rollout.model)  # mode or percent changed
+                else:
+                    model = loading.load(client, name, version, default_threshold=self.settings.decision_threshold,  # type: ignore[arg-type]
+                                         sample=self.settings.verify_sample_rows)  # fmt: skip
+                    self.rollout = ActiveRollout(state, model)
+                    log.info("rollout: %s with Challenger v%s", state.mode, version)
+                self.rollout_status = f"{state.mode}: serving Challenger v{version}"
+        except Exception as exc:  # noqa: BLE001 - a Challenger never takes Production down
+            self.rollout = None
+            self.rollout_status = f"Challenger not served: {type(exc).__name__}: {exc}"[:500]
+            log.warning("rollout: %s", self.rollout_status)
+            if self._listener:
+                self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
 
     def _fail(self, state: State, reason: str) -> Attempt:
         attempt = self._record(state, reason)

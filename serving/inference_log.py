@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 _RESTART_PAUSE_S = 1.0
 
 # Frames on the writer's stdin: first the configuration, then lists of items:
-# [request_id, scored_at, model_name, version, records, probabilities].
-Item = tuple[str, datetime, str, int, Sequence[dict[str, Any]], Sequence[float]]
+# [request_id, scored_at, model_name, version, arm, records, probabilities].
+Item = tuple[str, datetime, str, int, str, Sequence[dict[str, Any]], Sequence[float]]
 #: What happened to rows, as the writer reports it (and the metrics count it).
 Outcome = Literal["written", "dropped", "spooled", "replayed"]
 
@@ -122,6 +122,7 @@ class InferenceLog:
         version: int,
         records: Sequence[dict[str, Any]],
         scores: Sequence[float],
+        arm: str = "production",
     ) -> None:
         """Queue one request's rows; never blocks. Past the row limit the rows are dropped and counted.
 
@@ -132,7 +133,7 @@ class InferenceLog:
         with self._lock:
             full = self._pending_rows + n > self._max_rows
             if not full:
-                self._pending.append((request_id, datetime.now(UTC), model_name, version, records, scores))
+                self._pending.append((request_id, datetime.now(UTC), model_name, version, arm, records, scores))
                 self._pending_rows += n
                 if self._pending_rows >= self._batch_rows:
                     self._ready.set()
@@ -221,7 +222,8 @@ class InferenceLog:
         Validation upstream should make every row encodable; should one slip through (an
         integer beyond 64 bits, say), only its request is lost, never the sender thread.
         """
-        rows = [(rid, at, name, version, records, _floats(scores)) for rid, at, name, version, records, scores in items]
+        rows = [(rid, at, name, version, arm, records, _floats(scores))
+                for rid, at, name, version, arm, records, scores in items]  # fmt: skip
         try:
             return self._encoder.encode(rows), 0
         except (OverflowError, TypeError, ValueError):
@@ -231,7 +233,7 @@ class InferenceLog:
                     self._encoder.encode([row])
                     good.append(row)
                 except (OverflowError, TypeError, ValueError) as exc:
-                    bad += len(row[4])
+                    bad += len(row[5])
                     log.error("inference log: request %s cannot be encoded (%s); its rows are dropped", row[0], exc)
             return (self._encoder.encode(good) if good else None), bad
 
@@ -314,7 +316,7 @@ def _chunks(items: list[Item], batch_rows: int) -> Iterator[tuple[list[Item], in
     rows = 0
     for item in items:
         chunk.append(item)
-        rows += len(item[4])
+        rows += len(item[5])
         if rows >= batch_rows:
             yield chunk, rows
             chunk, rows = [], 0

@@ -36,7 +36,7 @@ import psycopg2
 import sqlalchemy as sa
 
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
-from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table
+from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.spool import Frame, Spool
 
@@ -93,17 +93,17 @@ class Database:
 
     def ensure_table(self) -> None:
         if not self._table_ready:
-            self._table.metadata.create_all(self._engine)
+            upgrade(self._engine)
             self._table_ready = True
 
     def rows(self, items: list[list[Any]]) -> list[tuple]:
         text_time = self._engine.dialect.name == "sqlite"
         values = self._values
         rows = []
-        for request_id, at, model_name, version, records, scores in items:
+        for request_id, at, model_name, version, arm, records, scores in items:
             at = sqlite_time(at) if text_time else at
             rows.extend(
-                (request_id, i, at, model_name, version, r.get(ID_COLUMN), *values(r), p)
+                (request_id, i, at, model_name, version, arm, r.get(ID_COLUMN), *values(r), p)
                 for i, (r, p) in enumerate(zip(records, scores, strict=True))
             )
         return rows

@@ -7,13 +7,15 @@ a Challenger here, and explanations, without touching the routes.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from churn_platform.contract import MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
+from churn_platform.contract import ARM_SEPARATOR, MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
 from churn_platform.loading import LoadedModel
 from churn_platform.schema import ID_COLUMN
 from churn_platform.settings import Settings
@@ -47,20 +49,63 @@ class Predictor:
 
     def predict(self, customers: list[dict[str, Any]], model: LoadedModel | None = None) -> Scored:
         """Score customers (dicts validated against the schema) with ``model`` (default: the
-        one serving now) and log every row."""
+        one serving now), or beside it with the rollout's Challenger, and log every row."""
         model = model or self.model
         if len(customers) > self.max_batch_size:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
+        request_id = uuid.uuid4().hex
+        active = self.holder.rollout
+        if active is None or active.model.version == model.version:
+            return Scored(model, self._score(model, customers, request_id, "production"))
+        challenger = active.model
+        if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
+            shadow = np.clip(challenger.scorer.score(customers), 0.0, 1.0)
+            self.inference_log.append(f"{request_id}{ARM_SEPARATOR}shadow", challenger.name, challenger.version,
+                                      customers, shadow, arm="shadow")  # fmt: skip
+            return Scored(model, self._score(model, customers, request_id, "production"))
+        to_challenger = canary(customers, active.state.percent or 0)
+        if not to_challenger.any():
+            return Scored(model, self._score(model, customers, request_id, "production"))
+        predictions: list[dict[str, Any]] = [{}] * len(customers)
+        arms = (
+            (~to_challenger, model, "production", request_id),
+            (to_challenger, challenger, "canary", f"{request_id}{ARM_SEPARATOR}canary"),
+        )
+        for chosen, scoring, arm, rid in arms:
+            positions = np.flatnonzero(chosen).tolist()
+            if positions:
+                group = [customers[i] for i in positions]
+                for i, prediction in zip(positions, self._score(scoring, group, rid, arm), strict=True):
+                    predictions[i] = prediction
+        return Scored(model, predictions)
+
+    def _score(self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str) -> list[dict]:
         probabilities = np.clip(model.scorer.score(customers), 0.0, 1.0)
         bands = np.searchsorted(self._band_edges, probabilities, side="right")
         for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
             self.metrics.predictions.labels(RISK_BANDS[index]).inc(int(count))
         self.metrics.rows_scored.inc(len(customers))
-        self.inference_log.append(uuid.uuid4().hex, model.name, model.version, customers, probabilities)
+        self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm)
         threshold, version = model.decision_threshold, model.version
-        predictions = [
+        return [
             {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
              MODEL_VERSION: version}
             for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
         ]  # fmt: skip
-        return Scored(model, predictions)
+
+
+def canary_bucket(customer_id: str) -> float:
+    """A customer's place in [0, 100): a stable hash of the id, the same on every replica and
+    after any restart (Python's own ``hash`` is salted per process)."""
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 / 100
+
+
+def canary(customers: list[dict[str, Any]], percent: int) -> np.ndarray:
+    """Which customers the Challenger answers: those whose bucket is under ``percent``; a
+    customer without an id by a random draw."""
+    return np.fromiter(
+        ((canary_bucket(c[ID_COLUMN]) if c.get(ID_COLUMN) else random.random() * 100) < percent for c in customers),
+        dtype=bool,
+        count=len(customers),
+    )

@@ -52,8 +52,16 @@ def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> di
     last = {"state": holder.last.state, "reason": holder.last.reason, "at": holder.last.at}
     inference_log = getattr(request.app.state, "inference_log", None)
     log_state = inference_log.state() if inference_log is not None else None
+    active = holder.rollout
+    rollout = {
+        "status": holder.rollout_status,
+        "mode": active.state.mode if active else "off",
+        "percent": active.state.percent if active else None,
+        "challenger_version": active.model.version if active else None,
+    }
     if model is None:
-        return {"model": settings.model_name, "version": None, "last_load": last, "inference_log": log_state}
+        return {"model": settings.model_name, "version": None, "last_load": last, "inference_log": log_state,
+                "rollout": rollout}  # fmt: skip
     return {
         "model": model.name,
         "version": model.version,
@@ -68,6 +76,7 @@ def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> di
         "metrics": model.metrics,
         "last_load": last,
         "inference_log": log_state,
+        "rollout": rollout,
     }
 
 

@@ -1,0 +1,90 @@
+"""The API serving a rollout's Challenger beside Production (embedded registry, real writer
+process): canary by a stable hash of the customer id, shadow logged only, a Challenger that
+fails verification never touching Production."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from churn_platform import data, loading, rollout
+from serving.app import create_app
+from tests.unit.test_api import KEY, make_settings, wait_ready
+
+
+@pytest.fixture
+def registry(registry_uri):
+    client = MlflowClient(registry_uri)
+    yield client
+    if rollout.current(client, "churn").mode != "off":
+        rollout.stop(client, "churn", actor="tests")
+
+
+def reload(api: TestClient) -> dict:
+    response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
+    assert response.status_code == 200, response.text
+    return api.get("/model").json()["rollout"]
+
+
+def customers(n: int, seed: int = 3) -> list[dict]:
+    rows = data.to_records(data.generate(n, seed=seed).drop(columns=["churn"]))
+    return [r | {"customer_id": f"cust-{i}"} for i, r in enumerate(rows)]
+
+
+def versions(api: TestClient, rows: list[dict]) -> dict[str, int]:
+    out = {}
+    for start in range(0, len(rows), 1000):
+        response = api.post("/predict", json={"customers": rows[start : start + 1000]})
+        assert response.status_code == 200
+        out |= {p["customer_id"]: p["model_version"] for p in response.json()["predictions"]}
+    return out
+
+
+def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, registry_uri, tmp_path):
+    rows = customers(5000)
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="canary", percent=20, version=2, actor="tests")
+        assert reload(api)["mode"] == "canary"
+        first = versions(api, rows)
+        share = sum(v == 2 for v in first.values()) / len(first)
+        assert 0.17 <= share <= 0.23, share
+        assert set(first.values()) == {1, 2}
+        assert versions(api, rows) == first == versions(api, rows)  # the same version, request after request
+    with TestClient(create_app(make_settings(registry_uri, tmp_path / "second"))) as other:  # another replica
+        wait_ready(other)
+        assert other.get("/model").json()["rollout"]["challenger_version"] == 2
+        assert versions(other, rows) == first
+    rollout.stop(registry, "churn", actor="tests")
+
+
+def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_uri, tmp_path):
+    settings = make_settings(registry_uri, tmp_path)
+    rows = customers(50, seed=5)
+    with TestClient(create_app(settings)) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="shadow", version=2, actor="tests")
+        assert reload(api)["mode"] == "shadow"
+        predictions = api.post("/predict", json={"customers": rows}).json()["predictions"]
+        assert {p["model_version"] for p in predictions} == {1}
+    with sa.create_engine(settings.inference_log_url).connect() as conn:
+        logged = pd.read_sql("SELECT request_id, row_index, customer_id, model_version, arm FROM inference_log", conn)
+    logged["request"] = logged.request_id.str.split("~").str[0]
+    pairs = logged.pivot_table(index=["request", "row_index"], columns="arm", values="model_version", aggfunc="count")
+    assert len(pairs) == 50 and (pairs["production"] == 1).all() and (pairs["shadow"] == 1).all()
+    assert set(logged[logged.arm == "shadow"].model_version) == {2}
+
+
+def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+        monkeypatch.setattr(loading, "PARITY_TOLERANCE", -1.0)  # nothing new can pass
+        state = reload(api)
+        assert state["mode"] == "off" and "Challenger not served" in state["status"]
+        assert api.get("/ready").status_code == 200
+        assert {v for v in versions(api, customers(200)).values()} == {1}
+        assert 'churn_model_reloads_total{outcome="challenger_failed"}' in api.get("/metrics").text
