@@ -86,7 +86,7 @@ class ModelHolder:
                 with registry.translate_errors(self.settings):
                     version = loading.resolve(client, name)
                     if self.current is not None and self.current.version == version:
-                        self._follow_rollout(client)
+                        self._follow_rollout(client, version)
                         return self._record("ready", f"serving {name} v{version}", version)
                     self._record("loading", f"loading {name} v{version}", version)
                     model = loading.load(
@@ -106,6 +106,8 @@ class ModelHolder:
                 if registry.is_connection_error(exc):
                     return self._fail("registry_unreachable", f"registry or artifact store unreachable: {exc}"[:500])
                 return self._fail("load_failed", f"{type(exc).__name__}: {exc}"[:500])
+            # The Challenger first: a replica that becomes ready already routes as the others do.
+            self._follow_rollout(client, model.version)
             self.current = model  # the atomic swap
             # MLflow, sklearn and the model leave a large, long-lived heap; a full collection
             # over it stalls requests for 100+ ms. Park it outside the collector's reach.
@@ -115,10 +117,9 @@ class ModelHolder:
                 self._listener.model_loaded(model)
             log.info("serving %s v%s (%s scorer, max |diff| %.2g on %d rows)", name, model.version,
                      model.scorer_kind, model.max_abs_difference, model.verified_rows)  # fmt: skip
-            self._follow_rollout(client)
             return self._record("ready", f"serving {name} v{model.version}", model.version)
 
-    def _follow_rollout(self, client: object) -> None:
+    def _follow_rollout(self, client: object, production: int) -> None:
         """Load and verify the rollout's Challenger exactly as Production; whatever fails here
         leaves Production serving alone and is only reported (``/model``, metrics)."""
         name = self.settings.model_name
@@ -126,7 +127,7 @@ class ModelHolder:
             with registry.translate_errors(self.settings):
                 state = rollout.current(client, name)  # type: ignore[arg-type]
                 version = state.challenger_version
-                if state.mode == "off" or version is None or (self.current and self.current.version == version):
+                if state.mode == "off" or version is None or version == production:
                     self.rollout, self.rollout_status = None, "off"
                     return
                 if self.rollout is not None and self.rollout.model.version == version:

@@ -21,9 +21,9 @@ def test_copy_load_skips_stored_ids_and_keeps_text_and_nulls():
     with postgres_database() as url:
         database = Database(url)
         try:
-            first = database.insert([["r1", datetime.now(UTC), "churn", 1, records, [0.1] * 5]])
-            replay = database.insert([["r1", datetime.now(UTC), "churn", 1, records, [0.1] * 5]])
-            more = database.insert([["r2", datetime.now(UTC), "churn", 2, records[:2], [0.9] * 2]])
+            first = database.insert([["r1", datetime.now(UTC), "churn", 1, "production", records, [0.1] * 5]])
+            replay = database.insert([["r1", datetime.now(UTC), "churn", 1, "production", records, [0.1] * 5]])
+            more = database.insert([["r2", datetime.now(UTC), "churn", 2, "production", records[:2], [0.9] * 2]])
         finally:
             database.dispose()
         assert (first, replay, more) == (5, 0, 2)

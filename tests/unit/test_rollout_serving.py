@@ -17,7 +17,8 @@ from tests.unit.test_api import KEY, make_settings, wait_ready
 
 @pytest.fixture
 def registry(registry_uri):
-    client = MlflowClient(registry_uri)
+    # Both URIs: another test in this worker may have set MLflow's process-wide registry URI.
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
     yield client
     if rollout.current(client, "churn").mode != "off":
         rollout.stop(client, "churn", actor="tests")
