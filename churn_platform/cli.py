@@ -320,13 +320,41 @@ def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, per
 
 
 @rollout.command("status")
+@click.option("--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL).")
 @registry_command
-def rollout_status(client: Any, settings: Settings, as_json: bool) -> None:
-    """The rollout state in the registry."""
+def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log_url: str | None) -> None:
+    """The rollout state in the registry and, while one runs, each arm's figures from the inference log."""
+    from churn_platform import registry as registry_mod
     from churn_platform import rollout as rollout_mod
+    from churn_platform.contract import TAG_THRESHOLD
 
     state = rollout_mod.current(client, settings.model_name)
-    echo_json(state.model_dump(mode="json")) if as_json else click.echo(_fmt_rollout(state))
+    comparison = None
+    if state.mode != "off":
+        thresholds = {}
+        for version in (state.production_version, state.challenger_version):
+            if version is not None:
+                tags = registry_mod.get_version(client, settings.model_name, version).tags
+                thresholds[version] = float(tags.get(TAG_THRESHOLD, settings.decision_threshold))
+        comparison = rollout_mod.compare(
+            inference_log_url or settings.inference_log_url, settings.model_name, state, thresholds=thresholds,
+            band_edges=(settings.risk_medium_from, settings.risk_high_from),
+        )  # fmt: skip
+    if as_json:
+        payload = state.model_dump(mode="json")
+        payload["comparison"] = comparison.model_dump(mode="json") if comparison else None
+        return echo_json(payload)
+    click.echo(_fmt_rollout(state))
+    if comparison is not None and comparison.note:
+        click.echo(f"  no comparison: {comparison.note}")
+    elif comparison is not None:
+        header = f"  {'arm':<11}{'version':>8}{'rows':>9}{'mean score':>12}{'distance':>10}{'agreement':>11}"
+        click.echo(header + "  risk low/med/high")
+        for a in comparison.arms:
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            bands = "/".join(f"{v:.0%}" for v in a.risk_bands.values())
+            click.echo(f"  {a.arm:<11}{a.model_version:>8}{a.rows:>9}{fmt(a.mean_score):>12}"
+                       f"{fmt(a.score_distance):>10}{fmt(a.agreement):>11}  {bands}")  # fmt: skip
 
 
 @rollout.command("stop")

@@ -136,3 +136,98 @@ def promote(
                                actor=actor, force=force, tolerance=tolerance)  # fmt: skip
     stop(client, name, reason=f"promoted v{state.challenger_version}", actor=actor)
     return result
+
+
+class ArmFigures(BaseModel):
+    """One arm of a rollout, from the inference log over the rollout's window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    arm: str
+    model_version: int
+    rows: int
+    mean_score: float | None
+    #: Wasserstein distance of this arm's scores from Production's, divided by the standard
+    #: deviation of Production's (the monitor's prediction-drift statistic); None for Production.
+    score_distance: float | None
+    #: Shadow only: share of customers on whom both models decide will_churn alike.
+    agreement: float | None
+    risk_bands: dict[str, float]
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    since: str | None
+    arms: list[ArmFigures]
+    #: Why there are no figures (no log yet, database unreachable); the state still stands.
+    note: str | None = None
+
+
+def compare(
+    url: str, name: str, state: RolloutState, *, thresholds: dict[int, float], band_edges: tuple[float, float]
+) -> Comparison:
+    """Per-arm figures of the running rollout, from rows logged since it started.
+
+    ``thresholds`` maps a version to its decision threshold (for the shadow agreement).
+    """
+    import numpy as np
+    import pandas as pd
+    import sqlalchemy as sa
+    from scipy.stats import wasserstein_distance
+
+    from churn_platform.contract import (
+        ARM,
+        ARM_SEPARATOR,
+        INFERENCE_LOG_TABLE,
+        MODEL_NAME,
+        MODEL_VERSION,
+        PROBABILITY,
+        REQUEST_ID,
+        RISK_BANDS,
+        ROW_INDEX,
+        SCORED_AT,
+    )
+    from churn_platform.inference_log import make_engine
+
+    since = datetime.fromisoformat(state.started_at) if state.started_at else None
+    columns = ", ".join([REQUEST_ID, ROW_INDEX, MODEL_VERSION, ARM, PROBABILITY])
+    query = f"SELECT {columns} FROM {INFERENCE_LOG_TABLE} WHERE {MODEL_NAME} = :name"
+    params: dict[str, object] = {"name": name}
+    if since is not None:
+        query += f" AND {SCORED_AT} >= :since"
+        params["since"] = since if not url.startswith("sqlite") else since.replace(tzinfo=None).isoformat(sep=" ")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(sa.text(query), params)
+            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except sa.exc.SQLAlchemyError as exc:
+        missing = "no such table" in str(exc) or "does not exist" in str(exc)
+        note = "no inference log yet" if missing else f"inference log unreadable ({type(exc).__name__})"
+        return Comparison(since=state.started_at, arms=[], note=note)
+    finally:
+        engine.dispose()
+    production = frame[frame[ARM] == "production"]
+    arms = []
+    for arm, rows in frame.groupby(ARM, sort=False):
+        scores = rows[PROBABILITY].to_numpy()
+        version = int(rows[MODEL_VERSION].iloc[0])
+        distance = agreement = None
+        if arm != "production" and len(production) > 1 and len(rows):
+            spread = float(np.std(production[PROBABILITY])) or 1.0
+            distance = float(wasserstein_distance(scores, production[PROBABILITY])) / spread
+        if arm == "shadow" and len(rows):
+            key = rows[REQUEST_ID].str.split(ARM_SEPARATOR).str[0]
+            paired = rows.assign(**{REQUEST_ID: key}).merge(production, on=[REQUEST_ID, ROW_INDEX], suffixes=("", "_p"))
+            if len(paired):
+                mine = paired[PROBABILITY] >= thresholds.get(version, 0.5)
+                theirs = paired[f"{PROBABILITY}_p"] >= thresholds.get(int(paired[f"{MODEL_VERSION}_p"].iloc[0]), 0.5)
+                agreement = float((mine == theirs).mean())
+        bands = np.searchsorted(np.array(band_edges), scores, side="right")
+        shares = {band: float((bands == i).mean()) if len(scores) else 0.0 for i, band in enumerate(RISK_BANDS)}
+        arms.append(ArmFigures(arm=str(arm), model_version=version, rows=len(rows),
+                               mean_score=float(scores.mean()) if len(scores) else None,
+                               score_distance=distance, agreement=agreement, risk_bands=shares))  # fmt: skip
+    order = {"production": 0, "canary": 1, "shadow": 2}
+    return Comparison(since=state.started_at, arms=sorted(arms, key=lambda a: order.get(a.arm, 3)))

@@ -4,13 +4,17 @@ fails verification never touching Production."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from churn_platform import data, loading, rollout
+from churn_platform.cli import main
 from serving.app import create_app
 from tests.unit.test_api import KEY, make_settings, wait_ready
 
@@ -77,6 +81,17 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
     pairs = logged.pivot_table(index=["request", "row_index"], columns="arm", values="model_version", aggfunc="count")
     assert len(pairs) == 50 and (pairs["production"] == 1).all() and (pairs["shadow"] == 1).all()
     assert set(logged[logged.arm == "shadow"].model_version) == {2}
+    status = CliRunner().invoke(main, ["rollout", "status", "--json", "--tracking-uri", registry_uri,
+                                       "--inference-log-url", settings.inference_log_url])  # fmt: skip
+    assert status.exit_code == 0, status.output
+    arms = {a["arm"]: a for a in json.loads(status.stdout)["comparison"]["arms"]}
+    assert (arms["production"]["rows"], arms["shadow"]["rows"]) == (50, 50)
+    assert (arms["production"]["model_version"], arms["shadow"]["model_version"]) == (1, 2)
+    assert 0 <= arms["shadow"]["agreement"] <= 1 and arms["shadow"]["score_distance"] > 0
+    assert abs(sum(arms["shadow"]["risk_bands"].values()) - 1) < 1e-9
+    text = CliRunner().invoke(main, ["rollout", "status", "--tracking-uri", registry_uri,
+                                     "--inference-log-url", settings.inference_log_url]).output  # fmt: skip
+    assert "shadow" in text and "agreement" in text
 
 
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
