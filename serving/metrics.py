@@ -26,8 +26,9 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.predictions = Counter(
-            "churn_predictions", "Customers scored, by risk band.", ["risk"], registry=self.registry
-        )
+            "churn_predictions", "Customers scored, by risk band, model version and rollout arm.",
+            ["risk", "model_version", "arm"], registry=self.registry,
+        )  # fmt: skip
         self.rows_scored = Counter("churn_rows_scored", "Customers scored.", registry=self.registry)
         self.model_info = Gauge(
             "churn_model_info", "The model version being served (value 1).",

@@ -60,6 +60,9 @@ class Predictor:
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
             shadow = np.clip(challenger.scorer.score(customers), 0.0, 1.0)
+            shadow_bands = np.searchsorted(self._band_edges, shadow, side="right")
+            for index, count in zip(*np.unique(shadow_bands, return_counts=True), strict=True):
+                self.metrics.predictions.labels(RISK_BANDS[index], str(challenger.version), "shadow").inc(int(count))
             self.inference_log.append(f"{request_id}{ARM_SEPARATOR}shadow", challenger.name, challenger.version,
                                       customers, shadow, arm="shadow")  # fmt: skip
             return Scored(model, self._score(model, customers, request_id, "production"))
@@ -83,7 +86,7 @@ class Predictor:
         probabilities = np.clip(model.scorer.score(customers), 0.0, 1.0)
         bands = np.searchsorted(self._band_edges, probabilities, side="right")
         for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
-            self.metrics.predictions.labels(RISK_BANDS[index]).inc(int(count))
+            self.metrics.predictions.labels(RISK_BANDS[index], str(model.version), arm).inc(int(count))
         self.metrics.rows_scored.inc(len(customers))
         self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm)
         threshold, version = model.decision_threshold, model.version

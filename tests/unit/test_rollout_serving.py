@@ -5,6 +5,7 @@ fails verification never touching Production."""
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -75,6 +76,12 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
         assert reload(api)["mode"] == "shadow"
         predictions = api.post("/predict", json={"customers": rows}).json()["predictions"]
         assert {p["model_version"] for p in predictions} == {1}
+        metrics = api.get("/metrics").text
+        for version, arm in (("1", "production"), ("2", "shadow")):
+            counted = re.findall(
+                rf'churn_predictions_total{{arm="{arm}",model_version="{version}",risk="\w+"}} (\S+)', metrics
+            )
+            assert sum(float(c) for c in counted) == 50, (arm, metrics)
     with sa.create_engine(settings.inference_log_url).connect() as conn:
         logged = pd.read_sql("SELECT request_id, row_index, customer_id, model_version, arm FROM inference_log", conn)
     logged["request"] = logged.request_id.str.split("~").str[0]
