@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from functools import wraps
+from functools import cache, wraps
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +65,17 @@ def echo_json(payload: Any) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
 
 
+@cache
+def _registered_commands() -> dict[str, Any]:
+    """The apps' commands, read once per process (a lookup per command would reread the metadata)."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
 class PluginGroup(click.Group):
     """A group that also offers the commands the apps register as entry points."""
 
     def _plugins(self) -> dict[str, Any]:
-        return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+        return _registered_commands()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._plugins()})

@@ -148,11 +148,6 @@ def current_production(client: MlflowClient, name: str) -> int | None:
     return _current(client, name)
 
 
-def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
-    """``version`` of ``name`` if it exists and is READY, else ``NotFoundError``."""
-    return _ready_version(client, name, version)
-
-
 def _write(client: MlflowClient, name: str, event: Event) -> None:
     client.set_registered_model_tag(name, event.key, json.dumps(event.to_json(), sort_keys=True))
 
@@ -327,7 +322,8 @@ def history(client: MlflowClient, name: str, limit: int | None = None) -> list[E
     return events[:limit] if limit else events
 
 
-def _ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
+def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
+    """``version`` of ``name`` if it exists and is READY, else ``NotFoundError``."""
     _model_or_fail(client, name)
     found = registry.get_version(client, name, version)
     if found.status != "READY":
@@ -376,7 +372,7 @@ def promote(
     The gate compares each version's own recorded validation metric (from its training
     run): the two were measured on different held-out rows, unlike the training-time gate.
     """
-    candidate = _ready_version(client, name, version)
+    candidate = ready_version(client, name, version)
     reconcile(client, name)
     current = _current(client, name)
     if current == version:
@@ -430,7 +426,7 @@ def rollback(
                 "use promote to move Production to a version that never held it"
             )
         target = to
-    _ready_version(client, name, target)
+    ready_version(client, name, target)
     key, at = _now_key()
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)

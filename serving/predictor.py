@@ -60,9 +60,7 @@ class Predictor:
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
             shadow = np.clip(challenger.scorer.score(customers), 0.0, 1.0)
-            shadow_bands = np.searchsorted(self._band_edges, shadow, side="right")
-            for index, count in zip(*np.unique(shadow_bands, return_counts=True), strict=True):
-                self.metrics.predictions.labels(RISK_BANDS[index], str(challenger.version), "shadow").inc(int(count))
+            self._count_bands(shadow, challenger.version, "shadow")
             self.inference_log.append(f"{request_id}{ARM_SEPARATOR}shadow", challenger.name, challenger.version,
                                       customers, shadow, arm="shadow")  # fmt: skip
             return Scored(model, self._score(model, customers, request_id, "production"))
@@ -84,9 +82,7 @@ class Predictor:
 
     def _score(self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str) -> list[dict]:
         probabilities = np.clip(model.scorer.score(customers), 0.0, 1.0)
-        bands = np.searchsorted(self._band_edges, probabilities, side="right")
-        for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
-            self.metrics.predictions.labels(RISK_BANDS[index], str(model.version), arm).inc(int(count))
+        bands = self._count_bands(probabilities, model.version, arm)
         self.metrics.rows_scored.inc(len(customers))
         self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm)
         threshold, version = model.decision_threshold, model.version
@@ -95,6 +91,13 @@ class Predictor:
              MODEL_VERSION: version}
             for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
         ]  # fmt: skip
+
+    def _count_bands(self, probabilities: np.ndarray, version: int, arm: str) -> np.ndarray:
+        """Each probability's risk band (an index into RISK_BANDS), counted in the metrics."""
+        bands = np.searchsorted(self._band_edges, probabilities, side="right")
+        for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
+            self.metrics.predictions.labels(RISK_BANDS[index], str(version), arm).inc(int(count))
+        return bands
 
 
 def canary_bucket(customer_id: str) -> float:

@@ -191,8 +191,6 @@ class Spool:
             self._reader = (directory, segment, frame.end)
             yield frame
             waited = True  # after one frame, take only what is already there
-            if self._reader[0] is not directory:
-                return
 
     def _first_segment(self, directory: _Directory) -> int:
         segments = directory.segments()
