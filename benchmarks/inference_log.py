@@ -44,7 +44,7 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
     from psycopg2.extras import execute_values
 
     from churn_platform import data
-    from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
+    from churn_platform.contract import INFERENCE_LOG_META, INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
     from churn_platform.inference_log import COLUMNS, table
 
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
@@ -60,8 +60,8 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
         out = []
         for i in range(args.rows):
             c = customers[i % len(customers)]
-            out.append((f"{method}-{i // 1000}", i % 1000, at, "churn", 1, c["customer_id"],
-                        *(c[k] for k in COLUMNS[6:-1]), 0.25))  # fmt: skip
+            out.append((f"{method}-{i // 1000}", i % 1000, at, "churn", 1, "production", 0.05,
+                        *(c[k] for k in COLUMNS[len(INFERENCE_LOG_META):-1]), 0.25))  # fmt: skip
         return out
 
     names = ", ".join(COLUMNS)

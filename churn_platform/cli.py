@@ -354,13 +354,14 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
     if comparison is not None and comparison.note:
         click.echo(f"  no comparison: {comparison.note}")
     elif comparison is not None:
-        header = f"  {'arm':<11}{'version':>8}{'rows':>9}{'mean score':>12}{'distance':>10}{'agreement':>11}"
-        click.echo(header + "  risk low/med/high")
+        click.echo(f"  {'arm':<11}{'version':>8}{'requests':>10}{'rows':>9}{'mean score':>12}{'distance':>10}"
+                   f"{'agreement':>11}{'p50 ms':>8}{'p99 ms':>8}  risk low/med/high")  # fmt: skip
         for a in comparison.arms:
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            fmt = lambda v, digits=3: "-" if v is None else f"{v:.{digits}f}"  # noqa: E731
             bands = "/".join(f"{v:.0%}" for v in a.risk_bands.values())
-            click.echo(f"  {a.arm:<11}{a.model_version:>8}{a.rows:>9}{fmt(a.mean_score):>12}"
-                       f"{fmt(a.score_distance):>10}{fmt(a.agreement):>11}  {bands}")  # fmt: skip
+            click.echo(f"  {a.arm:<11}{a.model_version:>8}{a.requests:>10}{a.rows:>9}{fmt(a.mean_score):>12}"
+                       f"{fmt(a.score_distance):>10}{fmt(a.agreement):>11}{fmt(a.p50_scoring_ms, 2):>8}"
+                       f"{fmt(a.p99_scoring_ms, 2):>8}  {bands}")  # fmt: skip
 
 
 @rollout.command("stop")

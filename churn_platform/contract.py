@@ -70,7 +70,9 @@ ARMS: tuple[str, ...] = ("production", "canary", "shadow")
 ARM_SEPARATOR = "~"
 #: What each logged row carries besides the customer's id, features and score
 #: (``inference_log.COLUMNS`` lists them all; this module imports nothing of ours).
-INFERENCE_LOG_META: tuple[str, ...] = (REQUEST_ID, ROW_INDEX, SCORED_AT, MODEL_NAME, MODEL_VERSION, ARM)
+#: Milliseconds the model took to score the request (its part of it, in a canary), on each of its rows.
+SCORING_MS = "scoring_ms"
+INFERENCE_LOG_META: tuple[str, ...] = (REQUEST_ID, ROW_INDEX, SCORED_AT, MODEL_NAME, MODEL_VERSION, ARM, SCORING_MS)
 
 
 # ---------------------------------------------------------------- exit codes

@@ -20,6 +20,7 @@ from churn_platform.contract import (
     REQUEST_ID,
     ROW_INDEX,
     SCORED_AT,
+    SCORING_MS,
 )
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH
 
@@ -41,6 +42,7 @@ def table(metadata: sa.MetaData) -> sa.Table:
         sa.Column(MODEL_NAME, sa.String(256), nullable=False),
         sa.Column(MODEL_VERSION, sa.Integer(), nullable=False, index=True),
         sa.Column(ARM, sa.String(16), nullable=False, server_default="production"),
+        sa.Column(SCORING_MS, sa.Float()),
         sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH), index=True),  # the outcomes join
         *(sa.Column(f.name, _SA_TYPES[f.kind]) for f in FEATURES),
         sa.Column(PROBABILITY, sa.Float(), nullable=False),
@@ -48,15 +50,19 @@ def table(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+#: Columns added since the first release, with their DDL: a table from an earlier release gains them.
+_ADDED = {ARM: "VARCHAR(16) NOT NULL DEFAULT 'production'", SCORING_MS: "FLOAT"}
+
+
 def upgrade(engine: sa.Engine) -> None:
-    """Create the table, or add what a table from an earlier release lacks (the ``arm`` column)."""
+    """Create the table, or add what a table from an earlier release lacks."""
     table(sa.MetaData()).metadata.create_all(engine)
     columns = {c["name"] for c in sa.inspect(engine).get_columns(INFERENCE_LOG_TABLE)}
-    if ARM not in columns:
+    missing = [name for name in _ADDED if name not in columns]
+    if missing:
         with engine.begin() as conn:
-            conn.execute(sa.text(
-                f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN {ARM} VARCHAR(16) NOT NULL DEFAULT 'production'"
-            ))  # fmt: skip
+            for name in missing:
+                conn.execute(sa.text(f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN {name} {_ADDED[name]}"))
 
 
 def make_engine(url: str) -> sa.Engine:

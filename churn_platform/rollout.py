@@ -145,6 +145,8 @@ class ArmFigures(BaseModel):
 
     arm: str
     model_version: int
+    #: Requests this arm scored (all of them in shadow; in a canary, those with a customer sent to it).
+    requests: int
     rows: int
     mean_score: float | None
     #: Wasserstein distance of this arm's scores from Production's, divided by the standard
@@ -153,6 +155,9 @@ class ArmFigures(BaseModel):
     #: Shadow only: share of customers on whom both models decide will_churn alike.
     agreement: float | None
     risk_bands: dict[str, float]
+    #: Time the model took to score this arm's part of a request, over its requests (ms).
+    p50_scoring_ms: float | None
+    p99_scoring_ms: float | None
 
 
 class Comparison(BaseModel):
@@ -187,11 +192,12 @@ def compare(
         RISK_BANDS,
         ROW_INDEX,
         SCORED_AT,
+        SCORING_MS,
     )
     from churn_platform.inference_log import make_engine
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
-    columns = ", ".join([REQUEST_ID, ROW_INDEX, MODEL_VERSION, ARM, PROBABILITY])
+    columns = ", ".join([REQUEST_ID, ROW_INDEX, MODEL_VERSION, ARM, PROBABILITY, SCORING_MS])
     query = f"SELECT {columns} FROM {INFERENCE_LOG_TABLE} WHERE {MODEL_NAME} = :name"
     params: dict[str, object] = {"name": name}
     if since is not None:
@@ -226,8 +232,11 @@ def compare(
                 agreement = float((mine == theirs).mean())
         bands = np.searchsorted(np.array(band_edges), scores, side="right")
         shares = {band: float((bands == i).mean()) if len(scores) else 0.0 for i, band in enumerate(RISK_BANDS)}
-        arms.append(ArmFigures(arm=str(arm), model_version=version, rows=len(rows),
-                               mean_score=float(scores.mean()) if len(scores) else None,
-                               score_distance=distance, agreement=agreement, risk_bands=shares))  # fmt: skip
+        per_request = rows.groupby(REQUEST_ID, sort=False)[SCORING_MS].first().dropna().to_numpy(dtype=float)
+        p50, p99 = np.percentile(per_request, [50, 99]).tolist() if len(per_request) else (None, None)
+        arms.append(ArmFigures(arm=str(arm), model_version=version, requests=int(rows[REQUEST_ID].nunique()),
+                               rows=len(rows), mean_score=float(scores.mean()) if len(scores) else None,
+                               score_distance=distance, agreement=agreement, risk_bands=shares,
+                               p50_scoring_ms=p50, p99_scoring_ms=p99))  # fmt: skip
     order = {"production": 0, "canary": 1, "shadow": 2}
     return Comparison(since=state.started_at, arms=sorted(arms, key=lambda a: order.get(a.arm, 3)))

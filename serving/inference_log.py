@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 _RESTART_PAUSE_S = 1.0
 
 # Frames on the writer's stdin: first the configuration, then lists of items:
-# [request_id, scored_at, model_name, version, arm, records, probabilities].
-Item = tuple[str, datetime, str, int, str, Sequence[dict[str, Any]], Sequence[float]]
+# [request_id, scored_at, model_name, version, arm, records, probabilities, scoring_ms].
+Item = tuple[str, datetime, str, int, str, Sequence[dict[str, Any]], Sequence[float], float | None]
 #: What happened to rows, as the writer reports it (and the metrics count it).
 Outcome = Literal["written", "dropped", "spooled", "replayed"]
 
@@ -123,6 +123,7 @@ class InferenceLog:
         records: Sequence[dict[str, Any]],
         scores: Sequence[float],
         arm: str = "production",
+        scoring_ms: float | None = None,
     ) -> None:
         """Queue one request's rows; never blocks. Past the row limit the rows are dropped and counted.
 
@@ -133,7 +134,8 @@ class InferenceLog:
         with self._lock:
             full = self._pending_rows + n > self._max_rows
             if not full:
-                self._pending.append((request_id, datetime.now(UTC), model_name, version, arm, records, scores))
+                item = (request_id, datetime.now(UTC), model_name, version, arm, records, scores, scoring_ms)
+                self._pending.append(item)
                 self._pending_rows += n
                 if self._pending_rows >= self._batch_rows:
                     self._ready.set()
@@ -222,8 +224,8 @@ class InferenceLog:
         Validation upstream should make every row encodable; should one slip through (an
         integer beyond 64 bits, say), only its request is lost, never the sender thread.
         """
-        rows = [(rid, at, name, version, arm, records, _floats(scores))
-                for rid, at, name, version, arm, records, scores in items]  # fmt: skip
+        rows = [(rid, at, name, version, arm, records, _floats(scores), ms)
+                for rid, at, name, version, arm, records, scores, ms in items]  # fmt: skip
         try:
             return self._encoder.encode(rows), 0
         except (OverflowError, TypeError, ValueError):

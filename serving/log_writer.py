@@ -100,10 +100,12 @@ class Database:
         text_time = self._engine.dialect.name == "sqlite"
         values = self._values
         rows = []
-        for request_id, at, model_name, version, arm, records, scores in items:
+        for item in items:  # a spool from before scoring times has items one field shorter
+            request_id, at, model_name, version, arm, records, scores = item[:7]
+            scoring_ms = item[7] if len(item) > 7 else None
             at = sqlite_time(at) if text_time else at
             rows.extend(
-                (request_id, i, at, model_name, version, arm, r.get(ID_COLUMN), *values(r), p)
+                (request_id, i, at, model_name, version, arm, scoring_ms, r.get(ID_COLUMN), *values(r), p)
                 for i, (r, p) in enumerate(zip(records, scores, strict=True))
             )
         return rows

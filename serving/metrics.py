@@ -29,6 +29,16 @@ class Metrics:
             "churn_predictions", "Customers scored, by risk band, model version and rollout arm.",
             ["risk", "model_version", "arm"], registry=self.registry,
         )  # fmt: skip
+        self.model_requests = Counter(
+            "churn_model_requests", "Requests scored, by model version and rollout arm (a canary batch split "
+            "between the models counts once for each).", ["model_version", "arm"], registry=self.registry,
+        )  # fmt: skip
+        self.scoring_time = Histogram(
+            "churn_model_scoring_seconds", "Time the model took to score a request's customers, by model version "
+            "and rollout arm.", ["model_version", "arm"],
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )  # fmt: skip
         self.rows_scored = Counter("churn_rows_scored", "Customers scored.", registry=self.registry)
         self.model_info = Gauge(
             "churn_model_info", "The model version being served (value 1).",

@@ -1,14 +1,15 @@
 """The domain object behind the prediction routes: validated customers in, predictions out.
 
 It holds what a prediction needs (the served model, the risk bands, the batch limit, the
-metrics and the inference log), so routes only parse and encode. Later rollout modes add
-a Challenger here, and explanations, without touching the routes.
+metrics and the inference log), so routes only parse and encode. While a rollout runs it
+also routes customers to the Challenger (canary) or scores them with it too (shadow).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -59,10 +60,7 @@ class Predictor:
             return Scored(model, self._score(model, customers, request_id, "production"))
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
-            shadow = np.clip(challenger.scorer.score(customers), 0.0, 1.0)
-            self._count_bands(shadow, challenger.version, "shadow")
-            self.inference_log.append(f"{request_id}{ARM_SEPARATOR}shadow", challenger.name, challenger.version,
-                                      customers, shadow, arm="shadow")  # fmt: skip
+            shadow, _ = self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
             return Scored(model, self._score(model, customers, request_id, "production"))
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
@@ -80,11 +78,24 @@ class Predictor:
                     predictions[i] = prediction
         return Scored(model, predictions)
 
-    def _score(self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str) -> list[dict]:
+    def _run(
+        self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Score, count and log one arm's customers: their probabilities and risk bands."""
+        started = time.perf_counter()
         probabilities = np.clip(model.scorer.score(customers), 0.0, 1.0)
-        bands = self._count_bands(probabilities, model.version, arm)
+        seconds = time.perf_counter() - started
+        version = str(model.version)
+        self.metrics.model_requests.labels(version, arm).inc()
+        self.metrics.scoring_time.labels(version, arm).observe(seconds)
+        bands = self._count_bands(probabilities, version, arm)
+        self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
+                                  scoring_ms=round(seconds * 1000, 4))  # fmt: skip
+        return probabilities, bands
+
+    def _score(self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str) -> list[dict]:
+        probabilities, bands = self._run(model, customers, request_id, arm)
         self.metrics.rows_scored.inc(len(customers))
-        self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm)
         threshold, version = model.decision_threshold, model.version
         return [
             {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
@@ -92,11 +103,11 @@ class Predictor:
             for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
         ]  # fmt: skip
 
-    def _count_bands(self, probabilities: np.ndarray, version: int, arm: str) -> np.ndarray:
+    def _count_bands(self, probabilities: np.ndarray, version: str, arm: str) -> np.ndarray:
         """Each probability's risk band (an index into RISK_BANDS), counted in the metrics."""
         bands = np.searchsorted(self._band_edges, probabilities, side="right")
         for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
-            self.metrics.predictions.labels(RISK_BANDS[index], str(version), arm).inc(int(count))
+            self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
         return bands
 
 

@@ -82,8 +82,14 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
                 rf'churn_predictions_total{{arm="{arm}",model_version="{version}",risk="\w+"}} (\S+)', metrics
             )
             assert sum(float(c) for c in counted) == 50, (arm, metrics)
+            labels = f'{{arm="{arm}",model_version="{version}"}}'
+            assert f"churn_model_requests_total{labels} 1.0" in metrics
+            assert f"churn_model_scoring_seconds_count{labels} 1.0" in metrics
     with sa.create_engine(settings.inference_log_url).connect() as conn:
-        logged = pd.read_sql("SELECT request_id, row_index, customer_id, model_version, arm FROM inference_log", conn)
+        logged = pd.read_sql(
+            "SELECT request_id, row_index, customer_id, model_version, arm, scoring_ms FROM inference_log", conn
+        )
+    assert (logged.scoring_ms > 0).all()
     logged["request"] = logged.request_id.str.split("~").str[0]
     pairs = logged.pivot_table(index=["request", "row_index"], columns="arm", values="model_version", aggfunc="count")
     assert len(pairs) == 50 and (pairs["production"] == 1).all() and (pairs["shadow"] == 1).all()
@@ -93,12 +99,14 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
     assert status.exit_code == 0, status.output
     arms = {a["arm"]: a for a in json.loads(status.stdout)["comparison"]["arms"]}
     assert (arms["production"]["rows"], arms["shadow"]["rows"]) == (50, 50)
+    assert (arms["production"]["requests"], arms["shadow"]["requests"]) == (1, 1)
+    assert 0 < arms["shadow"]["p50_scoring_ms"] <= arms["shadow"]["p99_scoring_ms"] < 1000
     assert (arms["production"]["model_version"], arms["shadow"]["model_version"]) == (1, 2)
     assert 0 <= arms["shadow"]["agreement"] <= 1 and arms["shadow"]["score_distance"] > 0
     assert abs(sum(arms["shadow"]["risk_bands"].values()) - 1) < 1e-9
     text = CliRunner().invoke(main, ["rollout", "status", "--tracking-uri", registry_uri,
                                      "--inference-log-url", settings.inference_log_url]).output  # fmt: skip
-    assert "shadow" in text and "agreement" in text
+    assert "shadow" in text and "agreement" in text and "p99 ms" in text
 
 
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
