@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from churn_platform.contract import MODEL_VERSION, PRODUCTION_ALIAS
+from churn_platform.loading import LoadedModel
 from churn_platform.schema import FEATURE_NAMES
 from serving.deps import HolderDep, MetricsDep, SettingsDep
 from serving.schemas import Problem
@@ -58,19 +59,18 @@ def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> di
         "mode": active.state.mode if active else "off",
         "percent": active.state.percent if active else None,
         "challenger_version": active.model.version if active else None,
+        "challenger": _described(active.model) if active else None,
+        "started_by": active.state.started_by if active else None,
+        "started_at": active.state.started_at if active else None,
+        "reason": active.state.reason if active else None,
     }
     if model is None:
         return {"model": settings.model_name, "version": None, "last_load": last, "inference_log": log_state,
                 "rollout": rollout}  # fmt: skip
     return {
         "model": model.name,
-        "version": model.version,
         "alias": PRODUCTION_ALIAS,
-        "run_id": model.run_id,
-        "loaded_at": model.loaded_at,
-        "scorer": model.scorer_kind,
-        "verified": {"rows": model.verified_rows, "max_abs_difference": model.max_abs_difference},
-        "decision_threshold": model.decision_threshold,
+        **_described(model),
         "risk_bands": {"medium_from": settings.risk_medium_from, "high_from": settings.risk_high_from},
         "input_schema": model.input_schema or [{"name": n} for n in FEATURE_NAMES],
         "metrics": model.metrics,
@@ -83,3 +83,15 @@ def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> di
 @router.get("/metrics", response_class=Response)
 def prometheus(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _described(model: LoadedModel) -> dict[str, Any]:
+    """What a served model is and how it was verified (Production and a rollout's Challenger alike)."""
+    return {
+        "version": model.version,
+        "run_id": model.run_id,
+        "loaded_at": model.loaded_at,
+        "scorer": model.scorer_kind,
+        "verified": {"rows": model.verified_rows, "max_abs_difference": model.max_abs_difference},
+        "decision_threshold": model.decision_threshold,
+    }
