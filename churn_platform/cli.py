@@ -280,8 +280,9 @@ def rollback(client: Any, settings: Settings, as_json: bool, to: int | None, rea
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the K newest events.")
 @registry_command
 def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -> None:
-    """Promotion and rollback events, newest first."""
+    """Promotions, rollbacks and rollout changes, newest first."""
     from churn_platform import promotion
+    from churn_platform.contract import ROLLOUT_ACTIONS
 
     events = promotion.history(client, settings.model_name, limit)
     if as_json:
@@ -289,9 +290,11 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
     if not events:
         click.echo(f"no promotions of {settings.model_name} recorded")
     for e in events:
-        moved = f"v{e.from_version or '-'} -> v{e.to_version or '-'}"
+        # A rollout moves nothing: it serves the Challenger beside Production.
+        sign = "+" if e.action in ROLLOUT_ACTIONS else "->"
+        moved = f"v{e.from_version or '-'} {sign} v{e.to_version or '-'}"
         why = f"  {e.reason}" if e.reason else ""
-        click.echo(f"{e.at}  {e.action:<8} {moved:<12} by {e.actor} via {e.via}{why}")
+        click.echo(f"{e.at}  {e.action:<13} {moved:<12} by {e.actor} via {e.via}{why}")
 
 
 @main.group()
