@@ -396,6 +396,65 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
     click.echo(f"{result.message} ({settings.model_name}); rollout ended")
 
 
+@main.group()
+def outcomes() -> None:
+    """What customers actually did: the labels that judge the predictions."""
+
+
+@outcomes.command("ingest")
+@click.argument("source")
+@click.option("--rejects", "rejects_path", default=None,
+              help="Where to write the bad rows (CSV; default: next to the input, NAME.rejects.csv).")
+@click.option("--strict", is_flag=True, help="Write nothing when any row is bad.")
+@click.option("--inference-log-url", default=None,
+              help="Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@handles_errors
+def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inference_log_url: str | None,
+                    as_json: bool) -> None:  # fmt: skip
+    """Load outcomes (customer_id, churned, observed_at) from a CSV/Parquet path or s3:// URI.
+
+    Idempotent: the same file twice changes nothing; a new label for the same customer and
+    observed_at replaces the old one. Bad rows are listed with their row number and reason
+    and written to a rejects file; the good ones are written unless --strict. Exit 0 when
+    every row was good, 4 when some were rejected.
+    """
+    from pathlib import Path
+
+    from churn_platform import data
+    from churn_platform import outcomes as outcomes_mod
+    from churn_platform.contract import ExitCode
+
+    settings = get_settings()
+    frame = data.read_table(source, settings.s3_endpoint_url)
+    result = outcomes_mod.ingest(frame, inference_log_url or settings.inference_log_url, source=source,
+                                 strict=strict)  # fmt: skip
+    rejects = result.checked.rejects
+    if len(rejects):
+        rejects_path = rejects_path or f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"
+        if source.startswith("s3://") and not rejects_path.startswith("/"):
+            rejects_path = Path(rejects_path).name  # beside the input's name, in this folder
+        rejects.to_csv(rejects_path, index=False)
+    else:
+        rejects_path = None
+    if as_json:
+        echo_json(result.to_json(rejects_path))
+    else:
+        written = result.written
+        if written is None:
+            click.echo(f"outcomes: {result.checked.rows} rows read, nothing written (--strict: {len(rejects)} bad)")
+        else:
+            click.echo(f"outcomes: {result.checked.rows} rows read, {written.inserted} new, {written.replaced} "
+                       f"replaced, {written.unchanged} unchanged, {len(rejects)} rejected")  # fmt: skip
+        for row in rejects.head(10).itertuples():
+            click.echo(f"  row {row.row}: {row.reason}", err=True)
+        if len(rejects):
+            more = f" (and {len(rejects) - 10} more)" if len(rejects) > 10 else ""
+            click.echo(f"  rejected rows{more} written to {rejects_path}", err=True)
+    if len(rejects):
+        sys.exit(ExitCode.DATA_QUALITY)
+
+
 @main.command()
 @click.option("--data", default="synthetic", show_default=True, help="Training data ('synthetic' or a CSV/Parquet).")
 @click.option("--n-rows", type=click.IntRange(min=200), default=5000, show_default=True, help="Synthetic customers.")

@@ -75,6 +75,15 @@ SCORING_MS = "scoring_ms"
 INFERENCE_LOG_META: tuple[str, ...] = (REQUEST_ID, ROW_INDEX, SCORED_AT, MODEL_NAME, MODEL_VERSION, ARM, SCORING_MS)
 
 
+# ---------------------------------------------------------------- outcomes (what customers did)
+
+OUTCOMES_TABLE = "outcomes"
+CHURNED = "churned"
+OBSERVED_AT = "observed_at"
+OUTCOME_SOURCE = "source"
+INGESTED_AT = "ingested_at"
+
+
 # ---------------------------------------------------------------- exit codes
 
 

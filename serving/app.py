@@ -19,7 +19,7 @@ from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
 from serving.middleware import BodyLimit, JsonOnly, RequestMetrics
 from serving.predictor import Predictor
-from serving.routes import admin, predictions, service
+from serving.routes import admin, outcomes, predictions, service
 from serving.schemas import Problem
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.holder = ModelHolder(settings, listener=metrics)
-    for module in (service, predictions, admin):
+    for module in (service, predictions, outcomes, admin):
         app.include_router(module.router)
     openapi.install(app)
     # Added innermost first: a request meets RequestMetrics, CORS, BodyLimit, JsonOnly, then a route.

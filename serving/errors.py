@@ -41,6 +41,16 @@ class BatchTooLarge(ServingError):
     status_code = 413
 
 
+class BadOutcomes(ServingError):
+    status_code = 422
+
+
+class StoreUnavailable(ServingError):
+    """The database behind the inference log and outcomes cannot be reached: try again later."""
+
+    status_code = 503
+
+
 class UnsupportedMediaType(ServingError):
     status_code = 415
 

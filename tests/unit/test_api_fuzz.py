@@ -39,7 +39,7 @@ def test_no_server_errors_and_every_4xx_explained(served):
     app, _ = served
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/predict", "/predict/single", "/admin/reload", "/model"}
+    assert {op.path for op in operations} >= {"/predict", "/predict/single", "/outcomes", "/admin/reload", "/model"}
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     for operation, mode in ((op, mode) for op in operations for mode in modes):
 

@@ -1,0 +1,257 @@
+"""What customers actually did: the outcomes table beside the inference log, and the one rule
+that joins an outcome to the prediction it judges.
+
+Labels arrive weeks after a prediction, from a CRM export or a billing system, so ingestion
+is idempotent (the same file twice changes nothing; a new label for the same customer and
+``observed_at`` replaces the old one) and rejects bad rows one by one with their row number
+and reason instead of refusing a whole file for one typo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from churn_platform.contract import (
+    CHURNED,
+    INFERENCE_LOG_TABLE,
+    INGESTED_AT,
+    MODEL_NAME,
+    MODEL_VERSION,
+    OBSERVED_AT,
+    OUTCOME_SOURCE,
+    OUTCOMES_TABLE,
+    PROBABILITY,
+    SCORED_AT,
+)
+from churn_platform.errors import DataValidationError, StorageUnreachable
+from churn_platform.inference_log import make_engine, sqlite_time
+from churn_platform.schema import ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN, LABEL_VALUES, normalise_columns
+
+#: The columns of an outcomes file or request, after header normalisation.
+INPUT_COLUMNS: tuple[str, ...] = (ID_COLUMN, CHURNED, OBSERVED_AT)
+#: What a rejects file holds for each bad row.
+REJECT_COLUMNS: tuple[str, ...] = ("row", "reason", *INPUT_COLUMNS)
+
+
+def table(metadata: sa.MetaData) -> sa.Table:
+    """The ``outcomes`` table: one label per customer and observation time."""
+    return sa.Table(
+        OUTCOMES_TABLE,
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH), nullable=False, index=True),
+        sa.Column(CHURNED, sa.Boolean(), nullable=False),
+        sa.Column(OBSERVED_AT, sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column(OUTCOME_SOURCE, sa.String(512), nullable=False, server_default=""),
+        sa.Column(INGESTED_AT, sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint(ID_COLUMN, OBSERVED_AT, name="uq_outcomes_customer_observed"),
+    )
+
+
+# ---------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Good rows, typed, ready to write; bad rows with their 1-based row number and reason."""
+
+    good: pd.DataFrame
+    rejects: pd.DataFrame
+
+    @property
+    def rows(self) -> int:
+        return len(self.good) + len(self.rejects)
+
+
+def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
+    """Validate outcome rows; only a missing column fails the whole input (``DataValidationError``).
+
+    Headers are normalised like customer files (``customerID``, ``Churn`` and lower-case
+    spellings); labels are Yes/No, 1/0 or true/false; ``observed_at`` is ISO-8601 (a time
+    without a zone is UTC) and defaults to ``now`` when the column is absent or blank.
+    Within one input, a later row for the same customer and time replaces an earlier one.
+    """
+    now = now or datetime.now(UTC)
+    frame = frame.copy()
+    spelled = {str(c): str(c).strip().lower().replace(" ", "_") for c in frame.columns}
+    frame.columns = normalise_columns([low if low in INPUT_COLUMNS else c for c, low in spelled.items()])
+    frame = frame.rename(columns={LABEL_COLUMN: CHURNED})
+    missing = [c for c in (ID_COLUMN, CHURNED) if c not in frame.columns]
+    if missing:
+        raise DataValidationError(
+            f"missing required columns: {missing} (found: {list(frame.columns)}); an outcome needs "
+            f"{ID_COLUMN}, {CHURNED} (or Churn) and optionally {OBSERVED_AT}"
+        )
+    frame = frame.reset_index(drop=True)
+    text = {c: frame[c].astype("string").str.strip() if c in frame.columns else None for c in INPUT_COLUMNS}
+    reasons = pd.Series("", index=frame.index, dtype="object")
+
+    def reject(mask: pd.Series, reason: pd.Series | str) -> None:
+        mask = mask.fillna(False).astype(bool) & (reasons == "")
+        reasons[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
+
+    ids = text[ID_COLUMN]
+    reject(ids.isna() | (ids == "") | ids.isin(["nan", "None"]), f"{ID_COLUMN}: missing")
+    reject(ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
+    raw_label = text[CHURNED]
+    label = raw_label.str.lower().map(LABEL_VALUES)
+    reject(raw_label.isna() | (raw_label == ""), f"{CHURNED}: missing")
+    reject(label.isna(), f"{CHURNED}: " + raw_label.fillna("").map(repr) + " is not Yes/No, 1/0 or true/false")
+    raw_time = text[OBSERVED_AT]
+    if raw_time is None:
+        observed = pd.Series(pd.Timestamp(now), index=frame.index)
+    else:
+        blank = raw_time.isna() | (raw_time == "")
+        observed = pd.to_datetime(raw_time.where(~blank), errors="coerce", utc=True, format="ISO8601")
+        reject(
+            ~blank & observed.isna(), f"{OBSERVED_AT}: " + raw_time.fillna("").map(repr) + " is not an ISO-8601 time"
+        )
+        observed = observed.where(~blank, pd.Timestamp(now))
+    reject(observed > pd.Timestamp(now) + timedelta(minutes=5),
+           f"{OBSERVED_AT}: in the future (now is {now.isoformat(timespec='seconds')})")  # fmt: skip
+    bad = reasons != ""
+    rejects = pd.DataFrame({"row": (np.flatnonzero(bad) + 1).astype("int64"), "reason": reasons[bad].to_numpy()})
+    for column in INPUT_COLUMNS:
+        rejects[column] = text[column][bad].to_numpy() if text[column] is not None else None
+    good = pd.DataFrame({
+        ID_COLUMN: ids[~bad].astype(str),
+        CHURNED: label[~bad].astype(bool),
+        OBSERVED_AT: observed[~bad],
+    }).drop_duplicates([ID_COLUMN, OBSERVED_AT], keep="last")  # fmt: skip
+    return Checked(good=good.reset_index(drop=True), rejects=rejects)
+
+
+# ---------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write did: new outcomes, changed labels, rows already stored as they are."""
+
+    inserted: int
+    replaced: int
+    unchanged: int
+
+
+def upgrade(engine: sa.Engine) -> None:
+    table(sa.MetaData()).metadata.create_all(engine)
+
+
+def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 5000) -> Written:
+    """Upsert checked outcomes in one transaction: all of them or none."""
+    upgrade(engine)
+    outcomes = table(sa.MetaData())
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the log supports these two
+        raise DataValidationError(f"outcomes need PostgreSQL or SQLite, not {dialect}")
+    ingested = datetime.now(UTC)
+    changed = 0
+    with engine.begin() as conn:
+        before = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one()
+        for start in range(0, len(good), chunk_rows):
+            chunk = good.iloc[start : start + chunk_rows]
+            rows = [
+                {ID_COLUMN: c, CHURNED: bool(y), OBSERVED_AT: _stored_time(t, dialect), OUTCOME_SOURCE: source,
+                 INGESTED_AT: _stored_time(ingested, dialect)}
+                for c, y, t in zip(chunk[ID_COLUMN], chunk[CHURNED], chunk[OBSERVED_AT], strict=True)
+            ]  # fmt: skip
+            statement = insert(outcomes).values(rows)
+            new = statement.excluded
+            statement = statement.on_conflict_do_update(
+                index_elements=[ID_COLUMN, OBSERVED_AT],
+                set_={CHURNED: new[CHURNED], OUTCOME_SOURCE: new[OUTCOME_SOURCE], INGESTED_AT: new[INGESTED_AT]},
+                where=outcomes.c[CHURNED].is_distinct_from(new[CHURNED]),
+            )
+            changed += conn.execute(statement).rowcount
+        after = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one()
+    inserted = after - before
+    return Written(inserted=inserted, replaced=changed - inserted, unchanged=len(good) - changed)
+
+
+def _stored_time(at: datetime | pd.Timestamp, dialect: str) -> datetime:
+    """SQLite keeps no zone: store UTC wall time, as the inference log does."""
+    at = pd.Timestamp(at).tz_convert(UTC).to_pydatetime()
+    return at.replace(tzinfo=None) if dialect == "sqlite" else at
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """One ingestion: the checked rows and what writing them did (None: nothing written)."""
+
+    checked: Checked
+    written: Written | None
+
+    def to_json(self, rejects_path: str | None = None, shown: int = 100) -> dict[str, object]:
+        """The figures, and the first ``shown`` rejects with their row number and reason."""
+        rejects = self.checked.rejects.head(shown)
+        return {
+            "rows": self.checked.rows,
+            "written": vars(self.written) if self.written else None,
+            "rejected": len(self.checked.rejects),
+            "rejects_path": rejects_path,
+            "rejects": rejects.astype(object).where(rejects.notna(), None).to_dict("records"),
+        }
+
+
+def ingest(
+    frame: pd.DataFrame, url: str, *, source: str, strict: bool = False, now: datetime | None = None
+) -> Ingested:
+    """Check and write outcomes; with ``strict`` nothing is written when any row is bad."""
+    checked = check(frame, now)
+    if strict and len(checked.rejects):
+        return Ingested(checked, None)
+    engine = make_engine(url)
+    try:
+        return Ingested(checked, write(engine, checked.good, source))
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- the join rule
+
+
+def _horizon_start(dialect: str, column: str) -> str:
+    if dialect == "postgresql":
+        return f"{column} - make_interval(days => :horizon_days)"
+    return f"datetime({column}, '-' || :horizon_days || ' days')"
+
+
+def matched_sql(dialect: str) -> str:
+    """The one join rule, as SQL: each outcome observed in the window is matched to that
+    customer's latest prediction by the version made at most ``horizon_days`` before
+    ``observed_at`` (and not after it). One row per matched outcome: the outcome's id and
+    label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
+    ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open)."""
+    return f"""
+        SELECT outcome_id, {CHURNED}, {OBSERVED_AT}, log_id, {PROBABILITY}, {SCORED_AT}, arm FROM (
+            SELECT o.id AS outcome_id, o.{CHURNED}, o.{OBSERVED_AT}, l.id AS log_id, l.{PROBABILITY},
+                   l.{SCORED_AT}, l.arm,
+                   ROW_NUMBER() OVER (PARTITION BY o.id ORDER BY l.{SCORED_AT} DESC, l.id DESC) AS rank
+            FROM {OUTCOMES_TABLE} o
+            JOIN {INFERENCE_LOG_TABLE} l
+              ON l.{ID_COLUMN} = o.{ID_COLUMN}
+             AND l.{MODEL_NAME} = :name AND l.{MODEL_VERSION} = :version
+             AND l.{SCORED_AT} <= o.{OBSERVED_AT}
+             AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")}
+            WHERE o.{OBSERVED_AT} >= :since AND o.{OBSERVED_AT} < :until
+        ) ranked WHERE rank = 1
+    """
+
+
+def window_params(dialect: str, since: datetime, until: datetime) -> dict[str, object]:
+    """Window bounds as the dialect compares them with stored times (SQLite: text)."""
+    if dialect == "sqlite":
+        return {"since": sqlite_time(since), "until": sqlite_time(until)}
+    return {"since": since, "until": until}

@@ -1,0 +1,173 @@
+"""The outcomes store: validation with row numbers, idempotent upserts, the one join rule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from churn_platform import outcomes
+from churn_platform.errors import DataValidationError
+from churn_platform.inference_log import sqlite_time, upgrade
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, dtype="string")
+
+
+def test_headers_and_labels_are_normalised_like_customer_files():
+    checked = outcomes.check(
+        frame([
+            {"customerID": "a", "Churn": "Yes", "Observed_At": "2026-10-01T08:00:00+02:00"},
+            {"customerID": "b", "Churn": "no", "Observed_At": "2026-10-01"},
+            {"customerID": "c", "Churn": "1", "Observed_At": ""},
+            {"customerID": "d", "Churn": "FALSE", "Observed_At": "2026-10-02 10:00:00"},
+        ]),
+        now=NOW,
+    )  # fmt: skip
+    assert checked.rejects.empty
+    good = checked.good.set_index("customer_id")
+    assert good.churned.to_dict() == {"a": True, "b": False, "c": True, "d": False}
+    assert good.observed_at["a"] == pd.Timestamp("2026-10-01T06:00:00Z")  # converted to UTC
+    assert good.observed_at["c"] == pd.Timestamp(NOW)  # blank: now
+
+
+def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
+    checked = outcomes.check(
+        frame([
+            {"customer_id": "ok", "churned": "yes", "observed_at": "2026-11-01"},
+            {"customer_id": "", "churned": "yes", "observed_at": "2026-11-01"},
+            {"customer_id": "x", "churned": "maybe", "observed_at": "2026-11-01"},
+            {"customer_id": "y", "churned": "no", "observed_at": "yesterday"},
+            {"customer_id": "z", "churned": "no", "observed_at": "2027-01-01"},
+        ]),
+        now=NOW,
+    )  # fmt: skip
+    assert list(checked.good.customer_id) == ["ok"]
+    reasons = dict(zip(checked.rejects.row, checked.rejects.reason, strict=True))
+    assert reasons[2] == "customer_id: missing"
+    assert reasons[3] == "churned: 'maybe' is not Yes/No, 1/0 or true/false"
+    assert reasons[4] == "observed_at: 'yesterday' is not an ISO-8601 time"
+    assert reasons[5].startswith("observed_at: in the future")
+    assert list(checked.rejects.columns) == list(outcomes.REJECT_COLUMNS)
+
+
+def test_a_file_without_the_label_column_is_refused_whole():
+    with pytest.raises(DataValidationError, match=r"missing required columns: \['churned'\]"):
+        outcomes.check(frame([{"customer_id": "a", "label": "yes"}]), now=NOW)
+
+
+def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
+    first = outcomes.check(frame([{"customer_id": f"c{i}", "churned": "yes" if i % 2 else "no",
+                                   "observed_at": "2026-11-01"} for i in range(10)]), now=NOW)  # fmt: skip
+    assert outcomes.write(engine, first.good, "crm.csv") == outcomes.Written(10, 0, 0)
+    assert outcomes.write(engine, first.good, "crm.csv") == outcomes.Written(0, 0, 10)
+    change = outcomes.check(frame([
+        {"customer_id": "c0", "churned": "yes", "observed_at": "2026-11-01"},  # was no
+        {"customer_id": "c0", "churned": "no", "observed_at": "2026-11-02"},  # a new observation
+    ]), now=NOW)  # fmt: skip
+    assert outcomes.write(engine, change.good, "fix.csv") == outcomes.Written(1, 1, 0)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.text("SELECT customer_id, churned, source FROM outcomes ORDER BY id")).fetchall()
+    assert len(stored) == 11 and tuple(stored[0]) == ("c0", 1, "fix.csv")
+
+
+def log_row(customer: str, version: int, at: datetime, score: float, row: int) -> dict:
+    return {
+        "request_id": f"r{row}", "row_index": 0, "scored_at": sqlite_time(at), "model_name": "churn",
+        "model_version": version, "arm": "production", "customer_id": customer, "churn_probability": score,
+    }  # fmt: skip
+
+
+def test_an_outcome_judges_the_latest_prediction_of_the_version_within_the_horizon(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
+    upgrade(engine)
+    observed = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = [
+        log_row("a", 1, observed - timedelta(days=30), 0.2, 1),
+        log_row("a", 1, observed - timedelta(days=3), 0.7, 2),  # latest before the outcome: this one
+        log_row("a", 1, observed + timedelta(days=1), 0.9, 3),  # after the outcome: never
+        log_row("a", 2, observed - timedelta(days=1), 0.5, 4),  # another version
+        log_row("b", 1, observed - timedelta(days=91), 0.4, 5),  # beyond a 90-day horizon
+    ]
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, "
+            "customer_id, churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, "
+            ":model_version, :arm, :customer_id, :churn_probability)"
+        ), rows)  # fmt: skip
+    checked = outcomes.check(frame([{"customer_id": c, "churned": "yes", "observed_at": observed.isoformat()}
+                                    for c in ("a", "b")]), now=NOW)  # fmt: skip
+    outcomes.write(engine, checked.good, "t")
+    params = {"name": "churn", "horizon_days": 90,
+              **outcomes.window_params("sqlite", observed - timedelta(days=1), observed + timedelta(days=1))}
+    with engine.connect() as conn:
+        for version, expected in ((1, [0.7]), (2, [0.5])):
+            got = conn.execute(sa.text(outcomes.matched_sql("sqlite")), params | {"version": version}).fetchall()
+            assert [r.churn_probability for r in got] == expected
+
+
+# ---------------------------------------------------------------- POST /outcomes
+
+
+@pytest.fixture
+def api(registry_uri, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from tests.unit.test_api import make_settings
+
+    settings = make_settings(registry_uri, tmp_path)
+    with TestClient(create_app(settings)) as client:
+        client.url = settings.inference_log_url
+        yield client
+
+
+def post(api, outcomes_: list[dict], key: str | None = "test-admin-key-5b1f", **params):
+    headers = {"X-API-Key": key} if key else {}
+    return api.post("/outcomes", json={"outcomes": outcomes_}, headers=headers, params=params)
+
+
+def stored(url: str) -> list[tuple]:
+    with sa.create_engine(url).connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text("SELECT customer_id, churned FROM outcomes ORDER BY id"))]
+
+
+def test_the_api_records_outcomes_idempotently_with_the_admin_key(api):
+    body = [{"customer_id": "a", "churned": True, "observed_at": "2026-11-01T00:00:00Z"},
+            {"customer_id": "b", "churned": "No", "observed_at": "2026-11-01"}]  # fmt: skip
+    assert post(api, body, key=None).status_code == 401
+    assert post(api, body, key="wrong").status_code == 403
+    first = post(api, body)
+    assert first.status_code == 200, first.text
+    assert first.json()["written"] == {"inserted": 2, "replaced": 0, "unchanged": 0}
+    assert post(api, body).json()["written"] == {"inserted": 0, "replaced": 0, "unchanged": 2}
+    assert stored(api.url) == [("a", 1), ("b", 0)]
+
+
+def test_a_bad_outcome_is_a_422_naming_row_and_field_and_nothing_is_written(api):
+    body = [{"customer_id": "a", "churned": "yes"}, {"customer_id": "b", "churned": "perhaps"},
+            {"churned": "no"}, {"customer_id": "c", "churned": 1, "observed_at": "2999-01-01"}]  # fmt: skip
+    response = post(api, body)
+    assert response.status_code == 422
+    problem = response.json()
+    assert problem["message"] == "3 of 4 outcomes are invalid; nothing was written"
+    assert [(d["row"], d["loc"][-1]) for d in problem["detail"]] == [(2, "churned"), (3, "customer_id"),
+                                                                    (4, "observed_at")]  # fmt: skip
+    assert "'perhaps' is not Yes/No" in problem["detail"][0]["msg"]
+    with pytest.raises(sa.exc.OperationalError):  # not even the table was created
+        stored(api.url)
+    partial = post(api, body, strict="false")
+    assert partial.status_code == 200 and partial.json()["rejected"] == 3
+    assert stored(api.url) == [("a", 1)]
+
+
+def test_more_than_ten_thousand_outcomes_is_a_413(api):
+    response = post(api, [{"customer_id": f"c{i}", "churned": "no"} for i in range(10_001)])
+    assert response.status_code == 413 and "limit is 10,000" in response.json()["message"]
+    assert post(api, [{"customer_id": "a", "churned": "no", "extra": 1}]).status_code == 422
