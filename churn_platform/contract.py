@@ -43,6 +43,10 @@ AUDIT_TAG_PREFIX = "churn_platform.audit."
 GATE_METRIC = "roc_auc"
 #: Validation metrics shown beside a version (status, /model).
 HEADLINE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "f1")
+#: Every validation metric a training run logs (``model.evaluate``): the performance job's baseline.
+VALIDATION_METRICS: tuple[str, ...] = (
+    "roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1",
+)  # fmt: skip
 #: Model types training can build (``model.build_pipeline``).
 MODEL_TYPES: tuple[str, ...] = ("logistic", "hist_gradient_boosting")
 

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         None, description="URL that receives the summary JSON (POST) on drift or data-quality failure."
     )
 
+
+    # ---- outcomes and model performance
+    outcome_horizon_days: int = Field(
+        90, ge=1, le=3650,
+        description="An outcome judges the customer's latest prediction made at most this many days before it.",
+    )  # fmt: skip
+    performance_min_rows: int = Field(
+        200, ge=1, description="Fewest labelled rows for a realized verdict (fewer: estimated quality only)."
+    )
+    performance_tolerance: float = Field(
+        0.05, ge=0, lt=1, description="ROC AUC below the training baseline minus this means the model degraded."
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> Any:

@@ -95,3 +95,43 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
             click.echo(f"  {'FAIL' if finding.failure else 'note'}: {finding.detail}")
         click.echo(f"  report: {summary.report_html or '-'}  (summary.json in {summary.output_dir})")
     sys.exit(summary.exit_code)
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is judged.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Judge this version instead.")
+@click.option("--since", type=click.DateTime(), default=None,
+              help="Window start (UTC): outcomes observed and predictions made from then on (default: all).")
+@click.option("--until", type=click.DateTime(), default=None, help="Window end (UTC; default: now).")
+@click.option("--inference-log-url", default=None,
+              help="Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
+@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where report.html and summary.json go (default: reports/performance/<UTC time>/).")
+@click.option("--alert-webhook", default=None, help="POST the summary here when the model degraded.")
+@tracking_option
+@model_name_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
+@handles_errors
+def performance(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
+    """Realized quality from outcomes, estimated quality (CBPE) before they arrive, against the
+    version's training baseline; exit 0 ok, 1 degraded."""  # fmt: skip
+    from monitoring.performance import PerformanceOptions, run
+
+    settings = settings_for(tracking_uri, model_name)
+    params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
+    summary = run(PerformanceOptions(**params), settings)
+    if as_json:
+        echo_json(summary.to_json())
+    else:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        real, est = summary.realized, summary.estimated
+        click.echo(f"{settings.model_name} v{summary.model_version}: {summary.verdict}  "
+                   f"({summary.rows_matched} outcomes matched, {summary.predictions} predictions in the window)")
+        click.echo(f"  roc_auc realized {fmt(real.roc_auc)}  estimated {fmt(est.roc_auc)}  "
+                   f"baseline {fmt(summary.baseline.get('roc_auc'))}  (degraded below baseline - {summary.tolerance})")
+        if 0 < real.rows < summary.min_rows:
+            click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
+        for reason in summary.reasons:
+            click.echo(f"  {reason}")
+        click.echo(f"  report: {summary.report_html}  (summary.json in {summary.output_dir})")
+    sys.exit(summary.exit_code)

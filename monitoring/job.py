@@ -210,7 +210,8 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
 # --------------------------------------------------------------------------- the job
 
 
-def _alert(url: str, payload: dict[str, Any]) -> None:
+def send_alert(url: str, payload: dict[str, Any]) -> None:
+    """POST the summary once; a failure is logged and never changes the job's result."""
     try:
         response = httpx.post(url, json=payload, timeout=5)
         response.raise_for_status()
@@ -312,5 +313,5 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook
     if summary.exit_code != ExitCode.OK and webhook:
-        _alert(webhook, summary.to_json())
+        send_alert(webhook, summary.to_json())
     return summary

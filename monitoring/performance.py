@@ -1,0 +1,292 @@
+"""The performance job: how good a model version really is, from what customers did.
+
+Feature drift misses concept drift (the same profile starts behaving differently), so this
+job measures quality directly: *realized* metrics on outcomes joined to the predictions
+they judge (``churn_platform.outcomes``' one join rule), *estimated* metrics (CBPE) for
+predictions whose labels have not arrived yet, and the version's own validation metrics as
+the *baseline*. The join and the aggregation run in SQL, so a window of millions of
+predictions costs the job memory for its outcomes and a score histogram, not for the log.
+
+Exit codes (``ExitCode``): 0 ok, 1 degraded, 2 nothing to judge (no model, no predictions
+in the window) or bad usage, 3 registry or database unreachable, 4 bad data in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from churn_platform import loading, outcomes, registry
+from churn_platform.contract import (
+    CHURNED,
+    GATE_METRIC,
+    INFERENCE_LOG_TABLE,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PROBABILITY,
+    PRODUCTION_ALIAS,
+    SCORED_AT,
+    TAG_THRESHOLD,
+    VALIDATION_METRICS,
+    ExitCode,
+)
+from churn_platform.errors import DataValidationError, NotFoundError, StorageUnreachable
+from churn_platform.inference_log import make_engine
+from churn_platform.settings import Settings
+from monitoring.job import send_alert
+from monitoring.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["ok", "degraded"]
+#: Score histogram resolution for the estimate: ties at 1e-4 change an AUC by far less than that.
+_SCORE_DECIMALS = 4
+
+
+class NothingToJudge(NotFoundError):
+    """No model, or no predictions by it in the window: no verdict is possible."""
+
+
+@dataclass(frozen=True)
+class PerformanceOptions:
+    """One run's choices; anything left None comes from the settings."""
+
+    alias: str = PRODUCTION_ALIAS
+    version: int | None = None
+    #: Window: outcomes observed in it are realized, predictions made in it are estimated.
+    since: datetime | None = None
+    until: datetime | None = None
+    inference_log_url: str | None = None
+    output_dir: Path | None = None
+    alert_webhook: str | None = None
+
+
+class PerformanceWindow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    since: str | None
+    until: str
+    horizon_days: int
+
+
+class PerformanceSummary(BaseModel):
+    """What the job found; ``to_json`` is ``summary.json``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_name: str
+    model_version: int
+    created_at: str
+    window: PerformanceWindow
+    #: Outcomes in the window joined to a prediction of this version.
+    rows_matched: int
+    #: Outcomes in the window with no prediction of this version within the horizon.
+    unmatched_outcomes: int
+    #: Predictions of this version made in the window, and those no outcome judged (yet).
+    predictions: int
+    unlabelled_predictions: int
+    decision_threshold: float
+    realized: Realized
+    estimated: Estimated
+    baseline: dict[str, float]
+    degraded: bool
+    reasons: list[str]
+    by_day: list[DayFigures]
+    min_rows: int
+    tolerance: float
+    report_html: str | None = None
+    output_dir: str | None = None
+    mlflow_run_id: str | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        return "degraded" if self.degraded else "ok"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.REFUSED if self.degraded else ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json") | {"verdict": self.verdict}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _window(options: PerformanceOptions) -> tuple[datetime, datetime]:
+    until = options.until or datetime.now(UTC)
+    since = options.since or datetime(1970, 1, 1, tzinfo=UTC)
+    if since >= until:
+        raise DataValidationError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
+    return since, until
+
+
+def read(url: str, name: str, version: int, since: datetime, until: datetime, horizon_days: int) -> dict[str, Any]:
+    """Everything the verdict needs, aggregated in the database: the matched outcomes, the
+    score histogram of the window's predictions, and the counts."""
+    engine = make_engine(url)
+    dialect = engine.dialect.name
+    window = outcomes.window_params(dialect, since, until)
+    params = {"name": name, "version": version, "horizon_days": horizon_days, **window}
+    rounded = f"ROUND(CAST({PROBABILITY} AS NUMERIC), {_SCORE_DECIMALS})" if dialect == "postgresql" else (
+        f"ROUND({PROBABILITY}, {_SCORE_DECIMALS})"
+    )  # fmt: skip
+    in_window = (f"FROM {INFERENCE_LOG_TABLE} WHERE {MODEL_NAME} = :name AND {MODEL_VERSION} = :version "
+                 f"AND {SCORED_AT} >= :since AND {SCORED_AT} < :until")  # fmt: skip
+    try:
+        outcomes.upgrade(engine)  # an empty outcomes table is "no labels yet", not an error
+        with engine.connect() as conn:
+            matched = pd.read_sql(sa.text(outcomes.matched_sql(dialect)), conn, params=params)
+            histogram = conn.execute(sa.text(f"SELECT {rounded} AS score, count(*) {in_window} GROUP BY 1"),
+                                     params).fetchall()  # fmt: skip
+            observed = conn.execute(sa.text(
+                f"SELECT count(*) FROM {outcomes.OUTCOMES_TABLE} WHERE observed_at >= :since AND observed_at < :until"
+            ), params).scalar_one()  # fmt: skip
+            judged = conn.execute(sa.text(
+                f"SELECT count(DISTINCT log_id) FROM ({outcomes.matched_sql(dialect)}) m "
+                f"WHERE {SCORED_AT} >= :since AND {SCORED_AT} < :until"
+            ), params).scalar_one()  # fmt: skip
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        if "no such table" in str(exc):
+            raise NothingToJudge(f"the inference log at {engine.url.render_as_string()} has no rows yet") from exc
+        raise StorageUnreachable(f"cannot read {engine.url.render_as_string()}: {getattr(exc, 'orig', exc)}") from exc
+    except sa.exc.ProgrammingError as exc:
+        if "does not exist" in str(exc):
+            raise NothingToJudge(f"the inference log at {engine.url.render_as_string()} has no rows yet") from exc
+        raise
+    finally:
+        engine.dispose()
+    scores = np.array([float(r[0]) for r in histogram], dtype=float)
+    counts = np.array([int(r[1]) for r in histogram], dtype=np.int64)
+    return {"matched": matched, "scores": scores, "counts": counts, "observed": int(observed), "judged": int(judged)}
+
+
+def _check_scores(values: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+    if bad.any():
+        raise BadLogData(f"{int(bad.sum())} {where} are not probabilities in [0, 1] (e.g. {values[bad][:3].tolist()})")
+
+
+class BadLogData(DataValidationError):
+    """The inference log holds values no model produces: no verdict on them."""
+
+    exit_code = ExitCode.DATA_QUALITY
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dict[str, float], float | None]:
+    """The version's validation metrics from its training run, and its decision threshold."""
+    model_version = registry.get_version(client, name, version)
+    threshold = model_version.tags.get(TAG_THRESHOLD)
+    if not model_version.run_id:
+        return {}, float(threshold) if threshold else None
+    metrics = client.get_run(model_version.run_id).data.metrics
+    return {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics}, float(threshold) if threshold else None
+
+
+def judge(
+    real: Realized, est: Estimated, baseline: dict[str, float], min_rows: int, tolerance: float
+) -> list[str]:
+    """Why the version degraded (empty: it did not): realized ROC AUC on enough labelled rows,
+    or estimated ROC AUC, below the training baseline minus the tolerance."""
+    reasons = []
+    floor = baseline.get(GATE_METRIC)
+    if floor is None:
+        return reasons
+    if real.roc_auc is not None and real.rows >= min_rows and real.roc_auc < floor - tolerance:
+        reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows is below the "
+                       f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip
+    if est.roc_auc is not None and est.roc_auc < floor - tolerance:
+        reasons.append(f"estimated_{GATE_METRIC}: {est.roc_auc:.4f} (CBPE over {est.rows} predictions) is below the "
+                       f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip
+    return reasons
+
+
+def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str) -> str:
+    """Log the figures as an MLflow run in the monitoring experiment, so the UI plots them over time."""
+    launched = os.environ.get("MLFLOW_RUN_ID")
+    name, version = summary.model_name, summary.model_version
+    with mlflow.start_run(run_name=None if launched else f"performance-{name}-v{version}-{stamp}") as active:
+        mlflow.set_tags({"job": "performance", "model_name": name, "model_version": str(version),
+                         "verdict": summary.verdict})  # fmt: skip
+        figures = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
+                   "predictions": summary.predictions, "degraded": int(summary.degraded)}  # fmt: skip
+        for prefix, model in (("realized", summary.realized), ("estimated", summary.estimated)):
+            for key, value in model.model_dump().items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
+                    figures[f"{prefix}_{key}"] = float(value)
+        mlflow.log_metrics(figures)
+        if summary.report_html:
+            mlflow.log_artifact(summary.report_html)
+        mlflow.log_artifact(str(summary_path))
+        return active.info.run_id
+
+
+def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
+    """Run the job and return its summary (``summary.exit_code`` is the command's exit code)."""
+    from monitoring import performance_report
+
+    name = settings.model_name
+    since, until = _window(options)
+    client = registry.connect(settings)
+    with registry.translate_errors(settings):
+        try:
+            version = options.version or loading.resolve(client, name, options.alias)
+            baseline, tagged_threshold = _baseline(client, name, version)
+        except NotFoundError as exc:
+            raise NothingToJudge(str(exc)) from exc
+        threshold = tagged_threshold if tagged_threshold is not None else settings.decision_threshold
+        url = options.inference_log_url or settings.inference_log_url
+        got = read(url, name, version, since, until, settings.outcome_horizon_days)
+        predictions = int(got["counts"].sum())
+        matched: pd.DataFrame = got["matched"]
+        if predictions == 0 and matched.empty:
+            raise NothingToJudge(f"no predictions of {name} v{version} in the window and no outcomes judging any")
+        _check_scores(got["scores"], "logged scores")
+        labels = matched[CHURNED].astype(bool).to_numpy()
+        scores = matched[PROBABILITY].astype(float).to_numpy()
+        _check_scores(scores, "matched scores")
+        real = realized(labels, scores, threshold)
+        est = estimated(np.repeat(got["scores"], got["counts"]), threshold)
+        matched[SCORED_AT] = pd.to_datetime(matched[SCORED_AT], utc=True, format="ISO8601")
+        days = by_day(matched, SCORED_AT, CHURNED, PROBABILITY)
+        reasons = judge(real, est, baseline, settings.performance_min_rows, settings.performance_tolerance)
+
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out_dir = options.output_dir or Path("reports") / "performance" / stamp
+        out_dir.mkdir(parents=True, exist_ok=True)
+        html = out_dir / "report.html"
+        summary = PerformanceSummary(
+            model_name=name, model_version=version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            window=PerformanceWindow(since=options.since.isoformat() if options.since else None,
+                                     until=until.isoformat(), horizon_days=settings.outcome_horizon_days),
+            rows_matched=len(matched), unmatched_outcomes=got["observed"] - len(matched), predictions=predictions,
+            unlabelled_predictions=predictions - got["judged"], decision_threshold=threshold, realized=real,
+            estimated=est, baseline=baseline, degraded=bool(reasons), reasons=reasons, by_day=days,
+            min_rows=settings.performance_min_rows, tolerance=settings.performance_tolerance,
+            report_html=str(html), output_dir=str(out_dir),
+        )  # fmt: skip
+        performance_report.write_html(html, summary, labels, scores)
+        summary_path = out_dir / "summary.json"
+        summary_path.write_text(json.dumps(summary.to_json(), indent=2))
+        if not os.environ.get("MLFLOW_RUN_ID"):
+            mlflow.set_experiment(settings.monitor_experiment)
+        summary = summary.model_copy(update={"mlflow_run_id": _record_run(summary, summary_path, stamp)})
+        summary_path.write_text(json.dumps(summary.to_json(), indent=2))
+    webhook = options.alert_webhook or settings.monitor_alert_webhook
+    if summary.degraded and webhook:
+        send_alert(webhook, summary.to_json())
+    return summary

@@ -1,0 +1,90 @@
+"""The performance HTML report opens with the verdict, escapes every text, and still renders without labels."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from monitoring.performance import PerformanceSummary, PerformanceWindow
+from monitoring.performance_metrics import by_day, estimated, realized
+from monitoring.performance_report import write_html
+
+THRESHOLD = 0.5
+PREDICTIONS = 5_000
+IMAGE = '<img src="data:image/png;base64,'
+REASONS = [
+    "roc_auc: realized 0.6290 on 2000 labelled rows is below the baseline 0.8400 minus 0.02",
+    "<script>alert('x')</script> & a reason with markup",
+]
+
+
+def window(seed: int = 7, matched: int = 2_000) -> tuple[np.ndarray, pd.DataFrame]:
+    """All scores of the window, and the first ``matched`` of them over 5 days with labels that
+    follow them less closely than at training (concept drift)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.beta(2, 5, size=PREDICTIONS)
+    p = scores[:matched]
+    labels = rng.random(matched) < 0.5 * p + 0.5 * rng.beta(2, 5, size=matched)
+    scored_at = pd.Timestamp("2025-06-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 5 * 86_400, matched), unit="s")
+    return scores, pd.DataFrame({"scored_at": scored_at, "churned": labels.astype(int), "p": p})
+
+
+def summary(scores: np.ndarray, matched: pd.DataFrame, degraded: bool) -> PerformanceSummary:
+    labels, p = matched["churned"].to_numpy(), matched["p"].to_numpy()
+    return PerformanceSummary(
+        model_name="churn<&>",
+        model_version=3,
+        created_at="2025-06-06T12:00:00+00:00",
+        window=PerformanceWindow(since="2025-06-01T00:00:00+00:00", until="2025-06-06T00:00:00+00:00", horizon_days=30),
+        rows_matched=len(matched),
+        unmatched_outcomes=37,
+        predictions=len(scores),
+        unlabelled_predictions=len(scores) - len(matched),
+        decision_threshold=THRESHOLD,
+        realized=realized(labels, p, THRESHOLD),
+        estimated=estimated(scores, THRESHOLD),
+        baseline={"roc_auc": 0.84, "pr_auc": 0.66, "f1": 0.61, "log_loss": 0.41},
+        degraded=degraded,
+        reasons=REASONS if degraded else [],
+        by_day=by_day(matched, "scored_at", "churned", "p"),
+        min_rows=500,
+        tolerance=0.02,
+        report_html="report.html",
+        output_dir=".",
+        mlflow_run_id="abc123",
+    )
+
+
+def render(path: Path, scores: np.ndarray, matched: pd.DataFrame, degraded: bool = True) -> str:
+    labels, p = matched["churned"].to_numpy(dtype=bool), matched["p"].to_numpy(dtype=float)
+    write_html(path, summary(scores, matched, degraded), labels, p)
+    return path.read_text(encoding="utf-8")
+
+
+def test_report_opens_with_the_verdict_and_has_three_charts(tmp_path):
+    page = render(tmp_path / "report.html", *window())
+    assert page.index("DEGRADED") < page.index("<img")
+    assert page.count(IMAGE) == 3
+    for reason in REASONS:
+        assert f"<li>{html.escape(reason)}</li>" in page
+    assert "<script" not in page and "churn&lt;&amp;&gt; v3" in page
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
+    assert "no labels yet" not in page
+
+
+def test_ok_report_is_green_and_lists_no_reasons(tmp_path):
+    page = render(tmp_path / "report.html", *window(), degraded=False)
+    assert '<div class="banner ok"><h1>OK</h1>' in page
+    assert "DEGRADED" not in page and "<li>" not in page.split("</div>")[0]
+
+
+def test_report_without_labels_shows_notes_instead_of_charts(tmp_path):
+    scores, _ = window()
+    page = render(tmp_path / "report.html", scores, window(matched=0)[1])
+    assert page.index("DEGRADED") < page.index("ROC curve: no labelled rows yet.")
+    assert IMAGE not in page
+    assert page.count('<p class="note">') == 3
+    assert "no labels yet" in page
