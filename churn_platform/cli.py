@@ -348,6 +348,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
         comparison = rollout_mod.compare(
             inference_log_url or settings.inference_log_url, settings.model_name, state, thresholds=thresholds,
             band_edges=(settings.risk_medium_from, settings.risk_high_from),
+            horizon_days=settings.outcome_horizon_days,
         )  # fmt: skip
     if as_json:
         payload = state.model_dump(mode="json")
@@ -358,13 +359,15 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
         click.echo(f"  no comparison: {comparison.note}")
     elif comparison is not None:
         click.echo(f"  {'arm':<11}{'version':>8}{'requests':>10}{'rows':>9}{'mean score':>12}{'distance':>10}"
-                   f"{'agreement':>11}{'p50 ms':>8}{'p99 ms':>8}  risk low/med/high")  # fmt: skip
+                   f"{'agreement':>11}{'p50 ms':>8}{'p99 ms':>8}{'labelled':>10}{'roc_auc':>9}"
+                   "  risk low/med/high")  # fmt: skip
         for a in comparison.arms:
             fmt = lambda v, digits=3: "-" if v is None else f"{v:.{digits}f}"  # noqa: E731
             bands = "/".join(f"{v:.0%}" for v in a.risk_bands.values())
             click.echo(f"  {a.arm:<11}{a.model_version:>8}{a.requests:>10}{a.rows:>9}{fmt(a.mean_score):>12}"
                        f"{fmt(a.score_distance):>10}{fmt(a.agreement):>11}{fmt(a.p50_scoring_ms, 2):>8}"
-                       f"{fmt(a.p99_scoring_ms, 2):>8}  {bands}")  # fmt: skip
+                       f"{fmt(a.p99_scoring_ms, 2):>8}{a.labelled_rows:>10}{fmt(a.realized_roc_auc):>9}"
+                       f"  {bands}")  # fmt: skip
 
 
 @rollout.command("stop")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -158,6 +158,10 @@ class ArmFigures(BaseModel):
     #: Time the model took to score this arm's part of a request, over its requests (ms).
     p50_scoring_ms: float | None
     p99_scoring_ms: float | None
+    #: Outcomes observed since the rollout started that judge this arm's predictions (the
+    #: performance job's join rule), and the realized ROC AUC on them (None: one class or none).
+    labelled_rows: int = 0
+    realized_roc_auc: float | None = None
 
 
 class Comparison(BaseModel):
@@ -170,7 +174,13 @@ class Comparison(BaseModel):
 
 
 def compare(
-    url: str, name: str, state: RolloutState, *, thresholds: dict[int, float], band_edges: tuple[float, float]
+    url: str,
+    name: str,
+    state: RolloutState,
+    *,
+    thresholds: dict[int, float],
+    band_edges: tuple[float, float],
+    horizon_days: int = 90,
 ) -> Comparison:
     """Per-arm figures of the running rollout, from rows logged since it started.
 
@@ -238,5 +248,36 @@ def compare(
                                rows=len(rows), mean_score=float(scores.mean()) if len(scores) else None,
                                score_distance=distance, agreement=agreement, risk_bands=shares,
                                p50_scoring_ms=p50, p99_scoring_ms=p99))  # fmt: skip
+    arms = [a.model_copy(update=_realized(url, name, a, since, horizon_days)) for a in arms]
     order = {"production": 0, "canary": 1, "shadow": 2}
     return Comparison(since=state.started_at, arms=sorted(arms, key=lambda a: order.get(a.arm, 3)))
+
+
+def _realized(url: str, name: str, arm: ArmFigures, since: datetime | None, horizon_days: int) -> dict[str, Any]:
+    """Realized ROC AUC of one arm: outcomes observed since the rollout started, joined to
+    the arm's predictions by the performance job's rule. No outcomes yet: nothing to add."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from churn_platform import outcomes
+    from churn_platform.contract import ARM, CHURNED, PROBABILITY, SCORED_AT
+    from churn_platform.inference_log import make_engine
+    from churn_platform.performance_metrics import realized
+
+    start = since or datetime(1970, 1, 1, tzinfo=UTC)
+    engine = make_engine(url)
+    try:
+        if not sa.inspect(engine).has_table(outcomes.OUTCOMES_TABLE):
+            return {}
+        params = {"name": name, "version": arm.model_version, "horizon_days": horizon_days,
+                  **outcomes.window_params(engine.dialect.name, start, datetime.now(UTC))}  # fmt: skip
+        with engine.connect() as conn:
+            matched = pd.read_sql(sa.text(outcomes.matched_sql(engine.dialect.name)), conn, params=params)
+    except sa.exc.SQLAlchemyError:
+        return {}
+    finally:
+        engine.dispose()
+    scored = pd.to_datetime(matched[SCORED_AT], utc=True, format="ISO8601")
+    mine = matched[(matched[ARM] == arm.arm) & (scored >= pd.Timestamp(start))]
+    figures = realized(mine[CHURNED].astype(bool).to_numpy(), mine[PROBABILITY].astype(float).to_numpy(), 0.5)
+    return {"labelled_rows": figures.rows, "realized_roc_auc": figures.roc_auc}

@@ -43,9 +43,9 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import DataValidationError, NotFoundError, StorageUnreachable
 from churn_platform.inference_log import make_engine
+from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.job import send_alert
-from monitoring.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 
 log = logging.getLogger(__name__)
 

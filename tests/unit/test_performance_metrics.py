@@ -18,8 +18,8 @@ from sklearn.metrics import (
 
 from churn_platform import data
 from churn_platform.model import build_pipeline, features
+from churn_platform.performance_metrics import by_day, estimated, realized
 from churn_platform.schema import LABEL_COLUMN
-from monitoring.performance_metrics import by_day, estimated, realized
 
 THRESHOLD = 0.5
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churn_platform.performance_metrics import by_day, estimated, realized
 from monitoring.performance import PerformanceSummary, PerformanceWindow
-from monitoring.performance_metrics import by_day, estimated, realized
 from monitoring.performance_report import write_html
 
 THRESHOLD = 0.5

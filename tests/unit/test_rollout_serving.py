@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from churn_platform import data, loading, rollout
+from churn_platform import data, loading, outcomes, rollout
 from churn_platform.cli import main
 from serving.app import create_app
 from tests.unit.test_api import KEY, make_settings, wait_ready
@@ -104,9 +104,19 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
     assert (arms["production"]["model_version"], arms["shadow"]["model_version"]) == (1, 2)
     assert 0 <= arms["shadow"]["agreement"] <= 1 and arms["shadow"]["score_distance"] > 0
     assert abs(sum(arms["shadow"]["risk_bands"].values()) - 1) < 1e-9
+    assert arms["shadow"]["labelled_rows"] == 0 and arms["shadow"]["realized_roc_auc"] is None  # no outcomes yet
+
+    # Outcomes arrive: each arm's realized ROC AUC on the customers it scored.
+    truth = pd.DataFrame({"customer_id": [r["customer_id"] for r in rows], "churned": ["yes", "no"] * 25})
+    outcomes.ingest(truth, settings.inference_log_url, source="test")
     text = CliRunner().invoke(main, ["rollout", "status", "--tracking-uri", registry_uri,
                                      "--inference-log-url", settings.inference_log_url]).output  # fmt: skip
-    assert "shadow" in text and "agreement" in text and "p99 ms" in text
+    assert "shadow" in text and "agreement" in text and "p99 ms" in text and "roc_auc" in text
+    status = CliRunner().invoke(main, ["rollout", "status", "--json", "--tracking-uri", registry_uri,
+                                       "--inference-log-url", settings.inference_log_url])  # fmt: skip
+    arms = {a["arm"]: a for a in json.loads(status.stdout)["comparison"]["arms"]}
+    for arm in ("production", "shadow"):
+        assert arms[arm]["labelled_rows"] == 50 and 0 <= arms[arm]["realized_roc_auc"] <= 1, arms[arm]
 
 
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
