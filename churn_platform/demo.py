@@ -24,8 +24,9 @@ from typing import Any
 
 import click
 import httpx
+import pandas as pd
 
-from churn_platform import processes
+from churn_platform import data, processes
 from churn_platform.contract import PROBABILITY, ExitCode
 from churn_platform.errors import ChurnPlatformError
 from churn_platform.processes import Process, ProcessFailed, free_port
@@ -51,7 +52,7 @@ class Demo:
     step_no: int = 0
     started: float = field(default_factory=time.perf_counter)
     summary: dict[str, Any] = field(default_factory=dict)
-    total_steps: int = 7
+    total_steps: int = 8
 
     # ------------------------------------------------------------------ plumbing
 
@@ -146,14 +147,39 @@ class Demo:
         click.echo(f"      promotion gate: {verdict}")
         click.echo(f"      {result.message}")
 
-    def customers(self, drift: bool, seed: int) -> list[dict[str, Any]]:
-        from churn_platform import data
+    def customers(self, drift: bool, seed: int) -> pd.DataFrame:
+        """Customers with what they will do (``churn``): the API sees the features only."""
 
         if not drift and self.data != "synthetic":
-            frame = data.load(self.data).sample(self.traffic, replace=True, random_state=seed)
-        else:
-            frame = data.generate(self.traffic, seed=seed, drift=drift)
-        return data.to_records(frame.drop(columns=["churn"]))
+            frame = data.load(self.data).drop_duplicates("customer_id")
+            return frame.sample(min(self.traffic, len(frame)), random_state=seed)
+        return data.generate(self.traffic, seed=seed, drift=drift)
+
+    def outcomes(self, customers: pd.DataFrame) -> Path:
+        """What the customers did, with a concept change: month-to-month customers now do the
+        opposite of what they used to (same features, different behaviour)."""
+        segment = customers["contract"] == "Month-to-month"
+        churned = customers["churn"].astype(bool) ^ segment
+        path = self.folder / "outcomes.csv"
+        pd.DataFrame({"customer_id": customers["customer_id"], "churned": churned}).to_csv(path, index=False)
+        click.echo(f"      {len(customers)} outcomes, {int(segment.sum())} of them in the changed segment "
+                   "(month-to-month contracts: behaviour reversed)")  # fmt: skip
+        return path
+
+    def performance(self, since: datetime) -> dict[str, Any]:
+        out = self.folder / "reports" / "performance"
+        done = self.run(
+            str(BIN / "churn-platform"), "performance", "--since", since.strftime("%Y-%m-%dT%H:%M:%S"),
+            "--output-dir", str(out), verdicts=(ExitCode.OK, ExitCode.REFUSED),  # 1: degraded, a verdict
+        )  # fmt: skip
+        summary = json.loads((out / "summary.json").read_text())
+        real, est = summary["realized"]["roc_auc"], summary["estimated"]["roc_auc"]
+        color = "red" if summary["degraded"] else "green"
+        click.secho(f"      performance: {summary['verdict'].upper()} (exit {done.returncode}): ROC AUC realized "
+                    f"{real:.3f}, estimated {est:.3f}, baseline {summary['baseline']['roc_auc']:.3f} "
+                    f"on {summary['rows_matched']} outcomes", fg=color)  # fmt: skip
+        click.echo(f"      report: {out / 'report.html'}")
+        return summary
 
     def send(self, api: str, rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -203,10 +229,11 @@ class Demo:
             proc = self.background("api", str(BIN / "churn-platform"), "serve", "--port", str(port))
             self.wait_http(proc, f"{api}/ready")
             t0 = datetime.now(UTC)
-            normal = self.send(api, self.customers(drift=False, seed=1), "normal")
+            served = self.customers(drift=False, seed=1)
+            normal = self.send(api, data.to_records(served.drop(columns=["churn"])), "normal")
             time.sleep(1.2)
             t1 = datetime.now(UTC)
-            self.send(api, self.customers(drift=True, seed=2), "drifted")
+            self.send(api, data.to_records(self.customers(drift=True, seed=2).drop(columns=["churn"])), "drifted")
             time.sleep(1.2)
             t2 = datetime.now(UTC)
             for p in normal[:4]:
@@ -216,6 +243,10 @@ class Demo:
         with self.step("Monitor each window for drift (Evidently)"):
             quiet = self.monitor(t0, t1, "normal")
             loud = self.monitor(t1, t2, "drifted")
+        with self.step("Outcomes arrive with a concept change: drift stays quiet, performance does not"):
+            self.run(str(BIN / "churn-platform"), "outcomes", "ingest", str(self.outcomes(served)))
+            click.echo(f"      drift on the same customers was: {quiet['verdict'].replace('_', ' ')}")
+            judged = self.performance(t0)
         with self.step("Roll back and reload the API"):
             promotion, client, _ = self.registry()
             result = promotion.rollback(client, "churn", reason="demo: drift alarm", actor="demo")
@@ -240,6 +271,9 @@ class Demo:
                     "drifted": loud["verdict"],
                     "drifted_columns": loud["drifted_columns"],
                 },  # fmt: skip
+                "performance": {"verdict": judged["verdict"], "reasons": judged["reasons"],
+                                "realized_roc_auc": judged["realized"]["roc_auc"],
+                                "estimated_roc_auc": judged["estimated"]["roc_auc"]},  # fmt: skip
                 "report": str(self.folder / "reports" / "drifted" / "report.html"),
                 "seconds": round(time.perf_counter() - self.started, 1),
             }
@@ -248,6 +282,7 @@ class Demo:
             click.echo(f"      MLflow UI:     {ui}   (models, runs, the churn-monitoring experiment)")
             click.echo(f"      API docs:      {api}/docs")
             click.echo(f"      drift report:  {self.summary['report']}")
+            click.echo(f"      performance:   {self.folder / 'reports' / 'performance' / 'report.html'}")
         click.secho(f"\nDemo finished in {self.summary['seconds']:.0f}s.", bold=True)
         return self.summary
 

@@ -21,14 +21,18 @@ def test_demo_runs_end_to_end(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for step in range(1, 8):
-        assert f"[{step}/7]" in done.stdout
+    for step in range(1, 9):
+        assert f"[{step}/8]" in done.stdout
     summary = json.loads((folder / "summary.json").read_text())
     assert [v["version"] for v in summary["versions"]] == [2, 1]
     assert summary["production"] == 1  # rolled back after the drift alarm
     assert summary["monitor"]["normal"] == "no_drift" and summary["monitor"]["drifted"] == "drift"
     assert {"tenure", "contract"} <= set(summary["monitor"]["drifted_columns"])
     assert (folder / "reports" / "drifted" / "report.html").exists()
+    # Outcomes with a concept change: the drift monitor was quiet on those customers, performance is not.
+    assert summary["performance"]["verdict"] == "degraded"
+    assert any(r.startswith("roc_auc") for r in summary["performance"]["reasons"])
+    assert (folder / "reports" / "performance" / "report.html").exists()
     assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
     # Every process the demo started is gone.
     leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
