@@ -30,7 +30,139 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def find(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+    found = next((o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name), None)
+    if found is None:
+        raise AssertionError(f"{kind}/{name} is not rendered")
+    return found
+
+
+#: The scheduled jobs every overlay ships: name -> (the entrypoint role its args start with,
+#: schedule, time zone: a daily job names UTC, or it runs at the controller's local time).
+CRONJOBS = {
+    "churn-monitor": ("monitor", "5 * * * *", None),
+    "churn-performance": ("performance", "30 6 * * *", "Etc/UTC"),
+}
+#: Exit codes that are a job's answer (drift or degraded, nothing to judge, bad data): the pod
+#: failure policy fails the Job on them; 3 (unreachable) is left to the backoff, so it is retried.
+ANSWER_EXIT_CODES = [1, 2, 4]
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        op, value = e["operator"], labels.get(e["key"])
+        if (
+            (op == "In" and value not in e["values"])
+            or (op == "NotIn" and value in e["values"])
+            or (op == "Exists" and value is None)
+            or (op == "DoesNotExist" and value is not None)
+        ):
+            return False
+    return True
+
+
+def _allows(rules: list[dict[str, Any]], peers_key: str, labels: dict[str, str] | None, port: int) -> bool:
+    """Whether one rule admits the peer (in-namespace pod labels, or None: outside the cluster) on port."""
+    for rule in rules:
+        if rule.get("ports") and not any(p.get("port") == port for p in rule["ports"]):
+            continue
+        peers = rule.get(peers_key)
+        if not peers:
+            return True
+        for peer in peers:
+            if labels is None and "ipBlock" in peer:
+                return True
+            if labels is not None and "podSelector" in peer and "namespaceSelector" not in peer:
+                if selects(peer["podSelector"], labels):
+                    return True
+    return False
+
+
+def reachable(objs: list[dict[str, Any]], src: dict[str, str], dst: dict[str, str] | None, port: int) -> bool:
+    """Whether the NetworkPolicies let pods labelled src open port on dst (pod labels, None: off-cluster)."""
+    policies = [o["spec"] for o in objs if o["kind"] == "NetworkPolicy"]
+
+    def types(p: dict[str, Any]) -> list[str]:  # the API server's default when policyTypes is left out
+        return p.get("policyTypes") or (["Ingress", "Egress"] if "egress" in p else ["Ingress"])
+
+    egress = [p for p in policies if "Egress" in types(p) and selects(p["podSelector"], src)]
+    if egress and not any(_allows(p.get("egress", []), "to", dst, port) for p in egress):
+        return False
+    if dst is None:
+        return True
+    ingress = [p for p in policies if "Ingress" in types(p) and selects(p["podSelector"], dst)]
+    return not ingress or any(_allows(p.get("ingress", []), "from", src, port) for p in ingress)
+
+
+def _pod_labels(objs: list[dict[str, Any]], name: str) -> dict[str, str] | None:
+    """The pod labels of the in-cluster workload `name`, None when it is managed outside the cluster."""
+    for o in objs:
+        if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"] == name:
+            return o["spec"]["template"]["metadata"]["labels"]
+    return None
+
+
+def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[str]:
+    """A scheduled job: its role, schedule, failure policy, writable output, secrets and network paths."""
+    cronjobs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "CronJob"}
+    if name not in cronjobs:
+        return [f"{overlay}: CronJob/{name} is not rendered"]
+    role, schedule, time_zone = CRONJOBS[name]
+    where, cron = f"CronJob/{name}", cronjobs[name]
+    job, spec = cron["spec"]["jobTemplate"]["spec"], pod_spec(cron)
+    problems: list[str] = []
+    if (cron["spec"]["schedule"], cron["spec"].get("timeZone")) != (schedule, time_zone):
+        problems.append(f"{where}: schedule {cron['spec']['schedule']!r} ({cron['spec'].get('timeZone')}), "
+                        f"not {schedule!r} ({time_zone})")  # fmt: skip
+    if cron["spec"].get("concurrencyPolicy") != "Forbid":
+        problems.append(f"{where}: concurrencyPolicy must be Forbid (runs must not overlap)")
+    if not {"successfulJobsHistoryLimit", "failedJobsHistoryLimit"} <= set(cron["spec"]):
+        problems.append(f"{where}: needs successful and failed history limits")
+    fail_on = sorted(
+        code
+        for rule in job.get("podFailurePolicy", {}).get("rules", [])
+        if rule["action"] == "FailJob" and rule.get("onExitCodes", {}).get("operator") == "In"
+        for code in rule["onExitCodes"]["values"]
+    )
+    if fail_on != ANSWER_EXIT_CODES:
+        problems.append(f"{where}: the pod failure policy must fail the Job on exit {ANSWER_EXIT_CODES}, got {fail_on}")
+    if job.get("backoffLimit", 6) < 1:
+        problems.append(f"{where}: backoffLimit 0 never retries exit 3 (unreachable)")
+    if spec.get("restartPolicy") != "Never" or spec.get("automountServiceAccountToken") is not False:
+        problems.append(f"{where}: needs restartPolicy Never and no service-account token")
+    labels = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"].get("labels", {})
+    if labels.get("app.kubernetes.io/name") != name:
+        problems.append(f"{where}: pods must carry app.kubernetes.io/name={name} (the NetworkPolicies select it)")
+    (container,) = spec["containers"]
+    args = container.get("args", [])
+    if args[:1] != [role] or "--output-dir" not in args:
+        problems.append(f"{where}: args must start with the role {role!r} and set --output-dir: {args}")
+    else:
+        output = args[args.index("--output-dir") + 1]
+        empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in empty_dirs]
+        if not any(output == m or output.startswith(m.rstrip("/") + "/") for m in mounts):
+            problems.append(f"{where}: --output-dir {output} is not on a writable emptyDir")
+    secrets = {
+        e["name"] for e in container.get("env", []) if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+    }
+    needed = {"CHURN_INFERENCE_LOG_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    if overlay == "prod":
+        needed |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # the basic-auth registry
+    if needed - secrets:
+        problems.append(f"{where}: variables not taken from churn-secrets: {sorted(needed - secrets)}")
+    object_store = _pod_labels(objs, "minio")
+    paths = {
+        "MLflow": (_pod_labels(objs, "mlflow"), 5000),
+        "the inference-log database": (_pod_labels(objs, "inference-db"), 5432),
+        "the object store": (object_store, 9000 if object_store else 443),
+    }
+    for what, (dst, port) in paths.items():
+        if not reachable(objs, labels, dst, port):
+            problems.append(f"{where}: the NetworkPolicies do not let its pods reach {what} (port {port})")
+    return problems
 
 
 def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
@@ -103,6 +235,8 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
             problems.append("prod: the API needs tracking credentials for the basic-auth registry")
     if overlay == "dev" and api["spec"]["replicas"] != 1:
         problems.append("dev: one API replica")
+    for name in CRONJOBS:
+        problems += check_cronjob(objs, overlay, name)
     # Every variable the settings read is set, by the ConfigMap or a Secret reference.
     data = config_maps[next(r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r)]["data"]
     provided = set(data) | {e["name"] for e in container.get("env", [])}

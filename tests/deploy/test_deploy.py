@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from churn_platform.settings import environment_variables
-from tests.deploy.policies import BIN, check, render
+from tests.deploy.policies import BIN, CRONJOBS, check, render
 from tests.services import REPO
 
 OVERLAYS = ("dev", "staging", "prod")
@@ -20,6 +20,8 @@ OVERLAYS = ("dev", "staging", "prod")
 def test_overlay_renders_without_warnings_and_validates(overlay, tmp_path):
     objs, stderr = render(REPO / "deploy" / "overlays" / overlay)
     assert "warning" not in stderr.lower(), stderr
+    # The scheduled jobs are among what is validated.
+    assert {o["metadata"]["name"] for o in objs if o["kind"] == "CronJob"} >= set(CRONJOBS)
     out = tmp_path / f"{overlay}.yaml"
     out.write_text(yaml.safe_dump_all(objs))
     done = subprocess.run(
@@ -35,19 +37,78 @@ def test_overlay_follows_the_policies(overlay):
     assert check(objs, overlay) == []
 
 
-def test_breaking_a_rule_is_caught(tmp_path):
+# A CronJob an overlay drops (its own patch, not the base).
+DELETE_PERFORMANCE = """
+  - patch: |-
+      $patch: delete
+      apiVersion: batch/v1
+      kind: CronJob
+      metadata:
+        name: churn-performance
+"""
+PROD = "overlays/prod/kustomization.yaml"
+PERFORMANCE = "base/performance-cronjob.yaml"
+# name -> (overlay, [(file under deploy/, old text, new text)], problems the check must report)
+BREAKS = {
+    "prod-one-replica-latest-tag": ("prod", [
+        (PROD, "{op: replace, path: /spec/replicas, value: 3}", "{op: replace, path: /spec/replicas, value: 1}"),
+        (PROD, 'newTag: "0.1.0"', "newTag: latest"),
+    ], ["prod: churn-api has 1 replicas, needs at least 3", "is not pinned by tag or digest"]),
+    **{
+        f"performance-dropped-by-{overlay}": (overlay, [
+            (f"overlays/{overlay}/kustomization.yaml", "\npatches:\n", f"\npatches:{DELETE_PERFORMANCE}"),
+        ], [f"{overlay}: CronJob/churn-performance is not rendered"])
+        for overlay in OVERLAYS
+    },
+    "performance-left-out-of-base": ("staging", [
+        ("base/kustomization.yaml", "  - performance-cronjob.yaml\n", ""),
+    ], ["staging: CronJob/churn-performance is not rendered"]),
+    "performance-retries-bad-data": ("staging", [
+        (PERFORMANCE, "values: [1, 2, 4]", "values: [1, 2]"),
+    ], ["CronJob/churn-performance: the pod failure policy must fail the Job on exit [1, 2, 4], got [1, 2]"]),
+    "performance-overlaps-itself": ("dev", [
+        (PERFORMANCE, "concurrencyPolicy: Forbid", "concurrencyPolicy: Allow"),
+    ], ["CronJob/churn-performance: concurrencyPolicy must be Forbid"]),
+    "performance-on-local-time": ("dev", [
+        (PERFORMANCE, "  timeZone: Etc/UTC\n", ""),
+    ], ["CronJob/churn-performance: schedule '30 6 * * *' (None), not '30 6 * * *' (Etc/UTC)"]),
+    "performance-writes-to-read-only-root": ("staging", [
+        (PERFORMANCE, '"--output-dir", "/tmp/report"', '"--output-dir", "/app/reports"'),
+    ], ["CronJob/churn-performance: --output-dir /app/reports is not on a writable emptyDir"]),
+    "performance-cut-off-from-mlflow": ("staging", [
+        ("base/networkpolicy.yaml", "[churn-api, churn-monitor, churn-performance, churn-train]",
+         "[churn-api, churn-monitor, churn-train]"),
+    ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
+    "performance-without-egress": ("prod", [
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-train]", "[churn-monitor, churn-train]"),
+    ], [f"CronJob/churn-performance: the NetworkPolicies do not let its pods reach {what}" for what in (
+        "MLflow (port 5000)", "the inference-log database (port 5432)", "the object store (port 443)")]),
+    "dev-inference-db-refuses-performance": ("dev", [
+        ("components/dev-datastores/datastores.yaml", "[churn-api, churn-monitor, churn-performance]",
+         "[churn-api, churn-monitor]"),
+    ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach the inference-log database"]),
+    "prod-performance-without-registry-credentials": ("prod", [
+        (PROD, "name: churn-monitor|churn-performance}", "name: churn-monitor}"),
+    ], ["CronJob/churn-performance: variables not taken from churn-secrets: ['MLFLOW_TRACKING_PASSWORD', "
+        "'MLFLOW_TRACKING_USERNAME']"]),
+    "monitor-retries-drift": ("staging", [
+        ("base/monitor-cronjob.yaml", "values: [1, 2, 4]", "values: [2, 4]"),
+    ], ["CronJob/churn-monitor: the pod failure policy must fail the Job on exit [1, 2, 4], got [2, 4]"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("overlay", "edits", "expected"), BREAKS.values(), ids=BREAKS.keys())
+def test_breaking_a_rule_is_caught(overlay, edits, expected, tmp_path):
     copy = tmp_path / "deploy"
     shutil.copytree(REPO / "deploy", copy)
-    prod = copy / "overlays" / "prod" / "kustomization.yaml"
-    prod.write_text(
-        prod.read_text()
-        .replace("{op: replace, path: /spec/replicas, value: 3}", "{op: replace, path: /spec/replicas, value: 1}")
-        .replace('newTag: "0.1.0"', "newTag: latest")
-    )
-    objs, _ = render(copy / "overlays" / "prod")
-    problems = check(objs, "prod")
-    assert "prod: churn-api has 1 replicas, needs at least 3" in problems
-    assert any("is not pinned by tag or digest" in p for p in problems)
+    for name, old, new in edits:
+        text = (copy / name).read_text()
+        assert old in text, f"{name} no longer has {old!r}: update this case"
+        (copy / name).write_text(text.replace(old, new))
+    objs, _ = render(copy / "overlays" / overlay)
+    problems = check(objs, overlay)
+    for problem in expected:
+        assert any(problem in p for p in problems), (problem, problems)
 
 
 def test_dockerfile_passes_hadolint_and_keeps_the_final_stage_lean():
@@ -78,9 +139,12 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     }
     missing = set(environment_variables()) - env_file - set(api["environment"])
     assert missing == set()
-    assert compose["services"]["train"]["profiles"] == ["jobs"] and compose["services"]["monitor"]["profiles"] == [
-        "jobs"
-    ]
+    for job in ("train", "monitor", "performance"):
+        assert compose["services"][job]["profiles"] == ["jobs"], job
+        assert compose["services"][job]["restart"] == "no", job
+    # The reports' default folder (reports/... under WORKDIR /app) is on the host.
+    for job in ("monitor", "performance"):
+        assert "./reports:/app/reports" in compose["services"][job]["volumes"], job
     assert compose["services"]["api"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     # Credentials come from .env, never from the file itself.
     text = (REPO / "docker-compose.yml").read_text()

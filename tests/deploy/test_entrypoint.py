@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.policies import find, pod_spec, render
+from tests.deploy.policies import CRONJOBS, find, pod_spec, render
 from tests.services import REPO
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -160,6 +160,9 @@ RUNS = [
     ("train", ["train", "--", "--data", "/data/telco_churn.csv"], TRAIN),
     ("monitor", ["--rows", "5000"], ["churn-platform", "monitor", "--rows", "5000"]),
     ("monitor", ["--", "--rows", "5000"], ["churn-platform", "monitor", "--rows", "5000"]),
+    ("performance", ["--since", "2025-01-01"], ["churn-platform", "performance", "--since", "2025-01-01"]),
+    ("performance", ["--", "--json"], ["churn-platform", "performance", "--json"]),
+    ("performance", ["performance", "--json"], ["churn-platform", "performance", "--json"]),
     ("api", ["--workers", "2"], [*API, "--workers", "2"]),
     ("mlflow", ["--workers", "2"], [*MLFLOW, "--workers", "2"]),
 ]
@@ -176,6 +179,7 @@ def test_compose_up_starts_each_service_in_its_role(tmp_path):
     assert compose("api", tmp_path) == API
     assert compose("train", tmp_path) == ["churn-platform", "train"]
     assert compose("monitor", tmp_path) == ["churn-platform", "monitor"]
+    assert compose("performance", tmp_path) == ["churn-platform", "performance"]
     assert compose("mlflow", tmp_path) == MLFLOW
 
 
@@ -189,7 +193,7 @@ def test_compose_run_can_still_run_any_command(tmp_path):
 def test_a_word_that_is_neither_a_role_nor_a_command_is_refused(tmp_path):
     done = _run(_compose_argv("train", ["trian", "--data", "x.csv"]), _compose_env("train"), tmp_path)
     assert done.returncode == 2 and done.stdout == ""
-    assert "trian" in done.stderr and "api | monitor | train | mlflow-server" in done.stderr
+    assert "trian" in done.stderr and "api | monitor | performance | train | mlflow-server" in done.stderr
 
 
 def test_an_unknown_role_in_the_environment_is_refused(tmp_path):
@@ -206,6 +210,9 @@ def test_docker_run_picks_the_role_from_the_first_argument_else_serves(tmp_path)
     assert _execs([*IMAGE_ENTRYPOINT, *IMAGE_CMD], env, tmp_path) == API
     assert _execs([*IMAGE_ENTRYPOINT, "train", "--data", "d.csv"], env, tmp_path) == [
         "churn-platform", "train", "--data", "d.csv",
+    ]  # fmt: skip
+    assert _execs([*IMAGE_ENTRYPOINT, "performance", "--json"], env, tmp_path) == [
+        "churn-platform", "performance", "--json",
     ]  # fmt: skip
     assert _execs([*IMAGE_ENTRYPOINT, "--port", "9000"], env, tmp_path) == [*API, "--port", "9000"]
 
@@ -227,18 +234,46 @@ def _k8s(objs: list[dict[str, Any]], kind: str, name: str, tmp_path: Path) -> li
     return _execs(argv, env, tmp_path)
 
 
-@pytest.mark.parametrize("kustomization", ["base", "overlays/dev", "overlays/staging", "overlays/prod"])
+KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/staging", "overlays/prod"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_kubernetes_workloads_start_in_their_roles(kustomization, tmp_path):
     objs, _ = render(REPO / "deploy" / kustomization)
     assert _k8s(objs, "Deployment", "churn-api", tmp_path) == API
     assert _k8s(objs, "Job", "churn-train", tmp_path) == [
         "churn-platform", "train", "--data", "s3://mlflow/data/customers.parquet",
     ]  # fmt: skip
-    assert _k8s(objs, "CronJob", "churn-monitor", tmp_path) == [
-        "churn-platform", "monitor", "--output-dir", "/tmp/report",
-    ]  # fmt: skip
     mlflow = _k8s(objs, "Deployment", "mlflow", tmp_path)
     assert mlflow[:4] == ["mlflow", "server", "--backend-store-uri", "secret:MLFLOW_BACKEND_STORE_URI"]
     allowed = _env_file(REPO / "deploy" / "base" / "config.env")["MLFLOW_ALLOWED_HOSTS"]
     extra = ["--app-name", "basic-auth"] if kustomization.endswith("prod") else []  # the prod patch appends them
     assert mlflow[-2 - len(extra) :] == ["--allowed-hosts", allowed, *extra]
+
+
+@pytest.mark.parametrize("cronjob", CRONJOBS)
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_kubernetes_cronjobs_start_in_their_roles(kustomization, cronjob, tmp_path):
+    objs, _ = render(REPO / "deploy" / kustomization)
+    role = CRONJOBS[cronjob][0]
+    assert _k8s(objs, "CronJob", cronjob, tmp_path) == ["churn-platform", role, "--output-dir", "/tmp/report"]
+
+
+def test_the_documented_outcomes_ingest_job_runs_the_command(tmp_path):
+    """docs/deploy.md builds the ingest Job from the performance CronJob and changes only its args."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    args = json.loads(re.search(r"containers\[0\]\.args = (\[.*?\])'", docs, re.S).group(1))
+    objs, _ = render(REPO / "deploy" / "overlays" / "prod")
+    (container,) = pod_spec(find(objs, "CronJob", "churn-performance"))["containers"]
+    container["args"] = args
+    assert _k8s(objs, "CronJob", "churn-performance", tmp_path) == args  # a command, not a role
+    assert args[:3] == ["churn-platform", "outcomes", "ingest"] and args[3].startswith("s3://")
+    # The root filesystem is read-only: the rejects go to the emptyDir.
+    rejects = args[args.index("--rejects") + 1]
+    assert any(rejects.startswith(m["mountPath"].rstrip("/") + "/") for m in container["volumeMounts"])
+    usage = CliRunner().invoke(main, ["outcomes", "ingest", "--help"])
+    assert usage.exit_code == 0 and "--rejects" in usage.output
