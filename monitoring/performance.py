@@ -144,32 +144,37 @@ def read(url: str, name: str, version: int, since: datetime, until: datetime, ho
     )  # fmt: skip
     in_window = (f"FROM {INFERENCE_LOG_TABLE} WHERE {MODEL_NAME} = :name AND {MODEL_VERSION} = :version "
                  f"AND {SCORED_AT} >= :since AND {SCORED_AT} < :until")  # fmt: skip
+    where = engine.url.render_as_string()  # hides the password
     try:
-        outcomes.upgrade(engine)  # an empty outcomes table is "no labels yet", not an error
+        inspector = sa.inspect(engine)
+        if not inspector.has_table(INFERENCE_LOG_TABLE):
+            raise NothingToJudge(f"the inference log at {where} has no rows yet")
+        labelled = inspector.has_table(outcomes.OUTCOMES_TABLE)  # no table yet: no labels yet
         with engine.connect() as conn:
-            matched = pd.read_sql(sa.text(outcomes.matched_sql(dialect)), conn, params=params)
+            matched = _frame(conn.execute(sa.text(outcomes.matched_sql(dialect)), params)) if labelled else (
+                pd.DataFrame(columns=[CHURNED, PROBABILITY, SCORED_AT, "log_id"])
+            )  # fmt: skip
             histogram = conn.execute(sa.text(f"SELECT {rounded} AS score, count(*) {in_window} GROUP BY 1"),
                                      params).fetchall()  # fmt: skip
-            observed = conn.execute(sa.text(
-                f"SELECT count(*) FROM {outcomes.OUTCOMES_TABLE} WHERE observed_at >= :since AND observed_at < :until"
-            ), params).scalar_one()  # fmt: skip
-            judged = conn.execute(sa.text(
-                f"SELECT count(DISTINCT log_id) FROM ({outcomes.matched_sql(dialect)}) m "
-                f"WHERE {SCORED_AT} >= :since AND {SCORED_AT} < :until"
-            ), params).scalar_one()  # fmt: skip
+            observed = judged = 0
+            if labelled:
+                observed = conn.execute(sa.text(
+                    f"SELECT count(*) FROM {outcomes.OUTCOMES_TABLE} "
+                    "WHERE observed_at >= :since AND observed_at < :until"
+                ), params).scalar_one()  # fmt: skip
+                # The window's predictions that some outcome judged (by scored_at, as the estimate).
+                judged = int(((matched[SCORED_AT] >= params["since"]) & (matched[SCORED_AT] < params["until"])).sum())
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        if "no such table" in str(exc):
-            raise NothingToJudge(f"the inference log at {engine.url.render_as_string()} has no rows yet") from exc
-        raise StorageUnreachable(f"cannot read {engine.url.render_as_string()}: {getattr(exc, 'orig', exc)}") from exc
-    except sa.exc.ProgrammingError as exc:
-        if "does not exist" in str(exc):
-            raise NothingToJudge(f"the inference log at {engine.url.render_as_string()} has no rows yet") from exc
-        raise
+        raise StorageUnreachable(f"cannot read {where}: {getattr(exc, 'orig', exc)}") from exc
     finally:
         engine.dispose()
     scores = np.array([float(r[0]) for r in histogram], dtype=float)
     counts = np.array([int(r[1]) for r in histogram], dtype=np.int64)
     return {"matched": matched, "scores": scores, "counts": counts, "observed": int(observed), "judged": int(judged)}
+
+
+def _frame(result: sa.CursorResult) -> pd.DataFrame:
+    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
 def _check_scores(values: np.ndarray, where: str) -> None:

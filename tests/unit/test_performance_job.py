@@ -1,0 +1,97 @@
+"""``churn-platform performance`` on the embedded registry and a SQLite log written by hand:
+verdicts, the minimum of labelled rows, and every way of having nothing (or nonsense) to judge."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from churn_platform import outcomes
+from churn_platform.cli import main
+from churn_platform.inference_log import sqlite_time, upgrade
+
+
+def fill(url: str, n: int, scores: np.ndarray, labels: np.ndarray | None, labelled: int | None = None) -> None:
+    """``n`` predictions of churn v1 a day ago, and outcomes for the first ``labelled`` customers."""
+    engine = sa.create_engine(url)
+    upgrade(engine)
+    at = datetime.now(UTC) - timedelta(days=1)
+    rows = [{"request_id": f"r{i}", "row_index": 0, "scored_at": sqlite_time(at), "model_name": "churn",
+             "model_version": 1, "arm": "production", "customer_id": f"c{i}", "churn_probability": float(s)}
+            for i, s in enumerate(scores[:n])]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, customer_id,"
+            " churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, :model_version, :arm,"
+            " :customer_id, :churn_probability)"
+        ), rows)  # fmt: skip
+    if labels is not None:
+        k = labelled or n
+        truth = pd.DataFrame({"customer_id": [f"c{i}" for i in range(k)], "churned": labels[:k].astype(int)})
+        outcomes.ingest(truth.astype(str), url, source="test")
+    engine.dispose()
+
+
+def performance(registry_uri: str, url: str, tmp_path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["performance", "--tracking-uri", registry_uri, "--inference-log-url", url,
+                                       "--output-dir", str(tmp_path / "out"), *extra])  # fmt: skip
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def calibrated():
+    rng = np.random.default_rng(4)
+    scores = rng.beta(0.5, 1.2, 2000)  # spread like a good model: CBPE near the baseline (0.84)
+    return scores, rng.uniform(size=2000) < scores
+
+
+def test_labels_that_follow_the_scores_are_ok_and_reversed_ones_degraded(registry_uri, tmp_path, calibrated):
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/ok.db"
+    fill(url, 2000, scores, labels)
+    code, output = performance(registry_uri, url, tmp_path, "--json")
+    summary = json.loads(output[output.index("{") :])
+    assert code == 0 and summary["verdict"] == "ok" and summary["rows_matched"] == 2000
+    assert abs(summary["realized"]["roc_auc"] - summary["estimated"]["roc_auc"]) < 0.03
+    assert summary["unlabelled_predictions"] == 0 and summary["unmatched_outcomes"] == 0
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "summary.json").exists()
+
+    flipped = f"sqlite:///{tmp_path}/flipped.db"
+    fill(flipped, 2000, scores, ~labels)
+    code, output = performance(registry_uri, flipped, tmp_path)
+    assert code == 1 and "degraded" in output and "roc_auc: realized" in output
+
+
+def test_fewer_labelled_rows_than_the_minimum_are_shown_not_judged(registry_uri, tmp_path, calibrated):
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/few.db"
+    fill(url, 2000, scores, ~labels, labelled=50)  # 50 reversed labels: bad, but too few to say
+    code, output = performance(registry_uri, url, tmp_path)
+    assert code == 0, output
+    assert "50 labelled rows, fewer than 200: realized is not judged" in output
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "code", "message"),
+    [
+        ("none", [], 2, "has no rows yet"),
+        ("log", ["--since", "2020-01-01", "--until", "2020-02-01"], 2, "no predictions of churn v1 in the window"),
+        ("log", ["--since", "2026-02-01", "--until", "2026-01-01"], 2, "is not before --until"),
+        ("log", ["--version", "99"], 2, "99"),
+        ("nonsense", [], 4, "not probabilities in [0, 1]"),
+    ],
+)
+def test_nothing_or_nonsense_to_judge_is_a_clear_error(registry_uri, tmp_path, calibrated, setup, args, code, message):
+    scores, _ = calibrated
+    url = f"sqlite:///{tmp_path}/log.db"
+    if setup != "none":
+        fill(url, 300, np.where(np.arange(2000) == 7, 1.5, scores) if setup == "nonsense" else scores, None)
+    got, output = performance(registry_uri, url, tmp_path, *args)
+    assert got == code and message in output, output
+    assert "Traceback" not in output
