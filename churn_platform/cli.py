@@ -399,6 +399,59 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
     click.echo(f"{result.message} ({settings.model_name}); rollout ended")
 
 
+@main.command(epilog=EXIT_CODES_HELP)
+@click.option("--if", "trigger", type=click.Choice(["drift", "performance", "always"]), default="always",
+              show_default=True, help="Retrain only when Production's last monitoring runs flagged this.")
+@click.option("--of", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of Production's latest monitoring runs to read.")
+@click.option("--at-least", type=click.IntRange(min=1), default=2, show_default=True,
+              help="How many of them must have flagged the trigger.")
+@click.option("--since", type=click.DateTime(), default=None,
+              help="Use outcomes observed from then on (UTC; default: all).")
+@click.option("--base", default=None, help="A labelled dataset (CSV/Parquet/s3://) to train on beside the recent rows.")
+@click.option("--gate-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
+              show_default=True, help="Share of recent customers held out to gate the candidate against Production.")
+@click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None, help="Instead of Production's.")
+@click.option("--rollout", "rollout_mode", type=click.Choice(["shadow", "canary"]), default=None,
+              help="Start a rollout of the new Challenger when it passes the gate.")
+@click.option("--percent", type=click.IntRange(1, 99), default=None, help="Canary percent (with --rollout canary).")
+@click.option("--inference-log-url", default=None,
+              help="Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
+@registry_command
+def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: int, at_least: int,
+            since: Any, base: str | None, gate_share: float, model_type: str | None, rollout_mode: str | None,
+            percent: int | None, inference_log_url: str | None) -> None:  # fmt: skip
+    """Train the next Challenger on the inference log joined with outcomes (and --base), gated
+    against Production on held-out recent customers; never moves Production.
+
+    Exit 0 retrained (a version registered), 1 not needed or not possible (the reason is printed).
+    """
+    from datetime import UTC
+
+    from churn_platform.retraining import retrain as run_retrain
+
+    if percent is not None and rollout_mode != "canary":
+        raise click.UsageError("--percent goes with --rollout canary")
+    result = run_retrain(
+        settings, trigger=trigger, of=of, at_least=at_least,  # type: ignore[arg-type]
+        since=since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since,
+        base=base, inference_log_url=inference_log_url, gate_share=gate_share,
+        parameters={"model_type": model_type} if model_type else None,
+        rollout_mode=rollout_mode, percent=percent,  # type: ignore[arg-type]
+    )  # fmt: skip
+    if as_json:
+        return echo_json(result.model_dump(mode="json"))
+    gate = result.gate or {}
+    click.echo(f"retrained: {result.decision.reason}")
+    click.echo(f"  v{result.version} on {result.recent_rows} recent labelled rows (+{result.base_rows} base), "
+               f"gated on {result.gate_rows} held-out recent rows")  # fmt: skip
+    click.echo(f"  gate: {gate.get('reason', '-')}")
+    click.echo(f"  {'Challenger: v' + str(result.version) if result.challenger else 'not Challenger'}; "
+               f"Production stays v{result.production_version}")  # fmt: skip
+    if result.rollout:
+        click.echo(f"  rollout started: {result.rollout['mode']} (churn-platform rollout status)")
+
+
 @main.group()
 def outcomes() -> None:
     """What customers actually did: the labels that judge the predictions."""

@@ -228,12 +228,15 @@ def _horizon_start(dialect: str, column: str) -> str:
     return f"datetime({column}, '-' || :horizon_days || ' days')"
 
 
-def matched_sql(dialect: str) -> str:
+def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     """The one join rule, as SQL: each outcome observed in the window is matched to that
     customer's latest prediction by the version made at most ``horizon_days`` before
     ``observed_at`` (and not after it). One row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
-    ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open)."""
+    ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
+    ``any_version`` the latest prediction by any version counts (retraining needs the
+    customer's features as scored, whoever scored them; ``version`` is then not needed)."""
+    version = "" if any_version else f"AND l.{MODEL_VERSION} = :version"
     return f"""
         SELECT outcome_id, {CHURNED}, {OBSERVED_AT}, log_id, {PROBABILITY}, {SCORED_AT}, arm FROM (
             SELECT o.id AS outcome_id, o.{CHURNED}, o.{OBSERVED_AT}, l.id AS log_id, l.{PROBABILITY},
@@ -242,7 +245,7 @@ def matched_sql(dialect: str) -> str:
             FROM {OUTCOMES_TABLE} o
             JOIN {INFERENCE_LOG_TABLE} l
               ON l.{ID_COLUMN} = o.{ID_COLUMN}
-             AND l.{MODEL_NAME} = :name AND l.{MODEL_VERSION} = :version
+             AND l.{MODEL_NAME} = :name {version}
              AND l.{SCORED_AT} <= o.{OBSERVED_AT}
              AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")}
             WHERE o.{OBSERVED_AT} >= :since AND o.{OBSERVED_AT} < :until

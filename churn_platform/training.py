@@ -139,10 +139,10 @@ def gate(
     valid: pd.DataFrame,
     candidate_auc: float,
     tolerance: float,
+    on: str = "this run's validation rows",
 ) -> GateVerdict:
     """The gate on this run's validation rows: Production is scored on the very rows the
     candidate was validated on, so the two figures are directly comparable."""
-    on = "this run's validation rows"
     production = registry.production_version(client, model_name)
     if production is None:
         return gate_mod.compare(candidate_auc, None, production_version=None, tolerance=tolerance, compared_on=on)
@@ -157,11 +157,28 @@ def gate(
     )
 
 
-def train(config: TrainConfig, settings: Settings) -> TrainResult:
-    """Run one training: the run becomes a new registered version of ``config.model_name``."""
+def train(
+    config: TrainConfig,
+    settings: Settings,
+    *,
+    frame: pd.DataFrame | None = None,
+    gate_rows: pd.DataFrame | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrainResult:
+    """Run one training: the run becomes a new registered version of ``config.model_name``.
+
+    Retraining hands in its own validated ``frame`` and the held-out ``gate_rows`` (recent
+    customers, none of them in ``frame``) that validate the candidate and gate it against
+    Production; ``tags`` go on the run and the version (trigger, window, row counts).
+    """
     _check_config(config)
-    frame = load_training_data(config, settings)
-    train_df, valid_df = data_mod.split(frame, config.validation_size, config.seed)
+    if frame is None:
+        frame = load_training_data(config, settings)
+    if gate_rows is None:
+        train_df, valid_df = data_mod.split(frame, config.validation_size, config.seed)
+    else:
+        train_df, valid_df = frame.reset_index(drop=True), gate_rows.reset_index(drop=True)
+        frame = pd.concat([train_df, valid_df], ignore_index=True)
     client = registry.connect(settings)
     threshold = config.decision_threshold or settings.decision_threshold
 
@@ -186,7 +203,7 @@ def train(config: TrainConfig, settings: Settings) -> TrainResult:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({"training_rows": len(train_df), "validation_rows": len(valid_df)})
-        mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name})
+        mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name, **(tags or {})})
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
@@ -236,10 +253,12 @@ def train(config: TrainConfig, settings: Settings) -> TrainResult:
         }
         if commit:
             version_tags[TAG_GIT_COMMIT] = commit
+        version_tags.update(tags or {})
         for key, value in version_tags.items():
             client.set_model_version_tag(config.model_name, str(version), key, value)
 
-        verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance)
+        on = "this run's validation rows" if gate_rows is None else f"{len(valid_df)} held-out recent labelled rows"
+        verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance, on)
         mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
         client.set_model_version_tag(config.model_name, str(version), TAG_GATE, verdict.reason[:250])
         if verdict.passed:

@@ -220,13 +220,25 @@ def send_alert(url: str, payload: dict[str, Any]) -> None:
         log.warning("alert to %s failed: %s", url, exc)
 
 
-def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str) -> str:
+def monitoring_experiment(name: str) -> str | None:
+    """The monitoring experiment's id (created when missing), or None under ``mlflow run``,
+    whose launcher already made the run. Passed to ``start_run`` rather than set with
+    ``set_experiment``, which would leave it active for the rest of the process."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return None
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experiment_id: str | None) -> str:
     """Log the summary (and report) as an MLflow run; return its id."""
     # Under `mlflow run -e monitor` the launcher already made the run (MLFLOW_RUN_ID), in the
     # experiment given by --experiment-name: log into it rather than start a second one.
     launched = os.environ.get("MLFLOW_RUN_ID")
     name, version = summary.model_name, summary.model_version
-    with mlflow.start_run(run_name=None if launched else f"{name}-v{version}-{stamp}") as active:
+    run_name = None if launched else f"{name}-v{version}-{stamp}"
+    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as active:
         mlflow.set_tags({"model_name": name, "model_version": str(version), "verdict": summary.verdict,
                          "model_run_id": summary.model_run_id or ""})  # fmt: skip
         mlflow.log_metrics({"current_rows": summary.current_rows, "reference_rows": summary.reference_rows})
@@ -307,9 +319,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        if not os.environ.get("MLFLOW_RUN_ID"):
-            mlflow.set_experiment(settings.monitor_experiment)
-        summary = summary.model_copy(update={"mlflow_run_id": _record_run(summary, summary_path, stamp)})
+        recorded = _record_run(summary, summary_path, stamp, monitoring_experiment(settings.monitor_experiment))
+        summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook
     if summary.exit_code != ExitCode.OK and webhook:

@@ -45,7 +45,7 @@ from churn_platform.errors import DataValidationError, NotFoundError, StorageUnr
 from churn_platform.inference_log import make_engine
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.job import send_alert
+from monitoring.job import monitoring_experiment, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +220,12 @@ def judge(
     return reasons
 
 
-def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str) -> str:
+def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment_id: str | None) -> str:
     """Log the figures as an MLflow run in the monitoring experiment, so the UI plots them over time."""
     launched = os.environ.get("MLFLOW_RUN_ID")
     name, version = summary.model_name, summary.model_version
-    with mlflow.start_run(run_name=None if launched else f"performance-{name}-v{version}-{stamp}") as active:
+    run_name = None if launched else f"performance-{name}-v{version}-{stamp}"
+    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as active:
         mlflow.set_tags({"job": "performance", "model_name": name, "model_version": str(version),
                          "verdict": summary.verdict})  # fmt: skip
         figures = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
@@ -287,9 +288,8 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         performance_report.write_html(html, summary, labels, scores)
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        if not os.environ.get("MLFLOW_RUN_ID"):
-            mlflow.set_experiment(settings.monitor_experiment)
-        summary = summary.model_copy(update={"mlflow_run_id": _record_run(summary, summary_path, stamp)})
+        recorded = _record_run(summary, summary_path, stamp, monitoring_experiment(settings.monitor_experiment))
+        summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook
     if summary.degraded and webhook:

@@ -94,7 +94,7 @@ def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from monitoring.job import _alert
+    from monitoring.job import send_alert
     from tests.services import free_port
 
     received: list[dict] = []
@@ -110,8 +110,8 @@ def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog):
 
     server = HTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.handle_request, daemon=True).start()
-    _alert(f"http://127.0.0.1:{server.server_port}/hook", {"verdict": "drift", "drift_share": 0.21})
+    send_alert(f"http://127.0.0.1:{server.server_port}/hook", {"verdict": "drift", "drift_share": 0.21})
     server.server_close()
     assert received == [{"verdict": "drift", "drift_share": 0.21}]
-    _alert(f"http://127.0.0.1:{free_port()}/hook", {"verdict": "drift"})  # nobody listens: logged, no raise
+    send_alert(f"http://127.0.0.1:{free_port()}/hook", {"verdict": "drift"})  # nobody listens: logged, no raise
     assert "alert to" in caplog.text and "failed" in caplog.text

@@ -1,0 +1,261 @@
+"""Retraining: production data and outcomes become the next Challenger, on a trigger.
+
+The training set is what the API scored joined to what the customers then did (the
+outcomes' one join rule, any version's latest prediction: the features as scored),
+optionally with a base dataset. A held-out slice of the *recent* labelled customers (none
+of them in the training part) validates the candidate and gates it against Production
+with the promote gate; a win sets ``Challenger``. Production never moves here.
+
+Triggers read the last monitoring runs of Production (``churn-monitoring``: drift runs of
+``monitor``, ``job=performance`` runs of ``performance``) and retrain only when enough of
+them flagged a problem, so one noisy window does not start a training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from mlflow import MlflowClient
+from pydantic import BaseModel, ConfigDict
+
+from churn_platform import data, outcomes, registry
+from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, ExitCode
+from churn_platform.errors import ChurnPlatformError, StorageUnreachable
+from churn_platform.inference_log import make_engine
+from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
+from churn_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Trigger = Literal["drift", "performance", "always"]
+#: Tags on the run and the version: why and from what it was trained.
+TAG_TRIGGER, TAG_WINDOW, TAG_RECENT_ROWS, TAG_BASE_ROWS, TAG_GATE_ROWS = (
+    "retrain.trigger", "retrain.window", "retrain.recent_rows", "retrain.base_rows", "retrain.gate_rows",
+)  # fmt: skip
+#: The training parameters a retrain takes over from Production's run.
+_INHERITED = ("model_type", "c", "learning_rate", "max_iter", "max_depth", "seed", "decision_threshold")
+
+
+class NotRetrained(ChurnPlatformError):
+    """Retraining was not needed or not possible (exit 1); the reason says which. Nothing registered."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class Decision(BaseModel):
+    """Whether the trigger fired, and the monitoring runs it read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    retrain: bool
+    reason: str
+    runs: list[dict[str, Any]]
+
+
+def _flagged(run: Any, trigger: Trigger) -> bool | None:
+    """Did this monitoring run flag the trigger's problem? None: not a run of that kind."""
+    tags = run.data.tags
+    if trigger == "performance":
+        return tags.get("verdict") == "degraded" if tags.get("job") == "performance" else None
+    if tags.get("job") == "performance":
+        return None
+    return tags.get("verdict") == "drift" if "verdict" in tags else None
+
+
+def decide(
+    client: MlflowClient, settings: Settings, version: int, trigger: Trigger, of: int, at_least: int
+) -> Decision:
+    """The debounce: retrain when at least ``at_least`` of Production's last ``of`` runs of the
+    trigger's kind flagged it (``always``: retrain)."""
+    if trigger == "always":
+        return Decision(retrain=True, reason="--if always", runs=[])
+    experiment = client.get_experiment_by_name(settings.monitor_experiment)
+    runs: list[dict[str, Any]] = []
+    if experiment is not None:
+        found = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.model_name = '{settings.model_name}' AND tags.model_version = '{version}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=200,
+        )
+        for run in found:
+            flagged = _flagged(run, trigger)
+            if flagged is not None:
+                runs.append({"run_id": run.info.run_id, "verdict": run.data.tags.get("verdict"), "flagged": flagged,
+                             "at": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat()})  # fmt: skip
+            if len(runs) == of:
+                break
+    hits = sum(r["flagged"] for r in runs)
+    what = "drift" if trigger == "drift" else "degradation"
+    kind = "monitor" if trigger == "drift" else "performance"
+    reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version} flagged {what} "
+              f"(retrain at {at_least} of {of})")  # fmt: skip
+    return Decision(retrain=hits >= at_least, reason=reason, runs=runs)
+
+
+def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> pd.DataFrame:
+    """Each outcome since ``since`` with the features of the customer's latest prediction
+    (any version) within the horizon before it: the recent labelled data."""
+    engine = make_engine(url)
+    dialect = engine.dialect.name
+    features = ", ".join(f"l.{c}" for c in (ID_COLUMN, *FEATURE_NAMES))
+    matched = outcomes.matched_sql(dialect, any_version=True)
+    query = (f"SELECT m.{CHURNED}, m.observed_at, {features} FROM ({matched}) m "
+             f"JOIN {INFERENCE_LOG_TABLE} l ON l.id = m.log_id ORDER BY m.outcome_id")  # fmt: skip
+    start = since or datetime(1970, 1, 1, tzinfo=UTC)
+    params = {"name": name, "horizon_days": horizon_days, **outcomes.window_params(dialect, start, datetime.now(UTC))}
+    try:
+        inspector = sa.inspect(engine)
+        if not (inspector.has_table(INFERENCE_LOG_TABLE) and inspector.has_table(outcomes.OUTCOMES_TABLE)):
+            return pd.DataFrame(columns=[CHURNED, "observed_at", ID_COLUMN, *FEATURE_NAMES])
+        with engine.connect() as conn:
+            result = conn.execute(sa.text(query), params)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        where = engine.url.render_as_string()
+        raise StorageUnreachable(f"cannot read the inference log at {where}: {getattr(exc, 'orig', exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+def in_gate_slice(customer_ids: pd.Series, share: float) -> pd.Series:
+    """A stable, customer-wise choice of the held-out slice: a customer's outcomes are all in
+    it or all out of it, on every run (Python's ``hash`` is salted per process)."""
+    def bucket(customer: str) -> float:
+        return int.from_bytes(hashlib.blake2b(customer.encode(), digest_size=8).digest(), "big") % 10_000 / 10_000
+
+    return customer_ids.astype(str).map(bucket) < share
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    train: pd.DataFrame
+    gate: pd.DataFrame
+    recent_rows: int
+    base_rows: int
+
+
+def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: int, gate_share: float) -> TrainingSet:
+    """Validate the recent labelled rows, hold out a customer-wise slice of them for the gate,
+    and add the base rows of the other customers. Raises ``NotRetrained`` on too little data."""
+    if len(recent) < min_rows:
+        raise NotRetrained(f"only {len(recent)} labelled rows in the window; at least {min_rows} are needed "
+                           "(CHURN_RETRAIN_MIN_ROWS): ingest more outcomes or widen --since")  # fmt: skip
+    frame = recent.rename(columns={CHURNED: LABEL_COLUMN}).drop(columns=["observed_at"])
+    frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype(bool).astype(int).astype(str)
+    checked = data.validate(frame.astype({c: str for c in frame.columns if frame[c].dtype == object}))
+    classes = checked[LABEL_COLUMN].value_counts()
+    if len(classes) < 2:
+        raise NotRetrained(f"every labelled row in the window has churn={classes.index[0]}: one class cannot train")
+    held = in_gate_slice(checked[ID_COLUMN], gate_share)
+    gate, train = checked[held], checked[~held]
+    for part, label in ((gate, "held-out gate slice"), (train, "training part")):
+        if part[LABEL_COLUMN].nunique() < 2:
+            raise NotRetrained(f"the {label} of the recent rows has one class only: ingest more outcomes")
+    base_rows = 0
+    if base is not None:
+        base = base[~base[ID_COLUMN].astype(str).isin(set(gate[ID_COLUMN].astype(str)))] if ID_COLUMN in base else base
+        base_rows = len(base)
+        train = pd.concat([train, base], ignore_index=True)
+    return TrainingSet(train=train.reset_index(drop=True), gate=gate.reset_index(drop=True),
+                       recent_rows=len(checked), base_rows=base_rows)  # fmt: skip
+
+
+def production_parameters(client: MlflowClient, name: str, version: int) -> dict[str, str]:
+    """The training parameters of Production's run, for a retrain that changes only the data."""
+    run_id = registry.get_version(client, name, version).run_id
+    params = client.get_run(run_id).data.params if run_id else {}
+    return {k: params[k] for k in _INHERITED if k in params and params[k] not in ("", "None")}
+
+
+class RetrainResult(BaseModel):
+    """What a retrain did: the decision, the data, and the version it registered."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decision: Decision
+    production_version: int
+    version: int | None = None
+    run_id: str | None = None
+    recent_rows: int = 0
+    base_rows: int = 0
+    gate_rows: int = 0
+    gate: dict[str, Any] | None = None
+    challenger: bool = False
+    rollout: dict[str, Any] | None = None
+
+
+def retrain(
+    settings: Settings,
+    *,
+    trigger: Trigger = "always",
+    of: int = 3,
+    at_least: int = 2,
+    since: datetime | None = None,
+    base: str | None = None,
+    inference_log_url: str | None = None,
+    gate_share: float = 0.25,
+    parameters: dict[str, Any] | None = None,
+    rollout_mode: Literal["shadow", "canary"] | None = None,
+    percent: int | None = None,
+) -> RetrainResult:
+    """Decide, build the training set, train and gate; register only when every step worked."""
+    from churn_platform import promotion
+    from churn_platform import rollout as rollout_mod
+    from churn_platform.training import train
+    from churn_platform.training_config import TrainConfig
+
+    if not 1 <= at_least <= of:
+        raise ChurnPlatformError(f"--at-least must be between 1 and --of ({of}), got {at_least}")
+    if not 0 < gate_share < 1:
+        raise ChurnPlatformError(f"the gate share must be between 0 and 1, got {gate_share}")
+    name = settings.model_name
+    client = registry.connect(settings)
+    with registry.translate_errors(settings):
+        production = promotion.current_production(client, name)
+        if production is None:
+            raise NotRetrained(f"no version of {name!r} holds Production: train one with `churn-platform train`")
+        decision = decide(client, settings, production, trigger, of, at_least)
+        log.info("retrain --if %s: %s", trigger, decision.reason)
+        if not decision.retrain:
+            raise NotRetrained(f"not retrained: {decision.reason}")
+        recent = labelled(inference_log_url or settings.inference_log_url, name, since, settings.outcome_horizon_days)
+        base_frame = data.load(base, settings.s3_endpoint_url) if base else None
+        parts = training_set(recent, base_frame, min_rows=settings.retrain_min_rows, gate_share=gate_share)
+        inherited: dict[str, Any] = {**production_parameters(client, name, production), **(parameters or {})}
+        config = TrainConfig(
+            data=f"inference log + outcomes since {since.isoformat() if since else 'the start'}"
+                 + (f" + {base}" if base else ""),
+            model_name=name,
+            **{k: _typed(k, v) for k, v in inherited.items()},
+        )  # fmt: skip
+        window = f"{since.isoformat() if since else 'start'}..{datetime.now(UTC).isoformat(timespec='seconds')}"
+        tags = {TAG_TRIGGER: f"{trigger}: {decision.reason}"[:250], TAG_WINDOW: window,
+                TAG_RECENT_ROWS: str(parts.recent_rows), TAG_BASE_ROWS: str(parts.base_rows),
+                TAG_GATE_ROWS: str(len(parts.gate))}  # fmt: skip
+        result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags)
+        started = None
+        if result.gate.passed and rollout_mode:
+            state = rollout_mod.start(client, name, mode=rollout_mode, percent=percent, version=result.version,
+                                      reason=f"retrained ({trigger})", actor=promotion.default_actor())  # fmt: skip
+            started = state.model_dump(mode="json")
+    return RetrainResult(
+        decision=decision, production_version=production, version=result.version, run_id=result.run_id,
+        recent_rows=parts.recent_rows, base_rows=parts.base_rows, gate_rows=len(parts.gate),
+        gate=result.gate.model_dump(mode="json", by_alias=True), challenger=result.gate.passed, rollout=started,
+    )  # fmt: skip
+
+
+def _typed(key: str, value: Any) -> Any:
+    """Run parameters come back from MLflow as text."""
+    if key in ("max_iter", "max_depth", "seed"):
+        return int(float(value))
+    if key in ("c", "learning_rate", "decision_threshold"):
+        return float(value)
+    return value

@@ -1,0 +1,124 @@
+"""``churn-platform retrain`` on the embedded registry: the Telco customers as the API scored
+them, their outcomes after a concept change, the performance job's runs as the trigger."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from churn_platform import data, outcomes, retraining
+from churn_platform.cli import main
+from churn_platform.contract import REFERENCE_ARTIFACT
+from churn_platform.inference_log import COLUMNS, sqlite_time, upgrade
+from churn_platform.schema import FEATURE_NAMES
+from churn_platform.settings import get_settings
+from churn_platform.training import TrainConfig, train
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def cli_json(*args: str) -> tuple[int, dict]:
+    """The JSON a command prints (MLflow prints its run links to stdout too: skip to the JSON)."""
+    result = CliRunner().invoke(main, [*args, "--json"])
+    text = result.stdout
+    assert "\n{" in "\n" + text, result.output
+    return result.exit_code, json.loads(text[("\n" + text).index("\n{") :])
+
+
+@pytest.fixture
+def scenario(embedded, model_name, telco_csv, tmp_path, monkeypatch):
+    """v1 in Production; every Telco customer scored by it yesterday; their outcomes today,
+    with month-to-month customers in their first year now doing the opposite."""
+    monkeypatch.setenv("CHURN_MODEL_NAME", model_name)
+    url = f"sqlite:///{tmp_path}/log.db"
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", url)
+    get_settings.cache_clear()
+    result = train(TrainConfig(data=str(telco_csv), model_name=model_name), get_settings())
+    MlflowClient().set_registered_model_alias(model_name, "Production", str(result.version))
+    customers = data.load(telco_csv)
+    model = mlflow.sklearn.load_model(f"models:/{model_name}/{result.version}")
+    scores = model.predict_proba(customers[list(FEATURE_NAMES)])[:, 1]
+    at = sqlite_time(datetime.now(UTC) - timedelta(days=1))
+    rows = [
+        (f"r{i // 100}", i % 100, at, model_name, 1, "production", 0.1, *r, float(s))
+        for i, (r, s) in enumerate(zip(customers[["customer_id", *FEATURE_NAMES]].itertuples(index=False), scores,
+                                       strict=True))
+    ]  # fmt: skip
+    engine = sa.create_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        marks = ", ".join("?" * len(COLUMNS))
+        conn.exec_driver_sql(f"INSERT INTO inference_log ({', '.join(COLUMNS)}) VALUES ({marks})", rows)
+    engine.dispose()
+    segment = (customers.contract == "Month-to-month") & (customers.tenure < 12)
+    churned = customers.churn.astype(bool) ^ segment
+    outcomes.ingest(pd.DataFrame({"customer_id": customers.customer_id, "churned": churned.astype(str)}), url,
+                    source="test")  # fmt: skip
+    return model_name, url, len(customers)
+
+
+def versions(name: str) -> list[int]:
+    return sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'"))
+
+
+def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_production(scenario, tmp_path):
+    name, url, n = scenario
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "0 of the last 0 performance runs of v1 flagged degradation" in output, output
+    for i in range(2):  # two degraded performance runs, recorded in churn-monitoring
+        assert cli("performance", "--output-dir", str(tmp_path / f"perf{i}"))[0] == 1
+    assert versions(name) == [1]
+
+    code, result = cli_json("retrain", "--if", "performance")
+    assert code == 0, result
+    assert result["decision"]["reason"].startswith("2 of the last 2 performance runs of v1 flagged degradation")
+    assert result["version"] == 2 and versions(name) == [1, 2]
+    assert result["recent_rows"] == n and result["gate_rows"] + (n - result["gate_rows"]) == n
+    gate = result["gate"]
+    assert gate["passed"] and gate["candidate_roc_auc"] > gate["production_roc_auc"], gate
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(name, "Challenger").version) == "2"
+    assert str(client.get_model_version_by_alias(name, "Production").version) == "1"  # never moved by a retrain
+    tags = client.get_model_version(name, "2").tags
+    assert tags[retraining.TAG_TRIGGER].startswith("performance: 2 of the last 2")
+    assert tags[retraining.TAG_RECENT_ROWS] == str(n) and tags[retraining.TAG_WINDOW].startswith("start..")
+    run = client.get_run(result["run_id"])
+    assert run.data.params["model_type"] == "logistic"  # Production's parameters
+    # The reference artifact is the training part: the drift monitor compares against it.
+    path = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path=REFERENCE_ARTIFACT)
+    reference = pd.read_parquet(path)
+    assert len(reference) == n - result["gate_rows"]
+
+
+def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypatch):
+    name, _, n = scenario
+    monkeypatch.setenv("CHURN_RETRAIN_MIN_ROWS", str(n + 1))
+    get_settings.cache_clear()
+    code, output = cli("retrain")
+    assert code == 1 and f"only {n} labelled rows in the window; at least {n + 1} are needed" in output
+    code, output = cli("retrain", "--since", "2999-01-01")
+    assert code == 1 and "only 0 labelled rows" in output
+    code, output = cli("retrain", "--if", "drift", "--of", "2", "--at-least", "3")
+    assert code == 2 and "--at-least must be between 1 and --of (2)" in output
+    assert versions(name) == [1]
+
+
+def test_the_gate_slice_is_customer_wise_and_stable():
+    ids = pd.Series([f"c{i}" for i in range(10_000)])
+    held = retraining.in_gate_slice(ids, 0.25)
+    assert 0.23 < held.mean() < 0.27
+    assert (retraining.in_gate_slice(ids, 0.25) == held).all()
+    recent = pd.DataFrame({"customer_id": ids.repeat(2).to_numpy(), "x": np.arange(20_000)})
+    twice = retraining.in_gate_slice(recent.customer_id, 0.25)
+    assert recent[twice].customer_id.isin(recent[~twice].customer_id).sum() == 0  # never on both sides
