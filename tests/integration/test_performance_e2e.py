@@ -5,6 +5,8 @@ from files, then ``performance`` and ``monitor`` on the same traffic."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -13,13 +15,15 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
 from churn_platform import data
 from churn_platform.cli import main
+from churn_platform.processes import free_port
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
-from tests.services import postgres_database, start_api, wait_ready
+from tests.services import postgres_database, start_api, start_mlflow, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -97,10 +101,52 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, 
         code, output = cli("monitor", "--model-name", model_name, "--inference-log-url", log_url,
                            "--output-dir", str(tmp_path / "drift"))  # fmt: skip
         assert code == 0, output  # the features did not move: drift monitoring stays quiet
+
+        def retrain(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "churn_platform.cli", "retrain", "--model-name", model_name,
+                 "--inference-log-url", log_url, *args],
+                env=(env or stack_env.env), capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+
+        registry = MlflowClient(tracking_uri=stack_env.tracking_uri, registry_uri=stack_env.tracking_uri)
+        versions = lambda: sorted(int(v.version) for v in registry.search_model_versions(f"name='{model_name}'"))  # noqa: E731
+        done = retrain("--if", "performance")  # one ok run recorded, none degraded
+        assert done.returncode == 1 and "0 of the last 1 performance runs of v1 flagged degradation" in done.stderr
+        assert versions() == [1]
+
         code, summary = performance("changed")
         assert code == 1 and summary["degraded"] is True
         assert any(r.startswith("roc_auc") for r in summary["reasons"]), summary["reasons"]
         assert summary["realized"]["roc_auc"] < expected - 0.05
+        assert performance("changed-again")[0] == 1  # two degraded runs now
+
+        done = retrain("--if", "performance", env=stack_env.env | {"CHURN_RETRAIN_MIN_ROWS": "100000"})
+        assert done.returncode == 1 and f"only {len(customers)} labelled rows in the window" in done.stderr
+        # The object store goes away mid-way (a registry whose artifact store is unreachable): nothing registered.
+        dead_s3 = f"http://127.0.0.1:{free_port()}"
+        (tmp_path / "broken").mkdir()
+        server, broken_uri = start_mlflow(tmp_path / "broken", stack_env.backend_uri,
+                                          f"s3://{stack_env.bucket}/artifacts", dead_s3)  # fmt: skip
+        try:
+            done = retrain("--if", "performance", env=stack_env.env | {"MLFLOW_TRACKING_URI": broken_uri})
+        finally:
+            server.stop()
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-1500:]
+        assert versions() == [1]
+
+        done = retrain("--if", "performance", "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout[done.stdout.index("\n{") :] if not done.stdout.startswith("{") else done.stdout)
+        assert result["version"] == 2 and versions() == [1, 2]
+        gate = result["gate"]
+        assert gate["passed"] and gate["candidate_roc_auc"] > gate["production_roc_auc"], gate
+        assert str(registry.get_model_version_by_alias(model_name, "Challenger").version) == "2"
+        assert str(registry.get_model_version_by_alias(model_name, "Production").version) == "1"
+        tags = registry.get_model_version(model_name, "2").tags
+        assert tags["retrain.trigger"].startswith("performance: 2 of the last 3 performance runs")
+        assert "retrain.window" in tags and tags["retrain.recent_rows"] == str(len(customers))
 
         # A bad file: row numbers and reasons, and with --strict nothing written.
         bad_csv = tmp_path / "bad.csv"
