@@ -52,7 +52,7 @@ class Demo:
     step_no: int = 0
     started: float = field(default_factory=time.perf_counter)
     summary: dict[str, Any] = field(default_factory=dict)
-    total_steps: int = 8
+    total_steps: int = 9
 
     # ------------------------------------------------------------------ plumbing
 
@@ -166,6 +166,32 @@ class Demo:
                    "(month-to-month contracts: behaviour reversed)")  # fmt: skip
         return path
 
+    def retrain(self, api: str, served: pd.DataFrame) -> dict[str, Any]:
+        """One degraded performance run is the trigger here (a schedule would wait for two)."""
+        done = self.run(
+            str(BIN / "churn-platform"), "retrain", "--if", "performance", "--of", "1", "--at-least", "1",
+            "--rollout", "shadow", "--json", verdicts=(ExitCode.OK, ExitCode.REFUSED),  # 1: not possible, a verdict
+        )  # fmt: skip
+        if done.returncode != ExitCode.OK:
+            click.secho(f"      not retrained: {done.stderr.strip().splitlines()[-1]}", fg="yellow")
+            return {"version": None}
+        result = json.loads(done.stdout[done.stdout.index("{") :])
+        gate = result["gate"]
+        trained_on = result["recent_rows"] - result["gate_rows"]
+        click.echo(f"      v{result['version']} trained on {trained_on} recent customers; "
+                   f"on {result['gate_rows']} held-out recent ones: ROC AUC {gate['candidate_roc_auc']:.3f} vs "
+                   f"Production v{result['production_version']} {gate['production_roc_auc']:.3f}")  # fmt: skip
+        if not result["challenger"]:
+            click.secho(f"      the gate kept it out: {gate['reason']}", fg="yellow")
+            return result
+        httpx.post(f"{api}/admin/reload?wait=true", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
+        self.send(api, data.to_records(served.drop(columns=["churn"]).head(300)), "shadow")
+        time.sleep(1.2)
+        status = self.run(str(BIN / "churn-platform"), "rollout", "status")
+        for line in status.stdout.strip().splitlines():
+            click.echo(f"      {line}")
+        return result
+
     def performance(self, since: datetime) -> dict[str, Any]:
         out = self.folder / "reports" / "performance"
         done = self.run(
@@ -247,6 +273,8 @@ class Demo:
             self.run(str(BIN / "churn-platform"), "outcomes", "ingest", str(self.outcomes(served)))
             click.echo(f"      drift on the same customers was: {quiet['verdict'].replace('_', ' ')}")
             judged = self.performance(t0)
+        with self.step("Retrain on the recent outcomes and shadow the new Challenger"):
+            retrained = self.retrain(api, served)
         with self.step("Roll back and reload the API"):
             promotion, client, _ = self.registry()
             result = promotion.rollback(client, "churn", reason="demo: drift alarm", actor="demo")
@@ -271,6 +299,8 @@ class Demo:
                     "drifted": loud["verdict"],
                     "drifted_columns": loud["drifted_columns"],
                 },  # fmt: skip
+                "retrain": {"version": retrained["version"], "challenger": retrained.get("challenger"),
+                            "gate": retrained.get("gate"), "rollout": retrained.get("rollout")},
                 "performance": {"verdict": judged["verdict"], "reasons": judged["reasons"],
                                 "realized_roc_auc": judged["realized"]["roc_auc"],
                                 "estimated_roc_auc": judged["estimated"]["roc_auc"]},  # fmt: skip

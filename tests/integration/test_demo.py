@@ -21,10 +21,10 @@ def test_demo_runs_end_to_end(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for step in range(1, 9):
-        assert f"[{step}/8]" in done.stdout
+    for step in range(1, 10):
+        assert f"[{step}/9]" in done.stdout
     summary = json.loads((folder / "summary.json").read_text())
-    assert [v["version"] for v in summary["versions"]] == [2, 1]
+    assert [v["version"] for v in summary["versions"]] == [3, 2, 1]  # v3: retrained on the outcomes
     assert summary["production"] == 1  # rolled back after the drift alarm
     assert summary["monitor"]["normal"] == "no_drift" and summary["monitor"]["drifted"] == "drift"
     assert {"tenure", "contract"} <= set(summary["monitor"]["drifted_columns"])
@@ -33,6 +33,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert summary["performance"]["verdict"] == "degraded"
     assert any(r.startswith("roc_auc") for r in summary["performance"]["reasons"])
     assert (folder / "reports" / "performance" / "report.html").exists()
+    # Retrained on the recent outcomes, gated on held-out recent customers against Production.
+    retrain = summary["retrain"]
+    assert retrain["version"] == 3 and retrain["gate"]["compared_on"].endswith("held-out recent labelled rows")
+    if retrain["challenger"]:
+        assert retrain["rollout"]["mode"] == "shadow" and "shadow" in done.stdout
     assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
     # Every process the demo started is gone.
     leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
