@@ -1,16 +1,16 @@
 #!/bin/sh
-# Selects the role of the one image: api | monitor | performance | train | mlflow-server
+# Selects the role of the one image: api | monitor | performance | retrain | train | mlflow-server
 # (extra args pass through).
 # The role is $1 when it names one (docker run IMAGE train ..., Kubernetes args), else $CHURN_ROLE
 # (default api): `docker compose run SERVICE ARGS` replaces the command with ARGS, so each compose
 # service names its role in CHURN_ROLE and ARGS are the role's own flags.
 set -eu
-roles="api | monitor | performance | train | mlflow-server"
+roles="api | monitor | performance | retrain | train | mlflow-server"
 # `compose run train -- --data x`: the separator is not an argument of the role (click would
 # then read --data as a stray positional).
 if [ "${1:-}" = "--" ]; then shift; fi
 case "${1:-}" in
-  api | monitor | performance | train | mlflow-server)
+  api | monitor | performance | retrain | train | mlflow-server)
     role="$1"
     shift
     if [ "${1:-}" = "--" ]; then shift; fi ;;
@@ -32,6 +32,8 @@ case "$role" in
     exec churn-platform monitor "$@" ;;
   performance)
     exec churn-platform performance "$@" ;;
+  retrain)
+    exec churn-platform retrain "$@" ;;
   train)
     exec churn-platform train "$@" ;;
   mlflow-server)

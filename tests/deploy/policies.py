@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -36,15 +36,31 @@ def find(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found
 
 
-#: The scheduled jobs every overlay ships: name -> (the entrypoint role its args start with,
-#: schedule, time zone: a daily job names UTC, or it runs at the controller's local time).
+class Scheduled(NamedTuple):
+    """What a scheduled job must be, in every overlay."""
+
+    #: The container args: the entrypoint role, then its flags.
+    args: tuple[str, ...]
+    schedule: str
+    #: A daily job names UTC, or it runs at the controller's local time.
+    time_zone: str | None
+    #: Exit codes that are the job's answer (drift, degraded, not needed, nothing to judge, bad
+    #: data): the pod failure policy fails the Job on them; 3 (unreachable) is left to the
+    #: backoff, so it is retried.
+    answers: tuple[int, ...] = (1, 2, 4)
+    #: Suspended in dev (opt-in there), running in staging and prod.
+    suspended_in_dev: bool = False
+
+
+#: The scheduled jobs every overlay ships.
 CRONJOBS = {
-    "churn-monitor": ("monitor", "5 * * * *", None),
-    "churn-performance": ("performance", "30 6 * * *", "Etc/UTC"),
+    "churn-monitor": Scheduled(("monitor", "--output-dir", "/tmp/report"), "5 * * * *", None),
+    "churn-performance": Scheduled(("performance", "--output-dir", "/tmp/report"), "30 6 * * *", "Etc/UTC"),
+    # Without --if performance, retrain would train every day (its default is --if always).
+    "churn-retrain": Scheduled(
+        ("retrain", "--if", "performance"), "30 7 * * *", "Etc/UTC", answers=(1, 2), suspended_in_dev=True
+    ),
 }
-#: Exit codes that are a job's answer (drift or degraded, nothing to judge, bad data): the pod
-#: failure policy fails the Job on them; 3 (unreachable) is left to the backoff, so it is retried.
-ANSWER_EXIT_CODES = [1, 2, 4]
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -105,17 +121,27 @@ def _pod_labels(objs: list[dict[str, Any]], name: str) -> dict[str, str] | None:
 
 
 def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[str]:
-    """A scheduled job: its role, schedule, failure policy, writable output, secrets and network paths."""
+    """A scheduled job: its args, schedule, suspension, failure policy, writable /tmp and output,
+    secrets and network paths."""
     cronjobs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "CronJob"}
     if name not in cronjobs:
         return [f"{overlay}: CronJob/{name} is not rendered"]
-    role, schedule, time_zone = CRONJOBS[name]
+    want = CRONJOBS[name]
+    schedule, time_zone = want.schedule, want.time_zone
     where, cron = f"CronJob/{name}", cronjobs[name]
     job, spec = cron["spec"]["jobTemplate"]["spec"], pod_spec(cron)
     problems: list[str] = []
     if (cron["spec"]["schedule"], cron["spec"].get("timeZone")) != (schedule, time_zone):
         problems.append(f"{where}: schedule {cron['spec']['schedule']!r} ({cron['spec'].get('timeZone')}), "
                         f"not {schedule!r} ({time_zone})")  # fmt: skip
+    suspended, should_be = cron["spec"].get("suspend") is True, want.suspended_in_dev and overlay == "dev"
+    if should_be and not suspended:
+        problems.append(f"{overlay}: {where} must be suspended in dev (opt-in there), suspend is "
+                        f"{cron['spec'].get('suspend')}")  # fmt: skip
+    elif suspended and not should_be:
+        problems.append(f"{overlay}: {where} is suspended: it would never run in {overlay}")
+    if want.suspended_in_dev and "startingDeadlineSeconds" not in cron["spec"]:
+        problems.append(f"{where}: needs startingDeadlineSeconds, or resuming it starts a missed run at once")
     if cron["spec"].get("concurrencyPolicy") != "Forbid":
         problems.append(f"{where}: concurrencyPolicy must be Forbid (runs must not overlap)")
     if not {"successfulJobsHistoryLimit", "failedJobsHistoryLimit"} <= set(cron["spec"]):
@@ -126,8 +152,9 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
         if rule["action"] == "FailJob" and rule.get("onExitCodes", {}).get("operator") == "In"
         for code in rule["onExitCodes"]["values"]
     )
-    if fail_on != ANSWER_EXIT_CODES:
-        problems.append(f"{where}: the pod failure policy must fail the Job on exit {ANSWER_EXIT_CODES}, got {fail_on}")
+    answers = list(want.answers)
+    if fail_on != answers:
+        problems.append(f"{where}: the pod failure policy must fail the Job on exit {answers}, got {fail_on}")
     if job.get("backoffLimit", 6) < 1:
         problems.append(f"{where}: backoffLimit 0 never retries exit 3 (unreachable)")
     if spec.get("restartPolicy") != "Never" or spec.get("automountServiceAccountToken") is not False:
@@ -137,14 +164,16 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
         problems.append(f"{where}: pods must carry app.kubernetes.io/name={name} (the NetworkPolicies select it)")
     (container,) = spec["containers"]
     args = container.get("args", [])
-    if args[:1] != [role] or "--output-dir" not in args:
-        problems.append(f"{where}: args must start with the role {role!r} and set --output-dir: {args}")
-    else:
-        output = args[args.index("--output-dir") + 1]
-        empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
-        mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in empty_dirs]
-        if not any(output == m or output.startswith(m.rstrip("/") + "/") for m in mounts):
-            problems.append(f"{where}: --output-dir {output} is not on a writable emptyDir")
+    if args != list(want.args):
+        problems.append(f"{where}: args must be {list(want.args)} (the role, then its flags), got {args}")
+    empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+    mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in empty_dirs]
+    # The root filesystem is read-only: temporary files (and HOME) need /tmp, the output its folder.
+    writable = ["/tmp"] + ([args[args.index("--output-dir") + 1]] if "--output-dir" in args[:-1] else [])
+    for path in writable:
+        if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
+            what = "--output-dir " if path != "/tmp" else ""
+            problems.append(f"{where}: {what}{path} is not on a writable emptyDir")
     secrets = {
         e["name"] for e in container.get("env", []) if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
     }

@@ -37,17 +37,21 @@ def test_overlay_follows_the_policies(overlay):
     assert check(objs, overlay) == []
 
 
-# A CronJob an overlay drops (its own patch, not the base).
-DELETE_PERFORMANCE = """
+def delete(name: str) -> str:
+    """An overlay patch that drops a CronJob (its own patch, not the base)."""
+    return f"""
   - patch: |-
       $patch: delete
       apiVersion: batch/v1
       kind: CronJob
       metadata:
-        name: churn-performance
+        name: {name}
 """
-PROD = "overlays/prod/kustomization.yaml"
-PERFORMANCE = "base/performance-cronjob.yaml"
+
+
+DEV, PROD = "overlays/dev/kustomization.yaml", "overlays/prod/kustomization.yaml"
+PERFORMANCE, RETRAIN = "base/performance-cronjob.yaml", "base/retrain-cronjob.yaml"
+DEV_SUSPENDS_RETRAIN = "{op: add, path: /spec/suspend, value: true}"
 # name -> (overlay, [(file under deploy/, old text, new text)], problems the check must report)
 BREAKS = {
     "prod-one-replica-latest-tag": ("prod", [
@@ -55,9 +59,10 @@ BREAKS = {
         (PROD, 'newTag: "0.1.0"', "newTag: latest"),
     ], ["prod: churn-api has 1 replicas, needs at least 3", "is not pinned by tag or digest"]),
     **{
-        f"performance-dropped-by-{overlay}": (overlay, [
-            (f"overlays/{overlay}/kustomization.yaml", "\npatches:\n", f"\npatches:{DELETE_PERFORMANCE}"),
-        ], [f"{overlay}: CronJob/churn-performance is not rendered"])
+        f"{job}-dropped-by-{overlay}": (overlay, [
+            (f"overlays/{overlay}/kustomization.yaml", "\npatches:\n", f"\npatches:{delete(f'churn-{job}')}"),
+        ], [f"{overlay}: CronJob/churn-{job} is not rendered"])
+        for job in ("performance", "retrain")
         for overlay in OVERLAYS
     },
     "performance-left-out-of-base": ("staging", [
@@ -76,21 +81,92 @@ BREAKS = {
         (PERFORMANCE, '"--output-dir", "/tmp/report"', '"--output-dir", "/app/reports"'),
     ], ["CronJob/churn-performance: --output-dir /app/reports is not on a writable emptyDir"]),
     "performance-cut-off-from-mlflow": ("staging", [
-        ("base/networkpolicy.yaml", "[churn-api, churn-monitor, churn-performance, churn-train]",
-         "[churn-api, churn-monitor, churn-train]"),
+        ("base/networkpolicy.yaml", "[churn-api, churn-monitor, churn-performance, churn-retrain, churn-train]",
+         "[churn-api, churn-monitor, churn-retrain, churn-train]"),
     ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
     "performance-without-egress": ("prod", [
-        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-train]", "[churn-monitor, churn-train]"),
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
+         "[churn-monitor, churn-retrain, churn-train]"),
     ], [f"CronJob/churn-performance: the NetworkPolicies do not let its pods reach {what}" for what in (
         "MLflow (port 5000)", "the inference-log database (port 5432)", "the object store (port 443)")]),
     "dev-inference-db-refuses-performance": ("dev", [
-        ("components/dev-datastores/datastores.yaml", "[churn-api, churn-monitor, churn-performance]",
-         "[churn-api, churn-monitor]"),
+        ("components/dev-datastores/datastores.yaml", "[churn-api, churn-monitor, churn-performance, churn-retrain]",
+         "[churn-api, churn-monitor, churn-retrain]"),
     ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach the inference-log database"]),
     "prod-performance-without-registry-credentials": ("prod", [
-        (PROD, "name: churn-monitor|churn-performance}", "name: churn-monitor}"),
+        (PROD, "name: churn-monitor|churn-performance|churn-retrain}", "name: churn-monitor|churn-retrain}"),
     ], ["CronJob/churn-performance: variables not taken from churn-secrets: ['MLFLOW_TRACKING_PASSWORD', "
         "'MLFLOW_TRACKING_USERNAME']"]),
+    "retrain-left-out-of-base": ("prod", [
+        ("base/kustomization.yaml", "  - retrain-cronjob.yaml\n", ""),
+    ], ["prod: CronJob/churn-retrain is not rendered"]),
+    "retrain-not-suspended-in-dev": ("dev", [
+        (DEV, DEV_SUSPENDS_RETRAIN, "{op: add, path: /spec/suspend, value: false}"),
+    ], ["dev: CronJob/churn-retrain must be suspended in dev (opt-in there), suspend is False"]),
+    "retrain-suspend-patch-dropped-in-dev": ("dev", [
+        (DEV, f"  - target: {{kind: CronJob, name: churn-retrain}}\n    patch: |-\n      - {DEV_SUSPENDS_RETRAIN}\n",
+         ""),
+    ], ["dev: CronJob/churn-retrain must be suspended in dev"]),
+    **{
+        f"retrain-suspended-in-{overlay}": (overlay, [
+            (RETRAIN, "  suspend: false\n", "  suspend: true\n"),
+        ], [f"{overlay}: CronJob/churn-retrain is suspended: it would never run in {overlay}"])
+        for overlay in ("staging", "prod")
+    },
+    "monitor-suspended-in-dev": ("dev", [
+        ("base/monitor-cronjob.yaml", "  concurrencyPolicy: Forbid\n",
+         "  suspend: true\n  concurrencyPolicy: Forbid\n"),
+    ], ["dev: CronJob/churn-monitor is suspended: it would never run in dev"]),
+    "retrain-resumes-with-a-stale-run": ("staging", [
+        (RETRAIN, "  startingDeadlineSeconds: 3600\n", ""),
+    ], ["CronJob/churn-retrain: needs startingDeadlineSeconds"]),
+    "retrain-every-day": ("staging", [
+        (RETRAIN, 'args: ["retrain", "--if", "performance"]', 'args: ["retrain"]'),
+    ], ["CronJob/churn-retrain: args must be ['retrain', '--if', 'performance'] (the role, then its flags), "
+        "got ['retrain']"]),
+    "retrain-retries-not-needed": ("prod", [
+        (RETRAIN, "values: [1, 2]", "values: [2]"),
+    ], ["CronJob/churn-retrain: the pod failure policy must fail the Job on exit [1, 2], got [2]"]),
+    "retrain-gives-up-when-unreachable": ("prod", [
+        (RETRAIN, "values: [1, 2]", "values: [1, 2, 3]"),
+    ], ["CronJob/churn-retrain: the pod failure policy must fail the Job on exit [1, 2], got [1, 2, 3]"]),
+    "retrain-on-local-time": ("staging", [
+        (RETRAIN, "  timeZone: Etc/UTC\n", ""),
+    ], ["CronJob/churn-retrain: schedule '30 7 * * *' (None), not '30 7 * * *' (Etc/UTC)"]),
+    "retrain-before-performance": ("staging", [
+        (RETRAIN, 'schedule: "30 7 * * *"', 'schedule: "0 6 * * *"'),
+    ], ["CronJob/churn-retrain: schedule '0 6 * * *' (Etc/UTC), not '30 7 * * *' (Etc/UTC)"]),
+    "retrain-overlaps-itself": ("prod", [
+        (RETRAIN, "concurrencyPolicy: Forbid", "concurrencyPolicy: Replace"),
+    ], ["CronJob/churn-retrain: concurrencyPolicy must be Forbid"]),
+    "retrain-without-writable-tmp": ("staging", [
+        (RETRAIN, "              volumeMounts:\n                - name: tmp\n                  mountPath: /tmp\n", ""),
+    ], ["CronJob/churn-retrain: /tmp is not on a writable emptyDir"]),
+    "retrain-cut-off-from-mlflow": ("staging", [
+        ("base/networkpolicy.yaml", "[churn-api, churn-monitor, churn-performance, churn-retrain, churn-train]",
+         "[churn-api, churn-monitor, churn-performance, churn-train]"),
+    ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
+    "retrain-without-egress": ("prod", [
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
+         "[churn-monitor, churn-performance, churn-train]"),
+    ], [f"CronJob/churn-retrain: the NetworkPolicies do not let its pods reach {what}" for what in (
+        "MLflow (port 5000)", "the inference-log database (port 5432)", "the object store (port 443)")]),
+    "dev-inference-db-refuses-retrain": ("dev", [
+        ("components/dev-datastores/datastores.yaml", "[churn-api, churn-monitor, churn-performance, churn-retrain]",
+         "[churn-api, churn-monitor, churn-performance]"),
+    ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach the inference-log database"]),
+    "dev-object-store-refuses-retrain": ("dev", [
+        ("components/dev-datastores/datastores.yaml", "churn-retrain, churn-train, minio-create-bucket",
+         "churn-train, minio-create-bucket"),
+    ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach the object store (port 9000)"]),
+    "prod-retrain-without-registry-credentials": ("prod", [
+        (PROD, "name: churn-monitor|churn-performance|churn-retrain}", "name: churn-monitor|churn-performance}"),
+    ], ["CronJob/churn-retrain: variables not taken from churn-secrets: ['MLFLOW_TRACKING_PASSWORD', "
+        "'MLFLOW_TRACKING_USERNAME']"]),
+    "retrain-without-the-log-database-url": ("staging", [
+        (RETRAIN, "                - name: CHURN_INFERENCE_LOG_URL\n                  valueFrom:\n"
+                  "                    secretKeyRef: {name: churn-secrets, key: CHURN_INFERENCE_LOG_URL}\n", ""),
+    ], ["CronJob/churn-retrain: variables not taken from churn-secrets: ['CHURN_INFERENCE_LOG_URL']"]),
     "monitor-retries-drift": ("staging", [
         ("base/monitor-cronjob.yaml", "values: [1, 2, 4]", "values: [2, 4]"),
     ], ["CronJob/churn-monitor: the pod failure policy must fail the Job on exit [1, 2, 4], got [2, 4]"]),
@@ -109,6 +185,16 @@ def test_breaking_a_rule_is_caught(overlay, edits, expected, tmp_path):
     problems = check(objs, overlay)
     for problem in expected:
         assert any(problem in p for p in problems), (problem, problems)
+
+
+def test_the_docs_run_each_cronjob_by_hand_and_resume_what_dev_suspends():
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    for name, job in CRONJOBS.items():
+        short = name.removeprefix("churn-")
+        assert f"kubectl -n ml-production create job --from=cronjob/{name} {short}-now" in docs, name
+        assert f"`{name}`" in docs, f"{name} is not in the Scheduled jobs table"
+        resume = f"""kubectl -n ml-production patch cronjob {name} -p '{{"spec":{{"suspend":false}}}}'"""
+        assert (resume in docs) == job.suspended_in_dev, name
 
 
 def test_dockerfile_passes_hadolint_and_keeps_the_final_stage_lean():
@@ -139,9 +225,11 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     }
     missing = set(environment_variables()) - env_file - set(api["environment"])
     assert missing == set()
-    for job in ("train", "monitor", "performance"):
+    for job in ("train", "monitor", "performance", "retrain"):
         assert compose["services"][job]["profiles"] == ["jobs"], job
         assert compose["services"][job]["restart"] == "no", job
+    # Like the CronJob, the default run retrains only when the performance runs said so.
+    assert compose["services"]["retrain"]["command"] == list(CRONJOBS["churn-retrain"].args)
     # The reports' default folder (reports/... under WORKDIR /app) is on the host.
     for job in ("monitor", "performance"):
         assert "./reports:/app/reports" in compose["services"][job]["volumes"], job

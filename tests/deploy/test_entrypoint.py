@@ -163,6 +163,13 @@ RUNS = [
     ("performance", ["--since", "2025-01-01"], ["churn-platform", "performance", "--since", "2025-01-01"]),
     ("performance", ["--", "--json"], ["churn-platform", "performance", "--json"]),
     ("performance", ["performance", "--json"], ["churn-platform", "performance", "--json"]),
+    ("retrain", ["--if", "always"], ["churn-platform", "retrain", "--if", "always"]),
+    ("retrain", ["--", "--if", "drift", "--of", "5"], ["churn-platform", "retrain", "--if", "drift", "--of", "5"]),
+    (
+        "retrain",
+        ["retrain", "--base", "/data/telco_churn.csv"],
+        ["churn-platform", "retrain", "--base", "/data/telco_churn.csv"],
+    ),
     ("api", ["--workers", "2"], [*API, "--workers", "2"]),
     ("mlflow", ["--workers", "2"], [*MLFLOW, "--workers", "2"]),
 ]
@@ -180,6 +187,7 @@ def test_compose_up_starts_each_service_in_its_role(tmp_path):
     assert compose("train", tmp_path) == ["churn-platform", "train"]
     assert compose("monitor", tmp_path) == ["churn-platform", "monitor"]
     assert compose("performance", tmp_path) == ["churn-platform", "performance"]
+    assert compose("retrain", tmp_path) == ["churn-platform", "retrain", "--if", "performance"]
     assert compose("mlflow", tmp_path) == MLFLOW
 
 
@@ -193,7 +201,7 @@ def test_compose_run_can_still_run_any_command(tmp_path):
 def test_a_word_that_is_neither_a_role_nor_a_command_is_refused(tmp_path):
     done = _run(_compose_argv("train", ["trian", "--data", "x.csv"]), _compose_env("train"), tmp_path)
     assert done.returncode == 2 and done.stdout == ""
-    assert "trian" in done.stderr and "api | monitor | performance | train | mlflow-server" in done.stderr
+    assert "trian" in done.stderr and "api | monitor | performance | retrain | train | mlflow-server" in done.stderr
 
 
 def test_an_unknown_role_in_the_environment_is_refused(tmp_path):
@@ -213,6 +221,9 @@ def test_docker_run_picks_the_role_from_the_first_argument_else_serves(tmp_path)
     ]  # fmt: skip
     assert _execs([*IMAGE_ENTRYPOINT, "performance", "--json"], env, tmp_path) == [
         "churn-platform", "performance", "--json",
+    ]  # fmt: skip
+    assert _execs([*IMAGE_ENTRYPOINT, "retrain", "--if", "performance"], env, tmp_path) == [
+        "churn-platform", "retrain", "--if", "performance",
     ]  # fmt: skip
     assert _execs([*IMAGE_ENTRYPOINT, "--port", "9000"], env, tmp_path) == [*API, "--port", "9000"]
 
@@ -255,8 +266,37 @@ def test_kubernetes_workloads_start_in_their_roles(kustomization, tmp_path):
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_kubernetes_cronjobs_start_in_their_roles(kustomization, cronjob, tmp_path):
     objs, _ = render(REPO / "deploy" / kustomization)
-    role = CRONJOBS[cronjob][0]
-    assert _k8s(objs, "CronJob", cronjob, tmp_path) == ["churn-platform", role, "--output-dir", "/tmp/report"]
+    role, *flags = CRONJOBS[cronjob].args
+    assert _k8s(objs, "CronJob", cronjob, tmp_path) == ["churn-platform", role, *flags]
+
+
+@pytest.mark.parametrize("cronjob", CRONJOBS)
+def test_the_cli_accepts_each_cronjobs_flags(cronjob):
+    """The flags the CronJob passes parse with the real command (a renamed option or a choice
+    the command no longer has would otherwise fail only in the cluster, at the scheduled time)."""
+    import click
+
+    from churn_platform.cli import main
+
+    role, *flags = CRONJOBS[cronjob].args
+    with click.Context(main) as parent:
+        command = main.get_command(parent, role)
+        assert command is not None, role
+        with command.make_context(role, list(flags), parent=parent) as ctx:
+            if role == "retrain":
+                assert ctx.params["trigger"] == "performance"
+
+
+def _documented_jobs() -> dict[str, list[str]]:
+    """The one-off Jobs docs/deploy.md builds from a CronJob by replacing its args: CronJob -> args."""
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    found = re.findall(
+        r"--from=cronjob/([\w-]+) --dry-run=client -o json \\\n\s*\| jq '\.spec\.template\.spec\.containers\[0\]"
+        r"\.args = (\[.*?\])'",
+        docs,
+        re.S,
+    )
+    return {cronjob: json.loads(args) for cronjob, args in found}
 
 
 def test_the_documented_outcomes_ingest_job_runs_the_command(tmp_path):
@@ -265,8 +305,7 @@ def test_the_documented_outcomes_ingest_job_runs_the_command(tmp_path):
 
     from churn_platform.cli import main
 
-    docs = (REPO / "docs" / "deploy.md").read_text()
-    args = json.loads(re.search(r"containers\[0\]\.args = (\[.*?\])'", docs, re.S).group(1))
+    args = _documented_jobs()["churn-performance"]
     objs, _ = render(REPO / "deploy" / "overlays" / "prod")
     (container,) = pod_spec(find(objs, "CronJob", "churn-performance"))["containers"]
     container["args"] = args
@@ -277,3 +316,20 @@ def test_the_documented_outcomes_ingest_job_runs_the_command(tmp_path):
     assert any(rejects.startswith(m["mountPath"].rstrip("/") + "/") for m in container["volumeMounts"])
     usage = CliRunner().invoke(main, ["outcomes", "ingest", "--help"])
     assert usage.exit_code == 0 and "--rejects" in usage.output
+
+
+def test_the_documented_forced_retrain_runs_the_role_with_always(tmp_path):
+    """docs/deploy.md forces a retrain with a Job from the retrain CronJob: the role, other flags."""
+    import click
+
+    from churn_platform.cli import main
+
+    args = _documented_jobs()["churn-retrain"]
+    objs, _ = render(REPO / "deploy" / "overlays" / "prod")
+    (container,) = pod_spec(find(objs, "CronJob", "churn-retrain"))["containers"]
+    container["args"] = args
+    assert _k8s(objs, "CronJob", "churn-retrain", tmp_path) == ["churn-platform", *args]
+    with click.Context(main) as parent:
+        command = main.get_command(parent, args[0])
+        with command.make_context(args[0], args[1:], parent=parent) as ctx:
+            assert ctx.params["trigger"] == "always"
