@@ -223,6 +223,12 @@ def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             for row in frame.to_dict(orient="records")]  # fmt: skip
 
 
+def stable_bucket(key: str) -> int:
+    """A key's bucket in [0, 10000): the same on every machine, replica and run (Python's own
+    ``hash`` is salted per process). Canary routing and retraining's gate slice use it."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % 10_000
+
+
 def digest(frame: pd.DataFrame) -> str:
     """A short content hash of a frame, recorded on model versions to trace their data."""
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()

@@ -13,7 +13,6 @@ them flagged a problem, so one noisy window does not start a training.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,10 +126,7 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
 def in_gate_slice(customer_ids: pd.Series, share: float) -> pd.Series:
     """A stable, customer-wise choice of the held-out slice: a customer's outcomes are all in
     it or all out of it, on every run (Python's ``hash`` is salted per process)."""
-    def bucket(customer: str) -> float:
-        return int.from_bytes(hashlib.blake2b(customer.encode(), digest_size=8).digest(), "big") % 10_000 / 10_000
-
-    return customer_ids.astype(str).map(bucket) < share
+    return customer_ids.astype(str).map(data.stable_bucket) < share * 10_000
 
 
 @dataclass(frozen=True)

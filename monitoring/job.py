@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import mlflow
 import pandas as pd
 import sqlalchemy as sa
@@ -39,6 +38,7 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
+from monitoring.runs import monitoring_experiment, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -208,27 +208,6 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
 
 
 # --------------------------------------------------------------------------- the job
-
-
-def send_alert(url: str, payload: dict[str, Any]) -> None:
-    """POST the summary once; a failure is logged and never changes the job's result."""
-    try:
-        response = httpx.post(url, json=payload, timeout=5)
-        response.raise_for_status()
-        log.info("alert sent to %s", url)
-    except httpx.HTTPError as exc:  # one try, no retry storm; the verdict stands
-        log.warning("alert to %s failed: %s", url, exc)
-
-
-def monitoring_experiment(name: str) -> str | None:
-    """The monitoring experiment's id (created when missing), or None under ``mlflow run``,
-    whose launcher already made the run. Passed to ``start_run`` rather than set with
-    ``set_experiment``, which would leave it active for the rest of the process."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return None
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
 
 
 def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experiment_id: str | None) -> str:

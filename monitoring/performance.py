@@ -45,7 +45,7 @@ from churn_platform.errors import DataValidationError, NotFoundError, StorageUnr
 from churn_platform.inference_log import make_engine
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.job import monitoring_experiment, send_alert
+from monitoring.runs import monitoring_experiment, send_alert
 
 log = logging.getLogger(__name__)
 

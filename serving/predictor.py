@@ -7,7 +7,6 @@ also routes customers to the Challenger (canary) or scores them with it too (sha
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 import uuid
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from churn_platform.contract import ARM_SEPARATOR, MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
+from churn_platform.data import stable_bucket
 from churn_platform.loading import LoadedModel
 from churn_platform.schema import ID_COLUMN
 from churn_platform.settings import Settings
@@ -114,8 +114,7 @@ class Predictor:
 def canary_bucket(customer_id: str) -> float:
     """A customer's place in [0, 100): a stable hash of the id, the same on every replica and
     after any restart (Python's own ``hash`` is salted per process)."""
-    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % 10_000 / 100
+    return stable_bucket(customer_id) / 100
 
 
 def canary(customers: list[dict[str, Any]], percent: int) -> np.ndarray:

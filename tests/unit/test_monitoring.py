@@ -94,7 +94,7 @@ def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog):
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from monitoring.job import send_alert
+    from monitoring.runs import send_alert
     from tests.services import free_port
 
     received: list[dict] = []
