@@ -432,6 +432,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 
     if percent is not None and rollout_mode != "canary":
         raise click.UsageError("--percent goes with --rollout canary")
+    if rollout_mode == "canary" and percent is None:
+        raise click.UsageError("--rollout canary needs --percent (1 to 99)")
     result = run_retrain(
         settings, trigger=trigger, of=of, at_least=at_least,  # type: ignore[arg-type]
         since=since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since,
@@ -502,6 +504,9 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
         else:
             click.echo(f"outcomes: {result.checked.rows} rows read, {written.inserted} new, {written.replaced} "
                        f"replaced, {written.unchanged} unchanged, {len(rejects)} rejected")  # fmt: skip
+        if result.checked.dated_now:
+            click.echo(f"  note: {result.checked.dated_now} rows had no observed_at and were dated now; ingesting "
+                       "them again adds them again (give observed_at to make a file safe to re-run)", err=True)
         for row in rejects.head(10).itertuples():
             click.echo(f"  row {row.row}: {row.reason}", err=True)
         if len(rejects):

@@ -161,7 +161,10 @@ class Demo:
         segment = customers["contract"] == "Month-to-month"
         churned = customers["churn"].astype(bool) ^ segment
         path = self.folder / "outcomes.csv"
-        pd.DataFrame({"customer_id": customers["customer_id"], "churned": churned}).to_csv(path, index=False)
+        observed = datetime.now(UTC).isoformat(timespec="seconds")  # dated: the file is safe to ingest again
+        pd.DataFrame({"customer_id": customers["customer_id"], "churned": churned, "observed_at": observed}).to_csv(
+            path, index=False
+        )
         click.echo(f"      {len(customers)} outcomes, {int(segment.sum())} of them in the changed segment "
                    "(month-to-month contracts: behaviour reversed)")  # fmt: skip
         return path

@@ -61,8 +61,13 @@ def upgrade(engine: sa.Engine) -> None:
     missing = [name for name in _ADDED if name not in columns]
     if missing:
         with engine.begin() as conn:
-            for name in missing:
-                conn.execute(sa.text(f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN {name} {_ADDED[name]}"))
+            for name in missing:  # replicas upgrade at once: a column another one just added is fine
+                exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
+                try:
+                    conn.execute(sa.text(f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN{exists} {name} {_ADDED[name]}"))
+                except sa.exc.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
 
 
 def make_engine(url: str) -> sa.Engine:

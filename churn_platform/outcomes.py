@@ -62,6 +62,8 @@ class Checked:
 
     good: pd.DataFrame
     rejects: pd.DataFrame
+    #: Good rows without an observed_at, dated now: sent again later, they are new outcomes.
+    dated_now: int = 0
 
     @property
     def rows(self) -> int:
@@ -98,6 +100,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     ids = text[ID_COLUMN]
     reject(ids.isna() | (ids == "") | ids.isin(["nan", "None"]), f"{ID_COLUMN}: missing")
     reject(ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
+    reject(ids.str.contains(r"[\x00-\x1f]", regex=True), f"{ID_COLUMN}: contains control characters")
     raw_label = text[CHURNED]
     label = raw_label.str.lower().map(LABEL_VALUES)
     reject(raw_label.isna() | (raw_label == ""), f"{CHURNED}: missing")
@@ -105,9 +108,11 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     raw_time = text[OBSERVED_AT]
     if raw_time is None:
         observed = pd.Series(pd.Timestamp(now), index=frame.index)
+        blank = pd.Series(True, index=frame.index)
     else:
         blank = raw_time.isna() | (raw_time == "")
-        observed = pd.to_datetime(raw_time.where(~blank), errors="coerce", utc=True, format="ISO8601")
+        # Microseconds: what both databases keep, so two times equal there are equal here too.
+        observed = pd.to_datetime(raw_time.where(~blank), errors="coerce", utc=True, format="ISO8601").dt.floor("us")
         reject(
             ~blank & observed.isna(), f"{OBSERVED_AT}: " + raw_time.fillna("").map(repr) + " is not an ISO-8601 time"
         )
@@ -123,7 +128,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         CHURNED: label[~bad].astype(bool),
         OBSERVED_AT: observed[~bad],
     }).drop_duplicates([ID_COLUMN, OBSERVED_AT], keep="last")  # fmt: skip
-    return Checked(good=good.reset_index(drop=True), rejects=rejects)
+    return Checked(good=good.reset_index(drop=True), rejects=rejects, dated_now=int((blank & ~bad).sum()))
 
 
 # ---------------------------------------------------------------- storage
@@ -197,6 +202,7 @@ class Ingested:
             "rows": self.checked.rows,
             "written": vars(self.written) if self.written else None,
             "rejected": len(self.checked.rejects),
+            "dated_now": self.checked.dated_now,
             "rejects_path": rejects_path,
             "rejects": rejects.astype(object).where(rejects.notna(), None).to_dict("records"),
         }
@@ -215,6 +221,8 @@ def ingest(
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc
+    except (sa.exc.DBAPIError, ValueError) as exc:  # refused for this data: nothing was written
+        raise DataValidationError(f"the database refused the outcomes: {getattr(exc, 'orig', exc)}") from exc
     finally:
         engine.dispose()
 
@@ -231,7 +239,10 @@ def _horizon_start(dialect: str, column: str) -> str:
 def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     """The one join rule, as SQL: each outcome observed in the window is matched to that
     customer's latest prediction by the version made at most ``horizon_days`` before
-    ``observed_at`` (and not after it). One row per matched outcome: the outcome's id and
+    ``observed_at`` (and not after it); a prediction that several outcomes would match is
+    judged by the earliest of them only (the first thing that happened after it; a second
+    outcome without a new prediction between them adds no evidence about that score). One
+    row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
     ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
     ``any_version`` the latest prediction by any version counts (retraining needs the
@@ -239,6 +250,9 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     version = "" if any_version else f"AND l.{MODEL_VERSION} = :version"
     return f"""
         SELECT outcome_id, {CHURNED}, {OBSERVED_AT}, log_id, {PROBABILITY}, {SCORED_AT}, arm FROM (
+          SELECT ranked.*,
+                 ROW_NUMBER() OVER (PARTITION BY log_id ORDER BY {OBSERVED_AT}, outcome_id) AS judge_rank
+          FROM (
             SELECT o.id AS outcome_id, o.{CHURNED}, o.{OBSERVED_AT}, l.id AS log_id, l.{PROBABILITY},
                    l.{SCORED_AT}, l.arm,
                    ROW_NUMBER() OVER (PARTITION BY o.id ORDER BY l.{SCORED_AT} DESC, l.id DESC) AS rank
@@ -249,7 +263,8 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
              AND l.{SCORED_AT} <= o.{OBSERVED_AT}
              AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")}
             WHERE o.{OBSERVED_AT} >= :since AND o.{OBSERVED_AT} < :until
-        ) ranked WHERE rank = 1
+          ) ranked WHERE rank = 1
+        ) judged WHERE judge_rank = 1
     """
 
 

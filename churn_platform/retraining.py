@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, outcomes, registry
 from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, ExitCode
-from churn_platform.errors import ChurnPlatformError, StorageUnreachable
+from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
 from churn_platform.inference_log import make_engine
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings
@@ -76,10 +76,18 @@ def decide(
         return Decision(retrain=True, reason="--if always", runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
     runs: list[dict[str, Any]] = []
+    # Runs before the latest retrain were answered by it: a retrain waits for new evidence
+    # instead of registering another version every day until someone promotes one.
+    retrained = [int(v.creation_timestamp) for v in client.search_model_versions(f"name = '{settings.model_name}'")
+                 if TAG_TRIGGER in (v.tags or {})]  # fmt: skip
+    after = max(retrained, default=0)
     if experiment is not None:
+        query = f"tags.model_name = '{settings.model_name}' AND tags.model_version = '{version}'"
+        if trigger == "performance":
+            query += " AND tags.job = 'performance'"
         found = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.model_name = '{settings.model_name}' AND tags.model_version = '{version}'",
+            filter_string=query + f" AND attributes.start_time > {after}",
             order_by=["attributes.start_time DESC"],
             max_results=200,
         )
@@ -93,7 +101,8 @@ def decide(
     hits = sum(r["flagged"] for r in runs)
     what = "drift" if trigger == "drift" else "degradation"
     kind = "monitor" if trigger == "drift" else "performance"
-    reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version} flagged {what} "
+    since_retrain = " since the last retrain" if after else ""
+    reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version}{since_retrain} flagged {what} "
               f"(retrain at {at_least} of {of})")  # fmt: skip
     return Decision(retrain=hits >= at_least, reason=reason, runs=runs)
 
@@ -126,7 +135,8 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
 def in_gate_slice(customer_ids: pd.Series, share: float) -> pd.Series:
     """A stable, customer-wise choice of the held-out slice: a customer's outcomes are all in
     it or all out of it, on every run (Python's ``hash`` is salted per process)."""
-    return customer_ids.astype(str).map(data.stable_bucket) < share * 10_000
+    # Salted: unsalted, the slice would be the canary's customers (both take the lowest buckets).
+    return customer_ids.astype(str).map(lambda c: data.stable_bucket(f"gate:{c}")) < share * 10_000
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,10 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
             raise NotRetrained(f"the {label} of the recent rows has one class only: ingest more outcomes")
     base_rows = 0
     if base is not None:
-        base = base[~base[ID_COLUMN].astype(str).isin(set(gate[ID_COLUMN].astype(str)))] if ID_COLUMN in base else base
+        if ID_COLUMN not in base:
+            raise DataValidationError(f"--base needs a {ID_COLUMN} column: without it, customers held out for the "
+                                      "gate could be trained on too")  # fmt: skip
+        base = base[~base[ID_COLUMN].astype(str).isin(set(gate[ID_COLUMN].astype(str)))]
         base_rows = len(base)
         train = pd.concat([train, base], ignore_index=True)
     return TrainingSet(train=train.reset_index(drop=True), gate=gate.reset_index(drop=True),
@@ -211,6 +224,8 @@ def retrain(
         raise ChurnPlatformError(f"--at-least must be between 1 and --of ({of}), got {at_least}")
     if not 0 < gate_share < 1:
         raise ChurnPlatformError(f"the gate share must be between 0 and 1, got {gate_share}")
+    if rollout_mode == "canary" and percent is None:  # checked before anything is registered
+        raise ChurnPlatformError("--rollout canary needs --percent (1 to 99)")
     name = settings.model_name
     client = registry.connect(settings)
     with registry.translate_errors(settings):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 @click.option("--since", type=click.DateTime(), default=None,
               help="Window start (UTC): outcomes observed and predictions made from then on (default: all).")
 @click.option("--until", type=click.DateTime(), default=None, help="Window end (UTC; default: now).")
+@click.option("--last-days", type=click.IntRange(min=1), default=None,
+              help="Window of the last N days before --until (instead of --since); what a schedule wants.")
 @click.option("--inference-log-url", default=None,
               help="Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
 @click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -119,6 +121,11 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
 
     settings = settings_for(tracking_uri, model_name)
     params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
+    last_days = params.pop("last_days")
+    if last_days is not None:
+        if params["since"] is not None:
+            raise click.UsageError("give --since or --last-days, not both")
+        params["since"] = (params["until"] or datetime.now(UTC)) - timedelta(days=last_days)
     summary = run(PerformanceOptions(**params), settings)
     if as_json:
         echo_json(summary.to_json())

@@ -2,9 +2,9 @@
 
 Feature drift misses concept drift (the same profile starts behaving differently), so this
 job measures quality directly: *realized* metrics on outcomes joined to the predictions
-they judge (``churn_platform.outcomes``' one join rule), *estimated* metrics (CBPE) for
-predictions whose labels have not arrived yet, and the version's own validation metrics as
-the *baseline*. The join and the aggregation run in SQL, so a window of millions of
+they judge (``churn_platform.outcomes``' one join rule), *estimated* metrics (CBPE) over
+the window's predictions, available before their labels arrive, and the version's own
+validation metrics as the *baseline*. The join and the aggregation run in SQL, so a window of millions of
 predictions costs the job memory for its outcomes and a score histogram, not for the log.
 
 Exit codes (``ExitCode``): 0 ok, 1 degraded, 2 nothing to judge (no model, no predictions
@@ -206,7 +206,8 @@ def judge(
     real: Realized, est: Estimated, baseline: dict[str, float], min_rows: int, tolerance: float
 ) -> list[str]:
     """Why the version degraded (empty: it did not): realized ROC AUC on enough labelled rows,
-    or estimated ROC AUC, below the training baseline minus the tolerance."""
+    or estimated ROC AUC on enough predictions, below the training baseline minus the tolerance
+    (a handful of rows says nothing: one prediction alone estimates 0.5)."""
     reasons = []
     floor = baseline.get(GATE_METRIC)
     if floor is None:
@@ -214,7 +215,7 @@ def judge(
     if real.roc_auc is not None and real.rows >= min_rows and real.roc_auc < floor - tolerance:
         reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows is below the "
                        f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip
-    if est.roc_auc is not None and est.roc_auc < floor - tolerance:
+    if est.roc_auc is not None and est.rows >= min_rows and est.roc_auc < floor - tolerance:
         reasons.append(f"estimated_{GATE_METRIC}: {est.roc_auc:.4f} (CBPE over {est.rows} predictions) is below the "
                        f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip
     return reasons

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from churn_platform import outcomes
 from churn_platform.contract import CHURNED, OBSERVED_AT
-from churn_platform.errors import StorageUnreachable
+from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
 from serving.deps import AdminKey, SettingsDep
 from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable
@@ -48,6 +48,8 @@ class OutcomesResponse(BaseModel):
     rows: int
     written: dict[str, int] | None
     rejected: int
+    #: Outcomes sent without observed_at, dated now: sending them again adds them again.
+    dated_now: int
     rejects: list[dict]
 
 
@@ -69,6 +71,8 @@ def post_outcomes(
         result = outcomes.ingest(frame, settings.inference_log_url, source="api", strict=strict)
     except StorageUnreachable as exc:
         raise StoreUnavailable(f"outcomes not recorded: {exc}; send them again later") from exc
+    except ChurnPlatformError as exc:  # the database refused these values: nothing was written
+        raise BadOutcomes(f"outcomes not recorded: {exc}") from exc
     if strict and result.written is None:
         rejects = result.checked.rejects
         raise BadOutcomes(

@@ -55,7 +55,10 @@ class Scheduled(NamedTuple):
 #: The scheduled jobs every overlay ships.
 CRONJOBS = {
     "churn-monitor": Scheduled(("monitor", "--output-dir", "/tmp/report"), "5 * * * *", None),
-    "churn-performance": Scheduled(("performance", "--output-dir", "/tmp/report"), "30 6 * * *", "Etc/UTC"),
+    # A rolling window: over all history a recent decay would be diluted, and the job would grow without bound.
+    "churn-performance": Scheduled(
+        ("performance", "--last-days", "30", "--output-dir", "/tmp/report"), "30 6 * * *", "Etc/UTC"
+    ),
     # Without --if performance, retrain would train every day (its default is --if always).
     "churn-retrain": Scheduled(
         ("retrain", "--if", "performance"), "30 7 * * *", "Etc/UTC", answers=(1, 2), suspended_in_dev=True

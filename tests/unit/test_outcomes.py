@@ -102,7 +102,10 @@ def test_an_outcome_judges_the_latest_prediction_of_the_version_within_the_horiz
             ":model_version, :arm, :customer_id, :churn_probability)"
         ), rows)  # fmt: skip
     checked = outcomes.check(frame([{"customer_id": c, "churned": "yes", "observed_at": observed.isoformat()}
-                                    for c in ("a", "b")]), now=NOW)  # fmt: skip
+                                    for c in ("a", "b")]
+                                   # a second outcome of a, with no prediction between: it judges nothing new
+                                   + [{"customer_id": "a", "churned": "no", "observed_at": "2026-11-01T06:00:00Z"}]),
+                             now=NOW)  # fmt: skip
     outcomes.write(engine, checked.good, "t")
     params = {"name": "churn", "horizon_days": 90,
               **outcomes.window_params("sqlite", observed - timedelta(days=1), observed + timedelta(days=1))}

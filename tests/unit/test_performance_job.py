@@ -55,7 +55,7 @@ def test_labels_that_follow_the_scores_are_ok_and_reversed_ones_degraded(registr
     scores, labels = calibrated
     url = f"sqlite:///{tmp_path}/ok.db"
     fill(url, 2000, scores, labels)
-    code, output = performance(registry_uri, url, tmp_path, "--json")
+    code, output = performance(registry_uri, url, tmp_path, "--json", "--last-days", "2")
     summary = json.loads(output[output.index("{") :])
     assert code == 0 and summary["verdict"] == "ok" and summary["rows_matched"] == 2000
     assert abs(summary["realized"]["roc_auc"] - summary["estimated"]["roc_auc"]) < 0.03
@@ -84,6 +84,7 @@ def test_fewer_labelled_rows_than_the_minimum_are_shown_not_judged(registry_uri,
         ("log", ["--since", "2020-01-01", "--until", "2020-02-01"], 2, "no predictions of churn v1 in the window"),
         ("log", ["--since", "2026-02-01", "--until", "2026-01-01"], 2, "is not before --until"),
         ("log", ["--version", "99"], 2, "99"),
+        ("log", ["--last-days", "30", "--since", "2026-01-01"], 2, "give --since or --last-days, not both"),
         ("nonsense", [], 4, "not probabilities in [0, 1]"),
     ],
 )

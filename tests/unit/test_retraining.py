@@ -79,6 +79,8 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     for i in range(2):  # two degraded performance runs, recorded in churn-monitoring
         assert cli("performance", "--output-dir", str(tmp_path / f"perf{i}"))[0] == 1
     assert versions(name) == [1]
+    code, output = cli("retrain", "--if", "performance", "--rollout", "canary")
+    assert code == 2 and "--rollout canary needs --percent" in output and versions(name) == [1]
 
     code, result = cli_json("retrain", "--if", "performance")
     assert code == 0, result
@@ -99,6 +101,22 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     path = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path=REFERENCE_ARTIFACT)
     reference = pd.read_parquet(path)
     assert len(reference) == n - result["gate_rows"]
+    # The degraded runs were answered: the next scheduled retrain waits for new evidence.
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
+    assert versions(name) == [1, 2]
+
+
+def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
+    name, _, n = scenario
+    code, result = cli_json("retrain", "--base", str(telco_csv))  # the same customers as the log
+    assert code == 0, result
+    assert result["base_rows"] == n - result["gate_rows"]  # every held-out customer left out of the base too
+    unkeyed = tmp_path / "unkeyed.csv"
+    pd.read_csv(telco_csv).drop(columns=["customerid"]).to_csv(unkeyed, index=False)
+    code, output = cli("retrain", "--base", str(unkeyed))
+    assert code == 2 and "--base needs a customer_id column" in output
+    assert versions(name) == [1, 2]
 
 
 def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypatch):
@@ -112,6 +130,13 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     code, output = cli("retrain", "--if", "drift", "--of", "2", "--at-least", "3")
     assert code == 2 and "--at-least must be between 1 and --of (2)" in output
     assert versions(name) == [1]
+
+
+def test_one_class_in_the_window_cannot_train():
+    recent = data.generate(600, seed=1).assign(churn=0).rename(columns={"churn": "churned"})
+    recent["observed_at"] = datetime.now(UTC)
+    with pytest.raises(retraining.NotRetrained, match="every labelled row in the window has churn=0"):
+        retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
 
 
 def test_the_gate_slice_is_customer_wise_and_stable():
