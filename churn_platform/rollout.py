@@ -98,7 +98,7 @@ def start(
     actor = actor or promotion.default_actor()
     state = RolloutState(
         mode=mode, percent=percent, challenger_version=version, production_version=production, started_by=actor,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"), reason=reason,
+        started_at=datetime.now(UTC).isoformat(timespec="milliseconds"), reason=reason,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
     promotion.record(client, name, "rollout-start", production, version, actor=actor,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,27 @@ def spool_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iter
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_do_not_leak() -> Iterator[None]:
+    """Commands run in-process (``registry.configure``) set MLflow's process-wide tracking and
+    registry URIs, and MLflow copies them into ``os.environ``: a later test's subprocess
+    (``mlflow run``, the CLI) would inherit ``MLFLOW_REGISTRY_URI`` and register its model in
+    an earlier test's registry. Each test ends with both as they were before it."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {key: os.environ.get(key) for key in keys}
+    yield
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # back to "read the environment"
+    registry_utils._registry_uri = None  # no public reset; set_registry_uri("") would pin ""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -148,7 +148,7 @@ def test_object_store_down_during_training_fails_clearly_and_registers_nothing(t
             assert done.returncode != 0
             assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-1500:]
             assert "Traceback" not in done.stderr
-            assert MlflowClient(uri).search_model_versions(f"name='{model_name}'") == []
+            assert MlflowClient(uri, uri).search_model_versions(f"name='{model_name}'") == []
         finally:
             server.stop()
 

@@ -86,7 +86,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
     assert "missing feature columns: ['contract']" in details and "'tenure' should be numeric" in details
 
-    client = MlflowClient(stack_env.tracking_uri)
+    client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
     experiment = client.get_experiment_by_name("churn-monitoring")
     runs = client.search_runs([experiment.experiment_id], f"tags.model_name = '{model_name}'")
     assert sorted(r.data.tags["verdict"] for r in runs) == ["data_quality_failure", "drift", "no_drift"]

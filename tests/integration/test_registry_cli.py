@@ -149,7 +149,7 @@ def test_racing_promotions_keep_every_audit_event(three_versions, stack_env):
         assert [p.returncode for p in procs] == [0, 0], outputs
     final = status_json(name)["production"]["version"]
     assert final in (2, 3)
-    tags = MlflowClient(stack_env.tracking_uri).get_registered_model(name).tags
+    tags = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri).get_registered_model(name).tags
     raw = [json.loads(v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
     promotions = [e for e in raw if e["action"] == "promote"]
     assert sorted(e["actor"] for e in promotions if e["actor"].startswith("racer")) == [

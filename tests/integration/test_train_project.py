@@ -29,7 +29,7 @@ def _mlflow_run(stack, *params: str) -> subprocess.CompletedProcess:
 def test_mlflow_run_registers_a_version_with_everything_monitoring_needs(stack_env, telco_csv, model_name):
     done = _mlflow_run(stack_env, f"data={telco_csv}", f"model_name={model_name}")
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(stack_env.tracking_uri)
+    client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
     versions = client.search_model_versions(f"name='{model_name}'")
     assert [v.version for v in versions] == ["1"]
     version = client.get_model_version(model_name, "1")
@@ -77,7 +77,8 @@ def test_training_from_an_s3_uri_and_a_missing_bucket(stack_env, telco_csv, mode
     assert missing.returncode == 2
     assert "bucket 'no-such-bucket' does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
-    assert len(MlflowClient(stack_env.tracking_uri).search_model_versions(f"name='{model_name}'")) == 1
+    registry = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
+    assert len(registry.search_model_versions(f"name='{model_name}'")) == 1
 
 
 def test_mlflow_run_monitor_entry_point_logs_into_the_launched_run(stack_env, model_name, tmp_path):
@@ -85,7 +86,8 @@ def test_mlflow_run_monitor_entry_point_logs_into_the_launched_run(stack_env, mo
     from churn_platform.training import TrainConfig, train
 
     train(TrainConfig(n_rows=800, model_name=model_name), get_settings())
-    MlflowClient(stack_env.tracking_uri).set_registered_model_alias(model_name, "Production", "1")
+    registry = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
+    registry.set_registered_model_alias(model_name, "Production", "1")
     data.generate(500, seed=2).to_csv(tmp_path / "current.csv", index=False)
     cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "monitor", "--env-manager", "local",
            "--experiment-name", "churn-monitoring", "-P", f"current={tmp_path / 'current.csv'}",
@@ -93,7 +95,7 @@ def test_mlflow_run_monitor_entry_point_logs_into_the_launched_run(stack_env, mo
     done = subprocess.run(cmd, env=stack_env.env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "summary.json").exists()
-    client = MlflowClient(stack_env.tracking_uri)
+    client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
     experiment = client.get_experiment_by_name("churn-monitoring")
     runs = client.search_runs([experiment.experiment_id], f"tags.model_name = '{model_name}'")
     assert len(runs) == 1 and runs[0].data.tags["mlflow.project.entryPoint"] == "monitor"

@@ -20,5 +20,5 @@ def registry_uri(tmp_path_factory, telco_csv):
         registry.configure(settings)
         train(TrainConfig(data=str(telco_csv), model_name="churn"), settings)
         train(TrainConfig(n_rows=800, model_name="churn", seed=3), settings)
-        MlflowClient(uri).set_registered_model_alias("churn", "Production", "1")
+        MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", "1")
     return uri
