@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,19 +38,27 @@ def mlflow_uris_do_not_leak() -> Iterator[None]:
     registry URIs, and MLflow copies them into ``os.environ``: a later test's subprocess
     (``mlflow run``, the CLI) would inherit ``MLFLOW_REGISTRY_URI`` and register its model in
     an earlier test's registry. Each test ends with both as they were before it."""
+    with mlflow_uris_restored():
+        yield
+
+
+@contextmanager
+def mlflow_uris_restored() -> Iterator[None]:
+    """Leave MLflow's process-wide URIs, and their copies in ``os.environ``, as they were."""
     import mlflow
     import mlflow.tracking._model_registry.utils as registry_utils
 
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {key: os.environ.get(key) for key in keys}
-    yield
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # back to "read the environment"
-    registry_utils._registry_uri = None  # no public reset; set_registry_uri("") would pin ""
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # back to "read the environment"
+        registry_utils._registry_uri = None  # no public reset; set_registry_uri("") would pin ""
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

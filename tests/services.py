@@ -88,6 +88,8 @@ class Stack:
         env.update(
             {
                 "MLFLOW_TRACKING_URI": self.tracking_uri,
+                # Named too: an in-process command earlier in the session may have left another in os.environ.
+                "MLFLOW_REGISTRY_URI": self.tracking_uri,
                 "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
                 "CHURN_REGISTRY_MAX_RETRIES": "1",
                 "CHURN_REGISTRY_TIMEOUT_S": "20",

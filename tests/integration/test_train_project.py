@@ -44,6 +44,7 @@ def test_mlflow_run_registers_a_version_with_everything_monitoring_needs(stack_e
     assert any(k.endswith("reference/reference.parquet") for k in keys)
 
     mlflow.set_tracking_uri(stack_env.tracking_uri)
+    mlflow.set_registry_uri(stack_env.tracking_uri)
     reference = pd.read_parquet(
         mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=REFERENCE_ARTIFACT)
     )

@@ -6,6 +6,7 @@ from mlflow import MlflowClient
 from churn_platform import registry
 from churn_platform.settings import Settings
 from churn_platform.training import TrainConfig, train
+from tests.conftest import mlflow_uris_restored
 
 
 @pytest.fixture(scope="session")
@@ -13,7 +14,7 @@ def registry_uri(tmp_path_factory, telco_csv):
     """One embedded registry for the module: telco v1 in Production, synthetic v2 not."""
     folder = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, mlflow_uris_restored():
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         settings = Settings(tracking_uri=uri)
