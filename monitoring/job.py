@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import monitoring_experiment, send_alert
+from monitoring.runs import record_run, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -210,26 +209,19 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
 # --------------------------------------------------------------------------- the job
 
 
-def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experiment_id: str | None) -> str:
-    """Log the summary (and report) as an MLflow run; return its id."""
-    # Under `mlflow run -e monitor` the launcher already made the run (MLFLOW_RUN_ID), in the
-    # experiment given by --experiment-name: log into it rather than start a second one.
-    launched = os.environ.get("MLFLOW_RUN_ID")
+def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experiment: str) -> str:
+    """Log the summary (and report) as a run in the monitoring experiment; return its id."""
     name, version = summary.model_name, summary.model_version
-    run_name = None if launched else f"{name}-v{version}-{stamp}"
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as active:
-        mlflow.set_tags({"model_name": name, "model_version": str(version), "verdict": summary.verdict,
-                         "model_run_id": summary.model_run_id or ""})  # fmt: skip
-        mlflow.log_metrics({"current_rows": summary.current_rows, "reference_rows": summary.reference_rows})
-        if summary.drift_share is not None:
-            mlflow.log_metrics({"drift_share": summary.drift_share, "n_drifted_columns": len(summary.drifted_columns)})
-            mlflow.log_metrics({f"drift_score.{k}": v.score for k, v in summary.columns.items()})
-            if summary.prediction_drift:
-                mlflow.log_metric("prediction_drift_score", summary.prediction_drift.score)
-        if summary.report_html:
-            mlflow.log_artifact(summary.report_html)
-        mlflow.log_artifact(str(summary_path))
-        return active.info.run_id
+    metrics: dict[str, float] = {"current_rows": summary.current_rows, "reference_rows": summary.reference_rows}
+    if summary.drift_share is not None:
+        metrics |= {"drift_share": summary.drift_share, "n_drifted_columns": len(summary.drifted_columns)}
+        metrics |= {f"drift_score.{k}": v.score for k, v in summary.columns.items()}
+        if summary.prediction_drift:
+            metrics["prediction_drift_score"] = summary.prediction_drift.score
+    tags = {"model_name": name, "model_version": str(version), "verdict": summary.verdict,
+            "model_run_id": summary.model_run_id or ""}  # fmt: skip
+    artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
+    return record_run(experiment, f"{name}-v{version}-{stamp}", tags, metrics, artifacts)
 
 
 def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
@@ -298,7 +290,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, monitoring_experiment(settings.monitor_experiment))
+        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +44,7 @@ from churn_platform.errors import DataValidationError, NotFoundError, StorageUnr
 from churn_platform.inference_log import make_engine
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import monitoring_experiment, send_alert
+from monitoring.runs import record_run, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -221,25 +220,18 @@ def judge(
     return reasons
 
 
-def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment_id: str | None) -> str:
-    """Log the figures as an MLflow run in the monitoring experiment, so the UI plots them over time."""
-    launched = os.environ.get("MLFLOW_RUN_ID")
+def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str) -> str:
+    """Log the figures as a run in the monitoring experiment, so the UI plots quality over time."""
     name, version = summary.model_name, summary.model_version
-    run_name = None if launched else f"performance-{name}-v{version}-{stamp}"
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as active:
-        mlflow.set_tags({"job": "performance", "model_name": name, "model_version": str(version),
-                         "verdict": summary.verdict})  # fmt: skip
-        figures = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
-                   "predictions": summary.predictions, "degraded": int(summary.degraded)}  # fmt: skip
-        for prefix, model in (("realized", summary.realized), ("estimated", summary.estimated)):
-            for key, value in model.model_dump().items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
-                    figures[f"{prefix}_{key}"] = float(value)
-        mlflow.log_metrics(figures)
-        if summary.report_html:
-            mlflow.log_artifact(summary.report_html)
-        mlflow.log_artifact(str(summary_path))
-        return active.info.run_id
+    figures: dict[str, float] = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
+                                 "predictions": summary.predictions, "degraded": int(summary.degraded)}  # fmt: skip
+    for prefix, model in (("realized", summary.realized), ("estimated", summary.estimated)):
+        for key, value in model.model_dump().items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
+                figures[f"{prefix}_{key}"] = float(value)
+    tags = {"job": "performance", "model_name": name, "model_version": str(version), "verdict": summary.verdict}
+    artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
+    return record_run(experiment, f"performance-{name}-v{version}-{stamp}", tags, figures, artifacts)
 
 
 def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
@@ -289,7 +281,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         performance_report.write_html(html, summary, labels, scores)
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, monitoring_experiment(settings.monitor_experiment))
+        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook

@@ -23,12 +23,23 @@ def send_alert(url: str, payload: dict[str, Any]) -> None:
         log.warning("alert to %s failed: %s", url, exc)
 
 
-def monitoring_experiment(name: str) -> str | None:
-    """The monitoring experiment's id (created when missing), or None under ``mlflow run``,
-    whose launcher already made the run. Passed to ``start_run`` rather than set with
-    ``set_experiment``, which would leave it active for the rest of the process."""
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return None
-    client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+def record_run(
+    experiment: str, run_name: str, tags: dict[str, str], metrics: dict[str, float], artifacts: list[str]
+) -> str:
+    """Log a job's verdict as a run in the monitoring experiment, so the UI plots it over time;
+    return its id. Under ``mlflow run`` the launcher already made the run (MLFLOW_RUN_ID), in
+    the experiment given by --experiment-name: log into it rather than start a second one.
+    The experiment goes to ``start_run``, not ``set_experiment``, which would leave it active
+    for the rest of the process."""
+    launched = bool(os.environ.get("MLFLOW_RUN_ID"))
+    experiment_id = None
+    if not launched:
+        client = mlflow.MlflowClient()
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    with mlflow.start_run(run_name=None if launched else run_name, experiment_id=experiment_id) as active:
+        mlflow.set_tags(tags)
+        mlflow.log_metrics(metrics)
+        for artifact in artifacts:
+            mlflow.log_artifact(artifact)
+        return active.info.run_id
