@@ -57,3 +57,18 @@ def test_yeo_johnson_is_scipys_bit_for_bit(signs):
     for lambdas in (np.array([0.7, -0.3, 1.4, 2.6]), np.array([0.0, 2.0, 0.5, -1.2])):
         expected = np.column_stack([stats.yeojohnson(x[:, j], lmbda=lam) for j, lam in enumerate(lambdas)])
         assert np.array_equal(_yeo_johnson(x, lambdas), expected)
+
+
+def test_walking_the_trees_gives_sklearns_raw_scores_bit_for_bit(telco):
+    """Small inputs walk the flattened trees, large ones go through sklearn: both must give
+    sklearn's exact raw scores (a last-bit difference would move a probability at a threshold)."""
+    train, _ = telco
+    pipeline = model.build_pipeline("hist_gradient_boosting").fit(model.features(train), train.churn)
+    scorer = FastScorer(pipeline)
+    x = scorer.matrix(model.features(train).to_dict(orient="records"))
+    expected = pipeline.steps[-1][1]._raw_predict(x)[:, 0]
+    walked = np.concatenate([scorer._trees.raw(x[i : i + 100]) for i in range(0, len(x), 100)])
+    assert np.array_equal(walked, expected)
+    with_missing = x[:50].copy()
+    with_missing[::3, 0] = np.nan  # sklearn's missing-value direction is followed too
+    assert np.array_equal(scorer._trees.raw(with_missing), pipeline.steps[-1][1]._raw_predict(with_missing)[:, 0])
