@@ -24,6 +24,9 @@ MODEL_ARTIFACT = "model"
 #: Training features, label and scores: what the drift monitor compares production with.
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 VALIDATION_ARTIFACT = "validation/validation.parquet"
+#: Each feature's mean absolute contribution on the validation rows (``/model`` serves it).
+GLOBAL_IMPORTANCE_ARTIFACT = "explanations/global_importance.json"
+GLOBAL_IMPORTANCE_PLOT = "explanations/global_importance.png"
 
 # ---------------------------------------------------------------- model version tags
 
@@ -55,6 +58,8 @@ MODEL_TYPES: tuple[str, ...] = ("logistic", "hist_gradient_boosting")
 PROBABILITY = "churn_probability"
 WILL_CHURN = "will_churn"
 RISK = "risk"
+#: A prediction's explanation (``explain=true``): base log-odds and per-feature contributions.
+EXPLANATION = "explanation"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"

@@ -3,6 +3,7 @@ that the two agree before anyone is served by it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -15,9 +16,16 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 from sklearn.pipeline import Pipeline
 
-from churn_platform import registry
-from churn_platform.contract import HEADLINE_METRICS, PRODUCTION_ALIAS, REFERENCE_ARTIFACT, TAG_THRESHOLD
+from churn_platform import explanation, registry
+from churn_platform.contract import (
+    GLOBAL_IMPORTANCE_ARTIFACT,
+    HEADLINE_METRICS,
+    PRODUCTION_ALIAS,
+    REFERENCE_ARTIFACT,
+    TAG_THRESHOLD,
+)
 from churn_platform.errors import ChurnPlatformError, NotFoundError
+from churn_platform.explanation import Explainer, ExplanationUnavailable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.scorer import FastScorer, SklearnScorer, UnsupportedPipeline, max_difference
 
@@ -46,6 +54,11 @@ class LoadedModel:
     metrics: dict[str, float]
     max_abs_difference: float
     verified_rows: int
+    #: None when this version cannot explain its scores (``explanations`` says why).
+    explainer: Explainer | None = None
+    #: How explanations are made and were verified, or why there are none; the training
+    #: run's global importance (``/model``).
+    explanations: dict[str, Any] = field(default_factory=dict)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -60,18 +73,61 @@ def resolve(client: MlflowClient, name: str, alias: str = PRODUCTION_ALIAS) -> i
     return int(version.version)
 
 
-def _verification_rows(client: MlflowClient, run_id: str | None, example: Any, sample: int) -> pd.DataFrame:
+def _reference(run_id: str | None) -> pd.DataFrame | None:
+    """The training run's features (the reference data), if the version has a run."""
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
+        return pd.read_parquet(path, columns=list(FEATURE_NAMES))
+
+
+def _verification_rows(reference: pd.DataFrame | None, example: Any, sample: int) -> pd.DataFrame:
     frames = []
     if isinstance(example, pd.DataFrame):
         frames.append(example)
-    if run_id and sample:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
-            reference = pd.read_parquet(path)
+    if reference is not None and sample:
         frames.append(reference.sample(min(sample, len(reference)), random_state=0))
     if not frames:
         raise VerificationFailed("no input example and no reference rows to verify the scorer on")
     return pd.concat([f.loc[:, list(FEATURE_NAMES)] for f in frames], ignore_index=True)
+
+
+def _global_importance(run_id: str | None) -> list[dict[str, Any]] | None:
+    """The training run's global importance; None for a version trained before it was logged."""
+    if not run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=GLOBAL_IMPORTANCE_ARTIFACT, dst_path=tmp
+            )
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)["features"]
+    except Exception as exc:  # noqa: BLE001 - optional: an older run has none, and it never stops serving
+        log.info("run %s: no global importance (%s)", run_id, str(exc)[:200])
+        return None
+
+
+def _explainer(
+    scorer: FastScorer | SklearnScorer, reference: pd.DataFrame | None, rows: pd.DataFrame
+) -> tuple[Explainer | None, dict[str, Any]]:
+    """An explainer proven additive on ``rows``, or None and the reason."""
+    try:
+        if not isinstance(scorer, FastScorer):
+            raise ExplanationUnavailable("the pipeline is served by sklearn, not the fast scorer")
+        if reference is None and scorer.linear is not None:
+            raise ExplanationUnavailable("the version has no training run to take the reference point from")
+        explainer = Explainer(scorer, reference if reference is not None else rows)
+        error = explanation.verify(explainer, rows)
+    except ExplanationUnavailable as exc:
+        return None, {"available": False, "reason": str(exc)}
+    return explainer, {
+        "available": True,
+        "method": explainer.method,
+        "base": explainer.base,
+        "verified": {"rows": len(rows), "max_additivity_error": error},
+    }
 
 
 def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:
@@ -83,7 +139,14 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         pipeline = mlflow.sklearn.load_model(local)
         meta = Model.load(local)
         example = meta.load_input_example(local)
-    rows = _verification_rows(client, found.run_id, example, sample)
+    try:
+        reference = _reference(found.run_id)
+    except Exception:
+        if sample:
+            raise  # the rows that verify the scorer: a load without them must fail
+        log.warning("v%s: no reference data; serving without explanations", version, exc_info=True)
+        reference = None
+    rows = _verification_rows(reference, example, sample)
     try:
         scorer: FastScorer | SklearnScorer = FastScorer(pipeline)
         kind = "fast"
@@ -101,6 +164,10 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         run_metrics = client.get_run(found.run_id).data.metrics
         metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
     schema = meta.signature.inputs.to_dict() if meta.signature else []
+    explainer, explained = _explainer(scorer, reference, rows)
+    if explainer is None:
+        log.warning("v%s: served without explanations: %s", version, explained["reason"])
+    explained["global_importance"] = _global_importance(found.run_id)
     return LoadedModel(
         name=name,
         version=int(version),
@@ -113,4 +180,6 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         metrics=metrics,
         max_abs_difference=difference,
         verified_rows=len(rows),
+        explainer=explainer,
+        explanations=explained,
     )

@@ -8,6 +8,7 @@ that points at missing files.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import tempfile
@@ -24,12 +25,14 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from churn_platform import data as data_mod
+from churn_platform import explanation, registry
 from churn_platform import gate as gate_mod
 from churn_platform import model as model_mod
-from churn_platform import registry
 from churn_platform.contract import (
     CHALLENGER_ALIAS,
     GATE_METRIC,
+    GLOBAL_IMPORTANCE_ARTIFACT,
+    GLOBAL_IMPORTANCE_PLOT,
     MODEL_ARTIFACT,
     MODEL_TYPES,
     PROBABILITY,
@@ -46,6 +49,7 @@ from churn_platform.contract import (
 from churn_platform.errors import DataValidationError
 from churn_platform.gate import GateVerdict
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN
+from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings
 from churn_platform.training_config import SYNTHETIC, TrainConfig
 
@@ -133,6 +137,34 @@ def _plot(y_true: np.ndarray, proba: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def _global_importance(pipeline: Any, train_df: pd.DataFrame, valid_df: pd.DataFrame, folder: Path) -> None:
+    """Log each feature's mean absolute contribution on the validation rows, as JSON and a bar plot."""
+    explainer = explanation.Explainer(FastScorer(pipeline), model_mod.features(train_df))
+    explained = explainer.explain(data_mod.to_records(model_mod.features(valid_df)))
+    importance = explanation.global_importance(explained)
+    summary = {"method": explainer.method, "base": explainer.base, "rows": len(valid_df), "features": importance}
+    json_path = folder / GLOBAL_IMPORTANCE_ARTIFACT.rsplit("/", 1)[1]
+    json_path.write_text(json.dumps(summary, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [item["feature"] for item in reversed(importance)]
+    values = [item["mean_abs_contribution"] for item in reversed(importance)]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.barh(names, values, color="#4c72b0")
+    ax.set(title=f"Global importance ({explainer.method}, {len(valid_df)} validation rows)",
+           xlabel="mean |contribution| to the log-odds of churn")  # fmt: skip
+    fig.tight_layout()
+    plot_path = folder / GLOBAL_IMPORTANCE_PLOT.rsplit("/", 1)[1]
+    fig.savefig(plot_path, dpi=90)
+    plt.close(fig)
+    folder_name = GLOBAL_IMPORTANCE_ARTIFACT.rsplit("/", 1)[0]
+    mlflow.log_artifact(str(json_path), folder_name)
+    mlflow.log_artifact(str(plot_path), folder_name)
+
+
 def gate(
     client: mlflow.MlflowClient,
     model_name: str,
@@ -217,6 +249,7 @@ def train(
                 mlflow.log_artifact(str(tmp_path / file_name), folder)
             _plot(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, tmp_path / "roc_calibration.png")
             mlflow.log_artifact(str(tmp_path / "roc_calibration.png"), "plots")
+            _global_importance(pipeline, train_df, valid_df, tmp_path)
 
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
         source = config.data if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"

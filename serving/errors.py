@@ -41,6 +41,12 @@ class BatchTooLarge(ServingError):
     status_code = 413
 
 
+class NotExplainable(ServingError):
+    """``explain=true`` for a version that serves without explanations (``/model`` says why)."""
+
+    status_code = 409
+
+
 class BadOutcomes(ServingError):
     status_code = 422
 

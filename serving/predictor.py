@@ -15,12 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from churn_platform.contract import ARM_SEPARATOR, MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
+from churn_platform import explanation
+from churn_platform.contract import (
+    ARM_SEPARATOR,
+    EXPLANATION,
+    MODEL_VERSION,
+    PROBABILITY,
+    RISK,
+    RISK_BANDS,
+    WILL_CHURN,
+)
 from churn_platform.data import stable_bucket
 from churn_platform.loading import LoadedModel
 from churn_platform.schema import ID_COLUMN
 from churn_platform.settings import Settings
-from serving.errors import BatchTooLarge, NoModelServed
+from serving.errors import BatchTooLarge, NoModelServed, NotExplainable
 from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
@@ -48,23 +57,30 @@ class Predictor:
             raise NoModelServed(f"no model is being served yet: {self.holder.last.reason}")
         return model
 
-    def predict(self, customers: list[dict[str, Any]], model: LoadedModel | None = None) -> Scored:
+    def predict(
+        self, customers: list[dict[str, Any]], model: LoadedModel | None = None, *, top_k: int | None = None
+    ) -> Scored:
         """Score customers (dicts validated against the schema) with ``model`` (default: the
-        one serving now), or beside it with the rollout's Challenger, and log every row."""
+        one serving now), or beside it with the rollout's Challenger, and log every row.
+        With ``top_k``, each prediction carries its explanation's ``top_k`` largest contributions."""
         model = model or self.model
         if len(customers) > self.max_batch_size:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
+        if top_k is not None:
+            _explainable(model)
         request_id = uuid.uuid4().hex
         active = self.holder.rollout
         if active is None or active.model.version == model.version:
-            return Scored(model, self._score(model, customers, request_id, "production"))
+            return Scored(model, self._score(model, customers, request_id, "production", top_k))
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
-            shadow, _ = self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
-            return Scored(model, self._score(model, customers, request_id, "production"))
+            self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
+            return Scored(model, self._score(model, customers, request_id, "production", top_k))
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
-            return Scored(model, self._score(model, customers, request_id, "production"))
+            return Scored(model, self._score(model, customers, request_id, "production", top_k))
+        if top_k is not None:
+            _explainable(challenger)
         predictions: list[dict[str, Any]] = [{}] * len(customers)
         arms = (
             (~to_challenger, model, "production", request_id),
@@ -74,16 +90,19 @@ class Predictor:
             positions = np.flatnonzero(chosen).tolist()
             if positions:
                 group = [customers[i] for i in positions]
-                for i, prediction in zip(positions, self._score(scoring, group, rid, arm), strict=True):
+                for i, prediction in zip(positions, self._score(scoring, group, rid, arm, top_k), strict=True):
                     predictions[i] = prediction
         return Scored(model, predictions)
 
     def _run(
-        self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Score, count and log one arm's customers: their probabilities and risk bands."""
+        self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str, explain: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, explanation.Explained | None]:
+        """Score (and explain), count and log one arm's customers: their probabilities, risk
+        bands and explanations."""
         started = time.perf_counter()
-        probabilities = np.clip(model.scorer.score(customers), 0.0, 1.0)
+        explained = model.explainer.explain(customers) if explain and model.explainer else None
+        raw = explained.probabilities if explained else model.scorer.score(customers)
+        probabilities = np.clip(raw, 0.0, 1.0)
         seconds = time.perf_counter() - started
         version = str(model.version)
         self.metrics.model_requests.labels(version, arm).inc()
@@ -91,17 +110,25 @@ class Predictor:
         bands = self._count_bands(probabilities, version, arm)
         self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
                                   scoring_ms=round(seconds * 1000, 4))  # fmt: skip
-        return probabilities, bands
+        return probabilities, bands, explained
 
-    def _score(self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str) -> list[dict]:
-        probabilities, bands = self._run(model, customers, request_id, arm)
+    def _score(
+        self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str, top_k: int | None
+    ) -> list[dict]:
+        probabilities, bands, explained = self._run(model, customers, request_id, arm, explain=top_k is not None)
         self.metrics.rows_scored.inc(len(customers))
         threshold, version = model.decision_threshold, model.version
-        return [
+        predictions = [
             {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
              MODEL_VERSION: version}
             for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
         ]  # fmt: skip
+        if explained is not None and top_k is not None:
+            for prediction, explained_one in zip(
+                predictions, explanation.top(explained, customers, top_k), strict=True
+            ):
+                prediction[EXPLANATION] = explained_one
+        return predictions
 
     def _count_bands(self, probabilities: np.ndarray, version: str, arm: str) -> np.ndarray:
         """Each probability's risk band (an index into RISK_BANDS), counted in the metrics."""
@@ -109,6 +136,12 @@ class Predictor:
         for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
             self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
         return bands
+
+
+def _explainable(model: LoadedModel) -> None:
+    if model.explainer is None:
+        reason = model.explanations.get("reason", "no explainer")
+        raise NotExplainable(f"{model.name} v{model.version} serves without explanations: {reason}")
 
 
 def canary_bucket(customer_id: str) -> float:

@@ -14,9 +14,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from churn_platform.contract import MODEL_NAME, MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
+from churn_platform.contract import (
+    EXPLANATION,
+    MODEL_NAME,
+    MODEL_VERSION,
+    PROBABILITY,
+    RISK,
+    RISK_BANDS,
+    WILL_CHURN,
+)
 from churn_platform.data import generate, to_records
-from churn_platform.schema import FEATURES, ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN, Feature
+from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN, Feature
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
@@ -52,6 +60,38 @@ class BatchRequest(BaseModel):
     customers: list[Customer] = Field(min_length=1, description="1 to CHURN_MAX_BATCH_SIZE customers.")  # type: ignore[valid-type]
 
 
+class Contribution(BaseModel):
+    feature: Literal[FEATURE_NAMES] = Field(description="A feature of the customer schema.")  # type: ignore[valid-type]
+    value: str | int | float = Field(description="The customer's value of that feature, as sent.")
+    contribution: float = Field(description="Log-odds of churn this value adds to (or, negative, takes from) the base.")
+
+
+class Explanation(BaseModel):
+    """``base + sum of every feature's contribution = logit(churn_probability)``; the
+    ``top_k`` largest contributions by absolute size are listed, largest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "base": -1.52,
+                    "contributions": [
+                        {"feature": "contract", "value": "Month-to-month", "contribution": 0.81},
+                        {"feature": "tenure", "value": 2, "contribution": 0.74},
+                        {"feature": "internet_service", "value": "Fiber optic", "contribution": 0.52},
+                    ],
+                }
+            ]
+        }
+    )
+
+    base: float = Field(
+        description="Log-odds the explanation starts from: the model's output for an average training "
+        "customer (logistic), or its expected output over the training data (gradient boosting)."
+    )
+    contributions: list[Contribution] = Field(description="The top_k largest contributions, largest first.")
+
+
 Prediction = create_model(
     "Prediction",
     **{
@@ -60,6 +100,7 @@ Prediction = create_model(
         WILL_CHURN: (bool, ...),
         RISK: (Literal[RISK_BANDS], ...),  # type: ignore[valid-type]
         MODEL_VERSION: (int, ...),
+        EXPLANATION: (Explanation | None, Field(None, description="Only with explain=true.")),
     },
 )
 

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from churn_platform.contract import MODEL_NAME, MODEL_VERSION
+from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
 from serving.deps import PredictorDep, ServedModel
-from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, customers_from_json
+from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, Problem, customers_from_json
 
-router = APIRouter(tags=["predictions"])
+router = APIRouter(
+    tags=["predictions"],
+    responses={409: {"model": Problem, "description": "explain=true, but the served version cannot explain"}},
+)
 _encode = msgspec.json.Encoder().encode
+
+Explain = Annotated[
+    bool, Query(description="Add an `explanation` to each prediction: why the customer got their score.")
+]
+TopK = Annotated[
+    int,
+    Query(ge=1, le=len(FEATURE_NAMES), description="How many of the largest contributions each explanation lists."),
+]
 
 
 async def _customers(request: Request, model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -34,13 +46,18 @@ def _json(content: Any) -> Response:
 
 
 @router.post("/predict", response_model=BatchResponse, openapi_extra=openapi.body(BatchRequest))
-async def predict(request: Request, predictor: PredictorDep, model: ServedModel) -> Response:
+async def predict(
+    request: Request, predictor: PredictorDep, model: ServedModel, explain: Explain = False, top_k: TopK = 5
+) -> Response:
     """Score 1 to CHURN_MAX_BATCH_SIZE customers."""
-    scored = predictor.predict(await _customers(request, BatchRequest), model)
+    scored = predictor.predict(await _customers(request, BatchRequest), model, top_k=top_k if explain else None)
     return _json({"predictions": scored.predictions, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 
 @router.post("/predict/single", response_model=Prediction, openapi_extra=openapi.body(Customer))
-async def predict_single(request: Request, predictor: PredictorDep, model: ServedModel) -> Response:
+async def predict_single(
+    request: Request, predictor: PredictorDep, model: ServedModel, explain: Explain = False, top_k: TopK = 5
+) -> Response:
     """Score one customer."""
-    return _json(predictor.predict(await _customers(request, Customer), model).predictions[0])
+    customers = await _customers(request, Customer)
+    return _json(predictor.predict(customers, model, top_k=top_k if explain else None).predictions[0])

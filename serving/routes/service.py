@@ -94,4 +94,5 @@ def _described(model: LoadedModel) -> dict[str, Any]:
         "scorer": model.scorer_kind,
         "verified": {"rows": model.verified_rows, "max_abs_difference": model.max_abs_difference},
         "decision_threshold": model.decision_threshold,
+        "explanations": model.explanations,
     }

@@ -54,6 +54,12 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
             registered = mlflow.pyfunc.load_model(f"models:/{model_name}/1")
             expected = np.asarray(registered.predict(real[list(FEATURE_NAMES)]))[:, 1]
             assert np.max(np.abs(got - expected)) <= 1e-6
+            # Explanations through a real server: each adds up to its score (model on S3, run on PostgreSQL).
+            explained = httpx.post(f"{base}/predict?explain=true&top_k=19", json={"customers": rows}, timeout=30)
+            for p in explained.json()["predictions"]:
+                total = p["explanation"]["base"] + sum(c["contribution"] for c in p["explanation"]["contributions"])
+                assert abs(total - np.log(p["churn_probability"] / (1 - p["churn_probability"]))) <= 1e-6
+            assert httpx.get(f"{base}/model").json()["explanations"]["global_importance"][0]["feature"]
 
             train(TrainConfig(n_rows=3000, model_name=model_name, seed=9), settings)
             assert (
@@ -91,7 +97,7 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
             assert failures == []
             assert 1 in versions_seen and versions_seen[-1] == 2
             assert httpx.get(f"{base}/model").json()["version"] == 2
-            sent = 500 + len(versions_seen)
+            sent = 2 * 500 + len(versions_seen)  # the batch, explained and not, and the traffic
         finally:
             api.stop()  # SIGTERM: graceful shutdown flushes the inference log
         assert api.proc.returncode == 0, (api.proc.returncode, api.log_tail())

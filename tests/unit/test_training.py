@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import mlflow
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 
 from churn_platform import data, registry
 from churn_platform.cli import main
-from churn_platform.contract import VALIDATION_METRICS
+from churn_platform.contract import GLOBAL_IMPORTANCE_ARTIFACT, GLOBAL_IMPORTANCE_PLOT, VALIDATION_METRICS
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import get_settings
 from churn_platform.training import REFERENCE_ARTIFACT, TrainConfig, train
@@ -41,6 +42,13 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     assert client.get_model_version_by_alias(model_name, registry.CHALLENGER_ALIAS).version == version.version
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "reference")}
     assert REFERENCE_ARTIFACT in artifacts
+    explained = {a.path for a in client.list_artifacts(result.run_id, "explanations")}
+    assert explained == {GLOBAL_IMPORTANCE_ARTIFACT, GLOBAL_IMPORTANCE_PLOT}
+    importance = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/{GLOBAL_IMPORTANCE_ARTIFACT}"))
+    assert importance["method"] == {"logistic": "linear", "hist_gradient_boosting": "tree_shap"}[model_type]
+    assert sorted(f["feature"] for f in importance["features"]) == sorted(FEATURE_NAMES)
+    values = [f["mean_abs_contribution"] for f in importance["features"]]
+    assert values == sorted(values, reverse=True) and values[0] > 0
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{result.version}")
     frame = data.generate(20, seed=99)
     proba = np.asarray(model.predict(frame[list(FEATURE_NAMES)]))

@@ -1,0 +1,211 @@
+"""Explanations through the API (FastAPI's TestClient on real registries): additivity on real
+customers for both model types, what one feature's change moves, and every parameter error."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from churn_platform import data, registry
+from churn_platform.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
+from churn_platform.settings import Settings
+from churn_platform.training import TrainConfig, signature, train
+from serving.app import create_app
+from tests.conftest import mlflow_uris_restored
+from tests.unit.test_api import make_settings, wait_ready
+
+
+@pytest.fixture(scope="module")
+def tree_registry(tmp_path_factory, telco_csv):
+    """A registry whose Production is gradient boosting trained on the real customers."""
+    folder = tmp_path_factory.mktemp("tree-registry")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp, mlflow_uris_restored():
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        settings = Settings(tracking_uri=uri)
+        registry.configure(settings)
+        result = train(
+            TrainConfig(data=str(telco_csv), model_name="churn", model_type="hist_gradient_boosting"), settings
+        )
+        MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", str(result.version))
+    return uri
+
+
+@pytest.fixture(params=["logistic", "hist_gradient_boosting"])
+def served(request, registry_uri, tree_registry, tmp_path):
+    uri = registry_uri if request.param == "logistic" else tree_registry
+    with TestClient(create_app(make_settings(uri, tmp_path))) as client:
+        wait_ready(client)
+        yield request.param, client
+
+
+@pytest.fixture
+def api(registry_uri, tmp_path):
+    """The logistic Production (v1 of the session registry)."""
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
+        wait_ready(client)
+        yield client
+
+
+def real_customers(telco_csv, n: int, skip: int = 0) -> list[dict]:
+    frame = data.load(telco_csv).iloc[skip : skip + n]
+    return data.to_records(frame.drop(columns=["churn"]))
+
+
+def logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def test_explanations_add_up_to_the_score_on_1000_real_customers(served, telco_csv):
+    kind, api = served
+    rows = real_customers(telco_csv, 1000)
+    plain = api.post("/predict", json={"customers": rows})
+    response = api.post("/predict?explain=true&top_k=19", json={"customers": rows})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    worst = 0.0
+    for row, prediction, without in zip(rows, predictions, plain.json()["predictions"], strict=True):
+        assert prediction["churn_probability"] == without["churn_probability"]  # explaining changes no score
+        explanation = prediction["explanation"]
+        contributions = explanation["contributions"]
+        assert sorted(c["feature"] for c in contributions) == sorted(FEATURE_NAMES)
+        sizes = [abs(c["contribution"]) for c in contributions]
+        assert sizes == sorted(sizes, reverse=True)
+        assert all(c["value"] == row[c["feature"]] for c in contributions)
+        total = explanation["base"] + sum(c["contribution"] for c in contributions)
+        worst = max(worst, abs(total - logit(prediction["churn_probability"])))
+    assert worst <= 1e-6, f"{kind}: additivity off by {worst:.3g}"
+    # The explanations say something: the largest contribution is not the same feature for everyone.
+    assert len({p["explanation"]["contributions"][0]["feature"] for p in predictions}) > 1
+
+
+def test_single_and_batch_give_the_same_explanation(served, telco_csv):
+    _, api = served
+    rows = real_customers(telco_csv, 200, skip=1000)  # a batch past the tree walk's small-input path
+    batch = api.post("/predict?explain=true&top_k=19", json={"customers": rows}).json()["predictions"]
+    for row, in_batch in zip(rows[:5], batch[:5], strict=True):
+        single = api.post("/predict/single?explain=true&top_k=19", json=row).json()
+        assert single["churn_probability"] == pytest.approx(in_batch["churn_probability"], abs=1e-12)
+        assert single["explanation"]["base"] == in_batch["explanation"]["base"]
+        got = {c["feature"]: c["contribution"] for c in single["explanation"]["contributions"]}
+        expected = {c["feature"]: c["contribution"] for c in in_batch["explanation"]["contributions"]}
+        assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_without_explain_the_response_is_unchanged_and_top_k_trims_the_list(api, telco_csv):
+    row = real_customers(telco_csv, 1)[0]
+    plain = api.post("/predict/single", json=row).json()
+    assert set(plain) == {"customer_id", "churn_probability", "will_churn", "risk", "model_version"}
+    assert api.post("/predict/single?top_k=3", json=row).json() == plain  # top_k alone explains nothing
+    default = api.post("/predict/single?explain=true", json=row).json()
+    assert {k: v for k, v in default.items() if k != "explanation"} == plain
+    assert len(default["explanation"]["contributions"]) == 5
+    one = api.post("/predict/single?explain=true&top_k=1", json=row).json()["explanation"]["contributions"]
+    assert one == default["explanation"]["contributions"][:1]
+
+
+def test_for_the_linear_model_one_changed_feature_changes_only_its_contribution(api, telco_csv):
+    row = real_customers(telco_csv, 1, skip=7)[0]
+    changes = {
+        "contract": "Two year" if row["contract"] != "Two year" else "Month-to-month",
+        "tenure": row["tenure"] + 24,
+        "monthly_charges": row["monthly_charges"] + 30.0,
+        "payment_method": "Mailed check" if row["payment_method"] != "Mailed check" else "Electronic check",
+    }
+
+    def contributions(customer: dict) -> dict[str, float]:
+        body = api.post("/predict/single?explain=true&top_k=19", json=customer).json()
+        return {c["feature"]: c["contribution"] for c in body["explanation"]["contributions"]}
+
+    before = contributions(row)
+    for feature, value in changes.items():
+        after = contributions(row | {feature: value})
+        assert after[feature] != pytest.approx(before[feature], abs=1e-6), feature
+        others = {k: v for k, v in after.items() if k != feature}
+        assert others == pytest.approx({k: v for k, v in before.items() if k != feature}, abs=1e-12), feature
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("explain=true&top_k=0", "query.top_k: Input should be greater than or equal to 1"),
+        ("explain=true&top_k=20", "query.top_k: Input should be less than or equal to 19"),
+        ("explain=true&top_k=five", "query.top_k: Input should be a valid integer"),
+        ("explain=maybe", "query.explain: Input should be a valid boolean"),
+    ],
+)
+def test_bad_explanation_parameters_get_422_naming_them(api, telco_csv, query, words):
+    row = real_customers(telco_csv, 1)[0]
+    for path, body in (("/predict/single", row), ("/predict", {"customers": [row]})):
+        response = api.post(f"{path}?{query}", json=body)
+        assert response.status_code == 422, response.text
+        assert words in response.json()["message"]
+
+
+def test_model_says_how_it_explains_and_serves_the_global_importance(api):
+    explanations = api.get("/model").json()["explanations"]
+    assert explanations["available"] is True and explanations["method"] == "linear"
+    assert explanations["verified"]["rows"] >= 200 and explanations["verified"]["max_additivity_error"] <= 1e-6
+    importance = explanations["global_importance"]
+    assert sorted(i["feature"] for i in importance) == sorted(FEATURE_NAMES)
+    values = [i["mean_abs_contribution"] for i in importance]
+    assert values == sorted(values, reverse=True) and values[0] > 0
+
+
+def test_openapi_documents_the_parameters_and_the_explanation(api):
+    schema = api.get("/openapi.json").json()
+    parameters = {p["name"]: p for p in schema["paths"]["/predict"]["post"]["parameters"]}
+    assert (
+        parameters["top_k"]["schema"]["maximum"] == len(FEATURE_NAMES) and parameters["top_k"]["schema"]["minimum"] == 1
+    )
+    assert parameters["explain"]["schema"]["type"] == "boolean"
+    components = schema["components"]["schemas"]
+    assert "explanation" in components["Prediction"]["properties"]
+    example = components["Explanation"]["examples"][0]
+    assert example["contributions"][0]["feature"] in FEATURE_NAMES
+    assert "409" in schema["paths"]["/predict/single"]["post"]["responses"]
+
+
+def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, telco_csv):
+    """A pipeline the fast scorer does not know is served by sklearn, without explanations."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    frame = data.load(telco_csv)
+    pipeline = Pipeline([
+        ("preprocess", ColumnTransformer([
+            ("numeric", StandardScaler(), list(NUMERIC_FEATURES)),
+            ("categorical", OneHotEncoder(drop="first", handle_unknown="ignore"), list(CATEGORICAL_FEATURES)),
+        ])),
+        ("classifier", LogisticRegression(max_iter=1000)),
+    ]).fit(frame[list(FEATURE_NAMES)], frame.churn)  # fmt: skip
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=signature(),
+                input_example=frame[list(FEATURE_NAMES)].head(5),
+                pyfunc_predict_fn="predict_proba",
+                serialization_format="cloudpickle",
+            )
+        version = mlflow.register_model(info.model_uri, "churn").version
+        MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", version)
+    settings = make_settings(uri, tmp_path, verify_sample_rows=0)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        row = real_customers(telco_csv, 1)[0]
+        response = client.post("/predict/single?explain=true", json=row)
+        assert response.status_code == 409
+        assert "serves without explanations" in response.json()["message"] and "sklearn" in response.json()["message"]
+        assert client.post("/predict/single", json=row).status_code == 200
+        described = client.get("/model").json()
+        assert described["scorer"] == "sklearn" and described["explanations"]["available"] is False
