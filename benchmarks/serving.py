@@ -10,7 +10,8 @@ Then the cost of a rollout: a second version is trained as the Challenger and ou
 driven with single customers with the rollout off, as a 20 % canary and in shadow (targets:
 a canary costs at most 5 % of requests/s; shadow p99 at most 1.5x the p99 with rollout off).
 Finally it checks the inference log kept up: after the runs it waits for the log to drain and
-counts the rows in the log database against the rows scored. The log goes to a throwaway
+counts the rows in the log database against the rows scored, and prints what explanations
+cost in process (benchmarks/explanations.py). The log goes to a throwaway
 database on the local PostgreSQL (127.0.0.1:5432, user postgres) when one answers, else to
 SQLite; `--log-url` picks another.
 """
@@ -290,6 +291,9 @@ def main() -> None:
         f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)"
     )
     shutil.rmtree(folder, ignore_errors=True)
+    from benchmarks import explanations
+
+    print("\n" + "\n".join(explanations.rows(data_path)))
 
 
 if __name__ == "__main__":
