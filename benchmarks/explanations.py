@@ -74,9 +74,9 @@ def rows(data_path: Path) -> list[str]:
             chosen_frame = pd.DataFrame(chosen, columns=list(FEATURE_NAMES))
             timings = _best_us(
                 {
-                    "without": lambda c=chosen: scorer.score(c),
-                    "with": lambda c=chosen: explanation.top(explainer.explain(c), c, 5),
-                    "peer": lambda f=chosen_frame: peer.shap_values(preprocess.transform(f)),
+                    "without": lambda c=chosen, s=scorer: s.score(c),
+                    "with": lambda c=chosen, e=explainer: explanation.top(e.explain(c), c, 5),
+                    "peer": lambda f=chosen_frame, p=peer, t=preprocess: p.shap_values(t.transform(f)),
                 },
                 size,
             )
