@@ -118,22 +118,44 @@ def _rows(mask: pd.Series, values: pd.Series) -> str:
 
 def is_blank(values: pd.Series) -> pd.Series:
     """Missing in any spelling files use: NaN, empty or whitespace, or the text nan/None."""
-    return values.isna() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None"])
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return values.isna()  # a typed column (Parquet) has no text to look at
+    return values.isna() | _text(values).str.strip().isin(["", "nan", "NaN", "None"])
 
 
-def _check_feature(feature: Feature, raw: pd.Series, tenure: pd.Series | None, problems: list[str]) -> pd.Series:
+def _text(values: pd.Series) -> pd.Series:
+    """The values as strings; a column that already holds strings is not converted again."""
+    return values if pd.api.types.is_string_dtype(values) and not values.dtype == object else values.astype(str)
+
+
+#: A row-level problem: which rows, and what is wrong with them in a few words.
+RowIssue = tuple[pd.Series, str]
+
+
+def _check_feature(
+    feature: Feature, raw: pd.Series, tenure: pd.Series | None, problems: list[str], issues: list[RowIssue]
+) -> pd.Series:
+    """The column's typed values; each problem goes to ``problems`` (one line for the column)
+    and ``issues`` (its rows, for callers that set bad rows aside instead of failing)."""
     name = feature.name
+
+    def flag(mask: pd.Series, message: str, reason: str) -> None:
+        problems.append(f"column {name!r}: {message}")
+        issues.append((mask, f"{name}: {reason}"))
+
     blank = is_blank(raw)
     if feature.kind == "category":
-        values = raw.astype(str).str.strip()
+        values = _text(raw).str.strip()
         if blank.any():
-            problems.append(f"column {name!r}: {int(blank.sum())} missing values, {_rows(blank, raw)}")
+            flag(blank, f"{int(blank.sum())} missing values, {_rows(blank, raw)}", "missing")
         unknown = ~blank & ~values.isin(feature.allowed)
         if unknown.any():
             seen = sorted(values[unknown].unique())[:5]
-            problems.append(
-                f"column {name!r}: unknown categories {seen} in {int(unknown.sum())} rows "
-                f"({_rows(unknown, raw)}); allowed values: {list(feature.allowed)}"
+            flag(
+                unknown,
+                f"unknown categories {seen} in {int(unknown.sum())} rows "
+                f"({_rows(unknown, raw)}); allowed values: {list(feature.allowed)}",
+                f"unknown category (allowed: {', '.join(map(str, feature.allowed))})",
             )
         return values
     if name == "total_charges" and tenure is not None:
@@ -144,30 +166,68 @@ def _check_feature(feature: Feature, raw: pd.Series, tenure: pd.Series | None, p
         blank = blank & ~new_customer_blank
     numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
     if blank.any():
-        problems.append(f"column {name!r}: {int(blank.sum())} missing values, {_rows(blank, raw)}")
+        flag(blank, f"{int(blank.sum())} missing values, {_rows(blank, raw)}", "missing")
     non_numeric = ~blank & numbers.isna()
     if non_numeric.any():
-        problems.append(f"column {name!r}: {int(non_numeric.sum())} non-numeric values, {_rows(non_numeric, raw)}")
+        flag(non_numeric, f"{int(non_numeric.sum())} non-numeric values, {_rows(non_numeric, raw)}", "not a number")
     infinite = np.isinf(numbers.fillna(0))
     if infinite.any():
-        problems.append(f"column {name!r}: infinite values, {_rows(infinite, raw)}")
+        flag(infinite, f"infinite values, {_rows(infinite, raw)}", "infinite")
     if feature.maximum is not None:
         high = numbers > feature.maximum
         if high.any():
-            problems.append(f"column {name!r}: {int(high.sum())} values above {feature.maximum}, {_rows(high, raw)}")
+            flag(high, f"{int(high.sum())} values above {feature.maximum}, {_rows(high, raw)}",
+                 f"above {feature.maximum}")  # fmt: skip
     if feature.minimum is not None:
         low = numbers < feature.minimum
         if low.any():
-            problems.append(f"column {name!r}: {int(low.sum())} values below {feature.minimum:g}, {_rows(low, raw)}")
+            flag(low, f"{int(low.sum())} values below {feature.minimum:g}, {_rows(low, raw)}",
+                 f"below {feature.minimum:g}")  # fmt: skip
     if feature.kind == "integer":
         fractional = numbers.notna() & ~infinite & (numbers != numbers.round())
         if fractional.any():
-            problems.append(f"column {name!r}: values are not whole numbers, {_rows(fractional, raw)}")
+            flag(fractional, f"values are not whole numbers, {_rows(fractional, raw)}", "not a whole number")
         if feature.allowed is not None:
             outside = numbers.notna() & ~numbers.isin(feature.allowed)
             if outside.any():
-                problems.append(f"column {name!r}: values outside {list(feature.allowed)}, {_rows(outside, raw)}")
+                flag(outside, f"values outside {list(feature.allowed)}, {_rows(outside, raw)}",
+                     f"outside {list(feature.allowed)}")  # fmt: skip
     return numbers
+
+
+def _typed(out: pd.DataFrame) -> pd.DataFrame:
+    for feature in FEATURES:
+        if feature.kind == "integer":
+            out[feature.name] = out[feature.name].astype("int64")
+        elif feature.kind == "float":
+            out[feature.name] = out[feature.name].astype("float64")
+    return out
+
+
+def missing_features(columns: list[str]) -> list[str]:
+    """The schema's features not among ``columns`` (already normalised)."""
+    return [c for c in FEATURE_NAMES if c not in columns]
+
+
+def split_rejects(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Customers (normalised columns, every feature present) checked row by row: the valid
+    ones typed as ``validate`` types them, and each invalid row's reasons (``"; "``-joined),
+    indexed like ``frame``. Batch scoring sets bad rows aside with these instead of failing."""
+    problems: list[str] = []
+    issues: list[RowIssue] = []
+    out = pd.DataFrame(index=frame.index)
+    if ID_COLUMN in frame.columns:
+        out[ID_COLUMN] = frame[ID_COLUMN].astype("string").str.strip()
+    tenure = pd.to_numeric(frame["tenure"], errors="coerce")
+    for feature in FEATURES:
+        out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, issues)
+    if not issues:
+        return _typed(out), pd.Series([], dtype="object")
+    masks = np.column_stack([mask.fillna(False).to_numpy(dtype=bool) for mask, _ in issues])
+    bad = masks.any(axis=1)
+    labels = np.array([reason for _, reason in issues], dtype=object)
+    reasons = pd.Series(["; ".join(labels[row]) for row in masks[bad]], index=frame.index[bad], dtype="object")
+    return _typed(out[~bad]), reasons
 
 
 def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
@@ -178,7 +238,7 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
     frame = frame.copy()
     frame.columns = normalise_columns([str(c) for c in frame.columns])
     frame = frame.reset_index(drop=True)
-    missing = [c for c in FEATURE_NAMES if c not in frame.columns]
+    missing = missing_features(list(frame.columns))
     if require_label and LABEL_COLUMN not in frame.columns:
         missing.append(LABEL_COLUMN)
     if missing:
@@ -192,7 +252,7 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
         out[ID_COLUMN] = frame[ID_COLUMN].astype(str).str.strip()
     tenure = pd.to_numeric(frame["tenure"], errors="coerce")
     for feature in FEATURES:
-        out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems)
+        out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, [])
     if LABEL_COLUMN in frame.columns:
         raw = frame[LABEL_COLUMN]
         label = raw.astype(str).str.strip().str.lower().map(LABEL_VALUES)
@@ -202,11 +262,7 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
         out[LABEL_COLUMN] = label
     if problems:
         raise DataValidationError("data does not match the customer schema:\n  - " + "\n  - ".join(problems))
-    for feature in FEATURES:
-        if feature.kind == "integer":
-            out[feature.name] = out[feature.name].astype("int64")
-        elif feature.kind == "float":
-            out[feature.name] = out[feature.name].astype("float64")
+    out = _typed(out)
     if LABEL_COLUMN in out.columns:
         out[LABEL_COLUMN] = out[LABEL_COLUMN].astype("int64")
     return out
