@@ -204,6 +204,27 @@ class FastScorer:
             x[rows[known], offset + index[known]] = 1.0
         return x
 
+    def frame_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """``matrix`` from a validated DataFrame, column by column: batch scoring's path, with no
+        dict per row (the numeric operations are the same, so the bits are too)."""
+        n = len(frame)
+        numbers = frame[self._numeric].to_numpy(dtype=float, copy=True).reshape(n, len(self._numeric))
+        if self._lambdas is not None:
+            numbers = _yeo_johnson(numbers, self._lambdas)
+        numbers -= self._mean
+        numbers /= self._scale
+        x = np.zeros((n, self._width))
+        x[:, : len(self._numeric)] = numbers
+        rows = np.arange(n)
+        for column, lookup, offset in self._encoders:
+            # A few distinct values per column: look each up once, then index by them.
+            inverse, uniques = pd.factorize(frame[column])
+            mapped = np.fromiter((lookup.get(str(u), -1) for u in uniques), dtype=np.intp, count=len(uniques))
+            codes = np.where(inverse >= 0, mapped[inverse], -1)
+            known = codes >= 0  # unknown categories are ignored, as the encoder does
+            x[rows[known], offset + codes[known]] = 1.0
+        return x
+
     def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Probability of churn for each record."""
         return self.probabilities(self.matrix(records))

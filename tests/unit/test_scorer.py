@@ -72,3 +72,15 @@ def test_walking_the_trees_gives_sklearns_raw_scores_bit_for_bit(telco):
     with_missing = x[:50].copy()
     with_missing[::3, 0] = np.nan  # sklearn's missing-value direction is followed too
     assert np.array_equal(scorer._trees.raw(with_missing), pipeline.steps[-1][1]._raw_predict(with_missing)[:, 0])
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_column_path_gives_the_record_paths_bits(telco, model_type):
+    train, valid = telco
+    pipeline = model.build_pipeline(model_type).fit(model.features(train), train.churn)
+    scorer = FastScorer(pipeline)
+    frame = model.features(valid).reset_index(drop=True)
+    frame.loc[3, "contract"] = "Three year"  # an unknown category is ignored by both, as by the encoder
+    by_columns = scorer.frame_matrix(frame)
+    assert np.array_equal(by_columns, scorer.matrix(frame.to_dict(orient="records")))
+    assert np.array_equal(scorer.probabilities(by_columns), scorer.score(frame.to_dict(orient="records")))
