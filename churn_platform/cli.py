@@ -454,6 +454,55 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
         click.echo(f"  rollout started: {result.rollout['mode']} (churn-platform rollout status)")
 
 
+@main.command(epilog=EXIT_CODES_HELP)
+@click.option("--input", "source", required=True,
+              help="CSV or Parquet: a file, a folder, a glob, or an s3:// key, prefix or glob.")
+@click.option("--output", required=True, help="Where the scores go: a path or s3://bucket/key.")
+@click.option("--alias", default=None, help="Score with the version this alias points at (default: Production).")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Score with this version.")
+@click.option("--format", "output_format", type=click.Choice(["parquet", "csv"]), default=None,
+              help="Output format (default: from --output's suffix, else parquet).")
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
+              help="Where to score: this process, streaming in chunks.")
+@click.option("--rejects", default=None, help="Where bad rows go (default: OUTPUT.rejects.parquet beside the output).")
+@click.option("--explain", is_flag=True, help="Add each customer's top contributions as columns.")
+@click.option("--top-k", type=click.IntRange(1, 19), default=5, show_default=True, help="Contributions per row.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Rows scored at a time (memory grows with it, not with the input).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@tracking_option
+@model_name_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handles_errors
+def score(source: str, output: str, alias: str | None, version: int | None, output_format: str | None, engine: str,
+          rejects: str | None, explain: bool, top_k: int, chunk_rows: int, no_progress: bool,
+          tracking_uri: str | None, model_name: str | None, as_json: bool) -> None:  # fmt: skip
+    """Score every customer in --input with a registered version into --output.
+
+    Output columns: customer_id, churn_probability, will_churn, risk, model_name,
+    model_version, scored_at (and explanation_* with --explain). The output appears only
+    when complete. Rows that fail the schema go to the rejects file with their row number
+    and reasons. Exit 0 when every row was scored, 1 when some were rejected, 2 on bad
+    usage or an unreadable input, 3 when the registry or object store is unreachable.
+    """
+    from churn_platform import batch_scoring
+    from churn_platform.contract import ExitCode
+    from churn_platform.errors import DataValidationError
+
+    if alias and version:
+        raise DataValidationError("give --alias or --version, not both")
+    settings = settings_for(tracking_uri, model_name)
+    summary = batch_scoring.score(settings, source, output, alias=alias, version=version, output_format=output_format,
+                                  rejects=rejects, explain_top_k=top_k if explain else None, chunk_rows=chunk_rows,
+                                  progress=not no_progress and not as_json)  # fmt: skip
+    if as_json:
+        echo_json(summary.to_json())
+    else:
+        click.echo(summary.line())
+    if summary.rejected:
+        sys.exit(ExitCode.REJECTED_ROWS)
+
+
 @main.group()
 def outcomes() -> None:
     """What customers actually did: the labels that judge the predictions."""

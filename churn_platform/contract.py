@@ -102,6 +102,8 @@ class ExitCode(IntEnum):
     OK = 0
     #: A gate refused the change, or the monitor found drift.
     REFUSED = 1
+    #: Batch scoring: some rows failed the schema and went to the rejects file.
+    REJECTED_ROWS = 1
     #: Bad usage or input, or a model, version, alias, file or window that does not exist.
     USAGE = 2
     #: The registry, the object store or the inference-log database cannot be reached.

@@ -77,7 +77,13 @@ class Explainer:
 
     def explain(self, records: Sequence[Mapping[str, Any]]) -> Explained:
         """Probabilities (exactly the scorer's) and each record's contributions per feature."""
-        x = self._scorer.matrix(records)
+        return self._explain(self._scorer.matrix(records))
+
+    def explain_frame(self, frame: pd.DataFrame) -> Explained:
+        """``explain`` for a validated DataFrame (batch scoring's column path)."""
+        return self._explain(self._scorer.frame_matrix(frame))
+
+    def _explain(self, x: np.ndarray) -> Explained:
         probabilities = self._scorer.probabilities(x)
         if self.method == LINEAR:
             return Explained(probabilities, self.base, x @ self._weights - self._offset)
@@ -149,6 +155,24 @@ def top(explained: Explained, records: Sequence[Mapping[str, Any]], top_k: int) 
         }
         for record, row, chosen in zip(records, values, order, strict=True)
     ]
+
+
+def flat_columns(explained: Explained, frame: pd.DataFrame, top_k: int) -> dict[str, np.ndarray]:
+    """``top``'s fields as columns (batch scoring's output): ``explanation_base`` and, for
+    i = 1..top_k, ``explanation_<i>_feature``, ``_value`` (as text) and ``_contribution``."""
+    contributions = explained.contributions
+    n = len(contributions)
+    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :top_k]
+    names = np.array(FEATURE_NAMES, dtype=object)
+    values = frame[list(FEATURE_NAMES)].astype(str).to_numpy(dtype=object)
+    rows = np.arange(n)
+    columns = {"explanation_base": np.full(n, explained.base)}
+    for i in range(top_k):
+        chosen = order[:, i]
+        columns[f"explanation_{i + 1}_feature"] = names[chosen]
+        columns[f"explanation_{i + 1}_value"] = values[rows, chosen]
+        columns[f"explanation_{i + 1}_contribution"] = contributions[rows, chosen]
+    return columns
 
 
 def global_importance(explained: Explained) -> list[dict[str, Any]]:

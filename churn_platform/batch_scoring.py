@@ -1,0 +1,414 @@
+"""Score a whole customer base from files or S3, in bounded memory (the local engine).
+
+The input (a file, a folder, a glob, or an ``s3://`` key, prefix or glob; CSV or Parquet)
+is streamed file by file in chunks of ``chunk_rows``; each chunk is checked row by row
+against the schema, the good rows are scored by the API's fast scorer (column by column,
+parity-checked against the sklearn model when the version loads), and the chunk is
+appended to the output. Memory holds one chunk, whatever the input's size.
+
+Nothing half-written is ever visible: the output is written under a temporary name beside
+it and renamed when complete (for S3: uploaded when complete, and an S3 object appears only
+when its upload completes), so a killed job leaves the previous output intact. Bad rows
+never stop the job and are never dropped silently: they go to a rejects file with their
+row number (1-based, across all input files, in order) and reasons.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import glob
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from churn_platform import data, explanation, loading, registry
+from churn_platform.contract import (
+    MODEL_NAME,
+    MODEL_VERSION,
+    PROBABILITY,
+    PRODUCTION_ALIAS,
+    RISK,
+    RISK_BANDS,
+    SCORED_AT,
+    WILL_CHURN,
+)
+from churn_platform.errors import DataSourceError, DataValidationError, RegistryUnreachable, StorageUnreachable
+from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
+from churn_platform.scorer import FastScorer
+from churn_platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("parquet", "csv")
+#: Rows per chunk: a few tens of MB of working memory, large enough to amortise per-chunk costs.
+CHUNK_ROWS = 100_000
+OUTPUT_COLUMNS = (ID_COLUMN, PROBABILITY, WILL_CHURN, RISK, MODEL_NAME, MODEL_VERSION, SCORED_AT)
+_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What a scoring job did, for its one-line summary and ``--json``."""
+
+    input: str
+    output: str
+    rejects: str | None
+    rows: int
+    scored: int
+    rejected: int
+    model_name: str
+    model_version: int
+    #: Loading and verifying the model, then reading, scoring and writing every row.
+    load_seconds: float
+    scoring_seconds: float
+
+    def line(self) -> str:
+        rate = self.rows / self.scoring_seconds if self.scoring_seconds else 0.0
+        rejects = f", {self.rejected} rejected -> {self.rejects}" if self.rejected else ", 0 rejected"
+        return (f"score: {self.scored} of {self.rows} rows scored by {self.model_name} v{self.model_version} "
+                f"-> {self.output}{rejects} (model loaded in {self.load_seconds:.1f}s; "
+                f"{self.scoring_seconds:.1f}s, {rate:,.0f} rows/s)")  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- input
+
+
+def _s3(endpoint_url: str | None) -> pafs.S3FileSystem:
+    """pyarrow's S3 client with MLflow's endpoint setting (MinIO, moto) and the usual AWS_* credentials."""
+    if not endpoint_url:
+        return pafs.S3FileSystem()
+    parsed = urlparse(endpoint_url)
+    return pafs.S3FileSystem(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+
+
+def _has_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def input_files(spec: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, list[str], str]:
+    """The files ``spec`` names, in order, their filesystem and their one format."""
+    if spec.startswith("s3://"):
+        fs: pafs.FileSystem = _s3(endpoint_url)
+        path = spec.removeprefix("s3://")
+        try:
+            if _has_glob(path):
+                prefix = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+                infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+                files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+            else:
+                info = fs.get_file_info(path)
+                if info.type == pafs.FileType.File:
+                    files = [path]
+                else:
+                    infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
+                    files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
+        except OSError as exc:
+            if "connect" in str(exc).lower() or "curl" in str(exc).lower():
+                raise StorageUnreachable(f"object store unreachable at {endpoint_url or 'AWS'}: {exc}") from None
+            raise DataSourceError(f"cannot list {spec}: {exc}") from None
+    else:
+        fs = pafs.LocalFileSystem()
+        local = Path(spec)
+        if _has_glob(spec):
+            files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        elif local.is_file():
+            files = [str(local.resolve())]
+        elif local.is_dir():
+            files = sorted(str(p.resolve()) for p in local.rglob("*") if p.is_file())
+        else:
+            raise DataSourceError(f"input not found: {spec}")
+    files = [f for f in files if Path(f).suffix.lower() in _SUFFIXES and not Path(f).name.startswith((".", "_"))]
+    if not files:
+        raise DataSourceError(f"no CSV or Parquet files in {spec}")
+    formats = {_SUFFIXES[Path(f).suffix.lower()] for f in files}
+    if len(formats) > 1:
+        raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
+    return fs, files, formats.pop()
+
+
+def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
+    try:
+        if kind == "parquet":
+            with fs.open_input_file(path) as handle:
+                return list(pq.read_schema(handle).names)
+        with fs.open_input_stream(path) as handle:
+            header = handle.read(1 << 20).decode("utf-8-sig", errors="replace").splitlines()
+    except OSError as exc:
+        raise DataSourceError(f"cannot read {path}: {exc}") from None
+    if not header or not header[0].strip():
+        raise DataSourceError(f"{path} is empty")
+    return next(csv.reader([header[0]]))
+
+
+def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The file's rows as DataFrames of the schema's columns (normalised names), chunk by chunk."""
+    raw = _columns(fs, path, kind)
+    names = normalise_columns(raw)
+    missing = [c for c in FEATURE_NAMES if c not in names]
+    if missing:
+        raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
+    wanted = {r: n for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN}
+    try:
+        if kind == "parquet":
+            with fs.open_input_file(path) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows, columns=list(wanted)):
+                    yield batch.to_pandas().rename(columns=wanted)
+            return
+        # Everything as text: the row checks, not the parser, decide what a bad value is.
+        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()), include_columns=list(wanted),
+                                       strings_can_be_null=False)  # fmt: skip
+        with fs.open_input_stream(path) as handle:
+            reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=8 << 20), convert_options=convert)
+            pending: list[pd.DataFrame] = []
+            size = 0
+            for batch in reader:
+                pending.append(batch.to_pandas().rename(columns=wanted))
+                size += batch.num_rows
+                if size >= chunk_rows:
+                    yield pd.concat(pending, ignore_index=True)
+                    pending, size = [], 0
+            if pending:
+                yield pd.concat(pending, ignore_index=True)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataSourceError(f"cannot read {path} as {kind}: {exc}") from None
+
+
+# ---------------------------------------------------------------- output
+
+
+class _AtomicOutput:
+    """Writes a table chunk by chunk under a temporary name; ``commit`` makes it visible at once."""
+
+    def __init__(self, target: str, kind: str, schema: pa.Schema, endpoint_url: str | None) -> None:
+        self.target, self.kind, self.schema, self._endpoint = target, kind, schema, endpoint_url
+        if target.startswith("s3://"):
+            self._tmp = Path(tempfile.mkstemp(prefix="churn-score-", suffix=f".{kind}")[1])
+        else:
+            final = Path(target).resolve()
+            if not final.parent.is_dir():
+                raise DataSourceError(f"output folder does not exist: {final.parent}")
+            self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self._writer: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = (pq.ParquetWriter(self._tmp, self.schema) if self.kind == "parquet"
+                            else pacsv.CSVWriter(self._tmp, self.schema))  # fmt: skip
+        self._writer.write_table(table.cast(self.schema))
+
+    def commit(self) -> None:
+        if self._writer is None:
+            self.write(self.schema.empty_table())
+        self._writer.close()
+        if not self.target.startswith("s3://"):
+            os.replace(self._tmp, Path(self.target).resolve())
+            return
+        parsed = urlparse(self.target)
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            boto3.client("s3", endpoint_url=self._endpoint).upload_file(
+                str(self._tmp), parsed.netloc, parsed.path.lstrip("/")
+            )
+        except ClientError as exc:  # the store answered no (no such bucket, access denied): retrying will not help
+            raise DataSourceError(f"cannot write {self.target}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageUnreachable(f"cannot write {self.target}: {exc}") from None
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def _output_schema(explain_top_k: int | None) -> pa.Schema:
+    fields = [
+        pa.field(ID_COLUMN, pa.string()),
+        pa.field(PROBABILITY, pa.float64()),
+        pa.field(WILL_CHURN, pa.bool_()),
+        pa.field(RISK, pa.string()),
+        pa.field(MODEL_NAME, pa.string()),
+        pa.field(MODEL_VERSION, pa.int64()),
+        pa.field(SCORED_AT, pa.timestamp("us", tz="UTC")),
+    ]
+    if explain_top_k:
+        fields.append(pa.field("explanation_base", pa.float64()))
+        for i in range(1, explain_top_k + 1):
+            fields += [
+                pa.field(f"explanation_{i}_feature", pa.string()),
+                pa.field(f"explanation_{i}_value", pa.string()),
+                pa.field(f"explanation_{i}_contribution", pa.float64()),
+            ]
+    return pa.schema(fields)
+
+
+REJECTS_SCHEMA = pa.schema(
+    [pa.field("row", pa.int64()), pa.field("reason", pa.string())]
+    + [pa.field(c, pa.string()) for c in (ID_COLUMN, *FEATURE_NAMES)]
+)
+
+
+def default_rejects(output: str) -> str:
+    base = output[: -len(Path(output).suffix)] if Path(output).suffix else output
+    return f"{base}.rejects.parquet"
+
+
+# ---------------------------------------------------------------- the job
+
+
+def load_model(settings: Settings, alias: str | None, version: int | None) -> loading.LoadedModel:
+    """The version to score with, loaded and verified as the API does."""
+    client = registry.connect(settings)
+    name = settings.model_name
+    try:
+        with registry.translate_errors(settings):
+            number = version or loading.resolve(client, name, alias or PRODUCTION_ALIAS)
+            return loading.load(client, name, number, default_threshold=settings.decision_threshold,
+                                sample=settings.verify_sample_rows)  # fmt: skip
+    except (RegistryUnreachable, StorageUnreachable):
+        raise
+    except Exception as exc:
+        if registry.is_connection_error(exc):
+            raise RegistryUnreachable(f"registry or artifact store unreachable: {exc}"[:500]) from None
+        raise
+
+
+def _scored_table(
+    model: loading.LoadedModel, good: pd.DataFrame, settings: Settings, scored_at: pd.Timestamp,
+    explain_top_k: int | None, schema: pa.Schema,
+) -> pa.Table:  # fmt: skip
+    scorer = model.scorer
+    explained = None
+    if explain_top_k:
+        assert model.explainer is not None
+        explained = model.explainer.explain_frame(good)
+        raw = explained.probabilities
+    elif isinstance(scorer, FastScorer):
+        raw = scorer.probabilities(scorer.frame_matrix(good))
+    else:
+        raw = scorer.score(data.to_records(good[list(FEATURE_NAMES)]))
+    probabilities = np.clip(raw, 0.0, 1.0)
+    edges = np.array([settings.risk_medium_from, settings.risk_high_from])
+    bands = np.searchsorted(edges, probabilities, side="right")
+    n = len(good)
+    ids = pa.array(good[ID_COLUMN], pa.string(), from_pandas=True) if ID_COLUMN in good.columns else pa.nulls(n)
+    columns: dict[str, Any] = {
+        ID_COLUMN: ids,
+        PROBABILITY: probabilities,
+        WILL_CHURN: probabilities >= model.decision_threshold,
+        RISK: pa.array(RISK_BANDS, pa.string()).take(bands),
+        MODEL_NAME: pa.repeat(pa.scalar(model.name, pa.string()), n),
+        MODEL_VERSION: np.full(n, model.version, dtype=np.int64),
+        SCORED_AT: pa.repeat(pa.scalar(scored_at, pa.timestamp("us", tz="UTC")), n),
+    }
+    if explained is not None and explain_top_k:
+        columns.update(explanation.flat_columns(explained, good, explain_top_k))
+    return pa.table(columns, schema=schema)
+
+
+def _rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> pa.Table:
+    bad = chunk.loc[reasons.index]
+    columns: dict[str, Any] = {"row": (reasons.index.to_numpy() + first_row).astype("int64"),
+                               "reason": reasons.to_numpy(dtype=object)}  # fmt: skip
+    for column in (ID_COLUMN, *FEATURE_NAMES):
+        values = bad[column] if column in bad.columns else pd.Series([None] * len(bad), index=bad.index)
+        columns[column] = pa.array([None if v is None or v is pd.NA else str(v) for v in values], pa.string())
+    return pa.table(columns, schema=REJECTS_SCHEMA)
+
+
+def score(
+    settings: Settings,
+    source: str,
+    output: str,
+    *,
+    alias: str | None = None,
+    version: int | None = None,
+    output_format: str | None = None,
+    rejects: str | None = None,
+    explain_top_k: int | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    progress: bool = True,
+) -> ScoreSummary:
+    """Score every row of ``source`` into ``output`` (and bad rows into ``rejects``)."""
+    started = time.perf_counter()
+    kind = output_format or _SUFFIXES.get(Path(output).suffix.lower(), "parquet")
+    if kind not in FORMATS:
+        raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")
+    fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
+    model = load_model(settings, alias, version)
+    loaded = time.perf_counter()
+    if explain_top_k and model.explainer is None:
+        reason = model.explanations.get("reason", "no explainer")
+        raise DataValidationError(f"{model.name} v{model.version} cannot explain its scores: {reason}")
+    rejects = rejects or default_rejects(output)
+    schema = _output_schema(explain_top_k)
+    scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
+    out = _AtomicOutput(output, kind, schema, settings.s3_endpoint_url)
+    bad_out: _AtomicOutput | None = None
+    rows = scored = rejected = 0
+    bar = _progress(fs, files, input_kind, progress)
+    try:
+        for path in files:
+            for chunk in _chunks(fs, path, input_kind, chunk_rows):
+                good, reasons = data.split_rejects(chunk.reset_index(drop=True))
+                if len(good):
+                    out.write(_scored_table(model, good, settings, scored_at, explain_top_k, schema))
+                if len(reasons):
+                    bad_out = bad_out or _AtomicOutput(rejects, "parquet", REJECTS_SCHEMA, settings.s3_endpoint_url)
+                    bad_out.write(_rejects_table(chunk, reasons, rows + 1))
+                rows += len(chunk)
+                scored += len(good)
+                rejected += len(reasons)
+                bar.update(len(chunk))
+        if bad_out is not None:
+            bad_out.commit()
+        out.commit()
+    except BaseException:
+        out.abort()
+        if bad_out is not None:
+            bad_out.abort()
+        raise
+    finally:
+        bar.close()
+    return ScoreSummary(source, output, rejects if rejected else None, rows, scored, rejected, model.name,
+                        model.version, round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
+
+
+def _progress(fs: pafs.FileSystem, files: list[str], kind: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    total = None
+    if kind == "parquet":
+        try:
+            total = 0
+            for path in files:
+                with fs.open_input_file(path) as handle:
+                    total += pq.ParquetFile(handle).metadata.num_rows
+        except OSError:
+            total = None
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not enabled, file=sys.stderr,
+                mininterval=0.5 if interactive else 10, dynamic_ncols=interactive)  # fmt: skip

@@ -1,0 +1,62 @@
+"""Batch scoring on the real stack: model from an mlflow server (PostgreSQL + moto S3), input
+and output on S3, the output appearing only when complete."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from churn_platform import data
+from churn_platform.cli import main
+from churn_platform.loading import load
+from churn_platform.registry import connect
+from churn_platform.settings import get_settings
+from churn_platform.training import TrainConfig, train
+
+pytestmark = pytest.mark.integration
+
+
+def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch):
+    settings = get_settings()
+    version = train(TrainConfig(data=str(telco_csv), model_name=model_name), settings).version
+    assert CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", str(version)]).exit_code == 0
+    s3, bucket = stack_env.s3(), stack_env.bucket
+    customers = data.load(telco_csv).drop(columns=["churn"]).head(1000).reset_index(drop=True)
+    for i, part in enumerate((customers.iloc[:600].copy(), customers.iloc[600:].copy())):
+        if i == 1:
+            part.loc[part.index[0], "tenure"] = -4  # one bad row, row 601 of the input
+        buffer = io.BytesIO()
+        part.to_parquet(buffer, index=False)
+        s3.put_object(Bucket=bucket, Key=f"customers/part-{i}.parquet", Body=buffer.getvalue())
+
+    args = ["score", "--model-name", model_name, "--input", f"s3://{bucket}/customers/",
+            "--output", f"s3://{bucket}/scores/latest.parquet", "--no-progress", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["rows"], summary["scored"], summary["rejected"]) == (1000, 999, 1)
+    assert summary["rejects"] == f"s3://{bucket}/scores/latest.rejects.parquet"
+
+    def read(key: str) -> pd.DataFrame:
+        return pd.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+    scores, rejects = read("scores/latest.parquet"), read("scores/latest.rejects.parquet")
+    assert rejects["row"].tolist() == [601] and rejects["reason"].tolist() == ["tenure: below 0"]
+    served = load(connect(settings), model_name, version, default_threshold=0.5, sample=0)
+    good = customers.drop(index=600)
+    expected = served.scorer.score(data.to_records(good.drop(columns=["customer_id"])))
+    assert scores["customer_id"].tolist() == good["customer_id"].tolist()
+    assert np.max(np.abs(scores["churn_probability"].to_numpy() - expected)) <= 1e-9
+    assert (scores["model_version"] == version).all()
+
+    # An object store that does not answer: exit 3, one line, nothing written.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(main, [*args[:-1], "--output", f"s3://{bucket}/scores/other.parquet"])
+    assert result.exit_code == 3, result.output
+    assert "unreachable" in result.output and "Traceback" not in result.output

@@ -1,0 +1,170 @@
+"""`churn-platform score`, the local engine, on the embedded registry and real customers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from churn_platform import data
+from churn_platform.cli import main
+from churn_platform.loading import load
+from churn_platform.registry import connect
+from churn_platform.settings import Settings
+
+OUTPUT_COLUMNS = ["customer_id", "churn_probability", "will_churn", "risk", "model_name", "model_version", "scored_at"]
+
+
+def run(registry_uri: str, *args: str):
+    return CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--no-progress", *args])
+
+
+@pytest.fixture
+def customers(telco_csv) -> pd.DataFrame:
+    """Real Telco customers as a campaign tool would export them: no label column."""
+    return data.load(telco_csv).drop(columns=["churn"])
+
+
+def test_scores_equal_the_apis_scorer_on_1000_real_customers(registry_uri, customers, tmp_path):
+    source = tmp_path / "customers.parquet"
+    customers.head(1000).to_parquet(source, index=False)
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 0, result.output
+    assert "1000 of 1000 rows scored by churn v1" in result.stdout and "0 rejected" in result.stdout
+    scores = pd.read_parquet(tmp_path / "scores.parquet")
+    assert list(scores.columns) == OUTPUT_COLUMNS
+    settings = Settings(tracking_uri=registry_uri)
+    served = load(connect(settings), "churn", 1, default_threshold=0.5, sample=0)
+    expected = served.scorer.score(data.to_records(customers.head(1000).drop(columns=["customer_id"])))
+    assert np.max(np.abs(scores["churn_probability"].to_numpy() - expected)) <= 1e-9
+    assert scores["customer_id"].tolist() == customers.head(1000)["customer_id"].tolist()
+    assert (scores["will_churn"] == (scores["churn_probability"] >= served.decision_threshold)).all()
+    p = scores.churn_probability
+    bands = np.where(p >= 0.6, "high", np.where(p >= 0.3, "medium", "low"))
+    assert (scores["risk"] == bands).all()
+    assert (scores["model_version"] == 1).all() and (scores["model_name"] == "churn").all()
+    assert scores["scored_at"].nunique() == 1 and str(scores["scored_at"].dt.tz) == "UTC"
+
+
+def test_corrupt_rows_go_to_the_rejects_file_and_the_rest_are_scored(registry_uri, customers, tmp_path):
+    frame = pd.concat([customers] * 3, ignore_index=True).head(10_000).astype(str)  # a CSV export: all text
+    frame.loc[41, "monthly_charges"] = ""
+    frame.loc[5_000, "contract"] = "Three year"
+    frame.loc[9_998, "tenure"] = "twelve"
+    source = tmp_path / "export.csv"
+    frame.to_csv(source, index=False)
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.csv"), "--chunk-rows", "3000")
+    assert result.exit_code == 1, result.output
+    assert "9997 of 10000 rows scored" in result.stdout and "3 rejected" in result.stdout
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    assert len(scores) == 9_997
+    rejects = pd.read_parquet(tmp_path / "scores.rejects.parquet")
+    assert rejects["row"].tolist() == [42, 5_001, 9_999]  # 1-based data rows, across chunks
+    assert rejects["reason"].tolist() == [
+        "monthly_charges: missing",
+        "contract: unknown category (allowed: Month-to-month, One year, Two year)",
+        "tenure: not a number",
+    ]
+    assert rejects.loc[2, "tenure"] == "twelve" and rejects.loc[1, "customer_id"] == frame.loc[5_000, "customer_id"]
+
+
+def test_a_folder_or_glob_of_files_is_one_input_with_rows_numbered_in_order(registry_uri, customers, tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    parts = [customers.iloc[:700].copy(), customers.iloc[700:1500].copy()]
+    parts[1].loc[parts[1].index[9], "gender"] = "Unknown"
+    for i, part in enumerate(parts):
+        part.to_parquet(folder / f"part-{i}.parquet", index=False)
+    (folder / "_SUCCESS").write_text("")
+    for source in (str(folder), str(folder / "part-*.parquet")):
+        out = tmp_path / "scores.parquet"
+        result = run(registry_uri, "--input", source, "--output", str(out), "--json")
+        assert result.exit_code == 1, result.output
+        summary = json.loads(result.stdout)
+        assert (summary["rows"], summary["scored"], summary["rejected"]) == (1500, 1499, 1)
+        assert pd.read_parquet(summary["rejects"])["row"].tolist() == [710]
+
+
+def test_explain_adds_the_top_contributions_as_columns(registry_uri, customers, tmp_path):
+    source = tmp_path / "customers.parquet"
+    customers.head(300).to_parquet(source, index=False)
+    out = tmp_path / "scores.parquet"
+    result = run(registry_uri, "--input", str(source), "--output", str(out), "--explain", "--top-k", "19")
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out)
+    contributions = scores[[f"explanation_{i}_contribution" for i in range(1, 20)]].to_numpy()
+    logit = np.log(scores.churn_probability / (1 - scores.churn_probability))
+    assert np.max(np.abs(scores.explanation_base + contributions.sum(axis=1) - logit)) <= 1e-6
+    assert set(scores["explanation_1_feature"]) <= set(data.FEATURE_NAMES)
+    first = scores.iloc[0]
+    assert first["explanation_1_value"] == str(customers.iloc[0][first["explanation_1_feature"]])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--input", "missing.csv"], "input not found: missing.csv"),
+        (["--alias", "Production", "--version", "1"], "give --alias or --version, not both"),
+        (["--version", "99"], "99"),
+        (["--alias", "Nobody"], "'Nobody'"),
+        (["--format", "xlsx"], "'xlsx' is not one of 'parquet', 'csv'"),
+    ],
+)
+def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words):
+    source = tmp_path / "customers.parquet"
+    customers.head(20).to_parquet(source, index=False)
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    given.setdefault("--input", str(source))
+    given.setdefault("--output", str(tmp_path / "scores.parquet"))
+    result = run(registry_uri, *[x for pair in given.items() for x in pair])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_missing_columns_are_named(registry_uri, customers, tmp_path):
+    source = tmp_path / "customers.parquet"
+    customers.head(20).drop(columns=["tenure", "contract"]).to_parquet(source, index=False)
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2 and "missing required columns ['tenure', 'contract']" in result.output
+
+
+def test_an_unreachable_registry_is_exit_3(customers, tmp_path):
+    source = tmp_path / "customers.parquet"
+    customers.head(20).to_parquet(source, index=False)
+    result = run("http://127.0.0.1:9", "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 3, result.output
+    assert "unreachable" in result.output and not (tmp_path / "scores.parquet").exists()
+
+
+def test_sigkill_mid_run_leaves_the_previous_output_intact(registry_uri, tmp_path):
+    """The output is renamed into place only when complete: a killed job changes nothing."""
+    small, big = tmp_path / "small.parquet", tmp_path / "big.parquet"
+    data.generate(50, seed=1).drop(columns=["churn"]).to_parquet(small, index=False)
+    pd.concat([data.generate(20_000, seed=2).drop(columns=["churn"])] * 15).to_parquet(big, index=False)
+    out = tmp_path / "scores.parquet"
+    assert run(registry_uri, "--input", str(small), "--output", str(out)).exit_code == 0
+    before = out.read_bytes()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=registry_uri)
+    command = [sys.executable, "-m", "churn_platform.cli", "score", "--input", str(big), "--output", str(out),
+               "--chunk-rows", "2000", "--no-progress"]  # fmt: skip
+    job = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".scores.parquet.*.tmp")):  # it has started writing
+        assert job.poll() is None, job.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert out.read_bytes() == before
+    assert len(pd.read_parquet(out)) == 50
+
+
