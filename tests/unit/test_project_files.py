@@ -22,7 +22,7 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
 
 def test_mlproject_defaults_match_the_training_defaults():
     spec = yaml.safe_load((REPO / "MLproject").read_text())
-    assert set(spec["entry_points"]) == {"train", "monitor", "performance", "retrain"}
+    assert set(spec["entry_points"]) == {"train", "monitor", "performance", "retrain", "score"}
     params = spec["entry_points"]["train"]["parameters"]
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, param in params.items():
