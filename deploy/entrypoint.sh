@@ -1,16 +1,16 @@
 #!/bin/sh
-# Selects the role of the one image: api | monitor | performance | retrain | train | mlflow-server
-# (extra args pass through).
+# Selects the role of the one image: api | monitor | performance | retrain | score | train |
+# mlflow-server (extra args pass through).
 # The role is $1 when it names one (docker run IMAGE train ..., Kubernetes args), else $CHURN_ROLE
 # (default api): `docker compose run SERVICE ARGS` replaces the command with ARGS, so each compose
 # service names its role in CHURN_ROLE and ARGS are the role's own flags.
 set -eu
-roles="api | monitor | performance | retrain | train | mlflow-server"
+roles="api | monitor | performance | retrain | score | train | mlflow-server"
 # `compose run train -- --data x`: the separator is not an argument of the role (click would
 # then read --data as a stray positional).
 if [ "${1:-}" = "--" ]; then shift; fi
 case "${1:-}" in
-  api | monitor | performance | retrain | train | mlflow-server)
+  api | monitor | performance | retrain | score | train | mlflow-server)
     role="$1"
     shift
     if [ "${1:-}" = "--" ]; then shift; fi ;;
@@ -34,6 +34,8 @@ case "$role" in
     exec churn-platform performance "$@" ;;
   retrain)
     exec churn-platform retrain "$@" ;;
+  score)
+    exec churn-platform score "$@" ;;
   train)
     exec churn-platform train "$@" ;;
   mlflow-server)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import yaml
@@ -42,15 +42,21 @@ class Scheduled(NamedTuple):
     #: The container args: the entrypoint role, then its flags.
     args: tuple[str, ...]
     schedule: str
-    #: A daily job names UTC, or it runs at the controller's local time.
+    #: A daily or weekly job names UTC, or it runs at the controller's local time.
     time_zone: str | None
     #: Exit codes that are the job's answer (drift, degraded, not needed, nothing to judge, bad
-    #: data): the pod failure policy fails the Job on them; 3 (unreachable) is left to the
-    #: backoff, so it is retried.
+    #: data, rejected rows): the pod failure policy fails the Job on them; 3 (unreachable) is
+    #: left to the backoff, so it is retried.
     answers: tuple[int, ...] = (1, 2, 4)
     #: Suspended in dev (opt-in there), running in staging and prod.
     suspended_in_dev: bool = False
+    #: Reads the inference-log database. A job that does not gets neither its URL (the secret
+    #: carries the database password) nor a network path to it.
+    inference_log: bool = True
 
+
+#: Where the weekly batch scores go, in the bucket and folder the train Job reads its data from.
+SCORES = "s3://mlflow/data/scores/latest.parquet"
 
 #: The scheduled jobs every overlay ships.
 CRONJOBS = {
@@ -63,7 +69,20 @@ CRONJOBS = {
     "churn-retrain": Scheduled(
         ("retrain", "--if", "performance"), "30 7 * * *", "Etc/UTC", answers=(1, 2), suspended_in_dev=True
     ),
+    # Weekly, Mondays before the day's performance and retrain runs; S3 in and out (the output is
+    # staged on /tmp, then uploaded), no progress bar in a log. Exit 1 is "some rows rejected".
+    "churn-score": Scheduled(
+        ("score", "--input", "s3://mlflow/data/customers/", "--output", SCORES, "--no-progress"),
+        "0 5 * * 1",
+        "Etc/UTC",
+        answers=(1, 2),
+        suspended_in_dev=True,
+        inference_log=False,
+    ),
 }
+
+#: Flags whose value is a local file the job writes (its folder must be writable), or an s3:// key.
+FILE_OUTPUTS = ("--output", "--rejects")
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -172,29 +191,56 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
     mounts = [m["mountPath"] for m in container.get("volumeMounts", []) if m["name"] in empty_dirs]
     # The root filesystem is read-only: temporary files (and HOME) need /tmp, the output its folder.
-    writable = ["/tmp"] + ([args[args.index("--output-dir") + 1]] if "--output-dir" in args[:-1] else [])
-    for path in writable:
+    writable = {"/tmp": ""}
+    if "--output-dir" in args[:-1]:
+        writable[args[args.index("--output-dir") + 1]] = "--output-dir "
+    for flag in FILE_OUTPUTS:
+        value = args[args.index(flag) + 1] if flag in args[:-1] else "s3://"
+        if not value.startswith("s3://"):
+            writable[str(PurePosixPath("/app", value).parent)] = f"{flag} {value}: its folder "
+    for path, what in writable.items():
         if not any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts):
-            what = "--output-dir " if path != "/tmp" else ""
             problems.append(f"{where}: {what}{path} is not on a writable emptyDir")
     secrets = {
         e["name"] for e in container.get("env", []) if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
     }
-    needed = {"CHURN_INFERENCE_LOG_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    needed = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    if want.inference_log:
+        needed.add("CHURN_INFERENCE_LOG_URL")
     if overlay == "prod":
         needed |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # the basic-auth registry
     if needed - secrets:
         problems.append(f"{where}: variables not taken from churn-secrets: {sorted(needed - secrets)}")
+    given = {e["name"] for e in container.get("env", [])} | {
+        key for ref in container.get("envFrom", []) for key in _env_from_keys(objs, ref)
+    }
+    if not want.inference_log and given & {"CHURN_INFERENCE_LOG_URL", "*"}:
+        problems.append(f"{where}: gets CHURN_INFERENCE_LOG_URL (the database password) but never reads the log")
     object_store = _pod_labels(objs, "minio")
+    inference_db = (_pod_labels(objs, "inference-db"), 5432)
     paths = {
         "MLflow": (_pod_labels(objs, "mlflow"), 5000),
-        "the inference-log database": (_pod_labels(objs, "inference-db"), 5432),
         "the object store": (object_store, 9000 if object_store else 443),
     }
+    if want.inference_log:
+        paths["the inference-log database"] = inference_db
+    elif reachable(objs, labels, *inference_db):
+        problems.append(f"{where}: the NetworkPolicies let its pods reach the inference-log database (port 5432), "
+                        "which it never reads")  # fmt: skip
     for what, (dst, port) in paths.items():
         if not reachable(objs, labels, dst, port):
             problems.append(f"{where}: the NetworkPolicies do not let its pods reach {what} (port {port})")
     return problems
+
+
+def _env_from_keys(objs: list[dict[str, Any]], ref: dict[str, Any]) -> set[str]:
+    """The variables an envFrom entry sets: its ConfigMap's or Secret's keys, "*" (any) for a
+    Secret made outside git (staging, prod)."""
+    kind, source = ("ConfigMap", ref["configMapRef"]) if "configMapRef" in ref else ("Secret", ref.get("secretRef", {}))
+    obj = next((o for o in objs if o["kind"] == kind and o["metadata"]["name"] == source.get("name")), None)
+    if obj is None:
+        return {"*"} if kind == "Secret" else set()
+    return set(obj.get("data", {})) | set(obj.get("stringData", {}))
 
 
 def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:

@@ -51,7 +51,14 @@ def delete(name: str) -> str:
 
 DEV, PROD = "overlays/dev/kustomization.yaml", "overlays/prod/kustomization.yaml"
 PERFORMANCE, RETRAIN = "base/performance-cronjob.yaml", "base/retrain-cronjob.yaml"
-DEV_SUSPENDS_RETRAIN = "{op: add, path: /spec/suspend, value: true}"
+SCORE = "base/score-cronjob.yaml"
+DEV_SUSPENDS = "\n    patch: |-\n      - {op: add, path: /spec/suspend, value: true}\n"
+DEV_SUSPENDS_RETRAIN = "  - target: {kind: CronJob, name: churn-retrain}" + DEV_SUSPENDS
+DEV_SUSPENDS_SCORE = "  - target: {kind: CronJob, name: churn-score}" + DEV_SUSPENDS
+MLFLOW_CLIENTS = "[churn-api, churn-monitor, churn-performance, churn-retrain, churn-score, churn-train]"
+PROD_REGISTRY_USERS = "name: churn-monitor|churn-performance|churn-retrain|churn-score}"
+DATASTORES, DEV_MINIO_CLIENTS = "components/dev-datastores/datastores.yaml", "churn-retrain, churn-score, churn-train"
+DEV_LOG_DB_CLIENTS = "[churn-api, churn-monitor, churn-performance, churn-retrain]"
 # name -> (overlay, [(file under deploy/, old text, new text)], problems the check must report)
 BREAKS = {
     "prod-one-replica-latest-tag": ("prod", [
@@ -62,7 +69,7 @@ BREAKS = {
         f"{job}-dropped-by-{overlay}": (overlay, [
             (f"overlays/{overlay}/kustomization.yaml", "\npatches:\n", f"\npatches:{delete(f'churn-{job}')}"),
         ], [f"{overlay}: CronJob/churn-{job} is not rendered"])
-        for job in ("performance", "retrain")
+        for job in ("performance", "retrain", "score")
         for overlay in OVERLAYS
     },
     "performance-left-out-of-base": ("staging", [
@@ -81,8 +88,7 @@ BREAKS = {
         (PERFORMANCE, '"--output-dir", "/tmp/report"', '"--output-dir", "/app/reports"'),
     ], ["CronJob/churn-performance: --output-dir /app/reports is not on a writable emptyDir"]),
     "performance-cut-off-from-mlflow": ("staging", [
-        ("base/networkpolicy.yaml", "[churn-api, churn-monitor, churn-performance, churn-retrain, churn-train]",
-         "[churn-api, churn-monitor, churn-retrain, churn-train]"),
+        ("base/networkpolicy.yaml", MLFLOW_CLIENTS, MLFLOW_CLIENTS.replace(" churn-performance,", "")),
     ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
     "performance-without-egress": ("prod", [
         ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
@@ -94,18 +100,17 @@ BREAKS = {
          "[churn-api, churn-monitor, churn-retrain]"),
     ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach the inference-log database"]),
     "prod-performance-without-registry-credentials": ("prod", [
-        (PROD, "name: churn-monitor|churn-performance|churn-retrain}", "name: churn-monitor|churn-retrain}"),
+        (PROD, PROD_REGISTRY_USERS, PROD_REGISTRY_USERS.replace("|churn-performance", "")),
     ], ["CronJob/churn-performance: variables not taken from churn-secrets: ['MLFLOW_TRACKING_PASSWORD', "
         "'MLFLOW_TRACKING_USERNAME']"]),
     "retrain-left-out-of-base": ("prod", [
         ("base/kustomization.yaml", "  - retrain-cronjob.yaml\n", ""),
     ], ["prod: CronJob/churn-retrain is not rendered"]),
     "retrain-not-suspended-in-dev": ("dev", [
-        (DEV, DEV_SUSPENDS_RETRAIN, "{op: add, path: /spec/suspend, value: false}"),
+        (DEV, DEV_SUSPENDS_RETRAIN, DEV_SUSPENDS_RETRAIN.replace("value: true", "value: false")),
     ], ["dev: CronJob/churn-retrain must be suspended in dev (opt-in there), suspend is False"]),
     "retrain-suspend-patch-dropped-in-dev": ("dev", [
-        (DEV, f"  - target: {{kind: CronJob, name: churn-retrain}}\n    patch: |-\n      - {DEV_SUSPENDS_RETRAIN}\n",
-         ""),
+        (DEV, DEV_SUSPENDS_RETRAIN, ""),
     ], ["dev: CronJob/churn-retrain must be suspended in dev"]),
     **{
         f"retrain-suspended-in-{overlay}": (overlay, [
@@ -143,8 +148,7 @@ BREAKS = {
         (RETRAIN, "              volumeMounts:\n                - name: tmp\n                  mountPath: /tmp\n", ""),
     ], ["CronJob/churn-retrain: /tmp is not on a writable emptyDir"]),
     "retrain-cut-off-from-mlflow": ("staging", [
-        ("base/networkpolicy.yaml", "[churn-api, churn-monitor, churn-performance, churn-retrain, churn-train]",
-         "[churn-api, churn-monitor, churn-performance, churn-train]"),
+        ("base/networkpolicy.yaml", MLFLOW_CLIENTS, MLFLOW_CLIENTS.replace(" churn-retrain,", "")),
     ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
     "retrain-without-egress": ("prod", [
         ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
@@ -156,11 +160,10 @@ BREAKS = {
          "[churn-api, churn-monitor, churn-performance]"),
     ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach the inference-log database"]),
     "dev-object-store-refuses-retrain": ("dev", [
-        ("components/dev-datastores/datastores.yaml", "churn-retrain, churn-train, minio-create-bucket",
-         "churn-train, minio-create-bucket"),
+        (DATASTORES, DEV_MINIO_CLIENTS, DEV_MINIO_CLIENTS.replace("churn-retrain, ", "")),
     ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach the object store (port 9000)"]),
     "prod-retrain-without-registry-credentials": ("prod", [
-        (PROD, "name: churn-monitor|churn-performance|churn-retrain}", "name: churn-monitor|churn-performance}"),
+        (PROD, PROD_REGISTRY_USERS, PROD_REGISTRY_USERS.replace("|churn-retrain", "")),
     ], ["CronJob/churn-retrain: variables not taken from churn-secrets: ['MLFLOW_TRACKING_PASSWORD', "
         "'MLFLOW_TRACKING_USERNAME']"]),
     "retrain-without-the-log-database-url": ("staging", [
@@ -170,6 +173,91 @@ BREAKS = {
     "monitor-retries-drift": ("staging", [
         ("base/monitor-cronjob.yaml", "values: [1, 2, 4]", "values: [2, 4]"),
     ], ["CronJob/churn-monitor: the pod failure policy must fail the Job on exit [1, 2, 4], got [2, 4]"]),
+    "score-left-out-of-base": ("prod", [
+        ("base/kustomization.yaml", "  - score-cronjob.yaml\n", ""),
+    ], ["prod: CronJob/churn-score is not rendered"]),
+    "score-not-suspended-in-dev": ("dev", [
+        (DEV, DEV_SUSPENDS_SCORE, DEV_SUSPENDS_SCORE.replace("value: true", "value: false")),
+    ], ["dev: CronJob/churn-score must be suspended in dev (opt-in there), suspend is False"]),
+    "score-suspend-patch-dropped-in-dev": ("dev", [
+        (DEV, DEV_SUSPENDS_SCORE, ""),
+    ], ["dev: CronJob/churn-score must be suspended in dev"]),
+    **{
+        f"score-suspended-in-{overlay}": (overlay, [
+            (SCORE, "  suspend: false\n", "  suspend: true\n"),
+        ], [f"{overlay}: CronJob/churn-score is suspended: it would never run in {overlay}"])
+        for overlay in ("staging", "prod")
+    },
+    "score-resumes-with-a-stale-run": ("prod", [
+        (SCORE, "  startingDeadlineSeconds: 3600\n", ""),
+    ], ["CronJob/churn-score: needs startingDeadlineSeconds"]),
+    "score-every-day": ("staging", [
+        (SCORE, 'schedule: "0 5 * * 1"', 'schedule: "0 5 * * *"'),
+    ], ["CronJob/churn-score: schedule '0 5 * * *' (Etc/UTC), not '0 5 * * 1' (Etc/UTC)"]),
+    "score-on-local-time": ("prod", [
+        (SCORE, "  timeZone: Etc/UTC\n", ""),
+    ], ["CronJob/churn-score: schedule '0 5 * * 1' (None), not '0 5 * * 1' (Etc/UTC)"]),
+    "score-with-a-progress-bar-in-its-log": ("staging", [
+        (SCORE, ', "--no-progress"]', "]"),
+    ], ["CronJob/churn-score: args must be ['score', '--input', 's3://mlflow/data/customers/', '--output', "
+        "'s3://mlflow/data/scores/latest.parquet', '--no-progress']"]),
+    "score-writes-to-read-only-root": ("staging", [
+        (SCORE, '"s3://mlflow/data/scores/latest.parquet"', '"scores/latest.parquet"'),
+    ], ["CronJob/churn-score: --output scores/latest.parquet: its folder /app/scores is not on a writable emptyDir"]),
+    "score-retries-rejected-rows": ("prod", [
+        (SCORE, "values: [1, 2]", "values: [2]"),
+    ], ["CronJob/churn-score: the pod failure policy must fail the Job on exit [1, 2], got [2]"]),
+    "score-gives-up-when-unreachable": ("staging", [
+        (SCORE, "values: [1, 2]", "values: [1, 2, 3]"),
+    ], ["CronJob/churn-score: the pod failure policy must fail the Job on exit [1, 2], got [1, 2, 3]"]),
+    "score-overlaps-itself": ("dev", [
+        (SCORE, "concurrencyPolicy: Forbid", "concurrencyPolicy: Allow"),
+    ], ["CronJob/churn-score: concurrencyPolicy must be Forbid"]),
+    "score-without-writable-tmp": ("prod", [
+        (SCORE, "              volumeMounts:\n                - name: tmp\n                  mountPath: /tmp\n", ""),
+    ], ["CronJob/churn-score: /tmp is not on a writable emptyDir"]),
+    "score-cut-off-from-mlflow": ("staging", [
+        ("base/networkpolicy.yaml", MLFLOW_CLIENTS, MLFLOW_CLIENTS.replace(" churn-score,", "")),
+    ], ["CronJob/churn-score: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
+    "score-without-egress": ("prod", [
+        ("base/networkpolicy.yaml", "      app.kubernetes.io/name: churn-score\n",
+         "      app.kubernetes.io/name: churn-scorer\n"),
+    ], ["CronJob/churn-score: the NetworkPolicies do not let its pods reach MLflow (port 5000)",
+        "CronJob/churn-score: the NetworkPolicies do not let its pods reach the object store (port 443)"]),
+    "dev-object-store-refuses-score": ("dev", [
+        (DATASTORES, DEV_MINIO_CLIENTS, DEV_MINIO_CLIENTS.replace("churn-score, ", "")),
+    ], ["CronJob/churn-score: the NetworkPolicies do not let its pods reach the object store (port 9000)"]),
+    "prod-score-without-registry-credentials": ("prod", [
+        (PROD, PROD_REGISTRY_USERS, PROD_REGISTRY_USERS.replace("|churn-score", "")),
+    ], ["CronJob/churn-score: variables not taken from churn-secrets: ['MLFLOW_TRACKING_PASSWORD', "
+        "'MLFLOW_TRACKING_USERNAME']"]),
+    "score-without-object-store-credentials": ("staging", [
+        (SCORE, "                - name: AWS_SECRET_ACCESS_KEY\n                  valueFrom:\n"
+                "                    secretKeyRef: {name: churn-secrets, key: AWS_SECRET_ACCESS_KEY}\n", ""),
+    ], ["CronJob/churn-score: variables not taken from churn-secrets: ['AWS_SECRET_ACCESS_KEY']"]),
+    # Least privilege: batch scoring never reads the inference log.
+    **{
+        f"score-given-the-log-database-url-in-{overlay}": (overlay, [
+            (SCORE, "              env:\n", "              env:\n                - name: CHURN_INFERENCE_LOG_URL\n"
+                    "                  valueFrom:\n"
+                    "                    secretKeyRef: {name: churn-secrets, key: CHURN_INFERENCE_LOG_URL}\n"),
+        ], ["CronJob/churn-score: gets CHURN_INFERENCE_LOG_URL (the database password) but never reads the log"])
+        for overlay in ("dev", "prod")
+    },
+    "score-given-every-secret": ("staging", [
+        (SCORE, "                - configMapRef:\n                    name: churn-config\n",
+         "                - configMapRef:\n                    name: churn-config\n"
+         "                - secretRef:\n                    name: churn-secrets\n"),
+    ], ["CronJob/churn-score: gets CHURN_INFERENCE_LOG_URL (the database password) but never reads the log"]),
+    **{
+        f"score-let-through-to-the-log-database-in-{overlay}": (overlay, [
+            ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
+             "[churn-monitor, churn-performance, churn-retrain, churn-score, churn-train]"),
+        ] + ([(DATASTORES, DEV_LOG_DB_CLIENTS, DEV_LOG_DB_CLIENTS.replace("]", ", churn-score]"))]
+             if overlay == "dev" else []),
+            ["CronJob/churn-score: the NetworkPolicies let its pods reach the inference-log database (port 5432)"])
+        for overlay in OVERLAYS
+    },
 }  # fmt: skip
 
 
@@ -225,11 +313,13 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     }
     missing = set(environment_variables()) - env_file - set(api["environment"])
     assert missing == set()
-    for job in ("train", "monitor", "performance", "retrain"):
+    for job in ("train", "monitor", "performance", "retrain", "score"):
         assert compose["services"][job]["profiles"] == ["jobs"], job
         assert compose["services"][job]["restart"] == "no", job
     # Like the CronJob, the default run retrains only when the performance runs said so.
     assert compose["services"]["retrain"]["command"] == list(CRONJOBS["churn-retrain"].args)
+    # Batch scoring too, against the compose MinIO: the same input and output as the CronJob.
+    assert compose["services"]["score"]["command"] == list(CRONJOBS["churn-score"].args)
     # The reports' default folder (reports/... under WORKDIR /app) is on the host.
     for job in ("monitor", "performance"):
         assert "./reports:/app/reports" in compose["services"][job]["volumes"], job

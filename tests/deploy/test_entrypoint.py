@@ -170,6 +170,13 @@ RUNS = [
         ["retrain", "--base", "/data/telco_churn.csv"],
         ["churn-platform", "retrain", "--base", "/data/telco_churn.csv"],
     ),
+    (
+        "score",
+        ["--input", "/data/telco_churn.csv", "--output", "reports/scores.parquet"],
+        ["churn-platform", "score", "--input", "/data/telco_churn.csv", "--output", "reports/scores.parquet"],
+    ),
+    ("score", ["--", "--version", "3", "--json"], ["churn-platform", "score", "--version", "3", "--json"]),
+    ("score", ["score", "--help"], ["churn-platform", "score", "--help"]),
     ("api", ["--workers", "2"], [*API, "--workers", "2"]),
     ("mlflow", ["--workers", "2"], [*MLFLOW, "--workers", "2"]),
 ]
@@ -188,6 +195,7 @@ def test_compose_up_starts_each_service_in_its_role(tmp_path):
     assert compose("monitor", tmp_path) == ["churn-platform", "monitor"]
     assert compose("performance", tmp_path) == ["churn-platform", "performance"]
     assert compose("retrain", tmp_path) == ["churn-platform", "retrain", "--if", "performance"]
+    assert compose("score", tmp_path) == ["churn-platform", *CRONJOBS["churn-score"].args]
     assert compose("mlflow", tmp_path) == MLFLOW
 
 
@@ -201,7 +209,8 @@ def test_compose_run_can_still_run_any_command(tmp_path):
 def test_a_word_that_is_neither_a_role_nor_a_command_is_refused(tmp_path):
     done = _run(_compose_argv("train", ["trian", "--data", "x.csv"]), _compose_env("train"), tmp_path)
     assert done.returncode == 2 and done.stdout == ""
-    assert "trian" in done.stderr and "api | monitor | performance | retrain | train | mlflow-server" in done.stderr
+    assert "trian" in done.stderr
+    assert "api | monitor | performance | retrain | score | train | mlflow-server" in done.stderr
 
 
 def test_an_unknown_role_in_the_environment_is_refused(tmp_path):
@@ -224,6 +233,9 @@ def test_docker_run_picks_the_role_from_the_first_argument_else_serves(tmp_path)
     ]  # fmt: skip
     assert _execs([*IMAGE_ENTRYPOINT, "retrain", "--if", "performance"], env, tmp_path) == [
         "churn-platform", "retrain", "--if", "performance",
+    ]  # fmt: skip
+    assert _execs([*IMAGE_ENTRYPOINT, "score", "--input", "in.csv", "--output", "out.parquet"], env, tmp_path) == [
+        "churn-platform", "score", "--input", "in.csv", "--output", "out.parquet",
     ]  # fmt: skip
     assert _execs([*IMAGE_ENTRYPOINT, "--port", "9000"], env, tmp_path) == [*API, "--port", "9000"]
 
@@ -285,6 +297,9 @@ def test_the_cli_accepts_each_cronjobs_flags(cronjob):
         with command.make_context(role, list(flags), parent=parent) as ctx:
             if role == "retrain":
                 assert ctx.params["trigger"] == "performance"
+            if role == "score":  # S3 in and out (the output staged on /tmp), Production, no progress bar
+                assert ctx.params["source"].startswith("s3://") and ctx.params["output"].startswith("s3://")
+                assert (ctx.params["alias"], ctx.params["version"], ctx.params["no_progress"]) == (None, None, True)
 
 
 def _documented_jobs() -> dict[str, list[str]]:
@@ -333,3 +348,25 @@ def test_the_documented_forced_retrain_runs_the_role_with_always(tmp_path):
         command = main.get_command(parent, args[0])
         with command.make_context(args[0], args[1:], parent=parent) as ctx:
             assert ctx.params["trigger"] == "always"
+
+
+def test_the_documented_challenger_scoring_runs_the_role_with_another_alias_and_output(tmp_path):
+    """docs/deploy.md scores with Challenger from the score CronJob: the role, other flags, and an
+    output of its own (the weekly file is left alone)."""
+    import click
+
+    from churn_platform.cli import main
+
+    args = _documented_jobs()["churn-score"]
+    objs, _ = render(REPO / "deploy" / "overlays" / "prod")
+    (container,) = pod_spec(find(objs, "CronJob", "churn-score"))["containers"]
+    container["args"] = args
+    assert _k8s(objs, "CronJob", "churn-score", tmp_path) == ["churn-platform", *args]
+    weekly = CRONJOBS["churn-score"].args
+    with click.Context(main) as parent:
+        command = main.get_command(parent, args[0])
+        with command.make_context(args[0], args[1:], parent=parent) as ctx:
+            assert ctx.params["alias"] == "Challenger" and ctx.params["no_progress"]
+            assert ctx.params["source"] == weekly[weekly.index("--input") + 1]
+            assert ctx.params["output"].startswith("s3://")
+            assert ctx.params["output"] != weekly[weekly.index("--output") + 1]
