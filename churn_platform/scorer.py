@@ -178,14 +178,10 @@ class FastScorer:
         n = len(records)
         # itemgetter and map run the per-record loops in C: no Python frame per value.
         numbers = np.array(list(map(self._numeric_values, records)), dtype=float).reshape(n, len(self._numeric))
+        x = np.zeros((n, self._width))
         # The same operations in the same order as sklearn's transform, so the result is
         # bit-identical: for trees a last-bit difference can cross a split threshold.
-        if self._lambdas is not None:
-            numbers = _yeo_johnson(numbers, self._lambdas)
-        numbers -= self._mean
-        numbers /= self._scale
-        x = np.zeros((n, self._width))
-        x[:, : len(self._numeric)] = numbers
+        x[:, : len(self._numeric)] = self._transformed(numbers)
         if n < 32:  # per-record lookups and one assignment are cheapest for the single-customer path
             rows, columns = [], []
             for i, record in enumerate(records):
@@ -204,26 +200,59 @@ class FastScorer:
             x[rows[known], offset + index[known]] = 1.0
         return x
 
+    @property
+    def categories(self) -> dict[str, dict[str, int]]:
+        """Each categorical feature's known values and their code (position in its one-hot block)."""
+        return dict(zip(self._categorical, self._lookup, strict=True))
+
+    @property
+    def numeric_features(self) -> tuple[str, ...]:
+        return tuple(self._numeric)
+
+    def codes(self, values: Any, column: str) -> np.ndarray:
+        """A categorical column's codes (-1: unknown), looking each distinct value up once."""
+        lookup = self.categories[column]
+        inverse, uniques = pd.factorize(values)
+        mapped = np.fromiter((lookup.get(str(u), -1) for u in uniques), dtype=np.intp, count=len(uniques))
+        return np.where(inverse >= 0, mapped[inverse] if len(mapped) else -1, -1)
+
     def frame_matrix(self, frame: pd.DataFrame) -> np.ndarray:
         """``matrix`` from a validated DataFrame, column by column: batch scoring's path, with no
         dict per row (the numeric operations are the same, so the bits are too)."""
-        n = len(frame)
-        numbers = frame[self._numeric].to_numpy(dtype=float, copy=True).reshape(n, len(self._numeric))
+        numbers = frame[self._numeric].to_numpy(dtype=float, copy=True).reshape(len(frame), len(self._numeric))
+        return self.columns_matrix(numbers, [self.codes(frame[c], c) for c in self._categorical])
+
+    def columns_matrix(self, numbers: np.ndarray, codes: Sequence[np.ndarray]) -> np.ndarray:
+        """``matrix`` from the numeric features (rows x numeric_features, modified in place) and
+        each categorical feature's codes, in ``categories`` order."""
+        n = len(numbers)
+        x = np.zeros((n, self._width))
+        x[:, : len(self._numeric)] = self._transformed(numbers)
+        rows = np.arange(n)
+        for column_codes, offset in zip(codes, self._offsets, strict=True):
+            known = column_codes >= 0  # unknown categories are ignored, as the encoder does
+            x[rows[known], offset + column_codes[known]] = 1.0
+        return x
+
+    def columns_probabilities(self, numbers: np.ndarray, codes: Sequence[np.ndarray]) -> np.ndarray:
+        """``probabilities`` from the same inputs as ``columns_matrix``. The logistic model
+        skips the one-hot matrix: each category adds its coefficient, gathered by code."""
+        if self.linear is None:
+            return self.probabilities(self.columns_matrix(numbers, codes))
+        coef, intercept = self.linear
+        k = len(self._numeric)
+        z = self._transformed(numbers) @ coef[:k] + intercept
+        for column_codes, offset, lookup in zip(codes, self._offsets, self._lookup, strict=True):
+            block = np.append(coef[offset : offset + len(lookup)], 0.0)  # code -1 (unknown) adds nothing
+            z += block[column_codes]
+        return expit(z)
+
+    def _transformed(self, numbers: np.ndarray) -> np.ndarray:
         if self._lambdas is not None:
             numbers = _yeo_johnson(numbers, self._lambdas)
         numbers -= self._mean
         numbers /= self._scale
-        x = np.zeros((n, self._width))
-        x[:, : len(self._numeric)] = numbers
-        rows = np.arange(n)
-        for column, lookup, offset in self._encoders:
-            # A few distinct values per column: look each up once, then index by them.
-            inverse, uniques = pd.factorize(frame[column])
-            mapped = np.fromiter((lookup.get(str(u), -1) for u in uniques), dtype=np.intp, count=len(uniques))
-            codes = np.where(inverse >= 0, mapped[inverse], -1)
-            known = codes >= 0  # unknown categories are ignored, as the encoder does
-            x[rows[known], offset + codes[known]] = 1.0
-        return x
+        return numbers
 
     def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Probability of churn for each record."""

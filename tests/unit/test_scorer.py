@@ -84,3 +84,16 @@ def test_the_column_path_gives_the_record_paths_bits(telco, model_type):
     by_columns = scorer.frame_matrix(frame)
     assert np.array_equal(by_columns, scorer.matrix(frame.to_dict(orient="records")))
     assert np.array_equal(scorer.probabilities(by_columns), scorer.score(frame.to_dict(orient="records")))
+
+
+def test_the_logistic_gather_path_equals_the_matrix_path(telco):
+    train, valid = telco
+    pipeline = model.build_pipeline("logistic").fit(model.features(train), train.churn)
+    scorer = FastScorer(pipeline)
+    frame = model.features(valid).reset_index(drop=True)
+    frame.loc[5, "payment_method"] = "Cheque"  # unknown: adds nothing, as the encoder's all-zero block
+    numbers = frame[list(scorer.numeric_features)].to_numpy(dtype=float)
+    codes = [scorer.codes(frame[c], c) for c in scorer.categories]
+    gathered = scorer.columns_probabilities(numbers.copy(), codes)
+    np.testing.assert_allclose(gathered, scorer.probabilities(scorer.frame_matrix(frame)), rtol=0, atol=1e-12)
+    assert max_difference(pipeline, scorer, frame) <= 1e-9
