@@ -17,7 +17,7 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT = $(CHURN_REGISTRY_TIMEOUT_S)
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install test demo lint audit train api bench-serving bench-monitoring bench-performance mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
+.PHONY: install test demo lint audit train api bench-serving bench-monitoring bench-performance bench-batch mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-monitoring: install ## drift-check seconds and peak RSS, ours vs DataDrift
 
 bench-performance: install ## performance job on 1M predictions + 200k outcomes: seconds and peak RSS, SQLite and PostgreSQL
 	$(BIN)/python benchmarks/performance.py
+
+bench-batch: install ## batch scoring of 1M (and 5M) customers: rows/s and peak RSS vs mlflow pyfunc
+	$(BIN)/python benchmarks/batch.py
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over MLFLOW_TRACKING_URI's store
 	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

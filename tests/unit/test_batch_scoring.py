@@ -52,6 +52,13 @@ def test_scores_equal_the_apis_scorer_on_1000_real_customers(registry_uri, custo
     assert (scores["risk"] == bands).all()
     assert (scores["model_version"] == 1).all() and (scores["model_name"] == "churn").all()
     assert scores["scored_at"].nunique() == 1 and str(scores["scored_at"].dt.tz) == "UTC"
+    # The same customers as text (a CSV export) take the row-by-row path: the same scores.
+    customers.head(1000).to_csv(tmp_path / "customers.csv", index=False)
+    result = run(registry_uri, "--input", str(tmp_path / "customers.csv"), "--output", str(tmp_path / "text.parquet"))
+    assert result.exit_code == 0, result.output
+    as_text = pd.read_parquet(tmp_path / "text.parquet")
+    assert np.max(np.abs(as_text["churn_probability"] - scores["churn_probability"])) <= 1e-12
+    assert as_text[["customer_id", "risk", "will_churn"]].equals(scores[["customer_id", "risk", "will_churn"]])
 
 
 def test_corrupt_rows_go_to_the_rejects_file_and_the_rest_are_scored(registry_uri, customers, tmp_path):
