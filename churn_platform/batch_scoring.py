@@ -293,7 +293,10 @@ class _AtomicOutput:
         self._tmp.unlink(missing_ok=True)
 
 
-def _output_schema(explain_top_k: int | None) -> pa.Schema:
+_FEATURE_TYPES = {"category": pa.string(), "integer": pa.int64(), "float": pa.float64()}
+
+
+def _output_schema(explain_top_k: int | None, with_features: bool = False) -> pa.Schema:
     fields = [
         pa.field(ID_COLUMN, pa.string()),
         pa.field(PROBABILITY, pa.float64()),
@@ -311,7 +314,25 @@ def _output_schema(explain_top_k: int | None) -> pa.Schema:
                 pa.field(f"explanation_{i}_value", pa.string()),
                 pa.field(f"explanation_{i}_contribution", pa.float64()),
             ]
+    if with_features:
+        fields += [pa.field(f.name, _FEATURE_TYPES[f.kind]) for f in FEATURES]
     return pa.schema(fields)
+
+
+def _with_features(table: pa.Table, features: pa.Table | pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """``table`` and, when the schema asks for them, the customers' features as scored (so the
+    drift monitor can read a scores file, features and scores together)."""
+    if FEATURE_NAMES[0] not in schema.names:
+        return table
+    for feature in FEATURES:
+        kind = _FEATURE_TYPES[feature.kind]
+        if isinstance(features, pa.Table):
+            values = features.column(feature.name)
+            values = values.cast(pa.string()).cast(kind) if pa.types.is_dictionary(values.type) else values.cast(kind)
+        else:
+            values = pa.array(features[feature.name], kind, from_pandas=True)
+        table = table.append_column(schema.field(feature.name), values)
+    return table
 
 
 REJECTS_SCHEMA = pa.schema(
@@ -383,13 +404,11 @@ def _scored_table(
         raw = scorer.score(data.to_records(good[list(FEATURE_NAMES)]))
     n = len(good)
     ids = pa.array(good[ID_COLUMN], pa.string(), from_pandas=True) if ID_COLUMN in good.columns else pa.nulls(n)
-    table = _output_table(model, raw, ids, settings, scored_at, schema.remove_metadata())
-    if explained is None or not explain_top_k:
-        return table.cast(schema)
-    extra = explanation.flat_columns(explained, good, explain_top_k)
-    for name, values in extra.items():
-        table = table.append_column(name, pa.array(values))
-    return table.cast(schema)
+    table = _output_table(model, raw, ids, settings, scored_at, schema)
+    if explained is not None and explain_top_k:
+        for name, values in explanation.flat_columns(explained, good, explain_top_k).items():
+            table = table.append_column(name, pa.array(values))
+    return _with_features(table, good, schema).cast(schema)
 
 
 def _rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> pa.Table:
@@ -412,6 +431,7 @@ def score(
     output_format: str | None = None,
     rejects: str | None = None,
     explain_top_k: int | None = None,
+    with_features: bool = False,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
 ) -> ScoreSummary:
@@ -432,7 +452,7 @@ def score(
     bar = _progress(fs, files, input_kind, progress)
     loaded = time.perf_counter()
     rejects = rejects or default_rejects(output)
-    schema = _output_schema(explain_top_k)
+    schema = _output_schema(explain_top_k, with_features)
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
     out = _AtomicOutput(output, kind, schema, settings.s3_endpoint_url)
     bad_out: _AtomicOutput | None = None
@@ -448,9 +468,9 @@ def score(
                 if clean:
                     ids = table.column(ID_COLUMN) if ID_COLUMN in table.column_names else pa.nulls(table.num_rows)
                     raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
-                    scored_table, good_rows, chunk, reasons = (
-                        _output_table(model, raw, ids, settings, scored_at, schema), table.num_rows, None, None
-                    )  # fmt: skip
+                    scored_table = _with_features(_output_table(model, raw, ids, settings, scored_at, schema), table,
+                                                  schema)  # fmt: skip
+                    good_rows, chunk, reasons = table.num_rows, None, None
                 else:  # text columns or a bad row somewhere: the row-by-row checks
                     chunk = table.to_pandas()
                     good, reasons = data.split_rejects(chunk)

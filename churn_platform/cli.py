@@ -467,6 +467,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @click.option("--rejects", default=None, help="Where bad rows go (default: OUTPUT.rejects.parquet beside the output).")
 @click.option("--explain", is_flag=True, help="Add each customer's top contributions as columns.")
 @click.option("--top-k", type=click.IntRange(1, 19), default=5, show_default=True, help="Contributions per row.")
+@click.option("--with-features", is_flag=True,
+              help="Also write each customer's features, so `churn-platform monitor --current` can read the file.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Rows scored at a time (memory grows with it, not with the input).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -475,7 +477,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handles_errors
 def score(source: str, output: str, alias: str | None, version: int | None, output_format: str | None, engine: str,
-          rejects: str | None, explain: bool, top_k: int, chunk_rows: int, no_progress: bool,
+          rejects: str | None, explain: bool, top_k: int, with_features: bool, chunk_rows: int, no_progress: bool,
           tracking_uri: str | None, model_name: str | None, as_json: bool) -> None:  # fmt: skip
     """Score every customer in --input with a registered version into --output.
 
@@ -493,7 +495,8 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
         raise DataValidationError("give --alias or --version, not both")
     settings = settings_for(tracking_uri, model_name)
     summary = batch_scoring.score(settings, source, output, alias=alias, version=version, output_format=output_format,
-                                  rejects=rejects, explain_top_k=top_k if explain else None, chunk_rows=chunk_rows,
+                                  rejects=rejects, explain_top_k=top_k if explain else None,
+                                  with_features=with_features, chunk_rows=chunk_rows,
                                   progress=not no_progress and not as_json)  # fmt: skip
     if as_json:
         echo_json(summary.to_json())
