@@ -85,6 +85,8 @@ class Window(BaseModel):
     versions: Literal["all"] | list[int] | None = None
     rows_read: int
     sampled: dict[str, int] | None = None
+    #: Where prediction drift's scores came from: the log, a file's own (``score --with-features``), or re-scoring.
+    scores: str | None = None
 
 
 class DataQuality(BaseModel):
@@ -182,6 +184,26 @@ def current_from_log(url: str, name: str, version: int | None, options: MonitorO
         engine.dispose()
 
 
+def _stored_scores(raw: pd.DataFrame, source: str, version: int) -> tuple[pd.DataFrame, dict]:
+    """A file of batch scores is monitored with its own scores when the monitored version made
+    them; a file without scores, or with another version's, is scored here."""
+    if PROBABILITY not in raw.columns:
+        return raw, {"source": source, "scores": f"scored here by v{version}"}
+    missing = [c for c in FEATURE_NAMES if c not in raw.columns]
+    if missing:
+        raise DataValidationError(
+            f"{source} holds scores but not the features {missing[:3]}{'...' if len(missing) > 3 else ''}: "
+            "write it with `churn-platform score --with-features` to monitor it"
+        )
+    made_by: list[int] = []
+    if MODEL_VERSION in raw.columns:
+        made_by = sorted(set(pd.to_numeric(raw[MODEL_VERSION], errors="coerce").dropna().astype(int)))
+    if made_by and made_by != [version]:
+        scores = f"scored here by v{version} (the file's scores are from v{', v'.join(map(str, made_by))})"
+        return raw.drop(columns=[PROBABILITY]), {"source": source, "scores": scores}
+    return raw, {"source": source, "scores": "stored in the file"}
+
+
 def _current(options: MonitorOptions, settings: Settings, name: str, version: int) -> tuple[pd.DataFrame, dict]:
     if options.current:
         try:
@@ -192,12 +214,13 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
             if "no rows" not in str(exc):
                 raise
             raise NothingToCompare(f"no current rows: {exc}") from exc
-        return raw, {"source": options.current}
+        return _stored_scores(raw, options.current, version)
     url = options.inference_log_url or settings.inference_log_url
     raw = current_from_log(url, name, None if options.all_versions else version, options)
     if raw.empty:
         raise NothingToCompare(f"no rows in the inference log for {name} v{version} in this window")
     return raw, {
+        "scores": "logged",
         "source": "inference_log",
         "since": options.since.isoformat() if options.since else None,
         "until": options.until.isoformat() if options.until else None,

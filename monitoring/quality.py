@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 from churn_platform import inference_log
-from churn_platform.contract import PROBABILITY
+from churn_platform.contract import PROBABILITY, RISK, WILL_CHURN
 from churn_platform.data import is_blank
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN, normalise_columns
 
 #: Columns the inference log or a file may carry beside the features without comment.
-KNOWN_EXTRA = {ID_COLUMN, LABEL_COLUMN, "id", *inference_log.COLUMNS}
+KNOWN_EXTRA = {ID_COLUMN, LABEL_COLUMN, "id", WILL_CHURN, RISK, *inference_log.COLUMNS}
 
 
 @dataclass

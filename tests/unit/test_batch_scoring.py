@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -175,3 +177,36 @@ def test_sigkill_mid_run_leaves_the_previous_output_intact(registry_uri, tmp_pat
     assert len(pd.read_parquet(out)) == 50
 
 
+
+
+def test_monitor_reads_a_scores_file_written_with_features(registry_uri, customers, tmp_path, monkeypatch):
+    """Prediction drift from the file's own scores when the monitored version made them;
+    another version's scores are re-scored; scores without features are a clear error."""
+    copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "customers.parquet"
+    customers.head(1000).to_parquet(source, index=False)
+    scores = tmp_path / "scores.parquet"
+    assert run(uri, "--input", str(source), "--output", str(scores), "--with-features").exit_code == 0
+    written = pd.read_parquet(scores)
+    assert list(written.columns) == OUTPUT_COLUMNS + list(data.FEATURE_NAMES)
+    assert written["tenure"].tolist() == customers.head(1000)["tenure"].tolist()
+
+    def monitor(current: Path, *extra: str) -> tuple[int, dict | str]:
+        result = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--current", str(current), "--json",
+                                           "--output-dir", str(tmp_path / "report"), *extra])  # fmt: skip
+        return result.exit_code, json.loads(result.stdout) if result.stdout.strip().startswith("{") else result.output
+
+    code, stored = monitor(scores)
+    assert code in (0, 1) and stored["window"]["scores"] == "stored in the file"
+    code, rescored = monitor(source)
+    assert rescored["window"]["scores"] == "scored here by v1"
+    assert stored["prediction_drift"]["score"] == pytest.approx(rescored["prediction_drift"]["score"], abs=1e-9)
+    code, other = monitor(scores, "--version", "2")
+    assert other["window"]["scores"] == "scored here by v2 (the file's scores are from v1)"
+    bare = tmp_path / "bare.parquet"
+    assert run(uri, "--input", str(source), "--output", str(bare)).exit_code == 0
+    code, message = monitor(bare)
+    assert code == 2 and "score --with-features" in message
