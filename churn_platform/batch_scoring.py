@@ -52,14 +52,20 @@ from churn_platform.contract import (
     WILL_CHURN,
 )
 from churn_platform.errors import DataSourceError, DataValidationError, RegistryUnreachable, StorageUnreachable
-from churn_platform.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, FEATURES, ID_COLUMN, normalise_columns
+from churn_platform.schema import (
+    CATEGORICAL_FEATURES,
+    FEATURE_NAMES,
+    FEATURES,
+    FEATURES_BY_NAME,
+    ID_COLUMN,
+    normalise_columns,
+)
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("parquet", "csv")
-FEATURES_BY_NAME = {f.name: f for f in FEATURES}
 #: Rows per chunk: a few tens of MB of working memory, large enough to amortise per-chunk costs.
 CHUNK_ROWS = 100_000
 OUTPUT_COLUMNS = (ID_COLUMN, PROBABILITY, WILL_CHURN, RISK, MODEL_NAME, MODEL_VERSION, SCORED_AT)
@@ -72,7 +78,7 @@ class ScoreSummary:
 
     input: str
     output: str
-    rejects: str | None
+    rejects: str
     rows: int
     scored: int
     rejected: int
@@ -84,7 +90,7 @@ class ScoreSummary:
 
     def line(self) -> str:
         rate = self.rows / self.scoring_seconds if self.scoring_seconds else 0.0
-        rejects = f", {self.rejected} rejected -> {self.rejects}" if self.rejected else ", 0 rejected"
+        rejects = f", {self.rejected} rejected -> {self.rejects}"
         return (f"score: {self.scored} of {self.rows} rows scored by {self.model_name} v{self.model_version} "
                 f"-> {self.output}{rejects} (model loaded in {self.load_seconds:.1f}s; "
                 f"{self.scoring_seconds:.1f}s, {rate:,.0f} rows/s)")  # fmt: skip
@@ -126,7 +132,7 @@ def input_files(spec: str, endpoint_url: str | None = None) -> tuple[pafs.FileSy
                     infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
                     files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
         except OSError as exc:
-            if "connect" in str(exc).lower() or "curl" in str(exc).lower():
+            if _is_connection_error(exc):
                 raise StorageUnreachable(f"object store unreachable at {endpoint_url or 'AWS'}: {exc}") from None
             raise DataSourceError(f"cannot list {spec}: {exc}") from None
     else:
@@ -156,8 +162,8 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
                 return list(pq.read_schema(handle).names)
         with fs.open_input_stream(path) as handle:
             header = handle.read(1 << 20).decode("utf-8-sig", errors="replace").splitlines()
-    except OSError as exc:
-        raise DataSourceError(f"cannot read {path}: {exc}") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise _read_error(path, kind, exc) from None
     if not header or not header[0].strip():
         raise DataSourceError(f"{path} is empty")
     return next(csv.reader([header[0]]))
@@ -178,7 +184,9 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
                 # Categories as dictionaries: each distinct value is checked and looked up once.
                 source = pq.ParquetFile(handle, read_dictionary=categorical, pre_buffer=False)
                 for batch in source.iter_batches(batch_size=chunk_rows, columns=list(wanted)):
-                    yield pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
+                    yield _ids_as_text(
+                        pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
+                    )
             return
         # Everything as text: the row checks, not the parser, decide what a bad value is.
         convert = pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()), include_columns=list(wanted),
@@ -195,8 +203,29 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
                     pending, size = [], 0
             if pending:
                 yield pa.Table.from_batches(pending).rename_columns([wanted[c] for c in pending[0].schema.names])
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataSourceError(f"cannot read {path} as {kind}: {exc}") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise _read_error(path, kind, exc) from None
+
+
+def _read_error(path: str, kind: str, exc: BaseException) -> Exception:
+    """A store that does not answer is worth a retry (exit 3); a file that is not what it says is not (2)."""
+    if _is_connection_error(exc):
+        return StorageUnreachable(f"object store unreachable while reading {path}: {exc}")
+    return DataSourceError(f"cannot read {path} as {kind}: {exc}")
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(hint in text for hint in ("connect", "curl", "timed out", "timeout", "unreachable"))
+
+
+def _ids_as_text(table: pa.Table) -> pa.Table:
+    """Customer ids as text in Arrow: pandas would turn an integer id column with a gap into
+    floats ("3.0", and 2**53 + 1 rounded), so a score could name the wrong customer."""
+    if ID_COLUMN not in table.column_names or pa.types.is_string(table.schema.field(ID_COLUMN).type):
+        return table
+    index = table.column_names.index(ID_COLUMN)
+    return table.set_column(index, ID_COLUMN, table.column(ID_COLUMN).cast(pa.string()))
 
 
 def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list[np.ndarray]] | None:
@@ -233,7 +262,7 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
         dictionary = [str(v).strip() for v in column.dictionary.to_pylist()]
         if not set(dictionary) <= set(FEATURES_BY_NAME[name].allowed or ()):
             return None
-        mapped = np.array([lookup.get(v, -1) for v in dictionary] + [-1], dtype=np.intp)
+        mapped = np.array([lookup.get(v, -1) for v in dictionary], dtype=np.intp)
         codes.append(mapped[column.indices.to_numpy(zero_copy_only=False)])
     return numbers, codes
 
@@ -247,40 +276,54 @@ class _AtomicOutput:
     def __init__(self, target: str, kind: str, schema: pa.Schema, endpoint_url: str | None) -> None:
         self.target, self.kind, self.schema, self._endpoint = target, kind, schema, endpoint_url
         if target.startswith("s3://"):
-            self._tmp = Path(tempfile.mkstemp(prefix="churn-score-", suffix=f".{kind}")[1])
+            handle, name = tempfile.mkstemp(prefix="churn-score-", suffix=f".{kind}")
+            os.close(handle)
+            self._tmp = Path(name)
         else:
             final = Path(target).resolve()
             if not final.parent.is_dir():
                 raise DataSourceError(f"output folder does not exist: {final.parent}")
+            if final.is_dir():
+                raise DataSourceError(f"{target} is a folder; give a file name")
             self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._writer: Any = None
 
     def write(self, table: pa.Table) -> None:
-        if self._writer is None:
-            if self.kind == "parquet":
-                # Dictionaries only where values repeat: trying them on ids and scores costs a third of the write.
-                repeating = [c for c in self.schema.names if c in (RISK, MODEL_NAME) or c.endswith("_feature")]
-                self._writer = pq.ParquetWriter(self._tmp, self.schema, use_dictionary=repeating)
-            else:
-                self._writer = pacsv.CSVWriter(self._tmp, self.schema)
-        self._writer.write_table(table.cast(self.schema))
+        try:
+            if self._writer is None:
+                if self.kind == "parquet":
+                    # Dictionaries only where values repeat: trying them on ids and scores costs a third of the write.
+                    repeating = [c for c in self.schema.names if c in (RISK, MODEL_NAME) or c.endswith("_feature")]
+                    self._writer = pq.ParquetWriter(self._tmp, self.schema, use_dictionary=repeating)
+                else:
+                    self._writer = pacsv.CSVWriter(self._tmp, self.schema)
+            self._writer.write_table(table.cast(self.schema))
+        except OSError as exc:  # permission, disk full: the user's to fix, not a retry
+            raise DataSourceError(f"cannot write {self.target} (via {self._tmp}): {exc}") from None
 
     def commit(self) -> None:
         if self._writer is None:
             self.write(self.schema.empty_table())
-        self._writer.close()
-        if not self.target.startswith("s3://"):
-            os.replace(self._tmp, Path(self.target).resolve())
-            return
+        try:
+            self._writer.close()
+            if not self.target.startswith("s3://"):
+                os.replace(self._tmp, Path(self.target).resolve())
+                return
+        except OSError as exc:
+            raise DataSourceError(f"cannot write {self.target}: {exc}") from None
         parsed = urlparse(self.target)
         import boto3
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             boto3.client("s3", endpoint_url=self._endpoint).upload_file(
                 str(self._tmp), parsed.netloc, parsed.path.lstrip("/")
             )
-        except ClientError as exc:  # the store answered no (no such bucket, access denied): retrying will not help
+        except (ClientError, S3UploadFailedError) as exc:
+            if _is_connection_error(exc):
+                raise StorageUnreachable(f"cannot write {self.target}: {exc}") from None
+            # The store answered no (no such bucket, access denied): retrying will not help.
             raise DataSourceError(f"cannot write {self.target}: {exc}") from None
         except BotoCoreError as exc:
             raise StorageUnreachable(f"cannot write {self.target}: {exc}") from None
@@ -288,9 +331,14 @@ class _AtomicOutput:
             self._tmp.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        """Remove the temporary file whatever state the writer is in."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001, S110 - the job already failed; its first error is the one to report
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
 
 _FEATURE_TYPES = {"category": pa.string(), "integer": pa.int64(), "float": pa.float64()}
@@ -327,8 +375,9 @@ def _with_features(table: pa.Table, features: pa.Table | pd.DataFrame, schema: p
     for feature in FEATURES:
         kind = _FEATURE_TYPES[feature.kind]
         if isinstance(features, pa.Table):
-            values = features.column(feature.name)
-            values = values.cast(pa.string()).cast(kind) if pa.types.is_dictionary(values.type) else values.cast(kind)
+            values = features.column(feature.name).cast(kind if feature.kind != "category" else pa.string())
+            if feature.kind == "category":
+                values = pc.utf8_trim_whitespace(values)  # as the row-by-row checks write them
         else:
             values = pa.array(features[feature.name], kind, from_pandas=True)
         table = table.append_column(schema.field(feature.name), values)
@@ -440,7 +489,9 @@ def score(
     kind = output_format or _SUFFIXES.get(Path(output).suffix.lower(), "parquet")
     if kind not in FORMATS:
         raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")
+    rejects = rejects or default_rejects(output)
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
+    files = _without_own_outputs(files, (output, rejects), source)
     model = load_model(settings, alias, version)
     if explain_top_k and model.explainer is None:
         reason = model.explanations.get("reason", "no explainer")
@@ -451,11 +502,12 @@ def score(
         _check_column_path(model)
     bar = _progress(fs, files, input_kind, progress)
     loaded = time.perf_counter()
-    rejects = rejects or default_rejects(output)
     schema = _output_schema(explain_top_k, with_features)
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
     out = _AtomicOutput(output, kind, schema, settings.s3_endpoint_url)
-    bad_out: _AtomicOutput | None = None
+    # Written every run, empty when no row was bad: the rejects beside the scores are always this run's.
+    rejects_kind = _SUFFIXES.get(Path(rejects).suffix.lower(), "parquet")
+    bad_out = _AtomicOutput(rejects, rejects_kind, REJECTS_SCHEMA, settings.s3_endpoint_url)
     rows = scored = rejected = 0
     # One writer thread: encoding a chunk (Arrow releases the GIL) overlaps reading and scoring
     # the next; at most one chunk waits, so memory stays at two chunks.
@@ -474,13 +526,13 @@ def score(
                 else:  # text columns or a bad row somewhere: the row-by-row checks
                     chunk = table.to_pandas()
                     good, reasons = data.split_rejects(chunk)
-                    scored_table = _scored_table(model, good, settings, scored_at, explain_top_k, schema)
                     good_rows = len(good)
+                    scored_table = (_scored_table(model, good, settings, scored_at, explain_top_k, schema)
+                                    if good_rows else None)  # fmt: skip
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(out.write, scored_table) if good_rows else None
+                pending = writer.submit(out.write, scored_table) if scored_table is not None else None
                 if chunk is not None and reasons is not None and len(reasons):
-                    bad_out = bad_out or _AtomicOutput(rejects, "parquet", REJECTS_SCHEMA, settings.s3_endpoint_url)
                     bad_out.write(_rejects_table(chunk, reasons, rows + 1))
                     rejected += len(reasons)
                 rows += table.num_rows
@@ -488,20 +540,28 @@ def score(
                 bar.update(table.num_rows)
         if pending is not None:
             pending.result()
-        if bad_out is not None:
-            bad_out.commit()
-        out.commit()
+        out.commit()  # the scores first: rejects never appear beside an older run's scores
+        bad_out.commit()
     except BaseException:
         writer.shutdown(wait=True, cancel_futures=True)  # never close a file a write is still using
         out.abort()
-        if bad_out is not None:
-            bad_out.abort()
+        bad_out.abort()
         raise
     finally:
         writer.shutdown(wait=True)
         bar.close()
-    return ScoreSummary(source, output, rejects if rejected else None, rows, scored, rejected, model.name,
+    return ScoreSummary(source, output, rejects, rows, scored, rejected, model.name,
                         model.version, round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
+
+
+def _without_own_outputs(files: list[str], outputs: tuple[str, ...], source: str) -> list[str]:
+    """The input's files minus this job's outputs (a scores file inside the input folder must
+    not be read back as customers on the next run)."""
+    own = {o.removeprefix("s3://") if o.startswith("s3://") else str(Path(o).resolve()) for o in outputs}
+    kept = [f for f in files if f not in own]
+    if not kept:
+        raise DataSourceError(f"no input files in {source} besides this job's own outputs")
+    return kept
 
 
 def _check_column_path(model: loading.LoadedModel) -> None:
@@ -530,8 +590,8 @@ def _progress(fs: pafs.FileSystem, files: list[str], kind: str, enabled: bool) -
             for path in files:
                 with fs.open_input_file(path) as handle:
                     total += pq.ParquetFile(handle).metadata.num_rows
-        except OSError:
-            total = None
+        except (OSError, pa.ArrowException):
+            total = None  # the chunks' reader reports the file properly
     interactive = sys.stderr.isatty()
     return tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not enabled, file=sys.stderr,
                 mininterval=0.5 if interactive else 10, dynamic_ncols=interactive)  # fmt: skip

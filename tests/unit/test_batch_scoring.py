@@ -54,6 +54,7 @@ def test_scores_equal_the_apis_scorer_on_1000_real_customers(registry_uri, custo
     assert (scores["risk"] == bands).all()
     assert (scores["model_version"] == 1).all() and (scores["model_name"] == "churn").all()
     assert scores["scored_at"].nunique() == 1 and str(scores["scored_at"].dt.tz) == "UTC"
+    assert len(pd.read_parquet(tmp_path / "scores.rejects.parquet")) == 0  # every run writes its own, empty or not
     # The same customers as text (a CSV export) take the row-by-row path: the same scores.
     customers.head(1000).to_csv(tmp_path / "customers.csv", index=False)
     result = run(registry_uri, "--input", str(tmp_path / "customers.csv"), "--output", str(tmp_path / "text.parquet"))
@@ -117,6 +118,29 @@ def test_explain_adds_the_top_contributions_as_columns(registry_uri, customers, 
     assert first["explanation_1_value"] == str(customers.iloc[0][first["explanation_1_feature"]])
 
 
+def test_the_jobs_own_files_in_the_input_folder_are_not_read_back(registry_uri, customers, tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    customers.head(400).to_parquet(folder / "customers.parquet", index=False)
+    for _ in range(2):
+        result = run(registry_uri, "--input", str(folder), "--output", str(folder / "scores.parquet"),
+                     "--with-features", "--json")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["rows"] == 400
+
+
+def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, tmp_path):
+    frame = customers.head(50).reset_index(drop=True)
+    frame["customer_id"] = pd.array([2**53 + 1 + i for i in range(50)], dtype="Int64")
+    frame.loc[7, "customer_id"] = None
+    frame.loc[9, "tenure"] = -1  # a bad row: this chunk takes the row-by-row path, through pandas
+    frame.to_parquet(tmp_path / "ids.parquet", index=False)
+    result = run(registry_uri, "--input", str(tmp_path / "ids.parquet"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 1, result.output
+    ids = pd.read_parquet(tmp_path / "s.parquet")["customer_id"]
+    assert ids[0] == str(2**53 + 1) and pd.isna(ids[7]) and not ids.dropna().str.contains(".", regex=False).any()
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -137,6 +161,16 @@ def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_file_that_is_not_what_it_says_and_a_folder_as_output_are_exit_2(registry_uri, customers, tmp_path):
+    (tmp_path / "broken.parquet").write_bytes(b"half an upload")
+    result = run(registry_uri, "--input", str(tmp_path / "broken.parquet"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 2 and "cannot read" in result.output and "Traceback" not in result.output
+    customers.head(20).to_parquet(tmp_path / "ok.parquet", index=False)
+    (tmp_path / "folder").mkdir()
+    result = run(registry_uri, "--input", str(tmp_path / "ok.parquet"), "--output", str(tmp_path / "folder"))
+    assert result.exit_code == 2 and "is a folder" in result.output
 
 
 def test_missing_columns_are_named(registry_uri, customers, tmp_path):
@@ -205,7 +239,7 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert rescored["window"]["scores"] == "scored here by v1"
     assert stored["prediction_drift"]["score"] == pytest.approx(rescored["prediction_drift"]["score"], abs=1e-9)
     code, other = monitor(scores, "--version", "2")
-    assert other["window"]["scores"] == "scored here by v2 (the file's scores are from v1)"
+    assert other["window"]["scores"] == "scored here by v2 (the file's scores are from churn v1)"
     bare = tmp_path / "bare.parquet"
     assert run(uri, "--input", str(source), "--output", str(bare)).exit_code == 0
     code, message = monitor(bare)
