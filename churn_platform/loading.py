@@ -122,6 +122,9 @@ def _explainer(
         error = explanation.verify(explainer, rows)
     except ExplanationUnavailable as exc:
         return None, {"available": False, "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - an explainer that breaks (shap, numba) never stops the version serving
+        log.warning("explanations unavailable", exc_info=True)
+        return None, {"available": False, "reason": f"the explainer failed: {type(exc).__name__}: {exc}"[:300]}
     return explainer, {
         "available": True,
         "method": explainer.method,

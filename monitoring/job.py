@@ -184,9 +184,10 @@ def current_from_log(url: str, name: str, version: int | None, options: MonitorO
         engine.dispose()
 
 
-def _stored_scores(raw: pd.DataFrame, source: str, version: int) -> tuple[pd.DataFrame, dict]:
-    """A file of batch scores is monitored with its own scores when the monitored version made
-    them; a file without scores, or with another version's, is scored here."""
+def _stored_scores(raw: pd.DataFrame, source: str, name: str, version: int) -> tuple[pd.DataFrame, dict]:
+    """A file of batch scores is monitored with its own scores when the monitored model and
+    version made them (it says so in its model_name and model_version columns); a file
+    without scores, or with anyone else's, is scored here."""
     if PROBABILITY not in raw.columns:
         return raw, {"source": source, "scores": f"scored here by v{version}"}
     missing = [c for c in FEATURE_NAMES if c not in raw.columns]
@@ -195,11 +196,14 @@ def _stored_scores(raw: pd.DataFrame, source: str, version: int) -> tuple[pd.Dat
             f"{source} holds scores but not the features {missing[:3]}{'...' if len(missing) > 3 else ''}: "
             "write it with `churn-platform score --with-features` to monitor it"
         )
-    made_by: list[int] = []
+    made_by: list[str] = []
     if MODEL_VERSION in raw.columns:
-        made_by = sorted(set(pd.to_numeric(raw[MODEL_VERSION], errors="coerce").dropna().astype(int)))
-    if made_by and made_by != [version]:
-        scores = f"scored here by v{version} (the file's scores are from v{', v'.join(map(str, made_by))})"
+        versions = pd.to_numeric(raw[MODEL_VERSION], errors="coerce")
+        names = raw[MODEL_NAME].astype(str) if MODEL_NAME in raw.columns else pd.Series(name, index=raw.index)
+        pairs = zip(names, versions, strict=True)
+        made_by = sorted({f"{n} v{int(v)}" if pd.notna(v) else "an unknown version" for n, v in pairs})
+    if made_by != [f"{name} v{version}"]:
+        scores = f"scored here by v{version} (the file's scores are from {', '.join(made_by) or 'an unnamed model'})"
         return raw.drop(columns=[PROBABILITY]), {"source": source, "scores": scores}
     return raw, {"source": source, "scores": "stored in the file"}
 
@@ -214,7 +218,7 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
             if "no rows" not in str(exc):
                 raise
             raise NothingToCompare(f"no current rows: {exc}") from exc
-        return _stored_scores(raw, options.current, version)
+        return _stored_scores(raw, options.current, name, version)
     url = options.inference_log_url or settings.inference_log_url
     raw = current_from_log(url, name, None if options.all_versions else version, options)
     if raw.empty:

@@ -76,11 +76,11 @@ class Predictor:
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
             self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
             return Scored(model, self._score(model, customers, request_id, "production", top_k))
+        if top_k is not None:  # before routing: whether a request can be explained must not depend on its ids
+            _explainable(challenger)
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
             return Scored(model, self._score(model, customers, request_id, "production", top_k))
-        if top_k is not None:
-            _explainable(challenger)
         predictions: list[dict[str, Any]] = [{}] * len(customers)
         arms = (
             (~to_challenger, model, "production", request_id),
