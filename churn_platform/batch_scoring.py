@@ -540,6 +540,8 @@ def score(
                 bar.update(table.num_rows)
         if pending is not None:
             pending.result()
+        if not rows:  # a header-only export must not replace last week's scores with nothing
+            raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
         out.commit()  # the scores first: rejects never appear beside an older run's scores
         bad_out.commit()
     except BaseException:
@@ -584,7 +586,7 @@ def _progress(fs: pafs.FileSystem, files: list[str], kind: str, enabled: bool) -
     from tqdm import tqdm
 
     total = None
-    if kind == "parquet":
+    if kind == "parquet" and enabled:  # each footer is a request on S3: only for a bar someone sees
         try:
             total = 0
             for path in files:

@@ -20,6 +20,7 @@ import click
 
 from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES
 from churn_platform.errors import ChurnPlatformError
+from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings, get_settings
 from churn_platform.training_config import TrainConfig
 
@@ -466,7 +467,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
               help="Where to score: this process, streaming in chunks.")
 @click.option("--rejects", default=None, help="Where bad rows go (default: OUTPUT.rejects.parquet beside the output).")
 @click.option("--explain", is_flag=True, help="Add each customer's top contributions as columns.")
-@click.option("--top-k", type=click.IntRange(1, 19), default=5, show_default=True, help="Contributions per row.")
+@click.option("--top-k", type=click.IntRange(1, len(FEATURE_NAMES)), default=5, show_default=True,
+              help="Contributions per row.")
 @click.option("--with-features", is_flag=True,
               help="Also write each customer's features, so `churn-platform monitor --current` can read the file.")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,

@@ -173,6 +173,16 @@ def test_a_file_that_is_not_what_it_says_and_a_folder_as_output_are_exit_2(regis
     assert result.exit_code == 2 and "is a folder" in result.output
 
 
+def test_an_input_without_rows_leaves_the_previous_output(registry_uri, customers, tmp_path):
+    out = tmp_path / "scores.parquet"
+    customers.head(30).to_parquet(tmp_path / "some.parquet", index=False)
+    assert run(registry_uri, "--input", str(tmp_path / "some.parquet"), "--output", str(out)).exit_code == 0
+    customers.head(0).to_csv(tmp_path / "header-only.csv", index=False)
+    result = run(registry_uri, "--input", str(tmp_path / "header-only.csv"), "--output", str(out))
+    assert result.exit_code == 2 and "no rows" in result.output
+    assert len(pd.read_parquet(out)) == 30
+
+
 def test_missing_columns_are_named(registry_uri, customers, tmp_path):
     source = tmp_path / "customers.parquet"
     customers.head(20).drop(columns=["tenure", "contract"]).to_parquet(source, index=False)
