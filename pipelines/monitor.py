@@ -8,14 +8,16 @@ import sys
 from churn_platform.cli import main
 
 
-def _args(argv: list[str]) -> list[str]:
+def _args(argv: list[str], whole: tuple[str, ...] = ()) -> list[str]:
+    """``--flag value`` pairs without the "not given" ones; the ``whole`` flags' values as
+    integers (MLproject passes numbers as floats: ``3.0``)."""
     out: list[str] = []
     pairs = iter(argv)
     for flag in pairs:
         value = next(pairs, "")
         if value in ("", "0", "0.0"):
             continue
-        out += [flag, value]
+        out += [flag, str(int(float(value))) if flag in whole else value]
     return out
 
 

@@ -6,9 +6,5 @@ from churn_platform.cli import main
 from pipelines.monitor import _args
 
 if __name__ == "__main__":
-    args = _args(sys.argv[1:])
-    for flag in ("--of", "--at-least"):  # MLproject passes numbers as floats
-        if flag in args:
-            at = args.index(flag) + 1
-            args[at] = str(int(float(args[at])))
+    args = _args(sys.argv[1:], whole=("--of", "--at-least"))
     main(["retrain", *args], prog_name="pipelines.retrain")

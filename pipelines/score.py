@@ -9,11 +9,7 @@ from churn_platform.cli import main
 from pipelines.monitor import _args
 
 if __name__ == "__main__":
-    args = _args(sys.argv[1:])
-    for flag in ("--version", "--explain-top-k"):  # MLproject passes numbers as floats
-        if flag in args:
-            at = args.index(flag) + 1
-            args[at] = str(int(float(args[at])))
+    args = _args(sys.argv[1:], whole=("--version", "--explain-top-k"))
     if "--explain-top-k" in args:
         at = args.index("--explain-top-k")
         args[at : at + 2] = ["--explain", "--top-k", args[at + 1]]
