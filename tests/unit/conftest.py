@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -9,16 +13,22 @@ from churn_platform.training import TrainConfig, train
 from tests.conftest import mlflow_uris_restored
 
 
-@pytest.fixture(scope="session")
-def registry_uri(tmp_path_factory, telco_csv):
-    """One embedded registry for the module: telco v1 in Production, synthetic v2 not."""
-    folder = tmp_path_factory.mktemp("registry")
+@contextmanager
+def embedded_registry(folder: Path) -> Iterator[tuple[str, Settings]]:
+    """A SQLite registry in ``folder`` to train into, MLflow's URIs restored afterwards."""
     uri = f"sqlite:///{folder}/mlflow.db"
     with pytest.MonkeyPatch.context() as mp, mlflow_uris_restored():
         mp.chdir(folder)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         settings = Settings(tracking_uri=uri)
         registry.configure(settings)
+        yield uri, settings
+
+
+@pytest.fixture(scope="session")
+def registry_uri(tmp_path_factory, telco_csv):
+    """One embedded registry for the module: telco v1 in Production, synthetic v2 not."""
+    with embedded_registry(tmp_path_factory.mktemp("registry")) as (uri, settings):
         train(TrainConfig(data=str(telco_csv), model_name="churn"), settings)
         train(TrainConfig(n_rows=800, model_name="churn", seed=3), settings)
         MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", "1")

@@ -14,25 +14,19 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from churn_platform import data, registry
+from churn_platform import data
 from churn_platform.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
-from churn_platform.settings import Settings
 from churn_platform.training import TrainConfig, signature, train
 from serving.app import create_app
 from tests.conftest import mlflow_uris_restored
+from tests.unit.conftest import embedded_registry
 from tests.unit.test_api import make_settings, wait_ready
 
 
 @pytest.fixture(scope="module")
 def tree_registry(tmp_path_factory, telco_csv):
     """A registry whose Production is gradient boosting trained on the real customers."""
-    folder = tmp_path_factory.mktemp("tree-registry")
-    uri = f"sqlite:///{folder}/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp, mlflow_uris_restored():
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        settings = Settings(tracking_uri=uri)
-        registry.configure(settings)
+    with embedded_registry(tmp_path_factory.mktemp("tree-registry")) as (uri, settings):
         result = train(
             TrainConfig(data=str(telco_csv), model_name="churn", model_type="hist_gradient_boosting"), settings
         )
