@@ -27,7 +27,7 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev --extra spark --python $(PYTHON)
 	@touch $@
 
 install: $(VENV)/.installed ## create ./.venv with the project and its dev tools (idempotent)
@@ -40,12 +40,13 @@ lint: install ## ruff, and the layering rules as import-linter contracts (pyproj
 	$(BIN)/lint-imports --no-cache
 
 audit: $(UV) ## known vulnerabilities in the locked dependencies (pip-audit; needs PyPI's advisory data online)
-	$(UV) export --quiet --frozen --no-hashes --no-emit-project --extra dev -o $(TOOLS)/requirements-audit.txt
+	$(UV) export --quiet --frozen --no-hashes --no-emit-project --extra dev --extra spark -o $(TOOLS)/requirements-audit.txt
 	$(TOOLS)/bin/uvx pip-audit==2.10.1 -r $(TOOLS)/requirements-audit.txt --no-deps --disable-pip --strict --progress-spinner off
 
 test: lint ## lint, then the whole test suite (starts the services it needs)
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-browser.sh
+	@scripts/ensure-spark-jars.sh
 	$(BIN)/python -m pytest
 
 train: install ## train on DATA (default: synthetic; real: data/telco_churn.csv) against MLFLOW_TRACKING_URI (default: ./mlflow.db)

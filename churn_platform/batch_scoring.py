@@ -470,6 +470,41 @@ def _rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> p
     return pa.table(columns, schema=REJECTS_SCHEMA)
 
 
+@dataclass(frozen=True)
+class ScoredChunk:
+    #: The good rows' output (None when no row was good).
+    scores: pa.Table | None
+    #: The bad rows (``REJECTS_SCHEMA``; ``row`` counts from ``first_row``), None when all were good.
+    rejects: pa.Table | None
+    scored: int
+
+
+def score_chunk(
+    model: loading.LoadedModel, settings: Settings, table: pa.Table, scored_at: pd.Timestamp, schema: pa.Schema,
+    *, fast: bool, explain_top_k: int | None, first_row: int,
+) -> ScoredChunk:  # fmt: skip
+    """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
+    clean = fast and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
+    if clean:
+        ids = table.column(ID_COLUMN) if ID_COLUMN in table.column_names else pa.nulls(table.num_rows)
+        raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
+        scores = _with_features(_output_table(model, raw, ids, settings, scored_at, schema), table, schema)
+        return ScoredChunk(scores, None, table.num_rows)
+    # Text columns or a bad row somewhere: the row-by-row checks.
+    chunk = table.to_pandas()
+    good, reasons = data.split_rejects(chunk)
+    scored = _scored_table(model, good, settings, scored_at, explain_top_k, schema) if len(good) else None
+    rejects = _rejects_table(chunk, reasons, first_row) if len(reasons) else None
+    return ScoredChunk(scored, rejects, len(good))
+
+
+def output_kind(output: str, output_format: str | None) -> str:
+    kind = output_format or _SUFFIXES.get(Path(output).suffix.lower(), "parquet")
+    if kind not in FORMATS:
+        raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")
+    return kind
+
+
 def score(
     settings: Settings,
     source: str,
@@ -486,9 +521,7 @@ def score(
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` (and bad rows into ``rejects``)."""
     started = time.perf_counter()
-    kind = output_format or _SUFFIXES.get(Path(output).suffix.lower(), "parquet")
-    if kind not in FORMATS:
-        raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")
+    kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
     files = _without_own_outputs(files, (output, rejects), source)
@@ -516,27 +549,16 @@ def score(
     try:
         for path in files:
             for table in _chunks(fs, path, input_kind, chunk_rows):
-                clean = fast and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
-                if clean:
-                    ids = table.column(ID_COLUMN) if ID_COLUMN in table.column_names else pa.nulls(table.num_rows)
-                    raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
-                    scored_table = _with_features(_output_table(model, raw, ids, settings, scored_at, schema), table,
-                                                  schema)  # fmt: skip
-                    good_rows, chunk, reasons = table.num_rows, None, None
-                else:  # text columns or a bad row somewhere: the row-by-row checks
-                    chunk = table.to_pandas()
-                    good, reasons = data.split_rejects(chunk)
-                    good_rows = len(good)
-                    scored_table = (_scored_table(model, good, settings, scored_at, explain_top_k, schema)
-                                    if good_rows else None)  # fmt: skip
+                result = score_chunk(model, settings, table, scored_at, schema, fast=fast,
+                                     explain_top_k=explain_top_k, first_row=rows + 1)  # fmt: skip
                 if pending is not None:
                     pending.result()
-                pending = writer.submit(out.write, scored_table) if scored_table is not None else None
-                if chunk is not None and reasons is not None and len(reasons):
-                    bad_out.write(_rejects_table(chunk, reasons, rows + 1))
-                    rejected += len(reasons)
+                pending = writer.submit(out.write, result.scores) if result.scores is not None else None
+                if result.rejects is not None:
+                    bad_out.write(result.rejects)
+                    rejected += result.rejects.num_rows
                 rows += table.num_rows
-                scored += good_rows
+                scored += result.scored
                 bar.update(table.num_rows)
         if pending is not None:
             pending.result()

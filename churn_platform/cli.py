@@ -463,8 +463,12 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Score with this version.")
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv"]), default=None,
               help="Output format (default: from --output's suffix, else parquet).")
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Where to score: this process, streaming in chunks.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="local: this process, streaming in chunks; spark: Apache Spark (the 'spark' extra).")
+@click.option("--spark-master", default=None,
+              help="Spark master URL (default: spark-submit's, else local[*]).")
+@click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
+              help="A Spark setting, e.g. spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1 (repeatable).")
 @click.option("--rejects", default=None, help="Where bad rows go (default: OUTPUT.rejects.parquet beside the output).")
 @click.option("--explain", is_flag=True, help="Add each customer's top contributions as columns.")
 @click.option("--top-k", type=click.IntRange(1, len(FEATURE_NAMES)), default=5, show_default=True,
@@ -479,8 +483,9 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handles_errors
 def score(source: str, output: str, alias: str | None, version: int | None, output_format: str | None, engine: str,
-          rejects: str | None, explain: bool, top_k: int, with_features: bool, chunk_rows: int, no_progress: bool,
-          tracking_uri: str | None, model_name: str | None, as_json: bool) -> None:  # fmt: skip
+          spark_master: str | None, spark_conf: tuple[str, ...], rejects: str | None, explain: bool, top_k: int,
+          with_features: bool, chunk_rows: int, no_progress: bool, tracking_uri: str | None, model_name: str | None,
+          as_json: bool) -> None:  # fmt: skip
     """Score every customer in --input with a registered version into --output.
 
     Output columns: customer_id, churn_probability, will_churn, risk, model_name,
@@ -495,11 +500,24 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
 
     if alias and version:
         raise DataValidationError("give --alias or --version, not both")
+    if engine == "local" and (spark_master or spark_conf):
+        raise DataValidationError("--spark-master and --spark-conf need --engine spark")
+    conf = {}
+    for item in spark_conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DataValidationError(f"--spark-conf takes KEY=VALUE, got {item!r}")
+        conf[key.strip()] = value
     settings = settings_for(tracking_uri, model_name)
-    summary = batch_scoring.score(settings, source, output, alias=alias, version=version, output_format=output_format,
-                                  rejects=rejects, explain_top_k=top_k if explain else None,
-                                  with_features=with_features, chunk_rows=chunk_rows,
-                                  progress=not no_progress and not as_json)  # fmt: skip
+    options: dict[str, Any] = {"alias": alias, "version": version, "output_format": output_format, "rejects": rejects,
+                               "explain_top_k": top_k if explain else None, "with_features": with_features,
+                               "chunk_rows": chunk_rows, "progress": not no_progress and not as_json}  # fmt: skip
+    if engine == "spark":
+        from churn_platform import spark_scoring
+
+        summary = spark_scoring.score(settings, source, output, master=spark_master, conf=conf, **options)
+    else:
+        summary = batch_scoring.score(settings, source, output, **options)
     if as_json:
         echo_json(summary.to_json())
     else:

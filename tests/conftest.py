@@ -98,3 +98,21 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 def model_name() -> str:
     """A registered-model name no other test uses."""
     return f"churn-{uuid.uuid4().hex[:8]}"
+
+
+def stop_spark() -> None:
+    """End this process's Spark session (a JVM of ~500 MB), so the next test module that needs
+    Spark starts one with its own settings (jars are fixed when a session starts)."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession() or SparkSession._instantiatedSession  # noqa: SLF001
+    if session is not None:
+        session.stop()
+
+
+def spark_s3_jars() -> str:
+    """hadoop-aws and its AWS SDK, fetched by scripts/ensure-spark-jars.sh (`make test` runs it)."""
+    jars = sorted((REPO / ".tools" / "spark-jars").glob("*.jar"))
+    if len(jars) != 2:
+        raise ServiceError("s3a jars missing: run scripts/ensure-spark-jars.sh (make test does)")
+    return ",".join(str(j) for j in jars)

@@ -17,6 +17,7 @@ from churn_platform.loading import load
 from churn_platform.registry import connect
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
+from tests.conftest import spark_s3_jars, stop_spark
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +54,23 @@ def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch
     assert scores["customer_id"].tolist() == good["customer_id"].tolist()
     assert np.max(np.abs(scores["churn_probability"].to_numpy() - expected)) <= 1e-9
     assert (scores["model_version"] == version).all()
+
+    # The Spark engine over s3a, the same input and outputs: the same scores and rejects.
+    stop_spark()  # a session started without the s3a jars cannot gain them
+    spark = [*args[:-1], "--output", f"s3://{bucket}/scores/spark.parquet", "--engine", "spark",
+             "--spark-master", "local[2]", "--spark-conf", f"spark.jars={spark_s3_jars()}"]  # fmt: skip
+    try:
+        result = CliRunner().invoke(main, spark)
+    finally:
+        stop_spark()
+    assert result.exit_code == 1, result.output
+    by_spark = read("scores/spark.parquet").set_index("customer_id").loc[scores["customer_id"]]
+    assert np.max(np.abs(by_spark["churn_probability"].to_numpy() - scores["churn_probability"].to_numpy())) <= 1e-9
+    assert read("scores/spark.rejects.parquet").equals(rejects)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="scores/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [  # no staging folder left behind
+        "scores/latest.parquet", "scores/latest.rejects.parquet", "scores/spark.parquet", "scores/spark.rejects.parquet"
+    ]
 
     # An object store that does not answer: exit 3, one line, nothing written.
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")

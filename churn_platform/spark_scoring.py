@@ -1,0 +1,356 @@
+"""The batch scoring job on Apache Spark (``score --engine spark``), for a customer base that
+outgrows one machine.
+
+The same job as the local engine, distributed: the same file listing (so a glob means the
+same files), the same per-chunk scoring code (``batch_scoring.score_chunk``, run by
+``mapInArrow`` on the executors over Arrow batches, with the version loaded and verified
+once on the driver and broadcast), so both engines give the same scores, rejects, reasons
+and row numbers. Rows are numbered across the input as the local engine numbers them: each
+executor counts the rows of each file split it reads (``_metadata.file_block_start``), and
+the driver turns those counts into offsets.
+
+The outputs are the local engine's: one file each for the scores and the rejects, written
+by Spark in parallel under a staging prefix and then merged, streaming, into the final name
+by the local engine's atomic writer, so a killed job never leaves a half-written output.
+Row order is not the input's (Spark reads large files first).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from churn_platform import batch_scoring, loading
+from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
+from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
+from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
+from churn_platform.scorer import FastScorer
+from churn_platform.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: What each row of the distributed step is: a scored row, a rejected one, or a split's row count.
+_SCORE, _REJECT, _COUNT = "score", "reject", "count"
+_RAW = "_raw_"
+#: hadoop-aws reads these as plain numbers; newer Hadoop defaults spell them "60s", which an
+#: older hadoop-aws on the classpath (a cluster's, or the one the tests fetch) cannot parse.
+_S3A_NUMBERS = {
+    "fs.s3a.connection.establish.timeout": "30000",
+    "fs.s3a.connection.timeout": "200000",
+    "fs.s3a.threads.keepalivetime": "60",
+    "fs.s3a.multipart.purge.age": "86400",
+}
+
+
+def session(settings: Settings, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
+    """The job's Spark session: spark-submit's when run under it, else a new one (``local[*]``
+    unless ``master``); s3a set up for MLflow's S3 endpoint when one is configured."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise DataValidationError(
+            "--engine spark needs pyspark: pip install 'churn-platform[spark]' (and Java 17 or newer)"
+        ) from None
+    # Executors run this interpreter's Python (with the project installed) unless told otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # pyspark 4 warns that it "does not yet fully support pandas >= 3"; mapInArrow never uses pandas.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    builder = SparkSession.builder.appName("churn-platform score")
+    if master:
+        builder = builder.master(master)
+    for key, value in {
+        "spark.sql.session.timeZone": "UTC",
+        # scored_at as a standard Parquet timestamp (Spark's default INT96 is deprecated).
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        **(conf or {}),
+    }.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # noqa: BLE001 - no Java, a bad master URL: one line for the user
+        raise DataValidationError(f"cannot start Spark: {str(exc).strip().splitlines()[-1][:300]}") from None
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - the documented way to set fs.s3a.*
+    for key, value in _S3A_NUMBERS.items():
+        hadoop.set(key, value)
+    if settings.s3_endpoint_url:
+        endpoint = urlparse(settings.s3_endpoint_url)
+        hadoop.set("fs.s3a.endpoint", settings.s3_endpoint_url)
+        hadoop.set("fs.s3a.path.style.access", "true")  # MinIO and moto serve buckets as paths
+        hadoop.set("fs.s3a.connection.ssl.enabled", str(endpoint.scheme == "https").lower())
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # The keys boto3 and MLflow use; without them s3a's own chain applies (instance roles, IRSA).
+        hadoop.set("fs.s3a.aws.credentials.provider", "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider")
+        hadoop.set("fs.s3a.access.key", os.environ["AWS_ACCESS_KEY_ID"])
+        hadoop.set("fs.s3a.secret.key", os.environ["AWS_SECRET_ACCESS_KEY"])
+    return spark
+
+
+def _spark_path(path: str, s3: bool) -> str:
+    """A path as ``input_files`` names it (``bucket/key`` on S3), as a URI for Spark."""
+    return f"s3a://{path}" if s3 else Path(path).as_uri()
+
+
+def _our_path(uri: str) -> str:
+    """A path as ``input_files`` names it, from the URI Spark's ``_metadata.file_path`` gives."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3a", "s3", "s3n"):
+        return parsed.netloc + unquote(parsed.path)
+    return unquote(parsed.path)
+
+
+def _combined_schema(schema: pa.Schema) -> pa.Schema:
+    """The distributed step's one output: scores, rejects and row counts side by side."""
+    extra = [pa.field("_kind", pa.string()), pa.field("_file", pa.string()), pa.field("_block", pa.int64()),
+             pa.field("_pos", pa.int64()), pa.field("reason", pa.string())]  # fmt: skip
+    raw = [pa.field(f"{_RAW}{c}", pa.string()) for c in (ID_COLUMN, *FEATURE_NAMES)]
+    return pa.schema(list(schema) + extra + raw)
+
+
+def _padded(columns: dict[str, Any], n: int, schema: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for f in schema:
+        value = columns.get(f.name)
+        if value is None:
+            value = pa.nulls(n, f.type)
+        elif isinstance(value, pa.ChunkedArray):
+            value = value.combine_chunks()
+        arrays.append(value.cast(f.type) if isinstance(value, pa.Array) else pa.array(value, f.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _score_partition(
+    batches: Iterator[pa.RecordBatch], *, model: Any, settings: Settings, scored_at: pd.Timestamp,
+    schema: pa.Schema, fast: bool, explain_top_k: int | None,
+) -> Iterator[pa.RecordBatch]:  # fmt: skip
+    """Runs on an executor: each Arrow batch scored by the local engine's code; bad rows with
+    their place in their file split; at the end, how many rows each split had."""
+    loaded: loading.LoadedModel = model.value
+    combined = _combined_schema(schema)
+    seen: dict[tuple[str, int], int] = {}
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        files = table.column("_file").to_numpy(zero_copy_only=False)
+        blocks = table.column("_block").to_numpy(zero_copy_only=False)
+        codes, keys = pd.factorize(pd.MultiIndex.from_arrays([files, blocks]))
+        base = np.array([seen.get(key, 0) for key in keys], dtype=np.int64)
+        position = base[codes] + pd.Series(codes).groupby(codes).cumcount().to_numpy()
+        for key, n in zip(keys, np.bincount(codes, minlength=len(keys)), strict=True):
+            seen[key] = seen.get(key, 0) + int(n)
+        result = batch_scoring.score_chunk(loaded, settings, table.drop_columns(["_file", "_block"]), scored_at,
+                                           schema, fast=fast, explain_top_k=explain_top_k, first_row=0)  # fmt: skip
+        if result.scores is not None:
+            columns = {name: result.scores.column(name) for name in result.scores.column_names}
+            yield _padded(columns | {"_kind": [_SCORE] * result.scores.num_rows}, result.scores.num_rows, combined)
+        if result.rejects is not None:
+            rows = result.rejects.column("row").to_numpy()  # 0-based, within this batch
+            columns = {f"{_RAW}{c}": result.rejects.column(c) for c in (ID_COLUMN, *FEATURE_NAMES)}
+            columns |= {"_kind": [_REJECT] * len(rows), "_file": files[rows].tolist(),
+                        "_block": blocks[rows].tolist(), "_pos": position[rows].tolist(),
+                        "reason": result.rejects.column("reason")}  # fmt: skip
+            yield _padded(columns, len(rows), combined)
+    if seen:
+        yield _padded({"_kind": [_COUNT] * len(seen), "_file": [k[0] for k in seen], "_block": [k[1] for k in seen],
+                       "_pos": list(seen.values())}, len(seen), combined)  # fmt: skip
+
+
+def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str, s3: bool) -> DataFrame:
+    """The input's schema columns (normalised names) and each row's file split."""
+    from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    raw = batch_scoring._columns(fs, files[0], kind)  # noqa: SLF001 - one header reader for both engines
+    names = normalise_columns(raw)
+    missing = [c for c in FEATURE_NAMES if c not in names]
+    if missing:
+        raise DataValidationError(f"{files[0]}: missing required columns {missing} (found: {raw})")
+    paths = [_spark_path(f, s3) for f in files]
+    if kind == "parquet":
+        frame = spark.read.parquet(*paths)
+    else:
+        # Everything as text, as the local engine reads CSV; every file must have this header.
+        text = StructType([StructField(c, StringType()) for c in raw])
+        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="PERMISSIVE")
+    wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]
+    columns = []
+    for r, n in wanted:
+        column = F.col(f"`{r}`").cast("string") if n == ID_COLUMN else F.col(f"`{r}`")
+        if kind == "csv":  # Spark reads an empty field as null; the local engine, as the text it is
+            column = F.coalesce(column, F.lit(""))
+        columns.append(column.alias(n))
+    return frame.select(*columns, F.col("_metadata.file_path").alias("_file"),
+                        F.col("_metadata.file_block_start").alias("_block"))  # fmt: skip
+
+
+def _offsets(counts: list[Any], files: list[str]) -> tuple[int, list[tuple[str, int, int]]]:
+    """Rows in all, and each file split's first row number (0-based), in the input's order."""
+    order = {f: i for i, f in enumerate(files)}
+    splits = sorted(((c["_file"], int(c["_block"]), int(c["_pos"])) for c in counts),
+                    key=lambda s: (order.get(_our_path(s[0]), len(order)), _our_path(s[0]), s[1]))  # fmt: skip
+    offsets, total = [], 0
+    for file, block, n in splits:
+        offsets.append((file, block, total))
+        total += n
+    return total, offsets
+
+
+def _merge(fs: pafs.FileSystem, staging: str, target: str, kind: str, schema: pa.Schema, endpoint: str | None) -> None:
+    """Spark's part files under ``staging``, streamed in order into one file that appears complete."""
+    infos = fs.get_file_info(pafs.FileSelector(staging, recursive=False))
+    parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and Path(i.path).name.startswith("part-"))
+    out = batch_scoring._AtomicOutput(target, kind, schema, endpoint)  # noqa: SLF001 - the local engine's writer
+    try:
+        for part in parts:
+            with fs.open_input_file(part) as handle:
+                for batch in pq.ParquetFile(handle, pre_buffer=False).iter_batches(batch_size=100_000):
+                    out.write(pa.Table.from_batches([batch]).select(schema.names))
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+
+
+def score(
+    settings: Settings,
+    source: str,
+    output: str,
+    *,
+    alias: str | None = None,
+    version: int | None = None,
+    output_format: str | None = None,
+    rejects: str | None = None,
+    explain_top_k: int | None = None,
+    with_features: bool = False,
+    chunk_rows: int = batch_scoring.CHUNK_ROWS,
+    progress: bool = True,
+    master: str | None = None,
+    conf: dict[str, str] | None = None,
+) -> ScoreSummary:
+    """Score every row of ``source`` into ``output`` on Spark (bad rows into ``rejects``)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    started = time.perf_counter()
+    kind = batch_scoring.output_kind(output, output_format)
+    rejects = rejects or batch_scoring.default_rejects(output)
+    s3 = source.startswith("s3://")
+    fs, files, input_kind = batch_scoring.input_files(source, settings.s3_endpoint_url)
+    files = batch_scoring._without_own_outputs(files, (output, rejects), source)  # noqa: SLF001
+    model = batch_scoring.load_model(settings, alias, version)
+    if explain_top_k and model.explainer is None:
+        reason = model.explanations.get("reason", "no explainer")
+        raise DataValidationError(f"{model.name} v{model.version} cannot explain its scores: {reason}")
+    fast = isinstance(model.scorer, FastScorer) and not explain_top_k
+    if fast:
+        batch_scoring._check_column_path(model)  # noqa: SLF001
+    loaded = time.perf_counter()  # Spark's start counts as scoring time: it is the engine's cost
+    spark = session(settings, master, {
+        # One Arrow batch is one chunk of the local engine.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(chunk_rows),
+        "spark.ui.showConsoleProgress": str(progress).lower(), **(conf or {}),
+    })  # fmt: skip
+    spark.sparkContext.setLogLevel("ERROR")
+    schema = batch_scoring._output_schema(explain_top_k, with_features)  # noqa: SLF001
+    scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
+    out_fs, staging = _staging(output, settings)
+    try:
+        frame = _read(spark, fs, files, input_kind, s3)
+        shared = spark.sparkContext.broadcast(model)  # sent to each executor once, not with every task
+        work = functools.partial(_score_partition, model=shared, settings=settings, scored_at=scored_at,
+                                 schema=schema, fast=fast, explain_top_k=explain_top_k)  # fmt: skip
+        combined = frame.mapInArrow(work, from_arrow_schema(_combined_schema(schema)))
+        combined = combined.persist(StorageLevel.MEMORY_AND_DISK)  # scored once, read by both outputs
+        try:
+            counts = combined.where(F.col("_kind") == _COUNT).select("_file", "_block", "_pos").collect()
+            rows, offsets = _offsets(counts, files)
+            if not rows:
+                raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
+            rejected = combined.where(F.col("_kind") == _REJECT).count()
+            scores = combined.where(F.col("_kind") == _SCORE).select(*schema.names)
+            scores.write.mode("overwrite").parquet(_spark_path(f"{staging}/scores", output.startswith("s3://")))
+            starts = spark.createDataFrame(offsets, "_file string, _block long, _offset long")
+            bad = (combined.where(F.col("_kind") == _REJECT).join(F.broadcast(starts), ["_file", "_block"])
+                   .select((F.col("_offset") + F.col("_pos") + 1).alias("row"), "reason",
+                           *[F.col(f"{_RAW}{c}").alias(c) for c in (ID_COLUMN, *FEATURE_NAMES)])
+                   .orderBy("row"))  # fmt: skip
+            bad.write.mode("overwrite").parquet(_spark_path(f"{staging}/rejects", output.startswith("s3://")))
+        finally:
+            combined.unpersist()
+        # The scores first: rejects never appear beside an older run's scores.
+        _merge(out_fs, f"{staging}/scores", output, kind, schema, settings.s3_endpoint_url)
+        _merge(out_fs, f"{staging}/rejects", rejects, batch_scoring.output_kind(rejects, None), REJECTS_SCHEMA,
+               settings.s3_endpoint_url)  # fmt: skip
+    except Exception as exc:
+        raise _translated(exc, source) from None
+    finally:
+        _remove(out_fs, staging, settings.s3_endpoint_url)
+    return ScoreSummary(source, output, rejects, rows, rows - rejected, rejected, model.name, model.version,
+                        round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
+
+
+def _staging(output: str, settings: Settings) -> tuple[pafs.FileSystem, str]:
+    """Where Spark writes its part files: a hidden folder beside the output, on its filesystem."""
+    tag = uuid.uuid4().hex[:8]
+    if output.startswith("s3://"):
+        key = output.removeprefix("s3://")
+        parent, _, name = key.rpartition("/")
+        return batch_scoring._s3(settings.s3_endpoint_url), f"{parent}/.{name}.{tag}.spark"  # noqa: SLF001
+    final = Path(output).resolve()
+    if not final.parent.is_dir():
+        raise DataSourceError(f"output folder does not exist: {final.parent}")
+    if final.is_dir():
+        raise DataSourceError(f"{output} is a folder; give a file name")
+    return pafs.LocalFileSystem(), str(final.with_name(f".{final.name}.{tag}.spark"))
+
+
+def _remove(fs: pafs.FileSystem, folder: str, endpoint: str | None) -> None:
+    """Delete the staging folder (on S3: every key under it, and no folder marker left behind)."""
+    try:
+        if isinstance(fs, pafs.S3FileSystem):
+            import boto3
+
+            bucket, _, prefix = folder.partition("/")
+            client = boto3.client("s3", endpoint_url=endpoint)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/"):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        else:
+            fs.delete_dir(folder)
+    except Exception as exc:  # noqa: BLE001 - the outputs are complete; a leftover is worth a warning, not a failure
+        if not isinstance(exc, FileNotFoundError):
+            logging.getLogger(__name__).warning("could not remove the staging folder %s: %s", folder, exc)
+
+
+def _translated(exc: Exception, source: str) -> Exception:
+    """Spark's errors as the job's own: one line, and the exit code they deserve."""
+    if isinstance(exc, DataSourceError | DataValidationError | StorageUnreachable | loading.VerificationFailed):
+        return exc
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    if not isinstance(exc, PySparkException | Py4JError):
+        return exc
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if "Exception:" in ln or "Error:" in ln), text.splitlines()[0])
+    if batch_scoring._is_connection_error(Exception(line)):  # noqa: SLF001 - the message, not the JVM's stack
+        return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
+    return DataSourceError(f"Spark could not score {source}: {line[:400]}")

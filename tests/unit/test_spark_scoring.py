@@ -1,0 +1,114 @@
+"""`churn-platform score --engine spark` on a real Spark (local[2]), against the local engine
+and the API, on the embedded registry and real customers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from churn_platform import data
+from churn_platform.cli import main
+from serving.app import create_app
+from tests.conftest import stop_spark
+from tests.unit.test_api import make_settings, wait_ready
+from tests.unit.test_batch_scoring import OUTPUT_COLUMNS
+
+#: local[2] as in CI; a JVM that starts in 8 s rather than 12 (no C2 compiler for a short job).
+SPARK = ["--engine", "spark", "--spark-master", "local[2]",
+         "--spark-conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_spark_session_for_the_module():
+    yield
+    stop_spark()
+
+
+def run(registry_uri: str, *args: str):
+    return CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--no-progress", *args])
+
+
+@pytest.fixture
+def customers(telco_csv) -> pd.DataFrame:
+    return data.load(telco_csv).drop(columns=["churn"])
+
+
+def test_spark_local_and_the_api_agree_on_1000_real_customers(registry_uri, customers, tmp_path):
+    source = tmp_path / "customers.parquet"
+    customers.head(1000).to_parquet(source, index=False)
+    outputs = {}
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(source), "--output", str(out), "--json")
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert (summary["rows"], summary["scored"], summary["rejected"], summary["model_version"]) == (1000, 1000, 0, 1)
+        outputs[engine] = pd.read_parquet(out).set_index("customer_id")
+        assert len(pd.read_parquet(tmp_path / f"{engine}.rejects.parquet")) == 0
+    local, spark = outputs["local"], outputs["spark"].loc[outputs["local"].index]
+    assert list(pd.read_parquet(tmp_path / "spark.parquet").columns) == OUTPUT_COLUMNS
+    assert (
+        pd.read_parquet(tmp_path / "spark.parquet").dtypes == pd.read_parquet(tmp_path / "local.parquet").dtypes
+    ).all()
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
+        wait_ready(client)
+        response = client.post("/predict", json={"customers": data.to_records(customers.head(1000))})
+    assert response.status_code == 200
+    api = pd.DataFrame(response.json()["predictions"]).set_index("customer_id").loc[local.index]
+    assert np.max(np.abs(spark["churn_probability"] - local["churn_probability"])) <= 1e-9
+    assert np.max(np.abs(spark["churn_probability"] - api["churn_probability"])) <= 1e-9
+    assert (spark["risk"] == api["risk"]).all() and (spark["will_churn"] == api["will_churn"]).all()
+    assert spark[["model_name", "model_version"]].equals(local[["model_name", "model_version"]])
+
+
+def test_spark_rejects_the_same_rows_with_the_same_numbers_and_reasons(registry_uri, customers, tmp_path):
+    frame = pd.concat([customers] * 3, ignore_index=True).head(10_000).astype(str)  # a CSV export: all text
+    frame.loc[41, "monthly_charges"] = ""
+    frame.loc[5_000, "contract"] = "Three year"
+    frame.loc[9_998, "tenure"] = "twelve"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    frame.iloc[:4_000].to_csv(folder / "part-0.csv", index=False)
+    frame.iloc[4_000:].to_csv(folder / "part-1.csv", index=False)
+    # Small splits: each file is read by several tasks, whose row counts number the rows.
+    result = run(registry_uri, *SPARK, "--spark-conf", "spark.sql.files.maxPartitionBytes=100000",
+                 "--input", str(folder), "--output", str(tmp_path / "spark.csv"))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "9997 of 10000 rows scored" in result.stdout and "3 rejected" in result.stdout
+    assert len(pd.read_csv(tmp_path / "spark.csv")) == 9_997
+    rejects = pd.read_parquet(tmp_path / "spark.rejects.parquet")
+    assert rejects["row"].tolist() == [42, 5_001, 9_999]
+    assert rejects["reason"].tolist() == [
+        "monthly_charges: missing",
+        "contract: unknown category (allowed: Month-to-month, One year, Two year)",
+        "tenure: not a number",
+    ]
+    result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "local.csv"))
+    assert result.exit_code == 1, result.output
+    assert rejects.equals(pd.read_parquet(tmp_path / "local.rejects.parquet"))
+    local, spark = (
+        pd.read_csv(tmp_path / f"{e}.csv").sort_values("customer_id", kind="stable") for e in ("local", "spark")
+    )
+    assert local["customer_id"].tolist() == spark["customer_id"].tolist()
+    assert np.max(np.abs(local["churn_probability"].to_numpy() - spark["churn_probability"].to_numpy())) <= 1e-9
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--engine", "spark", "--spark-conf", "no-equals-sign"], "--spark-conf takes KEY=VALUE"),
+        (["--spark-master", "local[2]"], "need --engine spark"),
+    ],
+)
+def test_spark_options_are_checked_before_anything_starts(registry_uri, customers, tmp_path, args, words):
+    source = tmp_path / "customers.parquet"
+    customers.head(10).to_parquet(source, index=False)
+    result = run(registry_uri, *args, "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "scores.parquet").exists()
