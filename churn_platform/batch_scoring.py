@@ -20,8 +20,10 @@ import fnmatch
 import glob
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -40,7 +42,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churn_platform import data, explanation, loading, registry
+from churn_platform import data, explanation
 from churn_platform.contract import (
     MODEL_NAME,
     MODEL_VERSION,
@@ -62,6 +64,9 @@ from churn_platform.schema import (
 )
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings
+
+if TYPE_CHECKING:  # loading and registry import MLflow: not for Spark's executors, which only score
+    from churn_platform import loading
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +237,7 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
     """The scorer's inputs straight from Arrow, when the chunk is typed and every row passes
     the schema's checks; None sends the chunk to the row-by-row checks of ``data.split_rejects``
     (text columns, a missing or bad value anywhere), which give the same verdicts and scores."""
-    numbers = np.empty((chunk.num_rows, len(scorer.numeric_features)))
+    numbers = np.empty((chunk.num_rows, len(scorer.numeric_features)), order="F")  # each column contiguous
     for j, name in enumerate(scorer.numeric_features):
         column = chunk.column(name)
         if column.null_count or not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
@@ -262,8 +267,8 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
         dictionary = [str(v).strip() for v in column.dictionary.to_pylist()]
         if not set(dictionary) <= set(FEATURES_BY_NAME[name].allowed or ()):
             return None
-        mapped = np.array([lookup.get(v, -1) for v in dictionary], dtype=np.intp)
-        codes.append(mapped[column.indices.to_numpy(zero_copy_only=False)])
+        mapped = np.array([lookup.get(v, -1) for v in dictionary], dtype=np.int32)
+        codes.append(np.take(mapped, column.indices.to_numpy(zero_copy_only=False)))  # int32: half the bytes
     return numbers, codes
 
 
@@ -400,6 +405,8 @@ def default_rejects(output: str) -> str:
 
 def load_model(settings: Settings, alias: str | None, version: int | None) -> loading.LoadedModel:
     """The version to score with, loaded and verified as the API does."""
+    from churn_platform import loading, registry
+
     client = registry.connect(settings)
     name = settings.model_name
     try:
@@ -547,19 +554,18 @@ def score(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-writer")
     pending: Future[None] | None = None
     try:
-        for path in files:
-            for table in _chunks(fs, path, input_kind, chunk_rows):
-                result = score_chunk(model, settings, table, scored_at, schema, fast=fast,
-                                     explain_top_k=explain_top_k, first_row=rows + 1)  # fmt: skip
-                if pending is not None:
-                    pending.result()
-                pending = writer.submit(out.write, result.scores) if result.scores is not None else None
-                if result.rejects is not None:
-                    bad_out.write(result.rejects)
-                    rejected += result.rejects.num_rows
-                rows += table.num_rows
-                scored += result.scored
-                bar.update(table.num_rows)
+        for table in _prefetched(_chunks(fs, path, input_kind, chunk_rows) for path in files):
+            result = score_chunk(model, settings, table, scored_at, schema, fast=fast,
+                                 explain_top_k=explain_top_k, first_row=rows + 1)  # fmt: skip
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(out.write, result.scores) if result.scores is not None else None
+            if result.rejects is not None:
+                bad_out.write(result.rejects)
+                rejected += result.rejects.num_rows
+            rows += table.num_rows
+            scored += result.scored
+            bar.update(table.num_rows)
         if pending is not None:
             pending.result()
         if not rows:  # a header-only export must not replace last week's scores with nothing
@@ -578,6 +584,46 @@ def score(
                         model.version, round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
 
 
+def _prefetched(chunks: Iterator[Iterator[pa.Table]]) -> Iterator[pa.Table]:
+    """The chunks, each read by a thread while the one before is scored (Arrow's Parquet and CSV
+    decoding releases the GIL, so reading takes the core the scoring leaves). One chunk waits."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():  # the consumer may have stopped (an error, a kill): never block it
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for group in chunks:
+                for table in group:
+                    if not put(("chunk", table)):
+                        return
+            put(("done", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(("error", exc))
+
+    reader = threading.Thread(target=read, name="score-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, item = ready.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
 def _without_own_outputs(files: list[str], outputs: tuple[str, ...], source: str) -> list[str]:
     """The input's files minus this job's outputs (a scores file inside the input folder must
     not be read back as customers on the next run)."""
@@ -591,6 +637,8 @@ def _without_own_outputs(files: list[str], outputs: tuple[str, ...], source: str
 def _check_column_path(model: loading.LoadedModel) -> None:
     """The column path is other code than the record path the load verified: check it against
     sklearn too, on generated customers, before it scores anyone."""
+    from churn_platform import loading
+
     scorer = model.scorer
     assert isinstance(scorer, FastScorer)
     frame = data.generate(500, seed=11)
