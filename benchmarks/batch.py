@@ -9,7 +9,10 @@ scoring loop (model loading excluded for both) and the process's peak RSS:
 
 - ours: ``batch_scoring.score`` (read in chunks, check each row, score, write Parquet);
 - peer: ``mlflow.pyfunc.load_model("models:/churn@Production").predict`` over 100,000-row
-  pandas chunks read from the same file (it writes nothing and checks only the signature).
+  pandas chunks read from the same file (it writes nothing and checks only the signature);
+- ours on Spark (``--engine spark`` on local[2]) against ``mlflow.pyfunc.spark_udf`` on the
+  same Spark (reads the file, scores, writes the ids and scores; no row checks, no rejects).
+  Peak RSS for these sums the driver, its JVM and the Python workers, sampled every 0.25 s.
 
 Targets (the batch-scoring issue): ours >= 10x the peer's rows/s; our peak RSS <= 1 GiB
 for N = 1M and no higher for 5N.
@@ -50,7 +53,28 @@ def _child(kind: str, source: str, output: str) -> None:
         summary = batch_scoring.score(settings, source, output, progress=False)
         print(json.dumps({"rows": summary.rows, "seconds": summary.scoring_seconds, "rss_mib": _peak_rss_mib()}))
         return
+    if kind == "spark":
+        from churn_platform import spark_scoring
+
+        summary = spark_scoring.score(settings, source, output, progress=False, master="local[2]")
+        print(json.dumps({"rows": summary.rows, "seconds": summary.scoring_seconds, "rss_mib": _peak_rss_mib()}))
+        return
     import mlflow
+
+    if kind == "spark_udf":  # MLflow's own answer at scale, on the same Spark
+        from pyspark.sql import functions as F  # noqa: N812
+
+        from churn_platform.schema import FEATURE_NAMES
+        from churn_platform.spark_scoring import session
+
+        started = time.perf_counter()
+        spark = session(settings, "local[2]")
+        udf = mlflow.pyfunc.spark_udf(spark, "models:/churn@Production", result_type="double", env_manager="local")
+        frame = spark.read.parquet(source)
+        frame.select("customer_id", udf(F.struct(*FEATURE_NAMES)).alias("p")).write.mode("overwrite").parquet(output)
+        rows = frame.count()
+        print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "rss_mib": _peak_rss_mib()}))
+        return
     import pyarrow.parquet as pq
 
     from churn_platform.schema import FEATURE_NAMES
@@ -64,19 +88,46 @@ def _child(kind: str, source: str, output: str) -> None:
     print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "rss_mib": _peak_rss_mib()}))
 
 
+def _tree_rss_mib(pid: int) -> float:
+    """RSS of a process and all its descendants (Spark: the driver's JVM and its Python workers)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, float] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        process = int(status.parent.name)
+        children.setdefault(int(fields["PPid"]), []).append(process)
+        rss[process] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+    total, stack = 0.0, [pid]
+    while stack:
+        process = stack.pop()
+        total += rss.get(process, 0.0)
+        stack += children.get(process, [])
+    return total
+
+
 def _measure(kind: str, source: Path, output: Path, env: dict[str, str]) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", kind, "--input", str(source), "--output", str(output)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{kind} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while process.poll() is None:  # a JVM's memory is in other processes than the one measured by VmHWM
+        peak = max(peak, _tree_rss_mib(process.pid))
+        time.sleep(0.25)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        sys.exit(f"{kind} failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    if kind.startswith("spark"):
+        result["rss_mib"] = peak
     return {**result, "rows_s": result["rows"] / result["seconds"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "peer", "spark", "spark_udf"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -112,12 +163,20 @@ def main() -> None:
     ours = _measure("ours", inputs["n"], folder / "scores-n.parquet", env)
     peer = _measure("peer", inputs["n"], folder / "unused.parquet", env)
     ours_5n = _measure("ours", inputs["5n"], folder / "scores-5n.parquet", env)
+    spark = _measure("spark", inputs["n"], folder / "scores-spark.parquet", env)
+    spark_udf = _measure("spark_udf", inputs["n"], folder / "udf-out", env)
 
     print(f"\nbatch scoring, {args.rows:,} generated customers from Parquet (logistic, model load excluded)")
     print(f"{'':28}{'ours (local)':>14}{'mlflow pyfunc':>15}{'ratio':>9}  target")
     print(f"{'rows/s':28}{ours['rows_s']:>14,.0f}{peer['rows_s']:>15,.0f}{ours['rows_s'] / peer['rows_s']:>8.1f}x"
           "  >= 10x")  # fmt: skip
     print(f"{'peak RSS, MiB':28}{ours['rss_mib']:>14.0f}{peer['rss_mib']:>15.0f}{'':>9}  <= 1024")
+    print("\nthe Spark engine on local[2] (this machine's 2 cores; Spark's start-up included, model load excluded)")
+    print(f"{'':28}{'ours (spark)':>14}{'spark_udf':>15}{'ratio':>9}")
+    print(f"{'rows/s':28}{spark['rows_s']:>14,.0f}{spark_udf['rows_s']:>15,.0f}"
+          f"{spark['rows_s'] / spark_udf['rows_s']:>8.1f}x")  # fmt: skip
+    print(f"{'peak RSS, MiB (all processes)':28}{spark['rss_mib']:>14.0f}{spark_udf['rss_mib']:>15.0f}")
+    print(f"{'vs mlflow pyfunc, rows/s':28}{spark['rows_s'] / peer['rows_s']:>13.1f}x")
     big = f"ours, {sizes['5n']:,} rows:"
     print(f"{big + ' rows/s':28}{ours_5n['rows_s']:>14,.0f}")
     print(f"{big + ' peak RSS MiB':28}{ours_5n['rss_mib']:>14.0f}{'':>24}  <= the {args.rows:,}-row figure")

@@ -9,10 +9,12 @@ and row numbers. Rows are numbered across the input as the local engine numbers 
 executor counts the rows of each file split it reads (``_metadata.file_block_start``), and
 the driver turns those counts into offsets.
 
-The outputs are the local engine's: one file each for the scores and the rejects, written
-by Spark in parallel under a staging prefix and then merged, streaming, into the final name
-by the local engine's atomic writer, so a killed job never leaves a half-written output.
-Row order is not the input's (Spark reads large files first).
+The outputs are the local engine's: one file each for the scores and the rejects. Spark
+makes one pass (read, check, score, write part files of scores, rejects and row counts under
+a hidden staging folder beside the output); the driver then numbers the rejects and streams
+the scores into the final name through the local engine's atomic writer, so a killed job
+never leaves a half-written output. Row order is not the input's (Spark reads large files
+first).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +36,11 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churn_platform import batch_scoring, loading
+from churn_platform import batch_scoring
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
 from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
@@ -103,6 +107,18 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
     return spark
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """What executors need of a loaded version to score (not its pipeline or MLflow client):
+    broadcast to each executor once, and unpickled without importing MLflow."""
+
+    name: str
+    version: int
+    scorer: Any
+    explainer: Any
+    decision_threshold: float
+
+
 def _spark_path(path: str, s3: bool) -> str:
     """A path as ``input_files`` names it (``bucket/key`` on S3), as a URI for Spark."""
     return f"s3a://{path}" if s3 else Path(path).as_uri()
@@ -142,7 +158,7 @@ def _score_partition(
 ) -> Iterator[pa.RecordBatch]:  # fmt: skip
     """Runs on an executor: each Arrow batch scored by the local engine's code; bad rows with
     their place in their file split; at the end, how many rows each split had."""
-    loaded: loading.LoadedModel = model.value
+    loaded: _Scoring = model.value
     combined = _combined_schema(schema)
     seen: dict[tuple[str, int], int] = {}
     for batch in batches:
@@ -154,8 +170,9 @@ def _score_partition(
         position = base[codes] + pd.Series(codes).groupby(codes).cumcount().to_numpy()
         for key, n in zip(keys, np.bincount(codes, minlength=len(keys)), strict=True):
             seen[key] = seen.get(key, 0) + int(n)
-        result = batch_scoring.score_chunk(loaded, settings, table.drop_columns(["_file", "_block"]), scored_at,
-                                           schema, fast=fast, explain_top_k=explain_top_k, first_row=0)  # fmt: skip
+        features = table.drop_columns(["_file", "_block"])
+        result = batch_scoring.score_chunk(loaded, settings, features, scored_at, schema,  # type: ignore[arg-type]
+                                           fast=fast, explain_top_k=explain_top_k, first_row=0)  # fmt: skip
         if result.scores is not None:
             columns = {name: result.scores.column(name) for name in result.scores.column_names}
             yield _padded(columns | {"_kind": [_SCORE] * result.scores.num_rows}, result.scores.num_rows, combined)
@@ -199,28 +216,52 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
                         F.col("_metadata.file_block_start").alias("_block"))  # fmt: skip
 
 
-def _offsets(counts: list[Any], files: list[str]) -> tuple[int, list[tuple[str, int, int]]]:
-    """Rows in all, and each file split's first row number (0-based), in the input's order."""
-    order = {f: i for i, f in enumerate(files)}
-    splits = sorted(((c["_file"], int(c["_block"]), int(c["_pos"])) for c in counts),
-                    key=lambda s: (order.get(_our_path(s[0]), len(order)), _our_path(s[0]), s[1]))  # fmt: skip
-    offsets, total = [], 0
-    for file, block, n in splits:
-        offsets.append((file, block, total))
-        total += n
-    return total, offsets
-
-
-def _merge(fs: pafs.FileSystem, staging: str, target: str, kind: str, schema: pa.Schema, endpoint: str | None) -> None:
-    """Spark's part files under ``staging``, streamed in order into one file that appears complete."""
+def _parts(fs: pafs.FileSystem, staging: str) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(staging, recursive=False))
-    parts = sorted(i.path for i in infos if i.type == pafs.FileType.File and Path(i.path).name.startswith("part-"))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and Path(i.path).name.startswith("part-"))
+
+
+def _rejects(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> tuple[int, pa.Table]:
+    """Rows in all, and the rejects numbered as the local engine numbers them (each split's row
+    counts, in the input's order, give its first row), in row order."""
+    columns = ["_kind", "_file", "_block", "_pos", "reason", *(f"{_RAW}{c}" for c in (ID_COLUMN, *FEATURE_NAMES))]
+    tables = []
+    for part in parts:
+        with fs.open_input_file(part) as handle:
+            table = pq.read_table(handle, columns=columns)
+        tables.append(table.filter(pc.field("_kind") != _SCORE))
+    found = pa.concat_tables(tables) if tables else _combined_schema(pa.schema([])).empty_table().select(columns)
+    counts = found.filter(pc.field("_kind") == _COUNT).to_pylist()
+    order = {f: i for i, f in enumerate(files)}
+    splits = sorted(((c["_file"], c["_block"], c["_pos"]) for c in counts),
+                    key=lambda s: (order.get(_our_path(s[0]), len(order)), _our_path(s[0]), s[1]))  # fmt: skip
+    first, total = {}, 0
+    for file, block, n in splits:
+        first[(file, block)] = total
+        total += n
+    bad = found.filter(pc.field("_kind") == _REJECT)
+    offsets = [first[(f, b)] for f, b in zip(bad.column("_file").to_pylist(), bad.column("_block").to_pylist(),
+                                                 strict=True)]  # fmt: skip
+    numbered = pa.table(
+        {"row": pc.add(pa.array(offsets, pa.int64()), pc.add(bad.column("_pos"), 1)), "reason": bad.column("reason")}
+        | {c: bad.column(f"{_RAW}{c}") for c in (ID_COLUMN, *FEATURE_NAMES)}
+    )
+    return total, numbered.sort_by("row").cast(REJECTS_SCHEMA)
+
+
+def _write(fs: pafs.FileSystem, parts: list[str], target: str, kind: str, schema: pa.Schema,
+           endpoint: str | None) -> None:  # fmt: skip
+    """The scored rows of the part files, streamed into one file that appears only when complete."""
     out = batch_scoring._AtomicOutput(target, kind, schema, endpoint)  # noqa: SLF001 - the local engine's writer
     try:
         for part in parts:
             with fs.open_input_file(part) as handle:
-                for batch in pq.ParquetFile(handle, pre_buffer=False).iter_batches(batch_size=100_000):
-                    out.write(pa.Table.from_batches([batch]).select(schema.names))
+                source = pq.ParquetFile(handle, pre_buffer=False)
+                for batch in source.iter_batches(batch_size=100_000, columns=[*schema.names, "_kind"]):
+                    table = pa.Table.from_batches([batch])
+                    scored = table.filter(pc.field("_kind") == _SCORE).select(schema.names)
+                    if scored.num_rows:
+                        out.write(scored)
         out.commit()
     except BaseException:
         out.abort()
@@ -244,8 +285,6 @@ def score(
     conf: dict[str, str] | None = None,
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` on Spark (bad rows into ``rejects``)."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F  # noqa: N812
     from pyspark.sql.pandas.types import from_arrow_schema
 
     started = time.perf_counter()
@@ -273,31 +312,28 @@ def score(
     out_fs, staging = _staging(output, settings)
     try:
         frame = _read(spark, fs, files, input_kind, s3)
-        shared = spark.sparkContext.broadcast(model)  # sent to each executor once, not with every task
+        lean = _Scoring(model.name, model.version, model.scorer, model.explainer, model.decision_threshold)
+        shared = spark.sparkContext.broadcast(lean)  # sent to each executor once, not with every task
         work = functools.partial(_score_partition, model=shared, settings=settings, scored_at=scored_at,
                                  schema=schema, fast=fast, explain_top_k=explain_top_k)  # fmt: skip
+        # The one distributed pass: read, check, score, write part files (scores, rejects, row counts).
         combined = frame.mapInArrow(work, from_arrow_schema(_combined_schema(schema)))
-        combined = combined.persist(StorageLevel.MEMORY_AND_DISK)  # scored once, read by both outputs
-        try:
-            counts = combined.where(F.col("_kind") == _COUNT).select("_file", "_block", "_pos").collect()
-            rows, offsets = _offsets(counts, files)
-            if not rows:
-                raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
-            rejected = combined.where(F.col("_kind") == _REJECT).count()
-            scores = combined.where(F.col("_kind") == _SCORE).select(*schema.names)
-            scores.write.mode("overwrite").parquet(_spark_path(f"{staging}/scores", output.startswith("s3://")))
-            starts = spark.createDataFrame(offsets, "_file string, _block long, _offset long")
-            bad = (combined.where(F.col("_kind") == _REJECT).join(F.broadcast(starts), ["_file", "_block"])
-                   .select((F.col("_offset") + F.col("_pos") + 1).alias("row"), "reason",
-                           *[F.col(f"{_RAW}{c}").alias(c) for c in (ID_COLUMN, *FEATURE_NAMES)])
-                   .orderBy("row"))  # fmt: skip
-            bad.write.mode("overwrite").parquet(_spark_path(f"{staging}/rejects", output.startswith("s3://")))
-        finally:
-            combined.unpersist()
+        combined.write.mode("overwrite").parquet(_spark_path(staging, output.startswith("s3://")))
+        parts = _parts(out_fs, staging)
+        rows, bad = _rejects(out_fs, parts, files)
+        if not rows:
+            raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
         # The scores first: rejects never appear beside an older run's scores.
-        _merge(out_fs, f"{staging}/scores", output, kind, schema, settings.s3_endpoint_url)
-        _merge(out_fs, f"{staging}/rejects", rejects, batch_scoring.output_kind(rejects, None), REJECTS_SCHEMA,
-               settings.s3_endpoint_url)  # fmt: skip
+        _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
+        out = batch_scoring._AtomicOutput(rejects, batch_scoring.output_kind(rejects, None), REJECTS_SCHEMA,  # noqa: SLF001
+                                          settings.s3_endpoint_url)  # fmt: skip
+        try:
+            out.write(bad)
+            out.commit()
+        except BaseException:
+            out.abort()
+            raise
+        rejected = bad.num_rows
     except Exception as exc:
         raise _translated(exc, source) from None
     finally:
@@ -342,7 +378,9 @@ def _remove(fs: pafs.FileSystem, folder: str, endpoint: str | None) -> None:
 
 def _translated(exc: Exception, source: str) -> Exception:
     """Spark's errors as the job's own: one line, and the exit code they deserve."""
-    if isinstance(exc, DataSourceError | DataValidationError | StorageUnreachable | loading.VerificationFailed):
+    from churn_platform.loading import VerificationFailed
+
+    if isinstance(exc, DataSourceError | DataValidationError | StorageUnreachable | VerificationFailed):
         return exc
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException

@@ -101,13 +101,17 @@ def model_name() -> str:
 
 
 def stop_spark() -> None:
-    """End this process's Spark session (a JVM of ~500 MB), so the next test module that needs
-    Spark starts one with its own settings (jars are fixed when a session starts)."""
+    """End this process's Spark session and its JVM (~500 MB), so the next test that needs Spark
+    starts a new JVM with its own settings (jars join the classpath only when a JVM starts)."""
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession() or SparkSession._instantiatedSession  # noqa: SLF001
     if session is not None:
         session.stop()
+    if SparkContext._gateway is not None:  # noqa: SLF001 - the JVM outlives its context unless shut down
+        SparkContext._gateway.shutdown()  # noqa: SLF001
+        SparkContext._gateway = SparkContext._jvm = None  # noqa: SLF001
 
 
 def spark_s3_jars() -> str:
