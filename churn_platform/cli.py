@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from churn_platform import job_metrics
 from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES
 from churn_platform.errors import ChurnPlatformError
 from churn_platform.schema import FEATURE_NAMES
@@ -418,6 +419,7 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
 @click.option("--percent", type=click.IntRange(1, 99), default=None, help="Canary percent (with --rollout canary).")
 @click.option("--inference-log-url", default=None,
               help="Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
+@job_metrics.pushes("retrain")
 @registry_command
 def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: int, at_least: int,
             since: Any, base: str | None, gate_share: float, model_type: str | None, rollout_mode: str | None,
@@ -442,6 +444,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
         parameters={"model_type": model_type} if model_type else None,
         rollout_mode=rollout_mode, percent=percent,  # type: ignore[arg-type]
     )  # fmt: skip
+    job_metrics.record("churn_retrain_registered_version", result.version or 0)
     if as_json:
         return echo_json(result.model_dump(mode="json"))
     gate = result.gate or {}
@@ -481,6 +484,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @tracking_option
 @model_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@job_metrics.pushes("score")
 @handles_errors
 def score(source: str, output: str, alias: str | None, version: int | None, output_format: str | None, engine: str,
           spark_master: str | None, spark_conf: tuple[str, ...], rejects: str | None, explain: bool, top_k: int,
@@ -518,6 +522,8 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
         summary = spark_scoring.score(settings, source, output, master=spark_master, conf=conf, **options)
     else:
         summary = batch_scoring.score(settings, source, output, **options)
+    job_metrics.record("churn_job_rows", summary.scored, outcome="scored")
+    job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     if as_json:
         echo_json(summary.to_json())
     else:

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     monitor_alert_webhook: str | None = Field(
         None, description="URL that receives the summary JSON (POST) on drift or data-quality failure."
     )
+    pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway the batch jobs push their results to (e.g. http://pushgateway:9091).",
+    )
 
 
     # ---- outcomes and model performance

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from churn_platform import job_metrics
 from churn_platform.cli import echo_json, handles_errors, model_name_option, settings_for, tracking_option
 from churn_platform.contract import EXIT_CODES_HELP, PRODUCTION_ALIAS
 from churn_platform.settings import checked_features, checked_thresholds, column_thresholds, split_list
@@ -69,6 +70,7 @@ def _utc(value: datetime | None) -> datetime | None:
 @tracking_option
 @model_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
+@job_metrics.pushes("monitor")
 @handles_errors
 def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Compare current data with the model's training data; exit 0 no drift, 1 drift."""
@@ -77,6 +79,11 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     settings = settings_for(tracking_uri, model_name)
     params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
     summary = run(MonitorOptions(**params), settings)
+    job_metrics.record("churn_monitor_rows", summary.current_rows)
+    if summary.drift_share is not None:
+        job_metrics.record("churn_monitor_drift_share", summary.drift_share)
+        job_metrics.record("churn_monitor_dataset_drift", summary.dataset_drift)
+        job_metrics.record("churn_monitor_drifted_columns", len(summary.drifted_columns))
     if as_json:
         echo_json(summary.to_json())
     else:
@@ -113,6 +120,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 @tracking_option
 @model_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
+@job_metrics.pushes("performance")
 @handles_errors
 def performance(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Realized quality from outcomes, estimated quality (CBPE) before they arrive, against the
@@ -127,6 +135,10 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
             raise click.UsageError("give --since or --last-days, not both")
         params["since"] = (params["until"] or datetime.now(UTC)) - timedelta(days=last_days)
     summary = run(PerformanceOptions(**params), settings)
+    job_metrics.record("churn_performance_roc_auc", summary.realized.roc_auc, kind="realized")
+    job_metrics.record("churn_performance_roc_auc", summary.estimated.roc_auc, kind="estimated")
+    job_metrics.record("churn_performance_degraded", summary.degraded)
+    job_metrics.record("churn_performance_labelled_rows", summary.rows_matched)
     if as_json:
         echo_json(summary.to_json())
     else:

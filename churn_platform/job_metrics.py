@@ -1,0 +1,121 @@
+"""The batch jobs' results as Prometheus metrics, pushed to a Pushgateway.
+
+A CronJob is gone before Prometheus could scrape it, so monitor, performance, retrain and
+score push what they found (drift share, ROC AUC, rows) and how they ended (exit code,
+duration, last run and last success times) when ``CHURN_PUSHGATEWAY_URL`` is set. The
+alerts in deploy/observability/prometheus/rules.yml read these. Pushing is best effort: a
+gateway that is down is logged and never changes a job's result or exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from functools import wraps
+from typing import Any
+
+from churn_platform.contract import ExitCode
+
+log = logging.getLogger(__name__)
+
+#: Exit codes of a job that reached a verdict (ok, or drift / degraded / rejected rows / declined).
+_VERDICTS = (ExitCode.OK, ExitCode.REFUSED)
+#: The results the running job has recorded: metric name -> (value, extra labels).
+_results: ContextVar[list[tuple[str, float, dict[str, str]]] | None] = ContextVar("job_results", default=None)
+
+#: Every result metric a job may record, with its help text (one place for names and meanings).
+RESULTS = {
+    "churn_monitor_drift_share": "Share of feature columns that drifted in the last monitor run.",
+    "churn_monitor_dataset_drift": "1 when the last monitor run found dataset drift.",
+    "churn_monitor_drifted_columns": "Feature columns that drifted in the last monitor run.",
+    "churn_monitor_rows": "Current rows the last monitor run compared.",
+    "churn_performance_roc_auc": "ROC AUC of the last performance run, realized (labels) or estimated (CBPE).",
+    "churn_performance_degraded": "1 when the last performance run found the model degraded.",
+    "churn_performance_labelled_rows": "Predictions with an outcome in the last performance run.",
+    "churn_retrain_registered_version": "Version the last retrain registered (0: none).",
+    "churn_job_rows": "Rows the last run handled, by outcome.",
+}
+
+
+def record(name: str, value: float | bool | None, **labels: str) -> None:
+    """Note one result of the running job (ignored outside ``pushes``, and when ``value`` is None)."""
+    results = _results.get()
+    if results is None or value is None:
+        return
+    if name not in RESULTS:
+        raise KeyError(f"unknown job metric {name!r}")
+    results.append((name, float(value), labels))
+
+
+def pushes(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a CLI command: its results and ending are pushed when it ends, however it ends."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with _pushed(job, kwargs.get("model_name")):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@contextmanager
+def _pushed(job: str, model_name: str | None) -> Iterator[None]:
+    results: list[tuple[str, float, dict[str, str]]] = []
+    token = _results.set(results)
+    started = time.time()
+    code: int = ExitCode.OK
+    try:
+        yield
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (ExitCode.OK if exc.code is None else ExitCode.USAGE)
+        raise
+    except BaseException:
+        code = 70  # an unexpected crash (EX_SOFTWARE): never mistaken for a verdict
+        raise
+    finally:
+        _results.reset(token)
+        push(job, model_name, code, time.time() - started, results, finished=time.time())
+
+
+def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
+         results: list[tuple[str, float, dict[str, str]]], *, finished: float) -> bool:  # fmt: skip
+    """Push one run's metrics; False (and a warning) when no gateway is set or it refused them."""
+    from churn_platform.settings import get_settings
+
+    try:
+        settings = get_settings()
+    except Exception:  # noqa: BLE001 - bad settings are the job's own error to report, not this one's
+        return False
+    if not settings.pushgateway_url:
+        return False
+    from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+
+    registry = CollectorRegistry()
+    gauge = lambda name, text, labels=(): Gauge(name, text, labels, registry=registry)  # noqa: E731
+    gauge("churn_job_last_run_timestamp_seconds", "When the job last ended (Unix time).").set(finished)
+    gauge("churn_job_exit_code", "Exit code of the job's last run (0 ok, 1 a finding, 2 usage, 3 unreachable).").set(
+        exit_code
+    )
+    gauge("churn_job_duration_seconds", "Wall time of the job's last run.").set(duration_s)
+    if exit_code in _VERDICTS:
+        gauge("churn_job_last_success_timestamp_seconds",
+              "When the job last reached a verdict (exit 0 or 1).").set(finished)  # fmt: skip
+    made: dict[str, Gauge] = {}
+    for name, value, labels in results:
+        if name not in made:
+            made[name] = gauge(name, RESULTS[name], tuple(sorted(labels)))
+        (made[name].labels(**labels) if labels else made[name]).set(value)
+    try:
+        # pushadd (POST) replaces only these metrics: a failed run keeps the last success time.
+        pushadd_to_gateway(settings.pushgateway_url, job=job, registry=registry,
+                           grouping_key={"model_name": model_name or settings.model_name}, timeout=5)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - best effort: the job's own result stands
+        log.warning("could not push %s's metrics to %s: %s", job, settings.pushgateway_url, exc)
+        return False
+    return True

@@ -1,0 +1,104 @@
+"""The batch jobs push their results to a real Pushgateway (Debian's prometheus-pushgateway,
+installed by scripts/ensure-prometheus.sh), and a gateway that is down changes nothing."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
+
+from churn_platform import data
+from churn_platform.cli import main
+from churn_platform.processes import free_port
+from churn_platform.settings import get_settings
+from tests.services import start_process, wait_http
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:  # never a skip: CI must prove the push
+        pytest.fail("prometheus-pushgateway missing: run scripts/ensure-prometheus.sh (make test does)")
+    port = free_port()
+    process = start_process("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}"], tmp_path)
+    try:
+        wait_http(process, f"http://127.0.0.1:{port}/-/ready", timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+def pushed(url: str) -> dict[tuple[str, frozenset], float]:
+    """The gateway's samples of our jobs: (name, labels) -> value."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name.startswith("churn_")}  # fmt: skip
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    assert len(found) == 1, f"{name}{labels}: {found}"
+    return found[0]
+
+
+def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_success(
+    registry_uri, telco_csv, tmp_path, monkeypatch, gateway
+):  # fmt: skip
+    copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
+    get_settings.cache_clear()
+    drifted = tmp_path / "drifted.csv"
+    data.generate(1500, seed=7, drift=True).drop(columns=["churn"]).to_csv(drifted, index=False)
+
+    monitor = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--current", str(drifted),
+                                        "--output-dir", str(tmp_path / "report")])  # fmt: skip
+    assert monitor.exit_code == 1, monitor.output  # drift
+    samples = pushed(gateway)
+    job = {"job": "monitor", "model_name": "churn"}
+    assert value(samples, "churn_monitor_dataset_drift", **job) == 1
+    assert value(samples, "churn_monitor_drift_share", **job) >= 0.15
+    assert value(samples, "churn_monitor_drifted_columns", **job) >= 1
+    assert value(samples, "churn_monitor_rows", **job) == 1500
+    assert value(samples, "churn_job_exit_code", **job) == 1
+    assert value(samples, "churn_job_duration_seconds", **job) > 0
+    assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == value(
+        samples, "churn_job_last_run_timestamp_seconds", **job
+    )
+
+    customers = data.load(telco_csv).drop(columns=["churn"]).head(300).astype(str)
+    customers.loc[7, "tenure"] = "seven"
+    customers.to_csv(tmp_path / "customers.csv", index=False)
+    args = ["score", "--tracking-uri", uri, "--no-progress", "--output", str(tmp_path / "scores.parquet")]
+    scored = CliRunner().invoke(main, [*args, "--input", str(tmp_path / "customers.csv")])
+    assert scored.exit_code == 1, scored.output  # one rejected row
+    samples = pushed(gateway)
+    job = {"job": "score", "model_name": "churn"}
+    assert value(samples, "churn_job_rows", outcome="scored", **job) == 299
+    assert value(samples, "churn_job_rows", outcome="rejected", **job) == 1
+    succeeded = value(samples, "churn_job_last_success_timestamp_seconds", **job)
+
+    failed = CliRunner().invoke(main, [*args, "--input", str(tmp_path / "missing.csv")])
+    assert failed.exit_code == 2, failed.output
+    samples = pushed(gateway)
+    assert value(samples, "churn_job_exit_code", **job) == 2  # what ChurnBatchScoringFailed fires on
+    assert value(samples, "churn_job_last_run_timestamp_seconds", **job) > succeeded
+    assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == succeeded  # kept
+    assert value(samples, "churn_monitor_dataset_drift", job="monitor", model_name="churn") == 1  # other jobs kept
+
+
+def test_a_gateway_that_is_down_changes_no_result(registry_uri, telco_csv, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    data.load(telco_csv).drop(columns=["churn"]).head(100).to_parquet(tmp_path / "c.parquet", index=False)
+    args = ["--input", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "s.parquet")]
+    result = CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--no-progress", *args])
+    assert result.exit_code == 0, result.output
+    assert "100 of 100 rows scored" in result.stdout
+    assert any("could not push score's metrics" in r.getMessage() for r in caplog.records)
