@@ -47,6 +47,7 @@ test: lint ## lint, then the whole test suite (starts the services it needs)
 	@scripts/ensure-postgres.sh
 	@scripts/ensure-browser.sh
 	@scripts/ensure-spark-jars.sh
+	@scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest
 
 train: install ## train on DATA (default: synthetic; real: data/telco_churn.csv) against MLFLOW_TRACKING_URI (default: ./mlflow.db)
