@@ -1,0 +1,100 @@
+"""The alert rules, checked and unit-tested by Debian's promtool (scripts/ensure-prometheus.sh
+installs it; `make test` runs that), and their Kustomize component rendered and validated."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.policies import BIN, check, render
+from tests.services import REPO
+
+RULES = REPO / "deploy" / "observability" / "prometheus" / "rules.yml"
+TESTS = Path(__file__).with_name("alerts.test.yml")
+COMPONENT = REPO / "deploy" / "components" / "observability"
+RUNBOOKS = REPO / "docs" / "operations.md"
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:  # never a skip: CI must prove the rules
+        pytest.fail("promtool missing: run scripts/ensure-prometheus.sh (make test does)")
+    return found
+
+
+def alerts() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_promtool_checks_the_rules_and_every_alert_fires_and_stays_quiet_in_its_unit_tests():
+    checked = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = subprocess.run([promtool(), "test", "rules", TESTS.name], cwd=TESTS.parent, capture_output=True,
+                            text=True)  # fmt: skip
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    cases = [case for test in yaml.safe_load(TESTS.read_text())["tests"] for case in test["alert_rule_test"]]
+    for alert in alerts():
+        name = alert["alert"]
+        assert any(c["alertname"] == name and c["exp_alerts"] for c in cases), f"{name}: no firing case"
+        assert any(c["alertname"] == name and not c["exp_alerts"] for c in cases), f"{name}: no quiet case"
+
+
+def test_every_alert_says_what_and_how_bad_and_links_its_runbook():
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", RUNBOOKS.read_text(), re.M)}  # fmt: skip
+    for alert in alerts():
+        assert alert["labels"]["severity"] in ("critical", "warning", "info"), alert["alert"]
+        notes = alert["annotations"]
+        assert notes["summary"] and notes["description"], alert["alert"]
+        anchor = notes["runbook_url"].split("docs/operations.md#", 1)[1]
+        assert anchor == alert["alert"].lower() and anchor in anchors, f"{alert['alert']}: no runbook section"
+
+
+def test_the_component_carries_the_same_rules_and_renders_with_an_overlay(tmp_path):
+    rendered = subprocess.run([sys.executable, str(REPO / "scripts" / "render-prometheusrule.py")],
+                              capture_output=True, text=True)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr
+    shipped = yaml.safe_load((COMPONENT / "prometheusrule.yaml").read_text())
+    assert shipped["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    # The dev overlay with the component, as a user adds it (an overlay's components, in its namespace).
+    dev = REPO / "deploy" / "overlays" / "dev"
+    namespace = yaml.safe_load((dev / "kustomization.yaml").read_text())["namespace"]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
+        "resources": [os.path.relpath(dev, tmp_path)],
+        "components": [os.path.relpath(COMPONENT, tmp_path)],
+    }))  # fmt: skip
+    objs, stderr = render(tmp_path)
+    assert "warning" not in stderr.lower(), stderr
+    kinds = {o["kind"]: o for o in objs}
+    rule, monitor = kinds["PrometheusRule"], kinds["ServiceMonitor"]
+    assert rule["metadata"]["namespace"] == monitor["metadata"]["namespace"] == namespace
+    assert check(objs, "dev") == []  # the overlay's policies still hold with the component
+    pushes = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "churn-jobs-pushgateway")
+    selected = set(pushes["spec"]["podSelector"]["matchExpressions"][0]["values"])
+    assert selected == {"churn-monitor", "churn-performance", "churn-retrain", "churn-score"}  # the jobs that push
+    api = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "churn-api")
+    service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "churn-api")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    port = api["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(port)
+    # The rules as rendered (namespace and all) are what promtool accepts.
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    checked = subprocess.run([promtool(), "check", "rules", str(tmp_path / "rules.yml")], capture_output=True,
+                             text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Everything else validates strictly against Kubernetes' own schemas (the CRDs' kinds are not in them).
+    plain = [o for o in objs if o["kind"] not in ("PrometheusRule", "ServiceMonitor")]
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump_all(plain))
+    done = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", "--quiet",
+                           str(tmp_path / "plain.yaml")], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
