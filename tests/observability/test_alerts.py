@@ -3,6 +3,7 @@ installs it; `make test` runs that), and their Kustomize component rendered and 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -84,6 +85,11 @@ def test_the_component_carries_the_same_rules_and_renders_with_an_overlay(tmp_pa
     service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "churn-api")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    dashboards = next(o for o in objs if o["metadata"]["name"] == "churn-platform-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar watches
+    assert sorted(dashboards["data"]) == ["churn-data.json", "churn-model.json", "churn-quality.json",
+                                          "churn-service.json"]  # fmt: skip
+    assert all(json.loads(body)["uid"] == name.removesuffix(".json") for name, body in dashboards["data"].items())
     annotations = api["spec"]["template"]["metadata"]["annotations"]
     port = api["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(port)
@@ -98,3 +104,14 @@ def test_the_component_carries_the_same_rules_and_renders_with_an_overlay(tmp_pa
     done = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", "--quiet",
                            str(tmp_path / "plain.yaml")], capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_compose_profiles_prometheus_and_alertmanager_configs_are_valid():
+    config = REPO / "deploy" / "observability" / "prometheus" / "prometheus.yml"
+    checked = subprocess.run([promtool(), "check", "config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool missing: run scripts/ensure-prometheus.sh"
+    checked = subprocess.run([amtool, "check-config", str(REPO / "deploy/observability/alertmanager/alertmanager.yml")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
