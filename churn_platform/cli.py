@@ -93,12 +93,13 @@ class PluginGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool) -> None:
     """Train, promote, serve and monitor churn models in an MLflow Model Registry."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("botocore", "urllib3", "alembic", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from churn_platform import logs
+
+    try:
+        log_format = get_settings().log_format
+    except Exception:  # noqa: BLE001 - a bad variable is reported by the command that reads it
+        log_format = "text"
+    logs.configure(logging.DEBUG if verbose else logging.INFO, log_format)
 
 
 @main.command()

@@ -8,7 +8,7 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         0.005,
         ge=0,
         description="How much lower a candidate's validation roc_auc may be than Production's.",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as readable text or JSON lines (the image's default: json)."
+    )
+    access_log: bool = Field(
+        False, description="The API logs one line per request (route, status, duration_ms); costs throughput."
     )
 
     # ---- serving

@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from churn_platform import logs
 from churn_platform.settings import Settings, get_settings
 from serving import openapi
 from serving.errors import EXCEPTION_HANDLERS
@@ -40,6 +41,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batch_rows=settings.inference_log_batch_rows,
         flush_s=settings.inference_log_flush_s,
         queue_rows=settings.inference_log_queue_rows,
+        log_format=settings.log_format,
         listener=metrics,
     )
     inference_log.start()
@@ -55,6 +57,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing connects until it starts (lifespan)."""
     settings = settings or get_settings()
+    logs.configure(log_format=settings.log_format)  # uvicorn's worker processes start unconfigured
     metrics = Metrics()
     app = FastAPI(
         title="churn-platform prediction API",
@@ -76,5 +79,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, access_log=settings.access_log)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import click
@@ -14,12 +15,15 @@ from churn_platform.settings import get_settings
 @click.option("--host", default=None, help="Bind address (default: CHURN_API_HOST or 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes.")
-@click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
+@click.option("--access-log", is_flag=True, help="Log every request (CHURN_ACCESS_LOG; costs throughput).")
 @handles_errors
 def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
     """Run the prediction API with uvicorn (model from MLFLOW_TRACKING_URI's Production alias)."""
     import uvicorn
 
+    if access_log:  # the app reads it (in each worker process), not uvicorn: its lines carry the request id
+        os.environ["CHURN_ACCESS_LOG"] = "true"
+        get_settings.cache_clear()
     settings = get_settings()  # a bad variable fails here, before uvicorn starts workers
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
     # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
@@ -32,6 +36,7 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
         port=port or settings.api_port,
         workers=workers,
         timeout_graceful_shutdown=20,
-        access_log=access_log,
+        access_log=False,
+        log_config=None,  # uvicorn's lines go through our logging (text or JSON, CHURN_LOG_FORMAT)
         log_level="info",
     )

@@ -67,8 +67,9 @@ class InferenceLog:
         flush_s: float = 1.0,
         queue_rows: int = 100_000,
         listener: LogListener | None = None,
+        log_format: str = "text",
     ) -> None:
-        self.url = url
+        self.url, self._log_format = url, log_format
         self.spool_dir, self.spool_max_bytes = Path(spool_dir), spool_max_bytes
         self._pending: list[Item] = []
         self._pending_rows = 0
@@ -163,7 +164,7 @@ class InferenceLog:
 
     def _spawn_writer(self) -> _WriterProcess:
         config = {"url": self.url, "spool_dir": str(self.spool_dir), "spool_max_bytes": self.spool_max_bytes,
-                  "flush_s": self._flush_s}  # fmt: skip
+                  "flush_s": self._flush_s, "log_format": self._log_format}  # fmt: skip
         writer = _WriterProcess(config)
         writer.reader = threading.Thread(
             target=self._read_reports, args=(writer,), name="inference-log-reports", daemon=True

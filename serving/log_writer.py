@@ -35,6 +35,7 @@ import msgspec
 import psycopg2
 import sqlalchemy as sa
 
+from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
 from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
@@ -256,13 +257,13 @@ def main() -> None:
     # the process group must not cut the final flush short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stdin = sys.stdin.buffer
     first = read_frame(stdin)
     if first is None:
         return
     # The URL may hold a password: it comes through the pipe, never the command line.
     config = msgspec.msgpack.decode(first[0])
+    logs.configure(logging.INFO, config.get("log_format", "text"))  # the API's format
     spool = Spool(spool_root(Path(config["spool_dir"]), config["url"]), max_bytes=int(config["spool_max_bytes"]))
     if spool.adopted_bytes:
         log.info("inference log: replaying %d bytes spooled by an earlier process", spool.adopted_bytes)

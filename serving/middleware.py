@@ -1,15 +1,22 @@
-"""Pure ASGI middleware (no per-request task): body limit, JSON-only POSTs, request metrics."""
+"""Pure ASGI middleware (no per-request task): body limit, JSON-only POSTs, request metrics and ids."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from churn_platform import logs
 from serving.errors import BodyTooLarge, UnsupportedMediaType, problem_for
 from serving.metrics import Metrics
 
 JSON = "application/json"
+#: What an X-Request-ID may be to be kept (a trace or correlation id); anything else is replaced.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+access = logging.getLogger("churn.access")
 
 
 class BodyLimit:
@@ -75,26 +82,40 @@ class JsonOnly:
 
 
 class RequestMetrics:
-    """Count requests and time them per route template."""
+    """Count requests and time them per route template; give each a request id (the caller's
+    ``X-Request-ID`` when it is a sane token, else a new one), returned in the response and
+    carried by every log line of the request; optionally, one access line per request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False) -> None:
+        self.app, self.metrics, self.access_log = app, metrics, access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        valid = bool(_REQUEST_ID.fullmatch(given))
+        request_id = given if valid else uuid.uuid4().hex
+        # The inference log's key must be unique: a caller may reuse its ids, so theirs gets a suffix.
+        log_key = f"{request_id}/{uuid.uuid4().hex[:12]}" if valid else request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        try:
-            await self.app(scope, receive, record)
-        finally:
-            endpoint = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        with logs.request_context(request_id=request_id, log_key=log_key) as context:
+            try:
+                await self.app(scope, receive, record)
+            finally:
+                endpoint = getattr(scope.get("route"), "path", "unmatched")
+                elapsed = time.perf_counter() - started
+                self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+                self.metrics.latency.labels(endpoint).observe(elapsed)
+                if self.access_log:
+                    context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
+                    access.info("%s %s %s", scope["method"], scope["path"], status)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from churn_platform import explanation
+from churn_platform import explanation, logs
 from churn_platform.contract import (
     ARM_SEPARATOR,
     EXPLANATION,
@@ -68,7 +68,9 @@ class Predictor:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
         if top_k is not None:
             _explainable(model)
-        request_id = uuid.uuid4().hex
+        # The request's id from the middleware (the caller's X-Request-ID, made unique), so the log's
+        # rows, the response header and the log lines name the same request.
+        request_id = logs.current("log_key") or uuid.uuid4().hex
         active = self.holder.rollout
         if active is None or active.model.version == model.version:
             return Scored(model, self._score(model, customers, request_id, "production", top_k))
@@ -117,6 +119,9 @@ class Predictor:
     ) -> list[dict]:
         probabilities, bands, explained = self._run(model, customers, request_id, arm, explain=top_k is not None)
         self.metrics.rows_scored.inc(len(customers))
+        before, before_arm = logs.current("model_version"), logs.current("arm")  # a canary answers with both
+        logs.bind(model_version=model.version if before in (None, model.version) else f"{before}+{model.version}",
+                  arm=arm if before_arm in (None, arm) else f"{before_arm}+{arm}")  # fmt: skip
         threshold, version = model.decision_threshold, model.version
         predictions = [
             {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],

@@ -11,9 +11,11 @@ SECRET_KEY = "sk-known-secret-4f7c2a9e"
 DB_PASSWORD = "pw-known-secret-81d3"
 
 
-@pytest.fixture
-def api(registry_uri, tmp_path, monkeypatch):
+@pytest.fixture(params=["text", "json"])
+def api(request, registry_uri, tmp_path, monkeypatch):
     env = {
+        "CHURN_LOG_FORMAT": request.param,
+        "CHURN_ACCESS_LOG": "true",  # every request's line, for the secrets to be looked for in
         "MLFLOW_TRACKING_URI": registry_uri,
         "CHURN_ADMIN_API_KEY": SECRET_KEY,
         # An inference-log database that refuses us: its URL (with password) must not leak either.
@@ -58,6 +60,7 @@ def test_no_secret_in_logs_bodies_or_metrics(api, telco_csv):
         assert "churn_inference_log_live 0.0" in metrics
     proc.stop()
     log = proc.log_tail(10_000_000)
+    assert "/admin/reload" in log  # the access lines are there to be searched
     for text in [*bodies, metrics, log]:
         assert SECRET_KEY not in text
         assert DB_PASSWORD not in text

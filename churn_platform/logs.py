@@ -1,0 +1,106 @@
+"""Log lines a person reads (text) or a collector parses (JSON lines), with each request's
+context: ``request_id``, ``model_version``, ``arm``, ``route``, ``status``, ``duration_ms``.
+
+The serving middleware opens a context per request (``request_context``); code that learns
+something about the request (the predictor: version and arm) adds to it with ``bind``; every
+line logged while the request runs carries it. ``CHURN_LOG_FORMAT=json`` (the image's
+default) writes one JSON object per line: time, level, logger, message and those fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+LogFormat = Literal["text", "json"]
+#: The request's fields, one mutable dict per request (threads the request runs in share it).
+_context: ContextVar[dict[str, Any] | None] = ContextVar("churn_log_context", default=None)
+FIELDS = ("request_id", "model_version", "arm", "route", "status", "duration_ms", "trace_id")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_NOISY = ("botocore", "urllib3", "alembic", "httpx")
+
+
+@contextmanager
+def request_context(**fields: Any) -> Iterator[dict[str, Any]]:
+    """A request's log context for as long as it runs; the dict may be added to."""
+    context = dict(fields)
+    token = _context.set(context)
+    try:
+        yield context
+    finally:
+        _context.reset(token)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields to the current request's context (nothing outside a request)."""
+    context = _context.get()
+    if context is not None:
+        context.update(fields)
+
+
+def current(name: str) -> Any:
+    context = _context.get()
+    return None if context is None else context.get(name)
+
+
+class _WithContext(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _context.get()
+        if context:
+            for name, value in context.items():
+                if not hasattr(record, name):
+                    setattr(record, name, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; the request's fields when there are any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{text} [request {request_id}]" if request_id else text
+
+
+def configure(level: int = logging.INFO, log_format: LogFormat = "text") -> None:
+    """Send every logger's lines to stderr in ``log_format`` (replacing what this set before).
+
+    Like ``logging.basicConfig``, it leaves alone a process whose logging something else set
+    up (a host application, a test runner's capture)."""
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "churn_platform", False)]
+    if len(ours) != len(root.handlers):
+        return
+    for handler in ours:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.churn_platform = True  # type: ignore[attr-defined]
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(TEXT_FORMAT))
+    handler.addFilter(_WithContext())
+    root.addHandler(handler)
+    root.setLevel(level)

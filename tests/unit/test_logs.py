@@ -1,0 +1,57 @@
+"""Logs as a collector reads them: JSON lines from a real uvicorn process, each request's line
+with its id (the caller's X-Request-ID kept, returned and stored in the inference log)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from churn_platform import data
+from tests.services import start_api, wait_ready
+
+
+@pytest.fixture
+def api(registry_uri, tmp_path):
+    log_db = tmp_path / "log.db"
+    env = os.environ | {"MLFLOW_TRACKING_URI": registry_uri, "CHURN_LOG_FORMAT": "json", "CHURN_ACCESS_LOG": "true",
+                        "CHURN_INFERENCE_LOG_URL": f"sqlite:///{log_db}", "CHURN_INFERENCE_LOG_FLUSH_S": "0.2",
+                        "CHURN_INFERENCE_LOG_SPOOL_DIR": str(tmp_path / "spool")}  # fmt: skip
+    proc, base = start_api(env, tmp_path)
+    wait_ready(base)
+    yield proc, base, log_db
+    proc.stop()
+
+
+def test_json_lines_carry_the_request_id_the_caller_sent_and_the_log_stores_it(api, telco_csv):
+    proc, base, log_db = api
+    customer = data.to_records(data.load(telco_csv).drop(columns=["churn"]).head(1))[0]
+    with httpx.Client(base_url=base, timeout=30) as client:
+        sent = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-7f3a.42"})
+        again = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-7f3a.42"})  # reused
+        odd = client.post("/predict/single", json=customer, headers={"X-Request-ID": "not a token; drop table"})
+        bad = client.post("/predict/single", json={"tenure": "x"})
+    assert sent.status_code == again.status_code == odd.status_code == 200 and bad.status_code == 422
+    assert sent.headers["x-request-id"] == again.headers["x-request-id"] == "crm-7f3a.42"
+    assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["x-request-id"])  # replaced, not echoed
+    assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])
+    proc.stop()  # flushes the inference log
+
+    lines = [json.loads(line) for line in proc.log_tail(10_000_000).splitlines() if line.strip()]  # all JSON
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    mine = [line for line in lines if line.get("request_id") == "crm-7f3a.42"]
+    assert len(mine) == 2, mine
+    assert mine[0]["route"] == "/predict/single" and mine[0]["status"] == 200 and mine[0]["duration_ms"] > 0
+    assert mine[0]["model_version"] == 1 and mine[0]["arm"] == "production"
+    refused = next(line for line in lines if line.get("request_id") == bad.headers["x-request-id"])
+    assert refused["status"] == 422 and "model_version" not in refused  # nothing was scored
+
+    with sa.create_engine(f"sqlite:///{log_db}").connect() as conn:
+        ids = conn.execute(sa.text("SELECT request_id FROM inference_log ORDER BY scored_at")).scalars().all()
+    assert len(ids) == 3  # the reused id lost nothing: each request's rows are kept apart
+    assert ids[0].startswith("crm-7f3a.42/") and ids[1].startswith("crm-7f3a.42/") and ids[0] != ids[1]
+    assert ids[2] == odd.headers["x-request-id"]
