@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from churn_platform import tracing
+
 LogFormat = Literal["text", "json"]
 #: The request's fields, one mutable dict per request (threads the request runs in share it).
 _context: ContextVar[dict[str, Any] | None] = ContextVar("churn_log_context", default=None)
@@ -49,13 +51,17 @@ def current(name: str) -> Any:
     return None if context is None else context.get(name)
 
 
-class _WithContext(logging.Filter):
+class WithContext(logging.Filter):
+    """Puts the request's fields (and, when tracing, the trace id) on each record."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         context = _context.get()
         if context:
             for name, value in context.items():
                 if not hasattr(record, name):
                     setattr(record, name, value)
+        if tracing.enabled() and not hasattr(record, "trace_id"):
+            record.trace_id = tracing.trace_id()
         return True
 
 
@@ -101,6 +107,6 @@ def configure(level: int = logging.INFO, log_format: LogFormat = "text") -> None
     handler = logging.StreamHandler(sys.stderr)
     handler.churn_platform = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(TEXT_FORMAT))
-    handler.addFilter(_WithContext())
+    handler.addFilter(WithContext())
     root.addHandler(handler)
     root.setLevel(level)

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from churn_platform import logs
+from churn_platform import logs, tracing
 from churn_platform.settings import Settings, get_settings
 from serving import openapi
 from serving.errors import EXCEPTION_HANDLERS
@@ -52,12 +52,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.holder.stop()
     inference_log.close()
     log.info("inference log closed: %s", inference_log.state())
+    tracing.shutdown()  # sends the spans still batched
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing connects until it starts (lifespan)."""
     settings = settings or get_settings()
     logs.configure(log_format=settings.log_format)  # uvicorn's worker processes start unconfigured
+    if not tracing.enabled():
+        tracing.setup("churn-api")  # only when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set
     metrics = Metrics()
     app = FastAPI(
         title="churn-platform prediction API",

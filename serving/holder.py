@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from churn_platform import loading, registry, rollout
+from churn_platform import loading, registry, rollout, tracing
 from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryUnreachable
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
@@ -84,16 +84,18 @@ class ModelHolder:
             try:
                 client = registry.connect(self.settings)
                 with registry.translate_errors(self.settings):
-                    version = loading.resolve(client, name)
+                    with tracing.span("registry.resolve", {"churn.model_name": name}):
+                        version = loading.resolve(client, name)
                     if self.current is not None and self.current.version == version:
                         self._follow_rollout(client, version)
                         return self._record("ready", f"serving {name} v{version}", version)
                     self._record("loading", f"loading {name} v{version}", version)
-                    model = loading.load(
-                        client, name, version,
-                        default_threshold=self.settings.decision_threshold,
-                        sample=self.settings.verify_sample_rows,
-                    )  # fmt: skip
+                    with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version}):
+                        model = loading.load(
+                            client, name, version,
+                            default_threshold=self.settings.decision_threshold,
+                            sample=self.settings.verify_sample_rows,
+                        )  # fmt: skip
             except RegistryUnreachable as exc:
                 return self._fail("registry_unreachable", str(exc))
             except NotFoundError as exc:
@@ -130,8 +132,10 @@ class ModelHolder:
                 if self.rollout is not None and self.rollout.model.version == version:
                     self.rollout = ActiveRollout(state, self.rollout.model)  # mode or percent changed
                 else:
-                    model = loading.load(client, name, version, default_threshold=self.settings.decision_threshold,  # type: ignore[arg-type]
-                                         sample=self.settings.verify_sample_rows)  # fmt: skip
+                    with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version or 0,
+                                                     "churn.arm": "challenger"}):  # fmt: skip
+                        model = loading.load(client, name, version, default_threshold=self.settings.decision_threshold,  # type: ignore[arg-type]
+                                             sample=self.settings.verify_sample_rows)  # fmt: skip
                     self.rollout = ActiveRollout(state, model)
                     _settle_heap()
                     log.info("rollout: %s with Challenger v%s", state.mode, version)

@@ -6,10 +6,11 @@ import logging
 import re
 import time
 import uuid
+from contextlib import nullcontext
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from churn_platform import logs
+from churn_platform import logs, tracing
 from serving.errors import BodyTooLarge, UnsupportedMediaType, problem_for
 from serving.metrics import Metrics
 
@@ -108,7 +109,8 @@ class RequestMetrics:
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        with logs.request_context(request_id=request_id, log_key=log_key) as context:
+        traced = tracing.server_span(scope["method"], _headers(scope)) if tracing.enabled() else nullcontext()
+        with logs.request_context(request_id=request_id, log_key=log_key) as context, traced as span:
             try:
                 await self.app(scope, receive, record)
             finally:
@@ -116,6 +118,16 @@ class RequestMetrics:
                 elapsed = time.perf_counter() - started
                 self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
                 self.metrics.latency.labels(endpoint).observe(elapsed)
+                if span is not None:
+                    span.update_name(f"{scope['method']} {endpoint}")
+                    span.set_attributes({
+                        "http.request.method": scope["method"], "http.route": endpoint,
+                        "http.response.status_code": status, "churn.request_id": request_id,
+                    })  # fmt: skip
                 if self.access_log:
                     context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
                     access.info("%s %s %s", scope["method"], scope["path"], status)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}

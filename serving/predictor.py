@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from churn_platform import explanation, logs
+from churn_platform import explanation, logs, tracing
 from churn_platform.contract import (
     ARM_SEPARATOR,
     EXPLANATION,
@@ -102,16 +102,19 @@ class Predictor:
         """Score (and explain), count and log one arm's customers: their probabilities, risk
         bands and explanations."""
         started = time.perf_counter()
-        explained = model.explainer.explain(customers) if explain and model.explainer else None
-        raw = explained.probabilities if explained else model.scorer.score(customers)
+        attributes = {"churn.model_version": model.version, "churn.arm": arm, "churn.rows": len(customers)}
+        with tracing.span("score", attributes):
+            explained = model.explainer.explain(customers) if explain and model.explainer else None
+            raw = explained.probabilities if explained else model.scorer.score(customers)
         probabilities = np.clip(raw, 0.0, 1.0)
         seconds = time.perf_counter() - started
         version = str(model.version)
         self.metrics.model_requests.labels(version, arm).inc()
         self.metrics.scoring_time.labels(version, arm).observe(seconds)
         bands = self._count_bands(probabilities, version, arm)
-        self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
-                                  scoring_ms=round(seconds * 1000, 4))  # fmt: skip
+        with tracing.span("inference_log.append", {"churn.rows": len(customers)}):
+            self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
+                                      scoring_ms=round(seconds * 1000, 4))  # fmt: skip
         return probabilities, bands, explained
 
     def _score(

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
+from churn_platform import tracing
 from churn_platform.contract import MODEL_NAME, MODEL_VERSION
 from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
@@ -34,7 +35,9 @@ TopK = Annotated[
 async def _customers(request: Request, model: type[BaseModel]) -> list[dict[str, Any]]:
     """The customers in the raw body; errors go to the same 422 handler as FastAPI's own."""
     try:
-        return customers_from_json(await request.body(), model)
+        body = await request.body()
+        with tracing.span("decode", {"http.request.body.size": len(body)}):
+            return customers_from_json(body, model)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
@@ -42,7 +45,8 @@ async def _customers(request: Request, model: type[BaseModel]) -> list[dict[str,
 
 
 def _json(content: Any) -> Response:
-    return Response(_encode(content), media_type="application/json")
+    with tracing.span("encode"):
+        return Response(_encode(content), media_type="application/json")
 
 
 @router.post("/predict", response_model=BatchResponse, openapi_extra=openapi.body(BatchRequest))

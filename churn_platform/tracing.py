@@ -1,0 +1,88 @@
+"""OpenTelemetry traces of the API and its model loads: off unless the standard variables say
+where to send them (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``;
+``OTEL_SERVICE_NAME`` names the service, default ``churn-api``), then exported over OTLP/HTTP
+to a collector, Jaeger or Tempo.
+
+Off, nothing is created per request (the middleware does not open a span). The provider is
+this module's own, not the process-wide one, so MLflow's tracing and ours never share it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+NAME = "churn_platform"
+_provider: TracerProvider | None = None
+
+
+def configured() -> bool:
+    """Whether the environment asks for traces."""
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def setup(service: str = "churn-api", exporter: SpanExporter | None = None) -> bool:
+    """Start tracing when configured (or into ``exporter``, for tests); True when on."""
+    global _provider
+    if exporter is None and not configured():
+        return False
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    if _provider is not None:
+        _provider.shutdown()
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service)}))
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # reads the OTEL_* variables
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _provider = provider
+    return True
+
+
+def shutdown() -> None:
+    """Flush and stop (the API's shutdown; tests)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+def enabled() -> bool:
+    return _provider is not None
+
+
+def span(name: str, attributes: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+    """A span around a block when tracing is on; nothing at all when it is off."""
+    if _provider is None:
+        return nullcontext()
+    return _provider.get_tracer(NAME).start_as_current_span(name, attributes=attributes, **kwargs)
+
+
+@contextmanager
+def server_span(method: str, headers: Mapping[str, str]) -> Iterator[Any]:
+    """The request's span, continuing the caller's trace (W3C ``traceparent``)."""
+    assert _provider is not None
+    from opentelemetry.propagate import extract
+
+    with _provider.get_tracer(NAME).start_as_current_span(
+        method, context=extract(headers), kind=trace.SpanKind.SERVER
+    ) as current:
+        yield current
+
+
+def trace_id() -> str | None:
+    """The current trace's id (32 hex), for log lines; None outside a span."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None

@@ -1,0 +1,109 @@
+"""Traces: spans for a request (continuing the caller's trace), its decode, score, log append
+and encode, and for model loads, read back from the SDK's in-memory exporter; the trace id
+in the JSON log lines; nothing at all without the OTEL variables; and the OTLP exporter
+really sending to the endpoint the standard variable names."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from churn_platform import data, logs, tracing
+from serving.app import create_app
+from tests.unit.test_api import make_settings, wait_ready
+
+TRACE_ID, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def spans():
+    exporter = InMemorySpanExporter()
+    assert tracing.setup("churn-api", exporter=exporter)
+    yield exporter
+    tracing.shutdown()
+
+
+@pytest.fixture
+def json_lines():
+    """What the API's JSON log handler writes, captured."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.WithContext())
+    access = logging.getLogger("churn.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logging.getLogger().removeHandler(handler)
+    access.setLevel(level)
+
+
+def test_a_request_continues_the_callers_trace_through_decode_score_log_and_encode(
+    spans, json_lines, registry_uri, tmp_path, telco_csv
+):  # fmt: skip
+    customers = data.to_records(data.load(telco_csv).drop(columns=["churn"]).head(3))
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, access_log=True))) as client:
+        wait_ready(client)
+        loads = [s for s in spans.get_finished_spans() if s.name in ("registry.resolve", "model.load")]
+        assert {s.name for s in loads} == {"registry.resolve", "model.load"}
+        assert next(s for s in loads if s.name == "model.load").attributes["churn.model_version"] == 1
+        spans.clear()
+        response = client.post("/predict", json={"customers": customers},
+                               headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})  # fmt: skip
+    assert response.status_code == 200
+    finished = spans.get_finished_spans()
+    server = next(s for s in finished if s.name == "POST /predict")
+    assert format(server.context.trace_id, "032x") == TRACE_ID and format(server.parent.span_id, "016x") == PARENT
+    assert server.attributes["http.response.status_code"] == 200 and server.attributes["http.route"] == "/predict"
+    assert server.attributes["churn.request_id"] == response.headers["x-request-id"]
+    children = {s.name: s for s in finished if s.parent is not None and s.parent.span_id == server.context.span_id}
+    assert set(children) >= {"decode", "score", "inference_log.append", "encode"}
+    assert children["score"].attributes["churn.rows"] == 3 and children["score"].attributes["churn.arm"] == "production"
+    assert children["decode"].start_time < children["score"].start_time < children["encode"].start_time
+    access = [line for line in json_lines() if line.get("request_id") == response.headers["x-request-id"]]
+    assert access and access[0]["trace_id"] == TRACE_ID
+
+
+def test_without_the_otel_variables_nothing_is_traced(monkeypatch):
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    assert tracing.setup() is False and not tracing.enabled()
+    with tracing.span("score") as span:
+        assert span is None  # no span object at all: the request path pays nothing
+    assert tracing.trace_id() is None
+
+
+def test_the_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch):
+    received: list[tuple[str, str, int]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], len(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "churn-api-test")
+    try:
+        assert tracing.setup()
+        with tracing.span("score", {"churn.rows": 1}):
+            pass
+        tracing.shutdown()  # flushes the batch
+    finally:
+        server.shutdown()
+    assert received and received[0][0] == "/v1/traces" and received[0][1] == "application/x-protobuf"
+    assert received[0][2] > 0
