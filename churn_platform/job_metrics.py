@@ -10,12 +10,16 @@ gateway that is down is logged and never changes a job's result or exit code.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import wraps
 from typing import Any
+
+import click
 
 from churn_platform.contract import ExitCode
 
@@ -70,17 +74,29 @@ def _pushed(job: str, model_name: str | None) -> Iterator[None]:
     token = _results.set(results)
     started = time.time()
     code: int = ExitCode.OK
+    # Kubernetes stops a Job past its deadline with SIGTERM: end as a failure that is pushed.
+    installed = threading.current_thread() is threading.main_thread()  # signals go to the main thread only
+    previous = signal.signal(signal.SIGTERM, _stop) if installed else None
     try:
         yield
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (ExitCode.OK if exc.code is None else ExitCode.USAGE)
         raise
+    except click.ClickException as exc:  # a usage error raised inside the command: exit 2, as click exits
+        code = exc.exit_code
+        raise
     except BaseException:
         code = 70  # an unexpected crash (EX_SOFTWARE): never mistaken for a verdict
         raise
     finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         _results.reset(token)
         push(job, model_name, code, time.time() - started, results, finished=time.time())
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def push(job: str, model_name: str | None, exit_code: int, duration_s: float,

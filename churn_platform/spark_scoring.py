@@ -93,7 +93,8 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
         raise DataValidationError(f"cannot start Spark: {str(exc).strip().splitlines()[-1][:300]}") from None
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - the documented way to set fs.s3a.*
     for key, value in _S3A_NUMBERS.items():
-        hadoop.set(key, value)
+        if not (hadoop.get(key) or "").isdigit():  # a cluster's or a user's own number stays
+            hadoop.set(key, value)
     if settings.s3_endpoint_url:
         endpoint = urlparse(settings.s3_endpoint_url)
         hadoop.set("fs.s3a.endpoint", settings.s3_endpoint_url)
@@ -101,9 +102,13 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
         hadoop.set("fs.s3a.connection.ssl.enabled", str(endpoint.scheme == "https").lower())
     if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
         # The keys boto3 and MLflow use; without them s3a's own chain applies (instance roles, IRSA).
-        hadoop.set("fs.s3a.aws.credentials.provider", "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider")
+        token = os.environ.get("AWS_SESSION_TOKEN")
+        provider = "TemporaryAWSCredentialsProvider" if token else "SimpleAWSCredentialsProvider"
+        hadoop.set("fs.s3a.aws.credentials.provider", f"org.apache.hadoop.fs.s3a.{provider}")
         hadoop.set("fs.s3a.access.key", os.environ["AWS_ACCESS_KEY_ID"])
         hadoop.set("fs.s3a.secret.key", os.environ["AWS_SECRET_ACCESS_KEY"])
+        if token:  # temporary credentials (STS, SSO, an assumed role)
+            hadoop.set("fs.s3a.session.token", token)
     return spark
 
 
@@ -117,6 +122,14 @@ class _Scoring:
     scorer: Any
     explainer: Any
     decision_threshold: float
+
+
+def _active_session() -> bool:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        return False
+    return SparkSession.getActiveSession() is not None
 
 
 def _spark_path(path: str, s3: bool) -> str:
@@ -204,7 +217,9 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
     else:
         # Everything as text, as the local engine reads CSV; every file must have this header.
         text = StructType([StructField(c, StringType()) for c in raw])
-        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="PERMISSIVE")
+        # FAILFAST: a line with the wrong number of fields stops the job (exit 2), as it stops the
+        # local engine; Spark's default would pad or cut it and score what is left.
+        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST")
     wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]
     columns = []
     for r, n in wanted:
@@ -285,8 +300,6 @@ def score(
     conf: dict[str, str] | None = None,
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` on Spark (bad rows into ``rejects``)."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
     started = time.perf_counter()
     kind = batch_scoring.output_kind(output, output_format)
     rejects = rejects or batch_scoring.default_rejects(output)
@@ -301,16 +314,23 @@ def score(
     if fast:
         batch_scoring._check_column_path(model)  # noqa: SLF001
     loaded = time.perf_counter()  # Spark's start counts as scoring time: it is the engine's cost
+    created = not _active_session()
     spark = session(settings, master, {
         # One Arrow batch is one chunk of the local engine.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(chunk_rows),
         "spark.ui.showConsoleProgress": str(progress).lower(), **(conf or {}),
     })  # fmt: skip
+    from pyspark.sql.pandas.types import from_arrow_schema  # pyspark is there: session() checked
+
     spark.sparkContext.setLogLevel("ERROR")
     schema = batch_scoring._output_schema(explain_top_k, with_features)  # noqa: SLF001
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
     out_fs, staging = _staging(output, settings)
+    shared = None
     try:
+        if not spark.sparkContext.master.startswith("local") and not output.startswith("s3://"):
+            # Executors on other machines would write the parts to their own disks, not beside the output.
+            raise DataValidationError(f"with a cluster master ({spark.sparkContext.master}), --output must be s3://")
         frame = _read(spark, fs, files, input_kind, s3)
         lean = _Scoring(model.name, model.version, model.scorer, model.explainer, model.decision_threshold)
         shared = spark.sparkContext.broadcast(lean)  # sent to each executor once, not with every task
@@ -338,6 +358,10 @@ def score(
         raise _translated(exc, source) from None
     finally:
         _remove(out_fs, staging, settings.s3_endpoint_url)
+        if shared is not None:
+            shared.destroy()  # the model's copies on the driver and executors
+        if created:
+            spark.stop()  # a session this call started (not spark-submit's, not a notebook's)
     return ScoreSummary(source, output, rejects, rows, rows - rejected, rejected, model.name, model.version,
                         round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
 

@@ -7,17 +7,20 @@ import re
 import time
 import uuid
 from contextlib import nullcontext
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from churn_platform import logs, tracing
-from serving.errors import BodyTooLarge, UnsupportedMediaType, problem_for
+from serving.errors import BodyTooLarge, UnsupportedMediaType, problem, problem_for
 from serving.metrics import Metrics
 
 JSON = "application/json"
 #: What an X-Request-ID may be to be kept (a trace or correlation id); anything else is replaced.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_STORED_ID_CHARS = 40
 access = logging.getLogger("churn.access")
+log = logging.getLogger(__name__)
 
 
 class BodyLimit:
@@ -98,14 +101,17 @@ class RequestMetrics:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         valid = bool(_REQUEST_ID.fullmatch(given))
         request_id = given if valid else uuid.uuid4().hex
-        # The inference log's key must be unique: a caller may reuse its ids, so theirs gets a suffix.
-        log_key = f"{request_id}/{uuid.uuid4().hex[:12]}" if valid else request_id
+        # The inference log's key must be unique (a caller may reuse its ids, so theirs gets a suffix)
+        # and fit its column (64, with room for a rollout arm's "~shadow"): a long id is cut to 40.
+        log_key = f"{request_id[:_STORED_ID_CHARS]}/{uuid.uuid4().hex[:12]}" if valid else request_id
         header = (b"x-request-id", request_id.encode("latin-1"))
 
+        started_response = False
+
         async def record(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -113,6 +119,13 @@ class RequestMetrics:
         with logs.request_context(request_id=request_id, log_key=log_key) as context, traced as span:
             try:
                 await self.app(scope, receive, record)
+            except Exception:
+                if started_response:
+                    raise
+                # Answered here, not by Starlette's outermost handler: the 500 then carries the
+                # request id, and its log line the request's fields (and trace id).
+                log.exception("unexpected error on %s", scope["path"])
+                await problem(500, "internal error; see the server log")(scope, receive, record)
             finally:
                 endpoint = getattr(scope.get("route"), "path", "unmatched")
                 elapsed = time.perf_counter() - started
@@ -126,7 +139,9 @@ class RequestMetrics:
                     })  # fmt: skip
                 if self.access_log:
                     context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
-                    access.info("%s %s %s", scope["method"], scope["path"], status)
+                    # raw_path: as sent, still percent-encoded, so a path cannot forge a log line.
+                    path = scope.get("raw_path", b"").decode("latin-1") or quote(scope["path"])
+                    access.info("%s %s %s", scope["method"], path, status)
 
 
 def _headers(scope: Scope) -> dict[str, str]:

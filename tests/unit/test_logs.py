@@ -34,11 +34,13 @@ def test_json_lines_carry_the_request_id_the_caller_sent_and_the_log_stores_it(a
         sent = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-7f3a.42"})
         again = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-7f3a.42"})  # reused
         odd = client.post("/predict/single", json=customer, headers={"X-Request-ID": "not a token; drop table"})
+        long = client.post("/predict/single", json=customer, headers={"X-Request-ID": "k" * 128})
         bad = client.post("/predict/single", json={"tenure": "x"})
     assert sent.status_code == again.status_code == odd.status_code == 200 and bad.status_code == 422
     assert sent.headers["x-request-id"] == again.headers["x-request-id"] == "crm-7f3a.42"
     assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["x-request-id"])  # replaced, not echoed
     assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])
+    assert long.status_code == 200 and long.headers["x-request-id"] == "k" * 128
     proc.stop()  # flushes the inference log
 
     lines = [json.loads(line) for line in proc.log_tail(10_000_000).splitlines() if line.strip()]  # all JSON
@@ -52,6 +54,46 @@ def test_json_lines_carry_the_request_id_the_caller_sent_and_the_log_stores_it(a
 
     with sa.create_engine(f"sqlite:///{log_db}").connect() as conn:
         ids = conn.execute(sa.text("SELECT request_id FROM inference_log ORDER BY scored_at")).scalars().all()
-    assert len(ids) == 3  # the reused id lost nothing: each request's rows are kept apart
+    assert len(ids) == 4  # the reused id lost nothing: each request's rows are kept apart
     assert ids[0].startswith("crm-7f3a.42/") and ids[1].startswith("crm-7f3a.42/") and ids[0] != ids[1]
     assert ids[2] == odd.headers["x-request-id"]
+    # A long id is cut to fit the column (64, PostgreSQL enforces it) with room for "~shadow".
+    assert ids[3].startswith("k" * 40 + "/") and len(ids[3]) + len("~shadow") <= 64
+
+
+def test_an_unexpected_error_is_a_500_with_the_request_id_in_the_response_and_the_log(
+    registry_uri, tmp_path, telco_csv, monkeypatch
+):  # fmt: skip
+    import io
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from churn_platform import logs
+    from serving.app import create_app
+    from serving.predictor import Predictor
+    from tests.unit.test_api import make_settings, wait_ready
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.WithContext())
+    logging.getLogger().addHandler(handler)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    customer = data.to_records(data.load(telco_csv).drop(columns=["churn"]).head(1))[0]
+    try:
+        with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
+            wait_ready(client)
+            monkeypatch.setattr(Predictor, "predict", broken)  # a fault injected: no route fails on purpose
+            response = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-500"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert response.status_code == 500 and response.headers["x-request-id"] == "crm-500"
+    assert "internal error; see the server log" in response.text
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    error = next(line for line in lines if line["message"].startswith("unexpected error"))
+    assert error["request_id"] == "crm-500" and error["level"] == "ERROR"
+    assert "RuntimeError: a bug" in error["exception"]
