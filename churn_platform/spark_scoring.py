@@ -322,7 +322,7 @@ def score(
     })  # fmt: skip
     from pyspark.sql.pandas.types import from_arrow_schema  # pyspark is there: session() checked
 
-    spark.sparkContext.setLogLevel("ERROR")
+    spark.sparkContext.setLogLevel("FATAL")  # a failed task's stack trace is not for the user: the error line is
     schema = batch_scoring._output_schema(explain_top_k, with_features)  # noqa: SLF001
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
     out_fs, staging = _staging(output, settings)
@@ -412,7 +412,11 @@ def _translated(exc: Exception, source: str) -> Exception:
     if not isinstance(exc, PySparkException | Py4JError):
         return exc
     text = str(exc).strip()
-    line = next((ln.strip() for ln in text.splitlines() if "Exception:" in ln or "Error:" in ln), text.splitlines()[0])
+    causes = [ln.strip().removeprefix("Caused by: ") for ln in text.splitlines() if ln.startswith("Caused by: ")]
+    # The deepest cause says what was wrong ("Malformed CSV record: ..."); the top, only where.
+    line = causes[-1] if causes else next(
+        (ln.strip() for ln in text.splitlines() if "Exception:" in ln or "Error:" in ln), text.splitlines()[0]
+    )
     if batch_scoring._is_connection_error(Exception(line)):  # noqa: SLF001 - the message, not the JVM's stack
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")

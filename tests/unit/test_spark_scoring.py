@@ -112,3 +112,15 @@ def test_spark_options_are_checked_before_anything_starts(registry_uri, customer
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_malformed_csv_line_stops_spark_as_it_stops_the_local_engine(registry_uri, customers, tmp_path):
+    source = tmp_path / "export.csv"
+    customers.head(50).to_csv(source, index=False)
+    with source.open("a") as handle:
+        handle.write("9999-XXXX,Male,0,No\n")  # four fields of twenty
+    for engine, args in (("local", []), ("spark", SPARK)):
+        result = run(registry_uri, *args, "--input", str(source), "--output", str(tmp_path / f"{engine}.parquet"))
+        assert result.exit_code == 2, result.output
+        assert "9999-XXXX,Male,0,No" in result.output and "Traceback" not in result.output
+        assert not (tmp_path / f"{engine}.parquet").exists()
