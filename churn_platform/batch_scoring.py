@@ -285,11 +285,7 @@ class _AtomicOutput:
             os.close(handle)
             self._tmp = Path(name)
         else:
-            final = Path(target).resolve()
-            if not final.parent.is_dir():
-                raise DataSourceError(f"output folder does not exist: {final.parent}")
-            if final.is_dir():
-                raise DataSourceError(f"{target} is a folder; give a file name")
+            final = local_target(target)
             self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._writer: Any = None
 
@@ -512,6 +508,50 @@ def output_kind(output: str, output_format: str | None) -> str:
     return kind
 
 
+@dataclass(frozen=True)
+class Job:
+    """What both engines settle before reading a row: formats, files, the verified model."""
+
+    kind: str
+    rejects: str
+    fs: pafs.FileSystem
+    files: list[str]
+    input_kind: str
+    model: loading.LoadedModel
+    #: Clean typed chunks go straight from Arrow to the scorer (explanations take the other path).
+    fast: bool
+
+
+def prepare(
+    settings: Settings, source: str, output: str, *, alias: str | None, version: int | None,
+    output_format: str | None, rejects: str | None, explain_top_k: int | None,
+) -> Job:  # fmt: skip
+    """Check the request, list the input and load the version (verified, and its column path
+    checked when it will take it): everything that can refuse the job before it scores."""
+    kind = output_kind(output, output_format)
+    rejects = rejects or default_rejects(output)
+    fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
+    files = _without_own_outputs(files, (output, rejects), source)
+    model = load_model(settings, alias, version)
+    if explain_top_k and model.explainer is None:
+        reason = model.explanations.get("reason", "no explainer")
+        raise DataValidationError(f"{model.name} v{model.version} cannot explain its scores: {reason}")
+    fast = isinstance(model.scorer, FastScorer) and not explain_top_k
+    if fast:
+        _check_column_path(model)
+    return Job(kind, rejects, fs, files, input_kind, model, fast)
+
+
+def local_target(target: str) -> Path:
+    """A local output's absolute path, refused when its folder is missing or it is a folder."""
+    final = Path(target).resolve()
+    if not final.parent.is_dir():
+        raise DataSourceError(f"output folder does not exist: {final.parent}")
+    if final.is_dir():
+        raise DataSourceError(f"{target} is a folder; give a file name")
+    return final
+
+
 def score(
     settings: Settings,
     source: str,
@@ -528,26 +568,18 @@ def score(
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` (and bad rows into ``rejects``)."""
     started = time.perf_counter()
-    kind = output_kind(output, output_format)
-    rejects = rejects or default_rejects(output)
-    fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
-    files = _without_own_outputs(files, (output, rejects), source)
-    model = load_model(settings, alias, version)
-    if explain_top_k and model.explainer is None:
-        reason = model.explanations.get("reason", "no explainer")
-        raise DataValidationError(f"{model.name} v{model.version} cannot explain its scores: {reason}")
-    # Clean typed chunks go straight from Arrow to the scorer (explanations take the other path).
-    fast = isinstance(model.scorer, FastScorer) and not explain_top_k
-    if fast:
-        _check_column_path(model)
+    job = prepare(settings, source, output, alias=alias, version=version, output_format=output_format,
+                  rejects=rejects, explain_top_k=explain_top_k)  # fmt: skip
+    kind, rejects, fs, files, input_kind, model, fast = (
+        job.kind, job.rejects, job.fs, job.files, job.input_kind, job.model, job.fast
+    )
     bar = _progress(fs, files, input_kind, progress)
     loaded = time.perf_counter()
     schema = _output_schema(explain_top_k, with_features)
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
     out = _AtomicOutput(output, kind, schema, settings.s3_endpoint_url)
     # Written every run, empty when no row was bad: the rejects beside the scores are always this run's.
-    rejects_kind = _SUFFIXES.get(Path(rejects).suffix.lower(), "parquet")
-    bad_out = _AtomicOutput(rejects, rejects_kind, REJECTS_SCHEMA, settings.s3_endpoint_url)
+    bad_out = _AtomicOutput(rejects, output_kind(rejects, None), REJECTS_SCHEMA, settings.s3_endpoint_url)
     rows = scored = rejected = 0
     # One writer thread: encoding a chunk (Arrow releases the GIL) overlaps reading and scoring
     # the next; at most one chunk waits, so memory stays at two chunks.

@@ -44,7 +44,6 @@ from churn_platform import batch_scoring
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
 from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
-from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -301,18 +300,12 @@ def score(
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` on Spark (bad rows into ``rejects``)."""
     started = time.perf_counter()
-    kind = batch_scoring.output_kind(output, output_format)
-    rejects = rejects or batch_scoring.default_rejects(output)
+    job = batch_scoring.prepare(settings, source, output, alias=alias, version=version,
+                                output_format=output_format, rejects=rejects, explain_top_k=explain_top_k)  # fmt: skip
+    kind, rejects, fs, files, input_kind, model, fast = (
+        job.kind, job.rejects, job.fs, job.files, job.input_kind, job.model, job.fast
+    )
     s3 = source.startswith("s3://")
-    fs, files, input_kind = batch_scoring.input_files(source, settings.s3_endpoint_url)
-    files = batch_scoring._without_own_outputs(files, (output, rejects), source)  # noqa: SLF001
-    model = batch_scoring.load_model(settings, alias, version)
-    if explain_top_k and model.explainer is None:
-        reason = model.explanations.get("reason", "no explainer")
-        raise DataValidationError(f"{model.name} v{model.version} cannot explain its scores: {reason}")
-    fast = isinstance(model.scorer, FastScorer) and not explain_top_k
-    if fast:
-        batch_scoring._check_column_path(model)  # noqa: SLF001
     loaded = time.perf_counter()  # Spark's start counts as scoring time: it is the engine's cost
     created = not _active_session()
     spark = session(settings, master, {
@@ -373,11 +366,7 @@ def _staging(output: str, settings: Settings) -> tuple[pafs.FileSystem, str]:
         key = output.removeprefix("s3://")
         parent, _, name = key.rpartition("/")
         return batch_scoring._s3(settings.s3_endpoint_url), f"{parent}/.{name}.{tag}.spark"  # noqa: SLF001
-    final = Path(output).resolve()
-    if not final.parent.is_dir():
-        raise DataSourceError(f"output folder does not exist: {final.parent}")
-    if final.is_dir():
-        raise DataSourceError(f"{output} is a folder; give a file name")
+    final = batch_scoring.local_target(output)
     return pafs.LocalFileSystem(), str(final.with_name(f".{final.name}.{tag}.spark"))
 
 
