@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -135,19 +134,11 @@ def main() -> None:
         return _child(args.child, args.input, args.output)
 
     import pandas as pd
-    from mlflow import MlflowClient
 
+    from benchmarks.registry import production_registry
     from churn_platform import data
-    from churn_platform.settings import Settings
-    from churn_platform.training import TrainConfig, train
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    uri = f"sqlite:///{folder}/mlflow.db"
-    telco = REPO / "data" / "telco_churn.csv"
-    os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    result = train(TrainConfig(data=str(telco) if telco.exists() else "synthetic"), Settings(tracking_uri=uri))
-    MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", str(result.version))
+    folder, uri = production_registry("bench-batch-")
 
     block = data.generate(100_000, seed=5).drop(columns=["churn"])
     sizes = {"n": args.rows, "5n": 5 * args.rows}

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,19 +61,10 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
-    from mlflow import MlflowClient
-
+    from benchmarks.registry import production_registry
     from churn_platform import data
-    from churn_platform.settings import Settings
-    from churn_platform.training import TrainConfig, train
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-observability-"))
-    uri = f"sqlite:///{folder}/mlflow.db"
-    telco = REPO / "data" / "telco_churn.csv"
-    os.chdir(folder)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    result = train(TrainConfig(data=str(telco) if telco.exists() else "synthetic"), Settings(tracking_uri=uri))
-    MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", str(result.version))
+    folder, _ = production_registry("bench-observability-")
     customer = data.to_records(data.generate(1, seed=3).drop(columns=["churn", "customer_id"]))[0]
     body = folder / "single.json"
     body.write_text(json.dumps(customer))

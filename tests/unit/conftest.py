@@ -4,10 +4,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from churn_platform import registry
+from churn_platform import data, registry
 from churn_platform.settings import Settings
 from churn_platform.training import TrainConfig, train
 from tests.conftest import mlflow_uris_restored
@@ -33,3 +34,9 @@ def registry_uri(tmp_path_factory, telco_csv):
         train(TrainConfig(n_rows=800, model_name="churn", seed=3), settings)
         MlflowClient(uri, uri).set_registered_model_alias("churn", "Production", "1")
     return uri
+
+
+@pytest.fixture
+def customers(telco_csv) -> pd.DataFrame:
+    """Real Telco customers as a campaign tool would export them: no label column (batch scoring)."""
+    return data.load(telco_csv).drop(columns=["churn"])

@@ -29,12 +29,6 @@ def run(registry_uri: str, *args: str):
     return CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--no-progress", *args])
 
 
-@pytest.fixture
-def customers(telco_csv) -> pd.DataFrame:
-    """Real Telco customers as a campaign tool would export them: no label column."""
-    return data.load(telco_csv).drop(columns=["churn"])
-
-
 def test_scores_equal_the_apis_scorer_on_1000_real_customers(registry_uri, customers, tmp_path):
     source = tmp_path / "customers.parquet"
     customers.head(1000).to_parquet(source, index=False)

@@ -8,15 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from churn_platform import data
-from churn_platform.cli import main
 from serving.app import create_app
 from tests.conftest import stop_spark
 from tests.unit.test_api import make_settings, wait_ready
-from tests.unit.test_batch_scoring import OUTPUT_COLUMNS
+from tests.unit.test_batch_scoring import OUTPUT_COLUMNS, run
 
 #: local[2] as in CI; a JVM that starts in 8 s rather than 12 (no C2 compiler for a short job).
 SPARK = ["--engine", "spark", "--spark-master", "local[2]",
@@ -27,15 +25,6 @@ SPARK = ["--engine", "spark", "--spark-master", "local[2]",
 def _one_spark_session_for_the_module():
     yield
     stop_spark()
-
-
-def run(registry_uri: str, *args: str):
-    return CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--no-progress", *args])
-
-
-@pytest.fixture
-def customers(telco_csv) -> pd.DataFrame:
-    return data.load(telco_csv).drop(columns=["churn"])
 
 
 def test_spark_local_and_the_api_agree_on_1000_real_customers(registry_uri, customers, tmp_path):
