@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -53,10 +54,17 @@ class Scheduled(NamedTuple):
     #: Reads the inference-log database. A job that does not gets neither its URL (the secret
     #: carries the database password) nor a network path to it.
     inference_log: bool = True
+    #: Suspended in every overlay: it runs only when started (kubectl create job --from=cronjob/...).
+    on_demand: bool = False
+    #: Exit 3 (unreachable) is retried; a job whose retry would repeat a side effect is not.
+    retried: bool = True
 
 
-#: Where the weekly batch scores go, in the bucket and folder the train Job reads its data from.
-SCORES = "s3://mlflow/data/scores/latest.parquet"
+#: The overlay's data folder (ConfigMap key CHURN_DATA_URI, in the overlay's own bucket): the
+#: customers training reads and batch scoring reads and writes. Kubelet expands $(VAR) in args.
+DATA = "$(CHURN_DATA_URI)"
+#: Where the weekly batch scores go, in the folder the train job reads its data from.
+SCORES = f"{DATA}/scores/latest.parquet"
 
 #: The scheduled jobs every overlay ships.
 CRONJOBS = {
@@ -72,17 +80,74 @@ CRONJOBS = {
     # Weekly, Mondays before the day's performance and retrain runs; S3 in and out (the output is
     # staged on /tmp, then uploaded), no progress bar in a log. Exit 1 is "some rows rejected".
     "churn-score": Scheduled(
-        ("score", "--input", "s3://mlflow/data/customers/", "--output", SCORES, "--no-progress"),
+        ("score", "--input", f"{DATA}/customers/", "--output", SCORES, "--no-progress"),
         "0 5 * * 1",
         "Etc/UTC",
         answers=(1, 2),
         suspended_in_dev=True,
         inference_log=False,
     ),
+    # Training on demand: a suspended CronJob never runs on `kubectl apply` (a Job would, again
+    # after its TTL, and an image change would make the apply fail: a Job's template is immutable).
+    # Not retried: a retry after the version was registered would register another.
+    "churn-train": Scheduled(
+        ("train", "--data", f"{DATA}/customers.parquet"),
+        "0 0 1 1 *",
+        "Etc/UTC",
+        answers=(1, 2, 3),
+        inference_log=False,
+        on_demand=True,
+        retried=False,
+    ),
 }
+
+#: Paths the platform needs in every overlay, beyond each scheduled job's: (from, to, port).
+#: None is a managed service outside the cluster (reached on 443 or 5432).
+NETWORK_PATHS = (
+    ("churn-api", "mlflow", 5000),
+    ("churn-api", "inference-db", 5432),
+    ("churn-api", "minio", 9000),
+    ("mlflow", "registry-db", 5432),
+    ("mlflow", "minio", 9000),
+    ("minio-create-bucket", "minio", 9000),
+)
+#: In-cluster datastores (dev) whose data must outlive a pod: the volume that must be a claim.
+DATASTORE_VOLUMES = {"registry-db": "data", "inference-db": "data", "minio": "data"}
 
 #: Flags whose value is a local file the job writes (its folder must be writable), or an s3:// key.
 FILE_OUTPUTS = ("--output", "--rejects")
+
+
+_VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubelet's $(VAR) expansion in command, args and env values: $$ is a literal $, and an
+    undefined $(VAR) is left as it is."""
+    return _VARIABLE.sub(lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), text)
+
+
+def container_env(objs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """A container's variables as kubelet sets them: envFrom, then env in order (each value
+    expanded with those before it). A secret's value is "secret:KEY"; a missing ConfigMap key
+    fails, as the pod would not start."""
+    env: dict[str, str] = {}
+    for ref in container.get("envFrom", []):
+        if "configMapRef" in ref:
+            env.update(find(objs, "ConfigMap", ref["configMapRef"]["name"]).get("data", {}))
+    for var in container.get("env", []):
+        source = var.get("valueFrom", {})
+        if "secretKeyRef" in source:
+            env[var["name"]] = f"secret:{source['secretKeyRef']['key']}"
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            data = find(objs, "ConfigMap", ref["name"]).get("data", {})
+            if ref["key"] not in data:
+                raise AssertionError(f"{container['name']}: ConfigMap {ref['name']} has no key {ref['key']}")
+            env[var["name"]] = data[ref["key"]]
+        elif "value" in var:
+            env[var["name"]] = expand(var["value"], env)
+    return env
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -137,9 +202,85 @@ def reachable(objs: list[dict[str, Any]], src: dict[str, str], dst: dict[str, st
 def _pod_labels(objs: list[dict[str, Any]], name: str) -> dict[str, str] | None:
     """The pod labels of the in-cluster workload `name`, None when it is managed outside the cluster."""
     for o in objs:
-        if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"]["name"] == name:
+        if o["kind"] in ("Deployment", "StatefulSet", "Job") and o["metadata"]["name"] == name:
             return o["spec"]["template"]["metadata"]["labels"]
+        if o["kind"] == "CronJob" and o["metadata"]["name"] == name:
+            return o["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     return None
+
+
+def _bucket(uri: str) -> str:
+    return uri.removeprefix("s3://").split("/", 1)[0]
+
+
+def check_buckets(objs: list[dict[str, Any]]) -> list[str]:
+    """Every s3:// path a workload's args name (after $(VAR) expansion) is in the overlay's bucket,
+    the one MLFLOW_ARTIFACTS_DESTINATION names: the only bucket the overlay has."""
+    problems: list[str] = []
+    for obj in objs:
+        if obj["kind"] not in WORKLOADS:
+            continue
+        for c in pod_spec(obj)["containers"]:
+            env = container_env(objs, c)
+            if "MLFLOW_ARTIFACTS_DESTINATION" not in env:
+                continue
+            bucket = _bucket(env["MLFLOW_ARTIFACTS_DESTINATION"])
+            for arg in (expand(a, env) for a in c.get("args", [])):
+                if "$(" in arg:
+                    problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {arg!r} names an undefined variable")
+                elif arg.startswith("s3://") and _bucket(arg) != bucket:
+                    problems.append(f"{obj['kind']}/{obj['metadata']['name']}: {arg} is not in the overlay's "
+                                    f"bucket {bucket} (MLFLOW_ARTIFACTS_DESTINATION)")  # fmt: skip
+    return problems
+
+
+def check_network_paths(objs: list[dict[str, Any]]) -> list[str]:
+    """The paths between the platform's own workloads that the NetworkPolicies must leave open."""
+    problems: list[str] = []
+    for src, dst, port in NETWORK_PATHS:
+        src_labels = _pod_labels(objs, src)
+        if src_labels is None:  # not in this overlay (the dev-only bucket job)
+            continue
+        dst_labels = _pod_labels(objs, dst)
+        if not reachable(objs, src_labels, dst_labels, 443 if dst_labels is None and port == 9000 else port):
+            problems.append(f"{src}: the NetworkPolicies do not let its pods reach {dst} (port {port})")
+    return problems
+
+
+def check_one_off_jobs(objs: list[dict[str, Any]]) -> list[str]:
+    """A Job in an overlay runs again on the first `kubectl apply` after its TTL deletes it, and
+    an apply that changes its image fails (a Job's template is immutable): only a Job without a
+    TTL and with a pinned third-party image (the dev bucket job: idempotent) may be one."""
+    problems: list[str] = []
+    for obj in objs:
+        if obj["kind"] != "Job":
+            continue
+        where = f"Job/{obj['metadata']['name']}"
+        if "ttlSecondsAfterFinished" in obj["spec"]:
+            problems.append(f"{where}: has a TTL, so every apply after it runs the Job again")
+        if any("churn-platform" in c["image"] for c in pod_spec(obj)["containers"]):
+            problems.append(f"{where}: runs our image, so an apply with a new tag fails (immutable template); "
+                            "ship it as a suspended CronJob")  # fmt: skip
+    return problems
+
+
+def check_datastores(objs: list[dict[str, Any]]) -> list[str]:
+    """In-cluster datastores keep their data on a PersistentVolumeClaim the overlay renders."""
+    problems: list[str] = []
+    claims = {o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"}
+    for name, volume in DATASTORE_VOLUMES.items():
+        obj = next((o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == name), None)
+        if obj is None:
+            continue
+        found = next((v for v in pod_spec(obj).get("volumes", []) if v["name"] == volume), {})
+        claim = found.get("persistentVolumeClaim", {}).get("claimName")
+        if claim is None:
+            problems.append(f"Deployment/{name}: volume {volume!r} is not a PersistentVolumeClaim (lost with the pod)")
+        elif claim not in claims:
+            problems.append(f"Deployment/{name}: PersistentVolumeClaim {claim!r} is not rendered")
+        elif obj["spec"].get("strategy", {}).get("type") != "Recreate":
+            problems.append(f"Deployment/{name}: a ReadWriteOnce claim needs strategy Recreate")
+    return problems
 
 
 def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[str]:
@@ -156,13 +297,17 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     if (cron["spec"]["schedule"], cron["spec"].get("timeZone")) != (schedule, time_zone):
         problems.append(f"{where}: schedule {cron['spec']['schedule']!r} ({cron['spec'].get('timeZone')}), "
                         f"not {schedule!r} ({time_zone})")  # fmt: skip
-    suspended, should_be = cron["spec"].get("suspend") is True, want.suspended_in_dev and overlay == "dev"
-    if should_be and not suspended:
+    suspended = cron["spec"].get("suspend") is True
+    should_be = want.on_demand or (want.suspended_in_dev and overlay == "dev")
+    if want.on_demand and not suspended:
+        problems.append(f"{overlay}: {where} must be suspended: it runs on demand "
+                        f"(kubectl create job --from=cronjob/{name})")  # fmt: skip
+    elif should_be and not suspended:
         problems.append(f"{overlay}: {where} must be suspended in dev (opt-in there), suspend is "
                         f"{cron['spec'].get('suspend')}")  # fmt: skip
     elif suspended and not should_be:
         problems.append(f"{overlay}: {where} is suspended: it would never run in {overlay}")
-    if want.suspended_in_dev and "startingDeadlineSeconds" not in cron["spec"]:
+    if (want.suspended_in_dev or want.on_demand) and "startingDeadlineSeconds" not in cron["spec"]:
         problems.append(f"{where}: needs startingDeadlineSeconds, or resuming it starts a missed run at once")
     if cron["spec"].get("concurrencyPolicy") != "Forbid":
         problems.append(f"{where}: concurrencyPolicy must be Forbid (runs must not overlap)")
@@ -177,8 +322,10 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     answers = list(want.answers)
     if fail_on != answers:
         problems.append(f"{where}: the pod failure policy must fail the Job on exit {answers}, got {fail_on}")
-    if job.get("backoffLimit", 6) < 1:
+    if want.retried and job.get("backoffLimit", 6) < 1:
         problems.append(f"{where}: backoffLimit 0 never retries exit 3 (unreachable)")
+    if not want.retried and job.get("backoffLimit", 6) != 0:
+        problems.append(f"{where}: needs backoffLimit 0 (a retry would repeat what the failed run did)")
     if spec.get("restartPolicy") != "Never" or spec.get("automountServiceAccountToken") is not False:
         problems.append(f"{where}: needs restartPolicy Never and no service-account token")
     labels = cron["spec"]["jobTemplate"]["spec"]["template"]["metadata"].get("labels", {})
@@ -194,8 +341,9 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     writable = {"/tmp": ""}
     if "--output-dir" in args[:-1]:
         writable[args[args.index("--output-dir") + 1]] = "--output-dir "
+    expanded = [expand(a, container_env(objs, container)) for a in args]
     for flag in FILE_OUTPUTS:
-        value = args[args.index(flag) + 1] if flag in args[:-1] else "s3://"
+        value = expanded[expanded.index(flag) + 1] if flag in expanded[:-1] else "s3://"
         if not value.startswith("s3://"):
             writable[str(PurePosixPath("/app", value).parent)] = f"{flag} {value}: its folder "
     for path, what in writable.items():
@@ -315,6 +463,7 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
         problems.append("dev: one API replica")
     for name in CRONJOBS:
         problems += check_cronjob(objs, overlay, name)
+    problems += check_buckets(objs) + check_network_paths(objs) + check_one_off_jobs(objs) + check_datastores(objs)
     # Every variable the settings read is set, by the ConfigMap or a Secret reference.
     data = config_maps[next(r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r)]["data"]
     provided = set(data) | {e["name"] for e in container.get("env", [])}

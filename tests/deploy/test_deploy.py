@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import PurePosixPath
 
 import pytest
 import yaml
 
 from churn_platform.settings import environment_variables
-from tests.deploy.policies import BIN, CRONJOBS, check, render
+from tests.deploy.policies import BIN, CRONJOBS, check, pod_spec, render
 from tests.services import REPO
 
 OVERLAYS = ("dev", "staging", "prod")
@@ -51,12 +52,35 @@ def delete(name: str) -> str:
 
 DEV, PROD = "overlays/dev/kustomization.yaml", "overlays/prod/kustomization.yaml"
 PERFORMANCE, RETRAIN = "base/performance-cronjob.yaml", "base/retrain-cronjob.yaml"
-SCORE = "base/score-cronjob.yaml"
+SCORE, TRAIN = "base/score-cronjob.yaml", "base/train-cronjob.yaml"
+#: The training Job as it was shipped before #20 (a new file of the base in its break case).
+TRAIN_JOB = """apiVersion: batch/v1
+kind: Job
+metadata:
+  name: churn-train
+  labels: {app.kubernetes.io/name: churn-train}
+spec:
+  ttlSecondsAfterFinished: 86400
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: churn-train}
+    spec:
+      automountServiceAccountToken: false
+      restartPolicy: Never
+      securityContext: {runAsNonRoot: true}
+      containers:
+        - name: train
+          image: churn-platform
+          args: ["train", "--data", "$(CHURN_DATA_URI)/customers.parquet"]
+          envFrom: [{configMapRef: {name: churn-config}}]
+          resources: {requests: {cpu: 500m}, limits: {cpu: "1"}}
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+"""
 DEV_SUSPENDS = "\n    patch: |-\n      - {op: add, path: /spec/suspend, value: true}\n"
 DEV_SUSPENDS_RETRAIN = "  - target: {kind: CronJob, name: churn-retrain}" + DEV_SUSPENDS
 DEV_SUSPENDS_SCORE = "  - target: {kind: CronJob, name: churn-score}" + DEV_SUSPENDS
 MLFLOW_CLIENTS = "[churn-api, churn-monitor, churn-performance, churn-retrain, churn-score, churn-train]"
-PROD_REGISTRY_USERS = "name: churn-monitor|churn-performance|churn-retrain|churn-score}"
+PROD_REGISTRY_USERS = "name: churn-monitor|churn-performance|churn-retrain|churn-score|churn-train}"
 DATASTORES, DEV_MINIO_CLIENTS = "components/dev-datastores/datastores.yaml", "churn-retrain, churn-score, churn-train"
 DEV_LOG_DB_CLIENTS = "[churn-api, churn-monitor, churn-performance, churn-retrain]"
 # name -> (overlay, [(file under deploy/, old text, new text)], problems the check must report)
@@ -91,8 +115,8 @@ BREAKS = {
         ("base/networkpolicy.yaml", MLFLOW_CLIENTS, MLFLOW_CLIENTS.replace(" churn-performance,", "")),
     ], ["CronJob/churn-performance: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
     "performance-without-egress": ("prod", [
-        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
-         "[churn-monitor, churn-retrain, churn-train]"),
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain]",
+         "[churn-monitor, churn-retrain]"),
     ], [f"CronJob/churn-performance: the NetworkPolicies do not let its pods reach {what}" for what in (
         "MLflow (port 5000)", "the inference-log database (port 5432)", "the object store (port 443)")]),
     "dev-inference-db-refuses-performance": ("dev", [
@@ -151,8 +175,8 @@ BREAKS = {
         ("base/networkpolicy.yaml", MLFLOW_CLIENTS, MLFLOW_CLIENTS.replace(" churn-retrain,", "")),
     ], ["CronJob/churn-retrain: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
     "retrain-without-egress": ("prod", [
-        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
-         "[churn-monitor, churn-performance, churn-train]"),
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain]",
+         "[churn-monitor, churn-performance]"),
     ], [f"CronJob/churn-retrain: the NetworkPolicies do not let its pods reach {what}" for what in (
         "MLflow (port 5000)", "the inference-log database (port 5432)", "the object store (port 443)")]),
     "dev-inference-db-refuses-retrain": ("dev", [
@@ -199,10 +223,10 @@ BREAKS = {
     ], ["CronJob/churn-score: schedule '0 5 * * 1' (None), not '0 5 * * 1' (Etc/UTC)"]),
     "score-with-a-progress-bar-in-its-log": ("staging", [
         (SCORE, ', "--no-progress"]', "]"),
-    ], ["CronJob/churn-score: args must be ['score', '--input', 's3://mlflow/data/customers/', '--output', "
-        "'s3://mlflow/data/scores/latest.parquet', '--no-progress']"]),
+    ], ["CronJob/churn-score: args must be ['score', '--input', '$(CHURN_DATA_URI)/customers/', '--output', "
+        "'$(CHURN_DATA_URI)/scores/latest.parquet', '--no-progress']"]),
     "score-writes-to-read-only-root": ("staging", [
-        (SCORE, '"s3://mlflow/data/scores/latest.parquet"', '"scores/latest.parquet"'),
+        (SCORE, '"$(CHURN_DATA_URI)/scores/latest.parquet"', '"scores/latest.parquet"'),
     ], ["CronJob/churn-score: --output scores/latest.parquet: its folder /app/scores is not on a writable emptyDir"]),
     "score-retries-rejected-rows": ("prod", [
         (SCORE, "values: [1, 2]", "values: [2]"),
@@ -220,8 +244,7 @@ BREAKS = {
         ("base/networkpolicy.yaml", MLFLOW_CLIENTS, MLFLOW_CLIENTS.replace(" churn-score,", "")),
     ], ["CronJob/churn-score: the NetworkPolicies do not let its pods reach MLflow (port 5000)"]),
     "score-without-egress": ("prod", [
-        ("base/networkpolicy.yaml", "      app.kubernetes.io/name: churn-score\n",
-         "      app.kubernetes.io/name: churn-scorer\n"),
+        ("base/networkpolicy.yaml", "values: [churn-score, churn-train]", "values: [churn-train]"),
     ], ["CronJob/churn-score: the NetworkPolicies do not let its pods reach MLflow (port 5000)",
         "CronJob/churn-score: the NetworkPolicies do not let its pods reach the object store (port 443)"]),
     "dev-object-store-refuses-score": ("dev", [
@@ -251,13 +274,56 @@ BREAKS = {
     ], ["CronJob/churn-score: gets CHURN_INFERENCE_LOG_URL (the database password) but never reads the log"]),
     **{
         f"score-let-through-to-the-log-database-in-{overlay}": (overlay, [
-            ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain, churn-train]",
-             "[churn-monitor, churn-performance, churn-retrain, churn-score, churn-train]"),
+            ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain]",
+             "[churn-monitor, churn-performance, churn-retrain, churn-score]"),
         ] + ([(DATASTORES, DEV_LOG_DB_CLIENTS, DEV_LOG_DB_CLIENTS.replace("]", ", churn-score]"))]
              if overlay == "dev" else []),
             ["CronJob/churn-score: the NetworkPolicies let its pods reach the inference-log database (port 5432)"])
         for overlay in OVERLAYS
     },
+    # The defects #20 found, each put back.
+    "dev-bucket-job-cut-off-from-minio": ("dev", [
+        (DATASTORES, "      app.kubernetes.io/name: minio-create-bucket\n  policyTypes:",
+         "      app.kubernetes.io/name: minio-create-bucket-gone\n  policyTypes:"),
+    ], ["minio-create-bucket: the NetworkPolicies do not let its pods reach minio (port 9000)"]),
+    "train-as-a-job": ("staging", [
+        ("base/kustomization.yaml", "  - train-cronjob.yaml\n", "  - train-job.yaml\n"),
+        ("base/train-job.yaml", None, TRAIN_JOB),
+    ], ["staging: CronJob/churn-train is not rendered",
+        "Job/churn-train: has a TTL, so every apply after it runs the Job again",
+        "Job/churn-train: runs our image, so an apply with a new tag fails"]),
+    **{
+        f"train-scheduled-in-{overlay}": (overlay, [
+            (TRAIN, "  suspend: true\n", "  suspend: false\n"),
+        ], [f"{overlay}: CronJob/churn-train must be suspended: it runs on demand"])
+        for overlay in OVERLAYS
+    },
+    "train-retried-after-registering": ("prod", [
+        (TRAIN, "      backoffLimit: 0\n", "      backoffLimit: 2\n"),
+    ], ["CronJob/churn-train: needs backoffLimit 0"]),
+    "train-let-through-to-the-log-database": ("prod", [
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain]",
+         "[churn-monitor, churn-performance, churn-retrain, churn-train]"),
+    ], ["CronJob/churn-train: the NetworkPolicies let its pods reach the inference-log database (port 5432)"]),
+    **{
+        f"{overlay}-data-in-the-dev-bucket": (overlay, [
+            (f"overlays/{overlay}/kustomization.yaml", f"\n      - CHURN_DATA_URI=s3://{bucket}/data", ""),
+        ], [f"CronJob/churn-{job}: s3://mlflow/data/{path} is not in the overlay's bucket {bucket}"
+            for job, path in (("train", "customers.parquet"), ("score", "customers/"))])
+        for overlay, bucket in (("staging", "churn-staging-mlflow"), ("prod", "churn-prod-mlflow"))
+    },
+    "data-folder-undefined": ("dev", [
+        ("base/config.env", "CHURN_DATA_URI=s3://mlflow/data\n", ""),
+    ], ["CronJob/churn-train: '$(CHURN_DATA_URI)/customers.parquet' names an undefined variable"]),
+    **{
+        f"dev-{name}-on-an-emptydir": ("dev", [
+            (DATASTORES, f"persistentVolumeClaim: {{claimName: {name}-data}}", "emptyDir: {}"),
+        ], [f"Deployment/{name}: volume 'data' is not a PersistentVolumeClaim"])
+        for name in ("registry-db", "inference-db", "minio")
+    },
+    "dev-claim-not-rendered": ("dev", [
+        (DATASTORES, "  name: minio-data\n", "  name: minio-storage\n"),
+    ], ["Deployment/minio: PersistentVolumeClaim 'minio-data' is not rendered"]),
 }  # fmt: skip
 
 
@@ -266,6 +332,9 @@ def test_breaking_a_rule_is_caught(overlay, edits, expected, tmp_path):
     copy = tmp_path / "deploy"
     shutil.copytree(REPO / "deploy", copy)
     for name, old, new in edits:
+        if old is None:  # a new file
+            (copy / name).write_text(new)
+            continue
         text = (copy / name).read_text()
         assert old in text, f"{name} no longer has {old!r}: update this case"
         (copy / name).write_text(text.replace(old, new))
@@ -319,7 +388,11 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     # Like the CronJob, the default run retrains only when the performance runs said so.
     assert compose["services"]["retrain"]["command"] == list(CRONJOBS["churn-retrain"].args)
     # Batch scoring too, against the compose MinIO: the same input and output as the CronJob.
-    assert compose["services"]["score"]["command"] == list(CRONJOBS["churn-score"].args)
+    # (compose does not expand $(VAR): the command names the ConfigMap's default folder)
+    folder = dict(line.split("=", 1) for line in (REPO / "deploy/base/config.env").read_text().splitlines()
+                  if line and not line.startswith("#"))["CHURN_DATA_URI"]  # fmt: skip
+    weekly = [a.replace("$(CHURN_DATA_URI)", folder) for a in CRONJOBS["churn-score"].args]
+    assert compose["services"]["score"]["command"] == weekly
     # The reports' default folder (reports/... under WORKDIR /app) is on the host.
     for job in ("monitor", "performance"):
         assert "./reports:/app/reports" in compose["services"][job]["volumes"], job
@@ -328,3 +401,43 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     text = (REPO / "docker-compose.yml").read_text()
     assert not re.search(r"(PASSWORD|SECRET|KEY)[A-Z_]*: (?!\$\{)", text)
     assert "--allowed-hosts" in (REPO / "deploy" / "entrypoint.sh").read_text()
+
+
+def _secret_keys(objs: list[dict]) -> set[tuple[str, str]]:
+    """(Secret, key) pairs the workloads need: each secretKeyRef, and each file of a mounted
+    Secret that a variable points at (MLFLOW_AUTH_CONFIG_PATH)."""
+    needed: set[tuple[str, str]] = set()
+    for obj in objs:
+        if obj["kind"] not in ("Deployment", "Job", "CronJob"):
+            continue
+        spec = pod_spec(obj)
+        mounted = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        for c in spec["containers"]:
+            for var in c.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    needed.add((ref["name"], ref["key"]))
+            for m in c.get("volumeMounts", []):
+                if m["name"] in mounted:
+                    inside = m["mountPath"] + "/"
+                    files = [e["value"] for e in c.get("env", []) if e.get("value", "").startswith(inside)]
+                    assert files, f"{m['mountPath']}: no variable names a file of Secret {mounted[m['name']]}"
+                    needed |= {(mounted[m["name"]], PurePosixPath(f).name) for f in files}
+    return needed
+
+
+@pytest.mark.parametrize("overlay", ["staging", "prod"])
+def test_the_docs_list_every_secret_key_an_overlay_needs(overlay):
+    """A Secret made outside git that lacks a key keeps the pods from starting: docs/deploy.md's
+    table names each (Secret, key) with the overlays that need it."""
+    objs, _ = render(REPO / "deploy" / "overlays" / overlay)
+    rows = [line for line in (REPO / "docs" / "deploy.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {
+        (cells[1].strip("` "), key.strip("` "))
+        for cells in (row.split("|") for row in rows)
+        if overlay in cells[3]
+        for key in cells[2].split(",")
+    }
+    needed = _secret_keys(objs)
+    assert ("mlflow-auth-config", "basic_auth.ini") in needed or overlay != "prod"
+    assert needed - documented == set()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.policies import CRONJOBS, find, pod_spec, render
+from tests.deploy.policies import CRONJOBS, container_env, expand, find, pod_spec, render
 from tests.services import REPO
 
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -195,7 +195,10 @@ def test_compose_up_starts_each_service_in_its_role(tmp_path):
     assert compose("monitor", tmp_path) == ["churn-platform", "monitor"]
     assert compose("performance", tmp_path) == ["churn-platform", "performance"]
     assert compose("retrain", tmp_path) == ["churn-platform", "retrain", "--if", "performance"]
-    assert compose("score", tmp_path) == ["churn-platform", *CRONJOBS["churn-score"].args]
+    # The CronJob's flags, with the data folder compose's MinIO has (the ConfigMap's default).
+    folder = _env_file(REPO / "deploy" / "base" / "config.env")["CHURN_DATA_URI"]
+    weekly = [a.replace("$(CHURN_DATA_URI)", folder) for a in CRONJOBS["churn-score"].args]
+    assert compose("score", tmp_path) == ["churn-platform", *weekly]
     assert compose("mlflow", tmp_path) == MLFLOW
 
 
@@ -247,14 +250,10 @@ def _k8s(objs: list[dict[str, Any]], kind: str, name: str, tmp_path: Path) -> li
     (container,) = pod_spec(find(objs, kind, name))["containers"]
     # `command` would replace the image ENTRYPOINT and `args` its CMD.
     assert "command" not in container
-    argv = [*IMAGE_ENTRYPOINT, *container.get("args", IMAGE_CMD)]
-    env = _image_env()
-    for source in container.get("envFrom", []):
-        env.update(find(objs, "ConfigMap", source["configMapRef"]["name"])["data"])
-    for var in container.get("env", []):
-        ref = var.get("valueFrom", {}).get("secretKeyRef")
-        env[var["name"]] = f"secret:{ref['key']}" if ref else var["value"]
-    return _execs(argv, env, tmp_path)
+    variables = container_env(objs, container)
+    # Kubelet expands $(VAR) in args with the container's variables (not the image's).
+    argv = [*IMAGE_ENTRYPOINT, *(expand(a, variables) for a in container.get("args", IMAGE_CMD))]
+    return _execs(argv, {**_image_env(), **variables}, tmp_path)
 
 
 KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/staging", "overlays/prod"]
@@ -264,9 +263,6 @@ KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/staging", "overlays/prod"]
 def test_kubernetes_workloads_start_in_their_roles(kustomization, tmp_path):
     objs, _ = render(REPO / "deploy" / kustomization)
     assert _k8s(objs, "Deployment", "churn-api", tmp_path) == API
-    assert _k8s(objs, "Job", "churn-train", tmp_path) == [
-        "churn-platform", "train", "--data", "s3://mlflow/data/customers.parquet",
-    ]  # fmt: skip
     mlflow = _k8s(objs, "Deployment", "mlflow", tmp_path)
     assert mlflow[:4] == ["mlflow", "server", "--backend-store-uri", "secret:MLFLOW_BACKEND_STORE_URI"]
     allowed = _env_file(REPO / "deploy" / "base" / "config.env")["MLFLOW_ALLOWED_HOSTS"]
@@ -279,7 +275,11 @@ def test_kubernetes_workloads_start_in_their_roles(kustomization, tmp_path):
 def test_kubernetes_cronjobs_start_in_their_roles(kustomization, cronjob, tmp_path):
     objs, _ = render(REPO / "deploy" / kustomization)
     role, *flags = CRONJOBS[cronjob].args
-    assert _k8s(objs, "CronJob", cronjob, tmp_path) == ["churn-platform", role, *flags]
+    (container,) = pod_spec(find(objs, "CronJob", cronjob))["containers"]
+    folder = container_env(objs, container)["CHURN_DATA_URI"]
+    assert folder.startswith("s3://") and not folder.endswith("/")
+    expanded = [f.replace("$(CHURN_DATA_URI)", folder) for f in flags]
+    assert _k8s(objs, "CronJob", cronjob, tmp_path) == ["churn-platform", role, *expanded]
 
 
 @pytest.mark.parametrize("cronjob", CRONJOBS)
@@ -291,6 +291,8 @@ def test_the_cli_accepts_each_cronjobs_flags(cronjob):
     from churn_platform.cli import main
 
     role, *flags = CRONJOBS[cronjob].args
+    folder = _env_file(REPO / "deploy" / "base" / "config.env")["CHURN_DATA_URI"]
+    flags = [f.replace("$(CHURN_DATA_URI)", folder) for f in flags]
     with click.Context(main) as parent:
         command = main.get_command(parent, role)
         assert command is not None, role
@@ -361,12 +363,14 @@ def test_the_documented_challenger_scoring_runs_the_role_with_another_alias_and_
     objs, _ = render(REPO / "deploy" / "overlays" / "prod")
     (container,) = pod_spec(find(objs, "CronJob", "churn-score"))["containers"]
     container["args"] = args
-    assert _k8s(objs, "CronJob", "churn-score", tmp_path) == ["churn-platform", *args]
+    folder = container_env(objs, container)["CHURN_DATA_URI"]  # kubelet expands $(CHURN_DATA_URI)
+    expanded = [a.replace("$(CHURN_DATA_URI)", folder) for a in args]
+    assert _k8s(objs, "CronJob", "churn-score", tmp_path) == ["churn-platform", *expanded]
     weekly = CRONJOBS["churn-score"].args
     with click.Context(main) as parent:
         command = main.get_command(parent, args[0])
         with command.make_context(args[0], args[1:], parent=parent) as ctx:
             assert ctx.params["alias"] == "Challenger" and ctx.params["no_progress"]
             assert ctx.params["source"] == weekly[weekly.index("--input") + 1]
-            assert ctx.params["output"].startswith("s3://")
+            assert ctx.params["output"].startswith(weekly[weekly.index("--input") + 1].split("/")[0])
             assert ctx.params["output"] != weekly[weekly.index("--output") + 1]
