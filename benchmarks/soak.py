@@ -37,6 +37,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def writer_pid(api_pid: int) -> int:
     """The inference-log writer: the API's child process."""
     children = Path(f"/proc/{api_pid}/task/{api_pid}/children").read_text().split()
@@ -83,6 +89,15 @@ def main() -> None:
         client.post("/predict/single", json=random.choice(rows))
     rss_start, writer = rss_mib(pid), writer_pid(pid)
     writer_start = rss_mib(writer)
+    cpu_start = cpu_seconds(pid) + cpu_seconds(writer)
+    peak = [rss_start + writer_start]
+    sampling = threading.Event()
+
+    def sample() -> None:  # the pod's memory: the API and its writer together, every second
+        while not sampling.wait(1):
+            peak.append(rss_mib(pid) + rss_mib(writer))
+
+    threading.Thread(target=sample, daemon=True).start()
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -112,6 +127,8 @@ def main() -> None:
                 time.sleep(delay)
             pool.submit(one, i)
     elapsed = time.perf_counter() - t0
+    sampling.set()
+    cores = (cpu_seconds(pid) + cpu_seconds(writer) - cpu_start) / elapsed
     rss_end, writer_end = rss_mib(pid), rss_mib(writer)
     time.sleep(2)  # the last batch reaches the log
     written, dropped = log_counters(client)
@@ -123,9 +140,15 @@ def main() -> None:
     print(f"  requests {len(latencies)}  throughput {len(latencies) / elapsed:.0f} req/s  errors {errors}")
     print(f"  latency p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     print(f"  API RSS start {rss_start:.0f} MiB  end {rss_end:.0f} MiB  growth {100 * (rss_end / rss_start - 1):+.1f}%")
-    print(f"  log writer RSS start {writer_start:.0f} MiB  end {writer_end:.0f} MiB  "
-          f"growth {100 * (writer_end / writer_start - 1):+.1f}%")
+    print(
+        f"  log writer RSS start {writer_start:.0f} MiB  end {writer_end:.0f} MiB  "
+        f"growth {100 * (writer_end / writer_start - 1):+.1f}%"
+    )
     print(f"  inference log rows written {written:.0f}  dropped {dropped:.0f}")
+    print(
+        f"  pod (API + writer): CPU {cores:.2f} cores on average  peak RSS {max(peak):.0f} MiB "
+        f"(what deploy/base/api.yaml's requests and limits are sized from: docs/deploy.md)"
+    )
 
 
 if __name__ == "__main__":

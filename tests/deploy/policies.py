@@ -459,13 +459,19 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
             problems.append("prod: the MLflow server must run in basic-auth mode")
         if "MLFLOW_TRACKING_PASSWORD" not in {e["name"] for e in container.get("env", [])}:
             problems.append("prod: the API needs tracking credentials for the basic-auth registry")
+    data = config_maps[next(r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r)]["data"]
+    if overlay != "dev":  # the alerts and dashboards ship with staging and prod (components/observability)
+        kinds = {o["kind"] for o in objs}
+        if not {"PrometheusRule", "ServiceMonitor"} <= kinds:
+            problems.append(f"{overlay}: the observability component is not rendered (no PrometheusRule)")
+        if not data.get("CHURN_PUSHGATEWAY_URL"):
+            problems.append(f"{overlay}: CHURN_PUSHGATEWAY_URL is empty: the jobs' results never reach the alerts")
     if overlay == "dev" and api["spec"]["replicas"] != 1:
         problems.append("dev: one API replica")
     for name in CRONJOBS:
         problems += check_cronjob(objs, overlay, name)
     problems += check_buckets(objs) + check_network_paths(objs) + check_one_off_jobs(objs) + check_datastores(objs)
     # Every variable the settings read is set, by the ConfigMap or a Secret reference.
-    data = config_maps[next(r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r)]["data"]
     provided = set(data) | {e["name"] for e in container.get("env", [])}
     missing = sorted(set(environment_variables()) - provided)
     if missing:

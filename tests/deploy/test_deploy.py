@@ -23,8 +23,12 @@ def test_overlay_renders_without_warnings_and_validates(overlay, tmp_path):
     assert "warning" not in stderr.lower(), stderr
     # The scheduled jobs are among what is validated.
     assert {o["metadata"]["name"] for o in objs if o["kind"] == "CronJob"} >= set(CRONJOBS)
+    # prometheus-operator's kinds (staging, prod) are not in Kubernetes' schemas: tests/observability
+    # checks them (promtool on the rules, the ServiceMonitor against the Service).
+    plain = [o for o in objs if not o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert overlay == "dev" or len(plain) == len(objs) - 2
     out = tmp_path / f"{overlay}.yaml"
-    out.write_text(yaml.safe_dump_all(objs))
+    out.write_text(yaml.safe_dump_all(plain))
     done = subprocess.run(
         [str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", "--quiet", str(out)],
         capture_output=True, text=True,
@@ -89,6 +93,13 @@ BREAKS = {
         (PROD, "{op: replace, path: /spec/replicas, value: 3}", "{op: replace, path: /spec/replicas, value: 1}"),
         (PROD, 'newTag: "0.1.0"', "newTag: latest"),
     ], ["prod: churn-api has 1 replicas, needs at least 3", "is not pinned by tag or digest"]),
+    **{
+        f"{overlay}-without-observability": (overlay, [
+            (f"overlays/{overlay}/kustomization.yaml", "  - ../../components/observability\n", ""),
+            (f"overlays/{overlay}/kustomization.yaml", "\n      - CHURN_PUSHGATEWAY_URL=http://", "\n#"),
+        ], [f"{overlay}: the observability component is not rendered", f"{overlay}: CHURN_PUSHGATEWAY_URL is empty"])
+        for overlay in ("staging", "prod")
+    },
     **{
         f"{job}-dropped-by-{overlay}": (overlay, [
             (f"overlays/{overlay}/kustomization.yaml", "\npatches:\n", f"\npatches:{delete(f'churn-{job}')}"),
@@ -441,3 +452,24 @@ def test_the_docs_list_every_secret_key_an_overlay_needs(overlay):
     needed = _secret_keys(objs)
     assert ("mlflow-auth-config", "basic_auth.ini") in needed or overlay != "prod"
     assert needed - documented == set()
+
+
+def test_the_request_rate_metric_has_an_adapter_rule_over_the_apis_counter():
+    """prod scales on churn_api_requests_per_second: the shipped prometheus-adapter rule makes
+    it, under that name, from the counter the API exports (the query itself is evaluated on a
+    real Prometheus in tests/observability)."""
+    from prometheus_client import generate_latest
+
+    from serving.metrics import Metrics
+
+    objs, _ = render(REPO / "deploy" / "overlays" / "prod")
+    hpa = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
+    (pods,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    rule = yaml.safe_load((REPO / "deploy/components/request-rate-hpa/prometheus-adapter-rules.yaml").read_text())
+    (custom,) = rule["rules"]["custom"]
+    assert custom["name"]["as"] == pods["metric"]["name"] == "churn_api_requests_per_second"
+    counter = re.match(r"(\w+)\{", custom["seriesQuery"])[1]
+    assert re.fullmatch(custom["name"]["matches"], counter)
+    assert f"# TYPE {counter} counter" in generate_latest(Metrics().registry).decode()
+    assert set(custom["resources"]["overrides"]) == {"namespace", "pod"}
+    assert int(pods["target"]["averageValue"]) == 300  # docs/deploy.md: 60 % of one pod's capacity

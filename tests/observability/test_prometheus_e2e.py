@@ -30,6 +30,7 @@ from tests.unit.conftest import embedded_registry
 pytestmark = pytest.mark.integration
 
 OBSERVABILITY = REPO / "deploy" / "observability"
+REQUEST_RATE = REPO / "deploy" / "components" / "request-rate-hpa"
 DASHBOARDS = sorted((REPO / "deploy" / "components" / "observability" / "dashboards").glob("*.json"))
 #: Grafana's variables as a dashboard's queries meet them, for a real query.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$model_name": "churn",
@@ -179,6 +180,13 @@ def test_prometheus_scrapes_evaluates_every_expression_and_alertmanager_delivers
         for where, expr in expressions:
             answer = query(prometheus, expr)
             assert answer["status"] == "success", f"{where}: {expr}: {answer.get('error')}"
+        # prometheus-adapter's query for the request-rate HPA, as the adapter fills it in for pods.
+        adapter = yaml.safe_load((REQUEST_RATE / "prometheus-adapter-rules.yaml").read_text())["rules"]["custom"][0]
+        series = re.match(r"(\w+)\{", adapter["seriesQuery"])[1]
+        per_pod = (adapter["metricsQuery"].replace("<<.Series>>", series)
+                   .replace("<<.LabelMatchers>>", 'job="churn-api"').replace("<<.GroupBy>>", "instance"))  # fmt: skip
+        rates = query(prometheus, per_pod)["data"]["result"]
+        assert rates and float(rates[0]["value"][1]) > 0, (per_pod, rates)
         dashboards_with_data = {where.split(" / ")[0] for where, expr in dashboard_expressions()
                                 if query(prometheus, expr)["data"]["result"]}  # fmt: skip
         assert dashboards_with_data == {p.stem for p in DASHBOARDS}
