@@ -60,6 +60,7 @@ bench-serving: install ## our API vs `mlflow models serve`, side by side (needs 
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/observability.py
+	$(BIN)/python benchmarks/capacity.py
 
 bench-monitoring: install ## drift-check seconds and peak RSS, ours vs DataDriftPreset
 	$(BIN)/python benchmarks/monitoring.py
