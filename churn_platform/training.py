@@ -93,6 +93,14 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError(f"n_rows must be at least 50, got {config.n_rows}")
     if config.decision_threshold is not None and not 0 < config.decision_threshold < 1:
         raise DataValidationError(f"decision_threshold must be between 0 and 1, got {config.decision_threshold}")
+    # sklearn would refuse these after the data is loaded, with a traceback.
+    if not config.c > 0:
+        raise DataValidationError(f"c must be greater than 0, got {config.c}")
+    if not 0 < config.learning_rate <= 1:
+        raise DataValidationError(f"learning_rate must be in (0, 1], got {config.learning_rate}")
+    for name in ("max_iter", "max_depth"):
+        if getattr(config, name) < 1:
+            raise DataValidationError(f"{name} must be at least 1, got {getattr(config, name)}")
 
 
 def _git_commit() -> str | None:
@@ -232,7 +240,10 @@ def train(
         run_id = run.info.run_id
         params = {k: v for k, v in asdict(config).items() if k != "decision_threshold"}
         params["decision_threshold"] = threshold
-        mlflow.log_params(params)
+        # Under `mlflow run` the launcher has logged the entry point's parameters already, as
+        # typed (c=10, not 10.0): logging them again with another spelling is refused.
+        given = mlflow.get_run(run_id).data.params
+        mlflow.log_params({k: v for k, v in params.items() if k not in given})
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({"training_rows": len(train_df), "validation_rows": len(valid_df)})
         mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name, **(tags or {})})

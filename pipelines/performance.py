@@ -5,9 +5,11 @@ import sys
 from churn_platform.cli import main
 from pipelines.monitor import _args
 
+
+def command(argv: list[str]) -> list[str]:
+    """The ``churn-platform`` arguments for the entry point's."""
+    return ["performance", *_args(argv, whole=("--version",))]
+
+
 if __name__ == "__main__":
-    args = _args(sys.argv[1:])
-    if "--version" in args:  # MLproject passes numbers as floats
-        at = args.index("--version") + 1
-        args[at] = str(int(float(args[at])))
-    main(["performance", *args], prog_name="pipelines.performance")
+    main(command(sys.argv[1:]), prog_name="pipelines.performance")

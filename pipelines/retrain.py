@@ -5,6 +5,11 @@ import sys
 from churn_platform.cli import main
 from pipelines.monitor import _args
 
+
+def command(argv: list[str]) -> list[str]:
+    """The ``churn-platform`` arguments for the entry point's."""
+    return ["retrain", *_args(argv, whole=("--of", "--at-least"))]
+
+
 if __name__ == "__main__":
-    args = _args(sys.argv[1:], whole=("--of", "--at-least"))
-    main(["retrain", *args], prog_name="pipelines.retrain")
+    main(command(sys.argv[1:]), prog_name="pipelines.retrain")

@@ -8,9 +8,15 @@ import sys
 from churn_platform.cli import main
 from pipelines.monitor import _args
 
-if __name__ == "__main__":
-    args = _args(sys.argv[1:], whole=("--version", "--explain-top-k"))
+
+def command(argv: list[str]) -> list[str]:
+    """The ``churn-platform`` arguments for the entry point's."""
+    args = _args(argv, whole=("--version", "--explain-top-k"))
     if "--explain-top-k" in args:
         at = args.index("--explain-top-k")
         args[at : at + 2] = ["--explain", "--top-k", args[at + 1]]
-    main(["score", "--no-progress", *args], prog_name="pipelines.score")
+    return ["score", "--no-progress", *args]
+
+
+if __name__ == "__main__":
+    main(command(sys.argv[1:]), prog_name="pipelines.score")

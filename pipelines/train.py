@@ -3,6 +3,14 @@
 import sys
 
 from churn_platform.cli import main
+from pipelines.monitor import _args
+
+
+def command(argv: list[str]) -> list[str]:
+    """The ``churn-platform`` arguments for the entry point's: whole numbers arrive as floats
+    (300.0), an empty decision_threshold means the setting's, and zero is a value (seed 0)."""
+    return ["train", *_args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"), unset=("",))]
+
 
 if __name__ == "__main__":
-    main(["train", *sys.argv[1:]], prog_name="pipelines.train")
+    main(command(sys.argv[1:]), prog_name="pipelines.train")

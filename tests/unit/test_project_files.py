@@ -7,6 +7,7 @@ import re
 import subprocess
 import tomllib
 
+import pytest
 import yaml
 
 from churn_platform.training_config import TrainConfig
@@ -27,7 +28,10 @@ def test_mlproject_defaults_match_the_training_defaults():
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, param in params.items():
         expected = defaults[name]
-        assert type(expected)(param["default"]) == expected, name
+        if expected is None:  # not given: an empty string the entry point leaves out
+            assert param["default"] == "", name
+        else:
+            assert type(expected)(param["default"]) == expected, name
         assert f"{{{name}}}" in spec["entry_points"]["train"]["command"]
 
 
@@ -109,3 +113,45 @@ def test_every_command_lists_the_same_exit_codes():
     readme = (REPO / "README.md").read_text()
     for code in ExitCode:
         assert f"| {int(code)} |" in readme, f"README's exit-code table lacks {code.name}"
+
+
+# entry point -> [(-P parameters, what the command then gets)]
+ENTRY_POINT_PARAMS = {
+    "train": [({}, {"seed": 42, "c": 1.0, "decision_threshold": None, "data": "synthetic"}),
+              ({"c": "10", "max_iter": "300.0", "seed": "0", "decision_threshold": "0.3", "data": "my data.csv"},
+               {"c": 10.0, "max_iter": 300, "seed": 0, "decision_threshold": 0.3, "data": "my data.csv"})],
+    "monitor": [({}, {"current": None, "rows": None}),
+                ({"current": "s3://b/current data.csv", "rows": "500"}, {"current": "s3://b/current data.csv",
+                                                                           "rows": 500})],
+    "performance": [({}, {"since": None, "version": None}), ({"version": "3"}, {"version": 3})],
+    "retrain": [({}, {"trigger": "always"}),
+                ({"trigger": "performance", "of": "3.0"}, {"trigger": "performance", "of": 3})],
+    "score": [({"input": "in.csv", "output": "out.parquet"}, {"source": "in.csv", "explain": False}),
+              ({"input": "in dir/", "output": "out.parquet", "explain_top_k": "3", "version": "2"},
+               {"source": "in dir/", "explain": True, "top_k": 3, "version": 2})],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "given", "expected"), [(e, *case) for e, cases in ENTRY_POINT_PARAMS.items() for case in cases]
+)
+def test_each_entry_point_command_parses_as_mlflow_run_builds_it(entry_point, given, expected):
+    """The command `mlflow run -e ENTRY -P ...` runs, built by MLflow itself (it shell-quotes
+    each value: a value in double quotes in MLproject arrived as the two characters ''), then
+    the entry point's shell, then the real CLI's parser."""
+    import importlib
+    import shlex
+
+    import click
+    from mlflow.projects import _project_spec
+
+    from churn_platform.cli import main
+
+    command = _project_spec.load_project(str(REPO)).get_entry_point(entry_point).compute_command(given, None)
+    python, dash_m, module, *argv = shlex.split(command)
+    assert (python, dash_m, module) == ("python", "-m", f"pipelines.{entry_point}")
+    args = importlib.import_module(module).command(argv)
+    with click.Context(main) as parent:
+        role = main.get_command(parent, args[0])
+        with role.make_context(args[0], args[1:], parent=parent) as ctx:
+            assert {k: ctx.params[k] for k in expected} == expected
