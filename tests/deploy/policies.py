@@ -209,6 +209,18 @@ def _pod_labels(objs: list[dict[str, Any]], name: str) -> dict[str, str] | None:
     return None
 
 
+#: ServiceAccount annotations that give the pods a cloud identity (components/workload-identity)
+#: in place of static object-store keys.
+CLOUD_IDENTITY = ("eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account", "azure.workload.identity/client-id")
+
+
+def cloud_identity(objs: list[dict[str, Any]]) -> bool:
+    """Whether the pods' ServiceAccount carries a cloud identity: then no container may take
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from a Secret (it holds none)."""
+    account = next((o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "churn-platform"), {})
+    return any(k in account.get("metadata", {}).get("annotations", {}) for k in CLOUD_IDENTITY)
+
+
 def _bucket(uri: str) -> str:
     return uri.removeprefix("s3://").split("/", 1)[0]
 
@@ -352,7 +364,10 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     secrets = {
         e["name"] for e in container.get("env", []) if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
     }
-    needed = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    needed = set() if cloud_identity(objs) else keys
+    if needed != keys and keys & secrets:
+        problems.append(f"{where}: takes {sorted(keys & secrets)} from a Secret, but its identity is the cloud's")
     if want.inference_log:
         needed.add("CHURN_INFERENCE_LOG_URL")
     if overlay == "prod":
