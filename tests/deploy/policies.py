@@ -421,6 +421,10 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
         if kind not in WORKLOADS:
             continue
         spec = pod_spec(obj)
+        if spec.get("enableServiceLinks") is not False and any(
+            "churn-platform" in c["image"] for c in spec["containers"]
+        ):
+            problems.append(f"{where}: needs enableServiceLinks: false (Service `mlflow` sets MLFLOW_PORT=tcp://...)")
         if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
             problems.append(f"{where}: pod does not set runAsNonRoot")
         for c in spec["containers"]:

@@ -39,6 +39,7 @@ CLOUDS: dict[str, tuple[str, dict[str, str], set[tuple[str, str]]]] = {
 #: The GKE metadata server: Dataplane V2 (169.254.169.254:80), Calico (169.254.169.252:988).
 METADATA_SERVER = {("169.254.169.254/32", 80), ("169.254.169.252/32", 988)}
 
+
 def _overlay(where: Path, resources: list[Path], components: list[Path]) -> Path:
     """A throwaway overlay (kustomize refuses absolute paths: they are made relative)."""
     where.mkdir(parents=True, exist_ok=True)
