@@ -17,10 +17,10 @@ export MLFLOW_HTTP_REQUEST_TIMEOUT = $(CHURN_REGISTRY_TIMEOUT_S)
 # `mlflow run --env-manager local` runs `python` from PATH: make it ours.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install test demo lint audit train api bench-serving bench-monitoring bench-performance bench-batch mlflow-ui drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
+.PHONY: install test demo lint audit train api bench-serving bench-monitoring bench-performance bench-batch mlflow-ui mlflow-ui-screenshots drift-monitor promote rollback docker-build docker-run docker-stop compose-up compose-down k8s-deploy k8s-delete help
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -73,6 +73,10 @@ bench-batch: install ## batch scoring of 1M (and 5M) customers: rows/s and peak 
 
 mlflow-ui: install ## MLflow UI on http://127.0.0.1:5000 over MLFLOW_TRACKING_URI's store
 	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+mlflow-ui-screenshots: install ## docs/images/mlflow-ui/*.png from the real MLflow UI (headless Chromium, a throwaway registry)
+	@scripts/ensure-browser.sh
+	$(BIN)/python scripts/mlflow-ui-screenshots.py
 
 drift-monitor: install ## drift check of Production (CURRENT=file, else the inference log)
 	$(BIN)/churn-platform monitor $(if $(CURRENT),--current $(CURRENT))
