@@ -180,7 +180,8 @@ def production_parameters(client: MlflowClient, name: str, version: int) -> dict
     """The training parameters of Production's run, for a retrain that changes only the data."""
     run_id = registry.get_version(client, name, version).run_id
     params = client.get_run(run_id).data.params if run_id else {}
-    return {k: params[k] for k in _INHERITED if k in params and params[k] not in ("", "None")}
+    # Not given: empty, None, or '' (how `mlflow run` logs an empty parameter: shell-quoted).
+    return {k: params[k] for k in _INHERITED if k in params and params[k] not in ("", "None", "''")}
 
 
 class RetrainResult(BaseModel):
