@@ -24,6 +24,20 @@ def render(overlay: Path) -> tuple[list[dict[str, Any]], str]:
     return [d for d in yaml.safe_load_all(done.stdout) if d], done.stderr
 
 
+def validate(objs: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """kubernetes-validate --strict against Kubernetes 1.30; returns what was validated: all but
+    prometheus-operator's kinds (not in Kubernetes' schemas; tests/observability checks them)."""
+    plain = [o for o in objs if not o["apiVersion"].startswith("monitoring.coreos.com/")]
+    out = folder / "rendered.yaml"
+    out.write_text(yaml.safe_dump_all(plain))
+    done = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", "--quiet", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return plain
+
+
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]

@@ -14,14 +14,13 @@ import copy
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.policies import BIN, WORKLOADS, check, pod_spec, render, selects
+from tests.deploy.policies import WORKLOADS, check, pod_spec, render, selects, validate
 from tests.services import REPO
 
 COMPONENTS = REPO / "deploy" / "components" / "workload-identity"
@@ -51,19 +50,6 @@ def _overlay(where: Path, resources: list[Path], components: list[Path]) -> Path
     }
     (where / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return where
-
-
-def _validate(objs: list[dict[str, Any]], tmp_path: Path) -> None:
-    """kubernetes-validate --strict against 1.30, as test_overlay_renders_without_warnings_and_validates
-    does; prometheus-operator's kinds (the observability component) have no schema there."""
-    core = [o for o in objs if not o["apiVersion"].startswith("monitoring.coreos.com/")]
-    out = tmp_path / "rendered.yaml"
-    out.write_text(yaml.safe_dump_all(core))
-    done = subprocess.run(
-        [str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", "--quiet", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _workloads(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -114,7 +100,7 @@ def test_component_on_prod_renders_validates_and_keeps_the_policies(cloud, tmp_p
     annotation, labels, added = CLOUDS[cloud]
     objs, stderr = render(_overlay(tmp_path / "overlay", [PROD], [COMPONENTS / cloud]))
     assert "warning" not in stderr.lower(), stderr
-    _validate(objs, tmp_path)
+    validate(objs, tmp_path)
     assert _problems(objs) == []
 
     (account,) = [o for o in objs if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "churn-platform"]
@@ -194,7 +180,7 @@ def test_guide_overlay_renders_validates_and_keeps_the_policies(guide, folder, t
     (tmp_path / folder / "kustomization.yaml").write_text(_expand(text))
     objs, stderr = render(tmp_path / folder)
     assert "warning" not in stderr.lower(), stderr
-    _validate(objs, tmp_path)
+    validate(objs, tmp_path)
     rendered = yaml.safe_dump_all(objs)
     assert "REPLACE_" not in rendered, "a placeholder of the component is left"
     # Jobs an overlay leaves out on purpose (their data paths are s3://, which the cloud's store

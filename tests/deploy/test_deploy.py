@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from churn_platform.settings import environment_variables
-from tests.deploy.policies import BIN, CRONJOBS, check, pod_spec, render
+from tests.deploy.policies import BIN, CRONJOBS, check, pod_spec, render, validate
 from tests.services import REPO
 
 OVERLAYS = ("dev", "staging", "prod")
@@ -23,17 +23,8 @@ def test_overlay_renders_without_warnings_and_validates(overlay, tmp_path):
     assert "warning" not in stderr.lower(), stderr
     # The scheduled jobs are among what is validated.
     assert {o["metadata"]["name"] for o in objs if o["kind"] == "CronJob"} >= set(CRONJOBS)
-    # prometheus-operator's kinds (staging, prod) are not in Kubernetes' schemas: tests/observability
-    # checks them (promtool on the rules, the ServiceMonitor against the Service).
-    plain = [o for o in objs if not o["apiVersion"].startswith("monitoring.coreos.com/")]
-    assert overlay == "dev" or len(plain) == len(objs) - 2
-    out = tmp_path / f"{overlay}.yaml"
-    out.write_text(yaml.safe_dump_all(plain))
-    done = subprocess.run(
-        [str(BIN / "kubernetes-validate"), "--strict", "-k", "1.30.0", "--quiet", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    plain = validate(objs, tmp_path)
+    assert overlay == "dev" or len(plain) == len(objs) - 2  # PrometheusRule, ServiceMonitor
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
