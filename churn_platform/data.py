@@ -196,6 +196,7 @@ def _check_feature(
 
 
 def _typed(out: pd.DataFrame) -> pd.DataFrame:
+    out = out.copy()  # a slice (the good rows) under pandas 2 would warn, and may not take the assignment
     for feature in FEATURES:
         if feature.kind == "integer":
             out[feature.name] = out[feature.name].astype("int64")
