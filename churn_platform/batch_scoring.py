@@ -463,7 +463,7 @@ def _scored_table(
     return _with_features(table, good, schema).cast(schema)
 
 
-def _rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> pa.Table:
+def rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> pa.Table:
     bad = chunk.loc[reasons.index]
     columns: dict[str, Any] = {"row": (reasons.index.to_numpy() + first_row).astype("int64"),
                                "reason": reasons.to_numpy(dtype=object)}  # fmt: skip
@@ -497,7 +497,7 @@ def score_chunk(
     chunk = table.to_pandas()
     good, reasons = data.split_rejects(chunk)
     scored = _scored_table(model, good, settings, scored_at, explain_top_k, schema) if len(good) else None
-    rejects = _rejects_table(chunk, reasons, first_row) if len(reasons) else None
+    rejects = rejects_table(chunk, reasons, first_row) if len(reasons) else None
     return ScoredChunk(scored, rejects, len(good))
 
 

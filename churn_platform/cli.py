@@ -12,6 +12,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
 from functools import cache, wraps
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -298,6 +300,50 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
         moved = f"v{e.from_version or '-'} {sign} v{e.to_version or '-'}"
         why = f"  {e.reason}" if e.reason else ""
         click.echo(f"{e.at}  {e.action:<13} {moved:<12} by {e.actor} via {e.via}{why}")
+
+
+@main.group()
+def features() -> None:
+    """The feature store (Feast): customer features by id, for predictions by id and training.
+
+    Embedded by default (CHURN_FEATURE_STORE_DIR); PostgreSQL with CHURN_FEATURE_STORE_URL.
+    """
+
+
+@features.command("apply")
+@handles_errors
+def features_apply() -> None:
+    """Register the entity and the feature view (generated from the customer schema)."""
+    from churn_platform import feature_store
+
+    names = feature_store.apply(get_settings())
+    click.echo(f"registered {', '.join(names)} in project {feature_store.PROJECT!r}")
+
+
+@features.command("ingest")
+@click.argument("source")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]), default=None,
+              help="Snapshot time of every row (UTC) when the file has no snapshot_time column.")
+@click.option("--rejects", default=None, help="Where bad rows go (default: SOURCE's name + .rejects.parquet, here).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handles_errors
+def features_ingest(source: str, as_of: datetime | None, rejects: str | None, as_json: bool) -> None:
+    """Add customer snapshots (CSV/Parquet, a path or s3://bucket/key) to the offline source."""
+    from churn_platform import feature_store
+
+    summary = feature_store.ingest(get_settings(), source, as_of=as_of.replace(tzinfo=UTC) if as_of else None,
+                                   rejects=rejects)  # fmt: skip
+    echo_json(asdict(summary)) if as_json else click.echo(str(summary))
+
+
+@features.command("materialize")
+@handles_errors
+def features_materialize() -> None:
+    """Copy each customer's latest snapshot into the online store (what predictions by id read)."""
+    from churn_platform import feature_store
+
+    end = feature_store.materialize(get_settings())
+    click.echo(f"materialized {feature_store.FEATURE_VIEW!r} up to {end:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @main.group()

@@ -96,6 +96,17 @@ class Settings(BaseSettings):
         1 << 30, ge=1 << 20, description="Most bytes the spool may hold; past it, rows are dropped (and counted)."
     )
 
+    # ---- feature store
+    feature_store_url: str | None = Field(
+        None,
+        description="PostgreSQL URL holding the feature store's registry, offline source and online store; "
+        "unset: an embedded store in CHURN_FEATURE_STORE_DIR.",
+        json_schema_extra={"secret": True},  # carries the database password
+    )
+    feature_store_dir: str = Field(
+        "feature_store", description="Folder of the embedded feature store (registry, SQLite online store, Parquet)."
+    )
+
     # ---- monitoring
     monitor_experiment: str = Field("churn-monitoring", description="MLflow experiment of monitoring runs.")
     monitor_drift_share: float = Field(

@@ -1,0 +1,406 @@
+"""The customer features by id, in a Feast feature store.
+
+Callers that know a customer's id but not their 19 features (a CRM, a campaign tool) get
+them from here, and training sets join labels to the feature values a customer had at the
+label's time, never later ones. The definitions (entity ``customer``, one feature view of
+the schema's features) are generated from ``churn_platform.schema``, so the store cannot
+drift from what the model reads.
+
+Two layouts, chosen by settings:
+
+* embedded (``CHURN_FEATURE_STORE_URL`` unset): Feast's local provider with a registry
+  file, a SQLite online store and a Parquet offline source, all in
+  ``CHURN_FEATURE_STORE_DIR``;
+* full stack (``CHURN_FEATURE_STORE_URL=postgresql://...``): registry, offline source
+  (table ``customer_snapshots``) and online store in that PostgreSQL database.
+
+Feast is imported only inside these functions: it costs seconds to import, and the API
+and jobs that never read features should not pay that.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churn_platform import batch_scoring, data
+from churn_platform.errors import DataValidationError, SettingsError, StorageUnreachable
+from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN
+from churn_platform.settings import Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+PROJECT = "churn"
+ENTITY = "customer"
+FEATURE_VIEW = "customer_features"
+#: The offline source's event timestamp: when a snapshot of a customer was taken.
+SNAPSHOT_TIME = "snapshot_time"
+#: The full stack's offline source table (in the feature store's PostgreSQL database).
+OFFLINE_TABLE = "customer_snapshots"
+#: Every feature reference of the view, as Feast names them ("view:feature").
+FEATURE_REFS = tuple(f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _import_feast() -> None:
+    """Import Feast, undoing what its import does to the environment: it sets
+    PROMETHEUS_MULTIPROC_DIR, which would switch prometheus_client to multi-process mode in
+    this process's later children (the inference-log writer) and make it warn here."""
+    before = {name: os.environ.get(name) for name in _FEAST_SETS}
+    import feast  # noqa: F401
+
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+_FEAST_SETS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
+def _embedded_dir(settings: Settings) -> Path:
+    return Path(settings.feature_store_dir).resolve()
+
+
+def _offline_file(settings: Settings) -> Path:
+    return _embedded_dir(settings) / "offline" / f"{OFFLINE_TABLE}.parquet"
+
+
+def _postgres(url: str) -> dict[str, Any]:
+    """Feast's PostgreSQL connection fields from a URL (any SQLAlchemy driver suffix)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises several types for a bad URL
+        raise SettingsError(f"CHURN_FEATURE_STORE_URL is not a database URL: {exc}") from None
+    if parsed.get_backend_name() != "postgresql" or not parsed.database:
+        raise SettingsError("CHURN_FEATURE_STORE_URL must be postgresql://user:password@host:port/database")
+    return {
+        "host": parsed.host or "localhost", "port": parsed.port or 5432, "database": parsed.database,
+        "user": parsed.username or "postgres", "password": parsed.password or "",
+        "sslmode": str(parsed.query.get("sslmode", "prefer")),
+    }  # fmt: skip
+
+
+def config(settings: Settings) -> Any:
+    """The Feast ``RepoConfig`` for these settings (no feature_store.yaml to keep in step)."""
+    _import_feast()
+    from feast import RepoConfig
+
+    url = settings.feature_store_url
+    if not url:
+        folder = _embedded_dir(settings)
+        return RepoConfig(
+            project=PROJECT, provider="local", repo_path=folder,
+            registry={"registry_type": "file", "path": str(folder / "registry.db"), "cache_ttl_seconds": 60},
+            online_store={"type": "sqlite", "path": str(folder / "online.db")},
+            offline_store={"type": "file"}, entity_key_serialization_version=3,
+        )  # fmt: skip
+    pg = _postgres(url)
+    registry_url = (
+        f"postgresql+psycopg://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['database']}"
+        f"?sslmode={pg['sslmode']}"
+    )
+    return RepoConfig(
+        project=PROJECT, provider="local",
+        registry={"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60},
+        online_store={"type": "postgres", **pg}, offline_store={"type": "postgres", **pg},
+        entity_key_serialization_version=3,
+    )  # fmt: skip
+
+
+def definitions(settings: Settings) -> list[Any]:
+    """The entity and the feature view, generated from the customer schema."""
+    _import_feast()
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, Int64, String
+
+    kinds = {"category": String, "integer": Int64, "float": Float64}
+    if settings.feature_store_url:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+        source: Any = PostgreSQLSource(name=OFFLINE_TABLE, table=OFFLINE_TABLE, timestamp_field=SNAPSHOT_TIME)
+    else:
+        source = FileSource(name=OFFLINE_TABLE, path=str(_offline_file(settings)), timestamp_field=SNAPSHOT_TIME)
+    customer = Entity(name=ENTITY, join_keys=[ID_COLUMN], value_type=ValueType.STRING, description="A customer.")
+    view = FeatureView(
+        name=FEATURE_VIEW,
+        entities=[customer],
+        ttl=timedelta(0),  # a customer's last snapshot stays valid until the next one
+        schema=[Field(name=f.name, dtype=kinds[f.kind], description=f.description) for f in FEATURES],
+        source=source,
+        online=True,
+        description="The model's 19 inputs per customer (churn_platform.schema).",
+    )
+    return [customer, view]
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """A Feast store for these settings; a missing or unreachable database is a clear error."""
+    _import_feast()
+    from feast import FeatureStore
+
+    logging.getLogger("feast").setLevel(logging.WARNING)  # not a line per registry refresh
+    if not settings.feature_store_url:
+        _embedded_dir(settings).mkdir(parents=True, exist_ok=True)
+    try:
+        return FeatureStore(config=config(settings))
+    except SettingsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Feast wraps driver errors in many types
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+
+
+def reason(exc: BaseException) -> str:
+    """A driver error in one line, without its traceback or SQL."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def apply(settings: Settings) -> list[str]:
+    """Register the definitions (idempotent); the names of what is registered."""
+    store = open_store(settings)
+    objects = definitions(settings)
+    if settings.feature_store_url:
+        _ensure_offline_table(settings)
+    try:
+        store.apply(objects)
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+    return [o.name for o in objects]
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    source: str
+    rows: int
+    ingested: int
+    rejected: int
+    rejects: str
+    customers: int
+    first: datetime | None
+    last: datetime | None
+
+    def __str__(self) -> str:
+        span = f" (snapshots {self.first:%Y-%m-%d %H:%M:%S} .. {self.last:%Y-%m-%d %H:%M:%S} UTC)" if self.first else ""
+        rejected = f", {self.rejected} rejected -> {self.rejects}" if self.rejected else ""
+        return f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}"
+
+
+def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, pd.Series]:
+    """Customer snapshots ready for the offline source, and each bad row's reasons.
+
+    Checked as batch scoring checks customers, plus a customer id (the entity key) and a
+    snapshot time (the ``snapshot_time`` column, else ``as_of``). A later row of the same
+    customer and time in one file replaces an earlier one.
+    """
+    missing = data.missing_features(list(raw.columns))
+    if ID_COLUMN not in raw.columns:
+        missing.insert(0, ID_COLUMN)
+    if as_of is None and SNAPSHOT_TIME not in raw.columns:
+        missing.append(f"{SNAPSHOT_TIME} (or give --as-of)")
+    if missing:
+        raise DataValidationError(f"missing required columns: {missing} (found: {list(raw.columns)})")
+    raw = raw.reset_index(drop=True)
+    good, reasons = data.split_rejects(raw)
+    extra: dict[int, list[str]] = {}
+    ids = raw[ID_COLUMN].astype("string").str.strip()
+    for row in ids.index[ids.isna() | (ids == "")]:
+        extra.setdefault(row, []).append(f"{ID_COLUMN}: empty")
+    for row in ids.index[ids.str.len() > ID_MAX_LENGTH]:
+        extra.setdefault(row, []).append(f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
+    if as_of is not None:
+        times = pd.Series(pd.Timestamp(as_of).tz_convert(UTC) if as_of.tzinfo else pd.Timestamp(as_of, tz=UTC),
+                          index=raw.index)  # fmt: skip
+    else:
+        times = _times(raw[SNAPSHOT_TIME])
+        for row in times.index[times.isna()]:
+            extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {raw.at[row, SNAPSHOT_TIME]!r} is not a time")
+    if extra:
+        merged = {row: "; ".join(filter(None, [reasons.get(row), *problems])) for row, problems in extra.items()}
+        reasons = pd.concat([reasons.drop(list(merged), errors="ignore"), pd.Series(merged, dtype="object")])
+        reasons = reasons.sort_index()
+    good = good.drop(index=[r for r in extra if r in good.index])
+    good[ID_COLUMN] = ids.loc[good.index]
+    good[SNAPSHOT_TIME] = times.loc[good.index].astype("datetime64[us, UTC]")
+    good = good.drop_duplicates([ID_COLUMN, SNAPSHOT_TIME], keep="last")
+    return good[[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES]].reset_index(drop=True), reasons
+
+
+def _times(values: pd.Series) -> pd.Series:
+    """Snapshot times as UTC; a time without a zone is taken as UTC."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, utc=True)
+    else:
+        parsed = pd.to_datetime(values.astype("string").str.strip(), utc=True, errors="coerce", format="mixed")
+    return parsed
+
+
+def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None) -> IngestSummary:
+    """Add a file of customer snapshots (CSV or Parquet, local or s3://) to the offline source.
+
+    Bad rows go to ``rejects`` (Parquet, batch scoring's rejects layout) and never stop the
+    rest. A customer and snapshot time ingested again replace the stored row, so ingesting
+    a file twice changes nothing. The online store changes only with ``materialize``.
+    """
+    raw = data.read_table(uri, settings.s3_endpoint_url)
+    raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
+    good, reasons = snapshots(raw, as_of)
+    rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
+    if len(reasons):
+        table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
+        Path(rejects).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, rejects)
+    if len(good):
+        if settings.feature_store_url:
+            _append_postgres(settings, good)
+        else:
+            _append_parquet(_offline_file(settings), good)
+    first = good[SNAPSHOT_TIME].min().to_pydatetime() if len(good) else None
+    last = good[SNAPSHOT_TIME].max().to_pydatetime() if len(good) else None
+    return IngestSummary(uri, len(raw), len(good), len(reasons), rejects, good[ID_COLUMN].nunique(), first, last)
+
+
+def _arrow(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:
+    """Merge into the offline file and swap it in atomically: a crash leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    merged = snapshots
+    if path.exists():
+        stored = pd.read_parquet(path)
+        merged = pd.concat([stored, snapshots], ignore_index=True)
+        merged = merged.drop_duplicates([ID_COLUMN, SNAPSHOT_TIME], keep="last")
+    merged = merged.sort_values([SNAPSHOT_TIME, ID_COLUMN], kind="stable").reset_index(drop=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
+    os.close(handle)
+    try:
+        pq.write_table(_arrow(merged), temp)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def _engine(settings: Settings) -> Any:
+    import sqlalchemy as sa
+
+    pg = _postgres(settings.feature_store_url or "")
+    url = sa.engine.URL.create("postgresql+psycopg2", username=pg["user"], password=pg["password"] or None,
+                               host=pg["host"], port=pg["port"], database=pg["database"],
+                               query={"sslmode": pg["sslmode"]})  # fmt: skip
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _ensure_offline_table(settings: Settings) -> None:
+    columns = ",\n".join(
+        f"{f.name} {'TEXT' if f.kind == 'category' else 'BIGINT' if f.kind == 'integer' else 'DOUBLE PRECISION'} "
+        "NOT NULL"
+        for f in FEATURES
+    )
+    ddl = (
+        f"CREATE TABLE IF NOT EXISTS {OFFLINE_TABLE} (\n{ID_COLUMN} TEXT NOT NULL,\n"
+        f"{SNAPSHOT_TIME} TIMESTAMPTZ NOT NULL,\n{columns},\nPRIMARY KEY ({ID_COLUMN}, {SNAPSHOT_TIME}))"
+    )
+    try:
+        engine = _engine(settings)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(ddl)
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+
+
+def _append_postgres(settings: Settings, snapshots: pd.DataFrame) -> None:
+    """Upsert into the offline table in one transaction: all rows or none."""
+    _ensure_offline_table(settings)
+    names = [ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES]
+    updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in FEATURE_NAMES)
+    engine = _engine(settings)
+    try:
+        with engine.begin() as conn:
+            raw = conn.connection.dbapi_connection
+            with raw.cursor() as cur:
+                cur.execute(f"CREATE TEMP TABLE staging ON COMMIT DROP AS SELECT * FROM {OFFLINE_TABLE} WITH NO DATA")
+                buffer = snapshots[names].to_csv(index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+                cur.copy_expert(f"COPY staging ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", io.StringIO(buffer))
+                cur.execute(
+                    f"INSERT INTO {OFFLINE_TABLE} SELECT * FROM staging "
+                    f"ON CONFLICT ({ID_COLUMN}, {SNAPSHOT_TIME}) DO UPDATE SET {updates}"
+                )
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- materialize and read
+
+
+def materialize(settings: Settings, end: datetime | None = None) -> datetime:
+    """Load each customer's latest snapshot up to ``end`` (default: now) into the online store."""
+    end = end or datetime.now(UTC)
+    store = open_store(settings)
+    _require_applied(store)
+    try:
+        store.materialize(start_date=_EPOCH, end_date=end, feature_views=[FEATURE_VIEW])
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+    return end
+
+
+def _require_applied(store: FeatureStore) -> None:
+    try:
+        store.get_feature_view(FEATURE_VIEW)
+    except Exception as exc:  # noqa: BLE001 - FeatureViewNotFoundException, or a registry that is down
+        if type(exc).__name__ == "FeatureViewNotFoundException":
+            raise SettingsError(
+                f"feature view {FEATURE_VIEW!r} is not registered: run `churn-platform features apply` first"
+            ) from None
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+
+
+def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] | None]:
+    """Each id's latest materialized features (None for an id the store does not hold)."""
+    response = store.get_online_features(features=list(FEATURE_REFS), entity_rows={ID_COLUMN: customer_ids})
+    columns = response.to_dict()
+    out: list[dict[str, Any] | None] = []
+    for i, customer_id in enumerate(customer_ids):
+        values = {name: columns[name][i] for name in FEATURE_NAMES}
+        out.append(None if all(v is None for v in values.values()) else {ID_COLUMN: customer_id, **values})
+    return out
+
+
+def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = "label_time") -> pd.DataFrame:
+    """Labels joined point-in-time to the features each customer had at the label's time.
+
+    ``labels`` holds ``customer_id``, ``label_time`` and ``churn``; a customer with no
+    snapshot at or before their label time is left out (no later value leaks in).
+    """
+    entity = labels.rename(columns={label_time: "event_timestamp"})
+    entity[ID_COLUMN] = entity[ID_COLUMN].astype(str)  # the store's keys are plain strings
+    entity["event_timestamp"] = _times(entity["event_timestamp"])
+    job = store.get_historical_features(entity_df=entity, features=list(FEATURE_REFS))
+    frame = job.to_df()
+    frame = frame.dropna(subset=list(FEATURE_NAMES), how="all")
+    return frame.rename(columns={"event_timestamp": label_time}).sort_values([label_time, ID_COLUMN]).reset_index(
+        drop=True
+    )

@@ -1,0 +1,120 @@
+"""The feature store on both layouts (embedded SQLite/Parquet, and a real PostgreSQL):
+snapshots ingested through the CLI, training sets joined point-in-time, the online store
+after materializing, bad rows set aside, and a store that is down."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from churn_platform import data, feature_store
+from churn_platform.cli import main
+from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
+from churn_platform.settings import get_settings
+from tests.services import postgres_database
+
+pytestmark = pytest.mark.integration
+
+FIRST, SECOND = "2026-01-01T00:00:00Z", "2026-07-01"
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def layout(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    if request.param == "embedded":
+        yield request.param
+    else:
+        with postgres_database() as url:
+            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+            get_settings.cache_clear()
+            yield request.param
+    get_settings.cache_clear()
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _typed(raw: pd.DataFrame) -> pd.DataFrame:
+    """The schema's typing of raw rows, indexed by customer id: what the store must give back."""
+    return data.validate(raw, require_label=False).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
+
+
+def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout: str, telco_csv: Path):
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
+    raw = raw[raw["total_charges"].str.strip() != ""].head(300).reset_index(drop=True)
+    first = raw.assign(snapshot_time=FIRST)
+    second = raw.copy()
+    second["tenure"] = (second["tenure"].astype(int) + 6).astype(str)
+    second["monthly_charges"] = (second["monthly_charges"].astype(float) + 5.25).astype(str)
+    second.loc[::3, "contract"] = "Two year"
+    bad = second.head(2).copy()
+    bad.loc[0, "tenure"], bad.loc[1, ID_COLUMN] = "-3", ""
+    first.to_csv("first.csv", index=False)
+    pd.concat([second, bad]).to_parquet("second.parquet", index=False)
+
+    assert "registered customer, customer_features" in _cli("features", "apply")
+    assert "ingested 300 of 300 rows for 300 customers" in _cli("features", "ingest", "first.csv")
+    out = _cli("features", "ingest", "second.parquet", "--as-of", SECOND)
+    assert "ingested 300 of 302 rows" in out and "2 rejected -> second.rejects.parquet" in out
+    rejects = pd.read_parquet("second.rejects.parquet")
+    assert rejects["row"].tolist() == [301, 302]
+    assert "tenure" in rejects["reason"][0] and f"{ID_COLUMN}: empty" in rejects["reason"][1]
+    _cli("features", "ingest", "second.parquet", "--as-of", SECOND)  # again: replaces, never duplicates
+
+    settings = get_settings()
+    store = feature_store.open_store(settings)
+    ids = raw[ID_COLUMN].tolist()
+    times = [t for t in ("2025-12-01", "2026-03-01", "2026-08-01") for _ in ids]
+    labels = pd.DataFrame({ID_COLUMN: ids * 3, LABEL_COLUMN: 1, "label_time": times})
+    frame = feature_store.training_frame(store, labels)
+    # Before the first snapshot: nothing to join, so no row; no value from after a label leaks in.
+    assert len(frame) == 600
+    at = frame["label_time"].dt.strftime("%Y-%m")
+    for month, expected in (("2026-03", _typed(raw)), ("2026-08", _typed(second))):
+        got = frame[at == month].set_index(ID_COLUMN)[list(FEATURE_NAMES)].loc[expected.index]
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+    assert feature_store.online(store, ids[:2]) == [None, None]  # nothing materialized yet
+    assert "materialized 'customer_features'" in _cli("features", "materialize")
+    store = feature_store.open_store(settings)
+    got = feature_store.online(store, [*ids, "no-such-customer"])
+    assert got[-1] is None
+    online = pd.DataFrame(got[:-1]).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
+    pd.testing.assert_frame_equal(online, _typed(second), check_dtype=False)
+
+
+def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               telco_csv: Path):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    data.read_table(telco_csv).head(5).to_csv("no_time.csv", index=False)
+    cases = [
+        ((), ["features", "materialize"], 2, "not registered: run `churn-platform features apply` first"),
+        ((), ["features", "ingest", "no_time.csv"], 2, "missing required columns: ['snapshot_time (or give --as-of)']"),
+        ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
+        (("CHURN_FEATURE_STORE_URL", "postgresql://postgres@127.0.0.1:1/churn"), ["features", "apply"], 3,
+         "feature store unavailable: OperationalError"),
+        (("CHURN_FEATURE_STORE_URL", "mysql://u@h/d"), ["features", "apply"], 2, "must be postgresql://"),
+    ]  # fmt: skip
+    try:
+        for env, args, code, message in cases:
+            if env:
+                monkeypatch.setenv(*env)
+                get_settings.cache_clear()
+            result = CliRunner().invoke(main, args)
+            assert (result.exit_code, message in result.output) == (code, True), (args, result.output)
+            assert "Traceback" not in result.output
+    finally:
+        get_settings.cache_clear()
