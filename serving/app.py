@@ -15,6 +15,7 @@ from churn_platform import logs, tracing
 from churn_platform.settings import Settings, get_settings
 from serving import openapi
 from serving.errors import EXCEPTION_HANDLERS
+from serving.features import FeatureSource
 from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
@@ -47,7 +48,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     inference_log.start()
     app.state.inference_log = inference_log
     app.state.predictor = Predictor(settings, app.state.holder, inference_log, metrics)
+    app.state.features = FeatureSource(settings)
     app.state.holder.start()
+    app.state.features.start()
     yield
     app.state.holder.stop()
     inference_log.close()

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
 from serving.errors import AdminDisabled, MissingApiKey, NoModelServed, WrongApiKey
+from serving.features import FeatureSource
 from serving.holder import ModelHolder
 from serving.metrics import Metrics
 from serving.predictor import Predictor
@@ -40,11 +41,19 @@ def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def _features(request: Request) -> FeatureSource:
+    features = getattr(request.app.state, "features", None)
+    if features is None:
+        raise NoModelServed("the service is starting")
+    return features
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PredictorDep = Annotated[Predictor, Depends(_predictor)]
 ServedModel = Annotated[LoadedModel, Depends(_served)]
 HolderDep = Annotated[ModelHolder, Depends(_holder)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+FeaturesDep = Annotated[FeatureSource, Depends(_features)]
 
 
 def require_admin(

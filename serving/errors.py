@@ -47,6 +47,12 @@ class NotExplainable(ServingError):
     status_code = 409
 
 
+class UnknownCustomer(ServingError):
+    """``GET /predict/{customer_id}`` for an id the online store does not hold."""
+
+    status_code = 404
+
+
 class BadOutcomes(ServingError):
     status_code = 422
 

@@ -111,6 +111,28 @@ BatchResponse = create_model(
 )
 
 
+CustomerId = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH)]
+
+
+class ByIdRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"customer_ids": ["7590-VHVEG"]}]})
+
+    customer_ids: list[CustomerId] = Field(min_length=1, description="1 to CHURN_MAX_BATCH_SIZE customer ids.")
+
+
+class UnknownId(BaseModel):
+    customer_id: str
+    message: str
+
+
+ByIdResponse = create_model(
+    "ByIdResponse",
+    predictions=(list[Prediction], Field(description="The known customers', in request order.")),  # type: ignore[valid-type]
+    errors=(list[UnknownId], Field(description="The ids the online store does not hold.")),
+    **{MODEL_VERSION: (int, ...), MODEL_NAME: (str, ...)},
+)
+
+
 class Problem(BaseModel):
     """Every error body: what went wrong, in words, and where."""
 

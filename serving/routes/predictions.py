@@ -1,21 +1,34 @@
-"""``POST /predict`` and ``POST /predict/single``: parse, hand to the predictor, encode."""
+"""``POST /predict`` and ``POST /predict/single``: parse, hand to the predictor, encode;
+``POST /predict/by-id`` and ``GET /predict/{customer_id}``: the same with the features read
+from the feature store's online store."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from churn_platform import tracing
 from churn_platform.contract import MODEL_NAME, MODEL_VERSION
-from churn_platform.schema import FEATURE_NAMES
+from churn_platform.schema import FEATURE_NAMES, ID_MAX_LENGTH
 from serving import openapi
-from serving.deps import PredictorDep, ServedModel
-from serving.schemas import BatchRequest, BatchResponse, Customer, Prediction, Problem, customers_from_json
+from serving.deps import FeaturesDep, PredictorDep, ServedModel
+from serving.errors import BatchTooLarge, UnknownCustomer
+from serving.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ByIdRequest,
+    ByIdResponse,
+    Customer,
+    Prediction,
+    Problem,
+    customers_from_json,
+)
 
 router = APIRouter(
     tags=["predictions"],
@@ -65,3 +78,37 @@ async def predict_single(
     """Score one customer."""
     customers = await _customers(request, Customer)
     return _json(predictor.predict(customers, model, top_k=top_k if explain else None).predictions[0])
+
+
+_UNKNOWN = "unknown customer id: the online store holds no features for it"
+ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
+
+
+@router.post("/predict/by-id", response_model=ByIdResponse, responses=ById)
+async def predict_by_id(
+    body: ByIdRequest, predictor: PredictorDep, model: ServedModel, features: FeaturesDep,
+    explain: Explain = False, top_k: TopK = 5,
+) -> Response:  # fmt: skip
+    """Score 1 to CHURN_MAX_BATCH_SIZE customers by id, with their latest features from the
+    online store; an id it does not hold gets an entry in `errors` instead."""
+    ids = body.customer_ids
+    if len(ids) > predictor.max_batch_size:
+        raise BatchTooLarge(f"{len(ids)} customer ids in one request; the limit is {predictor.max_batch_size}")
+    found = await run_in_threadpool(features.lookup, ids)  # Feast reads block
+    customers = [f for f in found if f is not None]
+    errors = [{"customer_id": i, "message": _UNKNOWN} for i, f in zip(ids, found, strict=True) if f is None]
+    scored = predictor.predict(customers, model, top_k=top_k if explain else None).predictions if customers else []
+    return _json({"predictions": scored, "errors": errors, MODEL_VERSION: model.version, MODEL_NAME: model.name})
+
+
+@router.get("/predict/{customer_id}", response_model=Prediction,
+            responses={404: {"model": Problem, "description": "Unknown customer id"}, **ById})  # fmt: skip
+async def predict_by_path(
+    customer_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH)],
+    predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
+) -> Response:  # fmt: skip
+    """Score one customer by id, with their latest features from the online store."""
+    (found,) = await run_in_threadpool(features.lookup, [customer_id])
+    if found is None:
+        raise UnknownCustomer(f"{_UNKNOWN}: {customer_id!r}")
+    return _json(predictor.predict([found], model, top_k=top_k if explain else None).predictions[0])

@@ -34,15 +34,19 @@ def health() -> dict[str, str]:
 
 
 @router.get("/ready", responses={503: {"model": Problem}})
-def ready(holder: HolderDep) -> Any:
-    """Readiness: 200 only when a verified model serves."""
+def ready(holder: HolderDep, request: Request) -> Any:
+    """Readiness: 200 only when a verified model serves. The feature store's state is shown,
+    not required: predictions with features in the body never depend on it."""
     model = holder.current
+    features = getattr(request.app.state, "features", None)
+    store = features.status() if features is not None else None
     if model is None:
         last = holder.last
         return JSONResponse(
-            status_code=503, content={"status": last.state, "message": last.reason, "detail": last.reason}
+            status_code=503,
+            content={"status": last.state, "message": last.reason, "detail": last.reason, "feature_store": store},
         )
-    return {"status": "ready", "model": model.name, "version": model.version}
+    return {"status": "ready", "model": model.name, "version": model.version, "feature_store": store}
 
 
 @router.get("/model")

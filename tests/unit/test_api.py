@@ -26,7 +26,7 @@ KEY = "test-admin-key-5b1f"
 def make_settings(registry_uri, tmp_path, **overrides) -> Settings:
     values = dict(
         tracking_uri=registry_uri, admin_api_key=KEY, inference_log_url=f"sqlite:///{tmp_path}/log.db",
-        inference_log_flush_s=0.1, verify_sample_rows=200,
+        inference_log_flush_s=0.1, verify_sample_rows=200, feature_store_dir=str(tmp_path / "features"),
     )  # fmt: skip
     values.update(overrides)
     return Settings(**values)
@@ -257,3 +257,51 @@ def test_a_body_not_declared_json_is_refused_with_415(registry_uri, tmp_path, te
     with sa.create_engine(settings.inference_log_url).connect() as conn:
         logged = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
     assert logged == 3  # only the three accepted posts were scored
+
+
+def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path, telco_csv):
+    from churn_platform import feature_store
+
+    settings = make_settings(registry_uri, tmp_path)
+    with TestClient(create_app(settings)) as client:  # no store set up: a clear 503, the rest unaffected
+        ready = wait_ready(client)
+        assert ready["feature_store"]["state"] == "not configured"
+        response = client.post("/predict/by-id", json={"customer_ids": ["7590-VHVEG"]})
+        assert response.status_code == 503 and "features apply" in response.json()["message"]
+
+    frame = data.load(telco_csv).head(40).drop(columns=["churn"])
+    frame.assign(snapshot_time="2026-05-01").to_csv(tmp_path / "snapshot.csv", index=False)
+    feature_store.apply(settings)
+    feature_store.ingest(settings, str(tmp_path / "snapshot.csv"))
+    feature_store.materialize(settings)
+    ids = frame["customer_id"].tolist()
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        deadline = time.monotonic() + 60
+        while client.get("/ready").json()["feature_store"]["state"] != "ok":
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        direct = client.post("/predict", json={"customers": data.to_records(frame)}).json()["predictions"]
+        body = client.post("/predict/by-id", json={"customer_ids": [ids[0], "nobody", *ids[1:]]}).json()
+        assert body["predictions"] == direct
+        assert body["errors"] == [{"customer_id": "nobody", "message": ANY_UNKNOWN}]
+        assert client.get(f"/predict/{ids[3]}").json() == client.post(
+            "/predict/single", json=data.to_records(frame)[3]
+        ).json()
+        explained = client.get(f"/predict/{ids[3]}?explain=true&top_k=3").json()
+        assert len(explained["explanation"]["contributions"]) == 3
+        missing = client.get("/predict/nobody")
+        assert missing.status_code == 404 and "'nobody'" in missing.json()["message"]
+        for payload, status, words in (
+            ({"customer_ids": []}, 422, "customer_ids"),
+            ({"customer_ids": [""]}, 422, "customer_ids.0"),
+            ({"customer_ids": ["x" * 129]}, 422, "customer_ids.0"),
+            ({"ids": ids[:1]}, 422, "customer_ids"),
+            ({"customer_ids": ids[:1] * 1001}, 413, "limit is 1000"),
+        ):
+            response = client.post("/predict/by-id", json=payload)
+            assert (response.status_code, words in response.text) == (status, True), response.text
+        assert client.get(f"/predict/{'x' * 129}").status_code == 422
+
+
+ANY_UNKNOWN = "unknown customer id: the online store holds no features for it"

@@ -1,0 +1,92 @@
+"""The API's side of the feature store: customers' features by id, for ``/predict/by-id``.
+
+The store is opened in a background thread when the API starts, and only when one is set
+up (``CHURN_FEATURE_STORE_URL``, or an embedded store that ``features apply`` created):
+Feast takes seconds to import, and an API without a feature store should not pay that or
+wait for it. Predictions with features in the body never depend on the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from churn_platform import feature_store
+from churn_platform.settings import Settings
+from serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+#: Seconds between attempts to open a store that was missing or down.
+_RETRY_S = 10.0
+
+
+class FeaturesUnavailable(ServingError):
+    """No feature store is set up, it is still opening, or it cannot be read now."""
+
+    status_code = 503
+
+
+class FeatureSource:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._store: Any = None
+        self.state = "not configured"
+        self.reason = (
+            "no feature store: set CHURN_FEATURE_STORE_URL, or run `churn-platform features apply`, "
+            "`features ingest` and `features materialize`"
+        )
+        self._lock = threading.Lock()
+        self._opened_at = 0.0
+
+    @property
+    def configured(self) -> bool:
+        if self.settings.feature_store_url:
+            return True
+        return (Path(self.settings.feature_store_dir) / "registry.db").exists()
+
+    def start(self) -> None:
+        """Open the store in the background (a daemon thread: a hung store never blocks shutdown)."""
+        self._opened_at = time.monotonic()
+        if not self.configured:
+            return
+        self.state, self.reason = "opening", "the feature store is opening"
+        threading.Thread(target=self._open, name="feature-store-open", daemon=True).start()
+
+    def _open(self) -> None:
+        try:
+            store = feature_store.open_store(self.settings)
+            feature_store.online(store, ["warm-up"])  # loads the registry and connects, off the request path
+        except Exception as exc:  # noqa: BLE001 - any failure is reported by /ready and the by-id routes
+            with self._lock:
+                self.state, self.reason = "unavailable", f"feature store unavailable: {feature_store.reason(exc)}"
+            log.warning("%s", self.reason)
+            return
+        with self._lock:
+            self._store, self.state, self.reason = store, "ok", "online store readable"
+        log.info("feature store open (%s)", "PostgreSQL" if self.settings.feature_store_url else "embedded")
+
+    def status(self) -> dict[str, str]:
+        return {"state": self.state, "detail": self.reason}
+
+    def lookup(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Each id's latest materialized features, None for an id the store does not hold."""
+        store = self._store
+        if store is None:
+            if self.state in ("unavailable", "not configured") and time.monotonic() - self._opened_at > _RETRY_S:
+                self.start()  # set up or back since the last try: open it for the next requests
+            raise FeaturesUnavailable(self.reason)
+        try:
+            found = feature_store.online(store, customer_ids)
+        except Exception as exc:  # noqa: BLE001 - a store that went away answers 503, never 500
+            reason = f"feature store unavailable: {feature_store.reason(exc)}"
+            with self._lock:
+                self.state, self.reason = "unavailable", reason
+            log.warning("%s", reason)
+            raise FeaturesUnavailable(reason) from None
+        if self.state != "ok":
+            with self._lock:
+                self.state, self.reason = "ok", "online store readable"
+        return found
