@@ -38,8 +38,10 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
         }  # fmt: skip
         api, base = start_api(env, tmp_path)
         try:
-            time.sleep(2)
-            response = httpx.get(f"{base}/ready")
+            deadline = time.monotonic() + 30  # the first look at the registry, on a busy machine
+            while (response := httpx.get(f"{base}/ready")).json()["status"] == "starting":
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
             assert response.status_code == 503 and response.json()["status"] == "alias_missing"
 
             assert CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code == 0
