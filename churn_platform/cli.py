@@ -153,6 +153,12 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Tree depth (hist_gradient_boosting).",
 )
+@click.option(
+    "--from-features",
+    is_flag=True,
+    help="Build the training set from the feature store, point in time, for the --labels (docs/features.md).",
+)
+@click.option("--labels", default=TrainConfig.labels, help="With --from-features: customer_id, label_time, churn.")
 @click.option("--validation-size", type=float, default=TrainConfig.validation_size, show_default=True)
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
 @click.option("--model-name", default=None, help="Registered model name (default: churn).")

@@ -404,3 +404,45 @@ def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = 
     return frame.rename(columns={"event_timestamp": label_time}).sort_values([label_time, ID_COLUMN]).reset_index(
         drop=True
     )
+
+
+#: Columns of a labels file for ``train --from-features``.
+LABEL_TIME = "label_time"
+
+
+def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The validated training frame for a labels file, and the tags that say where it came
+    from (feature view, store, label time range, labels left without features)."""
+    raw = data.read_table(labels_uri, settings.s3_endpoint_url)
+    missing = [c for c in (ID_COLUMN, LABEL_TIME, LABEL_COLUMN) if c not in raw.columns]
+    if missing:
+        raise DataValidationError(f"labels file {labels_uri}: missing columns {missing} (found: {list(raw.columns)})")
+    labels = raw[[ID_COLUMN, LABEL_TIME, LABEL_COLUMN]].copy()
+    labels[ID_COLUMN] = labels[ID_COLUMN].astype("string").str.strip()
+    times = _times(labels[LABEL_TIME])
+    bad = times.isna() | labels[ID_COLUMN].isna() | (labels[ID_COLUMN] == "")
+    if bad.any():
+        rows = (labels.index[bad][:5] + 2).tolist()  # file line numbers (after the header)
+        raise DataValidationError(
+            f"labels file {labels_uri}: {int(bad.sum())} rows without a customer id or a readable "
+            f"{LABEL_TIME}, first at lines {rows}"
+        )
+    labels[LABEL_TIME] = times
+    store = open_store(settings)
+    _require_applied(store)
+    try:
+        joined = training_frame(store, labels)
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+    if joined.empty:
+        raise DataValidationError(f"no label in {labels_uri} has a feature snapshot at or before its {LABEL_TIME}")
+    frame = data.validate(joined.drop(columns=[LABEL_TIME]), require_label=True)
+    tags = {
+        "feature_view": f"{PROJECT}/{FEATURE_VIEW}",
+        "feature_store": "postgresql" if settings.feature_store_url else "embedded",
+        "labels": labels_uri,
+        "label_time_from": joined[LABEL_TIME].min().isoformat(),
+        "label_time_to": joined[LABEL_TIME].max().isoformat(),
+        "labels_without_features": str(len(labels) - len(joined)),
+    }
+    return frame, tags

@@ -101,6 +101,12 @@ def _check_config(config: TrainConfig) -> None:
     for name in ("max_iter", "max_depth"):
         if getattr(config, name) < 1:
             raise DataValidationError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.from_features and not config.labels:
+        raise DataValidationError("--from-features needs --labels: a file of customer_id, label_time and churn")
+    if config.labels and not config.from_features:
+        raise DataValidationError("--labels is read only with --from-features")
+    if config.from_features and config.data not in ("", SYNTHETIC):
+        raise DataValidationError("give either --data or --from-features, not both")
 
 
 def _git_commit() -> str | None:
@@ -212,7 +218,14 @@ def train(
     Production; ``tags`` go on the run and the version (trigger, window, row counts).
     """
     _check_config(config)
-    if frame is None:
+    source = config.data if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
+    if frame is None and config.from_features:
+        from churn_platform import feature_store
+
+        frame, used = feature_store.training_set(settings, config.labels)
+        tags = {**used, **(tags or {})}
+        source = config.labels  # the feature view and label times are in the tags
+    elif frame is None:
         frame = load_training_data(config, settings)
     if gate_rows is None:
         train_df, valid_df = data_mod.split(frame, config.validation_size, config.seed)
@@ -263,7 +276,6 @@ def train(
             _global_importance(pipeline, train_df, valid_df, tmp_path)
 
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
-        source = config.data if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
         mlflow.log_input(
             mlflow.data.from_pandas(train_df, source=source, name="train", targets=LABEL_COLUMN),
             context="training",

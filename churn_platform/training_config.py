@@ -24,3 +24,7 @@ class TrainConfig:
     seed: int = 42
     model_name: str = "churn"
     decision_threshold: float | None = None
+    #: Build the training set from the feature store: ``labels`` (customer_id, label_time,
+    #: churn) joined point-in-time to the features each customer had at the label's time.
+    from_features: bool = False
+    labels: str = ""

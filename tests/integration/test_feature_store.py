@@ -4,12 +4,14 @@ after materializing, bad rows set aside, and a store that is down."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from churn_platform import data, feature_store
 from churn_platform.cli import main
@@ -118,3 +120,29 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
             assert "Traceback" not in result.output
     finally:
         get_settings.cache_clear()
+
+
+def test_train_from_features_records_the_view_and_the_label_times(embedded: str, telco_csv: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", "store")
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    get_settings.cache_clear()
+    raw = data.read_table(telco_csv)
+    raw = raw[raw["total_charges"].str.strip() != ""].head(600).reset_index(drop=True)
+    raw.drop(columns=[LABEL_COLUMN]).to_csv("snapshot.csv", index=False)
+    labels = raw[[ID_COLUMN, LABEL_COLUMN]].assign(label_time="2026-04-01T12:00:00Z")
+    early = labels.head(10).assign(label_time="2025-01-01")  # before any snapshot: nothing to learn from
+    pd.concat([labels, early]).to_csv("labels.csv", index=False)
+    _cli("features", "apply")
+    _cli("features", "ingest", "snapshot.csv", "--as-of", "2026-03-01")
+
+    refused = CliRunner().invoke(main, ["train", "--from-features"])
+    assert refused.exit_code == 2 and "--from-features needs --labels" in refused.output
+    out = _cli("train", "--from-features", "--labels", "labels.csv", "--json")
+    result, _ = json.JSONDecoder().raw_decode(out[out.index("{\n") :])  # among MLflow's log lines
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.data.tags["feature_view"] == "churn/customer_features"
+    assert run.data.tags["label_time_from"] == run.data.tags["label_time_to"] == "2026-04-01T12:00:00+00:00"
+    assert run.data.tags["labels_without_features"] == "10"
+    assert run.data.params["from_features"] == "True" and run.data.params["labels"] == "labels.csv"
+    assert run.data.metrics["training_rows"] + run.data.metrics["validation_rows"] == 600

@@ -119,7 +119,10 @@ def test_every_command_lists_the_same_exit_codes():
 ENTRY_POINT_PARAMS = {
     "train": [({}, {"seed": 42, "c": 1.0, "decision_threshold": None, "data": "synthetic"}),
               ({"c": "10", "max_iter": "300.0", "seed": "0", "decision_threshold": "0.3", "data": "my data.csv"},
-               {"c": 10.0, "max_iter": 300, "seed": 0, "decision_threshold": 0.3, "data": "my data.csv"})],
+               {"c": 10.0, "max_iter": 300, "seed": 0, "decision_threshold": 0.3, "data": "my data.csv"}),
+              ({"from_features": "true", "labels": "s3://b/labels 2026.csv"},
+               {"from_features": True, "labels": "s3://b/labels 2026.csv", "data": "synthetic"}),
+              ({"from_features": "false"}, {"from_features": False, "labels": ""})],
     "monitor": [({}, {"current": None, "rows": None}),
                 ({"current": "s3://b/current data.csv", "rows": "500"}, {"current": "s3://b/current data.csv",
                                                                            "rows": 500})],
