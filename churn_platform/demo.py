@@ -52,7 +52,7 @@ class Demo:
     step_no: int = 0
     started: float = field(default_factory=time.perf_counter)
     summary: dict[str, Any] = field(default_factory=dict)
-    total_steps: int = 9
+    total_steps: int = 10
 
     # ------------------------------------------------------------------ plumbing
 
@@ -210,6 +210,36 @@ class Demo:
         click.echo(f"      report: {out / 'report.html'}")
         return summary
 
+    def by_id(self, api: str, served: pd.DataFrame) -> dict[str, Any]:
+        """Snapshot the served customers into the feature store, materialize, and score them by
+        id: the same answers as with their features in the body."""
+        snapshot = self.folder / "customers_snapshot.csv"
+        served.drop(columns=["churn"]).to_csv(snapshot, index=False)
+        cli = str(BIN / "churn-platform")
+        for args in (("apply",), ("ingest", str(snapshot), "--as-of", f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"),
+                     ("materialize",)):  # fmt: skip
+            done = self.run(cli, "features", *args)
+            click.echo(f"      churn-platform features {args[0]}: {done.stdout.strip().splitlines()[-1]}")
+        ids = served["customer_id"].head(200).tolist()
+        deadline = time.monotonic() + 90  # the API opens the store it now finds (Feast takes seconds to import)
+        while (first := httpx.get(f"{api}/predict/{ids[0]}", timeout=30)).status_code == 503:
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"the API did not open the feature store: {first.json()['message']}")
+            time.sleep(1)
+        body = httpx.post(f"{api}/predict/by-id", json={"customer_ids": [*ids, "no-such-customer"]}, timeout=60)
+        if body.status_code != 200:
+            raise DemoFailed(f"/predict/by-id answered {body.status_code}: {body.text[:300]}")
+        scored = body.json()
+        records = data.to_records(served.drop(columns=["churn"]).head(200))
+        direct = httpx.post(f"{api}/predict", json={"customers": records}, timeout=60).json()["predictions"]
+        pairs = zip(scored["predictions"], direct, strict=True)
+        difference = max(abs(a[PROBABILITY] - b[PROBABILITY]) for a, b in pairs)
+        click.echo(f"      GET /predict/{ids[0]}: churn {first.json()[PROBABILITY]:.2f}, risk {first.json()['risk']}")
+        click.echo(f"      POST /predict/by-id: {len(scored['predictions'])} scored, {len(scored['errors'])} unknown "
+                   f"({scored['errors'][0]['customer_id']})")  # fmt: skip
+        click.echo(f"      max |by id - with the features sent| = {difference:.1e}")
+        return {"scored": len(scored["predictions"]), "unknown": len(scored["errors"]), "max_difference": difference}
+
     def send(self, api: str, rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         batch = 100
@@ -254,7 +284,8 @@ class Demo:
             api = f"http://127.0.0.1:{port}"
             self.env.update(CHURN_ADMIN_API_KEY=ADMIN_KEY, CHURN_INFERENCE_LOG_URL=f"sqlite:///{self.folder}/inference_log.db",
                             CHURN_INFERENCE_LOG_SPOOL_DIR=str(self.folder / "spool"),
-                            CHURN_INFERENCE_LOG_FLUSH_S="0.2")  # fmt: skip
+                            CHURN_INFERENCE_LOG_FLUSH_S="0.2",
+                            CHURN_FEATURE_STORE_DIR=str(self.folder / "feature_store"))  # fmt: skip
             proc = self.background("api", str(BIN / "churn-platform"), "serve", "--port", str(port))
             self.wait_http(proc, f"{api}/ready")
             t0 = datetime.now(UTC)
@@ -269,6 +300,8 @@ class Demo:
                 who = p["customer_id"] or "-"
                 score = p[PROBABILITY]
                 click.echo(f"      {who:<12} churn {score:.2f}  risk {p['risk']:<6} model v{p['model_version']}")
+        with self.step("Score the same customers by id, their features from the feature store (Feast)"):
+            by_id = self.by_id(api, served)
         with self.step("Monitor each window for drift (Evidently)"):
             quiet = self.monitor(t0, t1, "normal")
             loud = self.monitor(t1, t2, "drifted")
@@ -307,6 +340,7 @@ class Demo:
                 "performance": {"verdict": judged["verdict"], "reasons": judged["reasons"],
                                 "realized_roc_auc": judged["realized"]["roc_auc"],
                                 "estimated_roc_auc": judged["estimated"]["roc_auc"]},  # fmt: skip
+                "by_id": by_id,
                 "report": str(self.folder / "reports" / "drifted" / "report.html"),
                 "seconds": round(time.perf_counter() - self.started, 1),
             }

@@ -21,11 +21,13 @@ def test_demo_runs_end_to_end(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for step in range(1, 10):
-        assert f"[{step}/9]" in done.stdout
+    for step in range(1, 11):
+        assert f"[{step}/10]" in done.stdout
     summary = json.loads((folder / "summary.json").read_text())
     assert [v["version"] for v in summary["versions"]] == [3, 2, 1]  # v3: retrained on the outcomes
     assert summary["production"] == 1  # rolled back after the drift alarm
+    assert summary["by_id"]["scored"] == 200 and summary["by_id"]["unknown"] == 1
+    assert summary["by_id"]["max_difference"] <= 1e-9
     assert summary["monitor"]["normal"] == "no_drift" and summary["monitor"]["drifted"] == "drift"
     assert {"tenure", "contract"} <= set(summary["monitor"]["drifted_columns"])
     assert (folder / "reports" / "drifted" / "report.html").exists()
