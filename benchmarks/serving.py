@@ -47,9 +47,10 @@ f:close()
 """
 
 
-def wrk(url: str, body: Path, connections: int, seconds: int, folder: Path) -> dict[str, float]:
-    script = folder / f"{body.stem}.lua"
-    script.write_text(LUA.replace("{body}", str(body)))
+def wrk(url: str, body: Path | None, connections: int, seconds: int, folder: Path) -> dict[str, float]:
+    """POST ``body`` (a JSON file) to ``url`` for ``seconds``; a GET without one."""
+    script = folder / f"{body.stem if body else 'get'}.lua"
+    script.write_text(LUA.replace("{body}", str(body)) if body else 'wrk.method = "GET"\n')
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -98,8 +99,9 @@ def drained(url: str, timeout: float = 300) -> tuple[dict[str, float], float]:
         time.sleep(0.5)
 
 
-def log_database(folder: Path, given: str | None) -> tuple[str, str, object]:
-    """(URL, what it is, cleanup) of the inference-log database for this run."""
+def log_database(folder: Path, given: str | None, prefix: str = "bench_log") -> tuple[str, str, object]:
+    """(URL, what it is, cleanup) of a throwaway database for this run (the inference log's,
+    or with another ``prefix`` the feature store's)."""
     if given:
         return given, given.split(":", 1)[0], lambda: None
     try:
@@ -109,7 +111,7 @@ def log_database(folder: Path, given: str | None) -> tuple[str, str, object]:
     except Exception:  # noqa: BLE001 - no local PostgreSQL: SQLite
         return f"sqlite:///{folder}/log.db", "SQLite", lambda: None
     admin.autocommit = True
-    name = f"bench_log_{os.getpid()}"
+    name = f"{prefix}_{os.getpid()}"
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
 
@@ -199,12 +201,28 @@ def main() -> None:
 
     bin_dir = Path(sys.executable).parent
     log_url, log_kind, drop_log = log_database(folder, args.log_url)
+    # The feature store on PostgreSQL, holding the same 1000 customers, for the by-id rows.
+    store_url, store_kind, drop_store = log_database(folder, None, prefix="bench_features")
+    by_id = store_kind == "PostgreSQL"
+    if by_id:
+        from datetime import UTC, datetime
+
+        from churn_platform import feature_store
+
+        store_settings = Settings(tracking_uri=uri, feature_store_url=store_url)
+        rows.to_csv(folder / "snapshot.csv", index=False)
+        feature_store.apply(store_settings)
+        feature_store.ingest(store_settings, str(folder / "snapshot.csv"), as_of=datetime.now(UTC))
+        feature_store.materialize(store_settings)
+        ids = [r["customer_id"] for r in records]
+        (folder / "by_id_batch.json").write_text(json.dumps({"customer_ids": ids}))
     env = dict(
         os.environ,
         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         CHURN_INFERENCE_LOG_URL=log_url,
         CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"),
         CHURN_ADMIN_API_KEY=ADMIN_KEY,
+        **({"CHURN_FEATURE_STORE_URL": store_url} if by_id else {}),
     )
     ours_port, peer_port = free_port(), free_port()
     ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
@@ -236,6 +254,15 @@ def main() -> None:
             results[("ours", label)] = wrk(url, folder / f"{body}.json", conns, args.seconds, folder)
         for label, body, conns in (("single", "peer_single", 8), ("batch", "peer_batch", 2)):
             results[("peer", label)] = wrk(peer_url, folder / f"{body}.json", conns, args.seconds, folder)
+        if by_id:
+            deadline = time.time() + 120
+            while (state := httpx.get(f"{ours_url}/ready").json()["feature_store"])["state"] != "ok":
+                if time.time() > deadline:
+                    sys.exit(f"the API did not open the feature store: {state}")
+                time.sleep(0.5)
+            results[("ours", "by-id single")] = wrk(f"{ours_url}/predict/{ids[0]}", None, 8, args.seconds, folder)
+            results[("ours", "by-id batch")] = wrk(f"{ours_url}/predict/by-id", folder / "by_id_batch.json", 2,
+                                                   args.seconds, folder)  # fmt: skip
         peer.stop()  # the rollout runs below have the machine to themselves, as "off" had
         rollouts: dict[str, list[dict[str, float]]] = {"off": [], "canary": [], "shadow": []}
         for mode in [m for _ in range(args.rounds) for m in rollouts]:  # interleaved: noise hits all alike
@@ -255,6 +282,7 @@ def main() -> None:
         ours.stop()
         peer.stop()
         drop_log()
+        drop_store()
 
     print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
     print(f"{'':34}{'ours':>12}{'mlflow serve':>14}{'ratio':>9}")
@@ -267,7 +295,15 @@ def main() -> None:
         f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{b_o['rps'] / b_p['rps']:>8.1f}x"
     )
     print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
+    if by_id:
+        i_s, i_b = results[("ours", "by-id single")], results[("ours", "by-id batch")]
+        print(f"{'by id (Feast, PostgreSQL online store)':34}{'ours':>12}{'target':>14}")
+        print(f"{'by id, 8 conns: p50 / p99 ms':34}{i_s['p50_ms']:>6.2f}/{i_s['p99_ms']:<5.2f}{'p99 <= 20':>14}")
+        print(f"{'by id 1000, 2 conns: rows/s':34}{i_b['rps'] * 1000:>12.0f}{'>= 20000':>14}")
+        print(f"{'by id 1000, 2 conns: p99 ms':34}{i_b['p99_ms']:>12.1f}")
+    extra = [r for k, r in results.items() if k[0] == "ours" and k[1].startswith("by-id")]
     ours_errors = s_o["errors"] + b_o["errors"] + sum(r["errors"] for runs in rollouts.values() for r in runs)
+    ours_errors += sum(r["errors"] for r in extra)
     print(f"{'non-2xx responses':34}{ours_errors:>12}{s_p['errors'] + b_p['errors']:>14}")
     scored = log_rows["rows_to_log"]
     print(
