@@ -39,6 +39,29 @@ _CONNECTION_HINTS = (
 )
 
 
+def skip_feast_plugin() -> None:
+    """Keep Feast's MLflow plugin out of this process.
+
+    Feast registers an ``mlflow.request_header_provider`` entry point, so MLflow imports all
+    of Feast (about 9 s here) the first time any process talks to a tracking server, and
+    that import sets PROMETHEUS_MULTIPROC_DIR, which turns prometheus-client's multi-process
+    mode on for every child the process starts. Its headers only matter inside Feast's own
+    MLflow calls, which we do not make. Must run before MLflow's header registry is first
+    imported (MLflow imports it lazily, on the first request).
+    """
+    from mlflow.utils import plugins
+
+    if getattr(plugins.get_entry_points, "skips_feast", False):
+        return
+    original = plugins.get_entry_points
+
+    def get_entry_points(group: str) -> list:
+        return [e for e in original(group) if not e.value.startswith("feast.")]
+
+    get_entry_points.skips_feast = True  # type: ignore[attr-defined]
+    plugins.get_entry_points = get_entry_points
+
+
 def configure(settings: Settings) -> None:
     """Point MLflow at the registry and make an unreachable server fail in seconds.
 
@@ -49,6 +72,7 @@ def configure(settings: Settings) -> None:
     """
     import mlflow
 
+    skip_feast_plugin()
     ours = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.registry_max_retries),
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(settings.registry_timeout_s))),

@@ -15,6 +15,14 @@ from tests.services import REPO, ServiceError, Stack, full_stack
 SHARED_CSV = REPO / "data" / "telco_churn.csv"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests' own MLflow calls skip Feast's plugin too: its import would set
+    PROMETHEUS_MULTIPROC_DIR here, and every API process a test starts would inherit it."""
+    from churn_platform import registry
+
+    registry.skip_feast_plugin()
+
+
 @pytest.fixture(scope="session")
 def telco_csv() -> Path:
     """The real Telco data. A missing file fails the test (never skips): it is part of the repo."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import schemathesis
@@ -11,15 +12,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
+from churn_platform import data, feature_store
 from serving.app import create_app
 from tests.unit.test_api import KEY, make_settings, wait_ready
 
 
 @pytest.fixture(scope="module")
-def served(registry_uri, tmp_path_factory):
-    app = create_app(make_settings(registry_uri, tmp_path_factory.mktemp("fuzz")))
+def served(registry_uri, tmp_path_factory, telco_csv):
+    folder = tmp_path_factory.mktemp("fuzz")
+    settings = make_settings(registry_uri, folder)
+    # An embedded feature store with a few customers, so the by-id routes answer as in use.
+    customers = data.load(telco_csv).head(20).drop(columns=["churn"]).assign(snapshot_time="2026-05-01")
+    customers.to_csv(folder / "snapshot.csv", index=False)
+    feature_store.apply(settings)
+    feature_store.ingest(settings, str(folder / "snapshot.csv"))
+    feature_store.materialize(settings)
+    app = create_app(settings)
     with TestClient(app) as client:  # runs the lifespan: model loaded, log writer started
         wait_ready(client)
+        deadline = time.monotonic() + 60
+        while client.get("/ready").json()["feature_store"]["state"] != "ok":
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
         yield app, client
 
 

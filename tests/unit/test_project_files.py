@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -158,3 +160,20 @@ def test_each_entry_point_command_parses_as_mlflow_run_builds_it(entry_point, gi
         role = main.get_command(parent, args[0])
         with role.make_context(args[0], args[1:], parent=parent) as ctx:
             assert {k: ctx.params[k] for k in expected} == expected
+
+
+def test_mlflow_clients_do_not_import_feast_through_its_plugin():
+    """Feast's MLflow header plugin would import all of Feast (seconds) in every process that
+    talks to a tracking server, and set PROMETHEUS_MULTIPROC_DIR for its children."""
+    code = (
+        "import os, sys\n"
+        "from churn_platform import registry\n"
+        "from churn_platform.settings import Settings\n"
+        "registry.configure(Settings(tracking_uri='http://127.0.0.1:1'))\n"
+        "from mlflow.tracking.request_header.registry import resolve_request_headers\n"
+        "resolve_request_headers()\n"
+        "print('feast' in sys.modules, os.environ.get('PROMETHEUS_MULTIPROC_DIR'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "None"], done.stdout + done.stderr
