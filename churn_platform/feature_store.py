@@ -54,6 +54,10 @@ FEATURE_REFS = tuple(f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+#: What ``import feast`` sets in the environment (feast/metrics.py).
+_FEAST_SETS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
 def _import_feast() -> None:
     """Import Feast, undoing what its import does to the environment: it sets
     PROMETHEUS_MULTIPROC_DIR, which would switch prometheus_client to multi-process mode in
@@ -66,9 +70,6 @@ def _import_feast() -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-
-
-_FEAST_SETS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 
 
 def _embedded_dir(settings: Settings) -> Path:
@@ -96,6 +97,14 @@ def _postgres(url: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _url(pg: dict[str, Any], driver: str) -> Any:
+    """A SQLAlchemy URL for Feast's connection fields (credentials escaped)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create(driver, username=pg["user"], password=pg["password"] or None, host=pg["host"],
+                      port=pg["port"], database=pg["database"], query={"sslmode": pg["sslmode"]})  # fmt: skip
+
+
 def config(settings: Settings) -> Any:
     """The Feast ``RepoConfig`` for these settings (no feature_store.yaml to keep in step)."""
     _import_feast()
@@ -111,10 +120,7 @@ def config(settings: Settings) -> Any:
             offline_store={"type": "file"}, entity_key_serialization_version=3,
         )  # fmt: skip
     pg = _postgres(url)
-    registry_url = (
-        f"postgresql+psycopg://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{pg['database']}"
-        f"?sslmode={pg['sslmode']}"
-    )
+    registry_url = _url(pg, "postgresql+psycopg").render_as_string(hide_password=False)
     return RepoConfig(
         project=PROJECT, provider="local",
         registry={"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60},
@@ -162,13 +168,17 @@ def open_store(settings: Settings) -> FeatureStore:
     except SettingsError:
         raise
     except Exception as exc:  # noqa: BLE001 - Feast wraps driver errors in many types
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+        raise unavailable(exc) from None
 
 
-def reason(exc: BaseException) -> str:
-    """A driver error in one line, without its traceback or SQL."""
+def unavailable_message(exc: BaseException) -> str:
+    """A store error in one line, without its traceback or SQL."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    return f"feature store unavailable: {type(exc).__name__}: {text[0] if text else ''}"[:330]
+
+
+def unavailable(exc: BaseException) -> StorageUnreachable:
+    return StorageUnreachable(unavailable_message(exc))
 
 
 def apply(settings: Settings) -> list[str]:
@@ -176,11 +186,11 @@ def apply(settings: Settings) -> list[str]:
     store = open_store(settings)
     objects = definitions(settings)
     if settings.feature_store_url:
-        _ensure_offline_table(settings)
+        _offline_table(settings)
     try:
         store.apply(objects)
     except Exception as exc:  # noqa: BLE001
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+        raise unavailable(exc) from None
     return [o.name for o in objects]
 
 
@@ -247,10 +257,8 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
 def _times(values: pd.Series) -> pd.Series:
     """Snapshot times as UTC; a time without a zone is taken as UTC."""
     if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = pd.to_datetime(values, utc=True)
-    else:
-        parsed = pd.to_datetime(values.astype("string").str.strip(), utc=True, errors="coerce", format="mixed")
-    return parsed
+        return pd.to_datetime(values, utc=True)
+    return pd.to_datetime(values.astype("string").str.strip(), utc=True, errors="coerce", format="mixed")
 
 
 def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None) -> IngestSummary:
@@ -278,10 +286,6 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     return IngestSummary(uri, len(raw), len(good), len(reasons), rejects, good[ID_COLUMN].nunique(), first, last)
 
 
-def _arrow(frame: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(frame, preserve_index=False)
-
-
 def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:
     """Merge into the offline file and swap it in atomically: a crash leaves the old file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +298,7 @@ def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:
     handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
     os.close(handle)
     try:
-        pq.write_table(_arrow(merged), temp)
+        pq.write_table(pa.Table.from_pandas(merged, preserve_index=False), temp)
         os.replace(temp, path)
     finally:
         Path(temp).unlink(missing_ok=True)
@@ -303,14 +307,11 @@ def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:
 def _engine(settings: Settings) -> Any:
     import sqlalchemy as sa
 
-    pg = _postgres(settings.feature_store_url or "")
-    url = sa.engine.URL.create("postgresql+psycopg2", username=pg["user"], password=pg["password"] or None,
-                               host=pg["host"], port=pg["port"], database=pg["database"],
-                               query={"sslmode": pg["sslmode"]})  # fmt: skip
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(_url(_postgres(settings.feature_store_url or ""), "postgresql+psycopg2"))
 
 
-def _ensure_offline_table(settings: Settings) -> None:
+def _ensure_offline_table(conn: Any) -> None:
+    """The offline table, on a connection that is in a transaction."""
     columns = ",\n".join(
         f"{f.name} {'TEXT' if f.kind == 'category' else 'BIGINT' if f.kind == 'integer' else 'DOUBLE PRECISION'} "
         "NOT NULL"
@@ -320,36 +321,39 @@ def _ensure_offline_table(settings: Settings) -> None:
         f"CREATE TABLE IF NOT EXISTS {OFFLINE_TABLE} (\n{ID_COLUMN} TEXT NOT NULL,\n"
         f"{SNAPSHOT_TIME} TIMESTAMPTZ NOT NULL,\n{columns},\nPRIMARY KEY ({ID_COLUMN}, {SNAPSHOT_TIME}))"
     )
+    conn.exec_driver_sql(ddl)
+
+
+def _offline_table(settings: Settings, load: Any = None) -> None:
+    """Create the offline table if needed, then run ``load(conn)`` in the same transaction."""
+    engine = _engine(settings)
     try:
-        engine = _engine(settings)
         with engine.begin() as conn:
-            conn.exec_driver_sql(ddl)
-        engine.dispose()
+            _ensure_offline_table(conn)
+            if load is not None:
+                load(conn)
     except Exception as exc:  # noqa: BLE001
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+        raise unavailable(exc) from None
+    finally:
+        engine.dispose()
 
 
 def _append_postgres(settings: Settings, snapshots: pd.DataFrame) -> None:
     """Upsert into the offline table in one transaction: all rows or none."""
-    _ensure_offline_table(settings)
     names = [ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES]
     updates = ", ".join(f"{n} = EXCLUDED.{n}" for n in FEATURE_NAMES)
-    engine = _engine(settings)
-    try:
-        with engine.begin() as conn:
-            raw = conn.connection.dbapi_connection
-            with raw.cursor() as cur:
-                cur.execute(f"CREATE TEMP TABLE staging ON COMMIT DROP AS SELECT * FROM {OFFLINE_TABLE} WITH NO DATA")
-                buffer = snapshots[names].to_csv(index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
-                cur.copy_expert(f"COPY staging ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", io.StringIO(buffer))
-                cur.execute(
-                    f"INSERT INTO {OFFLINE_TABLE} SELECT * FROM staging "
-                    f"ON CONFLICT ({ID_COLUMN}, {SNAPSHOT_TIME}) DO UPDATE SET {updates}"
-                )
-    except Exception as exc:  # noqa: BLE001
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
-    finally:
-        engine.dispose()
+
+    def load(conn: Any) -> None:
+        with conn.connection.dbapi_connection.cursor() as cur:
+            cur.execute(f"CREATE TEMP TABLE staging ON COMMIT DROP AS SELECT * FROM {OFFLINE_TABLE} WITH NO DATA")
+            buffer = snapshots[names].to_csv(index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
+            cur.copy_expert(f"COPY staging ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)", io.StringIO(buffer))
+            cur.execute(
+                f"INSERT INTO {OFFLINE_TABLE} SELECT * FROM staging "
+                f"ON CONFLICT ({ID_COLUMN}, {SNAPSHOT_TIME}) DO UPDATE SET {updates}"
+            )
+
+    _offline_table(settings, load)
 
 
 # --------------------------------------------------------------------------- materialize and read
@@ -363,7 +367,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> datetime:
     try:
         store.materialize(start_date=_EPOCH, end_date=end, feature_views=[FEATURE_VIEW])
     except Exception as exc:  # noqa: BLE001
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+        raise unavailable(exc) from None
     return end
 
 
@@ -375,7 +379,7 @@ def _require_applied(store: FeatureStore) -> None:
             raise SettingsError(
                 f"feature view {FEATURE_VIEW!r} is not registered: run `churn-platform features apply` first"
             ) from None
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+        raise unavailable(exc) from None
 
 
 def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] | None]:
@@ -433,7 +437,7 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
     try:
         joined = training_frame(store, labels)
     except Exception as exc:  # noqa: BLE001
-        raise StorageUnreachable(f"feature store unavailable: {reason(exc)}") from None
+        raise unavailable(exc) from None
     if joined.empty:
         raise DataValidationError(f"no label in {labels_uri} has a feature snapshot at or before its {LABEL_TIME}")
     frame = data.validate(joined.drop(columns=[LABEL_TIME]), require_label=True)

@@ -61,7 +61,7 @@ class FeatureSource:
             feature_store.online(store, ["warm-up"])  # loads the registry and connects, off the request path
         except Exception as exc:  # noqa: BLE001 - any failure is reported by /ready and the by-id routes
             with self._lock:
-                self.state, self.reason = "unavailable", f"feature store unavailable: {feature_store.reason(exc)}"
+                self.state, self.reason = "unavailable", feature_store.unavailable_message(exc)
             log.warning("%s", self.reason)
             return
         with self._lock:
@@ -81,7 +81,7 @@ class FeatureSource:
         try:
             found = feature_store.online(store, customer_ids)
         except Exception as exc:  # noqa: BLE001 - a store that went away answers 503, never 500
-            reason = f"feature store unavailable: {feature_store.reason(exc)}"
+            reason = feature_store.unavailable_message(exc)
             with self._lock:
                 self.state, self.reason = "unavailable", reason
             log.warning("%s", reason)
