@@ -275,7 +275,7 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
 # ---------------------------------------------------------------- output
 
 
-class _AtomicOutput:
+class AtomicOutput:
     """Writes a table chunk by chunk under a temporary name; ``commit`` makes it visible at once."""
 
     def __init__(self, target: str, kind: str, schema: pa.Schema, endpoint_url: str | None) -> None:
@@ -463,6 +463,17 @@ def _scored_table(
     return _with_features(table, good, schema).cast(schema)
 
 
+def write_rejects(target: str, table: pa.Table, endpoint_url: str | None) -> None:
+    """Write a whole rejects table to a local path or an ``s3://`` key, visible only once complete."""
+    out = AtomicOutput(target, output_kind(target, None), REJECTS_SCHEMA, endpoint_url)
+    try:
+        out.write(table)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+
+
 def rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> pa.Table:
     bad = chunk.loc[reasons.index]
     columns: dict[str, Any] = {"row": (reasons.index.to_numpy() + first_row).astype("int64"),
@@ -577,9 +588,9 @@ def score(
     loaded = time.perf_counter()
     schema = _output_schema(explain_top_k, with_features)
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
-    out = _AtomicOutput(output, kind, schema, settings.s3_endpoint_url)
+    out = AtomicOutput(output, kind, schema, settings.s3_endpoint_url)
     # Written every run, empty when no row was bad: the rejects beside the scores are always this run's.
-    bad_out = _AtomicOutput(rejects, output_kind(rejects, None), REJECTS_SCHEMA, settings.s3_endpoint_url)
+    bad_out = AtomicOutput(rejects, output_kind(rejects, None), REJECTS_SCHEMA, settings.s3_endpoint_url)
     rows = scored = rejected = 0
     # One writer thread: encoding a chunk (Arrow releases the GIL) overlaps reading and scoring
     # the next; at most one chunk waits, so memory stays at two chunks.

@@ -326,20 +326,63 @@ def features_apply() -> None:
     click.echo(f"registered {', '.join(names)} in project {feature_store.PROJECT!r}")
 
 
+class _SnapshotTime(click.DateTime):
+    """A snapshot time (UTC), or ``now``: what a scheduled job loading today's export means."""
+
+    name = "snapshot_time"
+
+    def __init__(self) -> None:
+        super().__init__(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "now":
+            return datetime.now(UTC)
+        try:
+            converted = super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is not 'now' nor a UTC time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS", param, ctx)
+        return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
+
+
+def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        click.argument("source"),
+        click.option("--as-of", type=_SnapshotTime(), default=None,
+                     help="Snapshot time of every row (UTC, or 'now') when the file has no snapshot_time column."),
+        click.option("--rejects", default=None,
+                     help="Where bad rows go, a path or s3:// key (default: SOURCE's name + .rejects.parquet, here)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    )):  # fmt: skip
+        func = option(func)
+    return func
+
+
+def _ingested(summary: Any, as_json: bool, materialized_to: datetime | None = None) -> None:
+    """Print what was loaded; exit 1 when rows were rejected (the good ones are loaded), as `score` does."""
+    from churn_platform.contract import ExitCode
+    from churn_platform.feature_store import FEATURE_VIEW
+
+    if as_json:
+        echo_json(asdict(summary) | ({"materialized_to": materialized_to} if materialized_to else {}))
+    else:
+        click.echo(str(summary))
+        if materialized_to:
+            click.echo(f"materialized {FEATURE_VIEW!r} up to {materialized_to:%Y-%m-%d %H:%M:%S} UTC")
+    if summary.rejected:
+        sys.exit(ExitCode.REJECTED_ROWS)
+
+
 @features.command("ingest")
-@click.argument("source")
-@click.option("--as-of", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]), default=None,
-              help="Snapshot time of every row (UTC) when the file has no snapshot_time column.")
-@click.option("--rejects", default=None, help="Where bad rows go (default: SOURCE's name + .rejects.parquet, here).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_snapshot_options
 @handles_errors
 def features_ingest(source: str, as_of: datetime | None, rejects: str | None, as_json: bool) -> None:
-    """Add customer snapshots (CSV/Parquet, a path or s3://bucket/key) to the offline source."""
+    """Add customer snapshots (CSV/Parquet, a path or s3://bucket/key) to the offline source.
+
+    Exit 1 when some rows were rejected (the others are loaded), as `score` does.
+    """
     from churn_platform import feature_store
 
-    summary = feature_store.ingest(get_settings(), source, as_of=as_of.replace(tzinfo=UTC) if as_of else None,
-                                   rejects=rejects)  # fmt: skip
-    echo_json(asdict(summary)) if as_json else click.echo(str(summary))
+    _ingested(feature_store.ingest(get_settings(), source, as_of=as_of, rejects=rejects), as_json)
 
 
 @features.command("materialize")
@@ -350,6 +393,22 @@ def features_materialize() -> None:
 
     end = feature_store.materialize(get_settings())
     click.echo(f"materialized {feature_store.FEATURE_VIEW!r} up to {end:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@features.command("refresh")
+@_snapshot_options
+@handles_errors
+def features_refresh(source: str, as_of: datetime | None, rejects: str | None, as_json: bool) -> None:
+    """apply, ingest SOURCE, materialize: the scheduled job's one command.
+
+    The good rows are loaded and materialized even when some are rejected; exit 1 then.
+    """
+    from churn_platform import feature_store
+
+    settings = get_settings()
+    feature_store.apply(settings)
+    summary = feature_store.ingest(settings, source, as_of=as_of, rejects=rejects)
+    _ingested(summary, as_json, materialized_to=feature_store.materialize(settings))
 
 
 @main.group()

@@ -20,9 +20,11 @@ and jobs that never read features should not pay that.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -273,9 +275,10 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     good, reasons = snapshots(raw, as_of)
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
     if len(reasons):
+        if not rejects.startswith("s3://"):
+            Path(rejects).parent.mkdir(parents=True, exist_ok=True)
         table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
-        Path(rejects).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, rejects)
+        batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
     if len(good):
         if settings.feature_store_url:
             _append_postgres(settings, good)
@@ -365,7 +368,9 @@ def materialize(settings: Settings, end: datetime | None = None) -> datetime:
     store = open_store(settings)
     _require_applied(store)
     try:
-        store.materialize(start_date=_EPOCH, end_date=end, feature_views=[FEATURE_VIEW])
+        # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable.
+        with contextlib.redirect_stdout(sys.stderr):
+            store.materialize(start_date=_EPOCH, end_date=end, feature_views=[FEATURE_VIEW])
     except Exception as exc:  # noqa: BLE001
         raise unavailable(exc) from None
     return end

@@ -266,7 +266,7 @@ def _rejects(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> tuple[i
 def _write(fs: pafs.FileSystem, parts: list[str], target: str, kind: str, schema: pa.Schema,
            endpoint: str | None) -> None:  # fmt: skip
     """The scored rows of the part files, streamed into one file that appears only when complete."""
-    out = batch_scoring._AtomicOutput(target, kind, schema, endpoint)  # noqa: SLF001 - the local engine's writer
+    out = batch_scoring.AtomicOutput(target, kind, schema, endpoint)
     try:
         for part in parts:
             with fs.open_input_file(part) as handle:
@@ -338,7 +338,7 @@ def score(
             raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
         # The scores first: rejects never appear beside an older run's scores.
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
-        out = batch_scoring._AtomicOutput(rejects, batch_scoring.output_kind(rejects, None), REJECTS_SCHEMA,  # noqa: SLF001
+        out = batch_scoring.AtomicOutput(rejects, batch_scoring.output_kind(rejects, None), REJECTS_SCHEMA,
                                           settings.s3_endpoint_url)  # fmt: skip
         try:
             out.write(bad)

@@ -4,8 +4,10 @@ after materializing, bad rows set aside, and a store that is down."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +19,7 @@ from churn_platform import data, feature_store
 from churn_platform.cli import main
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import get_settings
-from tests.services import postgres_database
+from tests.services import Stack, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +42,9 @@ def layout(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
     get_settings.cache_clear()
 
 
-def _cli(*args: str) -> str:
+def _cli(*args: str, code: int = 0) -> str:
     result = CliRunner().invoke(main, list(args))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     return result.output
 
 
@@ -66,12 +68,12 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
 
     assert "registered customer, customer_features" in _cli("features", "apply")
     assert "ingested 300 of 300 rows for 300 customers" in _cli("features", "ingest", "first.csv")
-    out = _cli("features", "ingest", "second.parquet", "--as-of", SECOND)
+    out = _cli("features", "ingest", "second.parquet", "--as-of", SECOND, code=1)  # 1: rows rejected, as `score`
     assert "ingested 300 of 302 rows" in out and "2 rejected -> second.rejects.parquet" in out
     rejects = pd.read_parquet("second.rejects.parquet")
     assert rejects["row"].tolist() == [301, 302]
     assert "tenure" in rejects["reason"][0] and f"{ID_COLUMN}: empty" in rejects["reason"][1]
-    _cli("features", "ingest", "second.parquet", "--as-of", SECOND)  # again: replaces, never duplicates
+    _cli("features", "ingest", "second.parquet", "--as-of", SECOND, code=1)  # again: replaces, never duplicates
 
     settings = get_settings()
     store = feature_store.open_store(settings)
@@ -146,3 +148,41 @@ def test_train_from_features_records_the_view_and_the_label_times(embedded: str,
     assert run.data.tags["labels_without_features"] == "10"
     assert run.data.params["from_features"] == "True" and run.data.params["labels"] == "labels.csv"
     assert run.data.metrics["training_rows"] + run.data.metrics["validation_rows"] == 600
+
+
+def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_export(
+    stack_env: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
+):
+    """What the daily CronJob runs: an s3:// export dated `now`, the rejects to s3://, exit 1
+    with the good rows loaded and already in the online store (PostgreSQL layout)."""
+    monkeypatch.chdir(tmp_path)
+    raw = data.read_table(telco_csv).head(40).reset_index(drop=True)
+    raw.loc[3, "tenure"] = "-1"
+    buffer = io.BytesIO()
+    raw.to_parquet(buffer, index=False)
+    s3 = stack_env.s3()
+    s3.put_object(Bucket=stack_env.bucket, Key="data/features/customers.parquet", Body=buffer.getvalue())
+    export = f"s3://{stack_env.bucket}/data/features/customers.parquet"
+    rejects = f"s3://{stack_env.bucket}/data/features/customers.rejects.parquet"
+    with postgres_database() as url:
+        monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+        get_settings.cache_clear()
+        before = datetime.now(UTC)
+        result = CliRunner().invoke(main, ["features", "refresh", export, "--as-of", "now", "--rejects", rejects, "--json"])
+        assert result.exit_code == 1, result.output
+        out = json.loads(result.stdout)  # Feast's progress goes to stderr: stdout is the JSON alone
+        assert (out["rows"], out["ingested"], out["rejected"], out["rejects"]) == (40, 39, 1, rejects)
+        assert before <= datetime.fromisoformat(out["first"]) <= datetime.now(UTC)
+        assert datetime.fromisoformat(out["materialized_to"]) >= datetime.fromisoformat(out["first"])
+        stored = s3.get_object(Bucket=stack_env.bucket, Key="data/features/customers.rejects.parquet")
+        bad = pd.read_parquet(io.BytesIO(stored["Body"].read()))
+        assert bad["row"].tolist() == [4] and "tenure" in bad["reason"][0]
+        store = feature_store.open_store(get_settings())
+        ids = raw[ID_COLUMN].tolist()
+        got = feature_store.online(store, ids)
+        assert got[3] is None and sum(g is not None for g in got) == 39
+        # Run again (the next day's export, here the same): a second snapshot, still one online row each.
+        _cli("features", "refresh", export, "--as-of", "now", "--rejects", rejects, code=1)
+        again = feature_store.online(feature_store.open_store(get_settings()), ids[:5])
+        assert again[0]["tenure"] == int(raw.loc[0, "tenure"]) and again[3] is None
+    get_settings.cache_clear()
