@@ -1,16 +1,16 @@
 #!/bin/sh
-# Selects the role of the one image: api | monitor | performance | retrain | score | train |
+# Selects the role of the one image: api | features | monitor | performance | retrain | score | train |
 # mlflow-server (extra args pass through).
 # The role is $1 when it names one (docker run IMAGE train ..., Kubernetes args), else $CHURN_ROLE
 # (default api): `docker compose run SERVICE ARGS` replaces the command with ARGS, so each compose
 # service names its role in CHURN_ROLE and ARGS are the role's own flags.
 set -eu
-roles="api | monitor | performance | retrain | score | train | mlflow-server"
+roles="api | features | monitor | performance | retrain | score | train | mlflow-server"
 # `compose run train -- --data x`: the separator is not an argument of the role (click would
 # then read --data as a stray positional).
 if [ "${1:-}" = "--" ]; then shift; fi
 case "${1:-}" in
-  api | monitor | performance | retrain | score | train | mlflow-server)
+  api | features | monitor | performance | retrain | score | train | mlflow-server)
     role="$1"
     shift
     if [ "${1:-}" = "--" ]; then shift; fi ;;
@@ -28,6 +28,8 @@ esac
 case "$role" in
   api)
     exec churn-platform serve --host "${CHURN_API_HOST:-0.0.0.0}" --port "${CHURN_API_PORT:-8000}" "$@" ;;
+  features)
+    exec churn-platform features "$@" ;;
   monitor)
     exec churn-platform monitor "$@" ;;
   performance)

@@ -1457,6 +1457,37 @@ class Walkthrough:
 
         return self.stack.once("monitor and score", run)
 
+    def features(self) -> dict[str, Any]:
+        """Every feature-store job as shipped (its export staged first when it is an s3:// key),
+        exit 0; then the running API, which opened no store at start, answers by id within its
+        10 s retry, as `/predict` answers for the same customers' features."""
+
+        def run() -> dict[str, Any]:
+            self.served()
+            finished = []
+            for step, container in self.stack.jobs("features"):
+                args = container.argv[container.argv.index("features") + 1 :]
+                source = args[args.index("refresh") + 1]
+                if source.startswith("s3://"):
+                    stage_input(self.stack, container, source)
+                finished.append(self.stack.run(container, f"features ({step})"))
+            api = self.stack.in_role("api")
+            rows = customers(50)
+            ids = [r["customer_id"] for r in rows]
+            deadline = time.monotonic() + 60
+            while True:
+                by_id = httpx.post(f"{api.url}/predict/by-id", json={"customer_ids": ids}, timeout=60)
+                if by_id.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(1)
+            assert by_id.status_code == 200, f"POST /predict/by-id: {by_id.status_code} {by_id.text[:1000]}"
+            sent = httpx.post(f"{api.url}/predict", json={"customers": rows}, timeout=60)
+            assert sent.status_code == 200, sent.text[:1000]
+            return {"jobs": finished, "by_id": by_id.json(), "sent": sent.json(),
+                    "ready": httpx.get(f"{api.url}/ready", timeout=10).json()}  # fmt: skip
+
+        return self.stack.once("features", run)
+
     def output_of(self, finished: Finished) -> str:
         """Where a score job's --output is, checked to exist."""
         output = finished.launch.container.option("--output")

@@ -72,6 +72,10 @@ class Scheduled(NamedTuple):
     on_demand: bool = False
     #: Exit 3 (unreachable) is retried; a job whose retry would repeat a side effect is not.
     retried: bool = True
+    #: Talks to the MLflow server (every job but the feature store's).
+    mlflow: bool = True
+    #: Writes the feature-store database: its URL from churn-secrets and a network path there.
+    feature_store: bool = False
 
 
 #: The overlay's data folder (ConfigMap key CHURN_DATA_URI, in the overlay's own bucket): the
@@ -101,6 +105,19 @@ CRONJOBS = {
         suspended_in_dev=True,
         inference_log=False,
     ),
+    # Daily, before the day's other jobs: today's export loaded as a snapshot and materialized
+    # (apply, ingest, materialize); the rejects beside the export. Exit 1 is "some rows rejected".
+    "churn-features": Scheduled(
+        ("features", "refresh", f"{DATA}/features/customers.parquet", "--as-of", "now",
+         "--rejects", f"{DATA}/features/customers.rejects.parquet"),
+        "0 4 * * *",
+        "Etc/UTC",
+        answers=(1, 2),
+        suspended_in_dev=True,
+        inference_log=False,
+        mlflow=False,
+        feature_store=True,
+    ),  # fmt: skip
     # Training on demand: a suspended CronJob never runs on `kubectl apply` (a Job would, again
     # after its TTL, and an image change would make the apply fail: a Job's template is immutable).
     # Not retried: a retry after the version was registered would register another.
@@ -120,13 +137,14 @@ CRONJOBS = {
 NETWORK_PATHS = (
     ("churn-api", "mlflow", 5000),
     ("churn-api", "inference-db", 5432),
+    ("churn-api", "feature-db", 5432),
     ("churn-api", "minio", 9000),
     ("mlflow", "registry-db", 5432),
     ("mlflow", "minio", 9000),
     ("minio-create-bucket", "minio", 9000),
 )
 #: In-cluster datastores (dev) whose data must outlive a pod: the volume that must be a claim.
-DATASTORE_VOLUMES = {"registry-db": "data", "inference-db": "data", "minio": "data"}
+DATASTORE_VOLUMES = {"registry-db": "data", "inference-db": "data", "feature-db": "data", "minio": "data"}
 
 #: Flags whose value is a local file the job writes (its folder must be writable), or an s3:// key.
 FILE_OUTPUTS = ("--output", "--rejects")
@@ -384,7 +402,9 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
         problems.append(f"{where}: takes {sorted(keys & secrets)} from a Secret, but its identity is the cloud's")
     if want.inference_log:
         needed.add("CHURN_INFERENCE_LOG_URL")
-    if overlay == "prod":
+    if want.feature_store:
+        needed.add("CHURN_FEATURE_STORE_URL")
+    if overlay == "prod" and want.mlflow:
         needed |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # the basic-auth registry
     if needed - secrets:
         problems.append(f"{where}: variables not taken from churn-secrets: {sorted(needed - secrets)}")
@@ -395,13 +415,16 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
         problems.append(f"{where}: gets CHURN_INFERENCE_LOG_URL (the database password) but never reads the log")
     object_store = _pod_labels(objs, "minio")
     inference_db = (_pod_labels(objs, "inference-db"), 5432)
-    paths = {
-        "MLflow": (_pod_labels(objs, "mlflow"), 5000),
-        "the object store": (object_store, 9000 if object_store else 443),
-    }
+    paths = {"the object store": (object_store, 9000 if object_store else 443)}
+    if want.mlflow:
+        paths["MLflow"] = (_pod_labels(objs, "mlflow"), 5000)
+    if want.feature_store:
+        paths["the feature-store database"] = (_pod_labels(objs, "feature-db"), 5432)
     if want.inference_log:
         paths["the inference-log database"] = inference_db
-    elif reachable(objs, labels, *inference_db):
+    # Managed databases outside the cluster share port 5432: a job that needs one (the feature
+    # store's) can reach them all, and only their credentials and firewalls tell them apart.
+    elif not (want.feature_store and inference_db[0] is None) and reachable(objs, labels, *inference_db):
         problems.append(f"{where}: the NetworkPolicies let its pods reach the inference-log database (port 5432), "
                         "which it never reads")  # fmt: skip
     for what, (dst, port) in paths.items():

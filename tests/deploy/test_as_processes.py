@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -113,6 +114,21 @@ def test_compose_score_as_documented_writes_its_output(compose: Walkthrough):
     assert len(frame) == len(customers()) and frame["churn_probability"].between(0, 1).all()
 
 
+def _same_scores(features: dict[str, Any]) -> None:
+    by_id, sent = features["by_id"], features["sent"]
+    assert by_id["errors"] == [] and len(by_id["predictions"]) == len(sent["predictions"]) == 50
+    for got, want in zip(by_id["predictions"], sent["predictions"], strict=True):
+        assert got["customer_id"] == want["customer_id"]
+        assert abs(got["churn_probability"] - want["churn_probability"]) <= 1e-9
+    assert features["ready"]["feature_store"]["state"] == "ok"
+
+
+def test_compose_features_as_documented_feed_predictions_by_id(compose: Walkthrough):
+    features = compose.features()
+    assert [f.launch.container.argv[-3:] for f in features["jobs"]] == [["/data/telco_churn.csv", "--as-of", "now"]]
+    _same_scores(features)
+
+
 # the dev overlay ---------------------------------------------------------------------------
 
 
@@ -143,6 +159,13 @@ def test_overlay_score_cronjob_writes_its_output(overlay: Walkthrough):
     _, scores = overlay.monitor_and_score()
     (score,) = scores
     assert overlay.output_of(score).startswith("s3://")
+
+
+def test_overlay_features_cronjob_feeds_predictions_by_id(overlay: Walkthrough):
+    features = overlay.features()
+    (job,) = features["jobs"]
+    assert "s3://" in job.launch.container.argv[-1]  # the rejects go beside the export
+    _same_scores(features)
 
 
 # a broken command or a missing variable fails ----------------------------------------------

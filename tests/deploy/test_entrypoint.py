@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,7 @@ def test_a_word_that_is_neither_a_role_nor_a_command_is_refused(tmp_path):
     done = _run(_compose_argv("train", ["trian", "--data", "x.csv"]), _compose_env("train"), tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert "trian" in done.stderr
-    assert "api | monitor | performance | retrain | score | train | mlflow-server" in done.stderr
+    assert "api | features | monitor | performance | retrain | score | train | mlflow-server" in done.stderr
 
 
 def test_an_unknown_role_in_the_environment_is_refused(tmp_path):
@@ -296,9 +297,17 @@ def test_the_cli_accepts_each_cronjobs_flags(cronjob):
     with click.Context(main) as parent:
         command = main.get_command(parent, role)
         assert command is not None, role
+        if isinstance(command, click.Group):  # a role with subcommands (features): its first flag names one
+            parent = click.Context(command, info_name=role, parent=parent)
+            role, *flags = flags
+            command = command.get_command(parent, role)
+            assert command is not None, role
         with command.make_context(role, list(flags), parent=parent) as ctx:
             if role == "retrain":
                 assert ctx.params["trigger"] == "performance"
+            if role == "refresh":  # today's export, dated now, rejects beside it in the store
+                assert ctx.params["source"].startswith("s3://") and ctx.params["rejects"].startswith("s3://")
+                assert abs((ctx.params["as_of"] - datetime.now(UTC)).total_seconds()) < 60
             if role == "score":  # S3 in and out (the output staged on /tmp), Production, no progress bar
                 assert ctx.params["source"].startswith("s3://") and ctx.params["output"].startswith("s3://")
                 assert (ctx.params["alias"], ctx.params["version"], ctx.params["no_progress"]) == (None, None, True)
