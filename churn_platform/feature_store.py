@@ -21,6 +21,7 @@ and jobs that never read features should not pay that.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -385,6 +386,92 @@ def _require_applied(store: FeatureStore) -> None:
                 f"feature view {FEATURE_VIEW!r} is not registered: run `churn-platform features apply` first"
             ) from None
         raise unavailable(exc) from None
+
+
+class PostgresOnlineReader:
+    """Reads Feast's PostgreSQL online table in one query per batch, about 3x faster than
+    ``get_online_features`` (whose Python decoding costs ~250 ms per 1000 ids).
+
+    The table, the entity keys (Feast's own ``serialize_entity_key``) and the values (Feast's
+    ``Value`` protobufs) are Feast's; PostgreSQL frames each customer's values into one
+    ``RepeatedValue`` message, so the client parses one message per customer instead of 19.
+    Tests check it returns what ``get_online_features`` returns.
+    """
+
+    #: How materialize writes a customer's features, and so how the query usually returns them;
+    #: each row says its own order, so another order is read correctly, only slower.
+    _EXPECTED = ",".join(FEATURE_NAMES)
+    # Each value framed as field 1 of RepeatedValue: tag 0x0a, varint length (< 16384), bytes.
+    # No ORDER BY in the aggregates (it doubled the query's time): both read the rows in the
+    # same order, so the names say which value is which.
+    _QUERY = """
+        SELECT entity_key, string_agg(feature_name, ','),
+               string_agg('\\x0a'::bytea || CASE WHEN length(v) < 128 THEN set_byte('\\x00'::bytea, 0, length(v))
+                          ELSE set_byte(set_byte('\\x0000'::bytea, 0, (length(v) & 127) | 128), 1, length(v) >> 7)
+                          END || v, ''::bytea)
+        FROM (SELECT entity_key, feature_name, coalesce(value, ''::bytea) AS v FROM {table}
+              WHERE entity_key = ANY(%b)) AS found
+        GROUP BY entity_key
+    """
+
+    def __init__(self, store: FeatureStore, settings: Settings) -> None:
+        from feast.infra.online_stores.helpers import compute_table_id
+        from psycopg import sql
+        from psycopg_pool import ConnectionPool
+
+        pg = _postgres(settings.feature_store_url or "")
+        table = compute_table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
+        self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table))
+        self._version = store.config.entity_key_serialization_version
+        conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
+        # Requests read in parallel threads; the pool opens lazily, so a database that is down
+        # fails the first read (a 503), not the constructor.
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+        self._pool.open(wait=False)
+
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 - one reader per process; ids repeat across requests
+    def _key(self, customer_id: str) -> bytes:
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        entity = EntityKey(join_keys=[ID_COLUMN], entity_values=[Value(string_val=customer_id)])
+        return serialize_entity_key(entity, self._version)
+
+    def __call__(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
+        from feast.protos.feast.types.Value_pb2 import RepeatedValue
+
+        keys = [self._key(i) for i in customer_ids]
+        with self._pool.connection(timeout=5) as conn:
+            rows = conn.cursor(binary=True).execute(self._query, (list(dict.fromkeys(keys)),)).fetchall()
+        found: dict[bytes, dict[str, Any]] = {}
+        for key, names, blob in rows:
+            values = RepeatedValue.FromString(blob).val
+            if names == self._EXPECTED:
+                row = {n: _python(v) for n, v in zip(FEATURE_NAMES, values, strict=True)}
+            else:  # another order, or a feature missing: by name
+                given = dict(zip(names.split(","), values, strict=True))
+                row = {n: _python(given[n]) if n in given else None for n in FEATURE_NAMES}
+            if any(v is not None for v in row.values()):
+                found[bytes(key)] = row
+        return [{ID_COLUMN: customer_id, **found[key]} if key in found else None
+                for customer_id, key in zip(customer_ids, keys, strict=True)]  # fmt: skip
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _python(value: Any) -> Any:
+    """A scalar Feast ``Value``'s Python value (None when unset or null), as Feast gives it."""
+    kind = value.WhichOneof("val")
+    return None if kind is None or kind == "null_val" else getattr(value, kind)
+
+
+def online_reader(store: FeatureStore, settings: Settings) -> Any:
+    """What the API reads ids with: the direct reader on PostgreSQL, Feast's own call embedded."""
+    if settings.feature_store_url:
+        return PostgresOnlineReader(store, settings)
+    return functools.partial(online, store)
 
 
 def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] | None]:

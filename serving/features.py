@@ -32,7 +32,7 @@ class FeaturesUnavailable(ServingError):
 class FeatureSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._store: Any = None
+        self._read: Any = None
         self.state = "not configured"
         self.reason = (
             "no feature store: set CHURN_FEATURE_STORE_URL, or run `churn-platform features apply`, "
@@ -56,16 +56,20 @@ class FeatureSource:
         threading.Thread(target=self._open, name="feature-store-open", daemon=True).start()
 
     def _open(self) -> None:
+        read: Any = None
         try:
             store = feature_store.open_store(self.settings)
-            feature_store.online(store, ["warm-up"])  # loads the registry and connects, off the request path
+            read = feature_store.online_reader(store, self.settings)
+            read(["warm-up"])  # loads the registry and connects, off the request path
         except Exception as exc:  # noqa: BLE001 - any failure is reported by /ready and the by-id routes
+            if read is not None and hasattr(read, "close"):
+                read.close()
             with self._lock:
                 self.state, self.reason = "unavailable", feature_store.unavailable_message(exc)
             log.warning("%s", self.reason)
             return
         with self._lock:
-            self._store, self.state, self.reason = store, "ok", "online store readable"
+            self._read, self.state, self.reason = read, "ok", "online store readable"
         log.info("feature store open (%s)", "PostgreSQL" if self.settings.feature_store_url else "embedded")
 
     def status(self) -> dict[str, str]:
@@ -73,13 +77,13 @@ class FeatureSource:
 
     def lookup(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
         """Each id's latest materialized features, None for an id the store does not hold."""
-        store = self._store
-        if store is None:
+        read = self._read
+        if read is None:
             if self.state in ("unavailable", "not configured") and time.monotonic() - self._opened_at > _RETRY_S:
                 self.start()  # set up or back since the last try: open it for the next requests
             raise FeaturesUnavailable(self.reason)
         try:
-            found = feature_store.online(store, customer_ids)
+            found = read(customer_ids)
         except Exception as exc:  # noqa: BLE001 - a store that went away answers 503, never 500
             reason = feature_store.unavailable_message(exc)
             with self._lock:

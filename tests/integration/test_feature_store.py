@@ -93,6 +93,23 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     store = feature_store.open_store(settings)
     got = feature_store.online(store, [*ids, "no-such-customer"])
     assert got[-1] is None
+    # What the API reads with (on PostgreSQL its own query of Feast's table) gives the same.
+    read = feature_store.online_reader(store, settings)
+    assert read([*ids, "no-such-customer", ids[0]]) == [*got, got[0]]
+    if layout == "postgres":
+        assert isinstance(read, feature_store.PostgresOnlineReader)
+        # A customer missing one feature row (another order, by name): as Feast reads it.
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(str(settings.feature_store_url))
+        with engine.begin() as conn:
+            delete = "DELETE FROM churn_customer_features WHERE feature_name = 'tenure' AND entity_key = :k"
+            conn.execute(sa.text(delete), {"k": read._key(ids[0])})  # noqa: SLF001
+        engine.dispose()
+        (partial,) = read(ids[:1])
+        assert partial is not None and partial["tenure"] is None and partial == feature_store.online(store, ids[:1])[0]
+        assert partial["contract"] == got[0]["contract"]
+        read.close()
     online = pd.DataFrame(got[:-1]).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
     pd.testing.assert_frame_equal(online, _typed(second), check_dtype=False)
 
@@ -168,7 +185,8 @@ def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_expo
         monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
         get_settings.cache_clear()
         before = datetime.now(UTC)
-        result = CliRunner().invoke(main, ["features", "refresh", export, "--as-of", "now", "--rejects", rejects, "--json"])
+        args = ["features", "refresh", export, "--as-of", "now", "--rejects", rejects, "--json"]
+        result = CliRunner().invoke(main, args)
         assert result.exit_code == 1, result.output
         out = json.loads(result.stdout)  # Feast's progress goes to stderr: stdout is the JSON alone
         assert (out["rows"], out["ingested"], out["rejected"], out["rejects"]) == (40, 39, 1, rejects)
