@@ -408,7 +408,8 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     settings = get_settings()
     feature_store.apply(settings)
     summary = feature_store.ingest(settings, source, as_of=as_of, rejects=rejects)
-    _ingested(summary, as_json, materialized_to=feature_store.materialize(settings))
+    # Only from the earliest snapshot just loaded: the scan of the offline source stays one day's.
+    _ingested(summary, as_json, materialized_to=feature_store.materialize(settings, start=summary.first))
 
 
 @main.group()

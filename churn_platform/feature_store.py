@@ -221,7 +221,7 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     """Customer snapshots ready for the offline source, and each bad row's reasons.
 
     Checked as batch scoring checks customers, plus a customer id (the entity key) and a
-    snapshot time (the ``snapshot_time`` column, else ``as_of``). A later row of the same
+    snapshot time (the ``snapshot_time`` column when the file has one, else ``as_of``). A later row of the same
     customer and time in one file replaces an earlier one.
     """
     missing = data.missing_features(list(raw.columns))
@@ -239,7 +239,7 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
         extra.setdefault(row, []).append(f"{ID_COLUMN}: empty")
     for row in ids.index[(ids.str.len() > ID_MAX_LENGTH).fillna(False)]:
         extra.setdefault(row, []).append(f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
-    if as_of is not None:
+    if SNAPSHOT_TIME not in raw.columns:
         times = pd.Series(pd.Timestamp(as_of).tz_convert(UTC) if as_of.tzinfo else pd.Timestamp(as_of, tz=UTC),
                           index=raw.index)  # fmt: skip
     else:
@@ -275,11 +275,12 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
     good, reasons = snapshots(raw, as_of)
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
-    if len(reasons):
-        if not rejects.startswith("s3://"):
-            Path(rejects).parent.mkdir(parents=True, exist_ok=True)
-        table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
-        batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
+    # Written every run, empty when no row was bad (as batch scoring does): a rejects file at a
+    # fixed place is always this run's.
+    if not rejects.startswith("s3://"):
+        Path(rejects).parent.mkdir(parents=True, exist_ok=True)
+    table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
+    batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
     if len(good):
         if settings.feature_store_url:
             _append_postgres(settings, good)
@@ -363,15 +364,21 @@ def _append_postgres(settings: Settings, snapshots: pd.DataFrame) -> None:
 # --------------------------------------------------------------------------- materialize and read
 
 
-def materialize(settings: Settings, end: datetime | None = None) -> datetime:
-    """Load each customer's latest snapshot up to ``end`` (default: now) into the online store."""
+def materialize(settings: Settings, end: datetime | None = None, start: datetime | None = None) -> datetime:
+    """Load each customer's latest snapshot up to ``end`` (default: now) into the online store.
+
+    ``start`` narrows the scan of the offline source to snapshots from then on (``refresh``
+    passes the earliest it just loaded): customers without a snapshot in the window keep
+    their online values, and the others get their latest, which is in the window.
+    """
     end = end or datetime.now(UTC)
+    start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     store = open_store(settings)
     _require_applied(store)
     try:
         # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable.
         with contextlib.redirect_stdout(sys.stderr):
-            store.materialize(start_date=_EPOCH, end_date=end, feature_views=[FEATURE_VIEW])
+            store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
     except Exception as exc:  # noqa: BLE001
         raise unavailable(exc) from None
     return end
@@ -402,15 +409,17 @@ class PostgresOnlineReader:
     #: each row says its own order, so another order is read correctly, only slower.
     _EXPECTED = ",".join(FEATURE_NAMES)
     # Each value framed as field 1 of RepeatedValue: tag 0x0a, varint length (< 16384), bytes.
-    # No ORDER BY in the aggregates (it doubled the query's time): both read the rows in the
-    # same order, so the names say which value is which.
+    # No ORDER BY in the aggregates (it doubled the query's time): PostgreSQL's executor feeds
+    # each row to every aggregate of its group in turn, so the two lists are in one order and
+    # the names say which value is which. A value of 16 KB or more (none of ours is near it)
+    # would need a longer varint: it is left out, and the customer reads that feature as missing.
     _QUERY = """
         SELECT entity_key, string_agg(feature_name, ','),
                string_agg('\\x0a'::bytea || CASE WHEN length(v) < 128 THEN set_byte('\\x00'::bytea, 0, length(v))
                           ELSE set_byte(set_byte('\\x0000'::bytea, 0, (length(v) & 127) | 128), 1, length(v) >> 7)
                           END || v, ''::bytea)
         FROM (SELECT entity_key, feature_name, coalesce(value, ''::bytea) AS v FROM {table}
-              WHERE entity_key = ANY(%b)) AS found
+              WHERE entity_key = ANY(%b) AND coalesce(length(value), 0) < 16384) AS found
         GROUP BY entity_key
     """
 
@@ -424,19 +433,17 @@ class PostgresOnlineReader:
         self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table))
         self._version = store.config.entity_key_serialization_version
         conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
-        # Requests read in parallel threads; the pool opens lazily, so a database that is down
-        # fails the first read (a 503), not the constructor.
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=4, open=False, kwargs={"autocommit": True})
+        # Requests read in parallel threads. The pool connects in the background, so a database
+        # that is down fails the first read (a 503), not the constructor; a connection is checked
+        # before use, so one left broken by a database restart is replaced, not a failed request.
+        self._pool = ConnectionPool(
+            conninfo, min_size=1, max_size=8, open=False, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": 5},
+        )  # fmt: skip
         self._pool.open(wait=False)
 
-    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 - one reader per process; ids repeat across requests
     def _key(self, customer_id: str) -> bytes:
-        from feast.infra.key_encoding_utils import serialize_entity_key
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
-        entity = EntityKey(join_keys=[ID_COLUMN], entity_values=[Value(string_val=customer_id)])
-        return serialize_entity_key(entity, self._version)
+        return _entity_key(customer_id, self._version)
 
     def __call__(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
         from feast.protos.feast.types.Value_pb2 import RepeatedValue
@@ -459,6 +466,16 @@ class PostgresOnlineReader:
 
     def close(self) -> None:
         self._pool.close()
+
+
+@functools.lru_cache(maxsize=1 << 16)  # ids repeat across requests; Feast's encoding costs ~9 us each
+def _entity_key(customer_id: str, version: int) -> bytes:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    entity = EntityKey(join_keys=[ID_COLUMN], entity_values=[Value(string_val=customer_id)])
+    return serialize_entity_key(entity, version)
 
 
 def _python(value: Any) -> Any:

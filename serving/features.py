@@ -40,6 +40,7 @@ class FeatureSource:
         )
         self._lock = threading.Lock()
         self._opened_at = 0.0
+        self._opening = False
 
     @property
     def configured(self) -> bool:
@@ -49,10 +50,12 @@ class FeatureSource:
 
     def start(self) -> None:
         """Open the store in the background (a daemon thread: a hung store never blocks shutdown)."""
-        self._opened_at = time.monotonic()
-        if not self.configured:
-            return
-        self.state, self.reason = "opening", "the feature store is opening"
+        with self._lock:
+            self._opened_at = time.monotonic()
+            if self._opening or not self.configured:
+                return  # one opening at a time: parallel requests after the retry delay start one
+            self._opening = True
+            self.state, self.reason = "opening", "the feature store is opening"
         threading.Thread(target=self._open, name="feature-store-open", daemon=True).start()
 
     def _open(self) -> None:
@@ -62,15 +65,23 @@ class FeatureSource:
             read = feature_store.online_reader(store, self.settings)
             read(["warm-up"])  # loads the registry and connects, off the request path
         except Exception as exc:  # noqa: BLE001 - any failure is reported by /ready and the by-id routes
-            if read is not None and hasattr(read, "close"):
-                read.close()
+            _close(read)
             with self._lock:
                 self.state, self.reason = "unavailable", feature_store.unavailable_message(exc)
+                self._opening = False
             log.warning("%s", self.reason)
             return
         with self._lock:
-            self._read, self.state, self.reason = read, "ok", "online store readable"
+            previous, self._read = self._read, read
+            self.state, self.reason, self._opening = "ok", "online store readable", False
+        _close(previous)
         log.info("feature store open (%s)", "PostgreSQL" if self.settings.feature_store_url else "embedded")
+
+    def close(self) -> None:
+        """Release the reader's connections (the API's shutdown)."""
+        with self._lock:
+            read, self._read = self._read, None
+        _close(read)
 
     def status(self) -> dict[str, str]:
         return {"state": self.state, "detail": self.reason}
@@ -94,3 +105,9 @@ class FeatureSource:
             with self._lock:
                 self.state, self.reason = "ok", "online store readable"
         return found
+
+
+def _close(read: Any) -> None:
+    """Close a reader that holds connections (the PostgreSQL one); Feast's own call holds none."""
+    if read is not None and hasattr(read, "close"):
+        read.close()

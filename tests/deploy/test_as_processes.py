@@ -14,6 +14,7 @@ Each stack starts once per module; each step runs once, the first time a test ne
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,7 +126,11 @@ def _same_scores(features: dict[str, Any]) -> None:
 
 def test_compose_features_as_documented_feed_predictions_by_id(compose: Walkthrough):
     features = compose.features()
-    assert [f.launch.container.argv[-3:] for f in features["jobs"]] == [["/data/telco_churn.csv", "--as-of", "now"]]
+    (job,) = features["jobs"]
+    argv = job.launch.container.argv
+    assert (argv[argv.index("refresh") + 1], job.launch.container.option("--as-of")) == ("/data/telco_churn.csv", "now")
+    # Written every run, on the ./reports volume: this run's, and no row of the real customers was bad.
+    assert pd.read_parquet(job.path(job.launch.container.option("--rejects") or "")).empty
     _same_scores(features)
 
 
@@ -164,7 +169,11 @@ def test_overlay_score_cronjob_writes_its_output(overlay: Walkthrough):
 def test_overlay_features_cronjob_feeds_predictions_by_id(overlay: Walkthrough):
     features = overlay.features()
     (job,) = features["jobs"]
-    assert "s3://" in job.launch.container.argv[-1]  # the rejects go beside the export
+    rejects = job.launch.container.option("--rejects") or ""
+    assert rejects.startswith("s3://")  # beside the export, written every run
+    bucket, _, key = rejects.removeprefix("s3://").partition("/")
+    stored = overlay.stack.store_of(job.launch.container).client().get_object(Bucket=bucket, Key=key)
+    assert pd.read_parquet(io.BytesIO(stored["Body"].read())).empty
     _same_scores(features)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +68,7 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
 
     assert "registered customer, customer_features" in _cli("features", "apply")
     assert "ingested 300 of 300 rows for 300 customers" in _cli("features", "ingest", "first.csv")
+    assert pd.read_parquet("first.rejects.parquet").empty  # written every run
     out = _cli("features", "ingest", "second.parquet", "--as-of", SECOND, code=1)  # 1: rows rejected, as `score`
     assert "ingested 300 of 302 rows" in out and "2 rejected -> second.rejects.parquet" in out
     rejects = pd.read_parquet("second.rejects.parquet")
@@ -199,8 +200,26 @@ def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_expo
         ids = raw[ID_COLUMN].tolist()
         got = feature_store.online(store, ids)
         assert got[3] is None and sum(g is not None for g in got) == 39
-        # Run again (the next day's export, here the same): a second snapshot, still one online row each.
-        _cli("features", "refresh", export, "--as-of", "now", "--rejects", rejects, code=1)
-        again = feature_store.online(feature_store.open_store(get_settings()), ids[:5])
-        assert again[0]["tenure"] == int(raw.loc[0, "tenure"]) and again[3] is None
+        # The next day's export holds 10 customers, with a snapshot_time column: the column wins
+        # over --as-of, those 10 get the new values, the others keep theirs, and the rejects
+        # file (written every run) is this run's: empty.
+        later = datetime.now(UTC)  # after the first run's "now"
+        changed = raw.head(10).assign(tenure=lambda f: (f["tenure"].astype(int) + 12).astype(str),
+                                      snapshot_time=later.isoformat())  # fmt: skip
+        buffer = io.BytesIO()
+        changed.to_parquet(buffer, index=False)
+        s3.put_object(Bucket=stack_env.bucket, Key="data/features/customers.parquet", Body=buffer.getvalue())
+        result = CliRunner().invoke(main, [*args[:-1]])
+        assert result.exit_code == 0, result.output
+        again = feature_store.online(feature_store.open_store(get_settings()), ids)
+        assert [a["tenure"] for a in again[:3]] == [int(t) + 12 for t in raw["tenure"][:3]]
+        assert again[3]["tenure"] == int(raw.loc[3, "tenure"]) + 12  # rejected before, loaded now
+        assert [a["tenure"] for a in again[10:]] == [int(t) for t in raw["tenure"][10:]]
+        stored = s3.get_object(Bucket=stack_env.bucket, Key="data/features/customers.rejects.parquet")
+        assert pd.read_parquet(io.BytesIO(stored["Body"].read())).empty
+        frame = feature_store.training_frame(
+            feature_store.open_store(get_settings()),
+            pd.DataFrame({ID_COLUMN: ids[:2], LABEL_COLUMN: 1, "label_time": [later + timedelta(minutes=1)] * 2}),
+        )
+        assert frame.set_index(ID_COLUMN)["tenure"][ids[:2]].tolist() == [int(t) + 12 for t in raw["tenure"][:2]]
     get_settings.cache_clear()

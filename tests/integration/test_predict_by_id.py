@@ -73,12 +73,16 @@ def test_by_id_scores_the_latest_snapshot_logs_its_features_and_survives_a_broke
 
             # The log holds the features that were used: the second snapshot's, for every id scored by id.
             engine = sa.create_engine(log_url)
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
+            logged = pd.DataFrame()
             while True:
-                with engine.connect() as conn:
-                    logged = pd.read_sql(
-                        sa.text(f"SELECT customer_id, {', '.join(FEATURE_NAMES)} FROM inference_log"), conn
-                    )
+                try:
+                    with engine.connect() as conn:
+                        logged = pd.read_sql(
+                            sa.text(f"SELECT customer_id, {', '.join(FEATURE_NAMES)} FROM inference_log"), conn
+                        )
+                except sa.exc.ProgrammingError:  # the writer creates the table with its first rows
+                    pass
                 if len(logged) >= 2 * len(ids) + 1 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
