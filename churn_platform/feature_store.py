@@ -274,13 +274,15 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     raw = data.read_table(uri, settings.s3_endpoint_url)
     raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
     good, reasons = snapshots(raw, as_of)
+    asked = rejects is not None
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
-    # Written every run, empty when no row was bad (as batch scoring does): a rejects file at a
-    # fixed place is always this run's.
-    if not rejects.startswith("s3://"):
-        Path(rejects).parent.mkdir(parents=True, exist_ok=True)
-    table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
-    batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
+    # A rejects file that was asked for is written every run, empty when no row was bad (as batch
+    # scoring does), so one at a fixed place is always this run's; the default only when needed.
+    if asked or len(reasons):
+        if not rejects.startswith("s3://"):
+            Path(rejects).parent.mkdir(parents=True, exist_ok=True)
+        table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
+        batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
     if len(good):
         if settings.feature_store_url:
             _append_postgres(settings, good)
