@@ -357,17 +357,22 @@ def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _materialized(end: datetime) -> str:
+    from churn_platform.feature_store import FEATURE_VIEW
+
+    return f"materialized {FEATURE_VIEW!r} up to {end:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def _ingested(summary: Any, as_json: bool, materialized_to: datetime | None = None) -> None:
     """Print what was loaded; exit 1 when rows were rejected (the good ones are loaded), as `score` does."""
     from churn_platform.contract import ExitCode
-    from churn_platform.feature_store import FEATURE_VIEW
 
     if as_json:
         echo_json(asdict(summary) | ({"materialized_to": materialized_to} if materialized_to else {}))
     else:
         click.echo(str(summary))
         if materialized_to:
-            click.echo(f"materialized {FEATURE_VIEW!r} up to {materialized_to:%Y-%m-%d %H:%M:%S} UTC")
+            click.echo(_materialized(materialized_to))
     if summary.rejected:
         sys.exit(ExitCode.REJECTED_ROWS)
 
@@ -391,8 +396,7 @@ def features_materialize() -> None:
     """Copy each customer's latest snapshot into the online store (what predictions by id read)."""
     from churn_platform import feature_store
 
-    end = feature_store.materialize(get_settings())
-    click.echo(f"materialized {feature_store.FEATURE_VIEW!r} up to {end:%Y-%m-%d %H:%M:%S} UTC")
+    click.echo(_materialized(feature_store.materialize(get_settings())))
 
 
 @features.command("refresh")

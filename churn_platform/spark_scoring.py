@@ -338,14 +338,7 @@ def score(
             raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
         # The scores first: rejects never appear beside an older run's scores.
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
-        out = batch_scoring.AtomicOutput(rejects, batch_scoring.output_kind(rejects, None), REJECTS_SCHEMA,
-                                          settings.s3_endpoint_url)  # fmt: skip
-        try:
-            out.write(bad)
-            out.commit()
-        except BaseException:
-            out.abort()
-            raise
+        batch_scoring.write_rejects(rejects, bad, settings.s3_endpoint_url)
         rejected = bad.num_rows
     except Exception as exc:
         raise _translated(exc, source) from None
