@@ -1,4 +1,8 @@
-"""Dependencies of the routes, read from ``request.app.state`` (set once by ``create_app``)."""
+"""Dependencies of the routes, read from ``request.app.state`` (set once by ``create_app``).
+
+All are ``async def``, though none awaits: FastAPI runs a plain ``def`` dependency in its
+threadpool, and two thread hops per prediction cost more than the prediction itself.
+"""
 
 from __future__ import annotations
 
@@ -16,32 +20,32 @@ from serving.metrics import Metrics
 from serving.predictor import Predictor
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _predictor(request: Request) -> Predictor:
+async def _predictor(request: Request) -> Predictor:
     predictor = getattr(request.app.state, "predictor", None)
     if predictor is None:  # the lifespan has not run (yet): nothing can be served
         raise NoModelServed("the service is starting")
     return predictor
 
 
-def _served(predictor: Annotated[Predictor, Depends(_predictor)]) -> LoadedModel:
+async def _served(predictor: Annotated[Predictor, Depends(_predictor)]) -> LoadedModel:
     """The model that will answer, taken once per request (so a reload cannot split a request);
     resolved before the body is read, so a service without a model answers 503 at once."""
     return predictor.model
 
 
-def _holder(request: Request) -> ModelHolder:
+async def _holder(request: Request) -> ModelHolder:
     return request.app.state.holder
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _features(request: Request) -> FeatureSource:
+async def _features(request: Request) -> FeatureSource:
     features = getattr(request.app.state, "features", None)
     if features is None:
         raise NoModelServed("the service is starting")
@@ -56,7 +60,7 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 FeaturesDep = Annotated[FeatureSource, Depends(_features)]
 
 
-def require_admin(
+async def require_admin(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
