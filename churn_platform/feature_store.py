@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -398,31 +399,23 @@ def _require_applied(store: FeatureStore) -> None:
 
 
 class PostgresOnlineReader:
-    """Reads Feast's PostgreSQL online table in one query per batch, about 3x faster than
-    ``get_online_features`` (whose Python decoding costs ~250 ms per 1000 ids).
+    """Reads Feast's PostgreSQL online table in one query per batch, about 6x faster than
+    ``get_online_features`` (whose Python decoding of 19 protobufs per customer costs ~250 ms
+    per 1000 ids).
 
-    The table, the entity keys (Feast's own ``serialize_entity_key``) and the values (Feast's
-    ``Value`` protobufs) are Feast's; PostgreSQL frames each customer's values into one
-    ``RepeatedValue`` message, so the client parses one message per customer instead of 19.
-    Tests check it returns what ``get_online_features`` returns.
+    The table and the entity keys (Feast's own ``serialize_entity_key``) are Feast's. The
+    values come from ``value_text``, the text form that Feast writes beside each ``Value``
+    protobuf (``str()`` of the number, the string itself): PostgreSQL gathers each customer's
+    into one JSON object, and msgspec parses those and types each feature as the schema says
+    in C. Tests check it returns what ``get_online_features`` returns, a missing feature row
+    and a null value included.
     """
 
-    #: How materialize writes a customer's features, and so how the query usually returns them;
-    #: each row says its own order, so another order is read correctly, only slower.
-    _EXPECTED = ",".join(FEATURE_NAMES)
-    # Each value framed as field 1 of RepeatedValue: tag 0x0a, varint length (< 16384), bytes.
-    # No ORDER BY in the aggregates (it doubled the query's time): PostgreSQL's executor feeds
-    # each row to every aggregate of its group in turn, so the two lists are in one order and
-    # the names say which value is which. A value of 16 KB or more (none of ours is near it)
-    # would need a longer varint: it is left out, and the customer reads that feature as missing.
+    # One JSON object per customer: PostgreSQL escapes the strings, so any value reads back whole,
+    # and a feature with no row is simply absent (read as missing, as Feast reads it).
     _QUERY = """
-        SELECT entity_key, string_agg(feature_name, ','),
-               string_agg('\\x0a'::bytea || CASE WHEN length(v) < 128 THEN set_byte('\\x00'::bytea, 0, length(v))
-                          ELSE set_byte(set_byte('\\x0000'::bytea, 0, (length(v) & 127) | 128), 1, length(v) >> 7)
-                          END || v, ''::bytea)
-        FROM (SELECT entity_key, feature_name, coalesce(value, ''::bytea) AS v FROM {table}
-              WHERE entity_key = ANY(%b) AND coalesce(length(value), 0) < 16384) AS found
-        GROUP BY entity_key
+        SELECT entity_key, json_object_agg(feature_name, value_text)::text
+        FROM {table} WHERE entity_key = ANY(%b) GROUP BY entity_key
     """
 
     def __init__(self, store: FeatureStore, settings: Settings) -> None:
@@ -436,38 +429,56 @@ class PostgresOnlineReader:
         self._version = store.config.entity_key_serialization_version
         conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
         # Requests read in parallel threads. The pool connects in the background, so a database
-        # that is down fails the first read (a 503), not the constructor; a connection is checked
-        # before use, so one left broken by a database restart is replaced, not a failed request.
+        # that is down fails the first read (a 503), not the constructor.
         self._pool = ConnectionPool(
-            conninfo, min_size=1, max_size=8, open=False, check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True, "connect_timeout": 5},
-        )  # fmt: skip
+            conninfo, min_size=1, max_size=_POOL_SIZE, open=False, kwargs={"autocommit": True, "connect_timeout": 5}
+        )
         self._pool.open(wait=False)
 
     def _key(self, customer_id: str) -> bytes:
         return _entity_key(customer_id, self._version)
 
     def __call__(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
-        from feast.protos.feast.types.Value_pb2 import RepeatedValue
-
         keys = [self._key(i) for i in customer_ids]
-        with self._pool.connection(timeout=5) as conn:
-            rows = conn.cursor(binary=True).execute(self._query, (list(dict.fromkeys(keys)),)).fetchall()
-        found: dict[bytes, dict[str, Any]] = {}
-        for key, names, blob in rows:
-            values = RepeatedValue.FromString(blob).val
-            if names == self._EXPECTED:
-                row = {n: _python(v) for n, v in zip(FEATURE_NAMES, values, strict=True)}
-            else:  # another order, or a feature missing: by name
-                given = dict(zip(names.split(","), values, strict=True))
-                row = {n: _python(given[n]) if n in given else None for n in FEATURE_NAMES}
-            if any(v is not None for v in row.values()):
-                found[bytes(key)] = row
+        rows = self._fetch(list(dict.fromkeys(keys)))
+        # All customers' objects parsed in one call: "15" becomes the int 15, "19.65" the float.
+        parsed = msgspec.to_builtins(_ROWS.decode(b"[%s]" % ",".join(text for _, text in rows).encode()))
+        found = {bytes(key): row for (key, _), row in zip(rows, parsed, strict=True)
+                 if any(v is not None for v in row.values())}  # fmt: skip
         return [{ID_COLUMN: customer_id, **found[key]} if key in found else None
                 for customer_id, key in zip(customer_ids, keys, strict=True)]  # fmt: skip
 
+    def _fetch(self, keys: list[bytes]) -> list[tuple[bytes, str]]:
+        """The query's rows. A pooled connection that a database restart left broken fails at
+        once and is dropped by the pool; the read moves on to the next one, so a restart costs
+        no request (checking each connection before use would cost a round trip per request)."""
+        from psycopg import OperationalError
+        from psycopg_pool import PoolTimeout
+
+        broken = 0
+        while True:
+            try:
+                with self._pool.connection(timeout=5) as conn:
+                    return conn.cursor(binary=True).execute(self._query, (keys,)).fetchall()
+            except OperationalError as exc:
+                broken += 1
+                if isinstance(exc, PoolTimeout) or broken > _POOL_SIZE:  # PoolTimeout: the database is down
+                    raise
+
     def close(self) -> None:
         self._pool.close()
+
+
+def _feature_row() -> type:
+    """A msgspec struct of the schema's features, each optional, typed as Feast stores it."""
+    kinds = {"category": str, "integer": int, "float": float}
+    return msgspec.defstruct("FeatureRow", [(f.name, kinds[f.kind] | None, None) for f in FEATURES])
+
+
+#: Connections the API's parallel by-id reads may hold.
+_POOL_SIZE = 8
+#: Non-strict: numbers arrive as their text, which msgspec converts exactly (as int() and float()).
+_ROWS = msgspec.json.Decoder(list[_feature_row()], strict=False)  # type: ignore[valid-type]
 
 
 @functools.lru_cache(maxsize=1 << 16)  # ids repeat across requests; Feast's encoding costs ~9 us each
@@ -478,12 +489,6 @@ def _entity_key(customer_id: str, version: int) -> bytes:
 
     entity = EntityKey(join_keys=[ID_COLUMN], entity_values=[Value(string_val=customer_id)])
     return serialize_entity_key(entity, version)
-
-
-def _python(value: Any) -> Any:
-    """A scalar Feast ``Value``'s Python value (None when unset or null), as Feast gives it."""
-    kind = value.WhichOneof("val")
-    return None if kind is None or kind == "null_val" else getattr(value, kind)
 
 
 def online_reader(store: FeatureStore, settings: Settings) -> Any:

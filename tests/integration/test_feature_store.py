@@ -102,14 +102,19 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
         # A customer missing one feature row (another order, by name): as Feast reads it.
         import sqlalchemy as sa
 
+        # A null value (Feast writes an empty Value and no text for it): None, as Feast reads it.
         engine = sa.create_engine(str(settings.feature_store_url))
         with engine.begin() as conn:
             delete = "DELETE FROM churn_customer_features WHERE feature_name = 'tenure' AND entity_key = :k"
             conn.execute(sa.text(delete), {"k": read._key(ids[0])})  # noqa: SLF001
+            null = ("UPDATE churn_customer_features SET value = ''::bytea, value_text = NULL "
+                    "WHERE feature_name = 'monthly_charges' AND entity_key = :k")  # fmt: skip
+            conn.execute(sa.text(null), {"k": read._key(ids[1])})  # noqa: SLF001
         engine.dispose()
-        (partial,) = read(ids[:1])
-        assert partial is not None and partial["tenure"] is None and partial == feature_store.online(store, ids[:1])[0]
-        assert partial["contract"] == got[0]["contract"]
+        partial, with_null = read(ids[:2])
+        assert partial is not None and partial["tenure"] is None and partial["contract"] == got[0]["contract"]
+        assert with_null is not None and with_null["monthly_charges"] is None
+        assert [partial, with_null] == feature_store.online(store, ids[:2])
         read.close()
     online = pd.DataFrame(got[:-1]).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
     pd.testing.assert_frame_equal(online, _typed(second), check_dtype=False)

@@ -91,6 +91,18 @@ def test_by_id_scores_the_latest_snapshot_logs_its_features_and_survives_a_broke
             row = logged[logged[ID_COLUMN] == ids[7]].iloc[-1]
             assert row["tenure"] == int(later.loc[7, "tenure"]) and row["contract"] == later.loc[7, "contract"]
 
+            # The store's connections cut, as a database restart cuts them: reads reconnect, none fails.
+            engine = sa.create_engine(store_url)
+            with engine.begin() as conn:
+                cut = conn.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).scalar()
+            engine.dispose()
+            assert cut >= 1
+            for customer_id in ids[:5]:
+                assert httpx.get(f"{base}/predict/{customer_id}").status_code == 200
+
             # A broken online store: by-id answers 503 naming it; /predict and /ready are unaffected.
             online_table = f"{feature_store.PROJECT}_{feature_store.FEATURE_VIEW}"
             engine = sa.create_engine(store_url)
