@@ -409,6 +409,10 @@ class PostgresOnlineReader:
     into one JSON object, and msgspec parses those and types each feature as the schema says
     in C. Tests check it returns what ``get_online_features`` returns, a missing feature row
     and a null value included.
+
+    The API reads with ``aread``, on its event loop through a pool of async connections (a
+    thread hop per request would cost more than the read). Calling the reader is the same
+    read on a connection of its own, for the API's check when it opens the store, and tests.
     """
 
     # One JSON object per customer: PostgreSQL escapes the strings, so any value reads back whole,
@@ -421,52 +425,67 @@ class PostgresOnlineReader:
     def __init__(self, store: FeatureStore, settings: Settings) -> None:
         from feast.infra.online_stores.helpers import compute_table_id
         from psycopg import sql
-        from psycopg_pool import ConnectionPool
 
         pg = _postgres(settings.feature_store_url or "")
         table = compute_table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
         self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table))
         self._version = store.config.entity_key_serialization_version
-        conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
-        # Requests read in parallel threads. The pool connects in the background, so a database
-        # that is down fails the first read (a 503), not the constructor.
-        self._pool = ConnectionPool(
-            conninfo, min_size=1, max_size=_POOL_SIZE, open=False, kwargs={"autocommit": True, "connect_timeout": 5}
-        )
-        self._pool.open(wait=False)
+        self._conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
+        self._pool: Any = None  # made by the first aread, on the event loop it belongs to
 
     def _key(self, customer_id: str) -> bytes:
         return _entity_key(customer_id, self._version)
 
     def __call__(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
+        import psycopg
+
         keys = [self._key(i) for i in customer_ids]
-        rows = self._fetch(list(dict.fromkeys(keys)))
-        # All customers' objects parsed in one call: "15" becomes the int 15, "19.65" the float.
-        parsed = msgspec.to_builtins(_ROWS.decode(b"[%s]" % ",".join(text for _, text in rows).encode()))
-        found = {bytes(key): row for (key, _), row in zip(rows, parsed, strict=True)
-                 if any(v is not None for v in row.values())}  # fmt: skip
-        return [{ID_COLUMN: customer_id, **found[key]} if key in found else None
-                for customer_id, key in zip(customer_ids, keys, strict=True)]  # fmt: skip
+        with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+            rows = conn.cursor(binary=True).execute(self._query, (list(dict.fromkeys(keys)),)).fetchall()
+        return _customers(customer_ids, keys, rows)
 
-    def _fetch(self, keys: list[bytes]) -> list[tuple[bytes, str]]:
-        """The query's rows. A pooled connection that a database restart left broken fails at
-        once and is dropped by the pool; the read moves on to the next one, so a restart costs
-        no request (checking each connection before use would cost a round trip per request)."""
+    async def aread(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The same read, on the running event loop. The pool connects in the background, so a
+        database that is down fails the read (a 503) within the timeout. A pooled connection
+        that a database restart broke fails at once and is dropped by the pool, and the read
+        moves on to the next one, so a restart costs no request (checking each connection
+        before use would cost a round trip per read)."""
         from psycopg import OperationalError
-        from psycopg_pool import PoolTimeout
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+        keys = [self._key(i) for i in customer_ids]
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self._conninfo, min_size=1, max_size=_POOL_SIZE, open=False,
+                kwargs={"autocommit": True, "connect_timeout": 5},
+            )  # fmt: skip
+            await self._pool.open(wait=False)
         broken = 0
         while True:
             try:
-                with self._pool.connection(timeout=5) as conn:
-                    return conn.cursor(binary=True).execute(self._query, (keys,)).fetchall()
+                async with self._pool.connection(timeout=5) as conn:
+                    cursor = await conn.cursor(binary=True).execute(self._query, (list(dict.fromkeys(keys)),))
+                    rows = await cursor.fetchall()
+                return _customers(customer_ids, keys, rows)
             except OperationalError as exc:
                 broken += 1
                 if isinstance(exc, PoolTimeout) or broken > _POOL_SIZE:  # PoolTimeout: the database is down
                     raise
 
-    def close(self) -> None:
-        self._pool.close()
+    async def aclose(self) -> None:
+        """Close the pool's connections (on the event loop that made them)."""
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def _customers(customer_ids: list[str], keys: list[bytes], rows: list[Any]) -> list[dict[str, Any] | None]:
+    """Each id's features from the query's (key, JSON object) rows; None for an id with none."""
+    # All customers' objects parsed in one call: "15" becomes the int 15, "19.65" the float.
+    parsed = msgspec.to_builtins(_ROWS.decode(b"[%s]" % ",".join(text for _, text in rows).encode()))
+    found = {bytes(key): row for (key, _), row in zip(rows, parsed, strict=True)
+             if any(v is not None for v in row.values())}  # fmt: skip
+    return [{ID_COLUMN: customer_id, **found[key]} if key in found else None
+            for customer_id, key in zip(customer_ids, keys, strict=True)]  # fmt: skip
 
 
 def _feature_row() -> type:

@@ -53,7 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.features.start()
     yield
     app.state.holder.stop()
-    app.state.features.close()
+    await app.state.features.aclose()
     inference_log.close()
     log.info("inference log closed: %s", inference_log.state())
     tracing.shutdown()  # sends the spans still batched

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
+
 from churn_platform import feature_store
 from churn_platform.settings import Settings
 from serving.errors import ServingError
@@ -65,28 +67,27 @@ class FeatureSource:
             read = feature_store.online_reader(store, self.settings)
             read(["warm-up"])  # loads the registry and connects, off the request path
         except Exception as exc:  # noqa: BLE001 - any failure is reported by /ready and the by-id routes
-            _close(read)
             with self._lock:
                 self.state, self.reason = "unavailable", feature_store.unavailable_message(exc)
                 self._opening = False
             log.warning("%s", self.reason)
             return
         with self._lock:
-            previous, self._read = self._read, read
+            self._read = read
             self.state, self.reason, self._opening = "ok", "online store readable", False
-        _close(previous)
         log.info("feature store open (%s)", "PostgreSQL" if self.settings.feature_store_url else "embedded")
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         """Release the reader's connections (the API's shutdown)."""
         with self._lock:
             read, self._read = self._read, None
-        _close(read)
+        if read is not None and hasattr(read, "aclose"):
+            await read.aclose()
 
     def status(self) -> dict[str, str]:
         return {"state": self.state, "detail": self.reason}
 
-    def lookup(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
+    async def lookup(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
         """Each id's latest materialized features, None for an id the store does not hold."""
         read = self._read
         if read is None:
@@ -94,7 +95,10 @@ class FeatureSource:
                 self.start()  # set up or back since the last try: open it for the next requests
             raise FeaturesUnavailable(self.reason)
         try:
-            found = read(customer_ids)
+            if hasattr(read, "aread"):  # PostgreSQL: read on the event loop
+                found = await read.aread(customer_ids)
+            else:  # Feast's own read (embedded) blocks: in a thread
+                found = await run_in_threadpool(read, customer_ids)
         except Exception as exc:  # noqa: BLE001 - a store that went away answers 503, never 500
             reason = feature_store.unavailable_message(exc)
             with self._lock:
@@ -105,9 +109,3 @@ class FeatureSource:
             with self._lock:
                 self.state, self.reason = "ok", "online store readable"
         return found
-
-
-def _close(read: Any) -> None:
-    """Close a reader that holds connections (the PostgreSQL one); Feast's own call holds none."""
-    if read is not None and hasattr(read, "close"):
-        read.close()

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
@@ -94,7 +93,7 @@ async def predict_by_id(
     ids = body.customer_ids
     if len(ids) > predictor.max_batch_size:
         raise BatchTooLarge(f"{len(ids)} customer ids in one request; the limit is {predictor.max_batch_size}")
-    found = await run_in_threadpool(features.lookup, ids)  # Feast reads block
+    found = await features.lookup(ids)
     customers = [f for f in found if f is not None]
     errors = [{"customer_id": i, "message": _UNKNOWN} for i, f in zip(ids, found, strict=True) if f is None]
     scored = predictor.predict(customers, model, top_k=top_k if explain else None).predictions if customers else []
@@ -108,7 +107,7 @@ async def predict_by_path(
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""
-    (found,) = await run_in_threadpool(features.lookup, [customer_id])
+    (found,) = await features.lookup([customer_id])
     if found is None:
         raise UnknownCustomer(f"{_UNKNOWN}: {customer_id!r}")
     return _json(predictor.predict([found], model, top_k=top_k if explain else None).predictions[0])

@@ -4,6 +4,7 @@ after materializing, bad rows set aside, and a store that is down."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Iterator
@@ -115,9 +116,17 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
         assert partial is not None and partial["tenure"] is None and partial["contract"] == got[0]["contract"]
         assert with_null is not None and with_null["monthly_charges"] is None
         assert [partial, with_null] == feature_store.online(store, ids[:2])
-        read.close()
+        # The API's read, on an event loop through its pool of async connections: the same.
+        assert asyncio.run(_aread(read, [*ids, "no-such-customer"])) == read([*ids, "no-such-customer"])
     online = pd.DataFrame(got[:-1]).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
     pd.testing.assert_frame_equal(online, _typed(second), check_dtype=False)
+
+
+async def _aread(read: feature_store.PostgresOnlineReader, ids: list[str]) -> list:
+    try:
+        return await read.aread(ids)
+    finally:
+        await read.aclose()
 
 
 def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
