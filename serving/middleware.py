@@ -33,9 +33,8 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = problem_for(BodyTooLarge(f"request body is larger than {self.max_bytes} bytes"))
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await too_big(scope, receive, send)
+            return await self._too_big(scope, receive, send)
         seen, exceeded = 0, False
 
         async def limited() -> Message:
@@ -53,7 +52,10 @@ class BodyLimit:
 
         await self.app(scope, limited, guarded)
         if exceeded:
-            await too_big(scope, receive, send)
+            await self._too_big(scope, receive, send)
+
+    async def _too_big(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await problem_for(BodyTooLarge(f"request body is larger than {self.max_bytes} bytes"))(scope, receive, send)
 
 
 class JsonOnly:
