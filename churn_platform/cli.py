@@ -401,6 +401,7 @@ def features_materialize() -> None:
 
 @features.command("refresh")
 @_snapshot_options
+@job_metrics.pushes("features")
 @handles_errors
 def features_refresh(source: str, as_of: datetime | None, rejects: str | None, as_json: bool) -> None:
     """apply, ingest SOURCE, materialize: the scheduled job's one command.
@@ -412,6 +413,8 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     settings = get_settings()
     feature_store.apply(settings)
     summary = feature_store.ingest(settings, source, as_of=as_of, rejects=rejects)
+    job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
+    job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     # Only from the earliest snapshot just loaded: the scan of the offline source stays one day's.
     _ingested(summary, as_json, materialized_to=feature_store.materialize(settings, start=summary.first))
 

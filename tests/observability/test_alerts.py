@@ -11,10 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
-from tests.deploy.policies import BIN, check, render
+from churn_platform.cli import main
+from tests.deploy.policies import BIN, CRONJOBS, check, render
 from tests.services import REPO
 
 RULES = REPO / "deploy" / "observability" / "prometheus" / "rules.yml"
@@ -58,6 +60,17 @@ def test_every_alert_says_what_and_how_bad_and_links_its_runbook():
         assert anchor == alert["alert"].lower() and anchor in anchors, f"{alert['alert']}: no runbook section"
 
 
+def _pushes(args: tuple[str, ...]) -> bool:
+    """Whether the command a CronJob runs pushes its results (``job_metrics.pushes`` marks it)."""
+    command: click.Command | None = main
+    for name in args:
+        if not isinstance(command, click.Group):
+            break
+        command = command.get_command(click.Context(command), name)
+    assert command is not None, args
+    return hasattr(command.callback, "pushed_as")
+
+
 def test_the_component_carries_the_same_rules_and_renders_with_an_overlay(tmp_path):
     rendered = subprocess.run([sys.executable, str(REPO / "scripts" / "render-prometheusrule.py")],
                               capture_output=True, text=True)  # fmt: skip
@@ -80,7 +93,8 @@ def test_the_component_carries_the_same_rules_and_renders_with_an_overlay(tmp_pa
     assert check(objs, "dev") == []  # the overlay's policies still hold with the component
     pushes = next(o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "churn-jobs-pushgateway")
     selected = set(pushes["spec"]["podSelector"]["matchExpressions"][0]["values"])
-    assert selected == {"churn-monitor", "churn-performance", "churn-retrain", "churn-score"}  # the jobs that push
+    assert selected == {name for name, job in CRONJOBS.items() if _pushes(job.args)}  # the jobs that push
+    assert "churn-features" in selected and "churn-train" not in selected
     api = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "churn-api")
     service = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "churn-api")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()

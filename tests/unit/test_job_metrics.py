@@ -102,3 +102,30 @@ def test_a_gateway_that_is_down_changes_no_result(registry_uri, telco_csv, tmp_p
     assert result.exit_code == 0, result.output
     assert "100 of 100 rows scored" in result.stdout
     assert any("could not push score's metrics" in r.getMessage() for r in caplog.records)
+
+
+def test_the_feature_refresh_pushes_its_rows_and_a_failed_run_keeps_the_last_success(
+    telco_csv, tmp_path, monkeypatch, gateway
+):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    get_settings.cache_clear()
+    export = data.read_table(telco_csv).drop(columns=["churn"]).head(50)
+    export.loc[0, "tenure"] = "-3"  # one bad row: the others are loaded, exit 1
+    export.to_csv("export.csv", index=False)
+    first = CliRunner().invoke(main, ["features", "refresh", "export.csv", "--as-of", "now"])
+    assert first.exit_code == 1, first.output
+    job = {"job": "features"}
+    samples = pushed(gateway)
+    assert value(samples, "churn_job_exit_code", **job) == 1
+    assert value(samples, "churn_job_rows", outcome="loaded", **job) == 49
+    assert value(samples, "churn_job_rows", outcome="rejected", **job) == 1
+    success = value(samples, "churn_job_last_success_timestamp_seconds", **job)  # exit 1 is a verdict
+
+    failed = CliRunner().invoke(main, ["features", "refresh", "missing.csv", "--as-of", "now"])
+    assert failed.exit_code == 2, failed.output
+    samples = pushed(gateway)
+    assert value(samples, "churn_job_exit_code", **job) == 2
+    assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == success  # what the alert reads
