@@ -428,7 +428,8 @@ class PostgresOnlineReader:
 
         pg = _postgres(settings.feature_store_url or "")
         table = compute_table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
-        self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table))
+        # As a string, rendered once: psycopg caches a string's conversion, a Composed it renders each time.
+        self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table)).as_string()
         self._version = store.config.entity_key_serialization_version
         self._conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
         self._pool: Any = None  # made by the first aread, on the event loop it belongs to

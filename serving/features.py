@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from churn_platform import feature_store
 from churn_platform.settings import Settings
 from serving.errors import ServingError
+from serving.heap import settle_heap
 
 log = logging.getLogger(__name__)
 #: Seconds between attempts to open a store that was missing or down.
@@ -72,6 +73,7 @@ class FeatureSource:
                 self._opening = False
             log.warning("%s", self.reason)
             return
+        settle_heap()  # Feast's modules and registry: loaded once, kept for good
         with self._lock:
             self._read = read
             self.state, self.reason, self._opening = "ok", "online store readable", False

@@ -8,7 +8,6 @@ a swap. A version that fails to load or verify is never swapped in.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -21,6 +20,7 @@ from churn_platform import loading, registry, rollout, tracing
 from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryUnreachable
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
+from serving.heap import settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class ModelHolder:
             # The Challenger first: a replica that becomes ready already routes as the others do.
             self._follow_rollout(client, model.version)
             self.current = model  # the atomic swap
-            _settle_heap()
+            settle_heap()
             if self._listener:
                 self._listener.model_loaded(model)
             log.info("serving %s v%s (%s scorer, max |diff| %.2g on %d rows)", name, model.version,
@@ -137,7 +137,7 @@ class ModelHolder:
                         model = loading.load(client, name, version, default_threshold=self.settings.decision_threshold,  # type: ignore[arg-type]
                                              sample=self.settings.verify_sample_rows)  # fmt: skip
                     self.rollout = ActiveRollout(state, model)
-                    _settle_heap()
+                    settle_heap()
                     log.info("rollout: %s with Challenger v%s", state.mode, version)
                 self.rollout_status = f"{state.mode}: serving Challenger v{version}"
         except Exception as exc:  # noqa: BLE001 - a Challenger never takes Production down
@@ -188,14 +188,3 @@ class ModelHolder:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def _settle_heap() -> None:
-    """After a load: MLflow, sklearn and the model leave a large, long-lived heap; a full
-    collection over it stalls requests for 100+ ms (and, left in the young generations, a
-    loaded Challenger cost a canary 13 % of its requests/s). Park it outside the collector's reach,
-    after releasing what earlier loads parked and no longer use (a replaced model, a stopped
-    rollout's Challenger), which would otherwise never be collected."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
