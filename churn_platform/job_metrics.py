@@ -1,8 +1,9 @@
 """The batch jobs' results as Prometheus metrics, pushed to a Pushgateway.
 
 A CronJob is gone before Prometheus could scrape it, so monitor, performance, retrain,
-score and the feature store's refresh push what they found (drift share, ROC AUC, rows) and how they ended (exit code,
-duration, last run and last success times) when ``CHURN_PUSHGATEWAY_URL`` is set. The
+score and the feature store's refresh push what they found (drift share, ROC AUC, rows)
+and how they ended (exit code, duration, last run and last success times) when
+``CHURN_PUSHGATEWAY_URL`` is set. The
 alerts in deploy/observability/prometheus/rules.yml read these. Pushing is best effort: a
 gateway that is down is logged and never changes a job's result or exit code.
 """
@@ -55,7 +56,10 @@ def record(name: str, value: float | bool | None, **labels: str) -> None:
 
 
 def pushes(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wrap a CLI command: its results and ending are pushed when it ends, however it ends."""
+    """Wrap a CLI command: its results and ending are pushed when it ends, however it ends.
+
+    The wrapper carries ``pushed_as`` (the job name): the deploy tests check that every
+    CronJob whose command pushes can reach the Pushgateway."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(func)
@@ -63,7 +67,7 @@ def pushes(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             with _pushed(job, kwargs.get("model_name")):
                 return func(*args, **kwargs)
 
-        wrapper.pushed_as = job  # type: ignore[attr-defined]  # what the deploy tests look for
+        wrapper.pushed_as = job  # type: ignore[attr-defined]
         return wrapper
 
     return decorate

@@ -53,10 +53,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.features.start()
     yield
     app.state.holder.stop()
-    await app.state.features.aclose()
-    inference_log.close()
-    log.info("inference log closed: %s", inference_log.state())
-    tracing.shutdown()  # sends the spans still batched
+    try:
+        await app.state.features.aclose()
+    finally:  # the log's rows matter more than the feature store's connections
+        inference_log.close()
+        log.info("inference log closed: %s", inference_log.state())
+        tracing.shutdown()  # sends the spans still batched
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -100,10 +100,10 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     assert read([*ids, "no-such-customer", ids[0]]) == [*got, got[0]]
     if layout == "postgres":
         assert isinstance(read, feature_store.PostgresOnlineReader)
-        # A customer missing one feature row (another order, by name): as Feast reads it.
         import sqlalchemy as sa
 
-        # A null value (Feast writes an empty Value and no text for it): None, as Feast reads it.
+        # A customer missing one feature row, and a null value (Feast writes an empty Value and
+        # no text for it): both read as None, as Feast reads them.
         engine = sa.create_engine(str(settings.feature_store_url))
         with engine.begin() as conn:
             delete = "DELETE FROM churn_customer_features WHERE feature_name = 'tenure' AND entity_key = :k"
@@ -116,8 +116,18 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
         assert partial is not None and partial["tenure"] is None and partial["contract"] == got[0]["contract"]
         assert with_null is not None and with_null["monthly_charges"] is None
         assert [partial, with_null] == feature_store.online(store, ids[:2])
+        # A value without its text (as a Feast before 0.66 wrote numbers): an error that says so,
+        # never a feature read as missing.
+        with engine.begin() as conn:
+            untexted = ("UPDATE churn_customer_features SET value_text = NULL "
+                        "WHERE feature_name = 'tenure' AND entity_key = :k")  # fmt: skip
+            conn.execute(sa.text(untexted), {"k": read._key(ids[2])})  # noqa: SLF001
+        engine.dispose()
+        with pytest.raises(feature_store.UnreadableFeatures, match=r"tenure.*materialize again"):
+            read(ids[2:3])
         # The API's read, on an event loop through its pool of async connections: the same.
-        assert asyncio.run(_aread(read, [*ids, "no-such-customer"])) == read([*ids, "no-such-customer"])
+        rest = [*ids[:2], *ids[3:], "no-such-customer"]
+        assert asyncio.run(_aread(read, rest)) == read(rest) == feature_store.online(store, rest)
     online = pd.DataFrame(got[:-1]).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
     pd.testing.assert_frame_equal(online, _typed(second), check_dtype=False)
 
