@@ -442,12 +442,17 @@ class PostgresOnlineReader:
     def _key(self, customer_id: str) -> bytes:
         return _entity_key(customer_id, self._version)
 
+    def _keys(self, customer_ids: list[str]) -> tuple[list[bytes], list[bytes]]:
+        """Each id's entity key, and the distinct keys the query asks for."""
+        keys = [self._key(i) for i in customer_ids]
+        return keys, list(dict.fromkeys(keys))
+
     def __call__(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
         import psycopg
 
-        keys = [self._key(i) for i in customer_ids]
+        keys, distinct = self._keys(customer_ids)
         with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
-            rows = conn.cursor(binary=True).execute(self._query, (list(dict.fromkeys(keys)),)).fetchall()
+            rows = conn.cursor(binary=True).execute(self._query, (distinct,)).fetchall()
         return _customers(customer_ids, keys, rows)
 
     async def aread(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
@@ -460,7 +465,7 @@ class PostgresOnlineReader:
         from psycopg import OperationalError
         from psycopg_pool import AsyncConnectionPool
 
-        keys = [self._key(i) for i in customer_ids]
+        keys, distinct = self._keys(customer_ids)
         if self._pool is None:
             self._pool = AsyncConnectionPool(
                 self._conninfo, min_size=1, max_size=_POOL_SIZE, open=False,
@@ -472,7 +477,7 @@ class PostgresOnlineReader:
                 for attempt in range(_POOL_SIZE + 1):
                     async with self._pool.connection(timeout=5) as conn:  # PoolTimeout: the database is down
                         try:
-                            cursor = await conn.cursor(binary=True).execute(self._query, (list(dict.fromkeys(keys)),))
+                            cursor = await conn.cursor(binary=True).execute(self._query, (distinct,))
                             rows = await cursor.fetchall()
                         except OperationalError:
                             if not conn.broken or attempt == _POOL_SIZE:  # a timeout, a query error: no retry
