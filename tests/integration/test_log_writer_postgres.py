@@ -1,18 +1,24 @@
-"""The writer's bulk load into a real PostgreSQL: COPY through a staging table, ids already
-stored skipped, text and NULLs intact."""
+"""The writer's bulk load into a real PostgreSQL: binary COPY straight into the table, through a
+staging table when a replay holds ids already stored (skipped), text and NULLs intact."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 
 from churn_platform import data
-from serving.log_writer import Database
+from serving.log_writer import Database, decode_frame
 from tests.services import postgres_database
 
 pytestmark = pytest.mark.integration
+
+
+def frame(*items: list) -> list:
+    """Items as the loader has them: through the pipe's MessagePack, decoded by the writer."""
+    return decode_frame(msgspec.msgpack.encode(items))
 
 
 def test_copy_load_skips_stored_ids_and_keeps_text_and_nulls():
@@ -21,18 +27,46 @@ def test_copy_load_skips_stored_ids_and_keeps_text_and_nulls():
     with postgres_database() as url:
         database = Database(url)
         try:
-            first = database.insert([["r1", datetime.now(UTC), "churn", 1, "production", records, [0.1] * 5]])
-            replay = database.insert([["r1", datetime.now(UTC), "churn", 1, "production", records, [0.1] * 5]])
-            more = database.insert([["r2", datetime.now(UTC), "churn", 2, "production", records[:2], [0.9] * 2]])
+            first = database.insert(frame(["r1", datetime.now(UTC), "churn", 1, "production", records, [0.1] * 5]))
+            replay = database.insert(frame(["r1", datetime.now(UTC), "churn", 1, "production", records, [0.1] * 5]))
+            more = database.insert(frame(["r2", datetime.now(UTC), "churn", 2, "production", records[:2], [0.9] * 2]))
+            mixed = database.insert(frame(  # a replay that holds stored rows and new ones: only the new count
+                ["r2", datetime.now(UTC), "churn", 2, "production", records[:2], [0.9] * 2],
+                ["r3", datetime.now(UTC), "churn", 2, "production", records[:1], [0.5]],
+            ))  # fmt: skip
         finally:
             database.dispose()
-        assert (first, replay, more) == (5, 0, 2)
+        assert (first, replay, more, mixed) == (5, 0, 2, 1)
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT customer_id, tenure FROM inference_log ORDER BY id")).fetchall()
         engine.dispose()
     assert [r[0] for r in stored[:2]] == [None, 'quote " and, comma']
-    assert [r[1] for r in stored[:5]] == [r["tenure"] for r in records] and len(stored) == 7
+    assert [r[1] for r in stored[:5]] == [r["tenure"] for r in records] and len(stored) == 8
+
+
+def test_a_table_whose_column_types_were_changed_by_hand_still_loads_as_text():
+    """Binary COPY sends the declared types; a column altered to another type (NUMERIC here)
+    would refuse every batch, so such a table is loaded as text, which PostgreSQL converts."""
+    records = data.to_records(data.generate(3, seed=3).drop(columns=["churn"]))
+    records[0]["monthly_charges"] = 29  # an integer for a float feature: stored as 29.0
+    with postgres_database() as url:
+        Database(url).ensure_table()
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE inference_log ALTER COLUMN churn_probability TYPE NUMERIC(6, 4)"))
+        database = Database(url)
+        try:
+            item = ["r", datetime.now(UTC), "churn", 1, "production", records, [0.12345] * 3]
+            inserted = database.insert(frame(item))
+            assert inserted == 3
+        finally:
+            database.dispose()
+        with engine.connect() as conn:
+            query = "SELECT monthly_charges, churn_probability FROM inference_log ORDER BY row_index"
+            stored = conn.execute(sa.text(query)).fetchall()
+        engine.dispose()
+    assert stored[0][0] == 29.0 and [float(r[1]) for r in stored] == [0.1235] * 3
 
 
 EARLIER_TABLE = """CREATE TABLE inference_log (
@@ -62,7 +96,8 @@ def test_a_table_from_an_earlier_release_gains_the_new_columns_and_keeps_its_row
             ))  # fmt: skip
         database = Database(url)
         try:
-            assert database.insert([["new", datetime.now(UTC), "churn", 2, "canary", records, [0.7] * 3, 0.42]]) == 3
+            inserted = database.insert(frame(["new", datetime.now(UTC), "churn", 2, "canary", records, [0.7] * 3, 0.4]))
+            assert inserted == 3
         finally:
             database.dispose()
         with engine.connect() as conn:
@@ -70,4 +105,4 @@ def test_a_table_from_an_earlier_release_gains_the_new_columns_and_keeps_its_row
                 "SELECT request_id, arm, scoring_ms FROM inference_log ORDER BY request_id, row_index"
             )).fetchall()  # fmt: skip
         engine.dispose()
-    assert [tuple(r) for r in stored] == [("new", "canary", 0.42)] * 3 + [("old", "production", None)]
+    assert [tuple(r) for r in stored] == [("new", "canary", 0.4)] * 3 + [("old", "production", None)]
