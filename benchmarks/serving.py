@@ -225,6 +225,7 @@ def main() -> None:
         **({"CHURN_FEATURE_STORE_URL": store_url} if by_id else {}),
     )
     ours_port, peer_port = free_port(), free_port()
+    log_rates: dict[str, tuple[float, float]] = {}
     ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
     peer = start(
         "peer",
@@ -251,7 +252,13 @@ def main() -> None:
             ("single", f"{ours_url}/predict/single", "ours_single", 8),
             ("batch", f"{ours_url}/predict", "ours_batch", 2),
         ):
+            before, started = inference_log_rows(ours_url), time.perf_counter()
             results[("ours", label)] = wrk(url, folder / f"{body}.json", conns, args.seconds, folder)
+            after, seconds = inference_log_rows(ours_url), time.perf_counter() - started
+            # How fast the log wrote while the API scored at full speed (the spool holds the rest).
+            log_rates[label] = tuple(  # type: ignore[assignment]
+                (after[k] - before[k]) / seconds for k in ("rows_scored_total", "inference_log_rows_written_total")
+            )
         for label, body, conns in (("single", "peer_single", 8), ("batch", "peer_batch", 2)):
             results[("peer", label)] = wrk(peer_url, folder / f"{body}.json", conns, args.seconds, folder)
         if by_id:
@@ -312,6 +319,9 @@ def main() -> None:
         f"({log_rows['inference_log_rows_spooled_total']:.0f} spooled, "
         f"{log_rows['inference_log_rows_dropped_total']:.0f} dropped; drained {catch_up_s:.1f}s after the load)"
     )
+    for label, (scored_rate, written_rate) in log_rates.items():
+        print(f"{'  while ' + label + ' ran: rows/s':34}{written_rate:>12.0f}  written of {scored_rate:.0f} scored "
+              f"({written_rate / scored_rate:.2f}x; the spool holds the rest until the load ends)")  # fmt: skip
     median = {mode: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p99_ms", "errors")}
               for mode, runs in rollouts.items()}  # fmt: skip
     off = median["off"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,37 @@ def test_a_spool_folder_that_cannot_be_written_stops_the_start_naming_the_variab
     log = InferenceLog(f"sqlite:///{tmp_path}/log.db", spool_dir=blocker / "spool")
     with pytest.raises(SettingsError, match="CHURN_INFERENCE_LOG_SPOOL_DIR=.*cannot write there"):
         log.start()
+
+
+def test_frames_from_an_earlier_release_load_with_what_they_hold(tmp_path):
+    """A spool left by an earlier release is replayed: an item without scoring time, a
+    customer missing a feature (NULL) or carrying one this release dropped (ignored); an
+    integer sent for a float feature is stored as a float."""
+    import msgspec
+
+    from serving.log_writer import Database, decode_frame
+
+    old, extra = dict(RECORDS[0]), dict(RECORDS[1], retired_feature="x", monthly_charges=29)
+    del old["tenure"]
+    at = datetime.now(UTC)
+    items = decode_frame(msgspec.msgpack.encode([
+        ["before-scoring-times", at, "churn", 1, "production", [old], [0.25]],
+        ["now", at, "churn", 2, "canary", [extra], [0.75], 1.5],
+    ]))  # fmt: skip
+    url = f"sqlite:///{tmp_path}/log.db"
+    database = Database(url)
+    try:
+        assert database.insert(items) == 2
+    finally:
+        database.dispose()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        query = "SELECT request_id, arm, scoring_ms, tenure, monthly_charges FROM inference_log ORDER BY id"
+        rows = conn.execute(sa.text(query)).all()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [
+        ("before-scoring-times", "production", None, None, RECORDS[0]["monthly_charges"]),
+        ("now", "canary", 1.5, RECORDS[1]["tenure"], 29.0),
+    ]
+    with pytest.raises(msgspec.DecodeError):
+        decode_frame(msgspec.msgpack.encode([["not", "a", "request"]]))
