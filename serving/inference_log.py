@@ -8,9 +8,10 @@ their own process that work runs on another core and never delays a request.
 
 What can still be lost is counted, never hidden: past ``queue_rows`` waiting rows in the
 API (a writer that cannot keep up even with its disk), rows the writer had been piped but
-not yet spooled when it died, rows past the spool's byte cap, and batches the database
-refuses for good (bad data). A writer that dies is replaced, and the new one replays what
-the old one spooled; one that starts after an API crash replays that API's spool.
+not yet spooled when it died, rows past the spool's byte cap, and rows the database
+refuses for good (a request's bad data costs only its own rows). A writer that dies is
+replaced, and the new one replays what the old one spooled; one that starts after an API
+crash replays that API's spool.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ index) and inserts skip ids already stored, so a replay never writes a row twice
 
 Reports go to stdout, one line each, for the API's counters and metrics:
 ``spooled N`` (rows safe on disk), ``full N`` (refused: spool at its cap), ``written N``,
-``replayed N`` (of those written, rows an earlier process had spooled), ``dropped N`` (a
-batch the database refuses for good), ``torn N`` (frames skipped as torn), and
+``replayed N`` (of those written, rows an earlier process had spooled), ``dropped N`` (rows
+the database refuses for good), ``torn N`` (frames skipped as torn), and
 ``status BYTES live|spooling``.
 """
 
@@ -49,6 +49,13 @@ PIPE_HEADER = struct.Struct(">II")
 TRANSIENT = (
     sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError,
     sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError,
+)  # fmt: skip
+#: Errors that blame rows, not the database (a value it cannot store, a malformed item): a
+#: batch refused with one is split to find the requests at fault. Any other refusal (a
+#: missing grant, a dropped table) costs the whole batch, as splitting would not help.
+ROW_ERRORS = (
+    psycopg.DataError, psycopg.IntegrityError, sqlite3.DataError, sqlite3.IntegrityError,
+    sa.exc.DataError, sa.exc.IntegrityError, ValueError, TypeError, OverflowError,
 )  # fmt: skip
 #: Rows per database transaction: large ones replay a backlog fast.
 TRANSACTION_ROWS = 20_000
@@ -297,6 +304,15 @@ class Loader:
             log.error("inference log: %d spooled rows cannot be decoded (%s); dropped", rows, exc)
             report("dropped", rows)
             return True
+        return self._insert(items, replay=frames[0].directory != self.spool.own)  # a read never mixes directories
+
+    def _insert(self, items: list[LoggedRequest], replay: bool) -> bool:
+        """Insert ``items`` in one transaction, waiting while the database is away (False: it
+        stayed away past the shutdown deadline). A batch refused for its rows (``ROW_ERRORS``)
+        is split in halves until only the requests at fault are left: their rows are dropped
+        and counted, every other request's are stored, in order (one customer id holding a NUL
+        byte used to cost the whole batch, up to TRANSACTION_ROWS rows of other requests)."""
+        rows = sum(len(item.records) for item in items)
         backoff = 0.2
         while True:
             try:
@@ -315,8 +331,12 @@ class Loader:
                     self.stopping.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
-            except Exception as exc:  # noqa: BLE001 - refused for good (bad data): counted, never fatal
-                log.error("inference log: the database refused %d rows (%s: %s); dropped", rows,
+            except Exception as exc:  # noqa: BLE001 - refused for good: counted, never fatal
+                if len(items) > 1 and isinstance(exc, ROW_ERRORS):
+                    half = len(items) // 2
+                    return self._insert(items[:half], replay) and self._insert(items[half:], replay)
+                whose = f"request {items[0].request_id}" if len(items) == 1 else f"{len(items)} requests"
+                log.error("inference log: the database refused %d rows (%s; %s: %s); dropped", rows, whose,
                           type(exc).__name__, str(exc)[:300])  # fmt: skip
                 report("dropped", rows)
                 return True
@@ -324,7 +344,7 @@ class Loader:
                 log.info("inference log database is back; replaying the spool")
             self.live = True
             report("written", inserted)
-            if frames[0].directory != self.spool.own:  # a read never mixes directories
+            if replay:
                 report("replayed", inserted)
             if inserted < rows:
                 log.info("inference log: %d replayed rows were already stored; skipped", rows - inserted)

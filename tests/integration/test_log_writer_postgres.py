@@ -106,3 +106,25 @@ def test_a_table_from_an_earlier_release_gains_the_new_columns_and_keeps_its_row
             )).fetchall()  # fmt: skip
         engine.dispose()
     assert [tuple(r) for r in stored] == [("new", "canary", 0.4)] * 3 + [("old", "production", None)]
+
+
+def test_a_request_the_database_refuses_costs_only_its_own_rows(tmp_path):
+    """PostgreSQL refuses text holding a NUL byte (the API accepts any customer id): the whole
+    20,000-row transaction used to be dropped; now only the request at fault is, and counted."""
+    from serving.inference_log import InferenceLog
+
+    records = data.to_records(data.generate(10, seed=4).drop(columns=["churn"]))
+    with postgres_database() as url:
+        log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=100_000, flush_s=0.5)  # one batch
+        log.start()
+        for i in range(30):
+            bad = i == 17
+            batch = [dict(r, customer_id="nul\x00id") if bad and n == 3 else r for n, r in enumerate(records)]
+            log.append(f"r{i}", "churn", 1, batch, [0.5] * len(batch))
+        log.close()
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT request_id, count(*) FROM inference_log GROUP BY request_id")).all()
+        engine.dispose()
+    assert (log.written, log.dropped) == (290, 10)
+    assert dict(stored) == {f"r{i}": 10 for i in range(30) if i != 17}
