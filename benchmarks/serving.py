@@ -320,6 +320,8 @@ def main() -> None:
         f"{log_rows['inference_log_rows_dropped_total']:.0f} dropped; drained {catch_up_s:.1f}s after the load)"
     )
     for label, (scored_rate, written_rate) in log_rates.items():
+        if not scored_rate:
+            continue
         print(f"{'  while ' + label + ' ran: rows/s':34}{written_rate:>12.0f}  written of {scored_rate:.0f} scored "
               f"({written_rate / scored_rate:.2f}x; the spool holds the rest until the load ends)")  # fmt: skip
     median = {mode: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p99_ms", "errors")}

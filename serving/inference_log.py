@@ -320,9 +320,12 @@ class _WriterProcess:
 def _widen(pipe: IO[bytes] | None) -> None:
     """Let a whole frame (~400 KB for 1000 rows) fit in the pipe: 64 KB pipes made every frame
     several blocking writes, each a wake-up of the writer and a GIL hand-off in the API."""
+    resize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if pipe is None or resize is None:
+        return
     try:
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)  # type: ignore[union-attr]
-    except (AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size: the default stays
+        fcntl.fcntl(pipe.fileno(), resize, _PIPE_BYTES)
+    except OSError:  # above /proc/sys/fs/pipe-max-size: the default stays
         pass
 
 

@@ -28,7 +28,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import msgspec
 import psycopg
@@ -44,19 +44,18 @@ log = logging.getLogger(__name__)
 
 #: Pipe frames from the API: payload length, rows in it; then the MessagePack payload.
 PIPE_HEADER = struct.Struct(">II")
-#: Errors that mean "try again later": the database is down, restarting, locked or slow
-#: (SQLAlchemy's, and the drivers' own from the raw cursors used for bulk loads).
+#: Errors that mean "try again later": the database is down, restarting, locked, slow, or
+#: read-only for a moment (a failover) (SQLAlchemy's, and psycopg's own from the raw cursors
+#: used for bulk loads).
 TRANSIENT = (
     sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError,
     sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError,
+    psycopg.errors.ReadOnlySqlTransaction,
 )  # fmt: skip
-#: Errors that blame rows, not the database (a value it cannot store, a malformed item): a
-#: batch refused with one is split to find the requests at fault. Any other refusal (a
-#: missing grant, a dropped table) costs the whole batch, as splitting would not help.
-ROW_ERRORS = (
-    psycopg.DataError, psycopg.IntegrityError, sqlite3.DataError, sqlite3.IntegrityError,
-    sa.exc.DataError, sa.exc.IntegrityError, ValueError, TypeError, OverflowError,
-)  # fmt: skip
+#: Errors that blame the rows (a value the database cannot store, a malformed item): a batch
+#: refused with one is split to find the requests at fault. Any other refusal (a missing
+#: grant, a constraint someone added, a dropped table) costs the whole batch at once.
+ROW_ERRORS = (psycopg.DataError, sa.exc.DataError, sqlite3.DataError, ValueError, OverflowError)
 #: Rows per database transaction: large ones replay a backlog fast.
 TRANSACTION_ROWS = 20_000
 #: On shutdown, how long the writer keeps trying to empty the spool into the database.
@@ -86,7 +85,9 @@ def spool_root(spool_dir: Path, url: str) -> Path:
     return spool_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-_PYTHON_TYPES = {"category": str, "integer": int, "float": float}
+#: PostgreSQL's INTEGER: binary COPY would wrap a larger value silently, so decoding refuses it.
+Int4 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+_PYTHON_TYPES = {"category": str, "integer": Int4, "float": float}
 #: A logged customer as the writer decodes it: typed as the schema says (a float feature sent
 #: as 29 is 29.0), a field a frame lacks is NULL, and fields it does not know are ignored.
 LoggedCustomer = msgspec.defstruct(
@@ -102,7 +103,7 @@ class LoggedRequest(msgspec.Struct, array_like=True):
     request_id: str
     scored_at: datetime
     model_name: str
-    model_version: int
+    model_version: Int4
     arm: str
     records: list[LoggedCustomer]  # type: ignore[valid-type]
     scores: list[float]
@@ -111,6 +112,8 @@ class LoggedRequest(msgspec.Struct, array_like=True):
 
 #: Decodes a frame's payload; ``msgspec.DecodeError`` (a ``ValidationError`` too) if it is not one.
 decode_frame = msgspec.msgpack.Decoder(list[LoggedRequest]).decode
+_decode_items = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+_decode_item = msgspec.msgpack.Decoder(LoggedRequest).decode
 _CUSTOMER_VALUES = operator.attrgetter(ID_COLUMN, *(f.name for f in FEATURES))
 
 
@@ -118,22 +121,37 @@ def binary_types() -> tuple[str, ...]:
     """The PostgreSQL type binary COPY sends each of ``COLUMNS`` as: what ``inference_log.table`` declares."""
     declared = table(sa.MetaData())
 
-    def pg_type(kind: sa.types.TypeEngine) -> str:
+    def pg_type(column: sa.Column) -> str:
+        kind = column.type
         if isinstance(kind, sa.DateTime):
             return "timestamptz" if kind.timezone else "timestamp"
-        return "text" if isinstance(kind, sa.String) else "int4" if isinstance(kind, sa.Integer) else "float8"
+        if isinstance(kind, sa.String):
+            return "text"
+        if isinstance(kind, sa.Integer) and not isinstance(kind, sa.BigInteger | sa.SmallInteger):
+            return "int4"
+        if isinstance(kind, sa.Float):
+            return "float8"
+        raise TypeError(f"inference_log.{column.name}: no binary COPY type for {kind!r}")
 
-    return tuple(pg_type(declared.c[name].type) for name in COLUMNS)
+    return tuple(pg_type(declared.c[name]) for name in COLUMNS)
 
 
-#: information_schema's names for those types, to check a table made by someone else has them.
-_TYPE_NAMES = {"text": ("character varying", "text"), "int4": ("integer",), "float8": ("double precision",),
-               "timestamptz": ("timestamp with time zone",), "timestamp": ("timestamp without time zone",)}  # fmt: skip
+#: The table's columns and their type ids, wherever search_path finds the table (as COPY does).
+_COLUMN_TYPES = sa.text(
+    "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 AND NOT attisdropped"
+)
+#: Whether a unique, non-deferred index on exactly (request id, row index) refuses a stored id.
+_HAS_UNIQUE_ID = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(:t) AND i.indisunique "
+    "AND i.indimmediate AND i.indpred IS NULL AND i.indnatts = 2 AND ARRAY(SELECT a.attname::text "
+    "FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) ORDER BY 1) = :id_columns)"
+)
 
 
 def _bulk_url(url: str) -> str:
     """psycopg (3) for PostgreSQL over libpq, whichever libpq driver the URL names (the same
-    connection parameters): its COPY writes binary rows in C, ~10x cheaper than CSV text."""
+    connection parameters): its binary COPY writes rows in C, with a sixth of the client CPU
+    of psycopg2's CSV (benchmarks/inference_log.py)."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg2", "psycopg"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -152,30 +170,44 @@ class Database:
         self._copy = self._dialect == "postgresql" and self._engine.dialect.driver == "psycopg"
         self._table = table(sa.MetaData())
         self._types = binary_types()
-        self._binary = True  # unless the table turns out to have other column types
+        self._binary = self._direct = True  # until the table, inspected, says otherwise
         self._table_ready = False
+
+    @property
+    def copy_format(self) -> str | None:
+        """How rows go into PostgreSQL: ``binary`` or ``text`` COPY (None: not through COPY)."""
+        return ("binary" if self._binary else "text") if self._copy else None
 
     def ensure_table(self) -> None:
         if not self._table_ready:
             upgrade(self._engine)
             if self._copy:
-                self._binary = self._has_declared_types()
+                self._inspect()
             self._table_ready = True
 
-    def _has_declared_types(self) -> bool:
-        """Whether the table's columns have the types binary COPY will send (a table someone
-        altered, say to NUMERIC, gets text COPY instead, which PostgreSQL converts)."""
-        query = sa.text("SELECT column_name, data_type FROM information_schema.columns "
-                        "WHERE table_name = :t AND table_schema = current_schema()")  # fmt: skip
+    def _inspect(self) -> None:
+        """Binary COPY needs the declared column types (a column someone altered, say to NUMERIC,
+        gets text COPY instead, which PostgreSQL converts), and loading straight into the table
+        needs the unique index that refuses a replay's stored ids: without it, a replay would
+        write rows twice, so loads take the staging table, which fails loudly instead."""
+        oids = {name: {psycopg.adapters.types[name].oid} for name in set(self._types)}
+        oids["text"].add(psycopg.adapters.types["varchar"].oid)
         with self._engine.connect() as conn:
-            actual = dict(conn.execute(query, {"t": INFERENCE_LOG_TABLE}).tuples().all())
-        mismatched = [c for c, t in zip(COLUMNS, self._types, strict=True) if actual.get(c) not in _TYPE_NAMES[t]]
+            actual = dict(conn.execute(_COLUMN_TYPES, {"t": INFERENCE_LOG_TABLE}).tuples().all())
+            unique = conn.execute(_HAS_UNIQUE_ID, {"t": INFERENCE_LOG_TABLE,
+                                                   "id_columns": sorted((REQUEST_ID, ROW_INDEX))}).scalar()  # fmt: skip
+        mismatched = [c for c, t in zip(COLUMNS, self._types, strict=True) if actual.get(c) not in oids[t]]
         if mismatched:
             log.warning("inference log: columns %s do not have the types this release declares; "
                         "loading them as text", mismatched)  # fmt: skip
-        return not mismatched
+        if not unique:
+            log.error("inference log: no unique index on (%s, %s): stored ids cannot be skipped, so "
+                      "loads go through the staging table, whose INSERT fails until it is restored",
+                      REQUEST_ID, ROW_INDEX)  # fmt: skip
+        self._binary, self._direct = not mismatched, bool(unique)
 
     def rows(self, items: list[LoggedRequest]) -> list[tuple]:
+        """One tuple per scored customer, in ``COLUMNS`` order."""
         text_time = self._dialect == "sqlite"
         values = _CUSTOMER_VALUES
         rows = []
@@ -193,10 +225,15 @@ class Database:
         self.ensure_table()
         rows = self.rows(items)
         if self._copy:
-            try:  # straight into the table; the unique constraint refuses the whole batch if any id is stored
-                return self._copy_rows(rows, into=INFERENCE_LOG_TABLE)
-            except psycopg.errors.UniqueViolation:  # a replay: through a staging table that skips stored ids
-                return self._copy_rows(rows, into=_STAGING)
+            try:
+                return self._copy_in(rows) if self._direct else self._copy_staged(rows)
+            except psycopg.errors.UniqueViolation:  # a replay holding stored ids: skip them
+                return self._copy_staged(rows)
+            except psycopg.errors.InvalidBinaryRepresentation:  # a column altered while we ran?
+                self._inspect()
+                if self._binary:
+                    raise
+                return self.insert(items)
         names = ", ".join(COLUMNS)
         with self._engine.begin() as conn:
             raw = conn.connection.dbapi_connection
@@ -211,27 +248,33 @@ class Database:
             conn.execute(self._table.insert(), [dict(zip(COLUMNS, r, strict=True)) for r in rows])
         return len(rows)
 
-    def _copy_rows(self, rows: list[tuple], into: str) -> int:
-        """COPY ``rows`` into ``into`` in one transaction (PostgreSQL through psycopg); from the
-        staging table, one INSERT moves the rows whose ids are not stored yet."""
+    def _copy_in(self, rows: list[tuple]) -> int:
+        """COPY straight into the table, one transaction: the unique index refuses the whole
+        batch (UniqueViolation) if any of its ids is stored."""
+        with self._engine.begin() as conn, conn.connection.dbapi_connection.cursor() as cur:
+            self._write(cur, INFERENCE_LOG_TABLE, rows)
+        return len(rows)
+
+    def _copy_staged(self, rows: list[tuple]) -> int:
+        """COPY into a temporary table, then one INSERT moves the rows whose ids are not stored."""
         names = ", ".join(COLUMNS)
         with self._engine.begin() as conn, conn.connection.dbapi_connection.cursor() as cur:
-            if into == _STAGING:
-                cur.execute(  # our columns only: no id, no constraints
-                    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
-                    f"SELECT {names} FROM {INFERENCE_LOG_TABLE} WITH NO DATA"
-                )
-            binary = " (FORMAT BINARY)" if self._binary else ""
-            with cur.copy(f"COPY {into} ({names}) FROM STDIN{binary}") as copy:
-                if self._binary:
-                    copy.set_types(self._types)
-                for row in rows:
-                    copy.write_row(row)
-            if into != _STAGING:
-                return len(rows)
+            cur.execute(  # our columns only: no id, no constraints
+                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
+                f"SELECT {names} FROM {INFERENCE_LOG_TABLE} WITH NO DATA"
+            )
+            self._write(cur, _STAGING, rows)
             cur.execute(f"INSERT INTO {INFERENCE_LOG_TABLE} ({names}) SELECT {names} FROM {_STAGING} "
                         f"ON CONFLICT ({REQUEST_ID}, {ROW_INDEX}) DO NOTHING")  # fmt: skip
             return cur.rowcount
+
+    def _write(self, cur: psycopg.Cursor, into: str, rows: list[tuple]) -> None:
+        binary = " (FORMAT BINARY)" if self._binary else ""
+        with cur.copy(f"COPY {into} ({', '.join(COLUMNS)}) FROM STDIN{binary}") as copy:
+            if self._binary:
+                copy.set_types(self._types)
+            for row in rows:
+                copy.write_row(row)
 
     def dispose(self) -> None:
         self._engine.dispose()
@@ -261,6 +304,7 @@ class Loader:
         self.stopping = threading.Event()
         self.drain_until = float("inf")
         self.live = True
+        self._dropped: list[tuple[int, str]] = []  # (rows, why) of the frames being loaded
         self._torn = 0
         self._thread = threading.Thread(target=self._run, name="inference-log-loader", daemon=True)
 
@@ -297,24 +341,50 @@ class Loader:
             self._status()
 
     def _load(self, frames: list[Frame]) -> bool:
-        rows = sum(f.rows for f in frames)
+        """Decode and insert ``frames``; False if the database stayed away past the shutdown
+        deadline (the spool keeps them). Rows dropped on the way are reported only once the
+        frames are done: frames replayed after a stop half-way through must not count them twice."""
+        self._dropped = []
+        items = [item for frame in frames for item in self._decode(frame)]
+        done = not items or self._insert(items, replay=frames[0].directory != self.spool.own)  # one directory
+        if done:
+            for rows, message in self._dropped:
+                log.error("inference log: %s; %d rows dropped", message, rows)
+                report("dropped", rows)
+        return done
+
+    def _decode(self, frame: Frame) -> list[LoggedRequest]:
+        """A frame's requests; one that cannot be decoded (a value out of range, a spool from an
+        unknown release) is dropped alone, the frame's others kept."""
         try:
-            items = [item for frame in frames for item in decode_frame(frame.payload)]
+            return decode_frame(frame.payload)
         except msgspec.DecodeError as exc:
-            log.error("inference log: %d spooled rows cannot be decoded (%s); dropped", rows, exc)
-            report("dropped", rows)
-            return True
-        return self._insert(items, replay=frames[0].directory != self.spool.own)  # a read never mixes directories
+            first = exc
+        good: list[LoggedRequest] = []
+        try:
+            for raw in _decode_items(frame.payload):
+                try:
+                    good.append(_decode_item(raw))
+                except msgspec.DecodeError as exc:
+                    first = exc
+        except msgspec.DecodeError:  # not even a list: the whole frame
+            pass
+        lost = frame.rows - sum(len(item.records) for item in good)
+        if lost > 0:
+            self._dropped.append((lost, f"spooled rows cannot be decoded ({first})"))
+        return good
 
     def _insert(self, items: list[LoggedRequest], replay: bool) -> bool:
         """Insert ``items`` in one transaction, waiting while the database is away (False: it
         stayed away past the shutdown deadline). A batch refused for its rows (``ROW_ERRORS``)
-        is split in halves until only the requests at fault are left: their rows are dropped
-        and counted, every other request's are stored, in order (one customer id holding a NUL
-        byte used to cost the whole batch, up to TRANSACTION_ROWS rows of other requests)."""
+        is split in halves until only the requests at fault are left: their rows are dropped,
+        every other request's are stored, in order (one customer id holding a NUL byte used to
+        cost the whole batch, up to TRANSACTION_ROWS rows of other requests)."""
         rows = sum(len(item.records) for item in items)
         backoff = 0.2
         while True:
+            if self.stopping.is_set() and time.monotonic() > self.drain_until:
+                return False
             try:
                 inserted = self.database.insert(items)
             except TRANSIENT as exc:
@@ -332,13 +402,12 @@ class Loader:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
                 continue
             except Exception as exc:  # noqa: BLE001 - refused for good: counted, never fatal
-                if len(items) > 1 and isinstance(exc, ROW_ERRORS):
+                blames_rows = isinstance(exc, ROW_ERRORS)
+                if blames_rows and len(items) > 1:
                     half = len(items) // 2
                     return self._insert(items[:half], replay) and self._insert(items[half:], replay)
-                whose = f"request {items[0].request_id}" if len(items) == 1 else f"{len(items)} requests"
-                log.error("inference log: the database refused %d rows (%s; %s: %s); dropped", rows, whose,
-                          type(exc).__name__, str(exc)[:300])  # fmt: skip
-                report("dropped", rows)
+                whose = f"request {items[0].request_id}'s data" if blames_rows else f"{len(items)} requests"
+                self._dropped.append((rows, f"the database refused {whose} ({type(exc).__name__}: {str(exc)[:300]})"))
                 return True
             if not self.live:
                 log.info("inference log database is back; replaying the spool")

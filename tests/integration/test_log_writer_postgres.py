@@ -37,6 +37,7 @@ def test_copy_load_skips_stored_ids_and_keeps_text_and_nulls():
         finally:
             database.dispose()
         assert (first, replay, more, mixed) == (5, 0, 2, 1)
+        assert database.copy_format == "binary"
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT customer_id, tenure FROM inference_log ORDER BY id")).fetchall()
@@ -59,7 +60,7 @@ def test_a_table_whose_column_types_were_changed_by_hand_still_loads_as_text():
         try:
             item = ["r", datetime.now(UTC), "churn", 1, "production", records, [0.12345] * 3]
             inserted = database.insert(frame(item))
-            assert inserted == 3
+            assert inserted == 3 and database.copy_format == "text"
         finally:
             database.dispose()
         with engine.connect() as conn:
@@ -110,7 +111,8 @@ def test_a_table_from_an_earlier_release_gains_the_new_columns_and_keeps_its_row
 
 def test_a_request_the_database_refuses_costs_only_its_own_rows(tmp_path):
     """PostgreSQL refuses text holding a NUL byte (the API accepts any customer id): the whole
-    20,000-row transaction used to be dropped; now only the request at fault is, and counted."""
+    20,000-row transaction used to be dropped; now only the request at fault is, and counted.
+    A value the table's INTEGER cannot hold costs its request alone too, and is never stored."""
     from serving.inference_log import InferenceLog
 
     records = data.to_records(data.generate(10, seed=4).drop(columns=["churn"]))
@@ -118,13 +120,39 @@ def test_a_request_the_database_refuses_costs_only_its_own_rows(tmp_path):
         log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=100_000, flush_s=0.5)  # one batch
         log.start()
         for i in range(30):
-            bad = i == 17
-            batch = [dict(r, customer_id="nul\x00id") if bad and n == 3 else r for n, r in enumerate(records)]
+            batch = list(records)
+            if i == 17:
+                batch[3] = dict(batch[3], customer_id="nul\x00id")
+            if i == 23:  # beyond PostgreSQL's INTEGER: binary COPY would have stored it wrapped around
+                batch[5] = dict(batch[5], tenure=2**31)
             log.append(f"r{i}", "churn", 1, batch, [0.5] * len(batch))
         log.close()
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             stored = conn.execute(sa.text("SELECT request_id, count(*) FROM inference_log GROUP BY request_id")).all()
+            lowest = conn.execute(sa.text("SELECT min(tenure) FROM inference_log")).scalar()
         engine.dispose()
-    assert (log.written, log.dropped) == (290, 10)
-    assert dict(stored) == {f"r{i}": 10 for i in range(30) if i != 17}
+    assert (log.spooled, log.written, log.dropped) == (300, 280, 20)
+    assert dict(stored) == {f"r{i}": 10 for i in range(30) if i not in (17, 23)} and lowest >= 0
+
+
+def test_without_the_unique_index_loads_fail_loudly_rather_than_write_a_replay_twice():
+    """Straight COPY relies on the unique index to refuse a replay's stored ids; a table that
+    lost it must not take rows it cannot deduplicate."""
+    import psycopg
+
+    records = data.to_records(data.generate(2, seed=6).drop(columns=["churn"]))
+    with postgres_database() as url:
+        Database(url).ensure_table()
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE inference_log DROP CONSTRAINT uq_inference_log_request_row"))
+        database = Database(url)
+        try:
+            with pytest.raises(psycopg.ProgrammingError, match="ON CONFLICT"):
+                database.insert(frame(["r", datetime.now(UTC), "churn", 1, "production", records, [0.5] * 2]))
+        finally:
+            database.dispose()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar() == 0
+        engine.dispose()

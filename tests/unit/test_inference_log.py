@@ -321,3 +321,45 @@ def test_frames_from_an_earlier_release_load_with_what_they_hold(tmp_path):
     ]
     with pytest.raises(msgspec.DecodeError):
         decode_frame(msgspec.msgpack.encode([["not", "a", "request"]]))
+
+
+def test_a_stop_half_way_through_a_split_reports_each_dropped_row_once(tmp_path, capsys):
+    """A batch refused for one request's data is split; if the database goes away after part
+    of it committed and the writer must stop, the frames stay spooled and are replayed: the
+    refused request's rows are reported dropped once, at the replay, and stored rows not twice.
+    (The database here is a stand-in: what is tested is the loader's counting.)"""
+    import msgspec
+
+    from serving.log_writer import Loader, LoggedRequest
+    from serving.spool import Frame, Spool
+
+    class Database:
+        def __init__(self) -> None:
+            self.stored: set[str] = set()
+            self.away, self.goes_away = False, True
+
+        def insert(self, items: list[LoggedRequest]) -> int:
+            if any(item.request_id == "bad" for item in items):
+                raise ValueError("a value the table cannot hold")
+            if self.away:
+                raise sqlite3.OperationalError("database is gone")
+            new = [item for item in items if item.request_id not in self.stored]
+            self.stored.update(item.request_id for item in new)
+            self.away, self.goes_away = self.goes_away, False  # gone right after the first commit
+            return sum(len(item.records) for item in new)
+
+    spool, database = Spool(tmp_path / "spool", max_bytes=1 << 20), Database()
+    at = datetime.now(UTC)
+    requests = [[rid, at, "churn", 1, "production", RECORDS[:5], [0.5] * 5] for rid in ("first", "bad", "last")]
+    frames = [Frame(spool.own, 0, 0, 15, msgspec.msgpack.encode(requests))]
+    loader = Loader(spool, database, flush_s=0.1)
+    loader.stopping.set()
+    loader.drain_until = time.monotonic() + 0.5
+    assert loader._load(frames) is False  # "first" committed, "bad" refused, then the database went away
+    database.away, loader.drain_until = False, float("inf")
+    assert loader._load(frames) is True  # the replay
+    reports = [line.split() for line in capsys.readouterr().out.splitlines() if not line.startswith(("status", "torn"))]
+    assert reports == [["written", "5"], ["written", "0"], ["dropped", "5"], ["written", "5"]] or reports == [
+        ["written", "5"], ["written", "0"], ["written", "5"], ["dropped", "5"]
+    ]
+    assert database.stored == {"first", "last"}
