@@ -46,16 +46,24 @@ def test_copy_load_skips_stored_ids_and_keeps_text_and_nulls():
     assert [r[1] for r in stored[:5]] == [r["tenure"] for r in records] and len(stored) == 8
 
 
+def altered_table(url: str, ddl: str) -> sa.Engine:
+    """The log table as the writer makes it, then changed by hand with ``ddl``; an engine on it."""
+    database = Database(url)
+    database.ensure_table()
+    database.dispose()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(ddl))
+    return engine
+
+
 def test_a_table_whose_column_types_were_changed_by_hand_still_loads_as_text():
     """Binary COPY sends the declared types; a column altered to another type (NUMERIC here)
     would refuse every batch, so such a table is loaded as text, which PostgreSQL converts."""
     records = data.to_records(data.generate(3, seed=3).drop(columns=["churn"]))
     records[0]["monthly_charges"] = 29  # an integer for a float feature: stored as 29.0
     with postgres_database() as url:
-        Database(url).ensure_table()
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE inference_log ALTER COLUMN churn_probability TYPE NUMERIC(6, 4)"))
+        engine = altered_table(url, "ALTER TABLE inference_log ALTER COLUMN churn_probability TYPE NUMERIC(6, 4)")
         database = Database(url)
         try:
             item = ["r", datetime.now(UTC), "churn", 1, "production", records, [0.12345] * 3]
@@ -143,10 +151,7 @@ def test_without_the_unique_index_loads_fail_loudly_rather_than_write_a_replay_t
 
     records = data.to_records(data.generate(2, seed=6).drop(columns=["churn"]))
     with postgres_database() as url:
-        Database(url).ensure_table()
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("ALTER TABLE inference_log DROP CONSTRAINT uq_inference_log_request_row"))
+        engine = altered_table(url, "ALTER TABLE inference_log DROP CONSTRAINT uq_inference_log_request_row")
         database = Database(url)
         try:
             with pytest.raises(psycopg.ProgrammingError, match="ON CONFLICT"):
