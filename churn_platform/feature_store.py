@@ -40,7 +40,15 @@ import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data
 from churn_platform.errors import DataValidationError, SettingsError, StorageUnreachable
-from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN
+from churn_platform.schema import (
+    FEATURE_NAMES,
+    FEATURES,
+    ID_COLUMN,
+    ID_CONTROL_CHARACTERS,
+    ID_CONTROL_PROBLEM,
+    ID_MAX_LENGTH,
+    LABEL_COLUMN,
+)
 from churn_platform.settings import Settings
 
 if TYPE_CHECKING:
@@ -241,6 +249,8 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
         extra.setdefault(row, []).append(f"{ID_COLUMN}: empty")
     for row in ids.index[(ids.str.len() > ID_MAX_LENGTH).fillna(False)]:
         extra.setdefault(row, []).append(f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
+    for row in ids.index[ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True).fillna(False)]:
+        extra.setdefault(row, []).append(f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}")
     if SNAPSHOT_TIME not in raw.columns:
         times = pd.Series(pd.Timestamp(as_of).tz_convert(UTC) if as_of.tzinfo else pd.Timestamp(as_of, tz=UTC),
                           index=raw.index)  # fmt: skip

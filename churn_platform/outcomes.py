@@ -30,7 +30,15 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import DataValidationError, StorageUnreachable
 from churn_platform.inference_log import make_engine, sqlite_time
-from churn_platform.schema import ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN, LABEL_VALUES, normalise_columns
+from churn_platform.schema import (
+    ID_COLUMN,
+    ID_CONTROL_CHARACTERS,
+    ID_CONTROL_PROBLEM,
+    ID_MAX_LENGTH,
+    LABEL_COLUMN,
+    LABEL_VALUES,
+    normalise_columns,
+)
 
 #: The columns of an outcomes file or request, after header normalisation.
 INPUT_COLUMNS: tuple[str, ...] = (ID_COLUMN, CHURNED, OBSERVED_AT)
@@ -100,7 +108,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     ids = text[ID_COLUMN]
     reject(ids.isna() | (ids == "") | ids.isin(["nan", "None"]), f"{ID_COLUMN}: missing")
     reject(ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
-    reject(ids.str.contains(r"[\x00-\x1f]", regex=True), f"{ID_COLUMN}: contains control characters")
+    reject(ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True), f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}")
     raw_label = text[CHURNED]
     label = raw_label.str.lower().map(LABEL_VALUES)
     reject(raw_label.isna() | (raw_label == ""), f"{CHURNED}: missing")

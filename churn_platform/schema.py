@@ -22,6 +22,10 @@ INTEGER_MAX = 2**31 - 1
 ID_COLUMN = "customer_id"
 #: Longest customer id the API accepts and the inference log stores.
 ID_MAX_LENGTH = 128
+#: What an id may not hold, as a regex character range: control characters. PostgreSQL
+#: cannot store NUL at all, and a tab or newline in an id is a bug upstream.
+ID_CONTROL_CHARACTERS = r"\x00-\x1f"
+ID_CONTROL_PROBLEM = "contains a control character (tab, newline, NUL...)"
 LABEL_COLUMN = "churn"
 #: Positive / negative label spellings accepted in files (the data set writes Yes/No).
 LABEL_VALUES = {"yes": 1, "no": 0, "1": 1, "0": 0, "true": 1, "false": 0}

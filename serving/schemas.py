@@ -9,10 +9,11 @@ pydantic's (tests/unit/test_schemas.py holds them to that with generated bodies)
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from churn_platform.contract import (
     EXPLANATION,
@@ -24,7 +25,29 @@ from churn_platform.contract import (
     WILL_CHURN,
 )
 from churn_platform.data import generate, to_records
-from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH, LABEL_COLUMN, Feature
+from churn_platform.schema import (
+    FEATURE_NAMES,
+    FEATURES,
+    ID_COLUMN,
+    ID_CONTROL_CHARACTERS,
+    ID_CONTROL_PROBLEM,
+    ID_MAX_LENGTH,
+    LABEL_COLUMN,
+    Feature,
+)
+
+_CONTROL = re.compile(f"[{ID_CONTROL_CHARACTERS}]")
+
+
+def _printable(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(ID_CONTROL_PROBLEM)
+    return value
+
+
+#: An id as every route takes it: the log and the feature store cannot hold a NUL, and a tab
+#: or newline in an id is a bug upstream, so the caller hears of it at once.
+PrintableId = Annotated[str, AfterValidator(_printable)]
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
@@ -49,7 +72,8 @@ EXAMPLE_CUSTOMER = _example()
 Customer = create_model(
     "Customer",
     __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CUSTOMER]}),
-    **{ID_COLUMN: (str | None, Field(None, max_length=ID_MAX_LENGTH, description="Your id; echoed back."))},
+    **{ID_COLUMN: (PrintableId | None, Field(None, max_length=ID_MAX_LENGTH,
+                                            description="Your id, echoed back; no control characters."))},
     **{f.name: _field(f) for f in FEATURES},
 )
 
@@ -111,7 +135,7 @@ BatchResponse = create_model(
 )
 
 
-CustomerId = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH)]
+CustomerId = Annotated[PrintableId, Field(min_length=1, max_length=ID_MAX_LENGTH)]
 
 
 class ByIdRequest(BaseModel):
@@ -140,6 +164,10 @@ class Problem(BaseModel):
     message: str
 
 
+#: ``_printable`` as a pattern (``re.search``; ``\Z``, not ``$``, which also matches before a final newline).
+_FAST_ID_PATTERN = rf"\A[^{ID_CONTROL_CHARACTERS}]*\Z"
+
+
 def _fast_field(feature: Feature) -> tuple[str, Any]:
     if feature.allowed is not None:
         return feature.name, Literal[feature.allowed]  # type: ignore[valid-type]
@@ -153,7 +181,7 @@ _FastCustomer = msgspec.defstruct(
     "FastCustomer",
     [
         *(_fast_field(f) for f in FEATURES),
-        (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH)] | None, None),
+        (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH, pattern=_FAST_ID_PATTERN)] | None, None),
     ],
     forbid_unknown_fields=True,
 )

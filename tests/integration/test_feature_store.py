@@ -200,6 +200,7 @@ def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_expo
     monkeypatch.chdir(tmp_path)
     raw = data.read_table(telco_csv).head(40).reset_index(drop=True)
     raw.loc[3, "tenure"] = "-1"
+    raw.loc[20, ID_COLUMN] = "bad\x00id"  # PostgreSQL cannot store a NUL: refused by name, the rest loaded
     buffer = io.BytesIO()
     raw.to_parquet(buffer, index=False)
     s3 = stack_env.s3()
@@ -214,16 +215,18 @@ def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_expo
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 1, result.output
         out = json.loads(result.stdout)  # Feast's progress goes to stderr: stdout is the JSON alone
-        assert (out["rows"], out["ingested"], out["rejected"], out["rejects"]) == (40, 39, 1, rejects)
+        assert (out["rows"], out["ingested"], out["rejected"], out["rejects"]) == (40, 38, 2, rejects)
         assert before <= datetime.fromisoformat(out["first"]) <= datetime.now(UTC)
         assert datetime.fromisoformat(out["materialized_to"]) >= datetime.fromisoformat(out["first"])
         stored = s3.get_object(Bucket=stack_env.bucket, Key="data/features/customers.rejects.parquet")
         bad = pd.read_parquet(io.BytesIO(stored["Body"].read()))
-        assert bad["row"].tolist() == [4] and "tenure" in bad["reason"][0]
+        assert bad["row"].tolist() == [4, 21] and "tenure" in bad["reason"][0]
+        assert bad["reason"][1] == "customer_id: contains a control character (tab, newline, NUL...)"
         store = feature_store.open_store(get_settings())
-        ids = raw[ID_COLUMN].tolist()
+        kept = raw.drop(index=20)
+        ids = kept[ID_COLUMN].tolist()
         got = feature_store.online(store, ids)
-        assert got[3] is None and sum(g is not None for g in got) == 39
+        assert got[3] is None and sum(g is not None for g in got) == 38
         # The next day's export holds 10 customers, with a snapshot_time column: the column wins
         # over --as-of, those 10 get the new values, the others keep theirs, and the rejects
         # file (written every run) is this run's: empty.
@@ -238,7 +241,7 @@ def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_expo
         again = feature_store.online(feature_store.open_store(get_settings()), ids)
         assert [a["tenure"] for a in again[:3]] == [int(t) + 12 for t in raw["tenure"][:3]]
         assert again[3]["tenure"] == int(raw.loc[3, "tenure"]) + 12  # rejected before, loaded now
-        assert [a["tenure"] for a in again[10:]] == [int(t) for t in raw["tenure"][10:]]
+        assert [a["tenure"] for a in again[10:]] == [int(t) for t in kept["tenure"][10:]]
         stored = s3.get_object(Bucket=stack_env.bucket, Key="data/features/customers.rejects.parquet")
         assert pd.read_parquet(io.BytesIO(stored["Body"].read())).empty
         frame = feature_store.training_frame(

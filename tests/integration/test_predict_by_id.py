@@ -70,6 +70,9 @@ def test_by_id_scores_the_latest_snapshot_logs_its_features_and_survives_a_broke
             single = httpx.get(f"{base}/predict/{ids[7]}").json()
             assert abs(single["churn_probability"] - direct[7]["churn_probability"]) <= 1e-9
             assert httpx.get(f"{base}/predict/not-a-customer").status_code == 404
+            # PostgreSQL cannot hold a NUL: the id is refused by name before any store is read.
+            refused = httpx.get(f"{base}/predict/a%00b")
+            assert refused.status_code == 422 and "control character" in refused.json()["message"]
 
             # The log holds the features that were used: the second snapshot's, for every id scored by id.
             engine = sa.create_engine(log_url)

@@ -113,6 +113,7 @@ def test_single_prediction(api, telco_csv):
         ({"senior_citizen": 2}, "senior_citizen", "0 or 1"),
         ({"contrat": "One year"}, "contrat", "Extra inputs are not permitted"),
         ({"payment_method": None}, "payment_method", "Input should be"),
+        ({"customer_id": "7590\x00VHVEG"}, "customer_id", "contains a control character"),
     ],
 )
 def test_bad_customers_get_422_naming_the_field(api, telco_csv, change, field, words):
@@ -296,12 +297,15 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
             ({"customer_ids": []}, 422, "customer_ids"),
             ({"customer_ids": [""]}, 422, "customer_ids.0"),
             ({"customer_ids": ["x" * 129]}, 422, "customer_ids.0"),
+            ({"customer_ids": [ids[0], "a\x00b"]}, 422, "customer_ids.1: Value error, contains a control character"),
             ({"ids": ids[:1]}, 422, "customer_ids"),
             ({"customer_ids": ids[:1] * 1001}, 413, "limit is 1000"),
         ):
             response = client.post("/predict/by-id", json=payload)
             assert (response.status_code, words in response.text) == (status, True), response.text
         assert client.get(f"/predict/{'x' * 129}").status_code == 422
+        refused = client.get("/predict/a%00b")
+        assert refused.status_code == 422 and "customer_id: Value error, contains a" in refused.json()["message"]
 
 
 ANY_UNKNOWN = "unknown customer id: the online store holds no features for it"

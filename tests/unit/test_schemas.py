@@ -28,7 +28,7 @@ odd_values = st.one_of(
     st.integers(min_value=-3, max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([1e308, 1.7976931348623157e308, -0.0, 0.0, 5e-324, 1.0, 0.5]),
-    st.sampled_from(CATEGORIES + ["", "yes", "70.5", " 5", "1e3", "NaN", "inf", "0", "1"]),
+    st.sampled_from(CATEGORIES + ["", "yes", "70.5", " 5", "1e3", "NaN", "inf", "0", "1", "a\x00b", "7590\n", "\x1f"]),
     st.text(max_size=140),
     st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
@@ -91,6 +91,7 @@ def test_fast_decoder_accepts_exactly_what_the_contract_accepts(case):
         {"total_charges": 0},
         {"customer_id": None},
         {"customer_id": "x" * 128},
+        {"customer_id": "Ünïcode 7590 \x7f"},  # DEL and non-ASCII are stored as sent
         {"tenure": 0},
     ],
 )
@@ -111,6 +112,9 @@ def test_well_formed_edge_values_take_the_same_values(change):
         ("tenure", "true"),
         ("contract", '"Weekly"'),
         ("customer_id", json.dumps("x" * 129)),
+        ("customer_id", json.dumps("a\x00b")),  # PostgreSQL cannot store a NUL
+        ("customer_id", json.dumps("7590-VHVEG\n")),  # "$" in a pattern would let this one through
+        ("customer_id", json.dumps("a\tb")),
     ],
 )
 def test_refusals_name_the_field(field, raw):
