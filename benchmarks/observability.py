@@ -6,8 +6,8 @@ JSON logs with tracing on (spans exported over OTLP/HTTP to a local sink that ac
 
 Trains the default model into a throwaway embedded registry, then for each round starts the
 API once per configuration and drives single customers at 8 connections with wrk; the rounds
-interleave the configurations so machine noise hits all of them alike; the best round of each
-is reported. Target (the observability issue): JSON logs within 5 % of text logs' req/s.
+interleave the configurations, each round in a rotated order, so machine noise and a run's
+place in the round hit all of them alike; the best round of each is reported. Target (the observability issue): JSON logs within 5 % of text logs' req/s.
 """
 
 from __future__ import annotations
@@ -71,8 +71,12 @@ def main() -> None:
     endpoint = sink()
     bin_dir = Path(sys.executable).parent
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
+    names = list(CONFIGS)
     for round_ in range(args.rounds):
-        for name, extra in CONFIGS.items():
+        # Each round starts one configuration later, so no configuration always runs first
+        # (right after the training) or right after the same neighbour.
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            extra = CONFIGS[name]
             port = free_port()
             env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{round_}-{port}.db",
                        CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / f"spool-{port}"),

@@ -272,7 +272,8 @@ def main() -> None:
                                                    args.seconds, folder)  # fmt: skip
         peer.stop()  # the rollout runs below have the machine to themselves, as "off" had
         rollouts: dict[str, list[dict[str, float]]] = {"off": [], "canary": [], "shadow": []}
-        for mode in [m for _ in range(args.rounds) for m in rollouts]:  # interleaved: noise hits all alike
+        modes = list(rollouts)  # interleaved, each round in a rotated order: noise and place hit all alike
+        for mode in [modes[(r + i) % len(modes)] for r in range(args.rounds) for i in range(len(modes))]:
             if mode != "off":
                 rollout.start(client, "churn", mode=mode, percent=20 if mode == "canary" else None,  # type: ignore[arg-type]
                               version=challenger.version, actor="benchmark")  # fmt: skip
