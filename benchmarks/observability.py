@@ -73,8 +73,8 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     names = list(CONFIGS)
     for round_ in range(args.rounds):
-        # Each round starts one configuration later, so no configuration always runs first
-        # (right after the training) or right after the same neighbour.
+        # Each round starts one configuration later: with as many rounds as configurations (the
+        # default), each runs once in every place, first (right after the training) included.
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             extra = CONFIGS[name]
             port = free_port()

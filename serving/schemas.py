@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 
 from churn_platform.contract import (
     EXPLANATION,
@@ -39,15 +40,17 @@ from churn_platform.schema import (
 _CONTROL = re.compile(f"[{ID_CONTROL_CHARACTERS}]")
 
 
-def _printable(value: str) -> str:
+def _no_control_characters(value: str) -> str:
     if _CONTROL.search(value):
-        raise ValueError(ID_CONTROL_PROBLEM)
+        raise PydanticCustomError("control_character", ID_CONTROL_PROBLEM)
     return value
 
 
-#: An id as every route takes it: the log and the feature store cannot hold a NUL, and a tab
-#: or newline in an id is a bug upstream, so the caller hears of it at once.
-PrintableId = Annotated[str, AfterValidator(_printable)]
+#: Every id a route takes passes this, after its length limits: the log and the feature store
+#: cannot hold a NUL, and a tab or newline in an id is a bug upstream, so the caller hears at once.
+NO_CONTROL_CHARACTERS = AfterValidator(_no_control_characters)
+#: What the OpenAPI document says about an id.
+ID_DESCRIPTION = f"At most {ID_MAX_LENGTH} characters, none of them a control character (U+0000 to U+001F)."
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
@@ -72,8 +75,8 @@ EXAMPLE_CUSTOMER = _example()
 Customer = create_model(
     "Customer",
     __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CUSTOMER]}),
-    **{ID_COLUMN: (PrintableId | None, Field(None, max_length=ID_MAX_LENGTH,
-                                            description="Your id, echoed back; no control characters."))},
+    **{ID_COLUMN: (Annotated[str, Field(max_length=ID_MAX_LENGTH), NO_CONTROL_CHARACTERS] | None,
+                   Field(None, description=f"Your id, echoed back. {ID_DESCRIPTION}"))},
     **{f.name: _field(f) for f in FEATURES},
 )
 
@@ -135,7 +138,9 @@ BatchResponse = create_model(
 )
 
 
-CustomerId = Annotated[PrintableId, Field(min_length=1, max_length=ID_MAX_LENGTH)]
+CustomerId = Annotated[
+    str, Field(min_length=1, max_length=ID_MAX_LENGTH, description=ID_DESCRIPTION), NO_CONTROL_CHARACTERS
+]
 
 
 class ByIdRequest(BaseModel):
@@ -201,7 +206,7 @@ def customers_from_json(body: bytes, model: type[BaseModel]) -> list[dict[str, A
     """
     try:
         decoded = _FAST_DECODERS[model].decode(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, UnicodeDecodeError):  # msgspec reads bad UTF-8 in a string as the latter
         parsed = model.model_validate_json(body)
         customers = parsed.customers if isinstance(parsed, BatchRequest) else [parsed]
         return [dict(c.__dict__) for c in customers]

@@ -19,13 +19,14 @@ from serving import openapi
 from serving.deps import FeaturesDep, PredictorDep, ServedModel
 from serving.errors import BatchTooLarge, UnknownCustomer
 from serving.schemas import (
+    ID_DESCRIPTION,
+    NO_CONTROL_CHARACTERS,
     BatchRequest,
     BatchResponse,
     ByIdRequest,
     ByIdResponse,
     Customer,
     Prediction,
-    PrintableId,
     Problem,
     customers_from_json,
 )
@@ -104,7 +105,9 @@ async def predict_by_id(
 @router.get("/predict/{customer_id}", response_model=Prediction,
             responses={404: {"model": Problem, "description": "Unknown customer id"}, **ById})  # fmt: skip
 async def predict_by_path(
-    customer_id: Annotated[PrintableId, Path(min_length=1, max_length=ID_MAX_LENGTH)],
+    customer_id: Annotated[
+        str, Path(min_length=1, max_length=ID_MAX_LENGTH, description=ID_DESCRIPTION), NO_CONTROL_CHARACTERS
+    ],
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""

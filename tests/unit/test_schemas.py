@@ -124,6 +124,12 @@ def test_refusals_name_the_field(field, raw):
     assert field in str(refused.value)
 
 
+def test_a_body_that_is_not_utf8_is_refused_as_invalid_json():
+    body = json.dumps(VALID[0]).encode().replace(b'"customer_id": "', b'"customer_id": "\xff', 1)
+    with pytest.raises(ValidationError, match="Invalid JSON"):
+        customers_from_json(body, Customer)
+
+
 def test_unknown_fields_are_refused_by_name():
     with pytest.raises(ValidationError, match="surprise"):
         customers_from_json(json.dumps({**VALID[0], "surprise": 1}).encode(), Customer)
