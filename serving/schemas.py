@@ -169,10 +169,6 @@ class Problem(BaseModel):
     message: str
 
 
-#: ``_printable`` as a pattern (``re.search``; ``\Z``, not ``$``, which also matches before a final newline).
-_FAST_ID_PATTERN = rf"\A[^{ID_CONTROL_CHARACTERS}]*\Z"
-
-
 def _fast_field(feature: Feature) -> tuple[str, Any]:
     if feature.allowed is not None:
         return feature.name, Literal[feature.allowed]  # type: ignore[valid-type]
@@ -182,20 +178,29 @@ def _fast_field(feature: Feature) -> tuple[str, Any]:
     return feature.name, Annotated[kind, msgspec.Meta(ge=feature.minimum, le=feature.maximum)]
 
 
-_FastCustomer = msgspec.defstruct(
-    "FastCustomer",
-    [
-        *(_fast_field(f) for f in FEATURES),
-        (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH, pattern=_FAST_ID_PATTERN)] | None, None),
-    ],
-    forbid_unknown_fields=True,
-)
-_FastBatch = msgspec.defstruct(
-    "FastBatch",
-    [("customers", Annotated[list[_FastCustomer], msgspec.Meta(min_length=1)])],  # type: ignore[valid-type]
-    forbid_unknown_fields=True,
-)
-_FAST_DECODERS = {Customer: msgspec.json.Decoder(_FastCustomer), BatchRequest: msgspec.json.Decoder(_FastBatch)}
+def _fast_decoders(id_pattern: str | None) -> dict[type[BaseModel], msgspec.json.Decoder]:
+    """msgspec decoders for ``Customer`` and ``BatchRequest`` bodies, ids held to ``id_pattern``."""
+    customer = msgspec.defstruct(
+        "FastCustomer",
+        [
+            *(_fast_field(f) for f in FEATURES),
+            (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH, pattern=id_pattern)] | None, None),
+        ],
+        forbid_unknown_fields=True,
+    )
+    batch = msgspec.defstruct(
+        "FastBatch",
+        [("customers", Annotated[list[customer], msgspec.Meta(min_length=1)])],  # type: ignore[valid-type]
+        forbid_unknown_fields=True,
+    )
+    return {Customer: msgspec.json.Decoder(customer), BatchRequest: msgspec.json.Decoder(batch)}
+
+
+# JSON holds a control character in a string only as an escape (a raw one is malformed), so a
+# body without a backslash needs no check of its ids: the pattern (Python's ``re``, once per id)
+# costs ~0.3 ms per 1000 ids. ``\Z``, not ``$``, which also matches before a final newline.
+_FAST_DECODERS = _fast_decoders(None)
+_ESCAPED_DECODERS = _fast_decoders(rf"\A[^{ID_CONTROL_CHARACTERS}]*\Z")
 
 
 def customers_from_json(body: bytes, model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -204,8 +209,9 @@ def customers_from_json(body: bytes, model: type[BaseModel]) -> list[dict[str, A
     Raises pydantic's ``ValidationError`` naming every problem. A body only pydantic's lax
     mode accepts (a number sent as a string, say) is accepted, through pydantic.
     """
+    decoders = _ESCAPED_DECODERS if b"\\" in body else _FAST_DECODERS
     try:
-        decoded = _FAST_DECODERS[model].decode(body)
+        decoded = decoders[model].decode(body)
     except (msgspec.MsgspecError, UnicodeDecodeError):  # msgspec reads bad UTF-8 in a string as the latter
         parsed = model.model_validate_json(body)
         customers = parsed.customers if isinstance(parsed, BatchRequest) else [parsed]

@@ -124,6 +124,15 @@ def test_refusals_name_the_field(field, raw):
     assert field in str(refused.value)
 
 
+@pytest.mark.parametrize("raw", [b"\x00", b"\n", b"\x1f"])
+def test_a_raw_control_character_in_a_string_is_malformed_json(raw):
+    """Why only bodies holding a backslash have their ids checked one by one."""
+    body = json.dumps(VALID[0]).encode().replace(b'"customer_id": "', b'"customer_id": "' + raw, 1)
+    assert b"\\" not in body
+    with pytest.raises(ValidationError, match="Invalid JSON"):
+        customers_from_json(body, Customer)
+
+
 def test_a_body_that_is_not_utf8_is_refused_as_invalid_json():
     body = json.dumps(VALID[0]).encode().replace(b'"customer_id": "', b'"customer_id": "\xff', 1)
     with pytest.raises(ValidationError, match="Invalid JSON"):
