@@ -215,8 +215,8 @@ class InferenceLog:
                 self._pending, self._pending_rows = [], 0
                 self._ready.clear()
                 stopping = self._stopping
-            for chunk, chunk_rows in _chunks(items, self._batch_rows):
-                self._send(chunk, chunk_rows)
+            if items:
+                self._send(list(_chunks(items, self._batch_rows)))
             if stopping:
                 break
         if self._writer is not None:
@@ -243,12 +243,23 @@ class InferenceLog:
                     log.error("inference log: request %s cannot be encoded (%s); its rows are dropped", row[0], exc)
             return (self._encoder.encode(good) if good else None), bad
 
-    def _send(self, items: list[Item], rows: int) -> None:
-        frame, unencodable = self._encode(items)
-        if unencodable:
-            self._count("dropped", unencodable)
-            rows -= unencodable
-        if frame is None:
+    def _send(self, chunks: list[tuple[list[Item], int]]) -> None:
+        """Pipe one frame per chunk, all in one write.
+
+        A write gives up the GIL, and under full load winning it back from the event loop can
+        take the whole switch interval (5 ms): with a write per chunk the sender managed ~200
+        batches of 1000 rows a second, the API scored more, and its queue overflowed.
+        """
+        frames: list[bytes] = []
+        rows = 0
+        for items, chunk_rows in chunks:
+            frame, unencodable = self._encode(items)
+            if unencodable:
+                self._count("dropped", unencodable)
+            if frame is not None:
+                frames.append(pipe_frame(frame, chunk_rows - unencodable))
+                rows += chunk_rows - unencodable
+        if not frames:
             return
         writer = self._writer
         alive = False
@@ -260,7 +271,7 @@ class InferenceLog:
         lost = rows
         if alive:
             try:
-                writer.send(frame, rows)
+                writer.send(b"".join(frames) if len(frames) > 1 else frames[0])
                 return
             except (OSError, ValueError):
                 with self._counts:
@@ -290,12 +301,13 @@ class _WriterProcess:
         self.gone = False
         self.reader: threading.Thread | None = None  # counts its reports
         # The URL may hold a password: it goes through the pipe, never the command line.
-        self.send(msgspec.msgpack.encode(config), 0)
+        self.send(pipe_frame(msgspec.msgpack.encode(config), 0))
 
-    def send(self, payload: bytes, rows: int) -> None:
+    def send(self, frames: bytes) -> None:
+        """Pipe whole frames (``pipe_frame``) to the writer."""
         stdin = self.process.stdin
         assert stdin is not None
-        stdin.write(pipe_frame(payload, rows))
+        stdin.write(frames)
         stdin.flush()
 
     def close_input(self) -> None:
