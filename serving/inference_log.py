@@ -79,6 +79,7 @@ class InferenceLog:
         self._lock = threading.Lock()
         self._ready = threading.Event()  # set when a batch is due, or to stop
         self._stopping = False
+        self._overflowing = False
         self._max_rows, self._batch_rows, self._flush_s = queue_rows, batch_rows, flush_s
         self._listener = listener
         self._encoder = msgspec.msgpack.Encoder()
@@ -145,6 +146,12 @@ class InferenceLog:
                     self._ready.set()
         if full:
             self._count("dropped", n)
+            if not self._overflowing:  # one line per episode; the metric counts every row
+                self._overflowing = True
+                log.warning("inference log queue is full (%d rows, CHURN_INFERENCE_LOG_QUEUE_ROWS): rows are "
+                            "dropped until the writer catches up", self._max_rows)  # fmt: skip
+        elif self._overflowing:
+            self._overflowing = False
 
     def close(self, timeout: float = 25.0) -> None:
         """Flush what is queued, let the writer finish, and stop (graceful shutdown)."""

@@ -82,7 +82,7 @@ def test_close_flushes_everything_queued(tmp_path):
     assert log._writer.process.returncode == 0
 
 
-def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
     log = InferenceLog(
         f"sqlite:///{tmp_path}/log.db", spool_dir=tmp_path / "spool", batch_rows=10_000, flush_s=30, queue_rows=50
     )
@@ -93,6 +93,9 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     assert time.perf_counter() - started < 1.0
     log.close()
     assert (log.written, log.dropped) == (40, 160)
+    full = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
+    assert full == ["inference log queue is full (50 rows, CHURN_INFERENCE_LOG_QUEUE_ROWS): rows are dropped "
+                    "until the writer catches up"]  # fmt: skip
 
 
 def test_database_url_never_reaches_the_command_line(tmp_path):
