@@ -364,6 +364,10 @@ def main() -> None:
         f"({log_rows['inference_log_rows_spooled_total']:.0f} spooled, "
         f"{log_rows['inference_log_rows_dropped_total']:.0f} dropped; drained {catch_up_s:.1f}s after the load)"
     )
+    if log_rows["inference_log_rows_dropped_total"] or in_database != scored:
+        why = [line for line in ours.log_path.read_text(errors="replace").splitlines()
+               if re.search("queue is full|spool is full|refused|writer is gone|cannot", line)]  # fmt: skip
+        print(f"{'':34}LOST ROWS: the log does not hold every scored row; the API said:", *why[:5], sep="\n  ")
     for label, (scored_rate, written_rate) in log_rates.items():
         if not scored_rate:
             continue
