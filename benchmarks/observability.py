@@ -7,7 +7,8 @@ JSON logs with tracing on (spans exported over OTLP/HTTP to a local sink that ac
 Trains the default model into a throwaway embedded registry, then for each round starts the
 API once per configuration and drives single customers at 8 connections with wrk; the rounds
 interleave the configurations, each round in a rotated order, so machine noise and a run's
-place in the round hit all of them alike; the best round of each is reported. Target (the observability issue): JSON logs within 5 % of text logs' req/s.
+place in the round hit all of them alike; the best round of each is reported. Target (the
+observability issue): JSON logs within 5 % of text logs' req/s.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving import wrk  # noqa: E402
+from benchmarks.serving import interleaved, wrk  # noqa: E402
 from churn_platform.processes import free_port, start, wait_http  # noqa: E402
 
 CONFIGS = {
@@ -71,29 +72,25 @@ def main() -> None:
     endpoint = sink()
     bin_dir = Path(sys.executable).parent
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
-    names = list(CONFIGS)
-    for round_ in range(args.rounds):
-        # Each round starts one configuration later: with as many rounds as configurations (the
-        # default), each runs once in every place, first (right after the training) included.
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
-            extra = CONFIGS[name]
-            port = free_port()
-            env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{round_}-{port}.db",
-                       CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / f"spool-{port}"),
-                       **{k: v.replace("{sink}", endpoint) for k, v in extra.items()})  # fmt: skip
-            api = start(f"api-{port}", [str(bin_dir / "churn-platform"), "serve", "--port", str(port)], folder, env=env)
-            try:
-                wait_http(api, f"http://127.0.0.1:{port}/health", 120)
-                deadline = time.time() + 120
-                while httpx.get(f"http://127.0.0.1:{port}/ready").status_code != 200:
-                    if time.time() > deadline:
-                        sys.exit(f"{name}: the API did not become ready")
-                    time.sleep(0.3)
-                url = f"http://127.0.0.1:{port}/predict/single"
-                wrk(url, body, 8, 2, folder)  # warm-up
-                results[name].append(wrk(url, body, 8, args.seconds, folder))
-            finally:
-                api.stop()
+    for run, name in enumerate(interleaved(list(CONFIGS), args.rounds)):
+        extra = CONFIGS[name]
+        port = free_port()
+        env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{run}-{port}.db",
+                   CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / f"spool-{port}"),
+                   **{k: v.replace("{sink}", endpoint) for k, v in extra.items()})  # fmt: skip
+        api = start(f"api-{port}", [str(bin_dir / "churn-platform"), "serve", "--port", str(port)], folder, env=env)
+        try:
+            wait_http(api, f"http://127.0.0.1:{port}/health", 120)
+            deadline = time.time() + 120
+            while httpx.get(f"http://127.0.0.1:{port}/ready").status_code != 200:
+                if time.time() > deadline:
+                    sys.exit(f"{name}: the API did not become ready")
+                time.sleep(0.3)
+            url = f"http://127.0.0.1:{port}/predict/single"
+            wrk(url, body, 8, 2, folder)  # warm-up
+            results[name].append(wrk(url, body, 8, args.seconds, folder))
+        finally:
+            api.stop()
     best = {name: max(runs, key=lambda r: r["rps"]) for name, runs in results.items()}
     base = best["text logs"]["rps"]
     print(f"\nsingle customers, 8 connections, best of {args.rounds} interleaved rounds of {args.seconds}s")

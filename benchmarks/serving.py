@@ -140,16 +140,22 @@ def logged_rows(url: str) -> int:
         engine.dispose()
 
 
+def interleaved(names: list[str], rounds: int) -> list[str]:
+    """``names`` once per round, each round starting one later, so noise and a run's place in
+    the round hit all of them alike (with as many rounds as names, each runs once in every place)."""
+    return [names[(r + i) % len(names)] for r in range(rounds) for i in range(len(names))]
+
+
 def in_process_batch(scorer: FastScorer, body: bytes, settings: Settings, repeat: int = 200) -> dict[str, float]:
     """Milliseconds of one core for the steps every batch answer needs, as the API does them:
-    the validating decode, scoring and the answer (built and encoded as the predictor and the
-    route do). Their sum bounds what one API worker can reach, whatever the HTTP layer and the
+    the validating decode, scoring and the answer (built by the predictor's ``answers``, encoded
+    as the route does). Their sum bounds what one API worker can reach, whatever the HTTP layer and the
     log cost."""
     import msgspec
     import numpy as np
 
-    from churn_platform.contract import MODEL_NAME, MODEL_VERSION, PROBABILITY, RISK, RISK_BANDS, WILL_CHURN
-    from churn_platform.schema import ID_COLUMN
+    from churn_platform.contract import MODEL_NAME, MODEL_VERSION
+    from serving.predictor import answers
     from serving.schemas import BatchRequest, customers_from_json
 
     encode = msgspec.json.Encoder().encode
@@ -158,10 +164,8 @@ def in_process_batch(scorer: FastScorer, body: bytes, settings: Settings, repeat
     probabilities = np.clip(scorer.score(customers), 0.0, 1.0)
 
     def answer() -> bytes:
-        bands = np.searchsorted(edges, probabilities, side="right").tolist()
-        predictions = [{ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
-                        MODEL_VERSION: 1}
-                       for c, p, b in zip(customers, probabilities.tolist(), bands, strict=True)]  # fmt: skip
+        bands = np.searchsorted(edges, probabilities, side="right")
+        predictions = answers(customers, probabilities, bands, threshold, 1)
         return encode({"predictions": predictions, MODEL_VERSION: 1, MODEL_NAME: "churn"})
 
     steps = {"decode": lambda: customers_from_json(body, BatchRequest),
@@ -316,8 +320,7 @@ def main() -> None:
                                                    args.seconds, folder)  # fmt: skip
         peer.stop()  # the rollout runs below have the machine to themselves, as "off" had
         rollouts: dict[str, list[dict[str, float]]] = {"off": [], "canary": [], "shadow": []}
-        modes = list(rollouts)  # interleaved, each round in a rotated order: noise and place hit all alike
-        for mode in [modes[(r + i) % len(modes)] for r in range(args.rounds) for i in range(len(modes))]:
+        for mode in interleaved(list(rollouts), args.rounds):
             if mode != "off":
                 rollout.start(client, "churn", mode=mode, percent=20 if mode == "canary" else None,  # type: ignore[arg-type]
                               version=challenger.version, actor="benchmark")  # fmt: skip

@@ -125,12 +125,7 @@ class Predictor:
         before, before_arm = logs.current("model_version"), logs.current("arm")  # a canary answers with both
         logs.bind(model_version=model.version if before in (None, model.version) else f"{before}+{model.version}",
                   arm=arm if before_arm in (None, arm) else f"{before_arm}+{arm}")  # fmt: skip
-        threshold, version = model.decision_threshold, model.version
-        predictions = [
-            {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
-             MODEL_VERSION: version}
-            for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
-        ]  # fmt: skip
+        predictions = answers(customers, probabilities, bands, model.decision_threshold, model.version)
         if explained is not None and top_k is not None:
             for prediction, explained_one in zip(
                 predictions, explanation.top(explained, customers, top_k), strict=True
@@ -144,6 +139,17 @@ class Predictor:
         for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
             self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
         return bands
+
+
+def answers(
+    customers: list[dict[str, Any]], probabilities: np.ndarray, bands: np.ndarray, threshold: float, version: int
+) -> list[dict[str, Any]]:
+    """Each customer's prediction as the API answers it (``bands``: indexes into RISK_BANDS)."""
+    return [
+        {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
+         MODEL_VERSION: version}
+        for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
+    ]  # fmt: skip
 
 
 def _explainable(model: LoadedModel) -> None:
