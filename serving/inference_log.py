@@ -278,7 +278,7 @@ class InferenceLog:
         lost = rows
         if alive:
             try:
-                writer.send(b"".join(frames) if len(frames) > 1 else frames[0])
+                writer.send(b"".join(frames))  # one frame: joined without a copy
                 return
             except (OSError, ValueError):
                 with self._counts:

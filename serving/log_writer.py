@@ -62,6 +62,8 @@ TRANSACTION_ROWS = 20_000
 DRAIN_S = 15.0
 _BACKOFF_MAX_S = 5.0
 _STAGING = "inference_log_staging"
+#: ``COLUMNS`` as SQL lists them.
+_NAMES = ", ".join(COLUMNS)
 
 
 def read_frame(stream: IO[bytes]) -> tuple[bytes, int] | None:
@@ -234,13 +236,12 @@ class Database:
                 if self._binary:
                     raise
                 return self.insert(items)
-        names = ", ".join(COLUMNS)
         with self._engine.begin() as conn:
             raw = conn.connection.dbapi_connection
             if self._dialect == "sqlite":
                 cur = raw.cursor()
                 marks = ", ".join("?" * len(COLUMNS))
-                conflict = f"INSERT OR IGNORE INTO {INFERENCE_LOG_TABLE} ({names}) VALUES ({marks})"
+                conflict = f"INSERT OR IGNORE INTO {INFERENCE_LOG_TABLE} ({_NAMES}) VALUES ({marks})"
                 cur.executemany(conflict, rows)
                 inserted = cur.rowcount
                 cur.close()
@@ -257,20 +258,19 @@ class Database:
 
     def _copy_staged(self, rows: list[tuple]) -> int:
         """COPY into a temporary table, then one INSERT moves the rows whose ids are not stored."""
-        names = ", ".join(COLUMNS)
         with self._engine.begin() as conn, conn.connection.dbapi_connection.cursor() as cur:
             cur.execute(  # our columns only: no id, no constraints
                 f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "
-                f"SELECT {names} FROM {INFERENCE_LOG_TABLE} WITH NO DATA"
+                f"SELECT {_NAMES} FROM {INFERENCE_LOG_TABLE} WITH NO DATA"
             )
             self._write(cur, _STAGING, rows)
-            cur.execute(f"INSERT INTO {INFERENCE_LOG_TABLE} ({names}) SELECT {names} FROM {_STAGING} "
+            cur.execute(f"INSERT INTO {INFERENCE_LOG_TABLE} ({_NAMES}) SELECT {_NAMES} FROM {_STAGING} "
                         f"ON CONFLICT ({REQUEST_ID}, {ROW_INDEX}) DO NOTHING")  # fmt: skip
             return cur.rowcount
 
     def _write(self, cur: psycopg.Cursor, into: str, rows: list[tuple]) -> None:
         binary = " (FORMAT BINARY)" if self._binary else ""
-        with cur.copy(f"COPY {into} ({', '.join(COLUMNS)}) FROM STDIN{binary}") as copy:
+        with cur.copy(f"COPY {into} ({_NAMES}) FROM STDIN{binary}") as copy:
             if self._binary:
                 copy.set_types(self._types)
             for row in rows:
