@@ -153,11 +153,16 @@ def _write(client: MlflowClient, name: str, event: Event) -> None:
 
 
 def reconcile(client: MlflowClient, name: str) -> list[Event]:
-    """Events, with an ``external`` one recorded if the alias moved outside our commands."""
-    recorded = recorded_events(client, name)
-    events = [e for e in recorded if e.action in MOVES]
+    """Events, with an ``external`` one recorded if the alias moved outside our commands.
+
+    The alias is read before the events. Our commands record before they move, so every
+    move this read can see was recorded before the events are read; in the other order a
+    command moving the alias between the two reads would look like an outside change.
+    """
     registry.adopt_ui_aliases(client, name)
     current = _current(client, name)
+    recorded = recorded_events(client, name)
+    events = [e for e in recorded if e.action in MOVES]
     if not events:
         if current is None:
             return recorded

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from churn_platform import data
+from churn_platform import data, promotion
 from churn_platform.cli import main
 from churn_platform.promotion import AUDIT_PREFIX
 from churn_platform.settings import get_settings
@@ -157,6 +157,34 @@ def test_racing_promotions_keep_every_audit_event(three_versions, stack_env):
     ]  # fmt: skip
     assert all({"at", "from", "to", "actor", "via", "reason"} <= set(e) for e in raw)
     assert not [e for e in raw if e["action"] == "external"]  # a race is not an outside change
+
+
+def test_a_promotion_landing_while_another_command_reads_is_not_an_outside_change(
+    three_versions, stack_env, monkeypatch
+):
+    """The racing test's rare failure, made certain: a promotion lands just after the events are read.
+
+    When the alias was read after the events, that move looked like an outside change.
+    """
+    name = three_versions
+    assert cli("promote", "--model-name", name, "--version", "1").exit_code == 0
+    client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
+    real_recorded_events = promotion.recorded_events
+    landed = []
+
+    def recorded_then_another_promotes(client_, name_):
+        events = real_recorded_events(client_, name_)
+        if not landed:
+            landed.append(True)
+            promotion.promote(client, name, 2, actor="racer", force=True)
+        return events
+
+    monkeypatch.setattr(promotion, "recorded_events", recorded_then_another_promotes)
+    promotion.reconcile(client, name)
+    monkeypatch.undo()
+    assert landed
+    assert status_json(name)["production"]["version"] == 2
+    assert [(e["action"], e["from"], e["to"]) for e in history_json(name)] == [("promote", 1, 2), ("promote", None, 1)]
 
 
 def test_unreachable_registry_is_exit_3_within_30s(stack_env):
