@@ -315,6 +315,7 @@ class Loader:
         """Empty the spool into the database for at most ``drain_s``; what is left stays on disk."""
         self.drain_until = time.monotonic() + drain_s
         self.stopping.set()
+        self.spool.seal()
         self._thread.join(drain_s + 5)
 
     def _status(self) -> None:

@@ -97,6 +97,7 @@ class Spool:
         self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
         self._closed = False
+        self._sealed = False  # no more appends: a reader that caught up stops waiting
 
     @staticmethod
     def _dir_bytes(directory: _Directory) -> int:
@@ -141,6 +142,13 @@ class Spool:
         self._tail = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._tail_size = 0
 
+    def seal(self) -> None:
+        """No frame will be appended any more: a reader that has caught up returns at once
+        rather than waiting out its timeout (a writer with a long flush interval shutting down)."""
+        with self._cond:
+            self._sealed = True
+            self._cond.notify_all()
+
     def sync(self) -> None:
         """Make what was appended survive a power cut (the writer calls this every flush interval)."""
         with self._cond:
@@ -171,7 +179,7 @@ class Spool:
             if own:
                 with self._cond:
                     if (segment, offset) >= self._published:
-                        if waited or self._closed:
+                        if waited or self._closed or self._sealed:
                             return
                         self._cond.wait(timeout)
                         waited = True

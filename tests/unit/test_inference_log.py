@@ -87,12 +87,10 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
         f"sqlite:///{tmp_path}/log.db", spool_dir=tmp_path / "spool", batch_rows=10_000, flush_s=30, queue_rows=50
     )
     log.start()
-    started = time.perf_counter()
     for i in range(10):
         log.append(f"r{i}", "churn", 1, RECORDS, [0.1] * len(RECORDS))
-    assert time.perf_counter() - started < 1.0
     log.close()
-    assert (log.written, log.dropped) == (40, 160)
+    assert (log.written, log.dropped) == (40, 160)  # an append that waited for room would drop nothing
     full = [r.getMessage() for r in caplog.records if "queue is full" in r.getMessage()]
     assert full == ["inference log queue is full (50 rows, CHURN_INFERENCE_LOG_QUEUE_ROWS): rows are dropped "
                     "until the writer catches up"]  # fmt: skip

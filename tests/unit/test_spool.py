@@ -4,6 +4,7 @@ and adoption of a spool an earlier process left (real files, no database)."""
 from __future__ import annotations
 
 import os
+import threading
 
 from serving.spool import Spool
 
@@ -33,6 +34,29 @@ def test_frames_come_back_in_order_and_committed_segments_are_deleted(tmp_path):
     assert len(segment_files(tmp_path)) == 1  # only the open tail segment stays
     spool.close()
     assert segment_files(tmp_path) == []  # an empty spool leaves nothing behind
+
+
+def test_a_sealed_spool_stops_its_waiting_reader_once_it_has_read_everything(tmp_path):
+    """A writer shutting down must not wait out its flush interval (here an hour) for frames
+    that will never come."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"last", rows=1)
+    first = spool.read(10, timeout=3600)
+    assert [f.payload for f in first] == [b"last"]
+    spool.ack(first)
+    reads: list = []
+
+    def read_in_background() -> threading.Thread:
+        reader = threading.Thread(target=lambda: reads.append(spool.read(10, timeout=3600)), daemon=True)
+        reader.start()
+        return reader
+
+    waiting = read_in_background()
+    spool.seal()
+    waiting.join(60)
+    read_in_background().join(60)  # a read after the seal does not wait either
+    assert reads == [[], []], "a reader still waits for frames after the spool was sealed"
+    spool.close()
 
 
 def test_a_spool_left_by_a_dead_process_is_adopted_and_replayed_first(tmp_path):
