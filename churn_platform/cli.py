@@ -426,7 +426,7 @@ def rollout() -> None:
 
 def _fmt_rollout(state: RolloutState) -> str:
     if state.mode == "off":
-        return "rollout: off (Production serves every customer)"
+        return "rollout: off (Production serves every customer)" + (f"\n  {state.reason}" if state.reason else "")
     share = f" {state.percent}% of customers" if state.mode == "canary" else " (scored for every customer, logged only)"
     line = f"rollout: {state.mode}: Challenger v{state.challenger_version}{share}"
     line += f" beside Production v{state.production_version}\n  started {state.started_at} by {state.started_by}"
@@ -455,11 +455,12 @@ def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, per
 @registry_command
 def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log_url: str | None) -> None:
     """The rollout state in the registry and, while one runs, each arm's figures from the inference log."""
+    from churn_platform import promotion
     from churn_platform import registry as registry_mod
     from churn_platform import rollout as rollout_mod
     from churn_platform.contract import TAG_THRESHOLD
 
-    state = rollout_mod.current(client, settings.model_name)
+    state = rollout_mod.current(client, settings.model_name, promotion.current_production(client, settings.model_name))
     comparison = None
     if state.mode != "off":
         thresholds = {}

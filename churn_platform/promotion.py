@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -111,11 +112,15 @@ def _model_or_fail(client: MlflowClient, name: str):
         raise
 
 
-def recorded_events(client: MlflowClient, name: str) -> list[Event]:
-    """Recorded events, oldest first."""
-    tags = _model_or_fail(client, name).tags
+def events_in(tags: Mapping[str, str]) -> list[Event]:
+    """The events among a registered model's tags, oldest first."""
     events = [_parse(k, v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
     return sorted((e for e in events if e is not None), key=lambda e: e.key)
+
+
+def recorded_events(client: MlflowClient, name: str) -> list[Event]:
+    """Recorded events, oldest first."""
+    return events_in(_model_or_fail(client, name).tags)
 
 
 def _current(client: MlflowClient, name: str) -> int | None:

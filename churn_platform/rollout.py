@@ -43,14 +43,28 @@ class RolloutError(NotFoundError):
     """A rollout change that cannot be made as asked (exit 2); nothing was changed."""
 
 
-def current(client: MlflowClient, name: str) -> RolloutState:
-    """The rollout state in the registry (``off`` when none was ever started)."""
+def current(client: MlflowClient, name: str, production: int | None = None) -> RolloutState:
+    """The rollout in effect: ``off`` when none was started, or once Production has moved.
+
+    A rollout compares its Challenger with the Production it was started beside. Once
+    Production moves (promote, rollback, the MLflow UI) the rollout has ended, whether or
+    not its tag was cleared: otherwise a rollback to that version would bring the Challenger
+    back. ``production``, the version serving now, also catches a move made in the UI that
+    no command has recorded yet.
+    """
+    return _in_effect(_tags(client, name), production)
+
+
+def _tags(client: MlflowClient, name: str) -> dict[str, str]:
     try:
-        tags = client.get_registered_model(name).tags
+        return client.get_registered_model(name).tags
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise NotFoundError(f"registered model {name!r} does not exist") from exc
         raise
+
+
+def _stored(tags: dict[str, str]) -> RolloutState:
     raw = tags.get(ROLLOUT_TAG)
     if not raw:
         return RolloutState()
@@ -58,6 +72,37 @@ def current(client: MlflowClient, name: str) -> RolloutState:
         return RolloutState.model_validate_json(raw)
     except ValidationError:
         return RolloutState(reason=f"unreadable {ROLLOUT_TAG} tag ignored: {raw[:100]!r}")
+
+
+def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
+    state = _stored(tags)
+    if state.mode == "off":
+        return state
+    rollout = f"the {state.mode} of v{state.challenger_version} beside v{state.production_version}"
+    moved = _first_move_after(promotion.events_in(tags), state.started_at)
+    if moved is not None:
+        return RolloutState(reason=f"{rollout} ended when Production moved: {moved.action} "
+                                   f"v{moved.from_version or '-'} -> v{moved.to_version or '-'} at {moved.at} "
+                                   f"by {moved.actor}")  # fmt: skip
+    if production is not None and production != state.production_version:
+        return RolloutState(reason=f"{rollout} ended when Production moved to v{production}")
+    return state
+
+
+def _first_move_after(events: list[promotion.Event], started_at: str | None) -> promotion.Event | None:
+    try:
+        start = datetime.fromisoformat(started_at or "")
+    except ValueError:
+        return None
+    for event in events:
+        if event.action not in promotion.MOVES:
+            continue
+        try:
+            if datetime.fromisoformat(event.at) > start:
+                return event
+        except ValueError:
+            continue
+    return None
 
 
 def _save(client: MlflowClient, name: str, state: RolloutState) -> None:
@@ -108,15 +153,25 @@ def start(
 
 
 def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None = None) -> RolloutState:
-    """End the rollout: all traffic back to Production alone."""
-    before = current(client, name)
-    if before.mode == "off":
-        raise RolloutError(f"no rollout of {name!r} is running; nothing changed")
-    promotion.record(client, name, "rollout-stop", before.production_version, before.challenger_version,
-                     actor=actor, reason=reason or f"{before.mode} stopped")  # fmt: skip
-    state = RolloutState()
-    _save(client, name, state)
-    return state
+    """End the rollout: all traffic back to Production alone.
+
+    A rollout that already ended when Production moved has its tag cleared too.
+    """
+    tags = _tags(client, name)
+    stored = _stored(tags)
+    if stored.mode == "off":
+        why = f" ({stored.reason})" if stored.reason else ""
+        raise RolloutError(f"no rollout of {name!r} is running{why}; nothing changed")
+    in_effect = _in_effect(tags, None)
+    _end(client, name, stored, reason or (in_effect.reason if in_effect.mode == "off" else f"{stored.mode} stopped"),
+         actor)  # fmt: skip
+    return RolloutState()
+
+
+def _end(client: MlflowClient, name: str, state: RolloutState, reason: str, actor: str | None) -> None:
+    promotion.record(client, name, "rollout-stop", state.production_version, state.challenger_version,
+                     actor=actor, reason=reason)  # fmt: skip
+    _save(client, name, RolloutState())
 
 
 def promote(
@@ -131,10 +186,11 @@ def promote(
     """Move Production to the rollout's Challenger (the promote gate and audit trail), then stop."""
     state = current(client, name)
     if state.mode == "off" or state.challenger_version is None:
-        raise RolloutError(f"no rollout of {name!r} is running: start one, or use `churn-platform promote`")
+        why = f" ({state.reason})" if state.reason else ""
+        raise RolloutError(f"no rollout of {name!r} is running{why}: start one, or use `churn-platform promote`")
     result = promotion.promote(client, name, state.challenger_version, reason=reason or f"after {state.mode}",
                                actor=actor, force=force, tolerance=tolerance)  # fmt: skip
-    stop(client, name, reason=f"promoted v{state.challenger_version}", actor=actor)
+    _end(client, name, state, f"promoted v{state.challenger_version}", actor)
     return result
 
 

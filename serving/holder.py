@@ -124,10 +124,10 @@ class ModelHolder:
         name = self.settings.model_name
         try:
             with registry.translate_errors(self.settings):
-                state = rollout.current(client, name)  # type: ignore[arg-type]
+                state = rollout.current(client, name, production)  # type: ignore[arg-type]
                 version = state.challenger_version
-                if state.mode == "off" or version is None or version == production:
-                    self.rollout, self.rollout_status = None, "off"
+                if state.mode == "off" or version is None:
+                    self.rollout, self.rollout_status = None, f"off: {state.reason}" if state.reason else "off"
                     return
                 if self.rollout is not None and self.rollout.model.version == version:
                     self.rollout = ActiveRollout(state, self.rollout.model)  # mode or percent changed

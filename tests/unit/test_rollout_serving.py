@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from churn_platform import data, loading, outcomes, rollout
+from churn_platform import data, loading, outcomes, promotion, rollout
 from churn_platform.cli import main
 from serving.app import create_app
 from tests.unit.test_api import KEY, make_settings, wait_ready
@@ -129,3 +129,25 @@ def test_a_challenger_failing_verification_leaves_production_serving(registry, r
         assert api.get("/ready").status_code == 200
         assert {v for v in versions(api, customers(200)).values()} == {1}
         assert 'churn_model_reloads_total{outcome="challenger_failed"}' in api.get("/metrics").text
+
+
+def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_bring_its_challenger_back(
+    registry, registry_uri, tmp_path
+):
+    rows = customers(500)
+    try:
+        with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+            wait_ready(api)
+            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+            assert reload(api)["mode"] == "canary"
+            # Moved in the MLflow UI: no command has recorded it, the replica sees it at its next load.
+            registry.set_registered_model_alias("churn", "Production", "2")
+            state = reload(api)
+            assert state["mode"] == "off" and "ended when Production moved to v2" in state["status"]
+            assert promotion.current_production(registry, "churn") == 2  # any command records the move
+            # Back to v1, the version the canary was started beside: it stays ended.
+            registry.set_registered_model_alias("churn", "Production", "1")
+            assert reload(api)["mode"] == "off"
+            assert set(versions(api, rows).values()) == {1}
+    finally:
+        registry.set_registered_model_alias("churn", "Production", "1")

@@ -101,3 +101,31 @@ def test_without_a_challenger_or_a_rollout_the_commands_say_what_is_missing(thre
     for command in ("stop", "promote"):
         result = cli("rollout", command, "--model-name", name)
         assert result.exit_code == 2 and "no rollout" in result.output
+
+
+def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_revive_it(three_versions):
+    name = three_versions
+    assert cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "20").exit_code == 0
+    assert cli("promote", "--model-name", name, "--version", "3", "--force", "--actor", "bob").exit_code == 0
+    assert cli("rollback", "--model-name", name).exit_code == 0  # Production is v1 again, as when it started
+    state = out(cli("rollout", "status", "--model-name", name, "--json"))
+    assert state["mode"] == "off" and state["challenger_version"] is None
+    assert "canary of v3 beside v1 ended when Production moved: promote v1 -> v3" in state["reason"]
+    assert "by bob" in cli("rollout", "status", "--model-name", name).output
+    result = cli("rollout", "promote", "--model-name", name)
+    assert result.exit_code == 2 and "no rollout" in result.output and "ended when Production moved" in result.output
+    # stop clears the tag that still says canary, and says why in the trail.
+    assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "canary"
+    assert cli("rollout", "stop", "--model-name", name).exit_code == 0
+    assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "off"
+    event = out(cli("history", "--model-name", name, "--json"))["events"][0]
+    assert event["action"] == "rollout-stop" and "ended when Production moved" in event["reason"]
+    assert cli("rollout", "stop", "--model-name", name).exit_code == 2  # now nothing is left to stop
+
+
+def test_a_rollout_ends_when_production_is_moved_in_the_ui(three_versions):
+    name = three_versions
+    assert cli("rollout", "start", "--model-name", name, "--mode", "shadow").exit_code == 0
+    MlflowClient().set_registered_model_alias(name, "Production", "2")  # what the MLflow UI does
+    state = out(cli("rollout", "status", "--model-name", name, "--json"))
+    assert state["mode"] == "off" and "ended when Production moved: external v1 -> v2" in state["reason"]
