@@ -176,11 +176,15 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         last = events[-1]
         if current == last.to_version:
             return recorded
-        recent = [e for e in events if e.ns >= last.ns - RACE_WINDOW_NS]
-        if current is not None and current in {e.to_version for e in recent}:
-            return recorded  # two of our own promotions raced; both are recorded
-        if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
-            return recorded  # a command has just recorded its event and is about to move the alias
+        # Only our own commands race. An external event is keyed just after the event before
+        # it, not by the time it was noticed: counting it here would hide a change undone in
+        # the UI (v1 -> v2 -> v1) for good.
+        if last.via == "cli":
+            recent = [e for e in events if e.via == "cli" and e.ns >= last.ns - RACE_WINDOW_NS]
+            if current is not None and current in {e.to_version for e in recent}:
+                return recorded  # two of our own promotions raced; both are recorded
+            if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
+                return recorded  # a command has just recorded its event and is about to move the alias
         last_ns, base = last.ns, last.key.rsplit("-", 1)[-1]
     # Deterministic key: just after the last recorded event, named after it and the alias.
     key = f"{AUDIT_PREFIX}{last_ns + 1:020d}-ext{base}{current or 0}"
@@ -194,7 +198,13 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         reason=("Production alias changed outside churn-platform (MLflow UI or API); the time is when it was noticed"),
         via="external",
     )
-    _write(client, name, event)
+    try:
+        _write(client, name, event)
+    except MlflowException:
+        # Another command noticing the same change wrote this key a moment ago (its insert
+        # won the race for the key); the change is recorded either way.
+        if key not in _model_or_fail(client, name).tags:
+            raise
     return sorted([*recorded, event], key=lambda e: e.key)
 
 

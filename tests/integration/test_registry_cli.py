@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -185,6 +186,21 @@ def test_a_promotion_landing_while_another_command_reads_is_not_an_outside_chang
     assert landed
     assert status_json(name)["production"]["version"] == 2
     assert [(e["action"], e["from"], e["to"]) for e in history_json(name)] == [("promote", 1, 2), ("promote", None, 1)]
+
+
+def test_commands_noticing_the_same_ui_change_at_once_record_it_once_and_all_succeed(three_versions, stack_env):
+    name = three_versions
+    assert cli("promote", "--model-name", name, "--version", "1").exit_code == 0
+    client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
+    # Changes made in the UI, each noticed by eight commands at once; the last two undo the first.
+    for version in ("2", "1", "2"):
+        client.set_registered_model_alias(name, "Production", version)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seen = list(pool.map(lambda _: promotion.current_production(client, name), range(8)))
+        assert seen == [int(version)] * 8
+    external = [(e["from"], e["to"]) for e in history_json(name) if e["action"] == "external"]
+    assert external == [(1, 2), (2, 1), (1, 2)]
+    assert status_json(name)["production"]["promoted_via"] == "external"
 
 
 def test_unreachable_registry_is_exit_3_within_30s(stack_env):
