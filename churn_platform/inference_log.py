@@ -5,6 +5,8 @@ Declared once here: the API writes it, the monitor reads it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,18 +58,31 @@ _ADDED = {ARM: "VARCHAR(16) NOT NULL DEFAULT 'production'", SCORING_MS: "FLOAT"}
 
 def upgrade(engine: sa.Engine) -> None:
     """Create the table, or add what a table from an earlier release lacks."""
-    table(sa.MetaData()).metadata.create_all(engine)
-    columns = {c["name"] for c in sa.inspect(engine).get_columns(INFERENCE_LOG_TABLE)}
-    missing = [name for name in _ADDED if name not in columns]
-    if missing:
-        with engine.begin() as conn:
-            for name in missing:  # replicas upgrade at once: a column another one just added is fine
-                exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
-                try:
-                    conn.execute(sa.text(f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN{exists} {name} {_ADDED[name]}"))
-                except sa.exc.OperationalError as exc:
-                    if "duplicate column" not in str(exc):
-                        raise
+    with schema_change(engine) as conn:
+        table(sa.MetaData()).metadata.create_all(conn)
+        columns = {c["name"] for c in sa.inspect(conn).get_columns(INFERENCE_LOG_TABLE)}
+        exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
+        for name in (name for name in _ADDED if name not in columns):
+            try:
+                conn.execute(sa.text(f"ALTER TABLE {INFERENCE_LOG_TABLE} ADD COLUMN{exists} {name} {_ADDED[name]}"))
+            except sa.exc.OperationalError as exc:  # SQLite: another process added it since we looked
+                if "duplicate column" not in str(exc):
+                    raise
+
+
+#: Serialises schema changes on one PostgreSQL database: processes creating the same tables at
+#: once (the replicas of a first deploy) collide in PostgreSQL's catalog (a unique violation on
+#: pg_type, or DuplicateTable), and a writer that hit that dropped a batch of rows.
+_SCHEMA_LOCK = 0x6368726E
+
+
+@contextlib.contextmanager
+def schema_change(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that holds the project's schema lock on PostgreSQL until it commits."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        yield conn
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -29,7 +29,7 @@ from churn_platform.contract import (
     SCORED_AT,
 )
 from churn_platform.errors import DataValidationError, StorageUnreachable
-from churn_platform.inference_log import make_engine, sqlite_time
+from churn_platform.inference_log import make_engine, schema_change, sqlite_time
 from churn_platform.schema import (
     ID_COLUMN,
     ID_CONTROL_CHARACTERS,
@@ -152,7 +152,8 @@ class Written:
 
 
 def upgrade(engine: sa.Engine) -> None:
-    table(sa.MetaData()).metadata.create_all(engine)
+    with schema_change(engine) as conn:
+        table(sa.MetaData()).metadata.create_all(conn)
 
 
 def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 5000) -> Written:

@@ -3,13 +3,15 @@ staging table when a replay holds ids already stored (skipped), text and NULLs i
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
 import sqlalchemy as sa
 
-from churn_platform import data
+from churn_platform import data, outcomes
 from serving.log_writer import Database, decode_frame
 from tests.services import postgres_database
 
@@ -160,4 +162,40 @@ def test_without_the_unique_index_loads_fail_loudly_rather_than_write_a_replay_t
             database.dispose()
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar() == 0
+        engine.dispose()
+
+
+def test_replicas_starting_together_on_a_new_database_store_their_first_rows():
+    """Four writers and an outcomes upload create their tables at once: before the schema lock,
+    PostgreSQL's catalog refused all but one (a unique violation on pg_type) and the writers
+    dropped their first batch."""
+    records = data.to_records(data.generate(3, seed=2).drop(columns=["churn"]))
+    with postgres_database() as url:
+        databases = [Database(url) for _ in range(4)]
+        start = threading.Barrier(5)
+
+        def first_batch(i: int) -> int:
+            start.wait()
+            item = [f"r{i}", datetime.now(UTC), "churn", 1, "production", records, [0.2] * 3]
+            return databases[i].insert(frame(item))
+
+        def outcomes_table() -> None:
+            engine = sa.create_engine(url)
+            start.wait()
+            outcomes.upgrade(engine)
+            engine.dispose()
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(5) as pool:
+                stored = [pool.submit(first_batch, i) for i in range(4)]
+                created = pool.submit(outcomes_table)
+                assert [f.result() for f in stored] == [3, 3, 3, 3]
+                created.result()
+        finally:
+            for database in databases:
+                database.dispose()
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar() == 12
+            assert conn.execute(sa.text("SELECT count(*) FROM outcomes")).scalar() == 0
         engine.dispose()
