@@ -168,9 +168,16 @@ def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 
     else:  # pragma: no cover - the log supports these two
         raise DataValidationError(f"outcomes need PostgreSQL or SQLite, not {dialect}")
     ingested = datetime.now(UTC)
-    changed = 0
+    # In key order: two uploads sharing customers then lock their rows in the same order and
+    # wait for each other instead of deadlocking.
+    good = good.sort_values([ID_COLUMN, OBSERVED_AT], kind="stable")
+    postgres = dialect == "postgresql"
+    changed = inserted = 0
     with engine.begin() as conn:
-        before = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one()
+        # PostgreSQL says per row whether it was inserted (xmax = 0) or updated; counting the
+        # table before and after would also count rows another upload committed meanwhile.
+        # SQLite lets one writer at a time in, so the counts hold there.
+        before = 0 if postgres else conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one()
         for start in range(0, len(good), chunk_rows):
             chunk = good.iloc[start : start + chunk_rows]
             rows = [
@@ -185,9 +192,13 @@ def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 
                 set_={CHURNED: new[CHURNED], OUTCOME_SOURCE: new[OUTCOME_SOURCE], INGESTED_AT: new[INGESTED_AT]},
                 where=outcomes.c[CHURNED].is_distinct_from(new[CHURNED]),
             )
-            changed += conn.execute(statement).rowcount
-        after = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one()
-    inserted = after - before
+            if postgres:
+                fresh = conn.execute(statement.returning(sa.literal_column("xmax = 0"))).scalars().all()
+                changed, inserted = changed + len(fresh), inserted + sum(fresh)
+            else:
+                changed += conn.execute(statement).rowcount
+        if not postgres:
+            inserted = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one() - before
     return Written(inserted=inserted, replaced=changed - inserted, unchanged=len(good) - changed)
 
 

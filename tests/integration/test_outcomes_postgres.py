@@ -1,0 +1,62 @@
+"""Outcomes written to a real PostgreSQL: the figures an upload reports are its own, even while
+another upload runs, and uploads sharing customers wait for each other instead of deadlocking."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from churn_platform import outcomes
+from tests.services import postgres_database
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def checked(ids: list[str], churned: str = "yes", observed_at: str = "2026-11-01") -> pd.DataFrame:
+    frame = pd.DataFrame({"customer_id": ids, "churned": churned, "observed_at": observed_at})
+    result = outcomes.check(frame, now=NOW)
+    assert result.rejects.empty
+    return result.good
+
+
+def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old():
+    with postgres_database() as url:
+        engine = sa.create_engine(url)
+        first = checked([f"c{i}" for i in range(10)])
+        assert outcomes.write(engine, first, "crm.csv") == outcomes.Written(10, 0, 0)
+        assert outcomes.write(engine, first, "crm.csv") == outcomes.Written(0, 0, 10)
+        change = pd.concat([checked(["c0"], churned="no"), checked(["c0"], observed_at="2026-11-02")])
+        assert outcomes.write(engine, change, "fix.csv") == outcomes.Written(1, 1, 0)
+        engine.dispose()
+
+
+def test_concurrent_uploads_each_report_their_own_rows_and_never_deadlock():
+    with postgres_database() as url:
+        engine = sa.create_engine(url, pool_size=4)
+        outcomes.upgrade(engine)
+        shared = [f"s{i:05d}" for i in range(20_000)]
+        uploads = [
+            checked([f"a{i:05d}" for i in range(20_000)]),  # only its own customers
+            checked([f"b{i:05d}" for i in range(20_000)]),
+            checked(shared),  # the same customers as the next one, labelled the other way
+            checked(shared[::-1], churned="no"),
+        ]
+        start = threading.Barrier(len(uploads))
+
+        def write(good: pd.DataFrame) -> outcomes.Written:
+            start.wait()
+            return outcomes.write(engine, good, "concurrent", chunk_rows=2000)
+
+        with concurrent.futures.ThreadPoolExecutor(len(uploads)) as pool:
+            written = list(pool.map(write, uploads))
+        engine.dispose()
+    assert written[:2] == [outcomes.Written(20_000, 0, 0)] * 2
+    shared_results = sorted(written[2:], key=lambda w: w.inserted)
+    assert shared_results == [outcomes.Written(0, 20_000, 0), outcomes.Written(20_000, 0, 0)]
