@@ -57,7 +57,10 @@ class _Directory:
 
 
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # removed by the writer that just emptied it
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -76,14 +79,18 @@ class Spool:
         self.root, self.max_bytes, self.segment_bytes = root, max_bytes, segment_bytes
         root.mkdir(parents=True, exist_ok=True)
         self._dirs: list[_Directory] = []
-        for candidate in sorted(p for p in root.iterdir() if p.is_dir()):
+        for candidate in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             fd = _try_lock(candidate)
             if fd is not None:  # no live writer holds it: a previous process's rows
                 self._dirs.append(_Directory(candidate, fd, adopted=True))
-        own = root / uuid.uuid4().hex
-        own.mkdir()
-        fd = _try_lock(own)
+        # Made under a hidden name and locked before it gets its own: a writer starting at the
+        # same moment (another API worker) could otherwise lock it first and adopt it.
+        name = uuid.uuid4().hex
+        hidden = root / f".{name}"
+        hidden.mkdir()
+        fd = _try_lock(hidden)
         assert fd is not None
+        own = hidden.rename(root / name)
         self._own = _Directory(own, fd, adopted=False)
         self._dirs.append(self._own)
         self.adopted_bytes = sum(self._dir_bytes(d) for d in self._dirs[:-1])

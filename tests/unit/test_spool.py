@@ -59,6 +59,40 @@ def test_a_sealed_spool_stops_its_waiting_reader_once_it_has_read_everything(tmp
     spool.close()
 
 
+def open_at_once(root, writers: int) -> tuple[list[Spool], list[Exception]]:
+    """``writers`` spools opened on ``root`` by threads released at the same moment."""
+    start = threading.Barrier(writers)
+    spools: list[Spool] = []
+    errors: list[Exception] = []
+
+    def open_spool() -> None:
+        start.wait()
+        try:
+            spools.append(Spool(root, max_bytes=1 << 20))
+        except Exception as exc:  # noqa: BLE001 - reported by the caller's assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_spool) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return spools, errors
+
+
+def test_writers_starting_at_the_same_moment_never_take_each_others_directory(tmp_path):
+    """Two API workers start their writers together: before, one locked the other's directory
+    between its creation and its lock (about one start in five here), adopted it, and the
+    other's writer died on start."""
+    for trial in range(100):
+        root = tmp_path / str(trial)
+        root.mkdir()
+        spools, errors = open_at_once(root, 4)
+        assert (errors, [s.adopted for s in spools]) == ([], [0, 0, 0, 0]), f"trial {trial}"
+        for spool in spools:
+            spool.close()
+
+
 def test_a_spool_left_by_a_dead_process_is_adopted_and_replayed_first(tmp_path):
     dead = Spool(tmp_path, max_bytes=1 << 20)
     for i in range(3):
