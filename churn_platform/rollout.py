@@ -184,7 +184,7 @@ def promote(
     tolerance: float = 0.005,
 ) -> promotion.PromotionResult:
     """Move Production to the rollout's Challenger (the promote gate and audit trail), then stop."""
-    state = current(client, name)
+    state = current(client, name, promotion.current_production(client, name))
     if state.mode == "off" or state.challenger_version is None:
         why = f" ({state.reason})" if state.reason else ""
         raise RolloutError(f"no rollout of {name!r} is running{why}: start one, or use `churn-platform promote`")
