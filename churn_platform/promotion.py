@@ -14,6 +14,7 @@ writes the same tag instead of a second record.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import os
 import secrets
@@ -171,7 +172,7 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
     if not events:
         if current is None:
             return recorded
-        last_ns, base = 0, "initial"
+        last_ns, last_key = 0, "initial"
     else:
         last = events[-1]
         if current == last.to_version:
@@ -185,9 +186,11 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
                 return recorded  # two of our own promotions raced; both are recorded
             if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
                 return recorded  # a command has just recorded its event and is about to move the alias
-        last_ns, base = last.ns, last.key.rsplit("-", 1)[-1]
-    # Deterministic key: just after the last recorded event, named after it and the alias.
-    key = f"{AUDIT_PREFIX}{last_ns + 1:020d}-ext{base}{current or 0}"
+        last_ns, last_key = last.ns, last.key
+    # Deterministic key: just after the last recorded event, named after it and the alias (by a
+    # hash, so a long run of UI changes never outgrows MLflow's 250-character tag keys).
+    digest = hashlib.sha256(f"{last_key}:{current or 0}".encode()).hexdigest()[:12]
+    key = f"{AUDIT_PREFIX}{last_ns + 1:020d}-ext{digest}"
     event = Event(
         key=key,
         at=datetime.now(UTC).isoformat(timespec="milliseconds"),

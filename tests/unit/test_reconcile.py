@@ -45,3 +45,15 @@ def test_a_revert_to_the_previous_version_outside_our_commands_is_recorded(clien
     # v2 was promoted by us long enough ago; Production on v1 now is someone's rollback in the UI
     found = externals(promotion.reconcile(client, "m"))
     assert [(e.from_version, e.to_version) for e in found] == [(2, 1)]
+
+
+def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):
+    """Each external key is named after the one before it; it must not grow with the run
+    (MLflow refuses tag keys over 250 characters, which would stop every command)."""
+    record(client, time.time_ns(), None, 1)
+    for version in ["2", "1"] * 6:
+        client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, version)
+        promotion.reconcile(client, "m")
+    found = externals(promotion.recorded_events(client, "m"))
+    assert [e.to_version for e in found] == [2, 1] * 6
+    assert len({len(e.key) for e in found}) == 1 and len(found[0].key) < 80
