@@ -28,7 +28,7 @@ import pandas as pd
 
 from churn_platform import data, processes
 from churn_platform.contract import PROBABILITY, ExitCode
-from churn_platform.errors import ChurnPlatformError
+from churn_platform.errors import ChurnPlatformError, DataSourceError
 from churn_platform.processes import Process, ProcessFailed, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,10 @@ ADMIN_KEY = "demo-admin-key"
 
 class DemoFailed(ChurnPlatformError):
     exit_code = ExitCode.REFUSED
+
+
+#: Left in every folder the demo makes: only such a folder (or an empty one) is wiped by the next run.
+MARKER = ".churn-demo"
 
 
 @dataclass
@@ -354,15 +358,32 @@ class Demo:
         return self.summary
 
 
+def _fresh_folder(folder: Path, data: str) -> None:
+    """Empty ``folder`` for a new run, refusing to wipe what the demo did not make."""
+    if folder.exists():
+        if not folder.is_dir():
+            raise DataSourceError(f"--folder {folder}: is a file; give a folder")
+        # An older demo's folder has no marker, but its MLflow store and artifacts say what it is.
+        old_demo = (folder / "mlflow.db").is_file() and (folder / "artifacts").is_dir()
+        made_by_demo = (folder / MARKER).exists() or old_demo
+        if any(folder.iterdir()) and not made_by_demo:
+            raise DataSourceError(f"--folder {folder}: holds files the demo did not make, and the demo wipes its "
+                                  "folder first; give a new or empty folder")  # fmt: skip
+        if data != "synthetic" and Path(data).is_relative_to(folder.resolve()):
+            raise DataSourceError(f"--data {data} is inside --folder {folder}, which the demo wipes first")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text("made by `churn-platform demo`; the next demo run wipes this folder\n")
+
+
 def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: bool,
              echo: Callable[[str], None] = click.echo) -> dict[str, Any]:  # fmt: skip
     """Play the demo in ``folder`` (wiped first); return its summary."""
     if data != "synthetic":
-        if not Path(data).exists():
-            raise DemoFailed(f"--data {data}: file not found")
+        if not Path(data).is_file():
+            raise DataSourceError(f"--data {data}: file not found")
         data = str(Path(data).resolve())  # `mlflow run` runs in the repository, not here
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    _fresh_folder(folder, data)
     env = dict(os.environ)
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", CHURN_REGISTRY_MAX_RETRIES="1",
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",

@@ -51,4 +51,40 @@ def test_demo_fails_clearly_on_a_missing_data_file(tmp_path):
         [sys.executable, "-m", "churn_platform.cli", "demo", "--data", "nope.csv", "--folder", str(tmp_path / "d")],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.returncode == 1 and "--data nope.csv: file not found" in done.stderr
+    assert done.returncode == 2 and "--data nope.csv: file not found" in done.stderr
+
+
+def test_demo_never_wipes_a_folder_it_did_not_make(tmp_path):
+    """--folder wipes its folder first: a folder holding someone's files is refused, untouched."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("years of work")
+    data = tmp_path / "customers.csv"
+    data.write_text("not read: the folder is refused first")
+    done = subprocess.run(
+        [sys.executable, "-m", "churn_platform.cli", "demo", "--data", str(data), "--folder", str(folder)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "holds files the demo did not make" in done.stderr and "Traceback" not in done.stderr
+    assert (folder / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_demo_folder_is_wiped_for_the_next_run_and_data_inside_it_is_refused(tmp_path):
+    from churn_platform.demo import MARKER, _fresh_folder
+    from churn_platform.errors import DataSourceError
+
+    folder = tmp_path / "demo"
+    _fresh_folder(folder, "synthetic")
+    (folder / "summary.json").write_text("{}")
+    _fresh_folder(folder, "synthetic")  # made by the demo: wiped
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER]
+    (folder / "mine.csv").write_text("customer_id\n")
+    with pytest.raises(DataSourceError, match="inside --folder"):
+        _fresh_folder(folder, str(folder / "mine.csv"))
+    assert (folder / "mine.csv").exists()
+    old = tmp_path / "old"  # an earlier release's demo folder has no marker
+    (old / "artifacts").mkdir(parents=True)
+    (old / "mlflow.db").write_text("")
+    _fresh_folder(old, "synthetic")
+    assert sorted(p.name for p in old.iterdir()) == [MARKER]
