@@ -84,7 +84,8 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     Headers are normalised like customer files (``customerID``, ``Churn`` and lower-case
     spellings); labels are Yes/No, 1/0 or true/false; ``observed_at`` is ISO-8601 (a time
     without a zone is UTC) and defaults to ``now`` when the column is absent or blank.
-    Within one input, a later row for the same customer and time replaces an earlier one.
+    Within one input, the same label twice for a customer and time is one outcome; two
+    different labels for them are both rejected.
     """
     now = now or datetime.now(UTC)
     frame = frame.copy()
@@ -127,6 +128,15 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         observed = observed.where(~blank, pd.Timestamp(now))
     reject(observed > pd.Timestamp(now) + timedelta(minutes=5),
            f"{OBSERVED_AT}: in the future (now is {now.isoformat(timespec='seconds')})")  # fmt: skip
+    # Two different labels for one customer at one time: which is true is the sender's to say,
+    # so neither is stored (the same label twice is one outcome).
+    keyed = pd.DataFrame({"id": ids, "at": observed, "label": label})[reasons == ""]
+    conflict = keyed.groupby(["id", "at"], dropna=False)["label"].transform("nunique") > 1
+    if conflict.any():
+        rows = (keyed[conflict].index.to_series() + 1).groupby([keyed["id"][conflict], keyed["at"][conflict]])
+        listed = rows.transform(lambda r: ", ".join(map(str, r))).reindex(frame.index, fill_value="")
+        reason = f"{CHURNED}: conflicting labels for one {ID_COLUMN} and {OBSERVED_AT} (rows " + listed + ")"
+        reject(conflict.reindex(frame.index, fill_value=False), reason)
     bad = reasons != ""
     rejects = pd.DataFrame({"row": (np.flatnonzero(bad) + 1).astype("int64"), "reason": reasons[bad].to_numpy()})
     for column in INPUT_COLUMNS:

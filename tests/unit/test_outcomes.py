@@ -174,3 +174,41 @@ def test_more_than_ten_thousand_outcomes_is_a_413(api):
     response = post(api, [{"customer_id": f"c{i}", "churned": "no"} for i in range(10_001)])
     assert response.status_code == 413 and "limit is 10,000" in response.json()["message"]
     assert post(api, [{"customer_id": "a", "churned": "no", "extra": 1}]).status_code == 422
+
+
+def test_two_labels_for_one_customer_and_time_are_both_rejected_and_a_repeat_is_one():
+    checked = outcomes.check(
+        frame([
+            {"customer_id": "a", "churned": "Yes", "observed_at": "2026-11-01"},
+            {"customer_id": "b", "churned": "No", "observed_at": "2026-11-01"},
+            {"customer_id": "a", "churned": "No", "observed_at": "2026-11-01T00:00:00Z"},
+            {"customer_id": "b", "churned": "0", "observed_at": "2026-11-01"},
+        ]),
+        now=NOW,
+    )  # fmt: skip
+    assert list(checked.good.customer_id) == ["b"] and not checked.good.churned.any()
+    reasons = dict(zip(checked.rejects.row, checked.rejects.reason, strict=True))
+    assert reasons == {r: "churned: conflicting labels for one customer_id and observed_at (rows 1, 3)" for r in (1, 3)}
+
+
+def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "truth.csv"
+    original = "customer_id,churned,observed_at\na,Yes,2026-11-01\nb,maybe,2026-11-01\n"
+    source.write_text(original)
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    for rejects, message in ((str(source), "names the same file as the input"),
+                             ("./truth.csv", "names the same file as the input"),
+                             ("missing/r.csv", "its folder does not exist")):  # fmt: skip
+        result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--rejects", rejects,
+                                           "--inference-log-url", log])  # fmt: skip
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert source.read_text() == original
+    assert not (tmp_path / "log.db").exists()  # refused before anything was stored
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
+    assert result.exit_code == 4 and "row 2: churned: 'maybe'" in result.output
+    assert "a,Yes" not in (tmp_path / "truth.rejects.csv").read_text() and source.read_text() == original
