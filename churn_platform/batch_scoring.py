@@ -541,6 +541,7 @@ def prepare(
     checked when it will take it): everything that can refuse the job before it scores."""
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
+    data.refuse_overwrite(source, output=output, rejects=rejects)
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
     files = _without_own_outputs(files, (output, rejects), source)
     model = load_model(settings, alias, version)
@@ -670,7 +671,7 @@ def _prefetched(chunks: Iterator[Iterator[pa.Table]]) -> Iterator[pa.Table]:
 def _without_own_outputs(files: list[str], outputs: tuple[str, ...], source: str) -> list[str]:
     """The input's files minus this job's outputs (a scores file inside the input folder must
     not be read back as customers on the next run)."""
-    own = {o.removeprefix("s3://") if o.startswith("s3://") else str(Path(o).resolve()) for o in outputs}
+    own = {data.location(o) for o in outputs}
     kept = [f for f in files if f not in own]
     if not kept:
         raise DataSourceError(f"no input files in {source} besides this job's own outputs")

@@ -681,17 +681,26 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     from churn_platform import data
     from churn_platform import outcomes as outcomes_mod
     from churn_platform.contract import ExitCode
+    from churn_platform.errors import DataSourceError
 
     settings = get_settings()
+    # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
+    rejects_path = rejects_path or f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"
+    if source.startswith("s3://") and not rejects_path.startswith("/"):
+        rejects_path = Path(rejects_path).name  # beside the input's name, in this folder
+    data.refuse_overwrite(source, rejects=rejects_path)
+    if not Path(rejects_path).resolve().parent.is_dir() or Path(rejects_path).is_dir():
+        raise DataSourceError(f"--rejects {rejects_path}: its folder does not exist, or it is a folder")
     frame = data.read_table(source, settings.s3_endpoint_url)
     result = outcomes_mod.ingest(frame, inference_log_url or settings.inference_log_url, source=source,
                                  strict=strict)  # fmt: skip
     rejects = result.checked.rejects
     if len(rejects):
-        rejects_path = rejects_path or f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"
-        if source.startswith("s3://") and not rejects_path.startswith("/"):
-            rejects_path = Path(rejects_path).name  # beside the input's name, in this folder
-        rejects.to_csv(rejects_path, index=False)
+        try:
+            rejects.to_csv(rejects_path, index=False)
+        except OSError as exc:  # the summary below still says what was stored; exit 4 as for any reject
+            click.echo(f"error: writing the rejected rows to {rejects_path} failed: {exc.strerror or exc}", err=True)
+            rejects_path = None
     else:
         rejects_path = None
     if as_json:
@@ -710,7 +719,8 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
             click.echo(f"  row {row.row}: {row.reason}", err=True)
         if len(rejects):
             more = f" (and {len(rejects) - 10} more)" if len(rejects) > 10 else ""
-            click.echo(f"  rejected rows{more} written to {rejects_path}", err=True)
+            where = f"written to {rejects_path}" if rejects_path else "not written (see the error above)"
+            click.echo(f"  rejected rows{more} {where}", err=True)
     if len(rejects):
         sys.exit(ExitCode.DATA_QUALITY)
 
@@ -720,7 +730,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
 @click.option("--n-rows", type=click.IntRange(min=200), default=5000, show_default=True, help="Synthetic customers.")
 @click.option("--traffic", type=click.IntRange(min=100), default=1000, show_default=True, help="Customers per window.")
 @click.option("--folder", type=click.Path(file_okay=False), default="demo", show_default=True,
-              help="Working folder (wiped first; git-ignored).")  # fmt: skip
+              help="Working folder (wiped first if the demo made it; a folder of other files is refused).")  # fmt: skip
 @click.option("--keep-running", is_flag=True, help="Leave the MLflow UI and the API up afterwards.")
 @handles_errors
 def demo(data: str, n_rows: int, traffic: int, folder: str, keep_running: bool) -> None:

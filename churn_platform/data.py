@@ -61,6 +61,24 @@ def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFr
     return frame
 
 
+def location(uri: str | Path) -> str:
+    """What a path or ``s3://`` URI names, comparable across spellings (``./a.csv``, ``a.csv``)."""
+    uri = str(uri)
+    return uri.removeprefix("s3://") if uri.startswith("s3://") else str(Path(uri).resolve())
+
+
+def refuse_overwrite(source: str, **outputs: str) -> None:
+    """Refuse a job whose outputs name its input or each other: one would destroy the other.
+
+    ``outputs`` maps each option's name (``rejects``) to its target.
+    """
+    seen = {location(source): "the input"}
+    for option, target in outputs.items():
+        other = seen.setdefault(location(target), f"--{option}")
+        if other != f"--{option}":
+            raise DataValidationError(f"--{option} {target} names the same file as {other}; one would overwrite it")
+
+
 def _parse(payload: bytes, uri: str) -> pd.DataFrame:
     is_parquet = payload[:4] == b"PAR1" or uri.lower().endswith((".parquet", ".pq"))
     try:

@@ -283,11 +283,14 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     rest. A customer and snapshot time ingested again replace the stored row, so ingesting
     a file twice changes nothing. The online store changes only with ``materialize``.
     """
+    asked = rejects is not None
+    rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
+    data.refuse_overwrite(uri, rejects=rejects)
+    if not settings.feature_store_url and data.location(rejects) == data.location(_offline_file(settings)):
+        raise DataValidationError(f"--rejects {rejects} is the offline source itself; name another file")
     raw = data.read_table(uri, settings.s3_endpoint_url)
     raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
     good, reasons = snapshots(raw, as_of)
-    asked = rejects is not None
-    rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
     # A rejects file that was asked for is written every run, empty when no row was bad (as batch
     # scoring does), so one at a fixed place is always this run's; the default only when needed.
     if asked or len(reasons):

@@ -150,6 +150,10 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         ((), ["features", "ingest", "no_time.csv"], 2, "missing required columns: ['snapshot_time (or give --as-of)']"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects", "./no_time.csv"], 2,
+         "--rejects ./no_time.csv names the same file as the input"),
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects",
+              "store/offline/customer_snapshots.parquet"], 2, "is the offline source itself"),
         (("CHURN_FEATURE_STORE_URL", "postgresql://postgres@127.0.0.1:1/churn"), ["features", "apply"], 3,
          "feature store unavailable: OperationalError"),
         (("CHURN_FEATURE_STORE_URL", "mysql://u@h/d"), ["features", "apply"], 2, "must be postgresql://"),
@@ -162,6 +166,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
             result = CliRunner().invoke(main, args)
             assert (result.exit_code, message in result.output) == (code, True), (args, result.output)
             assert "Traceback" not in result.output
+        assert len(pd.read_csv("no_time.csv")) == 5
     finally:
         get_settings.cache_clear()
 

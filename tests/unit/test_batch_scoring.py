@@ -248,3 +248,21 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert run(uri, "--input", str(source), "--output", str(bare)).exit_code == 0
     code, message = monitor(bare)
     assert code == 2 and "score --with-features" in message
+
+
+def test_outputs_that_name_the_input_or_each_other_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    customers = tmp_path / "customers.csv"
+    customers.write_text("customer_id\nc1\n")
+    (tmp_path / "scores.parquet").write_bytes(b"yesterday's scores")
+    for args, message in (
+        (["--output", "scores.parquet", "--rejects", "./scores.parquet"],
+         "--rejects ./scores.parquet names the same file as --output"),
+        (["--output", "out.parquet", "--rejects", str(customers)], "names the same file as the input"),
+        (["--output", "customers.csv"], "--output customers.csv names the same file as the input"),
+    ):  # fmt: skip
+        result = CliRunner().invoke(main, ["score", "--input", "customers.csv", *args,
+                                           "--tracking-uri", "http://127.0.0.1:9"])  # fmt: skip
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert customers.read_text() == "customer_id\nc1\n"
+    assert (tmp_path / "scores.parquet").read_bytes() == b"yesterday's scores"
