@@ -279,7 +279,12 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         if quality_passed and PROBABILITY not in current.columns:
             # A file carries no scores: score it with the same version for prediction drift.
             model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
-            current[PROBABILITY] = model.predict_proba(current.loc[:, list(FEATURE_NAMES)])[:, 1]
+            try:
+                current[PROBABILITY] = model.predict_proba(current.loc[:, list(FEATURE_NAMES)])[:, 1]
+            except ValueError as exc:  # e.g. charges of 1e300: finite, in range, but they overflow the scaling
+                detail = f"v{version} cannot score these rows ({str(exc).splitlines()[0]}); look for extreme values"
+                findings.append(quality.Finding("unscorable", None, detail, True))
+                quality_passed = False
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out_dir = options.output_dir or Path("reports") / "drift" / stamp

@@ -85,6 +85,22 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
                     f"column {feature.name!r} should be numeric; {int(bad.sum())} values are not, "
                     f"e.g. {examples}", True,
                 ))  # fmt: skip
+            # Values the schema refuses at training and serving (a negative tenure, inf) would be
+            # compared as data here, or crash the scoring of a file.
+            outside = numbers.isin([float("inf"), float("-inf")])
+            if feature.minimum is not None:
+                outside |= numbers < feature.minimum
+            if feature.maximum is not None:
+                outside |= numbers > feature.maximum
+            if outside.any():
+                examples = list(raw[outside].astype(str).unique()[:3])
+                limits = f"from {feature.minimum:g}" if feature.minimum is not None else "finite"
+                limits += f" to {feature.maximum}" if feature.maximum is not None else ""
+                findings.append(Finding(
+                    "out_of_range", feature.name,
+                    f"column {feature.name!r}: {int(outside.sum())} values outside the schema's range ({limits}), "
+                    f"e.g. {examples}", True,
+                ))  # fmt: skip
             out[feature.name] = numbers
             if feature.allowed is not None:  # an integer flag: compared as a category
                 out[feature.name] = numbers.map(lambda v: None if pd.isna(v) else str(int(v)))

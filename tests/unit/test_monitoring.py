@@ -36,6 +36,10 @@ def test_quality_failures_name_the_column_and_problem(telco_csv):
     assert "'streaming_tv' has no values" in found["empty_column"]
     notes = {f.check: f.detail for f in findings if not f.failure}
     assert "['surprise']" in notes["extra_columns"]
+    _, ranged = quality.check(raw.assign(tenure=["-3"] + list(raw.tenure[1:]), monthlycharges="inf"), 0.05)
+    found = {f.column: f.detail for f in ranged if f.check == "out_of_range" and f.failure}
+    assert "1 values outside the schema's range (from 0 to 2147483647), e.g. ['-3']" in found["tenure"]
+    assert "100 values outside the schema's range (from 0), e.g. ['inf']" in found["monthly_charges"]
 
 
 def test_missing_share_above_the_limit_fails_below_it_drops_rows(telco_csv):
