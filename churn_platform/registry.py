@@ -90,11 +90,37 @@ def configure(settings: Settings) -> None:
     mlflow.set_registry_uri(settings.tracking_uri)
 
 
+def _check_database(uri: str, timeout_s: float) -> None:
+    """Raise ``RegistryUnreachable`` unless a PostgreSQL or MySQL registry database takes a connection.
+
+    MLflow's own store retries a database that is down for about two minutes, then fails
+    with a traceback.
+    """
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(uri)
+    engine = sa.create_engine(url, connect_args={"connect_timeout": max(1, round(timeout_s))}, poolclass=sa.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        raise RegistryUnreachable(
+            f"MLflow registry database at {url.render_as_string(hide_password=True)} is unreachable ({reason}); "
+            "check MLFLOW_TRACKING_URI and that the database is running"
+        ) from None
+    finally:
+        engine.dispose()
+
+
 def check_reachable(settings: Settings) -> None:
-    """Raise ``RegistryUnreachable`` unless an HTTP tracking server answers its health check."""
+    """Raise ``RegistryUnreachable`` unless the registry answers: an HTTP tracking server's
+    health check, or a connection to its database."""
     uri = settings.tracking_uri
+    if uri.startswith(("postgresql", "mysql")):
+        return _check_database(uri, settings.registry_timeout_s)
     if not uri.startswith(("http://", "https://")):
-        return  # an embedded store (SQLite, file, database URI) is opened on first use
+        return  # an embedded store (SQLite, a folder) is opened on first use
     try:
         response = httpx.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s)
     except httpx.HTTPError as exc:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from churn_platform import promotion, registry
 from churn_platform.contract import CHALLENGER_ALIAS, ROLLOUT_TAG
-from churn_platform.errors import NotFoundError
+from churn_platform.errors import NotFoundError, StorageUnreachable
 
 Mode = Literal["off", "shadow", "canary"]
 
@@ -275,9 +275,10 @@ def compare(
             result = conn.execute(sa.text(query), params)
             frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except sa.exc.SQLAlchemyError as exc:
-        missing = "no such table" in str(exc) or "does not exist" in str(exc)
-        note = "no inference log yet" if missing else f"inference log unreadable ({type(exc).__name__})"
-        return Comparison(since=state.started_at, arms=[], note=note)
+        if "no such table" in str(exc) or f'"{INFERENCE_LOG_TABLE}" does not exist' in str(exc):
+            return Comparison(since=state.started_at, arms=[], note="no inference log yet")
+        where = engine.url.render_as_string(hide_password=True)
+        raise StorageUnreachable(f"cannot read the inference log at {where}: {getattr(exc, 'orig', exc)}") from None
     finally:
         engine.dispose()
     production = frame[frame[ARM] == "production"]
