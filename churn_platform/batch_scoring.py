@@ -513,7 +513,10 @@ def score_chunk(
 
 
 def output_kind(output: str, output_format: str | None) -> str:
-    kind = output_format or _SUFFIXES.get(Path(output).suffix.lower(), "parquet")
+    named = _SUFFIXES.get(Path(output).suffix.lower())
+    if output_format and named and named != output_format:  # a CSV called .parquet fools every reader
+        raise DataValidationError(f"--format {output_format} does not match --output {output}'s suffix")
+    kind = output_format or named or "parquet"
     if kind not in FORMATS:
         raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")
     return kind

@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache, wraps
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,13 @@ from churn_platform import job_metrics
 from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES
 from churn_platform.errors import ChurnPlatformError
 from churn_platform.schema import FEATURE_NAMES
-from churn_platform.settings import Settings, get_settings
+from churn_platform.settings import (
+    Settings,
+    checked_log_url,
+    checked_model_name,
+    checked_tracking_uri,
+    get_settings,
+)
 from churn_platform.training_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -46,7 +52,11 @@ def settings_for(tracking_uri: str | None, model_name: str | None = None) -> Set
 
 
 def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a platform error as one readable line and exit with its code, no traceback."""
+    """Print a platform error as one readable line and exit with its code, no traceback.
+
+    Under ``--json`` the error is also a JSON object on stdout, so a script parsing stdout
+    gets one document either way.
+    """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,15 +64,55 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except ChurnPlatformError as exc:
             click.echo(f"error: {exc}", err=True)
+            context = click.get_current_context(silent=True)
+            if context is not None and context.params.get("as_json"):
+                echo_json({"error": str(exc), "exit_code": int(exc.exit_code)})
             sys.exit(exc.exit_code)
 
     return wrapper
 
 
+#: A registered version number (MLflow keeps it in a 32-bit column): a larger one is a typo.
+VERSION = click.IntRange(1, 2**31 - 1)
+#: A count of rows or events: beyond anything real, below what SQL or Python overflows on.
+COUNT = click.IntRange(1, 2**31 - 1)
+
+
+def checked(rule: Callable[[str], str]) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback applying the rule of the matching setting, so an option and its variable
+    refuse the same values (and the option's error names the option)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        try:
+            return None if value is None else rule(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
 tracking_option = click.option(
-    "--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)."
-)
-model_name_option = click.option("--model-name", default=None, help="Registered model name (default: churn).")
+    "--tracking-uri", default=None, callback=checked(checked_tracking_uri),
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI).",
+)  # fmt: skip
+model_name_option = click.option("--model-name", default=None, callback=checked(checked_model_name),
+                                  help="Registered model name (default: churn).")  # fmt: skip
+
+
+def _one_line(value: str) -> str:
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError("must be a name on one line, without control characters")
+    return value
+
+
+#: Who made a change, as the audit trail records it (one line: `history` prints one per event).
+actor_option = click.option("--actor", default=None, callback=checked(_one_line),
+                            help="Who (default: CHURN_ACTOR or the OS user).")  # fmt: skip
+
+
+def inference_log_option(text: str = "Inference-log database (default: CHURN_INFERENCE_LOG_URL).") -> Any:
+    """The ``--inference-log-url`` option, checked as ``CHURN_INFERENCE_LOG_URL`` is."""
+    return click.option("--inference-log-url", default=None, callback=checked(checked_log_url), help=text)
 
 
 def echo_json(payload: Any) -> None:
@@ -161,7 +211,7 @@ def main(verbose: bool) -> None:
 @click.option("--labels", default=TrainConfig.labels, help="With --from-features: customer_id, label_time, churn.")
 @click.option("--validation-size", type=float, default=TrainConfig.validation_size, show_default=True)
 @click.option("--seed", type=int, default=TrainConfig.seed, show_default=True)
-@click.option("--model-name", default=None, help="Registered model name (default: churn).")
+@model_name_option
 @click.option(
     "--decision-threshold",
     type=float,
@@ -252,9 +302,9 @@ def versions(client: Any, settings: Settings, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="Version to promote.")
+@click.option("--version", "version", type=VERSION, required=True, help="Version to promote.")
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@actor_option
 @click.option("--force", is_flag=True, help="Promote even if the roc_auc gate refuses.")
 @registry_command
 def promote(
@@ -273,9 +323,9 @@ def promote(
 
 
 @main.command()
-@click.option("--to", "to", type=click.IntRange(min=1), default=None, help="An earlier Production version.")
+@click.option("--to", "to", type=VERSION, default=None, help="An earlier Production version.")
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@actor_option
 @registry_command
 def rollback(client: Any, settings: Settings, as_json: bool, to: int | None, reason: str, actor: str | None) -> None:
     """Move Production back to the version that held it before the current one."""
@@ -288,7 +338,7 @@ def rollback(client: Any, settings: Settings, as_json: bool, to: int | None, rea
 
 
 @main.command()
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show the K newest events.")
+@click.option("--limit", type=COUNT, default=None, help="Show the K newest events.")
 @registry_command
 def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -> None:
     """Promotions, rollbacks and rollout changes, newest first."""
@@ -304,8 +354,8 @@ def history(client: Any, settings: Settings, as_json: bool, limit: int | None) -
         # A rollout moves nothing: it serves the Challenger beside Production.
         sign = "+" if e.action in ROLLOUT_ACTIONS else "->"
         moved = f"v{e.from_version or '-'} {sign} v{e.to_version or '-'}"
-        why = f"  {e.reason}" if e.reason else ""
-        click.echo(f"{e.at}  {e.action:<13} {moved:<12} by {e.actor} via {e.via}{why}")
+        why = f"  {' '.join(e.reason.split())}" if e.reason else ""  # a multi-line reason, on one line
+        click.echo(f"{e.at}  {e.action:<13} {moved:<12} by {' '.join(e.actor.split())} via {e.via}{why}")
 
 
 @main.group()
@@ -341,7 +391,10 @@ class _SnapshotTime(click.DateTime):
             converted = super().convert(value, param, ctx)
         except click.BadParameter:
             self.fail(f"{value!r} is not 'now' nor a UTC time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS", param, ctx)
-        return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
+        converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
+        if converted > datetime.now(UTC) + timedelta(minutes=5):
+            self.fail(f"{value!r} is in the future; a snapshot is of what is known now or before", param, ctx)
+        return converted
 
 
 def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -436,9 +489,9 @@ def _fmt_rollout(state: RolloutState) -> str:
 @rollout.command("start")
 @click.option("--mode", type=click.Choice(["shadow", "canary"]), required=True, help="How the Challenger serves.")
 @click.option("--percent", type=int, default=None, help="Canary: share of customers (1-99) the Challenger answers.")
-@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Default: the Challenger alias.")
+@click.option("--version", "version", type=VERSION, default=None, help="Default: the Challenger alias.")
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@actor_option
 @registry_command
 def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, percent: int | None,
                   version: int | None, reason: str, actor: str | None) -> None:  # fmt: skip
@@ -451,7 +504,7 @@ def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, per
 
 
 @rollout.command("status")
-@click.option("--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL).")
+@inference_log_option()
 @registry_command
 def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log_url: str | None) -> None:
     """The rollout state in the registry and, while one runs, each arm's figures from the inference log."""
@@ -495,7 +548,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
 
 @rollout.command("stop")
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@actor_option
 @registry_command
 def rollout_stop(client: Any, settings: Settings, as_json: bool, reason: str, actor: str | None) -> None:
     """End the rollout: Production serves every customer again."""
@@ -507,7 +560,7 @@ def rollout_stop(client: Any, settings: Settings, as_json: bool, reason: str, ac
 
 @rollout.command("promote")
 @click.option("--reason", default="", help="Why (recorded in the audit trail).")
-@click.option("--actor", default=None, help="Who (default: CHURN_ACTOR or the OS user).")
+@actor_option
 @click.option("--force", is_flag=True, help="Promote even if the roc_auc gate refuses.")
 @registry_command
 def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str, actor: str | None,
@@ -525,9 +578,9 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
 @main.command(epilog=EXIT_CODES_HELP)
 @click.option("--if", "trigger", type=click.Choice(["drift", "performance", "always"]), default="always",
               show_default=True, help="Retrain only when Production's last monitoring runs flagged this.")
-@click.option("--of", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--of", type=COUNT, default=3, show_default=True,
               help="How many of Production's latest monitoring runs to read.")
-@click.option("--at-least", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--at-least", type=COUNT, default=2, show_default=True,
               help="How many of them must have flagged the trigger.")
 @click.option("--since", type=click.DateTime(), default=None,
               help="Use outcomes observed from then on (UTC; default: all).")
@@ -538,8 +591,7 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
 @click.option("--rollout", "rollout_mode", type=click.Choice(["shadow", "canary"]), default=None,
               help="Start a rollout of the new Challenger when it passes the gate.")
 @click.option("--percent", type=click.IntRange(1, 99), default=None, help="Canary percent (with --rollout canary).")
-@click.option("--inference-log-url", default=None,
-              help="Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
+@inference_log_option("Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
 @job_metrics.pushes("retrain")
 @registry_command
 def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: int, at_least: int,
@@ -584,7 +636,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
               help="CSV or Parquet: a file, a folder, a glob, or an s3:// key, prefix or glob.")
 @click.option("--output", required=True, help="Where the scores go: a path or s3://bucket/key.")
 @click.option("--alias", default=None, help="Score with the version this alias points at (default: Production).")
-@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Score with this version.")
+@click.option("--version", "version", type=VERSION, default=None, help="Score with this version.")
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv"]), default=None,
               help="Output format (default: from --output's suffix, else parquet).")
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
@@ -595,11 +647,11 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
               help="A Spark setting, e.g. spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1 (repeatable).")
 @click.option("--rejects", default=None, help="Where bad rows go (default: OUTPUT.rejects.parquet beside the output).")
 @click.option("--explain", is_flag=True, help="Add each customer's top contributions as columns.")
-@click.option("--top-k", type=click.IntRange(1, len(FEATURE_NAMES)), default=5, show_default=True,
-              help="Contributions per row.")
+@click.option("--top-k", type=click.IntRange(1, len(FEATURE_NAMES)), default=None,
+              help="Contributions per row, with --explain (default: 5).")
 @click.option("--with-features", is_flag=True,
               help="Also write each customer's features, so `churn-platform monitor --current` can read the file.")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+@click.option("--chunk-rows", type=COUNT, default=100_000, show_default=True,
               help="Rows scored at a time (memory grows with it, not with the input).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @tracking_option
@@ -608,7 +660,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @job_metrics.pushes("score")
 @handles_errors
 def score(source: str, output: str, alias: str | None, version: int | None, output_format: str | None, engine: str,
-          spark_master: str | None, spark_conf: tuple[str, ...], rejects: str | None, explain: bool, top_k: int,
+          spark_master: str | None, spark_conf: tuple[str, ...], rejects: str | None, explain: bool, top_k: int | None,
           with_features: bool, chunk_rows: int, no_progress: bool, tracking_uri: str | None, model_name: str | None,
           as_json: bool) -> None:  # fmt: skip
     """Score every customer in --input with a registered version into --output.
@@ -625,6 +677,8 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
 
     if alias and version:
         raise DataValidationError("give --alias or --version, not both")
+    if top_k is not None and not explain:
+        raise DataValidationError("--top-k is read only with --explain")
     if engine == "local" and (spark_master or spark_conf):
         raise DataValidationError("--spark-master and --spark-conf need --engine spark")
     conf = {}
@@ -635,7 +689,7 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
         conf[key.strip()] = value
     settings = settings_for(tracking_uri, model_name)
     options: dict[str, Any] = {"alias": alias, "version": version, "output_format": output_format, "rejects": rejects,
-                               "explain_top_k": top_k if explain else None, "with_features": with_features,
+                               "explain_top_k": (top_k or 5) if explain else None, "with_features": with_features,
                                "chunk_rows": chunk_rows, "progress": not no_progress and not as_json}  # fmt: skip
     if engine == "spark":
         from churn_platform import spark_scoring
@@ -663,8 +717,7 @@ def outcomes() -> None:
 @click.option("--rejects", "rejects_path", default=None,
               help="Where to write the bad rows (CSV; default: next to the input, NAME.rejects.csv).")
 @click.option("--strict", is_flag=True, help="Write nothing when any row is bad.")
-@click.option("--inference-log-url", default=None,
-              help="Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
+@inference_log_option("Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @handles_errors
 def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inference_log_url: str | None,

@@ -86,7 +86,10 @@ def _import_feast() -> None:
 
 
 def _embedded_dir(settings: Settings) -> Path:
-    return Path(settings.feature_store_dir).resolve()
+    folder = Path(settings.feature_store_dir).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise SettingsError(f"CHURN_FEATURE_STORE_DIR {folder} is a file; it must be a folder")
+    return folder
 
 
 def _offline_file(settings: Settings) -> Path:
@@ -175,7 +178,10 @@ def open_store(settings: Settings) -> FeatureStore:
 
     logging.getLogger("feast").setLevel(logging.WARNING)  # not a line per registry refresh
     if not settings.feature_store_url:
-        _embedded_dir(settings).mkdir(parents=True, exist_ok=True)
+        try:
+            _embedded_dir(settings).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"CHURN_FEATURE_STORE_DIR cannot be created: {exc}") from None
     try:
         return FeatureStore(config=config(settings))
     except SettingsError:
@@ -258,6 +264,10 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
         times = _times(raw[SNAPSHOT_TIME])
         for row in times.index[times.isna()]:
             extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {raw.at[row, SNAPSHOT_TIME]!r} is not a time")
+    # A snapshot from the future would be every later training set's "latest" row for its customer.
+    now = pd.Timestamp.now(tz=UTC)
+    for row in times.index[(times > now + pd.Timedelta(minutes=5)).fillna(False)]:
+        extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: in the future (now is {now:%Y-%m-%d %H:%M:%S} UTC)")
     if extra:
         merged = {row: "; ".join(filter(None, [reasons.get(row), *problems])) for row, problems in extra.items()}
         reasons = pd.concat([reasons.drop(list(merged), errors="ignore"), pd.Series(merged, dtype="object")])

@@ -138,7 +138,6 @@ class Settings(BaseSettings):
         description="Prometheus Pushgateway the batch jobs push their results to (e.g. http://pushgateway:9091).",
     )
 
-
     # ---- outcomes and model performance
     outcome_horizon_days: int = Field(
         90, ge=1, le=3650,
@@ -179,6 +178,26 @@ class Settings(BaseSettings):
     def _thresholds_known(cls, value: dict[str, float]) -> dict[str, float]:
         return checked_thresholds(value)
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking(cls, value: str) -> str:
+        return checked_tracking_uri(value)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return checked_model_name(value)
+
+    @field_validator("inference_log_url")
+    @classmethod
+    def _log_url(cls, value: str) -> str:
+        return checked_log_url(value)
+
+    @field_validator("monitor_alert_webhook")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        return checked_http_url(value) if value else value
+
     @model_validator(mode="after")
     def _bands_in_order(self) -> Settings:
         if self.risk_medium_from >= self.risk_high_from:
@@ -201,6 +220,74 @@ def environment_variables() -> dict[str, tuple[object, str, bool]]:
             default = ",".join(f"{k}={v}" for k, v in default.items())
         out[env_name(name)] = (default, field.description or "", bool(extra.get("secret")))
     return out
+
+
+#: URI schemes MLflow's registry accepts (before any ``+driver``); '' is a local folder.
+_TRACKING_SCHEMES = ("", "file", "http", "https", "postgresql", "mysql", "sqlite", "mssql", "databricks",
+                     "databricks-uc", "uc")  # fmt: skip
+_DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
+
+
+def _database_url(url: str) -> None:
+    """Parse a SQLAlchemy URL; the message never repeats the URL, which may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError(f"not a valid {url.split(':', 1)[0]}:// URL: {exc}") from None
+
+
+def checked_http_url(url: str) -> str:
+    """An http(s) URL with a host and a valid port: the client library would fail on it later, mid-job."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it is the check
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None  # never the URL: a webhook's path is its secret
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return url
+
+
+def checked_tracking_uri(uri: str) -> str:
+    """A URI MLflow can open: MLflow itself would fail with a traceback on a typo, at the first call."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in _TRACKING_SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme!r}; MLflow takes http(s)://, postgresql://, "
+                         "mysql://, sqlite:///, file:// or a folder")  # fmt: skip
+    if scheme in ("http", "https"):
+        checked_http_url(uri)
+    elif scheme in _DATABASE_SCHEMES:
+        _database_url(uri)
+    return uri
+
+
+def checked_log_url(url: str) -> str:
+    """The inference log's database: PostgreSQL or SQLite, as a SQLAlchemy URL."""
+    scheme = url.split(":", 1)[0] if ":" in url else ""
+    if scheme.split("+", 1)[0].lower() not in ("postgresql", "sqlite"):
+        raise ValueError(f"must be a postgresql:// or sqlite:/// URL, got scheme {scheme!r}")
+    _database_url(url)
+    return url
+
+
+def checked_model_name(name: str) -> str:
+    """A registered-model name MLflow accepts (it would refuse one only at registration, after training)."""
+    import posixpath
+
+    if not name.strip():
+        raise ValueError("a model name cannot be empty")
+    if any(c in name for c in "/:") or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{name!r}: a model name cannot contain '/', ':' or control characters")
+    if posixpath.normpath(name) != name or name == "." or name.startswith(".."):
+        raise ValueError(f"{name!r}: not a valid model name (MLflow refuses names that are relative paths)")
+    if len(name) > 256:
+        raise ValueError(f"a model name has at most 256 characters, got {len(name)}")
+    return name
 
 
 def split_list(text: str) -> list[str]:

@@ -50,7 +50,7 @@ from churn_platform.errors import DataValidationError
 from churn_platform.gate import GateVerdict
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, checked_model_name
 from churn_platform.training_config import SYNTHETIC, TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
@@ -89,18 +89,26 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError(
             f"model_type {config.model_type!r} is not supported; choose one of {list(MODEL_TYPES)}"
         )
-    if config.n_rows < 50:
-        raise DataValidationError(f"n_rows must be at least 50, got {config.n_rows}")
+    if not 50 <= config.n_rows <= 10_000_000:
+        raise DataValidationError(f"n_rows must be from 50 to 10,000,000 (synthetic customers), got {config.n_rows}")
+    if not 0 <= config.seed < 2**32:
+        raise DataValidationError(f"seed must be from 0 to 2**32 - 1 (numpy's range), got {config.seed}")
+    if not 0 < config.validation_size < 1:
+        raise DataValidationError(f"validation_size must be between 0 and 1, got {config.validation_size}")
     if config.decision_threshold is not None and not 0 < config.decision_threshold < 1:
         raise DataValidationError(f"decision_threshold must be between 0 and 1, got {config.decision_threshold}")
     # sklearn would refuse these after the data is loaded, with a traceback.
-    if not config.c > 0:
-        raise DataValidationError(f"c must be greater than 0, got {config.c}")
+    if not 0 < config.c < float("inf"):
+        raise DataValidationError(f"c must be a finite number above 0, got {config.c}")
     if not 0 < config.learning_rate <= 1:
         raise DataValidationError(f"learning_rate must be in (0, 1], got {config.learning_rate}")
     for name in ("max_iter", "max_depth"):
-        if getattr(config, name) < 1:
-            raise DataValidationError(f"{name} must be at least 1, got {getattr(config, name)}")
+        if not 1 <= getattr(config, name) <= 100_000:
+            raise DataValidationError(f"{name} must be from 1 to 100,000, got {getattr(config, name)}")
+    try:  # the settings' rule: MLflow would refuse the name only at registration, after training
+        checked_model_name(config.model_name)
+    except ValueError as exc:
+        raise DataValidationError(f"model_name: {exc}") from None
     if config.from_features and not config.labels:
         raise DataValidationError("--from-features needs --labels: a file of customer_id, label_time and churn")
     if config.labels and not config.from_features:

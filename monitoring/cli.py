@@ -10,9 +10,25 @@ from typing import Any
 import click
 
 from churn_platform import job_metrics
-from churn_platform.cli import echo_json, handles_errors, model_name_option, settings_for, tracking_option
+from churn_platform.cli import (
+    COUNT,
+    VERSION,
+    checked,
+    echo_json,
+    handles_errors,
+    inference_log_option,
+    model_name_option,
+    settings_for,
+    tracking_option,
+)
 from churn_platform.contract import EXIT_CODES_HELP, PRODUCTION_ALIAS
-from churn_platform.settings import checked_features, checked_thresholds, column_thresholds, split_list
+from churn_platform.settings import (
+    checked_features,
+    checked_http_url,
+    checked_thresholds,
+    column_thresholds,
+    split_list,
+)
 
 
 def _thresholds(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
@@ -40,15 +56,15 @@ def _utc(value: datetime | None) -> datetime | None:
 
 @click.command(epilog=EXIT_CODES_HELP)
 @click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is monitored.")
-@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Monitor this version instead.")
+@click.option("--version", "version", type=VERSION, default=None, help="Monitor this version instead.")
 @click.option(
     "--current", default=None, help="Current data (CSV/Parquet path or s3:// URI) instead of the inference log."
 )
 @click.option("--since", type=click.DateTime(), default=None, help="Inference-log window start (UTC).")
 @click.option("--until", type=click.DateTime(), default=None, help="Inference-log window end (UTC).")
-@click.option("--rows", type=click.IntRange(min=1), default=None, help="The last N inference-log rows.")
+@click.option("--rows", type=COUNT, default=None, help="The last N inference-log rows.")
 @click.option("--all-versions", is_flag=True, help="Use rows scored by any version, not only the monitored one.")
-@click.option("--inference-log-url", default=None, help="Inference-log database (default: CHURN_INFERENCE_LOG_URL).")
+@inference_log_option()
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -66,7 +82,8 @@ def _utc(value: datetime | None) -> datetime | None:
 @click.option(
     "--critical", default=None, callback=_critical, help="Comma-separated columns whose drift alone means drift."
 )
-@click.option("--alert-webhook", default=None, help="POST the summary here on drift or data-quality failure.")
+@click.option("--alert-webhook", default=None, callback=checked(checked_http_url),
+              help="POST the summary here on drift or data-quality failure.")  # fmt: skip
 @tracking_option
 @model_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
@@ -78,6 +95,14 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 
     settings = settings_for(tracking_uri, model_name)
     params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
+    if params["current"]:  # these choose inference-log rows: with a file they would be silently ignored
+        log_only = [f"--{k.replace('_', '-')}" for k in ("since", "until", "rows", "all_versions", "inference_log_url")
+                    if params[k]]  # fmt: skip
+        if log_only:
+            raise click.UsageError(f"{', '.join(log_only)} choose inference-log rows; not with --current")
+    if params["since"] and params["until"] and params["since"] >= params["until"]:
+        raise click.UsageError(f"--since {params['since']:%Y-%m-%d %H:%M:%S} is not before --until "
+                               f"{params['until']:%Y-%m-%d %H:%M:%S}")  # fmt: skip
     summary = run(MonitorOptions(**params), settings)
     job_metrics.record("churn_monitor_rows", summary.current_rows)
     if summary.drift_share is not None:
@@ -106,17 +131,29 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 
 @click.command(epilog=EXIT_CODES_HELP)
 @click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is judged.")
-@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="Judge this version instead.")
-@click.option("--since", type=click.DateTime(), default=None,
-              help="Window start (UTC): outcomes observed and predictions made from then on (default: all).")
+@click.option("--version", "version", type=VERSION, default=None, help="Judge this version instead.")
+@click.option(
+    "--since",
+    type=click.DateTime(),
+    default=None,
+    help="Window start (UTC): outcomes observed and predictions made from then on (default: all).",
+)
 @click.option("--until", type=click.DateTime(), default=None, help="Window end (UTC; default: now).")
-@click.option("--last-days", type=click.IntRange(min=1), default=None,
-              help="Window of the last N days before --until (instead of --since); what a schedule wants.")
-@click.option("--inference-log-url", default=None,
-              help="Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
-@click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where report.html and summary.json go (default: reports/performance/<UTC time>/).")
-@click.option("--alert-webhook", default=None, help="POST the summary here when the model degraded.")
+@click.option(
+    "--last-days",
+    type=click.IntRange(1, 36500),
+    default=None,
+    help="Window of the last N days before --until (instead of --since); what a schedule wants.",
+)
+@inference_log_option("Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where report.html and summary.json go (default: reports/performance/<UTC time>/).",
+)
+@click.option("--alert-webhook", default=None, callback=checked(checked_http_url),
+              help="POST the summary here when the model degraded.")  # fmt: skip
 @tracking_option
 @model_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary JSON.")
@@ -144,10 +181,14 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
     else:
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         real, est = summary.realized, summary.estimated
-        click.echo(f"{settings.model_name} v{summary.model_version}: {summary.verdict}  "
-                   f"({summary.rows_matched} outcomes matched, {summary.predictions} predictions in the window)")
-        click.echo(f"  roc_auc realized {fmt(real.roc_auc)}  estimated {fmt(est.roc_auc)}  "
-                   f"baseline {fmt(summary.baseline.get('roc_auc'))}  (degraded below baseline - {summary.tolerance})")
+        click.echo(
+            f"{settings.model_name} v{summary.model_version}: {summary.verdict}  "
+            f"({summary.rows_matched} outcomes matched, {summary.predictions} predictions in the window)"
+        )
+        click.echo(
+            f"  roc_auc realized {fmt(real.roc_auc)}  estimated {fmt(est.roc_auc)}  "
+            f"baseline {fmt(summary.baseline.get('roc_auc'))}  (degraded below baseline - {summary.tolerance})"
+        )
         if 0 < real.rows < summary.min_rows:
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
         for reason in summary.reasons:

@@ -19,7 +19,7 @@ def send_alert(url: str, payload: dict[str, Any]) -> None:
         response = httpx.post(url, json=payload, timeout=5)
         response.raise_for_status()
         log.info("alert sent to %s", url)
-    except httpx.HTTPError as exc:  # one try, no retry storm; the verdict stands
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # one try, no retry storm; the verdict stands
         log.warning("alert to %s failed: %s", url, exc)
 
 

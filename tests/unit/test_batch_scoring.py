@@ -246,8 +246,8 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert other["window"]["scores"] == "scored here by v2 (the file's scores are from churn v1)"
     bare = tmp_path / "bare.parquet"
     assert run(uri, "--input", str(source), "--output", str(bare)).exit_code == 0
-    code, message = monitor(bare)
-    assert code == 2 and "score --with-features" in message
+    code, error = monitor(bare)  # under --json, the error is a JSON document too
+    assert code == 2 and "score --with-features" in error["error"] and error["exit_code"] == 2
 
 
 def test_outputs_that_name_the_input_or_each_other_are_refused_before_anything_is_written(tmp_path, monkeypatch):

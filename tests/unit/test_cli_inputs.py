@@ -1,0 +1,88 @@
+"""Wrong command-line input gets one line naming the option and the problem, and the right
+exit code: never a traceback, never a silent fallback, never a half-done job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from churn_platform.cli import main
+from churn_platform.settings import get_settings
+
+BANDS = (0.3, 0.6)
+DEAD = "http://127.0.0.1:9"  # nothing listens: a command that got past its checks fails with 3
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("CHURN_MODEL_NAME", "CHURN_INFERENCE_LOG_URL", "CHURN_MONITOR_ALERT_WEBHOOK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", DEAD)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["promote", "--version", "99999999999999999999"], "'--version': 99999999999999999999 is not in the range"),
+        (["rollback", "--to", "3000000000"], "'--to': 3000000000 is not in the range 1<=x<=2147483647"),
+        (["history", "--model-name", "a/b"], "'--model-name': 'a/b': a model name cannot contain '/'"),
+        (["history", "--model-name", ""], "'--model-name': a model name cannot be empty"),
+        (["history", "--tracking-uri", "postgresql://:::"], "'--tracking-uri': not a valid postgresql:// URL"),
+        (["history", "--tracking-uri", "foo://bar"], "'--tracking-uri': unsupported scheme 'foo'"),
+        (["monitor", "--rows", "99999999999999"], "'--rows': 99999999999999 is not in the range"),
+        (["monitor", "--alert-webhook", "http://:::"], "'--alert-webhook': not a valid URL"),
+        (["monitor", "--current", "x.csv", "--rows", "10"], "--rows choose inference-log rows; not with --current"),
+        (["monitor", "--since", "2026-02-01", "--until", "2026-01-01"], "--since 2026-02-01 00:00:00 is not before"),
+        (["performance", "--last-days", "99999999"], "'--last-days': 99999999 is not in the range 1<=x<=36500"),
+        (["rollout", "status", "--inference-log-url", "postgresql://h:x/d"], "not a valid postgresql:// URL"),
+        (["outcomes", "ingest", "x.csv", "--inference-log-url", "mysql://u@h/d"], "must be a postgresql:// or sqlite"),
+        (["promote", "--version", "1", "--actor", "eve\nv9 -> v1"], "'--actor': must be a name on one line"),
+        (["train", "--seed", "-1"], "seed must be from 0 to 2**32 - 1"),
+        (["train", "--c", "inf"], "c must be a finite number above 0, got inf"),
+        (["train", "--model-name", "a:b"], "a model name cannot contain '/', ':'"),
+        (["score", "--input", "c.csv", "--output", "s.parquet", "--format", "csv"], "does not match --output"),
+        (["score", "--input", "c.csv", "--output", "s.parquet", "--top-k", "3"], "--top-k is read only with --explain"),
+    ],
+)
+def test_wrong_input_is_one_clear_line_and_exit_2(args, message):
+    result = CliRunner().invoke(main, args)
+    assert (result.exit_code, message in result.output) == (2, True), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", "postgresql://u:secret@h:x/d")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2 and "CHURN_INFERENCE_LOG_URL: not a valid postgresql:// URL" in result.output
+    assert "secret" not in result.output  # the URL carries the password: never echoed
+
+
+def test_a_registry_database_that_is_down_is_exit_3_in_seconds_naming_it_without_the_password():
+    result = CliRunner().invoke(main, ["history", "--tracking-uri", "postgresql://churn:secret@127.0.0.1:1/registry"])
+    assert result.exit_code == 3, result.output
+    assert "registry database at postgresql://churn:***@127.0.0.1:1/registry is unreachable" in result.output
+
+
+def test_under_json_an_error_is_a_json_document_on_stdout():
+    result = CliRunner().invoke(main, ["promote", "--version", "1", "--json"])
+    assert result.exit_code == 3
+    payload = json.loads(result.stdout[result.stdout.index("{") :])
+    assert payload["exit_code"] == 3 and "unreachable" in payload["error"]
+
+
+def test_rollout_figures_from_a_log_that_is_down_are_an_error_naming_it_not_an_empty_table(tmp_path):
+    from churn_platform import rollout
+    from churn_platform.errors import StorageUnreachable
+
+    state = rollout.RolloutState(mode="shadow", production_version=1, challenger_version=2,
+                                 started_at="2026-01-01T00:00:00+00:00")  # fmt: skip
+    with pytest.raises(StorageUnreachable, match=r"inference log at postgresql://churn:\*\*\*@127.0.0.1:1/log"):
+        rollout.compare("postgresql://churn:secret@127.0.0.1:1/log", "churn", state, thresholds={}, band_edges=BANDS)
+    empty = rollout.compare(f"sqlite:///{tmp_path / 'new.db'}", "churn", state, thresholds={}, band_edges=BANDS)
+    assert empty.note == "no inference log yet" and empty.arms == []
