@@ -100,9 +100,9 @@ model_name_option = click.option("--model-name", default=None, callback=checked(
 
 
 def _one_line(value: str) -> str:
-    if not value.strip() or any(ord(c) < 32 for c in value):
+    if any(ord(c) < 32 for c in value):
         raise ValueError("must be a name on one line, without control characters")
-    return value
+    return value.strip() and value  # blank: the default actor, as the docs promise
 
 
 #: Who made a change, as the audit trail records it (one line: `history` prints one per event).
