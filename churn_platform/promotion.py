@@ -104,15 +104,6 @@ def _parse(key: str, value: str) -> Event | None:
         return None  # a foreign or damaged tag is not an event; it is never rewritten
 
 
-def _model_or_fail(client: MlflowClient, name: str):
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise NotFoundError(f"registered model {name!r} does not exist") from exc
-        raise
-
-
 def events_in(tags: Mapping[str, str]) -> list[Event]:
     """The events among a registered model's tags, oldest first."""
     events = [_parse(k, v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
@@ -121,7 +112,7 @@ def events_in(tags: Mapping[str, str]) -> list[Event]:
 
 def recorded_events(client: MlflowClient, name: str) -> list[Event]:
     """Recorded events, oldest first."""
-    return events_in(_model_or_fail(client, name).tags)
+    return events_in(registry.get_model(client, name).tags)
 
 
 def _current(client: MlflowClient, name: str) -> int | None:
@@ -206,7 +197,7 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
     except MlflowException:
         # Another command noticing the same change wrote this key a moment ago (its insert
         # won the race for the key); the change is recorded either way.
-        if key not in _model_or_fail(client, name).tags:
+        if key not in registry.get_model(client, name).tags:
             raise
     return sorted([*recorded, event], key=lambda e: e.key)
 
@@ -305,7 +296,7 @@ def describe(client: MlflowClient, version: ModelVersion, aliases: list[str]) ->
 def _aliases_by_version(client: MlflowClient, name: str) -> dict[int, list[str]]:
     # search_model_versions returns empty aliases on SQL backends: read them from the model.
     out: dict[int, list[str]] = {}
-    for alias, version in _model_or_fail(client, name).aliases.items():
+    for alias, version in registry.get_model(client, name).aliases.items():
         out.setdefault(int(version), []).append(alias)
     return out
 
@@ -332,7 +323,7 @@ def status(client: MlflowClient, name: str) -> Status:
 
 
 def versions(client: MlflowClient, name: str) -> list[VersionInfo]:
-    _model_or_fail(client, name)
+    registry.get_model(client, name)
     aliases = _aliases_by_version(client, name)
     found = client.search_model_versions(f"name='{name}'")
     ordered = sorted(found, key=lambda v: int(v.version), reverse=True)
@@ -347,7 +338,7 @@ def history(client: MlflowClient, name: str, limit: int | None = None) -> list[E
 
 def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
     """``version`` of ``name`` if it exists and is READY, else ``NotFoundError``."""
-    _model_or_fail(client, name)
+    registry.get_model(client, name)
     found = registry.get_version(client, name, version)
     if found.status != "READY":
         raise NotFoundError(f"{name} version {version} is {found.status}, not READY; it cannot serve")
@@ -428,7 +419,7 @@ def rollback(
     actor: str | None = None,
 ) -> PromotionResult:
     """Move Production back to the version that held it before the current one."""
-    _model_or_fail(client, name)
+    registry.get_model(client, name)
     events = reconcile(client, name)
     current = _current(client, name)
     if current is None:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import httpx
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
@@ -173,6 +173,16 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     except MlflowException as exc:
         if _is_missing(exc):
             return None
+        raise
+
+
+def get_model(client: MlflowClient, name: str) -> RegisteredModel:
+    """A registered model (its tags and aliases), or ``NotFoundError`` naming it."""
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise NotFoundError(f"registered model {name!r} does not exist") from exc
         raise
 
 

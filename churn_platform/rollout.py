@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from churn_platform import promotion, registry
@@ -52,16 +51,7 @@ def current(client: MlflowClient, name: str, production: int | None = None) -> R
     back. ``production``, the version serving now, also catches a move made in the UI that
     no command has recorded yet.
     """
-    return _in_effect(_tags(client, name), production)
-
-
-def _tags(client: MlflowClient, name: str) -> dict[str, str]:
-    try:
-        return client.get_registered_model(name).tags
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise NotFoundError(f"registered model {name!r} does not exist") from exc
-        raise
+    return _in_effect(registry.get_model(client, name).tags, production)
 
 
 def _stored(tags: dict[str, str]) -> RolloutState:
@@ -157,7 +147,7 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
 
     A rollout that already ended when Production moved has its tag cleared too.
     """
-    tags = _tags(client, name)
+    tags = registry.get_model(client, name).tags
     stored = _stored(tags)
     if stored.mode == "off":
         why = f" ({stored.reason})" if stored.reason else ""
