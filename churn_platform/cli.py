@@ -99,15 +99,27 @@ model_name_option = click.option("--model-name", default=None, callback=checked(
                                   help="Registered model name (default: churn).")  # fmt: skip
 
 
-def _one_line(value: str) -> str:
-    if any(ord(c) < 32 for c in value):
-        raise ValueError("must be a name on one line, without control characters")
+#: Longest --reason and --actor: an audit event is one registry tag, and MLflow caps a tag's value.
+REASON_MAX, ACTOR_MAX = 2000, 200
+
+
+def _actor(value: str) -> str:
+    if any(ord(c) < 32 for c in value) or len(value) > ACTOR_MAX:
+        raise ValueError(f"must be a name on one line, without control characters, at most {ACTOR_MAX} characters")
     return value.strip() and value  # blank: the default actor, as the docs promise
 
 
+def _reason(value: str) -> str:
+    if len(value) > REASON_MAX:
+        raise ValueError(f"at most {REASON_MAX} characters, got {len(value)}")
+    return value
+
+
 #: Who made a change, as the audit trail records it (one line: `history` prints one per event).
-actor_option = click.option("--actor", default=None, callback=checked(_one_line),
+actor_option = click.option("--actor", default=None, callback=checked(_actor),
                             help="Who (default: CHURN_ACTOR or the OS user).")  # fmt: skip
+reason_option = click.option("--reason", default="", callback=checked(_reason),
+                             help="Why (recorded in the audit trail).")  # fmt: skip
 
 
 def inference_log_option(text: str = "Inference-log database (default: CHURN_INFERENCE_LOG_URL).") -> Any:
@@ -303,7 +315,7 @@ def versions(client: Any, settings: Settings, as_json: bool) -> None:
 
 @main.command()
 @click.option("--version", "version", type=VERSION, required=True, help="Version to promote.")
-@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@reason_option
 @actor_option
 @click.option("--force", is_flag=True, help="Promote even if the roc_auc gate refuses.")
 @registry_command
@@ -324,7 +336,7 @@ def promote(
 
 @main.command()
 @click.option("--to", "to", type=VERSION, default=None, help="An earlier Production version.")
-@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@reason_option
 @actor_option
 @registry_command
 def rollback(client: Any, settings: Settings, as_json: bool, to: int | None, reason: str, actor: str | None) -> None:
@@ -490,7 +502,7 @@ def _fmt_rollout(state: RolloutState) -> str:
 @click.option("--mode", type=click.Choice(["shadow", "canary"]), required=True, help="How the Challenger serves.")
 @click.option("--percent", type=int, default=None, help="Canary: share of customers (1-99) the Challenger answers.")
 @click.option("--version", "version", type=VERSION, default=None, help="Default: the Challenger alias.")
-@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@reason_option
 @actor_option
 @registry_command
 def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, percent: int | None,
@@ -547,7 +559,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
 
 
 @rollout.command("stop")
-@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@reason_option
 @actor_option
 @registry_command
 def rollout_stop(client: Any, settings: Settings, as_json: bool, reason: str, actor: str | None) -> None:
@@ -559,7 +571,7 @@ def rollout_stop(client: Any, settings: Settings, as_json: bool, reason: str, ac
 
 
 @rollout.command("promote")
-@click.option("--reason", default="", help="Why (recorded in the audit trail).")
+@reason_option
 @actor_option
 @click.option("--force", is_flag=True, help="Promote even if the roc_auc gate refuses.")
 @registry_command

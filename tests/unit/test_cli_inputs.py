@@ -43,6 +43,7 @@ def _isolated(tmp_path, monkeypatch):
         (["rollout", "status", "--inference-log-url", "postgresql://h:x/d"], "not a valid postgresql:// URL"),
         (["outcomes", "ingest", "x.csv", "--inference-log-url", "mysql://u@h/d"], "must be a postgresql:// or sqlite"),
         (["promote", "--version", "1", "--actor", "eve\nv9 -> v1"], "'--actor': must be a name on one line"),
+        (["rollback", "--reason", "x" * 100_000], "'--reason': at most 2000 characters, got 100000"),
         (["train", "--seed", "-1"], "seed must be from 0 to 2**32 - 1"),
         (["train", "--c", "inf"], "c must be a finite number above 0, got inf"),
         (["train", "--model-name", "a:b"], "a model name cannot contain '/', ':'"),
