@@ -110,7 +110,9 @@ def start(
     actor: str | None = None,
 ) -> RolloutState:
     """Start (or change) a rollout; every check runs before anything is written."""
-    if mode == "canary" and (percent is None or not 1 <= percent <= 99):
+    if mode == "canary" and percent is None:
+        raise RolloutError("a canary needs --percent: the share of customers (1-99) the Challenger answers")
+    if mode == "canary" and not 1 <= percent <= 99:
         raise RolloutError(f"--percent must be between 1 and 99 for a canary, got {percent}")
     if mode == "shadow" and percent is not None:
         raise RolloutError("--percent applies to canary only: in shadow every customer is scored by both models")
