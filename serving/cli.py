@@ -24,7 +24,12 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     if access_log:  # the app reads it (in each worker process), not uvicorn: its lines carry the request id
         os.environ["CHURN_ACCESS_LOG"] = "true"
         get_settings.cache_clear()
+    from pathlib import Path
+
+    from serving.inference_log import check_spool_dir
+
     settings = get_settings()  # a bad variable fails here, before uvicorn starts workers
+    check_spool_dir(Path(settings.inference_log_spool_dir))  # one line, not a traceback per worker
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
     # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
     for sig in (signal.SIGTERM, signal.SIGINT):

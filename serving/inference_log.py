@@ -45,6 +45,20 @@ Item = tuple[str, datetime, str, int, str, Sequence[dict[str, Any]], Sequence[fl
 Outcome = Literal["written", "dropped", "spooled", "replayed"]
 
 
+def check_spool_dir(spool_dir: Path) -> None:
+    """``SettingsError`` naming the variable unless the spool folder can be created and written."""
+    try:
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        probe = spool_dir / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            f"CHURN_INFERENCE_LOG_SPOOL_DIR={spool_dir}: cannot write there ({exc.strerror}); "
+            "mount a writable volume (an emptyDir or PVC in Kubernetes)"
+        ) from exc
+
+
 class LogListener(Protocol):
     """Told what the log does with rows (the API's metrics implement it)."""
 
@@ -95,16 +109,7 @@ class InferenceLog:
         A spool folder that cannot be written is a deployment error: it stops the start,
         naming the variable, instead of losing rows later.
         """
-        try:
-            self.spool_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.spool_dir / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise SettingsError(
-                f"CHURN_INFERENCE_LOG_SPOOL_DIR={self.spool_dir}: cannot write there ({exc.strerror}); "
-                "mount a writable volume (an emptyDir or PVC in Kubernetes)"
-            ) from exc
+        check_spool_dir(self.spool_dir)
         self._writer = self._spawn_writer()
         self._sender.start()
 

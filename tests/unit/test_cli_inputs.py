@@ -87,3 +87,11 @@ def test_rollout_figures_from_a_log_that_is_down_are_an_error_naming_it_not_an_e
         rollout.compare("postgresql://churn:secret@127.0.0.1:1/log", "churn", state, thresholds={}, band_edges=BANDS)
     empty = rollout.compare(f"sqlite:///{tmp_path / 'new.db'}", "churn", state, thresholds={}, band_edges=BANDS)
     assert empty.note == "no inference log yet" and empty.arms == []
+
+
+def test_serve_with_a_spool_folder_it_cannot_write_stops_in_one_line_before_uvicorn(tmp_path, monkeypatch):
+    (tmp_path / "taken").write_text("a file where the spool folder should be")
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path / "taken"))
+    result = CliRunner().invoke(main, ["serve", "--port", "18999"])
+    assert result.exit_code == 2 and "CHURN_INFERENCE_LOG_SPOOL_DIR=" in result.output, result.output
+    assert "cannot write there" in result.output and "Traceback" not in result.output
