@@ -750,9 +750,10 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
 
     settings = get_settings()
     # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
-    rejects_path = rejects_path or f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"
-    if source.startswith("s3://") and not rejects_path.startswith("/"):
-        rejects_path = Path(rejects_path).name  # beside the input's name, in this folder
+    if rejects_path is None:
+        rejects_path = f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"
+        if source.startswith("s3://"):
+            rejects_path = Path(rejects_path).name  # the input's name, in this folder
     data.refuse_overwrite(source, rejects=rejects_path)
     if not Path(rejects_path).resolve().parent.is_dir() or Path(rejects_path).is_dir():
         raise DataSourceError(f"--rejects {rejects_path}: its folder does not exist, or it is a folder")

@@ -85,6 +85,13 @@ def schema_change(engine: sa.Engine) -> Iterator[sa.Connection]:
         yield conn
 
 
+def is_missing_table(exc: BaseException) -> bool:
+    """The log's table does not exist yet (nothing logged): not the same as a database that is
+    missing or down, whose message also says "does not exist" on PostgreSQL."""
+    text = str(exc)
+    return f"no such table: {INFERENCE_LOG_TABLE}" in text or f'relation "{INFERENCE_LOG_TABLE}" does not exist' in text
+
+
 def make_engine(url: str) -> sa.Engine:
     args: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):

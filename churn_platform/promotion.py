@@ -83,7 +83,7 @@ def _now_key() -> tuple[str, str]:
 
 
 def default_actor() -> str:
-    user = os.environ.get("CHURN_ACTOR") or getpass.getuser()
+    user = " ".join((os.environ.get("CHURN_ACTOR") or getpass.getuser()).split())[:200]  # one line, as --actor
     return f"{user}@{socket.gethostname()}"
 
 

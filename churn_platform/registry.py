@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from churn_platform.errors import NotFoundError, RegistryUnreachable
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, redacted, url_scheme
 
 log = logging.getLogger(__name__)
 #: MLflow 3's UI alias editor lowercases every alias it saves: adding `Production` there
@@ -99,6 +99,8 @@ def _check_database(uri: str, timeout_s: float) -> None:
     import sqlalchemy as sa
 
     url = sa.engine.make_url(uri)
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg2", "psycopg"):
+        return  # other drivers (pg8000, MySQL's) are not ours to install; MLflow reports on them itself
     engine = sa.create_engine(url, connect_args={"connect_timeout": max(1, round(timeout_s))}, poolclass=sa.NullPool)
     try:
         with engine.connect():
@@ -116,20 +118,22 @@ def _check_database(uri: str, timeout_s: float) -> None:
 def check_reachable(settings: Settings) -> None:
     """Raise ``RegistryUnreachable`` unless the registry answers: an HTTP tracking server's
     health check, or a connection to its database."""
-    uri = settings.tracking_uri
-    if uri.startswith(("postgresql", "mysql")):
+    uri, scheme = settings.tracking_uri, url_scheme(settings.tracking_uri)
+    if scheme == "postgresql":
         return _check_database(uri, settings.registry_timeout_s)
-    if not uri.startswith(("http://", "https://")):
-        return  # an embedded store (SQLite, a folder) is opened on first use
+    if scheme not in ("http", "https"):
+        return  # an embedded store (SQLite, a folder) or another database is opened on first use
     try:
         response = httpx.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s)
     except httpx.HTTPError as exc:
         raise RegistryUnreachable(
-            f"MLflow tracking server at {uri} is unreachable ({type(exc).__name__}: {exc}); "
+            f"MLflow tracking server at {redacted(uri)} is unreachable ({type(exc).__name__}: {exc}); "
             "check MLFLOW_TRACKING_URI and that the server is running"
         ) from exc
     if response.status_code >= 500:
-        raise RegistryUnreachable(f"MLflow tracking server at {uri} is unhealthy (HTTP {response.status_code})")
+        raise RegistryUnreachable(
+            f"MLflow tracking server at {redacted(uri)} is unhealthy (HTTP {response.status_code})"
+        )
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -152,12 +156,13 @@ def translate_errors(settings: Settings) -> Iterator[None]:
     except MlflowException as exc:
         if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "authenticate" in str(exc):
             raise RegistryUnreachable(
-                f"MLflow registry at {settings.tracking_uri} refused the request ({exc.error_code}): "
+                f"MLflow registry at {redacted(settings.tracking_uri)} refused the request ({exc.error_code}): "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a server in basic-auth mode"
             ) from exc
         if is_connection_error(exc):
             raise RegistryUnreachable(
-                f"MLflow registry at {settings.tracking_uri} is unreachable: {exc.message[:300]}"
+                f"MLflow registry at {redacted(settings.tracking_uri)} is unreachable: "
+                + exc.message.replace(settings.tracking_uri.rstrip("/"), redacted(settings.tracking_uri))[:300]
             ) from exc
         raise
 

@@ -252,7 +252,7 @@ def compare(
         SCORED_AT,
         SCORING_MS,
     )
-    from churn_platform.inference_log import make_engine
+    from churn_platform.inference_log import is_missing_table, make_engine
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
     columns = ", ".join([REQUEST_ID, ROW_INDEX, MODEL_VERSION, ARM, PROBABILITY, SCORING_MS])
@@ -267,7 +267,7 @@ def compare(
             result = conn.execute(sa.text(query), params)
             frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except sa.exc.SQLAlchemyError as exc:
-        if "no such table" in str(exc) or f'"{INFERENCE_LOG_TABLE}" does not exist' in str(exc):
+        if is_missing_table(exc):
             return Comparison(since=state.started_at, arms=[], note="no inference log yet")
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot read the inference log at {where}: {getattr(exc, 'orig', exc)}") from None

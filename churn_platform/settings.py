@@ -228,15 +228,45 @@ _TRACKING_SCHEMES = ("", "file", "http", "https", "postgresql", "mysql", "sqlite
 _DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 
 
+def url_scheme(uri: str) -> str:
+    """A URI's scheme without its ``+driver``, lower-cased; '' for a plain path."""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+
+
+def redacted(uri: str) -> str:
+    """``uri`` fit for a message or a log line: any password or token in it replaced by ``***``."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        if parts.password is None:
+            return uri
+        return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+    except ValueError:
+        return f"{url_scheme(uri)}://***"
+
+
+def _plugin_schemes() -> set[str]:
+    """Schemes that installed MLflow store plugins (``azureml``, ...) add."""
+    from importlib.metadata import entry_points
+
+    groups = ("mlflow.tracking_store", "mlflow.model_registry_store")
+    return {ep.name.lower() for group in groups for ep in entry_points(group=group)}
+
+
 def _database_url(url: str) -> None:
-    """Parse a SQLAlchemy URL; the message never repeats the URL, which may hold a password."""
+    """Parse a SQLAlchemy URL; the message never quotes the URL nor the parser (which may
+    echo part of a password that holds an unescaped ``@`` or ``:``)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         make_url(url)
-    except (ArgumentError, ValueError) as exc:
-        raise ValueError(f"not a valid {url.split(':', 1)[0]}:// URL: {exc}") from None
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            f"not a valid {url_scheme(url) or url.split(':', 1)[0]}:// URL: check the host and port, and "
+            "%-escape any @, : or / in the password"
+        ) from None
 
 
 def checked_http_url(url: str) -> str:
@@ -255,8 +285,8 @@ def checked_http_url(url: str) -> str:
 
 def checked_tracking_uri(uri: str) -> str:
     """A URI MLflow can open: MLflow itself would fail with a traceback on a typo, at the first call."""
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
-    if scheme not in _TRACKING_SCHEMES:
+    scheme = url_scheme(uri)
+    if scheme not in _TRACKING_SCHEMES and scheme not in _plugin_schemes():
         raise ValueError(f"unsupported scheme {scheme!r}; MLflow takes http(s)://, postgresql://, "
                          "mysql://, sqlite:///, file:// or a folder")  # fmt: skip
     if scheme in ("http", "https"):
@@ -268,9 +298,8 @@ def checked_tracking_uri(uri: str) -> str:
 
 def checked_log_url(url: str) -> str:
     """The inference log's database: PostgreSQL or SQLite, as a SQLAlchemy URL."""
-    scheme = url.split(":", 1)[0] if ":" in url else ""
-    if scheme.split("+", 1)[0].lower() not in ("postgresql", "sqlite"):
-        raise ValueError(f"must be a postgresql:// or sqlite:/// URL, got scheme {scheme!r}")
+    if url_scheme(url) not in ("postgresql", "sqlite"):
+        raise ValueError(f"must be a postgresql:// or sqlite:/// URL, got scheme {url_scheme(url)!r}")
     _database_url(url)
     return url
 

@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, loading, registry
+from churn_platform import data, inference_log, loading, registry
 from churn_platform.contract import (
     INFERENCE_LOG_TABLE,
     MODEL_NAME,
@@ -177,7 +177,7 @@ def current_from_log(url: str, name: str, version: int | None, options: MonitorO
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-        if "no such table" in str(exc) or "does not exist" in str(exc):
+        if inference_log.is_missing_table(exc):
             raise NothingToCompare(f"the inference log at {where} has no rows yet") from exc
         raise StorageUnreachable(f"cannot read the inference log at {where}: {exc.orig}") from exc
     finally:

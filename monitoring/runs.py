@@ -15,12 +15,17 @@ log = logging.getLogger(__name__)
 
 def send_alert(url: str, payload: dict[str, Any]) -> None:
     """POST the summary once; a failure is logged and never changes the job's result."""
+    try:  # only the host is logged: a webhook's path is its secret
+        host = httpx.URL(url).host or "?"
+    except httpx.InvalidURL:
+        host = "?"
     try:
         response = httpx.post(url, json=payload, timeout=5)
         response.raise_for_status()
-        log.info("alert sent to %s", url)
+        log.info("alert sent to %s", host)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # one try, no retry storm; the verdict stands
-        log.warning("alert to %s failed: %s", url, exc)
+        status = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+        log.warning("alert to %s failed: %s", host, status)
 
 
 def record_run(

@@ -23,7 +23,7 @@ def _args(argv: list[str], whole: tuple[str, ...] = (), unset: tuple[str, ...] =
 
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's."""
-    return ["monitor", *_args(argv)]
+    return ["monitor", *_args(argv, whole=("--rows",))]
 
 
 if __name__ == "__main__":

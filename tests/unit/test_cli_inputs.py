@@ -70,6 +70,16 @@ def test_a_registry_database_that_is_down_is_exit_3_in_seconds_naming_it_without
     assert "registry database at postgresql://churn:***@127.0.0.1:1/registry is unreachable" in result.output
 
 
+def test_messages_and_logs_never_carry_a_password_or_a_webhook_path(caplog):
+    from monitoring.runs import send_alert
+
+    result = CliRunner().invoke(main, ["history", "--tracking-uri", "http://ops:s3cret@127.0.0.1:9"])
+    assert result.exit_code == 3 and "http://ops:***@127.0.0.1:9" in result.output and "s3cret" not in result.output
+    with caplog.at_level("INFO"):
+        send_alert("http://127.0.0.1:9/hooks/T0KEN/B1ND", {"verdict": "drift"})
+    assert "alert to 127.0.0.1 failed: ConnectError" in caplog.text and "T0KEN" not in caplog.text
+
+
 def test_under_json_an_error_is_a_json_document_on_stdout():
     result = CliRunner().invoke(main, ["promote", "--version", "1", "--json"])
     assert result.exit_code == 3
