@@ -91,7 +91,7 @@ def configure(settings: Settings) -> None:
 
 
 def _check_database(uri: str, timeout_s: float) -> None:
-    """Raise ``RegistryUnreachable`` unless a PostgreSQL or MySQL registry database takes a connection.
+    """Raise ``RegistryUnreachable`` unless a PostgreSQL registry database takes a connection.
 
     MLflow's own store retries a database that is down for about two minutes, then fails
     with a traceback.
