@@ -78,7 +78,7 @@ def test_rollout_promote_moves_production_through_the_gate_then_ends_the_rollout
     [
         (["--mode", "canary", "--percent", "0"], "between 1 and 99"),
         (["--mode", "canary", "--percent", "100"], "between 1 and 99"),
-        (["--mode", "canary"], "between 1 and 99"),
+        (["--mode", "canary"], "a canary needs --percent"),
         (["--mode", "shadow", "--percent", "10"], "canary only"),
         (["--mode", "shadow", "--version", "1"], "v1 already holds Production"),
         (["--mode", "shadow", "--version", "9"], "has no version 9"),
