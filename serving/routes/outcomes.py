@@ -59,7 +59,8 @@ def post_outcomes(
     settings: SettingsDep,
     strict: Annotated[bool, Query(description="Write nothing when any row is bad (422).")] = True,
 ) -> dict:
-    """Record outcomes; the same customer and observed_at twice keeps the latest label."""
+    """Record outcomes. A customer and observed_at already stored takes the new label; within
+    one request, two different labels for them are both invalid (the same label twice is one)."""
     if len(body.outcomes) > MAX_OUTCOMES:
         raise BatchTooLarge(f"{len(body.outcomes)} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
     frame = pd.DataFrame(

@@ -170,6 +170,15 @@ def test_a_bad_outcome_is_a_422_naming_row_and_field_and_nothing_is_written(api)
     assert stored(api.url) == [("a", 1)]
 
 
+def test_two_labels_for_one_customer_and_time_in_one_request_are_a_422_naming_both_rows(api):
+    body = [{"customer_id": "a", "churned": "yes", "observed_at": "2026-11-01"},
+            {"customer_id": "a", "churned": "no", "observed_at": "2026-11-01"}]  # fmt: skip
+    response = post(api, body)
+    assert response.status_code == 422, response.text
+    assert [(d["row"], d["loc"][-1]) for d in response.json()["detail"]] == [(1, "churned"), (2, "churned")]
+    assert "conflicting labels for one customer_id and observed_at (rows 1, 2)" in response.json()["detail"][0]["msg"]
+
+
 def test_more_than_ten_thousand_outcomes_is_a_413(api):
     response = post(api, [{"customer_id": f"c{i}", "churned": "no"} for i in range(10_001)])
     assert response.status_code == 413 and "limit is 10,000" in response.json()["message"]
