@@ -285,7 +285,7 @@ class AtomicOutput:
             os.close(handle)
             self._tmp = Path(name)
         else:
-            final = local_target(target)
+            final = data.local_target(target)
             self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._writer: Any = None
 
@@ -555,16 +555,6 @@ def prepare(
     if fast:
         _check_column_path(model)
     return Job(kind, rejects, fs, files, input_kind, model, fast)
-
-
-def local_target(target: str) -> Path:
-    """A local output's absolute path, refused when its folder is missing or it is a folder."""
-    final = Path(target).resolve()
-    if not final.parent.is_dir():
-        raise DataSourceError(f"output folder does not exist: {final.parent}")
-    if final.is_dir():
-        raise DataSourceError(f"{target} is a folder; give a file name")
-    return final
 
 
 def score(

@@ -746,7 +746,6 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     from churn_platform import data
     from churn_platform import outcomes as outcomes_mod
     from churn_platform.contract import ExitCode
-    from churn_platform.errors import DataSourceError
 
     settings = get_settings()
     # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
@@ -755,8 +754,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
         if source.startswith("s3://"):
             rejects_path = Path(rejects_path).name  # the input's name, in this folder
     data.refuse_overwrite(source, rejects=rejects_path)
-    if not Path(rejects_path).resolve().parent.is_dir() or Path(rejects_path).is_dir():
-        raise DataSourceError(f"--rejects {rejects_path}: its folder does not exist, or it is a folder")
+    data.local_target(rejects_path)
     frame = data.read_table(source, settings.s3_endpoint_url)
     result = outcomes_mod.ingest(frame, inference_log_url or settings.inference_log_url, source=source,
                                  strict=strict)  # fmt: skip

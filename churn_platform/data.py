@@ -67,6 +67,16 @@ def location(uri: str | Path) -> str:
     return uri.removeprefix("s3://") if uri.startswith("s3://") else str(Path(uri).resolve())
 
 
+def local_target(target: str) -> Path:
+    """A local output's absolute path, refused when its folder is missing or it is a folder."""
+    final = Path(target).resolve()
+    if not final.parent.is_dir():
+        raise DataSourceError(f"output folder does not exist: {final.parent}")
+    if final.is_dir():
+        raise DataSourceError(f"{target} is a folder; give a file name")
+    return final
+
+
 def refuse_overwrite(source: str, **outputs: str) -> None:
     """Refuse a job whose outputs name its input or each other: one would destroy the other.
 

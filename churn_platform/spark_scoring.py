@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churn_platform import batch_scoring
+from churn_platform import batch_scoring, data
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
 from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
@@ -359,7 +359,7 @@ def _staging(output: str, settings: Settings) -> tuple[pafs.FileSystem, str]:
         key = output.removeprefix("s3://")
         parent, _, name = key.rpartition("/")
         return batch_scoring._s3(settings.s3_endpoint_url), f"{parent}/.{name}.{tag}.spark"  # noqa: SLF001
-    final = batch_scoring.local_target(output)
+    final = data.local_target(output)
     return pafs.LocalFileSystem(), str(final.with_name(f".{final.name}.{tag}.spark"))
 
 

@@ -212,7 +212,7 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
     log = f"sqlite:///{tmp_path / 'log.db'}"
     for rejects, message in ((str(source), "names the same file as the input"),
                              ("./truth.csv", "names the same file as the input"),
-                             ("missing/r.csv", "its folder does not exist")):  # fmt: skip
+                             ("missing/r.csv", "output folder does not exist")):  # fmt: skip
         result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--rejects", rejects,
                                            "--inference-log-url", log])  # fmt: skip
         assert result.exit_code == 2 and message in result.output, result.output
