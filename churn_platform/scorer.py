@@ -154,9 +154,12 @@ class FastScorer:
             raise UnsupportedPipeline("pipeline columns differ from the schema's features")
         self._offsets = np.cumsum([offset_after_numeric] + [len(m) for m in self._lookup])[:-1]
         self._width = offset_after_numeric + sum(len(m) for m in self._lookup)
-        self._encoders = list(zip(self._categorical, self._lookup, self._offsets.tolist(), strict=True))
-        self._numeric_values = _getter(self._numeric)
-        self._categorical_values = _getter(self._categorical)
+        self._encoders = list(zip(self._lookup, self._offsets.tolist(), strict=True))
+        # Records are dicts, or the API's decoded structs (read by attribute: no dict per customer).
+        self._numeric_values = _getter(self._numeric, operator.itemgetter)
+        self._categorical_values = _getter(self._categorical, operator.itemgetter)
+        self._numeric_attributes = _getter(self._numeric, operator.attrgetter)
+        self._categorical_attributes = _getter(self._categorical, operator.attrgetter)
         #: The schema feature each column of ``matrix`` belongs to (one-hot columns repeat it).
         one_hot = (name for name, lookup in zip(self._categorical, self._lookup, strict=True) for _ in lookup)
         self.column_features: tuple[str, ...] = (*self._numeric, *one_hot)
@@ -173,11 +176,15 @@ class FastScorer:
         elif not hasattr(classifier, "predict_proba"):
             raise UnsupportedPipeline(f"classifier {type(classifier).__name__}")
 
-    def matrix(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """The classifier's input matrix for ``records``."""
+    def matrix(self, records: Sequence[Mapping[str, Any] | Any]) -> np.ndarray:
+        """The classifier's input matrix for ``records``: mappings of feature values, or objects
+        holding them as attributes (the API's decoded msgspec structs)."""
         n = len(records)
-        # itemgetter and map run the per-record loops in C: no Python frame per value.
-        numbers = np.array(list(map(self._numeric_values, records)), dtype=float).reshape(n, len(self._numeric))
+        mappings = not n or isinstance(records[0], Mapping)
+        numeric_values = self._numeric_values if mappings else self._numeric_attributes
+        categorical_values = self._categorical_values if mappings else self._categorical_attributes
+        # itemgetter/attrgetter and map run the per-record loops in C: no Python frame per value.
+        numbers = np.array(list(map(numeric_values, records)), dtype=float).reshape(n, len(self._numeric))
         x = np.zeros((n, self._width))
         # The same operations in the same order as sklearn's transform, so the result is
         # bit-identical: for trees a last-bit difference can cross a split threshold.
@@ -185,15 +192,15 @@ class FastScorer:
         if n < 32:  # per-record lookups and one assignment are cheapest for the single-customer path
             rows, columns = [], []
             for i, record in enumerate(records):
-                for column, lookup, offset in self._encoders:
-                    index = lookup.get(record[column])
+                for value, (lookup, offset) in zip(categorical_values(record), self._encoders, strict=True):
+                    index = lookup.get(value)
                     if index is not None:  # unknown categories are ignored, as the encoder does
                         rows.append(i)
                         columns.append(offset + index)
             x[rows, columns] = 1.0
             return x
         rows = np.arange(n)
-        by_column = zip(*map(self._categorical_values, records), strict=True)
+        by_column = zip(*map(categorical_values, records), strict=True)
         for values, lookup, offset in zip(by_column, self._lookup, self._offsets, strict=True):
             index = np.fromiter(map(lookup.get, values, repeat(-1, n)), dtype=np.intp, count=n)
             known = index >= 0
@@ -254,8 +261,8 @@ class FastScorer:
         numbers /= self._scale
         return numbers
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Probability of churn for each record."""
+    def score(self, records: Sequence[Mapping[str, Any] | Any]) -> np.ndarray:
+        """Probability of churn for each record (as ``matrix`` takes them)."""
         return self.probabilities(self.matrix(records))
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -268,12 +275,15 @@ class FastScorer:
         return self.classifier.predict_proba(x)[:, 1]
 
 
-def _getter(columns: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """A record's values for ``columns``, always as a tuple (itemgetter of one name returns a scalar)."""
+def _getter(
+    columns: Sequence[str], getter: Callable[..., Callable[[Any], Any]]
+) -> Callable[[Any], tuple[Any, ...]]:
+    """A record's values for ``columns`` (``getter``: itemgetter or attrgetter), always as a
+    tuple (either getter of one name returns a scalar)."""
     if len(columns) == 1:
-        (name,) = columns
-        return lambda record: (record[name],)
-    return operator.itemgetter(*columns)
+        one = getter(*columns)
+        return lambda record: (one(record),)
+    return getter(*columns)
 
 
 class SklearnScorer:
@@ -282,7 +292,10 @@ class SklearnScorer:
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    def score(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def score(self, records: Sequence[Mapping[str, Any] | Any]) -> np.ndarray:
+        """Probability of churn for each record (mappings, or objects holding the features as attributes)."""
+        if records and not isinstance(records[0], Mapping):
+            records = list(map(operator.attrgetter(*FEATURE_NAMES), records))
         frame = pd.DataFrame.from_records(list(records), columns=list(FEATURE_NAMES))
         return self._pipeline.predict_proba(frame)[:, 1]
 

@@ -32,6 +32,7 @@ import msgspec
 
 from churn_platform.errors import SettingsError
 from serving.log_writer import pipe_frame
+from serving.schemas import Record
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class InferenceLog:
         request_id: str,
         model_name: str,
         version: int,
-        records: Sequence[dict[str, Any]],
+        records: Sequence[Record],
         scores: Sequence[float],
         arm: str = "production",
         scoring_ms: float | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from serving.errors import BatchTooLarge, NoModelServed, NotExplainable
 from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
+from serving.schemas import Record
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Predictor:
         return model
 
     def predict(
-        self, customers: list[dict[str, Any]], model: LoadedModel | None = None, *, top_k: int | None = None
+        self, customers: Sequence[Record], model: LoadedModel | None = None, *, top_k: int | None = None
     ) -> Scored:
         """Score customers (dicts validated against the schema) with ``model`` (default: the
         one serving now), or beside it with the rollout's Challenger, and log every row.
@@ -97,7 +99,7 @@ class Predictor:
         return Scored(model, predictions)
 
     def _run(
-        self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str, explain: bool = False
+        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, explain: bool = False
     ) -> tuple[np.ndarray, np.ndarray, explanation.Explained | None]:
         """Score (and explain), count and log one arm's customers: their probabilities, risk
         bands and explanations."""
@@ -118,7 +120,7 @@ class Predictor:
         return probabilities, bands, explained
 
     def _score(
-        self, model: LoadedModel, customers: list[dict[str, Any]], request_id: str, arm: str, top_k: int | None
+        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None
     ) -> list[dict]:
         probabilities, bands, explained = self._run(model, customers, request_id, arm, explain=top_k is not None)
         self.metrics.rows_scored.inc(len(customers))
@@ -142,7 +144,7 @@ class Predictor:
 
 
 def answers(
-    customers: list[dict[str, Any]], probabilities: np.ndarray, bands: np.ndarray, threshold: float, version: int
+    customers: Sequence[Record], probabilities: np.ndarray, bands: np.ndarray, threshold: float, version: int
 ) -> list[dict[str, Any]]:
     """Each customer's prediction as the API answers it (``bands``: indexes into RISK_BANDS)."""
     return [
@@ -164,7 +166,7 @@ def canary_bucket(customer_id: str) -> float:
     return stable_bucket(customer_id) / 100
 
 
-def canary(customers: list[dict[str, Any]], percent: int) -> np.ndarray:
+def canary(customers: Sequence[Record], percent: int) -> np.ndarray:
     """Which customers the Challenger answers: those whose bucket is under ``percent``; a
     customer without an id by a random draw."""
     return np.fromiter(

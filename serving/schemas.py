@@ -10,7 +10,7 @@ pydantic's (tests/unit/test_schemas.py holds them to that with generated bodies)
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
@@ -178,15 +178,42 @@ def _fast_field(feature: Feature) -> tuple[str, Any]:
     return feature.name, Annotated[kind, msgspec.Meta(ge=feature.minimum, le=feature.maximum)]
 
 
+class Record(Protocol):
+    """A validated customer as the prediction routes pass it on: a dict, or a decoded struct
+    that reads like one."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+    def get(self, name: str, default: Any = None, /) -> Any: ...
+
+
+def _read_like_a_dict(names: frozenset[str]) -> dict[str, Any]:
+    """``record[name]`` and ``record.get(name)`` for a decoded customer, so code that reads
+    customers needs no dict per customer (the scorer reads the attributes directly)."""
+
+    def __getitem__(self: Any, name: str) -> Any:
+        if name not in names:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def get(self: Any, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in names else default
+
+    return {"__getitem__": __getitem__, "get": get}
+
+
 def _fast_decoders(id_pattern: str | None) -> dict[type[BaseModel], msgspec.json.Decoder]:
     """msgspec decoders for ``Customer`` and ``BatchRequest`` bodies, ids held to ``id_pattern``."""
+    fields = [
+        *(_fast_field(f) for f in FEATURES),
+        (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH, pattern=id_pattern)] | None, None),
+    ]
     customer = msgspec.defstruct(
         "FastCustomer",
-        [
-            *(_fast_field(f) for f in FEATURES),
-            (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH, pattern=id_pattern)] | None, None),
-        ],
+        fields,
+        namespace=_read_like_a_dict(frozenset(name for name, *_ in fields)),
         forbid_unknown_fields=True,
+        gc=False,  # strings and numbers only: no cycles, so the collector need not track 1000 per batch
     )
     batch = msgspec.defstruct(
         "FastBatch",
@@ -203,11 +230,14 @@ _FAST_DECODERS = _fast_decoders(None)
 _ESCAPED_DECODERS = _fast_decoders(rf"\A[^{ID_CONTROL_CHARACTERS}]*\Z")
 
 
-def customers_from_json(body: bytes, model: type[BaseModel]) -> list[dict[str, Any]]:
-    """The customers in a request body (``Customer`` or ``BatchRequest``) as validated dicts.
+def customers_from_json(body: bytes, model: type[BaseModel]) -> list[Record]:
+    """The customers in a request body (``Customer`` or ``BatchRequest``), validated: msgspec
+    structs that read like dicts (``c["tenure"]``, ``c.get("customer_id")``), or dicts.
 
-    Raises pydantic's ``ValidationError`` naming every problem. A body only pydantic's lax
-    mode accepts (a number sent as a string, say) is accepted, through pydantic.
+    Structs, because turning 1000 of them into dicts took a sixth of a batch request's CPU;
+    the scorer, the inference log and the explanations read either. Raises pydantic's
+    ``ValidationError`` naming every problem. A body only pydantic's lax mode accepts (a
+    number sent as a string, say) is accepted, through pydantic, and comes back as dicts.
     """
     decoders = _ESCAPED_DECODERS if b"\\" in body else _FAST_DECODERS
     try:
@@ -216,4 +246,4 @@ def customers_from_json(body: bytes, model: type[BaseModel]) -> list[dict[str, A
         parsed = model.model_validate_json(body)
         customers = parsed.customers if isinstance(parsed, BatchRequest) else [parsed]
         return [dict(c.__dict__) for c in customers]
-    return msgspec.to_builtins(decoded.customers if model is BatchRequest else [decoded])
+    return decoded.customers if model is BatchRequest else [decoded]

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from churn_platform.contract import MODEL_TYPES
 from churn_platform.data import generate, to_records
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.schemas import BatchRequest, Customer, customers_from_json
@@ -60,9 +63,9 @@ def bodies(draw: st.DrawFn) -> tuple[type, bytes]:
     return BatchRequest, json.dumps(body).encode()  # NaN and Infinity become JSON5-style tokens
 
 
-def typed(records: list[dict]) -> list[list[tuple[str, str]]]:
-    """Values with their types and exact float bits (repr), so 70 != 70.0."""
-    return [sorted((k, repr(v)) for k, v in r.items()) for r in records]
+def typed(records: list) -> list[list[tuple[str, str]]]:
+    """Values with their types and exact float bits (repr), so 70 != 70.0 (structs as their fields)."""
+    return [sorted((k, repr(v)) for k, v in msgspec.to_builtins(r).items()) for r in records]
 
 
 def pydantic_records(model: type, body: bytes) -> list[dict]:
@@ -142,3 +145,39 @@ def test_a_body_that_is_not_utf8_is_refused_as_invalid_json():
 def test_unknown_fields_are_refused_by_name():
     with pytest.raises(ValidationError, match="surprise"):
         customers_from_json(json.dumps({**VALID[0], "surprise": 1}).encode(), Customer)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("rows", [1, 1000])
+def test_decoded_customers_score_and_explain_as_their_dicts_do(telco_csv, model_type, rows):
+    """The API scores the decoded structs, batch scoring dicts: the same customers must get the
+    same bits either way (trees can flip on a last bit), with and without explanations, by
+    the fast scorer and by sklearn."""
+    from churn_platform import data, model
+    from churn_platform.explanation import Explainer, top
+    from churn_platform.scorer import FastScorer, SklearnScorer
+
+    frame = data.load(telco_csv)
+    pipeline = model.build_pipeline(model_type, max_iter=50).fit(model.features(frame), frame.churn)
+    scorer = FastScorer(pipeline)
+    records = to_records(frame.drop(columns=["churn"]).sample(rows, random_state=3))
+    decoded = customers_from_json(json.dumps({"customers": records}).encode(), BatchRequest)
+    assert not isinstance(decoded[0], dict)  # the fast path, not pydantic's
+    dicts = [msgspec.to_builtins(c) for c in decoded]
+    assert np.array_equal(scorer.score(decoded), scorer.score(dicts))
+    fallback = SklearnScorer(pipeline)  # what a pipeline the fast scorer does not know is served by
+    assert np.array_equal(fallback.score(decoded), fallback.score(dicts))
+    explainer = Explainer(scorer, frame)
+    by_struct, by_dict = explainer.explain(decoded), explainer.explain(dicts)
+    assert np.array_equal(by_struct.probabilities, by_dict.probabilities)
+    assert top(by_struct, decoded, 3) == top(by_dict, dicts, 3)
+
+
+def test_decoded_customers_read_like_dicts():
+    (customer,) = customers_from_json(json.dumps(VALID[0]).encode(), Customer)
+    assert customer["tenure"] == VALID[0]["tenure"] and customer.get("customer_id") == VALID[0].get("customer_id")
+    assert customer.get("surprise") is None and customer.get("surprise", 7) == 7
+    with pytest.raises(KeyError, match="surprise"):
+        customer["surprise"]
+    with pytest.raises(KeyError):
+        customer["__class__"]  # attributes that are not fields are not values
