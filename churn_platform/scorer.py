@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -183,8 +183,10 @@ class FastScorer:
         mappings = not n or isinstance(records[0], Mapping)
         numeric_values = self._numeric_values if mappings else self._numeric_attributes
         categorical_values = self._categorical_values if mappings else self._categorical_attributes
-        # itemgetter/attrgetter and map run the per-record loops in C: no Python frame per value.
-        numbers = np.array(list(map(numeric_values, records)), dtype=float).reshape(n, len(self._numeric))
+        # itemgetter/attrgetter, map and chain run the per-record loops in C: no Python frame per value.
+        k = len(self._numeric)
+        numbers = np.fromiter(chain.from_iterable(map(numeric_values, records)), dtype=float, count=n * k)
+        numbers = numbers.reshape(n, k)
         x = np.zeros((n, self._width))
         # The same operations in the same order as sklearn's transform, so the result is
         # bit-identical: for trees a last-bit difference can cross a split threshold.
@@ -200,9 +202,10 @@ class FastScorer:
             x[rows, columns] = 1.0
             return x
         rows = np.arange(n)
-        by_column = zip(*map(categorical_values, records), strict=True)
-        for values, lookup, offset in zip(by_column, self._lookup, self._offsets, strict=True):
-            index = np.fromiter(map(lookup.get, values, repeat(-1, n)), dtype=np.intp, count=n)
+        flat = list(chain.from_iterable(map(categorical_values, records)))  # row by row; column j: flat[j::m]
+        m = len(self._lookup)
+        for j, (lookup, offset) in enumerate(self._encoders):
+            index = np.fromiter(map(lookup.get, flat[j::m], repeat(-1, n)), dtype=np.intp, count=n)
             known = index >= 0
             x[rows[known], offset + index[known]] = 1.0
         return x
