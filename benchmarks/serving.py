@@ -5,7 +5,10 @@
 Trains one model on the Telco data (or synthetic data) into a throwaway embedded registry,
 promotes it, starts both servers on loopback and drives each with wrk (Debian package
 `wrk`; `make bench-serving` installs it when missing): single customers at 8 connections,
-then 1000-customer batches. Prints requests/s, p50/p99 latency and rows/s, with the ratio.
+then 1000-customer batches, ours then the peer's, in interleaved rounds (the inference log
+drained before every run). Prints requests/s, p50/p99 latency and rows/s of each side's
+median run, with the ratio, and where the cores went during the batch runs: the CPU each
+process (API, log writer, PostgreSQL's backends, wrk) spent per 1000 rows, from /proc.
 Then the cost of a rollout: a second version is trained as the Challenger and our API is
 driven with single customers with the rollout off, as a 20 % canary and in shadow (targets:
 a canary costs at most 5 % of requests/s; shadow p99 at most 1.5x the p99 with rollout off).
@@ -22,14 +25,16 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -140,6 +145,79 @@ def logged_rows(url: str) -> int:
         engine.dispose()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process's (parent pid, command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                found[int(entry.name)] = (parent, (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
+def process_groups(api_pid: int, log_database_name: str | None) -> dict[str, list[int]]:
+    """The processes serving one API: the server and its workers, the inference-log writer
+    (a child started by the server), and the PostgreSQL backends of the log's database (on
+    this machine only)."""
+    table = _processes()
+    tree, frontier = {api_pid}, [api_pid]
+    while frontier:
+        children = [pid for pid, (parent, _) in table.items() if parent == frontier[-1]]
+        frontier.pop()
+        tree.update(children)
+        frontier.extend(children)
+    writer = {pid for pid in tree if "serving.log_writer" in table.get(pid, (0, ""))[1]}
+    backends = [pid for pid, (_, cmd) in table.items()
+                if log_database_name and cmd.startswith("postgres:") and f" {log_database_name} " in cmd]  # fmt: skip
+    return {"API": sorted(tree - writer), "inference-log writer": sorted(writer), "PostgreSQL (the log)": backends}
+
+
+def cpu_during(
+    groups: Callable[[], dict[str, list[int]]], run: Callable[..., dict[str, float]], *args: Any
+) -> dict[str, float]:
+    """``run(*args)``'s result with the CPU seconds each group of processes (and the load generator,
+    a child of ours) used meanwhile, as ``cpu:<group>`` keys, and the run's ``seconds``."""
+    before = {name: {pid: _cpu_seconds(pid) for pid in pids} for name, pids in groups().items()}
+    children, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    result = run(*args)
+    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {f"cpu:{name}": sum(_cpu_seconds(pid) - before.get(name, {}).get(pid, 0.0) for pid in pids)
+            for name, pids in groups().items()}  # fmt: skip
+    used["cpu:wrk"] = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return {**result, **used, "seconds": seconds}
+
+
+def cpu_table(ours: dict[str, float], peer: dict[str, float], target_ratio: float = 10) -> list[str]:
+    """Where the machine's cores went during the two batch runs, in CPU ms per 1000 rows
+    scored, and what ``target_ratio`` times the peer's rows/s would leave per 1000 rows."""
+    cores = os.cpu_count() or 1
+    lines = [f"{'CPU ms per 1000 rows (cores busy)':34}{'ours':>12}{'mlflow serve':>14}"]
+    names = sorted({k for k in (*ours, *peer) if k.startswith("cpu:")}, key=lambda k: (k == "cpu:wrk", k))
+    for key in [*names, "total"]:
+        cells = []
+        for run in (ours, peer):
+            spent = sum(run[k] for k in names if k in run) if key == "total" else run.get(key)
+            rows = run["rps"] * run["seconds"] * 1000
+            cells.append(f"{spent / rows * 1e6:.1f} ({spent / run['seconds']:.2f})" if spent and rows else "-")
+        lines.append(f"{'  ' + key.removeprefix('cpu:'):34}{cells[0]:>12}{cells[1]:>14}")
+    goal = target_ratio * peer["rps"] * 1000
+    lines.append(f"{'':34}{target_ratio:.0f}x the peer ({goal:,.0f} rows/s) leaves {cores / goal * 1e6:.1f} ms of "
+                 f"{cores} cores per 1000 rows for all of ours")  # fmt: skip
+    return lines
+
+
 def interleaved(names: list[str], rounds: int) -> list[str]:
     """``names`` once per round, each round starting one later, so noise and a run's place in
     the round hit all of them alike (with as many rounds as names, each runs once in every place)."""
@@ -185,7 +263,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
     parser.add_argument("--data", default=str(REPO / "data" / "telco_churn.csv"))
     parser.add_argument("--model-type", default="logistic")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved runs per rollout mode.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved runs per load (ours, peer) and per rollout mode.")
     parser.add_argument("--log-url", default=None, help="Inference-log database (default: local PostgreSQL).")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -249,6 +327,7 @@ def main() -> None:
 
     bin_dir = Path(sys.executable).parent
     log_url, log_kind, drop_log = log_database(folder, args.log_url)
+    log_name = log_url.rsplit("/", 1)[1] if log_kind == "PostgreSQL" else None  # its backends' CPU is counted
     # The feature store on PostgreSQL, holding the same 1000 customers, for the by-id rows.
     store_url, store_kind, drop_store = log_database(folder, None, prefix="bench_features")
     by_id = store_kind == "PostgreSQL"
@@ -295,20 +374,36 @@ def main() -> None:
         a = httpx.post(f"{ours_url}/predict", json=bodies["ours_batch"], timeout=60).json()["predictions"]
         b = httpx.post(peer_url, json=bodies["peer_batch"], timeout=60).json()["predictions"]
         diff = max(abs(p["churn_probability"] - q[1]) for p, q in zip(a, b, strict=True))
-        results = {}
-        for label, url, body, conns in (
-            ("single", f"{ours_url}/predict/single", "ours_single", 8),
-            ("batch", f"{ours_url}/predict", "ours_batch", 2),
-        ):
+        # Each load runs ``--rounds`` times, ours then the peer's, so a change in the machine's speed
+        # (up to 2x within minutes here) hits both sides alike; the median run of each is reported.
+        # The log catches up before every run: its writer must not take the cores from either side.
+        runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+        logged: dict[str, list[tuple[float, float, float]]] = {}
+        loads = {"single": ("/predict/single", "single", 8), "batch": ("/predict", "batch", 2)}
+        for label in [label for _ in range(args.rounds) for label in loads]:
+            path, body, conns = loads[label]
+            drained(ours_url)
             before, started = inference_log_rows(ours_url), time.perf_counter()
-            results[("ours", label)] = wrk(url, folder / f"{body}.json", conns, args.seconds, folder)
+            runs.setdefault(("ours", label), []).append(cpu_during(
+                lambda: process_groups(ours.pid, log_name),
+                wrk, f"{ours_url}{path}", folder / f"ours_{body}.json", conns, args.seconds, folder,
+            ))  # fmt: skip
             after, seconds = inference_log_rows(ours_url), time.perf_counter() - started
             # How fast the log wrote while the API scored at full speed (the spool holds the rest).
-            log_rates[label] = tuple(  # type: ignore[assignment]
-                (after[k] - before[k]) / seconds for k in ("rows_scored_total", "inference_log_rows_written_total")
+            logged.setdefault(label, []).append(
+                (seconds, *(after[k] - before[k] for k in ("rows_scored_total", "inference_log_rows_written_total")))
             )
-        for label, body, conns in (("single", "peer_single", 8), ("batch", "peer_batch", 2)):
-            results[("peer", label)] = wrk(peer_url, folder / f"{body}.json", conns, args.seconds, folder)
+            drained(ours_url)
+            runs.setdefault(("peer", label), []).append(cpu_during(
+                lambda: {"API": process_groups(peer.pid, None)["API"]},
+                wrk, peer_url, folder / f"peer_{body}.json", conns, args.seconds, folder,
+            ))  # fmt: skip
+        results = {key: sorted(r, key=lambda run: run["rps"])[len(r) // 2] for key, r in runs.items()}
+        ratios = {label: [o["rps"] / p["rps"] for o, p in zip(runs[("ours", label)], runs[("peer", label)], strict=True)]
+                  for label in loads}  # fmt: skip
+        for label, rates in logged.items():
+            seconds = sum(r[0] for r in rates)
+            log_rates[label] = (sum(r[1] for r in rates) / seconds, sum(r[2] for r in rates) / seconds)
         if by_id:
             deadline = time.time() + 120
             while (state := httpx.get(f"{ours_url}/ready").json()["feature_store"])["state"] != "ok":
@@ -340,6 +435,7 @@ def main() -> None:
         drop_store()
 
     print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
+    print(f"median run of {args.rounds} interleaved rounds (ours, then the peer) of {args.seconds}s per load")
     print(f"{'':34}{'ours':>12}{'mlflow serve':>14}{'ratio':>9}")
     s_o, s_p = results[("ours", "single")], results[("peer", "single")]
     b_o, b_p = results[("ours", "batch")], results[("peer", "batch")]
@@ -350,6 +446,9 @@ def main() -> None:
         f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{b_o['rps'] / b_p['rps']:>8.1f}x"
     )
     print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
+    for label, values in ratios.items():
+        print(f"{'  ' + label + ': ratio in each round':34}" + ", ".join(f"{v:.1f}x" for v in values))
+    print(*cpu_table(b_o, b_p), sep="\n")
     if by_id:
         i_s, i_b = results[("ours", "by-id single")], results[("ours", "by-id batch")]
         print(f"{'by id (Feast, PostgreSQL online store)':34}{'ours':>12}{'target':>14}")
