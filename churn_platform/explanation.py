@@ -17,7 +17,7 @@ is checked; a version whose explanations do not add up still serves, without the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +75,9 @@ class Explainer:
             expected = np.ravel(self._tree.expected_value)
             self.base = float(expected[-1])
 
-    def explain(self, records: Sequence[Mapping[str, Any]]) -> Explained:
-        """Probabilities (exactly the scorer's) and each record's contributions per feature."""
+    def explain(self, records: Sequence[Any]) -> Explained:
+        """Probabilities (exactly the scorer's) and each record's contributions per feature
+        (records as ``FastScorer.matrix`` takes them)."""
         return self._explain(self._scorer.matrix(records))
 
     def explain_frame(self, frame: pd.DataFrame) -> Explained:
@@ -136,8 +137,9 @@ def verify(explainer: Explainer, frame: pd.DataFrame) -> float:
     return error
 
 
-def top(explained: Explained, records: Sequence[Mapping[str, Any]], top_k: int) -> list[dict[str, Any]]:
-    """Each record's explanation as served: the ``top_k`` largest contributions by size."""
+def top(explained: Explained, records: Sequence[Any], top_k: int) -> list[dict[str, Any]]:
+    """Each record's explanation as served: the ``top_k`` largest contributions by size
+    (``records`` read as ``record[feature]``)."""
     contributions = explained.contributions
     values = contributions.tolist()
     if len(values) < 32:  # a few customers: Python's sort beats NumPy's call overhead

@@ -126,7 +126,8 @@ class _Trees:
 
 
 class FastScorer:
-    """Churn probabilities from records (dicts of feature values), in float64."""
+    """Churn probabilities from records (dicts of feature values, or objects holding them as
+    attributes, such as the API's decoded structs), in float64."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         preprocess, classifier = pipeline.steps[0][1], pipeline.steps[-1][1]
@@ -176,7 +177,7 @@ class FastScorer:
         elif not hasattr(classifier, "predict_proba"):
             raise UnsupportedPipeline(f"classifier {type(classifier).__name__}")
 
-    def matrix(self, records: Sequence[Mapping[str, Any] | Any]) -> np.ndarray:
+    def matrix(self, records: Sequence[Any]) -> np.ndarray:
         """The classifier's input matrix for ``records``: mappings of feature values, or objects
         holding them as attributes (the API's decoded msgspec structs)."""
         n = len(records)
@@ -264,7 +265,7 @@ class FastScorer:
         numbers /= self._scale
         return numbers
 
-    def score(self, records: Sequence[Mapping[str, Any] | Any]) -> np.ndarray:
+    def score(self, records: Sequence[Any]) -> np.ndarray:
         """Probability of churn for each record (as ``matrix`` takes them)."""
         return self.probabilities(self.matrix(records))
 
@@ -295,7 +296,7 @@ class SklearnScorer:
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
 
-    def score(self, records: Sequence[Mapping[str, Any] | Any]) -> np.ndarray:
+    def score(self, records: Sequence[Any]) -> np.ndarray:
         """Probability of churn for each record (mappings, or objects holding the features as attributes)."""
         if records and not isinstance(records[0], Mapping):
             records = list(map(operator.attrgetter(*FEATURE_NAMES), records))

@@ -26,13 +26,15 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
 from churn_platform.errors import SettingsError
 from serving.log_writer import pipe_frame
-from serving.schemas import Record
+
+if TYPE_CHECKING:
+    from serving.schemas import Record  # a type only: the schemas build pydantic models on import
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ _PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
 
 # Frames on the writer's stdin: first the configuration, then lists of items:
 # [request_id, scored_at, model_name, version, arm, records, probabilities, scoring_ms].
-Item = tuple[str, datetime, str, int, str, Sequence[dict[str, Any]], Sequence[float], float | None]
+Item = tuple[str, datetime, str, int, str, Sequence["Record"], Sequence[float], float | None]
 #: What happened to rows, as the writer reports it (and the metrics count it).
 Outcome = Literal["written", "dropped", "spooled", "replayed"]
 

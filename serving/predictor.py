@@ -34,7 +34,7 @@ from serving.errors import BatchTooLarge, NoModelServed, NotExplainable
 from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
-from serving.schemas import Record
+from serving.schemas import Record, customer_ids
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Predictor:
     def predict(
         self, customers: Sequence[Record], model: LoadedModel | None = None, *, top_k: int | None = None
     ) -> Scored:
-        """Score customers (dicts validated against the schema) with ``model`` (default: the
+        """Score customers (validated against the schema) with ``model`` (default: the
         one serving now), or beside it with the rollout's Challenger, and log every row.
         With ``top_k``, each prediction carries its explanation's ``top_k`` largest contributions."""
         model = model or self.model
@@ -148,9 +148,8 @@ def answers(
 ) -> list[dict[str, Any]]:
     """Each customer's prediction as the API answers it (``bands``: indexes into RISK_BANDS)."""
     return [
-        {ID_COLUMN: c.get(ID_COLUMN), PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b],
-         MODEL_VERSION: version}
-        for c, p, b in zip(customers, probabilities.tolist(), bands.tolist(), strict=True)
+        {ID_COLUMN: i, PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b], MODEL_VERSION: version}
+        for i, p, b in zip(customer_ids(customers), probabilities.tolist(), bands.tolist(), strict=True)
     ]  # fmt: skip
 
 
@@ -170,7 +169,7 @@ def canary(customers: Sequence[Record], percent: int) -> np.ndarray:
     """Which customers the Challenger answers: those whose bucket is under ``percent``; a
     customer without an id by a random draw."""
     return np.fromiter(
-        ((canary_bucket(c[ID_COLUMN]) if c.get(ID_COLUMN) else random.random() * 100) < percent for c in customers),
+        ((canary_bucket(i) if i else random.random() * 100) < percent for i in customer_ids(customers)),
         dtype=bool,
         count=len(customers),
     )

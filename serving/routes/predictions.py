@@ -28,6 +28,7 @@ from serving.schemas import (
     Customer,
     Prediction,
     Problem,
+    Record,
     customers_from_json,
 )
 
@@ -46,7 +47,7 @@ TopK = Annotated[
 ]
 
 
-async def _customers(request: Request, model: type[BaseModel]) -> list[dict[str, Any]]:
+async def _customers(request: Request, model: type[BaseModel]) -> list[Record]:
     """The customers in the raw body; errors go to the same 422 handler as FastAPI's own."""
     try:
         body = await request.body()

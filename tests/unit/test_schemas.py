@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from churn_platform.contract import MODEL_TYPES
 from churn_platform.data import generate, to_records
 from churn_platform.schema import FEATURES, ID_COLUMN
-from serving.schemas import BatchRequest, Customer, customers_from_json
+from serving.schemas import BatchRequest, Customer, customer_ids, customers_from_json
 
 VALID = to_records(generate(50, seed=11).drop(columns=["churn"]))
 NAMES = [f.name for f in FEATURES] + [ID_COLUMN]
@@ -181,3 +181,14 @@ def test_decoded_customers_read_like_dicts():
         customer["surprise"]
     with pytest.raises(KeyError):
         customer["__class__"]  # attributes that are not fields are not values
+    assert "tenure" in customer and "surprise" not in customer
+    with pytest.raises(TypeError):  # not a mapping to copy: msgspec.to_builtins gives the dict
+        dict(customer)
+    assert msgspec.to_builtins(customer)["tenure"] == VALID[0]["tenure"]
+
+
+def test_customer_ids_read_structs_and_dicts_alike():
+    body = json.dumps({"customers": [{**VALID[0], "customer_id": "a"}, {**VALID[1], "customer_id": None}]})
+    decoded = customers_from_json(body.encode(), BatchRequest)
+    assert customer_ids(decoded) == customer_ids([msgspec.to_builtins(c) for c in decoded]) == ["a", None]
+    assert customer_ids([{"tenure": 1}]) == [None] and customer_ids([]) == []
