@@ -75,6 +75,7 @@ def wrk(url: str, body: Path | None, connections: int, seconds: int, folder: Pat
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "p50_ms": ms("50%"),
         "p99_ms": ms("99%"),
         "errors": int(errors.group(1)) if errors else 0,
@@ -104,7 +105,11 @@ def drained(url: str, timeout: float = 300) -> tuple[dict[str, float], float]:
     while True:
         rows = inference_log_rows(url)
         done = rows["inference_log_rows_written_total"] + rows["inference_log_rows_dropped_total"]
-        if done >= rows["rows_to_log"] or time.perf_counter() - started > timeout:
+        if done >= rows["rows_to_log"]:
+            return rows, time.perf_counter() - started
+        if time.perf_counter() - started > timeout:
+            print(f"warning: the inference log had not caught up after {timeout:.0f}s "
+                  f"({done:.0f} of {rows['rows_to_log']:.0f} rows)", file=sys.stderr)  # fmt: skip
             return rows, time.perf_counter() - started
         time.sleep(0.5)
 
@@ -185,34 +190,41 @@ def process_groups(api_pid: int, log_database_name: str | None) -> dict[str, lis
 
 
 def cpu_during(
-    groups: Callable[[], dict[str, list[int]]], run: Callable[..., dict[str, float]], *args: Any
+    groups: Callable[[], dict[str, list[int]]],
+    run: Callable[..., dict[str, float]],
+    *args: Any,
+    until: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """``run(*args)``'s result with the CPU seconds each group of processes (and the load generator,
-    a child of ours) used meanwhile, as ``cpu:<group>`` keys, and the run's ``seconds``."""
+    a child of ours) used as ``cpu:<group>`` keys: during the run, and after it until ``until()``
+    returns (our log catching up, so that the rows it loads after the load are paid for too)."""
     before = {name: {pid: _cpu_seconds(pid) for pid in pids} for name, pids in groups().items()}
-    children, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = run(*args)
-    seconds, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
-    used = {f"cpu:{name}": sum(_cpu_seconds(pid) - before.get(name, {}).get(pid, 0.0) for pid in pids)
+    if until is not None:
+        until()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used = {f"cpu:{name}": sum(max(0.0, _cpu_seconds(pid) - before.get(name, {}).get(pid, 0.0)) for pid in pids)
             for name, pids in groups().items()}  # fmt: skip
     used["cpu:wrk"] = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    return {**result, **used, "seconds": seconds}
+    return {**result, **used}
 
 
-def cpu_table(ours: dict[str, float], peer: dict[str, float], target_ratio: float = 10) -> list[str]:
-    """Where the machine's cores went during the two batch runs, in CPU ms per 1000 rows
-    scored, and what ``target_ratio`` times the peer's rows/s would leave per 1000 rows."""
+def cpu_table(ours: dict[str, float], peer: dict[str, float], rows_per_request: int, target_ratio: float = 10) -> list[str]:
+    """Where the machine's cores went for the two batch runs, in CPU ms per 1000 rows scored
+    (ours until its log had caught up), and what ``target_ratio`` times the peer's rows/s
+    would leave per 1000 rows."""
     cores = os.cpu_count() or 1
-    lines = [f"{'CPU ms per 1000 rows (cores busy)':34}{'ours':>12}{'mlflow serve':>14}"]
+    lines = [f"{'CPU ms per 1000 rows scored':34}{'ours':>12}{'mlflow serve':>14}  (ours: until the log caught up)"]
     names = sorted({k for k in (*ours, *peer) if k.startswith("cpu:")}, key=lambda k: (k == "cpu:wrk", k))
     for key in [*names, "total"]:
         cells = []
         for run in (ours, peer):
             spent = sum(run[k] for k in names if k in run) if key == "total" else run.get(key)
-            rows = run["rps"] * run["seconds"] * 1000
-            cells.append(f"{spent / rows * 1e6:.1f} ({spent / run['seconds']:.2f})" if spent and rows else "-")
+            rows = run["requests"] * rows_per_request
+            cells.append(f"{spent / rows * 1e6:.1f}" if spent and rows else "-")
         lines.append(f"{'  ' + key.removeprefix('cpu:'):34}{cells[0]:>12}{cells[1]:>14}")
-    goal = target_ratio * peer["rps"] * 1000
+    goal = target_ratio * peer["rps"] * rows_per_request
     lines.append(f"{'':34}{target_ratio:.0f}x the peer ({goal:,.0f} rows/s) leaves {cores / goal * 1e6:.1f} ms of "
                  f"{cores} cores per 1000 rows for all of ours")  # fmt: skip
     return lines
@@ -380,6 +392,12 @@ def main() -> None:
         runs: dict[tuple[str, str], list[dict[str, float]]] = {}
         logged: dict[str, list[tuple[float, float, float]]] = {}
         loads = {"single": ("/predict/single", "single", 8), "batch": ("/predict", "batch", 2)}
+        ends: list[tuple[dict[str, float], float]] = []  # the log's counters and the time as each run of ours ended
+
+        def catch_up() -> None:
+            ends.append((inference_log_rows(ours_url), time.perf_counter()))
+            drained(ours_url)
+
         for label in [label for _ in range(args.rounds) for label in loads]:
             path, body, conns = loads[label]
             drained(ours_url)
@@ -387,20 +405,21 @@ def main() -> None:
             runs.setdefault(("ours", label), []).append(cpu_during(
                 lambda: process_groups(ours.pid, log_name),
                 wrk, f"{ours_url}{path}", folder / f"ours_{body}.json", conns, args.seconds, folder,
+                until=catch_up,
             ))  # fmt: skip
-            after, seconds = inference_log_rows(ours_url), time.perf_counter() - started
+            after, ended = ends[-1]
             # How fast the log wrote while the API scored at full speed (the spool holds the rest).
             logged.setdefault(label, []).append(
-                (seconds, *(after[k] - before[k] for k in ("rows_scored_total", "inference_log_rows_written_total")))
+                (ended - started, *(after[k] - before[k] for k in ("rows_scored_total", "inference_log_rows_written_total")))
             )
-            drained(ours_url)
             runs.setdefault(("peer", label), []).append(cpu_during(
-                lambda: {"API": process_groups(peer.pid, None)["API"]},
+                lambda: process_groups(peer.pid, None),
                 wrk, peer_url, folder / f"peer_{body}.json", conns, args.seconds, folder,
             ))  # fmt: skip
         results = {key: sorted(r, key=lambda run: run["rps"])[len(r) // 2] for key, r in runs.items()}
         ratios = {label: [o["rps"] / p["rps"] for o, p in zip(runs[("ours", label)], runs[("peer", label)], strict=True)]
                   for label in loads}  # fmt: skip
+        median_ratio = {label: statistics.median(values) for label, values in ratios.items()}
         for label, rates in logged.items():
             seconds = sum(r[0] for r in rates)
             log_rates[label] = (sum(r[1] for r in rates) / seconds, sum(r[2] for r in rates) / seconds)
@@ -435,20 +454,21 @@ def main() -> None:
         drop_store()
 
     print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
-    print(f"median run of {args.rounds} interleaved rounds (ours, then the peer) of {args.seconds}s per load")
+    print(f"median run of {args.rounds} interleaved rounds (ours, then the peer) of {args.seconds}s per load; "
+          "ratio: the median of the rounds' ratios")
     print(f"{'':34}{'ours':>12}{'mlflow serve':>14}{'ratio':>9}")
     s_o, s_p = results[("ours", "single")], results[("peer", "single")]
     b_o, b_p = results[("ours", "batch")], results[("peer", "batch")]
-    print(f"{'single, 8 conns: requests/s':34}{s_o['rps']:>12.0f}{s_p['rps']:>14.0f}{s_o['rps'] / s_p['rps']:>8.1f}x")
+    print(f"{'single, 8 conns: requests/s':34}{s_o['rps']:>12.0f}{s_p['rps']:>14.0f}{median_ratio['single']:>8.1f}x")
     print(f"{'single, 8 conns: p50 latency ms':34}{s_o['p50_ms']:>12.2f}{s_p['p50_ms']:>14.2f}")
     print(f"{'single, 8 conns: p99 latency ms':34}{s_o['p99_ms']:>12.2f}{s_p['p99_ms']:>14.2f}")
     print(
-        f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{b_o['rps'] / b_p['rps']:>8.1f}x"
+        f"{'batch 1000, 2 conns: rows/s':34}{b_o['rps'] * 1000:>12.0f}{b_p['rps'] * 1000:>14.0f}{median_ratio['batch']:>8.1f}x"
     )
     print(f"{'batch 1000, 2 conns: p99 ms':34}{b_o['p99_ms']:>12.1f}{b_p['p99_ms']:>14.1f}")
     for label, values in ratios.items():
         print(f"{'  ' + label + ': ratio in each round':34}" + ", ".join(f"{v:.1f}x" for v in values))
-    print(*cpu_table(b_o, b_p), sep="\n")
+    print(*cpu_table(b_o, b_p, rows_per_request=1000), sep="\n")
     if by_id:
         i_s, i_b = results[("ours", "by-id single")], results[("ours", "by-id batch")]
         print(f"{'by id (Feast, PostgreSQL online store)':34}{'ours':>12}{'target':>14}")
