@@ -5,8 +5,8 @@
 Trains one model on the Telco data (or synthetic data) into a throwaway embedded registry,
 promotes it, starts both servers on loopback and drives each with wrk (Debian package
 `wrk`; `make bench-serving` installs it when missing): single customers at 8 connections,
-then 1000-customer batches, ours then the peer's, in interleaved rounds (the inference log
-drained before every run). Prints requests/s, p50/p99 latency and rows/s of each side's
+then 1000-customer batches, in interleaved rounds where ours and the peer take turns to go
+first (our inference log catches up after each of our runs, before anything else runs). Prints requests/s, p50/p99 latency and rows/s of each side's
 median run, with the ratio, and where the cores went during the batch runs: the CPU each
 process (API, log writer, PostgreSQL's backends, wrk) spent per 1000 rows, from /proc.
 Then the cost of a rollout: a second version is trained as the Challenger and our API is
@@ -398,7 +398,7 @@ def main() -> None:
             ends.append((inference_log_rows(ours_url), time.perf_counter()))
             drained(ours_url)
 
-        for label in [label for _ in range(args.rounds) for label in loads]:
+        def run_ours(label: str) -> None:
             path, body, conns = loads[label]
             drained(ours_url)
             before, started = inference_log_rows(ours_url), time.perf_counter()
@@ -412,10 +412,18 @@ def main() -> None:
             logged.setdefault(label, []).append(
                 (ended - started, *(after[k] - before[k] for k in ("rows_scored_total", "inference_log_rows_written_total")))
             )
+
+        def run_peer(label: str) -> None:
+            _, body, conns = loads[label]
             runs.setdefault(("peer", label), []).append(cpu_during(
                 lambda: process_groups(peer.pid, None),
                 wrk, peer_url, folder / f"peer_{body}.json", conns, args.seconds, folder,
             ))  # fmt: skip
+
+        for round_ in range(args.rounds):
+            for label in loads:  # who goes first alternates by round, so warm-up and drift favour neither
+                for side in (run_ours, run_peer) if round_ % 2 == 0 else (run_peer, run_ours):
+                    side(label)
         results = {key: sorted(r, key=lambda run: run["rps"])[len(r) // 2] for key, r in runs.items()}
         ratios = {label: [o["rps"] / p["rps"] for o, p in zip(runs[("ours", label)], runs[("peer", label)], strict=True)]
                   for label in loads}  # fmt: skip
@@ -454,7 +462,8 @@ def main() -> None:
         drop_store()
 
     print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
-    print(f"median run of {args.rounds} interleaved rounds (ours, then the peer) of {args.seconds}s per load; "
+    print(f"median run of {args.rounds} interleaved rounds (ours and the peer, taking turns to go first) of "
+          f"{args.seconds}s per load; "
           "ratio: the median of the rounds' ratios")
     print(f"{'':34}{'ours':>12}{'mlflow serve':>14}{'ratio':>9}")
     s_o, s_p = results[("ours", "single")], results[("peer", "single")]
