@@ -6,9 +6,10 @@ Trains one model on the Telco data (or synthetic data) into a throwaway embedded
 promotes it, starts both servers on loopback and drives each with wrk (Debian package
 `wrk`; `make bench-serving` installs it when missing): single customers at 8 connections,
 then 1000-customer batches, in interleaved rounds where ours and the peer take turns to go
-first (our inference log catches up after each of our runs, before anything else runs). Prints requests/s, p50/p99 latency and rows/s of each side's
-median run, with the ratio, and where the cores went during the batch runs: the CPU each
-process (API, log writer, PostgreSQL's backends, wrk) spent per 1000 rows, from /proc.
+first (our inference log catches up after each of our runs, before anything else runs).
+Prints requests/s, p50/p99 latency and rows/s of each side's median run, the median of the
+rounds' ratios, and where the cores went during the batch runs: the CPU each process (API,
+log writer, PostgreSQL's backends, wrk) spent per 1000 rows, from /proc.
 Then the cost of a rollout: a second version is trained as the Challenger and our API is
 driven with single customers with the rollout off, as a 20 % canary and in shadow (targets:
 a canary costs at most 5 % of requests/s; shadow p99 at most 1.5x the p99 with rollout off).
@@ -179,8 +180,8 @@ def process_groups(api_pid: int, log_database_name: str | None) -> dict[str, lis
     table = _processes()
     tree, frontier = {api_pid}, [api_pid]
     while frontier:
-        children = [pid for pid, (parent, _) in table.items() if parent == frontier[-1]]
-        frontier.pop()
+        pid = frontier.pop()
+        children = [child for child, (parent, _) in table.items() if parent == pid]
         tree.update(children)
         frontier.extend(children)
     writer = {pid for pid in tree if "serving.log_writer" in table.get(pid, (0, ""))[1]}
@@ -386,9 +387,10 @@ def main() -> None:
         a = httpx.post(f"{ours_url}/predict", json=bodies["ours_batch"], timeout=60).json()["predictions"]
         b = httpx.post(peer_url, json=bodies["peer_batch"], timeout=60).json()["predictions"]
         diff = max(abs(p["churn_probability"] - q[1]) for p, q in zip(a, b, strict=True))
-        # Each load runs ``--rounds`` times, ours then the peer's, so a change in the machine's speed
-        # (up to 2x within minutes here) hits both sides alike; the median run of each is reported.
-        # The log catches up before every run: its writer must not take the cores from either side.
+        # Each load runs ``--rounds`` times per side, the sides taking turns to go first, so a change
+        # in the machine's speed (up to 2x within minutes here) hits both alike; the median run of
+        # each is reported. Our log catches up after each of our runs, inside its CPU window: its
+        # writer must not take the cores from the next run, ours or the peer's.
         runs: dict[tuple[str, str], list[dict[str, float]]] = {}
         logged: dict[str, list[tuple[float, float, float]]] = {}
         loads = {"single": ("/predict/single", "single", 8), "batch": ("/predict", "batch", 2)}
@@ -420,10 +422,12 @@ def main() -> None:
                 wrk, peer_url, folder / f"peer_{body}.json", conns, args.seconds, folder,
             ))  # fmt: skip
 
+        sides = {"ours": run_ours, "peer": run_peer}
+        order = interleaved(list(sides), args.rounds)  # ours first in one round, the peer in the next
         for round_ in range(args.rounds):
-            for label in loads:  # who goes first alternates by round, so warm-up and drift favour neither
-                for side in (run_ours, run_peer) if round_ % 2 == 0 else (run_peer, run_ours):
-                    side(label)
+            for label in loads:
+                for name in order[2 * round_ : 2 * round_ + 2]:
+                    sides[name](label)
         results = {key: sorted(r, key=lambda run: run["rps"])[len(r) // 2] for key, r in runs.items()}
         ratios = {label: [o["rps"] / p["rps"] for o, p in zip(runs[("ours", label)], runs[("peer", label)], strict=True)]
                   for label in loads}  # fmt: skip
