@@ -147,18 +147,28 @@ def test_unknown_fields_are_refused_by_name():
         customers_from_json(json.dumps({**VALID[0], "surprise": 1}).encode(), Customer)
 
 
+@pytest.fixture(scope="module")
+def fitted(telco_csv):
+    """The Telco frame and a pipeline of each model type fitted on it (once for the module)."""
+    from churn_platform import data, model
+
+    frame = data.load(telco_csv)
+    return frame, {
+        t: model.build_pipeline(t, max_iter=50).fit(model.features(frame), frame.churn) for t in MODEL_TYPES
+    }
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 @pytest.mark.parametrize("rows", [1, 1000])
-def test_decoded_customers_score_and_explain_as_their_dicts_do(telco_csv, model_type, rows):
+def test_decoded_customers_score_and_explain_as_their_dicts_do(fitted, model_type, rows):
     """The API scores the decoded structs, batch scoring dicts: the same customers must get the
     same bits either way (trees can flip on a last bit), with and without explanations, by
     the fast scorer and by sklearn."""
-    from churn_platform import data, model
     from churn_platform.explanation import Explainer, top
     from churn_platform.scorer import FastScorer, SklearnScorer
 
-    frame = data.load(telco_csv)
-    pipeline = model.build_pipeline(model_type, max_iter=50).fit(model.features(frame), frame.churn)
+    frame, pipelines = fitted
+    pipeline = pipelines[model_type]
     scorer = FastScorer(pipeline)
     records = to_records(frame.drop(columns=["churn"]).sample(rows, random_state=3))
     decoded = customers_from_json(json.dumps({"customers": records}).encode(), BatchRequest)
