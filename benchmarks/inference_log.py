@@ -17,6 +17,10 @@ every batch in its own transaction and with the replay rule (ids already stored 
 Prints rows/s of each, the client's CPU seconds (the writer's own cost), the server's (all
 PostgreSQL processes, from /proc: Linux) and the ratio to the fastest. Both CPUs count: on
 one machine the writer, PostgreSQL and the API share the cores.
+
+Then the table's indexes, side by side with the writer's method: the BRIN indexes on time
+and version this release declares against the B-trees of earlier releases, as PostgreSQL
+CPU per 1000 rows (each layout loaded ``--repeat`` times, taking turns to go first; the lowest counts).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import os
 import resource
 import sys
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +44,7 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     import msgspec
@@ -49,7 +55,7 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
 
     from churn_platform import data
     from churn_platform.contract import INFERENCE_LOG_META, INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
-    from churn_platform.inference_log import COLUMNS, table
+    from churn_platform.inference_log import BRIN_INDEXES, COLUMNS, table
     from serving.log_writer import binary_types
 
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
@@ -61,11 +67,14 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
     customers = data.to_records(data.generate(5000, seed=1).drop(columns=["churn"]))
     at = datetime.now(UTC)
 
-    def rows(method: str) -> list[tuple]:
+    def rows() -> list[tuple]:
+        """1000-row requests a millisecond apart, with ids as the API makes them."""
         out = []
         for i in range(args.rows):
             c = customers[i % len(customers)]
-            out.append((f"{method}-{i // 1000}", i % 1000, at, "churn", 1, "production", 0.05,
+            if i % 1000 == 0:
+                request_id, scored_at = uuid.uuid4().hex, at + timedelta(milliseconds=i // 1000)
+            out.append((request_id, i % 1000, scored_at, "churn", 1, "production", 0.05,
                         *(c[k] for k in COLUMNS[len(INFERENCE_LOG_META):-1]), 0.25))  # fmt: skip
         return out
 
@@ -117,7 +126,7 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
         for method, load in (("binary COPY", copy_binary), ("binary COPY + INSERT", copy_binary_staged),
                              ("csv COPY + INSERT", copy_csv), ("json_populate_recordset", json_recordset),
                              ("execute_values", values)):  # fmt: skip
-            batch_rows = rows(method.replace(" ", "-"))
+            batch_rows = rows()
             binary = method.startswith("binary")
             conn = binary_connection if binary else connection
             cpu0, server0, wall0 = _cpu(), _server_cpu(), time.perf_counter()
@@ -126,11 +135,38 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
                     load(cur, batch_rows[start : start + args.batch])
             wall = time.perf_counter() - wall0
             results[method] = (args.rows / wall, _cpu() - cpu0, _server_cpu() - server0)
-        binary_connection.close()
         with connection.cursor() as cur:
             cur.execute(f"SELECT count(*) FROM {INFERENCE_LOG_TABLE}")
             stored = cur.fetchone()[0]
         connection.close()
+        layouts = {"BRIN on time, version (ours)": [], "B-trees (before 2026-12)": []}
+        sizes = {}  # MiB of indexes per million rows
+        for turn in range(args.repeat):
+            for layout in list(layouts)[:: 1 if turn % 2 == 0 else -1]:  # turn about: neither always first
+                binary_connection.execute(f"DROP TABLE IF EXISTS {INFERENCE_LOG_TABLE}")
+                binary_connection.commit()
+                engine = sa.create_engine(url)
+                metadata = sa.MetaData()
+                declared = table(metadata)
+                if layout.startswith("B-trees"):
+                    for index in list(declared.indexes):
+                        if index.name in BRIN_INDEXES:
+                            declared.indexes.discard(index)
+                            sa.Index(index.name, *index.columns)  # a plain B-tree, as before
+                metadata.create_all(engine)
+                engine.dispose()
+                batch_rows = rows()
+                binary_connection.execute("CHECKPOINT")
+                server0 = _server_cpu()
+                for start in range(0, len(batch_rows), args.batch):
+                    with binary_connection.transaction(), binary_connection.cursor() as cur:
+                        copy_binary(cur, batch_rows[start : start + args.batch])
+                layouts[layout].append((_server_cpu() - server0) / args.rows * 1e6)
+                sizes[layout] = int(binary_connection.execute(
+                    "SELECT sum(pg_relation_size(indexrelid)) FROM pg_index WHERE indrelid = %s::regclass",
+                    (INFERENCE_LOG_TABLE,),
+                ).fetchone()[0]) / args.rows * 1e6 / 2**20
+        binary_connection.close()
     finally:
         with admin.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
@@ -143,6 +179,13 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
     print(f"{'method':28}{'rows/s':>12}{'client CPU s':>14}{'server CPU s':>14}{'vs fastest':>12}")
     for method, (rate, cpu, server) in results.items():
         print(f"{method:28}{rate:>12.0f}{cpu:>14.2f}{server:>14.2f}{rate / best:>11.2f}x")
+    ours, before = (min(costs) for costs in layouts.values())
+    print(f"\nindexes, binary COPY: PostgreSQL CPU ms per 1000 rows (lowest of {args.repeat}; every run), "
+          "and all the table's indexes in MiB per million rows")  # fmt: skip
+    for layout, costs in layouts.items():
+        print(f"{layout:32}{min(costs):>8.2f}   ({', '.join(f'{c:.2f}' for c in costs)}){sizes[layout]:>10.0f} MiB")
+    print(f"{'ours vs before':32}{ours / before:>8.2f}x the CPU{' ' * 18}"
+          f"{sizes[next(iter(layouts))] / sizes[list(layouts)[1]]:.2f}x the size")  # fmt: skip
 
 
 def _cpu() -> float:

@@ -119,6 +119,94 @@ def test_a_table_from_an_earlier_release_gains_the_new_columns_and_keeps_its_row
     assert [tuple(r) for r in stored] == [("new", "canary", 0.4)] * 3 + [("old", "production", None)]
 
 
+INDEX_METHODS = sa.text(
+    "SELECT c.relname, a.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = 'inference_log'::regclass"
+)
+
+
+def earlier_release_table(url: str) -> sa.Engine:
+    """The log table as the last release before 2026-12 made it (B-trees on time and version,
+    and the columns added since the first release); one row in it."""
+    from churn_platform.schema import FEATURES
+
+    kinds = {"category": "VARCHAR(64)", "integer": "INTEGER", "float": "FLOAT"}
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(EARLIER_TABLE.format(features=", ".join(f"{f.name} {kinds[f.kind]}" for f in FEATURES))))
+        conn.execute(sa.text("ALTER TABLE inference_log ADD COLUMN arm VARCHAR(16) NOT NULL DEFAULT 'production', "
+                             "ADD COLUMN scoring_ms FLOAT"))  # fmt: skip
+        conn.execute(sa.text("CREATE INDEX ix_inference_log_scored_at ON inference_log (scored_at)"))
+        conn.execute(sa.text("CREATE INDEX ix_inference_log_model_version ON inference_log (model_version)"))
+        conn.execute(sa.text("CREATE INDEX ix_inference_log_customer_id ON inference_log (customer_id)"))
+        conn.execute(sa.text(
+            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, "
+            "churn_probability) VALUES ('old', 0, '2026-01-01T00:00:00+00:00', 'churn', 1, 0.3)"
+        ))  # fmt: skip
+    return engine
+
+
+@pytest.mark.parametrize("table", ["new", "earlier release"])
+def test_time_and_version_indexes_are_brin_and_serve_the_monitors_window(table):
+    """BRIN instead of B-trees on time and version: less PostgreSQL CPU per logged row.
+    A new table gets them; an earlier release's B-trees are rebuilt as BRIN, its rows kept."""
+    records = data.to_records(data.generate(4, seed=7).drop(columns=["churn"]))
+    with postgres_database() as url:
+        engine = earlier_release_table(url) if table == "earlier release" else sa.create_engine(url)
+        database = Database(url)
+        try:
+            item = ["new", datetime(2026, 12, 4, 12, tzinfo=UTC), "churn", 2, "production", records, [0.6] * 4]
+            assert database.insert(frame(item)) == 4
+        finally:
+            database.dispose()
+        window = ("SELECT count(*) FROM inference_log WHERE model_version = 2 AND scored_at >= "
+                  "'2026-12-04T00:00:00+00:00' AND scored_at < '2026-12-05T00:00:00+00:00'")  # fmt: skip
+        with engine.begin() as conn:
+            methods = dict(conn.execute(INDEX_METHODS).tuples().all())
+            total = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+            in_window = conn.execute(sa.text(window)).scalar()
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a 5-row table: make the planner show its index
+            plan = "\n".join(conn.execute(sa.text(f"EXPLAIN {window}")).scalars())
+        engine.dispose()
+    assert methods["ix_inference_log_scored_at"] == methods["ix_inference_log_model_version"] == "brin"
+    assert methods["ix_inference_log_customer_id"] == "btree"  # the outcomes join looks customers up one by one
+    assert (total, in_window) == ((5, 4) if table == "earlier release" else (4, 4))
+    assert "Bitmap Index Scan on ix_inference_log_" in plan
+
+
+def test_a_busy_table_keeps_its_btree_until_a_later_start_and_loads_meanwhile(caplog):
+    """Rebuilding an index needs the table to itself; behind a long query it gives up after
+    CONVERT_LOCK_TIMEOUT instead of queueing every reader and writer, and the rows still load."""
+    import psycopg
+
+    records = data.to_records(data.generate(2, seed=8).drop(columns=["churn"]))
+    with postgres_database() as url:
+        engine = earlier_release_table(url)
+        reader = psycopg.connect(sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+        reader.execute("SELECT count(*) FROM inference_log").fetchall()  # a monitor's query, transaction still open
+        database = Database(url)
+        try:
+            with caplog.at_level("WARNING", logger="churn_platform.inference_log"):
+                assert database.insert(frame(["busy", datetime.now(UTC), "churn", 1, "production", records, [0.4] * 2]))
+            with engine.connect() as conn:
+                busy = dict(conn.execute(INDEX_METHODS).tuples().all())
+            reader.rollback()
+            later = Database(url)  # the next start
+            try:
+                assert later.insert(frame(["free", datetime.now(UTC), "churn", 1, "production", records, [0.4] * 2]))
+            finally:
+                later.dispose()
+        finally:
+            reader.close()
+            database.dispose()
+        with engine.connect() as conn:
+            free = dict(conn.execute(INDEX_METHODS).tuples().all())
+            total = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+        engine.dispose()
+    assert busy["ix_inference_log_scored_at"] == "btree" and "not converted to BRIN" in caplog.text
+    assert free["ix_inference_log_scored_at"] == free["ix_inference_log_model_version"] == "brin" and total == 5
+
+
 def test_a_request_the_database_refuses_costs_only_its_own_rows(tmp_path):
     """PostgreSQL refuses text holding a NUL byte (the API accepts any customer id): the whole
     20,000-row transaction used to be dropped; now only the request at fault is, and counted.
