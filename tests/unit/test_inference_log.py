@@ -364,3 +364,23 @@ def test_a_stop_half_way_through_a_split_reports_each_dropped_row_once(tmp_path,
         ["written", "5"], ["written", "0"], ["written", "5"], ["dropped", "5"]
     ]
     assert database.stored == {"first", "last"}
+
+
+def test_each_logged_value_lands_in_its_own_column():
+    """The writer copies a customer's values in its struct's field order: every column must
+    still get the value of the same name (a reordered schema would shift them silently)."""
+    import msgspec
+
+    from churn_platform.inference_log import COLUMNS
+    from serving.log_writer import Database, decode_frame
+
+    at = datetime.now(UTC)
+    items = decode_frame(msgspec.msgpack.encode([["r", at, "churn", 3, "canary", RECORDS[:2], [0.25, 0.75], 1.5]]))
+    database = Database("postgresql+psycopg://nobody@127.0.0.1:1/never-connected")
+    rows = [dict(zip(COLUMNS, row, strict=True)) for row in database.rows(items)]
+    meta = {"request_id": "r", "scored_at": at, "model_name": "churn", "model_version": 3, "arm": "canary",
+            "scoring_ms": 1.5}  # fmt: skip
+    assert rows == [
+        {**meta, "row_index": i, **record, "churn_probability": p}
+        for i, (record, p) in enumerate(zip(RECORDS[:2], [0.25, 0.75], strict=True))
+    ]
