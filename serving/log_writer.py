@@ -196,7 +196,7 @@ class Database:
         oids = {name: {psycopg.adapters.types[name].oid} for name in set(self._types)}
         oids["text"].add(psycopg.adapters.types["varchar"].oid)
         with self._engine.connect() as conn:
-            actual = dict(conn.execute(_COLUMN_TYPES, {"t": INFERENCE_LOG_TABLE}).tuples().all())
+            actual = dict(conn.execute(_COLUMN_TYPES, {"t": INFERENCE_LOG_TABLE}).all())
             unique = conn.execute(_HAS_UNIQUE_ID, {"t": INFERENCE_LOG_TABLE,
                                                    "id_columns": sorted((REQUEST_ID, ROW_INDEX))}).scalar()  # fmt: skip
         mismatched = [c for c, t in zip(COLUMNS, self._types, strict=True) if actual.get(c) not in oids[t]]

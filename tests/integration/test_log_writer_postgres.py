@@ -162,7 +162,7 @@ def test_time_and_version_indexes_are_brin_and_serve_the_monitors_window(table):
         window = ("SELECT count(*) FROM inference_log WHERE model_version = 2 AND scored_at >= "
                   "'2026-12-04T00:00:00+00:00' AND scored_at < '2026-12-05T00:00:00+00:00'")  # fmt: skip
         with engine.begin() as conn:
-            methods = dict(conn.execute(INDEX_METHODS).tuples().all())
+            methods = dict(conn.execute(INDEX_METHODS).all())
             total = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
             in_window = conn.execute(sa.text(window)).scalar()
             conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a 5-row table: make the planner show its index
@@ -189,7 +189,7 @@ def test_a_busy_table_keeps_its_btree_until_a_later_start_and_loads_meanwhile(ca
             with caplog.at_level("WARNING", logger="churn_platform.inference_log"):
                 assert database.insert(frame(["busy", datetime.now(UTC), "churn", 1, "production", records, [0.4] * 2]))
             with engine.connect() as conn:
-                busy = dict(conn.execute(INDEX_METHODS).tuples().all())
+                busy = dict(conn.execute(INDEX_METHODS).all())
             reader.rollback()
             later = Database(url)  # the next start
             try:
@@ -200,7 +200,7 @@ def test_a_busy_table_keeps_its_btree_until_a_later_start_and_loads_meanwhile(ca
             reader.close()
             database.dispose()
         with engine.connect() as conn:
-            free = dict(conn.execute(INDEX_METHODS).tuples().all())
+            free = dict(conn.execute(INDEX_METHODS).all())
             total = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
         engine.dispose()
     assert busy["ix_inference_log_scored_at"] == "btree" and "not converted to BRIN" in caplog.text
