@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 COLUMNS: tuple[str, ...] = (*INFERENCE_LOG_META, ID_COLUMN, *FEATURE_NAMES, PROBABILITY)
 
 #: Indexes for the monitor's and the performance job's windows, BRIN on PostgreSQL (B-trees
-#: on SQLite): rows arrive in time order, so a block range's min/max selects a window as well
-#: as a B-tree does, and keeping it up costs next to nothing: PostgreSQL spends 10-14 % less
-#: CPU per logged row than with B-trees (benchmarks/inference_log.py). Same names as the
-#: B-trees of releases before 2026-12, which ``upgrade`` converts.
+#: on SQLite): rows arrive roughly in time order, so a block range's min/max selects a window,
+#: and keeping it up is cheap: PostgreSQL spends about a tenth less CPU per logged row than
+#: with B-trees (benchmarks/inference_log.py). Rows loaded out of order (a replayed spool)
+#: only widen the ranges they land in. Same names as the B-trees of releases before 2026-12,
+#: which ``upgrade`` converts.
 BRIN_INDEXES = {"ix_inference_log_scored_at": SCORED_AT, "ix_inference_log_model_version": MODEL_VERSION}
 
 _SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Float()}
@@ -80,34 +81,46 @@ def upgrade(engine: sa.Engine) -> None:
             except sa.exc.OperationalError as exc:  # SQLite: another process added it since we looked
                 if "duplicate column" not in str(exc):
                     raise
-        if conn.dialect.name == "postgresql":
-            _convert_to_brin(conn)
+        converted = _convert_to_brin(conn) if conn.dialect.name == "postgresql" else []
+    if converted:
+        log.info("inference log: indexes %s converted to BRIN", ", ".join(converted))
 
 
 #: How long converting an index may wait for the table: DROP INDEX needs it to itself, and
-#: while it waits, PostgreSQL queues every other reader and writer behind it.
-CONVERT_LOCK_TIMEOUT = "3s"
+#: while it waits, PostgreSQL queues every other reader and writer behind it. Long enough for
+#: another writer's COPY transaction to end, far shorter than a monitor's query.
+CONVERT_LOCK_TIMEOUT = "1s"
 _NOT_BRIN = sa.text(
     "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
     "WHERE i.indrelid = to_regclass(:t) AND c.relname = ANY(:names) AND a.amname <> 'brin'"
 )
-_LOCK_NOT_AVAILABLE = "55P03"
+#: Why a conversion may be left for later: the table stayed busy, or this role does not own it
+#: (a writer granted INSERT only; its B-trees serve as before).
+_NOT_NOW = {
+    "55P03": f"the table stayed busy for {CONVERT_LOCK_TIMEOUT}; a later start tries again",
+    "42501": "this database role does not own the table; its owner can convert them (docs/operations.md)",
+}
 
 
 def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
-    """PostgreSQL's error code, from psycopg 3 (``sqlstate``) or psycopg2 (``pgcode``)."""
-    return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    """PostgreSQL's error code: psycopg 3's ``sqlstate``, psycopg2's ``pgcode``, pg8000's ``C``."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code is None and orig is not None and orig.args and isinstance(orig.args[0], dict):
+        code = orig.args[0].get("C")
+    return code
 
 
-def _convert_to_brin(conn: sa.Connection) -> None:
+def _convert_to_brin(conn: sa.Connection) -> list[str]:
     """Rebuild an earlier release's B-tree under a ``BRIN_INDEXES`` name as the BRIN this
-    release declares (a scan of the table, seconds per ten million rows; the writer spools
-    meanwhile). A table busy past ``CONVERT_LOCK_TIMEOUT`` (a long query) keeps its B-tree,
-    which answers the same queries, until a later start finds it free."""
+    release declares (a scan of the table, seconds per ten million rows, during which its
+    readers and writers wait; the API's rows wait in the spool). Returns the indexes rebuilt.
+    A table busy past ``CONVERT_LOCK_TIMEOUT`` (a long query), or owned by another role,
+    keeps its B-trees, which answer the same queries."""
     names = list(BRIN_INDEXES)
     stale = conn.execute(_NOT_BRIN, {"t": INFERENCE_LOG_TABLE, "names": names}).scalars().all()
     if not stale:
-        return
+        return []
     declared = {i.name: i for i in table(sa.MetaData()).indexes}
     try:
         with conn.begin_nested():  # one wait for the table, however many indexes
@@ -116,13 +129,13 @@ def _convert_to_brin(conn: sa.Connection) -> None:
                 conn.execute(sa.text(f"DROP INDEX {name}"))
                 conn.execute(sa.schema.CreateIndex(declared[name]))
             conn.execute(sa.text("SET LOCAL lock_timeout = DEFAULT"))
-    except sa.exc.OperationalError as exc:
-        if _sqlstate(exc) != _LOCK_NOT_AVAILABLE:
+    except sa.exc.DBAPIError as exc:
+        why = _NOT_NOW.get(_sqlstate(exc) or "")
+        if why is None:
             raise
-        log.warning("inference log: indexes %s not converted to BRIN: the table stayed busy for %s; "
-                    "a later start tries again", ", ".join(stale), CONVERT_LOCK_TIMEOUT)  # fmt: skip
-        return
-    log.info("inference log: indexes %s converted to BRIN", ", ".join(stale))
+        log.warning("inference log: indexes %s not converted to BRIN: %s", ", ".join(stale), why)
+        return []
+    return list(stale)
 
 
 #: Serialises schema changes on one PostgreSQL database: processes creating the same tables at

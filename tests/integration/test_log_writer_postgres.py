@@ -165,7 +165,9 @@ def test_time_and_version_indexes_are_brin_and_serve_the_monitors_window(table):
             methods = dict(conn.execute(INDEX_METHODS).all())
             total = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
             in_window = conn.execute(sa.text(window)).scalar()
-            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))  # a 5-row table: make the planner show its index
+            conn.execute(sa.text("ANALYZE inference_log"))  # a 5-row table: make the planner show the window's index
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
             plan = "\n".join(conn.execute(sa.text(f"EXPLAIN {window}")).scalars())
         engine.dispose()
     assert methods["ix_inference_log_scored_at"] == methods["ix_inference_log_model_version"] == "brin"
@@ -205,6 +207,35 @@ def test_a_busy_table_keeps_its_btree_until_a_later_start_and_loads_meanwhile(ca
         engine.dispose()
     assert busy["ix_inference_log_scored_at"] == "btree" and "not converted to BRIN" in caplog.text
     assert free["ix_inference_log_scored_at"] == free["ix_inference_log_model_version"] == "brin" and total == 5
+
+
+def test_a_writer_that_does_not_own_the_table_keeps_its_btrees_and_loads(caplog):
+    """A writer role granted INSERT only cannot rebuild indexes: it must still load every batch."""
+    import secrets
+
+    records = data.to_records(data.generate(2, seed=9).drop(columns=["churn"]))
+    role = f"log_writer_{secrets.token_hex(3)}"
+    with postgres_database() as url:
+        engine = earlier_release_table(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+            conn.execute(sa.text(f"GRANT SELECT, INSERT ON inference_log TO {role}"))
+            conn.execute(sa.text(f"GRANT USAGE ON SEQUENCE inference_log_id_seq TO {role}"))
+        database = Database(sa.make_url(url).set(username=role).render_as_string(hide_password=False))
+        try:
+            with caplog.at_level("WARNING", logger="churn_platform.inference_log"):
+                item = ["granted", datetime.now(UTC), "churn", 1, "production", records, [0.4] * 2]
+                assert database.insert(frame(item)) == 2
+        finally:
+            database.dispose()
+            with engine.begin() as conn:
+                methods = dict(conn.execute(INDEX_METHODS).all())
+                total = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+                conn.execute(sa.text(f"DROP OWNED BY {role}"))
+                conn.execute(sa.text(f"DROP ROLE {role}"))
+            engine.dispose()
+    assert methods["ix_inference_log_scored_at"] == "btree" and total == 3
+    assert "does not own the table" in caplog.text
 
 
 def test_a_request_the_database_refuses_costs_only_its_own_rows(tmp_path):

@@ -371,8 +371,11 @@ def test_each_logged_value_lands_in_its_own_column():
     still get the value of the same name (a reordered schema would shift them silently)."""
     import msgspec
 
+    from churn_platform.contract import INFERENCE_LOG_META
     from churn_platform.inference_log import COLUMNS
-    from serving.log_writer import Database, decode_frame
+    from serving.log_writer import Database, LoggedCustomer, decode_frame
+
+    assert LoggedCustomer.__struct_fields__ == COLUMNS[len(INFERENCE_LOG_META) : -1]
 
     at = datetime.now(UTC)
     items = decode_frame(msgspec.msgpack.encode([["r", at, "churn", 3, "canary", RECORDS[:2], [0.25, 0.75], 1.5]]))
