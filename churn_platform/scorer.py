@@ -181,7 +181,7 @@ class FastScorer:
         """The classifier's input matrix for ``records``: mappings of feature values, or objects
         holding them as attributes (the API's decoded msgspec structs)."""
         n = len(records)
-        mappings = not n or isinstance(records[0], Mapping)
+        mappings = by_key(records)
         numeric_values = self._numeric_values if mappings else self._numeric_attributes
         categorical_values = self._categorical_values if mappings else self._categorical_attributes
         # itemgetter/attrgetter, map and chain run the per-record loops in C: no Python frame per value.
@@ -279,6 +279,12 @@ class FastScorer:
         return self.classifier.predict_proba(x)[:, 1]
 
 
+def by_key(records: Sequence[Any]) -> bool:
+    """Whether ``records`` are read by key (mappings, such as dicts) rather than by attribute
+    (the API's decoded structs): the one rule every reader of a batch of records follows."""
+    return not records or isinstance(records[0], Mapping)
+
+
 def _getter(
     columns: Sequence[str], getter: Callable[..., Callable[[Any], Any]]
 ) -> Callable[[Any], tuple[Any, ...]]:
@@ -298,7 +304,7 @@ class SklearnScorer:
 
     def score(self, records: Sequence[Any]) -> np.ndarray:
         """Probability of churn for each record (mappings, or objects holding the features as attributes)."""
-        if records and not isinstance(records[0], Mapping):
+        if not by_key(records):
             records = list(map(operator.attrgetter(*FEATURE_NAMES), records))
         frame = pd.DataFrame.from_records(list(records), columns=list(FEATURE_NAMES))
         return self._pipeline.predict_proba(frame)[:, 1]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
@@ -38,6 +38,7 @@ from churn_platform.schema import (
     LABEL_COLUMN,
     Feature,
 )
+from churn_platform.scorer import by_key
 
 _CONTROL = re.compile(f"[{ID_CONTROL_CHARACTERS}]")
 
@@ -243,11 +244,9 @@ _DICT_ID = operator.methodcaller("get", ID_COLUMN)
 
 def customer_ids(customers: Sequence[Record]) -> list[str | None]:
     """Each customer's id, None for one sent without: a loop in C whether the customers are
-    decoded structs or mappings, told apart as ``FastScorer.matrix`` does (a Python ``get``
-    per customer would cost more than scoring)."""
-    if not customers:
-        return []
-    return list(map(_DICT_ID if isinstance(customers[0], Mapping) else _ID, customers))
+    decoded structs or mappings, told apart as the scorer does (a Python ``get`` per customer
+    would cost more than scoring)."""
+    return list(map(_DICT_ID if by_key(customers) else _ID, customers))
 
 
 def customers_from_json(body: bytes, model: type[BaseModel]) -> list[Record]:
