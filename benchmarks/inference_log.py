@@ -42,6 +42,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.soak import cpu_seconds  # noqa: E402
+
 
 def main() -> None:  # noqa: C901 - one script, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,15 +228,14 @@ def _cpu() -> float:
 
 def _server_cpu() -> float:
     """CPU seconds of every PostgreSQL process on this machine (the benchmark's database is local)."""
-    total = 0
+    total = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == "postgres":
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                total += cpu_seconds(int(pid))
         except OSError:  # gone meanwhile
             continue
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 if __name__ == "__main__":

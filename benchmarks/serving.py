@@ -42,6 +42,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.soak import cpu_seconds  # noqa: E402
 from churn_platform.processes import free_port, start, wait_http  # noqa: E402
 
 if TYPE_CHECKING:
@@ -154,10 +155,9 @@ def logged_rows(url: str) -> int:
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process so far (0 once it is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _processes() -> dict[int, tuple[int, str]]:
