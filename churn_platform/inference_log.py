@@ -35,9 +35,9 @@ COLUMNS: tuple[str, ...] = (*INFERENCE_LOG_META, ID_COLUMN, *FEATURE_NAMES, PROB
 #: Indexes for the monitor's and the performance job's windows, BRIN on PostgreSQL (B-trees
 #: on SQLite): rows arrive roughly in time order, so a block range's min/max selects a window,
 #: and keeping it up is cheap: PostgreSQL spends 5-10 % less CPU per logged row than with
-#: B-trees, for a tenth less space (benchmarks/inference_log.py). Rows loaded out of order (a replayed spool)
-#: only widen the ranges they land in. Same names as the B-trees of releases before 2026-12,
-#: which ``upgrade`` converts.
+#: B-trees, for a tenth less space (benchmarks/inference_log.py). Rows loaded out of order (a
+#: replayed spool) only widen the ranges they land in. Same names as the B-trees of releases
+#: before 2026-12, which ``upgrade`` converts.
 BRIN_INDEXES = {"ix_inference_log_scored_at": SCORED_AT, "ix_inference_log_model_version": MODEL_VERSION}
 
 _SA_TYPES = {"category": sa.String(64), "integer": sa.Integer(), "float": sa.Float()}
@@ -117,8 +117,7 @@ def _convert_to_brin(conn: sa.Connection) -> list[str]:
     readers and writers wait; the API's rows wait in the spool). Returns the indexes rebuilt.
     A table busy past ``CONVERT_LOCK_TIMEOUT`` (a long query), or owned by another role,
     keeps its B-trees, which answer the same queries."""
-    names = list(BRIN_INDEXES)
-    stale = conn.execute(_NOT_BRIN, {"t": INFERENCE_LOG_TABLE, "names": names}).scalars().all()
+    stale = list(conn.execute(_NOT_BRIN, {"t": INFERENCE_LOG_TABLE, "names": list(BRIN_INDEXES)}).scalars())
     if not stale:
         return []
     declared = {i.name: i for i in table(sa.MetaData()).indexes}
@@ -135,7 +134,7 @@ def _convert_to_brin(conn: sa.Connection) -> list[str]:
             raise
         log.warning("inference log: indexes %s not converted to BRIN: %s", ", ".join(stale), why)
         return []
-    return list(stale)
+    return stale
 
 
 #: Serialises schema changes on one PostgreSQL database: processes creating the same tables at
