@@ -271,7 +271,10 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     customer's latest prediction by the version made at most ``horizon_days`` before
     ``observed_at`` (and not after it); a prediction that several outcomes would match is
     judged by the earliest of them only (the first thing that happened after it; a second
-    outcome without a new prediction between them adds no evidence about that score). One
+    outcome without a new prediction between them adds no evidence about that score), even
+    when that earliest outcome falls before the window: the rank is taken over every outcome
+    that could share a prediction with one in the window (observed up to ``horizon_days``
+    before ``since``), so a prediction gets the same label whatever the window. One
     row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
     ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
@@ -292,9 +295,9 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
              AND l.{MODEL_NAME} = :name {version}
              AND l.{SCORED_AT} <= o.{OBSERVED_AT}
              AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")}
-            WHERE o.{OBSERVED_AT} >= :since AND o.{OBSERVED_AT} < :until
+            WHERE o.{OBSERVED_AT} >= {_horizon_start(dialect, ":since")} AND o.{OBSERVED_AT} < :until
           ) ranked WHERE rank = 1
-        ) judged WHERE judge_rank = 1
+        ) judged WHERE judge_rank = 1 AND {OBSERVED_AT} >= :since
     """
 
 
