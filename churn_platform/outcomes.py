@@ -9,6 +9,7 @@ and reason instead of refusing a whole file for one typo.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -72,10 +73,12 @@ class Checked:
     rejects: pd.DataFrame
     #: Good rows without an observed_at, dated now: sent again later, they are new outcomes.
     dated_now: int = 0
+    #: Good rows repeating an earlier row of the input (same customer, time and label).
+    repeated: int = 0
 
     @property
     def rows(self) -> int:
-        return len(self.good) + len(self.rejects)
+        return len(self.good) + len(self.rejects) + self.repeated
 
 
 def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
@@ -146,7 +149,8 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         CHURNED: label[~bad].astype(bool),
         OBSERVED_AT: observed[~bad],
     }).drop_duplicates([ID_COLUMN, OBSERVED_AT], keep="last")  # fmt: skip
-    return Checked(good=good.reset_index(drop=True), rejects=rejects, dated_now=int((blank & ~bad).sum()))
+    return Checked(good=good.reset_index(drop=True), rejects=rejects, dated_now=int((blank & ~bad).sum()),
+                   repeated=int((~bad).sum()) - len(good))  # fmt: skip
 
 
 # ---------------------------------------------------------------- storage
@@ -247,7 +251,9 @@ def ingest(
         return Ingested(checked, None)
     engine = make_engine(url)
     try:
-        return Ingested(checked, write(engine, checked.good, source))
+        written = write(engine, checked.good, source)
+        # A repeat within the input writes nothing: unchanged, so the figures add up to the rows read.
+        return Ingested(checked, dataclasses.replace(written, unchanged=written.unchanged + checked.repeated))
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc

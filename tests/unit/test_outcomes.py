@@ -228,6 +228,14 @@ def test_two_labels_for_one_customer_and_time_are_both_rejected_and_a_repeat_is_
     assert list(checked.good.customer_id) == ["b"] and not checked.good.churned.any()
     reasons = dict(zip(checked.rejects.row, checked.rejects.reason, strict=True))
     assert reasons == {r: "churned: conflicting labels for one customer_id and observed_at (rows 1, 3)" for r in (1, 3)}
+    assert (checked.rows, checked.repeated) == (4, 1)  # every row read is accounted for
+
+
+def test_a_repeated_row_is_counted_as_read_and_unchanged(tmp_path):
+    rows = [{"customer_id": "a", "churned": "Yes", "observed_at": "2026-11-01"}] * 3
+    result = outcomes.ingest(frame(rows), f"sqlite:///{tmp_path}/log.db", source="t")
+    summary = result.to_json()
+    assert summary["rows"] == 3 and summary["written"] == {"inserted": 1, "replaced": 0, "unchanged": 2}
 
 
 def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(tmp_path, monkeypatch):
