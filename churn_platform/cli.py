@@ -501,7 +501,8 @@ def _fmt_rollout(state: RolloutState) -> str:
 @rollout.command("start")
 @click.option("--mode", type=click.Choice(["shadow", "canary"]), required=True, help="How the Challenger serves.")
 @click.option("--percent", type=int, default=None, help="Canary: share of customers (1-99) the Challenger answers.")
-@click.option("--version", "version", type=VERSION, default=None, help="Default: the Challenger alias.")
+@click.option("--version", "version", type=VERSION, default=None,
+              help="Default: the running rollout's Challenger, else the Challenger alias.")
 @reason_option
 @actor_option
 @registry_command

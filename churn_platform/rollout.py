@@ -119,6 +119,11 @@ def start(
     production = promotion.current_production(client, name)
     if production is None:
         raise RolloutError(f"no version of {name!r} holds Production: there is nothing to roll out beside")
+    running = current(client, name, production)
+    if version is None and running.mode != "off":
+        # Changing the share or the mode of a running rollout keeps its Challenger, even when
+        # training has since moved the alias to a version nothing has shadowed yet.
+        version = running.challenger_version
     if version is None:
         challenger = registry.version_by_alias(client, name, CHALLENGER_ALIAS) or registry.version_by_alias(
             client, name, CHALLENGER_ALIAS.lower()
@@ -133,9 +138,13 @@ def start(
     if version == production:
         raise RolloutError(f"v{version} already holds Production: a rollout needs another version")
     actor = actor or promotion.default_actor()
+    # A new share of the same canary goes on comparing since it started; anything else starts afresh.
+    same = running.mode == mode and running.challenger_version == version
     state = RolloutState(
-        mode=mode, percent=percent, challenger_version=version, production_version=production, started_by=actor,
-        started_at=datetime.now(UTC).isoformat(timespec="milliseconds"), reason=reason,
+        mode=mode, percent=percent, challenger_version=version, production_version=production,
+        started_by=running.started_by if same else actor,
+        started_at=running.started_at if same else datetime.now(UTC).isoformat(timespec="milliseconds"),
+        reason=reason,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
     promotion.record(client, name, "rollout-start", production, version, actor=actor,

@@ -58,6 +58,24 @@ def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions
     assert cli("rollback", "--model-name", name).exit_code == 2  # nothing before v1
 
 
+def test_a_new_share_keeps_the_running_challenger_when_training_moved_the_alias(three_versions):
+    name = three_versions
+    first = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10", "--actor", "ana")
+    assert first.exit_code == 0, first.output
+    started_at = out(cli("rollout", "status", "--model-name", name, "--json"))["started_at"]
+    MlflowClient().set_registered_model_alias(name, "Challenger", "2")  # a later run passed the gate
+    raised = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "50", "--actor", "bo")
+    assert raised.exit_code == 0, raised.output
+    state = out(cli("rollout", "status", "--model-name", name, "--json"))
+    assert (state["challenger_version"], state["percent"]) == (3, 50)  # v2 was never shadowed: not served
+    assert (state["started_at"], state["started_by"]) == (started_at, "ana")  # the comparison goes on
+    switched = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10", "--version", "2")
+    assert switched.exit_code == 0, switched.output
+    state = out(cli("rollout", "status", "--model-name", name, "--json"))
+    assert state["challenger_version"] == 2 and state["started_at"] > started_at
+    assert cli("rollout", "stop", "--model-name", name).exit_code == 0
+
+
 def test_rollout_promote_moves_production_through_the_gate_then_ends_the_rollout(three_versions):
     name = three_versions
     assert cli("rollout", "start", "--model-name", name, "--mode", "shadow", "--version", "2").exit_code == 0
