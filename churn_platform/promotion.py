@@ -424,6 +424,9 @@ def rollback(
     current = _current(client, name)
     if current is None:
         raise NotFoundError(f"no version of {name!r} holds {PRODUCTION_ALIAS}; nothing to roll back")
+    if to == current:  # recorded as a rollback, it would also end a running rollout that nothing moved
+        return PromotionResult(changed=False, from_version=current, to_version=to,
+                               message=f"v{to} is already in Production")  # fmt: skip
     stack = production_stack(events, current)
     earlier = stack[:-1] if stack and stack[-1] == current else stack
     if to is None:

@@ -24,6 +24,10 @@ def test_rollback_to_an_earlier_production_version(embedded, model_name):
     assert refused.exit_code == 2 and "v4 did not hold Production before v3" in refused.output
     done = cli("rollback", "--model-name", model_name, "--to", "1", "--reason", "back to basics")
     assert done.exit_code == 0 and "v3 -> v1" in done.output
+    again = cli("rollback", "--model-name", model_name, "--to", "1")  # already there: no event, nothing moves
+    assert again.exit_code == 0 and "v1 is already in Production" in again.output
+    history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert [(e["action"], e["from"], e["to"]) for e in history][0] == ("rollback", 3, 1)
     status = json.loads(cli("status", "--model-name", model_name, "--json").output)
     assert status["production"]["version"] == 1
     assert cli("rollback", "--model-name", model_name).exit_code == 2  # nothing before v1 any more
