@@ -78,8 +78,10 @@ class Predictor:
             return Scored(model, self._score(model, customers, request_id, "production", top_k))
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
+            # Production's rows first: when the log's queue has room for one arm only, it keeps them.
+            scored = Scored(model, self._score(model, customers, request_id, "production", top_k))
             self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
-            return Scored(model, self._score(model, customers, request_id, "production", top_k))
+            return scored
         if top_k is not None:  # before routing: whether a request can be explained must not depend on its ids
             _explainable(challenger)
         to_challenger = canary(customers, active.state.percent or 0)

@@ -134,8 +134,10 @@ def test_a_rollout_on_the_real_stack(stack_env, model_name, telco_csv, tmp_path)
             wait_until(lambda: _count(engine, "shadow") >= 300, 60, "shadow rows in the log")
             with engine.connect() as conn:
                 pairs = conn.execute(sa.text(
+                    # The shadow requests' rows, both arms: the shadow's request id is Production's + "~shadow".
                     "SELECT customer_id, count(DISTINCT arm), count(DISTINCT model_version) FROM inference_log "
-                    "WHERE scored_at >= (SELECT min(scored_at) FROM inference_log WHERE arm = 'shadow') "
+                    "WHERE split_part(request_id, '~', 1) IN "
+                    "(SELECT split_part(request_id, '~', 1) FROM inference_log WHERE arm = 'shadow') "
                     "AND customer_id IS NOT NULL GROUP BY customer_id"
                 )).fetchall()  # fmt: skip
             assert {r[0] for r in pairs} == {r["customer_id"] for r in shadowed}

@@ -119,6 +119,21 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
         assert arms[arm]["labelled_rows"] == 50 and 0 <= arms[arm]["realized_roc_auc"] <= 1, arms[arm]
 
 
+def test_a_full_log_queue_keeps_productions_rows_before_the_shadows(registry, registry_uri, tmp_path):
+    """Room in the queue for one arm only: the monitor and the performance job read Production's rows."""
+    settings = make_settings(registry_uri, tmp_path, inference_log_queue_rows=60, inference_log_batch_rows=1000,
+                             inference_log_flush_s=30)  # fmt: skip
+    with TestClient(create_app(settings)) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="shadow", version=2, actor="tests")
+        assert reload(api)["mode"] == "shadow"
+        assert api.post("/predict", json={"customers": customers(50, seed=9)}).status_code == 200
+        assert "churn_inference_log_rows_dropped_total 50.0" in api.get("/metrics").text
+    with sa.create_engine(settings.inference_log_url).connect() as conn:
+        logged = conn.execute(sa.text("SELECT arm, count(*) FROM inference_log GROUP BY arm")).fetchall()
+    assert [tuple(r) for r in logged] == [("production", 50)]
+
+
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
