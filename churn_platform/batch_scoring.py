@@ -189,7 +189,7 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
                 # Categories as dictionaries: each distinct value is checked and looked up once.
                 source = pq.ParquetFile(handle, read_dictionary=categorical, pre_buffer=False)
                 for batch in source.iter_batches(batch_size=chunk_rows, columns=list(wanted)):
-                    yield _ids_as_text(
+                    yield data.ids_as_text(
                         pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
                     )
             return
@@ -222,15 +222,6 @@ def _read_error(path: str, kind: str, exc: BaseException) -> Exception:
 def _is_connection_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(hint in text for hint in ("connect", "curl", "timed out", "timeout", "unreachable"))
-
-
-def _ids_as_text(table: pa.Table) -> pa.Table:
-    """Customer ids as text in Arrow: pandas would turn an integer id column with a gap into
-    floats ("3.0", and 2**53 + 1 rounded), so a score could name the wrong customer."""
-    if ID_COLUMN not in table.column_names or pa.types.is_string(table.schema.field(ID_COLUMN).type):
-        return table
-    index = table.column_names.index(ID_COLUMN)
-    return table.set_column(index, ID_COLUMN, table.column(ID_COLUMN).cast(pa.string()))
 
 
 def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list[np.ndarray]] | None:

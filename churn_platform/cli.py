@@ -413,7 +413,7 @@ def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed((
         click.argument("source"),
         click.option("--as-of", type=_SnapshotTime(), default=None,
-                     help="Snapshot time of every row (UTC, or 'now') when the file has no snapshot_time column."),
+                     help="Snapshot time (UTC, or 'now') of each row without one (no snapshot_time column, or blank)."),
         click.option("--rejects", default=None,
                      help="Where bad rows go, a path or s3:// key (default: SOURCE's name + .rejects.parquet, here)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -30,6 +30,9 @@ from churn_platform.schema import (
     Feature,
     normalise_columns,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _EXAMPLES = 3
 
@@ -89,11 +92,25 @@ def refuse_overwrite(source: str, **outputs: str) -> None:
             raise DataValidationError(f"--{option} {target} names the same file as {other}; one would overwrite it")
 
 
+def ids_as_text(table: pa.Table) -> pa.Table:
+    """Customer ids as text in Arrow: pandas would turn an integer id column with a gap into
+    floats ("3.0", and 2**53 + 1 rounded), so a score or a stored snapshot could name the wrong customer."""
+    import pyarrow as pa  # here: the API imports this module and never reads a file
+
+    if ID_COLUMN not in table.column_names or pa.types.is_string(table.schema.field(ID_COLUMN).type):
+        return table
+    index = table.column_names.index(ID_COLUMN)
+    return table.set_column(index, ID_COLUMN, table.column(ID_COLUMN).cast(pa.string()))
+
+
 def _parse(payload: bytes, uri: str) -> pd.DataFrame:
     is_parquet = payload[:4] == b"PAR1" or uri.lower().endswith((".parquet", ".pq"))
     try:
         if is_parquet:
-            return pd.read_parquet(io.BytesIO(payload))
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(payload))
+            return ids_as_text(table.rename_columns(normalise_columns(table.column_names))).to_pandas()
         # Everything as text first: validation, not the parser, decides what a bad value is.
         return pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as exc:

@@ -237,8 +237,8 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     """Customer snapshots ready for the offline source, and each bad row's reasons.
 
     Checked as batch scoring checks customers, plus a customer id (the entity key) and a
-    snapshot time (the ``snapshot_time`` column when the file has one, else ``as_of``). A later row of the same
-    customer and time in one file replaces an earlier one.
+    snapshot time (the ``snapshot_time`` column, ``as_of`` where it is blank or missing). A
+    later row of the same customer and time in one file replaces an earlier one.
     """
     missing = data.missing_features(list(raw.columns))
     if ID_COLUMN not in raw.columns:
@@ -257,11 +257,14 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
         extra.setdefault(row, []).append(f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
     for row in ids.index[ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True).fillna(False)]:
         extra.setdefault(row, []).append(f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}")
+    given = None if as_of is None else pd.Timestamp(as_of, tz=None if as_of.tzinfo else UTC).tz_convert(UTC)
     if SNAPSHOT_TIME not in raw.columns:
-        times = pd.Series(pd.Timestamp(as_of).tz_convert(UTC) if as_of.tzinfo else pd.Timestamp(as_of, tz=UTC),
-                          index=raw.index)  # fmt: skip
+        times = pd.Series(given, index=raw.index)
     else:
         times = _times(raw[SNAPSHOT_TIME])
+        if given is not None:  # --as-of stands in for a blank cell as for a missing column
+            blank = raw[SNAPSHOT_TIME].isna() | (raw[SNAPSHOT_TIME].astype("string").str.strip() == "")
+            times = times.mask(blank.fillna(True).to_numpy(dtype=bool), given)
         for row in times.index[times.isna()]:
             extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {raw.at[row, SNAPSHOT_TIME]!r} is not a time")
     # A snapshot from the future would be every later training set's "latest" row for its customer.

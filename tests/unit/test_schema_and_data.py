@@ -61,6 +61,45 @@ def test_ibm_mixed_case_header_and_parquet_load_the_same(telco_csv, tmp_path):
     pd.testing.assert_frame_equal(from_csv, data.load(telco_csv).head(200))
 
 
+def test_integer_ids_with_a_gap_in_parquet_stay_the_customers_ids(telco_csv, tmp_path):
+    """pandas reads an integer column with a null as floats: 7590 would come back as "7590.0" and
+    2**53 + 1 rounded onto its neighbour, so snapshots and outcomes would name the wrong customer."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churn_platform import feature_store
+
+    raw = _sample(telco_csv, 3)  # its header spelled as the data set spells it, not yet normalised
+    column = next(c for c in raw.columns if normalise_columns([c]) == ["customer_id"])
+    assert column != "customer_id"
+    raw[column] = pd.array([7590, None, 2**53 + 1], dtype="Int64")
+    # As Spark or a warehouse export writes it: no pandas metadata to restore a nullable integer type.
+    table = pa.Table.from_pandas(raw, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, tmp_path / "ids.parquet")
+    frame = data.read_table(tmp_path / "ids.parquet")
+    assert frame["customer_id"].tolist() == ["7590", None, "9007199254740993"]
+    good, reasons = feature_store.snapshots(frame, datetime(2026, 6, 30, tzinfo=UTC))
+    assert good["customer_id"].tolist() == ["7590", "9007199254740993"]
+    assert reasons.to_dict() == {1: "customer_id: empty"}
+
+
+def test_as_of_stands_in_for_a_blank_snapshot_time_and_the_column_wins_elsewhere(telco_csv):
+    from datetime import UTC, datetime
+
+    from churn_platform import feature_store
+
+    frame = _sample(telco_csv, 3)
+    frame.columns = normalise_columns(list(frame.columns))
+    frame["snapshot_time"] = ["2026-05-31T00:00:00Z", "", None]
+    good, reasons = feature_store.snapshots(frame, datetime(2026, 6, 30, tzinfo=UTC))
+    assert reasons.empty
+    assert good["snapshot_time"].dt.strftime("%Y-%m-%d").tolist() == ["2026-05-31", "2026-06-30", "2026-06-30"]
+    _, reasons = feature_store.snapshots(frame, None)  # no --as-of: a blank time is a bad row
+    assert sorted(reasons.index) == [1, 2] and "snapshot_time" in reasons[1]
+
+
 def _sample(telco_csv, n=50) -> pd.DataFrame:
     return pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(n)
 
