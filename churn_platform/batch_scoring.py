@@ -119,22 +119,30 @@ def _has_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def input_files(spec: str, endpoint_url: str | None = None) -> tuple[pafs.FileSystem, list[str], str]:
-    """The files ``spec`` names, in order, their filesystem and their one format."""
+def input_files(
+    spec: str, endpoint_url: str | None = None, own: dict[str, tuple[str, ...]] | None = None
+) -> tuple[pafs.FileSystem, list[str], str]:
+    """The files ``spec`` names, in order, their filesystem and their one format.
+
+    ``own`` maps this job's outputs (``--output PATH``) to the columns that file has when the
+    job wrote it: a file of the input by that name is left out when it has them (an earlier
+    run's output, not customers), and refused when not (a customer file the job would destroy).
+    """
     if spec.startswith("s3://"):
         fs: pafs.FileSystem = _s3(endpoint_url)
         path = spec.removeprefix("s3://")
         try:
             if _has_glob(path):
-                prefix = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+                prefix = root = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
                 infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
                 files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
             else:
                 info = fs.get_file_info(path)
                 if info.type == pafs.FileType.File:
-                    files = [path]
+                    files, root = [path], path.rsplit("/", 1)[0]
                 else:
-                    infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), recursive=True, allow_not_found=True))
+                    root = path.rstrip("/")
+                    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
                     files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
         except OSError as exc:
             if _is_connection_error(exc):
@@ -145,19 +153,29 @@ def input_files(spec: str, endpoint_url: str | None = None) -> tuple[pafs.FileSy
         local = Path(spec)
         if _has_glob(spec):
             files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            root = str(Path(os.path.dirname(spec[: min(spec.index(ch) for ch in "*?[" if ch in spec)])).resolve())
         elif local.is_file():
-            files = [str(local.resolve())]
+            files, root = [str(local.resolve())], str(local.resolve().parent)
         elif local.is_dir():
+            root = str(local.resolve())
             files = sorted(str(p.resolve()) for p in local.rglob("*") if p.is_file())
         else:
             raise DataSourceError(f"input not found: {spec}")
-    files = [f for f in files if Path(f).suffix.lower() in _SUFFIXES and not Path(f).name.startswith((".", "_"))]
+    files = [f for f in files if Path(f).suffix.lower() in _SUFFIXES and not _hidden(f, root)]
     if not files:
         raise DataSourceError(f"no CSV or Parquet files in {spec}")
+    files = _without_own_outputs(fs, files, own or {}, spec)
     formats = {_SUFFIXES[Path(f).suffix.lower()] for f in files}
     if len(formats) > 1:
         raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
     return fs, files, formats.pop()
+
+
+def _hidden(path: str, root: str) -> bool:
+    """Whether a name under ``root`` starts with ``.`` or ``_``: a dot-folder (a killed Spark
+    run's staging folder, ``.ipynb_checkpoints``) or a marker (``_SUCCESS``, ``_temporary``)."""
+    below = path[len(root) :] if path.startswith(root) else Path(path).name
+    return any(part.startswith((".", "_")) for part in below.split("/"))
 
 
 def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
@@ -536,8 +554,8 @@ def prepare(
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
     data.refuse_overwrite(source, output=output, rejects=rejects)
-    fs, files, input_kind = input_files(source, settings.s3_endpoint_url)
-    files = _without_own_outputs(files, (output, rejects), source)
+    own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
+    fs, files, input_kind = input_files(source, settings.s3_endpoint_url, own)
     model = load_model(settings, alias, version)
     if explain_top_k and model.explainer is None:
         reason = model.explanations.get("reason", "no explainer")
@@ -652,11 +670,23 @@ def _prefetched(chunks: Iterator[Iterator[pa.Table]]) -> Iterator[pa.Table]:
         reader.join()
 
 
-def _without_own_outputs(files: list[str], outputs: tuple[str, ...], source: str) -> list[str]:
+def _without_own_outputs(
+    fs: pafs.FileSystem, files: list[str], own: dict[str, tuple[str, ...]], source: str
+) -> list[str]:
     """The input's files minus this job's outputs (a scores file inside the input folder must
-    not be read back as customers on the next run)."""
-    own = {data.location(o) for o in outputs}
-    kept = [f for f in files if f not in own]
+    not be read back as customers on the next run); a customer file named as an output is refused."""
+    targets = {data.location(target): (option, target, columns) for option, (target, *columns) in own.items()}
+    kept = []
+    for f in files:
+        if f not in targets:
+            kept.append(f)
+            continue
+        option, target, columns = targets[f]
+        found = _columns(fs, f, _SUFFIXES[Path(f).suffix.lower()])
+        if not set(columns) <= set(found):
+            absent = ", ".join(c for c in columns if c not in found)
+            raise DataValidationError(f"--{option} {target} is a file of the input {source}, and not one this job "
+                                      f"wrote (no {absent} column): it would be overwritten; choose another name")
     if not kept:
         raise DataSourceError(f"no input files in {source} besides this job's own outputs")
     return kept

@@ -81,13 +81,17 @@ def test_corrupt_rows_go_to_the_rejects_file_and_the_rest_are_scored(registry_ur
 
 
 def test_a_folder_or_glob_of_files_is_one_input_with_rows_numbered_in_order(registry_uri, customers, tmp_path):
-    folder = tmp_path / "export"
-    folder.mkdir()
+    folder = tmp_path / ".cache" / "export"  # a dot-folder above the input is the user's business
+    folder.mkdir(parents=True)
     parts = [customers.iloc[:700].copy(), customers.iloc[700:1500].copy()]
     parts[1].loc[parts[1].index[9], "gender"] = "Unknown"
     for i, part in enumerate(parts):
         part.to_parquet(folder / f"part-{i}.parquet", index=False)
     (folder / "_SUCCESS").write_text("")
+    # Inside it: a killed Spark run's staging folder, Spark's own and Jupyter's leftovers.
+    for hidden in (".scores.parquet.1a2b.spark/_temporary/0", "_temporary/0", ".ipynb_checkpoints"):
+        (folder / hidden).mkdir(parents=True)
+        parts[0].to_parquet(folder / hidden / "part-0.parquet", index=False)
     for source in (str(folder), str(folder / "part-*.parquet")):
         out = tmp_path / "scores.parquet"
         result = run(registry_uri, "--input", source, "--output", str(out), "--json")
@@ -121,6 +125,14 @@ def test_the_jobs_own_files_in_the_input_folder_are_not_read_back(registry_uri, 
                      "--with-features", "--json")  # fmt: skip
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["rows"] == 400
+    # A customer file named as an output is not an earlier run's: refused, and left as it was.
+    before = (folder / "customers.parquet").read_bytes()
+    for option in ("--rejects", "--output"):
+        args = {"--output": str(folder / "scores.parquet"), option: str(folder / "customers.parquet")}
+        refused = run(registry_uri, "--input", str(folder), *(a for pair in args.items() for a in pair))
+        assert refused.exit_code == 2, refused.output
+        assert f"{option} {folder / 'customers.parquet'} is a file of the input" in refused.output
+        assert (folder / "customers.parquet").read_bytes() == before
 
 
 def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, tmp_path):
