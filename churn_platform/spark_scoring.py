@@ -207,9 +207,17 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
 
     raw = batch_scoring._columns(fs, files[0], kind)  # noqa: SLF001 - one header reader for both engines
     names = normalise_columns(raw)
-    missing = [c for c in FEATURE_NAMES if c not in names]
-    if missing:
-        raise DataValidationError(f"{files[0]}: missing required columns {missing} (found: {raw})")
+    wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]
+    # Every file, as the local engine checks each one: Spark would read a column one file lacks
+    # (or spells another way) as nulls, and reject that file's rows one by one.
+    for path in files:
+        found = raw if path == files[0] else batch_scoring._columns(fs, path, kind)  # noqa: SLF001
+        missing = [c for c in FEATURE_NAMES if c not in normalise_columns(found)]
+        if missing:
+            raise DataValidationError(f"{path}: missing required columns {missing} (found: {found})")
+        if respelled := [r for r, _ in wanted if r not in found]:
+            raise DataValidationError(f"{path}: columns {respelled} are spelled another way than in {files[0]}; "
+                                      f"the Spark engine needs one spelling per input (found: {found})")  # fmt: skip
     paths = [_spark_path(f, s3) for f in files]
     if kind == "parquet":
         frame = spark.read.parquet(*paths)
@@ -219,7 +227,6 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         # FAILFAST: a line with the wrong number of fields stops the job (exit 2), as it stops the
         # local engine; Spark's default would pad or cut it and score what is left.
         frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST")
-    wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]
     columns = []
     for r, n in wanted:
         column = F.col(f"`{r}`").cast("string") if n == ID_COLUMN else F.col(f"`{r}`")

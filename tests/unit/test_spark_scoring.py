@@ -113,3 +113,15 @@ def test_a_malformed_csv_line_stops_spark_as_it_stops_the_local_engine(registry_
         assert result.exit_code == 2, result.output
         assert "9999-XXXX,Male,0,No" in result.output and "Traceback" not in result.output
         assert not (tmp_path / f"{engine}.parquet").exists()
+
+
+def test_a_file_missing_a_column_stops_spark_as_it_stops_the_local_engine(registry_uri, customers, tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    customers.head(50).to_parquet(folder / "part-0.parquet", index=False)
+    customers.iloc[50:100].drop(columns=["tenure"]).to_parquet(folder / "part-1.parquet", index=False)
+    for engine, args in (("local", []), ("spark", SPARK)):
+        result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
+        assert result.exit_code == 2, result.output
+        assert f"{folder / 'part-1.parquet'}: missing required columns ['tenure']" in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
