@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, inference_log, loading, registry
 from churn_platform.contract import (
+    ARM,
     INFERENCE_LOG_TABLE,
     MODEL_NAME,
     MODEL_VERSION,
@@ -208,6 +209,20 @@ def _stored_scores(raw: pd.DataFrame, source: str, name: str, version: int) -> t
     return raw, {"source": source, "scores": "stored in the file"}
 
 
+def _across_versions(raw: pd.DataFrame, version: int) -> tuple[pd.DataFrame, str]:
+    """The log's rows by every version as one window: a shadow row repeats a customer that
+    Production answered, so it is left out; and when other versions scored some rows, their
+    scores are dropped so that the monitored version scores the window (prediction drift
+    compares its own scores with its training scores, never another model's)."""
+    if ARM in raw.columns:
+        raw = raw[raw[ARM] != "shadow"]
+    others = sorted({int(v) for v in pd.to_numeric(raw[MODEL_VERSION], errors="coerce").dropna()} - {version})
+    if not others:
+        return raw, "logged"
+    made_by = ", ".join(f"v{v}" for v in others)
+    return raw.drop(columns=[PROBABILITY]), f"scored here by v{version} (the window holds scores by {made_by} too)"
+
+
 def _current(options: MonitorOptions, settings: Settings, name: str, version: int) -> tuple[pd.DataFrame, dict]:
     if options.current:
         try:
@@ -221,10 +236,13 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
         return _stored_scores(raw, options.current, name, version)
     url = options.inference_log_url or settings.inference_log_url
     raw = current_from_log(url, name, None if options.all_versions else version, options)
+    scores = "logged"
+    if options.all_versions:
+        raw, scores = _across_versions(raw, version)
     if raw.empty:
         raise NothingToCompare(f"no rows in the inference log for {name} v{version} in this window")
     return raw, {
-        "scores": "logged",
+        "scores": scores,
         "source": "inference_log",
         "since": options.since.isoformat() if options.since else None,
         "until": options.until.isoformat() if options.until else None,

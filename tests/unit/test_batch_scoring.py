@@ -262,6 +262,51 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert code == 2 and "score --with-features" in error["error"] and error["exit_code"] == 2
 
 
+def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_versions_scores(
+    registry_uri, customers, tmp_path, monkeypatch
+):
+    """A shadow row repeats a customer Production answered; another version's scores say nothing
+    about the monitored version's prediction drift."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from churn_platform import inference_log
+
+    copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    monkeypatch.chdir(tmp_path)
+    log_url = f"sqlite:///{tmp_path}/log.db"
+    engine = sa.create_engine(log_url)
+    inference_log.upgrade(engine)
+    at = datetime.now(UTC).replace(tzinfo=None)  # SQLite keeps UTC wall time
+    records = data.to_records(customers.head(400))
+    rows = [{**r, "request_id": f"r{i // 100}{suffix}", "row_index": i % 100, "scored_at": at, "model_name": "churn",
+             "model_version": version, "arm": arm, "churn_probability": score}
+            for version, arm, suffix, score in ((1, "production", "", 0.99), (2, "shadow", "~shadow", 0.01))
+            for i, r in enumerate(records)]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(inference_log.table(sa.MetaData()).insert(), rows)
+    engine.dispose()
+
+    def monitor(version: str, *source: str) -> dict:
+        source = source or ("--all-versions", "--inference-log-url", log_url)
+        out = str(tmp_path / f"report-{version}")
+        result = CliRunner().invoke(main, ["monitor", "--tracking-uri", f"sqlite:///{copy}", "--version", version,
+                                           *source, "--json", "--output-dir", out])  # fmt: skip
+        assert result.exit_code in (0, 1), result.output
+        return json.loads(result.stdout)
+
+    first, second = monitor("1"), monitor("2")
+    assert (first["current_rows"], first["window"]["scores"]) == (400, "logged")
+    assert (second["current_rows"], second["window"]["scores"]) == (
+        400, "scored here by v2 (the window holds scores by v1 too)")  # fmt: skip
+    # v2's prediction drift is that of v2's own scores for these customers, not of v1's logged 0.99s.
+    customers.head(400).to_parquet(tmp_path / "same.parquet", index=False)
+    own = monitor("2", "--current", str(tmp_path / "same.parquet"))
+    assert second["prediction_drift"]["score"] == pytest.approx(own["prediction_drift"]["score"], abs=1e-9)
+
+
 def test_outputs_that_name_the_input_or_each_other_are_refused_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     customers = tmp_path / "customers.csv"
