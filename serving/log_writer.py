@@ -435,7 +435,8 @@ def main() -> None:
     # The URL may hold a password: it comes through the pipe, never the command line.
     config = msgspec.msgpack.decode(first[0])
     logs.configure(logging.INFO, config.get("log_format", "text"))  # the API's format
-    spool = Spool(spool_root(Path(config["spool_dir"]), config["url"]), max_bytes=int(config["spool_max_bytes"]))
+    spool = Spool(spool_root(Path(config["spool_dir"]), config["url"]), max_bytes=int(config["spool_max_bytes"]),
+                  sync_s=float(config["flush_s"]))  # fmt: skip
     if spool.adopted_bytes:
         log.info("inference log: replaying %d bytes spooled by an earlier process", spool.adopted_bytes)
     database = Database(config["url"])

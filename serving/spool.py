@@ -19,6 +19,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -75,8 +76,12 @@ class Spool:
     One thread appends (the writer's receiver), one reads and acknowledges (its loader).
     """
 
-    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20) -> None:
-        self.root, self.max_bytes, self.segment_bytes = root, max_bytes, segment_bytes
+    def __init__(
+        self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20, sync_s: float | None = None
+    ) -> None:
+        """``sync_s``: the longest an appended frame waits for fsync, however busy the reader is."""
+        self.root, self.max_bytes, self.segment_bytes, self.sync_s = root, max_bytes, segment_bytes, sync_s
+        self._synced = time.monotonic()
         root.mkdir(parents=True, exist_ok=True)
         self._dirs: list[_Directory] = []
         for candidate in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -138,15 +143,19 @@ class Spool:
             self.bytes += len(frame)
             self._published = (self._tail_segment, self._tail_size)
             self._cond.notify_all()
+            if self.sync_s is not None and time.monotonic() - self._synced >= self.sync_s:
+                self._sync()  # the loader syncs when it reads; while it waits on a database that is away, here
         return True
 
     def _roll(self) -> None:
         if self._tail is not None:
             os.fsync(self._tail)
-            os.close(self._tail)
-        self._tail_segment += 1
-        path = self._own.segment_path(self._tail_segment)
+            tail, self._tail = self._tail, None  # never a closed descriptor held, whatever fails next
+            os.close(tail)
+        # The segment number moves only once its file is open: a failed open is retried at the next append.
+        path = self._own.segment_path(self._tail_segment + 1)
         self._tail = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._tail_segment += 1
         self._tail_size = 0
 
     def seal(self) -> None:
@@ -159,8 +168,16 @@ class Spool:
     def sync(self) -> None:
         """Make what was appended survive a power cut (the writer calls this every flush interval)."""
         with self._cond:
-            if self._tail is not None:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._tail is not None:
+            try:
                 os.fsync(self._tail)
+            except OSError as exc:  # the rows stay in the page cache; the next sync tries again
+                log.error("inference log spool: cannot sync %s (%s)", self._own.path, exc.strerror)
+                return
+        self._synced = time.monotonic()
 
     # ---------------------------------------------------------------- reading
 
@@ -191,7 +208,9 @@ class Spool:
                         self._cond.wait(timeout)
                         waited = True
                         continue
-                    limit = self._tail_size if segment == self._published[0] else None
+                    # The published end, not the tail's size: a roll whose first write failed has
+                    # moved the tail to an empty segment while this one is still being read.
+                    limit = self._published[1] if segment == self._published[0] else None
             else:
                 limit = None
             frame = self._read_one(directory, segment, offset, limit)
@@ -234,7 +253,9 @@ class Spool:
                     length, crc, rows = _HEADER.unpack(header)
                     payload = handle.read(length)
                     end = offset + _HEADER.size + length
-                    torn = len(payload) < length or zlib.crc32(payload) != crc or (limit is not None and end > limit)
+                    # A zero length is never written: zeroed blocks after a crash would pass the checksum.
+                    torn = (length == 0 or len(payload) < length or zlib.crc32(payload) != crc
+                            or (limit is not None and end > limit))  # fmt: skip
         except FileNotFoundError:
             return None
         if torn:

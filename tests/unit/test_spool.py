@@ -174,3 +174,77 @@ def test_a_disk_that_refuses_a_write_loses_that_frame_only(tmp_path, monkeypatch
     monkeypatch.setattr(spool_module.os, "write", real_write)
     assert spool.append(b"after", rows=1)
     assert payloads(spool) == [b"before", b"after"] and spool.torn_frames == 0
+
+
+def test_a_failed_write_right_after_a_roll_loses_no_earlier_frame(tmp_path, monkeypatch):
+    """The roll moved the tail to a new, empty segment; the frames of the one before must still
+    read whole, not as torn (they were reported spooled: losing them would go uncounted)."""
+    import errno
+
+    import serving.spool as spool_module
+
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=100)
+    first = [b"a" * 30, b"b" * 30]  # 42 bytes each with the header: a third one rolls over
+    for payload in first:
+        assert spool.append(payload, rows=1)
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "write", full_disk)
+    assert not spool.append(b"c" * 30, rows=1)
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    assert payloads(spool) == first and spool.torn_frames == 0
+    assert spool.append(b"d" * 30, rows=1)
+    assert payloads(spool) == [b"d" * 30]
+
+
+def test_a_segment_that_cannot_be_opened_is_retried_at_the_next_append(tmp_path, monkeypatch):
+    """Out of descriptors or inodes when rolling over: that frame is refused, the spool goes on."""
+    import errno
+
+    import serving.spool as spool_module
+
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=100)
+    assert spool.append(b"a" * 30, rows=1) and spool.append(b"b" * 30, rows=1)
+    real_open = os.open
+
+    def no_descriptors(*args, **kwargs) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(spool_module.os, "open", no_descriptors)
+    assert not spool.append(b"c" * 30, rows=1)
+    monkeypatch.setattr(spool_module.os, "open", real_open)
+    assert spool.append(b"d" * 30, rows=1)
+    assert payloads(spool) == [b"a" * 30, b"b" * 30, b"d" * 30] and spool.torn_frames == 0
+    spool.close()
+
+
+def test_zeroed_blocks_after_a_crash_are_torn_not_empty_frames(tmp_path):
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    dead.append(b"good" * 10, rows=1)
+    dead.sync()
+    dead.release()
+    (segment,) = segment_files(tmp_path)
+    with open(segment, "ab") as handle:  # a file system that exposes unwritten extents as zeros
+        handle.write(bytes(4096))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [b"good" * 10] and spool.torn_frames == 1
+
+
+def test_appends_are_synced_every_interval_even_while_nobody_reads(tmp_path, monkeypatch):
+    """The loader syncs when it reads; while it waits on a database that is away, appends must."""
+    import serving.spool as spool_module
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    unsynced = Spool(tmp_path / "a", max_bytes=1 << 20)
+    for _ in range(3):
+        unsynced.append(b"x" * 10, rows=1)
+    assert synced == []
+    spool = Spool(tmp_path / "b", max_bytes=1 << 20, sync_s=0.0)
+    for _ in range(3):
+        spool.append(b"x" * 10, rows=1)
+    assert len(synced) == 3
