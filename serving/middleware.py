@@ -23,6 +23,10 @@ access = logging.getLogger("churn.access")
 log = logging.getLogger(__name__)
 
 
+class _BodyOverLimit(Exception):
+    """Raised into the app by ``BodyLimit`` when a streamed body passes the limit."""
+
+
 class BodyLimit:
     """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
 
@@ -41,16 +45,19 @@ class BodyLimit:
             nonlocal seen, exceeded
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # hand the app an empty end of body and answer 413 ourselves
+            if seen > self.max_bytes:  # stop the app: the part it has read may parse, and must not be acted on
                 exceeded = True
-                return {"type": "http.request", "body": b"", "more_body": False}
+                raise _BodyOverLimit
             return message
 
         async def guarded(message: Message) -> None:
             if not exceeded:
                 await send(message)
 
-        await self.app(scope, limited, guarded)
+        try:
+            await self.app(scope, limited, guarded)
+        except _BodyOverLimit:
+            pass
         if exceeded:
             await self._too_big(scope, receive, send)
 

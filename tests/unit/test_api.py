@@ -162,6 +162,38 @@ def test_size_limits_give_413(registry_uri, tmp_path, telco_csv):
         assert response.status_code == 413
 
 
+def test_a_streamed_body_over_the_limit_is_never_acted_on():
+    """Chunks arrive one by one (chunked transfer): the part read before the limit may parse,
+    and the route must not act on it (score, store outcomes) while the caller is told 413."""
+    import asyncio
+
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from serving.middleware import BodyLimit
+
+    acted: list[bytes] = []
+
+    async def route(scope, receive, send):
+        body = await Request(scope, receive).body()
+        acted.append(body)
+        await Response("done")(scope, receive, send)
+
+    chunks = [b'{"customers": []}', b" " * 600, b" " * 600]
+    sent: list[dict] = []
+
+    async def receive():
+        body = chunks.pop(0) if chunks else b""
+        return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [], "query_string": b""}
+    asyncio.run(BodyLimit(route, max_bytes=1000)(scope, receive, send))
+    assert acted == [] and sent[0]["status"] == 413
+
+
 def test_model_info_and_metrics(api, telco_csv):
     info = api.get("/model").json()
     assert info["version"] == 1 and info["alias"] == "Production" and info["scorer"] == "fast"
