@@ -113,7 +113,9 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
-    return problem(exc.status_code, str(exc.detail))
+    response = problem(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # a 405's Allow: the methods the path takes
+    return response
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -344,3 +344,9 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
 
 
 ANY_UNKNOWN = "unknown customer id: the online store holds no features for it"
+
+
+def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(api):
+    response = api.put("/predict", json={})
+    assert response.status_code == 405 and response.json()["message"] == "Method Not Allowed"
+    assert response.headers["allow"] == "POST"  # HTTP requires it on a 405
