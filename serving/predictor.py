@@ -69,7 +69,7 @@ class Predictor:
         if len(customers) > self.max_batch_size:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
         if top_k is not None:
-            _explainable(model)
+            self.check_explainable(model)
         # The request's id from the middleware (the caller's X-Request-ID, made unique), so the log's
         # rows, the response header and the log lines name the same request.
         request_id = logs.current("log_key") or uuid.uuid4().hex
@@ -82,8 +82,6 @@ class Predictor:
             scored = Scored(model, self._score(model, customers, request_id, "production", top_k))
             self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
             return scored
-        if top_k is not None:  # before routing: whether a request can be explained must not depend on its ids
-            _explainable(challenger)
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
             return Scored(model, self._score(model, customers, request_id, "production", top_k))
@@ -99,6 +97,16 @@ class Predictor:
                 for i, prediction in zip(positions, self._score(scoring, group, rid, arm, top_k), strict=True):
                     predictions[i] = prediction
         return Scored(model, predictions)
+
+    def check_explainable(self, model: LoadedModel | None = None) -> None:
+        """``NotExplainable`` unless every model that may answer can explain: ``model`` (default:
+        the one serving now) and a canary's Challenger. Checked before routing and before any
+        lookup, so whether a request can be explained never depends on its ids."""
+        model = model or self.model
+        _explainable(model)
+        active = self.holder.rollout
+        if active is not None and active.model.version != model.version and active.state.mode == "canary":
+            _explainable(active.model)
 
     def _run(
         self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, explain: bool = False

@@ -96,6 +96,8 @@ async def predict_by_id(
     ids = body.customer_ids
     if len(ids) > predictor.max_batch_size:
         raise BatchTooLarge(f"{len(ids)} customer ids in one request; the limit is {predictor.max_batch_size}")
+    if explain:
+        predictor.check_explainable(model)  # even when no id is found
     found = await features.lookup(ids)
     customers = [f for f in found if f is not None]
     errors = [{"customer_id": i, "message": _UNKNOWN} for i, f in zip(ids, found, strict=True) if f is None]
