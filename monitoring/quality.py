@@ -87,15 +87,22 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
                 ))  # fmt: skip
             # Values the schema refuses at training and serving (a negative tenure, inf) would be
             # compared as data here, or crash the scoring of a file.
-            outside = numbers.isin([float("inf"), float("-inf")])
+            infinite = numbers.isin([float("inf"), float("-inf")])
+            outside = infinite.copy()
             if feature.minimum is not None:
                 outside |= numbers < feature.minimum
             if feature.maximum is not None:
                 outside |= numbers > feature.maximum
+            if feature.kind == "integer":  # as data.split_rejects refuses them: 12.5 months, a flag of 2
+                outside |= numbers.notna() & ~infinite & (numbers != numbers.round())
+                if feature.allowed is not None:
+                    outside |= numbers.notna() & ~numbers.isin(feature.allowed)
             if outside.any():
                 examples = list(raw[outside].astype(str).unique()[:3])
                 limits = f"from {feature.minimum:g}" if feature.minimum is not None else "finite"
                 limits += f" to {feature.maximum}" if feature.maximum is not None else ""
+                limits += ", whole numbers" if feature.kind == "integer" else ""
+                limits = f"one of {list(feature.allowed)}" if feature.allowed is not None else limits
                 findings.append(Finding(
                     "out_of_range", feature.name,
                     f"column {feature.name!r}: {int(outside.sum())} values outside the schema's range ({limits}), "
