@@ -152,12 +152,30 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
                 run_id=found.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
             )
         except Exception as exc:  # noqa: BLE001 - missing artifact or store
-            if registry.is_connection_error(exc):
-                raise
+            if registry.is_connection_error(exc) and isinstance(exc, mlflow.MlflowException):
+                raise  # through the tracking server: translate_errors names it
+            # Read from the object store directly, MLflow says only "failed to download": ask the
+            # store itself, so that a store that is down is exit 3, not "no reference data".
+            if unreachable := _store_unreachable(client, found.run_id) or (
+                str(exc) if registry.is_connection_error(exc) else None
+            ):
+                raise StorageUnreachable(
+                    f"cannot read the reference data of {name} v{version} (run {found.run_id}): "
+                    f"the artifact store is unreachable: {unreachable}"[:400]
+                ) from exc
             raise NothingToCompare(
                 f"no reference data in run {found.run_id} of {name} v{version} ({REFERENCE_ARTIFACT}): {exc}"[:400]
             ) from exc
         return pd.read_parquet(path), found.run_id
+
+
+def _store_unreachable(client: mlflow.MlflowClient, run_id: str) -> str | None:
+    """Why the run's artifact store cannot be reached, or None when it answers."""
+    try:
+        client.list_artifacts(run_id, REFERENCE_ARTIFACT.rsplit("/", 1)[0])
+    except Exception as exc:  # noqa: BLE001 - botocore, azure, gcs: whatever the store's client raises
+        return str(exc) if registry.is_connection_error(exc) else None
+    return None
 
 
 def current_from_log(url: str, name: str, version: int | None, options: MonitorOptions) -> pd.DataFrame:

@@ -105,3 +105,24 @@ def test_serve_with_a_spool_folder_it_cannot_write_stops_in_one_line_before_uvic
     result = CliRunner().invoke(main, ["serve", "--port", "18999"])
     assert result.exit_code == 2 and "CHURN_INFERENCE_LOG_SPOOL_DIR=" in result.output, result.output
     assert "cannot write there" in result.output and "Traceback" not in result.output
+
+
+def test_monitor_with_its_object_store_down_is_exit_3_not_drift(tmp_path, monkeypatch):
+    """Artifacts read from S3 directly (a database tracking URI): botocore's connection error is
+    'unreachable' (3), never an uncaught traceback exiting 1, which a CronJob would read as drift."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    client = MlflowClient(uri, uri)
+    experiment = client.create_experiment("training", artifact_location="s3://models/training")
+    run = client.create_run(experiment)
+    client.create_registered_model("churn")
+    client.create_model_version("churn", f"s3://models/training/{run.info.run_id}/artifacts/model", run.info.run_id)
+    result = CliRunner().invoke(main, ["monitor", "--version", "1", "--current", "x.csv"])
+    assert result.exit_code == 3, result.output
+    assert "the artifact store is unreachable" in result.output and "Traceback" not in result.output
