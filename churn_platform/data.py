@@ -480,5 +480,11 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
             f"column {LABEL_COLUMN!r} needs at least two customers of each class to train "
             f"and validate, found {counts.to_dict()}"
         )
+    held_out = int(np.ceil(validation_size * len(frame)))  # as train_test_split counts them
+    if min(held_out, len(frame) - held_out) < len(counts):
+        raise DataValidationError(
+            f"validation_size {validation_size} leaves {held_out} validation and {len(frame) - held_out} training "
+            f"rows of {len(frame)}: each side needs a customer of each class; choose a share nearer 0.25"
+        )
     train, valid = train_test_split(frame, test_size=validation_size, random_state=seed, stratify=frame[LABEL_COLUMN])
     return train.reset_index(drop=True), valid.reset_index(drop=True)

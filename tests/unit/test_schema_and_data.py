@@ -189,6 +189,10 @@ def test_split_is_stratified_and_seeded():
     pd.testing.assert_frame_equal(valid, data.split(frame, 0.25, seed=5)[1])
     with pytest.raises(DataValidationError, match="two customers of each class"):
         data.split(frame.assign(churn=0), 0.25, seed=5)
+    # Shares that leave one side without both classes: one line naming the option, not sklearn's traceback.
+    for share, sides in ((0.02, "1 validation and 49 training"), (0.99, "50 validation and 0 training")):
+        with pytest.raises(DataValidationError, match=f"validation_size {share} leaves {sides} rows of 50"):
+            data.split(frame.head(50), share, seed=5)
 
 
 def test_the_generator_follows_the_schema(monkeypatch):
