@@ -113,6 +113,11 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body": a 400 naming nothing
+        cause = exc.__cause__
+        errors = [{"loc": ["body"], "msg": f"Invalid JSON: not UTF-8 ({cause.reason} at byte {cause.start})",
+                   "type": "json_invalid"}]  # fmt: skip
+        return problem(422, validation_message(errors), errors)
     response = problem(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})  # a 405's Allow: the methods the path takes
     return response

@@ -141,6 +141,10 @@ def test_missing_field_nan_and_malformed_json(api, telco_csv):
     latin1 = json.dumps({"customers": customers(telco_csv, 1)}).encode().replace(b'_id": "', b'_id": "\xe9', 1)
     response = api.post("/predict", content=latin1, headers={"content-type": "application/json"})  # not UTF-8
     assert response.status_code == 422 and "Invalid JSON" in response.json()["message"]
+    for path, body in (("/predict/by-id", b'{"customer_ids": ["caf\xe9"]}'), ("/outcomes", b'{"outcomes": "\xe9"}')):
+        response = api.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["message"].startswith("body: Invalid JSON: not UTF-8 (invalid ")
     assert api.post("/predict", json={"customers": []}).status_code == 422
 
 
