@@ -9,7 +9,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
@@ -18,6 +19,7 @@ from serving.features import FeatureSource
 from serving.holder import ModelHolder
 from serving.metrics import Metrics
 from serving.predictor import Predictor
+from serving.schemas import Problem
 
 
 async def _settings(request: Request) -> Settings:
@@ -60,16 +62,23 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 FeaturesDep = Annotated[FeatureSource, Depends(_features)]
 
 
+# Security schemes, not plain headers: the OpenAPI document says how to authenticate, and
+# the docs page gets its Authorize button. Neither refuses on its own (auto_error=False):
+# require_admin decides, with our error bodies.
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="The admin key, CHURN_ADMIN_API_KEY.")
+_BEARER = HTTPBearer(auto_error=False, description="The admin key as a bearer token.")
+
+
 async def require_admin(
     settings: SettingsDep,
-    x_api_key: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Security(_API_KEY)] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
 ) -> None:
     """The admin key, from ``X-API-Key`` or ``Authorization: Bearer``, compared in constant time."""
     expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
     if not expected:
         raise AdminDisabled("admin endpoints are disabled: set CHURN_ADMIN_API_KEY")
-    given = x_api_key or (authorization[7:] if authorization and authorization.startswith("Bearer ") else None)
+    given = x_api_key or (bearer.credentials if bearer else None)
     if not given:
         raise MissingApiKey("missing API key: send it in the X-API-Key header")
     if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -77,3 +86,8 @@ async def require_admin(
 
 
 AdminKey = Depends(require_admin)
+#: What every admin route may answer besides its own responses.
+ADMIN_RESPONSES: dict[int | str, dict] = {
+    401: {"model": Problem, "description": "No admin key sent"},
+    403: {"model": Problem, "description": "Wrong admin key, or admin endpoints disabled (no CHURN_ADMIN_API_KEY)"},
+}

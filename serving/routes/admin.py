@@ -7,12 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from serving.deps import AdminKey, HolderDep
+from serving.deps import ADMIN_RESPONSES, AdminKey, HolderDep
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
+_OUTCOME = {"previous_version": 1, "state": "ready", "message": "", "version": 2}
 
 
-@router.post("/reload", status_code=202)
+@router.post("/reload", status_code=202, responses={
+    200: {"description": "wait=true: the version Production points at now serves",
+          "content": {"application/json": {"example": _OUTCOME}}},
+    409: {"description": "wait=true: it could not be loaded or verified; the version before keeps serving",
+          "content": {"application/json": {"example": {**_OUTCOME, "state": "failed", "version": 1,
+                                                       "message": "verification failed: ..."}}}},
+})  # fmt: skip
 def reload(
     holder: HolderDep, wait: Annotated[bool, Query(description="Wait for the outcome.")] = False
 ) -> JSONResponse:

@@ -17,10 +17,10 @@ from churn_platform import outcomes
 from churn_platform.contract import CHURNED, OBSERVED_AT
 from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
-from serving.deps import AdminKey, SettingsDep
+from serving.deps import ADMIN_RESPONSES, AdminKey, SettingsDep
 from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable
 
-router = APIRouter(tags=["outcomes"], dependencies=[AdminKey])
+router = APIRouter(tags=["outcomes"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
 
 #: At most this many outcomes per request (a CRM sends them in pages).
 MAX_OUTCOMES = 10_000

@@ -354,3 +354,15 @@ def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(api):
     response = api.put("/predict", json={})
     assert response.status_code == 405 and response.json()["message"] == "Method Not Allowed"
     assert response.headers["allow"] == "POST"  # HTTP requires it on a 405
+
+
+def test_the_openapi_document_says_how_admin_routes_authenticate_and_answer(api):
+    schema = api.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"apiKey", "http"}
+    assert any(s.get("name") == "X-API-Key" for s in schemes.values())
+    reload = schema["paths"]["/admin/reload"]["post"]
+    assert {"200", "202", "401", "403", "409"} <= set(reload["responses"]) and len(reload["security"]) == 2
+    assert {"401", "403"} <= set(schema["paths"]["/outcomes"]["post"]["responses"])
+    assert "security" not in schema["paths"]["/predict"]["post"]  # predictions need no key
+
