@@ -521,7 +521,7 @@ def rollout_start(client: Any, settings: Settings, as_json: bool, mode: str, per
 @registry_command
 def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log_url: str | None) -> None:
     """The rollout state in the registry and, while one runs, each arm's figures from the inference log."""
-    from churn_platform import promotion
+    from churn_platform import loading, promotion
     from churn_platform import registry as registry_mod
     from churn_platform import rollout as rollout_mod
     from churn_platform.contract import TAG_THRESHOLD
@@ -533,7 +533,8 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
         for version in (state.production_version, state.challenger_version):
             if version is not None:
                 tags = registry_mod.get_version(client, settings.model_name, version).tags
-                thresholds[version] = float(tags.get(TAG_THRESHOLD, settings.decision_threshold))
+                thresholds[version] = loading.decision_threshold(tags.get(TAG_THRESHOLD), settings.decision_threshold,
+                                                                 version)  # fmt: skip
         comparison = rollout_mod.compare(
             inference_log_url or settings.inference_log_url, settings.model_name, state, thresholds=thresholds,
             band_edges=(settings.risk_medium_from, settings.risk_high_from),

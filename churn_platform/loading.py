@@ -133,9 +133,28 @@ def _explainer(
     }
 
 
+def decision_threshold(tag: str | None, default: float | None, version: int) -> float | None:
+    """The version's decision threshold: a tag edited in the MLflow UI to 1.5 (no customer would
+    ever be flagged) or to text must stop the version, as a failed verification does."""
+    if tag is None:
+        return default
+    try:
+        value = float(tag)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:  # as training accepts it; NaN fails too
+        raise VerificationFailed(
+            f"v{version}'s tag {TAG_THRESHOLD}={tag!r} is not between 0 and 1 (exclusive); correct it in the "
+            "MLflow UI"
+        )
+    return value
+
+
 def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:
     """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
     found = registry.get_version(client, name, version)
+    threshold = decision_threshold(found.tags.get(TAG_THRESHOLD), default_threshold, version)
+    assert threshold is not None
     uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
@@ -178,7 +197,7 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         pipeline=pipeline,
         scorer=scorer,
         scorer_kind=kind,
-        decision_threshold=float(found.tags.get(TAG_THRESHOLD, default_threshold)),
+        decision_threshold=threshold,
         input_schema=schema,
         metrics=metrics,
         max_abs_difference=difference,

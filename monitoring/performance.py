@@ -194,11 +194,11 @@ class BadLogData(DataValidationError):
 def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dict[str, float], float | None]:
     """The version's validation metrics from its training run, and its decision threshold."""
     model_version = registry.get_version(client, name, version)
-    threshold = model_version.tags.get(TAG_THRESHOLD)
+    threshold = loading.decision_threshold(model_version.tags.get(TAG_THRESHOLD) or None, None, version)
     if not model_version.run_id:
-        return {}, float(threshold) if threshold else None
+        return {}, threshold
     metrics = client.get_run(model_version.run_id).data.metrics
-    return {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics}, float(threshold) if threshold else None
+    return {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics}, threshold
 
 
 def judge(

@@ -366,3 +366,16 @@ def test_the_openapi_document_says_how_admin_routes_authenticate_and_answer(api)
     assert {"401", "403"} <= set(schema["paths"]["/outcomes"]["post"]["responses"])
     assert "security" not in schema["paths"]["/predict"]["post"]  # predictions need no key
 
+
+def test_a_threshold_tag_that_is_not_a_probability_stops_the_version_from_serving(registry_uri):
+    """Edited in the MLflow UI to 1.5, no customer would ever be flagged: the load fails instead,
+    as a failed verification does, and the version serving keeps serving."""
+    client = MlflowClient(registry_uri, registry_uri)
+    before = client.get_model_version("churn", "2").tags["decision_threshold"]
+    try:
+        for bad in ("1.5", "-0.1", "half", "nan"):
+            client.set_model_version_tag("churn", "2", "decision_threshold", bad)
+            with pytest.raises(loading.VerificationFailed, match=f"decision_threshold='{bad}' is not between 0 and 1"):
+                loading.load(client, "churn", 2, default_threshold=0.5, sample=0)
+    finally:
+        client.set_model_version_tag("churn", "2", "decision_threshold", before)
