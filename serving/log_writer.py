@@ -395,6 +395,7 @@ class Loader:
                                 self.spool.root)  # fmt: skip
                 self.live = False
                 self._status()
+                self.spool.sync()  # frames appended since, with no append after them to sync them
                 if self.stopping.is_set() and time.monotonic() + backoff > self.drain_until:
                     return False
                 if self.stopping.is_set():

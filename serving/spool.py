@@ -79,7 +79,8 @@ class Spool:
     def __init__(
         self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20, sync_s: float | None = None
     ) -> None:
-        """``sync_s``: the longest an appended frame waits for fsync, however busy the reader is."""
+        """``sync_s``: appends fsync at least this often, however long the loader is busy (the
+        loader syncs when it reads and while it waits for the database, for frames after the last append)."""
         self.root, self.max_bytes, self.segment_bytes, self.sync_s = root, max_bytes, segment_bytes, sync_s
         self._synced = time.monotonic()
         root.mkdir(parents=True, exist_ok=True)
@@ -174,9 +175,9 @@ class Spool:
         if self._tail is not None:
             try:
                 os.fsync(self._tail)
-            except OSError as exc:  # the rows stay in the page cache; the next sync tries again
-                log.error("inference log spool: cannot sync %s (%s)", self._own.path, exc.strerror)
-                return
+            except OSError as exc:  # Linux may drop the unwritten pages: say so, once per interval
+                log.error("inference log spool: cannot sync %s (%s): spooled rows may not survive a power cut",
+                          self._own.path, exc.strerror)  # fmt: skip
         self._synced = time.monotonic()
 
     # ---------------------------------------------------------------- reading
