@@ -7,6 +7,7 @@ also routes customers to the Challenger (canary) or scores them with it too (sha
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import uuid
@@ -35,6 +36,8 @@ from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
 from serving.schemas import Record, customer_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,10 @@ class Predictor:
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
             # Production's rows first: when the log's queue has room for one arm only, it keeps them.
             scored = Scored(model, self._score(model, customers, request_id, "production", top_k))
-            self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
+            try:
+                self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
+            except Exception:  # noqa: BLE001 - the caller was answered by Production; a shadow never fails it
+                log.exception("shadow scoring by v%s failed; answered by Production", challenger.version)
             return scored
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():

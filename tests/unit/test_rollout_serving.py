@@ -134,6 +134,21 @@ def test_a_full_log_queue_keeps_productions_rows_before_the_shadows(registry, re
     assert [tuple(r) for r in logged] == [("production", 50)]
 
 
+def test_a_shadow_that_fails_to_score_never_fails_the_request(registry, registry_uri, tmp_path, monkeypatch):
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="shadow", version=2, actor="tests")
+        assert reload(api)["mode"] == "shadow"
+
+        def broken(records):
+            raise RuntimeError("the Challenger cannot score")
+
+        monkeypatch.setattr(api.app.state.holder.rollout.model.scorer, "score", broken)
+        response = api.post("/predict", json={"customers": customers(20, seed=4)})
+        assert response.status_code == 200
+        assert {p["model_version"] for p in response.json()["predictions"]} == {1}
+
+
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
