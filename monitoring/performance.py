@@ -194,7 +194,7 @@ class BadLogData(DataValidationError):
 def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dict[str, float], float | None]:
     """The version's validation metrics from its training run, and its decision threshold."""
     model_version = registry.get_version(client, name, version)
-    threshold = loading.decision_threshold(model_version.tags.get(TAG_THRESHOLD) or None, None, version)
+    threshold = loading.decision_threshold(model_version.tags.get(TAG_THRESHOLD), None, version)
     if not model_version.run_id:
         return {}, threshold
     metrics = client.get_run(model_version.run_id).data.metrics

@@ -110,7 +110,7 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
                 ))  # fmt: skip
             out[feature.name] = numbers
             if feature.allowed is not None:  # an integer flag: compared as a category
-                out[feature.name] = numbers.map(lambda v: None if pd.isna(v) else str(int(v)))
+                out[feature.name] = numbers.map(lambda v: None if pd.isna(v) or abs(v) == float("inf") else str(int(v)))
     if PROBABILITY in frame.columns:
         out[PROBABILITY] = pd.to_numeric(frame[PROBABILITY], errors="coerce")
     if any(f.failure for f in findings):

@@ -43,6 +43,8 @@ def test_quality_failures_name_the_column_and_problem(telco_csv):
     # What training and serving refuse: a flag of 2 or -1, a fractional tenure.
     odd = raw.assign(seniorcitizen=["2", "-1"] + list(raw.seniorcitizen[2:]), tenure=["12.5"] + list(raw.tenure[1:]))
     _, ranged = quality.check(odd, 0.05)
+    _, infinite = quality.check(raw.assign(seniorcitizen=["inf"] + list(raw.seniorcitizen[1:])), 0.05)
+    assert "one of [0, 1]" in failures(infinite)["out_of_range"]  # a finding, not an OverflowError
     found = {f.column: f.detail for f in ranged if f.check == "out_of_range" and f.failure}
     assert "2 values outside the schema's range (one of [0, 1]), e.g. ['2', '-1']" in found["senior_citizen"]
     assert "1 values outside the schema's range (from 0 to 2147483647, whole numbers), e.g. ['12.5']" in found["tenure"]
