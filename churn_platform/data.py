@@ -487,4 +487,10 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
             f"rows of {len(frame)}: each side needs a customer of each class; choose a share nearer 0.25"
         )
     train, valid = train_test_split(frame, test_size=validation_size, random_state=seed, stratify=frame[LABEL_COLUMN])
+    for side, rows in (("validation", valid), ("training", train)):  # stratified rounding can still leave one out
+        if rows[LABEL_COLUMN].nunique() < len(counts):
+            raise DataValidationError(
+                f"validation_size {validation_size} leaves the {side} rows without one of the classes "
+                f"({counts.to_dict()} in {len(frame)} rows); choose a share nearer 0.25 or use more data"
+            )
     return train.reset_index(drop=True), valid.reset_index(drop=True)

@@ -193,6 +193,9 @@ def test_split_is_stratified_and_seeded():
     for share, sides in ((0.02, "1 validation and 49 training"), (0.99, "50 validation and 0 training")):
         with pytest.raises(DataValidationError, match=f"validation_size {share} leaves {sides} rows of 50"):
             data.split(frame.head(50), share, seed=5)
+    rare = frame.head(100).assign(churn=[1, 1] + [0] * 98)  # two churners: stratified rounding puts both in training
+    with pytest.raises(DataValidationError, match="leaves the validation rows without one of the classes"):
+        data.split(rare, 0.2, seed=5)
 
 
 def test_the_generator_follows_the_schema(monkeypatch):
