@@ -229,15 +229,23 @@ def _check_feature(
             flag(low, f"{int(low.sum())} values below {feature.minimum:g}, {_rows(low, raw)}",
                  f"below {feature.minimum:g}")  # fmt: skip
     if feature.kind == "integer":
-        fractional = numbers.notna() & ~infinite & (numbers != numbers.round())
+        fractional, outside = integer_violations(feature, numbers)
         if fractional.any():
             flag(fractional, f"values are not whole numbers, {_rows(fractional, raw)}", "not a whole number")
-        if feature.allowed is not None:
-            outside = numbers.notna() & ~numbers.isin(feature.allowed)
-            if outside.any():
-                flag(outside, f"values outside {list(feature.allowed)}, {_rows(outside, raw)}",
-                     f"outside {list(feature.allowed)}")  # fmt: skip
+        if outside.any():
+            flag(outside, f"values outside {list(feature.allowed)}, {_rows(outside, raw)}",
+                 f"outside {list(feature.allowed)}")  # fmt: skip
     return numbers
+
+
+def integer_violations(feature: Feature, numbers: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """An integer feature's values that are not whole numbers (12.5 months), and those outside
+    its allowed values (a flag of 2; none when it has no list): the schema's rules beyond its
+    range, one definition for every check of them."""
+    fractional = numbers.notna() & ~np.isinf(numbers.fillna(0)) & (numbers != numbers.round())
+    if feature.allowed is None:
+        return fractional, pd.Series(False, index=numbers.index)
+    return fractional, numbers.notna() & ~numbers.isin(feature.allowed)
 
 
 def _typed(out: pd.DataFrame) -> pd.DataFrame:

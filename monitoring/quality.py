@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from churn_platform import inference_log
+from churn_platform import data, inference_log
 from churn_platform.contract import PROBABILITY, RISK, WILL_CHURN
 from churn_platform.data import is_blank
 from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN, normalise_columns
@@ -94,9 +94,8 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
             if feature.maximum is not None:
                 outside |= numbers > feature.maximum
             if feature.kind == "integer":  # as data.split_rejects refuses them: 12.5 months, a flag of 2
-                outside |= numbers.notna() & ~infinite & (numbers != numbers.round())
-                if feature.allowed is not None:
-                    outside |= numbers.notna() & ~numbers.isin(feature.allowed)
+                fractional, not_allowed = data.integer_violations(feature, numbers)
+                outside |= fractional | not_allowed
             if outside.any():
                 examples = list(raw[outside].astype(str).unique()[:3])
                 limits = f"from {feature.minimum:g}" if feature.minimum is not None else "finite"
@@ -110,7 +109,7 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
                 ))  # fmt: skip
             out[feature.name] = numbers
             if feature.allowed is not None:  # an integer flag: compared as a category
-                out[feature.name] = numbers.map(lambda v: None if pd.isna(v) or abs(v) == float("inf") else str(int(v)))
+                out[feature.name] = numbers.mask(infinite).map(lambda v: None if pd.isna(v) else str(int(v)))
     if PROBABILITY in frame.columns:
         out[PROBABILITY] = pd.to_numeric(frame[PROBABILITY], errors="coerce")
     if any(f.failure for f in findings):
