@@ -152,13 +152,12 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
                 run_id=found.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
             )
         except Exception as exc:  # noqa: BLE001 - missing artifact or store
-            if registry.is_connection_error(exc) and isinstance(exc, mlflow.MlflowException):
+            connection = registry.is_connection_error(exc)
+            if connection and isinstance(exc, mlflow.MlflowException):
                 raise  # through the tracking server: translate_errors names it
             # Read from the object store directly, MLflow says only "failed to download": ask the
             # store itself, so that a store that is down is exit 3, not "no reference data".
-            if unreachable := _store_unreachable(client, found.run_id) or (
-                str(exc) if registry.is_connection_error(exc) else None
-            ):
+            if unreachable := str(exc) if connection else _store_unreachable(client, found.run_id):
                 raise StorageUnreachable(
                     f"cannot read the reference data of {name} v{version} (run {found.run_id}): "
                     f"the artifact store is unreachable: {unreachable}"[:400]
