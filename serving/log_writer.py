@@ -59,6 +59,8 @@ ROW_ERRORS = (psycopg.DataError, sa.exc.DataError, sqlite3.DataError, ValueError
 TRANSACTION_ROWS = 20_000
 #: On shutdown, how long the writer keeps trying to empty the spool into the database.
 DRAIN_S = 15.0
+#: How often a running writer looks for spool folders that another writer left since it started.
+ADOPT_EVERY_S = 30.0
 _BACKOFF_MAX_S = 5.0
 _STAGING = "inference_log_staging"
 #: ``COLUMNS`` as SQL lists them.
@@ -300,8 +302,8 @@ class Loader:
     """Moves frames from the spool into the database, in order; retries while the database
     is away, and drops (counted) only what the database refuses for good."""
 
-    def __init__(self, spool: Spool, database: Database, flush_s: float) -> None:
-        self.spool, self.database, self.flush_s = spool, database, flush_s
+    def __init__(self, spool: Spool, database: Database, flush_s: float, adopt_s: float = ADOPT_EVERY_S) -> None:
+        self.spool, self.database, self.flush_s, self.adopt_s = spool, database, flush_s, adopt_s
         self.stopping = threading.Event()
         self.drain_until = float("inf")
         self.live = True
@@ -325,9 +327,25 @@ class Loader:
             self._torn = self.spool.torn_frames
         report("status", self.spool.bytes, "live" if self.live else "spooling")
 
+    def _adopt(self) -> None:
+        """Take over the spool folders of writers that exited since this one started with rows
+        the database did not have yet (a writer outlives its API worker by its drain time, so
+        the worker's replacement started while the folder was still held)."""
+        try:
+            size = self.spool.adopt()
+        except OSError as exc:  # the next look may succeed; the rows stay on disk meanwhile
+            log.warning("inference log spool: cannot look for folders left by other writers (%s)", exc)
+            return
+        if size:
+            log.info("inference log: replaying %d bytes another writer left in %s", size, self.spool.root)
+            self._status()
+
     def _run(self) -> None:
-        last_sync = time.monotonic()
+        last_sync = last_adopt = time.monotonic()
         while True:
+            if time.monotonic() - last_adopt >= self.adopt_s and not self.stopping.is_set():
+                self._adopt()
+                last_adopt = time.monotonic()
             frames = self.spool.read(TRANSACTION_ROWS, timeout=self.flush_s)
             if time.monotonic() - last_sync >= self.flush_s:
                 self.spool.sync()  # at least every flush interval, frames are on the disk itself

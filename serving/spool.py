@@ -9,7 +9,8 @@ checksum check: it is skipped and counted, never a crash.
 
 Each writer owns one directory under the spool root, held by an ``flock``; a writer that
 starts finds directories no live process holds (left by a killed API) and adopts them, so
-their rows are replayed first. Only past ``max_bytes`` on disk are rows refused.
+their rows are replayed first, and looks again every so often for directories left since
+(a writer that outlived its API worker). Only past ``max_bytes`` on disk are rows refused.
 """
 
 from __future__ import annotations
@@ -84,11 +85,7 @@ class Spool:
         self.root, self.max_bytes, self.segment_bytes, self.sync_s = root, max_bytes, segment_bytes, sync_s
         self._synced = time.monotonic()
         root.mkdir(parents=True, exist_ok=True)
-        self._dirs: list[_Directory] = []
-        for candidate in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            fd = _try_lock(candidate)
-            if fd is not None:  # no live writer holds it: a previous process's rows
-                self._dirs.append(_Directory(candidate, fd, adopted=True))
+        self._dirs: list[_Directory] = self._unheld(set())
         # Made under a hidden name and locked before it gets its own: a writer starting at the
         # same moment (another API worker) could otherwise lock it first and adopt it.
         name = uuid.uuid4().hex
@@ -108,9 +105,37 @@ class Spool:
         self._tail_size = 0
         self._published = (0, 0)  # (segment, end offset) the reader may read up to in our own dir
         self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
+        self._resume: tuple[_Directory, int, int] | None = None  # where in our own dir to go on after an adoption
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
         self._closed = False
         self._sealed = False  # no more appends: a reader that caught up stops waiting
+
+    def _unheld(self, held: set[Path]) -> list[_Directory]:
+        """The directories under the root, other than ``held``, that no live writer holds (now locked by us)."""
+        found = []
+        for candidate in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if candidate in held:
+                continue
+            fd = _try_lock(candidate)
+            if fd is not None:  # no live writer holds it: a previous process's rows
+                found.append(_Directory(candidate, fd, adopted=True))
+        return found
+
+    def adopt(self) -> int:
+        """Take over the directories a writer left since this one started (one that outlived its
+        API worker and exited with the database away); their frames are read next, before the
+        rest of our own. Returns their bytes. Only the reading thread calls this, between
+        acknowledging one read and starting the next."""
+        found = self._unheld({d.path for d in self._dirs})
+        if not found:
+            return 0
+        size = sum(self._dir_bytes(d) for d in found)
+        with self._cond:
+            self.bytes += size
+        self._dirs[-1:-1] = found  # older rows than ours: before our own directory, which stays last
+        if self._reader is not None and self._reader[0] is self._own:
+            self._resume, self._reader = self._reader, (found[0], self._first_segment(found[0]), 0)
+        return size
 
     @staticmethod
     def _dir_bytes(directory: _Directory) -> int:
@@ -239,6 +264,9 @@ class Spool:
             return None  # the tail segment: wait for more
         index = self._dirs.index(directory)
         following = self._dirs[index + 1]
+        if following is self._own and self._resume is not None:  # back where an adoption interrupted us
+            resume, self._resume = self._resume, None
+            return resume
         return following, self._first_segment(following), 0
 
     def _read_one(self, directory: _Directory, segment: int, offset: int, limit: int | None) -> Frame | None:

@@ -387,3 +387,38 @@ def test_each_logged_value_lands_in_its_own_column():
         {**meta, "row_index": i, **record, "churn_probability": p}
         for i, (record, p) in enumerate(zip(RECORDS[:2], [0.25, 0.75], strict=True))
     ]
+
+
+def test_a_running_writer_replays_a_spool_folder_another_writer_left_after_it_started(tmp_path, capsys):
+    """An API worker killed alone: its writer drains while the database is away and exits after
+    the replacement's writer started. Before, that folder waited for the next writer start (a
+    deploy, maybe days later); now the running writer's loader takes it over and loads it."""
+    import msgspec
+
+    from serving.log_writer import Database, Loader
+    from serving.spool import Spool
+
+    root, url = tmp_path / "spool", f"sqlite:///{tmp_path}/log.db"
+    at = datetime.now(UTC)
+    spool = Spool(root, max_bytes=1 << 20)
+    left = Spool(root, max_bytes=1 << 20)  # the old worker's writer, still holding its folder
+    for rid in ("left-1", "left-2"):
+        left.append(msgspec.msgpack.encode([[rid, at, "churn", 1, "production", RECORDS[:5], [0.5] * 5]]), rows=5)
+    spool.append(msgspec.msgpack.encode([["ours", at, "churn", 1, "production", RECORDS[:3], [0.5] * 3]]), rows=3)
+    database = Database(url)
+    loader = Loader(spool, database, flush_s=0.05, adopt_s=0.2)
+    loader.start()
+    try:
+        wait_for(lambda: os.path.exists(f"{tmp_path}/log.db") and logged(url) == (3, 3))
+        left.sync()
+        left.release()  # it exits with its rows still spooled
+        wait_for(lambda: logged(url) == (13, 13))
+        spool.append(msgspec.msgpack.encode([["after", at, "churn", 1, "production", RECORDS[:2], [0.5] * 2]]), rows=2)
+        wait_for(lambda: logged(url) == (15, 15))
+        wait_for(lambda: not left.own.exists())  # let go of once a later frame of ours is committed
+    finally:
+        loader.finish(5)
+        spool.close()
+        database.dispose()
+    out = capsys.readouterr().out.split("\n")
+    assert "replayed 10" in out

@@ -248,3 +248,36 @@ def test_appends_are_synced_every_interval_even_while_nobody_reads(tmp_path, mon
     for _ in range(3):
         spool.append(b"x" * 10, rows=1)
     assert len(synced) == 3
+
+
+def test_a_spool_left_after_start_is_adopted_and_replayed_before_the_rest_of_ours(tmp_path):
+    """A writer that outlives its API worker (draining while the database is away) exits after
+    the replacement's writer started: the running writer takes its folder over at its next
+    look, replays it before its own later frames, and reads none of its own twice."""
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=40)  # two frames per segment
+    old = Spool(tmp_path, max_bytes=1 << 20)  # still held: the old writer is draining
+    for i in range(3):
+        old.append(f"old-{i}".encode(), rows=1)
+    spool.append(b"mine-0", rows=1)
+    spool.append(b"mine-1", rows=1)
+    first = spool.read(1, timeout=0.1)
+    assert [f.payload for f in first] == [b"mine-0"]
+    spool.ack(first)
+    assert spool.adopt() == 0  # a live writer's folder is never taken
+    old.sync()
+    old.release()  # the old writer exits with its rows not loaded
+    before = spool.bytes
+    adopted = spool.adopt()
+    assert adopted == sum(p.stat().st_size for p in segment_files(old.own)) and spool.bytes == before + adopted
+    assert spool.adopted == 1 and spool.adopt() == 0  # taken once
+    spool.append(b"mine-2", rows=1)
+    frames = []
+    while batch := spool.read(10_000, timeout=0.05):
+        assert len({f.directory for f in batch}) == 1  # one read, one folder: the loader tells replays apart
+        frames += batch
+        spool.ack(batch)
+    assert [f.payload for f in frames] == [b"old-0", b"old-1", b"old-2", b"mine-1", b"mine-2"]
+    assert spool.adopted == 0 and not old.own.exists()
+    assert spool.bytes == sum(p.stat().st_size for p in segment_files(tmp_path))
+    spool.close()
+    assert segment_files(tmp_path) == []
