@@ -92,15 +92,27 @@ def refuse_overwrite(source: str, **outputs: str) -> None:
             raise DataValidationError(f"--{option} {target} names the same file as {other}; one would overwrite it")
 
 
+#: A fractional-typed id that is a whole number of at most this size reads as that integer ("7590",
+#: not "7590.0" or "7.59e+03"), in both batch engines; past it a double no longer holds every integer.
+WHOLE_ID_LIMIT = 2**53
+
+
 def ids_as_text(table: pa.Table) -> pa.Table:
     """Customer ids as text in Arrow: pandas would turn an integer id column with a gap into
-    floats ("3.0", and 2**53 + 1 rounded), so a score or a stored snapshot could name the wrong customer."""
+    floats ("3.0", and 2**53 + 1 rounded), so a score or a stored snapshot could name the wrong
+    customer. A floating-point id column (a file written from such a frame) gives its whole
+    numbers as integers, as the Spark engine does."""
     import pyarrow as pa  # here: the API imports this module and never reads a file
+    import pyarrow.compute as pc
 
     if ID_COLUMN not in table.column_names or pa.types.is_string(table.schema.field(ID_COLUMN).type):
         return table
-    index = table.column_names.index(ID_COLUMN)
-    return table.set_column(index, ID_COLUMN, table.column(ID_COLUMN).cast(pa.string()))
+    ids = table.column(ID_COLUMN)
+    text = ids.cast(pa.string())
+    if pa.types.is_floating(ids.type):
+        whole = pc.and_(pc.equal(ids, pc.floor(ids)), pc.less_equal(pc.abs(ids), WHOLE_ID_LIMIT))
+        text = pc.if_else(whole, pc.cast(ids, pa.int64(), safe=False).cast(pa.string()), text)
+    return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, text)
 
 
 def _parse(payload: bytes, uri: str) -> pd.DataFrame:

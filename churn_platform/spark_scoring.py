@@ -203,7 +203,7 @@ def _score_partition(
 def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str, s3: bool) -> DataFrame:
     """The input's schema columns (normalised names) and each row's file split."""
     from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
-    from pyspark.sql.types import StringType, StructField, StructType
+    from pyspark.sql.types import DoubleType, FloatType, StringType, StructField, StructType
 
     raw = batch_scoring._columns(fs, files[0], kind)  # noqa: SLF001 - one header reader for both engines
     names = normalise_columns(raw)
@@ -229,7 +229,13 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST")
     columns = []
     for r, n in wanted:
-        column = F.col(f"`{r}`").cast("string") if n == ID_COLUMN else F.col(f"`{r}`")
+        column = F.col(f"`{r}`")
+        if n == ID_COLUMN and isinstance(frame.schema[r].dataType, (DoubleType, FloatType)):
+            # Whole numbers as integers ("7590", not Spark's "7590.0"), as data.ids_as_text gives them.
+            whole = (column == F.floor(column)) & (F.abs(column) <= data.WHOLE_ID_LIMIT)
+            column = F.when(whole, column.cast("long").cast("string")).otherwise(column.cast("string"))
+        elif n == ID_COLUMN:
+            column = column.cast("string")
         if kind == "csv":  # Spark reads an empty field as null; the local engine, as the text it is
             column = F.coalesce(column, F.lit(""))
         columns.append(column.alias(n))

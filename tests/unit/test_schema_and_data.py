@@ -85,6 +85,19 @@ def test_integer_ids_with_a_gap_in_parquet_stay_the_customers_ids(telco_csv, tmp
     assert reasons.to_dict() == {1: "customer_id: empty"}
 
 
+def test_floating_point_ids_give_their_whole_numbers_as_integers(tmp_path):
+    """A frame with a gap in its integer ids, saved by pandas, holds them as doubles: "7590.0"
+    (or Arrow's "1.23456789012345e+14") would not match the customer's id anywhere else."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [7590.0, 123456789012345.0, 12.5, None, -3.0, float(2**53), float(2**54), float("nan")]
+    pq.write_table(pa.table({"customer_id": pa.array(ids, pa.float64())}), tmp_path / "ids.parquet")
+    assert data.read_table(tmp_path / "ids.parquet")["customer_id"].tolist() == [
+        "7590", "123456789012345", "12.5", None, "-3", "9007199254740992", "1.8014398509481984e+16", "nan"
+    ]  # fmt: skip
+
+
 def test_as_of_stands_in_for_a_blank_snapshot_time_and_the_column_wins_elsewhere(telco_csv):
     from datetime import UTC, datetime
 

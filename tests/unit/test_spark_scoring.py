@@ -125,3 +125,19 @@ def test_a_file_missing_a_column_stops_spark_as_it_stops_the_local_engine(regist
         assert result.exit_code == 2, result.output
         assert f"{folder / 'part-1.parquet'}: missing required columns ['tenure']" in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
+
+
+def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri, customers, tmp_path):
+    """pandas saves integer ids with a gap as doubles; Spark cast them to "7590.0", the local
+    engine to "7590": the same customer under two ids depending on the engine."""
+    frame = customers.head(4).copy()
+    frame["customer_id"] = [7590.0, 123456789012345.0, 12.5, None]
+    source = tmp_path / "customers.parquet"
+    frame.to_parquet(source, index=False)
+    ids = {}
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(source), "--output", str(out))
+        assert result.exit_code == 0, result.output
+        ids[engine] = pd.read_parquet(out)["customer_id"].tolist()
+    assert ids["spark"] == ids["local"] == ["7590", "123456789012345", "12.5", None]
