@@ -190,7 +190,9 @@ def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 
     with engine.begin() as conn:
         # PostgreSQL says per row whether it was inserted (xmax = 0) or updated; counting the
         # table before and after would also count rows another upload committed meanwhile.
-        # SQLite lets one writer at a time in, so the counts hold there.
+        # SQLite lets one writer at a time in: take the write lock before counting, so none can.
+        if not postgres:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         before = 0 if postgres else conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one()
         for start in range(0, len(good), chunk_rows):
             chunk = good.iloc[start : start + chunk_rows]

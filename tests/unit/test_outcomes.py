@@ -77,6 +77,34 @@ def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old(tmp_pa
     assert len(stored) == 11 and tuple(stored[0]) == ("c0", 1, "fix.csv")
 
 
+def test_two_uploads_at_once_on_sqlite_each_count_only_their_own_rows(tmp_path):
+    """Another upload that committed between this one's count and its insert was counted as
+    this one's new rows (and its own rows as more than it sent)."""
+    import threading
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    engine, other_engine = sa.create_engine(url), sa.create_engine(url)
+    outcomes.upgrade(engine)
+
+    def upload(who: str, n: int) -> pd.DataFrame:
+        rows = [{"customer_id": f"{who}{i}", "churned": "yes", "observed_at": "2026-11-01"} for i in range(n)]
+        return outcomes.check(frame(rows), now=NOW).good
+
+    ours, theirs = upload("a", 3), upload("b", 5)
+    results: list[outcomes.Written] = []
+    other = threading.Thread(target=lambda: results.append(outcomes.write(other_engine, theirs, "b.csv")))
+
+    def the_other_upload_comes_in_now(conn, cursor, statement, *args) -> None:  # between our count and insert
+        if statement.lstrip().upper().startswith("INSERT") and not other.is_alive() and not results:
+            other.start()
+            other.join(2)  # it waits for our write lock, or (before) commits at once
+
+    sa.event.listen(engine, "before_cursor_execute", the_other_upload_comes_in_now)
+    assert outcomes.write(engine, ours, "a.csv") == outcomes.Written(3, 0, 0)
+    other.join(30)
+    assert results == [outcomes.Written(5, 0, 0)]
+
+
 def log_row(customer: str, version: int, at: datetime, score: float, row: int) -> dict:
     return {
         "request_id": f"r{row}", "row_index": 0, "scored_at": sqlite_time(at), "model_name": "churn",
