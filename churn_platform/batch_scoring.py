@@ -20,6 +20,7 @@ import fnmatch
 import glob
 import logging
 import os
+import posixpath
 import queue
 import sys
 import tempfile
@@ -115,8 +116,17 @@ def _s3(endpoint_url: str | None) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
 
 
+_GLOB = "*?["
+
+
 def _has_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
+    return any(ch in text for ch in _GLOB)
+
+
+def _glob_folder(pattern: str) -> str:
+    """The folder a glob's matches all lie under (local or ``bucket/key`` alike): its text up to
+    the last ``/`` before the first wildcard."""
+    return posixpath.dirname(pattern[: min(pattern.index(ch) for ch in _GLOB if ch in pattern)])
 
 
 def input_files(
@@ -133,8 +143,8 @@ def input_files(
         path = spec.removeprefix("s3://")
         try:
             if _has_glob(path):
-                prefix = root = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
-                infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+                root = _glob_folder(path)
+                infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
                 files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
             else:
                 info = fs.get_file_info(path)
@@ -153,7 +163,7 @@ def input_files(
         local = Path(spec)
         if _has_glob(spec):
             files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            root = str(Path(os.path.dirname(spec[: min(spec.index(ch) for ch in "*?[" if ch in spec)])).resolve())
+            root = str(Path(_glob_folder(spec)).resolve())
         elif local.is_file():
             files, root = [str(local.resolve())], str(local.resolve().parent)
         elif local.is_dir():

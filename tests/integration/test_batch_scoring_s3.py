@@ -72,6 +72,13 @@ def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch
         "scores/latest.parquet", "scores/latest.rejects.parquet", "scores/spark.parquet", "scores/spark.rejects.parquet"
     ]
 
+    # A glob, wildcards in the folder too: only the files it names are read.
+    globbed = [*args[:3], "--input", f"s3://{bucket}/cust*/part-1.*", "--output", f"s3://{bucket}/scores/one.parquet",
+               "--no-progress", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, globbed)
+    assert result.exit_code == 1, result.output
+    assert (json.loads(result.stdout)["rows"], json.loads(result.stdout)["rejected"]) == (400, 1)
+
     # An object store that does not answer: exit 3, one line, nothing written.
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     get_settings.cache_clear()
