@@ -8,7 +8,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 import mlflow
 import pandas as pd
@@ -133,9 +133,14 @@ def _explainer(
     }
 
 
+@overload
+def decision_threshold(tag: str | None, default: float, version: int) -> float: ...
+@overload
+def decision_threshold(tag: str | None, default: None, version: int) -> float | None: ...
 def decision_threshold(tag: str | None, default: float | None, version: int) -> float | None:
-    """The version's decision threshold: a tag edited in the MLflow UI to 1.5 (no customer would
-    ever be flagged) or to text must stop the version, as a failed verification does."""
+    """The version's decision threshold (``default`` when it has no tag): a tag edited in the
+    MLflow UI to 1.5 (no customer would ever be flagged) or to text must stop the version, as
+    a failed verification does."""
     if tag is None:
         return default
     try:
@@ -154,7 +159,6 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
     """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
     found = registry.get_version(client, name, version)
     threshold = decision_threshold(found.tags.get(TAG_THRESHOLD), default_threshold, version)
-    assert threshold is not None
     uri = f"models:/{name}/{version}"
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
