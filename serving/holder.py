@@ -81,6 +81,7 @@ class ModelHolder:
         """Resolve Production and, if it is not what we serve, load, verify and swap it in."""
         with self._lock:
             name = self.settings.model_name
+            client, version = None, None
             try:
                 client = registry.connect(self.settings)
                 with registry.translate_errors(self.settings):
@@ -99,15 +100,15 @@ class ModelHolder:
             except RegistryUnreachable as exc:
                 return self._fail("registry_unreachable", str(exc))
             except NotFoundError as exc:
-                return self._fail("alias_missing", str(exc))
+                return self._not_loaded(client, version, "alias_missing", str(exc))
             except loading.VerificationFailed as exc:
-                return self._fail("verification_failed", str(exc))
+                return self._not_loaded(client, version, "verification_failed", str(exc))
             except ChurnPlatformError as exc:
-                return self._fail("load_failed", str(exc))
+                return self._not_loaded(client, version, "load_failed", str(exc))
             except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model serving
                 if registry.is_connection_error(exc):
                     return self._fail("registry_unreachable", f"registry or artifact store unreachable: {exc}"[:500])
-                return self._fail("load_failed", f"{type(exc).__name__}: {exc}"[:500])
+                return self._not_loaded(client, version, "load_failed", f"{type(exc).__name__}: {exc}"[:500])
             # The Challenger first: a replica that becomes ready already routes as the others do.
             self._follow_rollout(client, model.version)
             self.current = model  # the atomic swap
@@ -146,6 +147,14 @@ class ModelHolder:
             log.warning("rollout: %s", self.rollout_status)
             if self._listener:
                 self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
+
+    def _not_loaded(self, client: object | None, production: int | None, state: State, reason: str) -> Attempt:
+        """Production (``production``, when resolved) did not load: the old version serves on, and
+        the rollout still follows the registry. Otherwise a `rollout stop`, or Production moving
+        to a version this replica cannot load, would leave it routing customers to the Challenger."""
+        if client is not None and self.current is not None:
+            self._follow_rollout(client, production or self.current.version)
+        return self._fail(state, reason)
 
     def _fail(self, state: State, reason: str) -> Attempt:
         attempt = self._record(state, reason)

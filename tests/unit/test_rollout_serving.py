@@ -161,6 +161,41 @@ def test_a_challenger_failing_verification_leaves_production_serving(registry, r
         assert 'churn_model_reloads_total{outcome="challenger_failed"}' in api.get("/metrics").text
 
 
+def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(registry, registry_uri, tmp_path,
+                                                                           monkeypatch):
+    """Before, a failed Production load returned before the rollout was read: `rollout stop`
+    (the abort button) and a Production move were ignored, and the replica went on sending
+    customers to the Challenger."""
+    rows = customers(300)
+
+    def reload_fails(api: TestClient) -> dict:
+        response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
+        assert response.status_code == 409, response.text
+        return api.get("/model").json()["rollout"]
+
+    try:
+        with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+            wait_ready(api)
+            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+            assert reload(api)["mode"] == "canary"
+            registry.delete_registered_model_alias("churn", "Production")  # v1 serves on
+            assert reload_fails(api)["mode"] == "canary"  # nothing said the rollout ended
+            rollout.stop(registry, "churn", actor="tests")
+            assert reload_fails(api)["mode"] == "off"
+            assert set(versions(api, rows).values()) == {1}
+
+            registry.set_registered_model_alias("churn", "Production", "1")
+            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+            assert reload(api)["mode"] == "canary"
+            monkeypatch.setattr(loading, "PARITY_TOLERANCE", -1.0)  # nothing new can pass
+            registry.set_registered_model_alias("churn", "Production", "2")  # moved in the UI; fails here
+            state = reload_fails(api)
+            assert state["mode"] == "off" and "ended when Production moved to v2" in state["status"]
+            assert set(versions(api, rows).values()) == {1} and api.get("/ready").status_code == 200
+    finally:
+        registry.set_registered_model_alias("churn", "Production", "1")
+
+
 def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_bring_its_challenger_back(
     registry, registry_uri, tmp_path
 ):
