@@ -180,6 +180,20 @@ def is_blank(values: pd.Series) -> pd.Series:
     return values.isna() | _text(values).str.strip().isin(["", "nan", "NaN", "None"])
 
 
+def iso_times(values: pd.Series) -> pd.Series:
+    """Times as UTC (a time without a zone is UTC); NaT for anything but ISO 8601.
+
+    Not pandas' ``format="mixed"``, which guesses: 05/06/2026 became 6 May, 13/06/2026 13 June,
+    so half of a day-first export was stored a month off. Nor its ``now``/``today``, which
+    would stamp a row with the time of the upload.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return pd.to_datetime(values, utc=True)
+    text = values.astype("string").str.strip()
+    words = text.str.lower().isin(["now", "today"]).fillna(False).to_numpy(dtype=bool)
+    return pd.to_datetime(text.mask(words), utc=True, errors="coerce", format="ISO8601")
+
+
 def _text(values: pd.Series) -> pd.Series:
     """The values as strings; a column that already holds strings is not converted again."""
     return values if pd.api.types.is_string_dtype(values) and not values.dtype == object else values.astype(str)

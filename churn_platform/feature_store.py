@@ -266,7 +266,7 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
             blank = raw[SNAPSHOT_TIME].isna() | (raw[SNAPSHOT_TIME].astype("string").str.strip() == "")
             times = times.mask(blank.fillna(True).to_numpy(dtype=bool), given)
         for row in times.index[times.isna()]:
-            extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {raw.at[row, SNAPSHOT_TIME]!r} is not a time")
+            extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {raw.at[row, SNAPSHOT_TIME]!r} is not an ISO-8601 time")
     # A snapshot from the future would be every later training set's "latest" row for its customer.
     now = pd.Timestamp.now(tz=UTC)
     for row in times.index[(times > now + pd.Timedelta(minutes=5)).fillna(False)]:
@@ -283,10 +283,8 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
 
 
 def _times(values: pd.Series) -> pd.Series:
-    """Snapshot times as UTC; a time without a zone is taken as UTC."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return pd.to_datetime(values, utc=True)
-    return pd.to_datetime(values.astype("string").str.strip(), utc=True, errors="coerce", format="mixed")
+    """Snapshot and label times as UTC: ISO 8601 only (``data.iso_times``)."""
+    return data.iso_times(values)
 
 
 def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None) -> IngestSummary:
@@ -618,7 +616,7 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
     if bad.any():
         rows = (labels.index[bad][:5] + 2).tolist()  # file line numbers (after the header)
         raise DataValidationError(
-            f"labels file {labels_uri}: {int(bad.sum())} rows without a customer id or a readable "
+            f"labels file {labels_uri}: {int(bad.sum())} rows without a customer id or an ISO-8601 "
             f"{LABEL_TIME}, first at lines {rows}"
         )
     labels[LABEL_TIME] = times

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from churn_platform import data
 from churn_platform.contract import (
     CHURNED,
     INFERENCE_LOG_TABLE,
@@ -124,7 +125,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     else:
         blank = raw_time.isna() | (raw_time == "")
         # Microseconds: what both databases keep, so two times equal there are equal here too.
-        observed = pd.to_datetime(raw_time.where(~blank), errors="coerce", utc=True, format="ISO8601").dt.floor("us")
+        observed = data.iso_times(raw_time.where(~blank)).dt.floor("us")
         reject(
             ~blank & observed.isna(), f"{OBSERVED_AT}: " + raw_time.fillna("").map(repr) + " is not an ISO-8601 time"
         )

@@ -44,6 +44,7 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
             {"customer_id": "x", "churned": "maybe", "observed_at": "2026-11-01"},
             {"customer_id": "y", "churned": "no", "observed_at": "yesterday"},
             {"customer_id": "z", "churned": "no", "observed_at": "2027-01-01"},
+            {"customer_id": "w", "churned": "no", "observed_at": "now"},  # pandas' word for the upload's time
         ]),
         now=NOW,
     )  # fmt: skip
@@ -53,6 +54,7 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
     assert reasons[3] == "churned: 'maybe' is not Yes/No, 1/0 or true/false"
     assert reasons[4] == "observed_at: 'yesterday' is not an ISO-8601 time"
     assert reasons[5].startswith("observed_at: in the future")
+    assert reasons[6] == "observed_at: 'now' is not an ISO-8601 time"
     assert list(checked.rejects.columns) == list(outcomes.REJECT_COLUMNS)
 
 

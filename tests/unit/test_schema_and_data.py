@@ -113,6 +113,20 @@ def test_as_of_stands_in_for_a_blank_snapshot_time_and_the_column_wins_elsewhere
     assert sorted(reasons.index) == [1, 2] and "snapshot_time" in reasons[1]
 
 
+def test_snapshot_times_must_be_iso_8601_not_guessed(telco_csv):
+    """A day-first export was half misread (05/06 stored as 6 May, 13/06 as 13 June) and "now"
+    stamped the upload's time: a snapshot a month off joins labels from before it was taken."""
+    from churn_platform import feature_store
+
+    frame = _sample(telco_csv, 5)
+    frame.columns = normalise_columns(list(frame.columns))
+    frame["snapshot_time"] = ["05/06/2026", "13/06/2026", "now", "2026-06-05", "2026-06-05T10:00:00+02:00"]
+    good, reasons = feature_store.snapshots(frame, None)
+    assert reasons.to_dict() == {row: f"snapshot_time: {text!r} is not an ISO-8601 time"
+                                 for row, text in enumerate(["05/06/2026", "13/06/2026", "now"])}  # fmt: skip
+    assert good["snapshot_time"].dt.strftime("%Y-%m-%d %H:%M").tolist() == ["2026-06-05 00:00", "2026-06-05 08:00"]
+
+
 def _sample(telco_csv, n=50) -> pd.DataFrame:
     return pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(n)
 
