@@ -309,6 +309,7 @@ class Loader:
         self.live = True
         self._dropped: list[tuple[int, str]] = []  # (rows, why) of the frames being loaded
         self._torn = 0
+        self._last_sync = self._last_adopt = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="inference-log-loader", daemon=True)
 
     def start(self) -> None:
@@ -341,24 +342,37 @@ class Loader:
             self._status()
 
     def _run(self) -> None:
-        last_sync = last_adopt = time.monotonic()
+        self._last_sync = self._last_adopt = time.monotonic()
         while True:
-            if time.monotonic() - last_adopt >= self.adopt_s and not self.stopping.is_set():
-                self._adopt()
-                last_adopt = time.monotonic()
-            frames = self.spool.read(TRANSACTION_ROWS, timeout=self.flush_s)
-            if time.monotonic() - last_sync >= self.flush_s:
-                self.spool.sync()  # at least every flush interval, frames are on the disk itself
-                last_sync = time.monotonic()
-            if not frames:
-                self._status()
-                if self.stopping.is_set():
+            try:
+                if self._step():
                     return
-                continue
-            if not self._load(frames):
-                return  # shutting down with the database away: the spool keeps the rest
-            self.spool.ack(frames)
+            except Exception as exc:  # noqa: BLE001 - a disk error must not end the loading for good
+                if self.stopping.is_set():
+                    return  # what is left stays spooled for the next writer
+                log.error("inference log loader: %s: %s; trying again in %.0f s", type(exc).__name__, exc,
+                          _BACKOFF_MAX_S)  # fmt: skip
+                self.stopping.wait(_BACKOFF_MAX_S)
+
+    def _step(self) -> bool:
+        """Load one read's frames; True when the loader should stop."""
+        # Only while the database takes rows: during an outage a folder taken over cannot be
+        # replayed, and its bytes would take the cap's room from our own live rows.
+        if time.monotonic() - self._last_adopt >= self.adopt_s and self.live and not self.stopping.is_set():
+            self._adopt()
+            self._last_adopt = time.monotonic()
+        frames = self.spool.read(TRANSACTION_ROWS, timeout=self.flush_s)
+        if time.monotonic() - self._last_sync >= self.flush_s:
+            self.spool.sync()  # at least every flush interval, frames are on the disk itself
+            self._last_sync = time.monotonic()
+        if not frames:
             self._status()
+            return self.stopping.is_set()
+        if not self._load(frames):
+            return True  # shutting down with the database away: the spool keeps the rest
+        self.spool.ack(frames)
+        self._status()
+        return False
 
     def _load(self, frames: list[Frame]) -> bool:
         """Decode and insert ``frames``; False if the database stayed away past the shutdown

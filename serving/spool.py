@@ -63,6 +63,9 @@ def _try_lock(path: Path) -> int | None:
         fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:  # removed by the writer that just emptied it
         return None
+    except OSError as exc:  # another user's folder, a read-only mount: not ours to replay, never a crash
+        log.warning("inference log spool: %s is not replayed: cannot lock it (%s)", path, exc.strerror)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -124,14 +127,27 @@ class Spool:
     def adopt(self) -> int:
         """Take over the directories a writer left since this one started (one that outlived its
         API worker and exited with the database away); their frames are read next, before the
-        rest of our own. Returns their bytes. Only the reading thread calls this, between
+        rest of our own. Only folders that fit under the cap with what we hold are taken: our own
+        live rows come first. Returns their bytes. Only the reading thread calls this, between
         acknowledging one read and starting the next."""
-        found = self._unheld({d.path for d in self._dirs})
+        found: list[_Directory] = []
+        size = 0
+        for directory in self._unheld({d.path for d in self._dirs}):
+            try:
+                more = self._dir_bytes(directory)
+            except OSError:  # cannot even size it: leave it where it is
+                more = self.max_bytes + 1
+            with self._cond:  # what does not fit under the cap waits for room (or another writer)
+                fits = self.bytes + more <= self.max_bytes
+                if fits:
+                    self.bytes += more
+            if fits:
+                found.append(directory)
+                size += more
+            else:
+                os.close(directory.lock_fd)
         if not found:
             return 0
-        size = sum(self._dir_bytes(d) for d in found)
-        with self._cond:
-            self.bytes += size
         self._dirs[-1:-1] = found  # older rows than ours: before our own directory, which stays last
         if self._reader is not None and self._reader[0] is self._own:
             self._resume, self._reader = self._reader, (found[0], self._first_segment(found[0]), 0)
@@ -352,6 +368,11 @@ class Spool:
                 os.close(self._tail)
                 self._tail = None
             self._cond.notify_all()
+        # A folder taken over and replayed to its end is let go of at the next commit of ours;
+        # with none since (an idle writer), let go of it now, or our own committed rows would stay.
+        for directory in [d for d in self._dirs if d.adopted and not d.segments()]:
+            self._release(directory)
+        with self._cond:
             everything_committed = len(self._dirs) == 1 and self._acked >= self._published
         if everything_committed:
             for number in self._own.segments():

@@ -389,6 +389,14 @@ def test_each_logged_value_lands_in_its_own_column():
     ]
 
 
+def logged_once_there(url: str) -> tuple[int, int]:
+    """``logged``, or (0, 0) while the writer has not made the table yet."""
+    try:
+        return logged(url)
+    except sa.exc.OperationalError:
+        return 0, 0
+
+
 def test_a_running_writer_replays_a_spool_folder_another_writer_left_after_it_started(tmp_path, capsys):
     """An API worker killed alone: its writer drains while the database is away and exits after
     the replacement's writer started. Before, that folder waited for the next writer start (a
@@ -409,7 +417,7 @@ def test_a_running_writer_replays_a_spool_folder_another_writer_left_after_it_st
     loader = Loader(spool, database, flush_s=0.05, adopt_s=0.2)
     loader.start()
     try:
-        wait_for(lambda: os.path.exists(f"{tmp_path}/log.db") and logged(url) == (3, 3))
+        wait_for(lambda: logged_once_there(url) == (3, 3))
         left.sync()
         left.release()  # it exits with its rows still spooled
         wait_for(lambda: logged(url) == (13, 13))
@@ -422,3 +430,38 @@ def test_a_running_writer_replays_a_spool_folder_another_writer_left_after_it_st
         database.dispose()
     out = capsys.readouterr().out.split("\n")
     assert "replayed 10" in out
+
+
+def test_a_disk_error_in_the_loader_is_retried_not_the_end_of_loading(tmp_path, monkeypatch, caplog):
+    """An EIO while deleting a committed segment killed the loader thread: the writer went on
+    spooling, nothing reached the database and nothing said so until the API restarted."""
+    import msgspec
+
+    from serving import log_writer
+    from serving.log_writer import Database, Loader
+    from serving.spool import Spool
+
+    monkeypatch.setattr(log_writer, "_BACKOFF_MAX_S", 0.1)
+    url, at = f"sqlite:///{tmp_path}/log.db", datetime.now(UTC)
+    spool, database = Spool(tmp_path / "spool", max_bytes=1 << 20), Database(url)
+    real_ack, failures = spool.ack, []
+
+    def ack_fails_once(frames) -> None:
+        if not failures:
+            failures.append(frames)
+            raise OSError(5, "Input/output error")
+        real_ack(frames)
+
+    monkeypatch.setattr(spool, "ack", ack_fails_once)
+    loader = Loader(spool, database, flush_s=0.05)
+    loader.start()
+    try:
+        for rid, stored in (("first", 4), ("second", 8)):
+            spool.append(msgspec.msgpack.encode([[rid, at, "churn", 1, "production", RECORDS[:4], [0.5] * 4]]), rows=4)
+            wait_for(lambda n=stored: logged_once_there(url)[0] >= n)
+    finally:
+        loader.finish(5)
+        spool.close()
+        database.dispose()
+    assert failures and logged(url) == (8, 8)
+    assert "Input/output error; trying again" in caplog.text

@@ -281,3 +281,47 @@ def test_a_spool_left_after_start_is_adopted_and_replayed_before_the_rest_of_our
     assert spool.bytes == sum(p.stat().st_size for p in segment_files(tmp_path))
     spool.close()
     assert segment_files(tmp_path) == []
+
+
+def test_a_folder_left_behind_is_taken_over_only_when_it_fits_under_the_cap(tmp_path):
+    """Its bytes count against our cap: taking it over regardless would refuse our own live rows."""
+    from serving.spool import _try_lock
+
+    spool = Spool(tmp_path, max_bytes=240, segment_bytes=40)  # one 30-byte frame per segment
+    old = Spool(tmp_path, max_bytes=1 << 20)
+    for _ in range(8):
+        old.append(b"o" * 10, rows=1)  # 8 frames of 22 bytes
+    old.release()
+    for i in range(3):
+        assert spool.append(f"mine-{i}".encode() * 3, rows=1)
+    assert spool.adopt() == 0  # 90 + 176 > 240
+    fd = _try_lock(old.own)  # left unlocked, for another writer or a later look
+    assert fd is not None
+    os.close(fd)
+    spool.ack(spool.read(2, timeout=0.05))  # two of our segments committed and deleted
+    assert spool.adopt() == 176 and spool.bytes == 30 + 176
+    assert [f.payload for f in spool.read(100, timeout=0.05)] == [b"o" * 10] * 8
+
+
+def test_a_folder_that_cannot_be_locked_is_left_alone_never_a_crash(tmp_path):
+    (tmp_path / "not-ours").mkdir()
+    (tmp_path / "not-ours" / "owner.lock").mkdir()  # as a folder of another user or a read-only mount fails
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.adopted == 0 and spool.adopt() == 0
+    assert spool.append(b"mine", rows=1) and payloads(spool) == [b"mine"]
+
+
+def test_an_idle_writer_that_replayed_a_folder_leaves_nothing_to_replay_again(tmp_path):
+    """Before, a folder taken over was let go of only at a later commit of our own: a writer
+    with no traffic after the replay kept it at close, and with it our committed rows, which
+    the next writer replayed."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"mine", rows=1)
+    spool.ack(spool.read(10, timeout=0.05))
+    old = Spool(tmp_path, max_bytes=1 << 20)
+    old.append(b"old", rows=1)
+    old.release()
+    assert spool.adopt() > 0
+    spool.ack(spool.read(10, timeout=0.05))
+    spool.close()
+    assert segment_files(tmp_path) == [] and Spool(tmp_path, max_bytes=1 << 20).adopted_bytes == 0
