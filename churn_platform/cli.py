@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import cache, wraps
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from churn_platform import job_metrics
-from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES
+from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES, ExitCode
 from churn_platform.errors import ChurnPlatformError
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
@@ -55,19 +56,29 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Print a platform error as one readable line and exit with its code, no traceback.
 
     Under ``--json`` the error is also a JSON object on stdout, so a script parsing stdout
-    gets one document either way.
+    gets one document either way. Anything else is a bug: its traceback, then exit 70, which
+    no verdict uses (Python's own exit 1 would read as "drift" or "degraded" to a scheduler).
     """
+
+    def fail(message: str, code: int) -> NoReturn:
+        click.echo(f"error: {message}", err=True)
+        context = click.get_current_context(silent=True)
+        if context is not None and context.params.get("as_json"):
+            echo_json({"error": message, "exit_code": code})
+        sys.exit(code)
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except ChurnPlatformError as exc:
-            click.echo(f"error: {exc}", err=True)
-            context = click.get_current_context(silent=True)
-            if context is not None and context.params.get("as_json"):
-                echo_json({"error": str(exc), "exit_code": int(exc.exit_code)})
-            sys.exit(exc.exit_code)
+            fail(str(exc), int(exc.exit_code))
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: usage errors (exit 2) and deliberate exits
+        except Exception as exc:  # noqa: BLE001 - reported as what it is, with its traceback
+            traceback.print_exc()
+            fail(f"unexpected {type(exc).__name__}: {exc} (a bug: please report it with the traceback above)"[:2000],
+                 int(ExitCode.CRASHED))  # fmt: skip
 
     return wrapper
 

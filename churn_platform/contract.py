@@ -110,11 +110,13 @@ class ExitCode(IntEnum):
     UNREACHABLE = 3
     #: The current data failed the monitor's quality checks: no verdict on it.
     DATA_QUALITY = 4
+    #: An unexpected failure (a bug, or an error no check foresaw): never read as a verdict.
+    CRASHED = 70  # EX_SOFTWARE
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 refused by a gate or drift detected; 2 bad usage, bad input or not found; "
-    "3 registry, storage or database unreachable; 4 data-quality failure."
+    "3 registry, storage or database unreachable; 4 data-quality failure; 70 unexpected failure (a bug)."
 )
 
 # ---------------------------------------------------------------- rollout

@@ -126,3 +126,31 @@ def test_monitor_with_its_object_store_down_is_exit_3_not_drift(tmp_path, monkey
     result = CliRunner().invoke(main, ["monitor", "--version", "1", "--current", "x.csv"])
     assert result.exit_code == 3, result.output
     assert "the artifact store is unreachable" in result.output and "Traceback" not in result.output
+
+
+def test_an_unexpected_failure_exits_70_never_a_verdicts_code():
+    """Python's own exit 1 for an uncaught exception reads as "drift", "degraded" or "not
+    needed" to a scheduler: a crashed monitor looked like an alarm, a crashed retrain like a
+    quiet day."""
+    import click
+    from click.testing import CliRunner
+
+    from churn_platform.cli import handles_errors
+
+    @click.command()
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--how", default="crash")
+    @handles_errors
+    def job(as_json: bool, how: str) -> None:
+        if how == "usage":
+            raise click.BadParameter("not that", param_hint="'--how'")
+        raise KeyError("reference")
+
+    crashed = CliRunner().invoke(job, [])
+    assert crashed.exit_code == 70
+    assert "Traceback" in crashed.stderr and "KeyError" in crashed.stderr
+    assert crashed.stderr.strip().splitlines()[-1].startswith("error: unexpected KeyError: 'reference' (a bug")
+    as_json = CliRunner().invoke(job, ["--json"])
+    assert json.loads(as_json.stdout)["exit_code"] == 70
+    usage = CliRunner().invoke(job, ["--how", "usage"])  # click's own errors keep click's exit 2
+    assert usage.exit_code == 2 and "Invalid value for '--how': not that" in usage.stderr
