@@ -62,7 +62,14 @@ def _utc(value: datetime | None) -> datetime | None:
 )
 @click.option("--since", type=click.DateTime(), default=None, help="Inference-log window start (UTC).")
 @click.option("--until", type=click.DateTime(), default=None, help="Inference-log window end (UTC).")
-@click.option("--rows", type=COUNT, default=None, help="The last N inference-log rows.")
+@click.option(
+    "--last-hours",
+    type=click.IntRange(1, 876_000),
+    default=None,
+    help="Window of the last N hours before --until (instead of --since); what a schedule wants.",
+)
+@click.option("--rows", type=COUNT, default=None,
+              help="The last N inference-log rows (with no window: the last CHURN_MONITOR_MAX_ROWS).")  # fmt: skip
 @click.option("--all-versions", is_flag=True, help="Use rows scored by any version, not only the monitored one.")
 @inference_log_option()
 @click.option(
@@ -95,11 +102,18 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 
     settings = settings_for(tracking_uri, model_name)
     params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
+    last_hours = params.pop("last_hours")
     if params["current"]:  # these choose inference-log rows: with a file they would be silently ignored
         log_only = [f"--{k.replace('_', '-')}" for k in ("since", "until", "rows", "all_versions", "inference_log_url")
                     if params[k]]  # fmt: skip
+        if last_hours is not None:
+            log_only.append("--last-hours")
         if log_only:
             raise click.UsageError(f"{', '.join(log_only)} choose inference-log rows; not with --current")
+    if last_hours is not None:
+        if params["since"] is not None:
+            raise click.UsageError("give --since or --last-hours, not both")
+        params["since"] = (params["until"] or datetime.now(UTC)) - timedelta(hours=last_hours)
     if params["since"] and params["until"] and params["since"] >= params["until"]:
         raise click.UsageError(f"--since {params['since']:%Y-%m-%d %H:%M:%S} is not before --until "
                                f"{params['until']:%Y-%m-%d %H:%M:%S}")  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -252,6 +252,10 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
             raise NothingToCompare(f"no current rows: {exc}") from exc
         return _stored_scores(raw, options.current, name, version)
     url = options.inference_log_url or settings.inference_log_url
+    if not (options.since or options.until or options.rows):
+        # No window: the latest rows, never the version's whole history (unbounded memory, and
+        # a recent shift diluted by months of normal traffic).
+        options = replace(options, rows=settings.monitor_max_rows)
     raw = current_from_log(url, name, None if options.all_versions else version, options)
     scores = "logged"
     if options.all_versions:

@@ -68,8 +68,14 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
             assert r.status_code == 200
         finally:
             api.stop()
-        code, summary, err = monitor(env, "--rows", "1000", "--output-dir", str(tmp_path / "drifted"))
+        window = ("--last-hours", "1", "--rows", "1000")
+        code, summary, err = monitor(env, *window, "--output-dir", str(tmp_path / "drifted"))
         assert code == 1, err[-2000:]
+        assert summary["window"]["since"] is not None and summary["window"]["rows"] == 1000
+        # No window: the latest CHURN_MONITOR_MAX_ROWS rows (here the drifted ones), not a sample of all history.
+        code, latest, err = monitor(env | {"CHURN_MONITOR_MAX_ROWS": "1000"}, "--output-dir", str(tmp_path / "latest"))
+        assert code == 1 and latest["window"]["rows"] == 1000 and latest["window"]["sampled"] is None, err[-2000:]
+        assert latest["drifted_columns"] == summary["drifted_columns"]
         assert {"tenure", "contract", "monthly_charges", "total_charges"} <= set(summary["drifted_columns"])
         assert summary["dataset_drift"] is True and summary["current_rows"] == 1000
         saved = json.loads((tmp_path / "drifted" / "summary.json").read_text())
@@ -89,7 +95,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
     experiment = client.get_experiment_by_name("churn-monitoring")
     runs = client.search_runs([experiment.experiment_id], f"tags.model_name = '{model_name}'")
-    assert sorted(r.data.tags["verdict"] for r in runs) == ["data_quality_failure", "drift", "no_drift"]
+    assert sorted(r.data.tags["verdict"] for r in runs) == ["data_quality_failure", "drift", "drift", "no_drift"]
     assert all(r.info.status == "FINISHED" for r in runs)
     drift_run = next(r for r in runs if r.data.tags["verdict"] == "drift")
     assert drift_run.data.metrics["n_drifted_columns"] >= 4 and "drift_score.tenure" in drift_run.data.metrics
