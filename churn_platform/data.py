@@ -180,6 +180,19 @@ def is_blank(values: pd.Series) -> pd.Series:
     return values.isna() | _text(values).str.strip().isin(["", "nan", "NaN", "None"])
 
 
+def label_text(values: pd.Series) -> pd.Series:
+    """Labels as stripped text for ``LABEL_VALUES``: whole numbers of a floating-point column
+    as integers ("1", not "1.0": pandas reads an integer label column with a gap as floats)."""
+    if not pd.api.types.is_float_dtype(values):
+        return values.astype("string").str.strip()
+    numbers = values.to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (np.abs(numbers) <= 1)
+    text = values.astype("string")
+    text[whole] = numbers[whole].astype(np.int64).astype(str)
+    return text
+
+
 def iso_times(values: pd.Series) -> pd.Series:
     """Times as UTC (a time without a zone is UTC); NaT for anything but ISO 8601.
 
@@ -335,7 +348,7 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
         out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, [])
     if LABEL_COLUMN in frame.columns:
         raw = frame[LABEL_COLUMN]
-        label = raw.astype(str).str.strip().str.lower().map(LABEL_VALUES)
+        label = label_text(raw).str.lower().map(LABEL_VALUES)
         bad = label.isna()
         if bad.any():
             problems.append(f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No, {_rows(bad, raw)}")

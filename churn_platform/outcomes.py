@@ -104,6 +104,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         )
     frame = frame.reset_index(drop=True)
     text = {c: frame[c].astype("string").str.strip() if c in frame.columns else None for c in INPUT_COLUMNS}
+    text[CHURNED] = data.label_text(frame[CHURNED])
     reasons = pd.Series("", index=frame.index, dtype="object")
 
     def reject(mask: pd.Series, reason: pd.Series | str) -> None:

@@ -289,3 +289,21 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 4 and "row 2: churned: 'maybe'" in result.output
     assert "a,Yes" not in (tmp_path / "truth.rejects.csv").read_text() and source.read_text() == original
+
+
+def test_integer_labels_with_a_gap_in_parquet_are_read_as_labels(tmp_path):
+    """pandas reads an integer column with a null as floats: every label was "1.0" or "0.0",
+    and every row of the file was rejected."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churn_platform import data
+
+    table = pa.table({"customer_id": ["a", "b", "c"], "Churn": pa.array([1, None, 0], pa.int64()),
+                      "observed_at": ["2026-11-01"] * 3})  # fmt: skip
+    pq.write_table(table, tmp_path / "outcomes.parquet")
+    checked = outcomes.check(data.read_table(tmp_path / "outcomes.parquet"), now=NOW)
+    assert checked.good[["customer_id", "churned"]].values.tolist() == [["a", True], ["c", False]]
+    assert checked.rejects.reason.tolist() == ["churned: missing"]
+    training = data.generate(20, seed=1).astype({"churn": float})  # the same for a training file's labels
+    assert data.validate(training)["churn"].tolist() == data.generate(20, seed=1)["churn"].tolist()
