@@ -114,6 +114,8 @@ async def predict_by_path(
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""
+    if explain:
+        predictor.check_explainable(model)  # whatever the id, as on /predict/by-id
     (found,) = await features.lookup([customer_id])
     if found is None:
         raise UnknownCustomer(f"{_UNKNOWN}: {customer_id!r}")

@@ -203,6 +203,8 @@ def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, 
         # By id, whatever the ids: the answer must not depend on which the online store holds.
         response = client.post("/predict/by-id?explain=true", json={"customer_ids": ["nobody"]})
         assert response.status_code == 409 and "serves without explanations" in response.json()["message"]
+        response = client.get("/predict/nobody?explain=true")  # not 404 or 503 first
+        assert response.status_code == 409 and "serves without explanations" in response.json()["message"]
         assert client.post("/predict/single", json=row).status_code == 200
         described = client.get("/model").json()
         assert described["scorer"] == "sklearn" and described["explanations"]["available"] is False
