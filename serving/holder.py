@@ -123,6 +123,7 @@ class ModelHolder:
         """Load and verify the rollout's Challenger exactly as Production; whatever fails here
         leaves Production serving alone and is only reported (``/model``, metrics)."""
         name = self.settings.model_name
+        state = None
         try:
             with registry.translate_errors(self.settings):
                 state = rollout.current(client, name, production)  # type: ignore[arg-type]
@@ -142,6 +143,11 @@ class ModelHolder:
                     log.info("rollout: %s with Challenger v%s", state.mode, version)
                 self.rollout_status = f"{state.mode}: serving Challenger v{version}"
         except Exception as exc:  # noqa: BLE001 - a Challenger never takes Production down
+            if state is None and isinstance(exc, RegistryUnreachable):  # not read is not failed: route as before
+                kept = self.rollout_status.split(" (kept: ", 1)[0]
+                self.rollout_status = f"{kept} (kept: the rollout state could not be read: {exc})"[:500]
+                log.warning("rollout: state unreadable, routing unchanged: %s", exc)
+                return
             self.rollout = None
             self.rollout_status = f"Challenger not served: {type(exc).__name__}: {exc}"[:500]
             log.warning("rollout: %s", self.rollout_status)

@@ -196,6 +196,33 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
         registry.set_registered_model_alias("churn", "Production", "1")
 
 
+def test_a_registry_blip_while_reading_the_rollout_keeps_the_challenger_serving(registry, registry_uri, tmp_path,
+                                                                               monkeypatch):
+    """Before, an unreadable rollout tag counted as a Challenger that failed: this replica
+    alone answered its canary customers with Production, then loaded the Challenger again."""
+    from churn_platform.errors import RegistryUnreachable
+
+    rows = customers(300)
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+        assert reload(api)["mode"] == "canary"
+        before = versions(api, rows)
+        real = rollout.current
+
+        def unreachable(*args, **kwargs):
+            raise RegistryUnreachable("registry unreachable at http://mlflow:5000: timed out")
+
+        monkeypatch.setattr(rollout, "current", unreachable)
+        state = reload(api)
+        assert state["mode"] == "canary" and "kept: the rollout state could not be read" in state["status"]
+        assert versions(api, rows) == before
+        monkeypatch.setattr(rollout, "current", real)
+        assert reload(api)["status"] == "canary: serving Challenger v2"
+        assert 'churn_model_reloads_total{outcome="challenger_failed"}' not in api.get("/metrics").text
+    rollout.stop(registry, "churn", actor="tests")
+
+
 def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_bring_its_challenger_back(
     registry, registry_uri, tmp_path
 ):
