@@ -178,10 +178,12 @@ def _store_unreachable(client: mlflow.MlflowClient, run_id: str) -> str | None:
 
 
 def current_from_log(url: str, name: str, version: int | None, options: MonitorOptions) -> pd.DataFrame:
-    table = sa.table(INFERENCE_LOG_TABLE, *(sa.column(c) for c in ("id", SCORED_AT, MODEL_NAME, MODEL_VERSION)))
+    table = sa.table(INFERENCE_LOG_TABLE, *(sa.column(c) for c in ("id", SCORED_AT, MODEL_NAME, MODEL_VERSION, ARM)))
     query = sa.select(sa.text("*")).select_from(table).where(table.c[MODEL_NAME] == name)
     if version is not None:
         query = query.where(table.c[MODEL_VERSION] == version)
+    else:  # every version: a shadow row repeats a customer Production answered (and must not fill --rows)
+        query = query.where(table.c[ARM] != "shadow")
     if options.since:
         query = query.where(table.c[SCORED_AT] >= options.since)
     if options.until:

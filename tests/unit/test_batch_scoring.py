@@ -299,6 +299,8 @@ def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_ve
 
     first, second = monitor("1"), monitor("2")
     assert (first["current_rows"], first["window"]["scores"]) == (400, "logged")
+    # The last 300 rows are Production's last 300, not the shadow rows logged after them.
+    assert monitor("1", "--all-versions", "--inference-log-url", log_url, "--rows", "300")["current_rows"] == 300
     assert (second["current_rows"], second["window"]["scores"]) == (
         400, "scored here by v2 (the window holds scores by v1 too)")  # fmt: skip
     # v2's prediction drift is that of v2's own scores for these customers, not of v1's logged 0.99s.
