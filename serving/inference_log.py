@@ -276,25 +276,33 @@ class InferenceLog:
                 rows += chunk_rows - unencodable
         if not frames:
             return
-        writer = self._writer
-        alive = False
-        if writer is not None:
-            with self._counts:
-                alive = not writer.gone
-                if alive:  # from here on, the report reader counts these rows as lost if the writer exits
-                    writer.unreported += rows
-        lost = rows
-        if alive:
-            try:
-                writer.send(b"".join(frames))  # one frame: joined without a copy
-                return
-            except (OSError, ValueError):
+        payload = b"".join(frames)  # one write: joined without a copy
+        for last_try in (False, True):  # a writer found gone is replaced, and the frames go to the new one
+            writer = self._writer
+            alive = False
+            if writer is not None:
                 with self._counts:
-                    if writer.gone:  # the reader has counted them already
-                        lost = 0
-                    else:
-                        writer.unreported -= rows
-        self._count("dropped", lost)
+                    alive = not writer.gone
+                    if alive:  # from here on, the report reader counts these rows as lost if the writer exits
+                        writer.unreported += rows
+            if alive:
+                try:
+                    writer.send(payload)
+                    return
+                except (OSError, ValueError):
+                    with self._counts:
+                        counted = writer.gone  # the reader has counted them as lost already
+                        if not counted:
+                            writer.unreported -= rows
+                    if counted:
+                        self._replace(writer)
+                        return
+            if last_try or not self._replace(writer):
+                self._count("dropped", rows)
+                return
+
+    def _replace(self, writer: _WriterProcess | None) -> bool:
+        """Start a writer in place of one that is gone (it replays what that one spooled)."""
         code = writer.process.poll() if writer is not None else None
         log.warning("inference log writer is gone (exit code %s); restarting it", code)
         time.sleep(_RESTART_PAUSE_S)
@@ -302,6 +310,8 @@ class InferenceLog:
             self._writer = self._spawn_writer()
         except OSError as exc:
             log.warning("inference log writer could not start (%s); rows are dropped until it does", exc)
+            return False
+        return True
 
 
 class _WriterProcess:
