@@ -123,6 +123,11 @@ def _actor(value: str) -> str:
 def _reason(value: str) -> str:
     if len(value) > REASON_MAX:
         raise ValueError(f"at most {REASON_MAX} characters, got {len(value)}")
+    # As the tag stores it (JSON escapes quotes, backslashes and control characters): the
+    # registry's database column holds 5000 characters in all.
+    if (stored := len(json.dumps(value, ensure_ascii=False)) - 2) > REASON_MAX:
+        raise ValueError(f"at most {REASON_MAX} characters as stored, where quotes, backslashes and control "
+                         f"characters count double or more; this one takes {stored}")  # fmt: skip
     return value
 
 

@@ -146,7 +146,9 @@ def current_production(client: MlflowClient, name: str) -> int | None:
 
 
 def _write(client: MlflowClient, name: str, event: Event) -> None:
-    client.set_registered_model_tag(name, event.key, json.dumps(event.to_json(), sort_keys=True))
+    # Not ASCII-escaped: a reason in Cyrillic would take six characters a letter of the 5000 the
+    # registry's tag column holds on PostgreSQL and MySQL.
+    client.set_registered_model_tag(name, event.key, json.dumps(event.to_json(), sort_keys=True, ensure_ascii=False))
 
 
 def reconcile(client: MlflowClient, name: str) -> list[Event]:

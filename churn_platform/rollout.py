@@ -96,7 +96,8 @@ def _first_move_after(events: list[promotion.Event], started_at: str | None) -> 
 
 
 def _save(client: MlflowClient, name: str, state: RolloutState) -> None:
-    client.set_registered_model_tag(name, ROLLOUT_TAG, json.dumps(state.model_dump(mode="json"), sort_keys=True))
+    value = json.dumps(state.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)  # as promotion._write
+    client.set_registered_model_tag(name, ROLLOUT_TAG, value)
 
 
 def start(

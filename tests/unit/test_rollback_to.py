@@ -63,3 +63,22 @@ def test_json_results_keep_their_shape(embedded, model_name):
     ]
     versions = json.loads(cli("versions", "--model-name", model_name, "--json").output)["versions"]
     assert [v["version"] for v in versions] == [2, 1] and versions[1]["aliases"] == ["Production"]
+
+
+def test_a_reason_in_any_script_fits_the_registrys_tag_column(embedded, model_name):
+    """MLflow's registered-model tag column holds 5000 characters on PostgreSQL and MySQL; JSON's
+    ASCII escapes made 1000 Cyrillic letters 6000 and the promote a traceback there (SQLite
+    does not check, so it passed here)."""
+    from mlflow import MlflowClient
+
+    train(TrainConfig(n_rows=300, seed=1, model_name=model_name), get_settings())
+    reason = ("откат после инцидента " * 90).strip()  # 1979 characters
+    assert cli("promote", "--model-name", model_name, "--version", "1", "--reason", reason).exit_code == 0
+    uri = get_settings().tracking_uri
+    tags = MlflowClient(uri, uri).get_registered_model(model_name).tags
+    events = [value for key, value in tags.items() if reason[:20] in value]
+    assert len(events) == 1 and len(events[0]) <= 5000
+    history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert history[0]["reason"] == reason
+    quoted = cli("rollback", "--model-name", model_name, "--reason", '"' * 1500)
+    assert quoted.exit_code == 2 and "'--reason': at most 2000 characters as stored" in quoted.output
