@@ -497,7 +497,11 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     # Only from the earliest snapshot just loaded: the scan of the offline source stays one day's.
-    _ingested(summary, as_json, materialized_to=feature_store.materialize(settings, start=summary.first))
+    # Up to now, or to the latest snapshot just loaded when a source's clock runs ahead (ingest
+    # takes up to five minutes ahead): otherwise those rows would fall in no run's window.
+    end = max(datetime.now(UTC), summary.last + timedelta(microseconds=1)) if summary.last else None
+    materialized = feature_store.materialize(settings, end=end, start=summary.first)
+    _ingested(summary, as_json, materialized_to=materialized)
 
 
 @main.group()

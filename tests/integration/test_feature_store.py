@@ -236,7 +236,7 @@ def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_expo
         # The next day's export holds 10 customers, with a snapshot_time column: the column wins
         # over --as-of, those 10 get the new values, the others keep theirs, and the rejects
         # file (written every run) is this run's: empty.
-        later = datetime.now(UTC)  # after the first run's "now"
+        later = datetime.now(UTC) + timedelta(minutes=2)  # a CRM whose clock runs two minutes ahead
         changed = raw.head(10).assign(tenure=lambda f: (f["tenure"].astype(int) + 12).astype(str),
                                       snapshot_time=later.isoformat())  # fmt: skip
         buffer = io.BytesIO()
