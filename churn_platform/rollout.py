@@ -271,6 +271,13 @@ def compare(
     if since is not None:
         query += f" AND {SCORED_AT} >= :since"
         params["since"] = since if not url.startswith("sqlite") else since.replace(tzinfo=None).isoformat(sep=" ")
+    if state.production_version is not None and state.challenger_version is not None:
+        # This rollout's arms only: a replica that has not polled yet logs the rollout before it
+        # (another Challenger, or shadow rows after a switch to canary) for up to a poll interval.
+        query += (f" AND (({ARM} = 'production' AND {MODEL_VERSION} = :production)"
+                  f" OR ({ARM} = :mode AND {MODEL_VERSION} = :challenger))")  # fmt: skip
+        params |= {"production": state.production_version, "challenger": state.challenger_version,
+                   "mode": state.mode}  # fmt: skip
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

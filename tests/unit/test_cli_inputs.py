@@ -157,3 +157,31 @@ def test_an_unexpected_failure_exits_70_never_a_verdicts_code():
     assert json.loads(as_json.stdout)["exit_code"] == 70
     usage = CliRunner().invoke(job, ["--how", "usage"])  # click's own errors keep click's exit 2
     assert usage.exit_code == 2 and "Invalid value for '--how': not that" in usage.stderr
+
+
+def test_rollout_figures_hold_only_this_rollouts_arms(tmp_path):
+    """A replica that has not polled since the rollout changed logs the old one's Challenger
+    (or shadow rows after a switch to canary): they were blended into this rollout's figures."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from churn_platform import inference_log, rollout
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    engine = sa.create_engine(url)
+    inference_log.upgrade(engine)
+    at = datetime(2026, 1, 2)  # SQLite keeps UTC wall time
+    rows = [{"request_id": f"{arm}-{version}-{i}", "row_index": 0, "scored_at": at, "model_name": "churn",
+             "model_version": version, "arm": arm, "churn_probability": score}
+            for arm, version, n, score in (("production", 1, 30, 0.2), ("canary", 3, 10, 0.4),
+                                           ("canary", 2, 5, 0.9), ("shadow", 3, 4, 0.9))
+            for i in range(n)]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(inference_log.table(sa.MetaData()).insert(), rows)
+    engine.dispose()
+    state = rollout.RolloutState(mode="canary", percent=20, production_version=1, challenger_version=3,
+                                 started_at="2026-01-01T00:00:00+00:00")  # fmt: skip
+    figures = rollout.compare(url, "churn", state, thresholds={}, band_edges=BANDS)
+    assert [(a.arm, a.model_version, a.rows) for a in figures.arms] == [("production", 1, 30), ("canary", 3, 10)]
+    assert figures.arms[1].mean_score == pytest.approx(0.4)
