@@ -162,7 +162,7 @@ def test_an_unexpected_failure_exits_70_never_a_verdicts_code():
 def test_rollout_figures_hold_only_this_rollouts_arms(tmp_path):
     """A replica that has not polled since the rollout changed logs the old one's Challenger
     (or shadow rows after a switch to canary): they were blended into this rollout's figures."""
-    from datetime import UTC, datetime
+    from datetime import datetime
 
     import sqlalchemy as sa
 
