@@ -60,8 +60,9 @@ class Decision(BaseModel):
 def _flagged(run: Any, trigger: Trigger) -> bool | None:
     """Did this monitoring run flag the trigger's problem? None: not a run of that kind."""
     tags = run.data.tags
-    if trigger == "performance":
-        return tags.get("verdict") == "degraded" if tags.get("job") == "performance" else None
+    if trigger == "performance":  # a run that judged nothing says nothing either way
+        judged = tags.get("job") == "performance" and tags.get("verdict") != "not_judged"
+        return tags.get("verdict") == "degraded" if judged else None
     if tags.get("job") == "performance":
         return None
     return tags.get("verdict") == "drift" if "verdict" in tags else None

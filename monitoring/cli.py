@@ -203,7 +203,9 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
             f"  roc_auc realized {fmt(real.roc_auc)}  estimated {fmt(est.roc_auc)}  "
             f"baseline {fmt(summary.baseline.get('roc_auc'))}  (degraded below baseline - {summary.tolerance})"
         )
-        if 0 < real.rows < summary.min_rows:
+        if summary.not_judged:
+            click.echo(f"  not judged: {summary.not_judged}")
+        elif 0 < real.rows < summary.min_rows:
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
         for reason in summary.reasons:
             click.echo(f"  {reason}")

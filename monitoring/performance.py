@@ -48,7 +48,7 @@ from monitoring.runs import record_run, send_alert
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["ok", "degraded"]
+Verdict = Literal["ok", "degraded", "not_judged"]
 #: Score histogram resolution for the estimate: ties at 1e-4 change an AUC by far less than that.
 _SCORE_DECIMALS = 4
 
@@ -107,13 +107,19 @@ class PerformanceSummary(BaseModel):
     report_html: str | None = None
     output_dir: str | None = None
     mlflow_run_id: str | None = None
+    #: Why no verdict could be given (no baseline, too few rows on both sides); None: judged.
+    not_judged: str | None = None
 
     @property
     def verdict(self) -> Verdict:
+        if self.not_judged:
+            return "not_judged"
         return "degraded" if self.degraded else "ok"
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.not_judged:
+            return ExitCode.USAGE  # nothing to judge, as with no predictions at all: never a silent "ok"
         return ExitCode.REFUSED if self.degraded else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
@@ -220,6 +226,17 @@ def judge(
     return reasons
 
 
+def not_judged(real: Realized, est: Estimated, baseline: dict[str, float], min_rows: int) -> str | None:
+    """Why neither figure can judge the version, or None: a run that could not have found a
+    degradation must not read as "ok" (nor count as a healthy run for retraining)."""
+    if baseline.get(GATE_METRIC) is None:
+        return f"the version's training run has no {GATE_METRIC} to compare with"
+    if (real.roc_auc is None or real.rows < min_rows) and (est.roc_auc is None or est.rows < min_rows):
+        return (f"too few rows to judge: {real.rows} labelled rows and {est.rows} predictions in the window, "
+                f"fewer than {min_rows} on both sides (CHURN_PERFORMANCE_MIN_ROWS)")  # fmt: skip
+    return None
+
+
 def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str) -> str:
     """Log the figures as a run in the monitoring experiment, so the UI plots quality over time."""
     name, version = summary.model_name, summary.model_version
@@ -277,6 +294,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
             estimated=est, baseline=baseline, degraded=bool(reasons), reasons=reasons, by_day=days,
             min_rows=settings.performance_min_rows, tolerance=settings.performance_tolerance,
             report_html=str(html), output_dir=str(out_dir),
+            not_judged=not_judged(real, est, baseline, settings.performance_min_rows),
         )  # fmt: skip
         performance_report.write_html(html, summary, labels, scores)
         summary_path = out_dir / "summary.json"

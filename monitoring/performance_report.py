@@ -24,7 +24,7 @@ BLUE, GREEN, RED = "#0969da", "#1a7f37", "#cf222e"
 _CSS = """
 body{font:15px/1.45 system-ui,sans-serif;color:#1f2328;max-width:1100px;margin:24px auto;padding:0 16px}
 .banner{color:#fff;border-radius:8px;padding:16px 24px;margin-bottom:16px}
-.ok{background:#1a7f37}.degraded{background:#cf222e}
+.ok{background:#1a7f37}.degraded{background:#cf222e}.not_judged{background:#6e7781}
 .banner h1{font-size:44px;margin:0}.banner p,.banner ul{margin:4px 0}
 table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #d0d7de;padding:6px 10px;text-align:left}
 th{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -205,16 +205,18 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
     matplotlib.use("Agg")
     s, w = summary, summary.window
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=float)
-    verdict = "DEGRADED" if s.degraded else "OK"
+    verdict = s.verdict.replace("_", " ").upper()
     reasons = "".join(f"<li>{_e(reason)}</li>" for reason in s.reasons)
-    if s.degraded:
+    if s.not_judged:
+        why = f"<p>{_e(s.not_judged[0].upper() + s.not_judged[1:])}.</p>"
+    elif s.degraded:
         why = f"<ul>{reasons}</ul>"
     elif "roc_auc" in s.baseline:
         why = "<p>Neither the realized ROC AUC (on enough labelled rows) nor the estimated one is below the floor.</p>"
     else:
         why = "<p>No baseline ROC AUC in the training run: nothing to compare with.</p>"
     banner = (
-        f'<div class="banner {verdict.lower()}"><h1>{verdict}</h1>'
+        f'<div class="banner {s.verdict}"><h1>{verdict}</h1>'
         f"<p><b>{_e(s.model_name)} v{s.model_version}</b> · window {_e(_when(w.since or 'start of the log'))} → "
         f"{_e(_when(w.until))} · horizon {w.horizon_days} days</p>{why}</div>"
     )

@@ -77,6 +77,21 @@ def test_fewer_labelled_rows_than_the_minimum_are_shown_not_judged(registry_uri,
     assert "50 labelled rows, fewer than 200: realized is not judged" in output
 
 
+def test_too_few_rows_on_both_sides_is_not_judged_never_ok(registry_uri, tmp_path, calibrated):
+    """120 predictions, 50 of them labelled (reversed): neither figure has the 200 rows the
+    verdict needs. Before, that printed "ok" and exited 0, and counted as a healthy run for
+    `retrain --if performance`."""
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/quiet.db"
+    fill(url, 120, scores, ~labels, labelled=50)
+    code, output = performance(registry_uri, url, tmp_path)
+    assert code == 2, output
+    assert "v1: not_judged" in output and "too few rows to judge: 50 labelled rows and 120 predictions" in output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["verdict"] == "not_judged" and summary["degraded"] is False
+    assert "<h1>NOT JUDGED</h1>" in (tmp_path / "out" / "report.html").read_text()
+
+
 @pytest.mark.parametrize(
     ("setup", "args", "code", "message"),
     [

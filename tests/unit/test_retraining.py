@@ -147,3 +147,16 @@ def test_the_gate_slice_is_customer_wise_and_stable():
     recent = pd.DataFrame({"customer_id": ids.repeat(2).to_numpy(), "x": np.arange(20_000)})
     twice = retraining.in_gate_slice(recent.customer_id, 0.25)
     assert recent[twice].customer_id.isin(recent[~twice].customer_id).sum() == 0  # never on both sides
+
+
+def test_a_performance_run_that_judged_nothing_is_skipped_not_counted_healthy():
+    from types import SimpleNamespace
+
+    from churn_platform.retraining import _flagged
+
+    def run(**tags):
+        return SimpleNamespace(data=SimpleNamespace(tags=tags))
+
+    assert _flagged(run(job="performance", verdict="degraded"), "performance") is True
+    assert _flagged(run(job="performance", verdict="ok"), "performance") is False
+    assert _flagged(run(job="performance", verdict="not_judged"), "performance") is None
