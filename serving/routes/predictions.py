@@ -83,6 +83,16 @@ async def predict_single(
 
 
 _UNKNOWN = "unknown customer id: the online store holds no features for it"
+
+
+def _incomplete(found: dict[str, Any]) -> str | None:
+    """Why a stored customer cannot be scored: features the online store has no value for
+    (a feature added since its last snapshot), which /predict would refuse with a 422."""
+    if None not in found.values():  # one C-level scan: the common case costs nothing
+        return None
+    missing = [name for name in FEATURE_NAMES if found.get(name) is None]
+    return (f"the online store holds no value of {missing} for it: ingest a fresh snapshot and materialize "
+            "(`churn-platform features refresh`)")  # fmt: skip
 ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
 
 
@@ -99,8 +109,13 @@ async def predict_by_id(
     if explain:
         predictor.check_explainable(model)  # even when no id is found
     found = await features.lookup(ids)
-    customers = [f for f in found if f is not None]
-    errors = [{"customer_id": i, "message": _UNKNOWN} for i, f in zip(ids, found, strict=True) if f is None]
+    customers, errors = [], []
+    for customer_id, features_of in zip(ids, found, strict=True):
+        why = _UNKNOWN if features_of is None else _incomplete(features_of)
+        if why is None:
+            customers.append(features_of)
+        else:
+            errors.append({"customer_id": customer_id, "message": why})
     scored = predictor.predict(customers, model, top_k=top_k if explain else None).predictions if customers else []
     return _json({"predictions": scored, "errors": errors, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
@@ -119,4 +134,6 @@ async def predict_by_path(
     (found,) = await features.lookup([customer_id])
     if found is None:
         raise UnknownCustomer(f"{_UNKNOWN}: {customer_id!r}")
+    if (why := _incomplete(found)) is not None:
+        raise UnknownCustomer(f"{customer_id!r}: {why}")
     return _json(predictor.predict([found], model, top_k=top_k if explain else None).predictions[0])

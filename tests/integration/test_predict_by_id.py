@@ -95,6 +95,22 @@ def test_by_id_scores_the_latest_snapshot_logs_its_features_and_survives_a_broke
             assert row["tenure"] == int(later.loc[7, "tenure"]) and row["contract"] == later.loc[7, "contract"]
 
             # The store's connections cut, as a database restart cuts them: reads reconnect, none fails.
+            # A feature the store holds no value of (one added since the customer's last snapshot):
+            # an entry in errors, as /predict would refuse it, never a null score and a "high" band.
+            online_table = f"{feature_store.PROJECT}_{feature_store.FEATURE_VIEW}"
+            serialization = feature_store.open_store(get_settings()).config.entity_key_serialization_version
+            engine = sa.create_engine(store_url)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"DELETE FROM {online_table} WHERE entity_key = :key AND feature_name = 'tenure'"),
+                             {"key": feature_store._entity_key(ids[9], serialization)})  # fmt: skip
+            engine.dispose()
+            partial = httpx.post(f"{base}/predict/by-id", json={"customer_ids": [ids[8], ids[9]]}, timeout=30).json()
+            assert [p[ID_COLUMN] for p in partial["predictions"]] == [ids[8]]
+            assert [e[ID_COLUMN] for e in partial["errors"]] == [ids[9]]
+            assert "no value of ['tenure']" in partial["errors"][0]["message"]
+            alone = httpx.get(f"{base}/predict/{ids[9]}")
+            assert alone.status_code == 404 and "no value of ['tenure']" in alone.json()["message"]
+
             engine = sa.create_engine(store_url)
             with engine.begin() as conn:
                 cut = conn.exec_driver_sql(
