@@ -21,7 +21,8 @@ EMBEDDED_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHURN_", extra="ignore", populate_by_name=True)
+    # No setting means anything as inf or NaN (a drift threshold of inf would silence the monitor).
+    model_config = SettingsConfigDict(env_prefix="CHURN_", extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     tracking_uri: str = Field(
         EMBEDDED_TRACKING_URI,

@@ -67,6 +67,14 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
     assert "secret" not in result.output  # the URL carries the password: never echoed
 
 
+def test_an_infinite_setting_is_refused_by_name(monkeypatch):
+    """A drift threshold of inf passed `gt=0`: the monitor could never report drift again."""
+    monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLD", "inf")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2 and "CHURN_MONITOR_COLUMN_THRESHOLD" in result.output, result.output
+    assert "finite number" in result.output and "Traceback" not in result.output
+
+
 def test_a_registry_database_that_is_down_is_exit_3_in_seconds_naming_it_without_the_password():
     result = CliRunner().invoke(main, ["history", "--tracking-uri", "postgresql://churn:secret@127.0.0.1:1/registry"])
     assert result.exit_code == 3, result.output
