@@ -190,7 +190,7 @@ def current_from_log(url: str, name: str, version: int | None, options: MonitorO
         query = query.where(table.c[SCORED_AT] < options.until)
     if options.rows:
         query = query.order_by(table.c.id.desc()).limit(options.rows)
-    engine = sa.create_engine(url)
+    engine = inference_log.make_engine(url)  # a connect timeout: a host that never answers is exit 3 in seconds
     where = engine.url.render_as_string()  # hides the password
     try:
         with engine.connect() as conn:
