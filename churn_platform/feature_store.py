@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import io
 import logging
@@ -320,8 +321,20 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
 
 
 def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:
-    """Merge into the offline file and swap it in atomically: a crash leaves the old file whole."""
+    """Merge into the offline file and swap it in atomically: a crash leaves the old file whole.
+
+    Under an exclusive lock: two ingests at once (the scheduled refresh and a manual one) each
+    read the same file, and the second swap dropped the first one's rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge_into(path, snapshots)
+    finally:
+        os.close(lock)  # closing releases the lock
+
+
+def _merge_into(path: Path, snapshots: pd.DataFrame) -> None:
     merged = snapshots
     if path.exists():
         stored = pd.read_parquet(path)

@@ -245,3 +245,31 @@ def test_the_generator_follows_the_schema(monkeypatch):
     monkeypatch.setattr(data, "FEATURE_NAMES", (*schema.FEATURE_NAMES, "credit_score"))
     with pytest.raises(ValueError, match="no distribution for the numeric column 'credit_score'"):
         data.generate(10)
+
+
+def test_two_ingests_at_once_into_the_embedded_offline_file_keep_both(tmp_path, monkeypatch):
+    """Each read the stored file, merged its own rows and swapped the result in: the second
+    swap dropped the first one's rows, though both printed "ingested"."""
+    import threading
+    import time
+    from datetime import UTC, datetime
+
+    from churn_platform import feature_store
+
+    real_write = feature_store.pq.write_table
+
+    def slow_write(*args, **kwargs):  # widen the window between reading the file and swapping it in
+        time.sleep(0.3)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(feature_store.pq, "write_table", slow_write)
+    path = tmp_path / "offline" / "snapshots.parquet"
+    at = pd.Timestamp(datetime(2026, 6, 1, tzinfo=UTC))
+    batches = [pd.DataFrame({"customer_id": [f"{who}{i}" for i in range(3)], "snapshot_time": [at] * 3,
+                             **{name: 1 for name in FEATURE_NAMES}}) for who in ("a", "b")]  # fmt: skip
+    threads = [threading.Thread(target=feature_store._append_parquet, args=(path, batch)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(pd.read_parquet(path)["customer_id"]) == ["a0", "a1", "a2", "b0", "b1", "b2"]
