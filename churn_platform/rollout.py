@@ -36,6 +36,9 @@ class RolloutState(BaseModel):
     started_by: str | None = None
     started_at: str | None = None
     reason: str = ""
+    #: Production moves in the audit trail when it started: one more means it has ended. A count,
+    #: not a time: the events' times come from the clocks of whoever ran each command.
+    moves_at_start: int | None = None
 
 
 class RolloutError(NotFoundError):
@@ -69,7 +72,12 @@ def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     if state.mode == "off":
         return state
     rollout = f"the {state.mode} of v{state.challenger_version} beside v{state.production_version}"
-    moved = _first_move_after(promotion.events_in(tags), state.started_at)
+    events = promotion.events_in(tags)
+    if state.moves_at_start is None:  # a rollout started by an earlier release
+        moved = _first_move_after(events, state.started_at)
+    else:
+        moves = [e for e in events if e.action in promotion.MOVES]
+        moved = moves[state.moves_at_start] if len(moves) > state.moves_at_start else None
     if moved is not None:
         return RolloutState(reason=f"{rollout} ended when Production moved: {moved.action} "
                                    f"v{moved.from_version or '-'} -> v{moved.to_version or '-'} at {moved.at} "
@@ -141,11 +149,12 @@ def start(
     actor = actor or promotion.default_actor()
     # A new share of the same canary goes on comparing since it started; anything else starts afresh.
     same = running.mode == mode and running.challenger_version == version
+    moves = sum(e.action in promotion.MOVES for e in promotion.recorded_events(client, name))
     state = RolloutState(
         mode=mode, percent=percent, challenger_version=version, production_version=production,
         started_by=running.started_by if same else actor,
         started_at=running.started_at if same else datetime.now(UTC).isoformat(timespec="milliseconds"),
-        reason=reason,
+        reason=reason, moves_at_start=running.moves_at_start if same and running.moves_at_start is not None else moves,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
     promotion.record(client, name, "rollout-start", production, version, actor=actor,

@@ -147,3 +147,25 @@ def test_a_rollout_ends_when_production_is_moved_in_the_ui(three_versions):
     MlflowClient().set_registered_model_alias(name, "Production", "2")  # what the MLflow UI does
     state = out(cli("rollout", "status", "--model-name", name, "--json"))
     assert state["mode"] == "off" and "ended when Production moved: external v1 -> v2" in state["reason"]
+
+
+def test_a_move_from_a_machine_whose_clock_runs_slow_still_ends_the_rollout(three_versions):
+    """The end was found by comparing event times with the start time, each from the clock of
+    whoever ran the command: a promote and rollback from a laptop a minute slow read as
+    before the start, and the canary came back on every replica."""
+    import time
+    from datetime import UTC, datetime
+
+    from churn_platform import promotion, rollout
+
+    name = three_versions
+    client = MlflowClient()
+    assert cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "20").exit_code == 0
+    for action, old, new in (("promote", 1, 3), ("rollback", 3, 1)):
+        ns = time.time_ns() - 60 * 10**9  # a minute behind
+        key = f"{promotion.AUDIT_PREFIX}{ns:020d}-slowslow"
+        at = datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+        promotion._write(client, name, promotion.Event(key, at, action, old, new, "laptop", "", "cli"))
+        client.set_registered_model_alias(name, "Production", str(new))
+    state = rollout.current(client, name, 1)
+    assert state.mode == "off" and "ended when Production moved" in state.reason
