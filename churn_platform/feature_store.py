@@ -227,11 +227,14 @@ class IngestSummary:
     customers: int
     first: datetime | None
     last: datetime | None
+    #: Rows replaced by a later row of the same customer and snapshot time in the same file.
+    repeated: int = 0
 
     def __str__(self) -> str:
         span = f" (snapshots {self.first:%Y-%m-%d %H:%M:%S} .. {self.last:%Y-%m-%d %H:%M:%S} UTC)" if self.first else ""
         rejected = f", {self.rejected} rejected -> {self.rejects}" if self.rejected else ""
-        return f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}"
+        repeated = f", {self.repeated} replaced by a later row of the same customer and time" if self.repeated else ""
+        return f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}{repeated}"
 
 
 def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, pd.Series]:
@@ -317,7 +320,8 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
             _append_parquet(_offline_file(settings), good)
     first = good[SNAPSHOT_TIME].min().to_pydatetime() if len(good) else None
     last = good[SNAPSHOT_TIME].max().to_pydatetime() if len(good) else None
-    return IngestSummary(uri, len(raw), len(good), len(reasons), rejects, good[ID_COLUMN].nunique(), first, last)
+    return IngestSummary(uri, len(raw), len(good), len(reasons), rejects, good[ID_COLUMN].nunique(), first, last,
+                         repeated=len(raw) - len(good) - len(reasons))  # every row read is accounted for
 
 
 def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:

@@ -273,3 +273,20 @@ def test_two_ingests_at_once_into_the_embedded_offline_file_keep_both(tmp_path, 
     for thread in threads:
         thread.join()
     assert sorted(pd.read_parquet(path)["customer_id"]) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+
+
+def test_a_row_replaced_within_one_file_is_counted_not_silently_gone(telco_csv, tmp_path, monkeypatch):
+    """A file of 4 rows, one customer and time twice: "ingested 3 of 4 rows", 0 rejected, and
+    no word about the fourth."""
+    from churn_platform import feature_store
+    from churn_platform.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)
+    frame = _sample(telco_csv, 3)
+    frame = pd.concat([frame, frame.head(1)], ignore_index=True).assign(snapshot_time="2026-06-01T00:00:00Z")
+    frame.to_csv(tmp_path / "snapshots.csv", index=False)
+    settings = get_settings().model_copy(update={"feature_store_dir": str(tmp_path / "store"),
+                                                 "feature_store_url": None})  # fmt: skip
+    summary = feature_store.ingest(settings, str(tmp_path / "snapshots.csv"))
+    assert (summary.rows, summary.ingested, summary.rejected, summary.repeated) == (4, 3, 0, 1)
+    assert str(summary).endswith("1 replaced by a later row of the same customer and time")
