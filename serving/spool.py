@@ -63,9 +63,6 @@ def _try_lock(path: Path) -> int | None:
         fd = os.open(path / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:  # removed by the writer that just emptied it
         return None
-    except OSError as exc:  # another user's folder, a read-only mount: not ours to replay, never a crash
-        log.warning("inference log spool: %s is not replayed: cannot lock it (%s)", path, exc.strerror)
-        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -87,6 +84,7 @@ class Spool:
         loader syncs when it reads and while it waits for the database, for frames after the last append)."""
         self.root, self.max_bytes, self.segment_bytes, self.sync_s = root, max_bytes, segment_bytes, sync_s
         self._synced = time.monotonic()
+        self._unlockable: set[Path] = set()
         root.mkdir(parents=True, exist_ok=True)
         self._dirs: list[_Directory] = self._unheld(set())
         # Made under a hidden name and locked before it gets its own: a writer starting at the
@@ -119,7 +117,13 @@ class Spool:
         for candidate in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if candidate in held:
                 continue
-            fd = _try_lock(candidate)
+            try:
+                fd = _try_lock(candidate)
+            except OSError as exc:  # another user's folder, a read-only mount: not ours to replay, never a crash
+                if candidate not in self._unlockable:  # said once, not at every look
+                    self._unlockable.add(candidate)
+                    log.warning("inference log spool: %s is not replayed: cannot lock it (%s)", candidate, exc.strerror)
+                continue
             if fd is not None:  # no live writer holds it: a previous process's rows
                 found.append(_Directory(candidate, fd, adopted=True))
         return found
@@ -138,7 +142,9 @@ class Spool:
             except OSError:  # cannot even size it: leave it where it is
                 more = self.max_bytes + 1
             with self._cond:  # what does not fit under the cap waits for room (or another writer)
-                fits = self.bytes + more <= self.max_bytes
+                # Our tail segment stays on disk until it rolls: its committed frames leave room.
+                committed = self._acked[1] if self._acked[0] == self._tail_segment else 0
+                fits = self.bytes - committed + more <= self.max_bytes
                 if fits:
                     self.bytes += more
             if fits:
@@ -228,11 +234,16 @@ class Spool:
         waits up to ``timeout`` for one. Adopted directories come first."""
         frames: list[Frame] = []
         rows = 0
-        for frame in self._frames(timeout):
-            frames.append(frame)
-            rows += frame.rows
-            if rows >= max_rows:
-                break
+        start = self._reader, self._resume
+        try:
+            for frame in self._frames(timeout):
+                frames.append(frame)
+                rows += frame.rows
+                if rows >= max_rows:
+                    break
+        except OSError:  # a disk error half-way: the next read starts again at these frames
+            self._reader, self._resume = start
+            raise
         return frames
 
     def _frames(self, timeout: float) -> Iterator[Frame]:

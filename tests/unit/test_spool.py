@@ -303,11 +303,47 @@ def test_a_folder_left_behind_is_taken_over_only_when_it_fits_under_the_cap(tmp_
     assert [f.payload for f in spool.read(100, timeout=0.05)] == [b"o" * 10] * 8
 
 
-def test_a_folder_that_cannot_be_locked_is_left_alone_never_a_crash(tmp_path):
+def test_our_committed_tail_leaves_room_for_a_folder_left_behind(tmp_path):
+    """The tail segment stays on disk until it rolls, committed or not: counted as ours, it
+    kept a folder near the cap waiting for the next restart."""
+    spool = Spool(tmp_path, max_bytes=1000)
+    old = Spool(tmp_path, max_bytes=1 << 20)
+    old.append(b"o" * 888, rows=1)  # a 900-byte frame
+    old.release()
+    spool.append(b"m" * 188, rows=1)  # 200 bytes in our tail
+    assert spool.adopt() == 0  # 200 + 900 > 1000: our rows are not committed yet
+    spool.ack(spool.read(10, timeout=0.05))
+    assert spool.adopt() == 900 and [f.payload for f in spool.read(10, timeout=0.05)] == [b"o" * 888]
+
+
+def test_a_disk_error_half_way_through_a_read_loses_no_frame(tmp_path, monkeypatch):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(3):
+        spool.append(f"f{i}".encode(), rows=1)
+    real, calls = Spool._read_one, []
+
+    def second_fails(self, *args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real(self, *args)
+
+    monkeypatch.setattr(Spool, "_read_one", second_fails)
+    try:
+        spool.read(10, timeout=0.05)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the disk error was swallowed")
+    assert payloads(spool) == [b"f0", b"f1", b"f2"]  # f0, read before the error, comes again
+
+
+def test_a_folder_that_cannot_be_locked_is_left_alone_never_a_crash(tmp_path, caplog):
     (tmp_path / "not-ours").mkdir()
     (tmp_path / "not-ours" / "owner.lock").mkdir()  # as a folder of another user or a read-only mount fails
     spool = Spool(tmp_path, max_bytes=1 << 20)
-    assert spool.adopted == 0 and spool.adopt() == 0
+    assert spool.adopted == 0 and spool.adopt() == 0 and spool.adopt() == 0
+    assert caplog.text.count("not-ours is not replayed: cannot lock it") == 1  # said once, not every 30 s
     assert spool.append(b"mine", rows=1) and payloads(spool) == [b"mine"]
 
 
