@@ -114,13 +114,25 @@ model_name_option = click.option("--model-name", default=None, callback=checked(
 REASON_MAX, ACTOR_MAX = 2000, 200
 
 
+def _text(value: str) -> str:
+    """Text a registry tag can hold: a byte that is not UTF-8 (typed in another locale) reaches
+    Python as a lone surrogate, which no database driver encodes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8 text (typed in another encoding?)") from None
+    return value
+
+
 def _actor(value: str) -> str:
+    _text(value)
     if any(ord(c) < 32 for c in value) or len(value) > ACTOR_MAX:
         raise ValueError(f"must be a name on one line, without control characters, at most {ACTOR_MAX} characters")
     return value.strip() and value  # blank: the default actor, as the docs promise
 
 
 def _reason(value: str) -> str:
+    _text(value)
     if len(value) > REASON_MAX:
         raise ValueError(f"at most {REASON_MAX} characters, got {len(value)}")
     # As the tag stores it (JSON escapes quotes, backslashes and control characters): the

@@ -47,6 +47,8 @@ def _isolated(tmp_path, monkeypatch):
         (["outcomes", "ingest", "x.csv", "--inference-log-url", "mysql://u@h/d"], "must be a postgresql:// or sqlite"),
         (["promote", "--version", "1", "--actor", "eve\nv9 -> v1"], "'--actor': must be a name on one line"),
         (["rollback", "--reason", "x" * 100_000], "'--reason': at most 2000 characters, got 100000"),
+        (["rollback", "--reason", "caf\udce9"], "'--reason': is not valid UTF-8 text"),  # Latin-1 in UTF-8
+        (["rollback", "--actor", "Jos\udce9"], "'--actor': is not valid UTF-8 text"),
         (["train", "--seed", "-1"], "seed must be from 0 to 2**32 - 1"),
         (["train", "--c", "inf"], "c must be a finite number above 0, got inf"),
         (["train", "--model-name", "a:b"], "a model name cannot contain '/', ':'"),
