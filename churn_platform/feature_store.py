@@ -265,7 +265,7 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     if SNAPSHOT_TIME not in raw.columns:
         times = pd.Series(given, index=raw.index)
     else:
-        times = _times(raw[SNAPSHOT_TIME])
+        times = data.iso_times(raw[SNAPSHOT_TIME])
         if given is not None:  # --as-of stands in for a blank cell as for a missing column
             blank = raw[SNAPSHOT_TIME].isna() | (raw[SNAPSHOT_TIME].astype("string").str.strip() == "")
             times = times.mask(blank.fillna(True).to_numpy(dtype=bool), given)
@@ -284,11 +284,6 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     good[SNAPSHOT_TIME] = times.loc[good.index].astype("datetime64[us, UTC]")
     good = good.drop_duplicates([ID_COLUMN, SNAPSHOT_TIME], keep="last")
     return good[[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES]].reset_index(drop=True), reasons
-
-
-def _times(values: pd.Series) -> pd.Series:
-    """Snapshot and label times as UTC: ISO 8601 only (``data.iso_times``)."""
-    return data.iso_times(values)
 
 
 def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None) -> IngestSummary:
@@ -606,7 +601,7 @@ def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = 
     """
     entity = labels.rename(columns={label_time: "event_timestamp"})
     entity[ID_COLUMN] = entity[ID_COLUMN].astype(str)  # the store's keys are plain strings
-    entity["event_timestamp"] = _times(entity["event_timestamp"])
+    entity["event_timestamp"] = data.iso_times(entity["event_timestamp"])
     job = store.get_historical_features(entity_df=entity, features=list(FEATURE_REFS))
     frame = job.to_df()
     frame = frame.dropna(subset=list(FEATURE_NAMES), how="all")
@@ -628,7 +623,7 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
         raise DataValidationError(f"labels file {labels_uri}: missing columns {missing} (found: {list(raw.columns)})")
     labels = raw[[ID_COLUMN, LABEL_TIME, LABEL_COLUMN]].copy()
     labels[ID_COLUMN] = labels[ID_COLUMN].astype("string").str.strip()
-    times = _times(labels[LABEL_TIME])
+    times = data.iso_times(labels[LABEL_TIME])
     bad = times.isna() | labels[ID_COLUMN].isna() | (labels[ID_COLUMN] == "")
     if bad.any():
         rows = (labels.index[bad][:5] + 2).tolist()  # file line numbers (after the header)
