@@ -229,12 +229,10 @@ def _stored_scores(raw: pd.DataFrame, source: str, name: str, version: int) -> t
 
 
 def _across_versions(raw: pd.DataFrame, version: int) -> tuple[pd.DataFrame, str]:
-    """The log's rows by every version as one window: a shadow row repeats a customer that
-    Production answered, so it is left out; and when other versions scored some rows, their
-    scores are dropped so that the monitored version scores the window (prediction drift
-    compares its own scores with its training scores, never another model's)."""
-    if ARM in raw.columns:
-        raw = raw[raw[ARM] != "shadow"]
+    """The log's rows by every version as one window (``current_from_log`` leaves shadow rows
+    out): when other versions scored some rows, their scores are dropped so that the monitored
+    version scores the window (prediction drift compares its own scores with its training
+    scores, never another model's)."""
     others = sorted({int(v) for v in pd.to_numeric(raw[MODEL_VERSION], errors="coerce").dropna()} - {version})
     if not others:
         return raw, "logged"
