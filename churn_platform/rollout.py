@@ -128,7 +128,8 @@ def start(
     production = promotion.current_production(client, name)
     if production is None:
         raise RolloutError(f"no version of {name!r} holds Production: there is nothing to roll out beside")
-    running = current(client, name, production)
+    tags = registry.get_model(client, name).tags  # one read for the running rollout and the trail's moves
+    running = _in_effect(tags, production)
     if version is None and running.mode != "off":
         # Changing the share or the mode of a running rollout keeps its Challenger, even when
         # training has since moved the alias to a version nothing has shadowed yet.
@@ -149,7 +150,7 @@ def start(
     actor = actor or promotion.default_actor()
     # A new share of the same canary goes on comparing since it started; anything else starts afresh.
     same = running.mode == mode and running.challenger_version == version
-    moves = sum(e.action in promotion.MOVES for e in promotion.recorded_events(client, name))
+    moves = sum(e.action in promotion.MOVES for e in promotion.events_in(tags))
     state = RolloutState(
         mode=mode, percent=percent, challenger_version=version, production_version=production,
         started_by=running.started_by if same else actor,
