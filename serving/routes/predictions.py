@@ -83,6 +83,7 @@ async def predict_single(
 
 
 _UNKNOWN = "unknown customer id: the online store holds no features for it"
+ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
 
 
 def _incomplete(found: dict[str, Any]) -> str | None:
@@ -93,7 +94,6 @@ def _incomplete(found: dict[str, Any]) -> str | None:
     missing = [name for name in FEATURE_NAMES if found.get(name) is None]
     return (f"the online store holds no value of {missing} for it: ingest a fresh snapshot and materialize "
             "(`churn-platform features refresh`)")  # fmt: skip
-ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
 
 
 @router.post("/predict/by-id", response_model=ByIdResponse, responses=ById)
