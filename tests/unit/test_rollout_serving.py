@@ -35,6 +35,12 @@ def reload(api: TestClient) -> dict:
     return api.get("/model").json()["rollout"]
 
 
+def start_canary(registry: MlflowClient, api: TestClient, percent: int) -> None:
+    """A canary of v2 beside v1, and the replica serving it."""
+    rollout.start(registry, "churn", mode="canary", percent=percent, version=2, actor="tests")
+    assert reload(api)["mode"] == "canary"
+
+
 def customers(n: int, seed: int = 3) -> list[dict]:
     rows = data.to_records(data.generate(n, seed=seed).drop(columns=["churn"]))
     return [r | {"customer_id": f"cust-{i}"} for i, r in enumerate(rows)]
@@ -53,8 +59,7 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
     rows = customers(5000)
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
-        rollout.start(registry, "churn", mode="canary", percent=20, version=2, actor="tests")
-        assert reload(api)["mode"] == "canary"
+        start_canary(registry, api, percent=20)
         first = versions(api, rows)
         share = sum(v == 2 for v in first.values()) / len(first)
         assert 0.17 <= share <= 0.23, share
@@ -176,8 +181,7 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
     try:
         with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
             wait_ready(api)
-            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
-            assert reload(api)["mode"] == "canary"
+            start_canary(registry, api, percent=50)
             registry.delete_registered_model_alias("churn", "Production")  # v1 serves on
             assert reload_fails(api)["mode"] == "canary"  # nothing said the rollout ended
             rollout.stop(registry, "churn", actor="tests")
@@ -185,8 +189,7 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
             assert set(versions(api, rows).values()) == {1}
 
             registry.set_registered_model_alias("churn", "Production", "1")
-            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
-            assert reload(api)["mode"] == "canary"
+            start_canary(registry, api, percent=50)
             monkeypatch.setattr(loading, "PARITY_TOLERANCE", -1.0)  # nothing new can pass
             registry.set_registered_model_alias("churn", "Production", "2")  # moved in the UI; fails here
             state = reload_fails(api)
@@ -205,8 +208,7 @@ def test_a_registry_blip_while_reading_the_rollout_keeps_the_challenger_serving(
     rows = customers(300)
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
-        rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
-        assert reload(api)["mode"] == "canary"
+        start_canary(registry, api, percent=50)
         before = versions(api, rows)
         real = rollout.current
 
@@ -230,8 +232,7 @@ def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_bring_its_
     try:
         with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
             wait_ready(api)
-            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
-            assert reload(api)["mode"] == "canary"
+            start_canary(registry, api, percent=50)
             # Moved in the MLflow UI: no command has recorded it, the replica sees it at its next load.
             registry.set_registered_model_alias("churn", "Production", "2")
             state = reload(api)
