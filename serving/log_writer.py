@@ -342,7 +342,6 @@ class Loader:
             self._status()
 
     def _run(self) -> None:
-        self._last_sync = self._last_adopt = time.monotonic()
         while True:
             try:
                 if self._step():
