@@ -177,29 +177,55 @@ def _store_unreachable(client: mlflow.MlflowClient, run_id: str) -> str | None:
     return None
 
 
-def current_from_log(url: str, name: str, version: int | None, options: MonitorOptions) -> pd.DataFrame:
+#: An even, seeded sample in SQL: ``(id mod P) * A mod P`` with P prime and A/P near the golden
+#: ratio's conjugate spreads consecutive ids over [0, P) like a Weyl sequence, so the ids under a
+#: cutoff are spread evenly over the window and never fall in step with a client's batch size,
+#: as ``id mod k`` would (batches each sorted by segment would give one segment). Fits in 64 bits.
+_SPREAD_P = 2_147_483_647
+_SPREAD_A = 1_327_217_885
+
+
+def _spread(ids: sa.ColumnElement[int], seed: int) -> sa.ColumnElement[int]:
+    offset = seed * _SPREAD_A % _SPREAD_P  # far apart for nearby seeds: another seed, another sample
+    return ((ids % _SPREAD_P) * _SPREAD_A + offset) % _SPREAD_P
+
+
+def current_from_log(
+    url: str, name: str, version: int | None, options: MonitorOptions, max_rows: int
+) -> tuple[pd.DataFrame, int]:
+    """The window's rows, and how many it holds. Past ``max_rows`` the database sends an even,
+    seeded sample of about ``max_rows`` of them: a day of busy traffic is tens of millions of
+    rows, about 2.5 KB each once read, which no monitor pod's memory holds."""
     table = sa.table(INFERENCE_LOG_TABLE, *(sa.column(c) for c in ("id", SCORED_AT, MODEL_NAME, MODEL_VERSION, ARM)))
-    query = sa.select(sa.text("*")).select_from(table).where(table.c[MODEL_NAME] == name)
+    where = [table.c[MODEL_NAME] == name]
     if version is not None:
-        query = query.where(table.c[MODEL_VERSION] == version)
+        where.append(table.c[MODEL_VERSION] == version)
     else:  # every version: a shadow row repeats a customer Production answered (and must not fill --rows)
-        query = query.where(table.c[ARM] != "shadow")
+        where.append(table.c[ARM] != "shadow")
     if options.since:
-        query = query.where(table.c[SCORED_AT] >= options.since)
+        where.append(table.c[SCORED_AT] >= options.since)
     if options.until:
-        query = query.where(table.c[SCORED_AT] < options.until)
-    if options.rows:
-        query = query.order_by(table.c.id.desc()).limit(options.rows)
+        where.append(table.c[SCORED_AT] < options.until)
     engine = inference_log.make_engine(url)  # a connect timeout: a host that never answers is exit 3 in seconds
-    where = engine.url.render_as_string()  # hides the password
+    place = engine.url.render_as_string()  # hides the password
     try:
         with engine.connect() as conn:
-            result = conn.execute(query)
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            if options.rows:  # the latest N: their id range, found through the primary key
+                latest = sa.select(table.c.id).where(*where).order_by(table.c.id.desc()).limit(options.rows).subquery()
+                first, last, count = conn.execute(
+                    sa.select(sa.func.min(latest.c.id), sa.func.max(latest.c.id), sa.func.count()).select_from(latest)
+                ).one()
+                where.append(table.c.id.between(first, last))
+            else:
+                count = conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+            if count > max_rows:
+                where.append(_spread(table.c.id, options.seed) < _SPREAD_P * max_rows // count)
+            result = conn.execute(sa.select(sa.text("*")).select_from(table).where(*where))
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys())), count
     except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
         if inference_log.is_missing_table(exc):
-            raise NothingToCompare(f"the inference log at {where} has no rows yet") from exc
-        raise StorageUnreachable(f"cannot read the inference log at {where}: {exc.orig}") from exc
+            raise NothingToCompare(f"the inference log at {place} has no rows yet") from exc
+        raise StorageUnreachable(f"cannot read the inference log at {place}: {exc.orig}") from exc
     finally:
         engine.dispose()
 
@@ -240,7 +266,10 @@ def _across_versions(raw: pd.DataFrame, version: int) -> tuple[pd.DataFrame, str
     return raw.drop(columns=[PROBABILITY]), f"scored here by v{version} (the window holds scores by {made_by} too)"
 
 
-def _current(options: MonitorOptions, settings: Settings, name: str, version: int) -> tuple[pd.DataFrame, dict]:
+def _current(options: MonitorOptions, settings: Settings, name: str, version: int) -> tuple[pd.DataFrame, dict, int]:
+    """The current rows, where they came from, and how many the source held (the log sends a
+    sample of a window past CHURN_MONITOR_MAX_ROWS)."""
+    max_rows = settings.monitor_max_rows
     if options.current:
         try:
             raw = data.read_table(options.current, settings.s3_endpoint_url)
@@ -250,19 +279,20 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
             if "no rows" not in str(exc):
                 raise
             raise NothingToCompare(f"no current rows: {exc}") from exc
-        return _stored_scores(raw, options.current, name, version)
+        raw, window = _stored_scores(raw, options.current, name, version)
+        return raw, window, len(raw)
     url = options.inference_log_url or settings.inference_log_url
     if not (options.since or options.until or options.rows):
         # No window: the latest rows, never the version's whole history (unbounded memory, and
         # a recent shift diluted by months of normal traffic).
-        options = replace(options, rows=settings.monitor_max_rows)
-    raw = current_from_log(url, name, None if options.all_versions else version, options)
+        options = replace(options, rows=max_rows)
+    raw, in_window = current_from_log(url, name, None if options.all_versions else version, options, max_rows)
     scores = "logged"
     if options.all_versions:
         raw, scores = _across_versions(raw, version)
     if raw.empty:
         raise NothingToCompare(f"no rows in the inference log for {name} v{version} in this window")
-    return raw, {
+    window = {
         "scores": scores,
         "source": "inference_log",
         "since": options.since.isoformat() if options.since else None,
@@ -270,6 +300,7 @@ def _current(options: MonitorOptions, settings: Settings, name: str, version: in
         "rows": options.rows,
         "versions": "all" if options.all_versions else [version],
     }
+    return raw, window, in_window
 
 
 # --------------------------------------------------------------------------- the job
@@ -301,11 +332,12 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         except NotFoundError as exc:
             raise NothingToCompare(str(exc)) from exc
 
-        raw, window = _current(options, settings, name, version)
+        raw, window, held = _current(options, settings, name, version)
         window["rows_read"] = len(raw)
         if len(raw) > settings.monitor_max_rows:
             raw = raw.sample(settings.monitor_max_rows, random_state=options.seed)
-            window["sampled"] = {"rows": len(raw), "seed": options.seed, "limit": settings.monitor_max_rows}
+        if held > len(raw):
+            window["sampled"] = {"rows": len(raw), "of": held, "seed": options.seed, "limit": settings.monitor_max_rows}
 
         current, findings = quality.check(raw, settings.monitor_max_missing_share)
         quality_passed = not any(f.failure for f in findings)
