@@ -107,16 +107,31 @@ async def _serving_error(request: Request, exc: Exception) -> Response:
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+    errors = [_named(e) for e in exc.errors()]
     return problem(422, validation_message(errors), errors)
+
+
+def _named(error: dict[str, Any]) -> dict[str, Any]:
+    """An error as the client sees it; FastAPI's JSON decode error puts a character offset
+    where a field goes and keeps the problem in ``ctx``: say it as /predict's parser does."""
+    if error.get("type") == "json_invalid" and "error" in (error.get("ctx") or {}):
+        at = error["loc"][-1] if len(error.get("loc", ())) > 1 else None
+        where = f" at character {at}" if isinstance(at, int) else ""
+        return {"loc": ["body"], "msg": f"Invalid JSON: {error['ctx']['error']}{where}", "type": "json_invalid"}
+    return {k: v for k, v in error.items() if k in ("loc", "msg", "type")}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
-    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's "error parsing the body": a 400 naming nothing
-        cause = exc.__cause__
-        errors = [{"loc": ["body"], "msg": f"Invalid JSON: not UTF-8 ({cause.reason} at byte {cause.start})",
-                   "type": "json_invalid"}]  # fmt: skip
+    cause = exc.__cause__
+    if isinstance(cause, ValueError | RecursionError):  # FastAPI's "error parsing the body": a 400 naming nothing
+        if isinstance(cause, UnicodeDecodeError):
+            why = f"not UTF-8 ({cause.reason} at byte {cause.start})"
+        elif isinstance(cause, RecursionError):
+            why = "nested too deeply"
+        else:  # e.g. an integer of more digits than Python converts
+            why = str(cause).split(";")[0]
+        errors = [{"loc": ["body"], "msg": f"Invalid JSON: {why}", "type": "json_invalid"}]
         return problem(422, validation_message(errors), errors)
     response = problem(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})  # a 405's Allow: the methods the path takes

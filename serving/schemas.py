@@ -49,9 +49,25 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+_NOT_UTF8 = "is not UTF-8 text (a lone surrogate escape, \\ud800 to \\udfff)"
+
+
+def _utf8(value: Any) -> Any:
+    try:
+        if isinstance(value, str):
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("not_utf8", _NOT_UTF8) from None
+    return value
+
+
 #: Every id a route takes passes this, after its length limits: the log and the feature store
 #: cannot hold a NUL, and a tab or newline in an id is a bug upstream, so the caller hears at once.
 NO_CONTROL_CHARACTERS = AfterValidator(_no_control_characters)
+#: Text from a body FastAPI parses (its JSON reader lets ``"\\ud800"`` through, and pydantic keeps it
+#: in a plain ``str``; a constrained one, such as an id, refuses it): no database driver encodes a
+#: lone surrogate, so without this it fails at the insert, or when the answer echoes it.
+UTF8 = AfterValidator(_utf8)
 #: What the OpenAPI document says about an id.
 ID_DESCRIPTION = f"At most {ID_MAX_LENGTH} characters, none of them a control character (U+0000 to U+001F)."
 

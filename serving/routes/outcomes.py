@@ -19,6 +19,7 @@ from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
 from serving.deps import ADMIN_RESPONSES, AdminKey, SettingsDep
 from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable
+from serving.schemas import UTF8
 
 router = APIRouter(tags=["outcomes"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
 
@@ -29,9 +30,11 @@ MAX_OUTCOMES = 10_000
 class Outcome(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: str | None = None
-    churned: bool | int | str | None = Field(None, description="Yes/No, 1/0 or true/false.")
-    observed_at: str | None = Field(None, description="ISO-8601; a time without a zone is UTC; default now.")
+    customer_id: Annotated[str | None, UTF8] = None
+    churned: Annotated[bool | int | str | None, UTF8] = Field(None, description="Yes/No, 1/0 or true/false.")
+    observed_at: Annotated[str | None, UTF8] = Field(
+        None, description="ISO-8601; a time without a zone is UTC; default now."
+    )
 
 
 class OutcomesRequest(BaseModel):

@@ -342,6 +342,9 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         ):
             response = client.post("/predict/by-id", json=payload)
             assert (response.status_code, words in response.text) == (status, True), response.text
+        half_a_pair = client.post("/predict/by-id", content='{"customer_ids": ["a", "\\udcff"]}',
+                                  headers={"content-type": "application/json"})  # fmt: skip
+        assert half_a_pair.status_code == 422 and half_a_pair.json()["message"].startswith("customer_ids.1: ")
         assert client.get(f"/predict/{'x' * 129}").status_code == 422
         refused = client.get("/predict/a%00b")
         assert refused.status_code == 422 and "customer_id: contains a control character" in refused.json()["message"]

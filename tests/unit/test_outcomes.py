@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -191,7 +192,10 @@ def api(registry_uri, tmp_path):
         yield client
 
 
-def post(api, outcomes_: list[dict], key: str | None = "test-admin-key-5b1f", **params):
+KEY = "test-admin-key-5b1f"
+
+
+def post(api, outcomes_: list[dict], key: str | None = KEY, **params):
     headers = {"X-API-Key": key} if key else {}
     return api.post("/outcomes", json={"outcomes": outcomes_}, headers=headers, params=params)
 
@@ -307,3 +311,35 @@ def test_integer_labels_with_a_gap_in_parquet_are_read_as_labels(tmp_path):
     assert checked.rejects.reason.tolist() == ["churned: missing"]
     training = data.generate(20, seed=1).astype({"churn": float})  # the same for a training file's labels
     assert data.validate(training)["churn"].tolist() == data.generate(20, seed=1)["churn"].tolist()
+
+
+def test_text_that_is_not_utf8_is_a_422_naming_the_field_and_nothing_is_written(api):
+    """JSON may escape half a surrogate pair; no database stores it, and echoing it in a reject
+    once answered 500 after the good rows were written, so a retry wrote them twice."""
+    for field in ("churned", "observed_at", "customer_id"):
+        bad = {"customer_id": "b", "churned": "Yes", field: "\ud800"}
+        body = json.dumps({"outcomes": [{"customer_id": "a", "churned": "Yes"}, bad]})
+        for strict in ("true", "false"):
+            response = api.post("/outcomes", content=body, params={"strict": strict},
+                                headers={"X-API-Key": KEY, "content-type": "application/json"})  # fmt: skip
+            assert response.status_code == 422, (field, response.text)
+            assert response.json()["message"] == f"outcomes.1.{field}: is not UTF-8 text (a lone surrogate escape, " \
+                "\\ud800 to \\udfff)"  # fmt: skip
+    with pytest.raises(sa.exc.OperationalError):  # nothing written, not even the table
+        stored(api.url)
+
+
+def test_malformed_json_is_a_422_that_says_what_is_wrong(api):
+    headers = {"X-API-Key": KEY, "content-type": "application/json"}
+    cases = {
+        b'{"outcomes": [{"customer_id": "a",}]}': "body: Invalid JSON: Expecting property name enclosed in double "
+                                                  "quotes at character 34",
+        b'{"outcomes": [{"customer_id": "a", "churned": 1' + b"0" * 5000 + b"}]}":
+            "body: Invalid JSON: Exceeds the limit (4300 digits) for integer string conversion",
+        b"[" * 5000: "body: Invalid JSON: nested too deeply",
+    }  # fmt: skip
+    for body, message in cases.items():
+        for path in ("/outcomes", "/predict/by-id"):
+            response = api.post(path, content=body, headers=headers)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["message"].startswith(message), (path, response.json())
