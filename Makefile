@@ -114,6 +114,8 @@ docker-stop: ## stop and remove the API container
 compose-up: ## the full stack with docker compose (needs Docker and a .env, see .env.example)
 	$(call need,docker,see https://docs.docker.com/engine/install/)
 	@test -f .env || { echo "copy .env.example to .env and set its values first"; exit 2; }
+	@# The jobs' bind mount: Docker would create a missing ./reports as root, which UID 1000 cannot write.
+	mkdir -p reports
 	docker compose up -d --build
 
 compose-down: ## stop the compose stack (volumes are kept)

@@ -87,7 +87,9 @@ SCORES = f"{DATA}/scores/latest.parquet"
 #: The scheduled jobs every overlay ships.
 CRONJOBS = {
     # A rolling day, hourly: all history would dilute a recent shift and grow without bound.
-    "churn-monitor": Scheduled(("monitor", "--last-hours", "24", "--output-dir", "/tmp/report"), "5 * * * *", None),
+    "churn-monitor": Scheduled(
+        ("monitor", "--last-hours", "24", "--output-dir", "/tmp/report"), "5 * * * *", "Etc/UTC"
+    ),
     # A rolling window: over all history a recent decay would be diluted, and the job would grow without bound.
     "churn-performance": Scheduled(
         ("performance", "--last-days", "30", "--output-dir", "/tmp/report"), "30 6 * * *", "Etc/UTC"

@@ -393,11 +393,13 @@ def test_compose_file_matches_the_spec_and_sets_every_variable():
     # Like the CronJob, the default run retrains only when the performance runs said so.
     assert compose["services"]["retrain"]["command"] == list(CRONJOBS["churn-retrain"].args)
     # Batch scoring too, against the compose MinIO: the same input and output as the CronJob.
-    # (compose does not expand $(VAR): the command names the ConfigMap's default folder)
+    # (compose does not expand $(VAR): the command names the ConfigMap's default folder, in the
+    # bucket of .env's MLFLOW_BUCKET, whose default is the ConfigMap's)
     folder = dict(line.split("=", 1) for line in (REPO / "deploy/base/config.env").read_text().splitlines()
                   if line and not line.startswith("#"))["CHURN_DATA_URI"]  # fmt: skip
     weekly = [a.replace("$(CHURN_DATA_URI)", folder) for a in CRONJOBS["churn-score"].args]
-    assert compose["services"]["score"]["command"] == weekly
+    command = [a.replace("${MLFLOW_BUCKET:-mlflow}", "mlflow") for a in compose["services"]["score"]["command"]]
+    assert command == weekly and "${MLFLOW_BUCKET:-mlflow}" in compose["services"]["score"]["command"][2]
     # The reports' default folder (reports/... under WORKDIR /app) is on the host.
     for job in ("monitor", "performance"):
         assert "./reports:/app/reports" in compose["services"][job]["volumes"], job

@@ -135,6 +135,7 @@ def _compose_argv(name: str, run_args: list[str] | None = None) -> list[str]:
     command = _service(name).get("command", IMAGE_CMD)
     if isinstance(command, str):
         command = shlex.split(command)
+    command = [_interpolate(word) for word in command]  # compose interpolates `command` too
     if run_args:  # compose run replaces the command, never the entrypoint
         command = run_args
     return [*IMAGE_ENTRYPOINT, *command]
