@@ -202,13 +202,19 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
     return next(csv.reader([header[0]]))
 
 
+def check_columns(path: str, raw: list[str], names: list[str]) -> None:
+    """Every feature, and the id: a list of scores without ids reaches no one, and would
+    replace last week's list with exit 0."""
+    missing = [c for c in (ID_COLUMN, *FEATURE_NAMES) if c not in names]
+    if missing:
+        raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
+
+
 def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of the schema's columns (normalised names), chunk by chunk."""
     raw = _columns(fs, path, kind)
     names = normalise_columns(raw)
-    missing = [c for c in FEATURE_NAMES if c not in names]
-    if missing:
-        raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
+    check_columns(path, raw, names)
     wanted = {r: n for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN}
     categorical = [r for r, n in wanted.items() if n in CATEGORICAL_FEATURES]
     try:
@@ -404,6 +410,18 @@ def _with_features(table: pa.Table, features: pa.Table | pd.DataFrame, schema: p
     return table
 
 
+def check_scored(source: str, rows: int, scored: int, reasons: list[str]) -> None:
+    """Refuse to replace last week's scores with none: a header-only export, or one whose every
+    row fails the checks (an upstream format change, say) is an error, not an empty list."""
+    if not rows:
+        raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
+    if not scored:
+        raise DataValidationError(
+            f"none of the {rows:,} rows in {source} could be scored; the previous output is left as it was. "
+            f"The first reasons: {' | '.join(reasons)}"
+        )
+
+
 REJECTS_SCHEMA = pa.schema(
     [pa.field("row", pa.int64()), pa.field("reason", pa.string())]
     + [pa.field(c, pa.string()) for c in (ID_COLUMN, *FEATURE_NAMES)]
@@ -473,8 +491,7 @@ def _scored_table(
         raw = scorer.probabilities(scorer.frame_matrix(good))
     else:
         raw = scorer.score(data.to_records(good[list(FEATURE_NAMES)]))
-    n = len(good)
-    ids = pa.array(good[ID_COLUMN], pa.string(), from_pandas=True) if ID_COLUMN in good.columns else pa.nulls(n)
+    ids = pa.array(good[ID_COLUMN], pa.string(), from_pandas=True)
     table = _output_table(model, raw, ids, settings, scored_at, schema)
     if explained is not None and explain_top_k:
         for name, values in explanation.flat_columns(explained, good, explain_top_k).items():
@@ -519,7 +536,7 @@ def score_chunk(
     """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
     clean = fast and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
     if clean:
-        ids = table.column(ID_COLUMN) if ID_COLUMN in table.column_names else pa.nulls(table.num_rows)
+        ids = table.column(ID_COLUMN)
         raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
         scores = _with_features(_output_table(model, raw, ids, settings, scored_at, schema), table, schema)
         return ScoredChunk(scores, None, table.num_rows)
@@ -605,6 +622,7 @@ def score(
     # Written every run, empty when no row was bad: the rejects beside the scores are always this run's.
     bad_out = AtomicOutput(rejects, output_kind(rejects, None), REJECTS_SCHEMA, settings.s3_endpoint_url)
     rows = scored = rejected = 0
+    reasons: list[str] = []  # the first few, for when no row could be scored
     # One writer thread: encoding a chunk (Arrow releases the GIL) overlaps reading and scoring
     # the next; at most one chunk waits, so memory stays at two chunks.
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-writer")
@@ -619,13 +637,14 @@ def score(
             if result.rejects is not None:
                 bad_out.write(result.rejects)
                 rejected += result.rejects.num_rows
+                if len(reasons) < 3:
+                    reasons += result.rejects.column("reason").slice(0, 3 - len(reasons)).to_pylist()
             rows += table.num_rows
             scored += result.scored
             bar.update(table.num_rows)
         if pending is not None:
             pending.result()
-        if not rows:  # a header-only export must not replace last week's scores with nothing
-            raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
+        check_scored(source, rows, scored, reasons)
         out.commit()  # the scores first: rejects never appear beside an older run's scores
         bad_out.commit()
     except BaseException:

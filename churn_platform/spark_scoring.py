@@ -212,9 +212,7 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
     # (or spells another way) as nulls, and reject that file's rows one by one.
     for path in files:
         found = raw if path == files[0] else batch_scoring._columns(fs, path, kind)  # noqa: SLF001
-        missing = [c for c in FEATURE_NAMES if c not in normalise_columns(found)]
-        if missing:
-            raise DataValidationError(f"{path}: missing required columns {missing} (found: {found})")
+        batch_scoring.check_columns(path, found, normalise_columns(found))
         if respelled := [r for r, _ in wanted if r not in found]:
             raise DataValidationError(f"{path}: columns {respelled} are spelled another way than in {files[0]}; "
                                       f"the Spark engine needs one spelling per input (found: {found})")  # fmt: skip
@@ -347,8 +345,7 @@ def score(
         combined.write.mode("overwrite").parquet(_spark_path(staging, output.startswith("s3://")))
         parts = _parts(out_fs, staging)
         rows, bad = _rejects(out_fs, parts, files)
-        if not rows:
-            raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
+        batch_scoring.check_scored(source, rows, rows - bad.num_rows, bad.column("reason").slice(0, 3).to_pylist())
         # The scores first: rejects never appear beside an older run's scores.
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
         batch_scoring.write_rejects(rejects, bad, settings.s3_endpoint_url)

@@ -127,6 +127,37 @@ def test_a_file_missing_a_column_stops_spark_as_it_stops_the_local_engine(regist
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
 
 
+def test_a_file_without_ids_stops_both_engines(registry_uri, customers, tmp_path):
+    """A list of scores without ids reaches no one: it once replaced the previous list, exit 0."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    customers.head(50).to_parquet(folder / "part-0.parquet", index=False)
+    customers.iloc[50:100].rename(columns={"customer_id": "cust_id"}).to_parquet(folder / "part-1.parquet")
+    for engine, args in (("local", []), ("spark", SPARK)):
+        result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
+        assert result.exit_code == 2, result.output
+        assert f"{folder / 'part-1.parquet'}: missing required columns ['customer_id']" in result.output
+        assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
+
+
+def test_an_input_whose_every_row_is_rejected_leaves_the_previous_output(registry_uri, customers, tmp_path):
+    """An upstream format change (Yes/No where 0/1 was) fails every row: the job says so, exit 2,
+    rather than replace last week's list with an empty one."""
+    changed = customers.head(40).astype({"senior_citizen": str})
+    changed["senior_citizen"] = np.where(customers.head(40)["senior_citizen"] == 1, "Yes", "No")
+    changed.to_csv(tmp_path / "changed.csv", index=False)
+    customers.head(30).to_parquet(tmp_path / "good.parquet", index=False)
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        assert run(registry_uri, *args, "--input", str(tmp_path / "good.parquet"), "--output", str(out)).exit_code == 0
+        result = run(registry_uri, *args, "--input", str(tmp_path / "changed.csv"), "--output", str(out))
+        assert result.exit_code == 2, result.output
+        assert "none of the 40 rows in" in result.output and "the previous output is left as it was" in result.output
+        assert "senior_citizen: " in result.output and "Traceback" not in result.output
+        assert len(pd.read_parquet(out)) == 30
+        assert pd.read_parquet(tmp_path / f"{engine}.rejects.parquet").empty  # still the good run's
+
+
 def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri, customers, tmp_path):
     """pandas saves integer ids with a gap as doubles; Spark cast them to "7590.0", the local
     engine to "7590": the same customer under two ids depending on the engine."""
