@@ -148,8 +148,8 @@ def input_files(
                 files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
             else:
                 info = fs.get_file_info(path)
-                if info.type == pafs.FileType.File:
-                    files, root = [path], path.rsplit("/", 1)[0]
+                if info.type == pafs.FileType.File:  # named itself: its own name is never skipped
+                    files, root = [path], path
                 else:
                     root = path.rstrip("/")
                     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -164,8 +164,9 @@ def input_files(
         if _has_glob(spec):
             files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
             root = str(Path(_glob_folder(spec)).resolve())
-        elif local.is_file():
-            files, root = [str(local.resolve())], str(local.resolve().parent)
+        elif local.is_file():  # named itself: its own name is never skipped
+            root = str(local.resolve())
+            files = [root]
         elif local.is_dir():
             root = str(local.resolve())
             files = sorted(str(p.resolve()) for p in local.rglob("*") if p.is_file())
@@ -558,6 +559,16 @@ def output_kind(output: str, output_format: str | None) -> str:
     return kind
 
 
+def _check_file_name(flag: str, target: str) -> None:
+    """A target must name a file: ``s3://bucket`` fails only at the upload, after the scoring,
+    as an unreachable store (exit 3, retried); ``s3://bucket/scores/`` writes an object
+    called ``scores/`` that tools show as a folder."""
+    bucket, _, key = target.removeprefix("s3://").partition("/") if target.startswith("s3://") else ("", "", target)
+    if not key or key.endswith("/"):
+        where = f"s3://{bucket}/" if target.startswith("s3://") else target
+        raise DataValidationError(f"{flag} {target} names a folder, not a file: add a file name ({where}...)")
+
+
 @dataclass(frozen=True)
 class Job:
     """What both engines settle before reading a row: formats, files, the verified model."""
@@ -580,6 +591,8 @@ def prepare(
     checked when it will take it): everything that can refuse the job before it scores."""
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
+    for flag, target in (("--output", output), ("--rejects", rejects)):
+        _check_file_name(flag, target)
     data.refuse_overwrite(source, output=output, rejects=rejects)
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url, own)

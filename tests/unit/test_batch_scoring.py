@@ -155,6 +155,9 @@ def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, 
         (["--version", "99"], "99"),
         (["--alias", "Nobody"], "'Nobody'"),
         (["--format", "xlsx"], "'xlsx' is not one of 'parquet', 'csv'"),
+        (["--output", "s3://crm"], "--output s3://crm names a folder, not a file: add a file name (s3://crm/...)"),
+        (["--output", "s3://crm/scores/"], "--output s3://crm/scores/ names a folder, not a file"),
+        (["--rejects", "s3://crm/rejects/"], "--rejects s3://crm/rejects/ names a folder, not a file"),
     ],
 )
 def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words):
@@ -167,6 +170,14 @@ def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_file_named_itself_is_read_whatever_its_name(registry_uri, customers, tmp_path):
+    """Names starting with _ or . are skipped inside a folder (Spark's _SUCCESS), not when named."""
+    customers.head(20).to_csv(tmp_path / "_export.csv", index=False)
+    result = run(registry_uri, "--input", str(tmp_path / "_export.csv"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(tmp_path / "s.parquet")) == 20
 
 
 def test_a_file_that_is_not_what_it_says_and_a_folder_as_output_are_exit_2(registry_uri, customers, tmp_path):
