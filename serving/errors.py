@@ -15,8 +15,12 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
+
+#: The status recorded for a request whose client left before its body arrived (nginx's 499).
+CLIENT_CLOSED = 499
 
 
 class ServingError(Exception):
@@ -124,6 +128,8 @@ def _named(error: dict[str, Any]) -> dict[str, Any]:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
     cause = exc.__cause__
+    if isinstance(cause, ClientDisconnect):  # FastAPI's 400 for a body that never came: not the client's error
+        return problem(CLIENT_CLOSED, "client closed the request before its body arrived")
     if isinstance(cause, ValueError | RecursionError):  # FastAPI's "error parsing the body": a 400 naming nothing
         if isinstance(cause, UnicodeDecodeError):
             why = f"not UTF-8 ({cause.reason} at byte {cause.start})"

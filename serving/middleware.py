@@ -9,10 +9,11 @@ import uuid
 from contextlib import nullcontext
 from urllib.parse import quote
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from churn_platform import logs, tracing
-from serving.errors import BodyTooLarge, UnsupportedMediaType, problem, problem_for
+from serving.errors import CLIENT_CLOSED, BodyTooLarge, UnsupportedMediaType, problem, problem_for
 from serving.metrics import Metrics
 
 JSON = "application/json"
@@ -128,6 +129,11 @@ class RequestMetrics:
         with logs.request_context(request_id=request_id, log_key=log_key) as context, traced as span:
             try:
                 await self.app(scope, receive, record)
+            except ClientDisconnect:
+                # Gone before its body arrived: no one to answer, and no fault of ours (a 500
+                # here fed the 5xx alert). 499 is nginx's "client closed request".
+                status = CLIENT_CLOSED
+                log.info("client closed the request on %s before its body arrived", scope["path"])
             except Exception:
                 if started_response:
                     raise

@@ -382,3 +382,29 @@ def test_a_threshold_tag_that_is_not_a_probability_stops_the_version_from_servin
                 loading.load(client, "churn", 2, default_threshold=0.5, sample=0)
     finally:
         client.set_model_version_tag("churn", "2", "decision_threshold", before)
+
+
+def test_a_client_gone_before_its_body_arrived_is_a_499_not_a_server_error(api, caplog):
+    """It once counted as a 500 (feeding the 5xx alert) with a traceback in the log, or as a 400."""
+    for path in ("/predict", "/predict/by-id", "/outcomes"):
+        messages = iter([{"type": "http.request", "body": b'{"customers": [{"cust', "more_body": True},
+                         {"type": "http.disconnect"}])  # fmt: skip
+
+        async def receive(messages=messages):
+            return next(messages)
+
+        async def send(message):
+            pass
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(b"content-type", b"application/json"), (b"host", b"testserver"), (b"x-api-key",
+                             KEY.encode())],
+                 "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}  # fmt: skip
+        api.portal.call(api.app, scope, receive, send)
+    counted = [line for line in api.get("/metrics").text.splitlines() if line.startswith("churn_api_requests_total{")]
+    for path in ("/predict", "/predict/by-id", "/outcomes"):
+        assert [line for line in counted if f'endpoint="{path}"' in line] == [
+            f'churn_api_requests_total{{endpoint="{path}",method="POST",status="499"}} 1.0'
+        ], counted
+    assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
