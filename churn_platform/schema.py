@@ -18,6 +18,9 @@ Kind = Literal["category", "integer", "float"]
 #: Largest whole number a feature may hold: the inference log stores integer features in
 #: 32-bit columns, so a larger value would be refused there after it was already scored.
 INTEGER_MAX = 2**31 - 1
+#: Largest charge: far past any real bill, and far below where the model's power transform
+#: overflows (training on 1e200 crashed; the API scored 1e308 as a certain churner).
+CHARGE_MAX = 10**12
 
 ID_COLUMN = "customer_id"
 #: Longest customer id the API accepts and the inference log stores.
@@ -46,7 +49,7 @@ class Feature:
 
     @property
     def maximum(self) -> int | None:
-        return INTEGER_MAX if self.kind == "integer" else None
+        return {"integer": INTEGER_MAX, "float": CHARGE_MAX}.get(self.kind)
 
     @property
     def is_numeric(self) -> bool:

@@ -111,12 +111,13 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     data.generate(20, seed=3).to_csv(tmp_path / "few.csv", index=False)
     code, _, err = monitor(env | {"CHURN_MODEL_NAME": f"{model_name}-few"}, "--current", str(tmp_path / "few.csv"))
     assert code == ExitCode.USAGE and "only 20 usable current rows; at least 100" in err
-    # Charges of 1e300 pass the schema but overflow the model's scaling: a data-quality verdict, no traceback.
+    # Charges of 1e300 would overflow the model's scaling: past the schema's bound, a data-quality verdict.
     data.generate(200, seed=3).assign(monthly_charges=1e300).to_csv(tmp_path / "huge.csv", index=False)
     few = env | {"CHURN_MODEL_NAME": f"{model_name}-few"}
     code, summary, err = monitor(few, "--current", str(tmp_path / "huge.csv"), "--output-dir", str(tmp_path / "huge"))
     assert code == ExitCode.DATA_QUALITY and "Traceback" not in err, err
-    assert "v1 cannot score these rows" in " ".join(f["detail"] for f in summary["data_quality"]["findings"])
+    details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
+    assert "'monthly_charges'" in details and "to 1000000000000" in details, details
     code, _, err = monitor(env, "--current", "missing.csv")
     assert code == ExitCode.USAGE and f"no version of model '{model_name}'" in err
     code, _, err = monitor(env, "--column-threshold", "tenur=0.05")

@@ -128,6 +128,9 @@ def test_missing_field_nan_and_malformed_json(api, telco_csv):
     del row["tenure"]
     response = api.post("/predict", json={"customers": [row]})
     assert response.status_code == 422 and "customers.0.tenure: Field required" in response.json()["message"]
+    huge = customers(telco_csv, 1)[0] | {"monthly_charges": 1e308}  # once scored as a certain churner
+    response = api.post("/predict", json={"customers": [huge]})
+    assert response.status_code == 422 and "customers.0.monthly_charges" in response.json()["message"], response.text
     text = re.sub(
         r'"total_charges": [0-9.]+',
         '"total_charges": NaN',

@@ -39,7 +39,7 @@ def test_quality_failures_name_the_column_and_problem(telco_csv):
     _, ranged = quality.check(raw.assign(tenure=["-3"] + list(raw.tenure[1:]), monthlycharges="inf"), 0.05)
     found = {f.column: f.detail for f in ranged if f.check == "out_of_range" and f.failure}
     assert "1 values outside the schema's range (from 0 to 2147483647, whole numbers), e.g. ['-3']" in found["tenure"]
-    assert "100 values outside the schema's range (from 0), e.g. ['inf']" in found["monthly_charges"]
+    assert "100 values outside the schema's range (from 0 to 1000000000000), e.g. ['inf']" in found["monthly_charges"]
     # What training and serving refuse: a flag of 2 or -1, a fractional tenure.
     odd = raw.assign(seniorcitizen=["2", "-1"] + list(raw.seniorcitizen[2:]), tenure=["12.5"] + list(raw.tenure[1:]))
     _, ranged = quality.check(odd, 0.05)

@@ -136,9 +136,11 @@ def test_errors_name_column_problem_and_rows(telco_csv):
     frame.loc[[3, 7], "tenure"] = ["abc", "twelve"]
     frame.loc[5, "contract"] = "Three year"
     frame.loc[9, "monthlycharges"] = "-5"
+    frame.loc[11, "totalcharges"] = "1e200"  # training crashed on it (exit 70), past the power transform's range
     with pytest.raises(DataValidationError) as info:
         data.validate(frame)
     message = str(info.value)
+    assert "column 'total_charges': 1 values above 1000000000000, row 12: '1e200'" in message
     assert "column 'tenure': 2 non-numeric values, row 4: 'abc', row 8: 'twelve'" in message
     assert "column 'contract': unknown categories ['Three year']" in message
     assert "allowed values: ['Month-to-month', 'One year', 'Two year']" in message
