@@ -181,6 +181,19 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         raise
 
 
+def quoted(value: str) -> str:
+    """``value`` as a string literal in an MLflow search filter.
+
+    MLflow's filter grammar has no escape character: a value holding ``'`` is quoted with
+    ``"`` (``checked_model_name`` refuses a model name holding both).
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both ' and \": an MLflow search filter cannot quote it")
+
+
 def get_model(client: MlflowClient, name: str) -> RegisteredModel:
     """A registered model (its tags and aliases), or ``NotFoundError`` naming it."""
     try:
@@ -204,6 +217,21 @@ def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVer
 def production_version(client: MlflowClient, name: str) -> ModelVersion | None:
     """The version in production: a pending UI promotion (`production`) wins over `Production`."""
     return version_by_alias(client, name, PRODUCTION_ALIAS.lower()) or version_by_alias(client, name, PRODUCTION_ALIAS)
+
+
+def set_challenger(client: MlflowClient, name: str, version: int) -> None:
+    """Put ``Challenger`` on ``version``, deleting a ``challenger`` the UI saved first.
+
+    This choice is newer than the UI's: left in place, the lower-case alias (which a UI
+    promotion leaves on the promoted version) would be adopted next and move ``Challenger``
+    back off ``version``.
+    """
+    try:
+        client.delete_registered_model_alias(name, CHALLENGER_ALIAS.lower())
+    except MlflowException as exc:
+        if not _is_missing(exc):
+            raise
+    client.set_registered_model_alias(name, CHALLENGER_ALIAS, str(version))
 
 
 def adopt_ui_aliases(client: MlflowClient, name: str) -> list[tuple[str, int]]:

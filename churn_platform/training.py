@@ -29,7 +29,6 @@ from churn_platform import explanation, registry
 from churn_platform import gate as gate_mod
 from churn_platform import model as model_mod
 from churn_platform.contract import (
-    CHALLENGER_ALIAS,
     GATE_METRIC,
     GLOBAL_IMPORTANCE_ARTIFACT,
     GLOBAL_IMPORTANCE_PLOT,
@@ -115,6 +114,15 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError("--labels is read only with --from-features")
     if config.from_features and config.data not in ("", SYNTHETIC):
         raise DataValidationError("give either --data or --from-features, not both")
+
+
+def _dataset_source(uri: str) -> str:
+    """The data's location as MLflow records it: a local file as a ``file://`` URI.
+
+    MLflow reads the text before a colon in a plain path (``customers:v2.csv``) as a URI
+    scheme, finds no resolver for it and fails the run after the model is fit.
+    """
+    return uri if "://" in uri else Path(uri).resolve().as_uri()
 
 
 def _git_commit() -> str | None:
@@ -226,13 +234,13 @@ def train(
     Production; ``tags`` go on the run and the version (trigger, window, row counts).
     """
     _check_config(config)
-    source = config.data if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
+    source = _dataset_source(config.data) if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
     if frame is None and config.from_features:
         from churn_platform import feature_store
 
         frame, used = feature_store.training_set(settings, config.labels)
         tags = {**used, **(tags or {})}
-        source = config.labels  # the feature view and label times are in the tags
+        source = _dataset_source(config.labels)  # the feature view and label times are in the tags
     elif frame is None:
         frame = load_training_data(config, settings)
     if gate_rows is None:
@@ -326,6 +334,6 @@ def train(
         mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
         client.set_model_version_tag(config.model_name, str(version), TAG_GATE, verdict.reason[:250])
         if verdict.passed:
-            client.set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, str(version))
+            registry.set_challenger(client, config.model_name, version)
     log.info("registered %s v%s (%s %.4f)", config.model_name, version, GATE_METRIC, metrics[GATE_METRIC])
     return TrainResult(run_id, config.model_name, version, metrics, verdict)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from churn_platform import promotion, registry
+from churn_platform.cli import main
 from churn_platform.promotion import AUDIT_PREFIX, RACE_WINDOW_NS, Event
+from churn_platform.settings import get_settings
+from churn_platform.training import TrainConfig, train
 
 
 @pytest.fixture()
@@ -57,3 +62,24 @@ def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):
     found = externals(promotion.recorded_events(client, "m"))
     assert [e.to_version for e in found] == [2, 1] * 6
     assert len({len(e.key) for e in found}) == 1 and len(found[0].key) < 80
+
+
+def test_a_challenger_trained_after_a_ui_promotion_keeps_its_alias(embedded, model_name):
+    """The UI saves v2's aliases lower-case when it promotes v2 (`Challenger` becomes `challenger`);
+    v3, trained afterwards, must stay the Challenger once a command adopts the UI's spelling."""
+    config = TrainConfig(n_rows=300, model_name=model_name, seed=1)
+    v1 = train(config, get_settings())
+    client = MlflowClient()
+    client.create_model_version(model_name, source=client.get_model_version(model_name, "1").source)  # v2
+    client.set_registered_model_alias(model_name, "Production", "1")
+    client.set_registered_model_alias(model_name, "Challenger", "2")
+    for alias in ("production", "challenger"):  # what saving `Production` on v2 in the UI leaves
+        client.set_registered_model_alias(model_name, alias, "2")
+    client.delete_registered_model_alias(model_name, "Challenger")
+    v3 = train(config, get_settings())  # the same data as v2's model: it passes the gate against it
+    assert (v1.version, v3.version) == (1, 3) and v3.gate.passed
+    result = CliRunner().invoke(main, ["status", "--model-name", model_name, "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout[result.stdout.index("{") :])
+    assert (shown["production"]["version"], shown["challenger"]["version"]) == (2, 3)
+    assert dict(client.get_registered_model(model_name).aliases) == {"Production": 2, "Challenger": 3}

@@ -113,6 +113,19 @@ def test_missing_file_and_empty_file(embedded, model_name, tmp_path):
     assert _registered_versions(embedded, model_name) == []
 
 
+def test_a_data_file_with_a_colon_in_its_name_registers_a_version(embedded, model_name, telco_csv, tmp_path):
+    """MLflow reads ``customers:`` in a relative path as a URI scheme; the file is still a local file."""
+    path = tmp_path / "customers:v2.csv"  # `embedded` runs the test in tmp_path
+    pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(600).to_csv(path, index=False)
+    result = _cli("train", "--data", "customers:v2.csv", "--model-name", model_name)
+    assert result.exit_code == 0, result.output
+    registered = _registered_versions(embedded, model_name)
+    assert [int(v.version) for v in registered] == [1]
+    run = MlflowClient().get_run(registered[0].run_id)
+    sources = {json.loads(d.dataset.source)["uri"] for d in run.inputs.dataset_inputs}
+    assert sources == {path.resolve().as_uri()}
+
+
 def test_unreachable_tracking_server_fails_fast(embedded, model_name):
     dead = f"http://127.0.0.1:{free_port()}"
     started = time.perf_counter()
