@@ -327,7 +327,7 @@ def status(client: MlflowClient, name: str) -> Status:
 def versions(client: MlflowClient, name: str) -> list[VersionInfo]:
     registry.get_model(client, name)
     aliases = _aliases_by_version(client, name)
-    found = client.search_model_versions(f"name='{name}'")
+    found = client.search_model_versions(f"name = {registry.quoted(name)}")
     ordered = sorted(found, key=lambda v: int(v.version), reverse=True)
     return [describe(client, v, aliases.get(int(v.version), [])) for v in ordered]
 

@@ -76,14 +76,15 @@ def decide(
     if trigger == "always":
         return Decision(retrain=True, reason="--if always", runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
+    name = registry.quoted(settings.model_name)
     runs: list[dict[str, Any]] = []
     # Runs before the latest retrain were answered by it: a retrain waits for new evidence
     # instead of registering another version every day until someone promotes one.
-    retrained = [int(v.creation_timestamp) for v in client.search_model_versions(f"name = '{settings.model_name}'")
+    retrained = [int(v.creation_timestamp) for v in client.search_model_versions(f"name = {name}")
                  if TAG_TRIGGER in (v.tags or {})]  # fmt: skip
     after = max(retrained, default=0)
     if experiment is not None:
-        query = f"tags.model_name = '{settings.model_name}' AND tags.model_version = '{version}'"
+        query = f"tags.model_name = {name} AND tags.model_version = '{version}'"
         if trigger == "performance":
             query += " AND tags.job = 'performance'"
         found = client.search_runs(

@@ -317,6 +317,8 @@ def checked_model_name(name: str) -> str:
         raise ValueError(f"{name!r}: not a valid model name (MLflow refuses names that are relative paths)")
     if len(name) > 256:
         raise ValueError(f"a model name has at most 256 characters, got {len(name)}")
+    if "'" in name and '"' in name:  # MLflow's search filters have no escape character
+        raise ValueError(f"{name!r}: a model name cannot contain both ' and \" (MLflow's filters cannot quote it)")
     return name
 
 

@@ -33,6 +33,7 @@ def _isolated(tmp_path, monkeypatch):
         (["rollback", "--to", "3000000000"], "'--to': 3000000000 is not in the range 1<=x<=2147483647"),
         (["history", "--model-name", "a/b"], "'--model-name': 'a/b': a model name cannot contain '/'"),
         (["history", "--model-name", ""], "'--model-name': a model name cannot be empty"),
+        (["history", "--model-name", 'o\'brien "x"'], "'--model-name': 'o\\'brien \"x\"': a model name cannot"),
         (["history", "--tracking-uri", "postgresql://:::"], "'--tracking-uri': not a valid postgresql:// URL"),
         (["history", "--tracking-uri", "foo://bar"], "'--tracking-uri': unsupported scheme 'foo'"),
         (["monitor", "--rows", "99999999999999"], "'--rows': 99999999999999 is not in the range"),

@@ -160,3 +160,18 @@ def test_a_performance_run_that_judged_nothing_is_skipped_not_counted_healthy():
     assert _flagged(run(job="performance", verdict="degraded"), "performance") is True
     assert _flagged(run(job="performance", verdict="ok"), "performance") is False
     assert _flagged(run(job="performance", verdict="not_judged"), "performance") is None
+
+
+def test_a_model_name_with_an_apostrophe_is_found_by_versions_and_retrain(embedded, tmp_path):
+    """MLflow accepts ``o'brien`` as a name; its search filters must quote it, not break on it."""
+    name = "o'brien"
+    client = MlflowClient()
+    client.create_registered_model(name)
+    client.create_model_version(name, source=str(tmp_path))
+    code, found = cli_json("versions", "--model-name", name)
+    assert code == 0 and [v["version"] for v in found["versions"]] == [1]
+    settings = get_settings().model_copy(update={"model_name": name})
+    experiment = client.create_experiment(settings.monitor_experiment)
+    client.create_run(experiment, tags={"model_name": name, "model_version": "1", "verdict": "drift"})
+    decision = retraining.decide(client, settings, 1, "drift", of=1, at_least=1)
+    assert decision.retrain and len(decision.runs) == 1
