@@ -3,9 +3,11 @@
 MLproject parameters cannot be absent, so empty values mean "not given" here.
 """
 
+import math
 import sys
 
 from churn_platform.cli import main
+from churn_platform.contract import ExitCode
 
 
 def _args(argv: list[str], whole: tuple[str, ...] = (), unset: tuple[str, ...] = ("", "0", "0.0")) -> list[str]:
@@ -17,8 +19,22 @@ def _args(argv: list[str], whole: tuple[str, ...] = (), unset: tuple[str, ...] =
         value = next(pairs, "")
         if value in unset:
             continue
-        out += [flag, str(int(float(value))) if flag in whole else value]
+        out += [flag, _whole(flag, value) if flag in whole else value]
     return out
+
+
+def _whole(flag: str, value: str) -> str:
+    """``3.0`` as ``3``. A fraction, ``nan`` or ``inf`` is a usage error (exit 2) naming the
+    MLproject parameter: truncating would run with a value nobody asked for."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not number.is_integer():
+        print(f"error: parameter {flag.lstrip('-').replace('-', '_')} must be a whole number, got {value!r}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(int(ExitCode.USAGE))
+    return str(int(number))
 
 
 def command(argv: list[str]) -> list[str]:

@@ -162,6 +162,26 @@ def test_each_entry_point_command_parses_as_mlflow_run_builds_it(entry_point, gi
             assert {k: ctx.params[k] for k in expected} == expected
 
 
+@pytest.mark.parametrize(
+    ("entry_point", "param", "value"),
+    [("train", "seed", "nan"), ("train", "seed", "inf"), ("train", "max_iter", "150.7"), ("monitor", "rows", "1e400")],
+)
+def test_a_whole_number_parameter_that_is_not_one_is_a_usage_error(entry_point, param, value, tmp_path):
+    """`mlflow run -P max_iter=150.7` must not train with 150 iterations, nor `seed=nan` crash."""
+    import shlex
+
+    from mlflow.projects import _project_spec
+
+    command = _project_spec.load_project(str(REPO)).get_entry_point(entry_point).compute_command({param: value}, None)
+    _, _, module, *argv = shlex.split(command)
+    # Outside the checkout, in case a regression trains: nothing lands in the repo's own registry.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    done = subprocess.run([sys.executable, "-m", module, *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: parameter {param} must be a whole number, got {value!r}"
+
+
 def test_mlflow_clients_do_not_import_feast_through_its_plugin():
     """Feast's MLflow header plugin would import all of Feast (seconds) in every process that
     talks to a tracking server, and set PROMETHEUS_MULTIPROC_DIR for its children."""
