@@ -132,8 +132,10 @@ def _active_session() -> bool:
 
 
 def _spark_path(path: str, s3: bool) -> str:
-    """A path as ``input_files`` names it (``bucket/key`` on S3), as a URI for Spark."""
-    return f"s3a://{path}" if s3 else Path(path).as_uri()
+    """A path as ``input_files`` names it (``bucket/key`` on S3), as a URI for Spark: not
+    percent-encoded, since Hadoop's ``Path`` takes the text as it is (``my%20exports``
+    would name a folder of that name)."""
+    return f"s3a://{path}" if s3 else f"file://{Path(path).absolute()}"
 
 
 def _our_path(uri: str) -> str:

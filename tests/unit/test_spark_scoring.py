@@ -158,6 +158,17 @@ def test_an_input_whose_every_row_is_rejected_leaves_the_previous_output(registr
         assert pd.read_parquet(tmp_path / f"{engine}.rejects.parquet").empty  # still the good run's
 
 
+def test_folders_with_spaces_in_their_names_work_on_spark(registry_uri, customers, tmp_path):
+    """Spark was handed percent-encoded paths, which Hadoop reads literally (my%20exports)."""
+    folder, out = tmp_path / "my exports", tmp_path / "weekly scores" / "latest list.parquet"
+    folder.mkdir()
+    out.parent.mkdir()
+    customers.head(30).to_csv(folder / "week 1.csv", index=False)
+    result = run(registry_uri, *SPARK, "--input", str(folder), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(out)["customer_id"].tolist() == customers.head(30)["customer_id"].tolist()
+
+
 def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri, customers, tmp_path):
     """pandas saves integer ids with a gap as doubles; Spark cast them to "7590.0", the local
     engine to "7590": the same customer under two ids depending on the engine."""
