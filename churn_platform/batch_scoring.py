@@ -232,7 +232,11 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
         convert = pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()), include_columns=list(wanted),
                                        strings_can_be_null=False)  # fmt: skip
         with fs.open_input_stream(path) as handle:
-            reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=8 << 20), convert_options=convert)
+            # A quoted value may hold a line break (a CRM's notes column): without this, Arrow cuts
+            # its 8 MiB blocks inside such a value and calls a valid file malformed.
+            parse = pacsv.ParseOptions(newlines_in_values=True)
+            reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=8 << 20), parse_options=parse,
+                                    convert_options=convert)  # fmt: skip
             pending: list[pa.RecordBatch] = []
             size = 0
             for batch in reader:

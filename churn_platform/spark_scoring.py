@@ -225,8 +225,10 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         # Everything as text, as the local engine reads CSV; every file must have this header.
         text = StructType([StructField(c, StringType()) for c in raw])
         # FAILFAST: a line with the wrong number of fields stops the job (exit 2), as it stops the
-        # local engine; Spark's default would pad or cut it and score what is left.
-        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST")
+        # local engine; Spark's default would pad or cut it and score what is left. multiLine: a
+        # quoted value may hold a line break (a CRM's notes); read line by line, each such row
+        # became two, scored or rejected as halves. The price: one task per CSV file, not per split.
+        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST", multiLine=True)
     columns = []
     for r, n in wanted:
         column = F.col(f"`{r}`")

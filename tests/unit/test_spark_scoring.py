@@ -64,7 +64,7 @@ def test_spark_rejects_the_same_rows_with_the_same_numbers_and_reasons(registry_
     folder.mkdir()
     frame.iloc[:4_000].to_csv(folder / "part-0.csv", index=False)
     frame.iloc[4_000:].to_csv(folder / "part-1.csv", index=False)
-    # Small splits: each file is read by several tasks, whose row counts number the rows.
+    # Small splits (a CSV file is still one task: its quoted values may span lines).
     result = run(registry_uri, *SPARK, "--spark-conf", "spark.sql.files.maxPartitionBytes=100000",
                  "--input", str(folder), "--output", str(tmp_path / "spark.csv"))  # fmt: skip
     assert result.exit_code == 1, result.output
@@ -167,6 +167,23 @@ def test_folders_with_spaces_in_their_names_work_on_spark(registry_uri, customer
     result = run(registry_uri, *SPARK, "--input", str(folder), "--output", str(out))
     assert result.exit_code == 0, result.output
     assert pd.read_parquet(out)["customer_id"].tolist() == customers.head(30)["customer_id"].tolist()
+
+
+def test_line_breaks_inside_quoted_values_are_read_by_both_engines(registry_uri, customers, tmp_path):
+    """A notes column with line breaks, past Arrow's 8 MiB block: the local engine once called
+    the valid file malformed at random, and Spark, reading line by line, made each row two."""
+    export = pd.concat([customers] * 12, ignore_index=True).assign(notes="called back\n" + "x" * 1000)
+    export.to_csv(tmp_path / "crm.csv", index=False)
+    assert (tmp_path / "crm.csv").stat().st_size > 9 << 20
+    result = run(registry_uri, "--input", str(tmp_path / "crm.csv"), "--output", str(tmp_path / "local.parquet"))
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(tmp_path / "local.parquet")) == len(export)
+    spark = tmp_path / "spark.parquet"
+    result = run(registry_uri, *SPARK, "--input", str(tmp_path / "crm.csv"), "--output", str(spark))
+    assert result.exit_code == 0, result.output
+    local, spark = pd.read_parquet(tmp_path / "local.parquet"), pd.read_parquet(spark)
+    assert len(spark) == len(export) and spark["customer_id"].tolist() == local["customer_id"].tolist()
+    assert np.max(np.abs(local["churn_probability"].to_numpy() - spark["churn_probability"].to_numpy())) <= 1e-9
 
 
 def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri, customers, tmp_path):
