@@ -88,10 +88,14 @@ class JsonOnly:
             if not has_body:
                 return await self.app(scope, receive, send)
         media_type = (declared or b"").split(b";", 1)[0].strip().lower().decode("latin-1")
-        if media_type == JSON:
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower().decode("latin-1")
+        if media_type == JSON and encoding in ("identity", ""):
             return await self.app(scope, receive, send)
-        shown = repr(media_type) if media_type else "none"
-        error = UnsupportedMediaType(f"unsupported content type {shown}: send the body as {JSON}")
+        if media_type == JSON:  # a gzip body would be read as JSON and called invalid
+            error = UnsupportedMediaType(f"unsupported content encoding {encoding!r}: send the body uncompressed")
+        else:
+            shown = repr(media_type) if media_type else "none"
+            error = UnsupportedMediaType(f"unsupported content type {shown}: send the body as {JSON}")
         await problem_for(error)(scope, receive, send)
 
 

@@ -411,3 +411,16 @@ def test_a_client_gone_before_its_body_arrived_is_a_499_not_a_server_error(api, 
             f'churn_api_requests_total{{endpoint="{path}",method="POST",status="499"}} 1.0'
         ], counted
     assert "unexpected error" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_compressed_body_is_a_415_that_names_the_encoding(api, telco_csv):
+    """A gzip body was read as JSON and called invalid at its first byte (422), naming nothing useful."""
+    import gzip
+
+    body = json.dumps({"customers": customers(telco_csv, 1)}).encode()
+    zipped = {"content-type": "application/json", "content-encoding": "gzip"}
+    response = api.post("/predict", content=gzip.compress(body), headers=zipped)
+    assert response.status_code == 415
+    assert response.json()["message"] == "unsupported content encoding 'gzip': send the body uncompressed"
+    same = {"content-type": "application/json", "content-encoding": "identity"}
+    assert api.post("/predict", content=body, headers=same).status_code == 200
