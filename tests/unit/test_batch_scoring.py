@@ -172,6 +172,16 @@ def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers
     assert not (tmp_path / "scores.parquet").exists()
 
 
+def test_a_file_that_is_not_utf8_says_so(registry_uri, customers, tmp_path):
+    first = customers["customer_id"].iloc[0]
+    text = customers.head(20).to_csv(index=False).replace(first, f"{first}É", 1)
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    result = run(registry_uri, "--input", str(tmp_path / "latin1.csv"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "latin1.csv: it is not UTF-8 text (In CSV column #0:" in result.output
+    assert "export it as UTF-8" in result.output
+
+
 def test_a_file_named_itself_is_read_whatever_its_name(registry_uri, customers, tmp_path):
     """Names starting with _ or . are skipped inside a folder (Spark's _SUCCESS), not when named."""
     customers.head(20).to_csv(tmp_path / "_export.csv", index=False)
