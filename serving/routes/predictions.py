@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
@@ -83,6 +83,8 @@ async def predict_single(
 
 
 _UNKNOWN = "unknown customer id: the online store holds no features for it"
+#: The POST routes beside ``/predict/{customer_id}``: a GET on them matches it.
+_POST_ROUTES = frozenset({"single", "by-id"})
 ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
 
 
@@ -129,6 +131,8 @@ async def predict_by_path(
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""
+    if customer_id in _POST_ROUTES:  # GET /predict/single is a wrong method, not an unknown customer 'single'
+        raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
     if explain:
         predictor.check_explainable(model)  # whatever the id, as on /predict/by-id
     (found,) = await features.lookup([customer_id])

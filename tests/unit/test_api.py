@@ -360,6 +360,9 @@ def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(api):
     response = api.put("/predict", json={})
     assert response.status_code == 405 and response.json()["message"] == "Method Not Allowed"
     assert response.headers["allow"] == "POST"  # HTTP requires it on a 405
+    for path in ("/predict/single", "/predict/by-id"):  # not an unknown customer called 'single'
+        response = api.get(path)
+        assert (response.status_code, response.headers.get("allow")) == (405, "POST"), response.text
 
 
 def test_the_openapi_document_says_how_admin_routes_authenticate_and_answer(api):
