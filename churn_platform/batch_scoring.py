@@ -572,7 +572,7 @@ def _check_file_name(flag: str, target: str) -> None:
     called ``scores/`` that tools show as a folder."""
     bucket, _, key = target.removeprefix("s3://").partition("/") if target.startswith("s3://") else ("", "", target)
     if not key or key.endswith("/"):
-        where = f"s3://{bucket}/" if target.startswith("s3://") else target
+        where = target if target.endswith("/") else f"{target}/"
         raise DataValidationError(f"{flag} {target} names a folder, not a file: add a file name ({where}...)")
 
 

@@ -18,8 +18,9 @@ Kind = Literal["category", "integer", "float"]
 #: Largest whole number a feature may hold: the inference log stores integer features in
 #: 32-bit columns, so a larger value would be refused there after it was already scored.
 INTEGER_MAX = 2**31 - 1
-#: Largest charge: far past any real bill, and far below where the model's power transform
-#: overflows (training on 1e200 crashed; the API scored 1e308 as a certain churner).
+#: Largest charge: an overflow guard, far past any real bill (a value this size is a unit or
+#: parsing error) and far below where the model's power transform overflows (training on
+#: 1e200 crashed with a traceback).
 CHARGE_MAX = 10**12
 
 ID_COLUMN = "customer_id"
@@ -46,10 +47,12 @@ class Feature:
     description: str
     allowed: tuple[str, ...] | tuple[int, ...] | None = None
     minimum: float | None = None
+    #: A float's largest value (an integer's is INTEGER_MAX).
+    upper: int | None = None
 
     @property
     def maximum(self) -> int | None:
-        return {"integer": INTEGER_MAX, "float": CHARGE_MAX}.get(self.kind)
+        return INTEGER_MAX if self.kind == "integer" else self.upper
 
     @property
     def is_numeric(self) -> bool:
@@ -85,12 +88,13 @@ FEATURES: tuple[Feature, ...] = (
             "Credit card (automatic)",
         ),
     ),
-    Feature("monthly_charges", "float", "Current monthly charge.", minimum=0),
+    Feature("monthly_charges", "float", "Current monthly charge.", minimum=0, upper=CHARGE_MAX),
     Feature(
         "total_charges",
         "float",
         "Charges to date. Blank in the IBM file for tenure-0 customers: loaded as 0.0.",
         minimum=0,
+        upper=CHARGE_MAX,
     ),
 )
 

@@ -156,7 +156,7 @@ def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, 
         (["--alias", "Nobody"], "'Nobody'"),
         (["--format", "xlsx"], "'xlsx' is not one of 'parquet', 'csv'"),
         (["--output", "s3://crm"], "--output s3://crm names a folder, not a file: add a file name (s3://crm/...)"),
-        (["--output", "s3://crm/scores/"], "--output s3://crm/scores/ names a folder, not a file"),
+        (["--output", "s3://crm/scores/"], "names a folder, not a file: add a file name (s3://crm/scores/...)"),
         (["--rejects", "s3://crm/rejects/"], "--rejects s3://crm/rejects/ names a folder, not a file"),
     ],
 )
