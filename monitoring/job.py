@@ -334,6 +334,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
 
         raw, window, held = _current(options, settings, name, version)
         window["rows_read"] = len(raw)
+        held = max(held, len(raw))  # rows logged between the log's count and its read are held too
         if len(raw) > settings.monitor_max_rows:
             raw = raw.sample(settings.monitor_max_rows, random_state=options.seed)
         if held > len(raw):
@@ -352,7 +353,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
             try:
                 current[PROBABILITY] = model.predict_proba(current.loc[:, list(FEATURE_NAMES)])[:, 1]
-            except ValueError as exc:  # e.g. charges of 1e300: finite, in range, but they overflow the scaling
+            except ValueError as exc:  # a guard: in-range values the version still cannot score
                 detail = f"v{version} cannot score these rows ({str(exc).splitlines()[0]}); look for extreme values"
                 findings.append(quality.Finding("unscorable", None, detail, True))
                 quality_passed = False

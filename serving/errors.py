@@ -129,6 +129,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
     cause = exc.__cause__
     if isinstance(cause, ClientDisconnect):  # FastAPI's 400 for a body that never came: not the client's error
+        log.info("client closed the request on %s before its body arrived", request.url.path)
         return problem(CLIENT_CLOSED, "client closed the request before its body arrived")
     if isinstance(cause, ValueError | RecursionError):  # FastAPI's "error parsing the body": a 400 naming nothing
         if isinstance(cause, UnicodeDecodeError):
