@@ -469,3 +469,25 @@ def test_the_request_rate_metric_has_an_adapter_rule_over_the_apis_counter():
     assert f"# TYPE {counter} counter" in generate_latest(Metrics().registry).decode()
     assert set(custom["resources"]["overrides"]) == {"namespace", "pod"}
     assert int(pods["target"]["averageValue"]) == 300  # docs/deploy.md: 60 % of one pod's capacity
+
+
+def test_the_ingress_publishes_every_route_but_metrics_and_admin():
+    """The Ingress lists the public paths one by one: a new route must be added there (or to
+    the private ones here) on purpose, not found missing from outside."""
+    from churn_platform.settings import Settings
+    from serving.app import create_app
+
+    ingress = yaml.safe_load((REPO / "deploy/base/ingress.yaml").read_text())
+    paths = [(p["path"], p["pathType"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]]
+
+    def published(route: str) -> bool:
+        return any(route == path or (kind == "Prefix" and route.startswith(f"{path}/")) for path, kind in paths)
+
+    def flat(routes: list) -> list[str]:  # the app's own routes, and those of its routers (included unprefixed)
+        return [p for r in routes for p in ([r.path] if hasattr(r, "path") else flat(r.original_router.routes))]
+
+    routes = set(flat(create_app(Settings(tracking_uri="sqlite:///unused.db")).routes))
+    private = {r for r in routes if r == "/metrics" or r.startswith("/admin/")}
+    assert private == {"/metrics", "/admin/reload"}
+    assert sorted(r for r in routes - private if not published(r)) == []
+    assert not any(published(r) for r in private)
