@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -42,6 +43,8 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import GateRefused, NotFoundError
 from churn_platform.gate import GateVerdict
+
+log = logging.getLogger(__name__)
 
 AUDIT_PREFIX = AUDIT_TAG_PREFIX
 #: Events that move the Production alias; the audit trail also holds rollout events, which
@@ -116,8 +119,19 @@ def recorded_events(client: MlflowClient, name: str) -> list[Event]:
 
 
 def _current(client: MlflowClient, name: str) -> int | None:
-    version = registry.version_by_alias(client, name, PRODUCTION_ALIAS)
+    """The version the API serves: the UI's ``production`` first, until it is adopted."""
+    version = registry.production_version(client, name)
     return int(version.version) if version else None
+
+
+def _read_only(exc: MlflowException, what: str) -> bool:
+    """Whether ``exc`` is the registry refusing a user who may read but not edit the model:
+    a read-only on-call user still gets ``status`` and ``history``, with this said once."""
+    if exc.error_code != "PERMISSION_DENIED":
+        return False
+    log.warning("not %s: this user may read the model but not edit it (MLflow permission EDIT); "
+                "showing the registry as it is", what)  # fmt: skip
+    return True
 
 
 def record(
@@ -158,7 +172,11 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
     move this read can see was recorded before the events are read; in the other order a
     command moving the alias between the two reads would look like an outside change.
     """
-    registry.adopt_ui_aliases(client, name)
+    try:
+        registry.adopt_ui_aliases(client, name)
+    except MlflowException as exc:
+        if not _read_only(exc, "giving the UI's aliases their canonical spelling"):
+            raise
     current = _current(client, name)
     recorded = recorded_events(client, name)
     events = [e for e in recorded if e.action in MOVES]
@@ -196,10 +214,10 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
     )
     try:
         _write(client, name, event)
-    except MlflowException:
+    except MlflowException as exc:
         # Another command noticing the same change wrote this key a moment ago (its insert
         # won the race for the key); the change is recorded either way.
-        if key not in registry.get_model(client, name).tags:
+        if key not in registry.get_model(client, name).tags and not _read_only(exc, "recording the outside change"):
             raise
     return sorted([*recorded, event], key=lambda e: e.key)
 
@@ -308,7 +326,7 @@ def status(client: MlflowClient, name: str) -> Status:
     aliases = _aliases_by_version(client, name)
     found: dict[str, VersionInfo | None] = {}
     for alias in (PRODUCTION_ALIAS, CHALLENGER_ALIAS):
-        version = registry.version_by_alias(client, name, alias)
+        version = registry.aliased(client, name, alias)  # a read-only user's reconcile adopts nothing
         if version is None:
             found[alias] = None
             continue

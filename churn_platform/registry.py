@@ -154,7 +154,14 @@ def translate_errors(settings: Settings) -> Iterator[None]:
     try:
         yield
     except MlflowException as exc:
-        if exc.error_code in ("UNAUTHENTICATED", "PERMISSION_DENIED") or "authenticate" in str(exc):
+        if exc.error_code == "PERMISSION_DENIED":  # the server knows the user: credentials are not the problem
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this user"
+            raise RegistryUnreachable(
+                f"MLflow registry at {redacted(settings.tracking_uri)} refused the request (PERMISSION_DENIED): "
+                f"{user} lacks the permission it needs on the model (EDIT to record events and move aliases, "
+                "MANAGE to delete); ask an MLflow admin"
+            ) from exc
+        if exc.error_code == "UNAUTHENTICATED" or "authenticate" in str(exc):
             raise RegistryUnreachable(
                 f"MLflow registry at {redacted(settings.tracking_uri)} refused the request ({exc.error_code}): "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a server in basic-auth mode"
@@ -214,9 +221,14 @@ def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVer
         raise
 
 
+def aliased(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version ``alias`` names: a pending UI change (``production``) wins over ``Production``."""
+    return version_by_alias(client, name, alias.lower()) or version_by_alias(client, name, alias)
+
+
 def production_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The version in production: a pending UI promotion (`production`) wins over `Production`."""
-    return version_by_alias(client, name, PRODUCTION_ALIAS.lower()) or version_by_alias(client, name, PRODUCTION_ALIAS)
+    """The version in production, as the API serves it."""
+    return aliased(client, name, PRODUCTION_ALIAS)
 
 
 def set_challenger(client: MlflowClient, name: str, version: int) -> None:

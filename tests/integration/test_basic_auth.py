@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.services import postgres_database, start_mlflow
@@ -47,5 +49,23 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
             status = cli(authed, "status", "--model-name", model_name, "--json")
             assert status.returncode == 0 and '"version": 1' in status.stdout
             assert PASSWORD not in trained.stderr + trained.stdout + status.stdout
+
+            # An on-call user who may only read (the server's default_permission), after a promotion
+            # in the UI (lower-case `production`), which status would adopt and record: it once
+            # failed with "set MLFLOW_TRACKING_USERNAME", which they had set.
+            admin = ("admin", PASSWORD)
+            assert cli(authed, "train", "--n-rows", "300", "--model-name", model_name).returncode == 0
+            ui_promotion = {"name": model_name, "alias": "production", "version": "2"}
+            for path, body in (("users/create", {"username": "oncall", "password": "oncall-Pw-5528-x"}),
+                               ("registered-models/alias", ui_promotion)):  # fmt: skip
+                assert httpx.post(f"{uri}/api/2.0/mlflow/{path}", json=body, auth=admin).status_code == 200
+            oncall = base | {"MLFLOW_TRACKING_USERNAME": "oncall", "MLFLOW_TRACKING_PASSWORD": "oncall-Pw-5528-x"}
+            status = cli(oncall, "status", "--model-name", model_name, "--json")
+            assert status.returncode == 0, status.stderr[-1500:]
+            assert json.loads(status.stdout[status.stdout.index("{"):])["production"]["version"] == 2
+            assert "may read the model but not edit it" in status.stderr
+            promoted = cli(oncall, "promote", "--version", "1", "--model-name", model_name, "--force")
+            assert promoted.returncode == 3 and "Traceback" not in promoted.stderr, promoted.stderr[-1500:]
+            assert "oncall lacks the permission it needs on the model" in promoted.stderr
         finally:
             server.stop()
