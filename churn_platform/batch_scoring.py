@@ -542,7 +542,9 @@ def score_chunk(
     *, fast: bool, explain_top_k: int | None, first_row: int,
 ) -> ScoredChunk:  # fmt: skip
     """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
-    clean = fast and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
+    ids_text = pc.utf8_trim_whitespace(pc.cast(table.column(ID_COLUMN), pa.string()))
+    blank = pc.fill_null(pc.equal(ids_text, ""), True).to_numpy(zero_copy_only=False)  # a score that reaches no one
+    clean = fast and not blank.any() and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
     if clean:
         ids = table.column(ID_COLUMN)
         raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
@@ -551,6 +553,12 @@ def score_chunk(
     # Text columns or a bad row somewhere: the row-by-row checks.
     chunk = table.to_pandas()
     good, reasons = data.split_rejects(chunk)
+    if blank.any():
+        empty = chunk.index[blank]
+        unflagged = pd.Series("", index=empty.difference(reasons.index), dtype="object")
+        reasons = pd.concat([reasons, unflagged]).sort_index()
+        reasons[empty] = [f"{r}; {ID_COLUMN}: empty" if r else f"{ID_COLUMN}: empty" for r in reasons[empty]]
+        good = good.drop(index=empty, errors="ignore")
     scored = _scored_table(model, good, settings, scored_at, explain_top_k, schema) if len(good) else None
     rejects = rejects_table(chunk, reasons, first_row) if len(reasons) else None
     return ScoredChunk(scored, rejects, len(good))

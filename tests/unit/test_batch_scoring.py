@@ -144,7 +144,8 @@ def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, 
     result = run(registry_uri, "--input", str(tmp_path / "ids.parquet"), "--output", str(tmp_path / "s.parquet"))
     assert result.exit_code == 1, result.output
     ids = pd.read_parquet(tmp_path / "s.parquet")["customer_id"]
-    assert ids[0] == str(2**53 + 1) and pd.isna(ids[7]) and not ids.dropna().str.contains(".", regex=False).any()
+    assert ids[0] == str(2**53 + 1) and not ids.str.contains(".", regex=False).any()
+    assert len(ids) == 48 and ids.notna().all()  # the gap (no id) and the bad tenure are rejects
 
 
 @pytest.mark.parametrize(
@@ -170,6 +171,20 @@ def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers
     assert result.exit_code == 2, result.output
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_row_without_an_id_is_rejected_not_scored(registry_uri, customers, tmp_path):
+    """A score without its id reaches no one: a blank id is a reject, on either path."""
+    frame = customers.head(30).copy()
+    frame.loc[[3, 7], "customer_id"] = ["", "  "]
+    for name, save in (("typed.parquet", frame.to_parquet), ("text.csv", frame.to_csv)):
+        save(tmp_path / name, index=False)
+        out = tmp_path / f"{name}.scores.parquet"
+        result = run(registry_uri, "--input", str(tmp_path / name), "--output", str(out))
+        assert result.exit_code == 1 and "28 of 30 rows scored" in result.output, result.output
+        rejects = pd.read_parquet(tmp_path / f"{name}.scores.rejects.parquet")
+        assert rejects["row"].tolist() == [4, 8] and set(rejects["reason"]) == {"customer_id: empty"}
+        assert pd.read_parquet(out)["customer_id"].str.strip().ne("").all()
 
 
 def test_a_file_that_is_not_utf8_says_so(registry_uri, customers, tmp_path):
