@@ -86,6 +86,16 @@ def test_spark_rejects_the_same_rows_with_the_same_numbers_and_reasons(registry_
     assert local["customer_id"].tolist() == spark["customer_id"].tolist()
     assert np.max(np.abs(local["churn_probability"].to_numpy() - spark["churn_probability"].to_numpy())) <= 1e-9
 
+    # Parquet with small row groups: Spark reads each file in several tasks, whose row counts number the rows.
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    frame.iloc[:4_000].to_parquet(parquet / "part-0.parquet", index=False, row_group_size=500)
+    frame.iloc[4_000:].to_parquet(parquet / "part-1.parquet", index=False, row_group_size=500)
+    result = run(registry_uri, *SPARK, "--spark-conf", "spark.sql.files.maxPartitionBytes=100000",
+                 "--input", str(parquet), "--output", str(tmp_path / "split.csv"))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert rejects.equals(pd.read_parquet(tmp_path / "split.rejects.parquet"))
+
 
 @pytest.mark.parametrize(
     ("args", "words"),
