@@ -543,8 +543,8 @@ def score_chunk(
 ) -> ScoredChunk:  # fmt: skip
     """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
     ids_text = pc.utf8_trim_whitespace(pc.cast(table.column(ID_COLUMN), pa.string()))
-    blank = pc.fill_null(pc.equal(ids_text, ""), True).to_numpy(zero_copy_only=False)  # a score that reaches no one
-    clean = fast and not blank.any() and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
+    blank = pc.any(pc.fill_null(pc.equal(ids_text, ""), True)).as_py()  # split_rejects refuses those rows
+    clean = fast and not blank and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
     if clean:
         ids = table.column(ID_COLUMN)
         raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
@@ -552,13 +552,7 @@ def score_chunk(
         return ScoredChunk(scores, None, table.num_rows)
     # Text columns or a bad row somewhere: the row-by-row checks.
     chunk = table.to_pandas()
-    good, reasons = data.split_rejects(chunk)
-    if blank.any():
-        empty = chunk.index[blank]
-        unflagged = pd.Series("", index=empty.difference(reasons.index), dtype="object")
-        reasons = pd.concat([reasons, unflagged]).sort_index()
-        reasons[empty] = [f"{r}; {ID_COLUMN}: empty" if r else f"{ID_COLUMN}: empty" for r in reasons[empty]]
-        good = good.drop(index=empty, errors="ignore")
+    good, reasons = data.split_rejects(chunk)  # blank ids among them
     scored = _scored_table(model, good, settings, scored_at, explain_top_k, schema) if len(good) else None
     rejects = rejects_table(chunk, reasons, first_row) if len(reasons) else None
     return ScoredChunk(scored, rejects, len(good))

@@ -309,11 +309,14 @@ def split_rejects(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     problems: list[str] = []
     issues: list[RowIssue] = []
     out = pd.DataFrame(index=frame.index)
-    if ID_COLUMN in frame.columns:
-        out[ID_COLUMN] = frame[ID_COLUMN].astype("string").str.strip()
     tenure = pd.to_numeric(frame["tenure"], errors="coerce")
     for feature in FEATURES:
         out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, issues)
+    if ID_COLUMN in frame.columns:
+        out[ID_COLUMN] = frame[ID_COLUMN].astype("string").str.strip()
+        empty = (out[ID_COLUMN].isna() | (out[ID_COLUMN] == "")).fillna(True)
+        if empty.any():  # a score or a snapshot without its customer reaches no one
+            issues.append((empty, f"{ID_COLUMN}: empty"))
     if not issues:
         return _typed(out), pd.Series([], dtype="object")
     masks = np.column_stack([mask.fillna(False).to_numpy(dtype=bool) for mask, _ in issues])

@@ -255,8 +255,6 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     good, reasons = data.split_rejects(raw)
     extra: dict[int, list[str]] = {}
     ids = raw[ID_COLUMN].astype("string").str.strip()
-    for row in ids.index[(ids.isna() | (ids == "")).fillna(True)]:
-        extra.setdefault(row, []).append(f"{ID_COLUMN}: empty")
     for row in ids.index[(ids.str.len() > ID_MAX_LENGTH).fillna(False)]:
         extra.setdefault(row, []).append(f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
     for row in ids.index[ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True).fillna(False)]:
