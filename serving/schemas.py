@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
 from churn_platform.contract import (
@@ -69,14 +69,28 @@ NO_CONTROL_CHARACTERS = AfterValidator(_no_control_characters)
 #: lone surrogate, so without this it fails at the insert, or when the answer echoes it.
 UTF8 = AfterValidator(_utf8)
 #: What the OpenAPI document says about an id.
-ID_DESCRIPTION = f"At most {ID_MAX_LENGTH} characters, none of them a control character (U+0000 to U+001F)."
+ID_DESCRIPTION = f"1 to {ID_MAX_LENGTH} characters, none of them a control character (U+0000 to U+001F)."
+
+# A number in a string, as JSON writes one: pydantic's lax float would also take "5_000",
+# " 5" and true (as 1.0), none of which the contract names or msgspec takes.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or (isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value)):
+        raise PydanticCustomError("float_type", "Input should be a number, or a number in a string such as \"70.5\"")
+    return value
+
+
+#: A float field takes numbers, and numbers in strings; not booleans, and not Python's literals.
+PLAIN_NUMBER = BeforeValidator(_number)
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.allowed is not None:
         return Literal[feature.allowed], Field(description=feature.description)  # type: ignore[valid-type]
     kind = int if feature.kind == "integer" else float
-    return kind, Field(
+    return Annotated[kind, PLAIN_NUMBER] if kind is float else kind, Field(
         description=feature.description,
         ge=feature.minimum,
         le=feature.maximum,
@@ -94,7 +108,7 @@ EXAMPLE_CUSTOMER = _example()
 Customer = create_model(
     "Customer",
     __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CUSTOMER]}),
-    **{ID_COLUMN: (Annotated[str, Field(max_length=ID_MAX_LENGTH), NO_CONTROL_CHARACTERS] | None,
+    **{ID_COLUMN: (Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH), NO_CONTROL_CHARACTERS] | None,
                    Field(None, description=f"Your id, echoed back. {ID_DESCRIPTION}"))},
     **{f.name: _field(f) for f in FEATURES},
 )
@@ -230,7 +244,8 @@ def _fast_decoders(id_pattern: str | None) -> dict[type[BaseModel], msgspec.json
     """msgspec decoders for ``Customer`` and ``BatchRequest`` bodies, ids held to ``id_pattern``."""
     fields = [
         *(_fast_field(f) for f in FEATURES),
-        (ID_COLUMN, Annotated[str, msgspec.Meta(max_length=ID_MAX_LENGTH, pattern=id_pattern)] | None, None),
+        (ID_COLUMN, Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=id_pattern)] | None,
+         None),
     ]
     customer = msgspec.defstruct(
         "FastCustomer",

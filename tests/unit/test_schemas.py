@@ -118,6 +118,11 @@ def test_well_formed_edge_values_take_the_same_values(change):
         ("customer_id", json.dumps("a\x00b")),  # PostgreSQL cannot store a NUL
         ("customer_id", json.dumps("7590-VHVEG\n")),  # "$" in a pattern would let this one through
         ("customer_id", json.dumps("a\tb")),
+        ("customer_id", '""'),  # a prediction no outcome can ever be joined to
+        ("monthly_charges", "true"),  # pydantic's lax float read it as 1.0
+        ("monthly_charges", '"5_000"'),  # and this as 5000.0
+        ("total_charges", '" 5"'),
+        ("total_charges", '"0x10"'),
     ],
 )
 def test_refusals_name_the_field(field, raw):
@@ -125,6 +130,12 @@ def test_refusals_name_the_field(field, raw):
     with pytest.raises(ValidationError) as refused:
         customers_from_json(body, Customer)
     assert field in str(refused.value)
+
+
+def test_a_number_in_a_plain_string_is_still_read_as_that_number():
+    body = json.dumps({**VALID[0], "monthly_charges": "70.5", "total_charges": "1e3"}).encode()
+    [customer] = customers_from_json(body, Customer)
+    assert (customer["monthly_charges"], customer["total_charges"]) == (70.5, 1000.0)
 
 
 @pytest.mark.parametrize("raw", [b"\x00", b"\n", b"\x1f"])
