@@ -83,8 +83,8 @@ async def predict_single(
 
 
 _UNKNOWN = "unknown customer id: the online store holds no features for it"
-#: The POST routes beside ``/predict/{customer_id}``: a GET on them matches it.
-_POST_ROUTES = frozenset({"single", "by-id"})
+#: The POST routes beside ``/predict/{customer_id}``.
+_POST_ROUTES = ("single", "by-id")
 ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
 
 
@@ -122,6 +122,16 @@ async def predict_by_id(
     return _json({"predictions": scored, "errors": errors, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 
+async def _post_only() -> None:
+    raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
+
+
+# Before the route below, which a GET on them would match: a wrong method, not an unknown
+# customer 'single', nor a 503 while no model is served (that route needs one first).
+for _route in _POST_ROUTES:
+    router.add_api_route(f"/predict/{_route}", _post_only, methods=["GET"], include_in_schema=False)
+
+
 @router.get("/predict/{customer_id}", response_model=Prediction,
             responses={404: {"model": Problem, "description": "Unknown customer id"}, **ById})  # fmt: skip
 async def predict_by_path(
@@ -131,8 +141,6 @@ async def predict_by_path(
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""
-    if customer_id in _POST_ROUTES:  # GET /predict/single is a wrong method, not an unknown customer 'single'
-        raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
     if explain:
         predictor.check_explainable(model)  # whatever the id, as on /predict/by-id
     (found,) = await features.lookup([customer_id])

@@ -64,6 +64,7 @@ def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):
         assert "holds the alias 'Production'" in response.json()["message"]
         one = customers_stub()
         assert client.post("/predict/single", json=one).status_code == 503
+        assert client.get("/predict/single").status_code == 405  # a wrong method whether or not a model is served
 
 
 def customers_stub() -> dict:
