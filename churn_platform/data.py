@@ -193,6 +193,10 @@ def label_text(values: pd.Series) -> pd.Series:
     return text
 
 
+#: An ISO 8601 time that ends with a zone (``Z``, ``+05:30``, ``-0300``, ``+01``); a date alone has none.
+_ZONED = r"[T ]\d.*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+
+
 def iso_times(values: pd.Series) -> pd.Series:
     """Times as UTC (a time without a zone is UTC); NaT for anything but ISO 8601.
 
@@ -204,7 +208,15 @@ def iso_times(values: pd.Series) -> pd.Series:
         return pd.to_datetime(values, utc=True)
     text = values.astype("string").str.strip()
     words = text.str.lower().isin(["now", "today"]).fillna(False).to_numpy(dtype=bool)
-    return pd.to_datetime(text.mask(words), utc=True, errors="coerce", format="ISO8601")
+    text = text.mask(words)
+    # Parsed apart: in one call pandas gives a time without a zone the offset of a zoned time
+    # before it (2026-11-01T00:00 after a +05:30 one became 18:30 the day before).
+    zoned = text.str.contains(_ZONED, regex=True).fillna(False).to_numpy(dtype=bool)
+    times = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+    for rows in (zoned, ~zoned):
+        if rows.any():
+            times[rows] = pd.to_datetime(text[rows], utc=True, errors="coerce", format="ISO8601")
+    return times
 
 
 def _text(values: pd.Series) -> pd.Series:

@@ -95,6 +95,8 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     frame = frame.copy()
     spelled = {str(c): str(c).strip().lower().replace(" ", "_") for c in frame.columns}
     frame.columns = normalise_columns([low if low in INPUT_COLUMNS else c for c, low in spelled.items()])
+    if LABEL_COLUMN in frame.columns and CHURNED in frame.columns:
+        raise DataValidationError(f"both {LABEL_COLUMN!r} and {CHURNED!r} columns: they are one label, keep one")
     frame = frame.rename(columns={LABEL_COLUMN: CHURNED})
     missing = [c for c in (ID_COLUMN, CHURNED) if c not in frame.columns]
     if missing:

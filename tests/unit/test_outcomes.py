@@ -24,6 +24,7 @@ def test_headers_and_labels_are_normalised_like_customer_files():
     checked = outcomes.check(
         frame([
             {"customerID": "a", "Churn": "Yes", "Observed_At": "2026-10-01T08:00:00+02:00"},
+            {"customerID": "e", "Churn": "0", "Observed_At": "2026-10-01T08:00:00"},
             {"customerID": "b", "Churn": "no", "Observed_At": "2026-10-01"},
             {"customerID": "c", "Churn": "1", "Observed_At": ""},
             {"customerID": "d", "Churn": "FALSE", "Observed_At": "2026-10-02 10:00:00"},
@@ -32,8 +33,11 @@ def test_headers_and_labels_are_normalised_like_customer_files():
     )  # fmt: skip
     assert checked.rejects.empty
     good = checked.good.set_index("customer_id")
-    assert good.churned.to_dict() == {"a": True, "b": False, "c": True, "d": False}
+    assert good.churned.to_dict() == {"a": True, "b": False, "c": True, "d": False, "e": False}
     assert good.observed_at["a"] == pd.Timestamp("2026-10-01T06:00:00Z")  # converted to UTC
+    # Not given a's +02:00, as pandas did when it parsed both in one call: 2 hours off, and another
+    # order of the same rows stored another time.
+    assert good.observed_at["e"] == pd.Timestamp("2026-10-01T08:00:00Z")
     assert good.observed_at["c"] == pd.Timestamp(NOW)  # blank: now
 
 
@@ -57,6 +61,12 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
     assert reasons[5].startswith("observed_at: in the future")
     assert reasons[6] == "observed_at: 'now' is not an ISO-8601 time"
     assert list(checked.rejects.columns) == list(outcomes.REJECT_COLUMNS)
+
+
+def test_a_file_with_both_spellings_of_the_label_is_refused_whole():
+    both = frame([{"customer_id": "a", "Churn": "Yes", "churned": "No", "observed_at": "2026-11-01"}])
+    with pytest.raises(DataValidationError, match="both 'churn' and 'churned' columns"):
+        outcomes.check(both, now=NOW)
 
 
 def test_a_file_without_the_label_column_is_refused_whole():
