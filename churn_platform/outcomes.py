@@ -260,11 +260,13 @@ def ingest(
         written = write(engine, checked.good, source)
         # A repeat within the input writes nothing: unchanged, so the figures add up to the rows read.
         return Ingested(checked, dataclasses.replace(written, unchanged=written.unchanged + checked.repeated))
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except (sa.exc.DataError, sa.exc.IntegrityError, ValueError) as exc:  # refused for this data: nothing written
+        raise DataValidationError(f"the database refused the outcomes: {getattr(exc, 'orig', exc)}") from exc
+    except sa.exc.DBAPIError as exc:
+        # Down, or refusing every write (a read-only standby after a failover, a missing grant):
+        # the sender's data is fine, and a client that drops what it is told is bad would lose it.
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc
-    except (sa.exc.DBAPIError, ValueError) as exc:  # refused for this data: nothing was written
-        raise DataValidationError(f"the database refused the outcomes: {getattr(exc, 'orig', exc)}") from exc
     finally:
         engine.dispose()
 

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from churn_platform import outcomes
+from churn_platform.errors import StorageUnreachable
 from tests.services import postgres_database
 
 pytestmark = pytest.mark.integration
@@ -60,3 +61,17 @@ def test_concurrent_uploads_each_report_their_own_rows_and_never_deadlock():
     assert written[:2] == [outcomes.Written(20_000, 0, 0)] * 2
     shared_results = sorted(written[2:], key=lambda w: w.inserted)
     assert shared_results == [outcomes.Written(0, 20_000, 0), outcomes.Written(20_000, 0, 0)]
+
+
+def test_a_database_that_refuses_every_write_is_unavailable_not_bad_data():
+    """A standby after a failover is read-only: a 503 / exit 3 to send again later, not a 422 /
+    exit 2 that tells the sender their outcomes are wrong (a client would drop them)."""
+    with postgres_database() as url:
+        engine = sa.create_engine(url)
+        outcomes.upgrade(engine)
+        with engine.begin() as db:
+            db.exec_driver_sql(f"ALTER DATABASE {engine.url.database} SET default_transaction_read_only = on")
+        engine.dispose()
+        frame = pd.DataFrame({"customer_id": ["c1"], "churned": ["yes"], "observed_at": ["2026-11-01"]})
+        with pytest.raises(StorageUnreachable, match="read-only transaction"):
+            outcomes.ingest(frame, url, source="crm.csv", now=NOW)
