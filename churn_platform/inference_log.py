@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -157,6 +158,16 @@ def is_missing_table(exc: BaseException) -> bool:
     missing or down, whose message also says "does not exist" on PostgreSQL."""
     text = str(exc)
     return f"no such table: {INFERENCE_LOG_TABLE}" in text or f'relation "{INFERENCE_LOG_TABLE}" does not exist' in text
+
+
+def read_problem(exc: sa.exc.DBAPIError) -> str:
+    """Why a job could not read the log, in words: a table from an earlier release lacks
+    columns until the upgraded API starts its writer, which adds them."""
+    text = str(getattr(exc, "orig", exc))
+    if re.search(rf"(no such column: |column )(\w+\.)?({'|'.join(_ADDED)})\b", text):  # SQLite's, PostgreSQL's
+        return (f"{text.strip().splitlines()[0]}: the table is from an earlier release; the upgraded API adds "
+                "the missing columns when it starts, so run this job again after it has")  # fmt: skip
+    return text.strip()
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -225,7 +225,8 @@ def current_from_log(
     except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
         if inference_log.is_missing_table(exc):
             raise NothingToCompare(f"the inference log at {place} has no rows yet") from exc
-        raise StorageUnreachable(f"cannot read the inference log at {place}: {exc.orig}") from exc
+        problem = inference_log.read_problem(exc)
+        raise StorageUnreachable(f"cannot read the inference log at {place}: {problem}") from exc
     finally:
         engine.dispose()
 

@@ -41,7 +41,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import DataValidationError, NotFoundError, StorageUnreachable
-from churn_platform.inference_log import make_engine
+from churn_platform.inference_log import make_engine, read_problem
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.runs import record_run, send_alert
@@ -169,8 +169,8 @@ def read(url: str, name: str, version: int, since: datetime, until: datetime, ho
                 ), params).scalar_one()  # fmt: skip
                 # The window's predictions that some outcome judged (by scored_at, as the estimate).
                 judged = int(((matched[SCORED_AT] >= params["since"]) & (matched[SCORED_AT] < params["until"])).sum())
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise StorageUnreachable(f"cannot read {where}: {getattr(exc, 'orig', exc)}") from exc
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError) as exc:  # or a missing grant
+        raise StorageUnreachable(f"cannot read {where}: {read_problem(exc)}") from exc
     finally:
         engine.dispose()
     scores = np.array([float(r[0]) for r in histogram], dtype=float)

@@ -111,3 +111,18 @@ def test_nothing_or_nonsense_to_judge_is_a_clear_error(registry_uri, tmp_path, c
     got, output = performance(registry_uri, url, tmp_path, *args)
     assert got == code and message in output, output
     assert "Traceback" not in output
+
+
+def test_a_log_table_from_an_earlier_release_says_so_and_what_will_mend_it(registry_uri, tmp_path, calibrated):
+    """Before the upgraded API's writer adds the `arm` column, the job cannot join: it was exit 3
+    "no such column" on SQLite and a traceback (exit 70) on PostgreSQL."""
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/old.db"
+    fill(url, 300, scores, labels)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE inference_log DROP COLUMN arm"))
+    engine.dispose()
+    code, output = performance(registry_uri, url, tmp_path)
+    assert code == 3 and "no such column: l.arm: the table is from an earlier release" in output, output
+    assert "the upgraded API adds the missing columns when it starts" in output and "Traceback" not in output
