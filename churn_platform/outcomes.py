@@ -276,7 +276,9 @@ def ingest(
 
 def _horizon_start(dialect: str, column: str) -> str:
     if dialect == "postgresql":
-        return f"{column} - make_interval(days => :horizon_days)"
+        # Hours, not days: a day of timestamptz arithmetic follows the session's zone, so a
+        # horizon across a daylight-saving change was an hour longer or shorter than SQLite's.
+        return f"{column} - make_interval(hours => 24 * :horizon_days)"
     return f"datetime({column}, '-' || :horizon_days || ' days')"
 
 

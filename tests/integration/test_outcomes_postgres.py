@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from churn_platform import outcomes
+from churn_platform import inference_log, outcomes
 from churn_platform.errors import StorageUnreachable
 from tests.services import postgres_database
 
@@ -75,3 +75,28 @@ def test_a_database_that_refuses_every_write_is_unavailable_not_bad_data():
         frame = pd.DataFrame({"customer_id": ["c1"], "churned": ["yes"], "observed_at": ["2026-11-01"]})
         with pytest.raises(StorageUnreachable, match="read-only transaction"):
             outcomes.ingest(frame, url, source="crm.csv", now=NOW)
+
+
+def test_the_horizon_is_the_same_hours_whatever_the_session_time_zone():
+    """90 days before an outcome in November reaches back into summer time: counted in New York
+    calendar days it was an hour longer than on SQLite, and matched a prediction SQLite does not."""
+    observed = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    with postgres_database() as url:
+        engine = sa.create_engine(url, connect_args={"options": "-c timezone=America/New_York"})
+        inference_log.upgrade(engine)
+        log = inference_log.table(sa.MetaData())
+        rows = [("early", observed - timedelta(days=90, minutes=30)),
+                ("inside", observed - timedelta(days=89, hours=23))]  # fmt: skip
+        with engine.begin() as db:
+            db.execute(log.insert(), [
+                {"request_id": f"r{i}", "row_index": 0, "scored_at": at, "model_name": "churn", "model_version": 1,
+                 "customer_id": customer, "churn_probability": 0.5}
+                for i, (customer, at) in enumerate(rows)
+            ])  # fmt: skip
+        outcomes.write(engine, checked(["early", "inside"], observed_at=observed.isoformat()), "crm.csv")
+        params = {"name": "churn", "version": 1, "horizon_days": 90,
+                  **outcomes.window_params("postgresql", observed - timedelta(days=1), observed + timedelta(days=1))}
+        with engine.connect() as db:
+            matched = db.execute(sa.text(outcomes.matched_sql("postgresql")), params).fetchall()
+        engine.dispose()
+    assert len(matched) == 1  # "inside" only, as on SQLite
