@@ -42,8 +42,9 @@ _RESTART_PAUSE_S = 1.0
 _PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
 
 # Frames on the writer's stdin: first the configuration, then lists of items:
-# [request_id, scored_at, model_name, version, arm, records, probabilities, scoring_ms].
-Item = tuple[str, datetime, str, int, str, Sequence["Record"], Sequence[float], float | None]
+# [request_id, scored_at, model_name, version, arm, records, probabilities, scoring_ms, positions]:
+# positions, each record's place in the request, only when it is not 0, 1, 2... (a canary's arms).
+Item = tuple[str, datetime, str, int, str, Sequence["Record"], Sequence[float], float | None, Sequence[int] | None]
 #: What happened to rows, as the writer reports it (and the metrics count it).
 Outcome = Literal["written", "dropped", "spooled", "replayed"]
 
@@ -137,6 +138,7 @@ class InferenceLog:
         scores: Sequence[float],
         arm: str = "production",
         scoring_ms: float | None = None,
+        positions: Sequence[int] | None = None,
     ) -> None:
         """Queue one request's rows; never blocks. Past the row limit the rows are dropped and counted.
 
@@ -147,7 +149,7 @@ class InferenceLog:
         with self._lock:
             full = self._pending_rows + n > self._max_rows
             if not full:
-                item = (request_id, datetime.now(UTC), model_name, version, arm, records, scores, scoring_ms)
+                item = (request_id, datetime.now(UTC), model_name, version, arm, records, scores, scoring_ms, positions)
                 self._pending.append(item)
                 self._pending_rows += n
                 if self._pending_rows >= self._batch_rows:
@@ -243,8 +245,8 @@ class InferenceLog:
         Validation upstream should make every row encodable; should one slip through (an
         integer beyond 64 bits, say), only its request is lost, never the sender thread.
         """
-        rows = [(rid, at, name, version, arm, records, _floats(scores), ms)
-                for rid, at, name, version, arm, records, scores, ms in items]  # fmt: skip
+        rows = [(rid, at, name, version, arm, records, _floats(scores), ms, positions)
+                for rid, at, name, version, arm, records, scores, ms, positions in items]  # fmt: skip
         try:
             return self._encoder.encode(rows), 0
         except (OverflowError, TypeError, ValueError):

@@ -101,7 +101,8 @@ LoggedCustomer = msgspec.defstruct(
 
 class LoggedRequest(msgspec.Struct, array_like=True):
     """One scored request in a frame, as ``serving/inference_log.py`` sends it (a list).
-    A spool from before scoring times has items one field shorter: ``scoring_ms`` is then None."""
+    A spool from an earlier release has items one or two fields shorter: ``scoring_ms`` and
+    ``positions`` are then None."""
 
     request_id: str
     scored_at: datetime
@@ -111,6 +112,9 @@ class LoggedRequest(msgspec.Struct, array_like=True):
     records: list[LoggedCustomer]  # type: ignore[valid-type]
     scores: list[float]
     scoring_ms: float | None = None
+    #: Each record's place in the request (its ``row_index``), when it is not 0, 1, 2...: a
+    #: canary's arms each hold some of the request's rows.
+    positions: list[int] | None = None
 
 
 #: Decodes a frame's payload; ``msgspec.DecodeError`` (a ``ValidationError`` too) if it is not one.
@@ -219,9 +223,10 @@ class Database:
         for item in items:
             rid, at = item.request_id, sqlite_time(item.scored_at) if text_time else item.scored_at
             name, version, arm, ms = item.model_name, item.model_version, item.arm, item.scoring_ms
+            places = range(len(item.records)) if item.positions is None else item.positions
             rows.extend(
                 (rid, i, at, name, version, arm, ms, *values(r), p)
-                for i, (r, p) in enumerate(zip(item.records, item.scores, strict=True))
+                for i, r, p in zip(places, item.records, item.scores, strict=True)
             )
         return rows
 

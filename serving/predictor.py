@@ -100,7 +100,8 @@ class Predictor:
             positions = np.flatnonzero(chosen).tolist()
             if positions:
                 group = [customers[i] for i in positions]
-                for i, prediction in zip(positions, self._score(scoring, group, rid, arm, top_k), strict=True):
+                scored = self._score(scoring, group, rid, arm, top_k, positions)
+                for i, prediction in zip(positions, scored, strict=True):
                     predictions[i] = prediction
         return Scored(model, predictions)
 
@@ -115,10 +116,11 @@ class Predictor:
             _explainable(active.model)
 
     def _run(
-        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, explain: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, explanation.Explained | None]:
+        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, explain: bool = False,
+        positions: Sequence[int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, explanation.Explained | None]:  # fmt: skip
         """Score (and explain), count and log one arm's customers: their probabilities, risk
-        bands and explanations."""
+        bands and explanations. ``positions``: their places in the request, when only some of it."""
         started = time.perf_counter()
         attributes = {"churn.model_version": model.version, "churn.arm": arm, "churn.rows": len(customers)}
         with tracing.span("score", attributes):
@@ -132,13 +134,14 @@ class Predictor:
         bands = self._count_bands(probabilities, version, arm)
         with tracing.span("inference_log.append", {"churn.rows": len(customers)}):
             self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
-                                      scoring_ms=round(seconds * 1000, 4))  # fmt: skip
+                                      scoring_ms=round(seconds * 1000, 4), positions=positions)  # fmt: skip
         return probabilities, bands, explained
 
     def _score(
-        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None
-    ) -> list[dict]:
-        probabilities, bands, explained = self._run(model, customers, request_id, arm, explain=top_k is not None)
+        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None,
+        positions: Sequence[int] | None = None,
+    ) -> list[dict]:  # fmt: skip
+        probabilities, bands, explained = self._run(model, customers, request_id, arm, top_k is not None, positions)
         self.metrics.rows_scored.inc(len(customers))
         before, before_arm = logs.current("model_version"), logs.current("arm")  # a canary answers with both
         logs.bind(model_version=model.version if before in (None, model.version) else f"{before}+{model.version}",

@@ -57,7 +57,8 @@ def versions(api: TestClient, rows: list[dict]) -> dict[str, int]:
 
 def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, registry_uri, tmp_path):
     rows = customers(5000)
-    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+    settings = make_settings(registry_uri, tmp_path)
+    with TestClient(create_app(settings)) as api:
         wait_ready(api)
         start_canary(registry, api, percent=20)
         first = versions(api, rows)
@@ -65,6 +66,13 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
         assert 0.17 <= share <= 0.23, share
         assert set(first.values()) == {1, 2}
         assert versions(api, rows) == first == versions(api, rows)  # the same version, request after request
+    with sa.create_engine(settings.inference_log_url).connect() as conn:
+        logged = pd.read_sql("SELECT row_index, customer_id, arm FROM inference_log", conn)
+    # Each arm logs its own customers, each under its place in the request (they were numbered
+    # 0, 1, 2... within the arm, which pointed at other rows of the request).
+    assert len(logged) == 15_000 and set(logged.arm) == {"production", "canary"}
+    place = logged.customer_id.str.removeprefix("cust-").astype(int) % 1000
+    assert (logged.row_index == place).all()
     with TestClient(create_app(make_settings(registry_uri, tmp_path / "second"))) as other:  # another replica
         wait_ready(other)
         assert other.get("/model").json()["rollout"]["challenger_version"] == 2
