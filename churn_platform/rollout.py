@@ -167,10 +167,15 @@ def start(
 def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None = None) -> RolloutState:
     """End the rollout: all traffic back to Production alone.
 
-    A rollout that already ended when Production moved has its tag cleared too.
+    A rollout that already ended when Production moved has its tag cleared too, and so has a
+    tag no one can read (replicas ignore it; ``start`` would overwrite it).
     """
     tags = registry.get_model(client, name).tags
     stored = _stored(tags)
+    if stored.mode == "off" and tags.get(ROLLOUT_TAG) and stored.reason:  # unreadable (edited by hand, say)
+        promotion.record(client, name, "rollout-stop", None, None, actor=actor, reason=reason or stored.reason)
+        _save(client, name, RolloutState())
+        return RolloutState(reason=f"cleared: {stored.reason}")
     if stored.mode == "off":
         why = f" ({stored.reason})" if stored.reason else ""
         raise RolloutError(f"no rollout of {name!r} is running{why}; nothing changed")

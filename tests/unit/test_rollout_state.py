@@ -139,6 +139,14 @@ def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_revive_it(
     event = out(cli("history", "--model-name", name, "--json"))["events"][0]
     assert event["action"] == "rollout-stop" and "ended when Production moved" in event["reason"]
     assert cli("rollout", "stop", "--model-name", name).exit_code == 2  # now nothing is left to stop
+    # A tag no one can read (edited by hand): replicas ignore it, and stop, the documented clean-up, clears it.
+    MlflowClient().set_registered_model_tag(name, ROLLOUT_TAG, "{canary")
+    cleared = cli("rollout", "stop", "--model-name", name)
+    assert cleared.exit_code == 0 and "unreadable" in cleared.output, cleared.output
+    assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "off"
+    event = out(cli("history", "--model-name", name, "--json"))["events"][0]
+    assert event["action"] == "rollout-stop" and "unreadable" in event["reason"]
+    assert cli("rollout", "stop", "--model-name", name).exit_code == 2
 
 
 def test_a_rollout_ends_when_production_is_moved_in_the_ui(three_versions):
