@@ -530,8 +530,21 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
 # --------------------------------------------------------------------------- splitting
 
 
+def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
+    """Each row's customer, when some customer has several rows (None otherwise: a plain row
+    split); a row without an id is a customer of its own."""
+    if ID_COLUMN not in frame.columns:
+        return None
+    ids = frame[ID_COLUMN].astype("string").str.strip()
+    known = ids.notna() & (ids != "")
+    if not ids[known].duplicated().any():
+        return None
+    return ids.where(known, "\x00row " + pd.Series(np.arange(len(frame)), index=frame.index).astype("string"))
+
+
 def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified, seeded train/validation split on the churn label."""
+    """Stratified, seeded train/validation split on the churn label; by customer when a
+    customer has several rows, so that none is on both sides."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < validation_size < 1:
@@ -548,7 +561,23 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
             f"validation_size {validation_size} leaves {held_out} validation and {len(frame) - held_out} training "
             f"rows of {len(frame)}: each side needs a customer of each class; choose a share nearer 0.25"
         )
-    train, valid = train_test_split(frame, test_size=validation_size, random_state=seed, stratify=frame[LABEL_COLUMN])
+    customers = _customer_keys(frame)
+    if customers is None:
+        train, valid = train_test_split(frame, test_size=validation_size, random_state=seed,
+                                        stratify=frame[LABEL_COLUMN])  # fmt: skip
+    else:
+        # A customer on both sides (a feature-store training set holds one row per label time, an
+        # export may repeat a row) is validated on rows the model learned: a flattered roc_auc,
+        # and a gate that compares on it. So customers, not rows, are split (by whether they churned).
+        churned = frame[LABEL_COLUMN].groupby(customers, sort=False).max()
+        if churned.value_counts().min() < 2 or churned.nunique() < 2:
+            raise DataValidationError(
+                f"column {LABEL_COLUMN!r} needs at least two customers of each class to train and validate, "
+                f"found {churned.value_counts().to_dict()} customers"
+            )
+        _, held = train_test_split(churned.index, test_size=validation_size, random_state=seed, stratify=churned)
+        in_valid = customers.isin(held).to_numpy()
+        train, valid = frame[~in_valid], frame[in_valid]
     for side, rows in (("validation", valid), ("training", train)):  # stratified rounding can still leave one out
         if rows[LABEL_COLUMN].nunique() < len(counts):
             raise DataValidationError(

@@ -227,6 +227,20 @@ def test_split_is_stratified_and_seeded():
         data.split(rare, 0.2, seed=5)
 
 
+def test_a_customer_with_several_rows_is_on_one_side_of_the_split_only():
+    """A feature-store training set holds a customer once per label time: split by rows, the
+    model was validated on customers it had learned (a flattered roc_auc for the gate)."""
+    frame = data.generate(1000, seed=1)
+    again = pd.concat([frame, frame.assign(tenure=frame.tenure + 1)], ignore_index=True)
+    train, valid = data.split(again, 0.2, seed=5)
+    assert not set(train.customer_id) & set(valid.customer_id)
+    assert (len(train), len(valid)) == (1600, 400)
+    assert abs(train.churn.mean() - valid.churn.mean()) < 0.01
+    one_churner_twice = again[(again.churn == 0) | (again.customer_id == again[again.churn == 1].customer_id.iloc[0])]
+    with pytest.raises(DataValidationError, match="two customers of each class"):
+        data.split(one_churner_twice, 0.2, seed=5)
+
+
 def test_the_generator_follows_the_schema(monkeypatch):
     """A category added to the schema is generated; a free numeric column without a
     distribution fails by name instead of being silently left out."""
