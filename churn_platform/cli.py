@@ -656,6 +656,9 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
         raise click.UsageError("--percent goes with --rollout canary")
     if rollout_mode == "canary" and percent is None:
         raise click.UsageError("--rollout canary needs --percent (1 to 99)")
+    # 0 unless this run registers a version: a run that declines (exit 1) must not leave the last
+    # version ever registered on the Pushgateway, where the dashboard reads it as this run's.
+    job_metrics.record("churn_retrain_registered_version", 0)
     result = run_retrain(
         settings, trigger=trigger, of=of, at_least=at_least,  # type: ignore[arg-type]
         since=since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since,
@@ -663,7 +666,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
         parameters={"model_type": model_type} if model_type else None,
         rollout_mode=rollout_mode, percent=percent,  # type: ignore[arg-type]
     )  # fmt: skip
-    job_metrics.record("churn_retrain_registered_version", result.version or 0)
+    job_metrics.record("churn_retrain_registered_version", result.version)
     if as_json:
         return echo_json(result.model_dump(mode="json"))
     gate = result.gate or {}

@@ -129,3 +129,20 @@ def test_the_feature_refresh_pushes_its_rows_and_a_failed_run_keeps_the_last_suc
     samples = pushed(gateway)
     assert value(samples, "churn_job_exit_code", **job) == 2
     assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == success  # what the alert reads
+
+
+def test_a_retrain_that_declines_pushes_0_not_the_last_version_registered(registry_uri, tmp_path, monkeypatch,
+                                                                          gateway):  # fmt: skip
+    """The gateway keeps what a run does not replace: a declining run left the version an old
+    run registered, which the dashboard showed as this run's."""
+    from churn_platform import job_metrics
+
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
+    get_settings.cache_clear()
+    assert job_metrics.push("retrain", "churn", 0, 1.0, [("churn_retrain_registered_version", 7.0, {})], finished=1.0)
+    declined = CliRunner().invoke(main, ["retrain", "--if", "drift", "--tracking-uri", registry_uri,
+                                         "--inference-log-url", f"sqlite:///{tmp_path}/log.db"])  # fmt: skip
+    assert declined.exit_code == 1, declined.output
+    samples = pushed(gateway)
+    assert value(samples, "churn_retrain_registered_version", job="retrain", model_name="churn") == 0
+    assert value(samples, "churn_job_exit_code", job="retrain", model_name="churn") == 1
