@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serving.holder import State
 
 if TYPE_CHECKING:
     from churn_platform.loading import LoadedModel
     from serving.holder import Attempt
+
+#: Holder states that are not the outcome of a load.
+_NOT_OUTCOMES = ("starting", "loading", "ready")
 
 
 class Metrics:
@@ -69,6 +74,10 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
+        # Every outcome from 0: a series that first appears at 1 has no increase() for the alerts
+        # to see, so a failure that happened once would never page.
+        for outcome in ("loaded", *(s for s in get_args(State) if s not in _NOT_OUTCOMES)):
+            self.reloads.labels(outcome)
 
     def model_loaded(self, model: LoadedModel) -> None:
         self.model_info.clear()

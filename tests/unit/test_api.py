@@ -215,6 +215,9 @@ def test_model_info_and_metrics(api, telco_csv):
     assert 'churn_model_info{model_name="churn",scorer="fast",version="1"} 1.0' in text
     assert "churn_api_request_seconds_bucket" in text and "churn_predictions_total" in text
     assert "churn_inference_log_rows_dropped_total" in text
+    # Each failure from 0, so that the first one is an increase() the reload alerts see.
+    for outcome in ("registry_unreachable", "alias_missing", "verification_failed", "load_failed", "challenger_failed"):
+        assert f'churn_model_reloads_total{{outcome="{outcome}"}} 0.0' in text
     assert api.get("/docs").status_code == 200
     schema = api.get("/openapi.json").json()
     assert schema["components"]["schemas"]["Customer"]["examples"]

@@ -171,7 +171,7 @@ def test_a_challenger_failing_verification_leaves_production_serving(registry, r
         assert state["mode"] == "off" and "Challenger not served" in state["status"]
         assert api.get("/ready").status_code == 200
         assert {v for v in versions(api, customers(200)).values()} == {1}
-        assert 'churn_model_reloads_total{outcome="challenger_failed"}' in api.get("/metrics").text
+        assert 'churn_model_reloads_total{outcome="challenger_failed"} 1.0' in api.get("/metrics").text
 
 
 def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(registry, registry_uri, tmp_path,
@@ -229,7 +229,7 @@ def test_a_registry_blip_while_reading_the_rollout_keeps_the_challenger_serving(
         assert versions(api, rows) == before
         monkeypatch.setattr(rollout, "current", real)
         assert reload(api)["status"] == "canary: serving Challenger v2"
-        assert 'churn_model_reloads_total{outcome="challenger_failed"}' not in api.get("/metrics").text
+        assert 'churn_model_reloads_total{outcome="challenger_failed"} 0.0' in api.get("/metrics").text
     rollout.stop(registry, "churn", actor="tests")
 
 
