@@ -40,7 +40,8 @@ RESULTS = {
     "churn_performance_roc_auc": "ROC AUC of the last performance run, realized (labels) or estimated (CBPE).",
     "churn_performance_degraded": "1 when the last performance run found the model degraded.",
     "churn_performance_labelled_rows": "Predictions with an outcome in the last performance run.",
-    "churn_retrain_registered_version": "Version the last retrain registered (0: none; the gate may have refused it as Challenger).",
+    "churn_retrain_registered_version": "Version the last retrain registered (0: none; the gate may have refused "
+    "it as Challenger).",
     "churn_job_rows": "Rows the last run handled, by outcome.",
 }
 
@@ -120,10 +121,8 @@ def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
     registry = CollectorRegistry()
     gauge = lambda name, text, labels=(): Gauge(name, text, labels, registry=registry)  # noqa: E731
     gauge("churn_job_last_run_timestamp_seconds", "When the job last ended (Unix time).").set(finished)
-    gauge("churn_job_exit_code", "Exit code of the job's last run (README's table: 0 ok, 1 a finding, 2 usage, 3 unreachable, 4 bad data, "
-          "70 crashed, 143 stopped).").set(
-        exit_code
-    )
+    gauge("churn_job_exit_code", "Exit code of the job's last run (README's table: 0 ok, 1 a finding, 2 usage, "
+          "3 unreachable, 4 bad data, 70 crashed, 143 stopped).").set(exit_code)  # fmt: skip
     gauge("churn_job_duration_seconds", "Wall time of the job's last run.").set(duration_s)
     if exit_code in _VERDICTS:
         gauge("churn_job_last_success_timestamp_seconds",
