@@ -512,7 +512,8 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     # Up to now, or to the latest snapshot just loaded when a source's clock runs ahead (ingest
     # takes up to five minutes ahead): otherwise those rows would fall in no run's window.
     end = max(datetime.now(UTC), summary.last + timedelta(microseconds=1)) if summary.last else None
-    materialized = feature_store.materialize(settings, end=end, start=summary.first)
+    # Nothing loaded (every row rejected): nothing to copy, and the summary says why (exit 1).
+    materialized = feature_store.materialize(settings, end=end, start=summary.first) if summary.ingested else None
     _ingested(summary, as_json, materialized_to=materialized)
 
 

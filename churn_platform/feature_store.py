@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data
-from churn_platform.errors import DataValidationError, SettingsError, StorageUnreachable
+from churn_platform.errors import DataValidationError, NotFoundError, SettingsError, StorageUnreachable
 from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
@@ -49,6 +49,7 @@ from churn_platform.schema import (
     ID_CONTROL_PROBLEM,
     ID_MAX_LENGTH,
     LABEL_COLUMN,
+    LABEL_VALUES,
 )
 from churn_platform.settings import Settings
 
@@ -294,6 +295,8 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     asked = rejects is not None
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
     data.refuse_overwrite(uri, rejects=rejects)
+    # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
+    _require_applied(open_store(settings))
     if not settings.feature_store_url and data.location(rejects) == data.location(_offline_file(settings)):
         raise DataValidationError(f"--rejects {rejects} is the offline source itself; name another file")
     raw = data.read_table(uri, settings.s3_endpoint_url)
@@ -413,6 +416,7 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
     start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     store = open_store(settings)
     _require_applied(store)
+    _require_snapshots(settings)
     try:
         # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable.
         with contextlib.redirect_stdout(sys.stderr):
@@ -431,6 +435,12 @@ def _require_applied(store: FeatureStore) -> None:
                 f"feature view {FEATURE_VIEW!r} is not registered: run `churn-platform features apply` first"
             ) from None
         raise unavailable(exc) from None
+
+
+def _require_snapshots(settings: Settings) -> None:
+    """Exit 2 naming the step, not Feast's FileNotFoundError as an unreachable store (exit 3)."""
+    if not settings.feature_store_url and not _offline_file(settings).exists():
+        raise NotFoundError("no customer snapshots ingested yet: run `churn-platform features ingest FILE` first")
 
 
 class PostgresOnlineReader:
@@ -630,8 +640,24 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
             f"{LABEL_TIME}, first at lines {rows}"
         )
     labels[LABEL_TIME] = times
+    label = data.label_text(labels[LABEL_COLUMN]).str.lower().map(LABEL_VALUES)
+    if label.isna().any():  # here, not after the join: the join reorders rows, and the line numbers with them
+        rows = (labels.index[label.isna()][:5] + 2).tolist()
+        raise DataValidationError(f"labels file {labels_uri}: {int(label.isna().sum())} rows whose {LABEL_COLUMN} "
+                                  f"is not Yes/No, 1/0 or true/false, first at lines {rows}")  # fmt: skip
+    labels[LABEL_COLUMN] = label.astype(int)
+    # Feast's point-in-time join keeps one row per customer and time, silently: say which.
+    repeated = labels.duplicated([ID_COLUMN, LABEL_TIME], keep=False)
+    if repeated.any():
+        differ = labels[repeated].groupby([ID_COLUMN, LABEL_TIME])[LABEL_COLUMN].transform("nunique") > 1
+        if differ.any():
+            rows = (differ.index[differ][:6] + 2).tolist()
+            raise DataValidationError(f"labels file {labels_uri}: different labels for one customer at one "
+                                      f"{LABEL_TIME}, at lines {rows}; keep the true one")  # fmt: skip
+        labels = labels.drop_duplicates([ID_COLUMN, LABEL_TIME])
     store = open_store(settings)
     _require_applied(store)
+    _require_snapshots(settings)
     try:
         joined = training_frame(store, labels)
     except Exception as exc:  # noqa: BLE001

@@ -145,8 +145,15 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
     monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
     get_settings.cache_clear()
     data.read_table(telco_csv).head(5).to_csv("no_time.csv", index=False)
+    data.read_table(telco_csv).head(5).assign(tenure="seven").to_csv("all_bad.csv", index=False)
     cases = [
         ((), ["features", "materialize"], 2, "not registered: run `churn-platform features apply` first"),
+        # Before apply (a misspelt CHURN_FEATURE_STORE_DIR, say), nothing goes into a folder no one reads.
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "now"], 2, "not registered"),
+        ((), ["features", "apply"], 0, "registered customer, customer_features"),
+        ((), ["features", "materialize"], 2, "no customer snapshots ingested yet"),  # was exit 3, from Feast
+        # Nothing loaded: the summary says why (it was Feast's error from materializing, exit 3).
+        ((), ["features", "refresh", "all_bad.csv", "--as-of", "2026-01-01"], 1, "ingested 0 of 5 rows"),
         ((), ["features", "ingest", "no_time.csv"], 2, "missing required columns: ['snapshot_time (or give --as-of)']"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
@@ -168,6 +175,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
             assert (result.exit_code, message in result.output) == (code, True), (args, result.output)
             assert "Traceback" not in result.output
         assert len(pd.read_csv("no_time.csv")) == 5
+        assert not (tmp_path / "store" / "offline").exists()
     finally:
         get_settings.cache_clear()
 
@@ -182,9 +190,20 @@ def test_train_from_features_records_the_view_and_the_label_times(embedded: str,
     raw.drop(columns=[LABEL_COLUMN]).to_csv("snapshot.csv", index=False)
     labels = raw[[ID_COLUMN, LABEL_COLUMN]].assign(label_time="2026-04-01T12:00:00Z")
     early = labels.head(10).assign(label_time="2025-01-01")  # before any snapshot: nothing to learn from
-    pd.concat([labels, early]).to_csv("labels.csv", index=False)
+    # The same label twice is one (Feast's join kept one silently, and counted the other as a label
+    # without features).
+    pd.concat([labels, early, labels.head(3)]).to_csv("labels.csv", index=False)
     _cli("features", "apply")
+    labels.to_csv("labels_first.csv", index=False)
+    nothing_yet = _cli("train", "--from-features", "--labels", "labels_first.csv", code=2)  # was exit 3
+    assert "no customer snapshots ingested yet" in nothing_yet
     _cli("features", "ingest", "snapshot.csv", "--as-of", "2026-03-01")
+    for bad, message in ((labels.assign(churn=["Yes"] * 4 + ["maybe"] + ["No"] * 595),
+                          "1 rows whose churn is not Yes/No, 1/0 or true/false, first at lines [6]"),  # not row 23
+                         (pd.concat([labels, labels.head(1).assign(churn="No" if labels.churn[0] == "Yes" else "Yes")]),
+                          "different labels for one customer at one label_time, at lines [2, 602]")):  # fmt: skip
+        bad.to_csv("bad_labels.csv", index=False)
+        assert message in _cli("train", "--from-features", "--labels", "bad_labels.csv", code=2)
 
     refused = CliRunner().invoke(main, ["train", "--from-features"])
     assert refused.exit_code == 2 and "--from-features needs --labels" in refused.output
