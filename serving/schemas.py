@@ -171,8 +171,17 @@ BatchResponse = create_model(
 )
 
 
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+#: An id to look up: stripped as the feature store strips the ids it ingests (a CRM's padded
+#: " 7590-VHVEG" was never found), then held to the limits (last: it runs first).
 CustomerId = Annotated[
-    str, Field(min_length=1, max_length=ID_MAX_LENGTH, description=ID_DESCRIPTION), NO_CONTROL_CHARACTERS
+    str,
+    Field(min_length=1, max_length=ID_MAX_LENGTH, description=ID_DESCRIPTION),
+    NO_CONTROL_CHARACTERS,
+    BeforeValidator(_stripped),
 ]
 
 

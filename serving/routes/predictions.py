@@ -14,18 +14,18 @@ from pydantic import BaseModel, ValidationError
 
 from churn_platform import tracing
 from churn_platform.contract import MODEL_NAME, MODEL_VERSION
-from churn_platform.schema import FEATURE_NAMES, ID_MAX_LENGTH
+from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
 from serving.deps import FeaturesDep, PredictorDep, ServedModel
 from serving.errors import BatchTooLarge, UnknownCustomer
 from serving.schemas import (
     ID_DESCRIPTION,
-    NO_CONTROL_CHARACTERS,
     BatchRequest,
     BatchResponse,
     ByIdRequest,
     ByIdResponse,
     Customer,
+    CustomerId,
     Prediction,
     Problem,
     Record,
@@ -132,12 +132,11 @@ for _route in _POST_ROUTES:
     router.add_api_route(f"/predict/{_route}", _post_only, methods=["GET"], include_in_schema=False)
 
 
-@router.get("/predict/{customer_id}", response_model=Prediction,
+# `:path`: an id the store holds may contain a slash (sent as is, or as %2F).
+@router.get("/predict/{customer_id:path}", response_model=Prediction,
             responses={404: {"model": Problem, "description": "Unknown customer id"}, **ById})  # fmt: skip
 async def predict_by_path(
-    customer_id: Annotated[
-        str, Path(min_length=1, max_length=ID_MAX_LENGTH, description=ID_DESCRIPTION), NO_CONTROL_CHARACTERS
-    ],
+    customer_id: Annotated[CustomerId, Path(description=ID_DESCRIPTION)],
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""

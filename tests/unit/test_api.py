@@ -317,6 +317,7 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         assert response.status_code == 503 and "features apply" in response.json()["message"]
 
     frame = data.load(telco_csv).head(40).drop(columns=["churn"])
+    frame.loc[5, "customer_id"] = "CRM/5"  # a slash: the store takes it, so GET /predict/{id} must too
     frame.assign(snapshot_time="2026-05-01").to_csv(tmp_path / "snapshot.csv", index=False)
     feature_store.apply(settings)
     feature_store.ingest(settings, str(tmp_path / "snapshot.csv"))
@@ -337,6 +338,13 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         ).json()
         explained = client.get(f"/predict/{ids[3]}?explain=true&top_k=3").json()
         assert len(explained["explanation"]["contributions"]) == 3
+        # The ids the store was given, as the store reads them: padding stripped (as at ingest), a slash kept.
+        padded = client.post("/predict/by-id", json={"customer_ids": [f" {ids[3]}\u00a0"]}).json()
+        assert padded["errors"] == [] and padded["predictions"][0]["customer_id"] == ids[3]
+        assert client.get(f"/predict/%20{ids[3]}").json() == client.get(f"/predict/{ids[3]}").json()
+        for path in ("/predict/CRM/5", "/predict/CRM%2F5"):
+            assert client.get(path).json()["customer_id"] == "CRM/5"
+        assert client.get("/predict/%20").status_code == 422
         missing = client.get("/predict/nobody")
         assert missing.status_code == 404 and "'nobody'" in missing.json()["message"]
         for payload, status, words in (
