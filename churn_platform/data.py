@@ -575,6 +575,13 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
                 f"column {LABEL_COLUMN!r} needs at least two customers of each class to train and validate, "
                 f"found {churned.value_counts().to_dict()} customers"
             )
+        held_out = int(np.ceil(validation_size * len(churned)))
+        if min(held_out, len(churned) - held_out) < churned.nunique():
+            raise DataValidationError(
+                f"validation_size {validation_size} leaves {held_out} validation and {len(churned) - held_out} "
+                f"training customers of {len(churned)}: each side needs a customer of each class; choose a share "
+                "nearer 0.25 or use more data"
+            )
         _, held = train_test_split(churned.index, test_size=validation_size, random_state=seed, stratify=churned)
         in_valid = customers.isin(held).to_numpy()
         train, valid = frame[~in_valid], frame[in_valid]

@@ -239,6 +239,9 @@ def test_a_customer_with_several_rows_is_on_one_side_of_the_split_only():
     one_churner_twice = again[(again.churn == 0) | (again.customer_id == again[again.churn == 1].customer_id.iloc[0])]
     with pytest.raises(DataValidationError, match="two customers of each class"):
         data.split(one_churner_twice, 0.2, seed=5)
+    few = pd.concat([frame.head(4).assign(churn=[1, 1, 0, 0])] * 3, ignore_index=True)  # 4 customers, 3 rows each
+    with pytest.raises(DataValidationError, match="leaves 1 validation and 3 training customers of 4"):
+        data.split(few, 0.2, seed=5)  # was sklearn's ValueError: exit 70
 
 
 def test_the_generator_follows_the_schema(monkeypatch):
