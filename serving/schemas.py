@@ -82,13 +82,22 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("literal_error", "Input should be 0 or 1, not true or false")
+    return value
+
+
 #: A float field takes numbers, and numbers in strings; not booleans, and not Python's literals.
 PLAIN_NUMBER = BeforeValidator(_number)
 
 
 def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.allowed is not None:
-        return Literal[feature.allowed], Field(description=feature.description)  # type: ignore[valid-type]
+        allowed = Literal[feature.allowed]  # type: ignore[valid-type]
+        if any(isinstance(v, int) for v in feature.allowed):  # pydantic's Literal[0, 1] takes true as 1
+            allowed = Annotated[allowed, BeforeValidator(_not_a_bool)]
+        return allowed, Field(description=feature.description)
     kind = int if feature.kind == "integer" else float
     return Annotated[kind, PLAIN_NUMBER] if kind is float else kind, Field(
         description=feature.description,

@@ -120,6 +120,7 @@ def test_well_formed_edge_values_take_the_same_values(change):
         ("customer_id", json.dumps("a\tb")),
         ("customer_id", '""'),  # a prediction no outcome can ever be joined to
         ("monthly_charges", "true"),  # pydantic's lax float read it as 1.0
+        ("senior_citizen", "true"),  # and its Literal[0, 1] as 1
         ("monthly_charges", '"5_000"'),  # and this as 5000.0
         ("total_charges", '" 5"'),
         ("total_charges", '"0x10"'),
