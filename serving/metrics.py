@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from serving.holder import State
-
 if TYPE_CHECKING:
     from churn_platform.loading import LoadedModel
     from serving.holder import Attempt
@@ -76,6 +74,8 @@ class Metrics:
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
         # Every outcome from 0: a series that first appears at 1 has no increase() for the alerts
         # to see, so a failure that happened once would never page.
+        from serving.holder import State  # here: the holder imports MLflow, which /metrics alone need not
+
         for outcome in ("loaded", *(s for s in get_args(State) if s not in _NOT_OUTCOMES)):
             self.reloads.labels(outcome)
 

@@ -146,7 +146,8 @@ class RequestMetrics:
                 log.exception("unexpected error on %s", scope["path"])
                 await problem(500, "internal error; see the server log")(scope, receive, record)
             finally:
-                endpoint = getattr(scope.get("route"), "path", "unmatched")
+                # The route's template without converters: /predict/{customer_id}, not {customer_id:path}.
+                endpoint = getattr(scope.get("route"), "path_format", "unmatched")
                 elapsed = time.perf_counter() - started
                 self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
                 self.metrics.latency.labels(endpoint).observe(elapsed)

@@ -345,6 +345,8 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         for path in ("/predict/CRM/5", "/predict/CRM%2F5"):
             assert client.get(path).json()["customer_id"] == "CRM/5"
         assert client.get("/predict/%20").status_code == 422
+        # The route's template as the dashboards and alerts know it, without the `:path` converter.
+        assert 'endpoint="/predict/{customer_id}",method="GET",status="200"' in client.get("/metrics").text
         missing = client.get("/predict/nobody")
         assert missing.status_code == 404 and "'nobody'" in missing.json()["message"]
         for payload, status, words in (
