@@ -67,6 +67,17 @@ def _stored(tags: dict[str, str]) -> RolloutState:
         return RolloutState(reason=f"unreadable {ROLLOUT_TAG} tag ignored: {raw[:100]!r}")
 
 
+def _unreadable(tags: dict[str, str]) -> bool:
+    raw = tags.get(ROLLOUT_TAG)
+    if not raw:
+        return False
+    try:
+        RolloutState.model_validate_json(raw)
+    except ValidationError:
+        return True
+    return False
+
+
 def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     state = _stored(tags)
     if state.mode == "off":
@@ -172,7 +183,7 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
     """
     tags = registry.get_model(client, name).tags
     stored = _stored(tags)
-    if stored.mode == "off" and tags.get(ROLLOUT_TAG) and stored.reason:  # unreadable (edited by hand, say)
+    if _unreadable(tags):  # edited by hand, say
         promotion.record(client, name, "rollout-stop", None, None, actor=actor, reason=reason or stored.reason)
         _save(client, name, RolloutState())
         return RolloutState(reason=f"cleared: {stored.reason}")

@@ -147,6 +147,8 @@ def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_revive_it(
     event = out(cli("history", "--model-name", name, "--json"))["events"][0]
     assert event["action"] == "rollout-stop" and "unreadable" in event["reason"]
     assert cli("rollout", "stop", "--model-name", name).exit_code == 2
+    MlflowClient().set_registered_model_tag(name, ROLLOUT_TAG, '{"mode": "off", "reason": "set by hand"}')
+    assert cli("rollout", "stop", "--model-name", name).exit_code == 2  # readable, and off: nothing to clear
 
 
 def test_a_rollout_ends_when_production_is_moved_in_the_ui(three_versions):
