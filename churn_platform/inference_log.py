@@ -97,13 +97,17 @@ _NOT_BRIN = sa.text(
 )
 #: Why a conversion may be left for later: the table stayed busy, or this role does not own it
 #: (a writer granted INSERT only; its B-trees serve as before).
+#: PostgreSQL's SQLSTATE for a role lacking a privilege.
+INSUFFICIENT_PRIVILEGE = "42501"
 _NOT_NOW = {
     "55P03": f"the table stayed busy for {CONVERT_LOCK_TIMEOUT}; a later start tries again",
-    "42501": "this database role does not own the table; its owner can convert them (docs/operations.md)",
+    INSUFFICIENT_PRIVILEGE: (
+        "this database role does not own the table; its owner can convert them (docs/operations.md)"
+    ),
 }
 
 
-def _sqlstate(exc: sa.exc.DBAPIError) -> str | None:
+def sqlstate(exc: sa.exc.DBAPIError) -> str | None:
     """PostgreSQL's error code: psycopg 3's ``sqlstate``, psycopg2's ``pgcode``, pg8000's ``C``."""
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
@@ -130,7 +134,7 @@ def _convert_to_brin(conn: sa.Connection) -> list[str]:
                 conn.execute(sa.schema.CreateIndex(declared[name]))
             conn.execute(sa.text("SET LOCAL lock_timeout = DEFAULT"))
     except sa.exc.DBAPIError as exc:
-        why = _NOT_NOW.get(_sqlstate(exc) or "")
+        why = _NOT_NOW.get(sqlstate(exc) or "")
         if why is None:
             raise
         log.warning("inference log: indexes %s not converted to BRIN: %s", ", ".join(stale), why)
@@ -164,7 +168,7 @@ def read_problem(exc: sa.exc.DBAPIError) -> str:
     """Why a job could not read the log, in words: a table from an earlier release lacks
     columns until the upgraded API starts its writer, which adds them."""
     text = str(getattr(exc, "orig", exc))
-    if re.search(rf"(no such column: |column )(\w+\.)?({'|'.join(_ADDED)})\b", text):  # SQLite's, PostgreSQL's
+    if re.search(rf"(no such column: |column \"?)(\w+\.)?({'|'.join(_ADDED)})\b", text):  # SQLite's, PostgreSQL's
         return (f"{text.strip().splitlines()[0]}: the table is from an earlier release; the upgraded API adds "
                 "the missing columns when it starts, so run this job again after it has")  # fmt: skip
     return text.strip()

@@ -31,7 +31,7 @@ from churn_platform.contract import (
     SCORED_AT,
 )
 from churn_platform.errors import DataValidationError, StorageUnreachable
-from churn_platform.inference_log import make_engine, schema_change, sqlite_time
+from churn_platform.inference_log import INSUFFICIENT_PRIVILEGE, make_engine, schema_change, sqlite_time, sqlstate
 from churn_platform.schema import (
     ID_COLUMN,
     ID_CONTROL_CHARACTERS,
@@ -262,9 +262,12 @@ def ingest(
         return Ingested(checked, dataclasses.replace(written, unchanged=written.unchanged + checked.repeated))
     except (sa.exc.DataError, sa.exc.IntegrityError, ValueError) as exc:  # refused for this data: nothing written
         raise DataValidationError(f"the database refused the outcomes: {getattr(exc, 'orig', exc)}") from exc
-    except sa.exc.DBAPIError as exc:
+    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError, sa.exc.ProgrammingError) as exc:
         # Down, or refusing every write (a read-only standby after a failover, a missing grant):
         # the sender's data is fine, and a client that drops what it is told is bad would lose it.
+        # Any other ProgrammingError is a bug here, not something a retry mends.
+        if isinstance(exc, sa.exc.ProgrammingError) and sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+            raise
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc
     finally:
