@@ -512,7 +512,7 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     # Up to now, or to the latest snapshot just loaded when a source's clock runs ahead (ingest
     # takes up to five minutes ahead): otherwise those rows would fall in no run's window.
     end = max(datetime.now(UTC), summary.last + timedelta(microseconds=1)) if summary.last else None
-    # Nothing loaded (every row rejected): nothing to copy, and the summary says why (exit 1).
+    # Nothing loaded (an empty export, or every row rejected: exit 1): nothing new to copy.
     materialized = feature_store.materialize(settings, end=end, start=summary.first) if summary.ingested else None
     _ingested(summary, as_json, materialized_to=materialized)
 

@@ -224,7 +224,8 @@ class IngestSummary:
     rows: int
     ingested: int
     rejected: int
-    rejects: str
+    #: The rejects file, None when none was written (no bad row, and none asked for).
+    rejects: str | None
     customers: int
     first: datetime | None
     last: datetime | None
@@ -304,7 +305,8 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     good, reasons = snapshots(raw, as_of)
     # A rejects file that was asked for is written every run, empty when no row was bad (as batch
     # scoring does), so one at a fixed place is always this run's; the default only when needed.
-    if asked or len(reasons):
+    written = asked or bool(len(reasons))
+    if written:
         if not rejects.startswith("s3://"):
             Path(rejects).parent.mkdir(parents=True, exist_ok=True)
         table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
@@ -316,7 +318,8 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
             _append_parquet(_offline_file(settings), good)
     first = good[SNAPSHOT_TIME].min().to_pydatetime() if len(good) else None
     last = good[SNAPSHOT_TIME].max().to_pydatetime() if len(good) else None
-    return IngestSummary(uri, len(raw), len(good), len(reasons), rejects, good[ID_COLUMN].nunique(), first, last,
+    return IngestSummary(uri, len(raw), len(good), len(reasons), rejects if written else None,
+                         good[ID_COLUMN].nunique(), first, last,
                          repeated=len(raw) - len(good) - len(reasons))  # every row read is accounted for
 
 

@@ -197,7 +197,9 @@ def test_train_from_features_records_the_view_and_the_label_times(embedded: str,
     labels.to_csv("labels_first.csv", index=False)
     nothing_yet = _cli("train", "--from-features", "--labels", "labels_first.csv", code=2)  # was exit 3
     assert "no customer snapshots ingested yet" in nothing_yet
-    _cli("features", "ingest", "snapshot.csv", "--as-of", "2026-03-01")
+    ingested = _cli("features", "ingest", "snapshot.csv", "--as-of", "2026-03-01", "--json")
+    summary, _ = json.JSONDecoder().raw_decode(ingested[ingested.index("{") :])
+    assert (summary["rejected"], summary["rejects"]) == (0, None)  # no file written, none named
     for bad, message in ((labels.assign(churn=["Yes"] * 4 + ["maybe"] + ["No"] * 595),
                           "1 rows whose churn is not Yes/No, 1/0 or true/false, first at lines [6]"),  # not row 23
                          (pd.concat([labels, labels.head(1).assign(churn="No" if labels.churn[0] == "Yes" else "Yes")]),
