@@ -306,6 +306,7 @@ def test_a_row_replaced_within_one_file_is_counted_not_silently_gone(telco_csv, 
     frame.to_csv(tmp_path / "snapshots.csv", index=False)
     settings = get_settings().model_copy(update={"feature_store_dir": str(tmp_path / "store"),
                                                  "feature_store_url": None})  # fmt: skip
+    feature_store.apply(settings)
     summary = feature_store.ingest(settings, str(tmp_path / "snapshots.csv"))
     assert (summary.rows, summary.ingested, summary.rejected, summary.repeated) == (4, 3, 0, 1)
     assert str(summary).endswith("1 replaced by a later row of the same customer and time")
