@@ -9,6 +9,7 @@ wait for it. Predictions with features in the body never depend on the store.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ class FeatureSource:
         self._lock = threading.Lock()
         self._opened_at = 0.0
         self._opening = False
+        #: The embedded online store's file as opened (device, inode): Feast keeps its SQLite
+        #: connection, so a store deleted and built again would otherwise be read as it was.
+        self._file: tuple[int, int] | None = None
 
     @property
     def configured(self) -> bool:
@@ -75,7 +79,7 @@ class FeatureSource:
             return
         settle_heap()  # Feast's modules and registry: loaded once, kept for good
         with self._lock:
-            self._read = read
+            self._read, self._file = read, self._online_file()
             self.state, self.reason, self._opening = "ok", "online store readable", False
         log.info("feature store open (%s)", "PostgreSQL" if self.settings.feature_store_url else "embedded")
 
@@ -86,12 +90,34 @@ class FeatureSource:
         if read is not None and hasattr(read, "aclose"):
             await read.aclose()
 
+    def _online_file(self) -> tuple[int, int] | None:
+        if self.settings.feature_store_url:
+            return None
+        try:
+            found = os.stat(Path(self.settings.feature_store_dir) / "online.db")
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _replaced(self) -> bool:
+        """The embedded store was deleted, or built again, since it was opened: read it afresh."""
+        if self._file is None or self._file == self._online_file():
+            return False
+        with self._lock:
+            self._read, self._file = None, None
+            self.state, self.reason = "unavailable", "the feature store was replaced since it was opened; reopening"
+        log.warning("%s", self.reason)
+        self.start()
+        return True
+
     def status(self) -> dict[str, str]:
         return {"state": self.state, "detail": self.reason}
 
     async def lookup(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
         """Each id's latest materialized features, None for an id the store does not hold."""
         read = self._read
+        if read is not None and not hasattr(read, "aread") and self._replaced():  # embedded: a stat per request
+            raise FeaturesUnavailable(self.reason)
         if read is None:
             if self.state in ("unavailable", "not configured") and time.monotonic() - self._opened_at > _RETRY_S:
                 self.start()  # set up or back since the last try: open it for the next requests

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
 
 import mlflow
@@ -365,6 +366,21 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         assert client.get(f"/predict/{'x' * 129}").status_code == 422
         refused = client.get("/predict/a%00b")
         assert refused.status_code == 422 and "customer_id: contains a control character" in refused.json()["message"]
+
+        # The store deleted and built again under the running API: Feast kept its connection to the
+        # deleted file, and the API went on serving customers the new store does not hold.
+        shutil.rmtree(settings.feature_store_dir)
+        rebuilt = frame.head(3).assign(tenure=frame.tenure.head(3) + 1)
+        rebuilt.assign(snapshot_time="2026-06-01").to_csv(tmp_path / "rebuilt.csv", index=False)
+        feature_store.apply(settings)
+        feature_store.ingest(settings, str(tmp_path / "rebuilt.csv"))
+        feature_store.materialize(settings)
+        deadline = time.monotonic() + 60
+        while (answer := client.get(f"/predict/{ids[10]}")).status_code != 404:  # 503 while it reopens
+            assert answer.status_code in (200, 503) and time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
+        again = client.post("/predict/single", json=data.to_records(rebuilt)[0]).json()
+        assert client.get(f"/predict/{ids[0]}").json() == again
 
 
 ANY_UNKNOWN = "unknown customer id: the online store holds no features for it"
