@@ -180,6 +180,11 @@ def is_blank(values: pd.Series) -> pd.Series:
     return values.isna() | _text(values).str.strip().isin(["", "nan", "NaN", "None"])
 
 
+def label_values(values: pd.Series) -> pd.Series:
+    """Churn labels as 1/0 from any spelling ``LABEL_VALUES`` knows; NaN where it knows none."""
+    return label_text(values).str.lower().map(LABEL_VALUES)
+
+
 def label_text(values: pd.Series) -> pd.Series:
     """Labels as stripped text for ``LABEL_VALUES``: whole numbers of a floating-point column
     as integers ("1", not "1.0": pandas reads an integer label column with a gap as floats)."""
@@ -363,7 +368,7 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
         out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, [])
     if LABEL_COLUMN in frame.columns:
         raw = frame[LABEL_COLUMN]
-        label = label_text(raw).str.lower().map(LABEL_VALUES)
+        label = label_values(raw)
         bad = label.isna()
         if bad.any():
             problems.append(f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No, {_rows(bad, raw)}")

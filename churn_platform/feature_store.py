@@ -49,7 +49,6 @@ from churn_platform.schema import (
     ID_CONTROL_PROBLEM,
     ID_MAX_LENGTH,
     LABEL_COLUMN,
-    LABEL_VALUES,
 )
 from churn_platform.settings import Settings
 
@@ -643,7 +642,7 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
             f"{LABEL_TIME}, first at lines {rows}"
         )
     labels[LABEL_TIME] = times
-    label = data.label_text(labels[LABEL_COLUMN]).str.lower().map(LABEL_VALUES)
+    label = data.label_values(labels[LABEL_COLUMN])
     if label.isna().any():  # here, not after the join: the join reorders rows, and the line numbers with them
         rows = (labels.index[label.isna()][:5] + 2).tolist()
         raise DataValidationError(f"labels file {labels_uri}: {int(label.isna().sum())} rows whose {LABEL_COLUMN} "
