@@ -537,14 +537,18 @@ class ScoredChunk:
     scored: int
 
 
+def _blank_ids(table: pa.Table) -> bool:
+    """Whether some row's id is missing or blank: ``split_rejects`` refuses those rows."""
+    ids = pc.utf8_trim_whitespace(pc.cast(table.column(ID_COLUMN), pa.string()))
+    return bool(pc.any(pc.fill_null(pc.equal(ids, ""), True)).as_py())
+
+
 def score_chunk(
     model: loading.LoadedModel, settings: Settings, table: pa.Table, scored_at: pd.Timestamp, schema: pa.Schema,
     *, fast: bool, explain_top_k: int | None, first_row: int,
 ) -> ScoredChunk:  # fmt: skip
     """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
-    ids_text = pc.utf8_trim_whitespace(pc.cast(table.column(ID_COLUMN), pa.string()))
-    blank = pc.any(pc.fill_null(pc.equal(ids_text, ""), True)).as_py()  # split_rejects refuses those rows
-    clean = fast and not blank and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
+    clean = fast and not _blank_ids(table) and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
     if clean:
         ids = table.column(ID_COLUMN)
         raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
