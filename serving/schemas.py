@@ -70,6 +70,8 @@ NO_CONTROL_CHARACTERS = AfterValidator(_no_control_characters)
 UTF8 = AfterValidator(_utf8)
 #: What the OpenAPI document says about an id.
 ID_DESCRIPTION = f"1 to {ID_MAX_LENGTH} characters, none of them a control character (U+0000 to U+001F)."
+#: Every id a route takes: the limits ``ID_DESCRIPTION`` states.
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH), NO_CONTROL_CHARACTERS]
 
 # A number in a string, as JSON writes one: pydantic's lax float would also take "5_000",
 # " 5" and true (as 1.0), none of which the contract names or msgspec takes.
@@ -117,7 +119,7 @@ EXAMPLE_CUSTOMER = _example()
 Customer = create_model(
     "Customer",
     __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_CUSTOMER]}),
-    **{ID_COLUMN: (Annotated[str, Field(min_length=1, max_length=ID_MAX_LENGTH), NO_CONTROL_CHARACTERS] | None,
+    **{ID_COLUMN: (Id | None,
                    Field(None, description=f"Your id, echoed back. {ID_DESCRIPTION}"))},
     **{f.name: _field(f) for f in FEATURES},
 )
@@ -186,12 +188,7 @@ def _stripped(value: Any) -> Any:
 
 #: An id to look up: stripped as the feature store strips the ids it ingests (a CRM's padded
 #: " 7590-VHVEG" was never found), then held to the limits (last: it runs first).
-CustomerId = Annotated[
-    str,
-    Field(min_length=1, max_length=ID_MAX_LENGTH, description=ID_DESCRIPTION),
-    NO_CONTROL_CHARACTERS,
-    BeforeValidator(_stripped),
-]
+CustomerId = Annotated[Id, Field(description=ID_DESCRIPTION), BeforeValidator(_stripped)]
 
 
 class ByIdRequest(BaseModel):
