@@ -353,3 +353,40 @@ def test_malformed_json_is_a_422_that_says_what_is_wrong(api):
             response = api.post(path, content=body, headers=headers)
             assert response.status_code == 422, (path, response.text)
             assert response.json()["message"].startswith(message), (path, response.json())
+
+
+def test_a_padded_id_sent_to_predict_is_judged_by_its_trimmed_outcome(api, telco_csv):
+    """Outcomes and the feature store trim ids; the log must too, or a CRM that pads its ids
+    never sees a prediction judged. The answer echoes the id as sent."""
+    import time
+
+    from tests.unit.test_api import customers, wait_ready
+
+    wait_ready(api)
+    two = customers(telco_csv, 2)
+    sent = [two[0] | {"customer_id": "  7590-VHVEG "}, two[1] | {"customer_id": "\u00a0 "}]
+    for path, body in (("/predict", {"customers": sent}), ("/predict/single", sent[0])):
+        response = api.post(path, json=body)
+        assert response.status_code == 200, response.text
+        answered = response.json().get("predictions", [response.json()])
+        assert answered[0]["customer_id"] == "  7590-VHVEG "
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sa.create_engine(api.url).connect() as conn:
+            try:
+                ids = conn.execute(sa.text("SELECT customer_id FROM inference_log ORDER BY id")).scalars().all()
+            except sa.exc.OperationalError:  # no table yet
+                ids = []
+        if len(ids) == 3:
+            break
+        time.sleep(0.1)
+    assert ids == ["7590-VHVEG", None, "7590-VHVEG"]  # an id of only spaces is no id
+    observed = datetime.now(UTC) + timedelta(seconds=1)
+    time.sleep(1.5)  # an outcome may not lie in the future
+    assert post(api, [{"customer_id": "7590-VHVEG", "churned": "Yes", "observed_at": observed.isoformat()}]
+                ).status_code == 200  # fmt: skip
+    params = {"name": "churn", "version": 1, "horizon_days": 90,
+              **outcomes.window_params("sqlite", observed - timedelta(hours=1), observed + timedelta(hours=1))}
+    with sa.create_engine(api.url).connect() as conn:
+        judged = conn.execute(sa.text(outcomes.matched_sql("sqlite")), params).fetchall()
+    assert len(judged) == 1 and judged[0].churned
