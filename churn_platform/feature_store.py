@@ -265,11 +265,15 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
         times = pd.Series(given, index=raw.index)
     else:
         times = data.iso_times(raw[SNAPSHOT_TIME])
+        shown = raw[SNAPSHOT_TIME].astype("string").str.strip()  # an epoch in Parquet: 1700000000, not np.int64(...)
+        blank = (shown.isna() | (shown == "")).fillna(True).to_numpy(dtype=bool)
         if given is not None:  # --as-of stands in for a blank cell as for a missing column
-            blank = raw[SNAPSHOT_TIME].isna() | (raw[SNAPSHOT_TIME].astype("string").str.strip() == "")
-            times = times.mask(blank.fillna(True).to_numpy(dtype=bool), given)
+            times = times.mask(blank, given)
         for row in times.index[times.isna()]:
-            extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {raw.at[row, SNAPSHOT_TIME]!r} is not an ISO-8601 time")
+            extra.setdefault(row, []).append(
+                f"{SNAPSHOT_TIME}: missing (--as-of stands in for blank times)" if blank[row]
+                else f"{SNAPSHOT_TIME}: {shown.at[row]!r} is not an ISO-8601 time"
+            )
     # A snapshot from the future would be every later training set's "latest" row for its customer.
     now = pd.Timestamp.now(tz=UTC)
     for row in times.index[(times > now + pd.Timedelta(minutes=5)).fillna(False)]:

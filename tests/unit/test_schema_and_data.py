@@ -110,7 +110,19 @@ def test_as_of_stands_in_for_a_blank_snapshot_time_and_the_column_wins_elsewhere
     assert reasons.empty
     assert good["snapshot_time"].dt.strftime("%Y-%m-%d").tolist() == ["2026-05-31", "2026-06-30", "2026-06-30"]
     _, reasons = feature_store.snapshots(frame, None)  # no --as-of: a blank time is a bad row
-    assert sorted(reasons.index) == [1, 2] and "snapshot_time" in reasons[1]
+    assert reasons.to_dict() == {row: "snapshot_time: missing (--as-of stands in for blank times)" for row in (1, 2)}
+
+
+def test_a_snapshot_time_that_is_not_iso_8601_is_shown_as_the_file_holds_it(telco_csv):
+    """An epoch from a Parquet export was shown as np.int64(1780272000)."""
+    from churn_platform import feature_store
+
+    frame = _sample(telco_csv, 2)
+    frame.columns = normalise_columns(list(frame.columns))
+    frame["snapshot_time"] = pd.Series([1780272000, 1780272001], dtype="int64")
+    _, reasons = feature_store.snapshots(frame, None)
+    assert reasons.to_dict() == {0: "snapshot_time: '1780272000' is not an ISO-8601 time",
+                                 1: "snapshot_time: '1780272001' is not an ISO-8601 time"}  # fmt: skip
 
 
 def test_snapshot_times_must_be_iso_8601_not_guessed(telco_csv):
