@@ -44,7 +44,7 @@ case "$role" in
     exec mlflow server \
       --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:?set MLFLOW_BACKEND_STORE_URI}" \
       --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:?set MLFLOW_ARTIFACTS_DESTINATION}" \
-      --host 0.0.0.0 --port "${MLFLOW_PORT:-5000}" \
+      --host 0.0.0.0 --port "${MLFLOW_PORT:-5000}" --workers "${MLFLOW_WORKERS:-2}" \
       --allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-localhost:*,127.0.0.1:*}" "$@" ;;
   *)
     echo "entrypoint: CHURN_ROLE='$role' is not a role ($roles)" >&2

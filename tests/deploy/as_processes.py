@@ -88,8 +88,8 @@ BASE_PATH = "/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_DIRS = ("bin", "sbin", "usr", "lib", "lib64", "etc", "dev", "proc", "sys")
 #: Images that are not run but stood in for, by repository: what stands in, and its port.
 STAND_INS = {"postgres": ("postgres", 5432), "minio/minio": ("s3", 9000), "minio/mc": ("mc", None)}
-#: Arguments added here to a role, beyond the files: the MLflow server forks four workers by
-#: default, half a minute of two busy cores to start; one serves these tests.
+#: Arguments added here to a role, beyond the files: the image's MLflow server forks two
+#: workers, seconds of two busy cores to start; one serves these tests.
 LOCAL_ARGS = {"mlflow-server": ("--workers", "1")}
 
 

@@ -150,7 +150,7 @@ MLFLOW = [
     "mlflow", "server",
     "--backend-store-uri", "postgresql+psycopg2://pg:pg-pass@postgres:5432/mlflow",
     "--artifacts-destination", "s3://mlflow/artifacts",
-    "--host", "0.0.0.0", "--port", "5000",
+    "--host", "0.0.0.0", "--port", "5000", "--workers", "2",  # MLflow's own default, 4, outgrows the pod
     "--allowed-hosts", "mlflow:*,localhost:*,127.0.0.1:*",
 ]  # fmt: skip
 
@@ -180,7 +180,7 @@ RUNS = [
     ("score", ["--", "--version", "3", "--json"], ["churn-platform", "score", "--version", "3", "--json"]),
     ("score", ["score", "--help"], ["churn-platform", "score", "--help"]),
     ("api", ["--workers", "2"], [*API, "--workers", "2"]),
-    ("mlflow", ["--workers", "2"], [*MLFLOW, "--workers", "2"]),
+    ("mlflow", ["--workers", "1"], [*MLFLOW, "--workers", "1"]),  # the last --workers wins
 ]
 
 
