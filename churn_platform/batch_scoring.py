@@ -61,6 +61,8 @@ from churn_platform.schema import (
     FEATURES,
     FEATURES_BY_NAME,
     ID_COLUMN,
+    ID_CONTROL_CHARACTERS,
+    ID_MAX_LENGTH,
     normalise_columns,
 )
 from churn_platform.scorer import FastScorer
@@ -537,10 +539,13 @@ class ScoredChunk:
     scored: int
 
 
-def _blank_ids(table: pa.Table) -> bool:
-    """Whether some row's id is missing or blank: ``split_rejects`` refuses those rows."""
+def _odd_ids(table: pa.Table) -> bool:
+    """Whether some row's id is missing, blank, too long or holds a control character:
+    ``split_rejects`` refuses those rows (it decides; this only routes the chunk to it)."""
     ids = pc.utf8_trim_whitespace(pc.cast(table.column(ID_COLUMN), pa.string()))
-    return bool(pc.any(pc.fill_null(pc.equal(ids, ""), True)).as_py())
+    odd = pc.or_(pc.or_(pc.equal(ids, ""), pc.greater(pc.utf8_length(ids), ID_MAX_LENGTH)),
+                 pc.match_substring_regex(ids, f"[{ID_CONTROL_CHARACTERS}]"))  # fmt: skip
+    return bool(pc.any(pc.fill_null(odd, True)).as_py())
 
 
 def score_chunk(
@@ -548,7 +553,7 @@ def score_chunk(
     *, fast: bool, explain_top_k: int | None, first_row: int,
 ) -> ScoredChunk:  # fmt: skip
     """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
-    clean = fast and not _blank_ids(table) and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
+    clean = fast and not _odd_ids(table) and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
     if clean:
         ids = table.column(ID_COLUMN)
         raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
@@ -556,7 +561,7 @@ def score_chunk(
         return ScoredChunk(scores, None, table.num_rows)
     # Text columns or a bad row somewhere: the row-by-row checks.
     chunk = table.to_pandas()
-    good, reasons = data.split_rejects(chunk)  # blank ids among them
+    good, reasons = data.split_rejects(chunk)  # odd ids among them
     scored = _scored_table(model, good, settings, scored_at, explain_top_k, schema) if len(good) else None
     rejects = rejects_table(chunk, reasons, first_row) if len(reasons) else None
     return ScoredChunk(scored, rejects, len(good))

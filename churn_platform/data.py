@@ -25,6 +25,9 @@ from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
     ID_COLUMN,
+    ID_CONTROL_CHARACTERS,
+    ID_CONTROL_PROBLEM,
+    ID_MAX_LENGTH,
     LABEL_COLUMN,
     LABEL_VALUES,
     Feature,
@@ -112,6 +115,8 @@ def ids_as_text(table: pa.Table) -> pa.Table:
     if pa.types.is_floating(ids.type):
         whole = pc.and_(pc.equal(ids, pc.floor(ids)), pc.less_equal(pc.abs(ids), WHOLE_ID_LIMIT))
         text = pc.if_else(whole, pc.cast(ids, pa.int64(), safe=False).cast(pa.string()), text)
+        # NaN (a gap in a float column) and infinities name no customer: missing, not "nan".
+        text = pc.if_else(pc.is_finite(ids), text, pa.scalar(None, pa.string()))
     return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, text)
 
 
@@ -319,6 +324,16 @@ def missing_features(columns: list[str]) -> list[str]:
     return [c for c in FEATURE_NAMES if c not in columns]
 
 
+def id_issues(ids: pd.Series) -> list[RowIssue]:
+    """The rows whose (trimmed, text) id no part of the platform can store: longer than the
+    log's and the stores' columns, or holding a control character (the API refuses those ids
+    too; PostgreSQL cannot store a NUL). Blank ids are each caller's to name."""
+    return [
+        (ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters"),
+        (ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True), f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}"),
+    ]
+
+
 def split_rejects(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Customers (normalised columns, every feature present) checked row by row: the valid
     ones typed as ``validate`` types them, and each invalid row's reasons (``"; "``-joined),
@@ -331,9 +346,12 @@ def split_rejects(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
         out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, issues)
     if ID_COLUMN in frame.columns:
         out[ID_COLUMN] = frame[ID_COLUMN].astype("string").str.strip()
-        empty = (out[ID_COLUMN].isna() | (out[ID_COLUMN] == "")).fillna(True)
-        if empty.any():  # a score or a snapshot without its customer reaches no one
-            issues.append((empty, f"{ID_COLUMN}: empty"))
+        # A score or a snapshot without its customer reaches no one; nor does one whose id the
+        # API, the log and the outcomes would refuse.
+        ids = out[ID_COLUMN]
+        for mask, reason in [(ids.isna() | (ids == ""), f"{ID_COLUMN}: empty"), *id_issues(ids)]:
+            if mask.fillna(False).any():
+                issues.append((mask, reason))
     if not issues:
         return _typed(out), pd.Series([], dtype="object")
     masks = np.column_stack([mask.fillna(False).to_numpy(dtype=bool) for mask, _ in issues])

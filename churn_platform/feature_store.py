@@ -45,9 +45,6 @@ from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
     ID_COLUMN,
-    ID_CONTROL_CHARACTERS,
-    ID_CONTROL_PROBLEM,
-    ID_MAX_LENGTH,
     LABEL_COLUMN,
 )
 from churn_platform.settings import Settings
@@ -253,13 +250,9 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     if missing:
         raise DataValidationError(f"missing required columns: {missing} (found: {list(raw.columns)})")
     raw = raw.reset_index(drop=True)
-    good, reasons = data.split_rejects(raw)
+    good, reasons = data.split_rejects(raw)  # the ids' checks among them
     extra: dict[int, list[str]] = {}
     ids = raw[ID_COLUMN].astype("string").str.strip()
-    for row in ids.index[(ids.str.len() > ID_MAX_LENGTH).fillna(False)]:
-        extra.setdefault(row, []).append(f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
-    for row in ids.index[ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True).fillna(False)]:
-        extra.setdefault(row, []).append(f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}")
     given = None if as_of is None else pd.Timestamp(as_of, tz=None if as_of.tzinfo else UTC).tz_convert(UTC)
     if SNAPSHOT_TIME not in raw.columns:
         times = pd.Series(given, index=raw.index)

@@ -34,8 +34,6 @@ from churn_platform.errors import DataValidationError, StorageUnreachable
 from churn_platform.inference_log import INSUFFICIENT_PRIVILEGE, make_engine, schema_change, sqlite_time, sqlstate
 from churn_platform.schema import (
     ID_COLUMN,
-    ID_CONTROL_CHARACTERS,
-    ID_CONTROL_PROBLEM,
     ID_MAX_LENGTH,
     LABEL_COLUMN,
     LABEL_VALUES,
@@ -115,8 +113,8 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
 
     ids = text[ID_COLUMN]
     reject(ids.isna() | (ids == "") | ids.isin(["nan", "None"]), f"{ID_COLUMN}: missing")
-    reject(ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters")
-    reject(ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True), f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}")
+    for mask, reason in data.id_issues(ids):
+        reject(mask, reason)
     raw_label = text[CHURNED]
     label = raw_label.str.lower().map(LABEL_VALUES)
     reject(raw_label.isna() | (raw_label == ""), f"{CHURNED}: missing")

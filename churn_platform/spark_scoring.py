@@ -228,14 +228,21 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         # local engine; Spark's default would pad or cut it and score what is left. multiLine: a
         # quoted value may hold a line break (a CRM's notes); read line by line, each such row
         # became two, scored or rejected as halves. The price: one task per CSV file, not per split.
-        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST", multiLine=True)
+        # escape='"': CSV doubles a quote inside a quoted value; Spark's default escape, a backslash,
+        # read a value ending in one (a Windows path in a notes column) as an escaped quote, and every
+        # later row went into that value.
+        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST", multiLine=True,
+                               escape='"')  # fmt: skip
     columns = []
     for r, n in wanted:
         column = F.col(f"`{r}`")
         if n == ID_COLUMN and isinstance(frame.schema[r].dataType, (DoubleType, FloatType)):
-            # Whole numbers as integers ("7590", not Spark's "7590.0"), as data.ids_as_text gives them.
-            whole = (column == F.floor(column)) & (F.abs(column) <= data.WHOLE_ID_LIMIT)
-            column = F.when(whole, column.cast("long").cast("string")).otherwise(column.cast("string"))
+            # Whole numbers as integers ("7590", not Spark's "7590.0"), as data.ids_as_text gives them;
+            # NaN and infinities as missing. A remainder, not floor(), which overflows a long on them.
+            whole = (F.abs(column) <= data.WHOLE_ID_LIMIT) & (column % 1 == 0)
+            finite = ~F.isnan(column) & (F.abs(column) != float("inf"))
+            column = (F.when(whole, column.cast("long").cast("string"))
+                      .when(finite, column.cast("string")))  # fmt: skip
         elif n == ID_COLUMN:
             column = column.cast("string")
         if kind == "csv":  # Spark reads an empty field as null; the local engine, as the text it is

@@ -199,14 +199,51 @@ def test_line_breaks_inside_quoted_values_are_read_by_both_engines(registry_uri,
 def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri, customers, tmp_path):
     """pandas saves integer ids with a gap as doubles; Spark cast them to "7590.0", the local
     engine to "7590": the same customer under two ids depending on the engine."""
-    frame = customers.head(4).copy()
-    frame["customer_id"] = [7590.0, 123456789012345.0, 12.5, None]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = customers.head(7).drop(columns=["customer_id"])
+    table = pa.Table.from_pandas(frame, preserve_index=False).append_column(
+        "customer_id", pa.array([7590.0, 123456789012345.0, 12.5, None, float("nan"), float("inf"), -float("inf")])
+    )  # NaN as NaN, not null: Spark's floor() of NaN or inf overflowed, and the local engine scored "nan"
     source = tmp_path / "customers.parquet"
-    frame.to_parquet(source, index=False)
-    ids = {}
+    pq.write_table(table, source)
+    ids, reasons = {}, {}
     for engine, args in (("local", []), ("spark", SPARK)):
         out = tmp_path / f"{engine}.parquet"
         result = run(registry_uri, *args, "--input", str(source), "--output", str(out))
-        assert result.exit_code == 1, result.output  # the row without an id is a reject
+        assert result.exit_code == 1, result.output  # the rows without an id are rejects
         ids[engine] = pd.read_parquet(out)["customer_id"].tolist()
+        rejects = pd.read_parquet(tmp_path / f"{engine}.rejects.parquet")
+        reasons[engine] = dict(zip(rejects["row"], rejects["reason"], strict=True))
     assert ids["spark"] == ids["local"] == ["7590", "123456789012345", "12.5"]
+    assert reasons["spark"] == reasons["local"] == {row: "customer_id: empty" for row in (4, 5, 6, 7)}
+
+
+def test_ids_no_store_could_hold_are_rejects_in_both_engines(registry_uri, customers, tmp_path):
+    """The API, the log and the outcomes refuse an id over 128 characters or holding a control
+    character; batch scoring wrote them out, for a campaign no outcome could ever join."""
+    frame = customers.head(4).copy()
+    frame["customer_id"] = ["x" * 129, "abc\x01def", " padded ", "7590-VHVEG"]
+    frame.to_csv(tmp_path / "crm.csv", index=False)
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(tmp_path / "crm.csv"), "--output", str(out))
+        assert result.exit_code == 1, result.output
+        assert sorted(pd.read_parquet(out)["customer_id"]) == ["7590-VHVEG", "padded"], engine
+        rejects = pd.read_parquet(tmp_path / f"{engine}.rejects.parquet")
+        assert rejects["reason"].tolist() == ["customer_id: longer than 128 characters",
+                                              "customer_id: contains a control character (tab, newline, NUL...)"]
+
+
+def test_a_quoted_value_ending_in_a_backslash_costs_spark_no_row(registry_uri, customers, tmp_path):
+    """Spark's default CSV escape is a backslash: a notes value ending in one (a Windows path)
+    swallowed every later row into itself, and the job said all rows were scored (exit 0)."""
+    export = customers.head(5).assign(notes=["ok", "a, C:\\temp\\", "b", "c", "d"])
+    export.to_csv(tmp_path / "crm.csv", index=False)
+    assert '"a, C:\\temp\\"' in (tmp_path / "crm.csv").read_text()
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(tmp_path / "crm.csv"), "--output", str(out))
+        assert result.exit_code == 0, result.output
+        assert pd.read_parquet(out)["customer_id"].tolist() == export["customer_id"].tolist(), engine
