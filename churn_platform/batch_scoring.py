@@ -125,6 +125,21 @@ def _has_glob(text: str) -> bool:
     return any(ch in text for ch in _GLOB)
 
 
+def _glob_match(path: str, pattern: str) -> bool:
+    """``glob.glob``'s rule, for object keys: ``*``, ``?`` and ``[...]`` stay within one folder
+    (fnmatch's ``*`` also crossed ``/``: ``exports/*.csv`` took ``exports/archive/old.csv``),
+    and ``**`` as a whole segment spans any number of folders."""
+
+    def match(parts: list[str], patterns: list[str]) -> bool:
+        if not patterns:
+            return not parts
+        if patterns[0] == "**":
+            return any(match(parts[i:], patterns[1:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], patterns[0]) and match(parts[1:], patterns[1:])
+
+    return match(path.split("/"), pattern.split("/"))
+
+
 def _glob_folder(pattern: str) -> str:
     """The folder a glob's matches all lie under (local or ``bucket/key`` alike): its text up to
     the last ``/`` before the first wildcard."""
@@ -144,18 +159,18 @@ def input_files(
         fs: pafs.FileSystem = _s3(endpoint_url)
         path = spec.removeprefix("s3://")
         try:
-            if _has_glob(path):
+            # A file named itself first: its own name is never skipped, nor read as a pattern
+            # (``export[1].csv``).
+            if fs.get_file_info(path).type == pafs.FileType.File:
+                files, root = [path], path
+            elif _has_glob(path):
                 root = _glob_folder(path)
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-                files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, path))
+                files = sorted(i.path for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path))
             else:
-                info = fs.get_file_info(path)
-                if info.type == pafs.FileType.File:  # named itself: its own name is never skipped
-                    files, root = [path], path
-                else:
-                    root = path.rstrip("/")
-                    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-                    files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
+                root = path.rstrip("/")
+                infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+                files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
         except OSError as exc:
             if _is_connection_error(exc):
                 raise StorageUnreachable(f"object store unreachable at {endpoint_url or 'AWS'}: {exc}") from None
@@ -163,12 +178,12 @@ def input_files(
     else:
         fs = pafs.LocalFileSystem()
         local = Path(spec)
-        if _has_glob(spec):
-            files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            root = str(Path(_glob_folder(spec)).resolve())
-        elif local.is_file():  # named itself: its own name is never skipped
+        if local.is_file():  # named itself: its own name is never skipped, nor read as a pattern
             root = str(local.resolve())
             files = [root]
+        elif _has_glob(spec):
+            files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            root = str(Path(_glob_folder(spec)).resolve())
         elif local.is_dir():
             root = str(local.resolve())
             files = sorted(str(p.resolve()) for p in local.rglob("*") if p.is_file())

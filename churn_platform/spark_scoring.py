@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import time
 import uuid
@@ -131,11 +132,20 @@ def _active_session() -> bool:
     return SparkSession.getActiveSession() is not None
 
 
+_HADOOP_GLOB = re.compile(r"([\\{}\[\]*?])")
+
+
 def _spark_path(path: str, s3: bool) -> str:
     """A path as ``input_files`` names it (``bucket/key`` on S3), as a URI for Spark: not
     percent-encoded, since Hadoop's ``Path`` takes the text as it is (``my%20exports``
     would name a folder of that name)."""
     return f"s3a://{path}" if s3 else f"file://{Path(path).absolute()}"
+
+
+def _spark_input(path: str, s3: bool) -> str:
+    """``_spark_path`` for a read, Hadoop's glob characters escaped: the files are already
+    found, and a reader globs its paths (``export[1].csv`` matched no file)."""
+    return _HADOOP_GLOB.sub(r"\\\1", _spark_path(path, s3))
 
 
 def _our_path(uri: str) -> str:
@@ -218,7 +228,7 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         if respelled := [r for r, _ in wanted if r not in found]:
             raise DataValidationError(f"{path}: columns {respelled} are spelled another way than in {files[0]}; "
                                       f"the Spark engine needs one spelling per input (found: {found})")  # fmt: skip
-    paths = [_spark_path(f, s3) for f in files]
+    paths = [_spark_input(f, s3) for f in files]
     if kind == "parquet":
         frame = spark.read.parquet(*paths)
     else:

@@ -72,12 +72,22 @@ def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch
         "scores/latest.parquet", "scores/latest.rejects.parquet", "scores/spark.parquet", "scores/spark.rejects.parquet"
     ]
 
-    # A glob, wildcards in the folder too: only the files it names are read.
+    # A glob, wildcards in the folder too: only the files it names are read. A `*` stays within
+    # one folder, as on a local disk: it once took customers-old/2025/part-1.parquet too.
+    part_1 = s3.get_object(Bucket=bucket, Key="customers/part-1.parquet")["Body"].read()
+    s3.put_object(Bucket=bucket, Key="customers-old/2025/part-1.parquet", Body=part_1)
     globbed = [*args[:3], "--input", f"s3://{bucket}/cust*/part-1.*", "--output", f"s3://{bucket}/scores/one.parquet",
                "--no-progress", "--json"]  # fmt: skip
     result = CliRunner().invoke(main, globbed)
     assert result.exit_code == 1, result.output
     assert (json.loads(result.stdout)["rows"], json.loads(result.stdout)["rejected"]) == (400, 1)
+    # A file named itself is read whatever its name, brackets too (not a pattern matching export1).
+    s3.put_object(Bucket=bucket, Key="named/export[1].parquet", Body=part_1)
+    named = [*args[:3], "--input", f"s3://{bucket}/named/export[1].parquet",
+             "--output", f"s3://{bucket}/scores/named.parquet", "--no-progress", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, named)
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["rows"] == 400
 
     # An object store that does not answer: exit 3, one line, nothing written.
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")

@@ -247,3 +247,17 @@ def test_a_quoted_value_ending_in_a_backslash_costs_spark_no_row(registry_uri, c
         result = run(registry_uri, *args, "--input", str(tmp_path / "crm.csv"), "--output", str(out))
         assert result.exit_code == 0, result.output
         assert pd.read_parquet(out)["customer_id"].tolist() == export["customer_id"].tolist(), engine
+
+
+def test_a_file_with_brackets_in_its_name_is_read_by_both_engines(registry_uri, customers, tmp_path):
+    """A name is not a pattern: the local engine said "no CSV or Parquet files" for a file
+    named export[1].csv, and Spark's reader, globbing it, found no such path."""
+    folder = tmp_path / "sp"
+    folder.mkdir()
+    customers.head(5).to_csv(folder / "export[1].csv", index=False)
+    for engine, args, source in (("local", [], folder / "export[1].csv"), ("spark", SPARK, folder / "export[1].csv"),
+                                 ("spark-folder", SPARK, folder)):  # fmt: skip
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(source), "--output", str(out))
+        assert result.exit_code == 0, (engine, result.output)
+        assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(customers.head(5)["customer_id"]), engine
