@@ -45,11 +45,17 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
     if frame.empty:
         findings.append(Finding("empty", None, "the current window has no rows", True))
     out = pd.DataFrame(index=frame.index)
+    tenure = pd.to_numeric(frame["tenure"], errors="coerce") if "tenure" in frame.columns else None
     for feature in FEATURES:
         if feature.name not in frame.columns or frame.empty:
             continue
         raw = frame[feature.name]
         blank = is_blank(raw)
+        if feature.name == "total_charges" and tenure is not None:
+            # As training reads the IBM export: a customer in their first month (tenure 0) has no
+            # total yet, which is 0.0, not a missing value (10 % new customers failed the window).
+            first_month = blank & (tenure == 0)
+            raw, blank = raw.mask(first_month, "0"), blank & ~first_month
         if blank.all():
             findings.append(Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True))
             continue
@@ -111,7 +117,43 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
             if feature.allowed is not None:  # an integer flag: compared as a category
                 out[feature.name] = numbers.mask(infinite).map(lambda v: None if pd.isna(v) else str(int(v)))
     if PROBABILITY in frame.columns:
-        out[PROBABILITY] = pd.to_numeric(frame[PROBABILITY], errors="coerce")
+        out[PROBABILITY] = _scores(frame[PROBABILITY], max_missing_share, findings)
     if any(f.failure for f in findings):
         return out, findings
-    return out.dropna(subset=[f.name for f in FEATURES]), findings
+    kept = out.dropna(subset=[c for c in (*(f.name for f in FEATURES), PROBABILITY) if c in out.columns])
+    # Each column's share may be under the limit while together they drop far more rows.
+    dropped = 1 - len(kept) / max(len(out), 1)
+    if dropped > max_missing_share:
+        findings.append(Finding(
+            "missing_values", None,
+            f"{dropped:.1%} of rows miss a value in some column (limit {max_missing_share:.1%}): "
+            "what is left may not be the population", True,
+        ))  # fmt: skip
+        return out, findings
+    return kept, findings
+
+
+def _scores(raw: pd.Series, max_missing_share: float, findings: list[Finding]) -> pd.Series:
+    """A file's own scores (``score --with-features`` writes them), which prediction drift
+    compares with the training scores: percentages or text would be called drift."""
+    blank = is_blank(raw)
+    scores = pd.to_numeric(raw.where(~blank), errors="coerce")
+    bad = ~blank & ~scores.between(0, 1)
+    if bad.any():
+        examples = list(raw[bad].astype(str).unique()[:3])
+        findings.append(Finding(
+            "out_of_range", PROBABILITY,
+            f"column {PROBABILITY!r}: {int(bad.sum())} values are not probabilities from 0 to 1, e.g. {examples}", True,
+        ))  # fmt: skip
+    share = float(blank.mean())
+    if share > max_missing_share:
+        findings.append(Finding(
+            "missing_values", PROBABILITY,
+            f"column {PROBABILITY!r}: {share:.1%} missing values (limit {max_missing_share:.1%})", True,
+        ))  # fmt: skip
+    elif share:
+        findings.append(Finding(
+            "missing_values", PROBABILITY,
+            f"column {PROBABILITY!r}: {share:.1%} missing values, rows dropped", False,
+        ))  # fmt: skip
+    return scores

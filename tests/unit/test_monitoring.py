@@ -127,3 +127,45 @@ def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog):
     assert received == [{"verdict": "drift", "drift_share": 0.21}]
     send_alert(f"http://127.0.0.1:{free_port()}/hook", {"verdict": "drift"})  # nobody listens: logged, no raise
     assert "alert to" in caplog.text and "failed" in caplog.text
+
+
+def test_a_new_customers_blank_total_charges_is_zero_as_in_training(telco_csv):
+    """The IBM export leaves TotalCharges blank in a customer's first month; training reads it
+    as 0.0, and the monitor called 10 % of new customers missing values and stopped (exit 4)."""
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(100)
+    new = raw.assign(tenure=["0"] * 10 + list(raw.tenure[10:]), totalcharges=[" "] * 10 + list(raw.totalcharges[10:]))
+    frame, findings = quality.check(new, 0.05)
+    assert failures(findings) == {} and len(frame) == 100
+    assert frame["total_charges"].head(10).tolist() == [0.0] * 10
+    # A blank total with months behind it is still missing.
+    old = new.assign(tenure=["5"] * 10 + list(raw.tenure[10:]))
+    assert "10.0% missing values (limit 5.0%)" in failures(quality.check(old, 0.05)[1])["missing_values"]
+
+
+def test_rows_dropped_across_columns_count_against_the_limit(telco_csv):
+    """Three columns each 3 % blank, on different rows: each under a 5 % limit, 9 % of the
+    window gone, silently."""
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(100)
+    holes = raw.assign(gender=[""] * 3 + list(raw.gender[3:]),
+                       partner=list(raw.partner[:3]) + [""] * 3 + list(raw.partner[6:]),
+                       contract=list(raw.contract[:6]) + [""] * 3 + list(raw.contract[9:]))  # fmt: skip
+    _, findings = quality.check(holes, 0.05)
+    assert failures(findings) == {"missing_values": "9.0% of rows miss a value in some column (limit 5.0%): what is "
+                                                    "left may not be the population"}  # fmt: skip
+    frame, findings = quality.check(holes, 0.10)
+    assert failures(findings) == {} and len(frame) == 91
+
+
+def test_a_files_own_scores_must_be_probabilities(telco_csv):
+    """Scores written as percentages were compared with the training scores as drift (109.1)."""
+    raw = pd.read_csv(telco_csv, dtype=str, keep_default_na=False).head(100).assign(churn_probability="0.5")
+    percent = raw.assign(churn_probability=["73.2"] * 100)
+    found = failures(quality.check(percent, 0.05)[1])
+    assert found == {"out_of_range": "column 'churn_probability': 100 values are not probabilities from 0 to 1, "
+                                     "e.g. ['73.2']"}  # fmt: skip
+    some = raw.assign(churn_probability=[""] * 2 + ["0.5"] * 98)
+    frame, findings = quality.check(some, 0.05)
+    assert failures(findings) == {} and len(frame) == 98
+    assert "2.0% missing values, rows dropped" in {f.column: f.detail for f in findings}["churn_probability"]
+    many = raw.assign(churn_probability=[""] * 10 + ["0.5"] * 90)
+    assert "10.0% missing values (limit 5.0%)" in failures(quality.check(many, 0.05)[1])["missing_values"]
