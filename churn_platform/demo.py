@@ -390,6 +390,11 @@ def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: b
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", CHURN_MODEL_NAME="churn")  # fmt: skip
     for key in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
+    from churn_platform.settings import Settings
+
+    # A shorter --traffic still gets its verdicts: the demo's windows are seeded, so a small
+    # one says the same every time (a real window that small would not be judged).
+    env.setdefault("CHURN_MONITOR_MIN_ROWS", str(min(traffic, Settings.model_fields["monitor_min_rows"].default)))
     demo = Demo(folder=folder.resolve(), data=data, n_rows=n_rows, traffic=traffic, keep_running=keep_running, env=env)
 
     def interrupted(signum: int, frame: Any) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,6 +86,20 @@ def stack_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     yield stack
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def setenv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Set variables for this test's settings: they are read once per process, so the cache
+    is cleared when they change and again when the test ends."""
+
+    def set_variables(**values: str) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+    yield set_variables
     get_settings.cache_clear()
 
 

@@ -44,8 +44,10 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     _, unseen = data.split(data.load(telco_csv), 0.25, 42)  # the validation rows: never trained on
     drifted = data.generate(1500, seed=5, drift=True)
     with postgres_database() as log_url:
+        # The 983 validation rows are the normal window, under the default 1,000 rows (seeded: the
+        # verdict is the same on every run).
         env = stack_env.env | {"CHURN_MODEL_NAME": model_name, "CHURN_INFERENCE_LOG_URL": log_url,
-                               "CHURN_INFERENCE_LOG_FLUSH_S": "0.2"}  # fmt: skip
+                               "CHURN_INFERENCE_LOG_FLUSH_S": "0.2", "CHURN_MONITOR_MIN_ROWS": "900"}  # fmt: skip
         api, base = start_api(env, tmp_path)
         try:
             wait_ready(base)
@@ -108,9 +110,10 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     env = stack_env.env | {"CHURN_MODEL_NAME": model_name}
     train(TrainConfig(n_rows=600, model_name=f"{model_name}-few"), get_settings())
     assert CliRunner().invoke(main, ["promote", "--model-name", f"{model_name}-few", "--version", "1"]).exit_code == 0
-    data.generate(20, seed=3).to_csv(tmp_path / "few.csv", index=False)
+    # 300 rows of the training population: a window that small was called drifted by chance.
+    data.generate(300, seed=3).to_csv(tmp_path / "few.csv", index=False)
     code, _, err = monitor(env | {"CHURN_MODEL_NAME": f"{model_name}-few"}, "--current", str(tmp_path / "few.csv"))
-    assert code == ExitCode.USAGE and "only 20 usable current rows; at least 100" in err
+    assert code == ExitCode.USAGE and "only 300 usable current rows; at least 1000 are needed" in err
     # Charges of 1e300 would overflow the model's scaling: past the schema's bound, a data-quality verdict.
     data.generate(200, seed=3).assign(monthly_charges=1e300).to_csv(tmp_path / "huge.csv", index=False)
     few = env | {"CHURN_MODEL_NAME": f"{model_name}-few"}

@@ -89,7 +89,7 @@ def test_mlflow_run_monitor_entry_point_logs_into_the_launched_run(stack_env, mo
     train(TrainConfig(n_rows=800, model_name=model_name), get_settings())
     registry = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
     registry.set_registered_model_alias(model_name, "Production", "1")
-    data.generate(500, seed=2).to_csv(tmp_path / "current.csv", index=False)
+    data.generate(1000, seed=2).to_csv(tmp_path / "current.csv", index=False)
     cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "monitor", "--env-manager", "local",
            "--experiment-name", "churn-monitoring", "-P", f"current={tmp_path / 'current.csv'}",
            "-P", f"output_dir={tmp_path / 'out'}", "-P", f"model_name={model_name}"]  # fmt: skip

@@ -299,7 +299,7 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
 
 
 def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_versions_scores(
-    registry_uri, customers, tmp_path, monkeypatch
+    registry_uri, customers, tmp_path, monkeypatch, setenv
 ):
     """A shadow row repeats a customer Production answered; another version's scores say nothing
     about the monitored version's prediction drift."""
@@ -312,6 +312,7 @@ def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_ve
     copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
     shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
     monkeypatch.chdir(tmp_path)
+    setenv(CHURN_MONITOR_MIN_ROWS="300")  # which rows are judged, not a verdict: small windows do
     log_url = f"sqlite:///{tmp_path}/log.db"
     engine = sa.create_engine(log_url)
     inference_log.upgrade(engine)
