@@ -126,11 +126,12 @@ def canonical_column(name: str) -> str:
 
 
 def normalise_columns(columns: list[str]) -> list[str]:
-    """Canonical names for a header, refusing headers where two columns collide."""
+    """Canonical names for a header, refusing headers where two of our columns collide. Two
+    columns no one reads may share a name: a spreadsheet's export ends each line with ``,,``."""
     out = [canonical_column(c) for c in columns]
     seen: dict[str, str] = {}
     for original, new in zip(columns, out, strict=True):
-        if new in seen:
+        if new in seen and new in _CANONICAL_BY_KEY.values():
             raise DataValidationError(f"columns {seen[new]!r} and {original!r} both mean {new!r}; keep only one")
         seen[new] = original
     return out

@@ -220,6 +220,10 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
     raw = batch_scoring._columns(fs, files[0], kind)  # noqa: SLF001 - one header reader for both engines
     names = normalise_columns(raw)
     wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]
+    # Columns no one reads may share a name (a spreadsheet's trailing ",,"), which a Spark schema
+    # cannot, nor can Spark then check a header against it: columns are taken by position, so
+    # every file must have the first one's header.
+    repeated = kind == "csv" and len(set(raw)) < len(raw)
     # Every file, as the local engine checks each one: Spark would read a column one file lacks
     # (or spells another way) as nulls, and reject that file's rows one by one.
     for path in files:
@@ -228,12 +232,15 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         if respelled := [r for r, _ in wanted if r not in found]:
             raise DataValidationError(f"{path}: columns {respelled} are spelled another way than in {files[0]}; "
                                       f"the Spark engine needs one spelling per input (found: {found})")  # fmt: skip
+        if repeated and found != raw:
+            raise DataValidationError(f"{path}: its header differs from {files[0]}'s, which repeats column names "
+                                      f"({raw}); the Spark engine then needs one header for all files")  # fmt: skip
     paths = [_spark_input(f, s3) for f in files]
     if kind == "parquet":
         frame = spark.read.parquet(*paths)
     else:
         # Everything as text, as the local engine reads CSV; every file must have this header.
-        text = StructType([StructField(c, StringType()) for c in raw])
+        text = StructType([StructField(c if raw.count(c) == 1 else f"_c{i}", StringType()) for i, c in enumerate(raw)])
         # FAILFAST: a line with the wrong number of fields stops the job (exit 2), as it stops the
         # local engine; Spark's default would pad or cut it and score what is left. multiLine: a
         # quoted value may hold a line break (a CRM's notes); read line by line, each such row
@@ -241,8 +248,8 @@ def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str,
         # escape='"': CSV doubles a quote inside a quoted value; Spark's default escape, a backslash,
         # read a value ending in one (a Windows path in a notes column) as an escaped quote, and every
         # later row went into that value.
-        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=False, mode="FAILFAST", multiLine=True,
-                               escape='"')  # fmt: skip
+        frame = spark.read.csv(paths, header=True, schema=text, enforceSchema=repeated, mode="FAILFAST",
+                               multiLine=True, escape='"')  # fmt: skip
     columns = []
     for r, n in wanted:
         column = F.col(f"`{r}`")

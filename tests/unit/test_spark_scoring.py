@@ -261,3 +261,25 @@ def test_a_file_with_brackets_in_its_name_is_read_by_both_engines(registry_uri, 
         result = run(registry_uri, *args, "--input", str(source), "--output", str(out))
         assert result.exit_code == 0, (engine, result.output)
         assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(customers.head(5)["customer_id"]), engine
+
+
+def test_a_spreadsheet_export_with_empty_trailing_columns_is_scored_by_both_engines(registry_uri, customers, tmp_path):
+    """A spreadsheet's CSV ends every line with ",,": two unnamed columns no one reads, refused
+    as "columns '' and '' both mean ''"."""
+    text = customers.head(5).to_csv(index=False)
+    (tmp_path / "sheet.csv").write_text("".join(f"{line},,\n" for line in text.splitlines()))
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(tmp_path / "sheet.csv"), "--output", str(out))
+        assert result.exit_code == 0, (engine, result.output)
+        assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(customers.head(5)["customer_id"]), engine
+    # Spark then takes columns by position: a second file must have the same header.
+    folder = tmp_path / "sheets"
+    folder.mkdir()
+    (folder / "a.csv").write_text((tmp_path / "sheet.csv").read_text())
+    shuffled = customers.head(5)[list(reversed(customers.columns))].to_csv(index=False)
+    (folder / "b.csv").write_text("".join(f"{line},,\n" for line in shuffled.splitlines()))
+    result = run(registry_uri, *SPARK, "--input", str(folder), "--output", str(tmp_path / "two.parquet"))
+    assert result.exit_code == 2 and "b.csv: its header differs from" in result.output, result.output
+    result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "two.parquet"))
+    assert result.exit_code == 0, result.output  # the local engine reads each file by its names
