@@ -304,7 +304,24 @@ def checked_log_url(url: str) -> str:
     if url_scheme(url) not in ("postgresql", "sqlite"):
         raise ValueError(f"must be a postgresql:// or sqlite:/// URL, got scheme {url_scheme(url)!r}")
     _database_url(url)
+    _sync_driver(url)
     return url
+
+
+def _sync_driver(url: str) -> None:
+    """A driver this install has and can use synchronously: ``postgresql+asyncpg://`` passed
+    the scheme check, then failed at the first query as a traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import NoSuchModuleError
+
+    driver = make_url(url).drivername
+    try:
+        dialect = make_url(url).get_dialect()
+        if getattr(dialect, "is_async", False):
+            raise ValueError(f"driver {driver!r} is asynchronous; use postgresql+psycopg:// (or sqlite:///)")
+        dialect.import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise ValueError(f"driver {driver!r} is not installed; use postgresql+psycopg:// (or sqlite:///)") from None
 
 
 def checked_model_name(name: str) -> str:

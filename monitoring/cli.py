@@ -54,6 +54,24 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
+def _before(until: datetime | None, span: timedelta, flag: str) -> datetime:
+    """The window's start, ``span`` before ``until`` (default now)."""
+    end = until or datetime.now(UTC)
+    try:
+        return end - span
+    except OverflowError:
+        raise click.UsageError(f"{flag} reaches before the year 1 from --until {end:%Y-%m-%d}") from None
+
+
+def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Checked when the options are read, not after the work (the folder is made then)."""
+    from monitoring.runs import writable_folder
+
+    if value is not None and (problem := writable_folder(value)):
+        raise click.BadParameter(f"{value}: {problem}", ctx=ctx, param=param)
+    return value
+
+
 @click.command(epilog=EXIT_CODES_HELP)
 @click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is monitored.")
 @click.option("--version", "version", type=VERSION, default=None, help="Monitor this version instead.")
@@ -76,6 +94,7 @@ def _utc(value: datetime | None) -> datetime | None:
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    callback=_report_dir,
     help="Where report.html and summary.json go (default: reports/drift/<UTC time>/).",
 )
 @click.option(
@@ -113,7 +132,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     if last_hours is not None:
         if params["since"] is not None:
             raise click.UsageError("give --since or --last-hours, not both")
-        params["since"] = (params["until"] or datetime.now(UTC)) - timedelta(hours=last_hours)
+        params["since"] = _before(params["until"], timedelta(hours=last_hours), f"--last-hours {last_hours}")
     if params["since"] and params["until"] and params["since"] >= params["until"]:
         raise click.UsageError(f"--since {params['since']:%Y-%m-%d %H:%M:%S} is not before --until "
                                f"{params['until']:%Y-%m-%d %H:%M:%S}")  # fmt: skip
@@ -164,6 +183,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    callback=_report_dir,
     help="Where report.html and summary.json go (default: reports/performance/<UTC time>/).",
 )
 @click.option("--alert-webhook", default=None, callback=checked(checked_http_url),
@@ -184,7 +204,7 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
     if last_days is not None:
         if params["since"] is not None:
             raise click.UsageError("give --since or --last-days, not both")
-        params["since"] = (params["until"] or datetime.now(UTC)) - timedelta(days=last_days)
+        params["since"] = _before(params["until"], timedelta(days=last_days), f"--last-days {last_days}")
     summary = run(PerformanceOptions(**params), settings)
     job_metrics.record("churn_performance_roc_auc", summary.realized.roc_auc, kind="realized")
     job_metrics.record("churn_performance_roc_auc", summary.estimated.roc_auc, kind="estimated")

@@ -38,7 +38,7 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import record_run, send_alert
+from monitoring.runs import record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -360,8 +360,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
                 quality_passed = False
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out_dir = options.output_dir or Path("reports") / "drift" / stamp
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = report_folder(options.output_dir or Path("reports") / "drift" / stamp)
         critical = options.critical if options.critical is not None else settings.monitor_critical_columns
         thresholds = settings.monitor_column_thresholds | options.thresholds
         share_limit = options.drift_share or settings.monitor_drift_share
@@ -375,6 +374,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         )  # fmt: skip
         if not quality_passed:
             summary = MonitorSummary(**base, verdict="data_quality_failure")
+            # No report for this run: an earlier run's in a reused folder would contradict it.
+            (out_dir / "report.html").unlink(missing_ok=True)
         else:
             result = drift.compute(reference, current, thresholds, settings.monitor_column_threshold, set(critical))
             drifted = [c.column for c in result.columns if c.drifted]

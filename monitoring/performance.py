@@ -44,7 +44,7 @@ from churn_platform.errors import DataValidationError, NotFoundError, StorageUnr
 from churn_platform.inference_log import make_engine, read_problem
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import record_run, send_alert
+from monitoring.runs import record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +282,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         reasons = judge(real, est, baseline, settings.performance_min_rows, settings.performance_tolerance)
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out_dir = options.output_dir or Path("reports") / "performance" / stamp
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = report_folder(options.output_dir or Path("reports") / "performance" / stamp)
         html = out_dir / "report.html"
         summary = PerformanceSummary(
             model_name=name, model_version=version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),

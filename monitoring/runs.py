@@ -5,12 +5,38 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow
 
+from churn_platform.errors import DataSourceError
+
 log = logging.getLogger(__name__)
+
+
+def writable_folder(folder: Path) -> str | None:
+    """Why ``folder`` cannot take a report (None: it can, or can be made): asked before the
+    work, so a mistyped ``--output-dir`` is not found out only after it."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def report_folder(folder: Path) -> Path:
+    """``folder``, made if missing; an ``OSError`` here (a read-only disk, /proc) says which."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataSourceError(f"cannot write the report into {folder}: {exc.strerror or exc}; "
+                              "choose another --output-dir") from None  # fmt: skip
+    return folder
 
 
 def send_alert(url: str, payload: dict[str, Any]) -> None:

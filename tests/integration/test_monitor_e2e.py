@@ -117,8 +117,11 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     # Charges of 1e300 would overflow the model's scaling: past the schema's bound, a data-quality verdict.
     data.generate(200, seed=3).assign(monthly_charges=1e300).to_csv(tmp_path / "huge.csv", index=False)
     few = env | {"CHURN_MODEL_NAME": f"{model_name}-few"}
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "report.html").write_text("DRIFT DETECTED (an earlier run's report)")
     code, summary, err = monitor(few, "--current", str(tmp_path / "huge.csv"), "--output-dir", str(tmp_path / "huge"))
     assert code == ExitCode.DATA_QUALITY and "Traceback" not in err, err
+    assert not (tmp_path / "huge" / "report.html").exists()  # it would contradict this run's summary
     details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
     assert "'monthly_charges'" in details and "to 1000000000000" in details, details
     code, _, err = monitor(env, "--current", "missing.csv")

@@ -55,6 +55,13 @@ def _isolated(tmp_path, monkeypatch):
         (["train", "--model-name", "a:b"], "a model name cannot contain '/', ':'"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--format", "csv"], "does not match --output"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--top-k", "3"], "--top-k is read only with --explain"),
+        # Found out after the work, as a traceback (exit 70), or an OverflowError:
+        (["monitor", "--output-dir", "/dev/null/r"], "'--output-dir': /dev/null/r: /dev/null is not a folder"),
+        (["performance", "--output-dir", "/dev/null"], "'--output-dir': /dev/null: /dev/null is not a folder"),
+        (["monitor", "--until", "0001-01-01", "--last-hours", "1"], "--last-hours 1 reaches before the year 1 from"),
+        (["performance", "--until", "0001-01-01", "--last-days", "1"], "--last-days 1 reaches before the year 1 from"),
+        (["monitor", "--inference-log-url", "postgresql+asyncpg://u@h/d"], "driver 'postgresql+asyncpg' is asynchr"),
+        (["performance", "--inference-log-url", "postgresql+pg8000://u@h/d"], "driver 'postgresql+pg8000' is not inst"),
     ],
 )
 def test_wrong_input_is_one_clear_line_and_exit_2(args, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -169,3 +171,16 @@ def test_a_files_own_scores_must_be_probabilities(telco_csv):
     assert "2.0% missing values, rows dropped" in {f.column: f.detail for f in findings}["churn_probability"]
     many = raw.assign(churn_probability=[""] * 10 + ["0.5"] * 90)
     assert "10.0% missing values (limit 5.0%)" in failures(quality.check(many, 0.05)[1])["missing_values"]
+
+
+def test_a_report_folder_that_cannot_be_made_is_a_clear_error_not_a_traceback(tmp_path):
+    """/proc passes every check a path can be given in advance; mkdir then fails."""
+    from churn_platform.errors import DataSourceError
+    from monitoring.runs import report_folder, writable_folder
+
+    assert report_folder(tmp_path / "a" / "b").is_dir()
+    assert writable_folder(tmp_path / "x" / "y") is None
+    (tmp_path / "file").write_text("")
+    assert writable_folder(tmp_path / "file" / "y") == f"{tmp_path / 'file'} is not a folder"
+    with pytest.raises(DataSourceError, match="cannot write the report into /proc/nope: .*choose another --output-dir"):
+        report_folder(Path("/proc/nope"))
