@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -524,6 +524,17 @@ def _scored_table(
     return _with_features(table, good, schema).cast(schema)
 
 
+def rejects_after_scores(commit: Callable[[], None], output: str, rejects: str) -> None:
+    """Commit the rejects, the scores being committed: rejects never appear beside an older
+    run's scores. Should this fail (another store, a permission), the error says whose each
+    file is, since the scores are already this run's."""
+    try:
+        commit()
+    except (DataSourceError, StorageUnreachable) as exc:
+        raise type(exc)(f"{exc}; the scores at {output} are this run's, but any file at {rejects} is an "
+                        "earlier run's rejects: run the job again") from None  # fmt: skip
+
+
 def write_rejects(target: str, table: pa.Table, endpoint_url: str | None) -> None:
     """Write a whole rejects table to a local path or an ``s3://`` key, visible only once complete."""
     out = AtomicOutput(target, output_kind(target, None), REJECTS_SCHEMA, endpoint_url)
@@ -691,8 +702,8 @@ def score(
         if pending is not None:
             pending.result()
         check_scored(source, rows, scored, reasons)
-        out.commit()  # the scores first: rejects never appear beside an older run's scores
-        bad_out.commit()
+        out.commit()
+        rejects_after_scores(bad_out.commit, output, rejects)
     except BaseException:
         writer.shutdown(wait=True, cancel_futures=True)  # never close a file a write is still using
         out.abort()

@@ -374,9 +374,10 @@ def score(
         parts = _parts(out_fs, staging)
         rows, bad = _rejects(out_fs, parts, files)
         batch_scoring.check_scored(source, rows, rows - bad.num_rows, bad.column("reason").slice(0, 3).to_pylist())
-        # The scores first: rejects never appear beside an older run's scores.
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
-        batch_scoring.write_rejects(rejects, bad, settings.s3_endpoint_url)
+        batch_scoring.rejects_after_scores(
+            functools.partial(batch_scoring.write_rejects, rejects, bad, settings.s3_endpoint_url), output, rejects
+        )
         rejected = bad.num_rows
     except Exception as exc:
         raise _translated(exc, source) from None

@@ -362,3 +362,19 @@ def test_outputs_that_name_the_input_or_each_other_are_refused_before_anything_i
         assert result.exit_code == 2 and message in result.output, result.output
     assert customers.read_text() == "customer_id\nc1\n"
     assert (tmp_path / "scores.parquet").read_bytes() == b"yesterday's scores"
+
+
+def test_rejects_that_cannot_be_written_after_the_scores_say_whose_each_file_is(
+    registry_uri, customers, tmp_path, setenv
+):
+    """The scores are committed first (rejects never beside an older run's scores); when the
+    rejects then fail, the user must not take the old rejects for this run's."""
+    source = tmp_path / "customers.parquet"
+    customers.head(50).to_parquet(source, index=False)
+    setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.parquet"),
+                 "--rejects", "s3://bucket/scores.rejects.parquet")  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert f"the scores at {tmp_path / 'scores.parquet'} are this run's, but any file at " \
+           "s3://bucket/scores.rejects.parquet is an earlier run's rejects: run the job again" in result.output
+    assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 50
