@@ -215,9 +215,11 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
             header = handle.read(1 << 20).decode("utf-8-sig", errors="replace").splitlines()
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
-    if not header or not header[0].strip():
+    # The first line that is not blank, as Arrow's reader takes it (an export may start with one).
+    first = next((line for line in header if line.strip()), None)
+    if first is None:
         raise DataSourceError(f"{path} is empty")
-    return next(csv.reader([header[0]]))
+    return next(csv.reader([first]))
 
 
 def check_columns(path: str, raw: list[str], names: list[str]) -> None:

@@ -283,3 +283,13 @@ def test_a_spreadsheet_export_with_empty_trailing_columns_is_scored_by_both_engi
     assert result.exit_code == 2 and "b.csv: its header differs from" in result.output, result.output
     result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "two.parquet"))
     assert result.exit_code == 0, result.output  # the local engine reads each file by its names
+
+
+def test_a_csv_that_starts_with_a_blank_line_is_read_by_both_engines(registry_uri, customers, tmp_path):
+    """Arrow skips the blank line; the header check called the file empty."""
+    (tmp_path / "blank.csv").write_text("\n" + customers.head(3).to_csv(index=False))
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(tmp_path / "blank.csv"), "--output", str(out))
+        assert result.exit_code == 0, (engine, result.output)
+        assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(customers.head(3)["customer_id"]), engine
