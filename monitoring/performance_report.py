@@ -233,7 +233,7 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
         "days before observed_at; the first outcome after a prediction judges it. Outcomes that judge no prediction "
         "are unmatched; predictions no outcome judged are unlabelled.",
         f"Verdict: degraded when the realized ROC AUC on at least {s.min_rows:,} labelled rows, or the estimated ROC "
-        f"AUC, is below the baseline minus {s.tolerance:g}.",
+        f"AUC on at least {s.min_rows:,} predictions, is below the baseline minus {s.tolerance:g}.",
     ]
     charts = "".join([_roc_chart(s, labels, scores), _calibration_chart(s), _day_chart(s)])
     page = (
