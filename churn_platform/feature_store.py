@@ -607,7 +607,7 @@ def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = 
     snapshot at or before their label time is left out (no later value leaks in).
     """
     entity = labels.rename(columns={label_time: "event_timestamp"})
-    entity[ID_COLUMN] = entity[ID_COLUMN].astype(str)  # the store's keys are plain strings
+    entity[ID_COLUMN] = entity[ID_COLUMN].astype("string")  # the dtype the offline source is read with
     entity["event_timestamp"] = data.iso_times(entity["event_timestamp"])
     job = store.get_historical_features(entity_df=entity, features=list(FEATURE_REFS))
     frame = job.to_df()
