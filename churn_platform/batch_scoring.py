@@ -61,7 +61,6 @@ from churn_platform.schema import (
     FEATURES,
     FEATURES_BY_NAME,
     ID_COLUMN,
-    ID_CONTROL_CHARACTERS,
     ID_MAX_LENGTH,
     normalise_columns,
 )
@@ -568,12 +567,22 @@ class ScoredChunk:
 
 
 def _odd_ids(table: pa.Table) -> bool:
-    """Whether some row's id is missing, blank, too long or holds a control character:
-    ``split_rejects`` refuses those rows (it decides; this only routes the chunk to it)."""
-    ids = pc.utf8_trim_whitespace(pc.cast(table.column(ID_COLUMN), pa.string()))
-    odd = pc.or_(pc.or_(pc.equal(ids, ""), pc.greater(pc.utf8_length(ids), ID_MAX_LENGTH)),
-                 pc.match_substring_regex(ids, f"[{ID_CONTROL_CHARACTERS}]"))  # fmt: skip
-    return bool(pc.any(pc.fill_null(odd, True)).as_py())
+    """Whether some row's id may be missing, blank, too long or hold a control character:
+    ``split_rejects`` refuses those rows (it decides; this only routes the chunk to it, so a
+    false alarm costs time, never a row). Cheap on clean ids: a regex took 50 ms per 1M."""
+    raw = pc.cast(table.column(ID_COLUMN), pa.string())
+    ids = pc.utf8_trim_whitespace(raw)
+    if pc.any(pc.fill_null(pc.equal(ids, ""), True)).as_py():
+        return True
+    # Bytes are at least characters: count characters only when some id has the bytes to be too long.
+    longest = pc.max(pc.binary_length(ids)).as_py() or 0
+    if longest > ID_MAX_LENGTH and pc.max(pc.utf8_length(ids)).as_py() > ID_MAX_LENGTH:
+        return True
+    # A byte below 0x20 in UTF-8 text is a control character (in any chunk's data buffer).
+    return any(
+        chunk.buffers()[2] is not None and np.frombuffer(chunk.buffers()[2], dtype=np.uint8).min(initial=255) < 0x20
+        for chunk in (raw.chunks if isinstance(raw, pa.ChunkedArray) else [raw])
+    )
 
 
 def score_chunk(
