@@ -37,6 +37,8 @@ TAG_ROC_AUC = "roc_auc"
 TAG_THRESHOLD = "decision_threshold"
 TAG_MODEL_TYPE = "model_type"
 TAG_GATE = "gate"
+#: The training gate's figures (JSON): both versions scored on the candidate's validation rows.
+TAG_GATE_FIGURES = "gate_figures"
 #: Registered-model tags of the audit trail: ``<prefix><ns>-<random>``.
 AUDIT_TAG_PREFIX = "churn_platform.audit."
 

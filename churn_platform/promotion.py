@@ -39,6 +39,7 @@ from churn_platform.contract import (
     HEADLINE_METRICS,
     PRODUCTION_ALIAS,
     TAG_DATA_DIGEST,
+    TAG_GATE_FIGURES,
     TAG_ROC_AUC,
 )
 from churn_platform.errors import GateRefused, NotFoundError
@@ -243,6 +244,32 @@ def production_stack(events: list[Event], current: int | None) -> list[int]:
     return stack
 
 
+def _gate(
+    client: MlflowClient, name: str, candidate: ModelVersion, current: int | None, tolerance: float
+) -> GateVerdict:
+    """Like for like when training scored today's Production on the candidate's validation
+    rows: after a concept change every model scores lower on recent rows, so a retrained
+    version that beat Production there was refused against Production's own older figure.
+    Otherwise each version's own validation figure."""
+    try:
+        figures = json.loads(candidate.tags.get(TAG_GATE_FIGURES) or "null")
+        if isinstance(figures, dict) and current is not None and figures.get("production_version") == current:
+            return gate.compare(float(figures["candidate"]), float(figures["production"]), production_version=current,
+                                tolerance=tolerance,
+                                compared_on=f"{figures['compared_on']} (both scored when v{candidate.version} was "
+                                            "trained)")  # fmt: skip
+    except (ValueError, TypeError, KeyError):
+        pass  # a tag edited by hand: the figures each version recorded still decide
+    production = registry.get_version(client, name, current) if current is not None else None
+    return gate.compare(
+        _metrics(client, candidate).get(GATE_METRIC),
+        _metrics(client, production).get(GATE_METRIC) if production else None,
+        production_version=current,
+        tolerance=tolerance,
+        compared_on="each version's own validation rows (recorded at training)",
+    )
+
+
 def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     try:
         run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
@@ -412,14 +439,7 @@ def promote(
     if current == version:
         return PromotionResult(changed=False, from_version=current, to_version=version,
                                message=f"v{version} is already in Production")  # fmt: skip
-    production = registry.get_version(client, name, current) if current is not None else None
-    verdict = gate.compare(
-        _metrics(client, candidate).get(GATE_METRIC),
-        _metrics(client, production).get(GATE_METRIC) if production else None,
-        production_version=current,
-        tolerance=tolerance,
-        compared_on="each version's own validation rows (recorded at training)",
-    )
+    verdict = _gate(client, name, candidate, current, tolerance)
     if not verdict.passed and not force:
         raise GateRefused(f"refused: v{version} {verdict.reason}; use --force to promote anyway")
     key, at = _now_key()

@@ -38,6 +38,7 @@ from churn_platform.contract import (
     REFERENCE_ARTIFACT,
     TAG_DATA_DIGEST,
     TAG_GATE,
+    TAG_GATE_FIGURES,
     TAG_GIT_COMMIT,
     TAG_MODEL_TYPE,
     TAG_ROC_AUC,
@@ -333,6 +334,10 @@ def train(
         verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance, on)
         mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
         client.set_model_version_tag(config.model_name, str(version), TAG_GATE, verdict.reason[:250])
+        if verdict.checked:  # promote prefers these two figures while that Production still holds
+            figures = {"production_version": verdict.production_version, "candidate": verdict.candidate,
+                       "production": verdict.production, "compared_on": verdict.compared_on[:200]}  # fmt: skip
+            client.set_model_version_tag(config.model_name, str(version), TAG_GATE_FIGURES, json.dumps(figures))
         if verdict.passed:
             registry.set_challenger(client, config.model_name, version)
     log.info("registered %s v%s (%s %.4f)", config.model_name, version, GATE_METRIC, metrics[GATE_METRIC])

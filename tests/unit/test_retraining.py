@@ -105,6 +105,12 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
     assert versions(name) == [1, 2]
+    # The loop's last step. After a concept change every model scores lower on recent rows: v2's
+    # own figure is below v1's older one, and promote refused the version that beat v1 like for
+    # like. It judges on the rows training scored both on, while v1 still holds Production.
+    assert float(tags["roc_auc"]) < float(client.get_model_version(name, "1").tags["roc_auc"]) - 0.005
+    code, promoted = cli_json("promote", "--version", "2")
+    assert code == 0 and promoted["gate"]["compared_on"].endswith("(both scored when v2 was trained)"), promoted
 
 
 def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
