@@ -24,11 +24,11 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, outcomes, registry
-from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, ExitCode
+from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, TAG_THRESHOLD, ExitCode
 from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
 from churn_platform.inference_log import make_engine
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, redacted
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,16 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
 
 
 def production_parameters(client: MlflowClient, name: str, version: int) -> dict[str, str]:
-    """The training parameters of Production's run, for a retrain that changes only the data."""
-    run_id = registry.get_version(client, name, version).run_id
-    params = client.get_run(run_id).data.params if run_id else {}
+    """The training parameters of Production's run, for a retrain that changes only the data;
+    the decision threshold Production serves with (its version's tag, which `mlflow run` sets
+    when it logs the parameter empty, and a user may have changed in the UI)."""
+    registered = registry.get_version(client, name, version)
+    params = client.get_run(registered.run_id).data.params if registered.run_id else {}
     # Not given: empty, None, or '' (how `mlflow run` logs an empty parameter: shell-quoted).
-    return {k: params[k] for k in _INHERITED if k in params and params[k] not in ("", "None", "''")}
+    inherited = {k: params[k] for k in _INHERITED if k in params and params[k] not in ("", "None", "''")}
+    if registered.tags.get(TAG_THRESHOLD):
+        inherited["decision_threshold"] = registered.tags[TAG_THRESHOLD]
+    return inherited
 
 
 class RetrainResult(BaseModel):
@@ -253,7 +258,9 @@ def retrain(
         tags = {TAG_TRIGGER: f"{trigger}: {decision.reason}"[:250], TAG_WINDOW: window,
                 TAG_RECENT_ROWS: str(parts.recent_rows), TAG_BASE_ROWS: str(parts.base_rows),
                 TAG_GATE_ROWS: str(len(parts.gate))}  # fmt: skip
-        result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags)
+        log_url = inference_log_url or settings.inference_log_url
+        source = {"inference_log": redacted(log_url), "window": window, **({"base": base} if base else {})}
+        result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags, source=source)
         started = None
         if result.gate.passed and rollout_mode:
             state = rollout_mod.start(client, name, mode=rollout_mode, percent=percent, version=result.version,

@@ -21,6 +21,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -127,8 +128,11 @@ def _dataset_source(uri: str) -> str:
 
 
 def _git_commit() -> str | None:
+    """churn-platform's own commit, from its checkout (none when installed): not that of the
+    repository the user runs the command in."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
+                             cwd=Path(__file__).resolve().parent)  # fmt: skip
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -227,14 +231,18 @@ def train(
     frame: pd.DataFrame | None = None,
     gate_rows: pd.DataFrame | None = None,
     tags: dict[str, str] | None = None,
+    source: dict[str, str] | None = None,
 ) -> TrainResult:
     """Run one training: the run becomes a new registered version of ``config.model_name``.
 
     Retraining hands in its own validated ``frame`` and the held-out ``gate_rows`` (recent
     customers, none of them in ``frame``) that validate the candidate and gate it against
-    Production; ``tags`` go on the run and the version (trigger, window, row counts).
+    Production; ``tags`` go on the run and the version (trigger, window, row counts), and
+    ``source`` describes where such a frame came from in the run's datasets (MLflow resolves
+    no database URL as a source).
     """
     _check_config(config)
+    described = CodeDatasetSource(source) if source else None  # a frame built here (retraining): what from
     source = _dataset_source(config.data) if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
     if frame is None and config.from_features:
         from churn_platform import feature_store
@@ -294,11 +302,11 @@ def train(
 
         warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
         mlflow.log_input(
-            mlflow.data.from_pandas(train_df, source=source, name="train", targets=LABEL_COLUMN),
+            mlflow.data.from_pandas(train_df, source=described or source, name="train", targets=LABEL_COLUMN),
             context="training",
         )
         mlflow.log_input(
-            mlflow.data.from_pandas(valid_df, source=source, name="validation", targets=LABEL_COLUMN),
+            mlflow.data.from_pandas(valid_df, source=described or source, name="validation", targets=LABEL_COLUMN),
             context="validation",
         )
         input_example = model_mod.features(valid_df).head(5)

@@ -114,10 +114,18 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
 
 
 def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
-    name, _, n = scenario
+    name, url, n = scenario
+    # The threshold Production serves with is its version's tag (`mlflow run` logs the run's
+    # parameter empty; a user may change the tag in the UI): the retrain keeps it.
+    MlflowClient().set_model_version_tag(name, "1", "decision_threshold", "0.33")
     code, result = cli_json("retrain", "--base", str(telco_csv))  # the same customers as the log
     assert code == 0, result
     assert result["base_rows"] == n - result["gate_rows"]  # every held-out customer left out of the base too
+    assert MlflowClient().get_model_version(name, "2").tags["decision_threshold"] == "0.33"
+    # Its datasets say where the rows came from (they were a made-up file:// path).
+    inputs = MlflowClient().get_run(result["run_id"]).inputs.dataset_inputs
+    sources = {json.loads(i.dataset.source)["tags"]["inference_log"] for i in inputs}
+    assert sources == {url} and {i.dataset.source_type for i in inputs} == {"code"}
     unkeyed = tmp_path / "unkeyed.csv"
     pd.read_csv(telco_csv).drop(columns=["customerid"]).to_csv(unkeyed, index=False)
     code, output = cli("retrain", "--base", str(unkeyed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import mlflow
@@ -18,7 +19,7 @@ from churn_platform.contract import GLOBAL_IMPORTANCE_ARTIFACT, GLOBAL_IMPORTANC
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import get_settings
 from churn_platform.training import REFERENCE_ARTIFACT, TrainConfig, train
-from tests.services import free_port
+from tests.services import REPO, free_port
 
 
 def _registered_versions(uri: str, name: str) -> list:
@@ -34,6 +35,9 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     assert version.status == "READY"
     assert {"data_digest", "training_rows", "roc_auc", "decision_threshold", "model_type"} <= set(version.tags)
     assert version.tags["model_type"] == model_type
+    # churn-platform's own commit, though the command runs in another folder (embedded: a tmp folder).
+    here = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=REPO)
+    assert version.tags["git_commit"] == here.stdout.strip()
     run = client.get_run(result.run_id)
     for metric in VALIDATION_METRICS:  # the performance job's baseline
         assert metric in run.data.metrics
