@@ -8,8 +8,10 @@ the apps. Exit codes are the same for every command: ``contract.ExitCode``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -75,6 +77,10 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), int(exc.exit_code))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors (exit 2) and deliberate exits
+        except BrokenPipeError:  # `history | head`: the reader has what it wanted; no traceback
+            with contextlib.suppress(OSError, ValueError):  # the exit's flush of stdout would fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # as a tool killed by SIGPIPE: a pipeline with pipefail still sees output was cut
         except Exception as exc:  # noqa: BLE001 - reported as what it is, with its traceback
             traceback.print_exc()
             fail(f"unexpected {type(exc).__name__}: {exc} (a bug: please report it with the traceback above)"[:2000],
@@ -360,6 +366,9 @@ def promote(
     if as_json:
         return echo_json(result.to_json())
     click.echo(result.message if not result.changed else f"{result.message} ({settings.model_name})")
+    if result.changed and result.gate is not None:  # forced past it, or not checked: say so, as --json does
+        forced = "" if result.gate.passed else " (forced past it)"
+        click.echo(f"  gate: {'passed' if result.gate.passed else 'refused'}{forced}: {result.gate.reason}")
 
 
 @main.command()

@@ -42,7 +42,7 @@ from churn_platform.contract import (
     TAG_GATE_FIGURES,
     TAG_ROC_AUC,
 )
-from churn_platform.errors import GateRefused, NotFoundError
+from churn_platform.errors import GateRefused, NotFoundError, SettingsError
 from churn_platform.gate import GateVerdict
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,13 @@ def _now_key() -> tuple[str, str]:
 
 
 def default_actor() -> str:
-    user = " ".join((os.environ.get("CHURN_ACTOR") or getpass.getuser()).split())[:200]  # one line, as --actor
+    given = os.environ.get("CHURN_ACTOR") or getpass.getuser()
+    try:  # a byte in another locale's encoding arrives as a lone surrogate, which no registry stores
+        given.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError("CHURN_ACTOR: is not valid UTF-8 text (typed in another encoding?)") from None
+    # One line without control characters, as --actor: `history` prints it as it is.
+    user = " ".join("".join(c for c in given if c.isprintable() or c.isspace()).split())[:200]
     return f"{user}@{socket.gethostname()}"
 
 
@@ -277,7 +283,11 @@ def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
         run_metrics = {}
     metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
     if GATE_METRIC not in metrics and TAG_ROC_AUC in version.tags:
-        metrics[GATE_METRIC] = float(version.tags[TAG_ROC_AUC])
+        try:
+            metrics[GATE_METRIC] = float(version.tags[TAG_ROC_AUC])
+        except ValueError:  # a tag typed by hand ("0.91 (holdout)"): no figure, as if untagged
+            log.warning("v%s: its %s tag %r is not a number; ignored", version.version, TAG_ROC_AUC,
+                        version.tags[TAG_ROC_AUC][:50])  # fmt: skip
     return metrics
 
 

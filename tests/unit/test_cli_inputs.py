@@ -203,3 +203,38 @@ def test_rollout_figures_hold_only_this_rollouts_arms(tmp_path):
     figures = rollout.compare(url, "churn", state, thresholds={}, band_edges=BANDS)
     assert [(a.arm, a.model_version, a.rows) for a in figures.arms] == [("production", 1, 30), ("canary", 3, 10)]
     assert figures.arms[1].mean_score == pytest.approx(0.4)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(registry_uri):
+    """`history | head -1`: the write after head exits was a BrokenPipeError traceback, exit 70."""
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen([sys.executable, "-m", "churn_platform.cli", "history", "--tracking-uri", registry_uri],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    reader.stdout.close()  # gone before the command writes
+    _, err = reader.communicate(timeout=120)
+    assert reader.returncode == 141 and b"Traceback" not in err, err.decode()[-2000:]
+
+
+def test_the_actor_from_the_environment_is_checked_as_the_option_is(monkeypatch):
+    from churn_platform import promotion
+    from churn_platform.errors import SettingsError
+
+    monkeypatch.setenv("CHURN_ACTOR", "caf\udce9")  # a Latin-1 byte in a UTF-8 environment
+    with pytest.raises(SettingsError, match="CHURN_ACTOR: is not valid UTF-8 text"):
+        promotion.default_actor()
+    monkeypatch.setenv("CHURN_ACTOR", "eve\x1b[31m\nv9 -> v1")  # history prints it as it is
+    assert promotion.default_actor().startswith("eve[31m v9 -> v1@")
+
+
+def test_a_roc_auc_tag_typed_by_hand_is_no_figure_not_a_crash():
+    """One such tag broke `versions` and `promote` for the whole model (exit 70)."""
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    from churn_platform import promotion
+
+    typed = ModelVersion("churn", "6", 0, run_id=None, tags=[ModelVersionTag("roc_auc", "0.91 (holdout)")])
+    assert promotion._metrics(None, typed) == {}
+    tagged = ModelVersion("churn", "7", 0, run_id=None, tags=[ModelVersionTag("roc_auc", "0.91")])
+    assert promotion._metrics(None, tagged) == {"roc_auc": 0.91}
