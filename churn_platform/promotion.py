@@ -405,7 +405,7 @@ def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion
 def _move(client: MlflowClient, name: str, version: int) -> None:
     for attempt in range(3):  # a first alias insert can race another writer's; then it is an update
         try:
-            client.set_registered_model_alias(name, PRODUCTION_ALIAS, str(version))
+            registry.move_alias(client, name, PRODUCTION_ALIAS, version)
             return
         except MlflowException:
             if attempt == 2:

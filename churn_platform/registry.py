@@ -241,19 +241,41 @@ def set_challenger(client: MlflowClient, name: str, version: int) -> None:
     try:
         client.delete_registered_model_alias(name, CHALLENGER_ALIAS.lower())
     except MlflowException as exc:
-        if not _is_missing(exc):
+        if not _is_missing(exc) and exc.error_code != "PERMISSION_DENIED":  # EDIT may not delete: moved below
             raise
-    client.set_registered_model_alias(name, CHALLENGER_ALIAS, str(version))
+    move_alias(client, name, CHALLENGER_ALIAS, version)
 
 
 def adopt_ui_aliases(client: MlflowClient, name: str) -> list[tuple[str, int]]:
-    """Give aliases saved by the UI their canonical spelling; return what moved."""
+    """Give aliases saved by the UI their canonical spelling; return what moved.
+
+    MLflow lets a user with EDIT set an alias but deletes one only for MANAGE: such a user's
+    UI spelling stays, on the same version, and ``move_alias`` moves it along from then on.
+    """
     moved = []
     for spelled, canonical in UI_SPELLINGS.items():
         version = version_by_alias(client, name, spelled)
         if version is None:
             continue
-        client.set_registered_model_alias(name, canonical, version.version)
-        client.delete_registered_model_alias(name, spelled)
-        moved.append((canonical, int(version.version)))
+        held = version_by_alias(client, name, canonical)
+        settled = held is not None and held.version == version.version  # kept on an earlier run
+        if not settled:
+            client.set_registered_model_alias(name, canonical, version.version)
+            moved.append((canonical, int(version.version)))
+        try:
+            client.delete_registered_model_alias(name, spelled)
+        except MlflowException as exc:
+            if exc.error_code != "PERMISSION_DENIED":
+                raise
+            if not settled:
+                log.warning("kept the UI's alias %r on v%s beside %r: deleting an alias needs MLflow's MANAGE "
+                            "permission on the model", spelled, version.version, canonical)  # fmt: skip
     return moved
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, version: int) -> None:
+    """Set ``alias`` on ``version``, and a UI spelling of it that could not be deleted too:
+    ``aliased`` prefers that spelling, so left behind it would keep serving the old version."""
+    client.set_registered_model_alias(name, alias, str(version))
+    if version_by_alias(client, name, alias.lower()) is not None:
+        client.set_registered_model_alias(name, alias.lower(), str(version))

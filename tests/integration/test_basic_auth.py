@@ -73,5 +73,27 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
             promoted = cli(oncall, "promote", "--version", "1", "--model-name", model_name, "--force")
             assert promoted.returncode == 3 and "Traceback" not in promoted.stderr, promoted.stderr[-1500:]
             assert "oncall lacks the permission it needs on the model" in promoted.stderr
+
+            # An engineer with EDIT on the model may set aliases but not delete one (MANAGE): their
+            # promote once said "Production: v2 -> v1" while the UI's `production` kept v2 served,
+            # and their next `status` recorded the move back as a change made outside.
+            grant = {"username": "eng", "resource_type": "registered_model", "resource_id": model_name,
+                     "permission": "EDIT"}  # fmt: skip
+            assert httpx.post(f"{api}/users/create", json={"username": "eng", "password": "eng-Pw-7731-xyz"},
+                              auth=admin).status_code == 200  # fmt: skip
+            granted = httpx.post(f"{uri}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin)
+            assert granted.status_code == 200, granted.text
+            eng = base | {"MLFLOW_TRACKING_USERNAME": "eng", "MLFLOW_TRACKING_PASSWORD": "eng-Pw-7731-xyz"}
+            promoted = cli(eng, "promote", "--version", "1", "--model-name", model_name, "--force")
+            assert promoted.returncode == 0, promoted.stderr[-1500:]
+            assert "deleting an alias needs MLflow's MANAGE permission" in promoted.stderr
+            aliases = httpx.get(f"{api}/registered-models/get", params={"name": model_name},
+                                auth=admin).json()["registered_model"]["aliases"]  # fmt: skip
+            assert {a["alias"]: a["version"] for a in aliases if "roduction" in a["alias"]} == {
+                "Production": "1", "production": "1"}  # fmt: skip
+            status = cli(eng, "status", "--model-name", model_name, "--json")
+            assert json.loads(status.stdout[status.stdout.index("{"):])["production"]["version"] == 1
+            history = cli(eng, "history", "--model-name", model_name, "--json")
+            assert '"external"' not in history.stdout.split('"promote"')[-1], history.stdout  # nothing after it
         finally:
             server.stop()
