@@ -7,6 +7,7 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -288,10 +289,18 @@ def checked_http_url(url: str) -> str:
 
 def checked_tracking_uri(uri: str) -> str:
     """A URI MLflow can open: MLflow itself would fail with a traceback on a typo, at the first call."""
-    scheme = url_scheme(uri)
+    from urllib.parse import urlsplit
+
+    # MLflow reads a scheme before a single slash too (`htp:/host`); one letter is a Windows drive.
+    scheme = url_scheme(uri) if "://" in uri else urlsplit(uri).scheme.lower()
+    scheme = "" if len(scheme) == 1 else scheme
     if scheme not in _TRACKING_SCHEMES and scheme not in _plugin_schemes():
         raise ValueError(f"unsupported scheme {scheme!r}; MLflow takes http(s)://, postgresql://, "
-                         "mysql://, sqlite:///, file:// or a folder")  # fmt: skip
+                         "mysql://, sqlite:/// or databricks")  # fmt: skip
+    allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
+    if scheme in ("", "file") and not allowed:
+        raise ValueError(f"{uri!r} is a folder (MLflow's file store), which MLflow 3 refuses unless "
+                         "MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///mlflow.db for a registry on this machine")
     if scheme in ("http", "https"):
         checked_http_url(uri)
     elif scheme in _DATABASE_SCHEMES:
