@@ -350,8 +350,10 @@ class Demo:
             }
             (self.folder / "summary.json").write_text(json.dumps(self.summary, indent=2, default=str))
             click.echo(f"      in Production: v{serving}")
-            click.echo(f"      MLflow UI:     {ui}   (models, runs, the churn-monitoring experiment)")
-            click.echo(f"      API docs:      {api}/docs")
+            # The servers stop when the demo ends unless kept: a link to nothing would read as a fault.
+            stopped = "" if self.keep_running else "  (stopped at the end: --keep-running keeps it)"
+            click.echo(f"      MLflow UI:     {ui}   (models, runs, the churn-monitoring experiment){stopped}")
+            click.echo(f"      API docs:      {api}/docs{stopped}")
             click.echo(f"      drift report:  {self.summary['report']}")
             click.echo(f"      performance:   {self.folder / 'reports' / 'performance' / 'report.html'}")
         click.secho(f"\nDemo finished in {self.summary['seconds']:.0f}s.", bold=True)
