@@ -18,7 +18,7 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
-from churn_platform.errors import NotFoundError, RegistryUnreachable
+from churn_platform.errors import NotFoundError, RegistryUnreachable, StorageUnreachable
 from churn_platform.settings import Settings, redacted, url_scheme
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,13 @@ def translate_errors(settings: Settings) -> Iterator[None]:
                 f"MLflow registry at {redacted(settings.tracking_uri)} is unreachable: "
                 + exc.message.replace(settings.tracking_uri.rstrip("/"), redacted(settings.tracking_uri))[:300]
             ) from exc
+        raise
+    except Exception as exc:
+        # An experiment whose artifact root is s3:// uploads from this process, through boto3:
+        # a store that does not answer is botocore's error, not MLflow's (it was exit 70).
+        if type(exc).__module__.startswith(("botocore", "boto3")) and is_connection_error(exc):
+            where = settings.s3_endpoint_url or "AWS S3"
+            raise StorageUnreachable(f"artifact store at {where} is unreachable: {str(exc)[:300]}") from exc
         raise
 
 

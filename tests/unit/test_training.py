@@ -137,3 +137,15 @@ def test_unreachable_tracking_server_fails_fast(embedded, model_name):
     assert result.exit_code == 3
     assert f"MLflow tracking server at {dead} is unreachable" in result.output
     assert time.perf_counter() - started < 30
+
+
+def test_an_s3_artifact_store_that_does_not_answer_is_exit_3(embedded, model_name, setenv):
+    """An experiment whose artifact root is s3:// uploads through boto3 from this process: its
+    EndpointConnectionError was a traceback and exit 70, where README promises 3 (retry)."""
+    MlflowClient().create_experiment("s3-artifacts", artifact_location="s3://bucket/artifacts")
+    setenv(MLFLOW_EXPERIMENT_NAME="s3-artifacts", MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9",
+           AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y", AWS_MAX_ATTEMPTS="1")  # fmt: skip
+    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    assert result.exit_code == 3, result.output
+    assert "artifact store at http://127.0.0.1:9 is unreachable" in result.output and "Traceback" not in result.output
+    assert MlflowClient().search_registered_models() == []  # nothing registered
