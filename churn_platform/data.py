@@ -379,8 +379,9 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
 
     problems: list[str] = []
     out = pd.DataFrame(index=frame.index)
-    if ID_COLUMN in frame.columns:
-        out[ID_COLUMN] = frame[ID_COLUMN].astype(str).str.strip()
+    if ID_COLUMN in frame.columns:  # a missing id stays missing (None), not the customer "None" or "nan"
+        ids = frame[ID_COLUMN].astype("string").str.strip()
+        out[ID_COLUMN] = ids.astype(object).where(ids.notna(), None)
     tenure = pd.to_numeric(frame["tenure"], errors="coerce")
     for feature in FEATURES:
         out[feature.name] = _check_feature(feature, frame[feature.name], tenure, problems, [])
@@ -559,10 +560,14 @@ def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
     if ID_COLUMN not in frame.columns:
         return None
     ids = frame[ID_COLUMN].astype("string").str.strip()
-    known = ids.notna() & (ids != "")
+    known = (ids.notna() & (ids != "")).to_numpy(dtype=bool)
     if not ids[known].duplicated().any():
         return None
-    return ids.where(known, "\x00row " + pd.Series(np.arange(len(frame)), index=frame.index).astype("string"))
+    # Codes, not text: a made-up id could be a real one, and pandas' hash tables once read
+    # "\x00row 1" and "\x00row 2" as the same (C strings end at the NUL).
+    codes = pd.factorize(ids.where(known))[0]
+    codes[~known] = codes.max() + 1 + np.arange((~known).sum())
+    return pd.Series(codes, index=frame.index)
 
 
 def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -322,3 +322,16 @@ def test_a_row_replaced_within_one_file_is_counted_not_silently_gone(telco_csv, 
     summary = feature_store.ingest(settings, str(tmp_path / "snapshots.csv"))
     assert (summary.rows, summary.ingested, summary.rejected, summary.repeated) == (4, 3, 0, 1)
     assert str(summary).endswith("1 replaced by a later row of the same customer and time")
+
+
+def test_rows_without_an_id_are_each_their_own_customer_in_the_split(telco_csv):
+    """Missing ids became the text "None": one customer of 400 rows, which the customer-wise
+    split put on one side whole (45 % of the rows left to train on, without a word)."""
+    frame = data.load(telco_csv).head(1000).copy()
+    frame.loc[:399, "customer_id"] = None
+    frame.loc[500, "customer_id"] = frame.loc[501, "customer_id"]  # one customer twice: a split by customer
+    checked = data.validate(frame, require_label=True)
+    assert checked["customer_id"].head(400).isna().all()
+    train, valid = data.split(checked, 0.25, 42)
+    assert 700 <= len(train) <= 800 and len(train) + len(valid) == 1000
+    assert 250 <= train["customer_id"].isna().sum() <= 350  # spread over both sides
