@@ -129,6 +129,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
             log_only.append("--last-hours")
         if log_only:
             raise click.UsageError(f"{', '.join(log_only)} choose inference-log rows; not with --current")
+    if (rows := params["rows"]) is not None and rows < (least := settings.monitor_min_rows):
+        raise click.UsageError(f"--rows {rows} is below CHURN_MONITOR_MIN_ROWS ({least}): never judged")
     if last_hours is not None:
         if params["since"] is not None:
             raise click.UsageError("give --since or --last-hours, not both")
