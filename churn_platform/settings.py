@@ -305,7 +305,23 @@ def checked_tracking_uri(uri: str) -> str:
         checked_http_url(uri)
     elif scheme in _DATABASE_SCHEMES:
         _database_url(uri)
+        if scheme == "sqlite":
+            _sqlite_folder(uri)
     return uri
+
+
+def _sqlite_folder(uri: str) -> None:
+    """A SQLite registry's folder exists: MLflow makes the folders and an empty registry for a
+    mistyped path, even for `status`, which then reports a model that does not exist."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        folder = Path(database).expanduser().parent
+        if not folder.is_dir():
+            raise ValueError(f"no folder {folder} for the SQLite registry (a typo?); MLflow would make an empty one")
 
 
 def checked_log_url(url: str) -> str:

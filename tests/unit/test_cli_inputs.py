@@ -39,6 +39,7 @@ def _isolated(tmp_path, monkeypatch):
         (["history", "--tracking-uri", "htp:/bad"], "'--tracking-uri': unsupported scheme 'htp'"),  # was exit 70
         (["history", "--tracking-uri", "mlruns"], "which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true"),
         (["history", "--tracking-uri", "file:///tmp/x"], "is a folder (MLflow's file store)"),
+        (["status", "--tracking-uri", "sqlite:////no/such/dir/m.db"], "no folder /no/such/dir for the SQLite registry"),
         (["monitor", "--rows", "99999999999999"], "'--rows': 99999999999999 is not in the range"),
         (["monitor", "--alert-webhook", "http://:::"], "'--alert-webhook': not a valid URL"),
         (["monitor", "--current", "x.csv", "--rows", "10"], "--rows choose inference-log rows; not with --current"),
