@@ -493,7 +493,12 @@ def rollback(
                 "use promote to move Production to a version that never held it"
             )
         target = to
-    ready_version(client, name, target)
+    try:
+        ready_version(client, name, target)
+    except NotFoundError as exc:  # deleted since (a bad version's usual fate): say which, and the way out
+        others = [v for v in earlier if v != target]
+        raise NotFoundError(f"cannot roll back to v{target}, which held Production before v{current}: {exc}; "
+                            f"roll back to another with --to (earlier: {others or 'none'})") from None  # fmt: skip
     key, at = _now_key()
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)

@@ -110,6 +110,14 @@ def test_gate_refuses_a_worse_version_unless_forced(three_versions):
 def test_missing_version_and_model_are_exit_2(three_versions):
     result = cli("promote", "--model-name", three_versions, "--version", "42")
     assert result.exit_code == 2 and "has no version 42" in result.output
+    # A rollback target deleted since (a bad version's usual fate): which, and the way out.
+    for version in ("1", "2", "3"):
+        assert cli("promote", "--model-name", three_versions, "--version", version, "--force").exit_code == 0
+    MlflowClient().delete_model_version(three_versions, "2")
+    result = cli("rollback", "--model-name", three_versions)
+    assert result.exit_code == 2 and "cannot roll back to v2, which held Production before v3" in result.output
+    assert "roll back to another with --to (earlier: [1])" in result.output
+    assert cli("rollback", "--model-name", three_versions, "--to", "1").exit_code == 0
     result = cli("status", "--model-name", "no-such-model")
     assert result.exit_code == 2 and "does not exist" in result.output
 
