@@ -25,7 +25,7 @@ import click
 
 from churn_platform import job_metrics
 from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES, ExitCode
-from churn_platform.errors import ChurnPlatformError
+from churn_platform.errors import ChurnPlatformError, NotFoundError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
     Settings,
@@ -569,23 +569,35 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
     from churn_platform.contract import TAG_THRESHOLD
 
     state = rollout_mod.current(client, settings.model_name, promotion.current_production(client, settings.model_name))
-    comparison = None
+    comparison, failed = None, None
     if state.mode != "off":
-        thresholds = {}
-        for version in (state.production_version, state.challenger_version):
-            if version is not None:
-                tags = registry_mod.get_version(client, settings.model_name, version).tags
-                thresholds[version] = loading.decision_threshold(tags.get(TAG_THRESHOLD), settings.decision_threshold,
-                                                                 version)  # fmt: skip
-        comparison = rollout_mod.compare(
-            inference_log_url or settings.inference_log_url, settings.model_name, state, thresholds=thresholds,
-            band_edges=(settings.risk_medium_from, settings.risk_high_from),
-            horizon_days=settings.outcome_horizon_days,
-        )  # fmt: skip
+        try:
+            thresholds = {}
+            for version in (state.production_version, state.challenger_version):
+                if version is not None:
+                    tags = registry_mod.get_version(client, settings.model_name, version).tags
+                    thresholds[version] = loading.decision_threshold(tags.get(TAG_THRESHOLD),
+                                                                     settings.decision_threshold, version)  # fmt: skip
+            comparison = rollout_mod.compare(
+                inference_log_url or settings.inference_log_url, settings.model_name, state, thresholds=thresholds,
+                band_edges=(settings.risk_medium_from, settings.risk_high_from),
+                horizon_days=settings.outcome_horizon_days,
+            )  # fmt: skip
+        except (NotFoundError, StorageUnreachable) as exc:
+            # The state still stands: an on-call user in an incident (the log down, the Challenger
+            # deleted) must see what is running; the exit code still says what failed.
+            comparison, failed = rollout_mod.Comparison(since=state.started_at, arms=[], note=str(exc)), exc
     if as_json:
         payload = state.model_dump(mode="json")
         payload["comparison"] = comparison.model_dump(mode="json") if comparison else None
-        return echo_json(payload)
+        echo_json(payload)
+    else:
+        _echo_rollout(state, comparison)
+    if failed is not None:
+        sys.exit(int(failed.exit_code))
+
+
+def _echo_rollout(state: Any, comparison: Any) -> None:
     click.echo(_fmt_rollout(state))
     if comparison is not None and comparison.note:
         click.echo(f"  no comparison: {comparison.note}")

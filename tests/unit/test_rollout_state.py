@@ -46,6 +46,13 @@ def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions
     assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "canary"
     text = cli("rollout", "status", "--model-name", name).output
     assert "canary: Challenger v3 20% of customers beside Production v1" in text
+    # The log down (an incident): the state still shows, and the exit code says the log failed.
+    dead = cli("rollout", "status", "--model-name", name, "--inference-log-url", "postgresql://u@127.0.0.1:1/x")
+    assert dead.exit_code == 3 and "canary: Challenger v3 20% of customers beside Production v1" in dead.output
+    assert "no comparison: cannot read the inference log at postgresql://u@127.0.0.1:1/x" in dead.output
+    dead = cli("rollout", "status", "--model-name", name, "--inference-log-url", "postgresql://u@127.0.0.1:1/x",
+               "--json")  # fmt: skip
+    assert dead.exit_code == 3 and out(dead)["mode"] == "canary" and "cannot read" in out(dead)["comparison"]["note"]
     events = out(cli("history", "--model-name", name, "--json"))["events"]
     assert (events[0]["action"], events[0]["from"], events[0]["to"]) == ("rollout-start", 1, 3)
     assert "canary 20%: try v3" in events[0]["reason"]
