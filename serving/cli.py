@@ -11,6 +11,23 @@ from churn_platform.cli import handles_errors
 from churn_platform.settings import get_settings
 
 
+def _check_port(host: str, port: int) -> None:
+    """The address is free: uvicorn found out only after the app had loaded the model (seconds),
+    then exited 3 ("unreachable"), which a supervisor retries for ever."""
+    import socket
+
+    from churn_platform.errors import SettingsError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SettingsError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (CHURN_API_HOST, "
+                                "CHURN_API_PORT or --host/--port)") from None  # fmt: skip
+
+
 @click.command()
 @click.option("--host", default=None, help="Bind address (default: CHURN_API_HOST or 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000).")
@@ -30,6 +47,8 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
 
     settings = get_settings()  # a bad variable fails here, before uvicorn starts workers
     check_spool_dir(Path(settings.inference_log_spool_dir))  # one line, not a traceback per worker
+    host, port = host or settings.api_host, port or settings.api_port
+    _check_port(host, port)
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
     # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -37,8 +56,8 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     uvicorn.run(
         "serving.app:create_app",  # an import string: uvicorn's worker processes build their own app
         factory=True,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
+        host=host,
+        port=port,
         workers=workers,
         timeout_graceful_shutdown=20,
         access_log=False,

@@ -243,3 +243,17 @@ def test_a_roc_auc_tag_typed_by_hand_is_no_figure_not_a_crash():
     assert promotion._metrics(None, typed) == {}
     tagged = ModelVersion("churn", "7", 0, run_id=None, tags=[ModelVersionTag("roc_auc", "0.91")])
     assert promotion._metrics(None, tagged) == {"roc_auc": 0.91}
+
+
+def test_serve_on_a_port_in_use_is_exit_2_at_once():
+    """uvicorn found out after the app had loaded the model, then exited 3, which a supervisor
+    retries for ever."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
