@@ -693,8 +693,9 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
         return echo_json(result.model_dump(mode="json"))
     gate = result.gate or {}
     click.echo(f"retrained: {result.decision.reason}")
-    click.echo(f"  v{result.version} on {result.recent_rows} recent labelled rows (+{result.base_rows} base), "
-               f"gated on {result.gate_rows} held-out recent rows")  # fmt: skip
+    trained = result.recent_rows - result.gate_rows  # the gate's rows are held out of the recent ones
+    click.echo(f"  v{result.version} trained on {trained} recent labelled rows (+{result.base_rows} base), "
+               f"gated on {result.gate_rows} others held out")  # fmt: skip
     click.echo(f"  gate: {gate.get('reason', '-')}")
     click.echo(f"  {'Challenger: v' + str(result.version) if result.challenger else 'not Challenger'}; "
                f"Production stays v{result.production_version}")  # fmt: skip

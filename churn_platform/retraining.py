@@ -74,7 +74,7 @@ def decide(
     """The debounce: retrain when at least ``at_least`` of Production's last ``of`` runs of the
     trigger's kind flagged it (``always``: retrain)."""
     if trigger == "always":
-        return Decision(retrain=True, reason="--if always", runs=[])
+        return Decision(retrain=True, reason="asked for (no trigger to wait for)", runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
     name = registry.quoted(settings.model_name)
     runs: list[dict[str, Any]] = []
@@ -241,7 +241,6 @@ def retrain(
         if production is None:
             raise NotRetrained(f"no version of {name!r} holds Production: train one with `churn-platform train`")
         decision = decide(client, settings, production, trigger, of, at_least)
-        log.info("retrain --if %s: %s", trigger, decision.reason)
         if not decision.retrain:
             raise NotRetrained(f"not retrained: {decision.reason}")
         recent = labelled(inference_log_url or settings.inference_log_url, name, since, settings.outcome_horizon_days)
