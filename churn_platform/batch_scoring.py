@@ -820,5 +820,7 @@ def _progress(fs: pafs.FileSystem, files: list[str], kind: str, enabled: bool) -
         except (OSError, pa.ArrowException):
             total = None  # the chunks' reader reports the file properly
     interactive = sys.stderr.isatty()
+    # In a log (a pod, a pipe), a line per update: a bar redrawn with \r runs them into one.
+    lines = None if interactive else "{desc}: {n_fmt} rows in {elapsed} ({rate_fmt})\n"
     return tqdm(total=total, unit="rows", unit_scale=True, desc="scoring", disable=not enabled, file=sys.stderr,
-                mininterval=0.5 if interactive else 10, dynamic_ncols=interactive)  # fmt: skip
+                mininterval=0.5 if interactive else 10, dynamic_ncols=interactive, bar_format=lines)  # fmt: skip

@@ -378,3 +378,16 @@ def test_rejects_that_cannot_be_written_after_the_scores_say_whose_each_file_is(
     assert f"the scores at {tmp_path / 'scores.parquet'} are this run's, but any file at " \
            "s3://bucket/scores.rejects.parquet is an earlier run's rejects: run the job again" in result.output
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 50
+
+
+def test_progress_in_a_log_is_a_line_per_update(registry_uri, customers, tmp_path):
+    """Out of a terminal (a pod's log, a pipe), the bar redrawn with \\r ran every update and the
+    summary into one line."""
+    source = tmp_path / "customers.parquet"
+    customers.head(50).to_parquet(source, index=False)
+    result = CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--input", str(source),
+                                       "--output", str(tmp_path / "scores.parquet")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    progress = [line.strip("\r") for line in result.stderr.splitlines() if "scoring:" in line]
+    assert progress and all(line.startswith("scoring: ") and line.count("scoring:") == 1 for line in progress)
+    assert progress[-1].startswith("scoring: 50.0 rows in "), progress
