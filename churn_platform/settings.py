@@ -126,8 +126,7 @@ class Settings(BaseSettings):
     monitor_max_missing_share: float = Field(
         0.05, ge=0, le=1, description="Largest share of missing values a current column may have."
     )
-    # Distances are biased upwards on small samples: windows of the Telco customers' own rows
-    # were called drifted 13 times in 20 at 100 rows, once at 300, never at 1,000.
+    # Distances are biased upwards on small samples (docs/monitoring.md, **Drift**).
     monitor_min_rows: int = Field(
         1000, ge=1, description="Fewest current rows worth comparing; fewer is nothing to compare (exit 2)."
     )
@@ -294,6 +293,8 @@ def checked_tracking_uri(uri: str) -> str:
     # MLflow reads a scheme before a single slash too (`htp:/host`); one letter is a Windows drive.
     scheme = url_scheme(uri) if "://" in uri else urlsplit(uri).scheme.lower()
     scheme = "" if len(scheme) == 1 else scheme
+    if not scheme and uri.strip().lower() in ("databricks", "databricks-uc"):  # MLflow's bare forms
+        scheme = uri.strip().lower()
     if scheme not in _TRACKING_SCHEMES and scheme not in _plugin_schemes():
         raise ValueError(f"unsupported scheme {scheme!r}; MLflow takes http(s)://, postgresql://, "
                          "mysql://, sqlite:/// or databricks")  # fmt: skip

@@ -257,3 +257,11 @@ def test_serve_on_a_port_in_use_is_exit_2_at_once():
         result = CliRunner().invoke(main, ["serve", "--port", str(port)])
     assert result.exit_code == 2, result.output
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
+
+
+def test_mlflows_bare_databricks_uris_are_not_taken_for_folders():
+    """docs/batch.md tells Databricks users to set MLFLOW_TRACKING_URI=databricks."""
+    from churn_platform.settings import checked_tracking_uri
+
+    for uri in ("databricks", "databricks-uc", "databricks://profile"):
+        assert checked_tracking_uri(uri) == uri
