@@ -126,12 +126,13 @@ def canonical_column(name: str) -> str:
 
 
 def normalise_columns(columns: list[str]) -> list[str]:
-    """Canonical names for a header, refusing headers where two of our columns collide. Two
-    columns no one reads may share a name: a spreadsheet's export ends each line with ``,,``."""
+    """Canonical names for a header, refusing headers where two columns collide, except unnamed
+    ones: a spreadsheet's export ends each line with ``,,``. (Callers read names beyond the
+    schema's, such as ``observed_at``: any other collision is refused.)"""
     out = [canonical_column(c) for c in columns]
     seen: dict[str, str] = {}
     for original, new in zip(columns, out, strict=True):
-        if new in seen and new in _CANONICAL_BY_KEY.values():
+        if new in seen and new:
             raise DataValidationError(f"columns {seen[new]!r} and {original!r} both mean {new!r}; keep only one")
         seen[new] = original
     return out

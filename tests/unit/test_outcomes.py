@@ -67,6 +67,11 @@ def test_a_file_with_both_spellings_of_the_label_is_refused_whole():
     both = frame([{"customer_id": "a", "Churn": "Yes", "churned": "No", "observed_at": "2026-11-01"}])
     with pytest.raises(DataValidationError, match="both 'churn' and 'churned' columns"):
         outcomes.check(both, now=NOW)
+    # Two spellings of a column beyond the customer schema (an AttributeError, exit 70, while
+    # collisions were refused only among the schema's names).
+    twice = frame([{"customer_id": "a", "churned": "No", "observed_at": "2026-11-01", "Observed At": "2026-11-01"}])
+    with pytest.raises(DataValidationError, match="columns 'observed_at' and 'observed_at' both mean"):
+        outcomes.check(twice, now=NOW)
 
 
 def test_a_file_without_the_label_column_is_refused_whole():
@@ -381,8 +386,7 @@ def test_a_padded_id_sent_to_predict_is_judged_by_its_trimmed_outcome(api, telco
             break
         time.sleep(0.1)
     assert ids == ["7590-VHVEG", None, "7590-VHVEG"]  # an id of only spaces is no id
-    observed = datetime.now(UTC) + timedelta(seconds=1)
-    time.sleep(1.5)  # an outcome may not lie in the future
+    observed = datetime.now(UTC)  # after the predictions, and not in the future
     assert post(api, [{"customer_id": "7590-VHVEG", "churned": "Yes", "observed_at": observed.isoformat()}]
                 ).status_code == 200  # fmt: skip
     params = {"name": "churn", "version": 1, "horizon_days": 90,
