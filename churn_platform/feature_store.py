@@ -611,6 +611,7 @@ def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = 
     entity["event_timestamp"] = data.iso_times(entity["event_timestamp"])
     job = store.get_historical_features(entity_df=entity, features=list(FEATURE_REFS))
     frame = job.to_df()
+    frame[ID_COLUMN] = frame[ID_COLUMN].astype(object)  # plain str, as every other frame of customers holds ids
     frame = frame.dropna(subset=list(FEATURE_NAMES), how="all")
     return frame.rename(columns={"event_timestamp": label_time}).sort_values([label_time, ID_COLUMN]).reset_index(
         drop=True
