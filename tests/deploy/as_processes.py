@@ -1374,7 +1374,8 @@ class Walkthrough:
 
     stack: ComposeStack | OverlayStack
     docs: Path = DEPLOY_DOCS
-    predictions: int = 500
+    #: Above CHURN_MONITOR_MIN_ROWS (1,000), so the monitor jobs give a verdict, not exit 2.
+    predictions: int = 1500
 
     def train(self, docs: Path | None = None) -> list[Finished]:
         """Each train job as documented, on the real customers; exit 0."""
@@ -1428,15 +1429,18 @@ class Walkthrough:
             except ServiceError as exc:
                 assert api.process is not None
                 raise AssertionError(failure("the API becomes ready", api, str(exc), api.process.log_tail())) from None
-            rows = customers(self.predictions)
-            response = httpx.post(f"{api.url}/predict", json={"customers": rows}, timeout=60)
-            assert response.status_code == 200, f"POST /predict: {response.status_code} {response.text[:1000]}"
+            rows, predictions = customers(self.predictions), []
+            for start in range(0, len(rows), 500):  # batches under CHURN_MAX_BATCH_SIZE
+                response = httpx.post(f"{api.url}/predict", json={"customers": rows[start : start + 500]}, timeout=60)
+                assert response.status_code == 200, f"POST /predict: {response.status_code} {response.text[:1000]}"
+                predictions += response.json()["predictions"]
             deadline = time.monotonic() + 30
             url = api.env["CHURN_INFERENCE_LOG_URL"]
             while inference_log_rows(url) < len(rows):
                 assert time.monotonic() < deadline, f"the inference log at {url} has {inference_log_rows(url)} rows"
                 time.sleep(0.5)
-            return {"ready": httpx.get(f"{api.url}/ready", timeout=10).json(), **response.json()}
+            return {"ready": httpx.get(f"{api.url}/ready", timeout=10).json(), **response.json(),
+                    "predictions": predictions}
 
         return self.stack.once("serve", run)
 
