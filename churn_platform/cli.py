@@ -77,9 +77,11 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), int(exc.exit_code))
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors (exit 2) and deliberate exits
-        except BrokenPipeError:  # `history | head`: the reader has what it wanted; no traceback
+        except BrokenPipeError as exc:  # `history | head`: the reader has what it wanted; no traceback
             with contextlib.suppress(OSError, ValueError):  # the exit's flush of stdout would fail again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # One line, on stderr: a closed socket inside a job (Spark's gateway) raises this too.
+            click.echo(f"error: {exc.strerror or 'broken pipe'}: the output or a connection closed early", err=True)
             sys.exit(141)  # as a tool killed by SIGPIPE: a pipeline with pipefail still sees output was cut
         except Exception as exc:  # noqa: BLE001 - reported as what it is, with its traceback
             traceback.print_exc()
@@ -366,9 +368,15 @@ def promote(
     if as_json:
         return echo_json(result.to_json())
     click.echo(result.message if not result.changed else f"{result.message} ({settings.model_name})")
-    if result.changed and result.gate is not None:  # forced past it, or not checked: say so, as --json does
-        forced = "" if result.gate.passed else " (forced past it)"
-        click.echo(f"  gate: {'passed' if result.gate.passed else 'refused'}{forced}: {result.gate.reason}")
+    _echo_unusual_gate(result)
+
+
+def _echo_unusual_gate(result: Any) -> None:
+    """A gate forced past or not checked, said as --json says it (a passed one goes without saying)."""
+    gate = result.gate
+    if not result.changed or gate is None or (gate.passed and gate.checked):
+        return
+    click.echo(f"  gate: {'refused, forced past it' if not gate.passed else 'not checked'}: {gate.reason}")
 
 
 @main.command()
@@ -594,6 +602,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
     else:
         _echo_rollout(state, comparison)
     if failed is not None:
+        click.echo(f"error: {failed}", err=True)
         sys.exit(int(failed.exit_code))
 
 
@@ -641,6 +650,7 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
     if as_json:
         return echo_json(result.to_json())
     click.echo(f"{result.message} ({settings.model_name}); rollout ended")
+    _echo_unusual_gate(result)
 
 
 @main.command(epilog=EXIT_CODES_HELP)

@@ -102,7 +102,7 @@ def test_gate_refuses_a_worse_version_unless_forced(three_versions):
     assert status_json(name)["production"]["version"] == 2
     forced = cli("promote", "--model-name", name, "--version", "3", "--force", "--reason", "demo")
     assert forced.exit_code == 0
-    assert "gate: refused (forced past it): roc_auc" in forced.output  # not only in --json and history
+    assert "gate: refused, forced past it: roc_auc" in forced.output  # not only in --json and history
     assert status_json(name)["production"]["version"] == 3
     assert "forced past gate" in history_json(name)[0]["reason"]
 
