@@ -578,11 +578,17 @@ def _odd_ids(table: pa.Table) -> bool:
     longest = pc.max(pc.binary_length(ids)).as_py() or 0
     if longest > ID_MAX_LENGTH and pc.max(pc.utf8_length(ids)).as_py() > ID_MAX_LENGTH:
         return True
-    # A byte below 0x20 in UTF-8 text is a control character (in any chunk's data buffer).
-    return any(
-        chunk.buffers()[2] is not None and np.frombuffer(chunk.buffers()[2], dtype=np.uint8).min(initial=255) < 0x20
-        for chunk in (raw.chunks if isinstance(raw, pa.ChunkedArray) else [raw])
-    )
+    # A byte below 0x20 in UTF-8 text is a control character: scan each chunk's own bytes.
+    return any(_control_byte(chunk) for chunk in (raw.chunks if isinstance(raw, pa.ChunkedArray) else [raw]))
+
+
+def _control_byte(chunk: pa.StringArray) -> bool:
+    """Whether a string array's text holds a byte below 0x20 (its rows' bytes only, if sliced)."""
+    _, offsets, text = chunk.buffers()
+    if text is None or len(chunk) == 0:
+        return False
+    bounds = np.frombuffer(offsets, dtype=np.int32)[[chunk.offset, chunk.offset + len(chunk)]]
+    return bool(np.frombuffer(text, dtype=np.uint8)[bounds[0] : bounds[1]].min(initial=255) < 0x20)
 
 
 def score_chunk(
