@@ -265,9 +265,7 @@ def _check_feature(
             )
         return values
     if name == "total_charges" and tenure is not None:
-        # The IBM file leaves TotalCharges blank for customers in their first month
-        # (tenure 0): they have not been billed yet, so 0.0 is the true value.
-        new_customer_blank = blank & (tenure == 0)
+        new_customer_blank = first_month(blank, tenure)
         raw = raw.mask(new_customer_blank, "0")
         blank = blank & ~new_customer_blank
     numbers = pd.to_numeric(raw.where(~blank), errors="coerce")
@@ -332,6 +330,12 @@ def id_issues(ids: pd.Series) -> list[RowIssue]:
         (ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters"),
         (ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True), f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}"),
     ]
+
+
+def first_month(blank_total: pd.Series, tenure: pd.Series) -> pd.Series:
+    """The rows whose blank ``total_charges`` is 0.0: the IBM file leaves it blank for customers
+    in their first month (tenure 0), who have not been billed yet."""
+    return blank_total & (tenure == 0)
 
 
 def split_rejects(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

@@ -51,11 +51,9 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
             continue
         raw = frame[feature.name]
         blank = is_blank(raw)
-        if feature.name == "total_charges" and tenure is not None:
-            # As training reads the IBM export: a customer in their first month (tenure 0) has no
-            # total yet, which is 0.0, not a missing value (10 % new customers failed the window).
-            first_month = blank & (tenure == 0)
-            raw, blank = raw.mask(first_month, "0"), blank & ~first_month
+        if feature.name == "total_charges" and tenure is not None:  # as training reads it (10 % new
+            first = data.first_month(blank, tenure)  # customers in a window once failed it as missing)
+            raw, blank = raw.mask(first, "0"), blank & ~first
         if blank.all():
             findings.append(Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True))
             continue
