@@ -259,7 +259,7 @@ def retrain(
                 TAG_GATE_ROWS: str(len(parts.gate))}  # fmt: skip
         log_url = inference_log_url or settings.inference_log_url
         source = {"inference_log": redacted(log_url), "window": window, **({"base": base} if base else {})}
-        result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags, source=source)
+        result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags, built_from=source)
         started = None
         if result.gate.passed and rollout_mode:
             state = rollout_mod.start(client, name, mode=rollout_mode, percent=percent, version=result.version,

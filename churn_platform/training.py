@@ -128,14 +128,17 @@ def _dataset_source(uri: str) -> str:
 
 
 def _git_commit() -> str | None:
-    """churn-platform's own commit, from its checkout (none when installed): not that of the
-    repository the user runs the command in."""
+    """churn-platform's own commit, when it runs from its checkout; none when installed (git
+    would find the repository of a .venv's parent folder), nor that of the folder the user
+    runs the command in."""
+    package = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=True, cwd=package)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
+    top, _, commit = out.stdout.strip().partition("\n")
+    return commit.strip() or None if Path(top).resolve() == package.parent else None
 
 
 def _pip_requirements() -> list[str]:
@@ -231,18 +234,18 @@ def train(
     frame: pd.DataFrame | None = None,
     gate_rows: pd.DataFrame | None = None,
     tags: dict[str, str] | None = None,
-    source: dict[str, str] | None = None,
+    built_from: dict[str, str] | None = None,
 ) -> TrainResult:
     """Run one training: the run becomes a new registered version of ``config.model_name``.
 
     Retraining hands in its own validated ``frame`` and the held-out ``gate_rows`` (recent
     customers, none of them in ``frame``) that validate the candidate and gate it against
     Production; ``tags`` go on the run and the version (trigger, window, row counts), and
-    ``source`` describes where such a frame came from in the run's datasets (MLflow resolves
-    no database URL as a source).
+    ``built_from`` describes where such a frame came from in the run's datasets (MLflow
+    resolves no database URL as a source).
     """
     _check_config(config)
-    described = CodeDatasetSource(source) if source else None  # a frame built here (retraining): what from
+    described = CodeDatasetSource(built_from) if built_from else None  # a frame built here (retraining)
     source = _dataset_source(config.data) if config.data not in ("", SYNTHETIC) else f"synthetic(seed={config.seed})"
     if frame is None and config.from_features:
         from churn_platform import feature_store
