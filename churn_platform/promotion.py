@@ -438,11 +438,8 @@ def promote(
     force: bool = False,
     tolerance: float = 0.005,
 ) -> PromotionResult:
-    """Move Production to ``version`` unless the gate refuses.
-
-    The gate compares each version's own recorded validation metric (from its training
-    run): the two were measured on different held-out rows, unlike the training-time gate.
-    """
+    """Move Production to ``version`` unless the gate refuses (``_gate``: the training gate's
+    like-for-like figures while their Production holds, else each version's own figure)."""
     candidate = ready_version(client, name, version)
     reconcile(client, name)
     current = _current(client, name)

@@ -94,6 +94,7 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
             status = cli(eng, "status", "--model-name", model_name, "--json")
             assert json.loads(status.stdout[status.stdout.index("{"):])["production"]["version"] == 1
             history = cli(eng, "history", "--model-name", model_name, "--json")
-            assert '"external"' not in history.stdout.split('"promote"')[-1], history.stdout  # nothing after it
+            events = json.loads(history.stdout[history.stdout.index("{"):])["events"]  # newest first
+            assert (events[0]["action"], events[0]["to"]) == ("promote", 1), events[:2]  # no outside change after it
         finally:
             server.stop()
