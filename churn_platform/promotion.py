@@ -80,9 +80,17 @@ class Event:
         return out
 
 
-def _now_key() -> tuple[str, str]:
-    ns = time.time_ns()
-    at = datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+def _now_key(events: list[Event]) -> tuple[str, str]:
+    """A new event's key, after every recorded one, and its time by this machine's clock.
+
+    Keys order the trail, and each command's clock made them: one run from a laptop two
+    minutes slow sorted before the events it followed, so the alias looked moved from outside
+    and a rollback then walked back to the version just rolled back from. The key is never
+    earlier than the latest event's; ``at`` still says what this clock said.
+    """
+    clock = time.time_ns()
+    ns = max(clock, max((e.ns for e in events), default=0) + 1)
+    at = datetime.fromtimestamp(clock / 1e9, tz=UTC).isoformat(timespec="milliseconds")
     return f"{AUDIT_PREFIX}{ns:020d}-{secrets.token_hex(4)}", at
 
 
@@ -154,7 +162,7 @@ def record(
     """Write an audit event that does not move Production (a rollout change): ``history`` shows it."""
     if action in MOVES:
         raise ValueError(f"{action!r} moves Production: use promote or rollback")
-    key, at = _now_key()
+    key, at = _now_key(recorded_events(client, name))
     event = Event(key, at, action, from_version, to_version, actor or default_actor(), reason, "cli")
     _write(client, name, event)
     return event
@@ -441,7 +449,7 @@ def promote(
     """Move Production to ``version`` unless the gate refuses (``_gate``: the training gate's
     like-for-like figures while their Production holds, else each version's own figure)."""
     candidate = ready_version(client, name, version)
-    reconcile(client, name)
+    events = reconcile(client, name)
     current = _current(client, name)
     if current == version:
         return PromotionResult(changed=False, from_version=current, to_version=version,
@@ -449,7 +457,7 @@ def promote(
     verdict = _gate(client, name, candidate, current, tolerance)
     if not verdict.passed and not force:
         raise GateRefused(f"refused: v{version} {verdict.reason}; use --force to promote anyway")
-    key, at = _now_key()
+    key, at = _now_key(events)
     forced = " [forced past gate]" if not verdict.passed else ""
     event = Event(key, at, "promote", current, version, actor or default_actor(), (reason + forced).strip(), "cli")
     _record_then_move(client, name, event)
@@ -496,7 +504,7 @@ def rollback(
         others = [v for v in earlier if v != target]
         raise NotFoundError(f"cannot roll back to v{target}, which held Production before v{current}: {exc}; "
                             f"roll back to another with --to (earlier: {others or 'none'})") from None  # fmt: skip
-    key, at = _now_key()
+    key, at = _now_key(events)
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)
     return PromotionResult(changed=True, from_version=current, to_version=target, event=event.to_json(),

@@ -82,3 +82,24 @@ def test_a_reason_in_any_script_fits_the_registrys_tag_column(embedded, model_na
     assert history[0]["reason"] == reason
     quoted = cli("rollback", "--model-name", model_name, "--reason", '"' * 1500)
     assert quoted.exit_code == 2 and "'--reason': at most 2000 characters as stored" in quoted.output
+
+
+def test_a_command_from_a_slow_clock_still_follows_the_events_before_it(embedded, model_name, monkeypatch):
+    """Keys order the audit trail, and each command's clock made them: a rollback run two minutes
+    behind sorted first, the alias looked moved from outside, and the next rollback walked back
+    to the version just rolled back from."""
+    import time
+
+    for seed in (1, 2, 3):
+        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    for version in ("1", "3", "2"):
+        assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 120 * 10**9)
+    assert "v2 -> v3" in cli("rollback", "--model-name", model_name).output  # v2 was bad
+    monkeypatch.setattr(time, "time_ns", real)
+    history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert [(e["action"], e["from"], e["to"]) for e in history] == [
+        ("rollback", 2, 3), ("promote", 3, 2), ("promote", 1, 3), ("promote", None, 1)]  # no outside change
+    again = cli("rollback", "--model-name", model_name)
+    assert again.exit_code == 0 and "v3 -> v1" in again.output  # onwards, never back to v2
