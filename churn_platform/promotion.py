@@ -477,24 +477,35 @@ def rollback(
     registry.get_model(client, name)
     events = reconcile(client, name)
     current = _current(client, name)
+    latest, path = current, events
     if current is None:
-        raise NotFoundError(f"no version of {name!r} holds {PRODUCTION_ALIAS}; nothing to roll back")
-    if to == current:  # recorded as a rollback, it would also end a running rollout that nothing moved
+        # The alias went with its version (a bad version deleted): back along the path it ended,
+        # whether its removal is recorded yet or not.
+        moves = [e for e in events if e.action in MOVES]
+        last = moves[-1] if moves else None
+        if last is not None and last.to_version is None and last.from_version is not None:
+            latest, path = last.from_version, [e for e in events if e.key < last.key]
+        elif last is not None and last.to_version is not None:
+            latest = last.to_version
+        else:
+            raise NotFoundError(f"no version of {name!r} holds {PRODUCTION_ALIAS}; nothing to roll back")
+    if to is not None and to == current:  # a rollback event would also end a rollout nothing moved
         return PromotionResult(changed=False, from_version=current, to_version=to,
                                message=f"v{to} is already in Production")  # fmt: skip
-    stack = production_stack(events, current)
-    earlier = stack[:-1] if stack and stack[-1] == current else stack
+    stack = production_stack(path, latest)
+    earlier = stack[:-1] if stack and stack[-1] == latest else stack
+    was = f"v{latest}" if current is not None else f"v{latest} (no longer in Production)"
     if to is None:
         if not earlier:
             raise NotFoundError(
-                f"no earlier Production version of {name!r} to roll back to (v{current} is the first "
+                f"no earlier Production version of {name!r} to roll back to ({was} is the first "
                 "in the audit trail); nothing changed"
             )
         target = earlier[-1]
     else:
         if to not in earlier:
             raise NotFoundError(
-                f"v{to} did not hold Production before v{current} (earlier: {earlier or 'none'}); "
+                f"v{to} did not hold Production before {was} (earlier: {earlier or 'none'}); "
                 "use promote to move Production to a version that never held it"
             )
         target = to
@@ -502,10 +513,10 @@ def rollback(
         ready_version(client, name, target)
     except NotFoundError as exc:  # deleted since (a bad version's usual fate): say which, and the way out
         others = [v for v in earlier if v != target]
-        raise NotFoundError(f"cannot roll back to v{target}, which held Production before v{current}: {exc}; "
+        raise NotFoundError(f"cannot roll back to v{target}, which held Production before {was}: {exc}; "
                             f"roll back to another with --to (earlier: {others or 'none'})") from None  # fmt: skip
     key, at = _now_key(events)
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)
     return PromotionResult(changed=True, from_version=current, to_version=target, event=event.to_json(),
-                           message=f"Production rolled back: v{current} -> v{target}")  # fmt: skip
+                           message=f"Production rolled back: v{current or '-'} -> v{target}")  # fmt: skip

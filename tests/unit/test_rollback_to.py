@@ -103,3 +103,27 @@ def test_a_command_from_a_slow_clock_still_follows_the_events_before_it(embedded
         ("rollback", 2, 3), ("promote", 3, 2), ("promote", 1, 3), ("promote", None, 1)]  # no outside change
     again = cli("rollback", "--model-name", model_name)
     assert again.exit_code == 0 and "v3 -> v1" in again.output  # onwards, never back to v2
+
+
+def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_before(embedded, model_name, monkeypatch):
+    """Deleting a bad version takes its alias with it; rollback then said there was nothing to
+    roll back, and --to 1 the same, though the trail knew v1 served before it."""
+    from mlflow import MlflowClient
+
+    from churn_platform import promotion
+
+    # The deletion is noticed as an outside change, as it is once the promote is 10 s old.
+    monkeypatch.setattr(promotion, "RACE_WINDOW_NS", 0)
+    for seed in (1, 2, 3):
+        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    for version in ("1", "3"):
+        assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
+    MlflowClient().delete_model_version(model_name, "3")
+    refused = cli("rollback", "--model-name", model_name, "--to", "2")
+    assert refused.exit_code == 2 and "v2 did not hold Production before v3 (no longer in Production)" in refused.output
+    done = cli("rollback", "--model-name", model_name)
+    assert done.exit_code == 0 and "Production rolled back: v- -> v1" in done.output, done.output
+    status = json.loads(cli("status", "--model-name", model_name, "--json").output)
+    assert status["production"]["version"] == 1
+    history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert [(e["action"], e["from"], e["to"]) for e in history][:2] == [("rollback", None, 1), ("external", 3, None)]
