@@ -27,12 +27,13 @@ import functools
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 import pandas as pd
@@ -417,12 +418,29 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
     _require_applied(store)
     _require_snapshots(settings)
     try:
-        # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable.
-        with contextlib.redirect_stdout(sys.stderr):
+        # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable,
+        # and in a log (a CronJob's) without its terminal colours.
+        with contextlib.redirect_stdout(sys.stderr if sys.stderr.isatty() else _Uncoloured(sys.stderr)):
             store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
     except Exception as exc:  # noqa: BLE001
         raise unavailable(exc) from None
     return end
+
+
+class _Uncoloured(io.TextIOBase):
+    """A text stream that drops terminal colour codes (``ESC [ ... m``) on the way to another."""
+
+    _CODES = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, target: IO[str]) -> None:
+        self._target = target
+
+    def write(self, text: str) -> int:
+        self._target.write(self._CODES.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target.flush()
 
 
 def _require_applied(store: FeatureStore) -> None:
