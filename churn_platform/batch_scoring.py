@@ -485,12 +485,13 @@ def _output_table(
     model: loading.LoadedModel, raw: np.ndarray, ids: pa.Array, settings: Settings, scored_at: pd.Timestamp,
     schema: pa.Schema,
 ) -> pa.Table:  # fmt: skip
+    """The scores beside their ``ids`` (trimmed text)."""
     probabilities = np.clip(raw, 0.0, 1.0)
     edges = np.array([settings.risk_medium_from, settings.risk_high_from])
     n = len(probabilities)
     return pa.table(
         {
-            ID_COLUMN: pc.utf8_trim_whitespace(ids.cast(pa.string())),
+            ID_COLUMN: ids,
             PROBABILITY: probabilities,
             WILL_CHURN: probabilities >= model.decision_threshold,
             RISK: pa.array(RISK_BANDS, pa.string()).take(np.searchsorted(edges, probabilities, side="right")),
@@ -517,7 +518,7 @@ def _scored_table(
         raw = scorer.probabilities(scorer.frame_matrix(good))
     else:
         raw = scorer.score(data.to_records(good[list(FEATURE_NAMES)]))
-    ids = pa.array(good[ID_COLUMN], pa.string(), from_pandas=True)
+    ids = pc.utf8_trim_whitespace(pa.array(good[ID_COLUMN], pa.string(), from_pandas=True))
     table = _output_table(model, raw, ids, settings, scored_at, schema)
     if explained is not None and explain_top_k:
         for name, values in explanation.flat_columns(explained, good, explain_top_k).items():
@@ -566,12 +567,11 @@ class ScoredChunk:
     scored: int
 
 
-def _odd_ids(table: pa.Table) -> bool:
-    """Whether some row's id may be missing, blank, too long or hold a control character:
-    ``split_rejects`` refuses those rows (it decides; this only routes the chunk to it, so a
-    false alarm costs time, never a row). Cheap on clean ids: a regex took 50 ms per 1M."""
-    raw = pc.cast(table.column(ID_COLUMN), pa.string())
-    ids = pc.utf8_trim_whitespace(raw)
+def _odd_ids(raw: pa.ChunkedArray, ids: pa.ChunkedArray) -> bool:
+    """Whether some row's id (``raw`` as text, ``ids`` trimmed) may be missing, blank, too long
+    or hold a control character: ``split_rejects`` refuses those rows (it decides; this only
+    routes the chunk to it, so a false alarm costs time, never a row). Cheap on clean ids: a
+    regex took 50 ms per 1M."""
     if pc.any(pc.fill_null(pc.equal(ids, ""), True)).as_py():
         return True
     # Bytes are at least characters: count characters only when some id has the bytes to be too long.
@@ -579,7 +579,7 @@ def _odd_ids(table: pa.Table) -> bool:
     if longest > ID_MAX_LENGTH and pc.max(pc.utf8_length(ids)).as_py() > ID_MAX_LENGTH:
         return True
     # A byte below 0x20 in UTF-8 text is a control character: scan each chunk's own bytes.
-    return any(_control_byte(chunk) for chunk in (raw.chunks if isinstance(raw, pa.ChunkedArray) else [raw]))
+    return any(_control_byte(chunk) for chunk in raw.chunks)
 
 
 def _control_byte(chunk: pa.StringArray) -> bool:
@@ -596,9 +596,12 @@ def score_chunk(
     *, fast: bool, explain_top_k: int | None, first_row: int,
 ) -> ScoredChunk:  # fmt: skip
     """One chunk's scores and rejects: both engines score with this, so they agree row for row."""
-    clean = fast and not _odd_ids(table) and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
+    clean = None
+    if fast:
+        given = pc.cast(table.column(ID_COLUMN), pa.string())
+        ids = pc.utf8_trim_whitespace(given)  # trimmed once: the check and the output read them
+        clean = not _odd_ids(given, ids) and _clean_inputs(model.scorer, table)  # type: ignore[arg-type]
     if clean:
-        ids = table.column(ID_COLUMN)
         raw = model.scorer.columns_probabilities(*clean)  # type: ignore[union-attr]
         scores = _with_features(_output_table(model, raw, ids, settings, scored_at, schema), table, schema)
         return ScoredChunk(scores, None, table.num_rows)
