@@ -57,29 +57,20 @@ def current(client: MlflowClient, name: str, production: int | None = None) -> R
     return _in_effect(registry.get_model(client, name).tags, production)
 
 
-def _stored(tags: dict[str, str]) -> RolloutState:
+def _read(tags: dict[str, str]) -> tuple[RolloutState, bool]:
+    """The stored rollout (off when none), and whether its tag could be read: one edited by
+    hand is ignored (off), saying why."""
     raw = tags.get(ROLLOUT_TAG)
     if not raw:
-        return RolloutState()
+        return RolloutState(), True
     try:
-        return RolloutState.model_validate_json(raw)
+        return RolloutState.model_validate_json(raw), True
     except ValidationError:
-        return RolloutState(reason=f"unreadable {ROLLOUT_TAG} tag ignored: {raw[:100]!r}")
-
-
-def _unreadable(tags: dict[str, str]) -> bool:
-    raw = tags.get(ROLLOUT_TAG)
-    if not raw:
-        return False
-    try:
-        RolloutState.model_validate_json(raw)
-    except ValidationError:
-        return True
-    return False
+        return RolloutState(reason=f"unreadable {ROLLOUT_TAG} tag ignored: {raw[:100]!r}"), False
 
 
 def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
-    state = _stored(tags)
+    state, _ = _read(tags)
     if state.mode == "off":
         return state
     rollout = f"the {state.mode} of v{state.challenger_version} beside v{state.production_version}"
@@ -182,8 +173,8 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
     tag no one can read (replicas ignore it; ``start`` would overwrite it).
     """
     tags = registry.get_model(client, name).tags
-    stored = _stored(tags)
-    if _unreadable(tags):  # edited by hand, say
+    stored, readable = _read(tags)
+    if not readable:  # edited by hand, say
         promotion.record(client, name, "rollout-stop", None, None, actor=actor, reason=reason or stored.reason)
         _save(client, name, RolloutState())
         return RolloutState(reason=f"cleared: {stored.reason}")
