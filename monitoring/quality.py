@@ -57,17 +57,7 @@ def check(frame: pd.DataFrame, max_missing_share: float) -> tuple[pd.DataFrame, 
         if blank.all():
             findings.append(Finding("empty_column", feature.name, f"column {feature.name!r} has no values", True))
             continue
-        share = float(blank.mean())
-        if share > max_missing_share:
-            findings.append(Finding(
-                "missing_values", feature.name,
-                f"column {feature.name!r}: {share:.1%} missing values (limit {max_missing_share:.1%})", True,
-            ))  # fmt: skip
-        elif share:
-            findings.append(Finding(
-                "missing_values", feature.name,
-                f"column {feature.name!r}: {share:.1%} missing values, rows dropped", False,
-            ))  # fmt: skip
+        _missing_values(feature.name, blank, max_missing_share, findings)
         if feature.kind == "category":
             values = raw.astype(str).str.strip()
             unknown = ~blank & ~values.isin([str(a) for a in feature.allowed])
@@ -143,15 +133,19 @@ def _scores(raw: pd.Series, max_missing_share: float, findings: list[Finding]) -
             "out_of_range", PROBABILITY,
             f"column {PROBABILITY!r}: {int(bad.sum())} values are not probabilities from 0 to 1, e.g. {examples}", True,
         ))  # fmt: skip
+    _missing_values(PROBABILITY, blank, max_missing_share, findings)
+    return scores
+
+
+def _missing_values(column: str, blank: pd.Series, max_missing_share: float, findings: list[Finding]) -> None:
+    """A column's blanks: past the limit a failure, under it rows dropped and noted."""
     share = float(blank.mean())
     if share > max_missing_share:
         findings.append(Finding(
-            "missing_values", PROBABILITY,
-            f"column {PROBABILITY!r}: {share:.1%} missing values (limit {max_missing_share:.1%})", True,
+            "missing_values", column,
+            f"column {column!r}: {share:.1%} missing values (limit {max_missing_share:.1%})", True,
         ))  # fmt: skip
     elif share:
         findings.append(Finding(
-            "missing_values", PROBABILITY,
-            f"column {PROBABILITY!r}: {share:.1%} missing values, rows dropped", False,
-        ))  # fmt: skip
-    return scores
+            "missing_values", column, f"column {column!r}: {share:.1%} missing values, rows dropped", False
+        ))
