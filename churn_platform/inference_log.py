@@ -95,10 +95,10 @@ _NOT_BRIN = sa.text(
     "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam "
     "WHERE i.indrelid = to_regclass(:t) AND c.relname = ANY(:names) AND a.amname <> 'brin'"
 )
-#: Why a conversion may be left for later: the table stayed busy, or this role does not own it
-#: (a writer granted INSERT only; its B-trees serve as before).
 #: PostgreSQL's SQLSTATE for a role lacking a privilege.
 INSUFFICIENT_PRIVILEGE = "42501"
+#: Why a conversion may be left for later: the table stayed busy, or this role does not own it
+#: (a writer granted INSERT only; its B-trees serve as before).
 _NOT_NOW = {
     "55P03": f"the table stayed busy for {CONVERT_LOCK_TIMEOUT}; a later start tries again",
     INSUFFICIENT_PRIVILEGE: (

@@ -243,7 +243,8 @@ def retrain(
         decision = decide(client, settings, production, trigger, of, at_least)
         if not decision.retrain:
             raise NotRetrained(f"not retrained: {decision.reason}")
-        recent = labelled(inference_log_url or settings.inference_log_url, name, since, settings.outcome_horizon_days)
+        log_url = inference_log_url or settings.inference_log_url
+        recent = labelled(log_url, name, since, settings.outcome_horizon_days)
         base_frame = data.load(base, settings.s3_endpoint_url) if base else None
         parts = training_set(recent, base_frame, min_rows=settings.retrain_min_rows, gate_share=gate_share)
         inherited: dict[str, Any] = {**production_parameters(client, name, production), **(parameters or {})}
@@ -257,7 +258,6 @@ def retrain(
         tags = {TAG_TRIGGER: f"{trigger}: {decision.reason}"[:250], TAG_WINDOW: window,
                 TAG_RECENT_ROWS: str(parts.recent_rows), TAG_BASE_ROWS: str(parts.base_rows),
                 TAG_GATE_ROWS: str(len(parts.gate))}  # fmt: skip
-        log_url = inference_log_url or settings.inference_log_url
         source = {"inference_log": redacted(log_url), "window": window, **({"base": base} if base else {})}
         result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags, built_from=source)
         started = None

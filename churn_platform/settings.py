@@ -340,9 +340,10 @@ def _sync_driver(url: str) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import NoSuchModuleError
 
-    driver = make_url(url).drivername
+    parsed = make_url(url)
+    driver = parsed.drivername
     try:
-        dialect = make_url(url).get_dialect()
+        dialect = parsed.get_dialect()
         if getattr(dialect, "is_async", False):
             raise ValueError(f"driver {driver!r} is asynchronous; use postgresql+psycopg:// (or sqlite:///)")
         dialect.import_dbapi()
