@@ -8,6 +8,7 @@ their own (gunicorn/uvicorn workers, the inference-log writer) that must not out
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,8 +25,21 @@ class ProcessFailed(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on right now."""
-    with socket.socket() as sock:
+    """A TCP port on the loopback interface that nothing listens on right now, below the
+    kernel's ephemeral range: a port from it can become an outgoing connection's source port
+    in the seconds before the server binds it (an MLflow server and a restarted PostgreSQL
+    each failed with "address already in use" under a busy test run)."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    for _ in range(200):
+        port = 20000 + secrets.randbelow(max(low - 20000, 1000))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # all taken: any port the kernel gives
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

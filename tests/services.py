@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -223,23 +222,6 @@ class PrivatePostgres:
 PG_BIN = Path(os.environ.get("CHURN_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def _port_below_ephemeral_range() -> int:
-    """A free port the kernel never hands out as a connection's source port: a cluster that a
-    test stops must find its port free when it starts again, and under 200 requests a second
-    an outgoing connection once took it meanwhile (pg_ctl start failed)."""
-    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
-    for _ in range(200):
-        port = 20000 + secrets.randbelow(max(low - 20000, 1000))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
 @contextmanager
 def private_postgres(folder: Path) -> Iterator[PrivatePostgres]:
     if not (PG_BIN / "initdb").exists():
@@ -250,7 +232,7 @@ def private_postgres(folder: Path) -> Iterator[PrivatePostgres]:
         if str(parent) in ("/", "/tmp"):
             break
         os.chmod(parent, os.stat(parent).st_mode | 0o005)
-    pg = PrivatePostgres(folder, _port_below_ephemeral_range())
+    pg = PrivatePostgres(folder, free_port())
     pg._pg("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
     pg.start()
     try:
