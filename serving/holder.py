@@ -66,7 +66,9 @@ class ModelHolder:
         self.rollout: ActiveRollout | None = None
         #: How following the rollout state went last: "off", "serving vN", or why not.
         self.rollout_status = "off"
-        self._lock = threading.Lock()  # one load at a time
+        self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
+        self._reload_queued: threading.Thread | None = None
+        self._queue_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._listener = listener
@@ -173,7 +175,7 @@ class ModelHolder:
 
     def _spawn(self, target: Callable[[], object], name: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
-        self._threads.append(thread)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
         return thread
 
@@ -196,7 +198,19 @@ class ModelHolder:
         self._spawn(run, "model-loader")
 
     def reload_in_background(self) -> threading.Thread:
-        return self._spawn(self.load_production, "model-reload")
+        """Queue a reload. One still waiting for the running load covers every later call: it
+        resolves Production only once it runs, so a burst of calls costs at most two loads."""
+
+        def run() -> None:
+            with self._lock:
+                with self._queue_lock:
+                    self._reload_queued = None
+                self.load_production()
+
+        with self._queue_lock:
+            if self._reload_queued is None:
+                self._reload_queued = self._spawn(run, "model-reload")
+            return self._reload_queued
 
     def stop(self, timeout: float = 5) -> None:
         self._stop.set()
