@@ -267,20 +267,27 @@ def _across_versions(raw: pd.DataFrame, version: int) -> tuple[pd.DataFrame, str
     return raw.drop(columns=[PROBABILITY]), f"scored here by v{version} (the window holds scores by {made_by} too)"
 
 
-def _current(options: MonitorOptions, settings: Settings, name: str, version: int) -> tuple[pd.DataFrame, dict, int]:
+def _read_file(source: str, settings: Settings) -> pd.DataFrame:
+    """``--current``, read before the registry is asked: a mistyped path is said at once, not
+    after the reference's download."""
+    try:
+        return data.read_table(source, settings.s3_endpoint_url)
+    except DataSourceError as exc:
+        raise NothingToCompare(f"no current rows: {exc}") from exc
+    except DataValidationError as exc:
+        if "no rows" not in str(exc):
+            raise
+        raise NothingToCompare(f"no current rows: {exc}") from exc
+
+
+def _current(
+    options: MonitorOptions, settings: Settings, name: str, version: int, file: pd.DataFrame | None
+) -> tuple[pd.DataFrame, dict, int]:
     """The current rows, where they came from, and how many the source held (the log sends a
     sample of a window past CHURN_MONITOR_MAX_ROWS)."""
     max_rows = settings.monitor_max_rows
-    if options.current:
-        try:
-            raw = data.read_table(options.current, settings.s3_endpoint_url)
-        except DataSourceError as exc:
-            raise NothingToCompare(f"no current rows: {exc}") from exc
-        except DataValidationError as exc:
-            if "no rows" not in str(exc):
-                raise
-            raise NothingToCompare(f"no current rows: {exc}") from exc
-        raw, window = _stored_scores(raw, options.current, name, version)
+    if options.current and file is not None:
+        raw, window = _stored_scores(file, options.current, name, version)
         return raw, window, len(raw)
     url = options.inference_log_url or settings.inference_log_url
     if not (options.since or options.until or options.rows):
@@ -327,13 +334,14 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
     name = settings.model_name
     client = registry.connect(settings)
     with registry.translate_errors(settings):
+        file = _read_file(options.current, settings) if options.current else None
         try:
             version = options.version or loading.resolve(client, name, options.alias)
             reference, run_id = load_reference(client, name, version)
         except NotFoundError as exc:
             raise NothingToCompare(str(exc)) from exc
 
-        raw, window, held = _current(options, settings, name, version)
+        raw, window, held = _current(options, settings, name, version, file)
         window["rows_read"] = len(raw)
         held = max(held, len(raw))  # rows logged between the log's count and its read are held too
         if len(raw) > settings.monitor_max_rows:

@@ -124,7 +124,7 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     assert not (tmp_path / "huge" / "report.html").exists()  # it would contradict this run's summary
     details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
     assert "'monthly_charges'" in details and "to 1000000000000" in details, details
-    code, _, err = monitor(env, "--current", "missing.csv")
+    code, _, err = monitor(env, "--current", str(tmp_path / "few.csv"))
     assert code == ExitCode.USAGE and f"no version of model '{model_name}'" in err
     code, _, err = monitor(env, "--column-threshold", "tenur=0.05")
     assert code == ExitCode.USAGE and "unknown columns ['tenur']" in err and "--column-threshold" in err

@@ -8,6 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from churn_platform import data
 from churn_platform.cli import main
 from churn_platform.settings import get_settings
 
@@ -149,7 +150,11 @@ def test_monitor_with_its_object_store_down_is_exit_3_not_drift(tmp_path, monkey
     run = client.create_run(experiment)
     client.create_registered_model("churn")
     client.create_model_version("churn", f"s3://models/training/{run.info.run_id}/artifacts/model", run.info.run_id)
-    result = CliRunner().invoke(main, ["monitor", "--version", "1", "--current", "x.csv"])
+    # A mistyped file is said before the reference is fetched (which fails here, and takes seconds when it works).
+    result = CliRunner().invoke(main, ["monitor", "--version", "1", "--current", str(tmp_path / "x.csv")])
+    assert result.exit_code == 2 and "no current rows" in result.output and "x.csv" in result.output, result.output
+    data.generate(50, seed=1).to_csv(tmp_path / "x.csv", index=False)
+    result = CliRunner().invoke(main, ["monitor", "--version", "1", "--current", str(tmp_path / "x.csv")])
     assert result.exit_code == 3, result.output
     assert "the artifact store is unreachable" in result.output and "Traceback" not in result.output
 
