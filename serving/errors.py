@@ -8,7 +8,7 @@ error body has the same shape (``Problem``): ``message`` in words, ``detail`` wi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -18,6 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
+
+#: The most problems one 422 lists; its message counts them all.
+MAX_ERRORS_LISTED = 100
 
 #: The status recorded for a request whose client left before its body arrived (nginx's 499).
 CLIENT_CLOSED = 499
@@ -94,13 +97,22 @@ def problem_for(error: ServingError) -> JSONResponse:
     return problem(error.status_code, error.message, error.detail)
 
 
-def validation_message(errors: list[dict[str, Any]]) -> str:
+class CountedValidationError(RequestValidationError):
+    """A 422 that lists some of its problems and counts them all."""
+
+    def __init__(self, errors: Sequence[Any], total: int) -> None:
+        super().__init__(errors)
+        self.total = total
+
+
+def validation_message(errors: list[dict[str, Any]], total: int | None = None) -> str:
     """The first few validation errors as one line: ``customers.0.tenure: Input should be ...``."""
     parts = []
     for error in errors[:5]:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {error.get('msg')}")
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    total = len(errors) if total is None else total
+    more = f" (and {total - 5} more)" if total > 5 else ""
     return "; ".join(parts) + more
 
 
@@ -111,8 +123,9 @@ async def _serving_error(request: Request, exc: Exception) -> Response:
 
 async def _invalid_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [_named(e) for e in exc.errors()]
-    return problem(422, validation_message(errors), errors)
+    every = exc.errors()
+    errors = [_named(e) for e in every[:MAX_ERRORS_LISTED]]
+    return problem(422, validation_message(errors, getattr(exc, "total", len(every))), errors)
 
 
 def _named(error: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
@@ -17,7 +16,7 @@ from churn_platform.contract import MODEL_NAME, MODEL_VERSION
 from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
 from serving.deps import FeaturesDep, PredictorDep, ServedModel
-from serving.errors import BatchTooLarge, UnknownCustomer
+from serving.errors import MAX_ERRORS_LISTED, BatchTooLarge, CountedValidationError, UnknownCustomer
 from serving.schemas import (
     ID_DESCRIPTION,
     BatchRequest,
@@ -29,6 +28,8 @@ from serving.schemas import (
     Prediction,
     Problem,
     Record,
+    TooManyCustomers,
+    UnknownFields,
     customers_from_json,
 )
 
@@ -47,16 +48,19 @@ TopK = Annotated[
 ]
 
 
-async def _customers(request: Request, model: type[BaseModel]) -> list[Record]:
+async def _customers(request: Request, model: type[BaseModel], max_customers: int | None = None) -> list[Record]:
     """The customers in the raw body; errors go to the same 422 handler as FastAPI's own."""
     try:
         body = await request.body()
         with tracing.span("decode", {"http.request.body.size": len(body)}):
-            return customers_from_json(body, model)
+            return customers_from_json(body, model, max_customers)
+    except TooManyCustomers as exc:
+        raise BatchTooLarge(f"{exc.count} customers in one request; the limit is {max_customers}") from None
+    except UnknownFields as exc:
+        raise CountedValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors], exc.total) from None
     except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        ) from None
+        errors = exc.errors(include_url=False)[:MAX_ERRORS_LISTED]
+        raise CountedValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], exc.error_count()) from None
 
 
 def _json(content: Any) -> Response:
@@ -69,7 +73,8 @@ async def predict(
     request: Request, predictor: PredictorDep, model: ServedModel, explain: Explain = False, top_k: TopK = 5
 ) -> Response:
     """Score 1 to CHURN_MAX_BATCH_SIZE customers."""
-    scored = predictor.predict(await _customers(request, BatchRequest), model, top_k=top_k if explain else None)
+    customers = await _customers(request, BatchRequest, predictor.max_batch_size)
+    scored = predictor.predict(customers, model, top_k=top_k if explain else None)
     return _json({"predictions": scored.predictions, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 

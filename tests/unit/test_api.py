@@ -162,6 +162,10 @@ def test_size_limits_give_413(registry_uri, tmp_path, telco_csv):
         response = client.post("/predict", json={"customers": customers(telco_csv, 60)})
         assert response.status_code == 413 and "larger than 20000 bytes" in response.json()["message"]
 
+        # Over the limit and invalid too: counted before it is validated (validation came first: 422).
+        response = client.post("/predict", json={"customers": [*customers(telco_csv, 6)[:5], {"tenure": -1}]})
+        assert response.status_code == 413 and "6 customers in one request" in response.json()["message"]
+
         def chunks():
             yield b'{"customers": ['
             for _ in range(100):
@@ -169,6 +173,28 @@ def test_size_limits_give_413(registry_uri, tmp_path, telco_csv):
 
         response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
         assert response.status_code == 413
+
+
+def test_a_body_full_of_problems_gets_a_short_422_that_counts_them(api, telco_csv):
+    """A 422 listed every problem: 9,000 customers of bad fields were a 22 MB answer after
+    seconds of the event loop, and 250,000 unknown fields in one customer the same."""
+    bad = {name: "x" for name in FEATURE_NAMES}
+    response = api.post("/predict", json={"customers": [bad] * 1000})
+    body = response.json()
+    assert response.status_code == 422 and len(body["detail"]) == 100, len(body["detail"])
+    assert body["message"].startswith("customers.0.") and f"(and {1000 * len(FEATURE_NAMES) - 5} more)" in body["message"]
+    flood = {**customers(telco_csv, 1)[0], **{f"f{i}": 1 for i in range(50_000)}}
+    response = api.post("/predict/single", json=flood)
+    body = response.json()
+    assert response.status_code == 422 and len(body["detail"]) == 100
+    assert body["detail"][0] == {"loc": ["body", "f0"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+    assert "(and 49995 more)" in body["message"]
+    response = api.post("/predict", json={"customers": [flood]})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "customers", 0, "f0"]
+    # A few unknown fields are still validated with the rest: every problem named.
+    response = api.post("/predict/single", json={**customers(telco_csv, 1)[0], "tenure": -1, "planet": "Mars"})
+    names = sorted(".".join(map(str, e["loc"])) for e in response.json()["detail"])
+    assert response.status_code == 422 and names == ["body.planet", "body.tenure"], names
 
 
 def test_a_streamed_body_over_the_limit_is_never_acted_on():
