@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _VERDICTS = (ExitCode.OK, ExitCode.REFUSED)
 #: The results the running job has recorded: metric name -> (value, extra labels).
 _results: ContextVar[list[tuple[str, float, dict[str, str]]] | None] = ContextVar("job_results", default=None)
+#: Why the running job pushes nothing (``not_pushed``), or None.
+_unpushed: ContextVar[str | None] = ContextVar("job_unpushed", default=None)
 
 #: Every result metric a job may record, with its help text (one place for names and meanings).
 RESULTS = {
@@ -56,6 +58,13 @@ def record(name: str, value: float | bool | None, **labels: str) -> None:
     results.append((name, float(value), labels))
 
 
+def not_pushed(reason: str) -> None:
+    """Keep the running job's metrics off the Pushgateway: its group holds the scheduled run's
+    view of Production, which the alerts read, and a run over a file or another version must
+    neither raise nor clear them, nor stand in for a broken CronJob's last success."""
+    _unpushed.set(reason)
+
+
 def pushes(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a CLI command: its results and ending are pushed when it ends, however it ends.
 
@@ -77,7 +86,7 @@ def pushes(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 @contextmanager
 def _pushed(job: str, model_name: str | None) -> Iterator[None]:
     results: list[tuple[str, float, dict[str, str]]] = []
-    token = _results.set(results)
+    token, unpushed = _results.set(results), _unpushed.set(None)
     started = time.time()
     code: int = ExitCode.OK
     # Kubernetes stops a Job past its deadline with SIGTERM: end as a failure that is pushed.
@@ -98,7 +107,11 @@ def _pushed(job: str, model_name: str | None) -> Iterator[None]:
         if installed:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         _results.reset(token)
-        push(job, model_name, code, time.time() - started, results, finished=time.time())
+        if reason := _unpushed.get():
+            log.info("%s's metrics are not pushed (%s: not the scheduled run's view of Production)", job, reason)
+        else:
+            push(job, model_name, code, time.time() - started, results, finished=time.time())
+        _unpushed.reset(unpushed)
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -108,7 +121,7 @@ def _stop(signum: int, frame: Any) -> None:
 def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
          results: list[tuple[str, float, dict[str, str]]], *, finished: float) -> bool:  # fmt: skip
     """Push one run's metrics; False (and a warning) when no gateway is set or it refused them."""
-    from churn_platform.settings import get_settings
+    from churn_platform.settings import get_settings, redacted
 
     try:
         settings = get_settings()
@@ -137,6 +150,6 @@ def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
         pushadd_to_gateway(settings.pushgateway_url, job=job, registry=registry,
                            grouping_key={"model_name": model_name or settings.model_name}, timeout=5)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - best effort: the job's own result stands
-        log.warning("could not push %s's metrics to %s: %s", job, settings.pushgateway_url, exc)
+        log.warning("could not push %s's metrics to %s: %s", job, redacted(settings.pushgateway_url), exc)
         return False
     return True

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, outcomes, registry
-from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, TAG_THRESHOLD, ExitCode
+from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, TAG_ADHOC, TAG_THRESHOLD, ExitCode
 from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
 from churn_platform.inference_log import make_engine
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
@@ -60,6 +60,8 @@ class Decision(BaseModel):
 def _flagged(run: Any, trigger: Trigger) -> bool | None:
     """Did this monitoring run flag the trigger's problem? None: not a run of that kind."""
     tags = run.data.tags
+    if TAG_ADHOC in tags:  # a file, another version or an old window says nothing of Production now
+        return None
     if trigger == "performance":  # a run that judged nothing says nothing either way
         judged = tags.get("job") == "performance" and tags.get("verdict") != "not_judged"
         return tags.get("verdict") == "degraded" if judged else None

@@ -138,7 +138,10 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     if params["since"] and params["until"] and params["since"] >= params["until"]:
         raise click.UsageError(f"--since {params['since']:%Y-%m-%d %H:%M:%S} is not before --until "
                                f"{params['until']:%Y-%m-%d %H:%M:%S}")  # fmt: skip
-    summary = run(MonitorOptions(**params), settings)
+    options = MonitorOptions(**params)
+    if options.adhoc:
+        job_metrics.not_pushed(options.adhoc)
+    summary = run(options, settings)
     job_metrics.record("churn_monitor_rows", summary.current_rows)
     if summary.drift_share is not None:
         job_metrics.record("churn_monitor_drift_share", summary.drift_share)
@@ -207,7 +210,10 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
         if params["since"] is not None:
             raise click.UsageError("give --since or --last-days, not both")
         params["since"] = _before(params["until"], timedelta(days=last_days), f"--last-days {last_days}")
-    summary = run(PerformanceOptions(**params), settings)
+    options = PerformanceOptions(**params)
+    if options.adhoc:
+        job_metrics.not_pushed(options.adhoc)
+    summary = run(options, settings)
     job_metrics.record("churn_performance_roc_auc", summary.realized.roc_auc, kind="realized")
     job_metrics.record("churn_performance_roc_auc", summary.estimated.roc_auc, kind="estimated")
     job_metrics.record("churn_performance_degraded", summary.degraded)

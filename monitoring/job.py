@@ -32,13 +32,14 @@ from churn_platform.contract import (
     PRODUCTION_ALIAS,
     REFERENCE_ARTIFACT,
     SCORED_AT,
+    TAG_ADHOC,
     ExitCode,
 )
 from churn_platform.errors import DataSourceError, DataValidationError, NotFoundError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import record_run, report_folder, send_alert
+from monitoring.runs import adhoc, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ class MonitorOptions:
     drift_share: float | None = None
     alert_webhook: str | None = None
     seed: int = 0
+
+    @property
+    def adhoc(self) -> str | None:
+        """Why this run does not judge Production's latest traffic (``TAG_ADHOC``), or None."""
+        return adhoc(self.alias, self.version, self.until, current=self.current, all_versions=self.all_versions)
 
 
 class Window(BaseModel):
@@ -314,7 +320,9 @@ def _current(
 # --------------------------------------------------------------------------- the job
 
 
-def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experiment: str) -> str:
+def _record_run(
+    summary: MonitorSummary, summary_path: Path, stamp: str, experiment: str, why_adhoc: str | None
+) -> str:
     """Log the summary (and report) as a run in the monitoring experiment; return its id."""
     name, version = summary.model_name, summary.model_version
     metrics: dict[str, float] = {"current_rows": summary.current_rows, "reference_rows": summary.reference_rows}
@@ -324,7 +332,7 @@ def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experim
         if summary.prediction_drift:
             metrics["prediction_drift_score"] = summary.prediction_drift.score
     tags = {"model_name": name, "model_version": str(version), "verdict": summary.verdict,
-            "model_run_id": summary.model_run_id or ""}  # fmt: skip
+            "model_run_id": summary.model_run_id or "", **({TAG_ADHOC: why_adhoc} if why_adhoc else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"{name}-v{version}-{stamp}", tags, metrics, artifacts)
 
@@ -404,7 +412,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
+        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment, options.adhoc)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook

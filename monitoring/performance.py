@@ -36,6 +36,7 @@ from churn_platform.contract import (
     PROBABILITY,
     PRODUCTION_ALIAS,
     SCORED_AT,
+    TAG_ADHOC,
     TAG_THRESHOLD,
     VALIDATION_METRICS,
     ExitCode,
@@ -44,7 +45,7 @@ from churn_platform.errors import DataValidationError, NotFoundError, StorageUnr
 from churn_platform.inference_log import make_engine, read_problem
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import record_run, report_folder, send_alert
+from monitoring.runs import adhoc, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ class PerformanceOptions:
     inference_log_url: str | None = None
     output_dir: Path | None = None
     alert_webhook: str | None = None
+
+    @property
+    def adhoc(self) -> str | None:
+        """Why this run does not judge Production's latest traffic (``TAG_ADHOC``), or None."""
+        return adhoc(self.alias, self.version, self.until)
 
 
 class PerformanceWindow(BaseModel):
@@ -237,7 +243,9 @@ def not_judged(real: Realized, est: Estimated, baseline: dict[str, float], min_r
     return None
 
 
-def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str) -> str:
+def _record_run(
+    summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str, why_adhoc: str | None
+) -> str:
     """Log the figures as a run in the monitoring experiment, so the UI plots quality over time."""
     name, version = summary.model_name, summary.model_version
     figures: dict[str, float] = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
@@ -246,7 +254,8 @@ def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, exp
         for key, value in model.model_dump().items():
             if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
                 figures[f"{prefix}_{key}"] = float(value)
-    tags = {"job": "performance", "model_name": name, "model_version": str(version), "verdict": summary.verdict}
+    tags = {"job": "performance", "model_name": name, "model_version": str(version), "verdict": summary.verdict,
+            **({TAG_ADHOC: why_adhoc} if why_adhoc else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"performance-{name}-v{version}-{stamp}", tags, figures, artifacts)
 
@@ -298,7 +307,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         performance_report.write_html(html, summary, labels, scores)
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
+        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment, options.adhoc)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     webhook = options.alert_webhook or settings.monitor_alert_webhook

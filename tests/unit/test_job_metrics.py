@@ -3,16 +3,22 @@ installed by scripts/ensure-prometheus.sh), and a gateway that is down changes n
 
 from __future__ import annotations
 
+import logging
 import shutil
+from datetime import UTC, datetime, timedelta
 
 import httpx
+import pandas as pd
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from churn_platform import data
 from churn_platform.cli import main
+from churn_platform.inference_log import COLUMNS, sqlite_time, upgrade
 from churn_platform.processes import free_port
+from churn_platform.schema import FEATURE_NAMES, ID_COLUMN
 from churn_platform.settings import get_settings
 from tests.services import start_process, wait_http
 
@@ -45,19 +51,33 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return found[0]
 
 
+def log_rows(url: str, customers: pd.DataFrame, version: int = 1) -> None:
+    """``customers`` as Production (``version``) scored them an hour ago, in the inference log."""
+    at = sqlite_time(datetime.now(UTC) - timedelta(hours=1))
+    rows = [(f"r{i // 100}", i % 100, at, "churn", version, "production", 0.1, *r, 0.5)
+            for i, r in enumerate(customers[[ID_COLUMN, *FEATURE_NAMES]].itertuples(index=False))]  # fmt: skip
+    engine = sa.create_engine(url)
+    upgrade(engine)
+    marks = ", ".join("?" * len(COLUMNS))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO inference_log ({', '.join(COLUMNS)}) VALUES ({marks})", rows)
+    engine.dispose()
+
+
 def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_success(
-    registry_uri, telco_csv, tmp_path, monkeypatch, gateway
+    registry_uri, telco_csv, tmp_path, monkeypatch, gateway, caplog
 ):  # fmt: skip
     copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
     shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
     uri = f"sqlite:///{copy}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
     get_settings.cache_clear()
-    drifted = tmp_path / "drifted.csv"
-    data.generate(1500, seed=7, drift=True).drop(columns=["churn"]).to_csv(drifted, index=False)
+    log_rows(log_url, data.generate(1500, seed=7, drift=True))
 
-    monitor = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--current", str(drifted),
+    # The CronJob's run: Production's latest traffic.
+    monitor = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--last-hours", "24",
                                         "--output-dir", str(tmp_path / "report")])  # fmt: skip
     assert monitor.exit_code == 1, monitor.output  # drift
     samples = pushed(gateway)
@@ -71,6 +91,16 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == value(
         samples, "churn_job_last_run_timestamp_seconds", **job
     )
+    # A run over a file (or another version, or an old window) neither clears the drift alert nor
+    # stands in for the CronJob's last success: it pushes nothing, and says so.
+    clean = tmp_path / "clean.csv"
+    data.generate(1500, seed=8).drop(columns=["churn"]).to_csv(clean, index=False)
+    caplog.set_level(logging.INFO, logger="churn_platform.job_metrics")
+    for adhoc in (["--current", str(clean)], ["--version", "1"]):
+        run = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, *adhoc, "--output-dir", str(tmp_path / "r")])
+        assert run.exit_code in (0, 1) and "Traceback" not in run.output, run.output
+        assert pushed(gateway) == samples, adhoc
+    assert "monitor's metrics are not pushed (--current " in caplog.text
 
     customers = data.load(telco_csv).drop(columns=["churn"]).head(300).astype(str)
     customers.loc[7, "tenure"] = "seven"
@@ -94,14 +124,15 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
 
 
 def test_a_gateway_that_is_down_changes_no_result(registry_uri, telco_csv, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", f"http://ops:s3cr3t@127.0.0.1:{free_port()}")
     get_settings.cache_clear()
     data.load(telco_csv).drop(columns=["churn"]).head(100).to_parquet(tmp_path / "c.parquet", index=False)
     args = ["--input", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "s.parquet")]
     result = CliRunner().invoke(main, ["score", "--tracking-uri", registry_uri, "--no-progress", *args])
     assert result.exit_code == 0, result.output
     assert "100 of 100 rows scored" in result.stdout
-    assert any("could not push score's metrics" in r.getMessage() for r in caplog.records)
+    assert any("could not push score's metrics to http://ops:***@127.0.0.1:" in r.getMessage() for r in caplog.records)
+    assert "s3cr3t" not in caplog.text
 
 
 def test_the_feature_refresh_pushes_its_rows_and_a_failed_run_keeps_the_last_success(

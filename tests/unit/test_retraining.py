@@ -74,6 +74,13 @@ def versions(name: str) -> list[int]:
 
 def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_production(scenario, tmp_path):
     name, url, n = scenario
+    # Runs over a pinned version or a window that has ended are investigations, not evidence about
+    # Production now: degraded, but not counted.
+    until = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")
+    for adhoc in (["--version", "1"], ["--until", until]):
+        assert cli("performance", *adhoc, "--output-dir", str(tmp_path / "adhoc"))[0] == 1
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("churn-monitoring").experiment_id])
+    assert sorted(r.data.tags.get("adhoc", "") for r in runs) == [f"--until {until}", "--version 1"]
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "0 of the last 0 performance runs of v1 flagged degradation" in output, output
     for i in range(2):  # two degraded performance runs, recorded in churn-monitoring
