@@ -186,9 +186,11 @@ def canary_bucket(customer_id: str) -> float:
 
 def canary(customers: Sequence[Record], percent: int) -> np.ndarray:
     """Which customers the Challenger answers: those whose bucket is under ``percent``; a
-    customer without an id by a random draw."""
+    customer without an id by a random draw. The id is trimmed first, as the log, the outcomes
+    and the feature store trim it: a padded id is the same customer, on the same arm."""
+    trimmed = (i.strip() if i else None for i in customer_ids(customers))
     return np.fromiter(
-        ((canary_bucket(i) if i else random.random() * 100) < percent for i in customer_ids(customers)),
+        ((canary_bucket(i) if i else random.random() * 100) < percent for i in trimmed),
         dtype=bool,
         count=len(customers),
     )

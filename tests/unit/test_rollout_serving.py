@@ -66,11 +66,15 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
         assert 0.17 <= share <= 0.23, share
         assert set(first.values()) == {1, 2}
         assert versions(api, rows) == first == versions(api, rows)  # the same version, request after request
+        # A CRM that pads its ids: the same customers (the log, outcomes and by-id trim them), the same arms.
+        padded = [{**r, "customer_id": f" {r['customer_id']}  "} for r in rows[:1000]]
+        answered = api.post("/predict", json={"customers": padded}).json()["predictions"]
+        assert [p["model_version"] for p in answered] == [first[r["customer_id"]] for r in rows[:1000]]
     with sa.create_engine(settings.inference_log_url).connect() as conn:
         logged = pd.read_sql("SELECT row_index, customer_id, arm FROM inference_log", conn)
     # Each arm logs its own customers, each under its place in the request (they were numbered
     # 0, 1, 2... within the arm, which pointed at other rows of the request).
-    assert len(logged) == 15_000 and set(logged.arm) == {"production", "canary"}
+    assert len(logged) == 16_000 and set(logged.arm) == {"production", "canary"}
     place = logged.customer_id.str.removeprefix("cust-").astype(int) % 1000
     assert (logged.row_index == place).all()
     with TestClient(create_app(make_settings(registry_uri, tmp_path / "second"))) as other:  # another replica
