@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, overload
 
@@ -153,6 +153,19 @@ def decision_threshold(tag: str | None, default: float | None, version: int) -> 
             "MLflow UI"
         )
     return value
+
+
+def refreshed(client: MlflowClient, model: LoadedModel, *, default_threshold: float) -> LoadedModel:
+    """``model`` with its version's decision threshold as the registry holds it now: a tag
+    edited in the MLflow UI takes effect at the next reload, as it does for a replica that
+    starts, batch scoring and ``rollout status``. ``model`` itself when nothing changed."""
+    tag = registry.get_version(client, model.name, model.version).tags.get(TAG_THRESHOLD)
+    threshold = decision_threshold(tag, default_threshold, model.version)
+    if threshold == model.decision_threshold:
+        return model
+    log.info("%s v%s: decision threshold %s -> %s (its tag changed)", model.name, model.version,
+             model.decision_threshold, threshold)  # fmt: skip
+    return replace(model, decision_threshold=threshold)
 
 
 def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:

@@ -82,7 +82,7 @@ class ModelHolder:
     def load_production(self) -> Attempt:
         """Resolve Production and, if it is not what we serve, load, verify and swap it in."""
         with self._lock:
-            name = self.settings.model_name
+            name, default = self.settings.model_name, self.settings.decision_threshold
             client, version = None, None
             try:
                 client = registry.connect(self.settings)
@@ -90,6 +90,7 @@ class ModelHolder:
                     with tracing.span("registry.resolve", {"churn.model_name": name}):
                         version = loading.resolve(client, name)
                     if self.current is not None and self.current.version == version:
+                        self.current = loading.refreshed(client, self.current, default_threshold=default)
                         self._follow_rollout(client, version)
                         return self._record("ready", f"serving {name} v{version}", version)
                     self._record("loading", f"loading {name} v{version}", version)
@@ -133,8 +134,10 @@ class ModelHolder:
                 if state.mode == "off" or version is None:
                     self.rollout, self.rollout_status = None, f"off: {state.reason}" if state.reason else "off"
                     return
-                if self.rollout is not None and self.rollout.model.version == version:
-                    self.rollout = ActiveRollout(state, self.rollout.model)  # mode or percent changed
+                if self.rollout is not None and self.rollout.model.version == version:  # mode, percent or tags changed
+                    default = self.settings.decision_threshold
+                    model = loading.refreshed(client, self.rollout.model, default_threshold=default)
+                    self.rollout = ActiveRollout(state, model)
                 else:
                     with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version or 0,
                                                      "churn.arm": "challenger"}):  # fmt: skip

@@ -268,6 +268,31 @@ def test_admin_reload_needs_the_key_and_swaps_versions(api):
     assert response.json()["version"] == 1
 
 
+def test_a_threshold_edited_in_the_ui_serves_from_the_next_reload(api, telco_csv):
+    """The version number did not change, so the reload kept the model it had, and its
+    threshold, while replicas started later, batch scoring and rollout status used the tag."""
+    client = MlflowClient()
+    rows = customers(telco_csv, 200)
+    trained = client.get_model_version("churn", "1").tags["decision_threshold"]
+    before = api.post("/predict", json={"customers": rows}).json()["predictions"]
+    assert any(p["will_churn"] for p in before)
+    try:
+        client.set_model_version_tag("churn", "1", "decision_threshold", "0.999")
+        response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
+        assert response.status_code == 200 and api.get("/model").json()["decision_threshold"] == 0.999
+        after = api.post("/predict", json={"customers": rows}).json()["predictions"]
+        assert not any(p["will_churn"] for p in after)
+        assert [p["churn_probability"] for p in after] == [p["churn_probability"] for p in before]
+        client.set_model_version_tag("churn", "1", "decision_threshold", "1.5")  # no customer would ever churn
+        response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
+        assert response.status_code == 409 and "decision_threshold='1.5' is not between 0 and 1" in response.text
+        assert api.get("/model").json()["decision_threshold"] == 0.999 and api.get("/ready").status_code == 200
+    finally:
+        client.set_model_version_tag("churn", "1", "decision_threshold", trained)
+    assert api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code == 200
+    assert api.get("/model").json()["decision_threshold"] == float(trained)
+
+
 def test_admin_is_disabled_without_a_key(registry_uri, tmp_path):
     with TestClient(create_app(make_settings(registry_uri, tmp_path, admin_api_key=None))) as client:
         response = client.post("/admin/reload", headers={"X-API-Key": "anything"})
