@@ -287,12 +287,12 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     """The one join rule, as SQL: each outcome observed in the window is matched to that
     customer's latest prediction by the version made at most ``horizon_days`` before
     ``observed_at`` (and not after it); a prediction that several outcomes would match is
-    judged by the earliest of them only (the first thing that happened after it; a second
-    outcome without a new prediction between them adds no evidence about that score), even
-    when that earliest outcome falls before the window: the rank is taken over every outcome
-    that could share a prediction with one in the window (observed up to ``horizon_days``
-    before ``since``), so a prediction gets the same label whatever the window. One
-    row per matched outcome: the outcome's id and
+    judged by one of them only: the first churn among them, else the latest "no" (a "no" says
+    "not churned by then": a monthly status export says "no" the day after a score and "yes"
+    a month later, and the score was right). The judge is chosen among every outcome that
+    could share a prediction with one in the window (observed up to ``horizon_days`` before
+    ``since``), so a prediction judged by a churn before the window is not judged again in
+    it. One row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
     ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
     ``any_version`` the latest prediction by any version counts (retraining needs the
@@ -301,7 +301,9 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     return f"""
         SELECT outcome_id, {CHURNED}, {OBSERVED_AT}, log_id, {PROBABILITY}, {SCORED_AT}, arm FROM (
           SELECT ranked.*,
-                 ROW_NUMBER() OVER (PARTITION BY log_id ORDER BY {OBSERVED_AT}, outcome_id) AS judge_rank
+                 ROW_NUMBER() OVER (PARTITION BY log_id ORDER BY {CHURNED} DESC,
+                                    CASE WHEN {CHURNED} THEN {OBSERVED_AT} END, {OBSERVED_AT} DESC, outcome_id)
+                   AS judge_rank
           FROM (
             SELECT o.id AS outcome_id, o.{CHURNED}, o.{OBSERVED_AT}, l.id AS log_id, l.{PROBABILITY},
                    l.{SCORED_AT}, l.arm,

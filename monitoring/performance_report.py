@@ -230,7 +230,8 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
         "Baseline: the version's metrics on its validation split at training time; a dash means the training run did "
         "not record it.",
         f"Join rule: an outcome judges the customer's latest prediction by this version made at most {w.horizon_days} "
-        "days before observed_at; the first outcome after a prediction judges it. Outcomes that judge no prediction "
+        "days before observed_at; of several outcomes after one prediction, the first churn judges it, else the latest "
+        "'no' (not churned by then). Outcomes that judge no prediction "
         "are unmatched; predictions no outcome judged are unlabelled.",
         f"Verdict: degraded when the realized ROC AUC on at least {s.min_rows:,} labelled rows, or the estimated ROC "
         f"AUC on at least {s.min_rows:,} predictions, is below the baseline minus {s.tolerance:g}.",

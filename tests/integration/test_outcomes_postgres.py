@@ -100,3 +100,10 @@ def test_the_horizon_is_the_same_hours_whatever_the_session_time_zone():
             matched = db.execute(sa.text(outcomes.matched_sql("postgresql")), params).fetchall()
         engine.dispose()
     assert len(matched) == 1  # "inside" only, as on SQLite
+
+
+def test_the_judge_rule_is_the_same_on_postgresql():
+    from tests.unit.test_outcomes import judge_rule_holds
+
+    with postgres_database() as url:
+        judge_rule_holds(sa.create_engine(url))

@@ -161,34 +161,46 @@ def test_an_outcome_judges_the_latest_prediction_of_the_version_within_the_horiz
             assert [r.churn_probability for r in got] == expected
 
 
-def test_a_prediction_keeps_its_earliest_outcome_whatever_the_window(tmp_path):
-    """A monthly export records a customer twice after one score: the first outcome judges it in
-    every window, so a later window neither relabels it nor counts it again."""
-    engine = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
+def test_a_prediction_is_judged_by_its_first_churn_else_its_latest_no(tmp_path):
+    """A monthly status export says "no" the day after a score and "yes" a month later: the
+    first outcome judged the prediction, a churn the score caught was scored a false alarm, and
+    the performance job called a sound model degraded."""
+    judge_rule_holds(sa.create_engine(f"sqlite:///{tmp_path}/log.db"))
+
+
+def judge_rule_holds(engine: sa.Engine) -> None:
+    """The judge rule on ``engine`` (SQLite here, PostgreSQL in tests/integration)."""
+    dialect = engine.dialect.name
     upgrade(engine)
     scored = datetime(2026, 11, 1, tzinfo=UTC)
+    row = log_row("c", 1, scored, 0.3, 1) | ({"scored_at": scored} if dialect == "postgresql" else {})
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, "
             "customer_id, churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, "
             ":model_version, :arm, :customer_id, :churn_probability)"
-        ), [log_row("c", 1, scored, 0.3, 1)])  # fmt: skip
+        ), [row])  # fmt: skip
     checked = outcomes.check(frame([
+        {"customer_id": "c", "churned": "no", "observed_at": "2026-11-02T00:00:00Z"},
         {"customer_id": "c", "churned": "no", "observed_at": "2026-11-15T00:00:00Z"},
         {"customer_id": "c", "churned": "yes", "observed_at": "2026-12-15T00:00:00Z"},
+        {"customer_id": "c", "churned": "no", "observed_at": "2026-12-20T00:00:00Z"},  # after the churn: no news
     ]), now=datetime(2027, 1, 1, tzinfo=UTC))  # fmt: skip
     outcomes.write(engine, checked.good, "t")
 
-    def judged(since: datetime, until: datetime) -> list[tuple[str, float]]:
-        params = {"name": "churn", "version": 1, "horizon_days": 90, **outcomes.window_params("sqlite", since, until)}
+    def judged(since: datetime, until: datetime) -> list[tuple[bool, float, str]]:
+        params = {"name": "churn", "version": 1, "horizon_days": 90, **outcomes.window_params(dialect, since, until)}
         with engine.connect() as conn:
-            return [(bool(r.churned), r.churn_probability)
-                    for r in conn.execute(sa.text(outcomes.matched_sql("sqlite")), params)]  # fmt: skip
+            return [(bool(r.churned), r.churn_probability, str(r.observed_at)[:10])
+                    for r in conn.execute(sa.text(outcomes.matched_sql(dialect)), params)]  # fmt: skip
 
-    assert judged(scored, datetime(2027, 1, 1, tzinfo=UTC)) == [(False, 0.3)]
-    assert judged(datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)) == [(False, 0.3)]
-    # The December window holds only the second outcome; the prediction was judged in November.
-    assert judged(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)) == []
+    day = lambda d: datetime.fromisoformat(d).replace(tzinfo=UTC)  # noqa: E731
+    assert judged(scored, day("2027-01-01")) == [(True, 0.3, "2026-12-15")]
+    # November knew only "not churned yet" (its latest), December the churn; January has nothing new.
+    assert judged(day("2026-11-01"), day("2026-12-01")) == [(False, 0.3, "2026-11-15")]
+    assert judged(day("2026-12-01"), day("2027-01-01")) == [(True, 0.3, "2026-12-15")]
+    assert judged(day("2026-12-16"), day("2027-01-01")) == []  # judged by the churn, before this window
+    engine.dispose()
 
 
 # ---------------------------------------------------------------- POST /outcomes
