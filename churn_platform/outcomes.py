@@ -260,8 +260,9 @@ def ingest(
         return Ingested(checked, dataclasses.replace(written, unchanged=written.unchanged + checked.repeated))
     except (sa.exc.DataError, sa.exc.IntegrityError, ValueError) as exc:  # refused for this data: nothing written
         raise DataValidationError(f"the database refused the outcomes: {getattr(exc, 'orig', exc)}") from exc
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError, sa.exc.ProgrammingError) as exc:
-        # Down, or refusing every write (a read-only standby after a failover, a missing grant):
+    except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
+        # Down, not a database at all (a SQLite URL naming another file), or refusing every
+        # write (a read-only standby after a failover, a missing grant):
         # the sender's data is fine, and a client that drops what it is told is bad would lose it.
         # Any other ProgrammingError is a bug here, not something a retry mends.
         if isinstance(exc, sa.exc.ProgrammingError) and sqlstate(exc) != INSUFFICIENT_PRIVILEGE:

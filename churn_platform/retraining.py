@@ -129,7 +129,7 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
         with engine.connect() as conn:
             result = conn.execute(sa.text(query), params)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+    except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
         where = engine.url.render_as_string()
         raise StorageUnreachable(f"cannot read the inference log at {where}: {getattr(exc, 'orig', exc)}") from exc
     finally:

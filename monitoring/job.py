@@ -228,7 +228,7 @@ def current_from_log(
                 where.append(_spread(table.c.id, options.seed) < _SPREAD_P * max_rows // count)
             result = conn.execute(sa.select(sa.text("*")).select_from(table).where(*where))
             return pd.DataFrame(result.fetchall(), columns=list(result.keys())), count
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+    except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
         if inference_log.is_missing_table(exc):
             raise NothingToCompare(f"the inference log at {place} has no rows yet") from exc
         problem = inference_log.read_problem(exc)

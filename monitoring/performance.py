@@ -175,7 +175,7 @@ def read(url: str, name: str, version: int, since: datetime, until: datetime, ho
                 ), params).scalar_one()  # fmt: skip
                 # The window's predictions that some outcome judged (by scored_at, as the estimate).
                 judged = int(((matched[SCORED_AT] >= params["since"]) & (matched[SCORED_AT] < params["until"])).sum())
-    except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError) as exc:  # or a missing grant
+    except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
         raise StorageUnreachable(f"cannot read {where}: {read_problem(exc)}") from exc
     finally:
         engine.dispose()

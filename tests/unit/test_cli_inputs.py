@@ -270,3 +270,17 @@ def test_mlflows_bare_databricks_uris_are_not_taken_for_folders():
 
     for uri in ("databricks", "databricks-uc", "databricks://profile"):
         assert checked_tracking_uri(uri) == uri
+
+
+def test_a_log_url_naming_a_file_that_is_no_database_is_exit_3_naming_it(registry_uri, tmp_path, monkeypatch):
+    """``sqlite:///`` pointed at a CSV: SQLite's 'file is not a database' was an uncaught
+    DatabaseError (exit 70, 'a bug: please report it') in every job that reads the log."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry_uri)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outcomes.csv").write_text("customer_id,churned\n3845-FXCYS,Yes\n")
+    url = f"sqlite:///{tmp_path}/outcomes.csv"
+    for command in (["performance", "--output-dir", "p"], ["monitor", "--output-dir", "m"],
+                    ["retrain", "--if", "always"], ["outcomes", "ingest", "outcomes.csv"]):  # fmt: skip
+        result = CliRunner().invoke(main, [*command, "--inference-log-url", url])
+        assert result.exit_code == 3, (command, result.output)
+        assert "file is not a database" in result.output and "Traceback" not in result.output, result.output
