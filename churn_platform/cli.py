@@ -9,6 +9,7 @@ the apps. Exit codes are the same for every command: ``contract.ExitCode``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -857,6 +858,35 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
             click.echo(f"  rejected rows{more} {where}", err=True)
     if len(rejects):
         sys.exit(ExitCode.DATA_QUALITY)
+
+
+@outcomes.command("delete")
+@click.option("--source", required=True,
+              help="Whose outcomes: the file as it was given to `outcomes ingest`, or 'api' (POST /outcomes).")
+@click.option("--yes", is_flag=True, help="Delete them; without it, only say what would be deleted.")
+@inference_log_option("Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@handles_errors
+def outcomes_delete(source: str, yes: bool, inference_log_url: str | None, as_json: bool) -> None:
+    """Delete the outcomes a source wrote last: undo a file of wrong labels or times.
+
+    Ingesting a corrected file replaces labels at the same customer and observed_at only;
+    outcomes at wrong times stay beside the right ones. Without --yes nothing is deleted.
+    """
+    from churn_platform import outcomes as outcomes_mod
+
+    found = outcomes_mod.delete(inference_log_url or get_settings().inference_log_url, source, apply=yes)
+    if as_json:
+        echo_json(dataclasses.asdict(found))
+    elif not found.rows:
+        known = ", ".join(f"{s!r} ({n})" for s, n in found.sources.items()) or "none"
+        click.echo(f"outcomes: none were last written by {source!r}; sources stored: {known}")
+    elif found.deleted:
+        click.echo(f"outcomes: deleted {found.rows} last written by {source!r} "
+                   f"(observed {found.first} to {found.last})")
+    else:
+        click.echo(f"outcomes: {found.rows} were last written by {source!r} (observed {found.first} to "
+                   f"{found.last}); nothing deleted: add --yes to delete them")  # fmt: skip
 
 
 @main.command()

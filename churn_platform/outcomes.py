@@ -10,6 +10,7 @@ and reason instead of refusing a whole file for one typo.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -80,6 +81,10 @@ class Checked:
         return len(self.good) + len(self.rejects) + self.repeated
 
 
+#: Column names that hold a time, the outcome's under another name (``churn_date``, ``event_time``).
+_TIMELY = re.compile(r"date|time|when|(^|_)at$", re.IGNORECASE)
+
+
 def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     """Validate outcome rows; only a missing column fails the whole input (``DataValidationError``).
 
@@ -102,6 +107,10 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
             f"missing required columns: {missing} (found: {list(frame.columns)}); an outcome needs "
             f"{ID_COLUMN}, {CHURNED} (or Churn) and optionally {OBSERVED_AT}"
         )
+    if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if _TIMELY.search(str(c))]):
+        # Every row would be dated now, and stored so: a churn of March judged today's predictions.
+        raise DataValidationError(f"no {OBSERVED_AT} column, and {timed} is not read: rename the outcome's time "
+                                  f"to {OBSERVED_AT}, or drop {timed} to date every row now")  # fmt: skip
     frame = frame.reset_index(drop=True)
     text = {c: frame[c].astype("string").str.strip() if c in frame.columns else None for c in INPUT_COLUMNS}
     text[CHURNED] = data.label_text(frame[CHURNED])
@@ -269,6 +278,48 @@ def ingest(
             raise
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc
+    finally:
+        engine.dispose()
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """Outcomes last written by one source: how many, the first and last day observed, and
+    (none found) every source stored with its count, to show a typo."""
+
+    source: str
+    rows: int
+    deleted: bool
+    first: str | None = None
+    last: str | None = None
+    sources: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def delete(url: str, source: str, *, apply: bool) -> Deleted:
+    """Count the outcomes ``source`` wrote last (a file as ingest was given it, or ``api``), and
+    with ``apply`` delete them: a file with wrong labels or times is undone this way, where
+    ingesting a corrected one would add outcomes at other times beside the wrong ones."""
+    engine = make_engine(url)
+    outcomes = table(sa.MetaData())
+    try:
+        with engine.begin() as conn:
+            if not sa.inspect(conn).has_table(OUTCOMES_TABLE):
+                return Deleted(source, 0, False)
+            mine = outcomes.c[OUTCOME_SOURCE] == source
+            observed = outcomes.c[OBSERVED_AT]
+            query = sa.select(sa.func.count(), sa.func.min(observed), sa.func.max(observed)).where(mine)
+            rows, first, last = conn.execute(query).one()
+            if not rows:
+                counts = conn.execute(sa.select(outcomes.c[OUTCOME_SOURCE], sa.func.count())
+                                      .group_by(outcomes.c[OUTCOME_SOURCE])).all()  # fmt: skip
+                return Deleted(source, 0, False, sources={s: n for s, n in counts})
+            if apply:
+                conn.execute(sa.delete(outcomes).where(mine))
+            day = lambda t: str(t)[:10]  # noqa: E731 - SQLite returns text, PostgreSQL a datetime
+            return Deleted(source, rows, apply, day(first), day(last))
+    except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise StorageUnreachable(f"cannot delete outcomes at {where}: {getattr(exc, 'orig', exc)}") from exc
     finally:
         engine.dispose()
 

@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 from churn_platform import outcomes
+from churn_platform.cli import main
 from churn_platform.errors import DataValidationError
 from churn_platform.inference_log import sqlite_time, upgrade
 
@@ -77,6 +79,35 @@ def test_a_file_with_both_spellings_of_the_label_is_refused_whole():
 def test_a_file_without_the_label_column_is_refused_whole():
     with pytest.raises(DataValidationError, match=r"missing required columns: \['churned'\]"):
         outcomes.check(frame([{"customer_id": "a", "label": "yes"}]), now=NOW)
+
+
+def test_a_time_under_another_name_is_refused_not_replaced_by_now():
+    """``churn_date`` was ignored and every row dated now: a March churn judged today's scores."""
+    rows = [{"customer_id": "a", "churned": "yes", "churn_date": "2026-03-01"}]
+    with pytest.raises(DataValidationError, match=r"no observed_at column, and \['churn_date'\] is not read"):
+        outcomes.check(frame(rows), now=NOW)
+    assert len(outcomes.check(frame([{**rows[0], "observed_at": "2026-03-02"}]), now=NOW).good) == 1
+    assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", "plan": "gold"}]), now=NOW).dated_now == 1
+
+
+def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_path):
+    """A wrong file cannot be mended by ingesting a right one (other times are other outcomes)."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    good = frame([{"customer_id": "a", "churned": "yes", "observed_at": "2026-10-01"}])
+    bad = frame([{"customer_id": c, "churned": "no", "observed_at": "2026-09-01"} for c in ("a", "b")])
+    outcomes.ingest(good, url, source="crm.csv", now=NOW)
+    outcomes.ingest(bad, url, source="crm-bad.csv", now=NOW)
+    found = outcomes.delete(url, "crm-bad.csv", apply=False)
+    assert (found.rows, found.first, found.last) == (2, "2026-09-01", "2026-09-01")
+    assert stored(url) == [("a", 1), ("a", 0), ("b", 0)]  # counted only
+    assert outcomes.delete(url, "crm-bad.csv", apply=True).rows == 2
+    assert stored(url) == [("a", 1)]
+    missing = outcomes.delete(url, "crm-bda.csv", apply=True)
+    assert missing.rows == 0 and missing.sources == {"crm.csv": 1}
+    result = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", "--inference-log-url", url])
+    assert result.exit_code == 0 and "1 were last written by 'crm.csv'" in result.output
+    assert "nothing deleted: add --yes" in result.output
+    assert stored(url) == [("a", 1)]
 
 
 def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old(tmp_path):
