@@ -4,10 +4,13 @@ under the same limit: the figure prod's request-rate autoscaling target comes fr
     .venv/bin/python benchmarks/capacity.py [--seconds 15]      # make bench-serving runs it
 
 Trains the default model on the project's Telco customers into a throwaway embedded registry,
-starts our API and the peer, each pinned to CPU 0 with its children (taskset: a pod's 1-CPU
-limit; our inference-log writer shares it, as in the pod), and drives them from CPU 1 with wrk:
-single customers at 8 connections and batches of 100 at 4. Prints req/s and p99 of each, the
-ratio, and the per-pod target for the HorizontalPodAutoscaler (60 % of the single-customer
+starts our API pinned to CPU 0 with its children (taskset: a pod's 1-CPU limit; our
+inference-log writer shares it, as in the pod) and drives it from CPU 1 with wrk: single
+customers at 8 connections and batches of 100 at 4. Before each measured run and after it, our
+inference log is left to catch up (as benchmarks/serving.py does), so no run inherits the
+writer's backlog of the one before; the catch-up after each run is printed. Then our API is
+stopped, and the peer is started alone on CPU 0 and driven the same way. Prints req/s and p99
+of each, the ratio, and the per-pod target for the HorizontalPodAutoscaler (60 % of the single-customer
 capacity, rounded down to 50: the headroom covers the minute a new pod needs to become ready)
 and the pods that target gives the seed's 1,000 req/s per deployment.
 """
@@ -19,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +31,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving import wrk  # noqa: E402
-from churn_platform.processes import free_port, start, wait_http  # noqa: E402
+from benchmarks.serving import drained, wrk  # noqa: E402
+from churn_platform.processes import Process, free_port, start, wait_http  # noqa: E402
 
 #: The share of one pod's saturated single-customer rate the autoscaler aims at.
 HEADROOM = 0.6
@@ -53,16 +55,10 @@ def pinned_wrk(url: str, body: Path, connections: int, seconds: int, folder: Pat
         os.environ["PATH"] = path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=15)
-    args = parser.parse_args()
-    if not shutil.which("wrk") or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
-        sys.exit("needs wrk, taskset and two CPUs (apt-get install wrk; `make bench-serving` installs it)")
-    from benchmarks.registry import production_registry
+def measure(folder: Path, seconds: int) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """wrk's figures of each run, and the seconds our log took to catch up after each of ours."""
     from churn_platform import data
 
-    folder, _ = production_registry("bench-capacity-")
     frame = data.load(str(REPO / "data" / "telco_churn.csv")).drop(columns=["churn", "customer_id"])
     features = data.to_records(frame.head(100))
     bodies = {
@@ -76,40 +72,71 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db", CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"))  # fmt: skip
-    ours_port, peer_port = free_port(), free_port()
     pin = ["taskset", "-c", "0"]
-    ours = start("ours", [*pin, str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
-    peer = start("peer", [*pin, str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production",
-                          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(peer_port)], folder, env=env)  # fmt: skip
     results: dict[str, dict[str, float]] = {}
+    catch_up: dict[str, float] = {}
+
+    def run(name: str, url: str, server: Process, log_url: str | None) -> None:
+        connections = 8 if name.endswith("single") else 4
+        pinned_wrk(url, folder / f"{name}.json", connections, 3, folder)  # warm-up
+        if log_url:
+            drained(log_url)  # the warm-up's rows are written before the measured run starts
+        results[name] = pinned_wrk(url, folder / f"{name}.json", connections, seconds, folder)
+        if log_url:
+            _, catch_up[name] = drained(log_url)  # nor does the next run inherit this one's backlog
+        if results[name]["errors"] or results[name]["socket_errors"]:
+            sys.exit(f"{name}: errors under load: {results[name]} (server log: {server.log_path})")
+
+    # Ours first, alone on CPU 0, then stopped (its writer with it) before the peer starts.
+    port = free_port()
+    ours = start("ours", [*pin, str(bin_dir / "churn-platform"), "serve", "--port", str(port)], folder, env=env)
     try:
-        wait_http(ours, f"http://127.0.0.1:{ours_port}/health", 120)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(ours, f"{base}/health", 120)
         deadline = time.time() + 120
-        while httpx.get(f"http://127.0.0.1:{ours_port}/ready").status_code != 200:
+        while httpx.get(f"{base}/ready").status_code != 200:
             if time.time() > deadline:
                 sys.exit("our API did not become ready")
             time.sleep(0.5)
-        wait_http(peer, f"http://127.0.0.1:{peer_port}/ping", 120)
-        urls = {"ours_single": f"http://127.0.0.1:{ours_port}/predict/single",
-                "ours_batch": f"http://127.0.0.1:{ours_port}/predict",
-                "peer_single": f"http://127.0.0.1:{peer_port}/invocations",
-                "peer_batch": f"http://127.0.0.1:{peer_port}/invocations"}  # fmt: skip
-        for name, url in urls.items():
-            connections = 8 if name.endswith("single") else 4
-            pinned_wrk(url, folder / f"{name}.json", connections, 3, folder)  # warm-up
-            results[name] = pinned_wrk(url, folder / f"{name}.json", connections, args.seconds, folder)
-            if results[name]["errors"] or results[name]["socket_errors"]:
-                sys.exit(f"{name}: errors under load: {results[name]}")
+        run("ours_single", f"{base}/predict/single", ours, base)
+        run("ours_batch", f"{base}/predict", ours, base)
     finally:
         ours.stop()
+    port = free_port()
+    peer = start("peer", [*pin, str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production",
+                          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], folder, env=env)  # fmt: skip
+    try:  # the group stop reaches the server mlflow starts: it stays in the group (no new session)
+        wait_http(peer, f"http://127.0.0.1:{port}/ping", 120)
+        run("peer_single", f"http://127.0.0.1:{port}/invocations", peer, None)
+        run("peer_batch", f"http://127.0.0.1:{port}/invocations", peer, None)
+    finally:
         peer.stop()
-        subprocess.run(["pkill", "-f", "--", f"-p {peer_port}"], check=False)
+    return results, catch_up
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=15)
+    args = parser.parse_args()
+    if not shutil.which("wrk") or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+        sys.exit("needs wrk, taskset and two CPUs (apt-get install wrk; `make bench-serving` installs it)")
+    from benchmarks.registry import production_registry, remove, terminate_raises
+
+    terminate_raises()
+    folder, _ = production_registry("bench-capacity-")
+    try:
+        results, catch_up = measure(folder, args.seconds)
+    finally:
+        remove(folder)
     print(f"\none pod at its CPU limit (1 CPU, taskset), wrk on the other CPU, {args.seconds}s each")
-    print(f"{'':28}{'ours req/s':>11}{'p99 ms':>8}{'peer req/s':>12}{'p99 ms':>8}{'ratio':>8}")
+    print("(each server alone on CPU 0: ours stopped before the peer started; our log caught up around each run)")
+    print(
+        f"{'':28}{'ours req/s':>11}{'p99 ms':>8}{'peer req/s':>12}{'p99 ms':>8}{'ratio':>8}{'ours: log caught up':>22}"
+    )
     for kind, label in (("single", "single customer, 8 conns"), ("batch", "batch of 100, 4 conns")):
         o, p = results[f"ours_{kind}"], results[f"peer_{kind}"]
         print(f"{label:28}{o['rps']:>11,.0f}{o['p99_ms']:>8.1f}{p['rps']:>12,.0f}{p['p99_ms']:>8.1f}"
-              f"{o['rps'] / p['rps']:>7.1f}x")  # fmt: skip
+              f"{o['rps'] / p['rps']:>7.1f}x{catch_up[f'ours_{kind}']:>13.1f}s after it")  # fmt: skip
     target = int(results["ours_single"]["rps"] * HEADROOM // 50 * 50)
     print(
         f"\nper-pod target (HPA churn_api_requests_per_second): {HEADROOM:.0%} of "

@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/inference_log.py [--rows 200000] [--batch 20000]
 
-Loads the same scored rows into a fresh ``inference_log`` table on the local PostgreSQL
+Loads the same scored rows into an ``inference_log`` table on the local PostgreSQL
 (127.0.0.1:5432, user postgres; a throwaway database) with each method the writer could use,
-every batch in its own transaction and with the replay rule (ids already stored are skipped):
+every batch in its own transaction and with the replay rule (ids already stored are skipped).
+Each method starts from an empty table (TRUNCATE, autovacuum off, a CHECKPOINT before the
+clock starts), and after each the table must hold exactly its rows:
 
 - binary ``COPY`` (psycopg 3, rows written in C) straight into the table: what
   ``serving/log_writer.py`` does; the unique constraint refuses a batch holding a stored id,
@@ -122,16 +124,27 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
                        page_size=len(batch))  # fmt: skip
 
     results = {}
+    stored: dict[str, int] = {}
     try:
         engine = sa.create_engine(url)
         table(sa.MetaData()).metadata.create_all(engine)
         engine.dispose()
         connection = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname=name)
         binary_connection = psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=name)
+        binary_connection.execute(f"ALTER TABLE {INFERENCE_LOG_TABLE} SET (autovacuum_enabled = false)")
+        binary_connection.commit()  # as for the indexes below: no autovacuum in one method's run and not another's
         for method, load in (("binary COPY", copy_binary), ("binary COPY + INSERT", copy_binary_staged),
                              ("csv COPY + INSERT", copy_csv), ("json_populate_recordset", json_recordset),
                              ("execute_values", values)):  # fmt: skip
             batch_rows = rows()
+            # Every method loads into an empty table, from the same state: no rows of the methods
+            # before it (their heap and index pages would make each later load dearer), no
+            # autovacuum starting in one method's run and not another's, no dirty pages left to
+            # write by the checkpointer (PostgreSQL's CPU below counts every postgres process).
+            binary_connection.execute(f"TRUNCATE {INFERENCE_LOG_TABLE}")
+            binary_connection.commit()
+            binary_connection.execute("CHECKPOINT")
+            binary_connection.commit()
             binary = method.startswith("binary")
             conn = binary_connection if binary else connection
             cpu0, server0, wall0 = _cpu(), _server_cpu(), time.perf_counter()
@@ -140,9 +153,9 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
                     load(cur, batch_rows[start : start + args.batch])
             wall = time.perf_counter() - wall0
             results[method] = (args.rows / wall, _cpu() - cpu0, _server_cpu() - server0)
-        with connection.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {INFERENCE_LOG_TABLE}")
-            stored = cur.fetchone()[0]
+            # Outside the timing: this method's rows, and only they, are in the table.
+            stored[method] = binary_connection.execute(f"SELECT count(*) FROM {INFERENCE_LOG_TABLE}").fetchone()[0]
+            binary_connection.commit()  # no open transaction holds a lock the next TRUNCATE waits for
         connection.close()
         layouts = {"BRIN on time, version (ours)": [], "B-trees (before 2026-12)": []}
         sizes = {}  # MiB of indexes per million rows
@@ -193,9 +206,14 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
 
-    assert stored == len(results) * args.rows, stored
+    wrong = {method: count for method, count in stored.items() if count != args.rows}
+    if wrong:
+        sys.exit(f"rows stored by each method (expected {args.rows} each): {wrong}")
     best = max(rate for rate, _, _ in results.values())
-    print(f"\n{args.rows} rows in batches of {args.batch}, each batch one transaction, duplicates skipped")
+    print(
+        f"\n{args.rows} rows in batches of {args.batch} into an empty table per method, each batch one transaction, "
+        "duplicates skipped"
+    )
     print(f"{'method':28}{'rows/s':>12}{'client CPU s':>14}{'server CPU s':>14}{'vs fastest':>12}")
     for method, (rate, cpu, server) in results.items():
         print(f"{method:28}{rate:>12.0f}{cpu:>14.2f}{server:>14.2f}{rate / best:>11.2f}x")

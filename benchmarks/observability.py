@@ -9,6 +9,11 @@ API once per configuration and drives single customers at 8 connections with wrk
 interleave the configurations, each round in a rotated order, so machine noise and a run's
 place in the round hit all of them alike; the best round of each is reported. Target (the
 observability issue): JSON logs within 5 % of text logs' req/s.
+
+Every configuration runs with the access log on (CHURN_ACCESS_LOG=true, off by default): it is
+the one line a successful prediction writes, so without it no configuration would log anything
+per request and the text and JSON rows would measure the same work. The API's output goes to
+a file in the throwaway folder, which is removed at the end.
 """
 
 from __future__ import annotations
@@ -31,10 +36,15 @@ sys.path.insert(0, str(REPO))
 from benchmarks.serving import interleaved, wrk  # noqa: E402
 from churn_platform.processes import free_port, start, wait_http  # noqa: E402
 
+#: Each with the access line per request: the log cost being compared (traces: on top of JSON logs).
 CONFIGS = {
-    "text logs": {"CHURN_LOG_FORMAT": "text"},
-    "JSON logs": {"CHURN_LOG_FORMAT": "json"},
-    "JSON logs + traces": {"CHURN_LOG_FORMAT": "json", "OTEL_EXPORTER_OTLP_ENDPOINT": "{sink}"},
+    "text logs": {"CHURN_LOG_FORMAT": "text", "CHURN_ACCESS_LOG": "true"},
+    "JSON logs": {"CHURN_LOG_FORMAT": "json", "CHURN_ACCESS_LOG": "true"},
+    "JSON logs + traces": {
+        "CHURN_LOG_FORMAT": "json",
+        "CHURN_ACCESS_LOG": "true",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "{sink}",
+    },
 }
 
 
@@ -55,24 +65,17 @@ def sink() -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
-    from benchmarks.registry import production_registry
+def measure(folder: Path, seconds: int, rounds: int) -> dict[str, list[dict[str, float]]]:
+    """wrk's figures of every run, by configuration."""
     from churn_platform import data
 
-    folder, _ = production_registry("bench-observability-")
     customer = data.to_records(data.generate(1, seed=3).drop(columns=["churn", "customer_id"]))[0]
     body = folder / "single.json"
     body.write_text(json.dumps(customer))
     endpoint = sink()
     bin_dir = Path(sys.executable).parent
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
-    for run, name in enumerate(interleaved(list(CONFIGS), args.rounds)):
+    for run, name in enumerate(interleaved(list(CONFIGS), rounds)):
         extra = CONFIGS[name]
         port = free_port()
         env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{run}-{port}.db",
@@ -88,9 +91,27 @@ def main() -> None:
                 time.sleep(0.3)
             url = f"http://127.0.0.1:{port}/predict/single"
             wrk(url, body, 8, 2, folder)  # warm-up
-            results[name].append(wrk(url, body, 8, args.seconds, folder))
+            results[name].append(wrk(url, body, 8, seconds, folder))
         finally:
             api.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
+    from benchmarks.registry import production_registry, remove, terminate_raises
+
+    terminate_raises()
+    folder, _ = production_registry("bench-observability-")
+    try:
+        results = measure(folder, args.seconds, args.rounds)
+    finally:
+        remove(folder)
     best = {name: max(runs, key=lambda r: r["rps"]) for name, runs in results.items()}
     base = best["text logs"]["rps"]
     print(f"\nsingle customers, 8 connections, best of {args.rounds} interleaved rounds of {args.seconds}s")

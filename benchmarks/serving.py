@@ -14,10 +14,14 @@ Then the cost of a rollout: a second version is trained as the Challenger and ou
 driven with single customers with the rollout off, as a 20 % canary and in shadow (targets:
 a canary costs at most 5 % of requests/s; shadow p99 at most 1.5x the p99 with rollout off).
 Finally it checks the inference log kept up: after the runs it waits for the log to drain and
-counts the rows in the log database against the rows scored, and prints what explanations
-cost in process (benchmarks/explanations.py). The log goes to a throwaway
+counts the rows in the log database against the rows scored. In process, on one core and
+without HTTP or the log, it times the steps of a 1000-customer batch answer both ways on the
+same rows: ours (decode, score, answer) against the peer's own request handler, MLflow's
+``scoring_server.invocations`` (parse, ``pyfunc.predict``, encode). It ends with what
+explanations cost in process (benchmarks/explanations.py). The log goes to a throwaway
 database on the local PostgreSQL (127.0.0.1:5432, user postgres) when one answers, else to
-SQLite; `--log-url` picks another.
+SQLite; `--log-url` picks another. The databases it creates, the servers it starts and its
+throwaway folder are removed however the run ends (an error, Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -271,6 +276,29 @@ def in_process_batch(scorer: FastScorer, body: bytes, settings: Settings, repeat
     return timings
 
 
+def peer_in_process_batch(body: bytes, repeat: int = 50) -> float:
+    """Milliseconds of one core for the peer's whole answer to a batch, without HTTP: what
+    `mlflow models serve` runs for each POST /invocations (``scoring_server.invocations``: the
+    JSON parsed into a DataFrame against the signature, ``pyfunc.predict``, the answer encoded),
+    on the Production model it serves."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model("models:/churn@Production")
+    schema = model.metadata.get_input_schema()
+
+    def answer() -> None:
+        result = scoring_server.invocations(body, "application/json", model, schema)
+        if result.status != 200:
+            raise RuntimeError(f"the peer's handler answered {result.status}: {str(result.response)[:300]}")
+
+    answer()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        answer()
+    return (time.perf_counter() - started) / repeat * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
@@ -281,13 +309,23 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
+    from benchmarks.registry import remove, terminate_raises
 
+    terminate_raises()  # SIGTERM, like Ctrl-C, goes through the clean-ups below
+    folder = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        run(args, folder)
+    finally:
+        remove(folder)
+
+
+def run(args: argparse.Namespace, folder: Path) -> None:  # noqa: C901 - one benchmark, read top to bottom
+    """Everything in ``folder``, which the caller removes."""
     from churn_platform import data, rollout
     from churn_platform.scorer import FastScorer
     from churn_platform.settings import Settings
     from churn_platform.training import TrainConfig, train
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     uri = f"sqlite:///{folder}/mlflow.db"
     data_path = Path(args.data).resolve()  # before chdir: a relative --data is relative to where we started
     os.chdir(folder)
@@ -328,6 +366,8 @@ def main() -> None:
 
     # With the customers' ids, as callers send them (the HTTP loads leave them out: the peer's signature has none).
     batch_ms = in_process_batch(scorer, json.dumps({"customers": records}).encode(), settings)
+    # The peer's counterpart on the same 1000 rows (the body its HTTP runs get).
+    peer_batch_ms = peer_in_process_batch(json.dumps({"dataframe_records": features}).encode())
 
     bodies = {
         "ours_single": features[0],
@@ -339,41 +379,48 @@ def main() -> None:
         (folder / f"{name}.json").write_text(json.dumps(body))
 
     bin_dir = Path(sys.executable).parent
-    log_url, log_kind, drop_log = log_database(folder, args.log_url)
-    log_name = log_url.rsplit("/", 1)[1] if log_kind == "PostgreSQL" else None  # its backends' CPU is counted
-    # The feature store on PostgreSQL, holding the same 1000 customers, for the by-id rows.
-    store_url, store_kind, drop_store = log_database(folder, None, prefix="bench_features")
-    by_id = store_kind == "PostgreSQL"
-    if by_id:
-        from datetime import UTC, datetime
-
-        from churn_platform import feature_store
-
-        store_settings = Settings(tracking_uri=uri, feature_store_url=store_url)
-        rows.to_csv(folder / "snapshot.csv", index=False)
-        feature_store.apply(store_settings)
-        feature_store.ingest(store_settings, str(folder / "snapshot.csv"), as_of=datetime.now(UTC))
-        feature_store.materialize(store_settings)
-        ids = [r["customer_id"] for r in records]
-        (folder / "by_id_batch.json").write_text(json.dumps({"customer_ids": ids}))
-    env = dict(
-        os.environ,
-        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        CHURN_INFERENCE_LOG_URL=log_url,
-        CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"),
-        CHURN_ADMIN_API_KEY=ADMIN_KEY,
-        **({"CHURN_FEATURE_STORE_URL": store_url} if by_id else {}),
-    )
-    ours_port, peer_port = free_port(), free_port()
-    log_rates: dict[str, tuple[float, float]] = {}
-    ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
-    peer = start(
-        "peer",
-        [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(peer_port)],
-        folder, env=env,
-    )  # fmt: skip
+    # What this run creates and starts, undone in reverse order however it ends: the servers
+    # stopped (their process groups), then the databases dropped.
+    cleanups = ExitStack()
     try:
+        log_url, log_kind, drop_log = log_database(folder, args.log_url)
+        cleanups.callback(drop_log)
+        log_name = log_url.rsplit("/", 1)[1] if log_kind == "PostgreSQL" else None  # its backends' CPU is counted
+        # The feature store on PostgreSQL, holding the same 1000 customers, for the by-id rows.
+        store_url, store_kind, drop_store = log_database(folder, None, prefix="bench_features")
+        cleanups.callback(drop_store)
+        by_id = store_kind == "PostgreSQL"
+        if by_id:
+            from datetime import UTC, datetime
+
+            from churn_platform import feature_store
+
+            store_settings = Settings(tracking_uri=uri, feature_store_url=store_url)
+            rows.to_csv(folder / "snapshot.csv", index=False)
+            feature_store.apply(store_settings)
+            feature_store.ingest(store_settings, str(folder / "snapshot.csv"), as_of=datetime.now(UTC))
+            feature_store.materialize(store_settings)
+            ids = [r["customer_id"] for r in records]
+            (folder / "by_id_batch.json").write_text(json.dumps({"customer_ids": ids}))
+        env = dict(
+            os.environ,
+            PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            CHURN_INFERENCE_LOG_URL=log_url,
+            CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"),
+            CHURN_ADMIN_API_KEY=ADMIN_KEY,
+            **({"CHURN_FEATURE_STORE_URL": store_url} if by_id else {}),
+        )
+        ours_port, peer_port = free_port(), free_port()
+        log_rates: dict[str, tuple[float, float]] = {}
+        ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
+        cleanups.callback(ours.stop)
+        peer = start(
+            "peer",
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(peer_port)],
+            folder, env=env,
+        )  # fmt: skip
+        cleanups.callback(peer.stop)
         wait_http(ours, f"http://127.0.0.1:{ours_port}/health", 120)
         deadline = time.time() + 120
         while httpx.get(f"http://127.0.0.1:{ours_port}/ready").status_code != 200:
@@ -460,10 +507,7 @@ def main() -> None:
         log_rows, catch_up_s = drained(ours_url)
         in_database = logged_rows(log_url)
     finally:
-        ours.stop()
-        peer.stop()
-        drop_log()
-        drop_store()
+        cleanups.close()
 
     print(f"\nmodel: {args.model_type} trained on {source} ({len(frame)} rows); max |ours - peer| = {diff:.2e}")
     print(f"median run of {args.rounds} interleaved rounds (ours and the peer, taking turns to go first) of "
@@ -522,11 +566,12 @@ def main() -> None:
     print(
         f"{'in-process, one customer, us':34}{fast_us:>12.1f}{sklearn_us:>14.1f}{sklearn_us / fast_us:>8.1f}x  (sklearn predict_proba)"
     )
-    ceiling = 1e6 / sum(batch_ms.values())
-    print(f"{'in-process, 1000 customers, ms':34}" + ", ".join(f"{k} {v:.2f}" for k, v in batch_ms.items())
-          + f": at most {ceiling:,.0f} rows/s on one core, {ceiling / (b_p['rps'] * 1000):.1f}x the peer's HTTP rows/s"
-          " (before HTTP and the log)")  # fmt: skip
-    shutil.rmtree(folder, ignore_errors=True)
+    # Like with like: both sides' whole answer to the same 1000 rows, in process, on one core.
+    ours_ms = sum(batch_ms.values())
+    print(f"{'in-process, 1000 customers, ms':34}{ours_ms:>12.2f}{peer_batch_ms:>14.2f}{peer_batch_ms / ours_ms:>8.1f}x"
+          "  (one core, no HTTP, no log; peer: mlflow's invocations())")  # fmt: skip
+    print(f"{'  ours: ' + ', '.join(f'{k} {v:.2f}' for k, v in batch_ms.items()) + ' ms':34}"
+          f"  at most {1e6 / ours_ms:,.0f} rows/s on one core, the peer's at most {1e6 / peer_batch_ms:,.0f}")  # fmt: skip
     from benchmarks import explanations
 
     print("\n" + "\n".join(explanations.rows(data_path)))

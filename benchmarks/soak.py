@@ -6,7 +6,8 @@ Trains a model into a throwaway embedded registry, starts the API (uvicorn), the
 `--rate` requests per second (90 % single customers, 10 % batches of 100) from a thread
 pool, bounded in count and time. Prints throughput, p50/p99 latency, errors and the API's
 RSS at start and end (and its inference-log writer's), and the log's rows written and
-dropped. Target: RSS growth under 10 %.
+dropped. Target: RSS growth under 10 %. Ctrl-C or SIGTERM stops the API (and its log writer)
+and removes the throwaway folder.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from churn_platform.processes import start_api, wait_ready  # noqa: E402
+from churn_platform.processes import free_port, start, wait_http, wait_ready  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -67,23 +68,43 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
+    from benchmarks.registry import remove, terminate_raises
     from churn_platform import data
     from churn_platform.settings import Settings
     from churn_platform.training import TrainConfig, train
 
+    terminate_raises()  # SIGTERM, like Ctrl-C, goes through the finally blocks below
     folder = Path(tempfile.mkdtemp(prefix="soak-"))
-    os.chdir(folder)
-    uri = f"sqlite:///{folder}/mlflow.db"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    result = train(TrainConfig(n_rows=3000), Settings(tracking_uri=uri))
-    MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
-    rows = data.to_records(data.generate(2000, seed=9).drop(columns=["churn"]))
+    try:
+        os.chdir(folder)
+        uri = f"sqlite:///{folder}/mlflow.db"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        result = train(TrainConfig(n_rows=3000), Settings(tracking_uri=uri))
+        MlflowClient(uri).set_registered_model_alias("churn", "Production", str(result.version))
+        rows = data.to_records(data.generate(2000, seed=9).drop(columns=["churn"]))
 
-    env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
-               CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"))  # fmt: skip
-    api, base = start_api(env, folder, Path(sys.executable).parent)
+        env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db",
+                   CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"))  # fmt: skip
+        # The API runs in its own session: nothing but its stop below ends it and its log writer.
+        # (start_api's steps, so that the stop covers the wait for /health too.)
+        port = free_port()
+        bin_dir = Path(sys.executable).parent
+        command = [str(bin_dir / "churn-platform"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        api = start(f"api_{port}", command, folder, env=env)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(api, f"{base}/health", timeout=60)
+            figures = soak(base, api.proc.pid, rows, args.minutes, args.rate)
+        finally:
+            api.stop()
+    finally:
+        remove(folder)
+    report(args.minutes, args.rate, figures)
+
+
+def soak(base: str, pid: int, rows: list[dict], minutes: float, rate: int) -> dict[str, float | list[float]]:
+    """Drive the API at ``base`` (server process ``pid``) and read its figures."""
     wait_ready(base)
-    pid = api.proc.pid
     client = httpx.Client(base_url=base, timeout=10, limits=httpx.Limits(max_connections=32))
     for _ in range(200):  # warm up before the first RSS reading
         client.post("/predict/single", json=random.choice(rows))
@@ -117,26 +138,44 @@ def main() -> None:
             latencies.append(time.perf_counter() - started)
             errors += not ok
 
-    total = int(args.minutes * 60 * args.rate)
+    total = int(minutes * 60 * rate)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=16) as pool:
+    pool = ThreadPoolExecutor(max_workers=16)
+    try:
         for i in range(total):
-            target = t0 + i / args.rate
+            target = t0 + i / rate
             delay = target - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             pool.submit(one, i)
+    except BaseException:  # Ctrl-C or SIGTERM: drop the queued requests, then let the API be stopped
+        sampling.set()
+        # Those in flight finish first (each within the client's 10 s timeout): a request reaching
+        # the API as its group is stopped would have it restart the log writer the signal ended.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     elapsed = time.perf_counter() - t0
     sampling.set()
     cores = (cpu_seconds(pid) + cpu_seconds(writer) - cpu_start) / elapsed
     rss_end, writer_end = rss_mib(pid), rss_mib(writer)
     time.sleep(2)  # the last batch reaches the log
     written, dropped = log_counters(client)
-    api.stop()
+    client.close()
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed, "cores": cores, "peak": max(peak),
+            "rss_start": rss_start, "rss_end": rss_end, "writer_start": writer_start, "writer_end": writer_end,
+            "written": written, "dropped": dropped}  # fmt: skip
+
+
+def report(minutes: float, rate: int, figures: dict) -> None:
+    latencies, elapsed, errors = figures["latencies"], figures["elapsed"], figures["errors"]
+    rss_start, rss_end = figures["rss_start"], figures["rss_end"]
+    writer_start, writer_end = figures["writer_start"], figures["writer_end"]
+    written, dropped, cores = figures["written"], figures["dropped"], figures["cores"]
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"soak: {args.minutes:g} min at {args.rate} req/s (90% single, 10% batch of 100)")
+    print(f"soak: {minutes:g} min at {rate} req/s (90% single, 10% batch of 100)")
     print(f"  requests {len(latencies)}  throughput {len(latencies) / elapsed:.0f} req/s  errors {errors}")
     print(f"  latency p50 {p50:.1f} ms  p99 {p99:.1f} ms")
     print(f"  API RSS start {rss_start:.0f} MiB  end {rss_end:.0f} MiB  growth {100 * (rss_end / rss_start - 1):+.1f}%")
@@ -146,7 +185,7 @@ def main() -> None:
     )
     print(f"  inference log rows written {written:.0f}  dropped {dropped:.0f}")
     print(
-        f"  pod (API + writer): CPU {cores:.2f} cores on average  peak RSS {max(peak):.0f} MiB "
+        f"  pod (API + writer): CPU {cores:.2f} cores on average  peak RSS {figures['peak']:.0f} MiB "
         f"(what deploy/base/api.yaml's requests and limits are sized from: docs/deploy.md)"
     )
 
