@@ -191,7 +191,9 @@ class Demo:
         if not result["challenger"]:
             click.secho(f"      the gate kept it out: {gate['reason']}", fg="yellow")
             return result
-        httpx.post(f"{api}/admin/reload?wait=true", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
+        reload = httpx.post(f"{api}/admin/reload?wait=true", headers={"X-API-Key": ADMIN_KEY}, timeout=120).json()
+        if not reload["rollout"].startswith("shadow: serving"):
+            raise DemoFailed(f"the API does not shadow v{result['version']}: {reload['rollout']}")
         self.send(api, data.to_records(served.drop(columns=["churn"]).head(300)), "shadow")
         time.sleep(1.2)
         status = self.run(str(BIN / "churn-platform"), "rollout", "status")

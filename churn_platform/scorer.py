@@ -311,8 +311,14 @@ class SklearnScorer:
 
 
 def max_difference(pipeline: Pipeline, scorer: FastScorer | SklearnScorer, frame: pd.DataFrame) -> float:
-    """Largest absolute difference between ``scorer`` and sklearn on ``frame``'s rows."""
+    """Largest absolute difference between ``scorer`` and sklearn on ``frame``'s rows, scored
+    whole and in the sizes that take the scorer's other paths (one customer, under 32 rows,
+    under ``WALK_ROWS``): a single-customer request must not be the first to run its path."""
     features = frame.loc[:, list(FEATURE_NAMES)]
     expected = pipeline.predict_proba(features)[:, 1]
-    got = scorer.score(features.to_dict(orient="records"))
-    return float(np.max(np.abs(expected - got))) if len(expected) else 0.0
+    if not len(expected):
+        return 0.0
+    records = features.to_dict(orient="records")
+    singles = (slice(i, i + 1) for i in range(min(8, len(records))))
+    parts = [slice(None), *singles, slice(31), slice(_Trees.WALK_ROWS - 1)]
+    return max(float(np.max(np.abs(expected[part] - scorer.score(records[part])))) for part in parts)

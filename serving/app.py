@@ -59,6 +59,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         inference_log.close()
         log.info("inference log closed: %s", inference_log.state())
         tracing.shutdown()  # sends the spans still batched
+        metrics.process_ended()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.holder = ModelHolder(settings, listener=metrics)
-    for module in (service, predictions, outcomes, admin):
+    modules = (service, predictions, outcomes, admin)
+    for module in modules:
         app.include_router(module.router)
     openapi.install(app)
     # Added innermost first: a request meets RequestMetrics, CORS, BodyLimit, JsonOnly, then a route.
@@ -88,5 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
-    app.add_middleware(RequestMetrics, metrics=metrics, access_log=settings.access_log)
+    paths = frozenset(r.path for m in modules for r in m.router.routes if "{" not in r.path)  # /predict, not /{id}
+    app.add_middleware(RequestMetrics, metrics=metrics, access_log=settings.access_log, paths=paths)
     return app

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 
 import click
 
@@ -53,14 +55,24 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(
-        "serving.app:create_app",  # an import string: uvicorn's worker processes build their own app
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        timeout_graceful_shutdown=20,
-        access_log=False,
-        log_config=None,  # uvicorn's lines go through our logging (text or JSON, CHURN_LOG_FORMAT)
-        log_level="info",
-    )
+    # Several workers count in one folder, which /metrics adds up (serving/metrics.py); set
+    # before the workers start, which read it when they import prometheus_client.
+    own_folder = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_folder = tempfile.mkdtemp(prefix="churn-api-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
+    try:
+        uvicorn.run(
+            "serving.app:create_app",  # an import string: uvicorn's worker processes build their own app
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_graceful_shutdown=20,
+            access_log=False,
+            log_config=None,  # uvicorn's lines go through our logging (text or JSON, CHURN_LOG_FORMAT)
+            log_level="info",
+        )
+    finally:
+        if own_folder:
+            shutil.rmtree(own_folder, ignore_errors=True)

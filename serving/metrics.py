@@ -1,10 +1,17 @@
-"""Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one app instance (own registry, so several apps can live in one process).
+
+With several uvicorn workers (``serve --workers N``) each worker counts in files under
+``PROMETHEUS_MULTIPROC_DIR`` (``serve`` sets it) and ``/metrics``, whichever worker answers,
+adds them all up: otherwise each scrape read one worker's counters, which then seemed to jump
+back and forth. The gauges say how workers combine (``multiprocess_mode``).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
 if TYPE_CHECKING:
     from churn_platform.loading import LoadedModel
@@ -45,10 +52,12 @@ class Metrics:
         self.rows_scored = Counter("churn_rows_scored", "Customers scored.", registry=self.registry)
         self.model_info = Gauge(
             "churn_model_info", "The model version being served (value 1).",
-            ["model_name", "version", "scorer"],
+            ["model_name", "version", "scorer"], multiprocess_mode="livemax",
             registry=self.registry,
         )  # fmt: skip
-        self.model_ready = Gauge("churn_model_ready", "1 when a verified model serves.", registry=self.registry)
+        # Several workers: ready only when every one is (any of them may take a request).
+        self.model_ready = Gauge("churn_model_ready", "1 when a verified model serves.", multiprocess_mode="livemin",
+                                 registry=self.registry)  # fmt: skip
         self.log_rows = {
             "written": Counter("churn_inference_log_rows_written", "Rows committed to the inference log.",
                                registry=self.registry),
@@ -61,15 +70,16 @@ class Metrics:
                                 "Rows committed from a spool an earlier process left.", registry=self.registry),
         }  # fmt: skip
         self.spool_bytes = Gauge(
-            "churn_inference_log_spool_bytes", "Bytes in the inference log's disk spool.", registry=self.registry
-        )
+            "churn_inference_log_spool_bytes", "Bytes in the inference log's disk spool.", multiprocess_mode="livesum",
+            registry=self.registry,
+        )  # fmt: skip
         self.log_live = Gauge(
             "churn_inference_log_live", "1 while the log database takes rows, 0 while they only spool.",
-            registry=self.registry,
+            multiprocess_mode="livemin", registry=self.registry,
         )  # fmt: skip
         self.torn_frames = Gauge(
             "churn_inference_log_torn_frames", "Torn spool frames skipped (power loss, SIGKILL mid-write).",
-            registry=self.registry,
+            multiprocess_mode="livesum", registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
         # Every outcome from 0: a series that first appears at 1 has no increase() for the alerts
@@ -80,6 +90,9 @@ class Metrics:
             self.reloads.labels(outcome)
 
     def model_loaded(self, model: LoadedModel) -> None:
+        if multiprocess_dir():  # a worker's old series stays in its file: 0 there, or it would still say served
+            for labels in list(self.model_info._metrics):  # noqa: SLF001 - the children set so far
+                self.model_info.labels(*labels).set(0)
         self.model_info.clear()
         self.model_info.labels(model_name=model.name, version=str(model.version), scorer=model.scorer_kind).set(1)
         self.model_ready.set(1)
@@ -97,4 +110,22 @@ class Metrics:
         self.torn_frames.set(torn_frames)
 
     def render(self) -> bytes:
+        if multiprocess_dir():
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)
+
+    @staticmethod
+    def process_ended() -> None:
+        """A worker stops: its live gauges (ready, spool, model info) leave the sums."""
+        if multiprocess_dir():
+            multiprocess.mark_process_dead(os.getpid())
+
+
+def multiprocess_dir() -> str | None:
+    """Where the workers' metrics meet, when this process counts there (the choice is
+    prometheus_client's, made when it was imported)."""
+    if values.ValueClass is values.MutexValue:
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")

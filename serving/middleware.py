@@ -104,8 +104,16 @@ class RequestMetrics:
     ``X-Request-ID`` when it is a sane token, else a new one), returned in the response and
     carried by every log line of the request; optionally, one access line per request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = False) -> None:
-        self.app, self.metrics, self.access_log = app, metrics, access_log
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, access_log: bool = False, paths: frozenset[str] = frozenset()
+    ) -> None:
+        self.app, self.metrics, self.access_log, self.paths = app, metrics, access_log, paths
+
+    def _fixed_path(self, scope: Scope) -> str:
+        """The request's path when it is one of the routes' ``paths`` (those without a
+        parameter: ``/predict``), else ``unmatched``: a label per path sent would let any
+        client grow the metrics."""
+        return scope["path"] if scope["path"] in self.paths else "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,7 +155,8 @@ class RequestMetrics:
                 await problem(500, "internal error; see the server log")(scope, receive, record)
             finally:
                 # The route's template without converters: /predict/{customer_id}, not {customer_id:path}.
-                endpoint = getattr(scope.get("route"), "path_format", "unmatched")
+                # A request refused before routing (413, 415) counts under its route's path too.
+                endpoint = getattr(scope.get("route"), "path_format", None) or self._fixed_path(scope)
                 elapsed = time.perf_counter() - started
                 self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
                 self.metrics.latency.labels(endpoint).observe(elapsed)

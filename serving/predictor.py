@@ -63,11 +63,13 @@ class Predictor:
         return model
 
     def predict(
-        self, customers: Sequence[Record], model: LoadedModel | None = None, *, top_k: int | None = None
-    ) -> Scored:
+        self, customers: Sequence[Record], model: LoadedModel | None = None, *, top_k: int | None = None,
+        places: Sequence[int] | None = None,
+    ) -> Scored:  # fmt: skip
         """Score customers (validated against the schema) with ``model`` (default: the
         one serving now), or beside it with the rollout's Challenger, and log every row.
-        With ``top_k``, each prediction carries its explanation's ``top_k`` largest contributions."""
+        With ``top_k``, each prediction carries its explanation's ``top_k`` largest contributions.
+        ``places``: the customers' places in the request, when it held others (ids not found)."""
         model = model or self.model
         if len(customers) > self.max_batch_size:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
@@ -78,19 +80,19 @@ class Predictor:
         request_id = logs.current("log_key") or uuid.uuid4().hex
         active = self.holder.rollout
         if active is None or active.model.version == model.version:
-            return Scored(model, self._score(model, customers, request_id, "production", top_k))
+            return Scored(model, self._score(model, customers, request_id, "production", top_k, places))
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
             # Production's rows first: when the log's queue has room for one arm only, it keeps them.
-            scored = Scored(model, self._score(model, customers, request_id, "production", top_k))
+            scored = Scored(model, self._score(model, customers, request_id, "production", top_k, places))
             try:
-                self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow")
+                self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow", positions=places)
             except Exception:  # noqa: BLE001 - the caller was answered by Production; a shadow never fails it
                 log.exception("shadow scoring by v%s failed; answered by Production", challenger.version)
             return scored
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
-            return Scored(model, self._score(model, customers, request_id, "production", top_k))
+            return Scored(model, self._score(model, customers, request_id, "production", top_k, places))
         predictions: list[dict[str, Any]] = [{}] * len(customers)
         arms = (
             (~to_challenger, model, "production", request_id),
@@ -100,7 +102,8 @@ class Predictor:
             positions = np.flatnonzero(chosen).tolist()
             if positions:
                 group = [customers[i] for i in positions]
-                scored = self._score(scoring, group, rid, arm, top_k, positions)
+                logged = [places[i] for i in positions] if places is not None else positions
+                scored = self._score(scoring, group, rid, arm, top_k, logged)
                 for i, prediction in zip(positions, scored, strict=True):
                     predictions[i] = prediction
         return Scored(model, predictions)

@@ -85,9 +85,12 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _not_a_bool(value: Any) -> Any:
+def _an_integer(value: Any) -> Any:
+    """Pydantic's ``Literal[0, 1]`` takes true as 1 and 1.0 as 1; msgspec and the contract do not."""
     if isinstance(value, bool):
         raise PydanticCustomError("literal_error", "Input should be 0 or 1, not true or false")
+    if isinstance(value, float):
+        raise PydanticCustomError("literal_error", "Input should be 0 or 1, an integer (not {value})", {"value": value})
     return value
 
 
@@ -98,8 +101,8 @@ PLAIN_NUMBER = BeforeValidator(_number)
 def _field(feature: Feature) -> tuple[Any, Any]:
     if feature.allowed is not None:
         allowed = Literal[feature.allowed]  # type: ignore[valid-type]
-        if any(isinstance(v, int) for v in feature.allowed):  # pydantic's Literal[0, 1] takes true as 1
-            allowed = Annotated[allowed, BeforeValidator(_not_a_bool)]
+        if any(isinstance(v, int) for v in feature.allowed):
+            allowed = Annotated[allowed, BeforeValidator(_an_integer)]
         return allowed, Field(description=feature.description)
     kind = int if feature.kind == "integer" else float
     return Annotated[kind, PLAIN_NUMBER] if kind is float else kind, Field(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from serving.deps import ADMIN_RESPONSES, AdminKey, HolderDep
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
-_OUTCOME = {"previous_version": 1, "state": "ready", "message": "", "version": 2}
+_OUTCOME = {"previous_version": 1, "state": "ready", "message": "", "version": 2, "rollout": "off"}
 
 
 @router.post("/reload", status_code=202, responses={
@@ -29,8 +29,10 @@ def reload(
         holder.reload_in_background()
         return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
     attempt = holder.load_production()
+    # The rollout too: right after `rollout start` this answer is how a script knows the
+    # Challenger serves, or why not (its failure never stops Production: still 200).
     return JSONResponse(
         status_code=200 if attempt.state == "ready" else 409,
         content={"previous_version": before, "state": attempt.state, "message": attempt.reason,
-                 "version": holder.current.version if holder.current else None},
+                 "version": holder.current.version if holder.current else None, "rollout": holder.rollout_status},
     )  # fmt: skip

@@ -116,14 +116,18 @@ async def predict_by_id(
     if explain:
         predictor.check_explainable(model)  # even when no id is found
     found = await features.lookup(ids)
-    customers, errors = [], []
-    for customer_id, features_of in zip(ids, found, strict=True):
+    customers, places, errors = [], [], []
+    for place, (customer_id, features_of) in enumerate(zip(ids, found, strict=True)):
         why = _UNKNOWN if features_of is None else _incomplete(features_of)
         if why is None:
             customers.append(features_of)
+            places.append(place)
         else:
             errors.append({"customer_id": customer_id, "message": why})
-    scored = predictor.predict(customers, model, top_k=top_k if explain else None).predictions if customers else []
+    scored = []
+    if customers:  # logged under their places among the ids sent, as /predict logs a place in its batch
+        answer = predictor.predict(customers, model, top_k=top_k if explain else None, places=places)
+        scored = answer.predictions
     return _json({"predictions": scored, "errors": errors, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 

@@ -32,7 +32,9 @@ def registry(registry_uri):
 def reload(api: TestClient) -> dict:
     response = api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY})
     assert response.status_code == 200, response.text
-    return api.get("/model").json()["rollout"]
+    rollout = api.get("/model").json()["rollout"]
+    assert response.json()["rollout"] == rollout["status"]  # the answer says what /model does
+    return rollout
 
 
 def start_canary(registry: MlflowClient, api: TestClient, percent: int) -> None:

@@ -29,6 +29,21 @@ def test_fast_scorer_matches_sklearn_on_real_and_drifted_rows(telco, model_type)
     np.testing.assert_allclose(scorer.score(one), expected, atol=1e-12)
 
 
+def test_the_parity_check_runs_the_small_request_paths_too(telco, monkeypatch):
+    """Verification scored its rows in one call: the paths a single customer or a small batch
+    takes (their own matrix builder, the tree walker) were never checked before a swap."""
+    train, valid = telco
+    pipeline = model.build_pipeline("hist_gradient_boosting").fit(model.features(train), train.churn)
+    scorer = FastScorer(pipeline)
+    whole = scorer.score
+
+    def off_when_small(records):  # a bug in the small-request path only
+        return whole(records) + (0.01 if len(records) < 32 else 0.0)
+
+    monkeypatch.setattr(scorer, "score", off_when_small)
+    assert max_difference(pipeline, scorer, valid.head(500)) == pytest.approx(0.01)
+
+
 def test_unknown_pipelines_are_refused_and_sklearn_is_the_fallback(telco):
     train, valid = telco
     base = model.build_pipeline("logistic")
