@@ -192,9 +192,10 @@ def label_values(values: pd.Series) -> pd.Series:
 
 def label_text(values: pd.Series) -> pd.Series:
     """Labels as stripped text for ``LABEL_VALUES``: whole numbers of a floating-point column
-    as integers ("1", not "1.0": pandas reads an integer label column with a gap as floats)."""
+    as integers ("1", not "1.0": pandas reads an integer label column with a gap as floats),
+    and so the same column written to a CSV ("1.0", "0.0"), read as text."""
     if not pd.api.types.is_float_dtype(values):
-        return values.astype("string").str.strip()
+        return values.astype("string").str.strip().str.replace(r"^([01])\.0*$", r"\1", regex=True)
     numbers = values.to_numpy(dtype=float, na_value=np.nan)
     with np.errstate(invalid="ignore"):
         whole = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (np.abs(numbers) <= 1)

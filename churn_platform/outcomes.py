@@ -81,6 +81,8 @@ class Checked:
         return len(self.good) + len(self.rejects) + self.repeated
 
 
+#: No outcome is older: 1900-01-01 is a spreadsheet's "unknown", never a customer's churn.
+_EARLIEST = pd.Timestamp("1970-01-01", tz="UTC")
 #: Column names that hold a time, the outcome's under another name (``churn_date``, ``event_time``).
 _TIMELY = re.compile(r"date|time|when|(^|_)at$", re.IGNORECASE)
 
@@ -136,9 +138,14 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         blank = raw_time.isna() | (raw_time == "")
         # Microseconds: what both databases keep, so two times equal there are equal here too.
         observed = data.iso_times(raw_time.where(~blank)).dt.floor("us")
-        reject(
-            ~blank & observed.isna(), f"{OBSERVED_AT}: " + raw_time.fillna("").map(repr) + " is not an ISO-8601 time"
-        )
+        shown = f"{OBSERVED_AT}: " + raw_time.fillna("").map(repr)
+        # A year pandas cannot hold (1677 to 2262) is not a badly written time: say what it is.
+        year = pd.to_numeric(raw_time.str.extract(r"^(\d{4})-", expand=False), errors="coerce")
+        reject(~blank & observed.isna() & ((year < _EARLIEST.year) | (year > now.year)),
+               shown + f" is out of range ({_EARLIEST.year} to now)")  # fmt: skip
+        reject(~blank & observed.isna(), shown + " is not an ISO-8601 time")
+        reject(observed < _EARLIEST, shown + f" is before {_EARLIEST.year}: a placeholder for an unknown time? "
+               "Leave it blank to date the row now")  # fmt: skip
         observed = observed.where(~blank, pd.Timestamp(now))
     reject(observed > pd.Timestamp(now) + timedelta(minutes=5),
            f"{OBSERVED_AT}: in the future (now is {now.isoformat(timespec='seconds')})")  # fmt: skip

@@ -233,8 +233,10 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
         )
         if summary.not_judged:
             click.echo(f"  not judged: {summary.not_judged}")
-        elif 0 < real.rows < summary.min_rows:
+        if not summary.not_judged and 0 < real.rows < summary.min_rows:
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
+        if not summary.not_judged and 0 < est.rows < summary.min_rows:
+            click.echo(f"  note: {est.rows} predictions, fewer than {summary.min_rows}: estimated is not judged")
         for reason in summary.reasons:
             click.echo(f"  {reason}")
         click.echo(f"  report: {summary.report_html}  (summary.json in {summary.output_dir})")

@@ -141,7 +141,9 @@ def _realized_hint(s: PerformanceSummary) -> str:
 def _estimated_hint(s: PerformanceSummary) -> str:
     if s.estimated.rows == 0:
         return "no predictions in the window"
-    return "every score is 0 or every score is 1" if s.estimated.roc_auc is None else ""
+    if s.estimated.roc_auc is None:
+        return "every score is 0 or every score is 1"
+    return f"fewer than {s.min_rows:,} predictions: not used for the verdict" if s.estimated.rows < s.min_rows else ""
 
 
 def _when(iso: str) -> str:
@@ -154,7 +156,9 @@ def _key_figures(s: PerformanceSummary) -> str:
     outcomes = s.rows_matched + s.unmatched_outcomes
     heads = ["realized", "estimated (CBPE)", "baseline (training validation)", "rows matched", "predictions",
              "unlabelled predictions", "unmatched outcomes"]  # fmt: skip
-    below = [floor is not None and value is not None and value < floor for value in (r.roc_auc, est.roc_auc)]
+    # Red only for a figure the verdict used: one on too few rows is shown, not judged.
+    below = [floor is not None and value is not None and value < floor and rows >= s.min_rows
+             for value, rows in ((r.roc_auc, r.rows), (est.roc_auc, est.rows))]  # fmt: skip
     cells = [
         _cell(_num(r.roc_auc), _realized_hint(s), below[0]),
         _cell(_num(est.roc_auc), _estimated_hint(s), below[1]),
@@ -212,7 +216,8 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
     elif s.degraded:
         why = f"<ul>{reasons}</ul>"
     elif "roc_auc" in s.baseline:
-        why = "<p>Neither the realized ROC AUC (on enough labelled rows) nor the estimated one is below the floor.</p>"
+        why = ("<p>Neither the realized ROC AUC (on enough labelled rows) nor the estimated one (on enough "
+               "predictions) is below the floor.</p>")
     else:
         why = "<p>No baseline ROC AUC in the training run: nothing to compare with.</p>"
     banner = (

@@ -52,6 +52,9 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
             {"customer_id": "y", "churned": "no", "observed_at": "yesterday"},
             {"customer_id": "z", "churned": "no", "observed_at": "2027-01-01"},
             {"customer_id": "w", "churned": "no", "observed_at": "now"},  # pandas' word for the upload's time
+            {"customer_id": "v", "churned": "no", "observed_at": "2300-01-01"},  # beyond pandas' years
+            {"customer_id": "u", "churned": "no", "observed_at": "1066-10-14"},
+            {"customer_id": "t", "churned": "no", "observed_at": "1900-01-01"},  # a spreadsheet's "unknown"
         ]),
         now=NOW,
     )  # fmt: skip
@@ -62,6 +65,9 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
     assert reasons[4] == "observed_at: 'yesterday' is not an ISO-8601 time"
     assert reasons[5].startswith("observed_at: in the future")
     assert reasons[6] == "observed_at: 'now' is not an ISO-8601 time"
+    assert reasons[7] == "observed_at: '2300-01-01' is out of range (1970 to now)"
+    assert reasons[8] == "observed_at: '1066-10-14' is out of range (1970 to now)"
+    assert reasons[9].startswith("observed_at: '1900-01-01' is before 1970: a placeholder for an unknown time?")
     assert list(checked.rejects.columns) == list(outcomes.REJECT_COLUMNS)
 
 
@@ -367,6 +373,11 @@ def test_integer_labels_with_a_gap_in_parquet_are_read_as_labels(tmp_path):
     checked = outcomes.check(data.read_table(tmp_path / "outcomes.parquet"), now=NOW)
     assert checked.good[["customer_id", "churned"]].values.tolist() == [["a", True], ["c", False]]
     assert checked.rejects.reason.tolist() == ["churned: missing"]
+    # The same frame saved as CSV by pandas writes "1.0" and "0.0", which were rejected there.
+    data.read_table(tmp_path / "outcomes.parquet").to_csv(tmp_path / "outcomes.csv", index=False)
+    assert "1.0" in (tmp_path / "outcomes.csv").read_text()
+    as_csv = outcomes.check(data.read_table(tmp_path / "outcomes.csv"), now=NOW)
+    assert as_csv.good[["customer_id", "churned"]].values.tolist() == [["a", True], ["c", False]]
     training = data.generate(20, seed=1).astype({"churn": float})  # the same for a training file's labels
     assert data.validate(training)["churn"].tolist() == data.generate(20, seed=1)["churn"].tolist()
 

@@ -88,3 +88,16 @@ def test_report_without_labels_shows_notes_instead_of_charts(tmp_path):
     assert IMAGE not in page
     assert page.count('<p class="note">') == 3
     assert "no labels yet" in page
+
+
+def test_a_figure_on_too_few_rows_says_so_and_is_not_flagged(tmp_path):
+    """50 recent predictions all near 0.3: their CBPE estimate fell below the floor, shown in
+    red under an OK banner that said neither figure was below it, with no word of why."""
+    scores, matched = window()
+    few = np.random.default_rng(3).normal(0.3, 0.01, size=50)
+    page = render(tmp_path / "report.html", few, matched, degraded=False)
+    hint = "<small>fewer than 500 predictions: not used for the verdict</small></td>"
+    cell = page[page.rindex("<td", 0, page.index(hint)) : page.index(hint)]
+    estimate = summary(few, matched, False).estimated
+    assert estimate.roc_auc is not None and estimate.roc_auc < 0.82  # below the floor, yet
+    assert cell.startswith('<td class="num">') and f"{estimate.roc_auc:.3f}" in cell, cell

@@ -111,7 +111,7 @@ def test_every_command_lists_the_same_exit_codes():
     assert "".join(EXIT_CODES_HELP.split()) in "".join(top.output.split())  # click rewraps the text
     assert {"serve", "monitor", "demo", "train", "promote"} <= set(top.output.split())  # plugins listed too
     monitor = CliRunner().invoke(main, ["monitor", "--help"])
-    assert "4data-qualityfailure" in "".join(monitor.output.split())
+    assert "4baddata" in "".join(monitor.output.split())
     readme = (REPO / "README.md").read_text()
     for code in ExitCode:
         assert f"| {int(code)} |" in readme, f"README's exit-code table lacks {code.name}"
