@@ -8,6 +8,7 @@ back and forth. The gauges say how workers combine (``multiprocess_mode``).
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import TYPE_CHECKING, get_args
 
@@ -25,6 +26,8 @@ class Metrics:
     """The API's metrics; also the model holder's ``LoadListener`` and the log's ``LogListener``."""
 
     def __init__(self) -> None:
+        if folder := multiprocess_dir():
+            forget_dead_workers(folder)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "churn_api_requests", "HTTP requests by endpoint and status.", ["endpoint", "method", "status"],
@@ -90,10 +93,11 @@ class Metrics:
             self.reloads.labels(outcome)
 
     def model_loaded(self, model: LoadedModel) -> None:
-        if multiprocess_dir():  # a worker's old series stays in its file: 0 there, or it would still say served
+        if multiprocess_dir():  # a series stays in the worker's file: 0 says "no longer served" (rules read == 1)
             for labels in list(self.model_info._metrics):  # noqa: SLF001 - the children set so far
                 self.model_info.labels(*labels).set(0)
-        self.model_info.clear()
+        else:
+            self.model_info.clear()
         self.model_info.labels(model_name=model.name, version=str(model.version), scorer=model.scorer_kind).set(1)
         self.model_ready.set(1)
         self.reloads.labels("loaded").inc()
@@ -121,6 +125,19 @@ class Metrics:
         """A worker stops: its live gauges (ready, spool, model info) leave the sums."""
         if multiprocess_dir():
             multiprocess.mark_process_dead(os.getpid())
+
+
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges of workers that ended without shutting down (SIGKILL, out of
+    memory): uvicorn starts another, and the dead one's ``ready 0`` would hold the minimum at 0."""
+    for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def multiprocess_dir() -> str | None:

@@ -21,6 +21,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from churn_platform import registry
 
     registry.skip_feast_plugin()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the apps a test builds in this process would share its files
+        raise pytest.UsageError("unset PROMETHEUS_MULTIPROC_DIR to run the tests (serve --workers sets its own)")
 
 
 @pytest.fixture(scope="session")
