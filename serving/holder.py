@@ -135,8 +135,12 @@ class ModelHolder:
                     self.rollout, self.rollout_status = None, f"off: {state.reason}" if state.reason else "off"
                     return
                 if self.rollout is not None and self.rollout.model.version == version:  # mode, percent or tags changed
-                    default = self.settings.decision_threshold
-                    model = loading.refreshed(client, self.rollout.model, default_threshold=default)
+                    model = self.rollout.model
+                    try:
+                        with registry.translate_errors(self.settings):
+                            model = loading.refreshed(client, model, default_threshold=self.settings.decision_threshold)
+                    except RegistryUnreachable as exc:  # not read is not failed: it serves on as it was
+                        log.warning("rollout: Challenger v%s's tags unreadable, kept: %s", version, exc)
                     self.rollout = ActiveRollout(state, model)
                 else:
                     with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version or 0,

@@ -168,6 +168,28 @@ def test_a_shadow_that_fails_to_score_never_fails_the_request(registry, registry
         assert {p["model_version"] for p in response.json()["predictions"]} == {1}
 
 
+def test_a_challenger_whose_tags_cannot_be_read_keeps_serving(registry, registry_uri, tmp_path, monkeypatch):
+    """A reload re-reads the Challenger's decision threshold: a registry that does not answer
+    that one call dropped the Challenger as failed, and the next poll loaded it all again."""
+    from churn_platform.errors import RegistryUnreachable
+
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        start_canary(registry, api, percent=50)
+        refreshed = loading.refreshed
+
+        def challenger_unreadable(client, model, **kwargs):
+            if model.version == 2:
+                raise RegistryUnreachable("the registry at http://mlflow:5000 is unreachable: timed out")
+            return refreshed(client, model, **kwargs)
+
+        monkeypatch.setattr(loading, "refreshed", challenger_unreadable)
+        state = reload(api)
+        assert state["mode"] == "canary" and state["challenger_version"] == 2, state
+        assert 'churn_model_reloads_total{outcome="challenger_failed"} 0.0' in api.get("/metrics").text
+    rollout.stop(registry, "churn", actor="tests")
+
+
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
