@@ -40,7 +40,7 @@ TAG_GATE = "gate"
 #: The training gate's figures (JSON): both versions scored on the candidate's validation rows.
 TAG_GATE_FIGURES = "gate_figures"
 #: On a monitor or performance run that does not judge Production's latest traffic (a file, a
-#: pinned version or alias, a window that ends before now): which options made it so. Such a
+#: pinned version or alias, a window with an --until, --all-versions): which options made it so. Such a
 #: run neither pushes the metrics alerts read nor counts toward a retrain's trigger.
 TAG_ADHOC = "adhoc"
 #: Registered-model tags of the audit trail: ``<prefix><ns>-<random>``.

@@ -136,6 +136,8 @@ class MonitorSummary(BaseModel):
     report_html: str | None = None
     output_dir: str
     mlflow_run_id: str | None = None
+    #: Why this run does not judge Production's latest traffic (``TAG_ADHOC``); None: it does.
+    adhoc: str | None = None
 
     @property
     def exit_code(self) -> ExitCode:
@@ -274,8 +276,8 @@ def _across_versions(raw: pd.DataFrame, version: int) -> tuple[pd.DataFrame, str
 
 
 def _read_file(source: str, settings: Settings) -> pd.DataFrame:
-    """``--current``, read before the registry is asked: a mistyped path is said at once, not
-    after the reference's download."""
+    """``--current``, read once the registry answers but before the version is resolved and
+    its reference downloaded: a mistyped path is said at once, not after seconds of work."""
     try:
         return data.read_table(source, settings.s3_endpoint_url)
     except DataSourceError as exc:
@@ -320,9 +322,7 @@ def _current(
 # --------------------------------------------------------------------------- the job
 
 
-def _record_run(
-    summary: MonitorSummary, summary_path: Path, stamp: str, experiment: str, why_adhoc: str | None
-) -> str:
+def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experiment: str) -> str:
     """Log the summary (and report) as a run in the monitoring experiment; return its id."""
     name, version = summary.model_name, summary.model_version
     metrics: dict[str, float] = {"current_rows": summary.current_rows, "reference_rows": summary.reference_rows}
@@ -332,7 +332,8 @@ def _record_run(
         if summary.prediction_drift:
             metrics["prediction_drift_score"] = summary.prediction_drift.score
     tags = {"model_name": name, "model_version": str(version), "verdict": summary.verdict,
-            "model_run_id": summary.model_run_id or "", **({TAG_ADHOC: why_adhoc} if why_adhoc else {})}  # fmt: skip
+            "model_run_id": summary.model_run_id or "",
+            **({TAG_ADHOC: summary.adhoc} if summary.adhoc else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"{name}-v{version}-{stamp}", tags, metrics, artifacts)
 
@@ -382,7 +383,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         share_limit = options.drift_share or settings.monitor_drift_share
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         base: dict[str, Any] = dict(
-            model_name=name, model_version=version, model_run_id=run_id, created_at=created_at,
+            model_name=name, model_version=version, model_run_id=run_id, created_at=created_at, adhoc=options.adhoc,
             reference_rows=len(reference), current_rows=len(current), window=Window(**window),
             data_quality=DataQuality(passed=quality_passed, findings=findings), output_dir=str(out_dir),
             thresholds=Thresholds(drift_share=share_limit, column_default=settings.monitor_column_threshold,
@@ -412,10 +413,11 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment, options.adhoc)
+        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-    webhook = options.alert_webhook or settings.monitor_alert_webhook
+    # An investigation alerts only where it was told to: the team's webhook hears of Production.
+    webhook = options.alert_webhook or (None if options.adhoc else settings.monitor_alert_webhook)
     if summary.exit_code != ExitCode.OK and webhook:
         send_alert(webhook, summary.to_json())
     return summary

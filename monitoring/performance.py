@@ -115,6 +115,8 @@ class PerformanceSummary(BaseModel):
     mlflow_run_id: str | None = None
     #: Why no verdict could be given (no baseline, too few rows on both sides); None: judged.
     not_judged: str | None = None
+    #: Why this run does not judge Production's latest traffic (``TAG_ADHOC``); None: it does.
+    adhoc: str | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -243,9 +245,7 @@ def not_judged(real: Realized, est: Estimated, baseline: dict[str, float], min_r
     return None
 
 
-def _record_run(
-    summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str, why_adhoc: str | None
-) -> str:
+def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str) -> str:
     """Log the figures as a run in the monitoring experiment, so the UI plots quality over time."""
     name, version = summary.model_name, summary.model_version
     figures: dict[str, float] = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
@@ -255,7 +255,7 @@ def _record_run(
             if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
                 figures[f"{prefix}_{key}"] = float(value)
     tags = {"job": "performance", "model_name": name, "model_version": str(version), "verdict": summary.verdict,
-            **({TAG_ADHOC: why_adhoc} if why_adhoc else {})}  # fmt: skip
+            **({TAG_ADHOC: summary.adhoc} if summary.adhoc else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"performance-{name}-v{version}-{stamp}", tags, figures, artifacts)
 
@@ -295,6 +295,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         html = out_dir / "report.html"
         summary = PerformanceSummary(
             model_name=name, model_version=version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            adhoc=options.adhoc,
             window=PerformanceWindow(since=options.since.isoformat() if options.since else None,
                                      until=until.isoformat(), horizon_days=settings.outcome_horizon_days),
             rows_matched=len(matched), unmatched_outcomes=got["observed"] - len(matched), predictions=predictions,
@@ -307,10 +308,11 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         performance_report.write_html(html, summary, labels, scores)
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment, options.adhoc)
+        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-    webhook = options.alert_webhook or settings.monitor_alert_webhook
+    # An investigation alerts only where it was told to: the team's webhook hears of Production.
+    webhook = options.alert_webhook or (None if options.adhoc else settings.monitor_alert_webhook)
     if summary.degraded and webhook:
         send_alert(webhook, summary.to_json())
     return summary

@@ -51,6 +51,28 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return found[0]
 
 
+def webhook() -> tuple[str, list[dict]]:
+    """A real HTTP endpoint that keeps what is posted to it, for the test's duration."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posted: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/hook", posted
+
+
 def log_rows(url: str, customers: pd.DataFrame, version: int = 1) -> None:
     """``customers`` as Production (``version``) scored them an hour ago, in the inference log."""
     at = sqlite_time(datetime.now(UTC) - timedelta(hours=1))
@@ -73,6 +95,8 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
     monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
+    hook, posted = webhook()
+    monkeypatch.setenv("CHURN_MONITOR_ALERT_WEBHOOK", hook)
     get_settings.cache_clear()
     log_rows(log_url, data.generate(1500, seed=7, drift=True))
 
@@ -91,6 +115,7 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == value(
         samples, "churn_job_last_run_timestamp_seconds", **job
     )
+    assert [p["verdict"] for p in posted] == ["drift"] and posted[0]["adhoc"] is None  # the team hears of it
     # A run over a file (or another version, or an old window) neither clears the drift alert nor
     # stands in for the CronJob's last success: it pushes nothing, and says so.
     clean = tmp_path / "clean.csv"
@@ -101,6 +126,10 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
         assert run.exit_code in (0, 1) and "Traceback" not in run.output, run.output
         assert pushed(gateway) == samples, adhoc
     assert "monitor's metrics are not pushed (--current " in caplog.text
+    assert len(posted) == 1  # nor did the team's webhook hear of the investigations (--version 1 drifted)
+    run = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--version", "1", "--alert-webhook", hook,
+                                    "--output-dir", str(tmp_path / "r")])  # fmt: skip
+    assert run.exit_code == 1 and posted[-1]["adhoc"] == "--version 1", run.output  # unless it was told to
 
     customers = data.load(telco_csv).drop(columns=["churn"]).head(300).astype(str)
     customers.loc[7, "tenure"] = "seven"
