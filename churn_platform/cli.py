@@ -872,6 +872,7 @@ def outcomes_delete(source: str, yes: bool, inference_log_url: str | None, as_js
 
     Ingesting a corrected file replaces labels at the same customer and observed_at only;
     outcomes at wrong times stay beside the right ones. Without --yes nothing is deleted.
+    Exit 2 when the source wrote none (the sources stored are listed).
     """
     from churn_platform import outcomes as outcomes_mod
 
@@ -880,13 +881,15 @@ def outcomes_delete(source: str, yes: bool, inference_log_url: str | None, as_js
         echo_json(dataclasses.asdict(found))
     elif not found.rows:
         known = ", ".join(f"{s!r} ({n})" for s, n in found.sources.items()) or "none"
-        click.echo(f"outcomes: none were last written by {source!r}; sources stored: {known}")
+        click.echo(f"outcomes: none were last written by {source!r}; sources stored: {known}", err=True)
     elif found.deleted:
         click.echo(f"outcomes: deleted {found.rows} last written by {source!r} "
                    f"(observed {found.first} to {found.last})")
     else:
         click.echo(f"outcomes: {found.rows} were last written by {source!r} (observed {found.first} to "
                    f"{found.last}); nothing deleted: add --yes to delete them")  # fmt: skip
+    if not found.rows:  # not found, as for any command: a typo must not pass for done
+        sys.exit(ExitCode.USAGE)
 
 
 @main.command()

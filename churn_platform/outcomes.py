@@ -84,7 +84,7 @@ class Checked:
 #: No outcome is older: 1900-01-01 is a spreadsheet's "unknown", never a customer's churn.
 _EARLIEST = pd.Timestamp("1970-01-01", tz="UTC")
 #: Column names that hold a time, the outcome's under another name (``churn_date``, ``event_time``).
-_TIMELY = re.compile(r"date|time|when|(^|_)at$", re.IGNORECASE)
+_TIMELY = re.compile(r"(^|[_\s-])(date|time|datetime|timestamp|ts|when|at|on)([_\s-]|$)", re.IGNORECASE)
 
 
 def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:

@@ -93,7 +93,11 @@ def test_a_time_under_another_name_is_refused_not_replaced_by_now():
     with pytest.raises(DataValidationError, match=r"no observed_at column, and \['churn_date'\] is not read"):
         outcomes.check(frame(rows), now=NOW)
     assert len(outcomes.check(frame([{**rows[0], "observed_at": "2026-03-02"}]), now=NOW).good) == 1
-    assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", "plan": "gold"}]), now=NOW).dated_now == 1
+    for name in ("Churn Date", "event_time", "updated_at"):
+        with pytest.raises(DataValidationError, match="no observed_at column"):
+            outcomes.check(frame([{"customer_id": "a", "churned": "yes", name: "2026-03-01"}]), now=NOW)
+    others = {"plan": "gold", "sentiment": "ok", "lifetime_value": 1, "is_updated": "y"}  # words that hold 'date'
+    assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", **others}]), now=NOW).dated_now == 1
 
 
 def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_path):
@@ -113,6 +117,8 @@ def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_p
     result = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", "--inference-log-url", url])
     assert result.exit_code == 0 and "1 were last written by 'crm.csv'" in result.output
     assert "nothing deleted: add --yes" in result.output
+    typo = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.cvs", "--yes", "--inference-log-url", url])
+    assert typo.exit_code == 2 and "sources stored: 'crm.csv' (1)" in typo.output
     assert stored(url) == [("a", 1)]
 
 
