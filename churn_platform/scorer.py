@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain, repeat
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -319,6 +320,9 @@ def max_difference(pipeline: Pipeline, scorer: FastScorer | SklearnScorer, frame
     if not len(expected):
         return 0.0
     records = features.to_dict(orient="records")
-    singles = (slice(i, i + 1) for i in range(min(8, len(records))))
-    parts = [slice(None), *singles, slice(31), slice(_Trees.WALK_ROWS - 1)]
-    return max(float(np.max(np.abs(expected[part] - scorer.score(records[part])))) for part in parts)
+    # The API's decoded structs are read by attribute, through getters of their own.
+    structs = [SimpleNamespace(**r) for r in records[: _Trees.WALK_ROWS - 1]]
+    singles = [slice(i, i + 1) for i in range(min(8, len(records)))]
+    parts = [(records, slice(None))] + [(rows, part) for rows in (records, structs)
+                                        for part in (*singles, slice(31), slice(_Trees.WALK_ROWS - 1))]  # fmt: skip
+    return max(float(np.max(np.abs(expected[part] - scorer.score(rows[part])))) for rows, part in parts)

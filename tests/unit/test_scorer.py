@@ -43,6 +43,12 @@ def test_the_parity_check_runs_the_small_request_paths_too(telco, monkeypatch):
     monkeypatch.setattr(scorer, "score", off_when_small)
     assert max_difference(pipeline, scorer, valid.head(500)) == pytest.approx(0.01)
 
+    def off_by_attribute(records):  # a bug in reading the API's structs (by attribute) only
+        return whole(records) + (0.0 if isinstance(records[0], dict) else 0.01)
+
+    monkeypatch.setattr(scorer, "score", off_by_attribute)
+    assert max_difference(pipeline, scorer, valid.head(500)) == pytest.approx(0.01)
+
 
 def test_unknown_pipelines_are_refused_and_sklearn_is_the_fallback(telco):
     train, valid = telco
