@@ -100,9 +100,9 @@ def problem_for(error: ServingError) -> JSONResponse:
 class CountedValidationError(RequestValidationError):
     """A 422 that lists some of its problems and counts them all."""
 
-    def __init__(self, errors: Sequence[Any], total: int) -> None:
+    def __init__(self, errors: Sequence[Any], total: int, note: str = "") -> None:
         super().__init__(errors)
-        self.total = total
+        self.total, self.note = total, note
 
 
 def validation_message(errors: list[dict[str, Any]], total: int | None = None) -> str:
@@ -125,7 +125,8 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     every = exc.errors()
     errors = [_named(e) for e in every[:MAX_ERRORS_LISTED]]
-    return problem(422, validation_message(errors, getattr(exc, "total", len(every))), errors)
+    note = f" ({exc.note})" if getattr(exc, "note", "") else ""
+    return problem(422, validation_message(errors, getattr(exc, "total", len(every))) + note, errors)
 
 
 def _named(error: dict[str, Any]) -> dict[str, Any]:

@@ -57,7 +57,8 @@ async def _customers(request: Request, model: type[BaseModel], max_customers: in
     except TooManyCustomers as exc:
         raise BatchTooLarge(f"{exc.count} customers in one request; the limit is {max_customers}") from None
     except UnknownFields as exc:
-        raise CountedValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors], exc.total) from None
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors]
+        raise CountedValidationError(errors, exc.total, "unknown fields only: the others were not checked") from None
     except ValidationError as exc:
         errors = exc.errors(include_url=False)[:MAX_ERRORS_LISTED]
         raise CountedValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], exc.error_count()) from None
