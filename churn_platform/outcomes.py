@@ -83,8 +83,14 @@ class Checked:
 
 #: No outcome is older: 1900-01-01 is a spreadsheet's "unknown", never a customer's churn.
 _EARLIEST = pd.Timestamp("1970-01-01", tz="UTC")
-#: Column names that hold a time, the outcome's under another name (``churn_date``, ``event_time``).
-_TIMELY = re.compile(r"(^|[_\s-])(date|time|datetime|timestamp|ts|when|at|on)([_\s-]|$)", re.IGNORECASE)
+#: Words of a column name that hold a time: the outcome's under another name (``churn_date``,
+#: ``CloseDate``, ``event time``); ``at`` and ``on`` only last (``updated_at``, not ``at_risk``).
+_TIME_WORDS, _TIME_LAST = {"date", "time", "datetime", "timestamp", "ts", "when"}, {"at", "on"}
+
+
+def _timely(column: str) -> bool:
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower().replace("_", " ").replace("-", " ").split()
+    return bool(words) and (not _TIME_WORDS.isdisjoint(words) or words[-1] in _TIME_LAST)
 
 
 def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
@@ -109,7 +115,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
             f"missing required columns: {missing} (found: {list(frame.columns)}); an outcome needs "
             f"{ID_COLUMN}, {CHURNED} (or Churn) and optionally {OBSERVED_AT}"
         )
-    if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if _TIMELY.search(str(c))]):
+    if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if _timely(str(c))]):
         # Every row would be dated now, and stored so: a churn of March judged today's predictions.
         raise DataValidationError(f"no {OBSERVED_AT} column, and {timed} is not read: rename the outcome's time "
                                   f"to {OBSERVED_AT}, or drop {timed} to date every row now")  # fmt: skip
@@ -144,7 +150,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         reject(~blank & observed.isna() & ((year < _EARLIEST.year) | (year > now.year)),
                shown + f" is out of range ({_EARLIEST.year} to now)")  # fmt: skip
         reject(~blank & observed.isna(), shown + " is not an ISO-8601 time")
-        reject(observed < _EARLIEST, shown + f" is before {_EARLIEST.year}: a placeholder for an unknown time? "
+        reject(observed <= _EARLIEST, shown + f" is not after {_EARLIEST:%Y-%m-%d}: a placeholder for an unknown time? "
                "Leave it blank to date the row now")  # fmt: skip
         observed = observed.where(~blank, pd.Timestamp(now))
     reject(observed > pd.Timestamp(now) + timedelta(minutes=5),

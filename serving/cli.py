@@ -58,9 +58,10 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     # Several workers count in one folder, which /metrics adds up (serving/metrics.py); set
     # before the workers start, which read it when they import prometheus_client.
     own_folder = None
-    if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # yours: emptied, as prometheus_client asks
-        for stale in Path(given).glob("*.db"):
-            stale.unlink(missing_ok=True)
+    if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # yours: its metric files emptied, as asked
+        for kind in ("counter", "gauge", "histogram", "summary"):
+            for stale in Path(given).glob(f"{kind}_*.db"):
+                stale.unlink(missing_ok=True)
     elif workers > 1:
         own_folder = tempfile.mkdtemp(prefix="churn-api-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder

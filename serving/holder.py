@@ -134,12 +134,14 @@ class ModelHolder:
                 if state.mode == "off" or version is None:
                     self.rollout, self.rollout_status = None, f"off: {state.reason}" if state.reason else "off"
                     return
+                note = ""
                 if self.rollout is not None and self.rollout.model.version == version:  # mode, percent or tags changed
                     model = self.rollout.model
                     try:
                         with registry.translate_errors(self.settings):
                             model = loading.refreshed(client, model, default_threshold=self.settings.decision_threshold)
                     except RegistryUnreachable as exc:  # not read is not failed: it serves on as it was
+                        note = f" (kept: its tags could not be read: {exc})"
                         log.warning("rollout: Challenger v%s's tags unreadable, kept: %s", version, exc)
                     self.rollout = ActiveRollout(state, model)
                 else:
@@ -150,7 +152,7 @@ class ModelHolder:
                     self.rollout = ActiveRollout(state, model)
                     settle_heap()
                     log.info("rollout: %s with Challenger v%s", state.mode, version)
-                self.rollout_status = f"{state.mode}: serving Challenger v{version}"
+                self.rollout_status = f"{state.mode}: serving Challenger v{version}{note}"[:500]
         except Exception as exc:  # noqa: BLE001 - a Challenger never takes Production down
             if state is None and isinstance(exc, RegistryUnreachable):  # not read is not failed: route as before
                 kept = self.rollout_status.split(" (kept: ", 1)[0]

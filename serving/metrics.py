@@ -54,7 +54,7 @@ class Metrics:
         )  # fmt: skip
         self.rows_scored = Counter("churn_rows_scored", "Customers scored.", registry=self.registry)
         self.model_info = Gauge(
-            "churn_model_info", "The model version being served (value 1).",
+            "churn_model_info", "The model version being served (1; with several workers, 0 for one served before).",
             ["model_name", "version", "scorer"], multiprocess_mode="livemax",
             registry=self.registry,
         )  # fmt: skip
@@ -131,7 +131,10 @@ def forget_dead_workers(folder: str) -> None:
     """Drop the live gauges of workers that ended without shutting down (SIGKILL, out of
     memory): uvicorn starts another, and the dead one's ``ready 0`` would hold the minimum at 0."""
     for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
-        pid = int(path.rsplit("_", 1)[1].removesuffix(".db"))
+        named = path.rsplit("_", 1)[1].removesuffix(".db")
+        if not named.isdigit():  # not prometheus_client's
+            continue
+        pid = int(named)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

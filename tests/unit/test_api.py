@@ -556,6 +556,7 @@ def test_metrics_add_up_over_several_workers(registry_uri, tmp_path, telco_csv):
         assert re.search(r"^churn_model_ready 1\.0$", text, re.M), text
         assert 'churn_model_info{model_name="churn",scorer="fast",version="1"} 1.0' in text
         assert len(glob.glob(f"{tmp_path}/churn-api-metrics-*")) == 1  # the workers' folder, made by serve
+        assert len(glob.glob(f"{tmp_path}/churn-api-metrics-*/counter_*.db")) == 2  # one file per worker
     finally:
         api.stop()
     assert glob.glob(f"{tmp_path}/churn-api-metrics-*") == []  # and removed when it stops

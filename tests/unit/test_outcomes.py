@@ -55,6 +55,7 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
             {"customer_id": "v", "churned": "no", "observed_at": "2300-01-01"},  # beyond pandas' years
             {"customer_id": "u", "churned": "no", "observed_at": "1066-10-14"},
             {"customer_id": "t", "churned": "no", "observed_at": "1900-01-01"},  # a spreadsheet's "unknown"
+            {"customer_id": "s", "churned": "no", "observed_at": "1970-01-01T00:00:00Z"},
         ]),
         now=NOW,
     )  # fmt: skip
@@ -67,7 +68,8 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
     assert reasons[6] == "observed_at: 'now' is not an ISO-8601 time"
     assert reasons[7] == "observed_at: '2300-01-01' is out of range (1970 to now)"
     assert reasons[8] == "observed_at: '1066-10-14' is out of range (1970 to now)"
-    assert reasons[9].startswith("observed_at: '1900-01-01' is before 1970: a placeholder for an unknown time?")
+    assert reasons[9].startswith("observed_at: '1900-01-01' is not after 1970-01-01: a placeholder for an unknown")
+    assert reasons[10].startswith("observed_at: '1970-01-01T00:00:00Z' is not after 1970-01-01")  # Unix's "unknown"
     assert list(checked.rejects.columns) == list(outcomes.REJECT_COLUMNS)
 
 
@@ -93,10 +95,10 @@ def test_a_time_under_another_name_is_refused_not_replaced_by_now():
     with pytest.raises(DataValidationError, match=r"no observed_at column, and \['churn_date'\] is not read"):
         outcomes.check(frame(rows), now=NOW)
     assert len(outcomes.check(frame([{**rows[0], "observed_at": "2026-03-02"}]), now=NOW).good) == 1
-    for name in ("Churn Date", "event_time", "updated_at"):
+    for name in ("Churn Date", "event_time", "updated_at", "CloseDate", "churnDate"):
         with pytest.raises(DataValidationError, match="no observed_at column"):
             outcomes.check(frame([{"customer_id": "a", "churned": "yes", name: "2026-03-01"}]), now=NOW)
-    others = {"plan": "gold", "sentiment": "ok", "lifetime_value": 1, "is_updated": "y"}  # words that hold 'date'
+    others = {"plan": "gold", "sentiment": "ok", "lifetime_value": 1, "is_updated": "y", "at_risk": 1}
     assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", **others}]), now=NOW).dated_now == 1
 
 

@@ -186,6 +186,7 @@ def test_a_challenger_whose_tags_cannot_be_read_keeps_serving(registry, registry
         monkeypatch.setattr(loading, "refreshed", challenger_unreadable)
         state = reload(api)
         assert state["mode"] == "canary" and state["challenger_version"] == 2, state
+        assert state["status"].startswith("canary: serving Challenger v2 (kept: its tags could not be read: "), state
         assert 'churn_model_reloads_total{outcome="challenger_failed"} 0.0' in api.get("/metrics").text
     rollout.stop(registry, "churn", actor="tests")
 
