@@ -4,6 +4,7 @@ exit code: never a traceback, never a silent fallback, never a half-done job."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -262,6 +263,33 @@ def test_serve_on_a_port_in_use_is_exit_2_at_once():
         result = CliRunner().invoke(main, ["serve", "--port", str(port)])
     assert result.exit_code == 2, result.output
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
+
+
+def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(tmp_path, monkeypatch):
+    """The folder prometheus_client's workers share: serve's own (made and removed), or yours,
+    emptied of metric files only: '*.db' also took the registry and the log named '.'."""
+    import signal
+
+    import uvicorn
+
+    from churn_platform.processes import free_port
+
+    seen = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.append(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}  # serve sets its own
+    try:
+        assert CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"]).exit_code == 0
+        assert seen[0] and "churn-api-metrics-" in seen[0] and not os.path.exists(seen[0])  # made, then removed
+        for name in ("mlflow.db", "inference_log.db", "counter_12.db", "gauge_livemin_12.db", "histogram_12.db"):
+            (tmp_path / name).write_bytes(b"x")
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        assert CliRunner().invoke(main, ["serve", "--port", str(free_port())]).exit_code == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["inference_log.db", "mlflow.db"]
 
 
 def test_mlflows_bare_databricks_uris_are_not_taken_for_folders():
