@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import cache, wraps
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -171,7 +172,20 @@ def echo_json(payload: Any) -> None:
 @cache
 def _registered_commands() -> dict[str, Any]:
     """The apps' commands, read once per process (a lookup per command would reread the metadata)."""
-    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)} or _declared_commands()
+
+
+def _declared_commands() -> dict[str, EntryPoint]:
+    """The same commands from pyproject.toml, which the entry points are built from, when the
+    project runs from its checkout without being installed: the MLproject's conda environment
+    installs its dependencies only, and `monitor` was "No such command"."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        return {}
+    table = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"].get("entry-points", {})
+    return {name: EntryPoint(name, value, COMMANDS_GROUP) for name, value in table.get(COMMANDS_GROUP, {}).items()}
 
 
 class PluginGroup(click.Group):

@@ -210,3 +210,20 @@ def test_the_api_docs_name_every_metric_the_api_exports():
     exported = {family.name + ("_total" if family.type == "counter" else "") for family in Metrics().registry.collect()}
     missing = sorted(exported - listed)
     assert not missing, f"docs/api.md's GET /metrics row lacks {missing}"
+
+
+def test_the_apps_commands_are_found_from_a_checkout_that_is_not_installed(monkeypatch):
+    """The MLproject's conda environment installs the dependencies, not the project: without
+    its entry points `python -m pipelines.monitor` said "No such command 'monitor'"."""
+    from click.testing import CliRunner
+
+    from churn_platform import cli
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    cli._registered_commands.cache_clear()
+    try:
+        for command, option in (("monitor", "--current"), ("performance", "--last-days"), ("serve", "--workers")):
+            result = CliRunner().invoke(cli.main, [command, "--help"])
+            assert result.exit_code == 0 and option in result.output, (command, result.output)
+    finally:
+        cli._registered_commands.cache_clear()
