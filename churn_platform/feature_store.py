@@ -64,6 +64,9 @@ OFFLINE_TABLE = "customer_snapshots"
 FEATURE_REFS = tuple(f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: How far ahead of ours a source's clock may run: ingest takes snapshots up to this far in the
+#: future, and materialize reaches as far, or they would fall in no run's window.
+CLOCK_AHEAD = timedelta(minutes=5)
 
 
 #: What ``import feast`` sets in the environment (feast/metrics.py).
@@ -270,7 +273,7 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
             )
     # A snapshot from the future would be every later training set's "latest" row for its customer.
     now = pd.Timestamp.now(tz=UTC)
-    for row in times.index[(times > now + pd.Timedelta(minutes=5)).fillna(False)]:
+    for row in times.index[(times > now + CLOCK_AHEAD).fillna(False)]:
         extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: in the future (now is {now:%Y-%m-%d %H:%M:%S} UTC)")
     if extra:
         merged = {row: "; ".join(filter(None, [reasons.get(row), *problems])) for row, problems in extra.items()}
@@ -406,13 +409,14 @@ def _append_postgres(settings: Settings, snapshots: pd.DataFrame) -> None:
 
 
 def materialize(settings: Settings, end: datetime | None = None, start: datetime | None = None) -> datetime:
-    """Load each customer's latest snapshot up to ``end`` (default: now) into the online store.
+    """Load each customer's latest snapshot up to ``end`` (default: ``CLOCK_AHEAD`` from now,
+    as far as ingest takes them) into the online store.
 
     ``start`` narrows the scan of the offline source to snapshots from then on (``refresh``
     passes the earliest it just loaded): customers without a snapshot in the window keep
     their online values, and the others get their latest, which is in the window.
     """
-    end = end or datetime.now(UTC)
+    end = end or datetime.now(UTC) + CLOCK_AHEAD
     start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     store = open_store(settings)
     _require_applied(store)

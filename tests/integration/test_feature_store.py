@@ -133,6 +133,13 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
         assert asyncio.run(_aread(read, rest)) == read(rest) == feature_store.online(store, rest)
     online = pd.DataFrame(got[:-1]).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
     pd.testing.assert_frame_equal(online, _typed(second), check_dtype=False)
+    # A source whose clock runs ahead: ingest takes its snapshots (up to five minutes on), and a
+    # plain materialize stopped at now, skipping them with success (offline, never online).
+    ahead = raw.head(1).assign(customer_id="NEW-AHEAD", snapshot_time=datetime.now(UTC) + timedelta(minutes=3))
+    ahead.to_csv("ahead.csv", index=False)
+    assert "ingested 1 of 1 rows" in _cli("features", "ingest", "ahead.csv")
+    _cli("features", "materialize")
+    assert feature_store.online(feature_store.open_store(get_settings()), ["NEW-AHEAD"])[0] is not None
 
 
 async def _aread(read: feature_store.PostgresOnlineReader, ids: list[str]) -> list:
