@@ -431,6 +431,13 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
     return end
 
 
+def _utc_text(at: Any) -> str:
+    """A time as ISO 8601 in UTC, zone written: Feast's PostgreSQL job hands back times without
+    their zone, its file job with it, and the same labels were tagged two ways."""
+    stamp = pd.Timestamp(at)
+    return (stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)).isoformat()
+
+
 class _Uncoloured(io.TextIOBase):
     """A text stream that drops terminal colour codes (``ESC [ ... m``) on the way to another."""
 
@@ -691,8 +698,8 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
         "feature_view": f"{PROJECT}/{FEATURE_VIEW}",
         "feature_store": "postgresql" if settings.feature_store_url else "embedded",
         "labels": labels_uri,
-        "label_time_from": joined[LABEL_TIME].min().isoformat(),
-        "label_time_to": joined[LABEL_TIME].max().isoformat(),
+        "label_time_from": _utc_text(joined[LABEL_TIME].min()),
+        "label_time_to": _utc_text(joined[LABEL_TIME].max()),
         "labels_without_features": str(len(labels) - len(joined)),
     }
     return frame, tags

@@ -86,6 +86,10 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     frame = feature_store.training_frame(store, labels)
     # Before the first snapshot: nothing to join, so no row; no value from after a label leaks in.
     assert len(frame) == 600
+    labels.to_csv("labels.csv", index=False)
+    _, tags = feature_store.training_set(settings, "labels.csv")  # the run's tags: the same on both stores
+    assert tags["label_time_from"] == "2026-03-01T00:00:00+00:00"
+    assert tags["label_time_to"] == "2026-08-01T00:00:00+00:00"
     at = frame["label_time"].dt.strftime("%Y-%m")
     for month, expected in (("2026-03", _typed(raw)), ("2026-08", _typed(second))):
         got = frame[at == month].set_index(ID_COLUMN)[list(FEATURE_NAMES)].loc[expected.index]
