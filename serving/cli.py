@@ -78,5 +78,6 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
             log_level="info",
         )
     finally:
-        if own_folder:
+        if own_folder:  # gone with its folder: nothing started later in this process may count there
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(own_folder, ignore_errors=True)

@@ -282,6 +282,7 @@ def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(
     try:
         assert CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"]).exit_code == 0
         assert seen[0] and "churn-api-metrics-" in seen[0] and not os.path.exists(seen[0])  # made, then removed
+        assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # and unset: this process's later servers ran into it
         for name in ("mlflow.db", "inference_log.db", "counter_12.db", "gauge_livemin_12.db", "histogram_12.db"):
             (tmp_path / name).write_bytes(b"x")
         monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
