@@ -466,9 +466,17 @@ def _require_applied(store: FeatureStore) -> None:
 
 
 def _require_snapshots(settings: Settings) -> None:
-    """Exit 2 naming the step, not Feast's FileNotFoundError as an unreachable store (exit 3)."""
-    if not settings.feature_store_url and not _offline_file(settings).exists():
-        raise NotFoundError("no customer snapshots ingested yet: run `churn-platform features ingest FILE` first")
+    """Exit 2 naming the step, on both stores: not Feast's FileNotFoundError as an unreachable
+    store (exit 3) on files, nor a materialize that copies nothing and says done on PostgreSQL."""
+    if settings.feature_store_url:
+        found: list[Any] = []
+        _offline_table(settings, lambda conn: found.append(conn.exec_driver_sql(
+            f"SELECT 1 FROM {OFFLINE_TABLE} LIMIT 1").first()))  # fmt: skip
+        if found[0] is not None:
+            return
+    elif _offline_file(settings).exists():
+        return
+    raise NotFoundError("no customer snapshots ingested yet: run `churn-platform features ingest FILE` first")
 
 
 class PostgresOnlineReader:

@@ -69,6 +69,7 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     pd.concat([second, bad]).to_parquet("second.parquet", index=False)
 
     assert "registered customer, customer_features" in _cli("features", "apply")
+    assert "no customer snapshots ingested yet" in _cli("features", "materialize", code=2)  # PostgreSQL: a silent 0
     assert "ingested 300 of 300 rows for 300 customers" in _cli("features", "ingest", "first.csv")
     assert not Path("first.rejects.parquet").exists()  # the default place: only when a row is bad
     out = _cli("features", "ingest", "second.parquet", "--as-of", SECOND, code=1)  # 1: rows rejected, as `score`
