@@ -51,28 +51,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return found[0]
 
 
-def webhook() -> tuple[str, list[dict]]:
-    """A real HTTP endpoint that keeps what is posted to it, for the test's duration."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    posted: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            posted.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_port}/hook", posted
-
-
 def log_rows(url: str, customers: pd.DataFrame, version: int = 1) -> None:
     """``customers`` as Production (``version``) scored them an hour ago, in the inference log."""
     at = sqlite_time(datetime.now(UTC) - timedelta(hours=1))
@@ -87,7 +65,7 @@ def log_rows(url: str, customers: pd.DataFrame, version: int = 1) -> None:
 
 
 def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_success(
-    registry_uri, telco_csv, tmp_path, monkeypatch, gateway, caplog
+    registry_uri, telco_csv, tmp_path, monkeypatch, gateway, caplog, webhook
 ):  # fmt: skip
     copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
     shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
@@ -95,7 +73,7 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
     monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
-    hook, posted = webhook()
+    hook, posted = webhook
     monkeypatch.setenv("CHURN_MONITOR_ALERT_WEBHOOK", hook)
     get_settings.cache_clear()
     log_rows(log_url, data.generate(1500, seed=7, drift=True))

@@ -103,29 +103,12 @@ def test_the_default_share_catches_a_shift_of_four_features():
     assert share >= Settings().monitor_drift_share > 3 / 19 - 0.01
 
 
-def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog):
-    import json as jsonlib
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
+def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog, webhook):
     from monitoring.runs import send_alert
     from tests.services import free_port
 
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            received.append(jsonlib.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    send_alert(f"http://127.0.0.1:{server.server_port}/hook", {"verdict": "drift", "drift_share": 0.21})
-    server.server_close()
+    hook, received = webhook
+    send_alert(hook, {"verdict": "drift", "drift_share": 0.21})
     assert received == [{"verdict": "drift", "drift_share": 0.21}]
     send_alert(f"http://127.0.0.1:{free_port()}/hook", {"verdict": "drift"})  # nobody listens: logged, no raise
     assert "alert to" in caplog.text and "failed" in caplog.text
