@@ -540,7 +540,7 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     summary = feature_store.ingest(settings, source, as_of=as_of, rejects=rejects)
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
-    # Only from the earliest snapshot just loaded: the scan of the offline source stays one day's.
+    # From the earliest snapshot just loaded (or the last run's end): the scan stays one day's.
     # Up to now, or to the latest snapshot just loaded when a source's clock runs ahead (ingest
     # takes up to five minutes ahead): otherwise those rows would fall in no run's window.
     end = max(datetime.now(UTC), summary.last + timedelta(microseconds=1)) if summary.last else None

@@ -414,12 +414,17 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
 
     ``start`` narrows the scan of the offline source to snapshots from then on (``refresh``
     passes the earliest it just loaded): customers without a snapshot in the window keep
-    their online values, and the others get their latest, which is in the window.
+    their online values, and the others get their latest, which is in the window. The
+    window also reaches back to where the last materialization ended (less ``CLOCK_AHEAD``),
+    so what a manual ``ingest`` added since is published too, not only this file's rows.
     """
     end = end or datetime.now(UTC) + CLOCK_AHEAD
-    start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     store = open_store(settings)
-    _require_applied(store)
+    view = _require_applied(store)
+    if start is not None:
+        last = view.most_recent_end_time
+        start = min(start, last - CLOCK_AHEAD) if last else None  # never materialized: everything
+    start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     _require_snapshots(settings)
     try:
         # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable,
@@ -454,9 +459,10 @@ class _Uncoloured(io.TextIOBase):
         self._target.flush()
 
 
-def _require_applied(store: FeatureStore) -> None:
+def _require_applied(store: FeatureStore) -> Any:
+    """The registered feature view."""
     try:
-        store.get_feature_view(FEATURE_VIEW)
+        return store.get_feature_view(FEATURE_VIEW)
     except Exception as exc:  # noqa: BLE001 - FeatureViewNotFoundException, or a registry that is down
         if type(exc).__name__ == "FeatureViewNotFoundException":
             raise SettingsError(

@@ -145,6 +145,14 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     assert "ingested 1 of 1 rows" in _cli("features", "ingest", "ahead.csv")
     _cli("features", "materialize")
     assert feature_store.online(feature_store.open_store(get_settings()), ["NEW-AHEAD"])[0] is not None
+    # A manual ingest since then, and the daily refresh of other customers: the refresh publishes
+    # the manual rows too (it scanned from its own file's earliest snapshot only, so never did).
+    raw.head(3).assign(tenure="71").to_csv("manual.csv", index=False)
+    _cli("features", "ingest", "manual.csv", "--as-of", "now")
+    raw.iloc[3:5].assign(tenure="70").to_csv("daily.csv", index=False)
+    _cli("features", "refresh", "daily.csv", "--as-of", "now")
+    got = feature_store.online(feature_store.open_store(get_settings()), ids[:6])
+    assert [g["tenure"] for g in got] == [71, 71, 71, 70, 70, int(second["tenure"][5])]
 
 
 async def _aread(read: feature_store.PostgresOnlineReader, ids: list[str]) -> list:
