@@ -229,13 +229,13 @@ class IngestSummary:
     customers: int
     first: datetime | None
     last: datetime | None
-    #: Rows replaced by a later row of the same customer and snapshot time in the same file.
+    #: Rows that repeat another of the same file: the same customer, snapshot time and values.
     repeated: int = 0
 
     def __str__(self) -> str:
         span = f" (snapshots {self.first:%Y-%m-%d %H:%M:%S} .. {self.last:%Y-%m-%d %H:%M:%S} UTC)" if self.first else ""
         rejected = f", {self.rejected} rejected -> {self.rejects}" if self.rejected else ""
-        repeated = f", {self.repeated} replaced by a later row of the same customer and time" if self.repeated else ""
+        repeated = f", {self.repeated} repeated (same customer, time and values)" if self.repeated else ""
         return f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}{repeated}"
 
 
@@ -243,8 +243,8 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     """Customer snapshots ready for the offline source, and each bad row's reasons.
 
     Checked as batch scoring checks customers, plus a customer id (the entity key) and a
-    snapshot time (the ``snapshot_time`` column, ``as_of`` where it is blank or missing). A
-    later row of the same customer and time in one file replaces an earlier one.
+    snapshot time (the ``snapshot_time`` column, ``as_of`` where it is blank or missing). Rows
+    of one customer and time in one file are one snapshot if their values agree, else rejected.
     """
     missing = data.missing_features(list(raw.columns))
     if ID_COLUMN not in raw.columns:
@@ -275,15 +275,37 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     now = pd.Timestamp.now(tz=UTC)
     for row in times.index[(times > now + CLOCK_AHEAD).fillna(False)]:
         extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: in the future (now is {now:%Y-%m-%d %H:%M:%S} UTC)")
+    good = good.drop(index=[r for r in extra if r in good.index])
+    good[ID_COLUMN] = ids.loc[good.index]
+    good[SNAPSHOT_TIME] = times.loc[good.index].astype("datetime64[us, UTC]")
+    good = good[[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES]]
+    for row, problem in _conflicts(good).items():
+        extra.setdefault(row, []).append(problem)
     if extra:
         merged = {row: "; ".join(filter(None, [reasons.get(row), *problems])) for row, problems in extra.items()}
         reasons = pd.concat([reasons.drop(list(merged), errors="ignore"), pd.Series(merged, dtype="object")])
         reasons = reasons.sort_index()
-    good = good.drop(index=[r for r in extra if r in good.index])
-    good[ID_COLUMN] = ids.loc[good.index]
-    good[SNAPSHOT_TIME] = times.loc[good.index].astype("datetime64[us, UTC]")
-    good = good.drop_duplicates([ID_COLUMN, SNAPSHOT_TIME], keep="last")
-    return good[[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES]].reset_index(drop=True), reasons
+    good = good.drop(index=[r for r in extra if r in good.index]).drop_duplicates([ID_COLUMN, SNAPSHOT_TIME])
+    return good.reset_index(drop=True), reasons
+
+
+def _conflicts(good: pd.DataFrame) -> dict[int, str]:
+    """Rows of one customer and snapshot time whose values differ, each with its reason.
+
+    Which one is true is the sender's to say, so none is stored, as for outcomes; the same
+    row twice is one snapshot."""
+    keys = [ID_COLUMN, SNAPSHOT_TIME]
+    distinct = good.drop_duplicates()
+    clash = distinct.loc[distinct.duplicated(keys, keep=False), keys].drop_duplicates()
+    if clash.empty:
+        return {}
+    hit = good[keys].rename_axis("at").reset_index().merge(clash, on=keys)
+    found: dict[int, str] = {}
+    for _, rows in hit.groupby(keys)["at"]:
+        listed = ", ".join(str(row + 1) for row in sorted(rows))  # numbered as in the rejects file
+        for row in rows:
+            found[int(row)] = f"different values for one {ID_COLUMN} and {SNAPSHOT_TIME} (rows {listed})"
+    return found
 
 
 def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None) -> IngestSummary:

@@ -306,9 +306,10 @@ def test_two_ingests_at_once_into_the_embedded_offline_file_keep_both(tmp_path, 
     assert sorted(pd.read_parquet(path)["customer_id"]) == ["a0", "a1", "a2", "b0", "b1", "b2"]
 
 
-def test_a_row_replaced_within_one_file_is_counted_not_silently_gone(telco_csv, tmp_path, monkeypatch):
-    """A file of 4 rows, one customer and time twice: "ingested 3 of 4 rows", 0 rejected, and
-    no word about the fourth."""
+def test_a_repeated_row_is_counted_and_conflicting_rows_are_rejected(telco_csv, tmp_path, monkeypatch):
+    """One customer and time twice with the same values: one snapshot, the other row counted
+    (it was "ingested 3 of 4 rows" and no word about the fourth). With different values, which
+    is true is the sender's to say: both rejected (the later one silently won, exit 0)."""
     from churn_platform import feature_store
     from churn_platform.settings import get_settings
 
@@ -321,7 +322,21 @@ def test_a_row_replaced_within_one_file_is_counted_not_silently_gone(telco_csv, 
     feature_store.apply(settings)
     summary = feature_store.ingest(settings, str(tmp_path / "snapshots.csv"))
     assert (summary.rows, summary.ingested, summary.rejected, summary.repeated) == (4, 3, 0, 1)
-    assert str(summary).endswith("1 replaced by a later row of the same customer and time")
+    assert str(summary).endswith("1 repeated (same customer, time and values)")
+
+    changed = frame.head(2).assign(tenure=lambda f: (f["tenure"].astype(int) + 1).astype(str),
+                                   snapshot_time="2026-07-01T00:00:00Z")  # fmt: skip
+    later = pd.concat([frame.head(3).assign(snapshot_time="2026-07-01T00:00:00Z"), changed], ignore_index=True)
+    later.to_csv(tmp_path / "later.csv", index=False)
+    summary = feature_store.ingest(settings, str(tmp_path / "later.csv"))
+    assert (summary.rows, summary.ingested, summary.rejected, summary.repeated) == (5, 1, 4, 0)
+    rejects = pd.read_parquet(summary.rejects)
+    assert rejects["row"].tolist() == [1, 2, 4, 5]
+    assert rejects["reason"].tolist() == [
+        f"different values for one customer_id and snapshot_time (rows {rows})" for rows in ("1, 4", "2, 5") * 2
+    ]
+    stored = pd.read_parquet(tmp_path / "store" / "offline" / "customer_snapshots.parquet")
+    assert (stored["snapshot_time"].dt.month == 7).sum() == 1  # the third customer alone; nothing else stored
 
 
 def test_rows_without_an_id_are_each_their_own_customer_in_the_split(telco_csv):
