@@ -10,14 +10,16 @@ from churn_platform.cli import main
 from churn_platform.contract import ExitCode
 
 
-def _args(argv: list[str], whole: tuple[str, ...] = (), unset: tuple[str, ...] = ("", "0", "0.0")) -> list[str]:
-    """``--flag value`` pairs without the "not given" ones (``unset`` values); the ``whole``
-    flags' values as integers (MLproject passes numbers as floats: ``3.0``)."""
+def _args(argv: list[str], whole: tuple[str, ...] = (), zero_unset: tuple[str, ...] = ()) -> list[str]:
+    """``--flag value`` pairs without the "not given" ones: empty values, and 0 for the
+    ``zero_unset`` flags (whose MLproject default is 0); the ``whole`` flags' values as
+    integers (MLproject passes numbers as floats: ``3.0``). Any other 0 goes on to be
+    checked: ``-P of=0`` is refused, not run as the default."""
     out: list[str] = []
     pairs = iter(argv)
     for flag in pairs:
         value = next(pairs, "")
-        if value in unset:
+        if value == "" or (flag in zero_unset and value in ("0", "0.0")):
             continue
         out += [flag, _whole(flag, value) if flag in whole else value]
     return out
@@ -39,7 +41,7 @@ def _whole(flag: str, value: str) -> str:
 
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's."""
-    return ["monitor", *_args(argv, whole=("--rows",))]
+    return ["monitor", *_args(argv, whole=("--rows",), zero_unset=("--rows",))]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pipelines.monitor import _args
 
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's."""
-    return ["performance", *_args(argv, whole=("--version",))]
+    return ["performance", *_args(argv, whole=("--version",), zero_unset=("--version",))]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pipelines.monitor import _args
 
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's."""
-    args = _args(argv, whole=("--version", "--explain-top-k"))
+    numbers = ("--version", "--explain-top-k")
+    args = _args(argv, whole=numbers, zero_unset=numbers)
     if "--explain-top-k" in args:
         at = args.index("--explain-top-k")
         args[at : at + 2] = ["--explain", "--top-k", args[at + 1]]

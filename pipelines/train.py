@@ -9,7 +9,7 @@ from pipelines.monitor import _args
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's: whole numbers arrive as floats
     (300.0), an empty decision_threshold means the setting's, and zero is a value (seed 0)."""
-    args = _args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"), unset=("",))
+    args = _args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"))
     if "--from-features" in args:  # a parameter's value, "true" or "false", becomes the flag or nothing
         at = args.index("--from-features")
         value = args.pop(at + 1).strip().lower()

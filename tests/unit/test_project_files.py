@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import subprocess
@@ -160,6 +161,26 @@ def test_each_entry_point_command_parses_as_mlflow_run_builds_it(entry_point, gi
         role = main.get_command(parent, args[0])
         with role.make_context(args[0], args[1:], parent=parent) as ctx:
             assert {k: ctx.params[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(("entry_point", "param"), [("retrain", "of"), ("retrain", "at_least")])
+def test_a_zero_that_is_not_the_default_is_checked_not_dropped(entry_point, param):
+    """`-P of=0` ran the default (3 runs) without a word: 0 meant "not given" for every
+    parameter, where it should only for those whose default is 0."""
+    import shlex
+
+    import click
+    from mlflow.projects import _project_spec
+
+    from churn_platform.cli import main
+
+    command = _project_spec.load_project(str(REPO)).get_entry_point(entry_point).compute_command({param: "0"}, None)
+    _, _, module, *argv = shlex.split(command)
+    args = importlib.import_module(module).command(argv)
+    flag = "--" + param.replace("_", "-")
+    with click.Context(main) as parent, pytest.raises(click.BadParameter, match="0 is not in the range") as refused:
+        main.get_command(parent, args[0]).make_context(args[0], args[1:], parent=parent)
+    assert refused.value.param.opts == [flag]
 
 
 @pytest.mark.parametrize(
