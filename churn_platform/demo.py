@@ -367,12 +367,12 @@ def _fresh_folder(folder: Path, data: str) -> None:
     if folder.exists():
         if not folder.is_dir():
             raise DataSourceError(f"--folder {folder}: is a file; give a folder")
-        # An older demo's folder has no marker, but its MLflow store and artifacts say what it is.
-        old_demo = (folder / "mlflow.db").is_file() and (folder / "artifacts").is_dir()
-        made_by_demo = (folder / MARKER).exists() or old_demo
-        if any(folder.iterdir()) and not made_by_demo:
-            raise DataSourceError(f"--folder {folder}: holds files the demo did not make, and the demo wipes its "
-                                  "folder first; give a new or empty folder")  # fmt: skip
+        # Only the marker says the demo made it: an mlflow.db beside an artifacts/ folder is also
+        # what many MLflow projects of one's own look like.
+        if any(folder.iterdir()) and not (folder / MARKER).exists():
+            raise DataSourceError(f"--folder {folder}: holds files the demo did not make (no {MARKER} in it), and "
+                                  "the demo wipes its folder first; give a new or empty folder (a demo folder of an "
+                                  "earlier release has no marker: delete it yourself)")  # fmt: skip
         if data != "synthetic" and Path(data).is_relative_to(folder.resolve()):
             raise DataSourceError(f"--data {data} is inside --folder {folder}, which the demo wipes first")
         shutil.rmtree(folder)

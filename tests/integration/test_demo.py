@@ -83,8 +83,11 @@ def test_a_demo_folder_is_wiped_for_the_next_run_and_data_inside_it_is_refused(t
     with pytest.raises(DataSourceError, match="inside --folder"):
         _fresh_folder(folder, str(folder / "mine.csv"))
     assert (folder / "mine.csv").exists()
-    old = tmp_path / "old"  # an earlier release's demo folder has no marker
-    (old / "artifacts").mkdir(parents=True)
-    (old / "mlflow.db").write_text("")
-    _fresh_folder(old, "synthetic")
-    assert sorted(p.name for p in old.iterdir()) == [MARKER]
+    # An MLflow project of one's own looks like a demo folder without the marker: never wiped.
+    own = tmp_path / "project"
+    (own / "artifacts").mkdir(parents=True)
+    (own / "mlflow.db").write_text("runs")
+    (own / "train.py").write_text("mine")
+    with pytest.raises(DataSourceError, match="holds files the demo did not make"):
+        _fresh_folder(own, "synthetic")
+    assert sorted(p.name for p in own.iterdir()) == ["artifacts", "mlflow.db", "train.py"]
