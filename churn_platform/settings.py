@@ -134,7 +134,9 @@ class Settings(BaseSettings):
         100_000, ge=100, description="Current rows above this are sampled (seeded) before drift checks."
     )
     monitor_alert_webhook: str | None = Field(
-        None, description="URL that receives the summary JSON (POST) on drift or data-quality failure."
+        None,
+        description="URL that receives the summary JSON (POST) on drift or data-quality failure.",
+        json_schema_extra={"secret": True},  # a webhook's path is its secret (Slack, Teams, ...)
     )
     pushgateway_url: str | None = Field(
         None,

@@ -76,6 +76,8 @@ class Scheduled(NamedTuple):
     mlflow: bool = True
     #: Writes the feature-store database: its URL from churn-secrets and a network path there.
     feature_store: bool = False
+    #: POSTs a failing verdict to CHURN_MONITOR_ALERT_WEBHOOK, a secret (its path is the key).
+    alerts: bool = False
 
 
 #: The overlay's data folder (ConfigMap key CHURN_DATA_URI, in the overlay's own bucket): the
@@ -88,11 +90,11 @@ SCORES = f"{DATA}/scores/latest.parquet"
 CRONJOBS = {
     # A rolling day, hourly: all history would dilute a recent shift and grow without bound.
     "churn-monitor": Scheduled(
-        ("monitor", "--last-hours", "24", "--output-dir", "/tmp/report"), "5 * * * *", "Etc/UTC"
+        ("monitor", "--last-hours", "24", "--output-dir", "/tmp/report"), "5 * * * *", "Etc/UTC", alerts=True
     ),
     # A rolling window: over all history a recent decay would be diluted, and the job would grow without bound.
     "churn-performance": Scheduled(
-        ("performance", "--last-days", "30", "--output-dir", "/tmp/report"), "30 6 * * *", "Etc/UTC"
+        ("performance", "--last-days", "30", "--output-dir", "/tmp/report"), "30 6 * * *", "Etc/UTC", alerts=True
     ),
     # Without --if performance, retrain would train every day (its default is --if always).
     "churn-retrain": Scheduled(
@@ -407,6 +409,8 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
         needed.add("CHURN_INFERENCE_LOG_URL")
     if want.feature_store:
         needed.add("CHURN_FEATURE_STORE_URL")
+    if want.alerts:
+        needed.add("CHURN_MONITOR_ALERT_WEBHOOK")
     if overlay == "prod" and want.mlflow:
         needed |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # the basic-auth registry
     if needed - secrets:
@@ -530,9 +534,15 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
     for name in CRONJOBS:
         problems += check_cronjob(objs, overlay, name)
     problems += check_buckets(objs) + check_network_paths(objs) + check_one_off_jobs(objs) + check_datastores(objs)
-    # Every variable the settings read is set, by the ConfigMap or a Secret reference.
-    provided = set(data) | {e["name"] for e in container.get("env", [])}
+    # Every variable the settings read is set, by the ConfigMap or a Secret reference (a job's
+    # secret, such as the alert webhook, on that job only); a secret is never in the ConfigMap.
+    provided = set(data) | {
+        e["name"] for o in objs if o["kind"] in WORKLOADS for c in pod_spec(o)["containers"] for e in c.get("env", [])
+    }
     missing = sorted(set(environment_variables()) - provided)
     if missing:
-        problems.append(f"churn-api: variables the code reads are not set: {missing}")
+        problems.append(f"variables the code reads are not set: {missing}")
+    exposed = sorted(name for name, (_, _, secret) in environment_variables().items() if secret and name in data)
+    if exposed:
+        problems.append(f"ConfigMap churn-config: holds secrets {exposed}: they belong in churn-secrets")
     return problems

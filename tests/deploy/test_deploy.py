@@ -317,6 +317,15 @@ BREAKS = {
             for job, path in (("train", "customers.parquet"), ("score", "customers/"))])
         for overlay, bucket in (("staging", "churn-staging-mlflow"), ("prod", "churn-prod-mlflow"))
     },
+    # A webhook's path is its secret: committed in the ConfigMap, it was readable by every pod and repo reader.
+    "alert-webhook-in-the-configmap": ("staging", [
+        ("base/config.env", "CHURN_PUSHGATEWAY_URL=\n", "CHURN_PUSHGATEWAY_URL=\nCHURN_MONITOR_ALERT_WEBHOOK=\n"),
+    ], ["ConfigMap churn-config: holds secrets ['CHURN_MONITOR_ALERT_WEBHOOK']: they belong in churn-secrets"]),
+    "performance-without-its-webhook": ("staging", [
+        (PERFORMANCE, "                - name: CHURN_MONITOR_ALERT_WEBHOOK  # optional: without it, no webhook\n"
+                      "                  valueFrom:\n                    secretKeyRef: {name: churn-secrets, "
+                      "key: CHURN_MONITOR_ALERT_WEBHOOK, optional: true}\n", ""),
+    ], ["CronJob/churn-performance: variables not taken from churn-secrets: ['CHURN_MONITOR_ALERT_WEBHOOK']"]),
     "data-folder-undefined": ("dev", [
         ("base/config.env", "CHURN_DATA_URI=s3://mlflow/data\n", ""),
     ], ["CronJob/churn-train: '$(CHURN_DATA_URI)/customers.parquet' names an undefined variable"]),
