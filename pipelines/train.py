@@ -3,6 +3,7 @@
 import sys
 
 from churn_platform.cli import main
+from churn_platform.contract import ExitCode
 from pipelines.monitor import _args
 
 
@@ -12,8 +13,12 @@ def command(argv: list[str]) -> list[str]:
     args = _args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"))
     if "--from-features" in args:  # a parameter's value, "true" or "false", becomes the flag or nothing
         at = args.index("--from-features")
-        value = args.pop(at + 1).strip().lower()
-        if value not in ("true", "1", "yes"):
+        given = args.pop(at + 1)
+        value = given.strip().lower()
+        if value not in ("true", "1", "yes", "false", "0", "no"):
+            print(f"error: parameter from_features must be true or false, got {given!r}", file=sys.stderr)
+            sys.exit(int(ExitCode.USAGE))
+        if value in ("false", "0", "no"):
             args.pop(at)
     return ["train", *args]
 

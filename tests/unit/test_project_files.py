@@ -183,6 +183,15 @@ def test_a_zero_that_is_not_the_default_is_checked_not_dropped(entry_point, para
     assert refused.value.param.opts == [flag]
 
 
+def test_a_from_features_value_that_is_not_true_or_false_is_a_usage_error(tmp_path):
+    """`-P from_features=on` meant false: training ran on synthetic data, or failed naming --labels."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.train", "--from-features", "on", "--labels", "l.csv"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: parameter from_features must be true or false, got 'on'"
+
+
 @pytest.mark.parametrize(
     ("entry_point", "param", "value"),
     [("train", "seed", "nan"), ("train", "seed", "inf"), ("train", "max_iter", "150.7"), ("monitor", "rows", "1e400")],

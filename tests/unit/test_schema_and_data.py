@@ -184,9 +184,13 @@ def test_empty_files_fail_clearly(tmp_path, content, problem):
         data.load(path)
 
 
-def test_missing_file_fails_clearly(tmp_path):
-    with pytest.raises(DataSourceError, match="data file not found: .*nope.csv"):
+def test_missing_file_fails_clearly(tmp_path, monkeypatch):
+    with pytest.raises(DataSourceError, match="data file not found: .*nope.csv$"):
         data.load(tmp_path / "nope.csv")
+    # `mlflow run` runs in the project folder: a relative name says where it was looked for.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataSourceError, match=f"data file not found: nope.csv \\(looked for at {tmp_path}/nope.csv\\)"):
+        data.load("nope.csv")
 
 
 def test_generator_is_seeded_and_has_a_real_churn_signal():
@@ -237,6 +241,14 @@ def test_split_is_stratified_and_seeded():
     rare = frame.head(100).assign(churn=[1, 1] + [0] * 98)  # two churners: stratified rounding puts both in training
     with pytest.raises(DataValidationError, match="leaves the validation rows without one of the classes"):
         data.split(rare, 0.2, seed=5)
+    # Both classes on both sides, but two rows to learn from: that trained, and registered a version.
+    telco_like = frame.head(400)
+    with pytest.raises(DataValidationError, match=r"0.99 leaves 4 training rows \(\{0: 3, 1: 1\} by churn\): each side "
+                                                  "needs at least 5 of each class"):  # fmt: skip
+        data.split(telco_like, 0.99, seed=5)
+    with pytest.raises(DataValidationError, match=r"0.01 leaves 4 validation rows"):
+        data.split(telco_like, 0.01, seed=5)
+    assert len(data.split(telco_like, 0.95, seed=5)[0]) == 20
 
 
 def test_a_customer_with_several_rows_is_on_one_side_of_the_split_only():
