@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     promotion_tolerance: float = Field(
         0.005,
         ge=0,
-        description="How much lower a candidate's validation roc_auc may be than Production's.",
+        le=0.1,  # a roc_auc difference, not a share: 0.5 would wave every candidate through
+        description="How much lower a candidate's validation roc_auc may be than Production's (0 to 0.1).",
     )
 
     log_format: Literal["text", "json"] = Field(

@@ -92,6 +92,14 @@ def test_an_infinite_setting_is_refused_by_name(monkeypatch):
     assert "finite number" in result.output and "Traceback" not in result.output
 
 
+def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
+    """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""
+    monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.5")
+    result = CliRunner().invoke(main, ["promote", "--version", "2"])
+    assert result.exit_code == 2 and "CHURN_PROMOTION_TOLERANCE" in result.output, result.output
+    assert "0.1" in result.output and "Traceback" not in result.output
+
+
 def test_a_registry_database_that_is_down_is_exit_3_in_seconds_naming_it_without_the_password():
     result = CliRunner().invoke(main, ["history", "--tracking-uri", "postgresql://churn:secret@127.0.0.1:1/registry"])
     assert result.exit_code == 3, result.output
