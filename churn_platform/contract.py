@@ -37,6 +37,9 @@ TAG_ROC_AUC = "roc_auc"
 TAG_THRESHOLD = "decision_threshold"
 TAG_MODEL_TYPE = "model_type"
 TAG_GATE = "gate"
+#: Where the training rows came from: ``synthetic(seed=N)``, a file or s3:// URI, a feature-store
+#: labels file, or the inference log (retraining). The gate never lets synthetic replace real.
+TAG_TRAINING_DATA = "training_data"
 #: The training gate's figures (JSON): both versions scored on the candidate's validation rows.
 TAG_GATE_FIGURES = "gate_figures"
 #: On a monitor or performance run that does not judge Production's latest traffic (a file, a

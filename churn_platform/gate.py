@@ -7,7 +7,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from churn_platform.contract import GATE_METRIC
+from churn_platform.contract import GATE_METRIC, TAG_TRAINING_DATA
 
 
 class GateVerdict(BaseModel):
@@ -77,3 +77,28 @@ def unscorable(production_version: int, error: BaseException, *, tolerance: floa
     return GateVerdict(checked=False, passed=False, production_version=production_version, tolerance=tolerance,
                        compared_on=compared_on,
                        reason=f"could not score Production v{production_version}: {error}"[:300])  # fmt: skip
+
+
+def trained_on_synthetic(tags: dict[str, str]) -> bool | None:
+    """Whether a version learned from generated customers; None for a version that does not say."""
+    source = tags.get(TAG_TRAINING_DATA)
+    return None if source is None else source.startswith("synthetic")
+
+
+def synthetic_over_real(
+    candidate_tags: dict[str, str], production_tags: dict[str, str], production_version: int, *, tolerance: float,
+    compared_on: str,
+) -> GateVerdict | None:
+    """A failed verdict when a candidate trained on synthetic customers would replace a Production
+    trained on real ones (``train`` without ``--data`` defaults to synthetic); else None.
+
+    Scored on its own synthetic validation rows, such a model beats a real one, and each
+    figure the gate compares comes from those rows."""
+    if not (trained_on_synthetic(candidate_tags) and trained_on_synthetic(production_tags) is False):
+        return None
+    return GateVerdict(
+        checked=False, passed=False, production_version=production_version, tolerance=tolerance,
+        compared_on=compared_on,
+        reason=f"trained on synthetic customers, while Production v{production_version} was trained on "
+               f"{production_tags[TAG_TRAINING_DATA]}: train with --data, or promote it with --force if that is meant",
+    )  # fmt: skip

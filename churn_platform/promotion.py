@@ -264,7 +264,13 @@ def _gate(
     """Like for like when training scored today's Production on the candidate's validation
     rows: after a concept change every model scores lower on recent rows, so a retrained
     version that beat Production there was refused against Production's own older figure.
-    Otherwise each version's own validation figure."""
+    Otherwise each version's own validation figure. Never synthetic over real."""
+    production = registry.get_version(client, name, current) if current is not None else None
+    if production is not None and current is not None:
+        refused = gate.synthetic_over_real(candidate.tags, production.tags, current, tolerance=tolerance,
+                                           compared_on="the versions' training data")  # fmt: skip
+        if refused:
+            return refused
     try:
         figures = json.loads(candidate.tags.get(TAG_GATE_FIGURES) or "null")
         if isinstance(figures, dict) and current is not None and figures.get("production_version") == current:
@@ -274,7 +280,6 @@ def _gate(
                                             "trained)")  # fmt: skip
     except (ValueError, TypeError, KeyError):
         pass  # a tag edited by hand: the figures each version recorded still decide
-    production = registry.get_version(client, name, current) if current is not None else None
     return gate.compare(
         _metrics(client, candidate).get(GATE_METRIC),
         _metrics(client, production).get(GATE_METRIC) if production else None,

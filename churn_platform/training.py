@@ -45,6 +45,7 @@ from churn_platform.contract import (
     TAG_ROC_AUC,
     TAG_ROWS,
     TAG_THRESHOLD,
+    TAG_TRAINING_DATA,
     VALIDATION_ARTIFACT,
 )
 from churn_platform.errors import DataValidationError
@@ -210,12 +211,17 @@ def gate(
     candidate_auc: float,
     tolerance: float,
     on: str = "this run's validation rows",
+    candidate_tags: dict[str, str] | None = None,
 ) -> GateVerdict:
     """The gate on this run's validation rows: Production is scored on the very rows the
     candidate was validated on, so the two figures are directly comparable."""
     production = registry.production_version(client, model_name)
     if production is None:
         return gate_mod.compare(candidate_auc, None, production_version=None, tolerance=tolerance, compared_on=on)
+    refused = gate_mod.synthetic_over_real(candidate_tags or {}, production.tags, int(production.version),
+                                           tolerance=tolerance, compared_on=on)  # fmt: skip
+    if refused:
+        return refused
     try:
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
         champion_proba = np.asarray(champion.predict(model_mod.features(valid)))[:, 1]
@@ -334,6 +340,7 @@ def train(
             TAG_ROC_AUC: f"{metrics[GATE_METRIC]:.6f}",
             TAG_THRESHOLD: str(threshold),
             TAG_MODEL_TYPE: config.model_type,
+            TAG_TRAINING_DATA: (json.dumps(built_from) if built_from else source)[:500],
         }
         if commit:
             version_tags[TAG_GIT_COMMIT] = commit
@@ -342,14 +349,17 @@ def train(
             client.set_model_version_tag(config.model_name, str(version), key, value)
 
         on = "this run's validation rows" if gate_rows is None else f"{len(valid_df)} held-out recent labelled rows"
-        verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance, on)
+        verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance, on,
+                       candidate_tags=version_tags)  # fmt: skip
         mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
         client.set_model_version_tag(config.model_name, str(version), TAG_GATE, verdict.reason[:250])
         if verdict.checked:  # promote prefers these two figures while that Production still holds
             figures = {"production_version": verdict.production_version, "candidate": verdict.candidate,
                        "production": verdict.production, "compared_on": verdict.compared_on[:200]}  # fmt: skip
             client.set_model_version_tag(config.model_name, str(version), TAG_GATE_FIGURES, json.dumps(figures))
-        if verdict.passed:
+        # Checked too: with no Production there is nothing to challenge, and a Challenger set then
+        # stayed on an unjudged version that `rollout start` served once a Production existed.
+        if verdict.passed and verdict.checked:
             registry.set_challenger(client, config.model_name, version)
     log.info("registered %s v%s (%s %.4f)", config.model_name, version, GATE_METRIC, metrics[GATE_METRIC])
     return TrainResult(run_id, config.model_name, version, metrics, verdict)

@@ -42,8 +42,10 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     for metric in VALIDATION_METRICS:  # the performance job's baseline
         assert metric in run.data.metrics
     assert run.data.metrics["roc_auc"] > 0.7
-    # First version: no champion, so the gate passes and the version becomes Challenger.
-    assert client.get_model_version_by_alias(model_name, registry.CHALLENGER_ALIAS).version == version.version
+    # First version: no champion, so the gate passes unchecked, and there is nothing to challenge.
+    assert result.gate.passed and not result.gate.checked
+    assert registry.CHALLENGER_ALIAS not in client.get_registered_model(model_name).aliases
+    assert version.tags["training_data"] == "synthetic(seed=42)"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "reference")}
     assert REFERENCE_ARTIFACT in artifacts
     explained = {a.path for a in client.list_artifacts(result.run_id, "explanations")}
@@ -79,6 +81,26 @@ def test_real_data_reaches_the_target_auc(embedded, model_name, telco_csv):
 
 def _cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_a_synthetic_model_never_replaces_one_trained_on_customers(embedded, model_name, telco_csv):
+    """`train` without --data trains on synthetic customers and validates on them too: it beat a
+    Production trained on the Telco data on those rows, took Challenger, and `promote` moved
+    Production to it without --force."""
+    settings = get_settings()
+    real = train(TrainConfig(data=str(telco_csv), model_name=model_name), settings)
+    client = MlflowClient()
+    assert client.get_model_version(model_name, str(real.version)).tags["training_data"] == telco_csv.as_uri()
+    assert _cli("promote", "--version", str(real.version), "--model-name", model_name).exit_code == 0
+    fake = train(TrainConfig(n_rows=1500, model_name=model_name), settings)
+    assert not fake.gate.passed and "trained on synthetic customers" in fake.gate.reason
+    assert set(client.get_registered_model(model_name).aliases) == {"Production"}  # no Challenger
+    refused = _cli("promote", "--version", str(fake.version), "--model-name", model_name)
+    assert refused.exit_code == 1 and "trained on synthetic customers" in refused.output
+    assert _cli("promote", "--version", str(fake.version), "--model-name", model_name, "--force").exit_code == 0
+    # Synthetic over synthetic is compared as before (the demo, the quick start).
+    again = train(TrainConfig(n_rows=1500, seed=7, model_name=model_name), settings)
+    assert again.gate.checked and "trained on synthetic" not in again.gate.reason
 
 
 @pytest.mark.parametrize(
