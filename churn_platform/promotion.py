@@ -381,23 +381,28 @@ def status(client: MlflowClient, name: str) -> Status:
             found[alias] = None
             continue
         info = describe(client, version, aliases.get(int(version.version), []))
-        if alias == PRODUCTION_ALIAS:
-            moves = (e for e in reversed(events) if e.action in MOVES)
-            promoted = next((e for e in moves if e.to_version == int(version.version)), None)
-            if promoted:
-                info = info.model_copy(
-                    update={"promoted_at": promoted.at, "promoted_by": promoted.actor, "promoted_via": promoted.via}
-                )
-        found[alias] = info
+        found[alias] = _with_promotion(info, events) if alias == PRODUCTION_ALIAS else info
     return Status(model=name, production=found[PRODUCTION_ALIAS], challenger=found[CHALLENGER_ALIAS])
 
 
+def _with_promotion(info: VersionInfo, events: list[Event]) -> VersionInfo:
+    """``info`` with who put its version in Production, and when and how (the latest such move)."""
+    moves = (e for e in reversed(events) if e.action in MOVES)
+    promoted = next((e for e in moves if e.to_version == info.version), None)
+    if promoted is None:
+        return info
+    return info.model_copy(update={"promoted_at": promoted.at, "promoted_by": promoted.actor,
+                                   "promoted_via": promoted.via})  # fmt: skip
+
+
 def versions(client: MlflowClient, name: str) -> list[VersionInfo]:
-    registry.get_model(client, name)
+    """Every version, newest first; the Production one with its promotion (as ``status``)."""
+    events = events_in(registry.get_model(client, name).tags)  # read only: no reconcile
     aliases = _aliases_by_version(client, name)
     found = client.search_model_versions(f"name = {registry.quoted(name)}")
     ordered = sorted(found, key=lambda v: int(v.version), reverse=True)
-    return [describe(client, v, aliases.get(int(v.version), [])) for v in ordered]
+    described = (describe(client, v, aliases.get(int(v.version), [])) for v in ordered)
+    return [_with_promotion(v, events) if PRODUCTION_ALIAS in v.aliases else v for v in described]
 
 
 def history(client: MlflowClient, name: str, limit: int | None = None) -> list[Event]:

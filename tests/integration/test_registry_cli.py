@@ -64,6 +64,10 @@ def test_promote_rollback_and_history(three_versions):
     assert status["production"]["version"] == 2
     assert status["production"]["promoted_by"] == "bob"
     assert status["production"]["run_id"] and status["production"]["metrics"]["roc_auc"] > 0.7
+    # `versions` says the same of the Production version (it was null there, and in the demo's summary).
+    listed = {v["version"]: v for v in json.loads(cli("versions", "--model-name", name, "--json").output)["versions"]}
+    assert (listed[2]["promoted_by"], listed[2]["promoted_via"]) == ("bob", status["production"]["promoted_via"])
+    assert listed[1]["promoted_by"] is None  # no longer in Production
 
     result = cli("rollback", "--model-name", name, "--reason", "bad latency")
     assert result.exit_code == 0 and "v2 -> v1" in result.output
