@@ -380,6 +380,17 @@ def _fresh_folder(folder: Path, data: str) -> None:
     (folder / MARKER).write_text("made by `churn-platform demo`; the next demo run wipes this folder\n")
 
 
+def _own_environment() -> dict[str, str]:
+    """This process's environment without what would point the demo at real services.
+
+    A shell set up for production (a feature store URL, an alert webhook, a Pushgateway, a
+    tracing endpoint, MLflow credentials) would otherwise get synthetic customers written into
+    its store and the demo's deliberately degraded verdicts paged to its team."""
+    leaks = ("CHURN_", "OTEL_", "MLFLOW_TRACKING_", "MLFLOW_REGISTRY_", "MLFLOW_S3_", "MLFLOW_RUN_ID",
+             "MLFLOW_EXPERIMENT_")  # fmt: skip
+    return {key: value for key, value in os.environ.items() if not key.startswith(leaks)}
+
+
 def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: bool,
              echo: Callable[[str], None] = click.echo) -> dict[str, Any]:  # fmt: skip
     """Play the demo in ``folder`` (wiped first); return its summary."""
@@ -388,17 +399,15 @@ def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: b
             raise DataSourceError(f"--data {data}: file not found")
         data = str(Path(data).resolve())  # `mlflow run` runs in the repository, not here
     _fresh_folder(folder, data)
-    env = dict(os.environ)
+    env = _own_environment()
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", CHURN_REGISTRY_MAX_RETRIES="1",
-               MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", CHURN_ACTOR="demo",
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", CHURN_MODEL_NAME="churn")  # fmt: skip
-    for key in ("MLFLOW_S3_ENDPOINT_URL", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        env.pop(key, None)
     from churn_platform.settings import Settings
 
     # A shorter --traffic still gets its verdicts: the demo's windows are seeded, so a small
     # one says the same every time (a real window that small would not be judged).
-    env.setdefault("CHURN_MONITOR_MIN_ROWS", str(min(traffic, Settings.model_fields["monitor_min_rows"].default)))
+    env["CHURN_MONITOR_MIN_ROWS"] = str(min(traffic, Settings.model_fields["monitor_min_rows"].default))
     demo = Demo(folder=folder.resolve(), data=data, n_rows=n_rows, traffic=traffic, keep_running=keep_running, env=env)
 
     def interrupted(signum: int, frame: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,12 +14,17 @@ from tests.services import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, webhook):
     folder = tmp_path / "demo"
+    hook, posted = webhook
+    # A shell set up for production: the demo must touch none of it (it wrote synthetic customers
+    # into the real feature store, and posted its degraded verdict to the team's webhook).
+    production = {"CHURN_FEATURE_STORE_URL": "postgresql://prod@127.0.0.1:1/features",
+                  "CHURN_MONITOR_ALERT_WEBHOOK": hook, "CHURN_PUSHGATEWAY_URL": hook.rsplit("/", 1)[0]}  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "churn_platform.cli", "demo", "--n-rows", "1500", "--traffic", "600",
          "--folder", str(folder)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ | production,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for step in range(1, 11):
@@ -41,6 +47,7 @@ def test_demo_runs_end_to_end(tmp_path):
     if retrain["challenger"]:
         assert retrain["rollout"]["mode"] == "shadow" and "shadow" in done.stdout
     assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
+    assert posted == []
     # Every process the demo started is gone.
     leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
     assert leftovers == ""
