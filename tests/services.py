@@ -211,9 +211,11 @@ class PrivatePostgres:
         try:
             self._pg("pg_ctl", "-D", str(self.folder / "data"), "-l", str(log), "-w",
                      "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start")  # fmt: skip
-        except subprocess.CalledProcessError:
+        except subprocess.CalledProcessError as exc:  # pg_ctl's own words too: once it failed leaving no log line
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
-            raise ServiceError(f"private PostgreSQL on port {self.port} did not start:\n{tail}") from None
+            said = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+            raise ServiceError(f"private PostgreSQL on port {self.port} did not start: pg_ctl exited "
+                               f"{exc.returncode}: {said.strip()}\n{tail}") from None  # fmt: skip
 
     def stop(self) -> None:
         self._pg("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")

@@ -137,9 +137,11 @@ def test_object_store_down_during_training_fails_clearly_and_registers_nothing(t
 
         boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
                      region_name="us-east-1").create_bucket(Bucket="faults")  # fmt: skip
-        server, uri = start_mlflow(tmp_path, backend, "s3://faults/artifacts", s3)
         try:
-            moto.stop()  # the object store goes away
+            server, uri = start_mlflow(tmp_path, backend, "s3://faults/artifacts", s3)
+        finally:
+            moto.stop()  # the object store goes away (and never outlives a server that failed to start)
+        try:
             env = dict(os.environ) | S3_KEYS | {"MLFLOW_TRACKING_URI": uri, "CHURN_REGISTRY_MAX_RETRIES": "0"}
             done = subprocess.run(
                 [sys.executable, "-m", "churn_platform.cli", "train", "--n-rows", "300", "--model-name", model_name],

@@ -76,9 +76,13 @@ def test_a_rollout_on_the_real_stack(stack_env, model_name, telco_csv, tmp_path)
         }  # fmt: skip
         api, a = start_api(env | {"CHURN_INFERENCE_LOG_SPOOL_DIR": str(tmp_path / "spool-a")}, tmp_path)
         # The second replica is never told: it follows the registry by polling.
-        other, b = start_api(
-            env | {"CHURN_INFERENCE_LOG_SPOOL_DIR": str(tmp_path / "spool-b"), "CHURN_RELOAD_POLL_S": "1"}, tmp_path
-        )
+        try:
+            other, b = start_api(
+                env | {"CHURN_INFERENCE_LOG_SPOOL_DIR": str(tmp_path / "spool-b"), "CHURN_RELOAD_POLL_S": "1"}, tmp_path
+            )
+        except BaseException:
+            api.stop()  # never outlives the test when its second replica fails to start
+            raise
         engine = sa.create_engine(log_url)
         try:
             wait_ready(a)

@@ -105,24 +105,27 @@ def test_prometheus_scrapes_evaluates_every_expression_and_alertmanager_delivers
 
     gateway_port, alertmanager_port, prometheus_port = free_port(), free_port(), free_port()
     gateway = [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{gateway_port}"]
-    gateway_process = start_process("pushgateway", gateway, tmp_path)
     webhook = Webhook()
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({
         "route": {"receiver": "test", "group_by": ["alertname"], "group_wait": "1s", "group_interval": "1s",
                   "repeat_interval": "1h"},
         "receivers": [{"name": "test", "webhook_configs": [{"url": webhook.url, "send_resolved": False}]}],
     }))  # fmt: skip
-    alertmanager_process = start_process("alertmanager", [
-        binary("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
-        f"--storage.path={tmp_path / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-        "--cluster.listen-address=",
-    ], tmp_path)  # fmt: skip
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, CHURN_MODEL_NAME="churn",
                CHURN_INFERENCE_LOG_URL=f"sqlite:///{tmp_path / 'log.db'}",
                CHURN_INFERENCE_LOG_SPOOL_DIR=str(tmp_path / "spool"))  # fmt: skip
-    api, base = start_api(env, tmp_path)
-    processes = [gateway_process, alertmanager_process, api]
+    processes = []  # each stopped at the end, also when a later one fails to start
     try:
+        gateway_process = start_process("pushgateway", gateway, tmp_path)
+        processes.append(gateway_process)
+        alertmanager_process = start_process("alertmanager", [
+            binary("prometheus-alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
+            f"--storage.path={tmp_path / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+            "--cluster.listen-address=",
+        ], tmp_path)  # fmt: skip
+        processes.append(alertmanager_process)
+        api, base = start_api(env, tmp_path)
+        processes.append(api)
         wait_http(gateway_process, f"http://127.0.0.1:{gateway_port}/-/ready", timeout=30)
         wait_http(alertmanager_process, f"http://127.0.0.1:{alertmanager_port}/-/ready", timeout=30)
         wait_ready(base)
