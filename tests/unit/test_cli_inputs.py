@@ -184,6 +184,8 @@ def test_an_unexpected_failure_exits_70_never_a_verdicts_code():
     def job(as_json: bool, how: str) -> None:
         if how == "usage":
             raise click.BadParameter("not that", param_hint="'--how'")
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
         raise KeyError("reference")
 
     crashed = CliRunner().invoke(job, [])
@@ -194,6 +196,9 @@ def test_an_unexpected_failure_exits_70_never_a_verdicts_code():
     assert json.loads(as_json.stdout)["exit_code"] == 70
     usage = CliRunner().invoke(job, ["--how", "usage"])  # click's own errors keep click's exit 2
     assert usage.exit_code == 2 and "Invalid value for '--how': not that" in usage.stderr
+    # Ctrl-C was click's "Aborted!", exit 1: `score`'s "some rows rejected (the rest written)".
+    stopped = CliRunner().invoke(job, ["--how", "ctrl-c"])
+    assert stopped.exit_code == 130 and stopped.stderr.strip() == "error: interrupted; nothing more was done"
 
 
 def test_rollout_figures_hold_only_this_rollouts_arms(tmp_path):
