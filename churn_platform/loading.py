@@ -39,6 +39,11 @@ class VerificationFailed(ChurnPlatformError):
     """The scorer disagrees with the registered sklearn model; the version must not serve."""
 
 
+class ModelUnloadable(ChurnPlatformError):
+    """The version's artifacts are missing or do not load here (a cleaned-up run, another
+    scikit-learn): the version's problem, not a bug of ours, and not a connection failure."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """One registered version, ready to score. Immutable: a reload builds a new one."""
@@ -173,18 +178,31 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
     found = registry.get_version(client, name, version)
     threshold = decision_threshold(found.tags.get(TAG_THRESHOLD), default_threshold, version)
     uri = f"models:/{name}/{version}"
-    with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        pipeline = mlflow.sklearn.load_model(local)
-        meta = Model.load(local)
-        example = meta.load_input_example(local)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+            pipeline = mlflow.sklearn.load_model(local)
+            meta = Model.load(local)
+            example = meta.load_input_example(local)
+    except Exception as exc:
+        if registry.is_connection_error(exc):
+            raise
+        raise ModelUnloadable(f"{name} v{version}: its model artifacts are missing or do not load here "
+                              f"({type(exc).__name__}: {exc})"[:600]) from exc  # fmt: skip
     try:
         reference = _reference(found.run_id)
-    except Exception:
-        if sample:
-            raise  # the rows that verify the scorer: a load without them must fail
-        log.warning("v%s: no reference data; serving without explanations", version, exc_info=True)
-        reference = None
+    except Exception as exc:
+        if not sample:
+            log.warning("v%s: no reference data; serving without explanations", version, exc_info=True)
+            reference = None
+        elif registry.is_connection_error(exc):
+            raise
+        else:  # the rows that verify the scorer: a load without them must fail
+            raise ModelUnloadable(
+                f"{name} v{version}: the reference rows that verify its scorer cannot be read from run "
+                f"{found.run_id} ({type(exc).__name__}: {exc})"[:500] + "; CHURN_VERIFY_SAMPLE_ROWS=0 loads it "
+                "unverified, without explanations"
+            ) from exc
     rows = _verification_rows(reference, example, sample)
     try:
         scorer: FastScorer | SklearnScorer = FastScorer(pipeline)

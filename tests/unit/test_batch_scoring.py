@@ -391,3 +391,28 @@ def test_progress_in_a_log_is_a_line_per_update(registry_uri, customers, tmp_pat
     progress = [line.strip("\r") for line in result.stderr.splitlines() if "scoring:" in line]
     assert progress and all(line.startswith("scoring: ") and line.count("scoring:") == 1 for line in progress)
     assert progress[-1].startswith("scoring: 50.0 rows in "), progress
+
+
+def test_a_version_whose_artifacts_are_gone_is_exit_2_naming_what_is_missing(embedded, customers, tmp_path):
+    """A run whose artifacts were cleaned up (or a version registered from a notebook): MLflow's
+    error reached the catch-all, exit 70 "a bug, please report it"."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from churn_platform.training import TrainConfig, train
+
+    result = train(TrainConfig(n_rows=600, model_name="gone"), Settings(tracking_uri=embedded))
+    customers.head(50).to_parquet(tmp_path / "in.parquet", index=False)
+    args = ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out.parquet"), "--model-name", "gone",
+            "--version", str(result.version)]  # fmt: skip
+    run_artifacts = Path(MlflowClient().get_run(result.run_id).info.artifact_uri.removeprefix("file://"))
+    shutil.rmtree(run_artifacts / "reference")
+    missing = run(embedded, *args)
+    assert missing.exit_code == 2, missing.output
+    assert f"gone v{result.version}: the reference rows that verify its scorer cannot be read" in missing.stderr
+    assert "CHURN_VERIFY_SAMPLE_ROWS=0" in missing.stderr and "a bug" not in missing.stderr
+    source = MlflowClient().get_model_version("gone", str(result.version)).source  # models:/m-<id>
+    shutil.rmtree(Path(mlflow.get_logged_model(source.rsplit("/", 1)[1]).artifact_location.removeprefix("file://")))
+    gone = run(embedded, *args)
+    assert gone.exit_code == 2 and "its model artifacts are missing or do not load here" in gone.stderr, gone.output
+    assert not (tmp_path / "out.parquet").exists()
