@@ -82,6 +82,9 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
         builder = builder.master(master)
     for key, value in {
         "spark.sql.session.timeZone": "UTC",
+        # Columns are taken by their exact names, as the local engine reads them: case-insensitive,
+        # Spark refused a file with `notes` and `Notes` beside the features (COLUMN_ALREADY_EXISTS).
+        "spark.sql.caseSensitive": "true",
         # scored_at as a standard Parquet timestamp (Spark's default INT96 is deprecated).
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         **(conf or {}),

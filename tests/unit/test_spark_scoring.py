@@ -293,3 +293,17 @@ def test_a_csv_that_starts_with_a_blank_line_is_read_by_both_engines(registry_ur
         result = run(registry_uri, *args, "--input", str(tmp_path / "blank.csv"), "--output", str(out))
         assert result.exit_code == 0, (engine, result.output)
         assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(customers.head(3)["customer_id"]), engine
+
+
+def test_columns_no_one_reads_that_differ_only_by_case_are_scored_by_both_engines(registry_uri, customers, tmp_path):
+    """`notes` and `Notes` beside the features: Spark, case-insensitive by default, refused the
+    file (COLUMN_ALREADY_EXISTS, exit 2) where the local engine scored it."""
+    frame = customers.head(5).assign(notes="a", Notes="b")
+    frame.to_csv(tmp_path / "cased.csv", index=False)
+    frame.to_parquet(tmp_path / "cased.parquet", index=False)
+    for name in ("cased.csv", "cased.parquet"):
+        for engine, args in (("local", []), ("spark", SPARK)):
+            out = tmp_path / f"{engine}-{name}.parquet"
+            result = run(registry_uri, *args, "--input", str(tmp_path / name), "--output", str(out))
+            assert result.exit_code == 0, (engine, name, result.output)
+            assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(frame["customer_id"]), (engine, name)
