@@ -633,6 +633,20 @@ def _check_file_name(flag: str, target: str) -> None:
         raise DataValidationError(f"{flag} {target} names a folder, not a file: add a file name ({where}...)")
 
 
+def _check_bucket(flag: str, target: str, endpoint_url: str | None) -> None:
+    """An s3:// target's bucket exists: a missing one was found at the upload, after the whole
+    input was scored. Keys that may write but not look (no HeadBucket) are left to the upload."""
+    if not target.startswith("s3://"):
+        return
+    bucket = target.removeprefix("s3://").partition("/")[0]
+    try:
+        missing = _s3(endpoint_url).get_file_info(bucket).type == pafs.FileType.NotFound
+    except OSError:
+        return
+    if missing:
+        raise DataValidationError(f"{flag} {target}: bucket {bucket!r} does not exist; nothing was scored")
+
+
 @dataclass(frozen=True)
 class Job:
     """What both engines settle before reading a row: formats, files, the verified model."""
@@ -660,6 +674,8 @@ def prepare(
     data.refuse_overwrite(source, output=output, rejects=rejects)
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url, own)
+    for flag, target in (("--output", output), ("--rejects", rejects)):
+        _check_bucket(flag, target, settings.s3_endpoint_url)
     model = load_model(settings, alias, version)
     if explain_top_k and model.explainer is None:
         reason = model.explanations.get("reason", "no explainer")

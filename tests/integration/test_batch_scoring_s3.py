@@ -89,6 +89,10 @@ def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["rows"] == 400
 
+    # An output bucket that does not exist: refused before the model loads, not after the scoring.
+    result = CliRunner().invoke(main, [*args[:-1], "--output", "s3://no-such-bucket/latest.parquet"])
+    assert result.exit_code == 2 and "bucket 'no-such-bucket' does not exist" in result.output, result.output
+
     # An object store that does not answer: exit 3, one line, nothing written.
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     get_settings.cache_clear()
