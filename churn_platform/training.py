@@ -293,7 +293,9 @@ def train(
         mlflow.log_params({k: v for k, v in params.items() if k not in given})
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({"training_rows": len(train_df), "validation_rows": len(valid_df)})
-        mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name, **(tags or {})})
+        # The threshold applied as a run tag too: under `mlflow run` its parameter reads '' (the default).
+        mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name, TAG_THRESHOLD: str(threshold),
+                         **(tags or {})})  # fmt: skip
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)

@@ -39,6 +39,9 @@ def test_mlflow_run_registers_a_version_with_everything_monitoring_needs(stack_e
     assert run.data.metrics["roc_auc"] >= 0.84
     assert {"pr_auc", "log_loss", "brier", "accuracy", "precision", "recall", "f1"} <= set(run.data.metrics)
     assert run.data.tags.get("mlflow.project.entryPoint") == "train"
+    # The launcher logs the default, empty threshold as '': the run's tag says which one applied.
+    assert run.data.params["decision_threshold"] == "''" and run.data.tags["decision_threshold"] == "0.5"
+    assert version.tags["training_data"] == telco_csv.as_uri()
     # The artifacts went to the S3-compatible store, through the server.
     keys = [o["Key"] for o in stack_env.s3().list_objects_v2(Bucket=stack_env.bucket)["Contents"]]
     assert any(k.endswith("reference/reference.parquet") for k in keys)
