@@ -298,7 +298,12 @@ def train(tracking_uri: str | None, model_name: str | None, as_json: bool, **par
         return echo_json(result.to_json())
     click.echo(f"registered {result.model_name} version {result.version} (run {result.run_id})")
     click.echo("  " + "  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
-    verdict = "passed -> Challenger" if result.gate.passed else "not passed"
+    if result.challenger:
+        verdict = "passed -> Challenger"
+    elif result.gate.passed:  # nothing to challenge: the first version is promoted by number
+        verdict = "passed, no Challenger (promote it by number)"
+    else:
+        verdict = "not passed"
     click.echo(f"  gate: {verdict}: {result.gate.reason}")
 
 

@@ -68,8 +68,13 @@ class TrainResult:
     metrics: dict[str, float]
     gate: GateVerdict
 
+    @property
+    def challenger(self) -> bool:
+        """Whether training set ``Challenger`` on the version: a pass against a Production."""
+        return self.gate.passed and self.gate.checked
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "gate": self.gate.model_dump(mode="json", by_alias=True)}
+        return {**asdict(self), "gate": self.gate.model_dump(mode="json", by_alias=True), "challenger": self.challenger}
 
 
 def signature() -> ModelSignature:
@@ -361,7 +366,8 @@ def train(
             client.set_model_version_tag(config.model_name, str(version), TAG_GATE_FIGURES, json.dumps(figures))
         # Checked too: with no Production there is nothing to challenge, and a Challenger set then
         # stayed on an unjudged version that `rollout start` served once a Production existed.
-        if verdict.passed and verdict.checked:
+        result = TrainResult(run_id, config.model_name, version, metrics, verdict)
+        if result.challenger:
             registry.set_challenger(client, config.model_name, version)
     log.info("registered %s v%s (%s %.4f)", config.model_name, version, GATE_METRIC, metrics[GATE_METRIC])
-    return TrainResult(run_id, config.model_name, version, metrics, verdict)
+    return result

@@ -83,6 +83,14 @@ def _cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def test_with_no_production_train_says_no_challenger_was_set(embedded, model_name):
+    """It printed "passed -> Challenger" for a version that got no alias."""
+    said = _cli("train", "--n-rows", "300", "--model-name", model_name)
+    assert "gate: passed, no Challenger (promote it by number): no Production version yet" in said.output
+    answer = json.loads(_cli("train", "--n-rows", "300", "--model-name", model_name, "--json").stdout)
+    assert (answer["challenger"], answer["gate"]["passed"], answer["gate"]["checked"]) == (False, True, False)
+
+
 def test_a_synthetic_model_never_replaces_one_trained_on_customers(embedded, model_name, telco_csv):
     """`train` without --data trains on synthetic customers and validates on them too: it beat a
     Production trained on the Telco data on those rows, took Challenger, and `promote` moved
