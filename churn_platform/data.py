@@ -634,7 +634,7 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
         if (side_counts := rows[LABEL_COLUMN].value_counts()).min() < MIN_ROWS_PER_CLASS:
             raise DataValidationError(
                 f"validation_size {validation_size} leaves {len(rows)} {side} rows ({side_counts.to_dict()} by "
-                f"{LABEL_COLUMN}): each side needs at least {MIN_ROWS_PER_CLASS} of each class; choose a share "
-                "nearer 0.25 or use more data"
+                f"{LABEL_COLUMN}): each side needs at least {MIN_ROWS_PER_CLASS} of each class; use more data"
+                + ("" if 0.2 <= validation_size <= 0.3 else ", or a share nearer 0.25")
             )
     return train.reset_index(drop=True), valid.reset_index(drop=True)

@@ -96,8 +96,9 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError(
             f"model_type {config.model_type!r} is not supported; choose one of {list(MODEL_TYPES)}"
         )
-    if not 50 <= config.n_rows <= 10_000_000:
-        raise DataValidationError(f"n_rows must be from 50 to 10,000,000 (synthetic customers), got {config.n_rows}")
+    # 200: fewer leaves the validation side short of 5 churners at the default split (data.split).
+    if not 200 <= config.n_rows <= 10_000_000:
+        raise DataValidationError(f"n_rows must be from 200 to 10,000,000 (synthetic customers), got {config.n_rows}")
     if not 0 <= config.seed < 2**32:
         raise DataValidationError(f"seed must be from 0 to 2**32 - 1 (numpy's range), got {config.seed}")
     if not 0 < config.validation_size < 1:

@@ -43,6 +43,8 @@ def _isolated(tmp_path, monkeypatch):
         (["history", "--tracking-uri", "file:///tmp/x"], "is a folder (MLflow's file store)"),
         (["status", "--tracking-uri", "sqlite:////no/such/dir/m.db"], "no folder /no/such/dir for the SQLite registry"),
         (["monitor", "--rows", "99999999999999"], "'--rows': 99999999999999 is not in the range"),
+        # Too few to leave 5 churners on the validation side: every such run is refused after generating.
+        (["train", "--n-rows", "100"], "n_rows must be from 200 to 10,000,000 (synthetic customers), got 100"),
         (["monitor", "--alert-webhook", "http://:::"], "'--alert-webhook': not a valid URL"),
         (["monitor", "--current", "x.csv", "--rows", "10"], "--rows choose inference-log rows; not with --current"),
         (["monitor", "--current", "x.csv", "--last-hours", "2"], "--last-hours choose inference-log rows; not with"),
