@@ -644,7 +644,7 @@ def _check_bucket(flag: str, target: str, endpoint_url: str | None) -> None:
     except OSError:
         return
     if missing:
-        raise DataValidationError(f"{flag} {target}: bucket {bucket!r} does not exist; nothing was scored")
+        raise DataSourceError(f"{flag} {target}: bucket {bucket!r} does not exist; nothing was scored")
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors (exit 2) and deliberate exits
         except KeyboardInterrupt:  # click's Abort is exit 1, which `score` says means "some rows rejected"
-            click.echo("error: interrupted; nothing more was done", err=True)
-            sys.exit(130)  # as a shell reports SIGINT
+            fail("interrupted; nothing more was done", 130)  # as a shell reports SIGINT
         except BrokenPipeError as exc:  # `history | head`: the reader has what it wanted; no traceback
             with contextlib.suppress(OSError, ValueError):  # the exit's flush of stdout would fail again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -410,7 +410,10 @@ def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: b
     env["CHURN_MONITOR_MIN_ROWS"] = str(min(traffic, Settings.model_fields["monitor_min_rows"].default))
     demo = Demo(folder=folder.resolve(), data=data, n_rows=n_rows, traffic=traffic, keep_running=keep_running, env=env)
 
+    received = [int(signal.SIGINT)]
+
     def interrupted(signum: int, frame: Any) -> None:
+        received[0] = signum
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupted)
@@ -418,7 +421,8 @@ def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: b
         summary = demo.play()
     except KeyboardInterrupt:
         demo.keep_running = False
-        raise DemoFailed("interrupted; stopped every process the demo started") from None
+        click.echo("error: interrupted; stopping every process the demo started", err=True)
+        raise SystemExit(128 + received[0]) from None  # 130 (Ctrl-C) or 143 (SIGTERM), as every command: not a verdict
     finally:
         signal.signal(signal.SIGTERM, previous)
         if demo.keep_running and demo.summary:

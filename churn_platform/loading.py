@@ -187,7 +187,7 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
     except Exception as exc:
         if registry.is_connection_error(exc):
             raise
-        raise ModelUnloadable(f"{name} v{version}: its model artifacts are missing or do not load here "
+        raise ModelUnloadable(f"{name} v{version}: its model artifacts cannot be read or do not load here "
                               f"({type(exc).__name__}: {exc})"[:600]) from exc  # fmt: skip
     try:
         reference = _reference(found.run_id)

@@ -86,6 +86,9 @@ DATA = "$(CHURN_DATA_URI)"
 #: Where the weekly batch scores go, in the folder the train job reads its data from.
 SCORES = f"{DATA}/scores/latest.parquet"
 
+#: Secrets only jobs read (each job's Scheduled flags check it has them): not the API's.
+JOB_SECRETS = {"CHURN_MONITOR_ALERT_WEBHOOK"}
+
 #: The scheduled jobs every overlay ships.
 CRONJOBS = {
     # A rolling day, hourly: all history would dilute a recent shift and grow without bound.
@@ -534,14 +537,12 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
     for name in CRONJOBS:
         problems += check_cronjob(objs, overlay, name)
     problems += check_buckets(objs) + check_network_paths(objs) + check_one_off_jobs(objs) + check_datastores(objs)
-    # Every variable the settings read is set, by the ConfigMap or a Secret reference (a job's
-    # secret, such as the alert webhook, on that job only); a secret is never in the ConfigMap.
-    provided = set(data) | {
-        e["name"] for o in objs if o["kind"] in WORKLOADS for c in pod_spec(o)["containers"] for e in c.get("env", [])
-    }
-    missing = sorted(set(environment_variables()) - provided)
+    # Every variable the settings read is set for the API, by the ConfigMap or a Secret reference,
+    # but the jobs' own secrets (checked on each job); a secret is never in the ConfigMap.
+    provided = set(data) | {e["name"] for e in container.get("env", [])}
+    missing = sorted(set(environment_variables()) - provided - JOB_SECRETS)
     if missing:
-        problems.append(f"variables the code reads are not set: {missing}")
+        problems.append(f"churn-api: variables the code reads are not set: {missing}")
     exposed = sorted(name for name, (_, _, secret) in environment_variables().items() if secret and name in data)
     if exposed:
         problems.append(f"ConfigMap churn-config: holds secrets {exposed}: they belong in churn-secrets")

@@ -98,3 +98,26 @@ def test_a_demo_folder_is_wiped_for_the_next_run_and_data_inside_it_is_refused(t
     with pytest.raises(DataSourceError, match="holds files the demo did not make"):
         _fresh_folder(own, "synthetic")
     assert sorted(p.name for p in own.iterdir()) == ["artifacts", "mlflow.db", "train.py"]
+
+
+def test_a_demo_stopped_midway_exits_143_and_leaves_nothing_running(tmp_path):
+    """SIGTERM (or Ctrl-C) was DemoFailed, exit 1: the code every other command gives a verdict."""
+    import signal
+
+    folder = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "churn_platform.cli", "demo", "--n-rows", "1500", "--folder", str(folder)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:  # until MLflow is up: a process to stop
+            if "done in" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "interrupted; stopping every process the demo started" in err and "Traceback" not in err
+    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
+    assert leftovers == ""

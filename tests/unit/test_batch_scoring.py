@@ -414,5 +414,5 @@ def test_a_version_whose_artifacts_are_gone_is_exit_2_naming_what_is_missing(emb
     source = MlflowClient().get_model_version("gone", str(result.version)).source  # models:/m-<id>
     shutil.rmtree(Path(mlflow.get_logged_model(source.rsplit("/", 1)[1]).artifact_location.removeprefix("file://")))
     gone = run(embedded, *args)
-    assert gone.exit_code == 2 and "its model artifacts are missing or do not load here" in gone.stderr, gone.output
+    assert gone.exit_code == 2 and "its model artifacts cannot be read or do not load here" in gone.stderr, gone.output
     assert not (tmp_path / "out.parquet").exists()

@@ -201,6 +201,7 @@ def test_an_unexpected_failure_exits_70_never_a_verdicts_code():
     # Ctrl-C was click's "Aborted!", exit 1: `score`'s "some rows rejected (the rest written)".
     stopped = CliRunner().invoke(job, ["--how", "ctrl-c"])
     assert stopped.exit_code == 130 and stopped.stderr.strip() == "error: interrupted; nothing more was done"
+    assert json.loads(CliRunner().invoke(job, ["--how", "ctrl-c", "--json"]).stdout)["exit_code"] == 130
 
 
 def test_rollout_figures_hold_only_this_rollouts_arms(tmp_path):
