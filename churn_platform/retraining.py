@@ -166,8 +166,14 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
     held = in_gate_slice(checked[ID_COLUMN], gate_share)
     gate, train = checked[held], checked[~held]
     for part, label in ((gate, "held-out gate slice"), (train, "training part")):
-        if part[LABEL_COLUMN].nunique() < 2:
-            raise NotRetrained(f"the {label} of the recent rows has one class only: ingest more outcomes")
+        counts = part[LABEL_COLUMN].value_counts()
+        # As data.split asks of a split: --gate-share 0.99 trained on 49 rows, 0.003 gated on 14.
+        if len(counts) < 2 or counts.min() < data.MIN_ROWS_PER_CLASS:
+            raise NotRetrained(
+                f"the {label} of the recent rows has {counts.to_dict()} rows by {LABEL_COLUMN} (--gate-share "
+                f"{gate_share}): each side needs at least {data.MIN_ROWS_PER_CLASS} of each class; ingest more "
+                "outcomes, widen --since, or choose a share nearer 0.25"
+            )
     base_rows = 0
     if base is not None:
         if ID_COLUMN not in base:
@@ -241,7 +247,8 @@ def retrain(
     with registry.translate_errors(settings):
         production = promotion.current_production(client, name)
         if production is None:
-            raise NotRetrained(f"no version of {name!r} holds Production: train one with `churn-platform train`")
+            raise NotRetrained(f"no version of {name!r} holds Production: promote one with "
+                               "`churn-platform promote --version N`")  # fmt: skip
         decision = decide(client, settings, production, trigger, of, at_least)
         if not decision.retrain:
             raise NotRetrained(f"not retrained: {decision.reason}")
@@ -270,7 +277,7 @@ def retrain(
     return RetrainResult(
         decision=decision, production_version=production, version=result.version, run_id=result.run_id,
         recent_rows=parts.recent_rows, base_rows=parts.base_rows, gate_rows=len(parts.gate),
-        gate=result.gate.model_dump(mode="json", by_alias=True), challenger=result.gate.passed, rollout=started,
+        gate=result.gate.model_dump(mode="json", by_alias=True), challenger=result.challenger, rollout=started,
     )  # fmt: skip
 
 

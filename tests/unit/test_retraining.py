@@ -160,6 +160,17 @@ def test_one_class_in_the_window_cannot_train():
         retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
 
 
+@pytest.mark.parametrize(("share", "side"), [(0.995, "training part"), (0.004, "held-out gate slice")])
+def test_a_gate_share_that_leaves_a_side_a_handful_of_rows_is_refused(share, side):
+    """--gate-share 0.99 trained on 49 rows and 0.003 gated on 14: both registered, exit 0."""
+    recent = data.generate(1000, seed=1).rename(columns={"churn": "churned"})
+    recent["observed_at"] = datetime.now(UTC)
+    with pytest.raises(retraining.NotRetrained, match=f"the {side} of the recent rows has .* each side needs at "
+                                                      "least 5 of each class"):  # fmt: skip
+        retraining.training_set(recent, None, min_rows=500, gate_share=share)
+    assert len(retraining.training_set(recent, None, min_rows=500, gate_share=0.25).gate) > 200
+
+
 def test_the_gate_slice_is_customer_wise_and_stable():
     ids = pd.Series([f"c{i}" for i in range(10_000)])
     held = retraining.in_gate_slice(ids, 0.25)
