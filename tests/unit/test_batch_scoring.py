@@ -296,6 +296,13 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert run(uri, "--input", str(source), "--output", str(bare)).exit_code == 0
     code, error = monitor(bare)  # under --json, the error is a JSON document too
     assert code == 2 and "score --with-features" in error["error"] and error["exit_code"] == 2
+    # One critical column drifted, below the share limit: the text output (a CronJob's log) says why.
+    shifted = tmp_path / "shifted.parquet"
+    customers.head(1000).assign(tenure=customers.head(1000)["tenure"] + 4).to_parquet(shifted, index=False)
+    said = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--current", str(shifted),
+                                     "--output-dir", str(tmp_path / "report")])  # fmt: skip
+    assert said.exit_code == 1 and "drifted columns: ['tenure'] (share 0.05" in said.output, said.output
+    assert "critical columns drifted: ['tenure'] (any one is drift)" in said.output
 
 
 def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_versions_scores(
