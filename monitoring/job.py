@@ -173,7 +173,13 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
             raise NothingToCompare(
                 f"no reference data in run {found.run_id} of {name} v{version} ({REFERENCE_ARTIFACT}): {exc}"[:400]
             ) from exc
-        return pd.read_parquet(path), found.run_id
+        frame = pd.read_parquet(path)
+    # A version trained under an older schema (or an odd reference file) lacks a feature: the
+    # comparison failed with a KeyError, exit 70 "a bug".
+    if missing := [c for c in FEATURE_NAMES if c not in frame.columns]:
+        raise NothingToCompare(f"the reference data of {name} v{version} (run {found.run_id}) lacks the features "
+                               f"{missing}: it was trained on another schema; monitor a version trained on this one")
+    return frame, found.run_id
 
 
 def _store_unreachable(client: mlflow.MlflowClient, run_id: str) -> str | None:

@@ -413,6 +413,13 @@ def test_a_version_whose_artifacts_are_gone_is_exit_2_naming_what_is_missing(emb
     args = ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out.parquet"), "--model-name", "gone",
             "--version", str(result.version)]  # fmt: skip
     run_artifacts = Path(MlflowClient().get_run(result.run_id).info.artifact_uri.removeprefix("file://"))
+    # A reference from another schema (no `gender`): the monitor's KeyError was exit 70 too.
+    reference = run_artifacts / "reference" / "reference.parquet"
+    pd.read_parquet(reference).drop(columns=["gender"]).to_parquet(reference, index=False)
+    monitored = CliRunner().invoke(main, ["monitor", "--tracking-uri", embedded, "--model-name", "gone", "--version",
+                                          str(result.version), "--current", str(tmp_path / "in.parquet")])  # fmt: skip
+    assert monitored.exit_code == 2, monitored.output
+    assert "lacks the features ['gender']: it was trained on another schema" in monitored.output
     shutil.rmtree(run_artifacts / "reference")
     missing = run(embedded, *args)
     assert missing.exit_code == 2, missing.output
