@@ -733,6 +733,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
                f"Production stays v{result.production_version}")  # fmt: skip
     if result.rollout:
         click.echo(f"  rollout started: {result.rollout['mode']} (churn-platform rollout status)")
+    elif result.rollout_not_started:
+        click.echo(f"  rollout: {result.rollout_not_started}")
 
 
 @main.command(epilog=EXIT_CODES_HELP)

@@ -214,6 +214,8 @@ class RetrainResult(BaseModel):
     gate: dict[str, Any] | None = None
     challenger: bool = False
     rollout: dict[str, Any] | None = None
+    #: Why ``--rollout`` started none: a rollout of another version was running.
+    rollout_not_started: str | None = None
 
 
 def retrain(
@@ -269,8 +271,14 @@ def retrain(
                 TAG_GATE_ROWS: str(len(parts.gate))}  # fmt: skip
         source = {"inference_log": redacted(log_url), "window": window, **({"base": base} if base else {})}
         result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags, built_from=source)
-        started = None
-        if result.gate.passed and rollout_mode:
+        started, kept = None, None
+        running = rollout_mod.current(client, name, production) if result.challenger and rollout_mode else None
+        if running is not None and running.mode != "off":
+            # Someone's canary of another version ended without a word: it is theirs to stop.
+            kept = (f"a {running.mode} of v{running.challenger_version} is running (started by {running.started_by}"
+                    f"{': ' + running.reason if running.reason else ''}), so none was started; "
+                    f"`churn-platform rollout start --mode {rollout_mode} --version {result.version}` replaces it")
+        elif running is not None:
             state = rollout_mod.start(client, name, mode=rollout_mode, percent=percent, version=result.version,
                                       reason=f"retrained ({trigger})", actor=promotion.default_actor())  # fmt: skip
             started = state.model_dump(mode="json")
@@ -278,6 +286,7 @@ def retrain(
         decision=decision, production_version=production, version=result.version, run_id=result.run_id,
         recent_rows=parts.recent_rows, base_rows=parts.base_rows, gate_rows=len(parts.gate),
         gate=result.gate.model_dump(mode="json", by_alias=True), challenger=result.challenger, rollout=started,
+        rollout_not_started=kept,
     )  # fmt: skip
 
 

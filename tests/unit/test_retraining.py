@@ -118,6 +118,12 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert float(tags["roc_auc"]) < float(client.get_model_version(name, "1").tags["roc_auc"]) - 0.005
     code, promoted = cli_json("promote", "--version", "2")
     assert code == 0 and promoted["gate"]["compared_on"].endswith("(both scored when v2 was trained)"), promoted
+    # A canary someone is running is theirs to stop: `retrain --rollout` ended it without a word.
+    assert cli("rollout", "start", "--mode", "canary", "--percent", "20", "--version", "1", "--reason", "eval")[0] == 0
+    code, again = cli_json("retrain", "--rollout", "shadow")
+    assert code == 0 and again["challenger"] and again["rollout"] is None, again
+    assert again["rollout_not_started"].startswith("a canary of v1 is running (started by "), again
+    assert cli_json("rollout", "status")[1]["challenger_version"] == 1
 
 
 def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
