@@ -299,7 +299,7 @@ def train(tracking_uri: str | None, model_name: str | None, as_json: bool, **par
     click.echo("  " + "  ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
     if result.challenger:
         verdict = "passed -> Challenger"
-    elif result.gate.passed:  # nothing to challenge: the first version is promoted by number
+    elif result.gate.passed:  # not checked: with no Production there is nothing to challenge
         verdict = "passed, no Challenger (promote it by number)"
     else:
         verdict = "not passed"

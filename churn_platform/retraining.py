@@ -165,15 +165,18 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
         raise NotRetrained(f"every labelled row in the window has churn={classes.index[0]}: one class cannot train")
     held = in_gate_slice(checked[ID_COLUMN], gate_share)
     gate, train = checked[held], checked[~held]
-    for part, label in ((gate, "held-out gate slice"), (train, "training part")):
+
+    def enough(part: pd.DataFrame, label: str) -> None:
+        """As data.split asks of a split: --gate-share 0.99 trained on 49 rows, 0.003 gated on 14."""
         counts = part[LABEL_COLUMN].value_counts()
-        # As data.split asks of a split: --gate-share 0.99 trained on 49 rows, 0.003 gated on 14.
         if len(counts) < 2 or counts.min() < data.MIN_ROWS_PER_CLASS:
-            raise NotRetrained(
-                f"the {label} of the recent rows has {counts.to_dict()} rows by {LABEL_COLUMN} (--gate-share "
-                f"{gate_share}): each side needs at least {data.MIN_ROWS_PER_CLASS} of each class; ingest more "
-                "outcomes, widen --since, or choose a share nearer 0.25"
-            )
+            advice = "ingest more outcomes, widen --since" + ("" if base is not None else ", add --base FILE")
+            advice += "" if 0.2 <= gate_share <= 0.3 else ", or choose a --gate-share nearer 0.25"
+            raise NotRetrained(f"the {label} has {counts.to_dict()} rows by {LABEL_COLUMN} (--gate-share "
+                               f"{gate_share}): each side needs at least {data.MIN_ROWS_PER_CLASS} of each class; "
+                               f"{advice}")  # fmt: skip
+
+    enough(gate, "held-out gate slice of the recent rows")
     base_rows = 0
     if base is not None:
         if ID_COLUMN not in base:
@@ -182,6 +185,7 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
         base = base[~base[ID_COLUMN].astype(str).isin(set(gate[ID_COLUMN].astype(str)))]
         base_rows = len(base)
         train = pd.concat([train, base], ignore_index=True)
+    enough(train, "training part" + (" (recent rows and --base)" if base_rows else " of the recent rows"))
     return TrainingSet(train=train.reset_index(drop=True), gate=gate.reset_index(drop=True),
                        recent_rows=len(checked), base_rows=base_rows)  # fmt: skip
 
@@ -275,9 +279,11 @@ def retrain(
         running = rollout_mod.current(client, name, production) if result.challenger and rollout_mode else None
         if running is not None and running.mode != "off":
             # Someone's canary of another version ended without a word: it is theirs to stop.
-            kept = (f"a {running.mode} of v{running.challenger_version} is running (started by {running.started_by}"
-                    f"{': ' + running.reason if running.reason else ''}), so none was started; "
-                    f"`churn-platform rollout start --mode {rollout_mode} --version {result.version}` replaces it")
+            by = f" (started by {running.started_by}{': ' + running.reason if running.reason else ''})"
+            share = f" --percent {percent}" if rollout_mode == "canary" else ""
+            kept = (f"a {running.mode} of v{running.challenger_version} is running{by if running.started_by else ''}, "
+                    f"so none was started; `churn-platform rollout start --mode {rollout_mode}{share} --version "
+                    f"{result.version}` replaces it")  # fmt: skip
         elif running is not None:
             state = rollout_mod.start(client, name, mode=rollout_mode, percent=percent, version=result.version,
                                       reason=f"retrained ({trigger})", actor=promotion.default_actor())  # fmt: skip

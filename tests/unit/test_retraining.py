@@ -120,9 +120,11 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert code == 0 and promoted["gate"]["compared_on"].endswith("(both scored when v2 was trained)"), promoted
     # A canary someone is running is theirs to stop: `retrain --rollout` ended it without a word.
     assert cli("rollout", "start", "--mode", "canary", "--percent", "20", "--version", "1", "--reason", "eval")[0] == 0
-    code, again = cli_json("retrain", "--rollout", "shadow")
+    code, again = cli_json("retrain", "--rollout", "canary", "--percent", "30")
     assert code == 0 and again["challenger"] and again["rollout"] is None, again
     assert again["rollout_not_started"].startswith("a canary of v1 is running (started by "), again
+    hint = f"rollout start --mode canary --percent 30 --version {again['version']}` replaces it"
+    assert again["rollout_not_started"].endswith(hint), again
     assert cli_json("rollout", "status")[1]["challenger_version"] == 1
 
 
@@ -172,9 +174,13 @@ def test_a_gate_share_that_leaves_a_side_a_handful_of_rows_is_refused(share, sid
     recent = data.generate(1000, seed=1).rename(columns={"churn": "churned"})
     recent["observed_at"] = datetime.now(UTC)
     with pytest.raises(retraining.NotRetrained, match=f"the {side} of the recent rows has .* each side needs at "
-                                                      "least 5 of each class"):  # fmt: skip
+                                                      "least 5 of each class; .*nearer 0.25"):  # fmt: skip
         retraining.training_set(recent, None, min_rows=500, gate_share=share)
     assert len(retraining.training_set(recent, None, min_rows=500, gate_share=0.25).gate) > 200
+    if side == "training part":  # a --base file fills the training part: the model learns from both
+        base = data.generate(2000, seed=2).assign(customer_id=lambda f: "base-" + f["customer_id"])
+        parts = retraining.training_set(recent, base, min_rows=500, gate_share=share)
+        assert parts.base_rows == 2000 and len(parts.train) > 2000
 
 
 def test_the_gate_slice_is_customer_wise_and_stable():
