@@ -8,6 +8,7 @@ command. Processes started here are stopped on exit and on Ctrl-C, unless
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +60,7 @@ class Demo:
 
     # ------------------------------------------------------------------ plumbing
 
-    @contextmanager
+    @contextlib.contextmanager
     def step(self, title: str) -> Iterator[None]:
         self.step_no += 1
         click.secho(f"\n[{self.step_no}/{self.total_steps}] {title}", bold=True)
@@ -76,7 +76,18 @@ class Demo:
     def run(
         self, *cmd: str, timeout: float = 300, verdicts: tuple[int, ...] = (ExitCode.OK,)
     ) -> subprocess.CompletedProcess:
-        done = subprocess.run(cmd, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        # A session of its own, stopped whole: `mlflow run` trains in a grandchild (bash -c python
+        # ...), which outlived a demo stopped by SIGTERM when only the direct child was killed.
+        proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)  # fmt: skip
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:  # an interrupt, or the timeout
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        done = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
         if done.returncode not in verdicts:
             tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
             raise DemoFailed(f"`{' '.join(cmd[:4])} ...` exited {done.returncode}:\n      " + "\n      ".join(tail))

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -110,9 +111,14 @@ def test_a_demo_stopped_midway_exits_143_and_leaves_nothing_running(tmp_path):
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     try:
-        for line in proc.stdout:  # until MLflow is up: a process to stop
-            if "done in" in line:
+        for line in proc.stdout:  # until MLflow is up: its address is in every process the demo starts
+            if "MLflow UI: " in line:
+                address = f"MLFLOW_TRACKING_URI={line.split('MLflow UI: ')[1].split()[0]}".encode()
                 break
+        deadline = time.monotonic() + 120
+        while not _with(address, b"pipelines.train") and time.monotonic() < deadline:
+            time.sleep(0.5)  # the training `mlflow run` starts in a grandchild (bash -c python ...)
+        assert _with(address, b"pipelines.train"), "the demo's training never started"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -120,4 +126,18 @@ def test_a_demo_stopped_midway_exits_143_and_leaves_nothing_running(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted; stopping every process the demo started" in err and "Traceback" not in err
     leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
-    assert leftovers == ""
+    assert leftovers == "" and _with(address) == [], _with(address)
+
+
+def _with(environ: bytes, in_command: bytes = b"") -> list[int]:
+    """The processes whose environment holds ``environ`` (and whose command line ``in_command``)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            command = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if environ in env and in_command in command:
+            found.append(int(pid))
+    return found
