@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from churn_platform import job_metrics
-from churn_platform.contract import EXIT_CODES_HELP, MODEL_TYPES, ExitCode
+from churn_platform.contract import CLOCK_AHEAD, EXIT_CODES_HELP, MODEL_TYPES, ExitCode
 from churn_platform.errors import ChurnPlatformError, NotFoundError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
@@ -471,7 +471,7 @@ class _SnapshotTime(click.DateTime):
         except click.BadParameter:
             self.fail(f"{value!r} is not 'now' nor a UTC time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS", param, ctx)
         converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
-        if converted > datetime.now(UTC) + timedelta(minutes=5):
+        if converted > datetime.now(UTC) + CLOCK_AHEAD:
             self.fail(f"{value!r} is in the future; a snapshot is of what is known now or before", param, ctx)
         return converted
 

@@ -8,7 +8,12 @@ just for a constant.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import IntEnum
+
+#: How far ahead of ours a sender's clock may run: an outcome's time, a snapshot time (a row's or
+#: ``--as-of``) up to this far in the future is taken, and ``features materialize`` reaches as far.
+CLOCK_AHEAD = timedelta(minutes=5)
 
 # ---------------------------------------------------------------- registry aliases
 

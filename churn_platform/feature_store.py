@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data
+from churn_platform.contract import CLOCK_AHEAD
 from churn_platform.errors import DataValidationError, NotFoundError, SettingsError, StorageUnreachable
 from churn_platform.schema import (
     FEATURE_NAMES,
@@ -64,9 +65,6 @@ OFFLINE_TABLE = "customer_snapshots"
 FEATURE_REFS = tuple(f"{FEATURE_VIEW}:{name}" for name in FEATURE_NAMES)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: How far ahead of ours a source's clock may run: ingest takes snapshots up to this far in the
-#: future, and materialize reaches as far, or they would fall in no run's window.
-CLOCK_AHEAD = timedelta(minutes=5)
 
 
 #: What ``import feast`` sets in the environment (feast/metrics.py).

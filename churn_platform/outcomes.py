@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from churn_platform import data
 from churn_platform.contract import (
     CHURNED,
+    CLOCK_AHEAD,
     INFERENCE_LOG_TABLE,
     INGESTED_AT,
     MODEL_NAME,
@@ -153,7 +154,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         reject(observed <= _EARLIEST, shown + f" is not after {_EARLIEST:%Y-%m-%d}: a placeholder for an unknown time? "
                "Leave it blank to date the row now")  # fmt: skip
         observed = observed.where(~blank, pd.Timestamp(now))
-    reject(observed > pd.Timestamp(now) + timedelta(minutes=5),
+    reject(observed > pd.Timestamp(now) + CLOCK_AHEAD,
            f"{OBSERVED_AT}: in the future (now is {now.isoformat(timespec='seconds')})")  # fmt: skip
     # Two different labels for one customer at one time: which is true is the sender's to say,
     # so neither is stored (the same label twice is one outcome).
