@@ -39,7 +39,7 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import adhoc, record_run, report_folder, send_alert
+from monitoring.runs import adhoc, alert_webhook, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -422,8 +422,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-    # An investigation alerts only where it was told to: the team's webhook hears of Production.
-    webhook = options.alert_webhook or (None if options.adhoc else settings.monitor_alert_webhook)
+    webhook = alert_webhook(options.alert_webhook, options.adhoc, settings.monitor_alert_webhook)
     if summary.exit_code != ExitCode.OK and webhook:
         send_alert(webhook, summary.to_json())
     return summary

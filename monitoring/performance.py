@@ -45,7 +45,7 @@ from churn_platform.errors import DataValidationError, NotFoundError, StorageUnr
 from churn_platform.inference_log import make_engine, read_problem
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import adhoc, record_run, report_folder, send_alert
+from monitoring.runs import adhoc, alert_webhook, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-    # An investigation alerts only where it was told to: the team's webhook hears of Production.
-    webhook = options.alert_webhook or (None if options.adhoc else settings.monitor_alert_webhook)
+    webhook = alert_webhook(options.alert_webhook, options.adhoc, settings.monitor_alert_webhook)
     if summary.degraded and webhook:
         send_alert(webhook, summary.to_json())
     return summary

@@ -27,6 +27,12 @@ def adhoc(alias: str, version: int | None, until: datetime | None, **others: obj
     return ", ".join(g for g in given if g) or None
 
 
+def alert_webhook(given: str | None, adhoc: str | None, team: str | None) -> str | None:
+    """Where a failing verdict is POSTed: the run's own ``--alert-webhook``, else the team's
+    (``CHURN_MONITOR_ALERT_WEBHOOK``), which hears of Production only, never of an investigation."""
+    return given or (None if adhoc else team)
+
+
 def writable_folder(folder: Path) -> str | None:
     """Why ``folder`` cannot take a report (None: it can, or can be made): asked before the
     work, so a mistyped ``--output-dir`` is not found out only after it."""
