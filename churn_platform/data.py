@@ -581,6 +581,13 @@ def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
 MIN_ROWS_PER_CLASS = 5
 
 
+def short_of_a_class(labels: pd.Series) -> dict[Any, int] | None:
+    """The rows by class when ``labels`` cannot train or judge a model (one class, or fewer than
+    ``MIN_ROWS_PER_CLASS`` of one); None when they can. Training's split and retraining's both ask."""
+    counts = labels.value_counts()
+    return counts.to_dict() if len(counts) < 2 or counts.min() < MIN_ROWS_PER_CLASS else None
+
+
 def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified, seeded train/validation split on the churn label; by customer when a
     customer has several rows, so that none is on both sides."""
@@ -631,9 +638,9 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
                 f"({counts.to_dict()} in {len(frame)} rows); choose a share nearer 0.25 or use more data"
             )
         # Two rows to train on (or judge on) passed and registered a version with a roc_auc of 0.36.
-        if (side_counts := rows[LABEL_COLUMN].value_counts()).min() < MIN_ROWS_PER_CLASS:
+        if side_counts := short_of_a_class(rows[LABEL_COLUMN]):
             raise DataValidationError(
-                f"validation_size {validation_size} leaves {len(rows)} {side} rows ({side_counts.to_dict()} by "
+                f"validation_size {validation_size} leaves {len(rows)} {side} rows ({side_counts} by "
                 f"{LABEL_COLUMN}): each side needs at least {MIN_ROWS_PER_CLASS} of each class; use more data"
                 + ("" if 0.2 <= validation_size <= 0.3 else ", or a share nearer 0.25")
             )

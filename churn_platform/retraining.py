@@ -168,11 +168,10 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
 
     def enough(part: pd.DataFrame, label: str) -> None:
         """As data.split asks of a split: --gate-share 0.99 trained on 49 rows, 0.003 gated on 14."""
-        counts = part[LABEL_COLUMN].value_counts()
-        if len(counts) < 2 or counts.min() < data.MIN_ROWS_PER_CLASS:
+        if counts := data.short_of_a_class(part[LABEL_COLUMN]):
             advice = "ingest more outcomes, widen --since" + ("" if base is not None else ", add --base FILE")
             advice += "" if 0.2 <= gate_share <= 0.3 else ", or choose a --gate-share nearer 0.25"
-            raise NotRetrained(f"the {label} has {counts.to_dict()} rows by {LABEL_COLUMN} (--gate-share "
+            raise NotRetrained(f"the {label} has {counts} rows by {LABEL_COLUMN} (--gate-share "
                                f"{gate_share}): each side needs at least {data.MIN_ROWS_PER_CLASS} of each class; "
                                f"{advice}")  # fmt: skip
 

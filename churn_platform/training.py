@@ -217,14 +217,15 @@ def gate(
     candidate_auc: float,
     tolerance: float,
     on: str = "this run's validation rows",
-    candidate_tags: dict[str, str] | None = None,
+    *,
+    candidate_tags: dict[str, str],
 ) -> GateVerdict:
     """The gate on this run's validation rows: Production is scored on the very rows the
     candidate was validated on, so the two figures are directly comparable."""
     production = registry.production_version(client, model_name)
     if production is None:
         return gate_mod.compare(candidate_auc, None, production_version=None, tolerance=tolerance, compared_on=on)
-    refused = gate_mod.synthetic_over_real(candidate_tags or {}, production.tags, int(production.version),
+    refused = gate_mod.synthetic_over_real(candidate_tags, production.tags, int(production.version),
                                            tolerance=tolerance, compared_on=on)  # fmt: skip
     if refused:
         return refused
