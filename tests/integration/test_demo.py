@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,8 +51,7 @@ def test_demo_runs_end_to_end(tmp_path, webhook):
     assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
     assert posted == []
     # Every process the demo started is gone.
-    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
-    assert leftovers == ""
+    assert _naming(folder) == ""
 
 
 def test_demo_fails_clearly_on_a_missing_data_file(tmp_path):
@@ -125,8 +125,12 @@ def test_a_demo_stopped_midway_exits_143_and_leaves_nothing_running(tmp_path):
         proc.kill()
     assert proc.returncode == 143, err[-2000:]
     assert "interrupted; stopping every process the demo started" in err and "Traceback" not in err
-    leftovers = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
-    assert leftovers == "" and _with(address) == [], _with(address)
+    assert _naming(folder) == "" and _with(address) == [], _with(address)
+
+
+def _naming(folder: Path) -> str:
+    """The processes whose command line names ``folder`` (the demo's servers do)."""
+    return subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.strip()
 
 
 def _with(environ: bytes, in_command: bytes = b"") -> list[int]:
