@@ -86,7 +86,7 @@ DATA = "$(CHURN_DATA_URI)"
 #: Where the weekly batch scores go, in the folder the train job reads its data from.
 SCORES = f"{DATA}/scores/latest.parquet"
 
-#: Secrets only jobs read (each job's Scheduled flags check it has them): not the API's.
+#: Secrets only the alerting jobs read (``Scheduled.alerts``), checked on each: not the API's.
 JOB_SECRETS = {"CHURN_MONITOR_ALERT_WEBHOOK"}
 
 #: The scheduled jobs every overlay ships.
@@ -413,7 +413,7 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     if want.feature_store:
         needed.add("CHURN_FEATURE_STORE_URL")
     if want.alerts:
-        needed.add("CHURN_MONITOR_ALERT_WEBHOOK")
+        needed |= JOB_SECRETS
     if overlay == "prod" and want.mlflow:
         needed |= {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # the basic-auth registry
     if needed - secrets:
