@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,9 @@ from churn_platform.contract import (
     ROW_INDEX,
     SCORED_AT,
     SCORING_MS,
+    ExitCode,
 )
+from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH
 
 log = logging.getLogger(__name__)
@@ -164,14 +166,36 @@ def is_missing_table(exc: BaseException) -> bool:
     return f"no such table: {INFERENCE_LOG_TABLE}" in text or f'relation "{INFERENCE_LOG_TABLE}" does not exist' in text
 
 
-def read_problem(exc: sa.exc.DBAPIError) -> str:
-    """Why a job could not read the log, in words: a table from an earlier release lacks
-    columns until the upgraded API starts its writer, which adds them."""
-    text = str(getattr(exc, "orig", exc))
-    if re.search(rf"(no such column: |column \"?)(\w+\.)?({'|'.join(_ADDED)})\b", text):  # SQLite's, PostgreSQL's
-        return (f"{text.strip().splitlines()[0]}: the table is from an earlier release; the upgraded API adds "
-                "the missing columns when it starts, so run this job again after it has")  # fmt: skip
-    return text.strip()
+class BadLogData(DataValidationError):
+    """The inference log holds what no model or schema of this release produces: no verdict on it."""
+
+    exit_code = ExitCode.DATA_QUALITY
+
+
+def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
+    """What a job says when reading the log at ``where`` failed. A table from an earlier
+    release lacks columns until the upgraded API starts its writer, which adds them: run the
+    job again after. A table lacking a feature of this schema was written for another one:
+    bad data, no verdict. Anything else (down, a missing grant, not a database at all):
+    unreachable."""
+    text = str(getattr(exc, "orig", exc)).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if _missing_column(_ADDED, text):
+        return StorageUnreachable(f"cannot read the inference log at {where}: {line}: the table is from an earlier "
+                                  "release; the upgraded API adds the missing columns when it starts, so run this "
+                                  "job again after it has")  # fmt: skip
+    if missing := _missing_column(FEATURE_NAMES, text):
+        return BadLogData(f"the inference log at {where} has no column {missing!r}: it was written for "
+                          "another schema than this release's; read it with the release that wrote it")  # fmt: skip
+    return StorageUnreachable(f"cannot read the inference log at {where}: {text}")
+
+
+def _missing_column(names: Iterable[str], text: str) -> str | None:
+    """The one of ``names`` a database error says does not exist (SQLite's words, PostgreSQL's)."""
+    alternatives = "|".join(map(re.escape, names))
+    pattern = rf'no such column: (?:\w+\.)?({alternatives})\b|column "?(?:\w+\.)?({alternatives})"? does not exist'
+    found = re.search(pattern, text)
+    return (found.group(1) or found.group(2)) if found else None
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, outcomes, registry
 from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, TAG_ADHOC, TAG_THRESHOLD, ExitCode
-from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
-from churn_platform.inference_log import make_engine
+from churn_platform.errors import ChurnPlatformError, DataValidationError
+from churn_platform.inference_log import make_engine, read_failure
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
 
@@ -130,8 +130,7 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
             result = conn.execute(sa.text(query), params)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
-        where = engine.url.render_as_string()
-        raise StorageUnreachable(f"cannot read the inference log at {where}: {getattr(exc, 'orig', exc)}") from exc
+        raise read_failure(exc, engine.url.render_as_string()) from exc
     finally:
         engine.dispose()
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from churn_platform import promotion, registry
 from churn_platform.contract import CHALLENGER_ALIAS, ROLLOUT_TAG
-from churn_platform.errors import NotFoundError, StorageUnreachable
+from churn_platform.errors import NotFoundError
 
 Mode = Literal["off", "shadow", "canary"]
 
@@ -279,7 +279,7 @@ def compare(
         SCORED_AT,
         SCORING_MS,
     )
-    from churn_platform.inference_log import is_missing_table, make_engine
+    from churn_platform.inference_log import is_missing_table, make_engine, read_failure
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
     columns = ", ".join([REQUEST_ID, ROW_INDEX, MODEL_VERSION, ARM, PROBABILITY, SCORING_MS])
@@ -303,8 +303,7 @@ def compare(
     except sa.exc.SQLAlchemyError as exc:
         if is_missing_table(exc):
             return Comparison(since=state.started_at, arms=[], note="no inference log yet")
-        where = engine.url.render_as_string(hide_password=True)
-        raise StorageUnreachable(f"cannot read the inference log at {where}: {getattr(exc, 'orig', exc)}") from None
+        raise read_failure(exc, engine.url.render_as_string(hide_password=True)) from None
     finally:
         engine.dispose()
     production = frame[frame[ARM] == "production"]

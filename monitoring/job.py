@@ -239,8 +239,7 @@ def current_from_log(
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
         if inference_log.is_missing_table(exc):
             raise NothingToCompare(f"the inference log at {place} has no rows yet") from exc
-        problem = inference_log.read_problem(exc)
-        raise StorageUnreachable(f"cannot read the inference log at {place}: {problem}") from exc
+        raise inference_log.read_failure(exc, place) from exc
     finally:
         engine.dispose()
 

@@ -41,8 +41,8 @@ from churn_platform.contract import (
     VALIDATION_METRICS,
     ExitCode,
 )
-from churn_platform.errors import DataValidationError, NotFoundError, StorageUnreachable
-from churn_platform.inference_log import make_engine, read_problem
+from churn_platform.errors import DataValidationError, NotFoundError
+from churn_platform.inference_log import BadLogData, make_engine, read_failure
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.runs import adhoc, alert_webhook, record_run, report_folder, send_alert
@@ -178,7 +178,7 @@ def read(url: str, name: str, version: int, since: datetime, until: datetime, ho
                 # The window's predictions that some outcome judged (by scored_at, as the estimate).
                 judged = int(((matched[SCORED_AT] >= params["since"]) & (matched[SCORED_AT] < params["until"])).sum())
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
-        raise StorageUnreachable(f"cannot read {where}: {read_problem(exc)}") from exc
+        raise read_failure(exc, where) from exc
     finally:
         engine.dispose()
     scores = np.array([float(r[0]) for r in histogram], dtype=float)
@@ -194,12 +194,6 @@ def _check_scores(values: np.ndarray, where: str) -> None:
     bad = ~np.isfinite(values) | (values < 0) | (values > 1)
     if bad.any():
         raise BadLogData(f"{int(bad.sum())} {where} are not probabilities in [0, 1] (e.g. {values[bad][:3].tolist()})")
-
-
-class BadLogData(DataValidationError):
-    """The inference log holds values no model produces: no verdict on them."""
-
-    exit_code = ExitCode.DATA_QUALITY
 
 
 # --------------------------------------------------------------------------- the job

@@ -101,7 +101,7 @@ CRONJOBS = {
     ),
     # Without --if performance, retrain would train every day (its default is --if always).
     "churn-retrain": Scheduled(
-        ("retrain", "--if", "performance"), "30 7 * * *", "Etc/UTC", answers=(1, 2), suspended_in_dev=True
+        ("retrain", "--if", "performance"), "30 7 * * *", "Etc/UTC", answers=(1, 2, 4), suspended_in_dev=True
     ),
     # Weekly, Mondays before the day's performance and retrain runs; S3 in and out (the output is
     # staged on /tmp, then uploaded), no progress bar in a log. Exit 1 is "some rows rejected".

@@ -156,11 +156,11 @@ BREAKS = {
     ], ["CronJob/churn-retrain: args must be ['retrain', '--if', 'performance'] (the role, then its flags), "
         "got ['retrain']"]),
     "retrain-retries-not-needed": ("prod", [
-        (RETRAIN, "values: [1, 2]", "values: [2]"),
-    ], ["CronJob/churn-retrain: the pod failure policy must fail the Job on exit [1, 2], got [2]"]),
+        (RETRAIN, "values: [1, 2, 4]", "values: [2]"),
+    ], ["CronJob/churn-retrain: the pod failure policy must fail the Job on exit [1, 2, 4], got [2]"]),
     "retrain-gives-up-when-unreachable": ("prod", [
-        (RETRAIN, "values: [1, 2]", "values: [1, 2, 3]"),
-    ], ["CronJob/churn-retrain: the pod failure policy must fail the Job on exit [1, 2], got [1, 2, 3]"]),
+        (RETRAIN, "values: [1, 2, 4]", "values: [1, 2, 3, 4]"),
+    ], ["CronJob/churn-retrain: the pod failure policy must fail the Job on exit [1, 2, 4], got [1, 2, 3, 4]"]),
     "retrain-on-local-time": ("staging", [
         (RETRAIN, "  timeZone: Etc/UTC\n", ""),
     ], ["CronJob/churn-retrain: schedule '30 7 * * *' (None), not '30 7 * * *' (Etc/UTC)"]),

@@ -161,6 +161,19 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     assert versions(name) == [1]
 
 
+def test_a_log_lacking_a_feature_of_this_schema_is_bad_data_not_an_unreachable_database(scenario):
+    """It was exit 3 "cannot read the inference log", as if the database were down."""
+    name, url, _ = scenario
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE inference_log DROP COLUMN tenure"))
+    engine.dispose()
+    code, output = cli("retrain")
+    assert code == 4, output
+    assert "has no column 'tenure': it was written for another schema than this release's" in output
+    assert versions(name) == [1]
+
+
 def test_one_class_in_the_window_cannot_train():
     recent = data.generate(600, seed=1).assign(churn=0).rename(columns={"churn": "churned"})
     recent["observed_at"] = datetime.now(UTC)
