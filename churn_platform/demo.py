@@ -141,9 +141,9 @@ class Demo:
 
     def registry(self):
         from churn_platform import promotion, registry
-        from churn_platform.settings import Settings
+        from churn_platform.settings import settings_from
 
-        settings = Settings(tracking_uri=self.env["MLFLOW_TRACKING_URI"])
+        settings = settings_from(self.env)  # as the demo's children see them, not the caller's
         return promotion, registry.connect(settings), settings
 
     def promote(self, version: int, reason: str) -> None:

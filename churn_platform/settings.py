@@ -8,6 +8,7 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
@@ -410,8 +411,22 @@ def column_thresholds(text: str) -> dict[str, float]:
 
 def env_name(field: str) -> str:
     """The environment variable that sets ``field``."""
+    return _env_names(field)[0]
+
+
+def _env_names(field: str) -> list[str]:
     alias = Settings.model_fields[field].validation_alias
-    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"CHURN_{field.upper()}"
+    return [str(a) for a in alias.choices] if isinstance(alias, AliasChoices) else [f"CHURN_{field.upper()}"]
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """Settings read from ``env`` alone, never this process's environment: the demo's own,
+    whatever the shell that started it holds (a production promotion tolerance, say)."""
+    values: dict[str, Any] = {}
+    for field, info in Settings.model_fields.items():
+        given = [env[name] for name in _env_names(field) if name in env]
+        values[field] = given[0] if given else info.get_default(call_default_factory=True)
+    return load_settings(**values)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -94,6 +94,21 @@ def test_an_infinite_setting_is_refused_by_name(monkeypatch):
     assert "finite number" in result.output and "Traceback" not in result.output
 
 
+def test_the_demo_promotes_with_its_own_settings_not_the_callers(monkeypatch, tmp_path):
+    """Its children dropped the caller's CHURN_* but its own promote step read them: a
+    production shell's tolerance changed the demo's gate verdicts."""
+    from churn_platform.demo import Demo
+
+    monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.1")
+    monkeypatch.setenv("CHURN_REGISTRY_TIMEOUT_S", "99")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    demo = Demo(folder=tmp_path, data="synthetic", n_rows=200, traffic=100, keep_running=False,
+                env={"MLFLOW_TRACKING_URI": uri, "CHURN_REGISTRY_MAX_RETRIES": "1"})  # fmt: skip
+    _, _, settings = demo.registry()
+    assert (settings.promotion_tolerance, settings.registry_timeout_s) == (0.005, 10.0)
+    assert (settings.tracking_uri, settings.registry_max_retries) == (uri, 1)
+
+
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
     """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""
     monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.5")
