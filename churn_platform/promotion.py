@@ -397,7 +397,7 @@ def _with_promotion(info: VersionInfo, events: list[Event]) -> VersionInfo:
 
 def versions(client: MlflowClient, name: str) -> list[VersionInfo]:
     """Every version, newest first; the Production one with its promotion (as ``status``)."""
-    events = events_in(registry.get_model(client, name).tags)  # read only: no reconcile
+    events = reconcile(client, name)  # a move in the UI since our last one is nobody's we know
     aliases = _aliases_by_version(client, name)
     found = client.search_model_versions(f"name = {registry.quoted(name)}")
     ordered = sorted(found, key=lambda v: int(v.version), reverse=True)

@@ -52,6 +52,16 @@ def test_a_revert_to_the_previous_version_outside_our_commands_is_recorded(clien
     assert [(e.from_version, e.to_version) for e in found] == [(2, 1)]
 
 
+def test_versions_never_credits_a_ui_rollback_to_whoever_last_promoted_that_version(client):
+    """It read the trail without reconciling: v1 back in Production by someone in the UI
+    was listed as promoted by the tester who had promoted v1 before."""
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    record(client, time.time_ns() - RACE_WINDOW_NS - 1, 1, 2)
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    production = next(v for v in promotion.versions(client, "m") if v.version == 1)
+    assert (production.promoted_by, production.promoted_via) == ("unknown (outside churn-platform)", "external")
+
+
 def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):
     """Each external key is named after the one before it; it must not grow with the run
     (MLflow refuses tag keys over 250 characters, which would stop every command)."""
