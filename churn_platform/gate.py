@@ -43,7 +43,7 @@ def compare(
     """
     if production_version is None:
         return GateVerdict(checked=False, passed=True, candidate=candidate, tolerance=tolerance,
-                           compared_on=compared_on, reason="no Production version yet")  # fmt: skip
+                           compared_on=compared_on, reason="no version holds Production")  # fmt: skip
     if candidate is None or production is None:
         return GateVerdict(
             checked=False, passed=True, candidate=candidate, production=production,

@@ -13,15 +13,19 @@ writes the same tag instead of a second record.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
 import logging
 import os
+import re
 import secrets
+import signal
 import socket
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -105,15 +109,27 @@ def default_actor() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+#: An event's key: its time in nanoseconds (ordering the trail), then a random or derived suffix.
+_EVENT_KEY = re.compile(rf"{re.escape(AUDIT_PREFIX)}\d{{20}}-[0-9a-z]+")
+
+
+def _version_or_none(value: Any) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise TypeError(f"not a version: {value!r}")
+
+
 def _parse(key: str, value: str) -> Event | None:
+    if not _EVENT_KEY.fullmatch(key):
+        return None  # a tag someone wrote by hand under the prefix: promote and rollback crashed on it
     try:
         raw = json.loads(value)
         return Event(
             key=key,
             at=str(raw["at"]),
             action=str(raw["action"]),
-            from_version=raw.get("from"),
-            to_version=raw.get("to"),
+            from_version=_version_or_none(raw.get("from")),
+            to_version=_version_or_none(raw.get("to")),
             actor=str(raw.get("actor", "unknown")),
             reason=str(raw.get("reason", "")),
             via=str(raw.get("via", "unknown")),
@@ -240,7 +256,9 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
 def production_stack(events: list[Event], current: int | None) -> list[int]:
     """Versions that held Production, oldest first, ending with ``current``.
 
-    This is the path rollbacks walk back along: a rollback pops back to its target.
+    This is the path rollbacks walk back along: a rollback pops back to its target. A time
+    without Production (its alias removed, its version deleted) is a gap in the path, not its
+    end: clearing it there lost every version before from ``rollback``.
     """
     stack: list[int] = []
     for event in (e for e in events if e.action in MOVES):
@@ -250,7 +268,7 @@ def production_stack(events: list[Event], current: int | None) -> list[int]:
             if not stack and event.to_version is not None:
                 stack.append(event.to_version)
         elif event.to_version is None:
-            stack.clear()
+            continue
         elif not stack or stack[-1] != event.to_version:
             stack.append(event.to_version)
     if current in stack:  # after a race the alias may rest on an earlier event's version
@@ -436,14 +454,37 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
 
     In this order a racing command can never see the alias on a version that no event
     names, which it would otherwise take for a change made outside churn-platform. If the
-    move fails, the event is withdrawn.
+    move fails or is interrupted (Ctrl-C), the event is withdrawn unless the alias moved
+    after all: a promotion that never happened stayed in the trail, and ``rollback`` then
+    moved Production to the version it named. A SIGTERM (a Job's deadline) waits for the
+    pair to finish: a default SIGTERM would end the process between the two.
     """
-    _write(client, name, event)
+    with _sigterm_deferred():
+        _write(client, name, event)
+        try:
+            _move(client, name, event.to_version)
+        except BaseException:
+            with contextlib.suppress(Exception):  # unreachable now: the original error says so
+                if _current(client, name) != event.to_version:
+                    client.delete_registered_model_tag(name, event.key)
+            raise
+
+
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """A SIGTERM met in the block ends the process once the block is done (a Python handler
+    notes it: blocking the signal would not do, numpy's native threads would take it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
-        _move(client, name, event.to_version)
-    except Exception:
-        client.delete_registered_model_tag(name, event.key)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        if received:
+            signal.raise_signal(signal.SIGTERM)  # as it would have been handled: by default, exit 143
 
 
 def promote(

@@ -22,7 +22,7 @@ def test_the_gate_passes_within_the_tolerance_and_says_so():
 
 def test_nothing_to_compare_passes_unchecked_and_an_unscorable_production_fails():
     first = gate.compare(0.8, None, production_version=None, tolerance=0.005, compared_on="rows X")
-    assert first.passed and not first.checked and first.reason == "no Production version yet"
+    assert first.passed and not first.checked and first.reason == "no version holds Production"
     missing = verdict(None, 0.84)
     assert missing.passed and not missing.checked and "not checked" in missing.reason
     broken = gate.unscorable(3, RuntimeError("no artifact"), tolerance=0.005, compared_on="rows X")

@@ -27,9 +27,13 @@ def test_an_outside_change_is_a_step_rollback_can_undo():
     assert production_stack(events, 4) == [1, 4]
 
 
-def test_removal_of_the_alias_clears_the_path():
+def test_a_time_without_production_is_a_gap_in_the_path_not_its_end():
+    """Removing the alias cleared the path: once it was back, `rollback` said the version
+    in Production was the first in the audit trail."""
     events = _events(("promote", None, 1), ("promote", 1, 2), ("external", 2, None))
-    assert production_stack(events, None) == []
+    assert production_stack(events, None) == [1, 2]
+    assert production_stack([*events, *_events(("external", None, 2))], 2) == [1, 2]
+    assert production_stack([*events, *_events(("promote", None, 3))], 3) == [1, 2, 3]
 
 
 def test_after_a_race_the_path_ends_at_the_alias():

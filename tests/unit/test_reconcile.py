@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -60,6 +64,57 @@ def test_versions_never_credits_a_ui_rollback_to_whoever_last_promoted_that_vers
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     production = next(v for v in promotion.versions(client, "m") if v.version == 1)
     assert (production.promoted_by, production.promoted_via) == ("unknown (outside churn-platform)", "external")
+
+
+def test_a_hand_written_tag_under_the_audit_prefix_is_not_an_event(client):
+    """promote and rollback crashed on it (exit 70), and history listed it as a promotion."""
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    client.set_registered_model_tag("m", f"{AUDIT_PREFIX}note", json.dumps({"at": "2026-01-01", "action": "promote",
+                                                                             "to": 2}))  # fmt: skip
+    client.set_registered_model_tag("m", f"{AUDIT_PREFIX}{1:020d}-abcd", json.dumps({"at": "2026-01-01",
+                                                                                      "action": "promote", "to": "x"}))
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("external", 2), ("promote", 1)]
+    assert promotion.rollback(client, "m", actor="me").to_version == 1
+
+
+def test_a_promotion_stopped_by_ctrl_c_before_its_move_leaves_no_event(client, monkeypatch):
+    """The event stayed: the trail showed a promotion that never happened, and `rollback`
+    then moved Production to the version it named."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(promotion, "_move", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        promotion.promote(client, "m", 2, actor="me", force=True)
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
+
+
+def test_a_sigterm_between_the_record_and_the_move_waits_for_the_move(client, tmp_path):
+    """A Job's deadline ended the process between the two: an event naming a move that
+    never happened."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from mlflow import MlflowClient
+        from churn_platform import promotion
+        real = promotion._move
+        def move(*args):
+            os.kill(os.getpid(), signal.SIGTERM)  # the deadline, just after the event is written
+            real(*args)
+        promotion._move = move
+        uri = {client.tracking_uri!r}
+        promotion.promote(MlflowClient(uri, uri), "m", 2, actor="me", force=True)
+        print("not killed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
+    assert int(registry.production_version(client, "m").version) == 2
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 2), ("promote", 1)]
 
 
 def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):

@@ -86,7 +86,7 @@ def _cli(*args: str):
 def test_with_no_production_train_says_no_challenger_was_set(embedded, model_name):
     """It printed "passed -> Challenger" for a version that got no alias."""
     said = _cli("train", "--n-rows", "300", "--model-name", model_name)
-    assert "gate: passed, no Challenger (promote it by number): no Production version yet" in said.output
+    assert "gate: passed, no Challenger (promote it by number): no version holds Production" in said.output
     answer = json.loads(_cli("train", "--n-rows", "300", "--model-name", model_name, "--json").stdout)
     assert (answer["challenger"], answer["gate"]["passed"], answer["gate"]["checked"]) == (False, True, False)
 
