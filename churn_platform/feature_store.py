@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data
 from churn_platform.contract import CLOCK_AHEAD
-from churn_platform.errors import DataValidationError, NotFoundError, SettingsError, StorageUnreachable
+from churn_platform.errors import DataSourceError, DataValidationError, NotFoundError, SettingsError, StorageUnreachable
 from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
@@ -318,8 +318,11 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     data.refuse_overwrite(uri, rejects=rejects)
     # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
     _require_applied(open_store(settings))
-    if not settings.feature_store_url and data.location(rejects) == data.location(_offline_file(settings)):
-        raise DataValidationError(f"--rejects {rejects} is the offline source itself; name another file")
+    if not settings.feature_store_url and not rejects.startswith("s3://"):
+        folder = _embedded_dir(settings)
+        if Path(rejects).resolve().is_relative_to(folder):  # it replaced online.db, then registry.db: a dead store
+            raise DataValidationError(f"--rejects {rejects} is inside the feature store's folder {folder} (its "
+                                      "online store, registry and offline source); name a file outside it")  # fmt: skip
     raw = data.read_table(uri, settings.s3_endpoint_url)
     raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
     good, reasons = snapshots(raw, as_of)
@@ -328,7 +331,10 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     written = asked or bool(len(reasons))
     if written:
         if not rejects.startswith("s3://"):
-            Path(rejects).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(rejects).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file on the way, /proc: nothing is loaded yet
+                raise DataSourceError(f"--rejects {rejects}: its folder cannot be made: {exc}") from None
         table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
         batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
     if len(good):

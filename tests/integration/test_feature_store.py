@@ -184,7 +184,12 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects", "./no_time.csv"], 2,
          "--rejects ./no_time.csv names the same file as the input"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects",
-              "store/offline/customer_snapshots.parquet"], 2, "is the offline source itself"),
+              "store/offline/customer_snapshots.parquet"], 2, "is inside the feature store's folder"),
+        # It replaced the online store (then the registry, and not even `apply` mended that), exit 0.
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects", "store/registry.db"], 2,
+         "is inside the feature store's folder"),
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects", "no_time.csv/r.parquet"], 2,
+         "--rejects no_time.csv/r.parquet: its folder cannot be made"),  # was exit 70
         (("CHURN_FEATURE_STORE_URL", "postgresql://postgres@127.0.0.1:1/churn"), ["features", "apply"], 3,
          "feature store unavailable: OperationalError"),
         (("CHURN_FEATURE_STORE_URL", "mysql://u@h/d"), ["features", "apply"], 2, "must be postgresql://"),
@@ -199,6 +204,9 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
             assert "Traceback" not in result.output
         assert len(pd.read_csv("no_time.csv")) == 5
         assert not (tmp_path / "store" / "offline").exists()
+        monkeypatch.delenv("CHURN_FEATURE_STORE_URL")
+        get_settings.cache_clear()
+        assert CliRunner().invoke(main, ["features", "apply"]).exit_code == 0  # the registry is whole
     finally:
         get_settings.cache_clear()
 
