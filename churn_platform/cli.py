@@ -17,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cache, wraps
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -548,11 +548,10 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     # From the earliest snapshot just loaded (or the last run's end): the scan stays one day's.
-    # Up to now, or to the latest snapshot just loaded when a source's clock runs ahead (ingest
-    # takes up to five minutes ahead): otherwise those rows would fall in no run's window.
-    end = max(datetime.now(UTC), summary.last + timedelta(microseconds=1)) if summary.last else None
-    # Nothing loaded (an empty export, or every row rejected: exit 1): nothing new to copy.
-    materialized = feature_store.materialize(settings, end=end, start=summary.first) if summary.ingested else None
+    # Up to as far ahead as ingest takes snapshots, as `materialize` does: a window ending at now
+    # left out a snapshot a source dated a minute ahead, already online, and put the customer's
+    # older one back. Nothing loaded (an empty export, or every row rejected: exit 1): nothing new.
+    materialized = feature_store.materialize(settings, start=summary.first) if summary.ingested else None
     _ingested(summary, as_json, materialized_to=materialized)
 
 

@@ -162,6 +162,29 @@ async def _aread(read: feature_store.PostgresOnlineReader, ids: list[str]) -> li
         await read.aclose()
 
 
+def test_refresh_never_puts_an_older_snapshot_back_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          telco_csv: Path):  # fmt: skip
+    """A snapshot a fast clock dated minutes ahead, already online, was replaced by the
+    customer's older one: refresh's window ended at now and left it out."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3)
+    now = pd.Timestamp.now(tz="UTC")
+    raw.assign(tenure="70", snapshot_time=(now + pd.Timedelta(minutes=4)).isoformat()).to_csv("ahead.csv", index=False)
+    raw.assign(tenure="4", snapshot_time=(now - pd.Timedelta(hours=1)).isoformat()).to_csv("earlier.csv", index=False)
+    try:
+        _cli("features", "apply")
+        _cli("features", "ingest", "ahead.csv")
+        _cli("features", "materialize")
+        _cli("features", "refresh", "earlier.csv")
+        store = feature_store.open_store(get_settings())
+        assert [row["tenure"] for row in feature_store.online(store, raw[ID_COLUMN].tolist())] == [70, 70, 70]
+    finally:
+        get_settings.cache_clear()
+
+
 def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                telco_csv: Path):  # fmt: skip
     monkeypatch.chdir(tmp_path)
