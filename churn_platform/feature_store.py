@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -452,14 +453,48 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
         start = min(start, last - CLOCK_AHEAD) if last else None  # never materialized: everything
     start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     _require_snapshots(settings)
-    try:
-        # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable,
-        # and in a log (a CronJob's) without its terminal colours.
-        with contextlib.redirect_stdout(sys.stderr if sys.stderr.isatty() else _Uncoloured(sys.stderr)):
-            store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
-    except Exception as exc:  # noqa: BLE001
-        raise unavailable(exc) from None
+    with _one_at_a_time(settings):
+        try:
+            # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable,
+            # and in a log (a CronJob's) without its terminal colours.
+            with contextlib.redirect_stdout(sys.stderr if sys.stderr.isatty() else _Uncoloured(sys.stderr)):
+                store.materialize(start_date=start, end_date=end, feature_views=[FEATURE_VIEW])
+        except Exception as exc:  # noqa: BLE001
+            raise unavailable(exc) from None
     return end
+
+
+#: The PostgreSQL advisory lock one materialization holds at a time (any number, project-wide).
+_MATERIALIZE_LOCK = 0x63687572_6E6D6174  # "churnmat"
+
+
+@contextlib.contextmanager
+def _one_at_a_time(settings: Settings) -> Iterator[None]:
+    """One materialization at a time. Two at once on PostgreSQL deadlocked in Feast's upserts
+    (the loser's snapshots never went online, exit 3); the one that waits then copies a window
+    that holds the other's rows too, so the latest of each customer wins either way."""
+    if not settings.feature_store_url:
+        lock = os.open(_embedded_dir(settings) / "materialize.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)  # closing releases the lock
+        return
+    import sqlalchemy as sa
+
+    engine = _engine(settings)
+    try:
+        conn = engine.connect()
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MATERIALIZE_LOCK})
+    except Exception as exc:  # noqa: BLE001
+        engine.dispose()
+        raise unavailable(exc) from None
+    try:
+        yield
+    finally:
+        conn.close()
+        engine.dispose()  # its session ends, and the lock with it
 
 
 def _utc_text(at: Any) -> str:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -183,6 +186,30 @@ def test_refresh_never_puts_an_older_snapshot_back_online(tmp_path: Path, monkey
         assert [row["tenure"] for row in feature_store.online(store, raw[ID_COLUMN].tolist())] == [70, 70, 70]
     finally:
         get_settings.cache_clear()
+
+
+def test_two_refreshes_at_once_on_postgresql_both_reach_the_online_store(tmp_path: Path, telco_csv: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    """They deadlocked in Feast's upserts: the loser exited 3 and its snapshots never went online."""
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
+    raw = raw[raw["total_charges"].str.strip() != ""].head(1000)
+    raw.assign(tenure="10", snapshot_time="2026-12-02").to_csv(tmp_path / "a.csv", index=False)
+    raw.assign(tenure="20", snapshot_time="2026-12-03").to_csv(tmp_path / "b.csv", index=False)
+    with postgres_database() as url:
+        env = {**os.environ, "CHURN_FEATURE_STORE_URL": url, "CHURN_FEATURE_STORE_DIR": str(tmp_path / "store")}
+        command = [sys.executable, "-m", "churn_platform.cli", "features", "refresh"]
+        subprocess.run([*command[:-1], "apply"], env=env, cwd=tmp_path, check=True, capture_output=True)
+        runs = [subprocess.Popen([*command, name], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True) for name in ("a.csv", "b.csv")]  # fmt: skip
+        said = [run.communicate(timeout=300)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], said
+        monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+        get_settings.cache_clear()
+        try:
+            online = feature_store.online(feature_store.open_store(get_settings()), raw[ID_COLUMN].tolist())
+        finally:
+            get_settings.cache_clear()
+    assert {row["tenure"] for row in online} == {20}
 
 
 def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
