@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -168,7 +169,19 @@ def inference_log_option(text: str = "Inference-log database (default: CHURN_INF
 
 
 def echo_json(payload: Any) -> None:
-    click.echo(json.dumps(payload, indent=2, default=str))
+    """Strict JSON: a metric logged as NaN printed ``NaN``, which JSON parsers other than
+    Python's refuse; a figure that is no number is ``null``."""
+    click.echo(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 @cache

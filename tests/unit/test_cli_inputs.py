@@ -109,6 +109,28 @@ def test_the_demo_promotes_with_its_own_settings_not_the_callers(monkeypatch, tm
     assert (settings.tracking_uri, settings.registry_max_retries) == (uri, 1)
 
 
+def test_json_output_is_strict_json_when_a_metric_is_nan(embedded):
+    """A metric logged as NaN was printed as NaN: not JSON to any parser but Python's."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"roc_auc": 0.8, "f1": float("nan")})
+    client = MlflowClient()
+    client.create_registered_model("churn")
+    client.create_model_version("churn", source=run.info.artifact_uri, run_id=run.info.run_id)
+    client.set_registered_model_alias("churn", "Production", "1")
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for command in ("status", "versions"):
+        result = CliRunner().invoke(main, [command, "--json"])
+        assert result.exit_code == 0, result.output
+        text = result.stdout[result.stdout.index("{") :]
+        assert '"f1": null' in text and json.loads(text, parse_constant=refuse), command
+
+
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
     """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""
     monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.5")
