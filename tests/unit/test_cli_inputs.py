@@ -131,6 +131,35 @@ def test_json_output_is_strict_json_when_a_metric_is_nan(embedded):
         assert '"f1": null' in text and json.loads(text, parse_constant=refuse), command
 
 
+@pytest.mark.parametrize("health", [(404, b"Not Found"), (200, b'{"status": "ok"}')])
+def test_a_tracking_uri_naming_another_server_says_so(health):
+    """A plain web server (or the API's port) made every registry call a 404: exit 70."""
+    import http.server
+    import threading
+
+    code, body = health
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}"
+        result = CliRunner().invoke(main, ["status", "--tracking-uri", uri, "--json"])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 3, result.output
+    assert f"{uri} is not an MLflow tracking server (GET /health answered HTTP {code}" in result.output
+    assert json.loads(result.stdout)["exit_code"] == 3
+
+
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
     """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""
     monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.5")
