@@ -310,23 +310,35 @@ def checked_tracking_uri(uri: str) -> str:
         checked_http_url(uri)
     elif scheme in _DATABASE_SCHEMES:
         _database_url(uri)
+        _sync_driver(uri)  # mysql:// without its driver was a ModuleNotFoundError traceback, exit 70
         if scheme == "sqlite":
-            _sqlite_folder(uri)
+            _sqlite_file(uri)
     return uri
 
 
-def _sqlite_folder(uri: str) -> None:
-    """A SQLite registry's folder exists: MLflow makes the folders and an empty registry for a
-    mistyped path, even for `status`, which then reports a model that does not exist."""
+def _sqlite_file(uri: str) -> None:
+    """A SQLite registry's folder exists, and a file there is a SQLite database: MLflow makes
+    the folders and an empty registry for a mistyped path, even for `status`, which then
+    reports a model that does not exist; another file was a traceback."""
     from pathlib import Path
 
     from sqlalchemy.engine import make_url
 
     database = make_url(uri).database
     if database and database != ":memory:" and not database.startswith("file:"):
-        folder = Path(database).expanduser().parent
-        if not folder.is_dir():
-            raise ValueError(f"no folder {folder} for the SQLite registry (a typo?); MLflow would make an empty one")
+        path = Path(database).expanduser()
+        if not path.parent.is_dir():
+            raise ValueError(f"no folder {path.parent} for the SQLite registry (a typo?); MLflow would make an "
+                             "empty one")  # fmt: skip
+        try:
+            with path.open("rb") as file:
+                header = file.read(16)
+        except FileNotFoundError:
+            return  # a new registry
+        except OSError as exc:
+            raise ValueError(f"{path} cannot be read: {exc.strerror}") from None
+        if header and header != b"SQLite format 3\x00":
+            raise ValueError(f"{path} is not a SQLite database")
 
 
 def checked_log_url(url: str) -> str:

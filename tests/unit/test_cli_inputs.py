@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -42,6 +43,9 @@ def _isolated(tmp_path, monkeypatch):
         (["history", "--tracking-uri", "mlruns"], "which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true"),
         (["history", "--tracking-uri", "file:///tmp/x"], "is a folder (MLflow's file store)"),
         (["status", "--tracking-uri", "sqlite:////no/such/dir/m.db"], "no folder /no/such/dir for the SQLite registry"),
+        # Both were tracebacks, exit 70.
+        (["status", "--tracking-uri", "mysql://u@127.0.0.1:9/x"], "driver 'mysql' is not installed"),
+        (["status", "--tracking-uri", f"sqlite:///{Path(__file__).resolve()}"], "is not a SQLite database"),
         (["monitor", "--rows", "99999999999999"], "'--rows': 99999999999999 is not in the range"),
         # Too few to leave 5 churners on the validation side: every such run is refused after generating.
         (["train", "--n-rows", "100"], "n_rows must be from 200 to 10,000,000 (synthetic customers), got 100"),
