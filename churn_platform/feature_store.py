@@ -318,7 +318,7 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
     data.refuse_overwrite(uri, rejects=rejects)
     # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
-    _require_applied(open_store(settings))
+    _require_applied(open_store(settings), settings)
     if not settings.feature_store_url and not rejects.startswith("s3://"):
         folder = _embedded_dir(settings)
         if Path(rejects).resolve().is_relative_to(folder):  # it replaced online.db, then registry.db: a dead store
@@ -447,7 +447,7 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
     """
     end = end or datetime.now(UTC) + CLOCK_AHEAD
     store = open_store(settings)
-    view = _require_applied(store)
+    view = _require_applied(store, settings)
     if start is not None:
         last = view.most_recent_end_time
         start = min(start, last - CLOCK_AHEAD) if last else None  # never materialized: everything
@@ -520,16 +520,24 @@ class _Uncoloured(io.TextIOBase):
         self._target.flush()
 
 
-def _require_applied(store: FeatureStore) -> Any:
-    """The registered feature view."""
+def _require_applied(store: FeatureStore, settings: Settings) -> Any:
+    """The registered feature view, registered for this folder's offline file (embedded): the
+    registry holds that file's absolute path, so a copied store read the original's snapshots
+    and a moved one failed as unreachable."""
     try:
-        return store.get_feature_view(FEATURE_VIEW)
+        view = store.get_feature_view(FEATURE_VIEW)
     except Exception as exc:  # noqa: BLE001 - FeatureViewNotFoundException, or a registry that is down
         if type(exc).__name__ == "FeatureViewNotFoundException":
             raise SettingsError(
                 f"feature view {FEATURE_VIEW!r} is not registered: run `churn-platform features apply` first"
             ) from None
         raise unavailable(exc) from None
+    registered = getattr(view.batch_source, "path", None)
+    if not settings.feature_store_url and registered and Path(registered) != _offline_file(settings):
+        raise SettingsError(f"the feature store in {_embedded_dir(settings)} was registered with the snapshots at "
+                            f"{registered} (copied or moved since?): run `churn-platform features apply` to "
+                            "register this folder's own")  # fmt: skip
+    return view
 
 
 def _require_snapshots(settings: Settings) -> None:
@@ -760,7 +768,7 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
                                       f"{LABEL_TIME}, at lines {rows}; keep the true one")  # fmt: skip
         labels = labels.drop_duplicates([ID_COLUMN, LABEL_TIME])
     store = open_store(settings)
-    _require_applied(store)
+    _require_applied(store, settings)
     _require_snapshots(settings)
     try:
         joined = training_frame(store, labels)

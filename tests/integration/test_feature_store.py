@@ -212,6 +212,35 @@ def test_two_refreshes_at_once_on_postgresql_both_reach_the_online_store(tmp_pat
     assert {row["tenure"] for row in online} == {20}
 
 
+def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   telco_csv: Path):  # fmt: skip
+    """The registry holds the offline file's absolute path: a copy materialized the original's
+    snapshots (every value stale), and a moved store failed as unreachable (exit 3)."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "first"))
+    get_settings.cache_clear()
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3)
+    raw.assign(tenure="7").to_csv("june.csv", index=False)
+    raw.assign(tenure="11").to_csv("july.csv", index=False)
+    try:
+        _cli("features", "apply")
+        _cli("features", "ingest", "june.csv", "--as-of", "2026-06-30")
+        shutil.copytree(tmp_path / "first", tmp_path / "copy")
+        monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "copy"))
+        get_settings.cache_clear()
+        for command in (["ingest", "july.csv", "--as-of", "2026-07-31"], ["materialize"]):
+            said = _cli("features", *command, code=2)
+            assert f"was registered with the snapshots at {tmp_path / 'first'}" in said and "features apply" in said
+        _cli("features", "refresh", "july.csv", "--as-of", "2026-07-31")  # apply, then its own snapshots
+        store = feature_store.open_store(get_settings())
+        assert [row["tenure"] for row in feature_store.online(store, raw[ID_COLUMN].tolist())] == [11, 11, 11]
+    finally:
+        get_settings.cache_clear()
+
+
 def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                telco_csv: Path):  # fmt: skip
     monkeypatch.chdir(tmp_path)
