@@ -539,7 +539,7 @@ def rejects_after_scores(commit: Callable[[], None], output: str, rejects: str) 
 
 def write_rejects(target: str, table: pa.Table, endpoint_url: str | None) -> None:
     """Write a whole rejects table to a local path or an ``s3://`` key, visible only once complete."""
-    out = AtomicOutput(target, output_kind(target, None), REJECTS_SCHEMA, endpoint_url)
+    out = AtomicOutput(target, output_kind(target, None), table.schema, endpoint_url)
     try:
         out.write(table)
         out.commit()
@@ -548,14 +548,16 @@ def write_rejects(target: str, table: pa.Table, endpoint_url: str | None) -> Non
         raise
 
 
-def rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int) -> pa.Table:
+def rejects_table(chunk: pd.DataFrame, reasons: pd.Series, first_row: int, extra: tuple[str, ...] = ()) -> pa.Table:
+    """The bad rows as read, with their reasons; ``extra`` columns follow the schema's (a
+    snapshot's time, without which the sender could not mend the row)."""
     bad = chunk.loc[reasons.index]
     columns: dict[str, Any] = {"row": (reasons.index.to_numpy() + first_row).astype("int64"),
                                "reason": reasons.to_numpy(dtype=object)}  # fmt: skip
-    for column in (ID_COLUMN, *FEATURE_NAMES):
+    for column in (ID_COLUMN, *FEATURE_NAMES, *extra):
         values = bad[column] if column in bad.columns else pd.Series([None] * len(bad), index=bad.index)
         columns[column] = pa.array([None if pd.isna(v) else str(v) for v in values], pa.string())
-    return pa.table(columns, schema=REJECTS_SCHEMA)
+    return pa.table(columns, schema=pa.schema([*REJECTS_SCHEMA, *(pa.field(c, pa.string()) for c in extra)]))
 
 
 @dataclass(frozen=True)

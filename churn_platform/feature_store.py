@@ -336,7 +336,7 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
                 Path(rejects).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a file on the way, /proc: nothing is loaded yet
                 raise DataSourceError(f"--rejects {rejects}: its folder cannot be made: {exc}") from None
-        table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1)
+        table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1, extra=(SNAPSHOT_TIME,))
         batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
     if len(good):
         if settings.feature_store_url:

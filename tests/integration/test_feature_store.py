@@ -241,6 +241,25 @@ def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Pat
         get_settings.cache_clear()
 
 
+def test_the_rejects_file_keeps_each_bad_rows_snapshot_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            telco_csv: Path):  # fmt: skip
+    """It had the id and the features but not the time, the very value to mend."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3)
+    raw.assign(snapshot_time=["2026-06-30", "05/06/2026", "2099-01-01"]).to_csv("times.csv", index=False)
+    try:
+        _cli("features", "apply")
+        assert "ingested 1 of 3 rows" in _cli("features", "ingest", "times.csv", code=1)
+        rejects = pd.read_parquet("times.rejects.parquet")
+        assert rejects["snapshot_time"].tolist() == ["05/06/2026", "2099-01-01"]
+        assert rejects[ID_COLUMN].tolist() == raw[ID_COLUMN].tolist()[1:]
+    finally:
+        get_settings.cache_clear()
+
+
 def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                telco_csv: Path):  # fmt: skip
     monkeypatch.chdir(tmp_path)
