@@ -214,7 +214,6 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
     if not events:
         if current is None:
             return recorded
-        last_ns, last_key = 0, "initial"
     else:
         last = events[-1]
         if current == last.to_version:
@@ -228,7 +227,10 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
                 return recorded  # two of our own promotions raced; both are recorded
             if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
                 return recorded  # a command has just recorded its event and is about to move the alias
-        last_ns, last_key = last.ns, last.key
+    # After the latest event of any kind: a rollout command reconciles before it records, so a
+    # move noticed now came after its event (keyed after the last move, `history` listed it
+    # before a rollout-start that named the version it had replaced).
+    last_ns, last_key = (recorded[-1].ns, recorded[-1].key) if recorded else (0, "initial")
     # Deterministic key: just after the last recorded event, named after it and the alias (by a
     # hash, so a long run of UI changes never outgrows MLflow's 250-character tag keys).
     digest = hashlib.sha256(f"{last_key}:{current or 0}".encode()).hexdigest()[:12]

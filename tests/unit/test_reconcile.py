@@ -117,6 +117,17 @@ def test_a_sigterm_between_the_record_and_the_move_waits_for_the_move(client, tm
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 2), ("promote", 1)]
 
 
+def test_an_outside_move_noticed_after_a_rollout_event_is_listed_after_it(client):
+    """It was keyed after the last move, so `history` listed a rollout-start that named the
+    replaced version as the newest event."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    promotion.record(client, "m", "rollout-start", 1, 2, actor="me", reason="shadow")
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
+    actions = [e.action for e in promotion.history(client, "m")]
+    assert actions == ["external", "rollout-start", "promote"]
+
+
 def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):
     """Each external key is named after the one before it; it must not grow with the run
     (MLflow refuses tag keys over 250 characters, which would stop every command)."""
