@@ -172,15 +172,20 @@ def definitions(settings: Settings) -> list[Any]:
     return [customer, view]
 
 
-def open_store(settings: Settings) -> FeatureStore:
-    """A Feast store for these settings; a missing or unreachable database is a clear error."""
+def open_store(settings: Settings, create: bool = False) -> FeatureStore:
+    """A Feast store for these settings; a missing or unreachable database is a clear error.
+    Only ``apply`` creates the embedded folder: a misspelt one stays a clear "not registered"."""
     _import_feast()
     from feast import FeatureStore
 
     logging.getLogger("feast").setLevel(logging.WARNING)  # not a line per registry refresh
     if not settings.feature_store_url:
+        folder = _embedded_dir(settings)
+        if not create and not folder.is_dir():  # Feast would make it, and its registry
+            raise SettingsError(f"feature view {FEATURE_VIEW!r} is not registered: no feature store at {folder} "
+                                "(CHURN_FEATURE_STORE_DIR): run `churn-platform features apply` first")  # fmt: skip
         try:
-            _embedded_dir(settings).mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SettingsError(f"CHURN_FEATURE_STORE_DIR cannot be created: {exc}") from None
     try:
@@ -203,7 +208,7 @@ def unavailable(exc: BaseException) -> StorageUnreachable:
 
 def apply(settings: Settings) -> list[str]:
     """Register the definitions (idempotent); the names of what is registered."""
-    store = open_store(settings)
+    store = open_store(settings, create=True)
     objects = definitions(settings)
     if settings.feature_store_url:
         _offline_table(settings)

@@ -268,9 +268,10 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
     data.read_table(telco_csv).head(5).to_csv("no_time.csv", index=False)
     data.read_table(telco_csv).head(5).assign(tenure="seven").to_csv("all_bad.csv", index=False)
     cases = [
-        ((), ["features", "materialize"], 2, "not registered: run `churn-platform features apply` first"),
-        # Before apply (a misspelt CHURN_FEATURE_STORE_DIR, say), nothing goes into a folder no one reads.
-        ((), ["features", "ingest", "no_time.csv", "--as-of", "now"], 2, "not registered"),
+        ((), ["features", "materialize"], 2, f"not registered: no feature store at {tmp_path / 'store'}"),
+        # Before apply (a misspelt CHURN_FEATURE_STORE_DIR, say), nothing goes into a folder no one
+        # reads, and no folder is made (the message says it is still missing).
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "now"], 2, "not registered: no feature store at"),
         ((), ["features", "apply"], 0, "registered customer, customer_features"),
         ((), ["features", "materialize"], 2, "no customer snapshots ingested yet"),  # was exit 3, from Feast
         # Nothing loaded: the summary says why (it was Feast's error from materializing, exit 3).
