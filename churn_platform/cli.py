@@ -468,22 +468,24 @@ def features_apply() -> None:
     click.echo(f"registered {', '.join(names)} in project {feature_store.PROJECT!r}")
 
 
-class _SnapshotTime(click.DateTime):
-    """A snapshot time (UTC), or ``now``: what a scheduled job loading today's export means."""
+class _SnapshotTime(click.ParamType):
+    """A snapshot time, or ``now``: what a scheduled job loading today's export means. ISO 8601
+    as the file's column takes it (a zone or ``Z``; without one, UTC)."""
 
     name = "snapshot_time"
 
-    def __init__(self) -> None:
-        super().__init__(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
-
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "now":
+        if isinstance(value, datetime):
+            converted = value
+        elif value.strip().lower() == "now":
             return datetime.now(UTC)
-        try:
-            converted = super().convert(value, param, ctx)
-        except click.BadParameter:
-            self.fail(f"{value!r} is not 'now' nor a UTC time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS", param, ctx)
-        converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
+        else:
+            try:
+                converted = datetime.fromisoformat(value.strip())
+            except ValueError:
+                self.fail(f"{value!r} is not 'now' nor an ISO 8601 time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS, with "
+                          "a zone (Z, +02:00) or in UTC", param, ctx)  # fmt: skip
+        converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
         if converted > datetime.now(UTC) + CLOCK_AHEAD:
             self.fail(f"{value!r} is in the future; a snapshot is of what is known now or before", param, ctx)
         return converted

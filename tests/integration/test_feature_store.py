@@ -249,10 +249,12 @@ def test_the_rejects_file_keeps_each_bad_rows_snapshot_time(tmp_path: Path, monk
     monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
     get_settings.cache_clear()
     raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3)
-    raw.assign(snapshot_time=["2026-06-30", "05/06/2026", "2099-01-01"]).to_csv("times.csv", index=False)
+    raw.assign(snapshot_time=["", "05/06/2026", "2099-01-01"]).to_csv("times.csv", index=False)
     try:
         _cli("features", "apply")
-        assert "ingested 1 of 3 rows" in _cli("features", "ingest", "times.csv", code=1)
+        # --as-of takes a zone as the column does (it refused one, where the docs say ISO 8601).
+        said = _cli("features", "ingest", "times.csv", "--as-of", "2026-06-30T23:59:59+02:00", code=1)
+        assert "ingested 1 of 3 rows" in said and "snapshots 2026-06-30 21:59:59" in said
         rejects = pd.read_parquet("times.rejects.parquet")
         assert rejects["snapshot_time"].tolist() == ["05/06/2026", "2099-01-01"]
         assert rejects[ID_COLUMN].tolist() == raw[ID_COLUMN].tolist()[1:]
