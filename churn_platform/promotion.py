@@ -445,7 +445,10 @@ def _move(client: MlflowClient, name: str, version: int) -> None:
         try:
             registry.move_alias(client, name, PRODUCTION_ALIAS, version)
             return
-        except MlflowException:
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # no retry mends it (it was exit 70)
+                raise NotFoundError(f"{name} version {version} was deleted while it was being moved to "
+                                    f"{PRODUCTION_ALIAS}; nothing changed") from None  # fmt: skip
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))

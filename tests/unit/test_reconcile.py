@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 from churn_platform import promotion, registry
 from churn_platform.cli import main
+from churn_platform.errors import NotFoundError
 from churn_platform.promotion import AUDIT_PREFIX, RACE_WINDOW_NS, Event
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
@@ -126,6 +127,16 @@ def test_an_outside_move_noticed_after_a_rollout_event_is_listed_after_it(client
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
     actions = [e.action for e in promotion.history(client, "m")]
     assert actions == ["external", "rollout-start", "promote"]
+
+
+def test_a_version_deleted_between_the_record_and_the_move_is_not_found_and_leaves_no_event(client):
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    client.delete_model_version("m", "2")  # after promote checked it, before the move
+    event = Event(f"{AUDIT_PREFIX}{time.time_ns():020d}-abcd", "t", "promote", 1, 2, "me", "", "cli")
+    with pytest.raises(NotFoundError, match="m version 2 was deleted while it was being moved to Production"):
+        promotion._record_then_move(client, "m", event)  # noqa: SLF001
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
 
 
 def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):
