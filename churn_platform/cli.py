@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -468,6 +469,10 @@ def features_apply() -> None:
     click.echo(f"registered {', '.join(names)} in project {feature_store.PROJECT!r}")
 
 
+#: A date, or a date and time with an optional zone: the shapes the snapshot_time column takes.
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[zZ]|[+-]\d{2}:?\d{2})?)?")
+
+
 class _SnapshotTime(click.ParamType):
     """A snapshot time, or ``now``: what a scheduled job loading today's export means. ISO 8601
     as the file's column takes it (a zone or ``Z``; without one, UTC)."""
@@ -481,6 +486,8 @@ class _SnapshotTime(click.ParamType):
             return datetime.now(UTC)
         else:
             try:
+                if not _ISO_TIME.fullmatch(value.strip()):  # fromisoformat alone takes 2026-06-30+02:00 as 02:00
+                    raise ValueError(value)
                 converted = datetime.fromisoformat(value.strip())
             except ValueError:
                 self.fail(f"{value!r} is not 'now' nor an ISO 8601 time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS, with "

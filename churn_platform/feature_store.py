@@ -450,15 +450,15 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
     window also reaches back to where the last materialization ended (less ``CLOCK_AHEAD``),
     so what a manual ``ingest`` added since is published too, not only this file's rows.
     """
-    end = end or datetime.now(UTC) + CLOCK_AHEAD
     store = open_store(settings)
     view = _require_applied(store, settings)
-    if start is not None:
-        last = view.most_recent_end_time
-        start = min(start, last - CLOCK_AHEAD) if last else None  # never materialized: everything
-    start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
     _require_snapshots(settings)
-    with _one_at_a_time(settings):
+    with _one_at_a_time(settings):  # the window from here: one that waited for another run ends after it
+        end = end or datetime.now(UTC) + CLOCK_AHEAD
+        if start is not None:
+            last = view.most_recent_end_time
+            start = min(start, last - CLOCK_AHEAD) if last else None  # never materialized: everything
+        start = min(start, end) if start else _EPOCH  # a snapshot dated later than `end` waits for a later run
         try:
             # Feast prints its progress to stdout: stderr keeps a command's stdout (--json) parseable,
             # and in a log (a CronJob's) without its terminal colours.
@@ -490,7 +490,8 @@ def _one_at_a_time(settings: Settings) -> Iterator[None]:
 
     engine = _engine(settings)
     try:
-        conn = engine.connect()
+        # Outside a transaction: a session idle in one may be ended by the server mid-run.
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MATERIALIZE_LOCK})
     except Exception as exc:  # noqa: BLE001
         engine.dispose()
@@ -498,8 +499,9 @@ def _one_at_a_time(settings: Settings) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.close()
-        engine.dispose()  # its session ends, and the lock with it
+        with contextlib.suppress(Exception):  # the session's end releases the lock anyway
+            conn.close()
+        engine.dispose()
 
 
 def _utc_text(at: Any) -> str:

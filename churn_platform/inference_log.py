@@ -187,7 +187,7 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
     if missing := _missing_column(FEATURE_NAMES, text):
         return BadLogData(f"the inference log at {where} has no column {missing!r}: it was written for "
                           "another schema than this release's; read it with the release that wrote it")  # fmt: skip
-    return StorageUnreachable(f"cannot read the inference log at {where}: {text}")
+    return StorageUnreachable(f"cannot read the inference log at {where}: {text or type(exc).__name__}")
 
 
 def _missing_column(names: Iterable[str], text: str) -> str | None:

@@ -178,7 +178,9 @@ def record(
     """Write an audit event that does not move Production (a rollout change): ``history`` shows it."""
     if action in MOVES:
         raise ValueError(f"{action!r} moves Production: use promote or rollback")
-    key, at = _now_key(recorded_events(client, name))
+    # Reconciled first: a move made outside is recorded before this event, so every command
+    # that notices it keys it after the same event.
+    key, at = _now_key(reconcile(client, name))
     event = Event(key, at, action, from_version, to_version, actor or default_actor(), reason, "cli")
     _write(client, name, event)
     return event
@@ -446,9 +448,9 @@ def _move(client: MlflowClient, name: str, version: int) -> None:
             registry.move_alias(client, name, PRODUCTION_ALIAS, version)
             return
         except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # no retry mends it (it was exit 70)
-                raise NotFoundError(f"{name} version {version} was deleted while it was being moved to "
-                                    f"{PRODUCTION_ALIAS}; nothing changed") from None  # fmt: skip
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):  # no retry mends it (it was exit 70)
+                raise NotFoundError(f"{name} version {version} was deleted (or the model) while it was being "
+                                    f"moved to {PRODUCTION_ALIAS}; nothing changed") from None  # fmt: skip
             if attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
@@ -465,8 +467,8 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
     pair to finish: a default SIGTERM would end the process between the two.
     """
     with _sigterm_deferred():
-        _write(client, name, event)
         try:
+            _write(client, name, event)  # interrupted in flight, it may be stored: withdrawn too
             _move(client, name, event.to_version)
         except BaseException:
             with contextlib.suppress(Exception):  # unreachable now: the original error says so

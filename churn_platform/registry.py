@@ -134,10 +134,11 @@ def check_reachable(settings: Settings) -> None:
         raise RegistryUnreachable(
             f"MLflow tracking server at {redacted(uri)} is unhealthy (HTTP {response.status_code})"
         )
-    # MLflow answers "OK" (a proxy asking for credentials is left to the request that follows):
-    # anything else is another server (the API's port, a path prefix left out), which made every
-    # registry call a 404 and the command exit 70.
-    if response.status_code not in (401, 403) and (response.status_code != 200 or response.text.strip() != "OK"):
+    # MLflow answers "OK". A proxy asking for credentials or redirecting (to HTTPS, to a login)
+    # is left to the requests that follow, as before; no such route, or another server's answer
+    # (the API's port, a path prefix left out), made every registry call a 404 and exit 70.
+    wrong = response.status_code in (404, 405) or (response.status_code == 200 and response.text.strip() != "OK")
+    if wrong:
         raise RegistryUnreachable(
             f"{redacted(uri)} is not an MLflow tracking server (GET /health answered HTTP {response.status_code}"
             f"{'' if response.status_code != 200 else ', not OK'}); check MLFLOW_TRACKING_URI: its port, and the "

@@ -310,7 +310,8 @@ def checked_tracking_uri(uri: str) -> str:
         checked_http_url(uri)
     elif scheme in _DATABASE_SCHEMES:
         _database_url(uri)
-        _sync_driver(uri)  # mysql:// without its driver was a ModuleNotFoundError traceback, exit 70
+        # mysql:// without its driver was a ModuleNotFoundError traceback, exit 70
+        _sync_driver(uri, "install it into this environment, or use postgresql+psycopg2:// (or sqlite:///)")
         if scheme == "sqlite":
             _sqlite_file(uri)
     return uri
@@ -350,7 +351,7 @@ def checked_log_url(url: str) -> str:
     return url
 
 
-def _sync_driver(url: str) -> None:
+def _sync_driver(url: str, instead: str = "use postgresql+psycopg:// (or sqlite:///)") -> None:
     """A driver this install has and can use synchronously: ``postgresql+asyncpg://`` passed
     the scheme check, then failed at the first query as a traceback."""
     from sqlalchemy.engine import make_url
@@ -364,7 +365,7 @@ def _sync_driver(url: str) -> None:
             raise ValueError(f"driver {driver!r} is asynchronous; use postgresql+psycopg:// (or sqlite:///)")
         dialect.import_dbapi()
     except (NoSuchModuleError, ImportError):
-        raise ValueError(f"driver {driver!r} is not installed; use postgresql+psycopg:// (or sqlite:///)") from None
+        raise ValueError(f"driver {driver!r} is not installed; {instead}") from None
 
 
 def checked_model_name(name: str) -> str:

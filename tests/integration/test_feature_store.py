@@ -281,6 +281,8 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         ((), ["features", "ingest", "no_time.csv"], 2, "missing required columns: ['snapshot_time (or give --as-of)']"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
+        # A zone without a time: fromisoformat read it as 02:00 UTC; the column refuses it.
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "2026-06-30+02:00"], 2, "is not 'now' nor an ISO"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "2999-01-01"], 2, "'2999-01-01' is in the future"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects", "./no_time.csv"], 2,
          "--rejects ./no_time.csv names the same file as the input"),

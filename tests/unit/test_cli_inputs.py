@@ -135,9 +135,10 @@ def test_json_output_is_strict_json_when_a_metric_is_nan(embedded):
         assert '"f1": null' in text and json.loads(text, parse_constant=refuse), command
 
 
-@pytest.mark.parametrize("health", [(404, b"Not Found"), (200, b'{"status": "ok"}')])
+@pytest.mark.parametrize("health", [(404, b"Not Found"), (200, b'{"status": "ok"}'), (308, b"")])
 def test_a_tracking_uri_naming_another_server_says_so(health):
-    """A plain web server (or the API's port) made every registry call a 404: exit 70."""
+    """A plain web server (or the API's port) made every registry call a 404: exit 70. A
+    redirect (an ingress to HTTPS, a login proxy) is left to the MLflow client, as before."""
     import http.server
     import threading
 
@@ -154,8 +155,14 @@ def test_a_tracking_uri_naming_another_server_says_so(health):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
     try:
-        uri = f"http://127.0.0.1:{server.server_port}"
+        if code == 308:
+            from churn_platform import registry
+            from churn_platform.settings import Settings
+
+            registry.check_reachable(Settings(tracking_uri=uri))  # passes: not refused as another server
+            return
         result = CliRunner().invoke(main, ["status", "--tracking-uri", uri, "--json"])
     finally:
         server.shutdown()

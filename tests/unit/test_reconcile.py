@@ -94,6 +94,31 @@ def test_a_promotion_stopped_by_ctrl_c_before_its_move_leaves_no_event(client, m
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
 
 
+def test_a_promotion_stopped_by_ctrl_c_while_its_event_is_written_leaves_no_event(client, monkeypatch):
+    """The server may store a tag whose request was interrupted in flight."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    write = promotion._write
+
+    def stored_then_interrupted(*args: object) -> None:
+        write(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(promotion, "_write", stored_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        promotion.promote(client, "m", 2, actor="me", force=True)
+    monkeypatch.undo()
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
+
+
+def test_a_rollout_event_is_recorded_after_an_outside_move_it_follows(client):
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
+    promotion.record(client, "m", "rollout-stop", None, None, actor="me", reason="")
+    assert [e.action for e in promotion.history(client, "m")] == ["rollout-stop", "external", "promote"]
+
+
 def test_a_sigterm_between_the_record_and_the_move_waits_for_the_move(client, tmp_path):
     """A Job's deadline ended the process between the two: an event naming a move that
     never happened."""
@@ -134,7 +159,7 @@ def test_a_version_deleted_between_the_record_and_the_move_is_not_found_and_leav
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
     client.delete_model_version("m", "2")  # after promote checked it, before the move
     event = Event(f"{AUDIT_PREFIX}{time.time_ns():020d}-abcd", "t", "promote", 1, 2, "me", "", "cli")
-    with pytest.raises(NotFoundError, match="m version 2 was deleted while it was being moved to Production"):
+    with pytest.raises(NotFoundError, match=r"m version 2 was deleted \(or the model\) while it was being moved"):
         promotion._record_then_move(client, "m", event)  # noqa: SLF001
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
 
