@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -225,22 +227,24 @@ PG_BIN = Path(os.environ.get("CHURN_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
 @contextmanager
-def private_postgres(folder: Path) -> Iterator[PrivatePostgres]:
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A cluster in a folder of its own under the temp root, not pytest's: the postgres user
+    must reach it, and any pytest starting meanwhile (another run on the machine) makes
+    ``/tmp/pytest-of-root`` private again, so a restart mid-test failed "Permission denied"."""
     if not (PG_BIN / "initdb").exists():
         raise ServiceError(f"PostgreSQL server binaries not found in {PG_BIN} (set CHURN_TEST_PG_BIN)")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="churn-test-pg-"))
     os.chmod(folder, 0o777)
-    for parent in folder.parents:  # the postgres user must be able to reach the folder
-        if str(parent) in ("/", "/tmp"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o005)
     pg = PrivatePostgres(folder, free_port())
-    pg._pg("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
-    pg.start()
     try:
-        yield pg
-    finally:
+        pg._pg("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth=trust")
+        pg.start()
         try:
-            pg.stop()
-        except subprocess.SubprocessError:
-            pass
+            yield pg
+        finally:
+            try:
+                pg.stop()
+            except subprocess.SubprocessError:
+                pass
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -207,7 +207,7 @@ def test_postgres_down_30s_under_200_requests_a_second_loses_no_row_and_writes_n
 ):
     from tests.services import private_postgres
 
-    with private_postgres(tmp_path / "pg") as pg:
+    with private_postgres() as pg:
         env = stack_env.env | {"CHURN_MODEL_NAME": promoted, "CHURN_INFERENCE_LOG_URL": pg.url,
                                "CHURN_INFERENCE_LOG_FLUSH_S": "0.2",
                                "CHURN_INFERENCE_LOG_SPOOL_DIR": str(tmp_path / "spool")}  # fmt: skip
