@@ -146,6 +146,23 @@ def check_reachable(settings: Settings) -> None:
         )
 
 
+def require_existing(settings: Settings) -> None:
+    """``NotFoundError`` for a SQLite registry file that does not exist, before MLflow makes an
+    empty one (950 KB, for a typo) and reports the model missing from it."""
+    if url_scheme(settings.tracking_uri) != "sqlite":
+        return
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.tracking_uri).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database).expanduser()
+        if not path.exists():
+            raise NotFoundError(f"no MLflow registry at {path.resolve()}: train a model first, or point "
+                                "--tracking-uri (MLFLOW_TRACKING_URI) at the registry")  # fmt: skip
+
+
 def connect(settings: Settings) -> MlflowClient:
     """A registry client, after making sure the registry answers."""
     configure(settings)

@@ -171,6 +171,15 @@ def test_a_tracking_uri_naming_another_server_says_so(health):
     assert json.loads(result.stdout)["exit_code"] == 3
 
 
+def test_a_misspelt_sqlite_registry_is_named_missing_and_never_made(tmp_path):
+    """MLflow made an empty 950 KB registry for the typo and said the model did not exist."""
+    typo = tmp_path / "mlfow.db"
+    for command in (["status"], ["history"], ["rollback"], ["rollout", "status"]):
+        result = CliRunner().invoke(main, [*command, "--tracking-uri", f"sqlite:///{typo}"])
+        assert result.exit_code == 2 and f"no MLflow registry at {typo}: train a model first" in result.output
+    assert not typo.exists()
+
+
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
     """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""
     monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.5")
