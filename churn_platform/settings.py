@@ -195,6 +195,13 @@ class Settings(BaseSettings):
     def _model_name(cls, value: str) -> str:
         return checked_model_name(value)
 
+    @field_validator("monitor_experiment")
+    @classmethod
+    def _experiment(cls, value: str) -> str:
+        if not value.strip():  # MLflow refuses it only when the run is logged, after the whole check: exit 70
+            raise ValueError("an experiment name cannot be blank")
+        return value
+
     @field_validator("inference_log_url")
     @classmethod
     def _log_url(cls, value: str) -> str:
@@ -268,7 +275,9 @@ def _database_url(url: str) -> None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url)
+        parsed = make_url(url)
+        if "@" in (parsed.host or ""):  # a password's unescaped @: the rest of it was read as the host, and shown
+            raise ValueError("host holds @")
     except (ArgumentError, ValueError):
         raise ValueError(
             f"not a valid {url_scheme(url) or url.split(':', 1)[0]}:// URL: check the host and port, and "

@@ -90,6 +90,22 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
     assert "secret" not in result.output  # the URL carries the password: never echoed
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # The password's @ made the rest of it the host, printed in the "unreachable" message, exit 3.
+        ("MLFLOW_TRACKING_URI", "postgresql://u:pass@word99@127.0.0.1:1/x", "not a valid postgresql:// URL"),
+        ("CHURN_INFERENCE_LOG_URL", "postgresql://u:pass@word99@127.0.0.1:1/x", "not a valid postgresql:// URL"),
+        ("CHURN_MONITOR_EXPERIMENT", " ", "an experiment name cannot be blank"),  # monitor ran, then exit 70
+    ],
+)
+def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2 and f"{variable}: {message}" in result.output, result.output
+    assert "word99" not in result.output
+
+
 def test_an_infinite_setting_is_refused_by_name(monkeypatch):
     """A drift threshold of inf passed `gt=0`: the monitor could never report drift again."""
     monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLD", "inf")
