@@ -260,6 +260,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
 
     name = settings.model_name
     since, until = _window(options)
+    registry.require_existing(settings)
     client = registry.connect(settings)
     with registry.translate_errors(settings):
         try:

@@ -190,7 +190,10 @@ def test_a_tracking_uri_naming_another_server_says_so(health):
 def test_a_misspelt_sqlite_registry_is_named_missing_and_never_made(tmp_path):
     """MLflow made an empty 950 KB registry for the typo and said the model did not exist."""
     typo = tmp_path / "mlfow.db"
-    for command in (["status"], ["history"], ["rollback"], ["rollout", "status"]):
+    (tmp_path / "in.csv").write_text("customer_id\n1\n")
+    for command in (["status"], ["history"], ["rollback"], ["rollout", "status"],
+                    ["score", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv")],
+                    ["monitor"], ["performance"]):  # fmt: skip
         result = CliRunner().invoke(main, [*command, "--tracking-uri", f"sqlite:///{typo}"])
         assert result.exit_code == 2 and f"no MLflow registry at {typo}: train a model first" in result.output
     assert not typo.exists()
