@@ -642,6 +642,8 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
     if as_json:
         payload = state.model_dump(mode="json")
         payload["comparison"] = comparison.model_dump(mode="json") if comparison else None
+        if failed is not None:  # the documented error keys beside the state that still stands
+            payload |= {"error": str(failed), "exit_code": int(failed.exit_code)}
         echo_json(payload)
     else:
         _echo_rollout(state, comparison)

@@ -53,6 +53,7 @@ def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions
     dead = cli("rollout", "status", "--model-name", name, "--inference-log-url", "postgresql://u@127.0.0.1:1/x",
                "--json")  # fmt: skip
     assert dead.exit_code == 3 and out(dead)["mode"] == "canary" and "cannot read" in out(dead)["comparison"]["note"]
+    assert out(dead)["exit_code"] == 3 and out(dead)["error"].startswith("cannot read the inference log")
     events = out(cli("history", "--model-name", name, "--json"))["events"]
     assert (events[0]["action"], events[0]["from"], events[0]["to"]) == ("rollout-start", 1, 3)
     assert "canary 20%: try v3" in events[0]["reason"]
