@@ -118,6 +118,25 @@ def _stop(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
+def _with_credentials(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
+    """The gateway's URL without ``user:password@``, and a handler sending them as basic auth:
+    left in the URL, urllib took them for part of the host and no push ever arrived."""
+    from urllib.parse import unquote, urlsplit
+
+    from prometheus_client.exposition import basic_auth_handler, default_handler
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, default_handler
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    user, password = unquote(parts.username), unquote(parts.password or "")
+
+    def handler(*args: Any, **kwargs: Any) -> Callable[[], None]:
+        return basic_auth_handler(*args, **kwargs, username=user, password=password)
+
+    return bare, handler
+
+
 def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
          results: list[tuple[str, float, dict[str, str]]], *, finished: float) -> bool:  # fmt: skip
     """Push one run's metrics; False (and a warning) when no gateway is set or it refused them."""
@@ -147,7 +166,8 @@ def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
         (made[name].labels(**labels) if labels else made[name]).set(value)
     try:
         # pushadd (POST) replaces only these metrics: a failed run keeps the last success time.
-        pushadd_to_gateway(settings.pushgateway_url, job=job, registry=registry,
+        gateway, handler = _with_credentials(settings.pushgateway_url)
+        pushadd_to_gateway(gateway, job=job, registry=registry, handler=handler,
                            grouping_key={"model_name": model_name or settings.model_name}, timeout=5)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - best effort: the job's own result stands
         log.warning("could not push %s's metrics to %s: %s", job, redacted(settings.pushgateway_url), exc)

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
     def _log_url(cls, value: str) -> str:
         return checked_log_url(value)
 
-    @field_validator("monitor_alert_webhook")
+    @field_validator("monitor_alert_webhook", "pushgateway_url")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
         return checked_http_url(value) if value else value

@@ -97,6 +97,7 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
         ("MLFLOW_TRACKING_URI", "postgresql://u:pass@word99@127.0.0.1:1/x", "not a valid postgresql:// URL"),
         ("CHURN_INFERENCE_LOG_URL", "postgresql://u:pass@word99@127.0.0.1:1/x", "not a valid postgresql:// URL"),
         ("CHURN_MONITOR_EXPERIMENT", " ", "an experiment name cannot be blank"),  # monitor ran, then exit 70
+        ("CHURN_PUSHGATEWAY_URL", "notaurl", "must be an http:// or https:// URL with a host"),  # was never checked
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):

@@ -184,3 +184,36 @@ def test_a_retrain_that_declines_pushes_0_not_the_last_version_registered(regist
     samples = pushed(gateway)
     assert value(samples, "churn_retrain_registered_version", job="retrain", model_name="churn") == 0
     assert value(samples, "churn_job_exit_code", job="retrain", model_name="churn") == 1
+
+
+def test_a_gateway_url_with_credentials_pushes_with_basic_auth(monkeypatch):
+    """Left in the URL, urllib took user:password@ for part of the host: nothing ever arrived."""
+    import base64
+    import http.server
+    import threading
+    import time
+
+    from churn_platform import job_metrics
+
+    received: list[tuple[str, str | None]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", f"http://ops:p%40ss@127.0.0.1:{server.server_port}")
+    get_settings.cache_clear()
+    try:
+        assert job_metrics.push("monitor", "churn", 0, 1.5, [], finished=time.time())
+    finally:
+        server.shutdown()
+        get_settings.cache_clear()
+    assert received == [("/metrics/job/monitor/model_name/churn", "Basic " + base64.b64encode(b"ops:p@ss").decode())]
