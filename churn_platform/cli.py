@@ -66,8 +66,8 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     no verdict uses (Python's own exit 1 would read as "drift" or "degraded" to a scheduler).
     """
 
-    def fail(message: str, code: int) -> NoReturn:
-        click.echo(f"error: {message}", err=True)
+    def fail(message: str, code: int, prefix: str = "error: ") -> NoReturn:
+        click.echo(f"{prefix}{message}", err=True)
         context = click.get_current_context(silent=True)
         if context is not None and context.params.get("as_json"):
             echo_json({"error": message, "exit_code": code})
@@ -78,7 +78,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except ChurnPlatformError as exc:
-            fail(str(exc), int(exc.exit_code))
+            fail(str(exc), int(exc.exit_code), exc.prefix)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors (exit 2) and deliberate exits
         except KeyboardInterrupt:  # click's Abort is exit 1, which `score` says means "some rows rejected"

@@ -9,6 +9,8 @@ class ChurnPlatformError(Exception):
     """Base class: a message for a person, no traceback needed."""
 
     exit_code: ExitCode = ExitCode.USAGE
+    #: How the CLI introduces the message; an answer that is no failure (a retrain not needed) has none.
+    prefix: str = "error: "
 
 
 class DataError(ChurnPlatformError):
