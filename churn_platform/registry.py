@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -107,6 +108,9 @@ def _check_database(uri: str, timeout_s: float) -> None:
             pass
     except sa.exc.DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        if re.search(r'database ".*" does not exist', reason):  # the server answered: a name to mend, not a retry
+            raise NotFoundError(f"MLflow registry database at {url.render_as_string(hide_password=True)}: {reason}; "
+                                "check MLFLOW_TRACKING_URI") from None  # fmt: skip
         raise RegistryUnreachable(
             f"MLflow registry database at {url.render_as_string(hide_password=True)} is unreachable ({reason}); "
             "check MLFLOW_TRACKING_URI and that the database is running"

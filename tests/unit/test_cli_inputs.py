@@ -107,6 +107,14 @@ def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, va
     assert "word99" not in result.output
 
 
+def test_a_registry_database_that_does_not_exist_is_not_found_not_unreachable():
+    """The server answered, naming the database: exit 3 had a scheduler retry a typo."""
+    uri = "postgresql+psycopg2://postgres@127.0.0.1:5432/churn_no_such_registry"
+    result = CliRunner().invoke(main, ["history", "--tracking-uri", uri])
+    assert result.exit_code == 2, result.output
+    assert 'database "churn_no_such_registry" does not exist; check MLFLOW_TRACKING_URI' in result.output
+
+
 def test_an_infinite_setting_is_refused_by_name(monkeypatch):
     """A drift threshold of inf passed `gt=0`: the monitor could never report drift again."""
     monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLD", "inf")
