@@ -775,7 +775,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
               help="Spark master URL (default: spark-submit's, else local[*]).")
 @click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
               help="A Spark setting, e.g. spark.jars.packages=org.apache.hadoop:hadoop-aws:3.4.1 (repeatable).")
-@click.option("--rejects", default=None, help="Where bad rows go (default: OUTPUT.rejects.parquet beside the output).")
+@click.option("--rejects", default=None,
+              help="Where bad rows go (default: OUTPUT's name without its suffix + .rejects.parquet, beside it).")
 @click.option("--explain", is_flag=True, help="Add each customer's top contributions as columns.")
 @click.option("--top-k", type=click.IntRange(1, len(FEATURE_NAMES)), default=None,
               help="Contributions per row, with --explain (default: 5).")

@@ -191,7 +191,7 @@ class Demo:
             "--rollout", "shadow", "--json", verdicts=(ExitCode.OK, ExitCode.REFUSED),  # 1: not possible, a verdict
         )  # fmt: skip
         if done.returncode != ExitCode.OK:
-            click.secho(f"      not retrained: {done.stderr.strip().splitlines()[-1]}", fg="yellow")
+            click.secho(f"      {done.stderr.strip().splitlines()[-1]}", fg="yellow")  # "not retrained: why"
             return {"version": None}
         result = json.loads(done.stdout[done.stdout.index("{") :])
         gate = result["gate"]

@@ -33,6 +33,10 @@ class NotFoundError(ChurnPlatformError):
     """A registered model, version, alias, artifact or data window does not exist."""
 
 
+class RegistryNotFound(NotFoundError):
+    """The registry's own database does not exist (a typo in the URI): no model is missing from it."""
+
+
 class GateRefused(ChurnPlatformError):
     """A promotion gate refused the change (nothing was changed)."""
 

@@ -19,7 +19,7 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
-from churn_platform.errors import NotFoundError, RegistryUnreachable, StorageUnreachable
+from churn_platform.errors import NotFoundError, RegistryNotFound, RegistryUnreachable, StorageUnreachable
 from churn_platform.settings import Settings, redacted, url_scheme
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def _check_database(uri: str, timeout_s: float) -> None:
     except sa.exc.DBAPIError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
         if re.search(r'database ".*" does not exist', reason):  # the server answered: a name to mend, not a retry
-            raise NotFoundError(f"MLflow registry database at {url.render_as_string(hide_password=True)}: {reason}; "
+            raise RegistryNotFound(f"MLflow registry database at {url.render_as_string(hide_password=True)}: {reason}; "
                                 "check MLFLOW_TRACKING_URI") from None  # fmt: skip
         raise RegistryUnreachable(
             f"MLflow registry database at {url.render_as_string(hide_password=True)} is unreachable ({reason}); "
@@ -161,7 +161,7 @@ def require_existing(settings: Settings) -> None:
 
     database = make_url(settings.tracking_uri).database
     if database and database != ":memory:" and not database.startswith("file:"):
-        path = Path(database).expanduser()
+        path = Path(database)
         if not path.exists():
             raise NotFoundError(f"no MLflow registry at {path.resolve()}: train a model first, or point "
                                 "--tracking-uri (MLFLOW_TRACKING_URI) at the registry")  # fmt: skip

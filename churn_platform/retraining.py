@@ -45,7 +45,7 @@ class NotRetrained(ChurnPlatformError):
     """Retraining was not needed or not possible (exit 1); the reason says which. Nothing registered."""
 
     exit_code = ExitCode.REFUSED
-    prefix = ""  # the scheduled job's usual answer: its log should not say "error" every day
+    prefix = "not retrained: "  # the scheduled job's usual answer: its log should not say "error" every day
 
 
 class Decision(BaseModel):
@@ -256,7 +256,7 @@ def retrain(
                                "`churn-platform promote --version N`")  # fmt: skip
         decision = decide(client, settings, production, trigger, of, at_least)
         if not decision.retrain:
-            raise NotRetrained(f"not retrained: {decision.reason}")
+            raise NotRetrained(decision.reason)
         log_url = inference_log_url or settings.inference_log_url
         recent = labelled(log_url, name, since, settings.outcome_horizon_days)
         base_frame = data.load(base, settings.s3_endpoint_url) if base else None

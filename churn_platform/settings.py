@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         1, ge=0, le=10, description="Retries of a failed registry request (MLflow default: 7)."
     )
     decision_threshold: float = Field(
-        0.5, gt=0, lt=1, description="Probability at which a customer is predicted to churn."
+        0.5, gt=0, lt=1,
+        description="Probability at which a customer is predicted to churn: the default of a version's "
+        "decision_threshold tag at training (and for a version without the tag).",
     )
     promotion_tolerance: float = Field(
         0.005,
@@ -207,9 +209,16 @@ class Settings(BaseSettings):
     def _log_url(cls, value: str) -> str:
         return checked_log_url(value)
 
-    @field_validator("monitor_alert_webhook", "pushgateway_url")
+    @field_validator("monitor_alert_webhook")
     @classmethod
     def _http(cls, value: str | None) -> str | None:
+        return checked_http_url(value) if value else value
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        if value and "://" not in value:  # host:port, which prometheus_client takes as http://
+            value = f"http://{value}"
         return checked_http_url(value) if value else value
 
     @model_validator(mode="after")
@@ -253,8 +262,12 @@ def redacted(uri: str) -> str:
 
     try:
         parts = urlsplit(uri)
-        if parts.password is None:
+        if parts.username is None:
             return uri
+        if parts.password is None:  # http://token@host: the user part is the secret (a database's user is not)
+            if parts.scheme not in ("http", "https"):
+                return uri
+            return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
         return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
     except ValueError:
         return f"{url_scheme(uri)}://***"
@@ -336,7 +349,9 @@ def _sqlite_file(uri: str) -> None:
 
     database = make_url(uri).database
     if database and database != ":memory:" and not database.startswith("file:"):
-        path = Path(database).expanduser()
+        if database.startswith("~"):  # SQLAlchemy and MLflow do not expand it: ./~/ would be made
+            raise ValueError(f"{database!r}: ~ is not expanded in a SQLite URI; give the full path")
+        path = Path(database)
         if not path.parent.is_dir():
             raise ValueError(f"no folder {path.parent} for the SQLite registry (a typo?); MLflow would make an "
                              "empty one")  # fmt: skip

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from churn_platform import loading, registry, rollout, tracing
-from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryUnreachable
+from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryNotFound, RegistryUnreachable
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
 from serving.heap import settle_heap
@@ -100,7 +100,7 @@ class ModelHolder:
                             default_threshold=self.settings.decision_threshold,
                             sample=self.settings.verify_sample_rows,
                         )  # fmt: skip
-            except RegistryUnreachable as exc:
+            except (RegistryUnreachable, RegistryNotFound) as exc:  # no model can be missing from it yet
                 return self._fail("registry_unreachable", str(exc))
             except NotFoundError as exc:
                 return self._not_loaded(client, version, "alias_missing", str(exc))

@@ -217,3 +217,28 @@ def test_a_gateway_url_with_credentials_pushes_with_basic_auth(monkeypatch):
         server.shutdown()
         get_settings.cache_clear()
     assert received == [("/metrics/job/monitor/model_name/churn", "Basic " + base64.b64encode(b"ops:p@ss").decode())]
+
+
+def test_a_gateway_given_as_host_and_port_is_taken_as_http(monkeypatch):
+    """prometheus_client takes host:port; the new start-up check must not refuse it."""
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", "prometheus-pushgateway.monitoring.svc:9091")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().pushgateway_url == "http://prometheus-pushgateway.monitoring.svc:9091"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_a_gateway_token_as_the_url_user_is_never_logged(monkeypatch, caplog):
+    """http://token@host sent the token as the user; redacted() masked only a password."""
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", f"http://s3cr3t-token@127.0.0.1:{free_port()}")
+    get_settings.cache_clear()
+    try:
+        from churn_platform import job_metrics
+
+        with caplog.at_level(logging.WARNING):
+            assert not job_metrics.push("monitor", "churn", 0, 1.0, [], finished=0.0)
+    finally:
+        get_settings.cache_clear()
+    assert "could not push monitor's metrics to http://***@127.0.0.1" in caplog.text
+    assert "s3cr3t-token" not in caplog.text
