@@ -471,7 +471,7 @@ def features_apply() -> None:
 
 
 #: A date, or a date and time with an optional zone: the shapes the snapshot_time column takes.
-_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[zZ]|[+-]\d{2}:?\d{2})?)?")
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?)?")
 
 
 class _SnapshotTime(click.ParamType):

@@ -55,6 +55,8 @@ from churn_platform.settings import Settings
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+log = logging.getLogger(__name__)
+
 PROJECT = "churn"
 ENTITY = "customer"
 FEATURE_VIEW = "customer_features"
@@ -478,10 +480,15 @@ def _one_at_a_time(settings: Settings) -> Iterator[None]:
     """One materialization at a time. Two at once on PostgreSQL deadlocked in Feast's upserts
     (the loser's snapshots never went online, exit 3); the one that waits then copies a window
     that holds the other's rows too, so the latest of each customer wins either way."""
+    waiting = "waiting for another materialization of this store to finish"  # a hung one holds every later run
     if not settings.feature_store_url:
         lock = os.open(_embedded_dir(settings) / "materialize.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning(waiting)
+                fcntl.flock(lock, fcntl.LOCK_EX)
             yield
         finally:
             os.close(lock)  # closing releases the lock
@@ -492,7 +499,10 @@ def _one_at_a_time(settings: Settings) -> Iterator[None]:
     try:
         # Outside a transaction: a session idle in one may be ended by the server mid-run.
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MATERIALIZE_LOCK})
+        key = {"key": _MATERIALIZE_LOCK}
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar_one():
+            log.warning(waiting)
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), key)
     except Exception as exc:  # noqa: BLE001
         engine.dispose()
         raise unavailable(exc) from None

@@ -121,18 +121,16 @@ def _stop(signum: int, frame: Any) -> None:
 def _with_credentials(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
     """The gateway's URL without ``user:password@``, and a handler sending them as basic auth:
     left in the URL, urllib took them for part of the host and no push ever arrived."""
-    from urllib.parse import unquote, urlsplit
-
     from prometheus_client.exposition import basic_auth_handler, default_handler
 
-    parts = urlsplit(url)
-    if parts.username is None:
+    from churn_platform.settings import split_userinfo
+
+    bare, user, password = split_userinfo(url)
+    if user is None:
         return url, default_handler
-    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    user, password = unquote(parts.username), unquote(parts.password or "")
 
     def handler(*args: Any, **kwargs: Any) -> Callable[[], None]:
-        return basic_auth_handler(*args, **kwargs, username=user, password=password)
+        return basic_auth_handler(*args, **kwargs, username=user, password=password or "")
 
     return bare, handler
 

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from churn_platform.errors import NotFoundError, RegistryNotFound, RegistryUnreachable, StorageUnreachable
-from churn_platform.settings import Settings, redacted, url_scheme
+from churn_platform.settings import Settings, redacted, sqlite_file, url_scheme
 
 log = logging.getLogger(__name__)
 #: MLflow 3's UI alias editor lowercases every alias it saves: adding `Production` there
@@ -142,29 +142,21 @@ def check_reachable(settings: Settings) -> None:
     # is left to the requests that follow, as before; no such route, or another server's answer
     # (the API's port, a path prefix left out), made every registry call a 404 and exit 70.
     wrong = response.status_code in (404, 405) or (response.status_code == 200 and response.text.strip() != "OK")
-    if wrong:
-        raise RegistryUnreachable(
+    if wrong:  # the server answered: a URI to mend (exit 2), not a retry
+        raise RegistryNotFound(
             f"{redacted(uri)} is not an MLflow tracking server (GET /health answered HTTP {response.status_code}"
-            f"{'' if response.status_code != 200 else ', not OK'}); check MLFLOW_TRACKING_URI: its port, and the "
-            "path prefix if the server has one"
+            f"{'' if response.status_code != 200 else ', not OK: another service, or a proxy page in front'}); "
+            "check MLFLOW_TRACKING_URI: its port, and the path prefix if the server has one"
         )
 
 
 def require_existing(settings: Settings) -> None:
-    """``NotFoundError`` for a SQLite registry file that does not exist, before MLflow makes an
-    empty one (950 KB, for a typo) and reports the model missing from it."""
-    if url_scheme(settings.tracking_uri) != "sqlite":
-        return
-    from pathlib import Path
-
-    from sqlalchemy.engine import make_url
-
-    database = make_url(settings.tracking_uri).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        path = Path(database)
-        if not path.exists():
-            raise NotFoundError(f"no MLflow registry at {path.resolve()}: train a model first, or point "
-                                "--tracking-uri (MLFLOW_TRACKING_URI) at the registry")  # fmt: skip
+    """``RegistryNotFound`` for a SQLite registry file that does not exist, before MLflow makes
+    an empty one (950 KB, for a typo) and reports the model missing from it."""
+    path = sqlite_file(settings.tracking_uri) if url_scheme(settings.tracking_uri) == "sqlite" else None
+    if path is not None and not path.exists():
+        raise RegistryNotFound(f"no MLflow registry at {path.resolve()}: train a model first, or point "
+                               "--tracking-uri (MLFLOW_TRACKING_URI) at the registry")  # fmt: skip
 
 
 def connect(settings: Settings) -> MlflowClient:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -261,16 +262,26 @@ def redacted(uri: str) -> str:
     from urllib.parse import urlsplit
 
     try:
-        parts = urlsplit(uri)
-        if parts.username is None:
+        bare, user, password = split_userinfo(uri)
+        if user is None:
             return uri
-        if parts.password is None:  # http://token@host: the user part is the secret (a database's user is not)
-            if parts.scheme not in ("http", "https"):
-                return uri
-            return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
-        return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+        scheme, _, rest = bare.partition("://")
+        if password is None:  # http://token@host: the user part is the secret (a database's user is not)
+            return f"{scheme}://***@{rest}" if urlsplit(uri).scheme in ("http", "https") else uri
+        return f"{scheme}://{urlsplit(uri).username}:***@{rest}"
     except ValueError:
         return f"{url_scheme(uri)}://***"
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str | None]:
+    """``url`` without ``user:password@``, and the two (%-decoded; None when absent)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None, None
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return bare, unquote(parts.username), None if parts.password is None else unquote(parts.password)
 
 
 def _plugin_schemes() -> set[str]:
@@ -335,23 +346,29 @@ def checked_tracking_uri(uri: str) -> str:
         # mysql:// without its driver was a ModuleNotFoundError traceback, exit 70
         _sync_driver(uri, "install it into this environment, or use postgresql+psycopg2:// (or sqlite:///)")
         if scheme == "sqlite":
-            _sqlite_file(uri)
+            _checked_sqlite_file(uri)
     return uri
 
 
-def _sqlite_file(uri: str) -> None:
-    """A SQLite registry's folder exists, and a file there is a SQLite database: MLflow makes
-    the folders and an empty registry for a mistyped path, even for `status`, which then
-    reports a model that does not exist; another file was a traceback."""
-    from pathlib import Path
-
+def sqlite_file(uri: str) -> Path | None:
+    """The file a ``sqlite:///`` URI opens, as SQLAlchemy and MLflow open it (relative to the
+    working directory, ``~`` not expanded); None for an in-memory or ``file:`` database."""
     from sqlalchemy.engine import make_url
 
     database = make_url(uri).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        if database.startswith("~"):  # SQLAlchemy and MLflow do not expand it: ./~/ would be made
-            raise ValueError(f"{database!r}: ~ is not expanded in a SQLite URI; give the full path")
-        path = Path(database)
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _checked_sqlite_file(uri: str) -> None:
+    """A SQLite registry's folder exists, and a file there is a SQLite database: MLflow makes
+    the folders and an empty registry for a mistyped path, even for `status`, which then
+    reports a model that does not exist; another file was a traceback."""
+    path = sqlite_file(uri)
+    if path is not None:
+        if str(path).startswith("~"):  # SQLAlchemy and MLflow do not expand it: ./~/ would be made
+            raise ValueError(f"{str(path)!r}: ~ is not expanded in a SQLite URI; give the full path")
         if not path.parent.is_dir():
             raise ValueError(f"no folder {path.parent} for the SQLite registry (a typo?); MLflow would make an "
                              "empty one")  # fmt: skip

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from churn_platform import data, feature_store
 from churn_platform.cli import main
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import get_settings
-from tests.services import Stack, postgres_database
+from tests.services import PG_HOST, PG_PORT, PG_USER, Stack, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -188,28 +189,47 @@ def test_refresh_never_puts_an_older_snapshot_back_online(tmp_path: Path, monkey
         get_settings.cache_clear()
 
 
-def test_two_refreshes_at_once_on_postgresql_both_reach_the_online_store(tmp_path: Path, telco_csv: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch):  # fmt: skip
-    """They deadlocked in Feast's upserts: the loser exited 3 and its snapshots never went online."""
+def test_a_materialization_waits_for_one_already_running_on_postgresql(tmp_path: Path, telco_csv: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    """Two at once deadlocked in Feast's upserts: the loser exited 3 and its snapshots never
+    went online. The second one now waits, says so, and then publishes."""
+    import psycopg2
+
     raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
-    raw = raw[raw["total_charges"].str.strip() != ""].head(1000)
+    raw = raw[raw["total_charges"].str.strip() != ""].head(50)
     raw.assign(tenure="10", snapshot_time="2026-12-02").to_csv(tmp_path / "a.csv", index=False)
-    raw.assign(tenure="20", snapshot_time="2026-12-03").to_csv(tmp_path / "b.csv", index=False)
     with postgres_database() as url:
         env = {**os.environ, "CHURN_FEATURE_STORE_URL": url, "CHURN_FEATURE_STORE_DIR": str(tmp_path / "store")}
-        command = [sys.executable, "-m", "churn_platform.cli", "features", "refresh"]
-        subprocess.run([*command[:-1], "apply"], env=env, cwd=tmp_path, check=True, capture_output=True)
-        runs = [subprocess.Popen([*command, name], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True) for name in ("a.csv", "b.csv")]  # fmt: skip
-        said = [run.communicate(timeout=300)[0] for run in runs]
-        assert [run.returncode for run in runs] == [0, 0], said
+        command = [sys.executable, "-m", "churn_platform.cli", "features"]
+        for step in (["apply"], ["ingest", "a.csv"]):
+            subprocess.run([*command, *step], env=env, cwd=tmp_path, check=True, capture_output=True)
+        database = url.rsplit("/", 1)[1]
+        holder = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database)
+        holder.autocommit = True
+        try:
+            with holder.cursor() as cur:
+                cur.execute("SELECT pg_advisory_lock(%s)", (feature_store._MATERIALIZE_LOCK,))  # noqa: SLF001
+                run = subprocess.Popen([*command, "materialize"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                deadline = time.monotonic() + 120
+                waiting = 0
+                while not waiting and run.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                    waiting = cur.fetchone()[0]
+                assert waiting == 1 and run.poll() is None, "materialize did not wait for the one running"
+                cur.execute("SELECT pg_advisory_unlock(%s)", (feature_store._MATERIALIZE_LOCK,))  # noqa: SLF001
+            said = run.communicate(timeout=300)[0]
+        finally:
+            holder.close()
+        assert run.returncode == 0 and "waiting for another materialization" in said, said
         monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
         get_settings.cache_clear()
         try:
             online = feature_store.online(feature_store.open_store(get_settings()), raw[ID_COLUMN].tolist())
         finally:
             get_settings.cache_clear()
-    assert {row["tenure"] for row in online} == {20}
+    assert {row["tenure"] for row in online} == {10}
 
 
 def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -57,6 +57,18 @@ def customers(telco_csv, n: int) -> list[dict]:
     return data.to_records(frame.drop(columns=["churn"]))
 
 
+def test_a_registry_database_that_does_not_exist_is_registry_unreachable_not_alias_missing(tmp_path):
+    """alias_missing's runbook says to promote a version; the URI is what needs mending."""
+    from tests.services import PG_HOST, PG_PORT, PG_USER
+
+    uri = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/churn_no_such_registry"
+    with TestClient(create_app(make_settings(uri, tmp_path))) as client:
+        time.sleep(1.5)
+        response = client.get("/ready")
+    assert response.status_code == 503 and response.json()["status"] == "registry_unreachable", response.json()
+    assert 'database "churn_no_such_registry" does not exist' in response.json()["message"]
+
+
 def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):
     with TestClient(create_app(make_settings(registry_uri, tmp_path, model_name="nobody"))) as client:
         assert client.get("/health").json() == {"status": "ok"}

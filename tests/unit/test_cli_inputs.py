@@ -3,8 +3,10 @@ exit code: never a traceback, never a silent fallback, never a half-done job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,14 +167,11 @@ def test_json_output_is_strict_json_when_a_metric_is_nan(embedded):
         assert '"f1": null' in text and json.loads(text, parse_constant=refuse), command
 
 
-@pytest.mark.parametrize("health", [(404, b"Not Found"), (200, b'{"status": "ok"}'), (308, b"")])
-def test_a_tracking_uri_naming_another_server_says_so(health):
-    """A plain web server (or the API's port) made every registry call a 404: exit 70. A
-    redirect (an ingress to HTTPS, a login proxy) is left to the MLflow client, as before."""
+@contextlib.contextmanager
+def answering(code: int, body: bytes) -> Iterator[str]:
+    """A web server that is not MLflow, answering every GET with ``code`` and ``body``."""
     import http.server
     import threading
-
-    code, body = health
 
     class Other(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the standard library's name
@@ -185,20 +184,31 @@ def test_a_tracking_uri_naming_another_server_says_so(health):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    uri = f"http://127.0.0.1:{server.server_port}"
     try:
-        if code == 308:
-            from churn_platform import registry
-            from churn_platform.settings import Settings
-
-            registry.check_reachable(Settings(tracking_uri=uri))  # passes: not refused as another server
-            return
-        result = CliRunner().invoke(main, ["status", "--tracking-uri", uri, "--json"])
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
-    assert result.exit_code == 3, result.output
+        server.server_close()
+
+
+@pytest.mark.parametrize(("code", "body"), [(404, b"Not Found"), (200, b'{"status": "ok"}')])
+def test_a_tracking_uri_naming_another_server_says_so(code, body):
+    """A plain web server (or the API's port) made every registry call a 404: exit 70. It
+    answered, so the URI is to mend: exit 2, not a retry."""
+    with answering(code, body) as uri:
+        result = CliRunner().invoke(main, ["status", "--tracking-uri", uri, "--json"])
+    assert result.exit_code == 2, result.output
     assert f"{uri} is not an MLflow tracking server (GET /health answered HTTP {code}" in result.output
-    assert json.loads(result.stdout)["exit_code"] == 3
+    assert json.loads(result.stdout)["exit_code"] == 2
+
+
+def test_a_redirect_from_health_is_left_to_the_mlflow_client():
+    """An ingress to HTTPS or a login proxy redirects; the MLflow client follows it, as before."""
+    from churn_platform import registry
+    from churn_platform.settings import Settings
+
+    with answering(308, b"") as uri:
+        assert registry.check_reachable(Settings(tracking_uri=uri)) is None
 
 
 def test_a_misspelt_sqlite_registry_is_named_missing_and_never_made(tmp_path):

@@ -215,6 +215,7 @@ def test_a_gateway_url_with_credentials_pushes_with_basic_auth(monkeypatch):
         assert job_metrics.push("monitor", "churn", 0, 1.5, [], finished=time.time())
     finally:
         server.shutdown()
+        server.server_close()
         get_settings.cache_clear()
     assert received == [("/metrics/job/monitor/model_name/churn", "Basic " + base64.b64encode(b"ops:p@ss").decode())]
 
