@@ -466,8 +466,7 @@ def load_model(settings: Settings, alias: str | None, version: int | None) -> lo
     """The version to score with, loaded and verified as the API does."""
     from churn_platform import loading, registry
 
-    registry.require_existing(settings)  # run from another folder, it made an empty mlflow.db there
-    client = registry.connect(settings)
+    client = registry.connect(settings, existing=True)  # run elsewhere, it made an empty mlflow.db there
     name = settings.model_name
     try:
         with registry.translate_errors(settings):

@@ -334,8 +334,7 @@ def registry_command(func: Callable[..., Any]) -> Callable[..., Any]:
         from churn_platform import registry
 
         settings = settings_for(tracking_uri, model_name)
-        registry.require_existing(settings)  # every registry command reads a model that must exist
-        client = registry.connect(settings)
+        client = registry.connect(settings, existing=True)  # every registry command reads a model
         with registry.translate_errors(settings):
             return func(client=client, settings=settings, as_json=as_json, **kwargs)
 

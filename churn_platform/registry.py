@@ -150,7 +150,7 @@ def check_reachable(settings: Settings) -> None:
         )
 
 
-def require_existing(settings: Settings) -> None:
+def _require_existing(settings: Settings) -> None:
     """``RegistryNotFound`` for a SQLite registry file that does not exist, before MLflow makes
     an empty one (950 KB, for a typo) and reports the model missing from it."""
     path = sqlite_file(settings.tracking_uri) if url_scheme(settings.tracking_uri) == "sqlite" else None
@@ -159,8 +159,11 @@ def require_existing(settings: Settings) -> None:
                                "--tracking-uri (MLFLOW_TRACKING_URI) at the registry")  # fmt: skip
 
 
-def connect(settings: Settings) -> MlflowClient:
-    """A registry client, after making sure the registry answers."""
+def connect(settings: Settings, *, existing: bool = False) -> MlflowClient:
+    """A registry client, after making sure the registry answers; with ``existing``, one that
+    must already be there (a command that reads a model), never made for a mistyped path."""
+    if existing:
+        _require_existing(settings)
     configure(settings)
     check_reachable(settings)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)

@@ -346,8 +346,7 @@ def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experim
 def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
     """Run the job and return its summary (``summary.exit_code`` is the command's exit code)."""
     name = settings.model_name
-    registry.require_existing(settings)
-    client = registry.connect(settings)
+    client = registry.connect(settings, existing=True)
     with registry.translate_errors(settings):
         file = _read_file(options.current, settings) if options.current else None
         try:

@@ -260,8 +260,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
 
     name = settings.model_name
     since, until = _window(options)
-    registry.require_existing(settings)
-    client = registry.connect(settings)
+    client = registry.connect(settings, existing=True)
     with registry.translate_errors(settings):
         try:
             version = options.version or loading.resolve(client, name, options.alias)
