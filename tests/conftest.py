@@ -150,8 +150,9 @@ def spark_s3_jars() -> str:
 def webhook() -> Iterator[tuple[str, list[dict]]]:
     """A real HTTP endpoint for alert webhooks: its URL, and the JSON bodies posted to it."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.services import http_server
 
     posted: list[dict] = []
 
@@ -164,10 +165,5 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hook", posted
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Hook) as url:
+        yield f"{url}/hook", posted

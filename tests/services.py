@@ -13,9 +13,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from churn_platform import processes
@@ -179,6 +181,19 @@ def start_api(env: dict[str, str], log_dir: Path) -> tuple[Process, str]:
         return processes.start_api(env, log_dir, BIN, cwd=REPO)
     except ProcessFailed as exc:
         raise ServiceError(str(exc)) from exc
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on a free local port, answering with ``handler``: its base URL.
+    Shut down and its socket closed afterwards."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def wait_ready(url: str, timeout: float = 60) -> None:

@@ -171,7 +171,8 @@ def test_json_output_is_strict_json_when_a_metric_is_nan(embedded):
 def answering(code: int, body: bytes) -> Iterator[str]:
     """A web server that is not MLflow, answering every GET with ``code`` and ``body``."""
     import http.server
-    import threading
+
+    from tests.services import http_server
 
     class Other(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the standard library's name
@@ -182,13 +183,8 @@ def answering(code: int, body: bytes) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Other) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("code", "body"), [(404, b"Not Found"), (200, b'{"status": "ok"}')])

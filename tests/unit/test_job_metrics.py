@@ -20,7 +20,7 @@ from churn_platform.inference_log import COLUMNS, sqlite_time, upgrade
 from churn_platform.processes import free_port
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN
 from churn_platform.settings import get_settings
-from tests.services import start_process, wait_http
+from tests.services import http_server, start_process, wait_http
 
 
 @pytest.fixture
@@ -190,7 +190,6 @@ def test_a_gateway_url_with_credentials_pushes_with_basic_auth(monkeypatch):
     """Left in the URL, urllib took user:password@ for part of the host: nothing ever arrived."""
     import base64
     import http.server
-    import threading
     import time
 
     from churn_platform import job_metrics
@@ -207,16 +206,13 @@ def test_a_gateway_url_with_credentials_pushes_with_basic_auth(monkeypatch):
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", f"http://ops:p%40ss@127.0.0.1:{server.server_port}")
-    get_settings.cache_clear()
-    try:
-        assert job_metrics.push("monitor", "churn", 0, 1.5, [], finished=time.time())
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Gateway) as url:
+        monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", url.replace("http://", "http://ops:p%40ss@"))
         get_settings.cache_clear()
+        try:
+            assert job_metrics.push("monitor", "churn", 0, 1.5, [], finished=time.time())
+        finally:
+            get_settings.cache_clear()
     assert received == [("/metrics/job/monitor/model_name/churn", "Basic " + base64.b64encode(b"ops:p@ss").decode())]
 
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from churn_platform import data, logs, tracing
 from serving.app import create_app
+from tests.services import http_server
 from tests.unit.test_api import make_settings, wait_ready
 
 TRACE_ID, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -94,16 +94,12 @@ def test_the_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch):
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "churn-api-test")
-    try:
+    with http_server(Collector) as url:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "churn-api-test")
         assert tracing.setup()
         with tracing.span("score", {"churn.rows": 1}):
             pass
         tracing.shutdown()  # flushes the batch
-    finally:
-        server.shutdown()
     assert received and received[0][0] == "/v1/traces" and received[0][1] == "application/x-protobuf"
     assert received[0][2] > 0
