@@ -333,14 +333,14 @@ def _refuse_costly(body: bytes, model: type[BaseModel], max_customers: int | Non
             objects = [((), top, frozenset({"customers"}))]
         else:
             customers, objects = [], [((), top, _CUSTOMER_FIELDS)]
-    except (msgspec.MsgspecError, UnicodeDecodeError):
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):  # msgspec skips deep nesting by recursion
         return
     if max_customers is not None and len(customers) > max_customers:
         raise TooManyCustomers(len(customers))
     for i, raw in enumerate(customers):
         try:
             objects.append((("customers", i), _OBJECT.decode(raw), _CUSTOMER_FIELDS))
-        except (msgspec.MsgspecError, UnicodeDecodeError):
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             continue
     listed: list[dict[str, Any]] = []
     total = 0
@@ -367,7 +367,9 @@ def customers_from_json(body: bytes, model: type[BaseModel], max_customers: int 
     decoders = _ESCAPED_DECODERS if b"\\" in body else _FAST_DECODERS
     try:
         decoded = decoders[model].decode(body)
-    except (msgspec.MsgspecError, UnicodeDecodeError):  # msgspec reads bad UTF-8 in a string as the latter
+    # msgspec reads bad UTF-8 in a string as UnicodeDecodeError, and skips an unknown field's
+    # value by recursion (RecursionError past ~1000 levels); pydantic names either problem.
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
         _refuse_costly(body, model, max_customers)
         parsed = model.model_validate_json(body)
         customers = parsed.customers if isinstance(parsed, BatchRequest) else [parsed]

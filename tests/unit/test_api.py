@@ -165,6 +165,14 @@ def test_missing_field_nan_and_malformed_json(api, telco_csv):
         assert response.status_code == 422, (path, response.text)
         assert response.json()["message"].startswith("body: Invalid JSON: not UTF-8 (invalid ")
     assert api.post("/predict", json={"customers": []}).status_code == 422
+    # Nesting deeper than Python's recursion limit (a few kB, no key needed): a 422, never a 500.
+    deep = "[" * 3000 + "]" * 3000
+    row = json.dumps(customers(telco_csv, 1)[0])
+    for path, body in (("/predict", f'{{"customers": {deep}}}'), ("/predict/single", f'{{"x": {deep}}}'),
+                       ("/predict", f'{{"customers": [{row[:-1]}, "x": {deep}}}]}}'), ("/predict", deep)):
+        response = api.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 422, (path, body[:40], response.status_code, response.text[:200])
+        assert "nest" in response.json()["message"] or "recursion" in response.json()["message"], response.text
 
 
 def test_size_limits_give_413(registry_uri, tmp_path, telco_csv):
