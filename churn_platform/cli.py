@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from churn_platform import job_metrics
-from churn_platform.contract import CLOCK_AHEAD, EXIT_CODES_HELP, MODEL_TYPES, ExitCode
+from churn_platform.contract import CLOCK_AHEAD, EXIT_CODES_HELP, MODEL_TYPES, PRODUCTION_ALIAS, ExitCode
 from churn_platform.errors import ChurnPlatformError, NotFoundError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
@@ -805,6 +805,8 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
     from churn_platform.contract import ExitCode
     from churn_platform.errors import DataValidationError
 
+    if version is not None or alias not in (None, PRODUCTION_ALIAS):  # another model than the schedule's
+        job_metrics.not_pushed(f"--version {version}" if version is not None else f"--alias {alias}")
     if alias and version:
         raise DataValidationError("give --alias or --version, not both")
     if top_k is not None and not explain:

@@ -122,6 +122,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     settings = settings_for(tracking_uri, model_name)
     params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
     last_hours = params.pop("last_hours")
+    if reason := MonitorOptions(**params).adhoc:  # first: a one-off run's usage error is not pushed either
+        job_metrics.not_pushed(reason)
     if params["current"]:  # these choose inference-log rows: with a file they would be silently ignored
         log_only = [f"--{k.replace('_', '-')}" for k in ("since", "until", "rows", "all_versions", "inference_log_url")
                     if params[k]]  # fmt: skip
@@ -139,8 +141,6 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
         raise click.UsageError(f"--since {params['since']:%Y-%m-%d %H:%M:%S} is not before --until "
                                f"{params['until']:%Y-%m-%d %H:%M:%S}")  # fmt: skip
     options = MonitorOptions(**params)
-    if options.adhoc:
-        job_metrics.not_pushed(options.adhoc)
     summary = run(options, settings)
     job_metrics.record("churn_monitor_rows", summary.current_rows)
     if summary.drift_share is not None:
@@ -208,13 +208,13 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
     settings = settings_for(tracking_uri, model_name)
     params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
     last_days = params.pop("last_days")
+    if reason := PerformanceOptions(**params).adhoc:  # first: a one-off run's usage error is not pushed either
+        job_metrics.not_pushed(reason)
     if last_days is not None:
         if params["since"] is not None:
             raise click.UsageError("give --since or --last-days, not both")
         params["since"] = _before(params["until"], timedelta(days=last_days), f"--last-days {last_days}")
     options = PerformanceOptions(**params)
-    if options.adhoc:
-        job_metrics.not_pushed(options.adhoc)
     summary = run(options, settings)
     job_metrics.record("churn_performance_roc_auc", summary.realized.roc_auc, kind="realized")
     job_metrics.record("churn_performance_roc_auc", summary.estimated.roc_auc, kind="estimated")

@@ -99,10 +99,15 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     clean = tmp_path / "clean.csv"
     data.generate(1500, seed=8).drop(columns=["churn"]).to_csv(clean, index=False)
     caplog.set_level(logging.INFO, logger="churn_platform.job_metrics")
-    for adhoc in (["--current", str(clean)], ["--version", "1"]):
+    # Nor does one whose options are wrong (exit 2): its exit code would clear the drift alert.
+    for adhoc in (["--current", str(clean)], ["--version", "1"], ["--current", str(clean), "--since", "2026-01-01"]):
         run = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, *adhoc, "--output-dir", str(tmp_path / "r")])
-        assert run.exit_code in (0, 1) and "Traceback" not in run.output, run.output
+        assert run.exit_code in (0, 1, 2) and "Traceback" not in run.output, run.output
         assert pushed(gateway) == samples, adhoc
+    run = CliRunner().invoke(main, ["performance", "--tracking-uri", uri, "--version", "1", "--since", "2026-01-01",
+                                    "--last-days", "3"])  # fmt: skip
+    assert run.exit_code == 2 and "not both" in run.output, run.output
+    assert not [labels for _, labels in pushed(gateway) if ("job", "performance") in labels]
     assert "monitor's metrics are not pushed (--current " in caplog.text
     assert len(posted) == 1  # nor did the team's webhook hear of the investigations (--version 1 drifted)
     run = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--version", "1", "--alert-webhook", hook,
@@ -121,6 +126,9 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     assert value(samples, "churn_job_rows", outcome="rejected", **job) == 1
     succeeded = value(samples, "churn_job_last_success_timestamp_seconds", **job)
 
+    for other in (["--version", "1"], ["--alias", "Challenger"]):  # another model than the schedule's: not pushed
+        run = CliRunner().invoke(main, [*args, "--input", str(tmp_path / "missing.csv"), *other])
+        assert run.exit_code == 2 and pushed(gateway) == samples, (other, run.output)
     failed = CliRunner().invoke(main, [*args, "--input", str(tmp_path / "missing.csv")])
     assert failed.exit_code == 2, failed.output
     samples = pushed(gateway)
