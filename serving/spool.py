@@ -82,7 +82,10 @@ class Spool:
     ) -> None:
         """``sync_s``: appends fsync at least this often, however long the loader is busy (the
         loader syncs when it reads and while it waits for the database, for frames after the last append)."""
-        self.root, self.max_bytes, self.segment_bytes, self.sync_s = root, max_bytes, segment_bytes, sync_s
+        self.root, self.max_bytes, self.sync_s = root, max_bytes, sync_s
+        # The tail segment stays on disk, committed or not, until it rolls: at most an eighth of
+        # the cap, or a small cap filled with committed rows would refuse every append for good.
+        self.segment_bytes = min(segment_bytes, max(max_bytes // 8, 1))
         self._synced = time.monotonic()
         self._unlockable: set[Path] = set()
         root.mkdir(parents=True, exist_ok=True)

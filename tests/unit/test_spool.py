@@ -155,6 +155,17 @@ def test_past_the_cap_appends_are_refused_and_room_comes_back_after_commit(tmp_p
     assert spool.append(b"y" * 90, rows=1)  # committed segments were deleted: room again
 
 
+def test_a_cap_smaller_than_a_segment_never_fills_with_committed_rows(tmp_path):
+    """A 1 MiB cap (the smallest the settings take) under 8 MiB segments: the tail segment's
+    committed frames held the cap and every later append was refused while the database was fine."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(300):  # 3 MB through a 1 MiB spool, each frame committed as it comes
+        assert spool.append(b"x" * 10_000, rows=1), i
+        assert payloads(spool) == [b"x" * 10_000]
+    assert spool.bytes <= 1 << 20
+    spool.close()
+
+
 def test_a_disk_that_refuses_a_write_loses_that_frame_only(tmp_path, monkeypatch):
     """A full disk (ENOSPC) mid-frame: the frame is refused and cut off, later frames still read."""
     import errno
