@@ -84,9 +84,26 @@ def pipe_frame(payload: bytes, rows: int) -> bytes:
 
 def spool_root(spool_dir: Path, url: str) -> Path:
     """The spool of one database: rows spooled for one database are never replayed into another
-    (a changed CHURN_INFERENCE_LOG_URL, two tests side by side). Named by a hash: the URL may
-    hold a password."""
-    return spool_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
+    (another database in CHURN_INFERENCE_LOG_URL, two tests side by side), while a new
+    password, user, driver or connection option (a credentials rotation) keeps the folder.
+    Named by a hash of the database's identity: the URL may hold a password."""
+    parsed = sa.engine.make_url(url)
+    database = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+        database = str(Path(database).resolve())
+    identity = f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{database}"
+    return spool_dir / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _warn_of_other_spools(root: Path) -> None:
+    """Say so when rows wait in the spool of another database: they are never replayed here
+    (the URL named another database when they were spooled; or a release before 2026-12-05,
+    which named the folder by the whole URL, password included)."""
+    for other in sorted(p for p in root.parent.iterdir() if p.is_dir() and p != root):
+        waiting = sum(f.stat().st_size for f in other.glob("*/*.seg"))
+        if waiting:
+            log.warning("inference log spool: %s holds %d bytes spooled for another database: not replayed into "
+                        "this one (see 'The inference log spool' in docs/operations.md)", other, waiting)
 
 
 #: PostgreSQL's INTEGER: binary COPY would wrap a larger value silently, so decoding refuses it.
@@ -489,8 +506,9 @@ def main() -> None:
     # The URL may hold a password: it comes through the pipe, never the command line.
     config = msgspec.msgpack.decode(first[0])
     logs.configure(logging.INFO, config.get("log_format", "text"))  # the API's format
-    spool = Spool(spool_root(Path(config["spool_dir"]), config["url"]), max_bytes=int(config["spool_max_bytes"]),
-                  sync_s=float(config["flush_s"]))  # fmt: skip
+    root = spool_root(Path(config["spool_dir"]), config["url"])
+    spool = Spool(root, max_bytes=int(config["spool_max_bytes"]), sync_s=float(config["flush_s"]))
+    _warn_of_other_spools(root)
     if spool.adopted_bytes:
         log.info("inference log: replaying %d bytes spooled by an earlier process", spool.adopted_bytes)
     database = Database(config["url"])

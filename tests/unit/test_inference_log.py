@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from churn_platform.data import generate, to_records
 from churn_platform.errors import SettingsError
 from serving.inference_log import InferenceLog
+from serving.log_writer import spool_root
 
 RECORDS = to_records(generate(20, seed=5).drop(columns=["churn"]))
 
@@ -228,13 +229,42 @@ def test_an_api_killed_with_a_full_spool_replays_it_at_the_next_start(tmp_path):
     lock.execute("COMMIT")
     lock.close()
     assert list(spool.rglob("*.seg"))
-    log = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    # Restarted with the URL's options changed (as with a rotated password): the same database, the same spool.
+    log = InferenceLog(f"{url}?timeout=10", spool_dir=spool, batch_rows=20, flush_s=0.05)
     log.start()
     try:
         wait_for(lambda: log.replayed == 200)
     finally:
         log.close()
     assert logged(url) == (200, 200) and log.dropped == 0
+
+
+def test_the_spool_folder_names_the_database_not_its_credentials():
+    root = Path("/spool")
+    same = {spool_root(root, u) for u in ("postgresql://u:old@db:5432/log", "postgresql+psycopg://v:new@db:5432/log",
+                                           "postgresql://u:new@db:5432/log?sslmode=require")}  # fmt: skip
+    assert len(same) == 1 and "old" not in str(same) and "new" not in str(same)
+    others = {spool_root(root, u) for u in ("postgresql://u@db:5432/log2", "postgresql://u@db:5433/log",
+                                             "postgresql://u@db2:5432/log", "mysql://u@db:5432/log")}  # fmt: skip
+    assert len(others) == 4 and not others & same
+    assert spool_root(root, "sqlite:///log.db") == spool_root(root, f"sqlite:///{Path.cwd()}/./log.db")
+
+
+def test_rows_spooled_for_another_database_are_named_at_start_never_replayed_here(tmp_path, capfd):
+    spool = tmp_path / "spool"
+    waiting = spool_root(spool, f"sqlite:///{tmp_path}/old.db") / "writer"
+    waiting.mkdir(parents=True)
+    (waiting / "000000000001.seg").write_bytes(b"x" * 100)
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = InferenceLog(url, spool_dir=spool, batch_rows=1, flush_s=0.05)
+    log.start()
+    try:
+        log.append("r", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.written == 20)
+    finally:
+        log.close()
+    assert f"{waiting.parent} holds 100 bytes spooled for another database" in capfd.readouterr().err
+    assert (waiting / "000000000001.seg").exists() and log.replayed == 0
 
 
 def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
