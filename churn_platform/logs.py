@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ LogFormat = Literal["text", "json"]
 _context: ContextVar[dict[str, Any] | None] = ContextVar("churn_log_context", default=None)
 FIELDS = ("request_id", "model_version", "arm", "route", "status", "duration_ms", "trace_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_NOISY = ("botocore", "urllib3", "alembic", "httpx")
+_NOISY = ("botocore", "urllib3", "alembic", "httpx", "huey", "sqlalchemy.engine")
+#: Loggers ``import mlflow`` gives a text handler of its own (and ``propagate=False``).
+_MLFLOW_OWNED = ("mlflow", "sqlalchemy.engine", "alembic", "huey")
 
 
 @contextmanager
@@ -104,6 +107,11 @@ def configure(level: int = logging.INFO, log_format: LogFormat = "text") -> None
         return
     for handler in ours:
         root.removeHandler(handler)
+    if log_format == "json":  # one JSON object per line, MLflow's lines too, whenever mlflow is imported
+        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+        for name in _MLFLOW_OWNED:
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = [], True
     handler = logging.StreamHandler(sys.stderr)
     handler.churn_platform = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(TEXT_FORMAT))

@@ -97,3 +97,27 @@ def test_an_unexpected_error_is_a_500_with_the_request_id_in_the_response_and_th
     error = next(line for line in lines if line["message"].startswith("unexpected error"))
     assert error["request_id"] == "crm-500" and error["level"] == "ERROR"
     assert "RuntimeError: a bug" in error["exception"]
+
+
+@pytest.mark.parametrize("mlflow_first", [False, True])
+def test_mlflow_and_sqlalchemy_lines_are_json_too(mlflow_first):
+    """``import mlflow`` gives its loggers a text handler of its own: in JSON format, whether
+    mlflow was imported before the logs were set up or after, its lines are JSON like ours."""
+    import subprocess
+    import sys
+
+    script = "\n".join([
+        "import logging",
+        "import mlflow" if mlflow_first else "",
+        "from churn_platform import logs",
+        "logs.configure(logging.INFO, 'json')",
+        "import mlflow",
+        "for name in ('churn_platform.x', 'mlflow.pyfunc', 'alembic.runtime', 'sqlalchemy.engine.Engine'):",
+        "    logging.getLogger(name).warning('from %s', name)",
+    ])  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_CONFIGURE_LOGGING"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stderr.splitlines()]  # any text line fails here
+    assert [line["logger"] for line in lines] == ["churn_platform.x", "mlflow.pyfunc", "alembic.runtime",
+                                                  "sqlalchemy.engine.Engine"]  # fmt: skip
