@@ -24,7 +24,8 @@ def render() -> str:
     document = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        # release: prometheus is the label kube-prometheus-stack's default ruleSelector matches.
+        # release: prometheus, like the ServiceMonitor: what kube-prometheus-stack's default selectors
+        # match when its Helm release is named prometheus (docs/operations.md: another name).
         "metadata": {"name": "churn-platform", "labels": {"app.kubernetes.io/name": "churn-platform",
                                                           "release": "prometheus"}},  # fmt: skip
         "spec": {"groups": groups},
