@@ -82,7 +82,14 @@ def server_span(method: str, headers: Mapping[str, str]) -> Iterator[Any]:
         yield current
 
 
+def failed(span: Any) -> None:
+    """Mark a request's span failed (a 5xx answered by our own handlers, so no exception left
+    the span to mark it): a trace search for errors finds it."""
+    span.set_status(trace.Status(trace.StatusCode.ERROR))
+
+
 def trace_id() -> str | None:
-    """The current trace's id (32 hex), for log lines; None outside a span."""
+    """The current trace's id (32 hex), for log lines; None outside a span, and for a trace
+    not sampled (it is never exported: a log line's link to it would lead nowhere)."""
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+    return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else None

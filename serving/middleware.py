@@ -146,7 +146,9 @@ class RequestMetrics:
                 # here fed the 5xx alert). 499 is nginx's "client closed request".
                 status = CLIENT_CLOSED
                 log.info("client closed the request on %s before its body arrived", scope["path"])
-            except Exception:
+            except Exception as exc:
+                if span is not None:
+                    span.record_exception(exc)
                 if started_response:
                     raise
                 # Answered here, not by Starlette's outermost handler: the 500 then carries the
@@ -166,6 +168,8 @@ class RequestMetrics:
                         "http.request.method": scope["method"], "http.route": endpoint,
                         "http.response.status_code": status, "churn.request_id": request_id,
                     })  # fmt: skip
+                    if status >= 500:  # also a 503 of our own (no model served): as OTel's HTTP conventions say
+                        tracing.failed(span)
                 if self.access_log:
                     context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
                     # raw_path: as sent, still percent-encoded, so a path cannot forge a log line.

@@ -103,3 +103,32 @@ def test_the_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch):
         tracing.shutdown()  # flushes the batch
     assert received and received[0][0] == "/v1/traces" and received[0][1] == "application/x-protobuf"
     assert received[0][2] > 0
+
+
+def test_a_failed_request_is_an_error_span_and_an_unsampled_trace_is_never_named_in_the_log(
+    spans, json_lines, registry_uri, tmp_path, telco_csv, monkeypatch
+):  # fmt: skip
+    from serving.predictor import Predictor
+
+    customer = data.to_records(data.load(telco_csv).drop(columns=["churn"]).head(1))[0]
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, access_log=True))) as client:
+        wait_ready(client)
+        # The caller did not sample its trace (flags 00): nothing is exported, so no line names it.
+        unsampled = client.post("/predict/single", json=customer, headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-00"})
+        assert unsampled.status_code == 200
+        spans.clear()
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(Predictor, "predict", broken)  # a fault injected: no route fails on purpose
+        response = client.post("/predict/single", json=customer, headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})
+    assert response.status_code == 500
+    server = next(s for s in spans.get_finished_spans() if s.name == "POST /predict/single")
+    assert server.status.status_code.name == "ERROR"
+    assert [e.attributes["exception.type"] for e in server.events] == ["RuntimeError"]
+    def lines_of(answer):
+        return [line for line in json_lines() if line.get("request_id") == answer.headers["x-request-id"]]
+
+    assert lines_of(unsampled) and all("trace_id" not in line for line in lines_of(unsampled))
+    assert any(line.get("trace_id") == TRACE_ID for line in lines_of(response))
