@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from mlflow import MlflowClient
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from churn_platform import promotion, registry
 from churn_platform.contract import CHALLENGER_ALIAS, ROLLOUT_TAG
@@ -30,15 +30,25 @@ class RolloutState(BaseModel):
 
     mode: Mode = "off"
     #: Share of customers (by a stable hash of their id) the Challenger answers in canary mode.
-    percent: int | None = None
-    challenger_version: int | None = None
-    production_version: int | None = None
+    percent: int | None = Field(None, ge=1, le=99)
+    challenger_version: int | None = Field(None, ge=1)
+    production_version: int | None = Field(None, ge=1)
     started_by: str | None = None
     started_at: str | None = None
     reason: str = ""
     #: Production moves in the audit trail when it started: one more means it has ended. A count,
     #: not a time: the events' times come from the clocks of whoever ran each command.
     moves_at_start: int | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> RolloutState:
+        """A tag edited by hand (or by another tool) is read as off rather than served as it
+        says: a canary of 500 % sends every customer to the Challenger."""
+        if self.mode != "off" and (self.challenger_version is None or self.production_version is None):
+            raise ValueError(f"a {self.mode} names its challenger_version and production_version")
+        if (self.mode == "canary") != (self.percent is not None):
+            raise ValueError("percent goes with a canary, and only with one")
+        return self
 
 
 class RolloutError(NotFoundError):
