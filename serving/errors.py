@@ -30,6 +30,8 @@ class ServingError(Exception):
     """An error a client caused or must wait out; ``status_code`` is its HTTP status."""
 
     status_code = 500
+    #: Headers the status calls for (a 401's challenge, a passing 503's Retry-After).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, detail: Any = None) -> None:
         super().__init__(message)
@@ -38,6 +40,7 @@ class ServingError(Exception):
 
 class NoModelServed(ServingError):
     status_code = 503
+    headers = {"Retry-After": "5"}  # the replica retries its load by itself
 
 
 class BodyTooLarge(ServingError):
@@ -68,6 +71,7 @@ class StoreUnavailable(ServingError):
     """The database behind the inference log and outcomes cannot be reached: try again later."""
 
     status_code = 503
+    headers = {"Retry-After": "5"}
 
 
 class UnsupportedMediaType(ServingError):
@@ -76,6 +80,7 @@ class UnsupportedMediaType(ServingError):
 
 class MissingApiKey(ServingError):
     status_code = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="churn-api"'}  # RFC 9110: a 401 names how to authenticate
 
 
 class AdminDisabled(ServingError):
@@ -94,7 +99,9 @@ def problem(status: int, message: str, detail: Any = None) -> JSONResponse:
 
 def problem_for(error: ServingError) -> JSONResponse:
     """The response for a domain error (also used by the middleware, outside the handlers' reach)."""
-    return problem(error.status_code, error.message, error.detail)
+    response = problem(error.status_code, error.message, error.detail)
+    response.headers.update(error.headers)
+    return response
 
 
 class CountedValidationError(RequestValidationError):

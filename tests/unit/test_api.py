@@ -78,7 +78,8 @@ def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):
         assert response.json()["status"] == "alias_missing"
         assert "holds the alias 'Production'" in response.json()["message"]
         one = customers_stub()
-        assert client.post("/predict/single", json=one).status_code == 503
+        refused = client.post("/predict/single", json=one)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"  # the replica keeps trying
         assert client.get("/predict/single").status_code == 405  # a wrong method whether or not a model is served
 
 
@@ -275,7 +276,8 @@ def test_model_info_and_metrics(api, telco_csv):
 
 
 def test_admin_reload_needs_the_key_and_swaps_versions(api):
-    assert api.post("/admin/reload").status_code == 401
+    unauthenticated = api.post("/admin/reload")
+    assert unauthenticated.status_code == 401 and unauthenticated.headers["www-authenticate"].startswith("Bearer")
     assert api.post("/admin/reload", headers={"X-API-Key": "wrong"}).status_code == 403
     client = MlflowClient()
     client.set_registered_model_alias("churn", "Production", "2")
