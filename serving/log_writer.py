@@ -52,10 +52,11 @@ TRANSIENT = (
     sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError,
     psycopg.errors.ReadOnlySqlTransaction,
 )  # fmt: skip
-#: Errors that blame the rows (a value the database cannot store, a malformed item): a batch
-#: refused with one is split to find the requests at fault. Any other refusal (a missing
-#: grant, a constraint someone added, a dropped table) costs the whole batch at once.
-ROW_ERRORS = (psycopg.DataError, sa.exc.DataError, sqlite3.DataError, ValueError, OverflowError)
+#: Errors that blame the rows (a value the database cannot store, NULL where SQLite's table
+#: refuses it, a malformed item): a batch refused with one is split to find the requests at
+#: fault. Any other refusal (a missing grant, a dropped table) costs the whole batch at once.
+ROW_ERRORS = (psycopg.DataError, sa.exc.DataError, sqlite3.DataError, sqlite3.IntegrityError, ValueError,
+              OverflowError)  # fmt: skip
 #: Rows per database transaction: large ones replay a backlog fast.
 TRANSACTION_ROWS = 20_000
 #: On shutdown, how long the writer keeps trying to empty the spool into the database.
@@ -283,7 +284,9 @@ class Database:
             if self._dialect == "sqlite":
                 cur = raw.cursor()
                 marks = ", ".join("?" * len(COLUMNS))
-                conflict = f"INSERT OR IGNORE INTO {INFERENCE_LOG_TABLE} ({_NAMES}) VALUES ({marks})"
+                # DO NOTHING on a stored (request id, row index) only: OR IGNORE also skipped a row
+                # refused by NOT NULL (a NaN score binds as NULL), lost without a count.
+                conflict = f"INSERT INTO {INFERENCE_LOG_TABLE} ({_NAMES}) VALUES ({marks}) ON CONFLICT DO NOTHING"
                 cur.executemany(conflict, rows)
                 inserted = cur.rowcount
                 cur.close()

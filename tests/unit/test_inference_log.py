@@ -173,6 +173,22 @@ def test_a_row_that_cannot_be_encoded_costs_its_request_not_the_sender(tmp_path)
     assert logged(url) == (60, 60)
 
 
+def test_a_row_sqlite_refuses_is_counted_as_dropped_never_skipped_as_stored(tmp_path):
+    """A NaN score binds as NULL, which the table refuses: INSERT OR IGNORE skipped those rows
+    as if a replay had stored them, uncounted."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=1000, flush_s=0.05)
+    log.start()
+    try:
+        log.append("good-1", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        log.append("nan", "churn", 1, RECORDS[:3], [float("nan")] * 3)
+        log.append("good-2", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.written + log.dropped == 43)
+    finally:
+        log.close()
+    assert (log.written, log.dropped) == (40, 3) and logged(url) == (40, 40)
+
+
 def locked(path: Path) -> sqlite3.Connection:
     """Hold SQLite's exclusive lock: to the writer, the database is down."""
     lock = sqlite3.connect(path, isolation_level=None)
