@@ -153,47 +153,53 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else 0.0
 
 
-def _expected_roc_auc(p: np.ndarray) -> float | None:
-    """Trapezoidal AUC of the expected ROC curve, one step per distinct score.
+def _expected_roc_auc(p: np.ndarray, w: np.ndarray) -> float | None:
+    """Trapezoidal AUC of the expected ROC curve, one step per distinct score (``w``: each
+    score's row count).
 
-    Each score counts as p expected positives and 1 - p expected negatives. This is the ratio
+    Each row counts as p expected positives and 1 - p expected negatives. This is the ratio
     of the expected pair counts, so it approaches the expected AUC under y ~ Bernoulli(p) as
     rows grow (within about 0.002 at 200 rows); it is None when no positives or no negatives
     are expected at all.
     """
-    positives, negatives = p.sum(), (1 - p).sum()
+    positives, negatives = (w * p).sum(), (w * (1 - p)).sum()
     if positives <= 0 or negatives <= 0:
         return None
-    ordered = np.sort(p)[::-1]
+    order = np.argsort(p, kind="stable")[::-1]
+    ordered, weights = p[order], w[order]
     last_of_score = np.r_[ordered[1:] != ordered[:-1], True]
-    tpr = np.r_[0.0, np.cumsum(ordered)[last_of_score] / positives]
-    fpr = np.r_[0.0, np.cumsum(1 - ordered)[last_of_score] / negatives]
+    tpr = np.r_[0.0, np.cumsum(weights * ordered)[last_of_score] / positives]
+    fpr = np.r_[0.0, np.cumsum(weights * (1 - ordered))[last_of_score] / negatives]
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def estimated(p: np.ndarray, threshold: float) -> Estimated:
+def estimated(p: np.ndarray, threshold: float, counts: np.ndarray | None = None) -> Estimated:
     """CBPE: metrics from the expected confusion matrix, with no labels at all.
 
     Each score p is read as the probability that the customer churns, so a row predicted
     positive adds p to the expected true positives and 1 - p to the false positives (and
     likewise for rows below ``threshold``). Only valid for calibrated scores; see the module
-    docstring for what it cannot see.
+    docstring for what it cannot see. ``counts``: how many rows have each score (a histogram
+    from the database: memory grows with the distinct scores, not the predictions).
     """
     p = _scores(p)
-    n = p.shape[0]
+    w = np.ones_like(p) if counts is None else np.asarray(counts, dtype=float).ravel()
+    if w.shape != p.shape or (w < 0).any():
+        raise ValueError("counts must be one non-negative number per score")
+    n = int(w.sum())
     if n == 0:
         return Estimated(rows=0)
     predicted = p >= threshold
-    tp, fp = p[predicted].sum(), (1 - p[predicted]).sum()
-    fn, tn = p[~predicted].sum(), (1 - p[~predicted]).sum()
+    tp, fp = (w * p)[predicted].sum(), (w * (1 - p))[predicted].sum()
+    fn, tn = (w * p)[~predicted].sum(), (w * (1 - p))[~predicted].sum()
     return Estimated(
         rows=n,
-        roc_auc=_expected_roc_auc(p),
+        roc_auc=_expected_roc_auc(p, w),
         precision=_ratio(tp, tp + fp),
         recall=_ratio(tp, tp + fn),
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
         accuracy=float((tp + tn) / n),
-        expected_positives=float(p.sum()),
+        expected_positives=float((w * p).sum()),
     )
 
 

@@ -279,7 +279,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         scores = matched[PROBABILITY].astype(float).to_numpy()
         _check_scores(scores, "matched scores")
         real = realized(labels, scores, threshold)
-        est = estimated(np.repeat(got["scores"], got["counts"]), threshold)
+        est = estimated(got["scores"], threshold, got["counts"])
         matched[SCORED_AT] = pd.to_datetime(matched[SCORED_AT], utc=True, format="ISO8601")
         days = by_day(matched, SCORED_AT, CHURNED, PROBABILITY)
         reasons = judge(real, est, baseline, settings.performance_min_rows, settings.performance_tolerance)

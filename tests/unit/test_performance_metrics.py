@@ -129,6 +129,21 @@ def test_estimate_ignores_row_order_with_tied_scores():
     assert estimated(p, THRESHOLD).roc_auc == pytest.approx((wins + ties) / (positive.sum() * negative.sum()))
 
 
+def test_an_estimate_from_a_histogram_is_the_estimate_from_its_rows():
+    """The performance job reads the scores as (score, count) from the database: a month of
+    predictions must not become one float each in memory, and the figures must not change."""
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.beta(2, 5, 5_000), 4)
+    distinct, counts = np.unique(scores, return_counts=True)
+    shuffled = rng.permutation(len(distinct))  # the database returns them in no order
+    from_rows, from_histogram = estimated(scores, THRESHOLD), estimated(distinct[shuffled], THRESHOLD, counts[shuffled])
+    assert from_histogram.rows == from_rows.rows == 5_000
+    for field in ("roc_auc", "precision", "recall", "f1", "accuracy", "expected_positives"):
+        assert getattr(from_histogram, field) == pytest.approx(getattr(from_rows, field), rel=1e-12), field
+    with pytest.raises(ValueError, match="one non-negative number per score"):
+        estimated(distinct, THRESHOLD, counts[:-1])
+
+
 def test_estimate_follows_covariate_shift_but_not_concept_drift():
     y, p = calibrated(20_000, seed=3)
     before = estimated(p, THRESHOLD)
