@@ -258,6 +258,13 @@ class Comparison(BaseModel):
     note: str | None = None
 
 
+#: Resolution of the score histogram the figures are computed on: the Wasserstein distance
+#: and the mean are within 1e-4 of the exact ones, and a month-long rollout reads 10,001 rows per arm.
+_SCORE_BINS = 10_000
+#: Resolution of the per-request scoring times (ms) the percentiles are read from.
+_MS_BINS = 100
+
+
 def compare(
     url: str,
     name: str,
@@ -269,7 +276,10 @@ def compare(
 ) -> Comparison:
     """Per-arm figures of the running rollout, from rows logged since it started.
 
-    ``thresholds`` maps a version to its decision threshold (for the shadow agreement).
+    Computed in the database (a score histogram, per-request times, the shadow's pairs): a
+    rollout held for weeks covers hundreds of millions of rows, and this command's memory
+    grows with none of them. ``thresholds`` maps a version to its decision threshold (for
+    the shadow agreement).
     """
     import numpy as np
     import pandas as pd
@@ -292,54 +302,93 @@ def compare(
     from churn_platform.inference_log import is_missing_table, make_engine, read_failure
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
-    columns = ", ".join([REQUEST_ID, ROW_INDEX, MODEL_VERSION, ARM, PROBABILITY, SCORING_MS])
-    query = f"SELECT {columns} FROM {INFERENCE_LOG_TABLE} WHERE {MODEL_NAME} = :name"
-    params: dict[str, object] = {"name": name}
+    params: dict[str, object] = {"name": name, "production": state.production_version,
+                                 "challenger": state.challenger_version, "mode": state.mode}  # fmt: skip
     if since is not None:
-        query += f" AND {SCORED_AT} >= :since"
         params["since"] = since if not url.startswith("sqlite") else since.replace(tzinfo=None).isoformat(sep=" ")
-    if state.production_version is not None and state.challenger_version is not None:
-        # This rollout's arms only: a replica that has not polled yet logs the rollout before it
-        # (another Challenger, or shadow rows after a switch to canary) for up to a poll interval.
-        query += (f" AND (({ARM} = 'production' AND {MODEL_VERSION} = :production)"
-                  f" OR ({ARM} = :mode AND {MODEL_VERSION} = :challenger))")  # fmt: skip
-        params |= {"production": state.production_version, "challenger": state.challenger_version,
-                   "mode": state.mode}  # fmt: skip
+
+    def rows_of(t: str, arms: str) -> str:
+        """The rows of table ``t`` in the rollout's window and ``arms``."""
+        window = f" AND {t}.{SCORED_AT} >= :since" if since is not None else ""
+        return f"{t}.{MODEL_NAME} = :name{window} AND ({arms})"
+
+    def production_arm(t: str) -> str:
+        return f"{t}.{ARM} = 'production' AND {t}.{MODEL_VERSION} = :production"
+
+    def challenger_arm(t: str) -> str:
+        return f"{t}.{ARM} = :mode AND {t}.{MODEL_VERSION} = :challenger"
+
+    # This rollout's arms only: a replica that has not polled yet logs the rollout before it
+    # (another Challenger, or shadow rows after a switch to canary) for up to a poll interval.
+    where = rows_of("t", f"({production_arm('t')}) OR ({challenger_arm('t')})")
+    # Band i holds scores at or above edge i-1 and below edge i, as the API bands them.
+    band = "CASE " + " ".join(f"WHEN t.{PROBABILITY} >= :edge{i} THEN {i + 1}"
+                              for i in reversed(range(len(band_edges)))) + " ELSE 0 END"  # fmt: skip
+    params |= {f"edge{i}": edge for i, edge in enumerate(band_edges)} | {"bins": _SCORE_BINS, "ms_bins": _MS_BINS}
+    histogram_sql = (f"SELECT t.{ARM} AS arm, t.{MODEL_VERSION} AS version,"
+                     f" CAST(t.{PROBABILITY} * :bins AS INTEGER) AS score_bin, {band} AS band, COUNT(*) AS n,"
+                     f" SUM(t.{PROBABILITY}) AS total FROM {INFERENCE_LOG_TABLE} t WHERE {where}"
+                     f" GROUP BY t.{ARM}, t.{MODEL_VERSION}, score_bin, band")  # fmt: skip
+    requests_sql = (f"SELECT t.{ARM} AS arm, COUNT(DISTINCT t.{REQUEST_ID}) AS n FROM {INFERENCE_LOG_TABLE} t"
+                    f" WHERE {where} GROUP BY t.{ARM}")  # fmt: skip
+    # One time per request (each of its rows carries it), then a histogram of them.
+    timings_sql = (f"SELECT arm, CAST(ms * :ms_bins AS INTEGER) AS ms_bin, COUNT(*) AS n FROM"
+                   f" (SELECT t.{ARM} AS arm, MIN(t.{SCORING_MS}) AS ms FROM {INFERENCE_LOG_TABLE} t"
+                   f"  WHERE {where} AND t.{SCORING_MS} IS NOT NULL GROUP BY t.{ARM}, t.{REQUEST_ID}) per_request"
+                   f" GROUP BY arm, ms_bin")  # fmt: skip
+    # A shadow row's request id is Production's with a suffix: the pair decides alike, or not.
+    suffix = f"{ARM_SEPARATOR}shadow"
+    pairs_sql = (f"SELECT COUNT(*) AS n, SUM(CASE WHEN (s.{PROBABILITY} >= :mine) = (p.{PROBABILITY} >= :theirs)"
+                 f" THEN 1 ELSE 0 END) AS alike FROM {INFERENCE_LOG_TABLE} s JOIN {INFERENCE_LOG_TABLE} p"
+                 f" ON p.{REQUEST_ID} = SUBSTR(s.{REQUEST_ID}, 1, LENGTH(s.{REQUEST_ID}) - :suffix_length)"
+                 f" AND p.{ROW_INDEX} = s.{ROW_INDEX}"
+                 f" WHERE {rows_of('s', challenger_arm('s'))} AND {rows_of('p', production_arm('p'))}")  # fmt: skip
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            result = conn.execute(sa.text(query), params)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+            histogram = pd.read_sql(sa.text(histogram_sql), conn, params=params)
+            requests = dict(conn.execute(sa.text(requests_sql), params).tuples().all())
+            timings = pd.read_sql(sa.text(timings_sql), conn, params=params)
+            pairs = None
+            if state.mode == "shadow":
+                pairs = conn.execute(sa.text(pairs_sql), params | {
+                    "suffix_length": len(suffix), "mine": thresholds.get(state.challenger_version or 0, 0.5),
+                    "theirs": thresholds.get(state.production_version or 0, 0.5),
+                }).one()  # fmt: skip
     except sa.exc.SQLAlchemyError as exc:
         if is_missing_table(exc):
             return Comparison(since=state.started_at, arms=[], note="no inference log yet")
         raise read_failure(exc, engine.url.render_as_string(hide_password=True)) from None
     finally:
         engine.dispose()
-    production = frame[frame[ARM] == "production"]
+
+    def scores_of(arm: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = histogram[histogram["arm"] == arm].groupby("score_bin")["n"].sum()
+        return rows.index.to_numpy(dtype=float) / _SCORE_BINS, rows.to_numpy(dtype=float)
+
+    production, production_counts = scores_of("production")
     arms = []
-    for arm, rows in frame.groupby(ARM, sort=False):
-        scores = rows[PROBABILITY].to_numpy()
-        version = int(rows[MODEL_VERSION].iloc[0])
+    for (arm, version), rows in histogram.groupby(["arm", "version"], sort=False):
+        count = int(rows["n"].sum())
+        values, counts = scores_of(str(arm))
         distance = agreement = None
-        if arm != "production" and len(production) > 1 and len(rows):
-            spread = float(np.std(production[PROBABILITY])) or 1.0
-            distance = float(wasserstein_distance(scores, production[PROBABILITY])) / spread
-        if arm == "shadow" and len(rows):
-            key = rows[REQUEST_ID].str.split(ARM_SEPARATOR).str[0]
-            paired = rows.assign(**{REQUEST_ID: key}).merge(production, on=[REQUEST_ID, ROW_INDEX], suffixes=("", "_p"))
-            if len(paired):
-                mine = paired[PROBABILITY] >= thresholds.get(version, 0.5)
-                theirs = paired[f"{PROBABILITY}_p"] >= thresholds.get(int(paired[f"{MODEL_VERSION}_p"].iloc[0]), 0.5)
-                agreement = float((mine == theirs).mean())
-        bands = np.searchsorted(np.array(band_edges), scores, side="right")
-        shares = {band: float((bands == i).mean()) if len(scores) else 0.0 for i, band in enumerate(RISK_BANDS)}
-        per_request = rows.groupby(REQUEST_ID, sort=False)[SCORING_MS].first().dropna().to_numpy(dtype=float)
-        p50, p99 = np.percentile(per_request, [50, 99]).tolist() if len(per_request) else (None, None)
-        arms.append(ArmFigures(arm=str(arm), model_version=version, requests=int(rows[REQUEST_ID].nunique()),
-                               rows=len(rows), mean_score=float(scores.mean()) if len(scores) else None,
-                               score_distance=distance, agreement=agreement, risk_bands=shares,
-                               p50_scoring_ms=p50, p99_scoring_ms=p99))  # fmt: skip
+        if arm != "production" and production_counts.sum() > 1:
+            mean = np.average(production, weights=production_counts)
+            spread = float(np.sqrt(np.average((production - mean) ** 2, weights=production_counts))) or 1.0
+            distance = float(wasserstein_distance(values, production, counts, production_counts)) / spread
+        if arm == "shadow" and pairs is not None and pairs.n:
+            agreement = float(pairs.alike) / pairs.n
+        by_band = rows.groupby("band")["n"].sum()
+        shares = {label: float(by_band.get(i, 0)) / count for i, label in enumerate(RISK_BANDS)}
+        times = timings[timings["arm"] == arm]
+        p50 = p99 = None
+        if len(times):
+            p50, p99 = (np.percentile(times["ms_bin"].to_numpy(dtype=float) / _MS_BINS, [50, 99],
+                                      weights=times["n"].to_numpy(dtype=float), method="inverted_cdf")).tolist()
+        arms.append(ArmFigures(arm=str(arm), model_version=int(version), requests=int(requests.get(arm, 0)),
+                               rows=count, mean_score=float(rows["total"].sum()) / count, score_distance=distance,
+                               agreement=agreement, risk_bands=shares, p50_scoring_ms=p50,
+                               p99_scoring_ms=p99))  # fmt: skip
     arms = [a.model_copy(update=_realized(url, name, a, since, horizon_days)) for a in arms]
     order = {"production": 0, "canary": 1, "shadow": 2}
     return Comparison(since=state.started_at, arms=sorted(arms, key=lambda a: order.get(a.arm, 3)))

@@ -357,6 +357,53 @@ def test_rollout_figures_hold_only_this_rollouts_arms(tmp_path):
     assert figures.arms[1].mean_score == pytest.approx(0.4)
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_rollout_figures_computed_in_the_database_are_those_of_the_rows(tmp_path, database):
+    """The figures come from histograms and a join in the database (a rollout held for weeks
+    has hundreds of millions of rows); they must be what the rows say, on both databases."""
+    from contextlib import nullcontext
+    from datetime import datetime
+
+    import numpy as np
+    import sqlalchemy as sa
+    from scipy.stats import wasserstein_distance
+
+    from churn_platform import inference_log, rollout
+    from tests.services import postgres_database
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    production, shadow = rng.beta(2, 5, n), rng.beta(2, 4, n)
+    ms = rng.uniform(1, 20, n // 10)
+    rows = [{"request_id": f"r{i // 10}{suffix}", "row_index": i % 10, "scored_at": datetime(2026, 1, 2),
+             "model_name": "churn", "model_version": version, "arm": arm, "churn_probability": float(scores[i]),
+             "scoring_ms": float(ms[i // 10])}
+            for arm, version, suffix, scores in (("production", 1, "", production), ("shadow", 2, "~shadow", shadow))
+            for i in range(n)]  # fmt: skip
+    rows[5]["model_version"] = 9  # another version's row: not this rollout's
+    with postgres_database() if database == "postgresql" else nullcontext(f"sqlite:///{tmp_path}/log.db") as url:
+        engine = sa.create_engine(url)
+        inference_log.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(inference_log.table(sa.MetaData()).insert(), rows)
+        engine.dispose()
+        state = rollout.RolloutState(mode="shadow", production_version=1, challenger_version=2,
+                                     started_at="2026-01-01T00:00:00+00:00")  # fmt: skip
+        figures = rollout.compare(url, "churn", state, thresholds={1: 0.3, 2: 0.4}, band_edges=BANDS)
+    got = {a.arm: a for a in figures.arms}
+    kept = np.delete(production, 5)
+    assert (got["production"].rows, got["shadow"].rows, got["shadow"].requests) == (n - 1, n, n // 10)
+    assert got["production"].mean_score == pytest.approx(kept.mean(), abs=1e-9)
+    bands = np.searchsorted(np.array(BANDS), shadow, side="right")
+    assert list(got["shadow"].risk_bands.values()) == pytest.approx([(bands == i).mean() for i in range(3)])
+    exact = wasserstein_distance(shadow, kept) / np.std(kept)
+    assert got["shadow"].score_distance == pytest.approx(exact, abs=2e-3)
+    pairs = np.delete(np.arange(n), 5)  # the other version's row pairs with nothing
+    assert got["shadow"].agreement == pytest.approx(((shadow[pairs] >= 0.4) == (production[pairs] >= 0.3)).mean())
+    assert got["shadow"].p50_scoring_ms == pytest.approx(np.percentile(ms, 50), abs=0.2)
+    assert got["shadow"].p99_scoring_ms == pytest.approx(np.percentile(ms, 99), abs=0.3)
+
+
 def test_a_reader_that_stops_early_gets_no_traceback(registry_uri):
     """`history | head -1`: the write after head exits was a BrokenPipeError traceback, exit 70."""
     import subprocess
