@@ -85,6 +85,12 @@ class Metrics:
             multiprocess_mode="livesum", registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
+        self.challenger_errors = Counter(
+            "churn_challenger_errors", "Requests the rollout's Challenger failed to score, by arm (shadow: Production "
+            "answered alone; canary: Production answered its customers).", ["arm"], registry=self.registry,
+        )  # fmt: skip
+        for arm in ("shadow", "canary"):
+            self.challenger_errors.labels(arm)
         # Every outcome from 0: a series that first appears at 1 has no increase() for the alerts
         # to see, so a failure that happened once would never page.
         from serving.holder import State  # here: the holder imports MLflow, which /metrics alone need not

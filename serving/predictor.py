@@ -39,6 +39,10 @@ from serving.schemas import Record, customer_ids
 
 log = logging.getLogger(__name__)
 
+#: A Challenger that fails every request is logged (with its traceback) once per this many
+#: seconds: at full traffic, a line per request flooded the log. The metric counts each.
+CHALLENGER_FAILURE_LOG_S = 60.0
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -53,6 +57,7 @@ class Predictor:
         self.holder, self.inference_log, self.metrics = holder, inference_log, metrics
         self.max_batch_size = settings.max_batch_size
         self._band_edges = np.array([settings.risk_medium_from, settings.risk_high_from])
+        self._failure_logged_at = -CHALLENGER_FAILURE_LOG_S
 
     @property
     def model(self) -> LoadedModel:
@@ -88,7 +93,7 @@ class Predictor:
             try:
                 self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow", positions=places)
             except Exception:  # noqa: BLE001 - the caller was answered by Production; a shadow never fails it
-                log.exception("shadow scoring by v%s failed; answered by Production", challenger.version)
+                self._challenger_failed("shadow", challenger, "answered by Production")
             return scored
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
@@ -103,10 +108,27 @@ class Predictor:
             if positions:
                 group = [customers[i] for i in positions]
                 logged = [places[i] for i in positions] if places is not None else positions
-                scored = self._score(scoring, group, rid, arm, top_k, logged)
+                try:
+                    scored = self._score(scoring, group, rid, arm, top_k, logged)
+                except Exception:
+                    if arm != "canary":
+                        raise
+                    # Its customers are answered (and logged) by Production: the request never fails for the Challenger.
+                    self._challenger_failed("canary", challenger, "its customers answered by Production")
+                    scored = self._score(model, group, request_id, "production", top_k, logged)
                 for i, prediction in zip(positions, scored, strict=True):
                     predictions[i] = prediction
         return Scored(model, predictions)
+
+    def _challenger_failed(self, arm: str, challenger: LoadedModel, outcome: str) -> None:
+        """Count a Challenger's failure to score (inside ``except``); log it, with its traceback, at
+        most once per ``CHALLENGER_FAILURE_LOG_S``."""
+        self.metrics.challenger_errors.labels(arm).inc()
+        now = time.monotonic()
+        if now - self._failure_logged_at >= CHALLENGER_FAILURE_LOG_S:
+            self._failure_logged_at = now
+            log.exception("%s scoring by v%s failed; %s (logged once a minute at most: "
+                          "churn_challenger_errors_total counts each)", arm, challenger.version, outcome)  # fmt: skip
 
     def check_explainable(self, model: LoadedModel | None = None) -> None:
         """``NotExplainable`` unless every model that may answer can explain: ``model`` (default:

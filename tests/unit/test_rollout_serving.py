@@ -153,8 +153,14 @@ def test_a_full_log_queue_keeps_productions_rows_before_the_shadows(registry, re
     assert [tuple(r) for r in logged] == [("production", 50)]
 
 
-def test_a_shadow_that_fails_to_score_never_fails_the_request(registry, registry_uri, tmp_path, monkeypatch):
-    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+def test_a_challenger_that_fails_to_score_never_fails_the_request_and_is_counted(
+    registry, registry_uri, tmp_path, monkeypatch, caplog
+):  # fmt: skip
+    """Shadow: Production answers alone. Canary: Production answers the Challenger's customers
+    too (the whole batch failed with a 500). Each failure is counted; the log says it once."""
+    settings = make_settings(registry_uri, tmp_path)
+    rows = customers(200, seed=4)
+    with TestClient(create_app(settings)) as api:
         wait_ready(api)
         rollout.start(registry, "churn", mode="shadow", version=2, actor="tests")
         assert reload(api)["mode"] == "shadow"
@@ -163,9 +169,24 @@ def test_a_shadow_that_fails_to_score_never_fails_the_request(registry, registry
             raise RuntimeError("the Challenger cannot score")
 
         monkeypatch.setattr(api.app.state.holder.rollout.model.scorer, "score", broken)
-        response = api.post("/predict", json={"customers": customers(20, seed=4)})
-        assert response.status_code == 200
+        for _ in range(3):
+            response = api.post("/predict", json={"customers": rows})
+            assert response.status_code == 200
+            assert {p["model_version"] for p in response.json()["predictions"]} == {1}
+        start_canary(registry, api, percent=50)
+        monkeypatch.setattr(api.app.state.holder.rollout.model.scorer, "score", broken)
+        response = api.post("/predict", json={"customers": rows})
+        assert response.status_code == 200, response.text
+        assert [p["customer_id"] for p in response.json()["predictions"]] == [r["customer_id"] for r in rows]
         assert {p["model_version"] for p in response.json()["predictions"]} == {1}
+        metrics = api.get("/metrics").text
+        assert 'churn_challenger_errors_total{arm="shadow"} 3.0' in metrics
+        assert 'churn_challenger_errors_total{arm="canary"} 1.0' in metrics
+    assert caplog.text.count("scoring by v2 failed") == 1  # once a minute at most, not per request
+    rollout.stop(registry, "churn", actor="tests")
+    with sa.create_engine(settings.inference_log_url).connect() as conn:
+        logged = pd.read_sql("SELECT request_id, row_index, arm FROM inference_log", conn)
+    assert len(logged) == 800 and set(logged.arm) == {"production"}  # each customer logged once, as answered
 
 
 def test_a_challenger_whose_tags_cannot_be_read_keeps_serving(registry, registry_uri, tmp_path, monkeypatch):
