@@ -38,7 +38,7 @@ from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
 from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
-from serving.spool import Frame, Spool
+from serving.spool import Frame, Spool, move_unheld
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,11 @@ def pipe_frame(payload: bytes, rows: int) -> bytes:
     return PIPE_HEADER.pack(len(payload), rows) + payload
 
 
+#: libpq's URL options that choose the server, the database or the schema (``options=-csearch_path=...``):
+#: part of the database's identity. Others (sslmode, timeouts, credentials) are not.
+_IDENTITY_OPTIONS = ("host", "hostaddr", "port", "dbname", "service", "options")
+
+
 def spool_root(spool_dir: Path, url: str) -> Path:
     """The spool of one database: rows spooled for one database are never replayed into another
     (another database in CHURN_INFERENCE_LOG_URL, two tests side by side), while a new
@@ -92,16 +97,27 @@ def spool_root(spool_dir: Path, url: str) -> Path:
     database = parsed.database or ""
     if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
         database = str(Path(database).resolve())
-    identity = f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{database}"
+    chosen = sorted((k, str(v)) for k, v in parsed.query.items() if k in _IDENTITY_OPTIONS)
+    identity = f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{database}?{chosen}"
     return spool_dir / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _take_over_legacy_spool(spool_dir: Path, url: str, root: Path) -> None:
+    """Releases before 2026-12-05 named the folder by a hash of the whole URL: a writer of this
+    release moves what such a folder holds for the same URL into its own, to be replayed."""
+    legacy = spool_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if legacy != root and legacy.is_dir() and (moved := move_unheld(legacy, root)):
+        log.info("inference log spool: took over %d folder(s) an earlier release spooled in %s", moved, legacy)
 
 
 def _warn_of_other_spools(root: Path) -> None:
     """Say so when rows wait in the spool of another database: they are never replayed here
-    (the URL named another database when they were spooled; or a release before 2026-12-05,
-    which named the folder by the whole URL, password included)."""
+    (the URL named another database when they were spooled)."""
     for other in sorted(p for p in root.parent.iterdir() if p.is_dir() and p != root):
-        waiting = sum(f.stat().st_size for f in other.glob("*/*.seg"))
+        try:
+            waiting = sum(f.stat().st_size for f in other.glob("*/*.seg"))
+        except OSError:  # its live writer deleted a segment as we looked: it is being replayed
+            continue
         if waiting:
             log.warning("inference log spool: %s holds %d bytes spooled for another database: not replayed into "
                         "this one (see 'The inference log spool' in docs/operations.md)", other, waiting)
@@ -510,6 +526,7 @@ def main() -> None:
     config = msgspec.msgpack.decode(first[0])
     logs.configure(logging.INFO, config.get("log_format", "text"))  # the API's format
     root = spool_root(Path(config["spool_dir"]), config["url"])
+    _take_over_legacy_spool(Path(config["spool_dir"]), config["url"], root)
     spool = Spool(root, max_bytes=int(config["spool_max_bytes"]), sync_s=float(config["flush_s"]))
     _warn_of_other_spools(root)
     if spool.adopted_bytes:

@@ -71,6 +71,32 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
+def move_unheld(source: Path, target: Path) -> int:
+    """Move the writer directories under ``source`` that no live process holds into ``target``
+    (where a ``Spool`` adopts them); returns how many."""
+    moved = 0
+    for candidate in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            fd = _try_lock(candidate)
+        except OSError:
+            continue
+        if fd is None:  # a live writer's
+            continue
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            candidate.rename(target / candidate.name)
+            moved += 1
+        except OSError as exc:
+            log.warning("inference log spool: cannot move %s into %s (%s)", candidate, target, exc.strerror)
+        finally:
+            os.close(fd)
+    try:
+        source.rmdir()
+    except OSError:  # something is left in it
+        pass
+    return moved
+
+
 class Spool:
     """Append frames at the tail, read them from the head, delete what is committed.
 

@@ -261,9 +261,42 @@ def test_the_spool_folder_names_the_database_not_its_credentials():
                                            "postgresql://u:new@db:5432/log?sslmode=require")}  # fmt: skip
     assert len(same) == 1 and "old" not in str(same) and "new" not in str(same)
     others = {spool_root(root, u) for u in ("postgresql://u@db:5432/log2", "postgresql://u@db:5433/log",
-                                             "postgresql://u@db2:5432/log", "mysql://u@db:5432/log")}  # fmt: skip
-    assert len(others) == 4 and not others & same
+                                             "postgresql://u@db2:5432/log", "mysql://u@db:5432/log",
+                                             "postgresql://u@db:5432/log?options=-csearch_path%3Dstaging",
+                                             "postgresql:///log?host=/cloudsql/a", "postgresql:///log?host=/cloudsql/b")}
+    assert len(others) == 7 and not others & same
     assert spool_root(root, "sqlite:///log.db") == spool_root(root, f"sqlite:///{Path.cwd()}/./log.db")
+
+
+def test_rows_an_earlier_release_spooled_under_the_whole_urls_hash_are_replayed(tmp_path):
+    import hashlib
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    spool = tmp_path / "spool"
+    old = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    lock = None
+    old.start()
+    try:
+        sqlite3.connect(tmp_path / "log.db").close()
+        lock = locked(tmp_path / "log.db")
+        old.append("r", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: old.spooled == 20)
+        old._writer.process.kill()
+        old._writer.process.wait()
+        old.close()
+    finally:
+        if lock is not None:
+            lock.execute("COMMIT")
+            lock.close()
+    (legacy := spool / hashlib.sha256(url.encode()).hexdigest()[:16]).parent.mkdir(exist_ok=True)
+    spool_root(spool, url).rename(legacy)  # where that release kept it
+    log = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    log.start()
+    try:
+        wait_for(lambda: log.replayed == 20)
+    finally:
+        log.close()
+    assert logged(url) == (20, 20) and not legacy.exists()
 
 
 def test_rows_spooled_for_another_database_are_named_at_start_never_replayed_here(tmp_path, capfd):
