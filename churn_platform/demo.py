@@ -396,9 +396,11 @@ def _own_environment() -> dict[str, str]:
 
     A shell set up for production (a feature store URL, an alert webhook, a Pushgateway, a
     tracing endpoint, MLflow credentials) would otherwise get synthetic customers written into
-    its store and the demo's deliberately degraded verdicts paged to its team."""
+    its store and the demo's deliberately degraded verdicts paged to its team. Nor does the
+    ``MLFLOW_CONFIGURE_LOGGING=false`` JSON logging sets reach the demo's ``mlflow server``,
+    which would then print none of its lines."""
     leaks = ("CHURN_", "OTEL_", "MLFLOW_TRACKING_", "MLFLOW_REGISTRY_", "MLFLOW_S3_", "MLFLOW_RUN_ID",
-             "MLFLOW_EXPERIMENT_")  # fmt: skip
+             "MLFLOW_EXPERIMENT_", "MLFLOW_CONFIGURE_LOGGING")  # fmt: skip
     return {key: value for key, value in os.environ.items() if not key.startswith(leaks)}
 
 

@@ -147,10 +147,10 @@ class RequestMetrics:
                 status = CLIENT_CLOSED
                 log.info("client closed the request on %s before its body arrived", scope["path"])
             except Exception as exc:
+                if started_response:
+                    raise  # the span records it on the way out
                 if span is not None:
                     span.record_exception(exc)
-                if started_response:
-                    raise
                 # Answered here, not by Starlette's outermost handler: the 500 then carries the
                 # request id, and its log line the request's fields (and trace id).
                 log.exception("unexpected error on %s", scope["path"])
