@@ -30,10 +30,16 @@ def _check_port(host: str, port: int) -> None:
                                 "CHURN_API_PORT or --host/--port)") from None  # fmt: skip
 
 
+#: The poll that brings every worker to a new Production or rollout when ``--workers`` > 1
+#: and CHURN_RELOAD_POLL_S is unset (the ConfigMap's value).
+MULTI_WORKER_POLL_S = 30.0
+
+
 @click.command()
 @click.option("--host", default=None, help="Bind address (default: CHURN_API_HOST or 127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: CHURN_API_PORT or 8000).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="uvicorn worker processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help=f"uvicorn worker processes (with several, CHURN_RELOAD_POLL_S defaults to {MULTI_WORKER_POLL_S:g}).")
 @click.option("--access-log", is_flag=True, help="Log every request (CHURN_ACCESS_LOG; costs throughput).")
 @handles_errors
 def serve(host: str | None, port: int | None, workers: int, access_log: bool) -> None:
@@ -51,6 +57,15 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     check_spool_dir(Path(settings.inference_log_spool_dir))  # one line, not a traceback per worker
     host, port = host or settings.api_host, port or settings.api_port
     _check_port(host, port)
+    if workers > 1 and settings.reload_poll_s == 0:
+        # /admin/reload reaches the one worker that takes it; the others follow a new
+        # Production, or a rollout, only by polling: without it they would serve the old one.
+        if "CHURN_RELOAD_POLL_S" in os.environ:
+            click.echo(f"warning: CHURN_RELOAD_POLL_S=0 with {workers} workers: /admin/reload and a rollout "
+                       "change reach one worker only", err=True)  # fmt: skip
+        else:
+            os.environ["CHURN_RELOAD_POLL_S"] = str(MULTI_WORKER_POLL_S)
+            get_settings.cache_clear()
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
     # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
     for sig in (signal.SIGTERM, signal.SIGINT):

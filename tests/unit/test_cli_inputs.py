@@ -481,6 +481,37 @@ def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["inference_log.db", "mlflow.db"]
 
 
+def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(tmp_path, monkeypatch):
+    """/admin/reload reaches the worker that takes it; without a poll the others served the
+    old Production (and the old rollout) for good."""
+    import signal
+
+    import uvicorn
+
+    from churn_platform.processes import free_port
+    from churn_platform.settings import get_settings
+
+    polls = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: polls.append(get_settings().reload_poll_s))
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("CHURN_RELOAD_POLL_S", "0")
+    monkeypatch.delenv("CHURN_RELOAD_POLL_S")  # unset, and unset again after the test
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}  # serve sets its own
+    get_settings.cache_clear()
+    try:
+        assert CliRunner().invoke(main, ["serve", "--port", str(free_port())]).exit_code == 0
+        assert CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"]).exit_code == 0
+        monkeypatch.setenv("CHURN_RELOAD_POLL_S", "0")  # said on purpose: kept, and warned about
+        get_settings.cache_clear()
+        said = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"])
+        assert said.exit_code == 0 and "reach one worker only" in said.output
+        assert polls == [0, 30, 0]
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        get_settings.cache_clear()
+
+
 def test_mlflows_bare_databricks_uris_are_not_taken_for_folders():
     """docs/batch.md tells Databricks users to set MLFLOW_TRACKING_URI=databricks."""
     from churn_platform.settings import checked_tracking_uri
