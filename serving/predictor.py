@@ -32,7 +32,7 @@ from churn_platform.loading import LoadedModel
 from churn_platform.schema import ID_COLUMN
 from churn_platform.settings import Settings
 from serving.errors import BatchTooLarge, NoModelServed, NotExplainable
-from serving.holder import ModelHolder
+from serving.holder import ActiveRollout, ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
 from serving.schemas import Record, customer_ids
@@ -78,12 +78,12 @@ class Predictor:
         model = model or self.model
         if len(customers) > self.max_batch_size:
             raise BatchTooLarge(f"{len(customers)} customers in one request; the limit is {self.max_batch_size}")
+        active = self.holder.rollout  # read once: the check and the routing see the same rollout
         if top_k is not None:
-            self.check_explainable(model)
+            _check_explainable(model, active)
         # The request's id from the middleware (the caller's X-Request-ID, made unique), so the log's
         # rows, the response header and the log lines name the same request.
         request_id = logs.current("log_key") or uuid.uuid4().hex
-        active = self.holder.rollout
         if active is None or active.model.version == model.version:
             return Scored(model, self._score(model, customers, request_id, "production", top_k, places))
         challenger = active.model
@@ -134,11 +134,7 @@ class Predictor:
         """``NotExplainable`` unless every model that may answer can explain: ``model`` (default:
         the one serving now) and a canary's Challenger. Checked before routing and before any
         lookup, so whether a request can be explained never depends on its ids."""
-        model = model or self.model
-        _explainable(model)
-        active = self.holder.rollout
-        if active is not None and active.model.version != model.version and active.state.mode == "canary":
-            _explainable(active.model)
+        _check_explainable(model or self.model, self.holder.rollout)
 
     def _run(
         self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, explain: bool = False,
@@ -195,6 +191,12 @@ def answers(
         {ID_COLUMN: i, PROBABILITY: p, WILL_CHURN: p >= threshold, RISK: RISK_BANDS[b], MODEL_VERSION: version}
         for i, p, b in zip(customer_ids(customers), probabilities.tolist(), bands.tolist(), strict=True)
     ]  # fmt: skip
+
+
+def _check_explainable(model: LoadedModel, active: ActiveRollout | None) -> None:
+    _explainable(model)
+    if active is not None and active.model.version != model.version and active.state.mode == "canary":
+        _explainable(active.model)
 
 
 def _explainable(model: LoadedModel) -> None:
