@@ -213,8 +213,9 @@ class Spool:
                 if self._tail is not None and written:
                     try:
                         os.ftruncate(self._tail, self._tail_size)
-                    except OSError:
-                        pass
+                    except OSError:  # the junk stays: later frames go to a new segment, not after it
+                        tail, self._tail = self._tail, None
+                        os.close(tail)
                 return False
             self._tail_size += len(frame)
             self.bytes += len(frame)

@@ -187,6 +187,33 @@ def test_a_disk_that_refuses_a_write_loses_that_frame_only(tmp_path, monkeypatch
     assert payloads(spool) == [b"before", b"after"] and spool.torn_frames == 0
 
 
+def test_a_failed_write_that_cannot_be_cut_off_loses_no_later_frame(tmp_path, monkeypatch):
+    """The cut-off failed too: frames appended after the junk were published at the old end
+    and read as torn, though reported spooled. They go to a new segment now."""
+    import errno
+
+    import serving.spool as spool_module
+
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert spool.append(b"before", rows=1)
+    real_write, real_truncate = os.write, os.ftruncate
+
+    def full_disk(fd: int, data: bytes) -> int:
+        real_write(fd, data[:5])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def refused(fd: int, size: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module.os, "write", full_disk)
+    monkeypatch.setattr(spool_module.os, "ftruncate", refused)
+    assert not spool.append(b"lost-to-a-full-disk", rows=1)
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    monkeypatch.setattr(spool_module.os, "ftruncate", real_truncate)
+    assert spool.append(b"after", rows=1) and spool.append(b"and-after", rows=1)
+    assert payloads(spool) == [b"before", b"after", b"and-after"]
+
+
 def test_a_failed_write_right_after_a_roll_loses_no_earlier_frame(tmp_path, monkeypatch):
     """The roll moved the tail to a new, empty segment; the frames of the one before must still
     read whole, not as torn (they were reported spooled: losing them would go uncounted)."""
