@@ -93,13 +93,18 @@ class ModelHolder:
                         self.current = loading.refreshed(client, self.current, default_threshold=default)
                         self._follow_rollout(client, version)
                         return self._record("ready", f"serving {name} v{version}", version)
-                    self._record("loading", f"loading {name} v{version}", version)
-                    with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version}):
-                        model = loading.load(
-                            client, name, version,
-                            default_threshold=self.settings.decision_threshold,
-                            sample=self.settings.verify_sample_rows,
-                        )  # fmt: skip
+                    if self.rollout is not None and self.rollout.model.version == version:
+                        # The Challenger promoted: loaded and verified already. Loading it again held
+                        # three models at once, and a failed load ended its canary on this replica.
+                        model = loading.refreshed(client, self.rollout.model, default_threshold=default)
+                    else:
+                        self._record("loading", f"loading {name} v{version}", version)
+                        with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version}):
+                            model = loading.load(
+                                client, name, version,
+                                default_threshold=self.settings.decision_threshold,
+                                sample=self.settings.verify_sample_rows,
+                            )  # fmt: skip
             except (RegistryUnreachable, RegistryNotFound) as exc:  # no model can be missing from it yet
                 return self._fail("registry_unreachable", str(exc))
             except NotFoundError as exc:

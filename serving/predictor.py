@@ -137,50 +137,51 @@ class Predictor:
         _check_explainable(model or self.model, self.holder.rollout)
 
     def _run(
-        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, explain: bool = False,
-        positions: Sequence[int] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, explanation.Explained | None]:  # fmt: skip
-        """Score (and explain), count and log one arm's customers: their probabilities, risk
-        bands and explanations. ``positions``: their places in the request, when only some of it."""
+        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None = None,
+        positions: Sequence[int] | None = None, *, answer: bool = False,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Score (and explain) one arm's customers, build their answers (with ``answer``), then
+        count and log them. ``positions``: their places in the request, when only some of it.
+        Counted and logged last: an arm that fails anywhere leaves no row behind (a canary's
+        customers are then answered, and logged, by Production)."""
         started = time.perf_counter()
         attributes = {"churn.model_version": model.version, "churn.arm": arm, "churn.rows": len(customers)}
         with tracing.span("score", attributes):
-            explained = model.explainer.explain(customers) if explain and model.explainer else None
+            explained = model.explainer.explain(customers) if top_k is not None and model.explainer else None
             raw = explained.probabilities if explained else model.scorer.score(customers)
+        if not np.isfinite(raw).all():  # never answered, nor logged as a score (the table refuses NULL)
+            raise ValueError(f"{model.name} v{model.version} scored a customer as {raw[~np.isfinite(raw)][0]}")
         probabilities = np.clip(raw, 0.0, 1.0)
         seconds = time.perf_counter() - started
+        bands = np.searchsorted(self._band_edges, probabilities, side="right")
+        predictions: list[dict[str, Any]] = []
+        if answer:
+            predictions = answers(customers, probabilities, bands, model.decision_threshold, model.version)
+            if explained is not None and top_k is not None:
+                for prediction, explained_one in zip(
+                    predictions, explanation.top(explained, customers, top_k), strict=True
+                ):
+                    prediction[EXPLANATION] = explained_one
         version = str(model.version)
         self.metrics.model_requests.labels(version, arm).inc()
         self.metrics.scoring_time.labels(version, arm).observe(seconds)
-        bands = self._count_bands(probabilities, version, arm)
+        for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
+            self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
         with tracing.span("inference_log.append", {"churn.rows": len(customers)}):
             self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
                                       scoring_ms=round(seconds * 1000, 4), positions=positions)  # fmt: skip
-        return probabilities, bands, explained
+        return predictions
 
     def _score(
         self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None,
         positions: Sequence[int] | None = None,
     ) -> list[dict]:  # fmt: skip
-        probabilities, bands, explained = self._run(model, customers, request_id, arm, top_k is not None, positions)
+        predictions = self._run(model, customers, request_id, arm, top_k, positions, answer=True)
         self.metrics.rows_scored.inc(len(customers))
         before, before_arm = logs.current("model_version"), logs.current("arm")  # a canary answers with both
         logs.bind(model_version=model.version if before in (None, model.version) else f"{before}+{model.version}",
                   arm=arm if before_arm in (None, arm) else f"{before_arm}+{arm}")  # fmt: skip
-        predictions = answers(customers, probabilities, bands, model.decision_threshold, model.version)
-        if explained is not None and top_k is not None:
-            for prediction, explained_one in zip(
-                predictions, explanation.top(explained, customers, top_k), strict=True
-            ):
-                prediction[EXPLANATION] = explained_one
         return predictions
-
-    def _count_bands(self, probabilities: np.ndarray, version: str, arm: str) -> np.ndarray:
-        """Each probability's risk band (an index into RISK_BANDS), counted in the metrics."""
-        bands = np.searchsorted(self._band_edges, probabilities, side="right")
-        for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
-            self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
-        return bands
 
 
 def answers(

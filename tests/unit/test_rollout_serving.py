@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 
 from churn_platform import data, loading, outcomes, promotion, rollout
 from churn_platform.cli import main
+from churn_platform.contract import TAG_THRESHOLD
 from serving.app import create_app
 from tests.unit.test_api import KEY, make_settings, wait_ready
 
@@ -179,14 +181,18 @@ def test_a_challenger_that_fails_to_score_never_fails_the_request_and_is_counted
         assert response.status_code == 200, response.text
         assert [p["customer_id"] for p in response.json()["predictions"]] == [r["customer_id"] for r in rows]
         assert {p["model_version"] for p in response.json()["predictions"]} == {1}
+        # A score that is not a number is a failure too: never answered, nor logged.
+        monkeypatch.setattr(api.app.state.holder.rollout.model.scorer, "score", lambda r: np.full(len(r), np.nan))
+        response = api.post("/predict", json={"customers": rows})
+        assert response.status_code == 200 and {p["model_version"] for p in response.json()["predictions"]} == {1}
         metrics = api.get("/metrics").text
         assert 'churn_challenger_errors_total{arm="shadow"} 3.0' in metrics
-        assert 'churn_challenger_errors_total{arm="canary"} 1.0' in metrics
+        assert 'churn_challenger_errors_total{arm="canary"} 2.0' in metrics
     assert caplog.text.count("scoring by v2 failed") == 1  # once a minute at most, not per request
     rollout.stop(registry, "churn", actor="tests")
     with sa.create_engine(settings.inference_log_url).connect() as conn:
         logged = pd.read_sql("SELECT request_id, row_index, arm FROM inference_log", conn)
-    assert len(logged) == 800 and set(logged.arm) == {"production"}  # each customer logged once, as answered
+    assert len(logged) == 1000 and set(logged.arm) == {"production"}  # each customer logged once, as answered
 
 
 def test_a_challenger_whose_tags_cannot_be_read_keeps_serving(registry, registry_uri, tmp_path, monkeypatch):
@@ -224,8 +230,7 @@ def test_a_challenger_failing_verification_leaves_production_serving(registry, r
         assert 'churn_model_reloads_total{outcome="challenger_failed"} 1.0' in api.get("/metrics").text
 
 
-def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(registry, registry_uri, tmp_path,
-                                                                           monkeypatch):
+def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(registry, registry_uri, tmp_path):
     """Before, a failed Production load returned before the rollout was read: `rollout stop`
     (the abort button) and a Production move were ignored, and the replica went on sending
     customers to the Challenger."""
@@ -236,6 +241,7 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
         assert response.status_code == 409, response.text
         return api.get("/model").json()["rollout"]
 
+    threshold = registry.get_model_version("churn", "2").tags.get(TAG_THRESHOLD)
     try:
         with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
             wait_ready(api)
@@ -248,12 +254,17 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
 
             registry.set_registered_model_alias("churn", "Production", "1")
             start_canary(registry, api, percent=50)
-            monkeypatch.setattr(loading, "PARITY_TOLERANCE", -1.0)  # nothing new can pass
-            registry.set_registered_model_alias("churn", "Production", "2")  # moved in the UI; fails here
+            # Moved in the UI to the Challenger, whose threshold tag was spoilt since: it cannot serve here.
+            registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, "high")
+            registry.set_registered_model_alias("churn", "Production", "2")
             state = reload_fails(api)
             assert state["mode"] == "off" and "ended when Production moved to v2" in state["status"]
             assert set(versions(api, rows).values()) == {1} and api.get("/ready").status_code == 200
     finally:
+        if threshold is None:
+            registry.delete_model_version_tag("churn", "2", TAG_THRESHOLD)
+        else:
+            registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, threshold)
         registry.set_registered_model_alias("churn", "Production", "1")
 
 
@@ -281,6 +292,29 @@ def test_a_registry_blip_while_reading_the_rollout_keeps_the_challenger_serving(
         assert reload(api)["status"] == "canary: serving Challenger v2"
         assert 'churn_model_reloads_total{outcome="challenger_failed"} 0.0' in api.get("/metrics").text
     rollout.stop(registry, "churn", actor="tests")
+
+
+def test_a_promoted_challenger_is_served_as_it_was_loaded_not_loaded_again(
+    registry, registry_uri, tmp_path, monkeypatch
+):  # fmt: skip
+    """Loading it again held three models at once, and a load that failed (an artifact store
+    blip) ended its canary: the canary's customers went back to the old version."""
+    try:
+        with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+            wait_ready(api)
+            start_canary(registry, api, percent=50)
+            challenger = api.app.state.holder.rollout.model
+
+            def unreachable(*args, **kwargs):
+                raise RuntimeError("the artifact store did not answer")
+
+            monkeypatch.setattr(loading, "load", unreachable)
+            registry.set_registered_model_alias("churn", "Production", "2")
+            assert reload(api)["mode"] == "off"
+            assert api.app.state.holder.current is challenger
+            assert set(versions(api, customers(300)).values()) == {2}
+    finally:
+        registry.set_registered_model_alias("churn", "Production", "1")
 
 
 def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_bring_its_challenger_back(
