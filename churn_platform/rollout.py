@@ -308,9 +308,10 @@ def compare(
         params["since"] = since if not url.startswith("sqlite") else since.replace(tzinfo=None).isoformat(sep=" ")
 
     def rows_of(t: str, arms: str) -> str:
-        """The rows of table ``t`` in the rollout's window and ``arms``."""
+        """The rows of table ``t`` in the rollout's window and ``arms`` (a NaN score, which
+        PostgreSQL stores and sorts above 1, is no score)."""
         window = f" AND {t}.{SCORED_AT} >= :since" if since is not None else ""
-        return f"{t}.{MODEL_NAME} = :name{window} AND ({arms})"
+        return f"{t}.{MODEL_NAME} = :name{window} AND {t}.{PROBABILITY} BETWEEN 0 AND 1 AND ({arms})"
 
     def production_arm(t: str) -> str:
         return f"{t}.{ARM} = 'production' AND {t}.{MODEL_VERSION} = :production"
@@ -329,13 +330,12 @@ def compare(
                      f" CAST(t.{PROBABILITY} * :bins AS INTEGER) AS score_bin, {band} AS band, COUNT(*) AS n,"
                      f" SUM(t.{PROBABILITY}) AS total FROM {INFERENCE_LOG_TABLE} t WHERE {where}"
                      f" GROUP BY t.{ARM}, t.{MODEL_VERSION}, score_bin, band")  # fmt: skip
-    requests_sql = (f"SELECT t.{ARM} AS arm, COUNT(DISTINCT t.{REQUEST_ID}) AS n FROM {INFERENCE_LOG_TABLE} t"
-                    f" WHERE {where} GROUP BY t.{ARM}")  # fmt: skip
-    # One time per request (each of its rows carries it), then a histogram of them.
-    timings_sql = (f"SELECT arm, CAST(ms * :ms_bins AS INTEGER) AS ms_bin, COUNT(*) AS n FROM"
-                   f" (SELECT t.{ARM} AS arm, MIN(t.{SCORING_MS}) AS ms FROM {INFERENCE_LOG_TABLE} t"
-                   f"  WHERE {where} AND t.{SCORING_MS} IS NOT NULL GROUP BY t.{ARM}, t.{REQUEST_ID}) per_request"
-                   f" GROUP BY arm, ms_bin")  # fmt: skip
+    # One time per request (each of its rows carries it; NULL from an earlier release), then
+    # a histogram of them: its counts add up to the arm's requests.
+    requests_sql = (f"SELECT arm, CAST(ms * :ms_bins AS INTEGER) AS ms_bin, COUNT(*) AS n FROM"
+                    f" (SELECT t.{ARM} AS arm, MIN(t.{SCORING_MS}) AS ms FROM {INFERENCE_LOG_TABLE} t"
+                    f"  WHERE {where} GROUP BY t.{ARM}, t.{REQUEST_ID}) per_request"
+                    f" GROUP BY arm, ms_bin")  # fmt: skip
     # A shadow row's request id is Production's with a suffix: the pair decides alike, or not.
     suffix = f"{ARM_SEPARATOR}shadow"
     pairs_sql = (f"SELECT COUNT(*) AS n, SUM(CASE WHEN (s.{PROBABILITY} >= :mine) = (p.{PROBABILITY} >= :theirs)"
@@ -347,8 +347,7 @@ def compare(
     try:
         with engine.connect() as conn:
             histogram = pd.read_sql(sa.text(histogram_sql), conn, params=params)
-            requests = dict(conn.execute(sa.text(requests_sql), params).tuples().all())
-            timings = pd.read_sql(sa.text(timings_sql), conn, params=params)
+            requests = pd.read_sql(sa.text(requests_sql), conn, params=params)
             pairs = None
             if state.mode == "shadow":
                 pairs = conn.execute(sa.text(pairs_sql), params | {
@@ -380,12 +379,14 @@ def compare(
             agreement = float(pairs.alike) / pairs.n
         by_band = rows.groupby("band")["n"].sum()
         shares = {label: float(by_band.get(i, 0)) / count for i, label in enumerate(RISK_BANDS)}
-        times = timings[timings["arm"] == arm]
+        per_request = requests[requests["arm"] == arm]
+        times = per_request.dropna(subset=["ms_bin"]).sort_values("ms_bin")
         p50 = p99 = None
-        if len(times):
-            p50, p99 = (np.percentile(times["ms_bin"].to_numpy(dtype=float) / _MS_BINS, [50, 99],
-                                      weights=times["n"].to_numpy(dtype=float), method="inverted_cdf")).tolist()
-        arms.append(ArmFigures(arm=str(arm), model_version=int(version), requests=int(requests.get(arm, 0)),
+        if len(times):  # the smallest time at or above the share of requests
+            reached = np.cumsum(times["n"].to_numpy(dtype=float)) / times["n"].sum()
+            at = np.searchsorted(reached, [0.5, 0.99])
+            p50, p99 = (times["ms_bin"].to_numpy(dtype=float)[at] / _MS_BINS).tolist()
+        arms.append(ArmFigures(arm=str(arm), model_version=int(version), requests=int(per_request["n"].sum()),
                                rows=count, mean_score=float(rows["total"].sum()) / count, score_distance=distance,
                                agreement=agreement, risk_bands=shares, p50_scoring_ms=p50,
                                p99_scoring_ms=p99))  # fmt: skip

@@ -57,6 +57,7 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     check_spool_dir(Path(settings.inference_log_spool_dir))  # one line, not a traceback per worker
     host, port = host or settings.api_host, port or settings.api_port
     _check_port(host, port)
+    polls = False
     if workers > 1 and settings.reload_poll_s == 0:
         # /admin/reload reaches the one worker that takes it; the others follow a new
         # Production, or a rollout, only by polling: without it they would serve the old one.
@@ -64,7 +65,7 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
             click.echo(f"warning: CHURN_RELOAD_POLL_S=0 with {workers} workers: /admin/reload and a rollout "
                        "change reach one worker only", err=True)  # fmt: skip
         else:
-            os.environ["CHURN_RELOAD_POLL_S"] = str(MULTI_WORKER_POLL_S)
+            os.environ["CHURN_RELOAD_POLL_S"], polls = str(MULTI_WORKER_POLL_S), True
             get_settings.cache_clear()
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is done.
     # A completed graceful stop is a success: exit 0, as Kubernetes and systemd expect.
@@ -93,6 +94,9 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
             log_level="info",
         )
     finally:
+        if polls:  # for these workers only, not what this process does next
+            os.environ.pop("CHURN_RELOAD_POLL_S", None)
+            get_settings.cache_clear()
         if own_folder:  # gone with its folder: nothing started later in this process may count there
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(own_folder, ignore_errors=True)

@@ -381,6 +381,8 @@ def test_rollout_figures_computed_in_the_database_are_those_of_the_rows(tmp_path
             for arm, version, suffix, scores in (("production", 1, "", production), ("shadow", 2, "~shadow", shadow))
             for i in range(n)]  # fmt: skip
     rows[5]["model_version"] = 9  # another version's row: not this rollout's
+    if database == "postgresql":  # which stores a NaN score (SQLite refuses it): no score, not a failed read
+        rows.append({**rows[6], "request_id": "nan", "churn_probability": float("nan")})
     with postgres_database() if database == "postgresql" else nullcontext(f"sqlite:///{tmp_path}/log.db") as url:
         engine = sa.create_engine(url)
         inference_log.upgrade(engine)
@@ -501,6 +503,7 @@ def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(tmp_path
     try:
         assert CliRunner().invoke(main, ["serve", "--port", str(free_port())]).exit_code == 0
         assert CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"]).exit_code == 0
+        assert "CHURN_RELOAD_POLL_S" not in os.environ  # for the workers only, not this process's next command
         monkeypatch.setenv("CHURN_RELOAD_POLL_S", "0")  # said on purpose: kept, and warned about
         get_settings.cache_clear()
         said = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"])
