@@ -133,6 +133,7 @@ class Spool:
         self._tail_segment = 0
         self._tail: int | None = None  # fd of the segment being appended to
         self._tail_size = 0
+        self._abandoned: dict[int, int] = {}  # our segments left with uncut junk: where their frames end
         self._published = (0, 0)  # (segment, end offset) the reader may read up to in our own dir
         self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
         self._resume: tuple[_Directory, int, int] | None = None  # where in our own dir to go on after an adoption
@@ -214,7 +215,12 @@ class Spool:
                     try:
                         os.ftruncate(self._tail, self._tail_size)
                     except OSError:  # the junk stays: later frames go to a new segment, not after it
+                        self._abandoned[self._tail_segment] = self._tail_size
                         tail, self._tail = self._tail, None
+                        try:
+                            os.fsync(tail)  # the frames before it keep the sync_s promise
+                        except OSError:
+                            pass
                         os.close(tail)
                 return False
             self._tail_size += len(frame)
@@ -293,10 +299,11 @@ class Spool:
                         continue
                     # The published end, not the tail's size: a roll whose first write failed has
                     # moved the tail to an empty segment while this one is still being read.
-                    limit = self._published[1] if segment == self._published[0] else None
+                    # A segment left with uncut junk after its last frame ends where that frame did.
+                    limit = self._published[1] if segment == self._published[0] else self._abandoned.get(segment)
             else:
                 limit = None
-            frame = self._read_one(directory, segment, offset, limit)
+            frame = None if limit is not None and offset >= limit else self._read_one(directory, segment, offset, limit)
             if frame is None:  # end of this segment (or a torn tail): move on
                 nxt = self._next_position(directory, segment)
                 if nxt is None:
