@@ -912,11 +912,15 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
 @outcomes.command("delete")
 @click.option("--source", required=True,
               help="Whose outcomes: the file as it was given to `outcomes ingest`, or 'api' (POST /outcomes).")
+@click.option("--ingested-since", type=click.DateTime(), default=None,
+              help="Only outcomes written from then on (UTC): one push of many under the same source.")
+@click.option("--ingested-until", type=click.DateTime(), default=None, help="Only outcomes written before then (UTC).")
 @click.option("--yes", is_flag=True, help="Delete them; without it, only say what would be deleted.")
 @inference_log_option("Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @handles_errors
-def outcomes_delete(source: str, yes: bool, inference_log_url: str | None, as_json: bool) -> None:
+def outcomes_delete(source: str, ingested_since: datetime | None, ingested_until: datetime | None, yes: bool,
+                    inference_log_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Delete the outcomes a source wrote last: undo a file of wrong labels or times.
 
     Ingesting a corrected file replaces labels at the same customer and observed_at only;
@@ -925,7 +929,11 @@ def outcomes_delete(source: str, yes: bool, inference_log_url: str | None, as_js
     """
     from churn_platform import outcomes as outcomes_mod
 
-    found = outcomes_mod.delete(inference_log_url or get_settings().inference_log_url, source, apply=yes)
+    window = tuple(t.replace(tzinfo=UTC) if t is not None else None for t in (ingested_since, ingested_until))
+    if window[0] and window[1] and window[0] >= window[1]:
+        raise click.UsageError("--ingested-since is not before --ingested-until")
+    found = outcomes_mod.delete(inference_log_url or get_settings().inference_log_url, source, apply=yes,
+                                ingested=window)  # type: ignore[arg-type]
     if as_json:
         echo_json(dataclasses.asdict(found))
     elif not found.rows:

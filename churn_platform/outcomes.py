@@ -309,10 +309,13 @@ class Deleted:
     sources: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def delete(url: str, source: str, *, apply: bool) -> Deleted:
+def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | None, datetime | None] = (None, None),
+           ) -> Deleted:  # fmt: skip
     """Count the outcomes ``source`` wrote last (a file as ingest was given it, or ``api``), and
     with ``apply`` delete them: a file with wrong labels or times is undone this way, where
-    ingesting a corrected one would add outcomes at other times beside the wrong ones."""
+    ingesting a corrected one would add outcomes at other times beside the wrong ones.
+    ``ingested``: only those written from, and before, these times (one bad push of many
+    under the same name: ``api``, a daily export of one file name)."""
     engine = make_engine(url)
     outcomes = table(sa.MetaData())
     try:
@@ -320,6 +323,11 @@ def delete(url: str, source: str, *, apply: bool) -> Deleted:
             if not sa.inspect(conn).has_table(OUTCOMES_TABLE):
                 return Deleted(source, 0, False)
             mine = outcomes.c[OUTCOME_SOURCE] == source
+            since, until = (None if t is None else _stored_time(t, conn.dialect.name) for t in ingested)
+            if since is not None:
+                mine &= outcomes.c[INGESTED_AT] >= since
+            if until is not None:
+                mine &= outcomes.c[INGESTED_AT] < until
             observed = outcomes.c[OBSERVED_AT]
             query = sa.select(sa.func.count(), sa.func.min(observed), sa.func.max(observed)).where(mine)
             rows, first, last = conn.execute(query).one()

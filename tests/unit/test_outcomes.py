@@ -124,6 +124,28 @@ def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_p
     assert stored(url) == [("a", 1)]
 
 
+def test_one_bad_push_of_many_under_the_same_source_is_undone_alone(tmp_path):
+    """Every POST /outcomes is source 'api' (and a daily export may keep one file name):
+    deleting by source alone took the CRM's whole history with the bad push."""
+    import time
+    from datetime import UTC, datetime
+
+    url = f"sqlite:///{tmp_path}/log.db"
+    outcomes.ingest(frame([{"customer_id": "a", "churned": "yes", "observed_at": "2026-10-01"}]), url, source="api",
+                    now=NOW)  # fmt: skip
+    time.sleep(1.05 - time.time() % 1)  # the option takes whole seconds: the next push is in a later one
+    pushed = datetime.now(UTC)
+    outcomes.ingest(frame([{"customer_id": c, "churned": "no", "observed_at": "2026-10-02"} for c in ("b", "c")]),
+                    url, source="api", now=NOW)  # fmt: skip
+    args = ["outcomes", "delete", "--source", "api", "--inference-log-url", url,
+            "--ingested-since", f"{pushed:%Y-%m-%d %H:%M:%S}"]  # fmt: skip
+    result = CliRunner().invoke(main, [*args, "--yes"])
+    assert result.exit_code == 0 and "deleted 2 last written by 'api'" in result.output, result.output
+    assert stored(url) == [("a", 1)]
+    backwards = CliRunner().invoke(main, [*args, "--ingested-until", "2020-01-01"])
+    assert backwards.exit_code == 2 and "not before --ingested-until" in backwards.output
+
+
 def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
     first = outcomes.check(frame([{"customer_id": f"c{i}", "churned": "yes" if i % 2 else "no",
