@@ -168,7 +168,9 @@ class RequestMetrics:
                         "http.request.method": scope["method"], "http.route": endpoint,
                         "http.response.status_code": status, "churn.request_id": request_id,
                     })  # fmt: skip
-                    if status >= 500:  # also a 503 of our own (no model served): as OTel's HTTP conventions say
+                    # Also a 503 of our own (no model served), as OTel's HTTP conventions say; not
+                    # /ready's, which answers a probe as asked (each one an error trace buried the real ones).
+                    if status >= 500 and endpoint != "/ready":
                         tracing.failed(span)
                 if self.access_log:
                     context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
