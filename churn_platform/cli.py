@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from churn_platform import job_metrics
-from churn_platform.contract import CLOCK_AHEAD, EXIT_CODES_HELP, MODEL_TYPES, PRODUCTION_ALIAS, ExitCode
+from churn_platform.contract import (
+    CANARY_PERCENT,
+    CLOCK_AHEAD,
+    EXIT_CODES_HELP,
+    MODEL_TYPES,
+    PRODUCTION_ALIAS,
+    ExitCode,
+)
 from churn_platform.errors import ChurnPlatformError, NotFoundError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
@@ -593,7 +600,8 @@ def _fmt_rollout(state: RolloutState) -> str:
 
 @rollout.command("start")
 @click.option("--mode", type=click.Choice(["shadow", "canary"]), required=True, help="How the Challenger serves.")
-@click.option("--percent", type=int, default=None, help="Canary: share of customers (1-99) the Challenger answers.")
+@click.option("--percent", type=int, default=None,
+              help=f"Canary: share of customers ({CANARY_PERCENT[0]}-{CANARY_PERCENT[1]}) the Challenger answers.")
 @click.option("--version", "version", type=VERSION, default=None,
               help="Default: the running rollout's Challenger, else the Challenger alias.")
 @reason_option
@@ -713,7 +721,8 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
 @click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None, help="Instead of Production's.")
 @click.option("--rollout", "rollout_mode", type=click.Choice(["shadow", "canary"]), default=None,
               help="Start a rollout of the new Challenger when it passes the gate.")
-@click.option("--percent", type=click.IntRange(1, 99), default=None, help="Canary percent (with --rollout canary).")
+@click.option("--percent", type=click.IntRange(*CANARY_PERCENT), default=None,
+              help="Canary percent (with --rollout canary).")
 @inference_log_option("Database of the inference log and outcomes (default: CHURN_INFERENCE_LOG_URL).")
 @job_metrics.pushes("retrain")
 @registry_command
@@ -732,7 +741,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
     if percent is not None and rollout_mode != "canary":
         raise click.UsageError("--percent goes with --rollout canary")
     if rollout_mode == "canary" and percent is None:
-        raise click.UsageError("--rollout canary needs --percent (1 to 99)")
+        raise click.UsageError(f"--rollout canary needs --percent ({CANARY_PERCENT[0]} to {CANARY_PERCENT[1]})")
     # 0 unless this run registers a version: a run that declines (exit 1) must not leave the last
     # version ever registered on the Pushgateway, where the dashboard reads it as this run's.
     job_metrics.record("churn_retrain_registered_version", 0)
@@ -929,16 +938,17 @@ def outcomes_delete(source: str, ingested_since: datetime | None, ingested_until
     """
     from churn_platform import outcomes as outcomes_mod
 
-    window = tuple(t.replace(tzinfo=UTC) if t is not None else None for t in (ingested_since, ingested_until))
-    if window[0] and window[1] and window[0] >= window[1]:
+    since, until = (t.replace(tzinfo=UTC) if t is not None else None for t in (ingested_since, ingested_until))
+    if since and until and since >= until:
         raise click.UsageError("--ingested-since is not before --ingested-until")
     found = outcomes_mod.delete(inference_log_url or get_settings().inference_log_url, source, apply=yes,
-                                ingested=window)  # type: ignore[arg-type]
+                                ingested=(since, until))  # fmt: skip
+    written = "".join(f" {word} {t:%Y-%m-%d %H:%M:%S}" for word, t in (("from", since), ("before", until)) if t)
     if as_json:
         echo_json(dataclasses.asdict(found))
     elif not found.rows:
         known = ", ".join(f"{s!r} ({n})" for s, n in found.sources.items()) or "none"
-        click.echo(f"outcomes: none were last written by {source!r}; sources stored: {known}", err=True)
+        click.echo(f"outcomes: none were last written by {source!r}{written}; sources stored: {known}", err=True)
     elif found.deleted:
         click.echo(f"outcomes: deleted {found.rows} last written by {source!r} "
                    f"(observed {found.first} to {found.last})")

@@ -138,5 +138,7 @@ EXIT_CODES_HELP = (
 
 #: Registered-model tag holding the rollout state (JSON): every replica reads it.
 ROLLOUT_TAG = "churn_platform.rollout"
+#: The share of customers (percent) a canary may send to the Challenger: at least one, never all.
+CANARY_PERCENT = (1, 99)
 #: Audit-event actions of rollout changes (they never move Production themselves).
 ROLLOUT_ACTIONS: tuple[str, ...] = ("rollout-start", "rollout-stop")

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, outcomes, registry
-from churn_platform.contract import CHURNED, INFERENCE_LOG_TABLE, TAG_ADHOC, TAG_THRESHOLD, ExitCode
+from churn_platform.contract import CANARY_PERCENT, CHURNED, INFERENCE_LOG_TABLE, TAG_ADHOC, TAG_THRESHOLD, ExitCode
 from churn_platform.errors import ChurnPlatformError, DataValidationError
 from churn_platform.inference_log import make_engine, read_failure
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
@@ -246,7 +246,7 @@ def retrain(
     if not 0 < gate_share < 1:
         raise ChurnPlatformError(f"the gate share must be between 0 and 1, got {gate_share}")
     if rollout_mode == "canary" and percent is None:  # checked before anything is registered
-        raise ChurnPlatformError("--rollout canary needs --percent (1 to 99)")
+        raise ChurnPlatformError(f"--rollout canary needs --percent ({CANARY_PERCENT[0]} to {CANARY_PERCENT[1]})")
     name = settings.model_name
     client = registry.connect(settings)
     with registry.translate_errors(settings):

@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from churn_platform import promotion, registry
-from churn_platform.contract import CHALLENGER_ALIAS, ROLLOUT_TAG
+from churn_platform.contract import CANARY_PERCENT, CHALLENGER_ALIAS, ROLLOUT_TAG
 from churn_platform.errors import NotFoundError
 
 Mode = Literal["off", "shadow", "canary"]
@@ -30,7 +30,7 @@ class RolloutState(BaseModel):
 
     mode: Mode = "off"
     #: Share of customers (by a stable hash of their id) the Challenger answers in canary mode.
-    percent: int | None = Field(None, ge=1, le=99)
+    percent: int | None = Field(None, ge=CANARY_PERCENT[0], le=CANARY_PERCENT[1])
     challenger_version: int | None = Field(None, ge=1)
     production_version: int | None = Field(None, ge=1)
     started_by: str | None = None
@@ -131,10 +131,11 @@ def start(
     actor: str | None = None,
 ) -> RolloutState:
     """Start (or change) a rollout; every check runs before anything is written."""
+    low, high = CANARY_PERCENT
     if mode == "canary" and percent is None:
-        raise RolloutError("a canary needs --percent: the share of customers (1-99) the Challenger answers")
-    if mode == "canary" and not 1 <= percent <= 99:
-        raise RolloutError(f"--percent must be between 1 and 99 for a canary, got {percent}")
+        raise RolloutError(f"a canary needs --percent: the share of customers ({low}-{high}) the Challenger answers")
+    if mode == "canary" and not low <= percent <= high:
+        raise RolloutError(f"--percent must be between {low} and {high} for a canary, got {percent}")
     if mode == "shadow" and percent is not None:
         raise RolloutError("--percent applies to canary only: in shadow every customer is scored by both models")
     production = promotion.current_production(client, name)
@@ -322,17 +323,19 @@ def compare(
     # This rollout's arms only: a replica that has not polled yet logs the rollout before it
     # (another Challenger, or shadow rows after a switch to canary) for up to a poll interval.
     where = rows_of("t", f"({production_arm('t')}) OR ({challenger_arm('t')})")
+    # Bins counted down on both databases (PostgreSQL's CAST rounds where SQLite's truncates).
+    floor = "CAST({} AS INTEGER)" if url.startswith("sqlite") else "FLOOR({})"
     # Band i holds scores at or above edge i-1 and below edge i, as the API bands them.
     band = "CASE " + " ".join(f"WHEN t.{PROBABILITY} >= :edge{i} THEN {i + 1}"
                               for i in reversed(range(len(band_edges)))) + " ELSE 0 END"  # fmt: skip
     params |= {f"edge{i}": edge for i, edge in enumerate(band_edges)} | {"bins": _SCORE_BINS, "ms_bins": _MS_BINS}
     histogram_sql = (f"SELECT t.{ARM} AS arm, t.{MODEL_VERSION} AS version,"
-                     f" CAST(t.{PROBABILITY} * :bins AS INTEGER) AS score_bin, {band} AS band, COUNT(*) AS n,"
+                     f" {floor.format(f't.{PROBABILITY} * :bins')} AS score_bin, {band} AS band, COUNT(*) AS n,"
                      f" SUM(t.{PROBABILITY}) AS total FROM {INFERENCE_LOG_TABLE} t WHERE {where}"
                      f" GROUP BY t.{ARM}, t.{MODEL_VERSION}, score_bin, band")  # fmt: skip
     # One time per request (each of its rows carries it; NULL from an earlier release), then
     # a histogram of them: its counts add up to the arm's requests.
-    requests_sql = (f"SELECT arm, CAST(ms * :ms_bins AS INTEGER) AS ms_bin, COUNT(*) AS n FROM"
+    requests_sql = (f"SELECT arm, {floor.format('ms * :ms_bins')} AS ms_bin, COUNT(*) AS n FROM"
                     f" (SELECT t.{ARM} AS arm, MIN(t.{SCORING_MS}) AS ms FROM {INFERENCE_LOG_TABLE} t"
                     f"  WHERE {where} GROUP BY t.{ARM}, t.{REQUEST_ID}) per_request"
                     f" GROUP BY arm, ms_bin")  # fmt: skip

@@ -23,6 +23,11 @@ from churn_platform.schema import FEATURE_NAMES
 EMBEDDED_TRACKING_URI = "sqlite:///mlflow.db"
 
 
+#: The poll that brings every API worker to a new Production or rollout when ``serve --workers``
+#: is above 1 and CHURN_RELOAD_POLL_S is unset (/admin/reload reaches one worker only).
+MULTI_WORKER_POLL_S = 30.0
+
+
 class Settings(BaseSettings):
     # No setting means anything as inf or NaN (a drift threshold of inf would silence the monitor).
     model_config = SettingsConfigDict(env_prefix="CHURN_", extra="ignore", populate_by_name=True, allow_inf_nan=False)
@@ -77,7 +82,8 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any)."
     )
     reload_poll_s: float = Field(
-        0, ge=0, description="Check the Production alias every N seconds and reload (0: never)."
+        0, ge=0, description="Check the Production alias every N seconds and reload (0: never; "
+        f"{MULTI_WORKER_POLL_S:g} when `serve --workers` is above 1 and it is unset)."
     )
     startup_backoff_max_s: float = Field(
         5, gt=0, description="Longest wait between attempts to load the model at startup."

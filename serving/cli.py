@@ -10,7 +10,7 @@ import tempfile
 import click
 
 from churn_platform.cli import handles_errors
-from churn_platform.settings import get_settings
+from churn_platform.settings import MULTI_WORKER_POLL_S, get_settings
 
 
 def _check_port(host: str, port: int) -> None:
@@ -28,11 +28,6 @@ def _check_port(host: str, port: int) -> None:
         except OSError as exc:
             raise SettingsError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (CHURN_API_HOST, "
                                 "CHURN_API_PORT or --host/--port)") from None  # fmt: skip
-
-
-#: The poll that brings every worker to a new Production or rollout when ``--workers`` > 1
-#: and CHURN_RELOAD_POLL_S is unset (the ConfigMap's value).
-MULTI_WORKER_POLL_S = 30.0
 
 
 @click.command()

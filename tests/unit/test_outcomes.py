@@ -142,6 +142,9 @@ def test_one_bad_push_of_many_under_the_same_source_is_undone_alone(tmp_path):
     result = CliRunner().invoke(main, [*args, "--yes"])
     assert result.exit_code == 0 and "deleted 2 last written by 'api'" in result.output, result.output
     assert stored(url) == [("a", 1)]
+    again = CliRunner().invoke(main, args)  # nothing left in that window: said so, not "none by 'api'"
+    said = f"by 'api' from {pushed:%Y-%m-%d %H:%M:%S}; sources stored: 'api' (1)"
+    assert again.exit_code == 2 and said in again.output
     backwards = CliRunner().invoke(main, [*args, "--ingested-until", "2020-01-01"])
     assert backwards.exit_code == 2 and "not before --ingested-until" in backwards.output
 
