@@ -99,25 +99,23 @@ class Predictor:
         if not to_challenger.any():
             return Scored(model, self._score(model, customers, request_id, "production", top_k, places))
         predictions: list[dict[str, Any]] = [{}] * len(customers)
-        arms = (
-            (~to_challenger, model, "production", request_id),
-            (to_challenger, challenger, "canary", f"{request_id}{ARM_SEPARATOR}canary"),
-        )
-        for chosen, scoring, arm, rid in arms:
+
+        def score(chosen: np.ndarray, scoring: LoadedModel, arm: str, rid: str) -> None:
             positions = np.flatnonzero(chosen).tolist()
             if positions:
                 group = [customers[i] for i in positions]
                 logged = [places[i] for i in positions] if places is not None else positions
-                try:
-                    scored = self._score(scoring, group, rid, arm, top_k, logged)
-                except Exception:
-                    if arm != "canary":
-                        raise
-                    # Its customers are answered (and logged) by Production: the request never fails for the Challenger.
-                    self._challenger_failed("canary", challenger, "its customers answered by Production")
-                    scored = self._score(model, group, request_id, "production", top_k, logged)
-                for i, prediction in zip(positions, scored, strict=True):
+                for i, prediction in zip(positions, self._score(scoring, group, rid, arm, top_k, logged), strict=True):
                     predictions[i] = prediction
+
+        # The Challenger's customers first: if it fails, Production answers (and logs) them with
+        # its own, in one scoring, and the request never fails for the Challenger.
+        try:
+            score(to_challenger, challenger, "canary", f"{request_id}{ARM_SEPARATOR}canary")
+        except Exception:  # noqa: BLE001 - counted and logged; Production answers
+            self._challenger_failed("canary", challenger, "its customers answered by Production")
+            to_challenger[:] = False
+        score(~to_challenger, model, "production", request_id)
         return Scored(model, predictions)
 
     def _challenger_failed(self, arm: str, challenger: LoadedModel, outcome: str) -> None:

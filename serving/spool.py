@@ -218,6 +218,7 @@ class Spool:
                         self._abandoned[self._tail_segment] = self._tail_size
                         tail, self._tail = self._tail, None
                         try:
+                            self.bytes += max(os.fstat(tail).st_size - self._tail_size, 0)  # on disk until deleted
                             os.fsync(tail)  # the frames before it keep the sync_s promise
                         except OSError:
                             pass
@@ -373,7 +374,8 @@ class Spool:
                 path = directory.segment_path(number)
                 if directory.path == last.directory and number >= last.segment:
                     is_tail = directory is self._own and number == self._tail_segment
-                    if number == last.segment and not is_tail and last.end >= path.stat().st_size:
+                    ends = self._abandoned.get(number) if directory is self._own else None
+                    if number == last.segment and not is_tail and last.end >= (ends or path.stat().st_size):
                         self._delete(path)
                     return
                 self._delete(path)
@@ -381,6 +383,8 @@ class Spool:
                 self._release(directory)
 
     def _delete(self, path: Path) -> None:
+        if path.parent == self._own.path:
+            self._abandoned.pop(int(path.stem), None)
         size = path.stat().st_size
         path.unlink()
         with self._cond:

@@ -188,6 +188,8 @@ def test_a_challenger_that_fails_to_score_never_fails_the_request_and_is_counted
         metrics = api.get("/metrics").text
         assert 'churn_challenger_errors_total{arm="shadow"} 3.0' in metrics
         assert 'churn_challenger_errors_total{arm="canary"} 2.0' in metrics
+        # Production scored each request once, its own customers and the Challenger's together.
+        assert 'churn_model_requests_total{arm="production",model_version="1"} 5.0' in metrics
     assert caplog.text.count("scoring by v2 failed") == 1  # once a minute at most, not per request
     rollout.stop(registry, "churn", actor="tests")
     with sa.create_engine(settings.inference_log_url).connect() as conn:

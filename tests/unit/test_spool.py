@@ -212,6 +212,7 @@ def test_a_failed_write_that_cannot_be_cut_off_loses_no_later_frame(tmp_path, mo
     monkeypatch.setattr(spool_module.os, "ftruncate", real_truncate)
     assert spool.append(b"after", rows=1) and spool.append(b"and-after", rows=1)
     assert payloads(spool) == [b"before", b"after", b"and-after"] and spool.torn_frames == 0
+    assert spool.bytes == sum(f.stat().st_size for f in segment_files(tmp_path))  # the junk counted while on disk
 
 
 def test_a_failed_write_right_after_a_roll_loses_no_earlier_frame(tmp_path, monkeypatch):
