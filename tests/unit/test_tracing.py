@@ -132,3 +132,12 @@ def test_a_failed_request_is_an_error_span_and_an_unsampled_trace_is_never_named
 
     assert lines_of(unsampled) and all("trace_id" not in line for line in lines_of(unsampled))
     assert any(line.get("trace_id") == TRACE_ID for line in lines_of(response))
+
+
+def test_a_readiness_probe_answered_503_is_no_error_span(spans, registry_uri, tmp_path):
+    """A pod loading its model answers every probe 503, as asked: each one an error trace
+    buried the real errors."""
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, model_name="nobody"))) as client:
+        assert client.get("/ready").status_code == 503
+    probe = next(s for s in spans.get_finished_spans() if s.name == "GET /ready")
+    assert probe.status.status_code.name == "UNSET"
