@@ -91,7 +91,8 @@ _IDENTITY_OPTIONS = ("host", "hostaddr", "port", "dbname", "service", "options")
 def spool_root(spool_dir: Path, url: str) -> Path:
     """The spool of one database: rows spooled for one database are never replayed into another
     (another database in CHURN_INFERENCE_LOG_URL, two tests side by side), while a new
-    password, user, driver or connection option (a credentials rotation) keeps the folder.
+    password, user or driver (a credentials rotation), or an option such as sslmode, keeps
+    the folder.
     Named by a hash of the database's identity: the URL may hold a password."""
     parsed = sa.engine.make_url(url)
     database = parsed.database or ""

@@ -375,7 +375,8 @@ class Spool:
                 if directory.path == last.directory and number >= last.segment:
                     is_tail = directory is self._own and number == self._tail_segment
                     ends = self._abandoned.get(number) if directory is self._own else None
-                    if number == last.segment and not is_tail and last.end >= (ends or path.stat().st_size):
+                    ends = path.stat().st_size if ends is None else ends
+                    if number == last.segment and not is_tail and last.end >= ends:
                         self._delete(path)
                     return
                 self._delete(path)
