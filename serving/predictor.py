@@ -85,37 +85,41 @@ class Predictor:
         # rows, the response header and the log lines name the same request.
         request_id = logs.current("log_key") or uuid.uuid4().hex
         if active is None or active.model.version == model.version:
-            return Scored(model, self._score(model, customers, request_id, "production", top_k, places))
+            return Scored(model, self._record(self._arm(model, customers, request_id, "production", top_k, places)))
         challenger = active.model
         if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
             # Production's rows first: when the log's queue has room for one arm only, it keeps them.
-            scored = Scored(model, self._score(model, customers, request_id, "production", top_k, places))
+            predictions = self._record(self._arm(model, customers, request_id, "production", top_k, places))
             try:
-                self._run(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow", positions=places)
+                self._record(self._arm(challenger, customers, f"{request_id}{ARM_SEPARATOR}shadow", "shadow",
+                                       positions=places, answer=False))  # fmt: skip
             except Exception:  # noqa: BLE001 - the caller was answered by Production; a shadow never fails it
                 self._challenger_failed("shadow", challenger, "answered by Production")
-            return scored
+            return Scored(model, predictions)
         to_challenger = canary(customers, active.state.percent or 0)
         if not to_challenger.any():
-            return Scored(model, self._score(model, customers, request_id, "production", top_k, places))
-        predictions: list[dict[str, Any]] = [{}] * len(customers)
+            return Scored(model, self._record(self._arm(model, customers, request_id, "production", top_k, places)))
 
-        def score(chosen: np.ndarray, scoring: LoadedModel, arm: str, rid: str) -> None:
+        def arm(chosen: np.ndarray, scoring: LoadedModel, name: str, rid: str) -> _Arm | None:
             positions = np.flatnonzero(chosen).tolist()
-            if positions:
-                group = [customers[i] for i in positions]
-                logged = [places[i] for i in positions] if places is not None else positions
-                for i, prediction in zip(positions, self._score(scoring, group, rid, arm, top_k, logged), strict=True):
-                    predictions[i] = prediction
+            if not positions:
+                return None
+            logged = [places[i] for i in positions] if places is not None else positions
+            return self._arm(scoring, [customers[i] for i in positions], rid, name, top_k, logged, at=positions)
 
-        # The Challenger's customers first: if it fails, Production answers (and logs) them with
-        # its own, in one scoring, and the request never fails for the Challenger.
+        # The Challenger's customers first: if it fails, Production scores them with its own,
+        # once, and the request never fails for the Challenger. Both arms are counted and logged
+        # only once both scored (Production's first, as in shadow): a request that fails logs nothing.
         try:
-            score(to_challenger, challenger, "canary", f"{request_id}{ARM_SEPARATOR}canary")
+            tried = arm(to_challenger, challenger, "canary", f"{request_id}{ARM_SEPARATOR}canary")
         except Exception:  # noqa: BLE001 - counted and logged; Production answers
             self._challenger_failed("canary", challenger, "its customers answered by Production")
-            to_challenger[:] = False
-        score(~to_challenger, model, "production", request_id)
+            to_challenger[:], tried = False, None
+        predictions: list[dict[str, Any]] = [{}] * len(customers)
+        for done in (arm(~to_challenger, model, "production", request_id), tried):
+            if done is not None:
+                for i, prediction in zip(done.at, self._record(done), strict=True):
+                    predictions[i] = prediction
         return Scored(model, predictions)
 
     def _challenger_failed(self, arm: str, challenger: LoadedModel, outcome: str) -> None:
@@ -134,14 +138,13 @@ class Predictor:
         lookup, so whether a request can be explained never depends on its ids."""
         _check_explainable(model or self.model, self.holder.rollout)
 
-    def _run(
+    def _arm(
         self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None = None,
-        positions: Sequence[int] | None = None, *, answer: bool = False,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """Score (and explain) one arm's customers, build their answers (with ``answer``), then
-        count and log them. ``positions``: their places in the request, when only some of it.
-        Counted and logged last: an arm that fails anywhere leaves no row behind (a canary's
-        customers are then answered, and logged, by Production)."""
+        positions: Sequence[int] | None = None, *, answer: bool = True, at: Sequence[int] = (),
+    ) -> _Arm:  # fmt: skip
+        """Score (and explain) one arm's customers and build their answers (with ``answer``);
+        nothing counted or logged yet (``_record``). ``positions``: their places in the request,
+        when only some of it, as logged; ``at``: where their answers go."""
         started = time.perf_counter()
         attributes = {"churn.model_version": model.version, "churn.arm": arm, "churn.rows": len(customers)}
         with tracing.span("score", attributes):
@@ -152,7 +155,7 @@ class Predictor:
         probabilities = np.clip(raw, 0.0, 1.0)
         seconds = time.perf_counter() - started
         bands = np.searchsorted(self._band_edges, probabilities, side="right")
-        predictions: list[dict[str, Any]] = []
+        predictions: list[dict[str, Any]] | None = None
         if answer:
             predictions = answers(customers, probabilities, bands, model.decision_threshold, model.version)
             if explained is not None and top_k is not None:
@@ -160,26 +163,43 @@ class Predictor:
                     predictions, explanation.top(explained, customers, top_k), strict=True
                 ):
                     prediction[EXPLANATION] = explained_one
-        version = str(model.version)
-        self.metrics.model_requests.labels(version, arm).inc()
-        self.metrics.scoring_time.labels(version, arm).observe(seconds)
-        for index, count in zip(*np.unique(bands, return_counts=True), strict=True):
-            self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
-        with tracing.span("inference_log.append", {"churn.rows": len(customers)}):
-            self.inference_log.append(request_id, model.name, model.version, customers, probabilities, arm=arm,
-                                      scoring_ms=round(seconds * 1000, 4), positions=positions)  # fmt: skip
-        return predictions
+        return _Arm(model, customers, request_id, arm, probabilities, bands, seconds, positions, predictions, at)
 
-    def _score(
-        self, model: LoadedModel, customers: Sequence[Record], request_id: str, arm: str, top_k: int | None,
-        positions: Sequence[int] | None = None,
-    ) -> list[dict]:  # fmt: skip
-        predictions = self._run(model, customers, request_id, arm, top_k, positions, answer=True)
-        self.metrics.rows_scored.inc(len(customers))
+    def _record(self, done: _Arm) -> list[dict[str, Any]]:
+        """Count and log one scored arm; its answers (empty for a shadow)."""
+        model, arm, version = done.model, done.arm, str(done.model.version)
+        self.metrics.model_requests.labels(version, arm).inc()
+        self.metrics.scoring_time.labels(version, arm).observe(done.seconds)
+        for index, count in zip(*np.unique(done.bands, return_counts=True), strict=True):
+            self.metrics.predictions.labels(RISK_BANDS[index], version, arm).inc(int(count))
+        with tracing.span("inference_log.append", {"churn.rows": len(done.customers)}):
+            self.inference_log.append(
+                done.request_id, model.name, model.version, done.customers, done.probabilities, arm=arm,
+                scoring_ms=round(done.seconds * 1000, 4), positions=done.positions,
+            )  # fmt: skip
+        if done.predictions is None:
+            return []
+        self.metrics.rows_scored.inc(len(done.customers))
         before, before_arm = logs.current("model_version"), logs.current("arm")  # a canary answers with both
         logs.bind(model_version=model.version if before in (None, model.version) else f"{before}+{model.version}",
                   arm=arm if before_arm in (None, arm) else f"{before_arm}+{arm}")  # fmt: skip
-        return predictions
+        return done.predictions
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """One arm of a request, scored and answered, not yet counted or logged."""
+
+    model: LoadedModel
+    customers: Sequence[Record]
+    request_id: str
+    arm: str
+    probabilities: np.ndarray
+    bands: np.ndarray
+    seconds: float
+    positions: Sequence[int] | None
+    predictions: list[dict[str, Any]] | None
+    at: Sequence[int]
 
 
 def answers(

@@ -197,6 +197,26 @@ def test_a_challenger_that_fails_to_score_never_fails_the_request_and_is_counted
     assert len(logged) == 1000 and set(logged.arm) == {"production"}  # each customer logged once, as answered
 
 
+def test_a_canary_request_that_fails_logs_neither_arm(registry, registry_uri, tmp_path, monkeypatch):
+    """The Challenger's customers are scored first: when Production then failed (a 500), its
+    rows were already in the log and counted, as if that request had been answered."""
+    settings = make_settings(registry_uri, tmp_path)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        wait_ready(api)
+        start_canary(registry, api, percent=50)
+
+        def broken(records):
+            raise RuntimeError("Production cannot score")
+
+        monkeypatch.setattr(api.app.state.holder.current.scorer, "score", broken)
+        assert api.post("/predict", json={"customers": customers(200, seed=6)}).status_code == 500
+        assert 'churn_model_requests_total{arm="canary",model_version="2"}' not in api.get("/metrics").text
+    rollout.stop(registry, "churn", actor="tests")
+    engine = sa.create_engine(settings.inference_log_url)  # the writer makes its table with its first rows
+    assert not sa.inspect(engine).has_table("inference_log"), "rows were logged for a request that failed"
+    engine.dispose()
+
+
 def test_a_challenger_whose_tags_cannot_be_read_keeps_serving(registry, registry_uri, tmp_path, monkeypatch):
     """A reload re-reads the Challenger's decision threshold: a registry that does not answer
     that one call dropped the Challenger as failed, and the next poll loaded it all again."""
