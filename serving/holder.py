@@ -56,6 +56,8 @@ class LoadListener(Protocol):
 
     def load_failed(self, attempt: Attempt) -> None: ...
 
+    def registry_answered(self) -> None: ...
+
 
 class ModelHolder:
     def __init__(self, settings: Settings, listener: LoadListener | None = None) -> None:
@@ -89,6 +91,8 @@ class ModelHolder:
                 with registry.translate_errors(self.settings):
                     with tracing.span("registry.resolve", {"churn.model_name": name}):
                         version = loading.resolve(client, name)
+                    if self._listener:
+                        self._listener.registry_answered()
                     if self.current is not None and self.current.version == version:
                         self.current = loading.refreshed(client, self.current, default_threshold=default)
                         self._follow_rollout(client, version)

@@ -85,6 +85,12 @@ class Metrics:
             multiprocess_mode="livesum", registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
+        # From the start: a replica that has not reached the registry yet counts from when it began.
+        self.registry_answered_at = Gauge(
+            "churn_registry_answered_timestamp_seconds", "When the MLflow registry last answered this replica "
+            "(Production resolved), or when it started.", multiprocess_mode="livemax", registry=self.registry,
+        )  # fmt: skip
+        self.registry_answered_at.set_to_current_time()
         self.challenger_errors = Counter(
             "churn_challenger_errors", "Requests the rollout's Challenger failed to score, by arm (shadow: Production "
             "answered alone; canary: Production answered its customers).", ["arm"], registry=self.registry,
@@ -110,6 +116,9 @@ class Metrics:
 
     def load_failed(self, attempt: Attempt) -> None:
         self.reloads.labels(attempt.state).inc()
+
+    def registry_answered(self) -> None:
+        self.registry_answered_at.set_to_current_time()
 
     def log_rows_counted(self, outcome: str, rows: int) -> None:
         self.log_rows[outcome].inc(rows)

@@ -169,8 +169,8 @@ class RequestMetrics:
                         "http.response.status_code": status, "churn.request_id": request_id,
                     })  # fmt: skip
                     # Also a 503 of our own (no model served), as OTel's HTTP conventions say; not
-                    # /ready's, which answers a probe as asked (each one an error trace buried the real ones).
-                    if status >= 500 and endpoint != "/ready":
+                    # /ready's 503, which answers a probe as asked (each one an error trace buried the real ones).
+                    if status >= 500 and not (endpoint == "/ready" and status == 503):
                         tracing.failed(span)
                 if self.access_log:
                     context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
