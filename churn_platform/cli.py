@@ -949,12 +949,14 @@ def outcomes_delete(source: str, ingested_since: datetime | None, ingested_until
     elif not found.rows:
         known = ", ".join(f"{s!r} ({n})" for s, n in found.sources.items()) or "none"
         click.echo(f"outcomes: none were last written by {source!r}{written}; sources stored: {known}", err=True)
-    elif found.deleted:
-        click.echo(f"outcomes: deleted {found.rows} last written by {source!r} "
-                   f"(observed {found.first} to {found.last})")
     else:
-        click.echo(f"outcomes: {found.rows} were last written by {source!r} (observed {found.first} to "
-                   f"{found.last}); nothing deleted: add --yes to delete them")  # fmt: skip
+        span = (f"observed {found.first} to {found.last}, written {found.written_first} to {found.written_last} "
+                "UTC")  # fmt: skip
+        if found.deleted:
+            click.echo(f"outcomes: deleted {found.rows} last written by {source!r}{written} ({span})")
+        else:
+            click.echo(f"outcomes: {found.rows} were last written by {source!r}{written} ({span}); nothing deleted: "
+                       "add --yes to delete them")  # fmt: skip
     if not found.rows:  # not found, as for any command: a typo must not pass for done
         sys.exit(ExitCode.USAGE)
 

@@ -307,6 +307,9 @@ class Deleted:
     first: str | None = None
     last: str | None = None
     sources: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: When the first and last of them were written (UTC, to the second): to tell pushes apart.
+    written_first: str | None = None
+    written_last: str | None = None
 
 
 def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | None, datetime | None] = (None, None),
@@ -328,9 +331,10 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
                 mine &= outcomes.c[INGESTED_AT] >= since
             if until is not None:
                 mine &= outcomes.c[INGESTED_AT] < until
-            observed = outcomes.c[OBSERVED_AT]
-            query = sa.select(sa.func.count(), sa.func.min(observed), sa.func.max(observed)).where(mine)
-            rows, first, last = conn.execute(query).one()
+            observed, written = outcomes.c[OBSERVED_AT], outcomes.c[INGESTED_AT]
+            query = sa.select(sa.func.count(), sa.func.min(observed), sa.func.max(observed), sa.func.min(written),
+                              sa.func.max(written)).where(mine)  # fmt: skip
+            rows, first, last, written_first, written_last = conn.execute(query).one()
             if not rows:
                 counts = conn.execute(sa.select(outcomes.c[OUTCOME_SOURCE], sa.func.count())
                                       .group_by(outcomes.c[OUTCOME_SOURCE])).all()  # fmt: skip
@@ -338,7 +342,12 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
             if apply:
                 conn.execute(sa.delete(outcomes).where(mine))
             day = lambda t: str(t)[:10]  # noqa: E731 - SQLite returns text, PostgreSQL a datetime
-            return Deleted(source, rows, apply, day(first), day(last))
+
+            def second(t: datetime | str) -> str:  # PostgreSQL's in the session's zone: UTC, as SQLite's
+                return f"{t.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if isinstance(t, datetime) else str(t)[:19]
+
+            return Deleted(source, rows, apply, day(first), day(last), written_first=second(written_first),
+                           written_last=second(written_last))  # fmt: skip
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
         where = engine.url.render_as_string(hide_password=True)
         raise StorageUnreachable(f"cannot delete outcomes at {where}: {getattr(exc, 'orig', exc)}") from exc

@@ -139,6 +139,9 @@ def test_one_bad_push_of_many_under_the_same_source_is_undone_alone(tmp_path):
                     url, source="api", now=NOW)  # fmt: skip
     args = ["outcomes", "delete", "--source", "api", "--inference-log-url", url,
             "--ingested-since", f"{pushed:%Y-%m-%d %H:%M:%S}"]  # fmt: skip
+    dry = CliRunner().invoke(main, args)
+    assert f"2 were last written by 'api' from {pushed:%Y-%m-%d %H:%M:%S} (observed 2026-10-02" in dry.output
+    assert ", written 20" in dry.output and "nothing deleted" in dry.output, dry.output
     result = CliRunner().invoke(main, [*args, "--yes"])
     assert result.exit_code == 0 and "deleted 2 last written by 'api'" in result.output, result.output
     assert stored(url) == [("a", 1)]
