@@ -275,6 +275,33 @@ def test_model_info_and_metrics(api, telco_csv):
     assert schema["components"]["schemas"]["Customer"]["examples"]
 
 
+def test_metrics_say_when_the_registry_last_answered(api, monkeypatch):
+    """What ChurnRegistryUnreachable reads: moved on by each load that resolved Production,
+    not by one that could not reach the registry."""
+
+    def answered() -> float:
+        line = next(x for x in api.get("/metrics").text.splitlines()
+                    if x.startswith("churn_registry_answered_timestamp_seconds "))  # fmt: skip
+        return float(line.split()[1])
+
+    before = answered()
+    assert time.time() - 60 < before <= time.time()
+    time.sleep(0.05)
+    assert api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code == 200
+    after = answered()
+    assert after > before
+
+    from churn_platform import loading
+    from churn_platform.errors import RegistryUnreachable
+
+    def away(*args, **kwargs):
+        raise RegistryUnreachable("the registry did not answer")
+
+    monkeypatch.setattr(loading, "resolve", away)
+    assert api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code == 409
+    assert answered() == after
+
+
 def test_admin_reload_needs_the_key_and_swaps_versions(api):
     unauthenticated = api.post("/admin/reload")
     assert unauthenticated.status_code == 401 and unauthenticated.headers["www-authenticate"].startswith("Bearer")
