@@ -303,10 +303,11 @@ def compare(
     from churn_platform.inference_log import is_missing_table, make_engine, read_failure
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
+    sqlite = url.startswith("sqlite")
     params: dict[str, object] = {"name": name, "production": state.production_version,
                                  "challenger": state.challenger_version, "mode": state.mode}  # fmt: skip
     if since is not None:
-        params["since"] = since if not url.startswith("sqlite") else since.replace(tzinfo=None).isoformat(sep=" ")
+        params["since"] = since.replace(tzinfo=None).isoformat(sep=" ") if sqlite else since
 
     def rows_of(t: str, arms: str) -> str:
         """The rows of table ``t`` in the rollout's window and ``arms`` (a NaN score, which
@@ -324,7 +325,7 @@ def compare(
     # (another Challenger, or shadow rows after a switch to canary) for up to a poll interval.
     where = rows_of("t", f"({production_arm('t')}) OR ({challenger_arm('t')})")
     # Bins counted down on both databases (PostgreSQL's CAST rounds where SQLite's truncates).
-    floor = "CAST({} AS INTEGER)" if url.startswith("sqlite") else "FLOOR({})"
+    floor = "CAST({} AS INTEGER)" if sqlite else "FLOOR({})"
     # Band i holds scores at or above edge i-1 and below edge i, as the API bands them.
     band = "CASE " + " ".join(f"WHEN t.{PROBABILITY} >= :edge{i} THEN {i + 1}"
                               for i in reversed(range(len(band_edges)))) + " ELSE 0 END"  # fmt: skip
