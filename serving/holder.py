@@ -79,6 +79,8 @@ class ModelHolder:
 
     def _record(self, state: State, reason: str, version: int | None = None) -> Attempt:
         self.last = Attempt(state, reason, version, datetime.now(UTC).isoformat(timespec="seconds"))
+        if self._listener and state not in ("starting", "loading", "registry_unreachable"):
+            self._listener.registry_answered()  # and its artifact store: the attempt got past both
         return self.last
 
     def load_production(self) -> Attempt:
@@ -91,8 +93,6 @@ class ModelHolder:
                 with registry.translate_errors(self.settings):
                     with tracing.span("registry.resolve", {"churn.model_name": name}):
                         version = loading.resolve(client, name)
-                    if self._listener:
-                        self._listener.registry_answered()
                     if self.current is not None and self.current.version == version:
                         self.current = loading.refreshed(client, self.current, default_threshold=default)
                         self._follow_rollout(client, version)

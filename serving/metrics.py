@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
@@ -85,12 +86,12 @@ class Metrics:
             multiprocess_mode="livesum", registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)
-        # From the start: a replica that has not reached the registry yet counts from when it began.
-        self.registry_answered_at = Gauge(
-            "churn_registry_answered_timestamp_seconds", "When the MLflow registry last answered this replica "
-            "(Production resolved), or when it started.", multiprocess_mode="livemax", registry=self.registry,
+        self.registry_unreachable_since = Gauge(
+            "churn_registry_unreachable_since_timestamp_seconds", "When this replica's loads began to fail to reach "
+            "MLflow or its artifact store, none answered since (0: the last one got through).",
+            multiprocess_mode="livemax", registry=self.registry,
         )  # fmt: skip
-        self.registry_answered_at.set_to_current_time()
+        self._unreachable_since = 0.0
         self.challenger_errors = Counter(
             "churn_challenger_errors", "Requests the rollout's Challenger failed to score, by arm (shadow: Production "
             "answered alone; canary: Production answered its customers).", ["arm"], registry=self.registry,
@@ -116,9 +117,14 @@ class Metrics:
 
     def load_failed(self, attempt: Attempt) -> None:
         self.reloads.labels(attempt.state).inc()
+        if attempt.state == "registry_unreachable" and not self._unreachable_since:  # the first of a streak
+            self._unreachable_since = time.time()
+            self.registry_unreachable_since.set(self._unreachable_since)
 
     def registry_answered(self) -> None:
-        self.registry_answered_at.set_to_current_time()
+        if self._unreachable_since:
+            self._unreachable_since = 0.0
+            self.registry_unreachable_since.set(0)
 
     def log_rows_counted(self, outcome: str, rows: int) -> None:
         self.log_rows[outcome].inc(rows)

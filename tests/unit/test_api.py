@@ -275,31 +275,34 @@ def test_model_info_and_metrics(api, telco_csv):
     assert schema["components"]["schemas"]["Customer"]["examples"]
 
 
-def test_metrics_say_when_the_registry_last_answered(api, monkeypatch):
-    """What ChurnRegistryUnreachable reads: moved on by each load that resolved Production,
-    not by one that could not reach the registry."""
-
-    def answered() -> float:
-        line = next(x for x in api.get("/metrics").text.splitlines()
-                    if x.startswith("churn_registry_answered_timestamp_seconds "))  # fmt: skip
-        return float(line.split()[1])
-
-    before = answered()
-    assert time.time() - 60 < before <= time.time()
-    time.sleep(0.05)
-    assert api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code == 200
-    after = answered()
-    assert after > before
-
+def test_metrics_say_since_when_the_registry_does_not_answer(api, monkeypatch):
+    """What ChurnRegistryUnreachable reads: set by the first load of a streak that cannot reach
+    MLflow, kept by the next ones, cleared by the first that gets through."""
     from churn_platform import loading
     from churn_platform.errors import RegistryUnreachable
+
+    def since() -> float:
+        line = next(x for x in api.get("/metrics").text.splitlines()
+                    if x.startswith("churn_registry_unreachable_since_timestamp_seconds "))  # fmt: skip
+        return float(line.split()[1])
+
+    def reload() -> int:
+        return api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code
+
+    assert since() == 0
+    resolve = loading.resolve
 
     def away(*args, **kwargs):
         raise RegistryUnreachable("the registry did not answer")
 
     monkeypatch.setattr(loading, "resolve", away)
-    assert api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code == 409
-    assert answered() == after
+    assert reload() == 409
+    first = since()
+    assert time.time() - 60 < first <= time.time()
+    time.sleep(0.05)
+    assert reload() == 409 and since() == first  # the streak's start, not the last failure
+    monkeypatch.setattr(loading, "resolve", resolve)
+    assert reload() == 200 and since() == 0
 
 
 def test_admin_reload_needs_the_key_and_swaps_versions(api):
