@@ -341,10 +341,13 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
                 return Deleted(source, 0, False, sources={s: n for s, n in counts})
             if apply:
                 conn.execute(sa.delete(outcomes).where(mine))
-            day = lambda t: str(t)[:10]  # noqa: E731 - SQLite returns text, PostgreSQL a datetime
+            day = lambda t: str(t)[:10]  # noqa: E731 - SQLite returns text or a naive datetime, PostgreSQL an aware one
 
-            def second(t: datetime | str) -> str:  # PostgreSQL's in the session's zone: UTC, as SQLite's
-                return f"{t.astimezone(UTC):%Y-%m-%d %H:%M:%S}" if isinstance(t, datetime) else str(t)[:19]
+            def second(t: datetime | str) -> str:
+                """To the second, in UTC: SQLite's naive values are UTC; PostgreSQL's in the session's zone."""
+                if not isinstance(t, datetime):
+                    return str(t)[:19]
+                return f"{t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
 
             return Deleted(source, rows, apply, day(first), day(last), written_first=second(written_first),
                            written_last=second(written_last))  # fmt: skip

@@ -152,6 +152,24 @@ def test_one_bad_push_of_many_under_the_same_source_is_undone_alone(tmp_path):
     assert backwards.exit_code == 2 and "not before --ingested-until" in backwards.output
 
 
+def test_when_outcomes_were_written_is_said_in_utc_whatever_the_machines_zone(tmp_path):
+    """SQLite hands the times back naive; read as local time, 10:00 UTC was printed as 15:00
+    'UTC' in New York, and an operator pasting it into --ingested-since missed the push."""
+    import os
+    import subprocess
+    import sys
+
+    script = (f"from churn_platform import outcomes; import pandas as pd; url = 'sqlite:///{tmp_path}/log.db'; "
+              "outcomes.ingest(pd.DataFrame([{'customer_id': 'a', 'churned': 'yes', 'observed_at': '2026-10-01'}]),"
+              " url, source='x.csv'); print(outcomes.delete(url, 'x.csv', apply=False).written_first)")  # fmt: skip
+    before = datetime.now(UTC).replace(microsecond=0)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env=os.environ | {"TZ": "America/New_York"})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    written = datetime.fromisoformat(run.stdout.strip()).replace(tzinfo=UTC)
+    assert before <= written <= datetime.now(UTC), (before, written)
+
+
 def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
     first = outcomes.check(frame([{"customer_id": f"c{i}", "churned": "yes" if i % 2 else "no",
