@@ -84,10 +84,8 @@ class Predictor:
         # The request's id from the middleware (the caller's X-Request-ID, made unique), so the log's
         # rows, the response header and the log lines name the same request.
         request_id = logs.current("log_key") or uuid.uuid4().hex
-        if active is None or active.model.version == model.version:
-            return Scored(model, self._record(self._arm(model, customers, request_id, "production", top_k, places)))
-        challenger = active.model
-        if active.state.mode == "shadow":  # answered by Production; the Challenger's score is only logged
+        challenger = active.model if active is not None and active.model.version != model.version else None
+        if challenger is not None and active.state.mode == "shadow":  # the Challenger's score is only logged
             # Production's rows first: when the log's queue has room for one arm only, it keeps them.
             predictions = self._record(self._arm(model, customers, request_id, "production", top_k, places))
             try:
@@ -96,8 +94,8 @@ class Predictor:
             except Exception:  # noqa: BLE001 - the caller was answered by Production; a shadow never fails it
                 self._challenger_failed("shadow", challenger, "answered by Production")
             return Scored(model, predictions)
-        to_challenger = canary(customers, active.state.percent or 0)
-        if not to_challenger.any():
+        to_challenger = canary(customers, active.state.percent or 0) if challenger is not None else None
+        if to_challenger is None or not to_challenger.any():  # Production alone
             return Scored(model, self._record(self._arm(model, customers, request_id, "production", top_k, places)))
 
         def arm(chosen: np.ndarray, scoring: LoadedModel, name: str, rid: str) -> _Arm | None:
