@@ -814,8 +814,8 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
     from churn_platform.contract import ExitCode
     from churn_platform.errors import DataValidationError
 
-    if version is not None or alias not in (None, PRODUCTION_ALIAS):  # another model than the schedule's
-        job_metrics.not_pushed(f"--version {version}" if version is not None else f"--alias {alias}")
+    if reason := job_metrics.adhoc(alias or PRODUCTION_ALIAS, version):  # another model than the schedule's
+        job_metrics.not_pushed(reason)
     if alias and version:
         raise DataValidationError("give --alias or --version, not both")
     if top_k is not None and not explain:

@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
 import click
 
-from churn_platform.contract import ExitCode
+from churn_platform.contract import PRODUCTION_ALIAS, ExitCode
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ def record(name: str, value: float | bool | None, **labels: str) -> None:
     if name not in RESULTS:
         raise KeyError(f"unknown job metric {name!r}")
     results.append((name, float(value), labels))
+
+
+def adhoc(alias: str, version: int | None, until: datetime | None = None, **others: object) -> str | None:
+    """The options that keep a run from judging Production's latest traffic, as the user typed
+    them (``TAG_ADHOC``, ``not_pushed``'s reason); None for the scheduled kind of run."""
+    given = [f"--alias {alias}" if alias != PRODUCTION_ALIAS else "", f"--version {version}" if version else "",
+             f"--until {until:%Y-%m-%d %H:%M:%S}" if until else ""]  # fmt: skip
+    given += [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in others.items() if v]
+    return ", ".join(g for g in given if g) or None
 
 
 def not_pushed(reason: str) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, inference_log, loading, registry
+from churn_platform import data, inference_log, job_metrics, loading, registry
 from churn_platform.contract import (
     ARM,
     INFERENCE_LOG_TABLE,
@@ -39,7 +39,7 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import adhoc, alert_webhook, record_run, report_folder, send_alert
+from monitoring.runs import alert_webhook, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class MonitorOptions:
     @property
     def adhoc(self) -> str | None:
         """Why this run does not judge Production's latest traffic (``TAG_ADHOC``), or None."""
-        return adhoc(self.alias, self.version, self.until, current=self.current, all_versions=self.all_versions)
+        return job_metrics.adhoc(self.alias, self.version, self.until, current=self.current,
+                                 all_versions=self.all_versions)  # fmt: skip
 
 
 class Window(BaseModel):

@@ -26,7 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import loading, outcomes, registry
+from churn_platform import job_metrics, loading, outcomes, registry
 from churn_platform.contract import (
     CHURNED,
     GATE_METRIC,
@@ -45,7 +45,7 @@ from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, read_failure
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import adhoc, alert_webhook, record_run, report_folder, send_alert
+from monitoring.runs import alert_webhook, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class PerformanceOptions:
     @property
     def adhoc(self) -> str | None:
         """Why this run does not judge Production's latest traffic (``TAG_ADHOC``), or None."""
-        return adhoc(self.alias, self.version, self.until)
+        return job_metrics.adhoc(self.alias, self.version, self.until)
 
 
 class PerformanceWindow(BaseModel):

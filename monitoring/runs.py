@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import mlflow
 
-from churn_platform.contract import PRODUCTION_ALIAS
 from churn_platform.errors import DataSourceError
 
 log = logging.getLogger(__name__)
-
-
-def adhoc(alias: str, version: int | None, until: datetime | None, **others: object) -> str | None:
-    """The options that keep a run from judging Production's latest traffic, as the user typed
-    them (``TAG_ADHOC``); None for the scheduled kind of run."""
-    given = [f"--alias {alias}" if alias != PRODUCTION_ALIAS else "", f"--version {version}" if version else "",
-             f"--until {until:%Y-%m-%d %H:%M:%S}" if until else ""]  # fmt: skip
-    given += [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in others.items() if v]
-    return ", ".join(g for g in given if g) or None
 
 
 def alert_webhook(given: str | None, adhoc: str | None, team: str | None) -> str | None:
