@@ -300,14 +300,14 @@ def compare(
         SCORED_AT,
         SCORING_MS,
     )
-    from churn_platform.inference_log import is_missing_table, make_engine, read_failure
+    from churn_platform.inference_log import is_missing_table, make_engine, read_failure, sqlite_time
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
     sqlite = url.startswith("sqlite")
     params: dict[str, object] = {"name": name, "production": state.production_version,
                                  "challenger": state.challenger_version, "mode": state.mode}  # fmt: skip
     if since is not None:
-        params["since"] = since.replace(tzinfo=None).isoformat(sep=" ") if sqlite else since
+        params["since"] = sqlite_time(since) if sqlite else since
 
     def rows_of(t: str, arms: str) -> str:
         """The rows of table ``t`` in the rollout's window and ``arms`` (a NaN score, which
