@@ -455,63 +455,70 @@ def test_serve_on_a_port_in_use_is_exit_2_at_once():
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
 
 
-def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(tmp_path, monkeypatch):
-    """The folder prometheus_client's workers share: serve's own (made and removed), or yours,
-    emptied of metric files only: '*.db' also took the registry and the log named '.'."""
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """`churn-platform serve ARGS` as far as uvicorn.run, which calls ``seen()`` instead; the
+    signal handlers serve sets are undone afterwards."""
     import signal
 
     import uvicorn
 
     from churn_platform.processes import free_port
 
-    seen = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.append(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
     monkeypatch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def invoke(seen, *args: str):
+        monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen())
+        return CliRunner().invoke(main, ["serve", "--port", str(free_port()), *args])
+
+    yield invoke
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(tmp_path, monkeypatch, serve):
+    """The folder prometheus_client's workers share: serve's own (made and removed), or yours,
+    emptied of metric files only: '*.db' also took the registry and the log named '.'."""
+    seen = []
+
+    def folder():
+        seen.append(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}  # serve sets its own
-    try:
-        assert CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"]).exit_code == 0
-        assert seen[0] and "churn-api-metrics-" in seen[0] and not os.path.exists(seen[0])  # made, then removed
-        assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # and unset: this process's later servers ran into it
-        for name in ("mlflow.db", "inference_log.db", "counter_12.db", "gauge_livemin_12.db", "histogram_12.db"):
-            (tmp_path / name).write_bytes(b"x")
-        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-        assert CliRunner().invoke(main, ["serve", "--port", str(free_port())]).exit_code == 0
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    assert serve(folder, "--workers", "2").exit_code == 0
+    assert seen[0] and "churn-api-metrics-" in seen[0] and not os.path.exists(seen[0])  # made, then removed
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # and unset: this process's later servers ran into it
+    for name in ("mlflow.db", "inference_log.db", "counter_12.db", "gauge_livemin_12.db", "histogram_12.db"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert serve(folder).exit_code == 0
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["inference_log.db", "mlflow.db"]
 
 
-def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(tmp_path, monkeypatch):
+def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(monkeypatch, serve):
     """/admin/reload reaches the worker that takes it; without a poll the others served the
     old Production (and the old rollout) for good."""
-    import signal
-
-    import uvicorn
-
-    from churn_platform.processes import free_port
     from churn_platform.settings import get_settings
 
     polls = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: polls.append(get_settings().reload_poll_s))
-    monkeypatch.setenv("CHURN_INFERENCE_LOG_SPOOL_DIR", str(tmp_path / "spool"))
+
+    def poll():
+        polls.append(get_settings().reload_poll_s)
+
     monkeypatch.setenv("CHURN_RELOAD_POLL_S", "0")
     monkeypatch.delenv("CHURN_RELOAD_POLL_S")  # unset, and unset again after the test
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}  # serve sets its own
     get_settings.cache_clear()
     try:
-        assert CliRunner().invoke(main, ["serve", "--port", str(free_port())]).exit_code == 0
-        assert CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"]).exit_code == 0
+        assert serve(poll).exit_code == 0
+        assert serve(poll, "--workers", "2").exit_code == 0
         assert "CHURN_RELOAD_POLL_S" not in os.environ  # for the workers only, not this process's next command
         monkeypatch.setenv("CHURN_RELOAD_POLL_S", "0")  # said on purpose: kept, and warned about
         get_settings.cache_clear()
-        said = CliRunner().invoke(main, ["serve", "--port", str(free_port()), "--workers", "2"])
+        said = serve(poll, "--workers", "2")
         assert said.exit_code == 0 and "reach one worker only" in said.output
         assert polls == [0, 30, 0]
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
         get_settings.cache_clear()
 
 
