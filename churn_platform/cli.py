@@ -110,6 +110,18 @@ VERSION = click.IntRange(1, 2**31 - 1)
 COUNT = click.IntRange(1, 2**31 - 1)
 
 
+class _UtcTime(click.DateTime):
+    """click's date and time formats, read as UTC (as every such option's help says)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        converted = super().convert(value, param, ctx)
+        return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
+
+
+#: A window bound given on the command line: YYYY-MM-DD[ HH:MM:SS], in UTC.
+UTC_TIME = _UtcTime()
+
+
 def checked(rule: Callable[[str], str]) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
     """A click callback applying the rule of the matching setting, so an option and its variable
     refuse the same values (and the option's error names the option)."""
@@ -713,7 +725,7 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
               help="How many of Production's latest monitoring runs to read.")
 @click.option("--at-least", type=COUNT, default=2, show_default=True,
               help="How many of them must have flagged the trigger.")
-@click.option("--since", type=click.DateTime(), default=None,
+@click.option("--since", type=UTC_TIME, default=None,
               help="Use outcomes observed from then on (UTC; default: all).")
 @click.option("--base", default=None, help="A labelled dataset (CSV/Parquet/s3://) to train on beside the recent rows.")
 @click.option("--gate-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
@@ -734,8 +746,6 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 
     Exit 0 retrained (a version registered), 1 not needed or not possible (the reason is printed).
     """
-    from datetime import UTC
-
     from churn_platform.retraining import retrain as run_retrain
 
     if percent is not None and rollout_mode != "canary":
@@ -747,7 +757,7 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
     job_metrics.record("churn_retrain_registered_version", 0)
     result = run_retrain(
         settings, trigger=trigger, of=of, at_least=at_least,  # type: ignore[arg-type]
-        since=since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since,
+        since=since,
         base=base, inference_log_url=inference_log_url, gate_share=gate_share,
         parameters={"model_type": model_type} if model_type else None,
         rollout_mode=rollout_mode, percent=percent,  # type: ignore[arg-type]
@@ -921,14 +931,15 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
 @outcomes.command("delete")
 @click.option("--source", required=True,
               help="Whose outcomes: the file as it was given to `outcomes ingest`, or 'api' (POST /outcomes).")
-@click.option("--ingested-since", type=click.DateTime(), default=None,
+@click.option("--ingested-since", "since", type=UTC_TIME, default=None,
               help="Only outcomes written from then on (UTC): one push of many under the same source.")
-@click.option("--ingested-until", type=click.DateTime(), default=None, help="Only outcomes written before then (UTC).")
+@click.option("--ingested-until", "until", type=UTC_TIME, default=None,
+              help="Only outcomes written before then (UTC).")
 @click.option("--yes", is_flag=True, help="Delete them; without it, only say what would be deleted.")
 @inference_log_option("Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @handles_errors
-def outcomes_delete(source: str, ingested_since: datetime | None, ingested_until: datetime | None, yes: bool,
+def outcomes_delete(source: str, since: datetime | None, until: datetime | None, yes: bool,
                     inference_log_url: str | None, as_json: bool) -> None:  # fmt: skip
     """Delete the outcomes a source wrote last: undo a file of wrong labels or times.
 
@@ -938,7 +949,6 @@ def outcomes_delete(source: str, ingested_since: datetime | None, ingested_until
     """
     from churn_platform import outcomes as outcomes_mod
 
-    since, until = (t.replace(tzinfo=UTC) if t is not None else None for t in (ingested_since, ingested_until))
     if since and until and since >= until:
         raise click.UsageError("--ingested-since is not before --ingested-until")
     found = outcomes_mod.delete(inference_log_url or get_settings().inference_log_url, source, apply=yes,

@@ -12,6 +12,7 @@ import click
 from churn_platform import job_metrics
 from churn_platform.cli import (
     COUNT,
+    UTC_TIME,
     VERSION,
     checked,
     echo_json,
@@ -50,10 +51,6 @@ def _critical(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from None
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _before(until: datetime | None, span: timedelta, flag: str) -> datetime:
     """The window's start, ``span`` before ``until`` (default now)."""
     end = until or datetime.now(UTC)
@@ -78,8 +75,8 @@ def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) 
 @click.option(
     "--current", default=None, help="Current data (CSV/Parquet path or s3:// URI) instead of the inference log."
 )
-@click.option("--since", type=click.DateTime(), default=None, help="Inference-log window start (UTC).")
-@click.option("--until", type=click.DateTime(), default=None, help="Inference-log window end (UTC).")
+@click.option("--since", type=UTC_TIME, default=None, help="Inference-log window start (UTC).")
+@click.option("--until", type=UTC_TIME, default=None, help="Inference-log window end (UTC).")
 @click.option(
     "--last-hours",
     type=click.IntRange(1, 876_000),
@@ -120,7 +117,6 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     from monitoring.job import MonitorOptions, run
 
     settings = settings_for(tracking_uri, model_name)
-    params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
     last_hours = params.pop("last_hours")
     if reason := MonitorOptions(**params).adhoc:  # first: a one-off run's usage error is not pushed either
         job_metrics.not_pushed(reason)
@@ -174,11 +170,11 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 @click.option("--version", "version", type=VERSION, default=None, help="Judge this version instead.")
 @click.option(
     "--since",
-    type=click.DateTime(),
+    type=UTC_TIME,
     default=None,
     help="Window start (UTC): outcomes observed and predictions made from then on (default: all).",
 )
-@click.option("--until", type=click.DateTime(), default=None, help="Window end (UTC; default: now).")
+@click.option("--until", type=UTC_TIME, default=None, help="Window end (UTC; default: now).")
 @click.option(
     "--last-days",
     type=click.IntRange(1, 36500),
@@ -206,7 +202,6 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
     from monitoring.performance import PerformanceOptions, run
 
     settings = settings_for(tracking_uri, model_name)
-    params["since"], params["until"] = _utc(params["since"]), _utc(params["until"])
     last_days = params.pop("last_days")
     if reason := PerformanceOptions(**params).adhoc:  # first: a one-off run's usage error is not pushed either
         job_metrics.not_pushed(reason)
