@@ -19,7 +19,13 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
-from churn_platform.errors import NotFoundError, RegistryNotFound, RegistryUnreachable, StorageUnreachable
+from churn_platform.errors import (
+    NotFoundError,
+    RegistryNotFound,
+    RegistryUnreachable,
+    SettingsError,
+    StorageUnreachable,
+)
 from churn_platform.settings import Settings, redacted, sqlite_file, url_scheme
 
 log = logging.getLogger(__name__)
@@ -205,6 +211,36 @@ def translate_errors(settings: Settings) -> Iterator[None]:
             where = settings.s3_endpoint_url or "AWS S3"
             raise StorageUnreachable(f"artifact store at {where} is unreachable: {str(exc)[:300]}") from exc
         raise
+
+
+def live_experiment(
+    client: MlflowClient, name: str | None = None, setting: str = "MLFLOW_EXPERIMENT_NAME"
+) -> str | None:
+    """The id of the experiment a run of this process will go to (``name``, else MLflow's
+    environment variables, else Default), None when a launcher made the run or ``name`` is
+    yet to be created. A deleted one is refused before any work: MLflow refuses a run in it
+    only at ``start_run``, after the fit or the drift check, as an exit-70 "bug"."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return None  # under `mlflow run`: the launcher chose the experiment and made the run
+    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name:
+        found, variable = client.get_experiment_by_name(name), setting
+    else:
+        given = os.environ.get("MLFLOW_EXPERIMENT_ID")
+        try:
+            found, variable = client.get_experiment(given or "0"), "MLFLOW_EXPERIMENT_ID"
+        except MlflowException as exc:
+            if not _is_missing(exc):
+                raise
+            if not given:
+                return None
+            raise SettingsError(f"MLFLOW_EXPERIMENT_ID={given}: no such MLflow experiment") from None
+    if found is not None and found.lifecycle_stage == "deleted":
+        raise SettingsError(
+            f"MLflow experiment '{found.name}' (id {found.experiment_id}) is deleted: restore it in the MLflow UI "
+            f"(Experiments, show deleted) or name another with {variable}"
+        )
+    return found.experiment_id if found is not None else None
 
 
 def _is_missing(exc: MlflowException) -> bool:

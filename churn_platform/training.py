@@ -22,6 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -48,9 +49,9 @@ from churn_platform.contract import (
     TAG_TRAINING_DATA,
     VALIDATION_ARTIFACT,
 )
-from churn_platform.errors import DataValidationError
+from churn_platform.errors import DataValidationError, RegistryUnreachable
 from churn_platform.gate import GateVerdict
-from churn_platform.schema import FEATURES, ID_COLUMN, LABEL_COLUMN
+from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings, checked_model_name
 from churn_platform.training_config import SYNTHETIC, TrainConfig
@@ -210,31 +211,71 @@ def _global_importance(pipeline: Any, train_df: pd.DataFrame, valid_df: pd.DataF
     mlflow.log_artifact(str(plot_path), folder_name)
 
 
+def _trained_on(production: ModelVersion, valid: pd.DataFrame) -> np.ndarray | None:
+    """Which of ``valid`` Production learned from, matched on features and label; None when its
+    run kept no training rows (the reference artifact) to match on."""
+    if not production.run_id:
+        return None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=production.run_id, artifact_path=REFERENCE_ARTIFACT)
+    except Exception as exc:  # noqa: BLE001 - a version from before the artifact: nothing to leave out
+        if registry.is_connection_error(exc):
+            raise
+        return None
+    seen = pd.read_parquet(path, columns=[*FEATURE_NAMES, LABEL_COLUMN])
+    return _row_keys(valid).isin(set(_row_keys(seen))).to_numpy()
+
+
+def _row_keys(frame: pd.DataFrame) -> pd.Series:
+    columns = frame.loc[:, [*FEATURE_NAMES, LABEL_COLUMN]]
+    # Numbers as floats: a column read back as int64 in one frame and float64 in the other is one value.
+    typed = {c: columns[c].astype(float) if pd.api.types.is_numeric_dtype(columns[c]) else columns[c].astype(str)
+             for c in columns}  # fmt: skip
+    return pd.util.hash_pandas_object(pd.DataFrame(typed), index=False)
+
+
 def gate(
     client: mlflow.MlflowClient,
     model_name: str,
     valid: pd.DataFrame,
-    candidate_auc: float,
+    candidate_proba: np.ndarray,
     tolerance: float,
     on: str = "this run's validation rows",
     *,
     candidate_tags: dict[str, str],
 ) -> GateVerdict:
-    """The gate on this run's validation rows: Production is scored on the very rows the
-    candidate was validated on, so the two figures are directly comparable."""
+    """Production and the candidate scored on the same validation rows, less those Production
+    was trained on: a new seed, split or file puts some of them there, and Production scored
+    on its own training rows refused a like-for-like boosting retrain by 0.02."""
+    labels = valid[LABEL_COLUMN].to_numpy()
     production = registry.production_version(client, model_name)
     if production is None:
+        candidate_auc = model_mod.evaluate(labels, candidate_proba, 0.5)[GATE_METRIC]
         return gate_mod.compare(candidate_auc, None, production_version=None, tolerance=tolerance, compared_on=on)
     refused = gate_mod.synthetic_over_real(candidate_tags, production.tags, int(production.version),
                                            tolerance=tolerance, compared_on=on)  # fmt: skip
     if refused:
         return refused
     try:
+        seen = _trained_on(production, valid)
+        keep = np.ones(len(valid), dtype=bool)
+        if seen is not None and seen.any():
+            if data_mod.short_of_a_class(valid[LABEL_COLUMN][~seen]) is None:
+                keep = ~seen
+                on += f", less the {int(seen.sum())} Production v{production.version} was trained on"
+            else:
+                on += f" ({int(seen.sum())} of them Production v{production.version}'s training rows: too few others)"
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
-        champion_proba = np.asarray(champion.predict(model_mod.features(valid)))[:, 1]
-        champion_auc = model_mod.evaluate(valid[LABEL_COLUMN].to_numpy(), champion_proba, 0.5)[GATE_METRIC]
+        champion_proba = np.asarray(champion.predict(model_mod.features(valid[keep])))[:, 1]
+        champion_auc = model_mod.evaluate(labels[keep], champion_proba, 0.5)[GATE_METRIC]
     except Exception as exc:  # noqa: BLE001 - a champion we cannot score is a failed gate, not a crash
+        if registry.is_connection_error(exc):  # a registry or store away is no verdict: register nothing, exit 3
+            raise RegistryUnreachable(
+                f"could not load Production v{production.version} to gate this run (nothing registered): "
+                f"{str(exc)[:300]}"
+            ) from exc
         return gate_mod.unscorable(int(production.version), exc, tolerance=tolerance, compared_on=on)
+    candidate_auc = model_mod.evaluate(labels[keep], candidate_proba[keep], 0.5)[GATE_METRIC]
     return gate_mod.compare(
         candidate_auc, champion_auc, production_version=int(production.version), tolerance=tolerance, compared_on=on
     )
@@ -274,6 +315,8 @@ def train(
         train_df, valid_df = frame.reset_index(drop=True), gate_rows.reset_index(drop=True)
         frame = pd.concat([train_df, valid_df], ignore_index=True)
     client = registry.connect(settings)
+    with registry.translate_errors(settings):
+        registry.live_experiment(client)  # before the fit: a deleted experiment is refused at start_run
     threshold = config.decision_threshold or settings.decision_threshold
 
     pipeline = model_mod.build_pipeline(
@@ -338,9 +381,6 @@ def train(
             skops_trusted_types=model_mod.skops_trusted_types(pipeline),
             pip_requirements=_pip_requirements(),
         )
-        # Register last: only a run whose artifacts are all stored gets a version.
-        registered = mlflow.register_model(info.model_uri, config.model_name)
-        version = int(registered.version)
         run_tags = client.get_run(run_id).data.tags
         commit = run_tags.get("mlflow.source.git.commit") or _git_commit()
         version_tags = {
@@ -354,18 +394,20 @@ def train(
         if commit:
             version_tags[TAG_GIT_COMMIT] = commit
         version_tags.update(tags or {})
-        for key, value in version_tags.items():
-            client.set_model_version_tag(config.model_name, str(version), key, value)
 
         on = "this run's validation rows" if gate_rows is None else f"{len(valid_df)} held-out recent labelled rows"
-        verdict = gate(client, config.model_name, valid_df, metrics[GATE_METRIC], settings.promotion_tolerance, on,
+        verdict = gate(client, config.model_name, valid_df, valid_proba, settings.promotion_tolerance, on,
                        candidate_tags=version_tags)  # fmt: skip
         mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
-        client.set_model_version_tag(config.model_name, str(version), TAG_GATE, verdict.reason[:250])
+        version_tags[TAG_GATE] = verdict.reason[:250]
         if verdict.checked:  # promote prefers these two figures while that Production still holds
             figures = {"production_version": verdict.production_version, "candidate": verdict.candidate,
                        "production": verdict.production, "compared_on": verdict.compared_on[:200]}  # fmt: skip
-            client.set_model_version_tag(config.model_name, str(version), TAG_GATE_FIGURES, json.dumps(figures))
+            version_tags[TAG_GATE_FIGURES] = json.dumps(figures)
+        # Register last, with every tag in the one call: only a run whose artifacts are stored and
+        # whose gate was judged gets a version, and a failure cannot leave one without its
+        # threshold (served at the default) or its training data (the synthetic guard off).
+        version = int(mlflow.register_model(info.model_uri, config.model_name, tags=version_tags).version)
         # Checked too: with no Production there is nothing to challenge, and a Challenger set then
         # stayed on an unjudged version that `rollout start` served once a Production existed.
         result = TrainResult(run_id, config.model_name, version, metrics, verdict)

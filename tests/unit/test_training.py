@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -179,3 +180,56 @@ def test_an_s3_artifact_store_that_does_not_answer_is_exit_3(embedded, model_nam
     assert result.exit_code == 3, result.output
     assert "artifact store at http://127.0.0.1:9 is unreachable" in result.output and "Traceback" not in result.output
     assert MlflowClient().search_registered_models() == []  # nothing registered
+
+
+def test_a_production_the_gate_cannot_load_for_a_store_away_is_exit_3_and_registers_nothing(
+    embedded, model_name, setenv
+):
+    """An object store that does not answer is no verdict: the version was registered "could not
+    score Production" with exit 0, and a scheduled retrain reported it as a gate refusal."""
+    client = MlflowClient()
+    client.create_registered_model(model_name)
+    client.create_model_version(model_name, "s3://bucket/models/m-1")
+    client.set_registered_model_alias(model_name, "Production", "1")
+    setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
+           AWS_MAX_ATTEMPTS="1")  # fmt: skip
+    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    assert result.exit_code == 3, result.output
+    assert "could not load Production v1 to gate this run (nothing registered)" in result.output
+    assert "Traceback" not in result.output
+    assert [int(v.version) for v in _registered_versions(embedded, model_name)] == [1]
+
+
+def test_a_deleted_or_unknown_experiment_is_a_usage_error_before_the_fit(embedded, model_name, setenv):
+    """MLflow refused the run only at start_run, after the fit: exit 70 and a "bug" traceback."""
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment("old-tuning"))
+    setenv(MLFLOW_EXPERIMENT_NAME="old-tuning")
+    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    assert result.exit_code == 2, result.output
+    assert "MLflow experiment 'old-tuning' (id " in result.output and "is deleted: restore it" in result.output
+    assert "MLFLOW_EXPERIMENT_NAME" in result.output
+    setenv(MLFLOW_EXPERIMENT_NAME="", MLFLOW_EXPERIMENT_ID="4242")
+    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    assert result.exit_code == 2 and "MLFLOW_EXPERIMENT_ID=4242: no such MLflow experiment" in result.output
+    assert _registered_versions(embedded, model_name) == []
+
+
+def test_the_gate_leaves_out_the_rows_production_was_trained_on(embedded, model_name, telco_csv):
+    """The same boosting configuration with another seed: three quarters of its validation rows
+    were Production's training rows, Production scored 0.02 above it there and the gate refused
+    a version whose own figure was as good."""
+    settings = get_settings()
+    config = dict(data=str(telco_csv), model_name=model_name, model_type="hist_gradient_boosting")
+    first = train(TrainConfig(**config), settings)
+    assert _cli("promote", "--version", str(first.version), "--model-name", model_name).exit_code == 0
+    second = train(TrainConfig(**config, seed=7), settings)
+    verdict = second.gate
+    assert verdict.checked and verdict.passed, verdict.reason
+    left_out = re.search(r"less the (\d+) Production v1 was trained on", verdict.compared_on)
+    assert left_out and 600 < int(left_out[1]) < 983, verdict.compared_on  # about 3/4 of the 983
+    assert abs(verdict.production - verdict.candidate) < 0.01, verdict  # like for like: no 0.02 head start
+    # The same seed and split: only the few validation rows identical to a training row (features and
+    # label: the same customer as far as a model can tell) are left out.
+    third = train(TrainConfig(**config), settings)
+    assert int(re.search(r"less the (\d+) ", third.gate.compared_on)[1]) < 10, third.gate.compared_on
