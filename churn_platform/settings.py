@@ -139,10 +139,15 @@ class Settings(BaseSettings):
     )
     # Distances are biased upwards on small samples (docs/monitoring.md, **Drift**).
     monitor_min_rows: int = Field(
-        1000, ge=1, description="Fewest current rows worth comparing; fewer is nothing to compare (exit 2)."
+        1000, ge=1,
+        description="Fewest rows worth comparing on each side (the window, the version's training rows); "
+        "fewer is nothing to compare (exit 2).",
     )
     monitor_max_rows: int = Field(
-        100_000, ge=100, description="Current rows above this are sampled (seeded) before drift checks."
+        100_000,
+        ge=100,
+        description="Current rows above this are sampled (seeded) before drift checks; at least 1.1 x "
+        "CHURN_MONITOR_MIN_ROWS.",
     )
     monitor_alert_webhook: str | None = Field(
         None,
@@ -229,9 +234,16 @@ class Settings(BaseSettings):
         return checked_http_url(value) if value else value
 
     @model_validator(mode="after")
-    def _bands_in_order(self) -> Settings:
+    def _pairs_in_order(self) -> Settings:
         if self.risk_medium_from >= self.risk_high_from:
             raise ValueError("CHURN_RISK_MEDIUM_FROM must be below CHURN_RISK_HIGH_FROM")
+        if self.monitor_max_rows < 1.1 * self.monitor_min_rows:
+            # The database's sample comes a few percent under its limit and rows with missing
+            # values are dropped after it: every run would end with "fewer than the minimum".
+            raise ValueError(
+                f"CHURN_MONITOR_MAX_ROWS ({self.monitor_max_rows}) must be at least 1.1 x CHURN_MONITOR_MIN_ROWS "
+                f"({self.monitor_min_rows}): the sample would never reach the minimum"
+            )
         return self
 
 

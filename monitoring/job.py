@@ -39,7 +39,7 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import alert_webhook, record_run, report_folder, send_alert
+from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +348,9 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
     """Run the job and return its summary (``summary.exit_code`` is the command's exit code)."""
     name = settings.model_name
     client = registry.connect(settings, existing=True)
+    clear_verdict(options.output_dir)
     with registry.translate_errors(settings):
+        live_experiment(client, settings.monitor_experiment)
         file = _read_file(options.current, settings) if options.current else None
         try:
             version = options.version or loading.resolve(client, name, options.alias)
@@ -371,6 +373,13 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             raise NothingToCompare(
                 f"only {len(current)} usable current rows; at least {settings.monitor_min_rows} are needed "
                 "for a meaningful comparison (CHURN_MONITOR_MIN_ROWS)"
+            )
+        if quality_passed and len(reference) < settings.monitor_min_rows:
+            # The same holds on the reference side: a version retrained on a few hundred rows
+            # "drifted" on tenure in every window of its own population.
+            raise NothingToCompare(
+                f"v{version} was trained on only {len(reference)} rows (its drift reference); at least "
+                f"{settings.monitor_min_rows} are needed on each side (CHURN_MONITOR_MIN_ROWS): retrain on more rows"
             )
         if quality_passed and PROBABILITY not in current.columns:
             # A file carries no scores: score it with the same version for prediction drift.
@@ -396,9 +405,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
                                   columns=thresholds, critical_columns=sorted(critical)),
         )  # fmt: skip
         if not quality_passed:
-            summary = MonitorSummary(**base, verdict="data_quality_failure")
-            # No report for this run: an earlier run's in a reused folder would contradict it.
-            (out_dir / "report.html").unlink(missing_ok=True)
+            summary = MonitorSummary(**base, verdict="data_quality_failure")  # and no report
         else:
             result = drift.compute(reference, current, thresholds, settings.monitor_column_threshold, set(critical))
             drifted = [c.column for c in result.columns if c.drifted]

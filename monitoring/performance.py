@@ -45,7 +45,7 @@ from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, read_failure
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import alert_webhook, record_run, report_folder, send_alert
+from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,9 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
     name = settings.model_name
     since, until = _window(options)
     client = registry.connect(settings, existing=True)
+    clear_verdict(options.output_dir)
     with registry.translate_errors(settings):
+        live_experiment(client, settings.monitor_experiment)
         try:
             version = options.version or loading.resolve(client, name, options.alias)
             baseline, tagged_threshold = _baseline(client, name, version)

@@ -3,6 +3,7 @@ alert. Kept apart from the drift job so the performance job does not import Evid
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import mlflow
 
+from churn_platform import registry
 from churn_platform.errors import DataSourceError
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,21 @@ def alert_webhook(given: str | None, adhoc: str | None, team: str | None) -> str
     """Where a failing verdict is POSTed: the run's own ``--alert-webhook``, else the team's
     (``CHURN_MONITOR_ALERT_WEBHOOK``), which hears of Production only, never of an investigation."""
     return given or (None if adhoc else team)
+
+
+def live_experiment(client: mlflow.MlflowClient, experiment: str) -> str | None:
+    """The monitoring experiment's id (None: yet to be made), asked before the work: a deleted
+    one is a usage error naming the setting, not a traceback once the verdict is in."""
+    return registry.live_experiment(client, experiment, "CHURN_MONITOR_EXPERIMENT")
+
+
+def clear_verdict(folder: Path | None) -> None:
+    """Remove an earlier run's verdict from a reused ``--output-dir`` first: a run that ends
+    with nothing to compare, or unreachable, writes none, and the old one read as current."""
+    if folder is not None:
+        for stale in ("summary.json", "report.html"):
+            with contextlib.suppress(OSError):  # a folder that cannot be written is named when the report is
+                (folder / stale).unlink(missing_ok=True)
 
 
 def writable_folder(folder: Path) -> str | None:
@@ -69,11 +86,10 @@ def record_run(
     The experiment goes to ``start_run``, not ``set_experiment``, which would leave it active
     for the rest of the process."""
     launched = bool(os.environ.get("MLFLOW_RUN_ID"))
-    experiment_id = None
-    if not launched:
-        client = mlflow.MlflowClient()
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    client = mlflow.MlflowClient()
+    experiment_id = live_experiment(client, experiment)
+    if experiment_id is None and not launched:
+        experiment_id = client.create_experiment(experiment)
     with mlflow.start_run(run_name=None if launched else run_name, experiment_id=experiment_id) as active:
         mlflow.set_tags(tags)
         mlflow.log_metrics(metrics)

@@ -124,6 +124,19 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     assert not (tmp_path / "huge" / "report.html").exists()  # it would contradict this run's summary
     details = " ".join(f["detail"] for f in summary["data_quality"]["findings"])
     assert "'monthly_charges'" in details and "to 1000000000000" in details, details
+    # The minimum holds on the reference side too: v1 learned from 450 rows, and 375-row references
+    # called a window of their own population drifted. The folder's earlier verdict goes: this run has none.
+    data.generate(1200, seed=4).to_csv(tmp_path / "enough.csv", index=False)
+    assert (tmp_path / "huge" / "summary.json").exists()
+    code, _, err = monitor(few, "--current", str(tmp_path / "enough.csv"), "--output-dir", str(tmp_path / "huge"))
+    assert code == ExitCode.USAGE and "v1 was trained on only 450 rows (its drift reference)" in err, err[-1500:]
+    assert not (tmp_path / "huge" / "summary.json").exists()
+    # A deleted monitoring experiment is named before the work, not a traceback once the verdict is in.
+    client = MlflowClient()
+    client.delete_experiment(client.create_experiment(f"{model_name}-gone"))
+    code, _, err = monitor(env | {"CHURN_MONITOR_EXPERIMENT": f"{model_name}-gone"}, "--current", "x.csv")
+    assert code == ExitCode.USAGE and f"MLflow experiment '{model_name}-gone'" in err and "is deleted" in err, err
+    assert "CHURN_MONITOR_EXPERIMENT" in err and "Traceback" not in err
     code, _, err = monitor(env, "--current", str(tmp_path / "few.csv"))
     assert code == ExitCode.USAGE and f"no version of model '{model_name}'" in err
     code, _, err = monitor(env, "--column-threshold", "tenur=0.05")

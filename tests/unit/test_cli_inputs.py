@@ -122,6 +122,14 @@ def test_a_registry_database_that_does_not_exist_is_not_found_not_unreachable():
     assert 'database "churn_no_such_registry" does not exist; check MLFLOW_TRACKING_URI' in result.output
 
 
+def test_a_monitor_sample_limit_under_its_minimum_is_refused_at_start_up(monkeypatch):
+    """Every monitor run sampled 500 rows, then ended "at least 1000 are needed", naming the wrong setting."""
+    monkeypatch.setenv("CHURN_MONITOR_MAX_ROWS", "1050")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2, result.output
+    assert "CHURN_MONITOR_MAX_ROWS (1050) must be at least 1.1 x CHURN_MONITOR_MIN_ROWS (1000)" in result.output
+
+
 def test_an_infinite_setting_is_refused_by_name(monkeypatch):
     """A drift threshold of inf passed `gt=0`: the monitor could never report drift again."""
     monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLD", "inf")
