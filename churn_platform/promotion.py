@@ -576,5 +576,21 @@ def rollback(
     key, at = _now_key(events)
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)
+    message = f"Production rolled back: v{current or '-'} -> v{target}"
+    if current is not None and _withdraw_challenger(client, name, current):
+        message += f"; {CHALLENGER_ALIAS} removed from v{current}"
     return PromotionResult(changed=True, from_version=current, to_version=target, event=event.to_json(),
-                           message=f"Production rolled back: v{current or '-'} -> v{target}")  # fmt: skip
+                           message=message)  # fmt: skip
+
+
+def _withdraw_challenger(client: MlflowClient, name: str, version: int) -> bool:
+    """Take ``Challenger`` off the version just rolled back from (a promoted Challenger keeps
+    the alias): left there, the next `rollout start` served it again by default, and its gate
+    figures, measured against the Production now back, passed `rollout promote`."""
+    withdrawn = False
+    for alias in (CHALLENGER_ALIAS, CHALLENGER_ALIAS.lower()):
+        held = registry.version_by_alias(client, name, alias)
+        if held is not None and int(held.version) == version:
+            client.delete_registered_model_alias(name, alias)
+            withdrawn = True
+    return withdrawn

@@ -24,7 +24,15 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, outcomes, registry
-from churn_platform.contract import CANARY_PERCENT, CHURNED, INFERENCE_LOG_TABLE, TAG_ADHOC, TAG_THRESHOLD, ExitCode
+from churn_platform.contract import (
+    CANARY_PERCENT,
+    CHALLENGER_ALIAS,
+    CHURNED,
+    INFERENCE_LOG_TABLE,
+    TAG_ADHOC,
+    TAG_THRESHOLD,
+    ExitCode,
+)
 from churn_platform.errors import ChurnPlatformError, DataValidationError
 from churn_platform.inference_log import make_engine, read_failure
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
@@ -78,6 +86,13 @@ def decide(
     trigger's kind flagged it (``always``: retrain)."""
     if trigger == "always":
         return Decision(retrain=True, reason="asked for (no trigger to wait for)", runs=[])
+    # A performance run judges 30 days: for weeks after a retrain most of its evidence is the
+    # same, and each daily run replaced the Challenger under evaluation with another version.
+    pending = registry.aliased(client, settings.model_name, CHALLENGER_ALIAS)
+    if pending is not None and TAG_TRIGGER in (pending.tags or {}) and int(pending.version) > version:
+        reason = (f"the Challenger, v{pending.version} (a retrain, newer than Production v{version}), awaits a "
+                  "decision: promote it, or delete its alias to let a retrain replace it")  # fmt: skip
+        return Decision(retrain=False, reason=reason, runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
     name = registry.quoted(settings.model_name)
     runs: list[dict[str, Any]] = []

@@ -108,9 +108,15 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     path = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path=REFERENCE_ARTIFACT)
     reference = pd.read_parquet(path)
     assert len(reference) == n - result["gate_rows"]
-    # The degraded runs were answered: the next scheduled retrain waits for new evidence.
+    # The next run's 30 days are mostly the same evidence: v2 awaits a decision, and a daily
+    # retrain replaced it as Challenger mid-evaluation.
+    assert cli("performance", "--output-dir", str(tmp_path / "perf-after"))[0] == 1
     code, output = cli("retrain", "--if", "performance")
-    assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
+    assert code == 1 and "the Challenger, v2 (a retrain, newer than Production v1), awaits a decision" in output
+    # Declined (its alias deleted), the runs the retrain answered still do not count again.
+    client.delete_registered_model_alias(name, "Challenger")
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "1 of the last 1 performance runs of v1 since the last retrain" in output, output
     assert versions(name) == [1, 2]
     # The loop's last step. After a concept change every model scores lower on recent rows: v2's
     # own figure is below v1's older one, and promote refused the version that beat v1 like for

@@ -33,6 +33,26 @@ def test_rollback_to_an_earlier_production_version(embedded, model_name):
     assert cli("rollback", "--model-name", model_name).exit_code == 2  # nothing before v1 any more
 
 
+def test_a_rollback_takes_challenger_off_the_version_it_leaves(embedded, model_name):
+    """A promoted Challenger keeps its alias: after the rollback `rollout start` served it again."""
+    from mlflow import MlflowClient
+
+    for seed in (1, 2, 3):
+        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    client = MlflowClient()
+    assert cli("promote", "--model-name", model_name, "--version", "1").exit_code == 0
+    client.set_registered_model_alias(model_name, "Challenger", "2")
+    assert cli("promote", "--model-name", model_name, "--version", "2", "--force").exit_code == 0
+    done = cli("rollback", "--model-name", model_name)
+    assert done.exit_code == 0 and "v2 -> v1; Challenger removed from v2" in done.output, done.output
+    assert json.loads(cli("status", "--model-name", model_name, "--json").output)["challenger"] is None
+    # A Challenger on another version is someone's next candidate: it stays.
+    assert cli("promote", "--model-name", model_name, "--version", "2", "--force").exit_code == 0
+    client.set_registered_model_alias(model_name, "Challenger", "3")
+    assert "Challenger removed" not in cli("rollback", "--model-name", model_name).output
+    assert int(client.get_model_version_by_alias(model_name, "Challenger").version) == 3
+
+
 def as_json(result) -> dict:
     """The JSON block of a command's stdout (MLflow may print a run link around it)."""
     out = result.stdout
