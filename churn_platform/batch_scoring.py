@@ -246,9 +246,9 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
                         pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
                     )
             return
-        # Everything as text: the row checks, not the parser, decide what a bad value is.
-        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(wanted, pa.string()), include_columns=list(wanted),
-                                       strings_can_be_null=False)  # fmt: skip
+        # Everything as text: the row checks, not the parser, decide what a bad value is. Every
+        # column is read, the ones not scored too: any of them may hold an unclosed quote.
+        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(raw, pa.string()), strings_can_be_null=False)
         with fs.open_input_stream(path) as handle:
             # A quoted value may hold a line break (a CRM's notes column): without this, Arrow cuts
             # its 8 MiB blocks inside such a value and calls a valid file malformed.
@@ -258,6 +258,8 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
             pending: list[pa.RecordBatch] = []
             size = 0
             for batch in reader:
+                _no_swallowed_records(path, batch, raw[names.index(ID_COLUMN)])
+                batch = batch.select(list(wanted))
                 pending.append(batch)
                 size += batch.num_rows
                 if size >= chunk_rows:
@@ -267,6 +269,30 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
                 yield pa.Table.from_batches(pending).rename_columns([wanted[c] for c in pending[0].schema.names])
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
+
+
+def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> None:
+    """Refuse a file where an unclosed quote swallowed whole records into one value.
+
+    The parser reads on to the next quote, however many lines away: the customers between
+    were neither scored nor rejected, and the row holding the quote took a later row's values.
+    A quoted line break in a notes column is fine; a line after it with a whole record's
+    delimiters is not."""
+    delimiters = batch.num_columns - 1
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        broken = pc.match_substring(column, "\n")
+        if not pc.any(broken).as_py():
+            continue
+        for i in pc.indices_nonzero(broken).to_pylist():
+            lines = column[i].as_py().split("\n")
+            records = [line for line in lines[1:] if line.count(",") >= delimiters]
+            if records:
+                raise DataValidationError(
+                    f"{path}: the {name!r} value of customer_id {batch.column(id_column)[i].as_py()!r} runs over "
+                    f"{len(lines) - 1} more lines, {len(records)} of them whole records (from {records[0][:60]!r}): "
+                    "an unclosed quote swallowed them (they would go unscored, and the rest of the row take "
+                    "another customer's values); fix the quote and score the file again"
+                )
 
 
 def _read_error(path: str, kind: str, exc: BaseException) -> Exception:

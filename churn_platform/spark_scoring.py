@@ -363,11 +363,18 @@ def score(
     out_fs, staging = _staging(output, settings)
     shared = None
     try:
-        if not spark.sparkContext.master.startswith("local") and not output.startswith("s3://"):
-            # Executors on other machines would write the parts to their own disks, not beside the output.
-            raise DataValidationError(f"with a cluster master ({spark.sparkContext.master}), --output must be s3://")
+        if not spark.sparkContext.master.startswith("local"):
+            # Executors on other machines would write the parts to their own disks, and a driver in
+            # the cluster its rejects to its own short-lived one: neither beside where you look.
+            for flag, path in (("--output", output), ("--rejects", rejects)):
+                if path is not None and not path.startswith("s3://"):
+                    raise DataValidationError(
+                        f"with a cluster master ({spark.sparkContext.master}), {flag} must be s3://"
+                    )
         frame = _read(spark, fs, files, input_kind, s3)
-        lean = _Scoring(model.name, model.version, model.scorer, model.explainer, model.decision_threshold)
+        # The explainer only when asked: a boosting version's unpickles shap (and numba) in every worker.
+        explainer = model.explainer if explain_top_k else None
+        lean = _Scoring(model.name, model.version, model.scorer, explainer, model.decision_threshold)
         shared = spark.sparkContext.broadcast(lean)  # sent to each executor once, not with every task
         work = functools.partial(_score_partition, model=shared, settings=settings, scored_at=scored_at,
                                  schema=schema, fast=fast, explain_top_k=explain_top_k)  # fmt: skip

@@ -225,6 +225,28 @@ def test_an_input_without_rows_leaves_the_previous_output(registry_uri, customer
     assert len(pd.read_parquet(out)) == 30
 
 
+def test_an_unclosed_quote_that_swallows_records_is_refused_not_a_silent_loss(registry_uri, customers, tmp_path):
+    """The parser reads a stray quote on to the next one: five customers vanished, unscored and not
+    rejected, the row with the quote took a later row's values, and the summary said all scored."""
+    source = tmp_path / "crm.csv"
+    customers.head(10).assign(notes="ok").to_csv(source, index=False)
+    lines = source.read_text().splitlines()
+    lines[3] = lines[3].removesuffix(",ok") + ',"5 inch screen'  # the third customer
+    lines[8] = lines[8].removesuffix(",ok") + ',10" tv'
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.parquet"
+    result = run(registry_uri, "--input", str(source), "--output", str(out))
+    assert result.exit_code == 2, result.output
+    third = customers["customer_id"].iloc[2]
+    said = f"the 'notes' value of customer_id {third!r} runs over 5 more lines, 5 of them whole records"
+    assert said in result.output, result.output
+    assert "an unclosed quote swallowed them" in result.output and not out.exists()
+    # A quoted line break in a note is fine: every customer is scored.
+    customers.head(10).assign(notes="called back,\nsaid it, twice").to_csv(source, index=False)
+    assert run(registry_uri, "--input", str(source), "--output", str(out)).exit_code == 0
+    assert len(pd.read_parquet(out)) == 10
+
+
 def test_missing_columns_are_named(registry_uri, customers, tmp_path):
     source = tmp_path / "customers.parquet"
     customers.head(20).drop(columns=["tenure", "contract"]).to_parquet(source, index=False)
