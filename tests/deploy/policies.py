@@ -137,6 +137,7 @@ CRONJOBS = {
         inference_log=False,
         on_demand=True,
         retried=False,
+        feature_store=True,  # train --from-features
     ),
 }
 
