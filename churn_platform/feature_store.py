@@ -602,13 +602,17 @@ class PostgresOnlineReader:
     def __init__(self, store: FeatureStore, settings: Settings) -> None:
         from feast.infra.online_stores.helpers import compute_table_id
         from psycopg import sql
+        from psycopg.conninfo import make_conninfo
 
         pg = _postgres(settings.feature_store_url or "")
         table = compute_table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
         # As a string, rendered once: psycopg caches a string's conversion, a Composed it renders each time.
         self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table)).as_string()
         self._version = store.config.entity_key_serialization_version
-        self._conninfo = _url(pg, "postgresql").render_as_string(hide_password=False)
+        # Keywords, not a URL: SQLAlchemy renders a space in the password as is, and psycopg refused
+        # the URL ("unexpected spaces"): every read by id a 503.
+        self._conninfo = make_conninfo("", host=pg["host"], port=pg["port"], dbname=pg["database"], user=pg["user"],
+                                       password=pg["password"] or None, sslmode=pg["sslmode"])  # fmt: skip
         self._pool: Any = None  # made by the first aread, on the event loop it belongs to
 
     def _key(self, customer_id: str) -> bytes:

@@ -42,7 +42,9 @@ def layout(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.M
         yield request.param
     else:
         with postgres_database() as url:
-            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+            # A password with a space (trust auth ignores it): the API's reader passed psycopg a URL
+            # it refused ("unexpected spaces"), and every read by id was a 503.
+            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url.replace("postgres@", "postgres:pass%20word@", 1))
             get_settings.cache_clear()
             yield request.param
     get_settings.cache_clear()
