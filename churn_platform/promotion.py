@@ -577,20 +577,25 @@ def rollback(
     event = Event(key, at, "rollback", current, target, actor or default_actor(), reason, "cli")
     _record_then_move(client, name, event)
     message = f"Production rolled back: v{current or '-'} -> v{target}"
-    if current is not None and _withdraw_challenger(client, name, current):
-        message += f"; {CHALLENGER_ALIAS} removed from v{current}"
+    if current is not None:
+        message += _withdraw_challenger(client, name, current)
     return PromotionResult(changed=True, from_version=current, to_version=target, event=event.to_json(),
                            message=message)  # fmt: skip
 
 
-def _withdraw_challenger(client: MlflowClient, name: str, version: int) -> bool:
+def _withdraw_challenger(client: MlflowClient, name: str, version: int) -> str:
     """Take ``Challenger`` off the version just rolled back from (a promoted Challenger keeps
     the alias): left there, the next `rollout start` served it again by default, and its gate
-    figures, measured against the Production now back, passed `rollout promote`."""
-    withdrawn = False
+    figures, measured against the Production now back, passed `rollout promote`. What was done,
+    for the rollback's message: the rollback itself has happened, whatever this says."""
     for alias in (CHALLENGER_ALIAS, CHALLENGER_ALIAS.lower()):
         held = registry.version_by_alias(client, name, alias)
-        if held is not None and int(held.version) == version:
+        if held is None or int(held.version) != version:
+            continue
+        try:
             client.delete_registered_model_alias(name, alias)
-            withdrawn = True
-    return withdrawn
+        except MlflowException as exc:  # EDIT may move aliases but not delete them; or the registry went away
+            log.warning("Challenger left on v%s: %s", version, exc.message[:200])
+            return f"; {CHALLENGER_ALIAS} left on v{version} ({exc.error_code}): delete it in the UI"
+        return f"; {CHALLENGER_ALIAS} removed from v{version}"
+    return ""

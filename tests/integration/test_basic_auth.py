@@ -96,5 +96,12 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
             history = cli(eng, "history", "--model-name", model_name, "--json")
             events = json.loads(history.stdout[history.stdout.index("{"):])["events"]  # newest first
             assert (events[0]["action"], events[0]["to"]) == ("promote", 1), events[:2]  # no outside change after it
+            # A rollback takes Challenger off the version it leaves (a promoted Challenger keeps it):
+            # EDIT may not delete it, and the rollback, already made, is still exit 0 and says so.
+            held = {"name": model_name, "alias": "Challenger", "version": "1"}
+            assert httpx.post(f"{api}/registered-models/alias", json=held, auth=admin).status_code == 200
+            back = cli(eng, "rollback", "--model-name", model_name)
+            assert back.returncode == 0, back.stderr[-1500:]
+            assert "v1 -> v2; Challenger left on v1 (PERMISSION_DENIED)" in back.stdout, back.stdout
         finally:
             server.stop()
