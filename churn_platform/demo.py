@@ -417,10 +417,16 @@ def run_demo(folder: Path, data: str, n_rows: int, traffic: int, keep_running: b
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", CHURN_ACTOR="demo",
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", CHURN_MODEL_NAME="churn")  # fmt: skip
     from churn_platform.settings import Settings
+    from churn_platform.training_config import TrainConfig
 
-    # A shorter --traffic still gets its verdicts: the demo's windows are seeded, so a small
-    # one says the same every time (a real window that small would not be judged).
-    env["CHURN_MONITOR_MIN_ROWS"] = str(min(traffic, Settings.model_fields["monitor_min_rows"].default))
+    # A shorter --traffic, or fewer synthetic customers to train on (the drift reference), still
+    # gets its verdicts: the demo's windows are seeded, so a small one says the same every time
+    # (a real window, or reference, that small would not be judged). The retrain learns from
+    # the traffic's outcomes less the gate's quarter: half the traffic is under that.
+    least = min(traffic // 2, Settings.model_fields["monitor_min_rows"].default)
+    if data == "synthetic":
+        least = min(least, int(n_rows * (1 - TrainConfig.validation_size)))
+    env["CHURN_MONITOR_MIN_ROWS"] = str(least)
     demo = Demo(folder=folder.resolve(), data=data, n_rows=n_rows, traffic=traffic, keep_running=keep_running, env=env)
 
     received = [int(signal.SIGINT)]

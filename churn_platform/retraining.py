@@ -79,6 +79,22 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
     return tags.get("verdict") == "drift" if "verdict" in tags else None
 
 
+def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int | None:
+    """The Challenger's version when it is a retrain newer than Production that nobody has
+    judged since it was registered: no move of Production (promote, rollback, a move in the
+    UI) and no stopped rollout after it. A started rollout is the judging, not its end."""
+    from churn_platform import promotion
+
+    pending = registry.aliased(client, name, CHALLENGER_ALIAS)
+    if pending is None or TAG_TRIGGER not in (pending.tags or {}) or int(pending.version) <= production:
+        return None
+    made_ns = int(pending.creation_timestamp) * 1_000_000
+    decisions = (*promotion.MOVES, "rollout-stop")
+    if any(e.action in decisions and e.ns > made_ns for e in promotion.reconcile(client, name)):
+        return None
+    return int(pending.version)
+
+
 def decide(
     client: MlflowClient, settings: Settings, version: int, trigger: Trigger, of: int, at_least: int
 ) -> Decision:
@@ -88,10 +104,9 @@ def decide(
         return Decision(retrain=True, reason="asked for (no trigger to wait for)", runs=[])
     # A performance run judges 30 days: for weeks after a retrain most of its evidence is the
     # same, and each daily run replaced the Challenger under evaluation with another version.
-    pending = registry.aliased(client, settings.model_name, CHALLENGER_ALIAS)
-    if pending is not None and TAG_TRIGGER in (pending.tags or {}) and int(pending.version) > version:
-        reason = (f"the Challenger, v{pending.version} (a retrain, newer than Production v{version}), awaits a "
-                  "decision: promote it, or delete its alias to let a retrain replace it")  # fmt: skip
+    if pending := _undecided_retrain(client, settings.model_name, version):
+        reason = (f"the Challenger, v{pending} (a retrain, newer than Production v{version}), awaits a decision: "
+                  "promote it, stop its rollout, or delete its alias to let a retrain replace it")  # fmt: skip
         return Decision(retrain=False, reason=reason, runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
     name = registry.quoted(settings.model_name)
@@ -276,6 +291,12 @@ def retrain(
         recent = labelled(log_url, name, since, settings.outcome_horizon_days)
         base_frame = data.load(base, settings.s3_endpoint_url) if base else None
         parts = training_set(recent, base_frame, min_rows=settings.retrain_min_rows, gate_share=gate_share)
+        if len(parts.train) < settings.monitor_min_rows:  # its training rows are the monitor's reference
+            raise NotRetrained(
+                f"the training part would have {len(parts.train)} rows, fewer than CHURN_MONITOR_MIN_ROWS "
+                f"({settings.monitor_min_rows}): the drift monitor could never judge the version; ingest more "
+                "outcomes, widen --since or add --base FILE"
+            )
         inherited: dict[str, Any] = {**production_parameters(client, name, production), **(parameters or {})}
         config = TrainConfig(
             data=f"inference log + outcomes since {since.isoformat() if since else 'the start'}"

@@ -89,7 +89,8 @@ def test_mlflow_run_monitor_entry_point_logs_into_the_launched_run(stack_env, mo
     from churn_platform.settings import get_settings
     from churn_platform.training import TrainConfig, train
 
-    train(TrainConfig(n_rows=800, model_name=model_name), get_settings())
+    # 1,050 training rows: a smaller reference is never judged (CHURN_MONITOR_MIN_ROWS).
+    train(TrainConfig(n_rows=1400, model_name=model_name), get_settings())
     registry = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
     registry.set_registered_model_alias(model_name, "Production", "1")
     data.generate(1000, seed=2).to_csv(tmp_path / "current.csv", index=False)

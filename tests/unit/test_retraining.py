@@ -113,8 +113,11 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert cli("performance", "--output-dir", str(tmp_path / "perf-after"))[0] == 1
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "the Challenger, v2 (a retrain, newer than Production v1), awaits a decision" in output
-    # Declined (its alias deleted), the runs the retrain answered still do not count again.
-    client.delete_registered_model_alias(name, "Challenger")
+    # Under evaluation in a rollout, still; once the rollout is stopped (declined), a trigger may
+    # retrain again, and the runs the last retrain answered still do not count.
+    assert cli("rollout", "start", "--mode", "shadow", "--version", "2", "--reason", "eval")[0] == 0
+    assert "awaits a decision" in cli("retrain", "--if", "performance")[1]
+    assert cli("rollout", "stop", "--reason", "worse on the shadow")[0] == 0
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "1 of the last 1 performance runs of v1 since the last retrain" in output, output
     assert versions(name) == [1, 2]
