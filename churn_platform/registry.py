@@ -228,7 +228,8 @@ def live_experiment(
     else:
         given = os.environ.get("MLFLOW_EXPERIMENT_ID")
         try:
-            found, variable = client.get_experiment(given or "0"), "MLFLOW_EXPERIMENT_ID"
+            found = client.get_experiment(given or "0")  # Default, with neither variable set
+            variable = "MLFLOW_EXPERIMENT_ID" if given else "MLFLOW_EXPERIMENT_NAME"
         except MlflowException as exc:
             if not _is_missing(exc):
                 raise
