@@ -229,11 +229,10 @@ def check_columns(path: str, raw: list[str], names: list[str]) -> None:
         raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
 
 
-def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Iterator[pa.Table]:
-    """The file's rows as Arrow tables of the schema's columns (normalised names), chunk by chunk."""
-    raw = _columns(fs, path, kind)
+def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_rows: int) -> Iterator[pa.Table]:
+    """The file's rows as Arrow tables of the schema's columns (normalised names), chunk by chunk;
+    ``raw`` is its header, checked by ``prepare``."""
     names = normalise_columns(raw)
-    check_columns(path, raw, names)
     wanted = {r: n for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN}
     categorical = [r for r, n in wanted.items() if n in CATEGORICAL_FEATURES]
     try:
@@ -247,8 +246,10 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, chunk_rows: int) -> Itera
                     )
             return
         # Everything as text: the row checks, not the parser, decide what a bad value is. Every
-        # column is read, the ones not scored too: any of them may hold an unclosed quote.
-        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(raw, pa.string()), strings_can_be_null=False)
+        # column is read, any of them may hold an unclosed quote; the ones not scored as bytes, so
+        # a Latin-1 note beside UTF-8 features still reads, as it did when they were not read.
+        types = {r: pa.string() if r in wanted else pa.binary() for r in raw}
+        convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
         with fs.open_input_stream(path) as handle:
             # A quoted value may hold a line break (a CRM's notes column): without this, Arrow cuts
             # its 8 MiB blocks inside such a value and calls a valid file malformed.
@@ -284,7 +285,9 @@ def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> N
         if not pc.any(broken).as_py():
             continue
         for i in pc.indices_nonzero(broken).to_pylist():
-            lines = column[i].as_py().split("\n")
+            value = column[i].as_py()
+            text = value if isinstance(value, str) else value.decode("utf-8", errors="replace")
+            lines = text.split("\n")
             records = [line for line in lines[1:] if line.count(",") >= delimiters]
             if records:
                 raise DataValidationError(
@@ -687,6 +690,8 @@ class Job:
     model: loading.LoadedModel
     #: Clean typed chunks go straight from Arrow to the scorer (explanations take the other path).
     fast: bool
+    #: Each file's header as written, every one checked for the schema's columns.
+    headers: dict[str, list[str]]
 
 
 def prepare(
@@ -702,6 +707,11 @@ def prepare(
     data.refuse_overwrite(source, output=output, rejects=rejects)
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url, own)
+    # Every file's header before the first row is scored: a column missing from the last of 200
+    # files ended the job (exit 2, nothing written) after the 199 before it were scored.
+    headers = {path: _columns(fs, path, input_kind) for path in files}
+    for path, raw in headers.items():
+        check_columns(path, raw, normalise_columns(raw))
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_bucket(flag, target, settings.s3_endpoint_url)
     model = load_model(settings, alias, version)
@@ -711,7 +721,7 @@ def prepare(
     fast = isinstance(model.scorer, FastScorer) and not explain_top_k
     if fast:
         _check_column_path(model)
-    return Job(kind, rejects, fs, files, input_kind, model, fast)
+    return Job(kind, rejects, fs, files, input_kind, model, fast, headers)
 
 
 def score(
@@ -749,7 +759,7 @@ def score(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-writer")
     pending: Future[None] | None = None
     try:
-        for table in _prefetched(_chunks(fs, path, input_kind, chunk_rows) for path in files):
+        for table in _prefetched(_chunks(fs, path, input_kind, job.headers[path], chunk_rows) for path in files):
             result = score_chunk(model, settings, table, scored_at, schema, fast=fast,
                                  explain_top_k=explain_top_k, first_row=rows + 1)  # fmt: skip
             if pending is not None:

@@ -215,23 +215,23 @@ def _score_partition(
                        "_pos": list(seen.values())}, len(seen), combined)  # fmt: skip
 
 
-def _read(spark: SparkSession, fs: pafs.FileSystem, files: list[str], kind: str, s3: bool) -> DataFrame:
-    """The input's schema columns (normalised names) and each row's file split."""
+def _read(spark: SparkSession, headers: dict[str, list[str]], kind: str, s3: bool) -> DataFrame:
+    """The input's schema columns (normalised names) and each row's file split; ``headers``
+    are the files' own, each checked for the schema's columns by ``prepare``."""
     from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
     from pyspark.sql.types import DoubleType, FloatType, StringType, StructField, StructType
 
-    raw = batch_scoring._columns(fs, files[0], kind)  # noqa: SLF001 - one header reader for both engines
+    files = list(headers)
+    raw = headers[files[0]]
     names = normalise_columns(raw)
     wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]
     # Columns no one reads may share a name (a spreadsheet's trailing ",,"), which a Spark schema
     # cannot, nor can Spark then check a header against it: columns are taken by position, so
     # every file must have the first one's header.
     repeated = kind == "csv" and len(set(raw)) < len(raw)
-    # Every file, as the local engine checks each one: Spark would read a column one file lacks
-    # (or spells another way) as nulls, and reject that file's rows one by one.
-    for path in files:
-        found = raw if path == files[0] else batch_scoring._columns(fs, path, kind)  # noqa: SLF001
-        batch_scoring.check_columns(path, found, normalise_columns(found))
+    # Every file: Spark would read a column one file spells another way as nulls, and reject
+    # that file's rows one by one.
+    for path, found in headers.items():
         if respelled := [r for r, _ in wanted if r not in found]:
             raise DataValidationError(f"{path}: columns {respelled} are spelled another way than in {files[0]}; "
                                       f"the Spark engine needs one spelling per input (found: {found})")  # fmt: skip
@@ -344,8 +344,8 @@ def score(
     started = time.perf_counter()
     job = batch_scoring.prepare(settings, source, output, alias=alias, version=version,
                                 output_format=output_format, rejects=rejects, explain_top_k=explain_top_k)  # fmt: skip
-    kind, rejects, fs, files, input_kind, model, fast = (
-        job.kind, job.rejects, job.fs, job.files, job.input_kind, job.model, job.fast
+    kind, rejects, files, input_kind, model, fast = (
+        job.kind, job.rejects, job.files, job.input_kind, job.model, job.fast
     )
     s3 = source.startswith("s3://")
     loaded = time.perf_counter()  # Spark's start counts as scoring time: it is the engine's cost
@@ -371,7 +371,7 @@ def score(
                     raise DataValidationError(
                         f"with a cluster master ({spark.sparkContext.master}), {flag} must be s3://"
                     )
-        frame = _read(spark, fs, files, input_kind, s3)
+        frame = _read(spark, job.headers, input_kind, s3)
         # The explainer only when asked: a boosting version's unpickles shap (and numba) in every worker.
         explainer = model.explainer if explain_top_k else None
         lean = _Scoring(model.name, model.version, model.scorer, explainer, model.decision_threshold)

@@ -241,8 +241,10 @@ def test_an_unclosed_quote_that_swallows_records_is_refused_not_a_silent_loss(re
     said = f"the 'notes' value of customer_id {third!r} runs over 5 more lines, 5 of them whole records"
     assert said in result.output, result.output
     assert "an unclosed quote swallowed them" in result.output and not out.exists()
-    # A quoted line break in a note is fine: every customer is scored.
-    customers.head(10).assign(notes="called back,\nsaid it, twice").to_csv(source, index=False)
+    # A quoted line break in a note is fine, and so is a note in Latin-1 (a column never scored is not
+    # checked for UTF-8): every customer is scored.
+    noted = customers.head(10).assign(notes="rappelé,\nsaid it, twice")
+    source.write_bytes(noted.to_csv(index=False).encode("latin-1"))
     assert run(registry_uri, "--input", str(source), "--output", str(out)).exit_code == 0
     assert len(pd.read_parquet(out)) == 10
 
@@ -252,6 +254,18 @@ def test_missing_columns_are_named(registry_uri, customers, tmp_path):
     customers.head(20).drop(columns=["tenure", "contract"]).to_parquet(source, index=False)
     result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
     assert result.exit_code == 2 and "missing required columns ['tenure', 'contract']" in result.output
+
+
+def test_every_files_header_is_checked_before_the_model_loads(customers, tmp_path):
+    """A column missing from the last file of a folder ended the job after every file before it
+    was scored: it is found first, before the registry is even asked (here, one that is down)."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    customers.head(20).to_csv(folder / "a.csv", index=False)
+    customers.head(20).drop(columns=["tenure"]).to_csv(folder / "b.csv", index=False)
+    result = run("http://127.0.0.1:9", "--input", str(folder), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2, result.output
+    assert f"{folder / 'b.csv'}: missing required columns ['tenure']" in result.output
 
 
 def test_an_unreachable_registry_is_exit_3(customers, tmp_path):
