@@ -76,6 +76,8 @@ class Scheduled(NamedTuple):
     mlflow: bool = True
     #: Writes the feature-store database: its URL from churn-secrets and a network path there.
     feature_store: bool = False
+    #: Reads the feature-store database where this NetworkPolicy is rendered (an opt-in), as above.
+    feature_store_policy: str | None = None
     #: POSTs a failing verdict to CHURN_MONITOR_ALERT_WEBHOOK, a secret (its path is the key).
     alerts: bool = False
 
@@ -137,7 +139,7 @@ CRONJOBS = {
         inference_log=False,
         on_demand=True,
         retried=False,
-        feature_store=True,  # train --from-features
+        feature_store_policy="churn-train-features",  # train --from-features: dev, or the component
     ),
 }
 
@@ -343,6 +345,9 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
     if name not in cronjobs:
         return [f"{overlay}: CronJob/{name} is not rendered"]
     want = CRONJOBS[name]
+    policies = {o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"}
+    if want.feature_store_policy in policies:
+        want = want._replace(feature_store=True)
     schedule, time_zone = want.schedule, want.time_zone
     where, cron = f"CronJob/{name}", cronjobs[name]
     job, spec = cron["spec"]["jobTemplate"]["spec"], pod_spec(cron)

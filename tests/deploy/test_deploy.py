@@ -33,6 +33,26 @@ def test_overlay_follows_the_policies(overlay):
     assert check(objs, overlay) == []
 
 
+@pytest.mark.parametrize("overlay", ["staging", "prod"])
+def test_training_from_a_managed_feature_store_is_one_component_away(overlay, tmp_path):
+    """`train --from-features` in the cluster: without a path to 5432 it fell back to an empty
+    embedded store. The component gives churn-train that path; the rules then hold it to them."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(REPO / "deploy", copy)
+    kustomization = copy / "overlays" / overlay / "kustomization.yaml"
+    text = kustomization.read_text()
+    if "components:\n" in text:
+        text = text.replace("components:\n", "components:\n  - ../../components/train-from-features\n", 1)
+    else:
+        text += "components:\n  - ../../components/train-from-features\n"
+    kustomization.write_text(text)
+    objs, _ = render(copy / "overlays" / overlay)
+    assert check(objs, overlay) == []
+    train = next(o for o in objs if o["kind"] == "CronJob" and o["metadata"]["name"] == "churn-train")
+    env = {e["name"]: e for e in pod_spec(train)["containers"][0]["env"]}
+    assert env["CHURN_FEATURE_STORE_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
 def delete(name: str) -> str:
     """An overlay patch that drops a CronJob (its own patch, not the base)."""
     return f"""
@@ -306,11 +326,14 @@ BREAKS = {
     "train-retried-after-registering": ("prod", [
         (TRAIN, "      backoffLimit: 0\n", "      backoffLimit: 2\n"),
     ], ["CronJob/churn-train: needs backoffLimit 0"]),
-    # In dev: training reaches 5432 for the feature store, so with managed databases (staging, prod)
-    # only their credentials keep it from the log's, as for the feature-store job.
-    "train-let-through-to-the-log-database": ("dev", [
-        (DATASTORES, DEV_LOG_DB_CLIENTS, DEV_LOG_DB_CLIENTS.replace("]", ", churn-train]")),
+    "train-let-through-to-the-log-database": ("prod", [
+        ("base/networkpolicy.yaml", "[churn-monitor, churn-performance, churn-retrain]",
+         "[churn-monitor, churn-performance, churn-retrain, churn-train]"),
     ], ["CronJob/churn-train: the NetworkPolicies let its pods reach the inference-log database (port 5432)"]),
+    # Training from the feature store: dev's rule reaches the feature-db pod and nothing else.
+    "dev-train-cut-off-from-the-feature-store": ("dev", [
+        (DATASTORES, "values: [churn-api, churn-features, churn-train]", "values: [churn-api, churn-features]"),
+    ], ["CronJob/churn-train: the NetworkPolicies do not let its pods reach the feature-store database (port 5432)"]),
     **{
         f"{overlay}-data-in-the-dev-bucket": (overlay, [
             (f"overlays/{overlay}/kustomization.yaml", f"\n      - CHURN_DATA_URI=s3://{bucket}/data", ""),
