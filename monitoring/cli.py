@@ -149,6 +149,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
         verdict = summary.verdict.replace("_", " ")
         rows = f"reference {summary.reference_rows} rows, current {summary.current_rows} rows"
         click.echo(f"{settings.model_name} v{summary.model_version}: {verdict}  ({rows})")
+        if summary.window.scored_from:
+            click.echo(f"  rows scored {summary.window.scored_from} .. {summary.window.scored_to}")
         if summary.drift_share is not None:
             drifted = summary.drifted_columns or "none"
             click.echo(f"  drifted columns: {drifted} (share {summary.drift_share:.2f}, "

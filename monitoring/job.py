@@ -95,6 +95,10 @@ class Window(BaseModel):
     sampled: dict[str, int] | None = None
     #: Where prediction drift's scores came from: the log, a file's own (``score --with-features``), or re-scoring.
     scores: str | None = None
+    #: When the log's rows read were scored, first and last (UTC): with no window given, the
+    #: latest rows of a version are months old after a rollback, and "no drift" read as current.
+    scored_from: str | None = None
+    scored_to: str | None = None
 
 
 class DataQuality(BaseModel):
@@ -314,7 +318,10 @@ def _current(
         raw, scores = _across_versions(raw, version)
     if raw.empty:
         raise NothingToCompare(f"no rows in the inference log for {name} v{version} in this window")
+    scored = pd.to_datetime(raw[SCORED_AT], utc=True, format="ISO8601")
     window = {
+        "scored_from": scored.min().isoformat(),
+        "scored_to": scored.max().isoformat(),
         "scores": scores,
         "source": "inference_log",
         "since": options.since.isoformat() if options.since else None,

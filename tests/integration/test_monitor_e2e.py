@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pandas as pd
@@ -78,6 +79,9 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
         code, latest, err = monitor(env | {"CHURN_MONITOR_MAX_ROWS": "1000"}, "--output-dir", str(tmp_path / "latest"))
         assert code == 1 and latest["window"]["rows"] == 1000 and latest["window"]["sampled"] is None, err[-2000:]
         assert latest["drifted_columns"] == summary["drifted_columns"]
+        # ... and says when they were scored: after a rollback the latest rows can be months old.
+        scored = [datetime.fromisoformat(latest["window"][k]) for k in ("scored_from", "scored_to")]
+        assert datetime.now(UTC) - timedelta(minutes=15) < scored[0] <= scored[1] <= datetime.now(UTC), scored
         assert {"tenure", "contract", "monthly_charges", "total_charges"} <= set(summary["drifted_columns"])
         assert summary["dataset_drift"] is True and summary["current_rows"] == 1000
         saved = json.loads((tmp_path / "drifted" / "summary.json").read_text())
