@@ -13,6 +13,7 @@ them flagged a problem, so one noisy window does not start a training.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from churn_platform.contract import (
     CHURNED,
     INFERENCE_LOG_TABLE,
     TAG_ADHOC,
+    TAG_GATE_FIGURES,
     TAG_THRESHOLD,
     ExitCode,
 )
@@ -80,19 +82,23 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
 
 
 def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int | None:
-    """The Challenger's version when it is a retrain newer than Production that nobody has
-    judged since it was registered: no move of Production (promote, rollback, a move in the
-    UI) and no stopped rollout after it. A started rollout is the judging, not its end."""
+    """The Challenger's version when it is a retrain gated against today's Production that no
+    one has judged: Production has not moved since (by the CLI or in the UI) and no rollout of
+    it was stopped. A rollout under way is the judging, not its end."""
     from churn_platform import promotion
 
     pending = registry.aliased(client, name, CHALLENGER_ALIAS)
     if pending is None or TAG_TRIGGER not in (pending.tags or {}) or int(pending.version) <= production:
         return None
-    made_ns = int(pending.creation_timestamp) * 1_000_000
-    decisions = (*promotion.MOVES, "rollout-stop")
-    if any(e.action in decisions and e.ns > made_ns for e in promotion.reconcile(client, name)):
+    try:
+        gated_against = json.loads(pending.tags.get(TAG_GATE_FIGURES) or "null")["production_version"]
+    except (ValueError, TypeError, KeyError):
+        return None  # a tag edited by hand: nothing says it awaits anyone
+    if gated_against != production:
         return None
-    return int(pending.version)
+    stopped = any(e.action == "rollout-stop" and e.to_version == int(pending.version)
+                  for e in promotion.recorded_events(client, name))  # fmt: skip
+    return None if stopped else int(pending.version)
 
 
 def decide(

@@ -113,6 +113,9 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert cli("performance", "--output-dir", str(tmp_path / "perf-after"))[0] == 1
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "the Challenger, v2 (a retrain, newer than Production v1), awaits a decision" in output
+    # Once Production moves (by the CLI or in the UI), v2's gate was against another Production: judged.
+    assert retraining._undecided_retrain(client, name, 1) == 2  # noqa: SLF001
+    assert retraining._undecided_retrain(client, name, 0) is None  # noqa: SLF001
     # Under evaluation in a rollout, still; once the rollout is stopped (declined), a trigger may
     # retrain again, and the runs the last retrain answered still do not count.
     assert cli("rollout", "start", "--mode", "shadow", "--version", "2", "--reason", "eval")[0] == 0
@@ -168,6 +171,12 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     assert code == 1 and "only 0 labelled rows" in output
     code, output = cli("retrain", "--if", "drift", "--of", "2", "--at-least", "3")
     assert code == 2 and "--at-least must be between 1 and --of (2)" in output
+    # Enough to train, too few for the drift monitor to ever judge the version on (its reference).
+    monkeypatch.setenv("CHURN_RETRAIN_MIN_ROWS", "500")
+    monkeypatch.setenv("CHURN_MONITOR_MIN_ROWS", str(n))
+    get_settings.cache_clear()
+    code, output = cli("retrain")
+    assert code == 1 and f"fewer than CHURN_MONITOR_MIN_ROWS ({n}): the drift monitor could never judge" in output
     assert versions(name) == [1]
 
 
