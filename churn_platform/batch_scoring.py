@@ -270,6 +270,8 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
                 yield pa.Table.from_batches(pending).rename_columns([wanted[c] for c in pending[0].schema.names])
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
+    except UnicodeDecodeError:  # a column name that is not UTF-8 (Arrow decodes names when asked for them)
+        raise DataValidationError(f"{path}: its header is not UTF-8 text ({raw}); export it as UTF-8") from None
 
 
 def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> None:
@@ -709,7 +711,8 @@ def prepare(
     fs, files, input_kind = input_files(source, settings.s3_endpoint_url, own)
     # Every file's header before the first row is scored: a column missing from the last of 200
     # files ended the job (exit 2, nothing written) after the 199 before it were scored.
-    headers = {path: _columns(fs, path, input_kind) for path in files}
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score-headers") as pool:  # S3: one round trip each
+        headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, input_kind), files), strict=True))
     for path, raw in headers.items():
         check_columns(path, raw, normalise_columns(raw))
     for flag, target in (("--output", output), ("--rejects", rejects)):

@@ -596,6 +596,7 @@ def _withdraw_challenger(client: MlflowClient, name: str, version: int) -> str:
             client.delete_registered_model_alias(name, alias)
         except MlflowException as exc:  # EDIT may move aliases but not delete them; or the registry went away
             log.warning("Challenger left on v%s: %s", version, exc.message[:200])
-            return f"; {CHALLENGER_ALIAS} left on v{version} ({exc.error_code}): delete it in the UI"
+            return (f"; {CHALLENGER_ALIAS} left on v{version} ({exc.error_code}): ask a user with MANAGE on the "
+                    "model to delete it")
         return f"; {CHALLENGER_ALIAS} removed from v{version}"
     return ""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from churn_platform.settings import environment_variables
-from tests.deploy.policies import BIN, CRONJOBS, check, pod_spec, render, validate
+from tests.deploy.policies import BIN, CRONJOBS, check, pod_spec, reachable, render, validate
 from tests.services import REPO
 
 OVERLAYS = ("dev", "staging", "prod")
@@ -48,6 +48,9 @@ def test_training_from_a_managed_feature_store_is_one_component_away(overlay, tm
     kustomization.write_text(text)
     objs, _ = render(copy / "overlays" / overlay)
     assert check(objs, overlay) == []
+    trainer = {"app.kubernetes.io/name": "churn-train"}
+    assert reachable(objs, trainer, None, 5432)  # the managed feature database (and, by port, the others)
+    assert not reachable(render(REPO / "deploy" / "overlays" / overlay)[0], trainer, None, 5432)  # without it
     train = next(o for o in objs if o["kind"] == "CronJob" and o["metadata"]["name"] == "churn-train")
     env = {e["name"]: e for e in pod_spec(train)["containers"][0]["env"]}
     assert env["CHURN_FEATURE_STORE_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True

@@ -195,6 +195,11 @@ def test_a_file_that_is_not_utf8_says_so(registry_uri, customers, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "latin1.csv: it is not UTF-8 text (In CSV column #0:" in result.output
     assert "export it as UTF-8" in result.output
+    # A column name in Latin-1, in a column never scored: a traceback (exit 70) before.
+    noted = customers.head(20).assign(**{"Notiz für": "x"}).to_csv(index=False).encode("latin-1")
+    (tmp_path / "header.csv").write_bytes(noted)
+    result = run(registry_uri, "--input", str(tmp_path / "header.csv"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 2 and "header.csv: its header is not UTF-8 text" in result.output, result.output
 
 
 def test_a_file_named_itself_is_read_whatever_its_name(registry_uri, customers, tmp_path):
