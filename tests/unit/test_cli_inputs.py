@@ -218,7 +218,7 @@ def test_a_redirect_from_health_is_left_to_the_mlflow_client():
 def test_a_misspelt_sqlite_registry_is_named_missing_and_never_made(tmp_path):
     """MLflow made an empty 950 KB registry for the typo and said the model did not exist."""
     typo = tmp_path / "mlfow.db"
-    (tmp_path / "in.csv").write_text("customer_id\n1\n")
+    data.generate(5, seed=1).drop(columns=["churn"]).to_csv(tmp_path / "in.csv", index=False)  # headers pass
     for command in (["status"], ["history"], ["rollback"], ["rollout", "status"],
                     ["score", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.csv")],
                     ["monitor"], ["performance"]):  # fmt: skip
