@@ -713,6 +713,8 @@ def prepare(
     # files ended the job (exit 2, nothing written) after the 199 before it were scored.
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score-headers") as pool:  # S3: one round trip each
         headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, input_kind), files), strict=True))
+    headers = _customer_files(headers, source)
+    files = list(headers)
     for path, raw in headers.items():
         check_columns(path, raw, normalise_columns(raw))
     for flag, target in (("--output", output), ("--rejects", rejects)):
@@ -852,6 +854,33 @@ def _without_own_outputs(
                                       f"wrote (no {absent} column): it would be overwritten; choose another name")
     if not kept:
         raise DataSourceError(f"no input files in {source} besides this job's own outputs")
+    return kept
+
+
+#: Columns only a job's own outputs have: a scores file (``--with-features`` has the features
+#: and the id too, so it passes for customers) and a rejects file.
+_OUTPUT_MARKERS = ({PROBABILITY, MODEL_VERSION}, {"row", "reason"})
+
+
+def _customer_files(headers: dict[str, list[str]], source: str) -> dict[str, list[str]]:
+    """The files of a folder or glob less the outputs of earlier runs under other names than
+    this run's (a dated scores file beside the exports): read back, their customers were
+    scored twice, exit 0. A file named by itself is read whatever it holds (re-scoring a scores
+    file with features is a use)."""
+    named = len(headers) == 1 and (
+        next(iter(headers)) == source.removeprefix("s3://") if source.startswith("s3://") else Path(source).is_file()
+    )
+    if named:
+        return headers
+    kept = {}
+    for path, raw in headers.items():
+        names = set(normalise_columns(raw))
+        if any(marker <= names for marker in _OUTPUT_MARKERS):
+            log.warning("not reading %s: an earlier job's scores or rejects (its columns), not customers", path)
+            continue
+        kept[path] = raw
+    if not kept:
+        raise DataSourceError(f"no customer files in {source}: only earlier jobs' scores or rejects")
     return kept
 
 

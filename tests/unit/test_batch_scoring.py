@@ -125,6 +125,18 @@ def test_the_jobs_own_files_in_the_input_folder_are_not_read_back(registry_uri, 
                      "--with-features", "--json")  # fmt: skip
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["rows"] == 400
+    # An earlier run's outputs under other names (a dated scores file with features, its rejects)
+    # are not customers either: they were read back and their customers scored twice, exit 0.
+    (folder / "scores.parquet").rename(folder / "scores-2026-11-01.parquet")
+    customers.head(3).assign(row=1, reason="tenure: negative").to_parquet(folder / "old-rejects.parquet")
+    result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "again.parquet"), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 400, result.output
+    # Named by itself, a scores file with features is read (re-scored by another version, say).
+    result = run(registry_uri, "--input", str(folder / "scores-2026-11-01.parquet"), "--output",
+                 str(tmp_path / "rescored.parquet"), "--json")  # fmt: skip
+    assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 400, result.output
+    (folder / "scores-2026-11-01.parquet").unlink()
+    (folder / "old-rejects.parquet").unlink()
     # A customer file named as an output is not an earlier run's: refused, and left as it was.
     before = (folder / "customers.parquet").read_bytes()
     for option in ("--rejects", "--output"):
