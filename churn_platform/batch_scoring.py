@@ -211,14 +211,17 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
             with fs.open_input_file(path) as handle:
                 return list(pq.read_schema(handle).names)
         with fs.open_input_stream(path) as handle:
-            header = handle.read(1 << 20).decode("utf-8-sig", errors="replace").splitlines()
+            header = handle.read(1 << 20).splitlines()
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
     # The first line that is not blank, as Arrow's reader takes it (an export may start with one).
     first = next((line for line in header if line.strip()), None)
     if first is None:
         raise DataSourceError(f"{path} is empty")
-    return next(csv.reader([first]))
+    try:  # strictly: Arrow refuses a name that is not UTF-8 only once it reads rows
+        return next(csv.reader([first.decode("utf-8-sig")]))
+    except UnicodeDecodeError:
+        raise DataValidationError(f"{path}: its header is not UTF-8 text; export it as UTF-8") from None
 
 
 def check_columns(path: str, raw: list[str], names: list[str]) -> None:
@@ -258,8 +261,9 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
                                     convert_options=convert)  # fmt: skip
             pending: list[pa.RecordBatch] = []
             size = 0
+            id_column = raw[names.index(ID_COLUMN)]
             for batch in reader:
-                _no_swallowed_records(path, batch, raw[names.index(ID_COLUMN)])
+                _no_swallowed_records(path, batch, id_column)
                 batch = batch.select(list(wanted))
                 pending.append(batch)
                 size += batch.num_rows
@@ -270,8 +274,6 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
                 yield pa.Table.from_batches(pending).rename_columns([wanted[c] for c in pending[0].schema.names])
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
-    except UnicodeDecodeError:  # a column name that is not UTF-8 (Arrow decodes names when asked for them)
-        raise DataValidationError(f"{path}: its header is not UTF-8 text ({raw}); export it as UTF-8") from None
 
 
 def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> None:

@@ -45,7 +45,8 @@ TAG_GATE = "gate"
 #: Where the training rows came from: ``synthetic(seed=N)``, a file or s3:// URI, a feature-store
 #: labels file, or the inference log (retraining). The gate never lets synthetic replace real.
 TAG_TRAINING_DATA = "training_data"
-#: The training gate's figures (JSON): both versions scored on the candidate's validation rows.
+#: The training gate's figures (JSON): both versions scored on the candidate's validation rows
+#: (less those Production was trained on, when enough are left).
 TAG_GATE_FIGURES = "gate_figures"
 #: On a monitor or performance run that does not judge Production's latest traffic (a file, a
 #: pinned version or alias, a window with an --until, --all-versions): which options made it so. Such a

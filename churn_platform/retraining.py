@@ -88,7 +88,7 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int 
     from churn_platform import promotion
 
     pending = registry.aliased(client, name, CHALLENGER_ALIAS)
-    if pending is None or TAG_TRIGGER not in (pending.tags or {}) or int(pending.version) <= production:
+    if pending is None or TAG_TRIGGER not in (pending.tags or {}):
         return None
     try:
         gated_against = json.loads(pending.tags.get(TAG_GATE_FIGURES) or "null")["production_version"]

@@ -346,8 +346,8 @@ def check_cronjob(objs: list[dict[str, Any]], overlay: str, name: str) -> list[s
         return [f"{overlay}: CronJob/{name} is not rendered"]
     want = CRONJOBS[name]
     policies = {o["metadata"]["name"] for o in objs if o["kind"] == "NetworkPolicy"}
-    if want.feature_store_policy in policies:
-        want = want._replace(feature_store=True)
+    if want.feature_store_policy and (overlay == "dev" or want.feature_store_policy in policies):
+        want = want._replace(feature_store=True)  # dev has its feature-db; elsewhere an opt-in component
     schedule, time_zone = want.schedule, want.time_zone
     where, cron = f"CronJob/{name}", cronjobs[name]
     job, spec = cron["spec"]["jobTemplate"]["spec"], pod_spec(cron)
