@@ -492,9 +492,14 @@ def features_apply() -> None:
 _ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?)?")
 
 
+#: ``--as-of modified``: the file's own time, resolved once the file is known.
+MODIFIED = "modified"
+
+
 class _SnapshotTime(click.ParamType):
-    """A snapshot time, or ``now``: what a scheduled job loading today's export means. ISO 8601
-    as the file's column takes it (a zone or ``Z``; without one, UTC)."""
+    """A snapshot time, ``now``, or ``modified`` (the file's last write: what a scheduled job
+    loading a daily export means, without dating a stale export as today's). ISO 8601 as the
+    file's column takes it (a zone or ``Z``; without one, UTC)."""
 
     name = "snapshot_time"
 
@@ -503,25 +508,41 @@ class _SnapshotTime(click.ParamType):
             converted = value
         elif value.strip().lower() == "now":
             return datetime.now(UTC)
+        elif value.strip().lower() == MODIFIED:
+            return MODIFIED
         else:
             try:
                 if not _ISO_TIME.fullmatch(value.strip()):  # fromisoformat alone takes 2026-06-30+02:00 as 02:00
                     raise ValueError(value)
                 converted = datetime.fromisoformat(value.strip())
             except ValueError:
-                self.fail(f"{value!r} is not 'now' nor an ISO 8601 time: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS, with "
-                          "a zone (Z, +02:00) or in UTC", param, ctx)  # fmt: skip
+                self.fail(f"{value!r} is not 'now', 'modified' nor an ISO 8601 time: YYYY-MM-DD, "
+                          "YYYY-MM-DDTHH:MM:SS, with a zone (Z, +02:00) or in UTC", param, ctx)  # fmt: skip
         converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
         if converted > datetime.now(UTC) + CLOCK_AHEAD:
             self.fail(f"{value!r} is in the future; a snapshot is of what is known now or before", param, ctx)
         return converted
 
 
+def _as_of(as_of: datetime | str | None, source: str, settings: Settings) -> datetime | None:
+    """``--as-of`` as a time: ``modified`` is the source file's last write."""
+    if not isinstance(as_of, str):  # a time, or none given
+        return as_of
+    from churn_platform import data
+
+    when = data.modified_time(source, settings.s3_endpoint_url)
+    if when > datetime.now(UTC) + CLOCK_AHEAD:
+        raise click.UsageError(f"--as-of modified: {source} was last written at {when:%Y-%m-%d %H:%M:%S} UTC, in "
+                               "the future; a snapshot is of what is known now or before")  # fmt: skip
+    return when
+
+
 def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed((
         click.argument("source"),
         click.option("--as-of", type=_SnapshotTime(), default=None,
-                     help="Snapshot time (UTC, or 'now') of each row without one (no snapshot_time column, or blank)."),
+                     help="Snapshot time (UTC, 'now', or 'modified': the file's last write) of each row without "
+                          "one (no snapshot_time column, or blank)."),
         click.option("--rejects", default=None,
                      help="Where bad rows go, a path or s3:// key (default: SOURCE's name + .rejects.parquet, here)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
@@ -553,14 +574,15 @@ def _ingested(summary: Any, as_json: bool, materialized_to: datetime | None = No
 @features.command("ingest")
 @_snapshot_options
 @handles_errors
-def features_ingest(source: str, as_of: datetime | None, rejects: str | None, as_json: bool) -> None:
+def features_ingest(source: str, as_of: datetime | str | None, rejects: str | None, as_json: bool) -> None:
     """Add customer snapshots (CSV/Parquet, a path or s3://bucket/key) to the offline source.
 
     Exit 1 when some rows were rejected (the others are loaded), as `score` does.
     """
     from churn_platform import feature_store
 
-    _ingested(feature_store.ingest(get_settings(), source, as_of=as_of, rejects=rejects), as_json)
+    settings = get_settings()
+    _ingested(feature_store.ingest(settings, source, as_of=_as_of(as_of, source, settings), rejects=rejects), as_json)
 
 
 @features.command("materialize")
@@ -576,7 +598,7 @@ def features_materialize() -> None:
 @_snapshot_options
 @job_metrics.pushes("features")
 @handles_errors
-def features_refresh(source: str, as_of: datetime | None, rejects: str | None, as_json: bool) -> None:
+def features_refresh(source: str, as_of: datetime | str | None, rejects: str | None, as_json: bool) -> None:
     """apply, ingest SOURCE, materialize: the scheduled job's one command.
 
     The good rows are loaded and materialized even when some are rejected; exit 1 then.
@@ -585,7 +607,7 @@ def features_refresh(source: str, as_of: datetime | None, rejects: str | None, a
 
     settings = get_settings()
     feature_store.apply(settings)
-    summary = feature_store.ingest(settings, source, as_of=as_of, rejects=rejects)
+    summary = feature_store.ingest(settings, source, as_of=_as_of(as_of, source, settings), rejects=rejects)
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     # From the earliest snapshot just loaded (or the last run's end): the scan stays one day's.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -140,6 +142,23 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
 
 
 def _read_s3(uri: str, endpoint_url: str | None) -> bytes:
+    return _s3_object(uri, endpoint_url, lambda client, b, k: client.get_object(Bucket=b, Key=k)["Body"].read())
+
+
+def modified_time(uri: str, s3_endpoint_url: str | None = None) -> datetime:
+    """When a file (local or ``s3://``) was last written: a daily export's own time, where the
+    time of the run would date a stale export as today's."""
+    if uri.startswith("s3://"):
+        stamp = _s3_object(uri, s3_endpoint_url, lambda client, b, k: client.head_object(Bucket=b, Key=k))
+        return stamp["LastModified"].astimezone(UTC)
+    path = Path(uri)
+    if not path.is_file():
+        raise DataSourceError(f"data file not found: {uri}")
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def _s3_object(uri: str, endpoint_url: str | None, call: Callable[[Any, str, str], Any]) -> Any:
+    """``call(client, bucket, key)`` on the object ``uri`` names, its failures as ours."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
@@ -154,7 +173,7 @@ def _read_s3(uri: str, endpoint_url: str | None) -> bytes:
         config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
     )
     try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return call(client, bucket, key)
     except EndpointConnectionError as exc:
         raise StorageUnreachable(
             f"object store unreachable at {endpoint_url or 'AWS default endpoint'}: {exc}"

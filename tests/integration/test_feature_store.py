@@ -263,6 +263,29 @@ def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Pat
         get_settings.cache_clear()
 
 
+def test_as_of_modified_dates_the_rows_by_the_exports_last_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 telco_csv: Path):  # fmt: skip
+    """The daily job dated whatever file it found 'now': an ETL that stopped left yesterday's
+    export, loaded again as today's snapshot, online and in every later training set."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3).to_csv("export.csv", index=False)
+    written = datetime(2026, 6, 30, 23, 15, tzinfo=UTC)
+    os.utime("export.csv", (written.timestamp(), written.timestamp()))
+    try:
+        said = _cli("features", "refresh", "export.csv", "--as-of", "modified")
+        assert "(snapshots 2026-06-30 23:15:00 .. 2026-06-30 23:15:00 UTC)" in said, said
+        ahead = (datetime.now(UTC) + timedelta(hours=1)).timestamp()
+        os.utime("export.csv", (ahead, ahead))  # a clock ahead: never the latest snapshot for good
+        said = _cli("features", "ingest", "export.csv", "--as-of", "modified", code=2)
+        assert "--as-of modified: export.csv was last written at" in said and "in the future" in said
+        assert "not found: gone.csv" in _cli("features", "ingest", "gone.csv", "--as-of", "modified", code=2)
+    finally:
+        get_settings.cache_clear()
+
+
 def test_the_rejects_file_keeps_each_bad_rows_snapshot_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             telco_csv: Path):  # fmt: skip
     """It had the id and the features but not the time, the very value to mend."""
@@ -304,7 +327,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
         # A zone without a time: fromisoformat read it as 02:00 UTC; the column refuses it.
-        ((), ["features", "ingest", "no_time.csv", "--as-of", "2026-06-30+02:00"], 2, "is not 'now' nor an ISO"),
+        ((), ["features", "ingest", "no_time.csv", "--as-of", "2026-06-30+02:00"], 2, "is not 'now', 'modified' nor"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "2999-01-01"], 2, "'2999-01-01' is in the future"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "now", "--rejects", "./no_time.csv"], 2,
          "--rejects ./no_time.csv names the same file as the input"),
