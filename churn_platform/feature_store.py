@@ -77,7 +77,12 @@ _FEAST_SETS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 def _import_feast() -> None:
     """Import Feast, undoing what its import does to the environment: it sets
     PROMETHEUS_MULTIPROC_DIR, which would switch prometheus_client to multi-process mode in
-    this process's later children (the inference-log writer) and make it warn here."""
+    this process's later children (the inference-log writer) and make it warn here.
+    prometheus_client is imported first: it chooses its value class once, at import, from the
+    environment; chosen under Feast's variable, every metric made after it is unset again
+    failed ("expected str ... not NoneType")."""
+    import prometheus_client.values  # noqa: F401
+
     before = {name: os.environ.get(name) for name in _FEAST_SETS}
     import feast  # noqa: F401
 

@@ -263,6 +263,17 @@ def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Pat
         get_settings.cache_clear()
 
 
+def test_metrics_made_after_feast_is_imported_work():
+    """Feast's import sets PROMETHEUS_MULTIPROC_DIR (undone after it); prometheus_client, first
+    imported under it, chose multi-process values for good, and every metric made afterwards
+    failed: an API or job that opened the store before making its metrics."""
+    code = ("from churn_platform import feature_store; feature_store._import_feast(); "
+            "from serving.metrics import Metrics; Metrics(); print('made')")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "made" in done.stdout, done.stderr[-1500:]
+
+
 def test_as_of_modified_dates_the_rows_by_the_exports_last_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  telco_csv: Path):  # fmt: skip
     """The daily job dated whatever file it found 'now': an ETL that stopped left yesterday's
