@@ -147,12 +147,14 @@ def _glob_folder(pattern: str) -> str:
 
 def input_files(
     spec: str, endpoint_url: str | None = None, own: dict[str, tuple[str, ...]] | None = None
-) -> tuple[pafs.FileSystem, list[str], str]:
-    """The files ``spec`` names, in order, their filesystem and their one format.
+) -> tuple[pafs.FileSystem, dict[str, list[str]], str]:
+    """The files ``spec`` names, in order, each with its header as written; their filesystem
+    and their one format.
 
     ``own`` maps this job's outputs (``--output PATH``) to the columns that file has when the
     job wrote it: a file of the input by that name is left out when it has them (an earlier
     run's output, not customers), and refused when not (a customer file the job would destroy).
+    Earlier runs' outputs under other names are left out by their columns (``_customer_files``).
     """
     if spec.startswith("s3://"):
         fs: pafs.FileSystem = _s3(endpoint_url)
@@ -188,6 +190,7 @@ def input_files(
             files = sorted(str(p.resolve()) for p in local.rglob("*") if p.is_file())
         else:
             raise DataSourceError(f"input not found: {spec}")
+    named = files == [root]  # a file named itself: read whatever it holds
     files = [f for f in files if Path(f).suffix.lower() in _SUFFIXES and not _hidden(f, root)]
     if not files:
         raise DataSourceError(f"no CSV or Parquet files in {spec}")
@@ -195,7 +198,12 @@ def input_files(
     formats = {_SUFFIXES[Path(f).suffix.lower()] for f in files}
     if len(formats) > 1:
         raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
-    return fs, files, formats.pop()
+    kind = formats.pop()
+    # Every file's header before the first row is scored: a column missing from the last of 200
+    # files ended the job (exit 2, nothing written) after the 199 before it were scored.
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score-headers") as pool:  # S3: one round trip each
+        headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, kind), files), strict=True))
+    return fs, (headers if named else _customer_files(headers, spec)), kind
 
 
 def _hidden(path: str, root: str) -> bool:
@@ -689,13 +697,16 @@ class Job:
     kind: str
     rejects: str
     fs: pafs.FileSystem
-    files: list[str]
     input_kind: str
     model: loading.LoadedModel
     #: Clean typed chunks go straight from Arrow to the scorer (explanations take the other path).
     fast: bool
-    #: Each file's header as written, every one checked for the schema's columns.
+    #: The input's files in order, each with its header as written (every one checked).
     headers: dict[str, list[str]]
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.headers)
 
 
 def prepare(
@@ -710,13 +721,7 @@ def prepare(
         _check_file_name(flag, target)
     data.refuse_overwrite(source, output=output, rejects=rejects)
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
-    fs, files, input_kind = input_files(source, settings.s3_endpoint_url, own)
-    # Every file's header before the first row is scored: a column missing from the last of 200
-    # files ended the job (exit 2, nothing written) after the 199 before it were scored.
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score-headers") as pool:  # S3: one round trip each
-        headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, input_kind), files), strict=True))
-    headers = _customer_files(headers, source)
-    files = list(headers)
+    fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)
     for path, raw in headers.items():
         check_columns(path, raw, normalise_columns(raw))
     for flag, target in (("--output", output), ("--rejects", rejects)):
@@ -728,7 +733,7 @@ def prepare(
     fast = isinstance(model.scorer, FastScorer) and not explain_top_k
     if fast:
         _check_column_path(model)
-    return Job(kind, rejects, fs, files, input_kind, model, fast, headers)
+    return Job(kind, rejects, fs, input_kind, model, fast, headers)
 
 
 def score(
@@ -867,13 +872,8 @@ _OUTPUT_MARKERS = ({PROBABILITY, MODEL_VERSION}, {"row", "reason"})
 def _customer_files(headers: dict[str, list[str]], source: str) -> dict[str, list[str]]:
     """The files of a folder or glob less the outputs of earlier runs under other names than
     this run's (a dated scores file beside the exports): read back, their customers were
-    scored twice, exit 0. A file named by itself is read whatever it holds (re-scoring a scores
-    file with features is a use)."""
-    named = len(headers) == 1 and (
-        next(iter(headers)) == source.removeprefix("s3://") if source.startswith("s3://") else Path(source).is_file()
-    )
-    if named:
-        return headers
+    scored twice, exit 0. (A file named by itself is read whatever it holds: re-scoring a
+    scores file with features is a use.)"""
     kept = {}
     for path, raw in headers.items():
         names = set(normalise_columns(raw))
