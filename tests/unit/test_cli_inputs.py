@@ -102,6 +102,9 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
         ("CHURN_INFERENCE_LOG_URL", "postgresql://u:pass@word99@127.0.0.1:1/x", "not a valid postgresql:// URL"),
         ("CHURN_MONITOR_EXPERIMENT", " ", "an experiment name cannot be blank"),  # monitor ran, then exit 70
         ("CHURN_PUSHGATEWAY_URL", "http://:::", "not a valid URL"),  # was never checked
+        # The parser's own words quoted the password up to an unescaped / or ?
+        ("CHURN_PUSHGATEWAY_URL", "http://admin:word99/x@pushgateway:9091", "not a valid URL"),
+        ("MLFLOW_TRACKING_URI", "https://admin:word99?x@mlflow:5000", "not a valid URL"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):
