@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import pandas as pd
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from churn_platform import outcomes
@@ -19,7 +19,7 @@ from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
 from serving.deps import ADMIN_RESPONSES, AdminKey, SettingsDep
 from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable
-from serving.schemas import UTF8
+from serving.schemas import UTF8, listed
 
 router = APIRouter(tags=["outcomes"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
 
@@ -56,7 +56,13 @@ class OutcomesResponse(BaseModel):
     rejects: list[dict]
 
 
-@router.post("/outcomes", response_model=OutcomesResponse)
+async def _few_enough_outcomes(request: Request) -> None:
+    """413 past the limit before FastAPI validates each outcome (a dependency runs first)."""
+    if (count := listed(await request.body(), "outcomes")) > MAX_OUTCOMES:
+        raise BatchTooLarge(f"{count:,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
+
+
+@router.post("/outcomes", response_model=OutcomesResponse, dependencies=[Depends(_few_enough_outcomes)])
 def post_outcomes(
     body: OutcomesRequest,
     settings: SettingsDep,
@@ -64,8 +70,6 @@ def post_outcomes(
 ) -> dict:
     """Record outcomes. A customer and observed_at already stored takes the new label; within
     one request, two different labels for them are both invalid (the same label twice is one)."""
-    if len(body.outcomes) > MAX_OUTCOMES:
-        raise BatchTooLarge(f"{len(body.outcomes)} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
     frame = pd.DataFrame(
         [{ID_COLUMN: o.customer_id, CHURNED: None if o.churned is None else str(o.churned),
           OBSERVED_AT: o.observed_at} for o in body.outcomes],

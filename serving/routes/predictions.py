@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
@@ -31,6 +31,7 @@ from serving.schemas import (
     TooManyCustomers,
     UnknownFields,
     customers_from_json,
+    listed,
 )
 
 router = APIRouter(
@@ -104,7 +105,13 @@ def _incomplete(found: dict[str, Any]) -> str | None:
             "(`churn-platform features refresh`)")  # fmt: skip
 
 
-@router.post("/predict/by-id", response_model=ByIdResponse, responses=ById)
+async def _few_enough_ids(request: Request, predictor: PredictorDep) -> None:
+    """413 past the batch limit before FastAPI validates the ids (a dependency runs first)."""
+    if (count := listed(await request.body(), "customer_ids")) > predictor.max_batch_size:
+        raise BatchTooLarge(f"{count} customer ids in one request; the limit is {predictor.max_batch_size}")
+
+
+@router.post("/predict/by-id", response_model=ByIdResponse, responses=ById, dependencies=[Depends(_few_enough_ids)])
 async def predict_by_id(
     body: ByIdRequest, predictor: PredictorDep, model: ServedModel, features: FeaturesDep,
     explain: Explain = False, top_k: TopK = 5,
@@ -112,8 +119,6 @@ async def predict_by_id(
     """Score 1 to CHURN_MAX_BATCH_SIZE customers by id, with their latest features from the
     online store; an id it does not hold gets an entry in `errors` instead."""
     ids = body.customer_ids
-    if len(ids) > predictor.max_batch_size:
-        raise BatchTooLarge(f"{len(ids)} customer ids in one request; the limit is {predictor.max_batch_size}")
     if explain:
         predictor.check_explainable(model)  # even when no id is found
     found = await features.lookup(ids)

@@ -364,6 +364,8 @@ def test_two_labels_for_one_customer_and_time_in_one_request_are_a_422_naming_bo
 def test_more_than_ten_thousand_outcomes_is_a_413(api):
     response = post(api, [{"customer_id": f"c{i}", "churned": "no"} for i in range(10_001)])
     assert response.status_code == 413 and "limit is 10,000" in response.json()["message"]
+    response = post(api, [1] * 100_000)  # counted before each is validated (a 422 after seconds, was)
+    assert response.status_code == 413 and "100,000 outcomes in one request" in response.json()["message"]
     assert post(api, [{"customer_id": "a", "churned": "no", "extra": 1}]).status_code == 422
 
 
