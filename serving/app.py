@@ -79,8 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.holder = ModelHolder(settings, listener=metrics)
-    modules = (service, predictions, outcomes, admin)
-    for module in modules:
+    for module in (service, predictions, outcomes, admin):
         app.include_router(module.router)
     openapi.install(app)
     # Added innermost first: a request meets RequestMetrics, CORS, BodyLimit, JsonOnly, then a route.
@@ -90,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
-    paths = frozenset(r.path for m in modules for r in m.router.routes if "{" not in r.path)  # /predict, not /{id}
+    # Every route without a parameter (/predict, not /{id}), FastAPI's /docs and /openapi.json too
+    paths = frozenset(path for r in app.routes if "{" not in (path := getattr(r, "path", "{")))
     app.add_middleware(RequestMetrics, metrics=metrics, access_log=settings.access_log, paths=paths)
     return app

@@ -31,6 +31,7 @@ class FeaturesUnavailable(ServingError):
     """No feature store is set up, it is still opening, or it cannot be read now."""
 
     status_code = 503
+    headers = {"Retry-After": str(round(_RETRY_S))}  # a store set up or back since is opened at the next try
 
 
 class FeatureSource:

@@ -273,6 +273,11 @@ def test_model_info_and_metrics(api, telco_csv):
     assert api.get("/docs").status_code == 200
     schema = api.get("/openapi.json").json()
     assert schema["components"]["schemas"]["Customer"]["examples"]
+    api.get("/no-such-path")
+    text = api.get("/metrics").text  # FastAPI's own pages by name: `unmatched` is for paths no route serves
+    assert 'churn_api_requests_total{endpoint="/openapi.json",method="GET",status="200"} 1.0' in text
+    assert 'churn_api_requests_total{endpoint="/docs",method="GET",status="200"} 1.0' in text
+    assert 'churn_api_requests_total{endpoint="unmatched",method="GET",status="404"} 1.0' in text
 
 
 def test_metrics_say_since_when_the_registry_does_not_answer(api, monkeypatch):
@@ -425,6 +430,7 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         assert ready["feature_store"]["state"] == "not configured"
         response = client.post("/predict/by-id", json={"customer_ids": ["7590-VHVEG"]})
         assert response.status_code == 503 and "features apply" in response.json()["message"]
+        assert response.headers["Retry-After"] == "10"  # as every 503 of the API says when to try again
 
     frame = data.load(telco_csv).head(40).drop(columns=["churn"])
     frame.loc[5, "customer_id"] = "CRM/5"  # a slash: the store takes it, so GET /predict/{id} must too
