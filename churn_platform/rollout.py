@@ -9,6 +9,7 @@ promote``, then ends the rollout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -48,6 +49,8 @@ class RolloutState(BaseModel):
             raise ValueError(f"a {self.mode} names its challenger_version and production_version")
         if (self.mode == "canary") != (self.percent is not None):
             raise ValueError("percent goes with a canary, and only with one")
+        if self.started_at is not None:  # `rollout status` compares since then: a bad time was a traceback
+            datetime.fromisoformat(self.started_at)  # its ValueError is pydantic's ValidationError
         return self
 
 
@@ -115,9 +118,22 @@ def _first_move_after(events: list[promotion.Event], started_at: str | None) -> 
     return None
 
 
-def _save(client: MlflowClient, name: str, state: RolloutState) -> None:
+def _record_then_save(
+    client: MlflowClient, name: str, action: str, from_version: int | None, to_version: int | None,
+    state: RolloutState, *, actor: str | None, reason: str,
+) -> None:  # fmt: skip
+    """The audit event, then the state it announces; the event is withdrawn when the state
+    was not saved (the registry went away between the two), or ``history`` showed a
+    rollout-start that never took effect, or a stop while replicas kept the Challenger."""
     value = json.dumps(state.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)  # as promotion._write
-    client.set_registered_model_tag(name, ROLLOUT_TAG, value)
+    event = promotion.record(client, name, action, from_version, to_version, actor=actor, reason=reason)
+    try:
+        client.set_registered_model_tag(name, ROLLOUT_TAG, value)
+    except BaseException:
+        with contextlib.suppress(Exception):  # unreachable now: the original error says so
+            if registry.get_model(client, name).tags.get(ROLLOUT_TAG) != value:
+                client.delete_registered_model_tag(name, event.key)
+        raise
 
 
 def start(
@@ -171,9 +187,8 @@ def start(
         reason=reason, moves_at_start=running.moves_at_start if same and running.moves_at_start is not None else moves,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
-    promotion.record(client, name, "rollout-start", production, version, actor=actor,
-                     reason=f"{what}: {reason}".rstrip(": "))  # fmt: skip
-    _save(client, name, state)
+    _record_then_save(client, name, "rollout-start", production, version, state, actor=actor,
+                      reason=f"{what}: {reason}".rstrip(": "))  # fmt: skip
     return state
 
 
@@ -186,8 +201,8 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
     tags = registry.get_model(client, name).tags
     stored, readable = _read(tags)
     if not readable:  # edited by hand, say
-        promotion.record(client, name, "rollout-stop", None, None, actor=actor, reason=reason or stored.reason)
-        _save(client, name, RolloutState())
+        _record_then_save(client, name, "rollout-stop", None, None, RolloutState(), actor=actor,
+                          reason=reason or stored.reason)  # fmt: skip
         return RolloutState(reason=f"cleared: {stored.reason}")
     if stored.mode == "off":
         why = f" ({stored.reason})" if stored.reason else ""
@@ -199,9 +214,8 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
 
 
 def _end(client: MlflowClient, name: str, state: RolloutState, reason: str, actor: str | None) -> None:
-    promotion.record(client, name, "rollout-stop", state.production_version, state.challenger_version,
-                     actor=actor, reason=reason)  # fmt: skip
-    _save(client, name, RolloutState())
+    _record_then_save(client, name, "rollout-stop", state.production_version, state.challenger_version,
+                      RolloutState(), actor=actor, reason=reason)  # fmt: skip
 
 
 def promote(

@@ -193,3 +193,33 @@ def test_a_move_from_a_machine_whose_clock_runs_slow_still_ends_the_rollout(thre
         client.set_registered_model_alias(name, "Production", str(new))
     state = rollout.current(client, name, 1)
     assert state.mode == "off" and "ended when Production moved" in state.reason
+
+
+def test_a_hand_edited_start_time_is_an_unreadable_tag_not_a_traceback(three_versions):
+    name = three_versions
+    hand_made = {"mode": "shadow", "challenger_version": 3, "production_version": 1, "started_at": "yesterday"}
+    MlflowClient().set_registered_model_tag(name, ROLLOUT_TAG, json.dumps(hand_made))
+    result = cli("rollout", "status", "--model-name", name)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "unreadable churn_platform.rollout tag ignored" in result.output
+
+
+def test_a_rollout_state_the_registry_did_not_save_leaves_no_event(three_versions, monkeypatch):
+    """The event was written first and kept: `history` showed a rollout that never started."""
+    from mlflow.exceptions import MlflowException
+
+    name = three_versions
+    real = MlflowClient.set_registered_model_tag
+
+    def drops_the_state(self, model, key, value):
+        if key == ROLLOUT_TAG:
+            raise MlflowException("API request failed: Connection refused")
+        return real(self, model, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", drops_the_state)
+    result = cli("rollout", "start", "--model-name", name, "--mode", "shadow")
+    assert result.exit_code == 3, result.output
+    monkeypatch.undo()
+    events = out(cli("history", "--model-name", name, "--json"))["events"]
+    assert [e["action"] for e in events] == ["promote"]
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
