@@ -470,11 +470,17 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
         try:
             _write(client, name, event)  # interrupted in flight, it may be stored: withdrawn too
             _move(client, name, event.to_version)
-        except BaseException:
+        except BaseException as exc:
+            moved = False
             with contextlib.suppress(Exception):  # unreachable now: the original error says so
-                if _current(client, name) != event.to_version:
+                moved = _current(client, name) == event.to_version
+                if not moved:
                     client.delete_registered_model_tag(name, event.key)
-            raise
+            if not moved or not isinstance(exc, Exception):
+                raise
+            # The reply was lost, not the move: reported as a failure, a retried rollback went a second step back.
+            log.warning("the registry answered %s, but Production is on v%s: done", type(exc).__name__,
+                        event.to_version)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -589,7 +595,12 @@ def _withdraw_challenger(client: MlflowClient, name: str, version: int) -> str:
     figures, measured against the Production now back, passed `rollout promote`. What was done,
     for the rollback's message: the rollback itself has happened, whatever this says."""
     for alias in (CHALLENGER_ALIAS, CHALLENGER_ALIAS.lower()):
-        held = registry.version_by_alias(client, name, alias)
+        try:
+            held = registry.version_by_alias(client, name, alias)
+        except Exception as exc:  # noqa: BLE001 - the registry went away: exit 3 here made a retry roll back again
+            log.warning("could not check whether %s is on v%s: %s", CHALLENGER_ALIAS, version, exc)
+            return (f"; whether {CHALLENGER_ALIAS} is still on v{version} could not be checked ({type(exc).__name__}): "
+                    "see `status`, and delete the alias if it is")
         if held is None or int(held.version) != version:
             continue
         try:

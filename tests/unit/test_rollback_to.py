@@ -147,3 +147,46 @@ def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_befor
     assert status["production"]["version"] == 1
     history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
     assert [(e["action"], e["from"], e["to"]) for e in history][:2] == [("rollback", None, 1), ("external", 3, None)]
+
+
+def test_a_rollback_whose_reply_was_lost_is_done_once_and_never_retried_a_step_further(
+    embedded, model_name, monkeypatch
+):
+    """The alias moved, then the registry's answer (or the Challenger check after it) failed:
+    exit 3 "unreachable" had the operator run rollback again, which went a second step back."""
+    from mlflow.exceptions import MlflowException
+
+    from churn_platform import registry
+
+    for seed in (1, 2, 3):
+        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    for version in ("1", "2", "3"):
+        assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
+    real_move = registry.move_alias
+
+    def reply_lost(*args, **kwargs):
+        real_move(*args, **kwargs)
+        raise MlflowException("API request failed: Connection reset by peer")
+
+    monkeypatch.setattr(registry, "move_alias", reply_lost)
+    done = cli("rollback", "--model-name", model_name)
+    assert done.exit_code == 0 and "v3 -> v2" in done.output, done.output
+    real_lookup, moved = registry.version_by_alias, []
+
+    def move(*args, **kwargs):
+        real_move(*args, **kwargs)
+        moved.append(args)
+
+    def gone_after_the_move(client, name, alias):
+        if moved:  # the Challenger check after the move
+            raise MlflowException("API request failed: Connection refused")
+        return real_lookup(client, name, alias)
+
+    monkeypatch.setattr(registry, "move_alias", move)
+    monkeypatch.setattr(registry, "version_by_alias", gone_after_the_move)
+    done = cli("rollback", "--model-name", model_name)
+    assert done.exit_code == 0 and "v2 -> v1" in done.output and "could not be checked" in done.output, done.output
+    monkeypatch.undo()
+    history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert [(e["action"], e["from"], e["to"]) for e in history][:2] == [("rollback", 2, 1), ("rollback", 3, 2)]
+    assert json.loads(cli("status", "--model-name", model_name, "--json").output)["production"]["version"] == 1
