@@ -13,10 +13,11 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
+import requests
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
+from mlflow.utils.credentials import get_default_host_creds
 
 from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from churn_platform.errors import (
@@ -133,12 +134,19 @@ def check_reachable(settings: Settings) -> None:
         return _check_database(uri, settings.registry_timeout_s)
     if scheme not in ("http", "https"):
         return  # an embedded store (SQLite, a folder) or another database is opened on first use
+    # As MLflow's own calls go (requests, with its TLS settings: MLFLOW_TRACKING_INSECURE_TLS,
+    # MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_CLIENT_CERT_PATH, REQUESTS_CA_BUNDLE): a
+    # server behind a private CA was "unreachable" here, and every command and the API stopped.
+    creds = get_default_host_creds(uri)
     try:
-        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s)
-    except httpx.HTTPError as exc:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s,
+                                verify=creds.verify, cert=creds.client_cert_path, allow_redirects=False)  # fmt: skip
+    except requests.RequestException as exc:
+        hint = ("; for a private CA set MLFLOW_TRACKING_SERVER_CERT_PATH to its certificate" if
+                "CERTIFICATE_VERIFY_FAILED" in str(exc) else "")  # fmt: skip
         raise RegistryUnreachable(
             f"MLflow tracking server at {redacted(uri)} is unreachable ({type(exc).__name__}: {exc}); "
-            "check MLFLOW_TRACKING_URI and that the server is running"
+            f"check MLFLOW_TRACKING_URI and that the server is running{hint}"
         ) from exc
     if response.status_code >= 500:
         raise RegistryUnreachable(
