@@ -82,7 +82,8 @@ class Metrics:
             multiprocess_mode="livemin", registry=self.registry,
         )  # fmt: skip
         self.torn_frames = Gauge(
-            "churn_inference_log_torn_frames", "Torn spool frames skipped (power loss, SIGKILL mid-write).",
+            "churn_inference_log_torn_frames",
+            "Spool frames skipped: torn (power loss, SIGKILL mid-write) or failing their checksum.",
             multiprocess_mode="livesum", registry=self.registry,
         )  # fmt: skip
         self.reloads = Counter("churn_model_reloads", "Model loads by outcome.", ["outcome"], registry=self.registry)

@@ -114,8 +114,8 @@ class Spool:
         self.segment_bytes = min(segment_bytes, max(max_bytes // 8, 1))
         self._synced = time.monotonic()
         self._unlockable: set[Path] = set()
+        self._oversized: set[Path] = set()
         root.mkdir(parents=True, exist_ok=True)
-        self._dirs: list[_Directory] = self._unheld(set())
         # Made under a hidden name and locked before it gets its own: a writer starting at the
         # same moment (another API worker) could otherwise lock it first and adopt it.
         name = uuid.uuid4().hex
@@ -125,9 +125,8 @@ class Spool:
         assert fd is not None
         own = hidden.rename(root / name)
         self._own = _Directory(own, fd, adopted=False)
-        self._dirs.append(self._own)
-        self.adopted_bytes = sum(self._dir_bytes(d) for d in self._dirs[:-1])
-        self.bytes = self.adopted_bytes
+        self._dirs: list[_Directory] = [self._own]
+        self.bytes = 0
         self.torn_frames = 0
         self._cond = threading.Condition()
         self._tail_segment = 0
@@ -140,6 +139,9 @@ class Spool:
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
         self._closed = False
         self._sealed = False  # no more appends: a reader that caught up stops waiting
+        # What earlier processes left, up to the cap: taking every folder made one writer of a
+        # restarted multi-worker API hold several caps' worth and refuse every new row.
+        self.adopted_bytes = self.adopt()
 
     def _unheld(self, held: set[Path]) -> list[_Directory]:
         """The directories under the root, other than ``held``, that no live writer holds (now locked by us)."""
@@ -180,8 +182,13 @@ class Spool:
             if fits:
                 found.append(directory)
                 size += more
-            else:
-                os.close(directory.lock_fd)
+                continue
+            os.close(directory.lock_fd)
+            if more > self.max_bytes and directory.path not in self._oversized:  # no writer ever takes it
+                self._oversized.add(directory.path)
+                log.warning("inference log spool: %s (%d bytes) is larger than the cap, %d bytes (a writer with a "
+                            "larger CHURN_INFERENCE_LOG_SPOOL_MAX_BYTES left it): raise the cap to replay it",
+                            directory.path, more, self.max_bytes)  # fmt: skip
         if not found:
             return 0
         self._dirs[-1:-1] = found  # older rows than ours: before our own directory, which stays last
@@ -335,30 +342,56 @@ class Spool:
         return following, self._first_segment(following), 0
 
     def _read_one(self, directory: _Directory, segment: int, offset: int, limit: int | None) -> Frame | None:
+        """The frame at ``offset`` or after it; None at the end of the segment. A whole frame
+        that fails its checksum (a bad block) is skipped alone: the frames after it are intact.
+        A frame cut short (a torn tail) ends the segment; in a folder a dead writer left it is
+        cut off, so the segment goes once the frames before it are committed (kept, it was
+        replayed, and counted torn, at every restart)."""
         path = directory.segment_path(segment)
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                header = handle.read(_HEADER.size)
-                if not header:
-                    return None
-                torn = len(header) < _HEADER.size
-                if not torn:
-                    length, crc, rows = _HEADER.unpack(header)
-                    payload = handle.read(length)
-                    end = offset + _HEADER.size + length
-                    # A zero length is never written: zeroed blocks after a crash would pass the checksum.
-                    torn = (length == 0 or len(payload) < length or zlib.crc32(payload) != crc
-                            or (limit is not None and end > limit))  # fmt: skip
-        except FileNotFoundError:
-            return None
-        if torn:
+        while True:
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(offset)
+                    header = handle.read(_HEADER.size)
+                    if not header:
+                        return None
+                    whole = len(header) == _HEADER.size
+                    if whole:
+                        length, crc, rows = _HEADER.unpack(header)
+                        payload = handle.read(length)
+                        end = offset + _HEADER.size + length
+                        # A zero length is never written: zeroed blocks after a crash would pass the checksum.
+                        whole = length > 0 and len(payload) == length and (limit is None or end <= limit)
+            except FileNotFoundError:
+                return None
+            if whole and zlib.crc32(payload) == crc:
+                return Frame(directory.path, segment, end, rows, payload)
             self.torn_frames += 1
-            log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
-            size = path.stat().st_size
-            self._reader = (directory, segment, size)
-            return None
-        return Frame(directory.path, segment, end, rows, payload)
+            if not whole:
+                break
+            log.warning("inference log spool: corrupt frame of %d rows in %s at byte %d skipped", rows, path, offset)
+            offset = end
+            self._reader = (directory, segment, end)
+        log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
+        self._reader = (directory, segment, self._cut(directory, path, offset))
+        return None
+
+    def _cut(self, directory: _Directory, path: Path, offset: int) -> int:
+        """Where reading of ``path`` goes on after a torn frame at ``offset``: its end. In an
+        adopted folder the torn bytes are removed (the whole file when nothing precedes them)."""
+        size = path.stat().st_size
+        if not directory.adopted:  # ours: the appender may still write after it
+            return size
+        try:
+            if offset == 0:
+                path.unlink()
+            else:
+                os.truncate(path, offset)
+        except OSError:  # a read-only mount: skipped all the same, and kept
+            return size
+        with self._cond:
+            self.bytes -= size - offset
+        return offset
 
     # ---------------------------------------------------------------- acknowledging
 

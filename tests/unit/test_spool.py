@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from serving.spool import Spool
+from serving.spool import Spool, move_unheld
 
 
 def payloads(spool: Spool, timeout: float = 0.05) -> list[bytes]:
@@ -400,3 +400,61 @@ def test_an_idle_writer_that_replayed_a_folder_leaves_nothing_to_replay_again(tm
     spool.ack(spool.read(10, timeout=0.05))
     spool.close()
     assert segment_files(tmp_path) == [] and Spool(tmp_path, max_bytes=1 << 20).adopted_bytes == 0
+
+
+def test_a_writer_starting_after_a_crash_takes_over_only_what_fits_under_its_cap(tmp_path, caplog):
+    """Every folder left by a restarted multi-worker API went to the first writer, which then
+    held four caps' worth and refused every new row until they drained."""
+    root = tmp_path / "spool"
+    for i in range(5):  # five workers killed at once (each in a root of its own, or the next would adopt it)
+        dead = Spool(tmp_path / str(i), max_bytes=1 << 20)
+        dead.append(bytes([i]) * (1500 if i == 4 else 700), rows=1)  # 712 bytes: one fits under a cap of 1000
+        dead.release()
+        move_unheld(tmp_path / str(i), root)
+    first = Spool(root, max_bytes=1000)
+    assert first.adopted == 1 and first.bytes == 712
+    assert first.append(b"new", rows=1)  # our own live rows are not refused
+    second = Spool(root, max_bytes=1000)
+    assert second.adopted == 1
+    payload = first.read(10, timeout=0.05)[0].payload
+    assert len(payload) == 700 and payload != second.read(10, timeout=0.05)[0].payload
+    # the one left under a larger cap: no writer of 1000 bytes can take it, each says so once
+    assert caplog.text.count("is larger than the cap, 1000 bytes") == 2
+    first.ack(first.read(10, timeout=0.05))
+    assert first.adopt() == 712  # room again: the next folder left behind
+
+
+def test_a_corrupt_frame_in_the_middle_loses_only_its_own_rows(tmp_path):
+    """A bad block in frame 3 of 5 skipped the rest of the segment: frames 4 and 5, reported
+    spooled, were never replayed nor counted."""
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    sent = [bytes([65 + i]) * 40 for i in range(5)]
+    for payload in sent:
+        dead.append(payload, rows=10)
+    dead.sync()
+    dead.release()
+    (segment,) = segment_files(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[2 * 52 + 12 + 5] ^= 0xFF  # inside the third frame's payload (12-byte header + 40)
+    segment.write_bytes(bytes(data))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [sent[0], sent[1], sent[3], sent[4]] and spool.torn_frames == 1
+
+
+def test_a_folder_with_a_torn_tail_is_replayed_once_and_then_gone(tmp_path):
+    """The torn bytes kept its segment on disk: every restart replayed the good frames again
+    and counted the torn one again."""
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(3):
+        dead.append(f"good-{i}".encode() * 10, rows=1)
+    dead.sync()
+    dead.release()
+    (segment,) = segment_files(tmp_path)
+    with open(segment, "r+b") as handle:
+        handle.truncate(os.path.getsize(segment) - 7)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [f"good-{i}".encode() * 10 for i in range(2)] and spool.torn_frames == 1
+    spool.close()
+    assert segment_files(tmp_path) == [] and [p for p in tmp_path.iterdir() if p.is_dir()] == []
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    assert again.adopted == 0 and payloads(again) == [] and again.torn_frames == 0
