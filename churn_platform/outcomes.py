@@ -378,7 +378,10 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     a month later, and the score was right). The judge is chosen among every outcome that
     could share a prediction with one in the window (observed up to ``horizon_days`` before
     ``since``), so a prediction judged by a churn before the window is not judged again in
-    it. One row per matched outcome: the outcome's id and
+    it. A prediction made after a churn of that customer (observed within ``horizon_days``
+    before it) is judged by nothing: a monthly export repeats the "yes", which matched the
+    post-churn score as a churn caught, and retraining learnt from features that had seen it.
+    One row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
     ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
     ``any_version`` the latest prediction by any version counts (retraining needs the
@@ -400,6 +403,11 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
              AND l.{MODEL_NAME} = :name {version}
              AND l.{SCORED_AT} <= o.{OBSERVED_AT}
              AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")}
+             AND NOT EXISTS (
+               SELECT 1 FROM {OUTCOMES_TABLE} gone
+               WHERE gone.{ID_COLUMN} = l.{ID_COLUMN} AND gone.{CHURNED}
+                 AND gone.{OBSERVED_AT} < l.{SCORED_AT}
+                 AND gone.{OBSERVED_AT} >= {_horizon_start(dialect, f"l.{SCORED_AT}")})
             WHERE o.{OBSERVED_AT} >= {_horizon_start(dialect, ":since")} AND o.{OBSERVED_AT} < :until
           ) ranked WHERE rank = 1
         ) judged WHERE judge_rank = 1 AND {OBSERVED_AT} >= :since

@@ -264,19 +264,23 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     dialect = engine.dialect.name
     upgrade(engine)
     scored = datetime(2026, 11, 1, tzinfo=UTC)
-    row = log_row("c", 1, scored, 0.3, 1) | ({"scored_at": scored} if dialect == "postgresql" else {})
+    after = datetime(2026, 12, 18, tzinfo=UTC)  # scored again after the churn was on record
+    rows = [log_row("c", 1, at, p, n) | ({"scored_at": at} if dialect == "postgresql" else {})
+            for at, p, n in ((scored, 0.3, 1), (after, 0.9, 2))]  # fmt: skip
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, "
             "customer_id, churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, "
             ":model_version, :arm, :customer_id, :churn_probability)"
-        ), [row])  # fmt: skip
+        ), rows)  # fmt: skip
     checked = outcomes.check(frame([
         {"customer_id": "c", "churned": "no", "observed_at": "2026-11-02T00:00:00Z"},
         {"customer_id": "c", "churned": "no", "observed_at": "2026-11-15T00:00:00Z"},
         {"customer_id": "c", "churned": "yes", "observed_at": "2026-12-15T00:00:00Z"},
         {"customer_id": "c", "churned": "no", "observed_at": "2026-12-20T00:00:00Z"},  # after the churn: no news
-    ]), now=datetime(2027, 1, 1, tzinfo=UTC))  # fmt: skip
+        # The next month's export repeats the churn: it judged the score made after it, a churn "caught".
+        {"customer_id": "c", "churned": "yes", "observed_at": "2027-01-15T00:00:00Z"},
+    ]), now=datetime(2027, 2, 1, tzinfo=UTC))  # fmt: skip
     outcomes.write(engine, checked.good, "t")
 
     def judged(since: datetime, until: datetime) -> list[tuple[bool, float, str]]:
@@ -291,6 +295,7 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     assert judged(day("2026-11-01"), day("2026-12-01")) == [(False, 0.3, "2026-11-15")]
     assert judged(day("2026-12-01"), day("2027-01-01")) == [(True, 0.3, "2026-12-15")]
     assert judged(day("2026-12-16"), day("2027-01-01")) == []  # judged by the churn, before this window
+    assert judged(day("2026-12-16"), day("2027-02-01")) == []  # the score after the churn: never judged
     engine.dispose()
 
 
