@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
-from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table, upgrade
+from churn_platform.inference_log import COLUMNS, is_missing_table, make_engine, sqlite_time, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.spool import Frame, Spool, move_unheld
 
@@ -44,17 +44,23 @@ log = logging.getLogger(__name__)
 
 #: Pipe frames from the API: payload length, rows in it; then the MessagePack payload.
 PIPE_HEADER = struct.Struct(">II")
+
+
+class NotWritableNow(Exception):
+    """The table is gone or may not be written by this user: a state someone mends, not the rows' fault."""
+
+
 #: Errors that mean "try again later": the database is down, restarting, locked, slow, or
 #: read-only for a moment (a failover) (SQLAlchemy's, and psycopg's own from the raw cursors
-#: used for bulk loads).
+#: used for bulk loads), or its table is missing or not ours to write for now.
 TRANSIENT = (
-    sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError,
+    NotWritableNow, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, sa.exc.TimeoutError,
     sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError,
     psycopg.errors.ReadOnlySqlTransaction,
 )  # fmt: skip
 #: Errors that blame the rows (a value the database cannot store, NULL where SQLite's table
 #: refuses it, a malformed item): a batch refused with one is split to find the requests at
-#: fault. Any other refusal (a missing grant, a dropped table) costs the whole batch at once.
+#: fault. Any other refusal costs the whole batch at once.
 ROW_ERRORS = (psycopg.DataError, sa.exc.DataError, sqlite3.DataError, sqlite3.IntegrityError, ValueError,
               OverflowError)  # fmt: skip
 #: Rows per database transaction: large ones replay a backlog fast.
@@ -284,6 +290,18 @@ class Database:
 
     def insert(self, items: list[LoggedRequest]) -> int:
         """Rows actually inserted: a replay's rows that are already stored do not count."""
+        try:
+            return self._load(items)
+        except Exception as exc:
+            # The table dropped under us (a restore with --clean), or this user's grant gone (a
+            # rotation to a user not yet granted): the rows wait in the spool, the table is made
+            # again at the next try. Counted as refused, they were deleted from the spool for good.
+            if not (is_missing_table(exc) or "permission denied" in str(exc)):
+                raise
+            self._table_ready = False
+            raise NotWritableNow(str(exc).strip().splitlines()[0][:300]) from exc
+
+    def _load(self, items: list[LoggedRequest]) -> int:
         self.ensure_table()
         rows = self.rows(items)
         if self._copy:
@@ -295,7 +313,7 @@ class Database:
                 self._inspect()
                 if self._binary:
                     raise
-                return self.insert(items)
+                return self._load(items)
         with self._engine.begin() as conn:
             raw = conn.connection.dbapi_connection
             if self._dialect == "sqlite":
@@ -343,10 +361,11 @@ class Database:
 
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    """Write-ahead logging: the monitor can read while we write, and a commit costs no fsync
-    (the spool already holds the rows until the commit)."""
+    """Write-ahead logging: the monitor can read while we write. A commit is synced (FULL):
+    the spool deletes the rows once committed, and NORMAL's unsynced commits were lost, with
+    them, in a power cut. One fsync per transaction of up to 20,000 rows."""
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
-    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+    dbapi_connection.execute("PRAGMA synchronous=FULL")
 
 
 def report(outcome: str, *values: int | str) -> None:
@@ -481,8 +500,8 @@ class Loader:
                 inserted = self.database.insert(items)
             except TRANSIENT as exc:
                 if self.live:
-                    log.warning("inference log database unavailable (%s); spooling to %s", type(exc).__name__,
-                                self.spool.root)  # fmt: skip
+                    log.warning("inference log database unavailable (%s: %s); spooling to %s", type(exc).__name__,
+                                str(exc).strip().split("\n")[0][:300], self.spool.root)  # fmt: skip
                 self.live = False
                 self._status()
                 self.spool.sync()  # frames appended since, with no append after them to sync them

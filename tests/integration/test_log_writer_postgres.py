@@ -318,3 +318,33 @@ def test_replicas_starting_together_on_a_new_database_store_their_first_rows():
             assert conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar() == 12
             assert conn.execute(sa.text("SELECT count(*) FROM outcomes")).scalar() == 0
         engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_table_dropped_under_the_writer_is_made_again_and_no_row_is_lost(tmp_path, dialect):
+    """A `pg_restore --clean` drops the table: each batch was refused for good, counted as
+    dropped and deleted from the spool, until the writer restarted (SQLite: retried forever)."""
+    import contextlib
+    import time
+
+    from serving.inference_log import InferenceLog
+
+    records = data.to_records(data.generate(10, seed=5).drop(columns=["churn"]))
+    database = postgres_database() if dialect == "postgresql" else contextlib.nullcontext(f"sqlite:///{tmp_path}/l.db")
+    with database as url:
+        log = InferenceLog(url, spool_dir=tmp_path / "spool", flush_s=0.2)
+        log.start()
+        log.append("before", "churn", 1, records, [0.5] * 10)
+        deadline = time.monotonic() + 60
+        while log.written < 10:
+            assert time.monotonic() < deadline, log.state()
+            time.sleep(0.1)
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE inference_log"))
+        log.append("after", "churn", 1, records, [0.5] * 10)
+        log.close()
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT request_id, count(*) FROM inference_log GROUP BY request_id")).all()
+        engine.dispose()
+    assert dict(stored) == {"after": 10} and log.dropped == 0
