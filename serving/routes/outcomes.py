@@ -58,7 +58,7 @@ class OutcomesResponse(BaseModel):
 
 async def _few_enough_outcomes(request: Request) -> None:
     """413 past the limit before FastAPI validates each outcome (a dependency runs first)."""
-    if (count := listed(await request.body(), "outcomes")) > MAX_OUTCOMES:
+    if (count := await listed(request, "outcomes")) > MAX_OUTCOMES:
         raise BatchTooLarge(f"{count:,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
 
 

@@ -107,7 +107,7 @@ def _incomplete(found: dict[str, Any]) -> str | None:
 
 async def _few_enough_ids(request: Request, predictor: PredictorDep) -> None:
     """413 past the batch limit before FastAPI validates the ids (a dependency runs first)."""
-    if (count := listed(await request.body(), "customer_ids")) > predictor.max_batch_size:
+    if (count := await listed(request, "customer_ids")) > predictor.max_batch_size:
         raise BatchTooLarge(f"{count} customer ids in one request; the limit is {predictor.max_batch_size}")
 
 

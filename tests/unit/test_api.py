@@ -478,6 +478,13 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         ):
             response = client.post("/predict/by-id", json=payload)
             assert (response.status_code, words in response.text) == (status, True), response.text
+        unknown = {"customer_ids": [f"nobody-{i}" for i in range(1001)]}  # none scored: no later check
+        for content, status in ((b"\xef\xbb\xbf" + json.dumps(unknown).encode(), 413),  # a BOM, or UTF-16,
+                                (json.dumps(unknown).encode("utf-16"), 413),  # which FastAPI reads: counted too
+                                (b"", 422)):  # fmt: skip
+            sent = client.post("/predict/by-id", content=content, headers={"content-type": "application/json"})
+            assert sent.status_code == status, sent.text[:300]
+            assert status != 413 or "1001 customer ids in one request" in sent.text
         half_a_pair = client.post("/predict/by-id", content='{"customer_ids": ["a", "\\udcff"]}',
                                   headers={"content-type": "application/json"})  # fmt: skip
         assert half_a_pair.status_code == 422 and half_a_pair.json()["message"].startswith("customer_ids.1: ")
