@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
-from churn_platform.inference_log import COLUMNS, is_missing_table, make_engine, sqlite_time, table, upgrade
+from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.spool import Frame, Spool, move_unheld
 
@@ -48,6 +48,20 @@ PIPE_HEADER = struct.Struct(">II")
 
 class NotWritableNow(Exception):
     """The table is gone or may not be written by this user: a state someone mends, not the rows' fault."""
+
+
+#: PostgreSQL's undefined_table and insufficient_privilege (a missing grant, not the owner).
+_NOT_WRITABLE_STATES = frozenset({"42P01", "42501"})
+
+
+def _not_writable(exc: BaseException) -> bool:
+    """By the error's code, never its text: PostgreSQL's detail lines quote row values (a
+    customer id reading "permission denied" made a bad row retried forever)."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
+    if state is not None:
+        return state in _NOT_WRITABLE_STATES
+    return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(f"no such table: {INFERENCE_LOG_TABLE}")
 
 
 #: Errors that mean "try again later": the database is down, restarting, locked, slow, or
@@ -296,7 +310,7 @@ class Database:
             # The table dropped under us (a restore with --clean), or this user's grant gone (a
             # rotation to a user not yet granted): the rows wait in the spool, the table is made
             # again at the next try. Counted as refused, they were deleted from the spool for good.
-            if not (is_missing_table(exc) or "permission denied" in str(exc)):
+            if not _not_writable(exc):
                 raise
             self._table_ready = False
             raise NotWritableNow(str(exc).strip().splitlines()[0][:300]) from exc

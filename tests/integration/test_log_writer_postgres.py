@@ -348,3 +348,43 @@ def test_a_table_dropped_under_the_writer_is_made_again_and_no_row_is_lost(tmp_p
             stored = conn.execute(sa.text("SELECT request_id, count(*) FROM inference_log GROUP BY request_id")).all()
         engine.dispose()
     assert dict(stored) == {"after": 10} and log.dropped == 0
+
+
+def test_a_missing_grant_keeps_the_rows_spooled_until_it_is_given(tmp_path):
+    """A rotation to a user not yet granted INSERT: each batch was refused for good, counted
+    as dropped and deleted from the spool."""
+    import secrets
+    import time
+
+    from serving.inference_log import InferenceLog
+
+    records = data.to_records(data.generate(10, seed=6).drop(columns=["churn"]))
+    role = f"log_writer_{secrets.token_hex(3)}"
+    with postgres_database() as url:
+        Database(url).ensure_table()  # made by its owner
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+            conn.execute(sa.text(f"GRANT SELECT ON inference_log TO {role}"))  # INSERT forgotten
+        try:
+            log = InferenceLog(sa.make_url(url).set(username=role).render_as_string(hide_password=False),
+                               spool_dir=tmp_path / "spool", flush_s=0.2)  # fmt: skip
+            log.start()
+            # "permission denied" as a customer id: the text of an error never decides
+            log.append("r1", "churn", 1, [dict(r, customer_id="permission denied") for r in records], [0.5] * 10)
+            deadline = time.monotonic() + 60
+            while log.state()["state"] != "spooling":
+                assert time.monotonic() < deadline, log.state()
+                time.sleep(0.1)
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"GRANT INSERT ON inference_log TO {role}"))
+                conn.execute(sa.text(f"GRANT USAGE ON SEQUENCE inference_log_id_seq TO {role}"))
+            log.close()
+            with engine.connect() as conn:
+                stored = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+        finally:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"DROP OWNED BY {role}"))
+                conn.execute(sa.text(f"DROP ROLE {role}"))
+            engine.dispose()
+    assert stored == 10 and log.dropped == 0
