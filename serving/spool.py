@@ -172,7 +172,8 @@ class Spool:
             try:
                 more = self._dir_bytes(directory)
             except OSError:  # cannot even size it: leave it where it is
-                more = self.max_bytes + 1
+                os.close(directory.lock_fd)
+                continue
             with self._cond:  # what does not fit under the cap waits for room (or another writer)
                 # Our tail segment stays on disk until it rolls: its committed frames leave room.
                 committed = self._acked[1] if self._acked[0] == self._tail_segment else 0
@@ -348,13 +349,14 @@ class Spool:
         cut off, so the segment goes once the frames before it are committed (kept, it was
         replayed, and counted torn, at every restart)."""
         path = directory.segment_path(segment)
-        while True:
+        corrupt_from: int | None = None  # where a run of skipped frames began
+        while limit is None or offset < limit:  # never past what the appender published
             try:
                 with open(path, "rb") as handle:
                     handle.seek(offset)
                     header = handle.read(_HEADER.size)
                     if not header:
-                        return None
+                        break
                     whole = len(header) == _HEADER.size
                     if whole:
                         length, crc, rows = _HEADER.unpack(header)
@@ -368,12 +370,16 @@ class Spool:
                 return Frame(directory.path, segment, end, rows, payload)
             self.torn_frames += 1
             if not whole:
-                break
+                log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
+                start = offset if corrupt_from is None else corrupt_from  # the frames skipped before it go too
+                self._reader = (directory, segment, self._cut(directory, path, start))
+                return None
             log.warning("inference log spool: corrupt frame of %d rows in %s at byte %d skipped", rows, path, offset)
+            corrupt_from = offset if corrupt_from is None else corrupt_from
             offset = end
             self._reader = (directory, segment, end)
-        log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
-        self._reader = (directory, segment, self._cut(directory, path, offset))
+        if corrupt_from is not None and limit is None:  # corrupt frames to the end of the file: cut them off too
+            self._reader = (directory, segment, self._cut(directory, path, corrupt_from))
         return None
 
     def _cut(self, directory: _Directory, path: Path, offset: int) -> int:

@@ -458,3 +458,20 @@ def test_a_folder_with_a_torn_tail_is_replayed_once_and_then_gone(tmp_path):
     assert segment_files(tmp_path) == [] and [p for p in tmp_path.iterdir() if p.is_dir()] == []
     again = Spool(tmp_path, max_bytes=1 << 20)
     assert again.adopted == 0 and payloads(again) == [] and again.torn_frames == 0
+
+
+def test_a_folder_ending_in_a_corrupt_frame_is_replayed_once_and_then_gone(tmp_path):
+    dead = Spool(tmp_path, max_bytes=1 << 20)
+    for i in range(3):
+        dead.append(f"good-{i}".encode() * 10, rows=1)
+    dead.sync()
+    dead.release()
+    (segment,) = segment_files(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[-3] ^= 0xFF  # whole, but failing its checksum, and last
+    segment.write_bytes(bytes(data))
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [f"good-{i}".encode() * 10 for i in range(2)] and spool.torn_frames == 1
+    spool.close()
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    assert again.adopted == 0 and payloads(again) == [] and again.torn_frames == 0 and segment_files(tmp_path) == []
