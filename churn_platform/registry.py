@@ -137,7 +137,10 @@ def check_reachable(settings: Settings) -> None:
     # As MLflow's own calls go (requests, with its TLS settings: MLFLOW_TRACKING_INSECURE_TLS,
     # MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_CLIENT_CERT_PATH, REQUESTS_CA_BUNDLE): a
     # server behind a private CA was "unreachable" here, and every command and the API stopped.
-    creds = get_default_host_creds(uri)
+    try:
+        creds = get_default_host_creds(uri)
+    except MlflowException as exc:  # MLFLOW_TRACKING_INSECURE_TLS beside MLFLOW_TRACKING_SERVER_CERT_PATH
+        raise SettingsError(f"MLflow's TLS settings: {exc.message}") from None
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s,
                                 verify=creds.verify, cert=creds.client_cert_path, allow_redirects=False)  # fmt: skip
@@ -148,6 +151,11 @@ def check_reachable(settings: Settings) -> None:
             f"MLflow tracking server at {redacted(uri)} is unreachable ({type(exc).__name__}: {exc}); "
             f"check MLFLOW_TRACKING_URI and that the server is running{hint}"
         ) from exc
+    except OSError as exc:  # not a request's failure (those are OSErrors too): a certificate file that is not there
+        raise SettingsError(
+            f"cannot read a TLS certificate for {redacted(uri)} ({exc}); check "
+            "MLFLOW_TRACKING_SERVER_CERT_PATH and MLFLOW_TRACKING_CLIENT_CERT_PATH"
+        ) from None
     if response.status_code >= 500:
         raise RegistryUnreachable(
             f"MLflow tracking server at {redacted(uri)} is unhealthy (HTTP {response.status_code})"

@@ -553,3 +553,18 @@ def test_a_log_url_naming_a_file_that_is_no_database_is_exit_3_naming_it(registr
         result = CliRunner().invoke(main, [*command, "--inference-log-url", url])
         assert result.exit_code == 3, (command, result.output)
         assert "file is not a database" in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MLFLOW_TRACKING_SERVER_CERT_PATH": "/nowhere/ca.pem"}, "check MLFLOW_TRACKING_SERVER_CERT_PATH"),
+        ({"MLFLOW_TRACKING_SERVER_CERT_PATH": "/nowhere/ca.pem", "MLFLOW_TRACKING_INSECURE_TLS": "true"},
+         "MLflow's TLS settings"),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_a_usage_error_not_a_traceback(monkeypatch, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["status", "--tracking-uri", "https://127.0.0.1:1"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
