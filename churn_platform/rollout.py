@@ -49,8 +49,9 @@ class RolloutState(BaseModel):
             raise ValueError(f"a {self.mode} names its challenger_version and production_version")
         if (self.mode == "canary") != (self.percent is not None):
             raise ValueError("percent goes with a canary, and only with one")
-        if self.started_at is not None:  # `rollout status` compares since then: a bad time was a traceback
-            datetime.fromisoformat(self.started_at)  # its ValueError is pydantic's ValidationError
+        # `rollout status` compares since then, with aware times: a bad or naive one was a traceback
+        if self.started_at is not None and datetime.fromisoformat(self.started_at).tzinfo is None:
+            raise ValueError("started_at names no time zone")  # fromisoformat's ValueError too: pydantic's
         return self
 
 
