@@ -79,7 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings, app.state.metrics = settings, metrics
     app.state.holder = ModelHolder(settings, listener=metrics)
-    for module in (service, predictions, outcomes, admin):
+    modules = (service, predictions, outcomes, admin)
+    for module in modules:
         app.include_router(module.router)
     openapi.install(app)
     # Added innermost first: a request meets RequestMetrics, CORS, BodyLimit, JsonOnly, then a route.
@@ -89,7 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
-    # Every route without a parameter (/predict, not /{id}), FastAPI's /docs and /openapi.json too
-    paths = frozenset(path for r in app.routes if "{" not in (path := getattr(r, "path", "{")))
+    # Every route without a parameter (/predict, not /{id}), and FastAPI's own pages (/docs, /openapi.json)
+    paths = frozenset(r.path for m in modules for r in m.router.routes if "{" not in r.path) | {
+        url for url in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if url
+    }
     app.add_middleware(RequestMetrics, metrics=metrics, access_log=settings.access_log, paths=paths)
     return app
