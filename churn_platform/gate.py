@@ -7,7 +7,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from churn_platform.contract import GATE_METRIC, TAG_TRAINING_DATA
+from churn_platform.contract import GATE_METRIC, TAG_GATE_FIGURES, TAG_TRAINING_DATA
 
 
 class GateVerdict(BaseModel):
@@ -77,6 +77,33 @@ def unscorable(production_version: int, error: BaseException, *, tolerance: floa
     return GateVerdict(checked=False, passed=False, production_version=production_version, tolerance=tolerance,
                        compared_on=compared_on,
                        reason=f"could not score Production v{production_version}: {error}"[:300])  # fmt: skip
+
+
+class RecordedFigures(BaseModel):
+    """The two figures training scored on the same rows (tag ``TAG_GATE_FIGURES``): promote
+    prefers them while that Production holds, retraining reads whom a retrain was gated against."""
+
+    production_version: int
+    candidate: float
+    production: float
+    compared_on: str = Field(max_length=200)
+
+
+def figures_tag(verdict: GateVerdict) -> str | None:
+    """The tag's value for a verdict that compared two figures; None for one that did not."""
+    if not verdict.checked or verdict.candidate is None or verdict.production is None:
+        return None
+    figures = RecordedFigures(production_version=verdict.production_version, candidate=verdict.candidate,
+                              production=verdict.production, compared_on=verdict.compared_on[:200])  # fmt: skip
+    return figures.model_dump_json()
+
+
+def recorded_figures(tags: dict[str, str]) -> RecordedFigures | None:
+    """A version's recorded figures; None without the tag, or with one edited by hand."""
+    try:
+        return RecordedFigures.model_validate_json(tags[TAG_GATE_FIGURES])
+    except (KeyError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def trained_on_synthetic(tags: dict[str, str]) -> bool | None:

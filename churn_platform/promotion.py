@@ -43,7 +43,6 @@ from churn_platform.contract import (
     HEADLINE_METRICS,
     PRODUCTION_ALIAS,
     TAG_DATA_DIGEST,
-    TAG_GATE_FIGURES,
     TAG_ROC_AUC,
 )
 from churn_platform.errors import GateRefused, NotFoundError, SettingsError
@@ -293,15 +292,10 @@ def _gate(
                                            compared_on="the versions' training data")  # fmt: skip
         if refused:
             return refused
-    try:
-        figures = json.loads(candidate.tags.get(TAG_GATE_FIGURES) or "null")
-        if isinstance(figures, dict) and current is not None and figures.get("production_version") == current:
-            return gate.compare(float(figures["candidate"]), float(figures["production"]), production_version=current,
-                                tolerance=tolerance,
-                                compared_on=f"{figures['compared_on']} (both scored when v{candidate.version} was "
-                                            "trained)")  # fmt: skip
-    except (ValueError, TypeError, KeyError):
-        pass  # a tag edited by hand: the figures each version recorded still decide
+    figures = gate.recorded_figures(candidate.tags)  # edited by hand: the figures each version recorded decide
+    if figures is not None and current is not None and figures.production_version == current:
+        return gate.compare(figures.candidate, figures.production, production_version=current, tolerance=tolerance,
+                            compared_on=f"{figures.compared_on} (both scored when v{candidate.version} was trained)")
     return gate.compare(
         _metrics(client, candidate).get(GATE_METRIC),
         _metrics(client, production).get(GATE_METRIC) if production else None,

@@ -13,7 +13,6 @@ them flagged a problem, so one noisy window does not start a training.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,14 +23,13 @@ import sqlalchemy as sa
 from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, outcomes, registry
+from churn_platform import data, gate, outcomes, registry
 from churn_platform.contract import (
     CANARY_PERCENT,
     CHALLENGER_ALIAS,
     CHURNED,
     INFERENCE_LOG_TABLE,
     TAG_ADHOC,
-    TAG_GATE_FIGURES,
     TAG_THRESHOLD,
     ExitCode,
 )
@@ -90,11 +88,8 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int 
     pending = registry.aliased(client, name, CHALLENGER_ALIAS)
     if pending is None or TAG_TRIGGER not in (pending.tags or {}):
         return None
-    try:
-        gated_against = json.loads(pending.tags.get(TAG_GATE_FIGURES) or "null")["production_version"]
-    except (ValueError, TypeError, KeyError):
-        return None  # a tag edited by hand: nothing says it awaits anyone
-    if gated_against != production:
+    figures = gate.recorded_figures(pending.tags)  # edited by hand: nothing says it awaits anyone
+    if figures is None or figures.production_version != production:
         return None
     stopped = any(e.action == "rollout-stop" and e.to_version == int(pending.version)
                   for e in promotion.recorded_events(client, name))  # fmt: skip

@@ -50,7 +50,7 @@ from churn_platform.contract import (
     VALIDATION_ARTIFACT,
 )
 from churn_platform.errors import DataValidationError, RegistryUnreachable
-from churn_platform.gate import GateVerdict
+from churn_platform.gate import GateVerdict, figures_tag
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings, checked_model_name
@@ -409,10 +409,8 @@ def train(
                        candidate_tags=version_tags)  # fmt: skip
         mlflow.set_tags({"gate.passed": str(verdict.passed), "gate.reason": verdict.reason})
         version_tags[TAG_GATE] = verdict.reason[:250]
-        if verdict.checked:  # promote prefers these two figures while that Production still holds
-            figures = {"production_version": verdict.production_version, "candidate": verdict.candidate,
-                       "production": verdict.production, "compared_on": verdict.compared_on[:200]}  # fmt: skip
-            version_tags[TAG_GATE_FIGURES] = json.dumps(figures)
+        if (figures := figures_tag(verdict)) is not None:  # promote prefers them while that Production holds
+            version_tags[TAG_GATE_FIGURES] = figures
         # Register last, with every tag in the one call: only a run whose artifacts are stored and
         # whose gate was judged gets a version, and a failure cannot leave one without its
         # threshold (served at the default) or its training data (the synthetic guard off).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from churn_platform import gate
+from churn_platform.contract import TAG_GATE_FIGURES
 
 
 def verdict(candidate, production, version=3):
@@ -27,3 +28,14 @@ def test_nothing_to_compare_passes_unchecked_and_an_unscorable_production_fails(
     assert missing.passed and not missing.checked and "not checked" in missing.reason
     broken = gate.unscorable(3, RuntimeError("no artifact"), tolerance=0.005, compared_on="rows X")
     assert not broken.passed and "could not score Production v3: no artifact" in broken.reason
+
+
+def test_recorded_figures_round_trip_and_a_hand_edited_tag_is_ignored():
+    tags = {TAG_GATE_FIGURES: gate.figures_tag(verdict(0.84, 0.83, version=1))}
+    figures = gate.recorded_figures(tags)
+    assert (figures.production_version, figures.candidate, figures.production) == (1, 0.84, 0.83)
+    assert gate.figures_tag(gate.compare(0.84, None, production_version=None, tolerance=0.005, compared_on="x")) is None
+    for edited in ("", "not json", '{"candidate": 0.9}', '{"production_version": "v1", "candidate": 1, "production": 1,'
+                   ' "compared_on": "x"}', "[]"):  # fmt: skip
+        assert gate.recorded_figures({TAG_GATE_FIGURES: edited}) is None, edited
+    assert gate.recorded_figures({}) is None
