@@ -195,15 +195,17 @@ def input_files(
     if not files:
         raise DataSourceError(f"no CSV or Parquet files in {spec}")
     files = _without_own_outputs(fs, files, own or {}, spec)
-    formats = {_SUFFIXES[Path(f).suffix.lower()] for f in files}
-    if len(formats) > 1:
-        raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
-    kind = formats.pop()
+    kinds = {f: _SUFFIXES[Path(f).suffix.lower()] for f in files}
     # Every file's header before the first row is scored: a column missing from the last of 200
     # files ended the job (exit 2, nothing written) after the 199 before it were scored.
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score-headers") as pool:  # S3: one round trip each
-        headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, kind), files), strict=True))
-    return fs, (headers if named else _customer_files(headers, spec)), kind
+        headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, kinds[path]), files), strict=True))
+    if not named:  # an earlier run's Parquet scores beside CSV exports are left out, not "a mix"
+        headers = _customer_files(headers, spec)
+    formats = {kinds[f] for f in headers}
+    if len(formats) > 1:
+        raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
+    return fs, headers, formats.pop()
 
 
 def _hidden(path: str, root: str) -> bool:

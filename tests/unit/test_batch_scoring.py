@@ -135,7 +135,16 @@ def test_the_jobs_own_files_in_the_input_folder_are_not_read_back(registry_uri, 
     result = run(registry_uri, "--input", str(folder / "scores-2026-11-01.parquet"), "--output",
                  str(tmp_path / "rescored.parquet"), "--json")  # fmt: skip
     assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 400, result.output
-    (folder / "scores-2026-11-01.parquet").unlink()
+    # CSV exports beside last month's Parquet scores: the scores are left out, not "a mix" (was exit 2).
+    csv_folder = tmp_path / "csv-exports"
+    csv_folder.mkdir()
+    customers.head(300).to_csv(csv_folder / "customers.csv", index=False)
+    (folder / "scores-2026-11-01.parquet").rename(csv_folder / "scores-2026-11-01.parquet")
+    result = run(registry_uri, "--input", str(csv_folder), "--output", str(tmp_path / "csv.parquet"), "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 300, result.output
+    customers.head(5).to_parquet(csv_folder / "more-customers.parquet", index=False)  # a real mix still is one
+    mixed = run(registry_uri, "--input", str(csv_folder), "--output", str(tmp_path / "mix.parquet"))
+    assert mixed.exit_code == 2 and "mixes CSV and Parquet files" in mixed.output, mixed.output
     (folder / "old-rejects.parquet").unlink()
     # A customer file named as an output is not an earlier run's: refused, and left as it was.
     before = (folder / "customers.parquet").read_bytes()
