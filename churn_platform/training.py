@@ -323,6 +323,10 @@ def train(
     else:
         train_df, valid_df = frame.reset_index(drop=True), gate_rows.reset_index(drop=True)
         frame = pd.concat([train_df, valid_df], ignore_index=True)
+    if len(train_df) < settings.monitor_min_rows:  # its training rows become the monitor's reference
+        log.warning("training on %d rows: the drift monitor needs at least %d as its reference "
+                    "(CHURN_MONITOR_MIN_ROWS) and will not judge this version once it serves",
+                    len(train_df), settings.monitor_min_rows)  # fmt: skip
     client = registry.connect(settings)
     with registry.translate_errors(settings):
         registry.live_experiment(client)  # before the fit: a deleted experiment is refused at start_run

@@ -62,8 +62,11 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     assert proba.shape == (20, 2) and ((proba >= 0) & (proba <= 1)).all()
 
 
-def test_reference_artifact_holds_the_training_rows(embedded, model_name):
-    result = train(TrainConfig(n_rows=600, model_name=model_name), get_settings())
+def test_reference_artifact_holds_the_training_rows(embedded, model_name, caplog):
+    with caplog.at_level("WARNING", logger="churn_platform.training"):
+        result = train(TrainConfig(n_rows=600, model_name=model_name), get_settings())
+    # 450 training rows: the monitor will refuse them as a reference; said now, not at its first run
+    assert "training on 450 rows: the drift monitor needs at least 1000" in caplog.text
     path = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=REFERENCE_ARTIFACT)
     reference = pd.read_parquet(path)
     frame = data.generate(600, seed=42)
