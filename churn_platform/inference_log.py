@@ -109,9 +109,10 @@ _NOT_NOW = {
 }
 
 
-def sqlstate(exc: sa.exc.DBAPIError) -> str | None:
-    """PostgreSQL's error code: psycopg 3's ``sqlstate``, psycopg2's ``pgcode``, pg8000's ``C``."""
-    orig = exc.orig
+def sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's error code: psycopg 3's ``sqlstate``, psycopg2's ``pgcode``, pg8000's ``C``;
+    of SQLAlchemy's error or of the driver's own (a raw cursor's COPY)."""
+    orig = getattr(exc, "orig", None) or exc
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if code is None and orig is not None and orig.args and isinstance(orig.args[0], dict):
         code = orig.args[0].get("C")

@@ -139,8 +139,8 @@ def check_reachable(settings: Settings) -> None:
     # server behind a private CA was "unreachable" here, and every command and the API stopped.
     try:
         creds = get_default_host_creds(uri)
-    except MlflowException as exc:  # MLFLOW_TRACKING_INSECURE_TLS beside MLFLOW_TRACKING_SERVER_CERT_PATH
-        raise SettingsError(f"MLflow's TLS settings: {exc.message}") from None
+    except (MlflowException, ValueError) as exc:  # insecure beside a CA path; MLFLOW_TRACKING_INSECURE_TLS=yes
+        raise SettingsError(f"MLflow's TLS settings: {getattr(exc, 'message', exc)}") from None
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=settings.registry_timeout_s,
                                 verify=creds.verify, cert=creds.client_cert_path, allow_redirects=False)  # fmt: skip
@@ -154,7 +154,7 @@ def check_reachable(settings: Settings) -> None:
     except OSError as exc:  # not a request's failure (those are OSErrors too): a certificate file that is not there
         raise SettingsError(
             f"cannot read a TLS certificate for {redacted(uri)} ({exc}); check "
-            "MLFLOW_TRACKING_SERVER_CERT_PATH and MLFLOW_TRACKING_CLIENT_CERT_PATH"
+            "MLFLOW_TRACKING_SERVER_CERT_PATH, MLFLOW_TRACKING_CLIENT_CERT_PATH and REQUESTS_CA_BUNDLE"
         ) from None
     if response.status_code >= 500:
         raise RegistryUnreachable(

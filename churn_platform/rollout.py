@@ -114,7 +114,7 @@ def _first_move_after(events: list[promotion.Event], started_at: str | None) -> 
         try:
             if datetime.fromisoformat(event.at) > start:
                 return event
-        except ValueError:
+        except (ValueError, TypeError):  # a time edited by hand: unreadable, or without a zone
             continue
     return None
 

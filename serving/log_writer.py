@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
-from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, table, upgrade
+from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, sqlstate, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.spool import Frame, Spool, move_unheld
 
@@ -57,10 +57,9 @@ _NOT_WRITABLE_STATES = frozenset({"42P01", "42501"})
 def _not_writable(exc: BaseException) -> bool:
     """By the error's code, never its text: PostgreSQL's detail lines quote row values (a
     customer id reading "permission denied" made a bad row retried forever)."""
-    orig = getattr(exc, "orig", None) or exc
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
-    if state is not None:
+    if (state := sqlstate(exc)) is not None:
         return state in _NOT_WRITABLE_STATES
+    orig = getattr(exc, "orig", None) or exc
     return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(f"no such table: {INFERENCE_LOG_TABLE}")
 
 

@@ -82,7 +82,9 @@ class JsonOnly:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-type")
+        # The first, as Starlette reads it (a dict keeps the last): a text/plain before an
+        # application/json passed here and then went unparsed by FastAPI.
+        declared = next((value for key, value in scope.get("headers") or [] if key == b"content-type"), None)
         if declared is None:
             has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
             if not has_body:

@@ -329,7 +329,7 @@ async def listed(request: Request, field: str) -> int:
     which then went uncounted."""
     try:
         body = await request.json()
-    except ValueError:  # empty, or not JSON
+    except (ValueError, RecursionError):  # empty, not JSON, or nested past the parser: FastAPI says so
         return 0
     items = body.get(field) if isinstance(body, dict) else None
     return len(items) if isinstance(items, list) else 0

@@ -371,6 +371,9 @@ class Spool:
             self.torn_frames += 1
             if not whole:
                 log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
+                if limit is not None:  # ours: the next frame begins at the published end, not the file's
+                    self._reader = (directory, segment, limit)
+                    return None
                 start = offset if corrupt_from is None else corrupt_from  # the frames skipped before it go too
                 self._reader = (directory, segment, self._cut(directory, path, start))
                 return None

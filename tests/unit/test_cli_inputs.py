@@ -561,6 +561,7 @@ def test_a_log_url_naming_a_file_that_is_no_database_is_exit_3_naming_it(registr
         ({"MLFLOW_TRACKING_SERVER_CERT_PATH": "/nowhere/ca.pem"}, "check MLFLOW_TRACKING_SERVER_CERT_PATH"),
         ({"MLFLOW_TRACKING_SERVER_CERT_PATH": "/nowhere/ca.pem", "MLFLOW_TRACKING_INSECURE_TLS": "true"},
          "MLflow's TLS settings"),
+        ({"MLFLOW_TRACKING_INSECURE_TLS": "yes"}, "MLflow's TLS settings"),  # MLflow takes true/false only
     ],
 )
 def test_tls_settings_that_cannot_work_are_a_usage_error_not_a_traceback(monkeypatch, env, message):
