@@ -216,7 +216,9 @@ class InferenceLog:
         with self._counts:
             writer.gone = True
             lost, writer.unreported = writer.unreported, 0
-        if lost:
+        # Below 0 when the sender took back a payload the writer had partly reported before its
+        # pipe broke (those frames are sent again: the table's unique id stores them once).
+        if lost > 0:
             log.warning("inference log writer exited with %d rows not spooled", lost)
             self._count("dropped", lost)
 
@@ -267,17 +269,18 @@ class InferenceLog:
         take the whole switch interval (5 ms): with a write per chunk the sender managed ~200
         batches of 1000 rows a second, the API scored more, and its queue overflowed.
         """
-        frames: list[tuple[bytes, int]] = []
+        frames: list[bytes] = []
+        rows = 0
         for items, chunk_rows in chunks:
             frame, unencodable = self._encode(items)
             if unencodable:
                 self._count("dropped", unencodable)
             if frame is not None:
-                frames.append((pipe_frame(frame, chunk_rows - unencodable), chunk_rows - unencodable))
+                frames.append(pipe_frame(frame, chunk_rows - unencodable))
+                rows += chunk_rows - unencodable
         if not frames:
             return
-        rows = sum(n for _, n in frames)
-        payload = b"".join(frame for frame, _ in frames)  # one write
+        payload = b"".join(frames)  # one write: joined without a copy
         for last_try in (False, True):  # a writer found gone is replaced, and the frames go to the new one
             writer = self._writer
             alive = False
@@ -295,18 +298,9 @@ class InferenceLog:
                         counted = writer.gone  # the reader has counted them as lost already
                         if not counted:
                             writer.unreported -= rows
-                            # Below 0: the writer reported the first frames of this payload (in order)
-                            # before it died. They are spooled: not sent again, nor counted twice.
-                            done, writer.unreported = max(-writer.unreported, 0), max(writer.unreported, 0)
                     if counted:
                         self._replace(writer)
                         return
-                    while done > 0 and frames:
-                        done -= frames.pop(0)[1]
-                    if not frames:
-                        return
-                    rows = sum(n for _, n in frames)
-                    payload = b"".join(frame for frame, _ in frames)
             if last_try or not self._replace(writer):
                 self._count("dropped", rows)
                 return

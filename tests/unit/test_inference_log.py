@@ -546,46 +546,38 @@ def test_a_disk_error_in_the_loader_is_retried_not_the_end_of_loading(tmp_path, 
     assert "Input/output error; trying again" in caplog.text
 
 
-def test_a_writer_dying_mid_payload_has_its_unspooled_frames_resent_and_nothing_counted_twice(tmp_path):
-    """Pure accounting, with stand-in writers: the first reports the payload's first frame
-    spooled, then its pipe breaks. The whole payload went to the next writer (that frame
-    spooled twice) and the dead writer's count went below zero: `dropped` decreased, and the
-    metric's Counter.inc(-n) raised in the report thread."""
-    from serving.log_writer import PIPE_HEADER
+
+def test_a_payload_taken_back_from_a_writer_that_reported_part_of_it_counts_no_negative_loss(tmp_path):
+    """The writer reported a payload's first frame spooled, then its pipe broke; the sender took
+    the payload back (sent whole to the next writer: the table's unique id stores it once). The
+    dead writer's count then ended below zero: `dropped` went down, and prometheus_client
+    refused the negative increment with a ValueError in the report thread."""
+    import io
+    import threading
 
     log = InferenceLog(f"sqlite:///{tmp_path}/log.db", spool_dir=tmp_path / "spool")
 
-    class Dying:
+    class Dead:  # its last report, "spooled 2", is read only after the sender took the payload back
         unreported, gone = 0, False
+        process = type("P", (), {"stdout": io.BytesIO(b"spooled 2\n")})()
 
         def send(self, payload: bytes) -> None:
-            with log._counts:  # what its report reader does on "spooled 2": the first frame of this payload
-                self.unreported -= 2
             raise BrokenPipeError
 
     class Next:
-        unreported, gone = 0, False
-        payloads: list[bytes] = []
+        unreported, gone, payloads = 0, False, []
 
         def send(self, payload: bytes) -> None:
             self.payloads.append(payload)
 
-    dying, following = Dying(), Next()
-    log._writer = dying
-
-    def replace(writer) -> bool:
-        log._writer = following
-        return True
-
-    log._replace = replace
+    dead, following = Dead(), Next()
+    log._writer = dead
+    log._replace = lambda writer: setattr(log, "_writer", following) or True
     items = [(f"r{i}", datetime.now(UTC), "churn", 1, "production", RECORDS[:2], [0.5, 0.5], 0.1, None)
              for i in range(3)]  # fmt: skip
-    log._send([(items[:1], 2), (items[1:], 4)])  # two pipe frames: 2 rows, then 4
-    assert dying.unreported == 0 and following.unreported == 4  # only the unspooled frame's rows
-    (sent,) = following.payloads
-    rows_in_frames = []
-    while sent:
-        length, rows = PIPE_HEADER.unpack(sent[: PIPE_HEADER.size])
-        rows_in_frames.append(rows)
-        sent = sent[PIPE_HEADER.size + length :]
-    assert rows_in_frames == [4]  # the frame the dead writer spooled is not sent again
+    log._send([(items[:1], 2), (items[1:], 4)])
+    assert len(following.payloads) == 1 and following.unreported == 6  # all of it, to the next writer
+    reader = threading.Thread(target=log._read_reports, args=(dead,))
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive() and (log.spooled, log.dropped) == (2, 0)
