@@ -29,7 +29,10 @@ def gateway(tmp_path):
     if binary is None:  # never a skip: CI must prove the push
         pytest.fail("prometheus-pushgateway missing: run scripts/ensure-prometheus.sh (make test does)")
     port = free_port()
-    process = start_process("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}"], tmp_path)
+    # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: every test's
+    # gateway then started with what earlier tests (and runs) had pushed.
+    process = start_process("pushgateway", [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+                            tmp_path)  # fmt: skip
     try:
         wait_http(process, f"http://127.0.0.1:{port}/-/ready", timeout=30)
         yield f"http://127.0.0.1:{port}"
