@@ -610,6 +610,8 @@ def features_refresh(source: str, as_of: datetime | str | None, rejects: str | N
     summary = feature_store.ingest(settings, source, as_of=_as_of(as_of, source, settings), rejects=rejects)
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
+    # An ETL that stopped leaves yesterday's export: loaded again, the run succeeds, the data ages.
+    job_metrics.record("churn_features_snapshot_timestamp_seconds", summary.last.timestamp() if summary.last else None)
     # From the earliest snapshot just loaded (or the last run's end): the scan stays one day's.
     # Up to as far ahead as ingest takes snapshots, as `materialize` does: a window ending at now
     # left out a snapshot a source dated a minute ahead, already online, and put the customer's

@@ -46,6 +46,8 @@ RESULTS = {
     "churn_retrain_registered_version": "Version the last retrain registered (0: none; the gate may have refused "
     "it as Challenger).",
     "churn_job_rows": "Rows the last run handled, by outcome.",
+    "churn_features_snapshot_timestamp_seconds": "Newest snapshot time among the rows the last features run "
+    "loaded (with --as-of modified: when the export was written).",
 }
 
 

@@ -4,7 +4,9 @@ installed by scripts/ensure-prometheus.sh), and a gateway that is down changes n
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -164,10 +166,14 @@ def test_the_feature_refresh_pushes_its_rows_and_a_failed_run_keeps_the_last_suc
     export = data.read_table(telco_csv).drop(columns=["churn"]).head(50)
     export.loc[0, "tenure"] = "-3"  # one bad row: the others are loaded, exit 1
     export.to_csv("export.csv", index=False)
-    first = CliRunner().invoke(main, ["features", "refresh", "export.csv", "--as-of", "now"])
+    written = time.time() - 3 * 86400  # an export no one wrote again for three days (the ETL stopped)
+    os.utime("export.csv", (written, written))
+    first = CliRunner().invoke(main, ["features", "refresh", "export.csv", "--as-of", "modified"])
     assert first.exit_code == 1, first.output
     job = {"job": "features"}
     samples = pushed(gateway)
+    # What ChurnFeaturesStale reads beside the run's success: the run succeeded, the data is 3 days old
+    assert abs(value(samples, "churn_features_snapshot_timestamp_seconds", **job) - written) < 1
     assert value(samples, "churn_job_exit_code", **job) == 1
     assert value(samples, "churn_job_rows", outcome="loaded", **job) == 49
     assert value(samples, "churn_job_rows", outcome="rejected", **job) == 1
