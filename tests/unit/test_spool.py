@@ -21,6 +21,24 @@ def segment_files(root) -> list:
     return sorted(root.rglob("*.seg"))
 
 
+def left_by_a_dead_writer(root, sent: list[bytes], rows: int = 1):
+    """The one segment a killed writer left under ``root``, holding ``sent``, synced."""
+    dead = Spool(root, max_bytes=1 << 20)
+    for payload in sent:
+        dead.append(payload, rows=rows)
+    dead.sync()
+    dead.release()  # what the kernel does when the process dies: the lock goes, the files stay
+    (segment,) = segment_files(root)
+    return segment
+
+
+def flip(segment, at: int) -> None:
+    """A flipped bit at byte ``at`` of the file (negative: from its end)."""
+    data = bytearray(segment.read_bytes())
+    data[at] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+
 def test_frames_come_back_in_order_and_committed_segments_are_deleted(tmp_path):
     spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=100)
     sent = [f"frame-{i}".encode() * 5 for i in range(30)]
@@ -119,12 +137,7 @@ def test_a_live_spool_is_never_adopted(tmp_path):
 
 
 def test_a_torn_last_frame_is_skipped_and_counted(tmp_path):
-    dead = Spool(tmp_path, max_bytes=1 << 20)
-    for i in range(4):
-        dead.append(f"good-{i}".encode() * 10, rows=1)
-    dead.sync()
-    dead.release()
-    (segment,) = segment_files(tmp_path)
+    segment = left_by_a_dead_writer(tmp_path, [f"good-{i}".encode() * 10 for i in range(4)])
     with open(segment, "r+b") as handle:  # power cut in the middle of the last write
         handle.truncate(os.path.getsize(segment) - 7)
     spool = Spool(tmp_path, max_bytes=1 << 20)
@@ -133,15 +146,8 @@ def test_a_torn_last_frame_is_skipped_and_counted(tmp_path):
 
 
 def test_a_corrupted_frame_fails_its_checksum(tmp_path):
-    dead = Spool(tmp_path, max_bytes=1 << 20)
-    dead.append(b"a" * 50, rows=1)
-    dead.append(b"b" * 50, rows=1)
-    dead.sync()
-    dead.release()
-    (segment,) = segment_files(tmp_path)
-    data = bytearray(segment.read_bytes())
-    data[-3] ^= 0xFF  # a flipped bit in the last payload
-    segment.write_bytes(bytes(data))
+    segment = left_by_a_dead_writer(tmp_path, [b"a" * 50, b"b" * 50])
+    flip(segment, -3)  # in the last payload
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert payloads(spool) == [b"a" * 50] and spool.torn_frames == 1
 
@@ -261,11 +267,7 @@ def test_a_segment_that_cannot_be_opened_is_retried_at_the_next_append(tmp_path,
 
 
 def test_zeroed_blocks_after_a_crash_are_torn_not_empty_frames(tmp_path):
-    dead = Spool(tmp_path, max_bytes=1 << 20)
-    dead.append(b"good" * 10, rows=1)
-    dead.sync()
-    dead.release()
-    (segment,) = segment_files(tmp_path)
+    segment = left_by_a_dead_writer(tmp_path, [b"good" * 10])
     with open(segment, "ab") as handle:  # a file system that exposes unwritten extents as zeros
         handle.write(bytes(4096))
     spool = Spool(tmp_path, max_bytes=1 << 20)
@@ -427,16 +429,9 @@ def test_a_writer_starting_after_a_crash_takes_over_only_what_fits_under_its_cap
 def test_a_corrupt_frame_in_the_middle_loses_only_its_own_rows(tmp_path):
     """A bad block in frame 3 of 5 skipped the rest of the segment: frames 4 and 5, reported
     spooled, were never replayed nor counted."""
-    dead = Spool(tmp_path, max_bytes=1 << 20)
     sent = [bytes([65 + i]) * 40 for i in range(5)]
-    for payload in sent:
-        dead.append(payload, rows=10)
-    dead.sync()
-    dead.release()
-    (segment,) = segment_files(tmp_path)
-    data = bytearray(segment.read_bytes())
-    data[2 * 52 + 12 + 5] ^= 0xFF  # inside the third frame's payload (12-byte header + 40)
-    segment.write_bytes(bytes(data))
+    segment = left_by_a_dead_writer(tmp_path, sent, rows=10)
+    flip(segment, 2 * 52 + 12 + 5)  # inside the third frame's payload (12-byte header + 40)
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert payloads(spool) == [sent[0], sent[1], sent[3], sent[4]] and spool.torn_frames == 1
 
@@ -444,12 +439,7 @@ def test_a_corrupt_frame_in_the_middle_loses_only_its_own_rows(tmp_path):
 def test_a_folder_with_a_torn_tail_is_replayed_once_and_then_gone(tmp_path):
     """The torn bytes kept its segment on disk: every restart replayed the good frames again
     and counted the torn one again."""
-    dead = Spool(tmp_path, max_bytes=1 << 20)
-    for i in range(3):
-        dead.append(f"good-{i}".encode() * 10, rows=1)
-    dead.sync()
-    dead.release()
-    (segment,) = segment_files(tmp_path)
+    segment = left_by_a_dead_writer(tmp_path, [f"good-{i}".encode() * 10 for i in range(3)])
     with open(segment, "r+b") as handle:
         handle.truncate(os.path.getsize(segment) - 7)
     spool = Spool(tmp_path, max_bytes=1 << 20)
@@ -461,15 +451,8 @@ def test_a_folder_with_a_torn_tail_is_replayed_once_and_then_gone(tmp_path):
 
 
 def test_a_folder_ending_in_a_corrupt_frame_is_replayed_once_and_then_gone(tmp_path):
-    dead = Spool(tmp_path, max_bytes=1 << 20)
-    for i in range(3):
-        dead.append(f"good-{i}".encode() * 10, rows=1)
-    dead.sync()
-    dead.release()
-    (segment,) = segment_files(tmp_path)
-    data = bytearray(segment.read_bytes())
-    data[-3] ^= 0xFF  # whole, but failing its checksum, and last
-    segment.write_bytes(bytes(data))
+    segment = left_by_a_dead_writer(tmp_path, [f"good-{i}".encode() * 10 for i in range(3)])
+    flip(segment, -3)  # whole, but failing its checksum, and last
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert payloads(spool) == [f"good-{i}".encode() * 10 for i in range(2)] and spool.torn_frames == 1
     spool.close()
