@@ -31,7 +31,7 @@ def test_mlproject_defaults_match_the_training_defaults():
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, param in params.items():
         expected = defaults[name]
-        if expected is None:  # not given: an empty string the entry point leaves out
+        if expected is None or name == "model_name":  # not given: empty, left out (the name: the settings')
             assert param["default"] == "", name
         else:
             assert type(expected)(param["default"]) == expected, name
@@ -120,19 +120,19 @@ def test_every_command_lists_the_same_exit_codes():
 
 # entry point -> [(-P parameters, what the command then gets)]
 ENTRY_POINT_PARAMS = {
-    "train": [({}, {"seed": 42, "c": 1.0, "decision_threshold": None, "data": "synthetic"}),
+    "train": [({}, {"seed": 42, "c": 1.0, "decision_threshold": None, "data": "synthetic", "model_name": None}),
               ({"c": "10", "max_iter": "300.0", "seed": "0", "decision_threshold": "0.3", "data": "my data.csv"},
                {"c": 10.0, "max_iter": 300, "seed": 0, "decision_threshold": 0.3, "data": "my data.csv"}),
               ({"from_features": "true", "labels": "s3://b/labels 2026.csv"},
                {"from_features": True, "labels": "s3://b/labels 2026.csv", "data": "synthetic"}),
               ({"from_features": "false"}, {"from_features": False, "labels": ""})],
-    "monitor": [({}, {"current": None, "rows": None}),
+    "monitor": [({}, {"current": None, "rows": None, "model_name": None}),
                 ({"current": "s3://b/current data.csv"}, {"current": "s3://b/current data.csv", "rows": None}),
                 ({"rows": "5000.0"}, {"current": None, "rows": 5000})],
-    "performance": [({}, {"since": None, "version": None}), ({"version": "3"}, {"version": 3})],
-    "retrain": [({}, {"trigger": "always"}),
+    "performance": [({}, {"since": None, "version": None, "model_name": None}), ({"version": "3"}, {"version": 3})],
+    "retrain": [({}, {"trigger": "always", "model_name": None}),
                 ({"trigger": "performance", "of": "3.0"}, {"trigger": "performance", "of": 3})],
-    "score": [({"input": "in.csv", "output": "out.parquet"}, {"source": "in.csv", "explain": False}),
+    "score": [({"input": "in.csv", "output": "out.parquet"}, {"source": "in.csv", "explain": False, "model_name": None}),
               ({"input": "in dir/", "output": "out.parquet", "explain_top_k": "3", "version": "2"},
                {"source": "in dir/", "explain": True, "top_k": 3, "version": 2})],
 }  # fmt: skip
