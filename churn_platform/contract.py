@@ -130,7 +130,8 @@ class ExitCode(IntEnum):
 
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 refused by a gate or drift detected; 2 bad usage, bad input or not found; "
+    "Exit codes: 0 ok; 1 a verdict against (gate refused, drift, degraded, no retrain; scored or feature rows "
+    "rejected); 2 bad usage, bad input or not found; "
     "3 registry, storage or database unreachable; 4 bad data (no verdict; outcome rows rejected); "
     "70 unexpected failure (a bug)."
 )
