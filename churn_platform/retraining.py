@@ -74,9 +74,10 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
     if trigger == "performance":  # a run that judged nothing says nothing either way
         judged = tags.get("job") == "performance" and tags.get("verdict") != "not_judged"
         return tags.get("verdict") == "degraded" if judged else None
-    if tags.get("job") == "performance":
+    # A data-quality failure judged no drift at all: counted "clean", it diluted real drift.
+    if tags.get("job") == "performance" or tags.get("verdict") in (None, "data_quality_failure"):
         return None
-    return tags.get("verdict") == "drift" if "verdict" in tags else None
+    return tags["verdict"] == "drift"
 
 
 def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int | None:

@@ -225,7 +225,7 @@ def test_the_gate_slice_is_customer_wise_and_stable():
     assert recent[twice].customer_id.isin(recent[~twice].customer_id).sum() == 0  # never on both sides
 
 
-def test_a_performance_run_that_judged_nothing_is_skipped_not_counted_healthy():
+def test_a_run_that_judged_nothing_is_skipped_not_counted_healthy():
     from types import SimpleNamespace
 
     from churn_platform.retraining import _flagged
@@ -236,6 +236,10 @@ def test_a_performance_run_that_judged_nothing_is_skipped_not_counted_healthy():
     assert _flagged(run(job="performance", verdict="degraded"), "performance") is True
     assert _flagged(run(job="performance", verdict="ok"), "performance") is False
     assert _flagged(run(job="performance", verdict="not_judged"), "performance") is None
+    assert _flagged(run(verdict="drift"), "drift") is True
+    assert _flagged(run(verdict="no_drift"), "drift") is False
+    assert _flagged(run(verdict="data_quality_failure"), "drift") is None  # the data was too broken to judge
+    assert _flagged(run(job="performance", verdict="degraded"), "drift") is None
 
 
 def test_a_model_name_with_an_apostrophe_is_found_by_versions_and_retrain(embedded, tmp_path):
