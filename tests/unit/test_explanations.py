@@ -208,3 +208,20 @@ def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, 
         assert client.post("/predict/single", json=row).status_code == 200
         described = client.get("/model").json()
         assert described["scorer"] == "sklearn" and described["explanations"]["available"] is False
+
+
+def test_a_confident_customer_does_not_make_exact_explanations_fail_their_check():
+    """At 30 log-odds a float64 probability holds its log-odds only to about 1e-3: one such
+    verification row made every explanation of the version a 409."""
+    import numpy as np
+    from scipy.special import expit
+
+    from churn_platform.explanation import ADDITIVITY_TOLERANCE, Explained, additivity_error
+
+    log_odds = np.array([-2.0, 0.3, 25.0, 30.0, -31.0])
+    contributions = np.zeros((len(log_odds), len(FEATURE_NAMES)))
+    contributions[:, 0] = log_odds + 1.5  # the base is -1.5
+    exact = Explained(expit(log_odds), -1.5, contributions)
+    assert additivity_error(exact) <= ADDITIVITY_TOLERANCE
+    wrong = Explained(expit(log_odds), -1.5, contributions + np.eye(len(log_odds), len(FEATURE_NAMES)) * 1e-3)
+    assert additivity_error(wrong) > ADDITIVITY_TOLERANCE  # a moderate row off by 1e-3 is still caught

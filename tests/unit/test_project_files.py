@@ -132,7 +132,8 @@ ENTRY_POINT_PARAMS = {
     "performance": [({}, {"since": None, "version": None, "model_name": None}), ({"version": "3"}, {"version": 3})],
     "retrain": [({}, {"trigger": "always", "model_name": None}),
                 ({"trigger": "performance", "of": "3.0"}, {"trigger": "performance", "of": 3})],
-    "score": [({"input": "in.csv", "output": "out.parquet"}, {"source": "in.csv", "explain": False, "model_name": None}),
+    "score": [({"input": "in.csv", "output": "out.parquet"},
+               {"source": "in.csv", "explain": False, "model_name": None}),
               ({"input": "in dir/", "output": "out.parquet", "explain_top_k": "3", "version": "2"},
                {"source": "in dir/", "explain": True, "top_k": 3, "version": 2})],
 }  # fmt: skip
