@@ -64,8 +64,11 @@ def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFr
         payload = path.read_bytes()
     if not payload.strip():
         raise DataSourceError(f"data file is empty: {uri}")
-    frame = _parse(payload, uri)
-    frame.columns = normalise_columns([str(c) for c in frame.columns])
+    try:
+        frame = _parse(payload, uri)
+        frame.columns = normalise_columns([str(c) for c in frame.columns])
+    except DataValidationError as exc:  # two columns that mean one: say which file
+        raise DataValidationError(f"{uri}: {exc}") from None
     if frame.empty:
         raise DataValidationError(f"data file has a header but no rows: {uri}")
     return frame
@@ -133,12 +136,17 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
             table = pq.read_table(io.BytesIO(payload))
             return ids_as_text(table.rename_columns(normalise_columns(table.column_names))).to_pandas()
         # Everything as text first: validation, not the parser, decides what a bad value is.
-        return pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False)
+        frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False)
+        # pandas renames a repeated `tenure` to `tenure.1`, which no schema column matches: the
+        # second was dropped unseen. The header as written is checked, as `TENURE` beside it is.
+        written = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, header=None, nrows=1)
     except pd.errors.EmptyDataError as exc:
         raise DataSourceError(f"data file is empty: {uri}") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file for the user
         kind = "Parquet" if is_parquet else "CSV"
         raise DataSourceError(f"cannot parse {uri} as {kind}: {exc}") from exc
+    normalise_columns([str(c) for c in written.iloc[0]])
+    return frame
 
 
 def _read_s3(uri: str, endpoint_url: str | None) -> bytes:

@@ -38,6 +38,18 @@ def test_two_spellings_of_one_column_are_refused():
         normalise_columns(["tenure", "Tenure"])
 
 
+def test_a_csv_that_repeats_a_column_name_is_refused_not_read_from_its_first(tmp_path):
+    """pandas renamed the second `tenure` to `tenure.1`, which matched nothing and was dropped:
+    the file trained on the first column's values without a word."""
+    path = tmp_path / "twice.csv"
+    path.write_text("customerID,tenure,Contract,tenure\n7590-VHVEG,2,Month-to-month,999\n")
+    with pytest.raises(DataValidationError, match=r"twice.csv: columns 'tenure' and 'tenure' both mean 'tenure'"):
+        data.read_table(path)
+    # A spreadsheet's export ends each line with ,, (unnamed columns): still read.
+    path.write_text("customerID,tenure,,\n7590-VHVEG,2,,\n")
+    assert list(data.read_table(path).columns)[:2] == ["customer_id", "tenure"]
+
+
 def test_shared_file_loads_with_blank_total_charges_as_zero(telco_csv):
     frame = data.load(telco_csv)
     assert len(frame) == 3930
