@@ -43,7 +43,15 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, read_failure
-from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
+from churn_platform.performance_metrics import (
+    DayFigures,
+    Estimated,
+    Realized,
+    auc_upper_bound,
+    by_day,
+    estimated,
+    realized,
+)
 from churn_platform.settings import Settings
 from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
 
@@ -214,14 +222,23 @@ def judge(
 ) -> list[str]:
     """Why the version degraded (empty: it did not): realized ROC AUC on enough labelled rows,
     or estimated ROC AUC on enough predictions, below the training baseline minus the tolerance
-    (a handful of rows says nothing: one prediction alone estimates 0.5)."""
+    (a handful of rows says nothing: one prediction alone estimates 0.5). The realized figure
+    must also be below the baseline by more than chance: with few churners among the labelled
+    rows its noise alone crossed the tolerance in a quarter of the runs of a healthy model."""
     reasons = []
     floor = baseline.get(GATE_METRIC)
     if floor is None:
         return reasons
     if real.roc_auc is not None and real.rows >= min_rows and real.roc_auc < floor - tolerance:
-        reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows is below the "
-                       f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip
+        bound = auc_upper_bound(real.roc_auc, real.positives, real.rows - real.positives)
+        if bound < floor:
+            reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows "
+                           f"({real.positives} churned) is below the baseline {floor:.4f} minus {tolerance}, "
+                           f"and by more than chance (95% upper bound {bound:.4f})")  # fmt: skip
+        else:
+            log.info("realized %s %.4f is below the baseline %.4f minus %s on %d labelled rows (%d churned), "
+                     "but within chance (95%% upper bound %.4f): not judged degraded",
+                     GATE_METRIC, real.roc_auc, floor, tolerance, real.rows, real.positives, bound)  # fmt: skip
     if est.roc_auc is not None and est.rows >= min_rows and est.roc_auc < floor - tolerance:
         reasons.append(f"estimated_{GATE_METRIC}: {est.roc_auc:.4f} (CBPE over {est.rows} predictions) is below the "
                        f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip

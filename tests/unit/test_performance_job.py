@@ -68,6 +68,32 @@ def test_labels_that_follow_the_scores_are_ok_and_reversed_ones_degraded(registr
     assert code == 1 and "degraded" in output and "roc_auc: realized" in output
 
 
+def test_a_healthy_model_on_few_churners_is_rarely_called_degraded_and_a_broken_one_is():
+    """On 200 labelled rows with 5 churners, a model whose true ROC AUC is its baseline (0.84)
+    measured below baseline - 0.05 in about a quarter of the runs: each one paged and counted
+    for retraining. The drop must now be more than chance, and a real one still is."""
+    from scipy.stats import norm
+
+    from churn_platform.performance_metrics import Estimated, realized
+    from monitoring.performance import judge
+
+    rng = np.random.default_rng(7)
+
+    def degraded_share(true_auc: float, churned: int, rows: int = 200, runs: int = 400) -> float:
+        shift = np.sqrt(2) * norm.ppf(true_auc)  # two normal score distributions this far apart
+        labels = np.r_[np.ones(churned), np.zeros(rows - churned)]
+        flagged = 0
+        for _ in range(runs):
+            margins = np.r_[rng.normal(shift, 1, churned), rng.normal(0, 1, rows - churned)]
+            real = realized(labels, 1 / (1 + np.exp(-margins)), 0.5)
+            flagged += bool(judge(real, Estimated(rows=0), {"roc_auc": 0.84}, 200, 0.05))
+        return flagged / runs
+
+    assert degraded_share(0.84, churned=5) < 0.05  # was 0.27
+    assert degraded_share(0.84, churned=50) < 0.05  # was 0.08
+    assert degraded_share(0.65, churned=50) > 0.95  # a real drop, on enough churners, is still caught
+
+
 def test_fewer_labelled_rows_than_the_minimum_are_shown_not_judged(registry_uri, tmp_path, calibrated):
     scores, labels = calibrated
     url = f"sqlite:///{tmp_path}/few.db"
