@@ -62,6 +62,23 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
     assert proba.shape == (20, 2) and ((proba >= 0) & (proba <= 1)).all()
 
 
+def test_an_explainer_that_breaks_costs_the_global_importance_not_the_run(embedded, model_name, monkeypatch):
+    """Serving treats explanations as optional; training failed the whole run (exit 70, nothing
+    registered) when shap could not explain the model."""
+    from churn_platform import explanation, training
+
+    def broken(*args, **kwargs):
+        raise explanation.ExplanationUnavailable("shap cannot explain HistGradientBoostingClassifier: numba")
+
+    monkeypatch.setattr(explanation, "Explainer", broken)
+    result = train(TrainConfig(n_rows=500, model_name=model_name), get_settings())
+    client = MlflowClient()
+    assert client.get_model_version(model_name, str(result.version)).status == "READY"
+    run = client.get_run(result.run_id)
+    assert "shap cannot explain" in run.data.tags[training.TAG_IMPORTANCE_UNAVAILABLE]
+    assert not client.list_artifacts(result.run_id, "explanations")
+
+
 def test_reference_artifact_holds_the_training_rows(embedded, model_name, caplog):
     with caplog.at_level("WARNING", logger="churn_platform.training"):
         result = train(TrainConfig(n_rows=600, model_name=model_name), get_settings())
