@@ -129,6 +129,12 @@ def _url(pg: dict[str, Any], driver: str) -> Any:
                       port=pg["port"], database=pg["database"], query={"sslmode": pg["sslmode"]})  # fmt: skip
 
 
+#: Materialize asks the offline store for each customer's latest snapshot in the window: Feast's
+#: default fetches every snapshot and keeps the latest in pandas, a whole history in memory
+#: for a manual `features materialize` (which starts at 1970).
+_LATEST_ONLY = {"pull_latest_features": True}
+
+
 def config(settings: Settings) -> Any:
     """The Feast ``RepoConfig`` for these settings (no feature_store.yaml to keep in step)."""
     _import_feast()
@@ -141,7 +147,7 @@ def config(settings: Settings) -> Any:
             project=PROJECT, provider="local", repo_path=folder,
             registry={"registry_type": "file", "path": str(folder / "registry.db"), "cache_ttl_seconds": 60},
             online_store={"type": "sqlite", "path": str(folder / "online.db")},
-            offline_store={"type": "file"}, entity_key_serialization_version=3,
+            offline_store={"type": "file"}, entity_key_serialization_version=3, materialization_config=_LATEST_ONLY,
         )  # fmt: skip
     pg = _postgres(url)
     registry_url = _url(pg, "postgresql+psycopg").render_as_string(hide_password=False)
@@ -149,7 +155,7 @@ def config(settings: Settings) -> Any:
         project=PROJECT, provider="local",
         registry={"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60},
         online_store={"type": "postgres", **pg}, offline_store={"type": "postgres", **pg},
-        entity_key_serialization_version=3,
+        entity_key_serialization_version=3, materialization_config=_LATEST_ONLY,
     )  # fmt: skip
 
 
@@ -338,7 +344,10 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
                                       "online store, registry and offline source); name a file outside it")  # fmt: skip
     raw = data.read_table(uri, settings.s3_endpoint_url)
     raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
-    good, reasons = snapshots(raw, as_of)
+    try:
+        good, reasons = snapshots(raw, as_of)
+    except DataValidationError as exc:  # a CronJob's log shows which export lacked the column
+        raise DataValidationError(f"{uri}: {exc}") from None
     # A rejects file that was asked for is written every run, empty when no row was bad (as batch
     # scoring does), so one at a fixed place is always this run's; the default only when needed.
     written = asked or bool(len(reasons))
@@ -410,6 +419,18 @@ def _ensure_offline_table(conn: Any) -> None:
         f"{SNAPSHOT_TIME} TIMESTAMPTZ NOT NULL,\n{columns},\nPRIMARY KEY ({ID_COLUMN}, {SNAPSHOT_TIME}))"
     )
     conn.exec_driver_sql(ddl)
+    # Materialize selects by time alone: without this, each daily run scanned the whole history.
+    index = f"{OFFLINE_TABLE}_{SNAPSHOT_TIME}"
+    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {index} ON {OFFLINE_TABLE} ({SNAPSHOT_TIME})")
+    found = {row[0] for row in conn.exec_driver_sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()",
+        (OFFLINE_TABLE,),
+    )}  # fmt: skip
+    if missing := [name for name in (ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES) if name not in found]:
+        # CREATE ... IF NOT EXISTS kept a table made for another schema: its COPY failed as "unavailable".
+        raise DataValidationError(f"the feature store's table {OFFLINE_TABLE} has no column {missing}: it was made "
+                                  "for another schema than this release's; add the column (with the stored "
+                                  "snapshots' values) or use a new database")  # fmt: skip
 
 
 def _offline_table(settings: Settings, load: Any = None) -> None:
@@ -420,6 +441,8 @@ def _offline_table(settings: Settings, load: Any = None) -> None:
             _ensure_offline_table(conn)
             if load is not None:
                 load(conn)
+    except DataValidationError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise unavailable(exc) from None
     finally:

@@ -234,6 +234,39 @@ def test_a_materialization_waits_for_one_already_running_on_postgresql(tmp_path:
     assert {row["tenure"] for row in online} == {10}
 
 
+def test_an_offline_table_of_another_schema_is_named_and_its_time_is_indexed(
+    tmp_path: Path, telco_csv: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A table made by a release with fewer features was kept by CREATE IF NOT EXISTS, and the
+    COPY into it failed as "feature store unavailable", exit 3 (retried by the CronJob)."""
+    import psycopg2
+
+    monkeypatch.chdir(tmp_path)
+    data.read_table(telco_csv).head(5).to_csv("a.csv", index=False)
+    with postgres_database() as url:
+        monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+        get_settings.cache_clear()
+        try:
+            _cli("features", "apply")
+            connection = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=url.rsplit("/", 1)[1])
+            connection.autocommit = True
+            try:
+                with connection.cursor() as cur:
+                    # Materialize's scan selects by time alone: an index on it keeps a day's run a day's read.
+                    cur.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'customer_snapshots'")
+                    assert any(d.endswith("(snapshot_time)") for (d,) in cur.fetchall())
+                    cur.execute("ALTER TABLE customer_snapshots DROP COLUMN tenure")
+                out = _cli("features", "ingest", "a.csv", "--as-of", "now", code=2)
+                assert "table customer_snapshots has no column ['tenure']: it was made for another schema" in out
+                with connection.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM customer_snapshots")
+                    assert cur.fetchone()[0] == 0
+            finally:
+                connection.close()
+        finally:
+            get_settings.cache_clear()
+
+
 def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    telco_csv: Path):  # fmt: skip
     """The registry holds the offline file's absolute path: a copy materialized the original's
@@ -334,7 +367,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         ((), ["features", "materialize"], 2, "no customer snapshots ingested yet"),  # was exit 3, from Feast
         # Nothing loaded: the summary says why (it was Feast's error from materializing, exit 3).
         ((), ["features", "refresh", "all_bad.csv", "--as-of", "2026-01-01"], 1, "ingested 0 of 5 rows"),
-        ((), ["features", "ingest", "no_time.csv"], 2, "missing required columns: ['snapshot_time (or give --as-of)']"),
+        ((), ["features", "ingest", "no_time.csv"], 2, "no_time.csv: missing required columns: ['snapshot_time (or"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
         # A zone without a time: fromisoformat read it as 02:00 UTC; the column refuses it.
