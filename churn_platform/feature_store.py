@@ -104,8 +104,14 @@ def _offline_file(settings: Settings) -> Path:
     return _embedded_dir(settings) / "offline" / f"{OFFLINE_TABLE}.parquet"
 
 
+#: The URL's TLS files, as libpq names them, and as Feast's connection fields do.
+_TLS_FILES = {"sslrootcert": "sslrootcert_path", "sslcert": "sslcert_path", "sslkey": "sslkey_path"}
+
+
 def _postgres(url: str) -> dict[str, Any]:
-    """Feast's PostgreSQL connection fields from a URL (any SQLAlchemy driver suffix)."""
+    """Feast's PostgreSQL connection fields from a URL (any SQLAlchemy driver suffix). A URL
+    option none of the three connections (Feast's, ours, the API's) can take is refused: a
+    dropped ``sslrootcert`` made ``verify-full`` look for ``~/.postgresql/root.crt``."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -114,11 +120,20 @@ def _postgres(url: str) -> dict[str, Any]:
         raise SettingsError(f"CHURN_FEATURE_STORE_URL is not a database URL: {exc}") from None
     if parsed.get_backend_name() != "postgresql" or not parsed.database:
         raise SettingsError("CHURN_FEATURE_STORE_URL must be postgresql://user:password@host:port/database")
+    if unknown := sorted(set(parsed.query) - {"sslmode", *_TLS_FILES}):
+        raise SettingsError(f"CHURN_FEATURE_STORE_URL: the feature store's connections take only the options "
+                            f"sslmode, {', '.join(_TLS_FILES)}; not {', '.join(unknown)}")  # fmt: skip
     return {
         "host": parsed.host or "localhost", "port": parsed.port or 5432, "database": parsed.database,
         "user": parsed.username or "postgres", "password": parsed.password or "",
         "sslmode": str(parsed.query.get("sslmode", "prefer")),
+        **{field: str(parsed.query[option]) for option, field in _TLS_FILES.items() if option in parsed.query},
     }  # fmt: skip
+
+
+def _tls(pg: dict[str, Any]) -> dict[str, str]:
+    """libpq's TLS options of Feast's connection fields."""
+    return {"sslmode": pg["sslmode"], **{option: pg[field] for option, field in _TLS_FILES.items() if field in pg}}
 
 
 def _url(pg: dict[str, Any], driver: str) -> Any:
@@ -126,7 +141,7 @@ def _url(pg: dict[str, Any], driver: str) -> Any:
     from sqlalchemy.engine import URL
 
     return URL.create(driver, username=pg["user"], password=pg["password"] or None, host=pg["host"],
-                      port=pg["port"], database=pg["database"], query={"sslmode": pg["sslmode"]})  # fmt: skip
+                      port=pg["port"], database=pg["database"], query=_tls(pg))  # fmt: skip
 
 
 #: Materialize asks the offline store for each customer's latest snapshot in the window: Feast's
@@ -640,7 +655,7 @@ class PostgresOnlineReader:
         # Keywords, not a URL: SQLAlchemy renders a space in the password as is, and psycopg refused
         # the URL ("unexpected spaces"): every read by id a 503.
         self._conninfo = make_conninfo("", host=pg["host"], port=pg["port"], dbname=pg["database"], user=pg["user"],
-                                       password=pg["password"] or None, sslmode=pg["sslmode"])  # fmt: skip
+                                       password=pg["password"] or None, **_tls(pg))  # fmt: skip
         self._pool: Any = None  # made by the first aread, on the event loop it belongs to
 
     def _key(self, customer_id: str) -> bytes:

@@ -1,0 +1,33 @@
+"""CHURN_FEATURE_STORE_URL's options reach every connection the feature store opens."""
+
+from __future__ import annotations
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from churn_platform import feature_store
+from churn_platform.errors import SettingsError
+from churn_platform.settings import Settings
+
+URL = "postgresql://u:p@db:5432/features?sslmode=verify-full&sslrootcert=/etc/ssl/rds.pem&sslcert=/c.pem&sslkey=/k.pem"
+
+
+def test_the_tls_files_reach_feasts_connections_ours_and_the_apis():
+    """Only sslmode was kept: with verify-full and a private CA, libpq looked for
+    ~/.postgresql/root.crt and every command was "feature store unavailable", exit 3."""
+    repo = feature_store.config(Settings(feature_store_url=URL))
+    for store in (repo.online_store, repo.offline_store):
+        assert (store.sslmode, store.sslrootcert_path, store.sslcert_path, store.sslkey_path) == (
+            "verify-full", "/etc/ssl/rds.pem", "/c.pem", "/k.pem"
+        )
+    engine_url = feature_store._url(feature_store._postgres(URL), "postgresql+psycopg2")  # noqa: SLF001
+    assert dict(engine_url.query) == {"sslmode": "verify-full", "sslrootcert": "/etc/ssl/rds.pem",
+                                      "sslcert": "/c.pem", "sslkey": "/k.pem"}  # fmt: skip
+    registry = conninfo_to_dict(repo.registry.path.replace("postgresql+psycopg://", "postgresql://"))
+    assert registry["sslrootcert"] == "/etc/ssl/rds.pem" and registry["sslmode"] == "verify-full"
+
+
+def test_an_option_no_connection_takes_is_refused_by_name():
+    with pytest.raises(SettingsError, match=r"take only the options sslmode, sslrootcert, sslcert, sslkey; "
+                                            r"not application_name, connect_timeout"):  # fmt: skip
+        feature_store._postgres("postgresql://u:p@db/f?connect_timeout=3&application_name=x")  # noqa: SLF001
