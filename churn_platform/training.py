@@ -183,6 +183,18 @@ def _plot(y_true: np.ndarray, proba: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
+def _unseen_categories(train_df: pd.DataFrame) -> dict[str, list[str]]:
+    """Each category feature's allowed values that no training row has (a segment's file, a
+    filtered export): the encoder learns its columns from the rows, not the schema."""
+    unseen = {}
+    for feature in FEATURES:
+        if feature.kind == "category" and feature.allowed:
+            present = set(train_df[feature.name].astype(str).unique())
+            if missing := [str(v) for v in feature.allowed if str(v) not in present]:
+                unseen[feature.name] = missing
+    return unseen
+
+
 #: Run tag saying why a run has no global importance.
 TAG_IMPORTANCE_UNAVAILABLE = "explanations.unavailable"
 #: Validation rows the global importance averages over at most: tree SHAP takes about 90 s a
@@ -343,6 +355,10 @@ def train(
         log.warning("training on %d rows: the drift monitor needs at least %d as its reference "
                     "(CHURN_MONITOR_MIN_ROWS) and will not judge this version once it serves",
                     len(train_df), settings.monitor_min_rows)  # fmt: skip
+    if unseen := _unseen_categories(train_df):
+        log.warning("no training row has %s: the model learns no weight for it, and the API, which accepts every "
+                    "value the schema allows, scores such customers as if the feature were absent",
+                    "; ".join(f"{name} {values}" for name, values in unseen.items()))  # fmt: skip
     client = registry.connect(settings)
     with registry.translate_errors(settings):
         registry.live_experiment(client)  # before the fit: a deleted experiment is refused at start_run

@@ -92,6 +92,21 @@ def test_reference_artifact_holds_the_training_rows(embedded, model_name, caplog
     assert reference["churn_probability"].between(0, 1).all()
 
 
+def test_an_allowed_value_no_training_row_has_is_warned_of(embedded, model_name, telco_csv, tmp_path, caplog):
+    """The encoder learns its columns from the rows: a file of one segment (no customer paying
+    by mailed check) trained a model that scores such customers as if they had no payment method."""
+    raw = data.read_table(telco_csv)
+    segment = tmp_path / "segment.csv"
+    raw[raw["payment_method"] != "Mailed check"].to_csv(segment, index=False)
+    with caplog.at_level("WARNING", logger="churn_platform.training"):
+        train(TrainConfig(data=str(segment), model_name=model_name), get_settings())
+    assert "no training row has payment_method ['Mailed check']: the model learns no weight for it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="churn_platform.training"):
+        train(TrainConfig(data=str(telco_csv), model_name=model_name), get_settings())
+    assert "no training row has" not in caplog.text  # every value is in the real customers
+
+
 def test_real_data_reaches_the_target_auc(embedded, model_name, telco_csv):
     started = time.perf_counter()
     result = train(TrainConfig(data=str(telco_csv), model_name=model_name), get_settings())
