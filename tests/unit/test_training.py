@@ -247,6 +247,12 @@ def test_a_deleted_or_unknown_experiment_is_a_usage_error_before_the_fit(embedde
     setenv(MLFLOW_EXPERIMENT_NAME="", MLFLOW_EXPERIMENT_ID="4242")
     result = _cli("train", "--n-rows", "200", "--model-name", model_name)
     assert result.exit_code == 2 and "MLFLOW_EXPERIMENT_ID=4242: no such MLflow experiment" in result.output
+    # Both set, naming two experiments: MLflow refused the run at start_run, after the fit (exit 70).
+    setenv(MLFLOW_EXPERIMENT_NAME="tuning", MLFLOW_EXPERIMENT_ID="0")
+    tuning = client.create_experiment("tuning")
+    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    assert result.exit_code == 2, result.output
+    assert f"MLFLOW_EXPERIMENT_NAME=tuning is experiment {tuning}, but MLFLOW_EXPERIMENT_ID=0" in result.output
     assert _registered_versions(embedded, model_name) == []
 
 
