@@ -197,8 +197,8 @@ def _unseen_categories(train_df: pd.DataFrame) -> dict[str, list[str]]:
 
 #: Run tag saying why a run has no global importance.
 TAG_IMPORTANCE_UNAVAILABLE = "explanations.unavailable"
-#: Validation rows the global importance averages over at most: tree SHAP takes about 90 s a
-#: million rows, and a mean of 20,000 absolute contributions is stable to well under 1%.
+#: Validation rows the global importance averages over at most (a seeded sample beyond): tree
+#: SHAP takes about 90 s a million rows, for a summary of 19 means.
 IMPORTANCE_ROWS = 20_000
 
 
