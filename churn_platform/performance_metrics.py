@@ -51,6 +51,8 @@ class Realized(BaseModel):
     rows: int
     positives: int
     roc_auc: float | None = None
+    #: One-sided 95% upper bound of ``roc_auc`` on these class counts (``auc_upper_bound``).
+    roc_auc_upper_bound: float | None = None
     pr_auc: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -151,10 +153,13 @@ def realized(y: np.ndarray, p: np.ndarray, threshold: float) -> Realized:
     both = np.unique(y).size == 2
     predicted = (p >= threshold).astype(int)
     top = np.argsort(-p, kind="stable")[: math.ceil(TOP_SHARE * n)]
+    positives = int(y.sum())
+    auc = _roc_auc(y, p)
     return Realized(
         rows=n,
-        positives=int(y.sum()),
-        roc_auc=_roc_auc(y, p),
+        positives=positives,
+        roc_auc=auc,
+        roc_auc_upper_bound=None if auc is None else auc_upper_bound(auc, positives, n - positives),
         pr_auc=float(average_precision_score(y, p)) if both else None,
         precision=float(precision_score(y, predicted, zero_division=0)),
         recall=float(recall_score(y, predicted, zero_division=0)),

@@ -171,7 +171,11 @@ class Settings(BaseSettings):
         500, ge=20, description="Fewest recent labelled rows a retrain needs; fewer: not retrained (exit 1)."
     )
     performance_tolerance: float = Field(
-        0.05, ge=0, lt=1, description="ROC AUC below the training baseline minus this means the model degraded."
+        0.05,
+        ge=0,
+        lt=1,
+        description="ROC AUC below the training baseline minus this means the model degraded (a realized one also "
+        "by more than chance: its 95% upper bound below the baseline).",
     )
 
     @field_validator("cors_origins", mode="before")

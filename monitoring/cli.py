@@ -234,6 +234,12 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
             click.echo(f"  not judged: {summary.not_judged}")
         if not summary.not_judged and 0 < real.rows < summary.min_rows:
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
+        base = summary.baseline.get("roc_auc")
+        if (real.rows >= summary.min_rows and base is not None and real.roc_auc is not None
+                and real.roc_auc < base - summary.tolerance and not summary.degraded):  # fmt: skip
+            click.echo(f"  note: realized is below baseline - {summary.tolerance}, but within chance on "
+                       f"{real.positives} churners (95% upper bound {fmt(real.roc_auc_upper_bound)}): not judged "
+                       "degraded")  # fmt: skip
         if not summary.not_judged and 0 < est.rows < summary.min_rows:
             click.echo(f"  note: {est.rows} predictions, fewer than {summary.min_rows}: estimated is not judged")
         for reason in summary.reasons:

@@ -43,15 +43,7 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, read_failure
-from churn_platform.performance_metrics import (
-    DayFigures,
-    Estimated,
-    Realized,
-    auc_upper_bound,
-    by_day,
-    estimated,
-    realized,
-)
+from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
 
@@ -217,6 +209,13 @@ def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dic
     return {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics}, threshold
 
 
+def realized_below(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
+    """Whether the realized ROC AUC degrades: on enough labelled rows, below the baseline
+    (``floor``) minus the tolerance, and with its 95% upper bound below the baseline."""
+    return (real.roc_auc is not None and real.roc_auc_upper_bound is not None and real.rows >= min_rows
+            and real.roc_auc < floor - tolerance and real.roc_auc_upper_bound < floor)  # fmt: skip
+
+
 def judge(
     real: Realized, est: Estimated, baseline: dict[str, float], min_rows: int, tolerance: float
 ) -> list[str]:
@@ -229,16 +228,10 @@ def judge(
     floor = baseline.get(GATE_METRIC)
     if floor is None:
         return reasons
-    if real.roc_auc is not None and real.rows >= min_rows and real.roc_auc < floor - tolerance:
-        bound = auc_upper_bound(real.roc_auc, real.positives, real.rows - real.positives)
-        if bound < floor:
-            reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows "
-                           f"({real.positives} churned) is below the baseline {floor:.4f} minus {tolerance}, "
-                           f"and by more than chance (95% upper bound {bound:.4f})")  # fmt: skip
-        else:
-            log.info("realized %s %.4f is below the baseline %.4f minus %s on %d labelled rows (%d churned), "
-                     "but within chance (95%% upper bound %.4f): not judged degraded",
-                     GATE_METRIC, real.roc_auc, floor, tolerance, real.rows, real.positives, bound)  # fmt: skip
+    if realized_below(real, floor, min_rows, tolerance):
+        reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows "
+                       f"({real.positives} churned) is below the baseline {floor:.4f} minus {tolerance}, "
+                       f"and by more than chance (95% upper bound {real.roc_auc_upper_bound:.4f})")  # fmt: skip
     if est.roc_auc is not None and est.rows >= min_rows and est.roc_auc < floor - tolerance:
         reasons.append(f"estimated_{GATE_METRIC}: {est.roc_auc:.4f} (CBPE over {est.rows} predictions) is below the "
                        f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip

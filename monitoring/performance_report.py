@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from monitoring.performance import realized_below
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -135,7 +137,13 @@ def _realized_hint(s: PerformanceSummary) -> str:
         return "no labels yet"
     if r.roc_auc is None:
         return f"only one class among {r.rows:,} labelled rows"
-    return f"fewer than {s.min_rows:,} labelled rows: not used for the verdict" if r.rows < s.min_rows else ""
+    if r.rows < s.min_rows:
+        return f"fewer than {s.min_rows:,} labelled rows: not used for the verdict"
+    base = s.baseline.get("roc_auc")
+    if base is not None and r.roc_auc < base - s.tolerance and not realized_below(r, base, s.min_rows, s.tolerance):
+        bound = _num(r.roc_auc_upper_bound)
+        return f"below the floor, but within chance on {r.positives:,} churners (95% bound {bound})"
+    return ""
 
 
 def _estimated_hint(s: PerformanceSummary) -> str:
@@ -157,8 +165,8 @@ def _key_figures(s: PerformanceSummary) -> str:
     heads = ["realized", "estimated (CBPE)", "baseline (training validation)", "rows matched", "predictions",
              "unlabelled predictions", "unmatched outcomes"]  # fmt: skip
     # Red only for a figure the verdict used: one on too few rows is shown, not judged.
-    below = [floor is not None and value is not None and value < floor and rows >= s.min_rows
-             for value, rows in ((r.roc_auc, r.rows), (est.roc_auc, est.rows))]  # fmt: skip
+    estimated_below = floor is not None and est.roc_auc is not None and est.roc_auc < floor and est.rows >= s.min_rows
+    below = [base is not None and realized_below(r, base, s.min_rows, s.tolerance), estimated_below]
     cells = [
         _cell(_num(r.roc_auc), _realized_hint(s), below[0]),
         _cell(_num(est.roc_auc), _estimated_hint(s), below[1]),
@@ -216,8 +224,8 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
     elif s.degraded:
         why = f"<ul>{reasons}</ul>"
     elif "roc_auc" in s.baseline:
-        why = ("<p>Neither the realized ROC AUC (on enough labelled rows) nor the estimated one (on enough "
-               "predictions) is below the floor.</p>")
+        why = ("<p>Neither the realized ROC AUC (on enough labelled rows, by more than chance) nor the estimated one "
+               "(on enough predictions) is below the floor.</p>")
     else:
         why = "<p>No baseline ROC AUC in the training run: nothing to compare with.</p>"
     banner = (
@@ -239,7 +247,9 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
         "'no' (not churned by then). Outcomes that judge no prediction "
         "are unmatched; predictions no outcome judged are unlabelled.",
         f"Verdict: degraded when the realized ROC AUC on at least {s.min_rows:,} labelled rows, or the estimated ROC "
-        f"AUC on at least {s.min_rows:,} predictions, is below the baseline minus {s.tolerance:g}.",
+        f"AUC on at least {s.min_rows:,} predictions, is below the baseline minus {s.tolerance:g}; the realized one "
+        "only when its one-sided 95% upper bound (from the counts of churners and stayers) is below the baseline "
+        "too, so that a few churners' noise is not read as a degradation.",
     ]
     charts = "".join([_roc_chart(s, labels, scores), _calibration_chart(s), _day_chart(s)])
     page = (

@@ -73,8 +73,9 @@ def test_a_healthy_model_on_few_churners_is_rarely_called_degraded_and_a_broken_
     measured below baseline - 0.05 in about a quarter of the runs: each one paged and counted
     for retraining. The drop must now be more than chance, and a real one still is."""
     from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
 
-    from churn_platform.performance_metrics import Estimated, realized
+    from churn_platform.performance_metrics import Estimated, Realized, auc_upper_bound
     from monitoring.performance import judge
 
     rng = np.random.default_rng(7)
@@ -84,14 +85,34 @@ def test_a_healthy_model_on_few_churners_is_rarely_called_degraded_and_a_broken_
         labels = np.r_[np.ones(churned), np.zeros(rows - churned)]
         flagged = 0
         for _ in range(runs):
-            margins = np.r_[rng.normal(shift, 1, churned), rng.normal(0, 1, rows - churned)]
-            real = realized(labels, 1 / (1 + np.exp(-margins)), 0.5)
+            auc = roc_auc_score(labels, np.r_[rng.normal(shift, 1, churned), rng.normal(0, 1, rows - churned)])
+            real = Realized(rows=rows, positives=churned, roc_auc=auc,
+                            roc_auc_upper_bound=auc_upper_bound(auc, churned, rows - churned))  # as `realized` does
             flagged += bool(judge(real, Estimated(rows=0), {"roc_auc": 0.84}, 200, 0.05))
         return flagged / runs
 
     assert degraded_share(0.84, churned=5) < 0.05  # was 0.27
     assert degraded_share(0.84, churned=50) < 0.05  # was 0.08
     assert degraded_share(0.65, churned=50) > 0.95  # a real drop, on enough churners, is still caught
+
+
+def test_a_drop_within_chance_is_ok_and_says_so_in_the_output_and_the_report(registry_uri, tmp_path, calibrated):
+    """The report coloured the realized figure red and its banner said nothing was below the
+    floor, whatever the verdict's own rule was: the three must agree."""
+    scores, _ = calibrated
+    labels = np.zeros(len(scores), dtype=bool)
+    ranked = np.argsort(scores[:200])
+    labels[ranked[[140, 145, 150, 155, 160]]] = True  # 5 churners around the 75th percentile: ROC AUC about 0.75
+    url = f"sqlite:///{tmp_path}/few-churners.db"
+    fill(url, 2000, scores, labels, labelled=200)
+    code, output = performance(registry_uri, url, tmp_path)
+    assert code == 0, output
+    assert "but within chance on 5 churners (95% upper bound" in output and "not judged degraded" in output
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "below the floor, but within chance on 5 churners" in report
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["realized"]["roc_auc"] < summary["baseline"]["roc_auc"] - 0.05
+    assert summary["realized"]["roc_auc_upper_bound"] > summary["baseline"]["roc_auc"]
 
 
 def test_fewer_labelled_rows_than_the_minimum_are_shown_not_judged(registry_uri, tmp_path, calibrated):

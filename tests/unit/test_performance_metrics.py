@@ -40,6 +40,7 @@ def test_realized_equals_sklearn():
     predicted = p >= THRESHOLD
     assert got.rows == 5_000 and got.positives == y.sum()
     assert got.roc_auc == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert got.roc_auc < got.roc_auc_upper_bound < got.roc_auc + 0.02  # 5,000 rows: a standard error under 0.01
     assert got.pr_auc == pytest.approx(average_precision_score(y, p), abs=1e-12)
     assert got.precision == pytest.approx(precision_score(y, predicted), abs=1e-12)
     assert got.recall == pytest.approx(recall_score(y, predicted), abs=1e-12)
