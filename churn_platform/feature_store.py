@@ -434,9 +434,6 @@ def _ensure_offline_table(conn: Any) -> None:
         f"{SNAPSHOT_TIME} TIMESTAMPTZ NOT NULL,\n{columns},\nPRIMARY KEY ({ID_COLUMN}, {SNAPSHOT_TIME}))"
     )
     conn.exec_driver_sql(ddl)
-    # Materialize selects by time alone: without this, each daily run scanned the whole history.
-    index = f"{OFFLINE_TABLE}_{SNAPSHOT_TIME}"
-    conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {index} ON {OFFLINE_TABLE} ({SNAPSHOT_TIME})")
     found = {row[0] for row in conn.exec_driver_sql(
         "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()",
         (OFFLINE_TABLE,),
@@ -446,6 +443,12 @@ def _ensure_offline_table(conn: Any) -> None:
         raise DataValidationError(f"the feature store's table {OFFLINE_TABLE} has no column {missing}: it was made "
                                   "for another schema than this release's; add the column (with the stored "
                                   "snapshots' values) or use a new database")  # fmt: skip
+    # Materialize selects by time alone: without this, each daily run scanned the whole history.
+    # Only when missing: CREATE INDEX takes a SHARE lock even when the index exists, and two
+    # ingests holding it deadlocked on their INSERTs.
+    index = f"{OFFLINE_TABLE}_{SNAPSHOT_TIME}"
+    if conn.exec_driver_sql("SELECT to_regclass(%s)", (index,)).scalar() is None:
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {index} ON {OFFLINE_TABLE} ({SNAPSHOT_TIME})")
 
 
 def _offline_table(settings: Settings, load: Any = None) -> None:

@@ -267,6 +267,36 @@ def test_an_offline_table_of_another_schema_is_named_and_its_time_is_indexed(
             get_settings.cache_clear()
 
 
+def test_an_ingest_runs_beside_another_ones_open_transaction(tmp_path: Path, telco_csv: Path):
+    """Every ingest ran CREATE INDEX IF NOT EXISTS, which takes a SHARE lock on the table even
+    when the index exists: it waited for any open insert, and two ingests deadlocked."""
+    import psycopg2
+
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
+    raw = raw[raw["total_charges"].str.strip() != ""]
+    raw.head(5).assign(snapshot_time="2026-12-01").to_csv(tmp_path / "a.csv", index=False)
+    raw.iloc[5:10].assign(snapshot_time="2026-12-01").to_csv(tmp_path / "b.csv", index=False)
+    with postgres_database() as url:
+        # libpq reads PGOPTIONS: a lock wait of more than 5 s fails the command instead of hanging the test.
+        env = {**os.environ, "CHURN_FEATURE_STORE_URL": url, "PGOPTIONS": "-c lock_timeout=5000"}
+        command = [sys.executable, "-m", "churn_platform.cli", "features"]
+        for step in (["apply"], ["ingest", "a.csv"]):
+            subprocess.run([*command, *step], env=env, cwd=tmp_path, check=True, capture_output=True)
+        holder = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=url.rsplit("/", 1)[1])
+        try:
+            with holder.cursor() as cur:  # another ingest's transaction, not yet committed
+                cur.execute("INSERT INTO customer_snapshots SELECT * FROM customer_snapshots LIMIT 0")
+                cur.execute("UPDATE customer_snapshots SET tenure = tenure WHERE customer_id = %s",
+                            (str(raw.iloc[0]["customer_id"]),))  # fmt: skip
+                done = subprocess.run([*command, "ingest", "b.csv"], env=env, cwd=tmp_path, capture_output=True,
+                                      text=True, timeout=120)  # fmt: skip
+        finally:
+            holder.rollback()
+            holder.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ingested 5 of 5 rows" in done.stdout
+
+
 def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    telco_csv: Path):  # fmt: skip
     """The registry holds the offline file's absolute path: a copy materialized the original's
