@@ -218,10 +218,15 @@ def test_a_confident_customer_does_not_make_exact_explanations_fail_their_check(
 
     from churn_platform.explanation import ADDITIVITY_TOLERANCE, Explained, additivity_error
 
-    log_odds = np.array([-2.0, 0.3, 25.0, 30.0, -31.0])
-    contributions = np.zeros((len(log_odds), len(FEATURE_NAMES)))
-    contributions[:, 0] = log_odds + 1.5  # the base is -1.5
-    exact = Explained(expit(log_odds), -1.5, contributions)
-    assert additivity_error(exact) <= ADDITIVITY_TOLERANCE
-    wrong = Explained(expit(log_odds), -1.5, contributions + np.eye(len(log_odds), len(FEATURE_NAMES)) * 1e-3)
-    assert additivity_error(wrong) > ADDITIVITY_TOLERANCE  # a moderate row off by 1e-3 is still caught
+    def error(true: list[float], explained: list[float]) -> float:
+        contributions = np.zeros((len(true), len(FEATURE_NAMES)))
+        contributions[:, 0] = np.array(explained) + 1.5  # the base is -1.5
+        return additivity_error(Explained(expit(np.array(true)), -1.5, contributions))
+
+    log_odds = [-2.0, 0.3, 25.0, 30.0, -31.0, 40.0, -800.0]  # 40: p is 1.0; -800: p is 0.0
+    assert error(log_odds, log_odds) <= ADDITIVITY_TOLERANCE
+    # Still caught: a moderate row off by 1e-3, and confident ones explained far from their score.
+    assert error([0.3], [0.301]) > ADDITIVITY_TOLERANCE
+    assert error([25.0], [14.0]) > ADDITIVITY_TOLERANCE
+    assert error([-21.0], [-300.0]) > ADDITIVITY_TOLERANCE
+    assert error([40.0], [-3.0]) > ADDITIVITY_TOLERANCE
