@@ -438,9 +438,9 @@ def checked_model_name(name: str) -> str:
 
     if not name.strip():
         raise ValueError("a model name cannot be empty")
-    # '?' and '#' too: `models:/a?b/3` is read as a URL with a query, the logged model `a`.
-    if any(c in name for c in "/:?#") or any(ord(c) < 32 for c in name):
-        raise ValueError(f"{name!r}: a model name cannot contain '/', ':', '?', '#' or control characters")
+    # '?' too: `models:/a?b/3` is read as a URL with a query, the logged model `a`.
+    if any(c in name for c in "/:?") or any(ord(c) < 32 for c in name):
+        raise ValueError(f"{name!r}: a model name cannot contain '/', ':', '?' or control characters")
     if posixpath.normpath(name) != name or name == "." or name.startswith(".."):
         raise ValueError(f"{name!r}: not a valid model name (MLflow refuses names that are relative paths)")
     if len(name) > 256:
