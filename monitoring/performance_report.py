@@ -105,12 +105,20 @@ def _calibration_chart(s: PerformanceSummary) -> str:
 
 def _day_chart(s: PerformanceSummary) -> str:
     """When quality broke: realized ROC AUC per prediction day against the degradation floor."""
-    from matplotlib.dates import AutoDateLocator, DateFormatter
+    fig = day_figure(s)
+    if fig is None:
+        return _note("ROC AUC by day: no day has labelled rows of both classes yet.")
+    return _png(fig, "realized ROC AUC by day")
+
+
+def day_figure(s: PerformanceSummary) -> Figure | None:
+    """The by-day chart (None: no day to show), one tick per day or per few days."""
+    from matplotlib.dates import DateFormatter, DayLocator
     from matplotlib.figure import Figure
 
     days = [d for d in s.by_day if d.roc_auc is not None]
     if not days:
-        return _note("ROC AUC by day: no day has labelled rows of both classes yet.")
+        return None
     x = np.array([d.day for d in days], dtype="datetime64[D]")
     auc, rows = [d.roc_auc for d in days], np.array([d.rows for d in days], dtype=float)
     ax = (fig := Figure(figsize=(7.6, 3.6))).subplots()
@@ -119,8 +127,12 @@ def _day_chart(s: PerformanceSummary) -> str:
     if (base := s.baseline.get("roc_auc")) is not None:
         ax.axhline(base, ls="--", color=GREEN, label=f"baseline {base:.3f}")
         ax.axhline(base - s.tolerance, ls="--", color=RED, label=f"degraded below {base - s.tolerance:.3f}")
-    # minticks=2: whole days rather than 12:00 ticks when the window is short
-    ax.xaxis.set(major_locator=AutoDateLocator(minticks=2, maxticks=10), major_formatter=DateFormatter("%b %d"))
+    # The window's days, half a day either side, a tick on whole days: matplotlib's own choice
+    # spread one day over five years ("Jan 01" on every tick) and two over 3-hour ticks.
+    half = np.timedelta64(12, "h")
+    ax.set_xlim(x.min() - half, x.max() + half)
+    span = int((x.max() - x.min()).astype(int)) + 1
+    ax.xaxis.set(major_locator=DayLocator(interval=max(1, -(-span // 8))), major_formatter=DateFormatter("%b %d"))
     skipped = len(s.by_day) - len(days)
     ax.set_xlabel(
         "day the prediction was made (UTC); marker size: labelled rows"
@@ -128,7 +140,7 @@ def _day_chart(s: PerformanceSummary) -> str:
     )
     ax.set(ylabel="ROC AUC", title="Realized ROC AUC by day")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _png(fig, "realized ROC AUC by day")
+    return fig
 
 
 def _realized_hint(s: PerformanceSummary) -> str:

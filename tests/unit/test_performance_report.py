@@ -101,3 +101,27 @@ def test_a_figure_on_too_few_rows_says_so_and_is_not_flagged(tmp_path):
     estimate = summary(few, matched, False).estimated
     assert estimate.roc_auc is not None and estimate.roc_auc < 0.82  # below the floor, yet
     assert cell.startswith('<td class="num">') and f"{estimate.roc_auc:.3f}" in cell, cell
+
+
+def test_the_by_day_chart_labels_each_day_once_whatever_the_window():
+    """One day of predictions drew an axis over five years, every tick "Jan 01"; two days drew
+    3-hour ticks, each "Dec 04": the chart could not say which day broke."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from churn_platform.performance_metrics import DayFigures
+    from monitoring.performance_report import day_figure
+
+    scores, matched = window()
+    base = summary(scores, matched, degraded=False)
+    month = [f"2026-11-{d:02d}" for d in range(1, 31)]
+    for days, expected in ((["2026-12-05"], ["Dec 05"]), (["2026-12-04", "2026-12-05"], ["Dec 04", "Dec 05"]),
+                           (month, None)):  # fmt: skip
+        s = base.model_copy(update={"by_day": [DayFigures(day=d, rows=20, roc_auc=0.7) for d in days]})
+        figure = day_figure(s)
+        FigureCanvasAgg(figure).draw()
+        labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+        assert len(labels) == len(set(labels)) <= 10, labels
+        if expected:
+            assert labels == expected
+        else:  # a tick every few days of the month, from its first
+            assert labels[0] == "Nov 01" and all(label.startswith("Nov") for label in labels)
