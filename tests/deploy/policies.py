@@ -319,6 +319,27 @@ def check_one_off_jobs(objs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def check_disruption_budgets(objs: list[dict[str, Any]]) -> list[str]:
+    """A Deployment that may run more than one pod has a PodDisruptionBudget, and no budget
+    holds back a pod that is not ready: with the default policy, a drain stalled on API pods
+    that had no model to load yet, and two registry pods on one node went down together."""
+    problems: list[str] = []
+    budgets = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objs if o["kind"] == "HorizontalPodAutoscaler"}
+    for budget in budgets:
+        if budget["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            problems.append(f"PodDisruptionBudget/{budget['metadata']['name']}: a pod that is not ready blocks drains "
+                            "(unhealthyPodEvictionPolicy: AlwaysAllow)")  # fmt: skip
+    for obj in objs:
+        name = obj["metadata"]["name"]
+        if obj["kind"] != "Deployment" or (obj["spec"].get("replicas", 1) < 2 and name not in scaled):
+            continue
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        if not any(all(labels.get(k) == v for k, v in b["spec"]["selector"]["matchLabels"].items()) for b in budgets):
+            problems.append(f"Deployment/{name}: runs more than one pod but no PodDisruptionBudget selects them")
+    return problems
+
+
 def check_datastores(objs: list[dict[str, Any]]) -> list[str]:
     """In-cluster datastores keep their data on a PersistentVolumeClaim the overlay renders."""
     problems: list[str] = []
@@ -543,6 +564,7 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
     for name in CRONJOBS:
         problems += check_cronjob(objs, overlay, name)
     problems += check_buckets(objs) + check_network_paths(objs) + check_one_off_jobs(objs) + check_datastores(objs)
+    problems += check_disruption_budgets(objs)
     # Every variable the settings read is set for the API, by the ConfigMap or a Secret reference,
     # but the jobs' own secrets (checked on each job); a secret is never in the ConfigMap.
     provided = set(data) | {e["name"] for e in container.get("env", [])}
