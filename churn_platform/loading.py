@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 
 from churn_platform import explanation, registry
 from churn_platform.contract import (
+    CHALLENGER_ALIAS,
     GLOBAL_IMPORTANCE_ARTIFACT,
     HEADLINE_METRICS,
     PRODUCTION_ALIAS,
@@ -68,9 +69,10 @@ class LoadedModel:
 
 
 def resolve(client: MlflowClient, name: str, alias: str = PRODUCTION_ALIAS) -> int:
-    """The version number ``alias`` points at, or ``NotFoundError``."""
-    if alias == PRODUCTION_ALIAS:
-        version = registry.production_version(client, name)
+    """The version number ``alias`` points at, or ``NotFoundError``. The platform's own two
+    aliases are read as ``status`` reads them: a ``challenger`` the MLflow UI saved wins."""
+    if alias in (PRODUCTION_ALIAS, CHALLENGER_ALIAS):
+        version = registry.aliased(client, name, alias)
     else:
         version = registry.version_by_alias(client, name, alias)
     if version is None:

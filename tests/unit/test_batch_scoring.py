@@ -169,6 +169,24 @@ def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, 
     assert len(ids) == 48 and ids.notna().all()  # the gap (no id) and the bad tenure are rejects
 
 
+def test_the_challenger_the_mlflow_ui_saved_is_the_one_scored(registry_uri, customers, tmp_path):
+    """Saving an alias in the MLflow UI writes it in lower case: `status` and rollouts read
+    `challenger`, while `score --alias Challenger` said no version held it (exit 2)."""
+    from mlflow import MlflowClient
+
+    source = tmp_path / "customers.parquet"
+    customers.head(20).to_parquet(source, index=False)
+    client = MlflowClient(registry_uri, registry_uri)
+    client.set_registered_model_alias("churn", "challenger", "2")
+    try:
+        result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "s.parquet"),
+                     "--alias", "Challenger")  # fmt: skip
+    finally:
+        client.delete_registered_model_alias("churn", "challenger")
+    assert result.exit_code == 0, result.output
+    assert "scored by churn v2" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
