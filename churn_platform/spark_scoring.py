@@ -440,6 +440,9 @@ def _translated(exc: Exception, source: str) -> Exception:
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
+    if isinstance(exc, OSError) and batch_scoring._is_connection_error(exc):  # noqa: SLF001
+        # pyarrow listing or merging the staged parts: a store blip is worth the retry, not a "bug".
+        return StorageUnreachable(f"object store unreachable while writing the scores of {source}: {exc}"[:500])
     if not isinstance(exc, PySparkException | Py4JError):
         return exc
     text = str(exc).strip()

@@ -307,3 +307,16 @@ def test_columns_no_one_reads_that_differ_only_by_case_are_scored_by_both_engine
             result = run(registry_uri, *args, "--input", str(tmp_path / name), "--output", str(out))
             assert result.exit_code == 0, (engine, name, result.output)
             assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(frame["customer_id"]), (engine, name)
+
+
+def test_a_store_blip_while_merging_sparks_parts_is_exit_3_not_a_bug():
+    """pyarrow's OSError listing or reading the staged parts on S3 reached the handler as an
+    unexpected error: a traceback, exit 70 and "please report it", where a retry was the answer."""
+    from churn_platform.errors import StorageUnreachable
+    from churn_platform.spark_scoring import _translated
+
+    blip = _translated(OSError("AWS Error NETWORK_CONNECTION: curlCode: 7, Couldn't connect to server"), "s3://b/in/")
+    assert isinstance(blip, StorageUnreachable) and int(blip.exit_code) == 3
+    assert "object store unreachable while writing the scores of s3://b/in/" in str(blip)
+    full = OSError(28, "No space left on device")
+    assert _translated(full, "s3://b/in/") is full  # not a store that does not answer: still reported as it is
