@@ -191,7 +191,11 @@ def input_files(
         else:
             raise DataSourceError(f"input not found: {spec}")
     named = files == [root]  # a file named itself: read whatever it holds
-    files = [f for f in files if Path(f).suffix.lower() in _SUFFIXES and not _hidden(f, root)]
+    visible = [f for f in files if not _hidden(f, root)]
+    files = [f for f in visible if Path(f).suffix.lower() in _SUFFIXES]
+    if not named and (other := [f for f in visible if f not in files]):  # `2026-11.csv.gz` was left out unseen
+        log.warning("not reading %d file(s) of %s that are neither .csv nor .parquet (compressed exports are not "
+                    "read: decompress them first): %s", len(other), spec, ", ".join(other[:5]))  # fmt: skip
     if not files:
         raise DataSourceError(f"no CSV or Parquet files in {spec}")
     files = _without_own_outputs(fs, files, own or {}, spec)
@@ -658,7 +662,14 @@ def score_chunk(
     return ScoredChunk(scored, rejects, len(good))
 
 
+#: Suffixes of compressed files: an output named so would hold uncompressed Parquet or CSV.
+_COMPRESSED = (".gz", ".bz2", ".zst", ".xz", ".zip")
+
+
 def output_kind(output: str, output_format: str | None) -> str:
+    if Path(output).suffix.lower() in _COMPRESSED:
+        raise DataValidationError(f"{output}: files are not written compressed here; name a .csv or .parquet file "
+                                  "(Parquet compresses its columns itself)")  # fmt: skip
     named = _SUFFIXES.get(Path(output).suffix.lower())
     if output_format and named and named != output_format:  # a CSV called .parquet fools every reader
         raise DataValidationError(f"--format {output_format} does not match --output {output}'s suffix")

@@ -169,6 +169,21 @@ def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, 
     assert len(ids) == 48 and ids.notna().all()  # the gap (no id) and the bad tenure are rejects
 
 
+def test_a_folder_says_which_files_it_does_not_read(registry_uri, customers, tmp_path, caplog):
+    """A compressed month beside a plain one was skipped without a word, and the job exited 0."""
+    import gzip
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    customers.head(20).to_csv(folder / "2026-10.csv", index=False)
+    (folder / "2026-11.csv.gz").write_bytes(gzip.compress(customers.iloc[20:40].to_csv(index=False).encode()))
+    with caplog.at_level("WARNING", logger="churn_platform.batch_scoring"):
+        result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 0, result.output
+    assert "not reading 1 file(s)" in caplog.text and "2026-11.csv.gz" in caplog.text
+    assert "decompress them first" in caplog.text
+
+
 def test_the_challenger_the_mlflow_ui_saved_is_the_one_scored(registry_uri, customers, tmp_path):
     """Saving an alias in the MLflow UI writes it in lower case: `status` and rollouts read
     `challenger`, while `score --alias Challenger` said no version held it (exit 2)."""
@@ -198,6 +213,8 @@ def test_the_challenger_the_mlflow_ui_saved_is_the_one_scored(registry_uri, cust
         (["--output", "s3://crm"], "--output s3://crm names a folder, not a file: add a file name (s3://crm/...)"),
         (["--output", "s3://crm/scores/"], "names a folder, not a file: add a file name (s3://crm/scores/...)"),
         (["--rejects", "s3://crm/rejects/"], "--rejects s3://crm/rejects/ names a folder, not a file"),
+        # It wrote uncompressed Parquet under the name, which every reader then failed on.
+        (["--output", "scores.csv.gz"], "scores.csv.gz: files are not written compressed here"),
     ],
 )
 def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words):
