@@ -169,6 +169,22 @@ def test_integer_ids_stay_whole_numbers_on_either_path(registry_uri, customers, 
     assert len(ids) == 48 and ids.notna().all()  # the gap (no id) and the bad tenure are rejects
 
 
+def test_chunk_rows_bounds_a_csv_chunk_below_one_read_block(customers, tmp_path):
+    """A CSV is read in 8 MiB blocks (tens of thousands of rows): chunks only ever grew, so
+    --chunk-rows 1000, to bound an explained batch's memory, still scored 60,000 rows at once."""
+    import pyarrow.fs as pafs
+
+    from churn_platform.batch_scoring import _chunks
+
+    frame = pd.concat([customers] * 16, ignore_index=True)
+    frame["customer_id"] = [f"c{i}" for i in range(len(frame))]
+    path = tmp_path / "big.csv"
+    frame.to_csv(path, index=False)
+    chunks = list(_chunks(pafs.LocalFileSystem(), str(path), "csv", list(frame.columns), 1000))
+    assert max(c.num_rows for c in chunks) <= 1000
+    assert [i for c in chunks for i in c.column("customer_id").to_pylist()] == frame["customer_id"].tolist()
+
+
 def test_a_folder_says_which_files_it_does_not_read(registry_uri, customers, tmp_path, caplog):
     """A compressed month beside a plain one was skipped without a word, and the job exited 0."""
     import gzip
