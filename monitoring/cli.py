@@ -201,7 +201,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 def performance(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Realized quality from outcomes, estimated quality (CBPE) before they arrive, against the
     version's training baseline; exit 0 ok, 1 degraded."""  # fmt: skip
-    from monitoring.performance import PerformanceOptions, run
+    from monitoring.performance import PerformanceOptions, run, within_chance
 
     settings = settings_for(tracking_uri, model_name)
     last_days = params.pop("last_days")
@@ -235,8 +235,7 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
         if not summary.not_judged and 0 < real.rows < summary.min_rows:
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
         base = summary.baseline.get("roc_auc")
-        if (real.rows >= summary.min_rows and base is not None and real.roc_auc is not None
-                and real.roc_auc < base - summary.tolerance and not summary.degraded):  # fmt: skip
+        if base is not None and within_chance(real, base, summary.min_rows, summary.tolerance):
             click.echo(f"  note: realized is below baseline - {summary.tolerance}, but within chance on "
                        f"{real.positives} churners (95% upper bound {fmt(real.roc_auc_upper_bound)}): not judged "
                        "degraded")  # fmt: skip

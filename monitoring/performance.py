@@ -216,6 +216,13 @@ def realized_below(real: Realized, floor: float, min_rows: int, tolerance: float
             and real.roc_auc < floor - tolerance and real.roc_auc_upper_bound < floor)  # fmt: skip
 
 
+def within_chance(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
+    """Whether the realized ROC AUC is below the baseline minus the tolerance on enough rows,
+    but not by more than chance: shown as such, not judged degraded."""
+    below_floor = real.roc_auc is not None and real.rows >= min_rows and real.roc_auc < floor - tolerance
+    return below_floor and not realized_below(real, floor, min_rows, tolerance)
+
+
 def judge(
     real: Realized, est: Estimated, baseline: dict[str, float], min_rows: int, tolerance: float
 ) -> list[str]:

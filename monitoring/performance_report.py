@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from monitoring.performance import realized_below
+from monitoring.performance import realized_below, within_chance
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -152,7 +152,7 @@ def _realized_hint(s: PerformanceSummary) -> str:
     if r.rows < s.min_rows:
         return f"fewer than {s.min_rows:,} labelled rows: not used for the verdict"
     base = s.baseline.get("roc_auc")
-    if base is not None and r.roc_auc < base - s.tolerance and not realized_below(r, base, s.min_rows, s.tolerance):
+    if base is not None and within_chance(r, base, s.min_rows, s.tolerance):
         bound = _num(r.roc_auc_upper_bound)
         return f"below the floor, but within chance on {r.positives:,} churners (95% bound {bound})"
     return ""
