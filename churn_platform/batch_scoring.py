@@ -193,7 +193,8 @@ def input_files(
     named = files == [root]  # a file named itself: read whatever it holds
     visible = [f for f in files if not _hidden(f, root)]
     files = [f for f in visible if Path(f).suffix.lower() in _SUFFIXES]
-    if not named and (other := [f for f in visible if f not in files]):  # `2026-11.csv.gz` was left out unseen
+    other = [f for f in visible if Path(f).suffix.lower() not in _SUFFIXES]
+    if not named and other:  # `2026-11.csv.gz` was left out unseen
         log.warning("not reading %d file(s) of %s that are neither .csv nor .parquet (compressed exports are not "
                     "read: decompress them first): %s", len(other), spec, ", ".join(other[:5]))  # fmt: skip
     if not files:
@@ -246,14 +247,6 @@ def check_columns(path: str, raw: list[str], names: list[str]) -> None:
         raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
 
 
-def _sliced(table: pa.Table, chunk_rows: int, names: dict[str, str]) -> Iterator[pa.Table]:
-    """``table`` renamed, in pieces of at most ``chunk_rows``: one 8 MiB CSV block holds tens of
-    thousands of rows, and ``--chunk-rows`` below that changed nothing of the memory it bounds."""
-    table = table.rename_columns([names[c] for c in table.schema.names])
-    for start in range(0, table.num_rows, chunk_rows):
-        yield table.slice(start, chunk_rows)
-
-
 def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_rows: int) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of the schema's columns (normalised names), chunk by chunk;
     ``raw`` is its header, checked by ``prepare``."""
@@ -281,19 +274,20 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
             parse = pacsv.ParseOptions(newlines_in_values=True)
             reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=8 << 20), parse_options=parse,
                                     convert_options=convert)  # fmt: skip
-            pending: list[pa.RecordBatch] = []
-            size = 0
+            # Blocks are 8 MiB (tens of thousands of rows): gathered up to chunk_rows and cut there,
+            # so --chunk-rows bounds a chunk below one block too; the rest waits for the next.
+            pending: pa.Table | None = None
             id_column = raw[names.index(ID_COLUMN)]
+            renamed = [wanted[c] for c in wanted]
             for batch in reader:
                 _no_swallowed_records(path, batch, id_column)
-                batch = batch.select(list(wanted))
-                pending.append(batch)
-                size += batch.num_rows
-                if size >= chunk_rows:
-                    yield from _sliced(pa.Table.from_batches(pending), chunk_rows, wanted)
-                    pending, size = [], 0
-            if pending:
-                yield from _sliced(pa.Table.from_batches(pending), chunk_rows, wanted)
+                block = pa.Table.from_batches([batch.select(list(wanted))])
+                pending = block if pending is None else pa.concat_tables([pending, block])
+                while pending.num_rows >= chunk_rows:
+                    yield pending.slice(0, chunk_rows).rename_columns(renamed)
+                    pending = pending.slice(chunk_rows)
+            if pending is not None and pending.num_rows:
+                yield pending.rename_columns(renamed)
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
 
@@ -738,6 +732,7 @@ def prepare(
     checked when it will take it): everything that can refuse the job before it scores."""
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
+    output_kind(rejects, None)  # a compressed name: refused before anything is read or replaced
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_file_name(flag, target)
     data.refuse_overwrite(source, output=output, rejects=rejects)

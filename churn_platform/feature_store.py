@@ -349,6 +349,7 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
     """
     asked = rejects is not None
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
+    batch_scoring.output_kind(rejects, None)  # a compressed name: refused before the export is read
     data.refuse_overwrite(uri, rejects=rejects)
     # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
     _require_applied(open_store(settings), settings)
@@ -447,7 +448,8 @@ def _ensure_offline_table(conn: Any) -> None:
     # Only when missing: CREATE INDEX takes a SHARE lock even when the index exists, and two
     # ingests holding it deadlocked on their INSERTs.
     index = f"{OFFLINE_TABLE}_{SNAPSHOT_TIME}"
-    if conn.exec_driver_sql("SELECT to_regclass(%s)", (index,)).scalar() is None:
+    # In the table's schema (a same-named index elsewhere on the search_path is not this one's).
+    if conn.exec_driver_sql("SELECT to_regclass(format('%%I.%%I', current_schema(), %s))", (index,)).scalar() is None:
         conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {index} ON {OFFLINE_TABLE} ({SNAPSHOT_TIME})")
 
 
