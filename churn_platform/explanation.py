@@ -121,7 +121,7 @@ def _tree_explainer(classifier: Any) -> Any:
 
 def additivity_error(explained: Explained) -> float:
     """Largest distance of base + sum(contributions) from the log-odds the served probability
-    stands for: logit(p), give or take 4 units in the last place of p. Near 1 a float64 holds
+    stands for: logit(p), give or take 4 units in the last place of p (np.spacing). Near 1 a float64 holds
     log-odds coarsely (an ulp of p is 1e-3 log-odds at 30), and one confident verification row
     (an overfit booster's) made every explanation of its version a 409 though it was exact;
     elsewhere the allowance is under 1e-14."""

@@ -165,9 +165,7 @@ def start(
         # training has since moved the alias to a version nothing has shadowed yet.
         version = running.challenger_version
     if version is None:
-        challenger = registry.version_by_alias(client, name, CHALLENGER_ALIAS) or registry.version_by_alias(
-            client, name, CHALLENGER_ALIAS.lower()
-        )
+        challenger = registry.aliased(client, name, CHALLENGER_ALIAS)  # as status reads it
         if challenger is None:
             raise RolloutError(
                 f"no version of {name!r} holds {CHALLENGER_ALIAS} (training sets it when a version passes the gate); "

@@ -43,7 +43,15 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, read_failure
-from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
+from churn_platform.performance_metrics import (
+    DayFigures,
+    Estimated,
+    Realized,
+    auc_upper_bound,
+    by_day,
+    estimated,
+    realized,
+)
 from churn_platform.settings import Settings
 from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
 
@@ -212,8 +220,12 @@ def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dic
 def realized_below(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
     """Whether the realized ROC AUC degrades: on enough labelled rows, below the baseline
     (``floor``) minus the tolerance, and with its 95% upper bound below the baseline."""
-    return (real.roc_auc is not None and real.roc_auc_upper_bound is not None and real.rows >= min_rows
-            and real.roc_auc < floor - tolerance and real.roc_auc_upper_bound < floor)  # fmt: skip
+    if real.roc_auc is None or real.rows < min_rows or real.roc_auc >= floor - tolerance:
+        return False
+    bound = real.roc_auc_upper_bound  # computed here for figures made without it
+    if bound is None:
+        bound = auc_upper_bound(real.roc_auc, real.positives, real.rows - real.positives)
+    return bound < floor
 
 
 def within_chance(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:

@@ -127,7 +127,7 @@ def day_figure(s: PerformanceSummary) -> Figure | None:
     if (base := s.baseline.get("roc_auc")) is not None:
         ax.axhline(base, ls="--", color=GREEN, label=f"baseline {base:.3f}")
         ax.axhline(base - s.tolerance, ls="--", color=RED, label=f"degraded below {base - s.tolerance:.3f}")
-    # The window's days, half a day either side, a tick on whole days: matplotlib's own choice
+    # The days shown, half a day either side, a tick on whole days: matplotlib's own choice
     # spread one day over five years ("Jan 01" on every tick) and two over 3-hour ticks.
     half = np.timedelta64(12, "h")
     ax.set_xlim(x.min() - half, x.max() + half)
