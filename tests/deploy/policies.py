@@ -325,18 +325,27 @@ def check_disruption_budgets(objs: list[dict[str, Any]]) -> list[str]:
     that had no model to load yet, and two registry pods on one node went down together."""
     problems: list[str] = []
     budgets = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
-    scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objs if o["kind"] == "HorizontalPodAutoscaler"}
+    least = {o["spec"]["scaleTargetRef"]["name"]: o["spec"].get("minReplicas", 1)
+             for o in objs if o["kind"] == "HorizontalPodAutoscaler"}  # fmt: skip
     for budget in budgets:
         if budget["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
             problems.append(f"PodDisruptionBudget/{budget['metadata']['name']}: a pod that is not ready blocks drains "
                             "(unhealthyPodEvictionPolicy: AlwaysAllow)")  # fmt: skip
     for obj in objs:
         name = obj["metadata"]["name"]
-        if obj["kind"] != "Deployment" or (obj["spec"].get("replicas", 1) < 2 and name not in scaled):
+        if obj["kind"] != "Deployment":
             continue
+        pods = min(obj["spec"].get("replicas", 1), least.get(name, obj["spec"].get("replicas", 1)))
         labels = obj["spec"]["template"]["metadata"]["labels"]
-        if not any(all(labels.get(k) == v for k, v in b["spec"]["selector"]["matchLabels"].items()) for b in budgets):
+        selecting = [b for b in budgets
+                     if all(labels.get(k) == v for k, v in b["spec"]["selector"].get("matchLabels", {}).items())]
+        if not selecting and (obj["spec"].get("replicas", 1) > 1 or name in least):
             problems.append(f"Deployment/{name}: runs more than one pod but no PodDisruptionBudget selects them")
+        for budget in selecting:  # one that no drain can satisfy at the fewest pods stalls every drain
+            spec, floor = budget["spec"], budget["spec"].get("minAvailable")
+            if spec.get("maxUnavailable") == 0 or (isinstance(floor, int) and floor >= pods > 0):
+                problems.append(f"PodDisruptionBudget/{budget['metadata']['name']}: evicts none of "
+                                f"Deployment/{name}'s {pods} pod(s)")  # fmt: skip
     return problems
 
 
