@@ -234,7 +234,8 @@ def test_the_challenger_the_mlflow_ui_saved_is_the_one_scored(registry_uri, cust
         (["--rejects", "r.csv.gz"], "r.csv.gz: files are not written compressed here"),  # before the scores
     ],
 )
-def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words):
+def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative output a regression writes stays in the test's folder
     source = tmp_path / "customers.parquet"
     customers.head(20).to_parquet(source, index=False)
     given = dict(zip(args[::2], args[1::2], strict=True))
