@@ -46,8 +46,8 @@ def test_demo_runs_end_to_end(tmp_path, webhook):
     # Retrained on the recent outcomes, gated on held-out recent customers against Production.
     retrain = summary["retrain"]
     assert retrain["version"] == 3 and retrain["gate"]["compared_on"].endswith("held-out recent labelled rows")
-    if retrain["challenger"]:
-        assert retrain["rollout"]["mode"] == "shadow" and "shadow" in done.stdout
+    # Seeded: the retrain wins its gate, so the shadow steps run (a demo that skipped them passed too).
+    assert retrain["challenger"] and retrain["rollout"]["mode"] == "shadow" and "shadow" in done.stdout
     assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
     assert posted == []
     # Every process the demo started is gone.

@@ -35,6 +35,15 @@ def make_settings(registry_uri, tmp_path, **overrides) -> Settings:
     return Settings(**values)
 
 
+def settled(client: TestClient, timeout: float = 30) -> httpx.Response:
+    """``/ready`` once the API has looked at the registry (no longer ``starting``)."""
+    deadline = time.monotonic() + timeout
+    while (response := client.get("/ready")).json()["status"] == "starting":
+        assert time.monotonic() < deadline, "still starting"
+        time.sleep(0.1)
+    return response
+
+
 def wait_ready(client: TestClient, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,8 +72,7 @@ def test_a_registry_database_that_does_not_exist_is_registry_unreachable_not_ali
 
     uri = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/churn_no_such_registry"
     with TestClient(create_app(make_settings(uri, tmp_path))) as client:
-        time.sleep(1.5)
-        response = client.get("/ready")
+        response = settled(client)
     assert response.status_code == 503 and response.json()["status"] == "registry_unreachable", response.json()
     assert 'database "churn_no_such_registry" does not exist' in response.json()["message"]
 
@@ -72,8 +80,7 @@ def test_a_registry_database_that_does_not_exist_is_registry_unreachable_not_ali
 def test_not_ready_while_the_alias_is_missing(registry_uri, tmp_path):
     with TestClient(create_app(make_settings(registry_uri, tmp_path, model_name="nobody"))) as client:
         assert client.get("/health").json() == {"status": "ok"}
-        time.sleep(1.5)
-        response = client.get("/ready")
+        response = settled(client)
         assert response.status_code == 503
         assert response.json()["status"] == "alias_missing"
         assert "holds the alias 'Production'" in response.json()["message"]
