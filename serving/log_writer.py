@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
-from churn_platform.inference_log import COLUMNS, make_engine, sqlite_time, sqlstate, table, upgrade
+from churn_platform.inference_log import COLUMNS, is_missing_table, make_engine, sqlite_time, sqlstate, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
 from serving.spool import Frame, Spool, move_unheld
 
@@ -60,7 +60,7 @@ def _not_writable(exc: BaseException) -> bool:
     if (state := sqlstate(exc)) is not None:
         return state in _NOT_WRITABLE_STATES
     orig = getattr(exc, "orig", None) or exc
-    return isinstance(orig, sqlite3.OperationalError) and str(orig).startswith(f"no such table: {INFERENCE_LOG_TABLE}")
+    return isinstance(orig, sqlite3.OperationalError) and is_missing_table(orig)
 
 
 #: Errors that mean "try again later": the database is down, restarting, locked, slow, or
