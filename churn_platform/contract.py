@@ -32,6 +32,8 @@ VALIDATION_ARTIFACT = "validation/validation.parquet"
 #: Each feature's mean absolute contribution on the validation rows (``/model`` serves it).
 GLOBAL_IMPORTANCE_ARTIFACT = "explanations/global_importance.json"
 GLOBAL_IMPORTANCE_PLOT = "explanations/global_importance.png"
+#: Run tag saying why a run has no global importance (its explainer failed).
+TAG_IMPORTANCE_UNAVAILABLE = "explanations.unavailable"
 
 # ---------------------------------------------------------------- model version tags
 

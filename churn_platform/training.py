@@ -42,6 +42,7 @@ from churn_platform.contract import (
     TAG_GATE,
     TAG_GATE_FIGURES,
     TAG_GIT_COMMIT,
+    TAG_IMPORTANCE_UNAVAILABLE,
     TAG_MODEL_TYPE,
     TAG_ROC_AUC,
     TAG_ROWS,
@@ -195,8 +196,6 @@ def _unseen_categories(train_df: pd.DataFrame) -> dict[str, list[str]]:
     return unseen
 
 
-#: Run tag saying why a run has no global importance.
-TAG_IMPORTANCE_UNAVAILABLE = "explanations.unavailable"
 #: Validation rows the global importance averages over at most (a seeded sample beyond): tree
 #: SHAP takes about 90 s a million rows, for a summary of 19 means.
 IMPORTANCE_ROWS = 20_000

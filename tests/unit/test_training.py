@@ -16,7 +16,12 @@ from mlflow import MlflowClient
 
 from churn_platform import data, registry
 from churn_platform.cli import main
-from churn_platform.contract import GLOBAL_IMPORTANCE_ARTIFACT, GLOBAL_IMPORTANCE_PLOT, VALIDATION_METRICS
+from churn_platform.contract import (
+    GLOBAL_IMPORTANCE_ARTIFACT,
+    GLOBAL_IMPORTANCE_PLOT,
+    TAG_IMPORTANCE_UNAVAILABLE,
+    VALIDATION_METRICS,
+)
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import get_settings
 from churn_platform.training import REFERENCE_ARTIFACT, TrainConfig, train
@@ -65,7 +70,7 @@ def test_training_registers_a_loadable_version(embedded, model_name, model_type)
 def test_an_explainer_that_breaks_costs_the_global_importance_not_the_run(embedded, model_name, monkeypatch):
     """Serving treats explanations as optional; training failed the whole run (exit 70, nothing
     registered) when shap could not explain the model."""
-    from churn_platform import explanation, training
+    from churn_platform import explanation
 
     def broken(*args, **kwargs):
         raise explanation.ExplanationUnavailable("shap cannot explain HistGradientBoostingClassifier: numba")
@@ -75,7 +80,7 @@ def test_an_explainer_that_breaks_costs_the_global_importance_not_the_run(embedd
     client = MlflowClient()
     assert client.get_model_version(model_name, str(result.version)).status == "READY"
     run = client.get_run(result.run_id)
-    assert "shap cannot explain" in run.data.tags[training.TAG_IMPORTANCE_UNAVAILABLE]
+    assert "shap cannot explain" in run.data.tags[TAG_IMPORTANCE_UNAVAILABLE]
     assert not client.list_artifacts(result.run_id, "explanations")
 
 
