@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, computed_field
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -51,8 +51,6 @@ class Realized(BaseModel):
     rows: int
     positives: int
     roc_auc: float | None = None
-    #: One-sided 95% upper bound of ``roc_auc`` on these class counts (``auc_upper_bound``).
-    roc_auc_upper_bound: float | None = None
     pr_auc: float | None = None
     precision: float | None = None
     recall: float | None = None
@@ -60,6 +58,14 @@ class Realized(BaseModel):
     precision_top_10pct: float | None = None
     brier: float | None = None
     calibration: list[CalibrationBin] = []
+
+    @computed_field  # derived, yet in summary.json and the run's metrics
+    @property
+    def roc_auc_upper_bound(self) -> float | None:
+        """One-sided 95% upper bound of ``roc_auc`` on these class counts (``auc_upper_bound``)."""
+        if self.roc_auc is None:
+            return None
+        return auc_upper_bound(self.roc_auc, self.positives, self.rows - self.positives)
 
 
 class Estimated(BaseModel):
@@ -153,13 +159,10 @@ def realized(y: np.ndarray, p: np.ndarray, threshold: float) -> Realized:
     both = np.unique(y).size == 2
     predicted = (p >= threshold).astype(int)
     top = np.argsort(-p, kind="stable")[: math.ceil(TOP_SHARE * n)]
-    positives = int(y.sum())
-    auc = _roc_auc(y, p)
     return Realized(
         rows=n,
-        positives=positives,
-        roc_auc=auc,
-        roc_auc_upper_bound=None if auc is None else auc_upper_bound(auc, positives, n - positives),
+        positives=int(y.sum()),
+        roc_auc=_roc_auc(y, p),
         pr_auc=float(average_precision_score(y, p)) if both else None,
         precision=float(precision_score(y, predicted, zero_division=0)),
         recall=float(recall_score(y, predicted, zero_division=0)),

@@ -47,7 +47,6 @@ from churn_platform.performance_metrics import (
     DayFigures,
     Estimated,
     Realized,
-    auc_upper_bound,
     by_day,
     estimated,
     realized,
@@ -222,10 +221,7 @@ def realized_below(real: Realized, floor: float, min_rows: int, tolerance: float
     (``floor``) minus the tolerance, and with its 95% upper bound below the baseline."""
     if real.roc_auc is None or real.rows < min_rows or real.roc_auc >= floor - tolerance:
         return False
-    bound = real.roc_auc_upper_bound  # computed here for figures made without it
-    if bound is None:
-        bound = auc_upper_bound(real.roc_auc, real.positives, real.rows - real.positives)
-    return bound < floor
+    return real.roc_auc_upper_bound < floor
 
 
 def within_chance(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
