@@ -82,11 +82,11 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS ('*' for any)."
     )
     reload_poll_s: float = Field(
-        0, ge=0, description="Check the Production alias every N seconds and reload (0: never; "
+        0, ge=0, le=86_400, description="Check the Production alias every N seconds and reload (0: never; "
         f"{MULTI_WORKER_POLL_S:g} when `serve --workers` is above 1 and it is unset)."
     )
     startup_backoff_max_s: float = Field(
-        5, gt=0, description="Longest wait between attempts to load the model at startup."
+        5, gt=0, le=86_400, description="Longest wait between attempts to load the model at startup."
     )
     verify_sample_rows: int = Field(
         500, ge=0, description="Reference rows the fast scorer is checked on before serving."
@@ -96,8 +96,14 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the inference log (postgresql+psycopg2://... in production).",
         json_schema_extra={"secret": True},  # carries the database password
     )
-    inference_log_batch_rows: int = Field(500, ge=1, description="Rows per inference-log insert.")
-    inference_log_flush_s: float = Field(1.0, gt=0, description="Longest wait before an insert.")
+    inference_log_batch_rows: int = Field(
+        500, ge=1, description="Rows the API hands its log writer in one frame (the spool's unit; "
+        "the database takes up to 20,000 a transaction)."
+    )
+    inference_log_flush_s: float = Field(
+        1.0, gt=0, le=3600, description="Longest a scored row waits in the API before it goes to the log writer; "
+        "its spool syncs to disk at least this often."
+    )
     inference_log_queue_rows: int = Field(
         100_000, ge=1, description="Rows an API worker holds in memory for its log writer; beyond, rows are dropped."
     )
@@ -241,6 +247,12 @@ class Settings(BaseSettings):
     def _pairs_in_order(self) -> Settings:
         if self.risk_medium_from >= self.risk_high_from:
             raise ValueError("CHURN_RISK_MEDIUM_FROM must be below CHURN_RISK_HIGH_FROM")
+        if self.inference_log_queue_rows < self.max_batch_size:
+            raise ValueError(
+                f"CHURN_INFERENCE_LOG_QUEUE_ROWS ({self.inference_log_queue_rows}) must be at least "
+                f"CHURN_MAX_BATCH_SIZE ({self.max_batch_size}): a full batch would never fit in the queue, "
+                "and its rows were always dropped"
+            )
         if self.monitor_max_rows < 1.1 * self.monitor_min_rows:
             # The database's sample comes a few percent under its limit and rows with missing
             # values are dropped after it: every run would end with "fewer than the minimum".
@@ -412,7 +424,18 @@ def checked_log_url(url: str) -> str:
         raise ValueError(f"must be a postgresql:// or sqlite:/// URL, got scheme {url_scheme(url)!r}")
     _database_url(url)
     _sync_driver(url)
+    if url_scheme(url) == "sqlite" and _in_memory(url):  # the writer's own, private: every row "written", none kept
+        raise ValueError("an in-memory SQLite database keeps nothing another process can read: name a file, "
+                         "sqlite:///path/inference_log.db")  # fmt: skip
     return url
+
+
+def _in_memory(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
 
 
 def _sync_driver(url: str, instead: str = "use postgresql+psycopg:// (or sqlite:///)") -> None:

@@ -135,6 +135,32 @@ def test_a_monitor_sample_limit_under_its_minimum_is_refused_at_start_up(monkeyp
     assert "CHURN_MONITOR_MAX_ROWS (1050) must be at least 1.1 x CHURN_MONITOR_MIN_ROWS (1000)" in result.output
 
 
+def test_a_log_queue_smaller_than_a_batch_is_refused_at_start_up(monkeypatch):
+    """Every batch larger than the queue was dropped, however empty the queue."""
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_QUEUE_ROWS", "500")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2, result.output
+    assert "CHURN_INFERENCE_LOG_QUEUE_ROWS (500) must be at least CHURN_MAX_BATCH_SIZE (1000)" in result.output
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:log?mode=memory&uri=true"])
+def test_an_in_memory_inference_log_is_refused(monkeypatch, url):
+    """The writer kept the rows in its own memory: counted as written, readable by no one."""
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", url)
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2, result.output
+    assert "CHURN_INFERENCE_LOG_URL" in result.output and "in-memory SQLite" in result.output
+
+
+@pytest.mark.parametrize("name", ["CHURN_INFERENCE_LOG_FLUSH_S", "CHURN_RELOAD_POLL_S"])
+def test_a_wait_too_long_for_a_timer_is_refused_by_name(monkeypatch, name):
+    """1e10 s passed `gt=0` and then raised OverflowError in the thread that waits on it."""
+    monkeypatch.setenv(name, "1e10")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2, result.output
+    assert name in result.output and "less than or equal" in result.output
+
+
 def test_an_infinite_setting_is_refused_by_name(monkeypatch):
     """A drift threshold of inf passed `gt=0`: the monitor could never report drift again."""
     monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLD", "inf")

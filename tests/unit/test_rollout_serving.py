@@ -142,8 +142,8 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
 
 def test_a_full_log_queue_keeps_productions_rows_before_the_shadows(registry, registry_uri, tmp_path):
     """Room in the queue for one arm only: the monitor and the performance job read Production's rows."""
-    settings = make_settings(registry_uri, tmp_path, inference_log_queue_rows=60, inference_log_batch_rows=1000,
-                             inference_log_flush_s=30)  # fmt: skip
+    settings = make_settings(registry_uri, tmp_path, inference_log_queue_rows=60, max_batch_size=60,
+                             inference_log_batch_rows=1000, inference_log_flush_s=30)  # fmt: skip
     with TestClient(create_app(settings)) as api:
         wait_ready(api)
         rollout.start(registry, "churn", mode="shadow", version=2, actor="tests")
