@@ -31,14 +31,17 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 import msgspec
 
 from churn_platform.errors import SettingsError
-from serving.log_writer import pipe_frame
+from serving.log_writer import pipe_frame, spool_root
 
 if TYPE_CHECKING:
     from serving.schemas import Record  # a type only: the schemas build pydantic models on import
 
 log = logging.getLogger(__name__)
 
-_RESTART_PAUSE_S = 1.0
+#: A writer that dies young is restarted after a pause that doubles up to the longest: one that
+#: cannot make its spool (a full volume) was otherwise respawned every second for good.
+_RESTART_PAUSE_S, _RESTART_PAUSE_MAX_S = 1.0, 60.0
+_RESTARTED_FOR_GOOD_S = 60.0  # a writer that ran this long resets the pause
 _PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size
 
 # Frames on the writer's stdin: first the configuration, then lists of items:
@@ -49,13 +52,18 @@ Item = tuple[str, datetime, str, int, str, Sequence["Record"], Sequence[float], 
 Outcome = Literal["written", "dropped", "spooled", "replayed"]
 
 
-def check_spool_dir(spool_dir: Path) -> None:
-    """``SettingsError`` naming the variable unless the spool folder can be created and written."""
+def check_spool_dir(spool_dir: Path, url: str) -> None:
+    """``SettingsError`` naming the variable unless the writer can make its folders there: the
+    database's own (``spool_root``), and in it a folder and a file (a volume with no block left
+    takes a file, not a folder; the writer then exited at each start)."""
     try:
-        spool_dir.mkdir(parents=True, exist_ok=True)
-        probe = spool_dir / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        root = spool_root(spool_dir, url)
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-{os.getpid()}"
+        probe.mkdir()
+        (probe / "file").write_bytes(b"")
+        (probe / "file").unlink()
+        probe.rmdir()
     except OSError as exc:
         raise SettingsError(
             f"CHURN_INFERENCE_LOG_SPOOL_DIR={spool_dir}: cannot write there ({exc.strerror}); "
@@ -106,6 +114,8 @@ class InferenceLog:
         self._counts = threading.Lock()  # written, dropped and each writer's unreported rows
         self.written = self.dropped = self.spooled = self.replayed = 0
         self.spool_bytes, self.live, self.torn_frames = 0, True, 0
+        self._restart_pause = _RESTART_PAUSE_S
+        self._closing = threading.Event()  # cuts a restart's pause short
 
     def start(self) -> None:
         """Start the writer (it first replays any spool an earlier process left) and the sender.
@@ -113,15 +123,17 @@ class InferenceLog:
         A spool folder that cannot be written is a deployment error: it stops the start,
         naming the variable, instead of losing rows later.
         """
-        check_spool_dir(self.spool_dir)
+        check_spool_dir(self.spool_dir, self.url)
         self._writer = self._spawn_writer()
         self._sender.start()
 
     def state(self) -> dict[str, Any]:
         """For /model: is the log live or spooling, and what it has done so far."""
+        writer = self._writer
         with self._counts:
+            down = writer is None or writer.gone  # restarting: nothing takes rows now
             return {
-                "state": "live" if self.live else "spooling",
+                "state": "down" if down else "live" if self.live else "spooling",
                 "spool_dir": str(self.spool_dir),
                 "spool_bytes": self.spool_bytes,
                 "rows": {"written": self.written, "spooled": self.spooled, "replayed": self.replayed,
@@ -168,6 +180,7 @@ class InferenceLog:
         deadline = time.monotonic() + timeout
         if self._sender.is_alive():
             self._stopping = True
+            self._closing.set()
             self._ready.set()
             self._sender.join(timeout)
         writer = self._writer
@@ -308,8 +321,12 @@ class InferenceLog:
     def _replace(self, writer: _WriterProcess | None) -> bool:
         """Start a writer in place of one that is gone (it replays what that one spooled)."""
         code = writer.process.poll() if writer is not None else None
-        log.warning("inference log writer is gone (exit code %s); restarting it", code)
-        time.sleep(_RESTART_PAUSE_S)
+        if writer is not None and time.monotonic() - writer.started >= _RESTARTED_FOR_GOOD_S:
+            self._restart_pause = _RESTART_PAUSE_S
+        pause = self._restart_pause
+        self._restart_pause = min(pause * 2, _RESTART_PAUSE_MAX_S)
+        log.warning("inference log writer is gone (exit code %s); restarting it in %.0f s", code, pause)
+        self._closing.wait(pause)  # shutting down: at once, for what is queued
         try:
             self._writer = self._spawn_writer()
         except OSError as exc:
@@ -326,6 +343,7 @@ class _WriterProcess:
             [sys.executable, "-m", "serving.log_writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         _widen(self.process.stdin)
+        self.started = time.monotonic()
         self.unreported = 0
         self.gone = False
         self.reader: threading.Thread | None = None  # counts its reports

@@ -47,11 +47,14 @@ PIPE_HEADER = struct.Struct(">II")
 
 
 class NotWritableNow(Exception):
-    """The table is gone or may not be written by this user: a state someone mends, not the rows' fault."""
+    """The table is gone, lost its unique index, or may not be written by this user: a state
+    someone mends, not the rows' fault."""
 
 
-#: PostgreSQL's undefined_table and insufficient_privilege (a missing grant, not the owner).
-_NOT_WRITABLE_STATES = frozenset({"42P01", "42501"})
+#: PostgreSQL's undefined_table, insufficient_privilege (a missing grant, not the owner) and
+#: invalid_column_reference: the staged load's ON CONFLICT meeting a table without its unique
+#: index (a `pg_restore --clean` adds constraints after the data), which a restore mends.
+_NOT_WRITABLE_STATES = frozenset({"42P01", "42501", "42P10"})
 
 
 def _not_writable(exc: BaseException) -> bool:
@@ -282,7 +285,8 @@ class Database:
                         "loading them as text", mismatched)  # fmt: skip
         if not unique:
             log.error("inference log: no unique index on (%s, %s): stored ids cannot be skipped, so "
-                      "loads go through the staging table, whose INSERT fails until it is restored",
+                      "loads go through the staging table, whose INSERT is refused: rows wait in the spool "
+                      "until the index is restored",
                       REQUEST_ID, ROW_INDEX)  # fmt: skip
         self._binary, self._direct = not mismatched, bool(unique)
 
@@ -559,8 +563,13 @@ def main() -> None:
     config = msgspec.msgpack.decode(first[0])
     logs.configure(logging.INFO, config.get("log_format", "text"))  # the API's format
     root = spool_root(Path(config["spool_dir"]), config["url"])
-    _take_over_legacy_spool(Path(config["spool_dir"]), config["url"], root)
-    spool = Spool(root, max_bytes=int(config["spool_max_bytes"]), sync_s=float(config["flush_s"]))
+    try:
+        _take_over_legacy_spool(Path(config["spool_dir"]), config["url"], root)
+        spool = Spool(root, max_bytes=int(config["spool_max_bytes"]), sync_s=float(config["flush_s"]))
+    except OSError as exc:  # the API restarts the writer, later each time; the rows spooled before wait
+        log.error("inference log spool: cannot make a folder in %s (%s); rows are dropped until a writer can",
+                  root, exc.strerror or exc)  # fmt: skip
+        sys.exit(1)
     _warn_of_other_spools(root)
     if spool.adopted_bytes:
         log.info("inference log: replaying %d bytes spooled by an earlier process", spool.adopted_bytes)
@@ -573,7 +582,10 @@ def main() -> None:
             if spool.append(payload, rows):
                 report("spooled", rows)
             else:
-                log.error("inference log spool is full (%d bytes): %d rows dropped", spool.max_bytes, rows)
+                if spool.disk_refused:  # said by the spool: "cannot write to", another remedy than the cap's
+                    log.error("inference log spool: %d rows dropped", rows)
+                else:
+                    log.error("inference log spool is full (%d bytes): %d rows dropped", spool.max_bytes, rows)
                 report("full", rows)
         spool.sync()
         loader.finish(DRAIN_S)

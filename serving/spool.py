@@ -128,6 +128,8 @@ class Spool:
         self._dirs: list[_Directory] = [self._own]
         self.bytes = 0
         self.torn_frames = 0
+        #: Whether the last refused append was the disk's doing (full, read-only), not the cap's.
+        self.disk_refused = False
         self._cond = threading.Condition()
         self._tail_segment = 0
         self._tail: int | None = None  # fd of the segment being appended to
@@ -208,6 +210,7 @@ class Spool:
         or the disk refuses (full, read-only): the writer counts those rows as dropped."""
         frame = _HEADER.pack(len(payload), zlib.crc32(payload), rows) + payload
         with self._cond:
+            self.disk_refused = False
             if self.bytes + len(frame) > self.max_bytes:
                 return False
             try:
@@ -219,6 +222,10 @@ class Spool:
                 log.error("inference log spool: cannot write to %s (%s)", self._own.path, exc.strerror)
                 written = -1
             if written != len(frame):  # a short or failed write: cut it off, so later frames stay readable
+                self.disk_refused = True
+                if written >= 0:
+                    log.error("inference log spool: cannot write to %s (%d of %d bytes written: the volume is full?)",
+                              self._own.path, written, len(frame))  # fmt: skip
                 if self._tail is not None and written:
                     try:
                         os.ftruncate(self._tail, self._tail_size)

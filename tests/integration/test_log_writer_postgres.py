@@ -265,23 +265,41 @@ def test_a_request_the_database_refuses_costs_only_its_own_rows(tmp_path):
     assert dict(stored) == {f"r{i}": 10 for i in range(30) if i not in (17, 23)} and lowest >= 0
 
 
-def test_without_the_unique_index_loads_fail_loudly_rather_than_write_a_replay_twice():
+def test_without_the_unique_index_rows_wait_in_the_spool_until_it_is_restored(tmp_path):
     """Straight COPY relies on the unique index to refuse a replay's stored ids; a table that
-    lost it must not take rows it cannot deduplicate."""
-    import psycopg
+    lost it (a `pg_restore --clean` adds constraints after the data) must not take rows it
+    cannot deduplicate, nor lose them: each batch was refused for good and deleted from the spool."""
+    import time
+
+    from serving.inference_log import InferenceLog
+    from serving.log_writer import NotWritableNow
 
     records = data.to_records(data.generate(2, seed=6).drop(columns=["churn"]))
     with postgres_database() as url:
         engine = altered_table(url, "ALTER TABLE inference_log DROP CONSTRAINT uq_inference_log_request_row")
         database = Database(url)
         try:
-            with pytest.raises(psycopg.ProgrammingError, match="ON CONFLICT"):
+            with pytest.raises(NotWritableNow, match="ON CONFLICT"):
                 database.insert(frame(["r", datetime.now(UTC), "churn", 1, "production", records, [0.5] * 2]))
         finally:
             database.dispose()
-        with engine.connect() as conn:
+        log = InferenceLog(url, spool_dir=tmp_path / "spool", flush_s=0.2)
+        log.start()
+        log.append("r1", "churn", 1, records, [0.5] * 2)
+        deadline = time.monotonic() + 60
+        while log.state()["state"] != "spooling":
+            assert time.monotonic() < deadline, log.state()
+            time.sleep(0.1)
+        with engine.begin() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar() == 0
+            conn.execute(sa.text("ALTER TABLE inference_log ADD CONSTRAINT uq_inference_log_request_row "
+                                 "UNIQUE (request_id, row_index)"))  # fmt: skip
+        log.append("r2", "churn", 1, records, [0.5] * 2)
+        log.close()
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT request_id, count(*) FROM inference_log GROUP BY request_id")).all()
         engine.dispose()
+    assert dict(stored) == {"r1": 2, "r2": 2} and log.dropped == 0
 
 
 def test_replicas_starting_together_on_a_new_database_store_their_first_rows():

@@ -369,6 +369,44 @@ def test_a_spool_folder_that_cannot_be_written_stops_the_start_naming_the_variab
         log.start()
 
 
+def test_a_spool_folder_for_the_database_that_cannot_be_made_stops_the_start(tmp_path):
+    """The start checked the spool folder only; the writer's own folder in it (named for the
+    database) failing, the writer exited at each start and every row was dropped."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    spool_root(tmp_path / "spool", url).parent.mkdir(parents=True)
+    spool_root(tmp_path / "spool", url).write_text("a file where the database's spool folder goes")
+    log = InferenceLog(url, spool_dir=tmp_path / "spool")
+    with pytest.raises(SettingsError, match="CHURN_INFERENCE_LOG_SPOOL_DIR=.*cannot write there"):
+        log.start()
+
+
+def test_a_writer_that_cannot_make_its_spool_says_so_and_is_restarted_ever_later(tmp_path, caplog, capfd):
+    """A volume that refuses the writer's folder after the start (filled, a file in the way):
+    the writer died with a traceback and was respawned every second for good, and /model said
+    the log was live."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=1, flush_s=0.05)
+    log.start()
+    try:
+        log.append("first", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.written == 20)
+        root = spool_root(tmp_path / "spool", url)
+        log._writer.process.kill()
+        log._writer.process.wait()
+        root.rename(tmp_path / "moved")
+        root.write_text("in the way")
+        for i in range(40):  # each send finds the writer gone: restarted after 1 s, then 2 s
+            log.append(f"after-{i}", "churn", 1, RECORDS[:1], [0.5])
+            time.sleep(0.1)
+        wait_for(lambda: "in 2 s" in caplog.text, timeout=30)
+        assert log.state()["state"] == "down"
+        assert "restarting it in 1 s" in caplog.text
+    finally:
+        log.close()
+    err = capfd.readouterr().err
+    assert "cannot make a folder in" in err and "Traceback" not in err
+
+
 def test_frames_from_an_earlier_release_load_with_what_they_hold(tmp_path):
     """A spool left by an earlier release is replayed: an item without scoring time, a
     customer missing a feature (NULL) or carrying one this release dropped (ignored); an
