@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -70,6 +70,10 @@ class Event:
     actor: str
     reason: str
     via: str  # cli | external
+    #: Written before the alias moves, rewritten without it after: until then it counts only
+    #: once the alias is on its version (a move that failed and could not withdraw its event
+    #: was taken for a move undone in the UI, and `rollback` went to a version never served).
+    pending: bool = False
 
     @property
     def ns(self) -> int:
@@ -80,6 +84,8 @@ class Event:
         out.pop("key")
         out["from"] = out.pop("from_version")
         out["to"] = out.pop("to_version")
+        if not out["pending"]:  # written only while true: a done event reads as an earlier release's did
+            out.pop("pending")
         return out
 
 
@@ -132,20 +138,22 @@ def _parse(key: str, value: str) -> Event | None:
             actor=str(raw.get("actor", "unknown")),
             reason=str(raw.get("reason", "")),
             via=str(raw.get("via", "unknown")),
+            pending=raw.get("pending") is True,
         )
     except (ValueError, KeyError, TypeError):
         return None  # a foreign or damaged tag is not an event; it is never rewritten
 
 
-def events_in(tags: Mapping[str, str]) -> list[Event]:
-    """The events among a registered model's tags, oldest first."""
+def events_in(tags: Mapping[str, str], *, pending: bool = False) -> list[Event]:
+    """The events among a registered model's tags, oldest first; moves still pending (their
+    command has not moved the alias, may never) only when asked: ``reconcile`` settles them."""
     events = [_parse(k, v) for k, v in tags.items() if k.startswith(AUDIT_PREFIX)]
-    return sorted((e for e in events if e is not None), key=lambda e: e.key)
+    return sorted((e for e in events if e is not None and (pending or not e.pending)), key=lambda e: e.key)
 
 
-def recorded_events(client: MlflowClient, name: str) -> list[Event]:
-    """Recorded events, oldest first."""
-    return events_in(registry.get_model(client, name).tags)
+def recorded_events(client: MlflowClient, name: str, *, pending: bool = False) -> list[Event]:
+    """Recorded events, oldest first (pending moves only when asked, as ``events_in``)."""
+    return events_in(registry.get_model(client, name).tags, pending=pending)
 
 
 def _current(client: MlflowClient, name: str) -> int | None:
@@ -210,7 +218,7 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         if not _read_only(exc, "giving the UI's aliases their canonical spelling"):
             raise
     current = _current(client, name)
-    recorded = recorded_events(client, name)
+    recorded = _settled(client, name, recorded_events(client, name, pending=True), current)
     events = [e for e in recorded if e.action in MOVES]
     if not events:
         if current is None:
@@ -254,6 +262,25 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         if key not in registry.get_model(client, name).tags and not _read_only(exc, "recording the outside change"):
             raise
     return sorted([*recorded, event], key=lambda e: e.key)
+
+
+def _settled(client: MlflowClient, name: str, recorded: list[Event], current: int | None) -> list[Event]:
+    """``recorded`` without pending moves, but for the latest one since the last done move
+    that names the version the alias is on: its command moved it and was stopped (or lost the
+    registry) before it said so; it is rewritten as done. Any other pending move is a command
+    still under way, or one that failed and could not withdraw its event: not a move."""
+    done = [e for e in recorded if not e.pending]
+    last_done = max((e.key for e in done if e.action in MOVES), default="")
+    landed = [e for e in recorded if e.pending and e.key > last_done and e.to_version == current]
+    if current is None or not landed:
+        return done
+    event = replace(landed[-1], pending=False)
+    try:
+        _write(client, name, event)
+    except MlflowException as exc:
+        if not _read_only(exc, "recording a move its command made"):
+            raise
+    return sorted([*done, event], key=lambda e: e.key)
 
 
 def production_stack(events: list[Event], current: int | None) -> list[int]:
@@ -451,34 +478,40 @@ def _move(client: MlflowClient, name: str, version: int) -> None:
 
 
 def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
-    """Write the event first, then move the alias.
+    """Write the event first, pending, then move the alias, then mark the event done.
 
     In this order a racing command can never see the alias on a version that no event
     names, which it would otherwise take for a change made outside churn-platform. If the
     move fails or is interrupted (Ctrl-C), the event is withdrawn unless the alias moved
     after all: a promotion that never happened stayed in the trail, and ``rollback`` then
-    moved Production to the version it named. A SIGTERM (a Job's deadline) waits for the
-    pair to finish: a default SIGTERM would end the process between the two.
+    moved Production to the version it named. Should the withdrawal fail too (the registry
+    gone), the event stays pending, which is no move (``_settled``). A SIGTERM (a Job's
+    deadline) waits for the pair to finish: a default SIGTERM would end the process between the two.
     """
-    with _sigterm_deferred():
+    with sigterm_deferred():
         try:
-            _write(client, name, event)  # interrupted in flight, it may be stored: withdrawn too
+            _write(client, name, replace(event, pending=True))  # interrupted in flight, it may be stored
             _move(client, name, event.to_version)
         except BaseException as exc:
             moved = False
             with contextlib.suppress(Exception):  # unreachable now: the original error says so
                 moved = _current(client, name) == event.to_version
-                if not moved:
+                if not moved:  # left pending if this fails too, and pending it is no move
                     client.delete_registered_model_tag(name, event.key)
             if not moved or not isinstance(exc, Exception):
                 raise
             # The reply was lost, not the move: reported as a failure, a retried rollback went a second step back.
             log.warning("the registry answered %s, but Production is on v%s: done", type(exc).__name__,
                         event.to_version)  # fmt: skip
+        try:
+            _write(client, name, event)  # done
+        except Exception as exc:  # noqa: BLE001 - the move is made; the next command's reconcile says so
+            log.warning("Production is on v%s, but its event could not be marked done (%s); the next command "
+                        "will", event.to_version, type(exc).__name__)  # fmt: skip
 
 
 @contextlib.contextmanager
-def _sigterm_deferred() -> Iterator[None]:
+def sigterm_deferred() -> Iterator[None]:
     """A SIGTERM met in the block ends the process once the block is done (a Python handler
     notes it: blocking the signal would not do, numpy's native threads would take it)."""
     if threading.current_thread() is not threading.main_thread():

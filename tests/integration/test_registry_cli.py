@@ -186,8 +186,8 @@ def test_a_promotion_landing_while_another_command_reads_is_not_an_outside_chang
     real_recorded_events = promotion.recorded_events
     landed = []
 
-    def recorded_then_another_promotes(client_, name_):
-        events = real_recorded_events(client_, name_)
+    def recorded_then_another_promotes(client_, name_, **kwargs):
+        events = real_recorded_events(client_, name_, **kwargs)
         if not landed:
             landed.append(True)
             promotion.promote(client, name, 2, actor="racer", force=True)

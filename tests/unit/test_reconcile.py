@@ -111,6 +111,69 @@ def test_a_promotion_stopped_by_ctrl_c_while_its_event_is_written_leaves_no_even
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
 
 
+def test_a_move_that_failed_with_the_registry_gone_is_no_move_even_when_its_event_stays(client, monkeypatch):
+    """The registry went away between the event and the move, so the event could not be
+    withdrawn: once the race window passed it read as v2 undone in the UI, and `rollback`
+    moved Production to v2, which never served."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 3 * RACE_WINDOW_NS, None, 1)
+
+    def gone(*args: object) -> None:
+        raise MlflowException("Connection refused", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(promotion, "_move", gone)
+    monkeypatch.setattr(client, "delete_registered_model_tag", gone)
+    event = Event(f"{AUDIT_PREFIX}{time.time_ns() - RACE_WINDOW_NS - 1:020d}-abcd", "t", "promote", 1, 2, "me", "",
+                  "cli")  # fmt: skip
+    with pytest.raises(MlflowException):
+        promotion._record_then_move(client, "m", event)  # noqa: SLF001
+    monkeypatch.undo()
+    assert event.key in client.get_registered_model("m").tags  # stayed, pending
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
+    with pytest.raises(NotFoundError, match="no earlier Production version"):
+        promotion.rollback(client, "m", actor="me")
+
+
+def test_a_move_made_whose_event_was_not_marked_done_counts_once_the_alias_shows_it(client, monkeypatch):
+    """Stopped (SIGKILL) or cut off from the registry after the move: the next command records it as ours."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 3 * RACE_WINDOW_NS, None, 1)
+    write, writes = promotion._write, []
+
+    def second_fails(*args: object) -> None:
+        writes.append(args)
+        if len(writes) == 2:
+            raise MlflowException("Connection refused", error_code="TEMPORARILY_UNAVAILABLE")
+        write(*args)
+
+    monkeypatch.setattr(promotion, "_write", second_fails)
+    result = promotion.promote(client, "m", 2, actor="me", force=True)
+    monkeypatch.undo()
+    assert result.changed and int(registry.production_version(client, "m").version) == 2
+    assert json.loads(client.get_registered_model("m").tags[writes[0][2].key])["pending"] is True
+    assert [(e.action, e.to_version, e.actor) for e in promotion.history(client, "m")] == [
+        ("promote", 2, "me"), ("promote", 1, "tester")]  # fmt: skip
+    assert "pending" not in json.loads(client.get_registered_model("m").tags[writes[0][2].key])
+    assert promotion.rollback(client, "m", actor="me").to_version == 1
+
+
+def test_a_move_still_under_way_past_the_race_window_is_not_an_outside_change(client):
+    """A slow registry (10 s a request, retried) kept a promotion between its event and its
+    move longer than the race window: readers recorded an outside change, then another."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 4 * RACE_WINDOW_NS, None, 1)
+    pending = Event(f"{AUDIT_PREFIX}{time.time_ns() - 2 * RACE_WINDOW_NS:020d}-abcd", "t", "promote", 1, 2, "me", "",
+                    "cli", pending=True)  # fmt: skip
+    promotion._write(client, "m", pending)
+    assert externals(promotion.reconcile(client, "m")) == []
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # the move lands
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 2), ("promote", 1)]
+
+
 def test_a_rollout_event_is_recorded_after_an_outside_move_it_follows(client):
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
