@@ -36,7 +36,7 @@ from churn_platform.contract import (
     PRODUCTION_ALIAS,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError, NotFoundError, StorageUnreachable
+from churn_platform.errors import ChurnPlatformError
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
     Settings,
@@ -678,9 +678,9 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
                 band_edges=(settings.risk_medium_from, settings.risk_high_from),
                 horizon_days=settings.outcome_horizon_days,
             )  # fmt: skip
-        except (NotFoundError, StorageUnreachable) as exc:
+        except ChurnPlatformError as exc:
             # The state still stands: an on-call user in an incident (the log down, the Challenger
-            # deleted) must see what is running; the exit code still says what failed.
+            # deleted, bad rows) must see what is running; the exit code still says what failed.
             comparison, failed = rollout_mod.Comparison(since=state.started_at, arms=[], note=str(exc)), exc
     if as_json:
         payload = state.model_dump(mode="json")

@@ -70,9 +70,11 @@ class LoadedModel:
 
 def resolve(client: MlflowClient, name: str, alias: str = PRODUCTION_ALIAS) -> int:
     """The version number ``alias`` points at, or ``NotFoundError``. The platform's own two
-    aliases are read as ``status`` reads them: a ``challenger`` the MLflow UI saved wins."""
-    if alias in (PRODUCTION_ALIAS, CHALLENGER_ALIAS):
-        version = registry.aliased(client, name, alias)
+    aliases are read as ``status`` reads them: a ``challenger`` the MLflow UI saved wins, and
+    ``--alias production`` (the UI's spelling) means ``Production`` once a command adopted it."""
+    platform = {a.lower(): a for a in (PRODUCTION_ALIAS, CHALLENGER_ALIAS)}
+    if alias.lower() in platform:
+        version = registry.aliased(client, name, platform[alias.lower()])
     else:
         version = registry.version_by_alias(client, name, alias)
     if version is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from churn_platform import promotion, registry
 from churn_platform.contract import CANARY_PERCENT, CHALLENGER_ALIAS, ROLLOUT_TAG
 from churn_platform.errors import NotFoundError
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["off", "shadow", "canary"]
 
@@ -39,7 +42,7 @@ class RolloutState(BaseModel):
     reason: str = ""
     #: Production moves in the audit trail when it started: one more means it has ended. A count,
     #: not a time: the events' times come from the clocks of whoever ran each command.
-    moves_at_start: int | None = None
+    moves_at_start: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _complete(self) -> RolloutState:
@@ -125,16 +128,18 @@ def _record_then_save(
 ) -> None:  # fmt: skip
     """The audit event, then the state it announces; the event is withdrawn when the state
     was not saved (the registry went away between the two), or ``history`` showed a
-    rollout-start that never took effect, or a stop while replicas kept the Challenger."""
+    rollout-start that never took effect, or a stop while replicas kept the Challenger. A
+    SIGTERM (`retrain --rollout` at its Job's deadline) waits for the pair, as a promotion's does."""
     value = json.dumps(state.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)  # as promotion._write
-    event = promotion.record(client, name, action, from_version, to_version, actor=actor, reason=reason)
-    try:
-        client.set_registered_model_tag(name, ROLLOUT_TAG, value)
-    except BaseException:
-        with contextlib.suppress(Exception):  # unreachable now: the original error says so
-            if registry.get_model(client, name).tags.get(ROLLOUT_TAG) != value:
-                client.delete_registered_model_tag(name, event.key)
-        raise
+    with promotion.sigterm_deferred():
+        event = promotion.record(client, name, action, from_version, to_version, actor=actor, reason=reason)
+        try:
+            client.set_registered_model_tag(name, ROLLOUT_TAG, value)
+        except BaseException:
+            with contextlib.suppress(Exception):  # unreachable now: the original error says so
+                if registry.get_model(client, name).tags.get(ROLLOUT_TAG) != value:
+                    client.delete_registered_model_tag(name, event.key)
+            raise
 
 
 def start(
@@ -233,7 +238,12 @@ def promote(
         raise RolloutError(f"no rollout of {name!r} is running{why}: start one, or use `churn-platform promote`")
     result = promotion.promote(client, name, state.challenger_version, reason=reason or f"after {state.mode}",
                                actor=actor, force=force, tolerance=tolerance)  # fmt: skip
-    _end(client, name, state, f"promoted v{state.challenger_version}", actor)
+    try:
+        _end(client, name, state, f"promoted v{state.challenger_version}", actor)
+    except Exception as exc:  # noqa: BLE001 - the move ended the rollout; exit 3 had a retry say "none running"
+        log.warning("rollout-stop not recorded (%s); the rollout ended with the move all the same", exc)
+        return result.model_copy(update={"message": result.message + "; the rollout ended with the move (its "
+                                         "rollout-stop event could not be recorded)"})  # fmt: skip
     return result
 
 

@@ -218,6 +218,16 @@ def test_the_challenger_the_mlflow_ui_saved_is_the_one_scored(registry_uri, cust
     assert "scored by churn v2" in result.output
 
 
+def test_the_platform_aliases_spelled_as_the_ui_spells_them_name_them(registry_uri, customers, tmp_path):
+    """`--alias production` (how the MLflow UI shows it) found no version once a command had
+    given the alias its canonical spelling: exit 2."""
+    source = tmp_path / "customers.parquet"
+    customers.head(20).to_parquet(source, index=False)
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "s.parquet"), "--alias", "production")
+    assert result.exit_code == 0, result.output
+    assert "scored by churn v1" in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

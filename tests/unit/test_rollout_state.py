@@ -225,3 +225,73 @@ def test_a_rollout_state_the_registry_did_not_save_leaves_no_event(three_version
     events = out(cli("history", "--model-name", name, "--json"))["events"]
     assert [e["action"] for e in events] == ["promote"]
     assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
+
+
+def test_a_hand_edited_negative_move_count_is_an_unreadable_tag_not_a_traceback(three_versions):
+    name = three_versions
+    hand_made = {"mode": "shadow", "challenger_version": 3, "production_version": 1, "moves_at_start": -1,
+                 "started_at": "2026-11-01T00:00:00+00:00"}  # fmt: skip
+    MlflowClient().set_registered_model_tag(name, ROLLOUT_TAG, json.dumps(hand_made))
+    result = cli("rollout", "status", "--model-name", name)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "unreadable churn_platform.rollout tag ignored" in result.output
+
+
+def test_rollout_promote_that_cannot_record_its_stop_still_succeeds(three_versions, monkeypatch):
+    """Production moved, then the rollout-stop could not be written: exit 3 had a retry answer
+    "no rollout running" (exit 2) for a promotion that was done."""
+    from mlflow.exceptions import MlflowException
+
+    name = three_versions
+    assert cli("rollout", "start", "--model-name", name, "--mode", "shadow", "--version", "2").exit_code == 0
+    real = MlflowClient.set_registered_model_tag
+
+    def drops_the_stop(self, model, key, value):
+        if key == ROLLOUT_TAG:
+            raise MlflowException("API request failed: Connection refused")
+        return real(self, model, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", drops_the_stop)
+    promoted = cli("rollout", "promote", "--model-name", name, "--force")
+    monkeypatch.undo()
+    assert promoted.exit_code == 0, promoted.output
+    assert "the rollout ended with the move" in promoted.output
+    assert out(cli("status", "--model-name", name, "--json"))["production"]["version"] == 2
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
+
+
+def test_rollout_status_shows_the_state_when_a_version_tag_is_bad(three_versions):
+    """A hand-typed decision threshold on the Challenger (exit 2) lost the state that still stands."""
+    name = three_versions
+    assert cli("rollout", "start", "--model-name", name, "--mode", "shadow").exit_code == 0
+    MlflowClient().set_model_version_tag(name, "3", "decision_threshold", "high")
+    shown = cli("rollout", "status", "--model-name", name)
+    assert shown.exit_code == 2, shown.output
+    assert "shadow: Challenger v3" in shown.output and "Traceback" not in shown.output
+
+
+def test_a_sigterm_between_a_rollout_event_and_its_state_waits_for_the_state(three_versions):
+    """`retrain --rollout` at its Job's deadline: a rollout-start in the trail that never took effect."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    name = three_versions
+    script = textwrap.dedent(f"""
+        import os, signal
+        from mlflow import MlflowClient
+        from churn_platform import promotion, rollout
+        real = promotion.record
+        def record(*args, **kwargs):
+            event = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)  # the deadline, just after the event is written
+            return event
+        promotion.record = record
+        rollout.start(MlflowClient(), {name!r}, mode="shadow", actor="me")
+        print("not killed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "shadow"
+    assert out(cli("history", "--model-name", name, "--json"))["events"][0]["action"] == "rollout-start"
