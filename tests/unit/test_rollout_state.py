@@ -23,6 +23,20 @@ def out(result) -> dict:
     return json.loads(result.stdout)
 
 
+def registry_refuses_the_rollout_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry goes away just as the rollout state is written (its audit event got through)."""
+    from mlflow.exceptions import MlflowException
+
+    real = MlflowClient.set_registered_model_tag
+
+    def refuses(self, model, key, value):
+        if key == ROLLOUT_TAG:
+            raise MlflowException("API request failed: Connection refused")
+        return real(self, model, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", refuses)
+
+
 @pytest.fixture
 def three_versions(embedded, model_name):
     """v1 in Production, v2 and v3 registered; v3 holds Challenger."""
@@ -208,17 +222,8 @@ def test_a_hand_edited_start_time_is_an_unreadable_tag_not_a_traceback(three_ver
 
 def test_a_rollout_state_the_registry_did_not_save_leaves_no_event(three_versions, monkeypatch):
     """The event was written first and kept: `history` showed a rollout that never started."""
-    from mlflow.exceptions import MlflowException
-
     name = three_versions
-    real = MlflowClient.set_registered_model_tag
-
-    def drops_the_state(self, model, key, value):
-        if key == ROLLOUT_TAG:
-            raise MlflowException("API request failed: Connection refused")
-        return real(self, model, key, value)
-
-    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", drops_the_state)
+    registry_refuses_the_rollout_tag(monkeypatch)
     result = cli("rollout", "start", "--model-name", name, "--mode", "shadow")
     assert result.exit_code == 3, result.output
     monkeypatch.undo()
@@ -240,18 +245,9 @@ def test_a_hand_edited_negative_move_count_is_an_unreadable_tag_not_a_traceback(
 def test_rollout_promote_that_cannot_record_its_stop_still_succeeds(three_versions, monkeypatch):
     """Production moved, then the rollout-stop could not be written: exit 3 had a retry answer
     "no rollout running" (exit 2) for a promotion that was done."""
-    from mlflow.exceptions import MlflowException
-
     name = three_versions
     assert cli("rollout", "start", "--model-name", name, "--mode", "shadow", "--version", "2").exit_code == 0
-    real = MlflowClient.set_registered_model_tag
-
-    def drops_the_stop(self, model, key, value):
-        if key == ROLLOUT_TAG:
-            raise MlflowException("API request failed: Connection refused")
-        return real(self, model, key, value)
-
-    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", drops_the_stop)
+    registry_refuses_the_rollout_tag(monkeypatch)
     promoted = cli("rollout", "promote", "--model-name", name, "--force")
     monkeypatch.undo()
     assert promoted.exit_code == 0, promoted.output
