@@ -118,3 +118,4 @@ def configure(level: int = logging.INFO, log_format: LogFormat = "text") -> None
     handler.addFilter(WithContext())
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # a library's warning is a line in the format, not raw text among JSON lines

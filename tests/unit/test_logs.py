@@ -114,10 +114,13 @@ def test_mlflow_and_sqlalchemy_lines_are_json_too(mlflow_first):
         "import mlflow",
         "for name in ('churn_platform.x', 'mlflow.pyfunc', 'alembic.runtime', 'sqlalchemy.engine.Engine'):",
         "    logging.getLogger(name).warning('from %s', name)",
+        "import warnings",
+        "warnings.warn('a library says so')",  # was raw text among the JSON: jq stopped there
     ])  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_CONFIGURE_LOGGING"}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = [json.loads(line) for line in run.stderr.splitlines()]  # any text line fails here
     assert [line["logger"] for line in lines] == ["churn_platform.x", "mlflow.pyfunc", "alembic.runtime",
-                                                  "sqlalchemy.engine.Engine"]  # fmt: skip
+                                                  "sqlalchemy.engine.Engine", "py.warnings"]  # fmt: skip
+    assert "a library says so" in lines[-1]["message"]
