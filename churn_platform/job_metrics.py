@@ -11,6 +11,7 @@ gateway that is down is logged and never changes a job's result or exit code.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -52,13 +53,15 @@ RESULTS = {
 
 
 def record(name: str, value: float | bool | None, **labels: str) -> None:
-    """Note one result of the running job (ignored outside ``pushes``, and when ``value`` is None)."""
+    """Note one result of the running job (ignored outside ``pushes``). None, this run has no
+    such figure, pushes NaN: skipped, the gateway went on showing the last run's (a realized
+    ROC AUC from before the outcomes stopped coming) as this one's."""
     results = _results.get()
-    if results is None or value is None:
+    if results is None:
         return
     if name not in RESULTS:
         raise KeyError(f"unknown job metric {name!r}")
-    results.append((name, float(value), labels))
+    results.append((name, math.nan if value is None else float(value), labels))
 
 
 def adhoc(alias: str, version: int | None, until: datetime | None = None, **others: object) -> str | None:

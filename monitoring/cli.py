@@ -138,11 +138,11 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
                                f"{params['until']:%Y-%m-%d %H:%M:%S}")  # fmt: skip
     options = MonitorOptions(**params)
     summary = run(options, settings)
+    judged = summary.drift_share is not None  # not on a data-quality failure: NaN, not the last run's figures
     job_metrics.record("churn_monitor_rows", summary.current_rows)
-    if summary.drift_share is not None:
-        job_metrics.record("churn_monitor_drift_share", summary.drift_share)
-        job_metrics.record("churn_monitor_dataset_drift", summary.dataset_drift)
-        job_metrics.record("churn_monitor_drifted_columns", len(summary.drifted_columns))
+    job_metrics.record("churn_monitor_drift_share", summary.drift_share)
+    job_metrics.record("churn_monitor_dataset_drift", summary.dataset_drift if judged else None)
+    job_metrics.record("churn_monitor_drifted_columns", len(summary.drifted_columns) if judged else None)
     if as_json:
         echo_json(summary.to_json())
     else:

@@ -256,3 +256,22 @@ def test_a_gateway_token_as_the_url_user_is_never_logged(monkeypatch, caplog):
         get_settings.cache_clear()
     assert "could not push monitor's metrics to http://***@127.0.0.1" in caplog.text
     assert "s3cr3t-token" not in caplog.text
+
+
+def test_a_run_without_a_figure_replaces_the_last_runs_figure_with_nan(gateway, setenv):
+    """Outcomes stopped coming: the performance run had no realized ROC AUC, pushed nothing for
+    it, and the gateway (so the dashboard) went on showing the last run's figure as this one's."""
+    import math
+
+    from churn_platform import job_metrics
+
+    setenv(CHURN_PUSHGATEWAY_URL=gateway)
+
+    @job_metrics.pushes("performance")
+    def performance(model_name: str, roc_auc: float | None) -> None:
+        job_metrics.record("churn_performance_roc_auc", roc_auc, kind="realized")
+
+    performance(model_name="churn", roc_auc=0.84)
+    assert value(pushed(gateway), "churn_performance_roc_auc", kind="realized") == 0.84
+    performance(model_name="churn", roc_auc=None)
+    assert math.isnan(value(pushed(gateway), "churn_performance_roc_auc", kind="realized"))
