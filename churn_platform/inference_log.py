@@ -199,10 +199,18 @@ def _missing_column(names: Iterable[str], text: str) -> str | None:
     return (found.group(1) or found.group(2)) if found else None
 
 
+#: libpq's TCP keepalives and user timeout: a server gone mid-statement (a failover, a lost node)
+#: is noticed in about a minute, not TCP's fifteen; a COPY blocked meanwhile kept the log writer
+#: "live", its rows neither stored nor said to be spooling. Options the URL sets win.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+               "tcp_user_timeout": 60_000}  # fmt: skip
+
+
 def make_engine(url: str) -> sa.Engine:
     args: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
-        args["connect_args"] = {"connect_timeout": 3}
+        given = sa.make_url(url).query
+        args["connect_args"] = {"connect_timeout": 3, **{k: v for k, v in _KEEPALIVES.items() if k not in given}}
     return sa.create_engine(url, **args)
 
 

@@ -4,6 +4,7 @@ staging table when a replay holds ids already stored (skipped), text and NULLs i
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from datetime import UTC, datetime
 
@@ -406,3 +407,25 @@ def test_a_missing_grant_keeps_the_rows_spooled_until_it_is_given(tmp_path):
                 conn.execute(sa.text(f"DROP ROLE {role}"))
             engine.dispose()
     assert stored == 10 and log.dropped == 0
+
+
+def test_the_writers_connection_notices_a_server_gone_mid_statement_within_a_minute():
+    """Without keepalives a COPY to a host that vanished waited for TCP's 15 minutes, the
+    writer still "live" and its rows neither stored nor spooling."""
+    import socket
+
+    with postgres_database() as url:
+        database = Database(url)
+        try:
+            with database._engine.connect() as conn:  # noqa: SLF001
+                fd = conn.connection.dbapi_connection.fileno()
+                sock = socket.socket(fileno=os.dup(fd))
+                try:
+                    keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                    user_timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                    idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+                finally:
+                    sock.close()
+        finally:
+            database.dispose()
+    assert (keepalive, user_timeout, idle) == (1, 60_000, 30)
