@@ -56,6 +56,9 @@ AUDIT_PREFIX = AUDIT_TAG_PREFIX
 MOVES = frozenset({"promote", "rollback", "external"})
 #: Events this close to the latest one count as one race, not an outside change.
 RACE_WINDOW_NS = 10 * 1_000_000_000
+#: How long a pending move may wait for its alias: far beyond a slow registry's timeouts and
+#: retries, short of a UI move to the same version long after a failed promotion.
+PENDING_FOR_NS = 3600 * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -265,13 +268,17 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
 
 
 def _settled(client: MlflowClient, name: str, recorded: list[Event], current: int | None) -> list[Event]:
-    """``recorded`` without pending moves, but for the latest one since the last done move
-    that names the version the alias is on: its command moved it and was stopped (or lost the
+    """``recorded`` without pending moves, but for the latest one that names the version the
+    alias is on, recorded after the last done move (or racing it, within ``RACE_WINDOW_NS``:
+    two promotions whose moves landed in the other order than their events) and within
+    ``PENDING_FOR_NS`` of now: its command moved the alias and was stopped (or lost the
     registry) before it said so; it is rewritten as done. Any other pending move is a command
-    still under way, or one that failed and could not withdraw its event: not a move."""
+    still under way, or one that failed and could not withdraw its event: not a move, and past
+    ``PENDING_FOR_NS`` never one (a UI move to its version days later is not its doing)."""
     done = [e for e in recorded if not e.pending]
-    last_done = max((e.key for e in done if e.action in MOVES), default="")
-    landed = [e for e in recorded if e.pending and e.key > last_done and e.to_version == current]
+    last_done = max((e.ns for e in done if e.action in MOVES), default=0)
+    since = max(last_done - RACE_WINDOW_NS, time.time_ns() - PENDING_FOR_NS)
+    landed = [e for e in recorded if e.pending and e.ns > since and e.to_version == current]
     if current is None or not landed:
         return done
     event = replace(landed[-1], pending=False)

@@ -174,6 +174,32 @@ def test_a_move_still_under_way_past_the_race_window_is_not_an_outside_change(cl
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 2), ("promote", 1)]
 
 
+def test_two_promotions_whose_moves_landed_in_the_other_order_are_no_outside_change(client):
+    """A's event (v2) before B's (v3), B moved and said done, then A's move landed and A was
+    stopped before it said done: A was dropped for its key and v3 -> v2 recorded as a UI change."""
+    client.create_model_version("m", source="s")  # v3
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")
+    record(client, time.time_ns() - 3 * RACE_WINDOW_NS, None, 1)
+    now = time.time_ns() - RACE_WINDOW_NS - 1
+    promotion._write(client, "m", Event(f"{AUDIT_PREFIX}{now:020d}-aaaa", "t", "promote", 1, 2, "a", "", "cli",
+                                        pending=True))  # fmt: skip
+    promotion._write(client, "m", Event(f"{AUDIT_PREFIX}{now + 10**9:020d}-bbbb", "t", "promote", 1, 3, "b", "",
+                                        "cli"))  # fmt: skip
+    assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [
+        ("promote", 3), ("promote", 2), ("promote", 1)]  # fmt: skip
+    assert promotion.rollback(client, "m", actor="me").to_version == 1
+
+
+def test_a_failed_promotions_event_is_not_revived_by_a_ui_move_to_its_version_much_later(client):
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 3 * promotion.PENDING_FOR_NS, None, 1)
+    promotion._write(client, "m", Event(f"{AUDIT_PREFIX}{time.time_ns() - 2 * promotion.PENDING_FOR_NS:020d}-abcd",
+                                        "t", "promote", 1, 2, "alice", "", "cli", pending=True))  # fmt: skip
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # in the UI, hours later
+    latest = promotion.history(client, "m")[0]
+    assert (latest.action, latest.to_version, latest.actor) == ("external", 2, "unknown (outside churn-platform)")
+
+
 def test_a_rollout_event_is_recorded_after_an_outside_move_it_follows(client):
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
