@@ -16,11 +16,13 @@ crash replays that API's spool.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
-import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -54,17 +56,22 @@ Outcome = Literal["written", "dropped", "spooled", "replayed"]
 
 def check_spool_dir(spool_dir: Path, url: str) -> None:
     """``SettingsError`` naming the variable unless the writer can make its folders there: the
-    database's own (``spool_root``), and in it a folder and a file (a volume with no block left
-    takes a file, not a folder; the writer then exited at each start)."""
+    database's own (``spool_root``), and in it a folder and a file (the writer exited at each
+    start on a file in the way). A volume that is merely full (a long outage filled it) is
+    said, not refused: predictions never depend on the log, and the writer retries."""
     try:
         root = spool_root(spool_dir, url)
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".probe-{os.getpid()}"
-        probe.mkdir()
-        (probe / "file").write_bytes(b"")
-        (probe / "file").unlink()
-        probe.rmdir()
+        probe = Path(tempfile.mkdtemp(prefix=".probe-", dir=root))
+        try:
+            (probe / "file").write_bytes(b"")
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.warning("CHURN_INFERENCE_LOG_SPOOL_DIR=%s is full (%s): rows are dropped until there is room",
+                        spool_dir, exc.strerror)  # fmt: skip
+            return
         raise SettingsError(
             f"CHURN_INFERENCE_LOG_SPOOL_DIR={spool_dir}: cannot write there ({exc.strerror}); "
             "mount a writable volume (an emptyDir or PVC in Kubernetes)"
@@ -131,7 +138,7 @@ class InferenceLog:
         """For /model: is the log live or spooling, and what it has done so far."""
         writer = self._writer
         with self._counts:
-            down = writer is None or writer.gone  # restarting: nothing takes rows now
+            down = (writer is None or writer.gone) and not self._stopping  # restarting: nothing takes rows
             return {
                 "state": "down" if down else "live" if self.live else "spooling",
                 "spool_dir": str(self.spool_dir),

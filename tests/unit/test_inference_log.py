@@ -380,6 +380,29 @@ def test_a_spool_folder_for_the_database_that_cannot_be_made_stops_the_start(tmp
         log.start()
 
 
+def test_a_full_spool_volume_is_said_at_the_start_not_refused(tmp_path, monkeypatch, caplog):
+    """A long outage filled the volume and the container restarted: refusing the start took the
+    predictions down with the log."""
+    import errno
+    import tempfile
+
+    from serving import inference_log
+
+    def full(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    inference_log.check_spool_dir(tmp_path / "spool", f"sqlite:///{tmp_path}/log.db")
+    assert "is full (No space left on device): rows are dropped until there is room" in caplog.text
+
+    def denied(*args: object, **kwargs: object) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    with pytest.raises(SettingsError, match="cannot write there"):
+        inference_log.check_spool_dir(tmp_path / "spool", f"sqlite:///{tmp_path}/log.db")
+
+
 def test_a_writer_that_cannot_make_its_spool_says_so_and_is_restarted_ever_later(tmp_path, caplog, capfd):
     """A volume that refuses the writer's folder after the start (filled, a file in the way):
     the writer died with a traceback and was respawned every second for good, and /model said
@@ -395,10 +418,12 @@ def test_a_writer_that_cannot_make_its_spool_says_so_and_is_restarted_ever_later
         log._writer.process.wait()
         root.rename(tmp_path / "moved")
         root.write_text("in the way")
-        for i in range(40):  # each send finds the writer gone: restarted after 1 s, then 2 s
-            log.append(f"after-{i}", "churn", 1, RECORDS[:1], [0.5])
+        deadline, sent = time.monotonic() + 60, 0
+        while "in 2 s" not in caplog.text:  # each send finds the writer gone: restarted after 1 s, then 2 s
+            assert time.monotonic() < deadline, "timed out"
+            log.append(f"after-{sent}", "churn", 1, RECORDS[:1], [0.5])
+            sent += 1
             time.sleep(0.1)
-        wait_for(lambda: "in 2 s" in caplog.text, timeout=30)
         assert log.state()["state"] == "down"
         assert "restarting it in 1 s" in caplog.text
     finally:
