@@ -67,7 +67,8 @@ def record(name: str, value: float | bool | None, **labels: str) -> None:
 def adhoc(alias: str, version: int | None, until: datetime | None = None, **others: object) -> str | None:
     """The options that keep a run from judging Production's latest traffic, as the user typed
     them (``TAG_ADHOC``, ``not_pushed``'s reason); None for the scheduled kind of run."""
-    given = [f"--alias {alias}" if alias != PRODUCTION_ALIAS else "", f"--version {version}" if version else "",
+    given = [f"--alias {alias}" if alias.lower() != PRODUCTION_ALIAS.lower() else "",  # the UI's `production` too
+             f"--version {version}" if version else "",
              f"--until {until:%Y-%m-%d %H:%M:%S}" if until else ""]  # fmt: skip
     given += [f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in others.items() if v]
     return ", ".join(g for g in given if g) or None

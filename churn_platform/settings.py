@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         description="S3-compatible endpoint for s3:// data and artifacts (MinIO, moto).",
     )
     model_name: str = Field("churn", description="Registered model name.")
-    registry_timeout_s: float = Field(10.0, gt=0, description="Seconds one registry HTTP request may take.")
+    registry_timeout_s: float = Field(10.0, gt=0, le=3600, description="Seconds one registry HTTP request may take.")
     registry_max_retries: int = Field(
         1, ge=0, le=10, description="Retries of a failed registry request (MLflow default: 7)."
     )
@@ -435,7 +435,7 @@ def _in_memory(url: str) -> bool:
 
     parsed = make_url(url)
     database = parsed.database or ""
-    return database in ("", ":memory:") or "mode=memory" in database or parsed.query.get("mode") == "memory"
+    return not database or ":memory:" in database or "mode=memory" in database or parsed.query.get("mode") == "memory"
 
 
 def _sync_driver(url: str, instead: str = "use postgresql+psycopg:// (or sqlite:///)") -> None:

@@ -143,7 +143,9 @@ def test_a_log_queue_smaller_than_a_batch_is_refused_at_start_up(monkeypatch):
     assert "CHURN_INFERENCE_LOG_QUEUE_ROWS (500) must be at least CHURN_MAX_BATCH_SIZE (1000)" in result.output
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:log?mode=memory&uri=true"])
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:log?mode=memory&uri=true", "sqlite:///file::memory:?cache=shared&uri=true"]
+)
 def test_an_in_memory_inference_log_is_refused(monkeypatch, url):
     """The writer kept the rows in its own memory: counted as written, readable by no one."""
     monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", url)
@@ -152,7 +154,7 @@ def test_an_in_memory_inference_log_is_refused(monkeypatch, url):
     assert "CHURN_INFERENCE_LOG_URL" in result.output and "in-memory SQLite" in result.output
 
 
-@pytest.mark.parametrize("name", ["CHURN_INFERENCE_LOG_FLUSH_S", "CHURN_RELOAD_POLL_S"])
+@pytest.mark.parametrize("name", ["CHURN_INFERENCE_LOG_FLUSH_S", "CHURN_RELOAD_POLL_S", "CHURN_REGISTRY_TIMEOUT_S"])
 def test_a_wait_too_long_for_a_timer_is_refused_by_name(monkeypatch, name):
     """1e10 s passed `gt=0` and then raised OverflowError in the thread that waits on it."""
     monkeypatch.setenv(name, "1e10")

@@ -275,3 +275,11 @@ def test_a_run_without_a_figure_replaces_the_last_runs_figure_with_nan(gateway, 
     assert value(pushed(gateway), "churn_performance_roc_auc", kind="realized") == 0.84
     performance(model_name="churn", roc_auc=None)
     assert math.isnan(value(pushed(gateway), "churn_performance_roc_auc", kind="realized"))
+
+
+def test_production_as_the_mlflow_ui_spells_it_is_the_scheduled_runs_alias():
+    """`--alias production` scores Production: its metrics are the schedule's, pushed."""
+    from churn_platform import job_metrics
+
+    assert job_metrics.adhoc("production", None) is None
+    assert job_metrics.adhoc("Challenger", None) == "--alias Challenger"
