@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import threading
@@ -33,7 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving import interleaved, wrk  # noqa: E402
+from benchmarks.serving import interleaved, own_environment, wrk  # noqa: E402
 from churn_platform.processes import free_port, start, wait_http  # noqa: E402
 
 #: Each with the access line per request: the log cost being compared (traces: on top of JSON logs).
@@ -78,7 +77,8 @@ def measure(folder: Path, seconds: int, rounds: int) -> dict[str, list[dict[str,
     for run, name in enumerate(interleaved(list(CONFIGS), rounds)):
         extra = CONFIGS[name]
         port = free_port()
-        env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{run}-{port}.db",
+        # The caller's OTEL_* or CHURN_* (tracing, an access log) would slow every configuration alike: unmeasured.
+        env = dict(own_environment(), CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{run}-{port}.db",
                    CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / f"spool-{port}"),
                    **{k: v.replace("{sink}", endpoint) for k, v in extra.items()})  # fmt: skip
         api = start(f"api-{port}", [str(bin_dir / "churn-platform"), "serve", "--port", str(port)], folder, env=env)
@@ -91,7 +91,11 @@ def measure(folder: Path, seconds: int, rounds: int) -> dict[str, list[dict[str,
                 time.sleep(0.3)
             url = f"http://127.0.0.1:{port}/predict/single"
             wrk(url, body, 8, 2, folder)  # warm-up
-            results[name].append(wrk(url, body, 8, seconds, folder))
+            measured = wrk(url, body, 8, seconds, folder)
+            if measured["errors"] or measured["socket_errors"]:
+                sys.exit(f"{name}: {measured['errors']} non-2xx responses, socket errors "
+                         f"{measured['socket_errors'] or 'none'}: the figures would not be valid")  # fmt: skip
+            results[name].append(measured)
         finally:
             api.stop()
     return results
