@@ -84,9 +84,11 @@ class ModelHolder:
         return self.last
 
     def load_production(self) -> Attempt:
-        """Resolve Production and, if it is not what we serve, load, verify and swap it in."""
-        with self._lock:
-            name, default = self.settings.model_name, self.settings.decision_threshold
+        """Resolve Production and, if it is not what we serve, load, verify and swap it in: one
+        trace (``model.reload``) with its resolve and its loads, Production's and a Challenger's."""
+        name = self.settings.model_name
+        with self._lock, tracing.span("model.reload", {"churn.model_name": name}):
+            default = self.settings.decision_threshold
             client, version = None, None
             try:
                 client = registry.connect(self.settings)

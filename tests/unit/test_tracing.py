@@ -55,6 +55,8 @@ def test_a_request_continues_the_callers_trace_through_decode_score_log_and_enco
         loads = [s for s in spans.get_finished_spans() if s.name in ("registry.resolve", "model.load")]
         assert {s.name for s in loads} == {"registry.resolve", "model.load"}
         assert next(s for s in loads if s.name == "model.load").attributes["churn.model_version"] == 1
+        reload = next(s for s in spans.get_finished_spans() if s.name == "model.reload")  # one trace, not one a step
+        assert all(s.parent is not None and s.parent.span_id == reload.context.span_id for s in loads)
         spans.clear()
         response = client.post("/predict", json={"customers": customers},
                                headers={"traceparent": f"00-{TRACE_ID}-{PARENT}-01"})  # fmt: skip
