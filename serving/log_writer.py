@@ -403,7 +403,7 @@ class Loader:
         self.drain_until = float("inf")
         self.live = True
         self._dropped: list[tuple[int, str]] = []  # (rows, why) of the frames being loaded
-        self._torn = 0
+        self._torn = self._corrupt_rows = 0
         self._last_sync = self._last_adopt = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="inference-log-loader", daemon=True)
 
@@ -421,6 +421,9 @@ class Loader:
         if self.spool.torn_frames > self._torn:
             report("torn", self.spool.torn_frames - self._torn)
             self._torn = self.spool.torn_frames
+        if self.spool.corrupt_rows > self._corrupt_rows:  # counted, so ChurnInferenceLogDropping hears of them
+            report("dropped", self.spool.corrupt_rows - self._corrupt_rows)
+            self._corrupt_rows = self.spool.corrupt_rows
         report("status", self.spool.bytes, "live" if self.live else "spooling")
 
     def _adopt(self) -> None:

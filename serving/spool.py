@@ -128,6 +128,9 @@ class Spool:
         self._dirs: list[_Directory] = [self._own]
         self.bytes = 0
         self.torn_frames = 0
+        #: Rows of whole frames that failed their checksum (a torn frame's were never reported
+        #: spooled: the API counted them dropped when its writer died).
+        self.corrupt_rows = 0
         #: Whether the last refused append was the disk's doing (full, read-only), not the cap's.
         self.disk_refused = False
         self._cond = threading.Condition()
@@ -385,6 +388,8 @@ class Spool:
                 self._reader = (directory, segment, self._cut(directory, path, start))
                 return None
             log.warning("inference log spool: corrupt frame of %d rows in %s at byte %d skipped", rows, path, offset)
+            if rows <= length:  # a header that makes sense: its rows were reported spooled, and are lost
+                self.corrupt_rows += rows
             corrupt_from = offset if corrupt_from is None else corrupt_from
             offset = end
             self._reader = (directory, segment, end)

@@ -340,6 +340,35 @@ def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
     finally:
         second.close()
     assert logged(url) == (80, 80)
+    assert second.dropped == 0  # a torn frame's rows were never reported spooled: the API counted them
+
+
+def test_a_corrupt_frame_in_the_middle_costs_its_rows_counted_as_dropped(tmp_path):
+    """Its rows had been reported spooled, then were lost without a count: no alert heard of them."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    spool = tmp_path / "spool"
+    sqlite3.connect(tmp_path / "log.db").close()
+    lock = locked(tmp_path / "log.db")
+    first = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    first.start()
+    for i in range(5):
+        first.append(f"r{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+    wait_for(lambda: first.spooled == 100)
+    first._writer.process.kill()
+    first._writer.process.wait()
+    (segment,) = spool.rglob("*.seg")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a bad block in the third of five frames
+    segment.write_bytes(bytes(data))
+    lock.execute("COMMIT")
+    lock.close()
+    second = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    second.start()
+    try:
+        wait_for(lambda: second.replayed == 80 and second.dropped == 20)
+    finally:
+        second.close()
+    assert logged(url) == (80, 80) and second.torn_frames == 1
 
 
 def test_past_the_spool_cap_rows_are_dropped_and_counted_nothing_else_lost(tmp_path):

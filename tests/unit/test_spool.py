@@ -434,6 +434,7 @@ def test_a_corrupt_frame_in_the_middle_loses_only_its_own_rows(tmp_path):
     flip(segment, 2 * 52 + 12 + 5)  # inside the third frame's payload (12-byte header + 40)
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert payloads(spool) == [sent[0], sent[1], sent[3], sent[4]] and spool.torn_frames == 1
+    assert spool.corrupt_rows == 10  # reported spooled, now lost: counted as dropped
 
 
 def test_a_folder_with_a_torn_tail_is_replayed_once_and_then_gone(tmp_path):
