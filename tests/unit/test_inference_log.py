@@ -316,24 +316,30 @@ def test_rows_spooled_for_another_database_are_named_at_start_never_replayed_her
     assert (waiting / "000000000001.seg").exists() and log.replayed == 0
 
 
-def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
+def spooled_by_a_crashed_writer(tmp_path: Path) -> tuple[str, Path, sqlite3.Connection]:
+    """(log URL, the one spool segment, the lock keeping the database away): five frames of 20
+    rows a writer spooled while its database was away, then was killed."""
     url = f"sqlite:///{tmp_path}/log.db"
-    spool = tmp_path / "spool"
     sqlite3.connect(tmp_path / "log.db").close()
     lock = locked(tmp_path / "log.db")
-    first = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    first = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=20, flush_s=0.05)
     first.start()
     for i in range(5):
         first.append(f"r{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
     wait_for(lambda: first.spooled == 100)
-    first._writer.process.kill()  # a crash ...
+    first._writer.process.kill()
     first._writer.process.wait()
-    (segment,) = spool.rglob("*.seg")
-    with open(segment, "r+b") as handle:  # ... in the middle of writing the last frame
+    (segment,) = (tmp_path / "spool").rglob("*.seg")
+    return url, segment, lock
+
+
+def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
+    url, segment, lock = spooled_by_a_crashed_writer(tmp_path)
+    with open(segment, "r+b") as handle:  # killed in the middle of writing the last frame
         handle.truncate(segment.stat().st_size - 10)
     lock.execute("COMMIT")
     lock.close()
-    second = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    second = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=20, flush_s=0.05)
     second.start()
     try:
         wait_for(lambda: second.replayed == 80 and second.torn_frames == 1)
@@ -345,24 +351,13 @@ def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
 
 def test_a_corrupt_frame_in_the_middle_costs_its_rows_counted_as_dropped(tmp_path):
     """Its rows had been reported spooled, then were lost without a count: no alert heard of them."""
-    url = f"sqlite:///{tmp_path}/log.db"
-    spool = tmp_path / "spool"
-    sqlite3.connect(tmp_path / "log.db").close()
-    lock = locked(tmp_path / "log.db")
-    first = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
-    first.start()
-    for i in range(5):
-        first.append(f"r{i}", "churn", 1, RECORDS, [0.5] * len(RECORDS))
-    wait_for(lambda: first.spooled == 100)
-    first._writer.process.kill()
-    first._writer.process.wait()
-    (segment,) = spool.rglob("*.seg")
+    url, segment, lock = spooled_by_a_crashed_writer(tmp_path)
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a bad block in the third of five frames
     segment.write_bytes(bytes(data))
     lock.execute("COMMIT")
     lock.close()
-    second = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
+    second = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=20, flush_s=0.05)
     second.start()
     try:
         wait_for(lambda: second.replayed == 80 and second.dropped == 20)
