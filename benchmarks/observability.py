@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import threading
@@ -32,7 +33,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving import interleaved, own_environment, wrk  # noqa: E402
+from benchmarks.serving import interleaved, scrub_environment, wrk  # noqa: E402
 from churn_platform.processes import free_port, start, wait_http  # noqa: E402
 
 #: Each with the access line per request: the log cost being compared (traces: on top of JSON logs).
@@ -77,8 +78,7 @@ def measure(folder: Path, seconds: int, rounds: int) -> dict[str, list[dict[str,
     for run, name in enumerate(interleaved(list(CONFIGS), rounds)):
         extra = CONFIGS[name]
         port = free_port()
-        # The caller's OTEL_* or CHURN_* (tracing, an access log) would slow every configuration alike: unmeasured.
-        env = dict(own_environment(), CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{run}-{port}.db",
+        env = dict(os.environ, CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log-{run}-{port}.db",
                    CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / f"spool-{port}"),
                    **{k: v.replace("{sink}", endpoint) for k, v in extra.items()})  # fmt: skip
         api = start(f"api-{port}", [str(bin_dir / "churn-platform"), "serve", "--port", str(port)], folder, env=env)
@@ -108,6 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk (or run `make bench-serving`)")
+    scrub_environment()  # each configuration sets what it measures, and nothing else may
     from benchmarks.registry import production_registry, remove, terminate_raises
 
     terminate_raises()

@@ -210,7 +210,8 @@ def make_engine(url: str) -> sa.Engine:
     args: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         given = sa.make_url(url).query
-        args["connect_args"] = {"connect_timeout": 3, **{k: v for k, v in _KEEPALIVES.items() if k not in given}}
+        ours = {"connect_timeout": 3, **(_KEEPALIVES if given.get("keepalives") != "0" else {})}
+        args["connect_args"] = {k: v for k, v in ours.items() if k not in given}
     return sa.create_engine(url, **args)
 
 

@@ -56,8 +56,9 @@ AUDIT_PREFIX = AUDIT_TAG_PREFIX
 MOVES = frozenset({"promote", "rollback", "external"})
 #: Events this close to the latest one count as one race, not an outside change.
 RACE_WINDOW_NS = 10 * 1_000_000_000
-#: How long a pending move may wait for its alias: far beyond a slow registry's timeouts and
-#: retries, short of a UI move to the same version long after a failed promotion.
+#: How long a pending move may wait for its alias, by the machines' clocks (keys are their
+#: times): far beyond the registry's timeouts and retries at their defaults (about a minute
+#: for a promotion's requests), short of a UI move to the same version long after a failed one.
 PENDING_FOR_NS = 3600 * 1_000_000_000
 
 

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         description="S3-compatible endpoint for s3:// data and artifacts (MinIO, moto).",
     )
     model_name: str = Field("churn", description="Registered model name.")
-    registry_timeout_s: float = Field(10.0, gt=0, le=3600, description="Seconds one registry HTTP request may take.")
+    registry_timeout_s: float = Field(10.0, gt=0, le=600, description="Seconds one registry HTTP request may take.")
     registry_max_retries: int = Field(
         1, ge=0, le=10, description="Retries of a failed registry request (MLflow default: 7)."
     )

@@ -69,7 +69,8 @@ def check_spool_dir(spool_dir: Path, url: str) -> None:
             shutil.rmtree(probe, ignore_errors=True)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            log.warning("CHURN_INFERENCE_LOG_SPOOL_DIR=%s is full (%s): rows are dropped until there is room",
+            log.warning("CHURN_INFERENCE_LOG_SPOOL_DIR=%s is full (%s): rows are dropped until there is room; "
+                        "a writer cannot replay what is spooled there either: free or grow the volume",
                         spool_dir, exc.strerror)  # fmt: skip
             return
         raise SettingsError(
@@ -138,9 +139,9 @@ class InferenceLog:
         """For /model: is the log live or spooling, and what it has done so far."""
         writer = self._writer
         with self._counts:
-            down = (writer is None or writer.gone) and not self._stopping  # restarting: nothing takes rows
+            down = writer is None or writer.gone  # restarting: nothing takes rows now
             return {
-                "state": "down" if down else "live" if self.live else "spooling",
+                "state": "stopped" if self._stopping else "down" if down else "live" if self.live else "spooling",
                 "spool_dir": str(self.spool_dir),
                 "spool_bytes": self.spool_bytes,
                 "rows": {"written": self.written, "spooled": self.spooled, "replayed": self.replayed,

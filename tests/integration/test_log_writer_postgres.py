@@ -409,13 +409,17 @@ def test_a_missing_grant_keeps_the_rows_spooled_until_it_is_given(tmp_path):
     assert stored == 10 and log.dropped == 0
 
 
-def test_the_writers_connection_notices_a_server_gone_mid_statement_within_a_minute():
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [("", (1, 60_000, 30)), ("?keepalives_idle=45", (1, 60_000, 45)), ("?keepalives=0", (0, 0, 7200))],
+)
+def test_the_writers_connection_notices_a_server_gone_mid_statement_within_a_minute(options, expected):
     """Without keepalives a COPY to a host that vanished waited for TCP's 15 minutes, the
-    writer still "live" and its rows neither stored nor spooling."""
+    writer still "live" and its rows neither stored nor spooling. The URL's own options win."""
     import socket
 
     with postgres_database() as url:
-        database = Database(url)
+        database = Database(url + options)
         try:
             with database._engine.connect() as conn:  # noqa: SLF001
                 fd = conn.connection.dbapi_connection.fileno()
@@ -428,4 +432,4 @@ def test_the_writers_connection_notices_a_server_gone_mid_statement_within_a_min
                     sock.close()
         finally:
             database.dispose()
-    assert (keepalive, user_timeout, idle) == (1, 60_000, 30)
+    assert (keepalive, user_timeout, idle) == expected

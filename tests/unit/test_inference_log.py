@@ -81,6 +81,7 @@ def test_close_flushes_everything_queued(tmp_path):
     assert (log.written, log.dropped) == (1000, 0)
     assert logged(url) == (1000, 1000)
     assert log._writer.process.returncode == 0
+    assert log.state()["state"] == "stopped"  # not "down": nothing is restarting
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, caplog):
