@@ -468,8 +468,7 @@ def run(args: argparse.Namespace, folder: Path) -> None:  # noqa: C901 - one ben
                 until=catch_up,
             ))  # fmt: skip
             after, ended = ends[-1]
-            # How fast the log wrote while the API scored at full speed (the spool holds the rest),
-            # and how long it then took to hold them all.
+            # How fast the log wrote while the API scored at full speed (the spool holds the rest).
             logged.setdefault(label, []).append(
                 (ended - started, *(after[k] - before[k] for k in ("rows_scored_total", "inference_log_rows_written_total")))
             )
