@@ -334,18 +334,25 @@ def spooled_by_a_crashed_writer(tmp_path: Path) -> tuple[str, Path, sqlite3.Conn
     return url, segment, lock
 
 
-def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
-    url, segment, lock = spooled_by_a_crashed_writer(tmp_path)
-    with open(segment, "r+b") as handle:  # killed in the middle of writing the last frame
-        handle.truncate(segment.stat().st_size - 10)
+def replayed_by_the_next_writer(url: str, tmp_path: Path, lock: sqlite3.Connection, done) -> InferenceLog:
+    """The database back (``lock`` released) and the next writer started on the same spool,
+    until ``done(writer)`` holds; the writer, closed."""
     lock.execute("COMMIT")
     lock.close()
     second = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=20, flush_s=0.05)
     second.start()
     try:
-        wait_for(lambda: second.replayed == 80 and second.torn_frames == 1)
+        wait_for(lambda: done(second))
     finally:
         second.close()
+    return second
+
+
+def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
+    url, segment, lock = spooled_by_a_crashed_writer(tmp_path)
+    with open(segment, "r+b") as handle:  # killed in the middle of writing the last frame
+        handle.truncate(segment.stat().st_size - 10)
+    second = replayed_by_the_next_writer(url, tmp_path, lock, lambda w: w.replayed == 80 and w.torn_frames == 1)
     assert logged(url) == (80, 80)
     assert second.dropped == 0  # a torn frame's rows were never reported spooled: the API counted them
 
@@ -356,14 +363,7 @@ def test_a_corrupt_frame_in_the_middle_costs_its_rows_counted_as_dropped(tmp_pat
     data = bytearray(segment.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a bad block in the third of five frames
     segment.write_bytes(bytes(data))
-    lock.execute("COMMIT")
-    lock.close()
-    second = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=20, flush_s=0.05)
-    second.start()
-    try:
-        wait_for(lambda: second.replayed == 80 and second.dropped == 20)
-    finally:
-        second.close()
+    second = replayed_by_the_next_writer(url, tmp_path, lock, lambda w: w.replayed == 80 and w.dropped == 20)
     assert logged(url) == (80, 80) and second.torn_frames == 1
 
 
