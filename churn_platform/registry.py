@@ -240,14 +240,13 @@ def live_experiment(
         return None  # under `mlflow run`: the launcher chose the experiment and made the run
     from_env = not name
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    given = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if name:
         found, variable = client.get_experiment_by_name(name), setting
-        given = os.environ.get("MLFLOW_EXPERIMENT_ID")
         if from_env and given and found is not None and found.experiment_id != given:  # start_run refuses both
             raise SettingsError(f"MLFLOW_EXPERIMENT_NAME={name} is experiment {found.experiment_id}, but "
                                 f"MLFLOW_EXPERIMENT_ID={given}: set one of them")  # fmt: skip
     else:
-        given = os.environ.get("MLFLOW_EXPERIMENT_ID")
         try:
             found = client.get_experiment(given or "0")  # Default, with neither variable set
             variable = "MLFLOW_EXPERIMENT_ID" if given else "MLFLOW_EXPERIMENT_NAME"
