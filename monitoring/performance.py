@@ -43,14 +43,7 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, read_failure
-from churn_platform.performance_metrics import (
-    DayFigures,
-    Estimated,
-    Realized,
-    by_day,
-    estimated,
-    realized,
-)
+from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
 
@@ -224,6 +217,12 @@ def realized_below(real: Realized, floor: float, min_rows: int, tolerance: float
     return real.roc_auc_upper_bound < floor
 
 
+def estimated_below(est: Estimated, floor: float, min_rows: int, tolerance: float) -> bool:
+    """Whether the estimated ROC AUC degrades: on enough predictions, below the baseline
+    (``floor``) minus the tolerance (one prediction alone estimates 0.5)."""
+    return est.roc_auc is not None and est.rows >= min_rows and est.roc_auc < floor - tolerance
+
+
 def within_chance(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
     """Whether the realized ROC AUC is below the baseline minus the tolerance on enough rows,
     but not by more than chance: shown as such, not judged degraded."""
@@ -247,7 +246,7 @@ def judge(
         reasons.append(f"{GATE_METRIC}: realized {real.roc_auc:.4f} on {real.rows} labelled rows "
                        f"({real.positives} churned) is below the baseline {floor:.4f} minus {tolerance}, "
                        f"and by more than chance (95% upper bound {real.roc_auc_upper_bound:.4f})")  # fmt: skip
-    if est.roc_auc is not None and est.rows >= min_rows and est.roc_auc < floor - tolerance:
+    if estimated_below(est, floor, min_rows, tolerance):
         reasons.append(f"estimated_{GATE_METRIC}: {est.roc_auc:.4f} (CBPE over {est.rows} predictions) is below the "
                        f"baseline {floor:.4f} minus {tolerance}")  # fmt: skip
     return reasons

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from monitoring.performance import realized_below, within_chance
+from monitoring.performance import estimated_below, realized_below, within_chance
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -177,8 +177,8 @@ def _key_figures(s: PerformanceSummary) -> str:
     heads = ["realized", "estimated (CBPE)", "baseline (training validation)", "rows matched", "predictions",
              "unlabelled predictions", "unmatched outcomes"]  # fmt: skip
     # Red only for a figure the verdict used: one on too few rows is shown, not judged.
-    estimated_below = floor is not None and est.roc_auc is not None and est.roc_auc < floor and est.rows >= s.min_rows
-    below = [base is not None and realized_below(r, base, s.min_rows, s.tolerance), estimated_below]
+    below = [base is not None and realized_below(r, base, s.min_rows, s.tolerance),
+             base is not None and estimated_below(est, base, s.min_rows, s.tolerance)]  # fmt: skip
     cells = [
         _cell(_num(r.roc_auc), _realized_hint(s), below[0]),
         _cell(_num(est.roc_auc), _estimated_hint(s), below[1]),
