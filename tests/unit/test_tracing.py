@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -55,7 +56,12 @@ def test_a_request_continues_the_callers_trace_through_decode_score_log_and_enco
         loads = [s for s in spans.get_finished_spans() if s.name in ("registry.resolve", "model.load")]
         assert {s.name for s in loads} == {"registry.resolve", "model.load"}
         assert next(s for s in loads if s.name == "model.load").attributes["churn.model_version"] == 1
-        reload = next(s for s in spans.get_finished_spans() if s.name == "model.reload")  # one trace, not one a step
+        # One trace, not one a step. It ends when the load returns, a moment after /ready says 200.
+        deadline = time.monotonic() + 10
+        while not (reloads := [s for s in spans.get_finished_spans() if s.name == "model.reload"]):
+            assert time.monotonic() < deadline, "no model.reload span"
+            time.sleep(0.02)
+        reload = reloads[0]
         assert all(s.parent is not None and s.parent.span_id == reload.context.span_id for s in loads)
         spans.clear()
         response = client.post("/predict", json={"customers": customers},
