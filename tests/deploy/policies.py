@@ -335,7 +335,7 @@ def check_disruption_budgets(objs: list[dict[str, Any]]) -> list[str]:
         name = obj["metadata"]["name"]
         if obj["kind"] != "Deployment":
             continue
-        pods = min(obj["spec"].get("replicas", 1), least.get(name, obj["spec"].get("replicas", 1)))
+        pods = least.get(name, obj["spec"].get("replicas", 1))  # an autoscaler's minimum, not a count it owns
         labels = obj["spec"]["template"]["metadata"]["labels"]
         selecting = [b for b in budgets
                      if all(labels.get(k) == v for k, v in b["spec"]["selector"].get("matchLabels", {}).items())]
@@ -550,11 +550,10 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
     }
     if targets != {"cpu": 70, "memory": 80}:
         problems.append(f"HPA targets must be CPU 70 % and memory 80 %, got {targets}")
-    if overlay == "prod":
-        if api["spec"]["replicas"] < 3:
-            problems.append(f"prod: churn-api has {api['spec']['replicas']} replicas, needs at least 3")
-        if (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) != (3, 10):
-            problems.append("prod: HPA must scale 3-10")
+    if "replicas" in api["spec"]:  # kubectl apply would reset the autoscaler's count to it
+        problems.append("churn-api: spec.replicas is set, but its HorizontalPodAutoscaler owns the count")
+    if overlay == "prod" and (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) != (3, 10):
+        problems.append("prod: HPA must scale 3-10")
     if overlay == "prod":
         mlflow = find(objs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
         if "basic-auth" not in mlflow["args"]:
@@ -568,7 +567,7 @@ def check(objs: list[dict[str, Any]], overlay: str) -> list[str]:
             problems.append(f"{overlay}: the observability component is not rendered (no PrometheusRule)")
         if not data.get("CHURN_PUSHGATEWAY_URL"):
             problems.append(f"{overlay}: CHURN_PUSHGATEWAY_URL is empty: the jobs' results never reach the alerts")
-    if overlay == "dev" and api["spec"]["replicas"] != 1:
+    if overlay == "dev" and hpa["spec"]["minReplicas"] != 1:
         problems.append("dev: one API replica")
     for name in CRONJOBS:
         problems += check_cronjob(objs, overlay, name)

@@ -104,9 +104,12 @@ DEV_LOG_DB_CLIENTS = "[churn-api, churn-monitor, churn-performance, churn-retrai
 # name -> (overlay, [(file under deploy/, old text, new text)], problems the check must report)
 BREAKS = {
     "prod-one-replica-latest-tag": ("prod", [
-        (PROD, "{op: replace, path: /spec/replicas, value: 3}", "{op: replace, path: /spec/replicas, value: 1}"),
+        (PROD, "{op: replace, path: /spec/minReplicas, value: 3}", "{op: replace, path: /spec/minReplicas, value: 1}"),
         (PROD, 'newTag: "0.1.0"', "newTag: latest"),
-    ], ["prod: churn-api has 1 replicas, needs at least 3", "is not pinned by tag or digest"]),
+    ], ["prod: HPA must scale 3-10", "is not pinned by tag or digest"]),
+    "api-replicas-beside-autoscaler": ("staging", [
+        ("base/api.yaml", "spec:\n  # No replicas", "spec:\n  replicas: 2\n  # No replicas"),
+    ], ["churn-api: spec.replicas is set, but its HorizontalPodAutoscaler owns the count"]),
     **{
         f"{overlay}-without-observability": (overlay, [
             (f"overlays/{overlay}/kustomization.yaml", "  - ../../components/observability\n", ""),
