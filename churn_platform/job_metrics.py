@@ -39,6 +39,8 @@ _unpushed: ContextVar[str | None] = ContextVar("job_unpushed", default=None)
 RESULTS = {
     "churn_monitor_drift_share": "Share of feature columns that drifted in the last monitor run.",
     "churn_monitor_dataset_drift": "1 when the last monitor run found dataset drift.",
+    "churn_monitor_prediction_drift": "1 when the last monitor run found the predictions' distribution drifted (a "
+    "drift verdict on its own).",
     "churn_monitor_drifted_columns": "Feature columns that drifted in the last monitor run.",
     "churn_monitor_rows": "Current rows the last monitor run compared.",
     "churn_performance_roc_auc": "ROC AUC of the last performance run, realized (labels) or estimated (CBPE).",

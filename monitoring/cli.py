@@ -143,6 +143,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     job_metrics.record("churn_monitor_drift_share", summary.drift_share)
     job_metrics.record("churn_monitor_dataset_drift", summary.dataset_drift if judged else None)
     job_metrics.record("churn_monitor_drifted_columns", len(summary.drifted_columns) if judged else None)
+    prediction = summary.prediction_drift  # None when the scores could not be compared: NaN
+    job_metrics.record("churn_monitor_prediction_drift", prediction.drifted if judged and prediction else None)
     if as_json:
         echo_json(summary.to_json())
     else:

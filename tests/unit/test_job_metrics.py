@@ -92,6 +92,7 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     assert value(samples, "churn_monitor_dataset_drift", **job) == 1
     assert value(samples, "churn_monitor_drift_share", **job) >= 0.15
     assert value(samples, "churn_monitor_drifted_columns", **job) >= 1
+    assert value(samples, "churn_monitor_prediction_drift", **job) == 1  # every logged score 0.5, unlike training's
     assert value(samples, "churn_monitor_rows", **job) == 1500
     assert value(samples, "churn_job_exit_code", **job) == 1
     assert value(samples, "churn_job_duration_seconds", **job) > 0
