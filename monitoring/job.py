@@ -308,9 +308,9 @@ def _current(
         raw, window = _stored_scores(file, options.current, name, version)
         return raw, window, len(raw)
     url = options.inference_log_url or settings.inference_log_url
-    if not (options.since or options.until or options.rows):
-        # No window: the latest rows, never the version's whole history (unbounded memory, and
-        # a recent shift diluted by months of normal traffic).
+    if not (options.since or options.rows):
+        # No start (nothing, or --until alone): the latest rows, never the version's whole
+        # history (a count over all of it, and a recent shift diluted by months of traffic).
         options = replace(options, rows=max_rows)
     raw, in_window = current_from_log(url, name, None if options.all_versions else version, options, max_rows)
     scores = "logged"

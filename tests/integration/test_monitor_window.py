@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from churn_platform import inference_log
-from monitoring.job import MonitorOptions, current_from_log
+from churn_platform.settings import Settings
+from monitoring.job import MonitorOptions, _current, current_from_log
 from tests.services import postgres_database
 
 pytestmark = pytest.mark.integration
@@ -89,3 +90,15 @@ def test_the_latest_rows_past_the_limit_are_sampled_from_those_rows_only(log_url
     exact, held = current_from_log(log_url, "m", 1, MonitorOptions(rows=300), max_rows=1000)
     assert held == 300 and sorted(exact["id"]) == newest[-300:]
 
+
+
+def test_an_end_alone_judges_the_latest_rows_before_it_not_the_whole_history(log_url):
+    """`--until` alone (the docs' way to make a hand-run ad hoc) reads the latest
+    CHURN_MONITOR_MAX_ROWS rows before it, as a run without any window reads the latest rows."""
+    fill(log_url)
+    until = START + timedelta(seconds=150)  # 15,000 rows of v1 before it
+    settings = Settings(monitor_min_rows=100, monitor_max_rows=1000, inference_log_url=log_url)
+    rows, _, held = _current(MonitorOptions(until=until), settings, "m", 1, None)
+    scored_at = pd.to_datetime(rows["scored_at"], utc=True, format="ISO8601")
+    assert held == len(rows) == 1000
+    assert scored_at.min() == START + timedelta(seconds=140) and scored_at.max() < until
