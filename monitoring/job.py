@@ -433,10 +433,18 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
+        try:
+            recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
+        except BaseException:  # the registry away (exit 3): the verdict is news all the same
+            _alert(summary, options, settings)
+            raise
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
+    _alert(summary, options, settings)
+    return summary
+
+
+def _alert(summary: MonitorSummary, options: MonitorOptions, settings: Settings) -> None:
     webhook = alert_webhook(options.alert_webhook, options.adhoc, settings.monitor_alert_webhook)
     if summary.exit_code != ExitCode.OK and webhook:
         send_alert(webhook, summary.to_json())
-    return summary

@@ -84,15 +84,16 @@ def record_run(
     return its id. Under ``mlflow run`` the launcher already made the run (MLFLOW_RUN_ID), in
     the experiment given by --experiment-name: log into it rather than start a second one.
     The experiment goes to ``start_run``, not ``set_experiment``, which would leave it active
-    for the rest of the process."""
+    for the rest of the process. The tags go last: a run whose report could not be uploaded
+    carries no verdict for ``retrain --if`` to count."""
     launched = bool(os.environ.get("MLFLOW_RUN_ID"))
     client = mlflow.MlflowClient()
     experiment_id = live_experiment(client, experiment)
     if experiment_id is None and not launched:
         experiment_id = client.create_experiment(experiment)
     with mlflow.start_run(run_name=None if launched else run_name, experiment_id=experiment_id) as active:
-        mlflow.set_tags(tags)
         mlflow.log_metrics(metrics)
         for artifact in artifacts:
             mlflow.log_artifact(artifact)
+        mlflow.set_tags(tags)
         return active.info.run_id

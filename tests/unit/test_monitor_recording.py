@@ -1,0 +1,38 @@
+"""A monitor run whose MLflow run cannot be recorded (the artifact store away) still tells
+the team of its verdict, and leaves no verdict for ``retrain --if drift`` to count."""
+
+from __future__ import annotations
+
+import shutil
+
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from churn_platform import data
+from churn_platform.cli import main
+from churn_platform.processes import free_port
+from churn_platform.settings import get_settings
+
+
+def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry_uri, tmp_path, monkeypatch, webhook):
+    copy = tmp_path / "mlflow.db"  # the run is recorded: keep the session's registry as it was
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("CHURN_MONITOR_EXPERIMENT", "monitoring-to-dead-store")
+    get_settings.cache_clear()
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("monitoring-to-dead-store", artifact_location="s3://reports/monitoring")
+    drifted = tmp_path / "drifted.csv"
+    data.generate(1500, seed=7, drift=True).drop(columns=["churn"]).to_csv(drifted, index=False)
+    hook, posted = webhook
+
+    run = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--current", str(drifted), "--alert-webhook",
+                                    hook, "--output-dir", str(tmp_path / "report")])  # fmt: skip
+
+    assert run.exit_code == 3 and "Traceback" not in run.output, run.output  # unreachable: retried
+    assert [p["verdict"] for p in posted] == ["drift"]  # the team hears of it all the same
+    (made,) = client.search_runs([experiment])
+    assert "verdict" not in made.data.tags  # nothing for `retrain --if drift` to count
