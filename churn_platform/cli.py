@@ -82,6 +82,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        context = click.get_current_context(silent=True)
+        if context is not None and context.params.get("as_json"):  # MLflow's run links would precede the JSON
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         try:
             return func(*args, **kwargs)
         except ChurnPlatformError as exc:

@@ -32,10 +32,8 @@ def monitor(env: dict, *args: str) -> tuple[int, dict, str]:
         [sys.executable, "-m", "churn_platform.cli", "monitor", "--json", *args],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    # MLflow may print a run link on stdout too: the JSON is the block that starts a line with "{".
-    start = done.stdout.find("\n{") + 1 if not done.stdout.startswith("{") else 0
-    summary = json.loads(done.stdout[start : done.stdout.rfind("}") + 1]) if "{" in done.stdout else {}
-    return done.returncode, summary, done.stderr + done.stdout[:start]
+    summary = json.loads(done.stdout) if done.stdout.strip() else {}  # one document: `| jq` works on it
+    return done.returncode, summary, done.stderr
 
 
 def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_path):
