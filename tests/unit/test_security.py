@@ -54,11 +54,12 @@ def test_no_secret_in_logs_bodies_or_metrics(api, telco_csv):
             bodies.append(client.get(path).text)
         import time
 
-        deadline = time.monotonic() + 30  # the writer spools the row, tries the database, says it is spooling
-        while "churn_inference_log_rows_spooled_total 1.0" not in (metrics := client.get("/metrics").text):
-            assert time.monotonic() < deadline, "the row was never spooled"
+        # The writer spools the row, tries the database, then says it is spooling: wait for both.
+        deadline = time.monotonic() + 30
+        awaited = ("churn_inference_log_rows_spooled_total 1.0", "churn_inference_log_live 0.0")
+        while not all(m in (metrics := client.get("/metrics").text) for m in awaited):
+            assert time.monotonic() < deadline, "the row was never spooled, or the log still says live"
             time.sleep(0.2)
-        assert "churn_inference_log_live 0.0" in metrics
     proc.stop()
     log = proc.log_tail(10_000_000)
     assert "/admin/reload" in log  # the access lines are there to be searched
