@@ -43,7 +43,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churn_platform import data, explanation
+from churn_platform import data, explanation, object_store
 from churn_platform.contract import (
     MODEL_NAME,
     MODEL_VERSION,
@@ -157,6 +157,7 @@ def input_files(
     Earlier runs' outputs under other names are left out by their columns (``_customer_files``).
     """
     if spec.startswith("s3://"):
+        object_store.check_address(spec, "--input")
         fs: pafs.FileSystem = _s3(endpoint_url)
         path = spec.removeprefix("s3://")
         try:
@@ -172,8 +173,8 @@ def input_files(
                 root = path.rstrip("/")
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
                 files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
-        except OSError as exc:
-            if _is_connection_error(exc):
+        except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, a path it cannot take
+            if object_store.unreachable(exc):
                 raise StorageUnreachable(f"object store unreachable at {endpoint_url or 'AWS'}: {exc}") from None
             raise DataSourceError(f"cannot list {spec}: {exc}") from None
     else:
@@ -320,17 +321,12 @@ def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> N
 
 def _read_error(path: str, kind: str, exc: BaseException) -> Exception:
     """A store that does not answer is worth a retry (exit 3); a file that is not what it says is not (2)."""
-    if _is_connection_error(exc):
+    if object_store.unreachable(exc):
         return StorageUnreachable(f"object store unreachable while reading {path}: {exc}")
     if "invalid utf8" in str(exc).lower():  # Arrow: "In CSV column #0: ... invalid UTF8 data"
         return DataSourceError(f"cannot read {path}: it is not UTF-8 text ({exc}); export it as UTF-8 "
                                "(a spreadsheet's 'CSV UTF-8') or convert it: iconv -f latin1 -t utf-8")  # fmt: skip
     return DataSourceError(f"cannot read {path} as {kind}: {exc}")
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return any(hint in text for hint in ("connect", "curl", "timed out", "timeout", "unreachable"))
 
 
 def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list[np.ndarray]] | None:
@@ -412,22 +408,18 @@ class AtomicOutput:
                 return
         except OSError as exc:
             raise DataSourceError(f"cannot write {self.target}: {exc}") from None
-        parsed = urlparse(self.target)
         import boto3
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            boto3.client("s3", endpoint_url=self._endpoint).upload_file(
-                str(self._tmp), parsed.netloc, parsed.path.lstrip("/")
-            )
-        except (ClientError, S3UploadFailedError) as exc:
-            if _is_connection_error(exc):
+            bucket, key = object_store.split(self.target)
+            boto3.client("s3", endpoint_url=self._endpoint).upload_file(str(self._tmp), bucket, key)
+        except (ClientError, S3UploadFailedError, BotoCoreError) as exc:
+            if object_store.unreachable(exc):
                 raise StorageUnreachable(f"cannot write {self.target}: {exc}") from None
-            # The store answered no (no such bucket, access denied): retrying will not help.
+            # The store answered no (no such bucket, access denied), or no credentials: a retry will not help.
             raise DataSourceError(f"cannot write {self.target}: {exc}") from None
-        except BotoCoreError as exc:
-            raise StorageUnreachable(f"cannot write {self.target}: {exc}") from None
         finally:
             self._tmp.unlink(missing_ok=True)
 
@@ -685,7 +677,7 @@ def _check_file_name(flag: str, target: str) -> None:
     """A target must name a file: ``s3://bucket`` fails only at the upload, after the scoring,
     as an unreachable store (exit 3, retried); ``s3://bucket/scores/`` writes an object
     called ``scores/`` that tools show as a folder."""
-    bucket, _, key = target.removeprefix("s3://").partition("/") if target.startswith("s3://") else ("", "", target)
+    key = object_store.split(target)[1] if target.startswith("s3://") else target
     if not key or key.endswith("/"):
         where = target if target.endswith("/") else f"{target}/"
         raise DataValidationError(f"{flag} {target} names a folder, not a file: add a file name ({where}...)")
@@ -696,7 +688,7 @@ def _check_bucket(flag: str, target: str, endpoint_url: str | None) -> None:
     input was scored. Keys that may write but not look (no HeadBucket) are left to the upload."""
     if not target.startswith("s3://"):
         return
-    bucket = target.removeprefix("s3://").partition("/")[0]
+    bucket = object_store.split(target)[0]
     try:
         missing = _s3(endpoint_url).get_file_info(bucket).type == pafs.FileType.NotFound
     except OSError:
@@ -735,6 +727,10 @@ def prepare(
     output_kind(rejects, None)  # a compressed name: refused before anything is read or replaced
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_file_name(flag, target)
+        if target.startswith("s3://"):
+            object_store.check_address(target, flag)
+        else:
+            data.local_target(target)  # its folder exists: found now, not after the model's download
     data.refuse_overwrite(source, output=output, rejects=rejects)
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
     fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)

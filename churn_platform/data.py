@@ -13,11 +13,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
+from churn_platform import object_store
 from churn_platform.errors import (
     DataSourceError,
     DataValidationError,
@@ -171,8 +171,7 @@ def _s3_object(uri: str, endpoint_url: str | None, call: Callable[[Any, str, str
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-    parsed = urlparse(uri)
-    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    bucket, key = object_store.split(uri)
     if not bucket or not key:
         raise DataSourceError(f"not a valid s3 URI (want s3://bucket/key): {uri}")
     client = boto3.client(
@@ -188,6 +187,8 @@ def _s3_object(uri: str, endpoint_url: str | None, call: Callable[[Any, str, str
         ) from exc
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
+        if object_store.unreachable(exc):  # a 503 or SlowDown after the retries: worth the job's retry (exit 3)
+            raise StorageUnreachable(f"object store unavailable for {uri}: {code or exc}") from exc
         if code == "NoSuchBucket":
             raise DataSourceError(f"bucket {bucket!r} does not exist ({uri})") from exc
         if code in ("NoSuchKey", "404"):

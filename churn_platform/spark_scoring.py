@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churn_platform import batch_scoring, data
+from churn_platform import batch_scoring, data, object_store
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
 from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
@@ -440,7 +440,7 @@ def _translated(exc: Exception, source: str) -> Exception:
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
-    if isinstance(exc, OSError) and batch_scoring._is_connection_error(exc):  # noqa: SLF001
+    if isinstance(exc, OSError) and object_store.unreachable(exc):
         # pyarrow listing or merging the staged parts: a store blip is worth the retry, not a "bug".
         return StorageUnreachable(f"object store unreachable while writing the scores of {source}: {exc}"[:500])
     if not isinstance(exc, PySparkException | Py4JError):
@@ -451,6 +451,21 @@ def _translated(exc: Exception, source: str) -> Exception:
     line = causes[-1] if causes else next(
         (ln.strip() for ln in text.splitlines() if "Exception:" in ln or "Error:" in ln), text.splitlines()[0]
     )
-    if batch_scoring._is_connection_error(Exception(line)):  # noqa: SLF001 - the message, not the JVM's stack
+    if _jvm_unreachable(line):
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
+
+
+#: The JVM's exceptions (Hadoop's s3a, the AWS SDK, java.net) for a store that did not answer or
+#: asked to be asked later: matched on the exception's class, never on its message, which quotes
+#: the user's rows ("Malformed CSV record: ...,Disconnected,...") and paths.
+_JVM_LATER = frozenset({
+    "ConnectException", "SocketTimeoutException", "UnknownHostException", "NoRouteToHostException",
+    "ConnectTimeoutException", "NoHttpResponseException", "ConnectionPoolTimeoutException", "SdkClientException",
+    "AWSClientIOException", "AWSApiCallTimeoutException", "AWSServiceThrottledException", "AWSStatus500Exception",
+})  # fmt: skip
+
+
+def _jvm_unreachable(line: str) -> bool:
+    """``line`` (``java.net.ConnectException: Connection refused``) names such an exception."""
+    return line.split(":", 1)[0].strip().rsplit(".", 1)[-1] in _JVM_LATER

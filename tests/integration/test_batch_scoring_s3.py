@@ -88,6 +88,10 @@ def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch
     result = CliRunner().invoke(main, named)
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["rows"] == 400
+    # A '#' in a key is the key's (a URL parser cut it off: the rejects then overwrote the scores).
+    hashed = [*named[:-4], "--output", f"s3://{bucket}/scores/week#45.parquet", "--no-progress", "--json"]
+    assert CliRunner().invoke(main, hashed).exit_code == 1
+    assert len(read("scores/week#45.parquet")) == 399 and len(read("scores/week#45.rejects.parquet")) == 1
 
     # An output bucket that does not exist: refused before the model loads, not after the scoring.
     result = CliRunner().invoke(main, [*args[:-1], "--output", "s3://no-such-bucket/latest.parquet"])

@@ -242,6 +242,11 @@ def test_the_platform_aliases_spelled_as_the_ui_spells_them_name_them(registry_u
         # It wrote uncompressed Parquet under the name, which every reader then failed on.
         (["--output", "scores.csv.gz"], "scores.csv.gz: files are not written compressed here"),
         (["--rejects", "r.csv.gz"], "r.csv.gz: files are not written compressed here"),  # before the scores
+        # Addresses pyarrow cannot take: a traceback (exit 70), or an upload failing after the scoring (exit 3).
+        (["--input", "s3:///exports/"], "--input s3:///exports/ names no bucket: want s3://bucket/key"),
+        (["--input", "s3://crm/exports//2026-11.csv"], "has an empty path component ('//')"),
+        (["--output", "s3:///scores/latest.parquet"], "--output s3:///scores/latest.parquet names no bucket"),
+        (["--rejects", "s3://crm/scores//r.parquet"], "--rejects s3://crm/scores//r.parquet has an empty path"),
     ],
 )
 def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words, monkeypatch):
@@ -292,6 +297,18 @@ def test_a_file_named_itself_is_read_whatever_its_name(registry_uri, customers, 
     result = run(registry_uri, "--input", str(tmp_path / "_export.csv"), "--output", str(tmp_path / "s.parquet"))
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(tmp_path / "s.parquet")) == 20
+
+
+def test_a_malformed_row_quoting_a_connection_word_is_bad_input_not_an_outage(registry_uri, customers, tmp_path):
+    """The error's message quotes the row: "Disconnected" in it read as an unreachable store,
+    exit 3, and the CronJob re-scored the whole input on each retry."""
+    text = customers.head(5).to_csv(index=False).splitlines()
+    text.append(text[1].replace(",", ",Disconnected,", 1))  # one field too many
+    source = tmp_path / "timeout-connect.csv"
+    source.write_text("\n".join(text) + "\n")
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 2, result.output
+    assert "cannot read" in result.output and "unreachable" not in result.output
 
 
 def test_a_file_that_is_not_what_it_says_and_a_folder_as_output_are_exit_2(registry_uri, customers, tmp_path):
@@ -355,6 +372,11 @@ def test_every_files_header_is_checked_before_the_model_loads(customers, tmp_pat
     result = run("http://127.0.0.1:9", "--input", str(folder), "--output", str(tmp_path / "scores.parquet"))
     assert result.exit_code == 2, result.output
     assert f"{folder / 'b.csv'}: missing required columns ['tenure']" in result.output
+    # So is a rejects folder that does not exist: it was found after the model's download.
+    customers.head(20).to_csv(folder / "b.csv", index=False)
+    result = run("http://127.0.0.1:9", "--input", str(folder), "--output", str(tmp_path / "scores.parquet"),
+                 "--rejects", str(tmp_path / "no-such-folder" / "r.parquet"))  # fmt: skip
+    assert result.exit_code == 2 and "output folder does not exist" in result.output, result.output
 
 
 def test_an_unreachable_registry_is_exit_3(customers, tmp_path):
