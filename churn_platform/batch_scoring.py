@@ -371,6 +371,14 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
 # ---------------------------------------------------------------- output
 
 
+def _flush_to_disk(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 class AtomicOutput:
     """Writes a table chunk by chunk under a temporary name; ``commit`` makes it visible at once."""
 
@@ -404,7 +412,10 @@ class AtomicOutput:
         try:
             self._writer.close()
             if not self.target.startswith("s3://"):
-                os.replace(self._tmp, Path(self.target).resolve())
+                final = Path(self.target).resolve()
+                _flush_to_disk(self._tmp)  # before the rename: a power cut could leave it empty under the name
+                os.replace(self._tmp, final)
+                _flush_to_disk(final.parent)  # the rename itself
                 return
         except OSError as exc:
             raise DataSourceError(f"cannot write {self.target}: {exc}") from None
