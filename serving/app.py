@@ -87,8 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        app.add_middleware(  # a page's script may read the request id it quotes in a support ticket
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
     # Every route without a parameter (/predict, not /{id}), and FastAPI's own pages (/docs, /openapi.json)
     paths = frozenset(r.path for m in modules for r in m.router.routes if "{" not in r.path) | {

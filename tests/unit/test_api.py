@@ -400,6 +400,28 @@ def test_scored_rows_reach_the_inference_log(registry_uri, tmp_path, telco_csv):
     assert not math.isnan(logged.total_charges.sum())
 
 
+def test_a_page_of_an_allowed_origin_may_send_the_key_and_read_the_request_id(registry_uri, tmp_path, telco_csv):
+    """CORS is the API's alone (the Ingress leaves it): a preflight for the headers a page sends
+    is allowed, and the page's script may read the X-Request-ID it would quote to support."""
+    settings = make_settings(registry_uri, tmp_path, cors_origins=["https://app.example"])
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        preflight = client.options("/predict/single", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-api-key, x-request-id, traceparent"})  # fmt: skip
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert all(h in allowed for h in ("x-api-key", "x-request-id", "traceparent"))
+        answer = client.post("/predict/single", json=customers(telco_csv, 1)[0],
+                             headers={"Origin": "https://app.example", "X-Request-ID": "ticket-42"})  # fmt: skip
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "ticket-42"
+        assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+        other = client.options("/predict/single", headers={"Origin": "https://evil.example",
+                                                           "Access-Control-Request-Method": "POST"})  # fmt: skip
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
 @pytest.mark.parametrize("path", ["/predict", "/predict/single"])
 @pytest.mark.parametrize("content_type", ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
                                           "multipart/form-data; boundary=x", None])  # fmt: skip
