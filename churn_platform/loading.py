@@ -3,9 +3,11 @@ that the two agree before anyone is served by it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, overload
@@ -177,22 +179,35 @@ def refreshed(client: MlflowClient, model: LoadedModel, *, default_threshold: fl
     return replace(model, decision_threshold=threshold)
 
 
-def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:
-    """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
-    found = registry.get_version(client, name, version)
-    threshold = decision_threshold(found.tags.get(TAG_THRESHOLD), default_threshold, version)
-    uri = f"models:/{name}/{version}"
+@contextlib.contextmanager
+def _unloadable(name: str, version: int) -> Iterator[None]:
+    """A failure to download or load the version's artifacts as ``ModelUnloadable`` (exit 2),
+    but a registry or store that does not answer, which stays what it is (exit 3)."""
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-            pipeline = mlflow.sklearn.load_model(local)
-            meta = Model.load(local)
-            example = meta.load_input_example(local)
+        yield
     except Exception as exc:
         if registry.is_connection_error(exc):
             raise
         raise ModelUnloadable(f"{name} v{version}: its model artifacts cannot be read or do not load here "
                               f"({type(exc).__name__}: {exc})"[:600]) from exc  # fmt: skip
+
+
+def load_pipeline(name: str, version: int) -> Pipeline:
+    """The version's scikit-learn pipeline alone (the monitor scoring a file), unverified."""
+    with _unloadable(name, version):
+        return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
+def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:
+    """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
+    found = registry.get_version(client, name, version)
+    threshold = decision_threshold(found.tags.get(TAG_THRESHOLD), default_threshold, version)
+    uri = f"models:/{name}/{version}"
+    with _unloadable(name, version), tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
+        pipeline = mlflow.sklearn.load_model(local)
+        meta = Model.load(local)
+        example = meta.load_input_example(local)
     try:
         reference = _reference(found.run_id)
     except Exception as exc:

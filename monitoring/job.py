@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -255,22 +256,24 @@ def _stored_scores(raw: pd.DataFrame, source: str, name: str, version: int) -> t
     without scores, or with anyone else's, is scored here."""
     if PROBABILITY not in raw.columns:
         return raw, {"source": source, "scores": f"scored here by v{version}"}
-    missing = [c for c in FEATURE_NAMES if c not in raw.columns]
-    if missing:
-        raise DataValidationError(
-            f"{source} holds scores but not the features {missing[:3]}{'...' if len(missing) > 3 else ''}: "
-            "write it with `churn-platform score --with-features` to monitor it"
-        )
+    if any(c not in raw.columns for c in FEATURE_NAMES):  # the data checks name them: a data-quality failure
+        hint = "unused: the file lacks features; write it with `churn-platform score --with-features`"
+        return raw.drop(columns=[PROBABILITY]), {"source": source, "scores": hint}
     made_by: list[str] = []
     if MODEL_VERSION in raw.columns:
         versions = pd.to_numeric(raw[MODEL_VERSION], errors="coerce")
         names = raw[MODEL_NAME].astype(str) if MODEL_NAME in raw.columns else pd.Series(name, index=raw.index)
         pairs = zip(names, versions, strict=True)
-        made_by = sorted({f"{n} v{int(v)}" if pd.notna(v) else "an unknown version" for n, v in pairs})
+        made_by = sorted({f"{n} v{int(v)}" if _whole(v) else "an unknown version" for n, v in pairs})
     if made_by != [f"{name} v{version}"]:
         scores = f"scored here by v{version} (the file's scores are from {', '.join(made_by) or 'an unnamed model'})"
         return raw.drop(columns=[PROBABILITY]), {"source": source, "scores": scores}
     return raw, {"source": source, "scores": "stored in the file"}
+
+
+def _whole(value: float) -> bool:
+    """A version number as a file may hold it (1, 1.0); not NaN, inf or 1.5, read as no version."""
+    return math.isfinite(value) and value == int(value)
 
 
 def _across_versions(raw: pd.DataFrame, version: int) -> tuple[pd.DataFrame, str]:
@@ -390,7 +393,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )
         if quality_passed and PROBABILITY not in current.columns:
             # A file carries no scores: score it with the same version for prediction drift.
-            model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+            model = loading.load_pipeline(name, version)
             try:
                 current[PROBABILITY] = model.predict_proba(current.loc[:, list(FEATURE_NAMES)])[:, 1]
             except ValueError as exc:  # a guard: in-range values the version still cannot score

@@ -414,7 +414,7 @@ def test_sigkill_mid_run_leaves_the_previous_output_intact(registry_uri, tmp_pat
 
 def test_monitor_reads_a_scores_file_written_with_features(registry_uri, customers, tmp_path, monkeypatch, setenv):
     """Prediction drift from the file's own scores when the monitored version made them;
-    another version's scores are re-scored; scores without features are a clear error."""
+    another version's scores are re-scored; scores without features fail the data checks (exit 4)."""
     setenv(CHURN_MONITOR_MIN_ROWS="500")  # v2 learned from 600 rows, under the default 1,000 a reference needs
     copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
     shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
@@ -440,10 +440,16 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert stored["prediction_drift"]["score"] == pytest.approx(rescored["prediction_drift"]["score"], abs=1e-9)
     code, other = monitor(scores, "--version", "2")
     assert other["window"]["scores"] == "scored here by v2 (the file's scores are from churn v1)"
+    odd = tmp_path / "odd.parquet"
+    written.assign(model_version=float("inf")).to_parquet(odd, index=False)  # an OverflowError was exit 70
+    code, unknown = monitor(odd)
+    assert unknown["window"]["scores"] == "scored here by v1 (the file's scores are from an unknown version)"
     bare = tmp_path / "bare.parquet"
     assert run(uri, "--input", str(source), "--output", str(bare)).exit_code == 0
-    code, error = monitor(bare)  # under --json, the error is a JSON document too
-    assert code == 2 and "score --with-features" in error["error"] and error["exit_code"] == 2
+    code, bare_summary = monitor(bare)  # scores without features: a data-quality failure, as missing columns are
+    assert code == 4 and bare_summary["verdict"] == "data_quality_failure", bare_summary
+    assert "score --with-features" in bare_summary["window"]["scores"]
+    assert "missing_columns" in {f["check"] for f in bare_summary["data_quality"]["findings"]}
     # One critical column drifted, below the share limit: the text output (a CronJob's log) says why.
     shifted = tmp_path / "shifted.parquet"
     customers.head(1000).assign(tenure=customers.head(1000)["tenure"] + 4).to_parquet(shifted, index=False)
@@ -578,3 +584,22 @@ def test_a_version_whose_artifacts_are_gone_is_exit_2_naming_what_is_missing(emb
     gone = run(embedded, *args)
     assert gone.exit_code == 2 and "its model artifacts cannot be read or do not load here" in gone.stderr, gone.output
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_the_monitor_scoring_a_file_with_a_version_that_does_not_load_is_exit_2(embedded, customers, tmp_path, setenv):
+    """Re-scoring a file for prediction drift loaded the model with MLflow's own call: a
+    version whose artifacts were cleaned up was a traceback, exit 70 "a bug"."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from churn_platform.training import TrainConfig, train
+
+    setenv(CHURN_MONITOR_MIN_ROWS="100")  # a 600-row training set is the reference
+    result = train(TrainConfig(n_rows=600, model_name="gone"), Settings(tracking_uri=embedded))
+    source = MlflowClient().get_model_version("gone", str(result.version)).source  # models:/m-<id>
+    shutil.rmtree(Path(mlflow.get_logged_model(source.rsplit("/", 1)[1]).artifact_location.removeprefix("file://")))
+    customers.head(500).to_parquet(tmp_path / "in.parquet", index=False)
+    monitored = CliRunner().invoke(main, ["monitor", "--tracking-uri", embedded, "--model-name", "gone", "--version",
+                                          str(result.version), "--current", str(tmp_path / "in.parquet")])  # fmt: skip
+    assert monitored.exit_code == 2, monitored.output
+    assert "its model artifacts cannot be read or do not load here" in monitored.output
