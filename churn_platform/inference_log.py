@@ -29,6 +29,7 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH
+from churn_platform.settings import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,16 @@ def _missing_column(names: Iterable[str], text: str) -> str | None:
 #: "live", its rows neither stored nor said to be spooling. Options the URL sets win.
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
                "tcp_user_timeout": 60_000}  # fmt: skip
+
+
+def missing_file(url: str) -> str | None:
+    """Why a job that only reads the log finds none there: a SQLite file that does not exist.
+    Connecting would make an empty database for a typo, and report it as a log with no rows."""
+    path = sqlite_file(url) if url.startswith("sqlite") else None
+    if path is None or path.exists():
+        return None
+    return (f"no inference log at {path.resolve()} (no such file): point CHURN_INFERENCE_LOG_URL "
+            "(--inference-log-url) at the API's log")  # fmt: skip
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -226,6 +226,8 @@ def current_from_log(
         where.append(table.c[SCORED_AT] >= options.since)
     if options.until:
         where.append(table.c[SCORED_AT] < options.until)
+    if why := inference_log.missing_file(url):
+        raise NothingToCompare(why)
     engine = inference_log.make_engine(url)  # a connect timeout: a host that never answers is exit 3 in seconds
     place = engine.url.render_as_string()  # hides the password
     try:

@@ -42,7 +42,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import DataValidationError, NotFoundError
-from churn_platform.inference_log import BadLogData, make_engine, read_failure
+from churn_platform.inference_log import BadLogData, make_engine, missing_file, read_failure
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
@@ -148,6 +148,8 @@ def _window(options: PerformanceOptions) -> tuple[datetime, datetime]:
 def read(url: str, name: str, version: int, since: datetime, until: datetime, horizon_days: int) -> dict[str, Any]:
     """Everything the verdict needs, aggregated in the database: the matched outcomes, the
     score histogram of the window's predictions, and the counts."""
+    if why := missing_file(url):
+        raise NothingToJudge(why)
     engine = make_engine(url)
     dialect = engine.dialect.name
     window = outcomes.window_params(dialect, since, until)

@@ -599,3 +599,15 @@ def test_tls_settings_that_cannot_work_are_a_usage_error_not_a_traceback(monkeyp
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(main, ["status", "--tracking-uri", "https://127.0.0.1:1"])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_misspelt_sqlite_inference_log_is_named_missing_and_never_made(registry_uri, tmp_path):
+    """The monitor and the performance job made an empty database for the typo, and said the
+    log had no rows yet."""
+    typo = tmp_path / "inference_lgo.db"
+    for command in (["monitor"], ["performance"]):
+        result = CliRunner().invoke(main, [*command, "--tracking-uri", registry_uri, "--inference-log-url",
+                                           f"sqlite:///{typo}", "--output-dir", str(tmp_path / "r")])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert f"no inference log at {typo} (no such file): point CHURN_INFERENCE_LOG_URL" in result.output
+    assert not typo.exists()

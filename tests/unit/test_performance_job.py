@@ -141,7 +141,8 @@ def test_too_few_rows_on_both_sides_is_not_judged_never_ok(registry_uri, tmp_pat
 @pytest.mark.parametrize(
     ("setup", "args", "code", "message"),
     [
-        ("none", [], 2, "has no rows yet"),
+        ("none", [], 2, "(no such file): point CHURN_INFERENCE_LOG_URL"),
+        ("empty", [], 2, "has no rows yet"),  # a database without the table: nothing logged yet
         ("log", ["--since", "2020-01-01", "--until", "2020-02-01"], 2, "no predictions of churn v1 in the window"),
         ("log", ["--since", "2026-02-01", "--until", "2026-01-01"], 2, "is not before --until"),
         ("log", ["--version", "99"], 2, "99"),
@@ -152,7 +153,9 @@ def test_too_few_rows_on_both_sides_is_not_judged_never_ok(registry_uri, tmp_pat
 def test_nothing_or_nonsense_to_judge_is_a_clear_error(registry_uri, tmp_path, calibrated, setup, args, code, message):
     scores, _ = calibrated
     url = f"sqlite:///{tmp_path}/log.db"
-    if setup != "none":
+    if setup == "empty":
+        sa.create_engine(url).connect().close()  # the file, without a table
+    elif setup != "none":
         fill(url, 300, np.where(np.arange(2000) == 7, 1.5, scores) if setup == "nonsense" else scores, None)
     got, output = performance(registry_uri, url, tmp_path, *args)
     assert got == code and message in output, output
