@@ -161,11 +161,12 @@ def input_files(
         fs: pafs.FileSystem = _s3(endpoint_url)
         path = spec.removeprefix("s3://")
         try:
-            # A file named itself first: its own name is never skipped, nor read as a pattern
-            # (``export[1].csv``).
-            if fs.get_file_info(path).type == pafs.FileType.File:
+            # A file or folder named itself first: its own name is never skipped, nor read as a
+            # pattern (``export[1].csv``, ``exp[2026]/``).
+            named_type = fs.get_file_info(path.rstrip("/")).type
+            if named_type == pafs.FileType.File:
                 files, root = [path], path
-            elif _has_glob(path):
+            elif _has_glob(path) and named_type != pafs.FileType.Directory:
                 root = _glob_folder(path)
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
                 files = sorted(i.path for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path))
@@ -183,12 +184,12 @@ def input_files(
         if local.is_file():  # named itself: its own name is never skipped, nor read as a pattern
             root = str(local.resolve())
             files = [root]
-        elif _has_glob(spec):
-            files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            root = str(Path(_glob_folder(spec)).resolve())
-        elif local.is_dir():
+        elif local.is_dir():  # named itself too: exp[2026]/ is that folder, not a pattern
             root = str(local.resolve())
-            files = sorted(str(p.resolve()) for p in local.rglob("*") if p.is_file())
+            files = _local_files(os.path.join(glob.escape(spec), "**", "*"))  # what its glob would read
+        elif _has_glob(spec):
+            files = _local_files(spec)
+            root = str(Path(_glob_folder(spec)).resolve())
         else:
             raise DataSourceError(f"input not found: {spec}")
     named = files == [root]  # a file named itself: read whatever it holds
@@ -212,6 +213,13 @@ def input_files(
     if len(formats) > 1:
         raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
     return fs, headers, formats.pop()
+
+
+def _local_files(pattern: str) -> list[str]:
+    """The files a local pattern names, each once, by its real path: ``**`` follows symlinked
+    folders (a folder input skipped them, where its glob read them), and a symlink loop
+    would name one file many times over."""
+    return sorted({str(Path(p).resolve()) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()})
 
 
 def _hidden(path: str, root: str) -> bool:

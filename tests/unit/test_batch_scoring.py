@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -603,3 +604,22 @@ def test_the_monitor_scoring_a_file_with_a_version_that_does_not_load_is_exit_2(
                                           str(result.version), "--current", str(tmp_path / "in.parquet")])  # fmt: skip
     assert monitored.exit_code == 2, monitored.output
     assert "its model artifacts cannot be read or do not load here" in monitored.output
+
+
+def test_a_folder_reads_what_its_glob_reads_through_symlinks_and_brackets_each_file_once(
+    registry_uri, customers, tmp_path
+):
+    """A folder input skipped symlinked folders (``current -> ../nfs/2026-11``) that its glob read,
+    with exit 0 and fewer customers; a folder named ``exp[2026]`` was taken for a pattern."""
+    mounted = tmp_path / "nfs" / "2026-11"
+    mounted.mkdir(parents=True)
+    customers.iloc[:10].to_csv(mounted / "b.csv", index=False)
+    folder = tmp_path / "exp[2026]"
+    folder.mkdir()
+    customers.iloc[10:30].to_csv(folder / "a.csv", index=False)
+    (folder / "current").symlink_to(mounted, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)  # read once, not once per level
+    for source in (str(folder), f"{folder}/", f"{glob.escape(str(folder))}/**/*.csv"):
+        result = run(registry_uri, "--input", source, "--output", str(tmp_path / "scores.parquet"), "--json")
+        assert result.exit_code == 0, (source, result.output)
+        assert json.loads(result.stdout)["rows"] == 30, source
