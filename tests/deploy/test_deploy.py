@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from churn_platform.settings import environment_variables
-from tests.deploy.policies import BIN, CRONJOBS, check, pod_spec, reachable, render, validate
+from tests.deploy.policies import BIN, CRONJOBS, check, find, pod_spec, reachable, render, validate
 from tests.services import REPO
 
 OVERLAYS = ("dev", "staging", "prod")
@@ -31,6 +32,26 @@ def test_overlay_renders_without_warnings_and_validates(overlay, tmp_path):
 def test_overlay_follows_the_policies(overlay):
     objs, _ = render(REPO / "deploy" / "overlays" / overlay)
     assert check(objs, overlay) == []
+
+
+def test_the_runbooks_registry_upgrade_pod_is_admitted_and_reaches_the_registry_database(tmp_path):
+    """docs/operations.md's one-off `mlflow db upgrade` pod: "a one-off pod" alone was refused by
+    the namespace's restricted Pod Security, and default-deny left it no way to the database."""
+    runbook = (REPO / "docs" / "operations.md").read_text()
+    command = runbook[runbook.index("kubectl -n ml-production run mlflow-db-upgrade"):]
+    labels = dict(pair.split("=") for pair in re.search(r"--labels=(\S+)", command).group(1).split(","))
+    overrides = json.loads(re.search(r"--overrides='(.*?)'", command, re.S).group(1))
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "mlflow-db-upgrade", "labels": labels},
+           "spec": {"restartPolicy": "Never", **overrides["spec"]}}  # fmt: skip
+    validate([pod], tmp_path)
+    context, (container,) = pod["spec"]["securityContext"], pod["spec"]["containers"]
+    assert context["runAsNonRoot"] and context["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["args"] == ["sh", "-c", 'mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"']
+    for overlay, database in (("dev", "registry-db"), ("prod", None)):  # in the cluster, or managed outside it
+        objs, _ = render(REPO / "deploy" / "overlays" / overlay)
+        target = None if database is None else find(objs, "Deployment", database)["spec"]["template"]["metadata"]
+        assert reachable(objs, labels, None if target is None else target["labels"], 5432), overlay
 
 
 @pytest.mark.parametrize("overlay", ["staging", "prod"])
