@@ -27,7 +27,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +63,40 @@ _S3A_NUMBERS = {
 }
 
 
+def _session_conf(conf: dict[str, str] | None) -> dict[str, str]:
+    return {
+        "spark.sql.session.timeZone": "UTC",
+        # Columns are taken by their exact names, as the local engine reads them: case-insensitive,
+        # Spark refused a file with `notes` and `Notes` beside the features (COLUMN_ALREADY_EXISTS).
+        "spark.sql.caseSensitive": "true",
+        # scored_at as a standard Parquet timestamp (Spark's default INT96 is deprecated).
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        **(conf or {}),
+    }
+
+
+#: The s3a settings ``session`` may write into the Hadoop configuration.
+_S3A_KEYS = (*_S3A_NUMBERS, "fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.connection.ssl.enabled",
+             "fs.s3a.aws.credentials.provider", "fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token")
+
+
+def _restorer(spark: SparkSession, sql_keys: Iterable[str]) -> Callable[[], None]:
+    """What puts a session this job did not start (a notebook's) back as it was: getOrCreate
+    applies the job's SQL settings to it (case-sensitive names, UTC), and s3a is set on its
+    Hadoop configuration; the notebook's later queries would have run under them."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - as session() sets it
+    sql = {k: spark.conf.get(k, None) for k in sql_keys if spark.conf.isModifiable(k)}
+    s3a = {k: hadoop.get(k) for k in _S3A_KEYS}
+
+    def restore() -> None:
+        for key, value in sql.items():
+            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+        for key, value in s3a.items():
+            hadoop.unset(key) if value is None else hadoop.set(key, value)
+
+    return restore
+
+
 def session(settings: Settings, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
     """The job's Spark session: spark-submit's when run under it, else a new one (``local[*]``
     unless ``master``); s3a set up for MLflow's S3 endpoint when one is configured."""
@@ -80,15 +114,7 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
     builder = SparkSession.builder.appName("churn-platform score")
     if master:
         builder = builder.master(master)
-    for key, value in {
-        "spark.sql.session.timeZone": "UTC",
-        # Columns are taken by their exact names, as the local engine reads them: case-insensitive,
-        # Spark refused a file with `notes` and `Notes` beside the features (COLUMN_ALREADY_EXISTS).
-        "spark.sql.caseSensitive": "true",
-        # scored_at as a standard Parquet timestamp (Spark's default INT96 is deprecated).
-        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        **(conf or {}),
-    }.items():
+    for key, value in _session_conf(conf).items():
         builder = builder.config(key, value)
     try:
         spark = builder.getOrCreate()
@@ -350,14 +376,21 @@ def score(
     s3 = source.startswith("s3://")
     loaded = time.perf_counter()  # Spark's start counts as scoring time: it is the engine's cost
     created = not _active_session()
-    spark = session(settings, master, {
+    ours = {
         # One Arrow batch is one chunk of the local engine.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(chunk_rows),
         "spark.ui.showConsoleProgress": str(progress).lower(), **(conf or {}),
-    })  # fmt: skip
+    }  # fmt: skip
+    restore = None
+    if not created:
+        from pyspark.sql import SparkSession
+
+        restore = _restorer(SparkSession.getActiveSession(), _session_conf(ours))
+    spark = session(settings, master, ours)
     from pyspark.sql.pandas.types import from_arrow_schema  # pyspark is there: session() checked
 
-    spark.sparkContext.setLogLevel("FATAL")  # a failed task's stack trace is not for the user: the error line is
+    if created:  # a failed task's stack trace is not for the user: the error line is
+        spark.sparkContext.setLogLevel("FATAL")
     schema = batch_scoring._output_schema(explain_top_k, with_features)  # noqa: SLF001
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
     out_fs, staging = _staging(output, settings)
@@ -397,6 +430,8 @@ def score(
             shared.destroy()  # the model's copies on the driver and executors
         if created:
             spark.stop()  # a session this call started (not spark-submit's, not a notebook's)
+        elif restore is not None:
+            restore()
     return ScoreSummary(source, output, rejects, rows, rows - rejected, rejected, model.name, model.version,
                         round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
 

@@ -4,6 +4,7 @@ and the API, on the embedded registry and real customers."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -320,3 +321,26 @@ def test_a_store_blip_while_merging_sparks_parts_is_exit_3_not_a_bug():
     assert "object store unreachable while writing the scores of s3://b/in/" in str(blip)
     full = OSError(28, "No space left on device")
     assert _translated(full, "s3://b/in/") is full  # not a store that does not answer: still reported as it is
+
+
+def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tmp_path, setenv):
+    """A notebook's session: the job applied its own settings to it (case-sensitive names, UTC,
+    its s3a endpoint) and left them there, so the notebook's next queries ran under them."""
+    from pyspark.sql import SparkSession
+
+    # s3a is set up for the endpoint (nothing here reads S3); a notebook's executors run its Python.
+    setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", PYSPARK_PYTHON=sys.executable)
+    stop_spark()
+    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
+    spark = spark.config("spark.sql.session.timeZone", "Europe/Paris").getOrCreate()
+    try:
+        customers.head(200).to_parquet(tmp_path / "customers.parquet", index=False)
+        result = run(registry_uri, "--engine", "spark", "--input", str(tmp_path / "customers.parquet"),
+                     "--output", str(tmp_path / "scores.parquet"))  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert SparkSession.getActiveSession() is spark and not spark.sparkContext._jsc.sc().isStopped()  # noqa: SLF001
+        assert spark.conf.get("spark.sql.session.timeZone") == "Europe/Paris"
+        assert spark.conf.get("spark.sql.caseSensitive") == "false"
+        assert spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3a.endpoint") is None  # noqa: SLF001
+    finally:
+        stop_spark()
