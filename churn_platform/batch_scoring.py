@@ -157,7 +157,7 @@ def input_files(
     Earlier runs' outputs under other names are left out by their columns (``_customer_files``).
     """
     if spec.startswith("s3://"):
-        object_store.check_address(spec, "--input")
+        object_store.check_address(spec, "--input", pyarrow=True)
         fs: pafs.FileSystem = _s3(endpoint_url)
         path = spec.removeprefix("s3://")
         try:
@@ -737,17 +737,18 @@ class Job:
 
 def prepare(
     settings: Settings, source: str, output: str, *, alias: str | None, version: int | None,
-    output_format: str | None, rejects: str | None, explain_top_k: int | None,
+    output_format: str | None, rejects: str | None, explain_top_k: int | None, staged: bool = False,
 ) -> Job:  # fmt: skip
     """Check the request, list the input and load the version (verified, and its column path
-    checked when it will take it): everything that can refuse the job before it scores."""
+    checked when it will take it): everything that can refuse the job before it scores.
+    ``staged``: the outputs are staged through pyarrow (the Spark engine)."""
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
     output_kind(rejects, None)  # a compressed name: refused before anything is read or replaced
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_file_name(flag, target)
         if target.startswith("s3://"):
-            object_store.check_address(target, flag)
+            object_store.check_address(target, flag, pyarrow=staged)
         else:
             data.local_target(target)  # its folder exists: found now, not after the model's download
     data.refuse_overwrite(source, output=output, rejects=rejects)

@@ -194,8 +194,9 @@ def _s3_object(uri: str, endpoint_url: str | None, call: Callable[[Any, str, str
         if code in ("NoSuchKey", "404"):
             raise DataSourceError(f"object not found: {uri}") from exc
         raise DataSourceError(f"cannot read {uri}: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise StorageUnreachable(f"cannot read {uri}: {exc}") from exc
+    except BotoCoreError as exc:  # no credentials configured (exit 2), or the store away (3)
+        error = StorageUnreachable if object_store.unreachable(exc) else DataSourceError
+        raise error(f"cannot read {uri}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- validation

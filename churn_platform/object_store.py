@@ -6,15 +6,18 @@ import re
 
 from churn_platform.errors import DataSourceError
 
+#: HTTP statuses that mean "later": too many requests, and the 5xx a busy or failing-over store
+#: answers (not 501 or 507: a feature it lacks, or a full disk, stay so on a retry).
+_LATER_STATUS = frozenset({429, 500, 502, 503, 504})
 #: The AWS SDK's names (quoted by pyarrow's errors) for a store that did not answer or asked to
-#: be asked later, and any 5xx it answered with.
+#: be asked later, or such a status under another name.
 _SDK_LATER = re.compile(
     r"AWS Error (?:NETWORK_CONNECTION|SERVICE_UNAVAILABLE|SLOW_DOWN|THROTTLING|INTERNAL_FAILURE|REQUEST_TIMEOUT)\b"
-    r"|AWS Error \w+ \(HTTP status 5\d\d\)"
+    r"|AWS Error \w+ \(HTTP status (?:429|50[0234])\)"
 )
 #: S3's error codes (boto3's ``ClientError``) for the same.
 _LATER_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
-                          "ThrottlingException", "RequestLimitExceeded"})  # fmt: skip
+                          "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"})  # fmt: skip
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -25,15 +28,16 @@ def split(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def check_address(uri: str, what: str) -> None:
-    """Refuse, before any work, an ``s3://`` address pyarrow cannot use: no bucket (``s3:///x``,
-    a variable left unset) or an empty path component (``s3://b/data//x``, a folder setting
-    ending in ``/``). pyarrow refused them with a ValueError once it got there: a traceback,
-    or an upload failing after the whole input was scored."""
+def check_address(uri: str, what: str, *, pyarrow: bool = False) -> None:
+    """Refuse, before any work, an ``s3://`` address without a bucket (``s3:///x``, a variable
+    left unset), and with ``pyarrow`` (which reads it, or stages it) one with an empty path
+    component (``s3://b/data//x``, a folder setting ending in ``/``), which S3 and boto3 take.
+    pyarrow refused them with a ValueError once it got there: a traceback, or an upload
+    failing after the whole input was scored."""
     bucket, key = split(uri)
     if not bucket:
         raise DataSourceError(f"{what} {uri} names no bucket: want s3://bucket/key")
-    if "//" in key or key.startswith("/"):
+    if pyarrow and ("//" in key or key.startswith("/")):
         raise DataSourceError(f"{what} {uri} has an empty path component ('//'), which pyarrow cannot address: "
                               "remove the doubled '/' (a folder setting that ends in '/'?)")  # fmt: skip
 
@@ -44,14 +48,18 @@ def unreachable(exc: BaseException) -> bool:
     quotes the user's paths, buckets and rows: a CSV row holding "Disconnected" read as an
     outage, and the job re-scored the whole input on each retry."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ClientError, CredentialRetrievalError, HTTPClientError, MetadataRetrievalError
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    if isinstance(exc, ConnectionError | TimeoutError | BotoConnectionError | HTTPClientError):
+    # The credential provider's own fetch failing (the instance metadata or a Pod Identity agent
+    # away) is a blip too; no credentials configured at all (NoCredentialsError) is not.
+    later = (ConnectionError, TimeoutError, BotoConnectionError, HTTPClientError, CredentialRetrievalError,
+             MetadataRetrievalError)  # fmt: skip
+    if isinstance(exc, later):
         return True
     if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return exc.response.get("Error", {}).get("Code") in _LATER_CODES or status >= 500
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return exc.response.get("Error", {}).get("Code") in _LATER_CODES or status in _LATER_STATUS
     if isinstance(exc, S3UploadFailedError):  # boto3 wraps the upload's ClientError
         return exc.__context__ is not None and unreachable(exc.__context__)
     return isinstance(exc, OSError) and _SDK_LATER.search(str(exc)) is not None

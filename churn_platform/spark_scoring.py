@@ -369,7 +369,8 @@ def score(
     """Score every row of ``source`` into ``output`` on Spark (bad rows into ``rejects``)."""
     started = time.perf_counter()
     job = batch_scoring.prepare(settings, source, output, alias=alias, version=version,
-                                output_format=output_format, rejects=rejects, explain_top_k=explain_top_k)  # fmt: skip
+                                output_format=output_format, rejects=rejects, explain_top_k=explain_top_k,
+                                staged=True)  # fmt: skip
     kind, rejects, files, input_kind, model, fast = (
         job.kind, job.rejects, job.files, job.input_kind, job.model, job.fast
     )
@@ -486,7 +487,7 @@ def _translated(exc: Exception, source: str) -> Exception:
     line = causes[-1] if causes else next(
         (ln.strip() for ln in text.splitlines() if "Exception:" in ln or "Error:" in ln), text.splitlines()[0]
     )
-    if _jvm_unreachable(line):
+    if any(_jvm_unreachable(cause) for cause in [line, *causes]):  # s3a wraps the SDK's throttling, say
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
@@ -495,12 +496,18 @@ def _translated(exc: Exception, source: str) -> Exception:
 #: asked to be asked later: matched on the exception's class, never on its message, which quotes
 #: the user's rows ("Malformed CSV record: ...,Disconnected,...") and paths.
 _JVM_LATER = frozenset({
-    "ConnectException", "SocketTimeoutException", "UnknownHostException", "NoRouteToHostException",
-    "ConnectTimeoutException", "NoHttpResponseException", "ConnectionPoolTimeoutException", "SdkClientException",
-    "AWSClientIOException", "AWSApiCallTimeoutException", "AWSServiceThrottledException", "AWSStatus500Exception",
+    "ConnectException", "SocketException", "SocketTimeoutException", "UnknownHostException", "NoRouteToHostException",
+    "ConnectTimeoutException", "NoHttpResponseException", "ConnectionPoolTimeoutException",
+    "ConnectionClosedException", "AWSClientIOException", "AWSApiCallTimeoutException",
+    "AWSServiceThrottledException", "AWSStatus500Exception",
 })  # fmt: skip
+#: The SDK's own service exceptions, "later" by the status they carry (a 503 SlowDown, a 500).
+_JVM_SERVICE = frozenset({"S3Exception", "AwsServiceException", "SdkServiceException", "AmazonS3Exception"})
+_LATER_STATUS = re.compile(r"Status Code: (?:429|50[0234])\b")
 
 
 def _jvm_unreachable(line: str) -> bool:
     """``line`` (``java.net.ConnectException: Connection refused``) names such an exception."""
-    return line.split(":", 1)[0].strip().rsplit(".", 1)[-1] in _JVM_LATER
+    name, _, message = line.partition(":")
+    name = name.strip().rsplit(".", 1)[-1]
+    return name in _JVM_LATER or (name in _JVM_SERVICE and _LATER_STATUS.search(message) is not None)

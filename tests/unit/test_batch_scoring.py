@@ -247,7 +247,6 @@ def test_the_platform_aliases_spelled_as_the_ui_spells_them_name_them(registry_u
         (["--input", "s3:///exports/"], "--input s3:///exports/ names no bucket: want s3://bucket/key"),
         (["--input", "s3://crm/exports//2026-11.csv"], "has an empty path component ('//')"),
         (["--output", "s3:///scores/latest.parquet"], "--output s3:///scores/latest.parquet names no bucket"),
-        (["--rejects", "s3://crm/scores//r.parquet"], "--rejects s3://crm/scores//r.parquet has an empty path"),
     ],
 )
 def test_bad_usage_is_exit_2_with_one_line_and_no_output(registry_uri, customers, tmp_path, args, words, monkeypatch):

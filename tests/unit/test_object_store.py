@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 from boto3.exceptions import S3UploadFailedError
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from churn_platform import object_store
 from churn_platform.spark_scoring import _jvm_unreachable
@@ -43,6 +49,11 @@ def upload_failed(cause: ClientError) -> S3UploadFailedError:
         (client_error("SlowDown", 503), True),
         (client_error("InternalError", 500), True),
         (client_error("AccessDenied", 403), False),
+        (client_error("NotImplemented", 501), False),  # a header the store does not take: so on a retry
+        (client_error("XMinioStorageFull", 507), False),
+        (OSError("AWS Error UNKNOWN (HTTP status 429) during HeadObject operation: Too Many Requests"), True),
+        (OSError("AWS Error UNKNOWN (HTTP status 501) during PutObject operation: not implemented"), False),
+        (CredentialRetrievalError(provider="container-role", error_msg="agent timed out"), True),
         (client_error("NoSuchBucket", 404), False),
         (upload_failed(client_error("ServiceUnavailable", 503)), True),
         (upload_failed(client_error("AccessDenied", 403)), False),
@@ -57,6 +68,12 @@ def test_a_retry_is_worth_it_only_when_the_store_did_not_answer(exc, later):
     [
         ("java.net.ConnectException: Connection refused", True),
         ("java.net.SocketTimeoutException: Read timed out", True),
+        ("java.net.SocketException: Connection reset", True),
+        ("software.amazon.awssdk.services.s3.model.S3Exception: Please reduce your request rate. (Service: S3, "
+         "Status Code: 503, Request ID: X)", True),
+        ("software.amazon.awssdk.services.s3.model.S3Exception: Access Denied (Service: S3, Status Code: 403)", False),
+        ("software.amazon.awssdk.core.exception.SdkClientException: Unable to load credentials from any provider",
+         False),
         ("org.apache.hadoop.fs.s3a.AWSClientIOException: getFileStatus on s3a://crm/x: Unable to execute HTTP request",
          True),
         ("org.apache.spark.SparkException: Malformed CSV record: b,Disconnected,Male,connect timeout", False),

@@ -103,6 +103,8 @@ def test_spark_rejects_the_same_rows_with_the_same_numbers_and_reasons(registry_
     [
         (["--engine", "spark", "--spark-conf", "no-equals-sign"], "--spark-conf takes KEY=VALUE"),
         (["--spark-master", "local[2]"], "need --engine spark"),
+        # Its outputs are staged through pyarrow, which cannot address an empty path component.
+        (["--engine", "spark", "--rejects", "s3://crm/scores//r.parquet"], "has an empty path component ('//')"),
     ],
 )
 def test_spark_options_are_checked_before_anything_starts(registry_uri, customers, tmp_path, args, words):
@@ -344,3 +346,26 @@ def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tm
         assert spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3a.endpoint") is None  # noqa: SLF001
     finally:
         stop_spark()
+
+
+def test_sparks_errors_are_retried_by_what_failed_not_by_the_words_of_a_row():
+    """The deepest cause alone missed s3a's throttling (it wraps the SDK's 503), and message
+    words made a malformed row holding "Disconnected" an outage, retried."""
+    from py4j.protocol import Py4JError
+
+    from churn_platform.errors import DataSourceError, StorageUnreachable
+    from churn_platform.spark_scoring import _translated
+
+    throttled = Py4JError(
+        "An error occurred while calling o91.parquet.\n: org.apache.spark.SparkException: Job aborted.\n"
+        "Caused by: org.apache.hadoop.fs.s3a.AWSServiceThrottledException: getFileStatus on s3a://b/in/x.csv\n"
+        "Caused by: software.amazon.awssdk.services.s3.model.S3Exception: Please reduce your request rate. "
+        "(Service: S3, Status Code: 503, Request ID: 1)"
+    )
+    assert isinstance(_translated(throttled, "s3://b/in/"), StorageUnreachable)
+    malformed = Py4JError(
+        "An error occurred while calling o91.parquet.\n: org.apache.spark.SparkException: Job aborted.\n"
+        "Caused by: org.apache.spark.SparkException: Malformed CSV record: b,Disconnected,Male,connect timeout"
+    )
+    refused = _translated(malformed, "s3://b/in/")
+    assert isinstance(refused, DataSourceError) and "Malformed CSV record" in str(refused)
