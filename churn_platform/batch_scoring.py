@@ -15,6 +15,7 @@ row number (1-based, across all input files, in order) and reasons.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import glob
@@ -380,11 +381,14 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
 
 
 def _flush_to_disk(path: Path) -> None:
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    """Best effort: a filesystem that refuses fsync (some network mounts, a folder on Windows)
+    keeps what the rename alone promises, and the file is already written."""
+    with contextlib.suppress(OSError):
+        handle = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 class AtomicOutput:

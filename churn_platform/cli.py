@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cache, wraps
@@ -65,6 +65,21 @@ def settings_for(tracking_uri: str | None, model_name: str | None = None) -> Set
     return get_settings().model_copy(update=overrides)
 
 
+@contextlib.contextmanager
+def _mlflow_links_suppressed() -> Iterator[None]:
+    """MLflow prints a run's links on stdout when it ends it; the caller's setting is back after."""
+    name = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    before = os.environ.get(name)
+    os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Print a platform error as one readable line and exit with its code, no traceback.
 
@@ -83,10 +98,10 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         context = click.get_current_context(silent=True)
-        if context is not None and context.params.get("as_json"):  # MLflow's run links would precede the JSON
-            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        quiet = context is not None and context.params.get("as_json")  # MLflow's run links would precede the JSON
         try:
-            return func(*args, **kwargs)
+            with _mlflow_links_suppressed() if quiet else contextlib.nullcontext():
+                return func(*args, **kwargs)
         except ChurnPlatformError as exc:
             fail(str(exc), int(exc.exit_code), exc.prefix)
         except (click.ClickException, click.exceptions.Exit, click.Abort):

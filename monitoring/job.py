@@ -9,6 +9,7 @@ current data failed the quality checks.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -40,7 +41,15 @@ from churn_platform.errors import DataSourceError, DataValidationError, NotFound
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from monitoring import drift, quality, report
-from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
+from monitoring.runs import (
+    alert_webhook,
+    alerting_if_unrecorded,
+    clear_verdict,
+    live_experiment,
+    record_run,
+    report_folder,
+    send_alert,
+)
 
 log = logging.getLogger(__name__)
 
@@ -438,11 +447,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        try:
+        with alerting_if_unrecorded(functools.partial(_alert, summary, options, settings)):
             recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
-        except BaseException:  # the registry away (exit 3): the verdict is news all the same
-            _alert(summary, options, settings)
-            raise
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     _alert(summary, options, settings)

@@ -13,6 +13,7 @@ in the window) or bad usage, 3 registry or database unreachable, 4 bad data in t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -45,7 +46,15 @@ from churn_platform.errors import DataValidationError, NotFoundError
 from churn_platform.inference_log import BadLogData, make_engine, missing_file, read_failure
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
-from monitoring.runs import alert_webhook, clear_verdict, live_experiment, record_run, report_folder, send_alert
+from monitoring.runs import (
+    alert_webhook,
+    alerting_if_unrecorded,
+    clear_verdict,
+    live_experiment,
+    record_run,
+    report_folder,
+    send_alert,
+)
 
 log = logging.getLogger(__name__)
 
@@ -330,11 +339,8 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         performance_report.write_html(html, summary, labels, scores)
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
-        try:
+        with alerting_if_unrecorded(functools.partial(_alert, summary, options, settings)):
             recorded = _record_run(summary, summary_path, stamp, settings.monitor_experiment)
-        except BaseException:  # the registry away (exit 3): the verdict is news all the same
-            _alert(summary, options, settings)
-            raise
         summary = summary.model_copy(update={"mlflow_run_id": recorded})
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))
     _alert(summary, options, settings)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,17 @@ def send_alert(url: str, payload: dict[str, Any]) -> None:
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # one try, no retry storm; the verdict stands
         status = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
         log.warning("alert to %s failed: %s", host, status)
+
+
+@contextlib.contextmanager
+def alerting_if_unrecorded(alert: Callable[[], None]) -> Iterator[None]:
+    """Around recording a verdict: when MLflow cannot take it (exit 3), ``alert`` first, since
+    the verdict is news all the same (each retry of the Job posts it again)."""
+    try:
+        yield
+    except Exception:
+        alert()
+        raise
 
 
 def record_run(

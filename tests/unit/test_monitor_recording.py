@@ -11,18 +11,14 @@ from mlflow import MlflowClient
 from churn_platform import data
 from churn_platform.cli import main
 from churn_platform.processes import free_port
-from churn_platform.settings import get_settings
 
 
-def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry_uri, tmp_path, monkeypatch, webhook):
+def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry_uri, tmp_path, setenv, webhook):
     copy = tmp_path / "mlflow.db"  # the run is recorded: keep the session's registry as it was
     shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
     uri = f"sqlite:///{copy}"
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("CHURN_MONITOR_EXPERIMENT", "monitoring-to-dead-store")
-    get_settings.cache_clear()
+    setenv(MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="test",  # nothing listens
+           AWS_SECRET_ACCESS_KEY="test", CHURN_MONITOR_EXPERIMENT="monitoring-to-dead-store")  # fmt: skip
     client = MlflowClient(uri)
     experiment = client.create_experiment("monitoring-to-dead-store", artifact_location="s3://reports/monitoring")
     drifted = tmp_path / "drifted.csv"
