@@ -24,7 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, inference_log, job_metrics, loading, registry
+from churn_platform import data, inference_log, job_metrics, loading, object_store, registry
 from churn_platform.contract import (
     ARM,
     INFERENCE_LOG_TABLE,
@@ -175,7 +175,7 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
                 run_id=found.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
             )
         except Exception as exc:  # noqa: BLE001 - missing artifact or store
-            connection = registry.is_connection_error(exc)
+            connection = _unreachable(exc)
             if connection and isinstance(exc, mlflow.MlflowException):
                 raise  # through the tracking server: translate_errors names it
             # Read from the object store directly, MLflow says only "failed to download": ask the
@@ -202,7 +202,16 @@ def _store_unreachable(client: mlflow.MlflowClient, run_id: str) -> str | None:
     try:
         client.list_artifacts(run_id, REFERENCE_ARTIFACT.rsplit("/", 1)[0])
     except Exception as exc:  # noqa: BLE001 - botocore, azure, gcs: whatever the store's client raises
-        return str(exc) if registry.is_connection_error(exc) else None
+        return str(exc) if _unreachable(exc) else None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The registry or the artifact store did not answer, or an S3 store asked to be asked later
+    (a 503 SlowDown, whose words no connection hint holds: it read as "no reference data")."""
+    cause = exc.__cause__ or exc.__context__
+    return registry.is_connection_error(exc) or object_store.unreachable(exc) or (
+        cause is not None and object_store.unreachable(cause)
+    )
     return None
 
 
