@@ -187,7 +187,7 @@ def input_files(
             files = [root]
         elif local.is_dir():  # named itself too: exp[2026]/ is that folder, not a pattern
             root = str(local.resolve())
-            files = _local_files(os.path.join(glob.escape(spec), "**", "*"))  # what its glob would read
+            files = _folder_files(local)
         elif _has_glob(spec):
             files = _local_files(spec)
             root = str(Path(_glob_folder(spec)).resolve())
@@ -217,17 +217,37 @@ def input_files(
 
 
 def _local_files(pattern: str) -> list[str]:
-    """The files a local pattern names, each once, by its real path: ``**`` follows symlinked
-    folders (a folder input skipped them, where its glob read them), and a symlink loop
-    would name one file many times over."""
+    """The files a local pattern names, each once, by its real path (``**`` follows symlinked
+    folders, so a link may name a file twice)."""
     return sorted({str(Path(p).resolve()) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()})
 
 
+def _folder_files(folder: Path) -> list[str]:
+    """Every file under ``folder`` by its real path, each once, following symlinked folders (as
+    its ``**`` glob does: rglob skipped them) but entering each real folder once, so that links
+    in a loop end. Hidden names (``_temporary/``, ``.spark`` staging) are judged as they sit
+    under ``folder``, before a link takes them elsewhere, and never entered."""
+    files: set[str] = set()
+    entered: set[str] = set()
+    for top, folders, names in os.walk(folder, followlinks=True):
+        if (real := os.path.realpath(top)) in entered:
+            folders[:] = []
+            continue
+        entered.add(real)
+        folders[:] = [f for f in folders if not f.startswith(_HIDDEN)]
+        files.update(os.path.realpath(os.path.join(top, n)) for n in names if not n.startswith(_HIDDEN))
+    return sorted(f for f in files if os.path.isfile(f))
+
+
+#: How hidden names start: dot-folders (a killed Spark run's staging folder, ``.ipynb_checkpoints``)
+#: and markers (``_SUCCESS``, ``_temporary``).
+_HIDDEN = (".", "_")
+
+
 def _hidden(path: str, root: str) -> bool:
-    """Whether a name under ``root`` starts with ``.`` or ``_``: a dot-folder (a killed Spark
-    run's staging folder, ``.ipynb_checkpoints``) or a marker (``_SUCCESS``, ``_temporary``)."""
+    """Whether a name under ``root`` starts with ``.`` or ``_``."""
     below = path[len(root) :] if path.startswith(root) else Path(path).name
-    return any(part.startswith((".", "_")) for part in below.split("/"))
+    return any(part.startswith(_HIDDEN) for part in below.split("/"))
 
 
 def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
