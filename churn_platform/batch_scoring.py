@@ -15,7 +15,6 @@ row number (1-based, across all input files, in order) and reasons.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fnmatch
 import glob
@@ -400,15 +399,19 @@ def _clean_inputs(scorer: FastScorer, chunk: pa.Table) -> tuple[np.ndarray, list
 # ---------------------------------------------------------------- output
 
 
-def _flush_to_disk(path: Path) -> None:
-    """Best effort: a filesystem that refuses fsync (some network mounts, a folder on Windows)
-    keeps what the rename alone promises, and the file is already written."""
-    with contextlib.suppress(OSError):
-        handle = os.open(path, os.O_RDONLY)
+def _flush_to_disk(path: Path, *, folder: bool = False) -> None:
+    """A file's failure to reach the disk (EIO, a full quota on NFS) is the write's failure. A
+    folder's fsync is best effort: some network mounts and Windows refuse it, and the file in
+    it is already written."""
+    try:
+        handle = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
         try:
             os.fsync(handle)
         finally:
             os.close(handle)
+    except OSError:
+        if not folder:
+            raise
 
 
 class AtomicOutput:
@@ -447,7 +450,7 @@ class AtomicOutput:
                 final = Path(self.target).resolve()
                 _flush_to_disk(self._tmp)  # before the rename: a power cut could leave it empty under the name
                 os.replace(self._tmp, final)
-                _flush_to_disk(final.parent)  # the rename itself
+                _flush_to_disk(final.parent, folder=True)  # the rename itself
                 return
         except OSError as exc:
             raise DataSourceError(f"cannot write {self.target}: {exc}") from None
@@ -765,14 +768,14 @@ def prepare(
 ) -> Job:  # fmt: skip
     """Check the request, list the input and load the version (verified, and its column path
     checked when it will take it): everything that can refuse the job before it scores.
-    ``staged``: the outputs are staged through pyarrow (the Spark engine)."""
+    ``staged``: the output is staged through pyarrow (the Spark engine)."""
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
     output_kind(rejects, None)  # a compressed name: refused before anything is read or replaced
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_file_name(flag, target)
         if target.startswith("s3://"):
-            object_store.check_address(target, flag, pyarrow=staged)
+            object_store.check_address(target, flag, pyarrow=staged and flag == "--output")  # rejects: boto3
         else:
             data.local_target(target)  # its folder exists: found now, not after the model's download
     data.refuse_overwrite(source, output=output, rejects=rejects)

@@ -8,12 +8,14 @@ from churn_platform.errors import DataSourceError
 
 #: HTTP statuses that mean "later": too many requests, and the 5xx a busy or failing-over store
 #: answers (not 501 or 507: a feature it lacks, or a full disk, stay so on a retry).
-_LATER_STATUS = frozenset({429, 500, 502, 503, 504})
+LATER_STATUS = frozenset({429, 500, 502, 503, 504})
+#: The same as a regular expression's alternatives, for errors that quote the status in text.
+LATER_STATUS_TEXT = "|".join(map(str, sorted(LATER_STATUS)))
 #: The AWS SDK's names (quoted by pyarrow's errors) for a store that did not answer or asked to
 #: be asked later, or such a status under another name.
 _SDK_LATER = re.compile(
     r"AWS Error (?:NETWORK_CONNECTION|SERVICE_UNAVAILABLE|SLOW_DOWN|THROTTLING|INTERNAL_FAILURE|REQUEST_TIMEOUT)\b"
-    r"|AWS Error \w+ \(HTTP status (?:429|50[0234])\)"
+    rf"|AWS Error \w+ \(HTTP status (?:{LATER_STATUS_TEXT})\)"
 )
 #: S3's error codes (boto3's ``ClientError``) for the same.
 _LATER_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
@@ -48,18 +50,16 @@ def unreachable(exc: BaseException) -> bool:
     quotes the user's paths, buckets and rows: a CSV row holding "Disconnected" read as an
     outage, and the job re-scored the whole input on each retry."""
     from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import ClientError, CredentialRetrievalError, HTTPClientError, MetadataRetrievalError
+    from botocore.exceptions import ClientError, HTTPClientError
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
-    # The credential provider's own fetch failing (the instance metadata or a Pod Identity agent
-    # away) is a blip too; no credentials configured at all (NoCredentialsError) is not.
-    later = (ConnectionError, TimeoutError, BotoConnectionError, HTTPClientError, CredentialRetrievalError,
-             MetadataRetrievalError)  # fmt: skip
-    if isinstance(exc, later):
+    # Credential errors are not here: botocore raises the same ones for a provider that is away
+    # and for one that is misconfigured for good (an expired SSO session, IMDSv1 disabled).
+    if isinstance(exc, ConnectionError | TimeoutError | BotoConnectionError | HTTPClientError):
         return True
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return exc.response.get("Error", {}).get("Code") in _LATER_CODES or status in _LATER_STATUS
+        return exc.response.get("Error", {}).get("Code") in _LATER_CODES or status in LATER_STATUS
     if isinstance(exc, S3UploadFailedError):  # boto3 wraps the upload's ClientError
         return exc.__context__ is not None and unreachable(exc.__context__)
     return isinstance(exc, OSError) and _SDK_LATER.search(str(exc)) is not None

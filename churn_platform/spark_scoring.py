@@ -75,22 +75,32 @@ def _session_conf(conf: dict[str, str] | None) -> dict[str, str]:
     }
 
 
+#: Hadoop caches one s3a filesystem per bucket, built from the configuration at its first use:
+#: on a borrowed session the job's (its endpoint, its keys) would stay the notebook's after it.
+_NO_S3A_CACHE = "fs.s3a.impl.disable.cache"
 #: The s3a settings ``session`` may write into the Hadoop configuration.
 _S3A_KEYS = (*_S3A_NUMBERS, "fs.s3a.endpoint", "fs.s3a.path.style.access", "fs.s3a.connection.ssl.enabled",
-             "fs.s3a.aws.credentials.provider", "fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token")
+             "fs.s3a.aws.credentials.provider", "fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token",
+             _NO_S3A_CACHE)  # fmt: skip
 
 
-def _restorer(spark: SparkSession, sql_keys: Iterable[str]) -> Callable[[], None]:
+def _restorer(spark: SparkSession, options: Iterable[str]) -> Callable[[], None]:
     """What puts a session this job did not start (a notebook's) back as it was: getOrCreate
-    applies the job's SQL settings to it (case-sensitive names, UTC), and s3a is set on its
-    Hadoop configuration; the notebook's later queries would have run under them."""
+    writes every non-static builder option into its SQL configuration (case-sensitive names,
+    UTC, the app's name), and s3a is set on its Hadoop configuration; the notebook's later
+    queries would have run under them. Read and written as getOrCreate writes them, so that
+    core keys (``spark.app.name``) go back too."""
+    conf = spark._jsparkSession.sessionState().conf()  # noqa: SLF001
+    static = spark._jvm.org.apache.spark.sql.internal.SQLConf.isStaticConfigKey  # noqa: SLF001
+    keys = [k for k in {*options, "spark.app.name", "spark.master"} if not static(k)]
+    sql = {k: conf.getConfString(k) if conf.contains(k) else None for k in keys}
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - as session() sets it
-    sql = {k: spark.conf.get(k, None) for k in sql_keys if spark.conf.isModifiable(k)}
     s3a = {k: hadoop.get(k) for k in _S3A_KEYS}
+    hadoop.set(_NO_S3A_CACHE, "true")
 
     def restore() -> None:
         for key, value in sql.items():
-            spark.conf.unset(key) if value is None else spark.conf.set(key, value)
+            conf.unsetConf(key) if value is None else conf.setConfString(key, value)
         for key, value in s3a.items():
             hadoop.unset(key) if value is None else hadoop.set(key, value)
 
@@ -487,7 +497,7 @@ def _translated(exc: Exception, source: str) -> Exception:
     line = causes[-1] if causes else next(
         (ln.strip() for ln in text.splitlines() if "Exception:" in ln or "Error:" in ln), text.splitlines()[0]
     )
-    if any(_jvm_unreachable(cause) for cause in [line, *causes]):  # s3a wraps the SDK's throttling, say
+    if any(_jvm_unreachable(cause) for cause in causes or [line]):  # s3a wraps the SDK's throttling, say
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
@@ -496,14 +506,16 @@ def _translated(exc: Exception, source: str) -> Exception:
 #: asked to be asked later: matched on the exception's class, never on its message, which quotes
 #: the user's rows ("Malformed CSV record: ...,Disconnected,...") and paths.
 _JVM_LATER = frozenset({
-    "ConnectException", "SocketException", "SocketTimeoutException", "UnknownHostException", "NoRouteToHostException",
+    # Not java.net.SocketException: a crashed Python worker's "Connection reset" is one too (s3a's
+    # own resets come wrapped, as AWSClientIOException, once its retries are spent).
+    "ConnectException", "SocketTimeoutException", "UnknownHostException", "NoRouteToHostException",
     "ConnectTimeoutException", "NoHttpResponseException", "ConnectionPoolTimeoutException",
     "ConnectionClosedException", "AWSClientIOException", "AWSApiCallTimeoutException",
     "AWSServiceThrottledException", "AWSStatus500Exception",
 })  # fmt: skip
 #: The SDK's own service exceptions, "later" by the status they carry (a 503 SlowDown, a 500).
 _JVM_SERVICE = frozenset({"S3Exception", "AwsServiceException", "SdkServiceException", "AmazonS3Exception"})
-_LATER_STATUS = re.compile(r"Status Code: (?:429|50[0234])\b")
+_LATER_STATUS = re.compile(rf"Status Code: (?:{object_store.LATER_STATUS_TEXT})\b")
 
 
 def _jvm_unreachable(line: str) -> bool:

@@ -212,7 +212,6 @@ def _unreachable(exc: BaseException) -> bool:
     return registry.is_connection_error(exc) or object_store.unreachable(exc) or (
         cause is not None and object_store.unreachable(cause)
     )
-    return None
 
 
 #: An even, seeded sample in SQL: ``(id mod P) * A mod P`` with P prime and A/P near the golden

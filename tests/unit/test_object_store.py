@@ -53,7 +53,8 @@ def upload_failed(cause: ClientError) -> S3UploadFailedError:
         (client_error("XMinioStorageFull", 507), False),
         (OSError("AWS Error UNKNOWN (HTTP status 429) during HeadObject operation: Too Many Requests"), True),
         (OSError("AWS Error UNKNOWN (HTTP status 501) during PutObject operation: not implemented"), False),
-        (CredentialRetrievalError(provider="container-role", error_msg="agent timed out"), True),
+        # The same error for an agent away and for an expired SSO session: not retried.
+        (CredentialRetrievalError(provider="sso", error_msg="the SSO session has expired"), False),
         (client_error("NoSuchBucket", 404), False),
         (upload_failed(client_error("ServiceUnavailable", 503)), True),
         (upload_failed(client_error("AccessDenied", 403)), False),
@@ -68,7 +69,7 @@ def test_a_retry_is_worth_it_only_when_the_store_did_not_answer(exc, later):
     [
         ("java.net.ConnectException: Connection refused", True),
         ("java.net.SocketTimeoutException: Read timed out", True),
-        ("java.net.SocketException: Connection reset", True),
+        ("java.net.SocketException: Connection reset", False),  # a crashed Python worker's too
         ("software.amazon.awssdk.services.s3.model.S3Exception: Please reduce your request rate. (Service: S3, "
          "Status Code: 503, Request ID: X)", True),
         ("software.amazon.awssdk.services.s3.model.S3Exception: Access Denied (Service: S3, Status Code: 403)", False),
