@@ -48,10 +48,15 @@ def test_the_runbooks_registry_upgrade_pod_is_admitted_and_reaches_the_registry_
     assert context["runAsNonRoot"] and context["seccompProfile"]["type"] == "RuntimeDefault"
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     assert container["args"] == ["sh", "-c", 'mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"']
+    (secret,) = [e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]]
     for overlay, database in (("dev", "registry-db"), ("prod", None)):  # in the cluster, or managed outside it
         objs, _ = render(REPO / "deploy" / "overlays" / overlay)
         target = None if database is None else find(objs, "Deployment", database)["spec"]["template"]["metadata"]
         assert reachable(objs, labels, None if target is None else target["labels"], 5432), overlay
+        # The Secret the registry reads its database from: the runbook's, or dev's generated name it explains.
+        registry = pod_spec(find(objs, "Deployment", "mlflow"))["containers"][0]["env"]
+        (used,) = [e["valueFrom"]["secretKeyRef"]["name"] for e in registry if e["name"] == "MLFLOW_BACKEND_STORE_URI"]
+        assert used == secret or (overlay == "dev" and f"`{secret}-<hash>`" in runbook), (overlay, used)
 
 
 @pytest.mark.parametrize("overlay", ["staging", "prod"])
