@@ -33,7 +33,14 @@ from churn_platform.contract import (
     SCORED_AT,
 )
 from churn_platform.errors import DataValidationError, StorageUnreachable
-from churn_platform.inference_log import INSUFFICIENT_PRIVILEGE, make_engine, schema_change, sqlite_time, sqlstate
+from churn_platform.inference_log import (
+    INSUFFICIENT_PRIVILEGE,
+    make_engine,
+    missing_file,
+    schema_change,
+    sqlite_time,
+    sqlstate,
+)
 from churn_platform.schema import (
     ID_COLUMN,
     ID_MAX_LENGTH,
@@ -319,6 +326,8 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
     ingesting a corrected one would add outcomes at other times beside the wrong ones.
     ``ingested``: only those written from, and before, these times (one bad push of many
     under the same name: ``api``, a daily export of one file name)."""
+    if missing_file(url):  # nothing logged there, and nothing to make
+        return Deleted(source, 0, False)
     engine = make_engine(url)
     outcomes = table(sa.MetaData())
     try:

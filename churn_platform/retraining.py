@@ -34,7 +34,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError
-from churn_platform.inference_log import make_engine, read_failure
+from churn_platform.inference_log import make_engine, missing_file, read_failure
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
 
@@ -147,6 +147,8 @@ def decide(
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction
     (any version) within the horizon before it: the recent labelled data."""
+    if missing_file(url):  # nothing logged there, and nothing to make
+        return pd.DataFrame(columns=[CHURNED, "observed_at", ID_COLUMN, *FEATURE_NAMES])
     engine = make_engine(url)
     dialect = engine.dialect.name
     features = ", ".join(f"l.{c}" for c in (ID_COLUMN, *FEATURE_NAMES))

@@ -323,7 +323,7 @@ def compare(
         SCORED_AT,
         SCORING_MS,
     )
-    from churn_platform.inference_log import is_missing_table, make_engine, read_failure, sqlite_time
+    from churn_platform.inference_log import is_missing_table, make_engine, missing_file, read_failure, sqlite_time
 
     since = datetime.fromisoformat(state.started_at) if state.started_at else None
     sqlite = url.startswith("sqlite")
@@ -370,6 +370,8 @@ def compare(
                  f" ON p.{REQUEST_ID} = SUBSTR(s.{REQUEST_ID}, 1, LENGTH(s.{REQUEST_ID}) - :suffix_length)"
                  f" AND p.{ROW_INDEX} = s.{ROW_INDEX}"
                  f" WHERE {rows_of('s', challenger_arm('s'))} AND {rows_of('p', production_arm('p'))}")  # fmt: skip
+    if why := missing_file(url):  # a mistyped path: said, and never made
+        return Comparison(since=state.started_at, arms=[], note=why)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
@@ -430,10 +432,12 @@ def _realized(url: str, name: str, arm: ArmFigures, since: datetime | None, hori
 
     from churn_platform import outcomes
     from churn_platform.contract import ARM, CHURNED, PROBABILITY, SCORED_AT
-    from churn_platform.inference_log import make_engine
+    from churn_platform.inference_log import make_engine, missing_file
     from churn_platform.performance_metrics import realized
 
     start = since or datetime(1970, 1, 1, tzinfo=UTC)
+    if missing_file(url):  # nothing logged there, and nothing to make
+        return {}
     engine = make_engine(url)
     try:
         if not sa.inspect(engine).has_table(outcomes.OUTCOMES_TABLE):

@@ -610,4 +610,20 @@ def test_a_misspelt_sqlite_inference_log_is_named_missing_and_never_made(registr
                                            f"sqlite:///{typo}", "--output-dir", str(tmp_path / "r")])  # fmt: skip
         assert result.exit_code == 2, result.output
         assert f"no inference log at {typo} (no such file): point CHURN_INFERENCE_LOG_URL" in result.output
+    # Nor do the other readers make it: nothing to delete is said as for a log without outcomes.
+    deleted = CliRunner().invoke(main, ["outcomes", "delete", "--source", "api", "--inference-log-url",
+                                        f"sqlite:///{typo}"])  # fmt: skip
+    assert deleted.exit_code == 2 and "Traceback" not in deleted.output, deleted.output
     assert not typo.exists()
+
+
+def test_the_rollout_and_retraining_readers_never_make_a_missing_sqlite_log(tmp_path):
+    """Once any reader had made the typo's file, the monitor read it as a log with no rows yet."""
+    from churn_platform import retraining, rollout
+
+    typo = f"sqlite:///{tmp_path / 'inference_lgo.db'}"
+    state = rollout.RolloutState(mode="shadow", challenger_version=2, production_version=1,
+                                 started_at="2026-12-01T00:00:00+00:00")  # fmt: skip
+    assert rollout.compare(typo, "churn", state, thresholds={}, band_edges=(0.3, 0.6)).arms == []
+    assert retraining.labelled(typo, "churn", None, 30).empty
+    assert not (tmp_path / "inference_lgo.db").exists()
