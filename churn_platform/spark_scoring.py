@@ -64,6 +64,7 @@ _S3A_NUMBERS = {
 
 
 def _session_conf(conf: dict[str, str] | None) -> dict[str, str]:
+    """The SQL settings the engine's reads and writes rely on, then the caller's ``conf``."""
     return {
         "spark.sql.session.timeZone": "UTC",
         # Columns are taken by their exact names, as the local engine reads them: case-insensitive,
