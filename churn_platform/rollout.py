@@ -370,8 +370,9 @@ def compare(
                  f" ON p.{REQUEST_ID} = SUBSTR(s.{REQUEST_ID}, 1, LENGTH(s.{REQUEST_ID}) - :suffix_length)"
                  f" AND p.{ROW_INDEX} = s.{ROW_INDEX}"
                  f" WHERE {rows_of('s', challenger_arm('s'))} AND {rows_of('p', production_arm('p'))}")  # fmt: skip
-    if why := missing_file(url):  # a mistyped path: said, and never made
-        return Comparison(since=state.started_at, arms=[], note=why)
+    if missing_file(url):  # nothing logged yet, or a mistyped path: said, and never made
+        return Comparison(since=state.started_at, arms=[],
+                          note="no inference log yet (no such file: is CHURN_INFERENCE_LOG_URL the API's?)")
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
