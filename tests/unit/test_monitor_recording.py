@@ -19,7 +19,7 @@ def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry
     uri = f"sqlite:///{copy}"
     setenv(MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="test",  # nothing listens
            AWS_SECRET_ACCESS_KEY="test", CHURN_MONITOR_EXPERIMENT="monitoring-to-dead-store")  # fmt: skip
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, uri)
     experiment = client.create_experiment("monitoring-to-dead-store", artifact_location="s3://reports/monitoring")
     drifted = tmp_path / "drifted.csv"
     data.generate(1500, seed=7, drift=True).drop(columns=["churn"]).to_csv(drifted, index=False)

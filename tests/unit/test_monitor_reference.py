@@ -32,7 +32,7 @@ class Throttled(BaseHTTPRequestHandler):
 
 
 def test_a_throttled_reference_store_is_an_outage_not_missing_reference_data(embedded, tmp_path, setenv):
-    client = MlflowClient(embedded)
+    client = MlflowClient(embedded, embedded)  # not a registry URI another test left set
     experiment = client.create_experiment("trained-on-s3", artifact_location="s3://models/trained")
     run = client.create_run(experiment)  # a training run whose artifacts (the reference) are on S3
     client.create_registered_model("churn")
