@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import glob
 import logging
 import os
 import posixpath
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -216,26 +216,55 @@ def input_files(
 
 
 def _local_files(pattern: str) -> list[str]:
-    """The files a local pattern names, each once, by its real path (``**`` follows symlinked
-    folders, so a link may name a file twice)."""
-    return sorted({str(Path(p).resolve()) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()})
+    """The files a local pattern names, each once, by its real path."""
+    folder = _glob_folder(pattern)
+    parts = re.sub("/+", "/", pattern[len(folder) :].lstrip("/")).split("/")
+    return _walk(folder or ".", parts + ["*"] if parts[-1] == "**" else parts)
 
 
 def _folder_files(folder: Path) -> list[str]:
-    """Every file under ``folder`` by its real path, each once, following symlinked folders (as
-    its ``**`` glob does: rglob skipped them) but entering each real folder once, so that links
-    in a loop end. Hidden names (``_temporary/``, ``.spark`` staging) are judged as they sit
-    under ``folder``, before a link takes them elsewhere, and never entered."""
-    files: set[str] = set()
-    entered: set[str] = set()
-    for top, folders, names in os.walk(folder, followlinks=True):
-        if (real := os.path.realpath(top)) in entered:
-            folders[:] = []
-            continue
-        entered.add(real)
-        folders[:] = [f for f in folders if not f.startswith(_HIDDEN)]
-        files.update(os.path.realpath(os.path.join(top, n)) for n in names if not n.startswith(_HIDDEN))
-    return sorted(f for f in files if os.path.isfile(f))
+    """Every file under ``folder`` by its real path, each once, through symlinked folders as its
+    ``**`` glob goes (rglob skipped them)."""
+    return _walk(str(folder), ["**", "*"])
+
+
+def _walk(folder: str, parts: list[str]) -> list[str]:
+    """The real paths of the files under ``folder`` that a glob's segments match (``**`` any
+    number of folders), each once.
+
+    Symlinked folders are followed, as ``glob`` follows them, but ``**`` never spans a link back
+    to one of its own folders: ``glob`` went round a loop until the path grew too long, and two
+    loops made 2**40 paths. Hidden names (``_temporary/``, ``.spark`` staging) are judged as they sit
+    under ``folder``, before a link takes them elsewhere, and never entered.
+    """
+    found: set[str] = set()
+    seen: set[tuple[str, int]] = set()  # `**/**` reaches a folder at one segment twice
+
+    def visit(path: str, at: int, ancestors: frozenset[str]) -> None:
+        if (path, at) in seen:
+            return
+        seen.add((path, at))
+        head, last = parts[at], at == len(parts) - 1
+        if head == "**":  # none of the folders it spans
+            visit(path, at + 1, ancestors)
+        try:
+            entries = list(os.scandir(path))
+        except OSError:  # unreadable or gone, as glob and os.walk pass over it
+            return
+        for entry in entries:
+            if entry.name.startswith(_HIDDEN):
+                continue
+            if last:
+                if fnmatch.fnmatchcase(entry.name, head) and entry.is_file():
+                    found.add(os.path.realpath(entry.path))
+            elif head == "**" and entry.is_dir():
+                if (real := os.path.realpath(entry.path)) not in ancestors:  # a loop ends here
+                    visit(entry.path, at, ancestors | {real})
+            elif fnmatch.fnmatchcase(entry.name, head) and entry.is_dir():  # one segment: no loop
+                visit(entry.path, at + 1, ancestors | {os.path.realpath(entry.path)})
+
+    visit(folder, 0, frozenset({os.path.realpath(folder)}))
+    return sorted(found)
 
 
 #: How hidden names start: dot-folders (a killed Spark run's staging folder, ``.ipynb_checkpoints``)

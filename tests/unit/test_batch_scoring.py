@@ -631,3 +631,8 @@ def test_a_folder_reads_what_its_glob_reads_through_symlinks_and_brackets_each_f
     customers.iloc[30:40].to_csv(mounted / "_temporary" / "0" / "part-0.csv", index=False)
     (folder / "current" / "back").symlink_to(folder, target_is_directory=True)
     assert rows(str(folder)) == 30
+    # The user's own `**` pattern too: Python's glob went round both loops (2**40 paths).
+    assert rows(f"{glob.escape(str(folder))}/**/*.csv") == 30
+    # One level down is glob's: current/b.csv, and loop/a.csv (that is a.csv, read once).
+    assert rows(f"{glob.escape(str(folder))}/*/*.csv") == 30
+    assert rows(f"{glob.escape(str(folder))}/current/*.csv") == 10
