@@ -390,6 +390,9 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     it. A prediction made after a churn of that customer (observed within ``horizon_days``
     before it) is judged by nothing: a monthly export repeats the "yes", which matched the
     post-churn score as a churn caught, and retraining learnt from features that had seen it.
+    A "no" never judges a prediction whose customer churned within ``horizon_days`` after it
+    (observed before ``until``; the churn judged a later score): scored daily and exported
+    daily, a churner's earlier scores were each a false alarm and a "no" to learn from.
     One row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
     ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
@@ -404,7 +407,7 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
                    AS judge_rank
           FROM (
             SELECT o.id AS outcome_id, o.{CHURNED}, o.{OBSERVED_AT}, l.id AS log_id, l.{PROBABILITY},
-                   l.{SCORED_AT}, l.arm,
+                   l.{SCORED_AT}, l.arm, l.{ID_COLUMN} AS customer,
                    ROW_NUMBER() OVER (PARTITION BY o.id ORDER BY l.{SCORED_AT} DESC, l.id DESC) AS rank
             FROM {OUTCOMES_TABLE} o
             JOIN {INFERENCE_LOG_TABLE} l
@@ -420,6 +423,11 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
             WHERE o.{OBSERVED_AT} >= {_horizon_start(dialect, ":since")} AND o.{OBSERVED_AT} < :until
           ) ranked WHERE rank = 1
         ) judged WHERE judge_rank = 1 AND {OBSERVED_AT} >= :since
+          AND ({CHURNED} OR NOT EXISTS (
+            SELECT 1 FROM {OUTCOMES_TABLE} later
+            WHERE later.{ID_COLUMN} = judged.customer AND later.{CHURNED}
+              AND later.{OBSERVED_AT} > judged.{SCORED_AT} AND later.{OBSERVED_AT} < :until
+              AND judged.{SCORED_AT} >= {_horizon_start(dialect, f"later.{OBSERVED_AT}")}))
     """
 
 

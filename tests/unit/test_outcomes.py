@@ -214,6 +214,16 @@ def test_two_uploads_at_once_on_sqlite_each_count_only_their_own_rows(tmp_path):
     assert results == [outcomes.Written(5, 0, 0)]
 
 
+def insert_log(engine: sa.Engine, rows: list[dict]) -> None:
+    """Predictions straight into the log (``log_row``'s)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, "
+            "customer_id, churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, "
+            ":model_version, :arm, :customer_id, :churn_probability)"
+        ), rows)  # fmt: skip
+
+
 def log_row(customer: str, version: int, at: datetime, score: float, row: int) -> dict:
     return {
         "request_id": f"r{row}", "row_index": 0, "scored_at": sqlite_time(at), "model_name": "churn",
@@ -232,12 +242,7 @@ def test_an_outcome_judges_the_latest_prediction_of_the_version_within_the_horiz
         log_row("a", 2, observed - timedelta(days=1), 0.5, 4),  # another version
         log_row("b", 1, observed - timedelta(days=91), 0.4, 5),  # beyond a 90-day horizon
     ]
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, "
-            "customer_id, churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, "
-            ":model_version, :arm, :customer_id, :churn_probability)"
-        ), rows)  # fmt: skip
+    insert_log(engine, rows)
     checked = outcomes.check(frame([{"customer_id": c, "churned": "yes", "observed_at": observed.isoformat()}
                                     for c in ("a", "b")]
                                    # a second outcome of a, with no prediction between: it judges nothing new
@@ -267,12 +272,7 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     after = datetime(2026, 12, 18, tzinfo=UTC)  # scored again after the churn was on record
     rows = [log_row("c", 1, at, p, n) | ({"scored_at": at} if dialect == "postgresql" else {})
             for at, p, n in ((scored, 0.3, 1), (after, 0.9, 2))]  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, "
-            "customer_id, churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, "
-            ":model_version, :arm, :customer_id, :churn_probability)"
-        ), rows)  # fmt: skip
+    insert_log(engine, rows)
     checked = outcomes.check(frame([
         {"customer_id": "c", "churned": "no", "observed_at": "2026-11-02T00:00:00Z"},
         {"customer_id": "c", "churned": "no", "observed_at": "2026-11-15T00:00:00Z"},
@@ -283,11 +283,12 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     ]), now=datetime(2027, 2, 1, tzinfo=UTC))  # fmt: skip
     outcomes.write(engine, checked.good, "t")
 
-    def judged(since: datetime, until: datetime) -> list[tuple[bool, float, str]]:
-        params = {"name": "churn", "version": 1, "horizon_days": 90, **outcomes.window_params(dialect, since, until)}
+    def judged(since: datetime, until: datetime, version: int = 1) -> list[tuple[bool, float, str]]:
+        params = {"name": "churn", "version": version, "horizon_days": 90,
+                  **outcomes.window_params(dialect, since, until)}  # fmt: skip
         with engine.connect() as conn:
-            return [(bool(r.churned), r.churn_probability, str(r.observed_at)[:10])
-                    for r in conn.execute(sa.text(outcomes.matched_sql(dialect)), params)]  # fmt: skip
+            return sorted((bool(r.churned), r.churn_probability, str(r.observed_at)[:10])
+                          for r in conn.execute(sa.text(outcomes.matched_sql(dialect)), params))  # fmt: skip
 
     day = lambda d: datetime.fromisoformat(d).replace(tzinfo=UTC)  # noqa: E731
     assert judged(scored, day("2027-01-01")) == [(True, 0.3, "2026-12-15")]
@@ -296,6 +297,20 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     assert judged(day("2026-12-01"), day("2027-01-01")) == [(True, 0.3, "2026-12-15")]
     assert judged(day("2026-12-16"), day("2027-01-01")) == []  # judged by the churn, before this window
     assert judged(day("2026-12-16"), day("2027-02-01")) == []  # the score after the churn: never judged
+
+    # Scored again before the churn: the churn judges the later score, and the earlier one's
+    # "no" judged it a false alarm (the customer left 44 days after it was scored 0.9).
+    rows = [log_row("d", 2, at, p, n) | ({"scored_at": at} if dialect == "postgresql" else {})
+            for at, p, n in ((day("2026-03-01"), 0.9, 3), (day("2026-03-20"), 0.8, 4))]  # fmt: skip
+    insert_log(engine, rows)
+    outcomes.write(engine, outcomes.check(frame([
+        {"customer_id": "d", "churned": c, "observed_at": f"2026-{d}T00:00:00Z"}
+        for c, d in (("no", "03-02"), ("no", "03-31"), ("yes", "04-14"))
+    ]), now=datetime(2027, 2, 1, tzinfo=UTC)).good, "t")  # fmt: skip
+    assert judged(day("2026-03-01"), day("2026-05-01"), version=2) == [(True, 0.8, "2026-04-14")]
+    # A window that ends before the churn knows only "not churned yet", for each score.
+    assert judged(day("2026-03-01"), day("2026-04-01"), version=2) == [(False, 0.8, "2026-03-31"),
+                                                                        (False, 0.9, "2026-03-02")]  # fmt: skip
     engine.dispose()
 
 

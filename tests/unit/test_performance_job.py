@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from churn_platform import outcomes
 from churn_platform.cli import main
 from churn_platform.inference_log import sqlite_time, upgrade
+from tests.unit.test_outcomes import insert_log
 
 
 def fill(url: str, n: int, scores: np.ndarray, labels: np.ndarray | None, labelled: int | None = None) -> None:
@@ -25,12 +26,7 @@ def fill(url: str, n: int, scores: np.ndarray, labels: np.ndarray | None, labell
     rows = [{"request_id": f"r{i}", "row_index": 0, "scored_at": sqlite_time(at), "model_name": "churn",
              "model_version": 1, "arm": "production", "customer_id": f"c{i}", "churn_probability": float(s)}
             for i, s in enumerate(scores[:n])]  # fmt: skip
-    with engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO inference_log (request_id, row_index, scored_at, model_name, model_version, arm, customer_id,"
-            " churn_probability) VALUES (:request_id, :row_index, :scored_at, :model_name, :model_version, :arm,"
-            " :customer_id, :churn_probability)"
-        ), rows)  # fmt: skip
+    insert_log(engine, rows)
     if labels is not None:
         k = labelled or n
         truth = pd.DataFrame({"customer_id": [f"c{i}" for i in range(k)], "churned": labels[:k].astype(int)})
