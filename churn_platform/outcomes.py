@@ -245,6 +245,13 @@ def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 
                 changed, inserted = changed + len(fresh), inserted + sum(fresh)
             else:
                 changed += conn.execute(statement).rowcount
+            # The same label from another source is now that source's (unchanged, as counted):
+            # `delete --source` of the first file took outcomes a later one had stated as well.
+            keys = [(r[ID_COLUMN], r[OBSERVED_AT]) for r in rows]
+            conn.execute(sa.update(outcomes)
+                         .where(sa.tuple_(outcomes.c[ID_COLUMN], outcomes.c[OBSERVED_AT]).in_(keys),
+                                outcomes.c[OUTCOME_SOURCE] != source)
+                         .values({OUTCOME_SOURCE: source, INGESTED_AT: rows[0][INGESTED_AT]}))  # fmt: skip
         if not postgres:
             inserted = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one() - before
     return Written(inserted=inserted, replaced=changed - inserted, unchanged=len(good) - changed)
@@ -350,13 +357,14 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
                 return Deleted(source, 0, False, sources={s: n for s, n in counts})
             if apply:
                 conn.execute(sa.delete(outcomes).where(mine))
-            day = lambda t: str(t)[:10]  # noqa: E731 - SQLite returns text or a naive datetime, PostgreSQL an aware one
 
             def second(t: datetime | str) -> str:
                 """To the second, in UTC: SQLite's naive values are UTC; PostgreSQL's in the session's zone."""
                 if not isinstance(t, datetime):
                     return str(t)[:19]
                 return f"{t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+
+            day = lambda t: second(t)[:10]  # noqa: E731 - UTC too: PostgreSQL's session zone moved it a day
 
             return Deleted(source, rows, apply, day(first), day(last), written_first=second(written_first),
                            written_last=second(written_last))  # fmt: skip
