@@ -927,6 +927,8 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     from churn_platform import data
     from churn_platform import outcomes as outcomes_mod
     from churn_platform.contract import ExitCode
+    from churn_platform.errors import DataValidationError
+    from churn_platform.inference_log import missing_file
 
     settings = get_settings()
     # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
@@ -936,9 +938,11 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
             rejects_path = Path(rejects_path).name  # the input's name, in this folder
     data.refuse_overwrite(source, rejects=rejects_path)
     data.local_target(rejects_path)
+    url = inference_log_url or settings.inference_log_url
+    if why := missing_file(url):  # a typo, or the API's relative default from another folder
+        raise DataValidationError(f"{why}; outcomes are kept beside the predictions they judge")
     frame = data.read_table(source, settings.s3_endpoint_url)
-    result = outcomes_mod.ingest(frame, inference_log_url or settings.inference_log_url, source=source,
-                                 strict=strict)  # fmt: skip
+    result = outcomes_mod.ingest(frame, url, source=source, strict=strict)
     rejects = result.checked.rejects
     if len(rejects):
         try:

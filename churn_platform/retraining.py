@@ -147,8 +147,8 @@ def decide(
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction
     (any version) within the horizon before it: the recent labelled data."""
-    if missing_file(url):  # nothing logged there, and nothing to make
-        return pd.DataFrame(columns=[CHURNED, "observed_at", ID_COLUMN, *FEATURE_NAMES])
+    if why := missing_file(url):  # a typo is no "ingest more outcomes" (exit 1, a normal answer)
+        raise DataValidationError(why)
     engine = make_engine(url)
     dialect = engine.dialect.name
     features = ", ".join(f"l.{c}" for c in (ID_COLUMN, *FEATURE_NAMES))
@@ -159,7 +159,10 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
     params = {"name": name, "horizon_days": horizon_days, **outcomes.window_params(dialect, start, datetime.now(UTC))}
     try:
         inspector = sa.inspect(engine)
-        if not (inspector.has_table(INFERENCE_LOG_TABLE) and inspector.has_table(outcomes.OUTCOMES_TABLE)):
+        if not inspector.has_table(INFERENCE_LOG_TABLE):  # the API makes it when it starts
+            raise DataValidationError(f"no {INFERENCE_LOG_TABLE} table in {redacted(url)}: point "
+                                      "CHURN_INFERENCE_LOG_URL (--inference-log-url) at the API's log")  # fmt: skip
+        if not inspector.has_table(outcomes.OUTCOMES_TABLE):  # none ingested yet: "ingest more outcomes"
             return pd.DataFrame(columns=[CHURNED, "observed_at", ID_COLUMN, *FEATURE_NAMES])
         with engine.connect() as conn:
             result = conn.execute(sa.text(query), params)

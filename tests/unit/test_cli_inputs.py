@@ -620,11 +620,25 @@ def test_a_misspelt_sqlite_inference_log_is_named_missing_and_never_made(registr
 
 def test_the_rollout_and_retraining_readers_never_make_a_missing_sqlite_log(tmp_path):
     """Once any reader had made the typo's file, the monitor read it as a log with no rows yet."""
-    from churn_platform import retraining, rollout
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from churn_platform import inference_log, retraining, rollout
+    from churn_platform.errors import DataValidationError
 
     typo = f"sqlite:///{tmp_path / 'inference_lgo.db'}"
     state = rollout.RolloutState(mode="shadow", challenger_version=2, production_version=1,
                                  started_at="2026-12-01T00:00:00+00:00")  # fmt: skip
     assert rollout.compare(typo, "churn", state, thresholds={}, band_edges=(0.3, 0.6)).arms == []
-    assert retraining.labelled(typo, "churn", None, 30).empty
+    # Retraining said "only 0 labelled rows: ingest more outcomes", exit 1: a normal answer to
+    # the CronJob and its alert, so the typo never surfaced.
+    with pytest.raises(DataValidationError, match="no inference log at .*inference_lgo.db .no such file."):
+        retraining.labelled(typo, "churn", None, 30)
     assert not (tmp_path / "inference_lgo.db").exists()
+    other = tmp_path / "other.db"  # a database, but not the API's log
+    sqlite3.connect(other).close()
+    with pytest.raises(DataValidationError, match="no inference_log table in sqlite:///.*other.db: point"):
+        retraining.labelled(f"sqlite:///{other}", "churn", None, 30)
+    inference_log.upgrade(sa.create_engine(f"sqlite:///{other}"))  # the API's, no outcome ingested yet
+    assert retraining.labelled(f"sqlite:///{other}", "churn", None, 30).empty

@@ -435,6 +435,12 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
         assert result.exit_code == 2 and message in result.output, result.output
         assert source.read_text() == original
     assert not (tmp_path / "log.db").exists()  # refused before anything was stored
+    # No log there (a typo, the API's relative default from another folder): stored in a new
+    # database nothing reads, with exit 0.
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
+    assert result.exit_code == 2 and f"no inference log at {tmp_path / 'log.db'} (no such file)" in result.output
+    assert not (tmp_path / "log.db").exists()
+    upgrade(sa.create_engine(log))  # the API made it
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 4 and "row 2: churned: 'maybe'" in result.output
     assert "a,Yes" not in (tmp_path / "truth.rejects.csv").read_text() and source.read_text() == original
