@@ -764,7 +764,8 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
 @click.option("--if", "trigger", type=click.Choice(["drift", "performance", "always"]), default="always",
               show_default=True, help="Retrain only when Production's last monitoring runs flagged this.")
 @click.option("--of", type=COUNT, default=3, show_default=True,
-              help="How many of Production's latest monitoring runs to read.")
+              help="How many of Production's latest monitoring runs to read (one per UTC day for "
+                   "performance, per hour for drift).")
 @click.option("--at-least", type=COUNT, default=2, show_default=True,
               help="How many of them must have flagged the trigger.")
 @click.option("--since", type=UTC_TIME, default=None,

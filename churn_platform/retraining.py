@@ -97,11 +97,16 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int 
     return None if stopped else int(pending.version)
 
 
+#: The schedules' periods (the performance CronJob runs daily, the monitor hourly), in ms.
+_PERIOD_MS = {"performance": 86_400_000, "drift": 3_600_000}
+
+
 def decide(
     client: MlflowClient, settings: Settings, version: int, trigger: Trigger, of: int, at_least: int
 ) -> Decision:
     """The debounce: retrain when at least ``at_least`` of Production's last ``of`` runs of the
-    trigger's kind flagged it (``always``: retrain)."""
+    trigger's kind (one per UTC day for performance, per hour for drift) flagged it
+    (``always``: retrain)."""
     if trigger == "always":
         return Decision(retrain=True, reason="asked for (no trigger to wait for)", runs=[])
     # A performance run judges 30 days: for weeks after a retrain most of its evidence is the
@@ -128,9 +133,13 @@ def decide(
             order_by=["attributes.start_time DESC"],
             max_results=200,
         )
+        # One run per period of the trigger's schedule, the latest that judged: a run by hand
+        # after an alert judges the same window again, and counted, one day's evidence retrained.
+        period, periods = _PERIOD_MS[trigger], set()
         for run in found:
             flagged = _flagged(run, trigger)
-            if flagged is not None:
+            if flagged is not None and (at := run.info.start_time // period) not in periods:
+                periods.add(at)
                 runs.append({"run_id": run.info.run_id, "verdict": run.data.tags.get("verdict"), "flagged": flagged,
                              "at": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat()})  # fmt: skip
             if len(runs) == of:

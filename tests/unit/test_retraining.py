@@ -85,6 +85,14 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert code == 1 and "0 of the last 0 performance runs of v1 flagged degradation" in output, output
     for i in range(2):  # two degraded performance runs, recorded in churn-monitoring
         assert cli("performance", "--output-dir", str(tmp_path / f"perf{i}"))[0] == 1
+    # Both today: the second (an operator's, after the alert) judged the same window again.
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "1 of the last 1 performance runs of v1 flagged degradation" in output, output
+    client = MlflowClient()
+    monitoring = client.get_experiment_by_name("churn-monitoring").experiment_id
+    today = next(r for r in client.search_runs([monitoring], "tags.verdict = 'degraded'") if "adhoc" not in r.data.tags)
+    yesterday = int((datetime.now(UTC) - timedelta(days=1)).timestamp() * 1000)
+    client.set_terminated(client.create_run(monitoring, start_time=yesterday, tags=today.data.tags).info.run_id)
     assert versions(name) == [1]
     code, output = cli("retrain", "--if", "performance", "--rollout", "canary")
     assert code == 2 and "--rollout canary needs --percent" in output and versions(name) == [1]
@@ -96,7 +104,6 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert result["recent_rows"] == n and result["gate_rows"] + (n - result["gate_rows"]) == n
     gate = result["gate"]
     assert gate["passed"] and gate["candidate_roc_auc"] > gate["production_roc_auc"], gate
-    client = MlflowClient()
     assert str(client.get_model_version_by_alias(name, "Challenger").version) == "2"
     assert str(client.get_model_version_by_alias(name, "Production").version) == "1"  # never moved by a retrain
     tags = client.get_model_version(name, "2").tags
