@@ -21,9 +21,6 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
-    f1_score,
-    precision_score,
-    recall_score,
     roc_auc_score,
 )
 
@@ -44,7 +41,8 @@ class CalibrationBin(BaseModel):
 
 
 class Realized(BaseModel):
-    """Metrics against the true labels; ranking metrics are None when only one class is present."""
+    """Metrics against the true labels; ranking metrics are None when only one class is present,
+    precision when nothing was predicted to churn, recall when nobody churned."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -157,24 +155,27 @@ def realized(y: np.ndarray, p: np.ndarray, threshold: float) -> Realized:
     if n == 0:
         return Realized(rows=0, positives=0)
     both = np.unique(y).size == 2
-    predicted = (p >= threshold).astype(int)
+    predicted, churned = p >= threshold, y == 1
+    tp, fp, fn = int((predicted & churned).sum()), int((predicted & ~churned).sum()), int((~predicted & churned).sum())
     top = np.argsort(-p, kind="stable")[: math.ceil(TOP_SHARE * n)]
     return Realized(
         rows=n,
         positives=int(y.sum()),
         roc_auc=_roc_auc(y, p),
         pr_auc=float(average_precision_score(y, p)) if both else None,
-        precision=float(precision_score(y, predicted, zero_division=0)),
-        recall=float(recall_score(y, predicted, zero_division=0)),
-        f1=float(f1_score(y, predicted, zero_division=0)),
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
         precision_top_10pct=float(y[top].mean()),
         brier=float(brier_score_loss(y, p, pos_label=1)),
         calibration=_calibration(y, p),
     )
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else 0.0
+def _ratio(numerator: float, denominator: float) -> float | None:
+    """None where the figure is undefined (a window of "no" outcomes has no recall): a 0.0 read
+    as a model that missed every churner."""
+    return float(numerator / denominator) if denominator > 0 else None
 
 
 def _expected_roc_auc(p: np.ndarray, w: np.ndarray) -> float | None:

@@ -70,7 +70,14 @@ def test_one_class_and_empty_input_do_not_raise():
     one_class = realized(np.zeros(50, dtype=bool), np.linspace(0, 1, 50), THRESHOLD)
     assert one_class.rows == 50 and one_class.positives == 0
     assert one_class.roc_auc is None and one_class.pr_auc is None
-    assert one_class.precision == 0 and one_class.brier is not None
+    assert one_class.precision == 0 and one_class.brier is not None  # some were predicted to churn
+    # Nobody churned: recall is undefined, not 0.0 (a model that missed every churner); with
+    # nothing predicted to churn either, so are precision and F1.
+    assert one_class.recall is None and one_class.f1 == 0
+    calm = realized(np.zeros(4, dtype=bool), np.array([0.1, 0.2, 0.05, 0.3]), THRESHOLD)
+    assert (calm.precision, calm.recall, calm.f1) == (None, None, None)
+    low = estimated(np.array([0.2, 0.3]), THRESHOLD)  # half a churner expected, none predicted
+    assert (low.precision, low.recall, low.f1) == (None, 0.0, 0.0)
 
     empty = realized(np.array([]), np.array([]), THRESHOLD)
     assert empty.rows == 0 and empty.roc_auc is None and empty.brier is None and empty.calibration == []
