@@ -43,7 +43,15 @@ import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data
 from churn_platform.contract import CLOCK_AHEAD
-from churn_platform.errors import DataSourceError, DataValidationError, NotFoundError, SettingsError, StorageUnreachable
+from churn_platform.errors import (
+    ChurnPlatformError,
+    DataSourceError,
+    DataValidationError,
+    NotFoundError,
+    SettingsError,
+    StorageUnreachable,
+)
+from churn_platform.inference_log import KEEPALIVES
 from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
@@ -137,11 +145,18 @@ def _tls(pg: dict[str, Any]) -> dict[str, str]:
 
 
 def _url(pg: dict[str, Any], driver: str) -> Any:
-    """A SQLAlchemy URL for Feast's connection fields (credentials escaped)."""
+    """A SQLAlchemy URL for Feast's connection fields (credentials escaped), with our timeouts."""
     from sqlalchemy.engine import URL
 
     return URL.create(driver, username=pg["user"], password=pg["password"] or None, host=pg["host"],
-                      port=pg["port"], database=pg["database"], query=_tls(pg))  # fmt: skip
+                      port=pg["port"], database=pg["database"],
+                      query={**_tls(pg), **{k: str(v) for k, v in _TIMEOUTS.items()}})  # fmt: skip
+
+
+#: Every connection of ours (the registry's, the offline table's, the API's reads): a database
+#: that accepts but never answers (a failover's old address) held the API's store "opening",
+#: its by-id routes a 503 saying so, for as long as TCP waited.
+_TIMEOUTS = {"connect_timeout": 5, **KEEPALIVES}
 
 
 #: Materialize asks the offline store for each customer's latest snapshot in the window: Feast's
@@ -230,8 +245,21 @@ def unavailable_message(exc: BaseException) -> str:
     return f"feature store unavailable: {type(exc).__name__}: {text[0] if text else ''}"[:330]
 
 
-def unavailable(exc: BaseException) -> StorageUnreachable:
+def unavailable(exc: BaseException) -> ChurnPlatformError:
+    """The store's failure as the CLI reports it: a missing privilege is the operator's to grant
+    (exit 2), not an outage to retry (exit 3)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        cause = getattr(seen, "orig", None) or seen  # SQLAlchemy wraps the driver's error
+        if getattr(cause, "pgcode", None) == _NO_PRIVILEGE or getattr(cause, "sqlstate", None) == _NO_PRIVILEGE:
+            return SettingsError(f"the feature store's database refused its user a privilege: "
+                                 f"{str(cause).strip().splitlines()[0]}; grant it (docs/deploy.md)")  # fmt: skip
+        seen = seen.__cause__ or seen.__context__
     return StorageUnreachable(unavailable_message(exc))
+
+
+#: PostgreSQL's SQLSTATE for "permission denied".
+_NO_PRIVILEGE = "42501"
 
 
 def apply(settings: Settings) -> list[str]:
@@ -609,11 +637,17 @@ def _require_snapshots(settings: Settings) -> None:
     """Exit 2 naming the step, on both stores: not Feast's FileNotFoundError as an unreachable
     store (exit 3) on files, nor a materialize that copies nothing and says done on PostgreSQL."""
     if settings.feature_store_url:
-        found: list[Any] = []
-        _offline_table(settings, lambda conn: found.append(conn.exec_driver_sql(
-            f"SELECT 1 FROM {OFFLINE_TABLE} LIMIT 1").first()))  # fmt: skip
-        if found[0] is not None:
-            return
+        # Read only: training may run as a user that can read the table but not create one.
+        engine = _engine(settings)
+        try:
+            with engine.connect() as conn:
+                made = conn.exec_driver_sql("SELECT to_regclass(%s)", (OFFLINE_TABLE,)).scalar() is not None
+                if made and conn.exec_driver_sql(f"SELECT 1 FROM {OFFLINE_TABLE} LIMIT 1").first() is not None:
+                    return
+        except Exception as exc:  # noqa: BLE001
+            raise unavailable(exc) from None
+        finally:
+            engine.dispose()
     elif _offline_file(settings).exists():
         return
     raise NotFoundError("no customer snapshots ingested yet: run `churn-platform features ingest FILE` first")
@@ -660,7 +694,7 @@ class PostgresOnlineReader:
         # Keywords, not a URL: SQLAlchemy renders a space in the password as is, and psycopg refused
         # the URL ("unexpected spaces"): every read by id a 503.
         self._conninfo = make_conninfo("", host=pg["host"], port=pg["port"], dbname=pg["database"], user=pg["user"],
-                                       password=pg["password"] or None, **_tls(pg))  # fmt: skip
+                                       password=pg["password"] or None, **_tls(pg), **_TIMEOUTS)  # fmt: skip
         self._pool: Any = None  # made by the first aread, on the event loop it belongs to
 
     def _key(self, customer_id: str) -> bytes:
@@ -675,7 +709,7 @@ class PostgresOnlineReader:
         import psycopg
 
         keys, distinct = self._keys(customer_ids)
-        with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(self._conninfo, autocommit=True) as conn:
             rows = conn.cursor(binary=True).execute(self._query, (distinct,)).fetchall()
         return _customers(customer_ids, keys, rows)
 
@@ -693,7 +727,7 @@ class PostgresOnlineReader:
         if self._pool is None:
             self._pool = AsyncConnectionPool(
                 self._conninfo, min_size=1, max_size=_POOL_SIZE, open=False,
-                kwargs={"autocommit": True, "connect_timeout": 5},
+                kwargs={"autocommit": True},
             )  # fmt: skip
             await self._pool.open(wait=False)
         try:

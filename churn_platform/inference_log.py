@@ -202,8 +202,9 @@ def _missing_column(names: Iterable[str], text: str) -> str | None:
 
 #: libpq's TCP keepalives and user timeout: a server gone mid-statement (a failover, a lost node)
 #: is noticed in about a minute, not TCP's fifteen; a COPY blocked meanwhile kept the log writer
-#: "live", its rows neither stored nor said to be spooling. Options the URL sets win.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+#: "live", its rows neither stored nor said to be spooling. Options the URL sets win. The
+#: feature store's connections set them too.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
                "tcp_user_timeout": 60_000}  # fmt: skip
 
 
@@ -221,7 +222,7 @@ def make_engine(url: str) -> sa.Engine:
     args: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):
         given = sa.make_url(url).query
-        ours = {"connect_timeout": 3, **(_KEEPALIVES if given.get("keepalives") != "0" else {})}
+        ours = {"connect_timeout": 3, **(KEEPALIVES if given.get("keepalives") != "0" else {})}
         args["connect_args"] = {k: v for k, v in ours.items() if k not in given}
     return sa.create_engine(url, **args)
 

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -431,6 +432,65 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         assert CliRunner().invoke(main, ["features", "apply"]).exit_code == 0  # the registry is whole
     finally:
         get_settings.cache_clear()
+
+
+def test_a_silent_database_is_not_waited_on_and_a_missing_privilege_is_not_an_outage(
+    embedded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
+):
+    """A database that accepts and never answers (a failover's old address) held the API's
+    store "opening" for as long as TCP waited; a user without CREATE on the schema made
+    `train --from-features` exit 3, an outage the CronJob retried, for a grant to make."""
+    import psycopg2
+
+    from churn_platform.errors import SettingsError
+    from churn_platform.settings import Settings
+    from serving.features import FeatureSource
+
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel does), never speaks
+    source = FeatureSource(Settings(feature_store_url=f"postgresql://u@127.0.0.1:{silent.getsockname()[1]}/f"))
+    source.start()  # as the API does
+    deadline = time.monotonic() + 90  # a few connect_timeouts of 5 s; without them, until TCP gives up
+    while source.state == "opening" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    silent.close()
+    assert source.status() == {"state": "unavailable", "detail": source.reason}
+    assert "timeout" in source.reason, source.reason
+
+    monkeypatch.chdir(tmp_path)
+    raw = data.read_table(telco_csv).head(50)
+    raw.drop(columns=[LABEL_COLUMN]).to_csv("snapshot.csv", index=False)
+    raw[[ID_COLUMN, LABEL_COLUMN]].assign(label_time="2026-04-01").to_csv("labels.csv", index=False)
+    role = f"reader_{os.getpid()}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    admin.autocommit = True
+    try:
+        with postgres_database() as url:
+            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+            get_settings.cache_clear()
+            for step in (["apply"], ["ingest", "snapshot.csv", "--as-of", "2026-03-01"], ["materialize"]):
+                _cli("features", *step)
+            database = url.rsplit("/", 1)[1]
+            with admin.cursor() as cur:
+                cur.execute(f'CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE "{database}" TO {role}')
+            owner = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database)
+            with owner, owner.cursor() as cur:  # read only: PostgreSQL 15 gives PUBLIC no CREATE on public
+                cur.execute(f"GRANT USAGE ON SCHEMA public TO {role}; "
+                            f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+            owner.close()
+            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url.replace(f"//{PG_USER}@", f"//{role}@", 1))
+            get_settings.cache_clear()
+            # The API's side reads with SELECT alone, as docs/deploy.md says.
+            store = feature_store.open_store(get_settings())
+            assert feature_store.online_reader(store, get_settings())([raw[ID_COLUMN][0]])[0] is not None
+            said = _cli("train", "--from-features", "--labels", "labels.csv", code=2)  # was 3: "unavailable"
+            assert "the feature store's database refused its user a privilege: permission denied" in said, said
+            with pytest.raises(SettingsError):  # the same for every command that meets one
+                feature_store.materialize(get_settings())
+    finally:
+        get_settings.cache_clear()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
 
 
 def test_train_from_features_records_the_view_and_the_label_times(embedded: str, telco_csv: Path,
