@@ -80,6 +80,8 @@ EXPLANATION = "explanation"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 SCORED_AT = "scored_at"
+#: When a customer's features read from the online store were snapshotted (predictions by id).
+FEATURES_AS_OF = "features_as_of"
 #: Risk bands, lowest first; CHURN_RISK_MEDIUM_FROM and CHURN_RISK_HIGH_FROM separate them.
 RISK_BANDS: tuple[str, ...] = ("low", "medium", "high")
 

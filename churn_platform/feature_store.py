@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data
-from churn_platform.contract import CLOCK_AHEAD
+from churn_platform.contract import CLOCK_AHEAD, FEATURES_AS_OF
 from churn_platform.errors import (
     ChurnPlatformError,
     DataSourceError,
@@ -677,7 +677,8 @@ class PostgresOnlineReader:
     _QUERY = """
         SELECT entity_key, json_object_agg(feature_name, CASE
             WHEN value_text IS NOT NULL OR coalesce(length(value), 0) = 0 THEN to_json(value_text)
-            ELSE '[]'::json END)::text
+            ELSE '[]'::json END)::text,
+            floor(extract(epoch FROM max(event_ts)))::float8  -- whole seconds, as Feast's read
         FROM {table} WHERE entity_key = ANY(%b) GROUP BY entity_key
     """
 
@@ -758,16 +759,17 @@ class UnreadableFeatures(DataValidationError):
 
 
 def _customers(customer_ids: list[str], keys: list[bytes], rows: list[Any]) -> list[dict[str, Any] | None]:
-    """Each id's features from the query's (key, JSON object) rows; None for an id with none."""
+    """Each id's features from the query's (key, JSON object, snapshot time) rows; None for an
+    id with none."""
     # All customers' objects parsed in one call: "15" becomes the int 15, "19.65" the float.
     try:
-        parsed = msgspec.to_builtins(_ROWS.decode(b"[%s]" % ",".join(text for _, text in rows).encode()))
+        parsed = msgspec.to_builtins(_ROWS.decode(b"[%s]" % ",".join(text for _, text, _ in rows).encode()))
     except msgspec.ValidationError as exc:
         raise UnreadableFeatures(
             f"the online store holds a value that is not what the schema says ({exc}): "
             "materialize again with this version (`churn-platform features materialize`)"
         ) from None
-    found = {bytes(key): row for (key, _), row in zip(rows, parsed, strict=True)
+    found = {bytes(key): {**row, FEATURES_AS_OF: at} for (key, _, at), row in zip(rows, parsed, strict=True)
              if any(v is not None for v in row.values())}  # fmt: skip
     return [{ID_COLUMN: customer_id, **found[key]} if key in found else None
             for customer_id, key in zip(customer_ids, keys, strict=True)]  # fmt: skip
@@ -807,12 +809,17 @@ def online_reader(store: FeatureStore, settings: Settings) -> Any:
 def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] | None]:
     """Each id's latest materialized features (None for an id the store does not hold)."""
     response = store.get_online_features(features=list(FEATURE_REFS), entity_rows={ID_COLUMN: customer_ids})
-    columns = response.to_dict()
+    columns = response.to_dict(include_event_timestamps=True)  # whole seconds
     out: list[dict[str, Any] | None] = []
     for i, customer_id in enumerate(customer_ids):
         values = {name: columns[name][i] for name in FEATURE_NAMES}
-        out.append(None if all(v is None for v in values.values()) else {ID_COLUMN: customer_id, **values})
+        if all(v is None for v in values.values()):
+            out.append(None)
+        else:
+            at = float(max(columns[f"{name}__ts"][i] for name in FEATURE_NAMES))
+            out.append({ID_COLUMN: customer_id, **values, FEATURES_AS_OF: at})
     return out
+
 
 
 def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = "label_time") -> pd.DataFrame:

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     feature_store_dir: str = Field(
         "feature_store", description="Folder of the embedded feature store (registry, SQLite online store, Parquet)."
     )
+    features_max_age_days: float = Field(
+        0, ge=0, le=3650, description="Oldest a customer's latest snapshot may be, in days, for a prediction by id "
+        "(older: an error for that id; 0: any age). Each answer says when its snapshot was taken."
+    )
 
     # ---- monitoring
     monitor_experiment: str = Field("churn-monitoring", description="MLflow experiment of monitoring runs.")

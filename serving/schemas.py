@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from churn_platform.contract import (
     EXPLANATION,
+    FEATURES_AS_OF,
     MODEL_NAME,
     MODEL_VERSION,
     PROBABILITY,
@@ -177,6 +178,8 @@ Prediction = create_model(
         RISK: (Literal[RISK_BANDS], ...),  # type: ignore[valid-type]
         MODEL_VERSION: (int, ...),
         EXPLANATION: (Explanation | None, Field(None, description="Only with explain=true.")),
+        FEATURES_AS_OF: (str | None, Field(None, description="By id only: when the customer's snapshot in the "
+                                           "online store was taken (UTC); CHURN_FEATURES_MAX_AGE_DAYS refuses older.")),
     },
 )
 

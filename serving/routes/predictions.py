@@ -4,6 +4,8 @@ from the feature store's online store."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -12,7 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from churn_platform import tracing
-from churn_platform.contract import MODEL_NAME, MODEL_VERSION
+from churn_platform.contract import FEATURES_AS_OF, MODEL_NAME, MODEL_VERSION
 from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
 from serving.deps import FeaturesDep, PredictorDep, ServedModel
@@ -95,6 +97,19 @@ _POST_ROUTES = ("single", "by-id")
 ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
 
 
+def _stale(as_of: float, max_age_days: float, now: float) -> str | None:
+    """Why a customer's features are too old to score (``CHURN_FEATURES_MAX_AGE_DAYS``): one
+    dropped from the daily export keeps its last snapshot online for good."""
+    if not max_age_days or now - as_of <= max_age_days * 86_400:
+        return None
+    return (f"its latest snapshot is from {_when(as_of)}, older than CHURN_FEATURES_MAX_AGE_DAYS "
+            f"({max_age_days:g} days): ingest a fresh one and materialize (`churn-platform features refresh`)")
+
+
+def _when(as_of: float) -> str:
+    return f"{datetime.fromtimestamp(as_of, UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
 def _incomplete(found: dict[str, Any]) -> str | None:
     """Why a stored customer cannot be scored: features the online store has no value for
     (a feature added since its last snapshot), which /predict would refuse with a 422."""
@@ -122,18 +137,24 @@ async def predict_by_id(
     if explain:
         predictor.check_explainable(model)  # even when no id is found
     found = await features.lookup(ids)
-    customers, places, errors = [], [], []
+    customers, places, errors, as_of = [], [], [], []
+    max_age, now = features.settings.features_max_age_days, time.time()
     for place, (customer_id, features_of) in enumerate(zip(ids, found, strict=True)):
-        why = _UNKNOWN if features_of is None else _incomplete(features_of)
+        if features_of is None:
+            why = _UNKNOWN
+        else:
+            at = features_of.pop(FEATURES_AS_OF)
+            why = _incomplete(features_of) or _stale(at, max_age, now)
         if why is None:
             customers.append(features_of)
             places.append(place)
+            as_of.append(_when(at))
         else:
             errors.append({"customer_id": customer_id, "message": why})
     scored = []
     if customers:  # logged under their places among the ids sent, as /predict logs a place in its batch
         answer = predictor.predict(customers, model, top_k=top_k if explain else None, places=places)
-        scored = answer.predictions
+        scored = [{**prediction, FEATURES_AS_OF: at} for prediction, at in zip(answer.predictions, as_of, strict=True)]
     return _json({"predictions": scored, "errors": errors, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 
@@ -160,6 +181,8 @@ async def predict_by_path(
     (found,) = await features.lookup([customer_id])
     if found is None:
         raise UnknownCustomer(f"{_UNKNOWN}: {customer_id!r}")
-    if (why := _incomplete(found)) is not None:
+    at = found.pop(FEATURES_AS_OF)
+    if (why := _incomplete(found) or _stale(at, features.settings.features_max_age_days, time.time())) is not None:
         raise UnknownCustomer(f"{customer_id!r}: {why}")
-    return _json(predictor.predict([found], model, top_k=top_k if explain else None).predictions[0])
+    return _json({**predictor.predict([found], model, top_k=top_k if explain else None).predictions[0],
+                  FEATURES_AS_OF: _when(at)})  # fmt: skip

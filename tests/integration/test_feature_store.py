@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 
 from churn_platform import data, feature_store
 from churn_platform.cli import main
+from churn_platform.contract import FEATURES_AS_OF
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import get_settings
 from tests.services import PG_HOST, PG_PORT, PG_USER, Stack, postgres_database
@@ -110,6 +111,8 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     store = feature_store.open_store(settings)
     got = feature_store.online(store, [*ids, "no-such-customer"])
     assert got[-1] is None
+    # Each says when its snapshot was taken (the API answers with it, and refuses one too old).
+    assert {g[FEATURES_AS_OF] for g in got[:-1]} == {datetime(2026, 7, 1, tzinfo=UTC).timestamp()}
     # What the API reads with (on PostgreSQL its own query of Feast's table) gives the same.
     read = feature_store.online_reader(store, settings)
     assert read([*ids, "no-such-customer", ids[0]]) == [*got, got[0]]

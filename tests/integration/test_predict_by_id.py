@@ -67,8 +67,10 @@ def test_by_id_scores_the_latest_snapshot_logs_its_features_and_survives_a_broke
             for got, want in zip(by_id["predictions"], direct, strict=True):
                 assert got[ID_COLUMN] == want[ID_COLUMN]
                 assert abs(got["churn_probability"] - want["churn_probability"]) <= 1e-9
+            assert {got["features_as_of"] for got in by_id["predictions"]} == {"2026-06-01T00:00:00Z"}
             single = httpx.get(f"{base}/predict/{ids[7]}").json()
             assert abs(single["churn_probability"] - direct[7]["churn_probability"]) <= 1e-9
+            assert single["features_as_of"] == "2026-06-01T00:00:00Z"
             assert httpx.get(f"{base}/predict/not-a-customer").status_code == 404
             # PostgreSQL cannot hold a NUL: the id is refused by name before any store is read.
             refused = httpx.get(f"{base}/predict/a%00b")

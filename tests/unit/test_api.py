@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from churn_platform import data, loading
+from churn_platform.contract import FEATURES_AS_OF
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import Settings
 from serving.app import create_app
@@ -481,11 +482,14 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         direct = client.post("/predict", json={"customers": data.to_records(frame)}).json()["predictions"]
         body = client.post("/predict/by-id", json={"customer_ids": [ids[0], "nobody", *ids[1:]]},
                            headers={"X-Request-ID": "by-id-places"}).json()  # fmt: skip
+        # Each says when its features were snapshotted: a customer dropped from the export was
+        # scored on its last snapshot for good, with no sign of its age.
+        assert {p.pop(FEATURES_AS_OF) for p in body["predictions"]} == {"2026-05-01T00:00:00Z"}
         assert body["predictions"] == direct
         assert body["errors"] == [{"customer_id": "nobody", "message": ANY_UNKNOWN}]
-        assert client.get(f"/predict/{ids[3]}").json() == client.post(
-            "/predict/single", json=data.to_records(frame)[3]
-        ).json()
+        by_path = client.get(f"/predict/{ids[3]}").json()
+        assert by_path.pop(FEATURES_AS_OF) == "2026-05-01T00:00:00Z"
+        assert by_path == client.post("/predict/single", json=data.to_records(frame)[3]).json()
         explained = client.get(f"/predict/{ids[3]}?explain=true&top_k=3").json()
         assert len(explained["explanation"]["contributions"]) == 3
         # The ids the store was given, as the store reads them: padding stripped (as at ingest), a slash kept.
@@ -538,7 +542,19 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
             assert answer.status_code in (200, 503) and time.monotonic() < deadline, answer.text
             time.sleep(0.2)
         again = client.post("/predict/single", json=data.to_records(rebuilt)[0]).json()
-        assert client.get(f"/predict/{ids[0]}").json() == again
+        assert client.get(f"/predict/{ids[0]}").json() == {**again, FEATURES_AS_OF: "2026-06-01T00:00:00Z"}
+    # CHURN_FEATURES_MAX_AGE_DAYS: a snapshot older is that id's error, not a score.
+    with TestClient(create_app(settings.model_copy(update={"features_max_age_days": 30}))) as client:
+        wait_ready(client)
+        deadline = time.monotonic() + 60
+        while client.get("/ready").json()["feature_store"]["state"] != "ok":
+            assert time.monotonic() < deadline, client.get("/ready").json()
+            time.sleep(0.2)
+        stale = "its latest snapshot is from 2026-06-01T00:00:00Z, older than CHURN_FEATURES_MAX_AGE_DAYS (30 days)"
+        body = client.post("/predict/by-id", json={"customer_ids": ids[:2]}).json()
+        assert body["predictions"] == [] and [e["message"].startswith(stale) for e in body["errors"]] == [True, True]
+        missing = client.get(f"/predict/{ids[0]}")
+        assert missing.status_code == 404 and stale in missing.json()["message"]
     # Each row under its place among the ids sent (docs/api.md), "nobody" at 1 included: the
     # rows were numbered among the ids found.
     with sa.create_engine(settings.inference_log_url).connect() as conn:
