@@ -230,23 +230,33 @@ def _folder_files(folder: Path) -> list[str]:
 
 def _walk(folder: str, parts: list[str]) -> list[str]:
     """The real paths of the files under ``folder`` that a glob's segments match (``**`` any
-    number of folders), each once.
+    number of folders), each once, as ``glob`` finds them.
 
-    Symlinked folders are followed, as ``glob`` follows them, but ``**`` never spans a link back
-    to one of its own folders: ``glob`` went round a loop until the path grew too long, and two
-    loops made 2**40 paths. Hidden names (``_temporary/``, ``.spark`` staging) are judged as they sit
-    under ``folder``, before a link takes them elsewhere, and never entered.
+    Symlinked folders are followed, as ``glob`` follows them, but each real folder is read once
+    per segment: ``glob`` went round a loop until the path grew too long (two loops made 2**40
+    paths), and links to one folder from many walked it once per route. Hidden names
+    (``_temporary/``, ``.spark`` staging) are judged as they sit under ``folder``, before a
+    link takes them elsewhere, and never entered.
     """
     found: set[str] = set()
-    seen: set[tuple[str, int]] = set()  # `**/**` reaches a folder at one segment twice
+    seen: set[tuple[str, int]] = set()  # what lies below depends on the real folder alone
 
-    def visit(path: str, at: int, ancestors: frozenset[str]) -> None:
-        if (path, at) in seen:
+    def visit(path: str, at: int) -> None:
+        if (key := (os.path.realpath(path), at)) in seen:
             return
-        seen.add((path, at))
+        seen.add(key)
         head, last = parts[at], at == len(parts) - 1
         if head == "**":  # none of the folders it spans
-            visit(path, at + 1, ancestors)
+            visit(path, at + 1)
+        elif not _has_glob(head):  # a name as written (`.`, `..` too), as glob takes it
+            named = os.path.join(path, head)
+            if head not in (".", "..") and head.startswith(_HIDDEN):
+                return
+            if last and os.path.isfile(named):
+                found.add(os.path.realpath(named))
+            elif not last and os.path.isdir(named):
+                visit(named, at + 1)
+            return
         try:
             entries = list(os.scandir(path))
         except OSError:  # unreadable or gone, as glob and os.walk pass over it
@@ -257,13 +267,10 @@ def _walk(folder: str, parts: list[str]) -> list[str]:
             if last:
                 if fnmatch.fnmatchcase(entry.name, head) and entry.is_file():
                     found.add(os.path.realpath(entry.path))
-            elif head == "**" and entry.is_dir():
-                if (real := os.path.realpath(entry.path)) not in ancestors:  # a loop ends here
-                    visit(entry.path, at, ancestors | {real})
-            elif fnmatch.fnmatchcase(entry.name, head) and entry.is_dir():  # one segment: no loop
-                visit(entry.path, at + 1, ancestors | {os.path.realpath(entry.path)})
+            elif (head == "**" or fnmatch.fnmatchcase(entry.name, head)) and entry.is_dir():
+                visit(entry.path, at if head == "**" else at + 1)
 
-    visit(folder, 0, frozenset({os.path.realpath(folder)}))
+    visit(folder, 0)
     return sorted(found)
 
 
