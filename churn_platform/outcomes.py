@@ -245,13 +245,6 @@ def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 
                 changed, inserted = changed + len(fresh), inserted + sum(fresh)
             else:
                 changed += conn.execute(statement).rowcount
-            # The same label from another source is now that source's (unchanged, as counted):
-            # `delete --source` of the first file took outcomes a later one had stated as well.
-            keys = [(r[ID_COLUMN], r[OBSERVED_AT]) for r in rows]
-            conn.execute(sa.update(outcomes)
-                         .where(sa.tuple_(outcomes.c[ID_COLUMN], outcomes.c[OBSERVED_AT]).in_(keys),
-                                outcomes.c[OUTCOME_SOURCE] != source)
-                         .values({OUTCOME_SOURCE: source, INGESTED_AT: rows[0][INGESTED_AT]}))  # fmt: skip
         if not postgres:
             inserted = conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one() - before
     return Written(inserted=inserted, replaced=changed - inserted, unchanged=len(good) - changed)
