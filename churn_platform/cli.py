@@ -925,11 +925,14 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     """
     from pathlib import Path
 
+    import sqlalchemy as sa
+
     from churn_platform import data
     from churn_platform import outcomes as outcomes_mod
     from churn_platform.contract import ExitCode
     from churn_platform.errors import DataValidationError
-    from churn_platform.inference_log import missing_file
+    from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
+    from churn_platform.settings import redacted
 
     settings = get_settings()
     # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
@@ -942,6 +945,13 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     url = inference_log_url or settings.inference_log_url
     if why := missing_file(url):  # a typo, or the API's relative default from another folder
         raise DataValidationError(f"{why}; outcomes are kept beside the predictions they judge")
+    engine = make_engine(url)
+    try:
+        require_log(engine, redacted(url))  # the API makes it: not MLflow's database, not a typo's
+    except sa.exc.SQLAlchemyError as exc:
+        raise read_failure(exc, redacted(url)) from None
+    finally:
+        engine.dispose()
     frame = data.read_table(source, settings.s3_endpoint_url)
     result = outcomes_mod.ingest(frame, url, source=source, strict=strict)
     rejects = result.checked.rejects

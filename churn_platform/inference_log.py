@@ -218,6 +218,14 @@ def missing_file(url: str) -> str | None:
             "(--inference-log-url) at the API's log")  # fmt: skip
 
 
+def require_log(engine: sa.Engine | sa.Connection, where: str) -> None:
+    """Refuse a database that holds no log (a typo's, MLflow's): a job would read it as a log
+    with nothing in it, or write outcomes there that nothing reads."""
+    if not sa.inspect(engine).has_table(INFERENCE_LOG_TABLE):
+        raise DataValidationError(f"no {INFERENCE_LOG_TABLE} table in {where}: point CHURN_INFERENCE_LOG_URL "
+                                  "(--inference-log-url) at the API's log")  # fmt: skip
+
+
 def make_engine(url: str) -> sa.Engine:
     args: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("postgresql"):

@@ -34,7 +34,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError
-from churn_platform.inference_log import make_engine, missing_file, read_failure
+from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
 
@@ -167,11 +167,8 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
     start = since or datetime(1970, 1, 1, tzinfo=UTC)
     params = {"name": name, "horizon_days": horizon_days, **outcomes.window_params(dialect, start, datetime.now(UTC))}
     try:
-        inspector = sa.inspect(engine)
-        if not inspector.has_table(INFERENCE_LOG_TABLE):  # the API makes it when it starts
-            raise DataValidationError(f"no {INFERENCE_LOG_TABLE} table in {redacted(url)}: point "
-                                      "CHURN_INFERENCE_LOG_URL (--inference-log-url) at the API's log")  # fmt: skip
-        if not inspector.has_table(outcomes.OUTCOMES_TABLE):  # none ingested yet: "ingest more outcomes"
+        require_log(engine, redacted(url))  # the API makes it when it starts
+        if not sa.inspect(engine).has_table(outcomes.OUTCOMES_TABLE):  # none ingested yet: "ingest more outcomes"
             return pd.DataFrame(columns=[CHURNED, "observed_at", ID_COLUMN, *FEATURE_NAMES])
         with engine.connect() as conn:
             result = conn.execute(sa.text(query), params)

@@ -440,6 +440,11 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 2 and f"no inference log at {tmp_path / 'log.db'} (no such file)" in result.output
     assert not (tmp_path / "log.db").exists()
+    sa.create_engine(f"sqlite:///{tmp_path / 'mlflow.db'}").connect().close()  # a database, not the log
+    other = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url",
+                                      f"sqlite:///{tmp_path / 'mlflow.db'}"])  # fmt: skip
+    assert other.exit_code == 2 and "no inference_log table in sqlite:///" in other.output, other.output
+    assert not sa.inspect(sa.create_engine(f"sqlite:///{tmp_path / 'mlflow.db'}")).get_table_names()
     upgrade(sa.create_engine(log))  # the API made it
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 4 and "row 2: churned: 'maybe'" in result.output
