@@ -51,7 +51,7 @@ from churn_platform.errors import (
     SettingsError,
     StorageUnreachable,
 )
-from churn_platform.inference_log import KEEPALIVES
+from churn_platform.inference_log import INSUFFICIENT_PRIVILEGE, KEEPALIVES, sqlstate
 from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
@@ -184,7 +184,9 @@ def config(settings: Settings) -> Any:
     return RepoConfig(
         project=PROJECT, provider="local",
         registry={"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60},
-        online_store={"type": "postgres", **pg}, offline_store={"type": "postgres", **pg},
+        # Feast's own connections take no connect timeout; the keepalives' idle time they do.
+        online_store={"type": "postgres", **pg, "keepalives_idle": KEEPALIVES["keepalives_idle"]},
+        offline_store={"type": "postgres", **pg, "keepalives_idle": KEEPALIVES["keepalives_idle"]},
         entity_key_serialization_version=3, materialization_config=_LATEST_ONLY,
     )  # fmt: skip
 
@@ -249,17 +251,13 @@ def unavailable(exc: BaseException) -> ChurnPlatformError:
     """The store's failure as the CLI reports it: a missing privilege is the operator's to grant
     (exit 2), not an outage to retry (exit 3)."""
     seen: BaseException | None = exc
-    while seen is not None:
-        cause = getattr(seen, "orig", None) or seen  # SQLAlchemy wraps the driver's error
-        if getattr(cause, "pgcode", None) == _NO_PRIVILEGE or getattr(cause, "sqlstate", None) == _NO_PRIVILEGE:
+    while seen is not None:  # Feast wraps the driver's error in its own
+        if sqlstate(seen) == INSUFFICIENT_PRIVILEGE:
+            cause = getattr(seen, "orig", None) or seen
             return SettingsError(f"the feature store's database refused its user a privilege: "
                                  f"{str(cause).strip().splitlines()[0]}; grant it (docs/deploy.md)")  # fmt: skip
         seen = seen.__cause__ or seen.__context__
     return StorageUnreachable(unavailable_message(exc))
-
-
-#: PostgreSQL's SQLSTATE for "permission denied".
-_NO_PRIVILEGE = "42501"
 
 
 def apply(settings: Settings) -> list[str]:
