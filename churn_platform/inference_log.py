@@ -27,7 +27,7 @@ from churn_platform.contract import (
     SCORING_MS,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError, DataValidationError, StorageUnreachable
+from churn_platform.errors import ChurnPlatformError, DataValidationError, SettingsError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, ID_MAX_LENGTH
 from churn_platform.settings import sqlite_file
 
@@ -178,10 +178,14 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
     """What a job says when reading the log at ``where`` failed. A table from an earlier
     release lacks columns until the upgraded API starts its writer, which adds them: run the
     job again after. A table lacking a feature of this schema was written for another one:
-    bad data, no verdict. Anything else (down, a missing grant, not a database at all):
+    bad data, no verdict. A missing grant is the operator's to give (exit 2: retried, it failed
+    the same way until someone looked). Anything else (down, not a database at all):
     unreachable."""
     text = str(getattr(exc, "orig", exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
+    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+        return SettingsError(f"the inference log at {where} refused this job's database user: {line}; grant it "
+                             "SELECT on the log's tables (inference_log, outcomes)")  # fmt: skip
     if _missing_column(_ADDED, text):
         return StorageUnreachable(f"cannot read the inference log at {where}: {line}: the table is from an earlier "
                                   "release; the upgraded API adds the missing columns when it starts, so run this "

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from churn_platform import inference_log, outcomes
 from churn_platform.errors import StorageUnreachable
-from tests.services import postgres_database
+from tests.services import PG_HOST, PG_PORT, PG_USER, postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +75,30 @@ def test_a_database_that_refuses_every_write_is_unavailable_not_bad_data():
         frame = pd.DataFrame({"customer_id": ["c1"], "churned": ["yes"], "observed_at": ["2026-11-01"]})
         with pytest.raises(StorageUnreachable, match="read-only transaction"):
             outcomes.ingest(frame, url, source="crm.csv", now=NOW)
+
+
+def test_a_job_whose_user_may_not_read_the_log_is_told_to_grant_it_not_to_retry():
+    """A missing grant was 'cannot read the inference log', exit 3: the CronJob retried it as
+    an outage, and it failed the same way until someone looked."""
+    import os
+
+    from churn_platform import retraining
+    from churn_platform.errors import SettingsError
+
+    role = f"no_grant_{os.getpid()}"
+    try:
+        with postgres_database() as url:
+            engine = sa.create_engine(url)
+            inference_log.upgrade(engine)
+            outcomes.upgrade(engine)
+            with engine.begin() as db:
+                db.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+            engine.dispose()
+            with pytest.raises(SettingsError, match="refused this job's database user: permission denied for table"):
+                retraining.labelled(url.replace("//postgres@", f"//{role}@", 1), "churn", None, 30)
+    finally:  # the database is gone: the role owns nothing, and has no grant left
+        with sa.create_engine(f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres").begin() as db:
+            db.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
 
 
 def test_the_horizon_is_the_same_hours_whatever_the_session_time_zone():
