@@ -314,17 +314,35 @@ def _parts(fs: pafs.FileSystem, staging: str) -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and Path(i.path).name.startswith("part-"))
 
 
-def _rejects(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> tuple[int, pa.Table]:
-    """Rows in all, and the rejects numbered as the local engine numbers them (each split's row
-    counts, in the input's order, give its first row), in row order."""
-    columns = ["_kind", "_file", "_block", "_pos", "reason", *(f"{_RAW}{c}" for c in (ID_COLUMN, *FEATURE_NAMES))]
-    tables = []
+@dataclass(frozen=True)
+class _Counted:
+    """What the part files say without holding their rejects: rows in all, each split's first
+    row (numbered as the local engine numbers them: the splits in the input's order), how
+    many were rejected, and the first reasons."""
+
+    rows: int
+    first: dict[tuple[str, int], int]
+    rejected: int
+    reasons: list[str]
+
+
+def _counted(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> _Counted:
+    counts, rejected = [], 0
+    early: dict[tuple[str, int], list[tuple[int, str]]] = {}  # each split's first rejects, in its order
     for part in parts:
         with fs.open_input_file(part) as handle:
-            table = pq.read_table(handle, columns=columns)
-        tables.append(table.filter(pc.field("_kind") != _SCORE))
-    found = pa.concat_tables(tables) if tables else _combined_schema(pa.schema([])).empty_table().select(columns)
-    counts = found.filter(pc.field("_kind") == _COUNT).to_pylist()
+            source = pq.ParquetFile(handle, pre_buffer=False)
+            columns = ["_kind", "_file", "_block", "_pos", "reason"]
+            for batch in source.iter_batches(batch_size=100_000, columns=columns):
+                table = pa.Table.from_batches([batch])
+                counts += table.filter(pc.field("_kind") == _COUNT).to_pylist()
+                bad = table.filter(pc.field("_kind") == _REJECT).drop_columns(["_kind"])
+                rejected += bad.num_rows
+                # A split's rows come in order within its task: its first three are the first seen.
+                for file, block, pos, reason in bad.to_pandas().groupby(["_file", "_block"]).head(3).itertuples(
+                        index=False):  # fmt: skip
+                    if len(kept := early.setdefault((file, int(block)), [])) < 3:
+                        kept.append((int(pos), reason))
     order = {f: i for i, f in enumerate(files)}
     splits = sorted(((c["_file"], c["_block"], c["_pos"]) for c in counts),
                     key=lambda s: (order.get(_our_path(s[0]), len(order)), _our_path(s[0]), s[1]))  # fmt: skip
@@ -332,29 +350,51 @@ def _rejects(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> tuple[i
     for file, block, n in splits:
         first[(file, block)] = total
         total += n
-    bad = found.filter(pc.field("_kind") == _REJECT)
-    offsets = [first[(f, b)] for f, b in zip(bad.column("_file").to_pylist(), bad.column("_block").to_pylist(),
-                                                 strict=True)]  # fmt: skip
-    numbered = pa.table(
-        {"row": pc.add(pa.array(offsets, pa.int64()), pc.add(bad.column("_pos"), 1)), "reason": bad.column("reason")}
-        | {c: bad.column(f"{_RAW}{c}") for c in (ID_COLUMN, *FEATURE_NAMES)}
-    )
-    return total, numbered.sort_by("row").cast(REJECTS_SCHEMA)
+    reasons = [r for _, r in sorted((first[split] + pos, r) for split, kept in early.items() for pos, r in kept)]
+    return _Counted(total, first, rejected, reasons[:3])
+
+
+def _write_rejects(spark: SparkSession, fs: pafs.FileSystem, staging: str, s3: bool, counted: _Counted,
+                   target: str, endpoint: str | None) -> None:  # fmt: skip
+    """The rejects, numbered and sorted by Spark (its sort spills to disk: an input of
+    millions of bad rows is never held on the driver), streamed into one file."""
+    if not counted.rejected:
+        batch_scoring.write_rejects(target, REJECTS_SCHEMA.empty_table(), endpoint)
+        return
+    from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
+
+    sorted_at = f"{staging}/_rejects"  # `_`: hidden from the read of the staging folder
+    offsets = spark.createDataFrame([(f, b, n) for (f, b), n in counted.first.items()],
+                                    "_file string, _block long, _first long")  # fmt: skip
+    numbered = (
+        spark.read.parquet(_spark_path(staging, s3)).where(F.col("_kind") == _REJECT)
+        .join(F.broadcast(offsets), ["_file", "_block"])
+        .select((F.col("_first") + F.col("_pos") + 1).alias("row"), "reason",
+                *(F.col(f"{_RAW}{c}").alias(c) for c in (ID_COLUMN, *FEATURE_NAMES)))
+        .orderBy("row")
+    )  # fmt: skip
+    numbered.write.mode("overwrite").parquet(_spark_path(sorted_at, s3))
+    # A sort's part files hold consecutive ranges, in the order of their numbers.
+    _write(fs, _parts(fs, sorted_at), target, batch_scoring.output_kind(target, None), REJECTS_SCHEMA, endpoint,
+           kind_of_row=None)
 
 
 def _write(fs: pafs.FileSystem, parts: list[str], target: str, kind: str, schema: pa.Schema,
-           endpoint: str | None) -> None:  # fmt: skip
-    """The scored rows of the part files, streamed into one file that appears only when complete."""
+           endpoint: str | None, *, kind_of_row: str | None = _SCORE) -> None:  # fmt: skip
+    """The rows of the part files (those of ``kind_of_row``, if given), streamed into one file
+    that appears only when complete."""
     out = batch_scoring.AtomicOutput(target, kind, schema, endpoint)
     try:
         for part in parts:
             with fs.open_input_file(part) as handle:
                 source = pq.ParquetFile(handle, pre_buffer=False)
-                for batch in source.iter_batches(batch_size=100_000, columns=[*schema.names, "_kind"]):
+                columns = [*schema.names, *(["_kind"] if kind_of_row else [])]
+                for batch in source.iter_batches(batch_size=100_000, columns=columns):
                     table = pa.Table.from_batches([batch])
-                    scored = table.filter(pc.field("_kind") == _SCORE).select(schema.names)
-                    if scored.num_rows:
-                        out.write(scored)
+                    if kind_of_row:
+                        table = table.filter(pc.field("_kind") == kind_of_row)
+                    if table.num_rows:
+                        out.write(table.select(schema.names).cast(schema))
         out.commit()
     except BaseException:
         out.abort()
@@ -427,13 +467,14 @@ def score(
         combined = frame.mapInArrow(work, from_arrow_schema(_combined_schema(schema)))
         combined.write.mode("overwrite").parquet(_spark_path(staging, output.startswith("s3://")))
         parts = _parts(out_fs, staging)
-        rows, bad = _rejects(out_fs, parts, files)
-        batch_scoring.check_scored(source, rows, rows - bad.num_rows, bad.column("reason").slice(0, 3).to_pylist())
+        counted = _counted(out_fs, parts, files)
+        rows, rejected = counted.rows, counted.rejected
+        batch_scoring.check_scored(source, rows, rows - rejected, counted.reasons)
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
         batch_scoring.rejects_after_scores(
-            functools.partial(batch_scoring.write_rejects, rejects, bad, settings.s3_endpoint_url), output, rejects
-        )
-        rejected = bad.num_rows
+            functools.partial(_write_rejects, spark, out_fs, staging, output.startswith("s3://"), counted, rejects,
+                              settings.s3_endpoint_url), output, rejects,
+        )  # fmt: skip
     except Exception as exc:
         raise _translated(exc, source) from None
     finally:

@@ -153,6 +153,39 @@ def test_a_file_without_ids_stops_both_engines(registry_uri, customers, tmp_path
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
 
 
+def test_many_rejects_from_many_small_files_are_numbered_and_sorted_as_the_local_engine_does(
+    registry_uri, customers, tmp_path
+):
+    """The rejects were gathered on the driver (an input of mostly bad rows ran it out of
+    memory); Spark numbers and sorts them now. Small files share a task (Spark packs them, not
+    in the input's order) and the sort writes several parts: the file is the local engine's."""
+    frame = pd.concat([customers] * 2, ignore_index=True).head(6_000).astype(str)
+    frame.loc[frame.index % 3 == 1, "tenure"] = "twelve"
+    frame.loc[frame.index % 7 == 0, "contract"] = "Three year"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for i in range(30):
+        frame.iloc[i * 200 : (i + 1) * 200].to_csv(folder / f"day-{i:02d}.csv", index=False)
+    conf = ["spark.sql.shuffle.partitions=3", "spark.sql.adaptive.coalescePartitions.enabled=false"]
+    result = run(registry_uri, *SPARK, *(a for c in conf for a in ("--spark-conf", c)),
+                 "--input", str(folder), "--output", str(tmp_path / "spark.parquet"))  # fmt: skip
+    assert result.exit_code == 1 and "rejected" in result.stdout, result.output
+    local = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "local.parquet"))
+    assert local.exit_code == 1, local.output
+    rejects = pd.read_parquet(tmp_path / "spark.rejects.parquet")
+    assert len(rejects) > 2_000 and rejects["row"].is_monotonic_increasing
+    assert rejects.equals(pd.read_parquet(tmp_path / "local.rejects.parquet"))
+    # Every row bad: both engines name the same first reasons.
+    frame.assign(tenure="twelve").to_csv(folder / "day-00.csv", index=False)
+    for name in [f"day-{i:02d}.csv" for i in range(1, 30)]:
+        (folder / name).unlink()
+    said = {engine: run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / "none.parquet"))
+            for engine, args in (("local", []), ("spark", SPARK))}  # fmt: skip
+    assert {r.exit_code for r in said.values()} == {2}
+    first = [r.output[r.output.index("The first reasons"):].splitlines()[0] for r in said.values()]
+    assert first[0] == first[1], first
+
+
 def test_an_input_whose_every_row_is_rejected_leaves_the_previous_output(registry_uri, customers, tmp_path):
     """An upstream format change (Yes/No where 0/1 was) fails every row: the job says so, exit 2,
     rather than replace last week's list with an empty one."""
