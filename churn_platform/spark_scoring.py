@@ -11,10 +11,11 @@ the driver turns those counts into offsets.
 
 The outputs are the local engine's: one file each for the scores and the rejects. Spark
 makes one pass (read, check, score, write part files of scores, rejects and row counts under
-a hidden staging folder beside the output); the driver then numbers the rejects and streams
-the scores into the final name through the local engine's atomic writer, so a killed job
-never leaves a half-written output. Row order is not the input's (Spark reads large files
-first).
+a hidden staging folder beside the output); the driver then streams the scores into the
+final name through the local engine's atomic writer, so a killed job never leaves a
+half-written output. When there are rejects, a second, small Spark job numbers and sorts
+them (spilling to ``spark.local.dir``, never held on the driver) and they are streamed the
+same way. Row order is not the input's (Spark reads large files first).
 """
 
 from __future__ import annotations
@@ -310,8 +311,11 @@ def _read(spark: SparkSession, headers: dict[str, list[str]], kind: str, s3: boo
 
 
 def _parts(fs: pafs.FileSystem, staging: str) -> list[str]:
+    """Spark's part files in the order of their partitions (`part-100000` after `part-99999`)."""
     infos = fs.get_file_info(pafs.FileSelector(staging, recursive=False))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and Path(i.path).name.startswith("part-"))
+    found = [(int(m[1]), i.path) for i in infos
+             if i.type == pafs.FileType.File and (m := re.match(r"part-(\d+)", Path(i.path).name))]  # fmt: skip
+    return [path for _, path in sorted(found)]
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,8 @@ class _Counted:
     first: dict[tuple[str, int], int]
     rejected: int
     reasons: list[str]
+    #: The splits that hold rejects.
+    with_rejects: list[tuple[str, int]]
 
 
 def _counted(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> _Counted:
@@ -351,7 +357,7 @@ def _counted(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> _Counte
         first[(file, block)] = total
         total += n
     reasons = [r for _, r in sorted((first[split] + pos, r) for split, kept in early.items() for pos, r in kept)]
-    return _Counted(total, first, rejected, reasons[:3])
+    return _Counted(total, first, rejected, reasons[:3], list(early))
 
 
 def _write_rejects(spark: SparkSession, fs: pafs.FileSystem, staging: str, s3: bool, counted: _Counted,
@@ -364,10 +370,10 @@ def _write_rejects(spark: SparkSession, fs: pafs.FileSystem, staging: str, s3: b
     from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
 
     sorted_at = f"{staging}/_rejects"  # `_`: hidden from the read of the staging folder
-    offsets = spark.createDataFrame([(f, b, n) for (f, b), n in counted.first.items()],
+    offsets = spark.createDataFrame([(f, b, counted.first[(f, b)]) for f, b in counted.with_rejects],
                                     "_file string, _block long, _first long")  # fmt: skip
     numbered = (
-        spark.read.parquet(_spark_path(staging, s3)).where(F.col("_kind") == _REJECT)
+        spark.read.parquet(_spark_input(staging, s3)).where(F.col("_kind") == _REJECT)  # `scores[1]`: no glob
         .join(F.broadcast(offsets), ["_file", "_block"])
         .select((F.col("_first") + F.col("_pos") + 1).alias("row"), "reason",
                 *(F.col(f"{_RAW}{c}").alias(c) for c in (ID_COLUMN, *FEATURE_NAMES)))
@@ -471,10 +477,15 @@ def score(
         rows, rejected = counted.rows, counted.rejected
         batch_scoring.check_scored(source, rows, rows - rejected, counted.reasons)
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
-        batch_scoring.rejects_after_scores(
-            functools.partial(_write_rejects, spark, out_fs, staging, output.startswith("s3://"), counted, rejects,
-                              settings.s3_endpoint_url), output, rejects,
-        )  # fmt: skip
+
+        def commit_rejects() -> None:  # Spark's errors as the job's, so the note says whose each file is
+            try:
+                _write_rejects(spark, out_fs, staging, output.startswith("s3://"), counted, rejects,
+                               settings.s3_endpoint_url)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - translated, not swallowed
+                raise _translated(exc, source) from None
+
+        batch_scoring.rejects_after_scores(commit_rejects, output, rejects)
     except Exception as exc:
         raise _translated(exc, source) from None
     finally:

@@ -297,6 +297,29 @@ def test_a_file_with_brackets_in_its_name_is_read_by_both_engines(registry_uri, 
         result = run(registry_uri, *args, "--input", str(source), "--output", str(out))
         assert result.exit_code == 0, (engine, result.output)
         assert sorted(pd.read_parquet(out)["customer_id"]) == sorted(customers.head(5)["customer_id"]), engine
+    # An output of such a name, with rejects: the rejects' read of the staging folder globbed it.
+    customers.head(5).assign(tenure=["x", 1, 2, 3, 4]).to_csv(folder / "export[1].csv", index=False)
+    result = run(registry_uri, *SPARK, "--input", str(folder), "--output", str(tmp_path / "scores[1].parquet"))
+    assert result.exit_code == 1, result.output
+    assert pd.read_parquet(tmp_path / "scores[1].rejects.parquet")["row"].tolist() == [1]
+
+
+def test_a_failed_sort_of_the_rejects_says_the_scores_are_this_runs(registry_uri, customers, tmp_path, monkeypatch):
+    """The rejects are a second Spark job: its errors skipped the note the runbook relies on
+    (the scores are this run's, the rejects file an earlier run's)."""
+    from pyspark.errors import PySparkException
+
+    from churn_platform import spark_scoring
+
+    def fails(*args, **kwargs):
+        raise PySparkException(message="java.io.IOException: No space left on device")
+
+    monkeypatch.setattr(spark_scoring, "_write_rejects", fails)
+    customers.head(5).assign(tenure=["x", 1, 2, 3, 4]).to_csv(tmp_path / "in.csv", index=False)
+    result = run(registry_uri, *SPARK, "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 2, result.output
+    assert f"the scores at {tmp_path / 's.parquet'} are this run's, but any file at" in result.output, result.output
+    assert len(pd.read_parquet(tmp_path / "s.parquet")) == 4
 
 
 def test_a_spreadsheet_export_with_empty_trailing_columns_is_scored_by_both_engines(registry_uri, customers, tmp_path):
