@@ -671,13 +671,16 @@ class PostgresOnlineReader:
     # One JSON object per customer: PostgreSQL escapes the strings, so any value reads back whole,
     # and a feature with no row is simply absent (read as missing, as Feast reads it). A value
     # without its text (a row an older Feast wrote) becomes [], which no feature's type accepts:
-    # the read fails naming it, instead of reading the value as missing.
+    # the read fails naming it, instead of reading the value as missing. The schema's features
+    # only: a feature dropped since keeps its old rows. Feast writes its UTC times naive into a
+    # timestamptz, read in the session's zone: `AT TIME ZONE` takes them back as written (whole
+    # seconds, as Feast's own read gives them).
     _QUERY = """
         SELECT entity_key, json_object_agg(feature_name, CASE
             WHEN value_text IS NOT NULL OR coalesce(length(value), 0) = 0 THEN to_json(value_text)
             ELSE '[]'::json END)::text,
-            floor(extract(epoch FROM max(event_ts)))::float8  -- whole seconds, as Feast's read
-        FROM {table} WHERE entity_key = ANY(%b) GROUP BY entity_key
+            floor(extract(epoch FROM max(event_ts) AT TIME ZONE current_setting('TimeZone')))::float8
+        FROM {table} WHERE entity_key = ANY(%b) AND feature_name = ANY(%s) GROUP BY entity_key
     """
 
     def __init__(self, store: FeatureStore, settings: Settings) -> None:
@@ -709,7 +712,7 @@ class PostgresOnlineReader:
 
         keys, distinct = self._keys(customer_ids)
         with psycopg.connect(self._conninfo, autocommit=True) as conn:
-            rows = conn.cursor(binary=True).execute(self._query, (distinct,)).fetchall()
+            rows = conn.cursor(binary=True).execute(self._query, (distinct, _NAMES)).fetchall()
         return _customers(customer_ids, keys, rows)
 
     async def aread(self, customer_ids: list[str]) -> list[dict[str, Any] | None]:
@@ -734,7 +737,7 @@ class PostgresOnlineReader:
                 for attempt in range(_POOL_SIZE + 1):
                     async with self._pool.connection(timeout=5) as conn:  # PoolTimeout: the database is down
                         try:
-                            cursor = await conn.cursor(binary=True).execute(self._query, (distinct,))
+                            cursor = await conn.cursor(binary=True).execute(self._query, (distinct, _NAMES))
                             rows = await cursor.fetchall()
                         except OperationalError:
                             if not conn.broken or attempt == _POOL_SIZE:  # a timeout, a query error: no retry
@@ -779,6 +782,8 @@ def _feature_row() -> type:
     return msgspec.defstruct("FeatureRow", [(f.name, kinds[f.kind] | None, None) for f in FEATURES])
 
 
+#: The features the online reader asks for.
+_NAMES = list(FEATURE_NAMES)
 #: Connections the API's parallel by-id reads may hold.
 _POOL_SIZE = 8
 #: Seconds a by-id read may take in all (1000 ids take ~20 ms).
@@ -814,7 +819,7 @@ def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] 
         if all(v is None for v in values.values()):
             out.append(None)
         else:
-            at = float(max(columns[f"{name}__ts"][i] for name in FEATURE_NAMES))
+            at = float(columns[f"{FEATURE_NAMES[0]}__ts"][i])  # Feast reads one time per customer
             out.append({ID_COLUMN: customer_id, **values, FEATURES_AS_OF: at})
     return out
 

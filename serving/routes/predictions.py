@@ -170,7 +170,9 @@ for _route in _POST_ROUTES:
 
 # `:path`: an id the store holds may contain a slash (sent as is, or as %2F).
 @router.get("/predict/{customer_id:path}", response_model=Prediction,
-            responses={404: {"model": Problem, "description": "Unknown customer id"}, **ById})  # fmt: skip
+            responses={404: {"model": Problem, "description": "Unknown customer id, a feature without a value, or a "
+                                                                 "snapshot older than CHURN_FEATURES_MAX_AGE_DAYS"},
+                       **ById})  # fmt: skip
 async def predict_by_path(
     customer_id: Annotated[CustomerId, Path(description=ID_DESCRIPTION)],
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,

@@ -42,6 +42,9 @@ def test_by_id_scores_the_latest_snapshot_logs_its_features_and_survives_a_broke
     later.to_csv(tmp_path / "second.csv", index=False)
     ids = raw[ID_COLUMN].tolist()
     with postgres_database() as store_url, postgres_database() as log_url:
+        # A server outside UTC: Feast writes its times naive into a timestamptz, read in this zone.
+        with sa.create_engine(store_url).begin() as db:
+            db.exec_driver_sql(f"ALTER DATABASE \"{store_url.rsplit('/', 1)[1]}\" SET timezone = 'Europe/Berlin'")
         monkeypatch.setenv("CHURN_FEATURE_STORE_URL", store_url)
         get_settings.cache_clear()
         _cli("features", "apply")
