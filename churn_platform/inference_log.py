@@ -183,9 +183,10 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
     unreachable."""
     text = str(getattr(exc, "orig", exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
-    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
-        return SettingsError(f"the inference log at {where} refused this job's database user: {line}; grant it "
-                             "SELECT on the log's tables (inference_log, outcomes)")  # fmt: skip
+    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE or "permission denied for database" in text:  # at connect: no code
+        return SettingsError(f"the inference log at {where} refused this job's database user: {line}; grant "
+                             "it CONNECT on the database and SELECT on the log's tables (inference_log, "
+                             "outcomes)")  # fmt: skip
     if _missing_column(_ADDED, text):
         return StorageUnreachable(f"cannot read the inference log at {where}: {line}: the table is from an earlier "
                                   "release; the upgraded API adds the missing columns when it starts, so run this "

@@ -94,8 +94,13 @@ def test_a_job_whose_user_may_not_read_the_log_is_told_to_grant_it_not_to_retry(
             with engine.begin() as db:
                 db.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
             engine.dispose()
+            as_role = url.replace("//postgres@", f"//{role}@", 1)
             with pytest.raises(SettingsError, match="refused this job's database user: permission denied for table"):
-                retraining.labelled(url.replace("//postgres@", f"//{role}@", 1), "churn", None, 30)
+                retraining.labelled(as_role, "churn", None, 30)
+            with sa.create_engine(url).begin() as db:  # refused at connect: no SQLSTATE reaches the client
+                db.exec_driver_sql(f'REVOKE CONNECT ON DATABASE "{url.rsplit("/", 1)[1]}" FROM PUBLIC')
+            with pytest.raises(SettingsError, match="permission denied for database"):
+                retraining.labelled(as_role, "churn", None, 30)
     finally:  # the database is gone: the role owns nothing, and has no grant left
         with sa.create_engine(f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres").begin() as db:
             db.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
