@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -77,6 +78,8 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, 
             assert code in (0, 1), output
             return code, json.loads(output[output.index("{") :])
 
+        while datetime.now(UTC).hour == 23 and datetime.now(UTC).minute >= 55:  # retrain counts a run per UTC day
+            time.sleep(5)
         code, summary = performance("undrifted")
         assert code == 0 and summary["degraded"] is False, summary["reasons"]
         with engine.connect() as conn:
@@ -120,7 +123,16 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, 
         assert code == 1 and summary["degraded"] is True
         assert any(r.startswith("roc_auc") for r in summary["reasons"]), summary["reasons"]
         assert summary["realized"]["roc_auc"] < expected - 0.05
-        assert performance("changed-again")[0] == 1  # two degraded runs now
+        assert performance("changed-again")[0] == 1  # degraded again, the same day: one opinion
+        done = retrain("--if", "performance")
+        assert done.returncode == 1 and "1 of the last 1 performance runs of v1 flagged" in done.stderr, done.stderr
+        # Yesterday's scheduled run had flagged it too: two days, two degraded runs.
+        monitoring = registry.get_experiment_by_name("churn-monitoring").experiment_id
+        changed = next(r for r in registry.search_runs([monitoring], "tags.verdict = 'degraded'")
+                       if "adhoc" not in r.data.tags)  # fmt: skip
+        yesterday = int((datetime.now(UTC) - timedelta(days=1)).timestamp() * 1000)
+        earlier = registry.create_run(monitoring, start_time=yesterday, tags=changed.data.tags)
+        registry.set_terminated(earlier.info.run_id)
 
         done = retrain("--if", "performance", env=stack_env.env | {"CHURN_RETRAIN_MIN_ROWS": "100000"})
         assert done.returncode == 1 and f"only {len(customers)} labelled rows in the window" in done.stderr
@@ -146,7 +158,7 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, 
         assert str(registry.get_model_version_by_alias(model_name, "Challenger").version) == "2"
         assert str(registry.get_model_version_by_alias(model_name, "Production").version) == "1"
         tags = registry.get_model_version(model_name, "2").tags
-        assert tags["retrain.trigger"].startswith("performance: 2 of the last 3 performance runs")
+        assert tags["retrain.trigger"].startswith("performance: 2 of the last 2 performance runs")
         assert "retrain.window" in tags and tags["retrain.recent_rows"] == str(len(customers))
 
         # A bad file: row numbers and reasons, and with --strict nothing written.
