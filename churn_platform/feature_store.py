@@ -824,7 +824,6 @@ def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] 
     return out
 
 
-
 def training_frame(store: FeatureStore, labels: pd.DataFrame, label_time: str = "label_time") -> pd.DataFrame:
     """Labels joined point-in-time to the features each customer had at the label's time.
 

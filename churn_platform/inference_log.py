@@ -210,7 +210,7 @@ def _missing_column(names: Iterable[str], text: str) -> str | None:
 #: "live", its rows neither stored nor said to be spooling. Options the URL sets win. The
 #: feature store's connections set them too.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
-               "tcp_user_timeout": 60_000}  # fmt: skip
+              "tcp_user_timeout": 60_000}  # fmt: skip
 
 
 def missing_file(url: str) -> str | None:

@@ -214,7 +214,7 @@ ByIdResponse = create_model(
     "ByIdResponse",
     predictions=(list[Prediction], Field(description="The known customers', in request order.")),  # type: ignore[valid-type]
     errors=(list[UnknownId], Field(description="The ids the online store does not hold, holds without a value "
-                                   "of a feature, or holds a snapshot of older than CHURN_FEATURES_MAX_AGE_DAYS.")),
+                                   "of a feature, or holds a snapshot older than CHURN_FEATURES_MAX_AGE_DAYS.")),
     **{MODEL_VERSION: (int, ...), MODEL_NAME: (str, ...)},
 )
 
