@@ -930,8 +930,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     from churn_platform import data
     from churn_platform import outcomes as outcomes_mod
     from churn_platform.contract import ExitCode
-    from churn_platform.errors import DataValidationError
-    from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
+    from churn_platform.inference_log import make_engine, read_failure, require_log
     from churn_platform.settings import redacted
 
     settings = get_settings()
@@ -943,11 +942,9 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     data.refuse_overwrite(source, rejects=rejects_path)
     data.local_target(rejects_path)
     url = inference_log_url or settings.inference_log_url
-    if why := missing_file(url):  # a typo, or the API's relative default from another folder
-        raise DataValidationError(f"{why}; outcomes are kept beside the predictions they judge")
     engine = make_engine(url)
-    try:
-        require_log(engine, redacted(url))  # the API makes it: not MLflow's database, not a typo's
+    try:  # beside the predictions they judge: not in a typo's file, nor in MLflow's database
+        require_log(engine)
     except sa.exc.SQLAlchemyError as exc:
         raise read_failure(exc, redacted(url)) from None
     finally:

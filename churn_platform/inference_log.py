@@ -223,12 +223,15 @@ def missing_file(url: str) -> str | None:
             "(--inference-log-url) at the API's log")  # fmt: skip
 
 
-def require_log(engine: sa.Engine | sa.Connection, where: str) -> None:
-    """Refuse a database that holds no log (a typo's, MLflow's): a job would read it as a log
-    with nothing in it, or write outcomes there that nothing reads."""
+def require_log(engine: sa.Engine) -> None:
+    """Refuse a place that holds no log (a typo's SQLite file, not made; MLflow's database): a
+    job would read it as a log with nothing in it, or write outcomes there that nothing reads.
+    Connects (a database error is the caller's to read, with ``read_failure``)."""
+    if why := missing_file(engine.url.render_as_string(hide_password=False)):
+        raise DataValidationError(why)
     if not sa.inspect(engine).has_table(INFERENCE_LOG_TABLE):
-        raise DataValidationError(f"no {INFERENCE_LOG_TABLE} table in {where}: point CHURN_INFERENCE_LOG_URL "
-                                  "(--inference-log-url) at the API's log")  # fmt: skip
+        raise DataValidationError(f"no {INFERENCE_LOG_TABLE} table in {engine.url.render_as_string()}: point "
+                                  "CHURN_INFERENCE_LOG_URL (--inference-log-url) at the API's log")  # fmt: skip
 
 
 def make_engine(url: str) -> sa.Engine:

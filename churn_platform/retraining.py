@@ -34,7 +34,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError
-from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
+from churn_platform.inference_log import make_engine, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
 
@@ -156,8 +156,6 @@ def decide(
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction
     (any version) within the horizon before it: the recent labelled data."""
-    if why := missing_file(url):  # a typo is no "ingest more outcomes" (exit 1, a normal answer)
-        raise DataValidationError(why)
     engine = make_engine(url)
     dialect = engine.dialect.name
     features = ", ".join(f"l.{c}" for c in (ID_COLUMN, *FEATURE_NAMES))
@@ -167,7 +165,7 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
     start = since or datetime(1970, 1, 1, tzinfo=UTC)
     params = {"name": name, "horizon_days": horizon_days, **outcomes.window_params(dialect, start, datetime.now(UTC))}
     try:
-        require_log(engine, redacted(url))  # the API makes it when it starts
+        require_log(engine)  # a typo is no "ingest more outcomes" (exit 1, a normal answer)
         if not sa.inspect(engine).has_table(outcomes.OUTCOMES_TABLE):  # none ingested yet: "ingest more outcomes"
             return pd.DataFrame(columns=[CHURNED, "observed_at", ID_COLUMN, *FEATURE_NAMES])
         with engine.connect() as conn:
