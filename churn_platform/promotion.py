@@ -491,9 +491,10 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
     In this order a racing command can never see the alias on a version that no event
     names, which it would otherwise take for a change made outside churn-platform. If the
     move fails or is interrupted (Ctrl-C), the event is withdrawn unless the alias moved
-    after all: a promotion that never happened stayed in the trail, and ``rollback`` then
-    moved Production to the version it named. Should the withdrawal fail too (the registry
-    gone), the event stays pending, which is no move (``_settled``). A SIGTERM (a Job's
+    after all (then it is marked done, and an interrupt says the move is made): a promotion
+    that never happened stayed in the trail, and ``rollback`` then moved Production to the
+    version it named. Should the withdrawal fail too (the registry gone), the event stays
+    pending, which is no move (``_settled``). A SIGTERM (a Job's
     deadline) waits for the pair to finish: a default SIGTERM would end the process between the two.
     """
     with sigterm_deferred():
@@ -506,7 +507,12 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
                 moved = _current(client, name) == event.to_version
                 if not moved:  # left pending if this fails too, and pending it is no move
                     client.delete_registered_model_tag(name, event.key)
-            if not moved or not isinstance(exc, Exception):
+            if not moved:
+                raise
+            if not isinstance(exc, Exception):  # Ctrl-C after the move: "nothing more was done" had a retry go further
+                with contextlib.suppress(Exception):
+                    _write(client, name, event)
+                log.warning("interrupted, but Production is on v%s already: that move is done", event.to_version)
                 raise
             # The reply was lost, not the move: reported as a failure, a retried rollback went a second step back.
             log.warning("the registry answered %s, but Production is on v%s: done", type(exc).__name__,

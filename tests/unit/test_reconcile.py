@@ -111,6 +111,25 @@ def test_a_promotion_stopped_by_ctrl_c_while_its_event_is_written_leaves_no_even
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("promote", 1)]
 
 
+def test_a_ctrl_c_after_the_alias_moved_says_so_and_marks_the_move_done(client, monkeypatch, caplog):
+    """Told only "interrupted; nothing more was done", the operator ran `rollback` again and
+    went a second step back: the move was made, its event left pending."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    move = registry.move_alias
+
+    def moved_then_interrupted(*args: object) -> None:
+        move(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "move_alias", moved_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        promotion.promote(client, "m", 2, actor="me", force=True)
+    assert "interrupted, but Production is on v2 already" in caplog.text
+    done = promotion.recorded_events(client, "m")  # pending ones left out
+    assert [(e.action, e.to_version) for e in done] == [("promote", 1), ("promote", 2)]
+
+
 def test_a_move_that_failed_with_the_registry_gone_is_no_move_even_when_its_event_stays(client, monkeypatch):
     """The registry went away between the event and the move, so the event could not be
     withdrawn: once the race window passed it read as v2 undone in the UI, and `rollback`
