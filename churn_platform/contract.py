@@ -123,7 +123,8 @@ class ExitCode(IntEnum):
     REFUSED = 1
     #: Batch scoring: some rows failed the schema and went to the rejects file.
     REJECTED_ROWS = 1
-    #: Bad usage or input, or a model, version, alias, file or window that does not exist.
+    #: Bad usage or input, a model, version, alias, file or window that does not exist, or access
+    #: refused (registry credentials or permission, a database grant).
     USAGE = 2
     #: The registry, the object store or the inference-log database cannot be reached.
     UNREACHABLE = 3
@@ -135,7 +136,7 @@ class ExitCode(IntEnum):
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 a verdict against (gate refused, drift, degraded, no retrain; scored or feature rows "
-    "rejected); 2 bad usage, bad input or not found; "
+    "rejected); 2 bad usage, bad input, not found or access refused; "
     "3 registry, storage or database unreachable; 4 bad data (no verdict; outcome rows rejected); "
     "70 unexpected failure (a bug)."
 )

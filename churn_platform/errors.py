@@ -49,6 +49,14 @@ class RegistryUnreachable(ChurnPlatformError):
     exit_code = ExitCode.UNREACHABLE
 
 
+class RegistryRefused(RegistryUnreachable):
+    """The registry answered and refused this user (no credentials, or no permission): no
+    retry mends it, so exit 2, not 3 (a Job's podFailurePolicy ends it at once). A subclass
+    so that the API, which keeps serving while it cannot read the registry, does so here too."""
+
+    exit_code = ExitCode.USAGE
+
+
 class StorageUnreachable(ChurnPlatformError):
     """The S3-compatible object store or a database cannot be reached."""
 

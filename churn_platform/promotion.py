@@ -343,8 +343,10 @@ def _gate(
 def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     try:
         run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-    except MlflowException:
-        run_metrics = {}
+    except MlflowException as exc:
+        if not registry.is_missing(exc):  # a registry away is no "not checked": the gate would pass unseen
+            raise
+        run_metrics = {}  # the run is gone (garbage-collected): the version's own tag may still say
     metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
     if GATE_METRIC not in metrics and TAG_ROC_AUC in version.tags:
         try:

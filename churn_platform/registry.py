@@ -23,6 +23,7 @@ from churn_platform.contract import CHALLENGER_ALIAS, PRODUCTION_ALIAS
 from churn_platform.errors import (
     NotFoundError,
     RegistryNotFound,
+    RegistryRefused,
     RegistryUnreachable,
     SettingsError,
     StorageUnreachable,
@@ -198,19 +199,20 @@ def is_connection_error(exc: BaseException) -> bool:
 
 @contextmanager
 def translate_errors(settings: Settings) -> Iterator[None]:
-    """Turn MLflow's connection failures into ``RegistryUnreachable`` with the URI named."""
+    """Turn MLflow's connection failures into ``RegistryUnreachable``, and its refusals of
+    this user into ``RegistryRefused``, with the URI named."""
     try:
         yield
     except MlflowException as exc:
         if exc.error_code == "PERMISSION_DENIED":  # the server knows the user: credentials are not the problem
             user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "this user"
-            raise RegistryUnreachable(
+            raise RegistryRefused(
                 f"MLflow registry at {redacted(settings.tracking_uri)} refused the request (PERMISSION_DENIED): "
                 f"{user} lacks the permission it needs on the model (EDIT to record events and move aliases, "
-                "MANAGE to delete); ask an MLflow admin"
+                "MANAGE to delete; READ on the experiment of its runs); ask an MLflow admin"
             ) from exc
         if exc.error_code == "UNAUTHENTICATED" or "authenticate" in str(exc):
-            raise RegistryUnreachable(
+            raise RegistryRefused(
                 f"MLflow registry at {redacted(settings.tracking_uri)} refused the request ({exc.error_code}): "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD for a server in basic-auth mode"
             ) from exc
@@ -251,7 +253,7 @@ def live_experiment(
             found = client.get_experiment(given or "0")  # Default, with neither variable set
             variable = "MLFLOW_EXPERIMENT_ID" if given else "MLFLOW_EXPERIMENT_NAME"
         except MlflowException as exc:
-            if not _is_missing(exc):
+            if not is_missing(exc):
                 raise
             if not given:
                 return None
@@ -264,7 +266,8 @@ def live_experiment(
     return found.experiment_id if found is not None else None
 
 
-def _is_missing(exc: MlflowException) -> bool:
+def is_missing(exc: MlflowException) -> bool:
+    """MLflow's answer for a model, version, run, experiment or alias that does not exist."""
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
@@ -273,7 +276,7 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             return None
         raise
 
@@ -306,7 +309,7 @@ def get_version(client: MlflowClient, name: str, version: int | str) -> ModelVer
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
-        if _is_missing(exc):
+        if is_missing(exc):
             raise NotFoundError(f"model {name!r} has no version {version}") from exc
         raise
 
@@ -331,7 +334,7 @@ def set_challenger(client: MlflowClient, name: str, version: int) -> None:
     try:
         client.delete_registered_model_alias(name, CHALLENGER_ALIAS.lower())
     except MlflowException as exc:
-        if not _is_missing(exc) and exc.error_code != "PERMISSION_DENIED":  # EDIT may not delete: moved below
+        if not is_missing(exc) and exc.error_code != "PERMISSION_DENIED":  # EDIT may not delete: moved below
             raise
     move_alias(client, name, CHALLENGER_ALIAS, version)
 

@@ -1,4 +1,5 @@
-"""`rollback --to N` on the embedded registry: back along the audit trail, never off it."""
+"""`rollback --to N` and `promote` on the embedded registry: back along the audit trail,
+never off it, and never past a check that could not be made."""
 
 from __future__ import annotations
 
@@ -190,3 +191,26 @@ def test_a_rollback_whose_reply_was_lost_is_done_once_and_never_retried_a_step_f
     history = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
     assert [(e["action"], e["from"], e["to"]) for e in history][:2] == [("rollback", 2, 1), ("rollback", 3, 2)]
     assert json.loads(cli("status", "--model-name", model_name, "--json").output)["production"]["version"] == 1
+
+
+def test_a_gate_whose_figures_could_not_be_read_promotes_nothing(embedded, model_name, monkeypatch):
+    """A registry blip while reading the runs' metrics read as "no figure": the gate passed
+    "not checked" and promoted a version it never compared (Production registered by hand,
+    without the roc_auc tag)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    for seed in (1, 2):
+        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    assert cli("promote", "--model-name", model_name, "--version", "1").exit_code == 0
+    MlflowClient().delete_model_version_tag(model_name, "1", "roc_auc")
+
+    def blip(self, run_id):
+        raise MlflowException("API request failed: Connection refused")
+
+    monkeypatch.setattr(MlflowClient, "get_run", blip)
+    refused = cli("promote", "--model-name", model_name, "--version", "2")
+    assert refused.exit_code == 3 and "unreachable" in refused.output, refused.output
+    monkeypatch.undo()
+    status = json.loads(cli("status", "--model-name", model_name, "--json").output)
+    assert status["production"]["version"] == 1
