@@ -612,6 +612,41 @@ def features_materialize() -> None:
     click.echo(_materialized(feature_store.materialize(get_settings())))
 
 
+@features.command("delete")
+@click.option("--snapshot-time", "at", required=True,
+              type=_UtcTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
+                                     "%Y-%m-%d %H:%M:%S.%f"]),
+              help="The snapshots' time (UTC), as the ingest summary prints it: to the second, every snapshot "
+                   "within that second.")  # fmt: skip
+@click.option("--yes", is_flag=True, help="Delete them; without it, only say what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@handles_errors
+def features_delete(at: datetime, yes: bool, as_json: bool) -> None:
+    """Delete the snapshots of one time: undo an export ingested by mistake or with a wrong --as-of.
+
+    Customers whose online features came from them get their previous snapshot back (or
+    are unknown ids when they have none). Without --yes nothing is deleted. Exit 2 when no
+    snapshot has that time (the latest stored are listed).
+    """
+    from churn_platform import feature_store
+
+    found = feature_store.delete(get_settings(), at, apply=yes)
+    when = f"{at:%Y-%m-%d %H:%M:%S}{f'.{at.microsecond:06d}' if at.microsecond else ''} UTC"
+    if as_json:
+        echo_json(asdict(found))
+    elif not found.rows:
+        stored = ", ".join(f"{t:%Y-%m-%d %H:%M:%S.%f}" for t in found.stored) or "none"
+        click.echo(f"features: no snapshot taken at {when}; the latest stored: {stored} (UTC)", err=True)
+    elif found.deleted:
+        click.echo(f"features: deleted {found.rows} snapshots taken at {when}; online, {found.republished} customers "
+                   f"are back on their previous snapshot and {found.removed} have none left")  # fmt: skip
+    else:
+        click.echo(f"features: {found.rows} snapshots were taken at {when}; nothing deleted: add --yes to delete "
+                   "them")  # fmt: skip
+    if not found.rows:  # not found, as for any command: a typo must not pass for done
+        sys.exit(ExitCode.USAGE)
+
+
 @features.command("refresh")
 @_snapshot_options
 @job_metrics.pushes("features")

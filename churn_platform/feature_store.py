@@ -419,10 +419,17 @@ def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:
     Under an exclusive lock: two ingests at once (the scheduled refresh and a manual one) each
     read the same file, and the second swap dropped the first one's rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _offline_lock(path):
+        _merge_into(path, snapshots)
+
+
+@contextlib.contextmanager
+def _offline_lock(path: Path) -> Iterator[None]:
+    """The embedded offline file's writers, one at a time (a lock file beside it)."""
     lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _merge_into(path, snapshots)
+        yield
     finally:
         os.close(lock)  # closing releases the lock
 
@@ -433,11 +440,15 @@ def _merge_into(path: Path, snapshots: pd.DataFrame) -> None:
         stored = pd.read_parquet(path)
         merged = pd.concat([stored, snapshots], ignore_index=True)
         merged = merged.drop_duplicates([ID_COLUMN, SNAPSHOT_TIME], keep="last")
-    merged = merged.sort_values([SNAPSHOT_TIME, ID_COLUMN], kind="stable").reset_index(drop=True)
+    _replace(path, merged.sort_values([SNAPSHOT_TIME, ID_COLUMN], kind="stable").reset_index(drop=True))
+
+
+def _replace(path: Path, snapshots: pd.DataFrame) -> None:
+    """Write the offline file whole, and swap it in atomically."""
     handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
     os.close(handle)
     try:
-        pq.write_table(pa.Table.from_pandas(merged, preserve_index=False), temp)
+        pq.write_table(pa.Table.from_pandas(snapshots, preserve_index=False), temp)
         os.replace(temp, path)
     finally:
         Path(temp).unlink(missing_ok=True)
@@ -588,11 +599,163 @@ def _one_at_a_time(settings: Settings) -> Iterator[None]:
         engine.dispose()
 
 
+# --------------------------------------------------------------------------- delete
+
+
+@dataclass(frozen=True)
+class DeleteSummary:
+    """What ``delete`` found at a snapshot time, and what it did to the online store."""
+
+    snapshot_time: datetime
+    #: Stored snapshots at that time (one per customer).
+    rows: int
+    deleted: bool
+    #: Customers the online store now serves their previous snapshot (theirs was deleted).
+    republished: int = 0
+    #: Customers with no snapshot left: no longer in the online store (an unknown id to the API).
+    removed: int = 0
+    #: When none was found: the latest snapshot times stored, newest first.
+    stored: tuple[datetime, ...] = ()
+
+
+def _span(at: datetime) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The snapshot times ``at`` names: the whole second when it has no fraction (as the ingest
+    summary prints times, while ``--as-of now`` stores microseconds), else that instant."""
+    start = pd.Timestamp(at).tz_convert(UTC)
+    return start, start + (pd.Timedelta(seconds=1) if start.microsecond == 0 else pd.Timedelta(microseconds=1))
+
+
+def delete(settings: Settings, at: datetime, apply: bool = False) -> DeleteSummary:
+    """Delete the snapshots taken at ``at`` (an export ingested by mistake, or with a wrong
+    ``--as-of``) from the offline source, and put each customer whose online features came
+    from them back on their previous snapshot, or out of the online store when none is left.
+
+    Without ``apply`` only counts. Materialize only adds and replaces, and the wrong
+    snapshot stayed every customer's latest, in the API and in every later training join.
+    The online store changes first: should that fail, nothing is deleted and a second run
+    does the same again.
+    """
+    store = open_store(settings)
+    view = _require_applied(store, settings)
+    _require_snapshots(settings)
+    start, until = _span(at)
+    # Materialized up to `end`: what is online is each customer's latest snapshot up to then.
+    end = None if view.most_recent_end_time is None else _utc_stamp(view.most_recent_end_time)
+    with _one_at_a_time(settings):  # a materialization meanwhile would publish the rows being deleted
+        if settings.feature_store_url:
+            return _delete_postgres(settings, store, view, at, (start, until), end, apply)
+        return _delete_parquet(settings, store, view, at, (start, until), end, apply)
+
+
+def _online_fix(
+    snapshots: pd.DataFrame, doomed: pd.Series, span: tuple[pd.Timestamp, pd.Timestamp], end: pd.Timestamp | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """From the snapshots of the customers losing one (``doomed`` marks the rows to delete):
+    the previous snapshots to publish again, and the customers to take out of the online
+    store. Only customers whose online features are a deleted snapshot's change."""
+    if end is None or span[0] > end:  # never materialized, or not as far: nothing deleted is online
+        return snapshots.iloc[0:0], []
+    published = snapshots[snapshots[SNAPSHOT_TIME] <= end]
+    online = published.sort_values(SNAPSHOT_TIME).groupby(ID_COLUMN).tail(1)
+    hit = online.loc[doomed.loc[online.index], ID_COLUMN]  # whose latest online is one being deleted
+    left = published[~doomed.loc[published.index] & published[ID_COLUMN].isin(hit)]
+    previous = left.sort_values(SNAPSHOT_TIME).groupby(ID_COLUMN).tail(1)
+    return previous.reset_index(drop=True), sorted(set(hit) - set(previous[ID_COLUMN]))
+
+
+def _republish(store: FeatureStore, previous: pd.DataFrame) -> None:
+    if len(previous):
+        with contextlib.redirect_stdout(sys.stderr):  # Feast's progress output, as for materialize
+            store.write_to_online_store(FEATURE_VIEW, df=previous)
+
+
+def _online_keys(store: FeatureStore, view: Any, customer_ids: list[str]) -> tuple[str, list[bytes]]:
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    version = store.config.entity_key_serialization_version
+    return compute_table_id(PROJECT, view), [_entity_key(c, version) for c in customer_ids]
+
+
+def _stored_times(times: pd.Series) -> tuple[datetime, ...]:
+    latest = pd.Series(times.unique()).sort_values(ascending=False).head(5)
+    return tuple(t.to_pydatetime() for t in latest)
+
+
+def _delete_parquet(
+    settings: Settings, store: FeatureStore, view: Any, at: datetime,
+    span: tuple[pd.Timestamp, pd.Timestamp], end: pd.Timestamp | None, apply: bool,
+) -> DeleteSummary:  # fmt: skip
+    import sqlite3
+
+    path = _offline_file(settings)
+    with _offline_lock(path):  # as ingest: no merge of another file meanwhile
+        stored = pd.read_parquet(path)
+        times = stored[SNAPSHOT_TIME].dt.tz_convert(UTC)
+        doomed = (times >= span[0]) & (times < span[1])
+        if not doomed.any() or not apply:
+            return DeleteSummary(at, int(doomed.sum()), False, stored=() if doomed.any() else _stored_times(times))
+        affected = stored[stored[ID_COLUMN].isin(stored.loc[doomed, ID_COLUMN])]
+        previous, removed = _online_fix(affected, doomed.loc[affected.index], span, end)
+        _republish(store, previous)
+        if removed:
+            table, keys = _online_keys(store, view, removed)
+            with contextlib.closing(sqlite3.connect(_embedded_dir(settings) / "online.db")) as conn, conn:
+                conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', [(k,) for k in keys])
+        _replace(path, stored[~doomed].reset_index(drop=True))
+    return DeleteSummary(at, int(doomed.sum()), True, republished=len(previous), removed=len(removed))
+
+
+def _delete_postgres(
+    settings: Settings, store: FeatureStore, view: Any, at: datetime,
+    span: tuple[pd.Timestamp, pd.Timestamp], end: pd.Timestamp | None, apply: bool,
+) -> DeleteSummary:  # fmt: skip
+    names = ", ".join([ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES])
+    window = {"start": span[0].to_pydatetime(), "until": span[1].to_pydatetime()}
+    engine = _engine(settings)
+    try:
+        with engine.begin() as conn:  # one transaction: the rows go only once the online store is mended
+            ids = [row[0] for row in conn.exec_driver_sql(
+                f"SELECT {ID_COLUMN} FROM {OFFLINE_TABLE} WHERE {SNAPSHOT_TIME} >= %(start)s "
+                f"AND {SNAPSHOT_TIME} < %(until)s FOR UPDATE", window)]  # fmt: skip
+            if not ids or not apply:
+                latest = () if ids else tuple(row[0] for row in conn.exec_driver_sql(
+                    f"SELECT DISTINCT {SNAPSHOT_TIME} FROM {OFFLINE_TABLE} ORDER BY 1 DESC LIMIT 5"))  # fmt: skip
+                return DeleteSummary(at, len(ids), False, stored=tuple(t.astimezone(UTC) for t in latest))
+            affected = pd.DataFrame(
+                conn.exec_driver_sql(f"SELECT {names} FROM {OFFLINE_TABLE} WHERE {ID_COLUMN} = ANY(%(ids)s)",
+                                     {"ids": sorted(set(ids))}).fetchall(),
+                columns=[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES],
+            )  # fmt: skip
+            affected[SNAPSHOT_TIME] = pd.to_datetime(affected[SNAPSHOT_TIME], utc=True)
+            times = affected[SNAPSHOT_TIME]
+            previous, removed = _online_fix(affected, (times >= span[0]) & (times < span[1]), span, end)
+            _republish(store, previous)
+            if removed:
+                table, keys = _online_keys(store, view, removed)
+                conn.exec_driver_sql(f'DELETE FROM "{table}" WHERE entity_key = ANY(%(keys)s)', {"keys": keys})
+            conn.exec_driver_sql(
+                f"DELETE FROM {OFFLINE_TABLE} WHERE {SNAPSHOT_TIME} >= %(start)s AND {SNAPSHOT_TIME} < %(until)s",
+                window,
+            )
+    except ChurnPlatformError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise unavailable(exc) from None
+    finally:
+        engine.dispose()
+    return DeleteSummary(at, len(ids), True, republished=len(previous), removed=len(removed))
+
+
+def _utc_stamp(at: Any) -> pd.Timestamp:
+    """A time in UTC: Feast hands back naive UTC times from PostgreSQL, zoned ones from files."""
+    stamp = pd.Timestamp(at)
+    return stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
+
+
 def _utc_text(at: Any) -> str:
     """A time as ISO 8601 in UTC, zone written: Feast's PostgreSQL job hands back times without
     their zone, its file job with it, and the same labels were tagged two ways."""
-    stamp = pd.Timestamp(at)
-    return (stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)).isoformat()
+    return _utc_stamp(at).isoformat()
 
 
 class _Uncoloured(io.TextIOBase):

@@ -165,6 +165,47 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     assert [g["tenure"] for g in got] == [71, 71, 71, 70, 70, int(second["tenure"][5])]
 
 
+def test_a_snapshot_ingested_by_mistake_is_deleted_and_its_customers_go_back_online(layout: str, telco_csv: Path):
+    """Materialize only adds and replaces: an export ingested with a wrong `--as-of now`
+    stayed every customer's latest, online and in every later training join, for good."""
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
+    raw = raw[raw["total_charges"].str.strip() != ""].head(5).reset_index(drop=True)
+    ids = raw[ID_COLUMN].tolist()
+    raw.head(3).assign(tenure="5", snapshot_time=FIRST).to_csv("first.csv", index=False)
+    raw.assign(tenure="60").to_csv("wrong.csv", index=False)  # the fourth customer is in this one only
+    later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()  # the fifth's online one is later: untouched
+    raw.tail(1).assign(tenure="33", snapshot_time=later).to_csv("later.csv", index=False)
+    _cli("features", "apply")
+    _cli("features", "ingest", "first.csv")
+    wrong = json.loads(_cli("features", "ingest", "wrong.csv", "--as-of", "now", "--json"))
+    when = wrong["first"][:19]  # to the second, as the text summary prints it (stored to the microsecond)
+    _cli("features", "ingest", "later.csv")
+    _cli("features", "materialize")
+    settings = get_settings()
+    assert [g["tenure"] for g in feature_store.online(feature_store.open_store(settings), ids)] == [60] * 4 + [33]
+
+    asked = _cli("features", "delete", "--snapshot-time", when)
+    assert f"5 snapshots were taken at {when.replace('T', ' ')} UTC; nothing deleted: add --yes" in asked
+    missing = CliRunner().invoke(main, ["features", "delete", "--snapshot-time", "2026-01-01T00:00:01"])
+    assert missing.exit_code == 2 and "no snapshot taken at 2026-01-01 00:00:01 UTC" in missing.output
+    assert f", {when.replace('T', ' ')}." in missing.output  # after the later one, newest first
+    assert "2026-01-01 00:00:00.000000 (UTC)" in missing.output
+    done = json.loads(_cli("features", "delete", "--snapshot-time", when, "--yes", "--json"))
+    assert (done["rows"], done["deleted"], done["republished"], done["removed"]) == (5, True, 3, 1)
+
+    store = feature_store.open_store(settings)
+    got = feature_store.online(store, ids)
+    assert [g["tenure"] for g in got[:3]] == [5, 5, 5] and got[3] is None and got[4]["tenure"] == 33
+    assert {g[FEATURES_AS_OF] for g in got[:3]} == {datetime(2026, 1, 1, tzinfo=UTC).timestamp()}
+    assert feature_store.online_reader(store, settings)(ids) == got  # the API's reader (its own query on PostgreSQL)
+    labels = pd.DataFrame({ID_COLUMN: ids, LABEL_COLUMN: 1, "label_time": datetime.now(UTC) + timedelta(minutes=1)})
+    joined = feature_store.training_frame(store, labels).set_index(ID_COLUMN).loc[ids[:3], "tenure"]
+    assert joined.tolist() == [5, 5, 5]  # gone from the joins too
+    _cli("features", "materialize")  # nothing puts it back
+    assert feature_store.online(feature_store.open_store(settings), ids) == got
+    assert "no snapshot taken" in CliRunner().invoke(main, ["features", "delete", "--snapshot-time", when]).output
+
+
 async def _aread(read: feature_store.PostgresOnlineReader, ids: list[str]) -> list:
     try:
         return await read.aread(ids)
