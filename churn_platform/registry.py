@@ -353,6 +353,11 @@ def adopt_ui_aliases(client: MlflowClient, name: str) -> list[tuple[str, int]]:
         held = version_by_alias(client, name, canonical)
         settled = held is not None and held.version == version.version  # kept on an earlier run
         if not settled:
+            # Read again just before: a command that stalled here (a registry retrying) once set
+            # Production back on the UI's version after another command had adopted it and moved on.
+            again = version_by_alias(client, name, spelled)
+            if again is None or again.version != version.version:
+                continue  # adopted (or changed) meanwhile: the next command sees what it is now
             client.set_registered_model_alias(name, canonical, version.version)
             moved.append((canonical, int(version.version)))
         try:

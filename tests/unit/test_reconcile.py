@@ -130,6 +130,30 @@ def test_a_ctrl_c_after_the_alias_moved_says_so_and_marks_the_move_done(client, 
     assert [(e.action, e.to_version) for e in done] == [("promote", 1), ("promote", 2)]
 
 
+def test_a_command_that_stalled_while_adopting_a_ui_promotion_does_not_undo_a_later_one(client, monkeypatch):
+    """`status` read the UI's `production` on v2, stalled (a registry retrying), and meanwhile
+    another command adopted it and promoted v1 again: the stalled one then set Production
+    back on v2, which no event named."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    client.set_registered_model_alias("m", "production", "2")  # a promotion in the UI
+    read, stalled = registry.version_by_alias, []
+
+    def stalls_once(c, name, alias):
+        found = read(c, name, alias)
+        if alias == "production" and not stalled:
+            stalled.append(alias)  # meanwhile, another command adopts v2 and promotes v1 again
+            promotion.promote(client, "m", 1, actor="other", force=True)
+        return found
+
+    monkeypatch.setattr(registry, "version_by_alias", stalls_once)
+    registry.adopt_ui_aliases(client, "m")
+    monkeypatch.undo()
+    assert int(client.get_model_version_by_alias("m", registry.PRODUCTION_ALIAS).version) == 1
+    trail = [(e.action, e.to_version) for e in promotion.reconcile(client, "m")]
+    assert trail[-2:] == [("external", 2), ("promote", 1)]  # the UI's move, then the other command's
+
+
 def test_a_move_that_failed_with_the_registry_gone_is_no_move_even_when_its_event_stays(client, monkeypatch):
     """The registry went away between the event and the move, so the event could not be
     withdrawn: once the race window passed it read as v2 undone in the UI, and `rollback`
