@@ -106,8 +106,8 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(exc), int(exc.exit_code), exc.prefix)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors (exit 2) and deliberate exits
-        except KeyboardInterrupt:  # click's Abort is exit 1, which `score` says means "some rows rejected"
-            fail("interrupted; nothing more was done", 130)  # as a shell reports SIGINT
+        except KeyboardInterrupt as exc:  # click's Abort is exit 1, which `score` says means "some rows rejected"
+            fail(str(exc) or "interrupted; nothing more was done", 130)  # as a shell reports SIGINT
         except BrokenPipeError as exc:  # `history | head`: the reader has what it wanted; no traceback
             with contextlib.suppress(OSError, ValueError):  # the exit's flush of stdout would fail again
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

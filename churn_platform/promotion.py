@@ -332,21 +332,23 @@ def _gate(
         return gate.compare(figures.candidate, figures.production, production_version=current, tolerance=tolerance,
                             compared_on=f"{figures.compared_on} (both scored when v{candidate.version} was trained)")
     return gate.compare(
-        _metrics(client, candidate).get(GATE_METRIC),
-        _metrics(client, production).get(GATE_METRIC) if production else None,
+        _metrics(client, candidate, gate=True).get(GATE_METRIC),
+        _metrics(client, production, gate=True).get(GATE_METRIC) if production else None,
         production_version=current,
         tolerance=tolerance,
         compared_on="each version's own validation rows (recorded at training)",
     )
 
 
-def _metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
+def _metrics(client: MlflowClient, version: ModelVersion, *, gate: bool = False) -> dict[str, float]:
+    """The version's headline figures. For the ``gate``, only a run that is gone reads as no
+    figure: a registry away (or a run this user may not read) passed "not checked" unseen."""
     try:
         run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
     except MlflowException as exc:
-        if not registry.is_missing(exc):  # a registry away is no "not checked": the gate would pass unseen
+        if gate and not registry.is_missing(exc):
             raise
-        run_metrics = {}  # the run is gone (garbage-collected): the version's own tag may still say
+        run_metrics = {}  # `status` shows what it can (a user without READ on the runs' experiment)
     metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
     if GATE_METRIC not in metrics and TAG_ROC_AUC in version.tags:
         try:
@@ -505,17 +507,18 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
             _move(client, name, event.to_version)
         except BaseException as exc:
             moved = False
-            with contextlib.suppress(Exception):  # unreachable now: the original error says so
+            # A second Ctrl-C waits: this is what tells whether the first one came after the move.
+            with _interrupts_held(), contextlib.suppress(Exception):  # unreachable now: the original error says so
                 moved = _current(client, name) == event.to_version
                 if not moved:  # left pending if this fails too, and pending it is no move
                     client.delete_registered_model_tag(name, event.key)
             if not moved:
                 raise
             if not isinstance(exc, Exception):  # Ctrl-C after the move: "nothing more was done" had a retry go further
-                with contextlib.suppress(Exception):
+                with _interrupts_held(), contextlib.suppress(Exception):
                     _write(client, name, event)
-                log.warning("interrupted, but Production is on v%s already: that move is done", event.to_version)
-                raise
+                raise KeyboardInterrupt(f"interrupted, but Production had moved to v{event.to_version}: that move "
+                                        "is done (and recorded), nothing after it") from None  # fmt: skip
             # The reply was lost, not the move: reported as a failure, a retried rollback went a second step back.
             log.warning("the registry answered %s, but Production is on v%s: done", type(exc).__name__,
                         event.to_version)  # fmt: skip
@@ -524,6 +527,19 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
         except Exception as exc:  # noqa: BLE001 - the move is made; the next command's reconcile says so
             log.warning("Production is on v%s, but its event could not be marked done (%s); the next command "
                         "will", event.to_version, type(exc).__name__)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C ignored in the block (the main thread's; another thread cannot change it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 @contextlib.contextmanager
