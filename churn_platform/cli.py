@@ -641,8 +641,9 @@ def features_delete(at: datetime, yes: bool, as_json: bool) -> None:
         click.echo(f"features: deleted {found.rows} snapshots taken at {when}; online, {found.republished} customers "
                    f"are back on their previous snapshot and {found.removed} have none left")  # fmt: skip
     else:
-        click.echo(f"features: {found.rows} snapshots were taken at {when}; nothing deleted: add --yes to delete "
-                   "them")  # fmt: skip
+        click.echo(f"features: {found.rows} snapshots were taken at {when}; nothing deleted: add --yes to delete them "
+                   f"(online, {found.republished} customers would go back to their previous snapshot and "
+                   f"{found.removed} would have none left)")  # fmt: skip
     if not found.rows:  # not found, as for any command: a typo must not pass for done
         sys.exit(ExitCode.USAGE)
 

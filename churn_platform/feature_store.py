@@ -252,6 +252,8 @@ def unavailable(exc: BaseException) -> ChurnPlatformError:
     (exit 2), not an outage to retry (exit 3)."""
     seen: BaseException | None = exc
     while seen is not None:  # Feast wraps the driver's error in its own
+        if isinstance(seen, PermissionError):  # the embedded store's files
+            return SettingsError(f"the feature store's files refused this user: {seen}")
         if sqlstate(seen) == INSUFFICIENT_PRIVILEGE:
             cause = getattr(seen, "orig", None) or seen
             return SettingsError(f"the feature store's database refused its user a privilege: "
@@ -610,9 +612,11 @@ class DeleteSummary:
     #: Stored snapshots at that time (one per customer).
     rows: int
     deleted: bool
-    #: Customers the online store now serves their previous snapshot (theirs was deleted).
+    #: Customers the online store now serves their previous snapshot (theirs was deleted);
+    #: without ``deleted``, those it would.
     republished: int = 0
-    #: Customers with no snapshot left: no longer in the online store (an unknown id to the API).
+    #: Customers with no snapshot left: no longer in the online store (an unknown id to the
+    #: API); without ``deleted``, those it would take out.
     removed: int = 0
     #: When none was found: the latest snapshot times stored, newest first.
     stored: tuple[datetime, ...] = ()
@@ -630,21 +634,26 @@ def delete(settings: Settings, at: datetime, apply: bool = False) -> DeleteSumma
     ``--as-of``) from the offline source, and put each customer whose online features came
     from them back on their previous snapshot, or out of the online store when none is left.
 
-    Without ``apply`` only counts. Materialize only adds and replaces, and the wrong
-    snapshot stayed every customer's latest, in the API and in every later training join.
-    The online store changes first: should that fail, nothing is deleted and a second run
-    does the same again.
+    Without ``apply`` only counts (what would change online too). Materialize only adds and
+    replaces: the wrong snapshot stayed every customer's latest, in the API and in every
+    later training join. The online store changes first: should a step fail, the snapshots
+    are still there, and the same call again does what is left.
     """
     store = open_store(settings)
-    view = _require_applied(store, settings)
+    _require_applied(store, settings)
     _require_snapshots(settings)
-    start, until = _span(at)
-    # Materialized up to `end`: what is online is each customer's latest snapshot up to then.
-    end = None if view.most_recent_end_time is None else _utc_stamp(view.most_recent_end_time)
     with _one_at_a_time(settings):  # a materialization meanwhile would publish the rows being deleted
-        if settings.feature_store_url:
-            return _delete_postgres(settings, store, view, at, (start, until), end, apply)
-        return _delete_parquet(settings, store, view, at, (start, until), end, apply)
+        try:
+            # Read under the lock: a materialization that held it has moved the end since. What
+            # is online is each customer's latest snapshot up to that end.
+            view = store.get_feature_view(FEATURE_VIEW)
+            end = None if view.most_recent_end_time is None else _utc_stamp(view.most_recent_end_time)
+            remove = _delete_postgres if settings.feature_store_url else _delete_parquet
+            return remove(settings, store, view, at, _span(at), end, apply)
+        except ChurnPlatformError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Feast, the driver, the disk
+            raise unavailable(exc) from None
 
 
 def _online_fix(
@@ -692,17 +701,18 @@ def _delete_parquet(
         stored = pd.read_parquet(path)
         times = stored[SNAPSHOT_TIME].dt.tz_convert(UTC)
         doomed = (times >= span[0]) & (times < span[1])
-        if not doomed.any() or not apply:
-            return DeleteSummary(at, int(doomed.sum()), False, stored=() if doomed.any() else _stored_times(times))
+        if not doomed.any():
+            return DeleteSummary(at, 0, False, stored=_stored_times(times))
         affected = stored[stored[ID_COLUMN].isin(stored.loc[doomed, ID_COLUMN])]
         previous, removed = _online_fix(affected, doomed.loc[affected.index], span, end)
-        _republish(store, previous)
-        if removed:
-            table, keys = _online_keys(store, view, removed)
-            with contextlib.closing(sqlite3.connect(_embedded_dir(settings) / "online.db")) as conn, conn:
-                conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', [(k,) for k in keys])
-        _replace(path, stored[~doomed].reset_index(drop=True))
-    return DeleteSummary(at, int(doomed.sum()), True, republished=len(previous), removed=len(removed))
+        if apply:
+            _republish(store, previous)
+            if removed:
+                table, keys = _online_keys(store, view, removed)
+                with contextlib.closing(sqlite3.connect(_embedded_dir(settings) / "online.db")) as conn, conn:
+                    conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', [(k,) for k in keys])
+            _replace(path, stored[~doomed].reset_index(drop=True))
+    return DeleteSummary(at, int(doomed.sum()), apply, republished=len(previous), removed=len(removed))
 
 
 def _delete_postgres(
@@ -710,40 +720,38 @@ def _delete_postgres(
     span: tuple[pd.Timestamp, pd.Timestamp], end: pd.Timestamp | None, apply: bool,
 ) -> DeleteSummary:  # fmt: skip
     names = ", ".join([ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES])
-    window = {"start": span[0].to_pydatetime(), "until": span[1].to_pydatetime()}
+    window = f"{SNAPSHOT_TIME} >= %(start)s AND {SNAPSHOT_TIME} < %(until)s"
+    bounds = {"start": span[0].to_pydatetime(), "until": span[1].to_pydatetime()}
     engine = _engine(settings)
     try:
-        with engine.begin() as conn:  # one transaction: the rows go only once the online store is mended
-            ids = [row[0] for row in conn.exec_driver_sql(
-                f"SELECT {ID_COLUMN} FROM {OFFLINE_TABLE} WHERE {SNAPSHOT_TIME} >= %(start)s "
-                f"AND {SNAPSHOT_TIME} < %(until)s FOR UPDATE", window)]  # fmt: skip
-            if not ids or not apply:
-                latest = () if ids else tuple(row[0] for row in conn.exec_driver_sql(
-                    f"SELECT DISTINCT {SNAPSHOT_TIME} FROM {OFFLINE_TABLE} ORDER BY 1 DESC LIMIT 5"))  # fmt: skip
-                return DeleteSummary(at, len(ids), False, stored=tuple(t.astimezone(UTC) for t in latest))
-            affected = pd.DataFrame(
-                conn.exec_driver_sql(f"SELECT {names} FROM {OFFLINE_TABLE} WHERE {ID_COLUMN} = ANY(%(ids)s)",
-                                     {"ids": sorted(set(ids))}).fetchall(),
-                columns=[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES],
-            )  # fmt: skip
+        # One transaction: our own online DELETE and the offline one commit together (Feast
+        # writes the previous snapshots on its own connection, first).
+        with engine.begin() as conn:
+            locked = " FOR UPDATE" if apply else ""  # a count needs no more than SELECT
+            ids = sorted({row[0] for row in conn.exec_driver_sql(
+                f"SELECT {ID_COLUMN} FROM {OFFLINE_TABLE} WHERE {window}{locked}", bounds)})  # fmt: skip
+            if not ids:
+                latest = conn.exec_driver_sql(f"SELECT DISTINCT {SNAPSHOT_TIME} FROM {OFFLINE_TABLE} ORDER BY 1 DESC "
+                                              "LIMIT 5").scalars()  # fmt: skip
+                return DeleteSummary(at, 0, False, stored=tuple(t.astimezone(UTC) for t in latest))
+            rows = conn.exec_driver_sql(f"SELECT {names} FROM {OFFLINE_TABLE} WHERE {ID_COLUMN} = ANY(%(ids)s)",
+                                        {"ids": ids}).fetchall()  # fmt: skip
+            affected = pd.DataFrame(rows, columns=[ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES])
             affected[SNAPSHOT_TIME] = pd.to_datetime(affected[SNAPSHOT_TIME], utc=True)
             times = affected[SNAPSHOT_TIME]
-            previous, removed = _online_fix(affected, (times >= span[0]) & (times < span[1]), span, end)
-            _republish(store, previous)
-            if removed:
-                table, keys = _online_keys(store, view, removed)
-                conn.exec_driver_sql(f'DELETE FROM "{table}" WHERE entity_key = ANY(%(keys)s)', {"keys": keys})
-            conn.exec_driver_sql(
-                f"DELETE FROM {OFFLINE_TABLE} WHERE {SNAPSHOT_TIME} >= %(start)s AND {SNAPSHOT_TIME} < %(until)s",
-                window,
-            )
-    except ChurnPlatformError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise unavailable(exc) from None
+            doomed = (times >= span[0]) & (times < span[1])
+            previous, removed = _online_fix(affected, doomed, span, end)
+            if apply:
+                _republish(store, previous)
+                if removed:
+                    table, keys = _online_keys(store, view, removed)
+                    conn.exec_driver_sql(f'DELETE FROM "{table}" WHERE entity_key = ANY(%(keys)s)', {"keys": keys})
+                # The rows counted and locked: one an ingest added to that second since is not taken unseen.
+                conn.exec_driver_sql(f"DELETE FROM {OFFLINE_TABLE} WHERE {ID_COLUMN} = ANY(%(ids)s) AND {window}",
+                                     {**bounds, "ids": ids})  # fmt: skip
     finally:
         engine.dispose()
-    return DeleteSummary(at, len(ids), True, republished=len(previous), removed=len(removed))
+    return DeleteSummary(at, int(doomed.sum()), apply, republished=len(previous), removed=len(removed))
 
 
 def _utc_stamp(at: Any) -> pd.Timestamp:

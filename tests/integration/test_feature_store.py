@@ -186,6 +186,7 @@ def test_a_snapshot_ingested_by_mistake_is_deleted_and_its_customers_go_back_onl
 
     asked = _cli("features", "delete", "--snapshot-time", when)
     assert f"5 snapshots were taken at {when.replace('T', ' ')} UTC; nothing deleted: add --yes" in asked
+    assert "3 customers would go back to their previous snapshot and 1 would have none left" in asked
     missing = CliRunner().invoke(main, ["features", "delete", "--snapshot-time", "2026-01-01T00:00:01"])
     assert missing.exit_code == 2 and "no snapshot taken at 2026-01-01 00:00:01 UTC" in missing.output
     assert f", {when.replace('T', ' ')}." in missing.output  # after the later one, newest first
@@ -204,6 +205,40 @@ def test_a_snapshot_ingested_by_mistake_is_deleted_and_its_customers_go_back_onl
     _cli("features", "materialize")  # nothing puts it back
     assert feature_store.online(feature_store.open_store(settings), ids) == got
     assert "no snapshot taken" in CliRunner().invoke(main, ["features", "delete", "--snapshot-time", when]).output
+
+
+def test_a_delete_that_waited_for_a_materialization_judges_by_what_it_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
+):
+    """The end of the last materialization was read before the lock: one that ran while the
+    delete waited had published a later snapshot, and the delete wrote the customer's older
+    one over it (the next refresh never mends that)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    settings = get_settings()
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(1)
+    for name, tenure, at in (("first", "5", FIRST), ("wrong", "60", "2026-06-01"), ("later", "33", "2026-08-01")):
+        raw.assign(tenure=tenure, snapshot_time=at).to_csv(f"{name}.csv", index=False)
+    _cli("features", "apply")
+    _cli("features", "ingest", "first.csv")
+    _cli("features", "ingest", "wrong.csv")
+    feature_store.materialize(settings, end=datetime(2026, 7, 1, tzinfo=UTC))  # the wrong one is online
+    real, ran = feature_store._one_at_a_time, []  # noqa: SLF001
+
+    def another_run_first(s):  # the daily refresh holds the lock when the delete asks for it
+        if not ran:
+            ran.append(True)
+            _cli("features", "refresh", "later.csv")
+        return real(s)
+
+    monkeypatch.setattr(feature_store, "_one_at_a_time", another_run_first)
+    done = feature_store.delete(settings, datetime(2026, 6, 1, tzinfo=UTC), apply=True)
+    assert (done.rows, done.republished, done.removed) == (1, 0, 0)  # its online snapshot is the later one
+    customer = raw[ID_COLUMN].iloc[0]
+    assert feature_store.online(feature_store.open_store(settings), [customer])[0]["tenure"] == 33
+    get_settings.cache_clear()
 
 
 async def _aread(read: feature_store.PostgresOnlineReader, ids: list[str]) -> list:
