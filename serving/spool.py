@@ -142,6 +142,7 @@ class Spool:
         self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
         self._resume: tuple[_Directory, int, int] | None = None  # where in our own dir to go on after an adoption
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
+        self._unacked = False  # the last read's frames are not committed yet
         self._closed = False
         self._sealed = False  # no more appends: a reader that caught up stops waiting
         # What earlier processes left, up to the cap: taking every folder made one writer of a
@@ -299,7 +300,19 @@ class Spool:
         except OSError:  # a disk error half-way: the next read starts again at these frames
             self._reader, self._resume = start
             raise
+        if frames:
+            self._unacked = True
+        elif not self._unacked:
+            self._skipped_done()
         return frames
+
+    def _skipped_done(self) -> None:
+        """Corrupt frames skipped after the last committed one in our own directory count as
+        done (their rows are counted dropped): kept, a clean close left the folder, and the
+        next writer counted the same rows dropped again."""
+        if self._reader is not None and self._reader[0] is self._own:
+            with self._cond:
+                self._acked = max(self._acked, self._reader[1:])
 
     def _frames(self, timeout: float) -> Iterator[Frame]:
         if self._reader is None:
@@ -421,8 +434,10 @@ class Spool:
         if not frames:
             return
         last = frames[-1]
+        self._unacked = False
         if last.directory == self._own.path:
             self._acked = (last.segment, last.end)
+            self._skipped_done()  # the read that gave these frames may have skipped some after them
         for directory in list(self._dirs):
             for number in directory.segments():
                 path = directory.segment_path(number)

@@ -459,3 +459,34 @@ def test_a_folder_ending_in_a_corrupt_frame_is_replayed_once_and_then_gone(tmp_p
     spool.close()
     again = Spool(tmp_path, max_bytes=1 << 20)
     assert again.adopted == 0 and payloads(again) == [] and again.torn_frames == 0 and segment_files(tmp_path) == []
+
+
+def test_our_own_folder_ending_in_a_corrupt_frame_is_gone_after_a_clean_close(tmp_path):
+    """A bad block in our own tail: the frames before it were committed and its rows counted
+    dropped, but the clean close kept the folder, and the next writer replayed it and counted
+    the same rows dropped again (ChurnInferenceLogDropping again at every restart)."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    sent = [f"good-{i}".encode() * 10 for i in range(3)]
+    for payload in sent:
+        spool.append(payload, rows=10)
+    flip(segment_files(tmp_path)[0], -3)  # the last frame: whole, failing its checksum
+    frames = spool.read(100, timeout=0.05)
+    assert [f.payload for f in frames] == sent[:2]
+    spool.ack(frames)
+    assert spool.corrupt_rows == 10
+    spool.close()
+    assert segment_files(tmp_path) == [] and [p for p in tmp_path.iterdir() if p.is_dir()] == []
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    assert again.adopted == 0 and payloads(again) == [] and again.corrupt_rows == 0
+
+
+def test_a_read_of_corrupt_frames_alone_counts_them_done_only_once_earlier_reads_are_committed(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.append(b"first" * 10, rows=1)
+    frames = spool.read(100, timeout=0.05)  # read, not committed yet (the database is away)
+    spool.append(b"second" * 10, rows=1)
+    flip(segment_files(tmp_path)[0], -3)
+    assert spool.read(100, timeout=0.05) == []  # the corrupt one, skipped
+    spool.close()  # "first" was never committed: kept for the next writer
+    again = Spool(tmp_path, max_bytes=1 << 20)
+    assert [f.payload for f in frames] == [b"first" * 10] and payloads(again) == [b"first" * 10]
