@@ -498,8 +498,8 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
     after all (then it is marked done, and an interrupt says the move is made): a promotion
     that never happened stayed in the trail, and ``rollback`` then moved Production to the
     version it named. Should the withdrawal fail too (the registry gone), the event stays
-    pending, which is no move (``_settled``). A SIGTERM (a Job's
-    deadline) waits for the pair to finish: a default SIGTERM would end the process between the two.
+    pending, which is no move (``_settled``). A SIGTERM (a Job's deadline) waits for the
+    pair to finish: a default SIGTERM would end the process between the two.
     """
     with sigterm_deferred():
         try:
