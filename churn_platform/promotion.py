@@ -507,7 +507,7 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
             _move(client, name, event.to_version)
         except BaseException as exc:
             moved = False
-            # A second Ctrl-C waits: this is what tells whether the first one came after the move.
+            # A second Ctrl-C is told to wait: this tells whether the first one came after the move.
             with _interrupts_held(), contextlib.suppress(Exception):  # unreachable now: the original error says so
                 moved = _current(client, name) == event.to_version
                 if not moved:  # left pending if this fails too, and pending it is no move
@@ -515,10 +515,13 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
             if not moved:
                 raise
             if not isinstance(exc, Exception):  # Ctrl-C after the move: "nothing more was done" had a retry go further
+                recorded = False
                 with _interrupts_held(), contextlib.suppress(Exception):
                     _write(client, name, event)
+                    recorded = True
+                pending = "" if recorded else " (its event is still pending: any command within the hour records it)"
                 raise KeyboardInterrupt(f"interrupted, but Production had moved to v{event.to_version}: that move "
-                                        "is done (and recorded), nothing after it") from None  # fmt: skip
+                                        f"is done{pending}, nothing after it") from None  # fmt: skip
             # The reply was lost, not the move: reported as a failure, a retried rollback went a second step back.
             log.warning("the registry answered %s, but Production is on v%s: done", type(exc).__name__,
                         event.to_version)  # fmt: skip
@@ -531,11 +534,20 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
 
 @contextlib.contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """Ctrl-C ignored in the block (the main thread's; another thread cannot change it)."""
-    if threading.current_thread() is not threading.main_thread():
+    """One more Ctrl-C in the block says what is being finished instead of stopping it; the
+    next one stops at once (a registry that hangs must not hold the terminal)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    presses: list[int] = []
+
+    def pressed(signum: int, frame: object) -> None:
+        presses.append(signum)
+        if len(presses) > 1:
+            raise KeyboardInterrupt
+        log.warning("checking whether Production moved before stopping; Ctrl-C again to stop at once")
+
+    previous = signal.signal(signal.SIGINT, pressed)
     try:
         yield
     finally:

@@ -129,6 +129,41 @@ def test_a_ctrl_c_after_the_alias_moved_says_so_and_marks_the_move_done(client, 
     assert [(e.action, e.to_version) for e in done] == [("promote", 1), ("promote", 2)]
 
 
+def test_a_ctrl_c_after_the_move_whose_event_could_not_be_marked_done_says_it_is_pending(client, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    move, write, writes = registry.move_alias, promotion._write, []
+
+    def moved_then_interrupted(*args: object) -> None:
+        move(*args)
+        raise KeyboardInterrupt
+
+    def second_write_fails(*args: object) -> None:
+        writes.append(args)
+        if len(writes) > 1:  # the "done" mark, after the move
+            raise MlflowException("API request failed: Connection refused")
+        write(*args)
+
+    monkeypatch.setattr(registry, "move_alias", moved_then_interrupted)
+    monkeypatch.setattr(promotion, "_write", second_write_fails)
+    with pytest.raises(KeyboardInterrupt, match=r"moved to v2: that move is done \(its event is still pending"):
+        promotion.promote(client, "m", 2, actor="me", force=True)
+    monkeypatch.undo()
+    assert [(e.action, e.to_version) for e in promotion.reconcile(client, "m")] == [("promote", 1), ("promote", 2)]
+
+
+def test_one_more_ctrl_c_while_a_move_is_checked_is_told_to_wait_and_the_next_one_stops(caplog):
+    with promotion._interrupts_held():
+        signal.raise_signal(signal.SIGINT)  # noted
+        assert "Ctrl-C again to stop at once" in caplog.text
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # the usual handler is back
+        signal.raise_signal(signal.SIGINT)
+
+
 def test_a_command_that_stalled_while_adopting_a_ui_promotion_does_not_undo_a_later_one(client, monkeypatch):
     """`status` read the UI's `production` on v2, stalled (a registry retrying), and meanwhile
     another command adopted it and promoted v1 again: the stalled one then set Production
