@@ -142,7 +142,7 @@ class Spool:
         self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
         self._resume: tuple[_Directory, int, int] | None = None  # where in our own dir to go on after an adoption
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
-        self._unacked = False  # the last read's frames are not committed yet
+        self._unacked: Frame | None = None  # the last frame of the last read, until it is committed
         self._closed = False
         self._sealed = False  # no more appends: a reader that caught up stops waiting
         # What earlier processes left, up to the cap: taking every folder made one writer of a
@@ -301,8 +301,8 @@ class Spool:
             self._reader, self._resume = start
             raise
         if frames:
-            self._unacked = True
-        elif not self._unacked:
+            self._unacked = frames[-1]
+        elif self._unacked is None:
             self._skipped_done()
         return frames
 
@@ -434,10 +434,13 @@ class Spool:
         if not frames:
             return
         last = frames[-1]
-        self._unacked = False
+        whole = last is self._unacked  # the whole last read: what it skipped after its frames is done too
+        if whole:
+            self._unacked = None
         if last.directory == self._own.path:
             self._acked = (last.segment, last.end)
-            self._skipped_done()  # the read that gave these frames may have skipped some after them
+            if whole:
+                self._skipped_done()
         for directory in list(self._dirs):
             for number in directory.segments():
                 path = directory.segment_path(number)
