@@ -250,10 +250,10 @@ def unavailable_message(exc: BaseException) -> str:
 def unavailable(exc: BaseException) -> ChurnPlatformError:
     """The store's failure as the CLI reports it: a missing privilege is the operator's to grant
     (exit 2), not an outage to retry (exit 3)."""
+    if isinstance(exc, PermissionError):  # the embedded store's files
+        return SettingsError(f"the feature store's files refused this user: {exc}")
     seen: BaseException | None = exc
     while seen is not None:  # Feast wraps the driver's error in its own
-        if isinstance(seen, PermissionError):  # the embedded store's files
-            return SettingsError(f"the feature store's files refused this user: {seen}")
         if sqlstate(seen) == INSUFFICIENT_PRIVILEGE:
             cause = getattr(seen, "orig", None) or seen
             return SettingsError(f"the feature store's database refused its user a privilege: "
@@ -746,9 +746,13 @@ def _delete_postgres(
                 if removed:
                     table, keys = _online_keys(store, view, removed)
                     conn.exec_driver_sql(f'DELETE FROM "{table}" WHERE entity_key = ANY(%(keys)s)', {"keys": keys})
-                # The rows counted and locked: one an ingest added to that second since is not taken unseen.
-                conn.exec_driver_sql(f"DELETE FROM {OFFLINE_TABLE} WHERE {ID_COLUMN} = ANY(%(ids)s) AND {window}",
-                                     {**bounds, "ids": ids})  # fmt: skip
+                # The rows counted, by key: one an ingest added to that second since is not taken unseen.
+                gone = affected[doomed]
+                conn.exec_driver_sql(
+                    f"DELETE FROM {OFFLINE_TABLE} t USING unnest(%(ids)s::text[], %(times)s::timestamptz[]) "
+                    f"AS d(i, at) WHERE t.{ID_COLUMN} = d.i AND t.{SNAPSHOT_TIME} = d.at",
+                    {"ids": gone[ID_COLUMN].tolist(), "times": [t.to_pydatetime() for t in gone[SNAPSHOT_TIME]]},
+                )
     finally:
         engine.dispose()
     return DeleteSummary(at, int(doomed.sum()), apply, republished=len(previous), removed=len(removed))
