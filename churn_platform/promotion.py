@@ -506,19 +506,21 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
             _write(client, name, replace(event, pending=True))  # interrupted in flight, it may be stored
             _move(client, name, event.to_version)
         except BaseException as exc:
-            moved = False
+            moved = recorded = False
+            interrupted = isinstance(exc, KeyboardInterrupt)
             # A second Ctrl-C is told to wait: this tells whether the first one came after the move.
-            with _interrupts_held(), contextlib.suppress(Exception):  # unreachable now: the original error says so
-                moved = _current(client, name) == event.to_version
-                if not moved:  # left pending if this fails too, and pending it is no move
-                    client.delete_registered_model_tag(name, event.key)
-            if not moved:
+            with _interrupts_held():
+                with contextlib.suppress(Exception):  # unreachable now: the original error says so
+                    moved = _current(client, name) == event.to_version
+                    if not moved:  # left pending if this fails too, and pending it is no move
+                        client.delete_registered_model_tag(name, event.key)
+                if moved and interrupted:  # marked done here: "nothing more was done" had a retry go further
+                    with contextlib.suppress(Exception):
+                        _write(client, name, event)
+                        recorded = True
+            if not moved or not (interrupted or isinstance(exc, Exception)):  # a SystemExit goes on as it was
                 raise
-            if not isinstance(exc, Exception):  # Ctrl-C after the move: "nothing more was done" had a retry go further
-                recorded = False
-                with _interrupts_held(), contextlib.suppress(Exception):
-                    _write(client, name, event)
-                    recorded = True
+            if interrupted:
                 pending = "" if recorded else " (its event is still pending: any command within the hour records it)"
                 raise KeyboardInterrupt(f"interrupted, but Production had moved to v{event.to_version}: that move "
                                         f"is done{pending}, nothing after it") from None  # fmt: skip
