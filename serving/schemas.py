@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
@@ -214,7 +214,8 @@ ByIdResponse = create_model(
     "ByIdResponse",
     predictions=(list[Prediction], Field(description="The known customers', in request order.")),  # type: ignore[valid-type]
     errors=(list[UnknownId], Field(description="The ids the online store does not hold, holds without a value "
-                                   "of a feature, or holds a snapshot older than CHURN_FEATURES_MAX_AGE_DAYS.")),
+                                   "of a feature or with one the schema refuses, or holds a snapshot older than "
+                                   "CHURN_FEATURES_MAX_AGE_DAYS.")),
     **{MODEL_VERSION: (int, ...), MODEL_NAME: (str, ...)},
 )
 
@@ -291,6 +292,21 @@ def _fast_decoders(id_pattern: str | None) -> dict[type[BaseModel], msgspec.json
 # costs ~0.3 ms per 1000 ids. ``\Z``, not ``$``, which also matches before a final newline.
 _FAST_DECODERS = _fast_decoders(None)
 _ESCAPED_DECODERS = _fast_decoders(rf"\A[^{ID_CONTROL_CHARACTERS}]*\Z")
+
+
+#: One stored customer's features, held to the schema's rules as a request's are.
+_STORED_CUSTOMER = msgspec.defstruct("StoredCustomer", [_fast_field(f) for f in FEATURES], gc=False)
+
+
+def schema_problem(features: Mapping[str, Any]) -> str | None:
+    """What the schema refuses in a customer's stored features (a value an earlier release
+    took: a category since dropped), as msgspec says it; None when /predict would take them.
+    About 1 us a customer."""
+    try:
+        msgspec.convert(features, _STORED_CUSTOMER)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    return None
 
 
 _ID = operator.attrgetter(ID_COLUMN)

@@ -34,6 +34,7 @@ from serving.schemas import (
     UnknownFields,
     customers_from_json,
     listed,
+    schema_problem,
 )
 
 router = APIRouter(
@@ -120,6 +121,16 @@ def _incomplete(found: dict[str, Any]) -> str | None:
             "(`churn-platform features refresh`)")  # fmt: skip
 
 
+def _refused(found: dict[str, Any]) -> str | None:
+    """Why a stored customer's features cannot be scored: a value the schema refuses (one an
+    earlier release ingested), which /predict would answer with a 422; scored, an unknown
+    category counted as none of them."""
+    if (problem := schema_problem(found)) is None:
+        return None
+    return (f"the online store holds a value the schema refuses for it ({problem}): ingest a fresh snapshot "
+            "and materialize (`churn-platform features refresh`)")  # fmt: skip
+
+
 async def _few_enough_ids(request: Request, predictor: PredictorDep) -> None:
     """413 past the batch limit before FastAPI validates the ids (a dependency runs first)."""
     if (count := await listed(request, "customer_ids")) > predictor.max_batch_size:
@@ -144,7 +155,7 @@ async def predict_by_id(
             why = _UNKNOWN
         else:
             at = features_of.pop(FEATURES_AS_OF)
-            why = _incomplete(features_of) or _stale(at, max_age, now)
+            why = _incomplete(features_of) or _refused(features_of) or _stale(at, max_age, now)
         if why is None:
             customers.append(features_of)
             places.append(place)
@@ -170,8 +181,9 @@ for _route in _POST_ROUTES:
 
 # `:path`: an id the store holds may contain a slash (sent as is, or as %2F).
 @router.get("/predict/{customer_id:path}", response_model=Prediction,
-            responses={404: {"model": Problem, "description": "Unknown customer id, a feature without a value, or a "
-                                                                 "snapshot older than CHURN_FEATURES_MAX_AGE_DAYS"},
+            responses={404: {"model": Problem, "description": "Unknown customer id, a feature without a value or with "
+                                                                 "one the schema refuses, or a snapshot older than "
+                                                                 "CHURN_FEATURES_MAX_AGE_DAYS"},
                        **ById})  # fmt: skip
 async def predict_by_path(
     customer_id: Annotated[CustomerId, Path(description=ID_DESCRIPTION)],
@@ -184,7 +196,8 @@ async def predict_by_path(
     if found is None:
         raise UnknownCustomer(f"{_UNKNOWN}: {customer_id!r}")
     at = found.pop(FEATURES_AS_OF)
-    if (why := _incomplete(found) or _stale(at, features.settings.features_max_age_days, time.time())) is not None:
+    why = _incomplete(found) or _refused(found) or _stale(at, features.settings.features_max_age_days, time.time())
+    if why is not None:
         raise UnknownCustomer(f"{customer_id!r}: {why}")
     return _json({**predictor.predict([found], model, top_k=top_k if explain else None).predictions[0],
                   FEATURES_AS_OF: _when(at)})  # fmt: skip

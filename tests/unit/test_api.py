@@ -474,11 +474,7 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
     feature_store.materialize(settings)
     ids = frame["customer_id"].tolist()
     with TestClient(create_app(settings)) as client:
-        wait_ready(client)
-        deadline = time.monotonic() + 60
-        while client.get("/ready").json()["feature_store"]["state"] != "ok":
-            assert time.monotonic() < deadline, client.get("/ready").json()
-            time.sleep(0.2)
+        wait_store_ready(client)
         direct = client.post("/predict", json={"customers": data.to_records(frame)}).json()["predictions"]
         body = client.post("/predict/by-id", json={"customer_ids": [ids[0], "nobody", *ids[1:]]},
                            headers={"X-Request-ID": "by-id-places"}).json()  # fmt: skip
@@ -545,16 +541,25 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         assert client.get(f"/predict/{ids[0]}").json() == {**again, FEATURES_AS_OF: "2026-06-01T00:00:00Z"}
     # CHURN_FEATURES_MAX_AGE_DAYS: a snapshot older is that id's error, not a score.
     with TestClient(create_app(settings.model_copy(update={"features_max_age_days": 30}))) as client:
-        wait_ready(client)
-        deadline = time.monotonic() + 60
-        while client.get("/ready").json()["feature_store"]["state"] != "ok":
-            assert time.monotonic() < deadline, client.get("/ready").json()
-            time.sleep(0.2)
+        wait_store_ready(client)
         stale = "its latest snapshot is from 2026-06-01T00:00:00Z, older than CHURN_FEATURES_MAX_AGE_DAYS (30 days)"
         body = client.post("/predict/by-id", json={"customer_ids": ids[:2]}).json()
         assert body["predictions"] == [] and [e["message"].startswith(stale) for e in body["errors"]] == [True, True]
         missing = client.get(f"/predict/{ids[0]}")
         assert missing.status_code == 404 and stale in missing.json()["message"]
+    # A value the schema refuses, stored by an earlier release (a category since dropped): that
+    # id's error, as /predict would refuse it, not a score that reads it as no category at all.
+    store = feature_store.open_store(settings)
+    bad = rebuilt.iloc[[1]].assign(internet_service="Fiber", snapshot_time=pd.Timestamp("2026-06-02", tz="UTC"))
+    store.write_to_online_store(feature_store.FEATURE_VIEW, df=bad)
+    with TestClient(create_app(settings)) as client:
+        wait_store_ready(client)
+        body = client.post("/predict/by-id", json={"customer_ids": ids[:2]}).json()
+        assert [p["customer_id"] for p in body["predictions"]] == [ids[0]]
+        refused = "the online store holds a value the schema refuses for it (Invalid enum value 'Fiber'"
+        assert body["errors"][0]["customer_id"] == ids[1] and body["errors"][0]["message"].startswith(refused)
+        got = client.get(f"/predict/{ids[1]}")
+        assert got.status_code == 404 and "internet_service" in got.json()["message"]
     # Each row under its place among the ids sent (docs/api.md), "nobody" at 1 included: the
     # rows were numbered among the ids found.
     with sa.create_engine(settings.inference_log_url).connect() as conn:
@@ -564,6 +569,15 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
 
 
 ANY_UNKNOWN = "unknown customer id: the online store holds no features for it"
+
+
+def wait_store_ready(client: TestClient) -> None:
+    """The model loaded, then the feature store opened (in the background)."""
+    wait_ready(client)
+    deadline = time.monotonic() + 60
+    while client.get("/ready").json()["feature_store"]["state"] != "ok":
+        assert time.monotonic() < deadline, client.get("/ready").json()
+        time.sleep(0.2)
 
 
 def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(api):
