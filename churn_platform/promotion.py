@@ -506,18 +506,28 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
             _write(client, name, replace(event, pending=True))  # interrupted in flight, it may be stored
             _move(client, name, event.to_version)
         except BaseException as exc:
-            moved = recorded = False
+            moved = recorded = known = False
             interrupted = isinstance(exc, KeyboardInterrupt)
-            # A second Ctrl-C is told to wait: this tells whether the first one came after the move.
-            with _interrupts_held():
-                with contextlib.suppress(Exception):  # unreachable now: the original error says so
-                    moved = _current(client, name) == event.to_version
-                    if not moved:  # left pending if this fails too, and pending it is no move
-                        client.delete_registered_model_tag(name, event.key)
-                if moved and interrupted:  # marked done here: "nothing more was done" had a retry go further
-                    with contextlib.suppress(Exception):
-                        _write(client, name, event)
-                        recorded = True
+            # One more Ctrl-C is told to wait: this tells whether the move landed. The next stops.
+            with _interrupts_held() as presses:
+                try:
+                    with contextlib.suppress(Exception):  # unreachable now: the original error says so
+                        moved = _current(client, name) == event.to_version
+                        known = True
+                        if not moved:  # left pending if this fails too, and pending it is no move
+                            client.delete_registered_model_tag(name, event.key)
+                    interrupted = interrupted or bool(presses)
+                    if moved and interrupted:  # marked done here: "nothing more was done" had a retry go further
+                        with contextlib.suppress(Exception):
+                            _write(client, name, event)
+                            recorded = True
+                except KeyboardInterrupt:  # the press after the one told to wait
+                    if not known:
+                        raise KeyboardInterrupt("interrupted before it was known whether Production moved: check "
+                                                "`churn-platform status` before running this again") from None
+                    if not moved:
+                        raise
+                    interrupted = True
             if not moved or not (interrupted or isinstance(exc, Exception)):  # a SystemExit goes on as it was
                 raise
             if interrupted:
@@ -535,13 +545,14 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """One more Ctrl-C in the block says what is being finished instead of stopping it; the
-    next one stops at once (a registry that hangs must not hold the terminal)."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-        yield
-        return
+def _interrupts_held() -> Iterator[list[int]]:
+    """One more Ctrl-C in the block says what is being finished instead of stopping it (the
+    presses are yielded); the next one stops at once (a registry that hangs must not hold
+    the terminal)."""
     presses: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield presses
+        return
 
     def pressed(signum: int, frame: object) -> None:
         presses.append(signum)
@@ -551,7 +562,7 @@ def _interrupts_held() -> Iterator[None]:
 
     previous = signal.signal(signal.SIGINT, pressed)
     try:
-        yield
+        yield presses
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 

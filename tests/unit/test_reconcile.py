@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -152,6 +153,37 @@ def test_a_ctrl_c_after_the_move_whose_event_could_not_be_marked_done_says_it_is
         promotion.promote(client, "m", 2, actor="me", force=True)
     monkeypatch.undo()
     assert [(e.action, e.to_version) for e in promotion.reconcile(client, "m")] == [("promote", 1), ("promote", 2)]
+
+
+@pytest.mark.parametrize(("presses", "words"), [
+    (1, "interrupted, but Production had moved to v2: that move is done, nothing after it"),
+    (2, "interrupted before it was known whether Production moved: check `churn-platform status`"),
+])  # fmt: skip
+def test_ctrl_c_while_a_lost_reply_is_checked(client, monkeypatch, presses, words):
+    """One press while the registry is asked whether a move whose reply was lost landed: the
+    command went on (a rollback to its Challenger step) as if nobody had asked it to stop.
+    A second one stopped it without a word of whether Production had moved."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    move, current, lost = registry.move_alias, promotion._current, []
+
+    def reply_lost(*args: object) -> None:
+        move(*args)
+        lost.append(True)
+        raise MlflowException("API request failed: Connection reset by peer")
+
+    def pressed_while_asked(*args: object) -> int | None:
+        for _ in range(presses if lost else 0):  # once the move is made: the check after it
+            signal.raise_signal(signal.SIGINT)
+        return current(*args)
+
+    monkeypatch.setattr(registry, "move_alias", reply_lost)
+    monkeypatch.setattr(promotion, "_current", pressed_while_asked)
+    with pytest.raises(KeyboardInterrupt, match=re.escape(words)):
+        promotion.promote(client, "m", 2, actor="me", force=True)
+    assert int(client.get_model_version_by_alias("m", registry.PRODUCTION_ALIAS).version) == 2
 
 
 def test_one_more_ctrl_c_while_a_move_is_checked_is_told_to_wait_and_the_next_one_stops(caplog):
