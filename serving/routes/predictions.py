@@ -127,7 +127,7 @@ def _refused(found: dict[str, Any]) -> str | None:
     category counted as none of them."""
     if (problem := schema_problem(found)) is None:
         return None
-    return (f"the online store holds a value the schema refuses for it ({problem}): ingest a fresh snapshot "
+    return (f"the online store holds a value the schema refuses for it ({problem[:200]}): ingest a fresh snapshot "
             "and materialize (`churn-platform features refresh`)")  # fmt: skip
 
 
