@@ -297,7 +297,10 @@ def test_a_materialization_waits_for_one_already_running_on_postgresql(tmp_path:
                 waiting = 0
                 while not waiting and run.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.5)
-                    cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                    # In this database: the other worker's tests take advisory locks too (the
+                    # inference log's schema lock), and counting theirs failed this test once.
+                    cur.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE "
+                                "l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()")
                     waiting = cur.fetchone()[0]
                 assert waiting == 1 and run.poll() is None, "materialize did not wait for the one running"
                 cur.execute("SELECT pg_advisory_unlock(%s)", (feature_store._MATERIALIZE_LOCK,))  # noqa: SLF001
