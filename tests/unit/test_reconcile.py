@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
@@ -37,6 +38,16 @@ def record(client: MlflowClient, ns: int, from_version: int | None, to_version: 
     event = Event(f"{AUDIT_PREFIX}{ns:020d}-abcd", "2026-01-01T00:00:00.000+00:00", "promote",
                   from_version, to_version, "tester", "", "cli")  # fmt: skip
     promotion._write(client, "m", event)
+
+
+def then_interrupted(step: Callable[..., None]) -> Callable[..., None]:
+    """``step`` done, then Ctrl-C: as a request the server took before the press."""
+
+    def run(*args: object) -> None:
+        step(*args)
+        raise KeyboardInterrupt
+
+    return run
 
 
 def externals(events: list[Event]) -> list[Event]:
@@ -99,13 +110,7 @@ def test_a_promotion_stopped_by_ctrl_c_while_its_event_is_written_leaves_no_even
     """The server may store a tag whose request was interrupted in flight."""
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
-    write = promotion._write
-
-    def stored_then_interrupted(*args: object) -> None:
-        write(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(promotion, "_write", stored_then_interrupted)
+    monkeypatch.setattr(promotion, "_write", then_interrupted(promotion._write))
     with pytest.raises(KeyboardInterrupt):
         promotion.promote(client, "m", 2, actor="me", force=True)
     monkeypatch.undo()
@@ -117,13 +122,7 @@ def test_a_ctrl_c_after_the_alias_moved_says_so_and_marks_the_move_done(client, 
     went a second step back: the move was made, its event left pending."""
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
-    move = registry.move_alias
-
-    def moved_then_interrupted(*args: object) -> None:
-        move(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(registry, "move_alias", moved_then_interrupted)
+    monkeypatch.setattr(registry, "move_alias", then_interrupted(registry.move_alias))
     with pytest.raises(KeyboardInterrupt, match="interrupted, but Production had moved to v2: that move is done"):
         promotion.promote(client, "m", 2, actor="me", force=True)
     done = promotion.recorded_events(client, "m")  # pending ones left out
@@ -135,11 +134,7 @@ def test_a_ctrl_c_after_the_move_whose_event_could_not_be_marked_done_says_it_is
 
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
-    move, write, writes = registry.move_alias, promotion._write, []
-
-    def moved_then_interrupted(*args: object) -> None:
-        move(*args)
-        raise KeyboardInterrupt
+    write, writes = promotion._write, []
 
     def second_write_fails(*args: object) -> None:
         writes.append(args)
@@ -147,7 +142,7 @@ def test_a_ctrl_c_after_the_move_whose_event_could_not_be_marked_done_says_it_is
             raise MlflowException("API request failed: Connection refused")
         write(*args)
 
-    monkeypatch.setattr(registry, "move_alias", moved_then_interrupted)
+    monkeypatch.setattr(registry, "move_alias", then_interrupted(registry.move_alias))
     monkeypatch.setattr(promotion, "_write", second_write_fails)
     with pytest.raises(KeyboardInterrupt, match=r"moved to v2: that move is done \(its event is still pending"):
         promotion.promote(client, "m", 2, actor="me", force=True)
