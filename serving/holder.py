@@ -177,11 +177,18 @@ class ModelHolder:
                 self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
 
     def _not_loaded(self, client: object | None, production: int | None, state: State, reason: str) -> Attempt:
-        """Production (``production``, when resolved) did not load: the old version serves on, and
-        the rollout still follows the registry. Otherwise a `rollout stop`, or Production moving
-        to a version this replica cannot load, would leave it routing customers to the Challenger."""
+        """Production (``production``, when resolved) did not load: the old version serves on,
+        beside no Challenger once Production is another version, and still following the
+        registry otherwise: a `rollout stop` ignored here left it routing customers to the Challenger."""
         if client is not None and self.current is not None:
-            self._follow_rollout(client, production or self.current.version)
+            if production is not None and production != self.current.version:
+                # A rollout runs beside the Production it names: beside the older version this
+                # replica still serves, its Challenger would answer customers no other replica's does.
+                self.rollout = None
+                self.rollout_status = (f"off here: this replica serves v{self.current.version}, not Production "
+                                       f"v{production}, which it could not load")  # fmt: skip
+            else:
+                self._follow_rollout(client, self.current.version)
         return self._fail(state, reason)
 
     def _fail(self, state: State, reason: str) -> Attempt:

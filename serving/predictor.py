@@ -84,7 +84,7 @@ class Predictor:
         # The request's id from the middleware (the caller's X-Request-ID, made unique), so the log's
         # rows, the response header and the log lines name the same request.
         request_id = logs.current("log_key") or uuid.uuid4().hex
-        challenger = active.model if active is not None and active.model.version != model.version else None
+        challenger = _challenger(active, model)
         if challenger is not None and active.state.mode == "shadow":  # the Challenger's score is only logged
             # Production's rows first: when the log's queue has room for one arm only, it keeps them.
             predictions = self._record(self._arm(model, customers, request_id, "production", top_k, places))
@@ -210,10 +210,19 @@ def answers(
     ]  # fmt: skip
 
 
+def _challenger(active: ActiveRollout | None, model: LoadedModel) -> LoadedModel | None:
+    """The rollout's Challenger, when it runs beside ``model``: not beside another Production
+    (a replica that could not load the new one, or a request that began before a swap)."""
+    if active is None or active.model.version == model.version or active.state.production_version != model.version:
+        return None
+    return active.model
+
+
 def _check_explainable(model: LoadedModel, active: ActiveRollout | None) -> None:
     _explainable(model)
-    if active is not None and active.model.version != model.version and active.state.mode == "canary":
-        _explainable(active.model)
+    challenger = _challenger(active, model)
+    if challenger is not None and active is not None and active.state.mode == "canary":
+        _explainable(challenger)
 
 
 def _explainable(model: LoadedModel) -> None:

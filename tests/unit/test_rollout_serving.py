@@ -244,6 +244,7 @@ def test_a_challenger_failing_verification_leaves_production_serving(registry, r
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
         rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+        tolerance = loading.PARITY_TOLERANCE
         monkeypatch.setattr(loading, "PARITY_TOLERANCE", -1.0)  # nothing new can pass
         state = reload(api)
         assert state["mode"] == "off" and "Challenger not served" in state["status"]
@@ -280,7 +281,8 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
             registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, "high")
             registry.set_registered_model_alias("churn", "Production", "2")
             state = reload_fails(api)
-            assert state["mode"] == "off" and "ended when Production moved to v2" in state["status"]
+            assert state["mode"] == "off" and state["status"] == (
+                "off here: this replica serves v1, not Production v2, which it could not load")
             assert set(versions(api, rows).values()) == {1} and api.get("/ready").status_code == 200
     finally:
         if threshold is None:
@@ -288,6 +290,46 @@ def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(regi
         else:
             registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, threshold)
         registry.set_registered_model_alias("churn", "Production", "1")
+
+
+def test_a_replica_left_on_an_older_production_serves_no_challenger_beside_it(registry, registry_uri, tmp_path):
+    """Before, a replica that could not load Production v2 (and served v1 on) followed a canary
+    started beside v2: its canary customers went to v3 and the rest to v1, a mix no other
+    replica served, and `rollout status` counted its canary rows against v2's."""
+    rows = customers(300)
+    v2 = registry.get_model_version("churn", "2")
+    threshold, v3 = v2.tags.get(TAG_THRESHOLD), None
+    try:
+        with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+            wait_ready(api)  # and MLflow pointed at the registry, where v2's logged model is
+            v3 = registry.create_model_version("churn", source=v2.source, run_id=v2.run_id)  # the Challenger
+            registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, "high")  # v2 cannot serve here
+            registry.set_registered_model_alias("churn", "Production", "2")
+            rollout.start(registry, "churn", mode="canary", percent=50, version=int(v3.version), actor="tests")
+            assert api.post("/admin/reload?wait=true", headers={"X-API-Key": KEY}).status_code == 409
+            state = api.get("/model").json()["rollout"]
+            assert state["mode"] == "off" and "not Production v2" in state["status"], state
+            assert set(versions(api, rows).values()) == {1}
+            # Even were the holder to hold it (a request that began before a swap): v1 alone answers.
+            api.app.state.holder.rollout = holder_rollout = _loaded_canary(registry, int(v3.version), 2)
+            assert holder_rollout.model.version == int(v3.version)
+            assert set(versions(api, rows).values()) == {1}
+    finally:
+        if threshold is None:
+            registry.delete_model_version_tag("churn", "2", TAG_THRESHOLD)
+        else:
+            registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, threshold)
+        registry.set_registered_model_alias("churn", "Production", "1")
+        rollout.stop(registry, "churn", actor="tests")
+        if v3 is not None:
+            registry.delete_model_version("churn", v3.version)
+
+
+def _loaded_canary(registry: MlflowClient, version: int, production: int):
+    from serving.holder import ActiveRollout
+
+    state = rollout.RolloutState(mode="canary", percent=50, challenger_version=version, production_version=production)
+    return ActiveRollout(state, loading.load(registry, "churn", version, default_threshold=0.5, sample=50))
 
 
 def test_a_registry_blip_while_reading_the_rollout_keeps_the_challenger_serving(registry, registry_uri, tmp_path,
