@@ -24,6 +24,9 @@ from serving.heap import settle_heap
 
 log = logging.getLogger(__name__)
 
+#: A Challenger that failed to load is tried again after this pause, doubled at each failure up
+#: to the longest: each try downloads and verifies it under the load lock, on every replica.
+CHALLENGER_RETRY_S, CHALLENGER_RETRY_MAX_S = 60.0, 900.0
 
 State = Literal[
     "starting", "loading", "ready", "registry_unreachable", "alias_missing", "verification_failed", "load_failed",
@@ -49,6 +52,16 @@ class ActiveRollout:
     model: LoadedModel
 
 
+@dataclass(frozen=True)
+class _ChallengerFailure:
+    """The Challenger version that failed to load, why, and when to try it again."""
+
+    version: int
+    status: str
+    pause: float
+    retry_at: float
+
+
 class LoadListener(Protocol):
     """Told about each load's outcome (the metrics implement it)."""
 
@@ -68,6 +81,7 @@ class ModelHolder:
         self.rollout: ActiveRollout | None = None
         #: How following the rollout state went last: "off", "serving vN", or why not.
         self.rollout_status = "off"
+        self._challenger_failure: _ChallengerFailure | None = None
         self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
         self._reload_queued: threading.Thread | None = None
         self._queue_lock = threading.Lock()
@@ -83,11 +97,14 @@ class ModelHolder:
             self._listener.registry_answered()  # and its artifact store: the attempt got past both
         return self.last
 
-    def load_production(self) -> Attempt:
+    def load_production(self, retry: bool = False) -> Attempt:
         """Resolve Production and, if it is not what we serve, load, verify and swap it in: one
-        trace (``model.reload``) with its resolve and its loads, Production's and a Challenger's."""
+        trace (``model.reload``) with its resolve and its loads, Production's and a Challenger's.
+        ``retry``: an operator's reload, which tries a Challenger that failed at once."""
         name = self.settings.model_name
         with self._lock, tracing.span("model.reload", {"churn.model_name": name}):
+            if retry:
+                self._challenger_failure = None
             default = self.settings.decision_threshold
             client, version = None, None
             try:
@@ -144,6 +161,7 @@ class ModelHolder:
                 version = state.challenger_version
                 if state.mode == "off" or version is None:
                     self.rollout, self.rollout_status = None, f"off: {state.reason}" if state.reason else "off"
+                    self._challenger_failure = None
                     return
                 note = ""
                 if self.rollout is not None and self.rollout.model.version == version:  # mode, percent or tags changed
@@ -155,6 +173,8 @@ class ModelHolder:
                         note = f" (kept: its tags could not be read: {exc})"
                         log.warning("rollout: Challenger v%s's tags unreadable, kept: %s", version, exc)
                     self.rollout = ActiveRollout(state, model)
+                elif self._failed_lately(version):
+                    return
                 else:
                     with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version or 0,
                                                      "churn.arm": "challenger"}):  # fmt: skip
@@ -164,6 +184,7 @@ class ModelHolder:
                     settle_heap()
                     log.info("rollout: %s with Challenger v%s", state.mode, version)
                 self.rollout_status = f"{state.mode}: serving Challenger v{version}{note}"[:500]
+                self._challenger_failure = None
         except Exception as exc:  # noqa: BLE001 - a Challenger never takes Production down
             if state is None and isinstance(exc, RegistryUnreachable):  # not read is not failed: route as before
                 kept = self.rollout_status.split(" (kept: ", 1)[0]
@@ -175,6 +196,27 @@ class ModelHolder:
             log.warning("rollout: %s", self.rollout_status)
             if self._listener:
                 self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
+            if state is not None and state.challenger_version is not None:
+                before = self._challenger_failure
+                same = before is not None and before.version == state.challenger_version
+                pause = min(before.pause * 2, CHALLENGER_RETRY_MAX_S) if before and same else CHALLENGER_RETRY_S
+                self._challenger_failure = _ChallengerFailure(
+                    state.challenger_version, self.rollout_status, pause, time.monotonic() + pause
+                )
+
+    def _failed_lately(self, version: int) -> bool:
+        """Whether ``version`` failed to load and its pause has not run out: then it is not
+        tried again, but still reported and counted (ChurnChallengerFailingVerification stays)."""
+        failed = self._challenger_failure
+        wait = failed.retry_at - time.monotonic() if failed is not None and failed.version == version else 0
+        if failed is None or wait <= 0:
+            return False
+        self.rollout = None
+        self.rollout_status = (f"{failed.status[:400]} (tried again in {wait:.0f} s, "
+                               "or at once by POST /admin/reload)")  # fmt: skip
+        if self._listener:
+            self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
+        return True
 
     def _not_loaded(self, client: object | None, production: int | None, state: State, reason: str) -> Attempt:
         """Production (``production``, when resolved) did not load: the old version serves on,
@@ -232,7 +274,7 @@ class ModelHolder:
             with self._lock:
                 with self._queue_lock:
                     self._reload_queued = None
-                self.load_production()
+                self.load_production(retry=True)
 
         with self._queue_lock:
             if self._reload_queued is None:

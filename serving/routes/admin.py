@@ -28,7 +28,7 @@ def reload(
     if not wait:
         holder.reload_in_background()
         return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
-    attempt = holder.load_production()
+    attempt = holder.load_production(retry=True)
     # The rollout too: right after `rollout start` this answer is how a script knows the
     # Challenger serves, or why not (its failure never stops Production: still 200).
     return JSONResponse(

@@ -252,6 +252,16 @@ def test_a_challenger_failing_verification_leaves_production_serving(registry, r
         assert {v for v in versions(api, customers(200)).values()} == {1}
         assert 'churn_model_reloads_total{outcome="challenger_failed"} 1.0' in api.get("/metrics").text
 
+        # Fixed (here: the check passes again). The next poll does not download and verify it
+        # again (every poll did, on every replica, holding the load lock), but still counts it.
+        monkeypatch.setattr(loading, "PARITY_TOLERANCE", tolerance)
+        api.app.state.holder.load_production()  # what the poll calls
+        state = api.get("/model").json()["rollout"]
+        assert state["mode"] == "off" and re.search(r"tried again in (59|60) s, or at once by POST /admin/reload",
+                                                    state["status"]), state  # fmt: skip
+        assert 'churn_model_reloads_total{outcome="challenger_failed"} 2.0' in api.get("/metrics").text
+        assert reload(api)["status"] == "canary: serving Challenger v2"  # an operator's reload tries at once
+
 
 def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(registry, registry_uri, tmp_path):
     """Before, a failed Production load returned before the rollout was read: `rollout stop`
