@@ -222,13 +222,19 @@ def _check_explainable(model: LoadedModel, active: ActiveRollout | None) -> None
     _explainable(model)
     challenger = _challenger(active, model)
     if challenger is not None and active is not None and active.state.mode == "canary":
-        _explainable(challenger)
+        _explainable(challenger, canary=True)
 
 
-def _explainable(model: LoadedModel) -> None:
+def _explainable(model: LoadedModel, canary: bool = False) -> None:
     if model.explainer is None:
         reason = model.explanations.get("reason", "no explainer")
-        raise NotExplainable(f"{model.name} v{model.version} serves without explanations: {reason}")
+        if not canary:
+            raise NotExplainable(f"{model.name} v{model.version} serves without explanations: {reason}")
+        # Whether a request is explained never depends on which customers it holds: while the
+        # canary runs, no request is (/model -> rollout.challenger.explanations says why).
+        raise NotExplainable(f"the canary's Challenger, {model.name} v{model.version}, serves without explanations: "
+                             f"{reason}; no request is explained while the canary runs (stop it, or run the rollout "
+                             "in shadow)")  # fmt: skip
 
 
 def canary_bucket(customer_id: str) -> float:

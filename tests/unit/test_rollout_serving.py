@@ -342,6 +342,39 @@ def _loaded_canary(registry: MlflowClient, version: int, production: int):
     return ActiveRollout(state, loading.load(registry, "churn", version, default_threshold=0.5, sample=50))
 
 
+def test_explanations_during_a_canary_need_its_challenger_to_explain_and_a_shadow_changes_nothing(
+    registry, registry_uri, tmp_path
+):  # fmt: skip
+    import dataclasses
+
+    from serving.holder import ActiveRollout
+
+    rows = customers(20)
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        start_canary(registry, api, percent=50)
+        holder = api.app.state.holder
+        assert api.post("/predict?explain=true", json={"customers": rows}).status_code == 200
+        # As a Challenger served by sklearn instead of the fast scorer loads: without an explainer.
+        unexplained = dataclasses.replace(holder.rollout.model, explainer=None, explanations={
+            "available": False, "reason": "the pipeline is served by sklearn, not the fast scorer"})  # fmt: skip
+        holder.rollout = ActiveRollout(holder.rollout.state, unexplained)
+        for body in ({"customers": rows}, {"customers": rows[:1]}):  # whichever arm its customers fall in
+            refused = api.post("/predict?explain=true", json=body)
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["detail"] == (
+                "the canary's Challenger, churn v2, serves without explanations: the pipeline is served by sklearn, "
+                "not the fast scorer; no request is explained while the canary runs (stop it, or run the rollout "
+                "in shadow)")  # fmt: skip
+        assert api.post("/predict", json={"customers": rows}).status_code == 200  # scoring goes on
+        assert api.get("/model").json()["rollout"]["challenger"]["explanations"]["available"] is False
+        shadow = rollout.RolloutState(**{**holder.rollout.state.model_dump(), "mode": "shadow", "percent": None})
+        holder.rollout = ActiveRollout(shadow, unexplained)
+        explained = api.post("/predict?explain=true", json={"customers": rows})
+        assert explained.status_code == 200 and all("explanation" in p for p in explained.json()["predictions"])
+    rollout.stop(registry, "churn", actor="tests")
+
+
 def test_a_registry_blip_while_reading_the_rollout_keeps_the_challenger_serving(registry, registry_uri, tmp_path,
                                                                                monkeypatch):
     """Before, an unreadable rollout tag counted as a Challenger that failed: this replica
