@@ -215,9 +215,12 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
         params["since"] = _before(params["until"], timedelta(days=last_days), f"--last-days {last_days}")
     options = PerformanceOptions(**params)
     summary = run(options, settings)
-    job_metrics.record("churn_performance_roc_auc", summary.realized.roc_auc, kind="realized")
-    job_metrics.record("churn_performance_roc_auc", summary.estimated.roc_auc, kind="estimated")
-    job_metrics.record("churn_performance_degraded", summary.degraded)
+    # A figure on fewer rows than the minimum judges nothing, and a run that judged nothing is
+    # neither ok nor degraded: NaN ("no figure", "not judged" on the dashboard), never a value.
+    for kind, figures in (("realized", summary.realized), ("estimated", summary.estimated)):
+        judging = figures.roc_auc if figures.rows >= summary.min_rows else None
+        job_metrics.record("churn_performance_roc_auc", judging, kind=kind)
+    job_metrics.record("churn_performance_degraded", None if summary.not_judged else summary.degraded)
     job_metrics.record("churn_performance_labelled_rows", summary.rows_matched)
     if as_json:
         echo_json(summary.to_json())

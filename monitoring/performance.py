@@ -278,7 +278,9 @@ def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, exp
     """Log the figures as a run in the monitoring experiment, so the UI plots quality over time."""
     name, version = summary.model_name, summary.model_version
     figures: dict[str, float] = {"rows_matched": summary.rows_matched, "unmatched_outcomes": summary.unmatched_outcomes,
-                                 "predictions": summary.predictions, "degraded": int(summary.degraded)}  # fmt: skip
+                                 "predictions": summary.predictions}  # fmt: skip
+    if not summary.not_judged:  # "degraded: 0" would read as a verdict of ok
+        figures["degraded"] = int(summary.degraded)
     for prefix, model in (("realized", summary.realized), ("estimated", summary.estimated)):
         for key, value in model.model_dump().items():
             if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:

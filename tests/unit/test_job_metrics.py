@@ -4,6 +4,7 @@ installed by scripts/ensure-prometheus.sh), and a gateway that is down changes n
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -262,8 +263,6 @@ def test_a_gateway_token_as_the_url_user_is_never_logged(monkeypatch, caplog):
 def test_a_run_without_a_figure_replaces_the_last_runs_figure_with_nan(gateway, setenv):
     """Outcomes stopped coming: the performance run had no realized ROC AUC, pushed nothing for
     it, and the gateway (so the dashboard) went on showing the last run's figure as this one's."""
-    import math
-
     from churn_platform import job_metrics
 
     setenv(CHURN_PUSHGATEWAY_URL=gateway)
@@ -276,6 +275,49 @@ def test_a_run_without_a_figure_replaces_the_last_runs_figure_with_nan(gateway, 
     assert value(pushed(gateway), "churn_performance_roc_auc", kind="realized") == 0.84
     performance(model_name="churn", roc_auc=None)
     assert math.isnan(value(pushed(gateway), "churn_performance_roc_auc", kind="realized"))
+
+
+def test_a_performance_run_pushes_no_figure_on_too_few_rows_and_no_verdict_when_not_judged(
+    registry_uri, tmp_path, monkeypatch, gateway
+):  # fmt: skip
+    """Before, a run on 50 outcomes pushed their ROC AUC as the realized figure, and a run that
+    judged nothing pushed churn_performance_degraded 0: the dashboard's verdict turned green "ok"."""
+    from churn_platform import outcomes
+
+    copy = tmp_path / "mlflow.db"  # the job records a run: keep the session's registry as it was
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
+    get_settings.cache_clear()
+    scored = data.generate(300, seed=11)
+    log_rows(log_url, scored)  # every score 0.5: estimated ROC AUC 0.5, far below the baseline
+    truth = pd.DataFrame({ID_COLUMN: scored[ID_COLUMN].head(50), "churned": ["yes", "no"] * 25})
+    outcomes.ingest(truth, log_url, source="test")
+    job = {"job": "performance", "model_name": "churn"}
+
+    def performance() -> int:
+        run = CliRunner().invoke(main, ["performance", "--tracking-uri", uri, "--last-days", "2",
+                                        "--output-dir", str(tmp_path / "report")])  # fmt: skip
+        assert "Traceback" not in run.output, run.output
+        return run.exit_code
+
+    def roc_auc(kind: str) -> float:
+        return value(pushed(gateway), "churn_performance_roc_auc", kind=kind, **job)
+
+    try:
+        assert performance() == 1  # judged on the 300 predictions; 50 outcomes are too few (200)
+        assert value(pushed(gateway), "churn_performance_degraded", **job) == 1
+        assert roc_auc("estimated") == 0.5 and math.isnan(roc_auc("realized"))
+        monkeypatch.setenv("CHURN_PERFORMANCE_MIN_ROWS", "400")  # now too few on both sides
+        get_settings.cache_clear()
+        assert performance() == 2
+        assert value(pushed(gateway), "churn_job_exit_code", **job) == 2
+        assert math.isnan(value(pushed(gateway), "churn_performance_degraded", **job))  # not "ok"
+        assert math.isnan(roc_auc("estimated")) and math.isnan(roc_auc("realized"))
+    finally:
+        get_settings.cache_clear()
 
 
 def test_production_as_the_mlflow_ui_spells_it_is_the_scheduled_runs_alias():
