@@ -216,7 +216,13 @@ def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dic
     threshold = loading.decision_threshold(model_version.tags.get(TAG_THRESHOLD), None, version)
     if not model_version.run_id:
         return {}, threshold
-    metrics = client.get_run(model_version.run_id).data.metrics
+    try:
+        metrics = client.get_run(model_version.run_id).data.metrics
+    except mlflow.MlflowException as exc:  # purged (`mlflow gc`): was a traceback, exit 70 "a bug"
+        if not registry.is_missing(exc):
+            raise
+        raise NothingToJudge(f"the training run {model_version.run_id} of {name} v{version} no longer exists "
+                             "(deleted for good): there is no baseline to judge it against") from None
     return {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics}, threshold
 
 

@@ -158,6 +158,30 @@ def test_nothing_or_nonsense_to_judge_is_a_clear_error(registry_uri, tmp_path, c
     assert "Traceback" not in output
 
 
+def test_a_version_whose_training_run_was_purged_is_nothing_to_judge(registry_uri, tmp_path, calibrated):
+    """Its run deleted for good (`mlflow gc`): reading the baseline was a traceback, exit 70 "a bug"."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    copy = tmp_path / "mlflow.db"
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    run_id = MlflowClient(uri, uri).get_model_version("churn", "1").run_id
+    # What `mlflow gc` leaves in the store (gc itself would delete the artifacts the copy shares
+    # with the session's registry): no such run.
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM runs WHERE run_uuid = :id"), {"id": run_id})
+    engine.dispose()
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/log.db"
+    fill(url, 300, scores, labels)
+    code, output = performance(uri, url, tmp_path)
+    assert code == 2 and f"the training run {run_id} of churn v1 no longer exists" in output, output
+    assert "Traceback" not in output
+
+
 def test_a_log_table_from_an_earlier_release_says_so_and_what_will_mend_it(registry_uri, tmp_path, calibrated):
     """Before the upgraded API's writer adds the `arm` column, the job cannot join: it was exit 3
     "no such column" on SQLite and a traceback (exit 70) on PostgreSQL."""
