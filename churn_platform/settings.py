@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from churn_platform.contract import PROBABILITY
 from churn_platform.errors import SettingsError
 from churn_platform.schema import FEATURE_NAMES
 
@@ -139,7 +140,8 @@ class Settings(BaseSettings):
         0.1, gt=0, description="Drift distance (Wasserstein / Jensen-Shannon) from which a column drifted."
     )
     monitor_column_thresholds: Annotated[dict[str, float], NoDecode] = Field(
-        default_factory=dict, description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08'."
+        default_factory=dict,
+        description="Per-column overrides, e.g. 'tenure=0.05,contract=0.08' (churn_probability: the prediction's).",
     )
     monitor_critical_columns: Annotated[list[str], NoDecode] = Field(
         ["contract", "tenure"], description="Columns whose drift alone means drift (comma-separated)."
@@ -492,8 +494,11 @@ def checked_features(names: list[str]) -> list[str]:
 
 def checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
     """Per-column drift thresholds: known columns, finite and above 0 (0 would make a column
-    always drift, NaN never)."""
-    checked_features(list(thresholds))
+    always drift, NaN never). The prediction's too: its drift alone is a drift verdict."""
+    unknown = sorted(set(thresholds) - {*FEATURE_NAMES, PROBABILITY})
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; features: {list(FEATURE_NAMES)}, and {PROBABILITY} "
+                         "(the prediction)")  # fmt: skip
     bad = {k: v for k, v in thresholds.items() if not 0 < v < float("inf")}
     if bad:
         raise ValueError(f"thresholds must be numbers above 0, got {bad}")

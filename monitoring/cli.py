@@ -101,7 +101,8 @@ def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) 
     help="Share of drifted columns that means drift (default: CHURN_MONITOR_DRIFT_SHARE).",
 )
 @click.option("--column-threshold", "thresholds", multiple=True, callback=_thresholds,
-              help="Per-column override, e.g. tenure=0.05 (repeatable).")  # fmt: skip
+              help="Per-column override, e.g. tenure=0.05 (repeatable; churn_probability: the "
+                   "prediction's).")  # fmt: skip
 @click.option(
     "--critical", default=None, callback=_critical, help="Comma-separated columns whose drift alone means drift."
 )

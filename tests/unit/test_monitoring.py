@@ -62,11 +62,12 @@ def test_missing_share_above_the_limit_fails_below_it_drops_rows(telco_csv):
 
 
 def test_threshold_and_column_settings_are_parsed_once_and_checked(monkeypatch):
-    monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0.05, contract=0.2")
+    # The prediction's own too: its drift alone is a drift verdict (refused as an unknown column before).
+    monkeypatch.setenv("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0.05, contract=0.2, churn_probability=0.3")
     monkeypatch.setenv("CHURN_MONITOR_CRITICAL_COLUMNS", " tenure ,contract,")
     monkeypatch.setenv("CHURN_CORS_ORIGINS", "https://a.example, https://b.example")
     settings = load_settings()
-    assert settings.monitor_column_thresholds == {"tenure": 0.05, "contract": 0.2}
+    assert settings.monitor_column_thresholds == {"tenure": 0.05, "contract": 0.2, "churn_probability": 0.3}
     assert settings.monitor_critical_columns == ["tenure", "contract"]
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
     for variable, value, problem in [
@@ -75,6 +76,7 @@ def test_threshold_and_column_settings_are_parsed_once_and_checked(monkeypatch):
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure", "'tenure' is not column=number"),
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0", "thresholds must be numbers above 0"),
         ("CHURN_MONITOR_CRITICAL_COLUMNS", "tenure,planet", "unknown columns ['planet']"),
+        ("CHURN_MONITOR_CRITICAL_COLUMNS", "churn_probability", "unknown columns ['churn_probability']"),
     ]:
         with monkeypatch.context() as patch:
             patch.setenv(variable, value)
