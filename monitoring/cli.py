@@ -75,8 +75,9 @@ def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) 
 @click.option(
     "--current", default=None, help="Current data (CSV/Parquet path or s3:// URI) instead of the inference log."
 )
-@click.option("--since", type=UTC_TIME, default=None, help="Inference-log window start (UTC).")
-@click.option("--until", type=UTC_TIME, default=None, help="Inference-log window end (UTC).")
+@click.option("--since", type=UTC_TIME, default=None, help="Inference-log window start (UTC, included).")
+@click.option("--until", type=UTC_TIME, default=None,
+              help="Inference-log window end (UTC, excluded; a date alone is its midnight).")  # fmt: skip
 @click.option(
     "--last-hours",
     type=click.IntRange(1, 876_000),
@@ -179,7 +180,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     default=None,
     help="Window start (UTC): outcomes observed and predictions made from then on (default: all).",
 )
-@click.option("--until", type=UTC_TIME, default=None, help="Window end (UTC; default: now).")
+@click.option("--until", type=UTC_TIME, default=None,
+              help="Window end (UTC, excluded; a date alone is its midnight; default: now).")  # fmt: skip
 @click.option(
     "--last-days",
     type=click.IntRange(1, 36500),
