@@ -111,6 +111,21 @@ class Window(BaseModel):
     scored_to: str | None = None
 
 
+    def describe(self) -> str:
+        """One line for the report: where the rows came from, when they were scored, whether
+        they are a sample and whose scores prediction drift compared."""
+        where = "the inference log" if self.source == "inference_log" else self.source
+        parts = [f"{self.rows_read:,} rows read from {where}"]
+        if self.scored_from:
+            parts.append(f"scored {self.scored_from} .. {self.scored_to}")
+        if self.sampled:
+            parts.append(f"a seeded sample of {self.sampled['rows']:,} of {self.sampled['of']:,} "
+                         f"(seed {self.sampled['seed']})")  # fmt: skip
+        if self.scores:
+            parts.append(f"scores {self.scores}")
+        return "; ".join(parts) + "."
+
+
 class DataQuality(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -452,6 +467,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
                 html, model_name=name, model_version=version, verdict=summary.verdict, drift_share=share,
                 share_limit=share_limit, critical_drifted=critical_hit, result=result,
                 reference_rows=len(reference), current_rows=len(current), created_at=created_at,
+                window=summary.window.describe(),
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))

@@ -79,6 +79,7 @@ def _summary(
     reference_rows: int,
     current_rows: int,
     created_at: str,
+    window: str,
 ) -> list[BaseWidgetInfo]:
     columns = ranked(result.columns)
     n_drifted = sum(c.drifted for c in columns)
@@ -112,6 +113,9 @@ def _summary(
         Insight(title="Drift share", severity=_severity(drift_share >= share_limit), text=share_text),
         Insight(title="Critical columns", severity=_severity(bool(critical_drifted)), text=critical_text),
         Insight(title="Prediction drift", severity=prediction_severity, text=prediction_text),
+        # After a rollback a version's latest rows can be months old, and a window past the limit
+        # is a sample: the headline's row count says neither.
+        *([Insight(title="Current rows", severity="info", text=window)] if window else []),
     ]
     counters = counter(
         counters=[
@@ -204,6 +208,7 @@ def write_html(
     reference_rows: int,
     current_rows: int,
     created_at: str,
+    window: str = "",
 ) -> None:
     """Write the report: our summary widgets, then Evidently's per-column ones, one Evidently page.
 
@@ -223,6 +228,7 @@ def write_html(
         reference_rows=reference_rows,
         current_rows=current_rows,
         created_at=created_at,
+        window=window,
     )
     details_header = header_text(
         label="Per-column details, in the table's order (prediction first). "

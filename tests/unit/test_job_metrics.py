@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,9 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     monitor = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--last-hours", "24",
                                         "--output-dir", str(tmp_path / "report")])  # fmt: skip
     assert monitor.exit_code == 1, monitor.output  # drift
+    # The page says which rows it judged (after a rollback a version's latest can be months old).
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert re.search(r"1,500 rows read from the inference log; scored 20\d\d-\S+ \.\. 20\d\d-\S+; scores logged", page)
     samples = pushed(gateway)
     job = {"job": "monitor", "model_name": "churn"}
     assert value(samples, "churn_monitor_dataset_drift", **job) == 1
