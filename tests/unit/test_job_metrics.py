@@ -146,6 +146,7 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     assert value(samples, "churn_job_exit_code", **job) == 2  # what ChurnBatchScoringFailed fires on
     assert value(samples, "churn_job_last_run_timestamp_seconds", **job) > succeeded
     assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == succeeded  # kept
+    assert math.isnan(value(samples, "churn_job_rows", outcome="scored", **job))  # not last week's 299
     assert value(samples, "churn_monitor_dataset_drift", job="monitor", model_name="churn") == 1  # other jobs kept
 
 
