@@ -73,6 +73,10 @@ def _session_conf(conf: dict[str, str] | None) -> dict[str, str]:
         "spark.sql.caseSensitive": "true",
         # scored_at as a standard Parquet timestamp (Spark's default INT96 is deprecated).
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        # A file that cannot be read is exit 2, as the local engine has it: on a cluster (or a
+        # borrowed session) that skips such files, its customers went silently unscored.
+        "spark.sql.files.ignoreCorruptFiles": "false",
+        "spark.sql.files.ignoreMissingFiles": "false",
         **(conf or {}),
     }
 
@@ -536,15 +540,17 @@ def _translated(exc: Exception, source: str) -> Exception:
 
     if isinstance(exc, DataSourceError | DataValidationError | StorageUnreachable | VerificationFailed):
         return exc
-    from py4j.protocol import Py4JError
-    from pyspark.errors import PySparkException
+    from py4j.protocol import Py4JError, Py4JNetworkError
+    from pyspark.errors import PySparkException, PythonException
 
     if isinstance(exc, OSError) and object_store.unreachable(exc):
         # pyarrow listing or merging the staged parts: a store blip is worth the retry, not a "bug".
         return StorageUnreachable(f"object store unreachable while writing the scores of {source}: {exc}"[:500])
-    if not isinstance(exc, PySparkException | Py4JError):
+    if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
         return exc
     text = str(exc).strip()
+    if _NOT_THE_INPUT.search(text):
+        return exc
     causes = [ln.strip().removeprefix("Caused by: ") for ln in text.splitlines() if ln.startswith("Caused by: ")]
     # The deepest cause says what was wrong ("Malformed CSV record: ..."); the top, only where.
     line = causes[-1] if causes else next(
@@ -555,6 +561,15 @@ def _translated(exc: Exception, source: str) -> Exception:
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
 
+#: What failed was not the input, so not exit 2 (which the Job never retries, and whose runbook
+#: says to fix the input): our own code on the executors (rows are checked there, never raised
+#: on: a bug), an executor or Python worker lost (killed for memory, say), or the JVM out of
+#: memory. Returned as they are: exit 70 with the traceback, retried. (A Python worker's
+#: traceback quotes no row; the others name Spark's classes and its own wording.)
+_NOT_THE_INPUT = re.compile(
+    r"org\.apache\.spark\.api\.python\.PythonException: Traceback|java\.lang\.OutOfMemoryError"
+    r"|ExecutorLostFailure \(executor |Python worker exited unexpectedly"
+)
 #: The JVM's exceptions (Hadoop's s3a, the AWS SDK, java.net) for a store that did not answer or
 #: asked to be asked later: matched on the exception's class, never on its message, which quotes
 #: the user's rows ("Malformed CSV record: ...,Disconnected,...") and paths.

@@ -405,6 +405,29 @@ def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tm
         stop_spark()
 
 
+def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_uri, customers, tmp_path, setenv):
+    """A notebook's (or a cluster's) session set to skip corrupt files scored the readable ones
+    and exited 0: the customers of the file it could not read were silently left out."""
+    from pyspark.sql import SparkSession
+
+    setenv(PYSPARK_PYTHON=sys.executable)
+    stop_spark()
+    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
+    spark = spark.config("spark.sql.files.ignoreCorruptFiles", "true").getOrCreate()
+    try:
+        folder = tmp_path / "export"
+        folder.mkdir()
+        customers.head(100).to_parquet(folder / "part-0.parquet", index=False)
+        (folder / "part-1.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")  # cut short in transfer
+        for engine, args in (("local", []), ("spark", ["--engine", "spark"])):
+            result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
+            assert result.exit_code == 2 and "Traceback" not in result.output, (engine, result.output)
+            assert not (tmp_path / f"{engine}.parquet").exists()
+        assert spark.conf.get("spark.sql.files.ignoreCorruptFiles") == "true"  # the session's own, back
+    finally:
+        stop_spark()
+
+
 def test_sparks_errors_are_retried_by_what_failed_not_by_the_words_of_a_row():
     """The deepest cause alone missed s3a's throttling (it wraps the SDK's 503), and message
     words made a malformed row holding "Disconnected" an outage, retried."""
@@ -425,3 +448,27 @@ def test_sparks_errors_are_retried_by_what_failed_not_by_the_words_of_a_row():
     )
     refused = _translated(malformed, "s3://b/in/")
     assert isinstance(refused, DataSourceError) and "Malformed CSV record" in str(refused)
+
+
+def test_a_failure_that_is_not_the_inputs_is_reported_as_it_is_and_retried():
+    """Every Spark failure it did not know was exit 2, "bad input": an executor killed for memory
+    or a bug in the scoring code was never retried, and its runbook line said to fix the input."""
+    from py4j.protocol import Py4JError, Py4JNetworkError
+
+    from churn_platform.spark_scoring import _translated
+
+    aborted = "An error occurred while calling o91.parquet.\n: org.apache.spark.SparkException: Job aborted due to "
+    for message in (
+        "stage failure: Task 0 in stage 3.0 failed 1 times, most recent failure: Lost task 0.0 in stage 3.0 (TID 3) "
+        "(10.0.0.5 executor 1): org.apache.spark.api.python.PythonException: Traceback (most recent call last):\n"
+        '  File "churn_platform/spark_scoring.py", line 240, in _score_partition\nKeyError: \'tenure\'',
+        "stage failure: Task 2 in stage 1.0 failed 4 times, most recent failure: Lost task 2.3 in stage 1.0 (TID 9): "
+        "ExecutorLostFailure (executor 2 exited caused by one of the running tasks) Reason: Container killed by "
+        "YARN for exceeding memory limits",
+        "stage failure: ... org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)",
+        "stage failure: ...\nCaused by: java.lang.OutOfMemoryError: Java heap space",
+    ):
+        failure = Py4JError(aborted + message)
+        assert _translated(failure, "s3://b/in/") is failure, message  # exit 70, with the traceback
+    gone = Py4JNetworkError("Answer from Java side is empty")
+    assert _translated(gone, "s3://b/in/") is gone
