@@ -91,6 +91,21 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
 def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_uri, tmp_path):
     settings = make_settings(registry_uri, tmp_path)
     rows = customers(50, seed=5)
+    # Another threshold for the Challenger: agreement with the two swapped would differ (below).
+    threshold = registry.get_model_version("churn", "2").tags.get(TAG_THRESHOLD)
+    registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, "0.3")
+    try:
+        _shadow_answers_with_production_and_logs_both_scores(registry, registry_uri, settings, rows)
+    finally:
+        if threshold is None:
+            registry.delete_model_version_tag("churn", "2", TAG_THRESHOLD)
+        else:
+            registry.set_model_version_tag("churn", "2", TAG_THRESHOLD, threshold)
+
+
+def _shadow_answers_with_production_and_logs_both_scores(registry, registry_uri, settings, rows) -> None:
+    from sklearn.metrics import roc_auc_score
+
     with TestClient(create_app(settings)) as api:
         wait_ready(api)
         rollout.start(registry, "churn", mode="shadow", version=2, actor="tests")
@@ -108,7 +123,8 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
             assert f"churn_model_scoring_seconds_count{labels} 1.0" in metrics
     with sa.create_engine(settings.inference_log_url).connect() as conn:
         logged = pd.read_sql(
-            "SELECT request_id, row_index, customer_id, model_version, arm, scoring_ms FROM inference_log", conn
+            "SELECT request_id, row_index, customer_id, model_version, arm, scoring_ms, churn_probability"
+            " FROM inference_log", conn
         )
     assert (logged.scoring_ms > 0).all()
     logged["request"] = logged.request_id.str.split("~").str[0]
@@ -123,7 +139,13 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
     assert (arms["production"]["requests"], arms["shadow"]["requests"]) == (1, 1)
     assert 0 < arms["shadow"]["p50_scoring_ms"] <= arms["shadow"]["p99_scoring_ms"] < 1000
     assert (arms["production"]["model_version"], arms["shadow"]["model_version"]) == (1, 2)
-    assert 0 <= arms["shadow"]["agreement"] <= 1 and arms["shadow"]["score_distance"] > 0
+    # Agreement: the share of customers both versions decide alike, each at its own threshold.
+    score = logged.pivot_table(index="customer_id", columns="arm", values="churn_probability")
+    production_threshold = float(registry.get_model_version("churn", "1").tags.get(TAG_THRESHOLD, 0.5))
+    alike = ((score["shadow"] >= 0.3) == (score["production"] >= production_threshold)).mean()
+    swapped = ((score["shadow"] >= production_threshold) == (score["production"] >= 0.3)).mean()
+    assert alike != swapped  # so a mix-up of the two thresholds would show
+    assert arms["shadow"]["agreement"] == pytest.approx(alike) and arms["shadow"]["score_distance"] > 0
     assert abs(sum(arms["shadow"]["risk_bands"].values()) - 1) < 1e-9
     assert arms["shadow"]["labelled_rows"] == 0 and arms["shadow"]["realized_roc_auc"] is None  # no outcomes yet
 
@@ -136,8 +158,10 @@ def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_
     status = CliRunner().invoke(main, ["rollout", "status", "--json", "--tracking-uri", registry_uri,
                                        "--inference-log-url", settings.inference_log_url])  # fmt: skip
     arms = {a["arm"]: a for a in json.loads(status.stdout)["comparison"]["arms"]}
-    for arm in ("production", "shadow"):
-        assert arms[arm]["labelled_rows"] == 50 and 0 <= arms[arm]["realized_roc_auc"] <= 1, arms[arm]
+    churned = truth.set_index("customer_id")["churned"].eq("yes").loc[score.index]
+    for arm in ("production", "shadow"):  # each on the scores its own version gave
+        assert arms[arm]["labelled_rows"] == 50, arms[arm]
+        assert arms[arm]["realized_roc_auc"] == pytest.approx(roc_auc_score(churned, score[arm])), arms[arm]
 
 
 def test_a_full_log_queue_keeps_productions_rows_before_the_shadows(registry, registry_uri, tmp_path):
