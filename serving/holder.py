@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from churn_platform import loading, registry, rollout, tracing
@@ -54,12 +54,14 @@ class ActiveRollout:
 
 @dataclass(frozen=True)
 class _ChallengerFailure:
-    """The Challenger version that failed to load, why, and when to try it again."""
+    """The Challenger that failed to load (its version, in the rollout started then), why,
+    and when to try it again (monotonic, and as a UTC time for ``/model``)."""
 
-    version: int
+    rollout: tuple[int, str | None]
     status: str
     pause: float
     retry_at: float
+    retry_time: str
 
 
 class LoadListener(Protocol):
@@ -173,7 +175,7 @@ class ModelHolder:
                         note = f" (kept: its tags could not be read: {exc})"
                         log.warning("rollout: Challenger v%s's tags unreadable, kept: %s", version, exc)
                     self.rollout = ActiveRollout(state, model)
-                elif self._failed_lately(version):
+                elif self._failed_lately((version, state.started_at)):
                     return
                 else:
                     with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version or 0,
@@ -196,24 +198,26 @@ class ModelHolder:
             log.warning("rollout: %s", self.rollout_status)
             if self._listener:
                 self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
-            if state is not None and state.challenger_version is not None:
+            outage = isinstance(exc, RegistryUnreachable) or registry.is_connection_error(exc)
+            if state is not None and state.challenger_version is not None and not outage:  # an outage: next poll
+                tried = (state.challenger_version, state.started_at)
                 before = self._challenger_failure
-                same = before is not None and before.version == state.challenger_version
+                same = before is not None and before.rollout == tried
                 pause = min(before.pause * 2, CHALLENGER_RETRY_MAX_S) if before and same else CHALLENGER_RETRY_S
-                self._challenger_failure = _ChallengerFailure(
-                    state.challenger_version, self.rollout_status, pause, time.monotonic() + pause
-                )
+                at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat(timespec="seconds")
+                self._challenger_failure = _ChallengerFailure(tried, self.rollout_status, pause,
+                                                              time.monotonic() + pause, at)  # fmt: skip
 
-    def _failed_lately(self, version: int) -> bool:
-        """Whether ``version`` failed to load and its pause has not run out: then it is not
-        tried again, but still reported and counted (ChurnChallengerFailingVerification stays)."""
+    def _failed_lately(self, rollout: tuple[int, str | None]) -> bool:
+        """Whether this rollout's Challenger (version, start) failed to load and its pause has not
+        run out: then it is not tried again, but still reported and counted (the alert stays). A
+        rollout started again (`rollout stop`, `start`) tries at once."""
         failed = self._challenger_failure
-        wait = failed.retry_at - time.monotonic() if failed is not None and failed.version == version else 0
-        if failed is None or wait <= 0:
+        if failed is None or failed.rollout != rollout or time.monotonic() >= failed.retry_at:
             return False
         self.rollout = None
-        self.rollout_status = (f"{failed.status[:400]} (tried again in {wait:.0f} s, "
-                               "or at once by POST /admin/reload)")  # fmt: skip
+        self.rollout_status = (f"{failed.status[:400]} (tried again after {failed.retry_time}, "
+                               "or at once by POST /admin/reload on this replica)")  # fmt: skip
         if self._listener:
             self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
         return True
