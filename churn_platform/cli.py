@@ -905,8 +905,6 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
 
     if reason := job_metrics.adhoc(alias or PRODUCTION_ALIAS, version):  # another model than the schedule's
         job_metrics.not_pushed(reason)
-    for outcome in ("scored", "rejected"):  # a run that fails scores nothing: not last week's counts
-        job_metrics.record("churn_job_rows", None, outcome=outcome)
     if alias and version:
         raise DataValidationError("give --alias or --version, not both")
     if top_k is not None and not explain:

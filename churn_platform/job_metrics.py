@@ -54,6 +54,19 @@ RESULTS = {
 }
 
 
+#: Each job's figures, NaN until its run records them: a run that fails (exit 2, 3, 70) has
+#: none, and the gateway kept the last run's beside its exit code (a dashboard read them as
+#: current). Alerts on a figure also require the exit code that goes with it.
+FIGURES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
+    "monitor": (("churn_monitor_rows", {}), ("churn_monitor_drift_share", {}), ("churn_monitor_dataset_drift", {}),
+                ("churn_monitor_drifted_columns", {}), ("churn_monitor_prediction_drift", {})),
+    "performance": (("churn_performance_roc_auc", {"kind": "realized"}),
+                    ("churn_performance_roc_auc", {"kind": "estimated"}), ("churn_performance_degraded", {}),
+                    ("churn_performance_labelled_rows", {})),
+    "score": (("churn_job_rows", {"outcome": "scored"}), ("churn_job_rows", {"outcome": "rejected"})),
+}  # fmt: skip
+
+
 def record(name: str, value: float | bool | None, **labels: str) -> None:
     """Note one result of the running job (ignored outside ``pushes``). None, this run has no
     such figure, pushes NaN: skipped, the gateway went on showing the last run's (a realized
@@ -103,7 +116,8 @@ def pushes(job: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 @contextmanager
 def _pushed(job: str, model_name: str | None) -> Iterator[None]:
-    results: list[tuple[str, float, dict[str, str]]] = []
+    results: list[tuple[str, float, dict[str, str]]] = [(name, math.nan, labels)
+                                                        for name, labels in FIGURES.get(job, ())]  # fmt: skip
     token, unpushed = _results.set(results), _unpushed.set(None)
     started = time.time()
     code: int = ExitCode.OK

@@ -321,6 +321,12 @@ def test_a_performance_run_pushes_no_figure_on_too_few_rows_and_no_verdict_when_
         assert value(pushed(gateway), "churn_job_exit_code", **job) == 2
         assert math.isnan(value(pushed(gateway), "churn_performance_degraded", **job))  # not "ok"
         assert math.isnan(roc_auc("estimated")) and math.isnan(roc_auc("realized"))
+        assert value(pushed(gateway), "churn_performance_labelled_rows", **job) == 50
+        # A run that fails has no figures at all: not the last run's beside its exit code.
+        monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", f"sqlite:///{tmp_path}/moved.db")
+        get_settings.cache_clear()
+        assert performance() == 2
+        assert math.isnan(value(pushed(gateway), "churn_performance_labelled_rows", **job))
     finally:
         get_settings.cache_clear()
 
