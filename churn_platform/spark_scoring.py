@@ -549,8 +549,6 @@ def _translated(exc: Exception, source: str) -> Exception:
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
         return exc
     text = str(exc).strip()
-    if _NOT_THE_INPUT.search(text):
-        return exc
     causes = [ln.strip().removeprefix("Caused by: ") for ln in text.splitlines() if ln.startswith("Caused by: ")]
     # The deepest cause says what was wrong ("Malformed CSV record: ..."); the top, only where.
     line = causes[-1] if causes else next(
@@ -558,17 +556,22 @@ def _translated(exc: Exception, source: str) -> Exception:
     )
     if any(_jvm_unreachable(cause) for cause in causes or [line]):  # s3a wraps the SDK's throttling, say
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
+    if _NOT_THE_INPUT.search(text):
+        return exc
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
 
 #: What failed was not the input, so not exit 2 (which the Job never retries, and whose runbook
 #: says to fix the input): our own code on the executors (rows are checked there, never raised
-#: on: a bug), an executor or Python worker lost (killed for memory, say), or the JVM out of
-#: memory. Returned as they are: exit 70 with the traceback, retried. (A Python worker's
-#: traceback quotes no row; the others name Spark's classes and its own wording.)
+#: on: a bug), an executor or Python worker lost (killed for memory, say; a crashed worker's
+#: socket is reset), memory or local disk run out, shuffle blocks lost, Spark stopped. Returned
+#: as they are: exit 70 with the traceback, retried. Spark's fully qualified class names and
+#: its own wording, which no row quotes by chance.
 _NOT_THE_INPUT = re.compile(
     r"org\.apache\.spark\.api\.python\.PythonException: Traceback|java\.lang\.OutOfMemoryError"
-    r"|ExecutorLostFailure \(executor |Python worker exited unexpectedly"
+    r"|org\.apache\.spark\.memory\.SparkOutOfMemoryError|org\.apache\.spark\.shuffle\.FetchFailedException"
+    r"|java\.net\.SocketException: (?:Connection reset|Broken pipe)|No space left on device"
+    r"|ExecutorLostFailure \(executor |Python worker exited unexpectedly|SparkContext was shut down"
 )
 #: The JVM's exceptions (Hadoop's s3a, the AWS SDK, java.net) for a store that did not answer or
 #: asked to be asked later: matched on the exception's class, never on its message, which quotes

@@ -408,6 +408,7 @@ def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tm
 def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_uri, customers, tmp_path, setenv):
     """A notebook's (or a cluster's) session set to skip corrupt files scored the readable ones
     and exited 0: the customers of the file it could not read were silently left out."""
+    import pyarrow.parquet as pq
     from pyspark.sql import SparkSession
 
     setenv(PYSPARK_PYTHON=sys.executable)
@@ -418,7 +419,13 @@ def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_
         folder = tmp_path / "export"
         folder.mkdir()
         customers.head(100).to_parquet(folder / "part-0.parquet", index=False)
-        (folder / "part-1.parquet").write_bytes(b"PAR1" + b"\x00" * 64 + b"PAR1")  # cut short in transfer
+        customers.iloc[100:200].to_parquet(folder / "part-1.parquet", index=False)
+        # Damaged inside a data page, its footer intact: the header check before Spark reads it fine.
+        raw = bytearray((folder / "part-1.parquet").read_bytes())
+        start = pq.ParquetFile(folder / "part-1.parquet").metadata.row_group(0).column(0).data_page_offset
+        raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
+        (folder / "part-1.parquet").write_bytes(raw)
+        assert pq.read_schema(folder / "part-1.parquet").names == list(customers.columns)
         for engine, args in (("local", []), ("spark", ["--engine", "spark"])):
             result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
             assert result.exit_code == 2 and "Traceback" not in result.output, (engine, result.output)
@@ -467,6 +474,11 @@ def test_a_failure_that_is_not_the_inputs_is_reported_as_it_is_and_retried():
         "YARN for exceeding memory limits",
         "stage failure: ... org.apache.spark.SparkException: Python worker exited unexpectedly (crashed)",
         "stage failure: ...\nCaused by: java.lang.OutOfMemoryError: Java heap space",
+        "stage failure: ...\nCaused by: java.net.SocketException: Connection reset",
+        "stage failure: ...\nCaused by: org.apache.spark.memory.SparkOutOfMemoryError: [UNABLE_TO_ACQUIRE_MEMORY]",
+        "stage failure: ...\nCaused by: java.io.IOException: No space left on device",
+        "stage failure: ... org.apache.spark.shuffle.FetchFailedException: Failed to connect to 10.0.0.7",
+        "Job 3 cancelled because SparkContext was shut down",
     ):
         failure = Py4JError(aborted + message)
         assert _translated(failure, "s3://b/in/") is failure, message  # exit 70, with the traceback
