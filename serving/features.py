@@ -34,6 +34,13 @@ class FeaturesUnavailable(ServingError):
     headers = {"Retry-After": str(round(_RETRY_S))}  # a store set up or back since is opened at the next try
 
 
+class FeaturesNotConfigured(ServingError):
+    """No feature store is set up here: by-id predictions do not exist on this deployment. Not
+    a 503: nothing is down, and any client could page on-call (ChurnApi5xxRate) by asking."""
+
+    status_code = 404
+
+
 class FeatureSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -122,6 +129,8 @@ class FeatureSource:
         if read is None:
             if self.state in ("unavailable", "not configured") and time.monotonic() - self._opened_at > _RETRY_S:
                 self.start()  # set up or back since the last try: open it for the next requests
+            if self.state == "not configured":
+                raise FeaturesNotConfigured(self.reason)
             raise FeaturesUnavailable(self.reason)
         try:
             if hasattr(read, "aread"):  # PostgreSQL: read on the event loop

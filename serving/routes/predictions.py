@@ -95,7 +95,8 @@ async def predict_single(
 _UNKNOWN = "unknown customer id: the online store holds no features for it"
 #: The POST routes beside ``/predict/{customer_id}``.
 _POST_ROUTES = ("single", "by-id")
-ById = {503: {"model": Problem, "description": "No feature store is set up, or it cannot be read now"}}
+ById = {404: {"model": Problem, "description": "No feature store is set up here (the message says how to set one up)"},
+        503: {"model": Problem, "description": "The feature store is opening, or cannot be read now"}}
 
 
 def _stale(as_of: float, max_age_days: float, now: float) -> str | None:
