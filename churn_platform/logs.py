@@ -1,5 +1,5 @@
 """Log lines a person reads (text) or a collector parses (JSON lines), with each request's
-context: ``request_id``, ``model_version``, ``arm``, ``route``, ``status``, ``duration_ms``.
+context: ``request_id``, ``model_version``, ``arm``, ``route``, ``status``, ``duration_ms``, ...
 
 The serving middleware opens a context per request (``request_context``); code that learns
 something about the request (the predictor: version and arm) adds to it with ``bind``; every
@@ -24,7 +24,11 @@ from churn_platform import tracing
 LogFormat = Literal["text", "json"]
 #: The request's fields, one mutable dict per request (threads the request runs in share it).
 _context: ContextVar[dict[str, Any] | None] = ContextVar("churn_log_context", default=None)
-FIELDS = ("request_id", "model_version", "arm", "route", "status", "duration_ms", "trace_id")
+#: ``log_key``: the request's id in the inference log (the caller's, made unique: callers reuse
+#: theirs). ``challenger_version``: a canary's, beside Production's ``model_version`` (each field
+#: keeps one type: a collector maps a field by its first value and drops lines that differ).
+FIELDS = ("request_id", "log_key", "model_version", "challenger_version", "arm", "route", "status", "duration_ms",
+          "trace_id")  # fmt: skip
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _NOISY = ("botocore", "urllib3", "alembic", "httpx", "huey", "sqlalchemy.engine")
 #: Loggers ``import mlflow`` gives a text handler of its own (and ``propagate=False``).

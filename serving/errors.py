@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -91,6 +92,12 @@ class WrongApiKey(ServingError):
     status_code = 403
 
 
+def logged_path(scope: Any) -> str:
+    """The request's path for a log line, as sent (still percent-encoded): decoded, a %0A in it
+    wrote a forged line of its own in the text format."""
+    return scope.get("raw_path", b"").decode("latin-1") or quote(scope["path"])
+
+
 def problem(status: int, message: str, detail: Any = None) -> JSONResponse:
     return JSONResponse(
         status_code=status, content={"message": message, "detail": message if detail is None else detail}
@@ -150,7 +157,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
     cause = exc.__cause__
     if isinstance(cause, ClientDisconnect):  # FastAPI's 400 for a body that never came: not the client's error
-        log.info("client closed the request on %s before its body arrived", request.url.path)
+        log.info("client closed the request on %s before its body arrived", logged_path(request.scope))
         return problem(CLIENT_CLOSED, "client closed the request before its body arrived")
     if isinstance(cause, ValueError | RecursionError):  # FastAPI's "error parsing the body": a 400 naming nothing
         if isinstance(cause, UnicodeDecodeError):
@@ -167,7 +174,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s", request.url.path)
+    log.exception("unexpected error on %s", logged_path(request.scope))
     return problem(500, "internal error; see the server log")
 
 

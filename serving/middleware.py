@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 from contextlib import nullcontext
-from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from churn_platform import logs, tracing
-from serving.errors import CLIENT_CLOSED, BodyTooLarge, UnsupportedMediaType, problem, problem_for
+from serving.errors import CLIENT_CLOSED, BodyTooLarge, UnsupportedMediaType, logged_path, problem, problem_for
 from serving.metrics import Metrics
 
 JSON = "application/json"
@@ -149,7 +149,13 @@ class RequestMetrics:
                 # Gone before its body arrived: no one to answer, and no fault of ours (a 500
                 # here fed the 5xx alert). 499 is nginx's "client closed request".
                 status = CLIENT_CLOSED
-                log.info("client closed the request on %s before its body arrived", scope["path"])
+                log.info("client closed the request on %s before its body arrived", logged_path(scope))
+            except asyncio.CancelledError:
+                # Cancelled unanswered (uvicorn at the end of its graceful shutdown): no 500 was
+                # sent, so none is counted (they fed the 5xx alert) nor traced as an error.
+                if not started_response:
+                    status = CLIENT_CLOSED
+                raise
             except Exception as exc:
                 if started_response:
                     raise  # the span records it on the way out
@@ -157,7 +163,7 @@ class RequestMetrics:
                     span.record_exception(exc)
                 # Answered here, not by Starlette's outermost handler: the 500 then carries the
                 # request id, and its log line the request's fields (and trace id).
-                log.exception("unexpected error on %s", scope["path"])
+                log.exception("unexpected error on %s", logged_path(scope))
                 await problem(500, "internal error; see the server log")(scope, receive, record)
             finally:
                 # The route's template without converters: /predict/{customer_id}, not {customer_id:path}.
@@ -171,6 +177,7 @@ class RequestMetrics:
                     span.set_attributes({
                         "http.request.method": scope["method"], "http.route": endpoint,
                         "http.response.status_code": status, "churn.request_id": request_id,
+                        "churn.log_key": log_key,  # the inference log's request_id for these rows
                     })  # fmt: skip
                     # Also a 503 of our own (no model served), as OTel's HTTP conventions say; not
                     # /ready's 503, which answers a probe as asked (each one an error trace buried the real ones).
@@ -178,9 +185,7 @@ class RequestMetrics:
                         tracing.failed(span)
                 if self.access_log:
                     context.update(route=endpoint, status=status, duration_ms=round(elapsed * 1000, 3))
-                    # raw_path: as sent, still percent-encoded, so a path cannot forge a log line.
-                    path = scope.get("raw_path", b"").decode("latin-1") or quote(scope["path"])
-                    access.info("%s %s %s", scope["method"], path, status)
+                    access.info("%s %s %s", scope["method"], logged_path(scope), status)
 
 
 def _headers(scope: Scope) -> dict[str, str]:

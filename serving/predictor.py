@@ -178,9 +178,11 @@ class Predictor:
         if done.predictions is None:
             return []
         self.metrics.rows_scored.inc(len(done.customers))
-        before, before_arm = logs.current("model_version"), logs.current("arm")  # a canary answers with both
-        logs.bind(model_version=model.version if before in (None, model.version) else f"{before}+{model.version}",
-                  arm=arm if before_arm in (None, arm) else f"{before_arm}+{arm}")  # fmt: skip
+        before = logs.current("model_version")
+        if before in (None, model.version):
+            logs.bind(model_version=model.version, arm=arm)
+        else:  # a canary answers with both: Production's version stays a number, the Challenger's beside it
+            logs.bind(challenger_version=model.version, arm=f"{logs.current('arm')}+{arm}")
         return done.predictions
 
 

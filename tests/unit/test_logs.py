@@ -57,9 +57,18 @@ def test_json_lines_carry_the_request_id_the_caller_sent_and_the_log_stores_it(a
     assert len(ids) == 4  # the reused id lost nothing: each request's rows are kept apart
     assert re.fullmatch(r"crm-7f3a\.42/[0-9a-f]{16}", ids[0]) and re.fullmatch(r"crm-7f3a\.42/[0-9a-f]{16}", ids[1])
     assert ids[0] != ids[1]
+    # Each line names its request's key in the log: the reused id alone could not tell them apart.
+    assert sorted(line["log_key"] for line in mine) == sorted(ids[:2])
     assert ids[2] == odd.headers["x-request-id"]
     # A long id is cut to fit the column (64, PostgreSQL enforces it) with room for "~shadow".
     assert ids[3].startswith("k" * 40 + "/") and len(ids[3]) + len("~shadow") == 64
+
+
+def test_a_path_in_a_log_line_is_as_sent_so_it_cannot_forge_a_line():
+    from serving.errors import logged_path
+
+    assert logged_path({"raw_path": b"/predict/x%0Aforged", "path": "/predict/x\nforged"}) == "/predict/x%0Aforged"
+    assert logged_path({"path": "/predict/x\nforged"}) == "/predict/x%0Aforged"
 
 
 def test_an_unexpected_error_is_a_500_with_the_request_id_in_the_response_and_the_log(
@@ -125,3 +134,23 @@ def test_mlflow_and_sqlalchemy_lines_are_json_too(mlflow_first):
     assert [line["logger"] for line in lines] == ["churn_platform.x", "mlflow.pyfunc", "alembic.runtime",
                                                   "sqlalchemy.engine.Engine", "py.warnings"]  # fmt: skip
     assert "a library says so" in lines[-1]["message"]
+
+
+def test_a_request_cancelled_unanswered_is_not_counted_as_a_500():
+    """uvicorn cancels what still runs at the end of its graceful shutdown: nothing was sent, yet
+    the request counted (and logged, and traced) as a 500, feeding ChurnApi5xxRate."""
+    import asyncio
+
+    from serving.metrics import Metrics
+    from serving.middleware import RequestMetrics
+
+    async def cancelled(scope, receive, send):
+        raise asyncio.CancelledError
+
+    metrics = Metrics()
+    middleware = RequestMetrics(cancelled, metrics=metrics, paths=frozenset({"/predict"}))
+    scope = {"type": "http", "method": "POST", "path": "/predict", "raw_path": b"/predict", "headers": []}
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(middleware(scope, None, None))
+    counted = {s.labels["status"]: s.value for s in metrics.requests.collect()[0].samples if s.name.endswith("_total")}
+    assert counted == {"499": 1.0}

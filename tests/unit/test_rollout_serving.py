@@ -89,6 +89,34 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
     rollout.stop(registry, "churn", actor="tests")
 
 
+def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry_uri, tmp_path):
+    """model_version was "1+2" on a request both arms answered, a number on every other line: a
+    collector maps the field by its first value and dropped the canary's lines (the rollout's)."""
+    import io
+    import logging
+
+    from churn_platform import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.WithContext())
+    access = logging.getLogger("churn.access")
+    level = access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        with TestClient(create_app(make_settings(registry_uri, tmp_path, access_log=True))) as api:
+            wait_ready(api)
+            start_canary(registry, api, percent=50)
+            assert api.post("/predict", json={"customers": customers(40)}).status_code == 200
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    line = next(json.loads(text) for text in stream.getvalue().splitlines() if '"route": "/predict"' in text)
+    assert (line["model_version"], line["challenger_version"], line["arm"]) == (1, 2, "production+canary"), line
+
+
 def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_uri, tmp_path):
     settings = make_settings(registry_uri, tmp_path)
     rows = customers(50, seed=5)
