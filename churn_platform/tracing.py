@@ -25,8 +25,28 @@ _provider: TracerProvider | None = None
 
 
 def configured() -> bool:
-    """Whether the environment asks for traces."""
-    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    """Whether the environment asks for traces, and does not turn them off as the standard
+    variables do (``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``)."""
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
+def check() -> None:
+    """``SettingsError`` when traces are asked for in a way this API cannot send: over gRPC (set
+    with a port 4317 endpoint), every batch went to a gRPC-only port and was lost, with only the
+    exporter's warnings to say so."""
+    from churn_platform.errors import SettingsError
+
+    name = next((n for n in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+                 if os.environ.get(n)), None)  # fmt: skip
+    protocol = os.environ.get(name, "").strip() if name else ""
+    if configured() and name and protocol != "http/protobuf":
+        raise SettingsError(f"{name}={protocol}: this API sends traces over OTLP/HTTP (http/protobuf) only; unset "
+                            "it and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's HTTP port (4318)")
 
 
 def setup(service: str = "churn-api", exporter: SpanExporter | None = None) -> bool:
@@ -34,6 +54,8 @@ def setup(service: str = "churn-api", exporter: SpanExporter | None = None) -> b
     global _provider
     if exporter is None and not configured():
         return False
+    if exporter is None:
+        check()
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor

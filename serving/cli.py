@@ -46,9 +46,11 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
         get_settings.cache_clear()
     from pathlib import Path
 
+    from churn_platform import tracing
     from serving.inference_log import check_spool_dir
 
     settings = get_settings()  # a bad variable fails here, before uvicorn starts workers
+    tracing.check()
     check_spool_dir(Path(settings.inference_log_spool_dir), settings.inference_log_url)  # one line, not one per worker
     host, port = host or settings.api_host, port or settings.api_port
     _check_port(host, port)

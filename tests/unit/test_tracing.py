@@ -89,6 +89,26 @@ def test_without_the_otel_variables_nothing_is_traced(monkeypatch):
     assert tracing.trace_id() is None
 
 
+def test_the_standard_variables_that_turn_traces_off_or_ask_for_grpc_are_honoured(monkeypatch):
+    """OTEL_SDK_DISABLED and OTEL_TRACES_EXPORTER=none were ignored, and with the gRPC protocol
+    every batch went to a gRPC-only port and was lost: `serve` says so and does not start."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317")
+    for variable, value in (("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")):
+        with monkeypatch.context() as env:
+            env.setenv(variable, value)
+            assert tracing.setup() is False and not tracing.enabled()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    result = CliRunner().invoke(main, ["serve", "--host", "192.0.2.1"])  # an address no one can listen on
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this API sends traces over OTLP/HTTP" in result.output
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    tracing.check()  # the protocol it sends
+
+
 def test_the_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch):
     received: list[tuple[str, str, int]] = []
 
