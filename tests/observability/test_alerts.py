@@ -183,3 +183,20 @@ def test_alertmanager_inhibits_the_apis_alerts_only_while_the_whole_api_is_down(
                                "other-api ChurnApi5xxRate": False}  # fmt: skip
     finally:
         process.stop()
+
+
+def test_every_metric_the_rules_and_dashboards_name_is_one_the_code_exports():
+    """A misspelt metric in a panel or a rule evaluates to no data, which the end-to-end test
+    accepts from any panel of a dashboard that has another with data: named here, not found."""
+    from churn_platform import job_metrics
+    from serving.metrics import Metrics
+    from tests.observability.test_prometheus_e2e import dashboard_expressions
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+    pushed = set(job_metrics.RESULTS) | set(re.findall(r'gauge\("(churn_\w+)"', Path(job_metrics.__file__).read_text()))
+    exported |= {f"{name}{suffix}" for name in pushed for suffix in ("", "_total")}
+    named = [(rule["alert"], rule["expr"]) for rule in alerts()] + dashboard_expressions()
+    metric = re.compile(r"\b(churn_[a-z_]+)\b(?!\()")  # not the start of a regex: churn_monitor_(a|b)
+    unknown = {(where, name) for where, expr in named for name in metric.findall(expr) if name not in exported}
+    assert not unknown, sorted(unknown)
