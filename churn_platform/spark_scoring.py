@@ -549,6 +549,8 @@ def _translated(exc: Exception, source: str) -> Exception:
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
         return exc
     text = str(exc).strip()
+    if _NOT_THE_INPUT.search(text):  # first: an executor lost on a store timeout is still Spark's loss
+        return exc
     causes = [ln.strip().removeprefix("Caused by: ") for ln in text.splitlines() if ln.startswith("Caused by: ")]
     # The deepest cause says what was wrong ("Malformed CSV record: ..."); the top, only where.
     line = causes[-1] if causes else next(
@@ -556,23 +558,27 @@ def _translated(exc: Exception, source: str) -> Exception:
     )
     if any(_jvm_unreachable(cause) for cause in causes or [line]):  # s3a wraps the SDK's throttling, say
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
-    if _NOT_THE_INPUT.search(text):
+    if _RESET.search(text):
         return exc
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
 
 #: What failed was not the input, so not exit 2 (which the Job never retries, and whose runbook
 #: says to fix the input): our own code on the executors (rows are checked there, never raised
-#: on: a bug), an executor or Python worker lost (killed for memory, say; a crashed worker's
-#: socket is reset), memory or local disk run out, shuffle blocks lost, Spark stopped. Returned
-#: as they are: exit 70 with the traceback, retried. Spark's fully qualified class names and
-#: its own wording, which no row quotes by chance.
+#: on: a bug), an executor or Python worker lost (killed for memory, say), memory or local disk
+#: run out, shuffle blocks lost between executors, Spark stopped. Returned as they are: exit 70
+#: with the traceback, retried; checked before the store's outage classes, which such a loss
+#: may carry as its cause. Spark's fully qualified class names and its own wording, which no
+#: row quotes by chance.
 _NOT_THE_INPUT = re.compile(
     r"org\.apache\.spark\.api\.python\.PythonException: Traceback|java\.lang\.OutOfMemoryError"
     r"|org\.apache\.spark\.memory\.SparkOutOfMemoryError|org\.apache\.spark\.shuffle\.FetchFailedException"
-    r"|java\.net\.SocketException: (?:Connection reset|Broken pipe)|No space left on device"
-    r"|ExecutorLostFailure \(executor |Python worker exited unexpectedly|SparkContext was shut down"
+    r"|No space left on device|ExecutorLostFailure \(executor |Python worker exited unexpectedly"
+    r"|SparkContext was shut down"
 )
+#: A connection reset that is not the store's (s3a's own come wrapped, as AWSClientIOException,
+#: once its retries are spent): a crashed Python worker's socket. Exit 70, after the store check.
+_RESET = re.compile(r"java\.net\.SocketException: (?:Connection reset|Broken pipe)")
 #: The JVM's exceptions (Hadoop's s3a, the AWS SDK, java.net) for a store that did not answer or
 #: asked to be asked later: matched on the exception's class, never on its message, which quotes
 #: the user's rows ("Malformed CSV record: ...,Disconnected,...") and paths.

@@ -479,6 +479,12 @@ def test_a_failure_that_is_not_the_inputs_is_reported_as_it_is_and_retried():
         "stage failure: ...\nCaused by: java.io.IOException: No space left on device",
         "stage failure: ... org.apache.spark.shuffle.FetchFailedException: Failed to connect to 10.0.0.7",
         "Job 3 cancelled because SparkContext was shut down",
+        # Lost with a network cause that a store outage has too: still the executors', not the store's.
+        "stage failure: ... org.apache.spark.shuffle.FetchFailedException: Failed to connect to 10.0.0.7:7337\n"
+        "Caused by: java.io.IOException: Failed to connect to /10.0.0.7:7337\n"
+        "Caused by: java.net.ConnectException: Connection refused",
+        "stage failure: ... ExecutorLostFailure (executor 2 exited caused by one of the running tasks) Reason: "
+        "Executor heartbeat timed out\nCaused by: java.net.SocketTimeoutException: Read timed out",
     ):
         failure = Py4JError(aborted + message)
         assert _translated(failure, "s3://b/in/") is failure, message  # exit 70, with the traceback
