@@ -17,7 +17,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from churn_platform import loading, registry, rollout, tracing
-from churn_platform.errors import ChurnPlatformError, NotFoundError, RegistryNotFound, RegistryUnreachable
+from churn_platform.errors import (
+    ChurnPlatformError,
+    NotFoundError,
+    RegistryNotFound,
+    RegistryUnreachable,
+    StorageUnreachable,
+)
 from churn_platform.loading import LoadedModel
 from churn_platform.settings import Settings
 from serving.heap import settle_heap
@@ -198,7 +204,7 @@ class ModelHolder:
             log.warning("rollout: %s", self.rollout_status)
             if self._listener:
                 self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
-            outage = isinstance(exc, RegistryUnreachable) or registry.is_connection_error(exc)
+            outage = isinstance(exc, RegistryUnreachable | StorageUnreachable) or registry.is_connection_error(exc)
             if state is not None and state.challenger_version is not None and not outage:  # an outage: next poll
                 tried = (state.challenger_version, state.started_at)
                 before = self._challenger_failure

@@ -332,21 +332,28 @@ def test_a_challenger_the_store_could_not_send_is_tried_again_at_the_next_poll(
     registry, registry_uri, tmp_path, monkeypatch
 ):  # fmt: skip
     """An outage is not a broken Challenger: it must not wait out a pause once the store is back."""
-    from churn_platform.errors import RegistryUnreachable
+    from churn_platform.errors import RegistryUnreachable, StorageUnreachable
 
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
         real = loading.load
-
-        def unreachable(*args, **kwargs):
-            raise RegistryUnreachable("artifact store unreachable at http://minio:9000: timed out")
-
         rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
-        monkeypatch.setattr(loading, "load", unreachable)
-        assert "Challenger not served" in reload(api)["status"]
-        monkeypatch.setattr(loading, "load", real)
-        api.app.state.holder.load_production()  # the next poll
-        assert api.get("/model").json()["rollout"]["status"] == "canary: serving Challenger v2"
+        # Through the tracking server, or from the bucket itself (an s3:// artifact location).
+        for outage in (RegistryUnreachable("registry unreachable at http://mlflow:5000: timed out"),
+                       StorageUnreachable("object store unreachable: Could not connect to http://minio:9000")):
+
+            def unreachable(*args, error=outage, **kwargs):
+                raise error
+
+            monkeypatch.setattr(loading, "load", unreachable)
+            reload(api)
+            assert "Challenger not served" in api.get("/model").json()["rollout"]["status"]
+            monkeypatch.setattr(loading, "load", real)
+            api.app.state.holder.load_production()  # the next poll
+            assert api.get("/model").json()["rollout"]["status"] == "canary: serving Challenger v2", outage
+            rollout.stop(registry, "churn", actor="tests")  # started again: off, then on at the next load
+            reload(api)
+            rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
 
 
 def test_a_replica_whose_production_fails_to_load_still_follows_the_rollout(registry, registry_uri, tmp_path):
