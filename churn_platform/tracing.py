@@ -44,9 +44,10 @@ def check() -> None:
     name = next((n for n in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
                  if os.environ.get(n)), None)  # fmt: skip
     protocol = os.environ.get(name, "").strip() if name else ""
-    if configured() and name and protocol != "http/protobuf":
-        raise SettingsError(f"{name}={protocol}: this API sends traces over OTLP/HTTP (http/protobuf) only; unset "
-                            "it and point OTEL_EXPORTER_OTLP_ENDPOINT at the collector's HTTP port (4318)")
+    if configured() and name and not protocol.startswith("http/"):  # http/json: sent as protobuf, same port
+        raise SettingsError(f"{name}={protocol}: this API sends traces over OTLP/HTTP only; set "
+                            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and point OTEL_EXPORTER_OTLP_ENDPOINT "
+                            "(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) at the collector's HTTP port (4318)")
 
 
 def setup(service: str = "churn-api", exporter: SpanExporter | None = None) -> bool:

@@ -178,11 +178,11 @@ class Predictor:
         if done.predictions is None:
             return []
         self.metrics.rows_scored.inc(len(done.customers))
-        before = logs.current("model_version")
-        if before in (None, model.version):
+        if arm == "canary":  # each field keeps one type: model_version is Production's, when it answered
+            answered = logs.current("arm")
+            logs.bind(challenger_version=model.version, arm=f"{answered}+{arm}" if answered else arm)
+        else:
             logs.bind(model_version=model.version, arm=arm)
-        else:  # a canary answers with both: Production's version stays a number, the Challenger's beside it
-            logs.bind(challenger_version=model.version, arm=f"{logs.current('arm')}+{arm}")
         return done.predictions
 
 

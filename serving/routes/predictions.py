@@ -180,12 +180,13 @@ for _route in _POST_ROUTES:
     router.add_api_route(f"/predict/{_route}", _post_only, methods=["GET"], include_in_schema=False)
 
 
+_BY_PATH_404 = ("Unknown customer id, a feature without a value or with one the schema refuses, a snapshot older "
+                "than CHURN_FEATURES_MAX_AGE_DAYS, or no feature store set up here (the message says which)")
+
+
 # `:path`: an id the store holds may contain a slash (sent as is, or as %2F).
 @router.get("/predict/{customer_id:path}", response_model=Prediction,
-            responses={404: {"model": Problem, "description": "Unknown customer id, a feature without a value or with "
-                                                                 "one the schema refuses, or a snapshot older than "
-                                                                 "CHURN_FEATURES_MAX_AGE_DAYS"},
-                       **ById})  # fmt: skip
+            responses={**ById, 404: {"model": Problem, "description": _BY_PATH_404}})  # fmt: skip
 async def predict_by_path(
     customer_id: Annotated[CustomerId, Path(description=ID_DESCRIPTION)],
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,

@@ -96,6 +96,7 @@ def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry
     import logging
 
     from churn_platform import logs
+    from serving.predictor import canary_bucket
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -110,11 +111,15 @@ def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry
             wait_ready(api)
             start_canary(registry, api, percent=50)
             assert api.post("/predict", json={"customers": customers(40)}).status_code == 200
+            to_canary = [c for c in customers(40) if canary_bucket(c["customer_id"]) < 50]
+            assert to_canary and api.post("/predict", json={"customers": to_canary}).status_code == 200
     finally:
         access.removeHandler(handler)
         access.setLevel(level)
-    line = next(json.loads(text) for text in stream.getvalue().splitlines() if '"route": "/predict"' in text)
-    assert (line["model_version"], line["challenger_version"], line["arm"]) == (1, 2, "production+canary"), line
+    both, alone = [json.loads(text) for text in stream.getvalue().splitlines() if '"route": "/predict"' in text]
+    assert (both["model_version"], both["challenger_version"], both["arm"]) == (1, 2, "production+canary"), both
+    # A request only the Challenger answered: its version where a canary's always is.
+    assert (alone["challenger_version"], alone["arm"]) == (2, "canary") and "model_version" not in alone, alone
 
 
 def test_shadow_answers_with_production_and_logs_both_scores(registry, registry_uri, tmp_path):

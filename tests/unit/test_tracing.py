@@ -105,8 +105,8 @@ def test_the_standard_variables_that_turn_traces_off_or_ask_for_grpc_are_honoure
     result = CliRunner().invoke(main, ["serve", "--host", "192.0.2.1"])  # an address no one can listen on
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: this API sends traces over OTLP/HTTP" in result.output
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-    tracing.check()  # the protocol it sends
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")  # for traces, beside gRPC for the rest
+    tracing.check()
 
 
 def test_the_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch):
