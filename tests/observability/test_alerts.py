@@ -190,13 +190,16 @@ def test_every_metric_the_rules_and_dashboards_name_is_one_the_code_exports():
     accepts from any panel of a dashboard that has another with data: named here, not found."""
     from churn_platform import job_metrics
     from serving.metrics import Metrics
-    from tests.observability.test_prometheus_e2e import dashboard_expressions
+    from tests.observability.test_prometheus_e2e import DASHBOARDS, dashboard_expressions
 
-    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    exported = {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = {family.name + suffix for family in Metrics().registry.collect()
+                for suffix in suffixes.get(family.type, ("",))}  # fmt: skip
     pushed = set(job_metrics.RESULTS) | set(re.findall(r'gauge\("(churn_\w+)"', Path(job_metrics.__file__).read_text()))
     exported |= {f"{name}{suffix}" for name in pushed for suffix in ("", "_total")}
     named = [(rule["alert"], rule["expr"]) for rule in alerts()] + dashboard_expressions()
-    metric = re.compile(r"\b(churn_[a-z_]+)\b(?!\()")  # not the start of a regex: churn_monitor_(a|b)
+    named += [(f"{path.stem} / ${v['name']}", v["query"]) for path in DASHBOARDS
+              for v in json.loads(path.read_text())["templating"]["list"]]  # fmt: skip
+    metric = re.compile(r"\b(churn_[a-z0-9_]+)\b(?!\()")  # not the start of a regex: churn_monitor_(a|b)
     unknown = {(where, name) for where, expr in named for name in metric.findall(expr) if name not in exported}
     assert not unknown, sorted(unknown)
