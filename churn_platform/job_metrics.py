@@ -56,7 +56,7 @@ RESULTS = {
 
 #: Each job's figures, NaN until its run records them: a run that fails (exit 2, 3, 70) has
 #: none, and the gateway kept the last run's beside its exit code (a dashboard read them as
-#: current). Alerts on a figure also require the exit code that goes with it.
+#: current). The drift and degradation alerts also require the exit code that goes with it.
 FIGURES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
     "monitor": (("churn_monitor_rows", {}), ("churn_monitor_drift_share", {}), ("churn_monitor_dataset_drift", {}),
                 ("churn_monitor_drifted_columns", {}), ("churn_monitor_prediction_drift", {})),
