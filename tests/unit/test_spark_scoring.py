@@ -476,7 +476,6 @@ def test_a_failure_that_is_not_the_inputs_is_reported_as_it_is_and_retried():
         "stage failure: ...\nCaused by: java.lang.OutOfMemoryError: Java heap space",
         "stage failure: ...\nCaused by: java.net.SocketException: Connection reset",
         "stage failure: ...\nCaused by: org.apache.spark.memory.SparkOutOfMemoryError: [UNABLE_TO_ACQUIRE_MEMORY]",
-        "stage failure: ...\nCaused by: java.io.IOException: No space left on device",
         "stage failure: ... org.apache.spark.shuffle.FetchFailedException: Failed to connect to 10.0.0.7",
         "Job 3 cancelled because SparkContext was shut down",
         # Lost with a network cause that a store outage has too: still the executors', not the store's.
