@@ -566,11 +566,11 @@ def _translated(exc: Exception, source: str) -> Exception:
 #: What failed was not the input, so not exit 2 (which the Job never retries, and whose runbook
 #: says to fix the input): our own code on the executors (rows are checked there, never raised
 #: on: a bug), an executor or Python worker lost (killed for memory, say), memory run out,
-#: shuffle blocks lost between executors, Spark stopped. (A full disk stays exit 2, as the local
-#: engine has it: a write refused, which a retry on the same volume would meet again.) Returned as they are: exit 70
-#: with the traceback, retried; checked before the store's outage classes, which such a loss
-#: may carry as its cause. Spark's fully qualified class names and its own wording, which no
-#: row quotes by chance.
+#: shuffle blocks lost between executors, Spark stopped. Returned as they are: exit 70 with the
+#: traceback, retried; checked before the store's outage classes, which such a loss may carry
+#: as its cause. Spark's fully qualified class names and its own wording, which no row quotes
+#: by chance. (A full disk stays exit 2, as the local engine has it: a write refused, which a
+#: retry on the same volume would meet again.)
 _NOT_THE_INPUT = re.compile(
     r"org\.apache\.spark\.api\.python\.PythonException: Traceback|java\.lang\.OutOfMemoryError"
     r"|org\.apache\.spark\.memory\.SparkOutOfMemoryError|org\.apache\.spark\.shuffle\.FetchFailedException"
