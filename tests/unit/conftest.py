@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -8,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from churn_platform import data, registry
+from churn_platform import data, logs, registry
 from churn_platform.settings import Settings
 from churn_platform.training import TrainConfig, train
 from tests.conftest import mlflow_uris_restored
@@ -40,3 +43,19 @@ def registry_uri(tmp_path_factory, telco_csv):
 def customers(telco_csv) -> pd.DataFrame:
     """Real Telco customers as a campaign tool would export them: no label column (batch scoring)."""
     return data.load(telco_csv).drop(columns=["churn"])
+
+
+@pytest.fixture
+def json_lines():
+    """What the API's JSON log handler writes, captured."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.WithContext())
+    access = logging.getLogger("churn.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    logging.getLogger().removeHandler(handler)
+    access.setLevel(level)

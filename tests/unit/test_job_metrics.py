@@ -71,15 +71,22 @@ def log_rows(url: str, customers: pd.DataFrame, version: int = 1) -> None:
     engine.dispose()
 
 
-def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_success(
-    registry_uri, telco_csv, tmp_path, monkeypatch, gateway, caplog, webhook
-):  # fmt: skip
-    copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
+def scheduled_jobs(registry_uri: str, tmp_path, monkeypatch, gateway: str) -> tuple[str, str]:
+    """A copy of the session's registry (the jobs record runs: it stays as it was) and an
+    inference log, the jobs pushing to ``gateway``: their URIs."""
+    copy = tmp_path / "mlflow.db"
     shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
     monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
+    get_settings.cache_clear()
+    return f"sqlite:///{copy}", log_url
+
+
+def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_success(
+    registry_uri, telco_csv, tmp_path, monkeypatch, gateway, caplog, webhook
+):  # fmt: skip
+    uri, log_url = scheduled_jobs(registry_uri, tmp_path, monkeypatch, gateway)
     hook, posted = webhook
     monkeypatch.setenv("CHURN_MONITOR_ALERT_WEBHOOK", hook)
     get_settings.cache_clear()
@@ -289,13 +296,7 @@ def test_a_performance_run_pushes_no_figure_on_too_few_rows_and_no_verdict_when_
     judged nothing pushed churn_performance_degraded 0: the dashboard's verdict turned green "ok"."""
     from churn_platform import outcomes
 
-    copy = tmp_path / "mlflow.db"  # the job records a run: keep the session's registry as it was
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
-    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
-    get_settings.cache_clear()
+    uri, log_url = scheduled_jobs(registry_uri, tmp_path, monkeypatch, gateway)
     scored = data.generate(300, seed=11)
     log_rows(log_url, scored)  # every score 0.5: estimated ROC AUC 0.5, far below the baseline
     truth = pd.DataFrame({ID_COLUMN: scored[ID_COLUMN].head(50), "churned": ["yes", "no"] * 25})

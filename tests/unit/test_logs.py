@@ -72,39 +72,25 @@ def test_a_path_in_a_log_line_is_as_sent_so_it_cannot_forge_a_line():
 
 
 def test_an_unexpected_error_is_a_500_with_the_request_id_in_the_response_and_the_log(
-    registry_uri, tmp_path, telco_csv, monkeypatch
+    registry_uri, tmp_path, telco_csv, monkeypatch, json_lines
 ):  # fmt: skip
-    import io
-    import logging
-
     from fastapi.testclient import TestClient
 
-    from churn_platform import logs
     from serving.app import create_app
     from serving.predictor import Predictor
     from tests.unit.test_api import make_settings, wait_ready
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    handler.addFilter(logs.WithContext())
-    logging.getLogger().addHandler(handler)
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
     customer = data.to_records(data.load(telco_csv).drop(columns=["churn"]).head(1))[0]
-    try:
-        with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
-            wait_ready(client)
-            monkeypatch.setattr(Predictor, "predict", broken)  # a fault injected: no route fails on purpose
-            response = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-500"})
-    finally:
-        logging.getLogger().removeHandler(handler)
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
+        wait_ready(client)
+        monkeypatch.setattr(Predictor, "predict", broken)  # a fault injected: no route fails on purpose
+        response = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-500"})
     assert response.status_code == 500 and response.headers["x-request-id"] == "crm-500"
     assert "internal error; see the server log" in response.text
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    error = next(line for line in lines if line["message"].startswith("unexpected error"))
+    error = next(line for line in json_lines() if line["message"].startswith("unexpected error"))
     assert error["request_id"] == "crm-500" and error["level"] == "ERROR"
     assert "RuntimeError: a bug" in error["exception"]
 

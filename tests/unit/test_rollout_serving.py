@@ -89,34 +89,18 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
     rollout.stop(registry, "churn", actor="tests")
 
 
-def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry_uri, tmp_path):
+def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry_uri, tmp_path, json_lines):
     """model_version was "1+2" on a request both arms answered, a number on every other line: a
     collector maps the field by its first value and dropped the canary's lines (the rollout's)."""
-    import io
-    import logging
-
-    from churn_platform import logs
     from serving.predictor import canary_bucket
 
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    handler.addFilter(logs.WithContext())
-    access = logging.getLogger("churn.access")
-    level = access.level
-    access.addHandler(handler)
-    access.setLevel(logging.INFO)
-    try:
-        with TestClient(create_app(make_settings(registry_uri, tmp_path, access_log=True))) as api:
-            wait_ready(api)
-            start_canary(registry, api, percent=50)
-            assert api.post("/predict", json={"customers": customers(40)}).status_code == 200
-            to_canary = [c for c in customers(40) if canary_bucket(c["customer_id"]) < 50]
-            assert to_canary and api.post("/predict", json={"customers": to_canary}).status_code == 200
-    finally:
-        access.removeHandler(handler)
-        access.setLevel(level)
-    both, alone = [json.loads(text) for text in stream.getvalue().splitlines() if '"route": "/predict"' in text]
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, access_log=True))) as api:
+        wait_ready(api)
+        start_canary(registry, api, percent=50)
+        assert api.post("/predict", json={"customers": customers(40)}).status_code == 200
+        to_canary = [c for c in customers(40) if canary_bucket(c["customer_id"]) < 50]
+        assert to_canary and api.post("/predict", json={"customers": to_canary}).status_code == 200
+    both, alone = [line for line in json_lines() if line.get("route") == "/predict"]
     assert (both["model_version"], both["challenger_version"], both["arm"]) == (1, 2, "production+canary"), both
     # A request only the Challenger answered: its version where a canary's always is.
     assert (alone["challenger_version"], alone["arm"]) == (2, "canary") and "model_version" not in alone, alone

@@ -5,9 +5,6 @@ really sending to the endpoint the standard variable names."""
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import time
 from http.server import BaseHTTPRequestHandler
 
@@ -15,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from churn_platform import data, logs, tracing
+from churn_platform import data, tracing
 from serving.app import create_app
 from tests.services import http_server
 from tests.unit.test_api import make_settings, wait_ready
@@ -29,22 +26,6 @@ def spans():
     assert tracing.setup("churn-api", exporter=exporter)
     yield exporter
     tracing.shutdown()
-
-
-@pytest.fixture
-def json_lines():
-    """What the API's JSON log handler writes, captured."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    handler.addFilter(logs.WithContext())
-    access = logging.getLogger("churn.access")
-    level = access.level
-    access.setLevel(logging.INFO)
-    logging.getLogger().addHandler(handler)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    logging.getLogger().removeHandler(handler)
-    access.setLevel(level)
 
 
 def test_a_request_continues_the_callers_trace_through_decode_score_log_and_encode(
