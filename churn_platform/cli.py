@@ -158,7 +158,7 @@ tracking_option = click.option(
     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI).",
 )  # fmt: skip
 model_name_option = click.option("--model-name", default=None, callback=checked(checked_model_name),
-                                  help="Registered model name (default: churn).")  # fmt: skip
+                                  help="Registered model name (default: CHURN_MODEL_NAME, else churn).")  # fmt: skip
 
 
 #: Longest --reason and --actor: an audit event is one registry tag, and MLflow caps a tag's value.
@@ -196,7 +196,7 @@ def _reason(value: str) -> str:
 
 #: Who made a change, as the audit trail records it (one line: `history` prints one per event).
 actor_option = click.option("--actor", default=None, callback=checked(_actor),
-                            help="Who (default: CHURN_ACTOR or the OS user).")  # fmt: skip
+                            help="Who (default: CHURN_ACTOR or the OS user, @ this host).")  # fmt: skip
 reason_option = click.option("--reason", default="", callback=checked(_reason),
                              help="Why (recorded in the audit trail).")  # fmt: skip
 

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
     admin_api_key: SecretStr | None = Field(
         None,
-        description="Key for POST /admin/reload (header X-API-Key); unset disables admin routes.",
+        description="Key for POST /admin/reload and POST /outcomes (header X-API-Key or Authorization: Bearer); "
+        "unset disables both.",
         json_schema_extra={"secret": True},
     )
     max_batch_size: int = Field(1000, ge=1, description="Most customers in one POST /predict.")
@@ -163,7 +164,8 @@ class Settings(BaseSettings):
     )
     monitor_alert_webhook: str | None = Field(
         None,
-        description="URL that receives the summary JSON (POST) on drift or data-quality failure.",
+        description="URL that receives the summary JSON (POST) on drift or data-quality failure (monitor) and "
+        "degradation (performance).",
         json_schema_extra={"secret": True},  # a webhook's path is its secret (Slack, Teams, ...)
     )
     pushgateway_url: str | None = Field(

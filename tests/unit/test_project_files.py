@@ -46,11 +46,11 @@ def test_readme_configuration_table_matches_the_settings():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     documented = {}
     for row in rows:
-        name, default = (cell.strip() for cell in row.strip("|").split("|")[:2])
-        documented[name.strip("`")] = default
+        name, default, description = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        documented[name.strip("`")] = (default, description.endswith("(secret)"))
     expected = {
-        name: ("unset" if default in (None, "") else f"`{default}`")
-        for name, (default, _, _) in environment_variables().items()
+        name: ("unset" if default in (None, "") else f"`{default}`", secret)
+        for name, (default, _, secret) in environment_variables().items()
     }
     assert documented == expected
 
