@@ -14,6 +14,7 @@ them flagged a problem, so one noisy window does not start a training.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +22,8 @@ from typing import Any, Literal
 import pandas as pd
 import sqlalchemy as sa
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
 from churn_platform import data, gate, outcomes, registry
@@ -29,6 +32,7 @@ from churn_platform.contract import (
     CHALLENGER_ALIAS,
     CHURNED,
     INFERENCE_LOG_TABLE,
+    ROLLOUT_ACTIONS,
     TAG_ADHOC,
     TAG_THRESHOLD,
     ExitCode,
@@ -37,6 +41,7 @@ from churn_platform.errors import ChurnPlatformError, DataValidationError
 from churn_platform.inference_log import make_engine, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
+from churn_platform.training_config import check_parameter
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,8 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
 def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int | None:
     """The Challenger's version when it is a retrain gated against today's Production that no
     one has judged: Production has not moved since (by the CLI or in the UI) and no rollout of
-    it was stopped. A rollout under way is the judging, not its end."""
+    it was stopped. A rollout under way is the judging, not its end: one stopped and started
+    again awaits its decision again."""
     from churn_platform import promotion
 
     pending = registry.aliased(client, name, CHALLENGER_ALIAS)
@@ -92,9 +98,27 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int 
     figures = gate.recorded_figures(pending.tags)  # edited by hand: nothing says it awaits anyone
     if figures is None or figures.production_version != production:
         return None
-    stopped = any(e.action == "rollout-stop" and e.to_version == int(pending.version)
-                  for e in promotion.recorded_events(client, name))  # fmt: skip
-    return None if stopped else int(pending.version)
+    rollouts = [e.action for e in promotion.recorded_events(client, name)
+                if e.action in ROLLOUT_ACTIONS and e.to_version == int(pending.version)]  # fmt: skip
+    return None if rollouts[-1:] == ["rollout-stop"] else int(pending.version)
+
+
+def _answered(client: MlflowClient, version: ModelVersion, production: int, challenger: int | None) -> bool:
+    """Whether a retrained version answered the runs before it. Not one whose run the registry
+    dropped under between registering it and making it Challenger (passed against today's
+    Production, its run unfinished, no alias): counted, it made the Job's retry decline ("0 of
+    the last 0 runs", exit 1) and left the gated version without Challenger for good."""
+    figures = gate.recorded_figures(version.tags or {})
+    if not version.run_id or int(version.version) == challenger or figures is None \
+            or figures.production_version != production:  # fmt: skip
+        return True
+    try:
+        run = client.get_run(version.run_id)
+    except MlflowException as exc:
+        if registry.is_missing(exc):  # deleted since (`mlflow gc`): long answered
+            return True
+        raise
+    return run.info.status == "FINISHED" or run.data.tags.get("gate.passed") != "True"
 
 
 #: The schedules' periods (the performance CronJob runs daily, the monitor hourly), in ms.
@@ -120,9 +144,11 @@ def decide(
     runs: list[dict[str, Any]] = []
     # Runs before the latest retrain were answered by it: a retrain waits for new evidence
     # instead of registering another version every day until someone promotes one.
-    retrained = [int(v.creation_timestamp) for v in client.search_model_versions(f"name = {name}")
-                 if TAG_TRIGGER in (v.tags or {})]  # fmt: skip
-    after = max(retrained, default=0)
+    retrained = sorted((v for v in client.search_model_versions(f"name = {name}") if TAG_TRIGGER in (v.tags or {})),
+                       key=lambda v: int(v.creation_timestamp), reverse=True)  # fmt: skip
+    held = registry.aliased(client, settings.model_name, CHALLENGER_ALIAS)
+    challenger = int(held.version) if held else None
+    after = next((int(v.creation_timestamp) for v in retrained if _answered(client, v, version, challenger)), 0)
     if experiment is not None:
         query = f"tags.model_name = {name} AND tags.model_version = '{version}'"
         if trigger == "performance":
@@ -230,17 +256,32 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
                        recent_rows=len(checked), base_rows=base_rows)  # fmt: skip
 
 
-def production_parameters(client: MlflowClient, name: str, version: int) -> dict[str, str]:
+def production_parameters(client: MlflowClient, name: str, version: int,
+                          overridden: Collection[str] = ()) -> dict[str, Any]:  # fmt: skip
     """The training parameters of Production's run, for a retrain that changes only the data;
     the decision threshold Production serves with (its version's tag, which `mlflow run` sets
-    when it logs the parameter empty, and a user may have changed in the UI)."""
+    when it logs the parameter empty, and a user may have changed in the UI). Those the
+    retrain is given (``overridden``) are neither taken nor checked."""
     registered = registry.get_version(client, name, version)
     params = client.get_run(registered.run_id).data.params if registered.run_id else {}
     # Not given: empty, None, or '' (how `mlflow run` logs an empty parameter: shell-quoted).
-    inherited = {k: params[k] for k in _INHERITED if k in params and params[k] not in ("", "None", "''")}
-    if registered.tags.get(TAG_THRESHOLD):
-        inherited["decision_threshold"] = registered.tags[TAG_THRESHOLD]
-    return inherited
+    inherited = {k: (params[k], f"run parameter {k}", "train the next version with `churn-platform train`")
+                 for k in _INHERITED
+                 if k in params and params[k] not in ("", "None", "''") and k not in overridden}  # fmt: skip
+    if registered.tags.get(TAG_THRESHOLD) and "decision_threshold" not in overridden:
+        inherited["decision_threshold"] = (registered.tags[TAG_THRESHOLD], f"tag {TAG_THRESHOLD}",
+                                           "correct the tag in the MLflow UI")  # fmt: skip
+    typed = {}
+    for key, (value, where, mend) in inherited.items():
+        try:
+            typed[key] = _typed(key, value)
+            check_parameter(key, typed[key])
+        except (ValueError, OverflowError, DataValidationError) as exc:
+            # Edited in the UI, say ("0,3"): the retrain reuses it, so the user must hear whose it is.
+            why = exc if isinstance(exc, DataValidationError) else f"{value!r} is not a number"
+            raise ChurnPlatformError(f"Production v{version}'s {where}={value!r}, which a retrain reuses, is "
+                                     f"refused ({why}): {mend}") from None  # fmt: skip
+    return typed
 
 
 class RetrainResult(BaseModel):
@@ -298,6 +339,8 @@ def retrain(
         decision = decide(client, settings, production, trigger, of, at_least)
         if not decision.retrain:
             raise NotRetrained(decision.reason)
+        given = parameters or {}
+        inherited: dict[str, Any] = {**production_parameters(client, name, production, given), **given}
         log_url = inference_log_url or settings.inference_log_url
         recent = labelled(log_url, name, since, settings.outcome_horizon_days)
         base_frame = data.load(base, settings.s3_endpoint_url) if base else None
@@ -308,12 +351,11 @@ def retrain(
                 f"({settings.monitor_min_rows}): the drift monitor could never judge the version; ingest more "
                 "outcomes, widen --since or add --base FILE"
             )
-        inherited: dict[str, Any] = {**production_parameters(client, name, production), **(parameters or {})}
         config = TrainConfig(
             data=f"inference log + outcomes since {since.isoformat() if since else 'the start'}"
                  + (f" + {base}" if base else ""),
             model_name=name,
-            **{k: _typed(k, v) for k, v in inherited.items()},
+            **inherited,
         )  # fmt: skip
         window = f"{since.isoformat() if since else 'start'}..{datetime.now(UTC).isoformat(timespec='seconds')}"
         tags = {TAG_TRIGGER: f"{trigger}: {decision.reason}"[:250], TAG_WINDOW: window,

@@ -35,7 +35,6 @@ from churn_platform.contract import (
     GLOBAL_IMPORTANCE_ARTIFACT,
     GLOBAL_IMPORTANCE_PLOT,
     MODEL_ARTIFACT,
-    MODEL_TYPES,
     PROBABILITY,
     REFERENCE_ARTIFACT,
     TAG_DATA_DIGEST,
@@ -55,7 +54,7 @@ from churn_platform.gate import GateVerdict, figures_tag
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings, checked_model_name
-from churn_platform.training_config import SYNTHETIC, TrainConfig
+from churn_platform.training_config import SYNTHETIC, TrainConfig, check_parameter
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -94,27 +93,8 @@ def load_training_data(config: TrainConfig, settings: Settings) -> pd.DataFrame:
 
 
 def _check_config(config: TrainConfig) -> None:
-    if config.model_type not in MODEL_TYPES:
-        raise DataValidationError(
-            f"model_type {config.model_type!r} is not supported; choose one of {list(MODEL_TYPES)}"
-        )
-    # 200: fewer leaves the validation side short of 5 churners at the default split (data.split).
-    if not 200 <= config.n_rows <= 10_000_000:
-        raise DataValidationError(f"n_rows must be from 200 to 10,000,000 (synthetic customers), got {config.n_rows}")
-    if not 0 <= config.seed < 2**32:
-        raise DataValidationError(f"seed must be from 0 to 2**32 - 1 (numpy's range), got {config.seed}")
-    if not 0 < config.validation_size < 1:
-        raise DataValidationError(f"validation_size must be between 0 and 1, got {config.validation_size}")
-    if config.decision_threshold is not None and not 0 < config.decision_threshold < 1:
-        raise DataValidationError(f"decision_threshold must be between 0 and 1, got {config.decision_threshold}")
-    # sklearn would refuse these after the data is loaded, with a traceback.
-    if not 0 < config.c < float("inf"):
-        raise DataValidationError(f"c must be a finite number above 0, got {config.c}")
-    if not 0 < config.learning_rate <= 1:
-        raise DataValidationError(f"learning_rate must be in (0, 1], got {config.learning_rate}")
-    for name in ("max_iter", "max_depth"):
-        if not 1 <= getattr(config, name) <= 100_000:
-            raise DataValidationError(f"{name} must be from 1 to 100,000, got {getattr(config, name)}")
+    for key, value in asdict(config).items():
+        check_parameter(key, value)
     try:  # the settings' rule: MLflow would refuse the name only at registration, after training
         checked_model_name(config.model_name)
     except ValueError as exc:

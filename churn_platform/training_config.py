@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from churn_platform.contract import MODEL_TYPES
+from churn_platform.errors import DataValidationError
 
 #: ``--data`` value that generates customers instead of reading a file.
 SYNTHETIC = "synthetic"
@@ -28,3 +32,25 @@ class TrainConfig:
     #: churn) joined point-in-time to the features each customer had at the label's time.
     from_features: bool = False
     labels: str = ""
+
+
+def check_parameter(key: str, value: Any) -> None:
+    """Refuse a value no training run could use, naming the parameter: sklearn would refuse
+    most of them only after the data is loaded, with a traceback."""
+    if key == "model_type" and value not in MODEL_TYPES:
+        raise DataValidationError(f"model_type {value!r} is not supported; choose one of {list(MODEL_TYPES)}")
+    # 200: fewer leaves the validation side short of 5 churners at the default split (data.split).
+    if key == "n_rows" and not 200 <= value <= 10_000_000:
+        raise DataValidationError(f"n_rows must be from 200 to 10,000,000 (synthetic customers), got {value}")
+    if key == "seed" and not 0 <= value < 2**32:
+        raise DataValidationError(f"seed must be from 0 to 2**32 - 1 (numpy's range), got {value}")
+    if key == "validation_size" and not 0 < value < 1:
+        raise DataValidationError(f"validation_size must be between 0 and 1, got {value}")
+    if key == "decision_threshold" and value is not None and not 0 < value < 1:
+        raise DataValidationError(f"decision_threshold must be between 0 and 1, got {value}")
+    if key == "c" and not 0 < value < float("inf"):
+        raise DataValidationError(f"c must be a finite number above 0, got {value}")
+    if key == "learning_rate" and not 0 < value <= 1:
+        raise DataValidationError(f"learning_rate must be in (0, 1], got {value}")
+    if key in ("max_iter", "max_depth") and not 1 <= value <= 100_000:
+        raise DataValidationError(f"{key} must be from 1 to 100,000, got {value}")

@@ -111,6 +111,17 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert str(client.get_model_version_by_alias(name, "Production").version) == "1"  # never moved by a retrain
     tags = client.get_model_version(name, "2").tags
     assert tags[retraining.TAG_TRIGGER].startswith("performance: 2 of the last 2")
+    # Had the registry dropped between registering v2 and making it Challenger (exit 3), its run
+    # would not have finished: the Job's retry trains again, where it declined ("0 of the last 0").
+    client.set_terminated(result["run_id"], "FAILED")
+    v2 = client.get_model_version(name, "2")
+    assert retraining._answered(client, v2, 1, 2)  # noqa: SLF001 - killed after the alias: it answered
+    client.delete_registered_model_alias(name, "Challenger")
+    retry = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
+    assert retry.retrain and retry.reason.startswith("2 of the last 2 performance runs of v1 flagged"), retry
+    client.set_terminated(result["run_id"], "FINISHED")
+    assert not retraining.decide(client, get_settings(), 1, "performance", 3, 2).retrain
+    client.set_registered_model_alias(name, "Challenger", "2")
     assert tags[retraining.TAG_RECENT_ROWS] == str(n) and tags[retraining.TAG_WINDOW].startswith("start..")
     run = client.get_run(result["run_id"])
     assert run.data.params["model_type"] == "logistic"  # Production's parameters
@@ -131,6 +142,10 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert cli("rollout", "start", "--mode", "shadow", "--version", "2", "--reason", "eval")[0] == 0
     assert "awaits a decision" in cli("retrain", "--if", "performance")[1]
     assert cli("rollout", "stop", "--reason", "worse on the shadow")[0] == 0
+    # Started again, it is under evaluation again: the earlier stop did not decide it.
+    assert cli("rollout", "start", "--mode", "canary", "--percent", "10", "--version", "2", "--reason", "again")[0] == 0
+    assert "awaits a decision" in cli("retrain", "--if", "performance")[1]
+    assert cli("rollout", "stop", "--reason", "worse on the canary too")[0] == 0
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "1 of the last 1 performance runs of v1 since the last retrain" in output, output
     assert versions(name) == [1, 2]
@@ -187,7 +202,26 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     get_settings.cache_clear()
     code, output = cli("retrain")
     assert code == 1 and f"fewer than CHURN_MONITOR_MIN_ROWS ({n}): the drift monitor could never judge" in output
-    assert versions(name) == [1]
+    # Production's threshold tag, edited in the UI, is reused: the error says whose value it is
+    # (a traceback for text; "decision_threshold must be between 0 and 1" as if it were an option).
+    for edited, why in (("0,3", "'0,3' is not a number"), ("1.5", "decision_threshold must be between 0 and 1")):
+        MlflowClient().set_model_version_tag(name, "1", "decision_threshold", edited)
+        code, output = cli("retrain")
+        assert code == 2, output
+        assert f"Production v1's tag decision_threshold='{edited}', which a retrain reuses, is refused ({why}" in output
+    MlflowClient().set_model_version_tag(name, "1", "decision_threshold", "0.3")
+    # A model type a later release dropped (logged by an earlier one): named, and --model-type replaces it.
+    client = MlflowClient()
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    client.log_param(run.info.run_id, "model_type", "svm")
+    source = client.get_model_version(name, "1").source
+    client.create_model_version(name, source, run_id=run.info.run_id, tags={"decision_threshold": "0.3"})
+    client.set_registered_model_alias(name, "Production", "2")
+    code, output = cli("retrain")
+    assert code == 2 and "Production v2's run parameter model_type='svm', which a retrain reuses" in output, output
+    code, output = cli("retrain", "--model-type", "logistic")
+    assert code == 1 and "fewer than CHURN_MONITOR_MIN_ROWS" in output, output  # past the parameters: not trained
+    assert versions(name) == [1, 2]
 
 
 def test_a_log_lacking_a_feature_of_this_schema_is_bad_data_not_an_unreachable_database(scenario):
