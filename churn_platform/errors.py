@@ -61,3 +61,10 @@ class StorageUnreachable(ChurnPlatformError):
     """The S3-compatible object store or a database cannot be reached."""
 
     exit_code = ExitCode.UNREACHABLE
+
+
+class StorageRefused(StorageUnreachable):
+    """A database that refused this user (a missing grant): an operator's to mend, so exit 2
+    for a job; a subclass so that the API still answers 503, and a sender keeps its data."""
+
+    exit_code = ExitCode.USAGE

@@ -32,11 +32,12 @@ from churn_platform.contract import (
     PROBABILITY,
     SCORED_AT,
 )
-from churn_platform.errors import DataValidationError, StorageUnreachable
+from churn_platform.errors import DataValidationError, StorageRefused, StorageUnreachable
 from churn_platform.inference_log import (
     INSUFFICIENT_PRIVILEGE,
     make_engine,
     missing_file,
+    require_log,
     schema_change,
     sqlite_time,
     sqlstate,
@@ -292,15 +293,24 @@ def ingest(
         raise DataValidationError(f"the database refused the outcomes: {getattr(exc, 'orig', exc)}") from exc
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
         # Down, not a database at all (a SQLite URL naming another file), or refusing every
-        # write (a read-only standby after a failover, a missing grant):
+        # write (a read-only standby after a failover, a missing grant: exit 2 for a job, 503 still):
         # the sender's data is fine, and a client that drops what it is told is bad would lose it.
         # Any other ProgrammingError is a bug here, not something a retry mends.
         if isinstance(exc, sa.exc.ProgrammingError) and sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
             raise
-        where = engine.url.render_as_string(hide_password=True)
-        raise StorageUnreachable(f"cannot write outcomes to {where}: {getattr(exc, 'orig', exc)}") from exc
+        raise _unwritable(engine, exc, "write outcomes to") from exc
     finally:
         engine.dispose()
+
+
+def _unwritable(engine: sa.Engine, exc: sa.exc.SQLAlchemyError, doing: str) -> StorageUnreachable:
+    """A missing grant is the operator's to give (a job's exit 2), anything else an outage."""
+    where, why = engine.url.render_as_string(hide_password=True), str(getattr(exc, "orig", exc)).strip()
+    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE or "permission denied for database" in why:  # at connect: no code
+        return StorageRefused(f"cannot {doing} {where}: this database user may not ({why}); grant it CONNECT on "
+                              f"the database, SELECT, INSERT, UPDATE and DELETE on {OUTCOMES_TABLE} (and CREATE on "
+                              "the schema until that table exists)")  # fmt: skip
+    return StorageUnreachable(f"cannot {doing} {where}: {why}")
 
 
 @dataclass(frozen=True)
@@ -326,13 +336,16 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
     ingesting a corrected one would add outcomes at other times beside the wrong ones.
     ``ingested``: only those written from, and before, these times (one bad push of many
     under the same name: ``api``, a daily export of one file name)."""
-    if missing_file(url):  # nothing logged there, and nothing to make
-        return Deleted(source, 0, False)
+    # No log there (a typo's file, MLflow's database) is not "none written by that source",
+    # which a user would take for nothing to undo.
+    if why := missing_file(url):
+        raise DataValidationError(why)
     engine = make_engine(url)
     outcomes = table(sa.MetaData())
     try:
         with engine.begin() as conn:
             if not sa.inspect(conn).has_table(OUTCOMES_TABLE):
+                require_log(engine)
                 return Deleted(source, 0, False)
             mine = outcomes.c[OUTCOME_SOURCE] == source
             since, until = (None if t is None else _stored_time(t, conn.dialect.name) for t in ingested)
@@ -362,8 +375,7 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
             return Deleted(source, rows, apply, day(first), day(last), written_first=second(written_first),
                            written_last=second(written_last))  # fmt: skip
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
-        where = engine.url.render_as_string(hide_password=True)
-        raise StorageUnreachable(f"cannot delete outcomes at {where}: {getattr(exc, 'orig', exc)}") from exc
+        raise _unwritable(engine, exc, "delete outcomes at") from exc
     finally:
         engine.dispose()
 

@@ -83,7 +83,7 @@ def test_a_job_whose_user_may_not_read_the_log_is_told_to_grant_it_not_to_retry(
     import os
 
     from churn_platform import retraining
-    from churn_platform.errors import SettingsError
+    from churn_platform.errors import SettingsError, StorageRefused
 
     role = f"no_grant_{os.getpid()}"
     try:
@@ -97,10 +97,19 @@ def test_a_job_whose_user_may_not_read_the_log_is_told_to_grant_it_not_to_retry(
             as_role = url.replace("//postgres@", f"//{role}@", 1)
             with pytest.raises(SettingsError, match="refused this job's database user: permission denied for table"):
                 retraining.labelled(as_role, "churn", None, 30)
+            # Writing outcomes too: it was exit 3, retried as an outage; the API still answers 503
+            # (a StorageUnreachable), so a CRM keeps the outcomes it sent.
+            frame = pd.DataFrame({"customer_id": ["c1"], "churned": ["yes"], "observed_at": ["2026-11-01"]})
+            grant = "this database user may not .*grant it CONNECT on the database, SELECT, INSERT"
+            with pytest.raises(StorageRefused, match=grant) as refused:
+                outcomes.ingest(frame, as_role, source="crm.csv", now=NOW)
+            assert refused.value.exit_code == 2 and isinstance(refused.value, StorageUnreachable)
             with sa.create_engine(url).begin() as db:  # refused at connect: no SQLSTATE reaches the client
                 db.exec_driver_sql(f'REVOKE CONNECT ON DATABASE "{url.rsplit("/", 1)[1]}" FROM PUBLIC')
             with pytest.raises(SettingsError, match="permission denied for database"):
                 retraining.labelled(as_role, "churn", None, 30)
+            with pytest.raises(StorageRefused, match="permission denied for database"):
+                outcomes.ingest(frame, as_role, source="crm.csv", now=NOW)
     finally:  # the database is gone: the role owns nothing, and has no grant left
         with sa.create_engine(f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres").begin() as db:
             db.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")

@@ -122,6 +122,17 @@ def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_p
     typo = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.cvs", "--yes", "--inference-log-url", url])
     assert typo.exit_code == 2 and "sources stored: 'crm.csv' (1)" in typo.output
     assert stored(url) == [("a", 1)]
+    # Run from another folder (the default log is a relative SQLite file), or pointed at MLflow's
+    # database: it was "none were last written by 'crm.csv'; sources stored: none", nothing to undo.
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere/log.db"
+    nolog = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", "--inference-log-url", elsewhere])
+    assert nolog.exit_code == 2 and f"no inference log at {tmp_path}/elsewhere/log.db (no such file)" in nolog.output
+    other = tmp_path / "mlflow.db"
+    with sa.create_engine(f"sqlite:///{other}").begin() as db:
+        db.exec_driver_sql("CREATE TABLE runs (x INTEGER)")
+    nolog = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", "--inference-log-url",
+                                      f"sqlite:///{other}"])  # fmt: skip
+    assert nolog.exit_code == 2 and "no inference_log table in sqlite:///" in nolog.output, nolog.output
     # A later file stating the same outcome again (a cumulative export) leaves it the first
     # file's: undoing the later file takes only what it added or changed.
     later = outcomes.ingest(good, url, source="crm-2.csv", now=NOW)
