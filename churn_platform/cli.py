@@ -104,6 +104,10 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 return func(*args, **kwargs)
         except ChurnPlatformError as exc:
             fail(str(exc), int(exc.exit_code), exc.prefix)
+        except click.UsageError as exc:  # two options that do not go together: met once they are read
+            if quiet:
+                echo_json({"error": exc.format_message(), "exit_code": exc.exit_code})
+            raise  # click's usage lines on stderr, as for any usage error
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise  # click's own: usage errors (exit 2) and deliberate exits
         except KeyboardInterrupt as exc:  # click's Abort is exit 1, which `score` says means "some rows rejected"

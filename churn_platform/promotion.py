@@ -108,7 +108,7 @@ def _now_key(events: list[Event]) -> tuple[str, str]:
 
 
 def default_actor() -> str:
-    given = os.environ.get("CHURN_ACTOR") or getpass.getuser()
+    given = os.environ.get("CHURN_ACTOR") or _os_user()
     try:  # a byte in another locale's encoding arrives as a lone surrogate, which no registry stores
         given.encode("utf-8")
     except UnicodeEncodeError:
@@ -116,6 +116,15 @@ def default_actor() -> str:
     # One line without control characters, as --actor: `history` prints it as it is.
     user = " ".join("".join(c for c in given if c.isprintable() or c.isspace()).split())[:200]
     return f"{user}@{socket.gethostname()}"
+
+
+def _os_user() -> str:
+    """The login name; a container run as a UID with no passwd entry (OpenShift's random UIDs)
+    has none, and getpass raised KeyError there: a traceback for every promote without --actor."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 #: An event's key: its time in nanoseconds (ordering the trail), then a random or derived suffix.

@@ -289,6 +289,11 @@ def test_under_json_an_error_is_a_json_document_on_stdout():
     assert result.exit_code == 3
     payload = json.loads(result.stdout[result.stdout.index("{") :])
     assert payload["exit_code"] == 3 and "unreachable" in payload["error"]
+    # Two options that do not go together, found once they are read: JSON too, beside click's usage.
+    times = ["--ingested-since", "2026-11-02", "--ingested-until", "2026-11-01"]
+    result = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", *times, "--json"])
+    assert result.exit_code == 2 and "Usage:" in result.stderr
+    assert json.loads(result.stdout) == {"error": "--ingested-since is not before --ingested-until", "exit_code": 2}
 
 
 def test_rollout_figures_from_a_log_that_is_down_are_an_error_naming_it_not_an_empty_table(tmp_path):
@@ -469,6 +474,12 @@ def test_the_actor_from_the_environment_is_checked_as_the_option_is(monkeypatch)
         promotion.default_actor()
     monkeypatch.setenv("CHURN_ACTOR", "eve\x1b[31m\nv9 -> v1")  # history prints it as it is
     assert promotion.default_actor().startswith("eve[31m v9 -> v1@")
+    # A container's UID with no passwd entry (OpenShift) and no CHURN_ACTOR: a traceback, it was.
+    monkeypatch.delenv("CHURN_ACTOR")
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # getpass reads these first
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("pwd.getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(f"uid not found: {uid}")))
+    assert promotion.default_actor().startswith(f"uid {os.getuid()}@")
 
 
 def test_a_roc_auc_tag_typed_by_hand_is_no_figure_not_a_crash():
