@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,8 +17,20 @@ from serving.schemas import Problem
 router = APIRouter(tags=["service"])
 
 
+def _head_too(path: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Answer HEAD on ``path`` as GET (uvicorn sends no body): uptime checkers that send it took
+    the 405 for "down". Kept out of the OpenAPI document, where it repeated GET's operation id."""
+
+    def add(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+        return endpoint
+
+    return add
+
+
+@_head_too("/")
 @router.get("/")
-def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
+async def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     model = holder.current
     return {
         "service": "churn-platform prediction API",
@@ -27,14 +40,19 @@ def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     }
 
 
+# The probes' routes are async: a plain def waits for a thread of the pool that blocking
+# routes share (POST /outcomes against a database that is gone, a reload with ?wait=true),
+# and the kubelet restarted a pod whose predictions still worked.
+@_head_too("/health")
 @router.get("/health")
-def health() -> dict[str, str]:
+async def health() -> dict[str, str]:
     """Liveness: the process is up."""
     return {"status": "ok"}
 
 
+@_head_too("/ready")
 @router.get("/ready", responses={503: {"model": Problem}})
-def ready(holder: HolderDep, request: Request) -> Any:
+async def ready(holder: HolderDep, request: Request) -> Any:
     """Readiness: 200 only when a verified model serves. The feature store's state is shown,
     not required: predictions with features in the body never depend on it."""
     model = holder.current
@@ -49,6 +67,7 @@ def ready(holder: HolderDep, request: Request) -> Any:
     return {"status": "ready", "model": model.name, "version": model.version, "feature_store": store}
 
 
+@_head_too("/model")
 @router.get("/model")
 def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """What is served, where it came from, how the latest (re)load went, and whether the

@@ -582,6 +582,36 @@ def wait_store_ready(client: TestClient) -> None:
         time.sleep(0.2)
 
 
+def test_the_probes_answer_while_every_worker_thread_is_busy(api):
+    """Liveness and readiness were plain def routes: they waited for a thread of the pool that
+    blocking routes share (POST /outcomes on a database that is gone, a reload with ?wait=true),
+    and the kubelet restarted a pod whose predictions still worked."""
+    import threading
+
+    import anyio.to_thread
+
+    api.portal.call(lambda: setattr(anyio.to_thread.current_default_thread_limiter(), "total_tokens", 1))
+    answered: dict[str, int] = {}
+    with api.app.state.inference_log._counts:  # noqa: SLF001 - /model reads the log's figures under it
+        busy = threading.Thread(target=api.get, args=("/model",), daemon=True)
+        busy.start()  # holds the pool's one thread, waiting for the lock
+        time.sleep(0.5)
+        probes = threading.Thread(target=lambda: answered.update({p: api.get(p).status_code for p in
+                                                                 ("/health", "/ready")}), daemon=True)  # fmt: skip
+        probes.start()
+        probes.join(10)
+        assert answered == {"/health": 200, "/ready": 200}
+    busy.join(10)
+    # An uptime checker's HEAD is no 405 (uvicorn sends no body); not in the OpenAPI document,
+    # where it repeated GET's operation id (clients generated from it collide).
+    for path in ("/", "/health", "/ready", "/model"):
+        head = api.head(path)
+        assert (head.status_code, head.headers["content-type"]) == (200, "application/json"), path
+    paths = api.get("/openapi.json").json()["paths"].values()
+    operations = [operation["operationId"] for path in paths for operation in path.values()]
+    assert len(operations) == len(set(operations))
+
+
 def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(api):
     response = api.put("/predict", json={})
     assert response.status_code == 405 and response.json()["message"] == "Method Not Allowed"
