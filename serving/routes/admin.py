@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from serving.deps import ADMIN_RESPONSES, AdminKey, HolderDep
+from serving.deps import ADMIN_RESPONSES, AdminKey, HolderDep, KnownQuery
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
 _OUTCOME = {"previous_version": 1, "state": "ready", "message": "", "version": 2, "rollout": "off"}
 
 

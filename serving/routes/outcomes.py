@@ -17,11 +17,11 @@ from churn_platform import outcomes
 from churn_platform.contract import CHURNED, OBSERVED_AT
 from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
-from serving.deps import ADMIN_RESPONSES, AdminKey, SettingsDep
+from serving.deps import ADMIN_RESPONSES, AdminKey, KnownQuery, SettingsDep
 from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable
 from serving.schemas import UTF8, listed
 
-router = APIRouter(tags=["outcomes"], dependencies=[AdminKey], responses=ADMIN_RESPONSES)
+router = APIRouter(tags=["outcomes"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
 
 #: At most this many outcomes per request (a CRM sends them in pages).
 MAX_OUTCOMES = 10_000

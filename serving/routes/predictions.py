@@ -17,7 +17,7 @@ from churn_platform import tracing
 from churn_platform.contract import FEATURES_AS_OF, MODEL_NAME, MODEL_VERSION
 from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
-from serving.deps import FeaturesDep, PredictorDep, ServedModel
+from serving.deps import FeaturesDep, KnownQuery, PredictorDep, ServedModel
 from serving.errors import MAX_ERRORS_LISTED, BatchTooLarge, CountedValidationError, UnknownCustomer
 from serving.schemas import (
     ID_DESCRIPTION,
@@ -39,6 +39,7 @@ from serving.schemas import (
 
 router = APIRouter(
     tags=["predictions"],
+    dependencies=[KnownQuery],
     responses={409: {"model": Problem, "description": "explain=true, but the served version cannot explain"}},
 )
 _encode = msgspec.json.Encoder().encode

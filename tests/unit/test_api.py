@@ -582,6 +582,21 @@ def wait_store_ready(client: TestClient) -> None:
         time.sleep(0.2)
 
 
+def test_a_misspelt_query_parameter_is_a_422_naming_it_not_ignored(api):
+    """?explian=true answered 200 without explanations; ?stict=false wrote nothing of a batch
+    the sender meant to be written in part."""
+    one = customers_stub()
+    response = api.post("/predict/single?explian=true&top_k=3", json=one)
+    assert response.status_code == 422, response.text
+    assert response.json()["message"] == "query.explian: Unknown query parameter; this route takes explain, top_k"
+    assert api.post("/predict/single?explain=true&top_k=3", json=one).status_code == 200
+    assert api.get("/predict/single?explain=true").status_code == 405  # a wrong method first
+    typo = api.post("/outcomes?stict=false", json={"outcomes": [{"customer_id": "c1", "churned": "x"}]},
+                    headers={"X-API-Key": KEY})  # fmt: skip
+    assert typo.status_code == 422 and "query.stict: Unknown query parameter; this route takes strict" in typo.text
+    assert api.post("/outcomes?stict=false", json={}).status_code == 401  # the key first, as before
+
+
 def test_the_probes_answer_while_every_worker_thread_is_busy(api):
     """Liveness and readiness were plain def routes: they waited for a thread of the pool that
     blocking routes share (POST /outcomes on a database that is gone, a reload with ?wait=true),
