@@ -111,6 +111,11 @@ def failed(span: Any) -> None:
     span.set_status(trace.Status(trace.StatusCode.ERROR))
 
 
+def record_exception(exc: BaseException) -> None:
+    """Record ``exc`` on the current span (the request's); nothing when tracing is off."""
+    trace.get_current_span().record_exception(exc)
+
+
 def trace_id() -> str | None:
     """The current trace's id (32 hex), for log lines; None outside a span, and for a trace
     not sampled (it is never exported: a log line's link to it would lead nowhere)."""

@@ -19,7 +19,7 @@ from serving.features import FeatureSource
 from serving.holder import ModelHolder
 from serving.inference_log import InferenceLog
 from serving.metrics import Metrics
-from serving.middleware import BodyLimit, JsonOnly, RequestMetrics
+from serving.middleware import BodyLimit, JsonOnly, RequestMetrics, ServerErrors
 from serving.predictor import Predictor
 from serving.routes import admin, outcomes, predictions, service
 from serving.schemas import Problem
@@ -83,9 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in modules:
         app.include_router(module.router)
     openapi.install(app)
-    # Added innermost first: a request meets RequestMetrics, CORS, BodyLimit, JsonOnly, then a route.
+    # Added innermost first: a request meets RequestMetrics, CORS, ServerErrors, BodyLimit,
+    # JsonOnly, then a route.
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ServerErrors)
     if settings.cors_origins:
         app.add_middleware(  # a page's script may read the request id it quotes in a support ticket
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"],

@@ -90,8 +90,10 @@ class JsonOnly:
             if not has_body:
                 return await self.app(scope, receive, send)
         media_type = (declared or b"").split(b";", 1)[0].strip().lower().decode("latin-1")
-        encoding = headers.get(b"content-encoding", b"identity").strip().lower().decode("latin-1")
-        if media_type == JSON and encoding in ("identity", ""):
+        # Every Content-Encoding header, each maybe a list: "gzip" then "identity" is still gzip.
+        codings = b",".join(v for k, v in scope.get("headers") or [] if k == b"content-encoding").decode("latin-1")
+        encoding = ", ".join(c for c in (c.strip().lower() for c in codings.split(",")) if c not in ("identity", ""))
+        if media_type == JSON and not encoding:
             return await self.app(scope, receive, send)
         if media_type == JSON:  # a gzip body would be read as JSON and called invalid
             error = UnsupportedMediaType(f"unsupported content encoding {encoding!r}: send the body uncompressed")
@@ -99,6 +101,37 @@ class JsonOnly:
             shown = repr(media_type) if media_type else "none"
             error = UnsupportedMediaType(f"unsupported content type {shown}: send the body as {JSON}")
         await problem_for(error)(scope, receive, send)
+
+
+class ServerErrors:
+    """Answer an unexpected error with a JSON 500 inside CORS and ``RequestMetrics``: the 500
+    carries the request id and the CORS headers (a page can read its status and quote the
+    id; answered outside CORS, the browser saw a network error), and its log line the
+    request's fields and trace id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except ClientDisconnect:
+            raise  # no one to answer: RequestMetrics counts it as 499
+        except Exception as exc:
+            if started:
+                raise  # the request's span records it on the way out
+            tracing.record_exception(exc)
+            log.exception("unexpected error on %s", logged_path(scope))
+            await problem(500, "internal error; see the server log")(scope, receive, send)
 
 
 class RequestMetrics:
@@ -156,15 +189,6 @@ class RequestMetrics:
                 if not started_response:
                     status = CLIENT_CLOSED
                 raise
-            except Exception as exc:
-                if started_response:
-                    raise  # the span records it on the way out
-                if span is not None:
-                    span.record_exception(exc)
-                # Answered here, not by Starlette's outermost handler: the 500 then carries the
-                # request id, and its log line the request's fields (and trace id).
-                log.exception("unexpected error on %s", logged_path(scope))
-                await problem(500, "internal error; see the server log")(scope, receive, record)
             finally:
                 # The route's template without converters: /predict/{customer_id}, not {customer_id:path}.
                 # A request refused before routing (413, 415) counts under its route's path too.

@@ -698,6 +698,10 @@ def test_a_compressed_body_is_a_415_that_names_the_encoding(api, telco_csv):
     assert response.json()["message"] == "unsupported content encoding 'gzip': send the body uncompressed"
     same = {"content-type": "application/json", "content-encoding": "identity"}
     assert api.post("/predict", content=body, headers=same).status_code == 200
+    # Two headers: the last (identity) was the one read, and the gzip body a 422 "invalid JSON".
+    twice = [("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")]
+    response = api.post("/predict", content=gzip.compress(body), headers=httpx.Headers(twice))
+    assert response.status_code == 415 and "unsupported content encoding 'gzip'" in response.text
 
 
 def test_metrics_add_up_over_several_workers(registry_uri, tmp_path, telco_csv):

@@ -84,11 +84,15 @@ def test_an_unexpected_error_is_a_500_with_the_request_id_in_the_response_and_th
         raise RuntimeError("a bug")
 
     customer = data.to_records(data.load(telco_csv).drop(columns=["churn"]).head(1))[0]
-    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as client:
+    page = "https://app.example"
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, cors_origins=[page]))) as client:
         wait_ready(client)
         monkeypatch.setattr(Predictor, "predict", broken)  # a fault injected: no route fails on purpose
-        response = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-500"})
+        response = client.post("/predict/single", json=customer, headers={"X-Request-ID": "crm-500", "Origin": page})
     assert response.status_code == 500 and response.headers["x-request-id"] == "crm-500"
+    # With the CORS headers: without them a page saw a network error, not the id to quote.
+    assert response.headers["access-control-allow-origin"] == page
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
     assert "internal error; see the server log" in response.text
     error = next(line for line in json_lines() if line["message"].startswith("unexpected error"))
     assert error["request_id"] == "crm-500" and error["level"] == "ERROR"
