@@ -556,3 +556,8 @@ def test_the_ingress_publishes_every_route_but_metrics_and_admin():
     assert private == {"/metrics", "/admin/reload"}
     assert sorted(r for r in routes - private if not published(r)) == []
     assert not any(published(r) for r in private)
+    # "4m" (4,194,304 bytes) answered a body of 4.1 MB with nginx's HTML 413, no JSON, no request id.
+    size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    limit = dict(line.split("=", 1) for line in (REPO / "deploy/base/config.env").read_text().splitlines()
+                 if line and not line.startswith("#"))["CHURN_MAX_BODY_BYTES"]  # fmt: skip
+    assert int(size.removesuffix("m")) * 2**20 > int(limit) * 1.1, (size, limit)
