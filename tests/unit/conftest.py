@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,18 @@ def embedded_registry(folder: Path) -> Iterator[tuple[str, Settings]]:
         settings = Settings(tracking_uri=uri)
         registry.configure(settings)
         yield uri, settings
+
+
+def trained_versions(folder: Path, name: str, count: int) -> dict[int, Path]:
+    """SQLite registries in ``folder`` holding v1 to vN of ``name`` (N = 1 to ``count``; seeds
+    1 to N, 300 synthetic customers, none promoted), trained once for a module: a test copies
+    the one it needs over its ``embedded`` registry (training was most of such tests' time)."""
+    copies = {}
+    with embedded_registry(folder) as (_, settings):
+        for seed in range(1, count + 1):
+            train(TrainConfig(n_rows=300, seed=seed, model_name=name), settings)
+            copies[seed] = Path(shutil.copy(folder / "mlflow.db", folder / f"v1-v{seed}.db"))
+    return copies
 
 
 @pytest.fixture(scope="session")

@@ -4,21 +4,43 @@ never off it, and never past a check that could not be made."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from churn_platform.cli import main
 from churn_platform.settings import get_settings
-from churn_platform.training import TrainConfig, train
+from tests.unit.conftest import trained_versions
+
+#: The model of the registries copied from ``templates``.
+NAME = "churn-rollback"
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    return trained_versions(tmp_path_factory.mktemp("rollback-registry"), NAME, 4)
+
+
+@pytest.fixture
+def versions(embedded: str, templates: dict[int, Path]) -> Callable[[int], str]:
+    """Give this test a registry holding v1 to vN, as if it had trained them: the model's name."""
+
+    def copied(n: int) -> str:
+        shutil.copy(templates[n], embedded.removeprefix("sqlite:///"))
+        return NAME
+
+    return copied
 
 
 def cli(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def test_rollback_to_an_earlier_production_version(embedded, model_name):
-    for seed in (1, 2, 3, 4):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+def test_rollback_to_an_earlier_production_version(versions):
+    model_name = versions(4)
     for version in ("1", "2", "3"):
         assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
     refused = cli("rollback", "--model-name", model_name, "--to", "4")
@@ -34,12 +56,11 @@ def test_rollback_to_an_earlier_production_version(embedded, model_name):
     assert cli("rollback", "--model-name", model_name).exit_code == 2  # nothing before v1 any more
 
 
-def test_a_rollback_takes_challenger_off_the_version_it_leaves(embedded, model_name):
+def test_a_rollback_takes_challenger_off_the_version_it_leaves(versions):
     """A promoted Challenger keeps its alias: after the rollback `rollout start` served it again."""
     from mlflow import MlflowClient
 
-    for seed in (1, 2, 3):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    model_name = versions(3)
     client = MlflowClient()
     assert cli("promote", "--model-name", model_name, "--version", "1").exit_code == 0
     client.set_registered_model_alias(model_name, "Challenger", "2")
@@ -86,13 +107,13 @@ def test_json_results_keep_their_shape(embedded, model_name):
     assert [v["version"] for v in versions] == [2, 1] and versions[1]["aliases"] == ["Production"]
 
 
-def test_a_reason_in_any_script_fits_the_registrys_tag_column(embedded, model_name):
+def test_a_reason_in_any_script_fits_the_registrys_tag_column(versions):
     """MLflow's registered-model tag column holds 5000 characters on PostgreSQL and MySQL; JSON's
     ASCII escapes made 1000 Cyrillic letters 6000 and the promote a traceback there (SQLite
     does not check, so it passed here)."""
     from mlflow import MlflowClient
 
-    train(TrainConfig(n_rows=300, seed=1, model_name=model_name), get_settings())
+    model_name = versions(1)
     reason = ("откат после инцидента " * 90).strip()  # 1979 characters
     assert cli("promote", "--model-name", model_name, "--version", "1", "--reason", reason).exit_code == 0
     uri = get_settings().tracking_uri
@@ -105,14 +126,13 @@ def test_a_reason_in_any_script_fits_the_registrys_tag_column(embedded, model_na
     assert quoted.exit_code == 2 and "'--reason': at most 2000 characters as stored" in quoted.output
 
 
-def test_a_command_from_a_slow_clock_still_follows_the_events_before_it(embedded, model_name, monkeypatch):
+def test_a_command_from_a_slow_clock_still_follows_the_events_before_it(versions, monkeypatch):
     """Keys order the audit trail, and each command's clock made them: a rollback run two minutes
     behind sorted first, the alias looked moved from outside, and the next rollback walked back
     to the version just rolled back from."""
     import time
 
-    for seed in (1, 2, 3):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    model_name = versions(3)
     for version in ("1", "3", "2"):
         assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
     real = time.time_ns
@@ -126,7 +146,7 @@ def test_a_command_from_a_slow_clock_still_follows_the_events_before_it(embedded
     assert again.exit_code == 0 and "v3 -> v1" in again.output  # onwards, never back to v2
 
 
-def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_before(embedded, model_name, monkeypatch):
+def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_before(versions, monkeypatch):
     """Deleting a bad version takes its alias with it; rollback then said there was nothing to
     roll back, and --to 1 the same, though the trail knew v1 served before it."""
     from mlflow import MlflowClient
@@ -135,8 +155,7 @@ def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_befor
 
     # The deletion is noticed as an outside change, as it is once the promote is 10 s old.
     monkeypatch.setattr(promotion, "RACE_WINDOW_NS", 0)
-    for seed in (1, 2, 3):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    model_name = versions(3)
     for version in ("1", "3"):
         assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
     MlflowClient().delete_model_version(model_name, "3")
@@ -151,7 +170,7 @@ def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_befor
 
 
 def test_a_rollback_whose_reply_was_lost_is_done_once_and_never_retried_a_step_further(
-    embedded, model_name, monkeypatch
+    versions, monkeypatch
 ):
     """The alias moved, then the registry's answer (or the Challenger check after it) failed:
     exit 3 "unreachable" had the operator run rollback again, which went a second step back."""
@@ -159,8 +178,7 @@ def test_a_rollback_whose_reply_was_lost_is_done_once_and_never_retried_a_step_f
 
     from churn_platform import registry
 
-    for seed in (1, 2, 3):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    model_name = versions(3)
     for version in ("1", "2", "3"):
         assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
     real_move = registry.move_alias
@@ -193,15 +211,14 @@ def test_a_rollback_whose_reply_was_lost_is_done_once_and_never_retried_a_step_f
     assert json.loads(cli("status", "--model-name", model_name, "--json").output)["production"]["version"] == 1
 
 
-def test_a_gate_whose_figures_could_not_be_read_promotes_nothing(embedded, model_name, monkeypatch):
+def test_a_gate_whose_figures_could_not_be_read_promotes_nothing(versions, monkeypatch):
     """A registry blip while reading the runs' metrics read as "no figure": the gate passed
     "not checked" and promoted a version it never compared (Production registered by hand,
     without the roc_auc tag)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    for seed in (1, 2):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
+    model_name = versions(2)
     assert cli("promote", "--model-name", model_name, "--version", "1").exit_code == 0
     MlflowClient().delete_model_version_tag(model_name, "1", "roc_auc")
 

@@ -4,6 +4,8 @@ bad input refused with the registry unchanged, and the audit trail around Produc
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,8 +13,7 @@ from mlflow import MlflowClient
 
 from churn_platform.cli import main
 from churn_platform.contract import ROLLOUT_TAG
-from churn_platform.settings import get_settings
-from churn_platform.training import TrainConfig, train
+from tests.unit.conftest import trained_versions
 
 
 def cli(*args: str):
@@ -37,14 +38,22 @@ def registry_refuses_the_rollout_tag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(MlflowClient, "set_registered_model_tag", refuses)
 
 
+#: The model every test here rolls out: each has its own copy of the registry.
+NAME = "churn-rollout"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_versions(tmp_path_factory.mktemp("rollout-registry"), NAME, 3)[3]
+
+
 @pytest.fixture
-def three_versions(embedded, model_name):
-    """v1 in Production, v2 and v3 registered; v3 holds Challenger."""
-    for seed in (1, 2, 3):
-        train(TrainConfig(n_rows=300, seed=seed, model_name=model_name), get_settings())
-    assert cli("promote", "--model-name", model_name, "--version", "1").exit_code == 0
-    MlflowClient().set_registered_model_alias(model_name, "Challenger", "3")
-    return model_name
+def three_versions(embedded, trained):
+    """v1 in Production, v2 and v3 registered; v3 holds Challenger: in this test's own registry."""
+    shutil.copy(trained, embedded.removeprefix("sqlite:///"))
+    assert cli("promote", "--model-name", NAME, "--version", "1").exit_code == 0
+    MlflowClient().set_registered_model_alias(NAME, "Challenger", "3")
+    return NAME
 
 
 def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions):
