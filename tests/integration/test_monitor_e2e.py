@@ -133,19 +133,28 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     code, _, err = monitor(few, "--current", str(tmp_path / "enough.csv"), "--output-dir", str(tmp_path / "huge"))
     assert code == ExitCode.USAGE and "v1 was trained on only 450 rows (its drift reference)" in err, err[-1500:]
     assert not (tmp_path / "huge" / "summary.json").exists()
+    # Refused before any work: in this process (a CLI process each took ~10 s of the suite).
+    def refused(extra: dict[str, str], *args: str) -> tuple[int, str]:
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in (env | extra).items():
+                patch.setenv(key, value)
+            get_settings.cache_clear()
+            result = CliRunner().invoke(main, ["monitor", "--json", *args])
+        get_settings.cache_clear()
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.exit_code, result.stderr
+
     # A deleted monitoring experiment is named before the work, not a traceback once the verdict is in.
     client = MlflowClient()
     client.delete_experiment(client.create_experiment(f"{model_name}-gone"))
-    code, _, err = monitor(env | {"CHURN_MONITOR_EXPERIMENT": f"{model_name}-gone"}, "--current", "x.csv")
+    code, err = refused({"CHURN_MONITOR_EXPERIMENT": f"{model_name}-gone"}, "--current", "x.csv")
     assert code == ExitCode.USAGE and f"MLflow experiment '{model_name}-gone'" in err and "is deleted" in err, err
-    assert "CHURN_MONITOR_EXPERIMENT" in err and "Traceback" not in err
-    code, _, err = monitor(env, "--current", str(tmp_path / "few.csv"))
+    assert "CHURN_MONITOR_EXPERIMENT" in err
+    code, err = refused({}, "--current", str(tmp_path / "few.csv"))
     assert code == ExitCode.USAGE and f"no version of model '{model_name}'" in err
-    code, _, err = monitor(env, "--column-threshold", "tenur=0.05")
+    code, err = refused({}, "--column-threshold", "tenur=0.05")
     assert code == ExitCode.USAGE and "unknown columns ['tenur']" in err and "--column-threshold" in err
-    code, _, err = monitor(env | {"CHURN_MONITOR_CRITICAL_COLUMNS": "contract,planet"}, "--current", "x.csv")
+    code, err = refused({"CHURN_MONITOR_CRITICAL_COLUMNS": "contract,planet"}, "--current", "x.csv")
     assert code == ExitCode.USAGE and "CHURN_MONITOR_CRITICAL_COLUMNS: unknown columns ['planet']" in err
-    assert "Traceback" not in err
-    dead = f"http://127.0.0.1:{free_port()}"
-    code, _, err = monitor(env | {"MLFLOW_TRACKING_URI": dead}, "--current", "x.csv")
-    assert code == ExitCode.UNREACHABLE and "unreachable" in err and "Traceback" not in err
+    code, err = refused({"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}, "--current", "x.csv")
+    assert code == ExitCode.UNREACHABLE and "unreachable" in err
