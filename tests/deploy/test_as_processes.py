@@ -150,7 +150,9 @@ def test_overlay_train_job_registers_a_version(overlay: Walkthrough):
 def test_overlay_api_serves_the_promoted_version_to_real_customers(overlay: Walkthrough):
     served = overlay.served()
     assert served["ready"]["version"] == 1
-    assert all(0 <= p["churn_probability"] <= 1 for p in served["predictions"])
+    predictions = served["predictions"]
+    assert len(predictions) == overlay.predictions  # all([]) held for an empty answer
+    assert all(0 <= p["churn_probability"] <= 1 and p["model_version"] == 1 for p in predictions)
 
 
 def test_overlay_monitor_cronjob_gives_a_verdict(overlay: Walkthrough):

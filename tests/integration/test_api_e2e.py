@@ -58,6 +58,7 @@ def test_serving_follows_the_registry(stack_env, model_name, telco_csv, tmp_path
             assert np.max(np.abs(got - expected)) <= 1e-6
             # Explanations through a real server: each adds up to its score (model on S3, run on PostgreSQL).
             explained = httpx.post(f"{base}/predict?explain=true&top_k=19", json={"customers": rows}, timeout=30)
+            assert explained.status_code == 200 and len(explained.json()["predictions"]) == len(rows), explained.text
             for p in explained.json()["predictions"]:
                 total = p["explanation"]["base"] + sum(c["contribution"] for c in p["explanation"]["contributions"])
                 assert abs(total - np.log(p["churn_probability"] / (1 - p["churn_probability"]))) <= 1e-6

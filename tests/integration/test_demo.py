@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from tests.services import REPO
+from tests.services import REPO, http_server
 
 pytestmark = pytest.mark.integration
 
@@ -19,15 +20,30 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_end_to_end(tmp_path, webhook):
     folder = tmp_path / "demo"
     hook, posted = webhook
+    pushed: list[str] = []
+
+    class Gateway(BaseHTTPRequestHandler):  # a Pushgateway: records any request (pushes are text, not JSON)
+        def record(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            pushed.append(f"{self.command} {self.path}")
+            self.send_response(200)
+            self.end_headers()
+
+        do_GET = do_PUT = do_POST = do_DELETE = record
+
+        def log_message(self, *args):
+            pass
+
     # A shell set up for production: the demo must touch none of it (it wrote synthetic customers
     # into the real feature store, and posted its degraded verdict to the team's webhook).
-    production = {"CHURN_FEATURE_STORE_URL": "postgresql://prod@127.0.0.1:1/features",
-                  "CHURN_MONITOR_ALERT_WEBHOOK": hook, "CHURN_PUSHGATEWAY_URL": hook.rsplit("/", 1)[0]}  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "churn_platform.cli", "demo", "--n-rows", "1500", "--traffic", "600",
-         "--folder", str(folder)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ | production,
-    )  # fmt: skip
+    with http_server(Gateway) as gateway:
+        production = {"CHURN_FEATURE_STORE_URL": "postgresql://prod@127.0.0.1:1/features",
+                      "CHURN_MONITOR_ALERT_WEBHOOK": hook, "CHURN_PUSHGATEWAY_URL": gateway}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "churn_platform.cli", "demo", "--n-rows", "1500", "--traffic", "600",
+             "--folder", str(folder)],
+            cwd=REPO, capture_output=True, text=True, timeout=600, env=os.environ | production,
+        )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for step in range(1, 11):
         assert f"[{step}/10]" in done.stdout
@@ -49,7 +65,7 @@ def test_demo_runs_end_to_end(tmp_path, webhook):
     # Seeded: the retrain wins its gate, so the shadow steps run (a demo that skipped them passed too).
     assert retrain["challenger"] and retrain["rollout"]["mode"] == "shadow" and "shadow" in done.stdout
     assert "Demo finished" in done.stdout and "Traceback" not in done.stderr
-    assert posted == []
+    assert posted == [] and pushed == []
     # Every process the demo started is gone.
     assert _naming(folder) == ""
 

@@ -5,10 +5,12 @@ requests, replicas and restarts; shadow logs both scores; promote switches under
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
 import httpx
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -148,7 +150,19 @@ def test_a_rollout_on_the_real_stack(stack_env, model_name, telco_csv, tmp_path)
             assert all(r[1] == 2 and r[2] == 2 for r in pairs)
             arms = {arm["arm"]: arm for arm in status(model_name, log_url)["comparison"]["arms"]}
             assert set(arms) == {"production", "shadow"} and arms["shadow"]["rows"] == 300
-            assert 0 <= arms["shadow"]["agreement"] <= 1 and arms["shadow"]["requests"] == 1
+            assert arms["shadow"]["requests"] == 1
+            # Agreement: the share of these customers both versions decide alike, each at its threshold.
+            with engine.connect() as conn:
+                scored = pd.read_sql(sa.text(
+                    "SELECT customer_id, arm, churn_probability FROM inference_log "
+                    "WHERE split_part(request_id, '~', 1) IN "
+                    "(SELECT split_part(request_id, '~', 1) FROM inference_log WHERE arm = 'shadow')"),
+                    conn)  # fmt: skip
+            score = scored.pivot_table(index="customer_id", columns="arm", values="churn_probability")
+            registry = MlflowClient(tracking_uri=stack_env.tracking_uri, registry_uri=stack_env.tracking_uri)
+            one, two = (float(registry.get_model_version(model_name, v).tags["decision_threshold"]) for v in "12")
+            alike = ((score["shadow"] >= two) == (score["production"] >= one)).mean()
+            assert arms["shadow"]["agreement"] == pytest.approx(alike), (arms["shadow"], alike)
 
             # Promote under load on both replicas: no request fails, both end on v2 alone.
             wait_until(lambda: httpx.get(f"{b}/model").json()["rollout"]["mode"] == "shadow", 30, "replica b")
@@ -201,7 +215,10 @@ def test_a_rollout_on_the_real_stack(stack_env, model_name, telco_csv, tmp_path)
             assert "Challenger not served" in model["rollout"]["status"]
             assert httpx.get(f"{a}/ready").status_code == 200
             assert set(versions(a, rows[:1000]).values()) == {2}
-            assert 'churn_model_reloads_total{outcome="challenger_failed"}' in httpx.get(f"{a}/metrics").text
+            # Counted (the series exists at 0 from the start).
+            metrics = httpx.get(f"{a}/metrics").text
+            failed = re.search(r'churn_model_reloads_total\{outcome="challenger_failed"\} (\S+)', metrics)
+            assert failed is not None and float(failed.group(1)) >= 1, failed
             assert cli("rollout", "stop", "--model-name", model_name)[0] == 0
         finally:
             api.stop()

@@ -658,10 +658,14 @@ def test_a_local_pattern_names_what_glob_names(tmp_path, monkeypatch, pattern):
     def visible(files: list[str]) -> list[str]:
         return [f for f in files if not any(p.startswith(_HIDDEN) for p in os.path.relpath(f, root).split("/"))]
 
-    monkeypatch.chdir(root / "a")  # relative patterns too, `..` among them
-    for spelled in (f"{root}/{pattern}", pattern):
+    found = []
+    for cwd, spelled in ((root, f"{root}/{pattern}"), (root, pattern), (root / "a", pattern)):  # `..` from a/
+        monkeypatch.chdir(cwd)
         expected = sorted({os.path.realpath(p) for p in glob.glob(spelled, recursive=True) if os.path.isfile(p)})
-        assert visible(_local_files(spelled)) == visible(expected), spelled
+        assert visible(_local_files(spelled)) == visible(expected), (cwd, spelled)
+        found += visible(expected)
+    # Each pattern names some file in one spelling at least ([] == [] compared nothing), but a folder's.
+    assert bool(found) != (pattern == "a/*/"), pattern
 
 
 def test_links_to_one_folder_from_many_places_are_read_once(tmp_path, monkeypatch):

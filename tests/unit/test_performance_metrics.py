@@ -171,8 +171,8 @@ def test_estimate_follows_covariate_shift_but_not_concept_drift():
     segment = rng.random(y.size) < 1 / 3
     flipped[segment] = 1 - flipped[segment]
     truth = realized(flipped, p, THRESHOLD)
-    assert estimated(p, THRESHOLD) == before
     assert truth.roc_auc < before.roc_auc - 0.05
+    assert estimated(p, THRESHOLD).roc_auc > truth.roc_auc + 0.05  # the estimate misses it, as documented
 
 
 def test_estimate_on_the_telco_model(telco_csv):

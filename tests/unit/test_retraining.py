@@ -104,7 +104,9 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert code == 0, result
     assert result["decision"]["reason"].startswith("2 of the last 2 performance runs of v1 flagged degradation")
     assert result["version"] == 2 and versions(name) == [1, 2]
-    assert result["recent_rows"] == n and result["gate_rows"] + (n - result["gate_rows"]) == n
+    ids = pd.read_sql("SELECT customer_id FROM inference_log", sa.create_engine(url)).customer_id
+    assert result["recent_rows"] == n and result["gate_rows"] == retraining.in_gate_slice(ids, 0.25).sum()
+    assert 0.2 * n < result["gate_rows"] < 0.3 * n  # the default --gate-share, a quarter of the customers
     gate = result["gate"]
     assert gate["passed"] and gate["candidate_roc_auc"] > gate["production_roc_auc"], gate
     assert str(client.get_model_version_by_alias(name, "Challenger").version) == "2"

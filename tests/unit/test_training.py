@@ -94,7 +94,11 @@ def test_reference_artifact_holds_the_training_rows(embedded, model_name, caplog
     frame = data.generate(600, seed=42)
     train_rows, _ = data.split(frame, 0.25, 42)
     pd.testing.assert_frame_equal(reference[list(FEATURE_NAMES)], train_rows[list(FEATURE_NAMES)])
-    assert reference["churn_probability"].between(0, 1).all()
+    # The labels and the model's own scores of those rows: the prediction-drift reference.
+    assert reference["churn"].tolist() == train_rows["churn"].tolist()
+    model = mlflow.sklearn.load_model(f"models:/{model_name}/{result.version}")
+    scores = model.predict_proba(train_rows[list(FEATURE_NAMES)])[:, 1]
+    assert np.allclose(reference["churn_probability"], scores, atol=1e-9)
 
 
 def test_an_allowed_value_no_training_row_has_is_warned_of(embedded, model_name, telco_csv, tmp_path, caplog):
