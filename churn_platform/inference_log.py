@@ -120,6 +120,12 @@ def sqlstate(exc: BaseException) -> str | None:
     return code
 
 
+def refused_user(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused this user (a grant the operator must give, not an outage): a
+    missing privilege, or CONNECT refused, which comes at connect with no SQLSTATE."""
+    return sqlstate(exc) == INSUFFICIENT_PRIVILEGE or "permission denied for database" in str(getattr(exc, "orig", exc))
+
+
 def _convert_to_brin(conn: sa.Connection) -> list[str]:
     """Rebuild an earlier release's B-tree under a ``BRIN_INDEXES`` name as the BRIN this
     release declares (a scan of the table, seconds per ten million rows, during which its
@@ -183,7 +189,7 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
     unreachable."""
     text = str(getattr(exc, "orig", exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
-    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE or "permission denied for database" in text:  # at connect: no code
+    if refused_user(exc):
         return SettingsError(f"the inference log at {where} refused this job's database user: {line}; grant "
                              "it CONNECT on the database and SELECT on the log's tables (inference_log, "
                              "outcomes)")  # fmt: skip

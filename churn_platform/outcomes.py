@@ -37,6 +37,7 @@ from churn_platform.inference_log import (
     INSUFFICIENT_PRIVILEGE,
     make_engine,
     missing_file,
+    refused_user,
     require_log,
     schema_change,
     sqlite_time,
@@ -306,7 +307,7 @@ def ingest(
 def _unwritable(engine: sa.Engine, exc: sa.exc.SQLAlchemyError, doing: str) -> StorageUnreachable:
     """A missing grant is the operator's to give (a job's exit 2), anything else an outage."""
     where, why = engine.url.render_as_string(hide_password=True), str(getattr(exc, "orig", exc)).strip()
-    if sqlstate(exc) == INSUFFICIENT_PRIVILEGE or "permission denied for database" in why:  # at connect: no code
+    if refused_user(exc):
         return StorageRefused(f"cannot {doing} {where}: this database user may not ({why}); grant it CONNECT on "
                               f"the database, SELECT, INSERT, UPDATE and DELETE on {OUTCOMES_TABLE} (and CREATE on "
                               "the schema until that table exists)")  # fmt: skip
