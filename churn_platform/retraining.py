@@ -85,14 +85,13 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
     return tags["verdict"] == "drift"
 
 
-def _undecided_retrain(client: MlflowClient, name: str, production: int) -> int | None:
-    """The Challenger's version when it is a retrain gated against today's Production that no
-    one has judged: Production has not moved since (by the CLI or in the UI) and no rollout of
-    it was stopped. A rollout under way is the judging, not its end: one stopped and started
-    again awaits its decision again."""
+def _undecided_retrain(client: MlflowClient, name: str, production: int, pending: ModelVersion | None) -> int | None:
+    """The Challenger's version (``pending``) when it is a retrain gated against today's
+    Production that no one has judged: Production has not moved since (by the CLI or in the
+    UI) and its last rollout was not stopped. A rollout under way is the judging, not its end:
+    one stopped and started again awaits its decision again."""
     from churn_platform import promotion
 
-    pending = registry.aliased(client, name, CHALLENGER_ALIAS)
     if pending is None or TAG_TRIGGER not in (pending.tags or {}):
         return None
     figures = gate.recorded_figures(pending.tags)  # edited by hand: nothing says it awaits anyone
@@ -135,7 +134,8 @@ def decide(
         return Decision(retrain=True, reason="asked for (no trigger to wait for)", runs=[])
     # A performance run judges 30 days: for weeks after a retrain most of its evidence is the
     # same, and each daily run replaced the Challenger under evaluation with another version.
-    if pending := _undecided_retrain(client, settings.model_name, version):
+    held = registry.aliased(client, settings.model_name, CHALLENGER_ALIAS)
+    if pending := _undecided_retrain(client, settings.model_name, version, held):
         reason = (f"the Challenger, v{pending} (a retrain, newer than Production v{version}), awaits a decision: "
                   "promote it, stop its rollout, or delete its alias to let a retrain replace it")  # fmt: skip
         return Decision(retrain=False, reason=reason, runs=[])
@@ -146,7 +146,6 @@ def decide(
     # instead of registering another version every day until someone promotes one.
     retrained = sorted((v for v in client.search_model_versions(f"name = {name}") if TAG_TRIGGER in (v.tags or {})),
                        key=lambda v: int(v.creation_timestamp), reverse=True)  # fmt: skip
-    held = registry.aliased(client, settings.model_name, CHALLENGER_ALIAS)
     challenger = int(held.version) if held else None
     after = next((int(v.creation_timestamp) for v in retrained if _answered(client, v, version, challenger)), 0)
     if experiment is not None:

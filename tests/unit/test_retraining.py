@@ -137,8 +137,9 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "the Challenger, v2 (a retrain, newer than Production v1), awaits a decision" in output
     # Once Production moves (by the CLI or in the UI), v2's gate was against another Production: judged.
-    assert retraining._undecided_retrain(client, name, 1) == 2  # noqa: SLF001
-    assert retraining._undecided_retrain(client, name, 0) is None  # noqa: SLF001
+    held = client.get_model_version_by_alias(name, "Challenger")
+    assert retraining._undecided_retrain(client, name, 1, held) == 2  # noqa: SLF001
+    assert retraining._undecided_retrain(client, name, 0, held) is None  # noqa: SLF001
     # Under evaluation in a rollout, still; once the rollout is stopped (declined), a trigger may
     # retrain again, and the runs the last retrain answered still do not count.
     assert cli("rollout", "start", "--mode", "shadow", "--version", "2", "--reason", "eval")[0] == 0
