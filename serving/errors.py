@@ -7,6 +7,7 @@ error body has the same shape (``Problem``): ``message`` in words, ``detail`` wi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -130,6 +131,20 @@ def validation_message(errors: list[dict[str, Any]], total: int | None = None) -
     return "; ".join(parts) + more
 
 
+def invalid_json(cause: ValueError | RecursionError) -> RequestValidationError:
+    """The 422 for a body Python's JSON parser refused, for routes that read their own body."""
+    if isinstance(cause, json.JSONDecodeError):  # as FastAPI words it: _named says where
+        return RequestValidationError([{"type": "json_invalid", "loc": ("body", cause.pos), "msg": "JSON decode error",
+                                        "input": {}, "ctx": {"error": cause.msg}}])  # fmt: skip
+    if isinstance(cause, UnicodeDecodeError):
+        why = f"not UTF-8 ({cause.reason} at byte {cause.start})"
+    elif isinstance(cause, RecursionError):
+        why = "nested too deeply"
+    else:  # e.g. an integer of more digits than Python converts
+        why = str(cause).split(";")[0]
+    return RequestValidationError([{"loc": ["body"], "msg": f"Invalid JSON: {why}", "type": "json_invalid"}])
+
+
 async def _serving_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServingError)
     return problem_for(exc)
@@ -160,14 +175,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         log.info("client closed the request on %s before its body arrived", logged_path(request.scope))
         return problem(CLIENT_CLOSED, "client closed the request before its body arrived")
     if isinstance(cause, ValueError | RecursionError):  # FastAPI's "error parsing the body": a 400 naming nothing
-        if isinstance(cause, UnicodeDecodeError):
-            why = f"not UTF-8 ({cause.reason} at byte {cause.start})"
-        elif isinstance(cause, RecursionError):
-            why = "nested too deeply"
-        else:  # e.g. an integer of more digits than Python converts
-            why = str(cause).split(";")[0]
-        errors = [{"loc": ["body"], "msg": f"Invalid JSON: {why}", "type": "json_invalid"}]
-        return problem(422, validation_message(errors), errors)
+        return await _invalid_request(request, invalid_json(cause))
     response = problem(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})  # a 405's Allow: the methods the path takes
     return response

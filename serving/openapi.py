@@ -1,5 +1,6 @@
 """The OpenAPI document: prediction bodies are validated from raw JSON (faster than FastAPI's
-own parsing), so their request schemas are declared here rather than inferred."""
+own parsing) and outcomes after the admin key, so their request schemas are declared here
+rather than inferred."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from serving.schemas import BatchRequest, Customer
+from serving.schemas import BatchRequest, Customer, OutcomesRequest
 
 
 def body(model: type[BaseModel]) -> dict[str, Any]:
@@ -25,9 +26,8 @@ def install(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            _, defs = models_json_schema(
-                [(BatchRequest, "validation"), (Customer, "validation")], ref_template="#/components/schemas/{model}"
-            )
+            models = [(m, "validation") for m in (BatchRequest, Customer, OutcomesRequest)]
+            _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
             app.openapi_schema = schema
         return app.openapi_schema

@@ -410,3 +410,27 @@ def customers_from_json(body: bytes, model: type[BaseModel], max_customers: int 
         customers = parsed.customers if isinstance(parsed, BatchRequest) else [parsed]
         return [dict(c.__dict__) for c in customers]
     return decoded.customers if model is BatchRequest else [decoded]
+
+
+#: At most this many outcomes per request (a CRM sends them in pages).
+MAX_OUTCOMES = 10_000
+
+
+class Outcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: Annotated[str | None, UTF8] = None
+    churned: Annotated[bool | int | str | None, UTF8] = Field(None, description="Yes/No, 1/0 or true/false.")
+    observed_at: Annotated[str | None, UTF8] = Field(
+        None, description="ISO-8601; a time without a zone is UTC; default now."
+    )
+
+
+class OutcomesRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"outcomes": [
+            {"customer_id": "7590-VHVEG", "churned": "Yes", "observed_at": "2026-11-01T00:00:00Z"}]}]},
+    )  # fmt: skip
+
+    outcomes: list[Outcome] = Field(min_length=1, description=f"1 to {MAX_OUTCOMES:,} outcomes.")

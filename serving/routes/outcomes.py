@@ -7,44 +7,25 @@ any bad row is a 422 naming each row, field and problem, and nothing is written;
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from churn_platform import outcomes
 from churn_platform.contract import CHURNED, OBSERVED_AT
 from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
+from serving import openapi
 from serving.deps import ADMIN_RESPONSES, AdminKey, KnownQuery, SettingsDep
-from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable
-from serving.schemas import UTF8, listed
+from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable, invalid_json
+from serving.schemas import MAX_OUTCOMES, OutcomesRequest
 
 router = APIRouter(tags=["outcomes"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
-
-#: At most this many outcomes per request (a CRM sends them in pages).
-MAX_OUTCOMES = 10_000
-
-
-class Outcome(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    customer_id: Annotated[str | None, UTF8] = None
-    churned: Annotated[bool | int | str | None, UTF8] = Field(None, description="Yes/No, 1/0 or true/false.")
-    observed_at: Annotated[str | None, UTF8] = Field(
-        None, description="ISO-8601; a time without a zone is UTC; default now."
-    )
-
-
-class OutcomesRequest(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"outcomes": [
-            {"customer_id": "7590-VHVEG", "churned": "Yes", "observed_at": "2026-11-01T00:00:00Z"}]}]},
-    )  # fmt: skip
-
-    outcomes: list[Outcome] = Field(min_length=1, description=f"1 to {MAX_OUTCOMES:,} outcomes.")
 
 
 class OutcomesResponse(BaseModel):
@@ -56,27 +37,49 @@ class OutcomesResponse(BaseModel):
     rejects: list[dict]
 
 
-async def _few_enough_outcomes(request: Request) -> None:
-    """413 past the limit before FastAPI validates each outcome (a dependency runs first)."""
-    if (count := await listed(request, "outcomes")) > MAX_OUTCOMES:
-        raise BatchTooLarge(f"{count:,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
+async def _outcomes(request: Request) -> OutcomesRequest:
+    """The body, read once the admin key has passed: FastAPI parses a declared body before
+    any dependency runs, so a caller without the key could make the API parse 4 MB, and a
+    malformed body without a key was told 422, not 401. 413 past the limit before each
+    outcome is validated."""
+    raw = await request.body()
+    if not raw:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required"}])
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise invalid_json(exc) from None
+    items = parsed.get("outcomes") if isinstance(parsed, dict) else None
+    if isinstance(items, list) and len(items) > MAX_OUTCOMES:
+        raise BatchTooLarge(f"{len(items):,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
+    try:
+        return OutcomesRequest.model_validate(parsed, from_attributes=True)  # FastAPI's mode: its wording
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 
 
-@router.post("/outcomes", response_model=OutcomesResponse, dependencies=[Depends(_few_enough_outcomes)])
-def post_outcomes(
-    body: OutcomesRequest,
+@router.post("/outcomes", response_model=OutcomesResponse, openapi_extra=openapi.body(OutcomesRequest))
+async def post_outcomes(
+    request: Request,
     settings: SettingsDep,
     strict: Annotated[bool, Query(description="Write nothing when any row is bad (422).")] = True,
 ) -> dict:
     """Record outcomes. A customer and observed_at already stored takes the new label; within
     one request, two different labels for them are both invalid (the same label twice is one)."""
+    body = await _outcomes(request)
+    return await run_in_threadpool(_record, body, settings.inference_log_url, strict)
+
+
+def _record(body: OutcomesRequest, url: str, strict: bool) -> dict:
+    """Blocking (the database): run in the thread pool."""
     frame = pd.DataFrame(
         [{ID_COLUMN: o.customer_id, CHURNED: None if o.churned is None else str(o.churned),
           OBSERVED_AT: o.observed_at} for o in body.outcomes],
         columns=[ID_COLUMN, CHURNED, OBSERVED_AT],
     )  # fmt: skip
     try:
-        result = outcomes.ingest(frame, settings.inference_log_url, source="api", strict=strict)
+        result = outcomes.ingest(frame, url, source="api", strict=strict)
     except StorageUnreachable as exc:
         raise StoreUnavailable(f"outcomes not recorded: {exc}; send them again later") from exc
     except ChurnPlatformError as exc:  # the database refused these values: nothing was written

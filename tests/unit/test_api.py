@@ -172,7 +172,7 @@ def test_missing_field_nan_and_malformed_json(api, telco_csv):
     response = api.post("/predict", content=latin1, headers={"content-type": "application/json"})  # not UTF-8
     assert response.status_code == 422 and "Invalid JSON" in response.json()["message"]
     for path, body in (("/predict/by-id", b'{"customer_ids": ["caf\xe9"]}'), ("/outcomes", b'{"outcomes": "\xe9"}')):
-        response = api.post(path, content=body, headers={"content-type": "application/json"})
+        response = api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": KEY})
         assert response.status_code == 422, (path, response.text)
         assert response.json()["message"].startswith("body: Invalid JSON: not UTF-8 (invalid ")
     assert api.post("/predict", json={"customers": []}).status_code == 422
@@ -602,6 +602,33 @@ def test_a_misspelt_query_parameter_is_a_422_naming_it_not_ignored(api):
     assert api.post("/outcomes?stict=false", json={}).status_code == 401  # the key first, as before
 
 
+def test_outcomes_without_the_admin_key_are_refused_before_their_body_is_read(api):
+    """FastAPI parsed a declared body before the key was checked: malformed JSON without a key
+    was a 422 (telling a stranger about the body, not the key), and anyone could make the API
+    parse 4 MB. Now the key comes first, whatever the body; with it, the body's problems as before."""
+    too_many = json.dumps({"outcomes": [{}] * 10_001})
+    bodies = {"not JSON": b'{"outcomes": [', "not UTF-8": b'{"outcomes": "\xe9"}', "too many": too_many.encode(),
+              "empty": b"", "invalid": b'{"outcomes": [{"customer_id": 5}]}', "a list": b"[]"}  # fmt: skip
+    for name, body in bodies.items():
+        for headers, status in (({}, 401), ({"X-API-Key": "wrong"}, 403)):
+            response = api.post("/outcomes", content=body, headers={"content-type": "application/json", **headers})
+            assert response.status_code == status, (name, response.text)
+    expected = {"not JSON": (422, "body: Invalid JSON: Expecting value at character 14"),
+                "not UTF-8": (422, "body: Invalid JSON: not UTF-8 (invalid continuation byte at byte 14)"),
+                "too many": (413, "10,001 outcomes in one request; the limit is 10,000"),
+                "empty": (422, "body: Field required"),
+                "invalid": (422, "outcomes.0.customer_id: Input should be a valid string"),
+                "a list": (422, "body: Input should be a valid dictionary or object to extract fields from"),
+                }  # fmt: skip
+    for name, body in bodies.items():
+        response = api.post("/outcomes", content=body, headers={"content-type": "application/json", "X-API-Key": KEY})
+        assert (response.status_code, response.json()["message"]) == expected[name], name
+    invalid = api.post("/outcomes", content=bodies["invalid"], headers={"content-type": "application/json",
+                                                                      "X-API-Key": KEY}).json()  # fmt: skip
+    assert invalid["detail"] == [{"loc": ["body", "outcomes", 0, "customer_id"], "type": "string_type",
+                                  "msg": "Input should be a valid string"}]  # fmt: skip
+
+
 def test_the_probes_answer_while_every_worker_thread_is_busy(api):
     """Liveness and readiness were plain def routes: they waited for a thread of the pool that
     blocking routes share (POST /outcomes on a database that is gone, a reload with ?wait=true),
@@ -648,7 +675,12 @@ def test_the_openapi_document_says_how_admin_routes_authenticate_and_answer(api)
     assert any(s.get("name") == "X-API-Key" for s in schemes.values())
     reload = schema["paths"]["/admin/reload"]["post"]
     assert {"200", "202", "401", "403", "409"} <= set(reload["responses"]) and len(reload["security"]) == 2
-    assert {"401", "403"} <= set(schema["paths"]["/outcomes"]["post"]["responses"])
+    outcomes = schema["paths"]["/outcomes"]["post"]
+    assert {"401", "403"} <= set(outcomes["responses"])
+    # Its body is read after the key, so declared rather than inferred: still in the document.
+    body = outcomes["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    item = schema["components"]["schemas"][body]["properties"]["outcomes"]["items"]["$ref"].rsplit("/", 1)[-1]
+    assert set(schema["components"]["schemas"][item]["properties"]) == {"customer_id", "churned", "observed_at"}
     assert "security" not in schema["paths"]["/predict"]["post"]  # predictions need no key
 
 
