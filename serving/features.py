@@ -41,15 +41,15 @@ class FeaturesNotConfigured(ServingError):
     status_code = 404
 
 
+_NOT_CONFIGURED = ("no feature store: set CHURN_FEATURE_STORE_URL, or run `churn-platform features apply`, "
+                   "`features ingest` and `features materialize`")  # fmt: skip
+
+
 class FeatureSource:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._read: Any = None
-        self.state = "not configured"
-        self.reason = (
-            "no feature store: set CHURN_FEATURE_STORE_URL, or run `churn-platform features apply`, "
-            "`features ingest` and `features materialize`"
-        )
+        self.state, self.reason = "not configured", _NOT_CONFIGURED
         self._lock = threading.Lock()
         self._opened_at = 0.0
         self._opening = False
@@ -67,8 +67,11 @@ class FeatureSource:
         """Open the store in the background (a daemon thread: a hung store never blocks shutdown)."""
         with self._lock:
             self._opened_at = time.monotonic()
-            if self._opening or not self.configured:
+            if self._opening:
                 return  # one opening at a time: parallel requests after the retry delay start one
+            if not self.configured:  # never set up, or deleted since it was opened: the by-id routes' 404
+                self.state, self.reason = "not configured", _NOT_CONFIGURED
+                return
             self._opening = True
             self.state, self.reason = "opening", "the feature store is opening"
         threading.Thread(target=self._open, name="feature-store-open", daemon=True).start()
@@ -125,7 +128,7 @@ class FeatureSource:
         """Each id's latest materialized features, None for an id the store does not hold."""
         read = self._read
         if read is not None and not hasattr(read, "aread") and self._replaced():  # embedded: a stat per request
-            raise FeaturesUnavailable(self.reason)
+            read = None  # reopening (503), or gone (404)
         if read is None:
             if self.state in ("unavailable", "not configured") and time.monotonic() - self._opened_at > _RETRY_S:
                 self.start()  # set up or back since the last try: open it for the next requests

@@ -546,6 +546,16 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
             time.sleep(0.2)
         again = client.post("/predict/single", json=data.to_records(rebuilt)[0]).json()
         assert client.get(f"/predict/{ids[0]}").json() == {**again, FEATURES_AS_OF: "2026-06-01T00:00:00Z"}
+        # Deleted and not built again (decommissioned): the 404 of no store set up, as documented;
+        # it was a 503 "replaced; reopening" for good, which pages (ChurnApi5xxRate).
+        shutil.rmtree(settings.feature_store_dir)
+        for _ in range(3):
+            gone = client.get(f"/predict/{ids[0]}")
+            assert gone.status_code == 404 and gone.json()["message"].startswith("no feature store: "), gone.text
+        assert client.get("/ready").json()["feature_store"]["state"] == "not configured"
+        feature_store.apply(settings)  # as it was, for what follows
+        feature_store.ingest(settings, str(tmp_path / "rebuilt.csv"))
+        feature_store.materialize(settings)
     # CHURN_FEATURES_MAX_AGE_DAYS: a snapshot older is that id's error, not a score.
     with TestClient(create_app(settings.model_copy(update={"features_max_age_days": 30}))) as client:
         wait_store_ready(client)
