@@ -51,7 +51,7 @@ from churn_platform.errors import (
     SettingsError,
     StorageUnreachable,
 )
-from churn_platform.inference_log import INSUFFICIENT_PRIVILEGE, KEEPALIVES, sqlstate
+from churn_platform.inference_log import KEEPALIVES, refused_user
 from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
@@ -248,13 +248,13 @@ def unavailable_message(exc: BaseException) -> str:
 
 
 def unavailable(exc: BaseException) -> ChurnPlatformError:
-    """The store's failure as the CLI reports it: a missing privilege is the operator's to grant
-    (exit 2), not an outage to retry (exit 3)."""
+    """The store's failure as the CLI reports it: a missing privilege, or CONNECT refused, is
+    the operator's to grant (exit 2), not an outage to retry (exit 3)."""
     if isinstance(exc, PermissionError):  # the embedded store's files
         return SettingsError(f"the feature store's files refused this user: {exc}")
     seen: BaseException | None = exc
     while seen is not None:  # Feast wraps the driver's error in its own
-        if sqlstate(seen) == INSUFFICIENT_PRIVILEGE:
+        if refused_user(seen):
             cause = getattr(seen, "orig", None) or seen
             return SettingsError(f"the feature store's database refused its user a privilege: "
                                  f"{str(cause).strip().splitlines()[0]}; grant it (docs/deploy.md)")  # fmt: skip

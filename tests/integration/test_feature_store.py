@@ -568,6 +568,11 @@ def test_a_silent_database_is_not_waited_on_and_a_missing_privilege_is_not_an_ou
             assert "the feature store's database refused its user a privilege: permission denied" in said, said
             with pytest.raises(SettingsError):  # the same for every command that meets one
                 feature_store.materialize(get_settings())
+            with admin.cursor() as cur:  # refused at connect, where no SQLSTATE reaches the client: was exit 3
+                cur.execute(f'REVOKE CONNECT ON DATABASE "{database}" FROM PUBLIC, {role}')
+            said = _cli("features", "materialize", code=2)
+            assert "the feature store's database refused its user a privilege: " in said, said
+            assert "permission denied for database" in said, said
     finally:
         get_settings.cache_clear()
         with admin.cursor() as cur:
