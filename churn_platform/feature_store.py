@@ -157,6 +157,11 @@ def _url(pg: dict[str, Any], driver: str) -> Any:
 #: that accepts but never answers (a failover's old address) held the API's store "opening",
 #: its by-id routes a 503 saying so, for as long as TCP waited.
 _TIMEOUTS = {"connect_timeout": 5, **KEEPALIVES}
+#: The schema Feast's connections see (its ``db_schema``, left at its default): the offline table is
+#: made there too. On the server's default path, a user with a schema of its own name made it
+#: there, which Feast's materialize and training then could not find ("unavailable", exit 3).
+_FEAST_DB_SCHEMA = "public"
+_FEAST_SCHEMA = {"options": f"-c search_path={_FEAST_DB_SCHEMA}"}
 
 
 #: Materialize asks the offline store for each customer's latest snapshot in the window: Feast's
@@ -459,7 +464,8 @@ def _replace(path: Path, snapshots: pd.DataFrame) -> None:
 def _engine(settings: Settings) -> Any:
     import sqlalchemy as sa
 
-    return sa.create_engine(_url(_postgres(settings.feature_store_url or ""), "postgresql+psycopg2"))
+    return sa.create_engine(_url(_postgres(settings.feature_store_url or ""), "postgresql+psycopg2"),
+                            connect_args=_FEAST_SCHEMA)  # fmt: skip
 
 
 def _ensure_offline_table(conn: Any) -> None:
@@ -866,7 +872,8 @@ class PostgresOnlineReader:
         pg = _postgres(settings.feature_store_url or "")
         table = compute_table_id(PROJECT, store.get_feature_view(FEATURE_VIEW))
         # As a string, rendered once: psycopg caches a string's conversion, a Composed it renders each time.
-        self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(table)).as_string()
+        # Named with its schema, not by a startup option, which a pooler (PgBouncer) may refuse.
+        self._query = sql.SQL(self._QUERY).format(table=sql.Identifier(_FEAST_DB_SCHEMA, table)).as_string()
         self._version = store.config.entity_key_serialization_version
         # Keywords, not a URL: SQLAlchemy renders a space in the password as is, and psycopg refused
         # the URL ("unexpected spaces"): every read by id a 503.

@@ -580,6 +580,51 @@ def test_a_silent_database_is_not_waited_on_and_a_missing_privilege_is_not_an_ou
         admin.close()
 
 
+def test_a_job_user_with_a_schema_of_its_own_keeps_the_store_where_feast_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
+):
+    """A common grant on PostgreSQL 15: a schema named after the user. Our connections made the
+    snapshots table there (the server's default path, "$user" first) and Feast's, which see only
+    its db_schema (public), could not find it: materialize "unavailable", exit 3, retried daily."""
+    import psycopg2
+
+    monkeypatch.chdir(tmp_path)
+    raw = data.read_table(telco_csv).head(30)
+    raw.drop(columns=[LABEL_COLUMN]).to_csv("snapshot.csv", index=False)
+    role = f"features_{os.getpid()}"
+    admin = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE ROLE {role} LOGIN")
+        with postgres_database() as url:
+            database = url.rsplit("/", 1)[1]
+            owner = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database)
+            with owner, owner.cursor() as cur:
+                cur.execute(
+                    f"GRANT USAGE, CREATE ON SCHEMA public TO {role}; CREATE SCHEMA {role} AUTHORIZATION {role}"
+                )
+            owner.close()
+            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url.replace(f"//{PG_USER}@", f"//{role}@", 1))
+            get_settings.cache_clear()
+            for step in (["apply"], ["ingest", "snapshot.csv", "--as-of", "2026-03-01"], ["materialize"]):
+                _cli("features", *step)  # materialize was exit 3: "relation customer_snapshots does not exist"
+            store = feature_store.open_store(get_settings())
+            found = feature_store.online_reader(store, get_settings())([raw[ID_COLUMN][0]])[0]
+            assert found is not None and found["tenure"] == _typed(raw.drop(columns=[LABEL_COLUMN]))["tenure"].iloc[0]
+            check = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database)
+            with check, check.cursor() as cur:
+                cur.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = %s",
+                            (feature_store.OFFLINE_TABLE,))  # fmt: skip
+                assert cur.fetchall() == [("public",)]
+            check.close()
+    finally:
+        get_settings.cache_clear()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
+
+
 def test_train_from_features_records_the_view_and_the_label_times(embedded: str, telco_csv: Path,
                                                                    monkeypatch: pytest.MonkeyPatch):  # fmt: skip
     monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", "store")
