@@ -480,15 +480,23 @@ def _ensure_offline_table(conn: Any) -> None:
         f"{SNAPSHOT_TIME} TIMESTAMPTZ NOT NULL,\n{columns},\nPRIMARY KEY ({ID_COLUMN}, {SNAPSHOT_TIME}))"
     )
     conn.exec_driver_sql(ddl)
-    found = {row[0] for row in conn.exec_driver_sql(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND table_schema = current_schema()",
-        (OFFLINE_TABLE,),
-    )}  # fmt: skip
-    if missing := [name for name in (ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES) if name not in found]:
+    found = dict(conn.exec_driver_sql(
+        "SELECT column_name, is_nullable FROM information_schema.columns WHERE table_name = %s "
+        "AND table_schema = current_schema()", (OFFLINE_TABLE,),
+    ).all())  # fmt: skip
+    names = (ID_COLUMN, SNAPSHOT_TIME, *FEATURE_NAMES)
+    if missing := [name for name in names if name not in found]:
         # CREATE ... IF NOT EXISTS kept a table made for another schema: its COPY failed as "unavailable".
         raise DataValidationError(f"the feature store's table {OFFLINE_TABLE} has no column {missing}: it was made "
                                   "for another schema than this release's; add the column (with the stored "
                                   "snapshots' values) or use a new database")  # fmt: skip
+    if dropped := sorted(name for name, nullable in found.items() if name not in names and nullable == "NO"):
+        # A feature an earlier release had: new snapshots cannot fill it (a not-null violation, "unavailable").
+        raise DataValidationError(
+            f"the feature store's table {OFFLINE_TABLE} has column {dropped}, which this release's schema has not, "
+            f"NOT NULL: new snapshots cannot fill it; keep the stored values with ALTER TABLE {OFFLINE_TABLE} "
+            f"ALTER COLUMN {dropped[0]} DROP NOT NULL (each such column), or drop it"
+        )
     # Materialize selects by time alone: without this, each daily run scanned the whole history.
     # Only when missing: CREATE INDEX takes a SHARE lock even when the index exists, and two
     # ingests holding it deadlocked on their INSERTs.

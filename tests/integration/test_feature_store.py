@@ -344,6 +344,20 @@ def test_an_offline_table_of_another_schema_is_named_and_its_time_is_indexed(
                 with connection.cursor() as cur:
                     cur.execute("SELECT count(*) FROM customer_snapshots")
                     assert cur.fetchone()[0] == 0
+                    # The other way: a feature this release dropped, NOT NULL as made. Its COPY failed
+                    # as a not-null violation, "feature store unavailable", exit 3, retried daily.
+                    cur.execute("ALTER TABLE customer_snapshots ADD COLUMN tenure BIGINT NOT NULL, "
+                                "ADD COLUMN fax_line TEXT NOT NULL")  # fmt: skip
+                out = _cli("features", "ingest", "a.csv", "--as-of", "now", code=2)
+                assert (
+                    "customer_snapshots has column ['fax_line'], which this release's schema has not, NOT NULL" in out
+                ), out
+                with connection.cursor() as cur:
+                    cur.execute("ALTER TABLE customer_snapshots ALTER COLUMN fax_line DROP NOT NULL")
+                _cli("features", "ingest", "a.csv", "--as-of", "now")  # as the message says: the old values kept
+                with connection.cursor() as cur:
+                    cur.execute("SELECT count(*), count(fax_line) FROM customer_snapshots")
+                    assert cur.fetchone() == (5, 0)
             finally:
                 connection.close()
         finally:
