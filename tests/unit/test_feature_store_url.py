@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -25,7 +27,18 @@ def test_the_tls_files_reach_feasts_connections_ours_and_the_apis():
         "sslmode": "verify-full", "sslrootcert": "/etc/ssl/rds.pem", "sslcert": "/c.pem", "sslkey": "/k.pem"
     }  # fmt: skip
     registry = conninfo_to_dict(repo.registry.path.replace("postgresql+psycopg://", "postgresql://"))
-    assert registry["sslrootcert"] == "/etc/ssl/rds.pem" and registry["sslmode"] == "verify-full"
+    tls = {"sslmode": "verify-full", "sslrootcert": "/etc/ssl/rds.pem", "sslcert": "/c.pem", "sslkey": "/k.pem"}
+    assert {k: v for k, v in registry.items() if k.startswith("ssl")} == tls
+
+    class Store:  # what the API's reader asks of Feast's store: the view's table name, the key version
+        config = SimpleNamespace(entity_key_serialization_version=3)
+
+        def get_feature_view(self, name: str) -> SimpleNamespace:
+            return SimpleNamespace(name=name)
+
+    reader = feature_store.PostgresOnlineReader(Store(), Settings(feature_store_url=URL))  # type: ignore[arg-type]
+    api = conninfo_to_dict(reader._conninfo)  # noqa: SLF001 - the by-id routes' connection
+    assert {k: v for k, v in api.items() if k.startswith("ssl")} == tls
 
 
 def test_an_option_no_connection_takes_is_refused_by_name():
