@@ -7,6 +7,7 @@ not counting the header).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 from collections.abc import Callable
@@ -55,13 +56,19 @@ def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFr
         payload = _read_s3(uri, s3_endpoint_url)
     else:
         path = Path(uri)
-        if not path.exists():
-            # `mlflow run` runs in the project folder: a relative path is looked for there, not where it was typed.
-            where = "" if path.is_absolute() else f" (looked for at {path.resolve()})"
-            raise DataSourceError(f"data file not found: {uri}{where}")
-        if path.is_dir():
-            raise DataSourceError(f"data path is a directory, not a file: {uri}")
-        payload = path.read_bytes()
+        try:
+            if not path.exists():
+                # `mlflow run` runs in the project folder: a relative path is looked for there, not where it was typed.
+                where = "" if path.is_absolute() else f" (looked for at {path.resolve()})"
+                raise DataSourceError(f"data file not found: {uri}{where}")
+            if path.is_dir():
+                raise DataSourceError(f"data path is a directory, not a file: {uri}")
+            payload = path.read_bytes()
+        except OSError as exc:  # not "a bug" (exit 70)
+            why = f"cannot read data file {uri}: {exc.strerror or exc}"
+            if isinstance(exc, PermissionError) or exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+                raise DataSourceError(why) from None  # another user's file, a path no one can open: exit 2
+            raise StorageUnreachable(why) from None  # an I/O error, a stale NFS handle: retried (exit 3)
     if not payload.strip():
         raise DataSourceError(f"data file is empty: {uri}")
     try:

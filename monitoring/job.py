@@ -391,8 +391,8 @@ def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experim
 def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
     """Run the job and return its summary (``summary.exit_code`` is the command's exit code)."""
     name = settings.model_name
+    clear_verdict(options.output_dir)  # first: a run that stops early leaves no old verdict as its own
     client = registry.connect(settings, existing=True)
-    clear_verdict(options.output_dir)
     with registry.translate_errors(settings):
         live_experiment(client, settings.monitor_experiment)
         file = _read_file(options.current, settings) if options.current else None

@@ -302,9 +302,9 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
     from monitoring import performance_report
 
     name = settings.model_name
+    clear_verdict(options.output_dir)  # first: a run that stops early leaves no old verdict as its own
     since, until = _window(options)
     client = registry.connect(settings, existing=True)
-    clear_verdict(options.output_dir)
     with registry.translate_errors(settings):
         live_experiment(client, settings.monitor_experiment)
         try:

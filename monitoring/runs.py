@@ -44,10 +44,13 @@ def writable_folder(folder: Path) -> str | None:
     """Why ``folder`` cannot take a report (None: it can, or can be made): asked before the
     work, so a mistyped ``--output-dir`` is not found out only after it."""
     existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+    except OSError as exc:  # a parent this user may not enter, a name too long: not a traceback
+        return exc.strerror or str(exc)
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
     return None

@@ -77,6 +77,10 @@ def _isolated(tmp_path, monkeypatch):
         # Found out after the work, as a traceback (exit 70), or an OverflowError:
         (["monitor", "--output-dir", "/dev/null/r"], "'--output-dir': /dev/null/r: /dev/null is not a folder"),
         (["performance", "--output-dir", "/dev/null"], "'--output-dir': /dev/null: /dev/null is not a folder"),
+        # A parent the user may not enter (root enters all: a name too long fails the same way):
+        # PermissionError while click read the options, a traceback and exit 1, read as "drift".
+        (["monitor", "--output-dir", f"/tmp/{'x' * 300}/r"], f"/tmp/{'x' * 300}/r: File name too long"),
+        (["performance", "--output-dir", f"/tmp/{'x' * 300}"], f"/tmp/{'x' * 300}: File name too long"),
         (["monitor", "--until", "0001-01-01", "--last-hours", "1"], "--last-hours 1 reaches before the year 1 from"),
         (["performance", "--until", "0001-01-01", "--last-days", "1"], "--last-days 1 reaches before the year 1 from"),
         (["monitor", "--inference-log-url", "postgresql+asyncpg://u@h/d"], "driver 'postgresql+asyncpg' is asynchr"),
@@ -258,6 +262,15 @@ def test_a_misspelt_sqlite_registry_is_named_missing_and_never_made(tmp_path):
         result = CliRunner().invoke(main, [*command, "--tracking-uri", f"sqlite:///{typo}"])
         assert result.exit_code == 2 and f"no MLflow registry at {typo}: train a model first" in result.output
     assert not typo.exists()
+    # A reused --output-dir: yesterday's verdict must not read as this run's (it did, the
+    # registry being checked before the old report was cleared).
+    for command in ("monitor", "performance"):
+        old = tmp_path / command
+        old.mkdir()
+        (old / "summary.json").write_text('{"verdict": "ok"}')
+        (old / "report.html").write_text("<html>ok</html>")
+        result = CliRunner().invoke(main, [command, "--tracking-uri", f"sqlite:///{typo}", "--output-dir", str(old)])
+        assert result.exit_code == 2 and sorted(old.iterdir()) == [], (result.output, sorted(old.iterdir()))
 
 
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from churn_platform import data
-from churn_platform.errors import DataSourceError, DataValidationError
+from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
 from churn_platform.schema import (
     ALL_COLUMNS,
     FEATURE_NAMES,
@@ -203,6 +206,19 @@ def test_missing_file_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataSourceError, match=f"data file not found: nope.csv \\(looked for at {tmp_path}/nope.csv\\)"):
         data.load("nope.csv")
+    # A file this user may not read (root reads all: a name too long fails the same way) was an
+    # OSError, "unexpected: a bug" (exit 70) in the monitor: a data error, exit 2.
+    with pytest.raises(DataSourceError, match="cannot read data file x{300}.csv: File name too long"):
+        data.load("x" * 300 + ".csv")
+    # An I/O error (a stale NFS handle, a disk failing) is the storage's, retried (exit 3), not the user's.
+    (tmp_path / "nfs.csv").write_text("a,b\n1,2\n")
+
+    def stale(self):
+        raise OSError(errno.ESTALE, "Stale file handle", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", stale)
+    with pytest.raises(StorageUnreachable, match="cannot read data file .*nfs.csv: Stale file handle"):
+        data.read_table(tmp_path / "nfs.csv")
 
 
 def test_generator_is_seeded_and_has_a_real_churn_signal():
