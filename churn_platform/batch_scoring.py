@@ -62,6 +62,7 @@ from churn_platform.schema import (
     FEATURES_BY_NAME,
     ID_COLUMN,
     ID_MAX_LENGTH,
+    canonical_column,
     normalise_columns,
 )
 from churn_platform.scorer import FastScorer
@@ -240,6 +241,7 @@ def _walk(folder: str, parts: list[str]) -> list[str]:
     """
     found: set[str] = set()
     seen: set[tuple[str, int]] = set()  # what lies below depends on the real folder alone
+    unreadable: dict[str, str] = {}  # a folder is read once per segment of the pattern: named once
 
     def visit(path: str, at: int) -> None:
         if (key := (os.path.realpath(path), at)) in seen:
@@ -259,7 +261,13 @@ def _walk(folder: str, parts: list[str]) -> list[str]:
             return
         try:
             entries = list(os.scandir(path))
-        except OSError:  # unreadable or gone, as glob and os.walk pass over it
+        except (FileNotFoundError, NotADirectoryError):  # gone since it was listed
+            return
+        except OSError as exc:  # glob passes over it without a word: its customers went unscored, unseen
+            if path == folder:  # the input itself: nothing to score
+                raise DataSourceError(f"cannot read folder {path}: {exc.strerror or exc}") from None
+            if os.path.basename(path) != "lost+found":  # the filesystem's own, root's, atop a volume
+                unreadable[path] = f"{path} ({exc.strerror or exc})"
             return
         for entry in entries:
             if entry.name.startswith(_HIDDEN):
@@ -271,6 +279,9 @@ def _walk(folder: str, parts: list[str]) -> list[str]:
                 visit(entry.path, at if head == "**" else at + 1)
 
     visit(folder, 0)
+    if unreadable:  # as compressed files are: said, not fatal (one locked folder on a share stops no run)
+        log.warning("not reading %d folder(s) of %s that this job may not read (their files are not scored): %s",
+                    len(unreadable), folder, ", ".join(list(unreadable.values())[:5]))  # fmt: skip
     return sorted(found)
 
 
@@ -289,7 +300,15 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
     try:
         if kind == "parquet":
             with fs.open_input_file(path) as handle:
-                return list(pq.read_schema(handle).names)
+                schema = pq.read_schema(handle)
+            # A list or record where a value goes: Arrow's reader fails on it (KeyError, "a bug",
+            # exit 70) once the files before it were scored.
+            read = (ID_COLUMN, *FEATURE_NAMES)
+            nested = [f"{f.name!r} ({f.type})" for f in schema
+                      if pa.types.is_nested(f.type) and canonical_column(f.name) in read]  # fmt: skip
+            if nested:
+                raise DataValidationError(f"{path}: {', '.join(nested)}: a list or record in each row, not one value")
+            return list(schema.names)
         with fs.open_input_stream(path) as handle:
             header = handle.read(1 << 20).splitlines()
     except (OSError, pa.ArrowException) as exc:

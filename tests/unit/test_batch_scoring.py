@@ -638,6 +638,58 @@ def test_a_folder_reads_what_its_glob_reads_through_symlinks_and_brackets_each_f
     assert rows(f"{glob.escape(str(folder))}/current/*.csv") == 10
 
 
+def test_a_list_where_a_value_goes_is_refused_by_name_before_anything_is_scored(registry_uri, customers, tmp_path):
+    """A Parquet column of lists (a category exported as tags) failed inside Arrow's reader:
+    KeyError, "a bug" (exit 70), after the files before it were scored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    customers.iloc[:10].to_parquet(folder / "a.parquet", index=False)
+    table = pa.Table.from_pandas(customers.iloc[10:20], preserve_index=False)
+    tags = pa.array([[v] for v in customers.iloc[10:20]["internet_service"]])
+    pq.write_table(table.set_column(table.schema.get_field_index("internet_service"), "internet_service", tags),
+                   folder / "b.parquet")  # fmt: skip
+    result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2, result.output
+    assert "b.parquet: 'internet_service' (list<element: string>): a list or record in each row" in result.output
+    assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_folder_the_job_cannot_read_is_named_not_passed_over_in_silence(
+    registry_uri, customers, tmp_path, monkeypatch, caplog
+):
+    """A subfolder on NFS or another user's was passed over as glob passes over it: its customers
+    went unscored, unseen, exit 0. It is named in a warning, as compressed files are (a root-owned
+    lost+found atop a volume is the filesystem's, not the user's); the input itself unreadable is
+    an error. (Root reads every folder: the refusal is the kernel's answer played by os.scandir.)"""
+    folder = tmp_path / "exports"
+    for sub in ("locked", "lost+found"):
+        (folder / sub).mkdir(parents=True)
+    customers.iloc[:10].to_csv(folder / "a.csv", index=False)
+    customers.iloc[10:20].to_csv(folder / "locked" / "b.csv", index=False)
+    refused = {str((folder / "locked").resolve()), str((folder / "lost+found").resolve())}
+    real = os.scandir
+
+    def scandir(path="."):
+        if not isinstance(path, int) and os.path.realpath(path) in refused:  # an int: a descriptor
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for source in (str(folder), f"{folder}/**/*.csv"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="churn_platform.batch_scoring"):
+            result = run(registry_uri, "--input", source, "--output", str(tmp_path / "s.parquet"), "--json")
+        assert result.exit_code == 0 and json.loads(result.stdout)["rows"] == 10, result.output
+        assert "not reading 1 folder(s)" in caplog.text and "locked (Permission denied)" in caplog.text
+        assert "lost+found" not in caplog.text
+    refused.add(str(folder.resolve()))
+    result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "t.parquet"))
+    assert result.exit_code == 2 and f"cannot read folder {folder}: Permission denied" in result.output, result.output
+
+
 @pytest.mark.parametrize("pattern", ["*.csv", "**/*.csv", "**", "a/**", "a/*/*.csv", "a/**/*.csv", "*/*.csv",
                                      "a/b/**/c/*.csv", "**/c/*", "a//b/*.csv", "a/*/", "**/*.parquet",
                                      "a/l?/*/*.csv", "**/**/*.csv", "a/[bx]/*", "a/*/../*.csv", "a/*/./*.csv",
