@@ -171,6 +171,8 @@ def input_files(
                 root = _glob_folder(path)
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
                 files = sorted(i.path for i in infos if i.type == pafs.FileType.File and _glob_match(i.path, path))
+            elif named_type == pafs.FileType.NotFound:  # as the local engine says it (a typo in a key or bucket)
+                raise DataSourceError(f"input not found: {spec}")
             else:
                 root = path.rstrip("/")
                 infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
@@ -200,6 +202,8 @@ def input_files(
     if not named and other:  # `2026-11.csv.gz` was left out unseen
         log.warning("not reading %d file(s) of %s that are neither .csv nor .parquet (compressed exports are not "
                     "read: decompress them first): %s", len(other), spec, ", ".join(other[:5]))  # fmt: skip
+    if named and not files:
+        raise DataSourceError(f"{spec} is neither .csv nor .parquet (compressed exports are not read: decompress it)")
     if not files:
         raise DataSourceError(f"no CSV or Parquet files in {spec}")
     files = _without_own_outputs(fs, files, own or {}, spec)
@@ -329,6 +333,15 @@ def check_columns(path: str, raw: list[str], names: list[str]) -> None:
     missing = [c for c in (ID_COLUMN, *FEATURE_NAMES) if c not in names]
     if missing:
         raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
+
+
+def _names(path: str, raw: list[str]) -> list[str]:
+    """The schema's names for a file's header; two columns that mean one name the file (a folder
+    holds hundreds)."""
+    try:
+        return normalise_columns(raw)
+    except DataValidationError as exc:
+        raise DataValidationError(f"{path}: {exc}") from None
 
 
 def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_rows: int) -> Iterator[pa.Table]:
@@ -677,6 +690,10 @@ def rejects_after_scores(commit: Callable[[], None], output: str, rejects: str) 
     except (DataSourceError, StorageUnreachable) as exc:
         raise type(exc)(f"{exc}; the scores at {output} are this run's, but any file at {rejects} is an "
                         "earlier run's rejects: run the job again") from None  # fmt: skip
+    except BaseException:  # Spark's rejects job losing an executor, a signal: said in the log as it goes on
+        log.error("the scores at %s are this run's, but any file at %s is an earlier run's rejects: run the job "
+                  "again", output, rejects)  # fmt: skip
+        raise
 
 
 def write_rejects(target: str, table: pa.Table, endpoint_url: str | None) -> None:
@@ -837,7 +854,7 @@ def prepare(
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
     fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)
     for path, raw in headers.items():
-        check_columns(path, raw, normalise_columns(raw))
+        check_columns(path, raw, _names(path, raw))
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_bucket(flag, target, settings.s3_endpoint_url)
     model = load_model(settings, alias, version)
@@ -990,7 +1007,7 @@ def _customer_files(headers: dict[str, list[str]], source: str) -> dict[str, lis
     scores file with features is a use.)"""
     kept = {}
     for path, raw in headers.items():
-        names = set(normalise_columns(raw))
+        names = set(_names(path, raw))
         if any(marker <= names for marker in _OUTPUT_MARKERS):
             log.warning("not reading %s: an earlier job's scores or rejects (its columns), not customers", path)
             continue

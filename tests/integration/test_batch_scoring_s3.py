@@ -93,6 +93,11 @@ def test_score_reads_and_writes_s3(stack_env, model_name, telco_csv, monkeypatch
     assert CliRunner().invoke(main, hashed).exit_code == 1
     assert len(read("scores/week#45.parquet")) == 399 and len(read("scores/week#45.rejects.parquet")) == 1
 
+    # A typo in the input's key or bucket: "input not found", as the local engine says (it was
+    # "no CSV or Parquet files in ...", which reads as an empty folder).
+    for missing in (f"s3://{bucket}/customers/part-9.parquet", f"s3://{bucket}/custmers/", "s3://no-such-bucket/x/"):
+        result = CliRunner().invoke(main, [*args[:3], "--input", missing, *args[5:-1]])
+        assert result.exit_code == 2 and f"input not found: {missing}" in result.output, (missing, result.output)
     # An output bucket that does not exist: refused before the model loads, not after the scoring.
     result = CliRunner().invoke(main, [*args[:-1], "--output", "s3://no-such-bucket/latest.parquet"])
     assert result.exit_code == 2 and "bucket 'no-such-bucket' does not exist" in result.output, result.output

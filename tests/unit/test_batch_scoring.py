@@ -199,6 +199,10 @@ def test_a_folder_says_which_files_it_does_not_read(registry_uri, customers, tmp
     assert result.exit_code == 0, result.output
     assert "not reading 1 file(s)" in caplog.text and "2026-11.csv.gz" in caplog.text
     assert "decompress them first" in caplog.text
+    # Named by itself it was "no CSV or Parquet files in 2026-11.csv.gz", without the hint.
+    named = run(registry_uri, "--input", str(folder / "2026-11.csv.gz"), "--output", str(tmp_path / "t.parquet"))
+    assert named.exit_code == 2 and "2026-11.csv.gz is neither .csv nor .parquet" in named.output, named.output
+    assert "decompress it" in named.output
 
 
 def test_the_challenger_the_mlflow_ui_saved_is_the_one_scored(registry_uri, customers, tmp_path):
@@ -541,6 +545,22 @@ def test_rejects_that_cannot_be_written_after_the_scores_say_whose_each_file_is(
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 50
 
 
+def test_rejects_that_fail_in_any_other_way_say_so_in_the_log_as_the_error_goes_on(caplog):
+    """Spark's rejects job (a join and a sort) losing an executor, or a signal, ended the run with
+    no word that the scores beside the old rejects are new."""
+    from churn_platform.batch_scoring import rejects_after_scores
+
+    def lost() -> None:
+        raise RuntimeError("executor lost")
+
+    with caplog.at_level("ERROR", logger="churn_platform.batch_scoring"), pytest.raises(RuntimeError, match="lost"):
+        rejects_after_scores(lost, "out/scores.parquet", "out/scores.rejects.parquet")
+    assert (
+        "the scores at out/scores.parquet are this run's, but any file at out/scores.rejects.parquet is an "
+        "earlier run's rejects" in caplog.text
+    )
+
+
 def test_progress_in_a_log_is_a_line_per_update(registry_uri, customers, tmp_path):
     """Out of a terminal (a pod's log, a pipe), the bar redrawn with \\r ran every update and the
     summary into one line."""
@@ -636,6 +656,18 @@ def test_a_folder_reads_what_its_glob_reads_through_symlinks_and_brackets_each_f
     # One level down is glob's: current/b.csv, and loop/a.csv (that is a.csv, read once).
     assert rows(f"{glob.escape(str(folder))}/*/*.csv") == 30
     assert rows(f"{glob.escape(str(folder))}/current/*.csv") == 10
+
+
+def test_two_columns_that_mean_one_name_the_file_among_a_folders(registry_uri, customers, tmp_path):
+    """A folder of 200 exports said only "columns 'customer_id' and 'customerID' both mean ...":
+    which file had both was for the user to find."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    customers.iloc[:10].to_csv(folder / "a.csv", index=False)
+    customers.iloc[10:20].assign(customerID="x").to_csv(folder / "b.csv", index=False)
+    result = run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2, result.output
+    assert f"{(folder / 'b.csv').resolve()}: columns 'customer_id' and 'customerID' both mean" in result.output
 
 
 def test_a_list_where_a_value_goes_is_refused_by_name_before_anything_is_scored(registry_uri, customers, tmp_path):
