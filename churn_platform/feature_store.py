@@ -1078,7 +1078,18 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
         raise unavailable(exc) from None
     if joined.empty:
         raise DataValidationError(f"no label in {labels_uri} has a feature snapshot at or before its {LABEL_TIME}")
-    frame = data.validate(joined.drop(columns=[LABEL_TIME]), require_label=True)
+    try:
+        frame = data.validate(joined.drop(columns=[LABEL_TIME]), require_label=True)
+    except DataValidationError:  # its row numbers count the join's rows, which no file has: name the customers
+        _, reasons = data.split_rejects(joined.drop(columns=[LABEL_TIME, LABEL_COLUMN]))
+        if reasons.empty:
+            raise
+        named = "; ".join(f"{joined.at[i, ID_COLUMN]} at {_utc_text(joined.at[i, LABEL_TIME])}: {why}"
+                          for i, why in reasons.head(3).items())  # fmt: skip
+        raise DataValidationError(
+            f"{len(reasons)} labels in {labels_uri} meet a stored feature snapshot this release's schema refuses "
+            f"({named}): ingest those customers' snapshots again, or leave their labels out"
+        ) from None
     tags = {
         "feature_view": f"{PROJECT}/{FEATURE_VIEW}",
         "feature_store": "postgresql" if settings.feature_store_url else "embedded",

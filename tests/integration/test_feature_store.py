@@ -681,6 +681,16 @@ def test_train_from_features_records_the_view_and_the_label_times(embedded: str,
     assert run.data.params["from_features"] == "True" and run.data.params["labels"] == "labels.csv"
     assert run.data.metrics["training_rows"] + run.data.metrics["validation_rows"] == 600
 
+    # A stored value this release refuses (a category since dropped): "row 2" counted the join's
+    # rows, which no file has; the customer and the label's time are named instead.
+    offline = Path("store") / "offline" / "customer_snapshots.parquet"
+    stored = pd.read_parquet(offline)
+    stored.loc[stored[ID_COLUMN] == labels[ID_COLUMN][4], "internet_service"] = "Fiber"
+    stored.to_parquet(offline, index=False)
+    said = _cli("train", "--from-features", "--labels", "labels_first.csv", code=2)
+    assert (f"1 labels in labels_first.csv meet a stored feature snapshot this release's schema refuses "
+            f"({labels[ID_COLUMN][4]} at 2026-04-01T12:00:00+00:00: internet_service: ") in said, said
+
 
 def test_refresh_from_s3_loads_materializes_and_puts_the_rejects_beside_the_export(
     stack_env: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
