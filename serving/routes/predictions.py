@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from churn_platform import tracing
@@ -179,6 +179,17 @@ async def _post_only() -> None:
 # customer 'single', nor a 503 while no model is served (that route needs one first).
 for _route in _POST_ROUTES:
     router.add_api_route(f"/predict/{_route}", _post_only, methods=["GET"], include_in_schema=False)
+
+
+async def _without_slash(request: Request) -> RedirectResponse:
+    """A POST to ``/predict/`` met the route below first (405, Allow: GET), before Starlette could
+    redirect it as it redirects any other trailing slash: redirected here (307 keeps the method
+    and the body)."""
+    return RedirectResponse(request.url.replace(path=request.url.path.rstrip("/")), status_code=307)
+
+
+for _route in ("", *(f"{r}/" for r in _POST_ROUTES)):
+    router.add_api_route(f"/predict/{_route}", _without_slash, methods=["POST"], include_in_schema=False)
 
 
 _BY_PATH_404 = ("Unknown customer id, a feature without a value or with one the schema refuses, a snapshot older "

@@ -678,6 +678,20 @@ def test_a_wrong_method_is_a_405_that_names_the_allowed_ones(api):
         assert (response.status_code, response.headers.get("allow")) == (405, "POST"), response.text
 
 
+def test_a_post_with_a_trailing_slash_is_redirected_as_fastapi_redirects_any_other(api, telco_csv):
+    """POST /predict/ matched GET /predict/{customer_id} with an empty id: 405, Allow: GET, which
+    told the caller to GET what they meant to POST."""
+    one = customers(telco_csv, 1)
+    for path, body in (("/predict/", {"customers": one}), ("/predict/single/", one[0])):
+        moved = api.post(f"{path}?explain=true", json=body, follow_redirects=False)
+        assert moved.status_code == 307, moved.text
+        assert moved.headers["location"] == f"http://testserver{path.rstrip('/')}?explain=true"
+        followed = api.post(path, json=body)  # 307: the method and the body go again
+        assert followed.status_code == 200, followed.text
+    assert api.post("/predict/by-id/", json={"customer_ids": ["x"]}, follow_redirects=False).status_code == 307
+    assert api.post("/predict/nobody", json={}).status_code == 405  # a customer's path takes GET only
+
+
 def test_the_openapi_document_says_how_admin_routes_authenticate_and_answer(api):
     schema = api.get("/openapi.json").json()
     schemes = schema["components"]["securitySchemes"]
