@@ -165,7 +165,8 @@ def start(
         raise RolloutError(f"no version of {name!r} holds Production: there is nothing to roll out beside")
     tags = registry.get_model(client, name).tags  # one read for the running rollout and the trail's moves
     running = _in_effect(tags, production)
-    if version is None and running.mode != "off":
+    kept = version is None and running.mode != "off"
+    if kept:
         # Changing the share or the mode of a running rollout keeps its Challenger, even when
         # training has since moved the alias to a version nothing has shadowed yet.
         version = running.challenger_version
@@ -177,7 +178,13 @@ def start(
                 "name one with --version"
             )
         version = int(challenger.version)
-    promotion.ready_version(client, name, version)
+    try:
+        promotion.ready_version(client, name, version)
+    except NotFoundError as exc:
+        if not kept:
+            raise
+        raise NotFoundError(f"{exc}: it is the running {running.mode}'s Challenger; end that rollout "
+                            "(`rollout stop`), or name a version with --version") from None  # fmt: skip
     if version == production:
         raise RolloutError(f"v{version} already holds Production: a rollout needs another version")
     actor = actor or promotion.default_actor()
@@ -188,7 +195,9 @@ def start(
         mode=mode, percent=percent, challenger_version=version, production_version=production,
         started_by=running.started_by if same else actor,
         started_at=running.started_at if same else datetime.now(UTC).isoformat(timespec="milliseconds"),
-        reason=reason, moves_at_start=running.moves_at_start if same and running.moves_at_start is not None else moves,
+        # The starter's reason with the starter: a new share's own is in the trail, under who gave it.
+        reason=running.reason if same else reason,
+        moves_at_start=running.moves_at_start if same and running.moves_at_start is not None else moves,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
     _record_then_save(client, name, "rollout-start", production, version, state, actor=actor,

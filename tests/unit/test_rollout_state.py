@@ -91,15 +91,26 @@ def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions
 
 def test_a_new_share_keeps_the_running_challenger_when_training_moved_the_alias(three_versions):
     name = three_versions
-    first = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10", "--actor", "ana")
+    first = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10", "--actor", "ana",
+                "--reason", "try v3")  # fmt: skip
     assert first.exit_code == 0, first.output
     started_at = out(cli("rollout", "status", "--model-name", name, "--json"))["started_at"]
     MlflowClient().set_registered_model_alias(name, "Challenger", "2")  # a later run passed the gate
-    raised = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "50", "--actor", "bo")
+    raised = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "50", "--actor", "bo",
+                 "--reason", "no errors in a day")  # fmt: skip
     assert raised.exit_code == 0, raised.output
     state = out(cli("rollout", "status", "--model-name", name, "--json"))
     assert (state["challenger_version"], state["percent"]) == (3, 50)  # v2 was never shadowed: not served
     assert (state["started_at"], state["started_by"]) == (started_at, "ana")  # the comparison goes on
+    assert state["reason"] == "try v3"  # ana's, not bo's reason shown as hers (bo's is in the trail)
+    events = out(cli("history", "--model-name", name, "--json"))["events"]
+    assert (events[0]["actor"], events[0]["reason"]) == ("bo", "canary 50%: no errors in a day")
+    # The running canary's Challenger deleted in the UI (a bad version's usual fate): the share
+    # cannot change, and the message says which version that is and the ways out.
+    MlflowClient().delete_model_version(name, "3")
+    gone = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "20")
+    assert gone.exit_code == 2 and "has no version 3: it is the running canary's Challenger; end that rollout " \
+        "(`rollout stop`), or name a version with --version" in gone.output, gone.output
     switched = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10", "--version", "2")
     assert switched.exit_code == 0, switched.output
     state = out(cli("rollout", "status", "--model-name", name, "--json"))
