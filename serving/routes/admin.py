@@ -10,15 +10,16 @@ from fastapi.responses import JSONResponse
 from serving.deps import ADMIN_RESPONSES, AdminKey, HolderDep, KnownQuery
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
-_OUTCOME = {"previous_version": 1, "state": "ready", "message": "", "version": 2, "rollout": "off"}
+_OUTCOME = {"previous_version": 1, "state": "ready", "message": "serving churn v2", "version": 2, "rollout": "off"}
 
 
 @router.post("/reload", status_code=202, responses={
     200: {"description": "wait=true: the version Production points at now serves",
           "content": {"application/json": {"example": _OUTCOME}}},
     409: {"description": "wait=true: it could not be loaded or verified; the version before keeps serving",
-          "content": {"application/json": {"example": {**_OUTCOME, "state": "failed", "version": 1,
-                                                       "message": "verification failed: ..."}}}},
+          "content": {"application/json": {"example": {
+              **_OUTCOME, "state": "verification_failed", "version": 1,
+              "message": "churn v2: fast scorer differs from sklearn by ..."}}}},
 })  # fmt: skip
 def reload(
     holder: HolderDep, wait: Annotated[bool, Query(description="Wait for the outcome.")] = False

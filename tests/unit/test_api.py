@@ -699,6 +699,14 @@ def test_the_openapi_document_says_how_admin_routes_authenticate_and_answer(api)
     assert any(s.get("name") == "X-API-Key" for s in schemes.values())
     reload = schema["paths"]["/admin/reload"]["post"]
     assert {"200", "202", "401", "403", "409"} <= set(reload["responses"]) and len(reload["security"]) == 2
+    # Its examples show states it answers with ("failed" was none of them), for clients written from them.
+    from typing import get_args
+
+    from serving.holder import State
+
+    examples = [reload["responses"][c]["content"]["application/json"]["example"] for c in ("200", "409")]
+    assert [e["state"] for e in examples] == ["ready", "verification_failed"]
+    assert {e["state"] for e in examples} <= set(get_args(State)) and all(e["message"] for e in examples)
     outcomes = schema["paths"]["/outcomes"]["post"]
     assert {"401", "403"} <= set(outcomes["responses"])
     # Its body is read after the key, so declared rather than inferred: still in the document.
