@@ -1,27 +1,56 @@
-"""The MLflow server in basic-auth mode (as in the prod overlay): our clients use env credentials."""
+"""The MLflow server in basic-auth mode (as in the prod overlay): our clients use env credentials.
+
+The commands run in this process, each with its own credentials in the environment (MLflow's
+client reads them for each request), rather than as eleven processes of ~13 s of imports each;
+their warnings are log lines, which pytest captures."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from dataclasses import dataclass
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from churn_platform.cli import main
+from churn_platform.settings import get_settings
 from tests.services import postgres_database, start_mlflow
 
 pytestmark = pytest.mark.integration
 PASSWORD = "auth-test-Pw-7731"
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
-def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "churn_platform.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str  # what the command wrote there, and the log lines it emitted
 
 
-def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model_name):
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """Run the CLI as ``user`` (None: no credentials) against ``uri``."""
+
+    def run(uri: str, user: tuple[str, str] | None, *args: str) -> Ran:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+        for key, value in zip(CREDENTIALS, user or (None, None), strict=True):
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        caplog.clear()
+        result = CliRunner().invoke(main, list(args))
+        return Ran(result.exit_code, result.stdout, result.stderr + caplog.text)
+
+    yield run
+    get_settings.cache_clear()
+
+
+def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model_name, cli):
     ini = tmp_path / "auth.ini"
     ini.write_text(
         "[mlflow]\ndefault_permission = READ\n"
@@ -34,19 +63,16 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
                                    extra_env={"MLFLOW_AUTH_CONFIG_PATH": str(ini),
                                               "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-test-key"})  # fmt: skip
         try:
-            base = dict(os.environ) | {"MLFLOW_TRACKING_URI": uri}
-            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL"):
-                base.pop(key, None)
-            anonymous = cli(base, "train", "--n-rows", "300", "--model-name", model_name)
+            anonymous = cli(uri, None, "train", "--n-rows", "300", "--model-name", model_name)
             assert anonymous.returncode == 2, anonymous.stderr[-1500:]  # no retry mends it
             assert "MLFLOW_TRACKING_USERNAME" in anonymous.stderr and "Traceback" not in anonymous.stderr
             assert PASSWORD not in anonymous.stderr
 
-            authed = base | {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
-            trained = cli(authed, "train", "--n-rows", "300", "--model-name", model_name)
+            authed = ("admin", PASSWORD)
+            trained = cli(uri, authed, "train", "--n-rows", "300", "--model-name", model_name)
             assert trained.returncode == 0, trained.stderr[-1500:]
-            assert cli(authed, "promote", "--version", "1", "--model-name", model_name).returncode == 0
-            status = cli(authed, "status", "--model-name", model_name, "--json")
+            assert cli(uri, authed, "promote", "--version", "1", "--model-name", model_name).returncode == 0
+            status = cli(uri, authed, "status", "--model-name", model_name, "--json")
             assert status.returncode == 0 and '"version": 1' in status.stdout
             assert PASSWORD not in trained.stderr + trained.stdout + status.stdout
 
@@ -65,12 +91,12 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
             for path, body in (("users/create", {"username": "oncall", "password": "oncall-Pw-5528-x"}),
                                ("registered-models/alias", ui_promotion)):  # fmt: skip
                 assert httpx.post(f"{api}/{path}", json=body, auth=admin).status_code == 200
-            oncall = base | {"MLFLOW_TRACKING_USERNAME": "oncall", "MLFLOW_TRACKING_PASSWORD": "oncall-Pw-5528-x"}
-            status = cli(oncall, "status", "--model-name", model_name, "--json")
+            oncall = ("oncall", "oncall-Pw-5528-x")
+            status = cli(uri, oncall, "status", "--model-name", model_name, "--json")
             assert status.returncode == 0, status.stderr[-1500:]
             assert json.loads(status.stdout[status.stdout.index("{"):])["production"]["version"] == 2
             assert "may read the model but not edit it" in status.stderr
-            promoted = cli(oncall, "promote", "--version", "1", "--model-name", model_name, "--force")
+            promoted = cli(uri, oncall, "promote", "--version", "1", "--model-name", model_name, "--force")
             assert promoted.returncode == 2 and "Traceback" not in promoted.stderr, promoted.stderr[-1500:]
             assert "oncall lacks the permission it needs on the model" in promoted.stderr
 
@@ -83,24 +109,24 @@ def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model
                               auth=admin).status_code == 200  # fmt: skip
             granted = httpx.post(f"{uri}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=admin)
             assert granted.status_code == 200, granted.text
-            eng = base | {"MLFLOW_TRACKING_USERNAME": "eng", "MLFLOW_TRACKING_PASSWORD": "eng-Pw-7731-xyz"}
-            promoted = cli(eng, "promote", "--version", "1", "--model-name", model_name, "--force")
+            eng = ("eng", "eng-Pw-7731-xyz")
+            promoted = cli(uri, eng, "promote", "--version", "1", "--model-name", model_name, "--force")
             assert promoted.returncode == 0, promoted.stderr[-1500:]
             assert "deleting an alias needs MLflow's MANAGE permission" in promoted.stderr
             aliases = httpx.get(f"{api}/registered-models/get", params={"name": model_name},
                                 auth=admin).json()["registered_model"]["aliases"]  # fmt: skip
             assert {a["alias"]: a["version"] for a in aliases if "roduction" in a["alias"]} == {
                 "Production": "1", "production": "1"}  # fmt: skip
-            status = cli(eng, "status", "--model-name", model_name, "--json")
+            status = cli(uri, eng, "status", "--model-name", model_name, "--json")
             assert json.loads(status.stdout[status.stdout.index("{"):])["production"]["version"] == 1
-            history = cli(eng, "history", "--model-name", model_name, "--json")
+            history = cli(uri, eng, "history", "--model-name", model_name, "--json")
             events = json.loads(history.stdout[history.stdout.index("{"):])["events"]  # newest first
             assert (events[0]["action"], events[0]["to"]) == ("promote", 1), events[:2]  # no outside change after it
             # A rollback takes Challenger off the version it leaves (a promoted Challenger keeps it):
             # EDIT may not delete it, and the rollback, already made, is still exit 0 and says so.
             held = {"name": model_name, "alias": "Challenger", "version": "1"}
             assert httpx.post(f"{api}/registered-models/alias", json=held, auth=admin).status_code == 200
-            back = cli(eng, "rollback", "--model-name", model_name)
+            back = cli(uri, eng, "rollback", "--model-name", model_name)
             assert back.returncode == 0, back.stderr[-1500:]
             assert "v1 -> v2; Challenger left on v1 (PERMISSION_DENIED)" in back.stdout, back.stdout
         finally:
