@@ -335,15 +335,6 @@ def check_columns(path: str, raw: list[str], names: list[str]) -> None:
         raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
 
 
-def _names(path: str, raw: list[str]) -> list[str]:
-    """The schema's names for a file's header; two columns that mean one name the file (a folder
-    holds hundreds)."""
-    try:
-        return normalise_columns(raw)
-    except DataValidationError as exc:
-        raise DataValidationError(f"{path}: {exc}") from None
-
-
 def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_rows: int) -> Iterator[pa.Table]:
     """The file's rows as Arrow tables of the schema's columns (normalised names), chunk by chunk;
     ``raw`` is its header, checked by ``prepare``."""
@@ -854,7 +845,7 @@ def prepare(
     own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
     fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)
     for path, raw in headers.items():
-        check_columns(path, raw, _names(path, raw))
+        check_columns(path, raw, normalise_columns(raw, path))
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_bucket(flag, target, settings.s3_endpoint_url)
     model = load_model(settings, alias, version)
@@ -1007,7 +998,7 @@ def _customer_files(headers: dict[str, list[str]], source: str) -> dict[str, lis
     scores file with features is a use.)"""
     kept = {}
     for path, raw in headers.items():
-        names = set(_names(path, raw))
+        names = set(normalise_columns(raw, path))
         if any(marker <= names for marker in _OUTPUT_MARKERS):
             log.warning("not reading %s: an earlier job's scores or rejects (its columns), not customers", path)
             continue

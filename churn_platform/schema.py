@@ -125,14 +125,16 @@ def canonical_column(name: str) -> str:
     return _CANONICAL_BY_KEY.get(_key(name), str(name).strip())
 
 
-def normalise_columns(columns: list[str]) -> list[str]:
+def normalise_columns(columns: list[str], where: str = "") -> list[str]:
     """Canonical names for a header, refusing headers where two columns collide, except unnamed
     ones: a spreadsheet's export ends each line with ``,,``. (Callers read names beyond the
-    schema's, such as ``observed_at``: any other collision is refused.)"""
+    schema's, such as ``observed_at``: any other collision is refused.) ``where``, the file,
+    starts the message: a folder holds hundreds."""
     out = [canonical_column(c) for c in columns]
     seen: dict[str, str] = {}
     for original, new in zip(columns, out, strict=True):
         if new in seen and new:
-            raise DataValidationError(f"columns {seen[new]!r} and {original!r} both mean {new!r}; keep only one")
+            raise DataValidationError(f"{f'{where}: ' if where else ''}columns {seen[new]!r} and {original!r} "
+                                      f"both mean {new!r}; keep only one")  # fmt: skip
         seen[new] = original
     return out

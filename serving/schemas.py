@@ -351,6 +351,11 @@ async def listed(request: Request, field: str) -> int:
         body = await request.json()
     except (ValueError, RecursionError):  # empty, not JSON, or nested past the parser: FastAPI says so
         return 0
+    return listed_in(body, field)
+
+
+def listed_in(body: Any, field: str) -> int:
+    """How many items a parsed body's top-level list ``field`` holds (0 if it is not that shape)."""
     items = body.get(field) if isinstance(body, dict) else None
     return len(items) if isinstance(items, list) else 0
 

@@ -23,7 +23,7 @@ from churn_platform.schema import ID_COLUMN
 from serving import openapi
 from serving.deps import ADMIN_RESPONSES, AdminKey, KnownQuery, SettingsDep
 from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable, invalid_json
-from serving.schemas import MAX_OUTCOMES, OutcomesRequest
+from serving.schemas import MAX_OUTCOMES, OutcomesRequest, listed_in
 
 router = APIRouter(tags=["outcomes"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
 
@@ -49,9 +49,8 @@ async def _outcomes(request: Request) -> OutcomesRequest:
         parsed = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise invalid_json(exc) from None
-    items = parsed.get("outcomes") if isinstance(parsed, dict) else None
-    if isinstance(items, list) and len(items) > MAX_OUTCOMES:
-        raise BatchTooLarge(f"{len(items):,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
+    if (count := listed_in(parsed, "outcomes")) > MAX_OUTCOMES:
+        raise BatchTooLarge(f"{count:,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
     try:
         return OutcomesRequest.model_validate(parsed, from_attributes=True)  # FastAPI's mode: its wording
     except ValidationError as exc:
