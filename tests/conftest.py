@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ def mlflow_uris_do_not_leak() -> Iterator[None]:
     an earlier test's registry. Each test ends with both as they were before it."""
     with mlflow_uris_restored():
         yield
+
+
+@pytest.fixture(autouse=True)
+def no_heap_settling_in_the_test_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API built in this process settles the heap after each load (``serving.heap``): a full
+    collection over this whole process, every earlier test's objects with it, not one API's.
+    It was most of such tests' time, and grew with each module a worker had run. APIs started
+    as processes still settle theirs; tests/unit/test_heap.py tests the function."""
+    for module in ("serving.holder", "serving.features"):
+        if module in sys.modules:
+            monkeypatch.setattr(f"{module}.settle_heap", lambda: None)
 
 
 @contextmanager
