@@ -4,6 +4,7 @@ and the API, on the embedded registry and real customers."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -23,11 +24,30 @@ SPARK = ["--engine", "spark", "--spark-master", "local[2]",
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_spark_session_for_the_module():
+def _one_jvm_for_the_module():
     yield
     stop_spark()
 
 
+@pytest.fixture(autouse=True)
+def _a_session_already_running(request):
+    """Most tests run the job on a session already running, as in a notebook: it keeps its
+    context and Python workers between runs (a run on 5 rows took 5 s with a session of its own,
+    1 s on one already there). Tests marked ``own_session`` find none running: the job starts its
+    own and stops it, as `churn-platform score --engine spark` does, or the test starts one."""
+    from pyspark.sql import SparkSession
+
+    if request.node.get_closest_marker("own_session"):
+        stop_spark()
+        return
+    if SparkSession.getActiveSession() is None:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as the job sets it for its own
+        builder = SparkSession.builder.master("local[2]")
+        spark = builder.config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1]).getOrCreate()
+        spark.sparkContext.setLogLevel("FATAL")  # as the job sets it for its own
+
+
+@pytest.mark.own_session
 def test_spark_local_and_the_api_agree_on_1000_real_customers(registry_uri, customers, tmp_path):
     source = tmp_path / "customers.parquet"
     customers.head(1000).to_parquet(source, index=False)
@@ -381,60 +401,6 @@ def test_a_store_blip_while_merging_sparks_parts_is_exit_3_not_a_bug():
     assert _translated(full, "s3://b/in/") is full  # not a store that does not answer: still reported as it is
 
 
-def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tmp_path, setenv):
-    """A notebook's session: the job applied its own settings to it (case-sensitive names, UTC,
-    its s3a endpoint) and left them there, so the notebook's next queries ran under them."""
-    from pyspark.sql import SparkSession
-
-    # s3a is set up for the endpoint (nothing here reads S3); a notebook's executors run its Python.
-    setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", PYSPARK_PYTHON=sys.executable)
-    stop_spark()
-    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
-    spark = spark.config("spark.sql.session.timeZone", "Europe/Paris").appName("notebook").getOrCreate()
-    try:
-        customers.head(200).to_parquet(tmp_path / "customers.parquet", index=False)
-        result = run(registry_uri, "--engine", "spark", "--input", str(tmp_path / "customers.parquet"),
-                     "--output", str(tmp_path / "scores.parquet"))  # fmt: skip
-        assert result.exit_code == 0, result.output
-        assert SparkSession.getActiveSession() is spark and not spark.sparkContext._jsc.sc().isStopped()  # noqa: SLF001
-        assert spark.conf.get("spark.sql.session.timeZone") == "Europe/Paris"
-        assert spark.conf.get("spark.sql.caseSensitive") == "false" and spark.conf.get("spark.app.name") == "notebook"
-        hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
-        assert hadoop.get("fs.s3a.endpoint") is None and hadoop.get("fs.s3a.impl.disable.cache") is None
-    finally:
-        stop_spark()
-
-
-def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_uri, customers, tmp_path, setenv):
-    """A notebook's (or a cluster's) session set to skip corrupt files scored the readable ones
-    and exited 0: the customers of the file it could not read were silently left out."""
-    import pyarrow.parquet as pq
-    from pyspark.sql import SparkSession
-
-    setenv(PYSPARK_PYTHON=sys.executable)
-    stop_spark()
-    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
-    spark = spark.config("spark.sql.files.ignoreCorruptFiles", "true").getOrCreate()
-    try:
-        folder = tmp_path / "export"
-        folder.mkdir()
-        customers.head(100).to_parquet(folder / "part-0.parquet", index=False)
-        customers.iloc[100:200].to_parquet(folder / "part-1.parquet", index=False)
-        # Damaged inside a data page, its footer intact: the header check before Spark reads it fine.
-        raw = bytearray((folder / "part-1.parquet").read_bytes())
-        start = pq.ParquetFile(folder / "part-1.parquet").metadata.row_group(0).column(0).data_page_offset
-        raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
-        (folder / "part-1.parquet").write_bytes(raw)
-        assert pq.read_schema(folder / "part-1.parquet").names == list(customers.columns)
-        for engine, args in (("local", []), ("spark", ["--engine", "spark"])):
-            result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
-            assert result.exit_code == 2 and "Traceback" not in result.output, (engine, result.output)
-            assert not (tmp_path / f"{engine}.parquet").exists()
-        assert spark.conf.get("spark.sql.files.ignoreCorruptFiles") == "true"  # the session's own, back
-    finally:
-        stop_spark()
-
-
 def test_sparks_errors_are_retried_by_what_failed_not_by_the_words_of_a_row():
     """The deepest cause alone missed s3a's throttling (it wraps the SDK's 503), and message
     words made a malformed row holding "Disconnected" an outage, retried."""
@@ -489,3 +455,59 @@ def test_a_failure_that_is_not_the_inputs_is_reported_as_it_is_and_retried():
         assert _translated(failure, "s3://b/in/") is failure, message  # exit 70, with the traceback
     gone = Py4JNetworkError("Answer from Java side is empty")
     assert _translated(gone, "s3://b/in/") is gone
+
+
+@pytest.mark.own_session  # a notebook's, started here
+def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tmp_path, setenv):
+    """A notebook's session: the job applied its own settings to it (case-sensitive names, UTC,
+    its s3a endpoint) and left them there, so the notebook's next queries ran under them."""
+    from pyspark.sql import SparkSession
+
+    # s3a is set up for the endpoint (nothing here reads S3); a notebook's executors run its Python.
+    setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", PYSPARK_PYTHON=sys.executable)
+    stop_spark()
+    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
+    spark = spark.config("spark.sql.session.timeZone", "Europe/Paris").appName("notebook").getOrCreate()
+    try:
+        customers.head(200).to_parquet(tmp_path / "customers.parquet", index=False)
+        result = run(registry_uri, "--engine", "spark", "--input", str(tmp_path / "customers.parquet"),
+                     "--output", str(tmp_path / "scores.parquet"))  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert SparkSession.getActiveSession() is spark and not spark.sparkContext._jsc.sc().isStopped()  # noqa: SLF001
+        assert spark.conf.get("spark.sql.session.timeZone") == "Europe/Paris"
+        assert spark.conf.get("spark.sql.caseSensitive") == "false" and spark.conf.get("spark.app.name") == "notebook"
+        hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+        assert hadoop.get("fs.s3a.endpoint") is None and hadoop.get("fs.s3a.impl.disable.cache") is None
+    finally:
+        stop_spark()
+
+
+@pytest.mark.own_session  # a notebook's, started here
+def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_uri, customers, tmp_path, setenv):
+    """A notebook's (or a cluster's) session set to skip corrupt files scored the readable ones
+    and exited 0: the customers of the file it could not read were silently left out."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import SparkSession
+
+    setenv(PYSPARK_PYTHON=sys.executable)
+    stop_spark()
+    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
+    spark = spark.config("spark.sql.files.ignoreCorruptFiles", "true").getOrCreate()
+    try:
+        folder = tmp_path / "export"
+        folder.mkdir()
+        customers.head(100).to_parquet(folder / "part-0.parquet", index=False)
+        customers.iloc[100:200].to_parquet(folder / "part-1.parquet", index=False)
+        # Damaged inside a data page, its footer intact: the header check before Spark reads it fine.
+        raw = bytearray((folder / "part-1.parquet").read_bytes())
+        start = pq.ParquetFile(folder / "part-1.parquet").metadata.row_group(0).column(0).data_page_offset
+        raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
+        (folder / "part-1.parquet").write_bytes(raw)
+        assert pq.read_schema(folder / "part-1.parquet").names == list(customers.columns)
+        for engine, args in (("local", []), ("spark", ["--engine", "spark"])):
+            result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
+            assert result.exit_code == 2 and "Traceback" not in result.output, (engine, result.output)
+            assert not (tmp_path / f"{engine}.parquet").exists()
+        assert spark.conf.get("spark.sql.files.ignoreCorruptFiles") == "true"  # the session's own, back
+    finally:
+        stop_spark()
