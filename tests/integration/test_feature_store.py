@@ -280,18 +280,21 @@ def test_a_materialization_waits_for_one_already_running_on_postgresql(tmp_path:
     raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
     raw = raw[raw["total_charges"].str.strip() != ""].head(50)
     raw.assign(tenure="10", snapshot_time="2026-12-02").to_csv(tmp_path / "a.csv", index=False)
+    monkeypatch.chdir(tmp_path)
     with postgres_database() as url:
-        env = {**os.environ, "CHURN_FEATURE_STORE_URL": url, "CHURN_FEATURE_STORE_DIR": str(tmp_path / "store")}
+        monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)  # the materialize process inherits both
+        monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+        get_settings.cache_clear()
+        _cli("features", "apply")  # in this process: the one that must wait is a process of its own
+        _cli("features", "ingest", "a.csv")
         command = [sys.executable, "-m", "churn_platform.cli", "features"]
-        for step in (["apply"], ["ingest", "a.csv"]):
-            subprocess.run([*command, *step], env=env, cwd=tmp_path, check=True, capture_output=True)
         database = url.rsplit("/", 1)[1]
         holder = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=database)
         holder.autocommit = True
         try:
             with holder.cursor() as cur:
                 cur.execute("SELECT pg_advisory_lock(%s)", (feature_store._MATERIALIZE_LOCK,))  # noqa: SLF001
-                run = subprocess.Popen([*command, "materialize"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                run = subprocess.Popen([*command, "materialize"], cwd=tmp_path, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
                 deadline = time.monotonic() + 120
                 waiting = 0
@@ -308,8 +311,6 @@ def test_a_materialization_waits_for_one_already_running_on_postgresql(tmp_path:
         finally:
             holder.close()
         assert run.returncode == 0 and "waiting for another materialization" in said, said
-        monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
-        get_settings.cache_clear()
         try:
             online = feature_store.online(feature_store.open_store(get_settings()), raw[ID_COLUMN].tolist())
         finally:
@@ -364,7 +365,8 @@ def test_an_offline_table_of_another_schema_is_named_and_its_time_is_indexed(
             get_settings.cache_clear()
 
 
-def test_an_ingest_runs_beside_another_ones_open_transaction(tmp_path: Path, telco_csv: Path):
+def test_an_ingest_runs_beside_another_ones_open_transaction(tmp_path: Path, telco_csv: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):  # fmt: skip
     """Every ingest ran CREATE INDEX IF NOT EXISTS, which takes a SHARE lock on the table even
     when the index exists: it waited for any open insert, and two ingests deadlocked."""
     import psycopg2
@@ -373,25 +375,27 @@ def test_an_ingest_runs_beside_another_ones_open_transaction(tmp_path: Path, tel
     raw = raw[raw["total_charges"].str.strip() != ""]
     raw.head(5).assign(snapshot_time="2026-12-01").to_csv(tmp_path / "a.csv", index=False)
     raw.iloc[5:10].assign(snapshot_time="2026-12-01").to_csv(tmp_path / "b.csv", index=False)
+    monkeypatch.chdir(tmp_path)
     with postgres_database() as url:
-        # libpq reads PGOPTIONS: a lock wait of more than 5 s fails the command instead of hanging the test.
-        env = {**os.environ, "CHURN_FEATURE_STORE_URL": url, "PGOPTIONS": "-c lock_timeout=5000"}
-        command = [sys.executable, "-m", "churn_platform.cli", "features"]
-        for step in (["apply"], ["ingest", "a.csv"]):
-            subprocess.run([*command, *step], env=env, cwd=tmp_path, check=True, capture_output=True)
+        monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url)
+        # libpq reads PGOPTIONS at each connect: a lock wait of more than 5 s fails the ingest
+        # instead of hanging the test.
+        monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=5000")
+        get_settings.cache_clear()
+        _cli("features", "apply")
+        _cli("features", "ingest", "a.csv")
         holder = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=url.rsplit("/", 1)[1])
         try:
             with holder.cursor() as cur:  # another ingest's transaction, not yet committed
                 cur.execute("INSERT INTO customer_snapshots SELECT * FROM customer_snapshots LIMIT 0")
                 cur.execute("UPDATE customer_snapshots SET tenure = tenure WHERE customer_id = %s",
                             (str(raw.iloc[0]["customer_id"]),))  # fmt: skip
-                done = subprocess.run([*command, "ingest", "b.csv"], env=env, cwd=tmp_path, capture_output=True,
-                                      text=True, timeout=120)  # fmt: skip
+                said = _cli("features", "ingest", "b.csv")
         finally:
             holder.rollback()
             holder.close()
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "ingested 5 of 5 rows" in done.stdout
+            get_settings.cache_clear()
+    assert "ingested 5 of 5 rows" in said
 
 
 def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

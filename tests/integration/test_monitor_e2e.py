@@ -27,13 +27,27 @@ def rows_of(frame: pd.DataFrame) -> list[dict]:
     return data.to_records(frame.drop(columns=["churn"], errors="ignore"))
 
 
-def monitor(env: dict, *args: str) -> tuple[int, dict, str]:
+def monitor_process(env: dict, *args: str) -> tuple[int, dict, str]:
+    """`churn-platform monitor --json` as the CronJob runs it: a process of its own."""
     done = subprocess.run(
         [sys.executable, "-m", "churn_platform.cli", "monitor", "--json", *args],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     summary = json.loads(done.stdout) if done.stdout.strip() else {}  # one document: `| jq` works on it
     return done.returncode, summary, done.stderr
+
+
+def monitor(env: dict, *args: str) -> tuple[int, dict, str]:
+    """The same command in this process (a process each took ~10 s of the suite's time); its log
+    lines go to pytest's capture, its messages to ``stderr``."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        result = CliRunner().invoke(main, ["monitor", "--json", *args])
+    get_settings.cache_clear()
+    summary = json.loads(result.stdout) if result.stdout.strip() else {}
+    return result.exit_code, summary, result.stderr
 
 
 def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_path):
@@ -55,7 +69,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
                 assert r.status_code == 200
         finally:
             api.stop()  # flushes the log
-        code, summary, err = monitor(env, "--output-dir", str(tmp_path / "normal"))
+        code, summary, err = monitor_process(env, "--output-dir", str(tmp_path / "normal"))
         assert code == 0, (err[-2000:], summary.get("drifted_columns"))
         assert summary["current_rows"] == len(unseen) and summary["model_version"] == 1
         assert summary["dataset_drift"] is False and summary["drifted_columns"] == []
@@ -133,16 +147,11 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     code, _, err = monitor(few, "--current", str(tmp_path / "enough.csv"), "--output-dir", str(tmp_path / "huge"))
     assert code == ExitCode.USAGE and "v1 was trained on only 450 rows (its drift reference)" in err, err[-1500:]
     assert not (tmp_path / "huge" / "summary.json").exists()
-    # Refused before any work: in this process (a CLI process each took ~10 s of the suite).
+    # Refused before any work.
     def refused(extra: dict[str, str], *args: str) -> tuple[int, str]:
-        with pytest.MonkeyPatch.context() as patch:
-            for key, value in (env | extra).items():
-                patch.setenv(key, value)
-            get_settings.cache_clear()
-            result = CliRunner().invoke(main, ["monitor", "--json", *args])
-        get_settings.cache_clear()
-        assert "Traceback" not in result.stderr, result.stderr
-        return result.exit_code, result.stderr
+        code, _, err = monitor(env | extra, *args)
+        assert "Traceback" not in err, err
+        return code, err
 
     # A deleted monitoring experiment is named before the work, not a traceback once the verdict is in.
     client = MlflowClient()

@@ -5,9 +5,8 @@ from files, then ``performance`` and ``monitor`` on the same traffic."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -27,6 +26,13 @@ from churn_platform.training import TrainConfig, train
 from tests.services import postgres_database, start_api, start_mlflow, wait_ready
 
 pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -106,12 +112,16 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, 
                            "--output-dir", str(tmp_path / "drift"))  # fmt: skip
         assert code == 0, output  # the features did not move: drift monitoring stays quiet
 
-        def retrain(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-            return subprocess.run(
-                [sys.executable, "-m", "churn_platform.cli", "retrain", "--model-name", model_name,
-                 "--inference-log-url", log_url, *args],
-                env=(env or stack_env.env), capture_output=True, text=True, timeout=300,
-            )  # fmt: skip
+        def retrain(*args: str, env: dict[str, str] | None = None) -> Result:
+            """In this process (a process each took ~10 s of the suite; the demo runs it as one)."""
+            with pytest.MonkeyPatch.context() as patch:
+                for key, value in (env or stack_env.env).items():
+                    patch.setenv(key, value)
+                get_settings.cache_clear()
+                result = CliRunner().invoke(main, ["retrain", "--model-name", model_name,
+                                                   "--inference-log-url", log_url, *args])  # fmt: skip
+            get_settings.cache_clear()
+            return Result(result.exit_code, result.stdout, result.stderr)
 
         registry = MlflowClient(tracking_uri=stack_env.tracking_uri, registry_uri=stack_env.tracking_uri)
         versions = lambda: sorted(int(v.version) for v in registry.search_model_versions(f"name='{model_name}'"))  # noqa: E731
