@@ -5,6 +5,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,42 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         monkeypatch.delenv(key, raising=False)
     get_settings.cache_clear()
     yield uri
+    get_settings.cache_clear()
+
+
+@dataclass
+class Ran:
+    """A CLI command run in this process, read as a process's would be."""
+
+    returncode: int
+    stdout: str
+    stderr: str  # what the command wrote there, and the log lines it emitted
+
+
+@pytest.fixture
+def cli_in_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[Callable[..., Ran]]:
+    """Run ``churn-platform ARGS`` here with ``env``'s variables set (those it maps to None
+    unset): a CLI process spends ~10 s importing before it works. Only where the process
+    itself is not what a test is about; MLflow's client reads its credentials and TLS settings
+    from the environment at each request, so each command gets its own."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    def run(env: dict[str, str | None], *args: str) -> Ran:
+        for key, value in env.items():
+            if value is None:
+                monkeypatch.delenv(key, raising=False)
+            else:
+                monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        caplog.clear()
+        result = CliRunner().invoke(main, list(args))
+        return Ran(result.exit_code, result.stdout, result.stderr + caplog.text)
+
+    yield run
     get_settings.cache_clear()
 
 

@@ -7,47 +7,27 @@ their warnings are log lines, which pytest captures."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import httpx
 import pytest
-from click.testing import CliRunner
 
-from churn_platform.cli import main
-from churn_platform.settings import get_settings
 from tests.services import postgres_database, start_mlflow
 
 pytestmark = pytest.mark.integration
 PASSWORD = "auth-test-Pw-7731"
-CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str  # what the command wrote there, and the log lines it emitted
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+def cli(cli_in_process):
     """Run the CLI as ``user`` (None: no credentials) against ``uri``."""
 
-    def run(uri: str, user: tuple[str, str] | None, *args: str) -> Ran:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-        for key, value in zip(CREDENTIALS, user or (None, None), strict=True):
-            if value is None:
-                monkeypatch.delenv(key, raising=False)
-            else:
-                monkeypatch.setenv(key, value)
-        get_settings.cache_clear()
-        caplog.clear()
-        result = CliRunner().invoke(main, list(args))
-        return Ran(result.exit_code, result.stdout, result.stderr + caplog.text)
+    def run(uri: str, user: tuple[str, str] | None, *args: str):
+        username, password = user or (None, None)
+        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_S3_ENDPOINT_URL": None,
+               "MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password}  # fmt: skip
+        return cli_in_process(env, *args)
 
-    yield run
-    get_settings.cache_clear()
+    return run
 
 
 def test_clients_authenticate_with_tracking_credentials_from_env(tmp_path, model_name, cli):
