@@ -116,19 +116,22 @@ def _global_importance(run_id: str | None) -> list[dict[str, Any]] | None:
             with open(path, encoding="utf-8") as handle:
                 return json.load(handle)["features"]
     except Exception as exc:  # noqa: BLE001 - optional: an older run has none, and it never stops serving
+        if registry.is_connection_error(exc):  # a blip would read as "trained before it existed"
+            raise
         log.info("run %s: no global importance (%s)", run_id, str(exc)[:200])
         return None
 
 
 def _explainer(
-    scorer: FastScorer | SklearnScorer, reference: pd.DataFrame | None, rows: pd.DataFrame
+    scorer: FastScorer | SklearnScorer, reference: pd.DataFrame | None, rows: pd.DataFrame, no_reference: str
 ) -> tuple[Explainer | None, dict[str, Any]]:
-    """An explainer proven additive on ``rows``, or None and the reason."""
+    """An explainer proven additive on ``rows``, or None and the reason (``no_reference``: why a
+    linear model has no reference point)."""
     try:
         if not isinstance(scorer, FastScorer):
             raise ExplanationUnavailable("the pipeline is served by sklearn, not the fast scorer")
         if reference is None and scorer.linear is not None:
-            raise ExplanationUnavailable("the version has no training run to take the reference point from")
+            raise ExplanationUnavailable(no_reference)
         explainer = Explainer(scorer, reference if reference is not None else rows)
         error = explanation.verify(explainer, rows)
     except ExplanationUnavailable as exc:
@@ -208,14 +211,16 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         pipeline = mlflow.sklearn.load_model(local)
         meta = Model.load(local)
         example = meta.load_input_example(local)
+    no_reference = "the version has no training run to take the reference point from"
     try:
         reference = _reference(found.run_id)
     except Exception as exc:
+        if registry.is_connection_error(exc):  # a blip, not a version without a reference: load it again
+            raise
         if not sample:
             log.warning("v%s: no reference data; serving without explanations", version, exc_info=True)
             reference = None
-        elif registry.is_connection_error(exc):
-            raise
+            no_reference = f"its training run's reference rows cannot be read ({type(exc).__name__}: {exc})"[:300]
         else:  # the rows that verify the scorer: a load without them must fail
             raise ModelUnloadable(
                 f"{name} v{version}: the reference rows that verify its scorer cannot be read from run "
@@ -240,7 +245,7 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         run_metrics = client.get_run(found.run_id).data.metrics
         metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
     schema = meta.signature.inputs.to_dict() if meta.signature else []
-    explainer, explained = _explainer(scorer, reference, rows)
+    explainer, explained = _explainer(scorer, reference, rows, no_reference)
     if explainer is None:
         log.warning("v%s: served without explanations: %s", version, explained["reason"])
     explained["global_importance"] = _global_importance(found.run_id)

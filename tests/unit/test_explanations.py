@@ -210,6 +210,57 @@ def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, 
         assert described["scorer"] == "sklearn" and described["explanations"]["available"] is False
 
 
+def test_unverified_a_store_blip_is_retried_and_a_missing_reference_is_named(registry_uri, tmp_path, monkeypatch):
+    """With CHURN_VERIFY_SAMPLE_ROWS=0 (which the failed load's message suggests) a blip while
+    reading the training reference served the version without explanations for as long as it
+    ran (a reload of the same version keeps them as they are), each 409 saying it had "no
+    training run". A blip is now a failed load, tried again; a reference that cannot be read is
+    named as such."""
+    from churn_platform import loading
+
+    real = loading._reference  # noqa: SLF001
+    calls = []
+
+    def blip_once(run_id):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise ConnectionError("HTTPConnectionPool(host='minio', port=9000): Max retries exceeded")
+        return real(run_id)
+
+    download = mlflow.artifacts.download_artifacts
+
+    def importance_blip_once(*args, **kwargs):  # the global importance, read after the reference
+        if kwargs.get("artifact_path") == loading.GLOBAL_IMPORTANCE_ARTIFACT and len(calls) == 2:
+            calls.append("importance")
+            raise ConnectionError("HTTPConnectionPool(host='minio', port=9000): Read timed out")
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "_reference", blip_once)
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", importance_blip_once)
+    settings = make_settings(registry_uri, tmp_path, verify_sample_rows=0, startup_backoff_max_s=0.2)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        explanations = client.get("/model").json()["explanations"]
+    assert len(calls) == 4, calls  # blip, then the importance's blip, then both read
+    assert explanations["available"] is True and explanations["global_importance"], explanations
+
+    def gone(run_id):
+        raise FileNotFoundError(f"run {run_id}: reference/reference.parquet")
+
+    monkeypatch.setattr(loading, "_reference", gone)
+    with TestClient(create_app(make_settings(registry_uri, tmp_path / "gone", verify_sample_rows=0))) as client:
+        wait_ready(client)
+        explanations = client.get("/model").json()["explanations"]
+        assert explanations["available"] is False and "no training run" not in explanations["reason"]
+        assert "reference rows cannot be read (FileNotFoundError" in explanations["reason"], explanations
+        response = client.post("/predict/single?explain=true", json=a_customer())
+        assert response.status_code == 409 and "reference rows cannot be read" in response.json()["message"]
+
+
+def a_customer() -> dict:
+    return data.to_records(data.generate(1, seed=2).drop(columns=["churn"]))[0]
+
+
 def test_a_confident_customer_does_not_make_exact_explanations_fail_their_check():
     """At 30 log-odds a float64 probability holds its log-odds only to about 1e-3: one such
     verification row made every explanation of the version a 409."""
