@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.models import Model
 from sklearn.pipeline import Pipeline
 
-from churn_platform import explanation, registry
+from churn_platform import explanation, object_store, registry
 from churn_platform.contract import (
     CHALLENGER_ALIAS,
     GLOBAL_IMPORTANCE_ARTIFACT,
@@ -27,7 +27,7 @@ from churn_platform.contract import (
     REFERENCE_ARTIFACT,
     TAG_THRESHOLD,
 )
-from churn_platform.errors import ChurnPlatformError, NotFoundError
+from churn_platform.errors import ChurnPlatformError, NotFoundError, StorageUnreachable
 from churn_platform.explanation import Explainer, ExplanationUnavailable
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.scorer import FastScorer, SklearnScorer, UnsupportedPipeline, max_difference
@@ -104,7 +104,36 @@ def _verification_rows(reference: pd.DataFrame | None, example: Any, sample: int
     return pd.concat([f.loc[:, list(FEATURE_NAMES)] for f in frames], ignore_index=True)
 
 
-def _global_importance(run_id: str | None) -> list[dict[str, Any]] | None:
+def unreachable(exc: BaseException) -> bool:
+    """The registry or the artifact store did not answer, or an S3 store asked to be asked later
+    (a 503 SlowDown, whose words no connection hint holds)."""
+    cause = exc.__cause__ or exc.__context__
+    return registry.is_connection_error(exc) or object_store.unreachable(exc) or (
+        cause is not None and object_store.unreachable(cause)
+    )
+
+
+def store_unreachable(client: MlflowClient, run_id: str, folder: str = "") -> str | None:
+    """Why the run's artifact store cannot be reached, or None when it answers. An artifact read
+    from the store directly fails as "failed to download" whether the file is missing or the
+    store is down (MLflow keeps the cause to itself): a listing tells the two apart."""
+    try:
+        client.list_artifacts(run_id, folder or None)
+    except Exception as exc:  # noqa: BLE001 - botocore, azure, gcs: whatever the store's client raises
+        return str(exc) if unreachable(exc) else None
+    return None
+
+
+def _outage(client: MlflowClient, run_id: str, exc: BaseException, what: str) -> StorageUnreachable | None:
+    """``exc``, reading ``what`` of the run, as the outage it is (the load is tried again), or None."""
+    why = str(exc) if unreachable(exc) else store_unreachable(client, run_id)
+    if why is None:
+        return None
+    return StorageUnreachable(f"cannot read {what} of run {run_id}: the registry or its artifact store is "
+                              f"unreachable: {why}"[:500])  # fmt: skip
+
+
+def _global_importance(client: MlflowClient, run_id: str | None) -> list[dict[str, Any]] | None:
     """The training run's global importance; None for a version trained before it was logged."""
     if not run_id:
         return None
@@ -116,8 +145,8 @@ def _global_importance(run_id: str | None) -> list[dict[str, Any]] | None:
             with open(path, encoding="utf-8") as handle:
                 return json.load(handle)["features"]
     except Exception as exc:  # noqa: BLE001 - optional: an older run has none, and it never stops serving
-        if registry.is_connection_error(exc):  # a blip would read as "trained before it existed"
-            raise
+        if outage := _outage(client, run_id, exc, "the global importance"):  # not "trained before it existed"
+            raise outage from exc
         log.info("run %s: no global importance (%s)", run_id, str(exc)[:200])
         return None
 
@@ -215,8 +244,8 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
     try:
         reference = _reference(found.run_id)
     except Exception as exc:
-        if registry.is_connection_error(exc):  # a blip, not a version without a reference: load it again
-            raise
+        if outage := _outage(client, found.run_id, exc, "the reference rows"):  # not a version without them
+            raise outage from exc
         if not sample:
             log.warning("v%s: no reference data; serving without explanations", version, exc_info=True)
             reference = None
@@ -248,7 +277,7 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
     explainer, explained = _explainer(scorer, reference, rows, no_reference)
     if explainer is None:
         log.warning("v%s: served without explanations: %s", version, explained["reason"])
-    explained["global_importance"] = _global_importance(found.run_id)
+    explained["global_importance"] = _global_importance(client, found.run_id)
     return LoadedModel(
         name=name,
         version=int(version),

@@ -24,7 +24,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, inference_log, job_metrics, loading, object_store, registry
+from churn_platform import data, inference_log, job_metrics, loading, registry
 from churn_platform.contract import (
     ARM,
     INFERENCE_LOG_TABLE,
@@ -190,12 +190,13 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
                 run_id=found.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
             )
         except Exception as exc:  # noqa: BLE001 - missing artifact or store
-            connection = _unreachable(exc)
+            connection = loading.unreachable(exc)
             if connection and isinstance(exc, mlflow.MlflowException):
                 raise  # through the tracking server: translate_errors names it
             # Read from the object store directly, MLflow says only "failed to download": ask the
             # store itself, so that a store that is down is exit 3, not "no reference data".
-            if unreachable := str(exc) if connection else _store_unreachable(client, found.run_id):
+            folder = REFERENCE_ARTIFACT.rsplit("/", 1)[0]
+            if unreachable := str(exc) if connection else loading.store_unreachable(client, found.run_id, folder):
                 raise StorageUnreachable(
                     f"cannot read the reference data of {name} v{version} (run {found.run_id}): "
                     f"the artifact store is unreachable: {unreachable}"[:400]
@@ -210,23 +211,6 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
         raise NothingToCompare(f"the reference data of {name} v{version} (run {found.run_id}) lacks the features "
                                f"{missing}: it was trained on another schema; monitor a version trained on this one")
     return frame, found.run_id
-
-
-def _store_unreachable(client: mlflow.MlflowClient, run_id: str) -> str | None:
-    """Why the run's artifact store cannot be reached, or None when it answers."""
-    try:
-        client.list_artifacts(run_id, REFERENCE_ARTIFACT.rsplit("/", 1)[0])
-    except Exception as exc:  # noqa: BLE001 - botocore, azure, gcs: whatever the store's client raises
-        return str(exc) if _unreachable(exc) else None
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """The registry or the artifact store did not answer, or an S3 store asked to be asked later
-    (a 503 SlowDown, whose words no connection hint holds: it read as "no reference data")."""
-    cause = exc.__cause__ or exc.__context__
-    return registry.is_connection_error(exc) or object_store.unreachable(exc) or (
-        cause is not None and object_store.unreachable(cause)
-    )
 
 
 #: An even, seeded sample in SQL: ``(id mod P) * A mod P`` with P prime and A/P near the golden

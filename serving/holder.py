@@ -136,7 +136,7 @@ class ModelHolder:
                                 default_threshold=self.settings.decision_threshold,
                                 sample=self.settings.verify_sample_rows,
                             )  # fmt: skip
-            except (RegistryUnreachable, RegistryNotFound) as exc:  # no model can be missing from it yet
+            except (RegistryUnreachable, RegistryNotFound, StorageUnreachable) as exc:  # none can be missing yet
                 return self._fail("registry_unreachable", str(exc))
             except NotFoundError as exc:
                 return self._not_loaded(client, version, "alias_missing", str(exc))

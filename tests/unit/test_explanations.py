@@ -210,49 +210,71 @@ def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, 
         assert described["scorer"] == "sklearn" and described["explanations"]["available"] is False
 
 
-def test_unverified_a_store_blip_is_retried_and_a_missing_reference_is_named(registry_uri, tmp_path, monkeypatch):
-    """With CHURN_VERIFY_SAMPLE_ROWS=0 (which the failed load's message suggests) a blip while
-    reading the training reference served the version without explanations for as long as it
-    ran (a reload of the same version keeps them as they are), each 409 saying it had "no
-    training run". A blip is now a failed load, tried again; a reference that cannot be read is
-    named as such."""
+@pytest.mark.parametrize("sample", [0, 200])
+def test_a_store_that_does_not_answer_is_an_outage_not_a_version_without_a_reference(
+    registry_uri, tmp_path, monkeypatch, sample
+):  # fmt: skip
+    """MLflow reports an artifact it could not read from the store as "failed to download",
+    whether the file is missing or the store is down. Verified (the default), a version whose
+    reference the store could not send was refused as unloadable (exit 2 in batch); unverified
+    (CHURN_VERIFY_SAMPLE_ROWS=0, which that refusal suggests) it served without explanations
+    for as long as it ran, each 409 saying it had "no training run", and a blip reading its
+    global importance showed none. The store is now asked, and an outage is tried again."""
+    from botocore.exceptions import EndpointConnectionError
+
     from churn_platform import loading
 
-    real = loading._reference  # noqa: SLF001
-    calls = []
+    download, listing = mlflow.artifacts.download_artifacts, MlflowClient.list_artifacts
+    down = {"reference": True, "importance": True}  # each read fails once, as if the store were down
+    asked = []
 
-    def blip_once(run_id):
-        calls.append(run_id)
-        if len(calls) == 1:
-            raise ConnectionError("HTTPConnectionPool(host='minio', port=9000): Max retries exceeded")
-        return real(run_id)
+    def store(**kwargs):
+        for what, artifact in (("reference", loading.REFERENCE_ARTIFACT),
+                               ("importance", loading.GLOBAL_IMPORTANCE_ARTIFACT)):  # fmt: skip
+            if kwargs.get("artifact_path") == artifact and down[what]:
+                down[what] = False
+                asked.append(what)
+                raise mlflow.MlflowException(f"Failed to download artifacts from path {artifact!r}, "
+                                             "please ensure that the path is correct.")  # fmt: skip
+        return download(**kwargs)
 
-    download = mlflow.artifacts.download_artifacts
+    def probed(self, run_id, path=None):
+        if asked:  # the store is still down when asked
+            asked.pop()
+            raise EndpointConnectionError(endpoint_url="http://minio:9000/mlflow")
+        return listing(self, run_id, path)
 
-    def importance_blip_once(*args, **kwargs):  # the global importance, read after the reference
-        if kwargs.get("artifact_path") == loading.GLOBAL_IMPORTANCE_ARTIFACT and len(calls) == 2:
-            calls.append("importance")
-            raise ConnectionError("HTTPConnectionPool(host='minio', port=9000): Read timed out")
-        return download(*args, **kwargs)
-
-    monkeypatch.setattr(loading, "_reference", blip_once)
-    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", importance_blip_once)
-    settings = make_settings(registry_uri, tmp_path, verify_sample_rows=0, startup_backoff_max_s=0.2)
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", store)
+    monkeypatch.setattr(MlflowClient, "list_artifacts", probed)
+    settings = make_settings(registry_uri, tmp_path, verify_sample_rows=sample, startup_backoff_max_s=0.2)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         explanations = client.get("/model").json()["explanations"]
-    assert len(calls) == 4, calls  # blip, then the importance's blip, then both read
+        metrics = client.get("/metrics").text
+    assert down == {"reference": False, "importance": False} and not asked
+    # An outage, for the outage's alert and runbook; not "its artifacts are missing or do not load here".
+    assert 'churn_model_reloads_total{outcome="registry_unreachable"} 2.0' in metrics, metrics
+    assert 'churn_model_reloads_total{outcome="load_failed"} 0.0' in metrics
     assert explanations["available"] is True and explanations["global_importance"], explanations
 
-    def gone(run_id):
-        raise FileNotFoundError(f"run {run_id}: reference/reference.parquet")
 
-    monkeypatch.setattr(loading, "_reference", gone)
-    with TestClient(create_app(make_settings(registry_uri, tmp_path / "gone", verify_sample_rows=0))) as client:
+def test_unverified_a_reference_that_cannot_be_read_is_named(registry_uri, tmp_path, monkeypatch):
+    """It was "the version has no training run", which it has."""
+    from churn_platform import loading
+
+    download = mlflow.artifacts.download_artifacts
+
+    def missing(**kwargs):
+        if kwargs.get("artifact_path") == loading.REFERENCE_ARTIFACT:
+            raise mlflow.MlflowException(f"Failed to download artifacts from path {loading.REFERENCE_ARTIFACT!r}")
+        return download(**kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", missing)  # the store answers: the file is gone
+    with TestClient(create_app(make_settings(registry_uri, tmp_path, verify_sample_rows=0))) as client:
         wait_ready(client)
         explanations = client.get("/model").json()["explanations"]
         assert explanations["available"] is False and "no training run" not in explanations["reason"]
-        assert "reference rows cannot be read (FileNotFoundError" in explanations["reason"], explanations
+        assert "reference rows cannot be read (MlflowException: Failed to download" in explanations["reason"]
         response = client.post("/predict/single?explain=true", json=a_customer())
         assert response.status_code == 409 and "reference rows cannot be read" in response.json()["message"]
 
