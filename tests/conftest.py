@@ -141,26 +141,27 @@ class Ran:
 
 
 @pytest.fixture
-def cli_in_process(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> Iterator[Callable[..., Ran]]:
+def cli_in_process(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Ran]]:
     """Run ``churn-platform ARGS`` here with ``env``'s variables set (those it maps to None
-    unset): a CLI process spends ~10 s importing before it works. Only where the process
-    itself is not what a test is about; MLflow's client reads its credentials and TLS settings
-    from the environment at each request, so each command gets its own."""
+    unset) for that command alone: a CLI process spends ~10 s importing before it works. Only
+    where the process itself is not what a test is about; MLflow's client reads its credentials
+    and TLS settings from the environment at each request, so each command gets its own. Its
+    log lines (tracebacks included) go to pytest's capture: they are read back into ``stderr``."""
     from click.testing import CliRunner
 
     from churn_platform.cli import main
 
     def run(env: dict[str, str | None], *args: str) -> Ran:
-        for key, value in env.items():
-            if value is None:
-                monkeypatch.delenv(key, raising=False)
-            else:
-                monkeypatch.setenv(key, value)
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                if value is None:
+                    patch.delenv(key, raising=False)
+                else:
+                    patch.setenv(key, value)
+            get_settings.cache_clear()
+            caplog.clear()
+            result = CliRunner().invoke(main, list(args))
         get_settings.cache_clear()
-        caplog.clear()
-        result = CliRunner().invoke(main, list(args))
         return Ran(result.exit_code, result.stdout, result.stderr + caplog.text)
 
     yield run

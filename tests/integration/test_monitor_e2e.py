@@ -37,20 +37,18 @@ def monitor_process(env: dict, *args: str) -> tuple[int, dict, str]:
     return done.returncode, summary, done.stderr
 
 
-def monitor(env: dict, *args: str) -> tuple[int, dict, str]:
-    """The same command in this process (a process each took ~10 s of the suite's time); its log
-    lines go to pytest's capture, its messages to ``stderr``."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        get_settings.cache_clear()
-        result = CliRunner().invoke(main, ["monitor", "--json", *args])
-    get_settings.cache_clear()
-    summary = json.loads(result.stdout) if result.stdout.strip() else {}
-    return result.exit_code, summary, result.stderr
+@pytest.fixture
+def monitor(cli_in_process):
+    """The same command in this process (a process each took ~10 s of the suite's time)."""
+
+    def run(env: dict, *args: str) -> tuple[int, dict, str]:
+        ran = cli_in_process(env, "monitor", "--json", *args)
+        return ran.returncode, json.loads(ran.stdout) if ran.stdout.strip() else {}, ran.stderr
+
+    return run
 
 
-def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_path):
+def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_path, monitor):
     settings = get_settings()
     train(TrainConfig(data=str(telco_csv), model_name=model_name), settings)
     assert CliRunner().invoke(main, ["promote", "--model-name", model_name, "--version", "1"]).exit_code == 0
@@ -120,7 +118,7 @@ def test_monitor_verdicts_on_real_traffic(stack_env, model_name, telco_csv, tmp_
     assert {a.path for a in client.list_artifacts(drift_run.info.run_id)} == {"report.html", "summary.json"}
 
 
-def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path):
+def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path, monitor):
     """Nothing to compare is 2 (as a missing model is in every command), unreachable is 3,
     bad usage is 2 and never the data-quality code."""
     env = stack_env.env | {"CHURN_MODEL_NAME": model_name}

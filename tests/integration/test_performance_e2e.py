@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -28,13 +27,6 @@ from tests.services import postgres_database, start_api, start_mlflow, wait_read
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.output
@@ -45,7 +37,9 @@ def count(engine: sa.Engine, table: str) -> int:
         return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
 
 
-def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, model_name, telco_csv, tmp_path):
+def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(
+    stack_env, model_name, telco_csv, tmp_path, cli_in_process
+):  # fmt: skip
     settings = get_settings()
     train(TrainConfig(data=str(telco_csv), model_name=model_name), settings)
     assert cli("promote", "--model-name", model_name, "--version", "1", "--force")[0] == 0
@@ -112,16 +106,10 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(stack_env, 
                            "--output-dir", str(tmp_path / "drift"))  # fmt: skip
         assert code == 0, output  # the features did not move: drift monitoring stays quiet
 
-        def retrain(*args: str, env: dict[str, str] | None = None) -> Result:
+        def retrain(*args: str, env: dict[str, str] | None = None):
             """In this process (a process each took ~10 s of the suite; the demo runs it as one)."""
-            with pytest.MonkeyPatch.context() as patch:
-                for key, value in (env or stack_env.env).items():
-                    patch.setenv(key, value)
-                get_settings.cache_clear()
-                result = CliRunner().invoke(main, ["retrain", "--model-name", model_name,
-                                                   "--inference-log-url", log_url, *args])  # fmt: skip
-            get_settings.cache_clear()
-            return Result(result.exit_code, result.stdout, result.stderr)
+            return cli_in_process(env or stack_env.env, "retrain", "--model-name", model_name,
+                                  "--inference-log-url", log_url, *args)  # fmt: skip
 
         registry = MlflowClient(tracking_uri=stack_env.tracking_uri, registry_uri=stack_env.tracking_uri)
         versions = lambda: sorted(int(v.version) for v in registry.search_model_versions(f"name='{model_name}'"))  # noqa: E731
