@@ -113,20 +113,23 @@ def unreachable(exc: BaseException) -> bool:
     )
 
 
-def store_unreachable(client: MlflowClient, run_id: str, folder: str = "") -> str | None:
-    """Why the run's artifact store cannot be reached, or None when it answers. An artifact read
-    from the store directly fails as "failed to download" whether the file is missing or the
-    store is down (MLflow keeps the cause to itself): a listing tells the two apart."""
+def store_unreachable(client: MlflowClient, run_id: str, exc: BaseException) -> str | None:
+    """Why reading one of the run's artifacts failed with ``exc`` because the registry or its
+    artifact store did not answer, or None when they answer (the artifact is missing or bad).
+    An artifact read from the store directly fails as "failed to download" whether the file is
+    missing or the store is down (MLflow keeps the cause to itself): a listing tells them apart."""
+    if unreachable(exc):
+        return str(exc)
     try:
-        client.list_artifacts(run_id, folder or None)
-    except Exception as exc:  # noqa: BLE001 - botocore, azure, gcs: whatever the store's client raises
-        return str(exc) if unreachable(exc) else None
+        client.list_artifacts(run_id)
+    except Exception as probe:  # noqa: BLE001 - botocore, azure, gcs: whatever the store's client raises
+        return str(probe) if unreachable(probe) else None
     return None
 
 
 def _outage(client: MlflowClient, run_id: str, exc: BaseException, what: str) -> StorageUnreachable | None:
     """``exc``, reading ``what`` of the run, as the outage it is (the load is tried again), or None."""
-    why = str(exc) if unreachable(exc) else store_unreachable(client, run_id)
+    why = store_unreachable(client, run_id, exc)
     if why is None:
         return None
     return StorageUnreachable(f"cannot read {what} of run {run_id}: the registry or its artifact store is "

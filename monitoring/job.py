@@ -190,13 +190,11 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
                 run_id=found.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
             )
         except Exception as exc:  # noqa: BLE001 - missing artifact or store
-            connection = loading.unreachable(exc)
-            if connection and isinstance(exc, mlflow.MlflowException):
+            if loading.unreachable(exc) and isinstance(exc, mlflow.MlflowException):
                 raise  # through the tracking server: translate_errors names it
             # Read from the object store directly, MLflow says only "failed to download": ask the
             # store itself, so that a store that is down is exit 3, not "no reference data".
-            folder = REFERENCE_ARTIFACT.rsplit("/", 1)[0]
-            if unreachable := str(exc) if connection else loading.store_unreachable(client, found.run_id, folder):
+            if unreachable := loading.store_unreachable(client, found.run_id, exc):
                 raise StorageUnreachable(
                     f"cannot read the reference data of {name} v{version} (run {found.run_id}): "
                     f"the artifact store is unreachable: {unreachable}"[:400]
