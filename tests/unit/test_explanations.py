@@ -20,7 +20,7 @@ from churn_platform.training import TrainConfig, signature, train
 from serving.app import create_app
 from tests.conftest import mlflow_uris_restored
 from tests.unit.conftest import embedded_registry
-from tests.unit.test_api import make_settings, wait_ready
+from tests.unit.test_api import customers_stub, make_settings, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -275,12 +275,8 @@ def test_unverified_a_reference_that_cannot_be_read_is_named(registry_uri, tmp_p
         explanations = client.get("/model").json()["explanations"]
         assert explanations["available"] is False and "no training run" not in explanations["reason"]
         assert "reference rows cannot be read (MlflowException: Failed to download" in explanations["reason"]
-        response = client.post("/predict/single?explain=true", json=a_customer())
+        response = client.post("/predict/single?explain=true", json=customers_stub())
         assert response.status_code == 409 and "reference rows cannot be read" in response.json()["message"]
-
-
-def a_customer() -> dict:
-    return data.to_records(data.generate(1, seed=2).drop(columns=["churn"]))[0]
 
 
 def test_a_confident_customer_does_not_make_exact_explanations_fail_their_check():
