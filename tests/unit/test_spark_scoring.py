@@ -23,6 +23,13 @@ SPARK = ["--engine", "spark", "--spark-master", "local[2]",
          "--spark-conf", "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"]  # fmt: skip
 
 
+def notebook():
+    """A session's builder as a notebook would start one here: local[2], the JVM options of ``SPARK``."""
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_jvm_for_the_module():
     yield
@@ -42,9 +49,7 @@ def _a_session_already_running(request):
         return
     if SparkSession.getActiveSession() is None:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # as the job sets it for its own
-        builder = SparkSession.builder.master("local[2]")
-        spark = builder.config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1]).getOrCreate()
-        spark.sparkContext.setLogLevel("FATAL")  # as the job sets it for its own
+        notebook().getOrCreate().sparkContext.setLogLevel("FATAL")  # as the job sets it for its own
 
 
 @pytest.mark.own_session
@@ -466,8 +471,7 @@ def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tm
     # s3a is set up for the endpoint (nothing here reads S3); a notebook's executors run its Python.
     setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", PYSPARK_PYTHON=sys.executable)
     stop_spark()
-    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
-    spark = spark.config("spark.sql.session.timeZone", "Europe/Paris").appName("notebook").getOrCreate()
+    spark = notebook().config("spark.sql.session.timeZone", "Europe/Paris").appName("notebook").getOrCreate()
     try:
         customers.head(200).to_parquet(tmp_path / "customers.parquet", index=False)
         result = run(registry_uri, "--engine", "spark", "--input", str(tmp_path / "customers.parquet"),
@@ -487,12 +491,10 @@ def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_
     """A notebook's (or a cluster's) session set to skip corrupt files scored the readable ones
     and exited 0: the customers of the file it could not read were silently left out."""
     import pyarrow.parquet as pq
-    from pyspark.sql import SparkSession
 
     setenv(PYSPARK_PYTHON=sys.executable)
     stop_spark()
-    spark = SparkSession.builder.master("local[2]").config("spark.driver.extraJavaOptions", SPARK[-1].split("=", 1)[1])
-    spark = spark.config("spark.sql.files.ignoreCorruptFiles", "true").getOrCreate()
+    spark = notebook().config("spark.sql.files.ignoreCorruptFiles", "true").getOrCreate()
     try:
         folder = tmp_path / "export"
         folder.mkdir()
