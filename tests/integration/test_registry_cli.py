@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
 import pytest
@@ -18,21 +19,40 @@ from churn_platform.cli import main
 from churn_platform.promotion import AUDIT_PREFIX
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
+from tests.conftest import mlflow_uris_restored
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def trained_three(stack, tmp_path_factory) -> str:
+    """v1 and v2 are real models; v3 learned from shuffled labels, so its roc_auc is ~0.5.
+    Trained once for the module: training was most of each test's time."""
+    name = f"churn-source-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path_factory.mktemp("noise")
+    with pytest.MonkeyPatch.context() as patch, mlflow_uris_restored():
+        for key, value in stack.env.items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        train(TrainConfig(n_rows=800, seed=1, model_name=name), settings)
+        train(TrainConfig(n_rows=800, seed=2, model_name=name), settings)
+        noise = data.generate(800, seed=3)
+        noise["churn"] = noise["churn"].sample(frac=1, random_state=0).to_numpy()
+        noise.to_csv(folder / "noise.csv", index=False)
+        train(TrainConfig(data=str(folder / "noise.csv"), model_name=name), settings)
+    get_settings.cache_clear()
+    return name
+
+
 @pytest.fixture
-def three_versions(stack_env, model_name, tmp_path) -> str:
-    """v1 and v2 are real models; v3 learned from shuffled labels, so its roc_auc is ~0.5."""
-    settings = get_settings()
-    train(TrainConfig(n_rows=800, seed=1, model_name=model_name), settings)
-    train(TrainConfig(n_rows=800, seed=2, model_name=model_name), settings)
-    noise = data.generate(800, seed=3)
-    noise["churn"] = noise["churn"].sample(frac=1, random_state=0).to_numpy()
-    noise.to_csv(tmp_path / "noise.csv", index=False)
-    train(TrainConfig(data=str(tmp_path / "noise.csv"), model_name=model_name), settings)
+def three_versions(stack_env, model_name, trained_three) -> str:
+    """A model of this test's own whose v1 to v3 are copies of the module's (the same runs and
+    metrics, no alias, no audit event): what each test promotes, moves and deletes is its own."""
+    client = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
+    for version in (1, 2, 3):
+        client.copy_model_version(f"models:/{trained_three}/{version}", model_name)
     return model_name
 
 
@@ -216,14 +236,11 @@ def test_commands_noticing_the_same_ui_change_at_once_record_it_once_and_all_suc
     assert status_json(name)["production"]["promoted_via"] == "external"
 
 
-def test_unreachable_registry_is_exit_3_within_30s(stack_env):
+def test_unreachable_registry_is_exit_3_within_30s(stack_env, cli_in_process):
     dead = f"http://127.0.0.1:{free_port()}"
     for command in (["status"], ["versions"], ["history"], ["promote", "--version", "1"], ["rollback"]):
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "churn_platform.cli", *command, "--tracking-uri", dead],
-            env=stack_env.env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        done = cli_in_process(stack_env.env, *command, "--tracking-uri", dead)
         assert done.returncode == 3, (command, done.stderr)
         assert "unreachable" in done.stderr and "Traceback" not in done.stderr
         assert time.perf_counter() - started < 30
