@@ -54,7 +54,7 @@ from churn_platform.gate import GateVerdict, figures_tag
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings, checked_model_name
-from churn_platform.training_config import SYNTHETIC, TrainConfig, check_parameter
+from churn_platform.training_config import SYNTHETIC, TrainConfig, check_parameter, data_with_features
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -103,8 +103,11 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError("--from-features needs --labels: a file of customer_id, label_time and churn")
     if config.labels and not config.from_features:
         raise DataValidationError("--labels is read only with --from-features")
-    if config.from_features and config.data not in ("", SYNTHETIC):
-        raise DataValidationError("give either --data or --from-features, not both")
+    if config.from_features:  # the CLI refuses them typed at their defaults too
+        defaults = TrainConfig()
+        if given := [f"--{k.replace('_', '-')}" for k in ("data", "n_rows")
+                     if getattr(config, k) not in ("", getattr(defaults, k))]:  # fmt: skip
+            raise data_with_features(given)
 
 
 def _dataset_source(uri: str) -> str:
@@ -359,7 +362,9 @@ def train(
 
     with registry.translate_errors(settings), mlflow.start_run() as run:
         run_id = run.info.run_id
-        params = {k: v for k, v in asdict(config).items() if k != "decision_threshold"}
+        # Trained from the feature store, the data-generation parameters describe nothing that was used.
+        unused = {"decision_threshold", *(("data", "n_rows", "drift") if config.from_features else ())}
+        params = {k: v for k, v in asdict(config).items() if k not in unused}
         params["decision_threshold"] = threshold
         # Under `mlflow run` the launcher has logged the entry point's parameters already, as
         # typed (c=10, not 10.0): logging them again with another spelling is refused.

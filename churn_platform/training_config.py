@@ -34,6 +34,12 @@ class TrainConfig:
     labels: str = ""
 
 
+def data_with_features(given: list[str]) -> DataValidationError:
+    """The refusal of data options (``given``: their flags) beside ``--from-features``."""
+    return DataValidationError(f"{' and '.join(given)} cannot be given with --from-features: its training rows "
+                               "are the labelled customers, their features from the store")  # fmt: skip
+
+
 def check_parameter(key: str, value: Any) -> None:
     """Refuse a value no training run could use, naming the parameter: sklearn would refuse
     most of them only after the data is loaded, with a traceback."""

@@ -683,6 +683,7 @@ def test_train_from_features_records_the_view_and_the_label_times(embedded: str,
     assert run.data.tags["label_time_from"] == run.data.tags["label_time_to"] == "2026-04-01T12:00:00+00:00"
     assert run.data.tags["labels_without_features"] == "10"
     assert run.data.params["from_features"] == "True" and run.data.params["labels"] == "labels.csv"
+    assert not {"data", "n_rows", "drift"} & set(run.data.params)  # data=synthetic, n_rows=5000 said what was not
     assert run.data.metrics["training_rows"] + run.data.metrics["validation_rows"] == 600
 
     # A stored value this release refuses (a category since dropped): "row 2" counted the join's

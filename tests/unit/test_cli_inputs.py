@@ -68,6 +68,11 @@ def _isolated(tmp_path, monkeypatch):
         (["rollback", "--reason", "caf\udce9"], "'--reason': is not valid UTF-8 text"),  # Latin-1 in UTF-8
         (["rollback", "--actor", "Jos\udce9"], "'--actor': is not valid UTF-8 text"),
         (["train", "--seed", "-1"], "seed must be from 0 to 2**32 - 1"),
+        # Accepted, and logged as the run's data: the training set was the feature store's.
+        (["train", "--from-features", "--labels", "l.csv", "--data", "synthetic"],
+         "--data cannot be given with --from-features: its training rows"),
+        (["train", "--from-features", "--labels", "l.csv", "--n-rows", "5000", "--data", "c.csv"],
+         "--data and --n-rows cannot be given with --from-features"),
         (["train", "--c", "inf"], "c must be a finite number above 0, got inf"),
         (["train", "--model-name", "a:b"], "a model name cannot contain '/', ':'"),
         # Registered, then its versions could never be loaded: models:/a?b/3 names the logged model `a`.
@@ -666,3 +671,17 @@ def test_the_rollout_and_retraining_readers_never_make_a_missing_sqlite_log(tmp_
         retraining.labelled(f"sqlite:///{other}", "churn", None, 30)
     inference_log.upgrade(sa.create_engine(f"sqlite:///{other}"))  # the API's, no outcome ingested yet
     assert retraining.labelled(f"sqlite:///{other}", "churn", None, 30).empty
+
+
+@pytest.mark.parametrize(("given", "flags"), [({"n_rows": 300}, "--n-rows"), ({"data": "c.csv"}, "--data"),
+                                              ({"data": "c.csv", "n_rows": 300}, "--data and --n-rows")])  # fmt: skip
+def test_training_from_python_refuses_data_options_beside_the_feature_store(given, flags, tmp_path):
+    """`TrainConfig(from_features=True, n_rows=300)` was taken, its n_rows ignored unsaid."""
+    from churn_platform.errors import DataValidationError
+    from churn_platform.settings import Settings
+    from churn_platform.training import TrainConfig, train
+
+    config = TrainConfig(from_features=True, labels="l.csv", **given)
+    with pytest.raises(DataValidationError, match=f"^{flags} cannot be given with --from-features"):
+        train(config, Settings(tracking_uri=f"sqlite:///{tmp_path}/never.db"))
+    assert not (tmp_path / "never.db").exists()

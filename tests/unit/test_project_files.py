@@ -164,6 +164,28 @@ def test_each_entry_point_command_parses_as_mlflow_run_builds_it(entry_point, gi
             assert {k: ctx.params[k] for k in expected} == expected
 
 
+@pytest.mark.parametrize(("given", "refused"), [({}, []), ({"data": "c.csv"}, ["data"]),
+                                              ({"n_rows": "300"}, ["n_rows"])])  # fmt: skip
+def test_from_features_under_mlflow_run_refuses_only_data_that_was_given(given, refused):
+    """MLproject passes every parameter, defaults too: `-P from_features=true` alone must not
+    read as `--data synthetic --from-features`, which the command refuses."""
+    import shlex
+
+    import click
+    from mlflow.projects import _project_spec
+
+    from churn_platform.cli import main
+
+    params = {"from_features": "true", "labels": "l.csv", **given}
+    command = _project_spec.load_project(str(REPO)).get_entry_point("train").compute_command(params, None)
+    args = importlib.import_module("pipelines.train").command(shlex.split(command)[3:])
+    typed = click.core.ParameterSource.COMMANDLINE
+    with click.Context(main) as parent, main.get_command(parent, "train").make_context(
+        "train", args[1:], parent=parent
+    ) as ctx:
+        assert [name for name in ("data", "n_rows") if ctx.get_parameter_source(name) is typed] == refused
+
+
 @pytest.mark.parametrize(("entry_point", "param"), [("retrain", "of"), ("retrain", "at_least")])
 def test_a_zero_that_is_not_the_default_is_checked_not_dropped(entry_point, param):
     """`-P of=0` ran the default (3 runs) without a word: 0 meant "not given" for every
