@@ -17,7 +17,7 @@ is checked; a version whose explanations do not add up still serves, without the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from churn_platform.scorer import FastScorer
 #: still explain (``additivity_error``).
 ADDITIVITY_TOLERANCE = 1e-6
 #: Rows per chunk when the training means are computed from a large reference set.
-_CHUNK = 50_000
+CHUNK_ROWS = 50_000
 
 LINEAR, TREE_SHAP = "linear", "tree_shap"
 
@@ -53,8 +53,9 @@ class Explained:
 class Explainer:
     """Scores and explains records in one pass over the fast scorer's matrix."""
 
-    def __init__(self, scorer: FastScorer, background: pd.DataFrame) -> None:
-        """``background``: the training features (the linear model's reference point)."""
+    def __init__(self, scorer: FastScorer, background: pd.DataFrame | Iterable[pd.DataFrame]) -> None:
+        """``background``: the training features (the linear model's reference point), whole
+        or in chunks."""
         if not isinstance(scorer, FastScorer):
             raise ExplanationUnavailable(f"the {type(scorer).__name__} cannot be explained; only the fast scorer")
         self._scorer = scorer
@@ -96,16 +97,22 @@ class Explainer:
         return Explained(probabilities, self.base, columns @ self._to_features)
 
 
-def training_means(scorer: FastScorer, frame: pd.DataFrame) -> np.ndarray:
-    """Mean of each column of the scorer's matrix over ``frame``'s rows, in bounded memory."""
-    if frame.empty:
+def training_means(scorer: FastScorer, background: pd.DataFrame | Iterable[pd.DataFrame]) -> np.ndarray:
+    """Mean of each column of the scorer's matrix over the ``background`` rows, in bounded
+    memory: a frame is taken in chunks, chunks as they come (a file read batch by batch)."""
+    if isinstance(background, pd.DataFrame):
+        frame = background
+        chunks: Iterable[pd.DataFrame] = (frame.iloc[at : at + CHUNK_ROWS] for at in range(0, len(frame), CHUNK_ROWS))
+    else:
+        chunks = background
+    total, rows = np.zeros(len(scorer.column_features)), 0
+    for chunk in chunks:
+        if len(chunk):
+            total += scorer.frame_matrix(chunk).sum(axis=0)  # column by column: no dict per row
+            rows += len(chunk)
+    if not rows:
         raise ExplanationUnavailable("no training rows to take the explanations' reference point from")
-    total = np.zeros(len(scorer.column_features))
-    features = frame.loc[:, list(FEATURE_NAMES)]
-    for start in range(0, len(features), _CHUNK):
-        chunk = features.iloc[start : start + _CHUNK]
-        total += scorer.matrix(chunk.to_dict(orient="records")).sum(axis=0)
-    return total / len(features)
+    return total / rows
 
 
 def _tree_explainer(classifier: Any) -> Any:

@@ -10,10 +10,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, overload
 
 import mlflow
+import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.models import Model
 from sklearn.pipeline import Pipeline
@@ -84,21 +87,59 @@ def resolve(client: MlflowClient, name: str, alias: str = PRODUCTION_ALIAS) -> i
     return int(version.version)
 
 
-def _reference(run_id: str | None) -> pd.DataFrame | None:
+class ReferenceUnreadable(Exception):
+    """The reference file is there but its rows cannot be read (damaged): no reference point."""
+
+
+class Reference:
+    """The training run's reference rows, on local disk and read batch by batch: serving needs
+    only a sample of them (verification) and their column means (the linear explainer). As one
+    DataFrame (about 1 KB a row) a version trained on a million customers would not fit the
+    API's memory limit."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        with pq.ParquetFile(path) as file:
+            names, self._rows = file.schema_arrow.names, file.metadata.num_rows
+        if missing := [c for c in FEATURE_NAMES if c not in names]:
+            raise ValueError(f"the reference rows lack the features {missing}")
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def batches(self) -> Iterator[pd.DataFrame]:
+        try:
+            with pq.ParquetFile(self._path) as file:
+                for batch in file.iter_batches(batch_size=explanation.CHUNK_ROWS, columns=list(FEATURE_NAMES)):
+                    yield batch.to_pandas()
+        except (OSError, ValueError) as exc:  # pyarrow's: a damaged page, past the footer read at opening
+            raise ReferenceUnreadable(f"reference rows cannot be read ({type(exc).__name__}: {exc})"[:300]) from exc
+
+    def sample(self, rows: int) -> pd.DataFrame:
+        """``rows`` of them at random (the same ones each time), in file order."""
+        chosen = np.sort(np.random.default_rng(0).choice(len(self), size=min(rows, len(self)), replace=False))
+        picked, start = [pd.DataFrame(columns=list(FEATURE_NAMES))], 0  # none, for a file without rows
+        for batch in self.batches():
+            inside = chosen[(chosen >= start) & (chosen < start + len(batch))] - start
+            picked.append(batch.iloc[inside])
+            start += len(batch)
+        return pd.concat(picked[1:] or picked, ignore_index=True)
+
+
+def _reference(run_id: str | None, folder: Path) -> Reference | None:
     """The training run's features (the reference data), if the version has a run."""
     if not run_id:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp)
-        return pd.read_parquet(path, columns=list(FEATURE_NAMES))
+    return Reference(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACT,
+                                                              dst_path=str(folder))))  # fmt: skip
 
 
-def _verification_rows(reference: pd.DataFrame | None, example: Any, sample: int) -> pd.DataFrame:
+def _verification_rows(sampled: pd.DataFrame | None, example: Any) -> pd.DataFrame:
     frames = []
     if isinstance(example, pd.DataFrame):
         frames.append(example)
-    if reference is not None and sample:
-        frames.append(reference.sample(min(sample, len(reference)), random_state=0))
+    if sampled is not None:
+        frames.append(sampled)
     if not frames:
         raise VerificationFailed("no input example and no reference rows to verify the scorer on")
     return pd.concat([f.loc[:, list(FEATURE_NAMES)] for f in frames], ignore_index=True)
@@ -155,7 +196,7 @@ def _global_importance(client: MlflowClient, run_id: str | None) -> list[dict[st
 
 
 def _explainer(
-    scorer: FastScorer | SklearnScorer, reference: pd.DataFrame | None, rows: pd.DataFrame, no_reference: str
+    scorer: FastScorer | SklearnScorer, reference: Reference | None, rows: pd.DataFrame, no_reference: str
 ) -> tuple[Explainer | None, dict[str, Any]]:
     """An explainer proven additive on ``rows``, or None and the reason (``no_reference``: why a
     linear model has no reference point)."""
@@ -164,10 +205,12 @@ def _explainer(
             raise ExplanationUnavailable("the pipeline is served by sklearn, not the fast scorer")
         if reference is None and scorer.linear is not None:
             raise ExplanationUnavailable(no_reference)
-        explainer = Explainer(scorer, reference if reference is not None else rows)
+        explainer = Explainer(scorer, reference.batches() if reference is not None else rows)
         error = explanation.verify(explainer, rows)
     except ExplanationUnavailable as exc:
         return None, {"available": False, "reason": str(exc)}
+    except ReferenceUnreadable as exc:  # read only now when not verified on a sample of it
+        return None, {"available": False, "reason": f"its training run's {exc}"}
     except Exception as exc:  # noqa: BLE001 - an explainer that breaks (shap, numba) never stops the version serving
         log.warning("explanations unavailable", exc_info=True)
         return None, {"available": False, "reason": f"the explainer failed: {type(exc).__name__}: {exc}"[:300]}
@@ -235,6 +278,13 @@ def load_pipeline(name: str, version: int) -> Pipeline:
 
 def load(client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int) -> LoadedModel:
     """Download, load and verify ``name`` version ``version``; raise if it must not serve."""
+    with tempfile.TemporaryDirectory() as folder:  # the reference rows, read from there while loading
+        return _load(client, name, version, default_threshold=default_threshold, sample=sample, folder=Path(folder))
+
+
+def _load(
+    client: MlflowClient, name: str, version: int, *, default_threshold: float, sample: int, folder: Path
+) -> LoadedModel:
     found = registry.get_version(client, name, version)
     threshold = decision_threshold(found.tags.get(TAG_THRESHOLD), default_threshold, version)
     uri = f"models:/{name}/{version}"
@@ -245,13 +295,14 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
         example = meta.load_input_example(local)
     no_reference = "the version has no training run to take the reference point from"
     try:
-        reference = _reference(found.run_id)
+        reference = _reference(found.run_id, folder)
+        sampled = reference.sample(sample) if reference is not None and sample else None
     except Exception as exc:
         if outage := _outage(client, found.run_id, exc, "the reference rows"):  # not a version without them
             raise outage from exc
         if not sample:
             log.warning("v%s: no reference data; serving without explanations", version, exc_info=True)
-            reference = None
+            reference = sampled = None
             no_reference = f"its training run's reference rows cannot be read ({type(exc).__name__}: {exc})"[:300]
         else:  # the rows that verify the scorer: a load without them must fail
             raise ModelUnloadable(
@@ -259,7 +310,7 @@ def load(client: MlflowClient, name: str, version: int, *, default_threshold: fl
                 f"{found.run_id} ({type(exc).__name__}: {exc})"[:500] + "; CHURN_VERIFY_SAMPLE_ROWS=0 loads it "
                 "unverified, without explanations"
             ) from exc
-    rows = _verification_rows(reference, example, sample)
+    rows = _verification_rows(sampled, example)
     try:
         scorer: FastScorer | SklearnScorer = FastScorer(pipeline)
         kind = "fast"

@@ -384,7 +384,8 @@ def train(
             validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(**{PROBABILITY: valid_proba})
             for frame_out, artifact in ((reference, REFERENCE_ARTIFACT), (validation, VALIDATION_ARTIFACT)):
                 folder, file_name = artifact.rsplit("/", 1)
-                frame_out.to_parquet(tmp_path / file_name, index=False)
+                # Row groups of a batch each: an API reads the reference batch by batch (loading.Reference).
+                frame_out.to_parquet(tmp_path / file_name, index=False, row_group_size=explanation.CHUNK_ROWS)
                 mlflow.log_artifact(str(tmp_path / file_name), folder)
             _plot(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, tmp_path / "roc_calibration.png")
             mlflow.log_artifact(str(tmp_path / "roc_calibration.png"), "plots")

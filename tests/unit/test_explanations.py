@@ -279,6 +279,37 @@ def test_unverified_a_reference_that_cannot_be_read_is_named(registry_uri, tmp_p
         assert response.status_code == 409 and "reference rows cannot be read" in response.json()["message"]
 
 
+@pytest.mark.parametrize("sample", [0, 200])
+def test_a_reference_damaged_past_its_footer_is_named_as_unreadable(registry_uri, monkeypatch, sample):
+    """Read batch by batch, a damaged page is found after the file opened: unverified, it was
+    "the explainer failed" with a traceback, not the reason the unreadable file gives."""
+    import pyarrow.parquet as pq
+
+    from churn_platform import loading
+
+    download = mlflow.artifacts.download_artifacts
+
+    def damaged(**kwargs):
+        path = download(**kwargs)
+        if kwargs.get("artifact_path") == loading.REFERENCE_ARTIFACT:
+            raw = bytearray(open(path, "rb").read())  # noqa: PTH123
+            start = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+            raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
+            open(path, "wb").write(raw)  # noqa: PTH123
+        return path
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry_uri)
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", damaged)
+    client = MlflowClient(registry_uri, registry_uri)
+    if sample:  # verification needs those rows: the version does not serve
+        with pytest.raises(loading.ModelUnloadable, match="the reference rows that verify its scorer cannot be read"):
+            loading.load(client, "churn", 1, default_threshold=0.5, sample=sample)
+        return
+    loaded = loading.load(client, "churn", 1, default_threshold=0.5, sample=sample)
+    assert loaded.explainer is None
+    assert loaded.explanations["reason"].startswith("its training run's reference rows cannot be read ("), loaded
+
+
 def test_a_confident_customer_does_not_make_exact_explanations_fail_their_check():
     """At 30 log-odds a float64 probability holds its log-odds only to about 1e-3: one such
     verification row made every explanation of the version a 409."""
@@ -299,3 +330,42 @@ def test_a_confident_customer_does_not_make_exact_explanations_fail_their_check(
     assert error([25.0], [14.0]) > ADDITIVITY_TOLERANCE
     assert error([-21.0], [-300.0]) > ADDITIVITY_TOLERANCE
     assert error([40.0], [-3.0]) > ADDITIVITY_TOLERANCE
+
+
+def test_a_reference_read_batch_by_batch_gives_the_means_and_sample_of_the_whole(tmp_path, monkeypatch):
+    """An API read the training run's whole reference into one DataFrame at each load (about
+    1 KB a customer): a version trained on a million customers would not fit its memory limit.
+    Read batch by batch, it must still give the linear explainer the same reference point, and
+    the verification a sample of distinct training rows."""
+    import numpy as np
+
+    from churn_platform import explanation, loading, model
+    from churn_platform.scorer import FastScorer
+
+    monkeypatch.setattr(explanation, "CHUNK_ROWS", 700)  # several batches from a small file
+    frame = data.generate(3000, seed=5)
+    pipeline = model.build_pipeline("logistic").fit(model.features(frame), frame.churn)
+    frame.to_parquet(tmp_path / "reference.parquet", index=False, row_group_size=1000)
+    reference = loading.Reference(tmp_path / "reference.parquet")
+    sizes = [len(b) for b in reference.batches()]
+    assert len(reference) == sum(sizes) == 3000 and max(sizes) == 700
+
+    scorer = FastScorer(pipeline)
+    whole = explanation.Explainer(scorer, model.features(frame))
+    batched = explanation.Explainer(scorer, reference.batches())
+    assert batched.base == pytest.approx(whole.base, abs=1e-12)
+    by_records = scorer.matrix(data.to_records(model.features(frame))).mean(axis=0)  # how the means were taken
+    assert np.allclose(explanation.training_means(scorer, reference.batches()), by_records, rtol=0, atol=1e-12)
+    customers = data.to_records(model.features(frame.head(50)))
+    assert np.allclose(batched.explain(customers).contributions, whole.explain(customers).contributions, atol=1e-12)
+
+    sample = reference.sample(200)
+    assert len(sample) == 200 and list(sample.columns) == list(FEATURE_NAMES)
+    rows = frame.loc[:, list(FEATURE_NAMES)].astype(str).agg("|".join, axis=1)
+    assert sample.astype(str).agg("|".join, axis=1).isin(set(rows)).all()  # training rows, none made up
+    assert sample.equals(reference.sample(200))  # the same rows at every load
+    assert len(reference.sample(5000)) == 3000  # a reference smaller than the sample: all of it
+
+    frame.drop(columns=["tenure"]).to_parquet(tmp_path / "old.parquet", index=False)
+    with pytest.raises(ValueError, match=r"lack the features \['tenure'\]"):
+        loading.Reference(tmp_path / "old.parquet")
