@@ -118,12 +118,12 @@ class Reference:
     def sample(self, rows: int) -> pd.DataFrame:
         """``rows`` of them at random (the same ones each time), in file order."""
         chosen = np.sort(np.random.default_rng(0).choice(len(self), size=min(rows, len(self)), replace=False))
-        picked, start = [pd.DataFrame(columns=list(FEATURE_NAMES))], 0  # none, for a file without rows
+        picked, start = [], 0
         for batch in self.batches():
             inside = chosen[(chosen >= start) & (chosen < start + len(batch))] - start
             picked.append(batch.iloc[inside])
             start += len(batch)
-        return pd.concat(picked[1:] or picked, ignore_index=True)
+        return pd.concat(picked, ignore_index=True) if picked else pd.DataFrame(columns=list(FEATURE_NAMES))
 
 
 def _reference(run_id: str | None, folder: Path) -> Reference | None:

@@ -4,6 +4,7 @@ customers for both model types, what one feature's change moves, and every param
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -292,10 +293,10 @@ def test_a_reference_damaged_past_its_footer_is_named_as_unreadable(registry_uri
     def damaged(**kwargs):
         path = download(**kwargs)
         if kwargs.get("artifact_path") == loading.REFERENCE_ARTIFACT:
-            raw = bytearray(open(path, "rb").read())  # noqa: PTH123
+            raw = bytearray(Path(path).read_bytes())
             start = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
             raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
-            open(path, "wb").write(raw)  # noqa: PTH123
+            Path(path).write_bytes(raw)
         return path
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry_uri)
