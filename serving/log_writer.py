@@ -51,10 +51,11 @@ class NotWritableNow(Exception):
     someone mends, not the rows' fault."""
 
 
-#: PostgreSQL's undefined_table, insufficient_privilege (a missing grant, not the owner) and
+#: PostgreSQL's undefined_table, insufficient_privilege (a missing grant, not the owner),
 #: invalid_column_reference: the staged load's ON CONFLICT meeting a table without its unique
-#: index (a `pg_restore --clean` adds constraints after the data), which a restore mends.
-_NOT_WRITABLE_STATES = frozenset({"42P01", "42501", "42P10"})
+#: index (a `pg_restore --clean` adds constraints after the data), which a restore mends, and
+#: undefined_column: a table restored from an earlier release's dump, which the next try upgrades.
+_NOT_WRITABLE_STATES = frozenset({"42P01", "42501", "42P10", "42703"})
 
 
 def _not_writable(exc: BaseException) -> bool:
@@ -63,7 +64,7 @@ def _not_writable(exc: BaseException) -> bool:
     if (state := sqlstate(exc)) is not None:
         return state in _NOT_WRITABLE_STATES
     orig = getattr(exc, "orig", None) or exc
-    return isinstance(orig, sqlite3.OperationalError) and is_missing_table(orig)
+    return isinstance(orig, sqlite3.OperationalError) and (is_missing_table(orig) or "no column named" in str(orig))
 
 
 #: Errors that mean "try again later": the database is down, restarting, locked, slow, or
@@ -310,9 +311,10 @@ class Database:
         try:
             return self._load(items)
         except Exception as exc:
-            # The table dropped under us (a restore with --clean), or this user's grant gone (a
-            # rotation to a user not yet granted): the rows wait in the spool, the table is made
-            # again at the next try. Counted as refused, they were deleted from the spool for good.
+            # The table dropped under us (a restore with --clean), restored without a column a
+            # later release added, or this user's grant gone (a rotation to a user not yet
+            # granted): the rows wait in the spool, the table is made again or upgraded at the
+            # next try. Counted as refused, they were deleted from the spool for good.
             if not _not_writable(exc):
                 raise
             self._table_ready = False
