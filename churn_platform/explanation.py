@@ -100,11 +100,9 @@ class Explainer:
 def training_means(scorer: FastScorer, background: pd.DataFrame | Iterable[pd.DataFrame]) -> np.ndarray:
     """Mean of each column of the scorer's matrix over the ``background`` rows, in bounded
     memory: a frame is taken in chunks, chunks as they come (a file read batch by batch)."""
+    chunks: Iterable[pd.DataFrame] = background
     if isinstance(background, pd.DataFrame):
-        frame = background
-        chunks: Iterable[pd.DataFrame] = (frame.iloc[at : at + CHUNK_ROWS] for at in range(0, len(frame), CHUNK_ROWS))
-    else:
-        chunks = background
+        chunks = (background.iloc[at : at + CHUNK_ROWS] for at in range(0, len(background), CHUNK_ROWS))
     total, rows = np.zeros(len(scorer.column_features)), 0
     for chunk in chunks:
         if len(chunk):

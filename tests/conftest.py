@@ -174,6 +174,17 @@ def model_name() -> str:
     return f"churn-{uuid.uuid4().hex[:8]}"
 
 
+def damage_first_page(path: Path) -> None:
+    """Flip bytes inside the Parquet file's first data page, its footer intact: the file opens
+    and names its columns, and fails only when that page's rows are read."""
+    import pyarrow.parquet as pq
+
+    raw = bytearray(path.read_bytes())
+    start = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
+    raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
+    path.write_bytes(raw)
+
+
 def stop_spark() -> None:
     """End this process's Spark session and its JVM (~500 MB), so the next test that needs Spark
     starts a new JVM with its own settings (jars join the classpath only when a JVM starts)."""

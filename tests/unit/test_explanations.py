@@ -19,7 +19,7 @@ from churn_platform import data
 from churn_platform.schema import CATEGORICAL_FEATURES, FEATURE_NAMES, NUMERIC_FEATURES
 from churn_platform.training import TrainConfig, signature, train
 from serving.app import create_app
-from tests.conftest import mlflow_uris_restored
+from tests.conftest import damage_first_page, mlflow_uris_restored
 from tests.unit.conftest import embedded_registry
 from tests.unit.test_api import customers_stub, make_settings, wait_ready
 
@@ -284,8 +284,6 @@ def test_unverified_a_reference_that_cannot_be_read_is_named(registry_uri, tmp_p
 def test_a_reference_damaged_past_its_footer_is_named_as_unreadable(registry_uri, monkeypatch, sample):
     """Read batch by batch, a damaged page is found after the file opened: unverified, it was
     "the explainer failed" with a traceback, not the reason the unreadable file gives."""
-    import pyarrow.parquet as pq
-
     from churn_platform import loading
 
     download = mlflow.artifacts.download_artifacts
@@ -293,10 +291,7 @@ def test_a_reference_damaged_past_its_footer_is_named_as_unreadable(registry_uri
     def damaged(**kwargs):
         path = download(**kwargs)
         if kwargs.get("artifact_path") == loading.REFERENCE_ARTIFACT:
-            raw = bytearray(Path(path).read_bytes())
-            start = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
-            raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
-            Path(path).write_bytes(raw)
+            damage_first_page(Path(path))
         return path
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry_uri)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from churn_platform import data
 from serving.app import create_app
-from tests.conftest import stop_spark
+from tests.conftest import damage_first_page, stop_spark
 from tests.unit.test_api import make_settings, wait_ready
 from tests.unit.test_batch_scoring import OUTPUT_COLUMNS, run
 
@@ -500,11 +500,7 @@ def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_
         folder.mkdir()
         customers.head(100).to_parquet(folder / "part-0.parquet", index=False)
         customers.iloc[100:200].to_parquet(folder / "part-1.parquet", index=False)
-        # Damaged inside a data page, its footer intact: the header check before Spark reads it fine.
-        raw = bytearray((folder / "part-1.parquet").read_bytes())
-        start = pq.ParquetFile(folder / "part-1.parquet").metadata.row_group(0).column(0).data_page_offset
-        raw[start + 20 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 20 : start + 60])
-        (folder / "part-1.parquet").write_bytes(raw)
+        damage_first_page(folder / "part-1.parquet")  # the header check before Spark reads it fine
         assert pq.read_schema(folder / "part-1.parquet").names == list(customers.columns)
         for engine, args in (("local", []), ("spark", ["--engine", "spark"])):
             result = run(registry_uri, *args, "--input", str(folder), "--output", str(tmp_path / f"{engine}.parquet"))
