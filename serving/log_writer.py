@@ -38,7 +38,7 @@ from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
 from churn_platform.inference_log import COLUMNS, is_missing_table, make_engine, sqlite_time, sqlstate, table, upgrade
 from churn_platform.schema import FEATURES, ID_COLUMN
-from serving.spool import Frame, Spool, move_unheld
+from serving.spool import FORMAT, Frame, Spool, move_unheld
 
 log = logging.getLogger(__name__)
 
@@ -111,27 +111,37 @@ def pipe_frame(payload: bytes, rows: int) -> bytes:
 _IDENTITY_OPTIONS = ("host", "hostaddr", "port", "dbname", "service", "options")
 
 
-def spool_root(spool_dir: Path, url: str) -> Path:
-    """The spool of one database: rows spooled for one database are never replayed into another
-    (another database in CHURN_INFERENCE_LOG_URL, two tests side by side), while a new
-    password, user or driver (a credentials rotation), or an option such as sslmode, keeps
-    the folder.
-    Named by a hash of the database's identity: the URL may hold a password."""
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _identity(url: str) -> str:
     parsed = sa.engine.make_url(url)
     database = parsed.database or ""
     if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
         database = str(Path(database).resolve())
     chosen = sorted((k, str(v)) for k, v in parsed.query.items() if k in _IDENTITY_OPTIONS)
-    identity = f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{database}?{chosen}"
-    return spool_dir / hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{database}?{chosen}"
 
 
-def _take_over_legacy_spool(spool_dir: Path, url: str, root: Path) -> None:
-    """Releases before 2026-12-05 named the folder by a hash of the whole URL: a writer of this
-    release moves what such a folder holds for the same URL into its own, to be replayed."""
-    legacy = spool_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
-    if legacy != root and legacy.is_dir() and (moved := move_unheld(legacy, root)):
-        log.info("inference log spool: took over %d folder(s) an earlier release spooled in %s", moved, legacy)
+def spool_root(spool_dir: Path, url: str) -> Path:
+    """The spool of one database: rows spooled for one database are never replayed into another
+    (another database in CHURN_INFERENCE_LOG_URL, two tests side by side), while a new
+    password, user or driver (a credentials rotation), or an option such as sslmode, keeps
+    the folder.
+    Named by a hash of the database's identity (the URL may hold a password) and the spool's
+    frame format: a release that cannot read these frames takes them for another database's."""
+    return spool_dir / f"{_digest(_identity(url))}-{FORMAT}"
+
+
+def _take_over_earlier_spools(spool_dir: Path, url: str, root: Path) -> None:
+    """Earlier releases named the folder by a hash of the whole URL (before 2026-12-05), then
+    of the database's identity without the frame format (before 2026-12-07): a writer of this
+    release moves what such folders hold for the same database into its own, to be replayed
+    (it reads their frames)."""
+    for earlier in (spool_dir / _digest(url), spool_dir / _digest(_identity(url))):
+        if earlier != root and earlier.is_dir() and (moved := move_unheld(earlier, root)):
+            log.info("inference log spool: took over %d folder(s) an earlier release spooled in %s", moved, earlier)
 
 
 def _warn_of_other_spools(root: Path) -> None:
@@ -569,7 +579,7 @@ def main() -> None:
     logs.configure(logging.INFO, config.get("log_format", "text"))  # the API's format
     root = spool_root(Path(config["spool_dir"]), config["url"])
     try:
-        _take_over_legacy_spool(Path(config["spool_dir"]), config["url"], root)
+        _take_over_earlier_spools(Path(config["spool_dir"]), config["url"], root)
         spool = Spool(root, max_bytes=int(config["spool_max_bytes"]), sync_s=float(config["flush_s"]))
     except OSError as exc:  # the API restarts the writer, later each time; the rows spooled before wait
         log.error("inference log spool: cannot make a folder in %s (%s); rows are dropped until a writer can",

@@ -2,10 +2,13 @@
 
 Like the disk buffers of Fluent Bit or Vector: the writer process appends every frame it
 receives to a segment file before it tries the database, so an outage, a slow database or
-a crash of the API costs no row. A frame is ``length, crc32, rows`` then its MessagePack
-payload; segments roll over at ``segment_bytes`` and a segment is deleted once every frame
-in it is committed. A torn last frame (power loss, SIGKILL mid-write) fails its length or
-checksum check: it is skipped and counted, never a crash.
+a crash of the API costs no row. A frame is a header (a marker, the payload's length, its
+rows, its crc32, and the header's own crc32) then its MessagePack payload; segments roll
+over at ``segment_bytes`` and a segment is deleted once every frame in it is committed. A
+torn last frame (power loss, SIGKILL mid-write) fails its length or checksum check: it is
+skipped and counted, never a crash. A damaged header costs its own frame only: reading
+goes on at the next marker whose header checks, so a bad block never takes the frames
+after it (an earlier release's frames, read as before, had no such resynchronisation).
 
 Each writer owns one directory under the spool root, held by an ``flock``; a writer that
 starts finds directories no live process holds (left by a killed API) and adopts them, so
@@ -29,9 +32,43 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">III")  # payload length, crc32 of the payload, rows in the frame
+# A marker, the payload's length, its rows, its crc32, then the crc32 of those 16 bytes. Read as
+# an earlier release's header (below) the marker is a length over 2 GiB, which no single
+# write() makes (Linux writes at most 0x7ffff000 bytes a call): the two are never confused.
+_MAGIC = b"\xc1SPL"
+_FIELDS = struct.Struct(">4sIII")
+_HEADER_BYTES = _FIELDS.size + 4
+_V1_HEADER = struct.Struct(">III")  # an earlier release's: payload length, crc32 of the payload, rows
+#: The frame format, in the name of the folder a database's spool lives in: a release that
+#: reads frames as ``_V1_HEADER`` (and would cut these off as torn) never looks there.
+FORMAT = "f2"
 _LOCK = "owner.lock"
 _SUFFIX = ".seg"
+
+
+def _header(length: int, rows: int, crc: int) -> bytes:
+    fields = _FIELDS.pack(_MAGIC, length, rows, crc)
+    return fields + zlib.crc32(fields).to_bytes(4, "big")
+
+
+def _checked_header(data: bytes) -> tuple[int, int, int] | None:
+    """``(length, rows, crc32 of the payload)`` of a header that passes its own checksum."""
+    if len(data) < _HEADER_BYTES or not data.startswith(_MAGIC):
+        return None
+    if zlib.crc32(data[: _FIELDS.size]) != int.from_bytes(data[_FIELDS.size : _HEADER_BYTES], "big"):
+        return None
+    _, length, rows, crc = _FIELDS.unpack_from(data)
+    return (length, rows, crc) if length else None
+
+
+def _next_header(data: bytes) -> int | None:
+    """Where in ``data`` the first header that passes its checksum begins."""
+    at = data.find(_MAGIC)
+    while at >= 0:
+        if _checked_header(data[at : at + _HEADER_BYTES]) is not None:
+            return at
+        at = data.find(_MAGIC, at + 1)
+    return None
 
 
 @dataclass(frozen=True)
@@ -212,7 +249,7 @@ class Spool:
     def append(self, payload: bytes, rows: int) -> bool:
         """Write one frame at the tail; False (nothing written) when the spool is at its cap
         or the disk refuses (full, read-only): the writer counts those rows as dropped."""
-        frame = _HEADER.pack(len(payload), zlib.crc32(payload), rows) + payload
+        frame = _header(len(payload), rows, zlib.crc32(payload)) + payload
         with self._cond:
             self.disk_refused = False
             if self.bytes + len(frame) > self.max_bytes:
@@ -368,30 +405,51 @@ class Spool:
     def _read_one(self, directory: _Directory, segment: int, offset: int, limit: int | None) -> Frame | None:
         """The frame at ``offset`` or after it; None at the end of the segment. A whole frame
         that fails its checksum (a bad block) is skipped alone: the frames after it are intact.
-        A frame cut short (a torn tail) ends the segment; in a folder a dead writer left it is
-        cut off, so the segment goes once the frames before it are committed (kept, it was
-        replayed, and counted torn, at every restart)."""
+        So is a damaged header: reading goes on at the next header that checks. A frame cut
+        short (a torn tail), or damage with no good header after it, ends the segment; in a
+        folder a dead writer left it is cut off, so the segment goes once the frames before it
+        are committed (kept, it was replayed, and counted torn, at every restart)."""
         path = directory.segment_path(segment)
         corrupt_from: int | None = None  # where a run of skipped frames began
         while limit is None or offset < limit:  # never past what the appender published
+            good: int | None = None  # after a damaged header: how far on the next good one begins
             try:
                 with open(path, "rb") as handle:
                     handle.seek(offset)
-                    header = handle.read(_HEADER.size)
+                    header = handle.read(_HEADER_BYTES)
                     if not header:
                         break
-                    whole = len(header) == _HEADER.size
-                    if whole:
-                        length, crc, rows = _HEADER.unpack(header)
-                        payload = handle.read(length)
-                        end = offset + _HEADER.size + length
-                        # A zero length is never written: zeroed blocks after a crash would pass the checksum.
-                        whole = length > 0 and len(payload) == length and (limit is None or end <= limit)
+                    checked = _checked_header(header)
+                    if checked is not None:
+                        length, rows, crc = checked
+                        size = _HEADER_BYTES
+                    elif len(header) >= _V1_HEADER.size and not header.startswith(_MAGIC):
+                        length, crc, rows = _V1_HEADER.unpack_from(header)  # an earlier release's frame
+                        size = _V1_HEADER.size
+                    else:
+                        length = rows = crc = size = 0
+                    handle.seek(offset + size)
+                    # Never more than the file holds: a damaged length could ask for 4 GiB.
+                    payload = handle.read(max(min(length, os.fstat(handle.fileno()).st_size - offset - size), 0))
+                    end = offset + size + length
+                    # A zero length is never written: zeroed blocks after a crash would pass the checksum.
+                    whole = length > 0 and len(payload) == length and (limit is None or end <= limit)
+                    if checked is None and not (whole and zlib.crc32(payload) == crc):
+                        handle.seek(offset + 1)  # a damaged header: is there a good one after it?
+                        found = _next_header(handle.read(-1 if limit is None else limit - offset - 1))
+                        good = None if found is None else found + 1
             except FileNotFoundError:
                 return None
             if whole and zlib.crc32(payload) == crc:
                 return Frame(directory.path, segment, end, rows, payload)
             self.torn_frames += 1
+            if good is not None:
+                log.warning("inference log spool: damaged frame header in %s at byte %d: %d bytes skipped",
+                            path, offset, good)  # fmt: skip
+                corrupt_from = offset if corrupt_from is None else corrupt_from
+                offset += good
+                self._reader = (directory, segment, offset)
+                continue
             if not whole:
                 log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
                 if limit is not None:  # ours: the next frame begins at the published end, not the file's
@@ -401,7 +459,7 @@ class Spool:
                 self._reader = (directory, segment, self._cut(directory, path, start))
                 return None
             log.warning("inference log spool: corrupt frame of %d rows in %s at byte %d skipped", rows, path, offset)
-            if rows <= length:  # a header that makes sense: its rows were reported spooled, and are lost
+            if checked is not None or rows <= length:  # rows to be trusted: reported spooled, and lost
                 self.corrupt_rows += rows
             corrupt_from = offset if corrupt_from is None else corrupt_from
             offset = end

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from churn_platform.data import generate, to_records
 from churn_platform.errors import SettingsError
 from serving.inference_log import InferenceLog
 from serving.log_writer import spool_root
+from serving.spool import FORMAT
 
 RECORDS = to_records(generate(20, seed=5).drop(columns=["churn"]))
 
@@ -269,7 +271,20 @@ def test_the_spool_folder_names_the_database_not_its_credentials():
     assert spool_root(root, "sqlite:///log.db") == spool_root(root, f"sqlite:///{Path.cwd()}/./log.db")
 
 
-def test_rows_an_earlier_release_spooled_under_the_whole_urls_hash_are_replayed(tmp_path):
+def as_an_earlier_release_wrote(segment: Path) -> None:
+    """Rewrite a segment's frames with the header of releases before 2026-12-07 (length, crc32, rows)."""
+    data, out, at = segment.read_bytes(), b"", 0
+    while at < len(data):
+        _, length, rows, crc, _ = struct.unpack_from(">4sIIII", data, at)
+        out += struct.pack(">III", length, crc, rows) + data[at + 20 : at + 20 + length]
+        at += 20 + length
+    segment.write_bytes(out)
+
+
+@pytest.mark.parametrize("named_by", ["the whole URL", "the database"])
+def test_rows_an_earlier_release_spooled_are_replayed(tmp_path, named_by):
+    """Its folder named by a hash of the whole URL (before 2026-12-05) or of the database
+    (before 2026-12-07), its frames without a header checksum."""
     import hashlib
 
     url = f"sqlite:///{tmp_path}/log.db"
@@ -289,8 +304,12 @@ def test_rows_an_earlier_release_spooled_under_the_whole_urls_hash_are_replayed(
         if lock is not None:
             lock.execute("COMMIT")
             lock.close()
-    (legacy := spool / hashlib.sha256(url.encode()).hexdigest()[:16]).parent.mkdir(exist_ok=True)
-    spool_root(spool, url).rename(legacy)  # where that release kept it
+    root = spool_root(spool, url)
+    earlier = {"the whole URL": hashlib.sha256(url.encode()).hexdigest()[:16],
+               "the database": root.name.removesuffix(f"-{FORMAT}")}  # fmt: skip
+    root.rename(legacy := spool / earlier[named_by])  # where that release kept it
+    for segment in legacy.glob("*/*.seg"):
+        as_an_earlier_release_wrote(segment)
     log = InferenceLog(url, spool_dir=spool, batch_rows=20, flush_s=0.05)
     log.start()
     try:

@@ -4,8 +4,12 @@ and adoption of a spool an earlier process left (real files, no database)."""
 from __future__ import annotations
 
 import os
+import random
+import struct
 import threading
+import zlib
 
+from serving.spool import _HEADER_BYTES as HEADER
 from serving.spool import Spool, move_unheld
 
 
@@ -328,19 +332,21 @@ def test_a_folder_left_behind_is_taken_over_only_when_it_fits_under_the_cap(tmp_
     """Its bytes count against our cap: taking it over regardless would refuse our own live rows."""
     from serving.spool import _try_lock
 
-    spool = Spool(tmp_path, max_bytes=240, segment_bytes=40)  # one 30-byte frame per segment
+    mine, theirs = 18 + HEADER, 10 + HEADER  # the bytes of one frame of each
+    cap = 8 * theirs + 2 * mine  # room for theirs beside two of ours, not three
+    spool = Spool(tmp_path, max_bytes=cap, segment_bytes=mine)  # one frame per segment
     old = Spool(tmp_path, max_bytes=1 << 20)
     for _ in range(8):
-        old.append(b"o" * 10, rows=1)  # 8 frames of 22 bytes
+        old.append(b"o" * 10, rows=1)
     old.release()
     for i in range(3):
         assert spool.append(f"mine-{i}".encode() * 3, rows=1)
-    assert spool.adopt() == 0  # 90 + 176 > 240
+    assert spool.adopt() == 0  # 3 of ours + 8 of theirs > the cap
     fd = _try_lock(old.own)  # left unlocked, for another writer or a later look
     assert fd is not None
     os.close(fd)
     spool.ack(spool.read(2, timeout=0.05))  # two of our segments committed and deleted
-    assert spool.adopt() == 176 and spool.bytes == 30 + 176
+    assert spool.adopt() == 8 * theirs and spool.bytes == mine + 8 * theirs
     assert [f.payload for f in spool.read(100, timeout=0.05)] == [b"o" * 10] * 8
 
 
@@ -349,12 +355,12 @@ def test_our_committed_tail_leaves_room_for_a_folder_left_behind(tmp_path):
     kept a folder near the cap waiting for the next restart."""
     spool = Spool(tmp_path, max_bytes=1000)
     old = Spool(tmp_path, max_bytes=1 << 20)
-    old.append(b"o" * 888, rows=1)  # a 900-byte frame
+    old.append(b"o" * (900 - HEADER), rows=1)  # a 900-byte frame
     old.release()
-    spool.append(b"m" * 188, rows=1)  # 200 bytes in our tail
+    spool.append(b"m" * (200 - HEADER), rows=1)  # 200 bytes in our tail
     assert spool.adopt() == 0  # 200 + 900 > 1000: our rows are not committed yet
     spool.ack(spool.read(10, timeout=0.05))
-    assert spool.adopt() == 900 and [f.payload for f in spool.read(10, timeout=0.05)] == [b"o" * 888]
+    assert spool.adopt() == 900 and [f.payload for f in spool.read(10, timeout=0.05)] == [b"o" * (900 - HEADER)]
 
 
 def test_a_disk_error_half_way_through_a_read_loses_no_frame(tmp_path, monkeypatch):
@@ -410,11 +416,11 @@ def test_a_writer_starting_after_a_crash_takes_over_only_what_fits_under_its_cap
     root = tmp_path / "spool"
     for i in range(5):  # five workers killed at once (each in a root of its own, or the next would adopt it)
         dead = Spool(tmp_path / str(i), max_bytes=1 << 20)
-        dead.append(bytes([i]) * (1500 if i == 4 else 700), rows=1)  # 712 bytes: one fits under a cap of 1000
+        dead.append(bytes([i]) * (1500 if i == 4 else 700), rows=1)  # 700 bytes and a header: one fits under 1000
         dead.release()
         move_unheld(tmp_path / str(i), root)
     first = Spool(root, max_bytes=1000)
-    assert first.adopted == 1 and first.bytes == 712
+    assert first.adopted == 1 and first.bytes == 700 + HEADER
     assert first.append(b"new", rows=1)  # our own live rows are not refused
     second = Spool(root, max_bytes=1000)
     assert second.adopted == 1
@@ -423,7 +429,7 @@ def test_a_writer_starting_after_a_crash_takes_over_only_what_fits_under_its_cap
     # the one left under a larger cap: no writer of 1000 bytes can take it, each says so once
     assert caplog.text.count("is larger than the cap, 1000 bytes") == 2
     first.ack(first.read(10, timeout=0.05))
-    assert first.adopt() == 712  # room again: the next folder left behind
+    assert first.adopt() == 700 + HEADER  # room again: the next folder left behind
 
 
 def test_a_corrupt_frame_in_the_middle_loses_only_its_own_rows(tmp_path):
@@ -431,10 +437,97 @@ def test_a_corrupt_frame_in_the_middle_loses_only_its_own_rows(tmp_path):
     spooled, were never replayed nor counted."""
     sent = [bytes([65 + i]) * 40 for i in range(5)]
     segment = left_by_a_dead_writer(tmp_path, sent, rows=10)
-    flip(segment, 2 * 52 + 12 + 5)  # inside the third frame's payload (12-byte header + 40)
+    flip(segment, 2 * (HEADER + 40) + HEADER + 5)  # inside the third frame's payload
     spool = Spool(tmp_path, max_bytes=1 << 20)
     assert payloads(spool) == [sent[0], sent[1], sent[3], sent[4]] and spool.torn_frames == 1
     assert spool.corrupt_rows == 10  # reported spooled, now lost: counted as dropped
+
+
+def test_a_damaged_frame_length_in_the_middle_costs_that_frame_only(tmp_path):
+    """A bad block in frame 3's length lost the rest of its segment (up to 8 MiB of rows),
+    counted only as one torn frame: the frames after it are found again by their headers."""
+    sent = [bytes([65 + i]) * 40 for i in range(5)]
+    segment = left_by_a_dead_writer(tmp_path, sent, rows=10)
+    flip(segment, 2 * (HEADER + 40) + 6)  # in the third frame's length
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [sent[0], sent[1], sent[3], sent[4]] and spool.torn_frames == 1
+    spool.close()
+    again = Spool(tmp_path, max_bytes=1 << 20)  # replayed once, then gone
+    assert again.adopted == 0 and payloads(again) == [] and segment_files(tmp_path) == []
+
+
+def test_a_damaged_frame_length_in_our_own_live_folder_costs_that_frame_only(tmp_path):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    sent = [bytes([65 + i]) * 40 for i in range(5)]
+    for payload in sent:
+        spool.append(payload, rows=10)
+    flip(segment_files(tmp_path)[0], HEADER + 40 + 5)  # the second frame's length
+    assert payloads(spool) == [sent[0], *sent[2:]] and spool.torn_frames == 1
+    assert spool.append(b"later", rows=1) and payloads(spool) == [b"later"]
+
+
+def test_a_segment_an_earlier_release_spooled_is_replayed(tmp_path):
+    """Frames spooled before headers had their own checksum (an upgrade with rows waiting):
+    read as they were written, a corrupt one skipped alone as before."""
+    left_by_a_dead_writer(tmp_path, [b"placeholder"])
+    (segment,) = segment_files(tmp_path)
+    sent = [f"old-{i}".encode() * 10 for i in range(4)]
+    segment.write_bytes(b"".join(struct.pack(">III", len(p), zlib.crc32(p), 3) + p for p in sent))
+    flip(segment, 2 * (12 + 50) + 12 + 5)  # inside the third frame's payload
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool) == [sent[0], sent[1], sent[3]] and spool.corrupt_rows == 3
+    spool.close()
+    assert segment_files(tmp_path) == []
+
+
+def damaged(data: bytes, rng: random.Random, cut: bool) -> tuple[bytes, set[int]]:
+    """``data`` with random damage (flipped bytes, a zeroed run, a cut tail if ``cut``) and
+    the damaged offsets."""
+    out, hit = bytearray(data), set()
+    for _ in range(rng.randint(1, 3)):
+        kind, at = rng.choice(("flip", "zeros", "cut") if cut else ("flip", "zeros")), rng.randrange(len(out))
+        if kind == "flip":
+            out[at] ^= 1 << rng.randrange(8)
+            hit.add(at)
+        elif kind == "zeros":
+            end = min(at + rng.randint(1, 600), len(out))
+            hit.update(i for i in range(at, end) if out[i])
+            out[at:end] = bytes(end - at)
+        else:
+            hit.update(range(at, len(data)))
+            del out[at:]
+    return bytes(out), hit
+
+
+def test_random_damage_costs_only_the_frames_it_touches(tmp_path):
+    """A flipped bit, a zeroed block or a cut tail (a crash's: not in our own live folder)
+    anywhere in a segment, in a folder left behind or our own live one: every frame whose
+    bytes are untouched comes back once, in order, nothing else comes back, and nothing is
+    replayed twice."""
+    rng = random.Random(20261207)
+    for trial in range(300):
+        root = tmp_path / str(trial)
+        sent = [rng.randbytes(rng.randint(1, 300)) for _ in range(rng.randint(1, 30))]
+        own = trial % 2 == 1
+        spool = Spool(root, max_bytes=1 << 20)
+        if not own:
+            left_by_a_dead_writer(root, sent)
+        for payload in sent if own else ():
+            spool.append(payload, rows=1)
+        (segment,) = segment_files(root) if own else [f for f in segment_files(root) if f.parent != spool.own]
+        data, hit = damaged(segment.read_bytes(), rng, cut=not own)
+        segment.write_bytes(data)
+        if not own:
+            spool.adopt()
+        starts = [0]
+        for payload in sent:
+            starts.append(starts[-1] + HEADER + len(payload))
+        intact = [p for p, a, b in zip(sent, starts[:-1], starts[1:], strict=True) if not hit & set(range(a, b))]
+        got = payloads(spool, timeout=0)
+        assert [p for p in got if p in intact] == intact, f"trial {trial}"
+        assert all(p in sent for p in got) and len(got) <= len(sent), f"trial {trial}"
+        spool.close()
+        assert payloads(Spool(root, max_bytes=1 << 20), timeout=0) == [], f"trial {trial}"
 
 
 def test_a_folder_with_a_torn_tail_is_replayed_once_and_then_gone(tmp_path):
