@@ -94,7 +94,7 @@ class Predictor:
             except Exception:  # noqa: BLE001 - the caller was answered by Production; a shadow never fails it
                 self._challenger_failed("shadow", challenger, "answered by Production")
             return Scored(model, predictions)
-        to_challenger = canary(customers, active.state.percent or 0) if challenger is not None else None
+        to_challenger = None if challenger is None else canary(customers, active.state.percent or 0, challenger.version)
         if to_challenger is None or not to_challenger.any():  # Production alone
             return Scored(model, self._record(self._arm(model, customers, request_id, "production", top_k, places)))
 
@@ -239,19 +239,21 @@ def _explainable(model: LoadedModel, canary: bool = False) -> None:
                              "in shadow)")  # fmt: skip
 
 
-def canary_bucket(customer_id: str) -> float:
-    """A customer's place in [0, 100): a stable hash of the id, the same on every replica and
-    after any restart (Python's own ``hash`` is salted per process)."""
-    return stable_bucket(customer_id) / 100
+def canary_bucket(customer_id: str, challenger: int) -> float:
+    """A customer's place in [0, 100) for a canary of version ``challenger``: a stable hash of
+    both, the same on every replica and after any restart (Python's own ``hash`` is salted per
+    process). Each Challenger draws its own customers: hashed by the id alone, the same tenth of
+    the customers took every canary, and every new model's mistakes."""
+    return stable_bucket(f"canary:{challenger}:{customer_id}") / 100
 
 
-def canary(customers: Sequence[Record], percent: int) -> np.ndarray:
+def canary(customers: Sequence[Record], percent: int, challenger: int) -> np.ndarray:
     """Which customers the Challenger answers: those whose bucket is under ``percent``; a
     customer without an id by a random draw. The id is trimmed first, as the log, the outcomes
     and the feature store trim it: a padded id is the same customer, on the same arm."""
     trimmed = (i.strip() if i else None for i in customer_ids(customers))
     return np.fromiter(
-        ((canary_bucket(i) if i else random.random() * 100) < percent for i in trimmed),
+        ((canary_bucket(i, challenger) if i else random.random() * 100) < percent for i in trimmed),
         dtype=bool,
         count=len(customers),
     )

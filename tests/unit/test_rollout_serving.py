@@ -89,6 +89,18 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
     rollout.stop(registry, "churn", actor="tests")
 
 
+def test_each_challenger_draws_its_own_customers_and_a_larger_share_only_adds_some():
+    """Hashed by the id alone, the same tenth of the customers took every canary (and every new
+    model's mistakes): two Challengers' 20 % shares overlapped entirely."""
+    from serving.predictor import canary
+
+    rows = customers(5000)
+    v2, v2_more, v3 = canary(rows, 20, challenger=2), canary(rows, 50, challenger=2), canary(rows, 20, challenger=3)
+    assert 0.17 <= v2.mean() <= 0.23 and 0.17 <= v3.mean() <= 0.23
+    assert (v2_more[v2]).all() and 0.47 <= v2_more.mean() <= 0.53  # within one canary: only added
+    assert 0.02 <= (v2 & v3).mean() <= 0.06  # independent draws: 20 % of 20 %, not the same 20 %
+
+
 def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry_uri, tmp_path, json_lines):
     """model_version was "1+2" on a request both arms answered, a number on every other line: a
     collector maps the field by its first value and dropped the canary's lines (the rollout's)."""
@@ -98,7 +110,7 @@ def test_a_canary_requests_log_line_keeps_each_field_one_type(registry, registry
         wait_ready(api)
         start_canary(registry, api, percent=50)
         assert api.post("/predict", json={"customers": customers(40)}).status_code == 200
-        to_canary = [c for c in customers(40) if canary_bucket(c["customer_id"]) < 50]
+        to_canary = [c for c in customers(40) if canary_bucket(c["customer_id"], challenger=2) < 50]
         assert to_canary and api.post("/predict", json={"customers": to_canary}).status_code == 200
     both, alone = [line for line in json_lines() if line.get("route") == "/predict"]
     assert (both["model_version"], both["challenger_version"], both["arm"]) == (1, 2, "production+canary"), both
