@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,14 @@ def _next_header(data: bytes) -> int | None:
             return at
         at = data.find(_MAGIC, at + 1)
     return None
+
+
+def _earlier_release(handle: BinaryIO, offset: int, header: bytes) -> bool:
+    """Whether a segment holds an earlier release's frames: its first frame has no marker."""
+    if offset == 0:
+        return not header.startswith(_MAGIC)
+    handle.seek(0)
+    return handle.read(len(_MAGIC)) != _MAGIC
 
 
 @dataclass(frozen=True)
@@ -179,6 +188,7 @@ class Spool:
         self._reader: tuple[_Directory, int, int] | None = None  # (dir, segment, offset) of the next frame
         self._resume: tuple[_Directory, int, int] | None = None  # where in our own dir to go on after an adoption
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
+        self._committed: dict[Path, tuple[int, int]] = {}  # the same in each adopted one
         self._unacked: Frame | None = None  # the last frame of the last read, until it is committed
         self._closed = False
         self._sealed = False  # no more appends: a reader that caught up stops waiting
@@ -341,6 +351,7 @@ class Spool:
             self._unacked = frames[-1]
         elif self._unacked is None:
             self._skipped_done()
+            self._release_committed()
         return frames
 
     def _skipped_done(self) -> None:
@@ -350,6 +361,20 @@ class Spool:
         if self._reader is not None and self._reader[0] is self._own:
             with self._cond:
                 self._acked = max(self._acked, self._reader[1:])
+
+    def _release_committed(self) -> None:
+        """Let go of the adopted folders whose every frame is committed: a corrupt tail cut off
+        after the last commit leaves the segment ending at it, which ``ack`` never saw (kept, a
+        clean close left the folder, and the next writer replayed its frames again)."""
+        reading = None if self._closed or self._reader is None else self._reader[0]
+        for directory in [d for d in self._dirs if d.adopted and d is not reading]:
+            committed = self._committed.get(directory.path)
+            if committed is None or directory.segments() != [committed[0]]:
+                continue
+            path = directory.segment_path(committed[0])
+            if path.stat().st_size <= committed[1]:
+                self._delete(path)
+                self._release(directory)
 
     def _frames(self, timeout: float) -> Iterator[Frame]:
         if self._reader is None:
@@ -423,8 +448,8 @@ class Spool:
                     if checked is not None:
                         length, rows, crc = checked
                         size = _HEADER_BYTES
-                    elif len(header) >= _V1_HEADER.size and not header.startswith(_MAGIC):
-                        length, crc, rows = _V1_HEADER.unpack_from(header)  # an earlier release's frame
+                    elif len(header) >= _V1_HEADER.size and _earlier_release(handle, offset, header):
+                        length, crc, rows = _V1_HEADER.unpack_from(header)
                         size = _V1_HEADER.size
                     else:
                         length = rows = crc = size = 0
@@ -451,7 +476,12 @@ class Spool:
                 self._reader = (directory, segment, offset)
                 continue
             if not whole:
-                log.warning("inference log spool: torn frame in %s at byte %d skipped", path, offset)
+                if limit is None and (size or len(header) < _HEADER_BYTES or not any(header)):  # zeroed blocks too
+                    log.warning("inference log spool: torn frame in %s at byte %d skipped (cut short by the end of "
+                                "the file: a crash mid-write)", path, offset)  # fmt: skip
+                else:  # never a crash's: nothing published in our own folder is cut short
+                    log.warning("inference log spool: damaged frame header in %s at byte %d, no good one after it: "
+                                "the rest of the segment skipped", path, offset)  # fmt: skip
                 if limit is not None:  # ours: the next frame begins at the published end, not the file's
                     self._reader = (directory, segment, limit)
                     return None
@@ -499,6 +529,8 @@ class Spool:
             self._acked = (last.segment, last.end)
             if whole:
                 self._skipped_done()
+        else:
+            self._committed[last.directory] = (last.segment, last.end)
         for directory in list(self._dirs):
             for number in directory.segments():
                 path = directory.segment_path(number)
@@ -524,6 +556,7 @@ class Spool:
     def _release(self, directory: _Directory) -> None:
         """Remove a directory whose frames are all committed."""
         self._dirs.remove(directory)
+        self._committed.pop(directory.path, None)
         (directory.path / _LOCK).unlink(missing_ok=True)
         os.close(directory.lock_fd)
         try:
@@ -553,6 +586,7 @@ class Spool:
             self._cond.notify_all()
         # A folder taken over and replayed to its end is let go of at the next commit of ours;
         # with none since (an idle writer), let go of it now, or our own committed rows would stay.
+        self._release_committed()
         for directory in [d for d in self._dirs if d.adopted and not d.segments()]:
             self._release(directory)
         with self._cond:

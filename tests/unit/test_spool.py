@@ -13,9 +13,9 @@ from serving.spool import _HEADER_BYTES as HEADER
 from serving.spool import Spool, move_unheld
 
 
-def payloads(spool: Spool, timeout: float = 0.05) -> list[bytes]:
+def payloads(spool: Spool, timeout: float = 0.05, max_rows: int = 10_000) -> list[bytes]:
     out = []
-    while frames := spool.read(10_000, timeout):
+    while frames := spool.read(max_rows, timeout):
         out += [f.payload for f in frames]
         spool.ack(frames)
     return out
@@ -456,6 +456,30 @@ def test_a_damaged_frame_length_in_the_middle_costs_that_frame_only(tmp_path):
     assert again.adopted == 0 and payloads(again) == [] and segment_files(tmp_path) == []
 
 
+def test_a_folder_whose_damaged_tail_is_cut_after_its_last_commit_is_gone_after_a_clean_close(tmp_path):
+    """Read a frame at a time (the loader's batches end anywhere), the last commit came before
+    the damaged tail was cut: the segment then ended at it, the close kept the folder, and the
+    next writer replayed every frame again."""
+    sent = [bytes([65 + i]) * 40 for i in range(3)]
+    segment = left_by_a_dead_writer(tmp_path, sent)
+    flip(segment, 2 * (HEADER + 40) + 6)  # the last frame's length
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    assert payloads(spool, max_rows=1) == sent[:2]
+    spool.close()
+    assert segment_files(tmp_path) == [] and payloads(Spool(tmp_path, max_bytes=1 << 20)) == []
+
+
+def test_damage_without_a_crash_is_never_called_a_torn_frame(tmp_path, caplog):
+    """The runbook tells a crash's torn frame (nothing to do) from a volume that returns other
+    bytes than it was given (check the disk) by the log line."""
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    for payload in (b"a" * 40, b"b" * 40):
+        spool.append(payload, rows=5)
+    flip(segment_files(tmp_path)[0], HEADER + 40 + 5)  # the last frame's length, nothing after it
+    assert payloads(spool) == [b"a" * 40] and spool.torn_frames == 1
+    assert "damaged frame header" in caplog.text and "torn frame" not in caplog.text
+
+
 def test_a_damaged_frame_length_in_our_own_live_folder_costs_that_frame_only(tmp_path):
     spool = Spool(tmp_path, max_bytes=1 << 20)
     sent = [bytes([65 + i]) * 40 for i in range(5)]
@@ -523,7 +547,7 @@ def test_random_damage_costs_only_the_frames_it_touches(tmp_path):
         for payload in sent:
             starts.append(starts[-1] + HEADER + len(payload))
         intact = [p for p, a, b in zip(sent, starts[:-1], starts[1:], strict=True) if not hit & set(range(a, b))]
-        got = payloads(spool, timeout=0)
+        got = payloads(spool, timeout=0, max_rows=rng.choice((1, 3, 10_000)))  # the loader's batches vary
         assert [p for p in got if p in intact] == intact, f"trial {trial}"
         assert all(p in sent for p in got) and len(got) <= len(sent), f"trial {trial}"
         spool.close()
