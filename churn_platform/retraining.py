@@ -97,8 +97,11 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int, pending
     figures = gate.recorded_figures(pending.tags)  # edited by hand: nothing says it awaits anyone
     if figures is None or figures.production_version != production:
         return None
-    rollouts = [e.action for e in promotion.recorded_events(client, name)
-                if e.action in ROLLOUT_ACTIONS and e.to_version == int(pending.version)]  # fmt: skip
+    events = [e for e in promotion.recorded_events(client, name) if e.to_version == int(pending.version)]
+    # Promoted, then rolled back in the UI (which leaves the Challenger alias where it was): judged.
+    if any(e.action in promotion.MOVES for e in events):
+        return None
+    rollouts = [e.action for e in events if e.action in ROLLOUT_ACTIONS]
     return None if rollouts[-1:] == ["rollout-stop"] else int(pending.version)
 
 

@@ -168,6 +168,21 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert cli_json("rollout", "status")[1]["challenger_version"] == 1
 
 
+def test_a_retrain_promoted_then_rolled_back_in_the_ui_no_longer_awaits_a_decision(scenario):
+    """The UI leaves the Challenger alias where it was: every retrain after said "v2 awaits a
+    decision" (exit 1), a decision that had been made, until someone deleted the alias."""
+    name, _, _ = scenario
+    code, result = cli_json("retrain")
+    assert code == 0 and result["challenger"], result
+    assert "awaits a decision" in cli("retrain", "--if", "performance")[1]
+    client = MlflowClient()
+    for version in ("2", "1"):  # promoted in the UI, then rolled back there; a command noticed each
+        client.set_registered_model_alias(name, "Production", version)
+        assert cli("status")[0] == 0
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
+
+
 def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
     name, url, n = scenario
     # The threshold Production serves with is its version's tag (`mlflow run` logs the run's
