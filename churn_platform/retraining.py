@@ -221,10 +221,15 @@ class TrainingSet:
 
 
 def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: int, gate_share: float) -> TrainingSet:
-    """Validate the recent labelled rows, hold out a customer-wise slice of them for the gate,
-    and add the base rows of the other customers. Raises ``NotRetrained`` on too little data."""
+    """Validate the recent labelled rows, keep each customer's latest, hold out a customer-wise
+    slice of them for the gate, and add the base rows of the other customers. Raises
+    ``NotRetrained`` on too little data."""
+    # One row per customer: scored and exported daily, a stayer gave a near-identical row a day
+    # and a churner one, so a hundred customers met the minimums, stayers outweighed churners
+    # 29 to 1, and the drift reference held each customer fifteen times over.
+    recent = recent.sort_values("observed_at", kind="stable").drop_duplicates(ID_COLUMN, keep="last")
     if len(recent) < min_rows:
-        raise NotRetrained(f"only {len(recent)} labelled rows in the window; at least {min_rows} are needed "
+        raise NotRetrained(f"only {len(recent)} labelled customers in the window; at least {min_rows} are needed "
                            "(CHURN_RETRAIN_MIN_ROWS): ingest more outcomes or widen --since")  # fmt: skip
     frame = recent.rename(columns={CHURNED: LABEL_COLUMN}).drop(columns=["observed_at"])
     frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype(bool).astype(int).astype(str)

@@ -182,7 +182,8 @@ class Settings(BaseSettings):
         200, ge=1, description="Fewest labelled rows for a realized verdict (fewer: estimated quality only)."
     )
     retrain_min_rows: int = Field(
-        500, ge=20, description="Fewest recent labelled rows a retrain needs; fewer: not retrained (exit 1)."
+        500, ge=20, description="Fewest recent labelled customers a retrain needs (their latest outcome each); "
+        "fewer: not retrained (exit 1).",
     )
     performance_tolerance: float = Field(
         0.05,

@@ -133,7 +133,7 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(
         registry.set_terminated(earlier.info.run_id)
 
         done = retrain("--if", "performance", env=stack_env.env | {"CHURN_RETRAIN_MIN_ROWS": "100000"})
-        assert done.returncode == 1 and f"only {len(customers)} labelled rows in the window" in done.stderr
+        assert done.returncode == 1 and f"only {len(customers)} labelled customers in the window" in done.stderr
         # The object store goes away mid-way (a registry whose artifact store is unreachable): nothing registered.
         dead_s3 = f"http://127.0.0.1:{free_port()}"
         (tmp_path / "broken").mkdir()

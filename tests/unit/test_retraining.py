@@ -208,10 +208,10 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     monkeypatch.setenv("CHURN_RETRAIN_MIN_ROWS", str(n + 1))
     get_settings.cache_clear()
     code, output = cli("retrain")
-    assert code == 1 and f"only {n} labelled rows in the window; at least {n + 1} are needed" in output
+    assert code == 1 and f"only {n} labelled customers in the window; at least {n + 1} are needed" in output
     assert "error" not in output and "not retrained: only" in output  # the scheduled job's usual answer
     code, output = cli("retrain", "--since", "2999-01-01")
-    assert code == 1 and "only 0 labelled rows" in output
+    assert code == 1 and "only 0 labelled customers" in output
     code, output = cli("retrain", "--if", "drift", "--of", "2", "--at-least", "3")
     assert code == 2 and "--at-least must be between 1 and --of (2)" in output
     # Enough to train, too few for the drift monitor to ever judge the version on (its reference).
@@ -260,6 +260,24 @@ def test_one_class_in_the_window_cannot_train():
     recent["observed_at"] = datetime.now(UTC)
     with pytest.raises(retraining.NotRetrained, match="every labelled row in the window has churn=0"):
         retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
+
+
+def test_a_customer_scored_and_judged_daily_is_one_training_row_its_latest():
+    """Scored daily and exported daily, a stayer gave a near-identical row a day and a churner
+    one: 100 customers met a minimum of 500, and stayers outweighed churners 29 to 1."""
+    customers = data.generate(100, seed=1).rename(columns={"churn": "churned"})
+    customers["churned"] = np.arange(100) < 50
+    now = datetime.now(UTC)
+    days = [customers.assign(observed_at=now - timedelta(days=d)) for d in range(30)]
+    stayers = pd.concat(days)
+    recent = pd.concat([stayers[~stayers.churned], days[0][days[0].churned]], ignore_index=True)
+    with pytest.raises(retraining.NotRetrained, match="only 100 labelled customers in the window; at least 500"):
+        retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
+    # A stayer who churned today: the latest outcome is the label.
+    recent.loc[(recent.customer_id == customers.customer_id[99]) & (recent.observed_at == now), "churned"] = True
+    parts = retraining.training_set(recent, None, min_rows=50, gate_share=0.25)
+    both = pd.concat([parts.train, parts.gate])
+    assert len(both) == both.customer_id.nunique() == 100 and both.churn.sum() == 51
 
 
 @pytest.mark.parametrize(("share", "side"), [(0.995, "training part"), (0.004, "held-out gate slice")])
