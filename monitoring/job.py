@@ -174,7 +174,8 @@ class MonitorSummary(BaseModel):
         return EXIT_CODES[self.verdict]
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """Strict JSON: a figure that is no number is ``null``, never ``NaN``."""
+        return json.loads(self.model_dump_json())
 
 
 # --------------------------------------------------------------------------- sources

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,7 +141,9 @@ class PerformanceSummary(BaseModel):
         return ExitCode.REFUSED if self.degraded else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json") | {"verdict": self.verdict}
+        """Strict JSON: a figure that is no number is ``null`` (``NaN`` in summary.json is
+        refused by JSON parsers other than Python's)."""
+        return json.loads(self.model_dump_json()) | {"verdict": self.verdict}
 
 
 # --------------------------------------------------------------------------- reading
@@ -223,7 +226,10 @@ def _baseline(client: mlflow.MlflowClient, name: str, version: int) -> tuple[dic
             raise
         raise NothingToJudge(f"the training run {model_version.run_id} of {name} v{version} no longer exists "
                              "(deleted for good): there is no baseline to judge it against") from None
-    return {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics}, threshold
+    # A run that logged NaN (by hand, another tool) has no baseline: compared with NaN, every
+    # figure read as healthy, "ok" where the verdict is not_judged.
+    finite = {k: float(metrics[k]) for k in VALIDATION_METRICS if k in metrics and math.isfinite(metrics[k])}
+    return finite, threshold
 
 
 def realized_below(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
@@ -273,7 +279,7 @@ def not_judged(real: Realized, est: Estimated, baseline: dict[str, float], min_r
     """Why neither figure can judge the version, or None: a run that could not have found a
     degradation must not read as "ok" (nor count as a healthy run for retraining)."""
     if baseline.get(GATE_METRIC) is None:
-        return f"the version's training run has no {GATE_METRIC} to compare with"
+        return f"the version's training run has no {GATE_METRIC} to compare with (none logged, or not a number)"
     if (real.roc_auc is None or real.rows < min_rows) and (est.roc_auc is None or est.rows < min_rows):
         return (f"too few rows to judge: {real.rows} labelled rows and {est.rows} predictions in the window, "
                 f"fewer than {min_rows} on both sides (CHURN_PERFORMANCE_MIN_ROWS)")  # fmt: skip

@@ -182,6 +182,31 @@ def test_a_version_whose_training_run_was_purged_is_nothing_to_judge(registry_ur
     assert "Traceback" not in output
 
 
+def test_a_baseline_logged_as_nan_is_not_judged_and_summary_json_stays_strict(registry_uri, tmp_path, calibrated):
+    """Compared with NaN every figure read as healthy: "ok", exit 0, a healthy run for retraining;
+    and summary.json held a bare NaN, which JSON parsers other than Python's refuse."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    copy = tmp_path / "mlflow.db"
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    client = MlflowClient(uri, uri)
+    client.log_metric(client.get_model_version("churn", "1").run_id, "roc_auc", float("nan"))  # another tool's run
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/log.db"
+    fill(url, 2000, scores, ~labels)
+    code, output = performance(uri, url, tmp_path)
+    assert code == 2 and "v1: not_judged" in output and "no roc_auc to compare with" in output, output
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in summary.json")
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["verdict"] == "not_judged" and "roc_auc" not in summary["baseline"]
+
+
 def test_a_log_table_from_an_earlier_release_says_so_and_what_will_mend_it(registry_uri, tmp_path, calibrated):
     """Before the upgraded API's writer adds the `arm` column, the job cannot join: it was exit 3
     "no such column" on SQLite and a traceback (exit 70) on PostgreSQL."""
