@@ -1005,7 +1005,12 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
         except OSError as exc:  # the summary below still says what was stored; exit 4 as for any reject
             click.echo(f"error: writing the rejected rows to {rejects_path} failed: {exc.strerror or exc}", err=True)
             rejects_path = None
-    else:
+    else:  # an earlier run's rejects at that path would read as this run's (fixed rows reported bad)
+        try:
+            Path(rejects_path).unlink(missing_ok=True)
+        except OSError as exc:  # a folder of that name, no permission: it stays, and the user hears why
+            click.echo(f"warning: {rejects_path} holds an earlier run's rejects and cannot be removed: "
+                       f"{exc.strerror or exc}", err=True)  # fmt: skip
         rejects_path = None
     if as_json:
         echo_json(result.to_json(rejects_path))

@@ -57,6 +57,10 @@ INPUT_COLUMNS: tuple[str, ...] = (ID_COLUMN, CHURNED, OBSERVED_AT)
 REJECT_COLUMNS: tuple[str, ...] = ("row", "reason", *INPUT_COLUMNS)
 
 
+#: The longest source name (a file's path) stored with each outcome.
+SOURCE_MAX_LENGTH = 512
+
+
 def table(metadata: sa.MetaData) -> sa.Table:
     """The ``outcomes`` table: one label per customer and observation time."""
     return sa.Table(
@@ -66,7 +70,7 @@ def table(metadata: sa.MetaData) -> sa.Table:
         sa.Column(ID_COLUMN, sa.String(ID_MAX_LENGTH), nullable=False, index=True),
         sa.Column(CHURNED, sa.Boolean(), nullable=False),
         sa.Column(OBSERVED_AT, sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column(OUTCOME_SOURCE, sa.String(512), nullable=False, server_default=""),
+        sa.Column(OUTCOME_SOURCE, sa.String(SOURCE_MAX_LENGTH), nullable=False, server_default=""),
         sa.Column(INGESTED_AT, sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint(ID_COLUMN, OBSERVED_AT, name="uq_outcomes_customer_observed"),
     )
@@ -292,6 +296,10 @@ def ingest(
     frame: pd.DataFrame, url: str, *, source: str, strict: bool = False, now: datetime | None = None
 ) -> Ingested:
     """Check and write outcomes; with ``strict`` nothing is written when any row is bad."""
+    if len(source) > SOURCE_MAX_LENGTH:  # PostgreSQL refused it as "value too long", naming nothing; SQLite took it
+        raise DataValidationError(f"the source name is {len(source)} characters long, over {SOURCE_MAX_LENGTH} "
+                                  "(it is stored with each outcome, for `outcomes delete --source`): move or "
+                                  "rename the file to a shorter path")  # fmt: skip
     checked = check(frame, now)
     if strict and len(checked.rejects):
         return Ingested(checked, None)

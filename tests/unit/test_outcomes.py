@@ -460,6 +460,23 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 4 and "row 2: churned: 'maybe'" in result.output
     assert "a,Yes" not in (tmp_path / "truth.rejects.csv").read_text() and source.read_text() == original
+    # The bad row fixed and sent again: the earlier run's rejects file read as this run's.
+    source.write_text("customer_id,churned,observed_at\na,Yes,2026-11-01\nb,No,2026-11-01\n")
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
+    assert result.exit_code == 0 and "0 rejected" in result.output, result.output
+    assert not (tmp_path / "truth.rejects.csv").exists()
+
+
+def test_a_source_name_too_long_to_store_is_refused_naming_it_on_every_database(tmp_path):
+    """PostgreSQL said "value too long for type character varying(512)", naming nothing; SQLite stored it."""
+    from churn_platform.errors import DataValidationError
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    upgrade(sa.create_engine(url))
+    frame = pd.DataFrame({"customer_id": ["a"], "churned": ["Yes"], "observed_at": ["2026-11-01"]})
+    with pytest.raises(DataValidationError, match="the source name is 513 characters long, over 512"):
+        outcomes.ingest(frame, url, source="x" * 513)
+    assert outcomes.ingest(frame, url, source="x" * 512).written.inserted == 1
 
 
 def test_integer_labels_with_a_gap_in_parquet_are_read_as_labels(tmp_path):
