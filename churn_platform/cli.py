@@ -988,6 +988,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
             rejects_path = Path(rejects_path).name  # the input's name, in this folder
     data.refuse_overwrite(source, rejects=rejects_path)
     data.local_target(rejects_path)
+    outcomes_mod.check_source(source)  # before a large file is read
     url = inference_log_url or settings.inference_log_url
     engine = make_engine(url)
     try:  # beside the predictions they judge: not in a typo's file, nor in MLflow's database
@@ -1006,11 +1007,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
             click.echo(f"error: writing the rejected rows to {rejects_path} failed: {exc.strerror or exc}", err=True)
             rejects_path = None
     else:  # an earlier run's rejects at that path would read as this run's (fixed rows reported bad)
-        try:
-            Path(rejects_path).unlink(missing_ok=True)
-        except OSError as exc:  # a folder of that name, no permission: it stays, and the user hears why
-            click.echo(f"warning: {rejects_path} holds an earlier run's rejects and cannot be removed: "
-                       f"{exc.strerror or exc}", err=True)  # fmt: skip
+        outcomes_mod.remove_earlier_rejects(Path(rejects_path))
         rejects_path = None
     if as_json:
         echo_json(result.to_json(rejects_path))

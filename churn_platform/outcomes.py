@@ -9,10 +9,13 @@ and reason instead of refusing a whole file for one typo.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,6 +53,8 @@ from churn_platform.schema import (
     LABEL_VALUES,
     normalise_columns,
 )
+
+log = logging.getLogger(__name__)
 
 #: The columns of an outcomes file or request, after header normalisation.
 INPUT_COLUMNS: tuple[str, ...] = (ID_COLUMN, CHURNED, OBSERVED_AT)
@@ -203,6 +208,30 @@ class Written:
     unchanged: int
 
 
+def check_source(source: str) -> None:
+    """Refuse a source name too long to store: PostgreSQL said "value too long", naming
+    nothing, and SQLite took it."""
+    if len(source) > SOURCE_MAX_LENGTH:
+        raise DataValidationError(f"the source name is {len(source)} characters long, over {SOURCE_MAX_LENGTH} "
+                                  "(it is stored with each outcome, for `outcomes delete --source`): move or "
+                                  "rename the file to a shorter path")  # fmt: skip
+
+
+def remove_earlier_rejects(path: Path) -> None:
+    """Remove the rejects file an earlier run left at ``path``: only a file that is one (its
+    header says so), never another a mistyped --rejects names."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            header = next(csv.reader(handle), None)
+        if header == list(REJECT_COLUMNS):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:  # no permission, not text: it stays, said
+        log.warning("%s may hold an earlier run's rejects and was left as it is: %s", path,
+                    getattr(exc, "strerror", None) or exc)  # fmt: skip
+
+
 def upgrade(engine: sa.Engine) -> None:
     with schema_change(engine) as conn:
         table(sa.MetaData()).metadata.create_all(conn)
@@ -296,10 +325,7 @@ def ingest(
     frame: pd.DataFrame, url: str, *, source: str, strict: bool = False, now: datetime | None = None
 ) -> Ingested:
     """Check and write outcomes; with ``strict`` nothing is written when any row is bad."""
-    if len(source) > SOURCE_MAX_LENGTH:  # PostgreSQL refused it as "value too long", naming nothing; SQLite took it
-        raise DataValidationError(f"the source name is {len(source)} characters long, over {SOURCE_MAX_LENGTH} "
-                                  "(it is stored with each outcome, for `outcomes delete --source`): move or "
-                                  "rename the file to a shorter path")  # fmt: skip
+    check_source(source)
     checked = check(frame, now)
     if strict and len(checked.rejects):
         return Ingested(checked, None)

@@ -465,9 +465,15 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 0 and "0 rejected" in result.output, result.output
     assert not (tmp_path / "truth.rejects.csv").exists()
+    # A --rejects naming another file (a typo): left alone, whatever the run.
+    precious = tmp_path / "crm-export.csv"
+    precious.write_text("customer_id,churned\nz,Yes\n")
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--rejects", str(precious),
+                                       "--inference-log-url", log])  # fmt: skip
+    assert result.exit_code == 0 and precious.read_text() == "customer_id,churned\nz,Yes\n"
 
 
-def test_a_source_name_too_long_to_store_is_refused_naming_it_on_every_database(tmp_path):
+def test_a_source_name_too_long_to_store_is_refused_before_anything_is_written(tmp_path):
     """PostgreSQL said "value too long for type character varying(512)", naming nothing; SQLite stored it."""
     from churn_platform.errors import DataValidationError
 
