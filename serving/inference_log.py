@@ -84,14 +84,14 @@ class LogListener(Protocol):
 
     def log_rows_counted(self, outcome: Outcome, rows: int) -> None: ...
 
-    def log_spool(self, spool_bytes: int, live: bool, torn_frames: int, last_torn_at: float) -> None: ...
+    def log_spool(self, spool_bytes: int, live: bool, torn_frames: int, last_skipped_at: float) -> None: ...
 
 
 class InferenceLog:
     """Bounded list of scored requests + sender thread + writer process (+ its disk spool).
 
     ``written``, ``dropped``, ``spooled`` and ``replayed`` count rows; ``spool_bytes``,
-    ``live``, ``torn_frames`` and ``last_torn_at`` (epoch seconds, 0: never) describe the
+    ``live``, ``torn_frames`` and ``last_skipped_at`` (epoch seconds, 0: never) describe the
     spool as last reported.
     """
 
@@ -122,7 +122,7 @@ class InferenceLog:
         self._writer: _WriterProcess | None = None
         self._counts = threading.Lock()  # written, dropped and each writer's unreported rows
         self.written = self.dropped = self.spooled = self.replayed = 0
-        self.spool_bytes, self.live, self.torn_frames, self.last_torn_at = 0, True, 0, 0.0
+        self.spool_bytes, self.live, self.torn_frames, self.last_skipped_at = 0, True, 0, 0.0
         self._restart_pause = _RESTART_PAUSE_S
         self._closing = threading.Event()  # cuts a restart's pause short
 
@@ -148,6 +148,8 @@ class InferenceLog:
                 "rows": {"written": self.written, "spooled": self.spooled, "replayed": self.replayed,
                          "dropped": self.dropped},
                 "torn_frames": self.torn_frames,
+                "last_skipped_at": (datetime.fromtimestamp(self.last_skipped_at, UTC).isoformat(timespec="seconds")
+                                    if self.last_skipped_at else None),
             }  # fmt: skip
 
     def append(
@@ -229,7 +231,7 @@ class InferenceLog:
             if outcome == "torn":
                 with self._counts:
                     self.torn_frames += rows
-                    self.last_torn_at = time.time()
+                    self.last_skipped_at = time.time()
                 self._spool_changed()
                 continue
             if outcome in ("spooled", "full"):
@@ -247,7 +249,7 @@ class InferenceLog:
 
     def _spool_changed(self) -> None:
         if self._listener is not None:
-            self._listener.log_spool(self.spool_bytes, self.live, self.torn_frames, self.last_torn_at)
+            self._listener.log_spool(self.spool_bytes, self.live, self.torn_frames, self.last_skipped_at)
 
     def _send_loop(self) -> None:
         while True:

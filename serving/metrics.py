@@ -88,8 +88,8 @@ class Metrics:
         )  # fmt: skip
         # What the alert reads: the count alone cannot tell a restart that found as many torn
         # frames as the process before it from one that found none.
-        self.last_torn_frame = Gauge(
-            "churn_inference_log_last_torn_frame_timestamp_seconds",
+        self.last_skipped_frame = Gauge(
+            "churn_inference_log_last_skipped_frame_timestamp_seconds",
             "When this pod's writer last skipped a spool frame (0: not since the API started).",
             multiprocess_mode="livemax", registry=self.registry,
         )  # fmt: skip
@@ -137,11 +137,11 @@ class Metrics:
     def log_rows_counted(self, outcome: str, rows: int) -> None:
         self.log_rows[outcome].inc(rows)
 
-    def log_spool(self, spool_bytes: int, live: bool, torn_frames: int, last_torn_at: float) -> None:
+    def log_spool(self, spool_bytes: int, live: bool, torn_frames: int, last_skipped_at: float) -> None:
         self.spool_bytes.set(spool_bytes)
         self.log_live.set(1 if live else 0)
         self.torn_frames.set(torn_frames)
-        self.last_torn_frame.set(last_torn_at)
+        self.last_skipped_frame.set(last_skipped_at)
 
     def render(self) -> bytes:
         if multiprocess_dir():

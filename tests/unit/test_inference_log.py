@@ -372,7 +372,9 @@ def test_a_torn_last_frame_is_skipped_and_counted_the_rest_replayed(tmp_path):
     with open(segment, "r+b") as handle:  # killed in the middle of writing the last frame
         handle.truncate(segment.stat().st_size - 10)
     second = replayed_by_the_next_writer(url, tmp_path, lock, lambda w: w.replayed == 80 and w.torn_frames == 1)
-    assert logged(url) == (80, 80) and time.time() - 60 < second.last_torn_at <= time.time()  # the alert's figure
+    assert logged(url) == (80, 80) and time.time() - 60 < second.last_skipped_at <= time.time()  # the alert's figure
+    assert second.state()["last_skipped_at"] == datetime.fromtimestamp(second.last_skipped_at, UTC).isoformat(
+        timespec="seconds")  # /model -> inference_log
     assert second.dropped == 0  # a torn frame's rows were never reported spooled: the API counted them
 
 
