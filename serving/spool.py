@@ -72,12 +72,14 @@ def _next_header(data: bytes) -> int | None:
     return None
 
 
-def _earlier_release(handle: BinaryIO, offset: int, header: bytes) -> bool:
-    """Whether a segment holds an earlier release's frames: its first frame has no marker."""
-    if offset == 0:
-        return not header.startswith(_MAGIC)
+def _earlier_release(handle: BinaryIO) -> bool:
+    """Whether a segment holds an earlier release's frames: no marker begins it, nor any
+    header that checks (one whose first marker alone is damaged is this release's)."""
     handle.seek(0)
-    return handle.read(len(_MAGIC)) != _MAGIC
+    if handle.read(len(_MAGIC)) == _MAGIC:
+        return False
+    handle.seek(0)
+    return _next_header(handle.read()) is None
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,7 @@ class Spool:
         self._resume: tuple[_Directory, int, int] | None = None  # where in our own dir to go on after an adoption
         self._acked = (0, 0)  # (segment, end) of the last committed frame in our own directory
         self._committed: dict[Path, tuple[int, int]] = {}  # the same in each adopted one
+        self._format_of: tuple[Path, bool] | None = None  # a segment, and whether an earlier release wrote it
         self._unacked: Frame | None = None  # the last frame of the last read, until it is committed
         self._closed = False
         self._sealed = False  # no more appends: a reader that caught up stops waiting
@@ -448,7 +451,7 @@ class Spool:
                     if checked is not None:
                         length, rows, crc = checked
                         size = _HEADER_BYTES
-                    elif len(header) >= _V1_HEADER.size and _earlier_release(handle, offset, header):
+                    elif len(header) >= _V1_HEADER.size and self._earlier_release(path, handle):
                         length, crc, rows = _V1_HEADER.unpack_from(header)
                         size = _V1_HEADER.size
                     else:
@@ -476,12 +479,15 @@ class Spool:
                 self._reader = (directory, segment, offset)
                 continue
             if not whole:
-                if limit is None and (size or len(header) < _HEADER_BYTES or not any(header)):  # zeroed blocks too
+                if limit is not None:  # never a crash's: nothing published in our own folder is cut short
+                    log.warning("inference log spool: damaged frame header in %s at byte %d, no good one after it: "
+                                "the rest of the published frames skipped", path, offset)  # fmt: skip
+                elif checked is not None or len(header) < _HEADER_BYTES:
                     log.warning("inference log spool: torn frame in %s at byte %d skipped (cut short by the end of "
                                 "the file: a crash mid-write)", path, offset)  # fmt: skip
-                else:  # never a crash's: nothing published in our own folder is cut short
-                    log.warning("inference log spool: damaged frame header in %s at byte %d, no good one after it: "
-                                "the rest of the segment skipped", path, offset)  # fmt: skip
+                else:  # a crash's half-written or zeroed header looks like a damaged one: say both
+                    log.warning("inference log spool: unreadable frame header in %s at byte %d, nothing readable "
+                                "after it: skipped (a crash mid-write, or damage)", path, offset)  # fmt: skip
                 if limit is not None:  # ours: the next frame begins at the published end, not the file's
                     self._reader = (directory, segment, limit)
                     return None
@@ -497,6 +503,13 @@ class Spool:
         if corrupt_from is not None and limit is None:  # corrupt frames to the end of the file: cut them off too
             self._reader = (directory, segment, self._cut(directory, path, corrupt_from))
         return None
+
+    def _earlier_release(self, path: Path, handle: BinaryIO) -> bool:
+        """``_earlier_release`` of the segment being read, worked out once: every header of an
+        earlier release's segment fails the check, and each look reads the whole file."""
+        if self._format_of is None or self._format_of[0] != path:
+            self._format_of = (path, _earlier_release(handle))
+        return self._format_of[1]
 
     def _cut(self, directory: _Directory, path: Path, offset: int) -> int:
         """Where reading of ``path`` goes on after a torn frame at ``offset``: its end. In an
