@@ -88,8 +88,10 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
 def _undecided_retrain(client: MlflowClient, name: str, production: int, pending: ModelVersion | None) -> int | None:
     """The Challenger's version (``pending``) when it is a retrain gated against today's
     Production that no one has judged: Production has not moved since (by the CLI or in the
-    UI) and its last rollout was not stopped. A rollout under way is the judging, not its end:
-    one stopped and started again awaits its decision again."""
+    UI), the audit trail has no move of Production to it (promoted, then rolled back in the
+    UI, which leaves its alias; a move undone before any command recorded it leaves no
+    trace), and its last rollout was not stopped. A rollout under way is the judging, not its
+    end: one stopped and started again awaits its decision again."""
     from churn_platform import promotion
 
     if pending is None or TAG_TRIGGER not in (pending.tags or {}):
@@ -208,7 +210,7 @@ def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> 
 def in_gate_slice(customer_ids: pd.Series, share: float) -> pd.Series:
     """A stable, customer-wise choice of the held-out slice: a customer's outcomes are all in
     it or all out of it, on every run (Python's ``hash`` is salted per process)."""
-    # Salted: unsalted, the slice would be the canary's customers (both take the lowest buckets).
+    # A salt of its own: the slice draws independently of any other use of the hash (canary routing).
     return customer_ids.astype(str).map(lambda c: data.stable_bucket(f"gate:{c}")) < share * 10_000
 
 
