@@ -170,8 +170,9 @@ def test_openapi_documents_the_parameters_and_the_explanation(api):
     assert "409" in schema["paths"]["/predict/single"]["post"]["responses"]
 
 
-def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, telco_csv):
+def test_a_version_that_cannot_explain_answers_409_and_still_predicts(tmp_path, telco_csv, monkeypatch):
     """A pipeline the fast scorer does not know is served by sklearn, without explanations."""
+    monkeypatch.chdir(tmp_path)  # the Default experiment's artifacts go to ./mlruns: not the checkout's
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     frame = data.load(telco_csv)
     pipeline = Pipeline([

@@ -182,10 +182,14 @@ def test_a_version_whose_training_run_was_purged_is_nothing_to_judge(registry_ur
     assert "Traceback" not in output
 
 
-def test_a_baseline_logged_as_nan_is_not_judged_and_summary_json_stays_strict(registry_uri, tmp_path, calibrated):
+def test_a_baseline_logged_as_nan_is_not_judged_and_summary_json_stays_strict(
+    registry_uri, tmp_path, calibrated, monkeypatch
+):
     """Compared with NaN every figure read as healthy: "ok", exit 0, a healthy run for retraining;
     and summary.json held a bare NaN, which JSON parsers other than Python's refuse."""
     import shutil
+
+    monkeypatch.chdir(tmp_path)  # an experiment the copy lacks keeps its artifacts in ./mlruns: not the checkout's
 
     from mlflow import MlflowClient
 
