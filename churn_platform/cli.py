@@ -344,12 +344,12 @@ def main(verbose: bool) -> None:
 def train(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Train a model and register it as a new version."""
     from churn_platform.training import train as run_training
-    from churn_platform.training_config import data_with_features
+    from churn_platform.training_config import DATA_OPTIONS, data_with_features
 
     if params["from_features"]:  # their defaults cannot say "not given" to the training config
         source = click.get_current_context().get_parameter_source
         typed = click.core.ParameterSource.COMMANDLINE
-        given = [f"--{name.replace('_', '-')}" for name in ("data", "n_rows") if source(name) is typed]
+        given = [name for name in DATA_OPTIONS if source(name) is typed]
         if given:
             raise data_with_features(given)
     settings = settings_for(tracking_uri, model_name)

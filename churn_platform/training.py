@@ -54,7 +54,7 @@ from churn_platform.gate import GateVerdict, figures_tag
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings, checked_model_name
-from churn_platform.training_config import SYNTHETIC, TrainConfig, check_parameter, data_with_features
+from churn_platform.training_config import DATA_OPTIONS, SYNTHETIC, TrainConfig, check_parameter, data_with_features
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -105,8 +105,7 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError("--labels is read only with --from-features")
     if config.from_features:  # the CLI refuses them typed at their defaults too
         defaults = TrainConfig()
-        if given := [f"--{k.replace('_', '-')}" for k in ("data", "n_rows")
-                     if getattr(config, k) not in ("", getattr(defaults, k))]:  # fmt: skip
+        if given := [k for k in DATA_OPTIONS if getattr(config, k) not in ("", getattr(defaults, k))]:
             raise data_with_features(given)
 
 
@@ -363,7 +362,7 @@ def train(
     with registry.translate_errors(settings), mlflow.start_run() as run:
         run_id = run.info.run_id
         # Trained from the feature store, the data-generation parameters describe nothing that was used.
-        unused = {"decision_threshold", *(("data", "n_rows", "drift") if config.from_features else ())}
+        unused = {"decision_threshold", *((*DATA_OPTIONS, "drift") if config.from_features else ())}
         params = {k: v for k, v in asdict(config).items() if k not in unused}
         params["decision_threshold"] = threshold
         # Under `mlflow run` the launcher has logged the entry point's parameters already, as

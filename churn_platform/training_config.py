@@ -34,9 +34,19 @@ class TrainConfig:
     labels: str = ""
 
 
+#: The options that choose the training rows, which ``--from-features`` chooses instead.
+DATA_OPTIONS: tuple[str, ...] = ("data", "n_rows")
+
+
+def option_flag(name: str) -> str:
+    """A TrainConfig field's command-line flag: ``n_rows`` -> ``--n-rows``."""
+    return f"--{name.replace('_', '-')}"
+
+
 def data_with_features(given: list[str]) -> DataValidationError:
-    """The refusal of data options (``given``: their flags) beside ``--from-features``."""
-    return DataValidationError(f"{' and '.join(given)} cannot be given with --from-features: its training rows "
+    """The refusal of data options (``given``: their names, of ``DATA_OPTIONS``) beside ``--from-features``."""
+    flags = " and ".join(option_flag(name) for name in given)
+    return DataValidationError(f"{flags} cannot be given with --from-features: its training rows "
                                "are the labelled customers, their features from the store")  # fmt: skip
 
 

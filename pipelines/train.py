@@ -4,7 +4,7 @@ import sys
 
 from churn_platform.cli import main
 from churn_platform.contract import ExitCode
-from churn_platform.training_config import TrainConfig
+from churn_platform.training_config import DATA_OPTIONS, TrainConfig, option_flag
 from pipelines.monitor import _args
 
 
@@ -22,7 +22,7 @@ def command(argv: list[str]) -> list[str]:
         if value in ("false", "0", "no"):
             args.pop(at)
         else:  # data and n_rows at their defaults were not given: the command must not refuse them
-            for flag, default in (("--data", TrainConfig.data), ("--n-rows", str(TrainConfig.n_rows))):
+            for flag, default in ((option_flag(k), str(getattr(TrainConfig, k))) for k in DATA_OPTIONS):
                 if flag in args and args[args.index(flag) + 1] == default:
                     del args[args.index(flag) : args.index(flag) + 2]
     return ["train", *args]
