@@ -289,16 +289,15 @@ def write(engine: sa.Engine, good: pd.DataFrame, source: str, chunk_rows: int = 
     return Written(inserted=inserted, replaced=changed - inserted, unchanged=len(good) - changed)
 
 
-def _stored_time(at: datetime | pd.Timestamp, dialect: str) -> datetime:
-    """SQLite keeps no zone: store UTC wall time, as the inference log does."""
-    at = pd.Timestamp(at).tz_convert(UTC).to_pydatetime()
-    return at.replace(tzinfo=None) if dialect == "sqlite" else at
-
-
-def _stored_times(times: pd.Series, dialect: str) -> list[datetime]:
-    """``_stored_time`` of a column of zoned times, at once (per row it was half of a write)."""
+def _stored_times(times: pd.Series | list[datetime], dialect: str) -> list[datetime]:
+    """Zoned times as stored: SQLite keeps no zone, so UTC wall time, as the inference log does.
+    A column at once: per row it was half of a write."""
     index = pd.DatetimeIndex(times).tz_convert(UTC)
     return list((index.tz_localize(None) if dialect == "sqlite" else index).to_pydatetime())
+
+
+def _stored_time(at: datetime | pd.Timestamp, dialect: str) -> datetime:
+    return _stored_times([at], dialect)[0]
 
 
 @dataclass(frozen=True)
