@@ -54,6 +54,10 @@ TAG_GATE_FIGURES = "gate_figures"
 #: pinned version or alias, a window with an --until, --all-versions): which options made it so. Such a
 #: run neither pushes the metrics alerts read nor counts toward a retrain's trigger.
 TAG_ADHOC = "adhoc"
+#: On a monitor or performance run: when the evidence it judged starts (ISO 8601, UTC), the
+#: first row for drift, the window's start for performance. After a retrain the gate refused,
+#: only runs whose evidence starts after it count toward the next.
+TAG_WINDOW_START = "window.start"
 #: Registered-model tags of the audit trail: ``<prefix><ns>-<random>``.
 AUDIT_TAG_PREFIX = "churn_platform.audit."
 

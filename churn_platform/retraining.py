@@ -22,6 +22,7 @@ from typing import Any, Literal
 import pandas as pd
 import sqlalchemy as sa
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
@@ -35,6 +36,7 @@ from churn_platform.contract import (
     ROLLOUT_ACTIONS,
     TAG_ADHOC,
     TAG_THRESHOLD,
+    TAG_WINDOW_START,
     ExitCode,
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError
@@ -107,22 +109,46 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int, pending
     return None if rollouts[-1:] == ["rollout-stop"] else int(pending.version)
 
 
+def _gated_run(client: MlflowClient, version: ModelVersion, production: int) -> Run | None:
+    """The training run of a retrain gated against today's Production; None for another
+    version's, one with no figures (edited by hand), or a run `mlflow gc` deleted."""
+    figures = gate.recorded_figures(version.tags or {})
+    if not version.run_id or figures is None or figures.production_version != production:
+        return None
+    try:
+        return client.get_run(version.run_id)
+    except MlflowException as exc:
+        if registry.is_missing(exc):
+            return None
+        raise
+
+
 def _answered(client: MlflowClient, version: ModelVersion, production: int, challenger: int | None) -> bool:
     """Whether a retrained version answered the runs before it. Not one whose run the registry
     dropped under between registering it and making it Challenger (passed against today's
     Production, its run unfinished, no alias): counted, it made the Job's retry decline ("0 of
     the last 0 runs", exit 1) and left the gated version without Challenger for good."""
-    figures = gate.recorded_figures(version.tags or {})
-    if not version.run_id or int(version.version) == challenger or figures is None \
-            or figures.production_version != production:  # fmt: skip
+    run = None if int(version.version) == challenger else _gated_run(client, version, production)
+    return run is None or run.info.status == "FINISHED" or run.data.tags.get("gate.passed") != "True"
+
+
+def _refused(client: MlflowClient, version: ModelVersion, production: int) -> bool:
+    """Whether the gate refused a retrain against today's Production: the next one would learn
+    from mostly the same outcomes and be refused again, registering a version a day."""
+    run = _gated_run(client, version, production)
+    return run is not None and run.data.tags.get("gate.passed") == "False"
+
+
+def _judges_after(run: Any, ms: int) -> bool:
+    """Whether a monitoring run's evidence starts after ``ms``; a run without the tag (an
+    earlier release's) is taken as it was before the tag existed."""
+    if (start := run.data.tags.get(TAG_WINDOW_START)) is None:
         return True
     try:
-        run = client.get_run(version.run_id)
-    except MlflowException as exc:
-        if registry.is_missing(exc):  # deleted since (`mlflow gc`): long answered
-            return True
-        raise
-    return run.info.status == "FINISHED" or run.data.tags.get("gate.passed") != "True"
+        at = datetime.fromisoformat(start)
+    except ValueError:  # edited by hand into no time: as if untagged
+        return True
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000 > ms
 
 
 #: The schedules' periods (the performance CronJob runs daily, the monitor hourly), in ms.
@@ -152,7 +178,11 @@ def decide(
     retrained = sorted((v for v in client.search_model_versions(f"name = {name}") if TAG_TRIGGER in (v.tags or {})),
                        key=lambda v: int(v.creation_timestamp), reverse=True)  # fmt: skip
     challenger = int(held.version) if held else None
-    after = next((int(v.creation_timestamp) for v in retrained if _answered(client, v, version, challenger)), 0)
+    last = next((v for v in retrained if _answered(client, v, version, challenger)), None)
+    after = int(last.creation_timestamp) if last else 0
+    # Refused by the gate, it answered the evidence it learned from: only runs whose evidence
+    # starts after it count (with 30-day performance windows, a month), not the next two days'.
+    refused = last is not None and _refused(client, last, version)
     if experiment is not None:
         query = f"tags.model_name = {name} AND tags.model_version = '{version}'"
         if trigger == "performance":
@@ -168,6 +198,8 @@ def decide(
         period, periods = _PERIOD_MS[trigger], set()
         for run in found:
             flagged = _flagged(run, trigger)
+            if refused and not _judges_after(run, after):
+                continue
             if flagged is not None and (at := run.info.start_time // period) not in periods:
                 periods.add(at)
                 runs.append({"run_id": run.info.run_id, "verdict": run.data.tags.get("verdict"), "flagged": flagged,
@@ -178,8 +210,13 @@ def decide(
     what = "drift" if trigger == "drift" else "degradation"
     kind = "monitor" if trigger == "drift" else "performance"
     since_retrain = " since the last retrain" if after else ""
+    if refused:
+        when = datetime.fromtimestamp(after / 1000, UTC).isoformat(timespec="seconds")
+        since_retrain = f" whose evidence starts after v{last.version}, the retrain the gate refused at {when},"
     reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version}{since_retrain} flagged {what} "
               f"(retrain at {at_least} of {of})")  # fmt: skip
+    if refused and hits < at_least:
+        reason += "; `churn-platform retrain` without --if trains now"
     return Decision(retrain=hits >= at_least, reason=reason, runs=runs)
 
 

@@ -35,6 +35,7 @@ from churn_platform.contract import (
     REFERENCE_ARTIFACT,
     SCORED_AT,
     TAG_ADHOC,
+    TAG_WINDOW_START,
     ExitCode,
 )
 from churn_platform.errors import DataSourceError, DataValidationError, NotFoundError, StorageUnreachable
@@ -366,7 +367,8 @@ def _record_run(summary: MonitorSummary, summary_path: Path, stamp: str, experim
             metrics["prediction_drift_score"] = summary.prediction_drift.score
     tags = {"model_name": name, "model_version": str(version), "verdict": summary.verdict,
             "model_run_id": summary.model_run_id or "",
-            **({TAG_ADHOC: summary.adhoc} if summary.adhoc else {})}  # fmt: skip
+            **({TAG_ADHOC: summary.adhoc} if summary.adhoc else {}),
+            **({TAG_WINDOW_START: summary.window.scored_from} if summary.window.scored_from else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"{name}-v{version}-{stamp}", tags, metrics, artifacts)
 

@@ -40,6 +40,7 @@ from churn_platform.contract import (
     SCORED_AT,
     TAG_ADHOC,
     TAG_THRESHOLD,
+    TAG_WINDOW_START,
     VALIDATION_METRICS,
     ExitCode,
 )
@@ -298,6 +299,7 @@ def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, exp
             if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
                 figures[f"{prefix}_{key}"] = float(value)
     tags = {"job": "performance", "model_name": name, "model_version": str(version), "verdict": summary.verdict,
+            TAG_WINDOW_START: summary.window.since or datetime(1970, 1, 1, tzinfo=UTC).isoformat(),
             **({TAG_ADHOC: summary.adhoc} if summary.adhoc else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"performance-{name}-v{version}-{stamp}", tags, figures, artifacts)

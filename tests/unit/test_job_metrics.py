@@ -3,6 +3,7 @@ installed by scripts/ensure-prometheus.sh), and a gateway that is down changes n
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from churn_platform import data
@@ -106,6 +108,9 @@ def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_succe
     assert value(samples, "churn_monitor_drifted_columns", **job) >= 1
     assert value(samples, "churn_monitor_prediction_drift", **job) == 1  # every logged score 0.5, unlike training's
     assert value(samples, "churn_monitor_rows", **job) == 1500
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    tags = MlflowClient(uri).get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["window.start"] == summary["window"]["scored_from"] > "2026", tags  # its first row's time
     assert value(samples, "churn_job_exit_code", **job) == 1
     assert value(samples, "churn_job_duration_seconds", **job) > 0
     assert value(samples, "churn_job_last_success_timestamp_seconds", **job) == value(

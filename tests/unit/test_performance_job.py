@@ -48,6 +48,8 @@ def calibrated():
 
 
 def test_labels_that_follow_the_scores_are_ok_and_reversed_ones_degraded(registry_uri, tmp_path, calibrated):
+    from mlflow import MlflowClient
+
     scores, labels = calibrated
     url = f"sqlite:///{tmp_path}/ok.db"
     fill(url, 2000, scores, labels)
@@ -57,6 +59,9 @@ def test_labels_that_follow_the_scores_are_ok_and_reversed_ones_degraded(registr
     assert abs(summary["realized"]["roc_auc"] - summary["estimated"]["roc_auc"]) < 0.03
     assert summary["unlabelled_predictions"] == 0 and summary["unmatched_outcomes"] == 0
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "summary.json").exists()
+    # Where its evidence starts: after a retrain the gate refused, only runs judging newer evidence count.
+    tags = MlflowClient(registry_uri).get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["window.start"] == summary["window"]["since"] and summary["window"]["since"] > "2026", tags
 
     flipped = f"sqlite:///{tmp_path}/flipped.db"
     fill(flipped, 2000, scores, ~labels)

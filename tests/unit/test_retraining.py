@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from churn_platform import data, outcomes, retraining
 from churn_platform.cli import main
-from churn_platform.contract import REFERENCE_ARTIFACT
+from churn_platform.contract import REFERENCE_ARTIFACT, TAG_WINDOW_START
 from churn_platform.inference_log import COLUMNS, sqlite_time, upgrade
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import get_settings
@@ -181,6 +181,48 @@ def test_a_retrain_promoted_then_rolled_back_in_the_ui_no_longer_awaits_a_decisi
         assert cli("status")[0] == 0
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
+
+
+def test_a_retrain_the_gate_refused_waits_for_evidence_that_starts_after_it(scenario, telco_csv, tmp_path):
+    """Refused, it answered the runs before it, and two daily performance runs later (judging
+    mostly the same 30 days) a retrain learned from the same outcomes and was refused again:
+    a version every other day, each with the same data digest."""
+    name, _, _ = scenario
+    # A base dataset that says the opposite of every outcome, twice over: the candidate loses.
+    raw = pd.read_csv(telco_csv)
+    inverted = raw.assign(churn=raw.churn.map({"Yes": "No", "No": "Yes"}))
+    base = tmp_path / "inverted.csv"
+    pd.concat([inverted.assign(customerid=f"{k}-" + raw.customerid) for k in "ab"]).to_csv(base, index=False)
+    client = MlflowClient()
+    monitoring = client.create_experiment("churn-monitoring")
+    now = datetime.now(UTC)
+
+    def degraded(day: int, starts: datetime | None) -> None:
+        """A daily performance run that flagged Production, its evidence starting at ``starts``."""
+        tags = {"job": "performance", "model_name": name, "model_version": "1", "verdict": "degraded"}
+        tags |= {TAG_WINDOW_START: starts.isoformat()} if starts else {}
+        start = int((now + timedelta(days=day)).timestamp() * 1000)
+        client.set_terminated(client.create_run(monitoring, start_time=start, tags=tags).info.run_id)
+
+    degraded(-2, now - timedelta(days=32))
+    degraded(-1, now - timedelta(days=31))
+    result = retraining.retrain(get_settings(), trigger="performance", base=str(base))
+    assert result.version == 2 and not result.challenger and not result.gate["passed"], result.gate
+    degraded(1, now - timedelta(days=29))  # the next two days' runs: mostly the same outcomes
+    degraded(2, now - timedelta(days=28))
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1, output
+    assert ("0 of the last 0 performance runs of v1 whose evidence starts after v2, the retrain the gate refused "
+            "at ") in output and "`churn-platform retrain` without --if trains now" in output, output  # fmt: skip
+    assert versions(name) == [1, 2]
+    degraded(3, None)  # an earlier release's run says nothing of its window: counted as it was
+    decision = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
+    assert "1 of the last 1 performance runs" in decision.reason, decision
+    degraded(4, now + timedelta(hours=1))  # evidence the refused retrain never saw
+    decision = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
+    assert decision.retrain and decision.reason.startswith("2 of the last 2 performance runs of v1 whose"), decision
+    # A Production that moved since is judged afresh: the refusal was against another version.
+    assert "whose evidence" not in retraining.decide(client, get_settings(), 2, "performance", 3, 2).reason
 
 
 def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
