@@ -31,6 +31,8 @@ from churn_platform.schema import (
     ID_CONTROL_CHARACTERS,
     ID_CONTROL_PROBLEM,
     ID_MAX_LENGTH,
+    ID_PLACEHOLDER_PROBLEM,
+    ID_PLACEHOLDERS,
     LABEL_COLUMN,
     LABEL_VALUES,
     Feature,
@@ -362,10 +364,12 @@ def missing_features(columns: list[str]) -> list[str]:
 
 
 def id_issues(ids: pd.Series) -> list[RowIssue]:
-    """The rows whose (trimmed, text) id no part of the platform can store: longer than the
-    log's and the stores' columns, or holding a control character (the API refuses those ids
-    too; PostgreSQL cannot store a NUL). Blank ids are each caller's to name."""
+    """The rows whose (trimmed, text) id no part of the platform can store or join: a
+    placeholder for a missing id, longer than the log's and the stores' columns, or holding a
+    control character (the API refuses those two too; PostgreSQL cannot store a NUL). Blank
+    ids are each caller's to name."""
     return [
+        (ids.str.lower().isin(ID_PLACEHOLDERS), f"{ID_COLUMN}: {ID_PLACEHOLDER_PROBLEM}"),
         (ids.str.len() > ID_MAX_LENGTH, f"{ID_COLUMN}: longer than {ID_MAX_LENGTH} characters"),
         (ids.str.contains(f"[{ID_CONTROL_CHARACTERS}]", regex=True), f"{ID_COLUMN}: {ID_CONTROL_PROBLEM}"),
     ]

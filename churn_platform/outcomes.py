@@ -148,7 +148,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         reasons[mask] = reason[mask] if isinstance(reason, pd.Series) else reason
 
     ids = text[ID_COLUMN]
-    reject(ids.isna() | (ids == "") | ids.isin(["nan", "None"]), f"{ID_COLUMN}: missing")
+    reject(ids.isna() | (ids == ""), f"{ID_COLUMN}: missing")
     for mask, reason in data.id_issues(ids):
         reject(mask, reason)
     raw_label = text[CHURNED]

@@ -30,6 +30,11 @@ ID_MAX_LENGTH = 128
 #: cannot store NUL at all, and a tab or newline in an id is a bug upstream.
 ID_CONTROL_CHARACTERS = r"\x00-\x1f"
 ID_CONTROL_PROBLEM = "contains a control character (tab, newline, NUL...)"
+#: How exports and clients spell an id they do not have (compared in lower case). Such a row
+#: names no customer: scored, stored or joined as customer "NULL", it could only ever match
+#: another row missing its id.
+ID_PLACEHOLDERS = frozenset({"nan", "none", "null", "nil", "na", "n/a", "#n/a", "<na>", "undefined"})
+ID_PLACEHOLDER_PROBLEM = "a placeholder for a missing id (NULL, N/A, nan...), no customer's"
 LABEL_COLUMN = "churn"
 #: Positive / negative label spellings accepted in files (the data set writes Yes/No).
 LABEL_VALUES = {"yes": 1, "no": 0, "1": 1, "0": 0, "true": 1, "false": 0}

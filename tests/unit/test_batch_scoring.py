@@ -280,6 +280,23 @@ def test_a_row_without_an_id_is_rejected_not_scored(registry_uri, customers, tmp
         assert pd.read_parquet(out)["customer_id"].str.strip().ne("").all()
 
 
+def test_a_placeholder_for_a_missing_id_is_rejected_on_either_path(registry_uri, customers, tmp_path):
+    """An export's "NULL" was scored as customer "NULL": a score that reaches no one, and in
+    the outcomes an id that can only join another row missing its id."""
+    from churn_platform.schema import ID_PLACEHOLDER_PROBLEM
+
+    frame = customers.head(30).copy()
+    frame.loc[[5, 9, 11], "customer_id"] = ["NULL", " n/a ", "nan"]
+    for name, save in (("typed.parquet", frame.to_parquet), ("text.csv", frame.to_csv)):  # fast and row-wise
+        save(tmp_path / name, index=False)
+        out = tmp_path / f"{name}.scores.parquet"
+        result = run(registry_uri, "--input", str(tmp_path / name), "--output", str(out))
+        assert result.exit_code == 1 and "27 of 30 rows scored" in result.output, result.output
+        rejects = pd.read_parquet(tmp_path / f"{name}.scores.rejects.parquet")
+        assert rejects["row"].tolist() == [6, 10, 12], name
+        assert set(rejects["reason"]) == {f"customer_id: {ID_PLACEHOLDER_PROBLEM}"}
+
+
 def test_a_file_that_is_not_utf8_says_so(registry_uri, customers, tmp_path):
     first = customers["customer_id"].iloc[0]
     text = customers.head(20).to_csv(index=False).replace(first, f"{first}É", 1)

@@ -73,6 +73,16 @@ def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
     assert list(checked.rejects.columns) == list(outcomes.REJECT_COLUMNS)
 
 
+def test_a_placeholder_for_a_missing_id_is_no_customer():
+    """Stored as customers, "NULL" and "N/A" never matched a prediction (or matched one the API
+    logged under the same placeholder) and padded unmatched_outcomes."""
+    ids = ["NULL", "N/A", "#N/A", "NaN", "none", "undefined", "<NA>", "Nadia", "null-1"]
+    checked = outcomes.check(frame([{"customer_id": i, "churned": "yes"} for i in ids]), now=NOW)
+    assert list(checked.good.customer_id) == ["Nadia", "null-1"]
+    assert set(checked.rejects.reason) == {"customer_id: a placeholder for a missing id (NULL, N/A, nan...), no "
+                                           "customer's"}  # fmt: skip
+
+
 def test_a_file_with_both_spellings_of_the_label_is_refused_whole():
     both = frame([{"customer_id": "a", "Churn": "Yes", "churned": "No", "observed_at": "2026-11-01"}])
     with pytest.raises(DataValidationError, match="both 'churn' and 'churned' columns"):
