@@ -13,8 +13,10 @@ them flagged a problem, so one noisy window does not start a training.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -330,6 +332,37 @@ def production_parameters(client: MlflowClient, name: str, version: int,
     return typed
 
 
+@contextlib.contextmanager
+def exclusive(url: str, name: str) -> Iterator[None]:
+    """One retrain of a model at a time: two at once (a Job created by hand beside the
+    schedule's) both registered, and the later Challenger silently replaced the other. A
+    session-level advisory lock on a PostgreSQL log, let go however the process ends; raises
+    ``NotRetrained`` while another holds it. A SQLite log (one machine) takes none."""
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            yield
+            return
+        key = int.from_bytes(hashlib.blake2b(f"churn-platform retrain {name}".encode(), digest_size=8).digest(),
+                             "big", signed=True)  # fmt: skip
+        try:  # autocommit: a transaction idle for the whole training could meet idle_in_transaction_session_timeout
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            held = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+        except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
+            raise read_failure(exc, engine.url.render_as_string()) from exc
+        with conn:
+            if not held:
+                raise NotRetrained(f"another retrain of {name!r} is running (it holds the retrain lock in the "
+                                   "inference log's database): this one stops, registering nothing")  # fmt: skip
+            try:
+                yield
+            finally:
+                with contextlib.suppress(sa.exc.SQLAlchemyError):  # gone with the session anyway
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
+
+
 class RetrainResult(BaseModel):
     """What a retrain did: the decision, the data, and the version it registered."""
 
@@ -377,7 +410,8 @@ def retrain(
         raise ChurnPlatformError(f"--rollout canary needs --percent ({CANARY_PERCENT[0]} to {CANARY_PERCENT[1]})")
     name = settings.model_name
     client = registry.connect(settings)
-    with registry.translate_errors(settings):
+    log_url = inference_log_url or settings.inference_log_url
+    with exclusive(log_url, name), registry.translate_errors(settings):
         production = promotion.current_production(client, name)
         if production is None:
             raise NotRetrained(f"no version of {name!r} holds Production: promote one with "
@@ -387,7 +421,6 @@ def retrain(
             raise NotRetrained(decision.reason)
         given = parameters or {}
         inherited: dict[str, Any] = {**production_parameters(client, name, production, given), **given}
-        log_url = inference_log_url or settings.inference_log_url
         recent = labelled(log_url, name, since, settings.outcome_horizon_days)
         base_frame = data.load(base, settings.s3_endpoint_url) if base else None
         parts = training_set(recent, base_frame, min_rows=settings.retrain_min_rows, gate_share=gate_share)

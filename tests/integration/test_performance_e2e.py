@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
-from churn_platform import data
+from churn_platform import data, retraining
 from churn_platform.cli import main
 from churn_platform.processes import free_port
 from churn_platform.settings import get_settings
@@ -147,6 +147,12 @@ def test_outcomes_judge_the_served_model_and_reveal_a_concept_change(
         assert done.stderr.strip().splitlines()[-1].startswith("error: "), done.stderr[-1500:]
         assert versions() == [1]
 
+        # A retrain someone started by hand holds the lock: this one registers nothing, and
+        # the next, after it, trains (the lock went with the other session).
+        with retraining.exclusive(log_url, model_name):
+            done = retrain("--if", "performance")
+        assert done.returncode == 1 and f"another retrain of '{model_name}' is running" in done.stderr, done.stderr
+        assert versions() == [1]
         done = retrain("--if", "performance", "--json")
         assert done.returncode == 0, done.stderr[-2000:]
         result = json.loads(done.stdout[done.stdout.index("\n{") :] if not done.stdout.startswith("{") else done.stdout)
