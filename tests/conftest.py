@@ -27,6 +27,34 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("unset PROMETHEUS_MULTIPROC_DIR to run the tests (serve --workers sets its own)")
 
 
+#: What the project's commands write into the folder they run in (all behind .gitignore, so
+#: unseen): a test run from the checkout must leave none of it there. Two tests wrote ./mlruns
+#: for days before anyone looked.
+_LEFT_BEHIND = ("mlruns", "mlartifacts", "mlflow.db", "inference_log.db", "inference_log_spool", "feature_store",
+                "reports", "scores.parquet", "scores.csv")  # fmt: skip
+_PRESENT = pytest.StashKey[set[str]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_PRESENT] = {name for name in _LEFT_BEHIND if (REPO / name).exists()}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the run (once, in xdist's controller) when the tests left files in the checkout."""
+    if hasattr(session.config, "workerinput"):
+        return
+    left = sorted(n for n in _LEFT_BEHIND if (REPO / n).exists() and n not in session.config.stash[_PRESENT])
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = (f"the tests left {', '.join(left)} in the checkout ({REPO}): some test wrote into its "
+                   "working folder instead of its tmp_path (monkeypatch.chdir); remove it and run the test "
+                   "modules one by one to find which")  # fmt: skip
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(f"ERROR: {message}", red=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def telco_csv() -> Path:
     """The real Telco data. A missing file fails the test (never skips): it is part of the repo."""
