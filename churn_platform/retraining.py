@@ -37,6 +37,7 @@ from churn_platform.contract import (
     INFERENCE_LOG_TABLE,
     ROLLOUT_ACTIONS,
     TAG_ADHOC,
+    TAG_DATA_DIGEST,
     TAG_THRESHOLD,
     TAG_WINDOW_START,
     ExitCode,
@@ -73,6 +74,8 @@ class Decision(BaseModel):
     retrain: bool
     reason: str
     runs: list[dict[str, Any]]
+    #: The last retrain, when the gate refused it: a retrain on the same data would be refused too.
+    refused_version: int | None = None
 
 
 def _flagged(run: Any, trigger: Trigger) -> bool | None:
@@ -141,10 +144,16 @@ def _refused(client: MlflowClient, version: ModelVersion, production: int) -> bo
     return run is not None and run.data.tags.get("gate.passed") == "False"
 
 
+#: After a refused retrain, how long a run whose evidence starts before it (over all time, or
+#: from a fixed --since) waits to count: the scheduled performance window, in ms.
+_REFUSAL_HOLD_MS = 30 * 86_400_000
+
+
 def _judges_after(run: Any, ms: int) -> bool:
-    """Whether a monitoring run's evidence starts after ``ms``; a run without the tag (an
-    earlier release's) is taken as it was before the tag existed."""
-    if (start := run.data.tags.get(TAG_WINDOW_START)) is None:
+    """Whether a monitoring run's evidence starts after ``ms``, or the run is ``_REFUSAL_HOLD_MS``
+    later (a window that never starts after it, counted never, ended retraining for good). A run
+    without the tag (an earlier release's) is taken as it was before the tag existed."""
+    if (start := run.data.tags.get(TAG_WINDOW_START)) is None or run.info.start_time - ms >= _REFUSAL_HOLD_MS:
         return True
     try:
         at = datetime.fromisoformat(start)
@@ -214,12 +223,14 @@ def decide(
     since_retrain = " since the last retrain" if after else ""
     if refused:
         when = datetime.fromtimestamp(after / 1000, UTC).isoformat(timespec="seconds")
-        since_retrain = f" whose evidence starts after v{last.version}, the retrain the gate refused at {when},"
+        since_retrain = (f" whose evidence starts after v{last.version}, the retrain the gate refused at {when} "
+                         "(or that ran 30 days after it),")  # fmt: skip
     reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version}{since_retrain} flagged {what} "
               f"(retrain at {at_least} of {of})")  # fmt: skip
     if refused and hits < at_least:
         reason += "; `churn-platform retrain` without --if trains now"
-    return Decision(retrain=hits >= at_least, reason=reason, runs=runs)
+    return Decision(retrain=hits >= at_least, reason=reason, runs=runs,
+                    refused_version=int(last.version) if refused else None)  # fmt: skip
 
 
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> pd.DataFrame:
@@ -347,13 +358,19 @@ def exclusive(url: str, name: str) -> Iterator[None]:
                              "big", signed=True)  # fmt: skip
         try:  # autocommit: a transaction idle for the whole training could meet idle_in_transaction_session_timeout
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            held = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
         except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
             raise read_failure(exc, engine.url.render_as_string()) from exc
         with conn:
+            try:
+                held = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+                holder = None if held else conn.execute(sa.text(_HOLDER), {"key": key}).first()
+            except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:
+                raise read_failure(exc, engine.url.render_as_string()) from exc
             if not held:
-                raise NotRetrained(f"another retrain of {name!r} is running (it holds the retrain lock in the "
-                                   "inference log's database): this one stops, registering nothing")  # fmt: skip
+                by = f" (session pid {holder.pid} from {holder.client or 'a local socket'}, connected at " \
+                     f"{holder.backend_start:%Y-%m-%d %H:%M:%S %Z})" if holder else ""  # fmt: skip
+                raise NotRetrained(f"another retrain of {name!r} is running{by}: it holds the retrain lock in the "
+                                   "inference log's database, so this one stops, registering nothing")  # fmt: skip
             try:
                 yield
             finally:
@@ -361,6 +378,13 @@ def exclusive(url: str, name: str) -> Iterator[None]:
                     conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
     finally:
         engine.dispose()
+
+
+#: Who holds a retrain lock: a node that died keeps its session (and the lock) until the
+#: server's keepalive gives up; the pid is what pg_terminate_backend takes.
+_HOLDER = """SELECT a.pid, host(a.client_addr) AS client, a.backend_start FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+AND ((l.classid::bigint << 32) | l.objid::bigint) = :key"""
 
 
 class RetrainResult(BaseModel):
@@ -399,7 +423,7 @@ def retrain(
     """Decide, build the training set, train and gate; register only when every step worked."""
     from churn_platform import promotion
     from churn_platform import rollout as rollout_mod
-    from churn_platform.training import train
+    from churn_platform.training import gated_frame, train
     from churn_platform.training_config import TrainConfig
 
     if not 1 <= at_least <= of:
@@ -411,7 +435,8 @@ def retrain(
     name = settings.model_name
     client = registry.connect(settings)
     log_url = inference_log_url or settings.inference_log_url
-    with exclusive(log_url, name), registry.translate_errors(settings):
+
+    def decided() -> tuple[int, Decision]:
         production = promotion.current_production(client, name)
         if production is None:
             raise NotRetrained(f"no version of {name!r} holds Production: promote one with "
@@ -419,6 +444,12 @@ def retrain(
         decision = decide(client, settings, production, trigger, of, at_least)
         if not decision.retrain:
             raise NotRetrained(decision.reason)
+        return production, decision
+
+    with registry.translate_errors(settings):  # first without the lock: most days end here, the log untouched
+        decided()
+    with exclusive(log_url, name), registry.translate_errors(settings):
+        production, decision = decided()  # again: a retrain that held the lock may have registered since
         given = parameters or {}
         inherited: dict[str, Any] = {**production_parameters(client, name, production, given), **given}
         recent = labelled(log_url, name, since, settings.outcome_horizon_days)
@@ -430,6 +461,11 @@ def retrain(
                 f"({settings.monitor_min_rows}): the drift monitor could never judge the version; ingest more "
                 "outcomes, widen --since or add --base FILE"
             )
+        if decision.refused_version is not None:
+            refused = registry.get_version(client, name, decision.refused_version)
+            if refused.tags.get(TAG_DATA_DIGEST) == data.digest(gated_frame(parts.train, parts.gate)):
+                raise NotRetrained(f"the training data is the same as v{decision.refused_version}'s, which the gate "
+                                   "refused: ingest new outcomes (or change --since or --base)")  # fmt: skip
         config = TrainConfig(
             data=f"inference log + outcomes since {since.isoformat() if since else 'the start'}"
                  + (f" + {base}" if base else ""),

@@ -242,6 +242,11 @@ def _trained_on(production: ModelVersion, valid: pd.DataFrame) -> np.ndarray | N
     return _row_keys(valid).isin(set(_row_keys(seen))).to_numpy()
 
 
+def gated_frame(train: pd.DataFrame, gate_rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a version given its gate rows is trained and gated on: what its data digest hashes."""
+    return pd.concat([train.reset_index(drop=True), gate_rows.reset_index(drop=True)], ignore_index=True)
+
+
 def _row_keys(frame: pd.DataFrame) -> pd.Series:
     columns = frame.loc[:, [*FEATURE_NAMES, LABEL_COLUMN]]
     # Numbers as floats: a column read back as int64 in one frame and float64 in the other is one value.
@@ -331,7 +336,7 @@ def train(
         train_df, valid_df = data_mod.split(frame, config.validation_size, config.seed)
     else:
         train_df, valid_df = frame.reset_index(drop=True), gate_rows.reset_index(drop=True)
-        frame = pd.concat([train_df, valid_df], ignore_index=True)
+        frame = gated_frame(train_df, valid_df)
     if len(train_df) < settings.monitor_min_rows:  # its training rows become the monitor's reference
         log.warning("training on %d rows: the drift monitor needs at least %d as its reference "
                     "(CHURN_MONITOR_MIN_ROWS) and will not judge this version once it serves",

@@ -194,7 +194,7 @@ def test_compose_up_starts_each_service_in_its_role(tmp_path):
     assert compose("api", tmp_path) == API
     assert compose("train", tmp_path) == ["churn-platform", "train"]
     assert compose("monitor", tmp_path) == ["churn-platform", "monitor"]
-    assert compose("performance", tmp_path) == ["churn-platform", "performance"]
+    assert compose("performance", tmp_path) == ["churn-platform", "performance", "--last-days", "30"]
     assert compose("retrain", tmp_path) == ["churn-platform", "retrain", "--if", "performance"]
     # The CronJob's flags, with the data folder compose's MinIO has (the ConfigMap's default).
     folder = _env_file(REPO / "deploy" / "base" / "config.env")["CHURN_DATA_URI"]

@@ -221,8 +221,31 @@ def test_a_retrain_the_gate_refused_waits_for_evidence_that_starts_after_it(scen
     degraded(4, now + timedelta(hours=1))  # evidence the refused retrain never saw
     decision = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
     assert decision.retrain and decision.reason.startswith("2 of the last 2 performance runs of v1 whose"), decision
+    # No outcome came in since: the same training data, refused before training, nothing registered.
+    with pytest.raises(retraining.NotRetrained, match="the training data is the same as v2's, which the gate refused"):
+        retraining.retrain(get_settings(), trigger="performance", base=str(base))
+    assert versions(name) == [1, 2]
     # A Production that moved since is judged afresh: the refusal was against another version.
     assert "whose evidence" not in retraining.decide(client, get_settings(), 2, "performance", 3, 2).reason
+
+
+def test_after_a_refusal_a_window_that_never_starts_later_counts_a_month_on():
+    """Over all time or from a fixed --since (compose's and the MLproject's defaults), a run's
+    window never starts after the refused retrain: one refusal ended triggered retraining."""
+    from types import SimpleNamespace
+
+    refused = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)
+
+    def run(window: str | None, days_later: float):
+        tags = {TAG_WINDOW_START: window} if window else {}
+        return SimpleNamespace(data=SimpleNamespace(tags=tags),
+                               info=SimpleNamespace(start_time=refused + int(days_later * 86_400_000)))  # fmt: skip
+
+    assert not retraining._judges_after(run("1970-01-01T00:00:00+00:00", 29.9), refused)  # noqa: SLF001
+    assert retraining._judges_after(run("1970-01-01T00:00:00+00:00", 30), refused)  # noqa: SLF001
+    assert retraining._judges_after(run("2026-11-02T00:00:00", 1), refused)  # noqa: SLF001 - naive: UTC
+    assert not retraining._judges_after(run("2026-10-31T23:00:00+00:00", 1), refused)  # noqa: SLF001
+    assert retraining._judges_after(run(None, 1), refused)  # noqa: SLF001 - an earlier release's run
 
 
 def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv, tmp_path):
