@@ -36,7 +36,7 @@ from churn_platform.contract import (
     PRODUCTION_ALIAS,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError
+from churn_platform.errors import ChurnPlatformError, NotFoundError
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
     Settings,
@@ -732,10 +732,13 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
     comparison, failed = None, None
     if state.mode != "off":
         try:
-            thresholds = {}
+            thresholds, deleted = {}, None
             for version in (state.production_version, state.challenger_version):
                 if version is not None:
-                    tags = registry_mod.get_version(client, settings.model_name, version).tags
+                    try:
+                        tags = registry_mod.get_version(client, settings.model_name, version).tags
+                    except NotFoundError as exc:  # deleted mid-rollout: its rows in the log are the evidence why
+                        tags, deleted = {}, exc
                     thresholds[version] = loading.decision_threshold(tags.get(TAG_THRESHOLD),
                                                                      settings.decision_threshold, version)  # fmt: skip
             comparison = rollout_mod.compare(
@@ -743,6 +746,10 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
                 band_edges=(settings.risk_medium_from, settings.risk_high_from),
                 horizon_days=settings.outcome_horizon_days,
             )  # fmt: skip
+            if deleted is not None:
+                note = f"{deleted}: its agreement uses CHURN_DECISION_THRESHOLD"
+                comparison = comparison.model_copy(update={"note": "; ".join(filter(None, [note, comparison.note]))})
+                failed = deleted
         except ChurnPlatformError as exc:
             # The state still stands: an on-call user in an incident (the log down, the Challenger
             # deleted, bad rows) must see what is running; the exit code still says what failed.

@@ -190,7 +190,12 @@ def start(
     actor = actor or promotion.default_actor()
     # A new share of the same canary goes on comparing since it started; anything else starts afresh.
     same = running.mode == mode and running.challenger_version == version
-    moves = sum(e.action in promotion.MOVES for e in promotion.events_in(tags))
+    events = promotion.events_in(tags, pending=True)
+    moves = sum(e.action in promotion.MOVES and not e.pending for e in events)
+    # A promotion whose alias moved after Production was read, its event not yet marked done:
+    # counted once done, it would end this rollout on arrival. It is the move to the
+    # Production read here, so it comes before the rollout (one, however many are pending).
+    moves += any(e.pending and e.action in promotion.MOVES and e.to_version == production for e in events)
     state = RolloutState(
         mode=mode, percent=percent, challenger_version=version, production_version=production,
         started_by=running.started_by if same else actor,
@@ -201,7 +206,7 @@ def start(
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
     _record_then_save(client, name, "rollout-start", production, version, state, actor=actor,
-                      reason=f"{what}: {reason}".rstrip(": "))  # fmt: skip
+                      reason=f"{what}: {reason}" if reason else what)  # fmt: skip
     return state
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,64 @@ def test_a_sigterm_between_a_rollout_event_and_its_state_waits_for_the_state(thr
     assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
     assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "shadow"
     assert out(cli("history", "--model-name", name, "--json"))["events"][0]["action"] == "rollout-start"
+
+
+def test_a_rollout_started_while_a_promotion_lands_runs_beside_the_new_production(three_versions, monkeypatch):
+    """`retrain --rollout` while someone promotes: the promotion's alias moved after `start` read
+    Production, its event not yet marked done; counted once done, it ended the new canary on
+    arrival (exit 0, and replicas served Production alone)."""
+    from dataclasses import replace
+
+    from churn_platform import promotion, registry, rollout
+
+    name, client = three_versions, MlflowClient()
+    key, at = promotion._now_key(promotion.reconcile(client, name))  # noqa: SLF001
+    event = promotion.Event(key, at, "promote", 1, 2, "alice", "in flight", "cli")
+    promotion._write(client, name, replace(event, pending=True))  # noqa: SLF001 - the promotion's first step
+    real = promotion.reconcile
+
+    def then_the_alias_moves(*args):
+        settled = real(*args)
+        registry.move_alias(client, name, "Production", 2)  # its second, just after `start` read Production
+        monkeypatch.setattr(promotion, "reconcile", real)
+        return settled
+
+    monkeypatch.setattr(promotion, "reconcile", then_the_alias_moves)
+    state = rollout.start(client, name, mode="canary", percent=20, version=3, actor="bob", reason="ship it :")
+    assert (state.mode, state.production_version) == ("canary", 2)
+    promotion._write(client, name, event)  # noqa: SLF001 - its third: marked done
+    assert rollout.current(client, name, 2).mode == "canary"
+    # The reason as given ("ship it :" lost its colon in the trail).
+    assert promotion.recorded_events(client, name)[-1].reason == "canary 20%: ship it :"
+
+
+def test_rollout_status_still_shows_the_figures_when_the_challenger_was_deleted(three_versions, tmp_path, setenv):
+    """Deleted mid-canary (worse, say): its threshold is gone with it, and status showed no
+    figures at all, where the log still held the evidence of why."""
+    import sqlalchemy as sa
+
+    from churn_platform import data
+    from churn_platform.inference_log import COLUMNS, sqlite_time, upgrade
+    from churn_platform.schema import FEATURE_NAMES
+
+    name = three_versions
+    url = f"sqlite:///{tmp_path}/log.db"
+    setenv(CHURN_INFERENCE_LOG_URL=url)
+    assert cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "50").exit_code == 0
+    customers = data.generate(200, seed=3)
+    at = sqlite_time(datetime.now(UTC) + timedelta(seconds=1))
+    rows = [(f"r{i}", 0, at, name, 3 if i % 2 else 1, "canary" if i % 2 else "production", 0.5, c.customer_id,
+             *(getattr(c, f) for f in FEATURE_NAMES), 0.3 + 0.001 * i)
+            for i, c in enumerate(customers.itertuples(index=False))]  # fmt: skip
+    engine = sa.create_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"INSERT INTO inference_log ({', '.join(COLUMNS)}) VALUES "
+                             f"({', '.join('?' * len(COLUMNS))})", rows)  # fmt: skip
+    engine.dispose()
+    MlflowClient().delete_model_version(name, "3")
+    result = cli("rollout", "status", "--model-name", name, "--json")
+    assert result.exit_code == 2, result.output
+    comparison = out(result)["comparison"]
+    assert sorted(a["rows"] for a in comparison["arms"]) == [100, 100], comparison
+    assert "has no version 3" in comparison["note"] and "CHURN_DECISION_THRESHOLD" in comparison["note"]
