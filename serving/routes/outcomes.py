@@ -22,7 +22,14 @@ from churn_platform.errors import ChurnPlatformError, StorageUnreachable
 from churn_platform.schema import ID_COLUMN
 from serving import openapi
 from serving.deps import ADMIN_RESPONSES, AdminKey, KnownQuery, SettingsDep
-from serving.errors import BadOutcomes, BatchTooLarge, StoreUnavailable, invalid_json
+from serving.errors import (
+    MAX_ERRORS_LISTED,
+    BadOutcomes,
+    BatchTooLarge,
+    StoreUnavailable,
+    invalid_json,
+    validation_message,
+)
 from serving.schemas import MAX_OUTCOMES, OutcomesRequest, listed_in
 
 router = APIRouter(tags=["outcomes"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
@@ -85,15 +92,15 @@ def _record(body: OutcomesRequest, url: str, strict: bool) -> dict:
         raise BadOutcomes(f"outcomes not recorded: {exc}") from exc
     if strict and result.written is None:
         rejects = result.checked.rejects
-        raise BadOutcomes(
-            f"{len(rejects)} of {result.checked.rows} outcomes are invalid; nothing was written",
-            detail=[
-                {
-                    "loc": ["body", "outcomes", int(r.row) - 1, r.reason.split(":", 1)[0]],
-                    "msg": r.reason.split(": ", 1)[-1],
-                    "row": int(r.row),
-                }
-                for r in rejects.itertuples()
-            ],  # fmt: skip
-        )
+        # As every 422: the first hundred listed, the first five named (10,000 bad rows answered 1 MB).
+        listed = [
+            {
+                "loc": ["body", "outcomes", int(r.row) - 1, r.reason.split(":", 1)[0]],
+                "msg": r.reason.split(": ", 1)[-1],
+                "row": int(r.row),
+            }
+            for r in rejects.head(MAX_ERRORS_LISTED).itertuples()
+        ]  # fmt: skip
+        raise BadOutcomes(f"{len(rejects)} of {result.checked.rows} outcomes are invalid; nothing was written: "
+                          f"{validation_message(listed, len(rejects))}", detail=listed)  # fmt: skip
     return result.to_json()

@@ -387,7 +387,9 @@ def test_a_bad_outcome_is_a_422_naming_row_and_field_and_nothing_is_written(api)
     response = post(api, body)
     assert response.status_code == 422
     problem = response.json()
-    assert problem["message"] == "3 of 4 outcomes are invalid; nothing was written"
+    assert problem["message"] == ("3 of 4 outcomes are invalid; nothing was written: outcomes.1.churned: 'perhaps' "
+                                  "is not Yes/No, 1/0 or true/false; outcomes.2.customer_id: missing; outcomes.3."
+                                  "observed_at: '2999-01-01' is out of range (1970 to now)")  # fmt: skip
     assert [(d["row"], d["loc"][-1]) for d in problem["detail"]] == [(2, "churned"), (3, "customer_id"),
                                                                     (4, "observed_at")]  # fmt: skip
     assert "'perhaps' is not Yes/No" in problem["detail"][0]["msg"]
@@ -396,6 +398,10 @@ def test_a_bad_outcome_is_a_422_naming_row_and_field_and_nothing_is_written(api)
     partial = post(api, body, strict="false")
     assert partial.status_code == 200 and partial.json()["rejected"] == 3
     assert stored(api.url) == [("a", 1)]
+    # Ten thousand bad rows: the first hundred listed, as for every 422 (the answer was 1 MB).
+    many = post(api, [{"customer_id": f"z{i}", "churned": "maybe"} for i in range(10_000)])
+    assert many.status_code == 422 and len(many.json()["detail"]) == 100
+    assert many.json()["message"].endswith("is not Yes/No, 1/0 or true/false (and 9995 more)")
 
 
 def test_two_labels_for_one_customer_and_time_in_one_request_are_a_422_naming_both_rows(api):
