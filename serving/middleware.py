@@ -91,8 +91,11 @@ class JsonOnly:
                 return await self.app(scope, receive, send)
         media_type = (declared or b"").split(b";", 1)[0].strip().lower().decode("latin-1")
         # Every Content-Encoding header, each maybe a list: "gzip" then "identity" is still gzip.
-        codings = b",".join(v for k, v in scope.get("headers") or [] if k == b"content-encoding").decode("latin-1")
-        encoding = ", ".join(c for c in (c.strip().lower() for c in codings.split(",")) if c not in ("identity", ""))
+        # Transfer-Encoding's codings but chunked too: uvicorn passes a gzip one on still compressed.
+        codings = b",".join(v for k, v in scope.get("headers") or []
+                            if k in (b"content-encoding", b"transfer-encoding")).decode("latin-1")  # fmt: skip
+        encoding = ", ".join(c for c in (c.strip().lower() for c in codings.split(","))
+                             if c not in ("identity", "chunked", ""))  # fmt: skip
         if media_type == JSON and not encoding:
             return await self.app(scope, receive, send)
         if media_type == JSON:  # a gzip body would be read as JSON and called invalid

@@ -771,6 +771,12 @@ def test_a_compressed_body_is_a_415_that_names_the_encoding(api, telco_csv):
     twice = [("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")]
     response = api.post("/predict", content=gzip.compress(body), headers=httpx.Headers(twice))
     assert response.status_code == 415 and "unsupported content encoding 'gzip'" in response.text
+    # A gzip transfer coding reaches the app still compressed (uvicorn undoes only chunked): 422 "invalid JSON".
+    moved = {"content-type": "application/json", "transfer-encoding": "gzip, chunked"}
+    response = api.post("/predict", content=gzip.compress(body), headers=moved)
+    assert response.status_code == 415 and "unsupported content encoding 'gzip'" in response.text
+    chunked = {"content-type": "application/json", "transfer-encoding": "chunked"}
+    assert api.post("/predict", content=body, headers=chunked).status_code == 200
 
 
 def test_metrics_add_up_over_several_workers(registry_uri, tmp_path, telco_csv):
