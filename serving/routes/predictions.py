@@ -57,6 +57,9 @@ async def _customers(request: Request, model: type[BaseModel], max_customers: in
     """The customers in the raw body; errors go to the same 422 handler as FastAPI's own."""
     try:
         body = await request.body()
+        # A byte-order mark (PowerShell, Notepad) is no JSON, but /predict/by-id and /outcomes
+        # (Python's parser) skip it: the same body was a 422 here only.
+        body = body.removeprefix(b"\xef\xbb\xbf")
         with tracing.span("decode", {"http.request.body.size": len(body)}):
             return customers_from_json(body, model, max_customers)
     except TooManyCustomers as exc:
