@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -361,6 +362,18 @@ def _typed(out: pd.DataFrame) -> pd.DataFrame:
 def missing_features(columns: list[str]) -> list[str]:
     """The schema's features not among ``columns`` (already normalised)."""
     return [c for c in FEATURE_NAMES if c not in columns]
+
+
+#: Words of a column name that hold a time: an outcome's or a snapshot's under another name
+#: (``churn_date``, ``CloseDate``, ``snapshotTime``); ``at`` and ``on`` only last (``updated_at``,
+#: not ``at_risk``).
+_TIME_WORDS, _TIME_LAST = {"date", "time", "datetime", "timestamp", "ts", "when"}, {"at", "on"}
+
+
+def names_a_time(column: str) -> bool:
+    """Whether a column's name says it holds a time (the schema's columns do not)."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower().replace("_", " ").replace("-", " ").split()
+    return bool(words) and (not _TIME_WORDS.isdisjoint(words) or words[-1] in _TIME_LAST)
 
 
 def id_issues(ids: pd.Series) -> list[RowIssue]:

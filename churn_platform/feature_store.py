@@ -311,6 +311,10 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     snapshot time (the ``snapshot_time`` column, ``as_of`` where it is blank or missing). Rows
     of one customer and time in one file are one snapshot if their values agree, else rejected.
     """
+    if SNAPSHOT_TIME not in raw.columns and (timed := [c for c in raw.columns if data.names_a_time(str(c))]):
+        # Dated by --as-of instead, an export's history (`snapshotTime`) was stored as one time.
+        raise DataValidationError(f"no {SNAPSHOT_TIME} column, and {timed} is not read: rename the snapshots' "
+                                  f"time to {SNAPSHOT_TIME}, or drop {timed} to date every row by --as-of")  # fmt: skip
     missing = data.missing_features(list(raw.columns))
     if ID_COLUMN not in raw.columns:
         missing.insert(0, ID_COLUMN)

@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,16 +102,6 @@ class Checked:
 
 #: No outcome is older: 1900-01-01 is a spreadsheet's "unknown", never a customer's churn.
 _EARLIEST = pd.Timestamp("1970-01-01", tz="UTC")
-#: Words of a column name that hold a time: the outcome's under another name (``churn_date``,
-#: ``CloseDate``, ``event time``); ``at`` and ``on`` only last (``updated_at``, not ``at_risk``).
-_TIME_WORDS, _TIME_LAST = {"date", "time", "datetime", "timestamp", "ts", "when"}, {"at", "on"}
-
-
-def _timely(column: str) -> bool:
-    words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower().replace("_", " ").replace("-", " ").split()
-    return bool(words) and (not _TIME_WORDS.isdisjoint(words) or words[-1] in _TIME_LAST)
-
-
 def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     """Validate outcome rows; only a missing column fails the whole input (``DataValidationError``).
 
@@ -135,7 +124,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
             f"missing required columns: {missing} (found: {list(frame.columns)}); an outcome needs "
             f"{ID_COLUMN}, {CHURNED} (or Churn) and optionally {OBSERVED_AT}"
         )
-    if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if _timely(str(c))]):
+    if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if data.names_a_time(str(c))]):
         # Every row would be dated now, and stored so: a churn of March judged today's predictions.
         raise DataValidationError(f"no {OBSERVED_AT} column, and {timed} is not read: rename the outcome's time "
                                   f"to {OBSERVED_AT}, or drop {timed} to date every row now")  # fmt: skip

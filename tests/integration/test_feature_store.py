@@ -489,6 +489,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
     get_settings.cache_clear()
     data.read_table(telco_csv).head(5).to_csv("no_time.csv", index=False)
     data.read_table(telco_csv).head(5).assign(tenure="seven").to_csv("all_bad.csv", index=False)
+    data.read_table(telco_csv).head(5).assign(snapshotTime="2026-05-01").to_csv("camel.csv", index=False)
     cases = [
         ((), ["features", "materialize"], 2, f"not registered: no feature store at {tmp_path / 'store'}"),
         # Before apply (a misspelt CHURN_FEATURE_STORE_DIR, say), nothing goes into a folder no one
@@ -499,6 +500,9 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         # Nothing loaded: the summary says why (it was Feast's error from materializing, exit 3).
         ((), ["features", "refresh", "all_bad.csv", "--as-of", "2026-01-01"], 1, "ingested 0 of 5 rows"),
         ((), ["features", "ingest", "no_time.csv"], 2, "no_time.csv: missing required columns: ['snapshot_time (or"),
+        # Its history stored as the file's write time, exit 0: the CronJob refreshes with --as-of modified.
+        ((), ["features", "ingest", "camel.csv", "--as-of", "modified"], 2,
+         "no snapshot_time column, and ['snapshotTime'] is not read: rename the snapshots' time to snapshot_time"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
         # A zone without a time: fromisoformat read it as 02:00 UTC; the column refuses it.
