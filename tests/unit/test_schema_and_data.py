@@ -199,6 +199,23 @@ def test_empty_files_fail_clearly(tmp_path, content, problem):
         data.load(path)
 
 
+def test_a_compressed_or_not_utf8_file_is_named_with_what_to_do(telco_csv, tmp_path):
+    """`features ingest`, `outcomes ingest` and `train` said "'utf-8' codec can't decode byte
+    0x8b" where `score` said what the file was and how to mend it."""
+    import gzip
+
+    text = telco_csv.read_bytes()[:2000].rsplit(b"\n", 1)[0] + b"\n"
+    files = {
+        "a.csv.gz": (gzip.compress(text), r"is compressed \(gzip\): decompress it first"),
+        "excel.csv": (text.decode().encode("utf-16"), "it is UTF-16 text; .* iconv -f utf-16 -t utf-8"),
+        "latin1.csv": (text.replace(b"Male", b"M\xe9le", 1), "not UTF-8 text .*iconv -f latin1 -t utf-8"),
+    }
+    for name, (content, problem) in files.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataSourceError, match=problem):
+            data.load(tmp_path / name)
+
+
 def test_missing_file_fails_clearly(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match="data file not found: .*nope.csv$"):
         data.load(tmp_path / "nope.csv")
