@@ -1052,26 +1052,26 @@ def training_set(settings: Settings, labels_uri: str) -> tuple[pd.DataFrame, dic
     times = data.iso_times(labels[LABEL_TIME])
     bad = times.isna() | labels[ID_COLUMN].isna() | (labels[ID_COLUMN] == "")
     if bad.any():
-        rows = (labels.index[bad][:5] + 2).tolist()  # file line numbers (after the header)
+        rows = (labels.index[bad][:5] + 1).tolist()  # data rows from 1, as every rejects file counts them
         raise DataValidationError(
             f"labels file {labels_uri}: {int(bad.sum())} rows without a customer id or an ISO-8601 "
-            f"{LABEL_TIME}, first at lines {rows}"
+            f"{LABEL_TIME}, first at rows {rows}"
         )
     labels[LABEL_TIME] = times
     label = data.label_values(labels[LABEL_COLUMN])
     if label.isna().any():  # here, not after the join: the join reorders rows, and the line numbers with them
-        rows = (labels.index[label.isna()][:5] + 2).tolist()
+        rows = (labels.index[label.isna()][:5] + 1).tolist()
         raise DataValidationError(f"labels file {labels_uri}: {int(label.isna().sum())} rows whose {LABEL_COLUMN} "
-                                  f"is not Yes/No, 1/0 or true/false, first at lines {rows}")  # fmt: skip
+                                  f"is not Yes/No, 1/0 or true/false, first at rows {rows}")  # fmt: skip
     labels[LABEL_COLUMN] = label.astype(int)
     # Feast's point-in-time join keeps one row per customer and time, silently: say which.
     repeated = labels.duplicated([ID_COLUMN, LABEL_TIME], keep=False)
     if repeated.any():
         differ = labels[repeated].groupby([ID_COLUMN, LABEL_TIME])[LABEL_COLUMN].transform("nunique") > 1
         if differ.any():
-            rows = (differ.index[differ][:6] + 2).tolist()
+            rows = (differ.index[differ][:6] + 1).tolist()
             raise DataValidationError(f"labels file {labels_uri}: different labels for one customer at one "
-                                      f"{LABEL_TIME}, at lines {rows}; keep the true one")  # fmt: skip
+                                      f"{LABEL_TIME}, at rows {rows}; keep the true one")  # fmt: skip
         labels = labels.drop_duplicates([ID_COLUMN, LABEL_TIME])
     store = open_store(settings)
     _require_applied(store, settings)

@@ -668,9 +668,9 @@ def test_train_from_features_records_the_view_and_the_label_times(embedded: str,
     summary, _ = json.JSONDecoder().raw_decode(ingested[ingested.index("{") :])
     assert (summary["rejected"], summary["rejects"]) == (0, None)  # no file written, none named
     for bad, message in ((labels.assign(churn=["Yes"] * 4 + ["maybe"] + ["No"] * 595),
-                          "1 rows whose churn is not Yes/No, 1/0 or true/false, first at lines [6]"),  # not row 23
+                          "1 rows whose churn is not Yes/No, 1/0 or true/false, first at rows [5]"),  # not row 22
                          (pd.concat([labels, labels.head(1).assign(churn="No" if labels.churn[0] == "Yes" else "Yes")]),
-                          "different labels for one customer at one label_time, at lines [2, 602]")):  # fmt: skip
+                          "different labels for one customer at one label_time, at rows [1, 601]")):  # fmt: skip
         bad.to_csv("bad_labels.csv", index=False)
         assert message in _cli("train", "--from-features", "--labels", "bad_labels.csv", code=2)
 
