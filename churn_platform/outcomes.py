@@ -273,8 +273,6 @@ def _copy_postgres(conn: sa.Connection, good: pd.DataFrame, source: str, now: da
     parsing batched VALUES took 18 s of a 300,000-row write. PostgreSQL says per row whether
     it inserted (xmax = 0) or updated it: counting the table before and after would also count
     rows another upload committed meanwhile."""
-    import psycopg2
-
     columns = ", ".join((ID_COLUMN, CHURNED, OBSERVED_AT))
     conn.exec_driver_sql(f"CREATE TEMP TABLE outcomes_load ON COMMIT DROP AS SELECT {columns} "
                          f"FROM {OUTCOMES_TABLE} WITH NO DATA")  # fmt: skip
@@ -282,11 +280,16 @@ def _copy_postgres(conn: sa.Connection, good: pd.DataFrame, source: str, now: da
                          OBSERVED_AT: pd.DatetimeIndex(good[OBSERVED_AT]).tz_convert(UTC)})  # fmt: skip
     text = rows.to_csv(index=False, header=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
     copy = f"COPY outcomes_load ({columns}) FROM STDIN WITH (FORMAT csv)"
+    driver = conn.dialect.loaded_dbapi  # psycopg2 (postgresql+psycopg2://) or psycopg 3 (postgresql://)
     try:
         with conn.connection.dbapi_connection.cursor() as cur:
-            cur.copy_expert(copy, io.StringIO(text))
-    except psycopg2.Error as exc:  # as SQLAlchemy raises the rest: the callers tell outage from bad data
-        raise sa.exc.DBAPIError.instance(copy, None, exc, psycopg2.Error) from exc
+            if hasattr(cur, "copy_expert"):
+                cur.copy_expert(copy, io.StringIO(text))
+            else:
+                with cur.copy(copy) as sink:
+                    sink.write(text)
+    except driver.Error as exc:  # as SQLAlchemy raises the rest: the callers tell outage from bad data
+        raise sa.exc.DBAPIError.instance(copy, None, exc, driver.Error) from exc
     # In key order: two uploads sharing customers lock their rows in the same order and wait
     # for each other instead of deadlocking.
     counts = conn.exec_driver_sql(

@@ -27,9 +27,12 @@ def checked(ids: list[str], churned: str = "yes", observed_at: str = "2026-11-01
     return result.good
 
 
-def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old():
+@pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg", "postgresql"])
+def test_ingesting_twice_changes_nothing_and_a_new_label_replaces_the_old(driver):
+    """With either driver the settings accept (plain postgresql:// is psycopg 3 in SQLAlchemy
+    2.1): the COPY was psycopg2's alone, a traceback (exit 70) under psycopg 3."""
     with postgres_database() as url:
-        engine = sa.create_engine(url)
+        engine = sa.create_engine(url.replace("postgresql+psycopg2", driver, 1))
         first = checked([f"c{i}" for i in range(10)])
         assert outcomes.write(engine, first, "crm.csv") == outcomes.Written(10, 0, 0)
         assert outcomes.write(engine, first, "crm.csv") == outcomes.Written(0, 0, 10)
