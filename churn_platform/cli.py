@@ -747,7 +747,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
                 horizon_days=settings.outcome_horizon_days,
             )  # fmt: skip
             if deleted is not None:
-                note = f"{deleted}: its agreement uses CHURN_DECISION_THRESHOLD"
+                note = f"{deleted}: agreement for that version uses CHURN_DECISION_THRESHOLD"
                 comparison = comparison.model_copy(update={"note": "; ".join(filter(None, [note, comparison.note]))})
                 failed = deleted
         except ChurnPlatformError as exc:
@@ -769,7 +769,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
 
 def _echo_rollout(state: Any, comparison: Any) -> None:
     click.echo(_fmt_rollout(state))
-    if comparison is not None and comparison.note:
+    if comparison is not None and comparison.note and not comparison.arms:
         click.echo(f"  no comparison: {comparison.note}")
     elif comparison is not None:
         click.echo(f"  {'arm':<11}{'version':>8}{'requests':>10}{'rows':>9}{'mean score':>12}{'distance':>10}"
@@ -782,6 +782,8 @@ def _echo_rollout(state: Any, comparison: Any) -> None:
                        f"{fmt(a.score_distance):>10}{fmt(a.agreement):>11}{fmt(a.p50_scoring_ms, 2):>8}"
                        f"{fmt(a.p99_scoring_ms, 2):>8}{a.labelled_rows:>10}{fmt(a.realized_roc_auc):>9}"
                        f"  {bands}")  # fmt: skip
+        if comparison.note:  # a caveat on the figures shown
+            click.echo(f"  note: {comparison.note}")
 
 
 @rollout.command("stop")

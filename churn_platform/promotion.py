@@ -277,6 +277,14 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
     return sorted([*recorded, event], key=lambda e: e.key)
 
 
+def landed_move(recorded: list[Event], current: int | None) -> Event | None:
+    """The pending move whose alias landed on ``current``, by ``_settled``'s rule; None if none."""
+    last_done = max((e.ns for e in recorded if not e.pending and e.action in MOVES), default=0)
+    since = max(last_done - RACE_WINDOW_NS, time.time_ns() - PENDING_FOR_NS)
+    landed = [e for e in recorded if e.pending and e.ns > since and e.to_version == current]
+    return landed[-1] if current is not None and landed else None
+
+
 def _settled(client: MlflowClient, name: str, recorded: list[Event], current: int | None) -> list[Event]:
     """``recorded`` without pending moves, but for the latest one that names the version the
     alias is on, recorded after the last done move (or racing it, within ``RACE_WINDOW_NS``:
@@ -286,12 +294,9 @@ def _settled(client: MlflowClient, name: str, recorded: list[Event], current: in
     still under way, or one that failed and could not withdraw its event: not a move, and past
     ``PENDING_FOR_NS`` never one (a UI move to its version days later is not its doing)."""
     done = [e for e in recorded if not e.pending]
-    last_done = max((e.ns for e in done if e.action in MOVES), default=0)
-    since = max(last_done - RACE_WINDOW_NS, time.time_ns() - PENDING_FOR_NS)
-    landed = [e for e in recorded if e.pending and e.ns > since and e.to_version == current]
-    if current is None or not landed:
+    if (move := landed_move(recorded, current)) is None:
         return done
-    event = replace(landed[-1], pending=False)
+    event = replace(move, pending=False)
     try:
         _write(client, name, event)
     except MlflowException as exc:

@@ -194,8 +194,8 @@ def start(
     moves = sum(e.action in promotion.MOVES and not e.pending for e in events)
     # A promotion whose alias moved after Production was read, its event not yet marked done:
     # counted once done, it would end this rollout on arrival. It is the move to the
-    # Production read here, so it comes before the rollout (one, however many are pending).
-    moves += any(e.pending and e.action in promotion.MOVES and e.to_version == production for e in events)
+    # Production read here, so it comes before the rollout; an old failed one is none.
+    moves += promotion.landed_move(events, production) is not None
     state = RolloutState(
         mode=mode, percent=percent, challenger_version=version, production_version=production,
         started_by=running.started_by if same else actor,
@@ -292,7 +292,8 @@ class Comparison(BaseModel):
 
     since: str | None
     arms: list[ArmFigures]
-    #: Why there are no figures (no log yet, database unreachable); the state still stands.
+    #: Why there are no figures (no log yet, database unreachable; the state still stands),
+    #: or a caveat on those shown (a version deleted since, compared at the default threshold).
     note: str | None = None
 
 

@@ -373,3 +373,6 @@ def test_rollout_status_still_shows_the_figures_when_the_challenger_was_deleted(
     comparison = out(result)["comparison"]
     assert sorted(a["rows"] for a in comparison["arms"]) == [100, 100], comparison
     assert "has no version 3" in comparison["note"] and "CHURN_DECISION_THRESHOLD" in comparison["note"]
+    text = cli("rollout", "status", "--model-name", name)
+    assert text.exit_code == 2 and "no comparison" not in text.output, text.output
+    assert " canary " in text.output and "note: " in text.output and "has no version 3" in text.output
