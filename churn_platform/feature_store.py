@@ -304,6 +304,13 @@ class IngestSummary:
         return f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}{repeated}"
 
 
+def _names_a_snapshot_time(column: str) -> bool:
+    """``snapshotTime``, ``Snapshot Date``, Feast's ``event_timestamp``: the snapshot's time under
+    another name. Not any time (``signup_date``, ``created_at`` describe the customer)."""
+    key = re.sub(r"[^a-z]", "", column.lower())
+    return ("snapshot" in key and data.names_a_time(column)) or key in ("eventtimestamp", "asof", "asoftime")
+
+
 def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, pd.Series]:
     """Customer snapshots ready for the offline source, and each bad row's reasons.
 
@@ -311,7 +318,7 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     snapshot time (the ``snapshot_time`` column, ``as_of`` where it is blank or missing). Rows
     of one customer and time in one file are one snapshot if their values agree, else rejected.
     """
-    if SNAPSHOT_TIME not in raw.columns and (timed := [c for c in raw.columns if data.names_a_time(str(c))]):
+    if SNAPSHOT_TIME not in raw.columns and (timed := [c for c in raw.columns if _names_a_snapshot_time(str(c))]):
         # Dated by --as-of instead, an export's history (`snapshotTime`) was stored as one time.
         raise DataValidationError(f"no {SNAPSHOT_TIME} column, and {timed} is not read: rename the snapshots' "
                                   f"time to {SNAPSHOT_TIME}, or drop {timed} to date every row by --as-of")  # fmt: skip

@@ -500,7 +500,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         # Nothing loaded: the summary says why (it was Feast's error from materializing, exit 3).
         ((), ["features", "refresh", "all_bad.csv", "--as-of", "2026-01-01"], 1, "ingested 0 of 5 rows"),
         ((), ["features", "ingest", "no_time.csv"], 2, "no_time.csv: missing required columns: ['snapshot_time (or"),
-        # Its history stored as the file's write time, exit 0: the CronJob refreshes with --as-of modified.
+        # It was stored at the file's write time, its history lost: the CronJob refreshes with --as-of modified.
         ((), ["features", "ingest", "camel.csv", "--as-of", "modified"], 2,
          "no snapshot_time column, and ['snapshotTime'] is not read: rename the snapshots' time to snapshot_time"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),

@@ -128,6 +128,22 @@ def test_as_of_stands_in_for_a_blank_snapshot_time_and_the_column_wins_elsewhere
     assert reasons.to_dict() == {row: "snapshot_time: missing (--as-of stands in for blank times)" for row in (1, 2)}
 
 
+def test_a_snapshot_time_under_another_name_is_refused_and_a_customers_own_time_is_not(telco_csv):
+    from datetime import UTC, datetime
+
+    from churn_platform import feature_store
+
+    frame = _sample(telco_csv, 3)
+    frame.columns = normalise_columns(list(frame.columns))
+    for name in ("snapshotTime", "Snapshot Date", "event_timestamp", "as_of"):
+        with pytest.raises(DataValidationError, match=f"no snapshot_time column, and \\['{name}'\\] is not read"):
+            feature_store.snapshots(frame.assign(**{name: "2026-05-01"}), datetime(2026, 6, 30, tzinfo=UTC))
+    # A CRM export's signup_date or created_at describes the customer: not read, and no refusal.
+    extra = frame.assign(signup_date="2020-01-01", created_at="2020-01-01")
+    good, reasons = feature_store.snapshots(extra, datetime(2026, 6, 30, tzinfo=UTC))
+    assert reasons.empty and len(good) == 3
+
+
 def test_a_snapshot_time_that_is_not_iso_8601_is_shown_as_the_file_holds_it(telco_csv):
     """An epoch from a Parquet export was shown as np.int64(1780272000)."""
     from churn_platform import feature_store
