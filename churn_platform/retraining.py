@@ -228,7 +228,7 @@ def decide(
     reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version}{since_retrain} flagged {what} "
               f"(retrain at {at_least} of {of})")  # fmt: skip
     if refused and hits < at_least:
-        reason += "; `churn-platform retrain` without --if trains now"
+        reason += "; `churn-platform retrain --if always` trains now"
     return Decision(retrain=hits >= at_least, reason=reason, runs=runs,
                     refused_version=int(last.version) if refused else None)  # fmt: skip
 
@@ -375,7 +375,10 @@ def exclusive(url: str, name: str) -> Iterator[None]:
                 yield
             finally:
                 with contextlib.suppress(sa.exc.SQLAlchemyError):  # gone with the session anyway
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    if not conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key}).scalar():
+                        # Not ours to let go: the connection changed under us (PgBouncer, transaction mode).
+                        log.warning("the retrain lock was not held at the end: another retrain may have run at "
+                                    "the same time; point --inference-log-url at PostgreSQL or a session pool")
     finally:
         engine.dispose()
 

@@ -43,9 +43,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Fail the run (once, in xdist's controller) when the tests left files in the checkout."""
     if hasattr(session.config, "workerinput"):
         return
-    left = sorted(n for n in _LEFT_BEHIND if (REPO / n).exists() and n not in session.config.stash[_PRESENT])
+    present = session.config.stash.get(_PRESENT, set(_LEFT_BEHIND))
+    left = sorted(n for n in _LEFT_BEHIND if (REPO / n).exists() and n not in present)
     if left:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if session.exitstatus == pytest.ExitCode.OK:  # an interrupted run or a usage error keeps its own
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = (f"the tests left {', '.join(left)} in the checkout ({REPO}): some test wrote into its "
                    "working folder instead of its tmp_path (monkeypatch.chdir); remove it and run the test "

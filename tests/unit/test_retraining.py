@@ -213,7 +213,7 @@ def test_a_retrain_the_gate_refused_waits_for_evidence_that_starts_after_it(scen
     code, output = cli("retrain", "--if", "performance")
     assert code == 1, output
     assert ("0 of the last 0 performance runs of v1 whose evidence starts after v2, the retrain the gate refused "
-            "at ") in output and "`churn-platform retrain` without --if trains now" in output, output  # fmt: skip
+            "at ") in output and "`churn-platform retrain --if always` trains now" in output, output  # fmt: skip
     assert versions(name) == [1, 2]
     degraded(3, None)  # an earlier release's run says nothing of its window: counted as it was
     decision = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
@@ -230,7 +230,7 @@ def test_a_retrain_the_gate_refused_waits_for_evidence_that_starts_after_it(scen
 
 
 def test_after_a_refusal_a_window_that_never_starts_later_counts_a_month_on():
-    """Over all time or from a fixed --since (compose's and the MLproject's defaults), a run's
+    """Over all time or from a fixed --since (the MLproject's default; compose's, before), a run's
     window never starts after the refused retrain: one refusal ended triggered retraining."""
     from types import SimpleNamespace
 
