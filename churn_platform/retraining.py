@@ -224,7 +224,7 @@ def decide(
     if refused:
         when = datetime.fromtimestamp(after / 1000, UTC).isoformat(timespec="seconds")
         since_retrain = (f" whose evidence starts after v{last.version}, the retrain the gate refused at {when} "
-                         "(or that ran 30 days after it),")  # fmt: skip
+                         f"(or that ran {_REFUSAL_HOLD_MS // 86_400_000} days after it),")  # fmt: skip
     reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version}{since_retrain} flagged {what} "
               f"(retrain at {at_least} of {of})")  # fmt: skip
     if refused and hits < at_least:
