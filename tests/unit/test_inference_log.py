@@ -105,7 +105,11 @@ def test_database_url_never_reaches_the_command_line(tmp_path):
     log = InferenceLog(secret_url, spool_dir=tmp_path / "spool")
     log.start()
     try:
-        cmdline = Path(f"/proc/{log._writer.process.pid}/cmdline").read_bytes()
+        # Empty while the child is inside execve (one clean run in many read it then): read it once it has run.
+        deadline, cmdline = time.monotonic() + 30, b""
+        while not cmdline and time.monotonic() < deadline and log._writer.process.poll() is None:
+            cmdline = Path(f"/proc/{log._writer.process.pid}/cmdline").read_bytes()
+            time.sleep(0 if cmdline else 0.05)
         assert b"s3cr3t" not in cmdline and b"serving.log_writer" in cmdline
     finally:
         log.close()
