@@ -8,7 +8,7 @@ any bad row is a 422 naming each row, field and problem, and nothing is written;
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import pandas as pd
 from fastapi import APIRouter, Query, Request
@@ -61,8 +61,28 @@ async def _outcomes(request: Request) -> OutcomesRequest:
     try:
         return OutcomesRequest.model_validate(parsed, from_attributes=True)  # FastAPI's mode: its wording
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+        errors = _one_per_field(exc.errors(include_url=False))
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+#: The tags pydantic puts after a field for each member of its union (``churned``: bool | int | str).
+_UNION_MEMBERS = frozenset({"bool", "int", "str"})
+
+
+def _one_per_field(errors: list[Any]) -> list[Any]:
+    """A ``churned`` of 0.5 was three errors whose ``loc`` ended in ``bool``, ``int`` and ``str``,
+    not in the field: one error at the field, saying what a label may be."""
+    out, seen = [], set()
+    for error in errors:
+        loc = tuple(error["loc"])
+        if len(loc) > 1 and loc[-1] in _UNION_MEMBERS and loc[-2] == CHURNED:
+            if loc[:-1] in seen:
+                continue
+            seen.add(loc[:-1])
+            error = {**error, "loc": loc[:-1], "type": "churned_type",
+                     "msg": "Input should be Yes/No, 1/0, true/false or a JSON boolean"}  # fmt: skip
+        out.append(error)
+    return out
 
 
 @router.post("/outcomes", response_model=OutcomesResponse, openapi_extra=openapi.body(OutcomesRequest))

@@ -398,6 +398,11 @@ def test_a_bad_outcome_is_a_422_naming_row_and_field_and_nothing_is_written(api)
     partial = post(api, body, strict="false")
     assert partial.status_code == 200 and partial.json()["rejected"] == 3
     assert stored(api.url) == [("a", 1)]
+    # A label of the wrong JSON type: one error at the field (three, at "bool", "int" and "str").
+    typed = post(api, [{"customer_id": "a", "churned": 0.5}])
+    assert typed.status_code == 422 and [d["loc"] for d in typed.json()["detail"]] == [
+        ["body", "outcomes", 0, "churned"]], typed.json()  # fmt: skip
+    assert typed.json()["message"] == "outcomes.0.churned: Input should be Yes/No, 1/0, true/false or a JSON boolean"
     # Ten thousand bad rows: the first hundred listed, as for every 422 (the answer was 1 MB).
     many = post(api, [{"customer_id": f"z{i}", "churned": "maybe"} for i in range(10_000)])
     assert many.status_code == 422 and len(many.json()["detail"]) == 100
