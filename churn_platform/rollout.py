@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from churn_platform import promotion, registry
-from churn_platform.contract import CANARY_PERCENT, CHALLENGER_ALIAS, ROLLOUT_TAG
+from churn_platform.contract import CANARY_PERCENT, CHALLENGER_ALIAS, ROLLOUT_ACTIONS, ROLLOUT_TAG
 from churn_platform.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class RolloutState(BaseModel):
     #: Production moves in the audit trail when it started: one more means it has ended. A count,
     #: not a time: the events' times come from the clocks of whoever ran each command.
     moves_at_start: int | None = Field(None, ge=0)
+    #: The audit event that announced this state: a newer rollout event in the trail means a
+    #: change raced this one's save and lost its state to it (the last tag written wins).
+    event: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> RolloutState:
@@ -88,6 +91,11 @@ def _read(tags: dict[str, str]) -> tuple[RolloutState, bool]:
 
 def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     state, _ = _read(tags)
+    if state.event is not None and (raced := _newer_change(tags, state.event)) is not None:
+        # Two changes at once: a stop saved over by the start it raced kept the Challenger serving.
+        return RolloutState(reason=f"the saved rollout state is older than the trail's last rollout change "
+                                   f"({raced.action} by {raced.actor} at {raced.at}): two changes raced; "
+                                   "run the one you want again")  # fmt: skip
     if state.mode == "off":
         return state
     rollout = f"the {state.mode} of v{state.challenger_version} beside v{state.production_version}"
@@ -104,6 +112,12 @@ def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     if production is not None and production != state.production_version:
         return RolloutState(reason=f"{rollout} ended when Production moved to v{production}")
     return state
+
+
+def _newer_change(tags: dict[str, str], key: str) -> promotion.Event | None:
+    """The trail's last rollout event, when it is newer than the one ``key`` names."""
+    last = next((e for e in reversed(promotion.events_in(tags)) if e.action in ROLLOUT_ACTIONS), None)
+    return last if last is not None and last.key > key else None
 
 
 def _first_move_after(events: list[promotion.Event], started_at: str | None) -> promotion.Event | None:
@@ -125,14 +139,16 @@ def _first_move_after(events: list[promotion.Event], started_at: str | None) -> 
 def _record_then_save(
     client: MlflowClient, name: str, action: str, from_version: int | None, to_version: int | None,
     state: RolloutState, *, actor: str | None, reason: str,
-) -> None:  # fmt: skip
-    """The audit event, then the state it announces; the event is withdrawn when the state
-    was not saved (the registry went away between the two), or ``history`` showed a
-    rollout-start that never took effect, or a stop while replicas kept the Challenger. A
-    SIGTERM (`retrain --rollout` at its Job's deadline) waits for the pair, as a promotion's does."""
-    value = json.dumps(state.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)  # as promotion._write
+) -> RolloutState:  # fmt: skip
+    """The audit event, then the state it announces (returned, naming its event); the event is
+    withdrawn when the state was not saved (the registry went away between the two), or
+    ``history`` showed a rollout-start that never took effect, or a stop while replicas kept
+    the Challenger. A SIGTERM (`retrain --rollout` at its Job's deadline) waits for the pair,
+    as a promotion's does."""
     with promotion.sigterm_deferred():
         event = promotion.record(client, name, action, from_version, to_version, actor=actor, reason=reason)
+        saved = state.model_copy(update={"event": event.key})
+        value = json.dumps(saved.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)  # as promotion._write
         try:
             client.set_registered_model_tag(name, ROLLOUT_TAG, value)
         except BaseException:
@@ -140,6 +156,7 @@ def _record_then_save(
                 if registry.get_model(client, name).tags.get(ROLLOUT_TAG) != value:
                     client.delete_registered_model_tag(name, event.key)
             raise
+    return saved
 
 
 def start(
@@ -205,9 +222,8 @@ def start(
         moves_at_start=running.moves_at_start if same and running.moves_at_start is not None else moves,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
-    _record_then_save(client, name, "rollout-start", production, version, state, actor=actor,
-                      reason=f"{what}: {reason}" if reason else what)  # fmt: skip
-    return state
+    return _record_then_save(client, name, "rollout-start", production, version, state, actor=actor,
+                             reason=f"{what}: {reason}" if reason else what)  # fmt: skip
 
 
 def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None = None) -> RolloutState:

@@ -376,3 +376,25 @@ def test_rollout_status_still_shows_the_figures_when_the_challenger_was_deleted(
     text = cli("rollout", "status", "--model-name", name)
     assert text.exit_code == 2 and "no comparison" not in text.output, text.output
     assert " canary " in text.output and "note: " in text.output and "has no version 3" in text.output
+
+
+def test_a_stop_that_raced_a_start_still_stops_the_challenger(three_versions):
+    """Each change records its event, then writes the state: a start whose save landed after a
+    stop it raced kept the Challenger serving, while `history` ended on the stop (exit 0 both)."""
+    from churn_platform import promotion, rollout
+
+    name, client = three_versions, MlflowClient()
+    assert cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10").exit_code == 0
+    running = rollout.current(client, name, 1)
+    started = promotion.record(client, name, "rollout-start", 1, 3, actor="alice", reason="canary 50%")  # A's event
+    assert rollout.stop(client, name, actor="bob").mode == "off"  # B's stop, whole, meanwhile
+    stale = running.model_copy(update={"percent": 50, "event": started.key})
+    client.set_registered_model_tag(name, ROLLOUT_TAG, stale.model_dump_json())  # A's state, saved last
+    state = rollout.current(client, name, 1)
+    assert state.mode == "off", state  # what replicas serve: Production alone, as the last change said
+    assert state.reason.startswith("the saved rollout state is older than the trail's last rollout change "
+                                   "(rollout-stop by bob at "), state.reason  # fmt: skip
+    # A state an earlier release saved names no event: read as before.
+    assert rollout.current(client, name, 1).mode == "off"
+    client.set_registered_model_tag(name, ROLLOUT_TAG, stale.model_copy(update={"event": None}).model_dump_json())
+    assert rollout.current(client, name, 1).mode == "canary"
