@@ -91,7 +91,8 @@ def _read(tags: dict[str, str]) -> tuple[RolloutState, bool]:
 
 def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     state, _ = _read(tags)
-    if state.event is not None and (raced := _newer_change(tags, state.event)) is not None:
+    events = promotion.events_in(tags)
+    if state.event is not None and (raced := _newer_change(events, state.event)) is not None:
         # Two changes at once: a stop saved over by the start it raced kept the Challenger serving.
         return RolloutState(reason=f"the saved rollout state is older than the trail's last rollout change "
                                    f"({raced.action} by {raced.actor} at {raced.at}): two changes raced; "
@@ -99,7 +100,6 @@ def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     if state.mode == "off":
         return state
     rollout = f"the {state.mode} of v{state.challenger_version} beside v{state.production_version}"
-    events = promotion.events_in(tags)
     if state.moves_at_start is None:  # a rollout started by an earlier release
         moved = _first_move_after(events, state.started_at)
     else:
@@ -114,9 +114,9 @@ def _in_effect(tags: dict[str, str], production: int | None) -> RolloutState:
     return state
 
 
-def _newer_change(tags: dict[str, str], key: str) -> promotion.Event | None:
+def _newer_change(events: list[promotion.Event], key: str) -> promotion.Event | None:
     """The trail's last rollout event, when it is newer than the one ``key`` names."""
-    last = next((e for e in reversed(promotion.events_in(tags)) if e.action in ROLLOUT_ACTIONS), None)
+    last = next((e for e in reversed(events) if e.action in ROLLOUT_ACTIONS), None)
     return last if last is not None and last.key > key else None
 
 
