@@ -150,9 +150,13 @@ class PerformanceSummary(BaseModel):
 # --------------------------------------------------------------------------- reading
 
 
+#: Where a window without --since starts.
+_ALL_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _window(options: PerformanceOptions) -> tuple[datetime, datetime]:
     until = options.until or datetime.now(UTC)
-    since = options.since or datetime(1970, 1, 1, tzinfo=UTC)
+    since = options.since or _ALL_TIME
     if since >= until:
         raise DataValidationError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
     return since, until
@@ -299,7 +303,7 @@ def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, exp
             if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
                 figures[f"{prefix}_{key}"] = float(value)
     tags = {"job": "performance", "model_name": name, "model_version": str(version), "verdict": summary.verdict,
-            TAG_WINDOW_START: summary.window.since or datetime(1970, 1, 1, tzinfo=UTC).isoformat(),
+            TAG_WINDOW_START: summary.window.since or _ALL_TIME.isoformat(),
             **({TAG_ADHOC: summary.adhoc} if summary.adhoc else {})}  # fmt: skip
     artifacts = [*([summary.report_html] if summary.report_html else []), str(summary_path)]
     return record_run(experiment, f"performance-{name}-v{version}-{stamp}", tags, figures, artifacts)
