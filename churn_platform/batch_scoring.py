@@ -412,7 +412,7 @@ def _read_error(path: str, kind: str, exc: BaseException) -> Exception:
     if object_store.unreachable(exc):
         return StorageUnreachable(f"object store unreachable while reading {path}: {exc}")
     if "invalid utf8" in str(exc).lower():  # Arrow: "In CSV column #0: ... invalid UTF8 data"
-        return DataSourceError(f"cannot read {path}: it is not UTF-8 text ({exc}); {data.NOT_UTF8_ADVICE}")
+        return DataSourceError(f"cannot read {path}: it is not UTF-8 text ({exc}); {data.not_utf8_advice()}")
     return DataSourceError(f"cannot read {path} as {kind}: {exc}")
 
 

@@ -137,8 +137,9 @@ def ids_as_text(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, text)
 
 
-#: What to do with a file that is not UTF-8 text (a spreadsheet's default, UTF-16, Latin-1).
-NOT_UTF8_ADVICE = "export it as UTF-8 (a spreadsheet's 'CSV UTF-8') or convert it: iconv -f latin1 -t utf-8"
+def not_utf8_advice(encoding: str = "latin1") -> str:
+    """What to do with a file that is not UTF-8 text (a spreadsheet's default: Latin-1, or UTF-16)."""
+    return f"export it as UTF-8 (a spreadsheet's 'CSV UTF-8') or convert it: iconv -f {encoding} -t utf-8"
 
 
 def _parse(payload: bytes, uri: str) -> pd.DataFrame:
@@ -160,10 +161,9 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
         raise DataSourceError(f"data file is empty: {uri}") from exc
     except UnicodeDecodeError as exc:
         if payload[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: Excel's "Unicode text"
-            raise DataSourceError(f"cannot read {uri}: it is UTF-16 text; export it as UTF-8 (a spreadsheet's "
-                                  "'CSV UTF-8') or convert it: iconv -f utf-16 -t utf-8") from None  # fmt: skip
+            raise DataSourceError(f"cannot read {uri}: it is UTF-16 text; {not_utf8_advice('utf-16')}") from None
         raise DataSourceError(f"cannot read {uri}: it is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                              f"{NOT_UTF8_ADVICE}") from None
+                              f"{not_utf8_advice()}") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is a bad file for the user
         kind = "Parquet" if is_parquet else "CSV"
         raise DataSourceError(f"cannot parse {uri} as {kind}: {exc}") from exc
