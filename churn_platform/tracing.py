@@ -38,9 +38,13 @@ def configured() -> bool:
 def check() -> None:
     """``SettingsError`` when traces are asked for in a way this API cannot send: over gRPC (set
     with a port 4317 endpoint), every batch went to a gRPC-only port and was lost, with only the
-    exporter's warnings to say so."""
+    exporter's warnings to say so; or name a propagator that is not installed."""
     from churn_platform.errors import SettingsError
 
+    if missing := _missing_propagator():
+        raise SettingsError(f"OTEL_PROPAGATORS={os.environ['OTEL_PROPAGATORS']}: no propagator {missing!r} is "
+                            f"installed (installed: {', '.join(sorted(_propagators()))}); tracecontext,baggage "
+                            "is the default, none turns propagation off")  # fmt: skip
     name = next((n for n in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
                  if os.environ.get(n)), None)  # fmt: skip
     protocol = os.environ.get(name, "").strip() if name else ""
@@ -48,6 +52,24 @@ def check() -> None:
         raise SettingsError(f"{name}={protocol}: this API sends traces over OTLP/HTTP only; set "
                             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and point OTEL_EXPORTER_OTLP_ENDPOINT "
                             "(or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) at the collector's HTTP port (4318)")
+
+
+def _propagators() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {point.name for point in entry_points(group="opentelemetry_propagator")}
+
+
+def _missing_propagator() -> str | None:
+    """The first name in ``OTEL_PROPAGATORS`` with no installed propagator, as OpenTelemetry reads
+    the list (up to a ``none``). FastAPI imports ``opentelemetry.propagate``, which raises on it:
+    with ``b3`` or ``xray`` set cluster-wide, the API died loading, traces on or off."""
+    for name in (part.strip() for part in os.environ.get("OTEL_PROPAGATORS", "").split(",")):
+        if name.lower() == "none":
+            return None
+        if name and name not in _propagators():
+            return name
+    return None
 
 
 def setup(service: str = "churn-api", exporter: SpanExporter | None = None) -> bool:

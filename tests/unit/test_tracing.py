@@ -90,6 +90,24 @@ def test_the_standard_variables_that_turn_traces_off_or_ask_for_grpc_are_honoure
     tracing.check()
 
 
+def test_a_propagator_that_is_not_installed_stops_serve_with_its_name(monkeypatch):
+    """FastAPI imports OpenTelemetry's propagators, which raise on one not installed: with
+    OTEL_PROPAGATORS=b3 set cluster-wide, traces off, the API died loading the app (exit 70, "a
+    bug") and crash-looped."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext, b3")
+    result = CliRunner().invoke(main, ["serve", "--host", "192.0.2.1"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "OTEL_PROPAGATORS=tracecontext, b3: no propagator 'b3' is installed" in result.output
+    for accepted in ("tracecontext,baggage", "none", "none,b3"):  # as OpenTelemetry reads it: nothing after none
+        monkeypatch.setenv("OTEL_PROPAGATORS", accepted)
+        tracing.check()
+
+
 def test_the_otlp_exporter_sends_to_the_standard_endpoint(monkeypatch):
     received: list[tuple[str, str, int]] = []
 
