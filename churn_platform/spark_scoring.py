@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data, object_store
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
-from churn_platform.errors import DataSourceError, DataValidationError, StorageUnreachable
+from churn_platform.errors import DataSourceError, DataValidationError, SettingsError, StorageUnreachable
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
 from churn_platform.settings import Settings
 
@@ -77,6 +77,10 @@ def _session_conf(conf: dict[str, str] | None) -> dict[str, str]:
         # borrowed session) that skips such files, its customers went silently unscored.
         "spark.sql.files.ignoreCorruptFiles": "false",
         "spark.sql.files.ignoreMissingFiles": "false",
+        # Spark types every column of a Parquet file before the job keeps its own: a nanosecond
+        # timestamp no one reads (pandas writes datetime64[ns] so: an export's `exported_at`)
+        # stopped the job, which the local engine scored. Read as a number, and dropped.
+        "spark.sql.legacy.parquet.nanosAsLong": "true",
         **(conf or {}),
     }
 
@@ -219,6 +223,14 @@ def _padded(columns: dict[str, Any], n: int, schema: pa.Schema) -> pa.RecordBatc
             value = value.combine_chunks()
         arrays.append(value.cast(f.type) if isinstance(value, pa.Array) else pa.array(value, f.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _for_executors(settings: Settings) -> Settings:
+    """What the executors read of the settings, the risk bands, and nothing else: every task's
+    pickle carried the whole, database and registry passwords and the admin key included, to
+    each executor (and to its logs and core dumps)."""
+    return type(settings).model_construct(risk_medium_from=settings.risk_medium_from,
+                                          risk_high_from=settings.risk_high_from)  # fmt: skip
 
 
 def _score_partition(
@@ -364,13 +376,13 @@ def _counted(fs: pafs.FileSystem, parts: list[str], files: list[str]) -> _Counte
     return _Counted(total, first, rejected, reasons[:3], list(early))
 
 
-def _write_rejects(spark: SparkSession, fs: pafs.FileSystem, staging: str, s3: bool, counted: _Counted,
-                   target: str, endpoint: str | None) -> None:  # fmt: skip
-    """The rejects, numbered and sorted by Spark (its sort spills to disk: an input of
-    millions of bad rows is never held on the driver), streamed into one file."""
+def _sort_rejects(spark: SparkSession, fs: pafs.FileSystem, staging: str, s3: bool, counted: _Counted) -> list[str]:
+    """The rejects' part files, numbered and sorted by Spark (its sort spills to disk: an input
+    of millions of bad rows is never held on the driver); none when no row was rejected. Run
+    before the scores are committed: a second Spark job failing after them (an executor lost)
+    left this run's scores beside an earlier run's rejects."""
     if not counted.rejected:
-        batch_scoring.write_rejects(target, REJECTS_SCHEMA.empty_table(), endpoint)
-        return
+        return []
     from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
 
     sorted_at = f"{staging}/_rejects"  # `_`: hidden from the read of the staging folder
@@ -384,9 +396,15 @@ def _write_rejects(spark: SparkSession, fs: pafs.FileSystem, staging: str, s3: b
         .orderBy("row")
     )  # fmt: skip
     numbered.write.mode("overwrite").parquet(_spark_path(sorted_at, s3))
-    # A sort's part files hold consecutive ranges, in the order of their numbers.
-    _write(fs, _parts(fs, sorted_at), target, batch_scoring.output_kind(target, None), REJECTS_SCHEMA, endpoint,
-           kind_of_row=None)
+    return _parts(fs, sorted_at)  # a sort's part files hold consecutive ranges, in the order of their numbers
+
+
+def _write_rejects(fs: pafs.FileSystem, parts: list[str], target: str, endpoint: str | None) -> None:
+    """The sorted rejects streamed into one file (an empty one when there were none)."""
+    if not parts:
+        batch_scoring.write_rejects(target, REJECTS_SCHEMA.empty_table(), endpoint)
+        return
+    _write(fs, parts, target, batch_scoring.output_kind(target, None), REJECTS_SCHEMA, endpoint, kind_of_row=None)
 
 
 def _write(fs: pafs.FileSystem, parts: list[str], target: str, kind: str, schema: pa.Schema,
@@ -471,8 +489,9 @@ def score(
         explainer = model.explainer if explain_top_k else None
         lean = _Scoring(model.name, model.version, model.scorer, explainer, model.decision_threshold)
         shared = spark.sparkContext.broadcast(lean)  # sent to each executor once, not with every task
-        work = functools.partial(_score_partition, model=shared, settings=settings, scored_at=scored_at,
-                                 schema=schema, fast=fast, explain_top_k=explain_top_k)  # fmt: skip
+        work = functools.partial(_score_partition, model=shared, settings=_for_executors(settings),
+                                 scored_at=scored_at, schema=schema, fast=fast,
+                                 explain_top_k=explain_top_k)  # fmt: skip
         # The one distributed pass: read, check, score, write part files (scores, rejects, row counts).
         combined = frame.mapInArrow(work, from_arrow_schema(_combined_schema(schema)))
         combined.write.mode("overwrite").parquet(_spark_path(staging, output.startswith("s3://")))
@@ -480,12 +499,12 @@ def score(
         counted = _counted(out_fs, parts, files)
         rows, rejected = counted.rows, counted.rejected
         batch_scoring.check_scored(source, rows, rows - rejected, counted.reasons)
+        sorted_rejects = _sort_rejects(spark, out_fs, staging, output.startswith("s3://"), counted)
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
 
-        def commit_rejects() -> None:  # Spark's errors as the job's, so the note says whose each file is
+        def commit_rejects() -> None:  # the store's errors as the job's, so the note says whose each file is
             try:
-                _write_rejects(spark, out_fs, staging, output.startswith("s3://"), counted, rejects,
-                               settings.s3_endpoint_url)  # fmt: skip
+                _write_rejects(out_fs, sorted_rejects, rejects, settings.s3_endpoint_url)
             except Exception as exc:  # noqa: BLE001 - translated, not swallowed
                 raise _translated(exc, source) from None
 
@@ -546,6 +565,11 @@ def _translated(exc: Exception, source: str) -> Exception:
     if isinstance(exc, OSError) and object_store.unreachable(exc):
         # pyarrow listing or merging the staged parts: a store blip is worth the retry, not a "bug".
         return StorageUnreachable(f"object store unreachable while writing the scores of {source}: {exc}"[:500])
+    if isinstance(exc, PySparkException | Py4JError) and (missing := _EXECUTOR_IMPORT.search(str(exc))):
+        # Executors whose Python lacks the project (a cluster's, a notebook's): no retry mends it.
+        return SettingsError(f"Spark's executors cannot import {missing[1]!r}: install churn-platform (the "
+                             "driver's version, with the model's libraries) in their Python, or point "
+                             "spark.pyspark.python (PYSPARK_PYTHON) at one that has it")  # fmt: skip
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
         return exc
     text = str(exc).strip()
@@ -563,6 +587,9 @@ def _translated(exc: Exception, source: str) -> Exception:
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
 
+#: A Python traceback's last line when an executor unpickles the job's code without the module
+#: (at a line's start: a malformed row quoted in a message is not one).
+_EXECUTOR_IMPORT = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '([^']+)'", re.MULTILINE)
 #: What failed was not the input, so not exit 2 (which the Job never retries, and whose runbook
 #: says to fix the input): our own code on the executors (rows are checked there, never raised
 #: on: a bug), an executor or Python worker lost (killed for memory, say), memory run out,

@@ -281,6 +281,22 @@ def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri
     assert reasons["spark"] == reasons["local"] == {row: "customer_id: empty" for row in (4, 5, 6, 7)}
 
 
+def test_a_nanosecond_timestamp_no_one_reads_is_scored_past_by_both_engines(registry_uri, customers, tmp_path):
+    """pandas writes datetime64[ns] as a nanosecond Parquet timestamp, which Spark cannot type
+    (and it types every column before keeping the job's): a CRM export's `exported_at` stopped
+    Spark with exit 2, where the local engine scored the file."""
+    import pyarrow.parquet as pq
+
+    frame = customers.head(6).assign(exported_at=pd.to_datetime(["2026-11-30 12:00:00.000000001"] * 6))
+    frame.to_parquet(tmp_path / "export.parquet", index=False)
+    assert "ns" in str(pq.read_schema(tmp_path / "export.parquet").field("exported_at").type)
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(tmp_path / "export.parquet"), "--output", str(out))
+        assert result.exit_code == 0, (engine, result.output)
+        assert pd.read_parquet(out)["customer_id"].tolist() == frame["customer_id"].tolist(), engine
+
+
 def test_ids_no_store_could_hold_are_rejects_in_both_engines(registry_uri, customers, tmp_path):
     """The API, the log and the outcomes refuse an id over 128 characters or holding a control
     character; batch scoring wrote them out, for a campaign no outcome could ever join."""
@@ -329,9 +345,10 @@ def test_a_file_with_brackets_in_its_name_is_read_by_both_engines(registry_uri, 
     assert pd.read_parquet(tmp_path / "scores[1].rejects.parquet")["row"].tolist() == [1]
 
 
-def test_a_failed_sort_of_the_rejects_says_the_scores_are_this_runs(registry_uri, customers, tmp_path, monkeypatch):
-    """The rejects are a second Spark job: its errors skipped the note the runbook relies on
-    (the scores are this run's, the rejects file an earlier run's)."""
+def test_a_failed_sort_of_the_rejects_leaves_the_previous_output(registry_uri, customers, tmp_path, monkeypatch):
+    """The rejects are a second Spark job: run after the scores were committed, its failure (an
+    executor lost) left this run's scores beside an earlier run's rejects; now it runs first.
+    Writing them after the scores may still fail: the note says whose each file is."""
     from pyspark.errors import PySparkException
 
     from churn_platform import spark_scoring
@@ -339,8 +356,17 @@ def test_a_failed_sort_of_the_rejects_says_the_scores_are_this_runs(registry_uri
     def fails(*args, **kwargs):
         raise PySparkException(message="java.io.IOException: No space left on device")
 
-    monkeypatch.setattr(spark_scoring, "_write_rejects", fails)
     customers.head(5).assign(tenure=["x", 1, 2, 3, 4]).to_csv(tmp_path / "in.csv", index=False)
+    # Spark's sort of the rejects fails before the scores are committed: the previous output stands.
+    previous = customers.head(2)[["customer_id"]]
+    previous.to_parquet(tmp_path / "s.parquet")
+    with monkeypatch.context() as patch:
+        patch.setattr(spark_scoring, "_sort_rejects", fails)
+        result = run(registry_uri, *SPARK, "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "s.parquet"))
+    assert result.exit_code == 2 and "are this run's" not in result.output, result.output
+    assert pd.read_parquet(tmp_path / "s.parquet").equals(previous)
+    # Writing the sorted rejects fails after the scores: the note says whose each file is.
+    monkeypatch.setattr(spark_scoring, "_write_rejects", fails)
     result = run(registry_uri, *SPARK, "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "s.parquet"))
     assert result.exit_code == 2, result.output
     assert f"the scores at {tmp_path / 's.parquet'} are this run's, but any file at" in result.output, result.output
@@ -460,6 +486,41 @@ def test_a_failure_that_is_not_the_inputs_is_reported_as_it_is_and_retried():
         assert _translated(failure, "s3://b/in/") is failure, message  # exit 70, with the traceback
     gone = Py4JNetworkError("Answer from Java side is empty")
     assert _translated(gone, "s3://b/in/") is gone
+
+
+def test_the_executors_are_sent_the_risk_bands_and_no_secret(setenv):
+    """Every task's pickle carried the whole settings to each executor: the log database's and
+    the registry's passwords and the admin key among them."""
+    import cloudpickle
+
+    from churn_platform.settings import Settings
+    from churn_platform.spark_scoring import _for_executors
+
+    setenv(CHURN_ADMIN_API_KEY="s3cr3t-admin-key", CHURN_INFERENCE_LOG_URL="postgresql://u:pa55word@db/log",
+           CHURN_RISK_MEDIUM_FROM="0.25", CHURN_RISK_HIGH_FROM="0.6")  # fmt: skip
+    settings = Settings()
+    sent = cloudpickle.dumps(_for_executors(settings))
+    assert b"s3cr3t-admin-key" not in sent and b"pa55word" not in sent
+    assert b"pa55word" in cloudpickle.dumps(settings)  # what was sent before
+    bands = cloudpickle.loads(sent)
+    assert (bands.risk_medium_from, bands.risk_high_from) == (0.25, 0.6)
+
+
+def test_executors_without_the_project_are_a_setup_error_not_a_retried_crash():
+    """A cluster's (or a notebook's) executors whose Python lacks churn-platform failed each task
+    with ModuleNotFoundError: exit 70, "a bug", and the Job retried what no retry mends."""
+    from pyspark.errors import PythonException
+
+    from churn_platform.spark_scoring import _translated
+
+    failure = PythonException(message=(
+        "\n  An exception was thrown from the Python worker. Please see the stack trace below.\n"
+        "Traceback (most recent call last):\n  File \"pyspark/serializers.py\", line 193, in _read_with_length\n"
+        "    return self.loads(obj)\nModuleNotFoundError: No module named 'churn_platform'\n"
+    ))
+    setup = _translated(failure, "in/")
+    assert int(setup.exit_code) == 2 and "executors cannot import 'churn_platform'" in str(setup)
+    assert "spark.pyspark.python" in str(setup)
 
 
 @pytest.mark.own_session  # a notebook's, started here
