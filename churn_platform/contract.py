@@ -65,6 +65,8 @@ AUDIT_TAG_PREFIX = "churn_platform.audit."
 
 #: The validation metric the promotion gate compares.
 GATE_METRIC = "roc_auc"
+#: Run metric: how many rows a version was validated on (its gate's figure came from them).
+VALIDATION_ROWS = "validation_rows"
 #: Validation metrics shown beside a version (status, /model).
 HEADLINE_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "log_loss", "f1")
 #: Every validation metric a training run logs (``model.evaluate``): the performance job's baseline.

@@ -44,6 +44,7 @@ from churn_platform.contract import (
     PRODUCTION_ALIAS,
     TAG_DATA_DIGEST,
     TAG_ROC_AUC,
+    VALIDATION_ROWS,
 )
 from churn_platform.errors import GateRefused, NotFoundError, SettingsError
 from churn_platform.gate import GateVerdict
@@ -345,8 +346,14 @@ def _gate(
     if figures is not None and current is not None and figures.production_version == current:
         return gate.compare(figures.candidate, figures.production, production_version=current, tolerance=tolerance,
                             compared_on=f"{figures.compared_on} (both scored when v{candidate.version} was trained)")
+    own = _metrics(client, candidate, gate=True)
+    rows = own.get(VALIDATION_ROWS)
+    if current is not None and rows is not None and (few := gate.too_few(
+        int(rows), None, current, tolerance=tolerance, compared_on=f"v{candidate.version}'s own validation rows"
+    )):  # fmt: skip
+        return few  # a figure from 20 rows "beat" Production's from a thousand
     return gate.compare(
-        _metrics(client, candidate, gate=True).get(GATE_METRIC),
+        own.get(GATE_METRIC),
         _metrics(client, production, gate=True).get(GATE_METRIC) if production else None,
         production_version=current,
         tolerance=tolerance,
@@ -363,7 +370,8 @@ def _metrics(client: MlflowClient, version: ModelVersion, *, gate: bool = False)
         if gate and not registry.is_missing(exc):
             raise
         run_metrics = {}  # `status` shows what it can (a user without READ on the runs' experiment)
-    metrics = {k: run_metrics[k] for k in HEADLINE_METRICS if k in run_metrics}
+    wanted = (*HEADLINE_METRICS, VALIDATION_ROWS) if gate else HEADLINE_METRICS  # the gate: on how many rows
+    metrics = {k: run_metrics[k] for k in wanted if k in run_metrics}
     if GATE_METRIC not in metrics and TAG_ROC_AUC in version.tags:
         try:
             metrics[GATE_METRIC] = float(version.tags[TAG_ROC_AUC])

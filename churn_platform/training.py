@@ -48,6 +48,7 @@ from churn_platform.contract import (
     TAG_THRESHOLD,
     TAG_TRAINING_DATA,
     VALIDATION_ARTIFACT,
+    VALIDATION_ROWS,
 )
 from churn_platform.errors import DataValidationError, RegistryUnreachable
 from churn_platform.gate import GateVerdict, figures_tag
@@ -288,6 +289,10 @@ def gate(
             else:
                 on += (f" ({int(seen.sum())} of them Production v{production.version}'s training rows, kept: "
                        f"{left} others are too few to judge on)")  # fmt: skip
+        by_class = {int(k): int(n) for k, n in zip(*np.unique(labels[keep], return_counts=True), strict=True)}
+        if few := gate_mod.too_few(int(keep.sum()), by_class, int(production.version), tolerance=tolerance,
+                                   compared_on=on):  # fmt: skip
+            return few
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
         champion_proba = np.asarray(champion.predict(model_mod.features(valid[keep])))[:, 1]
         champion_auc = model_mod.evaluate(labels[keep], champion_proba, 0.5)[GATE_METRIC]
@@ -375,7 +380,7 @@ def train(
         given = mlflow.get_run(run_id).data.params
         mlflow.log_params({k: v for k, v in params.items() if k not in given})
         mlflow.log_metrics(metrics)
-        mlflow.log_metrics({"training_rows": len(train_df), "validation_rows": len(valid_df)})
+        mlflow.log_metrics({TAG_ROWS: len(train_df), VALIDATION_ROWS: len(valid_df)})
         # The threshold applied as a run tag too: under `mlflow run` its parameter reads '' (the default).
         mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name, TAG_THRESHOLD: str(threshold),
                          **(tags or {})})  # fmt: skip

@@ -39,3 +39,19 @@ def test_recorded_figures_round_trip_and_a_hand_edited_tag_is_ignored():
                    ' "compared_on": "x"}', "[]"):  # fmt: skip
         assert gate.recorded_figures({TAG_GATE_FIGURES: edited}) is None, edited
     assert gate.recorded_figures({}) is None
+
+
+def test_too_few_rows_or_too_few_of_a_class_is_no_verdict():
+    """On 20 validation rows a version trained on 80 customers "beat" Production and was
+    promoted, though worse on Production's own thousand held-out rows."""
+    def few(rows, by_class):
+        return gate.too_few(rows, by_class, 3, tolerance=0.005, compared_on="rows X")
+
+    assert few(100, {0: 80, 1: 20}) is None and few(983, None) is None
+    small = few(20, {0: 13, 1: 7})
+    assert not small.passed and not small.checked and gate.figures_tag(small) is None
+    assert small.reason.startswith("20 validation rows (7 churned, 13 stayed) are too few to judge against "
+                                   "Production v3 (at least 100, 20 of each class)")  # fmt: skip
+    assert "--force" in small.reason
+    assert not few(500, {0: 481, 1: 19}).passed  # enough rows, too few churners
+    assert "99 validation rows are too few" in few(99, None).reason  # promote knows the rows only

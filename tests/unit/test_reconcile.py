@@ -372,7 +372,7 @@ def test_a_long_run_of_ui_changes_keeps_every_event_and_short_keys(client):
 def test_a_challenger_trained_after_a_ui_promotion_keeps_its_alias(embedded, model_name):
     """The UI saves v2's aliases lower-case when it promotes v2 (`Challenger` becomes `challenger`);
     v3, trained afterwards, must stay the Challenger once a command adopts the UI's spelling."""
-    config = TrainConfig(n_rows=300, model_name=model_name, seed=1)
+    config = TrainConfig(n_rows=600, model_name=model_name, seed=1)  # 150 validation rows: enough for a verdict
     v1 = train(config, get_settings())
     client = MlflowClient()
     client.create_model_version(model_name, source=client.get_model_version(model_name, "1").source)  # v2

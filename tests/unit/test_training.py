@@ -226,6 +226,24 @@ def test_an_s3_artifact_store_that_does_not_answer_is_exit_3(embedded, model_nam
     assert MlflowClient().search_registered_models() == []  # nothing registered
 
 
+def test_a_version_validated_on_too_few_rows_is_no_challenger_and_promote_refuses_it(embedded, model_name):
+    """A version trained on 80 customers beat Production on its 20 validation rows, became the
+    Challenger and was promoted without --force, though worse on Production's own held-out rows."""
+    assert train(TrainConfig(n_rows=1500, model_name=model_name), get_settings()).gate.passed
+    MlflowClient().set_registered_model_alias(model_name, "Production", "1")
+    small = train(TrainConfig(n_rows=200, seed=3, model_name=model_name), get_settings())  # 50 validation rows
+    assert not small.gate.passed and "50 validation rows (" in small.gate.reason
+    assert "are too few to judge against Production v1 (at least 100, 20 of each class)" in small.gate.reason
+    assert "Challenger" not in MlflowClient().get_registered_model(model_name).aliases
+    refused = CliRunner().invoke(main, ["promote", "--version", "2", "--model-name", model_name, "--reason", "t"])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output, refused.output
+    assert "50 validation rows are too few to judge against Production v1" in refused.output
+    forced = CliRunner().invoke(main, ["promote", "--version", "2", "--model-name", model_name, "--reason", "t",
+                                       "--force"])  # fmt: skip
+    assert forced.exit_code == 0, forced.output
+    assert MlflowClient().get_registered_model(model_name).aliases["Production"] == 2
+
+
 def test_a_production_the_gate_cannot_load_for_a_store_away_is_exit_3_and_registers_nothing(
     embedded, model_name, setenv
 ):
@@ -237,14 +255,14 @@ def test_a_production_the_gate_cannot_load_for_a_store_away_is_exit_3_and_regist
     client.set_registered_model_alias(model_name, "Production", "1")
     setenv(MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
            AWS_MAX_ATTEMPTS="1")  # fmt: skip
-    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    result = _cli("train", "--n-rows", "600", "--model-name", model_name)  # enough validation rows to judge on
     assert result.exit_code == 3, result.output
     assert "could not load Production v1 to gate this run (nothing registered)" in result.output
     assert "Traceback" not in result.output
     assert [int(v.version) for v in _registered_versions(embedded, model_name)] == [1]
 
 
-def test_a_deleted_or_unknown_experiment_is_a_usage_error_before_the_fit(embedded, model_name, setenv):
+def test_a_deleted_or_unknown_experiment_is_a_usage_error_before_the_fit(embedded, model_name, setenv, monkeypatch):
     """MLflow refused the run only at start_run, after the fit: exit 70 and a "bug" traceback."""
     client = MlflowClient()
     client.delete_experiment(client.create_experiment("old-tuning"))
