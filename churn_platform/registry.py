@@ -241,6 +241,9 @@ def live_experiment(
     if os.environ.get("MLFLOW_RUN_ID"):
         return None  # under `mlflow run`: the launcher chose the experiment and made the run
     from_env = not name
+    if from_env and "MLFLOW_EXPERIMENT_NAME" in os.environ and not os.environ["MLFLOW_EXPERIMENT_NAME"].strip():
+        # compose's ${VAR} with VAR unset: MLflow would create an experiment named '' after the fit (exit 70)
+        raise SettingsError("MLFLOW_EXPERIMENT_NAME is set but empty: name an experiment, or unset it for Default")
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME")
     given = os.environ.get("MLFLOW_EXPERIMENT_ID")
     if name:

@@ -271,7 +271,12 @@ def test_a_deleted_or_unknown_experiment_is_a_usage_error_before_the_fit(embedde
     assert result.exit_code == 2, result.output
     assert "MLflow experiment 'old-tuning' (id " in result.output and "is deleted: restore it" in result.output
     assert "MLFLOW_EXPERIMENT_NAME" in result.output
-    setenv(MLFLOW_EXPERIMENT_NAME="", MLFLOW_EXPERIMENT_ID="4242")
+    # Set but empty (compose's ${VAR} with VAR unset): MLflow tried to create an experiment named ''.
+    setenv(MLFLOW_EXPERIMENT_NAME=" ")
+    result = _cli("train", "--n-rows", "200", "--model-name", model_name)
+    assert result.exit_code == 2 and "MLFLOW_EXPERIMENT_NAME is set but empty" in result.output, result.output
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    setenv(MLFLOW_EXPERIMENT_ID="4242")
     result = _cli("train", "--n-rows", "200", "--model-name", model_name)
     assert result.exit_code == 2 and "MLFLOW_EXPERIMENT_ID=4242: no such MLflow experiment" in result.output
     # Both set, naming two experiments: MLflow refused the run at start_run, after the fit (exit 70).
