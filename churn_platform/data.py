@@ -462,7 +462,8 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
         label = label_values(raw)
         bad = label.isna()
         if bad.any():
-            problems.append(f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No, {_rows(bad, raw)}")
+            problems.append(f"column {LABEL_COLUMN!r}: {int(bad.sum())} values are not Yes/No (or 1/0, true/false), "
+                            f"{_rows(bad, raw)}")  # fmt: skip
         out[LABEL_COLUMN] = label
     if problems:
         raise DataValidationError("data does not match the customer schema:\n  - " + "\n  - ".join(problems))
@@ -628,11 +629,17 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
 
 def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
     """Each row's customer, when some customer has several rows (None otherwise: a plain row
-    split); a row without an id is a customer of its own."""
-    if ID_COLUMN not in frame.columns:
-        return None
-    ids = frame[ID_COLUMN].astype("string").str.strip()
-    known = (ids.notna() & (ids != "")).to_numpy(dtype=bool)
+    split); a row without an id, or with a placeholder for one ("NULL", "N/A"), is a customer
+    of its own: as one customer, half a file under "NULL" went to one side of the split. With
+    no ids at all, rows that are copies of each other are one customer (an export appended
+    twice validated on copies of its training rows, and its figures beat a better model)."""
+    ids = frame[ID_COLUMN].astype("string").str.strip() if ID_COLUMN in frame.columns else None
+    known = np.zeros(len(frame), dtype=bool) if ids is None else (
+        ids.notna() & (ids != "") & ~ids.str.lower().isin(ID_PLACEHOLDERS)
+    ).to_numpy(dtype=bool)  # fmt: skip
+    if not known.any():
+        copies = pd.util.hash_pandas_object(frame[[*FEATURE_NAMES, LABEL_COLUMN]], index=False)
+        return pd.Series(pd.factorize(copies)[0], index=frame.index) if copies.duplicated().any() else None
     if not ids[known].duplicated().any():
         return None
     # Codes, not text: a made-up id could be a real one, and pandas' hash tables once read
