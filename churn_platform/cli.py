@@ -144,6 +144,20 @@ class _UtcTime(click.DateTime):
 UTC_TIME = _UtcTime()
 
 
+class Share(click.FloatRange):
+    """A share in (0, 1] (or (0, 1) with ``max_open``): click's range let ``nan`` through (every
+    comparison with it is false), and a drift share of nan never found drift."""
+
+    def __init__(self, *, max_open: bool = False) -> None:
+        super().__init__(0, 1, min_open=True, max_open=max_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
 def checked(rule: Callable[[str], str]) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
     """A click callback applying the rule of the matching setting, so an option and its variable
     refuse the same values (and the option's error names the option)."""
@@ -827,7 +841,7 @@ def rollout_promote(client: Any, settings: Settings, as_json: bool, reason: str,
 @click.option("--since", type=UTC_TIME, default=None,
               help="Use outcomes observed from then on (UTC; default: all).")
 @click.option("--base", default=None, help="A labelled dataset (CSV/Parquet/s3://) to train on beside the recent rows.")
-@click.option("--gate-share", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.25,
+@click.option("--gate-share", type=Share(max_open=True), default=0.25,
               show_default=True, help="Share of recent customers held out to gate the candidate against Production.")
 @click.option("--model-type", type=click.Choice(MODEL_TYPES), default=None, help="Instead of Production's.")
 @click.option("--rollout", "rollout_mode", type=click.Choice(["shadow", "canary"]), default=None,

@@ -14,6 +14,7 @@ from churn_platform.cli import (
     COUNT,
     UTC_TIME,
     VERSION,
+    Share,
     checked,
     echo_json,
     handles_errors,
@@ -57,7 +58,7 @@ def _before(until: datetime | None, span: timedelta, flag: str) -> datetime:
     try:
         return end - span
     except OverflowError:
-        raise click.UsageError(f"{flag} reaches before the year 1 from --until {end:%Y-%m-%d}") from None
+        raise click.UsageError(f"{flag} reaches before the year 1 from --until {end.date().isoformat()}") from None
 
 
 def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -97,7 +98,7 @@ def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) 
 )
 @click.option(
     "--drift-share",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=Share(),
     default=None,
     help="Share of drifted columns that means drift (default: CHURN_MONITOR_DRIFT_SHARE).",
 )

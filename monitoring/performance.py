@@ -157,8 +157,10 @@ _ALL_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 def _window(options: PerformanceOptions) -> tuple[datetime, datetime]:
     until = options.until or datetime.now(UTC)
     since = options.since or _ALL_TIME
-    if since >= until:
-        raise DataValidationError(f"--since {since.isoformat()} is not before --until {until.isoformat()}")
+    if since >= until:  # each bound named as given: "--since 1970-01-01" named an option no one gave
+        start = f"--since {since.isoformat()}" if options.since else f"the window's start ({since:%Y-%m-%d})"
+        end = f"--until {until.isoformat()}" if options.until else "now"
+        raise DataValidationError(f"{start} is not before {end}")
     return since, until
 
 

@@ -58,6 +58,9 @@ def _isolated(tmp_path, monkeypatch):
         (["monitor", "--current", "x.csv", "--last-hours", "2"], "--last-hours choose inference-log rows; not with"),
         (["monitor", "--since", "2026-02-01", "--last-hours", "2"], "give --since or --last-hours, not both"),
         (["monitor", "--last-hours", "0"], "'--last-hours': 0 is not in the range"),
+        # nan passed click's range (every comparison with it is false): drift by share never fired.
+        (["monitor", "--drift-share", "nan"], "'--drift-share': 'nan' is not a number"),
+        (["retrain", "--gate-share", "NaN"], "'--gate-share': 'NaN' is not a number"),
         (["monitor", "--rows", "100"], "--rows 100 is below CHURN_MONITOR_MIN_ROWS (1000): never judged"),
         (["monitor", "--since", "2026-02-01", "--until", "2026-01-01"], "--since 2026-02-01 00:00:00 is not before"),
         (["performance", "--last-days", "99999999"], "'--last-days': 99999999 is not in the range 1<=x<=36500"),

@@ -146,6 +146,9 @@ def test_too_few_rows_on_both_sides_is_not_judged_never_ok(registry_uri, tmp_pat
         ("empty", [], 2, "has no rows yet"),  # a database without the table: nothing logged yet
         ("log", ["--since", "2020-01-01", "--until", "2020-02-01"], 2, "no predictions of churn v1 in the window"),
         ("log", ["--since", "2026-02-01", "--until", "2026-01-01"], 2, "is not before --until"),
+        # Each bound as given: it named "--since 1970-01-01", an option no one gave.
+        ("log", ["--until", "1960-01-01"], 2, "the window's start (1970-01-01) is not before --until 1960"),
+        ("log", ["--since", "2999-01-01"], 2, "--since 2999-01-01T00:00:00+00:00 is not before now"),
         ("log", ["--version", "99"], 2, "99"),
         ("log", ["--last-days", "30", "--since", "2026-01-01"], 2, "give --since or --last-days, not both"),
         ("nonsense", [], 4, "not probabilities in [0, 1]"),
