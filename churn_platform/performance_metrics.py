@@ -114,12 +114,13 @@ def auc_upper_bound(auc: float, positives: int, negatives: int) -> float:
     """One-sided 95% upper bound of a ROC AUC measured on these class counts (Hanley and
     McNeil's standard error, 1982). On 200 labelled rows with 5 churners a model whose true
     AUC is 0.84 measures below 0.79 one time in four: a measured drop is a degradation only
-    when this bound is below the baseline too."""
+    when this bound is below the baseline too. At most 1, as an AUC is (on a few rows the
+    normal approximation reached 1.32)."""
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
     variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
         positives * negatives
     )
-    return auc + _Z_95 * math.sqrt(max(variance, 0.0))
+    return min(1.0, auc + _Z_95 * math.sqrt(max(variance, 0.0)))
 
 
 def _roc_auc(y: np.ndarray, p: np.ndarray) -> float | None:

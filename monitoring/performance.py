@@ -288,9 +288,16 @@ def not_judged(real: Realized, est: Estimated, baseline: dict[str, float], min_r
     if baseline.get(GATE_METRIC) is None:
         return f"the version's training run has no {GATE_METRIC} to compare with (none logged, or not a number)"
     if (real.roc_auc is None or real.rows < min_rows) and (est.roc_auc is None or est.rows < min_rows):
-        return (f"too few rows to judge: {real.rows} labelled rows and {est.rows} predictions in the window, "
-                f"fewer than {min_rows} on both sides (CHURN_PERFORMANCE_MIN_ROWS)")  # fmt: skip
+        # Each side's own reason: 2,877 labelled rows of one class read "too few rows".
+        return (f"nothing to judge on: {_why_not(real.rows, real.roc_auc, min_rows, 'labelled rows', 'of one class')}"
+                f"; {_why_not(est.rows, est.roc_auc, min_rows, 'predictions in the window', 'scored 0 or all 1')}")
     return None
+
+
+def _why_not(rows: int, auc: float | None, min_rows: int, what: str, alike: str) -> str:
+    if rows < min_rows:
+        return f"{rows} {what}, fewer than {min_rows} (CHURN_PERFORMANCE_MIN_ROWS)"
+    return f"{rows} {what}, all {alike} (no {GATE_METRIC})"
 
 
 def _record_run(summary: PerformanceSummary, summary_path: Path, stamp: str, experiment: str) -> str:

@@ -14,7 +14,7 @@ import httpx
 import mlflow
 
 from churn_platform import registry
-from churn_platform.errors import DataSourceError
+from churn_platform.errors import DataSourceError, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,16 @@ def alert_webhook(given: str | None, adhoc: str | None, team: str | None) -> str
 
 
 def live_experiment(client: mlflow.MlflowClient, experiment: str) -> str | None:
-    """The monitoring experiment's id (None: yet to be made), asked before the work: a deleted
-    one is a usage error naming the setting, not a traceback once the verdict is in."""
+    """The monitoring experiment's id (None: yet to be made, or launched by ``mlflow run``),
+    asked before the work: a deleted one is a usage error naming the setting, not a traceback
+    once the verdict is in. A launcher's run in another experiment is refused: the verdict
+    went there, where neither ``retrain --if`` nor the UI's history looks for it."""
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
+        launched_in = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+        if launched_in != experiment:
+            raise SettingsError(f"this MLflow run is in experiment {launched_in!r}, but verdicts belong in "
+                                f"{experiment!r} (CHURN_MONITOR_EXPERIMENT), where `retrain --if` and the history "
+                                f"look: launch with `mlflow run ... --experiment-name {experiment}`")  # fmt: skip
     return registry.live_experiment(client, experiment, "CHURN_MONITOR_EXPERIMENT")
 
 

@@ -32,3 +32,23 @@ def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry
     assert [p["verdict"] for p in posted] == ["drift"]  # the team hears of it all the same
     (made,) = client.search_runs([experiment])
     assert "verdict" not in made.data.tags  # nothing for `retrain --if drift` to count
+
+
+def test_a_launched_run_in_another_experiment_is_refused_before_the_work(registry_uri, tmp_path, setenv):
+    """`mlflow run . -e monitor` without --experiment-name: MLflow's run (Default) took the
+    verdict, where neither `retrain --if drift` nor the UI's history looks, and nothing said so."""
+    copy = tmp_path / "mlflow.db"  # a run is made: keep the session's registry as it was
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    client = MlflowClient(uri, uri)
+    launched = client.create_run("0")  # as `mlflow run` makes one in Default
+    setenv(MLFLOW_RUN_ID=launched.info.run_id)
+    current = tmp_path / "current.csv"
+    data.generate(300, seed=7).drop(columns=["churn"]).to_csv(current, index=False)
+
+    run = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--current", str(current), "--output-dir",
+                                    str(tmp_path / "report")])  # fmt: skip
+    assert run.exit_code == 2 and "Traceback" not in run.output, run.output
+    assert "this MLflow run is in experiment 'Default', but verdicts belong in 'churn-monitoring'" in run.output
+    assert "--experiment-name churn-monitoring" in run.output
+    assert client.get_run(launched.info.run_id).data.metrics == {}  # no verdict went there

@@ -133,10 +133,24 @@ def test_too_few_rows_on_both_sides_is_not_judged_never_ok(registry_uri, tmp_pat
     fill(url, 120, scores, ~labels, labelled=50)
     code, output = performance(registry_uri, url, tmp_path)
     assert code == 2, output
-    assert "v1: not_judged" in output and "too few rows to judge: 50 labelled rows and 120 predictions" in output
+    assert "v1: not_judged" in output, output
+    assert ("nothing to judge on: 50 labelled rows, fewer than 200 (CHURN_PERFORMANCE_MIN_ROWS); 120 predictions "
+            "in the window, fewer than 200") in output  # fmt: skip
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["verdict"] == "not_judged" and summary["degraded"] is False
     assert "<h1>NOT JUDGED</h1>" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_labels_all_of_one_class_are_not_judged_for_that_reason_not_for_too_few_rows():
+    """A monthly status export before the churners are in: 2,877 labelled rows, all "no". The
+    run said "too few rows to judge: 2877 labelled rows ... fewer than 200"."""
+    from churn_platform.performance_metrics import estimated, realized
+    from monitoring.performance import not_judged
+
+    scores = np.linspace(0.05, 0.95, 2877)
+    reason = not_judged(realized(np.zeros(2877), scores, 0.5), estimated(np.array([]), 0.5), {"roc_auc": 0.84}, 200)
+    assert reason == ("nothing to judge on: 2877 labelled rows, all of one class (no roc_auc); 0 predictions in the "
+                      "window, fewer than 200 (CHURN_PERFORMANCE_MIN_ROWS)")  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ def test_realized_equals_sklearn():
     assert got.f1 == pytest.approx(f1_score(y, predicted), abs=1e-12)
     assert got.brier == pytest.approx(brier_score_loss(y, p), abs=1e-12)
     assert sum(b.rows for b in got.calibration) == 5_000
+    # On two rows the normal approximation's bound reached 1.32, logged as an AUC's figure.
+    assert realized(np.array([0, 1]), np.array([0.3, 0.3]), THRESHOLD).roc_auc_upper_bound == 1.0
     # Calibrated scores: each bin's churn rate is close to its mean score.
     assert all(abs(b.observed_rate - b.mean_score) < 0.05 for b in got.calibration)
 
