@@ -333,7 +333,8 @@ def check_columns(path: str, raw: list[str], names: list[str]) -> None:
     replace last week's list with exit 0."""
     missing = [c for c in (ID_COLUMN, *FEATURE_NAMES) if c not in names]
     if missing:
-        raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw})")
+        hint = data.separator_hint(raw)
+        raise DataValidationError(f"{path}: missing required columns {missing} (found: {raw}){hint}")
 
 
 def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_rows: int) -> Iterator[pa.Table]:

@@ -371,6 +371,15 @@ def _typed(out: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def separator_hint(raw: list[str]) -> str:
+    """What a one-column header says of a CSV cut by another character (a European
+    spreadsheet's `;`): every feature was listed missing, and nothing said why."""
+    if len(raw) != 1:
+        return ""
+    found = next((name for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")) if sep in raw[0]), None)
+    return f"; the header is one column holding {found}: save the file comma-separated" if found else ""
+
+
 def missing_features(columns: list[str]) -> list[str]:
     """The schema's features not among ``columns`` (already normalised)."""
     return [c for c in FEATURE_NAMES if c not in columns]
@@ -439,13 +448,15 @@ def validate(frame: pd.DataFrame, require_label: bool = True) -> pd.DataFrame:
     Extra columns are dropped; ``customer_id`` is kept when present.
     """
     frame = frame.copy()
-    frame.columns = normalise_columns([str(c) for c in frame.columns])
+    raw = [str(c) for c in frame.columns]
+    frame.columns = normalise_columns(raw)
     frame = frame.reset_index(drop=True)
     missing = missing_features(list(frame.columns))
     if require_label and LABEL_COLUMN not in frame.columns:
         missing.append(LABEL_COLUMN)
     if missing:
-        raise DataValidationError(f"missing required columns: {missing} (found: {list(frame.columns)})")
+        raise DataValidationError(f"missing required columns: {missing} (found: {list(frame.columns)})"
+                                  f"{separator_hint(raw)}")  # fmt: skip
     if frame.empty:
         raise DataValidationError("data has no rows")
 

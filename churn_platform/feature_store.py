@@ -328,7 +328,8 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     if as_of is None and SNAPSHOT_TIME not in raw.columns:
         missing.append(f"{SNAPSHOT_TIME} (or give --as-of)")
     if missing:
-        raise DataValidationError(f"missing required columns: {missing} (found: {list(raw.columns)})")
+        raise DataValidationError(f"missing required columns: {missing} (found: {list(raw.columns)})"
+                                  f"{data.separator_hint([str(c) for c in raw.columns])}")  # fmt: skip
     raw = raw.reset_index(drop=True)
     good, reasons = data.split_rejects(raw)  # the ids' checks among them
     extra: dict[int, list[str]] = {}

@@ -123,6 +123,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         raise DataValidationError(
             f"missing required columns: {missing} (found: {list(frame.columns)}); an outcome needs "
             f"{ID_COLUMN}, {CHURNED} (or Churn) and optionally {OBSERVED_AT}"
+            + data.separator_hint([str(c) for c in frame.columns])
         )
     if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if data.names_a_time(str(c))]):
         # Every row would be dated now, and stored so: a churn of March judged today's predictions.

@@ -448,3 +448,17 @@ def test_copies_of_a_row_without_ids_stay_on_one_side_of_the_split(telco_csv):
     key = [c for c in twice.columns if c != "customer_id"]
     assert 850 <= len(train) <= 950 and len(train) + len(valid) == 1200
     assert train.merge(valid, on=key).empty  # no row on both sides
+
+
+def test_a_file_cut_by_semicolons_says_so_wherever_it_is_read():
+    """A European spreadsheet's CSV reads as one column: every feature was listed as missing,
+    and nothing said why."""
+    from churn_platform import batch_scoring, feature_store, outcomes
+
+    one = pd.DataFrame({"customerID;gender;tenure;Churn": ["1;Male;3;No"]})
+    hint = "the header is one column holding semicolons: save the file comma-separated"
+    for check in (lambda: data.validate(one), lambda: outcomes.check(one), lambda: feature_store.snapshots(one, None),
+                  lambda: batch_scoring.check_columns("x.csv", list(one.columns), list(one.columns))):  # fmt: skip
+        with pytest.raises(data.DataValidationError, match=hint):
+            check()
+    assert data.separator_hint(["customer_id", "tenure"]) == "" and "tabs" in data.separator_hint(["a\tb"])
