@@ -328,7 +328,7 @@ def main(verbose: bool) -> None:
     type=int,
     default=TrainConfig.max_iter,
     show_default=True,
-    help="Boosting iterations (hist_gradient_boosting).",
+    help="Boosting iterations (hist_gradient_boosting); logistic's solver cap, at least 1000.",
 )
 @click.option(
     "--max-depth",
