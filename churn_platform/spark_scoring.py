@@ -225,6 +225,37 @@ def _padded(columns: dict[str, Any], n: int, schema: pa.Schema) -> pa.RecordBatc
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+#: The libraries the broadcast model is pickled with and scored by: an executor with others
+#: unpickles it into other code (scikit-learn warns, then scores) and its figures are not the
+#: version's. The model was verified on the driver only.
+_SCORING_LIBRARIES = ("scikit-learn", "numpy")
+
+
+def _library_versions(_: object = None) -> dict[str, str]:
+    """Runs on an executor too (imported there by name: without the project, a ModuleNotFoundError)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in _SCORING_LIBRARIES}
+
+
+def _mismatch(driver: dict[str, str], executor: dict[str, str]) -> str | None:
+    differ = [f"{name} {executor.get(name)} (the driver's {ours})" for name, ours in driver.items()
+              if executor.get(name) != ours]  # fmt: skip
+    if not differ:
+        return None
+    return (f"Spark's executors run {', '.join(differ)}: the model would be scored by other code than it "
+            "was verified with; install the driver's versions there, or point spark.pyspark.python at a "
+            "Python that has them")
+
+
+def _check_executors(spark: SparkSession) -> None:
+    """One small task before the scoring pass: the executors' Python has the project and the
+    scoring libraries at the driver's versions (exit 2 otherwise, not a retried crash)."""
+    theirs = spark.sparkContext.parallelize([0], 1).map(_library_versions).first()
+    if why := _mismatch(_library_versions(), theirs):
+        raise SettingsError(why)
+
+
 def _for_executors(settings: Settings) -> Settings:
     """What the executors read of the settings, the risk bands, and nothing else: every task's
     pickle carried the whole, database and registry passwords and the admin key included, to
@@ -484,6 +515,7 @@ def score(
                     raise DataValidationError(
                         f"with a cluster master ({spark.sparkContext.master}), {flag} must be s3://"
                     )
+        _check_executors(spark)
         frame = _read(spark, job.headers, input_kind, s3)
         # The explainer only when asked: a boosting version's unpickles shap (and numba) in every worker.
         explainer = model.explainer if explain_top_k else None

@@ -506,6 +506,18 @@ def test_the_executors_are_sent_the_risk_bands_and_no_secret(setenv):
     assert (bands.risk_medium_from, bands.risk_high_from) == (0.25, 0.6)
 
 
+def test_executors_with_other_scoring_libraries_are_named_before_the_scoring():
+    """The model is verified on the driver and pickled with its scikit-learn: executors with
+    another unpickled it into other code and scored, silently not the version's figures."""
+    from churn_platform.spark_scoring import _library_versions, _mismatch
+
+    driver = _library_versions()
+    assert set(driver) == {"scikit-learn", "numpy"} and _mismatch(driver, dict(driver)) is None
+    why = _mismatch(driver, {**driver, "scikit-learn": "1.5.2"})
+    assert why.startswith(f"Spark's executors run scikit-learn 1.5.2 (the driver's {driver['scikit-learn']})")
+    assert "spark.pyspark.python" in why
+
+
 def test_executors_without_the_project_are_a_setup_error_not_a_retried_crash():
     """A cluster's (or a notebook's) executors whose Python lacks churn-platform failed each task
     with ModuleNotFoundError: exit 70, "a bug", and the Job retried what no retry mends."""
