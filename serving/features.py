@@ -130,8 +130,12 @@ class FeatureSource:
         if read is not None and not hasattr(read, "aread") and self._replaced():  # embedded: a stat per request
             read = None  # reopening (503), or gone (404)
         if read is None:
-            if self.state in ("unavailable", "not configured") and time.monotonic() - self._opened_at > _RETRY_S:
-                self.start()  # set up or back since the last try: open it for the next requests
+            # Set up since (a stat; an SQLAlchemy URL needs none): open it now, not up to 10 s later
+            # (404 "run features apply" meanwhile, to whoever had just run it). Down: every 10 s.
+            if (self.state == "not configured" and self.configured) or (
+                self.state == "unavailable" and time.monotonic() - self._opened_at > _RETRY_S
+            ):
+                self.start()  # for the next requests
             if self.state == "not configured":
                 raise FeaturesNotConfigured(self.reason)
             raise FeaturesUnavailable(self.reason)

@@ -480,13 +480,19 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
             assert response.status_code == 404 and "features apply" in response.json()["message"], response.text
             assert "Retry-After" not in response.headers
 
-    frame = data.load(telco_csv).head(40).drop(columns=["churn"])
-    frame.loc[5, "customer_id"] = "CRM/5"  # a slash: the store takes it, so GET /predict/{id} must too
-    frame.assign(snapshot_time="2026-05-01").to_csv(tmp_path / "snapshot.csv", index=False)
-    feature_store.apply(settings)
-    feature_store.ingest(settings, str(tmp_path / "snapshot.csv"))
-    feature_store.materialize(settings)
-    ids = frame["customer_id"].tolist()
+        # Set up under the running API (as `make demo` does): the next request opens it. It was
+        # "no feature store ... run features apply" (404) for 10 s more, and the demo failed.
+        frame = data.load(telco_csv).head(40).drop(columns=["churn"])
+        frame.loc[5, "customer_id"] = "CRM/5"  # a slash: the store takes it, so GET /predict/{id} must too
+        frame.assign(snapshot_time="2026-05-01").to_csv(tmp_path / "snapshot.csv", index=False)
+        feature_store.apply(settings)
+        feature_store.ingest(settings, str(tmp_path / "snapshot.csv"))
+        feature_store.materialize(settings)
+        ids = frame["customer_id"].tolist()
+        deadline = time.monotonic() + 60
+        while (answer := client.get(f"/predict/{ids[0]}")).status_code != 200:
+            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+            time.sleep(0.2)
     with TestClient(create_app(settings)) as client:
         wait_store_ready(client)
         direct = client.post("/predict", json={"customers": data.to_records(frame)}).json()["predictions"]
