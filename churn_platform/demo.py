@@ -371,6 +371,10 @@ class Demo:
             click.echo(f"      API docs:      {api}/docs{stopped}")
             click.echo(f"      drift report:  {self.summary['report']}")
             click.echo(f"      performance:   {self.folder / 'reports' / 'performance' / 'report.html'}")
+            if not self.keep_running:  # its artifacts are read through a server: the database alone loads no model
+                click.echo(f"      to look again: mlflow server --backend-store-uri sqlite:///{self.folder}/mlflow.db "
+                           f"--artifacts-destination {self.folder / 'artifacts'} --port 5000, then "
+                           "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 churn-platform status")  # fmt: skip
         click.secho(f"\nDemo finished in {self.summary['seconds']:.0f}s.", bold=True)
         return self.summary
 

@@ -266,6 +266,8 @@ def _unloadable(name: str, version: int) -> Iterator[None]:
     except Exception as exc:
         if registry.is_connection_error(exc):
             raise
+        if why := registry.served_artifacts(exc):
+            raise ModelUnloadable(f"{name} v{version}: {why}") from exc
         raise ModelUnloadable(f"{name} v{version}: its model artifacts cannot be read or do not load here "
                               f"({type(exc).__name__}: {exc})"[:600]) from exc  # fmt: skip
 

@@ -231,6 +231,16 @@ def translate_errors(settings: Settings) -> Iterator[None]:
         raise
 
 
+def served_artifacts(exc: BaseException) -> str | None:
+    """The cause in one line when artifacts stored through an MLflow server (``mlflow-artifacts:/``,
+    the demo's and compose's) are read with the server's database as the tracking URI: MLflow's
+    own message is a paragraph, cut short, and the monitor called it "no reference data"."""
+    if "mlflow-artifacts URI was supplied" not in str(exc):
+        return None
+    return ("its artifacts are stored through an MLflow server (mlflow-artifacts:/): point --tracking-uri "
+            "(MLFLOW_TRACKING_URI) at that server's http(s) address, not at its database")
+
+
 def live_experiment(
     client: MlflowClient, name: str | None = None, setting: str = "MLFLOW_EXPERIMENT_NAME"
 ) -> str | None:

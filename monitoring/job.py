@@ -194,6 +194,8 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
         except Exception as exc:  # noqa: BLE001 - missing artifact or store
             if loading.unreachable(exc) and isinstance(exc, mlflow.MlflowException):
                 raise  # through the tracking server: translate_errors names it
+            if why := registry.served_artifacts(exc):
+                raise NothingToCompare(f"cannot read the reference data of {name} v{version}: {why}") from exc
             # Read from the object store directly, MLflow says only "failed to download": ask the
             # store itself, so that a store that is down is exit 3, not "no reference data".
             if unreachable := loading.store_unreachable(client, found.run_id, exc):

@@ -688,3 +688,24 @@ def test_training_from_python_refuses_data_options_beside_the_feature_store(give
     with pytest.raises(DataValidationError, match=f"^{flags} cannot be given with --from-features"):
         train(config, Settings(tracking_uri=f"sqlite:///{tmp_path}/never.db"))
     assert not (tmp_path / "never.db").exists()
+
+
+def test_artifacts_stored_through_a_server_read_from_its_database_say_so(tmp_path, monkeypatch):
+    """After `make demo`, its registry's database read directly: the monitor said "no reference
+    data" and score quoted MLflow's paragraph, cut short; neither said to go through a server."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    get_settings.cache_clear()
+    client = MlflowClient(uri, uri)
+    run = client.create_run(client.create_experiment("proxied", artifact_location="mlflow-artifacts:/proxied"))
+    client.create_registered_model("m")
+    client.create_model_version("m", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias("m", "Production", "1")
+    data.generate(300, seed=1).drop(columns=["churn"]).to_csv(tmp_path / "c.csv", index=False)
+    why = "its artifacts are stored through an MLflow server (mlflow-artifacts:/): point --tracking-uri"
+    for args in (["monitor", "--current", str(tmp_path / "c.csv"), "--output-dir", str(tmp_path / "o")],
+                 ["score", "--input", str(tmp_path / "c.csv"), "--output", str(tmp_path / "s.parquet")]):  # fmt: skip
+        result = CliRunner().invoke(main, [*args, "--model-name", "m"])
+        assert result.exit_code == 2 and why in result.output and "Traceback" not in result.output, result.output
