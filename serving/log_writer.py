@@ -234,9 +234,12 @@ def binary_types() -> tuple[str, ...]:
 _COLUMN_TYPES = sa.text(
     "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = to_regclass(:t) AND attnum > 0 AND NOT attisdropped"
 )
-#: Whether a unique, non-deferred index on exactly (request id, row index) refuses a stored id.
+#: Whether a unique, non-deferred index on exactly (request id, row index) refuses a stored id:
+#: a valid one (a failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index, which
+#: enforces nothing: every replay was stored twice).
 _HAS_UNIQUE_ID = sa.text(
     "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(:t) AND i.indisunique "
+    "AND i.indisvalid AND i.indisready "
     "AND i.indimmediate AND i.indpred IS NULL AND i.indnatts = 2 AND ARRAY(SELECT a.attname::text "
     "FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) ORDER BY 1) = :id_columns)"
 )

@@ -303,6 +303,44 @@ def test_without_the_unique_index_rows_wait_in_the_spool_until_it_is_restored(tm
     assert dict(stored) == {"r1": 2, "r2": 2} and log.dropped == 0
 
 
+def test_a_unique_index_left_invalid_by_a_failed_build_is_no_unique_index():
+    """The index restored after a restore that appended duplicates: CREATE UNIQUE INDEX
+    CONCURRENTLY fails and leaves an invalid index, which enforces nothing. The writer took
+    it for the real one and loaded straight into the table: every replay was stored twice."""
+    from serving.log_writer import NotWritableNow
+
+    records = data.to_records(data.generate(2, seed=6).drop(columns=["churn"]))
+    row = ["r", datetime.now(UTC), "churn", 1, "production", records, [0.5] * 2]
+    with postgres_database() as url:
+        database = Database(url)
+        database.ensure_table()
+        database.insert(frame(row))
+        database.dispose()
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:  # a restore without the constraint, appended twice
+            conn.execute(sa.text("ALTER TABLE inference_log DROP CONSTRAINT uq_inference_log_request_row"))
+            columns = ", ".join(c["name"] for c in sa.inspect(conn).get_columns("inference_log") if c["name"] != "id")
+            conn.execute(sa.text(f"INSERT INTO inference_log ({columns}) SELECT {columns} FROM inference_log"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            with pytest.raises(sa.exc.IntegrityError):
+                conn.execute(sa.text("CREATE UNIQUE INDEX CONCURRENTLY uq_inference_log_request_row "
+                                     "ON inference_log (request_id, row_index)"))  # fmt: skip
+            valid = conn.execute(sa.text("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                                         "'uq_inference_log_request_row'::regclass")).scalar()  # fmt: skip
+        assert valid is False  # the index is there, unique, and enforces nothing
+        try:
+            with engine.connect() as conn:
+                before = conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar()
+            database = Database(url)
+            with pytest.raises(NotWritableNow, match="ON CONFLICT"):
+                database.insert(frame(row))
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM inference_log")).scalar() == before
+        finally:
+            database.dispose()
+            engine.dispose()
+
+
 def test_replicas_starting_together_on_a_new_database_store_their_first_rows():
     """Four writers and an outcomes upload create their tables at once: before the schema lock,
     PostgreSQL's catalog refused all but one (a unique violation on pg_type) and the writers
