@@ -307,7 +307,10 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
         if ID_COLUMN not in base:
             raise DataValidationError(f"--base needs a {ID_COLUMN} column: without it, customers held out for the "
                                       "gate could be trained on too")  # fmt: skip
-        base = base[~base[ID_COLUMN].astype(str).isin(set(gate[ID_COLUMN].astype(str)))]
+        # Not only the gate's customers: a recent customer's base row is an older label of the same
+        # customer (the usual base is the customer file the log's customers come from), trained on
+        # beside the new one, so the model learnt half of the change it was retrained for.
+        base = base[~base[ID_COLUMN].astype(str).isin(set(checked[ID_COLUMN].astype(str)))]
         base_rows = len(base)
         train = pd.concat([train, base], ignore_index=True)
     enough(train, "training part" + (" (recent rows and --base)" if base_rows else " of the recent rows"))

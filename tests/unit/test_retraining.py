@@ -253,9 +253,15 @@ def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv
     # The threshold Production serves with is its version's tag (`mlflow run` logs the run's
     # parameter empty; a user may change the tag in the UI): the retrain keeps it.
     MlflowClient().set_model_version_tag(name, "1", "decision_threshold", "0.33")
-    code, result = cli_json("retrain", "--base", str(telco_csv))  # the same customers as the log
+    # The customer file the log's customers come from, older labels, and 300 customers the log lacks.
+    older = pd.read_csv(telco_csv)
+    others = older.head(300).assign(customerid=[f"B-{i:04d}" for i in range(300)])
+    pd.concat([older, others]).to_csv(tmp_path / "base.csv", index=False)
+    code, result = cli_json("retrain", "--base", str(tmp_path / "base.csv"))
     assert code == 0, result
-    assert result["base_rows"] == n - result["gate_rows"]  # every held-out customer left out of the base too
+    # Only those: a recent customer's base row (gate or training side) is an older label of them.
+    # Each training customer was trained on twice, once with the label the retrain was to replace.
+    assert result["base_rows"] == 300 and result["recent_rows"] == n
     assert MlflowClient().get_model_version(name, "2").tags["decision_threshold"] == "0.33"
     # Its datasets say where the rows came from (they were a made-up file:// path).
     inputs = MlflowClient().get_run(result["run_id"]).inputs.dataset_inputs
