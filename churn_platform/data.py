@@ -386,9 +386,10 @@ def missing_features(columns: list[str]) -> list[str]:
 
 
 #: Words of a column name that hold a time: an outcome's or a snapshot's under another name
-#: (``churn_date``, ``CloseDate``, ``snapshotTime``); ``at`` and ``on`` only last (``updated_at``,
-#: not ``at_risk``).
-_TIME_WORDS, _TIME_LAST = {"date", "time", "datetime", "timestamp", "ts", "when"}, {"at", "on"}
+#: (``churn_date``, ``CloseDate``, ``snapshotTime``, ``as_of``, ``observed``, ``period``);
+#: ``at``, ``on`` and ``of`` only last (``updated_at``, not ``at_risk``).
+_TIME_WORDS = {"date", "time", "datetime", "timestamp", "ts", "when", "observed", "period", "month"}
+_TIME_LAST = {"at", "on", "of"}
 
 
 def names_a_time(column: str) -> bool:
