@@ -865,6 +865,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
         raise click.UsageError("--percent goes with --rollout canary")
     if rollout_mode == "canary" and percent is None:
         raise click.UsageError(f"--rollout canary needs --percent ({CANARY_PERCENT[0]} to {CANARY_PERCENT[1]})")
+    if since is not None and since >= datetime.now(UTC):  # it said "ingest more outcomes" (exit 1, a normal answer)
+        raise click.UsageError(f"--since {since.isoformat()} is not in the past: no outcome is observed after now")
     # 0 unless this run registers a version: a run that declines (exit 1) must not leave the last
     # version ever registered on the Pushgateway, where the dashboard reads it as this run's.
     job_metrics.record("churn_retrain_registered_version", 0)
