@@ -464,6 +464,10 @@ class Loader:
                     return  # what is left stays spooled for the next writer
                 log.error("inference log loader: %s: %s; trying again in %.0f s", type(exc).__name__, exc,
                           _BACKOFF_MAX_S)  # fmt: skip
+                try:
+                    self._status()  # the metrics move on (spool bytes, torn frames) while it cannot
+                except Exception:  # noqa: BLE001, S110 - the report channel itself failing: the error above says it
+                    pass
                 self.stopping.wait(_BACKOFF_MAX_S)
 
     def _step(self) -> bool:

@@ -468,6 +468,16 @@ class Spool:
                         good = None if found is None else found + 1
             except FileNotFoundError:
                 return None
+            except OSError as exc:  # a bad block the disk reports (EIO): the same read fails every time
+                # Retried, it stopped all loading for good, live rows included (they waited behind
+                # it until the cap). Its frames count as damaged, as a checksum's failure would;
+                # reading goes on after them, and the file goes with the commits after it.
+                self.torn_frames += 1
+                log.error("inference log spool: cannot read %s at byte %d (%s): the rest of that segment skipped",
+                          path, offset, exc.strerror or exc)  # fmt: skip
+                if limit is not None:  # ours: the next frame begins at the published end
+                    self._reader = (directory, segment, limit)
+                return None
             if whole and zlib.crc32(payload) == crc:
                 return Frame(directory.path, segment, end, rows, payload)
             self.torn_frames += 1

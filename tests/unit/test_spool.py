@@ -388,6 +388,33 @@ def test_a_disk_error_half_way_through_a_read_loses_no_frame(tmp_path, monkeypat
     assert payloads(spool) == [b"f0", b"f1", b"f2"]  # f0, read before the error, comes again
 
 
+def test_a_segment_the_disk_cannot_read_costs_its_frames_only_never_the_loading(tmp_path, monkeypatch):
+    """A bad block reported as EIO (not as wrong bytes) failed the same read at every retry:
+    nothing loaded again, the live rows included, until the cap dropped them."""
+    import builtins
+
+    dead = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=64)
+    for i in range(6):
+        dead.append(f"old-{i}".encode() * 4, rows=1)
+    dead.sync()
+    dead.release()
+    first = segment_files(tmp_path)[0]
+    real_open = builtins.open
+
+    def bad_block(file, *args, **kwargs):
+        if str(file) == str(first):
+            raise OSError(5, "Input/output error")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", bad_block)
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_bytes=64)
+    spool.append(b"new", rows=1)
+    read = payloads(spool)
+    assert read[-1] == b"new" and len(read) >= 3 and spool.torn_frames == 1
+    assert read[:-1] == [f"old-{i}".encode() * 4 for i in range(6 - (len(read) - 1), 6)]  # the readable ones, in order
+    assert not first.exists() and spool.adopted == 0  # gone with the commits after it, the folder released
+
+
 def test_a_folder_that_cannot_be_locked_is_left_alone_never_a_crash(tmp_path, caplog):
     (tmp_path / "not-ours").mkdir()
     (tmp_path / "not-ours" / "owner.lock").mkdir()  # as a folder of another user or a read-only mount fails
