@@ -265,7 +265,10 @@ class Spool:
         frame = _header(len(payload), rows, zlib.crc32(payload)) + payload
         with self._cond:
             self.disk_refused = False
-            if self.bytes + len(frame) > self.max_bytes:
+            # As adopt() counts: our tail's committed frames stay on disk until it rolls, and leave
+            # room. Counted here only, a folder taken over beside them refused our live rows.
+            committed = self._acked[1] if self._acked[0] == self._tail_segment else 0
+            if self.bytes - committed + len(frame) > self.max_bytes:
                 return False
             try:
                 if self._tail is None or self._tail_size + len(frame) > self.segment_bytes and self._tail_size:

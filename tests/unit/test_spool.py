@@ -366,6 +366,20 @@ def test_our_committed_tail_leaves_room_for_a_folder_left_behind(tmp_path):
     assert spool.adopt() == 900 and [f.payload for f in spool.read(10, timeout=0.05)] == [b"o" * (900 - HEADER)]
 
 
+def test_a_folder_taken_over_beside_our_committed_tail_never_refuses_our_live_rows(tmp_path):
+    """adopt() counted the tail's committed frames as room, append() as used: after a takeover
+    the spool sat over its cap and refused live rows until the replay freed room."""
+    spool = Spool(tmp_path, max_bytes=1000)
+    old = Spool(tmp_path, max_bytes=1 << 20)
+    old.append(b"o" * (700 - HEADER), rows=1)  # a 700-byte frame
+    old.release()
+    spool.append(b"m" * (250 - HEADER), rows=1)
+    spool.ack(spool.read(10, timeout=0.05))  # committed, still in our tail segment
+    assert spool.adopt() == 700  # 250 committed + 700 > 1000 on disk, but only 700 to keep
+    assert spool.append(b"n" * (250 - HEADER), rows=1)  # was refused: "spool is full"
+    assert [f.payload for f in spool.read(10, timeout=0.05)][:1] == [b"o" * (700 - HEADER)]
+
+
 def test_a_disk_error_half_way_through_a_read_loses_no_frame(tmp_path, monkeypatch):
     spool = Spool(tmp_path, max_bytes=1 << 20)
     for i in range(3):
