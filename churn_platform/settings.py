@@ -29,6 +29,10 @@ EMBEDDED_TRACKING_URI = "sqlite:///mlflow.db"
 MULTI_WORKER_POLL_S = 30.0
 
 
+#: A scored row in the spool: its features with their names, as MessagePack (400 to 500 bytes).
+_SPOOLED_ROW_BYTES = 500
+
+
 class Settings(BaseSettings):
     # No setting means anything as inf or NaN (a drift threshold of inf would silence the monitor).
     model_config = SettingsConfigDict(env_prefix="CHURN_", extra="ignore", populate_by_name=True, allow_inf_nan=False)
@@ -261,6 +265,13 @@ class Settings(BaseSettings):
                 f"CHURN_INFERENCE_LOG_QUEUE_ROWS ({self.inference_log_queue_rows}) must be at least "
                 f"CHURN_MAX_BATCH_SIZE ({self.max_batch_size}): a full batch would never fit in the queue, "
                 "and its rows were always dropped"
+            )
+        frame_rows = self.inference_log_batch_rows + self.max_batch_size  # a frame closes past batch_rows
+        if frame_rows * _SPOOLED_ROW_BYTES > self.inference_log_spool_max_bytes:
+            raise ValueError(
+                f"CHURN_INFERENCE_LOG_SPOOL_MAX_BYTES ({self.inference_log_spool_max_bytes}) must hold a frame of "
+                f"CHURN_INFERENCE_LOG_BATCH_ROWS + CHURN_MAX_BATCH_SIZE ({frame_rows}) rows at about "
+                f"{_SPOOLED_ROW_BYTES} bytes each: a larger frame never fits, and its rows were always dropped"
             )
         if self.monitor_max_rows < 1.1 * self.monitor_min_rows:
             # The database's sample comes a few percent under its limit and rows with missing

@@ -155,6 +155,21 @@ def test_a_log_queue_smaller_than_a_batch_is_refused_at_start_up(monkeypatch):
     assert "CHURN_INFERENCE_LOG_QUEUE_ROWS (500) must be at least CHURN_MAX_BATCH_SIZE (1000)" in result.output
 
 
+def test_a_spool_cap_smaller_than_a_frame_is_refused_at_start_up(monkeypatch):
+    """A frame of 2,600 rows is over 1 MiB: with that cap it never fitted, and every such frame
+    was dropped with the spool empty and the database up."""
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_SPOOL_MAX_BYTES", str(1 << 20))
+    monkeypatch.setenv("CHURN_MAX_BATCH_SIZE", "5000")
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_QUEUE_ROWS", "100000")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2, result.output
+    assert ("CHURN_INFERENCE_LOG_SPOOL_MAX_BYTES (1048576) must hold a frame of CHURN_INFERENCE_LOG_BATCH_ROWS + "
+            "CHURN_MAX_BATCH_SIZE (5500) rows") in result.output  # fmt: skip
+    monkeypatch.setenv("CHURN_MAX_BATCH_SIZE", "1000")  # the defaults fit the smallest cap
+    get_settings.cache_clear()
+    assert "SPOOL_MAX_BYTES" not in CliRunner().invoke(main, ["history"]).output
+
+
 @pytest.mark.parametrize(
     "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:log?mode=memory&uri=true", "sqlite:///file::memory:?cache=shared&uri=true"]
 )
