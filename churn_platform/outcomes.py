@@ -449,7 +449,9 @@ def _horizon_start(dialect: str, column: str) -> str:
         # Hours, not days: a day of timestamptz arithmetic follows the session's zone, so a
         # horizon across a daylight-saving change was an hour longer or shorter than SQLite's.
         return f"{column} - make_interval(hours => 24 * :horizon_days)"
-    return f"datetime({column}, '-' || :horizon_days || ' days')"
+    # To the millisecond, as the stored text compares ('...:00.500' < '...:00.500200'): datetime()
+    # cut it to the second, and a prediction 90 days and 0.3 s old was judged here, not on PostgreSQL.
+    return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '-' || :horizon_days || ' days')"
 
 
 def matched_sql(dialect: str, *, any_version: bool = False) -> str:

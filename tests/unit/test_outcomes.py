@@ -286,6 +286,23 @@ def test_an_outcome_judges_the_latest_prediction_of_the_version_within_the_horiz
             assert [r.churn_probability for r in got] == expected
 
 
+def test_the_horizon_counts_fractions_of_a_second_on_sqlite_as_on_postgresql(tmp_path):
+    """SQLite's datetime() cut the horizon's start to the second: a prediction made 90 days and
+    0.3 s before an outcome was judged by it on SQLite and not on PostgreSQL."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
+    upgrade(engine)
+    observed = datetime(2026, 6, 1, 0, 0, 0, 500_000, tzinfo=UTC)
+    insert_log(engine, [log_row("a", 1, observed - timedelta(days=90, seconds=0.3), 0.2, 1),  # out by 0.3 s
+                        log_row("b", 1, observed - timedelta(days=90, milliseconds=-2), 0.6, 2)])  # in by 2 ms
+    rows = [{"customer_id": c, "churned": "yes", "observed_at": observed.isoformat()} for c in ("a", "b")]
+    outcomes.write(engine, outcomes.check(frame(rows), now=NOW).good, "t")
+    params = {"name": "churn", "version": 1, "horizon_days": 90,
+              **outcomes.window_params("sqlite", observed - timedelta(days=1), observed + timedelta(days=1))}
+    with engine.connect() as conn:
+        got = conn.execute(sa.text(outcomes.matched_sql("sqlite")), params).fetchall()
+    assert [r.churn_probability for r in got] == [0.6]  # b inside the horizon by 2 ms, a outside by 0.3 s
+
+
 def test_a_prediction_is_judged_by_its_first_churn_else_its_latest_no(tmp_path):
     """A monthly status export says "no" the day after a score and "yes" a month later: the
     first outcome judged the prediction, a churn the score caught was scored a false alarm, and
