@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
+    log_loss,
     roc_auc_score,
 )
 
@@ -55,6 +56,9 @@ class Realized(BaseModel):
     f1: float | None = None
     precision_top_10pct: float | None = None
     brier: float | None = None
+    #: As training's validation metrics are: the report showed "–" beside their baseline.
+    accuracy: float | None = None
+    log_loss: float | None = None
     calibration: list[CalibrationBin] = []
 
     @computed_field  # derived, yet in summary.json and the run's metrics
@@ -169,6 +173,8 @@ def realized(y: np.ndarray, p: np.ndarray, threshold: float) -> Realized:
         f1=_ratio(2 * tp, 2 * tp + fp + fn),
         precision_top_10pct=float(y[top].mean()),
         brier=float(brier_score_loss(y, p, pos_label=1)),
+        accuracy=float((predicted == churned).mean()),
+        log_loss=float(log_loss(y, p, labels=[0, 1])),
         calibration=_calibration(y, p),
     )
 

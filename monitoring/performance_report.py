@@ -201,11 +201,11 @@ def _metrics_table(s: PerformanceSummary) -> str:
         ("precision" + at, r.precision, est.precision, "precision"),
         ("recall" + at, r.recall, est.recall, "recall"),
         ("F1" + at, r.f1, est.f1, "f1"),
-        ("accuracy" + at, None, est.accuracy, "accuracy"),
+        ("accuracy" + at, r.accuracy, est.accuracy, "accuracy"),
         ("precision in the top 10 % of scores", r.precision_top_10pct, None, None),
         ("PR AUC (average precision)", r.pr_auc, None, "pr_auc"),
         ("Brier score (lower is better)", r.brier, None, "brier"),
-        ("log loss (lower is better)", None, None, "log_loss"),
+        ("log loss (lower is better)", r.log_loss, None, "log_loss"),
     ]
     body = "".join(
         f"<tr><th>{_e(name)}</th>{_cell(_num(real))}{_cell(_num(guess))}{_cell(_num(base.get(key or '')))}</tr>"

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from scipy.stats import rankdata
 from sklearn.metrics import (
+    accuracy_score,
     average_precision_score,
     brier_score_loss,
     f1_score,
+    log_loss,
     precision_score,
     recall_score,
     roc_auc_score,
@@ -46,6 +48,9 @@ def test_realized_equals_sklearn():
     assert got.recall == pytest.approx(recall_score(y, predicted), abs=1e-12)
     assert got.f1 == pytest.approx(f1_score(y, predicted), abs=1e-12)
     assert got.brier == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    # Beside training's validation figures (the report showed "–" for them on 1,000 outcomes).
+    assert got.accuracy == pytest.approx(accuracy_score(y, predicted), abs=1e-12)
+    assert got.log_loss == pytest.approx(log_loss(y, p), abs=1e-12)
     assert sum(b.rows for b in got.calibration) == 5_000
     # On two rows the normal approximation's bound reached 1.32, logged as an AUC's figure.
     assert realized(np.array([0, 1]), np.array([0.3, 0.3]), THRESHOLD).roc_auc_upper_bound == 1.0
