@@ -285,7 +285,7 @@ class Demo:
         verdict = summary["verdict"].replace("_", " ").upper()
         color = "red" if summary["verdict"] != "no_drift" else "green"
         click.secho(f"      {name} traffic: {verdict} (exit {done.returncode}), {summary['current_rows']} rows, "
-                    f"drifted columns: {summary['drifted_columns'] or 'none'}", fg=color)  # fmt: skip
+                    f"drifted columns: {', '.join(summary['drifted_columns']) or 'none'}", fg=color)  # fmt: skip
         click.echo(f"      report: {out / 'report.html'}")
         return summary
 

@@ -157,11 +157,11 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
         if summary.window.scored_from:
             click.echo(f"  rows scored {summary.window.scored_from} .. {summary.window.scored_to}")
         if summary.drift_share is not None:
-            drifted = summary.drifted_columns or "none"
+            drifted = ", ".join(summary.drifted_columns) or "none"
             click.echo(f"  drifted columns: {drifted} (share {summary.drift_share:.2f}, "
                        f"limit {summary.thresholds.drift_share})")  # fmt: skip
             if summary.critical_drifted:  # a drift verdict below the share limit: the log says why
-                click.echo(f"  critical columns drifted: {summary.critical_drifted} (any one is drift)")
+                click.echo(f"  critical columns drifted: {', '.join(summary.critical_drifted)} (any one is drift)")
             if summary.prediction_drift:
                 p = summary.prediction_drift
                 click.echo(f"  prediction drift: score {p.score:.3f} (threshold {p.threshold})"
