@@ -336,19 +336,31 @@ def test_one_class_in_the_window_cannot_train():
 def test_a_customer_scored_and_judged_daily_is_one_training_row_its_latest():
     """Scored daily and exported daily, a stayer gave a near-identical row a day and a churner
     one: 100 customers met a minimum of 500, and stayers outweighed churners 29 to 1."""
-    customers = data.generate(100, seed=1).rename(columns={"churn": "churned"})
-    customers["churned"] = np.arange(100) < 50
+    customers = data.generate(500, seed=1).rename(columns={"churn": "churned"})
+    customers["churned"] = np.arange(500) < 250
     now = datetime.now(UTC)
     days = [customers.assign(observed_at=now - timedelta(days=d)) for d in range(30)]
     stayers = pd.concat(days)
     recent = pd.concat([stayers[~stayers.churned], days[0][days[0].churned]], ignore_index=True)
-    with pytest.raises(retraining.NotRetrained, match="only 100 labelled customers in the window; at least 500"):
-        retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
+    with pytest.raises(retraining.NotRetrained, match="only 500 labelled customers in the window; at least 2000"):
+        retraining.training_set(recent, None, min_rows=2000, gate_share=0.25)  # 7,750 rows
     # A stayer who churned today: the latest outcome is the label.
-    recent.loc[(recent.customer_id == customers.customer_id[99]) & (recent.observed_at == now), "churned"] = True
+    recent.loc[(recent.customer_id == customers.customer_id[499]) & (recent.observed_at == now), "churned"] = True
     parts = retraining.training_set(recent, None, min_rows=50, gate_share=0.25)
     both = pd.concat([parts.train, parts.gate])
-    assert len(both) == both.customer_id.nunique() == 100 and both.churn.sum() == 51
+    assert len(both) == both.customer_id.nunique() == 500 and both.churn.sum() == 251
+
+
+def test_a_gate_slice_too_small_for_a_verdict_is_no_retrain_before_the_fit():
+    """The gate draws no verdict from fewer than 100 rows or 20 of a class: such a retrain was
+    fitted, registered and refused with no figures recorded, so nothing held the next trigger
+    back: a version a day."""
+    recent = data.generate(300, seed=1).rename(columns={"churn": "churned"})
+    recent["observed_at"] = datetime.now(UTC)
+    with pytest.raises(retraining.NotRetrained, match=r"the held-out gate slice has \d+ customers \(\d+ churned\): "
+                                                      "the gate judges on at least 100, 20 of each class"):  # fmt: skip
+        retraining.training_set(recent, None, min_rows=50, gate_share=0.25)
+    assert len(retraining.training_set(recent, None, min_rows=50, gate_share=0.45).gate) >= 100
 
 
 @pytest.mark.parametrize(("share", "side"), [(0.995, "training part"), (0.004, "held-out gate slice")])
