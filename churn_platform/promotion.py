@@ -342,16 +342,16 @@ def _gate(
                                            compared_on="the versions' training data")  # fmt: skip
         if refused:
             return refused
+    own = _metrics(client, candidate, gate=True)
+    rows = own.get(VALIDATION_ROWS)
+    if current is not None and rows is not None and (few := gate.too_few(
+        int(rows), None, current, tolerance=tolerance, compared_on=f"v{candidate.version}'s validation rows"
+    )):  # fmt: skip
+        return few  # a figure from 20 rows "beat" Production's from a thousand (recorded ones too: an older release's)
     figures = gate.recorded_figures(candidate.tags)  # edited by hand: the figures each version recorded decide
     if figures is not None and current is not None and figures.production_version == current:
         return gate.compare(figures.candidate, figures.production, production_version=current, tolerance=tolerance,
                             compared_on=f"{figures.compared_on} (both scored when v{candidate.version} was trained)")
-    own = _metrics(client, candidate, gate=True)
-    rows = own.get(VALIDATION_ROWS)
-    if current is not None and rows is not None and (few := gate.too_few(
-        int(rows), None, current, tolerance=tolerance, compared_on=f"v{candidate.version}'s own validation rows"
-    )):  # fmt: skip
-        return few  # a figure from 20 rows "beat" Production's from a thousand
     return gate.compare(
         own.get(GATE_METRIC),
         _metrics(client, production, gate=True).get(GATE_METRIC) if production else None,

@@ -238,6 +238,12 @@ def test_a_version_validated_on_too_few_rows_is_no_challenger_and_promote_refuse
     refused = CliRunner().invoke(main, ["promote", "--version", "2", "--model-name", model_name, "--reason", "t"])
     assert refused.exit_code != 0 and "Traceback" not in refused.output, refused.output
     assert "50 validation rows are too few to judge against Production v1" in refused.output
+    # Figures an earlier release recorded on those 50 rows, a win against today's Production: refused all the same.
+    MlflowClient().set_model_version_tag(model_name, "2", "gate_figures", json.dumps(
+        {"production_version": 1, "candidate": 0.95, "production": 0.93, "compared_on": "this run's validation rows"}
+    ))  # fmt: skip
+    refused = CliRunner().invoke(main, ["promote", "--version", "2", "--model-name", model_name, "--reason", "t"])
+    assert refused.exit_code != 0 and "50 validation rows are too few" in refused.output, refused.output
     forced = CliRunner().invoke(main, ["promote", "--version", "2", "--model-name", model_name, "--reason", "t",
                                        "--force"])  # fmt: skip
     assert forced.exit_code == 0, forced.output
