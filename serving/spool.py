@@ -18,6 +18,7 @@ their rows are replayed first, and looks again every so often for directories le
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 log = logging.getLogger(__name__)
+#: Read errors that are the medium's, not the moment's: a bad block answers every read so.
+_BAD_BLOCK = frozenset({errno.EIO, errno.EBADMSG, errno.ENXIO})
 
 # A marker, the payload's length, its rows, its crc32, then the crc32 of those 16 bytes. Read as
 # an earlier release's header (below) the marker is a length over 2 GiB, which no single
@@ -471,10 +474,13 @@ class Spool:
                         good = None if found is None else found + 1
             except FileNotFoundError:
                 return None
-            except OSError as exc:  # a bad block the disk reports (EIO): the same read fails every time
-                # Retried, it stopped all loading for good, live rows included (they waited behind
-                # it until the cap). Its frames count as damaged, as a checksum's failure would;
-                # reading goes on after them, and the file goes with the commits after it.
+            except OSError as exc:
+                if exc.errno not in _BAD_BLOCK:  # passing (too many open files, no memory): read() retries
+                    raise
+                # A bad block the disk reports: the same read fails every time. Retried, it stopped
+                # all loading for good, live rows included (they waited behind it until the cap).
+                # Its frames count as damaged, as a checksum's failure would; reading goes on
+                # after them, and the file goes with the commits after it.
                 self.torn_frames += 1
                 log.error("inference log spool: cannot read %s at byte %d (%s): the rest of that segment skipped",
                           path, offset, exc.strerror or exc)  # fmt: skip

@@ -429,6 +429,27 @@ def test_a_segment_the_disk_cannot_read_costs_its_frames_only_never_the_loading(
     assert not first.exists() and spool.adopted == 0  # gone with the commits after it, the folder released
 
 
+def test_a_passing_read_error_is_retried_and_costs_no_frame(tmp_path, monkeypatch):
+    """Only a bad block's errors cost frames: too many open files is the moment's, and its
+    frames come on the next read."""
+    import builtins
+
+    segment = left_by_a_dead_writer(tmp_path, [b"old-0", b"old-1"])
+    real_open, failed = builtins.open, []
+
+    def once(file, *args, **kwargs):
+        if str(file) == str(segment) and not failed:
+            failed.append(file)
+            raise OSError(24, "Too many open files")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", once)
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(OSError, match="Too many open files"):
+        spool.read(10, timeout=0.05)
+    assert payloads(spool) == [b"old-0", b"old-1"] and spool.torn_frames == 0
+
+
 def test_a_folder_that_cannot_be_locked_is_left_alone_never_a_crash(tmp_path, caplog):
     (tmp_path / "not-ours").mkdir()
     (tmp_path / "not-ours" / "owner.lock").mkdir()  # as a folder of another user or a read-only mount fails
