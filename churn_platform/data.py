@@ -386,16 +386,20 @@ def missing_features(columns: list[str]) -> list[str]:
 
 
 #: Words of a column name that hold a time: an outcome's or a snapshot's under another name
-#: (``churn_date``, ``CloseDate``, ``snapshotTime``, ``as_of``, ``observed``, ``period``);
-#: ``at``, ``on`` and ``of`` only last (``updated_at``, not ``at_risk``).
-_TIME_WORDS = {"date", "time", "datetime", "timestamp", "ts", "when", "observed", "period", "month"}
-_TIME_LAST = {"at", "on", "of"}
+#: (``churn_date``, ``CloseDate``, ``snapshotTime``); ``at`` and ``on`` only last
+#: (``updated_at``, not ``at_risk``); ``observed``, ``period`` and ``month`` only as the whole
+#: name (``billing_period`` or ``is_month_to_month`` describe the customer); and ``as of``.
+_TIME_WORDS, _TIME_LAST = {"date", "time", "datetime", "timestamp", "ts", "when"}, {"at", "on"}
+_TIME_ALONE = {"observed", "period", "month"}
 
 
 def names_a_time(column: str) -> bool:
     """Whether a column's name says it holds a time (the schema's columns do not)."""
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column).lower().replace("_", " ").replace("-", " ").split()
-    return bool(words) and (not _TIME_WORDS.isdisjoint(words) or words[-1] in _TIME_LAST)
+    return bool(words) and (
+        not _TIME_WORDS.isdisjoint(words) or words[-1] in _TIME_LAST or words[-2:] == ["as", "of"]
+        or (len(words) == 1 and words[0] in _TIME_ALONE)
+    )  # fmt: skip
 
 
 def id_issues(ids: pd.Series) -> list[RowIssue]:

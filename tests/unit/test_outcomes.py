@@ -106,12 +106,13 @@ def test_a_time_under_another_name_is_refused_not_replaced_by_now():
         outcomes.check(frame(rows), now=NOW)
     assert len(outcomes.check(frame([{**rows[0], "observed_at": "2026-03-02"}]), now=NOW).good) == 1
     # as_of, observed, period, month: dated now too (a March churn judging predictions made after it).
-    for name in ("Churn Date", "event_time", "updated_at", "CloseDate", "churnDate", "as_of", "observed",
+    for name in ("Churn Date", "event_time", "updated_at", "CloseDate", "churnDate", "as_of", "asOf", "observed",
                  "period", "Month"):  # fmt: skip
         with pytest.raises(DataValidationError, match="no observed_at column"):
             outcomes.check(frame([{"customer_id": "a", "churned": "yes", name: "2026-03-01"}]), now=NOW)
     others = {"plan": "gold", "sentiment": "ok", "lifetime_value": 1, "is_updated": "y", "at_risk": 1,
-              "tenure_months": 3, "offer": "x"}  # fmt: skip
+              "tenure_months": 3, "offer": "x", "billing_period": "m", "is_month_to_month": 1, "type_of": "a",
+              "observed_churn": 1, "last_month_revenue": 2}  # fmt: skip
     assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", **others}]), now=NOW).dated_now == 1
 
 
