@@ -41,7 +41,7 @@ def check() -> None:
     exporter's warnings to say so; or name a propagator that is not installed."""
     from churn_platform.errors import SettingsError
 
-    if missing := _missing_propagator():
+    if (missing := _missing_propagator()) is not None:
         raise SettingsError(f"OTEL_PROPAGATORS={os.environ['OTEL_PROPAGATORS']}: no propagator {missing!r} is "
                             f"installed (installed: {', '.join(sorted(_propagators()))}); tracecontext,baggage "
                             "is the default, none turns propagation off")  # fmt: skip
@@ -64,10 +64,13 @@ def _missing_propagator() -> str | None:
     """The first name in ``OTEL_PROPAGATORS`` with no installed propagator, as OpenTelemetry reads
     the list (up to a ``none``). FastAPI imports ``opentelemetry.propagate``, which raises on it:
     with ``b3`` or ``xray`` set cluster-wide, the API died loading, traces on or off."""
-    for name in (part.strip() for part in os.environ.get("OTEL_PROPAGATORS", "").split(",")):
+    given = os.environ.get("OTEL_PROPAGATORS", "")
+    if not given:
+        return None
+    for name in (part.strip() for part in given.split(",")):
         if name.lower() == "none":
             return None
-        if name and name not in _propagators():
+        if name not in _propagators():  # "" too: OpenTelemetry refuses an empty entry ("tracecontext,")
             return name
     return None
 

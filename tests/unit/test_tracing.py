@@ -97,12 +97,16 @@ def test_a_propagator_that_is_not_installed_stops_serve_with_its_name(monkeypatc
     from click.testing import CliRunner
 
     from churn_platform.cli import main
+    from churn_platform.errors import SettingsError
 
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext, b3")
     result = CliRunner().invoke(main, ["serve", "--host", "192.0.2.1"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "OTEL_PROPAGATORS=tracecontext, b3: no propagator 'b3' is installed" in result.output
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext,")  # an empty entry: OpenTelemetry refuses it too
+    with pytest.raises(SettingsError, match="no propagator '' is installed"):
+        tracing.check()
     for accepted in ("tracecontext,baggage", "none", "none,b3"):  # as OpenTelemetry reads it: nothing after none
         monkeypatch.setenv("OTEL_PROPAGATORS", accepted)
         tracing.check()
