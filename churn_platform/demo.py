@@ -196,9 +196,11 @@ class Demo:
         result = json.loads(done.stdout[done.stdout.index("{") :])
         gate = result["gate"]
         trained_on = result["recent_rows"] - result["gate_rows"]
-        click.echo(f"      v{result['version']} trained on {trained_on} recent customers; "
-                   f"on {result['gate_rows']} held-out recent ones: ROC AUC {gate['candidate_roc_auc']:.3f} vs "
-                   f"Production v{result['production_version']} {gate['production_roc_auc']:.3f}")  # fmt: skip
+        both = gate["candidate_roc_auc"] is not None and gate["production_roc_auc"] is not None
+        figures = (f": ROC AUC {gate['candidate_roc_auc']:.3f} vs Production v{result['production_version']} "
+                   f"{gate['production_roc_auc']:.3f}") if both else ""  # none when the gate drew no verdict
+        click.echo(f"      v{result['version']} trained on {trained_on} recent customers; gated on "
+                   f"{result['gate_rows']} held-out recent ones{figures}")  # fmt: skip
         if not result["challenger"]:
             click.secho(f"      the gate kept it out: {gate['reason']}", fg="yellow")
             return result

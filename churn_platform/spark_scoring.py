@@ -233,9 +233,15 @@ _SCORING_LIBRARIES = ("scikit-learn", "numpy")
 
 def _library_versions(_: object = None) -> dict[str, str]:
     """Runs on an executor too (imported there by name: without the project, a ModuleNotFoundError)."""
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {name: version(name) for name in _SCORING_LIBRARIES}
+    found = {}
+    for name in _SCORING_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:  # named in the mismatch, not an exit-70 "bug"
+            found[name] = "(not installed)"
+    return found
 
 
 def _mismatch(driver: dict[str, str], executor: dict[str, str]) -> str | None:
@@ -250,7 +256,8 @@ def _mismatch(driver: dict[str, str], executor: dict[str, str]) -> str | None:
 
 def _check_executors(spark: SparkSession) -> None:
     """One small task before the scoring pass: the executors' Python has the project and the
-    scoring libraries at the driver's versions (exit 2 otherwise, not a retried crash)."""
+    scoring libraries at the driver's versions (exit 2 otherwise, not a retried crash). One
+    task sees one executor: a cluster whose executors run different images is not caught."""
     theirs = spark.sparkContext.parallelize([0], 1).map(_library_versions).first()
     if why := _mismatch(_library_versions(), theirs):
         raise SettingsError(why)

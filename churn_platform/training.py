@@ -283,7 +283,8 @@ def gate(
         keep = np.ones(len(valid), dtype=bool)
         if seen is not None and seen.any():
             left = int((~seen).sum())
-            if left >= LEAST_UNSEEN_ROWS and data_mod.short_of_a_class(valid[LABEL_COLUMN][~seen]) is None:
+            unseen = np.bincount(labels[~seen].astype(int), minlength=2)
+            if left >= LEAST_UNSEEN_ROWS and unseen.min() >= gate_mod.LEAST_GATE_CLASS:  # still a verdict on them
                 keep = ~seen
                 on += f", less the {int(seen.sum())} Production v{production.version} was trained on ({left} left)"
             else:
