@@ -85,7 +85,8 @@ def as_json(result) -> dict:
 def test_json_results_keep_their_shape(embedded, model_name):
     """Scripts read these keys: the typed results must serialise to the same JSON as before."""
     for seed in (1, 2):
-        trained = as_json(cli("train", "--n-rows", "300", "--seed", str(seed), "--model-name", model_name, "--json"))
+        # 600: 150 validation rows, enough for the gate to compare figures (100 and 20 of a class)
+        trained = as_json(cli("train", "--n-rows", "600", "--seed", str(seed), "--model-name", model_name, "--json"))
     assert set(trained) == {"run_id", "model_name", "version", "metrics", "gate", "challenger"}
     assert {"passed", "reason", "production_version", "production_roc_auc", "candidate_roc_auc"} <= set(trained["gate"])
     first = json.loads(cli("promote", "--model-name", model_name, "--version", "1", "--json").output)
