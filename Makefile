@@ -120,9 +120,10 @@ compose-up: ## the full stack with docker compose (needs Docker and a .env, see 
 	mkdir -p reports
 	docker compose up -d --build
 
-compose-down: ## stop the compose stack (volumes are kept)
+compose-down: ## stop the compose stack, observability included (volumes are kept)
 	$(call need,docker,see https://docs.docker.com/engine/install/)
-	docker compose down
+	@# Without its profiles, `down` leaves the profiled services (Prometheus, Grafana...) running.
+	docker compose --profile jobs --profile observability down
 
 k8s-deploy: install ## kubectl apply -k deploy/overlays/$(ENV) (needs a cluster)
 	$(BIN)/kubectl apply -k deploy/overlays/$(ENV)
