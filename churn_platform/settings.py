@@ -244,6 +244,17 @@ class Settings(BaseSettings):
     def _log_url(cls, value: str) -> str:
         return checked_log_url(value)
 
+    @field_validator("admin_api_key")
+    @classmethod
+    def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        key = value.get_secret_value() if value else ""
+        # Headers reach the API as latin-1 text, and HTTP trims their ends: a key with an "é" or
+        # a trailing space never matched, and nothing said why every call was a 403.
+        if key and not (key.isascii() and key.isprintable() and key == key.strip()):
+            raise ValueError("must be printable ASCII, without spaces at either end (an HTTP header carries no "
+                             "other key as it is set)")  # fmt: skip
+        return value
+
     @field_validator("monitor_alert_webhook")
     @classmethod
     def _http(cls, value: str | None) -> str | None:

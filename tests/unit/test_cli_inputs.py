@@ -119,6 +119,9 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
         # The parser's own words quoted the password up to an unescaped / or ?
         ("CHURN_PUSHGATEWAY_URL", "http://admin:word99/x@pushgateway:9091", "not a valid URL"),
         ("MLFLOW_TRACKING_URI", "https://admin:word99?x@mlflow:5000", "not a valid URL"),
+        # Headers arrive as latin-1 text: every call with it was a 403 "wrong API key".
+        ("CHURN_ADMIN_API_KEY", "clé-word99", "must be printable ASCII"),
+        ("CHURN_ADMIN_API_KEY", "word99 ", "must be printable ASCII, without spaces at either end"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):
