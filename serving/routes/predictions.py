@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
@@ -49,8 +50,22 @@ Explain = Annotated[
 ]
 TopK = Annotated[
     int,
-    Query(ge=1, le=len(FEATURE_NAMES), description="How many of the largest contributions each explanation lists."),
-]
+    Query(ge=1, le=len(FEATURE_NAMES),
+          description="How many of the largest contributions each explanation lists (with explain=true)."),
+]  # fmt: skip
+
+
+def _explanation(request: Request, explain: Explain = False, top_k: TopK = 5) -> int | None:
+    """How many contributions each prediction's explanation lists; None: no explanation. A
+    ``top_k`` without ``explain`` was ignored, a 200 without what was asked for (the batch CLI
+    refuses ``--top-k`` without ``--explain`` too)."""
+    if not explain and "top_k" in request.query_params:
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "top_k"), "input": top_k,
+                                       "msg": "top_k goes with explain=true: without it nothing is explained"}])
+    return top_k if explain else None
+
+
+Explanation = Annotated[int | None, Depends(_explanation)]
 
 
 async def _customers(request: Request, model: type[BaseModel], max_customers: int | None = None) -> list[Record]:
@@ -78,22 +93,18 @@ def _json(content: Any) -> Response:
 
 
 @router.post("/predict", response_model=BatchResponse, openapi_extra=openapi.body(BatchRequest))
-async def predict(
-    request: Request, predictor: PredictorDep, model: ServedModel, explain: Explain = False, top_k: TopK = 5
-) -> Response:
+async def predict(request: Request, predictor: PredictorDep, model: ServedModel, top_k: Explanation) -> Response:
     """Score 1 to CHURN_MAX_BATCH_SIZE customers."""
     customers = await _customers(request, BatchRequest, predictor.max_batch_size)
-    scored = predictor.predict(customers, model, top_k=top_k if explain else None)
+    scored = predictor.predict(customers, model, top_k=top_k)
     return _json({"predictions": scored.predictions, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
 
 @router.post("/predict/single", response_model=Prediction, openapi_extra=openapi.body(Customer))
-async def predict_single(
-    request: Request, predictor: PredictorDep, model: ServedModel, explain: Explain = False, top_k: TopK = 5
-) -> Response:
+async def predict_single(request: Request, predictor: PredictorDep, model: ServedModel, top_k: Explanation) -> Response:
     """Score one customer."""
     customers = await _customers(request, Customer)
-    return _json(predictor.predict(customers, model, top_k=top_k if explain else None).predictions[0])
+    return _json(predictor.predict(customers, model, top_k=top_k).predictions[0])
 
 
 _UNKNOWN = "unknown customer id: the online store holds no features for it"
@@ -144,13 +155,12 @@ async def _few_enough_ids(request: Request, predictor: PredictorDep) -> None:
 
 @router.post("/predict/by-id", response_model=ByIdResponse, responses=ById, dependencies=[Depends(_few_enough_ids)])
 async def predict_by_id(
-    body: ByIdRequest, predictor: PredictorDep, model: ServedModel, features: FeaturesDep,
-    explain: Explain = False, top_k: TopK = 5,
+    body: ByIdRequest, predictor: PredictorDep, model: ServedModel, features: FeaturesDep, top_k: Explanation,
 ) -> Response:  # fmt: skip
     """Score 1 to CHURN_MAX_BATCH_SIZE customers by id, with their latest features from the
     online store; an id it does not hold gets an entry in `errors` instead."""
     ids = body.customer_ids
-    if explain:
+    if top_k is not None:
         predictor.check_explainable(model)  # even when no id is found
     found = await features.lookup(ids)
     customers, places, errors, as_of = [], [], [], []
@@ -169,7 +179,7 @@ async def predict_by_id(
             errors.append({"customer_id": customer_id, "message": why})
     scored = []
     if customers:  # logged under their places among the ids sent, as /predict logs a place in its batch
-        answer = predictor.predict(customers, model, top_k=top_k if explain else None, places=places)
+        answer = predictor.predict(customers, model, top_k=top_k, places=places)
         scored = [{**prediction, FEATURES_AS_OF: at} for prediction, at in zip(answer.predictions, as_of, strict=True)]
     return _json({"predictions": scored, "errors": errors, MODEL_VERSION: model.version, MODEL_NAME: model.name})
 
@@ -204,10 +214,10 @@ _BY_PATH_404 = ("Unknown customer id, a feature without a value or with one the 
             responses={**ById, 404: {"model": Problem, "description": _BY_PATH_404}})  # fmt: skip
 async def predict_by_path(
     customer_id: Annotated[CustomerId, Path(description=ID_DESCRIPTION)],
-    predictor: PredictorDep, model: ServedModel, features: FeaturesDep, explain: Explain = False, top_k: TopK = 5,
+    predictor: PredictorDep, model: ServedModel, features: FeaturesDep, top_k: Explanation,
 ) -> Response:  # fmt: skip
     """Score one customer by id, with their latest features from the online store."""
-    if explain:
+    if top_k is not None:
         predictor.check_explainable(model)  # whatever the id, as on /predict/by-id
     (found,) = await features.lookup([customer_id])
     if found is None:
@@ -216,5 +226,5 @@ async def predict_by_path(
     why = _incomplete(found) or _refused(found) or _stale(at, features.settings.features_max_age_days, time.time())
     if why is not None:
         raise UnknownCustomer(f"{customer_id!r}: {why}")
-    return _json({**predictor.predict([found], model, top_k=top_k if explain else None).predictions[0],
+    return _json({**predictor.predict([found], model, top_k=top_k).predictions[0],
                   FEATURES_AS_OF: _when(at)})  # fmt: skip

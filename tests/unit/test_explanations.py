@@ -96,11 +96,15 @@ def test_single_and_batch_give_the_same_explanation(served, telco_csv):
         assert got == pytest.approx(expected, abs=1e-9)
 
 
-def test_without_explain_the_response_is_unchanged_and_top_k_trims_the_list(api, telco_csv):
+def test_without_explain_the_response_is_unchanged_top_k_alone_is_refused_and_trims_the_list(api, telco_csv):
     row = real_customers(telco_csv, 1)[0]
     plain = api.post("/predict/single", json=row).json()
     assert set(plain) == {"customer_id", "churn_probability", "will_churn", "risk", "model_version"}
-    assert api.post("/predict/single?top_k=3", json=row).json() == plain  # top_k alone explains nothing
+    # top_k alone was ignored, a 200 without what was asked for: the CLI refuses --top-k alone too.
+    for query in ("top_k=3", "top_k=3&explain=false"):
+        alone = api.post(f"/predict/single?{query}", json=row)
+        assert alone.status_code == 422 and "top_k goes with explain=true" in alone.json()["message"], alone.text
+        assert alone.json()["detail"][0]["loc"] == ["query", "top_k"]
     default = api.post("/predict/single?explain=true", json=row).json()
     assert {k: v for k, v in default.items() if k != "explanation"} == plain
     assert len(default["explanation"]["contributions"]) == 5
