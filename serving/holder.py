@@ -30,9 +30,10 @@ from serving.heap import settle_heap
 
 log = logging.getLogger(__name__)
 
-#: A Challenger that failed to load is tried again after this pause, doubled at each failure up
-#: to the longest: each try downloads and verifies it under the load lock, on every replica.
-CHALLENGER_RETRY_S, CHALLENGER_RETRY_MAX_S = 60.0, 900.0
+#: A version that failed to load (a Challenger, or a Production while another version serves)
+#: is tried again after this pause, doubled at each failure up to the longest: each try
+#: downloads and verifies it under the load lock, on every replica.
+RETRY_S, RETRY_MAX_S = 60.0, 900.0
 
 State = Literal[
     "starting", "loading", "ready", "registry_unreachable", "alias_missing", "verification_failed", "load_failed",
@@ -70,6 +71,19 @@ class _ChallengerFailure:
     retry_time: str
 
 
+@dataclass(frozen=True)
+class _ProductionFailure:
+    """A Production version that failed to load or verify while an older one serves on: tried
+    again after ``pause`` (each poll reloaded it whole, model and reference rows, to fail again)."""
+
+    version: int
+    state: State
+    reason: str
+    pause: float
+    retry_at: float
+    retry_time: str
+
+
 class LoadListener(Protocol):
     """Told about each load's outcome (the metrics implement it)."""
 
@@ -90,6 +104,7 @@ class ModelHolder:
         #: How following the rollout state went last: "off", "serving vN", or why not.
         self.rollout_status = "off"
         self._challenger_failure: _ChallengerFailure | None = None
+        self._production_failure: _ProductionFailure | None = None
         self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
         self._reload_queued: threading.Thread | None = None
         self._queue_lock = threading.Lock()
@@ -112,7 +127,7 @@ class ModelHolder:
         name = self.settings.model_name
         with self._lock, tracing.span("model.reload", {"churn.model_name": name}):
             if retry:
-                self._challenger_failure = None
+                self._challenger_failure = self._production_failure = None
             default = self.settings.decision_threshold
             client, version = None, None
             try:
@@ -121,6 +136,7 @@ class ModelHolder:
                     with tracing.span("registry.resolve", {"churn.model_name": name}):
                         version = loading.resolve(client, name)
                     if self.current is not None and self.current.version == version:
+                        self._production_failure = None  # moved back to what serves
                         self.current = loading.refreshed(client, self.current, default_threshold=default)
                         self._follow_rollout(client, version)
                         return self._record("ready", f"serving {name} v{version}", version)
@@ -128,6 +144,10 @@ class ModelHolder:
                         # The Challenger promoted: loaded and verified already. Loading it again held
                         # three models at once, and a failed load ended its canary on this replica.
                         model = loading.refreshed(client, self.rollout.model, default_threshold=default)
+                    elif (held := self._failed_before(version)) is not None:
+                        return self._not_loaded(client, version, held.state,
+                                                f"{held.reason[:400]} (tried again after {held.retry_time}, or at "
+                                                "once by POST /admin/reload)")  # fmt: skip
                     else:
                         self._record("loading", f"loading {name} v{version}", version)
                         with tracing.span("model.load", {"churn.model_name": name, "churn.model_version": version}):
@@ -141,16 +161,16 @@ class ModelHolder:
             except NotFoundError as exc:
                 return self._not_loaded(client, version, "alias_missing", str(exc))
             except loading.VerificationFailed as exc:
-                return self._not_loaded(client, version, "verification_failed", str(exc))
+                return self._production_failed(client, version, "verification_failed", str(exc))
             except ChurnPlatformError as exc:
-                return self._not_loaded(client, version, "load_failed", str(exc))
+                return self._production_failed(client, version, "load_failed", str(exc))
             except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model serving
                 if registry.is_connection_error(exc):
                     return self._fail("registry_unreachable", f"registry or artifact store unreachable: {exc}"[:500])
-                return self._not_loaded(client, version, "load_failed", f"{type(exc).__name__}: {exc}"[:500])
+                return self._production_failed(client, version, "load_failed", f"{type(exc).__name__}: {exc}"[:500])
             # The Challenger first: a replica that becomes ready already routes as the others do.
             self._follow_rollout(client, model.version)
-            self.current = model  # the atomic swap
+            self.current, self._production_failure = model, None  # the atomic swap
             settle_heap()
             if self._listener:
                 self._listener.model_loaded(model)
@@ -209,7 +229,7 @@ class ModelHolder:
                 tried = (state.challenger_version, state.started_at)
                 before = self._challenger_failure
                 same = before is not None and before.rollout == tried
-                pause = min(before.pause * 2, CHALLENGER_RETRY_MAX_S) if before and same else CHALLENGER_RETRY_S
+                pause = min(before.pause * 2, RETRY_MAX_S) if before and same else RETRY_S
                 at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat(timespec="seconds")
                 self._challenger_failure = _ChallengerFailure(tried, self.rollout_status, pause,
                                                               time.monotonic() + pause, at)  # fmt: skip
@@ -227,6 +247,25 @@ class ModelHolder:
         if self._listener:
             self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
         return True
+
+    def _failed_before(self, version: int) -> _ProductionFailure | None:
+        """This Production version's last failure, while its pause runs (polls skip it)."""
+        failed = self._production_failure
+        if failed is None or failed.version != version or time.monotonic() >= failed.retry_at:
+            return None
+        return failed
+
+    def _production_failed(self, client: object | None, version: int | None, state: State, reason: str) -> Attempt:
+        """A Production that does not load or verify while another version serves: not tried again
+        for a pause (60 s, doubling to 15 minutes for the same version; an operator's reload tries
+        at once). At start-up, with nothing serving, the start-up backoff applies instead."""
+        if version is not None and self.current is not None:
+            before = self._production_failure
+            same = before is not None and before.version == version
+            pause = min(before.pause * 2, RETRY_MAX_S) if before and same else RETRY_S
+            at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat(timespec="seconds")
+            self._production_failure = _ProductionFailure(version, state, reason, pause, time.monotonic() + pause, at)
+        return self._not_loaded(client, version, state, reason)
 
     def _not_loaded(self, client: object | None, production: int | None, state: State, reason: str) -> Attempt:
         """Production (``production``, when resolved) did not load: the old version serves on,

@@ -35,3 +35,33 @@ def test_a_burst_of_reloads_costs_at_most_two_loads(tmp_path):
 
     holder.reload_in_background().join(10)  # a later call, after both finished, loads again
     assert len(loads) == 3 and sum(t.is_alive() for t in holder._threads) == 0
+
+
+def test_a_production_that_fails_to_load_is_not_reloaded_at_every_poll(registry_uri, tmp_path, monkeypatch):
+    """Each poll downloaded, unpickled and verified a Production that could not serve, to fail
+    again (every 30 s on every worker); a Challenger that failed already waited between tries."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from churn_platform import loading
+
+    copy = tmp_path / "mlflow.db"  # the session's registry stays as it is
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = f"sqlite:///{copy}"
+    holder = ModelHolder(Settings(tracking_uri=uri, model_name="churn"))
+    assert holder.load_production().state == "ready" and holder.current.version == 1
+    client = MlflowClient(uri, uri)
+    client.set_model_version_tag("churn", "2", "decision_threshold", "1.5")  # refused when loaded
+    client.set_registered_model_alias("churn", "Production", "2")
+    real, loads = loading.load, []
+    monkeypatch.setattr(loading, "load", lambda *a, **k: loads.append(a[2]) or real(*a, **k))
+    first = holder.load_production()
+    assert first.state in ("verification_failed", "load_failed") and loads == [2], first
+    again = holder.load_production()  # the next poll: reported, not loaded again
+    assert loads == [2] and again.state == first.state and "tried again after" in again.reason
+    assert holder.current.version == 1  # the old version serves on
+    holder.load_production(retry=True)  # an operator's reload tries at once
+    assert loads == [2, 2]
+    client.set_registered_model_alias("churn", "Production", "1")  # moved back: nothing held
+    assert holder.load_production().state == "ready" and holder._production_failure is None
