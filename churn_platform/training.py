@@ -381,7 +381,7 @@ def train(
         given = mlflow.get_run(run_id).data.params
         mlflow.log_params({k: v for k, v in params.items() if k not in given})
         mlflow.log_metrics(metrics)
-        mlflow.log_metrics({TAG_ROWS: len(train_df), VALIDATION_ROWS: len(valid_df)})
+        mlflow.log_metrics({"training_rows": len(train_df), VALIDATION_ROWS: len(valid_df)})  # the split's sizes
         # The threshold applied as a run tag too: under `mlflow run` its parameter reads '' (the default).
         mlflow.set_tags({TAG_DATA_DIGEST: digest, "model_name": config.model_name, TAG_THRESHOLD: str(threshold),
                          **(tags or {})})  # fmt: skip
