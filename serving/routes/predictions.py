@@ -55,10 +55,11 @@ TopK = Annotated[
 ]  # fmt: skip
 
 
-def _explanation(request: Request, explain: Explain = False, top_k: TopK = 5) -> int | None:
+async def _explanation(request: Request, explain: Explain = False, top_k: TopK = 5) -> int | None:
     """How many contributions each prediction's explanation lists; None: no explanation. A
     ``top_k`` without ``explain`` was ignored, a 200 without what was asked for (the batch CLI
-    refuses ``--top-k`` without ``--explain`` too)."""
+    refuses ``--top-k`` without ``--explain`` too). Async: a plain function would run in the
+    thread pool, a hop on every prediction's hot path."""
     if not explain and "top_k" in request.query_params:
         raise RequestValidationError([{"type": "value_error", "loc": ("query", "top_k"), "input": top_k,
                                        "msg": "top_k goes with explain=true: without it nothing is explained"}])
