@@ -289,12 +289,13 @@ def not_judged(real: Realized, est: Estimated, baseline: dict[str, float], min_r
         return f"the version's training run has no {GATE_METRIC} to compare with (none logged, or not a number)"
     if (real.roc_auc is None or real.rows < min_rows) and (est.roc_auc is None or est.rows < min_rows):
         # Each side's own reason: 2,877 labelled rows of one class read "too few rows".
-        return (f"nothing to judge on: {_why_not(real.rows, real.roc_auc, min_rows, 'labelled rows', 'of one class')}"
-                f"; {_why_not(est.rows, est.roc_auc, min_rows, 'predictions in the window', 'scored 0 or all 1')}")
+        return (f"nothing to judge on: {_why_not(real.rows, min_rows, 'labelled rows', 'of one class')}; "
+                f"{_why_not(est.rows, min_rows, 'predictions in the window', 'scored 0 or all 1')}")
     return None
 
 
-def _why_not(rows: int, auc: float | None, min_rows: int, what: str, alike: str) -> str:
+def _why_not(rows: int, min_rows: int, what: str, alike: str) -> str:
+    """A side's reason for no figure: too few rows, else rows alike (no ROC AUC on them)."""
     if rows < min_rows:
         return f"{rows} {what}, fewer than {min_rows} (CHURN_PERFORMANCE_MIN_ROWS)"
     return f"{rows} {what}, all {alike} (no {GATE_METRIC})"
