@@ -981,7 +981,8 @@ def outcomes() -> None:
 @outcomes.command("ingest")
 @click.argument("source")
 @click.option("--rejects", "rejects_path", default=None,
-              help="Where to write the bad rows (CSV; default: next to the input, NAME.rejects.csv).")
+              help="Where to write the bad rows (CSV; default: NAME.rejects.csv next to a local input, "
+                   "in the current folder for s3://).")
 @click.option("--strict", is_flag=True, help="Write nothing when any row is bad.")
 @inference_log_option("Database of the inference log, where outcomes are kept (default: CHURN_INFERENCE_LOG_URL).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
