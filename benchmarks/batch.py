@@ -71,11 +71,14 @@ def _child(kind: str, source: str, output: str) -> None:
         import pyarrow.parquet as pq
         from pyspark.sql import functions as F  # noqa: N812
 
+        from churn_platform.batch_scoring import CHUNK_ROWS
         from churn_platform.schema import FEATURE_NAMES
         from churn_platform.spark_scoring import session
 
         started = time.perf_counter()
-        spark = session(settings, "local[2]")  # Spark's start counts, as in ours
+        # Spark's start counts, as in ours; Arrow batches of our chunk's size, as ours gets (Spark's
+        # default of 10,000 gave the peer ten times the pandas conversions and predict calls).
+        spark = session(settings, "local[2]", {"spark.sql.execution.arrow.maxRecordsPerBatch": str(CHUNK_ROWS)})
         up = time.perf_counter()
         # The model load, not counted (ours loads its model before the clock starts).
         udf = mlflow.pyfunc.spark_udf(spark, "models:/churn@Production", result_type="double", env_manager="local")
@@ -180,6 +183,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return _child(args.child, args.input, args.output)
+    from benchmarks.serving import scrub_environment
+
+    scrub_environment()  # the caller's CHURN_*/OTEL_* would reach one side's children only
 
     from benchmarks.registry import production_registry, remove, terminate_raises
 
@@ -214,6 +220,9 @@ def run(folder: Path, uri: str, n_rows: int) -> None:
         ours_5n = _measure("ours", inputs["5n"], folder / "scores-5n.parquet", env)
     except ChildFailed as exc:
         sys.exit(str(exc))
+    if {ours["rows"], peer["rows"]} != {n_rows} or ours_5n["rows"] != sizes["5n"]:  # no figure from other work
+        sys.exit(f"rows scored differ: ours {ours['rows']:,}, peer {peer['rows']:,} of {n_rows:,}; "
+                 f"ours {ours_5n['rows']:,} of {sizes['5n']:,}")  # fmt: skip
 
     print(f"\nbatch scoring, {n_rows:,} generated customers from Parquet (logistic, model load excluded)")
     print(f"{'':28}{'ours (local)':>14}{'mlflow pyfunc':>15}{'ratio':>9}  target")
@@ -237,6 +246,8 @@ def run(folder: Path, uri: str, n_rows: int) -> None:
     if reason is not None:
         print(f"skipped: {reason}")
         return
+    if {spark["rows"], spark_udf["rows"]} != {n_rows}:
+        sys.exit(f"Spark rows written differ: ours {spark['rows']:,}, spark_udf {spark_udf['rows']:,} of {n_rows:,}")
     print(f"{'':28}{'ours (spark)':>14}{'spark_udf':>15}{'ratio':>9}")
     print(f"{'rows/s':28}{spark['rows_s']:>14,.0f}{spark_udf['rows_s']:>15,.0f}"
           f"{spark['rows_s'] / spark_udf['rows_s']:>8.1f}x")  # fmt: skip
