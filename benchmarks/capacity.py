@@ -31,7 +31,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.serving import drained, wrk  # noqa: E402
+from benchmarks.serving import drained, scrub_environment, wrk  # noqa: E402
 from churn_platform.processes import Process, free_port, start, wait_http  # noqa: E402
 
 #: The share of one pod's saturated single-customer rate the autoscaler aims at.
@@ -120,6 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("wrk") or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
         sys.exit("needs wrk, taskset and two CPUs (apt-get install wrk; `make bench-serving` installs it)")
+    scrub_environment()  # tracing left on in the shell slowed our server alone (serving.py clears it too)
     from benchmarks.registry import production_registry, remove, terminate_raises
 
     terminate_raises()

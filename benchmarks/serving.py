@@ -571,7 +571,8 @@ def run(args: argparse.Namespace, folder: Path) -> None:  # noqa: C901 - one ben
         f"({log_rows['inference_log_rows_spooled_total']:.0f} spooled, "
         f"{log_rows['inference_log_rows_dropped_total']:.0f} dropped; drained {catch_up_s:.1f}s after the load)"
     )
-    if log_rows["inference_log_rows_dropped_total"] or in_database != scored:
+    lost = bool(log_rows["inference_log_rows_dropped_total"] or in_database != scored)
+    if lost:
         why = [line for line in ours.log_path.read_text(errors="replace").splitlines()
                if re.search("queue is full|spool is full|refused|writer is gone|cannot", line)]  # fmt: skip
         print(f"{'':34}LOST ROWS: the log does not hold every scored row; the API said:", *why[:5], sep="\n  ")
@@ -606,6 +607,8 @@ def run(args: argparse.Namespace, folder: Path) -> None:  # noqa: C901 - one ben
     if errors["ours"] or errors["peer"] or sockets:
         sys.exit(f"the load met errors (non-2xx: ours {errors['ours']}, peer {errors['peer']}; socket errors: "
                  f"{'; '.join(sockets) or 'none'}): the figures above are not valid")  # fmt: skip
+    if lost:  # the "rows scored = rows in the log": printed, it never failed the run
+        sys.exit(f"the inference log holds {in_database:.0f} rows of {scored:.0f} scored: rows were lost")
 
 
 if __name__ == "__main__":

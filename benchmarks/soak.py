@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5)
     parser.add_argument("--rate", type=int, default=200, help="requests per second")
     args = parser.parse_args()
+    from benchmarks.serving import scrub_environment
+
+    scrub_environment()  # the shell's CHURN_*/OTEL_* (tracing, an access log) would slow the API unmeasured
 
     from mlflow import MlflowClient
 
