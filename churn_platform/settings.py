@@ -253,6 +253,8 @@ class Settings(BaseSettings):
         if key and not (key.isascii() and key.isprintable() and key == key.strip()):
             raise ValueError("must be printable ASCII, without spaces at either end (an HTTP header carries no "
                              "other key as it is set)")  # fmt: skip
+        if key.lower().startswith("change-me"):  # .env.example's, public: anyone could post outcomes
+            raise ValueError("is .env.example's placeholder: set a key of your own (openssl rand -hex 32)")
         return value
 
     @field_validator("monitor_alert_webhook")

@@ -46,8 +46,13 @@ DEV = REPO / "deploy" / "overlays" / "dev"
 
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walkthrough]:
-    """`docker compose up -d` as processes, with a .env copied from .env.example."""
-    with ComposeStack(tmp_path_factory.mktemp("compose")) as stack:
+    """`docker compose up -d` as processes, with a .env copied from .env.example and its
+    placeholders changed, as the README asks (the API refuses the placeholder admin key)."""
+    root = tmp_path_factory.mktemp("compose")
+    dotenv = root / ".env"
+    changed = re.sub(r"change-me[\w-]*", lambda found: f"set-{abs(hash(found[0])):x}", DOTENV_EXAMPLE.read_text())
+    dotenv.write_text(changed)
+    with ComposeStack(root, Compose(dotenv=dotenv)) as stack:
         try:
             stack.up()
         except ServiceError as exc:  # a service this machine must have: a failure, never a skip

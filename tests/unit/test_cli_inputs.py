@@ -122,6 +122,8 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
         # Headers arrive as latin-1 text: every call with it was a 403 "wrong API key".
         ("CHURN_ADMIN_API_KEY", "clé-word99", "must be printable ASCII"),
         ("CHURN_ADMIN_API_KEY", "word99 ", "must be printable ASCII, without spaces at either end"),
+        # .env.example's own, public: compose started the API with it, and anyone could post outcomes.
+        ("CHURN_ADMIN_API_KEY", "change-me-admin-key-word99", "is .env.example's placeholder"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):
