@@ -88,10 +88,14 @@ def main(rows: int) -> None:
     ours, before = results["batches (ours)"], results["whole DataFrame (before)"]
     print(f"memory ratio (before / ours): {before[0] / max(ours[0], 1):.1f}x")
     print(f"column means, summed, both ways: {ours[2]} vs {before[2]}")
+    if abs(float(ours[2]) - float(before[2])) > 1e-6 * max(1.0, abs(float(before[2]))):  # the same numbers, or no figure
+        sys.exit("the two ways read different column means: the comparison is not valid")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         _measure(sys.argv[2], Path(sys.argv[3]))
+    elif sys.argv[1:2] and not sys.argv[1].isdigit():  # --help, or a typo: int() failed with a traceback
+        sys.exit(__doc__)
     else:
         main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
