@@ -643,6 +643,16 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
 # --------------------------------------------------------------------------- splitting
 
 
+def row_keys(frame: pd.DataFrame) -> pd.Series:
+    """A hash of each row's features and label: the same customer data under any id (the split's
+    copies, the gate's rows Production was trained on)."""
+    columns = frame.loc[:, [*FEATURE_NAMES, LABEL_COLUMN]]
+    # Numbers as floats: a column read back as int64 in one frame and float64 in the other is one value.
+    typed = {c: columns[c].astype(float) if pd.api.types.is_numeric_dtype(columns[c]) else columns[c].astype(str)
+             for c in columns}  # fmt: skip
+    return pd.util.hash_pandas_object(pd.DataFrame(typed), index=False)
+
+
 def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
     """Each row's customer, when some customer has several rows (None otherwise: a plain row
     split); a row without an id, or with a placeholder for one ("NULL", "N/A"), is a customer
@@ -654,7 +664,7 @@ def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
         ids.notna() & (ids != "") & ~ids.str.lower().isin(ID_PLACEHOLDERS)
     ).to_numpy(dtype=bool)  # fmt: skip
     if not known.any():
-        copies = pd.util.hash_pandas_object(frame[[*FEATURE_NAMES, LABEL_COLUMN]], index=False)
+        copies = row_keys(frame)
         return pd.Series(pd.factorize(copies)[0], index=frame.index) if copies.duplicated().any() else None
     if not ids[known].duplicated().any():
         return None

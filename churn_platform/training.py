@@ -240,20 +240,12 @@ def _trained_on(production: ModelVersion, valid: pd.DataFrame) -> np.ndarray | N
             if registry.is_connection_error(exc):
                 raise
             return None
-    return _row_keys(valid).isin(set(_row_keys(seen))).to_numpy()
+    return data_mod.row_keys(valid).isin(set(data_mod.row_keys(seen))).to_numpy()
 
 
 def gated_frame(train: pd.DataFrame, gate_rows: pd.DataFrame) -> pd.DataFrame:
     """The rows a version given its gate rows is trained and gated on: what its data digest hashes."""
     return pd.concat([train.reset_index(drop=True), gate_rows.reset_index(drop=True)], ignore_index=True)
-
-
-def _row_keys(frame: pd.DataFrame) -> pd.Series:
-    columns = frame.loc[:, [*FEATURE_NAMES, LABEL_COLUMN]]
-    # Numbers as floats: a column read back as int64 in one frame and float64 in the other is one value.
-    typed = {c: columns[c].astype(float) if pd.api.types.is_numeric_dtype(columns[c]) else columns[c].astype(str)
-             for c in columns}  # fmt: skip
-    return pd.util.hash_pandas_object(pd.DataFrame(typed), index=False)
 
 
 def gate(
