@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from churn_platform.contract import GATE_METRIC, TAG_GATE_FIGURES, TAG_TRAINING_DATA
@@ -80,14 +82,24 @@ LEAST_GATE_ROWS = 100
 LEAST_GATE_CLASS = 20
 
 
-def too_few(rows: int, by_class: dict[int, int] | None, production_version: int, *, tolerance: float,
+def by_class(labels: Any) -> dict[int, int]:
+    """Rows of each label (0 stayed, 1 churned) among ``labels`` (an array or a Series)."""
+    values = np.asarray(labels).astype(int)
+    return {0: int((values == 0).sum()), 1: int((values == 1).sum())}
+
+
+def judgeable(rows: int, classes: dict[int, int] | None) -> bool:
+    """Whether ``rows`` (``classes``: ``by_class``'s counts, when known) are enough for a verdict."""
+    return rows >= LEAST_GATE_ROWS and (classes is None or min(classes.values()) >= LEAST_GATE_CLASS)
+
+
+def too_few(rows: int, classes: dict[int, int] | None, production_version: int, *, tolerance: float,
             compared_on: str) -> GateVerdict | None:  # fmt: skip
-    """A failed verdict when ``rows`` (``by_class``: rows of each label, when known) are too
-    few to judge a candidate against Production on; else None."""
-    classes = by_class or {}
-    if rows >= LEAST_GATE_ROWS and (by_class is None or min(classes.get(0, 0), classes.get(1, 0)) >= LEAST_GATE_CLASS):
+    """A failed verdict when ``rows`` are too few to judge a candidate against Production on
+    (``judgeable``); else None."""
+    if judgeable(rows, classes):
         return None
-    counted = f" ({classes.get(1, 0)} churned, {classes.get(0, 0)} stayed)" if by_class is not None else ""
+    counted = f" ({classes[1]} churned, {classes[0]} stayed)" if classes is not None else ""
     return GateVerdict(
         checked=False, passed=False, production_version=production_version, tolerance=tolerance,
         compared_on=compared_on,

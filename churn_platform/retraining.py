@@ -43,7 +43,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError
-from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS
+from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
 from churn_platform.inference_log import make_engine, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
@@ -305,9 +305,9 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
     enough(gate, "held-out gate slice of the recent rows")
     # The gate draws no verdict from fewer (gate.too_few): the version would be fitted, registered
     # and refused, with no figures recorded, so no hold on the next trigger: a version a day.
-    classes = gate[LABEL_COLUMN].value_counts()
-    if len(gate) < LEAST_GATE_ROWS or min(classes.get(0, 0), classes.get(1, 0)) < LEAST_GATE_CLASS:
-        raise NotRetrained(f"the held-out gate slice has {len(gate)} customers ({classes.get(1, 0)} churned): the "
+    classes = by_class(gate[LABEL_COLUMN])
+    if not judgeable(len(gate), classes):
+        raise NotRetrained(f"the held-out gate slice has {len(gate)} customers ({classes[1]} churned): the "
                            f"gate judges on at least {LEAST_GATE_ROWS}, {LEAST_GATE_CLASS} of each class; ingest "
                            "more outcomes, widen --since, or raise --gate-share")  # fmt: skip
     base_rows = 0

@@ -275,16 +275,14 @@ def gate(
         keep = np.ones(len(valid), dtype=bool)
         if seen is not None and seen.any():
             left = int((~seen).sum())
-            unseen = np.bincount(labels[~seen].astype(int), minlength=2)
-            if left >= LEAST_UNSEEN_ROWS and unseen.min() >= gate_mod.LEAST_GATE_CLASS:  # still a verdict on them
+            if left >= LEAST_UNSEEN_ROWS and gate_mod.judgeable(left, gate_mod.by_class(labels[~seen])):
                 keep = ~seen
                 on += f", less the {int(seen.sum())} Production v{production.version} was trained on ({left} left)"
             else:
                 on += (f" ({int(seen.sum())} of them Production v{production.version}'s training rows, kept: "
                        f"{left} others are too few to judge on)")  # fmt: skip
-        by_class = {int(k): int(n) for k, n in zip(*np.unique(labels[keep], return_counts=True), strict=True)}
-        if few := gate_mod.too_few(int(keep.sum()), by_class, int(production.version), tolerance=tolerance,
-                                   compared_on=on):  # fmt: skip
+        if few := gate_mod.too_few(int(keep.sum()), gate_mod.by_class(labels[keep]), int(production.version),
+                                   tolerance=tolerance, compared_on=on):  # fmt: skip
             return few
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}/{production.version}")
         champion_proba = np.asarray(champion.predict(model_mod.features(valid[keep])))[:, 1]
