@@ -67,10 +67,11 @@ def _missing_propagator() -> str | None:
     given = os.environ.get("OTEL_PROPAGATORS", "")
     if not given:
         return None
+    installed = _propagators()  # the entry points scanned once, not once per name
     for name in (part.strip() for part in given.split(",")):
         if name.lower() == "none":
             return None
-        if name not in _propagators():  # "" too: OpenTelemetry refuses an empty entry ("tracecontext,")
+        if name not in installed:  # "" too: OpenTelemetry refuses an empty entry ("tracecontext,")
             return name
     return None
 
