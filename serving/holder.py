@@ -60,28 +60,28 @@ class ActiveRollout:
 
 
 @dataclass(frozen=True)
-class _ChallengerFailure:
-    """The Challenger that failed to load (its version, in the rollout started then), why,
-    and when to try it again (monotonic, and as a UTC time for ``/model``)."""
+class _Failure:
+    """A version that failed to load: ``what`` (a Challenger's (version, rollout start), or a
+    Production version while an older one serves), why, and when to try it again (monotonic,
+    and as a UTC time for ``/model``): each try loads it whole, model and reference rows."""
 
-    rollout: tuple[int, str | None]
-    status: str
-    pause: float
-    retry_at: float
-    retry_time: str
-
-
-@dataclass(frozen=True)
-class _ProductionFailure:
-    """A Production version that failed to load or verify while an older one serves on: tried
-    again after ``pause`` (each poll reloaded it whole, model and reference rows, to fail again)."""
-
-    version: int
+    what: object
     state: State
     reason: str
     pause: float
     retry_at: float
     retry_time: str
+
+    @classmethod
+    def after(cls, before: _Failure | None, what: object, state: State, reason: str) -> _Failure:
+        """``what`` failing now: the pause doubled from ``before``'s when that was the same, else the first."""
+        pause = min(before.pause * 2, RETRY_MAX_S) if before is not None and before.what == what else RETRY_S
+        at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat(timespec="seconds")
+        return cls(what, state, reason, pause, time.monotonic() + pause, at)
+
+    def holds(self, what: object) -> bool:
+        """Whether ``what`` is this failure's and its pause has not run out."""
+        return self.what == what and time.monotonic() < self.retry_at
 
 
 class LoadListener(Protocol):
@@ -103,8 +103,8 @@ class ModelHolder:
         self.rollout: ActiveRollout | None = None
         #: How following the rollout state went last: "off", "serving vN", or why not.
         self.rollout_status = "off"
-        self._challenger_failure: _ChallengerFailure | None = None
-        self._production_failure: _ProductionFailure | None = None
+        self._challenger_failure: _Failure | None = None
+        self._production_failure: _Failure | None = None
         self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
         self._reload_queued: threading.Thread | None = None
         self._queue_lock = threading.Lock()
@@ -227,44 +227,34 @@ class ModelHolder:
             outage = isinstance(exc, RegistryUnreachable | StorageUnreachable) or registry.is_connection_error(exc)
             if state is not None and state.challenger_version is not None and not outage:  # an outage: next poll
                 tried = (state.challenger_version, state.started_at)
-                before = self._challenger_failure
-                same = before is not None and before.rollout == tried
-                pause = min(before.pause * 2, RETRY_MAX_S) if before and same else RETRY_S
-                at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat(timespec="seconds")
-                self._challenger_failure = _ChallengerFailure(tried, self.rollout_status, pause,
-                                                              time.monotonic() + pause, at)  # fmt: skip
+                self._challenger_failure = _Failure.after(self._challenger_failure, tried, "challenger_failed",
+                                                          self.rollout_status)  # fmt: skip
 
     def _failed_lately(self, rollout: tuple[int, str | None]) -> bool:
         """Whether this rollout's Challenger (version, start) failed to load and its pause has not
         run out: then it is not tried again, but still reported and counted (the alert stays). A
         rollout started again (`rollout stop`, `start`) tries at once."""
         failed = self._challenger_failure
-        if failed is None or failed.rollout != rollout or time.monotonic() >= failed.retry_at:
+        if failed is None or not failed.holds(rollout):
             return False
         self.rollout = None
-        self.rollout_status = (f"{failed.status[:400]} (tried again after {failed.retry_time}, "
+        self.rollout_status = (f"{failed.reason[:400]} (tried again after {failed.retry_time}, "
                                "or at once by POST /admin/reload on this replica)")  # fmt: skip
         if self._listener:
             self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
         return True
 
-    def _failed_before(self, version: int) -> _ProductionFailure | None:
+    def _failed_before(self, version: int) -> _Failure | None:
         """This Production version's last failure, while its pause runs (polls skip it)."""
         failed = self._production_failure
-        if failed is None or failed.version != version or time.monotonic() >= failed.retry_at:
-            return None
-        return failed
+        return failed if failed is not None and failed.holds(version) else None
 
     def _production_failed(self, client: object | None, version: int | None, state: State, reason: str) -> Attempt:
         """A Production that does not load or verify while another version serves: not tried again
         for a pause (60 s, doubling to 15 minutes for the same version; an operator's reload tries
         at once). At start-up, with nothing serving, the start-up backoff applies instead."""
         if version is not None and self.current is not None:
-            before = self._production_failure
-            same = before is not None and before.version == version
-            pause = min(before.pause * 2, RETRY_MAX_S) if before and same else RETRY_S
-            at = (datetime.now(UTC) + timedelta(seconds=pause)).isoformat(timespec="seconds")
-            self._production_failure = _ProductionFailure(version, state, reason, pause, time.monotonic() + pause, at)
+            self._production_failure = _Failure.after(self._production_failure, version, state, reason)
         return self._not_loaded(client, version, state, reason)
 
     def _not_loaded(self, client: object | None, production: int | None, state: State, reason: str) -> Attempt:
