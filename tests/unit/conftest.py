@@ -30,6 +30,14 @@ def embedded_registry(folder: Path) -> Iterator[tuple[str, Settings]]:
         yield uri, settings
 
 
+def registry_copy(registry_uri: str, folder: Path) -> str:
+    """The session's registry copied into ``folder``, for a test that writes to it (the others
+    keep it as it was): the copy's URI."""
+    copy = folder / "mlflow.db"
+    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    return f"sqlite:///{copy}"
+
+
 def trained_versions(folder: Path, name: str, count: int) -> dict[int, Path]:
     """SQLite registries in ``folder`` holding v1 to vN of ``name`` (N = 1 to ``count``; seeds
     1 to N, 300 synthetic customers, none promoted), trained once for a module: a test copies

@@ -22,6 +22,7 @@ from churn_platform.cli import main
 from churn_platform.loading import load
 from churn_platform.registry import connect
 from churn_platform.settings import Settings
+from tests.unit.conftest import registry_copy
 
 OUTPUT_COLUMNS = ["customer_id", "churn_probability", "will_churn", "risk", "model_name", "model_version", "scored_at"]
 
@@ -437,9 +438,7 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     """Prediction drift from the file's own scores when the monitored version made them;
     another version's scores are re-scored; scores without features fail the data checks (exit 4)."""
     setenv(CHURN_MONITOR_MIN_ROWS="500")  # v2 learned from 600 rows, under the default 1,000 a reference needs
-    copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
+    uri = registry_copy(registry_uri, tmp_path)  # the monitor records a run: keep the session's registry as it was
     monkeypatch.chdir(tmp_path)
     source = tmp_path / "customers.parquet"
     customers.head(1000).to_parquet(source, index=False)
@@ -491,8 +490,7 @@ def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_ve
 
     from churn_platform import inference_log
 
-    copy = tmp_path / "mlflow.db"  # the monitor records a run: keep the session's registry as it was
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = registry_copy(registry_uri, tmp_path)  # the monitor records a run: keep the session's registry as it was
     monkeypatch.chdir(tmp_path)
     setenv(CHURN_MONITOR_MIN_ROWS="300")  # which rows are judged, not a verdict: small windows do
     log_url = f"sqlite:///{tmp_path}/log.db"
@@ -511,7 +509,7 @@ def test_monitor_all_versions_leaves_shadow_rows_out_and_never_judges_another_ve
     def monitor(version: str, *source: str) -> dict:
         source = source or ("--all-versions", "--inference-log-url", log_url)
         out = str(tmp_path / f"report-{version}")
-        result = CliRunner().invoke(main, ["monitor", "--tracking-uri", f"sqlite:///{copy}", "--version", version,
+        result = CliRunner().invoke(main, ["monitor", "--tracking-uri", uri, "--version", version,
                                            *source, "--json", "--output-dir", out])  # fmt: skip
         assert result.exit_code in (0, 1), result.output
         return json.loads(result.stdout)

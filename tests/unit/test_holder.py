@@ -8,6 +8,7 @@ import time
 
 from churn_platform.settings import Settings
 from serving.holder import ModelHolder
+from tests.unit.conftest import registry_copy
 
 
 def test_a_burst_of_reloads_costs_at_most_two_loads(tmp_path):
@@ -40,15 +41,11 @@ def test_a_burst_of_reloads_costs_at_most_two_loads(tmp_path):
 def test_a_production_that_fails_to_load_is_not_reloaded_at_every_poll(registry_uri, tmp_path, monkeypatch):
     """Each poll downloaded, unpickled and verified a Production that could not serve, to fail
     again (every 30 s on every worker); a Challenger that failed already waited between tries."""
-    import shutil
-
     from mlflow import MlflowClient
 
     from churn_platform import loading
 
-    copy = tmp_path / "mlflow.db"  # the session's registry stays as it is
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
+    uri = registry_copy(registry_uri, tmp_path)  # the session's registry stays as it is
     holder = ModelHolder(Settings(tracking_uri=uri, model_name="churn"))
     assert holder.load_production().state == "ready" and holder.current.version == 1
     client = MlflowClient(uri, uri)

@@ -27,6 +27,7 @@ from churn_platform.processes import free_port
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN
 from churn_platform.settings import get_settings
 from tests.services import http_server, start_process, wait_http
+from tests.unit.conftest import registry_copy
 
 
 @pytest.fixture
@@ -76,13 +77,12 @@ def log_rows(url: str, customers: pd.DataFrame, version: int = 1) -> None:
 def scheduled_jobs(registry_uri: str, tmp_path, monkeypatch, gateway: str) -> tuple[str, str]:
     """A copy of the session's registry (the jobs record runs: it stays as it was) and an
     inference log, the jobs pushing to ``gateway``: their URIs."""
-    copy = tmp_path / "mlflow.db"
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
+    uri = registry_copy(registry_uri, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
     monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", log_url := f"sqlite:///{tmp_path}/log.db")
     get_settings.cache_clear()
-    return f"sqlite:///{copy}", log_url
+    return uri, log_url
 
 
 def test_monitor_and_score_push_their_results_and_a_failure_keeps_the_last_success(

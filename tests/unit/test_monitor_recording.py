@@ -3,20 +3,17 @@ the team of its verdict, and leaves no verdict for ``retrain --if drift`` to cou
 
 from __future__ import annotations
 
-import shutil
-
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from churn_platform import data
 from churn_platform.cli import main
 from churn_platform.processes import free_port
+from tests.unit.conftest import registry_copy
 
 
 def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry_uri, tmp_path, setenv, webhook):
-    copy = tmp_path / "mlflow.db"  # the run is recorded: keep the session's registry as it was
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
+    uri = registry_copy(registry_uri, tmp_path)  # the run is recorded: keep the session's registry as it was
     setenv(MLFLOW_S3_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="test",  # nothing listens
            AWS_SECRET_ACCESS_KEY="test", CHURN_MONITOR_EXPERIMENT="monitoring-to-dead-store")  # fmt: skip
     client = MlflowClient(uri, uri)
@@ -37,9 +34,7 @@ def test_a_drift_verdict_mlflow_cannot_record_still_reaches_the_webhook(registry
 def test_a_launched_run_in_another_experiment_is_refused_before_the_work(registry_uri, tmp_path, setenv):
     """`mlflow run . -e monitor` without --experiment-name: MLflow's run (Default) took the
     verdict, where neither `retrain --if drift` nor the UI's history looks, and nothing said so."""
-    copy = tmp_path / "mlflow.db"  # a run is made: keep the session's registry as it was
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
+    uri = registry_copy(registry_uri, tmp_path)  # a run is made: keep the session's registry as it was
     client = MlflowClient(uri, uri)
     launched = client.create_run("0")  # as `mlflow run` makes one in Default
     setenv(MLFLOW_RUN_ID=launched.info.run_id)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from churn_platform import outcomes
 from churn_platform.cli import main
 from churn_platform.inference_log import sqlite_time, upgrade
+from tests.unit.conftest import registry_copy
 from tests.unit.test_outcomes import insert_log
 
 
@@ -182,13 +183,9 @@ def test_nothing_or_nonsense_to_judge_is_a_clear_error(registry_uri, tmp_path, c
 
 def test_a_version_whose_training_run_was_purged_is_nothing_to_judge(registry_uri, tmp_path, calibrated):
     """Its run deleted for good (`mlflow gc`): reading the baseline was a traceback, exit 70 "a bug"."""
-    import shutil
-
     from mlflow import MlflowClient
 
-    copy = tmp_path / "mlflow.db"
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
+    uri = registry_copy(registry_uri, tmp_path)
     run_id = MlflowClient(uri, uri).get_model_version("churn", "1").run_id
     # What `mlflow gc` leaves in the store (gc itself would delete the artifacts the copy shares
     # with the session's registry): no such run.
@@ -209,15 +206,11 @@ def test_a_baseline_logged_as_nan_is_not_judged_and_summary_json_stays_strict(
 ):
     """Compared with NaN every figure read as healthy: "ok", exit 0, a healthy run for retraining;
     and summary.json held a bare NaN, which JSON parsers other than Python's refuse."""
-    import shutil
-
     monkeypatch.chdir(tmp_path)  # an experiment the copy lacks keeps its artifacts in ./mlruns: not the checkout's
 
     from mlflow import MlflowClient
 
-    copy = tmp_path / "mlflow.db"
-    shutil.copy(registry_uri.removeprefix("sqlite:///"), copy)
-    uri = f"sqlite:///{copy}"
+    uri = registry_copy(registry_uri, tmp_path)
     client = MlflowClient(uri, uri)
     client.log_metric(client.get_model_version("churn", "1").run_id, "roc_auc", float("nan"))  # another tool's run
     scores, labels = calibrated
