@@ -30,7 +30,7 @@ from serving.errors import (
     invalid_json,
     validation_message,
 )
-from serving.schemas import MAX_OUTCOMES, OutcomesRequest, listed_in
+from serving.schemas import MAX_OUTCOMES, Outcome, OutcomesRequest, UnknownFields, listed_in, refuse_unknown
 
 router = APIRouter(tags=["outcomes"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
 
@@ -42,6 +42,9 @@ class OutcomesResponse(BaseModel):
     #: Outcomes sent without observed_at, dated now: sending them again adds them again.
     dated_now: int
     rejects: list[dict]
+
+
+_FIELDS, _OUTCOME_FIELDS = frozenset(OutcomesRequest.model_fields), frozenset(Outcome.model_fields)
 
 
 async def _outcomes(request: Request) -> OutcomesRequest:
@@ -58,6 +61,12 @@ async def _outcomes(request: Request) -> OutcomesRequest:
         raise invalid_json(exc) from None
     if (count := listed_in(parsed, "outcomes")) > MAX_OUTCOMES:
         raise BatchTooLarge(f"{count:,} outcomes in one request; the limit is {MAX_OUTCOMES:,}")
+    items = parsed.get("outcomes") if isinstance(parsed, dict) else None
+    try:
+        refuse_unknown([((), parsed, _FIELDS), *((("outcomes", i), item, _OUTCOME_FIELDS)
+                                                 for i, item in enumerate(items if isinstance(items, list) else ()))])
+    except UnknownFields as exc:
+        raise exc.as_422() from None
     try:
         return OutcomesRequest.model_validate(parsed, from_attributes=True)  # FastAPI's mode: its wording
     except ValidationError as exc:

@@ -34,7 +34,9 @@ from serving.schemas import (
     TooManyCustomers,
     UnknownFields,
     customers_from_json,
-    listed,
+    listed_in,
+    parsed,
+    refuse_unknown,
     schema_problem,
 )
 
@@ -81,8 +83,7 @@ async def _customers(request: Request, model: type[BaseModel], max_customers: in
     except TooManyCustomers as exc:
         raise BatchTooLarge(f"{exc.count} customers in one request; the limit is {max_customers}") from None
     except UnknownFields as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors]
-        raise CountedValidationError(errors, exc.total, "unknown fields only: the others were not checked") from None
+        raise exc.as_422() from None
     except ValidationError as exc:
         errors = exc.errors(include_url=False)[:MAX_ERRORS_LISTED]
         raise CountedValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], exc.error_count()) from None
@@ -149,9 +150,18 @@ def _refused(found: dict[str, Any]) -> str | None:
 
 
 async def _few_enough_ids(request: Request, predictor: PredictorDep) -> None:
-    """413 past the batch limit before FastAPI validates the ids (a dependency runs first)."""
-    if (count := await listed(request, "customer_ids")) > predictor.max_batch_size:
+    """413 past the batch limit, and a 422 past ``MAX_ERRORS_LISTED`` unknown fields, before
+    FastAPI validates the body (a dependency runs first)."""
+    body = await parsed(request)
+    if (count := listed_in(body, "customer_ids")) > predictor.max_batch_size:
         raise BatchTooLarge(f"{count} customer ids in one request; the limit is {predictor.max_batch_size}")
+    try:
+        refuse_unknown([((), body, _BY_ID_FIELDS)])
+    except UnknownFields as exc:
+        raise exc.as_422() from None
+
+
+_BY_ID_FIELDS = frozenset(ByIdRequest.model_fields)
 
 
 @router.post("/predict/by-id", response_model=ByIdResponse, responses=ById, dependencies=[Depends(_few_enough_ids)])

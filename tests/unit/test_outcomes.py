@@ -445,6 +445,10 @@ def test_more_than_ten_thousand_outcomes_is_a_413(api):
     response = post(api, [1] * 100_000)  # counted before each is validated (a 422 after seconds, was)
     assert response.status_code == 413 and "100,000 outcomes in one request" in response.json()["message"]
     assert post(api, [{"customer_id": "a", "churned": "no", "extra": 1}]).status_code == 422
+    # Past a 422's hundred, unknown fields are counted, not each named (350,000: ten seconds of the event loop)
+    flood = post(api, [{"customer_id": "a", "churned": "no", **{f"f{i}": 0 for i in range(50_000)}}])
+    assert flood.status_code == 422 and flood.json()["message"].endswith("the others were not checked)"), flood.text
+    assert flood.json()["detail"][0]["loc"] == ["body", "outcomes", 0, "f0"]
 
 
 def test_two_labels_for_one_customer_and_time_are_both_rejected_and_a_repeat_is_one():
