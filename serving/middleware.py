@@ -71,8 +71,9 @@ class JsonOnly:
 
     A browser sends a cross-site POST with ``text/plain`` (a "simple" request) without a
     CORS preflight; were it scored, any web page a user visits could write rows into the
-    inference log that monitoring reads. A charset parameter is fine; a POST with neither
-    body nor content type (``/admin/reload``) passes.
+    inference log that monitoring reads. A charset parameter is fine; a POST without a body
+    (``/admin/reload``) passes whatever it declares: ``curl -d ''`` declares a form, and
+    without the admin key that was a 415, not the 401 that says what is missing.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -85,10 +86,8 @@ class JsonOnly:
         # The first, as Starlette reads it (a dict keeps the last): a text/plain before an
         # application/json passed here and then went unparsed by FastAPI.
         declared = next((value for key, value in scope.get("headers") or [] if key == b"content-type"), None)
-        if declared is None:
-            has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
-            if not has_body:
-                return await self.app(scope, receive, send)
+        if headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers:
+            return await self.app(scope, receive, send)
         media_type = (declared or b"").split(b";", 1)[0].strip().lower().decode("latin-1")
         # Every Content-Encoding header, each maybe a list: "gzip" then "identity" is still gzip.
         # Transfer-Encoding's codings but chunked too: uvicorn passes a gzip one on still compressed.

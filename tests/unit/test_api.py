@@ -466,6 +466,9 @@ def test_a_body_not_declared_json_is_refused_with_415(registry_uri, tmp_path, te
         assert client.post("/admin/reload", content=b"x", headers={"content-type": "text/plain",
                                                                    "X-API-Key": KEY}).status_code == 415  # fmt: skip
         assert client.post("/admin/reload", headers={"X-API-Key": KEY}).status_code == 202  # no body, no type: fine
+        # No body, whatever it declares (`curl -d ''` declares a form): without the key, the 401 that says so
+        formless = client.post("/admin/reload", content=b"", headers={"content-type": content_type or "text/plain"})
+        assert formless.status_code == 401, formless.text
         text = client.get("/metrics").text
         # Refused before routing, counted under the route all the same (the route's panels show them).
         assert f'churn_api_requests_total{{endpoint="{path}",method="POST",status="415"}} 2.0' in text
