@@ -741,17 +741,24 @@ def _odd_ids(raw: pa.ChunkedArray, ids: pa.ChunkedArray) -> bool:
     longest = pc.max(lengths).as_py() or 0
     if longest > ID_MAX_LENGTH and pc.max(pc.utf8_length(ids)).as_py() > ID_MAX_LENGTH:
         return True
-    # A byte below 0x20 in UTF-8 text is a control character: scan each chunk's own bytes.
     return any(_control_byte(chunk) for chunk in raw.chunks)
 
 
 def _control_byte(chunk: pa.StringArray) -> bool:
-    """Whether a string array's text holds a byte below 0x20 (its rows' bytes only, if sliced)."""
+    """Whether a string array's text holds a control character as ``ID_CONTROL_CHARACTERS``
+    defines them, by its UTF-8 bytes (its rows' bytes only, if sliced): a byte below 0x20 or
+    0x7F, U+0080 to U+009F (C2 80 to C2 9F), U+2028 or U+2029 (E2 80 A8, E2 80 A9)."""
     _, offsets, text = chunk.buffers()
     if text is None or len(chunk) == 0:
         return False
     bounds = np.frombuffer(offsets, dtype=np.int32)[[chunk.offset, chunk.offset + len(chunk)]]
-    return bool(np.frombuffer(text, dtype=np.uint8)[bounds[0] : bounds[1]].min(initial=255) < 0x20)
+    data = np.frombuffer(text, dtype=np.uint8)[bounds[0] : bounds[1]]
+    if data.min(initial=255) < 0x20 or (data == 0x7F).any():
+        return True
+    if (c2 := np.flatnonzero(data[:-1] == 0xC2)).size and (data[c2 + 1] <= 0x9F).any():  # continuations start at 0x80
+        return True
+    e2 = np.flatnonzero(data[:-2] == 0xE2)
+    return bool(e2.size and ((data[e2 + 1] == 0x80) & ((data[e2 + 2] == 0xA8) | (data[e2 + 2] == 0xA9))).any())
 
 
 def score_chunk(

@@ -26,9 +26,11 @@ CHARGE_MAX = 10**12
 ID_COLUMN = "customer_id"
 #: Longest customer id the API accepts and the inference log stores.
 ID_MAX_LENGTH = 128
-#: What an id may not hold, as a regex character range: control characters. PostgreSQL
-#: cannot store NUL at all, and a tab or newline in an id is a bug upstream.
-ID_CONTROL_CHARACTERS = r"\x00-\x1f"
+#: What an id may not hold, as a regex character range: control characters (C0, DEL, C1)
+#: and the Unicode line and paragraph separators. PostgreSQL cannot store NUL at all, a tab
+#: or newline in an id is a bug upstream, and the others are line breaks or invisible in a
+#: log line (U+0085 alone was trimmed to no id after its prediction was answered under one).
+ID_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
 ID_CONTROL_PROBLEM = "contains a control character (tab, newline, NUL...)"
 #: How exports and clients spell an id they do not have (compared in lower case). Such a row
 #: names no customer: scored, stored or joined as customer "NULL", it could only ever match

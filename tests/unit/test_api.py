@@ -141,6 +141,8 @@ def test_single_prediction(api, telco_csv):
         ({"contrat": "One year"}, "contrat", "Extra inputs are not permitted"),
         ({"payment_method": None}, "payment_method", "Input should be"),
         ({"customer_id": "7590\x00VHVEG"}, "customer_id", "contains a control character"),
+        ({"customer_id": "7590\x85VHVEG"}, "customer_id", "contains a control character"),  # C1: NEL
+        ({"customer_id": "7590\u2028"}, "customer_id", "contains a control character"),  # line separator
     ],
 )
 def test_bad_customers_get_422_naming_the_field(api, telco_csv, change, field, words):

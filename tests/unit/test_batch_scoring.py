@@ -298,6 +298,25 @@ def test_a_placeholder_for_a_missing_id_is_rejected_on_either_path(registry_uri,
         assert set(rejects["reason"]) == {f"customer_id: {ID_PLACEHOLDER_PROBLEM}"}
 
 
+def test_an_id_holding_any_control_character_is_rejected_on_either_path(registry_uri, customers, tmp_path):
+    """DEL, the C1 controls and the Unicode line separators went unseen by the fast path's
+    byte scan (below 0x20 only) and were scored under ids the API refuses; text around them
+    that merely shares their lead bytes (an em dash: E2 80 94, a "¢": C2 A2) is an id."""
+    from churn_platform.schema import ID_CONTROL_PROBLEM
+
+    frame = customers.head(30).copy()
+    frame.loc[[2, 4, 6, 8, 10, 12], "customer_id"] = ["a\x7fb", "a\x85b", "a\u2028b", "a\u2029b", "a—b", "a¢b"]
+    for name, save in (("typed.parquet", frame.to_parquet), ("text.csv", frame.to_csv)):  # fast and row-wise
+        save(tmp_path / name, index=False)
+        out = tmp_path / f"{name}.scores.parquet"
+        result = run(registry_uri, "--input", str(tmp_path / name), "--output", str(out))
+        assert result.exit_code == 1 and "26 of 30 rows scored" in result.output, result.output
+        rejects = pd.read_parquet(tmp_path / f"{name}.scores.rejects.parquet")
+        assert rejects["row"].tolist() == [3, 5, 7, 9], name
+        assert set(rejects["reason"]) == {f"customer_id: {ID_CONTROL_PROBLEM}"}
+        assert {"a—b", "a¢b"} <= set(pd.read_parquet(out)["customer_id"])
+
+
 def test_a_file_that_is_not_utf8_says_so(registry_uri, customers, tmp_path):
     first = customers["customer_id"].iloc[0]
     text = customers.head(20).to_csv(index=False).replace(first, f"{first}É", 1)
