@@ -186,7 +186,7 @@ def _read_only(exc: MlflowException, what: str) -> bool:
     return True
 
 
-def record(
+def next_event(
     client: MlflowClient,
     name: str,
     action: str,
@@ -196,15 +196,19 @@ def record(
     actor: str | None,
     reason: str,
 ) -> Event:
-    """Write an audit event that does not move Production (a rollout change): ``history`` shows it."""
+    """An audit event that does not move Production (a rollout change), keyed after every
+    recorded one but not written: the caller saves what it announces first, then ``write``s it."""
     if action in MOVES:
         raise ValueError(f"{action!r} moves Production: use promote or rollback")
     # Reconciled first: a move made outside is recorded before this event, so every command
     # that notices it keys it after the same event.
     key, at = _now_key(reconcile(client, name))
-    event = Event(key, at, action, from_version, to_version, actor or default_actor(), reason, "cli")
+    return Event(key, at, action, from_version, to_version, actor or default_actor(), reason, "cli")
+
+
+def write(client: MlflowClient, name: str, event: Event) -> None:
+    """Add ``event`` to the trail ``history`` shows."""
     _write(client, name, event)
-    return event
 
 
 def current_production(client: MlflowClient, name: str) -> int | None:

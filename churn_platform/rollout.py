@@ -9,7 +9,6 @@ promote``, then ends the rollout.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -136,25 +135,28 @@ def _first_move_after(events: list[promotion.Event], started_at: str | None) -> 
     return None
 
 
-def _record_then_save(
+def _save_then_record(
     client: MlflowClient, name: str, action: str, from_version: int | None, to_version: int | None,
     state: RolloutState, *, actor: str | None, reason: str,
 ) -> RolloutState:  # fmt: skip
-    """The audit event, then the state it announces (returned, naming its event); the event is
-    withdrawn when the state was not saved (the registry went away between the two), or
-    ``history`` showed a rollout-start that never took effect, or a stop while replicas kept
-    the Challenger. A SIGTERM (`retrain --rollout` at its Job's deadline) waits for the pair,
-    as a promotion's does."""
+    """The state, naming the audit event that announces it, then that event; the state is
+    returned. In this order an event is never in the trail before its state: the other way,
+    a replica polling between the two writes (or after an event whose reply was lost, the
+    command exiting 3) saw a state older than the trail's last change, took it for two
+    changes racing and served no rollout, reloading the Challenger at its next poll. A state
+    whose event could not be written is in effect, only missing from ``history``: said, not
+    undone. A SIGTERM (`retrain --rollout` at its Job's deadline) waits for the pair, as a
+    promotion's does."""
     with promotion.sigterm_deferred():
-        event = promotion.record(client, name, action, from_version, to_version, actor=actor, reason=reason)
+        event = promotion.next_event(client, name, action, from_version, to_version, actor=actor, reason=reason)
         saved = state.model_copy(update={"event": event.key})
         value = json.dumps(saved.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)  # as promotion._write
+        client.set_registered_model_tag(name, ROLLOUT_TAG, value)
         try:
-            client.set_registered_model_tag(name, ROLLOUT_TAG, value)
+            promotion.write(client, name, event)
         except BaseException:
-            with contextlib.suppress(Exception):  # unreachable now: the original error says so
-                if registry.get_model(client, name).tags.get(ROLLOUT_TAG) != value:
-                    client.delete_registered_model_tag(name, event.key)
+            log.warning("the rollout change (%s) is saved and replicas follow it, but its event could not be added to "
+                        "`history`", action)  # fmt: skip
             raise
     return saved
 
@@ -222,7 +224,7 @@ def start(
         moves_at_start=running.moves_at_start if same and running.moves_at_start is not None else moves,
     )  # fmt: skip
     what = f"{mode} {percent}%" if mode == "canary" else mode
-    return _record_then_save(client, name, "rollout-start", production, version, state, actor=actor,
+    return _save_then_record(client, name, "rollout-start", production, version, state, actor=actor,
                              reason=f"{what}: {reason}" if reason else what)  # fmt: skip
 
 
@@ -235,7 +237,7 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
     tags = registry.get_model(client, name).tags
     stored, readable = _read(tags)
     if not readable:  # edited by hand, say
-        _record_then_save(client, name, "rollout-stop", None, None, RolloutState(), actor=actor,
+        _save_then_record(client, name, "rollout-stop", None, None, RolloutState(), actor=actor,
                           reason=reason or stored.reason)  # fmt: skip
         return RolloutState(reason=f"cleared: {stored.reason}")
     if stored.mode == "off":
@@ -248,7 +250,7 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
 
 
 def _end(client: MlflowClient, name: str, state: RolloutState, reason: str, actor: str | None) -> None:
-    _record_then_save(client, name, "rollout-stop", state.production_version, state.challenger_version,
+    _save_then_record(client, name, "rollout-stop", state.production_version, state.challenger_version,
                       RolloutState(), actor=actor, reason=reason)  # fmt: skip
 
 

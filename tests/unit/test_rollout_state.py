@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from churn_platform.cli import main
 from churn_platform.contract import ROLLOUT_TAG
@@ -242,7 +243,7 @@ def test_a_hand_edited_start_time_is_an_unreadable_tag_not_a_traceback(three_ver
 
 
 def test_a_rollout_state_the_registry_did_not_save_leaves_no_event(three_versions, monkeypatch):
-    """The event was written first and kept: `history` showed a rollout that never started."""
+    """`history` showed a rollout that never started when the event was written first and kept."""
     name = three_versions
     registry_refuses_the_rollout_tag(monkeypatch)
     result = cli("rollout", "start", "--model-name", name, "--mode", "shadow")
@@ -251,6 +252,51 @@ def test_a_rollout_state_the_registry_did_not_save_leaves_no_event(three_version
     events = out(cli("history", "--model-name", name, "--json"))["events"]
     assert [e["action"] for e in events] == ["promote"]
     assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
+
+
+def test_a_replica_polling_between_a_rollout_change_and_its_event_follows_the_change(three_versions, monkeypatch,
+                                                                                      caplog):
+    """The event was written before the state: a replica polling between the two (or after an
+    event whose reply was lost, the command exiting 3) read a state older than the trail's last
+    change, served no rollout as if two changes had raced, and reloaded the Challenger next poll."""
+    from churn_platform import promotion, rollout
+
+    name, client = three_versions, MlflowClient()
+    assert cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10").exit_code == 0
+    seen = []
+    real = promotion.write
+
+    def poll_then_write(*args):
+        seen.append(rollout.current(client, name, 1))  # a replica's poll between the two writes
+        real(*args)
+        raise MlflowException("API request failed: Read timed out")  # written, its reply lost
+
+    monkeypatch.setattr(promotion, "write", poll_then_write)
+    result = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "20")
+    monkeypatch.undo()
+    assert result.exit_code == 3, result.output
+    assert "is saved and replicas follow it" in caplog.text, caplog.text
+    assert [(s.mode, s.percent) for s in seen] == [("canary", 20)], seen
+    state = rollout.current(client, name, 1)
+    assert (state.mode, state.percent, state.reason) == ("canary", 20, ""), state
+    actions = [e["action"] for e in out(cli("history", "--model-name", name, "--json"))["events"]]
+    assert actions.count("rollout-start") == 2, actions
+
+
+def test_a_rollout_change_whose_event_is_refused_stands_and_says_so(three_versions, monkeypatch, caplog):
+    from churn_platform import promotion
+
+    name = three_versions
+
+    def refused(*args):
+        raise MlflowException("API request failed: Connection refused")
+
+    monkeypatch.setattr(promotion, "write", refused)
+    result = cli("rollout", "start", "--model-name", name, "--mode", "shadow")
+    monkeypatch.undo()
+    assert result.exit_code == 3 and "is saved and replicas follow it" in caplog.text, result.output
+    assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "shadow"
+    assert [e["action"] for e in out(cli("history", "--model-name", name, "--json"))["events"]] == ["promote"]
 
 
 def test_a_hand_edited_negative_move_count_is_an_unreadable_tag_not_a_traceback(three_versions):
@@ -287,8 +333,8 @@ def test_rollout_status_shows_the_state_when_a_version_tag_is_bad(three_versions
     assert "shadow: Challenger v3" in shown.output and "Traceback" not in shown.output
 
 
-def test_a_sigterm_between_a_rollout_event_and_its_state_waits_for_the_state(three_versions):
-    """`retrain --rollout` at its Job's deadline: a rollout-start in the trail that never took effect."""
+def test_a_sigterm_between_a_rollout_state_and_its_event_waits_for_the_event(three_versions):
+    """`retrain --rollout` at its Job's deadline: a rollout-start that took effect, missing from the trail."""
     import signal
     import subprocess
     import sys
@@ -299,12 +345,12 @@ def test_a_sigterm_between_a_rollout_event_and_its_state_waits_for_the_state(thr
         import os, signal
         from mlflow import MlflowClient
         from churn_platform import promotion, rollout
-        real = promotion.record
-        def record(*args, **kwargs):
-            event = real(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGTERM)  # the deadline, just after the event is written
-            return event
-        promotion.record = record
+        real = MlflowClient.set_registered_model_tag
+        def save(self, name, key, value):
+            real(self, name, key, value)
+            if key == "churn_platform.rollout":
+                os.kill(os.getpid(), signal.SIGTERM)  # the deadline, just after the state is saved
+        MlflowClient.set_registered_model_tag = save
         rollout.start(MlflowClient(), {name!r}, mode="shadow", actor="me")
         print("not killed")
     """)
@@ -379,17 +425,19 @@ def test_rollout_status_still_shows_the_figures_when_the_challenger_was_deleted(
 
 
 def test_a_stop_that_raced_a_start_still_stops_the_challenger(three_versions):
-    """Each change records its event, then writes the state: a start whose save landed after a
-    stop it raced kept the Challenger serving, while `history` ended on the stop (exit 0 both)."""
+    """Each change keys its event, saves the state naming it, then writes the event: a start
+    whose save landed after a stop it raced kept the Challenger serving, while `history` ended
+    on the stop (exit 0 both)."""
     from churn_platform import promotion, rollout
 
     name, client = three_versions, MlflowClient()
     assert cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "10").exit_code == 0
     running = rollout.current(client, name, 1)
-    started = promotion.record(client, name, "rollout-start", 1, 3, actor="alice", reason="canary 50%")  # A's event
+    started = promotion.next_event(client, name, "rollout-start", 1, 3, actor="alice", reason="canary 50%")  # A's
     assert rollout.stop(client, name, actor="bob").mode == "off"  # B's stop, whole, meanwhile
     stale = running.model_copy(update={"percent": 50, "event": started.key})
     client.set_registered_model_tag(name, ROLLOUT_TAG, stale.model_dump_json())  # A's state, saved last
+    promotion.write(client, name, started)  # then A's event
     state = rollout.current(client, name, 1)
     assert state.mode == "off", state  # what replicas serve: Production alone, as the last change said
     assert state.reason.startswith("the saved rollout state is older than the trail's last rollout change "
