@@ -222,9 +222,10 @@ class ModelHolder:
             self.rollout = None
             self.rollout_status = f"Challenger not served: {type(exc).__name__}: {exc}"[:500]
             log.warning("rollout: %s", self.rollout_status)
-            if self._listener:
-                self._listener.load_failed(Attempt("challenger_failed", self.rollout_status))
             outage = isinstance(exc, RegistryUnreachable | StorageUnreachable) or registry.is_connection_error(exc)
+            if self._listener:  # an outage is not a broken Challenger: its alert is not this one's
+                self._listener.load_failed(Attempt("registry_unreachable" if outage else "challenger_failed",
+                                                   self.rollout_status))  # fmt: skip
             if state is not None and state.challenger_version is not None and not outage:  # an outage: next poll
                 tried = (state.challenger_version, state.started_at)
                 self._challenger_failure = _Failure.after(self._challenger_failure, tried, "challenger_failed",

@@ -294,6 +294,33 @@ def test_a_challenger_whose_tags_cannot_be_read_keeps_serving(registry, registry
     rollout.stop(registry, "churn", actor="tests")
 
 
+def test_an_artifact_store_outage_loading_the_challenger_is_no_broken_challenger(registry, registry_uri, tmp_path,
+                                                                                   monkeypatch):
+    """It counted as `challenger_failed` and fired ChurnChallengerFailingVerification, whose
+    runbook sends the operator to the model, not to the store."""
+    from churn_platform.errors import StorageUnreachable
+
+    with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
+        wait_ready(api)
+        rollout.start(registry, "churn", mode="canary", percent=50, version=2, actor="tests")
+        load = loading.load
+
+        def store_down(client, name, version, **kwargs):
+            if version == 2:
+                raise StorageUnreachable("the artifact store at http://s3:9000 is unreachable: timed out")
+            return load(client, name, version, **kwargs)
+
+        monkeypatch.setattr(loading, "load", store_down)
+        state = reload(api)
+        assert state["mode"] == "off" and "StorageUnreachable" in state["status"], state
+        metrics = api.get("/metrics").text
+        assert 'churn_model_reloads_total{outcome="challenger_failed"} 0.0' in metrics
+        assert 'churn_model_reloads_total{outcome="registry_unreachable"} 1.0' in metrics
+        monkeypatch.setattr(loading, "load", load)
+        assert reload(api)["status"] == "canary: serving Challenger v2"  # the store is back: at once
+    rollout.stop(registry, "churn", actor="tests")
+
+
 def test_a_challenger_failing_verification_leaves_production_serving(registry, registry_uri, tmp_path, monkeypatch):
     with TestClient(create_app(make_settings(registry_uri, tmp_path))) as api:
         wait_ready(api)
