@@ -188,6 +188,11 @@ def test_guide_overlay_renders_validates_and_keeps_the_policies(guide, folder, t
     dropped = {p["patch"].split("name: ")[-1].strip() for p in kustomization.get("patches", [])
                if "$patch: delete" in p.get("patch", "")}  # fmt: skip
     assert _problems(objs, frozenset(f"prod: CronJob/{name} is not rendered" for name in dropped)) == []
+    # A job left out pushes nothing: an alert that fires when it never pushed would never clear.
+    alerts = {r.get("alert") for o in objs if o["kind"] == "PrometheusRule" for g in o["spec"]["groups"]
+              for r in g["rules"]}  # fmt: skip
+    assert "churn-score" not in dropped or "ChurnBatchScoringNotRun" not in alerts, guide
+    assert "ChurnBatchScoringFailed" in alerts and len(alerts) >= 20  # the rest stay
     for obj in _workloads(objs):
         for c in pod_spec(obj)["containers"]:
             assert c["image"] == "image:tag", f"{obj['metadata']['name']}: {c['image']} is not the guide's image"
