@@ -82,6 +82,18 @@ def test_training_from_a_managed_feature_store_is_one_component_away(overlay, tm
     assert env["CHURN_FEATURE_STORE_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
 
 
+def test_the_feature_store_component_lands_in_the_namespace_of_an_overlay_built_on_prod(tmp_path):
+    """The cloud guides' overlays build on prod without a `namespace:` of their own: the
+    component's policy went to the kubectl context's namespace, and churn-train had no egress."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(REPO / "deploy", copy)
+    (copy / "overlays" / "cloud").mkdir()
+    (copy / "overlays" / "cloud" / "kustomization.yaml").write_text(
+        "resources:\n  - ../prod\ncomponents:\n  - ../../components/train-from-features\n")
+    objs, _ = render(copy / "overlays" / "cloud")
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] == "NetworkPolicy"} == {"ml-production"}
+
+
 def delete(name: str) -> str:
     """An overlay patch that drops a CronJob (its own patch, not the base)."""
     return f"""
@@ -347,8 +359,10 @@ BREAKS = {
         ("base/kustomization.yaml", "  - train-cronjob.yaml\n", "  - train-job.yaml\n"),
         ("base/train-job.yaml", None, TRAIN_JOB),
     ], ["staging: CronJob/churn-train is not rendered",
-        "Job/churn-train: has a TTL, so every apply after it runs the Job again",
         "Job/churn-train: runs our image, so an apply with a new tag fails"]),
+    "dev-bucket-job-kept-for-ever": ("dev", [
+        (DATASTORES, "  ttlSecondsAfterFinished: 600\n", ""),
+    ], ["Job/minio-create-bucket: has no TTL, so an apply that changes its template fails for ever"]),
     **{
         f"train-scheduled-in-{overlay}": (overlay, [
             (TRAIN, "  suspend: true\n", "  suspend: false\n"),
