@@ -303,16 +303,18 @@ def check_network_paths(objs: list[dict[str, Any]]) -> list[str]:
 
 
 def check_one_off_jobs(objs: list[dict[str, Any]]) -> list[str]:
-    """A Job in an overlay runs again on the first `kubectl apply` after its TTL deletes it, and
-    an apply that changes its image fails (a Job's template is immutable): only a Job without a
-    TTL and with a pinned third-party image (the dev bucket job: idempotent) may be one."""
+    """A Job's template is immutable: an apply that changes it (a new image tag, a Secret whose
+    generated name changed with its content) fails on the Job. Ours ship as suspended CronJobs
+    (a Job would also run again on every apply after its TTL deleted it: a training). Another
+    (the dev bucket job, idempotent) has a TTL, so the next apply after it creates it afresh:
+    without one, every apply failed once dev-datastores.env changed."""
     problems: list[str] = []
     for obj in objs:
         if obj["kind"] != "Job":
             continue
         where = f"Job/{obj['metadata']['name']}"
-        if "ttlSecondsAfterFinished" in obj["spec"]:
-            problems.append(f"{where}: has a TTL, so every apply after it runs the Job again")
+        if "ttlSecondsAfterFinished" not in obj["spec"]:
+            problems.append(f"{where}: has no TTL, so an apply that changes its template fails for ever")
         if any("churn-platform" in c["image"] for c in pod_spec(obj)["containers"]):
             problems.append(f"{where}: runs our image, so an apply with a new tag fails (immutable template); "
                             "ship it as a suspended CronJob")  # fmt: skip
