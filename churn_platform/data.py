@@ -653,7 +653,7 @@ def row_keys(frame: pd.DataFrame) -> pd.Series:
     return pd.util.hash_pandas_object(pd.DataFrame(typed), index=False)
 
 
-def _customer_keys(frame: pd.DataFrame) -> pd.Series | None:
+def customer_keys(frame: pd.DataFrame) -> pd.Series | None:
     """Each row's customer, when some customer has several rows (None otherwise: a plain row
     split); a row without an id, or with a placeholder for one ("NULL", "N/A"), is a customer
     of its own: as one customer, half a file under "NULL" went to one side of the split. With
@@ -705,7 +705,7 @@ def split(frame: pd.DataFrame, validation_size: float = 0.2, seed: int = 42) -> 
             f"validation_size {validation_size} leaves {held_out} validation and {len(frame) - held_out} training "
             f"rows of {len(frame)}: each side needs a customer of each class; choose a share nearer 0.25"
         )
-    customers = _customer_keys(frame)
+    customers = customer_keys(frame)
     if customers is None:
         train, valid = train_test_split(frame, test_size=validation_size, random_state=seed,
                                         stratify=frame[LABEL_COLUMN])  # fmt: skip

@@ -356,7 +356,12 @@ def train(
     )
     pipeline.fit(model_mod.features(train_df), train_df[LABEL_COLUMN])
     valid_proba = pipeline.predict_proba(model_mod.features(valid_df))[:, 1]
-    train_proba = pipeline.predict_proba(model_mod.features(train_df))[:, 1]
+    reference_proba = model_mod.out_of_fold(pipeline, model_mod.features(train_df), train_df[LABEL_COLUMN],
+                                            data_mod.customer_keys(train_df), config.seed)  # fmt: skip
+    if reference_proba is None:
+        log.warning("one customer of a class among the training rows: the drift monitor's reference scores are "
+                    "the model's own on its training rows, more confident than on new customers")  # fmt: skip
+        reference_proba = pipeline.predict_proba(model_mod.features(train_df))[:, 1]
     metrics = model_mod.evaluate(valid_df[LABEL_COLUMN].to_numpy(), valid_proba, threshold)
     digest = data_mod.digest(frame)
 
@@ -379,7 +384,7 @@ def train(
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = Path(tmp)
             reference = model_mod.features(train_df).assign(
-                **{LABEL_COLUMN: train_df[LABEL_COLUMN].to_numpy(), PROBABILITY: train_proba}
+                **{LABEL_COLUMN: train_df[LABEL_COLUMN].to_numpy(), PROBABILITY: reference_proba}
             )
             validation = valid_df.drop(columns=[ID_COLUMN], errors="ignore").assign(**{PROBABILITY: valid_proba})
             for frame_out, artifact in ((reference, REFERENCE_ARTIFACT), (validation, VALIDATION_ARTIFACT)):
