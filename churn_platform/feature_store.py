@@ -318,7 +318,10 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     snapshot time (the ``snapshot_time`` column, ``as_of`` where it is blank or missing). Rows
     of one customer and time in one file are one snapshot if their values agree, else rejected.
     """
-    if SNAPSHOT_TIME not in raw.columns and (timed := [c for c in raw.columns if _names_a_snapshot_time(str(c))]):
+    one_column = len(raw.columns) == 1  # a CSV cut by another character: said below, not a misnamed time
+    if SNAPSHOT_TIME not in raw.columns and not one_column and (
+        timed := [c for c in raw.columns if _names_a_snapshot_time(str(c))]
+    ):
         # Dated by --as-of instead, an export's history (`snapshotTime`) was stored as one time.
         raise DataValidationError(f"no {SNAPSHOT_TIME} column, and {timed} is not read: rename the snapshots' "
                                   f"time to {SNAPSHOT_TIME}, or drop {timed} to date every row by --as-of")  # fmt: skip
@@ -352,6 +355,10 @@ def snapshots(raw: pd.DataFrame, as_of: datetime | None) -> tuple[pd.DataFrame, 
     now = pd.Timestamp.now(tz=UTC)
     for row in times.index[(times > now + CLOCK_AHEAD).fillna(False)]:
         extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: in the future (now is {now:%Y-%m-%d %H:%M:%S} UTC)")
+    # Before 1970 (a year typo): joined into training sets, never materialized (the online
+    # store's window starts there), so by-id answered "unknown customer" after a success.
+    for row in times.index[(times < pd.Timestamp(_EPOCH)).fillna(False)]:
+        extra.setdefault(row, []).append(f"{SNAPSHOT_TIME}: {times.at[row]:%Y-%m-%d} is before 1970")
     good = good.drop(index=[r for r in extra if r in good.index])
     good[ID_COLUMN] = ids.loc[good.index]
     good[SNAPSHOT_TIME] = times.loc[good.index].astype("datetime64[us, UTC]")
@@ -418,7 +425,9 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
                 Path(rejects).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:  # a file on the way, /proc: nothing is loaded yet
                 raise DataSourceError(f"--rejects {rejects}: its folder cannot be made: {exc}") from None
-        table = batch_scoring.rejects_table(raw.astype("string"), reasons, first_row=1, extra=(SNAPSHOT_TIME,))
+        # The columns the rejects file holds: an extra one of bytes (a row hash) failed as text, exit 70.
+        shown = raw[[c for c in (ID_COLUMN, *FEATURE_NAMES, SNAPSHOT_TIME) if c in raw.columns]]
+        table = batch_scoring.rejects_table(shown.astype("string"), reasons, first_row=1, extra=(SNAPSHOT_TIME,))
         batch_scoring.write_rejects(rejects, table, settings.s3_endpoint_url)
     if len(good):
         if settings.feature_store_url:

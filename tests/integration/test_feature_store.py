@@ -468,16 +468,22 @@ def test_the_rejects_file_keeps_each_bad_rows_snapshot_time(tmp_path: Path, monk
     monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
     monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
     get_settings.cache_clear()
-    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3)
-    raw.assign(snapshot_time=["", "05/06/2026", "2099-01-01"]).to_csv("times.csv", index=False)
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(4)
+    # Before 1970 (a year typo) was stored and joined into training sets, but never went online.
+    raw.assign(snapshot_time=["", "05/06/2026", "2099-01-01", "1969-12-31T23:00:00Z"]).to_csv("times.csv", index=False)
     try:
         _cli("features", "apply")
         # --as-of takes a zone as the column does (it refused one, where the docs say ISO 8601).
         said = _cli("features", "ingest", "times.csv", "--as-of", "2026-06-30T23:59:59+02:00", code=1)
-        assert "ingested 1 of 3 rows" in said and "snapshots 2026-06-30 21:59:59" in said
+        assert "ingested 1 of 4 rows" in said and "snapshots 2026-06-30 21:59:59" in said
         rejects = pd.read_parquet("times.rejects.parquet")
-        assert rejects["snapshot_time"].tolist() == ["05/06/2026", "2099-01-01"]
+        assert rejects["snapshot_time"].tolist() == ["05/06/2026", "2099-01-01", "1969-12-31T23:00:00Z"]
+        assert rejects["reason"].iloc[-1] == "snapshot_time: 1969-12-31 is before 1970"
         assert rejects[ID_COLUMN].tolist() == raw[ID_COLUMN].tolist()[1:]
+        # A column of bytes beside them (a row hash) failed the rejects file as text: exit 70, nothing loaded.
+        raw.head(1).assign(row_hash=[b"\xff\x00"]).to_parquet("hashed.parquet", index=False)
+        said = _cli("features", "ingest", "hashed.parquet", "--as-of", "2026-06-30", "--rejects", "r.parquet")
+        assert "ingested 1 of 1 rows" in said and len(pd.read_parquet("r.parquet")) == 0
     finally:
         get_settings.cache_clear()
 
@@ -490,6 +496,7 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
     data.read_table(telco_csv).head(5).to_csv("no_time.csv", index=False)
     data.read_table(telco_csv).head(5).assign(tenure="seven").to_csv("all_bad.csv", index=False)
     data.read_table(telco_csv).head(5).assign(snapshotTime="2026-05-01").to_csv("camel.csv", index=False)
+    data.read_table(telco_csv).head(5).assign(snapshot_time="2026-05-01").to_csv("semi.csv", index=False, sep=";")
     cases = [
         ((), ["features", "materialize"], 2, f"not registered: no feature store at {tmp_path / 'store'}"),
         # Before apply (a misspelt CHURN_FEATURE_STORE_DIR, say), nothing goes into a folder no one
@@ -504,6 +511,8 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         ((), ["features", "ingest", "camel.csv", "--as-of", "modified"], 2,
          "no snapshot_time column, and ['snapshotTime'] is not read: rename the snapshots' time to snapshot_time"),
         ((), ["features", "ingest", "missing.csv", "--as-of", "2026-01-01"], 2, "data file not found: missing.csv"),
+        # Its one-column header names snapshot_time too: not a misnamed time, a file cut by semicolons.
+        ((), ["features", "ingest", "semi.csv"], 2, "the header is one column holding semicolons"),
         ((), ["features", "ingest", "no_time.csv", "--as-of", "yesterday"], 2, "Invalid value for '--as-of'"),
         # A zone without a time: fromisoformat read it as 02:00 UTC; the column refuses it.
         ((), ["features", "ingest", "no_time.csv", "--as-of", "2026-06-30+02:00"], 2, "is not 'now', 'modified' nor"),
