@@ -625,7 +625,9 @@ def features_ingest(source: str, as_of: datetime | str | None, rejects: str | No
     from churn_platform import feature_store
 
     settings = get_settings()
-    _ingested(feature_store.ingest(settings, source, as_of=_as_of(as_of, source, settings), rejects=rejects), as_json)
+    when = _as_of(as_of, source, settings)
+    _ingested(feature_store.ingest(settings, source, as_of=when, rejects=rejects,
+                                   written_at=when if as_of == "modified" else None), as_json)  # fmt: skip
 
 
 @features.command("materialize")
@@ -686,7 +688,9 @@ def features_refresh(source: str, as_of: datetime | str | None, rejects: str | N
 
     settings = get_settings()
     feature_store.apply(settings)
-    summary = feature_store.ingest(settings, source, as_of=_as_of(as_of, source, settings), rejects=rejects)
+    when = _as_of(as_of, source, settings)
+    summary = feature_store.ingest(settings, source, as_of=when, rejects=rejects,
+                                   written_at=when if as_of == "modified" else None)  # fmt: skip
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     # An ETL that stopped leaves yesterday's export: loaded again, the run succeeds, the data ages.

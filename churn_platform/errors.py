@@ -21,6 +21,12 @@ class DataSourceError(DataError):
     """The file, object or bucket does not exist or cannot be read."""
 
 
+class SourceChanging(DataSourceError):
+    """A file written again while it was read: a retry reads it whole (exit 3, as an outage)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
 class DataValidationError(DataError):
     """The data was read but breaks the schema; the message names columns and rows."""
 

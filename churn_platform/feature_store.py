@@ -49,6 +49,7 @@ from churn_platform.errors import (
     DataValidationError,
     NotFoundError,
     SettingsError,
+    SourceChanging,
     StorageUnreachable,
 )
 from churn_platform.inference_log import KEEPALIVES, refused_user
@@ -392,12 +393,17 @@ def _conflicts(good: pd.DataFrame) -> dict[int, str]:
     return found
 
 
-def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None) -> IngestSummary:
+def ingest(
+    settings: Settings, uri: str, as_of: datetime | None = None, rejects: str | None = None, *,
+    written_at: datetime | None = None,
+) -> IngestSummary:  # fmt: skip
     """Add a file of customer snapshots (CSV or Parquet, local or s3://) to the offline source.
 
     Bad rows go to ``rejects`` (Parquet, batch scoring's rejects layout) and never stop the
     rest. A customer and snapshot time ingested again replace the stored row, so ingesting
     a file twice changes nothing. The online store changes only with ``materialize``.
+    ``written_at``: the file's last write that ``as_of`` was taken from (``--as-of modified``),
+    checked again once the file is read.
     """
     asked = rejects is not None
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
@@ -411,6 +417,11 @@ def ingest(settings: Settings, uri: str, as_of: datetime | None = None, rejects:
             raise DataValidationError(f"--rejects {rejects} is inside the feature store's folder {folder} (its "
                                       "online store, registry and offline source); name a file outside it")  # fmt: skip
     raw = data.read_table(uri, settings.s3_endpoint_url)
+    if written_at is not None and (now := data.modified_time(uri, settings.s3_endpoint_url)) != written_at:
+        # Replaced between the time's read and the file's: its new rows were dated by the old
+        # file's write, before the labels they would then join in training sets.
+        raise SourceChanging(f"{uri} was written again while it was read (at {written_at:%Y-%m-%d %H:%M:%S}, "
+                             f"then {now:%Y-%m-%d %H:%M:%S} UTC): nothing loaded; run again once its writer is done")
     raw = raw.drop(columns=[LABEL_COLUMN], errors="ignore")  # labels are not features
     try:
         good, reasons = snapshots(raw, as_of)

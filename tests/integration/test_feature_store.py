@@ -457,6 +457,22 @@ def test_as_of_modified_dates_the_rows_by_the_exports_last_write(tmp_path: Path,
         said = _cli("features", "ingest", "export.csv", "--as-of", "modified", code=2)
         assert "--as-of modified: export.csv was last written at" in said and "in the future" in said
         assert "not found: gone.csv" in _cli("features", "ingest", "gone.csv", "--as-of", "modified", code=2)
+        # Replaced by the ETL between its time's read and its rows' (seconds: Feast is imported between):
+        # the new rows were dated by the old file's write, before labels they would then join.
+        os.utime("export.csv", (written.timestamp(), written.timestamp()))
+        read = data.read_table
+
+        def replaced_while_read(*args, **kwargs):
+            rows = read(*args, **kwargs)
+            os.utime("export.csv", (written.timestamp() + 60, written.timestamp() + 60))
+            return rows
+
+        monkeypatch.setattr(data, "read_table", replaced_while_read)
+        said = _cli("features", "refresh", "export.csv", "--as-of", "modified", code=3)
+        assert "export.csv was written again while it was read (at 2026-06-30 23:15:00, then 2026-06-30 23:16" in said
+        monkeypatch.setattr(data, "read_table", read)
+        assert "(snapshots 2026-06-30 23:16:00 .. 2026-06-30 23:16:00 UTC)" in _cli("features", "refresh", "export.csv",
+                                                                                   "--as-of", "modified")  # fmt: skip
     finally:
         get_settings.cache_clear()
 
