@@ -308,7 +308,7 @@ def test_a_rollout_event_is_recorded_after_an_outside_move_it_follows(client):
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
-    promotion.record(client, "m", "rollout-stop", None, None, actor="me", reason="")
+    promotion.write(client, "m", promotion.next_event(client, "m", "rollout-stop", None, None, actor="me", reason=""))
     assert [e.action for e in promotion.history(client, "m")] == ["rollout-stop", "external", "promote"]
 
 
@@ -341,7 +341,7 @@ def test_an_outside_move_noticed_after_a_rollout_event_is_listed_after_it(client
     replaced version as the newest event."""
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
-    promotion.record(client, "m", "rollout-start", 1, 2, actor="me", reason="shadow")
+    promotion.write(client, "m", promotion.next_event(client, "m", "rollout-start", 1, 2, actor="me", reason="shadow"))
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
     actions = [e.action for e in promotion.history(client, "m")]
     assert actions == ["external", "rollout-start", "promote"]
