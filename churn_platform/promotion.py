@@ -557,24 +557,47 @@ def _record_then_move(client: MlflowClient, name: str, event: Event) -> None:
             if not moved or not (interrupted or isinstance(exc, Exception)):  # a SystemExit goes on as it was
                 raise
             if interrupted:
-                pending = "" if recorded else " (its event is still pending: any command within the hour records it)"
+                pending = "" if recorded else _STILL_PENDING
                 raise KeyboardInterrupt(f"interrupted, but Production had moved to v{event.to_version}: that move "
                                         f"is done{pending}, nothing after it") from None  # fmt: skip
             # The reply was lost, not the move: reported as a failure, a retried rollback went a second step back.
             log.warning("the registry answered %s, but Production is on v%s: done", type(exc).__name__,
                         event.to_version)  # fmt: skip
-        try:
-            _write(client, name, event)  # done
-        except Exception as exc:  # noqa: BLE001 - the move is made; the next command's reconcile says so
-            log.warning("Production is on v%s, but its event could not be marked done (%s); the next command "
-                        "will", event.to_version, type(exc).__name__)  # fmt: skip
+        # The move is made: a Ctrl-C from here said "nothing more was done", and a retried
+        # rollback marked this one done, then went a second step back.
+        with _interrupts_held(f"marking the move to v{event.to_version} done before stopping") as presses:
+            try:
+                for attempt in range(3):  # idempotent: one lost reply must not leave it pending
+                    try:
+                        _write(client, name, event)  # done
+                        break
+                    except Exception:
+                        if attempt == 2:
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
+            except KeyboardInterrupt:  # the press after the one told to wait
+                raise KeyboardInterrupt(f"interrupted, but Production had moved to v{event.to_version}: that move "
+                                        f"is done{_STILL_PENDING}, nothing after it") from None  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - the move is made; a command within the hour records it
+                # Past the hour a pending move is no longer credited (a UI move to its version days
+                # later is not its doing): it would read as a change made outside churn-platform.
+                log.warning("Production is on v%s, but its event could not be marked done (%s)%s",
+                            event.to_version, type(exc).__name__, _STILL_PENDING)  # fmt: skip
+            if presses:
+                raise KeyboardInterrupt(f"interrupted, but Production had moved to v{event.to_version}: that move "
+                                        "is done, nothing after it")  # fmt: skip
+
+
+#: What a move whose event is still pending asks of its user.
+_STILL_PENDING = (" (its event is still pending: run `churn-platform status` within the hour to record it under "
+                  "this command's actor and reason; later it reads as a change made outside churn-platform)")
 
 
 @contextlib.contextmanager
-def _interrupts_held() -> Iterator[list[int]]:
-    """One more Ctrl-C in the block says what is being finished instead of stopping it (the
-    presses are yielded); the next one stops at once (a registry that hangs must not hold
-    the terminal)."""
+def _interrupts_held(doing: str = "checking whether Production moved before stopping") -> Iterator[list[int]]:
+    """One more Ctrl-C in the block says what is being finished (``doing``) instead of stopping
+    it (the presses are yielded); the next one stops at once (a registry that hangs must not
+    hold the terminal)."""
     presses: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield presses
@@ -584,7 +607,7 @@ def _interrupts_held() -> Iterator[list[int]]:
         presses.append(signum)
         if len(presses) > 1:
             raise KeyboardInterrupt
-        log.warning("checking whether Production moved before stopping; Ctrl-C again to stop at once")
+        log.warning("%s; Ctrl-C again to stop at once", doing)
 
     previous = signal.signal(signal.SIGINT, pressed)
     try:
@@ -694,7 +717,11 @@ def rollback(
     _record_then_move(client, name, event)
     message = f"Production rolled back: v{current or '-'} -> v{target}"
     if current is not None:
-        message += _withdraw_challenger(client, name, current)
+        try:
+            message += _withdraw_challenger(client, name, current)
+        except KeyboardInterrupt:  # "nothing more was done" had a retry roll back a second step
+            raise KeyboardInterrupt(f"interrupted, but Production had moved to v{target}: that move is done; "
+                                    f"{CHALLENGER_ALIAS} may still be on v{current} (see `status`)") from None
     return PromotionResult(changed=True, from_version=current, to_version=target, event=event.to_json(),
                            message=message)  # fmt: skip
 

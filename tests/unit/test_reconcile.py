@@ -152,6 +152,73 @@ def test_a_ctrl_c_after_the_move_whose_event_could_not_be_marked_done_says_it_is
 
 @pytest.mark.parametrize(("presses", "words"), [
     (1, "interrupted, but Production had moved to v2: that move is done, nothing after it"),
+    (2, "interrupted, but Production had moved to v2: that move is done (its event is still pending: run "
+        "`churn-platform status` within the hour"),
+])  # fmt: skip
+def test_ctrl_c_while_a_made_move_is_marked_done_says_the_move_is_made(client, monkeypatch, presses, words):
+    """The last write (the event marked done) ran outside the guard: a Ctrl-C there said
+    "interrupted; nothing more was done" with Production moved, and a retried rollback went a
+    second step back."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    write = promotion._write
+
+    def pressed_while_marked(client_, name, event):
+        if not event.pending:  # the "done" mark, after the move
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+        write(client_, name, event)
+
+    monkeypatch.setattr(promotion, "_write", pressed_while_marked)
+    with pytest.raises(KeyboardInterrupt, match=re.escape(words)):
+        promotion.promote(client, "m", 2, actor="me", force=True)
+    monkeypatch.undo()
+    assert int(client.get_model_version_by_alias("m", registry.PRODUCTION_ALIAS).version) == 2
+    assert [(e.action, e.to_version) for e in promotion.reconcile(client, "m")] == [("promote", 1), ("promote", 2)]
+
+
+def test_a_ctrl_c_while_a_rollback_takes_challenger_off_says_the_rollback_is_made(client, monkeypatch):
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 3 * RACE_WINDOW_NS, None, 1)
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, 1, 2)
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")
+    client.set_registered_model_alias("m", registry.CHALLENGER_ALIAS, "2")  # a promoted Challenger keeps it
+
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(MlflowClient, "delete_registered_model_alias", interrupted)
+    with pytest.raises(KeyboardInterrupt, match=r"Production had moved to v1: that move is done; Challenger may still"):
+        promotion.rollback(client, "m", actor="me")
+    monkeypatch.undo()
+    assert int(client.get_model_version_by_alias("m", registry.PRODUCTION_ALIAS).version) == 1
+
+
+def test_a_done_mark_whose_reply_was_lost_is_written_again(client, monkeypatch, caplog):
+    """One failed write left the move pending: past the hour, `history` named it a change made
+    outside churn-platform, its actor and reason lost."""
+    from mlflow.exceptions import MlflowException
+
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, None, 1)
+    write, failed = promotion._write, []
+
+    def first_done_mark_fails(client_, name, event):
+        if not event.pending and not failed:
+            failed.append(event)
+            raise MlflowException("API request failed: Read timed out")
+        write(client_, name, event)
+
+    monkeypatch.setattr(promotion, "_write", first_done_mark_fails)
+    promotion.promote(client, "m", 2, actor="alice", reason="Q3 model", force=True)
+    monkeypatch.undo()
+    assert failed and "could not be marked done" not in caplog.text
+    done = promotion.recorded_events(client, "m")  # pending ones left out
+    assert [(e.action, e.to_version, e.actor) for e in done][-1] == ("promote", 2, "alice")
+
+
+@pytest.mark.parametrize(("presses", "words"), [
+    (1, "interrupted, but Production had moved to v2: that move is done, nothing after it"),
     (2, "interrupted before it was known whether Production moved: check `churn-platform status`"),
 ])  # fmt: skip
 def test_ctrl_c_while_a_lost_reply_is_checked(client, monkeypatch, presses, words):
@@ -250,7 +317,7 @@ def test_a_move_made_whose_event_was_not_marked_done_counts_once_the_alias_shows
 
     def second_fails(*args: object) -> None:
         writes.append(args)
-        if len(writes) == 2:
+        if len(writes) >= 2:  # the done mark, each of its tries
             raise MlflowException("Connection refused", error_code="TEMPORARILY_UNAVAILABLE")
         write(*args)
 
