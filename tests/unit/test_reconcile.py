@@ -86,9 +86,15 @@ def test_a_hand_written_tag_under_the_audit_prefix_is_not_an_event(client):
                                                                              "to": 2}))  # fmt: skip
     client.set_registered_model_tag("m", f"{AUDIT_PREFIX}{1:020d}-abcd", json.dumps({"at": "2026-01-01",
                                                                                       "action": "promote", "to": "x"}))
+    # JSON nested past the parser (exit 70 for every command), and a key far past any clock (every
+    # later key had 21 digits, and no later event was read again).
+    client.set_registered_model_tag("m", f"{AUDIT_PREFIX}{5:020d}-deep", "[" * 3000 + "]" * 3000)
+    client.set_registered_model_tag("m", f"{AUDIT_PREFIX}{10**20 - 1}-note", json.dumps({
+        "at": "2026-01-01", "action": "promote", "to": 1}))  # fmt: skip
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")  # moved in the UI
     assert [(e.action, e.to_version) for e in promotion.history(client, "m")] == [("external", 2), ("promote", 1)]
     assert promotion.rollback(client, "m", actor="me").to_version == 1
+    assert [e.action for e in promotion.history(client, "m")] == ["rollback", "external", "promote"]
 
 
 def test_a_promotion_stopped_by_ctrl_c_before_its_move_leaves_no_event(client, monkeypatch):
