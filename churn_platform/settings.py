@@ -8,6 +8,7 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,9 @@ MULTI_WORKER_POLL_S = 30.0
 
 #: A scored row in the spool: its features with their names, as MessagePack (400 to 500 bytes).
 _SPOOLED_ROW_BYTES = 500
+#: Bounds of counts and sizes: past them a value overflowed a database integer or a
+#: serializer later, mid-run (exit 70), where it is a typo at start-up.
+_COUNT_MAX, _BYTES_MAX = 2**31 - 1, 2**62
 
 
 class Settings(BaseSettings):
@@ -80,8 +84,8 @@ class Settings(BaseSettings):
         "unset disables both.",
         json_schema_extra={"secret": True},
     )
-    max_batch_size: int = Field(1000, ge=1, description="Most customers in one POST /predict.")
-    max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body accepted.")
+    max_batch_size: int = Field(1000, ge=1, le=_COUNT_MAX, description="Most customers in one POST /predict.")
+    max_body_bytes: int = Field(4_000_000, ge=1024, le=_BYTES_MAX, description="Largest request body accepted.")
     risk_medium_from: float = Field(0.3, gt=0, lt=1, description="Probability where 'medium' risk starts.")
     risk_high_from: float = Field(0.6, gt=0, lt=1, description="Probability where 'high' risk starts.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -92,10 +96,10 @@ class Settings(BaseSettings):
         f"{MULTI_WORKER_POLL_S:g} when `serve --workers` is above 1 and it is unset)."
     )
     startup_backoff_max_s: float = Field(
-        5, gt=0, le=86_400, description="Longest wait between attempts to load the model at startup."
+        5, ge=0.1, le=86_400, description="Longest wait between attempts to load the model at startup."
     )
     verify_sample_rows: int = Field(
-        500, ge=0, description="Reference rows the fast scorer is checked on before serving."
+        500, ge=0, le=_COUNT_MAX, description="Reference rows the fast scorer is checked on before serving."
     )
     inference_log_url: str = Field(
         "sqlite:///inference_log.db",
@@ -103,22 +107,24 @@ class Settings(BaseSettings):
         json_schema_extra={"secret": True},  # carries the database password
     )
     inference_log_batch_rows: int = Field(
-        500, ge=1, description="Rows the API hands its log writer in one frame (the spool's unit; "
+        500, ge=1, le=_COUNT_MAX, description="Rows the API hands its log writer in one frame (the spool's unit; "
         "the database takes up to 20,000 a transaction)."
     )
     inference_log_flush_s: float = Field(
-        1.0, gt=0, le=3600, description="Longest a scored row waits in the API before it goes to the log writer; "
+        1.0, ge=0.01, le=3600, description="Longest a scored row waits in the API before it goes to the log writer; "
         "its spool syncs to disk at least this often."
     )
     inference_log_queue_rows: int = Field(
-        100_000, ge=1, description="Rows an API worker holds in memory for its log writer; beyond, rows are dropped."
+        100_000, ge=1, le=_COUNT_MAX,
+        description="Rows an API worker holds in memory for its log writer; beyond, rows are dropped."
     )
     inference_log_spool_dir: str = Field(
         "inference_log_spool",
         description="Folder where the log writer spools rows until the database has them (an emptyDir or PVC).",
     )
     inference_log_spool_max_bytes: int = Field(
-        1 << 30, ge=1 << 20, description="Most bytes the spool may hold; past it, rows are dropped (and counted)."
+        1 << 30, ge=1 << 20, le=_BYTES_MAX,
+        description="Most bytes the spool may hold; past it, rows are dropped (and counted)."
     )
 
     # ---- feature store
@@ -156,13 +162,14 @@ class Settings(BaseSettings):
     )
     # Distances are biased upwards on small samples (docs/monitoring.md, **Drift**).
     monitor_min_rows: int = Field(
-        1000, ge=1,
+        1000, ge=1, le=_COUNT_MAX,
         description="Fewest rows worth comparing on each side (the window, the version's training rows); "
         "fewer is nothing to compare (exit 2).",
     )
     monitor_max_rows: int = Field(
         100_000,
         ge=100,
+        le=_COUNT_MAX,
         description="Current rows above this are sampled (seeded) before drift checks; at least 1.1 x "
         "CHURN_MONITOR_MIN_ROWS.",
     )
@@ -183,11 +190,14 @@ class Settings(BaseSettings):
         description="An outcome judges the customer's latest prediction made at most this many days before it.",
     )  # fmt: skip
     performance_min_rows: int = Field(
-        200, ge=1, description="Fewest labelled rows for a realized verdict (fewer: estimated quality only)."
+        200, ge=1, le=_COUNT_MAX,
+        description="Fewest labelled rows for a realized verdict (fewer: estimated quality only)."
     )
     retrain_min_rows: int = Field(
-        500, ge=20, description="Fewest recent labelled customers a retrain needs (their latest outcome each); "
-        "fewer: not retrained (exit 1).",
+        500, ge=20, le=_COUNT_MAX,
+        description="Fewest recent labelled customers a retrain needs (their latest outcome each); "
+        "fewer: not retrained (exit 1). Its training part (all but the gate share) must also reach "
+        "CHURN_MONITOR_MIN_ROWS: about 1,334 customers at the defaults, fewer with --base.",
     )
     performance_tolerance: float = Field(
         0.05,
@@ -244,6 +254,59 @@ class Settings(BaseSettings):
     def _log_url(cls, value: str) -> str:
         return checked_log_url(value)
 
+    @field_validator("feature_store_url")
+    @classmethod
+    def _feature_store_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        # Checked only when first used, a password's unescaped @ put the rest of it in /ready's
+        # answer ("failed to resolve host 'word@db'"), and a port of 99999 was an outage (exit 3).
+        from sqlalchemy.engine import make_url
+
+        _database_url(value)
+        if url_scheme(value) != "postgresql" or not make_url(value).database:
+            raise ValueError("must be postgresql://user:password@host:port/database")
+        return value
+
+    @field_validator("s3_endpoint_url", mode="before")
+    @classmethod
+    def _s3_endpoint(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():  # set empty: AWS's own endpoint, as when unset
+            return None
+        # `minio:9000` without a scheme was boto3's "Invalid endpoint", exit 70 mid-run.
+        return checked_http_url(value) if isinstance(value, str) else value
+
+    @field_validator("api_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value.strip() or value != value.strip():  # uvicorn binds "" to every interface, silently
+            raise ValueError("must be an address (127.0.0.1, 0.0.0.0, ::), not blank nor space-padded")
+        return value
+
+    @field_validator("inference_log_spool_dir", "feature_store_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        if not value.strip():  # the working directory, silently: the spool's segments among anything else
+            raise ValueError("must name a folder, not be blank")
+        return value
+
+    @field_validator("reload_poll_s")
+    @classmethod
+    def _poll(cls, value: float) -> float:
+        if 0 < value < 1:  # 0.001 asked the registry a thousand times a second
+            raise ValueError("must be 0 (never) or at least 1 second")
+        return value
+
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _origins_checked(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            # A browser sends `scheme://host[:port]`: anything else (no scheme, a path, a trailing
+            # slash) never matched, and the site's calls failed CORS with nothing said here.
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is no origin: scheme://host[:port], without a path or slash, or '*'")
+        return value
+
     @field_validator("admin_api_key")
     @classmethod
     def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -265,9 +328,10 @@ class Settings(BaseSettings):
     @field_validator("pushgateway_url")
     @classmethod
     def _gateway(cls, value: str | None) -> str | None:
+        value = value.strip() if value else value  # blank: no pushes, as unset
         if value and "://" not in value:  # host:port, which prometheus_client takes as http://
             value = f"http://{value}"
-        return checked_http_url(value) if value else value
+        return checked_http_url(value) if value else None
 
     @model_validator(mode="after")
     def _pairs_in_order(self) -> Settings:
@@ -369,9 +433,11 @@ def _database_url(url: str) -> None:
         parsed = make_url(url)
         if "@" in (parsed.host or ""):  # a password's unescaped @: the rest of it was read as the host, and shown
             raise ValueError("host holds @")
+        if parsed.port is not None and not 1 <= parsed.port <= 65535:  # 99999 was an outage (exit 3), 0 a default
+            raise ValueError("port out of range")
     except (ArgumentError, ValueError):
         raise ValueError(
-            f"not a valid {url_scheme(url) or url.split(':', 1)[0]}:// URL: check the host and port, and "
+            f"not a valid {url_scheme(url) or url.split(':', 1)[0]}:// URL: check the host and port (1 to 65535), and "
             "%-escape any @, : or / in the password"
         ) from None
 
@@ -414,6 +480,9 @@ def checked_tracking_uri(uri: str) -> str:
         # mysql:// without its driver was a ModuleNotFoundError traceback, exit 70
         _sync_driver(uri, "install it into this environment, or use postgresql+psycopg2:// (or sqlite:///)")
         if scheme == "sqlite":
+            if _in_memory(uri):  # `train` registered a version, exit 0, into a registry gone with the process
+                raise ValueError("an in-memory SQLite registry keeps nothing past this process: name a file, "
+                                 "sqlite:///mlflow.db")  # fmt: skip
             _checked_sqlite_file(uri)
     return uri
 
@@ -429,17 +498,18 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(database)
 
 
-def _checked_sqlite_file(uri: str) -> None:
-    """A SQLite registry's folder exists, and a file there is a SQLite database: MLflow makes
-    the folders and an empty registry for a mistyped path, even for `status`, which then
-    reports a model that does not exist; another file was a traceback."""
+def _checked_sqlite_file(uri: str, what: str = "registry") -> None:
+    """A SQLite registry's (or log's) folder exists, and a file there is a SQLite database:
+    MLflow makes the folders and an empty registry for a mistyped path, even for `status`,
+    which then reports a model that does not exist; another file was a traceback. A mistyped
+    log was an outage: the API spooled its rows for ever, a job exit 3."""
     path = sqlite_file(uri)
     if path is not None:
         if str(path).startswith("~"):  # SQLAlchemy and MLflow do not expand it: ./~/ would be made
             raise ValueError(f"{str(path)!r}: ~ is not expanded in a SQLite URI; give the full path")
         if not path.parent.is_dir():
-            raise ValueError(f"no folder {path.parent} for the SQLite registry (a typo?); MLflow would make an "
-                             "empty one")  # fmt: skip
+            raise ValueError(f"no folder {path.parent} for the SQLite {what} (a typo?)"
+                             + ("; MLflow would make an empty one" if what == "registry" else ""))  # fmt: skip
         try:
             with path.open("rb") as file:
                 header = file.read(16)
@@ -460,6 +530,8 @@ def checked_log_url(url: str) -> str:
     if url_scheme(url) == "sqlite" and _in_memory(url):  # the writer's own, private: every row "written", none kept
         raise ValueError("an in-memory SQLite database keeps nothing another process can read: name a file, "
                          "sqlite:///path/inference_log.db")  # fmt: skip
+    if url_scheme(url) == "sqlite":
+        _checked_sqlite_file(url, "inference log")
     return url
 
 

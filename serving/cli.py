@@ -72,6 +72,10 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     # before the workers start, which read it when they import prometheus_client.
     own_folder = None
     if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # yours: its metric files emptied, as asked
+        if not (os.path.isdir(given) and os.access(given, os.W_OK | os.X_OK)):  # was FileNotFoundError, exit 70
+            from churn_platform.errors import SettingsError
+
+            raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR: {given} is not a folder this user may write in")
         for kind in ("counter", "gauge", "histogram", "summary"):
             for stale in Path(given).glob(f"{kind}_*.db"):
                 stale.unlink(missing_ok=True)

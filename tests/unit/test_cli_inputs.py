@@ -124,6 +124,24 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
         ("CHURN_ADMIN_API_KEY", "word99 ", "must be printable ASCII, without spaces at either end"),
         # .env.example's own, public: compose started the API with it, and anyone could post outcomes.
         ("CHURN_ADMIN_API_KEY", "change-me-admin-key-word99", "is .env.example's placeholder"),
+        # Each was accepted, then: the API on every interface; the password's tail in /ready's answer;
+        # exit 70 (boto3, an integer overflow); a registry gone with the process; a thousand registry
+        # calls a second; CORS calls that never matched; a spool in the working directory; rows
+        # spooled for ever to a folder that does not exist.
+        ("CHURN_API_HOST", "", "must be an address"),
+        ("CHURN_FEATURE_STORE_URL", "postgresql://u:s3cr@word99@nohost/f", "not a valid postgresql:// URL"),
+        ("CHURN_FEATURE_STORE_URL", "postgresql://u:word99@db:99999/f", "not a valid postgresql:// URL"),
+        ("CHURN_FEATURE_STORE_URL", "mysql://u:word99@db/f", "must be postgresql://user:password@host:port/database"),
+        ("MLFLOW_S3_ENDPOINT_URL", "minio:9000", "must be an http:// or https:// URL with a host"),
+        ("CHURN_MONITOR_MAX_ROWS", "99999999999999999999", "Input should be less than or equal to 2147483647"),
+        ("CHURN_INFERENCE_LOG_SPOOL_MAX_BYTES", "99999999999999999999", "Input should be less than or equal to"),
+        ("MLFLOW_TRACKING_URI", "sqlite:///:memory:", "an in-memory SQLite registry keeps nothing"),
+        ("CHURN_RELOAD_POLL_S", "0.001", "must be 0 (never) or at least 1 second"),
+        ("CHURN_INFERENCE_LOG_FLUSH_S", "0.000001", "Input should be greater than or equal to 0.01"),
+        ("CHURN_CORS_ORIGINS", "https://app.example,localhost:3000", "'localhost:3000' is no origin"),
+        ("CHURN_INFERENCE_LOG_SPOOL_DIR", " ", "must name a folder"),
+        ("CHURN_INFERENCE_LOG_URL", "sqlite:////nonexist/dir/x.db", "no folder /nonexist/dir for the SQLite "
+                                                                   "inference log"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):
@@ -584,10 +602,13 @@ def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(
     assert seen[0] and "churn-api-metrics-" in seen[0] and not os.path.exists(seen[0])  # made, then removed
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ  # and unset: this process's later servers ran into it
     for name in ("mlflow.db", "inference_log.db", "counter_12.db", "gauge_livemin_12.db", "histogram_12.db"):
-        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).write_bytes(b"SQLite format 3\x00")  # the settings check the log is one
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     assert serve(folder).exit_code == 0
     assert sorted(p.name for p in tmp_path.glob("*.db")) == ["inference_log.db", "mlflow.db"]
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mlflow.db"))  # a file: exit 70 in the worker
+    refused = serve(folder)
+    assert refused.exit_code == 2 and "mlflow.db is not a folder this user may write in" in refused.output
 
 
 def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(monkeypatch, serve):
@@ -624,9 +645,10 @@ def test_mlflows_bare_databricks_uris_are_not_taken_for_folders():
         assert checked_tracking_uri(uri) == uri
 
 
-def test_a_log_url_naming_a_file_that_is_no_database_is_exit_3_naming_it(registry_uri, tmp_path, monkeypatch):
+def test_a_log_url_naming_a_file_that_is_no_database_is_a_usage_error_naming_it(registry_uri, tmp_path, monkeypatch):
     """``sqlite:///`` pointed at a CSV: SQLite's 'file is not a database' was an uncaught
-    DatabaseError (exit 70, 'a bug: please report it') in every job that reads the log."""
+    DatabaseError (exit 70, 'a bug: please report it') in every job that reads the log, then an
+    outage (exit 3, retried); the settings say so before anything runs."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry_uri)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outcomes.csv").write_text("customer_id,churned\n3845-FXCYS,Yes\n")
@@ -634,8 +656,8 @@ def test_a_log_url_naming_a_file_that_is_no_database_is_exit_3_naming_it(registr
     for command in (["performance", "--output-dir", "p"], ["monitor", "--output-dir", "m"],
                     ["retrain", "--if", "always"], ["outcomes", "ingest", "outcomes.csv"]):  # fmt: skip
         result = CliRunner().invoke(main, [*command, "--inference-log-url", url])
-        assert result.exit_code == 3, (command, result.output)
-        assert "file is not a database" in result.output and "Traceback" not in result.output, result.output
+        assert result.exit_code == 2, (command, result.output)
+        assert "outcomes.csv is not a SQLite database" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(

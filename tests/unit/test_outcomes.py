@@ -140,6 +140,9 @@ def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_p
     # database: it was "none were last written by 'crm.csv'; sources stored: none", nothing to undo.
     elsewhere = f"sqlite:///{tmp_path}/elsewhere/log.db"
     nolog = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", "--inference-log-url", elsewhere])
+    assert nolog.exit_code == 2 and f"no folder {tmp_path}/elsewhere for the SQLite inference log" in nolog.output
+    (tmp_path / "elsewhere").mkdir()
+    nolog = CliRunner().invoke(main, ["outcomes", "delete", "--source", "crm.csv", "--inference-log-url", elsewhere])
     assert nolog.exit_code == 2 and f"no inference log at {tmp_path}/elsewhere/log.db (no such file)" in nolog.output
     other = tmp_path / "mlflow.db"
     with sa.create_engine(f"sqlite:///{other}").begin() as db:

@@ -82,6 +82,7 @@ def test_a_canary_sends_a_stable_fifth_of_customers_to_the_challenger(registry, 
     assert len(logged) == 16_000 and set(logged.arm) == {"production", "canary"}
     place = logged.customer_id.str.removeprefix("cust-").astype(int) % 1000
     assert (logged.row_index == place).all()
+    (tmp_path / "second").mkdir()
     with TestClient(create_app(make_settings(registry_uri, tmp_path / "second"))) as other:  # another replica
         wait_ready(other)
         assert other.get("/model").json()["rollout"]["challenger_version"] == 2
