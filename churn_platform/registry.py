@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import requests
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds
@@ -241,6 +242,25 @@ def served_artifacts(exc: BaseException) -> str | None:
             "(MLFLOW_TRACKING_URI) at that server's http(s) address, not at its database")
 
 
+def launched_run(client: MlflowClient, run_id: str) -> Run:
+    """The run ``mlflow run`` made for this process (``MLFLOW_RUN_ID``), before any work. With
+    a relative ``sqlite:///`` URI and a project run from another folder, the launcher made it
+    in one file and this process (in the project's folder) opened another: the fit ran, then
+    MLflow's "Run ... not found" was an exit-70 "bug", and an empty registry was left behind."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if not is_missing(exc):
+            raise
+        uri = str(client.tracking_uri)
+        local = sqlite_file(uri) if url_scheme(uri) == "sqlite" else None
+        why = ("; a relative sqlite:/// MLFLOW_TRACKING_URI opens a file in the project's folder here and another "
+               "where `mlflow run` started: give the absolute path (sqlite:////path/to/mlflow.db)"
+               if local is not None and not local.is_absolute() else "")  # fmt: skip
+        raise SettingsError(f"MLFLOW_RUN_ID={run_id}, the run `mlflow run` made, is not in the tracking store "
+                            f"{redacted(uri)}{why}") from None
+
+
 def live_experiment(
     client: MlflowClient, name: str | None = None, setting: str = "MLFLOW_EXPERIMENT_NAME"
 ) -> str | None:
@@ -248,7 +268,8 @@ def live_experiment(
     environment variables, else Default), None when a launcher made the run or ``name`` is
     yet to be created. A deleted one is refused before any work: MLflow refuses a run in it
     only at ``start_run``, after the fit or the drift check, as an exit-70 "bug"."""
-    if os.environ.get("MLFLOW_RUN_ID"):
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
+        launched_run(client, run_id)
         return None  # under `mlflow run`: the launcher chose the experiment and made the run
     from_env = not name
     if from_env and "MLFLOW_EXPERIMENT_NAME" in os.environ and not os.environ["MLFLOW_EXPERIMENT_NAME"].strip():

@@ -31,7 +31,7 @@ def live_experiment(client: mlflow.MlflowClient, experiment: str) -> str | None:
     once the verdict is in. A launcher's run in another experiment is refused: the verdict
     went there, where neither ``retrain --if`` nor the UI's history looks for it."""
     if run_id := os.environ.get("MLFLOW_RUN_ID"):
-        launched_in = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+        launched_in = client.get_experiment(registry.launched_run(client, run_id).info.experiment_id).name
         if launched_in != experiment:
             raise SettingsError(f"this MLflow run is in experiment {launched_in!r}, but verdicts belong in "
                                 f"{experiment!r} (CHURN_MONITOR_EXPERIMENT), where `retrain --if` and the history "

@@ -290,6 +290,19 @@ def test_a_production_the_gate_cannot_load_for_a_store_away_is_exit_3_and_regist
     assert [int(v.version) for v in _registered_versions(embedded, model_name)] == [1]
 
 
+def test_a_launchers_run_missing_from_the_store_is_a_usage_error_before_the_fit(embedded, model_name, setenv,
+                                                                                 tmp_path, monkeypatch):  # fmt: skip
+    """`mlflow run ../project` with MLFLOW_TRACKING_URI=sqlite:///mlflow.db: the launcher made its
+    run in the folder it started from, the training opened the project folder's file: the fit
+    ran, then "Run ... not found" was exit 70, and an empty registry was left there."""
+    monkeypatch.chdir(tmp_path)
+    setenv(MLFLOW_TRACKING_URI="sqlite:///mlflow.db", MLFLOW_RUN_ID="0123456789abcdef0123456789abcdef")
+    result = _cli("train", "--n-rows", "600", "--model-name", model_name)
+    assert result.exit_code == 2, result.output
+    assert "MLFLOW_RUN_ID=0123456789abcdef0123456789abcdef, the run `mlflow run` made, is not in the tracking " \
+           "store sqlite:///mlflow.db; a relative sqlite:/// MLFLOW_TRACKING_URI opens a file" in result.output
+
+
 def test_a_deleted_or_unknown_experiment_is_a_usage_error_before_the_fit(embedded, model_name, setenv, monkeypatch):
     """MLflow refused the run only at start_run, after the fit: exit 70 and a "bug" traceback."""
     client = MlflowClient()
