@@ -367,8 +367,11 @@ def train(
 
     with registry.translate_errors(settings), mlflow.start_run() as run:
         run_id = run.info.run_id
-        # Trained from the feature store, the data-generation parameters describe nothing that was used.
-        unused = {"decision_threshold", *((*DATA_OPTIONS, "drift") if config.from_features else ())}
+        # Trained from the feature store, the data-generation parameters describe nothing that
+        # was used; on the frame and gate rows retraining built (`data` says from what), neither
+        # do the generator's nor the split's share.
+        unused = {"decision_threshold", *((*DATA_OPTIONS, "drift") if config.from_features else ()),
+                  *(("n_rows", "drift", "validation_size") if gate_rows is not None else ())}  # fmt: skip
         params = {k: v for k, v in asdict(config).items() if k not in unused}
         params["decision_threshold"] = threshold
         # Under `mlflow run` the launcher has logged the entry point's parameters already, as

@@ -127,6 +127,9 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert tags[retraining.TAG_RECENT_ROWS] == str(n) and tags[retraining.TAG_WINDOW].startswith("start..")
     run = client.get_run(result["run_id"])
     assert run.data.params["model_type"] == "logistic"  # Production's parameters
+    # Not the synthetic generator's n_rows and drift nor a validation_size: `data` and the tags say what it was.
+    assert not {"n_rows", "drift", "validation_size"} & set(run.data.params), run.data.params
+    assert run.data.params["data"] == "inference log + outcomes since the start"
     # The reference artifact is the training part: the drift monitor compares against it.
     path = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path=REFERENCE_ARTIFACT)
     reference = pd.read_parquet(path)
