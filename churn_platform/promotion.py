@@ -320,13 +320,15 @@ def _settled(client: MlflowClient, name: str, recorded: list[Event], current: in
 def production_stack(events: list[Event], current: int | None) -> list[int]:
     """Versions that held Production, oldest first, ending with ``current``.
 
-    This is the path rollbacks walk back along: a rollback pops back to its target. A time
-    without Production (its alias removed, its version deleted) is a gap in the path, not its
-    end: clearing it there lost every version before from ``rollback``.
+    This is the path rollbacks walk back along: a rollback pops back to its target, and so
+    does a move made outside (the UI) to a version already on the path: taken for a step
+    forward, a UI rollback from v4 to v2 had `rollback` serve v4 again. A time without
+    Production (its alias removed, its version deleted) is a gap in the path, not its end:
+    clearing it there lost every version before from ``rollback``.
     """
     stack: list[int] = []
     for event in (e for e in events if e.action in MOVES):
-        if event.action == "rollback":
+        if event.action == "rollback" or (event.action == "external" and event.to_version in stack):
             while stack and stack[-1] != event.to_version:
                 stack.pop()
             if not stack and event.to_version is not None:

@@ -27,6 +27,14 @@ def test_an_outside_change_is_a_step_rollback_can_undo():
     assert production_stack(events, 4) == [1, 4]
 
 
+def test_an_outside_move_back_to_a_version_on_the_path_is_a_rollback_to_it():
+    """A rollback in the UI (v4 back to v2) was a step forward: `rollback` then served v4 again."""
+    events = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 4), ("external", 4, 2))
+    assert production_stack(events, 2) == [1, 2]
+    # Moving on from there: a new version is a step, and rollback comes back to 2, then 1.
+    assert production_stack([*events, *_events(("promote", 2, 5))], 5) == [1, 2, 5]
+
+
 def test_a_time_without_production_is_a_gap_in_the_path_not_its_end():
     """Removing the alias cleared the path: once it was back, `rollback` said the version
     in Production was the first in the audit trail."""
