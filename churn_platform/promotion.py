@@ -709,6 +709,9 @@ def rollback(
             )
         target = earlier[-1]
     else:
+        if to == latest:  # "v2 did not hold Production before v2" when its alias had been removed
+            raise NotFoundError(f"v{to} is the version that last held Production ({was}): nothing to roll back "
+                                f"to; `promote --version {to}` puts it back (earlier: {earlier or 'none'})")
         if to not in earlier:
             raise NotFoundError(
                 f"v{to} did not hold Production before {was} (earlier: {earlier or 'none'}); "

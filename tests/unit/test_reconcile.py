@@ -200,6 +200,19 @@ def test_a_ctrl_c_while_a_rollback_takes_challenger_off_says_the_rollback_is_mad
     assert int(client.get_model_version_by_alias("m", registry.PRODUCTION_ALIAS).version) == 1
 
 
+def test_rolling_back_to_the_version_whose_alias_was_removed_says_to_promote_it(client):
+    """It read "v2 did not hold Production before v2 (no longer in Production)"."""
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
+    record(client, time.time_ns() - 3 * RACE_WINDOW_NS, None, 1)
+    record(client, time.time_ns() - 2 * RACE_WINDOW_NS, 1, 2)
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "2")
+    client.delete_registered_model_alias("m", registry.PRODUCTION_ALIAS)
+    with pytest.raises(NotFoundError, match=r"v2 is the version that last held Production \(v2 \(no longer in "
+                                            r"Production\)\): nothing to roll back to; `promote --version 2`"):
+        promotion.rollback(client, "m", actor="me", to=2)
+    assert promotion.rollback(client, "m", actor="me", to=1).to_version == 1
+
+
 def test_a_done_mark_whose_reply_was_lost_is_written_again(client, monkeypatch, caplog):
     """One failed write left the move pending: past the hour, `history` named it a change made
     outside churn-platform, its actor and reason lost."""
