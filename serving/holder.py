@@ -105,6 +105,8 @@ class ModelHolder:
         self.rollout_status = "off"
         self._challenger_failure: _Failure | None = None
         self._production_failure: _Failure | None = None
+        #: This poll's Challenger met an outage: the poll's "ready" must not end the streak it began.
+        self._challenger_outage = False
         self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
         self._reload_queued: threading.Thread | None = None
         self._queue_lock = threading.Lock()
@@ -116,7 +118,8 @@ class ModelHolder:
 
     def _record(self, state: State, reason: str, version: int | None = None) -> Attempt:
         self.last = Attempt(state, reason, version, datetime.now(UTC).isoformat(timespec="seconds"))
-        if self._listener and state not in ("starting", "loading", "registry_unreachable"):
+        answered = state not in ("starting", "loading", "registry_unreachable") and not self._challenger_outage
+        if self._listener and answered:
             self._listener.registry_answered()  # and its artifact store: the attempt got past both
         return self.last
 
@@ -126,6 +129,7 @@ class ModelHolder:
         ``retry``: an operator's reload, which tries a Challenger that failed at once."""
         name = self.settings.model_name
         with self._lock, tracing.span("model.reload", {"churn.model_name": name}):
+            self._challenger_outage = False
             if retry:
                 self._challenger_failure = self._production_failure = None
             default = self.settings.decision_threshold
@@ -223,6 +227,7 @@ class ModelHolder:
             self.rollout_status = f"Challenger not served: {type(exc).__name__}: {exc}"[:500]
             log.warning("rollout: %s", self.rollout_status)
             outage = isinstance(exc, RegistryUnreachable | StorageUnreachable) or registry.is_connection_error(exc)
+            self._challenger_outage = outage  # ChurnRegistryUnreachable's streak goes on while it lasts
             if self._listener:  # an outage is not a broken Challenger: its alert is not this one's
                 self._listener.load_failed(Attempt("registry_unreachable" if outage else "challenger_failed",
                                                    self.rollout_status))  # fmt: skip

@@ -317,8 +317,11 @@ def test_an_artifact_store_outage_loading_the_challenger_is_no_broken_challenger
         metrics = api.get("/metrics").text
         assert 'churn_model_reloads_total{outcome="challenger_failed"} 0.0' in metrics
         assert 'churn_model_reloads_total{outcome="registry_unreachable"} 1.0' in metrics
+        # Its streak stands (ChurnRegistryUnreachable), though Production's own poll went through.
+        assert re.search(r"^churn_registry_unreachable_since_timestamp_seconds [1-9]", metrics, re.M), metrics
         monkeypatch.setattr(loading, "load", load)
         assert reload(api)["status"] == "canary: serving Challenger v2"  # the store is back: at once
+        assert re.search(r"^churn_registry_unreachable_since_timestamp_seconds 0\.0$", api.get("/metrics").text, re.M)
     rollout.stop(registry, "churn", actor="tests")
 
 
