@@ -40,7 +40,7 @@ from churn_platform.errors import ChurnPlatformError, NotFoundError
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
     Settings,
-    checked_log_url,
+    checked_log_file,
     checked_model_name,
     checked_tracking_uri,
     get_settings,
@@ -221,7 +221,7 @@ reason_option = click.option("--reason", default="", callback=checked(_reason),
 
 def inference_log_option(text: str = "Inference-log database (default: CHURN_INFERENCE_LOG_URL).") -> Any:
     """The ``--inference-log-url`` option, checked as ``CHURN_INFERENCE_LOG_URL`` is."""
-    return click.option("--inference-log-url", default=None, callback=checked(checked_log_url), help=text)
+    return click.option("--inference-log-url", default=None, callback=checked(checked_log_file), help=text)
 
 
 def echo_json(payload: Any) -> None:
@@ -567,17 +567,18 @@ class _SnapshotTime(click.ParamType):
         return converted
 
 
-def _as_of(as_of: datetime | str | None, source: str, settings: Settings) -> datetime | None:
-    """``--as-of`` as a time: ``modified`` is the source file's last write."""
+def _as_of(as_of: datetime | str | None, source: str, settings: Settings) -> dict[str, datetime | None]:
+    """``--as-of`` as ``ingest``'s arguments: ``modified`` is the source file's last write, which
+    ingest checks again once the file is read (``written_at``)."""
     if not isinstance(as_of, str):  # a time, or none given
-        return as_of
+        return {"as_of": as_of}
     from churn_platform import data
 
     when = data.modified_time(source, settings.s3_endpoint_url)
     if when > datetime.now(UTC) + CLOCK_AHEAD:
         raise click.UsageError(f"--as-of modified: {source} was last written at {when:%Y-%m-%d %H:%M:%S} UTC, in "
                                "the future; a snapshot is of what is known now or before")  # fmt: skip
-    return when
+    return {"as_of": when, "written_at": when}
 
 
 def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -625,9 +626,7 @@ def features_ingest(source: str, as_of: datetime | str | None, rejects: str | No
     from churn_platform import feature_store
 
     settings = get_settings()
-    when = _as_of(as_of, source, settings)
-    _ingested(feature_store.ingest(settings, source, as_of=when, rejects=rejects,
-                                   written_at=when if as_of == "modified" else None), as_json)  # fmt: skip
+    _ingested(feature_store.ingest(settings, source, rejects=rejects, **_as_of(as_of, source, settings)), as_json)
 
 
 @features.command("materialize")
@@ -688,9 +687,7 @@ def features_refresh(source: str, as_of: datetime | str | None, rejects: str | N
 
     settings = get_settings()
     feature_store.apply(settings)
-    when = _as_of(as_of, source, settings)
-    summary = feature_store.ingest(settings, source, as_of=when, rejects=rejects,
-                                   written_at=when if as_of == "modified" else None)  # fmt: skip
+    summary = feature_store.ingest(settings, source, rejects=rejects, **_as_of(as_of, source, settings))
     job_metrics.record("churn_job_rows", summary.ingested, outcome="loaded")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     # An ETL that stopped leaves yesterday's export: loaded again, the run succeeds, the data ages.

@@ -254,11 +254,11 @@ class Settings(BaseSettings):
     def _log_url(cls, value: str) -> str:
         return checked_log_url(value)
 
-    @field_validator("feature_store_url")
+    @field_validator("feature_store_url", mode="before")
     @classmethod
-    def _feature_store_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
+    def _feature_store_url(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value.strip():  # set empty (compose's ${VAR:-}): the embedded store
+            return None
         # Checked only when first used, a password's unescaped @ put the rest of it in /ready's
         # answer ("failed to resolve host 'word@db'"), and a port of 99999 was an outage (exit 3).
         from sqlalchemy.engine import make_url
@@ -303,7 +303,7 @@ class Settings(BaseSettings):
         for origin in value:
             # A browser sends `scheme://host[:port]`: anything else (no scheme, a path, a trailing
             # slash) never matched, and the site's calls failed CORS with nothing said here.
-            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            if origin not in ("*", "null") and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is no origin: scheme://host[:port], without a path or slash, or '*'")
         return value
 
@@ -530,6 +530,14 @@ def checked_log_url(url: str) -> str:
     if url_scheme(url) == "sqlite" and _in_memory(url):  # the writer's own, private: every row "written", none kept
         raise ValueError("an in-memory SQLite database keeps nothing another process can read: name a file, "
                          "sqlite:///path/inference_log.db")  # fmt: skip
+    return url
+
+
+def checked_log_file(url: str) -> str:
+    """``checked_log_url``, and a SQLite log's folder exists and its file is a database: asked
+    where the log is used (``serve``, ``--inference-log-url``), not by every command's settings
+    (a laptop promoting with the API host's .env has no such folder, and needs none)."""
+    checked_log_url(url)
     if url_scheme(url) == "sqlite":
         _checked_sqlite_file(url, "inference log")
     return url

@@ -10,7 +10,7 @@ import tempfile
 import click
 
 from churn_platform.cli import handles_errors
-from churn_platform.settings import MULTI_WORKER_POLL_S, get_settings
+from churn_platform.settings import MULTI_WORKER_POLL_S, checked_log_file, get_settings
 
 
 def _check_port(host: str, port: int) -> None:
@@ -50,6 +50,12 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     from serving.inference_log import check_spool_dir
 
     settings = get_settings()  # a bad variable fails here, before uvicorn starts workers
+    try:  # a SQLite log in a folder that does not exist: every row spooled for ever, the API "ready"
+        checked_log_file(settings.inference_log_url)
+    except ValueError as exc:
+        from churn_platform.errors import SettingsError
+
+        raise SettingsError(f"CHURN_INFERENCE_LOG_URL: {exc}") from None
     tracing.check()
     check_spool_dir(Path(settings.inference_log_spool_dir), settings.inference_log_url)  # one line, not one per worker
     host, port = host or settings.api_host, port or settings.api_port

@@ -140,8 +140,6 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
         ("CHURN_INFERENCE_LOG_FLUSH_S", "0.000001", "Input should be greater than or equal to 0.01"),
         ("CHURN_CORS_ORIGINS", "https://app.example,localhost:3000", "'localhost:3000' is no origin"),
         ("CHURN_INFERENCE_LOG_SPOOL_DIR", " ", "must name a folder"),
-        ("CHURN_INFERENCE_LOG_URL", "sqlite:////nonexist/dir/x.db", "no folder /nonexist/dir for the SQLite "
-                                                                   "inference log"),
     ],
 )
 def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, variable, value, message):
@@ -149,6 +147,14 @@ def test_a_bad_setting_is_refused_at_start_up_without_echoing_it(monkeypatch, va
     result = CliRunner().invoke(main, ["history"])
     assert result.exit_code == 2 and f"{variable}: {message}" in result.output, result.output
     assert "word99" not in result.output
+
+
+def test_origins_of_apps_that_are_not_websites_are_origins_too():
+    """A hybrid mobile app (capacitor://localhost) or a sandboxed page (null) sends these."""
+    from churn_platform.settings import load_settings
+
+    origins = ["https://app.example:8443", "capacitor://localhost", "chrome-extension://abcdef", "null", "*"]
+    assert load_settings(cors_origins=",".join(origins)).cors_origins == origins
 
 
 @pytest.mark.integration
@@ -609,6 +615,14 @@ def test_serve_gives_its_workers_a_metrics_folder_and_empties_only_metric_files(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mlflow.db"))  # a file: exit 70 in the worker
     refused = serve(folder)
     assert refused.exit_code == 2 and "mlflow.db is not a folder this user may write in" in refused.output
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    # A SQLite log in a folder that does not exist: the API was "ready" and spooled every row for ever.
+    monkeypatch.setenv("CHURN_INFERENCE_LOG_URL", "sqlite:////nonexist/dir/x.db")
+    get_settings.cache_clear()
+    refused = serve(folder)
+    assert refused.exit_code == 2, refused.output
+    assert "CHURN_INFERENCE_LOG_URL: no folder /nonexist/dir for the SQLite inference log" in refused.output
+    assert "CHURN_INFERENCE_LOG_URL" not in CliRunner().invoke(main, ["history"]).output  # never opens the log
 
 
 def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(monkeypatch, serve):
