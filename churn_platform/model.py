@@ -87,7 +87,7 @@ def out_of_fold(
 
     These are the drift monitor's reference scores. A model's scores on rows it learned are
     more confident than on new customers: a boosting version fed its own held-out rows was
-    called drifted (0.104 against 0.1) on in-sample scores. Out-of-fold scores are what the
+    called drifted (0.10 against 0.1) on in-sample scores. Out-of-fold scores are what the
     model does to customers it has not seen, which is what the API logs.
     """
     labels = y.to_numpy()

@@ -108,7 +108,7 @@ def test_an_overfit_version_fed_its_own_held_out_customers_is_no_prediction_drif
                                                                                  tmp_path):  # fmt: skip
     """Its reference held its own scores of its training rows, more confident than on anyone
     new: this version, fed its held-out Telco customers (no drift by construction), measured a
-    prediction distance of 0.104 and was called drifted (exit 1: a retrain trigger)."""
+    prediction distance of 0.10 and was called drifted (exit 1: a retrain trigger)."""
     from churn_platform.training import VALIDATION_ARTIFACT
 
     config = TrainConfig(data=str(telco_csv), model_name=model_name, model_type="hist_gradient_boosting",
