@@ -63,7 +63,9 @@ def _typed(raw: pd.DataFrame) -> pd.DataFrame:
     return data.validate(raw, require_label=False).set_index(ID_COLUMN)[list(FEATURE_NAMES)]
 
 
-def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout: str, telco_csv: Path):
+def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout: str, telco_csv: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):  # fmt: skip
+    monkeypatch.setattr(feature_store, "ONLINE_WRITE_ROWS", 97)  # 300 customers in four online writes, as 10,000s
     raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
     raw = raw[raw["total_charges"].str.strip() != ""].head(300).reset_index(drop=True)
     first = raw.assign(snapshot_time=FIRST)
