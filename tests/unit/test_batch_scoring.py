@@ -288,14 +288,24 @@ def test_a_placeholder_for_a_missing_id_is_rejected_on_either_path(registry_uri,
 
     frame = customers.head(30).copy()
     frame.loc[[5, 9, 11], "customer_id"] = ["NULL", " n/a ", "nan"]
+    rejected_on_either_path(registry_uri, frame, tmp_path, [6, 10, 12], f"customer_id: {ID_PLACEHOLDER_PROBLEM}")
+
+
+def rejected_on_either_path(registry_uri, frame, tmp_path, rows: list[int], reason: str) -> list[pd.DataFrame]:
+    """``frame`` scored as typed Parquet (the fast path) and as CSV text (row by row): on both,
+    exactly ``rows`` (1-based) rejected for ``reason`` and the rest scored; the scores of each."""
+    scores = []
     for name, save in (("typed.parquet", frame.to_parquet), ("text.csv", frame.to_csv)):  # fast and row-wise
         save(tmp_path / name, index=False)
         out = tmp_path / f"{name}.scores.parquet"
         result = run(registry_uri, "--input", str(tmp_path / name), "--output", str(out))
-        assert result.exit_code == 1 and "27 of 30 rows scored" in result.output, result.output
+        scored = f"{len(frame) - len(rows)} of {len(frame)} rows scored"
+        assert result.exit_code == 1 and scored in result.output, result.output
         rejects = pd.read_parquet(tmp_path / f"{name}.scores.rejects.parquet")
-        assert rejects["row"].tolist() == [6, 10, 12], name
-        assert set(rejects["reason"]) == {f"customer_id: {ID_PLACEHOLDER_PROBLEM}"}
+        assert rejects["row"].tolist() == rows, name
+        assert set(rejects["reason"]) == {reason}
+        scores.append(pd.read_parquet(out))
+    return scores
 
 
 def test_an_id_holding_any_control_character_is_rejected_on_either_path(registry_uri, customers, tmp_path):
@@ -306,15 +316,9 @@ def test_an_id_holding_any_control_character_is_rejected_on_either_path(registry
 
     frame = customers.head(30).copy()
     frame.loc[[2, 4, 6, 8, 10, 12], "customer_id"] = ["a\x7fb", "a\x85b", "a\u2028b", "a\u2029b", "a—b", "a¢b"]
-    for name, save in (("typed.parquet", frame.to_parquet), ("text.csv", frame.to_csv)):  # fast and row-wise
-        save(tmp_path / name, index=False)
-        out = tmp_path / f"{name}.scores.parquet"
-        result = run(registry_uri, "--input", str(tmp_path / name), "--output", str(out))
-        assert result.exit_code == 1 and "26 of 30 rows scored" in result.output, result.output
-        rejects = pd.read_parquet(tmp_path / f"{name}.scores.rejects.parquet")
-        assert rejects["row"].tolist() == [3, 5, 7, 9], name
-        assert set(rejects["reason"]) == {f"customer_id: {ID_CONTROL_PROBLEM}"}
-        assert {"a—b", "a¢b"} <= set(pd.read_parquet(out)["customer_id"])
+    reason = f"customer_id: {ID_CONTROL_PROBLEM}"
+    for scores in rejected_on_either_path(registry_uri, frame, tmp_path, [3, 5, 7, 9], reason):
+        assert {"a—b", "a¢b"} <= set(scores["customer_id"])
 
 
 def test_a_file_that_is_not_utf8_says_so(registry_uri, customers, tmp_path):
