@@ -52,7 +52,7 @@ from churn_platform.errors import (
     SourceChanging,
     StorageUnreachable,
 )
-from churn_platform.inference_log import KEEPALIVES, refused_user
+from churn_platform.inference_log import KEEPALIVES, refused_login, refused_user
 from churn_platform.schema import (
     FEATURE_NAMES,
     FEATURES,
@@ -261,15 +261,19 @@ def unavailable_message(exc: BaseException) -> str:
 
 def unavailable(exc: BaseException) -> ChurnPlatformError:
     """The store's failure as the CLI reports it: a missing privilege, or CONNECT refused, is
-    the operator's to grant (exit 2), not an outage to retry (exit 3)."""
+    the operator's to grant and a refused login the URL's to mend (exit 2), not an outage to
+    retry (exit 3)."""
     if isinstance(exc, PermissionError):  # the embedded store's files
         return SettingsError(f"the feature store's files refused this user: {exc}")
     seen: BaseException | None = exc
     while seen is not None:  # Feast wraps the driver's error in its own
+        line = str(getattr(seen, "orig", None) or seen).strip().splitlines()[:1]
         if refused_user(seen):
-            cause = getattr(seen, "orig", None) or seen
-            return SettingsError(f"the feature store's database refused its user a privilege: "
-                                 f"{str(cause).strip().splitlines()[0]}; grant it (docs/deploy.md)")  # fmt: skip
+            return SettingsError(f"the feature store's database refused its user a privilege: {''.join(line)}; "
+                                 "grant it (docs/deploy.md)")  # fmt: skip
+        if refused_login(seen):
+            return SettingsError(f"the feature store's database refused the login: {''.join(line)}; check the "
+                                 "user, password and database name in CHURN_FEATURE_STORE_URL")  # fmt: skip
         seen = seen.__cause__ or seen.__context__
     return StorageUnreachable(unavailable_message(exc))
 

@@ -126,6 +126,19 @@ def refused_user(exc: BaseException) -> bool:
     return sqlstate(exc) == INSUFFICIENT_PRIVILEGE or "permission denied for database" in str(getattr(exc, "orig", exc))
 
 
+#: How PostgreSQL refuses a login at connect, with no SQLSTATE: a wrong password, role or
+#: database name in the URL, or no pg_hba.conf line for this host. The URL's to mend, not an
+#: outage (retried as one, a job failed the same way until someone looked).
+_BAD_LOGIN = re.compile(
+    r'FATAL:\s+(password authentication failed|no pg_hba\.conf entry|(role|database) "[^"]*" does not exist)'
+)
+
+
+def refused_login(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused to log this URL in (its user, password or database is wrong)."""
+    return bool(_BAD_LOGIN.search(str(getattr(exc, "orig", None) or exc)))
+
+
 def _convert_to_brin(conn: sa.Connection) -> list[str]:
     """Rebuild an earlier release's B-tree under a ``BRIN_INDEXES`` name as the BRIN this
     release declares (a scan of the table, seconds per ten million rows, during which its
@@ -185,7 +198,7 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
     release lacks columns until the upgraded API starts its writer, which adds them: run the
     job again after. A table lacking a feature of this schema was written for another one:
     bad data, no verdict. A missing grant is the operator's to give (exit 2: retried, it failed
-    the same way until someone looked). Anything else (down, not a database at all):
+    the same way until someone looked), as is a login it refused. Anything else (down, not a database at all):
     unreachable."""
     text = str(getattr(exc, "orig", exc)).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
@@ -193,6 +206,9 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
         return SettingsError(f"the inference log at {where} refused this job's database user: {line}; grant "
                              "it CONNECT on the database and SELECT on the log's tables (inference_log, "
                              "outcomes)")  # fmt: skip
+    if refused_login(exc):
+        return SettingsError(f"the inference log at {where} refused this job's login: {line}; check the user, "
+                             "password and database name in its URL")  # fmt: skip
     if _missing_column(_ADDED, text):
         return StorageUnreachable(f"cannot read the inference log at {where}: {line}: the table is from an earlier "
                                   "release; the upgraded API adds the missing columns when it starts, so run this "

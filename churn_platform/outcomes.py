@@ -40,6 +40,7 @@ from churn_platform.inference_log import (
     INSUFFICIENT_PRIVILEGE,
     make_engine,
     missing_file,
+    refused_login,
     refused_user,
     require_log,
     schema_change,
@@ -365,12 +366,16 @@ def ingest(
 
 
 def _unwritable(engine: sa.Engine, exc: sa.exc.SQLAlchemyError, doing: str) -> StorageUnreachable:
-    """A missing grant is the operator's to give (a job's exit 2), anything else an outage."""
+    """A missing grant is the operator's to give and a refused login the URL's to mend (a job's
+    exit 2), anything else an outage."""
     where, why = engine.url.render_as_string(hide_password=True), str(getattr(exc, "orig", exc)).strip()
     if refused_user(exc):
         return StorageRefused(f"cannot {doing} {where}: this database user may not ({why}); grant it CONNECT on "
                               f"the database, SELECT, INSERT, UPDATE and DELETE on {OUTCOMES_TABLE} (and CREATE on "
                               "the schema until that table exists)")  # fmt: skip
+    if refused_login(exc):
+        return StorageRefused(f"cannot {doing} {where}: it refused the login ({why}); check the user, password and "
+                              "database name in the URL")  # fmt: skip
     return StorageUnreachable(f"cannot {doing} {where}: {why}")
 
 

@@ -622,6 +622,12 @@ def test_a_silent_database_is_not_waited_on_and_a_missing_privilege_is_not_an_ou
             said = _cli("features", "materialize", code=2)
             assert "the feature store's database refused its user a privilege: " in said, said
             assert "permission denied for database" in said, said
+            # A role the server does not know (a typo, a password rotated away): the URL's to mend, was exit 3.
+            monkeypatch.setenv("CHURN_FEATURE_STORE_URL", url.replace(f"//{PG_USER}@", f"//no_{role}@", 1))
+            get_settings.cache_clear()
+            said = _cli("features", "materialize", code=2)
+            assert "the feature store's database refused the login: " in said, said
+            assert f'role "no_{role}" does not exist' in said and "CHURN_FEATURE_STORE_URL" in said, said
     finally:
         get_settings.cache_clear()
         with admin.cursor() as cur:

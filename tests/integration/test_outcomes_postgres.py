@@ -118,6 +118,26 @@ def test_a_job_whose_user_may_not_read_the_log_is_told_to_grant_it_not_to_retry(
             db.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
 
 
+def test_a_url_whose_login_postgres_refuses_is_the_urls_to_mend_not_an_outage_to_retry():
+    """A wrong role, password or database name in a URL was exit 3: a CronJob retried it as an
+    outage, and it failed the same way until someone looked."""
+    from churn_platform import retraining
+    from churn_platform.errors import SettingsError, StorageRefused
+
+    server = f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}"
+    frame = pd.DataFrame({"customer_id": ["c1"], "churned": ["yes"], "observed_at": ["2026-11-01"]})
+    for url, problem in [
+        (server.replace(f"//{PG_USER}@", "//no_such_role@", 1) + "/postgres", 'role "no_such_role" does not exist'),
+        (f"{server}/no_such_database", 'database "no_such_database" does not exist'),
+    ]:
+        with pytest.raises(SettingsError, match=f"refused this job's login: .*{problem}.*check the user, password"):
+            retraining.labelled(url, "churn", None, 30)
+        # The API still answers 503 (a StorageUnreachable): a CRM keeps the outcomes it sent.
+        with pytest.raises(StorageRefused, match=f"it refused the login .*{problem}") as refused:
+            outcomes.ingest(frame, url, source="crm.csv", now=NOW)
+        assert refused.value.exit_code == 2 and isinstance(refused.value, StorageUnreachable)
+
+
 def test_the_horizon_is_the_same_hours_whatever_the_session_time_zone():
     """90 days before an outcome in November reaches back into summer time: counted in New York
     calendar days it was an hour longer than on SQLite, and matched a prediction SQLite does not."""
