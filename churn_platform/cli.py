@@ -44,6 +44,7 @@ from churn_platform.settings import (
     checked_model_name,
     checked_tracking_uri,
     get_settings,
+    unknown_variables,
 )
 from churn_platform.training_config import TrainConfig
 
@@ -286,6 +287,8 @@ def main(verbose: bool) -> None:
     except Exception:  # noqa: BLE001 - a bad variable is reported by the command that reads it
         log_format = "text"
     logs.configure(logging.DEBUG if verbose else logging.INFO, log_format)
+    for line in unknown_variables(os.environ):
+        logging.getLogger("churn_platform.settings").warning(line)
 
 
 @main.command()

@@ -7,6 +7,7 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -634,6 +635,25 @@ def env_name(field: str) -> str:
 def _env_names(field: str) -> list[str]:
     alias = Settings.model_fields[field].validation_alias
     return [str(a) for a in alias.choices] if isinstance(alias, AliasChoices) else [f"CHURN_{field.upper()}"]
+
+
+#: ``CHURN_*`` variables that are no setting, read elsewhere: the image's role, the promotion
+#: trail's actor, the overlays' training data, compose's image, the tests' PostgreSQL.
+_READ_ELSEWHERE = frozenset({"CHURN_ROLE", "CHURN_ACTOR", "CHURN_DATA_URI", "CHURN_IMAGE", "CHURN_TEST_PG_HOST",
+                             "CHURN_TEST_PG_PORT", "CHURN_TEST_PG_USER", "CHURN_TEST_PG_BIN"})  # fmt: skip
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A line for each ``CHURN_*`` variable in ``env`` that nothing reads, naming the setting it
+    most likely meant: a misspelt one (``CHURN_MAX_BATCH_SZE``) was ignored in silence and left
+    the default in force."""
+    known = {name for field in Settings.model_fields for name in _env_names(field)} | _READ_ELSEWHERE
+    lines = []
+    for name in sorted(n for n in env if n.upper().startswith("CHURN_") and n.upper() not in known):
+        meant = difflib.get_close_matches(name.upper(), sorted(known - _READ_ELSEWHERE), n=1, cutoff=0.75)
+        hint = f" (did you mean {meant[0]}?)" if meant else ""
+        lines.append(f"{name} is no setting of this release and is ignored{hint}")
+    return lines
 
 
 def settings_from(env: Mapping[str, str]) -> Settings:

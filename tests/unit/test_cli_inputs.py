@@ -108,6 +108,18 @@ def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):
     assert "secret" not in result.output  # the URL carries the password: never echoed
 
 
+def test_a_misspelt_variable_is_named_with_the_setting_it_meant(monkeypatch, caplog):
+    """A typo (CHURN_MAX_BATCH_SZE) was ignored in silence: the default stayed in force."""
+    monkeypatch.setenv("CHURN_MAX_BATCH_SZE", "5")
+    monkeypatch.setenv("CHURN_ROLE", "api")  # the image's entrypoint reads it
+    result = CliRunner().invoke(main, ["promote", "--help"])
+    said = result.output + caplog.text
+    assert result.exit_code == 0, said
+    assert "CHURN_MAX_BATCH_SZE is no setting of this release and is ignored (did you mean CHURN_MAX_BATCH_SIZE?)" \
+        in said
+    assert "CHURN_ROLE" not in said
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
