@@ -449,9 +449,10 @@ def checked_http_url(url: str) -> str:
 
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - reading it is the check
+        if parts.port == 0:  # the parser takes it; no server listens there
+            raise ValueError
     except ValueError:  # never the URL nor the parser's words, which quote a password cut at an unescaped / ? #
-        raise ValueError("not a valid URL: check the host and port (a port is 0 to 65535), and %-escape any "
+        raise ValueError("not a valid URL: check the host and port (a port is 1 to 65535), and %-escape any "
                          "@, :, /, ? or # in the password") from None  # fmt: skip
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")

@@ -128,6 +128,7 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_meant(monkeypatch, cap
         ("CHURN_INFERENCE_LOG_URL", "postgresql://u:pass@word99@127.0.0.1:1/x", "not a valid postgresql:// URL"),
         ("CHURN_MONITOR_EXPERIMENT", " ", "an experiment name cannot be blank"),  # monitor ran, then exit 70
         ("CHURN_PUSHGATEWAY_URL", "http://:::", "not a valid URL"),  # was never checked
+        ("CHURN_PUSHGATEWAY_URL", "http://pushgateway:0", "not a valid URL"),  # every push failed, logged
         # The parser's own words quoted the password up to an unescaped / or ?
         ("CHURN_PUSHGATEWAY_URL", "http://admin:word99/x@pushgateway:9091", "not a valid URL"),
         ("MLFLOW_TRACKING_URI", "https://admin:word99?x@mlflow:5000", "not a valid URL"),
