@@ -402,6 +402,17 @@ def names_a_time(column: str) -> bool:
     )  # fmt: skip
 
 
+def holds_times(values: pd.Series) -> bool:
+    """Whether a column holds times whatever its name (``churn_dt``, ``period_end``): a
+    datetime column, or one whose first 100 values that are not blank are each an ISO 8601
+    date or time."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    text = values.dropna().astype("string").str.strip()
+    text = text[text != ""].head(100)
+    return bool(len(text)) and bool(text.str.match(r"\d{4}-\d{2}-\d{2}").all() and iso_times(text).notna().all())
+
+
 def id_issues(ids: pd.Series) -> list[RowIssue]:
     """The rows whose (trimmed, text) id no part of the platform can store or join: a
     placeholder for a missing id, longer than the log's and the stores' columns, or holding a

@@ -126,7 +126,10 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
             f"{ID_COLUMN}, {CHURNED} (or Churn) and optionally {OBSERVED_AT}"
             + data.separator_hint([str(c) for c in frame.columns])
         )
-    if OBSERVED_AT not in frame.columns and (timed := [c for c in frame.columns if data.names_a_time(str(c))]):
+    others = [c for c in frame.columns if c not in (ID_COLUMN, CHURNED)]
+    if OBSERVED_AT not in frame.columns and (
+        timed := [c for c in others if data.names_a_time(str(c)) or data.holds_times(frame[c])]
+    ):
         # Every row would be dated now, and stored so: a churn of March judged today's predictions.
         raise DataValidationError(f"no {OBSERVED_AT} column, and {timed} is not read: rename the outcome's time "
                                   f"to {OBSERVED_AT}, or drop {timed} to date every row now")  # fmt: skip

@@ -114,6 +114,12 @@ def test_a_time_under_another_name_is_refused_not_replaced_by_now():
               "tenure_months": 3, "offer": "x", "billing_period": "m", "is_month_to_month": 1, "type_of": "a",
               "observed_churn": 1, "last_month_revenue": 2}  # fmt: skip
     assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", **others}]), now=NOW).dated_now == 1
+    # Whatever its name, a column of dates is a time (`churn_dt`, `period_end`: stored as today too).
+    for name, value in [("churn_dt", "2026-03-02"), ("period_end", "2026-03-31T23:59:59Z"), ("x", " 2026-03-02 ")]:
+        with pytest.raises(DataValidationError, match=rf"no observed_at column, and \['{name}'\] is not read"):
+            outcomes.check(frame([{"customer_id": "a", "churned": "yes", name: value}]), now=NOW)
+    not_times = {"code": "2026", "ref": "2026-03-02-A", "note": "", "version": "1.2.3"}
+    assert outcomes.check(frame([{"customer_id": "a", "churned": "yes", **not_times}]), now=NOW).dated_now == 1
 
 
 def test_outcomes_of_one_source_are_counted_then_deleted_and_the_rest_kept(tmp_path):
