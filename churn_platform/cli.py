@@ -36,7 +36,7 @@ from churn_platform.contract import (
     PRODUCTION_ALIAS,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError, NotFoundError
+from churn_platform.errors import ChurnPlatformError, DataSourceError, NotFoundError
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import (
     Settings,
@@ -1011,6 +1011,10 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     from churn_platform.settings import redacted
 
     settings = get_settings()
+    if "://" in source and not source.startswith("s3://"):  # read as a local path: "folder does not exist"
+        raise DataSourceError(f"{source}: outcomes are read from a local path or an s3:// URI")
+    if not Path(source.split("://")[-1]).name:  # ".", "/": no file to name the rejects after
+        raise DataSourceError(f"data path is a directory, not a file: {source}")
     # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
     if rejects_path is None:
         rejects_path = f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"

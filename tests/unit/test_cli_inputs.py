@@ -93,6 +93,9 @@ def _isolated(tmp_path, monkeypatch):
         (["performance", "--until", "0001-01-01", "--last-days", "1"], "--last-days 1 reaches before the year 1 from"),
         (["monitor", "--inference-log-url", "postgresql+asyncpg://u@h/d"], "driver 'postgresql+asyncpg' is asynchr"),
         (["performance", "--inference-log-url", "postgresql+pg8000://u@h/d"], "driver 'postgresql+pg8000' is not inst"),
+        # A traceback (exit 70), and "output folder does not exist: .../example.com".
+        (["outcomes", "ingest", "."], "data path is a directory, not a file: ."),
+        (["outcomes", "ingest", "https://example.com/a.csv"], "read from a local path or an s3:// URI"),
     ],
 )
 def test_wrong_input_is_one_clear_line_and_exit_2(args, message):
