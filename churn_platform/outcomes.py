@@ -373,9 +373,10 @@ def _unwritable(engine: sa.Engine, exc: sa.exc.SQLAlchemyError, doing: str) -> S
     exit 2), anything else an outage."""
     where, why = engine.url.render_as_string(hide_password=True), str(getattr(exc, "orig", exc)).strip()
     if refused_user(exc):
-        return StorageRefused(f"cannot {doing} {where}: this database user may not ({why}); grant it CONNECT on "
-                              f"the database, SELECT, INSERT, UPDATE and DELETE on {OUTCOMES_TABLE} (and CREATE on "
-                              "the schema until that table exists)")  # fmt: skip
+        return StorageRefused(f"cannot {doing} {where}: this database user may not ({why}); grant it CONNECT and "
+                              f"TEMPORARY on the database (a load stages its rows in a temporary table), SELECT, "
+                              f"INSERT, UPDATE and DELETE on {OUTCOMES_TABLE} (and CREATE on the schema until that "
+                              "table exists)")  # fmt: skip
     if refused_login(exc):
         return StorageRefused(f"cannot {doing} {where}: it refused the login ({why}); check the user, password and "
                               "database name in the URL")  # fmt: skip

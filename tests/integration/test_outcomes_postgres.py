@@ -103,7 +103,7 @@ def test_a_job_whose_user_may_not_read_the_log_is_told_to_grant_it_not_to_retry(
             # Writing outcomes too: it was exit 3, retried as an outage; the API still answers 503
             # (a StorageUnreachable), so a CRM keeps the outcomes it sent.
             frame = pd.DataFrame({"customer_id": ["c1"], "churned": ["yes"], "observed_at": ["2026-11-01"]})
-            grant = "this database user may not .*grant it CONNECT on the database, SELECT, INSERT"
+            grant = "this database user may not .*grant it CONNECT and TEMPORARY on the database .*, SELECT, INSERT"
             with pytest.raises(StorageRefused, match=grant) as refused:
                 outcomes.ingest(frame, as_role, source="crm.csv", now=NOW)
             assert refused.value.exit_code == 2 and isinstance(refused.value, StorageUnreachable)
