@@ -762,7 +762,7 @@ def rollout_status(client: Any, settings: Settings, as_json: bool, inference_log
             comparison = rollout_mod.compare(
                 inference_log_url or settings.inference_log_url, settings.model_name, state, thresholds=thresholds,
                 band_edges=(settings.risk_medium_from, settings.risk_high_from),
-                horizon_days=settings.outcome_horizon_days,
+                horizon_days=settings.outcome_horizon_days, maturity_days=settings.outcome_maturity_days,
             )  # fmt: skip
             if deleted is not None:
                 note = f"{deleted}: agreement for that version uses CHURN_DECISION_THRESHOLD"

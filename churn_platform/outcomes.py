@@ -463,7 +463,14 @@ def _horizon_start(dialect: str, column: str) -> str:
     return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '-' || :horizon_days || ' days')"
 
 
-def matched_sql(dialect: str, *, any_version: bool = False) -> str:
+def _days_after(dialect: str, column: str, days: int) -> str:
+    if dialect == "postgresql":
+        return f"{column} + make_interval(hours => 24 * {days})"
+    # Compared with a stored time's text: the same instant reads '...:00.000' <= '...:00.000000'.
+    return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '+{days} days')"
+
+
+def matched_sql(dialect: str, *, any_version: bool = False, maturity_days: int = 0) -> str:
     """The one join rule, as SQL: each outcome observed in the window is matched to that
     customer's latest prediction by the version made at most ``horizon_days`` before
     ``observed_at`` (and not after it); a prediction that several outcomes would match is
@@ -478,12 +485,18 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
     A "no" never judges a prediction whose customer churned within ``horizon_days`` after it
     (observed before ``until``; the churn judged a later score): scored daily and exported
     daily, a churner's earlier scores were each a false alarm and a "no" to learn from.
+    With ``maturity_days``, a "no" judges only a prediction made at least that long before it
+    (the latest such one): a "no" the day after a score says little of a churn within the
+    horizon, and windows that end before the churns are recorded read a sound model as worse.
     One row per matched outcome: the outcome's id and
     label, the prediction's log id, score, time and arm. Parameters: ``name``, ``version``,
     ``horizon_days``, ``since``, ``until`` (on ``observed_at``, half-open). With
     ``any_version`` the latest prediction by any version counts (retraining needs the
     customer's features as scored, whoever scored them; ``version`` is then not needed)."""
     version = "" if any_version else f"AND l.{MODEL_VERSION} = :version"
+    mature = "" if not maturity_days else (  # an int (a setting), written into the SQL: 0 keeps the rule exact
+        f"AND (o.{CHURNED} OR {_days_after(dialect, f'l.{SCORED_AT}', int(maturity_days))} <= o.{OBSERVED_AT})"
+    )
     return f"""
         SELECT outcome_id, {CHURNED}, {OBSERVED_AT}, log_id, {PROBABILITY}, {SCORED_AT}, arm FROM (
           SELECT ranked.*,
@@ -499,7 +512,7 @@ def matched_sql(dialect: str, *, any_version: bool = False) -> str:
               ON l.{ID_COLUMN} = o.{ID_COLUMN}
              AND l.{MODEL_NAME} = :name {version}
              AND l.{SCORED_AT} <= o.{OBSERVED_AT}
-             AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")}
+             AND l.{SCORED_AT} >= {_horizon_start(dialect, f"o.{OBSERVED_AT}")} {mature}
              AND NOT EXISTS (
                SELECT 1 FROM {OUTCOMES_TABLE} gone
                WHERE gone.{ID_COLUMN} = l.{ID_COLUMN} AND gone.{CHURNED}

@@ -234,13 +234,14 @@ def decide(
                     refused_version=int(last.version) if refused else None)  # fmt: skip
 
 
-def labelled(url: str, name: str, since: datetime | None, horizon_days: int) -> pd.DataFrame:
+def labelled(url: str, name: str, since: datetime | None, horizon_days: int, maturity_days: int = 0) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction
-    (any version) within the horizon before it: the recent labelled data."""
+    (any version) within the horizon before it (a "no", at least ``maturity_days`` before it):
+    the recent labelled data."""
     engine = make_engine(url)
     dialect = engine.dialect.name
     features = ", ".join(f"l.{c}" for c in (ID_COLUMN, *FEATURE_NAMES))
-    matched = outcomes.matched_sql(dialect, any_version=True)
+    matched = outcomes.matched_sql(dialect, any_version=True, maturity_days=maturity_days)
     query = (f"SELECT m.{CHURNED}, m.observed_at, {features} FROM ({matched}) m "
              f"JOIN {INFERENCE_LOG_TABLE} l ON l.id = m.log_id ORDER BY m.outcome_id")  # fmt: skip
     start = since or datetime(1970, 1, 1, tzinfo=UTC)
@@ -466,7 +467,7 @@ def retrain(
         production, decision = decided()  # again: a retrain that held the lock may have registered since
         given = parameters or {}
         inherited: dict[str, Any] = {**production_parameters(client, name, production, given), **given}
-        recent = labelled(log_url, name, since, settings.outcome_horizon_days)
+        recent = labelled(log_url, name, since, settings.outcome_horizon_days, settings.outcome_maturity_days)
         base_frame = data.load(base, settings.s3_endpoint_url) if base else None
         parts = training_set(recent, base_frame, min_rows=settings.retrain_min_rows, gate_share=gate_share)
         if len(parts.train) < settings.monitor_min_rows:  # its training rows are the monitor's reference

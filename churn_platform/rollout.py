@@ -330,6 +330,7 @@ def compare(
     thresholds: dict[int, float],
     band_edges: tuple[float, float],
     horizon_days: int = 90,
+    maturity_days: int = 0,
 ) -> Comparison:
     """Per-arm figures of the running rollout, from rows logged since it started.
 
@@ -453,12 +454,14 @@ def compare(
                                rows=count, mean_score=float(rows["total"].sum()) / count, score_distance=distance,
                                agreement=agreement, risk_bands=shares, p50_scoring_ms=p50,
                                p99_scoring_ms=p99))  # fmt: skip
-    arms = [a.model_copy(update=_realized(url, name, a, since, horizon_days)) for a in arms]
+    arms = [a.model_copy(update=_realized(url, name, a, since, horizon_days, maturity_days)) for a in arms]
     order = {"production": 0, "canary": 1, "shadow": 2}
     return Comparison(since=state.started_at, arms=sorted(arms, key=lambda a: order.get(a.arm, 3)))
 
 
-def _realized(url: str, name: str, arm: ArmFigures, since: datetime | None, horizon_days: int) -> dict[str, Any]:
+def _realized(
+    url: str, name: str, arm: ArmFigures, since: datetime | None, horizon_days: int, maturity_days: int
+) -> dict[str, Any]:
     """Realized ROC AUC of one arm: outcomes observed since the rollout started, joined to
     the arm's predictions by the performance job's rule. No outcomes yet: nothing to add."""
     import pandas as pd
@@ -479,7 +482,8 @@ def _realized(url: str, name: str, arm: ArmFigures, since: datetime | None, hori
         params = {"name": name, "version": arm.model_version, "horizon_days": horizon_days,
                   **outcomes.window_params(engine.dialect.name, start, datetime.now(UTC))}  # fmt: skip
         with engine.connect() as conn:
-            matched = pd.read_sql(sa.text(outcomes.matched_sql(engine.dialect.name)), conn, params=params)
+            sql = outcomes.matched_sql(engine.dialect.name, maturity_days=maturity_days)
+            matched = pd.read_sql(sa.text(sql), conn, params=params)
     except sa.exc.SQLAlchemyError:
         return {}
     finally:

@@ -190,6 +190,11 @@ class Settings(BaseSettings):
         90, ge=1, le=3650,
         description="An outcome judges the customer's latest prediction made at most this many days before it.",
     )  # fmt: skip
+    outcome_maturity_days: int = Field(
+        0, ge=0, le=3650,
+        description='A "no" outcome judges only a prediction made at least this many days before it (0: any); '
+        "a churn judges any in the horizon. Under the horizon (docs/performance.md).",
+    )  # fmt: skip
     performance_min_rows: int = Field(
         200, ge=1, le=_COUNT_MAX,
         description="Fewest labelled rows for a realized verdict (fewer: estimated quality only)."
@@ -357,6 +362,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CHURN_MONITOR_MAX_ROWS ({self.monitor_max_rows}) must be at least 1.1 x CHURN_MONITOR_MIN_ROWS "
                 f"({self.monitor_min_rows}): the sample would never reach the minimum"
+            )
+        if self.outcome_maturity_days >= self.outcome_horizon_days:
+            raise ValueError(
+                f"CHURN_OUTCOME_MATURITY_DAYS ({self.outcome_maturity_days}) must be under "
+                f"CHURN_OUTCOME_HORIZON_DAYS ({self.outcome_horizon_days}): a \"no\" would judge no prediction"
             )
         return self
 

@@ -94,6 +94,8 @@ class PerformanceWindow(BaseModel):
     since: str | None
     until: str
     horizon_days: int
+    #: A "no" judged only predictions made at least this many days before it (0: any).
+    maturity_days: int = 0
 
 
 class PerformanceSummary(BaseModel):
@@ -164,7 +166,9 @@ def _window(options: PerformanceOptions) -> tuple[datetime, datetime]:
     return since, until
 
 
-def read(url: str, name: str, version: int, since: datetime, until: datetime, horizon_days: int) -> dict[str, Any]:
+def read(
+    url: str, name: str, version: int, since: datetime, until: datetime, horizon_days: int, maturity_days: int = 0
+) -> dict[str, Any]:
     """Everything the verdict needs, aggregated in the database: the matched outcomes, the
     score histogram of the window's predictions, and the counts."""
     if why := missing_file(url):
@@ -185,7 +189,8 @@ def read(url: str, name: str, version: int, since: datetime, until: datetime, ho
             raise NothingToJudge(f"the inference log at {where} has no rows yet")
         labelled = inspector.has_table(outcomes.OUTCOMES_TABLE)  # no table yet: no labels yet
         with engine.connect() as conn:
-            matched = _frame(conn.execute(sa.text(outcomes.matched_sql(dialect)), params)) if labelled else (
+            sql = outcomes.matched_sql(dialect, maturity_days=maturity_days)
+            matched = _frame(conn.execute(sa.text(sql), params)) if labelled else (
                 pd.DataFrame(columns=[CHURNED, PROBABILITY, SCORED_AT, "log_id"])
             )  # fmt: skip
             histogram = conn.execute(sa.text(f"SELECT {rounded} AS score, count(*) {in_window} GROUP BY 1"),
@@ -336,7 +341,7 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
             raise NothingToJudge(str(exc)) from exc
         threshold = tagged_threshold if tagged_threshold is not None else settings.decision_threshold
         url = options.inference_log_url or settings.inference_log_url
-        got = read(url, name, version, since, until, settings.outcome_horizon_days)
+        got = read(url, name, version, since, until, settings.outcome_horizon_days, settings.outcome_maturity_days)
         predictions = int(got["counts"].sum())
         matched: pd.DataFrame = got["matched"]
         if predictions == 0 and matched.empty:
@@ -358,7 +363,8 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
             model_name=name, model_version=version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             adhoc=options.adhoc,
             window=PerformanceWindow(since=options.since.isoformat() if options.since else None,
-                                     until=until.isoformat(), horizon_days=settings.outcome_horizon_days),
+                                     until=until.isoformat(), horizon_days=settings.outcome_horizon_days,
+                                     maturity_days=settings.outcome_maturity_days),
             rows_matched=len(matched), unmatched_outcomes=got["observed"] - len(matched), predictions=predictions,
             unlabelled_predictions=predictions - got["judged"], decision_threshold=threshold, realized=real,
             estimated=est, baseline=baseline, degraded=bool(reasons), reasons=reasons, by_day=days,

@@ -256,8 +256,9 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
         "not record it.",
         f"Join rule: an outcome judges the customer's latest prediction by this version made at most {w.horizon_days} "
         "days before observed_at; of several outcomes after one prediction, the first churn judges it, else the latest "
-        "'no' (not churned by then). Outcomes that judge no prediction "
-        "are unmatched; predictions no outcome judged are unlabelled.",
+        "'no' (not churned by then)"
+        + (f", and a 'no' only a prediction made at least {w.maturity_days} days before it" if w.maturity_days else "")
+        + ". Outcomes that judge no prediction are unmatched; predictions no outcome judged are unlabelled.",
         f"Verdict: degraded when the realized ROC AUC on at least {s.min_rows:,} labelled rows, or the estimated ROC "
         f"AUC on at least {s.min_rows:,} predictions, is below the baseline minus {s.tolerance:g}; the realized one "
         "only when its one-sided 95% upper bound (from the counts of churners and stayers) is below the baseline "

@@ -200,6 +200,15 @@ def test_a_log_queue_smaller_than_a_batch_is_refused_at_start_up(monkeypatch):
     assert "CHURN_INFERENCE_LOG_QUEUE_ROWS (500) must be at least CHURN_MAX_BATCH_SIZE (1000)" in result.output
 
 
+def test_a_maturity_as_long_as_the_horizon_is_refused_at_start_up(monkeypatch):
+    """A "no" would then judge no prediction: every realized figure would rest on churns alone."""
+    monkeypatch.setenv("CHURN_OUTCOME_HORIZON_DAYS", "30")
+    monkeypatch.setenv("CHURN_OUTCOME_MATURITY_DAYS", "30")
+    result = CliRunner().invoke(main, ["history"])
+    assert result.exit_code == 2, result.output
+    assert "CHURN_OUTCOME_MATURITY_DAYS (30) must be under CHURN_OUTCOME_HORIZON_DAYS (30)" in result.output
+
+
 def test_a_spool_cap_smaller_than_a_frame_is_refused_at_start_up(monkeypatch):
     """A frame of 2,600 rows is over 1 MiB: with that cap it never fitted, and every such frame
     was dropped with the spool empty and the database up."""

@@ -339,12 +339,13 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     ]), now=datetime(2027, 2, 1, tzinfo=UTC))  # fmt: skip
     outcomes.write(engine, checked.good, "t")
 
-    def judged(since: datetime, until: datetime, version: int = 1) -> list[tuple[bool, float, str]]:
+    def judged(since: datetime, until: datetime, version: int = 1, maturity: int = 0) -> list[tuple[bool, float, str]]:
         params = {"name": "churn", "version": version, "horizon_days": 90,
                   **outcomes.window_params(dialect, since, until)}  # fmt: skip
+        sql = outcomes.matched_sql(dialect, maturity_days=maturity)
         with engine.connect() as conn:
             return sorted((bool(r.churned), r.churn_probability, str(r.observed_at)[:10])
-                          for r in conn.execute(sa.text(outcomes.matched_sql(dialect)), params))  # fmt: skip
+                          for r in conn.execute(sa.text(sql), params))  # fmt: skip
 
     day = lambda d: datetime.fromisoformat(d).replace(tzinfo=UTC)  # noqa: E731
     assert judged(scored, day("2027-01-01")) == [(True, 0.3, "2026-12-15")]
@@ -367,6 +368,15 @@ def judge_rule_holds(engine: sa.Engine) -> None:
     # A window that ends before the churn knows only "not churned yet", for each score.
     assert judged(day("2026-03-01"), day("2026-04-01"), version=2) == [(False, 0.8, "2026-03-31"),
                                                                         (False, 0.9, "2026-03-02")]  # fmt: skip
+
+    # With a maturity of 30 days, a "no" 1 or 14 days after a score is no label yet: the month
+    # before the churn is on record judges nothing (it called the score of a churner a false
+    # alarm), and a "no" 30 days after a score (to the second) judges that score alone.
+    assert judged(day("2026-11-01"), day("2026-12-01"), maturity=30) == []
+    assert judged(day("2026-11-01"), day("2027-01-01"), maturity=30) == [(True, 0.3, "2026-12-15")]
+    assert judged(day("2026-03-01"), day("2026-04-01"), version=2, maturity=30) == [(False, 0.9, "2026-03-31")]
+    assert judged(day("2026-03-01"), day("2026-04-01"), version=2, maturity=31) == []
+    assert judged(day("2026-03-01"), day("2026-05-01"), version=2, maturity=30) == [(True, 0.8, "2026-04-14")]
     engine.dispose()
 
 

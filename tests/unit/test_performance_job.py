@@ -3,6 +3,7 @@ verdicts, the minimum of labelled rows, and every way of having nothing (or nons
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from churn_platform import outcomes
 from churn_platform.cli import main
 from churn_platform.inference_log import sqlite_time, upgrade
+from churn_platform.settings import get_settings
 from tests.unit.conftest import registry_copy
 from tests.unit.test_outcomes import insert_log
 
@@ -68,6 +70,25 @@ def test_labels_that_follow_the_scores_are_ok_and_reversed_ones_degraded(registr
     fill(flipped, 2000, scores, ~labels)
     code, output = performance(registry_uri, flipped, tmp_path)
     assert code == 1 and "degraded" in output and "roc_auc: realized" in output
+
+
+def test_with_a_maturity_a_no_the_day_after_a_score_judges_nothing(registry_uri, tmp_path, calibrated, monkeypatch):
+    """A "no" observed a day after a score says little of a churn within the horizon: read as
+    final, windows that end before the churns are recorded called a sound model degraded."""
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/log.db"
+    fill(url, 2000, scores, labels)  # scored a day ago, outcomes observed now
+    monkeypatch.setenv("CHURN_OUTCOME_MATURITY_DAYS", "30")
+    get_settings.cache_clear()
+    try:
+        code, output = performance(registry_uri, url, tmp_path, "--json", "--last-days", "2")
+    finally:
+        get_settings.cache_clear()
+    summary = json.loads(output[output.index("{") :])
+    assert summary["rows_matched"] == int(labels.sum()) and summary["window"]["maturity_days"] == 30, summary
+    assert summary["unlabelled_predictions"] == 2000 - int(labels.sum())
+    report = html.unescape((tmp_path / "out" / "report.html").read_text())
+    assert "a 'no' only a prediction made at least 30 days before it" in report
 
 
 def test_a_healthy_model_on_few_churners_is_rarely_called_degraded_and_a_broken_one_is():
