@@ -109,7 +109,8 @@ class PerformanceSummary(BaseModel):
     window: PerformanceWindow
     #: Outcomes in the window joined to a prediction of this version.
     rows_matched: int
-    #: Outcomes in the window with no prediction of this version within the horizon.
+    #: Outcomes in the window that judge no prediction of this version: none within the horizon
+    #: (or none old enough for a "no"), another outcome judged it, or a "no" before a churn.
     unmatched_outcomes: int
     #: Predictions of this version made in the window, and those no outcome judged (yet).
     predictions: int
