@@ -466,6 +466,10 @@ def checked_http_url(url: str) -> str:
                          "@, :, /, ? or # in the password") from None  # fmt: skip
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL with a host")
+    try:
+        parts.hostname.encode("idna")  # as resolving it does, mid-job
+    except UnicodeError:
+        raise ValueError("not a valid URL: its host has an empty part (..) or one over 63 characters") from None
     return url
 
 

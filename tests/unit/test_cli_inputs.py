@@ -132,6 +132,8 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_meant(monkeypatch, cap
         ("CHURN_MONITOR_EXPERIMENT", " ", "an experiment name cannot be blank"),  # monitor ran, then exit 70
         ("CHURN_PUSHGATEWAY_URL", "http://:::", "not a valid URL"),  # was never checked
         ("CHURN_PUSHGATEWAY_URL", "http://pushgateway:0", "not a valid URL"),  # every push failed, logged
+        # httpx raised UnicodeError resolving it: a drift verdict became exit 70.
+        ("CHURN_MONITOR_ALERT_WEBHOOK", "https://hooks..example.com/T0/B0/word99", "not a valid URL: its host has"),
         # The parser's own words quoted the password up to an unescaped / or ?
         ("CHURN_PUSHGATEWAY_URL", "http://admin:word99/x@pushgateway:9091", "not a valid URL"),
         ("MLFLOW_TRACKING_URI", "https://admin:word99?x@mlflow:5000", "not a valid URL"),

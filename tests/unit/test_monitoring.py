@@ -116,6 +116,20 @@ def test_alert_webhook_gets_the_summary_and_a_dead_one_changes_nothing(caplog, w
     assert "alert to" in caplog.text and "failed" in caplog.text
 
 
+def test_a_webhook_httpx_cannot_even_try_is_logged_and_the_verdict_stands(caplog, monkeypatch):
+    """A host httpx cannot encode, or a proxy it cannot use, raised past the alert: a drift
+    verdict (exit 1) became exit 70, and the drift gauges were never pushed."""
+    from monitoring.runs import send_alert
+
+    send_alert("http://hooks..example.com/T0/B0/s3cret", {"verdict": "drift"})  # UnicodeError in httpx
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy:1080")  # ImportError: no socksio
+    send_alert("https://hooks.example.com/T0/B0/s3cret", {"verdict": "drift"})
+    failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert failed == ["alert to hooks..example.com failed: UnicodeError",
+                      "alert to hooks.example.com failed: ImportError"]  # fmt: skip
+    assert "s3cret" not in caplog.text
+
+
 def test_a_new_customers_blank_total_charges_is_zero_as_in_training(telco_csv):
     """The IBM export leaves TotalCharges blank in a customer's first month; training reads it
     as 0.0, and the monitor called 10 % of new customers missing values and stopped (exit 4)."""
