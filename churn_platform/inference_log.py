@@ -245,6 +245,13 @@ def missing_file(url: str) -> str | None:
             "(--inference-log-url) at the API's log")  # fmt: skip
 
 
+def no_table(where: str) -> str:
+    """What a job says of a database without the log's table: the API makes it when it starts,
+    so a running API writes elsewhere (MLflow's database, a typo) or never started."""
+    return (f"no {INFERENCE_LOG_TABLE} table in {where}: the API makes it when it starts; point "
+            "CHURN_INFERENCE_LOG_URL (--inference-log-url) at the API's log")  # fmt: skip
+
+
 def require_log(engine: sa.Engine) -> None:
     """Refuse a place that holds no log (a typo's SQLite file, not made; MLflow's database): a
     job would read it as a log with nothing in it, or write outcomes there that nothing reads.
@@ -252,8 +259,7 @@ def require_log(engine: sa.Engine) -> None:
     if why := missing_file(engine.url.render_as_string(hide_password=False)):
         raise DataValidationError(why)
     if not sa.inspect(engine).has_table(INFERENCE_LOG_TABLE):
-        raise DataValidationError(f"no {INFERENCE_LOG_TABLE} table in {engine.url.render_as_string()}: point "
-                                  "CHURN_INFERENCE_LOG_URL (--inference-log-url) at the API's log")  # fmt: skip
+        raise DataValidationError(no_table(engine.url.render_as_string()))
 
 
 def make_engine(url: str) -> sa.Engine:

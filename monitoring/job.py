@@ -264,7 +264,7 @@ def current_from_log(
             return pd.DataFrame(result.fetchall(), columns=list(result.keys())), count
     except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
         if inference_log.is_missing_table(exc):
-            raise NothingToCompare(f"the inference log at {place} has no rows yet") from exc
+            raise NothingToCompare(inference_log.no_table(place)) from exc
         raise inference_log.read_failure(exc, place) from exc
     finally:
         engine.dispose()

@@ -45,7 +45,7 @@ from churn_platform.contract import (
     ExitCode,
 )
 from churn_platform.errors import DataValidationError, NotFoundError
-from churn_platform.inference_log import BadLogData, make_engine, missing_file, read_failure
+from churn_platform.inference_log import BadLogData, make_engine, missing_file, no_table, read_failure
 from churn_platform.performance_metrics import DayFigures, Estimated, Realized, by_day, estimated, realized
 from churn_platform.settings import Settings
 from monitoring.runs import (
@@ -187,7 +187,7 @@ def read(
     try:
         inspector = sa.inspect(engine)
         if not inspector.has_table(INFERENCE_LOG_TABLE):
-            raise NothingToJudge(f"the inference log at {where} has no rows yet")
+            raise NothingToJudge(no_table(where))
         labelled = inspector.has_table(outcomes.OUTCOMES_TABLE)  # no table yet: no labels yet
         with engine.connect() as conn:
             sql = outcomes.matched_sql(dialect, maturity_days=maturity_days)

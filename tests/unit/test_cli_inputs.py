@@ -753,7 +753,7 @@ def test_the_rollout_and_retraining_readers_never_make_a_missing_sqlite_log(tmp_
     assert not (tmp_path / "inference_lgo.db").exists()
     other = tmp_path / "other.db"  # a database, but not the API's log
     sqlite3.connect(other).close()
-    with pytest.raises(DataValidationError, match="no inference_log table in sqlite:///.*other.db: point"):
+    with pytest.raises(DataValidationError, match="no inference_log table in sqlite:///.*other.db: the API makes it"):
         retraining.labelled(f"sqlite:///{other}", "churn", None, 30)
     inference_log.upgrade(sa.create_engine(f"sqlite:///{other}"))  # the API's, no outcome ingested yet
     assert retraining.labelled(f"sqlite:///{other}", "churn", None, 30).empty

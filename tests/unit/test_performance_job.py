@@ -179,7 +179,8 @@ def test_labels_all_of_one_class_are_not_judged_for_that_reason_not_for_too_few_
     ("setup", "args", "code", "message"),
     [
         ("none", [], 2, "(no such file): point CHURN_INFERENCE_LOG_URL"),
-        ("empty", [], 2, "has no rows yet"),  # a database without the table: nothing logged yet
+        # A database without the table: MLflow's, a typo's (it said "has no rows yet": wait for the API).
+        ("empty", [], 2, "no inference_log table in sqlite:///"),
         ("log", ["--since", "2020-01-01", "--until", "2020-02-01"], 2, "no predictions of churn v1 in the window"),
         ("log", ["--since", "2026-02-01", "--until", "2026-01-01"], 2, "is not before --until"),
         # Each bound as given: it named "--since 1970-01-01", an option no one gave.
