@@ -383,28 +383,37 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
 
 
 def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> None:
-    """Refuse a file where an unclosed quote swallowed whole records into one value.
+    """Refuse a file where an unclosed quote swallowed records, whole or in part, into one value.
 
     The parser reads on to the next quote, however many lines away: the customers between
     were neither scored nor rejected, and the row holding the quote took a later row's values.
     A quoted line break in a notes column is fine; a line after it with a whole record's
-    delimiters is not."""
+    delimiters is not, nor a break with a record's delimiters around it: the rest of the
+    quote's own row before it, a later record's leading fields after it (a stray quote that
+    the next row's value closes). Lines end in CR LF, LF or a lone CR, as Arrow reads them."""
     delimiters = batch.num_columns - 1
-    for name, column in zip(batch.schema.names, batch.columns, strict=True):
-        broken = pc.match_substring(column, "\n")
+    for position, (name, column) in enumerate(zip(batch.schema.names, batch.columns, strict=True)):
+        broken = pc.match_substring_regex(column, "[\r\n]")
         if not pc.any(broken).as_py():
             continue
         for i in pc.indices_nonzero(broken).to_pylist():
             value = column[i].as_py()
             text = value if isinstance(value, str) else value.decode("utf-8", errors="replace")
-            lines = text.split("\n")
+            lines = re.split(r"\r\n|\r|\n", text)
             records = [line for line in lines[1:] if line.count(",") >= delimiters]
-            if records:
+            # A field before this one and one after it: around the break, a whole record's delimiters.
+            straddles = 0 < position < delimiters and (
+                lines[0].count(",") >= delimiters - position and lines[-1].count(",") >= position
+            )
+            if records or straddles:
+                found = f"{len(records)} of them whole records (from {records[0][:60]!r})" if records else (
+                    f"with a record's delimiters around them (ending {lines[-1][:60]!r})"
+                )  # fmt: skip
                 raise DataValidationError(
                     f"{path}: the {name!r} value of customer_id {batch.column(id_column)[i].as_py()!r} runs over "
-                    f"{len(lines) - 1} more lines, {len(records)} of them whole records (from {records[0][:60]!r}): "
-                    "an unclosed quote swallowed them (they would go unscored, and the rest of the row take "
-                    "another customer's values); fix the quote and score the file again"
+                    f"{len(lines) - 1} more lines, {found}: an unclosed quote swallowed them (they would go "
+                    "unscored, and the rest of the row take another customer's values); fix the quote and score "
+                    "the file again"
                 )
 
 

@@ -392,12 +392,32 @@ def test_an_unclosed_quote_that_swallows_records_is_refused_not_a_silent_loss(re
     said = f"the 'notes' value of customer_id {third!r} runs over 5 more lines, 5 of them whole records"
     assert said in result.output, result.output
     assert "an unclosed quote swallowed them" in result.output and not out.exists()
-    # A quoted line break in a note is fine, and so is a note in Latin-1 (a column never scored is not
-    # checked for UTF-8): every customer is scored.
-    noted = customers.head(10).assign(notes="rappelé,\nsaid it, twice")
-    source.write_bytes(noted.to_csv(index=False).encode("latin-1"))
-    assert run(registry_uri, "--input", str(source), "--output", str(out)).exit_code == 0
-    assert len(pd.read_parquet(out)) == 10
+    # The same file with a lone CR ending each line (Excel's "CSV (Macintosh)"), which Arrow reads
+    # too: the check looked for LF alone, and 14 of 19 customers were "all scored", exit 0.
+    source.write_text("\r".join(lines) + "\r")
+    result = run(registry_uri, "--input", str(source), "--output", str(out))
+    assert result.exit_code == 2 and said in result.output and not out.exists(), result.output
+    # A stray quote the next row's value closes swallows one record's start: that customer
+    # vanished, and the row with the quote was scored with its features, exit 0.
+    noted = customers.head(10)
+    noted.insert(1, "notes", "ok")
+    noted.to_csv(source, index=False)
+    lines = source.read_text().splitlines()
+    lines[3] = lines[3].replace(",ok,", ',"call back,', 1)
+    lines[4] = lines[4].replace(",ok,", ',later",', 1)
+    source.write_text("\n".join(lines) + "\n")
+    result = run(registry_uri, "--input", str(source), "--output", str(out))
+    assert result.exit_code == 2 and not out.exists(), result.output
+    assert f"the 'notes' value of customer_id {third!r} runs over 1 more lines, with a record's delimiters" \
+        in result.output
+    # A quoted line break in a note is fine, with commas on either side too, and so is a note in
+    # Latin-1 (a column never scored is not checked for UTF-8): every customer is scored.
+    for at in (1, len(customers.columns)):
+        noted = customers.head(10)
+        noted.insert(at, "notes", "rappelé, à rappeler,\nsaid it, twice")
+        source.write_bytes(noted.to_csv(index=False).encode("latin-1"))
+        assert run(registry_uri, "--input", str(source), "--output", str(out)).exit_code == 0
+        assert len(pd.read_parquet(out)) == 10
 
 
 def test_missing_columns_are_named(registry_uri, customers, tmp_path):
