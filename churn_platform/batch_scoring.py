@@ -349,9 +349,8 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
                 # Categories as dictionaries: each distinct value is checked and looked up once.
                 source = pq.ParquetFile(handle, read_dictionary=categorical, pre_buffer=False)
                 for batch in source.iter_batches(batch_size=chunk_rows, columns=list(wanted)):
-                    yield data.ids_as_text(
-                        pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
-                    )
+                    table = pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
+                    yield data.ids_as_text(_utf8_text(path, table))
             return
         # Everything as text: the row checks, not the parser, decide what a bad value is. Every
         # column is read, any of them may hold an unclosed quote; the ones not scored as bytes, so
@@ -380,6 +379,25 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
                 yield pending.rename_columns(renamed)
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
+
+
+def _utf8_text(path: str, table: pa.Table) -> pa.Table:
+    """The table, its text refused unless UTF-8: Parquet writers that do not check (a Hive
+    table of Latin-1 data, a binary column) make such files, and a category or an id in one
+    failed deep in the scoring (exit 70, "a bug"). A dictionary's values are checked once."""
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        for chunk in column.chunks:
+            values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+            kind = values.type
+            try:
+                if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+                    values.validate(full=True)
+                elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind):
+                    values.cast(pa.string())
+            except pa.ArrowInvalid:
+                raise DataSourceError(f"cannot read {path}: its {name!r} column is not UTF-8 text; "
+                                      f"{data.not_utf8_advice()}") from None  # fmt: skip
+    return table
 
 
 def _no_swallowed_records(path: str, batch: pa.RecordBatch, id_column: str) -> None:

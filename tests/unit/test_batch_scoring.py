@@ -420,6 +420,27 @@ def test_an_unclosed_quote_that_swallows_records_is_refused_not_a_silent_loss(re
         assert len(pd.read_parquet(out)) == 10
 
 
+def test_parquet_text_that_is_not_utf8_is_a_clear_error_naming_the_column(registry_uri, customers, tmp_path):
+    """Parquet writers that do not check (a Hive table of Latin-1 data) write such text: a
+    category or an id in it failed deep in the scoring, exit 70 "a bug", with a traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(customers.head(20), preserve_index=False)
+    latin1 = [v.encode("latin-1") for v in customers["gender"].head(20).str.replace("Female", "Femélle")]
+    ids = [v.encode() for v in customers["customer_id"].head(20)]
+    ids[5] = b"caf\xe9-1"
+    offsets = np.cumsum([0, *map(len, ids)]).astype(np.int32)
+    unchecked_ids = pa.Array.from_buffers(pa.string(), 20, [None, pa.py_buffer(offsets.tobytes()),
+                                                             pa.py_buffer(b"".join(ids))])  # fmt: skip
+    for column, values in (("gender", pa.array(latin1, pa.binary())), ("customer_id", unchecked_ids)):
+        source = tmp_path / f"bad-{column}.parquet"
+        pq.write_table(table.set_column(table.column_names.index(column), column, values), source)
+        result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+        assert result.exit_code == 2, result.output
+        assert f"cannot read {source}: its {column!r} column is not UTF-8 text" in result.output
+
+
 def test_missing_columns_are_named(registry_uri, customers, tmp_path):
     source = tmp_path / "customers.parquet"
     customers.head(20).drop(columns=["tenure", "contract"]).to_parquet(source, index=False)
