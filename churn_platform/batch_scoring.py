@@ -812,15 +812,23 @@ def score_chunk(
 
 #: Suffixes of compressed files: an output named so would hold uncompressed Parquet or CSV.
 _COMPRESSED = (".gz", ".bz2", ".zst", ".xz", ".zip")
+#: Suffixes of other formats: Parquet written under one fools every reader (a dated name,
+#: ``scores.20261207``, is no format's and stays Parquet).
+_OTHER_FORMATS = (".txt", ".tsv", ".tab", ".json", ".jsonl", ".ndjson", ".xlsx", ".xls", ".orc", ".avro", ".feather",
+                  ".arrow", ".ipc", ".xml")  # fmt: skip
 
 
 def output_kind(output: str, output_format: str | None) -> str:
     if Path(output).suffix.lower() in _COMPRESSED:
         raise DataValidationError(f"{output}: files are not written compressed here; name a .csv or .parquet file "
                                   "(Parquet compresses its columns itself)")  # fmt: skip
-    named = _SUFFIXES.get(Path(output).suffix.lower())
+    suffix = Path(output).suffix.lower()
+    named = _SUFFIXES.get(suffix)
     if output_format and named and named != output_format:  # a CSV called .parquet fools every reader
         raise DataValidationError(f"--format {output_format} does not match --output {output}'s suffix")
+    if suffix in _OTHER_FORMATS:
+        raise DataValidationError(f"--output {output}: scores are written as CSV or Parquet, not {suffix}; name a "
+                                  ".csv or .parquet file")  # fmt: skip
     kind = output_format or named or "parquet"
     if kind not in FORMATS:
         raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")

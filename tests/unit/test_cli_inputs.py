@@ -81,6 +81,9 @@ def _isolated(tmp_path, monkeypatch):
         # Registered, then its versions could never be loaded: models:/a?b/3 names the logged model `a`.
         (["train", "--model-name", "a?b"], "'a?b': a model name cannot contain '/', ':', '?'"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--format", "csv"], "does not match --output"),
+        # Parquet bytes under .txt, exit 0: every reader fooled.
+        (["score", "--input", "c.csv", "--output", "s.txt"], "scores are written as CSV or Parquet, not .txt"),
+        (["score", "--input", "c.csv", "--output", "s.TSV", "--format", "csv"], "not .tsv; name a .csv or"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--top-k", "3"], "--top-k is read only with --explain"),
         # Found out after the work, as a traceback (exit 70), or an OverflowError:
         (["monitor", "--output-dir", "/dev/null/r"], "'--output-dir': /dev/null/r: /dev/null is not a folder"),
