@@ -827,8 +827,8 @@ def output_kind(output: str, output_format: str | None) -> str:
     if output_format and named and named != output_format:  # a CSV called .parquet fools every reader
         raise DataValidationError(f"--format {output_format} does not match --output {output}'s suffix")
     if suffix in _OTHER_FORMATS:
-        raise DataValidationError(f"--output {output}: scores are written as CSV or Parquet, not {suffix}; name a "
-                                  ".csv or .parquet file")  # fmt: skip
+        raise DataValidationError(f"{output}: files are written as CSV or Parquet here, not {suffix}; name a .csv "
+                                  "or .parquet file")  # fmt: skip
     kind = output_format or named or "parquet"
     if kind not in FORMATS:
         raise DataValidationError(f"--format must be one of {list(FORMATS)}, got {kind!r}")
