@@ -350,7 +350,7 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
                 source = pq.ParquetFile(handle, read_dictionary=categorical, pre_buffer=False)
                 for batch in source.iter_batches(batch_size=chunk_rows, columns=list(wanted)):
                     table = pa.Table.from_batches([batch]).rename_columns([wanted[c] for c in batch.schema.names])
-                    yield data.ids_as_text(_utf8_text(path, table))
+                    yield data.ids_as_text(utf8_text(path, table))
             return
         # Everything as text: the row checks, not the parser, decide what a bad value is. Every
         # column is read, any of them may hold an unclosed quote; the ones not scored as bytes, so
@@ -381,7 +381,7 @@ def _chunks(fs: pafs.FileSystem, path: str, kind: str, raw: list[str], chunk_row
         raise _read_error(path, kind, exc) from None
 
 
-def _utf8_text(path: str, table: pa.Table) -> pa.Table:
+def utf8_text(path: str, table: pa.Table) -> pa.Table:
     """The table, its text refused unless UTF-8: Parquet writers that do not check (a Hive
     table of Latin-1 data, a binary column) make such files, and a category or an id in one
     failed deep in the scoring (exit 70, "a bug"). A dictionary's values are checked once."""

@@ -271,6 +271,13 @@ def _for_executors(settings: Settings) -> Settings:
                                           risk_high_from=settings.risk_high_from)  # fmt: skip
 
 
+def _as_given(uri: str) -> str:
+    """A file as Spark names it (``file:/a%20b.csv``, ``s3a://b/k``), as the user and the local engine do."""
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(uri).path) if uri.startswith("file:") else uri.replace("s3a://", "s3://", 1)
+
+
 def _score_partition(
     batches: Iterator[pa.RecordBatch], *, model: Any, settings: Settings, scored_at: pd.Timestamp,
     schema: pa.Schema, fast: bool, explain_top_k: int | None,
@@ -289,7 +296,9 @@ def _score_partition(
         position = base[codes] + pd.Series(codes).groupby(codes).cumcount().to_numpy()
         for key, n in zip(keys, np.bincount(codes, minlength=len(keys)), strict=True):
             seen[key] = seen.get(key, 0) + int(n)
-        features = table.drop_columns(["_file", "_block"])
+        # Spark's readers pass Parquet text on unchecked: refused here as the local engine refuses it.
+        features = batch_scoring.utf8_text(_as_given(str(files[0])) if len(files) else "the input",
+                                           table.drop_columns(["_file", "_block"]))  # fmt: skip
         result = batch_scoring.score_chunk(loaded, settings, features, scored_at, schema,  # type: ignore[arg-type]
                                            fast=fast, explain_top_k=explain_top_k, first_row=0)  # fmt: skip
         if result.scores is not None:
@@ -609,6 +618,8 @@ def _translated(exc: Exception, source: str) -> Exception:
         return SettingsError(f"Spark's executors cannot import {missing[1]!r}: install churn-platform (the "
                              "driver's version, with the model's libraries) in their Python, or point "
                              "spark.pyspark.python (PYSPARK_PYTHON) at one that has it")  # fmt: skip
+    if isinstance(exc, PythonException) and (refused := _INPUT_REFUSED.search(str(exc))):
+        return DataSourceError(refused[1])  # an executor's check of the input, as the local engine words it
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
         return exc
     text = str(exc).strip()
@@ -626,6 +637,8 @@ def _translated(exc: Exception, source: str) -> Exception:
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
 
+#: An executor's refusal of the input (its text not UTF-8), as the worker's traceback ends.
+_INPUT_REFUSED = re.compile(r"^churn_platform\.errors\.DataSourceError: (.+)$", re.MULTILINE)
 #: A Python traceback's last line when an executor unpickles the job's code without the module
 #: (at a line's start: a malformed row quoted in a message is not one).
 _EXECUTOR_IMPORT = re.compile(r"^(?:ModuleNotFoundError|ImportError): No module named '([^']+)'", re.MULTILINE)

@@ -165,6 +165,24 @@ def test_a_file_missing_a_column_stops_spark_as_it_stops_the_local_engine(regist
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
 
 
+def test_parquet_text_that_is_not_utf8_stops_both_engines_naming_file_and_column(registry_uri, customers, tmp_path):
+    """A Hive table of Latin-1 data: Spark's reader passed it on, and the executor's scoring
+    failed (a PythonException: exit 70, "a bug", retried as one)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(customers.head(20), preserve_index=False)
+    latin1 = pa.array([v.encode("latin-1") for v in customers["gender"].head(20).str.replace("Male", "Mâle")])
+    source = tmp_path / "hive export" / "part-0.parquet"
+    source.parent.mkdir()
+    pq.write_table(table.set_column(table.column_names.index("gender"), "gender", latin1), source)
+    for engine, args in (("local", []), ("spark", SPARK)):
+        result = run(registry_uri, *args, "--input", str(source), "--output", str(tmp_path / f"{engine}.parquet"))
+        assert result.exit_code == 2, result.output
+        assert f"cannot read {source}: its 'gender' column is not UTF-8 text" in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
+
+
 def test_a_file_without_ids_stops_both_engines(registry_uri, customers, tmp_path):
     """A list of scores without ids reaches no one: it once replaced the previous list, exit 0."""
     folder = tmp_path / "export"
