@@ -318,10 +318,12 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
             header = handle.read(1 << 20).splitlines()
     except (OSError, pa.ArrowException) as exc:
         raise _read_error(path, kind, exc) from None
-    # The first line that is not blank, as Arrow's reader takes it (an export may start with one).
-    first = next((line for line in header if line.strip()), None)
-    if first is None:
+    # The first line that is not empty, as Arrow's reader takes it (an export may start with one).
+    first = next((line for line in header if line.strip(b"\r")), None)
+    if first is None or not any(line.strip() for line in header):
         raise DataSourceError(f"{path} is empty")
+    if not first.strip():  # Arrow reads it as the header: "Expected 1 columns, got 21", after the model's download
+        raise DataValidationError(f"{path}: a line of spaces before the header reads as the header; remove it")
     try:  # strictly: Arrow refuses a name that is not UTF-8 only once it reads rows
         return next(csv.reader([first.decode("utf-8-sig")]))
     except UnicodeDecodeError:

@@ -441,6 +441,17 @@ def test_parquet_text_that_is_not_utf8_is_a_clear_error_naming_the_column(regist
         assert f"cannot read {source}: its {column!r} column is not UTF-8 text" in result.output
 
 
+def test_a_line_of_spaces_before_the_header_is_named_before_the_model_loads(customers, tmp_path):
+    """Arrow reads it as the header: "CSV parse error: Expected 1 columns, got 21", after the
+    model's download, where the header check had skipped it. A registry that is down shows the
+    order: the file is refused first."""
+    source = tmp_path / "export.csv"
+    source.write_text(" \n" + customers.head(3).to_csv(index=False))
+    result = run("http://127.0.0.1:9", "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2, result.output
+    assert f"{source}: a line of spaces before the header reads as the header; remove it" in result.output
+
+
 def test_missing_columns_are_named(registry_uri, customers, tmp_path):
     source = tmp_path / "customers.parquet"
     customers.head(20).drop(columns=["tenure", "contract"]).to_parquet(source, index=False)
