@@ -25,6 +25,25 @@ def _args(argv: list[str], whole: tuple[str, ...] = (), zero_unset: tuple[str, .
     return out
 
 
+def _switch(args: list[str], flag: str) -> bool:
+    """Turn a true/false parameter's ``--flag value`` pair in ``args`` into the bare flag, or
+    nothing when false; whether it is on. Any other value is a usage error (exit 2) naming
+    the parameter: ``on`` read as false ran the job without it."""
+    if flag not in args:
+        return False
+    at = args.index(flag)
+    given = args.pop(at + 1)
+    value = given.strip().lower()
+    if value not in ("true", "1", "yes", "false", "0", "no"):
+        print(f"error: parameter {flag.lstrip('-').replace('-', '_')} must be true or false, got {given!r}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(int(ExitCode.USAGE))
+    if value in ("false", "0", "no"):
+        args.pop(at)
+        return False
+    return True
+
+
 def _whole(flag: str, value: str) -> str:
     """``3.0`` as ``3``. A fraction, ``nan`` or ``inf`` is a usage error (exit 2) naming the
     MLproject parameter: truncating would run with a value nobody asked for."""

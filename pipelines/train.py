@@ -3,28 +3,18 @@
 import sys
 
 from churn_platform.cli import main
-from churn_platform.contract import ExitCode
 from churn_platform.training_config import DATA_OPTIONS, TrainConfig, option_flag
-from pipelines.monitor import _args
+from pipelines.monitor import _args, _switch
 
 
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's: whole numbers arrive as floats
     (300.0), an empty decision_threshold means the setting's, and zero is a value (seed 0)."""
     args = _args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"))
-    if "--from-features" in args:  # a parameter's value, "true" or "false", becomes the flag or nothing
-        at = args.index("--from-features")
-        given = args.pop(at + 1)
-        value = given.strip().lower()
-        if value not in ("true", "1", "yes", "false", "0", "no"):
-            print(f"error: parameter from_features must be true or false, got {given!r}", file=sys.stderr)
-            sys.exit(int(ExitCode.USAGE))
-        if value in ("false", "0", "no"):
-            args.pop(at)
-        else:  # data and n_rows at their defaults were not given: the command must not refuse them
-            for flag, default in ((option_flag(k), str(getattr(TrainConfig, k))) for k in DATA_OPTIONS):
-                if flag in args and args[args.index(flag) + 1] == default:
-                    del args[args.index(flag) : args.index(flag) + 2]
+    if _switch(args, "--from-features"):  # data and n_rows at their defaults were not given: not refused
+        for flag, default in ((option_flag(k), str(getattr(TrainConfig, k))) for k in DATA_OPTIONS):
+            if flag in args and args[args.index(flag) + 1] == default:
+                del args[args.index(flag) : args.index(flag) + 2]
     return ["train", *args]
 
 

@@ -135,7 +135,10 @@ ENTRY_POINT_PARAMS = {
     "score": [({"input": "in.csv", "output": "out.parquet"},
                {"source": "in.csv", "explain": False, "model_name": None}),
               ({"input": "in dir/", "output": "out.parquet", "explain_top_k": "3", "version": "2"},
-               {"source": "in dir/", "explain": True, "top_k": 3, "version": 2})],
+               {"source": "in dir/", "explain": True, "top_k": 3, "version": 2}),
+              ({"input": "in.csv", "output": "out.parquet", "with_features": "true", "chunk_rows": "5000.0"},
+               {"with_features": True, "chunk_rows": 5000}),
+              ({"input": "in.csv", "output": "out.parquet", "with_features": "false"}, {"with_features": False})],
 }  # fmt: skip
 
 
