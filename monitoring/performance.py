@@ -189,7 +189,10 @@ def read(
         if not inspector.has_table(INFERENCE_LOG_TABLE):
             raise NothingToJudge(no_table(where))
         labelled = inspector.has_table(outcomes.OUTCOMES_TABLE)  # no table yet: no labels yet
-        with engine.connect() as conn:
+        # One snapshot for the three queries: an outcomes push or delete between them skewed the
+        # counts (unmatched_outcomes below zero). SQLite's reads see one writer's commits anyway.
+        snapshot = {"isolation_level": "REPEATABLE READ"} if dialect == "postgresql" else {}
+        with engine.connect().execution_options(**snapshot) as conn:
             sql = outcomes.matched_sql(dialect, maturity_days=maturity_days)
             matched = _frame(conn.execute(sa.text(sql), params)) if labelled else (
                 pd.DataFrame(columns=[CHURNED, PROBABILITY, SCORED_AT, "log_id"])
