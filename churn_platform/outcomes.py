@@ -115,7 +115,11 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
     now = now or datetime.now(UTC)
     frame = frame.copy()
     spelled = {str(c): str(c).strip().lower().replace(" ", "_") for c in frame.columns}
-    frame.columns = normalise_columns([low if low in INPUT_COLUMNS else c for c, low in spelled.items()])
+    names = [low if low in INPUT_COLUMNS else c for c, low in spelled.items()]
+    for name in INPUT_COLUMNS:  # said as the file spells them: "'churned' and 'churned'" named one column twice
+        if len(same := [c for c, n in zip(spelled, names, strict=True) if n == name]) > 1:
+            raise DataValidationError(f"columns {same[0]!r} and {same[1]!r} both mean {name!r}; keep only one")
+    frame.columns = normalise_columns(names)
     if LABEL_COLUMN in frame.columns and CHURNED in frame.columns:
         raise DataValidationError(f"both {LABEL_COLUMN!r} and {CHURNED!r} columns: they are one label, keep one")
     frame = frame.rename(columns={LABEL_COLUMN: CHURNED})

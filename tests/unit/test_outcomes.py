@@ -90,7 +90,11 @@ def test_a_file_with_both_spellings_of_the_label_is_refused_whole():
     # Two spellings of a column beyond the customer schema (an AttributeError, exit 70, while
     # collisions were refused only among the schema's names).
     twice = frame([{"customer_id": "a", "churned": "No", "observed_at": "2026-11-01", "Observed At": "2026-11-01"}])
-    with pytest.raises(DataValidationError, match="columns 'observed_at' and 'observed_at' both mean"):
+    # Named as the file spells them (it said "'observed_at' and 'observed_at'").
+    with pytest.raises(DataValidationError, match="columns 'observed_at' and 'Observed At' both mean 'observed_at'"):
+        outcomes.check(twice, now=NOW)
+    twice = frame([{"customer_id": "a", "churned": "No", "Churned": "Yes"}])
+    with pytest.raises(DataValidationError, match="columns 'churned' and 'Churned' both mean 'churned'"):
         outcomes.check(twice, now=NOW)
 
 
