@@ -324,9 +324,13 @@ def production_stack(events: list[Event], current: int | None) -> list[int]:
     does a move made outside (the UI) to a version already on the path: taken for a step
     forward, a UI rollback from v4 to v2 had `rollback` serve v4 again. A time without
     Production (its alias removed, its version deleted) is a gap in the path, not its end:
-    clearing it there lost every version before from ``rollback``.
+    clearing it there lost every version before from ``rollback``. Two promotions that raced
+    (each saw the same version in Production: every command reconciles, then records what it
+    saw) are two branches from that version, and the path is the one whose version the alias
+    rests on: on one line, `rollback` from the winner went to the loser, which never served.
     """
     stack: list[int] = []
+    paths: dict[int, list[int]] = {}  # each version's path when it last became the top
     for event in (e for e in events if e.action in MOVES):
         if event.action == "rollback" or (event.action == "external" and event.to_version in stack):
             while stack and stack[-1] != event.to_version:
@@ -335,10 +339,18 @@ def production_stack(events: list[Event], current: int | None) -> list[int]:
                 stack.append(event.to_version)
         elif event.to_version is None:
             continue
-        elif not stack or stack[-1] != event.to_version:
-            stack.append(event.to_version)
+        else:
+            if event.via == "cli" and stack and event.from_version != stack[-1] and event.from_version in stack:
+                while stack[-1] != event.from_version:  # it raced the moves above the version it saw
+                    stack.pop()
+            if not stack or stack[-1] != event.to_version:
+                stack.append(event.to_version)
+        if stack:
+            paths[stack[-1]] = list(stack)
     if current in stack:  # after a race the alias may rest on an earlier event's version
         stack = stack[: len(stack) - stack[::-1].index(current)]
+    elif current in paths:  # on the branch a later racing event left
+        stack = paths[current]
     return stack
 
 

@@ -47,3 +47,10 @@ def test_a_time_without_production_is_a_gap_in_the_path_not_its_end():
 def test_after_a_race_the_path_ends_at_the_alias():
     events = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 1, 3))
     assert production_stack(events, 2) == [1, 2]
+    # The alias on the later event's version: the earlier one lost, and never served as far as
+    # either command knew (`rollback` went to it, not back to 1, the version both replaced).
+    assert production_stack(events, 3) == [1, 3]
+    assert production_stack([*events, *_events(("promote", 3, 4))], 4) == [1, 3, 4]
+    # A version promoted again later is no race: 1 -> 2 -> 1 -> 3 keeps its path.
+    again = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 1), ("promote", 1, 3))
+    assert production_stack(again, 3) == [1, 2, 1, 3]
