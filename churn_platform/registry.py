@@ -174,7 +174,7 @@ def check_reachable(settings: Settings) -> None:
         )
 
 
-def _require_existing(settings: Settings) -> None:
+def require_existing(settings: Settings) -> None:
     """``RegistryNotFound`` for a SQLite registry file that does not exist, before MLflow makes
     an empty one (950 KB, for a typo) and reports the model missing from it."""
     path = sqlite_file(settings.tracking_uri) if url_scheme(settings.tracking_uri) == "sqlite" else None
@@ -187,7 +187,7 @@ def connect(settings: Settings, *, existing: bool = False) -> MlflowClient:
     """A registry client, after making sure the registry answers; with ``existing``, one that
     must already be there (a command that reads a model), never made for a mistyped path."""
     if existing:
-        _require_existing(settings)
+        require_existing(settings)
     configure(settings)
     check_reachable(settings)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)

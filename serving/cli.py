@@ -60,6 +60,11 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     check_spool_dir(Path(settings.inference_log_spool_dir), settings.inference_log_url)  # one line, not one per worker
     host, port = host or settings.api_host, port or settings.api_port
     _check_port(host, port)
+    from churn_platform import registry
+
+    # A SQLite registry that is not there: MLflow made an empty one (a folder without a trained
+    # model, a typo) and the API waited on "no version holds Production" for ever.
+    registry.require_existing(settings)
     polls = False
     if workers > 1 and settings.reload_poll_s == 0:
         # /admin/reload reaches the one worker that takes it; the others follow a new

@@ -604,6 +604,20 @@ def test_serve_on_a_port_in_use_is_exit_2_at_once():
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output
 
 
+def test_serve_without_its_sqlite_registry_is_exit_2_and_makes_none(tmp_path, monkeypatch):
+    """MLflow made an empty registry (950 KB, in a folder with no trained model or for a typo)
+    and the API waited on "no version holds Production" for ever; every later command then
+    read "model 'churn' does not exist" where it said "no MLflow registry"."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    from churn_platform.processes import free_port
+
+    result = CliRunner().invoke(main, ["serve", "--port", str(free_port())])
+    assert result.exit_code == 2, result.output
+    assert f"no MLflow registry at {tmp_path / 'mlflow.db'}: train a model first" in result.output
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.fixture
 def serve(tmp_path, monkeypatch):
     """`churn-platform serve ARGS` as far as uvicorn.run, which calls ``seen()`` instead; the
