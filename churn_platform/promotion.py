@@ -340,18 +340,15 @@ def production_stack(events: list[Event], current: int | None) -> list[int]:
         elif event.to_version is None:
             continue
         else:
-            if event.via == "cli" and stack and event.from_version != stack[-1] and event.from_version in stack:
-                while stack[-1] != event.from_version:  # it raced the moves above the version it saw
-                    stack.pop()
+            if event.via == "cli" and stack and event.from_version != stack[-1] and event.from_version in paths:
+                stack = list(paths[event.from_version])  # it raced the moves after the version it saw
             if not stack or stack[-1] != event.to_version:
                 stack.append(event.to_version)
         if stack:
             paths[stack[-1]] = list(stack)
-    if current in stack:  # after a race the alias may rest on an earlier event's version
-        stack = stack[: len(stack) - stack[::-1].index(current)]
-    elif current in paths:  # on the branch a later racing event left
-        stack = paths[current]
-    return stack
+    # After a race the alias may rest on an earlier event's version, or on a branch a later
+    # racing event left: its path is the one it had when it last took Production.
+    return list(paths[current]) if current in paths else stack
 
 
 def _gate(

@@ -51,6 +51,16 @@ def test_after_a_race_the_path_ends_at_the_alias():
     # either command knew (`rollback` went to it, not back to 1, the version both replaced).
     assert production_stack(events, 3) == [1, 3]
     assert production_stack([*events, *_events(("promote", 3, 4))], 4) == [1, 3, 4]
+    # The next promotion goes on from the winner, whichever it was: not from the loser's branch.
+    assert production_stack([*events, *_events(("promote", 2, 4))], 4) == [1, 2, 4]
+    # A race won by a version that held Production before keeps the path it had: rollback
+    # from 2 goes to 3, which both racers replaced (cut at 2's first place, the path was [1, 2]).
+    won_by_earlier = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 3), ("promote", 3, 2),
+                             ("promote", 3, 4))  # fmt: skip
+    assert production_stack(won_by_earlier, 2) == [1, 2, 3, 2]
+    assert production_stack(won_by_earlier, 4) == [1, 2, 3, 4]
+    back_to_1 = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 1), ("promote", 2, 3))
+    assert production_stack(back_to_1, 1) == [1, 2, 1]
     # A version promoted again later is no race: 1 -> 2 -> 1 -> 3 keeps its path.
     again = _events(("promote", None, 1), ("promote", 1, 2), ("promote", 2, 1), ("promote", 1, 3))
     assert production_stack(again, 3) == [1, 2, 1, 3]
