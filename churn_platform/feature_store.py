@@ -271,9 +271,9 @@ def unavailable(exc: BaseException) -> ChurnPlatformError:
         if refused_user(seen):
             return SettingsError(f"the feature store's database refused its user a privilege: {''.join(line)}; "
                                  "grant it (docs/deploy.md)")  # fmt: skip
-        if refused_login(seen):
-            return SettingsError(f"the feature store's database refused the login: {''.join(line)}; check the "
-                                 "user, password and database name in CHURN_FEATURE_STORE_URL")  # fmt: skip
+        if login := refused_login(seen):
+            return SettingsError(f"the feature store's database refused the login: {login}; check the user, "
+                                 "password and database name in CHURN_FEATURE_STORE_URL")  # fmt: skip
         seen = seen.__cause__ or seen.__context__
     return StorageUnreachable(unavailable_message(exc))
 

@@ -127,16 +127,21 @@ def refused_user(exc: BaseException) -> bool:
 
 
 #: How PostgreSQL refuses a login at connect, with no SQLSTATE: a wrong password, role or
-#: database name in the URL, or no pg_hba.conf line for this host. The URL's to mend, not an
-#: outage (retried as one, a job failed the same way until someone looked).
+#: database name in the URL, a role without LOGIN, a pg_hba.conf that has no line for this
+#: host or rejects it, or no password where one is asked. The URL's (or the server's
+#: configuration) to mend, not an outage (retried as one, a job failed the same way until
+#: someone looked).
 _BAD_LOGIN = re.compile(
-    r'FATAL:\s+(password authentication failed|no pg_hba\.conf entry|(role|database) "[^"]*" does not exist)'
+    r'.*(FATAL:\s+(\w+ authentication failed|no pg_hba\.conf entry|pg_hba\.conf rejects|(role|database) "[^"]*" '
+    r"does not exist|role \S+ is not permitted to log in)|fe_sendauth: no password supplied).*"
 )
 
 
-def refused_login(exc: BaseException) -> bool:
-    """Whether PostgreSQL refused to log this URL in (its user, password or database is wrong)."""
-    return bool(_BAD_LOGIN.search(str(getattr(exc, "orig", None) or exc)))
+def refused_login(exc: BaseException) -> str | None:
+    """The line saying PostgreSQL refused to log this URL in (its user, password or database is
+    wrong), or None: libpq tries each address of a host, and the first line may be another's."""
+    found = _BAD_LOGIN.search(str(getattr(exc, "orig", None) or exc))
+    return found[0].strip() if found else None
 
 
 def _convert_to_brin(conn: sa.Connection) -> list[str]:
@@ -206,8 +211,8 @@ def read_failure(exc: sa.exc.SQLAlchemyError, where: str) -> ChurnPlatformError:
         return SettingsError(f"the inference log at {where} refused this job's database user: {line}; grant "
                              "it CONNECT on the database and SELECT on the log's tables (inference_log, "
                              "outcomes)")  # fmt: skip
-    if refused_login(exc):
-        return SettingsError(f"the inference log at {where} refused this job's login: {line}; check the user, "
+    if login := refused_login(exc):
+        return SettingsError(f"the inference log at {where} refused this job's login: {login}; check the user, "
                              "password and database name in its URL")  # fmt: skip
     if _missing_column(_ADDED, text):
         return StorageUnreachable(f"cannot read the inference log at {where}: {line}: the table is from an earlier "

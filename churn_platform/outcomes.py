@@ -381,9 +381,9 @@ def _unwritable(engine: sa.Engine, exc: sa.exc.SQLAlchemyError, doing: str) -> S
                               f"TEMPORARY on the database (a load stages its rows in a temporary table), SELECT, "
                               f"INSERT, UPDATE and DELETE on {OUTCOMES_TABLE} (and CREATE on the schema until that "
                               "table exists)")  # fmt: skip
-    if refused_login(exc):
-        return StorageRefused(f"cannot {doing} {where}: it refused the login ({why}); check the user, password and "
-                              "database name in the URL")  # fmt: skip
+    if login := refused_login(exc):
+        return StorageRefused(f"cannot {doing} {where}: it refused the login ({login}); check the user, password "
+                              "and database name in the URL")  # fmt: skip
     return StorageUnreachable(f"cannot {doing} {where}: {why}")
 
 

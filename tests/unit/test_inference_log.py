@@ -694,3 +694,23 @@ def test_a_payload_taken_back_from_a_writer_that_reported_part_of_it_counts_no_n
     reader.start()
     reader.join(5)
     assert not reader.is_alive() and (log.spooled, log.dropped) == (2, 0)
+
+
+def test_a_refused_login_is_told_apart_from_an_outage_and_quoted_from_its_own_line():
+    """Each was exit 3, retried as an outage; libpq tries each address of a host, and the
+    message quoted the first one's "Connection refused" under "refused this job's login"."""
+    from churn_platform.inference_log import refused_login
+
+    two_addresses = ('connection to server at "::1", port 5432 failed: Connection refused\n\tIs the server running?\n'
+                     'connection to server at "127.0.0.1", port 5432 failed: FATAL:  password authentication failed '
+                     'for user "u"\n')  # fmt: skip
+    assert refused_login(Exception(two_addresses)) == ('connection to server at "127.0.0.1", port 5432 failed: FATAL:  '
+                                                       'password authentication failed for user "u"')  # fmt: skip
+    for refused in ('FATAL:  role "u" does not exist', 'FATAL:  database "d" does not exist',
+                    'FATAL:  no pg_hba.conf entry for host "10.0.0.9"', 'FATAL:  pg_hba.conf rejects connection for',
+                    'FATAL:  role "u" is not permitted to log in', 'FATAL:  Peer authentication failed for user "u"',
+                    "fe_sendauth: no password supplied"):  # fmt: skip
+        assert refused_login(Exception(refused)) == refused, refused
+    for outage in ('relation "inference_log" does not exist', "FATAL:  the database system is starting up",
+                   "could not connect to server: Connection refused", "server closed the connection unexpectedly"):
+        assert refused_login(Exception(outage)) is None, outage
