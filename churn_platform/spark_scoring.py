@@ -278,6 +278,20 @@ def _as_given(uri: str) -> str:
     return unquote(urlsplit(uri).path) if uri.startswith("file:") else uri.replace("s3a://", "s3://", 1)
 
 
+def _utf8_text(table: pa.Table) -> pa.Table:
+    """The batch's features, refused as the local engine refuses text that is not UTF-8 (Spark's
+    readers pass it on unchecked), naming the file that holds it: a batch may span several."""
+    import pyarrow.compute as pc
+
+    features = table.drop_columns(["_file", "_block"])
+    try:
+        return batch_scoring.utf8_text("the input", features)
+    except DataSourceError:
+        for name in table.column("_file").unique().to_pylist():
+            batch_scoring.utf8_text(_as_given(str(name)), features.filter(pc.equal(table.column("_file"), name)))
+        raise
+
+
 def _score_partition(
     batches: Iterator[pa.RecordBatch], *, model: Any, settings: Settings, scored_at: pd.Timestamp,
     schema: pa.Schema, fast: bool, explain_top_k: int | None,
@@ -296,9 +310,7 @@ def _score_partition(
         position = base[codes] + pd.Series(codes).groupby(codes).cumcount().to_numpy()
         for key, n in zip(keys, np.bincount(codes, minlength=len(keys)), strict=True):
             seen[key] = seen.get(key, 0) + int(n)
-        # Spark's readers pass Parquet text on unchecked: refused here as the local engine refuses it.
-        features = batch_scoring.utf8_text(_as_given(str(files[0])) if len(files) else "the input",
-                                           table.drop_columns(["_file", "_block"]))  # fmt: skip
+        features = _utf8_text(table)
         result = batch_scoring.score_chunk(loaded, settings, features, scored_at, schema,  # type: ignore[arg-type]
                                            fast=fast, explain_top_k=explain_top_k, first_row=0)  # fmt: skip
         if result.scores is not None:
@@ -618,7 +630,7 @@ def _translated(exc: Exception, source: str) -> Exception:
         return SettingsError(f"Spark's executors cannot import {missing[1]!r}: install churn-platform (the "
                              "driver's version, with the model's libraries) in their Python, or point "
                              "spark.pyspark.python (PYSPARK_PYTHON) at one that has it")  # fmt: skip
-    if isinstance(exc, PythonException) and (refused := _INPUT_REFUSED.search(str(exc))):
+    if isinstance(exc, PySparkException | Py4JError) and (refused := _INPUT_REFUSED.search(str(exc))):
         return DataSourceError(refused[1])  # an executor's check of the input, as the local engine words it
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
         return exc

@@ -173,11 +173,13 @@ def test_parquet_text_that_is_not_utf8_stops_both_engines_naming_file_and_column
 
     table = pa.Table.from_pandas(customers.head(20), preserve_index=False)
     latin1 = pa.array([v.encode("latin-1") for v in customers["gender"].head(20).str.replace("Male", "Mâle")])
-    source = tmp_path / "hive export" / "part-0.parquet"
+    source = tmp_path / "hive export" / "part-1.parquet"  # beside a clean file: a batch may hold both
     source.parent.mkdir()
+    pq.write_table(table, source.parent / "part-0.parquet")
     pq.write_table(table.set_column(table.column_names.index("gender"), "gender", latin1), source)
     for engine, args in (("local", []), ("spark", SPARK)):
-        result = run(registry_uri, *args, "--input", str(source), "--output", str(tmp_path / f"{engine}.parquet"))
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(source.parent), "--output", str(out))
         assert result.exit_code == 2, result.output
         assert f"cannot read {source}: its 'gender' column is not UTF-8 text" in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
