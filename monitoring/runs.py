@@ -84,9 +84,10 @@ def send_alert(url: str, payload: dict[str, Any]) -> None:
         response = httpx.post(url, json=payload, timeout=5)
         response.raise_for_status()
         log.info("alert sent to %s", host)
-    except Exception as exc:  # noqa: BLE001 - one try, no retry storm; the verdict stands, whatever failed
-        # Not only httpx's own: a host httpx cannot encode (UnicodeError, IDNAError) or a proxy
-        # it cannot use (ImportError, ValueError) turned a drift verdict into exit 70.
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError, ImportError, ValueError, OSError) as exc:
+        # One try, no retry storm; the verdict stands. Not only httpx's own: a host httpx cannot
+        # encode (UnicodeError, IDNAError) or a proxy it cannot use (ImportError, ValueError)
+        # turned a drift verdict into exit 70. A bug of ours (a payload it cannot send) still is one.
         status = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
         log.warning("alert to %s failed: %s", host, status)
 
