@@ -828,7 +828,7 @@ def output_kind(output: str, output_format: str | None) -> str:
     named = _SUFFIXES.get(suffix)
     if output_format and named and named != output_format:  # a CSV called .parquet fools every reader
         raise DataValidationError(f"--format {output_format} does not match --output {output}'s suffix")
-    if suffix in _OTHER_FORMATS:
+    if suffix in _OTHER_FORMATS and not output_format:  # --format csv under .txt is CSV, as asked
         raise DataValidationError(f"{output}: files are written as CSV or Parquet here, not {suffix}; name a .csv "
                                   "or .parquet file")  # fmt: skip
     kind = output_format or named or "parquet"
@@ -889,7 +889,7 @@ def prepare(
     ``staged``: the output is staged through pyarrow (the Spark engine)."""
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
-    output_kind(rejects, None)  # a compressed name: refused before anything is read or replaced
+    output_kind(rejects, None)  # a compressed name or another format's: refused before anything is read
     for flag, target in (("--output", output), ("--rejects", rejects)):
         _check_file_name(flag, target)
         if target.startswith("s3://"):

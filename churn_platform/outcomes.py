@@ -470,7 +470,8 @@ def _horizon_start(dialect: str, column: str) -> str:
 def _days_after(dialect: str, column: str, days: int) -> str:
     if dialect == "postgresql":
         return f"{column} + make_interval(hours => 24 * {days})"
-    # Compared with a stored time's text: the same instant reads '...:00.000' <= '...:00.000000'.
+    # Compared with a stored time's text: the same instant reads '...:00.000' <= '...:00.000000'
+    # (strftime keeps milliseconds: past them, as in _horizon_start, SQLite may differ by <1 ms).
     return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '+{days} days')"
 
 

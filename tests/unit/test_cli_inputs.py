@@ -84,7 +84,7 @@ def _isolated(tmp_path, monkeypatch):
         # Parquet bytes under .txt, exit 0: every reader fooled.
         (["score", "--input", "c.csv", "--output", "s.txt"], "s.txt: files are written as CSV or Parquet here, not"),
         (["score", "--input", "c.csv", "--output", "s.csv", "--rejects", "r.json"], "r.json: files are written as"),
-        (["score", "--input", "c.csv", "--output", "s.TSV", "--format", "csv"], "not .tsv; name a .csv or"),
+        (["score", "--input", "c.csv", "--output", "s.TSV"], "not .tsv; name a .csv or"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--top-k", "3"], "--top-k is read only with --explain"),
         # Found out after the work, as a traceback (exit 70), or an OverflowError:
         (["monitor", "--output-dir", "/dev/null/r"], "'--output-dir': /dev/null/r: /dev/null is not a folder"),
