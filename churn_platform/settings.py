@@ -487,6 +487,10 @@ def checked_tracking_uri(uri: str) -> str:
                          "mysql://, sqlite:/// or databricks")  # fmt: skip
     allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
     if scheme in ("", "file") and not allowed:
+        path = Path(urlsplit(uri).path if scheme else uri).expanduser()
+        if path.is_file() or path.suffix in (".db", ".sqlite", ".sqlite3"):  # a SQLite file named as a path
+            raise ValueError(f"{uri!r} is a path, not a URI: name the SQLite file as sqlite:///{path.absolute()} "
+                             "(four slashes before an absolute path)")  # fmt: skip
         raise ValueError(f"{uri!r} is a folder (MLflow's file store), which MLflow 3 refuses unless "
                          "MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///mlflow.db for a registry on this machine")
     if scheme in ("http", "https"):

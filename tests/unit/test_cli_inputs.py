@@ -97,6 +97,8 @@ def _isolated(tmp_path, monkeypatch):
         (["performance", "--until", "0001-01-01", "--last-days", "1"], "--last-days 1 reaches before the year 1 from"),
         (["monitor", "--inference-log-url", "postgresql+asyncpg://u@h/d"], "driver 'postgresql+asyncpg' is asynchr"),
         (["performance", "--inference-log-url", "postgresql+pg8000://u@h/d"], "driver 'postgresql+pg8000' is not inst"),
+        # "is a folder (MLflow's file store)": a SQLite file named without sqlite:///.
+        (["status", "--tracking-uri", "/tmp/x/mlflow.db"], "is a path, not a URI: name the SQLite file as sqlite:////tmp"),
         # A traceback (exit 70), and "output folder does not exist: .../example.com".
         (["outcomes", "ingest", "."], "data path is a directory, not a file: ."),
         (["outcomes", "ingest", "https://example.com/a.csv"], "read from a local path or an s3:// URI"),
