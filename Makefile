@@ -55,8 +55,8 @@ test: lint ## lint, then the whole test suite (starts the services it needs)
 train: install ## train on DATA (default: synthetic; real: data/telco_churn.csv) against MLFLOW_TRACKING_URI (default: ./mlflow.db)
 	$(BIN)/mlflow run . -e train --env-manager local $(if $(DATA),-P data=$(DATA))
 
-api: install ## serve the Production model on http://127.0.0.1:8000 (docs at /docs)
-	$(BIN)/churn-platform serve
+api: install ## serve the Production model on http://127.0.0.1:8000 (docs at /docs); follows promotions every 30 s
+	CHURN_RELOAD_POLL_S=$${CHURN_RELOAD_POLL_S:-30} $(BIN)/churn-platform serve
 
 bench-serving: install ## our API vs `mlflow models serve`, side by side (needs wrk: installs it with apt when root)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
