@@ -140,7 +140,8 @@ def _pushed(job: str, model_name: str | None) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         _results.reset(token)
         if reason := _unpushed.get():
-            log.info("%s's metrics are not pushed (%s: not the scheduled run's view of Production)", job, reason)
+            if _gateway() is not None:  # with none set nothing is ever pushed: no news after an error line
+                log.info("%s's metrics are not pushed (%s: not the scheduled run's view of Production)", job, reason)
         else:
             push(job, model_name, code, time.time() - started, results, finished=time.time())
         _unpushed.reset(unpushed)
@@ -167,16 +168,22 @@ def _with_credentials(url: str) -> tuple[str, Callable[..., Callable[[], None]]]
     return bare, handler
 
 
+def _gateway() -> str | None:
+    """The Pushgateway's URL; None when none is set (or the settings are bad: the job's own error)."""
+    from churn_platform.settings import get_settings
+
+    try:
+        return get_settings().pushgateway_url or None
+    except Exception:  # noqa: BLE001 - bad settings are the job's own error to report, not this one's
+        return None
+
+
 def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
          results: list[tuple[str, float, dict[str, str]]], *, finished: float) -> bool:  # fmt: skip
     """Push one run's metrics; False (and a warning) when no gateway is set or it refused them."""
     from churn_platform.settings import get_settings, redacted
 
-    try:
-        settings = get_settings()
-    except Exception:  # noqa: BLE001 - bad settings are the job's own error to report, not this one's
-        return False
-    if not settings.pushgateway_url:
+    if (url := _gateway()) is None:
         return False
     from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
@@ -196,10 +203,10 @@ def push(job: str, model_name: str | None, exit_code: int, duration_s: float,
         (made[name].labels(**labels) if labels else made[name]).set(value)
     try:
         # pushadd (POST) replaces only these metrics: a failed run keeps the last success time.
-        gateway, handler = _with_credentials(settings.pushgateway_url)
+        gateway, handler = _with_credentials(url)
         pushadd_to_gateway(gateway, job=job, registry=registry, handler=handler,
-                           grouping_key={"model_name": model_name or settings.model_name}, timeout=5)  # fmt: skip
+                           grouping_key={"model_name": model_name or get_settings().model_name}, timeout=5)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - best effort: the job's own result stands
-        log.warning("could not push %s's metrics to %s: %s", job, redacted(settings.pushgateway_url), exc)
+        log.warning("could not push %s's metrics to %s: %s", job, redacted(url), exc)
         return False
     return True

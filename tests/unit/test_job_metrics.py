@@ -343,3 +343,15 @@ def test_production_as_the_mlflow_ui_spells_it_is_the_scheduled_runs_alias():
 
     assert job_metrics.adhoc("production", None) is None
     assert job_metrics.adhoc("Challenger", None) == "--alias Challenger"
+
+
+def test_without_a_gateway_an_investigation_says_nothing_of_pushing(caplog, tmp_path, monkeypatch):
+    """"metrics are not pushed (--version 3: ...)" followed every error line of a run by hand,
+    where nothing is ever pushed: no Pushgateway is set."""
+    monkeypatch.delenv("CHURN_PUSHGATEWAY_URL", raising=False)
+    get_settings.cache_clear()
+    caplog.set_level(logging.INFO, logger="churn_platform.job_metrics")
+    missing = str(tmp_path / "nope.csv")
+    run = CliRunner().invoke(main, ["score", "--version", "3", "--input", missing, "--output", str(tmp_path / "s.csv")])
+    assert run.exit_code == 2 and "input not found" in run.output, run.output
+    assert "not pushed" not in caplog.text + run.output
