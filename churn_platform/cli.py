@@ -789,6 +789,9 @@ def _echo_rollout(state: Any, comparison: Any) -> None:
     click.echo(_fmt_rollout(state))
     if comparison is not None and comparison.note and not comparison.arms:
         click.echo(f"  no comparison: {comparison.note}")
+    elif comparison is not None and not comparison.arms:  # a header over nothing read as a broken table
+        click.echo("  no comparison yet: no rows logged since the rollout started (the API logs each arm's rows "
+                   "once it serves the rollout)")  # fmt: skip
     elif comparison is not None:
         click.echo(f"  {'arm':<11}{'version':>8}{'requests':>10}{'rows':>9}{'mean score':>12}{'distance':>10}"
                    f"{'agreement':>11}{'p50 ms':>8}{'p99 ms':>8}{'labelled':>10}{'roc_auc':>9}"

@@ -58,7 +58,7 @@ def three_versions(embedded, trained):
     return NAME
 
 
-def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions):
+def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions, tmp_path):
     name = three_versions
     assert out(cli("rollout", "status", "--model-name", name, "--json"))["mode"] == "off"
     started = cli("rollout", "start", "--model-name", name, "--mode", "canary", "--percent", "20",
@@ -71,6 +71,14 @@ def test_a_canary_is_recorded_in_the_registry_and_the_audit_trail(three_versions
     assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "canary"
     text = cli("rollout", "status", "--model-name", name).output
     assert "canary: Challenger v3 20% of customers beside Production v1" in text
+    # Nothing logged since it started: said, not a table header over no rows.
+    import sqlalchemy as sa
+
+    from churn_platform.inference_log import upgrade
+
+    upgrade(sa.create_engine(f"sqlite:///{tmp_path}/log.db"))
+    text = cli("rollout", "status", "--model-name", name, "--inference-log-url", f"sqlite:///{tmp_path}/log.db").output
+    assert "no comparison yet: no rows logged since the rollout started" in text and "risk low/med/high" not in text
     # The log down (an incident): the state still shows, and the exit code says the log failed.
     dead = cli("rollout", "status", "--model-name", name, "--inference-log-url", "postgresql://u@127.0.0.1:1/x")
     assert dead.exit_code == 3 and "canary: Challenger v3 20% of customers beside Production v1" in dead.output
