@@ -241,8 +241,11 @@ def open_store(settings: Settings, create: bool = False) -> FeatureStore:
         if not create and not folder.is_dir():  # Feast would make it, and its registry
             raise SettingsError(f"feature view {FEATURE_VIEW!r} is not registered: no feature store at {folder} "
                                 "(CHURN_FEATURE_STORE_DIR): run `churn-platform features apply` first")  # fmt: skip
+        if not folder.parent.is_dir():  # made with its parents, a typo put a store anywhere, exit 0
+            raise SettingsError(f"CHURN_FEATURE_STORE_DIR: no folder {folder.parent} to make {folder.name} in (a "
+                                "typo?); create it first")  # fmt: skip
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=True)
         except OSError as exc:
             raise SettingsError(f"CHURN_FEATURE_STORE_DIR cannot be created: {exc}") from None
     try:

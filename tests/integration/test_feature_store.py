@@ -520,7 +520,11 @@ def test_bad_files_and_a_store_that_is_down_get_one_clear_line(tmp_path: Path, m
         # Before apply (a misspelt CHURN_FEATURE_STORE_DIR, say), nothing goes into a folder no one
         # reads, and no folder is made (the message says it is still missing).
         ((), ["features", "ingest", "no_time.csv", "--as-of", "now"], 2, "not registered: no feature store at"),
-        ((), ["features", "apply"], 0, "registered customer, customer_features"),
+        # A typo's folder, with its parents, took the store anywhere, exit 0.
+        (("CHURN_FEATURE_STORE_DIR", str(tmp_path / "nowhere" / "store")), ["features", "apply"], 2,
+         f"CHURN_FEATURE_STORE_DIR: no folder {tmp_path / 'nowhere'} to make store in (a typo?)"),
+        (("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store")), ["features", "apply"], 0,
+         "registered customer, customer_features"),
         ((), ["features", "materialize"], 2, "no customer snapshots ingested yet"),  # was exit 3, from Feast
         # Nothing loaded: the summary says why (it was Feast's error from materializing, exit 3).
         ((), ["features", "refresh", "all_bad.csv", "--as-of", "2026-01-01"], 1, "ingested 0 of 5 rows"),
