@@ -457,22 +457,21 @@ def delete(url: str, source: str, *, apply: bool, ingested: tuple[datetime | Non
 # ---------------------------------------------------------------- the join rule
 
 
-def _horizon_start(dialect: str, column: str) -> str:
+def _shifted(dialect: str, column: str, days: str) -> str:
+    """``column`` moved by ``days`` (a signed SQL expression: ``-:horizon_days``, ``30``)."""
     if dialect == "postgresql":
         # Hours, not days: a day of timestamptz arithmetic follows the session's zone, so a
         # horizon across a daylight-saving change was an hour longer or shorter than SQLite's.
-        return f"{column} - make_interval(hours => 24 * :horizon_days)"
+        return f"{column} + make_interval(hours => 24 * ({days}))"
     # To the millisecond, as the stored text compares ('...:00.500' < '...:00.500200'): datetime()
     # cut it to the second, and a prediction 90 days and 0.3 s old was judged here, not on PostgreSQL.
-    return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '-' || :horizon_days || ' days')"
+    # The same instant reads '...:00.000' <= '...:00.000000'; past the millisecond SQLite may
+    # differ from PostgreSQL by under 1 ms.
+    return f"strftime('%Y-%m-%d %H:%M:%f', {column}, ({days}) || ' days')"
 
 
-def _days_after(dialect: str, column: str, days: int) -> str:
-    if dialect == "postgresql":
-        return f"{column} + make_interval(hours => 24 * {days})"
-    # Compared with a stored time's text: the same instant reads '...:00.000' <= '...:00.000000'
-    # (strftime keeps milliseconds: past them, as in _horizon_start, SQLite may differ by <1 ms).
-    return f"strftime('%Y-%m-%d %H:%M:%f', {column}, '+{days} days')"
+def _horizon_start(dialect: str, column: str) -> str:
+    return _shifted(dialect, column, "-:horizon_days")
 
 
 def matched_sql(dialect: str, *, any_version: bool = False, maturity_days: int = 0) -> str:
@@ -500,7 +499,7 @@ def matched_sql(dialect: str, *, any_version: bool = False, maturity_days: int =
     customer's features as scored, whoever scored them; ``version`` is then not needed)."""
     version = "" if any_version else f"AND l.{MODEL_VERSION} = :version"
     mature = "" if not maturity_days else (  # an int (a setting), written into the SQL: 0 keeps the rule exact
-        f"AND (o.{CHURNED} OR {_days_after(dialect, f'l.{SCORED_AT}', int(maturity_days))} <= o.{OBSERVED_AT})"
+        f"AND (o.{CHURNED} OR {_shifted(dialect, f'l.{SCORED_AT}', str(int(maturity_days)))} <= o.{OBSERVED_AT})"
     )
     return f"""
         SELECT outcome_id, {CHURNED}, {OBSERVED_AT}, log_id, {PROBABILITY}, {SCORED_AT}, arm FROM (
