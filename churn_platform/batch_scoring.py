@@ -821,10 +821,10 @@ _OTHER_FORMATS = (".txt", ".tsv", ".tab", ".json", ".jsonl", ".ndjson", ".xlsx",
 
 
 def output_kind(output: str, output_format: str | None) -> str:
-    if Path(output).suffix.lower() in _COMPRESSED:
+    suffix = Path(output).suffix.lower()
+    if suffix in _COMPRESSED:
         raise DataValidationError(f"{output}: files are not written compressed here; name a .csv or .parquet file "
                                   "(Parquet compresses its columns itself)")  # fmt: skip
-    suffix = Path(output).suffix.lower()
     named = _SUFFIXES.get(suffix)
     if output_format and named and named != output_format:  # a CSV called .parquet fools every reader
         raise DataValidationError(f"--format {output_format} does not match --output {output}'s suffix")

@@ -1016,11 +1016,12 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     settings = get_settings()
     if "://" in source and not source.startswith("s3://"):  # read as a local path: "folder does not exist"
         raise DataSourceError(f"{source}: outcomes are read from a local path or an s3:// URI")
-    if not Path(source.split("://")[-1]).name:  # ".", "/": no file to name the rejects after
+    named = Path(source.split("://")[-1])
+    if not named.name:  # ".", "/": no file to name the rejects after
         raise DataSourceError(f"data path is a directory, not a file: {source}")
     # Where bad rows would go is settled, and refused if unwritable, before anything is stored.
     if rejects_path is None:
-        rejects_path = f"{Path(source.split('://')[-1]).with_suffix('')}.rejects.csv"
+        rejects_path = f"{named.with_suffix('')}.rejects.csv"
         if source.startswith("s3://"):
             rejects_path = Path(rejects_path).name  # the input's name, in this folder
     data.refuse_overwrite(source, rejects=rejects_path)
