@@ -671,8 +671,8 @@ def promote(
                                message=f"v{version} is already in Production")  # fmt: skip
     verdict = _gate(client, name, candidate, current, tolerance)
     if not verdict.passed and not force:
-        force = "" if "--force" in verdict.reason else "; use --force to promote anyway"  # said once, not twice
-        raise GateRefused(f"refused: v{version} {verdict.reason}{force}")
+        advice = "" if "--force" in verdict.reason else "; use --force to promote anyway"  # said once, not twice
+        raise GateRefused(f"refused: v{version} {verdict.reason}{advice}")
     key, at = _now_key(events)
     forced = " [forced past gate]" if not verdict.passed else ""
     event = Event(key, at, "promote", current, version, actor or default_actor(), (reason + forced).strip(), "cli")
