@@ -10,6 +10,7 @@ import tempfile
 import click
 
 from churn_platform.cli import handles_errors
+from churn_platform.errors import SettingsError
 from churn_platform.settings import MULTI_WORKER_POLL_S, checked_log_file, get_settings
 
 
@@ -17,8 +18,6 @@ def _check_port(host: str, port: int) -> None:
     """The address is free: uvicorn found out only after the app had loaded the model (seconds),
     then exited 3 ("unreachable"), which a supervisor retries for ever."""
     import socket
-
-    from churn_platform.errors import SettingsError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -53,8 +52,6 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     try:  # a SQLite log in a folder that does not exist: every row spooled for ever, the API "ready"
         checked_log_file(settings.inference_log_url)
     except ValueError as exc:
-        from churn_platform.errors import SettingsError
-
         raise SettingsError(f"CHURN_INFERENCE_LOG_URL: {exc}") from None
     tracing.check()
     check_spool_dir(Path(settings.inference_log_spool_dir), settings.inference_log_url)  # one line, not one per worker
@@ -84,8 +81,6 @@ def serve(host: str | None, port: int | None, workers: int, access_log: bool) ->
     own_folder = None
     if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # yours: its metric files emptied, as asked
         if not (os.path.isdir(given) and os.access(given, os.W_OK | os.X_OK)):  # was FileNotFoundError, exit 70
-            from churn_platform.errors import SettingsError
-
             raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR: {given} is not a folder this user may write in")
         for kind in ("counter", "gauge", "histogram", "summary"):
             for stale in Path(given).glob(f"{kind}_*.db"):
