@@ -131,6 +131,9 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 VERSION = click.IntRange(1, 2**31 - 1)
 #: A count of rows or events: beyond anything real, below what SQL or Python overflows on.
 COUNT = click.IntRange(1, 2**31 - 1)
+#: An option typed on the command line, at its default or not: "given", for the refusals of
+#: options that do not apply (click's default cannot say "not given").
+_TYPED = click.core.ParameterSource.COMMANDLINE
 
 
 class _UtcTime(click.DateTime):
@@ -361,14 +364,14 @@ def main(verbose: bool) -> None:
 def train(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Train a model and register it as a new version."""
     from churn_platform.training import train as run_training
-    from churn_platform.training_config import DATA_OPTIONS, data_with_features
+    from churn_platform.training_config import DATA_OPTIONS, SYNTHETIC, data_with_features, generated_only
 
-    if params["from_features"]:  # their defaults cannot say "not given" to the training config
-        source = click.get_current_context().get_parameter_source
-        typed = click.core.ParameterSource.COMMANDLINE
-        given = [name for name in DATA_OPTIONS if source(name) is typed]
-        if given:
+    source = click.get_current_context().get_parameter_source
+    if params["from_features"]:
+        if given := [name for name in DATA_OPTIONS if source(name) is _TYPED]:
             raise data_with_features(given)
+    elif params["data"] not in ("", SYNTHETIC) and source("n_rows") is _TYPED:
+        raise generated_only(["n_rows"], params["data"])
     settings = settings_for(tracking_uri, model_name)
     config = TrainConfig(model_name=settings.model_name, **params)
     result = run_training(config, settings)
@@ -1125,7 +1128,10 @@ def demo(data: str, n_rows: int, traffic: int, folder: str, keep_running: bool) 
     from pathlib import Path
 
     from churn_platform.demo import run_demo
+    from churn_platform.training_config import SYNTHETIC, generated_only
 
+    if data != SYNTHETIC and click.get_current_context().get_parameter_source("n_rows") is _TYPED:
+        raise generated_only(["n_rows"], data)
     run_demo(Path(folder), data, n_rows, traffic, keep_running)
 
 

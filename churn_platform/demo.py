@@ -126,7 +126,9 @@ class Demo:
 
     def train(self, *params: str) -> int:
         cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "train", "--env-manager", "local",
-               "-P", f"data={self.data}", "-P", f"n_rows={self.n_rows}"]  # fmt: skip
+               "-P", f"data={self.data}"]  # fmt: skip
+        if self.data == "synthetic":  # a file's rows are all trained on
+            cmd += ["-P", f"n_rows={self.n_rows}"]
         for p in params:
             cmd += ["-P", p]
         done = self.run(*cmd)

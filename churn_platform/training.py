@@ -55,7 +55,15 @@ from churn_platform.gate import GateVerdict, figures_tag
 from churn_platform.schema import FEATURE_NAMES, FEATURES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.scorer import FastScorer
 from churn_platform.settings import Settings, checked_model_name
-from churn_platform.training_config import DATA_OPTIONS, SYNTHETIC, TrainConfig, check_parameter, data_with_features
+from churn_platform.training_config import (
+    DATA_OPTIONS,
+    GENERATOR_OPTIONS,
+    SYNTHETIC,
+    TrainConfig,
+    check_parameter,
+    data_with_features,
+    generated_only,
+)
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -104,10 +112,13 @@ def _check_config(config: TrainConfig) -> None:
         raise DataValidationError("--from-features needs --labels: a file of customer_id, label_time and churn")
     if config.labels and not config.from_features:
         raise DataValidationError("--labels is read only with --from-features")
+    defaults = TrainConfig()
     if config.from_features:  # the CLI refuses them typed at their defaults too
-        defaults = TrainConfig()
         if given := [k for k in DATA_OPTIONS if getattr(config, k) not in ("", getattr(defaults, k))]:
             raise data_with_features(given)
+    elif config.data not in ("", SYNTHETIC):  # as the CLI does
+        if given := [k for k in GENERATOR_OPTIONS if getattr(config, k) != getattr(defaults, k)]:
+            raise generated_only(given, config.data)
 
 
 def _dataset_source(uri: str) -> str:

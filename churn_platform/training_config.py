@@ -36,6 +36,8 @@ class TrainConfig:
 
 #: The options that choose the training rows, which ``--from-features`` chooses instead.
 DATA_OPTIONS: tuple[str, ...] = ("data", "n_rows")
+#: The options of generated customers, which a file's rows make meaningless.
+GENERATOR_OPTIONS: tuple[str, ...] = ("n_rows", "drift")
 
 
 def option_flag(name: str) -> str:
@@ -48,6 +50,16 @@ def data_with_features(given: list[str]) -> DataValidationError:
     flags = " and ".join(option_flag(name) for name in given)
     return DataValidationError(f"{flags} cannot be given with --from-features: its training rows "
                                "are the labelled customers, their features from the store")  # fmt: skip
+
+
+def generated_only(given: list[str], data: str) -> DataValidationError:
+    """The refusal of generator options (``n_rows``, ``drift``) beside a file: they were
+    ignored in silence, and a run of 1000 rows asked for trained on the whole file."""
+    flags = " and ".join(option_flag(name) for name in given)
+    verb = "is" if len(given) == 1 else "are"
+    return DataValidationError(f"{flags} {verb} read only with --data {SYNTHETIC} (generated customers): "
+                               f"training on {data} uses every row it holds; cut the file to train on "
+                               "fewer")  # fmt: skip
 
 
 def check_parameter(key: str, value: Any) -> None:

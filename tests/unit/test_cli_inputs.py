@@ -76,6 +76,9 @@ def _isolated(tmp_path, monkeypatch):
          "--data cannot be given with --from-features: its training rows"),
         (["train", "--from-features", "--labels", "l.csv", "--n-rows", "5000", "--data", "c.csv"],
          "--data and --n-rows cannot be given with --from-features"),
+        # Ignored in silence: the run asked for 1000 rows trained on every row of the file.
+        (["train", "--data", "c.csv", "--n-rows", "1000"], "--n-rows is read only with --data synthetic (generated"),
+        (["demo", "--data", "c.csv", "--n-rows", "1500"], "training on c.csv uses every row it holds; cut the file"),
         (["train", "--c", "inf"], "c must be a finite number above 0, got inf"),
         (["train", "--model-name", "a:b"], "a model name cannot contain '/', ':'"),
         # Registered, then its versions could never be loaded: models:/a?b/3 names the logged model `a`.
@@ -790,6 +793,19 @@ def test_training_from_python_refuses_data_options_beside_the_feature_store(give
     config = TrainConfig(from_features=True, labels="l.csv", **given)
     with pytest.raises(DataValidationError, match=f"^{flags} cannot be given with --from-features"):
         train(config, Settings(tracking_uri=f"sqlite:///{tmp_path}/never.db"))
+    assert not (tmp_path / "never.db").exists()
+
+
+@pytest.mark.parametrize(("given", "flags"), [({"n_rows": 300}, "--n-rows is"), ({"drift": True}, "--drift is"),
+                                              ({"n_rows": 300, "drift": True}, "--n-rows and --drift are")])
+def test_training_from_python_refuses_generator_options_beside_a_file(given, flags, tmp_path):
+    """`TrainConfig(data="c.csv", n_rows=300)` trained on every row of the file, unsaid."""
+    from churn_platform.errors import DataValidationError
+    from churn_platform.settings import Settings
+    from churn_platform.training import TrainConfig, train
+
+    with pytest.raises(DataValidationError, match=f"^{flags} read only with --data synthetic"):
+        train(TrainConfig(data="c.csv", **given), Settings(tracking_uri=f"sqlite:///{tmp_path}/never.db"))
     assert not (tmp_path / "never.db").exists()
 
 

@@ -167,11 +167,18 @@ def test_each_entry_point_command_parses_as_mlflow_run_builds_it(entry_point, gi
             assert {k: ctx.params[k] for k in expected} == expected
 
 
-@pytest.mark.parametrize(("given", "refused"), [({}, []), ({"data": "c.csv"}, ["data"]),
-                                              ({"n_rows": "300"}, ["n_rows"])])  # fmt: skip
-def test_from_features_under_mlflow_run_refuses_only_data_that_was_given(given, refused):
+@pytest.mark.parametrize(("given", "typed"), [
+    ({"from_features": "true", "labels": "l.csv"}, []),
+    ({"from_features": "true", "labels": "l.csv", "data": "c.csv"}, ["data"]),
+    ({"from_features": "true", "labels": "l.csv", "n_rows": "300"}, ["n_rows"]),
+    ({"data": "c.csv"}, ["data"]),
+    ({"data": "c.csv", "n_rows": "300"}, ["data", "n_rows"]),
+    ({"n_rows": "300"}, ["data", "n_rows"]),  # synthetic: both read
+])  # fmt: skip
+def test_under_mlflow_run_only_data_options_that_were_given_are_refused(given, typed):
     """MLproject passes every parameter, defaults too: `-P from_features=true` alone must not
-    read as `--data synthetic --from-features`, which the command refuses."""
+    read as `--data synthetic --from-features`, nor `-P data=c.csv` as `--n-rows 5000` beside
+    a file, which the command refuses. ``typed``: the options the command then reads as given."""
     import shlex
 
     import click
@@ -179,14 +186,13 @@ def test_from_features_under_mlflow_run_refuses_only_data_that_was_given(given, 
 
     from churn_platform.cli import main
 
-    params = {"from_features": "true", "labels": "l.csv", **given}
-    command = _project_spec.load_project(str(REPO)).get_entry_point("train").compute_command(params, None)
+    command = _project_spec.load_project(str(REPO)).get_entry_point("train").compute_command(given, None)
     args = importlib.import_module("pipelines.train").command(shlex.split(command)[3:])
-    typed = click.core.ParameterSource.COMMANDLINE
+    source = click.core.ParameterSource.COMMANDLINE
     with click.Context(main) as parent, main.get_command(parent, "train").make_context(
         "train", args[1:], parent=parent
     ) as ctx:
-        assert [name for name in ("data", "n_rows") if ctx.get_parameter_source(name) is typed] == refused
+        assert [name for name in ("data", "n_rows") if ctx.get_parameter_source(name) is source] == typed
 
 
 @pytest.mark.parametrize(("entry_point", "param"), [("retrain", "of"), ("retrain", "at_least")])
