@@ -318,6 +318,15 @@ def _check_feature(
                 f"unknown category (allowed: {', '.join(map(str, feature.allowed))})",
             )
         return values
+    if pd.api.types.is_datetime64_any_dtype(raw) or pd.api.types.is_timedelta64_dtype(raw):
+        # A column typed as times (Parquet, a database export): to_numeric read nanoseconds,
+        # and every row was "above 2147483647".
+        if blank.any():
+            flag(blank, f"{int(blank.sum())} missing values, {_rows(blank, raw)}", "missing")
+        if (timed := ~blank).any():
+            flag(timed, f"{int(timed.sum())} values are times ({raw.dtype}), not numbers, {_rows(timed, raw)}",
+                 "a time, not a number")  # fmt: skip
+        return pd.Series(np.nan, index=raw.index, dtype="float64")
     if name == "total_charges" and tenure is not None:
         new_customer_blank = first_month(blank, tenure)
         raw = raw.mask(new_customer_blank, "0")

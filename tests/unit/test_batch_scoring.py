@@ -82,6 +82,18 @@ def test_corrupt_rows_go_to_the_rejects_file_and_the_rest_are_scored(registry_ur
     assert rejects.loc[2, "tenure"] == "twelve" and rejects.loc[1, "customer_id"] == frame.loc[5_000, "customer_id"]
 
 
+def test_a_column_of_times_is_rejected_as_times(registry_uri, customers, tmp_path):
+    """A warehouse export typed `tenure` as a timestamp (a start date): every row was rejected
+    as "tenure: above 2147483647", pandas' nanoseconds read as months."""
+    frame = customers.head(50).copy()
+    frame["tenure"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(frame["tenure"] * 30, unit="D")
+    source = tmp_path / "export.parquet"
+    frame.to_parquet(source, index=False)
+    result = run(registry_uri, "--input", str(source), "--output", str(tmp_path / "scores.parquet"))
+    assert result.exit_code == 2, result.output
+    assert "none of the 50 rows" in result.output and "reasons: tenure: a time, not a number |" in result.output
+
+
 def test_a_folder_or_glob_of_files_is_one_input_with_rows_numbered_in_order(registry_uri, customers, tmp_path):
     folder = tmp_path / ".cache" / "export"  # a dot-folder above the input is the user's business
     folder.mkdir(parents=True)
