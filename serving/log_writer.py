@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from churn_platform import logs
 from churn_platform.contract import INFERENCE_LOG_TABLE, REQUEST_ID, ROW_INDEX
 from churn_platform.inference_log import COLUMNS, is_missing_table, make_engine, sqlite_time, sqlstate, table, upgrade
-from churn_platform.schema import FEATURES, ID_COLUMN
+from churn_platform.schema import FEATURES, ID_COLUMN, ID_PLACEHOLDERS
 from serving.spool import FORMAT, Frame, Spool, move_unheld
 
 log = logging.getLogger(__name__)
@@ -197,13 +197,20 @@ def _trimmed(customers: list[Any]) -> list[Any]:
     """The customers with their ids trimmed, as outcomes and the feature store store theirs: a
     CRM that pads its ids still sees each prediction joined to its outcome. Done here, not in
     the API's request path; the check is a few loops in C (a tenth of a microsecond per row),
-    and only a request holding a padded id pays for a copy. An id of only spaces is no id."""
+    and only a request holding a padded id or a placeholder pays for a copy. An id of only
+    spaces is no id, and so is a placeholder (``nan``, ``NULL``: a pandas export's missing id),
+    which outcomes refuse: logged, it put many customers under one id that nothing joins."""
     present = list(filter(None, map(_ID, customers)))
-    if list(map(str.strip, present)) == present:
+    if list(map(str.strip, present)) == present and ID_PLACEHOLDERS.isdisjoint(map(str.lower, present)):
         return customers
-    return [msgspec.structs.replace(c, **{ID_COLUMN: given.strip() or None})
-            if (given := _ID(c)) is not None and given != given.strip() else c
+    return [msgspec.structs.replace(c, **{ID_COLUMN: logged})
+            if (given := _ID(c)) is not None and (logged := _logged_id(given)) != given else c
             for c in customers]  # fmt: skip
+
+
+def _logged_id(given: str) -> str | None:
+    trimmed = given.strip()
+    return None if not trimmed or trimmed.lower() in ID_PLACEHOLDERS else trimmed
 
 
 #: A decoded customer's values in ``COLUMNS`` order, which is its fields' order: copied in C,
