@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Header, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -75,12 +75,20 @@ async def require_admin(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Security(_API_KEY)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     """The admin key, from ``X-API-Key`` or ``Authorization: Bearer``, compared in constant time."""
     expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
     if not expected:
         raise AdminDisabled("admin endpoints are disabled: set CHURN_ADMIN_API_KEY")
     given = x_api_key or (bearer.credentials if bearer else None)
+    if not given and authorization and authorization.strip():
+        # `curl -u` sends Basic: a key was sent, under a scheme this API does not read. The
+        # scheme is named only when it is one (a bare key must not be echoed).
+        scheme, _, rest = authorization.strip().partition(" ")
+        holds = f"{scheme!r} credentials" if rest and scheme.isalpha() and len(scheme) <= 20 else "no 'Bearer' token"
+        raise MissingApiKey(f"the Authorization header holds {holds}: send the admin key as "
+                            "`Authorization: Bearer KEY` or in the X-API-Key header")  # fmt: skip
     if not given:
         raise MissingApiKey("missing API key: send it in the X-API-Key header")
     if not hmac.compare_digest(given.encode(), expected.encode()):
@@ -114,6 +122,13 @@ async def _known_query(request: Request) -> None:
             {"type": "extra_forbidden", "loc": ("query", name), "input": request.query_params[name],
              "msg": f"Unknown query parameter; this route takes {', '.join(sorted(known)) or 'none'}"}
             for name in dict.fromkeys(unknown)
+        ])  # fmt: skip
+    # `?explain=true&explain=false` was answered by the last: no explanation, without a word.
+    if repeated := [k for k in dict.fromkeys(request.query_params) if len(request.query_params.getlist(k)) > 1]:
+        raise RequestValidationError([
+            {"type": "value_error", "loc": ("query", name), "input": request.query_params.getlist(name),
+             "msg": f"given {len(request.query_params.getlist(name))} times; give it once"}
+            for name in repeated
         ])  # fmt: skip
 
 

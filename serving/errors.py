@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+
+from churn_platform.schema import ID_CONTROL_PROBLEM
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,12 @@ class AdminDisabled(ServingError):
     status_code = 403
 
 
+class CrossSiteRequest(ServingError):
+    """A request a browser made for a page of another site, which the route does not answer."""
+
+    status_code = 403
+
+
 class WrongApiKey(ServingError):
     status_code = 403
 
@@ -137,7 +146,7 @@ def invalid_json(cause: ValueError | RecursionError) -> RequestValidationError:
         return RequestValidationError([{"type": "json_invalid", "loc": ("body", cause.pos), "msg": "JSON decode error",
                                         "input": {}, "ctx": {"error": cause.msg}}])  # fmt: skip
     if isinstance(cause, UnicodeDecodeError):
-        why = f"not UTF-8 ({cause.reason} at byte {cause.start})"
+        why = f"not {cause.encoding.upper().replace('_', '-')} ({cause.reason} at byte {cause.start})"
     elif isinstance(cause, RecursionError):
         why = "nested too deeply"
     else:  # e.g. an integer of more digits than Python converts
@@ -168,6 +177,10 @@ def _named(error: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in error.items() if k in ("loc", "msg", "type")}
 
 
+#: ``GET /predict/{customer_id}``'s path with an id holding a newline.
+_ID_WITH_NEWLINE = re.compile(r"/predict/[^\n]*\n")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # FastAPI's own: 404, 405
     cause = exc.__cause__
@@ -176,6 +189,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         return problem(CLIENT_CLOSED, "client closed the request before its body arrived")
     if isinstance(cause, ValueError | RecursionError):  # FastAPI's "error parsing the body": a 400 naming nothing
         return await _invalid_request(request, invalid_json(cause))
+    if exc.status_code == 404 and request.method in ("GET", "HEAD") and _ID_WITH_NEWLINE.match(request.scope["path"]):
+        # Starlette's `:path` (`.*`) stops at a newline, so no route matched: the id's own 422,
+        # as for any other control character, not a bare "Not Found". (The scope's path:
+        # request.url drops a newline, as urlsplit does.)
+        return await _invalid_request(request, RequestValidationError([
+            {"type": "control_character", "loc": ("path", "customer_id"), "msg": ID_CONTROL_PROBLEM}]))  # fmt: skip
     response = problem(exc.status_code, str(exc.detail))
     response.headers.update(exc.headers or {})  # a 405's Allow: the methods the path takes
     return response

@@ -4,6 +4,7 @@ from the feature store's online store."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,7 +20,14 @@ from churn_platform.contract import FEATURES_AS_OF, MODEL_NAME, MODEL_VERSION
 from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
 from serving.deps import FeaturesDep, KnownQuery, PredictorDep, ServedModel
-from serving.errors import MAX_ERRORS_LISTED, BatchTooLarge, CountedValidationError, UnknownCustomer
+from serving.errors import (
+    MAX_ERRORS_LISTED,
+    BatchTooLarge,
+    CountedValidationError,
+    CrossSiteRequest,
+    UnknownCustomer,
+    invalid_json,
+)
 from serving.schemas import (
     ID_DESCRIPTION,
     BatchRequest,
@@ -78,6 +86,8 @@ async def _customers(request: Request, model: type[BaseModel], max_customers: in
         # A byte-order mark (PowerShell, Notepad) is no JSON, but /predict/by-id and /outcomes
         # (Python's parser) skip it: the same body was a 422 here only.
         body = body.removeprefix(b"\xef\xbb\xbf")
+        if body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4]:
+            body = _as_utf8(body)
         with tracing.span("decode", {"http.request.body.size": len(body)}):
             return customers_from_json(body, model, max_customers)
     except TooManyCustomers as exc:
@@ -87,6 +97,16 @@ async def _customers(request: Request, model: type[BaseModel], max_customers: in
     except ValidationError as exc:
         errors = exc.errors(include_url=False)[:MAX_ERRORS_LISTED]
         raise CountedValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors], exc.error_count()) from None
+
+
+def _as_utf8(body: bytes) -> bytes:
+    """A UTF-16 or UTF-32 body (PowerShell 5 writes UTF-16) in UTF-8: /outcomes and
+    /predict/by-id (Python's parser, which detects them as RFC 8259 says) took it, here it was
+    a 422 "expected value at line 1 column 1"."""
+    try:
+        return body.decode(json.detect_encoding(body)).encode()
+    except UnicodeError as exc:
+        raise invalid_json(exc) from None
 
 
 def _json(content: Any) -> Response:
@@ -220,9 +240,26 @@ _BY_PATH_404 = ("Unknown customer id, a feature without a value or with one the 
                 "than CHURN_FEATURES_MAX_AGE_DAYS, or no feature store set up here (the message says which)")
 
 
+async def _same_site(request: Request) -> None:
+    """A page of another site made any visitor's browser score and log customers: an
+    ``<img src=".../predict/ID">`` or a prefetch is a GET without a CORS preflight, and each
+    added a row that monitoring and the performance job read (a cross-site POST needs a
+    preflight, or is a 415). Browsers say where a request comes from (Fetch Metadata); a
+    script of an origin in ``CHURN_CORS_ORIGINS`` passes, as do curl and services, which
+    send no such header."""
+    if request.headers.get("sec-fetch-site") != "cross-site":
+        return
+    origin = request.headers.get("origin")
+    if request.headers.get("sec-fetch-mode") == "cors" and origin in request.app.state.settings.cors_origins:
+        return
+    raise CrossSiteRequest("a page of another site asked for a prediction (Sec-Fetch-Site: cross-site): refused, "
+                           "as it would be logged; allow a page's origin with CHURN_CORS_ORIGINS")  # fmt: skip
+
+
 # `:path`: an id the store holds may contain a slash (sent as is, or as %2F).
-@router.get("/predict/{customer_id:path}", response_model=Prediction,
-            responses={**ById, 404: {"model": Problem, "description": _BY_PATH_404}})  # fmt: skip
+@router.get("/predict/{customer_id:path}", response_model=Prediction, dependencies=[Depends(_same_site)],
+            responses={**ById, 403: {"model": Problem, "description": "A cross-site browser request"},
+                       404: {"model": Problem, "description": _BY_PATH_404}})  # fmt: skip
 async def predict_by_path(
     customer_id: Annotated[CustomerId, Path(description=ID_DESCRIPTION)],
     predictor: PredictorDep, model: ServedModel, features: FeaturesDep, top_k: Explanation,

@@ -354,6 +354,12 @@ def test_admin_reload_needs_the_key_and_swaps_versions(api):
         client.set_registered_model_alias("churn", "Production", "1")
     response = api.post("/admin/reload?wait=true", headers={"Authorization": f"Bearer {KEY}"})
     assert response.json()["version"] == 1
+    # `curl -u` sends the key as Basic credentials: "missing API key" read as if none was sent.
+    basic = api.post("/admin/reload", headers={"Authorization": "Basic YWRtaW46c2VjcmV0"})
+    assert basic.status_code == 401 and basic.json()["message"].startswith("the Authorization header holds 'Basic' "
+                                                                         "credentials: send the admin key as")
+    bare = api.post("/admin/reload", headers={"Authorization": KEY})  # no scheme: the key is not echoed
+    assert bare.status_code == 401 and "holds no 'Bearer' token" in bare.text and KEY not in bare.text
 
 
 def test_a_threshold_edited_in_the_ui_serves_from_the_next_reload(api, telco_csv):
@@ -528,6 +534,18 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         for path in ("/predict/CRM/5", "/predict/CRM%2F5"):
             assert client.get(path).json()["customer_id"] == "CRM/5"
         assert client.get("/predict/%20").status_code == 422
+        # Starlette's `:path` stopped at a newline: a bare 404 "Not Found", not the id's own 422.
+        newline = client.get("/predict/a%0Ab")
+        assert newline.status_code == 422 and "customer_id: contains a control character" in newline.text
+        # A page of another site made its visitors' browsers score and log customers (an <img>).
+        scored = _counter(client, "churn_rows_scored_total")
+        for fetch in ({"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+                      {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Origin": "https://evil.example"}):
+            refused = client.get(f"/predict/{ids[3]}", headers=fetch)
+            assert refused.status_code == 403 and "CHURN_CORS_ORIGINS" in refused.json()["message"], refused.text
+        assert _counter(client, "churn_rows_scored_total") == scored  # nothing scored, nothing logged
+        for site in ("same-origin", "same-site", "none"):  # the API's own docs page, a typed URL
+            assert client.get(f"/predict/{ids[3]}", headers={"Sec-Fetch-Site": site}).status_code == 200
         # The route's template as the dashboards and alerts know it, without the `:path` converter.
         assert 'endpoint="/predict/{customer_id}",method="GET",status="200"' in client.get("/metrics").text
         missing = client.get("/predict/nobody")
@@ -626,6 +644,10 @@ def wait_store_ready(client: TestClient) -> None:
         time.sleep(0.2)
 
 
+def _counter(client: TestClient, name: str) -> float:
+    return float(re.search(rf"^{name} ([\d.e+]+)$", client.get("/metrics").text, re.M).group(1))
+
+
 def test_a_misspelt_query_parameter_is_a_422_naming_it_not_ignored(api):
     """?explian=true answered 200 without explanations; ?stict=false wrote nothing of a batch
     the sender meant to be written in part."""
@@ -639,6 +661,23 @@ def test_a_misspelt_query_parameter_is_a_422_naming_it_not_ignored(api):
                     headers={"X-API-Key": KEY})  # fmt: skip
     assert typo.status_code == 422 and "query.stict: Unknown query parameter; this route takes strict" in typo.text
     assert api.post("/outcomes?stict=false", json={}).status_code == 401  # the key first, as before
+    # The last one won: no explanation, and a strict upload for `?strict=false&strict=true`.
+    twice = api.post("/predict/single?explain=true&explain=false", json=one)
+    assert twice.status_code == 422 and twice.json()["message"] == "query.explain: given 2 times; give it once"
+
+
+def test_a_utf16_body_is_scored_as_the_other_routes_read_it(api):
+    """PowerShell 5 writes UTF-16: /outcomes and /predict/by-id took such a body, /predict
+    answered 422 "expected value at line 1 column 1"."""
+    one, declared = customers_stub(), {"content-type": "application/json"}
+    expected = api.post("/predict/single", json=one).json()["churn_probability"]
+    for encoding in ("utf-16", "utf-16-le", "utf-32"):
+        for path, body in (("/predict/single", one), ("/predict", {"customers": [one]})):
+            sent = api.post(path, content=json.dumps(body).encode(encoding), headers=declared)
+            assert sent.status_code == 200, (encoding, sent.text)
+            assert sent.json().get("predictions", [sent.json()])[0]["churn_probability"] == expected
+    broken = api.post("/predict/single", content=b"\xff\xfe\x00\xd8{\x00", headers=declared)
+    assert broken.status_code == 422 and "not UTF-16-LE (illegal UTF-16 surrogate at byte 2)" in broken.text
 
 
 def test_outcomes_without_the_admin_key_are_refused_before_their_body_is_read(api):
