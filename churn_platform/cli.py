@@ -602,9 +602,14 @@ def _snapshot_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _materialized(end: datetime) -> str:
+    """What was published; an end ahead of now is the margin for a sender's fast clock, said
+    so: "up to" a time minutes away read like a bug."""
+    from churn_platform.contract import CLOCK_AHEAD
     from churn_platform.feature_store import FEATURE_VIEW
 
-    return f"materialized {FEATURE_VIEW!r} up to {end:%Y-%m-%d %H:%M:%S} UTC"
+    ahead = end > datetime.now(UTC)
+    margin = f" (now, and {CLOCK_AHEAD.seconds // 60} min ahead for clocks that run fast)" if ahead else ""
+    return f"materialized {FEATURE_VIEW!r} up to {end:%Y-%m-%d %H:%M:%S} UTC{margin}"
 
 
 def _ingested(summary: Any, as_json: bool, materialized_to: datetime | None = None) -> None:

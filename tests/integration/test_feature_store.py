@@ -109,6 +109,7 @@ def test_snapshots_in_training_is_point_in_time_and_online_is_the_latest(layout:
     assert feature_store.online(store, ids[:2]) == [None, None]  # nothing materialized yet
     materialized = _cli("features", "materialize")
     assert "materialized 'customer_features'" in materialized
+    assert "(now, and 5 min ahead for clocks that run fast)" in materialized  # "up to" minutes away read as a bug
     assert "\x1b[" not in materialized  # Feast's terminal colours, in a CronJob's log
     store = feature_store.open_store(settings)
     got = feature_store.online(store, [*ids, "no-such-customer"])
