@@ -126,6 +126,12 @@ class _Trees:
         return np.cumsum(leaves, axis=1)[:, -1]  # cumsum adds left to right, as sklearn does
 
 
+#: A categorical column as the column paths take it: the code of each distinct value (-1:
+#: unknown), and each row's index into them. Arrow's dictionaries and pandas' factorize give
+#: both, so the per-row codes are never built where a gather of coefficients does without them.
+Codes = tuple[np.ndarray, np.ndarray]
+
+
 class FastScorer:
     """Churn probabilities from records (dicts of feature values, or objects holding them as
     attributes, such as the API's decoded structs), in float64."""
@@ -221,12 +227,12 @@ class FastScorer:
     def numeric_features(self) -> tuple[str, ...]:
         return tuple(self._numeric)
 
-    def codes(self, values: Any, column: str) -> np.ndarray:
-        """A categorical column's codes (-1: unknown), looking each distinct value up once."""
+    def codes(self, values: Any, column: str) -> Codes:
+        """A categorical column's ``Codes``, looking each distinct value up once."""
         lookup = self.categories[column]
         inverse, uniques = pd.factorize(values)
         mapped = np.fromiter((lookup.get(str(u), -1) for u in uniques), dtype=np.intp, count=len(uniques))
-        return np.where(inverse >= 0, mapped[inverse] if len(mapped) else -1, -1)
+        return np.append(mapped, -1), inverse  # a missing value's -1 picks the -1 appended: unknown
 
     def frame_matrix(self, frame: pd.DataFrame) -> np.ndarray:
         """``matrix`` from a validated DataFrame, column by column: batch scoring's path, with no
@@ -234,29 +240,31 @@ class FastScorer:
         numbers = frame[self._numeric].to_numpy(dtype=float, copy=True).reshape(len(frame), len(self._numeric))
         return self.columns_matrix(numbers, [self.codes(frame[c], c) for c in self._categorical])
 
-    def columns_matrix(self, numbers: np.ndarray, codes: Sequence[np.ndarray]) -> np.ndarray:
+    def columns_matrix(self, numbers: np.ndarray, codes: Sequence[Codes]) -> np.ndarray:
         """``matrix`` from the numeric features (rows x numeric_features, modified in place) and
-        each categorical feature's codes, in ``categories`` order."""
+        each categorical feature's ``Codes``, in ``categories`` order."""
         n = len(numbers)
         x = np.zeros((n, self._width))
         x[:, : len(self._numeric)] = self._transformed(numbers)
         rows = np.arange(n)
-        for column_codes, offset in zip(codes, self._offsets, strict=True):
+        for (distinct, indices), offset in zip(codes, self._offsets, strict=True):
+            column_codes = distinct.take(indices)
             known = column_codes >= 0  # unknown categories are ignored, as the encoder does
             x[rows[known], offset + column_codes[known]] = 1.0
         return x
 
-    def columns_probabilities(self, numbers: np.ndarray, codes: Sequence[np.ndarray]) -> np.ndarray:
+    def columns_probabilities(self, numbers: np.ndarray, codes: Sequence[Codes]) -> np.ndarray:
         """``probabilities`` from the same inputs as ``columns_matrix``. The logistic model
-        skips the one-hot matrix: each category adds its coefficient, gathered by code."""
+        skips the one-hot matrix: each category adds its coefficient, looked up once per
+        distinct value, then gathered per row (one gather per column, not two)."""
         if self.linear is None:
             return self.probabilities(self.columns_matrix(numbers, codes))
         coef, intercept = self.linear
         k = len(self._numeric)
         z = self._transformed(numbers) @ coef[:k] + intercept
-        for column_codes, offset, lookup in zip(codes, self._offsets, self._lookup, strict=True):
+        for (distinct, indices), offset, lookup in zip(codes, self._offsets, self._lookup, strict=True):
             block = np.append(coef[offset : offset + len(lookup)], 0.0)  # code -1 (unknown) adds nothing
-            z += block[column_codes]
+            z += block[distinct].take(indices)  # take: a third of fancy indexing's time on int32 indices
         return expit(z)
 
     def _transformed(self, numbers: np.ndarray) -> np.ndarray:
