@@ -16,8 +16,8 @@ clock starts), and after each the table must hold exactly its rows:
 - ``json_populate_recordset``: one JSON document per batch, expanded by the server;
 - ``execute_values`` (psycopg2's multi-row VALUES).
 
-Prints rows/s of each, the client's CPU seconds (the writer's own cost), the server's (all
-PostgreSQL processes, from /proc: Linux) and the ratio to the fastest. Both CPUs count: on
+Prints rows/s of each, the client's CPU seconds (the writer's own cost), the server's (the
+database's backends and PostgreSQL's WAL and checkpoint writers, from /proc: Linux) and the ratio to the fastest. Both CPUs count: on
 one machine the writer, PostgreSQL and the API share the cores.
 
 Then the table's indexes, side by side with the writer's method: the BRIN indexes on time
@@ -44,7 +44,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.soak import cpu_seconds  # noqa: E402
+from benchmarks.registry import terminate_raises  # noqa: E402
+from benchmarks.serving import postgres_processes, process_cpu  # noqa: E402
 
 
 def main() -> None:  # noqa: C901 - one script, read top to bottom
@@ -68,8 +69,6 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
     admin.autocommit = True
     name = f"bench_log_load_{os.getpid()}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
     customers = data.to_records(data.generate(5000, seed=1).drop(columns=["churn"]))
     at = datetime.now(UTC)
@@ -125,7 +124,10 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
 
     results = {}
     stored: dict[str, int] = {}
+    terminate_raises()  # SIGTERM too drops the database below
     try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
         engine = sa.create_engine(url)
         table(sa.MetaData()).metadata.create_all(engine)
         engine.dispose()
@@ -140,19 +142,19 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
             # Every method loads into an empty table, from the same state: no rows of the methods
             # before it (their heap and index pages would make each later load dearer), no
             # autovacuum starting in one method's run and not another's, no dirty pages left to
-            # write by the checkpointer (PostgreSQL's CPU below counts every postgres process).
+            # write by the checkpointer (PostgreSQL's CPU below counts its writer processes).
             binary_connection.execute(f"TRUNCATE {INFERENCE_LOG_TABLE}")
             binary_connection.commit()
             binary_connection.execute("CHECKPOINT")
             binary_connection.commit()
             binary = method.startswith("binary")
             conn = binary_connection if binary else connection
-            cpu0, server0, wall0 = _cpu(), _server_cpu(), time.perf_counter()
+            cpu0, server0, wall0 = _cpu(), _server_cpu(name), time.perf_counter()
             for start in range(0, len(batch_rows), args.batch):  # psycopg 3's `with conn` would close it
                 with binary_connection.transaction() if binary else conn, conn.cursor() as cur:
                     load(cur, batch_rows[start : start + args.batch])
             wall = time.perf_counter() - wall0
-            results[method] = (args.rows / wall, _cpu() - cpu0, _server_cpu() - server0)
+            results[method] = (args.rows / wall, _cpu() - cpu0, _server_cpu(name) - server0)
             # Outside the timing: this method's rows, and only they, are in the table.
             stored[method] = binary_connection.execute(f"SELECT count(*) FROM {INFERENCE_LOG_TABLE}").fetchone()[0]
             binary_connection.commit()  # no open transaction holds a lock the next TRUNCATE waits for
@@ -180,7 +182,7 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
                 batch_rows = rows()
                 binary_connection.execute("CHECKPOINT")
                 binary_connection.commit()  # each batch below is then a transaction of its own
-                server0 = _server_cpu()
+                server0 = _server_cpu(name)
                 for start in range(0, len(batch_rows), args.batch):
                     with binary_connection.transaction(), binary_connection.cursor() as cur:
                         copy_binary(cur, batch_rows[start : start + args.batch])
@@ -188,7 +190,7 @@ def main() -> None:  # noqa: C901 - one script, read top to bottom
                     for index in BRIN_INDEXES:
                         binary_connection.execute("SELECT brin_summarize_new_values(%s::regclass)", (index,))
                     binary_connection.commit()
-                layouts[layout].append((_server_cpu() - server0) / args.rows * 1e6)
+                layouts[layout].append((_server_cpu(name) - server0) / args.rows * 1e6)
                 binary_connection.autocommit = True  # VACUUM cannot run in a transaction
                 binary_connection.execute(f"VACUUM ANALYZE {INFERENCE_LOG_TABLE}")
                 binary_connection.autocommit = False
@@ -244,16 +246,9 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _server_cpu() -> float:
-    """CPU seconds of every PostgreSQL process on this machine (the benchmark's database is local)."""
-    total = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "postgres":
-                total += cpu_seconds(int(pid))
-        except OSError:  # gone meanwhile
-            continue
-    return total
+def _server_cpu(database: str) -> float:
+    """CPU seconds of the PostgreSQL processes the load on ``database`` costs (this machine's)."""
+    return sum(process_cpu(pid) for pid in postgres_processes(database))
 
 
 if __name__ == "__main__":

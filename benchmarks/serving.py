@@ -9,7 +9,7 @@ then 1000-customer batches, in interleaved rounds where ours and the peer take t
 first (our inference log catches up after each of our runs, before anything else runs).
 Prints requests/s, p50/p99 latency and rows/s of each side's median run, the median of the
 rounds' ratios, and where the cores went during the batch runs: the CPU each process (API,
-log writer, PostgreSQL's backends, wrk) spent per 1000 rows, from /proc.
+log writer, PostgreSQL's backends and WAL/checkpoint writers, wrk) spent per 1000 rows, from /proc.
 Then the cost of a rollout: a second version is trained as the Challenger and our API is
 driven with single customers with the rollout off, as a 20 % canary and in shadow (targets:
 a canary costs at most 5 % of requests/s; shadow p99 at most 1.5x the p99 with rollout off).
@@ -70,6 +70,13 @@ def scrub_environment() -> None:
     (tracing costs about half), and a CHURN_MODEL_NAME trained and rolled out another model."""
     for key in [k for k in os.environ if k.startswith(("CHURN_", "OTEL_"))]:
         del os.environ[key]
+
+
+def peer_environment(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for `mlflow models serve`, without the access log its uvicorn writes by default
+    (a line per request, where ours writes none: work only one side did), read by uvicorn's
+    command line from ``UVICORN_ACCESS_LOG``."""
+    return {**env, "UVICORN_ACCESS_LOG": "false"}
 
 
 def wrk(url: str, body: Path | None, connections: int, seconds: int, folder: Path) -> dict[str, float]:
@@ -165,7 +172,7 @@ def logged_rows(url: str) -> int:
         engine.dispose()
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu(pid: int) -> float:
     """User + system CPU seconds of one process so far (0 once it is gone)."""
     try:
         return cpu_seconds(pid)
@@ -186,9 +193,22 @@ def _processes() -> dict[int, tuple[int, str]]:
     return found
 
 
+#: PostgreSQL's own processes, which a load's writes keep busy whatever the database (the WAL
+#: its COPY writes, the checkpoints that flush its pages).
+_CLUSTER = ("postgres: walwriter", "postgres: checkpointer", "postgres: background writer")
+
+
+def postgres_processes(database: str, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
+    """The local PostgreSQL processes a load on ``database`` costs: its backends and the
+    cluster's writers, not the backends of the other databases (a test suite's, say)."""
+    table = _processes() if table is None else table
+    return [pid for pid, (_, cmd) in table.items()
+            if cmd.startswith(_CLUSTER) or (cmd.startswith("postgres:") and f" {database} " in cmd)]  # fmt: skip
+
+
 def process_groups(api_pid: int, log_database_name: str | None) -> dict[str, list[int]]:
     """The processes serving one API: the server and its workers, the inference-log writer
-    (a child started by the server), and the PostgreSQL backends of the log's database (on
+    (a child started by the server), and the PostgreSQL processes of the log's database (on
     this machine only)."""
     table = _processes()
     tree, frontier = {api_pid}, [api_pid]
@@ -198,8 +218,7 @@ def process_groups(api_pid: int, log_database_name: str | None) -> dict[str, lis
         tree.update(children)
         frontier.extend(children)
     writer = {pid for pid in tree if "serving.log_writer" in table.get(pid, (0, ""))[1]}
-    backends = [pid for pid, (_, cmd) in table.items()
-                if log_database_name and cmd.startswith("postgres:") and f" {log_database_name} " in cmd]  # fmt: skip
+    backends = postgres_processes(log_database_name, table) if log_database_name else []
     return {"API": sorted(tree - writer), "inference-log writer": sorted(writer), "PostgreSQL (the log)": backends}
 
 
@@ -212,13 +231,13 @@ def cpu_during(
     """``run(*args)``'s result with the CPU seconds each group of processes (and the load generator,
     a child of ours) used as ``cpu:<group>`` keys: during the run, and after it until ``until()``
     returns (our log catching up, so that the rows it loads after the load are paid for too)."""
-    before = {name: {pid: _cpu_seconds(pid) for pid in pids} for name, pids in groups().items()}
+    before = {name: {pid: process_cpu(pid) for pid in pids} for name, pids in groups().items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = run(*args)
     if until is not None:
         until()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    used = {f"cpu:{name}": sum(max(0.0, _cpu_seconds(pid) - before.get(name, {}).get(pid, 0.0)) for pid in pids)
+    used = {f"cpu:{name}": sum(max(0.0, process_cpu(pid) - before.get(name, {}).get(pid, 0.0)) for pid in pids)
             for name, pids in groups().items()}  # fmt: skip
     used["cpu:wrk"] = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     return {**result, **used}
@@ -312,7 +331,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each wrk run.")
     parser.add_argument("--data", default=str(REPO / "data" / "telco_churn.csv"))
     parser.add_argument("--model-type", default="logistic")
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved runs per load (ours, peer) and per rollout mode.")
+    parser.add_argument("--rounds", type=int, default=4, help="Interleaved runs per load (ours, peer) and per "
+                        "rollout mode: even, so each side goes first as often.")  # fmt: skip
     parser.add_argument("--log-url", default=None, help="Inference-log database (default: local PostgreSQL).")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -421,13 +441,14 @@ def run(args: argparse.Namespace, folder: Path) -> None:  # noqa: C901 - one ben
         )
         ours_port, peer_port = free_port(), free_port()
         log_rates: dict[str, tuple[float, float]] = {}
-        ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port)], folder, env=env)
+        ours = start("ours", [str(bin_dir / "churn-platform"), "serve", "--port", str(ours_port), "--workers", "1"],
+                     folder, env=env)  # fmt: skip
         cleanups.callback(ours.stop)
         peer = start(
             "peer",
             [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/churn@Production", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(peer_port)],
-            folder, env=env,
+             "-h", "127.0.0.1", "-p", str(peer_port), "-w", "1"],
+            folder, env=peer_environment(env),
         )  # fmt: skip
         cleanups.callback(peer.stop)
         wait_http(ours, f"http://127.0.0.1:{ours_port}/health", 120)
@@ -443,6 +464,8 @@ def run(args: argparse.Namespace, folder: Path) -> None:  # noqa: C901 - one ben
         a = httpx.post(f"{ours_url}/predict", json=bodies["ours_batch"], timeout=60).json()["predictions"]
         b = httpx.post(peer_url, json=bodies["peer_batch"], timeout=60).json()["predictions"]
         diff = max(abs(p["churn_probability"] - q[1]) for p, q in zip(a, b, strict=True))
+        if diff > 1e-9:  # measuring two servers that answer differently compares nothing
+            sys.exit(f"ours and the peer answer differently: max |ours - peer| = {diff:.2e}")
         # Each load runs ``--rounds`` times per side, the sides taking turns to go first, so a change
         # in the machine's speed (up to 2x within minutes here) hits both alike; the median run of
         # each is reported. Our log catches up after each of our runs, inside its CPU window: its
