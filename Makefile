@@ -59,7 +59,7 @@ api: install ## serve the Production model on http://127.0.0.1:8000 (docs at /do
 	CHURN_RELOAD_POLL_S=$${CHURN_RELOAD_POLL_S:-30} $(BIN)/churn-platform serve
 
 bench-serving: install ## our API vs `mlflow models serve`, side by side (needs wrk: installs it with apt when root)
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; }; }; } || { echo "install wrk first (apt-get install wrk)"; exit 1; }
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/observability.py
 	$(BIN)/python benchmarks/capacity.py

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, resource, shutil, sys, tempfile, time
+import atexit, json, resource, shutil, sys, tempfile, time
 sys.path.insert(0, {repo!r})
 import numpy as np
 from churn_platform import data
@@ -36,6 +36,7 @@ rng = np.random.default_rng(0)
 reference["churn_probability"] = rng.random(len(reference))
 current["churn_probability"] = rng.random(len(current))
 out = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, out, ignore_errors=True)  # a failed run leaves no report behind either
 settings = Settings()
 # Each side's modules loaded before the clock starts, as the footnote says (evidently's import is seconds).
 if which == "ours":
@@ -74,7 +75,6 @@ else:
     snapshot.save_html(out + "/r.html")
     drifted = -1
 elapsed = time.perf_counter() - started
-shutil.rmtree(out, ignore_errors=True)
 print(json.dumps({{"seconds": elapsed, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "drifted": int(drifted), "rows": compared}}))
 """
@@ -92,6 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000, 500000])
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from benchmarks.registry import terminate_raises
+    from benchmarks.serving import scrub_environment
+
+    scrub_environment()  # the caller's CHURN_MONITOR_* would change our side's thresholds alone
+    terminate_raises()  # subprocess.run stops the child on the way out
+    failed = False
     print(
         f"{'current rows':>12} | {'ours rows':>9} {'ours s':>8} {'ours RSS MiB':>13} | "
         f"{'preset rows':>11} {'preset s':>9} {'preset RSS MiB':>15} | {'time ratio':>10}"
@@ -104,10 +111,13 @@ def main() -> None:
         for side, result in (("ours", ours), ("preset", peer)):
             if "error" in result:
                 print(f"  {side} failed: {result['error']}")
+                failed = True
     print(
         "(time excludes interpreter start and imports; both include the sample past the row limit and writing "
         "the HTML report; 'rows': current rows each side compared)"
     )
+    if failed:
+        sys.exit("a run failed: no figure stands for it")
 
 
 if __name__ == "__main__":

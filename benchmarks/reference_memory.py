@@ -63,7 +63,10 @@ def _measure(way: str, folder: Path) -> None:
 
 
 def main(rows: int) -> None:
+    from benchmarks.registry import terminate_raises
     from churn_platform import data, explanation, model
+
+    terminate_raises()  # SIGTERM too removes the temp folder (and subprocess.run stops its child)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
