@@ -249,8 +249,8 @@ async def _same_site(request: Request) -> None:
     send no such header."""
     if request.headers.get("sec-fetch-site") != "cross-site":
         return
-    origin = request.headers.get("origin")
-    if request.headers.get("sec-fetch-mode") == "cors" and origin in request.app.state.settings.cors_origins:
+    allowed = request.app.state.settings.cors_origins
+    if request.headers.get("sec-fetch-mode") == "cors" and ("*" in allowed or request.headers.get("origin") in allowed):
         return
     raise CrossSiteRequest("a page of another site asked for a prediction (Sec-Fetch-Site: cross-site): refused, "
                            "as it would be logged; allow a page's origin with CHURN_CORS_ORIGINS")  # fmt: skip

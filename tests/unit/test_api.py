@@ -446,6 +446,10 @@ def test_a_page_of_an_allowed_origin_may_send_the_key_and_read_the_request_id(re
                              headers={"Origin": "https://app.example", "X-Request-ID": "ticket-42"})  # fmt: skip
         assert answer.status_code == 200 and answer.headers["x-request-id"] == "ticket-42"
         assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+        # By id from the allowed page's script: past the cross-site check (404: no store here).
+        fetch = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}
+        assert client.get("/predict/7590-VHVEG", headers={**fetch, "Origin": "https://app.example"}).status_code == 404
+        assert client.get("/predict/7590-VHVEG", headers={**fetch, "Origin": "https://evil.example"}).status_code == 403
         other = client.options("/predict/single", headers={"Origin": "https://evil.example",
                                                            "Access-Control-Request-Method": "POST"})  # fmt: skip
         assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
