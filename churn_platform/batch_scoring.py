@@ -612,15 +612,25 @@ def _with_features(table: pa.Table, features: pa.Table | pd.DataFrame, schema: p
     return table
 
 
-def check_scored(source: str, rows: int, scored: int, reasons: list[str]) -> None:
+def check_scored(
+    source: str, rows: int, scored: int, reasons: list[str], max_reject_share: float | None = None
+) -> None:
     """Refuse to replace last week's scores with none: a header-only export, or one whose every
-    row fails the checks (an upstream format change, say) is an error, not an empty list."""
+    row fails the checks (an upstream format change, say) is an error, not an empty list. With
+    ``max_reject_share``, so is one that loses more than that share of its customers: a
+    partial export replaced the whole list, at exit 1 like a few stray rows."""
     if not rows:
         raise DataSourceError(f"no rows in {source}; the previous output is left as it was")
     if not scored:
         raise DataValidationError(
             f"none of the {rows:,} rows in {source} could be scored; the previous output is left as it was. "
             f"The first reasons: {' | '.join(reasons)}"
+        )
+    if max_reject_share is not None and (rows - scored) / rows > max_reject_share:
+        raise DataValidationError(
+            f"{rows - scored:,} of the {rows:,} rows in {source} were rejected ({(rows - scored) / rows:.1%}), over "
+            f"--max-reject-share {max_reject_share:g}; the previous output is left as it was. The first reasons: "
+            f"{' | '.join(reasons)}"
         )
 
 
@@ -926,6 +936,7 @@ def score(
     with_features: bool = False,
     chunk_rows: int = CHUNK_ROWS,
     progress: bool = True,
+    max_reject_share: float | None = None,
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` (and bad rows into ``rejects``)."""
     started = time.perf_counter()
@@ -964,7 +975,7 @@ def score(
             bar.update(table.num_rows)
         if pending is not None:
             pending.result()
-        check_scored(source, rows, scored, reasons)
+        check_scored(source, rows, scored, reasons, max_reject_share)
         out.commit()
         rejects_after_scores(bad_out.commit, output, rejects)
     except BaseException:

@@ -932,6 +932,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
               help="Also write each customer's features, so `churn-platform monitor --current` can read the file.")
 @click.option("--chunk-rows", type=COUNT, default=100_000, show_default=True,
               help="Rows scored at a time (memory grows with it, not with the input).")
+@click.option("--max-reject-share", type=Share(max_open=True), default=None,
+              help="Keep the previous output (exit 2) when more than this share of the rows is rejected.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @tracking_option
 @model_name_option
@@ -940,15 +942,16 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @handles_errors
 def score(source: str, output: str, alias: str | None, version: int | None, output_format: str | None, engine: str,
           spark_master: str | None, spark_conf: tuple[str, ...], rejects: str | None, explain: bool, top_k: int | None,
-          with_features: bool, chunk_rows: int, no_progress: bool, tracking_uri: str | None, model_name: str | None,
-          as_json: bool) -> None:  # fmt: skip
+          with_features: bool, chunk_rows: int, max_reject_share: float | None, no_progress: bool,
+          tracking_uri: str | None, model_name: str | None, as_json: bool) -> None:  # fmt: skip
     """Score every customer in --input with a registered version into --output.
 
     Output columns: customer_id, churn_probability, will_churn, risk, model_name,
     model_version, scored_at (and explanation_* with --explain). The output appears only
     when complete. Rows that fail the schema go to the rejects file with their row number
     and reasons. Exit 0 when every row was scored, 1 when some were rejected, 2 on bad
-    usage or an unreadable input, 3 when the registry or object store is unreachable.
+    usage or an unreadable input (or none scored, or more rejected than --max-reject-share),
+    3 when the registry or object store is unreachable.
     """
     from churn_platform import batch_scoring
     from churn_platform.contract import ExitCode
@@ -971,7 +974,8 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
     settings = settings_for(tracking_uri, model_name)
     options: dict[str, Any] = {"alias": alias, "version": version, "output_format": output_format, "rejects": rejects,
                                "explain_top_k": (top_k or 5) if explain else None, "with_features": with_features,
-                               "chunk_rows": chunk_rows, "progress": not no_progress and not as_json}  # fmt: skip
+                               "chunk_rows": chunk_rows, "progress": not no_progress and not as_json,
+                               "max_reject_share": max_reject_share}  # fmt: skip
     if engine == "spark":
         from churn_platform import spark_scoring
 

@@ -501,6 +501,7 @@ def score(
     with_features: bool = False,
     chunk_rows: int = batch_scoring.CHUNK_ROWS,
     progress: bool = True,
+    max_reject_share: float | None = None,
     master: str | None = None,
     conf: dict[str, str] | None = None,
 ) -> ScoreSummary:
@@ -558,7 +559,7 @@ def score(
         parts = _parts(out_fs, staging)
         counted = _counted(out_fs, parts, files)
         rows, rejected = counted.rows, counted.rejected
-        batch_scoring.check_scored(source, rows, rows - rejected, counted.reasons)
+        batch_scoring.check_scored(source, rows, rows - rejected, counted.reasons, max_reject_share)
         sorted_rejects = _sort_rejects(spark, out_fs, staging, output.startswith("s3://"), counted)
         _write(out_fs, parts, output, kind, schema, settings.s3_endpoint_url)
 

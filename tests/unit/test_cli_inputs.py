@@ -89,6 +89,8 @@ def _isolated(tmp_path, monkeypatch):
         (["score", "--input", "c.csv", "--output", "s.csv", "--rejects", "r.json"], "r.json: files are written as"),
         (["score", "--input", "c.csv", "--output", "s.TSV"], "not .tsv; name a .csv or"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--top-k", "3"], "--top-k is read only with --explain"),
+        (["score", "--input", "c.csv", "--output", "s.parquet", "--max-reject-share", "1"], "'--max-reject-share': 1"),
+        (["score", "--input", "c.csv", "--output", "s.parquet", "--max-reject-share", "nan"], "is not a number"),
         # Found out after the work, as a traceback (exit 70), or an OverflowError:
         (["monitor", "--output-dir", "/dev/null/r"], "'--output-dir': /dev/null/r: /dev/null is not a folder"),
         (["performance", "--output-dir", "/dev/null"], "'--output-dir': /dev/null: /dev/null is not a folder"),

@@ -138,7 +138,9 @@ ENTRY_POINT_PARAMS = {
                {"source": "in dir/", "explain": True, "top_k": 3, "version": 2}),
               ({"input": "in.csv", "output": "out.parquet", "with_features": "true", "chunk_rows": "5000.0"},
                {"with_features": True, "chunk_rows": 5000}),
-              ({"input": "in.csv", "output": "out.parquet", "with_features": "false"}, {"with_features": False})],
+              ({"input": "in.csv", "output": "out.parquet", "with_features": "false"}, {"with_features": False}),
+              ({"input": "in.csv", "output": "out.parquet"}, {"max_reject_share": None}),
+              ({"input": "in.csv", "output": "out.parquet", "max_reject_share": "0.05"}, {"max_reject_share": 0.05})],
 }  # fmt: skip
 
 

@@ -247,6 +247,17 @@ def test_an_input_whose_every_row_is_rejected_leaves_the_previous_output(registr
         assert "senior_citizen: " in result.output and "Traceback" not in result.output
         assert len(pd.read_parquet(out)) == 30
         assert pd.read_parquet(tmp_path / f"{engine}.rejects.parquet").empty  # still the good run's
+        # Half of it broken: exit 1 replaced the list with half of it, unless a share says no.
+        half = pd.concat([changed.head(20), customers.iloc[100:120].astype(str)], ignore_index=True)
+        half.to_csv(tmp_path / "half.csv", index=False)
+        limited = run(registry_uri, *args, "--input", str(tmp_path / "half.csv"), "--output", str(out),
+                      "--max-reject-share", "0.25")  # fmt: skip
+        assert limited.exit_code == 2, limited.output
+        assert "20 of the 40 rows in" in limited.output and "(50.0%), over --max-reject-share 0.25" in limited.output
+        assert len(pd.read_parquet(out)) == 30  # the previous output stays
+        within = run(registry_uri, *args, "--input", str(tmp_path / "half.csv"), "--output", str(out),
+                     "--max-reject-share", "0.5")  # fmt: skip
+        assert within.exit_code == 1 and len(pd.read_parquet(out)) == 20, within.output
 
 
 def test_folders_with_spaces_in_their_names_work_on_spark(registry_uri, customers, tmp_path):
