@@ -38,7 +38,9 @@ def summary(scores: np.ndarray, matched: pd.DataFrame, degraded: bool) -> Perfor
         model_name="churn<&>",
         model_version=3,
         created_at="2025-06-06T12:00:00+00:00",
-        window=PerformanceWindow(since="2025-06-01T00:00:00+00:00", until="2025-06-06T00:00:00+00:00", horizon_days=30),
+        # The end is the job's "now", to the microsecond.
+        window=PerformanceWindow(since="2025-06-01T00:00:00+00:00", until="2025-06-06T00:00:00.483043+00:00",
+                                 horizon_days=30),
         rows_matched=len(matched),
         unmatched_outcomes=37,
         predictions=len(scores),
@@ -71,6 +73,7 @@ def test_report_opens_with_the_verdict_and_has_three_charts(tmp_path):
     for reason in REASONS:
         assert f"<li>{html.escape(reason)}</li>" in page
     assert "<script" not in page and "churn&lt;&amp;&gt; v3" in page
+    assert "window 2025-06-01 00:00:00 UTC → 2025-06-06 00:00:00 UTC" in page  # to the second, both ends
     assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
     assert "no labels yet" not in page
 
