@@ -344,6 +344,9 @@ class Demo:
             if serving != result.to_version:
                 raise DemoFailed(f"the API serves v{serving}, expected v{result.to_version}")
         with self.step("Summary"):
+            # Each on its own validation rows, where the retrain's gate compared two on the same
+            # held-out recent customers: a version's ROC AUC read 0.715 there and 0.853 here.
+            click.echo("      each version's metrics on its own validation rows:")
             versions = promotion.versions(client, "churn")
             for v in versions:
                 metrics = " ".join(f"{k}={x:.3f}" for k, x in v.metrics.items())
