@@ -245,9 +245,13 @@ async def _same_site(request: Request) -> None:
     ``<img src=".../predict/ID">`` or a prefetch is a GET without a CORS preflight, and each
     added a row that monitoring and the performance job read (a cross-site POST needs a
     preflight, or is a 415). Browsers say where a request comes from (Fetch Metadata); a
-    script of an origin in ``CHURN_CORS_ORIGINS`` passes, as do curl and services, which
-    send no such header."""
+    link a person follows passes, and a script of an origin in ``CHURN_CORS_ORIGINS``, as do
+    curl and services, which send no such header."""
     if request.headers.get("sec-fetch-site") != "cross-site":
+        return
+    # A person following a link (a wiki's, a CRM's) to look one customer up: a page cannot
+    # make a browser do that unseen.
+    if request.headers.get("sec-fetch-mode") == "navigate" and request.headers.get("sec-fetch-user") == "?1":
         return
     allowed = request.app.state.settings.cors_origins
     if request.headers.get("sec-fetch-mode") == "cors" and ("*" in allowed or request.headers.get("origin") in allowed):
