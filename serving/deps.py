@@ -71,6 +71,12 @@ _API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="The adm
 _BEARER = HTTPBearer(auto_error=False, description="The admin key as a bearer token.")
 
 
+#: Authorization schemes a client may send the key under by mistake (IANA's registry, and
+#: the non-standard `Token` and `ApiKey`).
+_OTHER_SCHEMES = frozenset({"basic", "digest", "negotiate", "ntlm", "token", "apikey", "hoba", "mutual", "vapid",
+                            "scram-sha-1", "scram-sha-256", "dpop", "gnap", "privatetoken", "concealed"})
+
+
 async def require_admin(
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Security(_API_KEY)] = None,
@@ -83,10 +89,10 @@ async def require_admin(
         raise AdminDisabled("admin endpoints are disabled: set CHURN_ADMIN_API_KEY")
     given = x_api_key or (bearer.credentials if bearer else None)
     if not given and authorization and authorization.strip():
-        # `curl -u` sends Basic: a key was sent, under a scheme this API does not read. The
-        # scheme is named only when it is one (a bare key must not be echoed).
-        scheme, _, rest = authorization.strip().partition(" ")
-        holds = f"{scheme!r} credentials" if rest and scheme.isalpha() and len(scheme) <= 20 else "no 'Bearer' token"
+        # `curl -u` sends Basic: a key was sent, under a scheme this API does not read. Only a
+        # scheme HTTP defines is named: a bare key, even one with spaces, is never echoed.
+        scheme = authorization.strip().partition(" ")[0]
+        holds = f"{scheme!r} credentials" if scheme.lower() in _OTHER_SCHEMES else "no 'Bearer' token"
         raise MissingApiKey(f"the Authorization header holds {holds}: send the admin key as "
                             "`Authorization: Bearer KEY` or in the X-API-Key header")  # fmt: skip
     if not given:
