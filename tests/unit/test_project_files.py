@@ -140,7 +140,8 @@ ENTRY_POINT_PARAMS = {
                {"with_features": True, "chunk_rows": 5000}),
               ({"input": "in.csv", "output": "out.parquet", "with_features": "false"}, {"with_features": False}),
               ({"input": "in.csv", "output": "out.parquet"}, {"max_reject_share": None}),
-              ({"input": "in.csv", "output": "out.parquet", "max_reject_share": "0.05"}, {"max_reject_share": 0.05})],
+              ({"input": "in.csv", "output": "out.parquet", "max_reject_share": "0.05"}, {"max_reject_share": 0.05}),
+              ({"input": "in.csv", "output": "out.parquet", "max_reject_share": "0"}, {"max_reject_share": None})],
 }  # fmt: skip
 
 
