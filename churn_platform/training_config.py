@@ -40,9 +40,14 @@ DATA_OPTIONS: tuple[str, ...] = ("data", "n_rows")
 GENERATOR_OPTIONS: tuple[str, ...] = ("n_rows", "drift")
 
 
+#: TrainConfig fields no command takes (Python callers only): named as fields, not as flags.
+_NO_FLAG = frozenset({"drift"})
+
+
 def option_flag(name: str) -> str:
-    """A TrainConfig field's command-line flag: ``n_rows`` -> ``--n-rows``."""
-    return f"--{name.replace('_', '-')}"
+    """A TrainConfig field's command-line flag: ``n_rows`` -> ``--n-rows``; a field without
+    one keeps its name (``drift``)."""
+    return name if name in _NO_FLAG else f"--{name.replace('_', '-')}"
 
 
 def data_with_features(given: list[str]) -> DataValidationError:

@@ -798,8 +798,8 @@ def test_training_from_python_refuses_data_options_beside_the_feature_store(give
     assert not (tmp_path / "never.db").exists()
 
 
-@pytest.mark.parametrize(("given", "flags"), [({"n_rows": 300}, "--n-rows is"), ({"drift": True}, "--drift is"),
-                                              ({"n_rows": 300, "drift": True}, "--n-rows and --drift are")])
+@pytest.mark.parametrize(("given", "flags"), [({"n_rows": 300}, "--n-rows is"), ({"drift": True}, "drift is"),
+                                              ({"n_rows": 300, "drift": True}, "--n-rows and drift are")])
 def test_training_from_python_refuses_generator_options_beside_a_file(given, flags, tmp_path):
     """`TrainConfig(data="c.csv", n_rows=300)` trained on every row of the file, unsaid."""
     from churn_platform.errors import DataValidationError
