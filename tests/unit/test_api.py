@@ -360,6 +360,8 @@ def test_admin_reload_needs_the_key_and_swaps_versions(api):
                                                                          "credentials: send the admin key as")
     bare = api.post("/admin/reload", headers={"Authorization": KEY})  # no scheme: the key is not echoed
     assert bare.status_code == 401 and "holds no 'Bearer' token" in bare.text and KEY not in bare.text
+    spaced = api.post("/admin/reload", headers={"Authorization": "correct horse battery"})  # nor a word of one
+    assert spaced.status_code == 401 and "no 'Bearer' token" in spaced.text and "correct" not in spaced.text
 
 
 def test_a_threshold_edited_in_the_ui_serves_from_the_next_reload(api, telco_csv):
@@ -550,6 +552,9 @@ def test_predictions_by_id_from_an_embedded_feature_store(registry_uri, tmp_path
         assert _counter(client, "churn_rows_scored_total") == scored  # nothing scored, nothing logged
         for site in ("same-origin", "same-site", "none"):  # the API's own docs page, a typed URL
             assert client.get(f"/predict/{ids[3]}", headers={"Sec-Fetch-Site": site}).status_code == 200
+        link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+        assert client.get(f"/predict/{ids[3]}", headers={**link, "Sec-Fetch-User": "?1"}).status_code == 200  # clicked
+        assert client.get(f"/predict/{ids[3]}", headers=link).status_code == 403  # a page's script sent it there
         # The route's template as the dashboards and alerts know it, without the `:path` converter.
         assert 'endpoint="/predict/{customer_id}",method="GET",status="200"' in client.get("/metrics").text
         missing = client.get("/predict/nobody")
@@ -668,6 +673,9 @@ def test_a_misspelt_query_parameter_is_a_422_naming_it_not_ignored(api):
     # The last one won: no explanation, and a strict upload for `?strict=false&strict=true`.
     twice = api.post("/predict/single?explain=true&explain=false", json=one)
     assert twice.status_code == 422 and twice.json()["message"] == "query.explain: given 2 times; give it once"
+    strict = api.post("/outcomes?strict=false&strict=true", json={"outcomes": [{"customer_id": "c1", "churned": "x"}]},
+                      headers={"X-API-Key": KEY})  # fmt: skip
+    assert strict.status_code == 422 and "query.strict: given 2 times" in strict.text
 
 
 def test_a_utf16_body_is_scored_as_the_other_routes_read_it(api):

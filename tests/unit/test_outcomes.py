@@ -625,6 +625,7 @@ def test_a_padded_id_sent_to_predict_is_judged_by_its_trimmed_outcome(api, telco
         assert response.status_code == 200, response.text
         answered = response.json().get("predictions", [response.json()])
         assert answered[0]["customer_id"] == "  7590-VHVEG "
+    assert api.post("/predict/single", json=two[1] | {"customer_id": "NULL"}).status_code == 200  # alone, unpadded
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with sa.create_engine(api.url).connect() as conn:
@@ -632,10 +633,10 @@ def test_a_padded_id_sent_to_predict_is_judged_by_its_trimmed_outcome(api, telco
                 ids = conn.execute(sa.text("SELECT customer_id FROM inference_log ORDER BY id")).scalars().all()
             except sa.exc.OperationalError:  # no table yet
                 ids = []
-        if len(ids) == 4:
+        if len(ids) == 5:
             break
         time.sleep(0.1)
-    assert ids == ["7590-VHVEG", None, None, "7590-VHVEG"]  # an id of only spaces, or a placeholder, is no id
+    assert ids == ["7590-VHVEG", None, None, "7590-VHVEG", None]  # an id of only spaces, or a placeholder, is no id
     observed = datetime.now(UTC)  # after the predictions, and not in the future
     assert post(api, [{"customer_id": "7590-VHVEG", "churned": "Yes", "observed_at": observed.isoformat()}]
                 ).status_code == 200  # fmt: skip
