@@ -194,8 +194,9 @@ def _processes() -> dict[int, tuple[int, str]]:
 
 
 #: PostgreSQL's own processes, which a load's writes keep busy whatever the database (the WAL
-#: its COPY writes, the checkpoints that flush its pages).
-_CLUSTER = ("postgres: walwriter", "postgres: checkpointer", "postgres: background writer")
+#: its COPY writes, the checkpoints that flush its pages), titled with the cluster's name when
+#: it has one (Debian's: ``postgres: 15/main: walwriter``).
+_CLUSTER = re.compile(r"postgres: (?:[^:]+: )?(?:walwriter|checkpointer|background writer)\b")
 
 
 def postgres_processes(database: str, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
@@ -203,7 +204,7 @@ def postgres_processes(database: str, table: dict[int, tuple[int, str]] | None =
     cluster's writers, not the backends of the other databases (a test suite's, say)."""
     table = _processes() if table is None else table
     return [pid for pid, (_, cmd) in table.items()
-            if cmd.startswith(_CLUSTER) or (cmd.startswith("postgres:") and f" {database} " in cmd)]  # fmt: skip
+            if _CLUSTER.match(cmd) or (cmd.startswith("postgres:") and f" {database} " in cmd)]  # fmt: skip
 
 
 def process_groups(api_pid: int, log_database_name: str | None) -> dict[str, list[int]]:
