@@ -129,7 +129,8 @@ def measure(folder: Path, seconds: int, rounds: int) -> tuple[Runs, dict[str, li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=15)
-    parser.add_argument("--rounds", type=int, default=3, help="Interleaved runs per side and load.")
+    parser.add_argument("--rounds", type=int, default=4, help="Interleaved runs per side and load: even, so each "
+                        "side goes first as often.")  # fmt: skip
     args = parser.parse_args()
     if args.rounds < 1 or args.seconds < 1:
         parser.error("--rounds and --seconds must be at least 1")
