@@ -177,7 +177,8 @@ def _spark_missing() -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=5, help="Interleaved runs of ours and the peer (local engine).")
+    parser.add_argument("--rounds", type=int, default=6, help="Interleaved runs of ours and the peer (local engine): "
+                        "even, so each side goes first as often.")  # fmt: skip
     parser.add_argument("--child", choices=["ours", "peer", "spark", "spark_udf"], help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
