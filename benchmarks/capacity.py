@@ -82,7 +82,7 @@ def measure(folder: Path, seconds: int, rounds: int) -> tuple[Runs, dict[str, li
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                CHURN_INFERENCE_LOG_URL=f"sqlite:///{folder}/log.db", CHURN_INFERENCE_LOG_SPOOL_DIR=str(folder / "spool"))  # fmt: skip
     pin = ["taskset", "-c", "0"]
-    results: dict[str, list[dict[str, float]]] = {}
+    results: Runs = {}
     catch_up: dict[str, list[float]] = {}
 
     def run(name: str, url: str, server: Process, log_url: str | None) -> None:
