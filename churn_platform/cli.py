@@ -136,6 +136,15 @@ COUNT = click.IntRange(1, 2**31 - 1)
 _TYPED = click.core.ParameterSource.COMMANDLINE
 
 
+def _refuse_rows_beside_a_file(data: str) -> None:
+    """``--n-rows`` typed beside a ``--data`` file (train, demo): it counts generated customers,
+    and every row of the file would be trained on."""
+    from churn_platform.training_config import SYNTHETIC, generated_only
+
+    if data != SYNTHETIC and click.get_current_context().get_parameter_source("n_rows") is _TYPED:
+        raise generated_only(["n_rows"], data)
+
+
 class _UtcTime(click.DateTime):
     """click's date and time formats, read as UTC (as every such option's help says)."""
 
@@ -364,14 +373,14 @@ def main(verbose: bool) -> None:
 def train(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Train a model and register it as a new version."""
     from churn_platform.training import train as run_training
-    from churn_platform.training_config import DATA_OPTIONS, SYNTHETIC, data_with_features, generated_only
+    from churn_platform.training_config import DATA_OPTIONS, SYNTHETIC, data_with_features
 
     source = click.get_current_context().get_parameter_source
     if params["from_features"]:
         if given := [name for name in DATA_OPTIONS if source(name) is _TYPED]:
             raise data_with_features(given)
-    elif params["data"] not in ("", SYNTHETIC) and source("n_rows") is _TYPED:
-        raise generated_only(["n_rows"], params["data"])
+    else:
+        _refuse_rows_beside_a_file(params["data"] or SYNTHETIC)  # training reads "" as synthetic
     settings = settings_for(tracking_uri, model_name)
     config = TrainConfig(model_name=settings.model_name, **params)
     result = run_training(config, settings)
@@ -1137,10 +1146,7 @@ def demo(data: str, n_rows: int, traffic: int, folder: str, keep_running: bool) 
     from pathlib import Path
 
     from churn_platform.demo import run_demo
-    from churn_platform.training_config import SYNTHETIC, generated_only
-
-    if data != SYNTHETIC and click.get_current_context().get_parameter_source("n_rows") is _TYPED:
-        raise generated_only(["n_rows"], data)
+    _refuse_rows_beside_a_file(data)
     run_demo(Path(folder), data, n_rows, traffic, keep_running)
 
 
