@@ -130,11 +130,12 @@ async def _known_query(request: Request) -> None:
             for name in dict.fromkeys(unknown)
         ])  # fmt: skip
     # `?explain=true&explain=false` was answered by the last: no explanation, without a word.
-    if repeated := [k for k in dict.fromkeys(request.query_params) if len(request.query_params.getlist(k)) > 1]:
+    given = {name: request.query_params.getlist(name) for name in dict.fromkeys(request.query_params)}
+    if repeated := {name: values for name, values in given.items() if len(values) > 1}:
         raise RequestValidationError([
-            {"type": "value_error", "loc": ("query", name), "input": request.query_params.getlist(name),
-             "msg": f"given {len(request.query_params.getlist(name))} times; give it once"}
-            for name in repeated
+            {"type": "value_error", "loc": ("query", name), "input": values,
+             "msg": f"given {len(values)} times; give it once"}
+            for name, values in repeated.items()
         ])  # fmt: skip
 
 

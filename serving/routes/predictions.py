@@ -19,7 +19,7 @@ from churn_platform import tracing
 from churn_platform.contract import FEATURES_AS_OF, MODEL_NAME, MODEL_VERSION
 from churn_platform.schema import FEATURE_NAMES
 from serving import openapi
-from serving.deps import FeaturesDep, KnownQuery, PredictorDep, ServedModel
+from serving.deps import FeaturesDep, KnownQuery, PredictorDep, ServedModel, SettingsDep
 from serving.errors import (
     MAX_ERRORS_LISTED,
     BatchTooLarge,
@@ -240,7 +240,7 @@ _BY_PATH_404 = ("Unknown customer id, a feature without a value or with one the 
                 "than CHURN_FEATURES_MAX_AGE_DAYS, or no feature store set up here (the message says which)")
 
 
-async def _same_site(request: Request) -> None:
+async def _same_site(request: Request, settings: SettingsDep) -> None:
     """A page of another site made any visitor's browser score and log customers: an
     ``<img src=".../predict/ID">`` or a prefetch is a GET without a CORS preflight, and each
     added a row that monitoring and the performance job read (a cross-site POST needs a
@@ -253,7 +253,7 @@ async def _same_site(request: Request) -> None:
     # make a browser do that unseen.
     if request.headers.get("sec-fetch-mode") == "navigate" and request.headers.get("sec-fetch-user") == "?1":
         return
-    allowed = request.app.state.settings.cors_origins
+    allowed = settings.cors_origins
     if request.headers.get("sec-fetch-mode") == "cors" and ("*" in allowed or request.headers.get("origin") in allowed):
         return
     raise CrossSiteRequest("a page of another site asked for a prediction (Sec-Fetch-Site: cross-site): refused, "
