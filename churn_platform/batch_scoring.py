@@ -634,6 +634,8 @@ def check_scored(
         )
 
 
+#: The columns every rejects file begins with, whichever job wrote it.
+REJECT_MARKER = ("row", "reason")
 REJECTS_SCHEMA = pa.schema(
     [pa.field("row", pa.int64()), pa.field("reason", pa.string())]
     + [pa.field(c, pa.string()) for c in (ID_COLUMN, *FEATURE_NAMES)]
@@ -907,8 +909,10 @@ def prepare(
         else:
             data.local_target(target)  # its folder exists: found now, not after the model's download
     data.refuse_overwrite(source, output=output, rejects=rejects)
-    own = {"output": (output, PROBABILITY), "rejects": (rejects, "row", "reason")}
+    own = {"output": (output, PROBABILITY), "rejects": (rejects, *REJECT_MARKER)}
     fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)
+    for option, (target, *columns) in own.items():  # after the input's own checks, which say more
+        data.refuse_foreign_output(f"--{option}", target, tuple(columns))
     for path, raw in headers.items():
         check_columns(path, raw, normalise_columns(raw, path))
     for flag, target in (("--output", output), ("--rejects", rejects)):
@@ -1054,7 +1058,7 @@ def _without_own_outputs(
 
 #: Columns only a job's own outputs have: a scores file (``--with-features`` has the features
 #: and the id too, so it passes for customers) and a rejects file.
-_OUTPUT_MARKERS = ({PROBABILITY, MODEL_VERSION}, {"row", "reason"})
+_OUTPUT_MARKERS = ({PROBABILITY, MODEL_VERSION}, set(REJECT_MARKER))
 
 
 def _customer_files(headers: dict[str, list[str]], source: str) -> dict[str, list[str]]:

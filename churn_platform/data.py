@@ -7,6 +7,7 @@ not counting the header).
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import io
@@ -100,6 +101,47 @@ def local_target(target: str) -> Path:
     return final
 
 
+_SQLITE = b"SQLite format 3\x00"
+
+
+def refuse_foreign_output(option: str, target: str, columns: tuple[str, ...]) -> None:
+    """Refuse a local output whose file exists and is not one a job of this kind wrote (it
+    lacks ``columns``, as its CSV header or Parquet schema says): a mistyped ``--rejects
+    inference_log.db`` replaced the log, the MLflow registry or a customer export, and said so
+    only afterwards. An empty file, or none, is free; ``s3://`` keys are not read."""
+    if target.startswith("s3://"):
+        return
+    path = Path(target)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return  # nothing to lose; a folder, or a file on the way, is for the callers' checks to name
+    except OSError as exc:
+        raise DataSourceError(f"{option} {target}: cannot read the file already there: {exc.strerror or exc}") from None
+    if not head.strip():
+        return
+    keep = "it would be overwritten; name another file, or remove it first"
+    if head.startswith(_SQLITE):
+        raise DataValidationError(f"{option} {target} is a SQLite database (the MLflow registry, the inference "
+                                  f"log?), not a file this job wrote: {keep}")  # fmt: skip
+    found: list[str] = []
+    try:
+        if head.startswith(b"PAR1"):
+            import pyarrow.parquet as pq  # here: the API imports this module and never reads a file
+
+            found = list(pq.read_schema(path).names)
+        else:
+            first = head.splitlines()[0].decode("utf-8-sig", errors="replace")
+            found = next(csv.reader([first]), [])
+    except Exception:  # noqa: BLE001 - whatever it holds, it is not our output
+        found = []
+    absent = [c for c in columns if c not in found]
+    if absent:
+        raise DataValidationError(f"{option} {target} already holds a file this job did not write (no "
+                                  f"{', '.join(absent)} column{'s' * (len(absent) > 1)}): {keep}")  # fmt: skip
+
+
 def refuse_overwrite(source: str, **outputs: str) -> None:
     """Refuse a job whose outputs name its input or each other: one would destroy the other.
 
@@ -152,11 +194,15 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
 
             table = pq.read_table(io.BytesIO(payload))
             return ids_as_text(table.rename_columns(normalise_columns(table.column_names))).to_pandas()
-        # Everything as text first: validation, not the parser, decides what a bad value is.
-        frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False)
+        # Everything as text first: validation, not the parser, decides what a bad value is. The
+        # C parser ends a value at a NUL byte ("A\x00C" read as "A": another customer's id), so a
+        # file holding one goes through the Python parser, which keeps it for the checks to refuse.
+        engine = "python" if b"\x00" in payload else "c"
+        frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, engine=engine)
         # pandas renames a repeated `tenure` to `tenure.1`, which no schema column matches: the
         # second was dropped unseen. The header as written is checked, as `TENURE` beside it is.
-        written = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, header=None, nrows=1)
+        written = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, header=None, nrows=1,
+                              engine=engine)  # fmt: skip
     except pd.errors.EmptyDataError as exc:
         raise DataSourceError(f"data file is empty: {uri}") from exc
     except UnicodeDecodeError as exc:

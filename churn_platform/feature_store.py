@@ -310,12 +310,17 @@ class IngestSummary:
     last: datetime | None
     #: Rows that repeat another of the same file: the same customer, snapshot time and values.
     repeated: int = 0
+    #: The first rejected rows' reasons ("row 4: tenure: ..."), so a terminal shows why without
+    #: reading the Parquet rejects file.
+    first_reasons: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         span = f" (snapshots {self.first:%Y-%m-%d %H:%M:%S} .. {self.last:%Y-%m-%d %H:%M:%S} UTC)" if self.first else ""
         rejected = f", {self.rejected} rejected -> {self.rejects}" if self.rejected else ""
         repeated = f", {self.repeated} repeated (same customer, time and values)" if self.repeated else ""
-        return f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}{repeated}"
+        why = f". The first: {' | '.join(self.first_reasons)}" if self.first_reasons else ""
+        return (f"ingested {self.ingested} of {self.rows} rows for {self.customers} customers{span}{rejected}"
+                f"{repeated}{why}")  # fmt: skip
 
 
 def _names_a_snapshot_time(column: str) -> bool:
@@ -418,17 +423,20 @@ def ingest(
     ``written_at``: the file's last write that ``as_of`` was taken from (``--as-of modified``),
     checked again once the file is read.
     """
+    if as_of is not None and as_of.replace(tzinfo=as_of.tzinfo or UTC) < _EPOCH:  # each row refused for it, one by one
+        raise DataValidationError(f"--as-of {as_of.isoformat()} is before 1970, when snapshot times begin")
     asked = rejects is not None
     rejects = rejects or f"{Path(uri.split('?')[0]).stem}.rejects.parquet"
     batch_scoring.output_kind(rejects, None)  # a compressed name: refused before the export is read
     data.refuse_overwrite(uri, rejects=rejects)
-    # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
-    _require_applied(open_store(settings), settings)
     if not settings.feature_store_url and not rejects.startswith("s3://"):
         folder = _embedded_dir(settings)
         if Path(rejects).resolve().is_relative_to(folder):  # it replaced online.db, then registry.db: a dead store
             raise DataValidationError(f"--rejects {rejects} is inside the feature store's folder {folder} (its "
                                       "online store, registry and offline source); name a file outside it")  # fmt: skip
+    data.refuse_foreign_output("--rejects", rejects, batch_scoring.REJECT_MARKER)
+    # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
+    _require_applied(open_store(settings), settings)
     raw = data.read_table(uri, settings.s3_endpoint_url)
     if written_at is not None and (now := data.modified_time(uri, settings.s3_endpoint_url)) != written_at:
         # Replaced between the time's read and the file's: its new rows were dated by the old
@@ -460,9 +468,11 @@ def ingest(
             _append_parquet(_offline_file(settings), good)
     first = good[SNAPSHOT_TIME].min().to_pydatetime() if len(good) else None
     last = good[SNAPSHOT_TIME].max().to_pydatetime() if len(good) else None
+    first_reasons = tuple(f"row {row + 1}: {why}" for row, why in reasons.sort_index().head(3).items())
     return IngestSummary(uri, len(raw), len(good), len(reasons), rejects if written else None,
                          good[ID_COLUMN].nunique(), first, last,
-                         repeated=len(raw) - len(good) - len(reasons))  # every row read is accounted for
+                         repeated=len(raw) - len(good) - len(reasons),  # every row read is accounted for
+                         first_reasons=first_reasons)
 
 
 def _append_parquet(path: Path, snapshots: pd.DataFrame) -> None:

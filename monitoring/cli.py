@@ -61,6 +61,15 @@ def _before(until: datetime | None, span: timedelta, flag: str) -> datetime:
         raise click.UsageError(f"{flag} reaches before the year 1 from --until {end.date().isoformat()}") from None
 
 
+def _refuse_alias_beside_version(version: int | None) -> None:
+    """``--alias`` has a default, so only one given (typed, or from the environment) conflicts
+    with ``--version``; the other was dropped in silence, as ``score`` never does."""
+    from click.core import ParameterSource
+
+    if version is not None and click.get_current_context().get_parameter_source("alias") != ParameterSource.DEFAULT:
+        raise click.UsageError("give --alias or --version, not both")
+
+
 def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Checked when the options are read, not after the work (the folder is made then)."""
     from monitoring.runs import writable_folder
@@ -123,6 +132,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
     last_hours = params.pop("last_hours")
     if reason := MonitorOptions(**params).adhoc:  # first: a one-off run's usage error is not pushed either
         job_metrics.not_pushed(reason)
+    _refuse_alias_beside_version(params["version"])
     if params["current"]:  # these choose inference-log rows: with a file they would be silently ignored
         log_only = [f"--{k.replace('_', '-')}" for k in ("since", "until", "rows", "all_versions", "inference_log_url")
                     if params[k]]  # fmt: skip
@@ -213,6 +223,7 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
     last_days = params.pop("last_days")
     if reason := PerformanceOptions(**params).adhoc:  # first: a one-off run's usage error is not pushed either
         job_metrics.not_pushed(reason)
+    _refuse_alias_beside_version(params["version"])
     if last_days is not None:
         if params["since"] is not None:
             raise click.UsageError("give --since or --last-days, not both")

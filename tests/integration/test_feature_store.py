@@ -495,6 +495,9 @@ def test_the_rejects_file_keeps_each_bad_rows_snapshot_time(tmp_path: Path, monk
         # --as-of takes a zone as the column does (it refused one, where the docs say ISO 8601).
         said = _cli("features", "ingest", "times.csv", "--as-of", "2026-06-30T23:59:59+02:00", code=1)
         assert "ingested 1 of 4 rows" in said and "snapshots 2026-06-30 21:59:59" in said
+        # Why, without reading the Parquet file: the first three reasons, by row.
+        assert "The first: row 2: snapshot_time: " in said
+        assert " | row 4: snapshot_time: 1969-12-31 is before 1970" in said
         rejects = pd.read_parquet("times.rejects.parquet")
         assert rejects["snapshot_time"].tolist() == ["05/06/2026", "2099-01-01", "1969-12-31T23:00:00Z"]
         assert rejects["reason"].iloc[-1] == "snapshot_time: 1969-12-31 is before 1970"

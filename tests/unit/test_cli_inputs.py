@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,12 +108,39 @@ def _isolated(tmp_path, monkeypatch):
         # A traceback (exit 70), and "output folder does not exist: .../example.com".
         (["outcomes", "ingest", "."], "data path is a directory, not a file: ."),
         (["outcomes", "ingest", "https://example.com/a.csv"], "read from a local path or an s3:// URI"),
+        # The version was judged and --alias dropped in silence (score refuses the pair).
+        (["performance", "--alias", "nosuch", "--version", "1"], "give --alias or --version, not both"),
+        (["monitor", "--alias", "Staging", "--version", "2"], "give --alias or --version, not both"),
+        # Every row rejected one by one, exit 1, for a time no snapshot may have.
+        (["features", "ingest", "c.csv", "--as-of", "1900-01-01"], "--as-of 1900-01-01T00:00:00+00:00 is before 1970"),
     ],
 )
 def test_wrong_input_is_one_clear_line_and_exit_2(args, message):
     result = CliRunner().invoke(main, args)
     assert (result.exit_code, message in result.output) == (2, True), result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def test_an_output_never_replaces_a_database_or_a_file_no_such_job_wrote(tmp_path):
+    """A mistyped --rejects (or --output) replaced the inference log, the MLflow registry or a
+    customer export, and said so only after: refused before anything is read or written."""
+    sqlite3.connect(tmp_path / "log.db").execute("CREATE TABLE inference_log (x)").connection.commit()
+    (tmp_path / "crm.csv").write_text("customer_id,churned\nz,Yes\n")
+    (tmp_path / "c.csv").write_text("customer_id,tenure\nz,3\n")  # listed by score before its outputs are checked
+    before = {name: (tmp_path / name).read_bytes() for name in ("log.db", "crm.csv")}
+    database, foreign = "is a SQLite database (the MLflow registry, the inference log?)", "already holds a file"
+    for args, message in (
+        (["outcomes", "ingest", "c.csv", "--rejects", "log.db"], database),
+        (["outcomes", "ingest", "c.csv", "--rejects", "crm.csv"], "(no row, reason, observed_at columns)"),
+        (["features", "ingest", "c.csv", "--as-of", "now", "--rejects", "log.db"], database),
+        (["features", "ingest", "c.csv", "--as-of", "now", "--rejects", "crm.csv"], f"{foreign} this job"),
+        (["score", "--input", "c.csv", "--output", "log.db"], database),
+        (["score", "--input", "c.csv", "--output", "crm.csv"], "(no churn_probability column)"),
+        (["score", "--input", "c.csv", "--output", "s.parquet", "--rejects", "crm.csv"], "(no row, reason columns)"),
+    ):
+        result = CliRunner().invoke(main, args)
+        assert (result.exit_code, message in result.output) == (2, True), (args, result.output)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
 
 
 def test_a_bad_variable_is_named_before_anything_runs(monkeypatch):

@@ -534,12 +534,36 @@ def test_the_cli_never_writes_rejects_over_the_input_nor_into_a_missing_folder(t
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
     assert result.exit_code == 0 and "0 rejected" in result.output, result.output
     assert not (tmp_path / "truth.rejects.csv").exists()
-    # A --rejects naming another file (a typo): left alone, whatever the run.
+    # A --rejects naming another file (a typo): refused before the run, whatever it would reject.
     precious = tmp_path / "crm-export.csv"
     precious.write_text("customer_id,churned\nz,Yes\n")
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--rejects", str(precious),
                                        "--inference-log-url", log])  # fmt: skip
-    assert result.exit_code == 0 and precious.read_text() == "customer_id,churned\nz,Yes\n"
+    assert result.exit_code == 2 and "already holds a file this job did not write" in result.output
+    assert precious.read_text() == "customer_id,churned\nz,Yes\n"
+    # Nor the inference log itself: it became a CSV of the rejects, and every later run failed.
+    stored = (tmp_path / "log.db").read_bytes()
+    source.write_text("customer_id,churned,observed_at\nc,Yes,2026-11-01\nd,maybe,2026-11-01\n")
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--rejects", str(tmp_path / "log.db"),
+                                       "--inference-log-url", log])  # fmt: skip
+    assert result.exit_code == 2 and "is a SQLite database" in result.output, result.output
+    assert (tmp_path / "log.db").read_bytes() == stored
+
+
+def test_a_nul_byte_in_an_id_rejects_the_row_not_cuts_the_id_to_another_customers(tmp_path):
+    """pandas' C parser ends a value at a NUL: "A\x00C" was stored as customer "A"."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    source = tmp_path / "truth.csv"
+    source.write_bytes(b"customer_id,churned,observed_at\nA,Yes,2026-11-01\nB\x00C,No,2026-11-01\n")
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    upgrade(sa.create_engine(log))
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
+    assert result.exit_code == 4 and "row 2: customer_id: contains a control character" in result.output, result.output
+    with sa.create_engine(log).connect() as conn:
+        assert conn.execute(sa.text("SELECT customer_id FROM outcomes")).scalars().all() == ["A"]
 
 
 def test_a_source_name_too_long_to_store_is_refused_before_anything_is_written(tmp_path):

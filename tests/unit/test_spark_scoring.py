@@ -389,7 +389,7 @@ def test_a_failed_sort_of_the_rejects_leaves_the_previous_output(registry_uri, c
 
     customers.head(5).assign(tenure=["x", 1, 2, 3, 4]).to_csv(tmp_path / "in.csv", index=False)
     # Spark's sort of the rejects fails before the scores are committed: the previous output stands.
-    previous = customers.head(2)[["customer_id"]]
+    previous = customers.head(2)[["customer_id"]].assign(churn_probability=0.5)  # an earlier run's scores
     previous.to_parquet(tmp_path / "s.parquet")
     with monkeypatch.context() as patch:
         patch.setattr(spark_scoring, "_sort_rejects", fails)
