@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cache, wraps
@@ -146,11 +146,19 @@ def _refuse_rows_beside_a_file(data: str) -> None:
 
 
 class _UtcTime(click.DateTime):
-    """click's date and time formats, read as UTC (as every such option's help says)."""
+    """click's date and time formats, a time also with a zone (``Z``, ``+02:00``, as the
+    feature store's ``--as-of`` and its docs write it, and it was refused here); without
+    one, UTC (as every such option's help says)."""
+
+    def __init__(self, formats: Sequence[str] = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")) -> None:
+        super().__init__([*formats, *(f"{f}%z" for f in formats if "%S" in f)])
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "YYYY-MM-DD[THH:MM:SS][Z|+HH:MM]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         converted = super().convert(value, param, ctx)
-        return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted
+        return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
 
 
 #: A window bound given on the command line: YYYY-MM-DD[ HH:MM:SS], in UTC.
@@ -660,8 +668,8 @@ def features_materialize() -> None:
 
 @features.command("delete")
 @click.option("--snapshot-time", "at", required=True,
-              type=_UtcTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
-                                     "%Y-%m-%d %H:%M:%S.%f"]),
+              type=_UtcTime(("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
+                             "%Y-%m-%d %H:%M:%S.%f")),
               help="The snapshots' time (UTC), as the ingest summary prints it: to the second, every snapshot "
                    "within that second.")  # fmt: skip
 @click.option("--yes", is_flag=True, help="Delete them; without it, only say what would be deleted.")

@@ -14,7 +14,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -190,6 +190,11 @@ def test_a_snapshot_ingested_by_mistake_is_deleted_and_its_customers_go_back_onl
     asked = _cli("features", "delete", "--snapshot-time", when)
     assert f"5 snapshots were taken at {when.replace('T', ' ')} UTC; nothing deleted: add --yes" in asked
     assert "3 customers would go back to their previous snapshot and 1 would have none left" in asked
+    # With a zone, as --as-of and the docs write times (it was "does not match the formats").
+    zoned = datetime.fromisoformat(when).replace(tzinfo=UTC).astimezone(timezone(timedelta(hours=2))).isoformat()
+    for given in (f"{when}Z", zoned):
+        said = _cli("features", "delete", "--snapshot-time", given)
+        assert f"5 snapshots were taken at {when.replace('T', ' ')} UTC" in said
     missing = CliRunner().invoke(main, ["features", "delete", "--snapshot-time", "2026-01-01T00:00:01"])
     assert missing.exit_code == 2 and "no snapshot taken at 2026-01-01 00:00:01 UTC" in missing.output
     assert f", {when.replace('T', ' ')}." in missing.output  # after the later one, newest first
