@@ -899,6 +899,7 @@ def prepare(
     """Check the request, list the input and load the version (verified, and its column path
     checked when it will take it): everything that can refuse the job before it scores.
     ``staged``: the output is staged through pyarrow (the Spark engine)."""
+    data.require_named(source)  # else the current folder's files were read as the input
     kind = output_kind(output, output_format)
     rejects = rejects or default_rejects(output)
     output_kind(rejects, None)  # a compressed name or another format's: refused before anything is read

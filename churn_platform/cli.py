@@ -1043,6 +1043,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
     from churn_platform.settings import redacted
 
     settings = get_settings()
+    data.require_named(source)
     if "://" in source and not source.startswith("s3://"):  # read as a local path: "folder does not exist"
         raise DataSourceError(f"{source}: outcomes are read from a local path or an s3:// URI")
     named = Path(source.split("://")[-1])

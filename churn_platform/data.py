@@ -56,6 +56,7 @@ def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFr
     Columns are normalised to the schema's snake_case names; values are not yet checked.
     """
     uri = str(uri)
+    require_named(uri)
     if uri.startswith("s3://"):
         payload = _read_s3(uri, s3_endpoint_url)
     else:
@@ -83,6 +84,12 @@ def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFr
     if frame.empty:
         raise DataValidationError(f"data file has a header but no rows: {uri}")
     return frame
+
+
+def require_named(uri: str) -> None:
+    """An empty path names the current folder: "data path is a directory, not a file: " said nothing."""
+    if not uri.strip():
+        raise DataSourceError("no data file named: the path is empty")
 
 
 def location(uri: str | Path) -> str:
@@ -188,6 +195,8 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
     is_parquet = payload[:4] == b"PAR1" or uri.lower().endswith((".parquet", ".pq"))
     if payload[:2] == b"\x1f\x8b":  # gzip's magic: parsed as text, "'utf-8' codec can't decode byte 0x8b"
         raise DataSourceError(f"{uri} is compressed (gzip): decompress it first; CSV and Parquet are read as written")
+    if not is_parquet and payload.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):  # read as "a header but no rows"
+        raise DataSourceError(f"{uri} holds JSON; CSV and Parquet files are read here: export it as one of them")
     try:
         if is_parquet:
             import pyarrow.parquet as pq
@@ -228,6 +237,8 @@ def modified_time(uri: str, s3_endpoint_url: str | None = None) -> datetime:
         stamp = _s3_object(uri, s3_endpoint_url, lambda client, b, k: client.head_object(Bucket=b, Key=k))
         return stamp["LastModified"].astimezone(UTC)
     path = Path(uri)
+    if path.is_dir():
+        raise DataSourceError(f"data path is a directory, not a file: {uri}")
     if not path.is_file():
         raise DataSourceError(f"data file not found: {uri}")
     return datetime.fromtimestamp(path.stat().st_mtime, UTC)

@@ -108,6 +108,9 @@ def _isolated(tmp_path, monkeypatch):
         # A traceback (exit 70), and "output folder does not exist: .../example.com".
         (["outcomes", "ingest", "."], "data path is a directory, not a file: ."),
         (["outcomes", "ingest", "https://example.com/a.csv"], "read from a local path or an s3:// URI"),
+        (["outcomes", "ingest", ""], "no data file named: the path is empty"),  # was "a directory, not a file: "
+        (["score", "--input", "", "--output", "s.parquet"], "no data file named"),  # read the current folder
+        (["features", "ingest", ".", "--as-of", "modified"], "data path is a directory, not a file: ."),  # "not found"
         # The version was judged and --alias dropped in silence (score refuses the pair).
         (["performance", "--alias", "nosuch", "--version", "1"], "give --alias or --version, not both"),
         (["monitor", "--alias", "Staging", "--version", "2"], "give --alias or --version, not both"),

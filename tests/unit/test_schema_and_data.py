@@ -225,6 +225,9 @@ def test_a_compressed_or_not_utf8_file_is_named_with_what_to_do(telco_csv, tmp_p
         "a.csv.gz": (gzip.compress(text), r"is compressed \(gzip\): decompress it first"),
         "excel.csv": (text.decode().encode("utf-16"), "it is UTF-16 text; .* iconv -f utf-16 -t utf-8"),
         "latin1.csv": (text.replace(b"Male", b"M\xe9le", 1), "not UTF-8 text .*iconv -f latin1 -t utf-8"),
+        # Read as a one-column CSV: "a header but no rows".
+        "export.json": (b'[{"customer_id": "a"},\n {"customer_id": "b"}]', "holds JSON; CSV and Parquet files are"),
+        "records.csv": (b'\xef\xbb\xbf {"customer_id": "a"}\n{"customer_id": "b"}\n', "holds JSON; CSV and"),
     }
     for name, (content, problem) in files.items():
         (tmp_path / name).write_bytes(content)
