@@ -158,7 +158,10 @@ class _UtcTime(click.DateTime):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         converted = super().convert(value, param, ctx)
-        return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
+        try:
+            return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:30:00+01:00 is before the year 1 in UTC: a traceback, exit 1
+            self.fail(f"{value!r} is out of range in UTC (years 1 to 9999)", param, ctx)
 
 
 #: A window bound given on the command line: YYYY-MM-DD[ HH:MM:SS], in UTC.

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import re
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,10 +121,15 @@ def refuse_foreign_output(option: str, target: str, columns: tuple[str, ...]) ->
         return
     path = Path(target)
     try:
+        kind = path.stat().st_mode
+        if stat.S_ISDIR(kind):
+            return  # a folder is for the callers' checks to name
+        if not stat.S_ISREG(kind):  # /dev/null was replaced by the scores (as root), a named pipe hung the job
+            raise DataValidationError(f"{option} {target} is not a regular file (a device or a pipe); name a file")
         with path.open("rb") as handle:
             head = handle.read(1 << 16)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return  # nothing to lose; a folder, or a file on the way, is for the callers' checks to name
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing to lose; a file on the way is for the callers' checks to name
     except OSError as exc:
         raise DataSourceError(f"{option} {target}: cannot read the file already there: {exc.strerror or exc}") from None
     if not head.strip():

@@ -109,6 +109,8 @@ def _isolated(tmp_path, monkeypatch):
         (["outcomes", "ingest", "."], "data path is a directory, not a file: ."),
         (["outcomes", "ingest", "https://example.com/a.csv"], "read from a local path or an s3:// URI"),
         (["outcomes", "ingest", ""], "no data file named: the path is empty"),  # was "a directory, not a file: "
+        # A traceback and exit 1 ("degraded"): before the year 1 once in UTC.
+        (["performance", "--since", "0001-01-01T00:30:00+01:00"], "'--since': '0001-01-01T00:30:00+01:00' is out of"),
         (["score", "--input", "", "--output", "s.parquet"], "no data file named"),  # read the current folder
         (["features", "ingest", ".", "--as-of", "modified"], "data path is a directory, not a file: ."),  # "not found"
         # The version was judged and --alias dropped in silence (score refuses the pair).
@@ -124,10 +126,13 @@ def test_wrong_input_is_one_clear_line_and_exit_2(args, message):
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
+@pytest.mark.timeout(120)  # a named pipe opened to be checked blocked for ever
 def test_an_output_never_replaces_a_database_or_a_file_no_such_job_wrote(tmp_path):
     """A mistyped --rejects (or --output) replaced the inference log, the MLflow registry or a
-    customer export, and said so only after: refused before anything is read or written."""
+    customer export, and said so only after: refused before anything is read or written. Nor a
+    device or a pipe: as root, ``--output /dev/null`` replaced the device with the scores."""
     sqlite3.connect(tmp_path / "log.db").execute("CREATE TABLE inference_log (x)").connection.commit()
+    os.mkfifo(tmp_path / "pipe")
     (tmp_path / "crm.csv").write_text("customer_id,churned\nz,Yes\n")
     (tmp_path / "c.csv").write_text("customer_id,tenure\nz,3\n")  # listed by score before its outputs are checked
     before = {name: (tmp_path / name).read_bytes() for name in ("log.db", "crm.csv")}
@@ -140,6 +145,8 @@ def test_an_output_never_replaces_a_database_or_a_file_no_such_job_wrote(tmp_pat
         (["score", "--input", "c.csv", "--output", "log.db"], database),
         (["score", "--input", "c.csv", "--output", "crm.csv"], "(no churn_probability column)"),
         (["score", "--input", "c.csv", "--output", "s.parquet", "--rejects", "crm.csv"], "(no row, reason columns)"),
+        (["score", "--input", "c.csv", "--output", "pipe"], "--output pipe is not a regular file (a device or a pipe)"),
+        (["outcomes", "ingest", "c.csv", "--rejects", "pipe"], "--rejects pipe is not a regular file"),
     ):
         result = CliRunner().invoke(main, args)
         assert (result.exit_code, message in result.output) == (2, True), (args, result.output)
