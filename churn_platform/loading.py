@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import Model
 from sklearn.pipeline import Pipeline
 
@@ -270,6 +271,20 @@ def _unloadable(name: str, version: int) -> Iterator[None]:
             raise ModelUnloadable(f"{name} v{version}: {why}") from exc
         raise ModelUnloadable(f"{name} v{version}: its model artifacts cannot be read or do not load here "
                               f"({type(exc).__name__}: {exc})"[:600]) from exc  # fmt: skip
+
+
+def check_servable(client: MlflowClient, found: ModelVersion) -> None:
+    """Refuse what every replica's load would refuse, before an alias moves to it: a threshold
+    tag out of range, and artifacts without an MLmodel file of the sklearn flavour (a cleaned-up
+    run, a pyfunc registered by hand). Reads the MLmodel file only, not the model; the scorer's
+    verification still waits for the load."""
+    name, version = found.name, int(found.version)
+    decision_threshold(found.tags.get(TAG_THRESHOLD), None, version)
+    with _unloadable(name, version):
+        flavors = Model.load(client.get_model_version_download_uri(name, str(version))).flavors
+    if "sklearn" not in flavors:
+        raise ModelUnloadable(f"{name} v{version}: its model is not a scikit-learn pipeline (flavours: "
+                              f"{', '.join(flavors) or 'none'}); this platform serves only those")  # fmt: skip
 
 
 def load_pipeline(name: str, version: int) -> Pipeline:

@@ -511,11 +511,16 @@ def history(client: MlflowClient, name: str, limit: int | None = None) -> list[E
 
 
 def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion:
-    """``version`` of ``name`` if it exists and is READY, else ``NotFoundError``."""
+    """``version`` of ``name`` if it exists, is READY and would load (``loading.check_servable``):
+    promoting one whose artifacts were gone, or whose threshold tag was edited to text, exited
+    0, and only the replicas' failed loads and an alert said so."""
+    from churn_platform import loading  # sklearn and the scorer come with it: only when an alias moves
+
     registry.get_model(client, name)
     found = registry.get_version(client, name, version)
     if found.status != "READY":
         raise NotFoundError(f"{name} version {version} is {found.status}, not READY; it cannot serve")
+    loading.check_servable(client, found)
     return found
 
 

@@ -204,12 +204,20 @@ def test_a_rollout_on_the_real_stack(stack_env, model_name, telco_csv, tmp_path)
             code, output = cli("history", "--model-name", model_name)
             assert "rollout-start" in output and "rollout-stop" in output, output
 
-            # A Challenger that cannot load leaves Production serving and /ready at 200.
+            # A version without artifacts is refused before the rollout starts.
             broken = MlflowClient(tracking_uri=stack_env.tracking_uri, registry_uri=stack_env.tracking_uri)
             broken.create_model_version(model_name, f"s3://{stack_env.bucket}/no-such-model", run_id=None)
-            code, output = cli("rollout", "start", "--model-name", model_name, "--mode", "canary", "--percent", "50",
-                               "--version", "3")  # fmt: skip
+            start = ("rollout", "start", "--model-name", model_name, "--mode", "canary", "--percent", "50", "--version")
+            code, output = cli(*start, "3")
+            assert code == 2 and f"{model_name} v3: its model artifacts cannot be read" in output, output
+            # A Challenger that stops loading after the start (its threshold tag edited to text in the
+            # UI) leaves Production serving and /ready at 200.
+            v2 = broken.get_model_version(model_name, "2")
+            broken.create_model_version(model_name, v2.source, run_id=v2.run_id,
+                                        model_id=v2.source.removeprefix("models:/"))  # fmt: skip
+            code, output = cli(*start, "4")
             assert code == 0, output
+            broken.set_model_version_tag(model_name, "4", "decision_threshold", "abc")
             model = reload(a)
             assert model["version"] == 2 and model["rollout"]["mode"] == "off"
             assert "Challenger not served" in model["rollout"]["status"]

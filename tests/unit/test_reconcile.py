@@ -29,6 +29,7 @@ def client(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not a registry another test configured
     client.create_registered_model("m")
+    (tmp_path / "MLmodel").write_text("flavors:\n  sklearn: {}\n")  # what a promotion reads of a version
     for _ in range(2):
         client.create_model_version("m", source=str(tmp_path))
     return client

@@ -232,3 +232,27 @@ def test_a_gate_whose_figures_could_not_be_read_promotes_nothing(versions, monke
     monkeypatch.undo()
     status = json.loads(cli("status", "--model-name", model_name, "--json").output)
     assert status["production"]["version"] == 1
+
+
+def test_a_version_that_cannot_load_is_refused_before_any_alias_moves(versions, tmp_path):
+    """Promoting a version whose artifacts were gone, or whose threshold tag was edited to text
+    in the UI, exited 0; then every replica's load failed and only an alert said so."""
+    from mlflow import MlflowClient
+
+    model_name = versions(2)
+    client = MlflowClient()
+    assert cli("promote", "--model-name", model_name, "--version", "1", "--force").exit_code == 0
+    client.set_model_version_tag(model_name, "2", "decision_threshold", "abc")
+    (tmp_path / "cleaned-up").mkdir()
+    client.create_model_version(model_name, source=str(tmp_path / "cleaned-up"))  # v3: its folder emptied
+    for args, message in (
+        (("promote", "--version", "2", "--force"), "v2's tag decision_threshold='abc' is not between 0 and 1"),
+        (("promote", "--version", "3", "--force"), f"{model_name} v3: its model artifacts cannot be read"),
+        (("rollout", "start", "--mode", "shadow", "--version", "3"), f"{model_name} v3: its model artifacts"),
+    ):
+        result = cli(*args, "--model-name", model_name)
+        assert (result.exit_code, message in result.output) == (2, True), (args, result.output)
+    status = json.loads(cli("status", "--model-name", model_name, "--json").output)
+    assert status["production"]["version"] == 1
+    assert [e["action"] for e in json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]] == [
+        "promote"]  # fmt: skip
