@@ -44,7 +44,7 @@ from churn_platform.contract import (
 )
 from churn_platform.errors import ChurnPlatformError, DataValidationError
 from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
-from churn_platform.inference_log import make_engine, read_failure, require_log
+from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
 from churn_platform.training_config import check_parameter
@@ -461,6 +461,12 @@ def retrain(
             raise NotRetrained(decision.reason)
         return production, decision
 
+    # What a typo breaks is found on the first day, not on the day a retrain is due (most days
+    # end at the decision): a SQLite log's file and --base are looked for (neither is read).
+    if why := missing_file(log_url):
+        raise DataValidationError(why)
+    if base:
+        data.modified_time(base, settings.s3_endpoint_url)
     with registry.translate_errors(settings):  # first without the lock: most days end here, the log untouched
         decided()
     with exclusive(log_url, name), registry.translate_errors(settings):

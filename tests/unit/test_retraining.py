@@ -288,6 +288,11 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     assert code == 2 and "--since 2999-01-01T00:00:00+00:00 is not in the past" in output, output
     code, output = cli("retrain", "--if", "drift", "--of", "2", "--at-least", "3")
     assert code == 2 and "--at-least must be between 1 and --of (2)" in output
+    # Typos under a trigger read "not retrained" (exit 1) every day, until the day one was due.
+    code, output = cli("retrain", "--if", "performance", "--base", "/no/such/base.csv")
+    assert code == 2 and "data file not found: /no/such/base.csv" in output, output
+    code, output = cli("retrain", "--if", "drift", "--inference-log-url", scenario[1].replace("log.db", "typo.db"))
+    assert code == 2 and "no inference log at " in output and "typo.db (no such file)" in output, output
     # Enough to train, too few for the drift monitor to ever judge the version on (its reference).
     monkeypatch.setenv("CHURN_RETRAIN_MIN_ROWS", "500")
     monkeypatch.setenv("CHURN_MONITOR_MIN_ROWS", str(n))
