@@ -389,8 +389,9 @@ def environment_variables() -> dict[str, tuple[object, str, bool]]:
 
 
 #: URI schemes MLflow's registry accepts (before any ``+driver``); '' is a local folder.
-_TRACKING_SCHEMES = ("", "file", "http", "https", "postgresql", "mysql", "sqlite", "mssql", "databricks",
-                     "databricks-uc", "uc")  # fmt: skip
+_TRACKING_SCHEMES = ("", "file", "http", "https", "postgresql", "mysql", "sqlite", "mssql")
+#: MLflow's, which cannot hold this platform's models: every command failed with a traceback, exit 70.
+_DATABRICKS_SCHEMES = ("databricks", "databricks-uc", "uc")
 _DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 
 
@@ -482,9 +483,13 @@ def checked_tracking_uri(uri: str) -> str:
     scheme = "" if len(scheme) == 1 else scheme
     if not scheme and uri.strip().lower() in ("databricks", "databricks-uc"):  # MLflow's bare forms
         scheme = uri.strip().lower()
+    if scheme in _DATABRICKS_SCHEMES:
+        raise ValueError(f"{scheme!r}: Databricks' registries cannot serve this platform: the workspace registry "
+                         "has no aliases (Production, Challenger), and Unity Catalog is a registry, not a tracking "
+                         "server; point it at an MLflow server (http(s)://) or its database")  # fmt: skip
     if scheme not in _TRACKING_SCHEMES and scheme not in _plugin_schemes():
         raise ValueError(f"unsupported scheme {scheme!r}; MLflow takes http(s)://, postgresql://, "
-                         "mysql://, sqlite:/// or databricks")  # fmt: skip
+                         "mysql:// or sqlite:///")  # fmt: skip
     allowed = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1")
     if scheme in ("", "file") and not allowed:
         path = Path(urlsplit(uri).path if scheme else uri).expanduser()

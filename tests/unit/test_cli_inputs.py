@@ -741,12 +741,16 @@ def test_several_workers_poll_the_registry_so_a_reload_reaches_them_all(monkeypa
         get_settings.cache_clear()
 
 
-def test_mlflows_bare_databricks_uris_are_not_taken_for_folders():
-    """docs/batch.md tells Databricks users to set MLFLOW_TRACKING_URI=databricks."""
+def test_databricks_registries_are_refused_by_name_not_taken_for_folders():
+    """The workspace registry has no aliases: every command was a traceback, exit 70 (and
+    docs/batch.md said they worked the same way)."""
     from churn_platform.settings import checked_tracking_uri
 
-    for uri in ("databricks", "databricks-uc", "databricks://profile"):
-        assert checked_tracking_uri(uri) == uri
+    for uri in ("databricks", "databricks-uc", "databricks://profile", "databricks-uc://profile"):
+        with pytest.raises(ValueError, match="Databricks' registries cannot serve this platform: the workspace"):
+            checked_tracking_uri(uri)
+    result = CliRunner().invoke(main, ["status", "--tracking-uri", "databricks"])
+    assert (result.exit_code, "'--tracking-uri': 'databricks': Databricks' registries" in result.output) == (2, True)
 
 
 def test_a_log_url_naming_a_file_that_is_no_database_is_a_usage_error_naming_it(registry_uri, tmp_path, monkeypatch):
