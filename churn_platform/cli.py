@@ -436,7 +436,7 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 def _fmt_version(info: VersionInfo | None) -> str:
     if info is None:
         return "none"
-    line = f"v{info.version}  run {info.run_id}  {_fmt_metrics(info.metrics)}  data {info.data_digest}"
+    line = f"v{info.version}  run {info.run_id}  {_fmt_metrics(info.metrics)}  data {info.data_digest or '-'}"
     if info.promoted_at:
         line += f"\n    promoted {info.promoted_at} by {info.promoted_by} via {info.promoted_via}"
     return line
