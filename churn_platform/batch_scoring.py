@@ -634,8 +634,6 @@ def check_scored(
         )
 
 
-#: The columns every rejects file begins with, whichever job wrote it.
-REJECT_MARKER = ("row", "reason")
 REJECTS_SCHEMA = pa.schema(
     [pa.field("row", pa.int64()), pa.field("reason", pa.string())]
     + [pa.field(c, pa.string()) for c in (ID_COLUMN, *FEATURE_NAMES)]
@@ -910,7 +908,7 @@ def prepare(
         else:
             data.local_target(target)  # its folder exists: found now, not after the model's download
     data.refuse_overwrite(source, output=output, rejects=rejects)
-    own = {"output": (output, PROBABILITY), "rejects": (rejects, *REJECT_MARKER)}
+    own = {"output": (output, PROBABILITY), "rejects": (rejects, *data.REJECT_MARKER)}
     fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)
     for option, (target, *columns) in own.items():  # after the input's own checks, which say more
         data.refuse_foreign_output(f"--{option}", target, tuple(columns))
@@ -1059,7 +1057,7 @@ def _without_own_outputs(
 
 #: Columns only a job's own outputs have: a scores file (``--with-features`` has the features
 #: and the id too, so it passes for customers) and a rejects file.
-_OUTPUT_MARKERS = ({PROBABILITY, MODEL_VERSION}, set(REJECT_MARKER))
+_OUTPUT_MARKERS = ({PROBABILITY, MODEL_VERSION}, set(data.REJECT_MARKER))
 
 
 def _customer_files(headers: dict[str, list[str]], source: str) -> dict[str, list[str]]:

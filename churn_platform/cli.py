@@ -1059,7 +1059,7 @@ def outcomes_ingest(source: str, rejects_path: str | None, strict: bool, inferen
             rejects_path = Path(rejects_path).name  # the input's name, in this folder
     data.refuse_overwrite(source, rejects=rejects_path)
     data.local_target(rejects_path)
-    data.refuse_foreign_output("--rejects", rejects_path, outcomes_mod.REJECT_COLUMNS)
+    data.refuse_foreign_output("--rejects", rejects_path, data.REJECT_MARKER)
     outcomes_mod.check_source(source)  # before a large file is read
     url = inference_log_url or settings.inference_log_url
     engine = make_engine(url)

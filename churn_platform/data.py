@@ -110,6 +110,9 @@ def local_target(target: str) -> Path:
 
 
 _SQLITE = b"SQLite format 3\x00"
+#: The columns every rejects file begins with, whichever job wrote it (a later release's may add
+#: others after them: an earlier run's file is still one to replace).
+REJECT_MARKER = ("row", "reason")
 
 
 def refuse_foreign_output(option: str, target: str, columns: tuple[str, ...]) -> None:

@@ -434,7 +434,7 @@ def ingest(
         if Path(rejects).resolve().is_relative_to(folder):  # it replaced online.db, then registry.db: a dead store
             raise DataValidationError(f"--rejects {rejects} is inside the feature store's folder {folder} (its "
                                       "online store, registry and offline source); name a file outside it")  # fmt: skip
-    data.refuse_foreign_output("--rejects", rejects, batch_scoring.REJECT_MARKER)
+    data.refuse_foreign_output("--rejects", rejects, data.REJECT_MARKER)
     # A misspelt CHURN_FEATURE_STORE_DIR would otherwise take the snapshots into a new folder no one reads.
     _require_applied(open_store(settings), settings)
     raw = data.read_table(uri, settings.s3_endpoint_url)

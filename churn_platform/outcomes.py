@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 #: The columns of an outcomes file or request, after header normalisation.
 INPUT_COLUMNS: tuple[str, ...] = (ID_COLUMN, CHURNED, OBSERVED_AT)
 #: What a rejects file holds for each bad row.
-REJECT_COLUMNS: tuple[str, ...] = ("row", "reason", *INPUT_COLUMNS)
+REJECT_COLUMNS: tuple[str, ...] = (*data.REJECT_MARKER, *INPUT_COLUMNS)
 
 
 #: The longest source name (a file's path) stored with each outcome.

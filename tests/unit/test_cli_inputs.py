@@ -139,7 +139,7 @@ def test_an_output_never_replaces_a_database_or_a_file_no_such_job_wrote(tmp_pat
     database, foreign = "is a SQLite database (the MLflow registry, the inference log?)", "already holds a file"
     for args, message in (
         (["outcomes", "ingest", "c.csv", "--rejects", "log.db"], database),
-        (["outcomes", "ingest", "c.csv", "--rejects", "crm.csv"], "(no row, reason, observed_at columns)"),
+        (["outcomes", "ingest", "c.csv", "--rejects", "crm.csv"], "(no row, reason columns)"),
         (["features", "ingest", "c.csv", "--as-of", "now", "--rejects", "log.db"], database),
         (["features", "ingest", "c.csv", "--as-of", "now", "--rejects", "crm.csv"], f"{foreign} this job"),
         (["score", "--input", "c.csv", "--output", "log.db"], database),
