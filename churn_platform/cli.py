@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 from functools import cache, wraps
@@ -145,22 +145,39 @@ def _refuse_rows_beside_a_file(data: str) -> None:
         raise generated_only(["n_rows"], data)
 
 
-class _UtcTime(click.DateTime):
-    """click's date and time formats, a time also with a zone (``Z``, ``+02:00``, as the
-    feature store's ``--as-of`` and its docs write it, and it was refused here); without
-    one, UTC (as every such option's help says)."""
+#: A date, or a date and time with an optional zone: the shapes the snapshot_time column takes.
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?)?")
+_ISO_SHAPES = "YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], with a zone (Z, +02:00) or in UTC"
 
-    def __init__(self, formats: Sequence[str] = ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S")) -> None:
-        super().__init__([*formats, *(f"{f}%z" for f in formats if "%S" in f)])
+
+def _iso_utc(value: str) -> datetime:
+    """``value`` in UTC, read as the snapshot_time column reads times (a zone or ``Z``;
+    without one, UTC): every time option takes the same shapes. ``ValueError`` for another
+    shape, ``OverflowError`` for a time out of range once in UTC (0001-01-01T00:30+01:00)."""
+    text = value.strip()
+    if not _ISO_TIME.fullmatch(text):  # fromisoformat alone takes 2026-06-30+02:00 as 02:00
+        raise ValueError(value)
+    parsed = datetime.fromisoformat(text)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+class _UtcTime(click.ParamType):
+    """A time as ``_iso_utc`` reads it: the window options refused a zone that ``--as-of``, the
+    snapshot_time column and the docs write."""
+
+    name = "utc_time"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "YYYY-MM-DD[THH:MM:SS][Z|+HH:MM]"
+        return "YYYY-MM-DD[THH:MM[:SS][Z|+HH:MM]]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        converted = super().convert(value, param, ctx)
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         try:
-            return converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
-        except OverflowError:  # 0001-01-01T00:30:00+01:00 is before the year 1 in UTC: a traceback, exit 1
+            return _iso_utc(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time: {_ISO_SHAPES}", param, ctx)
+        except OverflowError:  # it was a traceback and exit 1, which a scheduler reads as a verdict
             self.fail(f"{value!r} is out of range in UTC (years 1 to 9999)", param, ctx)
 
 
@@ -557,10 +574,6 @@ def features_apply() -> None:
     click.echo(f"registered {', '.join(names)} in project {feature_store.PROJECT!r}")
 
 
-#: A date, or a date and time with an optional zone: the shapes the snapshot_time column takes.
-_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?)?")
-
-
 #: ``--as-of modified``: the file's own time, resolved once the file is known.
 MODIFIED = "modified"
 
@@ -581,12 +594,11 @@ class _SnapshotTime(click.ParamType):
             return MODIFIED
         else:
             try:
-                if not _ISO_TIME.fullmatch(value.strip()):  # fromisoformat alone takes 2026-06-30+02:00 as 02:00
-                    raise ValueError(value)
-                converted = datetime.fromisoformat(value.strip())
+                converted = _iso_utc(value)
             except ValueError:
-                self.fail(f"{value!r} is not 'now', 'modified' nor an ISO 8601 time: YYYY-MM-DD, "
-                          "YYYY-MM-DDTHH:MM:SS, with a zone (Z, +02:00) or in UTC", param, ctx)  # fmt: skip
+                self.fail(f"{value!r} is not 'now', 'modified' nor an ISO 8601 time: {_ISO_SHAPES}", param, ctx)
+            except OverflowError:
+                self.fail(f"{value!r} is out of range in UTC (years 1 to 9999)", param, ctx)
         converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
         if converted > datetime.now(UTC) + CLOCK_AHEAD:
             self.fail(f"{value!r} is in the future; a snapshot is of what is known now or before", param, ctx)
@@ -671,8 +683,7 @@ def features_materialize() -> None:
 
 @features.command("delete")
 @click.option("--snapshot-time", "at", required=True,
-              type=_UtcTime(("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f",
-                             "%Y-%m-%d %H:%M:%S.%f")),
+              type=UTC_TIME,
               help="The snapshots' time (UTC), as the ingest summary prints it: to the second, every snapshot "
                    "within that second.")  # fmt: skip
 @click.option("--yes", is_flag=True, help="Delete them; without it, only say what would be deleted.")

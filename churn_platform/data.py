@@ -7,13 +7,14 @@ not counting the header).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
 import io
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,20 +62,8 @@ def read_table(uri: str | Path, s3_endpoint_url: str | None = None) -> pd.DataFr
     if uri.startswith("s3://"):
         payload = _read_s3(uri, s3_endpoint_url)
     else:
-        path = Path(uri)
-        try:
-            if not path.exists():
-                # `mlflow run` runs in the project folder: a relative path is looked for there, not where it was typed.
-                where = "" if path.is_absolute() else f" (looked for at {path.resolve()})"
-                raise DataSourceError(f"data file not found: {uri}{where}")
-            if path.is_dir():
-                raise DataSourceError(f"data path is a directory, not a file: {uri}")
+        with _local_file(uri) as path:
             payload = path.read_bytes()
-        except OSError as exc:  # not "a bug" (exit 70)
-            why = f"cannot read data file {uri}: {exc.strerror or exc}"
-            if isinstance(exc, PermissionError) or exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
-                raise DataSourceError(why) from None  # another user's file, a path no one can open: exit 2
-            raise StorageUnreachable(why) from None  # an I/O error, a stale NFS handle: retried (exit 3)
     if not payload.strip():
         raise DataSourceError(f"data file is empty: {uri}")
     try:
@@ -245,12 +234,28 @@ def modified_time(uri: str, s3_endpoint_url: str | None = None) -> datetime:
     if uri.startswith("s3://"):
         stamp = _s3_object(uri, s3_endpoint_url, lambda client, b, k: client.head_object(Bucket=b, Key=k))
         return stamp["LastModified"].astimezone(UTC)
+    with _local_file(uri) as path:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+@contextlib.contextmanager
+def _local_file(uri: str) -> Iterator[Path]:
+    """A local data file that is there and not a folder, and what reading it raises as ours
+    (not "a bug", exit 70): checked alike whether a job reads it or only looks for it."""
     path = Path(uri)
-    if path.is_dir():
-        raise DataSourceError(f"data path is a directory, not a file: {uri}")
-    if not path.is_file():
-        raise DataSourceError(f"data file not found: {uri}")
-    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    try:
+        if not path.exists():
+            # `mlflow run` runs in the project folder: a relative path is looked for there, not where it was typed.
+            where = "" if path.is_absolute() else f" (looked for at {path.resolve()})"
+            raise DataSourceError(f"data file not found: {uri}{where}")
+        if path.is_dir():
+            raise DataSourceError(f"data path is a directory, not a file: {uri}")
+        yield path
+    except OSError as exc:
+        why = f"cannot read data file {uri}: {exc.strerror or exc}"
+        if isinstance(exc, PermissionError) or exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise DataSourceError(why) from None  # another user's file, a path no one can open: exit 2
+        raise StorageUnreachable(why) from None  # an I/O error, a stale NFS handle: retried (exit 3)
 
 
 def _s3_object(uri: str, endpoint_url: str | None, call: Callable[[Any, str, str], Any]) -> Any:

@@ -218,11 +218,12 @@ def check_source(source: str) -> None:
 
 def remove_earlier_rejects(path: Path) -> None:
     """Remove the rejects file an earlier run left at ``path``: only a file that is one (its
-    header says so), never another a mistyped --rejects names."""
+    header begins as every rejects file's does, an earlier release's too), never another a
+    mistyped --rejects names."""
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             header = next(csv.reader(handle), None)
-        if header == list(REJECT_COLUMNS):
+        if header is not None and header[: len(data.REJECT_MARKER)] == list(data.REJECT_MARKER):
             path.unlink()
     except FileNotFoundError:
         pass

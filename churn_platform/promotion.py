@@ -520,7 +520,10 @@ def ready_version(client: MlflowClient, name: str, version: int) -> ModelVersion
     found = registry.get_version(client, name, version)
     if found.status != "READY":
         raise NotFoundError(f"{name} version {version} is {found.status}, not READY; it cannot serve")
-    loading.check_servable(client, found)
+    try:
+        loading.check_servable(client, found)
+    except (loading.ModelUnloadable, loading.VerificationFailed) as exc:  # as if deleted: callers add the way out
+        raise NotFoundError(f"{exc}; it cannot serve") from exc
     return found
 
 

@@ -217,7 +217,7 @@ def test_a_rollout_on_the_real_stack(stack_env, model_name, telco_csv, tmp_path)
                                         model_id=v2.source.removeprefix("models:/"))  # fmt: skip
             code, output = cli(*start, "4")
             assert code == 0, output
-            broken.set_model_version_tag(model_name, "4", "decision_threshold", "abc")
+            broken.set_model_version_tag(model_name, "4", "decision_threshold", "abc")  # read again at each reload
             model = reload(a)
             assert model["version"] == 2 and model["rollout"]["mode"] == "off"
             assert "Challenger not served" in model["rollout"]["status"]

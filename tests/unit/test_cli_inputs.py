@@ -111,6 +111,7 @@ def _isolated(tmp_path, monkeypatch):
         (["outcomes", "ingest", ""], "no data file named: the path is empty"),  # was "a directory, not a file: "
         # A traceback and exit 1 ("degraded"): before the year 1 once in UTC.
         (["performance", "--since", "0001-01-01T00:30:00+01:00"], "'--since': '0001-01-01T00:30:00+01:00' is out of"),
+        (["features", "ingest", "c.csv", "--as-of", "0001-01-01T00:30:00+01:00"], "is out of range in UTC (years 1"),
         (["score", "--input", "", "--output", "s.parquet"], "no data file named"),  # read the current folder
         (["features", "ingest", ".", "--as-of", "modified"], "data path is a directory, not a file: ."),  # "not found"
         # The version was judged and --alias dropped in silence (score refuses the pair).

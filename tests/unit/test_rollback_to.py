@@ -241,18 +241,22 @@ def test_a_version_that_cannot_load_is_refused_before_any_alias_moves(versions, 
 
     model_name = versions(2)
     client = MlflowClient()
-    assert cli("promote", "--model-name", model_name, "--version", "1", "--force").exit_code == 0
-    client.set_model_version_tag(model_name, "2", "decision_threshold", "abc")
+    for version in ("1", "2"):
+        assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
+    client.set_model_version_tag(model_name, "1", "decision_threshold", "abc")
     (tmp_path / "cleaned-up").mkdir()
     client.create_model_version(model_name, source=str(tmp_path / "cleaned-up"))  # v3: its folder emptied
     for args, message in (
-        (("promote", "--version", "2", "--force"), "v2's tag decision_threshold='abc' is not between 0 and 1"),
+        (("promote", "--version", "1", "--force"), "v1's tag decision_threshold='abc' is not between 0 and 1"),
         (("promote", "--version", "3", "--force"), f"{model_name} v3: its model artifacts cannot be read"),
         (("rollout", "start", "--mode", "shadow", "--version", "3"), f"{model_name} v3: its model artifacts"),
+        # The emergency command says why, and the way out.
+        (("rollback",), "cannot roll back to v1, which held Production before v2: v1's tag decision_threshold='abc'"),
+        (("rollback",), "it cannot serve; roll back to another with --to (earlier: none)"),
     ):
         result = cli(*args, "--model-name", model_name)
         assert (result.exit_code, message in result.output) == (2, True), (args, result.output)
     status = json.loads(cli("status", "--model-name", model_name, "--json").output)
-    assert status["production"]["version"] == 1
-    assert [e["action"] for e in json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]] == [
-        "promote"]  # fmt: skip
+    assert status["production"]["version"] == 2
+    events = json.loads(cli("history", "--model-name", model_name, "--json").output)["events"]
+    assert [(e["action"], e["to"]) for e in events] == [("promote", 2), ("promote", 1)]
