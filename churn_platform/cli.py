@@ -181,7 +181,7 @@ class _UtcTime(click.ParamType):
             self.fail(f"{value!r} is out of range in UTC (years 1 to 9999)", param, ctx)
 
 
-#: A window bound given on the command line: YYYY-MM-DD[ HH:MM:SS], in UTC.
+#: A time given on the command line: YYYY-MM-DD[THH:MM[:SS]], with a zone or in UTC.
 UTC_TIME = _UtcTime()
 
 
