@@ -209,11 +209,17 @@ def test_a_retrain_that_declines_pushes_0_not_the_last_version_registered(regist
                                                                           gateway):  # fmt: skip
     """The gateway keeps what a run does not replace: a declining run left the version an old
     run registered, which the dashboard showed as this run's."""
+    import sqlalchemy as sa
+
     from churn_platform import job_metrics
+    from churn_platform.inference_log import upgrade
 
     monkeypatch.setenv("CHURN_PUSHGATEWAY_URL", gateway)
     get_settings.cache_clear()
     assert job_metrics.push("retrain", "churn", 0, 1.0, [("churn_retrain_registered_version", 7.0, {})], finished=1.0)
+    log = sa.create_engine(f"sqlite:///{tmp_path}/log.db")
+    upgrade(log)  # the API's: a retrain looks for it first, due or not
+    log.dispose()
     declined = CliRunner().invoke(main, ["retrain", "--if", "drift", "--tracking-uri", registry_uri,
                                          "--inference-log-url", f"sqlite:///{tmp_path}/log.db"])  # fmt: skip
     assert declined.exit_code == 1, declined.output
