@@ -193,7 +193,7 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
     is_parquet = payload[:4] == b"PAR1" or uri.lower().endswith((".parquet", ".pq"))
     if payload[:2] == b"\x1f\x8b":  # gzip's magic: parsed as text, "'utf-8' codec can't decode byte 0x8b"
         raise DataSourceError(f"{uri} is compressed (gzip): decompress it first; CSV and Parquet are read as written")
-    if not is_parquet and payload.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):  # read as "a header but no rows"
+    if not is_parquet and payload[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):  # "a header but no rows"
         raise DataSourceError(f"{uri} holds JSON; CSV and Parquet files are read here: export it as one of them")
     try:
         if is_parquet:
