@@ -587,7 +587,7 @@ class _SnapshotTime(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, datetime):
-            converted = value
+            converted = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         elif value.strip().lower() == "now":
             return datetime.now(UTC)
         elif value.strip().lower() == MODIFIED:
@@ -599,7 +599,6 @@ class _SnapshotTime(click.ParamType):
                 self.fail(f"{value!r} is not 'now', 'modified' nor an ISO 8601 time: {_ISO_SHAPES}", param, ctx)
             except OverflowError:
                 self.fail(f"{value!r} is out of range in UTC (years 1 to 9999)", param, ctx)
-        converted = converted.replace(tzinfo=UTC) if converted.tzinfo is None else converted.astimezone(UTC)
         if converted > datetime.now(UTC) + CLOCK_AHEAD:
             self.fail(f"{value!r} is in the future; a snapshot is of what is known now or before", param, ctx)
         return converted
