@@ -72,10 +72,12 @@ def _refuse_alias_beside_version(version: int | None) -> None:
 
 def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Checked when the options are read, not after the work (the folder is made then)."""
-    from monitoring.runs import writable_folder
+    from monitoring.runs import foreign_verdict, writable_folder
 
     if value is not None and (problem := writable_folder(value)):
         raise click.BadParameter(f"{value}: {problem}", ctx=ctx, param=param)
+    if value is not None and value.is_dir() and (problem := foreign_verdict(value)):
+        raise click.BadParameter(f"{value}: {problem}; choose another folder or move it", ctx=ctx, param=param)
     return value
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from monitoring.performance import estimated_below, realized_below, within_chance
+from monitoring.runs import mark_page
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -275,4 +276,4 @@ def write_html(path: Path, summary: PerformanceSummary, labels: np.ndarray, scor
         f"<h2>Metrics</h2>{_metrics_table(s)}<h2>Notes</h2><ol>{''.join(f'<li>{_e(n)}</li>' for n in notes)}</ol>"
         f"<footer>Created {_e(_when(s.created_at))}</footer></body></html>"
     )
-    path.write_text(page, encoding="utf-8")
+    path.write_text(mark_page(page), encoding="utf-8")

@@ -27,6 +27,7 @@ from evidently.legacy.renderers.html_widgets import (
 )
 
 from monitoring.drift import ColumnDrift, DriftResult
+from monitoring.runs import mark_page
 
 VERDICTS = {"drift": "DRIFT DETECTED", "no_drift": "No drift"}
 CRITICAL_MARK = "★ critical"
@@ -242,4 +243,4 @@ def write_html(
             *tests,
         ]
     )
-    path.write_text(page, encoding="utf-8")
+    path.write_text(mark_page(page), encoding="utf-8")

@@ -4,8 +4,10 @@ alert. Kept apart from the drift job so the performance job does not import Evid
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,71 @@ def live_experiment(client: mlflow.MlflowClient, experiment: str) -> str | None:
     return registry.live_experiment(client, experiment, "CHURN_MONITOR_EXPERIMENT")
 
 
+#: In each report page's head: a reused ``--output-dir`` replaces only a page a run wrote.
+GENERATOR = '<meta name="generator" content="churn-platform monitoring">'
+_VERDICT_FILES = ("summary.json", "report.html")
+_SUMMARY_KEYS = frozenset({"model_name", "model_version", "created_at"})  # both jobs' summary.json
+
+
+def mark_page(page: str) -> str:
+    """``page`` with ``GENERATOR`` first in its head."""
+    return page.replace("<head>", f"<head>{GENERATOR}", 1)
+
+
+def foreign_verdict(folder: Path) -> str | None:
+    """Which ``summary.json`` or ``report.html`` in ``folder`` no monitoring run wrote (None:
+    none). A run replaces both; a user's own file of that name would be lost. A summary is
+    ours by its keys, a page by ``GENERATOR`` or by our summary beside it (pages of releases
+    before the mark). An empty file is free; a pipe is never opened (it would block)."""
+    summary, page = folder / "summary.json", folder / "report.html"
+    filled: set[Path] = set()
+    for path in (summary, page):
+        try:
+            mode, size = (found := path.stat()).st_mode, found.st_size
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # a path too long, a name in a folder this user may not enter
+            return f"{path}: {exc.strerror or exc}"
+        if not stat.S_ISREG(mode):
+            return f"{path} is not a regular file"
+        if size:
+            filled.add(path)
+    ours_summary = summary in filled and _holds(summary, _is_our_summary)
+    if summary in filled and not ours_summary:
+        return "it holds a summary.json that no monitoring run wrote"
+    if page in filled and not (ours_summary or _holds(page, lambda text: GENERATOR in text, 4096)):
+        return "it holds a report.html that no monitoring run wrote"
+    return None
+
+
+def _holds(path: Path, test: Callable[[str], bool], limit: int = 16 << 20) -> bool:
+    """Whether the first ``limit`` bytes of ``path``, as text, pass ``test`` (False: unreadable)."""
+    try:
+        with path.open("rb") as file:
+            return test(file.read(limit).decode("utf-8", errors="replace"))
+    except OSError:
+        return False
+
+
+def _is_our_summary(text: str) -> bool:
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and _SUMMARY_KEYS <= parsed.keys()
+
+
 def clear_verdict(folder: Path | None) -> None:
     """Remove an earlier run's verdict from a reused ``--output-dir`` first: a run that ends
-    with nothing to compare, or unreachable, writes none, and the old one read as current."""
-    if folder is not None:
-        for stale in ("summary.json", "report.html"):
-            with contextlib.suppress(OSError):  # a folder that cannot be written is named when the report is
-                (folder / stale).unlink(missing_ok=True)
+    with nothing to compare, or unreachable, writes none, and the old one read as current.
+    Files no run wrote are refused, not removed (the CLI asks ``foreign_verdict`` first)."""
+    if folder is None:
+        return
+    if problem := foreign_verdict(folder):
+        raise SettingsError(f"--output-dir {folder}: {problem}; choose another folder or move it")
+    for stale in _VERDICT_FILES:
+        with contextlib.suppress(OSError):  # a folder that cannot be written is named when the report is
+            (folder / stale).unlink(missing_ok=True)
 
 
 def writable_folder(folder: Path) -> str | None:

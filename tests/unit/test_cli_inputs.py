@@ -396,10 +396,38 @@ def test_a_misspelt_sqlite_registry_is_named_missing_and_never_made(tmp_path):
     for command in ("monitor", "performance"):
         old = tmp_path / command
         old.mkdir()
-        (old / "summary.json").write_text('{"verdict": "ok"}')
-        (old / "report.html").write_text("<html>ok</html>")
+        (old / "summary.json").write_text('{"model_name": "churn", "model_version": 1, "created_at": "t"}')
+        (old / "report.html").write_text("<html><head></head>ok</html>")  # an earlier release's: no mark
         result = CliRunner().invoke(main, [command, "--tracking-uri", f"sqlite:///{typo}", "--output-dir", str(old)])
         assert result.exit_code == 2 and sorted(old.iterdir()) == [], (result.output, sorted(old.iterdir()))
+
+
+@pytest.mark.timeout(120)  # a named pipe opened to be checked blocks for ever
+def test_a_reused_output_dir_keeps_files_no_monitoring_run_wrote(tmp_path):
+    """``--output-dir .`` removed the user's own summary.json and report.html before the run
+    (and overwrote them after): refused, both kept. A run's own files are replaced."""
+    from monitoring.runs import GENERATOR
+
+    foreign = {"summary.json": '{"accounts": 3}', "report.html": "<html><head></head>Q3 board pack</html>"}
+    for name, text in foreign.items():
+        for command in ("monitor", "performance"):
+            folder = tmp_path / f"{command}-{name}"
+            folder.mkdir()
+            (folder / name).write_text(text)
+            result = CliRunner().invoke(main, [command, "--output-dir", str(folder)])
+            assert result.exit_code == 2, result.output
+            assert f"it holds a {name} that no monitoring run wrote; choose another folder" in result.output
+            assert (folder / name).read_text() == text
+    (tmp_path / "piped").mkdir()
+    os.mkfifo(tmp_path / "piped" / "summary.json")  # opened to be read, it would block for ever
+    result = CliRunner().invoke(main, ["performance", "--output-dir", str(tmp_path / "piped")])
+    assert result.exit_code == 2 and "summary.json is not a regular file" in result.output, result.output
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "report.html").write_text(f"<html><head>{GENERATOR}</head>drift</html>")  # its summary was not written
+    result = CliRunner().invoke(main, ["monitor", "--output-dir", str(ours),
+                                       "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"])  # fmt: skip
+    assert "--output-dir" not in result.output and sorted(ours.iterdir()) == [], result.output
 
 
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):

@@ -21,6 +21,7 @@ from churn_platform import data
 from churn_platform.schema import FEATURE_NAMES
 from monitoring import drift
 from monitoring.report import _percent_by_default, write_html
+from monitoring.runs import GENERATOR, foreign_verdict
 
 CRITICAL = {"contract", "tenure"}
 SHARE_LIMIT, COLUMN_THRESHOLD = 0.15, 0.1
@@ -125,6 +126,15 @@ def test_drifted_report_opens_with_verdict_share_and_prediction(drifted):
     assert "2,000 current rows against 2,000 reference rows" in summary
     # The verdict is also the first thing in the whole file, not only in the data.
     assert page.index("DRIFT DETECTED") < page.index(FIRST_CHART)
+
+
+def test_the_page_is_marked_as_a_monitoring_run_s_so_a_reused_folder_replaces_it(drifted, tmp_path):
+    page, _ = drifted
+    assert page.lstrip().startswith("<!DOCTYPE html>")  # the mark goes in the head: no quirks mode
+    (tmp_path / "report.html").write_text(page, encoding="utf-8")
+    assert foreign_verdict(tmp_path) is None
+    (tmp_path / "report.html").write_text(page.replace(GENERATOR, ""), encoding="utf-8")
+    assert foreign_verdict(tmp_path) == "it holds a report.html that no monitoring run wrote"
 
 
 def test_table_lists_every_feature_drifted_first_by_score_with_critical_marked(drifted):

@@ -11,6 +11,7 @@ import pandas as pd
 from churn_platform.performance_metrics import by_day, estimated, realized
 from monitoring.performance import PerformanceSummary, PerformanceWindow
 from monitoring.performance_report import write_html
+from monitoring.runs import foreign_verdict
 
 THRESHOLD = 0.5
 PREDICTIONS = 5_000
@@ -76,6 +77,7 @@ def test_report_opens_with_the_verdict_and_has_three_charts(tmp_path):
     assert "window 2025-06-01 00:00:00 UTC → 2025-06-06 00:00:00 UTC" in page  # to the second, both ends
     assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
     assert "no labels yet" not in page
+    assert page.startswith("<!DOCTYPE html>") and foreign_verdict(tmp_path) is None  # a reused folder replaces it
 
 
 def test_ok_report_is_green_and_lists_no_reasons(tmp_path):
