@@ -667,6 +667,35 @@ def load_model(settings: Settings, alias: str | None, version: int | None) -> lo
         raise
 
 
+def launched_run(settings: Settings) -> str | None:
+    """The run ``mlflow run`` made for this job (``MLFLOW_RUN_ID``; None: not launched so),
+    looked up before the work: a run the tracking store lacks is named before the scoring."""
+    from churn_platform import registry
+
+    if not (run_id := os.environ.get("MLFLOW_RUN_ID")):
+        return None
+    client = registry.connect(settings, existing=True)
+    with registry.translate_errors(settings):
+        return registry.launched_run(client, run_id).info.run_id
+
+
+def record_on_run(settings: Settings, run_id: str, summary: ScoreSummary) -> None:
+    """Put on the launched run what its parameters cannot say: which version scored (an alias
+    moves on) and how many rows went where."""
+    from mlflow.entities import Metric, RunTag
+
+    from churn_platform import registry
+
+    client = registry.connect(settings, existing=True)
+    now = int(time.time() * 1000)
+    figures = {"rows": summary.rows, "rows_scored": summary.scored, "rows_rejected": summary.rejected,
+               "load_seconds": summary.load_seconds, "scoring_seconds": summary.scoring_seconds}  # fmt: skip
+    tags = {"model_name": summary.model_name, "model_version": str(summary.model_version)}
+    with registry.translate_errors(settings):
+        client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in figures.items()],
+                         tags=[RunTag(key, value) for key, value in tags.items()])  # fmt: skip
+
+
 def _output_table(
     model: loading.LoadedModel, raw: np.ndarray, ids: pa.Array, settings: Settings, scored_at: pd.Timestamp,
     schema: pa.Schema,

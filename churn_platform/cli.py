@@ -1006,12 +1006,15 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
                                "explain_top_k": (top_k or 5) if explain else None, "with_features": with_features,
                                "chunk_rows": chunk_rows, "progress": not no_progress and not as_json,
                                "max_reject_share": max_reject_share}  # fmt: skip
+    run_id = batch_scoring.launched_run(settings)
     if engine == "spark":
         from churn_platform import spark_scoring
 
         summary = spark_scoring.score(settings, source, output, master=spark_master, conf=conf, **options)
     else:
         summary = batch_scoring.score(settings, source, output, **options)
+    if run_id:
+        batch_scoring.record_on_run(settings, run_id, summary)
     job_metrics.record("churn_job_rows", summary.scored, outcome="scored")
     job_metrics.record("churn_job_rows", summary.rejected, outcome="rejected")
     if as_json:

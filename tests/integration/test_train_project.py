@@ -105,3 +105,28 @@ def test_mlflow_run_monitor_entry_point_logs_into_the_launched_run(stack_env, mo
     runs = client.search_runs([experiment.experiment_id], f"tags.model_name = '{model_name}'")
     assert len(runs) == 1 and runs[0].data.tags["mlflow.project.entryPoint"] == "monitor"
     assert runs[0].data.tags["verdict"] == "no_drift" and runs[0].info.status == "FINISHED"
+
+
+def test_mlflow_run_score_entry_point_records_which_version_scored_and_the_counts(stack_env, model_name, tmp_path):
+    """The launched run's parameters said `alias: ""` (Production) and nothing more: which
+    model scored the file, once the alias had moved on, was nowhere."""
+    from churn_platform.settings import get_settings
+    from churn_platform.training import TrainConfig, train
+
+    train(TrainConfig(n_rows=600, model_name=model_name), get_settings())
+    registry = MlflowClient(stack_env.tracking_uri, stack_env.tracking_uri)
+    registry.set_registered_model_alias(model_name, "Production", "1")
+    customers = data.generate(200, seed=4)
+    customers.loc[7, "tenure"] = -3  # one row the schema rejects
+    customers.to_csv(tmp_path / "in.csv", index=False)
+    cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "score", "--env-manager", "local",
+           "-P", f"input={tmp_path / 'in.csv'}", "-P", f"output={tmp_path / 'scores.parquet'}",
+           "-P", f"model_name={model_name}"]  # fmt: skip
+    done = subprocess.run(cmd, env=stack_env.env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "199 of 200 rows scored" in done.stdout + done.stderr, done.stderr[-3000:]
+    assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 199
+    runs = registry.search_runs(["0"], f"tags.model_name = '{model_name}'")  # the training run too
+    [run] = [run for run in runs if run.data.tags.get("mlflow.project.entryPoint") == "score"]
+    assert run.data.tags["model_version"] == "1"
+    assert {k: run.data.metrics[k] for k in ("rows", "rows_scored", "rows_rejected")} == \
+        {"rows": 200, "rows_scored": 199, "rows_rejected": 1}
