@@ -91,6 +91,10 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     def fail(message: str, code: int, prefix: str = "error: ") -> NoReturn:
         click.echo(f"{prefix}{message}", err=True)
+        if os.environ.get("MLFLOW_RUN_ID"):  # a run `mlflow run` launched: say why on it
+            from churn_platform import registry
+
+            registry.note_failure(f"{prefix}{message}", code)
         context = click.get_current_context(silent=True)
         if context is not None and context.params.get("as_json"):
             echo_json({"error": message, "exit_code": code})

@@ -261,6 +261,34 @@ def launched_run(client: MlflowClient, run_id: str) -> Run:
                             f"{redacted(uri)}{why}") from None
 
 
+#: The launched run's tag that says why its job failed (MLflow only marks it FAILED).
+ERROR_TAG = "error"
+
+
+def note_failure(message: str, exit_code: int) -> None:
+    """Under ``mlflow run``, tag the launched run with why the job failed: the UI showed a
+    FAILED run, and only the launcher's output said why. One quick try, never when the
+    registry being unreachable is the reason (exit 3); a failure here changes nothing."""
+    from churn_platform.contract import ExitCode
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id or exit_code == ExitCode.UNREACHABLE:
+        return
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        MlflowClient().set_tag(run_id, ERROR_TAG, f"exit {exit_code}: {message}"[:5000])
+    except Exception as exc:  # noqa: BLE001 - the job's own error is the one to report
+        log.debug("could not tag run %s with its error: %s", run_id, exc)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def live_experiment(
     client: MlflowClient, name: str | None = None, setting: str = "MLFLOW_EXPERIMENT_NAME"
 ) -> str | None:

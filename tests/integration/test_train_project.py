@@ -118,10 +118,15 @@ def test_mlflow_run_score_entry_point_records_which_version_scored_and_the_count
     registry.set_registered_model_alias(model_name, "Production", "1")
     customers = data.generate(200, seed=4)
     customers.loc[7, "tenure"] = -3  # one row the schema rejects
-    customers.to_csv(tmp_path / "in.csv", index=False)
     cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "score", "--env-manager", "local",
            "-P", f"input={tmp_path / 'in.csv'}", "-P", f"output={tmp_path / 'scores.parquet'}",
            "-P", f"model_name={model_name}"]  # fmt: skip
+    # A run that failed said why only in the launcher's output: its run says so too.
+    done = subprocess.run(cmd, env=stack_env.env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and not (tmp_path / "scores.parquet").exists()
+    [failed] = registry.search_runs(["0"], f"tags.error LIKE '%{tmp_path}%'")
+    assert failed.info.status == "FAILED" and failed.data.tags["error"].startswith("exit 2: error: "), failed.data.tags
+    customers.to_csv(tmp_path / "in.csv", index=False)
     done = subprocess.run(cmd, env=stack_env.env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "199 of 200 rows scored" in done.stdout + done.stderr, done.stderr[-3000:]
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 199
