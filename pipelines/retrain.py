@@ -8,7 +8,7 @@ from pipelines.monitor import _args
 
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's."""
-    return ["retrain", *_args(argv, whole=("--of", "--at-least"))]
+    return ["retrain", *_args(argv, whole=("--of", "--at-least"), not_empty=("--if",))]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from pipelines.monitor import _args, _switch
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's."""
     numbers = ("--version", "--explain-top-k", "--chunk-rows")
-    args = _args(argv, whole=numbers, zero_unset=(*numbers, "--max-reject-share"))
+    args = _args(argv, whole=numbers, zero_unset=(*numbers, "--max-reject-share"),
+                 not_empty=("--input", "--output", "--engine"))
     _switch(args, "--with-features")
     if "--explain-top-k" in args:
         at = args.index("--explain-top-k")

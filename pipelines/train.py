@@ -10,7 +10,7 @@ from pipelines.monitor import _args, _switch
 def command(argv: list[str]) -> list[str]:
     """The ``churn-platform`` arguments for the entry point's: whole numbers arrive as floats
     (300.0), an empty decision_threshold means the setting's, and zero is a value (seed 0)."""
-    args = _args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"))
+    args = _args(argv, whole=("--n-rows", "--max-iter", "--max-depth", "--seed"), not_empty=("--data", "--model-type"))
     # MLproject passes every parameter: one at its default was not given, and is not refused
     # beside the feature store (data, n_rows) or a file (n_rows).
     if _switch(args, "--from-features"):

@@ -247,6 +247,25 @@ def test_a_whole_number_parameter_that_is_not_one_is_a_usage_error(entry_point, 
     assert done.stderr.strip() == f"error: parameter {param} must be a whole number, got {value!r}"
 
 
+@pytest.mark.parametrize(("entry_point", "param"), [
+    ("train", "data"), ("train", "model_type"), ("retrain", "trigger"), ("score", "input"), ("score", "engine"),
+])  # fmt: skip
+def test_an_empty_parameter_that_has_a_value_by_default_or_none_is_a_usage_error(entry_point, param, capsys):
+    """`-P data=$DATA` with DATA unset trained and registered a model of synthetic customers:
+    empty meant "not given", and the default is `synthetic`."""
+    import shlex
+
+    from mlflow.projects import _project_spec
+
+    given = {"input": "c.csv", "output": "s.parquet"} if entry_point == "score" else {}
+    spec = _project_spec.load_project(str(REPO)).get_entry_point(entry_point)
+    _, _, module, *argv = shlex.split(spec.compute_command({**given, param: ""}, None))
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(module).command(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: parameter {param} is empty (an unset shell variable?)"
+
+
 def test_mlflow_clients_do_not_import_feast_through_its_plugin():
     """Feast's MLflow header plugin would import all of Feast (seconds) in every process that
     talks to a tracking server, and set PROMETHEUS_MULTIPROC_DIR for its children."""
