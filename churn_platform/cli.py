@@ -189,6 +189,20 @@ class _UtcTime(click.ParamType):
 UTC_TIME = _UtcTime()
 
 
+class _Alias(click.ParamType):
+    """A registry alias: an empty one (``--alias "$ALIAS"``, the variable unset) scored with
+    Production in silence."""
+
+    name = "alias"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not str(value).strip():
+            self.fail("an alias cannot be empty (an unset shell variable?)", param, ctx)
+        return value
+
+
+ALIAS = _Alias()
+
 class Share(click.FloatRange):
     """A share in (0, 1] (or (0, 1) with ``max_open``): click's range let ``nan`` through (every
     comparison with it is false), and a drift share of nan never found drift."""
@@ -947,7 +961,8 @@ def retrain(client: Any, settings: Settings, as_json: bool, trigger: str, of: in
 @click.option("--input", "source", required=True,
               help="CSV or Parquet: a file, a folder, a glob, or an s3:// key, prefix or glob.")
 @click.option("--output", required=True, help="Where the scores go: a path or s3://bucket/key.")
-@click.option("--alias", default=None, help="Score with the version this alias points at (default: Production).")
+@click.option("--alias", type=ALIAS, default=None,
+              help="Score with the version this alias points at (default: Production).")
 @click.option("--version", "version", type=VERSION, default=None, help="Score with this version.")
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv"]), default=None,
               help="Output format (default: from --output's suffix, else parquet).")

@@ -11,6 +11,7 @@ import click
 
 from churn_platform import job_metrics
 from churn_platform.cli import (
+    ALIAS,
     COUNT,
     UTC_TIME,
     VERSION,
@@ -82,7 +83,8 @@ def _report_dir(ctx: click.Context, param: click.Parameter, value: Path | None) 
 
 
 @click.command(epilog=EXIT_CODES_HELP)
-@click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is monitored.")
+@click.option("--alias", type=ALIAS, default=PRODUCTION_ALIAS, show_default=True,
+              help="Alias whose version is monitored.")
 @click.option("--version", "version", type=VERSION, default=None, help="Monitor this version instead.")
 @click.option(
     "--current", default=None, help="Current data (CSV/Parquet path or s3:// URI) instead of the inference log."
@@ -185,7 +187,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 
 
 @click.command(epilog=EXIT_CODES_HELP)
-@click.option("--alias", default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is judged.")
+@click.option("--alias", type=ALIAS, default=PRODUCTION_ALIAS, show_default=True, help="Alias whose version is judged.")
 @click.option("--version", "version", type=VERSION, default=None, help="Judge this version instead.")
 @click.option(
     "--since",

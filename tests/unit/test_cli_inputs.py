@@ -117,6 +117,10 @@ def _isolated(tmp_path, monkeypatch):
         # The version was judged and --alias dropped in silence (score refuses the pair).
         (["performance", "--alias", "nosuch", "--version", "1"], "give --alias or --version, not both"),
         (["monitor", "--alias", "Staging", "--version", "2"], "give --alias or --version, not both"),
+        # `--alias "$ALIAS"` with the variable unset: Production scored in silence.
+        (["score", "--input", "c.csv", "--output", "s.parquet", "--alias", ""], "an alias cannot be empty"),
+        (["monitor", "--alias", " "], "'--alias': an alias cannot be empty"),
+        (["performance", "--alias", ""], "'--alias': an alias cannot be empty"),
         # Every row rejected one by one, exit 1, for a time no snapshot may have.
         (["features", "ingest", "c.csv", "--as-of", "1900-01-01"], "--as-of 1900-01-01T00:00:00+00:00 is before 1970"),
     ],
