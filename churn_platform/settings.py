@@ -478,6 +478,8 @@ def checked_tracking_uri(uri: str) -> str:
     """A URI MLflow can open: MLflow itself would fail with a traceback on a typo, at the first call."""
     from urllib.parse import urlsplit
 
+    if not uri.strip():  # read as the current folder: "'' is a folder (MLflow's file store)"
+        raise ValueError("empty (an unset shell variable?); give the registry's URI, e.g. http://mlflow:5000")
     # MLflow reads a scheme before a single slash too (`htp:/host`); one letter is a Windows drive.
     scheme = url_scheme(uri) if "://" in uri else urlsplit(uri).scheme.lower()
     scheme = "" if len(scheme) == 1 else scheme

@@ -45,6 +45,7 @@ def _isolated(tmp_path, monkeypatch):
         (["history", "--tracking-uri", "htp:/bad"], "'--tracking-uri': unsupported scheme 'htp'"),  # was exit 70
         (["history", "--tracking-uri", "mlruns"], "which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE=true"),
         (["history", "--tracking-uri", "file:///tmp/x"], "is a folder (MLflow's file store)"),
+        (["history", "--tracking-uri", ""], "'--tracking-uri': empty (an unset shell variable?)"),
         (["status", "--tracking-uri", "sqlite:////no/such/dir/m.db"], "no folder /no/such/dir for the SQLite registry"),
         # Both were tracebacks, exit 70.
         (["status", "--tracking-uri", "mysql://u@127.0.0.1:9/x"], "driver 'mysql' is not installed"),
