@@ -203,6 +203,7 @@ class _Alias(click.ParamType):
 
 ALIAS = _Alias()
 
+
 class Share(click.FloatRange):
     """A share in (0, 1] (or (0, 1) with ``max_open``): click's range let ``nan`` through (every
     comparison with it is false), and a drift share of nan never found drift."""

@@ -47,8 +47,7 @@ def _switch(args: list[str], flag: str) -> bool:
     given = args.pop(at + 1)
     value = given.strip().lower()
     if value not in ("true", "1", "yes", "false", "0", "no"):
-        print(f"error: parameter {_param(flag)} must be true or false, got {given!r}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: parameter {_param(flag)} must be true or false, got {given!r}", file=sys.stderr)
         sys.exit(int(ExitCode.USAGE))
     if value in ("false", "0", "no"):
         args.pop(at)
@@ -64,8 +63,7 @@ def _whole(flag: str, value: str) -> str:
     except ValueError:
         number = math.nan
     if not math.isfinite(number) or not number.is_integer():
-        print(f"error: parameter {_param(flag)} must be a whole number, got {value!r}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: parameter {_param(flag)} must be a whole number, got {value!r}", file=sys.stderr)
         sys.exit(int(ExitCode.USAGE))
     return str(int(number))
 
