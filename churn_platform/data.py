@@ -734,10 +734,10 @@ def generate(n_rows: int = 5000, seed: int = 42, drift: bool = False) -> pd.Data
 # --------------------------------------------------------------------------- splitting
 
 
-def row_keys(frame: pd.DataFrame) -> pd.Series:
-    """A hash of each row's features and label: the same customer data under any id (the split's
-    copies, the gate's rows Production was trained on)."""
-    columns = frame.loc[:, [*FEATURE_NAMES, LABEL_COLUMN]]
+def row_keys(frame: pd.DataFrame, *, label: bool = True) -> pd.Series:
+    """A hash of each row's features and (with ``label``) label: the same customer data under
+    any id (the split's copies); features alone for the gate's rows Production was trained on."""
+    columns = frame.loc[:, [*FEATURE_NAMES, *([LABEL_COLUMN] if label else [])]]
     # Numbers as floats: a column read back as int64 in one frame and float64 in the other is one value.
     typed = {c: columns[c].astype(float) if pd.api.types.is_numeric_dtype(columns[c]) else columns[c].astype(str)
              for c in columns}  # fmt: skip

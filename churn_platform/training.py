@@ -238,20 +238,22 @@ LEAST_UNSEEN_ROWS = 200
 
 
 def _trained_on(production: ModelVersion, valid: pd.DataFrame) -> np.ndarray | None:
-    """Which of ``valid`` Production learned from, matched on features and label; None when its
-    run kept no readable training rows (the reference artifact) to match on."""
+    """Which of ``valid`` Production learned from, matched on features; None when its run kept
+    no readable training rows (the reference artifact) to match on. Not on the label too: in a
+    retrain a customer's outcome may have changed since, and such rows stayed in, where
+    Production, having learned the old label, got them wrong: the gate's slice was mostly them."""
     if not production.run_id:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=production.run_id, artifact_path=REFERENCE_ARTIFACT,
                                                        dst_path=tmp)  # fmt: skip
-            seen = pd.read_parquet(path, columns=[*FEATURE_NAMES, LABEL_COLUMN])
+            seen = pd.read_parquet(path, columns=list(FEATURE_NAMES))
         except Exception as exc:  # noqa: BLE001 - a version without the artifact (or another schema's): none left out
             if registry.is_connection_error(exc):
                 raise
             return None
-    return data_mod.row_keys(valid).isin(set(data_mod.row_keys(seen))).to_numpy()
+    return data_mod.row_keys(valid, label=False).isin(set(data_mod.row_keys(seen, label=False))).to_numpy()
 
 
 def gated_frame(train: pd.DataFrame, gate_rows: pd.DataFrame) -> pd.DataFrame:

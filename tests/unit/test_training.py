@@ -22,7 +22,7 @@ from churn_platform.contract import (
     TAG_IMPORTANCE_UNAVAILABLE,
     VALIDATION_METRICS,
 )
-from churn_platform.schema import FEATURE_NAMES
+from churn_platform.schema import FEATURE_NAMES, LABEL_COLUMN
 from churn_platform.settings import get_settings
 from churn_platform.training import REFERENCE_ARTIFACT, TrainConfig, train
 from tests.services import REPO, free_port
@@ -352,3 +352,20 @@ def test_the_gate_leaves_out_the_rows_production_was_trained_on(embedded, model_
     assert _cli("promote", "--version", str(wide.version), "--model-name", model_name, "--force").exit_code == 0
     fourth = train(TrainConfig(**config, seed=7), settings)
     assert "Production v4's training rows, kept:" in fourth.gate.compared_on, fourth.gate.compared_on
+
+
+def test_a_customer_production_learned_from_counts_as_seen_whatever_the_outcome_now(embedded, model_name, telco_csv):
+    """A retrain's gate rows carry today's outcomes: matched on features and label, the
+    customers whose outcome had changed stayed in (Production, having learned the old one, got
+    them wrong), the others went, and Production was judged on a slice of its own mistakes."""
+    from churn_platform.training import _trained_on
+
+    first = train(TrainConfig(data=str(telco_csv), model_name=model_name), get_settings())
+    production = MlflowClient().get_model_version(model_name, str(first.version))
+    seen = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=production.run_id,
+                                                               artifact_path=REFERENCE_ARTIFACT))  # fmt: skip
+    today = seen.head(300).copy()
+    today[LABEL_COLUMN] = 1 - today[LABEL_COLUMN]  # every outcome changed since
+    unseen = data.generate(50, seed=9)
+    marks = _trained_on(production, pd.concat([today, unseen], ignore_index=True))
+    assert marks is not None and marks[:300].all() and not marks[300:].any()
