@@ -42,7 +42,7 @@ from churn_platform.contract import (
     TAG_WINDOW_START,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError, DataValidationError
+from churn_platform.errors import ChurnPlatformError, DataValidationError, NotFoundError
 from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
 from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
@@ -334,7 +334,14 @@ def production_parameters(client: MlflowClient, name: str, version: int,
     when it logs the parameter empty, and a user may have changed in the UI). Those the
     retrain is given (``overridden``) are neither taken nor checked."""
     registered = registry.get_version(client, name, version)
-    params = client.get_run(registered.run_id).data.params if registered.run_id else {}
+    try:
+        params = client.get_run(registered.run_id).data.params if registered.run_id else {}
+    except MlflowException as exc:  # purged (`mlflow gc`): was a traceback, exit 70 "a bug"
+        if not registry.is_missing(exc):
+            raise
+        raise NotFoundError(f"the training run {registered.run_id} of {name} v{version} no longer exists (deleted "
+                            "for good): a retrain keeps Production's parameters and cannot read them; train the "
+                            "next version with `churn-platform train`") from None  # fmt: skip
     # Not given: empty, None, or '' (how `mlflow run` logs an empty parameter: shell-quoted).
     inherited = {k: (params[k], f"run parameter {k}", "train the next version with `churn-platform train`")
                  for k in _INHERITED

@@ -318,7 +318,13 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     assert code == 2 and "Production v2's run parameter model_type='svm', which a retrain reuses" in output, output
     code, output = cli("retrain", "--model-type", "logistic")
     assert code == 1 and "fewer than CHURN_MONITOR_MIN_ROWS" in output, output  # past the parameters: not trained
-    assert versions(name) == [1, 2]
+    # Production's training run purged (`mlflow gc`): a traceback, exit 70 "a bug".
+    client.create_model_version(name, source, run_id="0" * 32, tags={"decision_threshold": "0.3"})
+    client.set_registered_model_alias(name, "Production", "3")
+    code, output = cli("retrain")
+    assert code == 2 and f"the training run {'0' * 32} of {name} v3 no longer exists (deleted for good)" in output, \
+        output
+    assert versions(name) == [1, 2, 3]
 
 
 def test_a_log_lacking_a_feature_of_this_schema_is_bad_data_not_an_unreachable_database(scenario):
