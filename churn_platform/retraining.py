@@ -42,7 +42,7 @@ from churn_platform.contract import (
     TAG_WINDOW_START,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError, DataValidationError, NotFoundError
+from churn_platform.errors import ChurnPlatformError, DataValidationError, NotFoundError, SettingsError
 from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
 from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
@@ -183,6 +183,14 @@ def decide(
                   "promote it, stop its rollout, or delete its alias to let a retrain replace it")  # fmt: skip
         return Decision(retrain=False, reason=reason, runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
+    if experiment is None:  # a typo read "0 of the last 0 runs flagged", not retrained, every day
+        return Decision(retrain=False, runs=[], reason=(
+            f"no monitoring runs to read: MLflow experiment {settings.monitor_experiment!r} (CHURN_MONITOR_EXPERIMENT) "
+            "does not exist yet (the monitor and performance jobs make it)"))  # fmt: skip
+    if experiment.lifecycle_stage == "deleted":
+        raise SettingsError(f"MLflow experiment {experiment.name!r} (id {experiment.experiment_id}), where the "
+                            "verdicts a retrain reads are, is deleted: restore it in the MLflow UI (Experiments, "
+                            "show deleted) or name another with CHURN_MONITOR_EXPERIMENT")  # fmt: skip
     name = registry.quoted(settings.model_name)
     runs: list[dict[str, Any]] = []
     # Runs before the latest retrain were answered by it: a retrain waits for new evidence
@@ -195,29 +203,28 @@ def decide(
     # Refused by the gate, it answered the evidence it learned from: only runs whose evidence
     # starts after it count (with 30-day performance windows, a month), not the next two days'.
     refused = last is not None and _refused(client, last, version)
-    if experiment is not None:
-        query = f"tags.model_name = {name} AND tags.model_version = '{version}'"
-        if trigger == "performance":
-            query += " AND tags.job = 'performance'"
-        found = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=query + f" AND attributes.start_time > {after}",
-            order_by=["attributes.start_time DESC"],
-            max_results=200,
-        )
-        # One run per period of the trigger's schedule, the latest that judged: a run by hand
-        # after an alert judges the same window again, and counted, one day's evidence retrained.
-        period, periods = _PERIOD_MS[trigger], set()
-        for run in found:
-            flagged = _flagged(run, trigger)
-            if refused and not _judges_after(run, after):
-                continue
-            if flagged is not None and (at := run.info.start_time // period) not in periods:
-                periods.add(at)
-                runs.append({"run_id": run.info.run_id, "verdict": run.data.tags.get("verdict"), "flagged": flagged,
-                             "at": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat()})  # fmt: skip
-            if len(runs) == of:
-                break
+    query = f"tags.model_name = {name} AND tags.model_version = '{version}'"
+    if trigger == "performance":
+        query += " AND tags.job = 'performance'"
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=query + f" AND attributes.start_time > {after}",
+        order_by=["attributes.start_time DESC"],
+        max_results=min(50_000, max(200, 20 * of)),  # several runs a period are one: --of 300 was never met
+    )
+    # One run per period of the trigger's schedule, the latest that judged: a run by hand
+    # after an alert judges the same window again, and counted, one day's evidence retrained.
+    period, periods = _PERIOD_MS[trigger], set()
+    for run in found:
+        flagged = _flagged(run, trigger)
+        if refused and not _judges_after(run, after):
+            continue
+        if flagged is not None and (at := run.info.start_time // period) not in periods:
+            periods.add(at)
+            runs.append({"run_id": run.info.run_id, "verdict": run.data.tags.get("verdict"), "flagged": flagged,
+                         "at": datetime.fromtimestamp(run.info.start_time / 1000, UTC).isoformat()})  # fmt: skip
+        if len(runs) == of:
+            break
     hits = sum(r["flagged"] for r in runs)
     what = "drift" if trigger == "drift" else "degradation"
     kind = "monitor" if trigger == "drift" else "performance"

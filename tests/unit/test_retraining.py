@@ -182,6 +182,8 @@ def test_a_retrain_promoted_then_rolled_back_in_the_ui_no_longer_awaits_a_decisi
     for version in ("2", "1"):  # promoted in the UI, then rolled back there; a command noticed each
         client.set_registered_model_alias(name, "Production", version)
         assert cli("status")[0] == 0
+    if client.get_experiment_by_name("churn-monitoring") is None:  # no verdict yet, in an experiment that is there
+        client.create_experiment("churn-monitoring")
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
 
@@ -288,6 +290,15 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     assert code == 2 and "--since 2999-01-01T00:00:00+00:00 is not in the past" in output, output
     code, output = cli("retrain", "--if", "drift", "--of", "2", "--at-least", "3")
     assert code == 2 and "--at-least must be between 1 and --of (2)" in output
+    # No verdicts because there is no experiment to hold them: said, not "0 of the last 0 runs flagged".
+    monkeypatch.setenv("CHURN_MONITOR_EXPERIMENT", f"{name}-verdicts")
+    get_settings.cache_clear()
+    code, output = cli("retrain", "--if", "drift")
+    assert code == 1 and f"experiment '{name}-verdicts' (CHURN_MONITOR_EXPERIMENT) does not exist yet" in output
+    deleted = MlflowClient().create_experiment(f"{name}-verdicts")
+    MlflowClient().delete_experiment(deleted)
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 2 and f"experiment '{name}-verdicts' (id {deleted}), where the verdicts" in output, output
     # Typos under a trigger read "not retrained" (exit 1) every day, until the day one was due.
     code, output = cli("retrain", "--if", "performance", "--base", "/no/such/base.csv")
     assert code == 2 and "data file not found: /no/such/base.csv" in output, output
