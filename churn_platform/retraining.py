@@ -182,6 +182,15 @@ def decide(
         reason = (f"the Challenger, v{pending} (a retrain, newer than Production v{version}), awaits a decision: "
                   "promote it, stop its rollout, or delete its alias to let a retrain replace it")  # fmt: skip
         return Decision(retrain=False, reason=reason, runs=[])
+    from churn_platform import rollout
+
+    # One trained by hand too: the retrain moved the Challenger alias off the version the
+    # rollout serves, and nothing said so (the rollout keeps its own version).
+    if (running := rollout.current(client, settings.model_name, version)).mode != "off":
+        reason = (f"a {running.mode} of v{running.challenger_version} beside Production v{version} is under way: "
+                  "end it first (`rollout promote` or `rollout stop`), so the Challenger alias stays on the version "
+                  "it serves")  # fmt: skip
+        return Decision(retrain=False, reason=reason, runs=[])
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
     if experiment is None:  # a typo read "0 of the last 0 runs flagged", not retrained, every day
         return Decision(retrain=False, runs=[], reason=(
@@ -431,7 +440,7 @@ class RetrainResult(BaseModel):
     gate: dict[str, Any] | None = None
     challenger: bool = False
     rollout: dict[str, Any] | None = None
-    #: Why ``--rollout`` started none: a rollout of another version was running.
+    #: The rollout of another version running beside the new Challenger (``--rollout`` started none).
     rollout_not_started: str | None = None
 
 
@@ -514,15 +523,17 @@ def retrain(
         source = {"inference_log": redacted(log_url), "window": window, **({"base": base} if base else {})}
         result = train(config, settings, frame=parts.train, gate_rows=parts.gate, tags=tags, built_from=source)
         started, kept = None, None
-        running = rollout_mod.current(client, name, production) if result.challenger and rollout_mode else None
+        running = rollout_mod.current(client, name, production) if result.challenger else None
         if running is not None and running.mode != "off":
-            # Someone's canary of another version ended without a word: it is theirs to stop.
+            # Someone's canary of another version ended without a word: it is theirs to stop. Nor
+            # does the moved alias change what it serves, which only this line says.
             by = f" (started by {running.started_by}{': ' + running.reason if running.reason else ''})"
-            share = f" --percent {percent}" if rollout_mode == "canary" else ""
+            mode = rollout_mode or running.mode
+            share = f" --percent {percent or running.percent}" if mode == "canary" else ""
             kept = (f"a {running.mode} of v{running.challenger_version} is running{by if running.started_by else ''}, "
-                    f"so none was started; `churn-platform rollout start --mode {rollout_mode}{share} --version "
-                    f"{result.version}` replaces it")  # fmt: skip
-        elif running is not None:
+                    + ("so none was started" if rollout_mode else f"and goes on serving v{running.challenger_version}")
+                    + f"; `churn-platform rollout start --mode {mode}{share} --version {result.version}` replaces it")
+        elif running is not None and rollout_mode:
             state = rollout_mod.start(client, name, mode=rollout_mode, percent=percent, version=result.version,
                                       reason=f"retrained ({trigger})", actor=promotion.default_actor())  # fmt: skip
             started = state.model_dump(mode="json")

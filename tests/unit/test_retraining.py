@@ -169,6 +169,13 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     hint = f"rollout start --mode canary --percent 30 --version {again['version']}` replaces it"
     assert again["rollout_not_started"].endswith(hint), again
     assert cli_json("rollout", "status")[1]["challenger_version"] == 1
+    # The Challenger alias moved off the canary's version without a word; a trigger waits for its end.
+    code, output = cli("retrain")
+    assert code == 0 and "  rollout: a canary of v1 is running (started by " in output, output
+    assert "and goes on serving v1; `churn-platform rollout start --mode canary --percent 20 --version" in output
+    client.delete_registered_model_alias(name, "Challenger")  # so the new retrain awaits no decision
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "a canary of v1 beside Production v2 is under way: end it first" in output, output
 
 
 def test_a_retrain_promoted_then_rolled_back_in_the_ui_no_longer_awaits_a_decision(scenario):
