@@ -20,6 +20,7 @@ same way. Row order is not the input's (Spark reads large files first).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -572,14 +573,22 @@ def score(
         batch_scoring.rejects_after_scores(commit_rejects, output, rejects)
     except Exception as exc:
         raise _translated(exc, source) from None
+    except BaseException:  # SIGTERM (a Job's deadline: SystemExit 143) or Ctrl-C, mid-job
+        # The JVM went on writing parts, into the staging folder after its removal.
+        with contextlib.suppress(Exception):
+            spark.sparkContext.cancelAllJobs()
+        raise
     finally:
-        _remove(out_fs, staging, settings.s3_endpoint_url)
-        if shared is not None:
-            shared.destroy()  # the model's copies on the driver and executors
-        if created:
-            spark.stop()  # a session this call started (not spark-submit's, not a notebook's)
-        elif restore is not None:
-            restore()
+        # Unwinding from an error or a signal, a failing clean-up must not replace it: an
+        # interrupted gateway call made spark.stop() raise, and SIGTERM read as a crash (exit 70).
+        with contextlib.suppress(*(() if sys.exc_info()[0] is None else (Exception,))):
+            if shared is not None:
+                shared.destroy()  # the model's copies on the driver and executors
+            if created:
+                spark.stop()  # a session this call started (not spark-submit's, not a notebook's)
+            elif restore is not None:
+                restore()
+        _remove(out_fs, staging, settings.s3_endpoint_url)  # after the stop: no task writes there now
     return ScoreSummary(source, output, rejects, rows, rows - rejected, rejected, model.name, model.version,
                         round(loaded - started, 3), round(time.perf_counter() - loaded, 3))  # fmt: skip
 

@@ -613,3 +613,43 @@ def test_a_session_that_skips_unreadable_files_does_not_skip_them_here(registry_
         assert spark.conf.get("spark.sql.files.ignoreCorruptFiles") == "true"  # the session's own, back
     finally:
         stop_spark()
+
+
+@pytest.mark.own_session
+@pytest.mark.timeout(300)
+def test_a_job_stopped_by_sigterm_exits_143_keeps_the_old_output_and_leaves_no_parts(registry_uri, customers,
+                                                                                      tmp_path):  # fmt: skip
+    """A Job's deadline mid-write: the interrupted gateway made spark.stop() raise, so SIGTERM
+    read as a crash (exit 70, "a bug", retried), and the JVM went on writing its parts into the
+    staging folder after it was removed."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.services import BIN
+
+    source = tmp_path / "many.parquet"
+    pd.concat([customers] * 250, ignore_index=True).to_parquet(source, index=False)  # about a million rows
+    output = tmp_path / "out" / "scores.parquet"
+    output.parent.mkdir()
+    pd.DataFrame({"customer_id": ["kept"], "churn_probability": [0.5]}).to_parquet(output)
+    before = output.read_bytes()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry_uri}
+    job = subprocess.Popen([str(BIN / "churn-platform"), "score", "--input", str(source), "--output", str(output),
+                            "--no-progress", *SPARK], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not list(output.parent.glob(".scores.parquet.*.spark")) and job.poll() is None:
+            assert time.monotonic() < deadline, "the job never started writing"
+            time.sleep(0.2)
+        time.sleep(1)  # its tasks are writing parts now
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 143, err[-3000:]
+    assert "a bug" not in err and "Traceback" not in err, err[-3000:]
+    assert output.read_bytes() == before
+    time.sleep(3)  # a task that went on would write after the job's exit
+    assert sorted(p.name for p in output.parent.iterdir()) == ["scores.parquet"]
