@@ -7,6 +7,7 @@ spellings are read (``production_version``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -46,6 +47,10 @@ _CONNECTION_HINTS = (
     "name or service not known",
     "connectionerror",
     "failed with error code 5",  # the server answered 5xx: its store or artifact backend is down
+    # A SQLite registry another process holds (a migration, a backup): a broken model, it ended
+    # a canary on the replica that met it and fired the wrong alerts.
+    "database is locked",
+    "unable to open database file",
 )
 
 
@@ -177,20 +182,49 @@ def check_reachable(settings: Settings) -> None:
 def require_existing(settings: Settings) -> None:
     """``RegistryNotFound`` for a SQLite registry file that does not exist, before MLflow makes
     an empty one (950 KB, for a typo) and reports the model missing from it."""
+    refuse_foreign_sqlite(settings, existing=True)
+
+
+def refuse_foreign_sqlite(settings: Settings, *, existing: bool = False) -> None:
+    """``RegistryNotFound`` for a SQLite file that is no registry: MLflow made its 66 tables in
+    any file it was pointed at (the inference log, for two swapped URLs), and reported the
+    model's alias missing. With ``existing``, a missing or empty one too."""
     path = sqlite_file(settings.tracking_uri) if url_scheme(settings.tracking_uri) == "sqlite" else None
-    if path is not None and not path.exists():
-        raise RegistryNotFound(f"no MLflow registry at {path.resolve()}: train a model first, or point "
-                               "--tracking-uri (MLFLOW_TRACKING_URI) at the registry")  # fmt: skip
+    if path is None:
+        return
+    point = "point --tracking-uri (MLFLOW_TRACKING_URI) at the registry"
+    if not path.exists():
+        if existing:
+            raise RegistryNotFound(f"no MLflow registry at {path.resolve()}: train a model first, or {point}")
+        return
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        return  # locked, or not readable now: MLflow's own call says which
+    except sqlite3.DatabaseError:
+        raise RegistryNotFound(f"{path.resolve()} is no SQLite database, so no MLflow registry: {point}") from None
+    if "registered_models" in tables:
+        return
+    if tables:
+        shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+        raise RegistryNotFound(f"{path.resolve()} is a SQLite database without MLflow's tables (it holds {shown}: "
+                               f"the inference log?), not an MLflow registry: {point}")  # fmt: skip
+    if existing:
+        raise RegistryNotFound(f"no MLflow registry at {path.resolve()} (an empty file): train a model first, "
+                               f"or {point}")  # fmt: skip
 
 
 def connect(settings: Settings, *, existing: bool = False) -> MlflowClient:
     """A registry client, after making sure the registry answers; with ``existing``, one that
     must already be there (a command that reads a model), never made for a mistyped path."""
-    if existing:
-        require_existing(settings)
+    refuse_foreign_sqlite(settings, existing=existing)
     configure(settings)
     check_reachable(settings)
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    with translate_errors(settings):  # an embedded store is opened here: a locked file fails now
+        return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -229,6 +263,10 @@ def translate_errors(settings: Settings) -> Iterator[None]:
         if type(exc).__module__.startswith(("botocore", "boto3")) and is_connection_error(exc):
             where = settings.s3_endpoint_url or "AWS S3"
             raise StorageUnreachable(f"artifact store at {where} is unreachable: {str(exc)[:300]}") from exc
+        # An embedded (SQLite) registry another process holds: SQLAlchemy's error, not MLflow's.
+        if type(exc).__module__.startswith("sqlalchemy") and is_connection_error(exc):
+            raise RegistryUnreachable(f"MLflow registry at {redacted(settings.tracking_uri)} is unreachable: "
+                                      f"{str(exc).splitlines()[0][:300]}") from exc  # fmt: skip
         raise
 
 

@@ -218,7 +218,8 @@ class ModelHolder:
                 self.rollout_status = f"{state.mode}: serving Challenger v{version}{note}"[:500]
                 self._challenger_failure = None
         except Exception as exc:  # noqa: BLE001 - a Challenger never takes Production down
-            if state is None and isinstance(exc, RegistryUnreachable):  # not read is not failed: route as before
+            outage = isinstance(exc, RegistryUnreachable | StorageUnreachable) or registry.is_connection_error(exc)
+            if state is None and outage:  # not read is not failed: route as before (a locked SQLite file too)
                 kept = self.rollout_status.split(" (kept: ", 1)[0]
                 self.rollout_status = f"{kept} (kept: the rollout state could not be read: {exc})"[:500]
                 log.warning("rollout: state unreadable, routing unchanged: %s", exc)
@@ -226,7 +227,6 @@ class ModelHolder:
             self.rollout = None
             self.rollout_status = f"Challenger not served: {type(exc).__name__}: {exc}"[:500]
             log.warning("rollout: %s", self.rollout_status)
-            outage = isinstance(exc, RegistryUnreachable | StorageUnreachable) or registry.is_connection_error(exc)
             self._challenger_outage = outage  # ChurnRegistryUnreachable's streak goes on while it lasts
             if self._listener:  # an outage is not a broken Challenger: its alert is not this one's
                 self._listener.load_failed(Attempt("registry_unreachable" if outage else "challenger_failed",

@@ -435,6 +435,42 @@ def test_a_reused_output_dir_keeps_files_no_monitoring_run_wrote(tmp_path):
     assert "--output-dir" not in result.output and sorted(ours.iterdir()) == [], result.output
 
 
+def test_a_sqlite_file_that_is_no_registry_is_refused_and_left_as_it_was(tmp_path):
+    """Two swapped URLs: MLflow made its 66 tables in the inference log, and the API said the
+    model's Production alias was missing. An empty file is no registry to read either."""
+    log = tmp_path / "inference_log.db"
+    sqlite3.connect(log).execute("CREATE TABLE inference_log (x)").connection.commit()
+    (tmp_path / "empty.db").touch()
+    before = log.read_bytes()
+    for args in (["status"], ["train", "--n-rows", "300"], ["history"]):
+        result = CliRunner().invoke(main, [*args, "--tracking-uri", f"sqlite:///{log}"])
+        assert result.exit_code == 2, result.output
+        assert f"{log} is a SQLite database without MLflow's tables (it holds inference_log: the inference log?)" \
+            in result.output
+    assert log.read_bytes() == before
+    result = CliRunner().invoke(main, ["status", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])
+    assert result.exit_code == 2 and "(an empty file): train a model first" in result.output, result.output
+    assert (tmp_path / "empty.db").stat().st_size == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_locked_sqlite_registry_is_unreachable_exit_3_not_a_bug(tmp_path):
+    """Another process holding the file (a migration, a backup): exit 70, "a bug", and in the
+    API a broken model that ended the canary on the replica that met it."""
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert CliRunner().invoke(main, ["train", "--n-rows", "300", "--tracking-uri", registry]).exit_code == 0
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        result = CliRunner().invoke(main, ["status", "--tracking-uri", registry])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 3, result.output
+    assert f"MLflow registry at {registry} is unreachable: (sqlite3.OperationalError) database is locked" \
+        in result.output
+
+
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
     """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""
     monkeypatch.setenv("CHURN_PROMOTION_TOLERANCE", "0.5")
