@@ -40,9 +40,11 @@ async def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-# The probes' routes are async: a plain def waits for a thread of the pool that blocking
-# routes share (POST /outcomes against a database that is gone, a reload with ?wait=true),
-# and the kubelet restarted a pod whose predictions still worked.
+# The probes' routes are async, and so are /model and /metrics (they only read state in
+# memory): a plain def waits for a thread of the pool that blocking routes share (POST
+# /outcomes against a database that is gone, reloads with ?wait=true on a slow registry), and
+# the kubelet restarted a pod whose predictions still worked, or Prometheus' scrape timed out
+# (up == 0, a gap in every graph) just during a registry incident.
 @_head_too("/health")
 @router.get("/health")
 async def health() -> dict[str, str]:
@@ -69,7 +71,7 @@ async def ready(holder: HolderDep, request: Request) -> Any:
 
 @_head_too("/model")
 @router.get("/model")
-def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
+async def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """What is served, where it came from, how the latest (re)load went, and whether the
     inference log is live or spooling to disk."""
     model = holder.current
@@ -104,7 +106,7 @@ def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> di
 
 
 @router.get("/metrics", response_class=Response)
-def prometheus(metrics: MetricsDep) -> Response:
+async def prometheus(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

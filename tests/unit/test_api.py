@@ -722,23 +722,27 @@ def test_outcomes_without_the_admin_key_are_refused_before_their_body_is_read(ap
 def test_the_probes_answer_while_every_worker_thread_is_busy(api):
     """Liveness and readiness were plain def routes: they waited for a thread of the pool that
     blocking routes share (POST /outcomes on a database that is gone, a reload with ?wait=true),
-    and the kubelet restarted a pod whose predictions still worked."""
+    and the kubelet restarted a pod whose predictions still worked. /model and /metrics too:
+    Prometheus' scrape timed out (up == 0) just during a registry incident."""
     import threading
 
     import anyio.to_thread
 
     api.portal.call(lambda: setattr(anyio.to_thread.current_default_thread_limiter(), "total_tokens", 1))
     answered: dict[str, int] = {}
-    with api.app.state.inference_log._counts:  # noqa: SLF001 - /model reads the log's figures under it
-        busy = threading.Thread(target=api.get, args=("/model",), daemon=True)
-        busy.start()  # holds the pool's one thread, waiting for the lock
+    release = threading.Event()
+    busy = api.portal.start_task_soon(anyio.to_thread.run_sync, release.wait)  # the pool's one thread
+    try:
         time.sleep(0.5)
         probes = threading.Thread(target=lambda: answered.update({p: api.get(p).status_code for p in
-                                                                 ("/health", "/ready")}), daemon=True)  # fmt: skip
+                                                                 ("/health", "/ready", "/model", "/metrics")}),
+                                  daemon=True)  # fmt: skip
         probes.start()
         probes.join(10)
-        assert answered == {"/health": 200, "/ready": 200}
-    busy.join(10)
+        assert answered == {"/health": 200, "/ready": 200, "/model": 200, "/metrics": 200}
+    finally:
+        release.set()
+    busy.result(10)
     # An uptime checker's HEAD is no 405 (uvicorn sends no body); not in the OpenAPI document,
     # where it repeated GET's operation id (clients generated from it collide).
     for path in ("/", "/health", "/ready", "/model"):
