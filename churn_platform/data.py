@@ -177,10 +177,11 @@ def ids_as_text(table: pa.Table) -> pa.Table:
     ids = table.column(ID_COLUMN)
     text = ids.cast(pa.string())
     if pa.types.is_floating(ids.type):
-        whole = pc.and_(pc.equal(ids, pc.floor(ids)), pc.less_equal(pc.abs(ids), WHOLE_ID_LIMIT))
-        text = pc.if_else(whole, pc.cast(ids, pa.int64(), safe=False).cast(pa.string()), text)
+        wide = ids.cast(pa.float64())  # a float32 column could not be compared with 2**53: exit 2
+        whole = pc.and_(pc.equal(wide, pc.floor(wide)), pc.less_equal(pc.abs(wide), WHOLE_ID_LIMIT))
+        text = pc.if_else(whole, pc.cast(wide, pa.int64(), safe=False).cast(pa.string()), text)
         # NaN (a gap in a float column) and infinities name no customer: missing, not "nan".
-        text = pc.if_else(pc.is_finite(ids), text, pa.scalar(None, pa.string()))
+        text = pc.if_else(pc.is_finite(wide), text, pa.scalar(None, pa.string()))
     return table.set_column(table.column_names.index(ID_COLUMN), ID_COLUMN, text)
 
 

@@ -310,6 +310,16 @@ def test_floating_point_ids_come_out_as_the_local_engine_gives_them(registry_uri
         reasons[engine] = dict(zip(rejects["row"], rejects["reason"], strict=True))
     assert ids["spark"] == ids["local"] == ["7590", "123456789012345", "12.5"]
     assert reasons["spark"] == reasons["local"] == {row: "customer_id: empty" for row in (4, 5, 6, 7)}
+    # Single precision: the local engine compared the ids with 2**53, which float32 cannot hold (exit 2).
+    pq.write_table(table.set_column(table.num_columns - 1, "customer_id",
+                                    pa.array([7590.0, 16_777_216.0, 12.5, None, float("nan"), 1.0, 2.0],
+                                             pa.float32())), source)  # fmt: skip
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}-32.parquet"
+        result = run(registry_uri, *args, "--input", str(source), "--output", str(out))
+        assert result.exit_code == 1, result.output
+        ids[engine] = pd.read_parquet(out)["customer_id"].tolist()
+    assert ids["spark"] == ids["local"] == ["7590", "16777216", "12.5", "1", "2"]
 
 
 def test_a_nanosecond_timestamp_no_one_reads_is_scored_past_by_both_engines(registry_uri, customers, tmp_path):
