@@ -369,7 +369,7 @@ def _read(spark: SparkSession, headers: dict[str, list[str]], kind: str, s3: boo
                                multiLine=True, escape='"')  # fmt: skip
     columns = []
     for r, n in wanted:
-        column = F.col(f"`{r}`")
+        column = F.col("`{}`".format(r.replace("`", "``")))  # a backtick in a header name: doubled, as Spark quotes
         if n == ID_COLUMN and isinstance(frame.schema[r].dataType, (DoubleType, FloatType)):
             # Whole numbers as integers ("7590", not Spark's "7590.0"), as data.ids_as_text gives them;
             # NaN and infinities as missing. A remainder, not floor(), which overflows a long on them.

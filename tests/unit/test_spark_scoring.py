@@ -449,7 +449,9 @@ def test_a_csv_that_starts_with_a_blank_line_is_read_by_both_engines(registry_ur
 def test_columns_no_one_reads_that_differ_only_by_case_are_scored_by_both_engines(registry_uri, customers, tmp_path):
     """`notes` and `Notes` beside the features: Spark, case-insensitive by default, refused the
     file (COLUMN_ALREADY_EXISTS, exit 2) where the local engine scored it."""
-    frame = customers.head(5).assign(notes="a", Notes="b")
+    # And a header in backticks (`tenure`), which the local engine reads as tenure: Spark's
+    # column reference broke on it (INVALID_ATTRIBUTE_NAME_SYNTAX, exit 2).
+    frame = customers.head(5).assign(notes="a", Notes="b").rename(columns={"tenure": "`tenure`"})
     frame.to_csv(tmp_path / "cased.csv", index=False)
     frame.to_parquet(tmp_path / "cased.parquet", index=False)
     for name in ("cased.csv", "cased.parquet"):
