@@ -42,9 +42,15 @@ from churn_platform.contract import (
     TAG_WINDOW_START,
     ExitCode,
 )
-from churn_platform.errors import ChurnPlatformError, DataValidationError, NotFoundError, SettingsError
+from churn_platform.errors import (
+    ChurnPlatformError,
+    DataSourceError,
+    DataValidationError,
+    NotFoundError,
+    SettingsError,
+)
 from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
-from churn_platform.inference_log import make_engine, missing_file, read_failure, require_log
+from churn_platform.inference_log import make_engine, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 from churn_platform.settings import Settings, redacted
 from churn_platform.training_config import check_parameter
@@ -249,6 +255,28 @@ def decide(
     return Decision(retrain=hits >= at_least, reason=reason, runs=runs,
                     refused_version=int(last.version) if refused else None)  # fmt: skip
 
+
+def _require_log(url: str) -> None:
+    """Connect to the log and find its table, or say why not (exit 2 or 3), before the decision."""
+    engine = make_engine(url)
+    try:
+        require_log(engine)
+    except (sa.exc.DatabaseError, sa.exc.InterfaceError) as exc:  # down, a missing grant, not a database at all
+        raise read_failure(exc, engine.url.render_as_string()) from exc
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _named(option: str, value: str | None) -> Iterator[None]:
+    """A data error about ``value`` names the option it came from: "data file not found" said
+    nothing of --base."""
+    try:
+        yield
+    except (DataSourceError, DataValidationError) as exc:
+        if option in str(exc):
+            raise
+        raise type(exc)(f"{option} {value}: {exc}") from None
 
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int, maturity_days: int = 0) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction
@@ -485,11 +513,12 @@ def retrain(
         return production, decision
 
     # What a typo breaks is found on the first day, not on the day a retrain is due (most days
-    # end at the decision): a SQLite log's file and --base are looked for (neither is read).
-    if why := missing_file(log_url):
-        raise DataValidationError(why)
+    # end at the decision): the log is connected to (the registry's database or a down one read
+    # "not retrained" every day) and --base looked for (not read).
+    _require_log(log_url)
     if base:
-        data.modified_time(base, settings.s3_endpoint_url)
+        with _named("--base", base):
+            data.modified_time(base, settings.s3_endpoint_url)
     with registry.translate_errors(settings):  # first without the lock: most days end here, the log untouched
         decided()
     with exclusive(log_url, name), registry.translate_errors(settings):
@@ -497,13 +526,14 @@ def retrain(
         given = parameters or {}
         inherited: dict[str, Any] = {**production_parameters(client, name, production, given), **given}
         recent = labelled(log_url, name, since, settings.outcome_horizon_days, settings.outcome_maturity_days)
-        base_frame = data.load(base, settings.s3_endpoint_url) if base else None
+        with _named("--base", base):
+            base_frame = data.load(base, settings.s3_endpoint_url) if base else None
         parts = training_set(recent, base_frame, min_rows=settings.retrain_min_rows, gate_share=gate_share)
         if len(parts.train) < settings.monitor_min_rows:  # its training rows are the monitor's reference
             raise NotRetrained(
                 f"the training part would have {len(parts.train)} rows, fewer than CHURN_MONITOR_MIN_ROWS "
                 f"({settings.monitor_min_rows}): the drift monitor could never judge the version; ingest more "
-                "outcomes, widen --since or add --base FILE"
+                f"outcomes, widen --since, add --base FILE or lower --gate-share ({gate_share:g})"
             )
         if decision.refused_version is not None:
             refused = registry.get_version(client, name, decision.refused_version)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -306,11 +307,22 @@ def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypa
     MlflowClient().delete_experiment(deleted)
     code, output = cli("retrain", "--if", "performance")
     assert code == 2 and f"experiment '{name}-verdicts' (id {deleted}), where the verdicts" in output, output
+    MlflowClient().restore_experiment(deleted)
     # Typos under a trigger read "not retrained" (exit 1) every day, until the day one was due.
     code, output = cli("retrain", "--if", "performance", "--base", "/no/such/base.csv")
     assert code == 2 and "data file not found: /no/such/base.csv" in output, output
     code, output = cli("retrain", "--if", "drift", "--inference-log-url", scenario[1].replace("log.db", "typo.db"))
     assert code == 2 and "no inference log at " in output and "typo.db (no such file)" in output, output
+    # The registry's database where the log's belongs, or a log that is down: "not retrained" daily.
+    registry_db = f"sqlite:///{MlflowClient().tracking_uri.removeprefix('sqlite:///')}"
+    code, output = cli("retrain", "--if", "drift", "--inference-log-url", registry_db)
+    assert code == 2 and "no inference_log table" in output, output
+    code, output = cli("retrain", "--if", "drift", "--inference-log-url", "postgresql://u:p@127.0.0.1:1/x")
+    assert code == 3, output
+    other = Path(scenario[1].removeprefix("sqlite:///")).parent / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    code, output = cli("retrain", "--base", str(other))
+    assert code == 2 and f"--base {other}: " in output and "missing required columns" in output, output
     # Enough to train, too few for the drift monitor to ever judge the version on (its reference).
     monkeypatch.setenv("CHURN_RETRAIN_MIN_ROWS", "500")
     monkeypatch.setenv("CHURN_MONITOR_MIN_ROWS", str(n))
