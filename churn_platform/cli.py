@@ -204,6 +204,9 @@ class _Alias(click.ParamType):
 ALIAS = _Alias()
 
 
+#: The master URLs Spark's launcher takes (local-cluster is Spark's own test mode).
+_SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s)://\S+")
+
 class Share(click.FloatRange):
     """A share in (0, 1] (or (0, 1) with ``max_open``): click's range let ``nan`` through (every
     comparison with it is false), and a drift share of nan never found drift."""
@@ -1015,6 +1018,10 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
         raise DataValidationError("--top-k is read only with --explain")
     if engine == "local" and (spark_master or spark_conf):
         raise DataValidationError("--spark-master and --spark-conf need --engine spark")
+    # Spark's launcher printed its stack trace for a scheme it does not know, after the model's download.
+    if spark_master is not None and not _SPARK_MASTER.fullmatch(spark_master):
+        raise DataValidationError(f"--spark-master {spark_master!r}: Spark takes local, local[N], local[*], "
+                                  "spark://HOST:PORT, k8s://https://HOST:PORT or yarn")  # fmt: skip
     conf = {}
     for item in spark_conf:
         key, sep, value = item.partition("=")

@@ -45,7 +45,14 @@ import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data, object_store
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
-from churn_platform.errors import DataSourceError, DataValidationError, SettingsError, StorageUnreachable
+from churn_platform.contract import ExitCode
+from churn_platform.errors import (
+    ChurnPlatformError,
+    DataSourceError,
+    DataValidationError,
+    SettingsError,
+    StorageUnreachable,
+)
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
 from churn_platform.settings import Settings
 
@@ -118,6 +125,27 @@ def _restorer(spark: SparkSession, options: Iterable[str]) -> Callable[[], None]
     return restore
 
 
+class SparkUnreachable(ChurnPlatformError):
+    """The Spark master did not answer (exit 3, as any service this job needs)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+def _java_cause(exc: BaseException) -> str:
+    """The deepest Java exception behind ``exc`` as one line (``SparkException: Could not parse
+    Master URL: 'local[abc]'``): its message's last line was a stack frame."""
+    java = getattr(exc, "java_exception", None) or getattr(exc, "_origin", None)  # Py4J's, or pyspark's capture
+    try:
+        while java is not None and java.getCause() is not None:
+            java = java.getCause()
+        if java is not None:
+            return str(java.toString())
+    except Exception:  # noqa: BLE001 - a gateway that is gone: read the text instead
+        pass
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    told = [line for line in lines if not line.startswith(("at ", "..."))]
+    return (told or lines or [type(exc).__name__])[-1]
+
 def session(settings: Settings, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
     """The job's Spark session: spark-submit's when run under it, else a new one (``local[*]``
     unless ``master``); s3a set up for MLflow's S3 endpoint when one is configured."""
@@ -128,6 +156,11 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
             "--engine spark needs pyspark: pip install 'churn-platform[spark]' (and Java 17 or newer)"
         ) from None
     # Executors run this interpreter's Python (with the project installed) unless told otherwise.
+    # pyspark reads only PYSPARK_PYTHON (spark-submit turns spark.pyspark.python into it): the
+    # setting given with --spark-conf, which the error for executors without the project names,
+    # was ignored.
+    if (conf or {}).get("spark.pyspark.python"):
+        os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]  # type: ignore[index]
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # pyspark 4 warns that it "does not yet fully support pandas >= 3"; mapInArrow never uses pandas.
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
@@ -137,10 +170,20 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
         builder = builder.master(master)
     for key, value in _session_conf(conf).items():
         builder = builder.config(key, value)
+    if SparkSession.getActiveSession() is None and "spark.log.level" not in (conf or {}):
+        # From the start: a master that cannot be parsed or reached printed Java's stack trace
+        # (the error line says what went wrong).
+        builder = builder.config("spark.log.level", "FATAL")
     try:
         spark = builder.getOrCreate()
     except Exception as exc:  # noqa: BLE001 - no Java, a bad master URL: one line for the user
-        raise DataValidationError(f"cannot start Spark: {str(exc).strip().splitlines()[-1][:300]}") from None
+        cause = _java_cause(exc).splitlines()[0]
+        # A standalone master that never answers stops the context in the background (after
+        # about a minute of tries): what fails next is any call on it.
+        if (master or "").startswith("spark://") and "stopped SparkContext" in cause:
+            raise SparkUnreachable(f"the Spark master at {master} did not answer (all masters unresponsive); check "
+                                   "--spark-master and that the master is running") from None  # fmt: skip
+        raise DataValidationError(f"cannot start Spark: {cause[:300]}") from None
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - the documented way to set fs.s3a.*
     for key, value in _S3A_NUMBERS.items():
         if not (hadoop.get(key) or "").isdigit():  # a cluster's or a user's own number stays
@@ -640,6 +683,10 @@ def _translated(exc: Exception, source: str) -> Exception:
         return SettingsError(f"Spark's executors cannot import {missing[1]!r}: install churn-platform (the "
                              "driver's version, with the model's libraries) in their Python, or point "
                              "spark.pyspark.python (PYSPARK_PYTHON) at one that has it")  # fmt: skip
+    if isinstance(exc, PySparkException | Py4JError) and (program := _NO_PROGRAM.search(str(exc))):
+        # The deepest cause, "error=2, No such file or directory", named no program.
+        return SettingsError(f"Spark's executors cannot start their Python, {program[1]!r} ({program[2]}): point "
+                             "spark.pyspark.python (PYSPARK_PYTHON) at a Python with churn-platform")  # fmt: skip
     if isinstance(exc, PySparkException | Py4JError) and (refused := _INPUT_REFUSED.search(str(exc))):
         return DataSourceError(refused[1])  # an executor's check of the input, as the local engine words it
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
@@ -659,6 +706,8 @@ def _translated(exc: Exception, source: str) -> Exception:
     return DataSourceError(f"Spark could not score {source}: {line[:400]}")
 
 
+#: An executor's Python that could not be started (spark.pyspark.python naming no program).
+_NO_PROGRAM = re.compile(r'Cannot run program "([^"]+)": error=\d+, ([^\n]+)')
 #: An executor's refusal of the input (its text not UTF-8), as the worker's traceback ends.
 _INPUT_REFUSED = re.compile(r"^churn_platform\.errors\.DataSourceError: (.+)$", re.MULTILINE)
 #: A Python traceback's last line when an executor unpickles the job's code without the module

@@ -128,6 +128,9 @@ def test_spark_rejects_the_same_rows_with_the_same_numbers_and_reasons(registry_
     [
         (["--engine", "spark", "--spark-conf", "no-equals-sign"], "--spark-conf takes KEY=VALUE"),
         (["--spark-master", "local[2]"], "need --engine spark"),
+        # Spark's launcher printed its stack trace for these, after the model's download.
+        (["--engine", "spark", "--spark-master", "junk://nowhere"], "--spark-master 'junk://nowhere': Spark takes"),
+        (["--engine", "spark", "--spark-master", "local[abc]"], "--spark-master 'local[abc]': Spark takes local,"),
         # Its output is staged through pyarrow, which cannot address an empty path component.
         (["--engine", "spark", "--output", "s3://crm/scores//s.parquet"], "has an empty path component ('//')"),
     ],
@@ -140,6 +143,20 @@ def test_spark_options_are_checked_before_anything_starts(registry_uri, customer
     assert words in result.output and "Traceback" not in result.output
     assert not (tmp_path / "scores.parquet").exists()
 
+
+
+def test_a_java_failure_is_told_by_its_deepest_exception_not_a_stack_frame():
+    """`cannot start Spark: \tat java.base/java.lang.Thread.run(Thread.java:840)`: the last
+    line of Py4J's message was a frame of the stack trace."""
+    from pyspark.sql import SparkSession
+
+    from churn_platform.spark_scoring import _java_cause
+
+    jvm = SparkSession.getActiveSession().sparkContext._jvm  # noqa: SLF001
+    with pytest.raises(Exception) as failed:
+        jvm.java.lang.Integer.parseInt("twelve")
+    assert _java_cause(failed.value) == 'java.lang.NumberFormatException: For input string: "twelve"'
+    assert _java_cause(RuntimeError("Exception: it broke\n\tat a.b(C.java:1)\n\t... 3 more")) == "Exception: it broke"
 
 def test_a_malformed_csv_line_stops_spark_as_it_stops_the_local_engine(registry_uri, customers, tmp_path):
     source = tmp_path / "export.csv"
@@ -577,6 +594,20 @@ def test_executors_without_the_project_are_a_setup_error_not_a_retried_crash():
     assert int(setup.exit_code) == 2 and "executors cannot import 'churn_platform'" in str(setup)
     assert "spark.pyspark.python" in str(setup)
 
+
+
+@pytest.mark.own_session
+def test_the_executors_python_given_with_spark_conf_is_the_one_they_run(registry_uri, customers, tmp_path, setenv):
+    """`--spark-conf spark.pyspark.python=...`, which the error for executors without the
+    project advises, was ignored (pyspark reads PYSPARK_PYTHON only): the driver's Python ran."""
+    setenv(PYSPARK_PYTHON=sys.executable)  # put back after: the job sets it from the setting
+    customers.head(20).to_parquet(tmp_path / "customers.parquet", index=False)
+    source, output = str(tmp_path / "customers.parquet"), str(tmp_path / "scores.parquet")
+    result = run(registry_uri, *SPARK, "--spark-conf", "spark.pyspark.python=/nonexistent/python",
+                 "--input", source, "--output", output)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "executors cannot start their Python, '/nonexistent/python' (No such file or directory)" in result.output
+    assert not (tmp_path / "scores.parquet").exists()
 
 @pytest.mark.own_session  # a notebook's, started here
 def test_a_session_already_running_is_left_as_it_was(registry_uri, customers, tmp_path, setenv):
