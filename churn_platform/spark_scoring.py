@@ -379,6 +379,11 @@ def _read(spark: SparkSession, headers: dict[str, list[str]], kind: str, s3: boo
     from pyspark.sql.types import DoubleType, FloatType, StringType, StructField, StructType
 
     files = list(headers)
+    if not s3 and (odd := [f for f in files if ":" in Path(f).name]):
+        # Hadoop's local filesystem names a checksum file after it, then reads that as a URI
+        # ("Relative path in absolute URI: .exp:2026-12-07.csv.crc"), naming no file.
+        raise DataValidationError(f"{odd[0]}: Spark cannot read a local file whose name holds ':' (Hadoop takes "
+                                  "it for a URI); rename it, or score with --engine local")  # fmt: skip
     raw = headers[files[0]]
     names = normalise_columns(raw)
     wanted = [(r, n) for r, n in zip(raw, names, strict=True) if n in FEATURE_NAMES or n == ID_COLUMN]

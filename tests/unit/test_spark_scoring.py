@@ -403,6 +403,19 @@ def test_a_file_with_brackets_in_its_name_is_read_by_both_engines(registry_uri, 
     assert pd.read_parquet(tmp_path / "scores[1].rejects.parquet")["row"].tolist() == [1]
 
 
+
+def test_a_file_with_a_colon_in_its_name_is_named_by_spark(registry_uri, customers, tmp_path):
+    """A timestamped export (`exp:2026-12-07.csv`) stopped Spark with Hadoop's "Relative path in
+    absolute URI: .exp:2026-12-07.csv.crc", naming no file of a folder of hundreds."""
+    (tmp_path / "in").mkdir()
+    customers.head(5).to_csv(tmp_path / "in" / "exp:2026-12-07.csv", index=False)
+    customers.head(5).to_csv(tmp_path / "in" / "exp.csv", index=False)
+    result = run(registry_uri, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "local.parquet"))
+    assert result.exit_code == 0, result.output
+    result = run(registry_uri, *SPARK, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "spark.parquet"))
+    assert result.exit_code == 2, result.output
+    assert "exp:2026-12-07.csv: Spark cannot read a local file whose name holds ':'" in result.output
+
 def test_a_failed_sort_of_the_rejects_leaves_the_previous_output(registry_uri, customers, tmp_path, monkeypatch):
     """The rejects are a second Spark job: run after the scores were committed, its failure (an
     executor lost) left this run's scores beside an earlier run's rejects; now it runs first.
