@@ -331,7 +331,19 @@ def training_set(recent: pd.DataFrame, base: pd.DataFrame | None, *, min_rows: i
                            "(CHURN_RETRAIN_MIN_ROWS): ingest more outcomes or widen --since")  # fmt: skip
     frame = recent.rename(columns={CHURNED: LABEL_COLUMN}).drop(columns=["observed_at"])
     frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype(bool).astype(int).astype(str)
-    checked = data.validate(frame.astype({c: str for c in frame.columns if frame[c].dtype == object}))
+    frame = frame.astype({c: str for c in frame.columns if frame[c].dtype == object})
+    try:
+        checked = data.validate(frame)
+    except DataValidationError as exc:  # "row 3430" counted rows of a frame the user never sees
+        _, reasons = data.split_rejects(frame.drop(columns=[LABEL_COLUMN]))
+        if reasons.empty:
+            raise
+        named = "; ".join(f"customer {frame.at[i, ID_COLUMN]!r}: {why}" for i, why in reasons.head(3).items())
+        raise DataValidationError(
+            f"{len(reasons)} of the inference log's rows joined to an outcome do not match this release's schema "
+            f"(the latest prediction of each customer is read), e.g. {named}: correct or delete those rows, or "
+            "retrain from --since after them"
+        ) from exc
     classes = checked[LABEL_COLUMN].value_counts()
     if len(classes) < 2:
         raise NotRetrained(f"every labelled row in the window has churn={classes.index[0]}: one class cannot train")

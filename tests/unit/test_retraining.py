@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from churn_platform import data, outcomes, retraining
 from churn_platform.cli import main
 from churn_platform.contract import REFERENCE_ARTIFACT, TAG_WINDOW_START
+from churn_platform.errors import DataValidationError
 from churn_platform.inference_log import COLUMNS, sqlite_time, upgrade
 from churn_platform.schema import FEATURE_NAMES
 from churn_platform.settings import get_settings
@@ -376,6 +377,19 @@ def test_one_class_in_the_window_cannot_train():
     with pytest.raises(retraining.NotRetrained, match="every labelled row in the window has churn=0"):
         retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
 
+
+
+def test_a_logged_row_this_schema_refuses_is_named_by_its_customer():
+    """"row 3430: 'Weekly'" counted rows of the sorted, de-duplicated frame: no row a user
+    could find in the log."""
+    recent = data.generate(600, seed=1).rename(columns={"churn": "churned"})
+    recent["observed_at"] = datetime.now(UTC)
+    recent.loc[42, "contract"] = "Weekly"
+    customer = recent.at[42, "customer_id"]
+    with pytest.raises(DataValidationError) as refused:
+        retraining.training_set(recent, None, min_rows=500, gate_share=0.25)
+    assert str(refused.value).startswith("1 of the inference log's rows joined to an outcome do not match")
+    assert f"customer {customer!r}: contract: unknown category" in str(refused.value)
 
 def test_a_customer_scored_and_judged_daily_is_one_training_row_its_latest():
     """Scored daily and exported daily, a stayer gave a near-identical row a day and a churner
