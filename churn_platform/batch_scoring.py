@@ -667,7 +667,7 @@ def load_model(settings: Settings, alias: str | None, version: int | None) -> lo
         raise
 
 
-def launched_run(settings: Settings) -> str | None:
+def launched_run_id(settings: Settings) -> str | None:
     """The run ``mlflow run`` made for this job (``MLFLOW_RUN_ID``; None: not launched so),
     looked up before the work: a run the tracking store lacks is named before the scoring."""
     from churn_platform import registry
@@ -681,19 +681,21 @@ def launched_run(settings: Settings) -> str | None:
 
 def record_on_run(settings: Settings, run_id: str, summary: ScoreSummary) -> None:
     """Put on the launched run what its parameters cannot say: which version scored (an alias
-    moves on) and how many rows went where."""
+    moves on) and how many rows went where. The scores are written by now: a registry that
+    fails here is a warning, not a failed job (a Job's retry would score everything again)."""
+    from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    from churn_platform import registry
-
-    client = registry.connect(settings, existing=True)
     now = int(time.time() * 1000)
     figures = {"rows": summary.rows, "rows_scored": summary.scored, "rows_rejected": summary.rejected,
                "load_seconds": summary.load_seconds, "scoring_seconds": summary.scoring_seconds}  # fmt: skip
     tags = {"model_name": summary.model_name, "model_version": str(summary.model_version)}
-    with registry.translate_errors(settings):
-        client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in figures.items()],
-                         tags=[RunTag(key, value) for key, value in tags.items()])  # fmt: skip
+    try:
+        MlflowClient(settings.tracking_uri, settings.tracking_uri).log_batch(
+            run_id, metrics=[Metric(key, float(value), now, 0) for key, value in figures.items()],
+            tags=[RunTag(key, value) for key, value in tags.items()])  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the job's work is done and its summary printed
+        log.warning("could not record the version and counts on MLflow run %s: %s", run_id, str(exc)[:300])
 
 
 def _output_table(

@@ -207,6 +207,7 @@ ALIAS = _Alias()
 #: The master URLs Spark's launcher takes (local-cluster is Spark's own test mode).
 _SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|yarn|(spark|k8s)://\S+")
 
+
 class Share(click.FloatRange):
     """A share in (0, 1] (or (0, 1) with ``max_open``): click's range let ``nan`` through (every
     comparison with it is false), and a drift share of nan never found drift."""
@@ -1033,7 +1034,7 @@ def score(source: str, output: str, alias: str | None, version: int | None, outp
                                "explain_top_k": (top_k or 5) if explain else None, "with_features": with_features,
                                "chunk_rows": chunk_rows, "progress": not no_progress and not as_json,
                                "max_reject_share": max_reject_share}  # fmt: skip
-    run_id = batch_scoring.launched_run(settings)
+    run_id = batch_scoring.launched_run_id(settings)
     if engine == "spark":
         from churn_platform import spark_scoring
 

@@ -63,6 +63,12 @@ class RegistryRefused(RegistryUnreachable):
     exit_code = ExitCode.USAGE
 
 
+class SparkUnreachable(ChurnPlatformError):
+    """The Spark master did not answer (exit 3, as any service a job needs)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
 class StorageUnreachable(ChurnPlatformError):
     """The S3-compatible object store or a database cannot be reached."""
 

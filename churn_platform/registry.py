@@ -50,7 +50,6 @@ _CONNECTION_HINTS = (
     # A SQLite registry another process holds (a migration, a backup): a broken model, it ended
     # a canary on the replica that met it and fired the wrong alerts.
     "database is locked",
-    "unable to open database file",
 )
 
 
@@ -182,14 +181,19 @@ def check_reachable(settings: Settings) -> None:
 def require_existing(settings: Settings) -> None:
     """``RegistryNotFound`` for a SQLite registry file that does not exist, before MLflow makes
     an empty one (950 KB, for a typo) and reports the model missing from it."""
-    refuse_foreign_sqlite(settings, existing=True)
+    refuse_foreign_sqlite(settings.tracking_uri, existing=True)
 
 
-def refuse_foreign_sqlite(settings: Settings, *, existing: bool = False) -> None:
+#: Tables MLflow makes first (``registered_models`` comes seconds later, in a migration): a
+#: registry another process is setting up is one.
+_MLFLOW_TABLES = frozenset({"registered_models", "alembic_version", "experiments"})
+
+
+def refuse_foreign_sqlite(uri: str, *, existing: bool = False) -> None:
     """``RegistryNotFound`` for a SQLite file that is no registry: MLflow made its 66 tables in
     any file it was pointed at (the inference log, for two swapped URLs), and reported the
     model's alias missing. With ``existing``, a missing or empty one too."""
-    path = sqlite_file(settings.tracking_uri) if url_scheme(settings.tracking_uri) == "sqlite" else None
+    path = sqlite_file(uri) if url_scheme(uri) == "sqlite" else None
     if path is None:
         return
     point = "point --tracking-uri (MLFLOW_TRACKING_URI) at the registry"
@@ -206,12 +210,13 @@ def refuse_foreign_sqlite(settings: Settings, *, existing: bool = False) -> None
         return  # locked, or not readable now: MLflow's own call says which
     except sqlite3.DatabaseError:
         raise RegistryNotFound(f"{path.resolve()} is no SQLite database, so no MLflow registry: {point}") from None
-    if "registered_models" in tables:
+    if tables & _MLFLOW_TABLES:
         return
     if tables:
         shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
-        raise RegistryNotFound(f"{path.resolve()} is a SQLite database without MLflow's tables (it holds {shown}: "
-                               f"the inference log?), not an MLflow registry: {point}")  # fmt: skip
+        which = ": the inference log" if "inference_log" in tables else ""  # the platform's other SQLite file
+        raise RegistryNotFound(f"{path.resolve()} is a SQLite database without MLflow's tables (it holds {shown}"
+                               f"{which}), not an MLflow registry: {point}")  # fmt: skip
     if existing:
         raise RegistryNotFound(f"no MLflow registry at {path.resolve()} (an empty file): train a model first, "
                                f"or {point}")  # fmt: skip
@@ -220,7 +225,7 @@ def refuse_foreign_sqlite(settings: Settings, *, existing: bool = False) -> None
 def connect(settings: Settings, *, existing: bool = False) -> MlflowClient:
     """A registry client, after making sure the registry answers; with ``existing``, one that
     must already be there (a command that reads a model), never made for a mistyped path."""
-    refuse_foreign_sqlite(settings, existing=existing)
+    refuse_foreign_sqlite(settings.tracking_uri, existing=existing)
     configure(settings)
     check_reachable(settings)
     with translate_errors(settings):  # an embedded store is opened here: a locked file fails now
@@ -305,12 +310,21 @@ ERROR_TAG = "error"
 
 def note_failure(message: str, exit_code: int) -> None:
     """Under ``mlflow run``, tag the launched run with why the job failed: the UI showed a
-    FAILED run, and only the launcher's output said why. One quick try, never when the
-    registry being unreachable is the reason (exit 3); a failure here changes nothing."""
+    FAILED run, and only the launcher's output said why. One quick try, never for exit 3 (an
+    unreachable service may be the registry) nor exit 1 (an answer); a failure here changes
+    nothing."""
     from churn_platform.contract import ExitCode
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id or exit_code == ExitCode.UNREACHABLE:
+    # Exit 1 is an answer ("not retrained", a gate's refusal), not an error; exit 3 a registry
+    # that may not answer this either.
+    if not run_id or exit_code in (ExitCode.REFUSED, ExitCode.UNREACHABLE):
+        return
+    import mlflow
+
+    try:  # a registry file that is not there (a typo, a relative path): MLflow would make one
+        refuse_foreign_sqlite(mlflow.get_tracking_uri(), existing=True)
+    except RegistryNotFound:
         return
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     saved = {name: os.environ.get(name) for name in quick}

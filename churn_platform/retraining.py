@@ -276,7 +276,7 @@ def _named(option: str, value: str | None) -> Iterator[None]:
     except (DataSourceError, DataValidationError) as exc:
         if option in str(exc):
             raise
-        raise type(exc)(f"{option} {value}: {exc}") from None
+        raise type(exc)(f"{option}{'' if value and value in str(exc) else f' {value}'}: {exc}") from None
 
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int, maturity_days: int = 0) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction

@@ -45,12 +45,11 @@ import pyarrow.parquet as pq
 
 from churn_platform import batch_scoring, data, object_store
 from churn_platform.batch_scoring import REJECTS_SCHEMA, ScoreSummary
-from churn_platform.contract import ExitCode
 from churn_platform.errors import (
-    ChurnPlatformError,
     DataSourceError,
     DataValidationError,
     SettingsError,
+    SparkUnreachable,
     StorageUnreachable,
 )
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, normalise_columns
@@ -125,12 +124,6 @@ def _restorer(spark: SparkSession, options: Iterable[str]) -> Callable[[], None]
     return restore
 
 
-class SparkUnreachable(ChurnPlatformError):
-    """The Spark master did not answer (exit 3, as any service this job needs)."""
-
-    exit_code = ExitCode.UNREACHABLE
-
-
 def _java_cause(exc: BaseException) -> str:
     """The deepest Java exception behind ``exc`` as one line (``SparkException: Could not parse
     Master URL: 'local[abc]'``): its message's last line was a stack frame."""
@@ -146,6 +139,7 @@ def _java_cause(exc: BaseException) -> str:
     told = [line for line in lines if not line.startswith(("at ", "..."))]
     return (told or lines or [type(exc).__name__])[-1]
 
+
 def session(settings: Settings, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
     """The job's Spark session: spark-submit's when run under it, else a new one (``local[*]``
     unless ``master``); s3a set up for MLflow's S3 endpoint when one is configured."""
@@ -159,9 +153,10 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
     # pyspark reads only PYSPARK_PYTHON (spark-submit turns spark.pyspark.python into it): the
     # setting given with --spark-conf, which the error for executors without the project names,
     # was ignored.
-    if (conf or {}).get("spark.pyspark.python"):
-        os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]  # type: ignore[index]
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if SparkSession.getActiveSession() is None:  # a running one read it when it started
+        if (conf or {}).get("spark.pyspark.python"):
+            os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]  # type: ignore[index]
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # pyspark 4 warns that it "does not yet fully support pandas >= 3"; mapInArrow never uses pandas.
     warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -565,6 +560,7 @@ def score(
     s3 = source.startswith("s3://")
     loaded = time.perf_counter()  # Spark's start counts as scoring time: it is the engine's cost
     created = not _active_session()
+    python_before = os.environ.get("PYSPARK_PYTHON")  # session() sets it for a session of its own
     ours = {
         # One Arrow batch is one chunk of the local engine.
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(chunk_rows),
@@ -622,9 +618,13 @@ def score(
     except Exception as exc:
         raise _translated(exc, source) from None
     except BaseException:  # SIGTERM (a Job's deadline: SystemExit 143) or Ctrl-C, mid-job
-        # The JVM went on writing parts, into the staging folder after its removal.
+        # The JVM went on writing parts, into the staging folder after its removal. A session
+        # of its own is stopped below; another's jobs are waited for (cancelling is not instant).
         with contextlib.suppress(Exception):
             spark.sparkContext.cancelAllJobs()
+            tracker, until = spark.sparkContext.statusTracker(), time.monotonic() + 30
+            while not created and tracker.getActiveJobsIds() and time.monotonic() < until:
+                time.sleep(0.2)
         raise
     finally:
         # Unwinding from an error or a signal, a failing clean-up must not replace it: an
@@ -634,6 +634,10 @@ def score(
                 shared.destroy()  # the model's copies on the driver and executors
             if created:
                 spark.stop()  # a session this call started (not spark-submit's, not a notebook's)
+                if python_before is None:  # a notebook's next session picks its own Python
+                    os.environ.pop("PYSPARK_PYTHON", None)
+                else:
+                    os.environ["PYSPARK_PYTHON"] = python_before
             elif restore is not None:
                 restore()
         _remove(out_fs, staging, settings.s3_endpoint_url)  # after the stop: no task writes there now

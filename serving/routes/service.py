@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -40,8 +42,8 @@ async def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-# The probes' routes are async, and so are /model and /metrics (they only read state in
-# memory): a plain def waits for a thread of the pool that blocking routes share (POST
+# The probes' routes are async, and so are /model (it reads state in memory) and /metrics
+# (rendered on a thread of its own): a plain def waits for a thread of the pool that blocking routes share (POST
 # /outcomes against a database that is gone, reloads with ?wait=true on a slow registry), and
 # the kubelet restarted a pod whose predictions still worked, or Prometheus' scrape timed out
 # (up == 0, a gap in every graph) just during a registry incident.
@@ -106,8 +108,14 @@ async def model_info(holder: HolderDep, settings: SettingsDep, request: Request)
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus(metrics: MetricsDep) -> Response:
-    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+async def prometheus(metrics: MetricsDep, request: Request) -> Response:
+    # On a thread of its own (one scrape at a time), not the pool's: with several workers
+    # rendering merges every worker's files, which on the event loop stalled the predictions.
+    state = request.app.state
+    if getattr(state, "metrics_limiter", None) is None:  # made in the app's event loop, on the first scrape
+        state.metrics_limiter = anyio.CapacityLimiter(1)
+    body = await anyio.to_thread.run_sync(metrics.render, limiter=state.metrics_limiter)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def _described(model: LoadedModel) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from churn_platform.cli import main
 from churn_platform.contract import ExitCode
 from churn_platform.settings import get_settings
 from churn_platform.training import TrainConfig, train
+from monitoring.runs import GENERATOR
 from tests.services import free_port, postgres_database, start_api, wait_ready
 
 pytestmark = pytest.mark.integration
@@ -132,7 +133,7 @@ def test_monitor_exit_codes_follow_the_cli_table(stack_env, model_name, tmp_path
     data.generate(200, seed=3).assign(monthly_charges=1e300).to_csv(tmp_path / "huge.csv", index=False)
     few = env | {"CHURN_MODEL_NAME": f"{model_name}-few"}
     (tmp_path / "huge").mkdir()
-    (tmp_path / "huge" / "report.html").write_text("DRIFT DETECTED (an earlier run's report)")
+    (tmp_path / "huge" / "report.html").write_text(f"<html><head>{GENERATOR}</head>DRIFT DETECTED (an earlier run's)")
     code, summary, err = monitor(few, "--current", str(tmp_path / "huge.csv"), "--output-dir", str(tmp_path / "huge"))
     assert code == ExitCode.DATA_QUALITY and "Traceback" not in err, err
     assert not (tmp_path / "huge" / "report.html").exists()  # it would contradict this run's summary

@@ -445,12 +445,20 @@ def test_a_sqlite_file_that_is_no_registry_is_refused_and_left_as_it_was(tmp_pat
     for args in (["status"], ["train", "--n-rows", "300"], ["history"]):
         result = CliRunner().invoke(main, [*args, "--tracking-uri", f"sqlite:///{log}"])
         assert result.exit_code == 2, result.output
-        assert f"{log} is a SQLite database without MLflow's tables (it holds inference_log: the inference log?)" \
+        assert f"{log} is a SQLite database without MLflow's tables (it holds inference_log: the inference log)" \
             in result.output
     assert log.read_bytes() == before
     result = CliRunner().invoke(main, ["status", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert result.exit_code == 2 and "(an empty file): train a model first" in result.output, result.output
     assert (tmp_path / "empty.db").stat().st_size == 0
+    # MLflow's first tables, while another process sets the registry up (registered_models
+    # comes seconds later, in a migration): a registry, not a foreign file.
+    from churn_platform.registry import refuse_foreign_sqlite
+
+    starting = sqlite3.connect(tmp_path / "starting.db")
+    starting.executescript("CREATE TABLE alembic_version (x); CREATE TABLE experiments (x);")
+    starting.close()
+    refuse_foreign_sqlite(f"sqlite:///{tmp_path / 'starting.db'}", existing=True)
 
 
 @pytest.mark.timeout(120)
@@ -470,6 +478,38 @@ def test_a_locked_sqlite_registry_is_unreachable_exit_3_not_a_bug(tmp_path):
     assert f"MLflow registry at {registry} is unreachable: (sqlite3.OperationalError) database is locked" \
         in result.output
 
+
+
+def test_a_failed_launched_job_tags_its_run_but_never_makes_a_registry(tmp_path, monkeypatch):
+    """Under `mlflow run`, a failed job tags its run with the error. Not in a registry file
+    that is not there (a typo, a relative path): MLflow made one (950 KB) to hold the tag."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///typo.db")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 2 and "no MLflow registry at" in result.output, result.output
+    assert not (tmp_path / "typo.db").exists()
+    # A registry that is there: the launched run gets the error; an answer (exit 1) is no error.
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(registry)
+    run = client.create_run(client.create_experiment("jobs")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(registry)
+    try:
+        from churn_platform import registry as registry_mod
+
+        registry_mod.note_failure("not retrained: not needed", 1)
+        assert "error" not in client.get_run(run).data.tags
+        result = CliRunner().invoke(main, ["promote", "--version", "7"])
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert result.exit_code == 2, result.output
+    assert client.get_run(run).data.tags["error"].startswith("exit 2: error: "), client.get_run(run).data.tags
 
 def test_a_promotion_tolerance_that_would_wave_every_candidate_through_is_refused(monkeypatch):
     """A roc_auc difference of 0.5 (read as "half a percent", say) promoted a worse model, exit 0."""

@@ -248,7 +248,8 @@ def test_a_whole_number_parameter_that_is_not_one_is_a_usage_error(entry_point, 
 
 
 @pytest.mark.parametrize(("entry_point", "param"), [
-    ("train", "data"), ("train", "model_type"), ("retrain", "trigger"), ("score", "input"), ("score", "engine"),
+    ("train", "data"), ("train", "model_type"), ("retrain", "trigger"), ("score", "input"), ("score", "output"),
+    ("score", "engine"),
 ])  # fmt: skip
 def test_an_empty_parameter_that_has_a_value_by_default_or_none_is_a_usage_error(entry_point, param, capsys):
     """`-P data=$DATA` with DATA unset trained and registered a model of synthetic customers:
