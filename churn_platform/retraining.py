@@ -278,6 +278,7 @@ def _named(option: str, value: str | None) -> Iterator[None]:
             raise
         raise type(exc)(f"{option}{'' if value and value in str(exc) else f' {value}'}: {exc}") from None
 
+
 def labelled(url: str, name: str, since: datetime | None, horizon_days: int, maturity_days: int = 0) -> pd.DataFrame:
     """Each outcome since ``since`` with the features of the customer's latest prediction
     (any version) within the horizon before it (a "no", at least ``maturity_days`` before it):
