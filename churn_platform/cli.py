@@ -44,6 +44,7 @@ from churn_platform.settings import (
     checked_model_name,
     checked_tracking_uri,
     get_settings,
+    preserved_environment,
     unknown_variables,
 )
 from churn_platform.training_config import TrainConfig
@@ -70,15 +71,9 @@ def settings_for(tracking_uri: str | None, model_name: str | None = None) -> Set
 def _mlflow_links_suppressed() -> Iterator[None]:
     """MLflow prints a run's links on stdout when it ends it; the caller's setting is back after."""
     name = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
-    before = os.environ.get(name)
-    os.environ[name] = "true"
-    try:
+    with preserved_environment(name):
+        os.environ[name] = "true"
         yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:

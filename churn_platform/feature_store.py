@@ -59,7 +59,7 @@ from churn_platform.schema import (
     ID_COLUMN,
     LABEL_COLUMN,
 )
-from churn_platform.settings import Settings
+from churn_platform.settings import Settings, preserved_environment
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -92,14 +92,8 @@ def _import_feast() -> None:
     failed ("expected str ... not NoneType")."""
     import prometheus_client.values  # noqa: F401
 
-    before = {name: os.environ.get(name) for name in _FEAST_SETS}
-    import feast  # noqa: F401
-
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with preserved_environment(*_FEAST_SETS):
+        import feast  # noqa: F401
 
 
 def _embedded_dir(settings: Settings) -> Path:

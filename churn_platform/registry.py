@@ -30,7 +30,7 @@ from churn_platform.errors import (
     SettingsError,
     StorageUnreachable,
 )
-from churn_platform.settings import Settings, redacted, sqlite_file, url_scheme
+from churn_platform.settings import Settings, preserved_environment, redacted, sqlite_file, url_scheme
 
 log = logging.getLogger(__name__)
 #: MLflow 3's UI alias editor lowercases every alias it saves: adding `Production` there
@@ -327,18 +327,12 @@ def note_failure(message: str, exit_code: int) -> None:
     except RegistryNotFound:
         return
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    saved = {name: os.environ.get(name) for name in quick}
-    os.environ.update(quick)
-    try:
-        MlflowClient().set_tag(run_id, ERROR_TAG, f"exit {exit_code}: {message}"[:5000])
-    except Exception as exc:  # noqa: BLE001 - the job's own error is the one to report
-        log.debug("could not tag run %s with its error: %s", run_id, exc)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with preserved_environment(*quick):
+        os.environ.update(quick)
+        try:
+            MlflowClient().set_tag(run_id, ERROR_TAG, f"exit {exit_code}: {message}"[:5000])
+        except Exception as exc:  # noqa: BLE001 - the job's own error is the one to report
+            log.debug("could not tag run %s with its error: %s", run_id, exc)
 
 
 def live_experiment(

@@ -7,10 +7,11 @@ MLflow client read themselves. Nothing is read at import time: call ``get_settin
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -394,6 +395,20 @@ _TRACKING_SCHEMES = ("", "file", "http", "https", "postgresql", "mysql", "sqlite
 _DATABRICKS_SCHEMES = ("databricks", "databricks-uc", "uc")
 _DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 
+
+
+@contextlib.contextmanager
+def preserved_environment(*names: str) -> Iterator[None]:
+    """Put ``names`` back as they were (set or not) after the block, whatever it set them to."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 def url_scheme(uri: str) -> str:
     """A URI's scheme without its ``+driver``, lower-cased; '' for a plain path."""
