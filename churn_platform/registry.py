@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Experiment, Run
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.utils.credentials import get_default_host_creds
@@ -366,12 +366,19 @@ def live_experiment(
             if not given:
                 return None
             raise SettingsError(f"MLFLOW_EXPERIMENT_ID={given}: no such MLflow experiment") from None
-    if found is not None and found.lifecycle_stage == "deleted":
-        raise SettingsError(
-            f"MLflow experiment '{found.name}' (id {found.experiment_id}) is deleted: restore it in the MLflow UI "
-            f"(Experiments, show deleted) or name another with {variable}"
-        )
+    if found is not None:
+        refuse_deleted(found, variable)
     return found.experiment_id if found is not None else None
+
+
+def refuse_deleted(experiment: Experiment, variable: str, why: str = "") -> None:
+    """``SettingsError`` for an experiment deleted in the UI (``why``: what it holds), naming
+    the setting that chose it: its runs cannot be made, nor should its runs be read."""
+    if experiment.lifecycle_stage == "deleted":
+        raise SettingsError(
+            f"MLflow experiment '{experiment.name}' (id {experiment.experiment_id}){why} is deleted: restore it in "
+            f"the MLflow UI (Experiments, show deleted) or name another with {variable}"
+        )
 
 
 def is_missing(exc: MlflowException) -> bool:

@@ -47,7 +47,6 @@ from churn_platform.errors import (
     DataSourceError,
     DataValidationError,
     NotFoundError,
-    SettingsError,
 )
 from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
 from churn_platform.inference_log import make_engine, read_failure, require_log
@@ -202,10 +201,7 @@ def decide(
         return Decision(retrain=False, runs=[], reason=(
             f"no monitoring runs to read: MLflow experiment {settings.monitor_experiment!r} (CHURN_MONITOR_EXPERIMENT) "
             "does not exist yet (the monitor and performance jobs make it)"))  # fmt: skip
-    if experiment.lifecycle_stage == "deleted":
-        raise SettingsError(f"MLflow experiment {experiment.name!r} (id {experiment.experiment_id}), where the "
-                            "verdicts a retrain reads are, is deleted: restore it in the MLflow UI (Experiments, "
-                            "show deleted) or name another with CHURN_MONITOR_EXPERIMENT")  # fmt: skip
+    registry.refuse_deleted(experiment, "CHURN_MONITOR_EXPERIMENT", ", where the verdicts a retrain reads are,")
     name = registry.quoted(settings.model_name)
     runs: list[dict[str, Any]] = []
     # Runs before the latest retrain were answered by it: a retrain waits for new evidence
