@@ -153,7 +153,8 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
     # pyspark reads only PYSPARK_PYTHON (spark-submit turns spark.pyspark.python into it): the
     # setting given with --spark-conf, which the error for executors without the project names,
     # was ignored.
-    if SparkSession.getActiveSession() is None:  # a running one read it when it started
+    starting = SparkSession.getActiveSession() is None  # one running read its settings when it started
+    if starting:
         if (conf or {}).get("spark.pyspark.python"):
             os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]  # type: ignore[index]
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -165,7 +166,7 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
         builder = builder.master(master)
     for key, value in _session_conf(conf).items():
         builder = builder.config(key, value)
-    if SparkSession.getActiveSession() is None and "spark.log.level" not in (conf or {}):
+    if starting and "spark.log.level" not in (conf or {}):
         # From the start: a master that cannot be parsed or reached printed Java's stack trace
         # (the error line says what went wrong).
         builder = builder.config("spark.log.level", "FATAL")
