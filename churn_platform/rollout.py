@@ -52,6 +52,8 @@ class RolloutState(BaseModel):
         says: a canary of 500 % sends every customer to the Challenger."""
         if self.mode != "off" and (self.challenger_version is None or self.production_version is None):
             raise ValueError(f"a {self.mode} names its challenger_version and production_version")
+        if self.mode != "off" and self.challenger_version == self.production_version:
+            raise ValueError("challenger_version is production_version: a version compared with itself")
         if (self.mode == "canary") != (self.percent is not None):
             raise ValueError("percent goes with a canary, and only with one")
         # `rollout status` compares since then, with aware times: a bad or naive one was a traceback

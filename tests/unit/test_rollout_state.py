@@ -192,10 +192,12 @@ def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_revive_it(
     assert event["action"] == "rollout-stop" and "ended when Production moved" in event["reason"]
     assert cli("rollout", "stop", "--model-name", name).exit_code == 2  # now nothing is left to stop
     # A tag no one can read (edited by hand): replicas ignore it, and stop, the documented clean-up, clears it.
-    # Nor is a canary of 500 % (every customer to the Challenger) or without its versions served as it says.
+    # Nor is a canary of 500 % (every customer to the Challenger) or without its versions served as it says,
+    # nor Production beside itself (each request scored twice).
     for hand_made in ('{"mode": "canary", "percent": 500, "challenger_version": 3, "production_version": 1}',
                       '{"mode": "shadow", "challenger_version": 3}', '{"mode": "shadow", "percent": 20, '
-                      '"challenger_version": 3, "production_version": 1}', "{canary"):  # fmt: skip
+                      '"challenger_version": 3, "production_version": 1}', "{canary",
+                      '{"mode": "shadow", "challenger_version": 1, "production_version": 1}'):  # fmt: skip
         MlflowClient().set_registered_model_tag(name, ROLLOUT_TAG, hand_made)
         state = out(cli("rollout", "status", "--model-name", name, "--json"))
         assert state["mode"] == "off" and "unreadable" in state["reason"], (hand_made, state)
