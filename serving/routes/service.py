@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from churn_platform.contract import MODEL_VERSION, PRODUCTION_ALIAS
 from churn_platform.loading import LoadedModel
 from churn_platform.schema import FEATURE_NAMES
-from serving.deps import HolderDep, MetricsDep, SettingsDep
+from serving.deps import HolderDep, KnownQuery, MetricsDep, SettingsDep
 from serving.schemas import Problem
 
 router = APIRouter(tags=["service"])
@@ -72,7 +72,7 @@ async def ready(holder: HolderDep, request: Request) -> Any:
 
 
 @_head_too("/model")
-@router.get("/model")
+@router.get("/model", dependencies=[KnownQuery])  # `/model?version=2` answered for the version served
 async def model_info(holder: HolderDep, settings: SettingsDep, request: Request) -> dict[str, Any]:
     """What is served, where it came from, how the latest (re)load went, and whether the
     inference log is live or spooling to disk."""

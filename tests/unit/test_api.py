@@ -676,6 +676,10 @@ def test_a_misspelt_query_parameter_is_a_422_naming_it_not_ignored(api):
     strict = api.post("/outcomes?strict=false&strict=true", json={"outcomes": [{"customer_id": "c1", "churned": "x"}]},
                       headers={"X-API-Key": KEY})  # fmt: skip
     assert strict.status_code == 422 and "query.strict: given 2 times" in strict.text
+    # /model answered for the version it serves, whatever version was asked for.
+    asked = api.get("/model?version=2")
+    assert asked.status_code == 422 and asked.json()["message"] == (
+        "query.version: Unknown query parameter; this route takes none")
 
 
 def test_a_utf16_body_is_scored_as_the_other_routes_read_it(api):
