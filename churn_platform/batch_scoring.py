@@ -149,9 +149,9 @@ def _glob_folder(pattern: str) -> str:
 
 def input_files(
     spec: str, endpoint_url: str | None = None, own: dict[str, tuple[str, ...]] | None = None
-) -> tuple[pafs.FileSystem, dict[str, list[str]], str]:
-    """The files ``spec`` names, in order, each with its header as written; their filesystem
-    and their one format.
+) -> tuple[pafs.FileSystem, dict[str, list[str]], str, dict[str, int]]:
+    """The files ``spec`` names, in order, each with its header as written; their filesystem,
+    their one format, and each Parquet file's row count (its footer's, read with its header).
 
     ``own`` maps this job's outputs (``--output PATH``) to the columns that file has when the
     job wrote it: a file of the input by that name is left out when it has them (an earlier
@@ -212,13 +212,15 @@ def input_files(
     # Every file's header before the first row is scored: a column missing from the last of 200
     # files ended the job (exit 2, nothing written) after the 199 before it were scored.
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="score-headers") as pool:  # S3: one round trip each
-        headers = dict(zip(files, pool.map(lambda path: _columns(fs, path, kinds[path]), files), strict=True))
+        read = dict(zip(files, pool.map(lambda path: _columns(fs, path, kinds[path]), files), strict=True))
+    headers = {path: names for path, (names, _) in read.items()}
+    rows = {path: n for path, (_, n) in read.items() if n is not None}
     if not named:  # an earlier run's Parquet scores beside CSV exports are left out, not "a mix"
         headers = _customer_files(headers, spec)
     formats = {kinds[f] for f in headers}
     if len(formats) > 1:
         raise DataSourceError(f"{spec} mixes CSV and Parquet files; score them separately")
-    return fs, headers, formats.pop()
+    return fs, headers, formats.pop(), rows
 
 
 def _local_files(pattern: str) -> list[str]:
@@ -301,11 +303,13 @@ def _hidden(path: str, root: str) -> bool:
     return any(part.startswith(_HIDDEN) for part in below.split("/"))
 
 
-def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
+def _columns(fs: pafs.FileSystem, path: str, kind: str) -> tuple[list[str], int | None]:
+    """A file's header as written and, for Parquet, its row count (both from its footer)."""
     try:
         if kind == "parquet":
             with fs.open_input_file(path) as handle:
-                schema = pq.read_schema(handle)
+                footer = pq.read_metadata(handle)
+            schema = footer.schema.to_arrow_schema()
             # A list or record where a value goes: Arrow's reader fails on it (KeyError, "a bug",
             # exit 70) once the files before it were scored.
             read = (ID_COLUMN, *FEATURE_NAMES)
@@ -313,7 +317,7 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
                       if pa.types.is_nested(f.type) and canonical_column(f.name) in read]  # fmt: skip
             if nested:
                 raise DataValidationError(f"{path}: {', '.join(nested)}: a list or record in each row, not one value")
-            return list(schema.names)
+            return list(schema.names), footer.num_rows
         with fs.open_input_stream(path) as handle:
             header = handle.read(1 << 20).splitlines()
     except (OSError, pa.ArrowException) as exc:
@@ -325,7 +329,7 @@ def _columns(fs: pafs.FileSystem, path: str, kind: str) -> list[str]:
     if not first.strip():  # Arrow reads it as the header: "Expected 1 columns, got 21", after the model's download
         raise DataValidationError(f"{path}: a line of spaces before the header reads as the header; remove it")
     try:  # strictly: Arrow refuses a name that is not UTF-8 only once it reads rows
-        return next(csv.reader([first.decode("utf-8-sig")]))
+        return next(csv.reader([first.decode("utf-8-sig")])), None
     except UnicodeDecodeError:
         raise DataValidationError(f"{path}: its header is not UTF-8 text; export it as UTF-8") from None
 
@@ -915,6 +919,8 @@ class Job:
     fast: bool
     #: The input's files in order, each with its header as written (every one checked).
     headers: dict[str, list[str]]
+    #: Each Parquet file's row count, from the footer read with its header.
+    rows: dict[str, int]
 
     @property
     def files(self) -> list[str]:
@@ -940,7 +946,7 @@ def prepare(
             data.local_target(target)  # its folder exists: found now, not after the model's download
     data.refuse_overwrite(source, output=output, rejects=rejects)
     own = {"output": (output, PROBABILITY), "rejects": (rejects, *data.REJECT_MARKER)}
-    fs, headers, input_kind = input_files(source, settings.s3_endpoint_url, own)
+    fs, headers, input_kind, rows = input_files(source, settings.s3_endpoint_url, own)
     for option, (target, *columns) in own.items():  # after the input's own checks, which say more
         data.refuse_foreign_output(f"--{option}", target, tuple(columns))
     for path, raw in headers.items():
@@ -954,7 +960,7 @@ def prepare(
     fast = isinstance(model.scorer, FastScorer) and not explain_top_k
     if fast:
         _check_column_path(model)
-    return Job(kind, rejects, fs, input_kind, model, fast, headers)
+    return Job(kind, rejects, fs, input_kind, model, fast, headers, rows)
 
 
 def score(
@@ -979,7 +985,7 @@ def score(
     kind, rejects, fs, files, input_kind, model, fast = (
         job.kind, job.rejects, job.fs, job.files, job.input_kind, job.model, job.fast
     )
-    bar = _progress(fs, files, input_kind, progress)
+    bar = _progress(sum(job.rows[f] for f in files) if input_kind == "parquet" else None, progress)
     loaded = time.perf_counter()
     schema = _output_schema(explain_top_k, with_features)
     scored_at = pd.Timestamp(datetime.now(UTC)).floor("us")
@@ -1076,7 +1082,7 @@ def _without_own_outputs(
             kept.append(f)
             continue
         option, target, columns = targets[f]
-        found = _columns(fs, f, _SUFFIXES[Path(f).suffix.lower()])
+        found, _ = _columns(fs, f, _SUFFIXES[Path(f).suffix.lower()])
         if not set(columns) <= set(found):
             absent = ", ".join(c for c in columns if c not in found)
             raise DataValidationError(f"--{option} {target} is a file of the input {source}, and not one this job "
@@ -1126,18 +1132,10 @@ def _check_column_path(model: loading.LoadedModel) -> None:
         )
 
 
-def _progress(fs: pafs.FileSystem, files: list[str], kind: str, enabled: bool) -> Any:
+def _progress(total: int | None, enabled: bool) -> Any:
+    """A bar of ``total`` rows (Parquet's footers say it; a CSV's lines are counted only by reading them)."""
     from tqdm import tqdm
 
-    total = None
-    if kind == "parquet" and enabled:  # each footer is a request on S3: only for a bar someone sees
-        try:
-            total = 0
-            for path in files:
-                with fs.open_input_file(path) as handle:
-                    total += pq.ParquetFile(handle).metadata.num_rows
-        except (OSError, pa.ArrowException):
-            total = None  # the chunks' reader reports the file properly
     interactive = sys.stderr.isatty()
     # In a log (a pod, a pipe), a line per update: a bar redrawn with \r runs them into one.
     lines = None if interactive else "{desc}: {n_fmt} rows in {elapsed} ({rate_fmt})\n"

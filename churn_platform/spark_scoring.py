@@ -591,7 +591,13 @@ def score(
                         f"with a cluster master ({spark.sparkContext.master}), {flag} must be s3://"
                     )
         _check_executors(spark)
-        frame = _read(spark, job.headers, input_kind, s3)
+        # A file of no rows adds none, and pandas writes an empty frame's text columns as Arrow's null
+        # type: Spark takes a folder's schema from its first file, and took from such a file, failed
+        # the whole job on the others ("column: [customer_id], physicalType: BINARY, logicalType: int").
+        headers = {path: names for path, names in job.headers.items() if job.rows.get(path) != 0}
+        if not headers:
+            batch_scoring.check_scored(source, 0, 0, [])  # no rows: refused as the local engine refuses it
+        frame = _read(spark, headers, input_kind, s3)
         # The explainer only when asked: a boosting version's unpickles shap (and numba) in every worker.
         explainer = model.explainer if explain_top_k else None
         lean = _Scoring(model.name, model.version, model.scorer, explainer, model.decision_threshold)

@@ -466,6 +466,33 @@ def test_a_spreadsheet_export_with_empty_trailing_columns_is_scored_by_both_engi
     assert result.exit_code == 0, result.output  # the local engine reads each file by its names
 
 
+def test_an_empty_parquet_file_beside_others_is_skipped_by_both_engines(registry_uri, customers, tmp_path):
+    """pandas writes an empty frame's text columns as Arrow's null type: Spark took the folder's
+    schema from it and failed the whole run on the other files, naming none."""
+    folder = tmp_path / "daily"
+    folder.mkdir()
+    pd.DataFrame(columns=customers.columns).to_parquet(folder / "2026-12-05.parquet", index=False)
+    customers.head(30).to_parquet(folder / "2026-12-06.parquet", index=False)
+    customers.iloc[30:50].to_parquet(folder / "2026-12-07.parquet", index=False)
+    scores = {}
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(folder), "--output", str(out), "--json")
+        assert result.exit_code == 0, (engine, result.output)
+        assert json.loads(result.stdout)["scored"] == 50, (engine, result.stdout)
+        scores[engine] = pd.read_parquet(out).set_index("customer_id").churn_probability.sort_index()
+    assert list(scores["spark"].index) == sorted(customers.head(50)["customer_id"])
+    assert np.max(np.abs(scores["spark"] - scores["local"])) <= 1e-9
+    # Only empty files: no rows, said as the local engine says it, the earlier scores kept.
+    (folder / "2026-12-06.parquet").unlink()
+    (folder / "2026-12-07.parquet").unlink()
+    for engine, args in (("local", []), ("spark", SPARK)):
+        out = tmp_path / f"{engine}.parquet"
+        result = run(registry_uri, *args, "--input", str(folder), "--output", str(out))
+        assert result.exit_code == 2 and f"no rows in {folder}" in result.output, (engine, result.output)
+        assert len(pd.read_parquet(out)) == 50, engine
+
+
 def test_a_csv_that_starts_with_a_blank_line_is_read_by_both_engines(registry_uri, customers, tmp_path):
     """Arrow skips the blank line; the header check called the file empty."""
     (tmp_path / "blank.csv").write_text("\n" + customers.head(3).to_csv(index=False))
