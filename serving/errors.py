@@ -79,6 +79,13 @@ class StoreUnavailable(ServingError):
     headers = {"Retry-After": "5"}
 
 
+class ShuttingDown(ServingError):
+    """The process stopped before the answer was ready: another replica (or this one restarted) answers."""
+
+    status_code = 503
+    headers = {"Retry-After": "5"}
+
+
 class UnsupportedMediaType(ServingError):
     status_code = 415
 

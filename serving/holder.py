@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -325,6 +326,22 @@ class ModelHolder:
             if self._reload_queued is None:
                 self._reload_queued = self._spawn(run, "model-reload")
             return self._reload_queued
+
+    def reload_now(self) -> Future[Attempt]:
+        """An operator's reload that the caller waits for (``?wait=true``), on a daemon thread of
+        its own: a load still running when the process stops (a registry that hangs) never
+        holds its exit, as a worker thread of the server's did."""
+        outcome: Future[Attempt] = Future()
+
+        def run() -> None:
+            if outcome.set_running_or_notify_cancel():
+                try:
+                    outcome.set_result(self.load_production(retry=True))
+                except BaseException as exc:  # noqa: BLE001 - the caller's to raise
+                    outcome.set_exception(exc)
+
+        self._spawn(run, "model-reload-wait")
+        return outcome
 
     def stop(self, timeout: float = 5) -> None:
         self._stop.set()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from serving.deps import ADMIN_RESPONSES, AdminKey, HolderDep, KnownQuery
+from serving.errors import ShuttingDown
+from serving.schemas import Problem
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminKey, KnownQuery], responses=ADMIN_RESPONSES)
 _OUTCOME = {"previous_version": 1, "state": "ready", "message": "serving churn v2", "version": 2, "rollout": "off"}
@@ -20,8 +23,9 @@ _OUTCOME = {"previous_version": 1, "state": "ready", "message": "serving churn v
           "content": {"application/json": {"example": {
               **_OUTCOME, "state": "verification_failed", "version": 1,
               "message": "churn v2: fast scorer differs from sklearn by ..."}}}},
+    503: {"model": Problem, "description": "wait=true: the process stopped before the reload finished"},
 })  # fmt: skip
-def reload(
+async def reload(
     holder: HolderDep, wait: Annotated[bool, Query(description="Wait for the outcome.")] = False
 ) -> JSONResponse:
     """Load the version Production points at now, verify it, then swap it in."""
@@ -29,7 +33,15 @@ def reload(
     if not wait:
         holder.reload_in_background()
         return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
-    attempt = holder.load_production(retry=True)
+    try:
+        attempt = await asyncio.wrap_future(holder.reload_now())
+    except asyncio.CancelledError:
+        # uvicorn's graceful shutdown ended first (a registry that hangs): it cancels what still
+        # runs and would answer a plain-text 500. The load goes on until the process ends.
+        raise ShuttingDown(
+            "the API stopped before the reload finished; its outcome is unknown: GET /model on a "
+            "running replica, or reload again", detail={"previous_version": before, "state": "shutting_down"},
+        ) from None
     # The rollout too: right after `rollout start` this answer is how a script knows the
     # Challenger serves, or why not (its failure never stops Production: still 200).
     return JSONResponse(

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from churn_platform.training import TrainConfig, train
 from tests.services import (
     S3_KEYS,
     free_port,
+    http_server,
     postgres_database,
     start_api,
     start_mlflow,
@@ -130,6 +132,48 @@ def test_sigterm_under_load_finishes_requests_flushes_the_log_and_exits_0(stack_
         engine.dispose()
         # Shutdown wrote every answered row still queued, each once.
         assert logged == len(answered) * len(batch)
+
+
+def test_sigterm_while_a_reload_waits_on_a_hanging_registry_answers_503_json_and_exits(stack_env, tmp_path):
+    """uvicorn cancels what still runs when its graceful shutdown (20 s) ends: the waiting
+    reload answered a plain-text 500, and the process lived on for the load's whole length."""
+    gone = threading.Event()
+
+    class Hangs(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            gone.wait(180)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http_server(Hangs) as hanging:
+        env = stack_env.env | {
+            "MLFLOW_TRACKING_URI": hanging, "MLFLOW_REGISTRY_URI": hanging, "CHURN_REGISTRY_TIMEOUT_S": "150",
+            "CHURN_ADMIN_API_KEY": "k", "CHURN_INFERENCE_LOG_URL": f"sqlite:///{tmp_path}/l.db",
+        }  # fmt: skip
+        api, base = start_api(env, tmp_path)
+        answers: list[httpx.Response] = []
+        try:
+            waiting = threading.Thread(target=lambda: answers.append(
+                httpx.post(f"{base}/admin/reload?wait=true", headers={"X-API-Key": "k"}, timeout=120)))
+            waiting.start()
+            time.sleep(1)
+            signalled = time.monotonic()
+            api.proc.send_signal(signal.SIGTERM)
+            api.proc.wait(60)
+            exited = time.monotonic() - signalled
+            waiting.join(10)
+        finally:
+            gone.set()
+            api.stop()
+    assert exited < 40, (exited, api.log_tail())
+    assert api.proc.returncode == 0, api.log_tail()
+    [answer] = answers
+    assert answer.status_code == 503 and answer.headers["retry-after"], answer.text
+    assert answer.json()["detail"]["state"] == "shutting_down"
+    assert "stopped before the reload finished" in answer.json()["message"]
 
 
 def test_object_store_down_during_training_fails_clearly_and_registers_nothing(tmp_path, model_name):
