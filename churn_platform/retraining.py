@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -143,11 +143,24 @@ def _answered(client: MlflowClient, version: ModelVersion, production: int, chal
     return run is None or run.info.status == "FINISHED" or run.data.tags.get("gate.passed") != "True"
 
 
-def _refused(client: MlflowClient, version: ModelVersion, production: int) -> bool:
-    """Whether the gate refused a retrain against today's Production: the next one would learn
-    from mostly the same outcomes and be refused again, registering a version a day."""
+def _refused(
+    client: MlflowClient, version: ModelVersion, production: int, wanted: Callable[[], dict[str, Any]]
+) -> bool:
+    """Whether the gate refused a retrain against today's Production trained as this one would
+    be (``wanted``): the next would learn from mostly the same outcomes and be refused again,
+    registering a version a day. One with other parameters (an experiment by hand) tried
+    something else, and holds nothing."""
     run = _gated_run(client, version, production)
-    return run is not None and run.data.tags.get("gate.passed") == "False"
+    if run is None or run.data.tags.get("gate.passed") != "False":
+        return False
+    for key, value in wanted().items():
+        given = run.data.params.get(key)
+        try:  # absent or unreadable: trained some other way
+            if key != "decision_threshold" and (given is None or _typed(key, given) != value):
+                return False
+        except (ValueError, OverflowError):
+            return False
+    return True
 
 
 #: After a refused retrain, how long a run whose evidence starts before it (over all time, or
@@ -173,11 +186,12 @@ _PERIOD_MS = {"performance": 86_400_000, "drift": 3_600_000}
 
 
 def decide(
-    client: MlflowClient, settings: Settings, version: int, trigger: Trigger, of: int, at_least: int
+    client: MlflowClient, settings: Settings, version: int, trigger: Trigger, of: int, at_least: int,
+    parameters: dict[str, Any] | None = None,
 ) -> Decision:
     """The debounce: retrain when at least ``at_least`` of Production's last ``of`` runs of the
     trigger's kind (one per UTC day for performance, per hour for drift) flagged it
-    (``always``: retrain)."""
+    (``always``: retrain). ``parameters``: those the retrain is given (``--model-type``)."""
     if trigger == "always":
         return Decision(retrain=True, reason="asked for (no trigger to wait for)", runs=[])
     # A performance run judges 30 days: for weeks after a retrain most of its evidence is the
@@ -213,7 +227,8 @@ def decide(
     after = int(last.creation_timestamp) if last else 0
     # Refused by the gate, it answered the evidence it learned from: only runs whose evidence
     # starts after it count (with 30-day performance windows, a month), not the next two days'.
-    refused = last is not None and _refused(client, last, version)
+    refused = last is not None and _refused(client, last, version, lambda: _training_parameters(
+        client, settings.model_name, version, parameters or {}))
     query = f"tags.model_name = {name} AND tags.model_version = '{version}'"
     if trigger == "performance":
         query += " AND tags.job = 'performance'"
@@ -250,6 +265,11 @@ def decide(
         reason += "; `churn-platform retrain --if always` trains now"
     return Decision(retrain=hits >= at_least, reason=reason, runs=runs,
                     refused_version=int(last.version) if refused else None)  # fmt: skip
+
+
+def _training_parameters(client: MlflowClient, name: str, production: int, given: dict[str, Any]) -> dict[str, Any]:
+    """What a retrain trains with: Production's run's parameters, then those it is given."""
+    return {**production_parameters(client, name, production, given), **given}
 
 
 def _require_log(url: str) -> None:
@@ -516,7 +536,7 @@ def retrain(
         if production is None:
             raise NotRetrained(f"no version of {name!r} holds Production: promote one with "
                                "`churn-platform promote --version N`")  # fmt: skip
-        decision = decide(client, settings, production, trigger, of, at_least)
+        decision = decide(client, settings, production, trigger, of, at_least, parameters)
         if not decision.retrain:
             raise NotRetrained(decision.reason)
         return production, decision
@@ -533,7 +553,7 @@ def retrain(
     with exclusive(log_url, name), registry.translate_errors(settings):
         production, decision = decided()  # again: a retrain that held the lock may have registered since
         given = parameters or {}
-        inherited: dict[str, Any] = {**production_parameters(client, name, production, given), **given}
+        inherited = _training_parameters(client, name, production, given)
         recent = labelled(log_url, name, since, settings.outcome_horizon_days, settings.outcome_maturity_days)
         with _named("--base", base):
             base_frame = data.load(base, settings.s3_endpoint_url) if base else None

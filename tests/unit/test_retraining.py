@@ -229,6 +229,11 @@ def test_a_retrain_the_gate_refused_waits_for_evidence_that_starts_after_it(scen
     assert ("0 of the last 0 performance runs of v1 whose evidence starts after v2, the retrain the gate refused "
             "at ") in output and "`churn-platform retrain --if always` trains now" in output, output  # fmt: skip
     assert versions(name) == [1, 2]
+    # Another model type was never refused: v2 holds only a retrain trained as it was.
+    boosting = {"model_type": "hist_gradient_boosting"}
+    other = retraining.decide(client, get_settings(), 1, "performance", 3, 2, parameters=boosting)
+    assert other.retrain and other.refused_version is None, other
+    assert other.reason.startswith("2 of the last 2 performance runs of v1 since the last retrain flagged"), other
     degraded(3, None)  # an earlier release's run says nothing of its window: counted as it was
     decision = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
     assert "1 of the last 1 performance runs" in decision.reason, decision
