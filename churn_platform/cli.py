@@ -84,7 +84,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     no verdict uses (Python's own exit 1 would read as "drift" or "degraded" to a scheduler).
     """
 
-    def fail(message: str, code: int, prefix: str = "error: ") -> NoReturn:
+    def fail(message: str, code: int, prefix: str = "error: ", details: dict[str, Any] | None = None) -> NoReturn:
         click.echo(f"{prefix}{message}", err=True)
         if os.environ.get("MLFLOW_RUN_ID"):  # a run `mlflow run` launched: say why on it
             from churn_platform import registry
@@ -92,7 +92,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             registry.note_failure(f"{prefix}{message}", code)
         context = click.get_current_context(silent=True)
         if context is not None and context.params.get("as_json"):
-            echo_json({"error": message, "exit_code": code})
+            echo_json({"error": message, "exit_code": code, **(details or {})})
         sys.exit(code)
 
     @wraps(func)
@@ -103,7 +103,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             with _mlflow_links_suppressed() if quiet else contextlib.nullcontext():
                 return func(*args, **kwargs)
         except ChurnPlatformError as exc:
-            fail(str(exc), int(exc.exit_code), exc.prefix)
+            fail(str(exc), int(exc.exit_code), exc.prefix, exc.details)
         except click.UsageError as exc:  # two options that do not go together: met once they are read
             if quiet:
                 echo_json({"error": exc.format_message(), "exit_code": exc.exit_code})

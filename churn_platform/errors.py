@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from churn_platform.contract import ExitCode
 
 
@@ -11,6 +13,8 @@ class ChurnPlatformError(Exception):
     exit_code: ExitCode = ExitCode.USAGE
     #: How the CLI introduces the message; an answer that is no failure (a retrain not needed) has none.
     prefix: str = "error: "
+    #: More for ``--json`` beside ``error`` and ``exit_code`` (a declined retrain's decision).
+    details: dict[str, Any] | None = None
 
 
 class DataError(ChurnPlatformError):

@@ -71,6 +71,11 @@ class NotRetrained(ChurnPlatformError):
     exit_code = ExitCode.REFUSED
     prefix = "not retrained: "  # the scheduled job's usual answer: its log should not say "error" every day
 
+    def __init__(self, message: str, decision: Decision | None = None) -> None:
+        super().__init__(message)
+        if decision is not None:  # under --json, the runs it counted: a dashboard shows the debounce
+            self.details = {"decision": decision.model_dump(mode="json")}
+
 
 class Decision(BaseModel):
     """Whether the trigger fired, and the monitoring runs it read."""
@@ -538,7 +543,7 @@ def retrain(
                                "`churn-platform promote --version N`")  # fmt: skip
         decision = decide(client, settings, production, trigger, of, at_least, parameters)
         if not decision.retrain:
-            raise NotRetrained(decision.reason)
+            raise NotRetrained(decision.reason, decision)
         return production, decision
 
     # What a typo breaks is found on the first day, not on the day a retrain is due (most days

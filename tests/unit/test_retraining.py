@@ -93,6 +93,9 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     # Both today: the second (an operator's, after the alert) judged the same window again.
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "1 of the last 1 performance runs of v1 flagged degradation" in output, output
+    code, declined = cli_json("retrain", "--if", "performance")  # the runs counted, for a dashboard too
+    assert code == 1 and [r["verdict"] for r in declined["decision"]["runs"]] == ["degraded"], declined
+    assert declined["error"] == declined["decision"]["reason"] and not declined["decision"]["retrain"]
     client = MlflowClient()
     monitoring = client.get_experiment_by_name("churn-monitoring").experiment_id
     today = next(r for r in client.search_runs([monitoring], "tags.verdict = 'degraded'") if "adhoc" not in r.data.tags)
