@@ -14,11 +14,13 @@ them flagged a problem, so one noisy window does not start a training.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
@@ -444,10 +446,15 @@ def production_parameters(client: MlflowClient, name: str, version: int,
 def exclusive(url: str, name: str) -> Iterator[None]:
     """One retrain of a model at a time: two at once (a Job created by hand beside the
     schedule's) both registered, and the later Challenger silently replaced the other. A
-    session-level advisory lock on a PostgreSQL log, let go however the process ends; raises
-    ``NotRetrained`` while another holds it. A SQLite log (one machine) takes none."""
+    session-level advisory lock on a PostgreSQL log, a file lock beside a SQLite one (one
+    machine: a cron job and a retrain by hand), each let go however the process ends; raises
+    ``NotRetrained`` while another holds it."""
     engine = make_engine(url)
     try:
+        if engine.dialect.name == "sqlite":
+            with _file_lock(engine.url.database, name):
+                yield
+            return
         if engine.dialect.name != "postgresql":
             yield
             return
@@ -478,6 +485,30 @@ def exclusive(url: str, name: str) -> Iterator[None]:
                                     "the same time; point --inference-log-url at PostgreSQL or a session pool")
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _file_lock(database: str | None, name: str) -> Iterator[None]:
+    """``flock`` on a file beside the SQLite log: the kernel lets go when the process ends."""
+    if not database or database == ":memory:" or database.startswith("file:"):  # no file beside, or a URI's
+        yield
+        return
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()  # a model name is no file name
+    path = Path(f"{database}.retrain-{digest}.lock")
+    try:
+        handle = path.open("a")
+    except OSError as exc:  # a log read from a read-only folder (a copy) still retrains
+        log.warning("no retrain lock (%s: %s): a second retrain at the same time would register too", path,
+                    exc.strerror)  # fmt: skip
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NotRetrained(f"another retrain of {name!r} is running: it holds the retrain lock {path}, so this one "
+                               "stops, registering nothing") from None  # fmt: skip
+        yield
 
 
 #: Who holds a retrain lock: a node that died keeps its session (and the lock) until the

@@ -296,6 +296,18 @@ def test_a_base_dataset_never_brings_back_the_gate_customers(scenario, telco_csv
     assert versions(name) == [1, 2]
 
 
+def test_a_retrain_while_another_runs_on_a_sqlite_log_registers_nothing(scenario):
+    """Only PostgreSQL took a lock: a cron job and a retrain by hand on one machine both
+    registered, the later Challenger silently replacing the other."""
+    name, url, _ = scenario
+    with retraining.exclusive(url, name):  # another process's, as the kernel sees a second open file
+        code, output = cli("retrain")
+    assert code == 1 and f"another retrain of '{name}' is running: it holds the retrain lock" in output, output
+    assert versions(name) == [1]
+    code, output = cli("retrain")  # let go with the other: this one trains
+    assert code == 0 and versions(name) == [1, 2], output
+
+
 def test_too_few_labelled_rows_or_no_trigger_register_nothing(scenario, monkeypatch):
     name, _, n = scenario
     monkeypatch.setenv("CHURN_RETRAIN_MIN_ROWS", str(n + 1))
