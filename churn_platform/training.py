@@ -286,7 +286,10 @@ def gate(
     try:
         seen = _trained_on(production, valid)
         keep = np.ones(len(valid), dtype=bool)
-        if seen is not None and seen.any():
+        if seen is None:  # said: the figures then favour Production by what it memorised
+            on += (f" (none left out: Production v{production.version}'s run kept no readable {REFERENCE_ARTIFACT} "
+                   "to tell its training rows by)")  # fmt: skip
+        elif seen.any():
             left = int((~seen).sum())
             if left >= LEAST_UNSEEN_ROWS and gate_mod.judgeable(left, gate_mod.by_class(labels[~seen])):
                 keep = ~seen

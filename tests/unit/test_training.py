@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -352,6 +353,11 @@ def test_the_gate_leaves_out_the_rows_production_was_trained_on(embedded, model_
     assert _cli("promote", "--version", str(wide.version), "--model-name", model_name, "--force").exit_code == 0
     fourth = train(TrainConfig(**config, seed=7), settings)
     assert "Production v4's training rows, kept:" in fourth.gate.compared_on, fourth.gate.compared_on
+    # Its training rows gone from its run (deleted from the store): the verdict says none were left out.
+    run = MlflowClient().get_run(wide.run_id)
+    (Path(run.info.artifact_uri.removeprefix("file://")) / REFERENCE_ARTIFACT).unlink()
+    fifth = train(TrainConfig(**config, seed=7), settings)
+    assert "none left out: Production v4's run kept no readable" in fifth.gate.compared_on, fifth.gate.compared_on
 
 
 def test_a_customer_production_learned_from_counts_as_seen_whatever_the_outcome_now(embedded, model_name, telco_csv):
