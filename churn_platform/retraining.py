@@ -31,7 +31,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, gate, outcomes, registry
+from churn_platform import data, gate, outcomes, promotion, registry
 from churn_platform.contract import (
     CANARY_PERCENT,
     CHALLENGER_ALIAS,
@@ -112,8 +112,6 @@ def _undecided_retrain(client: MlflowClient, name: str, production: int, pending
     UI, which leaves its alias; a move undone before any command recorded it leaves no
     trace), and its last rollout was not stopped. A rollout under way is the judging, not its
     end: one stopped and started again awaits its decision again."""
-    from churn_platform import promotion
-
     if pending is None or TAG_TRIGGER not in (pending.tags or {}):
         return None
     figures = gate.recorded_figures(pending.tags)  # edited by hand: nothing says it awaits anyone
@@ -248,10 +246,16 @@ def decide(
     # One run per period of the trigger's schedule, the latest that judged: a run by hand
     # after an alert judges the same window again, and counted, one day's evidence retrained.
     period, periods = _PERIOD_MS[trigger], set()
+    # Runs of an earlier time it served judged other days: after a rollback to a version that
+    # drifted 40 days before, they retrained it on the day it came back.
+    became, back = _became_production(client, settings.model_name, version), None
     for run in found:
         flagged = _flagged(run, trigger)
         if refused and not _judges_after(run, after):
             continue
+        if flagged is not None and became is not None and run.info.start_time <= became.ns // 1_000_000:
+            back = became  # this run and those after it (older) judged an earlier time it served
+            break
         if flagged is not None and (at := run.info.start_time // period) not in periods:
             periods.add(at)
             runs.append({"run_id": run.info.run_id, "verdict": run.data.tags.get("verdict"), "flagged": flagged,
@@ -266,6 +270,8 @@ def decide(
         when = datetime.fromtimestamp(after / 1000, UTC).isoformat(timespec="seconds")
         since_retrain = (f" whose evidence starts after v{last.version}, the retrain the gate refused at {when} "
                          f"(or that ran {_REFUSAL_HOLD_MS // 86_400_000} days after it),")  # fmt: skip
+    elif back is not None:
+        since_retrain = f" since it became Production again ({back.action} at {back.at})"
     reason = (f"{hits} of the last {len(runs)} {kind} runs of v{version}{since_retrain} flagged {what} "
               f"(retrain at {at_least} of {of})")  # fmt: skip
     if refused and hits < at_least:
@@ -277,6 +283,12 @@ def decide(
 def _training_parameters(client: MlflowClient, name: str, production: int, given: dict[str, Any]) -> dict[str, Any]:
     """What a retrain trains with: Production's run's parameters, then those it is given."""
     return {**production_parameters(client, name, production, given), **given}
+
+
+def _became_production(client: MlflowClient, name: str, version: int) -> promotion.Event | None:
+    """The audit trail's last move of Production to ``version`` (None: none recorded)."""
+    moves = [e for e in promotion.recorded_events(client, name) if e.action in promotion.MOVES]
+    return next((e for e in reversed(moves) if e.to_version == version), None)
 
 
 def _require_log(url: str) -> None:
@@ -552,7 +564,6 @@ def retrain(
     percent: int | None = None,
 ) -> RetrainResult:
     """Decide, build the training set, train and gate; register only when every step worked."""
-    from churn_platform import promotion
     from churn_platform import rollout as rollout_mod
     from churn_platform.training import gated_frame, train
     from churn_platform.training_config import TrainConfig

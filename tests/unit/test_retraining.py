@@ -200,6 +200,28 @@ def test_a_retrain_promoted_then_rolled_back_in_the_ui_no_longer_awaits_a_decisi
     assert code == 1 and "0 of the last 0 performance runs of v1 since the last retrain" in output, output
 
 
+def test_after_a_rollback_the_runs_of_an_earlier_time_it_served_do_not_count(scenario):
+    """Two degraded runs 40 days old, from before v2 replaced v1: rolled back to v1, the next
+    scheduled retrain counted them and retrained on the day v1 came back."""
+    name, _, _ = scenario
+    client = MlflowClient()
+    monitoring = client.create_experiment("churn-monitoring")
+    tags = {"job": "performance", "model_name": name, "model_version": "1", "verdict": "degraded"}
+    for days in (41, 40):
+        start = int((datetime.now(UTC) - timedelta(days=days)).timestamp() * 1000)
+        client.set_terminated(client.create_run(monitoring, start_time=start, tags=tags).info.run_id)
+    assert retraining.decide(client, get_settings(), 1, "performance", 3, 2).retrain  # v1 serving then
+    train(TrainConfig(n_rows=800, model_name=name), get_settings())
+    assert cli("promote", "--version", "2", "--force")[0] == 0
+    assert cli("rollback")[0] == 0
+    code, output = cli("retrain", "--if", "performance")
+    assert code == 1 and "0 of the last 0 performance runs of v1 since it became Production again (rollback at " \
+        in output, output
+    client.set_terminated(client.create_run(monitoring, tags=tags).info.run_id)  # judged since it came back
+    decision = retraining.decide(client, get_settings(), 1, "performance", 3, 2)
+    assert not decision.retrain and decision.reason.startswith("1 of the last 1 performance runs of v1 since"), decision
+
+
 def test_a_retrain_the_gate_refused_waits_for_evidence_that_starts_after_it(scenario, telco_csv, tmp_path):
     """Refused, it answered the runs before it, and two daily performance runs later (judging
     mostly the same 30 days) a retrain learned from the same outcomes and was refused again:
