@@ -96,13 +96,13 @@ def _flagged(run: Any, trigger: Trigger) -> bool | None:
     tags = run.data.tags
     if TAG_ADHOC in tags:  # a file, another version or an old window says nothing of Production now
         return None
-    if trigger == "performance":  # a run that judged nothing says nothing either way
-        judged = tags.get("job") == "performance" and tags.get("verdict") != "not_judged"
-        return tags.get("verdict") == "degraded" if judged else None
-    # A data-quality failure judged no drift at all: counted "clean", it diluted real drift.
-    if tags.get("job") == "performance" or tags.get("verdict") in (None, "data_quality_failure"):
+    # A verdict edited by hand into another word ("Drift") was counted clean: only the job's own count.
+    verdicts = {"degraded": True, "ok": False} if trigger == "performance" else {"drift": True, "no_drift": False}
+    # A run that judged nothing (not_judged; a data-quality failure, which counted "clean"
+    # diluted real drift) says nothing either way; nor does a run of the other job.
+    if (tags.get("job") == "performance") != (trigger == "performance"):
         return None
-    return tags["verdict"] == "drift"
+    return verdicts.get(tags.get("verdict", ""))
 
 
 def _undecided_retrain(client: MlflowClient, name: str, production: int, pending: ModelVersion | None) -> int | None:

@@ -503,6 +503,9 @@ def test_a_run_that_judged_nothing_is_skipped_not_counted_healthy():
     assert _flagged(run(verdict="no_drift"), "drift") is False
     assert _flagged(run(verdict="data_quality_failure"), "drift") is None  # the data was too broken to judge
     assert _flagged(run(job="performance", verdict="degraded"), "drift") is None
+    assert _flagged(run(verdict="Drift"), "drift") is None  # edited by hand: no verdict, not a clean one
+    assert _flagged(run(job="performance", verdict="Degraded"), "performance") is None
+    assert _flagged(run(verdict="no_drift"), "performance") is None
 
 
 def test_a_model_name_with_an_apostrophe_is_found_by_versions_and_retrain(embedded, tmp_path):
