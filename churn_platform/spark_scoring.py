@@ -719,9 +719,18 @@ def _translated(exc: Exception, source: str) -> Exception:
         return StorageUnreachable(f"Spark could not reach the store for {source}: {line[:400]}")
     if _RESET.search(text):
         return exc
-    return DataSourceError(f"Spark could not score {source}: {line[:400]}")
+    if (read := _FAILED_READ.search(text)) is not None:  # the deepest cause does not name the file
+        file = f"s3://{read[1].removeprefix('s3a://')}" if read[1].startswith("s3a://") else _our_path(read[1])
+        line = f"{file}: {line}"
+        if _TYPE_MISMATCH in read[0]:
+            line += (" (the Spark engine reads a column with one type in every file; `--engine local` "
+                     "reads each file by its own)")  # fmt: skip
+    return DataSourceError(f"Spark could not score {source}: {line[:500]}")
 
 
+#: Spark's error class for a file it could not read, which names it (its causes do not).
+_FAILED_READ = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s")
+_TYPE_MISMATCH = "PARQUET_COLUMN_DATA_TYPE_MISMATCH"
 #: An executor's Python that could not be started (spark.pyspark.python naming no program).
 _NO_PROGRAM = re.compile(r'Cannot run program "([^"]+)": error=\d+, ([^\n]+)')
 #: An executor's refusal of the input (its text not UTF-8), as the worker's traceback ends.

@@ -182,6 +182,22 @@ def test_a_file_missing_a_column_stops_spark_as_it_stops_the_local_engine(regist
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
 
 
+def test_a_column_typed_otherwise_in_one_parquet_file_is_named_with_its_file_by_spark(
+    registry_uri, customers, tmp_path
+):
+    """Spark's deepest cause ("column: [monthly_charges], physicalType: BINARY, logicalType:
+    double") named no file of the folder; the local engine reads each file by its own types."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    customers.head(20).to_parquet(folder / "a.parquet", index=False)
+    customers.iloc[20:40].astype({"monthly_charges": str}).to_parquet(folder / "b.parquet", index=False)
+    assert run(registry_uri, "--input", str(folder), "--output", str(tmp_path / "local.parquet")).exit_code == 0
+    result = run(registry_uri, *SPARK, "--input", str(folder), "--output", str(tmp_path / "spark.parquet"))
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"{folder / 'b.parquet'}: " in result.output and "[monthly_charges]" in result.output, result.output
+    assert "`--engine local` reads each file by its own" in result.output
+
+
 def test_parquet_text_that_is_not_utf8_stops_both_engines_naming_file_and_column(registry_uri, customers, tmp_path):
     """A Hive table of Latin-1 data: Spark's reader passed it on, and the executor's scoring
     failed (a PythonException: exit 70, "a bug", retried as one)."""
