@@ -156,9 +156,13 @@ def _refused(
     registering a version a day. One with other parameters (an experiment by hand) tried
     something else, and holds nothing."""
     run = _gated_run(client, version, production)
-    if run is None or run.data.tags.get("gate.passed") != "False":
-        return False
-    for key, value in wanted().items():
+    return run is not None and run.data.tags.get("gate.passed") == "False" and _trained_with(run, wanted())
+
+
+def _trained_with(run: Run, wanted: dict[str, Any]) -> bool:
+    """Whether ``run`` fitted with ``wanted``'s parameters (the decision threshold aside: it
+    changes no fit)."""
+    for key, value in wanted.items():
         given = run.data.params.get(key)
         try:  # absent or unreadable: trained some other way
             if key != "decision_threshold" and (given is None or _typed(key, given) != value):
@@ -166,6 +170,18 @@ def _refused(
         except (ValueError, OverflowError):
             return False
     return True
+
+
+def _same_as_last(client: MlflowClient, name: str, production: int, digest: str, wanted: dict[str, Any]) -> int | None:
+    """The last retrain gated against today's Production, when it learned from the same rows
+    (``digest``) with the same parameters: another would be the same model under a new number."""
+    retrained = [v for v in client.search_model_versions(f"name = {registry.quoted(name)}")
+                 if TAG_TRIGGER in (v.tags or {})]  # fmt: skip
+    last = max(retrained, key=lambda v: int(v.version), default=None)
+    if last is None or last.tags.get(TAG_DATA_DIGEST) != digest:
+        return None
+    run = _gated_run(client, last, production)
+    return int(last.version) if run is not None and _trained_with(run, wanted) else None
 
 
 #: After a refused retrain, how long a run whose evidence starts before it (over all time, or
@@ -611,11 +627,17 @@ def retrain(
                 f"({settings.monitor_min_rows}): the drift monitor could never judge the version; ingest more "
                 f"outcomes, widen --since, add --base FILE or lower --gate-share ({gate_share:g})"
             )
+        digest = data.digest(gated_frame(parts.train, parts.gate))
         if decision.refused_version is not None:
             refused = registry.get_version(client, name, decision.refused_version)
-            if refused.tags.get(TAG_DATA_DIGEST) == data.digest(gated_frame(parts.train, parts.gate)):
+            if refused.tags.get(TAG_DATA_DIGEST) == digest:
                 raise NotRetrained(f"the training data is the same as v{decision.refused_version}'s, which the gate "
                                    "refused: ingest new outcomes (or change --since or --base)")  # fmt: skip
+        if (same := _same_as_last(client, name, production, digest, inherited)) is not None:
+            # `--if always` weekly with no outcome since: the same model under a new number each week.
+            raise NotRetrained(f"the training data and parameters are the same as v{same}'s, the last retrain against "
+                               f"Production v{production}: it would be the same model; ingest new outcomes (or "
+                               "change --since, --base, --gate-share or --model-type)")  # fmt: skip
         config = TrainConfig(
             data=f"inference log + outcomes since {since.isoformat() if since else 'the start'}"
                  + (f" + {base}" if base else ""),

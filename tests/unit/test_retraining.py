@@ -174,8 +174,13 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     hint = f"rollout start --mode canary --percent 30 --version {again['version']}` replaces it"
     assert again["rollout_not_started"].endswith(hint), again
     assert cli_json("rollout", "status")[1]["challenger_version"] == 1
-    # The Challenger alias moved off the canary's version without a word; a trigger waits for its end.
+    # No outcome since: the same rows and parameters would register the same model as a new version.
     code, output = cli("retrain")
+    assert code == 1 and f"the training data and parameters are the same as v{again['version']}'s, the last " \
+        "retrain against Production v2: it would be the same model" in output, output
+    assert versions(name) == [1, 2, again["version"]]
+    # The Challenger alias moved off the canary's version without a word; a trigger waits for its end.
+    code, output = cli("retrain", "--gate-share", "0.3")  # other gate rows: another model
     assert code == 0 and "  rollout: a canary of v1 is running (started by " in output, output
     assert "and goes on serving v1; `churn-platform rollout start --mode canary --percent 20 --version" in output
     client.delete_registered_model_alias(name, "Challenger")  # so the new retrain awaits no decision
