@@ -14,6 +14,7 @@ import hashlib
 import io
 import re
 import stat
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,13 +207,21 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
         # C parser ends a value at a NUL byte ("A\x00C" read as "A": another customer's id), so a
         # file holding one goes through the Python parser, which keeps it for the checks to refuse.
         engine = "python" if b"\x00" in payload else "c"
-        frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, engine=engine)
+        # index_col=False: a first row with a field more than the header made pandas take the
+        # first column for an index and shift the others ("C1,Yes,No": a customer "Yes" who did
+        # not churn); now a warning, raised as the error it is (later rows: the parser's own).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, engine=engine, index_col=False)
         # pandas renames a repeated `tenure` to `tenure.1`, which no schema column matches: the
         # second was dropped unseen. The header as written is checked, as `TENURE` beside it is.
         written = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, header=None, nrows=1,
                               engine=engine)  # fmt: skip
     except pd.errors.EmptyDataError as exc:
         raise DataSourceError(f"data file is empty: {uri}") from exc
+    except pd.errors.ParserWarning:
+        raise DataSourceError(f"cannot parse {uri} as CSV: its first row has more fields than the header (a comma "
+                              "after the last value?); every row must have the header's fields") from None
     except UnicodeDecodeError as exc:
         if payload[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: Excel's "Unicode text"
             raise DataSourceError(f"cannot read {uri}: it is UTF-16 text; {not_utf8_advice('utf-16')}") from None

@@ -566,6 +566,25 @@ def test_a_nul_byte_in_an_id_rejects_the_row_not_cuts_the_id_to_another_customer
         assert conn.execute(sa.text("SELECT customer_id FROM outcomes")).scalars().all() == ["A"]
 
 
+def test_a_first_row_with_a_field_more_than_the_header_is_refused_not_shifted(tmp_path):
+    """pandas took the first column for an index and shifted the rest: customers "Yes" and
+    "No" were stored, exit 0."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    source = tmp_path / "truth.csv"
+    source.write_text("customer_id,churned\nC0001,Yes,No\nC0002,No,Yes\n")
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    upgrade(sa.create_engine(log))
+    result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
+    assert result.exit_code == 2 and "its first row has more fields than the header" in result.output, result.output
+    engine = sa.create_engine(log)
+    if "outcomes" in sa.inspect(engine).get_table_names():
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM outcomes")).scalar() == 0
+
+
 def test_a_source_name_too_long_to_store_is_refused_before_anything_is_written(tmp_path):
     """PostgreSQL said "value too long for type character varying(512)", naming nothing; SQLite stored it."""
     from churn_platform.errors import DataValidationError
