@@ -221,7 +221,7 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
 def performance(tracking_uri: str | None, model_name: str | None, as_json: bool, **params: Any) -> None:
     """Realized quality from outcomes, estimated quality (CBPE) before they arrive, against the
     version's training baseline; exit 0 ok, 1 degraded."""  # fmt: skip
-    from monitoring.performance import PerformanceOptions, run, within_chance
+    from monitoring.performance import PerformanceOptions, run, unmatched, within_chance
 
     settings = settings_for(tracking_uri, model_name)
     last_days = params.pop("last_days")
@@ -258,6 +258,10 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
             click.echo(f"  not judged: {summary.not_judged}")
         if not summary.not_judged and 0 < real.rows < summary.min_rows:
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
+        elif not summary.not_judged and real.rows and real.roc_auc is None:
+            click.echo(f"  note: one class among the {real.rows} labelled rows: realized is not judged")
+        if not real.rows and summary.unmatched_outcomes:  # an "ok" on the estimate alone hid an id mismatch
+            click.echo(f"  note: {unmatched(summary)}: realized is not judged, the verdict is the estimate's")
         base = summary.baseline.get("roc_auc")
         if base is not None and within_chance(real, base, summary.min_rows, summary.tolerance):
             click.echo(f"  note: realized is below baseline - {summary.tolerance}, but within chance on "

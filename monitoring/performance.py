@@ -262,6 +262,12 @@ def estimated_below(est: Estimated, floor: float, min_rows: int, tolerance: floa
     return est.roc_auc is not None and est.rows >= min_rows and est.roc_auc < floor - tolerance
 
 
+def unmatched(s: PerformanceSummary) -> str:
+    """Why outcomes that came in judged nothing, as the CLI and the report say it."""
+    return (f"none of the {s.unmatched_outcomes:,} outcomes observed in the window matched a prediction of "
+            f"v{s.model_version} (ids written another way, '0012' and '12'? predictions older than the window?)")
+
+
 def within_chance(real: Realized, floor: float, min_rows: int, tolerance: float) -> bool:
     """Whether the realized ROC AUC is below the baseline minus the tolerance on enough rows,
     but not by more than chance: shown as such, not judged degraded."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from monitoring.performance import estimated_below, realized_below, within_chance
+from monitoring.performance import estimated_below, realized_below, unmatched, within_chance
 from monitoring.runs import mark_page
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def day_figure(s: PerformanceSummary) -> Figure | None:
 def _realized_hint(s: PerformanceSummary) -> str:
     r = s.realized
     if r.rows == 0:
-        return "no labels yet"
+        return unmatched(s) if s.unmatched_outcomes else "no labels yet"
     if r.roc_auc is None:
         return f"only one class among {r.rows:,} labelled rows"
     if r.rows < s.min_rows:
@@ -187,7 +187,8 @@ def _key_figures(s: PerformanceSummary) -> str:
         _cell(_num(r.roc_auc), _realized_hint(s), below[0]),
         _cell(_num(est.roc_auc), _estimated_hint(s), below[1]),
         _cell(_num(base), f"degraded below {floor:.3f}" if floor is not None else "not in the training run"),
-        _cell(f"{s.rows_matched:,}", f"{_share(r.positives, r.rows)} churned" if r.rows else "no labels yet"),
+        _cell(f"{s.rows_matched:,}", f"{_share(r.positives, r.rows)} churned" if r.rows
+              else "no outcome matched" if s.unmatched_outcomes else "no labels yet"),
         _cell(f"{s.predictions:,}", "in the window"),
         _cell(f"{s.unlabelled_predictions:,}", f"{_share(s.unlabelled_predictions, s.predictions)} of predictions"),
         _cell(f"{s.unmatched_outcomes:,}", f"{_share(s.unmatched_outcomes, outcomes)} of outcomes"),

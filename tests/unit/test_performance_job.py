@@ -146,6 +146,21 @@ def test_fewer_labelled_rows_than_the_minimum_are_shown_not_judged(registry_uri,
     assert "50 labelled rows, fewer than 200: realized is not judged" in output
 
 
+def test_outcomes_that_match_no_prediction_are_said_in_the_output_and_the_report(registry_uri, tmp_path, calibrated):
+    """Ids written another way ("0012" and "12"): every outcome matched nothing, and the run
+    said "ok (0 outcomes matched)" on the estimate alone, its report "no labels yet"."""
+    scores, labels = calibrated
+    url = f"sqlite:///{tmp_path}/ids.db"
+    fill(url, 2000, scores, None)
+    truth = pd.DataFrame({"customer_id": [f"C{i}" for i in range(300)], "churned": labels[:300].astype(int)})
+    outcomes.ingest(truth.astype(str), url, source="crm")
+    code, output = performance(registry_uri, url, tmp_path)
+    assert code == 0 and "ok  (0 outcomes matched" in output, output
+    assert "note: none of the 300 outcomes observed in the window matched a prediction of v1" in output, output
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "none of the 300 outcomes observed in the window matched" in page and "no labels yet" not in page
+
+
 def test_too_few_rows_on_both_sides_is_not_judged_never_ok(registry_uri, tmp_path, calibrated):
     """120 predictions, 50 of them labelled (reversed): neither figure has the 200 rows the
     verdict needs. Before, that printed "ok" and exited 0, and counted as a healthy run for

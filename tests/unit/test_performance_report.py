@@ -92,7 +92,8 @@ def test_report_without_labels_shows_notes_instead_of_charts(tmp_path):
     assert page.index("DEGRADED") < page.index("ROC curve: no labelled rows yet.")
     assert IMAGE not in page
     assert page.count('<p class="note">') == 3
-    assert "no labels yet" in page
+    # 37 outcomes came in and matched none: said, not "no labels yet".
+    assert "none of the 37 outcomes observed in the window matched a prediction of v" in page
 
 
 def test_a_figure_on_too_few_rows_says_so_and_is_not_flagged(tmp_path):
