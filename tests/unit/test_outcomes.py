@@ -585,6 +585,22 @@ def test_a_first_row_with_a_field_more_than_the_header_is_refused_not_shifted(tm
             assert conn.execute(sa.text("SELECT count(*) FROM outcomes")).scalar() == 0
 
 
+def test_a_daily_export_with_a_header_and_no_rows_is_nothing_new_not_an_error(tmp_path):
+    """A quiet day's CRM export failed the scheduled ingest (exit 2); its header is still checked."""
+    from click.testing import CliRunner
+
+    from churn_platform.cli import main
+
+    log = f"sqlite:///{tmp_path / 'log.db'}"
+    upgrade(sa.create_engine(log))
+    (tmp_path / "quiet.csv").write_text("customer_id,churned,observed_at\n")
+    (tmp_path / "typo.csv").write_text("customer_id,churnd\n")
+    quiet = CliRunner().invoke(main, ["outcomes", "ingest", str(tmp_path / "quiet.csv"), "--inference-log-url", log])
+    assert quiet.exit_code == 0 and "outcomes: 0 rows read, 0 new" in quiet.output, quiet.output
+    typo = CliRunner().invoke(main, ["outcomes", "ingest", str(tmp_path / "typo.csv"), "--inference-log-url", log])
+    assert typo.exit_code == 2 and "missing required columns: ['churned']" in typo.output, typo.output
+
+
 def test_a_source_name_too_long_to_store_is_refused_before_anything_is_written(tmp_path):
     """PostgreSQL said "value too long for type character varying(512)", naming nothing; SQLite stored it."""
     from churn_platform.errors import DataValidationError
