@@ -354,7 +354,7 @@ def iso_times(values: pd.Series) -> pd.Series:
         return pd.to_datetime(values, utc=True)
     text = values.astype("string").str.strip()
     words = text.str.lower().isin(["now", "today"]).fillna(False).to_numpy(dtype=bool)
-    text = text.mask(words)
+    text = text.mask(words).str.replace(r"(?<=\d)z$", "Z", regex=True)  # "...T00:00:00z", as the CLI's options take it
     # Parsed apart: in one call pandas gives a time without a zone the offset of a zoned time
     # before it (2026-11-01T00:00 after a +05:30 one became 18:30 the day before).
     zoned = text.str.contains(_ZONED, regex=True).fillna(False).to_numpy(dtype=bool)

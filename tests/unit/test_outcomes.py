@@ -43,6 +43,22 @@ def test_headers_and_labels_are_normalised_like_customer_files():
     assert good.observed_at["c"] == pd.Timestamp(NOW)  # blank: now
 
 
+def test_a_month_or_a_year_alone_names_no_day_and_a_lowercase_z_is_utc():
+    """pandas read "2026-11" as the 1st: a monthly export meaning "by the end of November"
+    judged the predictions made before November, not those made in it."""
+    checked = outcomes.check(frame([
+        {"customer_id": "a", "churned": "Yes", "observed_at": "2026-10"},
+        {"customer_id": "b", "churned": "No", "observed_at": "2026"},
+        {"customer_id": "c", "churned": "No", "observed_at": "2026-10-01T08:00:00z"},
+    ]), now=NOW)  # fmt: skip
+    reasons = dict(zip(checked.rejects.customer_id, checked.rejects.reason, strict=True))
+    assert reasons == {"a": "observed_at: '2026-10' names no day (a year or a month alone): give the date the "
+                            "outcome was known",
+                       "b": "observed_at: '2026' names no day (a year or a month alone): give the date the outcome "
+                            "was known"}  # fmt: skip
+    assert checked.good.set_index("customer_id").observed_at["c"] == pd.Timestamp("2026-10-01T08:00:00Z")
+
+
 def test_bad_rows_are_listed_with_row_number_and_reason_and_the_rest_kept():
     checked = outcomes.check(
         frame([
