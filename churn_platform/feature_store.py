@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -720,19 +720,34 @@ def delete(settings: Settings, at: datetime, apply: bool = False) -> DeleteSumma
 
 
 def _online_fix(
-    snapshots: pd.DataFrame, doomed: pd.Series, span: tuple[pd.Timestamp, pd.Timestamp], end: pd.Timestamp | None
+    snapshots: pd.DataFrame, doomed: pd.Series, span: tuple[pd.Timestamp, pd.Timestamp], end: pd.Timestamp | None,
+    online_at: Callable[[list[str]], list[float | None]],
 ) -> tuple[pd.DataFrame, list[str]]:
     """From the snapshots of the customers losing one (``doomed`` marks the rows to delete):
     the previous snapshots to publish again, and the customers to take out of the online
-    store. Only customers whose online features are a deleted snapshot's change."""
+    store. Only customers whose online features are a deleted snapshot's change.
+    ``online_at``: the times of the ids' online features (whole seconds, None: none)."""
     if end is None or span[0] > end:  # never materialized, or not as far: nothing deleted is online
         return snapshots.iloc[0:0], []
     published = snapshots[snapshots[SNAPSHOT_TIME] <= end]
-    online = published.sort_values(SNAPSHOT_TIME).groupby(ID_COLUMN).tail(1)
-    hit = online.loc[doomed.loc[online.index], ID_COLUMN]  # whose latest online is one being deleted
-    left = published[~doomed.loc[published.index] & published[ID_COLUMN].isin(hit)]
+    latest = published.sort_values(SNAPSHOT_TIME).groupby(ID_COLUMN).tail(1)
+    hit = set(latest.loc[doomed.loc[latest.index], ID_COLUMN])  # whose latest online is one being deleted
+    # A later snapshot dated before the end but ingested after that materialization is not
+    # online: the deleted one stayed, said "0 back on their previous snapshot". What is online says.
+    kept = ~doomed.loc[published.index]
+    unsure = sorted((set(published.loc[~kept, ID_COLUMN])
+                     & set(published.loc[kept & (published[SNAPSHOT_TIME] >= span[1]), ID_COLUMN])) - hit)  # fmt: skip
+    if unsure:
+        start = span[0].floor("s")
+        hit |= {c for c, at in zip(unsure, online_at(unsure), strict=True)
+                if at is not None and start <= pd.Timestamp(at, unit="s", tz=UTC) < span[1]}  # fmt: skip
+    left = published[kept & published[ID_COLUMN].isin(hit)]
     previous = left.sort_values(SNAPSHOT_TIME).groupby(ID_COLUMN).tail(1)
-    return previous.reset_index(drop=True), sorted(set(hit) - set(previous[ID_COLUMN]))
+    return previous.reset_index(drop=True), sorted(hit - set(previous[ID_COLUMN]))
+
+
+def _online_times(store: FeatureStore) -> Callable[[list[str]], list[float | None]]:
+    return lambda ids: [None if got is None else got[FEATURES_AS_OF] for got in online(store, ids)]
 
 
 def _republish(store: FeatureStore, previous: pd.DataFrame) -> None:
@@ -767,7 +782,7 @@ def _delete_parquet(
         if not doomed.any():
             return DeleteSummary(at, 0, False, stored=_stored_times(times))
         affected = stored[stored[ID_COLUMN].isin(stored.loc[doomed, ID_COLUMN])]
-        previous, removed = _online_fix(affected, doomed.loc[affected.index], span, end)
+        previous, removed = _online_fix(affected, doomed.loc[affected.index], span, end, _online_times(store))
         if apply:
             _republish(store, previous)
             if removed:
@@ -803,7 +818,7 @@ def _delete_postgres(
             affected[SNAPSHOT_TIME] = pd.to_datetime(affected[SNAPSHOT_TIME], utc=True)
             times = affected[SNAPSHOT_TIME]
             doomed = (times >= span[0]) & (times < span[1])
-            previous, removed = _online_fix(affected, doomed, span, end)
+            previous, removed = _online_fix(affected, doomed, span, end, _online_times(store))
             if apply:
                 _republish(store, previous)
                 if removed:

@@ -215,6 +215,26 @@ def test_a_snapshot_ingested_by_mistake_is_deleted_and_its_customers_go_back_onl
     assert "no snapshot taken" in CliRunner().invoke(main, ["features", "delete", "--snapshot-time", when]).output
 
 
+def test_a_delete_after_a_correction_dated_earlier_than_the_last_materialization(layout: str, telco_csv: Path):
+    """The corrected export, dated by its own time, went in after the last materialization but
+    dated before its end: the wrong snapshot, deleted, stayed online ("0 customers are back on
+    their previous snapshot") until the next materialization."""
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN])
+    raw = raw[raw["total_charges"].str.strip() != ""].head(2).reset_index(drop=True)
+    ids = raw[ID_COLUMN].tolist()
+    raw.assign(tenure="70", snapshot_time="2026-12-05T00:00:00Z").to_csv("wrong.csv", index=False)
+    raw.head(1).assign(tenure="20", snapshot_time="2026-12-05T12:00:00Z").to_csv("fixed.csv", index=False)
+    _cli("features", "apply")
+    _cli("features", "ingest", "wrong.csv")
+    _cli("features", "materialize")
+    _cli("features", "ingest", "fixed.csv")  # not materialized yet
+    done = json.loads(_cli("features", "delete", "--snapshot-time", "2026-12-05T00:00:00Z", "--yes", "--json"))
+    assert (done["rows"], done["republished"], done["removed"]) == (2, 1, 1), done
+    got = feature_store.online(feature_store.open_store(get_settings()), ids)
+    assert got[0]["tenure"] == 20 and got[0][FEATURES_AS_OF] == datetime(2026, 12, 5, 12, tzinfo=UTC).timestamp()
+    assert got[1] is None  # the second had no other snapshot
+
+
 def test_a_delete_that_waited_for_a_materialization_judges_by_what_it_published(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
 ):
