@@ -604,6 +604,7 @@ def materialize(settings: Settings, end: datetime | None = None, start: datetime
     """
     store = open_store(settings)
     view = _require_applied(store, settings)
+    _require_online(settings)
     _require_snapshots(settings)
     with _one_at_a_time(settings):  # the window from here: one that waited for another run ends after it
         end = end or datetime.now(UTC) + CLOCK_AHEAD
@@ -704,6 +705,7 @@ def delete(settings: Settings, at: datetime, apply: bool = False) -> DeleteSumma
     """
     store = open_store(settings)
     _require_applied(store, settings)
+    _require_online(settings)
     _require_snapshots(settings)
     with _one_at_a_time(settings):  # a materialization meanwhile would publish the rows being deleted
         try:
@@ -882,6 +884,21 @@ def _require_applied(store: FeatureStore, settings: Settings) -> Any:
                             f"{registered} (copied or moved since?): run `churn-platform features apply` to "
                             "register this folder's own")  # fmt: skip
     return view
+
+
+def missing_online_store(settings: Settings) -> str | None:
+    """Why the embedded online store cannot be read (its file gone: deleted, or not copied with
+    the folder), else None. Feast would make an empty one, whose missing table then read as an
+    unreachable store (exit 3, retried), where `features apply` makes it again."""
+    if settings.feature_store_url or (online := _embedded_dir(settings) / "online.db").exists():
+        return None
+    return (f"the embedded online store {online} is missing (deleted, or not copied with the folder): run "
+            "`churn-platform features apply`, then `features materialize` (which fills it from the snapshots)")
+
+
+def _require_online(settings: Settings) -> None:
+    if (missing := missing_online_store(settings)) is not None:
+        raise SettingsError(missing)
 
 
 def _require_snapshots(settings: Settings) -> None:

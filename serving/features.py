@@ -78,6 +78,12 @@ class FeatureSource:
 
     def _open(self) -> None:
         read: Any = None
+        if (missing := feature_store.missing_online_store(self.settings)) is not None:
+            # Not opened: Feast would make an empty file there (owned by the API's user), a store half-built.
+            with self._lock:
+                self.state, self.reason, self._opening = "unavailable", missing, False
+            log.warning("%s", missing)
+            return
         try:
             store = feature_store.open_store(self.settings)
             read = feature_store.online_reader(store, self.settings)

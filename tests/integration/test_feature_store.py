@@ -426,6 +426,46 @@ def test_an_ingest_runs_beside_another_ones_open_transaction(tmp_path: Path, tel
     assert "ingested 5 of 5 rows" in said
 
 
+def test_a_missing_online_store_file_is_named_and_the_api_makes_no_empty_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, telco_csv: Path
+):
+    """online.db deleted (or a folder copied without it): the API's reopening made an empty one
+    in the store's folder, and materialize and delete failed "no such table" (exit 3, retried as
+    an outage), where `features apply` is the mend."""
+    import time
+
+    from serving.features import FeatureSource
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHURN_FEATURE_STORE_URL", raising=False)
+    monkeypatch.setenv("CHURN_FEATURE_STORE_DIR", str(tmp_path / "store"))
+    get_settings.cache_clear()
+    raw = data.read_table(telco_csv).drop(columns=[LABEL_COLUMN]).head(3)
+    raw.to_csv("day.csv", index=False)
+    _cli("features", "apply")
+    _cli("features", "ingest", "day.csv", "--as-of", "2026-12-01")
+    _cli("features", "materialize")
+    online = tmp_path / "store" / "online.db"
+    online.unlink()
+    source = FeatureSource(get_settings())
+    source.start()
+    deadline = time.monotonic() + 30
+    while source.status()["state"] == "opening":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert source.status()["state"] == "unavailable" and f"{online} is missing" in source.status()["detail"]
+    assert not online.exists()
+    for args in (["features", "materialize"], ["features", "delete", "--snapshot-time", "2026-12-01", "--yes"]):
+        said = _cli(*args, code=2)
+        assert f"the embedded online store {online} is missing" in said, said
+        assert "run `churn-platform features apply`, then `features materialize`" in said
+    _cli("features", "apply")
+    _cli("features", "materialize")  # fills it again, from the first snapshot on
+    got = feature_store.online(feature_store.open_store(get_settings()), raw[ID_COLUMN].tolist())
+    assert all(g is not None for g in got), got
+    get_settings.cache_clear()
+
+
 def test_a_copied_store_never_reads_the_original_folders_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    telco_csv: Path):  # fmt: skip
     """The registry holds the offline file's absolute path: a copy materialized the original's
