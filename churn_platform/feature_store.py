@@ -1080,8 +1080,16 @@ def online_reader(store: FeatureStore, settings: Settings) -> Any:
     return functools.partial(online, store)
 
 
+#: Ids per online read: Feast reads the embedded store with one ``IN (...)`` of them, and
+#: SQLite takes 250,000 variables at most (a larger CHURN_MAX_BATCH_SIZE read as an outage).
+ONLINE_CHUNK = 10_000
+
+
 def online(store: FeatureStore, customer_ids: list[str]) -> list[dict[str, Any] | None]:
     """Each id's latest materialized features (None for an id the store does not hold)."""
+    if len(customer_ids) > ONLINE_CHUNK:
+        return [got for i in range(0, len(customer_ids), ONLINE_CHUNK)
+                for got in online(store, customer_ids[i : i + ONLINE_CHUNK])]  # fmt: skip
     response = store.get_online_features(features=list(FEATURE_REFS), entity_rows={ID_COLUMN: customer_ids})
     columns = response.to_dict(include_event_timestamps=True)  # whole seconds
     out: list[dict[str, Any] | None] = []

@@ -461,8 +461,13 @@ def test_a_missing_online_store_file_is_named_and_the_api_makes_no_empty_one(
         assert "run `churn-platform features apply`, then `features materialize`" in said
     _cli("features", "apply")
     _cli("features", "materialize")  # fills it again, from the first snapshot on
-    got = feature_store.online(feature_store.open_store(get_settings()), raw[ID_COLUMN].tolist())
+    ids = raw[ID_COLUMN].tolist()
+    got = feature_store.online(feature_store.open_store(get_settings()), ids)
     assert all(g is not None for g in got), got
+    # Read in chunks (SQLite's 250,000 variables), in order: the same as in one read.
+    monkeypatch.setattr(feature_store, "ONLINE_CHUNK", 2)
+    assert feature_store.online(feature_store.open_store(get_settings()), [ids[2], "nobody", *ids]) == [
+        got[2], None, *got]
     get_settings.cache_clear()
 
 
