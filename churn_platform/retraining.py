@@ -302,9 +302,14 @@ def _training_parameters(client: MlflowClient, name: str, production: int, given
 
 
 def _became_production(client: MlflowClient, name: str, version: int) -> promotion.Event | None:
-    """The audit trail's last move of Production to ``version`` (None: none recorded)."""
+    """The audit trail's last move of Production to ``version`` when an earlier move took
+    Production off it (it served before: runs of that time judged other days); else None.
+    A first promotion bounds nothing: runs before it judged no one, and a clock behind the
+    promoting machine's would drop the first days' runs."""
     moves = [e for e in promotion.recorded_events(client, name) if e.action in promotion.MOVES]
-    return next((e for e in reversed(moves) if e.to_version == version), None)
+    back = next((i for i in range(len(moves) - 1, -1, -1) if moves[i].to_version == version), None)
+    left = back is not None and any(e.from_version == version for e in moves[:back])
+    return moves[back] if left else None
 
 
 def _require_log(url: str) -> None:
