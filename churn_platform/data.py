@@ -210,7 +210,7 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
         engine = "python" if b"\x00" in payload else "c"
         # index_col=False: a first row with a field more than the header made pandas take the
         # first column for an index and shift the others ("C1,Yes,No": a customer "Yes" who did
-        # not churn); now a warning, raised as the error it is (later rows: the parser's own).
+        # not churn); now a warning, raised as the error it is (the C parser's own error for a later row).
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(io.BytesIO(payload), dtype=str, keep_default_na=False, engine=engine, index_col=False)
@@ -221,8 +221,8 @@ def _parse(payload: bytes, uri: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError as exc:
         raise DataSourceError(f"data file is empty: {uri}") from exc
     except pd.errors.ParserWarning:
-        raise DataSourceError(f"cannot parse {uri} as CSV: its first row has more fields than the header (a comma "
-                              "after the last value?); every row must have the header's fields") from None
+        raise DataSourceError(f"cannot parse {uri} as CSV: a row has more fields than the header (a comma after "
+                              "the last value?); every row must have the header's fields") from None
     except UnicodeDecodeError as exc:
         if payload[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a byte-order mark: Excel's "Unicode text"
             raise DataSourceError(f"cannot read {uri}: it is UTF-16 text; {not_utf8_advice('utf-16')}") from None

@@ -165,7 +165,7 @@ def check(frame: pd.DataFrame, now: datetime | None = None) -> Checked:
         shown = f"{OBSERVED_AT}: " + raw_time.fillna("").map(repr)
         # ISO 8601 allows "2026-11", which pandas reads as the 1st: a monthly export's "known by the
         # end of November" judged the predictions made before November instead of during it.
-        reject(~blank & raw_time.str.fullmatch(r"\s*\d{4}(?:-\d{2})?\s*"),
+        reject(~blank & raw_time.str.fullmatch(r"\s*(?:\d{4}(?:[-/.]\d{1,2})?|\d{1,2}[-/.]\d{4})\s*"),
                shown + " names no day (a year or a month alone): give the date the outcome was known")
         # A year pandas cannot hold (1677 to 2262) is not a badly written time: say what it is.
         year = pd.to_numeric(raw_time.str.extract(r"^(\d{4})-", expand=False), errors="coerce")

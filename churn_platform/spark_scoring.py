@@ -720,7 +720,7 @@ def _translated(exc: Exception, source: str) -> Exception:
     if _RESET.search(text):
         return exc
     if (read := _FAILED_READ.search(text)) is not None:  # the deepest cause does not name the file
-        file = f"s3://{read[1].removeprefix('s3a://')}" if read[1].startswith("s3a://") else _our_path(read[1])
+        file = ("s3://" if read[1].startswith("s3a://") else "") + _our_path(read[1])
         line = f"{file}: {line}"
         if _TYPE_MISMATCH in read[0]:
             line += (" (the Spark engine reads a column with one type in every file; `--engine local` "

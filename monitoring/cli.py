@@ -260,7 +260,7 @@ def performance(tracking_uri: str | None, model_name: str | None, as_json: bool,
             click.echo(f"  note: {real.rows} labelled rows, fewer than {summary.min_rows}: realized is not judged")
         elif not summary.not_judged and real.rows and real.roc_auc is None:
             click.echo(f"  note: one class among the {real.rows} labelled rows: realized is not judged")
-        if not real.rows and summary.unmatched_outcomes:  # an "ok" on the estimate alone hid an id mismatch
+        if not real.rows and summary.unmatched_outcomes and not summary.not_judged:  # an "ok" hid an id mismatch
             click.echo(f"  note: {unmatched(summary)}: realized is not judged, the verdict is the estimate's")
         base = summary.baseline.get("roc_auc")
         if base is not None and within_chance(real, base, summary.min_rows, summary.tolerance):

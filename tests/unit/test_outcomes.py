@@ -50,8 +50,12 @@ def test_a_month_or_a_year_alone_names_no_day_and_a_lowercase_z_is_utc():
         {"customer_id": "a", "churned": "Yes", "observed_at": "2026-10"},
         {"customer_id": "b", "churned": "No", "observed_at": "2026"},
         {"customer_id": "c", "churned": "No", "observed_at": "2026-10-01T08:00:00z"},
+        {"customer_id": "d", "churned": "No", "observed_at": "2026/10"},  # pandas read it as the 1st too
+        {"customer_id": "e", "churned": "No", "observed_at": "10/2026"},
     ]), now=NOW)  # fmt: skip
     reasons = dict(zip(checked.rejects.customer_id, checked.rejects.reason, strict=True))
+    assert reasons.pop("d").startswith("observed_at: '2026/10' names no day"), reasons
+    assert reasons.pop("e").startswith("observed_at: '10/2026' names no day"), reasons
     assert reasons == {"a": "observed_at: '2026-10' names no day (a year or a month alone): give the date the "
                             "outcome was known",
                        "b": "observed_at: '2026' names no day (a year or a month alone): give the date the outcome "
@@ -594,7 +598,7 @@ def test_a_first_row_with_a_field_more_than_the_header_is_refused_not_shifted(tm
     log = f"sqlite:///{tmp_path / 'log.db'}"
     upgrade(sa.create_engine(log))
     result = CliRunner().invoke(main, ["outcomes", "ingest", str(source), "--inference-log-url", log])
-    assert result.exit_code == 2 and "its first row has more fields than the header" in result.output, result.output
+    assert result.exit_code == 2 and "a row has more fields than the header" in result.output, result.output
     engine = sa.create_engine(log)
     if "outcomes" in sa.inspect(engine).get_table_names():
         with engine.connect() as conn:
