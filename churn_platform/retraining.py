@@ -175,9 +175,10 @@ def _trained_with(run: Run, wanted: dict[str, Any]) -> bool:
 def _same_as_last(client: MlflowClient, name: str, production: int, digest: str, wanted: dict[str, Any]) -> int | None:
     """The last retrain gated against today's Production, when it learned from the same rows
     (``digest``) with the same parameters: another would be the same model under a new number."""
-    retrained = [v for v in client.search_model_versions(f"name = {registry.quoted(name)}")
-                 if TAG_TRIGGER in (v.tags or {})]  # fmt: skip
-    last = max(retrained, key=lambda v: int(v.version), default=None)
+    gated = [v for v in client.search_model_versions(f"name = {registry.quoted(name)}")
+             if TAG_TRIGGER in (v.tags or {}) and (figures := gate.recorded_figures(v.tags)) is not None
+             and figures.production_version == production]  # fmt: skip
+    last = max(gated, key=lambda v: int(v.creation_timestamp), default=None)  # as `decide` orders them
     if last is None or last.tags.get(TAG_DATA_DIGEST) != digest:
         return None
     run = _gated_run(client, last, production)
@@ -642,7 +643,8 @@ def retrain(
             # `--if always` weekly with no outcome since: the same model under a new number each week.
             raise NotRetrained(f"the training data and parameters are the same as v{same}'s, the last retrain against "
                                f"Production v{production}: it would be the same model; ingest new outcomes (or "
-                               "change --since, --base, --gate-share or --model-type)")  # fmt: skip
+                               f"change --since, --base, --gate-share or --model-type, or delete v{same} to train "
+                               "it again)")  # fmt: skip
         config = TrainConfig(
             data=f"inference log + outcomes since {since.isoformat() if since else 'the start'}"
                  + (f" + {base}" if base else ""),
