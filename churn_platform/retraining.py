@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +54,7 @@ from churn_platform.errors import (
 from churn_platform.gate import LEAST_GATE_CLASS, LEAST_GATE_ROWS, by_class, judgeable
 from churn_platform.inference_log import make_engine, read_failure, require_log
 from churn_platform.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
-from churn_platform.settings import Settings, redacted
+from churn_platform.settings import Settings, redacted, sqlite_file
 from churn_platform.training_config import check_parameter
 
 log = logging.getLogger(__name__)
@@ -486,7 +487,7 @@ def exclusive(url: str, name: str) -> Iterator[None]:
     engine = make_engine(url)
     try:
         if engine.dialect.name == "sqlite":
-            with _file_lock(engine.url.database, name):
+            with _file_lock(sqlite_file(url), name):
                 yield
             return
         if engine.dialect.name != "postgresql":
@@ -522,27 +523,35 @@ def exclusive(url: str, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _file_lock(database: str | None, name: str) -> Iterator[None]:
+def _file_lock(database: Path | None, name: str) -> Iterator[None]:
     """``flock`` on a file beside the SQLite log: the kernel lets go when the process ends."""
-    if not database or database == ":memory:" or database.startswith("file:"):  # no file beside, or a URI's
+    if database is None:  # in memory, or a file: URI: no file beside it to lock
         yield
         return
     digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()  # a model name is no file name
     path = Path(f"{database}.retrain-{digest}.lock")
     try:
-        handle = path.open("a")
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # another user's (the cron job's): flock takes a read-only file too
+            descriptor = os.open(path, os.O_RDONLY)
     except OSError as exc:  # a log read from a read-only folder (a copy) still retrains
         log.warning("no retrain lock (%s: %s): a second retrain at the same time would register too", path,
                     exc.strerror)  # fmt: skip
         yield
         return
-    with handle:
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise NotRetrained(f"another retrain of {name!r} is running: it holds the retrain lock {path}, so this one "
                                "stops, registering nothing") from None  # fmt: skip
+        except OSError as exc:  # no locks on this filesystem (some NFS)
+            log.warning("no retrain lock (%s: %s): a second retrain at the same time would register too", path,
+                        exc.strerror)  # fmt: skip
         yield
+    finally:
+        os.close(descriptor)  # closing lets go
 
 
 #: Who holds a retrain lock: a node that died keeps its session (and the lock) until the
