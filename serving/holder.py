@@ -110,6 +110,7 @@ class ModelHolder:
         self._challenger_outage = False
         self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
         self._reload_queued: threading.Thread | None = None
+        self._wait_queued: Future[Attempt] | None = None
         self._queue_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -330,15 +331,24 @@ class ModelHolder:
     def reload_now(self) -> Future[Attempt]:
         """An operator's reload that the caller waits for (``?wait=true``), on a daemon thread of
         its own: a load still running when the process stops (a registry that hangs) never
-        holds its exit, as a worker thread of the server's did."""
-        outcome: Future[Attempt] = Future()
+        holds its exit, as a worker thread of the server's did. One still waiting for the
+        running load covers every later call, as ``reload_in_background``'s does: a script
+        retrying against a hung registry no longer piles up a thread and a load per try."""
+        with self._queue_lock:
+            if self._wait_queued is not None:
+                return self._wait_queued
+            outcome: Future[Attempt] = Future()
+            self._wait_queued = outcome
 
         def run() -> None:
-            if outcome.set_running_or_notify_cancel():
-                try:
-                    outcome.set_result(self.load_production(retry=True))
-                except BaseException as exc:  # noqa: BLE001 - the caller's to raise
-                    outcome.set_exception(exc)
+            with self._lock:
+                with self._queue_lock:
+                    self._wait_queued = None
+                if outcome.set_running_or_notify_cancel():
+                    try:
+                        outcome.set_result(self.load_production(retry=True))
+                    except BaseException as exc:  # noqa: BLE001 - the caller's to raise
+                        outcome.set_exception(exc)
 
         self._spawn(run, "model-reload-wait")
         return outcome

@@ -34,7 +34,8 @@ async def reload(
         holder.reload_in_background()
         return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
     try:
-        attempt = await asyncio.wrap_future(holder.reload_now())
+        # Shielded: one waiter cancelled must not cancel the load the others share.
+        attempt = await asyncio.shield(asyncio.wrap_future(holder.reload_now()))
     except asyncio.CancelledError:
         # uvicorn's graceful shutdown ended first (a registry that hangs): it cancels what still
         # runs and would answer a plain-text 500. The load goes on until the process ends.

@@ -38,6 +38,33 @@ def test_a_burst_of_reloads_costs_at_most_two_loads(tmp_path):
     assert len(loads) == 3 and sum(t.is_alive() for t in holder._threads) == 0
 
 
+def test_waited_reloads_share_the_one_queued_behind_the_running_load(tmp_path):
+    """?wait=true started a thread and a load per call: a script retrying against a hung
+    registry piled them up, one load after another."""
+    holder = ModelHolder(Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    release, loads = threading.Event(), []
+
+    def slow_load(retry: bool = False):
+        with holder._lock:
+            loads.append(1)
+            release.wait(10)
+            return f"load {len(loads)}"
+
+    holder.load_production = slow_load
+    first = holder.reload_now()
+    deadline = time.monotonic() + 10
+    while not loads:
+        assert time.monotonic() < deadline, "the first reload never began"
+        threading.Event().wait(0.01)
+    queued = {id(holder.reload_now()) for _ in range(200)}
+    assert len(queued) == 1 and id(first) not in queued
+    later = holder.reload_now()
+    release.set()
+    assert first.result(10) == "load 1" and later.result(10) == "load 2"  # the queued one resolved afresh
+    holder.stop(timeout=10)
+    assert len(loads) == 2
+
+
 def test_a_production_that_fails_to_load_is_not_reloaded_at_every_poll(registry_uri, tmp_path, monkeypatch):
     """Each poll downloaded, unpickled and verified a Production that could not serve, to fail
     again (every 30 s on every worker); a Challenger that failed already waited between tries."""
