@@ -552,6 +552,11 @@ def score(
 ) -> ScoreSummary:
     """Score every row of ``source`` into ``output`` on Spark (bad rows into ``rejects``)."""
     started = time.perf_counter()
+    given = (conf or {}).get(_BATCH_ROWS)
+    if given is not None and chunk_rows != batch_scoring.CHUNK_ROWS and given.strip() != str(chunk_rows):
+        # One Arrow batch is one chunk: the Spark setting silently won over the option.
+        raise SettingsError(f"--chunk-rows {chunk_rows} and --spark-conf {_BATCH_ROWS}={given} both set the rows "
+                            "scored at a time; give one")  # fmt: skip
     job = batch_scoring.prepare(settings, source, output, alias=alias, version=version,
                                 output_format=output_format, rejects=rejects, explain_top_k=explain_top_k,
                                 staged=True)  # fmt: skip
@@ -564,7 +569,7 @@ def score(
     python_before = os.environ.get("PYSPARK_PYTHON")  # session() sets it for a session of its own
     ours = {
         # One Arrow batch is one chunk of the local engine.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": str(chunk_rows),
+        _BATCH_ROWS: str(chunk_rows),
         "spark.ui.showConsoleProgress": str(progress).lower(), **(conf or {}),
     }  # fmt: skip
     restore = None
@@ -728,6 +733,8 @@ def _translated(exc: Exception, source: str) -> Exception:
     return DataSourceError(f"Spark could not score {source}: {line[:500]}")
 
 
+#: The Spark setting ``--chunk-rows`` sets: the rows of one Arrow batch, one chunk of the scorer's.
+_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
 #: Spark's error class for a file it could not read, which names it (its causes do not).
 _FAILED_READ = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s")
 _TYPE_MISMATCH = "PARQUET_COLUMN_DATA_TYPE_MISMATCH"

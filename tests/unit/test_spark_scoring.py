@@ -182,6 +182,15 @@ def test_a_file_missing_a_column_stops_spark_as_it_stops_the_local_engine(regist
         assert "Traceback" not in result.output and not (tmp_path / f"{engine}.parquet").exists()
 
 
+def test_chunk_rows_and_sparks_batch_setting_given_apart_are_refused(registry_uri, customers, tmp_path):
+    """Spark's setting silently won over --chunk-rows: the memory a user sized was not used."""
+    customers.head(5).to_csv(tmp_path / "in.csv", index=False)
+    result = run(registry_uri, *SPARK, "--spark-conf", "spark.sql.execution.arrow.maxRecordsPerBatch=500",
+                 "--chunk-rows", "2000", "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "s.parquet"))
+    said = "--chunk-rows 2000 and --spark-conf spark.sql.execution.arrow.maxRecordsPerBatch=500 both set"
+    assert result.exit_code == 2 and said in result.output, result.output
+
+
 def test_a_column_typed_otherwise_in_one_parquet_file_is_named_with_its_file_by_spark(
     registry_uri, customers, tmp_path
 ):
