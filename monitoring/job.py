@@ -392,12 +392,14 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         raw, window, held = _current(options, settings, name, version, file)
         window["rows_read"] = len(raw)
         held = max(held, len(raw))  # rows logged between the log's count and its read are held too
-        if len(raw) > settings.monitor_max_rows:
-            raw = raw.sample(settings.monitor_max_rows, random_state=options.seed)
-        if held > len(raw):
-            window["sampled"] = {"rows": len(raw), "of": held, "seed": options.seed, "limit": settings.monitor_max_rows}
-
+        # Every row checked, then sampled: a bad value in the rows a file's sample left out passed
+        # ("no drift", exit 0) where a smaller file failed the same check.
         current, findings = quality.check(raw, settings.monitor_max_missing_share)
+        if len(current) > settings.monitor_max_rows:
+            current = current.sample(settings.monitor_max_rows, random_state=options.seed)
+        if held > min(len(raw), settings.monitor_max_rows):
+            window["sampled"] = {"rows": min(len(raw), settings.monitor_max_rows), "of": held, "seed": options.seed,
+                                 "limit": settings.monitor_max_rows}  # fmt: skip
         quality_passed = not any(f.failure for f in findings)
         if quality_passed and len(current) < settings.monitor_min_rows:
             # A handful of rows "drifts" on every column by chance: refuse to give a verdict.
