@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -21,7 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churn_platform.contract import PROBABILITY
 from churn_platform.errors import SettingsError
-from churn_platform.schema import FEATURE_NAMES
+from churn_platform.schema import FEATURE_NAMES, FEATURES
 
 #: The embedded default: a SQLite registry in the working directory, no services needed.
 EMBEDDED_TRACKING_URI = "sqlite:///mlflow.db"
@@ -238,6 +239,15 @@ class Settings(BaseSettings):
     @classmethod
     def _thresholds_known(cls, value: dict[str, float]) -> dict[str, float]:
         return checked_thresholds(value)
+
+    @field_validator("monitor_column_threshold", mode="after")
+    @classmethod
+    def _default_reachable(cls, value: float) -> float:
+        if value >= JS_DISTANCE_MAX:  # the default applies to the category columns too
+            raise ValueError(f"{value} applies to the category columns too, whose drift distance (Jensen-Shannon) "
+                             f"is at most {JS_DISTANCE_MAX:.4f}: it would never flag one; give a lower default "
+                             "and a higher threshold per numeric column")  # fmt: skip
+        return value
 
     @field_validator("tracking_uri")
     @classmethod
@@ -651,7 +661,17 @@ def checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
     bad = {k: v for k, v in thresholds.items() if not 0 < v < float("inf")}
     if bad:
         raise ValueError(f"thresholds must be numbers above 0, got {bad}")
+    if unreachable := {k: v for k, v in thresholds.items() if k in CATEGORY_COLUMNS and v >= JS_DISTANCE_MAX}:
+        raise ValueError(f"{unreachable}: a category column's drift distance (Jensen-Shannon) is at most "
+                         f"{JS_DISTANCE_MAX:.4f}, so that threshold never flags it; give a lower one")  # fmt: skip
     return thresholds
+
+
+#: Evidently's Jensen-Shannon distance (natural log) between two distributions with nothing in
+#: common: the most a category column can drift. A threshold at or above it turns its check off.
+JS_DISTANCE_MAX = math.sqrt(math.log(2))
+#: The columns compared as categories (the monitor's Jensen-Shannon ones): those with allowed values.
+CATEGORY_COLUMNS = frozenset(f.name for f in FEATURES if f.allowed is not None)
 
 
 def column_thresholds(text: str) -> dict[str, float]:

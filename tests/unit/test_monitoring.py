@@ -75,6 +75,10 @@ def test_threshold_and_column_settings_are_parsed_once_and_checked(monkeypatch):
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=high", "'tenure=high': 'high' is not a number"),
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure", "'tenure' is not column=number"),
         ("CHURN_MONITOR_COLUMN_THRESHOLDS", "tenure=0", "thresholds must be numbers above 0"),
+        # Jensen-Shannon tops at 0.8326: a contract that moved wholly to "Two year" scored 0.614 and
+        # passed at 0.9, the critical column's check silently off.
+        ("CHURN_MONITOR_COLUMN_THRESHOLDS", "contract=0.9", "is at most 0.8326, so that threshold never flags it"),
+        ("CHURN_MONITOR_COLUMN_THRESHOLD", "0.85", "0.85 applies to the category columns too"),
         ("CHURN_MONITOR_CRITICAL_COLUMNS", "tenure,planet", "unknown columns ['planet']"),
         ("CHURN_MONITOR_CRITICAL_COLUMNS", "churn_probability", "unknown columns ['churn_probability']"),
     ]:
