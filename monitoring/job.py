@@ -206,7 +206,11 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
             raise NothingToCompare(
                 f"no reference data in run {found.run_id} of {name} v{version} ({REFERENCE_ARTIFACT}): {exc}"[:400]
             ) from exc
-        frame = pd.read_parquet(path)
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is one: a damaged file was exit 70
+            raise NothingToCompare(f"the reference data of {name} v{version} (run {found.run_id}, "
+                                   f"{REFERENCE_ARTIFACT}) is unreadable: {exc}"[:400]) from None  # fmt: skip
     # A version trained under an older schema (or an odd reference file) lacks a feature: the
     # comparison failed with a KeyError, exit 70 "a bug".
     if missing := [c for c in FEATURE_NAMES if c not in frame.columns]:
