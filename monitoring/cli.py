@@ -172,8 +172,8 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
             click.echo(f"  rows scored {summary.window.scored_from} .. {summary.window.scored_to}")
         if summary.drift_share is not None:
             drifted = ", ".join(summary.drifted_columns) or "none"
-            click.echo(f"  drifted columns: {drifted} (share {summary.drift_share:.2f}, "
-                       f"limit {summary.thresholds.drift_share})")  # fmt: skip
+            click.echo(f"  drifted columns: {drifted} (share {summary.drift_share:.3f}, "  # 0.158, not 0.16 beside 0.16
+                       f"limit {summary.thresholds.drift_share:g})")  # fmt: skip
             if summary.critical_drifted:  # a drift verdict below the share limit: the log says why
                 click.echo(f"  critical columns drifted: {', '.join(summary.critical_drifted)} (any one is drift)")
             if summary.prediction_drift:

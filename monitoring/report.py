@@ -86,7 +86,7 @@ def _summary(
     n_drifted = sum(c.drifted for c in columns)
     critical = sorted(c.column for c in columns if c.critical)
     share_text = (
-        f"{n_drifted} of {len(columns)} feature columns drifted ({drift_share:.0%}), threshold {share_limit:.0%}: "
+        f"{n_drifted} of {len(columns)} feature columns drifted ({drift_share:.1%}), threshold {share_limit:.1%}: "
         + ("at or above it." if drift_share >= share_limit else "below it.")
     )
     if critical_drifted:
@@ -122,7 +122,7 @@ def _summary(
         counters=[
             CounterData.int("Feature columns", len(columns)),
             CounterData.int("Drifted columns", n_drifted),
-            CounterData(f"Drift share (threshold {share_limit:.0%})", f"{drift_share:.0%}"),
+            CounterData(f"Drift share (threshold {share_limit:.1%})", f"{drift_share:.1%}"),  # 15.8 % is no 16 %
             CounterData(
                 "Prediction drift score" + (f" (threshold {prediction.threshold:g})" if prediction else ""),
                 f"{prediction.score:.4f}" if prediction else "not computed",

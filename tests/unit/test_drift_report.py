@@ -116,7 +116,7 @@ def test_drifted_report_opens_with_verdict_share_and_prediction(drifted):
     first_chart = dashboard.index(FIRST_CHART)
     summary = dashboard[:first_chart]
     assert "DRIFT DETECTED: churn v3" in summary
-    assert "4 of 19 feature columns drifted (21%), threshold 15%: at or above it." in summary
+    assert "4 of 19 feature columns drifted (21.1%), threshold 15.0%: at or above it." in summary
     assert "critical columns drifted (tenure, contract)" in summary
     assert "drifted: tenure, contract (critical columns: contract, tenure)." in summary
     prediction = result.prediction
@@ -243,7 +243,7 @@ def test_undrifted_report_says_no_drift_first(quiet):
     dashboard = _dashboard(page)
     summary = dashboard[: dashboard.index(FIRST_CHART)]
     assert "No drift: churn v3" in summary
-    assert "0 of 19 feature columns drifted (0%), threshold 15%: below it." in summary
+    assert "0 of 19 feature columns drifted (0.0%), threshold 15.0%: below it." in summary
     assert "none drifted (critical columns: contract, tenure)." in summary
     assert "DRIFT DETECTED" not in dashboard
     assert '"severity": "error"' not in summary  # all green
