@@ -194,6 +194,9 @@ def not_utf8_advice(encoding: str = "latin1") -> str:
 
 def _parse(payload: bytes, uri: str) -> pd.DataFrame:
     is_parquet = payload[:4] == b"PAR1" or uri.lower().endswith((".parquet", ".pq"))
+    if payload.startswith(_SQLITE):  # read as text, "not UTF-8: iconv -f latin1"
+        raise DataSourceError(f"{uri} is a SQLite database, not a CSV or Parquet file (the inference log? name it "
+                              "with --inference-log-url sqlite:///PATH)")  # fmt: skip
     if payload[:2] == b"\x1f\x8b":  # gzip's magic: parsed as text, "'utf-8' codec can't decode byte 0x8b"
         raise DataSourceError(f"{uri} is compressed (gzip): decompress it first; CSV and Parquet are read as written")
     if not is_parquet and payload[:4096].lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"["):  # "a header but no rows"

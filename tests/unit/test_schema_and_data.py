@@ -228,6 +228,8 @@ def test_a_compressed_or_not_utf8_file_is_named_with_what_to_do(telco_csv, tmp_p
         # Read as a one-column CSV: "a header but no rows".
         "export.json": (b'[{"customer_id": "a"},\n {"customer_id": "b"}]', "holds JSON; CSV and Parquet files are"),
         "records.csv": (b'\xef\xbb\xbf {"customer_id": "a"}\n{"customer_id": "b"}\n', "holds JSON; CSV and"),
+        # The inference log's copy given as --current: "not UTF-8 text ... iconv -f latin1".
+        "log.db": (b"SQLite format 3\x00" + bytes(200), "is a SQLite database, not a CSV or Parquet file"),
     }
     for name, (content, problem) in files.items():
         (tmp_path / name).write_bytes(content)
