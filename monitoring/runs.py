@@ -176,7 +176,12 @@ def record_run(
     client = mlflow.MlflowClient()
     experiment_id = live_experiment(client, experiment)
     if experiment_id is None and not launched:
-        experiment_id = client.create_experiment(experiment)
+        try:
+            experiment_id = client.create_experiment(experiment)
+        except mlflow.MlflowException as exc:  # two first runs at once: the other made it meanwhile
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment_id := live_experiment(client, experiment)) \
+                    is None:  # fmt: skip
+                raise
     with mlflow.start_run(run_name=None if launched else run_name, experiment_id=experiment_id) as active:
         mlflow.log_metrics(metrics)
         for artifact in artifacts:

@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from churn_platform import data
 from churn_platform.cli import main
 from churn_platform.processes import free_port
+from tests.conftest import mlflow_uris_restored
 from tests.unit.conftest import registry_copy
 
 
@@ -47,3 +48,28 @@ def test_a_launched_run_in_another_experiment_is_refused_before_the_work(registr
     assert "this MLflow run is in experiment 'Default', but verdicts belong in 'churn-monitoring'" in run.output
     assert "--experiment-name churn-monitoring" in run.output
     assert client.get_run(launched.info.run_id).data.metrics == {}  # no verdict went there
+
+
+def test_two_first_runs_at_once_both_record_in_the_experiment_one_of_them_made(embedded, tmp_path, monkeypatch):
+    """On a fresh registry both runs found no experiment; the one whose create came second got
+    RESOURCE_ALREADY_EXISTS and exited 70 with its verdict computed."""
+    import mlflow
+
+    from monitoring import runs
+
+    real = runs.live_experiment
+    calls = []
+
+    def none_yet_then_real(client, experiment):  # the other run creates it between look and create
+        calls.append(experiment)
+        if len(calls) == 1:
+            MlflowClient(embedded).create_experiment(experiment)
+            return None
+        return real(client, experiment)
+
+    monkeypatch.setattr(runs, "live_experiment", none_yet_then_real)
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(embedded)
+        run_id = runs.record_run("fresh-monitoring", "drift-now", {"verdict": "no_drift"}, {"drift_share": 0.0}, [])
+    client = MlflowClient(embedded)
+    assert client.get_run(run_id).info.experiment_id == client.get_experiment_by_name("fresh-monitoring").experiment_id
