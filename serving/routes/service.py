@@ -45,8 +45,9 @@ async def root(holder: HolderDep, settings: SettingsDep) -> dict[str, Any]:
 # The probes' routes are async, and so are /model (it reads state in memory) and /metrics
 # (rendered on a thread of its own): a plain def waits for a thread of the pool that blocking
 # routes share (POST /outcomes against a database that is gone; reloads with ?wait=true did
-# too before they waited on a thread of the holder's), and the kubelet restarted a pod whose predictions still worked, or
-# Prometheus' scrape timed out (up == 0, a gap in every graph) just during a registry incident.
+# too before they waited on a thread of the holder's), and the kubelet restarted a pod whose
+# predictions still worked, or Prometheus' scrape timed out (up == 0, a gap in every graph)
+# just during a registry incident.
 @_head_too("/health")
 @router.get("/health")
 async def health() -> dict[str, str]:
