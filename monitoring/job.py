@@ -49,6 +49,7 @@ from monitoring.runs import (
     live_experiment,
     record_run,
     report_folder,
+    run_folder,
     send_alert,
 )
 
@@ -429,7 +430,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
                 quality_passed = False
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out_dir = report_folder(options.output_dir or Path("reports") / "drift" / stamp)
+        out_dir = (report_folder(options.output_dir) if options.output_dir
+                   else run_folder(Path("reports") / "drift", stamp))  # fmt: skip
         critical = options.critical if options.critical is not None else settings.monitor_critical_columns
         thresholds = settings.monitor_column_thresholds | options.thresholds
         share_limit = options.drift_share or settings.monitor_drift_share

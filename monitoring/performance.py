@@ -55,6 +55,7 @@ from monitoring.runs import (
     live_experiment,
     record_run,
     report_folder,
+    run_folder,
     send_alert,
 )
 
@@ -367,7 +368,8 @@ def run(options: PerformanceOptions, settings: Settings) -> PerformanceSummary:
         reasons = judge(real, est, baseline, settings.performance_min_rows, settings.performance_tolerance)
 
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out_dir = report_folder(options.output_dir or Path("reports") / "performance" / stamp)
+        out_dir = (report_folder(options.output_dir) if options.output_dir
+                   else run_folder(Path("reports") / "performance", stamp))  # fmt: skip
         html = out_dir / "report.html"
         summary = PerformanceSummary(
             model_name=name, model_version=version, created_at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -134,6 +134,23 @@ def report_folder(folder: Path) -> Path:
     return folder
 
 
+def run_folder(parent: Path, stamp: str) -> Path:
+    """A folder of this run's own under ``parent``: ``stamp``, else ``stamp-2``, ``stamp-3``...
+    Two runs in one second shared the default one, each overwriting the other's report."""
+    report_folder(parent)
+    for n in range(1, 1000):
+        folder = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise DataSourceError(f"cannot write the report into {folder}: {exc.strerror or exc}; "
+                                  "choose another --output-dir") from None  # fmt: skip
+        return folder
+    raise DataSourceError(f"{parent} holds 999 runs' folders for {stamp}: choose another --output-dir")
+
+
 def send_alert(url: str, payload: dict[str, Any]) -> None:
     """POST the summary once; a failure is logged and never changes the job's result."""
     try:  # only the host is logged: a webhook's path is its secret

@@ -73,3 +73,12 @@ def test_two_first_runs_at_once_both_record_in_the_experiment_one_of_them_made(e
         run_id = runs.record_run("fresh-monitoring", "drift-now", {"verdict": "no_drift"}, {"drift_share": 0.0}, [])
     client = MlflowClient(embedded)
     assert client.get_run(run_id).info.experiment_id == client.get_experiment_by_name("fresh-monitoring").experiment_id
+
+
+def test_two_runs_in_one_second_get_folders_of_their_own(tmp_path):
+    """The default reports/drift/<second> was shared: each run overwrote the other's report."""
+    from monitoring.runs import run_folder
+
+    first, second = (run_folder(tmp_path / "drift", "20261208T004500Z") for _ in range(2))
+    assert (first.name, second.name) == ("20261208T004500Z", "20261208T004500Z-2")
+    assert first.is_dir() and second.is_dir()
