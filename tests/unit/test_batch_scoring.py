@@ -566,11 +566,14 @@ def test_monitor_reads_a_scores_file_written_with_features(registry_uri, custome
     assert "critical columns drifted: tenure (any one is drift)" in said.output
 
 
-def test_monitor_checks_every_row_of_a_file_before_it_samples_one(registry_uri, customers, tmp_path, setenv):
+def test_monitor_checks_every_row_of_a_file_before_it_samples_one(
+    registry_uri, customers, tmp_path, monkeypatch, setenv
+):
     """A file over CHURN_MONITOR_MAX_ROWS was sampled first: bad rows the sample left out passed
     the data checks ("no drift", exit 0) where a smaller file failed them."""
     setenv(CHURN_MONITOR_MIN_ROWS="500", CHURN_MONITOR_MAX_ROWS="600")
     uri = registry_copy(registry_uri, tmp_path)
+    monkeypatch.chdir(tmp_path)  # the monitoring experiment it makes keeps its runs in ./mlruns
     big = pd.concat([customers] * 3, ignore_index=True).head(6000)
     big.loc[2:4, "internet_service"] = "Satellite"  # three rows the seeded 600-row sample leaves out
     source = tmp_path / "big.parquet"
