@@ -109,8 +109,7 @@ class ModelHolder:
         #: This poll's Challenger met an outage: the poll's "ready" must not end the streak it began.
         self._challenger_outage = False
         self._lock = threading.RLock()  # one load at a time (re-entered by a queued reload)
-        self._reload_queued: threading.Thread | None = None
-        self._wait_queued: Future[Attempt] | None = None
+        self._reload_queued: Future[Attempt] | None = None
         self._queue_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -313,44 +312,31 @@ class ModelHolder:
 
         self._spawn(run, "model-loader")
 
-    def reload_in_background(self) -> threading.Thread:
-        """Queue a reload. One still waiting for the running load covers every later call: it
-        resolves Production only once it runs, so a burst of calls costs at most two loads."""
+    def queue_reload(self) -> Future[Attempt]:
+        """Queue an operator's reload (``POST /admin/reload``); its future holds the outcome
+        for a caller that waits (``?wait=true``). One still waiting for the running load covers
+        every later call: it resolves Production only once it runs, so a burst of calls (a
+        script retrying against a hung registry) costs at most two loads and two threads. A
+        daemon thread of the holder's: a load still running when the process stops never holds
+        its exit, as a worker thread of the server's did."""
+        with self._queue_lock:
+            if self._reload_queued is not None:
+                return self._reload_queued
+            outcome: Future[Attempt] = Future()
+            self._reload_queued = outcome
 
         def run() -> None:
             with self._lock:
                 with self._queue_lock:
                     self._reload_queued = None
-                self.load_production(retry=True)
-
-        with self._queue_lock:
-            if self._reload_queued is None:
-                self._reload_queued = self._spawn(run, "model-reload")
-            return self._reload_queued
-
-    def reload_now(self) -> Future[Attempt]:
-        """An operator's reload that the caller waits for (``?wait=true``), on a daemon thread of
-        its own: a load still running when the process stops (a registry that hangs) never
-        holds its exit, as a worker thread of the server's did. One still waiting for the
-        running load covers every later call, as ``reload_in_background``'s does: a script
-        retrying against a hung registry no longer piles up a thread and a load per try."""
-        with self._queue_lock:
-            if self._wait_queued is not None:
-                return self._wait_queued
-            outcome: Future[Attempt] = Future()
-            self._wait_queued = outcome
-
-        def run() -> None:
-            with self._lock:
-                with self._queue_lock:
-                    self._wait_queued = None
                 if outcome.set_running_or_notify_cancel():
                     try:
                         outcome.set_result(self.load_production(retry=True))
-                    except BaseException as exc:  # noqa: BLE001 - the caller's to raise
+                    except BaseException as exc:  # noqa: BLE001 - the waiting caller's to raise
+                        log.exception("reload failed")  # no one may be waiting
                         outcome.set_exception(exc)
 
-        self._spawn(run, "model-reload-wait")
+        self._spawn(run, "model-reload")
         return outcome
 
     def stop(self, timeout: float = 5) -> None:

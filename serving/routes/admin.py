@@ -31,11 +31,11 @@ async def reload(
     """Load the version Production points at now, verify it, then swap it in."""
     before = holder.current.version if holder.current else None
     if not wait:
-        holder.reload_in_background()
+        holder.queue_reload()
         return JSONResponse(status_code=202, content={"previous_version": before, "state": "reloading"})
     try:
         # Shielded: one waiter cancelled must not cancel the load the others share.
-        attempt = await asyncio.shield(asyncio.wrap_future(holder.reload_now()))
+        attempt = await asyncio.shield(asyncio.wrap_future(holder.queue_reload()))
     except asyncio.CancelledError:
         # uvicorn's graceful shutdown ended first (a registry that hangs): it cancels what still
         # runs and would answer a plain-text 500. The load goes on until the process ends.

@@ -22,25 +22,28 @@ def test_a_burst_of_reloads_costs_at_most_two_loads(tmp_path):
             release.wait(10)
 
     holder.load_production = slow_load  # the load itself is what the integration tests cover
-    first = holder.reload_in_background()
+    first = holder.queue_reload()
     deadline = time.monotonic() + 10
     while not loads:  # the first load runs and holds the lock
         assert time.monotonic() < deadline, "the first reload never began"
         threading.Event().wait(0.01)
-    queued = {holder.reload_in_background() for _ in range(200)}
+    queued = {holder.queue_reload() for _ in range(200)}
     assert len(queued) == 1 and first not in queued  # one reload waits; it resolves Production when it runs
     release.set()
     holder.stop(timeout=10)
     assert len(loads) == 2
     assert len(holder._threads) <= 2  # finished threads are not kept
 
-    holder.reload_in_background().join(10)  # a later call, after both finished, loads again
+    holder.queue_reload().result(10)  # a later call, after both finished, loads again
+    for thread in holder._threads:
+        thread.join(10)
     assert len(loads) == 3 and sum(t.is_alive() for t in holder._threads) == 0
 
 
 def test_waited_reloads_share_the_one_queued_behind_the_running_load(tmp_path):
     """?wait=true started a thread and a load per call: a script retrying against a hung
-    registry piled them up, one load after another."""
+    registry piled them up, one load after another. Each waiter gets the outcome of the load
+    that covered its call."""
     holder = ModelHolder(Settings(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
     release, loads = threading.Event(), []
 
@@ -51,14 +54,14 @@ def test_waited_reloads_share_the_one_queued_behind_the_running_load(tmp_path):
             return f"load {len(loads)}"
 
     holder.load_production = slow_load
-    first = holder.reload_now()
+    first = holder.queue_reload()
     deadline = time.monotonic() + 10
     while not loads:
         assert time.monotonic() < deadline, "the first reload never began"
         threading.Event().wait(0.01)
-    queued = {id(holder.reload_now()) for _ in range(200)}
+    queued = {id(holder.queue_reload()) for _ in range(200)}
     assert len(queued) == 1 and id(first) not in queued
-    later = holder.reload_now()
+    later = holder.queue_reload()
     release.set()
     assert first.result(10) == "load 1" and later.result(10) == "load 2"  # the queued one resolved afresh
     holder.stop(timeout=10)
