@@ -108,6 +108,9 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 NUMERIC_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.is_numeric)
 CATEGORICAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if not f.is_numeric)
+#: Features of a fixed set of values (the categories and the integer flags): what the drift
+#: monitor compares as categories, and the thresholds' check bounds as such.
+ENUMERATED_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.allowed is not None)
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 ALL_COLUMNS: tuple[str, ...] = (ID_COLUMN, *FEATURE_NAMES, LABEL_COLUMN)
 

@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churn_platform.contract import PROBABILITY
 from churn_platform.errors import SettingsError
-from churn_platform.schema import FEATURE_NAMES, FEATURES
+from churn_platform.schema import ENUMERATED_FEATURES, FEATURE_NAMES
 
 #: The embedded default: a SQLite registry in the working directory, no services needed.
 EMBEDDED_TRACKING_URI = "sqlite:///mlflow.db"
@@ -406,7 +406,6 @@ _DATABRICKS_SCHEMES = ("databricks", "databricks-uc", "uc")
 _DATABASE_SCHEMES = ("postgresql", "mysql", "sqlite", "mssql")
 
 
-
 @contextlib.contextmanager
 def preserved_environment(*names: str) -> Iterator[None]:
     """Put ``names`` back as they were (set or not) after the block, whatever it set them to."""
@@ -419,6 +418,7 @@ def preserved_environment(*names: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
 
 def url_scheme(uri: str) -> str:
     """A URI's scheme without its ``+driver``, lower-cased; '' for a plain path."""
@@ -661,7 +661,7 @@ def checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
     bad = {k: v for k, v in thresholds.items() if not 0 < v < float("inf")}
     if bad:
         raise ValueError(f"thresholds must be numbers above 0, got {bad}")
-    if unreachable := {k: v for k, v in thresholds.items() if k in CATEGORY_COLUMNS and v >= JS_DISTANCE_MAX}:
+    if unreachable := {k: v for k, v in thresholds.items() if k in ENUMERATED_FEATURES and v >= JS_DISTANCE_MAX}:
         raise ValueError(f"{unreachable}: a category column's drift distance (Jensen-Shannon) is at most "
                          f"{JS_DISTANCE_MAX:.4f}, so that threshold never flags it; give a lower one")  # fmt: skip
     return thresholds
@@ -670,8 +670,6 @@ def checked_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
 #: Evidently's Jensen-Shannon distance (natural log) between two distributions with nothing in
 #: common: the most a category column can drift. A threshold at or above it turns its check off.
 JS_DISTANCE_MAX = math.sqrt(math.log(2))
-#: The columns compared as categories (the monitor's Jensen-Shannon ones): those with allowed values.
-CATEGORY_COLUMNS = frozenset(f.name for f in FEATURES if f.allowed is not None)
 
 
 def column_thresholds(text: str) -> dict[str, float]:

@@ -16,13 +16,13 @@ from evidently import DataDefinition, Dataset, Report, Run
 from evidently.metrics import ValueDrift
 
 from churn_platform.contract import PROBABILITY
-from churn_platform.schema import FEATURES
+from churn_platform.schema import ENUMERATED_FEATURES, FEATURES
 
 PREDICTION = PROBABILITY
 NUMERIC_METHOD, CATEGORY_METHOD = "wasserstein", "jensenshannon"
 #: Numeric features compared as numbers; integer flags with allowed values compare as categories.
-NUMERIC = [f.name for f in FEATURES if f.allowed is None]
-CATEGORICAL = [f.name for f in FEATURES if f.allowed is not None]
+NUMERIC = [f.name for f in FEATURES if f.name not in ENUMERATED_FEATURES]
+CATEGORICAL = list(ENUMERATED_FEATURES)
 
 
 @dataclass(frozen=True)
