@@ -402,9 +402,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         current, findings = quality.check(raw, settings.monitor_max_missing_share)
         if len(current) > settings.monitor_max_rows:
             current = current.sample(settings.monitor_max_rows, random_state=options.seed)
-        if held > min(len(raw), settings.monitor_max_rows):
-            window["sampled"] = {"rows": min(len(raw), settings.monitor_max_rows), "of": held, "seed": options.seed,
-                                 "limit": settings.monitor_max_rows}  # fmt: skip
+        if held > (kept := min(len(raw), settings.monitor_max_rows)):
+            window["sampled"] = {"rows": kept, "of": held, "seed": options.seed, "limit": settings.monitor_max_rows}
         quality_passed = not any(f.failure for f in findings)
         if quality_passed and len(current) < settings.monitor_min_rows:
             # A handful of rows "drifts" on every column by chance: refuse to give a verdict.

@@ -129,9 +129,12 @@ def report_folder(folder: Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataSourceError(f"cannot write the report into {folder}: {exc.strerror or exc}; "
-                              "choose another --output-dir") from None  # fmt: skip
+        raise _unwritable(folder, exc) from None
     return folder
+
+
+def _unwritable(folder: Path, exc: OSError) -> DataSourceError:
+    return DataSourceError(f"cannot write the report into {folder}: {exc.strerror or exc}; choose another --output-dir")
 
 
 def run_folder(parent: Path, stamp: str) -> Path:
@@ -145,8 +148,7 @@ def run_folder(parent: Path, stamp: str) -> Path:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise DataSourceError(f"cannot write the report into {folder}: {exc.strerror or exc}; "
-                                  "choose another --output-dir") from None  # fmt: skip
+            raise _unwritable(folder, exc) from None
         return folder
     raise DataSourceError(f"{parent} holds 999 runs' folders for {stamp}: choose another --output-dir")
 
