@@ -178,13 +178,18 @@ def _trained_with(run: Run, wanted: dict[str, Any]) -> bool:
     return True
 
 
+def _retrains(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """The versions a retrain registered (its trigger tag), newest first."""
+    found = client.search_model_versions(f"name = {registry.quoted(name)}")
+    return sorted((v for v in found if TAG_TRIGGER in (v.tags or {})), key=lambda v: int(v.creation_timestamp),
+                  reverse=True)  # fmt: skip
+
+
 def _same_as_last(client: MlflowClient, name: str, production: int, digest: str, wanted: dict[str, Any]) -> int | None:
     """The last retrain gated against today's Production, when it learned from the same rows
     (``digest``) with the same parameters: another would be the same model under a new number."""
-    gated = [v for v in client.search_model_versions(f"name = {registry.quoted(name)}")
-             if TAG_TRIGGER in (v.tags or {}) and (figures := gate.recorded_figures(v.tags)) is not None
-             and figures.production_version == production]  # fmt: skip
-    last = max(gated, key=lambda v: int(v.creation_timestamp), default=None)  # as `decide` orders them
+    last = next((v for v in _retrains(client, name) if (figures := gate.recorded_figures(v.tags)) is not None
+                 and figures.production_version == production), None)  # fmt: skip
     if last is None or last.tags.get(TAG_DATA_DIGEST) != digest:
         return None
     run = _gated_run(client, last, production)
@@ -248,10 +253,8 @@ def decide(
     runs: list[dict[str, Any]] = []
     # Runs before the latest retrain were answered by it: a retrain waits for new evidence
     # instead of registering another version every day until someone promotes one.
-    retrained = sorted((v for v in client.search_model_versions(f"name = {name}") if TAG_TRIGGER in (v.tags or {})),
-                       key=lambda v: int(v.creation_timestamp), reverse=True)  # fmt: skip
     challenger = int(held.version) if held else None
-    last = next((v for v in retrained if _answered(client, v, version, challenger)), None)
+    last = next((v for v in _retrains(client, settings.model_name) if _answered(client, v, version, challenger)), None)
     after = int(last.creation_timestamp) if last else 0
     # Refused by the gate, it answered the evidence it learned from: only runs whose evidence
     # starts after it count (with 30-day performance windows, a month), not the next two days'.
@@ -541,8 +544,7 @@ def _file_lock(database: Path | None, name: str) -> Iterator[None]:
         except PermissionError:  # another user's (the cron job's): flock takes a read-only file too
             descriptor = os.open(path, os.O_RDONLY)
     except OSError as exc:  # a log read from a read-only folder (a copy) still retrains
-        log.warning("no retrain lock (%s: %s): a second retrain at the same time would register too", path,
-                    exc.strerror)  # fmt: skip
+        _unlocked(path, exc)
         yield
         return
     try:
@@ -552,11 +554,14 @@ def _file_lock(database: Path | None, name: str) -> Iterator[None]:
             raise NotRetrained(f"another retrain of {name!r} is running: it holds the retrain lock {path}, so this one "
                                "stops, registering nothing") from None  # fmt: skip
         except OSError as exc:  # no locks on this filesystem (some NFS)
-            log.warning("no retrain lock (%s: %s): a second retrain at the same time would register too", path,
-                        exc.strerror)  # fmt: skip
+            _unlocked(path, exc)
         yield
     finally:
         os.close(descriptor)  # closing lets go
+
+
+def _unlocked(path: Path, exc: OSError) -> None:
+    log.warning("no retrain lock (%s: %s): a second retrain at the same time would register too", path, exc.strerror)
 
 
 #: Who holds a retrain lock: a node that died keeps its session (and the lock) until the
