@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +92,14 @@ class ReferenceUnreadable(Exception):
     """The reference file is there but its rows cannot be read (damaged): no reference point."""
 
 
+class ReferenceIncomplete(ValueError):
+    """The reference file lacks features: the version was trained under another schema."""
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"the reference rows lack the features {missing}")
+        self.missing = missing
+
+
 class Reference:
     """The training run's reference rows, on local disk and read batch by batch: serving needs
     only a sample of them (verification) and their column means (the linear explainer). As one
@@ -101,30 +109,30 @@ class Reference:
     def __init__(self, path: Path) -> None:
         self._path = path
         with pq.ParquetFile(path) as file:
-            names, self._rows = file.schema_arrow.names, file.metadata.num_rows
-        if missing := [c for c in FEATURE_NAMES if c not in names]:
-            raise ValueError(f"the reference rows lack the features {missing}")
+            self.columns, self._rows = tuple(file.schema_arrow.names), file.metadata.num_rows
+        if missing := [c for c in FEATURE_NAMES if c not in self.columns]:
+            raise ReferenceIncomplete(missing)
 
     def __len__(self) -> int:
         return self._rows
 
-    def batches(self) -> Iterator[pd.DataFrame]:
+    def batches(self, columns: Sequence[str] = FEATURE_NAMES) -> Iterator[pd.DataFrame]:
         try:
             with pq.ParquetFile(self._path) as file:
-                for batch in file.iter_batches(batch_size=explanation.CHUNK_ROWS, columns=list(FEATURE_NAMES)):
+                for batch in file.iter_batches(batch_size=explanation.CHUNK_ROWS, columns=list(columns)):
                     yield batch.to_pandas()
         except (OSError, ValueError) as exc:  # pyarrow's: a damaged page, past the footer read at opening
             raise ReferenceUnreadable(f"reference rows cannot be read ({type(exc).__name__}: {exc})"[:300]) from exc
 
-    def sample(self, rows: int) -> pd.DataFrame:
-        """``rows`` of them at random (the same ones each time), in file order."""
-        chosen = np.sort(np.random.default_rng(0).choice(len(self), size=min(rows, len(self)), replace=False))
+    def sample(self, rows: int, *, seed: int = 0, columns: Sequence[str] = FEATURE_NAMES) -> pd.DataFrame:
+        """``rows`` of them at random (the same ones for a seed), in file order."""
+        chosen = np.sort(np.random.default_rng(seed).choice(len(self), size=min(rows, len(self)), replace=False))
         picked, start = [], 0
-        for batch in self.batches():
+        for batch in self.batches(columns):
             inside = chosen[(chosen >= start) & (chosen < start + len(batch))] - start
             picked.append(batch.iloc[inside])
             start += len(batch)
-        return pd.concat(picked, ignore_index=True) if picked else pd.DataFrame(columns=list(FEATURE_NAMES))
+        return pd.concat(picked, ignore_index=True) if picked else pd.DataFrame(columns=list(columns))
 
 
 def _reference(run_id: str | None, folder: Path) -> Reference | None:

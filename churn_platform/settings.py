@@ -173,8 +173,8 @@ class Settings(BaseSettings):
         100_000,
         ge=100,
         le=_COUNT_MAX,
-        description="Current rows above this are sampled (seeded) before drift checks; at least 1.1 x "
-        "CHURN_MONITOR_MIN_ROWS.",
+        description="Current rows (after the data checks) and training rows above this are sampled (seeded) "
+        "before drift is compared; at least 1.1 x CHURN_MONITOR_MIN_ROWS.",
     )
     monitor_alert_webhook: str | None = Field(
         None,

@@ -166,7 +166,10 @@ def monitor(tracking_uri: str | None, model_name: str | None, as_json: bool, **p
         echo_json(summary.to_json())
     else:
         verdict = summary.verdict.replace("_", " ")
-        rows = f"reference {summary.reference_rows} rows, current {summary.current_rows} rows"
+        reference = f"reference {summary.reference_rows} rows"
+        if summary.reference_sampled:
+            reference += f" sampled of {summary.reference_sampled['of']}"
+        rows = f"{reference}, current {summary.current_rows} rows"
         click.echo(f"{settings.model_name} v{summary.model_version}: {verdict}  ({rows})")
         if summary.window.scored_from:
             click.echo(f"  rows scored {summary.window.scored_from} .. {summary.window.scored_to}")

@@ -154,6 +154,8 @@ class MonitorSummary(BaseModel):
     model_run_id: str | None
     created_at: str
     reference_rows: int
+    #: ``{rows, of, seed}`` when the reference was past CHURN_MONITOR_MAX_ROWS and sampled; None: whole.
+    reference_sampled: dict[str, int] | None = None
     current_rows: int
     window: Window
     data_quality: DataQuality
@@ -183,7 +185,31 @@ class MonitorSummary(BaseModel):
 # --------------------------------------------------------------------------- sources
 
 
-def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tuple[pd.DataFrame, str | None]:
+@dataclass(frozen=True)
+class ReferenceRows:
+    """The version's training rows to compare with: typed as the current rows are, and a
+    seeded sample past ``CHURN_MONITOR_MAX_ROWS`` (read batch by batch: a version trained on a
+    million customers, read whole, exceeded the job's memory)."""
+
+    frame: pd.DataFrame
+    run_id: str | None
+    held: int
+    seed: int
+
+    @property
+    def sampled(self) -> dict[str, int] | None:
+        return None if len(self.frame) >= self.held else {"rows": len(self.frame), "of": self.held, "seed": self.seed}
+
+
+def _described(sampled: dict[str, int] | None) -> str:
+    if not sampled:
+        return ""
+    return f" Reference: a seeded sample of {sampled['rows']:,} of {sampled['of']:,} training rows."
+
+
+def load_reference(
+    client: mlflow.MlflowClient, name: str, version: int, settings: Settings, seed: int = 0
+) -> ReferenceRows:
     found = registry.get_version(client, name, version)
     if not found.run_id:
         raise NothingToCompare(f"{name} v{version} has no training run, so no reference data")
@@ -208,16 +234,28 @@ def load_reference(client: mlflow.MlflowClient, name: str, version: int) -> tupl
                 f"no reference data in run {found.run_id} of {name} v{version} ({REFERENCE_ARTIFACT}): {exc}"[:400]
             ) from exc
         try:
-            frame = pd.read_parquet(path)
-        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is one: a damaged file was exit 70
+            held = loading.Reference(Path(path))
+            columns = [*FEATURE_NAMES, *([PROBABILITY] if PROBABILITY in held.columns else [])]
+            frame = held.sample(settings.monitor_max_rows, seed=seed, columns=columns)
+        except loading.ReferenceIncomplete as exc:
+            # A version trained under an older schema (or an odd reference file) lacks a feature:
+            # the comparison failed with a KeyError, exit 70 "a bug".
+            raise NothingToCompare(
+                f"the reference data of {name} v{version} (run {found.run_id}) lacks the features {exc.missing}: "
+                "it was trained on another schema; monitor a version trained on this one"
+            ) from None
+        except (OSError, ValueError, loading.ReferenceUnreadable) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise NothingToCompare(f"the reference data of {name} v{version} (run {found.run_id}, "
                                    f"{REFERENCE_ARTIFACT}) is unreadable: {exc}"[:400]) from None  # fmt: skip
-    # A version trained under an older schema (or an odd reference file) lacks a feature: the
-    # comparison failed with a KeyError, exit 70 "a bug".
-    if missing := [c for c in FEATURE_NAMES if c not in frame.columns]:
-        raise NothingToCompare(f"the reference data of {name} v{version} (run {found.run_id}) lacks the features "
-                               f"{missing}: it was trained on another schema; monitor a version trained on this one")
-    return frame, found.run_id
+    # Typed as the current rows are: a reference written by hand or by another tool (flags as
+    # 0.0/1.0, charges as text) drifted on every such column, or failed with a traceback.
+    typed, findings = quality.check(frame, settings.monitor_max_missing_share)
+    if failures := [f.detail for f in findings if f.failure]:
+        raise NothingToCompare(
+            f"the reference data of {name} v{version} (run {found.run_id}) fails the data checks: "
+            f"{'; '.join(failures)}"[:600] + "; retrain the version, or monitor another"
+        )
+    return ReferenceRows(typed, found.run_id, len(held), seed)
 
 
 #: An even, seeded sample in SQL: ``(id mod P) * A mod P`` with P prime and A/P near the golden
@@ -390,7 +428,7 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         file = _read_file(options.current, settings) if options.current else None
         try:
             version = options.version or loading.resolve(client, name, options.alias)
-            reference, run_id = load_reference(client, name, version)
+            reference = load_reference(client, name, version, settings, options.seed)
         except NotFoundError as exc:
             raise NothingToCompare(str(exc)) from exc
 
@@ -411,11 +449,11 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
                 f"only {len(current)} usable current rows; at least {settings.monitor_min_rows} are needed "
                 "for a meaningful comparison (CHURN_MONITOR_MIN_ROWS)"
             )
-        if quality_passed and len(reference) < settings.monitor_min_rows:
+        if quality_passed and len(reference.frame) < settings.monitor_min_rows:
             # The same holds on the reference side: a version retrained on a few hundred rows
             # "drifted" on tenure in every window of its own population.
             raise NothingToCompare(
-                f"v{version} was trained on only {len(reference)} rows (its drift reference); at least "
+                f"v{version} was trained on only {len(reference.frame)} rows (its drift reference); at least "
                 f"{settings.monitor_min_rows} are needed on each side (CHURN_MONITOR_MIN_ROWS): retrain on more rows"
             )
         if quality_passed and PROBABILITY not in current.columns:
@@ -436,8 +474,9 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         share_limit = options.drift_share or settings.monitor_drift_share
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         base: dict[str, Any] = dict(
-            model_name=name, model_version=version, model_run_id=run_id, created_at=created_at, adhoc=options.adhoc,
-            reference_rows=len(reference), current_rows=len(current), window=Window(**window),
+            model_name=name, model_version=version, model_run_id=reference.run_id, created_at=created_at,
+            adhoc=options.adhoc, reference_rows=len(reference.frame), reference_sampled=reference.sampled,
+            current_rows=len(current), window=Window(**window),
             data_quality=DataQuality(passed=quality_passed, findings=findings), output_dir=str(out_dir),
             thresholds=Thresholds(drift_share=share_limit, column_default=settings.monitor_column_threshold,
                                   columns=thresholds, critical_columns=sorted(critical)),
@@ -445,7 +484,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
         if not quality_passed:
             summary = MonitorSummary(**base, verdict="data_quality_failure")  # and no report
         else:
-            result = drift.compute(reference, current, thresholds, settings.monitor_column_threshold, set(critical))
+            threshold = settings.monitor_column_threshold
+            result = drift.compute(reference.frame, current, thresholds, threshold, set(critical))
             drifted = [c.column for c in result.columns if c.drifted]
             share = len(drifted) / len(result.columns)
             critical_hit = [c for c in drifted if c in critical]
@@ -460,8 +500,8 @@ def run(options: MonitorOptions, settings: Settings) -> MonitorSummary:
             report.write_html(
                 html, model_name=name, model_version=version, verdict=summary.verdict, drift_share=share,
                 share_limit=share_limit, critical_drifted=critical_hit, result=result,
-                reference_rows=len(reference), current_rows=len(current), created_at=created_at,
-                window=summary.window.describe(),
+                reference_rows=len(reference.frame), current_rows=len(current), created_at=created_at,
+                window=summary.window.describe() + _described(reference.sampled),
             )  # fmt: skip
         summary_path = out_dir / "summary.json"
         summary_path.write_text(json.dumps(summary.to_json(), indent=2))

@@ -3,8 +3,11 @@ to retry (exit 3), not a run without reference data (exit 2); a damaged one is e
 
 from __future__ import annotations
 
+import json
 from http.server import BaseHTTPRequestHandler
 
+import numpy as np
+import pandas as pd
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -62,3 +65,65 @@ def test_a_damaged_reference_is_named_exit_2_not_a_traceback(embedded, tmp_path)
     assert result.exit_code == 2, result.output
     assert "the reference data of churn v1" in result.output and "is unreadable" in result.output
     assert "Traceback" not in result.output
+
+
+def _version_with_reference(client: MlflowClient, folder, reference: pd.DataFrame) -> None:
+    experiment = client.create_experiment("by-hand", artifact_location=str(folder / "artifacts"))
+    run = client.create_run(experiment)
+    reference.to_parquet(folder / "reference.parquet", index=False, row_group_size=1000)
+    client.log_artifact(run.info.run_id, str(folder / "reference.parquet"), artifact_path="reference")
+    client.create_registered_model("churn")
+    client.create_model_version("churn", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+
+
+def _scored(rows: int, seed: int) -> pd.DataFrame:
+    """Rows with their scores, as `score --with-features` writes them: nothing to load to score them."""
+    frame = data.generate(rows, seed=seed).drop(columns=["customer_id", "churn"])
+    scores = np.random.default_rng(seed).uniform(0, 1, rows)
+    return frame.assign(churn_probability=scores)
+
+
+def _monitor(embedded: str, tmp_path, *options: str):
+    current = _scored(3000, seed=2).assign(model_name="churn", model_version=1)
+    current.to_csv(tmp_path / "current.csv", index=False)
+    args = ["--version", "1", "--current", str(tmp_path / "current.csv"), "--output-dir", str(tmp_path / "r")]
+    return CliRunner().invoke(main, ["monitor", "--tracking-uri", embedded, *args, *options])
+
+
+def test_a_reference_typed_otherwise_is_compared_as_the_current_rows_are(embedded, tmp_path):
+    """Flags stored as 0.0/1.0 were compared as the categories "0.0" and "1.0" with the current
+    rows' "0" and "1" (drift on every flag); charges stored as text failed in Evidently."""
+    reference = _scored(3000, seed=1)
+    for flag in ("senior_citizen",):
+        reference[flag] = reference[flag].astype("float64")
+    reference["total_charges"] = reference["total_charges"].map(lambda v: f"{v:.2f}")
+    _version_with_reference(MlflowClient(embedded, embedded), tmp_path, reference)
+    result = _monitor(embedded, tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["verdict"] == "no_drift" and summary["drifted_columns"] == []
+    assert summary["reference_rows"] == 3000 and summary["reference_sampled"] is None
+
+
+def test_a_reference_past_the_row_limit_is_sampled_and_said(embedded, tmp_path, setenv):
+    _version_with_reference(MlflowClient(embedded, embedded), tmp_path, _scored(6000, seed=1))
+    setenv(CHURN_MONITOR_MAX_ROWS="2500")
+    result = _monitor(embedded, tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["reference_rows"] == 2500
+    assert summary["reference_sampled"] == {"rows": 2500, "of": 6000, "seed": 0}
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "a seeded sample of 2,500 of 6,000 training rows" in page
+    text = _monitor(embedded, tmp_path)
+    assert "reference 2500 rows sampled of 6000" in text.output, text.output
+
+
+def test_a_reference_the_schema_refuses_is_named_exit_2(embedded, tmp_path):
+    reference = _scored(3000, seed=1)
+    reference.loc[:4, "tenure"] = -3
+    _version_with_reference(MlflowClient(embedded, embedded), tmp_path, reference)
+    result = _monitor(embedded, tmp_path)
+    assert result.exit_code == 2, result.output
+    assert "the reference data of churn v1" in result.output and "fails the data checks" in result.output
+    assert "'tenure'" in result.output and "Traceback" not in result.output
