@@ -240,7 +240,10 @@ class InferenceLog:
             self._count("dropped" if outcome == "full" else outcome, rows)  # type: ignore[arg-type]
         with self._counts:
             writer.gone = True
+            self.live = False
             lost, writer.unreported = writer.unreported, 0
+        self._spool_changed()  # /metrics: no longer live, whatever its last report said
+        self._ready.set()  # the sender replaces it now, not at the next request of an idle API
         # Below 0 when the sender took back a payload the writer had partly reported before its
         # pipe broke (those frames are sent again: the table's unique id stores them once).
         if lost > 0:
@@ -261,6 +264,8 @@ class InferenceLog:
                 stopping = self._stopping
             if items:
                 self._send(list(_chunks(items, self._batch_rows)))
+            elif not stopping and (writer := self._writer) is not None and writer.gone:
+                self._replace(writer)  # what the gone writer spooled is replayed while no request comes
             if stopping:
                 break
         if self._writer is not None:

@@ -73,6 +73,30 @@ def test_rows_spooled_by_a_writer_that_crashes_are_replayed_by_the_next(tmp_path
     assert not list((tmp_path / "spool").rglob("*.seg"))  # everything committed, nothing left behind
 
 
+def test_a_writer_that_dies_while_no_request_comes_is_replaced_and_replays_its_spool(tmp_path):
+    """The writer was replaced only by the next request's rows: an idle API kept its spooled
+    rows out of the database, and /metrics said live, until traffic came back."""
+    url = f"sqlite:///{tmp_path}/log.db"
+    log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=1, flush_s=0.05)
+    log.start()
+    try:
+        lock = sqlite3.connect(f"{tmp_path}/log.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # the database is away: the writer can only spool
+        log.append("held", "churn", 1, RECORDS, [0.5] * len(RECORDS))
+        wait_for(lambda: log.spooled == 20)
+        first = log._writer
+        first.process.kill()
+        first.process.wait()
+        lock.execute("COMMIT")
+        lock.close()
+        wait_for(lambda: log.replayed == 20)  # no request since
+        assert log._writer is not first and log.written == 20 and log.dropped == 0
+        wait_for(lambda: log.state()["state"] == "live")
+    finally:
+        log.close()
+    assert logged(url) == (20, 20)
+
+
 def test_close_flushes_everything_queued(tmp_path):
     url = f"sqlite:///{tmp_path}/log.db"
     log = InferenceLog(url, spool_dir=tmp_path / "spool", batch_rows=10_000, flush_s=30)  # sent only at close
