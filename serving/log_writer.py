@@ -426,7 +426,7 @@ class Loader:
         self.live = True
         self._dropped: list[tuple[int, str]] = []  # (rows, why) of the frames being loaded
         self._torn = self._corrupt_rows = 0
-        self._last_sync = self._last_adopt = time.monotonic()
+        self._last_adopt = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="inference-log-loader", daemon=True)
 
     def start(self) -> None:
@@ -485,9 +485,6 @@ class Loader:
             self._adopt()
             self._last_adopt = time.monotonic()
         frames = self.spool.read(TRANSACTION_ROWS, timeout=self.flush_s)
-        if time.monotonic() - self._last_sync >= self.flush_s:
-            self.spool.sync()  # at least every flush interval, frames are on the disk itself
-            self._last_sync = time.monotonic()
         if not frames:
             self._status()
             return self.stopping.is_set()
@@ -550,7 +547,6 @@ class Loader:
                                 str(exc).strip().split("\n")[0][:300], self.spool.root)  # fmt: skip
                 self.live = False
                 self._status()
-                self.spool.sync()  # frames appended since, with no append after them to sync them
                 if self.stopping.is_set() and time.monotonic() + backoff > self.drain_until:
                     return False
                 if self.stopping.is_set():
@@ -594,7 +590,7 @@ def main() -> None:
     root = spool_root(Path(config["spool_dir"]), config["url"])
     try:
         _take_over_earlier_spools(Path(config["spool_dir"]), config["url"], root)
-        spool = Spool(root, max_bytes=int(config["spool_max_bytes"]), sync_s=float(config["flush_s"]))
+        spool = Spool(root, max_bytes=int(config["spool_max_bytes"]))
     except OSError as exc:  # the API restarts the writer, later each time; the rows spooled before wait
         log.error("inference log spool: cannot make a folder in %s (%s); rows are dropped until a writer can",
                   root, exc.strerror or exc)  # fmt: skip
@@ -605,6 +601,8 @@ def main() -> None:
     database = Database(config["url"])
     loader = Loader(spool, database, float(config["flush_s"]))
     loader.start()
+    stop_syncing = threading.Event()
+    threading.Thread(target=keep_synced, args=(spool, float(config["flush_s"]), stop_syncing), daemon=True).start()
     try:
         while (frame := read_frame(stdin)) is not None:
             payload, rows = frame
@@ -619,8 +617,17 @@ def main() -> None:
         spool.sync()
         loader.finish(DRAIN_S)
     finally:
+        stop_syncing.set()
         spool.close()
         database.dispose()
+
+
+def keep_synced(spool: Spool, every: float, done: threading.Event) -> None:
+    """Fsync the spool's latest frames within ``every`` seconds however the rest is busy: the
+    last append of a burst, with the loader inside a statement that neither ends nor fails
+    (waiting on a lock), was not on the disk itself until the statement returned."""
+    while not done.wait(every):
+        spool.sync()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import logging
 import os
 import struct
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -155,15 +154,14 @@ class Spool:
     """
 
     def __init__(
-        self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20, sync_s: float | None = None
+        self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20
     ) -> None:
-        """``sync_s``: appends fsync at least this often, however long the loader is busy (the
-        loader syncs when it reads and while it waits for the database, for frames after the last append)."""
-        self.root, self.max_bytes, self.sync_s = root, max_bytes, sync_s
+        """Appends are not synced here: the writer calls ``sync`` every flush interval."""
+        self.root, self.max_bytes = root, max_bytes
         # The tail segment stays on disk, committed or not, until it rolls: at most an eighth of
         # the cap, or a small cap filled with committed rows would refuse every append for good.
         self.segment_bytes = min(segment_bytes, max(max_bytes // 8, 1))
-        self._synced = time.monotonic()
+        self._unsynced = False  # appended since the last fsync
         self._unlockable: set[Path] = set()
         self._oversized: set[Path] = set()
         root.mkdir(parents=True, exist_ok=True)
@@ -294,17 +292,16 @@ class Spool:
                         tail, self._tail = self._tail, None
                         try:
                             self.bytes += max(os.fstat(tail).st_size - self._tail_size, 0)  # on disk until deleted
-                            os.fsync(tail)  # the frames before it keep the sync_s promise
+                            os.fsync(tail)  # the frames before it keep the flush interval's promise
                         except OSError:
                             pass
                         os.close(tail)
                 return False
             self._tail_size += len(frame)
+            self._unsynced = True
             self.bytes += len(frame)
             self._published = (self._tail_segment, self._tail_size)
             self._cond.notify_all()
-            if self.sync_s is not None and time.monotonic() - self._synced >= self.sync_s:
-                self._sync()  # the loader syncs when it reads; while it waits on a database that is away, here
         return True
 
     def _roll(self) -> None:
@@ -331,13 +328,13 @@ class Spool:
             self._sync()
 
     def _sync(self) -> None:
-        if self._tail is not None:
+        if self._tail is not None and self._unsynced:
             try:
                 os.fsync(self._tail)
             except OSError as exc:  # Linux may drop the unwritten pages: say so, once per interval
                 log.error("inference log spool: cannot sync %s (%s): spooled rows may not survive a power cut",
                           self._own.path, exc.strerror)  # fmt: skip
-        self._synced = time.monotonic()
+        self._unsynced = False
 
     # ---------------------------------------------------------------- reading
 
