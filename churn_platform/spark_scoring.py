@@ -179,7 +179,9 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
         if (master or "").startswith("spark://") and "stopped SparkContext" in cause:
             raise SparkUnreachable(f"the Spark master at {master} did not answer (all masters unresponsive); check "
                                    "--spark-master and that the master is running") from None  # fmt: skip
-        raise DataValidationError(f"cannot start Spark: {cause[:300]}") from None
+        # spark.driver.memory=lots: Java's own words ("Invalid maximum heap size") come before it.
+        check = " (the lines above say why; check --spark-conf)" if conf else ""
+        raise DataValidationError(f"cannot start Spark: {cause[:300]}{check}") from None
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - the documented way to set fs.s3a.*
     for key, value in _S3A_NUMBERS.items():
         if not (hadoop.get(key) or "").isdigit():  # a cluster's or a user's own number stays
@@ -708,6 +710,9 @@ def _translated(exc: Exception, source: str) -> Exception:
         # The deepest cause, "error=2, No such file or directory", named no program.
         return SettingsError(f"Spark's executors cannot start their Python, {program[1]!r} ({program[2]}): point "
                              "spark.pyspark.python (PYSPARK_PYTHON) at a Python with churn-platform")  # fmt: skip
+    if isinstance(exc, PySparkException | Py4JError) and (bad := _BAD_CONF.search(str(exc))):
+        # Met when Spark first reads the setting, while scoring: "could not score" blamed the input.
+        return SettingsError(f"--spark-conf: {bad[1]}")
     if isinstance(exc, PySparkException | Py4JError) and (refused := _INPUT_REFUSED.search(str(exc))):
         return DataSourceError(refused[1])  # an executor's check of the input, as the local engine words it
     if not isinstance(exc, PySparkException | Py4JError) or isinstance(exc, PythonException | Py4JNetworkError):
@@ -738,6 +743,8 @@ _BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
 #: Spark's error class for a file it could not read, which names it (its causes do not).
 _FAILED_READ = re.compile(r"\[FAILED_READ_FILE[.\w]*\] Encountered error while reading file (\S+?)\.?\s")
 _TYPE_MISMATCH = "PARQUET_COLUMN_DATA_TYPE_MISMATCH"
+#: A setting's value Spark refuses ("The value 'abc' in the config ... should be a/an 'int' value").
+_BAD_CONF = re.compile(r"\[INVALID_CONF_VALUE[.\w]*\] (.+?)(?: SQLSTATE: \w+)?$", re.MULTILINE)
 #: An executor's Python that could not be started (spark.pyspark.python naming no program).
 _NO_PROGRAM = re.compile(r'Cannot run program "([^"]+)": error=\d+, ([^\n]+)')
 #: An executor's refusal of the input (its text not UTF-8), as the worker's traceback ends.

@@ -191,6 +191,36 @@ def test_chunk_rows_and_sparks_batch_setting_given_apart_are_refused(registry_ur
     assert result.exit_code == 2 and said in result.output, result.output
 
 
+@pytest.mark.own_session
+def test_a_setting_spark_refuses_is_named_as_the_setting_not_blamed_on_the_input(registry_uri, customers, tmp_path):
+    """"Spark could not score in.csv: ... [INVALID_CONF_VALUE.TYPE_MISMATCH] The value 'abc' in
+    the config ..." said the input could not be scored; Spark reads the setting only then."""
+    customers.head(5).to_csv(tmp_path / "in.csv", index=False)
+    try:
+        result = run(registry_uri, *SPARK, "--spark-conf", "spark.sql.shuffle.partitions=abc",
+                     "--input", str(tmp_path / "in.csv"), "--output", str(tmp_path / "s.parquet"))  # fmt: skip
+    finally:
+        stop_spark()  # the JVM keeps the setting for the next session this process starts
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    said = """--spark-conf: The value 'abc' in the config "spark.sql.shuffle.partitions" is invalid."""
+    assert said in result.output and "could not score" not in result.output, result.output
+    assert not (tmp_path / "s.parquet").exists()
+
+    # One Java reads as it starts (so in a process of its own): its own words come first, and
+    # the line names the option.
+    import subprocess
+
+    from tests.services import BIN
+
+    job = subprocess.run([str(BIN / "churn-platform"), "score", "--input", str(tmp_path / "in.csv"), "--output",
+                          str(tmp_path / "s.parquet"), *SPARK, "--spark-conf", "spark.driver.memory=lots"],
+                         env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri}, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert job.returncode == 2 and "Traceback" not in job.stderr, job.stderr
+    assert "Invalid maximum heap size: -Xmxlots" in job.stderr, job.stderr
+    assert "cannot start Spark: " in job.stderr and "check --spark-conf" in job.stderr, job.stderr
+
+
 def test_a_column_typed_otherwise_in_one_parquet_file_is_named_with_its_file_by_spark(
     registry_uri, customers, tmp_path
 ):
