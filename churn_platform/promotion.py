@@ -257,7 +257,11 @@ def reconcile(client: MlflowClient, name: str) -> list[Event]:
         # the UI (v1 -> v2 -> v1) for good.
         if last.via == "cli":
             recent = [e for e in events if e.via == "cli" and e.ns >= last.ns - RACE_WINDOW_NS]
-            if current is not None and current in {e.to_version for e in recent}:
+            # Racers read the same Production (as ``production_stack`` has it): two moves one after
+            # the other (1, then 1 -> 5) are no race, and a UI move back to 1 hours later was
+            # never recorded, a rollout it ended running again when Production came back.
+            raced = {e.to_version for e in recent if e.from_version == last.from_version}
+            if current is not None and current in raced:
                 return recorded  # two of our own promotions raced; both are recorded
             if time.time_ns() - last.ns < RACE_WINDOW_NS and current in {e.from_version for e in recent}:
                 return recorded  # a command has just recorded its event and is about to move the alias

@@ -381,6 +381,18 @@ def test_two_promotions_whose_moves_landed_in_the_other_order_are_no_outside_cha
     assert promotion.rollback(client, "m", actor="me").to_version == 1
 
 
+def test_a_ui_move_back_after_two_quick_promotions_is_recorded(client):
+    """Two moves of ours seconds apart (1, then 1 -> 2) read as two promotions that raced, for
+    good: the UI's move back to v1 an hour later was never recorded, `status` credited it to
+    whoever promoted v1, and a rollout it ended ran again when Production came back."""
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    record(client, an_hour_ago, None, 1)
+    record(client, an_hour_ago + 3 * 10**9, 1, 2)
+    client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")  # in the UI, now
+    latest = promotion.history(client, "m")[0]
+    assert (latest.action, latest.from_version, latest.to_version) == ("external", 2, 1)
+
+
 def test_a_failed_promotions_event_is_not_revived_by_a_ui_move_to_its_version_much_later(client):
     client.set_registered_model_alias("m", registry.PRODUCTION_ALIAS, "1")
     record(client, time.time_ns() - 3 * promotion.PENDING_FOR_NS, None, 1)
