@@ -732,9 +732,20 @@ def rollback(
         target = earlier[-1]
     else:
         if to == latest:  # "v2 did not hold Production before v2" when its alias had been removed
+            try:
+                registry.get_version(client, name, to)
+                way_out = f"`promote --version {to}` puts it back"
+            except NotFoundError:  # "promote --version 6" for a version deleted since
+                way_out = "it has been deleted since"
             raise NotFoundError(f"v{to} is the version that last held Production ({was}): nothing to roll back "
-                                f"to; `promote --version {to}` puts it back (earlier: {earlier or 'none'})")
+                                f"to; {way_out} (earlier: {earlier or 'none'})")
         if to not in earlier:
+            if any(e.to_version == to for e in path if e.action in MOVES):  # rolled back from, say
+                raise NotFoundError(
+                    f"v{to} held Production once but is not on the way back from {was} (earlier on it: "
+                    f"{earlier or 'none'}: a version rolled back from leaves it); `promote --version {to}` "
+                    "moves Production to it"
+                )
             raise NotFoundError(
                 f"v{to} did not hold Production before {was} (earlier: {earlier or 'none'}); "
                 "use promote to move Production to a version that never held it"
