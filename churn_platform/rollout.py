@@ -248,6 +248,8 @@ def stop(client: MlflowClient, name: str, *, reason: str = "", actor: str | None
     in_effect = _in_effect(tags, None)
     _end(client, name, stored, reason or (in_effect.reason if in_effect.mode == "off" else f"{stored.mode} stopped"),
          actor)  # fmt: skip
+    if in_effect.mode == "off":  # printed as a plain "off", as if this stop had ended it
+        return RolloutState(reason=f"already ended, its tag now cleared: {in_effect.reason}")
     return RolloutState()
 
 

@@ -186,7 +186,8 @@ def test_a_rollout_ends_when_production_moves_and_a_rollback_does_not_revive_it(
     assert result.exit_code == 2 and "no rollout" in result.output and "ended when Production moved" in result.output
     # stop clears the tag that still says canary, and says why in the trail.
     assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "canary"
-    assert cli("rollout", "stop", "--model-name", name).exit_code == 0
+    cleared = cli("rollout", "stop", "--model-name", name)
+    assert cleared.exit_code == 0 and "already ended, its tag now cleared: the canary of v3" in cleared.output
     assert json.loads(MlflowClient().get_registered_model(name).tags[ROLLOUT_TAG])["mode"] == "off"
     event = out(cli("history", "--model-name", name, "--json"))["events"][0]
     assert event["action"] == "rollout-stop" and "ended when Production moved" in event["reason"]
