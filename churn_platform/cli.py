@@ -100,7 +100,7 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         context = click.get_current_context(silent=True)
         quiet = context is not None and context.params.get("as_json")  # MLflow's run links would precede the JSON
         try:
-            with _mlflow_links_suppressed() if quiet else contextlib.nullcontext():
+            with job_metrics.sigterm_exits(), _mlflow_links_suppressed() if quiet else contextlib.nullcontext():
                 return func(*args, **kwargs)
         except ChurnPlatformError as exc:
             fail(str(exc), int(exc.exit_code), exc.prefix, exc.details)

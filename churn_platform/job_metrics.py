@@ -121,11 +121,9 @@ def _pushed(job: str, model_name: str | None) -> Iterator[None]:
     token, unpushed = _results.set(results), _unpushed.set(None)
     started = time.time()
     code: int = ExitCode.OK
-    # Kubernetes stops a Job past its deadline with SIGTERM: end as a failure that is pushed.
-    installed = threading.current_thread() is threading.main_thread()  # signals go to the main thread only
-    previous = signal.signal(signal.SIGTERM, _stop) if installed else None
     try:
-        yield
+        with sigterm_exits():  # a Job's deadline: a failure that is pushed
+            yield
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (ExitCode.OK if exc.code is None else ExitCode.USAGE)
         raise
@@ -136,8 +134,6 @@ def _pushed(job: str, model_name: str | None) -> Iterator[None]:
         code = 70  # an unexpected crash (EX_SOFTWARE): never mistaken for a verdict
         raise
     finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         _results.reset(token)
         if reason := _unpushed.get():
             if _gateway() is not None:  # with none set nothing is ever pushed: no news after an error line
@@ -145,6 +141,22 @@ def _pushed(job: str, model_name: str | None) -> Iterator[None]:
         else:
             push(job, model_name, code, time.time() - started, results, finished=time.time())
         _unpushed.reset(unpushed)
+
+
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM (a Job's deadline, ``kubectl delete``) raises SystemExit(143) in the block: its
+    finally blocks run (an MLflow run ends FAILED, not RUNNING; a job's metrics are pushed),
+    and a command that is PID 1 in a container, where the kernel ignores a signal with no
+    handler, stops at all (`train` ran on for the 30 s grace, then was killed)."""
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -1,0 +1,44 @@
+"""A command stopped by SIGTERM (a Job's deadline, ``kubectl delete``): exit 143, its
+cleanup done. In a container the command is PID 1, where the kernel ignores a signal with
+no handler: `train` ran on through the 30 s grace and was then killed, its MLflow run left
+RUNNING for ever."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+from tests.services import BIN
+
+
+def _statuses(db) -> list[str]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db) as conn:
+            return [row[0] for row in conn.execute("SELECT status FROM runs")]
+    except sqlite3.OperationalError:  # the tables are still being made
+        return []
+
+
+def test_train_stopped_by_sigterm_exits_143_and_ends_its_mlflow_run(tmp_path):
+    db = tmp_path / "mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    job = subprocess.Popen([str(BIN / "churn-platform"), "train", "--n-rows", "100000"], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while "RUNNING" not in _statuses(db):
+            assert job.poll() is None and time.monotonic() < deadline, "the training run never started"
+            time.sleep(0.1)
+        job.send_signal(signal.SIGTERM)
+        output, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 143, output  # killed by the signal it was -15, the run left RUNNING
+    assert _statuses(db) == ["FAILED"] and "Traceback" not in output, output
