@@ -194,11 +194,12 @@ class ReferenceRows:
     frame: pd.DataFrame
     run_id: str | None
     held: int
+    drawn: int  # before rows missing a value are dropped, as the current rows' are
     seed: int
 
     @property
     def sampled(self) -> dict[str, int] | None:
-        return None if len(self.frame) >= self.held else {"rows": len(self.frame), "of": self.held, "seed": self.seed}
+        return None if self.drawn >= self.held else {"rows": len(self.frame), "of": self.held, "seed": self.seed}
 
 
 def _described(sampled: dict[str, int] | None) -> str:
@@ -255,7 +256,7 @@ def load_reference(
             f"the reference data of {name} v{version} (run {found.run_id}) fails the data checks: "
             f"{'; '.join(failures)}"[:600] + "; retrain the version, or monitor another"
         )
-    return ReferenceRows(typed, found.run_id, len(held), seed)
+    return ReferenceRows(typed, found.run_id, len(held), len(frame), seed)
 
 
 #: An even, seeded sample in SQL: ``(id mod P) * A mod P`` with P prime and A/P near the golden
