@@ -153,9 +153,7 @@ class Spool:
     One thread appends (the writer's receiver), one reads and acknowledges (its loader).
     """
 
-    def __init__(
-        self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20
-    ) -> None:
+    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int = 8 << 20) -> None:
         """Appends are not synced here: the writer calls ``sync`` every flush interval."""
         self.root, self.max_bytes = root, max_bytes
         # The tail segment stays on disk, committed or not, until it rolls: at most an eighth of
