@@ -140,9 +140,12 @@ def _java_cause(exc: BaseException) -> str:
     return (told or lines or [type(exc).__name__])[-1]
 
 
-def session(settings: Settings, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSession:
+def session(
+    settings: Settings, master: str | None = None, conf: dict[str, str] | None = None, *, conf_given: bool = False
+) -> SparkSession:
     """The job's Spark session: spark-submit's when run under it, else a new one (``local[*]``
-    unless ``master``); s3a set up for MLflow's S3 endpoint when one is configured."""
+    unless ``master``); s3a set up for MLflow's S3 endpoint when one is configured.
+    ``conf_given``: ``conf`` holds the user's ``--spark-conf``, which a failed start names."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -180,7 +183,7 @@ def session(settings: Settings, master: str | None = None, conf: dict[str, str] 
             raise SparkUnreachable(f"the Spark master at {master} did not answer (all masters unresponsive); check "
                                    "--spark-master and that the master is running") from None  # fmt: skip
         # spark.driver.memory=lots: Java's own words ("Invalid maximum heap size") come before it.
-        check = " (the lines above say why; check --spark-conf)" if conf else ""
+        check = " (the lines above say why; check --spark-conf)" if conf_given else ""
         raise DataValidationError(f"cannot start Spark: {cause[:300]}{check}") from None
     hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001 - the documented way to set fs.s3a.*
     for key, value in _S3A_NUMBERS.items():
@@ -579,7 +582,7 @@ def score(
         from pyspark.sql import SparkSession
 
         restore = _restorer(SparkSession.getActiveSession(), _session_conf(ours))
-    spark = session(settings, master, ours)
+    spark = session(settings, master, ours, conf_given=bool(conf))
     from pyspark.sql.pandas.types import from_arrow_schema  # pyspark is there: session() checked
 
     if created:  # a failed task's stack trace is not for the user: the error line is

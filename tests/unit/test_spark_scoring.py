@@ -219,6 +219,12 @@ def test_a_setting_spark_refuses_is_named_as_the_setting_not_blamed_on_the_input
     assert job.returncode == 2 and "Traceback" not in job.stderr, job.stderr
     assert "Invalid maximum heap size: -Xmxlots" in job.stderr, job.stderr
     assert "cannot start Spark: " in job.stderr and "check --spark-conf" in job.stderr, job.stderr
+    # With no --spark-conf given (no Java here), the line does not send the user to one.
+    job = subprocess.run([str(BIN / "churn-platform"), "score", "--input", str(tmp_path / "in.csv"), "--output",
+                          str(tmp_path / "s.parquet"), "--engine", "spark"], capture_output=True, text=True,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": registry_uri, "JAVA_HOME": "/nonexistent"},
+                         timeout=120)  # fmt: skip
+    assert job.returncode == 2 and "cannot start Spark: " in job.stderr and "--spark-conf" not in job.stderr, job.stderr
 
 
 def test_a_column_typed_otherwise_in_one_parquet_file_is_named_with_its_file_by_spark(
