@@ -693,6 +693,15 @@ def promote(
                            event=event.to_json(), message=f"Production: v{current or '-'} -> v{version}")  # fmt: skip
 
 
+def _promote_advice(client: MlflowClient, name: str, version: int, does: str) -> str:
+    """`promote --version N` as the way out, unless N was deleted since (the advice named it)."""
+    try:
+        registry.get_version(client, name, version)
+    except NotFoundError:
+        return f"v{version} has been deleted since"
+    return f"`promote --version {version}` {does}"
+
+
 def rollback(
     client: MlflowClient,
     name: str,
@@ -732,19 +741,15 @@ def rollback(
         target = earlier[-1]
     else:
         if to == latest:  # "v2 did not hold Production before v2" when its alias had been removed
-            try:
-                registry.get_version(client, name, to)
-                way_out = f"`promote --version {to}` puts it back"
-            except NotFoundError:  # "promote --version 6" for a version deleted since
-                way_out = "it has been deleted since"
             raise NotFoundError(f"v{to} is the version that last held Production ({was}): nothing to roll back "
-                                f"to; {way_out} (earlier: {earlier or 'none'})")
+                                f"to; {_promote_advice(client, name, to, 'puts it back')} "
+                                f"(earlier: {earlier or 'none'})")  # fmt: skip
         if to not in earlier:
             if any(e.to_version == to for e in path if e.action in MOVES):  # rolled back from, say
                 raise NotFoundError(
-                    f"v{to} held Production once but is not on the way back from {was} (earlier on it: "
-                    f"{earlier or 'none'}: a version rolled back from leaves it); `promote --version {to}` "
-                    "moves Production to it"
+                    f"v{to} is not on the way back from {was} (earlier on it: {earlier or 'none'}): a version "
+                    f"rolled back from, or whose promotion lost a race, leaves it; "
+                    f"{_promote_advice(client, name, to, 'moves Production to it')}"
                 )
             raise NotFoundError(
                 f"v{to} did not hold Production before {was} (earlier: {earlier or 'none'}); "

@@ -147,15 +147,21 @@ def test_a_command_from_a_slow_clock_still_follows_the_events_before_it(versions
     assert again.exit_code == 0 and "v3 -> v1" in again.output  # onwards, never back to v2
 
 
-def test_rollback_to_a_version_rolled_back_from_says_it_held_production_once(versions):
+def test_rollback_to_a_version_rolled_back_from_says_why_it_is_off_the_way_back(versions):
     """It said "v3 did not hold Production before v2 ... a version that never held it"."""
+    from mlflow import MlflowClient
+
     model_name = versions(3)
     for version in ("1", "2", "3"):
         assert cli("promote", "--model-name", model_name, "--version", version, "--force").exit_code == 0
     assert cli("rollback", "--model-name", model_name).exit_code == 0  # v3 -> v2
     refused = cli("rollback", "--model-name", model_name, "--to", "3")
-    assert refused.exit_code == 2 and "v3 held Production once but is not on the way back from v2" in refused.output
-    assert "never held" not in refused.output and "`promote --version 3`" in refused.output
+    assert refused.exit_code == 2 and "v3 is not on the way back from v2" in refused.output
+    assert "a version rolled back from" in refused.output and "never held" not in refused.output
+    assert "`promote --version 3` moves Production to it" in refused.output
+    MlflowClient().delete_model_version(model_name, "3")  # its advice was to promote a version gone
+    gone = cli("rollback", "--model-name", model_name, "--to", "3")
+    assert gone.exit_code == 2 and "v3 has been deleted since" in gone.output and "promote" not in gone.output
 
 
 def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_before(versions, monkeypatch):
@@ -175,7 +181,7 @@ def test_rollback_after_the_production_version_was_deleted_goes_to_the_one_befor
     assert refused.exit_code == 2 and "v2 did not hold Production before v3 (no longer in Production)" in refused.output
     gone = cli("rollback", "--model-name", model_name, "--to", "3")  # it said `promote --version 3` puts it back
     assert gone.exit_code == 2 and "last held Production" in gone.output, gone.output
-    assert "it has been deleted since" in gone.output and "promote --version 3" not in gone.output
+    assert "v3 has been deleted since" in gone.output and "promote --version 3" not in gone.output
     done = cli("rollback", "--model-name", model_name)
     assert done.exit_code == 0 and "Production rolled back: v- -> v1" in done.output, done.output
     status = json.loads(cli("status", "--model-name", model_name, "--json").output)
