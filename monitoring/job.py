@@ -250,6 +250,8 @@ def load_reference(
                                    f"{REFERENCE_ARTIFACT}) is unreadable: {exc}"[:400]) from None  # fmt: skip
     # Typed as the current rows are: a reference written by hand or by another tool (flags as
     # 0.0/1.0, charges as text) drifted on every such column, or failed with a traceback.
+    if frame.empty:  # "trained on only 0 rows" below, not the checks' "the current window has no rows"
+        return ReferenceRows(frame, found.run_id, 0, 0, seed)
     typed, findings = quality.check(frame, settings.monitor_max_missing_share)
     if failures := [f.detail for f in findings if f.failure]:
         raise NothingToCompare(

@@ -127,3 +127,11 @@ def test_a_reference_the_schema_refuses_is_named_exit_2(embedded, tmp_path):
     assert result.exit_code == 2, result.output
     assert "the reference data of churn v1" in result.output and "fails the data checks" in result.output
     assert "'tenure'" in result.output and "Traceback" not in result.output
+
+
+def test_an_empty_reference_says_the_version_was_trained_on_no_rows(embedded, tmp_path):
+    """Not the current rows' check "the current window has no rows" said of the reference."""
+    _version_with_reference(MlflowClient(embedded, embedded), tmp_path, _scored(50, seed=1).iloc[:0])
+    result = _monitor(embedded, tmp_path)
+    assert result.exit_code == 2 and "v1 was trained on only 0 rows" in result.output, result.output
+    assert "current window" not in result.output

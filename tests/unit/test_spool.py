@@ -283,7 +283,8 @@ def test_zeroed_blocks_after_a_crash_are_torn_not_empty_frames(tmp_path):
     assert payloads(spool) == [b"good" * 10] and spool.torn_frames == 1
 
 
-def test_the_latest_frames_are_synced_within_the_interval_however_busy_the_loader_is(tmp_path, monkeypatch):
+def test_the_latest_frames_are_synced_within_the_interval_with_no_read_and_no_append_after_them(tmp_path,
+                                                                                                  monkeypatch):
     """The loader synced when it read, and appends when one was due: the last frames of a burst,
     with the loader inside a database statement that neither ended nor failed (a lock), waited
     for that statement to return. Nothing appended since the last fsync: no fsync."""
@@ -293,12 +294,13 @@ def test_the_latest_frames_are_synced_within_the_interval_however_busy_the_loade
     real_fsync = os.fsync
     monkeypatch.setattr(spool_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     spool = Spool(tmp_path, max_bytes=1 << 20)
+    for _ in range(3):
+        spool.append(b"x" * 10, rows=1)  # nobody reads
+    assert synced == []
     done = threading.Event()
     syncer = threading.Thread(target=keep_synced, args=(spool, 0.05, done))
     syncer.start()
     try:
-        for _ in range(3):
-            spool.append(b"x" * 10, rows=1)  # nobody reads
         deadline = time.monotonic() + 5
         while not synced and time.monotonic() < deadline:
             time.sleep(0.01)
