@@ -49,6 +49,8 @@ RESULTS = {
     "churn_retrain_registered_version": "Version the last retrain registered (0: none; the gate may have refused "
     "it as Challenger).",
     "churn_job_rows": "Rows the last run handled, by outcome.",
+    "churn_retrain_held_since_timestamp_seconds": "When what held the last retrain run began (an undecided "
+    "Challenger's registration, a rollout's start; 0: nothing held it).",
     "churn_features_snapshot_timestamp_seconds": "Newest snapshot time among the rows the last features run "
     "loaded (with --as-of modified: when the export was written).",
 }
@@ -64,6 +66,7 @@ FIGURES: dict[str, tuple[tuple[str, dict[str, str]], ...]] = {
                     ("churn_performance_roc_auc", {"kind": "estimated"}), ("churn_performance_degraded", {}),
                     ("churn_performance_labelled_rows", {})),
     "score": (("churn_job_rows", {"outcome": "scored"}), ("churn_job_rows", {"outcome": "rejected"})),
+    "retrain": (("churn_retrain_held_since_timestamp_seconds", {}),),
 }  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
-from churn_platform import data, gate, outcomes, promotion, registry
+from churn_platform import data, gate, job_metrics, outcomes, promotion, registry
 from churn_platform.contract import (
     CANARY_PERCENT,
     CHALLENGER_ALIAS,
@@ -90,6 +90,9 @@ class Decision(BaseModel):
     runs: list[dict[str, Any]]
     #: The last retrain, when the gate refused it: a retrain on the same data would be refused too.
     refused_version: int | None = None
+    #: When what holds retraining began (an undecided Challenger's registration, a rollout's
+    #: start): a forgotten one stops the loop with exit 1, a normal answer (ChurnRetrainHeld).
+    held_since: datetime | None = None
 
 
 def _flagged(run: Any, trigger: Trigger) -> bool | None:
@@ -233,7 +236,8 @@ def decide(
     if pending := _undecided_retrain(client, settings.model_name, version, held):
         reason = (f"the Challenger, v{pending} (a retrain, newer than Production v{version}), awaits a decision: "
                   "promote it, stop its rollout, or delete its alias to let a retrain replace it")  # fmt: skip
-        return Decision(retrain=False, reason=reason, runs=[])
+        return Decision(retrain=False, reason=reason, runs=[],
+                        held_since=datetime.fromtimestamp(held.creation_timestamp / 1000, UTC))  # fmt: skip
     from churn_platform import rollout
 
     # One trained by hand too: the retrain moved the Challenger alias off the version the
@@ -242,7 +246,8 @@ def decide(
         reason = (f"a {running.mode} of v{running.challenger_version} beside Production v{version} is under way: "
                   "end it first (`rollout promote` or `rollout stop`), so the Challenger alias stays on the version "
                   "it serves")  # fmt: skip
-        return Decision(retrain=False, reason=reason, runs=[])
+        started = datetime.fromisoformat(running.started_at) if running.started_at else None
+        return Decision(retrain=False, reason=reason, runs=[], held_since=started)
     experiment = client.get_experiment_by_name(settings.monitor_experiment)
     if experiment is None:  # a typo read "0 of the last 0 runs flagged", not retrained, every day
         return Decision(retrain=False, runs=[], reason=(
@@ -625,6 +630,8 @@ def retrain(
             raise NotRetrained(f"no version of {name!r} holds Production: promote one with "
                                "`churn-platform promote --version N`")  # fmt: skip
         decision = decide(client, settings, production, trigger, of, at_least, parameters)
+        since = decision.held_since
+        job_metrics.record("churn_retrain_held_since_timestamp_seconds", since.timestamp() if since else 0)
         if not decision.retrain:
             raise NotRetrained(decision.reason, decision)
         return production, decision

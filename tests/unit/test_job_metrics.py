@@ -226,6 +226,7 @@ def test_a_retrain_that_declines_pushes_0_not_the_last_version_registered(regist
     samples = pushed(gateway)
     assert value(samples, "churn_retrain_registered_version", job="retrain", model_name="churn") == 0
     assert value(samples, "churn_job_exit_code", job="retrain", model_name="churn") == 1
+    assert value(samples, "churn_retrain_held_since_timestamp_seconds", job="retrain", model_name="churn") == 0
 
 
 def test_a_gateway_url_with_credentials_pushes_with_basic_auth(monkeypatch):

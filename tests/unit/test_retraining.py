@@ -144,6 +144,8 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     assert cli("performance", "--output-dir", str(tmp_path / "perf-after"))[0] == 1
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "the Challenger, v2 (a retrain, newer than Production v1), awaits a decision" in output
+    registered = datetime.fromtimestamp(client.get_model_version(name, "2").creation_timestamp / 1000, UTC)
+    assert datetime.fromisoformat(cli_json("retrain", "--if", "performance")[1]["decision"]["held_since"]) == registered
     # Once Production moves (by the CLI or in the UI), v2's gate was against another Production: judged.
     held = client.get_model_version_by_alias(name, "Challenger")
     assert retraining._undecided_retrain(client, name, 1, held) == 2  # noqa: SLF001
@@ -186,6 +188,10 @@ def test_retrain_waits_for_the_trigger_then_trains_a_challenger_that_beats_produ
     client.delete_registered_model_alias(name, "Challenger")  # so the new retrain awaits no decision
     code, output = cli("retrain", "--if", "performance")
     assert code == 1 and "a canary of v1 beside Production v2 is under way: end it first" in output, output
+    # Since when: a forgotten rollout holds the loop with a normal answer (ChurnRetrainHeld reads it).
+    code, held = cli_json("retrain", "--if", "performance")
+    started = datetime.fromisoformat(cli_json("rollout", "status")[1]["started_at"])
+    assert code == 1 and datetime.fromisoformat(held["decision"]["held_since"]) == started, held
 
 
 def test_a_retrain_promoted_then_rolled_back_in_the_ui_no_longer_awaits_a_decision(scenario):
