@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 import click
@@ -155,15 +157,27 @@ def sigterm_exits() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _stop)
+    previous, hook = signal.signal(signal.SIGTERM, _stop), sys.unraisablehook
+    sys.unraisablehook = partial(_stop_again, hook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
+        sys.unraisablehook = hook
 
 
 def _stop(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
+
+
+def _stop_again(hook: Callable[[Any], None], unraisable: Any) -> None:
+    """``_stop``'s exit, raised inside a finalizer (a weakref callback, ``__del__``), is one
+    Python drops ("Exception ignored in ..."): `train` signalled mid-fit then ran to the end,
+    exit 0. The signal is sent again, to be handled once the finalizer has returned."""
+    if isinstance(unraisable.exc_value, SystemExit) and unraisable.exc_value.code == 128 + signal.SIGTERM:
+        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
+    hook(unraisable)
 
 
 def _with_credentials(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:

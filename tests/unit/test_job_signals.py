@@ -11,6 +11,9 @@ import sqlite3
 import subprocess
 import time
 
+import pytest
+
+from churn_platform import job_metrics
 from tests.services import BIN
 
 
@@ -42,3 +45,21 @@ def test_train_stopped_by_sigterm_exits_143_and_ends_its_mlflow_run(tmp_path):
             job.wait()
     assert job.returncode == 143, output  # killed by the signal it was -15, the run left RUNNING
     assert _statuses(db) == ["FAILED"] and "Traceback" not in output, output
+
+
+def test_a_sigterm_handled_inside_a_finalizer_still_stops_the_command():
+    """The exit raised in a weakref callback or ``__del__`` is dropped by Python ("Exception
+    ignored in ..."): `train`, signalled while sklearn freed objects, ran on to the end, exit 0."""
+
+    class Freed:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs here, inside the finalizer
+                pass
+
+    with pytest.raises(SystemExit) as stopped, job_metrics.sigterm_exits():
+        Freed()  # freed at once
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert stopped.value.code == 143
