@@ -175,7 +175,9 @@ def _stop_again(hook: Callable[[Any], None], unraisable: Any) -> None:
     Python drops ("Exception ignored in ..."): `train` signalled mid-fit then ran to the end,
     exit 0. The signal is sent again, to be handled once the finalizer has returned."""
     if isinstance(unraisable.exc_value, SystemExit) and unraisable.exc_value.code == 128 + signal.SIGTERM:
-        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        again = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True  # a command that ends first is not stopped by it while shutting down
+        again.start()
         return
     hook(unraisable)
 
